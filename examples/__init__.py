@@ -1,0 +1,1 @@
+"""Example backends that the contracts in ../contracts bind to."""

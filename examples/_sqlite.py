@@ -1,0 +1,32 @@
+"""What both example backends share: a SQLite file located by an environment variable."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+
+def database_path(env_var: str, default_name: str) -> Path:
+    """The backend's database: $env_var if set, else .charter/examples/<default_name>."""
+    configured = os.environ.get(env_var)
+    if configured:
+        return Path(configured)
+    home = Path(os.environ.get("CHARTER_HOME", ".charter"))
+    return home / "examples" / default_name
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.row_factory = sqlite3.Row
+    connection.execute("PRAGMA journal_mode=WAL")
+    return connection
+
+
+class NotFound(LookupError):
+    """No entity has that key."""
+
+
+class Conflict(RuntimeError):
+    """The backend refused a change because the entity is not in a state that allows it."""

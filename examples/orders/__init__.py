@@ -1,0 +1,1 @@
+"""The orders example: an embedded order system the orders contract binds to."""

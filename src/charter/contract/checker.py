@@ -1,0 +1,503 @@
+"""Load and check a contract: every problem found, each with file, line and column.
+
+`load_contract` is the one entry point from a file; `check_contract_data` checks data that
+came from elsewhere (the registry). The result, a `CheckedContract`, holds the validated
+model plus every type resolved, which is what the compiler needs.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import keyword
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, get_args, get_origin
+
+import pydantic
+from pydantic import BaseModel
+
+from charter.contract.cel_guards import GUARD_VARIABLES, PRINCIPAL_FIELDS, check_guard, suggest
+from charter.contract.model import Contract, Entity, Operation
+from charter.contract.types import PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
+from charter.contract._yaml import Path as DocPath
+from charter.contract._yaml import SourceMap, load_yaml
+from charter.errors import ContractError, Problem
+
+__all__ = ["CheckedContract", "check_contract_data", "load_contract", "state_enum_name"]
+
+_SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
+_PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_STATE = re.compile(r"[a-z][a-z0-9_]*\Z")
+_SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)*\Z")
+# Names a program already uses for something else: the runtime's own functions and types.
+_RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime"}
+
+Fields = Mapping[str, TypeRef]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedContract:
+    """A contract that passed every check, with its types resolved."""
+
+    model: Contract
+    file: str
+    enums: Mapping[str, tuple[str, ...]]  # declared enums plus one per lifecycle (its states)
+    records: Mapping[str, Fields]  # declared records plus every entity (its state field included)
+    params: Mapping[str, Fields]  # operation -> param -> type
+    returns: Mapping[str, TypeRef | None]
+
+    @property
+    def name(self) -> str:
+        return self.model.contract
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+
+def state_enum_name(entity: str, lifecycle_field: str) -> str:
+    """The enum generated for an entity's lifecycle states: Order + status -> OrderStatus."""
+    return entity + "".join(part.capitalize() for part in lifecycle_field.split("_"))
+
+
+def load_contract(path: str | Path, *, resolve_bindings: bool = True) -> CheckedContract:
+    """Read, parse and check one contract file. Raises ContractError listing every problem."""
+    file_path = Path(path)
+    shown = _display_path(file_path)
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ContractError([Problem(shown, 1, 1, "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ContractError([Problem(shown, 1, 1, f"cannot read the file: {exc}")]) from None
+    data, source_map = load_yaml(text, shown)
+    search = _binding_search_dirs(file_path) if resolve_bindings else None
+    return check_contract_data(data, source_map, binding_search=search)
+
+
+def check_contract_data(
+    data: Any, source_map: SourceMap, *, binding_search: list[Path] | None = None
+) -> CheckedContract:
+    """Check parsed contract data. Bindings are resolved only when `binding_search` is given."""
+    if not isinstance(data, dict):
+        raise ContractError([source_map.problem((), "a contract is a mapping of keys to values")])
+    try:
+        model = Contract.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise ContractError(
+            _sorted(_from_pydantic(err, source_map) for err in exc.errors(include_url=False))
+        ) from None
+    return _Checker(model, source_map, binding_search).run()
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _sorted(problems: Iterable[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.line, p.column, p.message))
+
+
+# --- pydantic errors, in the contract's own terms ---------------------------------------------
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model accepts at `loc` (the parent of an unknown key)."""
+    current: Any = Contract
+    for step in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = next(
+                (f for n, f in current.model_fields.items() if step in (n, f.alias)), None
+            )
+            if info is None:
+                return []
+            current = info.annotation
+        while get_origin(current) is not None and get_origin(current) not in (list, dict):
+            current = next(a for a in get_args(current) if a is not type(None))  # X | None
+        if get_origin(current) in (list, dict):
+            current = get_args(current)[-1]
+            if isinstance(step, str) and isinstance(current, type) and issubclass(current, BaseModel):
+                continue
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+}
+
+
+def _from_pydantic(err: Any, source_map: SourceMap) -> Problem:
+    loc: tuple[int | str, ...] = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _allowed_keys(loc[:-1])
+        message = f"unknown key '{key}'{suggest(key, allowed)}"
+        if where != key:
+            message = f"{'.'.join(str(p) for p in loc[:-1])}: {message}"
+        return source_map.problem(loc, message, key=True)
+    if kind == "missing":
+        parent = ".".join(str(p) for p in loc[:-1])
+        message = f"missing required key '{loc[-1]}'" + (f" in {parent}" if parent else "")
+        return source_map.problem(loc[:-1], message)
+    if kind in _EXPECTED:
+        got = err["input"]
+        shown = f"'{got}'" if isinstance(got, str) else repr(got) if not isinstance(got, dict | list) else type(got).__name__
+        return source_map.problem(loc, f"{where}: expected {_EXPECTED[kind]}, got {shown}")
+    if kind == "value_error":
+        return source_map.problem(loc, f"{where}: {err['ctx']['error']}" if where else str(err["ctx"]["error"]))
+    return source_map.problem(loc, f"{where}: {err['msg']}")
+
+
+# --- cross-reference checks ---------------------------------------------------------------------
+
+
+@dataclass
+class _Checker:
+    model: Contract
+    source: SourceMap
+    binding_search: list[Path] | None
+    problems: list[Problem] = field(default_factory=list)
+    named: dict[str, Literal["enum", "record"]] = field(default_factory=dict)
+    enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    records: dict[str, dict[str, TypeRef]] = field(default_factory=dict)
+    params: dict[str, dict[str, TypeRef]] = field(default_factory=dict)
+    returns: dict[str, TypeRef | None] = field(default_factory=dict)
+    guard_ids: dict[str, str] = field(default_factory=dict)  # guard id -> operation
+
+    def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
+        self.problems.append(self.source.problem(path, message, key=key))
+
+    def run(self) -> CheckedContract:
+        m = self.model
+        if not _SNAKE.match(m.contract) or keyword.iskeyword(m.contract):
+            self.fail(("contract",), f"contract name '{m.contract}' must be a snake_case identifier, e.g. 'orders'")
+        self._declare_names()
+        self._resolve_records()
+        for name, entity in m.entities.items():
+            self._check_entity(name, entity)
+        for name, operation in m.operations.items():
+            self._check_operation(name, operation)
+        self._check_boundaries()
+        if m.limits.max_writes > m.limits.max_calls:
+            self.fail(("limits", "max_writes"), f"limits.max_writes ({m.limits.max_writes}) exceeds limits.max_calls ({m.limits.max_calls})")
+        if self.problems:
+            raise ContractError(_sorted(self.problems))
+        return CheckedContract(
+            model=m,
+            file=self.source.file,
+            enums=MappingProxyType(dict(sorted(self.enums.items()))),
+            records=MappingProxyType({k: MappingProxyType(v) for k, v in sorted(self.records.items())}),
+            params=MappingProxyType({k: MappingProxyType(v) for k, v in self.params.items()}),
+            returns=MappingProxyType(self.returns),
+        )
+
+    # names and types
+
+    def _declare_names(self) -> None:
+        m = self.model
+        declared: dict[str, DocPath] = {}
+        sections: list[tuple[str, Iterable[str], Literal["enum", "record"]]] = [
+            ("enums", m.enums, "enum"),
+            ("records", m.records, "record"),
+            ("entities", m.entities, "record"),
+        ]
+        for section, names, kind in sections:
+            for name in names:
+                path: DocPath = (section, name)
+                if not _PASCAL.match(name) or name in PRIMITIVES or name in _RESERVED:
+                    self.fail(path, f"type name '{name}' must be PascalCase, e.g. 'Order', and not a reserved name", key=True)
+                elif name in declared:
+                    self.fail(path, f"type name '{name}' is declared twice (also in {declared[name][0]})", key=True)
+                declared[name] = path
+                self.named[name] = kind
+        for name, values in m.enums.items():
+            self._check_value_names(("enums", name), values, "enum value")
+            self.enums[name] = tuple(values)
+        for name, entity in m.entities.items():
+            if entity.lifecycle is None:
+                continue
+            generated = state_enum_name(name, entity.lifecycle.field)
+            if generated in declared:
+                self.fail(("entities", name, "lifecycle", "field"), f"the lifecycle of {name} generates the type '{generated}', which is already declared")
+            self.named[generated] = "enum"
+            self.enums[generated] = tuple(entity.lifecycle.states)
+
+    def _check_value_names(self, path: DocPath, values: list[str], what: str) -> None:
+        seen: set[str] = set()
+        for index, value in enumerate(values):
+            if not _STATE.match(value):
+                self.fail((*path, index), f"{what} '{value}' must be lower snake_case")
+            if value in seen:
+                self.fail((*path, index), f"{what} '{value}' is listed twice")
+            seen.add(value)
+
+    def _type(self, path: DocPath, text: str, what: str) -> TypeRef | None:
+        try:
+            return parse_type(text, self.named)
+        except UnknownTypeName as exc:
+            self.fail(path, f"{what} has unknown type '{exc.name}'{suggest(exc.name, [*PRIMITIVES, *self.named])}")
+        except TypeSyntaxError as exc:
+            self.fail(path, f"{what}: {exc}")
+        return None
+
+    def _fields(self, path: DocPath, fields: Mapping[str, str], owner: str) -> dict[str, TypeRef]:
+        resolved: dict[str, TypeRef] = {}
+        for name, text in fields.items():
+            if not _IDENT.match(name) or keyword.iskeyword(name):
+                self.fail((*path, name), f"field name '{name}' of {owner} must be a Python identifier", key=True)
+                continue
+            ref = self._type((*path, name), text, f"field '{owner}.{name}'")
+            if ref is not None:
+                resolved[name] = ref
+        return resolved
+
+    def _resolve_records(self) -> None:
+        m = self.model
+        for name, fields in m.records.items():
+            self.records[name] = self._fields(("records", name), fields, name)
+        for name, entity in m.entities.items():
+            fields = self._fields(("entities", name, "fields"), entity.fields, name)
+            if entity.lifecycle is not None:
+                state_field = entity.lifecycle.field
+                if state_field in entity.fields:
+                    self.fail(("entities", name, "fields", state_field), f"field '{name}.{state_field}' is the lifecycle's state field; declare it only under lifecycle", key=True)
+                fields[state_field] = TypeRef("enum", name=state_enum_name(name, state_field))
+            self.records[name] = fields
+        self._check_record_cycles()
+
+    def _check_record_cycles(self) -> None:
+        # A record that contains itself (not through a list or optional) has no finite value.
+        def direct(name: str) -> set[str]:
+            return {t.name for t in self.records.get(name, {}).values() if t.kind == "record" and not t.optional and t.name}
+
+        for start in self.records:
+            stack, seen = list(direct(start)), set()
+            while stack:
+                current = stack.pop()
+                if current == start:
+                    section = "entities" if start in self.model.entities else "records"
+                    self.fail((section, start), f"record '{start}' contains itself; make the field optional or a list", key=True)
+                    break
+                if current not in seen:
+                    seen.add(current)
+                    stack.extend(direct(current))
+
+    # entities
+
+    def _check_entity(self, name: str, entity: Entity) -> None:
+        path: DocPath = ("entities", name)
+        fields = self.records.get(name, {})
+        if entity.key not in entity.fields:
+            self.fail((*path, "key"), f"key '{entity.key}' of {name} is not one of its fields{suggest(entity.key, entity.fields)}")
+        elif entity.key in fields and fields[entity.key] not in (TypeRef("str"), TypeRef("int")):
+            self.fail((*path, "fields", entity.key), f"key field '{name}.{entity.key}' must be str or int, not {fields[entity.key]}")
+        lifecycle = entity.lifecycle
+        if lifecycle is None:
+            return
+        lpath: DocPath = (*path, "lifecycle")
+        if not _IDENT.match(lifecycle.field):
+            self.fail((*lpath, "field"), f"state field '{lifecycle.field}' must be a Python identifier")
+        self._check_value_names((*lpath, "states"), lifecycle.states, "state")
+        states = lifecycle.states
+        if lifecycle.initial not in states:
+            self.fail((*lpath, "initial"), f"initial state '{lifecycle.initial}' of {name} is not one of its states{suggest(lifecycle.initial, states)}")
+        for tname, transition in lifecycle.transitions.items():
+            tpath: DocPath = (*lpath, "transitions", tname)
+            if not _SNAKE.match(tname):
+                self.fail(tpath, f"transition name '{tname}' must be lower snake_case", key=True)
+            for index, state in enumerate(transition.from_):
+                if state not in states:
+                    self.fail((*tpath, "from", index), f"transition '{tname}' names unknown state '{state}'{suggest(state, states)}")
+            if transition.to not in states:
+                self.fail((*tpath, "to"), f"transition '{tname}' names unknown state '{transition.to}'{suggest(transition.to, states)}")
+            if transition.to in transition.from_:
+                self.fail((*tpath, "to"), f"transition '{tname}' goes from '{transition.to}' to itself; a transition must change the state")
+
+    # operations
+
+    def _check_operation(self, name: str, op: Operation) -> None:
+        m = self.model
+        path: DocPath = ("operations", name)
+        if not _SNAKE.match(name) or keyword.iskeyword(name) or name in _RESERVED:
+            self.fail(path, f"operation name '{name}' must be a snake_case identifier and not a Python keyword", key=True)
+        params: dict[str, TypeRef] = {}
+        for pname, text in op.params.items():
+            if not _IDENT.match(pname) or keyword.iskeyword(pname):
+                self.fail((*path, "params", pname), f"param name '{pname}' of {name} must be a Python identifier and not a keyword", key=True)
+                continue
+            ref = self._type((*path, "params", pname), text, f"param '{name}.{pname}'")
+            if ref is not None:
+                params[pname] = ref
+        self.params[name] = params
+        self.returns[name] = self._type((*path, "returns"), op.returns, f"return type of '{name}'") if op.returns else None
+        if op.kind == "read" and op.returns is None:
+            self.fail(path, f"read operation '{name}' must declare what it returns", key=True)
+
+        entity = m.entities.get(op.entity) if op.entity else None
+        if op.entity is not None and entity is None:
+            self.fail((*path, "entity"), f"operation '{name}' acts on unknown entity '{op.entity}'{suggest(op.entity, m.entities)}")
+        if op.key is not None:
+            if op.entity is None:
+                self.fail((*path, "key"), f"operation '{name}' names a key param but no entity; add `entity:`")
+            elif op.key not in op.params:
+                self.fail((*path, "key"), f"key param '{op.key}' of '{name}' is not one of its params{suggest(op.key, op.params)}")
+            elif entity is not None and op.key in params:
+                entity_key = self.records.get(op.entity or "", {}).get(entity.key)
+                if entity_key is not None and params[op.key] != entity_key:
+                    self.fail((*path, "params", op.key), f"key param '{name}.{op.key}' is {params[op.key]} but {op.entity}.{entity.key} is {entity_key}")
+        if op.transition is not None:
+            self._check_transition_ref(name, op, entity)
+        for index, other in enumerate(op.after):
+            if other == name:
+                self.fail((*path, "after", index), f"operation '{name}' cannot require itself to run first")
+            elif other not in m.operations:
+                self.fail((*path, "after", index), f"operation '{name}' must run after unknown operation '{other}'{suggest(other, m.operations)}")
+        for index, scope in enumerate(op.scopes):
+            if not _SCOPE.match(scope):
+                self.fail((*path, "scopes", index), f"scope '{scope}' must look like 'orders:write' (lowercase, colon-separated)")
+        self._check_guards(name, op, entity is not None and op.key is not None)
+        self._check_binding(name, op)
+
+    def _check_transition_ref(self, name: str, op: Operation, entity: Entity | None) -> None:
+        path: DocPath = ("operations", name, "transition")
+        if op.kind != "write":
+            self.fail(path, f"read operation '{name}' cannot perform a transition; make it kind: write")
+        elif entity is None:
+            self.fail(path, f"operation '{name}' performs transition '{op.transition}' but acts on no entity; add `entity:`")
+        elif entity.lifecycle is None:
+            self.fail(path, f"operation '{name}' performs transition '{op.transition}' but {op.entity} has no lifecycle")
+        elif op.transition not in entity.lifecycle.transitions:
+            known = entity.lifecycle.transitions
+            self.fail(path, f"operation '{name}' performs unknown transition '{op.transition}' of {op.entity}{suggest(op.transition or '', known)}")
+        elif op.key is None:
+            self.fail(path, f"operation '{name}' performs transition '{op.transition}' on an existing {op.entity}, so it needs `key:` naming the param that identifies it")
+
+    def _check_guards(self, name: str, op: Operation, has_entity: bool) -> None:
+        variables: dict[str, Fields] = {"params": self.params[name], "principal": PRINCIPAL_FIELDS}
+        if has_entity:
+            variables["entity"] = self.records.get(op.entity or "", {})
+        for index, guard in enumerate(op.guards):
+            gpath: DocPath = ("operations", name, "guards", index)
+            if not _SNAKE.match(guard.id):
+                self.fail((*gpath, "id"), f"guard id '{guard.id}' must be lower snake_case")
+            if guard.id in self.guard_ids:
+                self.fail((*gpath, "id"), f"guard id '{guard.id}' is already used by operation '{self.guard_ids[guard.id]}'; guard ids are unique in a contract")
+            self.guard_ids.setdefault(guard.id, name)
+            ordered = {k: variables[k] for k in GUARD_VARIABLES if k in variables}
+            for message in check_guard(guard.when, ordered, self.records, {k: list(v) for k, v in self.enums.items()}):
+                if "unknown name 'entity'" in message and not has_entity:
+                    message = f"unknown name 'entity': operation '{name}' reads no existing entity (it needs `entity:` and `key:`), so this guard may use params, principal"
+                self.fail((*gpath, "when"), f"guard '{guard.id}': {message}")
+
+    def _check_binding(self, name: str, op: Operation) -> None:
+        if op.binding is not None:
+            ref, path = op.binding.python, ("operations", name, "binding", "python")
+            if ":" not in ref:
+                self.fail(path, f"binding '{ref}' of '{name}' must be 'package.module:function'")
+                return
+        elif self.model.binding is not None:
+            module = self.model.binding.python
+            if ":" in module:
+                self.fail(("binding", "python"), f"the contract's default binding '{module}' must name a module only ('package.module'); operations use module:<operation name>")
+                return
+            ref, path = f"{module}:{name}", ("binding", "python")
+        else:
+            self.fail(("operations", name), f"operation '{name}' has no binding: add `binding: {{python: module}}` to the contract or `binding: {{python: module:function}}` to the operation", key=True)
+            return
+        if self.binding_search is not None:
+            error = _resolve_python_binding(ref, self.binding_search)
+            if error:
+                self.fail(path, f"binding '{ref}' does not resolve: {error}")
+
+    # boundaries
+
+    def _check_boundaries(self) -> None:
+        m = self.model
+        seen: set[str] = set()
+        sequences = {name for name, op in m.operations.items() if op.after}
+        transitions = {
+            f"{ename}.{tname}"
+            for ename, entity in m.entities.items()
+            if entity.lifecycle
+            for tname in entity.lifecycle.transitions
+        }
+        for index, boundary in enumerate(m.boundaries):
+            bpath: DocPath = ("boundaries", index)
+            if not _SNAKE.match(boundary.id):
+                self.fail((*bpath, "id"), f"boundary id '{boundary.id}' must be lower snake_case")
+            if boundary.id in seen:
+                self.fail((*bpath, "id"), f"boundary id '{boundary.id}' is used twice")
+            seen.add(boundary.id)
+            if not boundary.enforced_by and not boundary.advisory:
+                self.fail(bpath, f"boundary '{boundary.id}' is enforced by no rule: add `enforced_by:` (a transition, guard or sequence) or mark it `advisory: true`")
+            for rindex, rule in enumerate(boundary.enforced_by):
+                rpath: DocPath = (*bpath, "enforced_by", rindex)
+                if rule.transition is not None and rule.transition not in transitions:
+                    self.fail((*rpath, "transition"), f"boundary '{boundary.id}' is enforced by unknown transition '{rule.transition}' (write Entity.transition){suggest(rule.transition, transitions)}")
+                if rule.guard is not None and rule.guard not in self.guard_ids:
+                    self.fail((*rpath, "guard"), f"boundary '{boundary.id}' is enforced by unknown guard '{rule.guard}'{suggest(rule.guard, self.guard_ids)}")
+                if rule.sequence is not None and rule.sequence not in sequences:
+                    hint = suggest(rule.sequence, sequences)
+                    why = "" if rule.sequence in m.operations else " operation"
+                    self.fail((*rpath, "sequence"), f"boundary '{boundary.id}' is enforced by the sequence rule of{why} '{rule.sequence}', which has no `after:` rule{hint}")
+
+
+# --- bindings -----------------------------------------------------------------------------------
+
+
+def _binding_search_dirs(contract_file: Path) -> list[Path]:
+    """Where a binding's module is looked for: the contract's folder and each folder above it."""
+    folder = contract_file.resolve().parent
+    return [folder, *folder.parents]
+
+
+def _resolve_python_binding(ref: str, search: list[Path]) -> str | None:
+    """Find `module:function` without importing the module; None when it resolves.
+
+    Backend code is not run at check time: checking stays pure, and a contract check can
+    never trigger a backend's side effects.
+    """
+    module, _, function = ref.partition(":")
+    if not all(_IDENT.match(part) for part in module.split(".")) or not _IDENT.match(function):
+        return "write it as 'package.module:function'"
+    relative = Path(*module.split("."))
+    candidates = [d / relative.with_suffix(".py") for d in search] + [d / relative / "__init__.py" for d in search]
+    source_file = next((c for c in candidates if c.is_file()), None)
+    if source_file is None:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return f"no module '{module}' next to the contract or on the Python path ({sys.prefix})"
+        source_file = Path(spec.origin)
+    try:
+        tree = ast.parse(source_file.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
+        return f"module '{module}' ({source_file}) cannot be read: {exc}"
+    defined = {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    if function not in defined:
+        return f"module '{module}' defines no function '{function}'{suggest(function, defined)}"
+    return None

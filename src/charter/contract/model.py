@@ -1,0 +1,200 @@
+"""The contract format, as pydantic models.
+
+This is the shape of a contract file; `charter contract schema` prints it as JSON Schema.
+Cross-references (unknown states, guards naming unknown fields, boundaries no rule
+enforces...) are checked afterwards by `checker`, which knows where each value came from.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import total_ordering
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "Binding",
+    "Boundary",
+    "Contract",
+    "Entity",
+    "Guard",
+    "Lifecycle",
+    "Limits",
+    "Operation",
+    "RuleRef",
+    "SemVer",
+    "Transition",
+]
+
+_SEMVER = re.compile(
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?\Z"
+)
+
+
+@total_ordering
+class SemVer:
+    """MAJOR.MINOR.PATCH[-PRERELEASE], ordered by the semver 2.0 rules."""
+
+    __slots__ = ("major", "minor", "patch", "prerelease")
+
+    def __init__(self, text: str) -> None:
+        match = _SEMVER.match(text)
+        if not match:
+            raise ValueError(
+                f"version '{text}' is not semantic versioning: write MAJOR.MINOR.PATCH, e.g. 1.0.0"
+            )
+        self.major, self.minor, self.patch = (int(g) for g in match.group(1, 2, 3))
+        self.prerelease: tuple[str, ...] = tuple(match.group(4).split(".")) if match.group(4) else ()
+
+    def _key(self) -> tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]:
+        # A release sorts after its prereleases; numeric identifiers sort before alphanumeric.
+        pre = tuple((0, int(p)) if p.isdigit() else (1, p) for p in self.prerelease)
+        return (self.major, self.minor, self.patch, 0 if self.prerelease else 1, pre)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SemVer) and self._key() == other._key()
+
+    def __lt__(self, other: SemVer) -> bool:
+        return self._key() < other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        core = f"{self.major}.{self.minor}.{self.patch}"
+        return f"{core}-{'.'.join(self.prerelease)}" if self.prerelease else core
+
+    def __repr__(self) -> str:
+        return f"SemVer('{self}')"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+
+TypeText = Annotated[str, Field(description="A type: str, int, float, bool, money, datetime, a "
+                                "declared name, list[T], or T? for optional.")]
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
+class Binding(_Strict):
+    """Where an operation is carried out. Only in-process Python backends exist today;
+    the field is a mapping so that `http: {...}` can sit beside `python:` later."""
+
+    python: str = Field(
+        description="At contract level a module ('pkg.module'); on an operation 'pkg.module:function'."
+    )
+
+
+class Transition(_Strict):
+    from_: list[str] = Field(alias="from", min_length=1, description="States it may start from.")
+    to: str
+    doc: str = ""
+
+
+class Lifecycle(_Strict):
+    field: str = Field(description="The entity field that holds the state (declared here, not in fields).")
+    states: list[str] = Field(min_length=1)
+    initial: str
+    transitions: dict[str, Transition] = Field(default_factory=dict)
+
+
+class Entity(_Strict):
+    doc: str = ""
+    key: str = Field(description="The field that identifies one entity.")
+    fields: dict[str, TypeText] = Field(min_length=1)
+    lifecycle: Lifecycle | None = None
+
+
+class Guard(_Strict):
+    id: str
+    when: NonEmptyText = Field(
+        description="A CEL expression over params, entity and principal that must be true."
+    )
+    message: NonEmptyText = Field(description="What the program is told when the guard fails.")
+
+
+class Operation(_Strict):
+    kind: Literal["read", "write"]
+    doc: NonEmptyText
+    entity: str | None = Field(default=None, description="The entity the operation acts on.")
+    key: str | None = Field(
+        default=None,
+        description="The param that carries the entity's key; without it a write creates an entity.",
+    )
+    params: dict[str, TypeText] = Field(default_factory=dict)
+    returns: TypeText | None = None
+    transition: str | None = Field(default=None, description="The lifecycle transition a write performs.")
+    guards: list[Guard] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list, description="Scopes the principal must hold, all of them.")
+    after: list[str] = Field(
+        default_factory=list,
+        description="Operations that must have succeeded earlier in the same run "
+        "(on the same entity key when both act on the same entity).",
+    )
+    idempotent: bool = False
+    requires_approval: bool = False
+    binding: Binding | None = None
+
+
+class RuleRef(_Strict):
+    """One machine rule that enforces a boundary. Exactly one of the three is set."""
+
+    transition: str | None = Field(default=None, description="'Entity.transition'")
+    guard: str | None = Field(default=None, description="A guard id.")
+    sequence: str | None = Field(default=None, description="An operation whose `after` rule enforces it.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RuleRef:
+        named = [k for k in ("transition", "guard", "sequence") if getattr(self, k) is not None]
+        if len(named) != 1:
+            raise ValueError("a rule names exactly one of transition, guard, sequence")
+        return self
+
+
+class Boundary(_Strict):
+    id: str
+    text: NonEmptyText = Field(description="The sentence a human reads.")
+    enforced_by: list[RuleRef] = Field(default_factory=list)
+    advisory: bool = Field(default=False, description="True if no machine rule enforces it.")
+
+
+class Limits(_Strict):
+    max_calls: int = Field(default=50, ge=1, le=100_000)
+    max_writes: int = Field(default=10, ge=0, le=100_000)
+
+
+class Contract(_Strict):
+    """One version of a domain contract."""
+
+    contract: str = Field(description="The contract's name, a snake_case identifier.")
+    version: str = Field(description="Semantic version, MAJOR.MINOR.PATCH.")
+    summary: NonEmptyText
+    owners: list[NonEmptyText] = Field(min_length=1)
+    changelog: NonEmptyText = Field(description="What changed in this version.")
+    enums: dict[str, list[str]] = Field(default_factory=dict)
+    records: dict[str, dict[str, TypeText]] = Field(default_factory=dict)
+    entities: dict[str, Entity] = Field(min_length=1)
+    operations: dict[str, Operation] = Field(min_length=1)
+    boundaries: list[Boundary] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    binding: Binding | None = Field(
+        default=None, description="Default backend module; operations without one use module:op_name."
+    )
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_text(cls, value: Any) -> Any:
+        # YAML reads `version: 1.0` as a float; report it as a version, not a type error.
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        SemVer(value)
+        return value
+
+    @property
+    def semver(self) -> SemVer:
+        return SemVer(self.version)

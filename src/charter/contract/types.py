@@ -1,0 +1,111 @@
+"""The type language of contract fields, params and returns.
+
+    str | int | float | bool | money | datetime     primitives
+    Name                                            an enum, record or entity declared in the contract
+    list[T]                                         a list of T
+    T?                                              T or absent (null)
+
+`money` is an exact decimal with two places (Decimal in programs). CEL guards see it as an
+integer count of minor units (cents), so `params.amount + entity.refunded <= entity.total`
+is exact; floating point would let a refund cap drift by a rounding error.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "MONEY_SCALE",
+    "PRIMITIVES",
+    "TypeRef",
+    "TypeSyntaxError",
+    "UnknownTypeName",
+    "parse_type",
+]
+
+PRIMITIVES = ("str", "int", "float", "bool", "money", "datetime")
+MONEY_SCALE = 2
+
+Kind = Literal["str", "int", "float", "bool", "money", "datetime", "enum", "record", "list"]
+
+
+class TypeRef(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A resolved type. `name` is set for enum and record kinds, `item` for lists."""
+
+    kind: Kind
+    name: str | None = None
+    item: TypeRef | None = None
+    optional: bool = False
+
+    def __str__(self) -> str:
+        if self.kind == "list":
+            assert self.item is not None
+            text = f"list[{self.item}]"
+        elif self.kind in ("enum", "record"):
+            assert self.name is not None
+            text = self.name
+        else:
+            text = self.kind
+        return text + ("?" if self.optional else "")
+
+    def python(self) -> str:
+        """The annotation a program sees for this type."""
+        if self.kind == "list":
+            assert self.item is not None
+            text = f"list[{self.item.python()}]"
+        elif self.kind in ("enum", "record"):
+            assert self.name is not None
+            text = self.name
+        else:
+            text = {"money": "Decimal"}.get(self.kind, self.kind)
+        return f"{text} | None" if self.optional else text
+
+    def required(self) -> TypeRef:
+        """The same type without the optional mark."""
+        return msgspec.structs.replace(self, optional=False)
+
+
+class TypeSyntaxError(ValueError):
+    """A type text that does not parse; the message says why."""
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_type(text: str, named: dict[str, Literal["enum", "record"]]) -> TypeRef:
+    """Parse `text` against the contract's named types (name -> enum or record).
+
+    Raises TypeSyntaxError with a message that says what was expected; unknown names
+    raise UnknownTypeName so the caller can suggest a close match.
+    """
+    stripped = text.strip()
+    if not stripped:
+        raise TypeSyntaxError("empty type")
+    if stripped.endswith("?"):
+        inner = parse_type(stripped[:-1], named)
+        if inner.optional:
+            raise TypeSyntaxError(f"type '{text}' is marked optional twice")
+        return msgspec.structs.replace(inner, optional=True)
+    if stripped.startswith("list[") and stripped.endswith("]"):
+        return TypeRef("list", item=parse_type(stripped[5:-1], named))
+    if stripped in PRIMITIVES:
+        return TypeRef(stripped)  # type: ignore[arg-type]
+    if not _NAME.match(stripped):
+        raise TypeSyntaxError(
+            f"type '{text}' does not parse: expected a primitive ({', '.join(PRIMITIVES)}), "
+            "a declared name, list[T] or T?"
+        )
+    if stripped not in named:
+        raise UnknownTypeName(stripped)
+    return TypeRef(named[stripped], name=stripped)
+
+
+class UnknownTypeName(TypeSyntaxError):
+    """A type name the contract does not declare."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(name)

@@ -1,0 +1,81 @@
+"""Charter's exceptions, in one hierarchy.
+
+    CharterError
+    └── UsageError              the caller must fix its input; nothing was changed
+        ├── ContractError       a contract source is malformed (carries every problem found)
+        └── RegistryError       the registry refused a request
+            ├── ContractNotFound
+            ├── VersionConflict     same version with other content, or not newer than the latest
+            └── ChangeRefused       a breaking change without a major bump, or an unapproved relaxation
+
+Usage errors are kept apart from run outcomes (denied, timed out, failed), which are
+values a run returns, not exceptions a caller has to catch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "ChangeRefused",
+    "CharterError",
+    "ContractError",
+    "ContractNotFound",
+    "Problem",
+    "RegistryError",
+    "UsageError",
+    "VersionConflict",
+]
+
+
+class CharterError(Exception):
+    """Base of every exception Charter raises on purpose."""
+
+
+class UsageError(CharterError):
+    """The input was wrong; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a contract source, located as precisely as we can."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class ContractError(UsageError):
+    """A contract source failed to load or check. `problems` lists every finding, in file order."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class RegistryError(UsageError):
+    """The registry refused a request."""
+
+
+class ContractNotFound(RegistryError):
+    """No published contract (or version) has that name."""
+
+
+class VersionConflict(RegistryError):
+    """A version was published with other content, or is not newer than the latest."""
+
+
+class ChangeRefused(RegistryError):
+    """Publishing would make a breaking change without a major bump, or relax a boundary unapproved.
+
+    `changes` holds the offending changes so a caller can show them.
+    """
+
+    def __init__(self, message: str, changes: Sequence[object]) -> None:
+        self.changes = tuple(changes)
+        super().__init__(message)
