@@ -45,7 +45,13 @@ _SEED: list[tuple[int, str, str, list[tuple[str, int, str]], str]] = [
     (102, "grace@example.com", "confirmed", [("MS-220", 2, "24.50")], "0.00"),
     (103, "alan@example.com", "picking", [("HD-900", 1, "199.99")], "0.00"),
     (104, "edsger@example.com", "packed", [("CB-010", 3, "9.90")], "0.00"),
-    (123, "barbara@example.com", "dispatched", [("LP-14", 1, "1299.00"), ("BG-2", 1, "49.00")], "0.00"),
+    (
+        123,
+        "barbara@example.com",
+        "dispatched",
+        [("LP-14", 1, "1299.00"), ("BG-2", 1, "49.00")],
+        "0.00",
+    ),
     (125, "donald@example.com", "delivered", [("BK-TAOCP", 4, "79.99")], "20.00"),
     (130, "margaret@example.com", "cancelled", [("CH-77", 2, "149.00")], "0.00"),
 ]
@@ -118,14 +124,17 @@ def list_orders(*, status: str | None = None, customer: str | None = None) -> li
         return [_record(r) for r in rows]
 
 
-def _transition(order_id: int, allowed: tuple[str, ...], to: str, note: str | None = None) -> dict[str, Any]:
+def _transition(
+    order_id: int, allowed: tuple[str, ...], to: str, note: str | None = None
+) -> dict[str, Any]:
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
         row = _fetch(db, order_id)
         if row["status"] not in allowed:
             raise Conflict(f"order {order_id} is {row['status']}; cannot move it to {to}")
         db.execute(
-            "UPDATE orders SET status = ?, note = COALESCE(?, note) WHERE id = ?", (to, note, order_id)
+            "UPDATE orders SET status = ?, note = COALESCE(?, note) WHERE id = ?",
+            (to, note, order_id),
         )
         return _record(_fetch(db, order_id))
 
@@ -147,7 +156,12 @@ def verify_refund(*, id: int) -> dict[str, Any]:
         if eligible
         else f"order {id} is {order['status']} with {refundable} refundable"
     )
-    return {"order_id": id, "eligible": eligible, "refundable": refundable, "explanation": explanation}
+    return {
+        "order_id": id,
+        "eligible": eligible,
+        "refundable": refundable,
+        "explanation": explanation,
+    }
 
 
 def refund_order(*, id: int, amount: Decimal, reason: str) -> dict[str, Any]:

@@ -93,9 +93,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
             for key_node, value_node in node.value:
                 key = constructor.construct_object(key_node, deep=True)
                 if not isinstance(key, str | int):
-                    problems.append(
-                        Problem(file, *_astuple(_pos(key_node)), "mapping keys must be names")
-                    )
+                    problems.append(Problem(file, *_astuple(_pos(key_node)), "mapping keys must be names"))
                     continue
                 if key in result:
                     first = source_map.keys[(*path, key)]

@@ -23,7 +23,16 @@ from cel.stdlib import add_stdlib_to_context
 
 from charter.contract.types import MONEY_SCALE, TypeRef
 
-__all__ = ["GUARD_VARIABLES", "PRINCIPAL_FIELDS", "CompiledGuard", "activation", "check_guard", "to_cel", "suggest"]
+__all__ = [
+    "GUARD_VARIABLES",
+    "PRINCIPAL_FIELDS",
+    "CompiledGuard",
+    "activation",
+    "check_guard",
+    "names_used",
+    "suggest",
+    "to_cel",
+]
 
 GUARD_VARIABLES = ("params", "entity", "principal")
 PRINCIPAL_FIELDS: dict[str, TypeRef] = {
@@ -49,6 +58,14 @@ def activation(variables: Mapping[str, Any]) -> cel.Context:
     context = cel.Context(variables=dict(variables))
     add_stdlib_to_context(context, list(GUARD_LIBRARIES))
     return context
+
+
+def names_used(source: str) -> set[str]:
+    """Top-level names a guard refers to; empty if it does not compile."""
+    try:
+        return set(cel.compile(source).variables())
+    except ValueError:
+        return set()
 
 
 def suggest(word: str, candidates: object) -> str:
@@ -111,8 +128,7 @@ def check_guard(
             result = program.execute(activation(sample))
         except TypeError as exc:
             return [
-                f"type error: {str(exc).split('. ')[0]} "
-                "(CEL never converts types; money is an int of cents in guards)"
+                f"type error: {str(exc).split('. ')[0]} (CEL never converts types; money is an int of cents in guards)"
             ]
         except KeyError as exc:
             return [f"unknown field {exc}"]
@@ -123,10 +139,9 @@ def check_guard(
     return []
 
 
-def _walk(
-    root: str, steps: list[str], ends_in_call: bool, fields: Fields, records: Mapping[str, Fields]
-) -> list[str]:
-    path, current, kind = root, fields, "record"
+def _walk(root: str, steps: list[str], ends_in_call: bool, fields: Fields, records: Mapping[str, Fields]) -> list[str]:
+    path, kind = root, "record"
+    current: Fields | None = fields
     for index, step in enumerate(steps):
         if current is None:
             if index == len(steps) - 1 and ends_in_call:
@@ -162,12 +177,12 @@ def _sample(ref: TypeRef, records: Mapping[str, Fields], enums: Mapping[str, lis
 
 
 def _samples(
-    variables: Mapping[str, Fields], records: Mapping[str, Fields], enums: Mapping[str, list[str]], n: int
+    variables: Mapping[str, Fields],
+    records: Mapping[str, Fields],
+    enums: Mapping[str, list[str]],
+    n: int,
 ) -> dict[str, Any]:
-    return {
-        name: {k: _sample(v, records, enums, n) for k, v in fields.items()}
-        for name, fields in variables.items()
-    }
+    return {name: {k: _sample(v, records, enums, n) for k, v in fields.items()} for name, fields in variables.items()}
 
 
 def to_cel(value: Any, ref: TypeRef, records: Mapping[str, Fields]) -> Any:

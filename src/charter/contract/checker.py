@@ -21,14 +21,26 @@ from typing import Any, Literal, get_args, get_origin
 import pydantic
 from pydantic import BaseModel
 
-from charter.contract.cel_guards import GUARD_VARIABLES, PRINCIPAL_FIELDS, check_guard, suggest
-from charter.contract.model import Contract, Entity, Operation
-from charter.contract.types import PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
+from charter.contract.cel_guards import (
+    GUARD_VARIABLES,
+    PRINCIPAL_FIELDS,
+    check_guard,
+    names_used,
+    suggest,
+)
+from charter.contract.model import Contract, Entity, Operation
+from charter.contract.types import PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.errors import ContractError, Problem
 
-__all__ = ["CheckedContract", "check_contract_data", "load_contract", "state_enum_name"]
+__all__ = [
+    "CheckedContract",
+    "check_contract_data",
+    "entity_reader",
+    "load_contract",
+    "state_enum_name",
+]
 
 _SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
@@ -66,6 +78,16 @@ def state_enum_name(entity: str, lifecycle_field: str) -> str:
     return entity + "".join(part.capitalize() for part in lifecycle_field.split("_"))
 
 
+def entity_reader(model: Contract, entity: str) -> str | None:
+    """The read operation the gate calls to observe one entity: reads it by key, returns it."""
+    for name, op in model.operations.items():
+        if op.kind == "read" and op.entity == entity and op.key and op.returns == entity:
+            required = [p for p, t in op.params.items() if p != op.key and not t.strip().endswith("?")]
+            if not required:
+                return name
+    return None
+
+
 def load_contract(path: str | Path, *, resolve_bindings: bool = True) -> CheckedContract:
     """Read, parse and check one contract file. Raises ContractError listing every problem."""
     file_path = Path(path)
@@ -90,9 +112,7 @@ def check_contract_data(
     try:
         model = Contract.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ContractError(
-            _sorted(_from_pydantic(err, source_map) for err in exc.errors(include_url=False))
-        ) from None
+        raise ContractError(_sorted(_from_pydantic(err, source_map) for err in exc.errors(include_url=False))) from None
     return _Checker(model, source_map, binding_search).run()
 
 
@@ -115,9 +135,7 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
     current: Any = Contract
     for step in loc:
         if isinstance(current, type) and issubclass(current, BaseModel):
-            info = next(
-                (f for n, f in current.model_fields.items() if step in (n, f.alias)), None
-            )
+            info = next((f for n, f in current.model_fields.items() if step in (n, f.alias)), None)
             if info is None:
                 return []
             current = info.annotation
@@ -159,7 +177,13 @@ def _from_pydantic(err: Any, source_map: SourceMap) -> Problem:
         return source_map.problem(loc[:-1], message)
     if kind in _EXPECTED:
         got = err["input"]
-        shown = f"'{got}'" if isinstance(got, str) else repr(got) if not isinstance(got, dict | list) else type(got).__name__
+        shown = (
+            f"'{got}'"
+            if isinstance(got, str)
+            else repr(got)
+            if not isinstance(got, dict | list)
+            else type(got).__name__
+        )
         return source_map.problem(loc, f"{where}: expected {_EXPECTED[kind]}, got {shown}")
     if kind == "value_error":
         return source_map.problem(loc, f"{where}: {err['ctx']['error']}" if where else str(err["ctx"]["error"]))
@@ -188,7 +212,10 @@ class _Checker:
     def run(self) -> CheckedContract:
         m = self.model
         if not _SNAKE.match(m.contract) or keyword.iskeyword(m.contract):
-            self.fail(("contract",), f"contract name '{m.contract}' must be a snake_case identifier, e.g. 'orders'")
+            self.fail(
+                ("contract",),
+                f"contract name '{m.contract}' must be a snake_case identifier, e.g. 'orders'",
+            )
         self._declare_names()
         self._resolve_records()
         for name, entity in m.entities.items():
@@ -197,7 +224,10 @@ class _Checker:
             self._check_operation(name, operation)
         self._check_boundaries()
         if m.limits.max_writes > m.limits.max_calls:
-            self.fail(("limits", "max_writes"), f"limits.max_writes ({m.limits.max_writes}) exceeds limits.max_calls ({m.limits.max_calls})")
+            self.fail(
+                ("limits", "max_writes"),
+                f"limits.max_writes ({m.limits.max_writes}) exceeds limits.max_calls ({m.limits.max_calls})",
+            )
         if self.problems:
             raise ContractError(_sorted(self.problems))
         return CheckedContract(
@@ -223,9 +253,17 @@ class _Checker:
             for name in names:
                 path: DocPath = (section, name)
                 if not _PASCAL.match(name) or name in PRIMITIVES or name in _RESERVED:
-                    self.fail(path, f"type name '{name}' must be PascalCase, e.g. 'Order', and not a reserved name", key=True)
+                    self.fail(
+                        path,
+                        f"type name '{name}' must be PascalCase, e.g. 'Order', and not a reserved name",
+                        key=True,
+                    )
                 elif name in declared:
-                    self.fail(path, f"type name '{name}' is declared twice (also in {declared[name][0]})", key=True)
+                    self.fail(
+                        path,
+                        f"type name '{name}' is declared twice (also in {declared[name][0]})",
+                        key=True,
+                    )
                 declared[name] = path
                 self.named[name] = kind
         for name, values in m.enums.items():
@@ -236,7 +274,10 @@ class _Checker:
                 continue
             generated = state_enum_name(name, entity.lifecycle.field)
             if generated in declared:
-                self.fail(("entities", name, "lifecycle", "field"), f"the lifecycle of {name} generates the type '{generated}', which is already declared")
+                self.fail(
+                    ("entities", name, "lifecycle", "field"),
+                    f"the lifecycle of {name} generates the type '{generated}', which is already declared",
+                )
             self.named[generated] = "enum"
             self.enums[generated] = tuple(entity.lifecycle.states)
 
@@ -253,7 +294,10 @@ class _Checker:
         try:
             return parse_type(text, self.named)
         except UnknownTypeName as exc:
-            self.fail(path, f"{what} has unknown type '{exc.name}'{suggest(exc.name, [*PRIMITIVES, *self.named])}")
+            self.fail(
+                path,
+                f"{what} has unknown type '{exc.name}'{suggest(exc.name, [*PRIMITIVES, *self.named])}",
+            )
         except TypeSyntaxError as exc:
             self.fail(path, f"{what}: {exc}")
         return None
@@ -262,7 +306,11 @@ class _Checker:
         resolved: dict[str, TypeRef] = {}
         for name, text in fields.items():
             if not _IDENT.match(name) or keyword.iskeyword(name):
-                self.fail((*path, name), f"field name '{name}' of {owner} must be a Python identifier", key=True)
+                self.fail(
+                    (*path, name),
+                    f"field name '{name}' of {owner} must be a Python identifier",
+                    key=True,
+                )
                 continue
             ref = self._type((*path, name), text, f"field '{owner}.{name}'")
             if ref is not None:
@@ -271,14 +319,18 @@ class _Checker:
 
     def _resolve_records(self) -> None:
         m = self.model
-        for name, fields in m.records.items():
-            self.records[name] = self._fields(("records", name), fields, name)
+        for name, declared in m.records.items():
+            self.records[name] = self._fields(("records", name), declared, name)
         for name, entity in m.entities.items():
             fields = self._fields(("entities", name, "fields"), entity.fields, name)
             if entity.lifecycle is not None:
                 state_field = entity.lifecycle.field
                 if state_field in entity.fields:
-                    self.fail(("entities", name, "fields", state_field), f"field '{name}.{state_field}' is the lifecycle's state field; declare it only under lifecycle", key=True)
+                    self.fail(
+                        ("entities", name, "fields", state_field),
+                        f"field '{name}.{state_field}' is the lifecycle's state field; declare it only under lifecycle",
+                        key=True,
+                    )
                 fields[state_field] = TypeRef("enum", name=state_enum_name(name, state_field))
             self.records[name] = fields
         self._check_record_cycles()
@@ -286,7 +338,9 @@ class _Checker:
     def _check_record_cycles(self) -> None:
         # A record that contains itself (not through a list or optional) has no finite value.
         def direct(name: str) -> set[str]:
-            return {t.name for t in self.records.get(name, {}).values() if t.kind == "record" and not t.optional and t.name}
+            return {
+                t.name for t in self.records.get(name, {}).values() if t.kind == "record" and not t.optional and t.name
+            }
 
         for start in self.records:
             stack, seen = list(direct(start)), set()
@@ -294,7 +348,11 @@ class _Checker:
                 current = stack.pop()
                 if current == start:
                     section = "entities" if start in self.model.entities else "records"
-                    self.fail((section, start), f"record '{start}' contains itself; make the field optional or a list", key=True)
+                    self.fail(
+                        (section, start),
+                        f"record '{start}' contains itself; make the field optional or a list",
+                        key=True,
+                    )
                     break
                 if current not in seen:
                     seen.add(current)
@@ -306,9 +364,15 @@ class _Checker:
         path: DocPath = ("entities", name)
         fields = self.records.get(name, {})
         if entity.key not in entity.fields:
-            self.fail((*path, "key"), f"key '{entity.key}' of {name} is not one of its fields{suggest(entity.key, entity.fields)}")
+            self.fail(
+                (*path, "key"),
+                f"key '{entity.key}' of {name} is not one of its fields{suggest(entity.key, entity.fields)}",
+            )
         elif entity.key in fields and fields[entity.key] not in (TypeRef("str"), TypeRef("int")):
-            self.fail((*path, "fields", entity.key), f"key field '{name}.{entity.key}' must be str or int, not {fields[entity.key]}")
+            self.fail(
+                (*path, "fields", entity.key),
+                f"key field '{name}.{entity.key}' must be str or int, not {fields[entity.key]}",
+            )
         lifecycle = entity.lifecycle
         if lifecycle is None:
             return
@@ -318,18 +382,31 @@ class _Checker:
         self._check_value_names((*lpath, "states"), lifecycle.states, "state")
         states = lifecycle.states
         if lifecycle.initial not in states:
-            self.fail((*lpath, "initial"), f"initial state '{lifecycle.initial}' of {name} is not one of its states{suggest(lifecycle.initial, states)}")
+            self.fail(
+                (*lpath, "initial"),
+                f"initial state '{lifecycle.initial}' of {name} is not one of its states"
+                + suggest(lifecycle.initial, states),
+            )
         for tname, transition in lifecycle.transitions.items():
             tpath: DocPath = (*lpath, "transitions", tname)
             if not _SNAKE.match(tname):
                 self.fail(tpath, f"transition name '{tname}' must be lower snake_case", key=True)
             for index, state in enumerate(transition.from_):
                 if state not in states:
-                    self.fail((*tpath, "from", index), f"transition '{tname}' names unknown state '{state}'{suggest(state, states)}")
+                    self.fail(
+                        (*tpath, "from", index),
+                        f"transition '{tname}' names unknown state '{state}'{suggest(state, states)}",
+                    )
             if transition.to not in states:
-                self.fail((*tpath, "to"), f"transition '{tname}' names unknown state '{transition.to}'{suggest(transition.to, states)}")
+                self.fail(
+                    (*tpath, "to"),
+                    f"transition '{tname}' names unknown state '{transition.to}'{suggest(transition.to, states)}",
+                )
             if transition.to in transition.from_:
-                self.fail((*tpath, "to"), f"transition '{tname}' goes from '{transition.to}' to itself; a transition must change the state")
+                self.fail(
+                    (*tpath, "to"),
+                    f"transition '{tname}' goes from '{transition.to}' to itself; a transition must change the state",
+                )
 
     # operations
 
@@ -337,58 +414,118 @@ class _Checker:
         m = self.model
         path: DocPath = ("operations", name)
         if not _SNAKE.match(name) or keyword.iskeyword(name) or name in _RESERVED:
-            self.fail(path, f"operation name '{name}' must be a snake_case identifier and not a Python keyword", key=True)
+            self.fail(
+                path,
+                f"operation name '{name}' must be a snake_case identifier and not a Python keyword",
+                key=True,
+            )
         params: dict[str, TypeRef] = {}
         for pname, text in op.params.items():
             if not _IDENT.match(pname) or keyword.iskeyword(pname):
-                self.fail((*path, "params", pname), f"param name '{pname}' of {name} must be a Python identifier and not a keyword", key=True)
+                self.fail(
+                    (*path, "params", pname),
+                    f"param name '{pname}' of {name} must be a Python identifier and not a keyword",
+                    key=True,
+                )
                 continue
             ref = self._type((*path, "params", pname), text, f"param '{name}.{pname}'")
             if ref is not None:
                 params[pname] = ref
         self.params[name] = params
-        self.returns[name] = self._type((*path, "returns"), op.returns, f"return type of '{name}'") if op.returns else None
+        self.returns[name] = (
+            self._type((*path, "returns"), op.returns, f"return type of '{name}'") if op.returns else None
+        )
         if op.kind == "read" and op.returns is None:
             self.fail(path, f"read operation '{name}' must declare what it returns", key=True)
 
         entity = m.entities.get(op.entity) if op.entity else None
         if op.entity is not None and entity is None:
-            self.fail((*path, "entity"), f"operation '{name}' acts on unknown entity '{op.entity}'{suggest(op.entity, m.entities)}")
+            self.fail(
+                (*path, "entity"),
+                f"operation '{name}' acts on unknown entity '{op.entity}'{suggest(op.entity, m.entities)}",
+            )
         if op.key is not None:
             if op.entity is None:
-                self.fail((*path, "key"), f"operation '{name}' names a key param but no entity; add `entity:`")
+                self.fail(
+                    (*path, "key"),
+                    f"operation '{name}' names a key param but no entity; add `entity:`",
+                )
             elif op.key not in op.params:
-                self.fail((*path, "key"), f"key param '{op.key}' of '{name}' is not one of its params{suggest(op.key, op.params)}")
+                self.fail(
+                    (*path, "key"),
+                    f"key param '{op.key}' of '{name}' is not one of its params{suggest(op.key, op.params)}",
+                )
             elif entity is not None and op.key in params:
                 entity_key = self.records.get(op.entity or "", {}).get(entity.key)
                 if entity_key is not None and params[op.key] != entity_key:
-                    self.fail((*path, "params", op.key), f"key param '{name}.{op.key}' is {params[op.key]} but {op.entity}.{entity.key} is {entity_key}")
+                    self.fail(
+                        (*path, "params", op.key),
+                        f"key param '{name}.{op.key}' is {params[op.key]} but {op.entity}.{entity.key} is {entity_key}",
+                    )
         if op.transition is not None:
             self._check_transition_ref(name, op, entity)
         for index, other in enumerate(op.after):
             if other == name:
-                self.fail((*path, "after", index), f"operation '{name}' cannot require itself to run first")
+                self.fail(
+                    (*path, "after", index),
+                    f"operation '{name}' cannot require itself to run first",
+                )
             elif other not in m.operations:
-                self.fail((*path, "after", index), f"operation '{name}' must run after unknown operation '{other}'{suggest(other, m.operations)}")
+                self.fail(
+                    (*path, "after", index),
+                    f"operation '{name}' must run after unknown operation '{other}'{suggest(other, m.operations)}",
+                )
         for index, scope in enumerate(op.scopes):
             if not _SCOPE.match(scope):
-                self.fail((*path, "scopes", index), f"scope '{scope}' must look like 'orders:write' (lowercase, colon-separated)")
+                self.fail(
+                    (*path, "scopes", index),
+                    f"scope '{scope}' must look like 'orders:write' (lowercase, colon-separated)",
+                )
         self._check_guards(name, op, entity is not None and op.key is not None)
         self._check_binding(name, op)
+        reads_state = op.transition is not None or any("entity" in names_used(g.when) for g in op.guards)
+        if (
+            entity is not None
+            and op.key
+            and op.kind == "write"
+            and reads_state
+            and not entity_reader(m, op.entity or "")
+        ):
+            self.fail(
+                ("operations", name),
+                f"operation '{name}' depends on the state of {op.entity}, but no read operation returns one "
+                f"{op.entity} by its key for the gate to check it; add one (kind: read, entity: {op.entity}, "
+                f"key: ..., returns: {op.entity})",
+                key=True,
+            )
 
     def _check_transition_ref(self, name: str, op: Operation, entity: Entity | None) -> None:
         path: DocPath = ("operations", name, "transition")
         if op.kind != "write":
             self.fail(path, f"read operation '{name}' cannot perform a transition; make it kind: write")
         elif entity is None:
-            self.fail(path, f"operation '{name}' performs transition '{op.transition}' but acts on no entity; add `entity:`")
+            self.fail(
+                path,
+                f"operation '{name}' performs transition '{op.transition}' but acts on no entity; add `entity:`",
+            )
         elif entity.lifecycle is None:
-            self.fail(path, f"operation '{name}' performs transition '{op.transition}' but {op.entity} has no lifecycle")
+            self.fail(
+                path,
+                f"operation '{name}' performs transition '{op.transition}' but {op.entity} has no lifecycle",
+            )
         elif op.transition not in entity.lifecycle.transitions:
             known = entity.lifecycle.transitions
-            self.fail(path, f"operation '{name}' performs unknown transition '{op.transition}' of {op.entity}{suggest(op.transition or '', known)}")
+            self.fail(
+                path,
+                f"operation '{name}' performs unknown transition '{op.transition}' of {op.entity}"
+                + suggest(op.transition or "", known),
+            )
         elif op.key is None:
-            self.fail(path, f"operation '{name}' performs transition '{op.transition}' on an existing {op.entity}, so it needs `key:` naming the param that identifies it")
+            self.fail(
+                path,
+                f"operation '{name}' performs transition '{op.transition}' on an existing {op.entity}, so it "
+                "needs `key:` naming the param that identifies it",
+            )
 
     def _check_guards(self, name: str, op: Operation, has_entity: bool) -> None:
         variables: dict[str, Fields] = {"params": self.params[name], "principal": PRINCIPAL_FIELDS}
@@ -399,15 +536,25 @@ class _Checker:
             if not _SNAKE.match(guard.id):
                 self.fail((*gpath, "id"), f"guard id '{guard.id}' must be lower snake_case")
             if guard.id in self.guard_ids:
-                self.fail((*gpath, "id"), f"guard id '{guard.id}' is already used by operation '{self.guard_ids[guard.id]}'; guard ids are unique in a contract")
+                self.fail(
+                    (*gpath, "id"),
+                    f"guard id '{guard.id}' is already used by operation '{self.guard_ids[guard.id]}'; guard "
+                    "ids are unique in a contract",
+                )
             self.guard_ids.setdefault(guard.id, name)
             ordered = {k: variables[k] for k in GUARD_VARIABLES if k in variables}
-            for message in check_guard(guard.when, ordered, self.records, {k: list(v) for k, v in self.enums.items()}):
-                if "unknown name 'entity'" in message and not has_entity:
-                    message = f"unknown name 'entity': operation '{name}' reads no existing entity (it needs `entity:` and `key:`), so this guard may use params, principal"
+            enums = {k: list(v) for k, v in self.enums.items()}
+            for found in check_guard(guard.when, ordered, self.records, enums):
+                message = found
+                if "unknown name 'entity'" in found and not has_entity:
+                    message = (
+                        f"unknown name 'entity': operation '{name}' reads no existing entity "
+                        "(it needs `entity:` and `key:`), so this guard may use params, principal"
+                    )
                 self.fail((*gpath, "when"), f"guard '{guard.id}': {message}")
 
     def _check_binding(self, name: str, op: Operation) -> None:
+        path: DocPath
         if op.binding is not None:
             ref, path = op.binding.python, ("operations", name, "binding", "python")
             if ":" not in ref:
@@ -416,11 +563,20 @@ class _Checker:
         elif self.model.binding is not None:
             module = self.model.binding.python
             if ":" in module:
-                self.fail(("binding", "python"), f"the contract's default binding '{module}' must name a module only ('package.module'); operations use module:<operation name>")
+                self.fail(
+                    ("binding", "python"),
+                    f"the contract's default binding '{module}' must name a module only ('package.module'); "
+                    "operations use module:<operation name>",
+                )
                 return
             ref, path = f"{module}:{name}", ("binding", "python")
         else:
-            self.fail(("operations", name), f"operation '{name}' has no binding: add `binding: {{python: module}}` to the contract or `binding: {{python: module:function}}` to the operation", key=True)
+            self.fail(
+                ("operations", name),
+                f"operation '{name}' has no binding: add `binding: {{python: module}}` to the contract or `binding: "
+                f"{{python: module:function}}` to the operation",
+                key=True,
+            )
             return
         if self.binding_search is not None:
             error = _resolve_python_binding(ref, self.binding_search)
@@ -447,17 +603,33 @@ class _Checker:
                 self.fail((*bpath, "id"), f"boundary id '{boundary.id}' is used twice")
             seen.add(boundary.id)
             if not boundary.enforced_by and not boundary.advisory:
-                self.fail(bpath, f"boundary '{boundary.id}' is enforced by no rule: add `enforced_by:` (a transition, guard or sequence) or mark it `advisory: true`")
+                self.fail(
+                    bpath,
+                    f"boundary '{boundary.id}' is enforced by no rule: add `enforced_by:` (a transition, guard "
+                    "or sequence) or mark it `advisory: true`",
+                )
             for rindex, rule in enumerate(boundary.enforced_by):
                 rpath: DocPath = (*bpath, "enforced_by", rindex)
                 if rule.transition is not None and rule.transition not in transitions:
-                    self.fail((*rpath, "transition"), f"boundary '{boundary.id}' is enforced by unknown transition '{rule.transition}' (write Entity.transition){suggest(rule.transition, transitions)}")
+                    self.fail(
+                        (*rpath, "transition"),
+                        f"boundary '{boundary.id}' is enforced by unknown transition '{rule.transition}' (write "
+                        f"Entity.transition){suggest(rule.transition, transitions)}",
+                    )
                 if rule.guard is not None and rule.guard not in self.guard_ids:
-                    self.fail((*rpath, "guard"), f"boundary '{boundary.id}' is enforced by unknown guard '{rule.guard}'{suggest(rule.guard, self.guard_ids)}")
+                    self.fail(
+                        (*rpath, "guard"),
+                        f"boundary '{boundary.id}' is enforced by unknown guard '{rule.guard}'"
+                        + suggest(rule.guard, self.guard_ids),
+                    )
                 if rule.sequence is not None and rule.sequence not in sequences:
                     hint = suggest(rule.sequence, sequences)
                     why = "" if rule.sequence in m.operations else " operation"
-                    self.fail((*rpath, "sequence"), f"boundary '{boundary.id}' is enforced by the sequence rule of{why} '{rule.sequence}', which has no `after:` rule{hint}")
+                    self.fail(
+                        (*rpath, "sequence"),
+                        f"boundary '{boundary.id}' is enforced by the sequence rule of{why} '{rule.sequence}', "
+                        f"which has no `after:` rule{hint}",
+                    )
 
 
 # --- bindings -----------------------------------------------------------------------------------
@@ -479,7 +651,9 @@ def _resolve_python_binding(ref: str, search: list[Path]) -> str | None:
     if not all(_IDENT.match(part) for part in module.split(".")) or not _IDENT.match(function):
         return "write it as 'package.module:function'"
     relative = Path(*module.split("."))
-    candidates = [d / relative.with_suffix(".py") for d in search] + [d / relative / "__init__.py" for d in search]
+    candidates: list[Path] = [d / relative.with_suffix(".py") for d in search] + [
+        d / relative / "__init__.py" for d in search
+    ]
     source_file = next((c for c in candidates if c.is_file()), None)
     if source_file is None:
         try:
@@ -493,11 +667,7 @@ def _resolve_python_binding(ref: str, search: list[Path]) -> str | None:
         tree = ast.parse(source_file.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:
         return f"module '{module}' ({source_file}) cannot be read: {exc}"
-    defined = {
-        node.name
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    }
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
     if function not in defined:
         return f"module '{module}' defines no function '{function}'{suggest(function, defined)}"
     return None

@@ -27,9 +27,7 @@ __all__ = [
     "Transition",
 ]
 
-_SEMVER = re.compile(
-    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?\Z"
-)
+_SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?\Z")
 
 
 @total_ordering
@@ -41,9 +39,7 @@ class SemVer:
     def __init__(self, text: str) -> None:
         match = _SEMVER.match(text)
         if not match:
-            raise ValueError(
-                f"version '{text}' is not semantic versioning: write MAJOR.MINOR.PATCH, e.g. 1.0.0"
-            )
+            raise ValueError(f"version '{text}' is not semantic versioning: write MAJOR.MINOR.PATCH, e.g. 1.0.0")
         self.major, self.minor, self.patch = (int(g) for g in match.group(1, 2, 3))
         self.prerelease: tuple[str, ...] = tuple(match.group(4).split(".")) if match.group(4) else ()
 
@@ -73,8 +69,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
 
-TypeText = Annotated[str, Field(description="A type: str, int, float, bool, money, datetime, a "
-                                "declared name, list[T], or T? for optional.")]
+TypeText = Annotated[
+    str,
+    Field(description="A type: str, int, float, bool, money, datetime, a declared name, list[T], or T? for optional."),
+]
 NonEmptyText = Annotated[str, Field(min_length=1)]
 
 
@@ -82,9 +80,7 @@ class Binding(_Strict):
     """Where an operation is carried out. Only in-process Python backends exist today;
     the field is a mapping so that `http: {...}` can sit beside `python:` later."""
 
-    python: str = Field(
-        description="At contract level a module ('pkg.module'); on an operation 'pkg.module:function'."
-    )
+    python: str = Field(description="At contract level a module ('pkg.module'); on an operation 'pkg.module:function'.")
 
 
 class Transition(_Strict):
@@ -109,9 +105,7 @@ class Entity(_Strict):
 
 class Guard(_Strict):
     id: str
-    when: NonEmptyText = Field(
-        description="A CEL expression over params, entity and principal that must be true."
-    )
+    when: NonEmptyText = Field(description="A CEL expression over params, entity and principal that must be true.")
     message: NonEmptyText = Field(description="What the program is told when the guard fails.")
 
 
@@ -180,7 +174,8 @@ class Contract(_Strict):
     boundaries: list[Boundary] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     binding: Binding | None = Field(
-        default=None, description="Default backend module; operations without one use module:op_name."
+        default=None,
+        description="Default backend module; operations without one use module:op_name.",
     )
 
     @field_validator("version", mode="before")

@@ -1,0 +1,22 @@
+"""The `charter` command line: thin commands over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from charter.cli import contract
+from charter.cli.demo import demo
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Charter: a governed execution layer for AI agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(contract.app, name="contract")
+app.command()(demo)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,134 @@
+"""The compiled contract: everything later stages need, immutable, encoded with msgspec.
+
+One contract version compiles once (at startup or publish time, never per request) into a
+`CompiledContract`. Its consumers each take one part:
+
+- `stub_source`     the typed proxy interface the Runtime Agent reads;
+- `prompt_context`  the operational model rendered for the prompt;
+- `surface`         what the guest runtime builds its proxies from (crosses into the sandbox);
+- `gate`            the rules the gate enforces on every call.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from charter.contract.types import TypeRef
+
+__all__ = [
+    "BindingSpec",
+    "BoundaryRule",
+    "CompiledContract",
+    "GateTable",
+    "GuardRule",
+    "GuestOperation",
+    "GuestSurface",
+    "LimitsSpec",
+    "OperationRule",
+    "ParamSpec",
+    "TransitionRule",
+]
+
+
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class ParamSpec(_Frozen, frozen=True):
+    name: str
+    type: TypeRef
+    required: bool
+
+
+class GuardRule(_Frozen, frozen=True):
+    id: str
+    when: str  # CEL source; the gate compiles it once when it loads the table
+    message: str
+    boundaries: tuple[str, ...]  # ids of the hard boundaries this guard enforces
+
+
+class TransitionRule(_Frozen, frozen=True):
+    name: str
+    field: str
+    from_states: tuple[str, ...]
+    to: str
+    boundaries: tuple[str, ...]
+
+
+class BindingSpec(_Frozen, frozen=True):
+    kind: Literal["python"]
+    target: str  # 'package.module:function'
+
+
+class OperationRule(_Frozen, frozen=True):
+    name: str
+    kind: Literal["read", "write"]
+    doc: str
+    entity: str | None
+    key: str | None
+    params: tuple[ParamSpec, ...]
+    returns: TypeRef | None
+    scopes: tuple[str, ...]
+    guards: tuple[GuardRule, ...]
+    transition: TransitionRule | None
+    after: tuple[str, ...]  # must have succeeded earlier in the run
+    after_boundaries: tuple[str, ...]  # boundaries enforced by the `after` rule
+    idempotent: bool
+    requires_approval: bool
+    reader: str | None  # the read operation that observes the entity for state checks
+    binding: BindingSpec
+
+
+class BoundaryRule(_Frozen, frozen=True):
+    id: str
+    text: str
+    advisory: bool
+    enforced_by: tuple[str, ...]  # "transition:Order.cancel", "guard:refund_within_total", ...
+
+
+class LimitsSpec(_Frozen, frozen=True):
+    max_calls: int
+    max_writes: int
+
+
+class GateTable(_Frozen, frozen=True):
+    contract: str
+    version: str
+    sha256: str
+    operations: dict[str, OperationRule]
+    records: dict[str, dict[str, TypeRef]]
+    enums: dict[str, tuple[str, ...]]
+    boundaries: tuple[BoundaryRule, ...]
+    limits: LimitsSpec
+
+
+class GuestOperation(_Frozen, frozen=True):
+    name: str
+    kind: Literal["read", "write"]
+    params: tuple[ParamSpec, ...]
+    returns: TypeRef | None
+
+
+class GuestSurface(_Frozen, frozen=True):
+    """What crosses into the sandbox: names and types only, no rules and no bindings."""
+
+    contract: str
+    version: str
+    sha256: str
+    operations: tuple[GuestOperation, ...]
+    records: dict[str, dict[str, TypeRef]]
+    enums: dict[str, tuple[str, ...]]
+
+
+class CompiledContract(_Frozen, frozen=True):
+    name: str
+    version: str
+    sha256: str  # over `canonical`: identifies this version's content
+    summary: str
+    canonical: str  # the contract's canonical JSON, from which this artifact is rebuilt
+    stub_source: str
+    prompt_context: str
+    surface: GuestSurface
+    gate: GateTable

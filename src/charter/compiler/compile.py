@@ -1,0 +1,212 @@
+"""Compile a checked contract into its artifact. Pure: same input, byte-identical output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+
+from charter.compiler.artifact import (
+    BindingSpec,
+    BoundaryRule,
+    CompiledContract,
+    GateTable,
+    GuardRule,
+    GuestOperation,
+    GuestSurface,
+    LimitsSpec,
+    OperationRule,
+    ParamSpec,
+    TransitionRule,
+)
+from charter.compiler.canonical import canonical_json, content_hash
+from charter.compiler.render import RenderView, render
+from charter.contract.checker import CheckedContract, entity_reader, state_enum_name
+from charter.contract.model import Contract, Operation
+
+__all__ = ["artifact_files", "compile_contract"]
+
+
+def compile_contract(checked: CheckedContract) -> CompiledContract:
+    model = checked.model
+    canonical = canonical_json(model)
+    sha256 = content_hash(canonical)
+    boundaries = tuple(
+        BoundaryRule(
+            id=b.id,
+            text=b.text,
+            advisory=b.advisory,
+            enforced_by=tuple(
+                f"transition:{r.transition}"
+                if r.transition
+                else f"guard:{r.guard}"
+                if r.guard
+                else f"sequence:{r.sequence}"
+                for r in b.enforced_by
+            ),
+        )
+        for b in model.boundaries
+    )
+    records = {k: dict(v) for k, v in checked.records.items()}
+    enums = dict(checked.enums)
+    operations = {name: _operation_rule(model, checked, name, op, boundaries) for name, op in model.operations.items()}
+    gate = GateTable(
+        contract=model.contract,
+        version=model.version,
+        sha256=sha256,
+        operations=operations,
+        records=records,
+        enums=enums,
+        boundaries=boundaries,
+        limits=LimitsSpec(max_calls=model.limits.max_calls, max_writes=model.limits.max_writes),
+    )
+    surface = GuestSurface(
+        contract=model.contract,
+        version=model.version,
+        sha256=sha256,
+        operations=tuple(
+            GuestOperation(name=o.name, kind=o.kind, params=o.params, returns=o.returns) for o in operations.values()
+        ),
+        records=records,
+        enums=enums,
+    )
+    view = _render_view(model, gate)
+    return CompiledContract(
+        name=model.contract,
+        version=model.version,
+        sha256=sha256,
+        summary=model.summary,
+        canonical=canonical.decode(),
+        stub_source=render("stubs.py.j2", view),
+        prompt_context=render("contract.md.j2", view),
+        surface=surface,
+        gate=gate,
+    )
+
+
+def artifact_files(compiled: CompiledContract) -> dict[str, str]:
+    """The artifacts as files (name -> text), with a manifest of their hashes last."""
+
+    def pretty(value: object) -> str:
+        return msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n"
+
+    files = {
+        "stubs.py": compiled.stub_source,
+        "prompt.md": compiled.prompt_context,
+        "gate.json": pretty(compiled.gate),
+        "surface.json": pretty(compiled.surface),
+    }
+    manifest = {
+        "contract": compiled.name,
+        "version": compiled.version,
+        "sha256": compiled.sha256,
+        "files": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()},
+    }
+    files["manifest.json"] = json.dumps(manifest, indent=2) + "\n"
+    return files
+
+
+def _enforcing(boundaries: tuple[BoundaryRule, ...], rule: str) -> tuple[str, ...]:
+    return tuple(b.id for b in boundaries if rule in b.enforced_by)
+
+
+def _operation_rule(
+    model: Contract,
+    checked: CheckedContract,
+    name: str,
+    op: Operation,
+    boundaries: tuple[BoundaryRule, ...],
+) -> OperationRule:
+    params = checked.params[name]
+    transition = None
+    if op.transition and op.entity:
+        lifecycle = model.entities[op.entity].lifecycle
+        assert lifecycle is not None  # the checker guarantees it
+        spec = lifecycle.transitions[op.transition]
+        transition = TransitionRule(
+            name=op.transition,
+            field=lifecycle.field,
+            from_states=tuple(spec.from_),
+            to=spec.to,
+            boundaries=_enforcing(boundaries, f"transition:{op.entity}.{op.transition}"),
+        )
+    if op.binding is not None:
+        target = op.binding.python
+    else:
+        assert model.binding is not None  # the checker guarantees one of the two
+        target = f"{model.binding.python}:{name}"
+    return OperationRule(
+        name=name,
+        kind=op.kind,
+        doc=op.doc,
+        entity=op.entity,
+        key=op.key,
+        params=tuple(ParamSpec(name=p, type=t, required=not t.optional) for p, t in params.items()),
+        returns=checked.returns[name],
+        scopes=tuple(op.scopes),
+        guards=tuple(
+            GuardRule(
+                id=g.id,
+                when=g.when,
+                message=g.message,
+                boundaries=_enforcing(boundaries, f"guard:{g.id}"),
+            )
+            for g in op.guards
+        ),
+        transition=transition,
+        after=tuple(op.after),
+        after_boundaries=_enforcing(boundaries, f"sequence:{name}") if op.after else (),
+        idempotent=op.idempotent,
+        requires_approval=op.requires_approval,
+        reader=entity_reader(model, op.entity) if op.entity and op.key else None,
+        binding=BindingSpec(kind="python", target=target),
+    )
+
+
+def _render_view(model: Contract, gate: GateTable) -> RenderView:
+    entities: dict[str, Any] = {}
+    state_enums: set[str] = set()
+    for name, entity in model.entities.items():
+        lifecycle = None
+        if entity.lifecycle is not None:
+            state_enums.add(state_enum_name(name, entity.lifecycle.field))
+            lifecycle = SimpleNamespace(
+                field=entity.lifecycle.field,
+                initial=entity.lifecycle.initial,
+                states=entity.lifecycle.states,
+                transitions=[
+                    SimpleNamespace(name=t, from_states=spec.from_, to=spec.to)
+                    for t, spec in entity.lifecycle.transitions.items()
+                ],
+            )
+        entities[name] = SimpleNamespace(doc=entity.doc, key=entity.key, lifecycle=lifecycle)
+    by_id = {b.id: b for b in gate.boundaries}
+    boundaries_by_operation = {
+        op.name: tuple(
+            by_id[i]
+            for i in dict.fromkeys(
+                [
+                    *(op.transition.boundaries if op.transition else ()),
+                    *(b for g in op.guards for b in g.boundaries),
+                    *op.after_boundaries,
+                ]
+            )
+        )
+        for op in gate.operations.values()
+    }
+    return RenderView(
+        name=gate.contract,
+        version=gate.version,
+        sha256=gate.sha256,
+        summary=model.summary,
+        enums=gate.enums,
+        state_enums=frozenset(state_enums),
+        records=gate.records,
+        entities=entities,
+        operations=tuple(gate.operations.values()),
+        boundaries=gate.boundaries,
+        boundaries_by_operation=boundaries_by_operation,
+    )

@@ -1,0 +1,59 @@
+"""Render the stubs and the prompt context from the jinja2 templates in `runtime/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+__all__ = ["RenderView", "render", "templates_dir"]
+
+
+def templates_dir() -> Path:
+    """`runtime/` in a source checkout, `charter/_runtime` inside an installed wheel."""
+    packaged = Path(__file__).resolve().parent.parent / "_runtime"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[3] / "runtime"
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # the outputs are Python source and Markdown, never HTML
+    )
+    # Enum values and states are checked to be snake_case, so plain quoting is exact.
+    environment.filters["quoted"] = lambda value: f'"{value}"'
+    return environment
+
+
+@dataclass(frozen=True, slots=True)
+class RenderView:
+    """What templates see: the compiled rules plus the entity docs and lifecycles."""
+
+    name: str
+    version: str
+    sha256: str
+    summary: str
+    enums: dict[str, tuple[str, ...]]
+    state_enums: frozenset[str]
+    records: dict[str, Any]
+    entities: dict[str, Any]
+    operations: tuple[Any, ...]
+    boundaries: tuple[Any, ...]
+    boundaries_by_operation: dict[str, tuple[Any, ...]]
+
+    def boundaries_of(self, operation: Any) -> tuple[Any, ...]:
+        return self.boundaries_by_operation.get(operation.name, ())
+
+
+def render(template: str, view: RenderView) -> str:
+    return _environment().get_template(template).render(c=view)
