@@ -103,7 +103,9 @@ def check_guard(
     except ValueError as exc:
         match = _SYNTAX.search(str(exc))
         if match:
-            return [f"CEL syntax error at column {match.group(2)}: {match.group(3)}"]
+            # ANTLR lists every token it would have accepted; the column says enough.
+            detail = match.group(3).split(" expecting ")[0]
+            return [f"CEL syntax error at column {match.group(2)}: {detail}"]
         return [f"CEL syntax error: {exc}"]
 
     blanked = _STRING_LITERAL.sub(lambda m: " " * len(m.group(0)), source)

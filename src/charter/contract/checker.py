@@ -11,7 +11,6 @@ import ast
 import importlib.util
 import keyword
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,21 +129,27 @@ def _sorted(problems: Iterable[Problem]) -> list[Problem]:
 # --- pydantic errors, in the contract's own terms ---------------------------------------------
 
 
+def _unwrap_optional(annotation: Any) -> Any:
+    if get_origin(annotation) not in (None, list, dict):  # X | None
+        return next(a for a in get_args(annotation) if a is not type(None))
+    return annotation
+
+
 def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
     """The keys the model accepts at `loc` (the parent of an unknown key)."""
     current: Any = Contract
     for step in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
+        current = _unwrap_optional(current)
+        if get_origin(current) in (list, dict):
+            current = get_args(current)[-1]  # `step` is an index or a map key
+        elif isinstance(current, type) and issubclass(current, BaseModel):
             info = next((f for n, f in current.model_fields.items() if step in (n, f.alias)), None)
             if info is None:
                 return []
             current = info.annotation
-        while get_origin(current) is not None and get_origin(current) not in (list, dict):
-            current = next(a for a in get_args(current) if a is not type(None))  # X | None
-        if get_origin(current) in (list, dict):
-            current = get_args(current)[-1]
-            if isinstance(step, str) and isinstance(current, type) and issubclass(current, BaseModel):
-                continue
+        else:
+            return []
+    current = _unwrap_optional(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return [f.alias or n for n, f in current.model_fields.items()]
     return []
@@ -185,7 +190,12 @@ def _from_pydantic(err: Any, source_map: SourceMap) -> Problem:
             else type(got).__name__
         )
         return source_map.problem(loc, f"{where}: expected {_EXPECTED[kind]}, got {shown}")
+    if kind == "literal_error":
+        return source_map.problem(loc, f"{where}: expected {err['ctx']['expected']}, got {err['input']!r}")
     if kind == "value_error":
+        error = str(err["ctx"]["error"])
+        if not where or error.startswith(f"{loc[-1]} "):
+            return source_map.problem(loc, error)
         return source_map.problem(loc, f"{where}: {err['ctx']['error']}" if where else str(err["ctx"]["error"]))
     return source_map.problem(loc, f"{where}: {err['msg']}")
 
@@ -205,6 +215,11 @@ class _Checker:
     params: dict[str, dict[str, TypeRef]] = field(default_factory=dict)
     returns: dict[str, TypeRef | None] = field(default_factory=dict)
     guard_ids: dict[str, str] = field(default_factory=dict)  # guard id -> operation
+    # Records and operations with a type that did not resolve: their guards are not checked,
+    # so one typo yields one error rather than a cascade.
+    unresolved: set[str] = field(default_factory=set)
+    module_errors: dict[str, str | None] = field(default_factory=dict)
+    module_functions: dict[str, Path] = field(default_factory=dict)
 
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.source.problem(path, message, key=key))
@@ -313,7 +328,9 @@ class _Checker:
                 )
                 continue
             ref = self._type((*path, name), text, f"field '{owner}.{name}'")
-            if ref is not None:
+            if ref is None:
+                self.unresolved.add(owner)
+            else:
                 resolved[name] = ref
         return resolved
 
@@ -419,6 +436,7 @@ class _Checker:
                 f"operation name '{name}' must be a snake_case identifier and not a Python keyword",
                 key=True,
             )
+            return
         params: dict[str, TypeRef] = {}
         for pname, text in op.params.items():
             if not _IDENT.match(pname) or keyword.iskeyword(pname):
@@ -429,7 +447,9 @@ class _Checker:
                 )
                 continue
             ref = self._type((*path, "params", pname), text, f"param '{name}.{pname}'")
-            if ref is not None:
+            if ref is None:
+                self.unresolved.add(name)
+            else:
                 params[pname] = ref
         self.params[name] = params
         self.returns[name] = (
@@ -543,6 +563,8 @@ class _Checker:
                 )
             self.guard_ids.setdefault(guard.id, name)
             ordered = {k: variables[k] for k in GUARD_VARIABLES if k in variables}
+            if name in self.unresolved or (has_entity and op.entity in self.unresolved):
+                continue
             enums = {k: list(v) for k, v in self.enums.items()}
             for found in check_guard(guard.when, ordered, self.records, enums):
                 message = found
@@ -578,10 +600,24 @@ class _Checker:
                 key=True,
             )
             return
-        if self.binding_search is not None:
-            error = _resolve_python_binding(ref, self.binding_search)
-            if error:
-                self.fail(path, f"binding '{ref}' does not resolve: {error}")
+        if self.binding_search is None:
+            return
+        module, _, function = ref.partition(":")
+        if module not in self.module_errors:
+            self.module_errors[module] = None
+            located = _locate_module(module, self.binding_search)
+            if isinstance(located, str):
+                self.module_errors[module] = located
+                self.fail(path, f"binding module '{module}' does not resolve: {located}")
+                return
+            error = _missing_function(module, located, function)
+            self.module_functions[module] = located
+        elif self.module_errors[module] is not None:
+            return  # reported once already
+        else:
+            error = _missing_function(module, self.module_functions[module], function)
+        if error:
+            self.fail(path, f"binding '{ref}' does not resolve: {error}")
 
     # boundaries
 
@@ -641,28 +677,32 @@ def _binding_search_dirs(contract_file: Path) -> list[Path]:
     return [folder, *folder.parents]
 
 
-def _resolve_python_binding(ref: str, search: list[Path]) -> str | None:
-    """Find `module:function` without importing the module; None when it resolves.
+def _locate_module(module: str, search: list[Path]) -> Path | str:
+    """The source file of `module`, found without importing it, or why it was not found.
 
     Backend code is not run at check time: checking stays pure, and a contract check can
     never trigger a backend's side effects.
     """
-    module, _, function = ref.partition(":")
-    if not all(_IDENT.match(part) for part in module.split(".")) or not _IDENT.match(function):
-        return "write it as 'package.module:function'"
+    if not all(_IDENT.match(part) for part in module.split(".")):
+        return "write it as 'package.module'"
     relative = Path(*module.split("."))
-    candidates: list[Path] = [d / relative.with_suffix(".py") for d in search] + [
-        d / relative / "__init__.py" for d in search
-    ]
-    source_file = next((c for c in candidates if c.is_file()), None)
-    if source_file is None:
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            return f"no module '{module}' next to the contract or on the Python path ({sys.prefix})"
-        source_file = Path(spec.origin)
+    candidates = [d / relative.with_suffix(".py") for d in search] + [d / relative / "__init__.py" for d in search]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is not None:
+        return found
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return "no such module next to the contract, in a folder above it, or on the Python path"
+    return Path(spec.origin)
+
+
+def _missing_function(module: str, source_file: Path, function: str) -> str | None:
+    """None when `source_file` defines `function` at top level, else why not."""
+    if not _IDENT.match(function):
+        return "write it as 'package.module:function'"
     try:
         tree = ast.parse(source_file.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError) as exc:

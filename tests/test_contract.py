@@ -1,0 +1,350 @@
+"""The contract loader and checker: malformed contracts, each with its exact message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from charter.contract import Contract, SemVer, load_contract
+from charter.errors import ContractError
+from tests.conftest import ROOT, WriteContract
+
+# Each case mutates tests/data/base.yaml and expects exactly these problems,
+# as "line:column: message" after the file name.
+MALFORMED = [
+    pytest.param(
+        {"      total: money\n": "      total: money\n      total: int\n"},
+        ["14:7: duplicate key 'total' (first defined at line 13)"],
+        id="duplicate_key",
+    ),
+    pytest.param(
+        {"to: cancelled}": "to: canceled}"},
+        ["21:50: transition 'cancel' names unknown state 'canceled' (did you mean 'cancelled'?)"],
+        id="unknown_state",
+    ),
+    pytest.param(
+        {"from: [pending, confirmed], to: cancelled": "from: [pending, confirmd], to: cancelled"},
+        ["21:34: transition 'cancel' names unknown state 'confirmd' (did you mean 'confirmed'?)"],
+        id="unknown_state_in_from",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: entity.totl <= 100000"},
+        ["40:15: guard 'small_orders_only': 'entity' has no field 'totl' (did you mean 'total'?)"],
+        id="guard_unknown_field",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: entty.total <= 100000"},
+        [
+            "40:15: guard 'small_orders_only': unknown name 'entty' (did you mean 'entity'?); this guard may use params, entity, principal"
+        ],
+        id="guard_unknown_name",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: entity.total <= "},
+        ["40:15: guard 'small_orders_only': CEL syntax error at column 16: mismatched input '<EOF>'"],
+        id="guard_syntax_error",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: params.reason > 3"},
+        [
+            "40:15: guard 'small_orders_only': type error: No such overload: the operation is not defined for the given operand types (CEL never converts types; money is an int of cents in guards)"
+        ],
+        id="guard_type_mismatch",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: entity.total + 1"},
+        ["40:15: guard 'small_orders_only': gives int, but a guard must give true or false"],
+        id="guard_not_boolean",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: isSmall(entity.total)"},
+        ["40:15: guard 'small_orders_only': cannot be evaluated: Undefined variable or function: 'isSmall'"],
+        id="guard_unknown_function",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: entity.total.cents > 0"},
+        ["40:15: guard 'small_orders_only': 'entity.total' is money and has no field 'cents'"],
+        id="guard_field_of_scalar",
+    ),
+    pytest.param(
+        {"version: 1.0.0": "version: 1.0"},
+        ["2:10: version '1.0' is not semantic versioning: write MAJOR.MINOR.PATCH, e.g. 1.0.0"],
+        id="bad_semver",
+    ),
+    pytest.param(
+        {"version: 1.0.0": "version: v1"},
+        ["2:10: version 'v1' is not semantic versioning: write MAJOR.MINOR.PATCH, e.g. 1.0.0"],
+        id="bad_semver_text",
+    ),
+    pytest.param(
+        {"    enforced_by: [{transition: Order.cancel}]\n": ""},
+        [
+            "44:5: boundary 'no_late_cancel' is enforced by no rule: add `enforced_by:` (a transition, guard or sequence) or mark it `advisory: true`"
+        ],
+        id="unenforced_boundary",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{transition: Order.cancle}"},
+        [
+            "46:32: boundary 'no_late_cancel' is enforced by unknown transition 'Order.cancle' (write Entity.transition) (did you mean 'Order.cancel'?)"
+        ],
+        id="boundary_unknown_transition",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{guard: small_order_only}"},
+        [
+            "46:27: boundary 'no_late_cancel' is enforced by unknown guard 'small_order_only' (did you mean 'small_orders_only'?)"
+        ],
+        id="boundary_unknown_guard",
+    ),
+    pytest.param(
+        {"  cancel_order:\n    kind: write": "  cancel_ordr:\n    kind: write"},
+        [
+            "7:11: binding 'tests.data.shop_backend:cancel_ordr' does not resolve: module 'tests.data.shop_backend' defines no function 'cancel_ordr' (did you mean 'cancel_order'?)"
+        ],
+        id="binding_missing_function",
+    ),
+    pytest.param(
+        {"python: tests.data.shop_backend": "python: tests.data.no_such_backend"},
+        [
+            "7:11: binding module 'tests.data.no_such_backend' does not resolve: no such module next to the contract, in a folder above it, or on the Python path"
+        ],
+        id="binding_missing_module",
+    ),
+    pytest.param(
+        {
+            "    scopes: [orders:write]\n": "    scopes: [orders:write]\n    binding: {python: tests.data.shop_backend}\n"
+        },
+        ["43:23: binding 'tests.data.shop_backend' of 'cancel_order' must be 'package.module:function'"],
+        id="binding_op_format",
+    ),
+    pytest.param(
+        {"owners:": "owner:"},
+        ["1:1: missing required key 'owners'", "4:1: unknown key 'owner' (did you mean 'owners'?)"],
+        id="unknown_top_level_key",
+    ),
+    pytest.param(
+        {"    transition: cancel\n": "    transtion: cancel\n"},
+        ["37:5: operations.cancel_order: unknown key 'transtion' (did you mean 'transition'?)"],
+        id="unknown_operation_key",
+    ),
+    pytest.param(
+        {"summary: A small shop used by the malformed-contract tests.\n": ""},
+        ["1:1: missing required key 'summary'"],
+        id="missing_required_key",
+    ),
+    pytest.param(
+        {"      total: money": "      total: mony"},
+        ["13:14: field 'Order.total' has unknown type 'mony' (did you mean 'money'?)"],
+        id="unknown_field_type",
+    ),
+    pytest.param(
+        {"      total: money": "      total: list[money"},
+        [
+            "13:14: field 'Order.total': type 'list[money' does not parse: expected a primitive (str, int, float, bool, money, datetime), a declared name, list[T] or T?"
+        ],
+        id="unparseable_type",
+    ),
+    pytest.param(
+        {"    params: {id: int}\n    returns: Order": "    params: {id: str}\n    returns: Order"},
+        ["28:18: key param 'get_order.id' is str but Order.id is int"],
+        id="key_type_mismatch",
+    ),
+    pytest.param(
+        {
+            "    entity: Order\n    key: id\n    params: {id: int, reason: str}": "    entity: Ordr\n    key: id\n    params: {id: int, reason: str}"
+        },
+        [
+            "33:13: operation 'cancel_order' acts on unknown entity 'Ordr' (did you mean 'Order'?)",
+            "37:17: operation 'cancel_order' performs transition 'cancel' but acts on no entity; add `entity:`",
+            "40:15: guard 'small_orders_only': unknown name 'entity': operation 'cancel_order' reads no existing entity (it needs `entity:` and `key:`), so this guard may use params, principal",
+        ],
+        id="unknown_entity",
+    ),
+    pytest.param(
+        {"    returns: Order\n  cancel_order:": "    returns: Order\n    transition: confirm\n  cancel_order:"},
+        ["30:17: read operation 'get_order' cannot perform a transition; make it kind: write"],
+        id="transition_on_read",
+    ),
+    pytest.param(
+        {"    transition: cancel\n": "    transition: cancell\n"},
+        ["37:17: operation 'cancel_order' performs unknown transition 'cancell' of Order (did you mean 'cancel'?)"],
+        id="unknown_transition",
+    ),
+    pytest.param(
+        {"initial: pending": "initial: new"},
+        ["18:16: initial state 'new' of Order is not one of its states"],
+        id="initial_not_a_state",
+    ),
+    pytest.param(
+        {"    scopes: [orders:write]\n": "    scopes: [orders:write]\n    after: [get_ordr]\n"},
+        ["43:13: operation 'cancel_order' must run after unknown operation 'get_ordr' (did you mean 'get_order'?)"],
+        id="after_unknown_operation",
+    ),
+    pytest.param(
+        {"states: [pending, confirmed, dispatched, cancelled]": "states: [pending, confirmed, dispatched, pending]"},
+        ["17:48: state 'pending' is listed twice", "21:50: transition 'cancel' names unknown state 'cancelled'"],
+        id="duplicate_state",
+    ),
+    pytest.param(
+        {"      note: str?\n": "      note: str?\n      status: str\n"},
+        ["15:7: field 'Order.status' is the lifecycle's state field; declare it only under lifecycle"],
+        id="state_field_declared_twice",
+    ),
+    pytest.param(
+        {"boundaries:": "limits: {max_calls: 2, max_writes: 3}\nboundaries:"},
+        ["43:36: limits.max_writes (3) exceeds limits.max_calls (2)"],
+        id="writes_exceed_calls",
+    ),
+    pytest.param(
+        {"    kind: write": "    kind: delete"},
+        ["31:11: operations.cancel_order.kind: expected 'read' or 'write', got 'delete'"],
+        id="invalid_kind",
+    ),
+    pytest.param(
+        {"  cancel_order:\n    kind: write": "  class:\n    kind: write"},
+        ["30:3: operation name 'class' must be a snake_case identifier and not a Python keyword"],
+        id="keyword_operation_name",
+    ),
+    pytest.param(
+        {
+            "    scopes: [orders:write]\n": "    scopes: [orders:write]\n  confirm_order:\n    kind: write\n    doc: Confirm.\n    entity: Order\n    key: id\n    params: {id: int}\n    transition: confirm\n    guards:\n      - {id: small_orders_only, when: params.id > 0, message: Positive ids.}\n    binding: {python: 'tests.data.shop_backend:get_order'}\n"
+        },
+        [
+            "51:14: guard id 'small_orders_only' is already used by operation 'cancel_order'; guard ids are unique in a contract"
+        ],
+        id="duplicate_guard_id",
+    ),
+    pytest.param(
+        {"  get_order:\n    kind: read": "  get_order:\n   kind: read\n    doc: x"},
+        ["25:8: invalid YAML: mapping values are not allowed here"],
+        id="invalid_yaml",
+    ),
+    pytest.param(
+        {"    scopes: [orders:write]": "    scopes: orders:write"},
+        ["42:13: operations.cancel_order.scopes: expected a list, got 'orders:write'"],
+        id="scopes_not_a_list",
+    ),
+    pytest.param(
+        {"    returns: Order\n  cancel_order:": "    returns: list[Order]\n  cancel_order:"},
+        [
+            "30:3: operation 'cancel_order' depends on the state of Order, but no read operation returns one Order by its key for the gate to check it; add one (kind: read, entity: Order, key: ..., returns: Order)"
+        ],
+        id="state_read_without_reader",
+    ),
+    pytest.param(
+        {"    params: {id: int, reason: str}": "    params: {id: int, reason: str?}"},
+        [
+            "35:34: invalid YAML: expected ',' or '}', but got '?' (inside {...} an optional type must be quoted, e.g. 'str?', or written one per line)"
+        ],
+        id="optional_in_flow_mapping",
+    ),
+]
+
+
+@pytest.mark.parametrize(("replace", "expected"), MALFORMED)
+def test_malformed_contract_gets_exact_messages(
+    write_contract: WriteContract, replace: dict[str, str], expected: list[str]
+) -> None:
+    path = write_contract(replace=replace)
+    with pytest.raises(ContractError) as caught:
+        load_contract(path)
+    assert [f"{p.line}:{p.column}: {p.message}" for p in caught.value.problems] == expected
+    assert all(p.file == str(path) for p in caught.value.problems)
+    assert str(caught.value).splitlines() == [f"{path}:{line}" for line in expected]
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(MALFORMED) >= 20
+
+
+def test_base_contract_is_valid(write_contract: WriteContract) -> None:
+    checked = load_contract(write_contract())
+    assert (checked.name, checked.version) == ("shop", "1.0.0")
+    assert str(checked.records["Order"]["status"]) == "OrderStatus"
+    assert checked.enums["OrderStatus"] == ("pending", "confirmed", "dispatched", "cancelled")
+
+
+@pytest.mark.parametrize("name", ["orders", "invoices"])
+def test_example_contracts_check(name: str) -> None:
+    checked = load_contract(ROOT / "contracts" / f"{name}.yaml")
+    assert checked.name == name
+    assert checked.model.operations
+
+
+def test_empty_file(write_contract: WriteContract) -> None:
+    with pytest.raises(ContractError, match=r"1:1: the file is empty"):
+        load_contract(write_contract(""))
+
+
+def test_not_a_mapping(write_contract: WriteContract) -> None:
+    with pytest.raises(ContractError, match=r"1:1: a contract is a mapping"):
+        load_contract(write_contract("- just\n- a list\n"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ContractError, match=r"nope.yaml:1:1: no such file"):
+        load_contract(tmp_path / "nope.yaml")
+
+
+def test_yaml_12_booleans_keep_state_names(write_contract: WriteContract) -> None:
+    # YAML 1.1 would read `on` and `off` as booleans and the states would vanish.
+    path = write_contract(
+        replace={
+            "states: [pending, confirmed, dispatched, cancelled]": "states: [pending, confirmed, dispatched, cancelled, on, off]"
+        }
+    )
+    assert load_contract(path).enums["OrderStatus"][-2:] == ("on", "off")
+
+
+def test_every_problem_is_reported_in_file_order(write_contract: WriteContract) -> None:
+    path = write_contract(replace={"to: cancelled}": "to: canceled}", "initial: pending": "initial: new"})
+    with pytest.raises(ContractError) as caught:
+        load_contract(path)
+    lines = [p.line for p in caught.value.problems]
+    assert lines == sorted(lines)
+    assert len(lines) == 2
+
+
+def test_bindings_are_not_imported_at_check_time(write_contract: WriteContract, tmp_path: Path) -> None:
+    # A backend whose import has a side effect: checking must not run it.
+    marker = tmp_path / "imported"
+    package = tmp_path / "sidefx"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "backend.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef get_order(*, id): ...\ndef cancel_order(*, id, reason): ...\n"
+    )
+    path = write_contract(replace={"python: tests.data.shop_backend": "python: sidefx.backend"})
+    load_contract(path)
+    assert not marker.exists()
+
+
+def test_json_schema_accepts_the_examples_and_rejects_garbage() -> None:
+    schema = Contract.model_json_schema(by_alias=True)
+    for name in ("orders", "invoices"):
+        document = yaml.safe_load((ROOT / "contracts" / f"{name}.yaml").read_text())
+        jsonschema.validate(document, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"contract": "x", "operations": {"op": {"kind": "delete"}}}, schema)
+    json.dumps(schema)
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        ("1.0.0", "1.0.1"),
+        ("1.0.0-rc.1", "1.0.0"),
+        ("1.0.0-alpha", "1.0.0-alpha.1"),
+        ("1.0.0-2", "1.0.0-10"),
+        ("1.9.0", "1.10.0"),
+        ("1.0.0-beta", "1.0.0-rc"),
+    ],
+)
+def test_semver_ordering(older: str, newer: str) -> None:
+    assert SemVer(older) < SemVer(newer)
+    assert str(SemVer(newer)) == newer
