@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,3 +41,16 @@ def write_contract(tmp_path: Path) -> WriteContract:
         return path
 
     return write
+
+
+def charter(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run the `charter` command as a real process, in this test's CHARTER_HOME."""
+    return subprocess.run(
+        [sys.executable, "-m", "charter", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
+        check=False,
+    )

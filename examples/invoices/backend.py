@@ -94,8 +94,7 @@ def get_invoice(*, number: str) -> dict[str, Any]:
 def list_invoices(*, state: str | None = None, vendor: str | None = None) -> list[dict[str, Any]]:
     with _db() as db:
         rows = db.execute(
-            "SELECT * FROM invoices WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR vendor = ?2)"
-            " ORDER BY number",
+            "SELECT * FROM invoices WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR vendor = ?2) ORDER BY number",
             (state, vendor),
         ).fetchall()
         return [_record(r) for r in rows]

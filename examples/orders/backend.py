@@ -117,16 +117,13 @@ def get_order(*, id: int) -> dict[str, Any]:
 def list_orders(*, status: str | None = None, customer: str | None = None) -> list[dict[str, Any]]:
     with _db() as db:
         rows = db.execute(
-            "SELECT * FROM orders WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR customer = ?2)"
-            " ORDER BY id",
+            "SELECT * FROM orders WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR customer = ?2) ORDER BY id",
             (status, customer),
         ).fetchall()
         return [_record(r) for r in rows]
 
 
-def _transition(
-    order_id: int, allowed: tuple[str, ...], to: str, note: str | None = None
-) -> dict[str, Any]:
+def _transition(order_id: int, allowed: tuple[str, ...], to: str, note: str | None = None) -> dict[str, Any]:
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
         row = _fetch(db, order_id)

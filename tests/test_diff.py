@@ -1,0 +1,107 @@
+"""Change classification: breaking, relaxation, additive."""
+
+from __future__ import annotations
+
+import pytest
+
+from charter.contract import load_contract
+from charter.registry import diff_contracts
+from tests.conftest import WriteContract
+
+CASES = [
+    (
+        {"  cancel_order:\n    kind: write": "  cancel_orders:\n    kind: write"},
+        {("breaking", "operation 'cancel_order' removed"), ("additive", "operation 'cancel_orders' added")},
+    ),
+    (
+        {"params: {id: int, reason: str}": "params: {id: int, reason: str, by: str}"},
+        {("breaking", "required param 'by' added")},
+    ),
+    (
+        {"params: {id: int, reason: str}": "params: {id: int, reason: str, by: 'str?'}"},
+        {("additive", "optional param 'by' added")},
+    ),
+    (
+        {"params: {id: int, reason: str}": "params: {id: int, reason: int}"},
+        {("breaking", "type changed from str to int")},
+    ),
+    ({"      note: str?\n": ""}, {("breaking", "field 'note' removed")}),
+    (
+        {
+            "states: [pending, confirmed, dispatched, cancelled]": "states: [pending, confirmed, dispatched, cancelled, lost]"
+        },
+        {("additive", "state 'lost' added")},
+    ),
+    (
+        {"from: [pending, confirmed], to: cancelled": "from: [pending], to: cancelled"},
+        {("breaking", "'cancel' is no longer allowed from confirmed")},
+    ),
+    (
+        {"from: [pending, confirmed], to: cancelled": "from: [pending, confirmed, dispatched], to: cancelled"},
+        {("relaxation", "'cancel' is now also allowed from dispatched")},
+    ),
+    (
+        {"    scopes: [orders:write]\n": "    scopes: [orders:write, orders:admin]\n"},
+        {("breaking", "required scope 'orders:admin' added")},
+    ),
+    ({"    scopes: [orders:write]\n": ""}, {("relaxation", "required scope 'orders:write' removed")}),
+    (
+        {
+            "    guards:\n      - id: small_orders_only\n        when: entity.total <= 100000\n        message: Only orders up to 1,000.00 may be cancelled here.\n": ""
+        },
+        {("relaxation", "guard 'small_orders_only' removed (entity.total <= 100000)")},
+    ),
+    (
+        {"entity.total <= 100000": "entity.total <= 200000"},
+        {
+            (
+                "breaking",
+                "guard 'small_orders_only' changed from `entity.total <= 100000` to `entity.total <= 200000` (may be stricter)",
+            ),
+            (
+                "relaxation",
+                "guard 'small_orders_only' changed from `entity.total <= 100000` to `entity.total <= 200000` (may be looser)",
+            ),
+        },
+    ),
+    (
+        {"Only orders up to 1,000.00 may be cancelled here.": "Only small orders may be cancelled here."},
+        {("additive", "guard 'small_orders_only' message reworded")},
+    ),
+    (
+        {
+            "    text: Never cancel a dispatched order.\n    enforced_by: [{transition: Order.cancel}]": "    text: Never cancel a dispatched order.\n    advisory: true"
+        },
+        {
+            ("relaxation", "boundary is now advisory"),
+            ("relaxation", 'enforcing rule \'{"transition":"Order.cancel"}\' removed'),
+        },
+    ),
+    (
+        {
+            "boundaries:\n  - id: no_late_cancel\n    text: Never cancel a dispatched order.\n    enforced_by: [{transition: Order.cancel}]\n": "boundaries: []\n"
+        },
+        {("relaxation", "hard boundary removed: Never cancel a dispatched order.")},
+    ),
+    ({"boundaries:": "limits: {max_calls: 80}\nboundaries:"}, {("relaxation", "raised from 50 to 80")}),
+    ({"boundaries:": "limits: {max_writes: 2}\nboundaries:"}, {("breaking", "lowered from 10 to 2")}),
+    ({"    doc: Cancel an order.\n": "    doc: Cancel an order now.\n"}, {("additive", "documentation changed")}),
+    (
+        {"    scopes: [orders:write]\n": "    scopes: [orders:write]\n    requires_approval: true\n"},
+        {("breaking", "now requires approval")},
+    ),
+]
+
+
+@pytest.mark.parametrize(("replace", "expected"), CASES)
+def test_changes_are_classified(
+    write_contract: WriteContract, replace: dict[str, str], expected: set[tuple[str, str]]
+) -> None:
+    old = load_contract(write_contract(name="old.yaml"), resolve_bindings=False).model
+    new = load_contract(write_contract(replace=replace, name="new.yaml"), resolve_bindings=False).model
+    assert {(c.kind, c.message) for c in diff_contracts(old, new)} == expected
+
+
+def test_identical_contracts_have_no_changes(write_contract: WriteContract) -> None:
+    model = load_contract(write_contract()).model
+    assert diff_contracts(model, model) == []

@@ -1,0 +1,50 @@
+"""The example backends, on real SQLite files, and the demo as a real process."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from examples._sqlite import Conflict, NotFound
+from examples.invoices import backend as invoices
+from examples.orders import backend as orders
+from tests.conftest import charter
+
+
+def test_orders_seeded_in_several_states() -> None:
+    orders.seed()
+    states = {o["id"]: o["status"] for o in orders.list_orders()}
+    assert states[123] == "dispatched"
+    assert {"pending", "confirmed", "picking", "packed", "dispatched", "delivered", "cancelled"} <= set(states.values())
+
+
+def test_orders_backend_keeps_its_own_rules() -> None:
+    orders.seed()
+    with pytest.raises(Conflict, match="order 123 is dispatched; cannot move it to cancelled"):
+        orders.cancel_order(id=123, reason="changed mind")
+    assert orders.cancel_order(id=101, reason="changed mind")["status"] == "cancelled"
+    with pytest.raises(NotFound):
+        orders.get_order(id=999)
+    check = orders.verify_refund(id=125)
+    assert check["refundable"] == Decimal("299.96")
+    with pytest.raises(Conflict, match="would exceed the total"):
+        orders.refund_order(id=125, amount=Decimal("300.00"), reason="late")
+
+
+def test_invoices_backend() -> None:
+    invoices.seed()
+    assert invoices.get_invoice(number="INV-1002")["state"] == "submitted"
+    assert invoices.approve_invoice(number="INV-1002")["state"] == "approved"
+    with pytest.raises(Conflict):
+        invoices.void_invoice(number="INV-1002", reason="x")
+
+
+def test_demo_runs(charter_home: Path) -> None:
+    result = charter("demo")
+    assert result.returncode == 0, result.stderr
+    assert "transition 'cancel' names unknown state 'canceled' (did you mean 'cancelled'?)" in result.stdout
+    assert "'cancel' is now also allowed from dispatched" in result.stdout
+    assert "order 123: dispatched" in result.stdout
+    assert (charter_home / "demo" / "charter.db").is_file()

@@ -1,0 +1,132 @@
+"""The registry, on a real SQLite file: immutable versions, ordering, and publish rules."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from charter.contract import load_contract
+from charter.errors import ChangeRefused, ContractNotFound, VersionConflict
+from charter.registry import Registry, parse_ref
+from charter.registry import charter_home as home_of_charter
+from tests.conftest import ROOT, WriteContract
+
+
+def _publish(registry: Registry, path: Path, **kwargs: bool):  # type: ignore[no-untyped-def]
+    return registry.publish(load_contract(path), path.read_text(encoding="utf-8"), **kwargs)
+
+
+def test_default_location_follows_charter_home(charter_home: Path) -> None:
+    assert Registry().path == charter_home / "charter.db"
+    assert charter_home.joinpath("charter.db").is_file()
+
+
+def test_publish_then_get_rebuilds_the_same_artifact(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "r.db")
+    path = ROOT / "contracts" / "orders.yaml"
+    result = _publish(registry, path)
+    assert result.created
+    from charter.compiler import compile_contract
+
+    assert registry.get("orders") == compile_contract(load_contract(path))
+    assert registry.source("orders", "1.0.0") == path.read_text(encoding="utf-8")
+    assert [v.version for v in registry.versions("orders")] == ["1.0.0"]
+
+
+def test_republishing_identical_content_is_a_no_op(write_contract: WriteContract) -> None:
+    registry = Registry()
+    first = _publish(registry, write_contract())
+    again = _publish(registry, write_contract(replace={"contract: shop": "# reformatted\ncontract: shop"}))
+    assert not again.created
+    assert again.info == first.info
+    assert len(registry.list()) == 1
+
+
+def test_same_version_with_other_content_is_refused(write_contract: WriteContract) -> None:
+    registry = Registry()
+    _publish(registry, write_contract())
+    with pytest.raises(
+        VersionConflict, match=r"shop 1.0.0 is already published with other content .* bump the version"
+    ):
+        _publish(registry, write_contract(replace={"Cancel an order.": "Cancel one order."}))
+
+
+def test_version_must_be_greater_than_latest(write_contract: WriteContract) -> None:
+    registry = Registry()
+    _publish(registry, write_contract(replace={"version: 1.0.0": "version: 1.2.0"}))
+    with pytest.raises(VersionConflict, match=r"shop 1.1.0 is not newer than the latest published version 1.2.0"):
+        _publish(registry, write_contract(replace={"version: 1.0.0": "version: 1.1.0", "Cancel an order.": "x."}))
+
+
+def test_breaking_change_needs_major_bump(write_contract: WriteContract) -> None:
+    registry = Registry()
+    _publish(registry, write_contract())
+    breaking = {
+        "version: 1.0.0": "version: 1.1.0",
+        "params: {id: int, reason: str}": "params: {id: int, reason: str, by: str}",
+    }
+    with pytest.raises(ChangeRefused) as refused:
+        _publish(registry, write_contract(replace=breaking))
+    assert "without a major version bump (publish it as 2.0.0)" in str(refused.value)
+    assert "required param 'by' added" in str(refused.value)
+    assert [c.kind for c in refused.value.changes] == ["breaking"]
+    breaking["version: 1.0.0"] = "version: 2.0.0"
+    assert _publish(registry, write_contract(replace=breaking)).created
+    assert registry.info("shop").version == "2.0.0"
+
+
+def test_relaxation_needs_explicit_approval(write_contract: WriteContract) -> None:
+    registry = Registry()
+    _publish(registry, write_contract())
+    relaxed = {
+        "version: 1.0.0": "version: 1.0.1",
+        "from: [pending, confirmed], to: cancelled": "from: [pending, confirmed, dispatched], to: cancelled",
+    }
+    with pytest.raises(ChangeRefused, match=r"relaxes rules of 1.0.0.*--allow-relaxation") as refused:
+        _publish(registry, write_contract(replace=relaxed))
+    assert "'cancel' is now also allowed from dispatched" in str(refused.value)
+    assert [v.version for v in registry.versions("shop")] == ["1.0.0"]  # nothing changed
+    result = _publish(registry, write_contract(replace=relaxed), allow_relaxation=True)
+    assert result.created
+    assert [c.kind for c in result.changes] == ["relaxation"]
+
+
+def test_published_rows_cannot_be_edited_or_deleted_even_with_sql(write_contract: WriteContract) -> None:
+    registry = Registry()
+    _publish(registry, write_contract())
+    db = sqlite3.connect(registry.path)
+    with pytest.raises(sqlite3.IntegrityError, match="published contract versions are immutable"):
+        db.execute("UPDATE contract_versions SET canonical = '{}'")
+    with pytest.raises(sqlite3.IntegrityError, match="published contract versions are immutable"):
+        db.execute("DELETE FROM contract_versions")
+    db.close()
+    assert registry.get("shop").name == "shop"
+
+
+def test_versions_sort_semantically(write_contract: WriteContract) -> None:
+    registry = Registry()
+    for version in ("1.2.0", "1.10.0"):
+        _publish(
+            registry,
+            write_contract(replace={"version: 1.0.0": f"version: {version}", "Cancel an order.": f"v{version}."}),
+        )
+    assert [v.version for v in registry.versions("shop")] == ["1.2.0", "1.10.0"]
+    assert registry.get("shop").version == "1.10.0"
+    assert registry.get("shop", "1.2.0").version == "1.2.0"
+
+
+def test_unknown_names_and_versions(write_contract: WriteContract) -> None:
+    registry = Registry()
+    _publish(registry, write_contract())
+    with pytest.raises(ContractNotFound, match=r"no contract named 'shp' is published \(did you mean 'shop'\?\)"):
+        registry.get("shp")
+    with pytest.raises(ContractNotFound, match=r"contract 'shop' has no version 9.0.0; published: 1.0.0"):
+        registry.get("shop", "9.0.0")
+
+
+def test_parse_ref_and_home(charter_home: Path) -> None:
+    assert parse_ref("orders@1.2.0") == ("orders", "1.2.0")
+    assert parse_ref("orders") == ("orders", None)
+    assert home_of_charter() == charter_home
