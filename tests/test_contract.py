@@ -348,3 +348,13 @@ def test_json_schema_accepts_the_examples_and_rejects_garbage() -> None:
 def test_semver_ordering(older: str, newer: str) -> None:
     assert SemVer(older) < SemVer(newer)
     assert str(SemVer(newer)) == newer
+
+
+def test_readme_example_contract_is_valid(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```yaml\ncontract: shop") + len("```yaml\n")
+    example = tmp_path / "shop.yaml"
+    example.write_text(readme[start : readme.index("```", start)], encoding="utf-8")
+    (tmp_path / "shop_backend.py").write_text("def get_order(*, id): ...\ndef cancel_order(*, id, reason): ...\n")
+    checked = load_contract(example)
+    assert checked.model.operations["cancel_order"].after == ["get_order"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from charter.contract.model import Contract, Entity, Lifecycle, Operation
+from charter.contract.model import Contract, Entity, Lifecycle, Operation, Transition
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -170,23 +170,27 @@ def _lifecycle(d: _Diff, where: str, old: Lifecycle, new: Lifecycle) -> None:
             f"{where}.initial",
             f"initial state changed from {old.initial} to {new.initial}",
         )
-    for name in old.transitions:
-        if name not in new.transitions:
-            d.add("breaking", f"{where}.transitions.{name}", f"transition '{name}' removed")
-    for name, after in new.transitions.items():
-        before = old.transitions.get(name)
-        if before is None:
-            d.add("additive", f"{where}.transitions.{name}", f"transition '{name}' added")
-            continue
-        w = f"{where}.transitions.{name}"
-        for state in after.from_:
-            if state not in before.from_:
-                d.add("relaxation", w, f"'{name}' is now also allowed from {state}")
-        for state in before.from_:
-            if state not in after.from_:
-                d.add("breaking", w, f"'{name}' is no longer allowed from {state}")
-        if before.to != after.to:
-            d.add("breaking", w, f"'{name}' now leads to {after.to} instead of {before.to}")
+    d.keyed(
+        f"{where}.transitions",
+        old.transitions,
+        new.transitions,
+        "transition",
+        "breaking",
+        "additive",
+        lambda w, before, after: _transition(d, w, before, after),
+    )
+
+
+def _transition(d: _Diff, where: str, before: Transition, after: Transition) -> None:
+    name = where.rsplit(".", 1)[-1]
+    for state in after.from_:
+        if state not in before.from_:
+            d.add("relaxation", where, f"'{name}' is now also allowed from {state}")
+    for state in before.from_:
+        if state not in after.from_:
+            d.add("breaking", where, f"'{name}' is no longer allowed from {state}")
+    if before.to != after.to:
+        d.add("breaking", where, f"'{name}' now leads to {after.to} instead of {before.to}")
 
 
 def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
