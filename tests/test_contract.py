@@ -8,6 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from charter.contract import Contract, SemVer, load_contract
 from charter.errors import ContractError
@@ -358,3 +360,10 @@ def test_readme_example_contract_is_valid(tmp_path: Path) -> None:
     (tmp_path / "shop_backend.py").write_text("def get_order(*, id): ...\ndef cancel_order(*, id, reason): ...\n")
     checked = load_contract(example)
     assert checked.model.operations["cancel_order"].after == ["get_order"]
+
+
+@given(st.tuples(*[st.integers(0, 10**6)] * 3), st.tuples(*[st.integers(0, 10**6)] * 3))
+def test_semver_orders_releases_like_tuples(a: tuple[int, int, int], b: tuple[int, int, int]) -> None:
+    left, right = SemVer("%d.%d.%d" % a), SemVer("%d.%d.%d" % b)
+    assert (left < right) == (a < b)
+    assert (left == right) == (a == b)
