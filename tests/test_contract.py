@@ -364,6 +364,6 @@ def test_readme_example_contract_is_valid(tmp_path: Path) -> None:
 
 @given(st.tuples(*[st.integers(0, 10**6)] * 3), st.tuples(*[st.integers(0, 10**6)] * 3))
 def test_semver_orders_releases_like_tuples(a: tuple[int, int, int], b: tuple[int, int, int]) -> None:
-    left, right = SemVer("%d.%d.%d" % a), SemVer("%d.%d.%d" % b)
+    left, right = SemVer(".".join(map(str, a))), SemVer(".".join(map(str, b)))
     assert (left < right) == (a < b)
     assert (left == right) == (a == b)
