@@ -11,7 +11,7 @@ from rich.table import Table
 from charter.cli._output import fail, out, print_json, say
 from charter.compiler import artifact_files, compile_contract
 from charter.contract import Contract, load_contract
-from charter.errors import ChangeRefused, CharterError, ContractError
+from charter.errors import CharterError, ContractError
 from charter.registry import Registry, diff_contracts, parse_ref
 
 app = typer.Typer(help="Write, check, compile, diff and publish contract versions.", no_args_is_help=True)
@@ -69,9 +69,7 @@ def publish(
     try:
         checked = load_contract(file)
         result = Registry().publish(checked, file.read_text(encoding="utf-8"), allow_relaxation=allow_relaxation)
-    except ChangeRefused as exc:
-        fail(exc)
-    except CharterError as exc:
+    except CharterError as exc:  # ChangeRefused included: its message lists the offending changes
         fail(exc)
     info = result.info
     if not result.created:

@@ -4,9 +4,6 @@ The `cel` binding exposes compilation and the top-level names an expression uses
 field selections or types. So we resolve every `params.a.b` chain against the declared
 types ourselves, and type-check by evaluating the guard on typed sample values: CEL does
 not coerce between types, so a mismatch such as `params.reason > 3` fails on any sample.
-
-The same value conversion (`to_cel`) is used by the gate at run time, so guards see
-exactly the representation they were checked against.
 """
 
 from __future__ import annotations
@@ -14,8 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
-from collections.abc import Mapping
-from decimal import Decimal
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cel
@@ -24,17 +20,13 @@ from cel.stdlib import add_stdlib_to_context
 from charter.contract.types import MONEY_SCALE, TypeRef
 
 __all__ = [
-    "GUARD_VARIABLES",
     "PRINCIPAL_FIELDS",
-    "CompiledGuard",
     "activation",
     "check_guard",
     "names_used",
     "suggest",
-    "to_cel",
 ]
 
-GUARD_VARIABLES = ("params", "entity", "principal")
 PRINCIPAL_FIELDS: dict[str, TypeRef] = {
     "id": TypeRef("str"),
     "scopes": TypeRef("list", item=TypeRef("str")),
@@ -75,24 +67,11 @@ def suggest(word: str, candidates: object) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-class CompiledGuard:
-    """A checked guard, ready to evaluate."""
-
-    __slots__ = ("program", "source")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.program = cel.compile(source)
-
-    def evaluate(self, variables: Mapping[str, Any]) -> Any:
-        return self.program.execute(activation(variables))
-
-
 def check_guard(
     source: str,
     variables: Mapping[str, Fields],
     records: Mapping[str, Fields],
-    enums: Mapping[str, list[str]],
+    enums: Mapping[str, Sequence[str]],
 ) -> list[str]:
     """Every problem with one guard expression, as messages; empty when it is sound.
 
@@ -158,7 +137,7 @@ def _walk(root: str, steps: list[str], ends_in_call: bool, fields: Fields, recor
     return []
 
 
-def _sample(ref: TypeRef, records: Mapping[str, Fields], enums: Mapping[str, list[str]], n: int) -> Any:
+def _sample(ref: TypeRef, records: Mapping[str, Fields], enums: Mapping[str, Sequence[str]], n: int) -> Any:
     if ref.kind == "list":
         assert ref.item is not None
         return [_sample(ref.item, records, enums, n)]
@@ -181,22 +160,7 @@ def _sample(ref: TypeRef, records: Mapping[str, Fields], enums: Mapping[str, lis
 def _samples(
     variables: Mapping[str, Fields],
     records: Mapping[str, Fields],
-    enums: Mapping[str, list[str]],
+    enums: Mapping[str, Sequence[str]],
     n: int,
 ) -> dict[str, Any]:
     return {name: {k: _sample(v, records, enums, n) for k, v in fields.items()} for name, fields in variables.items()}
-
-
-def to_cel(value: Any, ref: TypeRef, records: Mapping[str, Fields]) -> Any:
-    """Convert a validated Python value of type `ref` into what guards see."""
-    if value is None:
-        return None
-    if ref.kind == "money":
-        return int((Decimal(value) * 10**MONEY_SCALE).to_integral_exact())
-    if ref.kind == "list":
-        assert ref.item is not None
-        return [to_cel(v, ref.item, records) for v in value]
-    if ref.kind == "record":
-        fields = records[ref.name or ""]
-        return {k: to_cel(value.get(k), t, records) for k, t in fields.items()}
-    return value

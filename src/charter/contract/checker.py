@@ -23,7 +23,6 @@ from pydantic import BaseModel
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.cel_guards import (
-    GUARD_VARIABLES,
     PRINCIPAL_FIELDS,
     check_guard,
     names_used,
@@ -44,7 +43,6 @@ __all__ = [
 _SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_STATE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)*\Z")
 # Names a program already uses for something else: the runtime's own functions and types.
 _RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime"}
@@ -218,8 +216,7 @@ class _Checker:
     # Records and operations with a type that did not resolve: their guards are not checked,
     # so one typo yields one error rather than a cascade.
     unresolved: set[str] = field(default_factory=set)
-    module_errors: dict[str, str | None] = field(default_factory=dict)
-    module_functions: dict[str, Path] = field(default_factory=dict)
+    modules: dict[str, Path | str] = field(default_factory=dict)  # module -> source file, or why not found
 
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.source.problem(path, message, key=key))
@@ -299,7 +296,7 @@ class _Checker:
     def _check_value_names(self, path: DocPath, values: list[str], what: str) -> None:
         seen: set[str] = set()
         for index, value in enumerate(values):
-            if not _STATE.match(value):
+            if not _SNAKE.match(value):
                 self.fail((*path, index), f"{what} '{value}' must be lower snake_case")
             if value in seen:
                 self.fail((*path, index), f"{what} '{value}' is listed twice")
@@ -548,9 +545,12 @@ class _Checker:
             )
 
     def _check_guards(self, name: str, op: Operation, has_entity: bool) -> None:
-        variables: dict[str, Fields] = {"params": self.params[name], "principal": PRINCIPAL_FIELDS}
+        # Always params, entity, principal: the order "this guard may use ..." lists them in.
+        variables: dict[str, Fields] = {"params": self.params[name]}
         if has_entity:
             variables["entity"] = self.records.get(op.entity or "", {})
+        variables["principal"] = PRINCIPAL_FIELDS
+        skip_types = name in self.unresolved or (has_entity and op.entity in self.unresolved)
         for index, guard in enumerate(op.guards):
             gpath: DocPath = ("operations", name, "guards", index)
             if not _SNAKE.match(guard.id):
@@ -562,11 +562,9 @@ class _Checker:
                     "ids are unique in a contract",
                 )
             self.guard_ids.setdefault(guard.id, name)
-            ordered = {k: variables[k] for k in GUARD_VARIABLES if k in variables}
-            if name in self.unresolved or (has_entity and op.entity in self.unresolved):
+            if skip_types:
                 continue
-            enums = {k: list(v) for k, v in self.enums.items()}
-            for found in check_guard(guard.when, ordered, self.records, enums):
+            for found in check_guard(guard.when, variables, self.records, self.enums):
                 message = found
                 if "unknown name 'entity'" in found and not has_entity:
                     message = (
@@ -603,19 +601,15 @@ class _Checker:
         if self.binding_search is None:
             return
         module, _, function = ref.partition(":")
-        if module not in self.module_errors:
-            self.module_errors[module] = None
-            located = _locate_module(module, self.binding_search)
+        located = self.modules.get(module)
+        if located is None:
+            located = self.modules[module] = _locate_module(module, self.binding_search)
             if isinstance(located, str):
-                self.module_errors[module] = located
                 self.fail(path, f"binding module '{module}' does not resolve: {located}")
                 return
-            error = _missing_function(module, located, function)
-            self.module_functions[module] = located
-        elif self.module_errors[module] is not None:
-            return  # reported once already
-        else:
-            error = _missing_function(module, self.module_functions[module], function)
+        elif isinstance(located, str):
+            return  # reported once, at the first operation bound to it
+        error = _missing_function(module, located, function)
         if error:
             self.fail(path, f"binding '{ref}' does not resolve: {error}")
 

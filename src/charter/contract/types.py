@@ -63,10 +63,6 @@ class TypeRef(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
             text = {"money": "Decimal"}.get(self.kind, self.kind)
         return f"{text} | None" if self.optional else text
 
-    def required(self) -> TypeRef:
-        """The same type without the optional mark."""
-        return msgspec.structs.replace(self, optional=False)
-
 
 class TypeSyntaxError(ValueError):
     """A type text that does not parse; the message says why."""
