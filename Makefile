@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/charter demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples sandbox
+	$(BIN)/ruff format --check src tests examples sandbox
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -91,6 +91,12 @@ class BoundaryRule(_Frozen, frozen=True):
 class LimitsSpec(_Frozen, frozen=True):
     max_calls: int
     max_writes: int
+    memory_mib: int
+    cpu_seconds: float
+    wall_seconds: float
+    max_call_bytes: int
+    max_output_bytes: int
+    max_program_bytes: int
 
 
 class GateTable(_Frozen, frozen=True):

@@ -61,7 +61,7 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
         records=records,
         enums=enums,
         boundaries=boundaries,
-        limits=LimitsSpec(max_calls=model.limits.max_calls, max_writes=model.limits.max_writes),
+        limits=LimitsSpec(**model.limits.model_dump()),
     )
     surface = GuestSurface(
         contract=model.contract,

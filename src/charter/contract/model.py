@@ -155,8 +155,19 @@ class Boundary(_Strict):
 
 
 class Limits(_Strict):
-    max_calls: int = Field(default=50, ge=1, le=100_000)
-    max_writes: int = Field(default=10, ge=0, le=100_000)
+    """Per-run limits. The contract pins them, so a run's audit record fixes the limits it ran under.
+
+    A caller may tighten them for one run, never loosen them.
+    """
+
+    max_calls: int = Field(default=50, ge=1, le=100_000, description="Proxy calls per run.")
+    max_writes: int = Field(default=10, ge=0, le=100_000, description="Write operations per run.")
+    memory_mib: int = Field(default=128, ge=32, le=1024, description="Sandbox linear memory, MiB.")
+    cpu_seconds: float = Field(default=5.0, gt=0, le=300, description="Time the program may compute.")
+    wall_seconds: float = Field(default=30.0, gt=0, le=3600, description="Whole run, host calls included.")
+    max_call_bytes: int = Field(default=65_536, ge=256, le=16_777_216, description="Size of one call's arguments.")
+    max_output_bytes: int = Field(default=65_536, ge=0, le=16_777_216, description="Printed output kept per run.")
+    max_program_bytes: int = Field(default=262_144, ge=1024, le=16_777_216, description="Size of the program text.")
 
 
 class Contract(_Strict):

@@ -119,7 +119,7 @@ def diff_contracts(old: Contract, new: Contract) -> list[Change]:
         lambda w, a, b: _operation(d, w, a, b),
     )
     _boundaries(d, old, new)
-    for limit in ("max_calls", "max_writes"):
+    for limit in type(old.limits).model_fields:
         before, after = getattr(old.limits, limit), getattr(new.limits, limit)
         if after > before:
             d.add("relaxation", f"limits.{limit}", f"raised from {before} to {after}")

@@ -1,0 +1,319 @@
+"""The guest runtime: runs inside the Wasm component, one program per instance.
+
+The module's top level runs at build time (componentize-py snapshots the memory
+afterwards), so every module a program may import is imported here, once, and is
+already in memory when a run starts. Nothing else can be imported at run time: the
+component carries no file system to import from.
+
+Everything this runtime returns is untrusted by the host: a program runs in the same
+interpreter and could rewrite any of it. The host re-checks every call and every outcome.
+"""
+
+import gc
+import json
+import linecache
+import os
+import sys
+
+# The modules a program may import: read from the policy at build time, imported now.
+with open(os.path.join(os.path.dirname(__file__), "..", "policy.json"), encoding="utf-8") as _policy:
+    ALLOWED_MODULES = tuple(json.load(_policy)["allowed_modules"])
+for _name in ALLOWED_MODULES:
+    __import__(_name)
+import _strptime  # noqa: E402, F401 - datetime.strptime imports it lazily; run time cannot
+
+import wit_world  # noqa: E402
+from componentize_py_types import Err  # noqa: E402
+from wit_world.imports import host  # noqa: E402
+
+from . import _confine, _proxies  # noqa: E402
+
+_PROGRAM_FILE = "<program>"
+_MAX_MESSAGE = 2000
+_MAX_FRAMES = 20
+
+
+_WARM_UP_PROGRAM = """
+values = [1, 2.5, "text", None, {"key": (1, 2)}]
+def describe(items):
+    return ", ".join(str(item) for item in items)
+print(describe(values))
+try:
+    raise ValueError("warm")
+except ValueError as error:
+    message = str(error)
+conclude("warm", data={"values": values, "message": message})
+"""
+_WARM_UP_CONTEXT = "0\x1f946684800.0\x1f4096\x1fwarm-up\x1fscope"
+
+
+class _Concluded(BaseException):
+    """Raised by conclude()/refuse() to end the program at once."""
+
+
+class _Output:
+    """sys.stdout and sys.stderr of a run: a buffer with a byte budget."""
+
+    def __init__(self, limit):
+        self.parts = []
+        self.size = 0
+        self.limit = limit
+
+    def write(self, text):
+        data = str(text).encode("utf-8", "replace")
+        if self.size + len(data) > self.limit:
+            self.parts.append(data[: self.limit - self.size])
+            self.size = self.limit
+            # A program can catch any exception, so the limit ends the run through the
+            # host, where it cannot be caught.
+            host.call("$abort", '{"reason":"output_limit"}')
+        self.parts.append(data)
+        self.size += len(data)
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def text(self):
+        return b"".join(self.parts).decode("utf-8", "replace")
+
+
+class _Run:
+    """The state of the one run: what conclude()/refuse() recorded."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.status = None
+        self.answer = None
+        self.data = None
+
+
+_RUN = _Run()
+
+
+def conclude(answer, data=None):
+    """End the program with its answer (text for the caller) and optional data."""
+    if type(answer) is not str:
+        raise TypeError("conclude(answer, data=None): the answer is text for the caller; put values in data=")
+    _end(_RUN, "completed", answer, data)
+
+
+def refuse(reason):
+    """End the program declining the request, with the reason in the contract's terms."""
+    if type(reason) is not str:
+        raise TypeError("refuse(reason): the reason is text for the caller")
+    _end(_RUN, "refused", reason, None)
+
+
+def _line_of(source_lines, number):
+    if number and 0 < number <= len(source_lines):
+        return source_lines[number - 1].strip()
+    return ""
+
+
+def _safe_text(value, limit=_MAX_MESSAGE):
+    # A program's exception may define __str__ to loop forever or raise; only text the
+    # runtime can read without running program code is used.
+    kind = type(value)
+    if kind is str:
+        return value[:limit]
+    if kind in (bool, float, type(None)) or (kind is int and value.bit_length() < 64):
+        return repr(value)
+    return f"<{kind.__name__} object>"
+
+
+def _message_of(error):
+    args = error.args if isinstance(getattr(error, "args", None), tuple) else ()
+    if len(args) == 1:
+        return _safe_text(args[0])
+    if not args:
+        return ""
+    return _safe_text(", ".join(_safe_text(a, 200) for a in args))
+
+
+def _frames(error, source_lines):
+    frames = []
+    tb = error.__traceback__
+    while tb is not None and len(frames) < _MAX_FRAMES:
+        code = tb.tb_frame.f_code
+        if code.co_filename == _PROGRAM_FILE:
+            frames.append(
+                {"line": tb.tb_lineno, "function": code.co_name, "text": _line_of(source_lines, tb.tb_lineno)}
+            )
+        tb = tb.tb_next
+    return frames
+
+
+def _program_error(error, source_lines):
+    frames = _frames(error, source_lines)
+    outcome = {
+        "status": "program_error",
+        "error_type": type(error).__name__[:100],
+        "error_message": _message_of(error),
+        "line": frames[-1]["line"] if frames else None,
+        "traceback": frames,
+    }
+    if isinstance(error, _proxies.ContractViolation):
+        outcome["violation"] = {
+            "code": _safe_text(error.code, 100),
+            "operation": _safe_text(error.operation, 200),
+            "boundary": None if error.boundary is None else _safe_text(error.boundary, 200),
+        }
+    return outcome
+
+
+def _syntax_error(error, source_lines):
+    line = error.lineno if type(error.lineno) is int else None
+    return {
+        "status": "syntax_error",
+        "error_type": type(error).__name__,
+        "error_message": _safe_text(error.msg),
+        "line": line,
+        "column": error.offset if type(error.offset) is int else None,
+        "text": _line_of(source_lines, line),
+    }
+
+
+class WitWorld(wit_world.WitWorld):
+    namespace = None  # the one program's globals, built by prepare()
+
+    def prepare(self, surface):
+        try:
+            namespace = _proxies.build(json.loads(surface), host.call, Err)
+        except Exception as error:
+            raise Err(f"cannot build proxies from the contract surface: {type(error).__name__}: {error}") from None
+        namespace.update(
+            __builtins__=_confine.program_builtins(ALLOWED_MODULES),
+            __name__="__program__",
+            ContractViolation=_proxies.ContractViolation,
+            OperationError=_proxies.OperationError,
+            conclude=conclude,
+            refuse=refuse,
+            principal=None,
+        )
+        # Source lines come from the program text; looking a file up would need a file system.
+        linecache.updatecache = lambda filename, module_globals=None: []
+        linecache.checkcache = lambda filename=None: None
+        _confine.install_audit_hook()
+        # Warm-up, off the request path: one run of a fixed program of the runtime's own
+        # (never a caller's) through the same code a real run takes, so the instance's
+        # first real run does not pay for first-use costs. It runs in a copy of the
+        # namespace, and every piece of run state is set afresh by the real run.
+        WitWorld.namespace = dict(namespace)
+        self.run(_WARM_UP_PROGRAM, _WARM_UP_CONTEXT)
+        _RUN.reset()
+        _proxies.SESSION.concluded = False
+        WitWorld.namespace = namespace
+        # Everything so far lives as long as the instance: keep the collector off it.
+        gc.freeze()
+
+    def run(self, program, context):
+        outcome = _execute(program, context)
+        status = outcome["status"]
+        try:
+            if status == "completed" and outcome["data"] is None:
+                # The common answer, encoded without building an encoder.
+                text = (
+                    f'{{"status":"completed","answer":{_quote(outcome["answer"])},"data":null,'
+                    f'"output":{_quote(outcome["output"])}}}'
+                )
+            else:
+                text = json.dumps(outcome, default=_proxies.encode_value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            text = json.dumps(
+                {
+                    "status": "program_error",
+                    "error_type": "TypeError",
+                    "error_message": f"the conclusion cannot be encoded as JSON: {_safe_text(str(error))}",
+                    "line": None,
+                    "traceback": [],
+                    "output": outcome["output"],
+                }
+            )
+        # Lone surrogates cannot cross as a WIT string; replace them rather than trap.
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+_quote = json.encoder.encode_basestring
+
+
+def _execute(program, context):
+    # context: seed, clock (epoch seconds), output limit, principal id, then its scopes;
+    # separated by \x1f (the host refuses control characters in principal ids and scopes).
+    seed, clock, max_output, principal_id, *scopes = context.split("\x1f")
+    _confine.CLOCK.epoch = float(clock)
+    _confine.reseed(int(seed))
+    output = _Output(int(max_output))
+    sys.stdout = sys.stderr = output
+    namespace = WitWorld.namespace
+    namespace["principal"] = _Principal(principal_id, tuple(scopes))
+    try:
+        code = compile(program, _PROGRAM_FILE, "exec", dont_inherit=True)
+    except SyntaxError as error:
+        outcome = _syntax_error(error, program.splitlines())
+    except (ValueError, MemoryError, RecursionError) as error:
+        outcome = {
+            "status": "syntax_error",
+            "error_type": type(error).__name__,
+            "error_message": _message_of(error),
+            "line": None,
+            "column": None,
+            "text": "",
+        }
+    else:
+        outcome = _run_code(code, namespace, _RUN, program)
+    outcome["output"] = output.text()
+    return outcome
+
+
+def _run_code(code, namespace, run, program):
+    try:
+        exec(code, namespace)
+    except _Concluded:
+        pass
+    except MemoryError as error:
+        # The allocator raises a bare MemoryError; one with a message is the interpreter
+        # refusing something (e.g. "Parser stack overflowed"), an error of the program.
+        if not error.args:
+            return {"status": "memory_limit"}
+        if run.status is None:
+            return _program_error(error, program.splitlines())
+    except BaseException as error:
+        if run.status is None:
+            return _program_error(error, program.splitlines())
+    if run.status is None:
+        return {
+            "status": "program_error",
+            "error_type": "NoConclusion",
+            "error_message": "the program ended without calling conclude(answer) or refuse(reason)",
+            "line": None,
+            "traceback": [],
+        }
+    if run.status == "refused":
+        return {"status": "refused", "reason": run.answer}
+    return {"status": "completed", "answer": run.answer, "data": run.data}
+
+
+def _end(run, status, answer, data):
+    if run.status is not None:
+        raise RuntimeError("the program already concluded; conclude() or refuse() ends it once")
+    run.status, run.answer, run.data = status, answer, data
+    _proxies.SESSION.concluded = True
+    raise _Concluded
+
+
+class _Principal:
+    __slots__ = ("id", "scopes")
+
+    def __init__(self, principal_id, scopes):
+        self.id = principal_id
+        self.scopes = scopes
+
+    def __repr__(self):
+        return f"Principal(id={self.id!r}, scopes={self.scopes!r})"
+
+
+gc.collect()
+gc.freeze()

@@ -1,0 +1,189 @@
+"""What a program sees instead of the interpreter's own builtins, modules, clock and randomness.
+
+This layer is not the security boundary. The component has no WASI imports, so the
+interpreter cannot reach a file, a socket, a clock or the environment whatever a
+program does; its one import is the host's `call`, which the host checks. This layer
+exists so that a program trying something forbidden gets a clear Python exception
+instead of a trap, and so that time and randomness come from the run's context (which
+is recorded, so a run can be replayed).
+"""
+
+import builtins
+import datetime as _datetime
+import random as _random
+import sys
+import time as _time
+import types
+
+__all__ = ["RunClock", "install_audit_hook", "program_builtins", "reseed"]
+
+
+class RunClock:
+    """The virtual clock of one run: the instant the host recorded when the run began.
+
+    It does not advance during the run, so a program sees one consistent 'now' and a
+    replay sees the same one.
+    """
+
+    def __init__(self):
+        self.epoch = 0.0
+
+    @property
+    def utc(self):
+        return _datetime.datetime.fromtimestamp(self.epoch, _datetime.UTC)
+
+
+CLOCK = RunClock()
+
+
+def _unavailable(what, why):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{what} is not available in a Charter program: {why}")
+
+    refuse.__name__ = what.rsplit(".", 1)[-1]
+    return refuse
+
+
+def _time_facade():
+    module = types.ModuleType("time", "The run's virtual clock (see charter docs: Sandbox).")
+    now = lambda: CLOCK.epoch  # noqa: E731
+    now_ns = lambda: int(CLOCK.epoch * 1_000_000_000)  # noqa: E731
+    module.time = now
+    module.time_ns = now_ns
+    # Monotonic clocks measure elapsed time; in a run whose clock stands still that is 0.
+    module.monotonic = module.perf_counter = module.process_time = lambda: 0.0
+    module.monotonic_ns = module.perf_counter_ns = module.process_time_ns = lambda: 0
+    module.sleep = _unavailable("time.sleep", "a run never waits; its clock is virtual and stands still")
+    module.gmtime = module.localtime = lambda secs=None: _time.gmtime(CLOCK.epoch if secs is None else secs)
+    module.strftime = lambda fmt, t=None: _time.strftime(fmt, module.gmtime() if t is None else t)
+    module.strptime = _time.strptime
+    module.struct_time = _time.struct_time
+    module.timezone = module.altzone = 0
+    module.daylight = 0
+    module.tzname = ("UTC", "UTC")
+    return module
+
+
+class _SameClassAsReal(type):
+    # datetime values returned by proxies are real datetimes; isinstance checks against
+    # the facade classes must still say yes.
+    def __instancecheck__(cls, instance):
+        return isinstance(instance, cls.__mro__[1])
+
+    def __subclasscheck__(cls, subclass):
+        return issubclass(subclass, cls.__mro__[1])
+
+
+def _datetime_facade():
+    module = types.ModuleType("datetime", _datetime.__doc__)
+    for name in dir(_datetime):
+        if not name.startswith("__"):
+            setattr(module, name, getattr(_datetime, name))
+
+    class datetime(_datetime.datetime, metaclass=_SameClassAsReal):
+        @classmethod
+        def now(cls, tz=None):
+            return CLOCK.utc.replace(tzinfo=None) if tz is None else CLOCK.utc.astimezone(tz)
+
+        @classmethod
+        def utcnow(cls):
+            return CLOCK.utc.replace(tzinfo=None)
+
+        @classmethod
+        def today(cls):
+            return CLOCK.utc.replace(tzinfo=None)
+
+    class date(_datetime.date, metaclass=_SameClassAsReal):
+        @classmethod
+        def today(cls):
+            return CLOCK.utc.date()
+
+    module.datetime = datetime
+    module.date = date
+    return module
+
+
+class _RunSeed:
+    value = 0
+    made = 0  # Random() instances made without a seed in this run
+
+
+class _SeededRandom(_random.Random):
+    # Random() with no seed would read the host's entropy; here it derives from the run's seed.
+    def __init__(self, x=None):
+        if x is None:
+            _RunSeed.made += 1
+            x = f"{_RunSeed.value}/{_RunSeed.made}"
+        super().__init__(x)
+
+    def seed(self, a=None, version=2):
+        super().seed(f"{_RunSeed.value}/seed" if a is None else a, version)
+
+
+def _random_facade():
+    module = types.ModuleType("random", _random.__doc__)
+
+    # Seeding costs more than most programs spend on randomness, so it happens on first use.
+    def first_use(name):
+        _random._inst.seed(_RunSeed.value)
+        for public in dir(_random):
+            if not public.startswith("__"):
+                setattr(module, public, getattr(_random, public))
+        module.Random = _SeededRandom
+        module.SystemRandom = _unavailable("random.SystemRandom", "randomness comes from the run's seed")
+        module.seed = lambda a=None, version=2: _random._inst.seed(
+            f"{_RunSeed.value}/seed" if a is None else a, version
+        )
+        del module.__getattr__
+        return getattr(module, name)
+
+    module.__getattr__ = first_use
+    return module
+
+
+def reseed(seed):
+    _RunSeed.value = seed
+    _RunSeed.made = 0
+
+
+def program_builtins(allowed_modules):
+    """The builtins a program runs with: the interpreter's own, minus the ways out."""
+    allowed = frozenset(allowed_modules)
+    facades = {"time": _time_facade(), "datetime": _datetime_facade(), "random": _random_facade()}
+    real_import = builtins.__import__
+    listed = ", ".join(sorted(allowed))
+
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level:
+            raise ImportError("relative imports are not available in a Charter program", name=name)
+        if name not in allowed:
+            raise ImportError(
+                f"import of {name!r} is not allowed in a Charter program; allowed modules: {listed}", name=name
+            )
+        facade = facades.get(name)
+        if facade is not None:
+            return facade
+        return real_import(name, globals, locals, fromlist, level)
+
+    namespace = dict(vars(builtins))
+    for name in ("exit", "quit", "help", "copyright", "credits", "license", "breakpoint"):
+        namespace.pop(name, None)
+    namespace["__import__"] = guarded_import
+    namespace["open"] = _unavailable("open()", "a program has no filesystem; use the contract's operations")
+    namespace["input"] = _unavailable("input()", "a program has no terminal")
+    return namespace
+
+
+# Events of interpreter features that would reach outside. Without WASI they would trap;
+# the hook turns them into an exception the program can read.
+_BLOCKED_PREFIXES = ("open", "os.", "subprocess.", "socket.", "ctypes.", "shutil.", "import", "urllib.", "glob.")
+
+
+def install_audit_hook():
+    def audit(event, args):
+        if event.startswith(_BLOCKED_PREFIXES):
+            if event == "import":
+                raise ImportError(f"module {args[0]!r} is not available in a Charter program", name=args[0])
+            raise PermissionError(f"{event} is not available in a Charter program: it has no host access")
+
+    sys.addaudithook(audit)

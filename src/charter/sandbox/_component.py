@@ -1,0 +1,180 @@
+"""Building the guest component and caching it, with its precompiled native code.
+
+The component is built from `sandbox/` with componentize-py and cached outside the
+repository, under a key that hashes the guest sources and the tool's version: a change
+to either builds anew, nothing else does. Its native code (wasmtime's serialization) is
+cached beside it, keyed by the wasmtime version, so a new process loads it in
+milliseconds instead of compiling for seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime.component import Component
+
+from charter.errors import CharterError
+
+__all__ = ["BuildFailed", "ComponentFiles", "allowed_modules", "cache_root", "ensure_built", "guest_dir", "load"]
+
+_WORLD = "runner"
+_APP = "charter_guest"
+# Bump when the way the component is built changes without a source change.
+_BUILD_FORMAT = "1"
+
+
+class BuildFailed(CharterError):
+    """componentize-py could not build the guest; the message carries its output."""
+
+
+def guest_dir() -> Path:
+    """`sandbox/` in a source checkout, `charter/_sandbox` inside an installed wheel."""
+    packaged = Path(__file__).resolve().parent.parent / "_sandbox"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[3] / "sandbox"
+
+
+@cache
+def allowed_modules() -> tuple[str, ...]:
+    """The modules a program may import (the guest's policy file, the one place they are listed)."""
+    policy: dict[str, Any] = json.loads((guest_dir() / "policy.json").read_text(encoding="utf-8"))
+    return tuple(policy["allowed_modules"])
+
+
+def cache_root() -> Path:
+    configured = os.environ.get("CHARTER_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "charter"
+
+
+def _guest_files() -> Iterator[Path]:
+    root = guest_dir()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.suffix in {".py", ".wit", ".json"} and "__pycache__" not in path.parts:
+            yield path
+
+
+def _source_key() -> str:
+    digest = hashlib.sha256()
+    digest.update(f"format {_BUILD_FORMAT}; componentize-py {version('componentize-py')}\n".encode())
+    root = guest_dir()
+    for path in _guest_files():
+        digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentFiles:
+    key: str
+    directory: Path
+
+    @property
+    def wasm(self) -> Path:
+        return self.directory / "runner.wasm"
+
+    def native(self, config_tag: str) -> Path:
+        return self.directory / f"runner-wasmtime-{version('wasmtime')}-{config_tag}.cwasm"
+
+
+def _files() -> ComponentFiles:
+    key = _source_key()
+    return ComponentFiles(key=key, directory=cache_root() / "sandbox" / key[:24])
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    # Two processes starting at once must not both build, nor read a half-written file.
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+        handle.write(data)
+        temporary = Path(handle.name)
+    os.replace(temporary, path)
+
+
+def _run_componentize(output: Path) -> None:
+    root = guest_dir()
+    command = [
+        sys.executable,
+        "-c",
+        "import sys, componentize_py; sys.argv[0] = 'componentize-py'; sys.exit(componentize_py.script())",
+        "-d", str(root / "wit"),
+        "-w", _WORLD,
+        "componentize",
+        "--stub-wasi",  # no WASI imports: the component's only import is the host's `call`
+        _APP,
+        "-p", str(root),
+        "-o", str(output),
+    ]  # fmt: skip
+    # The build runs the guest's top level and snapshots its memory: give it nothing of
+    # this process's environment to snapshot.
+    environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(output.parent)}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    if result.returncode != 0 or not output.is_file():
+        raise BuildFailed(
+            f"componentize-py could not build the sandbox guest from {root}:\n{result.stderr[-4000:] or result.stdout}"
+        )
+
+
+def ensure_built(progress: Callable[[str], None] | None = None) -> ComponentFiles:
+    """The component's files, building them first if this guest version was never built."""
+    files = _files()
+    if files.wasm.is_file():
+        return files
+    with _locked(files.directory):
+        if files.wasm.is_file():
+            return files
+        if progress is not None:
+            progress(f"Building the sandbox component (first use; about 15 s) into {files.directory} ...")
+        started = time.monotonic()
+        partial = files.directory / "runner.wasm.partial"
+        _run_componentize(partial)
+        os.replace(partial, files.wasm)
+        if progress is not None:
+            progress(f"Built the sandbox component in {time.monotonic() - started:.1f} s.")
+    return files
+
+
+def load(engine: wasmtime.Engine, config_tag: str, progress: Callable[[str], None] | None = None) -> Component:
+    """The component compiled for `engine`: deserialized from the native cache, compiled once if absent."""
+    files = ensure_built(progress)
+    native = files.native(config_tag)
+    if native.is_file():
+        try:
+            return Component.deserialize_file(engine, str(native))
+        except wasmtime.WasmtimeError:
+            pass  # written by an incompatible build of wasmtime: compile again below
+    with _locked(files.directory):
+        if progress is not None:
+            progress("Compiling the sandbox component to native code (once per wasmtime version) ...")
+        component = Component.from_file(engine, str(files.wasm))
+        _atomic_write(native, bytes(component.serialize()))
+    # Load from the file so wasmtime can map the initial memory copy-on-write.
+    return Component.deserialize_file(engine, str(native))

@@ -1,0 +1,404 @@
+"""Running one program in a fresh Wasm instance, with its limits, through the one host import.
+
+Per process there is one engine, one compiled component and one linker (`_Runtime`).
+Per run there is one fresh store and instance, used once and dropped. Instances are
+instantiated and given their contract surface ahead of time by a background thread
+(the pool), so a request pays only for running its program; no instance ever runs a
+second program.
+
+No Python exception is ever raised through wasmtime from the host import: wasmtime-py
+relays those through a module-level global, which would race between threads. The host
+import records why it ends a run on the run's own state and raises a WasmtimeError.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+import secrets
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+
+import msgspec
+import wasmtime
+from wasmtime.component import Component, Func, Linker
+
+from charter.compiler.artifact import CompiledContract
+from charter.errors import UsageError
+from charter.gate._protocol import CallRequest, Denied, Gate, OperationFailed
+from charter.principal import Principal
+from charter.sandbox import _component, _wire
+from charter.sandbox._crossing import HostAbort, add_string_result_func, call_strings
+from charter.sandbox.limits import SandboxLimits
+from charter.sandbox.outcomes import (
+    CallLimitExceeded,
+    Completed,
+    MemoryExceeded,
+    Outcome,
+    OutputLimitExceeded,
+    ProgramError,
+    ProgramRejected,
+    ProgramSyntaxError,
+    Refused,
+    Stats,
+    TimedOut,
+    Trapped,
+)
+
+__all__ = ["RunContext", "Sandbox"]
+
+_TICK_SECONDS = 0.002
+_WASM_STACK_BYTES = 2 * 2**20  # wasmtime refuses more than its async stack size, 2 MiB
+_PREPARE_SECONDS = 30.0
+_HOST_INTERFACE = "charter:sandbox/host@0.1.0"
+_ABORT_OPERATION = "$abort"
+
+
+class RunContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run knows of the world: who it acts for, its clock, its seed. All recorded."""
+
+    principal: Principal
+    run_id: str = msgspec.field(default_factory=lambda: secrets.token_hex(16))
+    clock: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+    seed: int = msgspec.field(default_factory=lambda: secrets.randbits(63))
+
+
+class _Runtime:
+    """The process-wide engine, component and linker, and the epoch ticker."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        config = wasmtime.Config()
+        config.epoch_interruption = True
+        # CPython recurses in C for parsing, repr and JSON; a deeper native stack lets its
+        # own recursion checks raise RecursionError before the wasm stack traps.
+        config.max_wasm_stack = _WASM_STACK_BYTES
+        self.engine = wasmtime.Engine(config)
+        self.component: Component = _component.load(self.engine, f"epoch-stack{_WASM_STACK_BYTES}", progress)
+        self.linker = Linker(self.engine)
+        with self.linker.root() as root, root.add_instance(_HOST_INTERFACE) as host:
+            add_string_result_func(host, "call", _host_call)
+        threading.Thread(target=self._tick, name="charter-epoch", daemon=True).start()
+
+    def _tick(self) -> None:
+        # Sleeps overshoot under load; catching up keeps one epoch = one tick of wall time.
+        due = time.monotonic() + _TICK_SECONDS
+        while True:
+            time.sleep(max(0.0, due - time.monotonic()))
+            now = time.monotonic()
+            while due <= now:
+                self.engine.increment_epoch()
+                due += _TICK_SECONDS
+
+
+@cache
+def _runtime(progress: Callable[[str], None] | None) -> _Runtime:
+    return _Runtime(progress)
+
+
+def _stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _ticks(seconds: float) -> int:
+    return max(1, math.ceil(seconds / _TICK_SECONDS))
+
+
+@dataclass(slots=True)
+class _RunState:
+    contract: CompiledContract
+    operations: frozenset[str]
+    gate: Gate
+    context: RunContext
+    limits: SandboxLimits
+    store: wasmtime.Store
+    executor: concurrent.futures.ThreadPoolExecutor
+    started: float
+    deadline: float
+    resumed: float
+    cpu_used: float = 0.0
+    calls: int = 0
+    ended_by: Outcome | None = None
+
+    def abort(self, outcome: Outcome) -> HostAbort:
+        self.ended_by = outcome
+        return HostAbort(outcome.message)
+
+    def handle(self, operation: str, arguments: str) -> tuple[bool, str]:
+        now = time.monotonic()
+        self.cpu_used += now - self.resumed
+        if operation == _ABORT_OPERATION and arguments == '{"reason":"output_limit"}':
+            raise self.abort(OutputLimitExceeded(limit_bytes=self.limits.max_output_bytes))
+        if now >= self.deadline:
+            raise self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds))
+        self.calls += 1
+        if self.calls > self.limits.max_calls:
+            raise self.abort(CallLimitExceeded(limit=self.limits.max_calls))
+        reply = self._decide(operation, arguments)
+        now = time.monotonic()
+        if now >= self.deadline:
+            raise self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds))
+        # Host-call time is wall time, not the program's CPU time: re-arm the epoch
+        # deadline with what is left of each.
+        remaining = min(self.limits.cpu_seconds - self.cpu_used, self.deadline - now)
+        self.store.set_epoch_deadline(_ticks(remaining))
+        self.resumed = now
+        return reply
+
+    def _decide(self, operation: str, arguments: str) -> tuple[bool, str]:
+        try:
+            _wire.check_operation(operation, self.operations, f"{self.contract.name} {self.contract.version}")
+            decoded = _wire.decode_arguments(arguments, self.limits.max_call_bytes)
+        except _wire.CallRejected as rejected:
+            return False, _wire.encode_error("contract_violation", rejected.code, rejected.message)
+        request = CallRequest(
+            run_id=self.context.run_id,
+            sequence=self.calls,
+            operation=operation,
+            arguments=decoded,
+            principal=self.context.principal,
+            deadline=self.deadline,
+        )
+        try:
+            if self.gate.blocking:
+                result = self.executor.submit(self.gate.call, request).result(timeout=self.deadline - time.monotonic())
+            else:
+                result = self.gate.call(request)
+            encoded = _wire.encode_result(result)
+        except concurrent.futures.TimeoutError:
+            raise self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds)) from None
+        except Denied as denied:
+            return False, _wire.encode_error("contract_violation", denied.code, denied.message, denied.boundary)
+        except OperationFailed as failed:
+            return False, _wire.encode_error("operation_error", failed.code, failed.message)
+        except Exception as error:
+            message = f"{operation} refused: the gate failed ({type(error).__name__}: {error})"
+            return False, _wire.encode_error("contract_violation", "GATE_ERROR", message)
+        if len(encoded) > self.limits.max_result_bytes:
+            message = f"{operation} returned {len(encoded)} bytes, above the limit of {self.limits.max_result_bytes}"
+            return False, _wire.encode_error("operation_error", "RESULT_TOO_LARGE", message)
+        return True, encoded
+
+
+_current = threading.local()
+
+
+def _host_call(operation: str, arguments: str) -> tuple[bool, str]:
+    state: _RunState | None = getattr(_current, "state", None)
+    if state is None:  # only prepare() runs without a run, and it makes no calls
+        raise HostAbort("host call outside a run")
+    try:
+        return state.handle(operation, arguments)
+    except HostAbort:
+        raise
+    except Exception as error:
+        raise state.abort(
+            Trapped(reason=f"host error in call {operation!r}: {type(error).__name__}: {error}")
+        ) from None
+
+
+@dataclass(slots=True)
+class _Prepared:
+    store: wasmtime.Store
+    run: Func
+
+
+class _GuestMemoryError(msgspec.Struct, frozen=True, tag_field="status", tag="memory_limit"):
+    output: str = ""
+
+
+_GuestOutcome = Completed | Refused | ProgramError | ProgramSyntaxError | _GuestMemoryError
+_decode_outcome = msgspec.json.Decoder(_GuestOutcome).decode
+
+
+class Sandbox:
+    """Runs programs, each in a fresh Wasm instance, against one compiled contract at a time.
+
+    `pool_size` instances per contract are prepared ahead by a background thread.
+    Thread-safe: runs on different threads execute in parallel in their own stores.
+    """
+
+    def __init__(self, *, pool_size: int = 2, progress: Callable[[str], None] | None = _stderr_progress) -> None:
+        self._runtime = _runtime(progress)
+        self._pool_size = pool_size
+        self._pools: dict[str, deque[_Prepared]] = {}
+        self._surfaces: dict[str, str] = {}
+        self._wanted = threading.Condition()
+        self._spent: list[_Prepared] = []
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="charter-gate")
+        if pool_size > 0:
+            threading.Thread(target=self._refill, name="charter-pool", daemon=True).start()
+
+    # -- instances -------------------------------------------------------------------
+
+    def _prepare(self, surface_json: str) -> _Prepared:
+        runtime = self._runtime
+        store = wasmtime.Store(runtime.engine)
+        store.set_epoch_deadline(_ticks(_PREPARE_SECONDS))
+        instance = runtime.linker.instantiate(store, runtime.component)
+        prepare = instance.get_func(store, "prepare")
+        run = instance.get_func(store, "run")
+        if prepare is None or run is None:
+            raise UsageError("the sandbox component lacks its exports; rebuild it with `charter sandbox build`")
+        failure = prepare(store, surface_json)
+        if failure is not None:
+            raise UsageError(f"the sandbox could not load the contract surface: {failure}")
+        return _Prepared(store=store, run=run)
+
+    def _refill(self) -> None:
+        while True:
+            with self._wanted:
+                spent = list(self._spent)
+                self._spent.clear()
+                short = [(k, self._surfaces[k]) for k, pool in self._pools.items() if len(pool) < self._pool_size]
+                if not short and not spent:
+                    self._wanted.wait()
+                    continue
+            del spent  # the used instances are freed here, off the request path
+            for key, surface in short:
+                try:
+                    self._pools[key].append(self._prepare(surface))
+                except Exception:
+                    time.sleep(0.1)
+
+    def _pool(self, contract: CompiledContract) -> deque[_Prepared]:
+        pool = self._pools.get(contract.sha256)
+        if pool is None:
+            with self._wanted:
+                self._surfaces[contract.sha256] = msgspec.json.encode(contract.surface).decode("utf-8")
+                pool = self._pools.setdefault(contract.sha256, deque())
+        return pool
+
+    def _take(self, contract: CompiledContract) -> _Prepared:
+        pool = self._pool(contract)
+        try:
+            prepared = pool.popleft()
+        except IndexError:
+            # The pool ran dry (a burst, or pool_size=0): prepare on the request path.
+            prepared = self._prepare(self._surfaces[contract.sha256])
+        return prepared
+
+    def _retire(self, prepared: _Prepared) -> None:
+        # Called once the outcome is known. Tearing a used instance down (unmapping its
+        # memory) and preparing its replacement both happen on the pool thread, so
+        # neither competes with the run.
+        if self._pool_size > 0:
+            with self._wanted:
+                self._spent.append(prepared)
+                self._wanted.notify()
+
+    def warm(self, contract: CompiledContract, timeout: float = 60.0) -> None:
+        """Fill this contract's pool now rather than on its first run."""
+        pool = self._pool(contract)
+        with self._wanted:
+            self._wanted.notify()
+        give_up = time.monotonic() + timeout
+        while len(pool) < self._pool_size and time.monotonic() < give_up:
+            time.sleep(0.001)
+
+    # -- runs ------------------------------------------------------------------------
+
+    def run(
+        self,
+        program: str,
+        *,
+        contract: CompiledContract,
+        gate: Gate,
+        context: RunContext,
+        limits: SandboxLimits | None = None,
+    ) -> Outcome:
+        """Run `program` once in a fresh instance. Never raises for anything the program does."""
+        limits = limits or SandboxLimits.from_contract(contract.gate.limits)
+        started = time.monotonic()
+        rejected = _reject_program(program, limits)
+        if rejected is not None:
+            return rejected
+        prepared = self._take(contract)
+        store = prepared.store
+        store.set_limits(memory_size=limits.memory_bytes)
+        guest_context = _guest_context(context, limits)
+        now = time.monotonic()
+        state = _RunState(
+            contract=contract,
+            operations=frozenset(contract.gate.operations),
+            gate=gate,
+            context=context,
+            limits=limits,
+            store=store,
+            executor=self._executor,
+            started=started,
+            deadline=started + limits.wall_seconds,
+            resumed=now,
+        )
+        store.set_epoch_deadline(_ticks(min(limits.cpu_seconds, limits.wall_seconds)))
+        _current.state = state
+        try:
+            raw: str | None = call_strings(prepared.run, store, program, guest_context)
+            trap: str | None = None
+        except wasmtime.WasmtimeError as error:
+            raw, trap = None, str(error)
+        finally:
+            _current.state = None
+        ended = time.monotonic()
+        state.cpu_used += ended - state.resumed
+        stats = Stats(calls=state.calls, wall_ms=(ended - started) * 1000, cpu_ms=state.cpu_used * 1000)
+        outcome = msgspec.structs.replace(_classify(raw, trap, state, ended), stats=stats)
+        self._retire(prepared)
+        return outcome
+
+
+def _guest_context(context: RunContext, limits: SandboxLimits) -> str:
+    # Fields separated by \x1f: cheaper for the guest to read than JSON, and unambiguous
+    # because principal ids and scopes may not contain control characters.
+    principal = context.principal
+    for text in (principal.id, *principal.scopes):
+        if not text or not text.isprintable():
+            raise UsageError(f"principal id and scopes must be non-empty printable text, got {text!r}")
+    fields = [str(context.seed), repr(context.clock.timestamp()), str(limits.max_output_bytes), principal.id]
+    return "\x1f".join(fields + sorted(principal.scopes))
+
+
+def _reject_program(program: str, limits: SandboxLimits) -> ProgramRejected | None:
+    if len(program) > limits.max_program_bytes:
+        return ProgramRejected(
+            reason=f"the program is {len(program)} characters; the limit is {limits.max_program_bytes} bytes"
+        )
+    try:
+        size = len(program.encode("utf-8"))
+    except UnicodeEncodeError:
+        return ProgramRejected(reason="the program text contains a lone surrogate; it must be valid Unicode")
+    if size > limits.max_program_bytes:
+        return ProgramRejected(reason=f"the program is {size} bytes; the limit is {limits.max_program_bytes}")
+    return None
+
+
+def _classify(raw: str | None, trap: str | None, state: _RunState, ended: float) -> Outcome:
+    limits = state.limits
+    if state.ended_by is not None:
+        return state.ended_by
+    if trap is not None:
+        if "interrupt" in trap:
+            if ended >= state.deadline:
+                return TimedOut(limit="wall", seconds=limits.wall_seconds)
+            return TimedOut(limit="cpu", seconds=limits.cpu_seconds)
+        reason = trap.splitlines()[-1].strip() or "unknown trap"
+        if "call stack exhausted" in reason:
+            reason = "the program recursed too deeply in the interpreter (wasm call stack exhausted)"
+        return Trapped(reason=reason)
+    assert raw is not None
+    if len(raw) > limits.max_output_bytes + limits.max_conclusion_bytes:
+        return OutputLimitExceeded(limit_bytes=limits.max_output_bytes)
+    try:
+        outcome: _GuestOutcome = _decode_outcome(raw)
+    except msgspec.DecodeError as error:
+        return Trapped(reason=f"the guest returned an unreadable outcome: {error}")
+    if isinstance(outcome, _GuestMemoryError):
+        return MemoryExceeded(limit_bytes=limits.memory_bytes, output=outcome.output)
+    if len(outcome.output.encode("utf-8")) > limits.max_output_bytes:
+        return OutputLimitExceeded(limit_bytes=limits.max_output_bytes)
+    return outcome

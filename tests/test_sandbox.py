@@ -1,0 +1,774 @@
+"""The sandbox with the real component: typed proxies, outcomes, limits, and the adversarial corpus.
+
+Every test runs real programs in real wasmtime instances. Each corpus entry asserts the
+exact outcome and then that the same host still serves a normal run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from charter.backends import InMemoryBackend
+from charter.compiler import compile_contract
+from charter.compiler.artifact import CompiledContract
+from charter.contract.checker import load_contract
+from charter.errors import UsageError
+from charter.gate import CallRequest, Denied, PassThroughGate
+from charter.principal import Principal
+from charter.sandbox import (
+    CallLimitExceeded,
+    Completed,
+    MemoryExceeded,
+    Outcome,
+    OutputLimitExceeded,
+    ProgramError,
+    ProgramRejected,
+    ProgramSyntaxError,
+    Refused,
+    RunContext,
+    Sandbox,
+    SandboxLimits,
+    TimedOut,
+    Trapped,
+)
+from tests.conftest import ROOT
+
+ORDER = {
+    "id": 123,
+    "customer": "acme",
+    "items": [{"sku": "A-1", "quantity": 2, "unit_price": decimal.Decimal("10.00")}],
+    "total": decimal.Decimal("20.00"),
+    "refunded": decimal.Decimal("0.00"),
+    "placed_at": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+    "note": None,
+    "status": "dispatched",
+}
+CLOCK = datetime.datetime(2026, 11, 21, 12, 0, tzinfo=datetime.UTC)
+MIB = 2**20
+
+
+@pytest.fixture(scope="module")
+def orders() -> CompiledContract:
+    return compile_contract(load_contract(ROOT / "contracts" / "orders.yaml"))
+
+
+@pytest.fixture(scope="module")
+def sandbox(orders: CompiledContract) -> Sandbox:
+    sandbox = Sandbox(pool_size=2)
+    sandbox.warm(orders)
+    return sandbox
+
+
+class Recorder:
+    """An in-memory backend that remembers every call it performed."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.overrides = overrides
+
+    def backend(self) -> InMemoryBackend:
+        def handler(name: str) -> Any:
+            def handle(**arguments: Any) -> Any:
+                self.calls.append((name, arguments))
+                if name in self.overrides:
+                    return self.overrides[name](**arguments)
+                if name == "list_orders":
+                    return [ORDER, {**ORDER, "id": 124, "status": "pending"}]
+                return {**ORDER, "id": arguments.get("id", 123)}
+
+            return handle
+
+        return InMemoryBackend({name: handler(name) for name in ("get_order", "list_orders", "cancel_order")})
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+def context(seed: int = 7, scopes: frozenset[str] = frozenset({"orders:read"})) -> RunContext:
+    return RunContext(principal=Principal("alice", scopes), clock=CLOCK, seed=seed, run_id="run-test")
+
+
+def run(
+    sandbox: Sandbox,
+    orders: CompiledContract,
+    program: str,
+    *,
+    gate: Any = None,
+    seed: int = 7,
+    **limits: Any,
+) -> Outcome:
+    base = SandboxLimits.from_contract(orders.gate.limits).tightened(cpu_seconds=1.0, wall_seconds=5.0)
+    return sandbox.run(
+        program,
+        contract=orders,
+        gate=gate or PassThroughGate(orders, Recorder().backend()),
+        context=context(seed),
+        limits=base.tightened(**limits) if limits else base,
+    )
+
+
+def assert_healthy(sandbox: Sandbox, orders: CompiledContract) -> None:
+    outcome = run(sandbox, orders, 'order = orders.get_order(id=5)\nconclude(f"{order.id} {order.status}")')
+    assert outcome == Completed(answer="5 dispatched", stats=outcome.stats)
+
+
+# --- typed proxies and conclusions --------------------------------------------------------
+
+
+def test_proxy_returns_typed_records(sandbox: Sandbox, orders: CompiledContract, recorder: Recorder) -> None:
+    program = """
+order = orders.get_order(id=123)
+assert isinstance(order, Order) and isinstance(order.items[0], LineItem)
+import datetime, decimal
+assert isinstance(order.total, decimal.Decimal) and isinstance(order.placed_at, datetime.datetime)
+conclude(f"{order.id} {order.status} {order.total} {order.items[0].sku} {order.placed_at.year}", data={"total": order.total})
+"""
+    outcome = run(sandbox, orders, program, gate=PassThroughGate(orders, recorder.backend()))
+    assert isinstance(outcome, Completed)
+    assert outcome.answer == "123 dispatched 20.00 A-1 2026"
+    assert outcome.data == {"total": "20.00"}
+    assert recorder.calls == [("get_order", {"id": 123})]
+    assert outcome.stats.calls == 1
+
+
+def test_list_operation_returns_list_of_records(sandbox: Sandbox, orders: CompiledContract) -> None:
+    program = 'found = orders.list_orders(status="pending")\nconclude(",".join(f"{o.id}:{o.status}" for o in found))'
+    outcome = run(sandbox, orders, program)
+    assert isinstance(outcome, Completed)
+    assert outcome.answer == "123:dispatched,124:pending"
+
+
+def test_refuse_is_its_own_outcome(sandbox: Sandbox, orders: CompiledContract) -> None:
+    outcome = run(sandbox, orders, 'refuse("Order 123 is dispatched; it cannot be cancelled.")')
+    assert outcome == Refused(reason="Order 123 is dispatched; it cannot be cancelled.", stats=outcome.stats)
+
+
+@pytest.mark.parametrize(
+    ("program", "error_type", "message"),
+    [
+        (
+            "orders.get_order(123)",
+            "TypeError",
+            "orders.get_order() takes keyword arguments only, e.g. orders.get_order(id=...)",
+        ),
+        (
+            "orders.get_order(idd=1)",
+            "TypeError",
+            "orders.get_order() got an unexpected keyword argument 'idd'; did you mean 'id'?",
+        ),
+        ("orders.get_order()", "TypeError", "orders.get_order() missing required keyword argument 'id'"),
+        ('orders.get_order(id="123")', "TypeError", "id must be an int, not str"),
+        (
+            'orders.list_orders(status="lost")',
+            "ValueError",
+            "status must be one of pending, confirmed, picking, packed, dispatched, delivered, cancelled; got 'lost'",
+        ),
+        (
+            "orders.get_ordr(id=1)",
+            "AttributeError",
+            "contract orders 1.0.0 has no operation 'get_ordr'; did you mean 'get_order'?",
+        ),
+        ("orders.get_order(id=1).status = 'x'", "AttributeError", "Order is read-only: it is what the system returned"),
+        ("x = 1 / 0", "ZeroDivisionError", "division by zero"),
+        ("pass", "NoConclusion", "the program ended without calling conclude(answer) or refuse(reason)"),
+        (
+            "conclude(42)",
+            "TypeError",
+            "conclude(answer, data=None): the answer is text for the caller; put values in data=",
+        ),
+        (
+            'conclude("x", data=object())',
+            "TypeError",
+            "the conclusion cannot be encoded as JSON: object values cannot be sent or concluded; use str, int, Decimal, lists or dicts",
+        ),
+    ],
+)
+def test_program_errors_are_typed(
+    sandbox: Sandbox, orders: CompiledContract, program: str, error_type: str, message: str
+) -> None:
+    outcome = run(sandbox, orders, program)
+    assert isinstance(outcome, ProgramError), outcome
+    assert (outcome.error_type, outcome.error_message) == (error_type, message)
+
+
+def test_program_error_carries_program_lines(sandbox: Sandbox, orders: CompiledContract) -> None:
+    program = "def check(order):\n    return order.total / 0\n\ncheck(orders.get_order(id=1))\n"
+    outcome = run(sandbox, orders, program)
+    assert isinstance(outcome, ProgramError)
+    assert outcome.line == 2
+    assert [(f.line, f.function, f.text) for f in outcome.traceback] == [
+        (4, "<module>", "check(orders.get_order(id=1))"),
+        (2, "check", "return order.total / 0"),
+    ]
+    assert "line 2, in check" in outcome.format_traceback()
+
+
+def test_syntax_error_has_line_and_column(sandbox: Sandbox, orders: CompiledContract) -> None:
+    outcome = run(sandbox, orders, 'order = orders.get_order(id=1)\nif order.status == "x"\n    refuse("no")\n')
+    assert isinstance(outcome, ProgramSyntaxError)
+    assert (outcome.line, outcome.column, outcome.text) == (2, 23, 'if order.status == "x"')
+    assert outcome.error_message == "expected ':'"
+
+
+def test_print_is_returned_with_the_outcome(sandbox: Sandbox, orders: CompiledContract) -> None:
+    outcome = run(sandbox, orders, 'print("checking", 123)\nconclude("done")')
+    assert isinstance(outcome, Completed)
+    assert outcome.output == "checking 123\n"
+
+
+def test_clock_and_randomness_come_from_the_context(sandbox: Sandbox, orders: CompiledContract) -> None:
+    program = (
+        "import datetime, time, random\n"
+        "conclude(f'{datetime.datetime.now(datetime.UTC).isoformat()} {time.time()} {random.random()!r} "
+        "{random.Random().random()!r}')"
+    )
+    first, again, other_seed = (run(sandbox, orders, program, seed=s) for s in (7, 7, 8))
+    assert isinstance(first, Completed)
+    assert isinstance(again, Completed)
+    assert isinstance(other_seed, Completed)
+    stamp, epoch, _, _ = first.answer.split()
+    assert stamp == CLOCK.isoformat()
+    assert float(epoch) == CLOCK.timestamp()
+    assert first.answer == again.answer  # a replay with the recorded seed sees the same values
+    assert first.answer != other_seed.answer
+
+
+def test_contract_violation_is_catchable_with_its_data(sandbox: Sandbox, orders: CompiledContract) -> None:
+    class DenyingGate:
+        blocking = False
+
+        def call(self, request: CallRequest) -> Any:
+            raise Denied(
+                "STATE_VIOLATION",
+                "Order 123 cannot be cancelled: it is dispatched.",
+                boundary="no_cancel_after_picking",
+            )
+
+    program = """
+try:
+    orders.cancel_order(id=123, reason="customer asked")
+except ContractViolation as violation:
+    refuse(f"{violation.code}|{violation.boundary}|{violation.operation}|{violation.reason}")
+"""
+    outcome = run(sandbox, orders, program, gate=DenyingGate())
+    assert outcome == Refused(
+        reason="STATE_VIOLATION|no_cancel_after_picking|orders.cancel_order|Order 123 cannot be cancelled: it is dispatched.",
+        stats=outcome.stats,
+    )
+
+
+def test_uncaught_violation_is_reported_as_such(sandbox: Sandbox, orders: CompiledContract) -> None:
+    class DenyingGate:
+        blocking = False
+
+        def call(self, request: CallRequest) -> Any:
+            raise Denied("FORBIDDEN_SCOPE", "cancel_order needs scope orders:write")
+
+    outcome = run(sandbox, orders, 'orders.cancel_order(id=1, reason="x")', gate=DenyingGate())
+    assert isinstance(outcome, ProgramError)
+    assert outcome.error_type == "ContractViolation"
+    assert outcome.violation is not None
+    assert outcome.violation.code == "FORBIDDEN_SCOPE"
+
+
+def test_backend_failure_is_operation_error(sandbox: Sandbox, orders: CompiledContract) -> None:
+    def broken(**_: Any) -> Any:
+        raise ConnectionError("database is down")
+
+    recorder = Recorder(get_order=broken)
+    program = "try:\n    orders.get_order(id=1)\nexcept OperationError as e:\n    conclude(f'{e.code}: {e.message}')"
+    outcome = run(sandbox, orders, program, gate=PassThroughGate(orders, recorder.backend()))
+    assert outcome == Completed(
+        answer="BACKEND_ERROR: get_order failed: ConnectionError: database is down", stats=outcome.stats
+    )
+
+
+def test_a_broken_gate_denies_and_never_reaches_the_backend(
+    sandbox: Sandbox, orders: CompiledContract, recorder: Recorder
+) -> None:
+    class BrokenGate:
+        blocking = False
+
+        def call(self, request: CallRequest) -> Any:
+            raise KeyError("bug in the gate")
+
+    program = "try:\n    orders.cancel_order(id=1, reason='x')\nexcept ContractViolation as v:\n    refuse(v.code)"
+    outcome = run(sandbox, orders, program, gate=BrokenGate())
+    assert outcome == Refused(reason="GATE_ERROR", stats=outcome.stats)
+    assert recorder.calls == []
+
+
+def test_gate_sees_decoded_arguments_and_the_principal(sandbox: Sandbox, orders: CompiledContract) -> None:
+    seen: list[CallRequest] = []
+
+    class Spy:
+        blocking = False
+
+        def call(self, request: CallRequest) -> Any:
+            seen.append(request)
+            return ORDER
+
+    run(sandbox, orders, 'orders.cancel_order(id=9, reason="late")\nconclude("ok")', gate=Spy())
+    assert [(r.operation, r.arguments, r.principal.id, r.sequence, r.run_id) for r in seen] == [
+        ("cancel_order", {"id": 9, "reason": "late"}, "alice", 1, "run-test")
+    ]
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+
+def test_limits_can_be_tightened_per_run_but_never_loosened(orders: CompiledContract) -> None:
+    limits = SandboxLimits.from_contract(orders.gate.limits)
+    assert limits.tightened(max_calls=3).max_calls == 3
+    with pytest.raises(UsageError, match=r"above the contract's 5\.0; a run may tighten"):
+        limits.tightened(cpu_seconds=60)
+    with pytest.raises(UsageError, match="unknown sandbox limit 'cpu'"):
+        limits.tightened(cpu=1)
+
+
+def test_contract_pins_its_limits(orders: CompiledContract) -> None:
+    limits = SandboxLimits.from_contract(orders.gate.limits)
+    assert (limits.max_calls, limits.memory_bytes, limits.cpu_seconds) == (50, 128 * MIB, 5.0)
+
+
+def test_wall_time_holds_while_a_backend_hangs(sandbox: Sandbox, orders: CompiledContract) -> None:
+    release = threading.Event()
+    returned_while_blocked: list[bool] = []
+
+    class HangingBackend:
+        blocking = True
+
+        def invoke(self, operation: str, arguments: Any) -> Any:
+            release.wait(timeout=30)
+            return ORDER
+
+    outcome = run(
+        sandbox, orders, "orders.get_order(id=1)", gate=PassThroughGate(orders, HangingBackend()), wall_seconds=0.5
+    )
+    returned_while_blocked.append(not release.is_set())
+    release.set()
+    assert outcome == TimedOut(limit="wall", seconds=0.5, stats=outcome.stats)
+    assert returned_while_blocked == [True]  # the run ended while the backend was still blocked
+    assert_healthy(sandbox, orders)
+
+
+def test_runs_in_parallel_threads_stay_apart(sandbox: Sandbox, orders: CompiledContract) -> None:
+    results: dict[int, Outcome] = {}
+
+    def worker(n: int) -> None:
+        results[n] = run(sandbox, orders, f"o = orders.get_order(id={n})\nconclude(str(o.id))")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {n: getattr(o, "answer", o) for n, o in results.items()} == {n: str(n) for n in range(6)}
+
+
+def test_invalid_principal_is_a_usage_error(sandbox: Sandbox, orders: CompiledContract) -> None:
+    with pytest.raises(UsageError, match="principal id and scopes must be non-empty printable text"):
+        sandbox.run(
+            'conclude("x")',
+            contract=orders,
+            gate=PassThroughGate(orders, Recorder().backend()),
+            context=RunContext(principal=Principal("eve\x1fadmin")),
+        )
+
+
+# --- the adversarial corpus -------------------------------------------------------------------
+
+RAW = 'host = conclude.__globals__["host"]\n'  # the raw host import, reached through the runtime
+OS = '[os] = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == "_wrap_close"]\nos = os.__init__.__globals__\n'
+
+
+def raw_call(operation: str, arguments: str) -> str:
+    """A program calling the raw host import and concluding with the host's error payload."""
+    return (
+        RAW
+        + f"try:\n    host.call({operation!r}, {arguments!r})\nexcept Exception as error:\n    conclude(error.value)\n"
+    )
+
+
+def violation(code: str, message: str) -> dict[str, Any]:
+    return {"error": "contract_violation", "code": code, "message": message, "boundary": None}
+
+
+CORPUS: list[tuple[str, str, dict[str, Any], Any]] = [
+    # (id, program, limits, expected outcome without stats; a dict for raw-call payloads)
+    ("infinite-loop", "while True:\n    pass", {}, TimedOut(limit="cpu", seconds=1.0)),
+    ("busy-loop-with-calls", "while True:\n    sum(range(1000))", {}, TimedOut(limit="cpu", seconds=1.0)),
+    (
+        "sleep",
+        "import time\ntime.sleep(10)",
+        {},
+        ProgramError(
+            error_type="RuntimeError",
+            error_message="time.sleep is not available in a Charter program: a run never waits; its clock is virtual and stands still",
+        ),
+    ),
+    (
+        "python-recursion",
+        "def f(n):\n    return f(n + 1)\nf(0)",
+        {},
+        ProgramError(error_type="RecursionError", error_message="maximum recursion depth exceeded"),
+    ),
+    (
+        "parser-bomb",
+        'eval("(" * 10**6)',
+        {},
+        ProgramError(
+            error_type="MemoryError", error_message="Parser stack overflowed - Python source too complex to parse"
+        ),
+    ),
+    (
+        "c-recursion",
+        "x = []\nfor _ in range(10**5):\n    x = [x]\nrepr(x)",
+        {},
+        Trapped(reason="the program recursed too deeply in the interpreter (wasm call stack exhausted)"),
+    ),
+    ("memory-bomb-list", "x = [0] * 10**9", {}, MemoryExceeded(limit_bytes=128 * MIB)),
+    (
+        "memory-bomb-growth",
+        "x = []\nwhile True:\n    x.append(bytearray(10**6))",
+        {},
+        MemoryExceeded(limit_bytes=128 * MIB),
+    ),
+    (
+        "memory-bomb-small-limit",
+        "x = bytearray(80 * 2**20)",
+        {"memory_bytes": 64 * MIB},
+        MemoryExceeded(limit_bytes=64 * MIB),
+    ),
+    ("huge-print", 'print("x" * 10**6)', {}, OutputLimitExceeded(limit_bytes=65536)),
+    ("print-flood", 'while True:\n    print("spam")', {}, OutputLimitExceeded(limit_bytes=65536)),
+    (
+        "print-flood-caught",
+        'while True:\n    try:\n        print("spam" * 100)\n    except BaseException:\n        pass',
+        {},
+        OutputLimitExceeded(limit_bytes=65536),
+    ),
+    ("import-os", "import os", {}, "ImportError: import of 'os' is not allowed"),
+    ("import-socket", "import socket", {}, "ImportError: import of 'socket' is not allowed"),
+    ("import-subprocess", "import subprocess", {}, "ImportError: import of 'subprocess' is not allowed"),
+    ("import-ctypes", "from ctypes import CDLL", {}, "ImportError: import of 'ctypes' is not allowed"),
+    ("import-ssl", "import ssl", {}, "ImportError: import of 'ssl' is not allowed"),
+    ("import-sys", "import sys\nsys.exit(0)", {}, "ImportError: import of 'sys' is not allowed"),
+    (
+        "import-relative",
+        "from . import x",
+        {},
+        ProgramError(error_type="ImportError", error_message="relative imports are not available in a Charter program"),
+    ),
+    ("dunder-import", '__import__("os")', {}, "ImportError: import of 'os' is not allowed"),
+    (
+        "open-passwd",
+        'open("/etc/passwd").read()',
+        {},
+        ProgramError(
+            error_type="RuntimeError",
+            error_message="open() is not available in a Charter program: a program has no filesystem; use the contract's operations",
+        ),
+    ),
+    ("environ-via-subclasses", OS + 'conclude(str(sorted(os["environ"])))', {}, Completed(answer="[]")),
+    (
+        "listdir-via-subclasses",
+        OS + 'os["listdir"]("/")',
+        {},
+        ProgramError(
+            error_type="PermissionError",
+            error_message="os.listdir is not available in a Charter program: it has no host access",
+        ),
+    ),
+    (
+        "open-via-io",
+        OS + 'os["open"]("/etc/passwd", 0)',
+        {},
+        ProgramError(
+            error_type="PermissionError",
+            error_message="open is not available in a Charter program: it has no host access",
+        ),
+    ),
+    (
+        "real-import-via-subclasses",
+        OS + 'os["sys"].modules["builtins"].__import__("socket")',
+        {},
+        ProgramError(error_type="ImportError", error_message="module 'socket' is not available in a Charter program"),
+    ),
+    (
+        "importlib-via-subclasses",
+        OS + 'os["sys"].modules["importlib"].import_module("socket")',
+        {},
+        Trapped(reason="wasm trap: wasm `unreachable` instruction executed"),
+    ),
+    (
+        "forged-outcome",
+        'conclude.__globals__["_RUN"].status = "refused"\nconclude("x")',
+        {},
+        Trapped(reason="the guest returned an unreadable outcome: Expected `str`, got `null` - at `$.reason`"),
+    ),
+    (
+        "exit-via-subclasses",
+        OS + 'os["_exit"](0)',
+        {},
+        Trapped(reason="wasm trap: wasm `unreachable` instruction executed"),
+    ),
+    (
+        "raw-undeclared-operation",
+        raw_call("delete_all_orders", "{}"),
+        {},
+        violation(
+            "UNKNOWN_OPERATION",
+            "contract orders 1.0.0 has no operation 'delete_all_orders'; did you mean 'list_orders'?",
+        ),
+    ),
+    (
+        "raw-homoglyph",
+        raw_call("get_\u043erder", '{"id":1}'),
+        {},
+        violation(
+            "UNKNOWN_OPERATION",
+            "contract orders 1.0.0 has no operation 'get_\\\\u043e(CYRILLIC SMALL LETTER O)rder'; did you mean 'get_order'?",
+        ),
+    ),
+    (
+        "raw-zero-width",
+        raw_call("get_order\u200b", '{"id":1}'),
+        {},
+        violation(
+            "UNKNOWN_OPERATION",
+            "contract orders 1.0.0 has no operation 'get_order\\\\u200b(ZERO WIDTH SPACE)'; did you mean 'get_order'?",
+        ),
+    ),
+    (
+        "raw-trailing-space",
+        raw_call("get_order ", '{"id":1}'),
+        {},
+        violation(
+            "UNKNOWN_OPERATION", "contract orders 1.0.0 has no operation 'get_order '; did you mean 'get_order'?"
+        ),
+    ),
+    (
+        "raw-nul",
+        raw_call("get_order\x00", '{"id":1}'),
+        {},
+        violation(
+            "UNKNOWN_OPERATION",
+            "contract orders 1.0.0 has no operation 'get_order\\\\u0000(unnamed)'; did you mean 'get_order'?",
+        ),
+    ),
+    (
+        "raw-control-operation",
+        raw_call("$abort", '{"reason":"timeout"}'),
+        {},
+        violation("UNKNOWN_OPERATION", "contract orders 1.0.0 has no operation '$abort'"),
+    ),
+    (
+        "raw-duplicate-keys",
+        raw_call("get_order", '{"id":1,"id":2}'),
+        {},
+        violation("MALFORMED_CALL", "duplicate key 'id' in the arguments"),
+    ),
+    (
+        "raw-nan",
+        raw_call("get_order", '{"id":NaN}'),
+        {},
+        violation("MALFORMED_CALL", "NaN is not a JSON number; send finite numbers only"),
+    ),
+    (
+        "raw-infinity",
+        raw_call("get_order", '{"id":-Infinity}'),
+        {},
+        violation("MALFORMED_CALL", "-Infinity is not a JSON number; send finite numbers only"),
+    ),
+    (
+        "raw-float-overflow",
+        raw_call("get_order", '{"id":1e400}'),
+        {},
+        violation("MALFORMED_CALL", "number 1e400 is out of range"),
+    ),
+    (
+        "raw-absurd-integer",
+        raw_call("get_order", '{"id":' + "9" * 5000 + "}"),
+        {},
+        violation("MALFORMED_CALL", "integer of 5000 digits; integers must fit in 64 bits"),
+    ),
+    (
+        "raw-integer-beyond-64-bits",
+        raw_call("get_order", '{"id":18446744073709551616}'),
+        {},
+        violation("MALFORMED_CALL", "integer 18446744073709551616 does not fit in 64 bits"),
+    ),
+    (
+        "raw-lone-surrogate",
+        raw_call("list_orders", '{"customer":"\\ud800"}'),
+        {},
+        violation("MALFORMED_CALL", "a string in the arguments contains a lone surrogate (not valid Unicode)"),
+    ),
+    (
+        "raw-not-json",
+        raw_call("get_order", "{id: 1}"),
+        {},
+        violation(
+            "MALFORMED_CALL", "arguments are not JSON: Expecting property name enclosed in double quotes at character 1"
+        ),
+    ),
+    (
+        "raw-not-object",
+        raw_call("get_order", "[1]"),
+        {},
+        violation("MALFORMED_CALL", "arguments must be a JSON object, not list"),
+    ),
+    (
+        "raw-deep-nesting",
+        raw_call("get_order", '{"id":' + "[" * 50 + "]" * 50 + "}"),
+        {},
+        violation("MALFORMED_CALL", "arguments nested deeper than 16 levels"),
+    ),
+    (
+        "raw-wrong-type",
+        raw_call("get_order", '{"id":"123"}'),
+        {},
+        violation("INVALID_ARGUMENTS", "get_order: Expected `int`, got `str` - at `$.id`"),
+    ),
+    (
+        "raw-unknown-argument",
+        raw_call("get_order", '{"id":1,"admin":true}'),
+        {},
+        violation("INVALID_ARGUMENTS", "get_order: Object contains unknown field `admin`"),
+    ),
+    (
+        "huge-call-arguments",
+        "orders.list_orders(customer='x' * 10**6)",
+        {},
+        "ContractViolation: arguments of 1000015 characters exceed the limit of 65536 bytes",
+    ),
+    (
+        "retry-denied-call-in-loop",
+        "while True:\n    try:\n        orders.cancel_order(id=123, reason='again')\n    except ContractViolation:\n        pass",
+        {"max_calls": 10},
+        CallLimitExceeded(limit=10),
+    ),
+    ("system-exit", "raise SystemExit(3)", {}, ProgramError(error_type="SystemExit", error_message="3")),
+    (
+        "keyboard-interrupt",
+        "raise KeyboardInterrupt",
+        {},
+        ProgramError(error_type="KeyboardInterrupt", error_message=""),
+    ),
+    (
+        "str-never-returns",
+        "class Evil(Exception):\n    def __str__(self):\n        while True:\n            pass\nraise Evil(Evil())",
+        {},
+        ProgramError(error_type="Evil", error_message="<Evil object>"),
+    ),
+    (
+        "str-raises",
+        "class Evil(Exception):\n    def __str__(self):\n        raise ValueError('no')\nraise Evil()",
+        {},
+        ProgramError(error_type="Evil", error_message=""),
+    ),
+    (
+        "conclude-then-swallow",
+        "try:\n    conclude('first')\nexcept BaseException:\n    pass\nconclude('second')",
+        {},
+        Completed(answer="first"),
+    ),
+    (
+        "call-after-conclusion",
+        "try:\n    conclude('done')\nexcept BaseException:\n    orders.cancel_order(id=1, reason='sneaky')",
+        {},
+        Completed(answer="done"),
+    ),
+    (
+        "subclasses-walk-to-gc",
+        "import json\nobjs = [c for c in object.__subclasses__()]\nconclude(str(len(objs) > 100))",
+        {},
+        Completed(answer="True"),
+    ),
+    (
+        "null-byte-program",
+        "conclude('a')\x00",
+        {},
+        ProgramSyntaxError(error_type="SyntaxError", error_message="source code string cannot contain null bytes"),
+    ),
+    (
+        "oversize-program",
+        "#" * 300_000,
+        {},
+        ProgramRejected(reason="the program is 300000 characters; the limit is 262144 bytes"),
+    ),
+    (
+        "lone-surrogate-program",
+        "conclude('\ud800')",
+        {},
+        ProgramRejected(reason="the program text contains a lone surrogate; it must be valid Unicode"),
+    ),
+    ("lone-surrogate-output", "print('\\ud800')\nconclude('\\udfff')", {}, Completed(answer="?", output="?\n")),
+]
+
+
+@pytest.fixture
+def healthy_after(sandbox: Sandbox, orders: CompiledContract) -> Iterator[None]:
+    yield
+    assert_healthy(sandbox, orders)
+
+
+@pytest.mark.usefixtures("healthy_after")
+@pytest.mark.parametrize(("program", "limits", "expected"), [c[1:] for c in CORPUS], ids=[c[0] for c in CORPUS])
+def test_adversarial_program(
+    sandbox: Sandbox, orders: CompiledContract, program: str, limits: dict[str, Any], expected: Any
+) -> None:
+    def deny(**_: Any) -> Any:
+        raise Denied("STATE_VIOLATION", "Order 123 cannot be cancelled: it is dispatched.")
+
+    outcome = run(
+        sandbox, orders, program, gate=PassThroughGate(orders, Recorder(cancel_order=deny).backend()), **limits
+    )
+    if isinstance(expected, dict):  # a raw host call: the program concluded with the host's error payload
+        assert isinstance(outcome, Completed), outcome
+        assert msgspec.json.decode(outcome.answer) == expected
+    elif isinstance(expected, str):  # an error whose message continues with details (a module list, ...)
+        assert isinstance(outcome, ProgramError), outcome
+        assert f"{outcome.error_type}: {outcome.error_message}".startswith(expected)
+    else:
+        if isinstance(outcome, ProgramError):  # where it happened is asserted elsewhere
+            outcome = msgspec.structs.replace(outcome, line=None, traceback=())
+        assert msgspec.structs.replace(outcome, stats=expected.stats) == expected
+
+
+def test_corpus_is_large_enough() -> None:
+    assert len(CORPUS) >= 30
+
+
+def test_state_left_by_one_run_is_invisible_to_the_next(sandbox: Sandbox, orders: CompiledContract) -> None:
+    polluter = """
+import json
+json.leak = "secret"
+__builtins__["leak"] = "secret"
+conclude.__globals__["WitWorld"].namespace["leak"] = "secret"
+conclude("polluted")
+"""
+    assert isinstance(run(sandbox, orders, polluter), Completed)
+    probe = (
+        "import json\nconclude(f\"{getattr(json, 'leak', None)} {globals().get('leak')} {__builtins__.get('leak')}\")"
+    )
+    outcome = run(sandbox, orders, probe)
+    assert outcome == Completed(answer="None None None", stats=outcome.stats)
+
+
+def test_host_environment_does_not_reach_the_guest(
+    sandbox: Sandbox, orders: CompiledContract, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHARTER_TEST_SECRET", "hunter2")
+    outcome = run(sandbox, orders, OS + 'conclude(repr(dict(os["environ"])))')
+    assert outcome == Completed(answer="{}", stats=outcome.stats)
