@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from charter.compiler.artifact import CompiledContract
 from charter.errors import UsageError
@@ -17,7 +17,7 @@ __all__ = ["Backend", "InMemoryBackend", "PythonBackend"]
 
 
 class Backend(Protocol):
-    blocking: ClassVar[bool]
+    blocking: bool  # may `invoke` wait on I/O? (the host then runs it under a watchdog)
 
     def invoke(self, operation: str, arguments: Mapping[str, Any]) -> Any: ...
 
@@ -25,7 +25,7 @@ class Backend(Protocol):
 class InMemoryBackend:
     """Operations answered by plain functions in this process; never blocks on I/O."""
 
-    blocking: ClassVar[bool] = False
+    blocking: bool = False
 
     def __init__(self, handlers: Mapping[str, Callable[..., Any]]) -> None:
         self._handlers = dict(handlers)
@@ -40,7 +40,7 @@ class InMemoryBackend:
 class PythonBackend:
     """Calls each operation's bound function, imported once when the backend is created."""
 
-    blocking: ClassVar[bool] = True  # bindings may do I/O (the examples use SQLite)
+    blocking: bool = True  # bindings may do I/O (the examples use SQLite)
 
     def __init__(self, contract: CompiledContract) -> None:
         self._functions: dict[str, Callable[..., Any]] = {}

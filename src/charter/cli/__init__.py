@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from charter.cli import contract
+from charter.cli import contract, sandbox
 from charter.cli.demo import demo
 
 __all__ = ["app", "main"]
@@ -15,6 +15,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(contract.app, name="contract")
+app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(sandbox.bench_app, name="bench")
 app.command()(demo)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -52,6 +52,6 @@ class Gate(Protocol):
     worker thread so the run's wall-time limit holds even if a backend hangs.
     """
 
-    blocking: ClassVar[bool]
+    blocking: bool
 
     def call(self, request: CallRequest) -> Any: ...

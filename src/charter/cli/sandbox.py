@@ -1,0 +1,81 @@
+"""`charter sandbox ...` and `charter bench sandbox`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from charter.cli._output import fail, out, print_json, say
+from charter.errors import CharterError
+
+app = typer.Typer(help="Build and inspect the Wasm sandbox.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: figures from this machine, with peers as ratios.", no_args_is_help=True)
+
+
+@app.command()
+def build() -> None:
+    """Build the sandbox component and its native code now, instead of on first use."""
+    from charter.sandbox import Sandbox, cache_root, ensure_built
+
+    try:
+        files = ensure_built(progress=say)
+        Sandbox(pool_size=0, progress=say)  # compiles and caches the native code
+    except CharterError as error:
+        fail(error)
+    say(f"Sandbox component ready: {files.wasm} (cache: {cache_root()})")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f} ms"
+
+
+@bench_app.command("sandbox")
+def bench_sandbox(
+    runs: Annotated[int, typer.Option(help="Samples for latency percentiles.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Fresh-run latency, host-call cost, CPU ratio, memory and cold start, against peers."""
+    from charter.bench import run_sandbox_bench
+
+    results = run_sandbox_bench(runs)
+    if as_json:
+        print_json(results)
+        return
+    charter = results["charter"]
+    table = Table(title="Charter sandbox", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("fresh isolated run, trivial program, p50", _ms(charter["fresh_run"]["p50_ms"])),
+        ("fresh isolated run, trivial program, p99", _ms(charter["fresh_run"]["p99_ms"])),
+        ("same, requests back to back, p50", _ms(charter["fresh_run_back_to_back"]["p50_ms"])),
+        ("host call round trip", _ms(charter["host_call_ms"])),
+        ("1,000,000-iteration loop", f"{charter['cpu_loop_s']:.3f} s"),
+        (
+            "same loop, native CPython (ratio)",
+            f"{charter['native_loop_s']:.3f} s ({charter['cpu_ratio_to_native']:.2f}x)",
+        ),
+        ("memory per prepared instance", f"{charter['memory_per_instance_mib']:.1f} MiB"),
+        ("cold start: new process to first outcome", f"{charter['cold_start_s']:.2f} s"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    peers = Table(title="Peers (ratio = peer / Charter; above 1 means Charter is faster)")
+    for column in ("peer", "fresh run p50", "host call", "1M loop", "ratios"):
+        peers.add_column(column)
+    for name, figures in results["peers"].items():
+        if "skipped" in figures:
+            peers.add_row(name, figures["skipped"], "", "", "")
+            continue
+        ratios: dict[str, Any] = figures["ratio_to_charter"]
+        peers.add_row(
+            name,
+            _ms(figures["fresh_run"]["p50_ms"]),
+            _ms(figures["host_call_ms"]) if "host_call_ms" in figures else "-",
+            f"{figures['cpu_loop_s']:.3f} s" if "cpu_loop_s" in figures else "-",
+            ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
+        )
+    out.print(peers)
