@@ -38,7 +38,7 @@ from charter.sandbox import (
     TimedOut,
     Trapped,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, charter
 
 ORDER = {
     "id": 123,
@@ -772,3 +772,11 @@ def test_host_environment_does_not_reach_the_guest(
     monkeypatch.setenv("CHARTER_TEST_SECRET", "hunter2")
     outcome = run(sandbox, orders, OS + 'conclude(repr(dict(os["environ"])))')
     assert outcome == Completed(answer="{}", stats=outcome.stats)
+
+
+def test_sandbox_build_command_reports_the_cached_component() -> None:
+    result = charter("sandbox", "build")
+    assert result.returncode == 0, result.stderr
+    assert "Sandbox component ready:" in result.stdout
+    assert "/sandbox/" in result.stdout
+    assert "runner.wasm" in result.stdout
