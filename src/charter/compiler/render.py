@@ -9,15 +9,13 @@ from typing import Any
 
 import jinja2
 
+from charter._paths import shipped_dir
+
 __all__ = ["RenderView", "render", "templates_dir"]
 
 
 def templates_dir() -> Path:
-    """`runtime/` in a source checkout, `charter/_runtime` inside an installed wheel."""
-    packaged = Path(__file__).resolve().parent.parent / "_runtime"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[3] / "runtime"
+    return shipped_dir("runtime")
 
 
 @cache

@@ -28,6 +28,7 @@ from typing import Any
 import wasmtime
 from wasmtime.component import Component
 
+from charter._paths import shipped_dir
 from charter.errors import CharterError
 
 __all__ = ["BuildFailed", "ComponentFiles", "allowed_modules", "cache_root", "ensure_built", "guest_dir", "load"]
@@ -43,11 +44,7 @@ class BuildFailed(CharterError):
 
 
 def guest_dir() -> Path:
-    """`sandbox/` in a source checkout, `charter/_sandbox` inside an installed wheel."""
-    packaged = Path(__file__).resolve().parent.parent / "_sandbox"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[3] / "sandbox"
+    return shipped_dir("sandbox")
 
 
 @cache
