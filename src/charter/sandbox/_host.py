@@ -75,8 +75,9 @@ class _Runtime:
     def __init__(self, progress: Callable[[str], None] | None) -> None:
         config = wasmtime.Config()
         config.epoch_interruption = True
-        # CPython recurses in C for parsing, repr and JSON; a deeper native stack lets its
-        # own recursion checks raise RecursionError before the wasm stack traps.
+        # CPython recurses in C for parsing, repr and JSON. A deeper native stack lets the
+        # parser's own limit fire first (a MemoryError the program sees); C recursion deep
+        # enough still exhausts it and ends the run as a trap.
         config.max_wasm_stack = _WASM_STACK_BYTES
         self.engine = wasmtime.Engine(config)
         self.component: Component = _component.load(self.engine, f"epoch-stack{_WASM_STACK_BYTES}", progress)
@@ -112,7 +113,6 @@ def _ticks(seconds: float) -> int:
 @dataclass(slots=True)
 class _RunState:
     contract: CompiledContract
-    operations: frozenset[str]
     gate: Gate
     context: RunContext
     limits: SandboxLimits
@@ -129,20 +129,23 @@ class _RunState:
         self.ended_by = outcome
         return HostAbort(outcome.message)
 
+    def wall_timeout(self) -> HostAbort:
+        return self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds))
+
     def handle(self, operation: str, arguments: str) -> tuple[bool, str]:
         now = time.monotonic()
         self.cpu_used += now - self.resumed
         if operation == _ABORT_OPERATION and arguments == '{"reason":"output_limit"}':
             raise self.abort(OutputLimitExceeded(limit_bytes=self.limits.max_output_bytes))
         if now >= self.deadline:
-            raise self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds))
+            raise self.wall_timeout()
         self.calls += 1
         if self.calls > self.limits.max_calls:
             raise self.abort(CallLimitExceeded(limit=self.limits.max_calls))
         reply = self._decide(operation, arguments)
         now = time.monotonic()
         if now >= self.deadline:
-            raise self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds))
+            raise self.wall_timeout()
         # Host-call time is wall time, not the program's CPU time: re-arm the epoch
         # deadline with what is left of each.
         remaining = min(self.limits.cpu_seconds - self.cpu_used, self.deadline - now)
@@ -152,7 +155,7 @@ class _RunState:
 
     def _decide(self, operation: str, arguments: str) -> tuple[bool, str]:
         try:
-            _wire.check_operation(operation, self.operations, f"{self.contract.name} {self.contract.version}")
+            _wire.check_operation(operation, self.contract.gate.operations, self.contract)
             decoded = _wire.decode_arguments(arguments, self.limits.max_call_bytes)
         except _wire.CallRejected as rejected:
             return False, _wire.encode_error("contract_violation", rejected.code, rejected.message)
@@ -171,7 +174,7 @@ class _RunState:
                 result = self.gate.call(request)
             encoded = _wire.encode_result(result)
         except concurrent.futures.TimeoutError:
-            raise self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds)) from None
+            raise self.wall_timeout() from None
         except Denied as denied:
             return False, _wire.encode_error("contract_violation", denied.code, denied.message, denied.boundary)
         except OperationFailed as failed:
@@ -325,7 +328,6 @@ class Sandbox:
         now = time.monotonic()
         state = _RunState(
             contract=contract,
-            operations=frozenset(contract.gate.operations),
             gate=gate,
             context=context,
             limits=limits,

@@ -17,6 +17,8 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from charter.compiler.artifact import CompiledContract
+
 __all__ = ["CallRejected", "check_operation", "decode_arguments", "encode_error", "encode_result"]
 
 _MAX_OPERATION_CHARS = 128
@@ -49,14 +51,17 @@ def _visible(name: str) -> str:
     return "".join(shown)
 
 
-def check_operation(operation: str, known: Collection[str], contract: str) -> None:
+def check_operation(operation: str, known: Collection[str], contract: CompiledContract) -> None:
     if len(operation) > _MAX_OPERATION_CHARS:
         _reject(f"operation name of {len(operation)} characters; names are at most {_MAX_OPERATION_CHARS}")
     if operation in known:
         return
     close = difflib.get_close_matches(operation.strip().strip("\x00"), list(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise CallRejected("UNKNOWN_OPERATION", f"contract {contract} has no operation {_visible(operation)!r}{hint}")
+    raise CallRejected(
+        "UNKNOWN_OPERATION",
+        f"contract {contract.name} {contract.version} has no operation {_visible(operation)!r}{hint}",
+    )
 
 
 def _no_constants(token: str) -> NoReturn:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from charter.compiler.artifact import LimitsSpec
-from charter.contract.model import Limits
 from charter.errors import UsageError
 
 __all__ = ["SandboxLimits"]
@@ -35,8 +34,7 @@ class SandboxLimits:
     max_conclusion_bytes: int = 1 * _MIB
 
     @classmethod
-    def from_contract(cls, spec: LimitsSpec | Limits | None = None) -> SandboxLimits:
-        limits = spec if spec is not None else Limits()
+    def from_contract(cls, limits: LimitsSpec) -> SandboxLimits:
         return cls(
             memory_bytes=limits.memory_mib * _MIB,
             cpu_seconds=limits.cpu_seconds,
