@@ -44,6 +44,12 @@ def _unavailable(what, why):
     return refuse
 
 
+def _copy_public(source, facade):
+    for name in dir(source):
+        if not name.startswith("__"):
+            setattr(facade, name, getattr(source, name))
+
+
 def _time_facade():
     module = types.ModuleType("time", "The run's virtual clock (see charter docs: Sandbox).")
     now = lambda: CLOCK.epoch  # noqa: E731
@@ -76,9 +82,7 @@ class _SameClassAsReal(type):
 
 def _datetime_facade():
     module = types.ModuleType("datetime", _datetime.__doc__)
-    for name in dir(_datetime):
-        if not name.startswith("__"):
-            setattr(module, name, getattr(_datetime, name))
+    _copy_public(_datetime, module)
 
     class datetime(_datetime.datetime, metaclass=_SameClassAsReal):
         @classmethod
@@ -126,9 +130,7 @@ def _random_facade():
     # Seeding costs more than most programs spend on randomness, so it happens on first use.
     def first_use(name):
         _random._inst.seed(_RunSeed.value)
-        for public in dir(_random):
-            if not public.startswith("__"):
-                setattr(module, public, getattr(_random, public))
+        _copy_public(_random, module)
         module.Random = _SeededRandom
         module.SystemRandom = _unavailable("random.SystemRandom", "randomness comes from the run's seed")
         module.seed = lambda a=None, version=2: _random._inst.seed(

@@ -79,10 +79,7 @@ def encode_value(value):
     raise TypeError(f"{type(value).__name__} values cannot be sent or concluded; use str, int, Decimal, lists or dicts")
 
 
-def _describe(kind):
-    return {"str": "a str", "int": "an int", "float": "a number", "bool": "a bool", "money": "a Decimal amount"}.get(
-        kind, kind
-    )
+_PLAIN = {"str": (str, "a str"), "int": (int, "an int"), "bool": (bool, "a bool")}
 
 
 class _Types:
@@ -140,23 +137,37 @@ class _Types:
 
     @staticmethod
     def _scalar_checker(kind, where):
-        def check(value):
-            if kind == "money":
-                if isinstance(value, int) and not isinstance(value, bool):
-                    return str(value)
-                if isinstance(value, decimal.Decimal) and value.is_finite():
+        # One closure per kind, chosen once per parameter: the check runs on every call.
+        if kind == "money":
+
+            def check(value):
+                if (isinstance(value, int) and not isinstance(value, bool)) or (
+                    isinstance(value, decimal.Decimal) and value.is_finite()
+                ):
                     return str(value)
                 raise TypeError(f"{where} must be a Decimal amount (e.g. Decimal('12.50')), not {value!r}")
-            if kind == "datetime":
+
+        elif kind == "datetime":
+
+            def check(value):
                 if isinstance(value, datetime.datetime):
                     return value.isoformat()
                 raise TypeError(f"{where} must be a datetime, not {type(value).__name__}")
-            if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+
+        elif kind == "float":
+
+            def check(value):
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    return value
+                raise TypeError(f"{where} must be a number, not {type(value).__name__}")
+
+        else:
+            expected, described = _PLAIN[kind]
+
+            def check(value):
+                if type(value) is not expected:
+                    raise TypeError(f"{where} must be {described}, not {type(value).__name__}")
                 return value
-            expected = {"str": str, "int": int, "bool": bool}[kind] if kind != "float" else float
-            if type(value) is not expected:
-                raise TypeError(f"{where} must be {_describe(kind)}, not {type(value).__name__}")
-            return value
 
         return check
 
