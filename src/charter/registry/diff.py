@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from charter.contract.model import Contract, Entity, Lifecycle, Operation, Transition
+from charter.contract.model import Contract, Entity, Guard, Lifecycle, Operation, Transition
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -49,13 +49,17 @@ class _Diff:
         removed: ChangeKind,
         added: ChangeKind,
         changed: Callable[[str, T, T], None] | None = None,
+        detail: Callable[[T], str] | None = None,
     ) -> None:
+        def said(value: T) -> str:
+            return f" ({detail(value)})" if detail is not None else ""
+
         for key in old:
             if key not in new:
-                self.add(removed, f"{where}.{key}", f"{what} '{key}' removed")
+                self.add(removed, f"{where}.{key}", f"{what} '{key}' removed{said(old[key])}")
         for key in new:
             if key not in old:
-                self.add(added, f"{where}.{key}", f"{what} '{key}' added")
+                self.add(added, f"{where}.{key}", f"{what} '{key}' added{said(new[key])}")
             elif changed is not None and old[key] != new[key]:
                 changed(f"{where}.{key}", old[key], new[key])
 
@@ -227,21 +231,25 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
             )
         else:
             d.add("breaking", f"{where}.transition", f"now performs transition '{new.transition}'")
-    old_guards = {g.id: g for g in old.guards}
-    new_guards = {g.id: g for g in new.guards}
-    for gid, guard in old_guards.items():
-        if gid not in new_guards:
-            d.add("relaxation", f"{where}.guards.{gid}", f"guard '{gid}' removed ({guard.when})")
-    for gid, guard in new_guards.items():
-        before = old_guards.get(gid)
-        if before is None:
-            d.add("breaking", f"{where}.guards.{gid}", f"guard '{gid}' added ({guard.when})")
-        elif before.when != guard.when:
-            message = f"guard '{gid}' changed from `{before.when}` to `{guard.when}`"
-            d.add("breaking", f"{where}.guards.{gid}", message + " (may be stricter)")
-            d.add("relaxation", f"{where}.guards.{gid}", message + " (may be looser)")
-        elif before.message != guard.message:
-            d.add("additive", f"{where}.guards.{gid}", f"guard '{gid}' message reworded")
+
+    def guard_changed(at: str, before: Guard, after: Guard) -> None:
+        if before.when != after.when:
+            message = f"guard '{after.id}' changed from `{before.when}` to `{after.when}`"
+            d.add("breaking", at, message + " (may be stricter)")
+            d.add("relaxation", at, message + " (may be looser)")
+        elif before.message != after.message:
+            d.add("additive", at, f"guard '{after.id}' message reworded")
+
+    d.keyed(
+        f"{where}.guards",
+        {g.id: g for g in old.guards},
+        {g.id: g for g in new.guards},
+        "guard",
+        "relaxation",
+        "breaking",
+        guard_changed,
+        detail=lambda guard: guard.when,
+    )
     d.sets(f"{where}.scopes", old.scopes, new.scopes, "required scope", "relaxation", "breaking")
     d.sets(f"{where}.after", old.after, new.after, "sequence rule after", "relaxation", "breaking")
     if old.requires_approval != new.requires_approval:
