@@ -100,4 +100,8 @@ def demo() -> None:
     for order in backend.list_orders():
         say(f"order {order['id']}: {order['status']:<10} total {order['total']}")
     say()
-    say("Done. The sandbox is built (charter sandbox build, charter bench sandbox); next: the gate, audit log and Runtime Agent (see README, Status).", "bold")
+    say(
+        "Done. The sandbox is built (charter sandbox build, charter bench sandbox); "
+        "next: the gate, audit log and Runtime Agent (see README, Status).",
+        "bold",
+    )
