@@ -91,6 +91,7 @@ class BoundaryRule(_Frozen, frozen=True):
 class LimitsSpec(_Frozen, frozen=True):
     max_calls: int
     max_writes: int
+    max_denials: int
     memory_mib: int
     cpu_seconds: float
     wall_seconds: float

@@ -162,6 +162,9 @@ class Limits(_Strict):
 
     max_calls: int = Field(default=50, ge=1, le=100_000, description="Proxy calls per run.")
     max_writes: int = Field(default=10, ge=0, le=100_000, description="Write operations per run.")
+    max_denials: int = Field(
+        default=10, ge=1, le=10_000, description="Denied calls per run before the gate ends the run."
+    )
     memory_mib: int = Field(default=128, ge=32, le=1024, description="Sandbox linear memory, MiB.")
     cpu_seconds: float = Field(default=5.0, gt=0, le=300, description="Time the program may compute.")
     wall_seconds: float = Field(default=30.0, gt=0, le=3600, description="Whole run, host calls included.")
