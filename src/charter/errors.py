@@ -1,12 +1,14 @@
 """Charter's exceptions, in one hierarchy.
 
     CharterError
-    └── UsageError              the caller must fix its input; nothing was changed
-        ├── ContractError       a contract source is malformed (carries every problem found)
-        └── RegistryError       the registry refused a request
-            ├── ContractNotFound
-            ├── VersionConflict     same version with other content, or not newer than the latest
-            └── ChangeRefused       a breaking change without a major bump, or an unapproved relaxation
+    ├── UsageError              the caller must fix its input; nothing was changed
+    │   ├── ContractError       a contract source is malformed (carries every problem found)
+    │   ├── RegistryError       the registry refused a request
+    │   │   ├── ContractNotFound
+    │   │   ├── VersionConflict     same version with other content, or not newer than the latest
+    │   │   └── ChangeRefused       a breaking change without a major bump, or an unapproved relaxation
+    │   └── RunNotFound         no run in the audit log has that id
+    └── AuditError              the audit log could not be written or read (a run fails closed)
 
 Usage errors are kept apart from run outcomes (denied, timed out, failed), which are
 values a run returns, not exceptions a caller has to catch.
@@ -18,12 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "AuditError",
     "ChangeRefused",
     "CharterError",
     "ContractError",
     "ContractNotFound",
     "Problem",
     "RegistryError",
+    "RunNotFound",
     "UsageError",
     "VersionConflict",
 ]
@@ -79,3 +83,11 @@ class ChangeRefused(RegistryError):
     def __init__(self, message: str, changes: Sequence[object]) -> None:
         self.changes = tuple(changes)
         super().__init__(message)
+
+
+class RunNotFound(UsageError):
+    """No run in the audit log has that id (or the prefix given matches several)."""
+
+
+class AuditError(CharterError):
+    """The audit log could not be written or read. A gate that cannot write its receipt denies."""

@@ -1,0 +1,46 @@
+"""The audit log: signed, hash-chained receipts for every run, and the tools to check them.
+
+    log = AuditLog(path)                  # SQLite, append-only, Ed25519-signed receipts
+    recorder = log.open_run(opened)       # the gate writes decisions and outcomes through it
+    report = verify_log(log)              # every link, the anchors' signatures, the head
+
+See `receipts` for what a receipt holds and `verify` for what verification checks.
+"""
+
+from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
+from charter.audit.receipts import (
+    Decision,
+    Observed,
+    Opened,
+    Outcome,
+    Receipt,
+    Sealed,
+    StoredReceipt,
+    args_digest,
+    kind_of,
+)
+from charter.audit.store import AuditLog, RunRecord, RunRecorder, now_iso
+from charter.audit.verify import Finding, Verification, verify_receipts
+
+__all__ = [
+    "AuditLog",
+    "Decision",
+    "Finding",
+    "Observed",
+    "Opened",
+    "Outcome",
+    "PublicKey",
+    "Receipt",
+    "RunRecord",
+    "RunRecorder",
+    "Sealed",
+    "SigningKey",
+    "StoredReceipt",
+    "Verification",
+    "args_digest",
+    "kind_of",
+    "load_or_create_signing_key",
+    "now_iso",
+    "read_public_key",
+    "verify_receipts",
+]

@@ -1,0 +1,162 @@
+"""Receipts: the signed, hash-chained records a run leaves behind.
+
+A run writes, in order:
+
+    Opened     the program, its intent, principal, pinned contract, clock and seed
+    Decision   one per proxy call, ALLOW or DENY, committed before any action
+    Outcome    what an allowed action did (or that it failed)
+    Sealed     how the run ended; no receipt of the run may follow it
+
+Every receipt body is canonical JSON (msgspec encodes struct fields in declaration
+order) and is signed with Ed25519. Its *link* is sha256(body || signature). Each body
+names the link of the run's previous receipt (`prev`) and of the log's previous receipt
+(`log_prev`), so editing, deleting, inserting or reordering anything, signatures
+included, breaks a link that a later signature covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import msgspec
+
+__all__ = [
+    "ALLOW",
+    "DENY",
+    "Decision",
+    "Observed",
+    "Opened",
+    "Outcome",
+    "Receipt",
+    "Sealed",
+    "StoredReceipt",
+    "args_digest",
+    "canonical",
+    "decode_body",
+    "kind_of",
+    "link_of",
+]
+
+ALLOW = "ALLOW"
+DENY = "DENY"
+
+
+class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="kind"):
+    run_id: str
+    seq: int  # position within the run; the Opened receipt is 0
+    log_seq: int = 0  # position within the whole log, from 1; set by the writer
+    prev: str = ""  # link of the run's previous receipt ("" for Opened)
+    log_prev: str = ""  # link of the log's previous receipt ("" for the first)
+    at: str  # ISO-8601 UTC time the recorded event happened
+    key_id: str = ""  # the signing key, set by the writer
+
+
+class Opened(_Body, frozen=True, kw_only=True, tag="open"):
+    intent: str | None  # None: the caller supplied the program
+    program: str
+    program_sha256: str
+    principal: str
+    scopes: tuple[str, ...]
+    contract: str
+    version: str
+    contract_sha256: str
+    clock: str  # what datetime.now() returns inside the run
+    seed: int  # what seeds random inside the run
+    limits: dict[str, Any]
+    host: str
+    pid: int
+
+
+class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The entity as the gate read it to decide, and the fingerprint the write is tied to."""
+
+    entity: str
+    key: Any
+    state: str | None
+    fingerprint: str
+
+
+class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
+    call: int  # the program's call number, from 1
+    operation: str
+    args_sha256: str
+    arguments: str | None  # canonical JSON of the decoded arguments; None if they did not decode
+    decision: Literal["ALLOW", "DENY"]
+    code: str  # "OK" when allowed; otherwise the reason code
+    message: str
+    clause: str | None  # the contract clause decisive for a DENY ("transition:Order.cancel")
+    boundary: str | None  # the hard boundary that clause enforces
+    contract: str
+    version: str
+    contract_sha256: str
+    principal: str
+    nonce: str
+    idempotency_key: str | None
+    observed: Observed | None
+
+
+class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):
+    call: int
+    operation: str
+    status: Literal["ok", "failed", "replayed"]
+    code: str | None
+    message: str | None
+    result: str | None  # the reply exactly as the program received it (JSON)
+    result_sha256: str | None
+
+
+class Sealed(_Body, frozen=True, kw_only=True, tag="seal"):
+    status: str  # the sandbox outcome's tag: completed, refused, program_error, timeout...
+    outcome: str  # the outcome as JSON, statistics left out
+    calls: int
+    wall_ms: float
+    cpu_ms: float
+    receipts: int  # receipts of the run before this one
+    in_doubt: tuple[int, ...]  # allowed calls whose outcome was never learned
+
+
+Receipt = Opened | Decision | Outcome | Sealed
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Receipt] = msgspec.json.Decoder(Receipt)
+_sorted_encoder = msgspec.json.Encoder(decimal_format="string", order="sorted")
+
+
+def kind_of(receipt: Receipt) -> str:
+    """The receipt's tag: open, decision, outcome or seal."""
+    return str(receipt.__struct_config__.tag)
+
+
+def canonical(receipt: Receipt) -> bytes:
+    return _encoder.encode(receipt)
+
+
+def decode_body(body: bytes) -> Receipt:
+    """Strict: unknown fields, wrong types or a missing field raise msgspec.ValidationError."""
+    return _decoder.decode(body)
+
+
+def link_of(body: bytes, signature: bytes) -> str:
+    return hashlib.sha256(body + signature).hexdigest()
+
+
+def args_digest(arguments: Any) -> tuple[str, str]:
+    """Canonical JSON of decoded arguments (keys sorted, money as strings) and its sha256."""
+    text = _sorted_encoder.encode(arguments)
+    return text.decode("utf-8"), hashlib.sha256(text).hexdigest()
+
+
+class StoredReceipt(msgspec.Struct, frozen=True):
+    """One row of the log as stored: the signed body, its signature and its link."""
+
+    log_seq: int
+    run_id: str
+    seq: int
+    kind: str
+    body: bytes
+    signature: bytes
+    link: str
+
+    def decoded(self) -> Receipt:
+        return decode_body(self.body)

@@ -1,0 +1,365 @@
+"""The audit log on SQLite: append-only, one writer thread, a durable commit before every action.
+
+Receipts go through one writer thread per log. It takes every receipt waiting, signs
+and chains them, inserts them and commits once (group commit). A caller that needs its
+receipt durable (a decision, a seal) waits until that commit returned with
+`synchronous=FULL`, so no action ever runs before its receipt is on disk. Outcome
+receipts are handed over without waiting: they become durable with the run's next
+decision or its seal, and if the process dies first, the action shows as "outcome
+unknown", which is the truth.
+
+The schema has no UPDATE or DELETE path: triggers refuse both on receipts. Only the
+`head` row (the log's last log_seq and link) is overwritten, in the same transaction
+as the receipts it points at, so a truncated log no longer reaches its head.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+
+from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key
+from charter.audit.receipts import (
+    Decision,
+    Opened,
+    Outcome,
+    Receipt,
+    Sealed,
+    StoredReceipt,
+    canonical,
+    kind_of,
+    link_of,
+)
+from charter.errors import AuditError, RunNotFound
+
+__all__ = ["AuditLog", "RunRecord", "RunRecorder", "now_iso"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    log_seq   INTEGER PRIMARY KEY,
+    run_id    TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
+    body      BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    link      TEXT NOT NULL,
+    UNIQUE (run_id, seq)
+);
+CREATE INDEX IF NOT EXISTS receipts_by_kind ON receipts (kind, run_id);
+CREATE TABLE IF NOT EXISTS head (
+    one     INTEGER PRIMARY KEY CHECK (one = 1),
+    log_seq INTEGER NOT NULL,
+    link    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id     TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS receipts_no_update BEFORE UPDATE ON receipts
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be updated'); END;
+CREATE TRIGGER IF NOT EXISTS receipts_no_delete BEFORE DELETE ON receipts
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be deleted'); END;
+"""
+
+_BUSY_TIMEOUT_MS = 30_000
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection
+
+
+@dataclass(slots=True)
+class _Batch:
+    items: list[tuple[RunRecorder, Receipt]]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class _Writer:
+    """The one thread that writes this log: sign, chain, insert, commit, wake the waiters."""
+
+    def __init__(self, path: Path, key: SigningKey) -> None:
+        self._path = path
+        self._key = key
+        self._queue: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="charter-audit", daemon=True).start()
+
+    def submit(self, items: list[tuple[RunRecorder, Receipt]], *, wait: bool) -> None:
+        batch = _Batch(items)
+        self._queue.put(batch)
+        if wait:
+            batch.done.wait()
+            if batch.error is not None:
+                raise AuditError(f"the audit log at {self._path} could not be written: {batch.error}") from batch.error
+
+    def _loop(self) -> None:
+        connection = _connect(self._path)
+        while True:
+            batches = [self._queue.get()]
+            while True:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write(connection, batches)
+            except BaseException as error:  # every waiter must wake, whatever happened
+                for batch in batches:
+                    batch.error = error
+                connection.close()
+                connection = _connect(self._path)
+            for batch in batches:
+                batch.done.set()
+
+    def _write(self, connection: sqlite3.Connection, batches: list[_Batch]) -> None:
+        key = self._key
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            row = connection.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
+            log_seq, log_link = (row[0], row[1]) if row else (0, "")
+            run_links: dict[RunRecorder, str] = {}
+            for batch in batches:
+                for recorder, draft in batch.items:
+                    log_seq += 1
+                    receipt = msgspec.structs.replace(
+                        draft,
+                        log_seq=log_seq,
+                        prev=run_links.get(recorder, recorder.last_link),
+                        log_prev=log_link,
+                        key_id=key.key_id,
+                    )
+                    body = canonical(receipt)
+                    signature = key.sign(body)
+                    log_link = link_of(body, signature)
+                    run_links[recorder] = log_link
+                    connection.execute(
+                        "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (log_seq, receipt.run_id, receipt.seq, kind_of(receipt), body, signature, log_link),
+                    )
+            connection.execute(
+                "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET log_seq = ?, link = ?",
+                (log_seq, log_link, log_seq, log_link),
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        for recorder, link in run_links.items():
+            recorder.last_link = link
+
+
+class RunRecorder:
+    """Writes one run's receipts in order. Made by `AuditLog.open_run`."""
+
+    def __init__(self, writer: _Writer, opened: Opened) -> None:
+        self.run_id = opened.run_id
+        self.opened = opened
+        self.last_link = ""  # set by the writer thread after each commit
+        self._writer = writer
+        self._lock = threading.Lock()
+        self._next_seq = 0
+        self._pending: list[tuple[RunRecorder, Receipt]] = []
+        self._awaiting_outcome: dict[int, str] = {}  # call -> operation
+        self.sealed: Sealed | None = None
+        self._append(opened, durable=True)
+
+    def _append(self, draft: Receipt, *, durable: bool) -> None:
+        with self._lock:
+            if self.sealed is not None:
+                raise AuditError(f"run {self.run_id} is sealed; no receipt may follow its seal")
+            receipt = msgspec.structs.replace(draft, run_id=self.run_id, seq=self._next_seq)
+            self._next_seq += 1
+            self._pending.append((self, receipt))
+            if not durable:
+                return
+            items, self._pending = self._pending, []
+            if isinstance(receipt, Sealed):
+                self.sealed = receipt
+            # Waiting under the lock keeps a late outcome from slipping in between.
+            self._writer.submit(items, wait=True)
+
+    def decision(self, decision: Decision) -> None:
+        """Durable when it returns; the caller may act only after that."""
+        self._append(decision, durable=True)
+        if decision.decision == "ALLOW":
+            self._awaiting_outcome[decision.call] = decision.operation
+
+    def outcome(self, outcome: Outcome) -> bool:
+        """Recorded with the run's next durable receipt. False if the run was sealed first."""
+        self._awaiting_outcome.pop(outcome.call, None)
+        try:
+            self._append(outcome, durable=False)
+        except AuditError:
+            return False
+        return True
+
+    def seal(self, sealed: Sealed) -> Sealed:
+        with self._lock:
+            in_doubt = tuple(sorted(self._awaiting_outcome))
+            receipts = self._next_seq
+        final = msgspec.structs.replace(sealed, in_doubt=in_doubt, receipts=receipts)
+        self._append(final, durable=True)
+        assert self.sealed is not None
+        return self.sealed
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as the log holds it, receipts decoded, in order."""
+
+    opened: Opened
+    receipts: tuple[Receipt, ...]
+    sealed: Sealed | None
+
+    @property
+    def run_id(self) -> str:
+        return self.opened.run_id
+
+    @property
+    def status(self) -> str:
+        return self.sealed.status if self.sealed else "incomplete"
+
+    def in_doubt(self) -> list[Decision]:
+        """Allowed calls with no outcome receipt: the action may or may not have happened."""
+        done = {r.call for r in self.receipts if isinstance(r, Outcome)}
+        return [r for r in self.receipts if isinstance(r, Decision) and r.decision == "ALLOW" and r.call not in done]
+
+
+class AuditLog:
+    """The audit log in one SQLite file (default `<CHARTER_HOME>/audit.db`)."""
+
+    def __init__(self, path: Path | str, *, keys_dir: Path | None = None, key: SigningKey | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._keys_dir = keys_dir or self.path.parent / "keys"
+        self._key = key
+        self._writer: _Writer | None = None
+        self._writer_lock = threading.Lock()
+        with closing(_connect(self.path)) as connection:
+            connection.executescript(_SCHEMA)
+
+    # -- writing ---------------------------------------------------------------------
+
+    @property
+    def signing_key(self) -> SigningKey:
+        if self._key is None:
+            self._key = load_or_create_signing_key(self._keys_dir)
+        return self._key
+
+    def _ensure_writer(self) -> _Writer:
+        with self._writer_lock:
+            if self._writer is None:
+                key = self.signing_key
+                with self._connection() as connection:
+                    connection.execute("INSERT OR IGNORE INTO keys VALUES (?, ?)", (key.key_id, key.public.raw))
+                self._writer = _Writer(self.path, key)
+            return self._writer
+
+    def open_run(self, opened: Opened) -> RunRecorder:
+        """Durably records the run's opening; the program may run once this returns."""
+        return RunRecorder(self._ensure_writer(), opened)
+
+    # -- reading ---------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        connection = _connect(self.path)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def stored(self, run_id: str | None = None) -> Iterator[StoredReceipt]:
+        """Rows as stored, in log order; all of them, or one run's."""
+        query = "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts"
+        params: tuple[str, ...] = ()
+        if run_id is not None:
+            query += " WHERE run_id = ?"
+            params = (run_id,)
+        with self._connection() as connection:
+            for row in connection.execute(query + " ORDER BY log_seq", params):
+                yield StoredReceipt(*row)
+
+    def stored_at(self, log_seq: int) -> StoredReceipt | None:
+        with self._connection() as connection:
+            row = connection.execute(
+                "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts WHERE log_seq = ?", (log_seq,)
+            ).fetchone()
+        return StoredReceipt(*row) if row else None
+
+    def head(self) -> tuple[int, str] | None:
+        with self._connection() as connection:
+            row = connection.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
+        return (row[0], row[1]) if row else None
+
+    def public_keys(self) -> dict[str, PublicKey]:
+        with self._connection() as connection:
+            rows = connection.execute("SELECT key_id, public_key FROM keys").fetchall()
+        return {key_id: PublicKey.from_raw(raw) for key_id, raw in rows}
+
+    def run_ids(self) -> list[str]:
+        with self._connection() as connection:
+            rows = connection.execute("SELECT run_id FROM receipts WHERE kind = 'open' ORDER BY log_seq").fetchall()
+        return [r[0] for r in rows]
+
+    def resolve(self, prefix: str) -> str:
+        """A run id from a unique prefix of it (as `audit list` shows them)."""
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT run_id FROM receipts WHERE kind = 'open' AND run_id LIKE ? || '%' LIMIT 2",
+                (prefix.replace("%", "").replace("_", ""),),
+            ).fetchall()
+        if not rows or not prefix:
+            raise RunNotFound(f"no run {prefix!r} in the audit log at {self.path}; `charter audit list` shows runs")
+        if len(rows) > 1:
+            raise RunNotFound(f"run id prefix {prefix!r} is ambiguous in {self.path}; give more of the id")
+        return str(rows[0][0])
+
+    def run(self, run_id: str) -> RunRecord:
+        receipts = tuple(row.decoded() for row in self.stored(self.resolve(run_id)))
+        return _record(receipts)
+
+    def runs(self) -> list[RunRecord]:
+        """Every run's opening and seal, oldest first (decisions and outcomes left out)."""
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT body FROM receipts WHERE kind IN ('open', 'seal') ORDER BY log_seq"
+            ).fetchall()
+        opened: dict[str, Opened] = {}
+        sealed: dict[str, Sealed] = {}
+        for (body,) in rows:
+            receipt = StoredReceipt(0, "", 0, "", body, b"", "").decoded()
+            if isinstance(receipt, Opened):
+                opened[receipt.run_id] = receipt
+            elif isinstance(receipt, Sealed):
+                sealed[receipt.run_id] = receipt
+        return [RunRecord(opened=o, receipts=(), sealed=sealed.get(rid)) for rid, o in opened.items()]
+
+
+def _record(receipts: Sequence[Receipt]) -> RunRecord:
+    opened = receipts[0]
+    if not isinstance(opened, Opened):
+        raise AuditError(f"run {opened.run_id} does not start with its opening receipt; run `charter audit verify`")
+    last = receipts[-1]
+    return RunRecord(opened=opened, receipts=tuple(receipts), sealed=last if isinstance(last, Sealed) else None)
+
+
+def host_identity() -> tuple[str, int]:
+    return socket.gethostname(), os.getpid()

@@ -1,0 +1,229 @@
+"""Verification: is every receipt intact, in its place, and signed by a known key?
+
+Checked for every receipt:
+- its link is sha256(body || signature), so no stored byte of either changed;
+- its body decodes strictly, and the stored columns (log_seq, run_id, seq, kind) say
+  what the signed body says;
+- it follows the log's previous receipt (log_seq + 1, `log_prev` = that receipt's link)
+  and its run's previous receipt (seq + 1, `prev` = that link), and nothing follows a seal;
+- an opening's program hashes to its program_sha256; nonces are unique; outcomes answer
+  an allowed decision; a seal counts the run's receipts;
+- the log's last receipt is the one the head row names (else the log was truncated).
+
+Signatures: by default the signature of each run's last receipt and of the log's last
+receipt is verified. Every other receipt is covered by them through the links, which
+hash signatures as well as bodies, so a change anywhere breaks a link or a verified
+signature. `every_signature=True` verifies each receipt's own signature as well
+(about 7,000 per second per core here, against tens of thousands for the default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from charter.audit.keys import PublicKey
+from charter.audit.receipts import Decision, Opened, Outcome, Sealed, StoredReceipt, kind_of, link_of
+
+__all__ = ["Finding", "Verification", "verify_receipts"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    log_seq: int | None
+    run_id: str | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"receipt {self.log_seq}" if self.log_seq is not None else "log"
+        if self.run_id:
+            where += f" (run {self.run_id})"
+        return f"{where}: {self.problem}"
+
+
+@dataclass(slots=True)
+class Verification:
+    receipts: int = 0
+    runs: int = 0
+    sealed: int = 0
+    signatures_checked: int = 0
+    incomplete: list[str] = field(default_factory=list)
+    in_doubt: list[tuple[str, int, str]] = field(default_factory=list)  # (run, call, operation)
+    head: tuple[int, str] | None = None
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+@dataclass(slots=True)
+class _RunTrack:
+    next_seq: int
+    last_link: str
+    last_row: StoredReceipt
+    sealed: bool = False
+    allowed: dict[int, str] = field(default_factory=dict)
+    answered: set[int] = field(default_factory=set)
+
+
+_COLUMNS = ("log_seq", "run_id", "seq", "kind")
+
+
+def verify_receipts(
+    rows: Iterable[StoredReceipt],
+    keys: Mapping[str, PublicKey],
+    *,
+    whole_log: bool = True,
+    head: tuple[int, str] | None = None,
+    expect_head: tuple[int, str] | None = None,
+    neighbour: Callable[[int], StoredReceipt | None] | None = None,
+    every_signature: bool = False,
+) -> Verification:
+    """Verify receipts given in log order.
+
+    `whole_log`: the rows are the entire log, so log_seq must run 1, 2, 3... and end at
+    `head`. Otherwise (one run, or an exported bundle) each receipt's `log_prev` is
+    checked against `neighbour(log_seq - 1)` when that lookup is given.
+    """
+    report = Verification(head=head)
+    runs: dict[str, _RunTrack] = {}
+    nonces: dict[str, int] = {}
+    previous: StoredReceipt | None = None
+    seen_expected_head = expect_head is None
+
+    def find(row: StoredReceipt, problem: str) -> None:
+        report.findings.append(Finding(row.log_seq, row.run_id, problem))
+
+    def check_signature(row: StoredReceipt, key_id: str) -> None:
+        key = keys.get(key_id)
+        if key is None:
+            return  # reported when the receipt was read
+        report.signatures_checked += 1
+        if not key.verifies(row.signature, row.body):
+            find(row, f"its Ed25519 signature does not verify with key {key_id}: the body or signature was altered")
+
+    for row in rows:
+        report.receipts += 1
+        if expect_head is not None and (row.log_seq, row.link) == expect_head:
+            seen_expected_head = True
+        if link_of(row.body, row.signature) != row.link:
+            find(row, "its stored link is not sha256(body || signature): the body, signature or link was altered")
+        try:
+            body = StoredReceipt.decoded(row)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
+            find(row, f"its body is not a valid receipt ({error}): it was altered")
+            previous = row
+            continue
+        stated = {"log_seq": body.log_seq, "run_id": body.run_id, "seq": body.seq, "kind": kind_of(body)}
+        for column in _COLUMNS:
+            if getattr(row, column) != stated[column]:
+                find(row, f"column {column} holds {getattr(row, column)!r} but the signed body says {stated[column]!r}")
+        if body.key_id not in keys:
+            find(row, f"it is signed by key {body.key_id!r}, which is not among the trusted keys")
+        elif every_signature:
+            check_signature(row, body.key_id)
+
+        if whole_log:
+            expected_seq = previous.log_seq + 1 if previous else 1
+            if row.log_seq != expected_seq:
+                gap = "missing (deleted)" if row.log_seq > expected_seq else "out of order"
+                find(row, f"log_seq {row.log_seq} where {expected_seq} was expected: receipts are {gap}")
+            expected_prev = previous.link if previous else ""
+            if body.log_prev != expected_prev:
+                find(
+                    row,
+                    "its log_prev link does not name the log's previous receipt: "
+                    "one was inserted, removed or reordered",
+                )
+        elif neighbour is not None and row.log_seq > 1:
+            before = neighbour(row.log_seq - 1)
+            if before is None or before.link != body.log_prev:
+                find(row, "its log_prev link does not name the log's previous receipt")
+        previous = row
+
+        track = runs.get(body.run_id)
+        if track is None:
+            report.runs += 1
+            track = runs[body.run_id] = _RunTrack(next_seq=0, last_link="", last_row=row)
+            if not isinstance(body, Opened):
+                find(row, "the run has no opening receipt before this one: it was deleted")
+                track.next_seq = body.seq
+                track.last_link = body.prev
+        if track.sealed:
+            find(row, "it follows the run's seal; nothing may be added to a sealed run")
+        if body.seq != track.next_seq:
+            find(
+                row,
+                f"it is receipt #{body.seq} of its run where #{track.next_seq} was expected: "
+                "receipts are missing or reordered",
+            )
+        if body.prev != track.last_link:
+            find(row, "its prev link does not name the run's previous receipt")
+        track.next_seq = body.seq + 1
+        track.last_link = row.link
+        track.last_row = row
+
+        if isinstance(body, Opened):
+            if hashlib.sha256(body.program.encode("utf-8")).hexdigest() != body.program_sha256:
+                find(row, "the program text does not hash to the program_sha256 it was opened with")
+        elif isinstance(body, Decision):
+            first = nonces.setdefault(body.nonce, row.log_seq)
+            if first != row.log_seq:
+                find(row, f"its nonce was already used by receipt {first}: a replayed receipt")
+            if body.decision == "ALLOW":
+                track.allowed[body.call] = body.operation
+        elif isinstance(body, Outcome):
+            if body.call not in track.allowed:
+                find(row, f"an outcome for call {body.call}, which was never allowed")
+            track.answered.add(body.call)
+        elif isinstance(body, Sealed):
+            track.sealed = True
+            report.sealed += 1
+            if body.receipts != body.seq:
+                find(row, f"the seal counts {body.receipts} receipts before it, the run has {body.seq}")
+
+    if not every_signature:
+        anchors = {id(t.last_row): t.last_row for t in runs.values()}
+        if previous is not None:
+            anchors[id(previous)] = previous
+        for row in anchors.values():
+            try:
+                key_id = StoredReceipt.decoded(row).key_id
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                continue  # already reported
+            check_signature(row, key_id)
+
+    for run_id, track in runs.items():
+        if not track.sealed:
+            report.incomplete.append(run_id)
+        report.in_doubt.extend(
+            (run_id, call, op) for call, op in sorted(track.allowed.items()) if call not in track.answered
+        )
+
+    if whole_log:
+        last = (previous.log_seq, previous.link) if previous else None
+        if head != last:
+            shown = f"receipt {last[0]}" if last else "no receipt"
+            report.findings.append(
+                Finding(
+                    None,
+                    None,
+                    f"the log ends at {shown} but its head names receipt {head[0] if head else None}: "
+                    "receipts were removed from its end (truncated) or the head was altered",
+                )
+            )
+    if not seen_expected_head:
+        assert expect_head is not None
+        report.findings.append(
+            Finding(
+                None,
+                None,
+                f"the head you expected (receipt {expect_head[0]}, link {expect_head[1][:16]}…) "
+                "is not in the log: it was truncated or rewritten since",
+            )
+        )
+    return report
