@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from charter.backends import CallContext
 from examples._sqlite import Conflict, NotFound, connect, database_path
 
 __all__ = [
@@ -112,33 +113,43 @@ def create_invoice(*, vendor: str, amount: Decimal, currency: str, due: datetime
         return _record(_fetch(db, number))
 
 
-def _transition(number: str, allowed: tuple[str, ...], to: str, **columns: str) -> dict[str, Any]:
+def _who(charter: CallContext | None) -> str | None:
+    return charter.principal.id if charter is not None else None
+
+
+def _transition(
+    number: str, allowed: tuple[str, ...], to: str, charter: CallContext | None, **columns: str | None
+) -> dict[str, Any]:
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
         row = _fetch(db, number)
+        if charter is not None and charter.precondition is not None:
+            charter.precondition.check(_record(row))
         if row["state"] not in allowed:
             raise Conflict(f"invoice {number} is {row['state']}; cannot move it to {to}")
         db.execute("UPDATE invoices SET state = ? WHERE number = ?", (to, number))
         for column, value in columns.items():
+            if value is None:
+                continue
             db.execute(f"UPDATE invoices SET {column} = ? WHERE number = ?", (value, number))
         return _record(_fetch(db, number))
 
 
-def submit_invoice(*, number: str) -> dict[str, Any]:
-    return _transition(number, ("draft",), "submitted")
+def submit_invoice(*, number: str, charter: CallContext | None = None) -> dict[str, Any]:
+    return _transition(number, ("draft",), "submitted", charter, submitted_by=_who(charter))
 
 
-def approve_invoice(*, number: str) -> dict[str, Any]:
-    return _transition(number, ("submitted",), "approved")
+def approve_invoice(*, number: str, charter: CallContext | None = None) -> dict[str, Any]:
+    return _transition(number, ("submitted",), "approved", charter, approved_by=_who(charter))
 
 
-def reject_invoice(*, number: str, reason: str) -> dict[str, Any]:
-    return _transition(number, ("submitted",), "rejected")
+def reject_invoice(*, number: str, reason: str, charter: CallContext | None = None) -> dict[str, Any]:
+    return _transition(number, ("submitted",), "rejected", charter)
 
 
-def pay_invoice(*, number: str) -> dict[str, Any]:
-    return _transition(number, ("approved",), "paid")
+def pay_invoice(*, number: str, charter: CallContext | None = None) -> dict[str, Any]:
+    return _transition(number, ("approved",), "paid", charter)
 
 
-def void_invoice(*, number: str, reason: str) -> dict[str, Any]:
-    return _transition(number, ("draft", "submitted", "rejected"), "void")
+def void_invoice(*, number: str, reason: str, charter: CallContext | None = None) -> dict[str, Any]:
+    return _transition(number, ("draft", "submitted", "rejected"), "void", charter)

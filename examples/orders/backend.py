@@ -1,7 +1,9 @@
 """A small order system on SQLite, the backend of contracts/orders.yaml.
 
 Functions take keyword arguments named like the contract's params and return plain
-records (Decimal money, aware datetimes). The backend keeps its own integrity rules
+records (Decimal money, aware datetimes). Writes take Charter's CallContext as `charter`
+and check its precondition inside their transaction, so an order that changed after the
+gate read it is not written. The backend keeps its own integrity rules
 (it will not cancel a dispatched order either): Charter's gate is not the only line.
 """
 
@@ -14,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from charter.backends import CallContext
 from examples._sqlite import Conflict, NotFound, connect, database_path
 
 __all__ = [
@@ -123,10 +126,19 @@ def list_orders(*, status: str | None = None, customer: str | None = None) -> li
         return [_record(r) for r in rows]
 
 
-def _transition(order_id: int, allowed: tuple[str, ...], to: str, note: str | None = None) -> dict[str, Any]:
+def _check(row: sqlite3.Row, charter: CallContext | None) -> None:
+    # Inside the write's transaction: the order must still be what the gate decided on.
+    if charter is not None and charter.precondition is not None:
+        charter.precondition.check(_record(row))
+
+
+def _transition(
+    order_id: int, allowed: tuple[str, ...], to: str, charter: CallContext | None, note: str | None = None
+) -> dict[str, Any]:
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
         row = _fetch(db, order_id)
+        _check(row, charter)
         if row["status"] not in allowed:
             raise Conflict(f"order {order_id} is {row['status']}; cannot move it to {to}")
         db.execute(
@@ -136,12 +148,12 @@ def _transition(order_id: int, allowed: tuple[str, ...], to: str, note: str | No
         return _record(_fetch(db, order_id))
 
 
-def confirm_order(*, id: int) -> dict[str, Any]:
-    return _transition(id, ("pending",), "confirmed")
+def confirm_order(*, id: int, charter: CallContext | None = None) -> dict[str, Any]:
+    return _transition(id, ("pending",), "confirmed", charter)
 
 
-def cancel_order(*, id: int, reason: str) -> dict[str, Any]:
-    return _transition(id, ("pending", "confirmed"), "cancelled", note=f"cancelled: {reason}")
+def cancel_order(*, id: int, reason: str, charter: CallContext | None = None) -> dict[str, Any]:
+    return _transition(id, ("pending", "confirmed"), "cancelled", charter, note=f"cancelled: {reason}")
 
 
 def verify_refund(*, id: int) -> dict[str, Any]:
@@ -161,10 +173,11 @@ def verify_refund(*, id: int) -> dict[str, Any]:
     }
 
 
-def refund_order(*, id: int, amount: Decimal, reason: str) -> dict[str, Any]:
+def refund_order(*, id: int, amount: Decimal, reason: str, charter: CallContext | None = None) -> dict[str, Any]:
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
         row = _fetch(db, id)
+        _check(row, charter)
         refunded = Decimal(row["refunded"]) + Decimal(amount)
         if refunded > Decimal(row["total"]):
             raise Conflict(f"refunding {amount} would exceed the total of order {id}")

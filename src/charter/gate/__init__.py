@@ -1,7 +1,35 @@
-"""The gate: every proxy call of a program is decided here before a backend is touched."""
+"""The gate: every proxy call of a program is decided here before a backend is touched.
+
+`ContractGate` enforces a compiled contract and records every decision through the audit
+log; `PassThroughGate` checks argument types only (sandbox tests and benchmarks).
+"""
 
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
+from charter.gate._contract import ContractGate, GateSession
 from charter.gate._passthrough import PassThroughGate
-from charter.gate._protocol import CallRequest, Denied, Gate, OperationFailed
+from charter.gate._protocol import (
+    CallRequest,
+    Denied,
+    Encoded,
+    Gate,
+    Malformed,
+    OperationFailed,
+    RunHalted,
+    encode_reply,
+)
 
-__all__ = ["ArgumentChecker", "CallRequest", "Denied", "Gate", "InvalidArguments", "OperationFailed", "PassThroughGate"]
+__all__ = [
+    "ArgumentChecker",
+    "CallRequest",
+    "ContractGate",
+    "Denied",
+    "Encoded",
+    "Gate",
+    "GateSession",
+    "InvalidArguments",
+    "Malformed",
+    "OperationFailed",
+    "PassThroughGate",
+    "RunHalted",
+    "encode_reply",
+]

@@ -25,6 +25,8 @@ class PassThroughGate:
         self.blocking = backend.blocking
 
     def call(self, request: CallRequest) -> Any:
+        if request.malformed is not None:
+            raise Denied(request.malformed.code, request.malformed.message)
         try:
             arguments = self._checker.check(request.operation, request.arguments)
         except InvalidArguments as error:

@@ -8,7 +8,15 @@ import msgspec
 
 from charter.principal import Principal
 
-__all__ = ["CallRequest", "Denied", "Gate", "OperationFailed"]
+__all__ = ["CallRequest", "Denied", "Encoded", "Gate", "Malformed", "OperationFailed", "RunHalted", "encode_reply"]
+
+
+class Malformed(msgspec.Struct, frozen=True, kw_only=True):
+    """Why the host's strict decoding refused a call. The gate still records the refusal."""
+
+    code: str  # UNKNOWN_OPERATION, MALFORMED_CALL or ARGUMENTS_TOO_LARGE
+    message: str
+    raw_sha256: str  # of the argument text as the program sent it
 
 
 class CallRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -16,10 +24,25 @@ class CallRequest(msgspec.Struct, frozen=True, kw_only=True):
 
     run_id: str
     sequence: int  # 1 for the run's first call, counting every call the program attempted
-    operation: str  # an operation of the pinned contract (unknown names never get here)
-    arguments: dict[str, Any]  # JSON values as the program sent them
+    operation: str  # as the program named it; an operation of the contract unless `malformed`
+    arguments: dict[str, Any]  # JSON values as the program sent them ({} when malformed)
     principal: Principal
     deadline: float  # time.monotonic() by which the run's wall-time limit ends
+    malformed: Malformed | None = None
+
+
+class Encoded(msgspec.Struct, frozen=True):
+    """A reply already encoded as the JSON the program receives (recorded, or replayed)."""
+
+    text: str
+
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+def encode_reply(value: Any) -> str:
+    """A call's result as the JSON the program receives: money as strings, datetimes ISO."""
+    return _encoder.encode(value).decode("utf-8")
 
 
 class Denied(Exception):
@@ -30,6 +53,10 @@ class Denied(Exception):
         self.code = code
         self.message = message
         self.boundary = boundary
+
+
+class RunHalted(Denied):
+    """A denial that also ends the run (the per-run cap on denials was reached)."""
 
 
 class OperationFailed(Exception):
@@ -44,9 +71,10 @@ class OperationFailed(Exception):
 class Gate(Protocol):
     """Decides every call before the backend is touched.
 
-    `call` returns the operation's result (JSON-encodable; Decimal and datetime allowed)
-    or raises Denied / OperationFailed. Any other exception is treated by the host as a
-    denial (GATE_ERROR): the gate fails closed even when it is broken.
+    `call` returns the operation's result (JSON-encodable, Decimal and datetime allowed,
+    or `Encoded`) or raises Denied / OperationFailed; RunHalted ends the run. Any other
+    exception is treated by the host as a denial (GATE_ERROR): the gate fails closed even
+    when it is broken.
 
     `blocking` says whether `call` may wait on I/O. The host runs blocking calls on a
     worker thread so the run's wall-time limit holds even if a backend hangs.

@@ -14,6 +14,7 @@ import records why it ends a run on the run's own state and raises a WasmtimeErr
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import math
 import secrets
 import sys
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
 import msgspec
 import wasmtime
@@ -31,7 +33,16 @@ from wasmtime.component import Component, Func, Linker
 
 from charter.compiler.artifact import CompiledContract
 from charter.errors import UsageError
-from charter.gate._protocol import CallRequest, Denied, Gate, OperationFailed
+from charter.gate._protocol import (
+    CallRequest,
+    Denied,
+    Encoded,
+    Gate,
+    Malformed,
+    OperationFailed,
+    RunHalted,
+    encode_reply,
+)
 from charter.principal import Principal
 from charter.sandbox import _component, _wire
 from charter.sandbox._crossing import HostAbort, add_string_result_func, call_strings
@@ -39,6 +50,7 @@ from charter.sandbox.limits import SandboxLimits
 from charter.sandbox.outcomes import (
     CallLimitExceeded,
     Completed,
+    Halted,
     MemoryExceeded,
     Outcome,
     OutputLimitExceeded,
@@ -154,11 +166,15 @@ class _RunState:
         return reply
 
     def _decide(self, operation: str, arguments: str) -> tuple[bool, str]:
+        malformed: Malformed | None = None
+        decoded: dict[str, Any] = {}
         try:
             _wire.check_operation(operation, self.contract.gate.operations, self.contract)
             decoded = _wire.decode_arguments(arguments, self.limits.max_call_bytes)
         except _wire.CallRejected as rejected:
-            return False, _wire.encode_error("contract_violation", rejected.code, rejected.message)
+            # Still goes to the gate: a refused call is a decision, and decisions are recorded.
+            raw = hashlib.sha256(arguments.encode("utf-8", "surrogatepass")).hexdigest()
+            malformed = Malformed(code=rejected.code, message=rejected.message, raw_sha256=raw)
         request = CallRequest(
             run_id=self.context.run_id,
             sequence=self.calls,
@@ -166,15 +182,18 @@ class _RunState:
             arguments=decoded,
             principal=self.context.principal,
             deadline=self.deadline,
+            malformed=malformed,
         )
         try:
             if self.gate.blocking:
                 result = self.executor.submit(self.gate.call, request).result(timeout=self.deadline - time.monotonic())
             else:
                 result = self.gate.call(request)
-            encoded = _wire.encode_result(result)
+            encoded = result.text if isinstance(result, Encoded) else encode_reply(result)
         except concurrent.futures.TimeoutError:
             raise self.wall_timeout() from None
+        except RunHalted as halted:
+            raise self.abort(Halted(code=halted.code, reason=halted.message)) from None
         except Denied as denied:
             return False, _wire.encode_error("contract_violation", denied.code, denied.message, denied.boundary)
         except OperationFailed as failed:

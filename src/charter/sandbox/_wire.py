@@ -19,7 +19,7 @@ import msgspec
 
 from charter.compiler.artifact import CompiledContract
 
-__all__ = ["CallRejected", "check_operation", "decode_arguments", "encode_error", "encode_result"]
+__all__ = ["CallRejected", "check_operation", "decode_arguments", "encode_error"]
 
 _MAX_OPERATION_CHARS = 128
 _MAX_DEPTH = 16
@@ -138,11 +138,7 @@ def decode_arguments(text: str, max_bytes: int) -> dict[str, Any]:
     return value
 
 
-_encoder = msgspec.json.Encoder(decimal_format="string")
-
-
-def encode_result(value: Any) -> str:
-    return _encoder.encode(value).decode("utf-8")
+_encoder = msgspec.json.Encoder()
 
 
 def encode_error(kind: str, code: str, message: str, boundary: str | None = None) -> str:

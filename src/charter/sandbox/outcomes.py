@@ -10,6 +10,7 @@
     ├── MemoryExceeded     it needed more memory than its limit
     ├── CallLimitExceeded  it tried more proxy calls than its limit
     ├── OutputLimitExceeded it printed more than its limit
+    ├── Halted             the gate ended it (too many denied calls)
     └── Trapped            the interpreter stopped for another reason (the instance is discarded)
 
 A run never raises for any of these: the caller gets an outcome and the host keeps serving.
@@ -25,6 +26,7 @@ __all__ = [
     "CallLimitExceeded",
     "Completed",
     "Frame",
+    "Halted",
     "MemoryExceeded",
     "Outcome",
     "OutputLimitExceeded",
@@ -165,6 +167,15 @@ class OutputLimitExceeded(_Outcome, frozen=True, kw_only=True, tag="output_limit
         return f"The program printed more than its output limit of {self.limit_bytes} bytes."
 
 
+class Halted(_Outcome, frozen=True, kw_only=True, tag="halted"):
+    code: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"The gate ended the run: {self.reason}"
+
+
 class Trapped(_Outcome, frozen=True, kw_only=True, tag="trap"):
     reason: str
 
@@ -183,5 +194,6 @@ Outcome = (
     | MemoryExceeded
     | CallLimitExceeded
     | OutputLimitExceeded
+    | Halted
     | Trapped
 )

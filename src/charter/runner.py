@@ -1,0 +1,142 @@
+"""One governed run: open its audit record, run the program in the sandbox behind the
+contract gate, seal the record, and hand back only the conclusion.
+
+    runner = Runner(audit=AuditLog(path))
+    execution = runner.execute(program, contract=compiled, principal=Principal("ada", {"orders:read"}))
+
+The Runtime Agent (a later stage) hands its programs to the same `execute`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+
+from charter.audit import AuditLog, Opened, Sealed, now_iso
+from charter.audit.store import host_identity
+from charter.backends import Backend, PythonBackend
+from charter.compiler.artifact import CompiledContract
+from charter.gate import ContractGate
+from charter.principal import Principal
+from charter.sandbox import Completed, Outcome, ProgramError, Refused, RunContext, Sandbox, SandboxLimits
+
+__all__ = ["Execution", "Runner", "conclusion_of"]
+
+Status = Literal["done", "refused", "failed"]
+
+
+class Execution(msgspec.Struct, frozen=True, kw_only=True):
+    """What a caller gets back: the conclusion and the run id to look it up by."""
+
+    run_id: str
+    status: Status
+    answer: str | None = None  # the program's conclusion when done
+    data: Any = None
+    reason: str | None = None  # why, when refused or failed
+    outcome: Outcome  # the sandbox's full account, for engineers
+
+    @property
+    def text(self) -> str:
+        return self.answer if self.status == "done" and self.answer is not None else f"{self.status}: {self.reason}"
+
+
+def conclusion_of(outcome: Outcome) -> tuple[Status, str | None, Any, str | None]:
+    """(status, answer, data, reason). A ContractViolation the program did not catch means refused."""
+    if isinstance(outcome, Completed):
+        return "done", outcome.answer, outcome.data, None
+    if isinstance(outcome, Refused):
+        return "refused", None, None, outcome.reason
+    if isinstance(outcome, ProgramError) and outcome.violation is not None:
+        return "refused", None, None, outcome.error_message
+    return "failed", None, None, outcome.message
+
+
+class Runner:
+    """Runs programs against contracts: sandbox, gate and audit log together. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        audit: AuditLog,
+        sandbox: Sandbox | None = None,
+        backend_for: Callable[[CompiledContract], Backend] = PythonBackend,
+    ) -> None:
+        self.audit = audit
+        self.sandbox = sandbox or Sandbox()
+        self._backend_for = backend_for
+        self._gates: dict[str, ContractGate] = {}
+        self._lock = threading.Lock()
+
+    def gate_for(self, contract: CompiledContract) -> ContractGate:
+        with self._lock:
+            gate = self._gates.get(contract.sha256)
+            if gate is None:
+                gate = self._gates[contract.sha256] = ContractGate(contract, self._backend_for(contract))
+            return gate
+
+    def execute(
+        self,
+        program: str,
+        *,
+        contract: CompiledContract,
+        principal: Principal,
+        intent: str | None = None,
+        limits: SandboxLimits | None = None,
+    ) -> Execution:
+        gate = self.gate_for(contract)
+        limits = limits or SandboxLimits.from_contract(contract.gate.limits)
+        context = RunContext(principal=principal)
+        host, pid = host_identity()
+        opened = Opened(
+            run_id=context.run_id,
+            seq=0,
+            at=now_iso(),
+            intent=intent,
+            program=program,
+            program_sha256=hashlib.sha256(program.encode("utf-8", "surrogatepass")).hexdigest(),
+            principal=principal.id,
+            scopes=tuple(sorted(principal.scopes)),
+            contract=contract.name,
+            version=contract.version,
+            contract_sha256=contract.sha256,
+            clock=context.clock.isoformat(),
+            seed=context.seed,
+            limits=dataclasses.asdict(limits),
+            host=host,
+            pid=pid,
+        )
+        recorder = self.audit.open_run(opened)
+        outcome = self.sandbox.run(
+            program, contract=contract, gate=gate.session(recorder, principal), context=context, limits=limits
+        )
+        recorder.seal(sealed_receipt(context.run_id, outcome))
+        status, answer, data, reason = conclusion_of(outcome)
+        return Execution(run_id=context.run_id, status=status, answer=answer, data=data, reason=reason, outcome=outcome)
+
+
+_outcome_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+def outcome_json(outcome: Outcome) -> str:
+    """The outcome as recorded in a seal: everything but the timing statistics."""
+    return _outcome_encoder.encode(msgspec.structs.replace(outcome, stats=type(outcome.stats)())).decode("utf-8")
+
+
+def sealed_receipt(run_id: str, outcome: Outcome) -> Sealed:
+    return Sealed(
+        run_id=run_id,
+        seq=0,
+        at=now_iso(),
+        status=str(outcome.__struct_config__.tag),
+        outcome=outcome_json(outcome),
+        calls=outcome.stats.calls,
+        wall_ms=round(outcome.stats.wall_ms, 3),
+        cpu_ms=round(outcome.stats.cpu_ms, 3),
+        receipts=0,
+        in_doubt=(),
+    )
