@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["shipped_dir"]
+__all__ = ["charter_home", "shipped_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -15,3 +16,8 @@ def shipped_dir(name: str) -> Path:
     if packaged.is_dir():
         return packaged
     return _PACKAGE.parents[1] / name
+
+
+def charter_home() -> Path:
+    """Where Charter keeps its state: $CHARTER_HOME, else .charter in the working directory."""
+    return Path(os.environ.get("CHARTER_HOME") or Path.cwd() / ".charter")

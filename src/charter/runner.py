@@ -23,7 +23,16 @@ from charter.backends import Backend, PythonBackend
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ContractGate
 from charter.principal import Principal
-from charter.sandbox import Completed, Outcome, ProgramError, Refused, RunContext, Sandbox, SandboxLimits
+from charter.sandbox import (
+    Completed,
+    Outcome,
+    ProgramError,
+    Refused,
+    RunContext,
+    Sandbox,
+    SandboxLimits,
+    outcome_json,
+)
 
 __all__ = ["Execution", "Runner", "conclusion_of"]
 
@@ -117,14 +126,6 @@ class Runner:
         recorder.seal(sealed_receipt(context.run_id, outcome))
         status, answer, data, reason = conclusion_of(outcome)
         return Execution(run_id=context.run_id, status=status, answer=answer, data=data, reason=reason, outcome=outcome)
-
-
-_outcome_encoder = msgspec.json.Encoder(decimal_format="string")
-
-
-def outcome_json(outcome: Outcome) -> str:
-    """The outcome as recorded in a seal: everything but the timing statistics."""
-    return _outcome_encoder.encode(msgspec.structs.replace(outcome, stats=type(outcome.stats)())).decode("utf-8")
 
 
 def sealed_receipt(run_id: str, outcome: Outcome) -> Sealed:

@@ -2,11 +2,12 @@
 
     log = AuditLog(path)                  # SQLite, append-only, Ed25519-signed receipts
     recorder = log.open_run(opened)       # the gate writes decisions and outcomes through it
-    report = verify_log(log)              # every link, the anchors' signatures, the head
+    report = verify_log(log, log.trusted_keys())   # every link, the anchors' signatures, the head
 
 See `receipts` for what a receipt holds and `verify` for what verification checks.
 """
 
+from charter.audit.export import BUNDLE_FORMAT, export_run, verify_bundle, verify_log
 from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
     Decision,
@@ -23,6 +24,7 @@ from charter.audit.store import AuditLog, RunRecord, RunRecorder, now_iso
 from charter.audit.verify import Finding, Verification, verify_receipts
 
 __all__ = [
+    "BUNDLE_FORMAT",
     "AuditLog",
     "Decision",
     "Finding",
@@ -38,9 +40,12 @@ __all__ = [
     "StoredReceipt",
     "Verification",
     "args_digest",
+    "export_run",
     "kind_of",
     "load_or_create_signing_key",
     "now_iso",
     "read_public_key",
+    "verify_bundle",
+    "verify_log",
     "verify_receipts",
 ]

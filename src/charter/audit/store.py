@@ -28,7 +28,8 @@ from pathlib import Path
 
 import msgspec
 
-from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key
+from charter._paths import charter_home
+from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
     Decision,
     Opened,
@@ -243,10 +244,12 @@ class RunRecord:
 
 
 class AuditLog:
-    """The audit log in one SQLite file (default `<CHARTER_HOME>/audit.db`)."""
+    """The audit log in one SQLite file (default `<CHARTER_HOME>/audit.db`, keys in `keys/` beside it)."""
 
-    def __init__(self, path: Path | str, *, keys_dir: Path | None = None, key: SigningKey | None = None) -> None:
-        self.path = Path(path)
+    def __init__(
+        self, path: Path | str | None = None, *, keys_dir: Path | None = None, key: SigningKey | None = None
+    ) -> None:
+        self.path = Path(path) if path is not None else charter_home() / "audit.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keys_dir = keys_dir or self.path.parent / "keys"
         self._key = key
@@ -309,10 +312,18 @@ class AuditLog:
             row = connection.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
         return (row[0], row[1]) if row else None
 
-    def public_keys(self) -> dict[str, PublicKey]:
-        with self._connection() as connection:
-            rows = connection.execute("SELECT key_id, public_key FROM keys").fetchall()
-        return {key_id: PublicKey.from_raw(raw) for key_id, raw in rows}
+    def trusted_keys(self) -> dict[str, PublicKey]:
+        """The public keys kept beside the private key (never the copies inside the log,
+        which whoever can write the log could replace)."""
+        keys = {}
+        for path in sorted(self._keys_dir.glob("*.pub")):
+            key = read_public_key(path)
+            keys[key.key_id] = key
+        if not keys:
+            raise AuditError(
+                f"no public key in {self._keys_dir} to verify with; pass the signer's key with --public-key"
+            )
+        return keys
 
     def run_ids(self) -> list[str]:
         with self._connection() as connection:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from charter.cli import contract, sandbox
+from charter.cli import audit, contract, sandbox
 from charter.cli.demo import demo
+from charter.cli.execute import execute
 
 __all__ = ["app", "main"]
 
@@ -17,6 +18,8 @@ app = typer.Typer(
 app.add_typer(contract.app, name="contract")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(sandbox.bench_app, name="bench")
+app.add_typer(audit.app, name="audit")
+app.command("exec")(execute)
 app.command()(demo)
 
 

@@ -44,7 +44,11 @@ from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
 from charter.principal import Principal
 
-__all__ = ["ContractGate", "GateSession"]
+__all__ = ["ContractGate", "GateSession", "halt_message"]
+
+
+def halt_message(denial: str, denials: int) -> str:
+    return f"{denial} The run made {denials} denied calls, its limit (limits.max_denials); the gate ended it."
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +164,8 @@ class GateSession:
         if not verdict.allowed:
             self._state.denials += 1
             if self._state.denials >= gate._table.limits.max_denials:
-                raise RunHalted(
-                    verdict.code,
-                    f"{verdict.message} The run made {self._state.denials} denied calls, the contract's limit "
-                    f"(limits.max_denials); the gate ended it.",
-                    boundary=verdict.boundary,
-                )
+                message = halt_message(verdict.message, self._state.denials)
+                raise RunHalted(verdict.code, message, boundary=verdict.boundary)
             raise Denied(verdict.code, verdict.message, boundary=verdict.boundary)
         assert rule is not None
         assert arguments is not None
@@ -376,8 +376,9 @@ class GateSession:
         try:
             reply = encode_reply(self._gate.backend.invoke(rule.name, arguments, context))
         except PreconditionFailed as error:
-            self._record_outcome(request, "failed", code="PRECONDITION_FAILED", message=str(error))
-            raise OperationFailed("PRECONDITION_FAILED", f"{rule.name}: {error}") from None
+            message = f"{rule.name}: {error}"
+            self._record_outcome(request, "failed", code="PRECONDITION_FAILED", message=message)
+            raise OperationFailed("PRECONDITION_FAILED", message) from None
         except OperationFailed as failed:
             self._record_outcome(request, "failed", code=failed.code, message=failed.message)
             raise

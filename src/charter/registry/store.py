@@ -8,7 +8,6 @@ canonical JSON (compilation is pure), so the registry stores one source of truth
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import msgspec
 
+from charter._paths import charter_home
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract._yaml import SourceMap
 from charter.contract.cel_guards import suggest
@@ -47,11 +47,6 @@ CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_delete
     BEFORE DELETE ON contract_versions
     BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END;
 """
-
-
-def charter_home() -> Path:
-    """Where Charter keeps its state: $CHARTER_HOME, else .charter in the working directory."""
-    return Path(os.environ.get("CHARTER_HOME") or Path.cwd() / ".charter")
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:

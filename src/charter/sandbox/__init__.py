@@ -25,6 +25,7 @@ from charter.sandbox.outcomes import (
     TimedOut,
     Trapped,
     ViolationInfo,
+    outcome_json,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "allowed_modules",
     "cache_root",
     "ensure_built",
+    "outcome_json",
 ]

@@ -1,0 +1,277 @@
+"""`charter audit ...`: list, show, verify, export and replay logged runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from charter.audit import (
+    AuditLog,
+    Decision,
+    Opened,
+    Outcome,
+    PublicKey,
+    Receipt,
+    RunRecord,
+    Sealed,
+    Verification,
+    export_run,
+    read_public_key,
+    verify_bundle,
+    verify_log,
+)
+from charter.cli._output import fail, out, print_json, say
+from charter.errors import CharterError, UsageError
+
+app = typer.Typer(help="Read, verify, export and replay the audit log of runs.", no_args_is_help=True)
+
+RunArg = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _log() -> AuditLog:
+    return AuditLog()
+
+
+def _intent(opened: Opened) -> str:
+    return opened.intent if opened.intent is not None else "(program supplied by caller)"
+
+
+@app.command("list")
+def list_(
+    contract: Annotated[str | None, typer.Option(help="Only runs under this contract (NAME).")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only runs that ended so: completed, refused, program_error, incomplete...")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Only runs opened at or after this ISO date/time (UTC).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Runs in the log, oldest first."""
+    try:
+        runs = [r for r in _log().runs() if _matches(r, contract, status, since)]
+    except CharterError as error:
+        fail(error)
+    if as_json:
+        print_json([_summary(r) for r in runs])
+        return
+    table = Table(show_header=True)
+    for column in ("run", "opened (UTC)", "contract", "principal", "status", "intent"):
+        table.add_column(column)
+    for run in runs:
+        o = run.opened
+        table.add_row(o.run_id[:12], o.at[:19], f"{o.contract}@{o.version}", o.principal, run.status, _intent(o)[:60])
+    out.print(table)
+
+
+def _matches(run: RunRecord, contract: str | None, status: str | None, since: str | None) -> bool:
+    return (
+        (contract is None or run.opened.contract == contract)
+        and (status is None or run.status == status)
+        and (since is None or run.opened.at >= since)
+    )
+
+
+def _summary(run: RunRecord) -> dict[str, Any]:
+    o = run.opened
+    return {
+        "run_id": o.run_id,
+        "opened_at": o.at,
+        "contract": o.contract,
+        "version": o.version,
+        "contract_sha256": o.contract_sha256,
+        "principal": o.principal,
+        "intent": o.intent,
+        "status": run.status,
+    }
+
+
+@app.command()
+def show(run: RunArg, as_json: JsonOption = False) -> None:
+    """The program with line numbers beside the timeline of its receipts and its conclusion."""
+    try:
+        record = _log().run(run)
+    except CharterError as error:
+        fail(error)
+    if as_json:
+        print_json({**_summary(record), "receipts": [json.loads(_encode(r)) for r in record.receipts]})
+        return
+    o = record.opened
+    say(f"run {o.run_id}", "bold")
+    say(f"intent:    {_intent(o)}")
+    say(f"principal: {o.principal} (scopes: {', '.join(o.scopes) or 'none'})")
+    say(f"contract:  {o.contract} {o.version} sha256 {o.contract_sha256[:16]}…")
+    say(f"opened:    {o.at}  clock {o.clock}  seed {o.seed}")
+    program = Text()
+    for number, line in enumerate(o.program.splitlines(), start=1):
+        program.append(f"{number:>3}  ", style="dim")
+        program.append(line + "\n")
+    timeline = Text()
+    for receipt in record.receipts[1:]:
+        line, style = _timeline_line(receipt)
+        timeline.append(line + "\n", style=style)
+    for decision in record.in_doubt():
+        timeline.append(
+            f"call {decision.call} {decision.operation}: OUTCOME UNKNOWN (allowed, no outcome recorded; "
+            "never re-run automatically)\n",
+            style="bold red",
+        )
+    grid = Table(show_header=True, expand=True)
+    grid.add_column("program")
+    grid.add_column("receipts")
+    grid.add_row(program, timeline)
+    out.print(grid)
+    say(f"status: {record.status}", "bold")
+
+
+def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
+    if isinstance(receipt, Decision):
+        head = f"#{receipt.seq} call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        if receipt.decision == "ALLOW":
+            return f"{head} -> ALLOW {receipt.code}", "green"
+        return f"{head} -> DENY {receipt.code}: {receipt.message}", "yellow"
+    if isinstance(receipt, Outcome):
+        if receipt.status == "failed":
+            return f"#{receipt.seq}   outcome: failed {receipt.code}: {receipt.message}", "red"
+        result = receipt.result or ""
+        return f"#{receipt.seq}   outcome: {receipt.status} {result[:160]}", None
+    if isinstance(receipt, Sealed):
+        outcome = json.loads(receipt.outcome)
+        detail = outcome.get("answer") or outcome.get("reason") or outcome.get("error_message") or ""
+        return (
+            f"#{receipt.seq} sealed: {receipt.status}: {detail} ({receipt.calls} calls, {receipt.wall_ms:.1f} ms)",
+            "bold",
+        )
+    return f"#{receipt.seq} {type(receipt).__name__}", None
+
+
+def _encode(value: object) -> str:
+    return msgspec.json.encode(value).decode("utf-8")
+
+
+def _parse_head(head: str | None) -> tuple[int, str] | None:
+    if head is None:
+        return None
+    seq, _, link = head.partition(":")
+    if not seq.isdigit() or len(link) != 64:
+        raise UsageError(f"--head takes LOG_SEQ:LINK as `audit verify` prints it, got {head!r}")
+    return int(seq), link
+
+
+@app.command()
+def verify(
+    run: Annotated[str | None, typer.Argument(help="One run (id or prefix); default: the whole log.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Verify the whole log (the default without RUN).")] = False,
+    bundle: Annotated[Path | None, typer.Option(help="Verify an exported bundle instead of the log.")] = None,
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="Trust only this key file (64 hex digits).")
+    ] = None,
+    every_signature: Annotated[
+        bool, typer.Option("--every-signature", help="Also verify each receipt's own signature (slower).")
+    ] = False,
+    head: Annotated[
+        str | None, typer.Option(help="LOG_SEQ:LINK from an earlier verify; the log must still contain it.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check signatures, hash chains and the head; exit 1 naming every broken record."""
+    try:
+        trusted: PublicKey | None = read_public_key(public_key) if public_key else None
+        if bundle is not None:
+            report = verify_bundle(bundle, trusted)
+        else:
+            log = _log()
+            keys = {trusted.key_id: trusted} if trusted else log.trusted_keys()
+            target = None if all_ else run
+            report = verify_log(
+                log, keys, run_id=target, every_signature=every_signature, expect_head=_parse_head(head)
+            )
+    except CharterError as error:
+        fail(error)
+    _report(report, as_json)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _report(report: Verification, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            {
+                "ok": report.ok,
+                "receipts": report.receipts,
+                "runs": report.runs,
+                "sealed": report.sealed,
+                "signatures_checked": report.signatures_checked,
+                "incomplete": report.incomplete,
+                "in_doubt": [{"run_id": r, "call": c, "operation": o} for r, c, o in report.in_doubt],
+                "head": f"{report.head[0]}:{report.head[1]}" if report.head else None,
+                "findings": [str(f) for f in report.findings],
+            }
+        )
+        return
+    for finding in report.findings:
+        say(f"BROKEN {finding}", "red")
+    for run_id in report.incomplete:
+        say(f"incomplete: run {run_id} was never sealed (the process ended during the run)", "yellow")
+    for run_id, call, operation in report.in_doubt:
+        say(f"in doubt: run {run_id} call {call} {operation} was allowed; its outcome is unknown", "yellow")
+    verdict = "ok" if report.ok else f"FAILED ({len(report.findings)} problems)"
+    say(
+        f"{verdict}: {report.receipts} receipts in {report.runs} runs ({report.sealed} sealed), "
+        f"{report.signatures_checked} signatures checked",
+        "green" if report.ok else "red",
+    )
+    if report.head is not None:
+        say(f"head {report.head[0]}:{report.head[1]}  (keep it; `--head` checks that the log still holds it)")
+
+
+@app.command()
+def export(
+    run: RunArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """The run as a JSONL bundle with the public key, verifiable by anyone without this log."""
+    try:
+        lines = export_run(_log(), run)
+    except CharterError as error:
+        fail(error)
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        out.file.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        say(f"wrote {len(lines) - 1} receipts to {output}")
+
+
+@app.command()
+def replay(run: RunArg, as_json: JsonOption = False) -> None:
+    """Re-run the logged program against its recorded results, clock and seed; compare."""
+    from charter.registry import Registry
+    from charter.replay import replay_run
+    from charter.sandbox import Sandbox
+
+    try:
+        record = _log().run(run)
+        contract = Registry().get(record.opened.contract, record.opened.version)
+        report = replay_run(record, contract, Sandbox(pool_size=0))
+    except (CharterError, ValueError) as error:
+        fail(str(error))
+    if as_json:
+        print_json({"identical": report.identical, **json.loads(_encode(report))})
+    else:
+        say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
+        for divergence in report.divergences:
+            say(f"diverged: {divergence}", "red")
+        same = report.recorded_outcome == report.replayed_outcome
+        say(f"conclusion: {'identical' if same else 'DIFFERENT'}", "green" if same else "red")
+        if not same:
+            say(f"  recorded: {report.recorded_outcome}")
+            say(f"  replayed: {report.replayed_outcome}")
+        say("replay identical" if report.identical else "replay differs", "bold")
+    if not report.identical:
+        raise typer.Exit(1)

@@ -1,0 +1,79 @@
+"""`charter exec`: run a program the caller wrote through sandbox, gate and audit log."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charter.cli._output import fail, print_json, say
+from charter.errors import CharterError
+from charter.principal import Principal
+
+ContractOption = Annotated[
+    str, typer.Option("--contract", "-c", help="The published contract, NAME or NAME@VERSION (latest if no version).")
+]
+PrincipalOption = Annotated[
+    str | None, typer.Option("--principal", "-p", help="Who the run acts for (default: your user name).")
+]
+ScopeOption = Annotated[
+    list[str] | None, typer.Option("--scope", "-s", help="A scope the principal holds; repeat for more.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the conclusion as JSON.")]
+
+EXIT_REFUSED = 2
+EXIT_FAILED = 3
+
+
+def principal_from(principal: str | None, scopes: list[str] | None) -> Principal:
+    return Principal(principal or getpass.getuser(), frozenset(scopes or ()))
+
+
+def execute(
+    program: Annotated[Path, typer.Argument(help="The program file (Python) to run.", dir_okay=False)],
+    contract: ContractOption,
+    principal: PrincipalOption = None,
+    scope: ScopeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run PROGRAM against a published contract and print its conclusion and run id.
+
+    Exit status: 0 done, 2 refused, 3 failed, 1 for a usage error (nothing ran).
+    """
+    from charter.audit import AuditLog
+    from charter.registry import Registry, parse_ref
+    from charter.runner import Runner
+
+    try:
+        text = program.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        fail(f"cannot read the program {program}: {error}")
+    # Bindings name modules (examples.orders.backend); resolve them from where we stand.
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        name, version = parse_ref(contract)
+        compiled = Registry().get(name, version)
+        runner = Runner(audit=AuditLog())
+        execution = runner.execute(text, contract=compiled, principal=principal_from(principal, scope))
+    except CharterError as error:
+        fail(error)
+    if as_json:
+        print_json(
+            {
+                "run_id": execution.run_id,
+                "status": execution.status,
+                "answer": execution.answer,
+                "data": execution.data,
+                "reason": execution.reason,
+            }
+        )
+    else:
+        style = {"done": "green", "refused": "yellow", "failed": "red"}[execution.status]
+        say(execution.text, style)
+        say(f"run {execution.run_id}  (charter audit show {execution.run_id[:12]})")
+    if execution.status != "done":
+        raise typer.Exit(EXIT_REFUSED if execution.status == "refused" else EXIT_FAILED)
