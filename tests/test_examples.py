@@ -48,3 +48,11 @@ def test_demo_runs(charter_home: Path) -> None:
     assert "'cancel' is now also allowed from dispatched" in result.stdout
     assert "order 123: dispatched" in result.stdout
     assert (charter_home / "demo" / "charter.db").is_file()
+    # The governed runs: one allowed cancel, two refusals in the contract's words, a verified refund.
+    assert "answer:   Order 101 is now cancelled." in result.stdout
+    assert "cancel_order DENIED STATE_VIOLATION" in result.stdout
+    assert "Order 123 cannot be cancelled: it is dispatched" in result.stdout
+    assert "refund_order DENIED SEQUENCE_VIOLATION" in result.stdout
+    assert "expected step verify_refund, received step refund_order" in result.stdout
+    assert "Refunded 20.00 on order 125; 40.00 of 319.96 refunded in all." in result.stdout
+    assert "4 runs, 16 signed receipts: intact" in result.stdout

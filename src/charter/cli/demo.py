@@ -1,7 +1,7 @@
-"""`charter demo`: the contract layer end to end, on the example contracts.
+"""`charter demo`: contracts, then governed runs, end to end, on the example contracts.
 
-It works in a scratch registry under .charter/demo so it can run any number of times.
-The sandbox, gate, audit and Runtime Agent steps join this demo as they are built.
+It works in a scratch registry and audit log under .charter/demo so it can run any
+number of times. The Runtime Agent joins this demo when it is built.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from charter.audit import Decision
 from charter.cli._output import say
-from charter.compiler import compile_contract
+from charter.compiler import CompiledContract, compile_contract
 from charter.contract import load_contract
 from charter.errors import ChangeRefused, ContractError
 from charter.registry import Registry, charter_home
@@ -99,9 +100,80 @@ def demo() -> None:
     backend.seed()
     for order in backend.list_orders():
         say(f"order {order['id']}: {order['status']:<10} total {order['total']}")
+
+    _governed_runs(orders, workdir)
+
+
+# What an upstream AI might ask, and the program that asks it. Each runs for real: sandbox,
+# gate (state read through the contract's own read operation), signed receipts.
+_PROGRAMS = [
+    (
+        "Cancel order 101",
+        """order = orders.cancel_order(id=101, reason="The customer changed their mind")
+conclude(f"Order {order.id} is now {order.status}.")
+""",
+    ),
+    (
+        "Cancel order 123",
+        """try:
+    orders.cancel_order(id=123, reason="The customer changed their mind")
+except ContractViolation as refusal:
+    refuse(refusal.reason)
+conclude("Order 123 was cancelled.")
+""",
+    ),
+    (
+        "Refund 20.00 on order 125 (the program skips the verification step)",
+        """from decimal import Decimal
+try:
+    orders.refund_order(id=125, amount=Decimal("20.00"), reason="late")
+except ContractViolation as refusal:
+    refuse(refusal.reason)
+conclude("Refunded.")
+""",
+    ),
+    (
+        "Refund 20.00 on order 125 (verified first)",
+        """from decimal import Decimal
+check = orders.verify_refund(id=125)
+if not check.eligible:
+    refuse(check.explanation)
+order = orders.refund_order(id=125, amount=Decimal("20.00"), reason="late")
+conclude(f"Refunded 20.00 on order {order.id}; {order.refunded} of {order.total} refunded in all.")
+""",
+    ),
+]
+
+
+def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
+    from charter.audit import AuditLog, verify_log
+    from charter.principal import Principal
+    from charter.runner import Runner
+
+    _step("7. Programs run in the sandbox; the gate decides every call against the contract")
+    log = AuditLog(workdir / "audit.db")
+    runner = Runner(audit=log)
+    agent = Principal("support-agent", frozenset({"orders:read", "orders:write", "orders:refund"}))
+    for asked, program in _PROGRAMS:
+        say()
+        say(f"asked:    {asked}", "bold")
+        execution = runner.execute(program, contract=orders, principal=agent, intent=asked)
+        record = log.run(execution.run_id)
+        for receipt in record.receipts:
+            if isinstance(receipt, Decision):
+                verdict = "allowed" if receipt.decision == "ALLOW" else f"DENIED {receipt.code}"
+                say(f"decision: {receipt.operation} {verdict}", "green" if receipt.decision == "ALLOW" else "yellow")
+        say(f"answer:   {execution.text}")
+
+    _step("8. Verify the audit log: signatures, hash chains, head")
+    report = verify_log(log, log.trusted_keys())
+    state = "intact" if report.ok else "BROKEN"
+    say(f"{len(log.run_ids())} runs, {report.receipts} signed receipts: {state}", "green" if report.ok else "red")
+    for finding in report.findings:
+        say(str(finding), "red")
     say()
     say(
-        "Done. The sandbox is built (charter sandbox build, charter bench sandbox); "
-        "next: the gate, audit log and Runtime Agent (see README, Status).",
+        f"Done. Inspect a run: CHARTER_HOME={charter_home()}/demo charter audit show <run>. "
+        "Next: the Runtime Agent writes these programs from intents (see README, Status).",
         "bold",
     )
