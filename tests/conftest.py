@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from charter.audit import AuditLog
+from charter.compiler import CompiledContract, compile_contract
+from charter.contract import load_contract
+from charter.principal import Principal
+from charter.runner import Execution, Runner
+from charter.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_CONTRACT = (ROOT / "tests" / "data" / "base.yaml").read_text(encoding="utf-8")
@@ -54,3 +63,53 @@ def charter(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+# -- governed runs: the real sandbox, the contract gate, a real audit log on SQLite ----------
+
+ALL_ORDER_SCOPES = frozenset({"orders:read", "orders:write", "orders:refund"})
+
+
+@functools.cache
+def compiled(name: str) -> CompiledContract:
+    """An example contract (contracts/<name>.yaml), compiled once per test session."""
+    return compile_contract(load_contract(ROOT / "contracts" / f"{name}.yaml"))
+
+
+@pytest.fixture(scope="session")
+def shared_sandbox() -> Sandbox:
+    return Sandbox(pool_size=2)
+
+
+@dataclass
+class Governed:
+    """Runs programs against one example contract, recording to `log`."""
+
+    runner: Runner
+    log: AuditLog
+    contract: CompiledContract
+
+    def run(
+        self,
+        program: str,
+        *,
+        principal: str = "ada",
+        scopes: frozenset[str] = ALL_ORDER_SCOPES,
+        intent: str | None = None,
+    ) -> Execution:
+        return self.runner.execute(
+            program, contract=self.contract, principal=Principal(principal, scopes), intent=intent
+        )
+
+
+@pytest.fixture
+def governed(charter_home: Path, shared_sandbox: Sandbox) -> Governed:
+    """The orders contract over the example SQLite backend, seeded fresh for this test."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from examples.orders import backend
+
+    backend.seed()
+    log = AuditLog(charter_home / "audit.db")
+    contract = compiled("orders")
+    return Governed(Runner(audit=log, sandbox=shared_sandbox), log, contract)
