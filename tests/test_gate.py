@@ -22,7 +22,7 @@ from charter.compiler import CompiledContract
 from charter.principal import Principal
 from charter.runner import Runner
 from charter.sandbox import Halted
-from tests.conftest import ROOT, Governed, compiled
+from tests.conftest import Governed, compiled
 
 RAW = 'host = conclude.__globals__["host"]\n'  # the raw host import, reached through the runtime
 D = "from decimal import Decimal\n"
@@ -237,7 +237,9 @@ def test_guards_see_the_principal_and_bindings_record_it(governed: Governed) -> 
     assert large.reason is not None
     assert "Invoices over 50,000.00 need the invoices:approve_large scope" in large.reason
     other = runner.execute(
-        'invoices.approve_invoice(number="INV-1001")\nconclude("approved")', contract=contract, principal=Principal("kim", scopes)
+        'invoices.approve_invoice(number="INV-1001")\nconclude("approved")',
+        contract=contract,
+        principal=Principal("kim", scopes),
     )
     assert other.status == "done", other.outcome
     assert invoices.get_invoice(number="INV-1001")["approved_by"] == "kim"
