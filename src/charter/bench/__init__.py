@@ -1,5 +1,6 @@
 """Benchmarks (`charter bench ...`): figures printed and returned as JSON, never timed tests."""
 
+from charter.bench.gate import run_gate_bench
 from charter.bench.sandbox import run_sandbox_bench
 
-__all__ = ["run_sandbox_bench"]
+__all__ = ["run_gate_bench", "run_sandbox_bench"]

@@ -79,3 +79,45 @@ def bench_sandbox(
             ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
         )
     out.print(peers)
+
+
+@bench_app.command("gate")
+def bench_gate(
+    runs: Annotated[int, typer.Option(help="Runs per measurement (45 gated calls each).")] = 40,
+    threads: Annotated[int, typer.Option(help="Threads for the concurrent measurement.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Gated calls per second with durable signed receipts, and audit verification speed."""
+    from charter.bench import run_gate_bench
+
+    results = run_gate_bench(runs, threads)
+    if as_json:
+        print_json(results)
+        return
+    gated, plain = results["gated"], results["passthrough"]
+    table = Table(title="Charter gate and audit log", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("gated calls/s, one run at a time (durable receipts)", f"{gated['sequential_calls_per_s']:,.0f}"),
+        (f"gated calls/s, {threads} runs at once", f"{gated['concurrent_calls_per_s']:,.0f}"),
+        (
+            "pass-through gate calls/s, one run at a time (no rules, no receipts)",
+            f"{plain['sequential_calls_per_s']:,.0f}",
+        ),
+        (f"pass-through gate calls/s, {threads} runs at once", f"{plain['concurrent_calls_per_s']:,.0f}"),
+        ("bare SQLite commits/s, synchronous=FULL", f"{results['sqlite_full_commits_per_s']:,.0f}"),
+        ("verify, receipts/s (links + anchor signatures)", f"{results['verify']['receipts_per_s']:,.0f}"),
+        ("verify --every-signature, receipts/s", f"{results['verify_every_signature']['receipts_per_s']:,.0f}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    share = results["gated_share_of_passthrough"]
+    say(
+        f"gated throughput as a share of pass-through: {share['sequential']:.2f} one at a time, "
+        f"{share['concurrent']:.2f} concurrent"
+    )
+    goals = results["goals"]
+    say(f"goal >= 2,000 durable gated calls/s: {'met' if goals['met_calls'] else 'NOT met'}")
+    say(f"goal >= 20,000 receipts/s verified: {'met' if goals['met_verify'] else 'NOT met'}")
