@@ -46,8 +46,7 @@ class _ReplayGate:
         self.outcomes = {r.call: r for r in record.receipts if isinstance(r, Outcome)}
         self.halted_at = max(self.decisions) if record.sealed and record.sealed.status == "halted" else None
         self.denials = 0
-        table = contract.gate
-        self._checker = ArgumentChecker({n: r.params for n, r in table.operations.items()}, table.records, table.enums)
+        self._checker = ArgumentChecker.for_table(contract.gate)
         self.divergences: list[str] = []
         self.calls = 0
 

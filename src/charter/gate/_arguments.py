@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from charter.compiler.artifact import ParamSpec
+from charter.compiler.artifact import GateTable, ParamSpec
 from charter.contract.types import MONEY_SCALE, TypeRef
 
 __all__ = ["ArgumentChecker", "InvalidArguments"]
@@ -46,6 +46,11 @@ class ArgumentChecker:
                 fields.append((p.name, annotation) if p.required else (p.name, annotation, None))
             self._types[name] = msgspec.defstruct(f"{name}_arguments", fields, forbid_unknown_fields=True)
             self._money[name] = tuple(p.name for p in params if p.type.kind == "money")
+
+    @classmethod
+    def for_table(cls, table: GateTable) -> ArgumentChecker:
+        """A checker for every operation of a compiled contract's gate table."""
+        return cls({name: rule.params for name, rule in table.operations.items()}, table.records, table.enums)
 
     def _python(self, ref: TypeRef) -> Any:
         base: Any

@@ -90,7 +90,7 @@ class ContractGate:
         self.backend = backend
         table = contract.gate
         self._table = table
-        self._checker = ArgumentChecker({n: r.params for n, r in table.operations.items()}, table.records, table.enums)
+        self._checker = ArgumentChecker.for_table(table)
         self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
         for name, rule in table.operations.items():
             self._guards[name] = tuple(

@@ -17,11 +17,7 @@ __all__ = ["PassThroughGate"]
 class PassThroughGate:
     def __init__(self, contract: CompiledContract, backend: Backend) -> None:
         self._backend = backend
-        self._checker = ArgumentChecker(
-            {name: rule.params for name, rule in contract.gate.operations.items()},
-            contract.gate.records,
-            contract.gate.enums,
-        )
+        self._checker = ArgumentChecker.for_table(contract.gate)
         self.blocking = backend.blocking
 
     def call(self, request: CallRequest) -> Any:
