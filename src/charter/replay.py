@@ -8,15 +8,16 @@ program made the same calls with the same arguments and reached the same conclus
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from charter.audit import Decision, Outcome, RunRecord, args_digest
+from charter.audit import Decision, Outcome, RunRecord
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ArgumentChecker, CallRequest, Denied, Encoded, InvalidArguments, OperationFailed, RunHalted
-from charter.gate._contract import halt_message
+from charter.gate._contract import halt_message, recorded_arguments
 from charter.principal import Principal
 from charter.sandbox import RunContext, Sandbox, SandboxLimits, outcome_json
 
@@ -55,12 +56,13 @@ class _ReplayGate:
         return Denied("REPLAY_DIVERGED", f"replay diverged: {message}")
 
     def _digest(self, request: CallRequest) -> str:
-        if request.malformed is not None:
-            return request.malformed.raw_sha256
-        try:
-            return args_digest(self._checker.check(request.operation, request.arguments))[1]
-        except (InvalidArguments, KeyError):
-            return args_digest(request.arguments)[1]
+        """The arguments' hash exactly as the gate recorded it for this call."""
+        checked = None
+        if request.malformed is None:
+            # Arguments that fail the check are recorded as the program sent them.
+            with contextlib.suppress(InvalidArguments, KeyError):
+                checked = self._checker.check(request.operation, request.arguments)
+        return recorded_arguments(request, checked)[1]
 
     def call(self, request: CallRequest) -> Any:
         self.calls += 1
@@ -68,9 +70,10 @@ class _ReplayGate:
         decision = self.decisions.get(n)
         if decision is None:
             raise self._diverge(f"call {n} ({request.operation}) was not made in the recorded run")
-        if request.operation != decision.operation or self._digest(request) != decision.args_sha256:
+        digest = self._digest(request)
+        if request.operation != decision.operation or digest != decision.args_sha256:
             raise self._diverge(
-                f"call {n} is {request.operation} with arguments {self._digest(request)[:12]}…, "
+                f"call {n} is {request.operation} with arguments {digest[:12]}…, "
                 f"the record has {decision.operation} with {decision.args_sha256[:12]}…"
             )
         if decision.decision == "DENY":

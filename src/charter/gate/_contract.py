@@ -44,11 +44,21 @@ from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
 from charter.principal import Principal
 
-__all__ = ["ContractGate", "GateSession", "halt_message"]
+__all__ = ["ContractGate", "GateSession", "halt_message", "recorded_arguments"]
 
 
 def halt_message(denial: str, denials: int) -> str:
     return f"{denial} The run made {denials} denied calls, its limit (limits.max_denials); the gate ended it."
+
+
+def recorded_arguments(request: CallRequest, checked: Mapping[str, Any] | None) -> tuple[str | None, str]:
+    """(canonical JSON or None, sha256) of a call's arguments as its decision receipt records them:
+    the checked values when they validated, else what the program sent."""
+    if request.malformed is not None:
+        return None, request.malformed.raw_sha256
+    if checked is not None:
+        return args_digest(checked)
+    return None, args_digest(request.arguments)[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +103,8 @@ class ContractGate:
         self._checker = ArgumentChecker.for_table(table)
         self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
         for name, rule in table.operations.items():
-            self._guards[name] = tuple(
-                _CompiledGuard(g, cel.compile(g.when), "entity" in cel.compile(g.when).variables()) for g in rule.guards
-            )
+            programs = [(g, cel.compile(g.when)) for g in rule.guards]
+            self._guards[name] = tuple(_CompiledGuard(g, p, "entity" in p.variables()) for g, p in programs)
         self._boundary_text = {b.id: b.text for b in table.boundaries}
 
     def session(self, recorder: RunRecorder, principal: Principal) -> GateSession:
@@ -132,6 +141,7 @@ class GateSession:
         gate = self._gate
         rule = gate._table.operations.get(request.operation) if request.malformed is None else None
         arguments: dict[str, Any] | None = None
+        recorded: tuple[str | None, str] | None = None  # the arguments' canonical JSON and hash
         observed: Observed | None = None
         precondition: Precondition | None = None
         idempotency_key: str | None = None
@@ -144,13 +154,14 @@ class GateSession:
                 message = f"contract {contract.name} {contract.version} has no operation {request.operation!r}"
                 raise _Refusal(_Verdict("UNKNOWN_OPERATION", message))
             arguments = self._arguments(rule, request.arguments)
+            recorded = recorded_arguments(request, arguments)
             self._static_checks(rule, arguments)
-            idempotency_key = self._idempotency_key(request, rule, arguments)
-            replayed = self._replay_check(rule, idempotency_key, arguments)
-            entity = None
-            if replayed is None and self._needs_entity(rule):
-                entity, observed, precondition = self._read_entity(request, rule, arguments)
+            idempotency_key = self._idempotency_key(request, rule, arguments, recorded[1])
+            replayed = self._replay_check(rule, idempotency_key, arguments, recorded[1])
             if replayed is None:
+                entity = None
+                if self._needs_entity(rule):
+                    entity, observed, precondition = self._read_entity(request, rule, arguments)
                 self._state_checks(rule, arguments, entity)
             verdict = _OK if replayed is None else _REPLAYED
         except _Refusal as refusal:
@@ -159,7 +170,9 @@ class GateSession:
             message = f"{request.operation} refused: the gate failed ({type(error).__name__}: {error})"
             verdict = _Verdict("GATE_ERROR", message)
 
-        self._record_decision(request, arguments, verdict, observed, idempotency_key)
+        self._record_decision(
+            request, recorded or recorded_arguments(request, None), verdict, observed, idempotency_key
+        )
 
         if not verdict.allowed:
             self._state.denials += 1
@@ -169,12 +182,13 @@ class GateSession:
             raise Denied(verdict.code, verdict.message, boundary=verdict.boundary)
         assert rule is not None
         assert arguments is not None
+        assert recorded is not None
         if replayed is not None:
             self._record_outcome(request, "replayed", reply=replayed)
             return Encoded(replayed)
         if rule.kind == "write":
             self._state.writes += 1
-        return self._act(request, rule, arguments, precondition, idempotency_key)
+        return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
 
     # -- checks ----------------------------------------------------------------------
 
@@ -242,21 +256,23 @@ class GateSession:
             return _key_json(arguments.get(rule.key)) in done
         return bool(done)
 
-    def _idempotency_key(self, request: CallRequest, rule: OperationRule, arguments: Mapping[str, Any]) -> str | None:
+    def _idempotency_key(
+        self, request: CallRequest, rule: OperationRule, arguments: Mapping[str, Any], args_hash: str
+    ) -> str | None:
         if rule.kind != "write":
             return None
         # One write per operation and entity per run; a create is identified by its arguments.
-        target = _key_json(arguments[rule.key]) if rule.key else args_digest(arguments)[1]
+        target = _key_json(arguments[rule.key]) if rule.key else args_hash
         return hashlib.sha256(f"{request.run_id}\x1f{rule.name}\x1f{target}".encode()).hexdigest()[:32]
 
     def _replay_check(
-        self, rule: OperationRule, idempotency_key: str | None, arguments: Mapping[str, Any]
+        self, rule: OperationRule, idempotency_key: str | None, arguments: Mapping[str, Any], args_hash: str
     ) -> str | None:
         """The first reply if this exact write already ran in the run; REPLAY if it ran otherwise."""
         if idempotency_key is None or idempotency_key not in self._state.writes_made:
             return None
         first_args, first_reply = self._state.writes_made[idempotency_key]
-        if args_digest(arguments)[1] == first_args:
+        if args_hash == first_args:
             return first_reply
         message = (
             f"{rule.name}{self._target(rule, arguments)} refused: this run already made this write "
@@ -278,16 +294,8 @@ class GateSession:
         reader = self._gate._table.operations[rule.reader]
         assert reader.key is not None
         key = arguments[rule.key]
-        context = CallContext(
-            run_id=request.run_id,
-            call=request.sequence,
-            principal=self._principal,
-            idempotency_key=None,
-            precondition=None,
-            deadline=request.deadline,
-        )
         try:
-            entity = self._gate.backend.invoke(reader.name, {reader.key: key}, context)
+            entity = self._gate.backend.invoke(reader.name, {reader.key: key}, self._context(request))
         except LookupError as error:
             raise _Refusal(
                 _Verdict("NOT_FOUND", f"{rule.name} refused: {rule.entity} {key} was not found ({error}).")
@@ -362,17 +370,11 @@ class GateSession:
         request: CallRequest,
         rule: OperationRule,
         arguments: dict[str, Any],
+        args_hash: str,
         precondition: Precondition | None,
         idempotency_key: str | None,
     ) -> Encoded:
-        context = CallContext(
-            run_id=request.run_id,
-            call=request.sequence,
-            principal=self._principal,
-            idempotency_key=idempotency_key,
-            precondition=precondition,
-            deadline=request.deadline,
-        )
+        context = self._context(request, idempotency_key=idempotency_key, precondition=precondition)
         try:
             reply = encode_reply(self._gate.backend.invoke(rule.name, arguments, context))
         except PreconditionFailed as error:
@@ -390,24 +392,31 @@ class GateSession:
         key = _key_json(arguments.get(rule.key)) if rule.key else ""
         self._state.succeeded.setdefault(rule.name, set()).add(key)
         if idempotency_key is not None:
-            self._state.writes_made[idempotency_key] = (args_digest(arguments)[1], reply)
+            self._state.writes_made[idempotency_key] = (args_hash, reply)
         return Encoded(reply)
+
+    def _context(
+        self, request: CallRequest, *, idempotency_key: str | None = None, precondition: Precondition | None = None
+    ) -> CallContext:
+        return CallContext(
+            run_id=request.run_id,
+            call=request.sequence,
+            principal=self._principal,
+            idempotency_key=idempotency_key,
+            precondition=precondition,
+            deadline=request.deadline,
+        )
 
     def _record_decision(
         self,
         request: CallRequest,
-        arguments: dict[str, Any] | None,
+        recorded: tuple[str | None, str],
         verdict: _Verdict,
         observed: Observed | None,
         idempotency_key: str | None,
     ) -> None:
         contract = self._gate.contract
-        if arguments is not None:
-            text, digest = args_digest(arguments)
-            shown: str | None = text
-        else:
-            shown = None
-            digest = request.malformed.raw_sha256 if request.malformed else args_digest(request.arguments)[1]
+        shown, digest = recorded
         decision = Decision(
             run_id=request.run_id,
             seq=0,
