@@ -38,6 +38,7 @@ from charter.audit.receipts import (
     Sealed,
     StoredReceipt,
     canonical,
+    decode_body,
     kind_of,
     link_of,
 )
@@ -356,7 +357,7 @@ class AuditLog:
         opened: dict[str, Opened] = {}
         sealed: dict[str, Sealed] = {}
         for (body,) in rows:
-            receipt = StoredReceipt(0, "", 0, "", body, b"", "").decoded()
+            receipt = decode_body(body)
             if isinstance(receipt, Opened):
                 opened[receipt.run_id] = receipt
             elif isinstance(receipt, Sealed):

@@ -65,6 +65,7 @@ class _RunTrack:
     next_seq: int
     last_link: str
     last_row: StoredReceipt
+    last_key_id: str
     sealed: bool = False
     allowed: dict[int, str] = field(default_factory=dict)
     answered: set[int] = field(default_factory=set)
@@ -93,6 +94,7 @@ def verify_receipts(
     runs: dict[str, _RunTrack] = {}
     nonces: dict[str, int] = {}
     previous: StoredReceipt | None = None
+    previous_key_id: str | None = None  # the signing key its body names, if it decoded
     seen_expected_head = expect_head is None
 
     def find(row: StoredReceipt, problem: str) -> None:
@@ -112,15 +114,15 @@ def verify_receipts(
             seen_expected_head = True
         if not isinstance(row.body, bytes) or not isinstance(row.signature, bytes):
             find(row, "its body or signature is stored as text, not as the signed bytes: it was altered")
-            previous = row
+            previous, previous_key_id = row, None
             continue
         if link_of(row.body, row.signature) != row.link:
             find(row, "its stored link is not sha256(body || signature): the body, signature or link was altered")
         try:
-            body = StoredReceipt.decoded(row)
+            body = row.decoded()
         except (msgspec.ValidationError, msgspec.DecodeError) as error:
             find(row, f"its body is not a valid receipt ({error}): it was altered")
-            previous = row
+            previous, previous_key_id = row, None
             continue
         stated = {"log_seq": body.log_seq, "run_id": body.run_id, "seq": body.seq, "kind": kind_of(body)}
         for column in _COLUMNS:
@@ -147,12 +149,12 @@ def verify_receipts(
             before = neighbour(row.log_seq - 1)
             if before is None or before.link != body.log_prev:
                 find(row, "its log_prev link does not name the log's previous receipt")
-        previous = row
+        previous, previous_key_id = row, body.key_id
 
         track = runs.get(body.run_id)
         if track is None:
             report.runs += 1
-            track = runs[body.run_id] = _RunTrack(next_seq=0, last_link="", last_row=row)
+            track = runs[body.run_id] = _RunTrack(next_seq=0, last_link="", last_row=row, last_key_id=body.key_id)
             if not isinstance(body, Opened):
                 find(row, "the run has no opening receipt before this one: it was deleted")
                 track.next_seq = body.seq
@@ -170,6 +172,7 @@ def verify_receipts(
         track.next_seq = body.seq + 1
         track.last_link = row.link
         track.last_row = row
+        track.last_key_id = body.key_id
 
         if isinstance(body, Opened):
             if hashlib.sha256(body.program.encode("utf-8")).hexdigest() != body.program_sha256:
@@ -191,14 +194,10 @@ def verify_receipts(
                 find(row, f"the seal counts {body.receipts} receipts before it, the run has {body.seq}")
 
     if not every_signature:
-        anchors = {id(t.last_row): t.last_row for t in runs.values()}
-        if previous is not None:
-            anchors[id(previous)] = previous
-        for row in anchors.values():
-            try:
-                key_id = StoredReceipt.decoded(row).key_id
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                continue  # already reported
+        anchors = {id(t.last_row): (t.last_row, t.last_key_id) for t in runs.values()}
+        if previous is not None and previous_key_id is not None:  # an undecodable head is already reported
+            anchors[id(previous)] = (previous, previous_key_id)
+        for row, key_id in anchors.values():
             check_signature(row, key_id)
 
     for run_id, track in runs.items():
