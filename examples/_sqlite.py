@@ -1,10 +1,15 @@
-"""What both example backends share: a SQLite file located by an environment variable."""
+"""What both example backends share: a SQLite file located by an environment variable,
+and the check that ties a write to the state Charter's gate decided on."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from charter.backends import CallContext
 
 
 def database_path(env_var: str, default_name: str) -> Path:
@@ -30,3 +35,9 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The backend refused a change because the entity is not in a state that allows it."""
+
+
+def check_precondition(charter: CallContext | None, current: Mapping[str, Any]) -> None:
+    """Call inside the write's transaction: the entity must still be what the gate decided on."""
+    if charter is not None and charter.precondition is not None:
+        charter.precondition.check(current)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.backends import CallContext
-from examples._sqlite import Conflict, NotFound, connect, database_path
+from examples._sqlite import Conflict, NotFound, check_precondition, connect, database_path
 
 __all__ = [
     "approve_invoice",
@@ -123,8 +123,7 @@ def _transition(
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
         row = _fetch(db, number)
-        if charter is not None and charter.precondition is not None:
-            charter.precondition.check(_record(row))
+        check_precondition(charter, _record(row))
         if row["state"] not in allowed:
             raise Conflict(f"invoice {number} is {row['state']}; cannot move it to {to}")
         db.execute("UPDATE invoices SET state = ? WHERE number = ?", (to, number))

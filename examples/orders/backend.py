@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.backends import CallContext
-from examples._sqlite import Conflict, NotFound, connect, database_path
+from examples._sqlite import Conflict, NotFound, check_precondition, connect, database_path
 
 __all__ = [
     "cancel_order",
@@ -126,19 +126,13 @@ def list_orders(*, status: str | None = None, customer: str | None = None) -> li
         return [_record(r) for r in rows]
 
 
-def _check(row: sqlite3.Row, charter: CallContext | None) -> None:
-    # Inside the write's transaction: the order must still be what the gate decided on.
-    if charter is not None and charter.precondition is not None:
-        charter.precondition.check(_record(row))
-
-
 def _transition(
     order_id: int, allowed: tuple[str, ...], to: str, charter: CallContext | None, note: str | None = None
 ) -> dict[str, Any]:
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
         row = _fetch(db, order_id)
-        _check(row, charter)
+        check_precondition(charter, _record(row))
         if row["status"] not in allowed:
             raise Conflict(f"order {order_id} is {row['status']}; cannot move it to {to}")
         db.execute(
@@ -177,7 +171,7 @@ def refund_order(*, id: int, amount: Decimal, reason: str, charter: CallContext 
     with _db() as db:
         db.execute("BEGIN IMMEDIATE")
         row = _fetch(db, id)
-        _check(row, charter)
+        check_precondition(charter, _record(row))
         refunded = Decimal(row["refunded"]) + Decimal(amount)
         if refunded > Decimal(row["total"]):
             raise Conflict(f"refunding {amount} would exceed the total of order {id}")
