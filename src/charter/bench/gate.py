@@ -10,8 +10,6 @@ commit rate with synchronous=FULL, the ceiling for one-commit-per-receipt design
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import os
 import sqlite3
 import tempfile
@@ -22,6 +20,7 @@ from typing import Any
 
 from charter.audit import AuditLog, verify_log
 from charter.backends import InMemoryBackend
+from charter.bench.sandbox import ORDER
 from charter.compiler import compile_contract
 from charter.contract.checker import load_contract
 from charter.gate import PassThroughGate
@@ -38,16 +37,7 @@ _CALLS_PER_RUN = _READS + 1
 
 
 def _order(id: int) -> dict[str, Any]:
-    return {
-        "id": id,
-        "customer": "acme",
-        "items": [],
-        "total": decimal.Decimal("20.00"),
-        "refunded": decimal.Decimal("0.00"),
-        "placed_at": datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
-        "note": None,
-        "status": "pending",
-    }
+    return {**ORDER, "id": id, "status": "pending"}
 
 
 def _backend() -> InMemoryBackend:
