@@ -95,12 +95,18 @@ def test_stub_docstrings_carry_lifecycle_and_boundaries() -> None:
     assert "Never refund more than the order total" in refund
 
 
-def test_prompt_context_has_tables_boundaries_and_signatures() -> None:
+def test_prompt_context_states_each_rule_once_in_few_words() -> None:
     prompt = _compile("orders").prompt_context
-    assert "| cancel | pending, confirmed | cancelled |" in prompt
+    assert "OrderStatus (lifecycle of Order.status): pending, confirmed, picking" in prompt
     boundaries = prompt[prompt.index("## HARD BOUNDARIES") : prompt.index("## Operations")]
     assert "- Never cancel an order in picking, packed, or dispatched state." in boundaries
-    assert "`refund_order(id: int, amount: money, reason: RefundReason) -> Order`" in prompt
+    operations = prompt[prompt.index("## Operations") :]
+    cancel = "cancel_order(id: int, reason: str) -> Order [write pending|confirmed -> cancelled]"
+    assert cancel in operations
+    assert "refund_order(id: int, amount: money, reason: RefundReason) -> Order [write, after verify_refund]" in operations
+    # A guard that enforces a hard boundary is said once, as the boundary.
+    assert "Refunds of an order may not add up to more than its total." not in prompt
+    assert "A refund amount must be positive." in operations
 
 
 def test_gate_table_carries_rules_with_their_boundaries() -> None:

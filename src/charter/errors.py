@@ -7,7 +7,11 @@
     │   │   ├── ContractNotFound
     │   │   ├── VersionConflict     same version with other content, or not newer than the latest
     │   │   └── ChangeRefused       a breaking change without a major bump, or an unapproved relaxation
-    │   └── RunNotFound         no run in the audit log has that id
+    │   ├── RunNotFound         no run in the audit log has that id
+    │   ├── MissingApiKey       the Runtime Agent needs ANTHROPIC_API_KEY (or a model given in code)
+    │   └── ModelRequestsBlocked    real model requests are switched off (tests)
+    ├── ModelUnavailable        the model gave no answer, after bounded retries (a run ends failed)
+    │   └── ScriptExhausted     a ScriptedModel was asked more often than it has answers
     └── AuditError              the audit log could not be written or read (a run fails closed)
 
 Usage errors are kept apart from run outcomes (denied, timed out, failed), which are
@@ -25,9 +29,13 @@ __all__ = [
     "CharterError",
     "ContractError",
     "ContractNotFound",
+    "MissingApiKey",
+    "ModelRequestsBlocked",
+    "ModelUnavailable",
     "Problem",
     "RegistryError",
     "RunNotFound",
+    "ScriptExhausted",
     "UsageError",
     "VersionConflict",
 ]
@@ -91,3 +99,27 @@ class RunNotFound(UsageError):
 
 class AuditError(CharterError):
     """The audit log could not be written or read. A gate that cannot write its receipt denies."""
+
+
+class MissingApiKey(UsageError):
+    """The Runtime Agent was asked to use Claude but ANTHROPIC_API_KEY is not set."""
+
+
+class ModelRequestsBlocked(UsageError):
+    """A real model request was attempted while CHARTER_ALLOW_MODEL_REQUESTS=0 (as in tests)."""
+
+
+class ModelUnavailable(CharterError):
+    """The model gave no usable answer: the API failed past its retries, or refused the request.
+
+    `tries` counts the HTTP requests made. The Runtime Agent turns this into a `failed`
+    conclusion; nothing reaches the backend from a request that never got a program.
+    """
+
+    def __init__(self, message: str, *, tries: int) -> None:
+        super().__init__(message)
+        self.tries = tries
+
+
+class ScriptExhausted(ModelUnavailable):
+    """A ScriptedModel was asked for more answers than its script holds."""

@@ -14,14 +14,14 @@ from typing import Any
 
 import msgspec
 
-from charter.audit import Decision, Outcome, RunRecord
+from charter.audit import Attempted, Decision, Opened, Outcome, RunRecord, Sealed
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ArgumentChecker, CallRequest, Denied, Encoded, InvalidArguments, OperationFailed, RunHalted
 from charter.gate._contract import halt_message, recorded_arguments
 from charter.principal import Principal
 from charter.sandbox import RunContext, Sandbox, SandboxLimits, outcome_json
 
-__all__ = ["ReplayReport", "replay_run"]
+__all__ = ["ReplayReport", "program_runs_of", "replay_run"]
 
 
 class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +93,9 @@ class _ReplayGate:
 def replay_run(record: RunRecord, contract: CompiledContract, sandbox: Sandbox) -> ReplayReport:
     """Re-run `record`'s program against its own receipts. `contract` must be the pinned version."""
     opened = record.opened
+    if not isinstance(opened, Opened):
+        runs = ", ".join(program_runs_of(record)) or "none"
+        raise ValueError(f"run {opened.run_id} answers an intent; replay its program runs instead: {runs}")
     if contract.sha256 != opened.contract_sha256:
         raise ValueError(
             f"run {opened.run_id} ran under {opened.contract} {opened.version} sha256 {opened.contract_sha256[:12]}, "
@@ -115,6 +118,11 @@ def replay_run(record: RunRecord, contract: CompiledContract, sandbox: Sandbox) 
         recorded_calls=len(gate.decisions),
         replayed_calls=gate.calls,
         divergences=tuple(divergences),
-        recorded_outcome=record.sealed.outcome if record.sealed else None,
+        recorded_outcome=record.sealed.outcome if isinstance(record.sealed, Sealed) else None,
         replayed_outcome=outcome_json(outcome),
     )
+
+
+def program_runs_of(record: RunRecord) -> list[str]:
+    """The program runs an intent run's attempts started, in order."""
+    return [r.program_run for r in record.receipts if isinstance(r, Attempted) and r.program_run is not None]

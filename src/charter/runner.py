@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from charter.audit import AuditLog, Opened, Sealed, now_iso
+from charter.audit import AuditLog, Decision, Opened, Sealed, now_iso
+from charter.audit import Outcome as CallOutcome
 from charter.audit.store import host_identity
 from charter.backends import Backend, PythonBackend
 from charter.compiler.artifact import CompiledContract
@@ -34,24 +35,31 @@ from charter.sandbox import (
     outcome_json,
 )
 
-__all__ = ["Execution", "Runner", "conclusion_of"]
+__all__ = ["Answer", "Execution", "Runner", "Status", "conclusion_of"]
 
 Status = Literal["done", "refused", "failed"]
 
 
-class Execution(msgspec.Struct, frozen=True, kw_only=True):
+class Answer(msgspec.Struct, frozen=True, kw_only=True):
     """What a caller gets back: the conclusion and the run id to look it up by."""
 
     run_id: str
     status: Status
-    answer: str | None = None  # the program's conclusion when done
+    answer: str | None = None  # the conclusion when done
     data: Any = None
     reason: str | None = None  # why, when refused or failed
-    outcome: Outcome  # the sandbox's full account, for engineers
 
     @property
     def text(self) -> str:
         return self.answer if self.status == "done" and self.answer is not None else f"{self.status}: {self.reason}"
+
+
+class Execution(Answer, frozen=True, kw_only=True):
+    """One program run's answer, with the sandbox's full account for engineers."""
+
+    outcome: Outcome
+    calls: tuple[Decision | CallOutcome, ...] = ()  # the run's decision and outcome receipts, in order
+    in_doubt: tuple[int, ...] = ()  # allowed calls whose outcome was never learned
 
 
 def conclusion_of(outcome: Outcome) -> tuple[Status, str | None, Any, str | None]:
@@ -96,10 +104,17 @@ class Runner:
         principal: Principal,
         intent: str | None = None,
         limits: SandboxLimits | None = None,
+        parent: str | None = None,
+        attempt: int | None = None,
+        run_id: str | None = None,
+        writes_closed: str | None = None,
     ) -> Execution:
+        """Run `program` once. `parent`/`attempt` name the intent run it answers, `run_id`
+        a run id chosen beforehand (the agent records it before the run), `writes_closed`
+        why every write of this run is to be denied."""
         gate = self.gate_for(contract)
         limits = limits or SandboxLimits.from_contract(contract.gate.limits)
-        context = RunContext(principal=principal)
+        context = RunContext(principal=principal) if run_id is None else RunContext(principal=principal, run_id=run_id)
         host, pid = host_identity()
         opened = Opened(
             run_id=context.run_id,
@@ -118,14 +133,25 @@ class Runner:
             limits=dataclasses.asdict(limits),
             host=host,
             pid=pid,
+            parent=parent,
+            attempt=attempt,
         )
         recorder = self.audit.open_run(opened)
-        outcome = self.sandbox.run(
-            program, contract=contract, gate=gate.session(recorder, principal), context=context, limits=limits
-        )
-        recorder.seal(sealed_receipt(context.run_id, outcome))
+        session = gate.session(recorder, principal, writes_closed=writes_closed)
+        outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
+        sealed = recorder.seal(sealed_receipt(context.run_id, outcome))
         status, answer, data, reason = conclusion_of(outcome)
-        return Execution(run_id=context.run_id, status=status, answer=answer, data=data, reason=reason, outcome=outcome)
+        calls = tuple(r for r in recorder.written if isinstance(r, Decision | Outcome))
+        return Execution(
+            run_id=context.run_id,
+            status=status,
+            answer=answer,
+            data=data,
+            reason=reason,
+            outcome=outcome,
+            calls=calls,
+            in_doubt=sealed.in_doubt,
+        )
 
 
 def sealed_receipt(run_id: str, outcome: Outcome) -> Sealed:

@@ -10,6 +10,9 @@ See `receipts` for what a receipt holds and `verify` for what verification check
 from charter.audit.export import BUNDLE_FORMAT, export_run, verify_bundle, verify_log
 from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
+    Asked,
+    Attempted,
+    Concluded,
     Decision,
     Observed,
     Opened,
@@ -25,7 +28,10 @@ from charter.audit.verify import Finding, Verification, verify_receipts
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "Asked",
+    "Attempted",
     "AuditLog",
+    "Concluded",
     "Decision",
     "Finding",
     "Observed",

@@ -1,11 +1,19 @@
 """Receipts: the signed, hash-chained records a run leaves behind.
 
-A run writes, in order:
+A program run writes, in order:
 
     Opened     the program, its intent, principal, pinned contract, clock and seed
     Decision   one per proxy call, ALLOW or DENY, committed before any action
     Outcome    what an allowed action did (or that it failed)
     Sealed     how the run ended; no receipt of the run may follow it
+
+An intent run (the Runtime Agent answering one request) writes:
+
+    Asked      the intent, principal, pinned contract and model settings
+    Attempted  one per model answer: model, prompt hashes, usage, the raw response, the
+               program and its static check; written before that program runs, as a
+               program run of its own (named in `program_run`, whose Opened names this run)
+    Concluded  the conclusion the caller got; no receipt of the run may follow it
 
 Every receipt body is canonical JSON (msgspec encodes struct fields in declaration
 order) and is signed with Ed25519. Its *link* is sha256(body || signature). Each body
@@ -24,9 +32,14 @@ import msgspec
 __all__ = [
     "ALLOW",
     "DENY",
+    "Asked",
+    "Attempted",
+    "Closing",
+    "Concluded",
     "Decision",
     "Observed",
     "Opened",
+    "Opening",
     "Outcome",
     "Receipt",
     "Sealed",
@@ -66,6 +79,8 @@ class Opened(_Body, frozen=True, kw_only=True, tag="open"):
     limits: dict[str, Any]
     host: str
     pid: int
+    parent: str | None = None  # the intent run whose attempt this program is
+    attempt: int | None = None
 
 
 class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -116,7 +131,51 @@ class Sealed(_Body, frozen=True, kw_only=True, tag="seal"):
     in_doubt: tuple[int, ...]  # allowed calls whose outcome was never learned
 
 
-Receipt = Opened | Decision | Outcome | Sealed
+class Asked(_Body, frozen=True, kw_only=True, tag="ask"):
+    intent: str
+    principal: str
+    scopes: tuple[str, ...]
+    contract: str
+    version: str
+    contract_sha256: str
+    model: str  # the model asked for; each attempt names the model that answered
+    settings: dict[str, Any]  # max tokens, repair rounds, retries, timeouts
+    host: str
+    pid: int
+
+
+class Attempted(_Body, frozen=True, kw_only=True, tag="attempt"):
+    attempt: int  # from 1
+    model: str
+    prompt_sha256: str  # of the whole request as sent: model, max tokens, system blocks, messages
+    contract_block_sha256: str  # of the cached contract block alone: the same for every request
+    usage: dict[str, int] | None  # token counts as the API reported them
+    stop_reason: str | None
+    request_id: str | None
+    response: str | None  # the API's response body, verbatim
+    api_error: str | None  # why there is no response, after bounded retries
+    api_tries: int  # HTTP requests made for this answer, retries included
+    program: str | None  # the program found in the response
+    program_sha256: str | None
+    check: tuple[str, ...]  # the static check's findings; () when it passed
+    program_run: str | None  # the run the program runs as, when it passed the check
+    writes_closed: str | None  # why this attempt's program may only read
+
+
+class Concluded(_Body, frozen=True, kw_only=True, tag="conclude"):
+    status: Literal["done", "refused", "failed"]
+    answer: str | None
+    data: str | None  # JSON
+    reason: str | None
+    attempts: tuple[str, ...]  # how each attempt ended: check_failed, api_error, or its run's status
+    program_runs: tuple[str, ...]
+    usage: dict[str, int]  # token counts over all attempts
+    receipts: int  # receipts of the run before this one
+
+
+Receipt = Opened | Decision | Outcome | Sealed | Asked | Attempted | Concluded
+Opening = Opened | Asked
+Closing = Sealed | Concluded
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Receipt] = msgspec.json.Decoder(Receipt)
@@ -124,7 +183,7 @@ _sorted_encoder = msgspec.json.Encoder(decimal_format="string", order="sorted")
 
 
 def kind_of(receipt: Receipt) -> str:
-    """The receipt's tag: open, decision, outcome or seal."""
+    """The receipt's tag: open, decision, outcome, seal, ask, attempt or conclude."""
     return str(receipt.__struct_config__.tag)
 
 

@@ -31,8 +31,13 @@ import msgspec
 from charter._paths import charter_home
 from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
+    Asked,
+    Attempted,
+    Closing,
+    Concluded,
     Decision,
     Opened,
+    Opening,
     Outcome,
     Receipt,
     Sealed,
@@ -168,9 +173,13 @@ class _Writer:
 
 
 class RunRecorder:
-    """Writes one run's receipts in order. Made by `AuditLog.open_run`."""
+    """Writes one run's receipts in order. Made by `AuditLog.open_run`.
 
-    def __init__(self, writer: _Writer, opened: Opened) -> None:
+    A program run records decisions and outcomes and ends with `seal`; an intent run
+    records attempts and ends with `conclude`.
+    """
+
+    def __init__(self, writer: _Writer, opened: Opening) -> None:
         self.run_id = opened.run_id
         self.opened = opened
         self.last_link = ""  # set by the writer thread after each commit
@@ -179,7 +188,8 @@ class RunRecorder:
         self._next_seq = 0
         self._pending: list[tuple[RunRecorder, Receipt]] = []
         self._awaiting_outcome: dict[int, str] = {}  # call -> operation
-        self.sealed: Sealed | None = None
+        self.sealed: Closing | None = None
+        self.written: list[Receipt] = []  # this run's receipts in order, as handed to the writer
         self._append(opened, durable=True)
 
     def _append(self, draft: Receipt, *, durable: bool) -> None:
@@ -188,11 +198,12 @@ class RunRecorder:
                 raise AuditError(f"run {self.run_id} is sealed; no receipt may follow its seal")
             receipt = msgspec.structs.replace(draft, run_id=self.run_id, seq=self._next_seq)
             self._next_seq += 1
+            self.written.append(receipt)
             self._pending.append((self, receipt))
             if not durable:
                 return
             items, self._pending = self._pending, []
-            if isinstance(receipt, Sealed):
+            if isinstance(receipt, Sealed | Concluded):
                 self.sealed = receipt
             # Waiting under the lock keeps a late outcome from slipping in between.
             self._writer.submit(items, wait=True)
@@ -218,17 +229,29 @@ class RunRecorder:
             receipts = self._next_seq
         final = msgspec.structs.replace(sealed, in_doubt=in_doubt, receipts=receipts)
         self._append(final, durable=True)
-        assert self.sealed is not None
+        assert isinstance(self.sealed, Sealed)
+        return self.sealed
+
+    def attempt(self, attempted: Attempted) -> None:
+        """Durable when it returns: the attempt's program may run after that."""
+        self._append(attempted, durable=True)
+
+    def conclude(self, concluded: Concluded) -> Concluded:
+        with self._lock:
+            receipts = self._next_seq
+        self._append(msgspec.structs.replace(concluded, receipts=receipts), durable=True)
+        assert isinstance(self.sealed, Concluded)
         return self.sealed
 
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """One run as the log holds it, receipts decoded, in order."""
+    """One run as the log holds it, receipts decoded, in order: a program run (opened by
+    Opened, sealed by Sealed) or an intent run (Asked ... Concluded)."""
 
-    opened: Opened
+    opened: Opening
     receipts: tuple[Receipt, ...]
-    sealed: Sealed | None
+    sealed: Closing | None
 
     @property
     def run_id(self) -> str:
@@ -276,7 +299,7 @@ class AuditLog:
                 self._writer = _Writer(self.path, key)
             return self._writer
 
-    def open_run(self, opened: Opened) -> RunRecorder:
+    def open_run(self, opened: Opening) -> RunRecorder:
         """Durably records the run's opening; the program may run once this returns."""
         return RunRecorder(self._ensure_writer(), opened)
 
@@ -328,14 +351,16 @@ class AuditLog:
 
     def run_ids(self) -> list[str]:
         with self._connection() as connection:
-            rows = connection.execute("SELECT run_id FROM receipts WHERE kind = 'open' ORDER BY log_seq").fetchall()
+            rows = connection.execute(
+                "SELECT run_id FROM receipts WHERE kind IN ('open', 'ask') ORDER BY log_seq"
+            ).fetchall()
         return [r[0] for r in rows]
 
     def resolve(self, prefix: str) -> str:
         """A run id from a unique prefix of it (as `audit list` shows them)."""
         with self._connection() as connection:
             rows = connection.execute(
-                "SELECT run_id FROM receipts WHERE kind = 'open' AND run_id LIKE ? || '%' LIMIT 2",
+                "SELECT run_id FROM receipts WHERE kind IN ('open', 'ask') AND run_id LIKE ? || '%' LIMIT 2",
                 (prefix.replace("%", "").replace("_", ""),),
             ).fetchall()
         if not rows or not prefix:
@@ -352,25 +377,26 @@ class AuditLog:
         """Every run's opening and seal, oldest first (decisions and outcomes left out)."""
         with self._connection() as connection:
             rows = connection.execute(
-                "SELECT body FROM receipts WHERE kind IN ('open', 'seal') ORDER BY log_seq"
+                "SELECT body FROM receipts WHERE kind IN ('open', 'seal', 'ask', 'conclude') ORDER BY log_seq"
             ).fetchall()
-        opened: dict[str, Opened] = {}
-        sealed: dict[str, Sealed] = {}
+        opened: dict[str, Opening] = {}
+        sealed: dict[str, Closing] = {}
         for (body,) in rows:
             receipt = decode_body(body)
-            if isinstance(receipt, Opened):
+            if isinstance(receipt, Opened | Asked):
                 opened[receipt.run_id] = receipt
-            elif isinstance(receipt, Sealed):
+            elif isinstance(receipt, Sealed | Concluded):
                 sealed[receipt.run_id] = receipt
         return [RunRecord(opened=o, receipts=(), sealed=sealed.get(rid)) for rid, o in opened.items()]
 
 
 def _record(receipts: Sequence[Receipt]) -> RunRecord:
     opened = receipts[0]
-    if not isinstance(opened, Opened):
+    if not isinstance(opened, Opened | Asked):
         raise AuditError(f"run {opened.run_id} does not start with its opening receipt; run `charter audit verify`")
     last = receipts[-1]
-    return RunRecord(opened=opened, receipts=tuple(receipts), sealed=last if isinstance(last, Sealed) else None)
+    sealed = last if isinstance(last, Sealed | Concluded) else None
+    return RunRecord(opened=opened, receipts=tuple(receipts), sealed=sealed)
 
 
 def host_identity() -> tuple[str, int]:

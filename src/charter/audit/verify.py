@@ -26,7 +26,18 @@ from dataclasses import dataclass, field
 import msgspec
 
 from charter.audit.keys import PublicKey
-from charter.audit.receipts import Decision, Opened, Outcome, Sealed, StoredReceipt, kind_of, link_of
+from charter.audit.receipts import (
+    Asked,
+    Attempted,
+    Concluded,
+    Decision,
+    Opened,
+    Outcome,
+    Sealed,
+    StoredReceipt,
+    kind_of,
+    link_of,
+)
 
 __all__ = ["Finding", "Verification", "verify_receipts"]
 
@@ -155,7 +166,7 @@ def verify_receipts(
         if track is None:
             report.runs += 1
             track = runs[body.run_id] = _RunTrack(next_seq=0, last_link="", last_row=row, last_key_id=body.key_id)
-            if not isinstance(body, Opened):
+            if not isinstance(body, Opened | Asked):
                 find(row, "the run has no opening receipt before this one: it was deleted")
                 track.next_seq = body.seq
                 track.last_link = body.prev
@@ -175,7 +186,7 @@ def verify_receipts(
         track.last_key_id = body.key_id
 
         if isinstance(body, Opened):
-            if hashlib.sha256(body.program.encode("utf-8")).hexdigest() != body.program_sha256:
+            if _sha256(body.program) != body.program_sha256:
                 find(row, "the program text does not hash to the program_sha256 it was opened with")
         elif isinstance(body, Decision):
             first = nonces.setdefault(body.nonce, row.log_seq)
@@ -187,7 +198,10 @@ def verify_receipts(
             if body.call not in track.allowed:
                 find(row, f"an outcome for call {body.call}, which was never allowed")
             track.answered.add(body.call)
-        elif isinstance(body, Sealed):
+        elif isinstance(body, Attempted):
+            if body.program is not None and _sha256(body.program) != body.program_sha256:
+                find(row, "the attempt's program does not hash to its program_sha256")
+        elif isinstance(body, Sealed | Concluded):
             track.sealed = True
             report.sealed += 1
             if body.receipts != body.seq:
@@ -230,3 +244,7 @@ def verify_receipts(
             )
         )
     return report
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -12,9 +12,11 @@ from rich.table import Table
 from rich.text import Text
 
 from charter.audit import (
+    Asked,
+    Attempted,
     AuditLog,
+    Concluded,
     Decision,
-    Opened,
     Outcome,
     PublicKey,
     Receipt,
@@ -26,6 +28,7 @@ from charter.audit import (
     verify_bundle,
     verify_log,
 )
+from charter.audit.receipts import Opening
 from charter.cli._output import fail, out, print_json, say
 from charter.errors import CharterError, UsageError
 
@@ -39,7 +42,11 @@ def _log() -> AuditLog:
     return AuditLog()
 
 
-def _intent(opened: Opened) -> str:
+def _intent(opened: Opening) -> str:
+    if isinstance(opened, Asked):
+        return opened.intent
+    if opened.parent is not None:
+        return f"attempt {opened.attempt} of {opened.parent[:12]}: {opened.intent}"
     return opened.intent if opened.intent is not None else "(program supplied by caller)"
 
 
@@ -102,6 +109,9 @@ def show(run: RunArg, as_json: JsonOption = False) -> None:
         print_json({**_summary(record), "receipts": [json.loads(_encode(r)) for r in record.receipts]})
         return
     o = record.opened
+    if isinstance(o, Asked):
+        _show_intent(record, o)
+        return
     say(f"run {o.run_id}", "bold")
     say(f"intent:    {_intent(o)}")
     say(f"principal: {o.principal} (scopes: {', '.join(o.scopes) or 'none'})")
@@ -127,6 +137,41 @@ def show(run: RunArg, as_json: JsonOption = False) -> None:
     grid.add_row(program, timeline)
     out.print(grid)
     say(f"status: {record.status}", "bold")
+
+
+def _show_intent(record: RunRecord, asked: Asked) -> None:
+    say(f"intent run {asked.run_id}", "bold")
+    say(f"intent:    {asked.intent}")
+    say(f"principal: {asked.principal} (scopes: {', '.join(asked.scopes) or 'none'})")
+    say(f"contract:  {asked.contract} {asked.version} sha256 {asked.contract_sha256[:16]}…")
+    say(f"model:     {asked.model}  {_encode(asked.settings)}")
+    for receipt in record.receipts[1:]:
+        if isinstance(receipt, Attempted):
+            say()
+            usage = ", ".join(f"{k} {v}" for k, v in (receipt.usage or {}).items())
+            say(f"attempt {receipt.attempt}: {receipt.model}, {receipt.api_tries} request(s); {usage}", "bold")
+            say(
+                f"  prompt sha256 {receipt.prompt_sha256[:16]}…, "
+                f"contract block sha256 {receipt.contract_block_sha256[:16]}…"
+            )
+            if receipt.api_error:
+                say(f"  no answer: {receipt.api_error}", "red")
+            for finding in receipt.check:
+                say(f"  static check: {finding}", "yellow")
+            if receipt.writes_closed:
+                say(f"  writes closed: {receipt.writes_closed}", "yellow")
+            if receipt.program is not None:
+                for number, line in enumerate(receipt.program.splitlines(), start=1):
+                    say(f"  {number:>3}  {line}")
+            if receipt.program_run:
+                say(f"  ran as program run {receipt.program_run} (charter audit show {receipt.program_run[:12]})")
+        elif isinstance(receipt, Concluded):
+            say()
+            say(f"attempts: {', '.join(receipt.attempts)}")
+            detail = receipt.answer if receipt.status == "done" else receipt.reason
+            say(f"conclusion: {receipt.status}: {detail}", "bold")
+    if record.sealed is None:
+        say("status: incomplete (no conclusion recorded)", "bold red")
 
 
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
@@ -252,26 +297,35 @@ def export(
 def replay(run: RunArg, as_json: JsonOption = False) -> None:
     """Re-run the logged program against its recorded results, clock and seed; compare."""
     from charter.registry import Registry
-    from charter.replay import replay_run
+    from charter.replay import program_runs_of, replay_run
     from charter.sandbox import Sandbox
 
     try:
-        record = _log().run(run)
+        log = _log()
+        record = log.run(run)
+        # An intent run is replayed as the program runs its attempts started.
+        records = [log.run(r) for r in program_runs_of(record)] if isinstance(record.opened, Asked) else [record]
         contract = Registry().get(record.opened.contract, record.opened.version)
-        report = replay_run(record, contract, Sandbox(pool_size=0))
+        sandbox = Sandbox(pool_size=0)
+        reports = [replay_run(r, contract, sandbox) for r in records]
     except (CharterError, ValueError) as error:
         fail(str(error))
     if as_json:
-        print_json({"identical": report.identical, **json.loads(_encode(report))})
+        shown = [{"identical": r.identical, **json.loads(_encode(r))} for r in reports]
+        print_json(shown if isinstance(record.opened, Asked) else shown[0])
     else:
-        say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
-        for divergence in report.divergences:
-            say(f"diverged: {divergence}", "red")
-        same = report.recorded_outcome == report.replayed_outcome
-        say(f"conclusion: {'identical' if same else 'DIFFERENT'}", "green" if same else "red")
-        if not same:
-            say(f"  recorded: {report.recorded_outcome}")
-            say(f"  replayed: {report.replayed_outcome}")
-        say("replay identical" if report.identical else "replay differs", "bold")
-    if not report.identical:
+        for report in reports:
+            if len(reports) > 1:
+                say(f"program run {report.run_id}", "bold")
+            say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
+            for divergence in report.divergences:
+                say(f"diverged: {divergence}", "red")
+            same = report.recorded_outcome == report.replayed_outcome
+            say(f"conclusion: {'identical' if same else 'DIFFERENT'}", "green" if same else "red")
+            if not same:
+                say(f"  recorded: {report.recorded_outcome}")
+                say(f"  replayed: {report.replayed_outcome}")
+        identical = all(r.identical for r in reports)
+        say("replay identical" if identical else "replay differs", "bold")
+    if not all(r.identical for r in reports):
         raise typer.Exit(1)

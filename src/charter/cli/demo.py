@@ -59,11 +59,9 @@ def demo() -> None:
         result = registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
         say(f"published {result.info.name} {result.info.version} into {registry.path}")
 
-    _step("3. What the Runtime Agent will read about cancelling an order")
+    _step("3. What the Runtime Agent reads: the contract block of its prompt, and a typed stub")
     orders = registry.get("orders")
-    prompt = orders.prompt_context
-    start = prompt.index("## Lifecycle")
-    say(prompt[start : prompt.index("## Operations")].rstrip())
+    say(orders.prompt_context.rstrip())
     stub = orders.stub_source
     start = stub.index("    @staticmethod\n    def cancel_order")
     say(stub[start : stub.index("...", start) + 3])

@@ -11,7 +11,7 @@ import jinja2
 
 from charter._paths import shipped_dir
 
-__all__ = ["RenderView", "render", "templates_dir"]
+__all__ = ["RenderView", "render", "render_text", "templates_dir"]
 
 
 def templates_dir() -> Path:
@@ -55,3 +55,8 @@ class RenderView:
 
 def render(template: str, view: RenderView) -> str:
     return _environment().get_template(template).render(c=view)
+
+
+def render_text(template: str, **values: Any) -> str:
+    """Render one of the Runtime Agent's templates (`agent_*.md.j2`) with plain values."""
+    return _environment().get_template(template).render(**values)

@@ -5,6 +5,8 @@ Checks, in this order; the first that fails decides, with its reason code:
  1. the call decoded and names an operation of the pinned version
                                       UNKNOWN_OPERATION, MALFORMED_CALL, ARGUMENTS_TOO_LARGE
  2. the arguments have the declared types                        INVALID_ARGUMENTS
+ 2b. writes are open for this run (the agent closes them once a request's write
+     was denied, so a repair cannot reach the same effect another way)  WRITES_CLOSED
  3. the principal holds every scope the operation needs          FORBIDDEN_SCOPE
  4. the operation does not need a human approval                 APPROVAL_REQUIRED
  5. the run is within its write limit                            LIMIT_EXCEEDED
@@ -107,8 +109,10 @@ class ContractGate:
             self._guards[name] = tuple(_CompiledGuard(g, p, "entity" in p.variables()) for g, p in programs)
         self._boundary_text = {b.id: b.text for b in table.boundaries}
 
-    def session(self, recorder: RunRecorder, principal: Principal) -> GateSession:
-        return GateSession(self, recorder, principal)
+    def session(self, recorder: RunRecorder, principal: Principal, *, writes_closed: str | None = None) -> GateSession:
+        """`writes_closed`, when given, says why this run may only read: every write is denied
+        with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied)."""
+        return GateSession(self, recorder, principal, writes_closed)
 
     def boundary_note(self, boundaries: tuple[str, ...]) -> tuple[str, str | None]:
         """(" (hard boundary id: text)", first id) for a message, or ("", None)."""
@@ -131,10 +135,13 @@ class GateSession:
 
     blocking = True  # every decision is committed to disk before it returns
 
-    def __init__(self, gate: ContractGate, recorder: RunRecorder, principal: Principal) -> None:
+    def __init__(
+        self, gate: ContractGate, recorder: RunRecorder, principal: Principal, writes_closed: str | None = None
+    ) -> None:
         self._gate = gate
         self._recorder = recorder
         self._principal = principal
+        self._writes_closed = writes_closed
         self._state = _RunState()
 
     def call(self, request: CallRequest) -> Any:
@@ -201,6 +208,8 @@ class GateSession:
             ) from None
 
     def _static_checks(self, rule: OperationRule, arguments: Mapping[str, Any]) -> None:
+        if self._writes_closed is not None and rule.kind == "write":
+            raise _Refusal(_Verdict("WRITES_CLOSED", f"{rule.name} refused: {self._writes_closed}"))
         missing = [s for s in rule.scopes if not self._principal.has(s)]
         if missing:
             held = ", ".join(sorted(self._principal.scopes)) or "no scopes"

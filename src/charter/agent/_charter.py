@@ -1,0 +1,368 @@
+"""The Runtime Agent: an intent in, one governed program, a conclusion out.
+
+    charter = Charter()                                   # Claude; or Charter(model=ScriptedModel([...]))
+    conclusion = charter.handle("Cancel order 123", contract="orders", principal=Principal("ada", {...}))
+    conclusion.status, conclusion.text, conclusion.run_id
+
+One request is one *intent run* in the audit log:
+
+    Asked → Attempted → (its program run) → Attempted → ... → Concluded
+
+Each attempt: ask the model (instructions and contract block first, cached; the intent
+and the conversation after them), find the one program in its answer, check it
+statically, record the attempt durably, run the program (sandbox, gate, receipts) as a
+program run of its own. Then:
+
+- done or refused by the program ends the request;
+- a static finding, a program error, a resource limit: the exact error goes back to the
+  model, at most `repair_rounds` times;
+- a DENY for policy reasons (scope, lifecycle state, guard, sequence...) means the request
+  is refused. The model gets one round to explain it, with writes closed: the gate denies
+  every write of that round (WRITES_CLOSED), so no repair reaches the forbidden effect by
+  another route. Whatever that round says, the conclusion is `refused`;
+- once a write took effect, writes are closed too: a repair may read and conclude, never
+  make a write a second time.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from charter.agent._model import AgentSettings, Message, Model, ModelRequest, Usage
+from charter.agent._program import check_program, extract_program
+from charter.audit import Asked, Attempted, AuditLog, Concluded, Decision, Outcome, RunRecorder, now_iso
+from charter.audit.receipts import ALLOW, DENY
+from charter.audit.store import host_identity
+from charter.backends import PythonBackend
+from charter.compiler.artifact import CompiledContract
+from charter.compiler.render import render_text
+from charter.errors import ModelUnavailable, UsageError
+from charter.principal import Principal
+from charter.registry import Registry, parse_ref
+from charter.runner import Answer, Execution, Runner, Status
+from charter.sandbox import Completed, Halted, ProgramError, Refused, Sandbox, Trapped, allowed_modules
+
+__all__ = ["Charter", "Conclusion"]
+
+# Denials that mean the program was wrong, not the request: repaired like any bug.
+_PROGRAM_FAULTS = frozenset({"UNKNOWN_OPERATION", "MALFORMED_CALL", "ARGUMENTS_TOO_LARGE", "INVALID_ARGUMENTS"})
+
+
+class Conclusion(Answer, frozen=True, kw_only=True):
+    """What the caller of `Charter.handle` gets: the conclusion, never the program.
+
+    `run_id` names the intent run (`charter audit show RUN`); `attempts` counts model
+    answers (one when the first program was right); `usage` sums their tokens.
+    """
+
+    attempts: int
+    usage: Usage
+
+
+@dataclass
+class _Request:
+    """What one request has learned so far, across its attempts."""
+
+    ended: list[str] = field(default_factory=list)  # how each attempt ended
+    program_runs: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    writes_closed: str | None = None
+    refusal: str | None = None  # the gate's word, once a policy denial made this request refused
+    last_answer: str = ""  # the model's latest answer, verbatim, for the conversation
+    last_problem: str = ""
+
+    def refused_or(self, status: Status, reason: str) -> tuple[Status, str | None, Any, str | None]:
+        if self.refusal is not None:
+            return "refused", None, None, self.refusal
+        return status, None, None, reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Next:
+    """Another attempt, told this."""
+
+    feedback: str
+
+
+_Final = tuple[Status, str | None, Any, str | None]  # status, answer, data, reason
+
+
+class Charter:
+    """The Runtime Agent with its runner. Thread-safe: each `handle` call is independent.
+
+    `model` defaults to Claude (AnthropicModel, needs ANTHROPIC_API_KEY); `registry` and
+    `audit` default to the ones under CHARTER_HOME; `settings` to AgentSettings.from_env().
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Model | None = None,
+        settings: AgentSettings | None = None,
+        registry: Registry | None = None,
+        audit: AuditLog | None = None,
+        sandbox: Sandbox | None = None,
+        runner: Runner | None = None,
+        backend_for: Any = PythonBackend,
+    ) -> None:
+        self.settings = settings or AgentSettings.from_env()
+        self._model = model
+        self._registry = registry
+        self.runner = runner or Runner(audit=audit or AuditLog(), sandbox=sandbox, backend_for=backend_for)
+        self._instructions = render_text("agent_system.md.j2", allowed_modules=allowed_modules())
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            from charter.agent._anthropic import AnthropicModel
+
+            self._model = AnthropicModel(self.settings)
+        return self._model
+
+    def contract(self, contract: str | CompiledContract) -> CompiledContract:
+        if isinstance(contract, CompiledContract):
+            return contract
+        if self._registry is None:
+            self._registry = Registry()
+        return self._registry.get(*parse_ref(contract))
+
+    def handle(
+        self, intent: str, *, contract: str | CompiledContract, principal: Principal | None = None
+    ) -> Conclusion:
+        """Answer `intent` under `contract` (NAME, NAME@VERSION or a compiled contract) for
+        `principal` (default: the local user, with no scopes)."""
+        settings = self.settings
+        compiled = self.contract(contract)
+        principal = principal or Principal(getpass.getuser())
+        intent = self._checked_intent(intent)
+        model = self.model
+        host, pid = host_identity()
+        recorder = self.runner.audit.open_run(
+            Asked(
+                run_id=secrets.token_hex(16),
+                seq=0,
+                at=now_iso(),
+                intent=intent,
+                principal=principal.id,
+                scopes=tuple(sorted(principal.scopes)),
+                contract=compiled.name,
+                version=compiled.version,
+                contract_sha256=compiled.sha256,
+                model=model.name,
+                settings=msgspec.structs.asdict(settings),
+                host=host,
+                pid=pid,
+            )
+        )
+        conversation = [Message("user", render_text("agent_intent.md.j2", intent=intent, principal=principal))]
+        request = _Request()
+        final: _Final | None = None
+        attempts = 0
+        while final is None and attempts <= settings.repair_rounds:
+            attempts += 1
+            asked = ModelRequest(
+                model=settings.model,
+                max_tokens=settings.max_tokens,
+                instructions=self._instructions,
+                contract_block=compiled.prompt_context,
+                messages=tuple(conversation),
+            )
+            step = self._attempt(attempts, asked, model, compiled, principal, intent, recorder, request)
+            if isinstance(step, _Next):
+                conversation += [Message("assistant", request.last_answer), Message("user", step.feedback)]
+            else:
+                final = step
+        if final is None:
+            final = request.refused_or(
+                "failed",
+                f"no program ended the request within {attempts} attempts (1 + {settings.repair_rounds} repair "
+                f"rounds); the last problem: {request.last_problem}",
+            )
+        status, answer, data, reason = final
+        recorder.conclude(
+            Concluded(
+                run_id=recorder.run_id,
+                seq=0,
+                at=now_iso(),
+                status=status,
+                answer=answer,
+                data=None if data is None else msgspec.json.encode(data).decode("utf-8"),
+                reason=reason,
+                attempts=tuple(request.ended),
+                program_runs=tuple(request.program_runs),
+                usage=request.usage.as_dict(),
+                receipts=0,
+            )
+        )
+        return Conclusion(
+            run_id=recorder.run_id,
+            status=status,
+            answer=answer,
+            data=data,
+            reason=reason,
+            attempts=attempts,
+            usage=request.usage,
+        )
+
+    def _checked_intent(self, intent: str) -> str:
+        if not isinstance(intent, str) or not intent.strip():
+            raise UsageError("the intent is empty: say what should be done, e.g. 'Cancel order 123'")
+        if len(intent) > self.settings.max_intent_chars:
+            raise UsageError(
+                f"the intent is {len(intent)} characters, more than the {self.settings.max_intent_chars} allowed "
+                "(AgentSettings.max_intent_chars); say it in fewer words"
+            )
+        return intent
+
+    def _attempt(
+        self,
+        attempt: int,
+        asked: ModelRequest,
+        model: Model,
+        compiled: CompiledContract,
+        principal: Principal,
+        intent: str,
+        recorder: RunRecorder,
+        request: _Request,
+    ) -> _Next | _Final:
+        def record(**fields: Any) -> None:
+            base: dict[str, Any] = {
+                "usage": None,
+                "stop_reason": None,
+                "request_id": None,
+                "response": None,
+                "api_error": None,
+                "program": None,
+                "program_sha256": None,
+                "check": (),
+                "program_run": None,
+            }
+            recorder.attempt(
+                Attempted(
+                    run_id=recorder.run_id,
+                    seq=0,
+                    at=now_iso(),
+                    attempt=attempt,
+                    prompt_sha256=asked.prompt_sha256,
+                    contract_block_sha256=asked.contract_block_sha256,
+                    writes_closed=request.writes_closed,
+                    **(base | fields),
+                )
+            )
+
+        try:
+            reply = model.complete(asked)
+        except ModelUnavailable as error:
+            record(model=model.name, api_error=str(error), api_tries=error.tries)
+            request.ended.append("api_error")
+            return request.refused_or("failed", f"the model gave no answer: {error}")
+        request.usage += reply.usage
+        request.last_answer = reply.text
+        program, missing = extract_program(reply.text)
+        findings = check_program(program, compiled) if program is not None else ()
+        run_id = secrets.token_hex(16) if program is not None and not findings else None
+        record(
+            model=reply.model,
+            usage=reply.usage.as_dict(),
+            stop_reason=reply.stop_reason,
+            request_id=reply.request_id,
+            response=reply.raw,
+            api_tries=reply.tries,
+            program=program,
+            program_sha256=None if program is None else _sha256(program),
+            check=findings,
+            program_run=run_id,
+        )
+        if program is None:
+            request.ended.append("no_program")
+            request.last_problem = f"the answer held no program: {missing}"
+            return _Next(render_text("agent_repair.md.j2", kind="no_program", detail=missing))
+        if findings:
+            request.ended.append("check_failed")
+            request.last_problem = "; ".join(findings)
+            return _Next(render_text("agent_repair.md.j2", kind="check", findings=findings))
+        assert run_id is not None
+        execution = self.runner.execute(
+            program,
+            contract=compiled,
+            principal=principal,
+            intent=intent,
+            parent=recorder.run_id,
+            attempt=attempt,
+            run_id=run_id,
+            writes_closed=request.writes_closed,
+        )
+        request.program_runs.append(run_id)
+        request.ended.append(str(execution.outcome.__struct_config__.tag))
+        return self._judge(execution, compiled, request)
+
+    def _judge(self, execution: Execution, compiled: CompiledContract, request: _Request) -> _Next | _Final:
+        outcome = execution.outcome
+        operations = compiled.gate.operations
+        decisions = {c.call: c for c in execution.calls if isinstance(c, Decision)}
+        policy_denial = next(
+            (
+                d
+                for d in decisions.values()
+                if d.decision == DENY and d.code not in _PROGRAM_FAULTS and d.code != "GATE_ERROR"
+            ),
+            None,
+        )
+        explaining = request.refusal is not None
+        if policy_denial is not None and request.refusal is None:
+            request.refusal = policy_denial.message
+        effects = _effects(execution, decisions, operations)
+        if effects:
+            request.writes_closed = (
+                f"writes already took effect in this request ({'; '.join(effects)}); a repair may only read"
+            )
+
+        if isinstance(outcome, Completed):
+            if request.refusal is not None:  # the program caught the denial and explained it
+                return "refused", None, None, outcome.answer
+            return "done", outcome.answer, outcome.data, None
+        if isinstance(outcome, Refused | Halted):
+            return "refused", None, None, outcome.reason
+        if isinstance(outcome, Trapped):
+            return request.refused_or("failed", outcome.message)
+        violation = outcome.violation if isinstance(outcome, ProgramError) else None
+        if violation is not None and violation.code == "GATE_ERROR":
+            return request.refused_or("failed", outcome.error_message if isinstance(outcome, ProgramError) else "")
+        if policy_denial is not None:
+            if explaining:  # the explanation round failed too: the gate's own words stand
+                return request.refused_or("refused", "")
+            request.writes_closed = (
+                f"{policy_denial.operation} was denied ({policy_denial.code}) earlier in this request, "
+                "so this request may only read and explain"
+            )
+            return _Next(render_text("agent_repair.md.j2", kind="denied", denial=policy_denial))
+        detail = outcome.format_traceback() if isinstance(outcome, ProgramError) else outcome.message
+        if violation is not None:
+            denied = next((d for d in decisions.values() if d.decision == DENY), None)
+            if denied is not None and denied.clause:
+                detail += f"\n(contract clause {denied.clause})"
+        request.last_problem = outcome.message
+        return _Next(render_text("agent_repair.md.j2", kind="error", detail=detail, effects=effects))
+
+
+def _effects(execution: Execution, decisions: dict[int, Decision], operations: dict[str, Any]) -> list[str]:
+    """Writes of this run that took effect, or may have (in doubt)."""
+    effects = []
+    for receipt in execution.calls:
+        if isinstance(receipt, Outcome) and receipt.status == "ok" and operations[receipt.operation].kind == "write":
+            effects.append(f"{receipt.operation}({decisions[receipt.call].arguments}) succeeded")
+    for call in execution.in_doubt:
+        decision = decisions[call]
+        if decision.decision == ALLOW and operations[decision.operation].kind == "write":
+            effects.append(f"{decision.operation}({decision.arguments}) may have taken effect (outcome unknown)")
+    return effects
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
