@@ -6,10 +6,11 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from charter.audit import AuditLog
@@ -19,8 +20,29 @@ from charter.principal import Principal
 from charter.runner import Execution, Runner
 from charter.sandbox import Sandbox
 
+# No test may reach a real model: the package refuses real requests while this is "0"
+# (subprocesses inherit it), no key is there to send, and below, httpx2's real transport
+# (the anthropic SDK's) refuses every host but loopback.
+os.environ["CHARTER_ALLOW_MODEL_REQUESTS"] = "0"
+os.environ.pop("ANTHROPIC_API_KEY", None)
+os.environ.pop("ANTHROPIC_AUTH_TOKEN", None)
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE_CONTRACT = (ROOT / "tests" / "data" / "base.yaml").read_text(encoding="utf-8")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_model_requests() -> Iterator[None]:
+    original = httpx2.HTTPTransport.handle_request
+
+    def guarded(self: httpx2.HTTPTransport, request: httpx2.Request) -> httpx2.Response:
+        if request.url.host not in ("127.0.0.1", "localhost", "::1"):
+            raise RuntimeError(f"tests may not reach the network: {request.method} {request.url}")
+        return original(self, request)
+
+    httpx2.HTTPTransport.handle_request = guarded  # type: ignore[method-assign]
+    yield
+    httpx2.HTTPTransport.handle_request = original  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)

@@ -103,7 +103,9 @@ def test_prompt_context_states_each_rule_once_in_few_words() -> None:
     operations = prompt[prompt.index("## Operations") :]
     cancel = "cancel_order(id: int, reason: str) -> Order [write pending|confirmed -> cancelled]"
     assert cancel in operations
-    assert "refund_order(id: int, amount: money, reason: RefundReason) -> Order [write, after verify_refund]" in operations
+    assert (
+        "refund_order(id: int, amount: money, reason: RefundReason) -> Order [write, after verify_refund]" in operations
+    )
     # A guard that enforces a hard boundary is said once, as the boundary.
     assert "Refunds of an order may not add up to more than its total." not in prompt
     assert "A refund amount must be positive." in operations

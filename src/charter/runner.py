@@ -141,7 +141,7 @@ class Runner:
         outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
         sealed = recorder.seal(sealed_receipt(context.run_id, outcome))
         status, answer, data, reason = conclusion_of(outcome)
-        calls = tuple(r for r in recorder.written if isinstance(r, Decision | Outcome))
+        calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))
         return Execution(
             run_id=context.run_id,
             status=status,

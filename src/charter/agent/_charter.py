@@ -306,12 +306,11 @@ class Charter:
         outcome = execution.outcome
         operations = compiled.gate.operations
         decisions = {c.call: c for c in execution.calls if isinstance(c, Decision)}
+        # WRITES_CLOSED before any refusal means the program tried to repeat a write that
+        # already took effect: a fault of the program, repaired like the others.
+        faults = _PROGRAM_FAULTS if request.refusal is not None else _PROGRAM_FAULTS | {"WRITES_CLOSED"}
         policy_denial = next(
-            (
-                d
-                for d in decisions.values()
-                if d.decision == DENY and d.code not in _PROGRAM_FAULTS and d.code != "GATE_ERROR"
-            ),
+            (d for d in decisions.values() if d.decision == DENY and d.code not in faults and d.code != "GATE_ERROR"),
             None,
         )
         explaining = request.refusal is not None

@@ -7,6 +7,7 @@ import typer
 from charter.cli import audit, contract, sandbox
 from charter.cli.demo import demo
 from charter.cli.execute import execute
+from charter.cli.run import run
 
 __all__ = ["app", "main"]
 
@@ -19,6 +20,7 @@ app.add_typer(contract.app, name="contract")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(sandbox.bench_app, name="bench")
 app.add_typer(audit.app, name="audit")
+app.command()(run)
 app.command("exec")(execute)
 app.command()(demo)
 

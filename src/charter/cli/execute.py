@@ -5,13 +5,17 @@ from __future__ import annotations
 import getpass
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from charter.cli._output import fail, print_json, say
 from charter.errors import CharterError
 from charter.principal import Principal
+
+if TYPE_CHECKING:
+    from charter.runner import Answer
+
 
 ContractOption = Annotated[
     str, typer.Option("--contract", "-c", help="The published contract, NAME or NAME@VERSION (latest if no version).")
@@ -61,19 +65,17 @@ def execute(
         execution = runner.execute(text, contract=compiled, principal=principal_from(principal, scope))
     except CharterError as error:
         fail(error)
+    report(execution, as_json=as_json)
+
+
+def report(answer: Answer, *, as_json: bool, **extra: object) -> None:
+    """Print a conclusion (text or JSON) and exit with its status: 0 done, 2 refused, 3 failed."""
     if as_json:
-        print_json(
-            {
-                "run_id": execution.run_id,
-                "status": execution.status,
-                "answer": execution.answer,
-                "data": execution.data,
-                "reason": execution.reason,
-            }
-        )
+        fields = {"run_id": answer.run_id, "status": answer.status, "answer": answer.answer}
+        print_json({**fields, "data": answer.data, "reason": answer.reason, **extra})
     else:
-        style = {"done": "green", "refused": "yellow", "failed": "red"}[execution.status]
-        say(execution.text, style)
-        say(f"run {execution.run_id}  (charter audit show {execution.run_id[:12]})")
-    if execution.status != "done":
-        raise typer.Exit(EXIT_REFUSED if execution.status == "refused" else EXIT_FAILED)
+        style = {"done": "green", "refused": "yellow", "failed": "red"}[answer.status]
+        say(answer.text, style)
+        say(f"run {answer.run_id}  (charter audit show {answer.run_id[:12]})")
+    if answer.status != "done":
+        raise typer.Exit(EXIT_REFUSED if answer.status == "refused" else EXIT_FAILED)

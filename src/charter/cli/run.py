@@ -1,0 +1,70 @@
+"""`charter run "INTENT"`: the Runtime Agent answers an intent under a published contract."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charter.cli._output import fail
+from charter.cli.execute import (
+    ContractOption,
+    JsonOption,
+    PrincipalOption,
+    ScopeOption,
+    principal_from,
+    report,
+)
+from charter.errors import CharterError
+
+
+def run(
+    intent: Annotated[str, typer.Argument(help='What should be done, e.g. "Cancel order 123".')],
+    contract: ContractOption,
+    principal: PrincipalOption = None,
+    scope: ScopeOption = None,
+    model: Annotated[str | None, typer.Option(help="Claude model id (env CHARTER_MODEL).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (env CHARTER_MAX_TOKENS).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds for one request to the model (env CHARTER_MODEL_TIMEOUT).")
+    ] = None,
+    retries: Annotated[
+        int | None, typer.Option(help="Retries of a failed model request (env CHARTER_MODEL_RETRIES).")
+    ] = None,
+    repair_rounds: Annotated[
+        int | None, typer.Option(help="Attempts after the first program (env CHARTER_REPAIR_ROUNDS).")
+    ] = None,
+    replay: Annotated[
+        list[Path] | None,
+        typer.Option(help="Serve the model's answers from a recording (JSON) instead of the API; repeatable."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Answer INTENT: Claude writes one program, the sandbox runs it, the gate checks every call.
+
+    Only the conclusion is printed, with the intent run's id. Exit status: 0 done,
+    2 refused, 3 failed, 1 for a usage error (nothing ran).
+    """
+    from charter.agent import AgentSettings, AnthropicModel, Charter
+    from charter.agent._recorded import RecordedTransport, load_recordings
+
+    if str(Path.cwd()) not in sys.path:  # bindings name modules (examples.orders.backend)
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        settings = AgentSettings.from_env(
+            model=model, max_tokens=max_tokens, timeout_s=timeout, max_retries=retries, repair_rounds=repair_rounds
+        )
+        if replay:
+            import httpx2
+
+            transport = RecordedTransport(load_recordings(replay))
+            agent_model = AnthropicModel(settings, api_key="recorded", http_client=httpx2.Client(transport=transport))
+        else:
+            agent_model = AnthropicModel(settings)
+        charter = Charter(model=agent_model, settings=settings)
+        conclusion = charter.handle(intent, contract=contract, principal=principal_from(principal, scope))
+    except CharterError as error:
+        fail(error)
+    report(conclusion, as_json=as_json, attempts=conclusion.attempts)
