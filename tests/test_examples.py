@@ -55,4 +55,14 @@ def test_demo_runs(charter_home: Path) -> None:
     assert "refund_order DENIED SEQUENCE_VIOLATION" in result.stdout
     assert "expected step verify_refund, received step refund_order" in result.stdout
     assert "Refunded 20.00 on order 125; 40.00 of 319.96 refunded in all." in result.stdout
-    assert "4 runs, 16 signed receipts: intact" in result.stdout
+    # The Runtime Agent, answering from the recorded model responses (no key in tests).
+    agent = result.stdout[result.stdout.index("== 8. The Runtime Agent") :]
+    assert "ANTHROPIC_API_KEY is not set, so the model's answers are replayed from demo.json" in agent
+    assert "conclusion: done: Order 101 is now cancelled." in agent
+    assert (
+        "conclusion: refused: Order 123 cannot be cancelled. It is currently dispatched. "
+        "Cancellation is only permitted for orders in pending or confirmed state."
+    ) in agent
+    assert "cancel_order DENIED WRITES_CLOSED" in agent
+    assert agent.count("conclusion: ") == 4
+    assert "14 runs, 53 signed receipts: intact" in result.stdout
