@@ -97,7 +97,7 @@ def test_stub_docstrings_carry_lifecycle_and_boundaries() -> None:
 
 def test_prompt_context_states_each_rule_once_in_few_words() -> None:
     prompt = _compile("orders").prompt_context
-    assert "OrderStatus (lifecycle of Order.status): pending, confirmed, picking" in prompt
+    assert "OrderStatus (Order.status): pending|confirmed|picking|packed|dispatched|delivered|cancelled" in prompt
     boundaries = prompt[prompt.index("## HARD BOUNDARIES") : prompt.index("## Operations")]
     assert "- Never cancel an order in picking, packed, or dispatched state." in boundaries
     operations = prompt[prompt.index("## Operations") :]

@@ -1,6 +1,7 @@
 """Benchmarks (`charter bench ...`): figures printed and returned as JSON, never timed tests."""
 
+from charter.bench.agent import run_agent_bench
 from charter.bench.gate import run_gate_bench
 from charter.bench.sandbox import run_sandbox_bench
 
-__all__ = ["run_gate_bench", "run_sandbox_bench"]
+__all__ = ["run_agent_bench", "run_gate_bench", "run_sandbox_bench"]

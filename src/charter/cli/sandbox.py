@@ -121,3 +121,53 @@ def bench_gate(
     goals = results["goals"]
     say(f"goal >= 2,000 durable gated calls/s: {'met' if goals['met_calls'] else 'NOT met'}")
     say(f"goal >= 20,000 receipts/s verified: {'met' if goals['met_verify'] else 'NOT met'}")
+
+
+@bench_app.command("agent")
+def bench_agent(
+    rounds: Annotated[int, typer.Option(help="Passes over the suite; later passes only add timings.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """The Runtime Agent over 22 scripted intents: model calls, tokens, cache share, gate overhead."""
+    from charter.bench import run_agent_bench
+
+    results = run_agent_bench(rounds)
+    if as_json:
+        print_json(results)
+        return
+    table = Table(title=f"Runtime Agent, {results['intents']} scripted intents (tokens estimated)", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("goal")
+    goals = results["goals"]
+    rows = [
+        ("model calls per intent", f"{results['model_calls_per_intent']:.2f}", ""),
+        (
+            "model calls when the first program is right",
+            str(results["model_calls_when_first_program_right"]),
+            "1 " + ("met" if goals["one_call_when_first_program_right"] else "NOT met"),
+        ),
+        ("input tokens per intent (est.)", f"{results['input_tokens_per_intent_est']:.0f}", ""),
+        ("output tokens per intent (est.)", f"{results['output_tokens_per_intent_est']:.0f}", ""),
+        ("share of the prompt in the cached prefix (est.)", f"{results['cached_prefix_share_est']:.0%}", ""),
+        (
+            "contract block tokens per operation (est.)",
+            f"{results['contract_tokens_per_operation_est']:.1f}",
+            "< 60 " + ("met" if goals["contract_tokens_per_operation_under_60"] else "NOT met"),
+        ),
+        *(
+            (
+                f"  {name}: {c['block_tokens_est']} tokens, {c['operations']} operations",
+                f"{c['tokens_per_operation_est']:.1f}",
+                "",
+            )
+            for name, c in results["contract_context"].items()
+        ),
+        ("run, contract gate + receipts (median ms)", f"{results['run_ms']['gated_median']:.2f}", ""),
+        ("run, pass-through gate (median ms)", f"{results['run_ms']['passthrough_median']:.2f}", ""),
+        ("gate overhead per run (ms)", f"{results['gate_overhead_ms_per_run']:.2f}", ""),
+        ("gated / pass-through", f"{results['gated_over_passthrough']:.2f}x", ""),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
