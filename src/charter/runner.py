@@ -10,7 +10,6 @@ The Runtime Agent (a later stage) hands its programs to the same `execute`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import threading
 from collections.abc import Callable
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import msgspec
 
 from charter.audit import AuditLog, Decision, Opened, Sealed, now_iso
 from charter.audit import Outcome as CallOutcome
+from charter.audit.receipts import text_sha256
 from charter.audit.store import host_identity
 from charter.backends import Backend, PythonBackend
 from charter.compiler.artifact import CompiledContract
@@ -122,7 +122,7 @@ class Runner:
             at=now_iso(),
             intent=intent,
             program=program,
-            program_sha256=hashlib.sha256(program.encode("utf-8", "surrogatepass")).hexdigest(),
+            program_sha256=text_sha256(program),
             principal=principal.id,
             scopes=tuple(sorted(principal.scopes)),
             contract=contract.name,

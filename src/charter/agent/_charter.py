@@ -27,7 +27,6 @@ program run of its own. Then:
 from __future__ import annotations
 
 import getpass
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import msgspec
 from charter.agent._model import AgentSettings, Message, Model, ModelRequest, Usage
 from charter.agent._program import check_program, extract_program
 from charter.audit import Asked, Attempted, AuditLog, Concluded, Decision, Outcome, RunRecorder, now_iso
-from charter.audit.receipts import ALLOW, DENY
+from charter.audit.receipts import ALLOW, DENY, text_sha256
 from charter.audit.store import host_identity
 from charter.backends import Backend, PythonBackend
 from charter.compiler.artifact import CompiledContract
@@ -276,7 +275,7 @@ class Charter:
             response=reply.raw,
             api_tries=reply.tries,
             program=program,
-            program_sha256=None if program is None else _sha256(program),
+            program_sha256=None if program is None else text_sha256(program),
             check=findings,
             program_run=run_id,
         )
@@ -362,7 +361,3 @@ def _effects(execution: Execution, decisions: dict[int, Decision], operations: d
         if decision.decision == ALLOW and operations[decision.operation].kind == "write":
             effects.append(f"{decision.operation}({decision.arguments}) may have taken effect (outcome unknown)")
     return effects
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()

@@ -49,6 +49,7 @@ __all__ = [
     "decode_body",
     "kind_of",
     "link_of",
+    "text_sha256",
 ]
 
 ALLOW = "ALLOW"
@@ -194,6 +195,11 @@ def canonical(receipt: Receipt) -> bytes:
 def decode_body(body: bytes) -> Receipt:
     """Strict: unknown fields, wrong types or a missing field raise msgspec.ValidationError."""
     return _decoder.decode(body)
+
+
+def text_sha256(text: str) -> str:
+    """The hash receipts give a text (a program): sha256 of its UTF-8, lone surrogates kept."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def link_of(body: bytes, signature: bytes) -> str:

@@ -19,7 +19,6 @@ signature. `every_signature=True` verifies each receipt's own signature as well
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ from charter.audit.receipts import (
     StoredReceipt,
     kind_of,
     link_of,
+    text_sha256,
 )
 
 __all__ = ["Finding", "Verification", "verify_receipts"]
@@ -186,7 +186,7 @@ def verify_receipts(
         track.last_key_id = body.key_id
 
         if isinstance(body, Opened):
-            if _sha256(body.program) != body.program_sha256:
+            if text_sha256(body.program) != body.program_sha256:
                 find(row, "the program text does not hash to the program_sha256 it was opened with")
         elif isinstance(body, Decision):
             first = nonces.setdefault(body.nonce, row.log_seq)
@@ -199,7 +199,7 @@ def verify_receipts(
                 find(row, f"an outcome for call {body.call}, which was never allowed")
             track.answered.add(body.call)
         elif isinstance(body, Attempted):
-            if body.program is not None and _sha256(body.program) != body.program_sha256:
+            if body.program is not None and text_sha256(body.program) != body.program_sha256:
                 find(row, "the attempt's program does not hash to its program_sha256")
         elif isinstance(body, Sealed | Concluded):
             track.sealed = True
@@ -244,7 +244,3 @@ def verify_receipts(
             )
         )
     return report
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
