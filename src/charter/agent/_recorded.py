@@ -25,9 +25,11 @@ from typing import Any
 import httpx2
 import msgspec
 
+from charter.agent._anthropic import AnthropicModel
+from charter.agent._model import AgentSettings
 from charter.errors import UsageError
 
-__all__ = ["Exchange", "RecordedTransport", "load_recordings"]
+__all__ = ["Exchange", "RecordedTransport", "load_recordings", "recorded_model"]
 
 
 class Exchange(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,3 +82,9 @@ class RecordedTransport(httpx2.MockTransport):
             "error": {"type": "not_found_error", "message": f"no recorded response for turn {turn} of: {first!r}"},
         }
         return httpx2.Response(404, json=missing)
+
+
+def recorded_model(settings: AgentSettings, paths: Iterable[Path]) -> AnthropicModel:
+    """The real anthropic client answering from recordings (`charter run --replay`, the demo)."""
+    transport = RecordedTransport(load_recordings(paths))
+    return AnthropicModel(settings, api_key="recorded", http_client=httpx2.Client(transport=transport))

@@ -155,10 +155,8 @@ _INTENTS = [
 
 
 def _agent_runs(orders: CompiledContract, log: AuditLog, principal: Principal) -> None:
-    import httpx2
-
     from charter.agent import AgentSettings, AnthropicModel, Charter
-    from charter.agent._recorded import RecordedTransport, load_recordings
+    from charter.agent._recorded import recorded_model
     from charter.runner import Runner
     from examples.orders import backend
 
@@ -174,8 +172,7 @@ def _agent_runs(orders: CompiledContract, log: AuditLog, principal: Principal) -
             "(recorded Messages API responses); the prompt, static check, sandbox, gate and audit log are real. "
             "The orders are seeded afresh."
         )
-        transport = RecordedTransport(load_recordings([recording]))
-        model = AnthropicModel(settings, api_key="recorded", http_client=httpx2.Client(transport=transport))
+        model = recorded_model(settings, [recording])
     backend.seed()
     charter = Charter(model=model, settings=settings, runner=Runner(audit=log))
     for intent in _INTENTS:

@@ -48,7 +48,7 @@ def run(
     2 refused, 3 failed, 1 for a usage error (nothing ran).
     """
     from charter.agent import AgentSettings, AnthropicModel, Charter
-    from charter.agent._recorded import RecordedTransport, load_recordings
+    from charter.agent._recorded import recorded_model
 
     if str(Path.cwd()) not in sys.path:  # bindings name modules (examples.orders.backend)
         sys.path.insert(0, str(Path.cwd()))
@@ -56,13 +56,7 @@ def run(
         settings = AgentSettings.from_env(
             model=model, max_tokens=max_tokens, timeout_s=timeout, max_retries=retries, repair_rounds=repair_rounds
         )
-        if replay:
-            import httpx2
-
-            transport = RecordedTransport(load_recordings(replay))
-            agent_model = AnthropicModel(settings, api_key="recorded", http_client=httpx2.Client(transport=transport))
-        else:
-            agent_model = AnthropicModel(settings)
+        agent_model = recorded_model(settings, replay) if replay else AnthropicModel(settings)
         charter = Charter(model=agent_model, settings=settings)
         conclusion = charter.handle(intent, contract=contract, principal=principal_from(principal, scope))
     except CharterError as error:
