@@ -232,17 +232,6 @@ class Charter:
         request: _Request,
     ) -> _Next | _Final:
         def record(**fields: Any) -> None:
-            base: dict[str, Any] = {
-                "usage": None,
-                "stop_reason": None,
-                "request_id": None,
-                "response": None,
-                "api_error": None,
-                "program": None,
-                "program_sha256": None,
-                "check": (),
-                "program_run": None,
-            }
             recorder.attempt(
                 Attempted(
                     run_id=recorder.run_id,
@@ -252,7 +241,7 @@ class Charter:
                     prompt_sha256=asked.prompt_sha256,
                     contract_block_sha256=asked.contract_block_sha256,
                     writes_closed=request.writes_closed,
-                    **(base | fields),
+                    **fields,
                 )
             )
 

@@ -150,17 +150,19 @@ class Attempted(_Body, frozen=True, kw_only=True, tag="attempt"):
     model: str
     prompt_sha256: str  # of the whole request as sent: model, max tokens, system blocks, messages
     contract_block_sha256: str  # of the cached contract block alone: the same for every request
-    usage: dict[str, int] | None  # token counts as the API reported them
-    stop_reason: str | None
-    request_id: str | None
-    response: str | None  # the API's response body, verbatim
-    api_error: str | None  # why there is no response, after bounded retries
     api_tries: int  # HTTP requests made for this answer, retries included
-    program: str | None  # the program found in the response
-    program_sha256: str | None
-    check: tuple[str, ...]  # the static check's findings; () when it passed
-    program_run: str | None  # the run the program runs as, when it passed the check
     writes_closed: str | None  # why this attempt's program may only read
+    # An attempt without an answer (api_error set) leaves the rest at their defaults. Field
+    # order is the canonical encoding's: every field is always encoded, defaults included.
+    usage: dict[str, int] | None = None  # token counts as the API reported them
+    stop_reason: str | None = None
+    request_id: str | None = None
+    response: str | None = None  # the API's response body, verbatim
+    api_error: str | None = None  # why there is no response, after bounded retries
+    program: str | None = None  # the program found in the response
+    program_sha256: str | None = None
+    check: tuple[str, ...] = ()  # the static check's findings; () when it passed
+    program_run: str | None = None  # the run the program runs as, when it passed the check
 
 
 class Concluded(_Body, frozen=True, kw_only=True, tag="conclude"):
