@@ -45,6 +45,23 @@ def _no_real_model_requests() -> Iterator[None]:
     httpx2.HTTPTransport.handle_request = original  # type: ignore[method-assign]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def orders_service() -> Iterator[str]:
+    """The orders example is an HTTP service: one real server on loopback for the session.
+
+    It reads its database from the environment on every request, so it follows each
+    test's CHARTER_HOME, and `charter` subprocesses reach it through the inherited URL.
+    """
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from examples.orders import service
+
+    with service.running() as url:
+        os.environ["CHARTER_SERVICE_ORDERS_URL"] = url
+        yield url
+        del os.environ["CHARTER_SERVICE_ORDERS_URL"]
+
+
 @pytest.fixture(autouse=True)
 def charter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own registry and example databases; nothing touches ./.charter."""

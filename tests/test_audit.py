@@ -193,14 +193,14 @@ CRASH_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from charter.audit import AuditLog
-from charter.backends import PythonBackend
+from charter.backends import ContractBackend
 from charter.principal import Principal
 from charter.runner import Runner
 from tests.conftest import compiled
 
 BOUNDARY = {boundary!r}
 
-class Crashing(PythonBackend):
+class Crashing(ContractBackend):
     def invoke(self, operation, arguments, context=None):
         if operation == "cancel_order" and BOUNDARY == "before-action":
             os.kill(os.getpid(), signal.SIGKILL)   # the ALLOW receipt is committed; nothing done

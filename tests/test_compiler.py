@@ -124,7 +124,13 @@ def test_gate_table_carries_rules_with_their_boundaries() -> None:
     assert refund.after_boundaries == ("refund_after_verification",)
     cap = next(g for g in refund.guards if g.id == "refund_within_total")
     assert cap.boundaries == ("refund_capped_by_total",)
-    assert refund.binding.target == "examples.orders.backend:refund_order"
+    assert refund.binding.target == "POST /orders/{id}/refunds"
+    assert refund.binding.http is not None
+    assert (refund.binding.http.service, refund.binding.http.path_params) == ("orders", ("id",))
+    assert refund.binding.http.body == ("amount", "reason")  # the params the path does not carry
+    listing = gate.operations["list_orders"].binding.http
+    assert listing is not None
+    assert (listing.query, listing.body) == (("status", "customer"), ())  # a GET sends the rest as query
     assert (gate.limits.max_calls, gate.limits.max_writes) == (50, 5)
 
 

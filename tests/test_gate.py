@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from charter.audit import AuditLog, Decision, Outcome
-from charter.backends import CallContext, PythonBackend
+from charter.backends import CallContext, ContractBackend
 from charter.compiler import CompiledContract
 from charter.principal import Principal
 from charter.runner import Runner
@@ -248,7 +248,7 @@ def test_guards_see_the_principal_and_bindings_record_it(governed: Governed) -> 
 # -- fail closed -------------------------------------------------------------------------
 
 
-class Faulty(PythonBackend):
+class Faulty(ContractBackend):
     """The example backend with faults injected per operation, and a log of what it performed."""
 
     def __init__(self, contract: CompiledContract, faults: Mapping[str, Any]) -> None:
@@ -336,7 +336,7 @@ def test_a_failing_backend_is_an_operation_error_with_its_outcome_recorded(gover
 # -- check-then-act races --------------------------------------------------------------
 
 
-class Racing(PythonBackend):
+class Racing(ContractBackend):
     """Holds each state read until both runs have read, so both decide on the same state."""
 
     def __init__(self, contract: CompiledContract) -> None:
@@ -374,7 +374,8 @@ def test_two_runs_racing_on_one_order_write_once(governed: Governed) -> None:
     assert order(101)["note"] == winner.answer  # exactly one cancellation is in the database
     assert loser.reason is not None
     assert loser.reason.startswith("PRECONDITION_FAILED: cancel_order: Order 101 changed after the gate checked it")
-    assert "(it was pending, it is now cancelled)" in loser.reason
+    # The orders service checked If-Match (the ETag of the gate's read) inside its transaction.
+    assert "412 from POST http://127.0.0.1:" in loser.reason
     for run in results:  # both were allowed on the same observed state; the write tied to it decided
         [decision] = decisions(governed, run.run_id)
         assert (decision.decision, decision.observed and decision.observed.state) == ("ALLOW", "pending")

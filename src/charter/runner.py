@@ -20,7 +20,7 @@ from charter.audit import AuditLog, Decision, Opened, Sealed, now_iso
 from charter.audit import Outcome as CallOutcome
 from charter.audit.receipts import text_sha256
 from charter.audit.store import host_identity
-from charter.backends import Backend, PythonBackend
+from charter.backends import Backend, ContractBackend
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ContractGate
 from charter.principal import Principal
@@ -81,7 +81,7 @@ class Runner:
         *,
         audit: AuditLog,
         sandbox: Sandbox | None = None,
-        backend_for: Callable[[CompiledContract], Backend] = PythonBackend,
+        backend_for: Callable[[CompiledContract], Backend] = ContractBackend,
     ) -> None:
         self.audit = audit
         self.sandbox = sandbox or Sandbox()

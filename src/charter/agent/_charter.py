@@ -39,7 +39,7 @@ from charter.agent._program import check_program, extract_program
 from charter.audit import Asked, Attempted, AuditLog, Concluded, Decision, Outcome, RunRecorder, now_iso
 from charter.audit.receipts import ALLOW, DENY, text_sha256
 from charter.audit.store import host_identity
-from charter.backends import Backend, PythonBackend
+from charter.backends import Backend, ContractBackend
 from charter.compiler.artifact import CompiledContract
 from charter.compiler.render import render_text
 from charter.errors import ModelUnavailable, UsageError
@@ -109,7 +109,7 @@ class Charter:
         audit: AuditLog | None = None,
         sandbox: Sandbox | None = None,
         runner: Runner | None = None,
-        backend_for: Callable[[CompiledContract], Backend] = PythonBackend,
+        backend_for: Callable[[CompiledContract], Backend] = ContractBackend,
     ) -> None:
         self.settings = settings or AgentSettings.from_env()
         self._model = model

@@ -115,7 +115,8 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):
     call: int
     operation: str
-    status: Literal["ok", "failed", "replayed"]
+    # unknown: the request reached the backend and no answer came back (the call stays in doubt)
+    status: Literal["ok", "failed", "replayed", "unknown"]
     code: str | None
     message: str | None
     result: str | None  # the reply exactly as the program received it (JSON)

@@ -216,7 +216,8 @@ class RunRecorder:
 
     def outcome(self, outcome: Outcome) -> bool:
         """Recorded with the run's next durable receipt. False if the run was sealed first."""
-        self._awaiting_outcome.pop(outcome.call, None)
+        if outcome.status != "unknown":  # an unknown outcome leaves the call in doubt
+            self._awaiting_outcome.pop(outcome.call, None)
         try:
             self._append(outcome, durable=False)
         except AuditError:

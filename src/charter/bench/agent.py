@@ -22,7 +22,7 @@ from typing import Any
 
 from charter.agent import AgentSettings, Charter, ModelRequest, ScriptedModel, estimate_tokens
 from charter.audit import AuditLog
-from charter.backends import PythonBackend
+from charter.backends import ContractBackend
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract.checker import load_contract
 from charter.gate import PassThroughGate
@@ -248,7 +248,7 @@ def run_agent_bench(rounds: int = 3) -> dict[str, Any]:
                     if gate_kind == "gated":
                         runner.execute(program, contract=contract, principal=principal)
                     else:
-                        gate = PassThroughGate(contract, PythonBackend(contract))
+                        gate = PassThroughGate(contract, ContractBackend(contract))
                         sandbox.run(program, contract=contract, gate=gate, context=RunContext(principal=principal))
                     samples.append((time.perf_counter() - started) * 1000)
     context = {

@@ -92,15 +92,22 @@ def demo() -> None:
     except ChangeRefused as exc:
         say(str(exc), "yellow")
 
-    _step("6. The example backend behind the orders contract")
+    _step("6. The orders contract binds to a real HTTP service; start it on loopback")
     sys.path.insert(0, str(root))
-    from examples.orders import backend
+    import httpx
+
+    from examples.orders import backend, service
 
     backend.seed()
-    for order in backend.list_orders():
-        say(f"order {order['id']}: {order['status']:<10} total {order['total']}")
-
-    _governed_runs(orders, workdir)
+    with service.running() as url:
+        # The contract's binding names the service; where it runs comes from the environment.
+        os.environ["CHARTER_SERVICE_ORDERS_URL"] = url
+        say(f"orders service on {url} (CHARTER_SERVICE_ORDERS_URL); the contract binds, e.g.:")
+        for name in ("get_order", "cancel_order", "refund_order"):
+            say(f"  {name:<13} -> {orders.gate.operations[name].binding.target}")
+        for order in httpx.get(f"{url}/orders", timeout=10).json():
+            say(f"order {order['id']}: {order['status']:<10} total {order['total']}")
+        _governed_runs(orders, workdir)
 
 
 # What an upstream AI might ask, and the program that asks it. Each runs for real: sandbox,

@@ -25,6 +25,7 @@ __all__ = [
     "GuardRule",
     "GuestOperation",
     "GuestSurface",
+    "HttpEndpointSpec",
     "LimitsSpec",
     "OperationRule",
     "ParamSpec",
@@ -57,9 +58,25 @@ class TransitionRule(_Frozen, frozen=True):
     boundaries: tuple[str, ...]
 
 
+class HttpEndpointSpec(_Frozen, frozen=True):
+    """One operation's HTTP request, with every param placed (path, query or body)."""
+
+    service: str  # CHARTER_SERVICE_<SERVICE>_URL overrides base_url
+    base_url: str | None
+    method: str
+    path: str  # template: {param} placeholders
+    path_params: tuple[str, ...]
+    query: tuple[str, ...]
+    body: tuple[str, ...]
+    result: str  # JSON pointer into the response body; '' for the whole body
+    timeout_seconds: float
+    read_retries: int
+
+
 class BindingSpec(_Frozen, frozen=True):
-    kind: Literal["python"]
-    target: str  # 'package.module:function'
+    kind: Literal["python", "http"]
+    target: str  # python: 'package.module:function'; http: 'METHOD /path/{param}'
+    http: HttpEndpointSpec | None = None
 
 
 class OperationRule(_Frozen, frozen=True):

@@ -18,7 +18,13 @@ __all__ = ["canonical_json", "content_hash"]
 
 
 def canonical_json(model: Contract) -> bytes:
-    return msgspec.json.encode(model.model_dump(mode="json", by_alias=True))
+    data = model.model_dump(mode="json", by_alias=True)
+    # A binding is one of python/http: its canonical form names only the chosen one, so the
+    # hashes of contracts written before `http` existed did not change when it was added.
+    for holder in (data, *data["operations"].values()):
+        if holder.get("binding") is not None:
+            holder["binding"] = {kind: v for kind, v in holder["binding"].items() if v is not None}
+    return msgspec.json.encode(data)
 
 
 def content_hash(canonical: bytes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,6 +18,7 @@ from charter.compiler.artifact import (
     GuardRule,
     GuestOperation,
     GuestSurface,
+    HttpEndpointSpec,
     LimitsSpec,
     OperationRule,
     ParamSpec,
@@ -133,11 +135,6 @@ def _operation_rule(
             to=spec.to,
             boundaries=_enforcing(boundaries, f"transition:{op.entity}.{op.transition}"),
         )
-    if op.binding is not None:
-        target = op.binding.python
-    else:
-        assert model.binding is not None  # the checker guarantees one of the two
-        target = f"{model.binding.python}:{name}"
     return OperationRule(
         name=name,
         kind=op.kind,
@@ -162,7 +159,47 @@ def _operation_rule(
         idempotent=op.idempotent,
         requires_approval=op.requires_approval,
         reader=entity_reader(model, op.entity) if op.entity and op.key else None,
-        binding=BindingSpec(kind="python", target=target),
+        binding=_binding(model, name, op),
+    )
+
+
+def _binding(model: Contract, name: str, op: Operation) -> BindingSpec:
+    """The operation's backend, with every default the contract leaves implicit made explicit."""
+    if op.binding is not None and op.binding.python is not None:
+        return BindingSpec(kind="python", target=op.binding.python)
+    if op.binding is None or op.binding.http is None:
+        assert model.binding is not None  # the checker guarantees a default for unbound operations
+        assert model.binding.python is not None
+        return BindingSpec(kind="python", target=f"{model.binding.python}:{name}")
+    endpoint = op.binding.http
+    assert model.binding is not None  # the checker guarantees a service for every endpoint
+    assert model.binding.http is not None
+    service = model.binding.http
+    path_params = tuple(re.findall(r"\{([^{}]*)\}", endpoint.path))
+    query, body = list(endpoint.query or ()), list(endpoint.body or ())
+    # Params the endpoint does not place go where the method puts them (GET and DELETE: the
+    # query string), unless the author listed that place explicitly: then to the other one.
+    rest = [p for p in op.params if p not in (*path_params, *query, *body)]
+    query_first = endpoint.method in ("GET", "DELETE")
+    if endpoint.query is None and (query_first or endpoint.body is not None):
+        query += rest
+    else:
+        body += rest
+    return BindingSpec(
+        kind="http",
+        target=f"{endpoint.method} {endpoint.path}",
+        http=HttpEndpointSpec(
+            service=service.service,
+            base_url=service.base_url,
+            method=endpoint.method,
+            path=endpoint.path,
+            path_params=path_params,
+            query=tuple(query),
+            body=tuple(body),
+            result=endpoint.result,
+            timeout_seconds=endpoint.timeout_seconds or service.timeout_seconds,
+            read_retries=service.read_retries,
+        ),
     )
 
 

@@ -28,7 +28,7 @@ from charter.contract.cel_guards import (
     names_used,
     suggest,
 )
-from charter.contract.model import Contract, Entity, Operation
+from charter.contract.model import Contract, Entity, HttpEndpoint, Operation
 from charter.contract.types import PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.errors import ContractError, Problem
 
@@ -43,6 +43,8 @@ __all__ = [
 _SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_BASE_URL = re.compile(r"https?://[^\s?#]+\Z")
 _SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)*\Z")
 # Names a program already uses for something else: the runtime's own functions and types.
 _RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime"}
@@ -235,6 +237,7 @@ class _Checker:
         for name, operation in m.operations.items():
             self._check_operation(name, operation)
         self._check_boundaries()
+        self._check_service()
         if m.limits.max_writes > m.limits.max_calls:
             self.fail(
                 ("limits", "max_writes"),
@@ -574,14 +577,18 @@ class _Checker:
                 self.fail((*gpath, "when"), f"guard '{guard.id}': {message}")
 
     def _check_binding(self, name: str, op: Operation) -> None:
+        default = self.model.binding
+        if op.binding is not None and op.binding.http is not None:
+            self._check_endpoint(name, op, op.binding.http)
+            return
         path: DocPath
-        if op.binding is not None:
+        if op.binding is not None and op.binding.python is not None:
             ref, path = op.binding.python, ("operations", name, "binding", "python")
             if ":" not in ref:
                 self.fail(path, f"binding '{ref}' of '{name}' must be 'package.module:function'")
                 return
-        elif self.model.binding is not None:
-            module = self.model.binding.python
+        elif default is not None and default.python is not None:
+            module = default.python
             if ":" in module:
                 self.fail(
                     ("binding", "python"),
@@ -590,6 +597,14 @@ class _Checker:
                 )
                 return
             ref, path = f"{module}:{name}", ("binding", "python")
+        elif default is not None and default.http is not None:
+            self.fail(
+                ("operations", name),
+                f"operation '{name}' has no endpoint on service '{default.http.service}': add "
+                "`binding: {http: {method: GET, path: /...}}` to the operation",
+                key=True,
+            )
+            return
         else:
             self.fail(
                 ("operations", name),
@@ -598,6 +613,9 @@ class _Checker:
                 key=True,
             )
             return
+        self._resolve_python(ref, path)
+
+    def _resolve_python(self, ref: str, path: DocPath) -> None:
         if self.binding_search is None:
             return
         module, _, function = ref.partition(":")
@@ -612,6 +630,73 @@ class _Checker:
         error = _missing_function(module, located, function)
         if error:
             self.fail(path, f"binding '{ref}' does not resolve: {error}")
+
+    def _check_service(self) -> None:
+        default = self.model.binding
+        if default is None or default.http is None:
+            return
+        service = default.http
+        if not _SNAKE.match(service.service):
+            self.fail(("binding", "http", "service"), f"service name '{service.service}' must be lower snake_case")
+        if service.base_url is not None and not _BASE_URL.match(service.base_url):
+            self.fail(
+                ("binding", "http", "base_url"),
+                f"base_url '{service.base_url}' must be an http:// or https:// URL without a query, "
+                "e.g. http://127.0.0.1:8701",
+            )
+
+    def _check_endpoint(self, name: str, op: Operation, endpoint: HttpEndpoint) -> None:
+        path: DocPath = ("operations", name, "binding", "http")
+        default = self.model.binding
+        if default is None or default.http is None:
+            self.fail(
+                path,
+                f"operation '{name}' is bound to an HTTP endpoint, but the contract names no service: add "
+                "`binding: {http: {service: NAME, base_url: URL}}` at the top of the contract",
+            )
+        if not endpoint.path.startswith("/") or "?" in endpoint.path or "#" in endpoint.path:
+            self.fail((*path, "path"), f"path '{endpoint.path}' must start with '/' and hold no query or fragment")
+        if op.kind == "write" and endpoint.method == "GET":
+            self.fail((*path, "method"), f"write operation '{name}' cannot be a GET: use POST, PUT, PATCH or DELETE")
+        placed: dict[str, str] = {}
+        for placeholder in _PLACEHOLDER.findall(endpoint.path):
+            param = op.params.get(placeholder)
+            if param is None:
+                self.fail(
+                    (*path, "path"),
+                    f"path placeholder '{{{placeholder}}}' is not a param of '{name}'{suggest(placeholder, op.params)}",
+                )
+            elif param.endswith("?"):
+                self.fail((*path, "path"), f"path placeholder '{{{placeholder}}}' needs a required param, not {param}")
+            placed[placeholder] = "path"
+        for where in ("query", "body"):
+            listed = getattr(endpoint, where)
+            if listed is None:
+                continue
+            if where == "body" and endpoint.method == "GET" and listed:
+                self.fail((*path, "body"), "a GET request carries no body: send these params in `query`")
+            for index, param_name in enumerate(listed):
+                if param_name not in op.params:
+                    self.fail(
+                        (*path, where, index),
+                        f"'{param_name}' is not a param of '{name}'{suggest(param_name, op.params)}",
+                    )
+                elif param_name in placed:
+                    self.fail(
+                        (*path, where, index), f"param '{param_name}' is already sent in the {placed[param_name]}"
+                    )
+                else:
+                    placed[param_name] = where
+        if endpoint.method == "GET" and endpoint.query is not None:  # the rest would go in a GET's body
+            unsent = [p for p in op.params if p not in placed]
+            if unsent:
+                self.fail((*path, "query"), f"params {', '.join(unsent)} of '{name}' must be in the query of a GET")
+        if endpoint.query is not None and endpoint.body is not None:
+            unsent = [p for p in op.params if p not in placed]
+            if unsent:
+                self.fail(path, f"params {', '.join(unsent)} of '{name}' are sent nowhere: list them in query or body")
+        if endpoint.result and not endpoint.result.startswith("/"):
+            self.fail((*path, "result"), f"result '{endpoint.result}' must be a JSON pointer such as /order, or ''")
 
     # boundaries
 

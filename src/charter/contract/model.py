@@ -17,8 +17,11 @@ __all__ = [
     "Binding",
     "Boundary",
     "Contract",
+    "ContractBinding",
     "Entity",
     "Guard",
+    "HttpEndpoint",
+    "HttpService",
     "Lifecycle",
     "Limits",
     "Operation",
@@ -76,11 +79,61 @@ TypeText = Annotated[
 NonEmptyText = Annotated[str, Field(min_length=1)]
 
 
-class Binding(_Strict):
-    """Where an operation is carried out. Only in-process Python backends exist today;
-    the field is a mapping so that `http: {...}` can sit beside `python:` later."""
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 
-    python: str = Field(description="At contract level a module ('pkg.module'); on an operation 'pkg.module:function'.")
+
+class HttpService(_Strict):
+    """The HTTP service a contract's operations call (the contract-level `binding: {http: ...}`).
+
+    Where it runs is deployment, not contract: CHARTER_SERVICE_<SERVICE>_URL overrides
+    `base_url`, so one contract version serves every environment.
+    """
+
+    service: str = Field(description="The service's name, a snake_case identifier; names the URL variable.")
+    base_url: str | None = Field(default=None, description="The default base URL, e.g. http://127.0.0.1:8701.")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300, description="Per request, unless an endpoint says.")
+    read_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of a read after a transport error or a 5xx; writes never retry."
+    )
+
+
+class HttpEndpoint(_Strict):
+    """One operation's HTTP request and how its response maps to the operation's result."""
+
+    method: HttpMethod
+    path: str = Field(description="Path template; {param} is filled from a required param, e.g. /orders/{id}.")
+    query: list[str] | None = Field(
+        default=None, description="Params sent in the query string (default: the rest, for GET and DELETE)."
+    )
+    body: list[str] | None = Field(
+        default=None, description="Params sent as the JSON body's fields (default: the rest, for POST, PUT, PATCH)."
+    )
+    result: str = Field(
+        default="", description="JSON pointer to the result inside the response body; '' is the whole body."
+    )
+    timeout_seconds: float | None = Field(default=None, gt=0, le=300)
+
+
+class _OneBackend(_Strict):
+    @model_validator(mode="after")
+    def _exactly_one(self) -> _OneBackend:
+        if (getattr(self, "python", None) is None) == (getattr(self, "http", None) is None):
+            raise ValueError("a binding names exactly one of python, http")
+        return self
+
+
+class ContractBinding(_OneBackend):
+    """The contract's default backend: a Python module, or an HTTP service."""
+
+    python: str | None = Field(default=None, description="A module ('pkg.module'); operations use module:<op name>.")
+    http: HttpService | None = None
+
+
+class Binding(_OneBackend):
+    """Where one operation is carried out: a Python function, or an endpoint of the contract's service."""
+
+    python: str | None = Field(default=None, description="'pkg.module:function'.")
+    http: HttpEndpoint | None = None
 
 
 class Transition(_Strict):
@@ -187,9 +240,9 @@ class Contract(_Strict):
     operations: dict[str, Operation] = Field(min_length=1)
     boundaries: list[Boundary] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
-    binding: Binding | None = Field(
+    binding: ContractBinding | None = Field(
         default=None,
-        description="Default backend module; operations without one use module:op_name.",
+        description="The default backend: a Python module (operations use module:op_name) or an HTTP service.",
     )
 
     @field_validator("version", mode="before")

@@ -37,7 +37,7 @@ import cel
 import msgspec
 
 from charter.audit import Decision, Observed, Outcome, RunRecorder, args_digest, now_iso
-from charter.backends import Backend, CallContext, Precondition, PreconditionFailed, fingerprint
+from charter.backends import Backend, BackendFailure, CallContext, Precondition, PreconditionFailed, fingerprint
 from charter.compiler.artifact import CompiledContract, GuardRule, OperationRule
 from charter.contract.cel_guards import activation
 from charter.contract.types import MONEY_SCALE, TypeRef
@@ -390,6 +390,12 @@ class GateSession:
             message = f"{rule.name}: {error}"
             self._record_outcome(request, "failed", code="PRECONDITION_FAILED", message=message)
             raise OperationFailed("PRECONDITION_FAILED", message) from None
+        except BackendFailure as failure:
+            # In doubt: the request reached the backend, no answer came back. The receipt says
+            # `unknown` and the call stays in doubt in the seal; nothing here sends it again.
+            status: Literal["failed", "unknown"] = "unknown" if failure.in_doubt else "failed"
+            self._record_outcome(request, status, code=failure.code, message=failure.message)
+            raise OperationFailed(failure.code, failure.message) from None
         except OperationFailed as failed:
             self._record_outcome(request, "failed", code=failed.code, message=failed.message)
             raise
@@ -458,7 +464,7 @@ class GateSession:
     def _record_outcome(
         self,
         request: CallRequest,
-        status: Literal["ok", "failed", "replayed"],
+        status: Literal["ok", "failed", "replayed", "unknown"],
         *,
         reply: str | None = None,
         code: str | None = None,

@@ -1,0 +1,304 @@
+"""Operations bound to an HTTP service: one request per allowed call, over httpx.
+
+What a demanding caller of a real service needs, and what this does:
+
+- Writes are sent exactly once. A write that reached the service and got no answer
+  (timeout, dropped connection, a 5xx) may have taken effect: it fails *in doubt*, the
+  receipt says so, and nothing here sends it again. Only a write that provably never left
+  (the connection could not be opened) is reported as not sent.
+- Every write carries `Idempotency-Key` (the key its decision receipt holds) and
+  `Charter-Receipt` (run/call), so a service that honours the key applies a repeated write
+  once, and its logs point back to the audit record.
+- Reads retry after transport errors and 5xx answers, `read_retries` times, with backoff,
+  never past the run's deadline.
+- A service that returns an `ETag` on reads gets it back as `If-Match` on the write the
+  gate decided on that read: a change in between is a 412, reported as PreconditionFailed,
+  and the write is not made.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from charter.backends._base import BackendFailure, BackendNotFound, CallContext, PreconditionFailed
+from charter.compiler.artifact import CompiledContract, HttpEndpointSpec, OperationRule
+from charter.errors import UsageError
+
+__all__ = ["HttpBackend", "service_url"]
+
+_json = msgspec.json.Encoder(decimal_format="string")
+_ETAGS_KEPT = 10_000  # (run, entity, key) -> ETag of its latest read; enough for any run in flight
+
+
+def service_url(contract: CompiledContract, service: str, default: str | None) -> str:
+    """The base URL of `service`: CHARTER_SERVICE_<SERVICE>_URL, else the contract's default."""
+    variable = f"CHARTER_SERVICE_{service.upper()}_URL"
+    url = os.environ.get(variable) or default
+    if not url:
+        raise UsageError(
+            f"contract {contract.name} {contract.version} calls HTTP service '{service}', whose address is not "
+            f"known: set {variable} (or give binding.http.base_url in the contract)"
+        )
+    return url.rstrip("/")
+
+
+class HttpBackend:
+    """Performs a contract's HTTP-bound operations. Thread-safe; one connection pool per service."""
+
+    blocking: bool = True
+
+    def __init__(self, contract: CompiledContract, *, transport: httpx.BaseTransport | None = None) -> None:
+        self._contract = contract
+        self._rules: dict[str, OperationRule] = {}
+        self._endpoints: dict[str, HttpEndpointSpec] = {}
+        self._clients: dict[str, httpx.Client] = {}
+        for name, rule in contract.gate.operations.items():
+            endpoint = rule.binding.http
+            if endpoint is None:
+                continue
+            self._rules[name] = rule
+            self._endpoints[name] = endpoint
+            if endpoint.service not in self._clients:
+                self._clients[endpoint.service] = httpx.Client(
+                    base_url=service_url(contract, endpoint.service, endpoint.base_url),
+                    transport=transport,
+                    headers={"User-Agent": "charter", "Accept": "application/json"},
+                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                    follow_redirects=False,  # a write must not be re-sent to another address
+                )
+        self._etags: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._etags_lock = threading.Lock()
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+
+    def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
+        endpoint = self._endpoints.get(operation)
+        if endpoint is None:
+            raise LookupError(f"HttpBackend has no endpoint for {operation!r}")
+        rule = self._rules[operation]
+        request = self._request(rule, endpoint, arguments, context)
+        if rule.kind == "write":
+            response = self._send_write(rule, endpoint, request, context)
+        else:
+            response = self._send_read(rule, endpoint, request, context)
+        self._remember_etag(rule, arguments, context, response)
+        return self._result(rule, endpoint, response)
+
+    # -- building the request -------------------------------------------------------------
+
+    def _request(
+        self,
+        rule: OperationRule,
+        endpoint: HttpEndpointSpec,
+        arguments: Mapping[str, Any],
+        context: CallContext | None,
+    ) -> httpx.Request:
+        path = endpoint.path
+        for name in endpoint.path_params:
+            path = path.replace("{" + name + "}", quote(_text(arguments[name]), safe=""))
+        query: list[tuple[str, str | int | float | bool | None]] = [
+            (name, _text(item))
+            for name in endpoint.query
+            if arguments.get(name) is not None
+            for item in (arguments[name] if isinstance(arguments[name], list) else [arguments[name]])
+        ]
+        headers: dict[str, str] = {}
+        content = None
+        if endpoint.method != "GET" and (endpoint.body or rule.kind == "write"):
+            content = _json.encode({name: arguments.get(name) for name in endpoint.body if name in arguments})
+            headers["Content-Type"] = "application/json"
+        if context is not None and rule.kind == "write":
+            headers["Charter-Receipt"] = f"{context.run_id}/{context.call}"
+            if context.idempotency_key:
+                headers["Idempotency-Key"] = context.idempotency_key
+            if context.precondition is not None:
+                etag = self._etag(context.run_id, context.precondition.entity, context.precondition.key)
+                if etag is not None:
+                    headers["If-Match"] = etag
+        client = self._clients[endpoint.service]
+        return client.build_request(endpoint.method, path, params=query, content=content, headers=headers)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def _send_write(
+        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: httpx.Request, context: CallContext | None
+    ) -> httpx.Response:
+        where = f"{rule.name} ({request.method} {request.url})"
+        timeout = _timeout(endpoint, context, where)
+        try:
+            response = _send(self._clients[endpoint.service], request, timeout)
+        except httpx.ConnectError as error:
+            raise BackendFailure(
+                "BACKEND_UNREACHABLE", f"{where}: the service could not be reached ({error}); nothing was sent"
+            ) from None
+        except httpx.PoolTimeout:
+            raise BackendFailure("BACKEND_UNREACHABLE", f"{where}: no connection was free; nothing was sent") from None
+        except (httpx.TimeoutException, httpx.TransportError) as error:
+            kind = (
+                "no answer came within the time limit"
+                if isinstance(error, httpx.TimeoutException)
+                else (f"the connection broke before the answer ({type(error).__name__}: {error})")
+            )
+            raise BackendFailure(
+                "BACKEND_TIMEOUT" if isinstance(error, httpx.TimeoutException) else "BACKEND_DISCONNECTED",
+                f"{where} was sent and {kind}: it may have taken effect. It was not sent again; "
+                f"read the {rule.entity or 'entity'} to learn its state, and do not repeat the write in this run",
+                in_doubt=True,
+            ) from None
+        if response.status_code >= 500:
+            raise BackendFailure(
+                "BACKEND_ERROR",
+                f"{where} was answered {response.status_code} ({_detail(response)}): the service failed while "
+                "handling it, so it may have taken effect. It was not sent again",
+                in_doubt=True,
+            )
+        _raise_for_client_error(where, response)
+        return response
+
+    def _send_read(
+        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: httpx.Request, context: CallContext | None
+    ) -> httpx.Response:
+        where = f"{rule.name} ({request.method} {request.url})"
+        tries = endpoint.read_retries + 1
+        problem = ""
+        for attempt in range(tries):
+            if attempt:
+                _pause(attempt, context)
+            timeout = _timeout(endpoint, context, where)
+            try:
+                response = _send(self._clients[endpoint.service], request, timeout)
+            except httpx.TimeoutException:
+                problem, code = "no answer came within the time limit", "BACKEND_TIMEOUT"
+                continue
+            except httpx.TransportError as error:
+                problem, code = f"{type(error).__name__}: {error}", "BACKEND_UNREACHABLE"
+                continue
+            if response.status_code >= 500:
+                problem, code = f"answered {response.status_code} ({_detail(response)})", "BACKEND_ERROR"
+                continue
+            _raise_for_client_error(where, response)
+            return response
+        raise BackendFailure(code, f"{where} failed {tries} times; the last: {problem}")
+
+    # -- the response ---------------------------------------------------------------------
+
+    def _result(self, rule: OperationRule, endpoint: HttpEndpointSpec, response: httpx.Response) -> Any:
+        where = f"{rule.name} ({response.request.method} {response.request.url})"
+        if rule.returns is None and not response.content:
+            return None
+        try:
+            body = msgspec.json.decode(response.content)
+        except msgspec.DecodeError as error:
+            raise BackendFailure(
+                "BAD_RESPONSE", f"{where}: the service answered {response.status_code} with no JSON ({error})"
+            ) from None
+        return _pointer(body, endpoint.result, where)
+
+    def _remember_etag(
+        self, rule: OperationRule, arguments: Mapping[str, Any], context: CallContext | None, response: httpx.Response
+    ) -> None:
+        etag = response.headers.get("ETag")
+        if context is None or etag is None or rule.entity is None or rule.key is None:
+            return
+        slot = (context.run_id, rule.entity, _key(arguments.get(rule.key)))
+        with self._etags_lock:
+            self._etags[slot] = etag
+            self._etags.move_to_end(slot)
+            while len(self._etags) > _ETAGS_KEPT:
+                self._etags.popitem(last=False)
+
+    def _etag(self, run_id: str, entity: str, key: Any) -> str | None:
+        with self._etags_lock:
+            return self._etags.get((run_id, entity, _key(key)))
+
+
+def _timeout(endpoint: HttpEndpointSpec, context: CallContext | None, where: str) -> dict[str, float]:
+    """The endpoint's timeout, cut to what remains of the run's wall time."""
+    seconds = endpoint.timeout_seconds
+    if context is not None:
+        seconds = min(seconds, context.deadline - time.monotonic())
+    if seconds <= 0:
+        raise BackendFailure("BACKEND_TIMEOUT", f"{where}: the run's wall time ran out before it was sent")
+    return {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+
+
+def _send(client: httpx.Client, request: httpx.Request, timeout: dict[str, float]) -> httpx.Response:
+    request.extensions["timeout"] = timeout  # per attempt: what remains of the run's wall time
+    return client.send(request)
+
+
+def _pause(attempt: int, context: CallContext | None) -> None:
+    delay = min(1.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2)  # jitter, not secrecy
+    if context is not None:
+        delay = min(delay, max(0.0, context.deadline - time.monotonic() - 0.01))
+    time.sleep(delay)
+
+
+def _raise_for_client_error(where: str, response: httpx.Response) -> None:
+    status = response.status_code
+    if status < 400:
+        return
+    detail = _detail(response)
+    if status == 404:
+        raise BackendNotFound("NOT_FOUND", f"{where}: not found ({detail})")
+    if status == 412:
+        # The service's own words first: they name the entity and what changed.
+        raise PreconditionFailed(f"{detail} (412 from {response.request.method} {response.request.url})")
+    if status == 409:
+        raise BackendFailure("CONFLICT", f"{where}: the service refused it as a conflict ({detail})")
+    raise BackendFailure("BACKEND_REJECTED", f"{where}: the service answered {status} ({detail})")
+
+
+def _detail(response: httpx.Response) -> str:
+    """The service's own words: a problem+json `detail`, a JSON `detail`, or the start of its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason_phrase
+    if isinstance(body, dict):
+        for field in ("detail", "message", "title", "error"):
+            if isinstance(body.get(field), str):
+                return str(body[field])[:300]
+    return response.text[:200]
+
+
+def _pointer(body: Any, pointer: str, where: str) -> Any:
+    """Resolve an RFC 6901 JSON pointer."""
+    value = body
+    for raw in pointer.split("/")[1:] if pointer else ():
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(value, dict) and token in value:
+            value = value[token]
+        elif isinstance(value, list) and token.isdigit() and int(token) < len(value):
+            value = value[int(token)]
+        else:
+            raise BackendFailure("BAD_RESPONSE", f"{where}: the response has nothing at {pointer}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def _key(value: Any) -> str:
+    return msgspec.json.encode(value).decode("utf-8")

@@ -1,0 +1,302 @@
+"""HTTP-bound contracts against the real orders service on loopback, with real network faults.
+
+Every fault goes through a real TCP proxy (tests/faulty_proxy.py): the service is real,
+the sockets are real, only the exchange is broken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from charter.audit import Decision, Outcome, Sealed
+from charter.compiler import CompiledContract, compile_contract
+from charter.contract import load_contract
+from charter.errors import ContractError, UsageError
+from charter.principal import Principal
+from charter.runner import Execution, Runner
+from tests.conftest import ALL_ORDER_SCOPES, ROOT, Governed, compiled
+from tests.faulty_proxy import FaultyProxy, Plan
+
+ADA = Principal("ada", ALL_ORDER_SCOPES)
+
+
+def order(order_id: int) -> dict[str, object]:
+    from examples.orders import backend
+
+    return backend.get_order(id=order_id)
+
+
+@pytest.fixture
+def proxy(orders_service: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultyProxy]:
+    faulty = FaultyProxy(upstream=orders_service)
+    monkeypatch.setenv("CHARTER_SERVICE_ORDERS_URL", faulty.url)
+    yield faulty
+    faulty.close()
+
+
+def run(governed: Governed, program: str, contract: CompiledContract | None = None) -> Execution:
+    # A new runner builds a new backend, which reads the service URL (the proxy's) afresh.
+    runner = Runner(audit=governed.log, sandbox=governed.runner.sandbox)
+    return runner.execute(program, contract=contract or governed.contract, principal=ADA)
+
+
+def receipts(governed: Governed, run_id: str) -> tuple[list[Decision], list[Outcome], Sealed]:
+    record = governed.log.run(run_id).receipts
+    seal = next(r for r in record if isinstance(r, Sealed))
+    return [r for r in record if isinstance(r, Decision)], [r for r in record if isinstance(r, Outcome)], seal
+
+
+def first_post(action: str) -> Plan:
+    """`action` for the first POST; every other request goes through."""
+    posts = 0
+
+    def plan(method: str, path: str) -> str:
+        nonlocal posts
+        if method != "POST":
+            return "forward"
+        posts += 1
+        return action if posts == 1 else "forward"
+
+    return plan
+
+
+REPORT = "except OperationError as error:\n    conclude(error.code + ' | ' + str(error))\n"
+
+
+# -- the happy path carries what the service needs ------------------------------------------
+
+
+def test_a_write_carries_its_receipts_idempotency_key_and_the_etag_of_the_gates_read(
+    governed: Governed, proxy: FaultyProxy
+) -> None:
+    execution = run(governed, 'o = orders.cancel_order(id=101, reason="moved")\nconclude(o.status)')
+    assert execution.answer == "cancelled"
+    [read, write] = proxy.seen
+    assert (read.method, read.path) == ("GET", "/orders/101")  # the gate's state read, through the binding
+    assert (write.method, write.path) == ("POST", "/orders/101/cancel")
+    [decision], _, _ = receipts(governed, execution.run_id)
+    assert write.headers["idempotency-key"] == decision.idempotency_key
+    assert write.headers["charter-receipt"] == f"{execution.run_id}/1"
+    assert write.headers["if-match"].startswith('"')
+    assert write.body == b'{"reason":"moved"}'
+
+
+def test_query_params_and_path_params_are_encoded(governed: Governed, proxy: FaultyProxy) -> None:
+    execution = run(
+        governed, 'conclude(str([o.id for o in orders.list_orders(status="pending", customer="ada@example.com")]))'
+    )
+    assert execution.answer == "[101]"
+    assert proxy.seen[0].path == "/orders?status=pending&customer=ada%40example.com"
+
+
+# -- writes: sent once; in doubt when the answer is lost ------------------------------------
+
+
+def test_a_dropped_connection_after_the_write_leaves_it_in_doubt_and_never_resent(
+    governed: Governed, proxy: FaultyProxy
+) -> None:
+    proxy.plan = first_post("drop_after")
+    program = 'try:\n    orders.cancel_order(id=101, reason="moved")\n' + REPORT
+    execution = run(governed, program)
+    assert execution.answer is not None
+    code, message = execution.answer.split(" | ", 1)
+    assert code == "BACKEND_DISCONNECTED"
+    assert "it may have taken effect. It was not sent again" in message
+    assert len(proxy.forwarded("POST")) == 1  # sent once, no blind retry
+    assert order(101)["status"] == "cancelled"  # the service did write
+    _, [outcome], seal = receipts(governed, execution.run_id)
+    assert (outcome.status, outcome.code) == ("unknown", "BACKEND_DISCONNECTED")
+    assert seal.in_doubt == (1,) == execution.in_doubt
+
+
+def test_a_repeated_write_after_a_lost_answer_is_applied_once(governed: Governed, proxy: FaultyProxy) -> None:
+    proxy.plan = first_post("drop_after")
+    program = (
+        "from decimal import Decimal\n"
+        "orders.verify_refund(id=125)\n"
+        "try:\n"
+        '    orders.refund_order(id=125, amount=Decimal("5.00"), reason="late")\n'
+        "except OperationError:\n"
+        "    pass\n"
+        'o = orders.refund_order(id=125, amount=Decimal("5.00"), reason="late")\n'
+        "conclude(str(o.refunded))"
+    )
+    execution = run(governed, program)
+    assert execution.answer == "25.00"  # 20.00 before, one refund of 5.00
+    assert order(125)["refunded"] == Decimal("25.00")
+    posts = proxy.forwarded("POST")
+    assert len(posts) == 2
+    assert posts[0].headers["idempotency-key"] == posts[1].headers["idempotency-key"]  # the service replayed
+
+
+def test_a_write_that_times_out_is_in_doubt(governed: Governed, proxy: FaultyProxy, tmp_path: Path) -> None:
+    source = (ROOT / "contracts" / "orders.yaml").read_text(encoding="utf-8")
+    fast = tmp_path / "orders.yaml"
+    fast.write_text(source.replace("timeout_seconds: 5", "timeout_seconds: 0.5"), encoding="utf-8")
+    contract = compile_contract(load_contract(fast))
+    proxy.plan = first_post("delay_after:1.5")
+    execution = run(governed, "try:\n    orders.confirm_order(id=101)\n" + REPORT, contract)
+    assert execution.answer is not None
+    assert execution.answer.startswith("BACKEND_TIMEOUT | confirm_order (POST ")
+    assert "no answer came within the time limit: it may have taken effect" in execution.answer
+    _, [outcome], seal = receipts(governed, execution.run_id)
+    assert outcome.status == "unknown"
+    assert seal.in_doubt == (1,)
+    assert len(proxy.forwarded("POST")) == 1
+
+
+def test_a_500_on_a_write_is_in_doubt_and_not_retried(governed: Governed, proxy: FaultyProxy) -> None:
+    proxy.plan = first_post("error_500")
+    execution = run(governed, "try:\n    orders.confirm_order(id=101)\n" + REPORT)
+    assert execution.answer is not None
+    assert execution.answer.startswith("BACKEND_ERROR | confirm_order (POST ")
+    assert "was answered 500 (internal error)" in execution.answer
+    assert [s.method for s in proxy.seen] == ["GET", "POST"]
+    assert order(101)["status"] == "pending"
+    _, [outcome], _ = receipts(governed, execution.run_id)
+    assert outcome.status == "unknown"
+
+
+# -- reads: retried, within bounds ----------------------------------------------------------
+
+
+def test_a_read_is_retried_after_500s_and_succeeds(governed: Governed, proxy: FaultyProxy) -> None:
+    failures = iter(["error_500", "close_before"])
+    proxy.plan = lambda method, path: next(failures, "forward")
+    execution = run(governed, "conclude(orders.get_order(id=102).status)")
+    assert execution.answer == "confirmed"
+    assert [s.forwarded for s in proxy.seen] == [False, False, True]
+
+
+def test_a_read_that_keeps_failing_fails_after_its_retries(governed: Governed, proxy: FaultyProxy) -> None:
+    proxy.plan = lambda method, path: "error_500"
+    execution = run(governed, "try:\n    orders.get_order(id=102)\n" + REPORT)
+    assert execution.answer is not None
+    assert execution.answer.startswith("BACKEND_ERROR | get_order (GET ")
+    assert "failed 3 times; the last: answered 500 (internal error)" in execution.answer
+    _, [outcome], seal = receipts(governed, execution.run_id)
+    assert (outcome.status, seal.in_doubt) == ("failed", ())  # a read is never in doubt
+
+
+def test_an_unreachable_service_denies_writes_it_cannot_check(
+    governed: Governed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHARTER_SERVICE_ORDERS_URL", "http://127.0.0.1:9")  # nothing listens on port 9
+    execution = run(governed, 'orders.cancel_order(id=101, reason="moved")\nconclude("no")')
+    assert execution.status == "refused"
+    assert execution.reason is not None
+    assert "reading Order 101 through get_order failed" in execution.reason
+    [decision], outcomes, seal = receipts(governed, execution.run_id)
+    assert (decision.decision, decision.code, outcomes, seal.in_doubt) == ("DENY", "GATE_ERROR", [], ())
+
+
+def test_a_missing_service_address_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    source = (ROOT / "contracts" / "orders.yaml").read_text(encoding="utf-8")
+    bare = tmp_path / "orders.yaml"
+    bare.write_text(source.replace(', base_url: "http://127.0.0.1:8701"', ""), encoding="utf-8")
+    monkeypatch.delenv("CHARTER_SERVICE_ORDERS_URL")
+    from charter.backends import ContractBackend
+
+    with pytest.raises(UsageError, match="set CHARTER_SERVICE_ORDERS_URL"):
+        ContractBackend(compile_contract(load_contract(bare)))
+
+
+# -- the service's own semantics (what the binding relies on) --------------------------------
+
+
+def test_the_service_honours_idempotency_keys(orders_service: str) -> None:
+    import httpx
+
+    from examples.orders import backend
+
+    backend.seed()
+    with httpx.Client(base_url=orders_service) as client:
+        headers = {"Idempotency-Key": "k-1"}
+        first = client.post("/orders/125/refunds", json={"amount": "1.00", "reason": "late"}, headers=headers)
+        again = client.post("/orders/125/refunds", json={"amount": "1.00", "reason": "late"}, headers=headers)
+        other = client.post("/orders/125/refunds", json={"amount": "2.00", "reason": "late"}, headers=headers)
+        stale = client.post("/orders/102/cancel", json={"reason": "x"}, headers={"If-Match": '"0000"'})
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert first.json()["refunded"] == "21.00"  # once
+    assert other.status_code == 422
+    assert other.headers["content-type"] == "application/problem+json"
+    assert stale.status_code == 412
+    assert order(102)["status"] == "confirmed"
+
+
+# -- contract checks --------------------------------------------------------------------------
+
+HTTP_SHOP = {
+    "binding:\n  python: tests.data.shop_backend\n": 'binding:\n  http: {service: shop, base_url: "http://127.0.0.1:9"}\n',
+    "    returns: Order\n  cancel_order:": '    returns: Order\n    binding: {http: {method: GET, path: "/orders/{id}"}}\n'
+    "  cancel_order:",
+    "    scopes: [orders:write]\n": '    scopes: [orders:write]\n    binding: {http: {method: POST, path: "/orders/{id}/cancel"}}\n',
+}
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (
+            {'path: "/orders/{id}/cancel"': 'path: "/orders/{order}/cancel"'},
+            ["44:42: path placeholder '{order}' is not a param of 'cancel_order'"],
+        ),
+        (
+            {'{method: POST, path: "/orders/{id}/cancel"}': '{method: GET, path: "/orders/{id}/cancel"}'},
+            ["44:30: write operation 'cancel_order' cannot be a GET: use POST, PUT, PATCH or DELETE"],
+        ),
+        (
+            {'path: "/orders/{id}/cancel"}': 'path: "/orders/{id}/cancel", body: [reson]}'},
+            ["44:72: 'reson' is not a param of 'cancel_order' (did you mean 'reason'?)"],
+        ),
+        (
+            {'    binding: {http: {method: GET, path: "/orders/{id}"}}\n': ""},
+            [
+                "23:3: operation 'get_order' has no endpoint on service 'shop': add "
+                "`binding: {http: {method: GET, path: /...}}` to the operation"
+            ],
+        ),
+        (
+            {'base_url: "http://127.0.0.1:9"': 'base_url: "127.0.0.1:9"'},
+            [
+                "7:35: base_url '127.0.0.1:9' must be an http:// or https:// URL without a query, "
+                "e.g. http://127.0.0.1:8701"
+            ],
+        ),
+        (
+            {
+                '{http: {method: GET, path: "/orders/{id}"}}': '{http: {method: GET, path: "/orders/{id}"}, python: "a.b:c"}'
+            },
+            ["30:14: operations.get_order.binding: a binding names exactly one of python, http"],
+        ),
+        (
+            {'{method: GET, path: "/orders/{id}"}': '{method: GET, path: "/orders/{id}", result: order}'},
+            ["30:65: result 'order' must be a JSON pointer such as /order, or ''"],
+        ),
+    ],
+    ids=["unknown-placeholder", "write-as-get", "unknown-body-param", "no-endpoint", "bad-url", "two-kinds", "pointer"],
+)
+def test_malformed_http_bindings_get_exact_messages(
+    write_contract: object, mutation: dict[str, str], expected: list[str]
+) -> None:
+    path = write_contract(replace={**HTTP_SHOP})  # type: ignore[operator]
+    text = path.read_text(encoding="utf-8")
+    for old, new in mutation.items():
+        assert old in text
+        text = text.replace(old, new, 1)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ContractError) as caught:
+        load_contract(path)
+    assert [f"{p.line}:{p.column}: {p.message}" for p in caught.value.problems] == expected
+
+
+def test_the_orders_contract_binds_every_operation_over_http() -> None:
+    contract = compiled("orders")
+    assert {rule.binding.kind for rule in contract.gate.operations.values()} == {"http"}
+    assert compiled("invoices").gate.operations["pay_invoice"].binding.kind == "python"
