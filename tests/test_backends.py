@@ -111,6 +111,12 @@ def test_a_dropped_connection_after_the_write_leaves_it_in_doubt_and_never_resen
     _, [outcome], seal = receipts(governed, execution.run_id)
     assert (outcome.status, outcome.code) == ("unknown", "BACKEND_DISCONNECTED")
     assert seal.in_doubt == (1,) == execution.in_doubt
+    assert [d.call for d in governed.log.run(execution.run_id).in_doubt()] == [1]
+    from charter.audit import verify_log
+
+    report = verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id)
+    assert report.ok
+    assert [(call, op) for _, call, op in report.in_doubt] == [(1, "cancel_order")]
 
 
 def test_a_repeated_write_after_a_lost_answer_is_applied_once(governed: Governed, proxy: FaultyProxy) -> None:

@@ -263,8 +263,8 @@ class RunRecord:
         return self.sealed.status if self.sealed else "incomplete"
 
     def in_doubt(self) -> list[Decision]:
-        """Allowed calls with no outcome receipt: the action may or may not have happened."""
-        done = {r.call for r in self.receipts if isinstance(r, Outcome)}
+        """Allowed calls with no known outcome: the action may or may not have happened."""
+        done = {r.call for r in self.receipts if isinstance(r, Outcome) and r.status != "unknown"}
         return [r for r in self.receipts if isinstance(r, Decision) and r.decision == "ALLOW" and r.call not in done]
 
 

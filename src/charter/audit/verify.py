@@ -197,7 +197,8 @@ def verify_receipts(
         elif isinstance(body, Outcome):
             if body.call not in track.allowed:
                 find(row, f"an outcome for call {body.call}, which was never allowed")
-            track.answered.add(body.call)
+            if body.status != "unknown":  # an unknown outcome leaves the call in doubt
+                track.answered.add(body.call)
         elif isinstance(body, Attempted):
             if body.program is not None and text_sha256(body.program) != body.program_sha256:
                 find(row, "the attempt's program does not hash to its program_sha256")
