@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from charter.backends import CallContext, Precondition, PreconditionFailed, fingerprint
 from charter.principal import Principal
+from charter.server import serving
 from examples._sqlite import Conflict, NotFound
 from examples.orders import backend
 
@@ -260,24 +260,9 @@ def create_app() -> FastAPI:
 app = create_app()
 
 
-@contextmanager
-def running(application: Any = None, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def running(application: Any = None, *, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[str]:
     """Serve the orders service (or `application`) on loopback in a background thread; yields its base URL."""
-    config = uvicorn.Config(application or app, host=host, port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="orders-service", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the orders service did not start on {host}:{port}")
-        time.sleep(0.01)
-    bound = server.servers[0].sockets[0].getsockname()
-    try:
-        yield f"http://{host}:{bound[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return serving(application or app, host=host, port=port, name="orders-service")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from charter.cli import audit, contract, sandbox
 from charter.cli.demo import demo
 from charter.cli.execute import execute
 from charter.cli.run import run
+from charter.cli.serve import mcp, serve, token_app
 
 __all__ = ["app", "main"]
 
@@ -20,9 +21,12 @@ app.add_typer(contract.app, name="contract")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(sandbox.bench_app, name="bench")
 app.add_typer(audit.app, name="audit")
+app.add_typer(token_app, name="token")
 app.command()(run)
 app.command("exec")(execute)
 app.command()(demo)
+app.command()(serve)
+app.command()(mcp)
 
 
 def main() -> None:

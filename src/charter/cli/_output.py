@@ -20,6 +20,11 @@ def say(text: str = "", style: str | None = None) -> None:
     out.print(text, markup=False, style=style)
 
 
+def note(text: str, style: str | None = None) -> None:
+    """To stderr: for messages from commands whose stdout is a protocol (charter mcp) or data."""
+    err.print(text, markup=False, style=style)
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 

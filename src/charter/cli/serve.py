@@ -1,0 +1,163 @@
+"""`charter serve`, `charter mcp` and `charter token`: Charter for remote callers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from charter.cli._output import fail, note, print_json, say
+from charter.cli.execute import PrincipalOption, ScopeOption, principal_from
+from charter.errors import CharterError
+
+if TYPE_CHECKING:
+    from charter.server import CharterService
+
+token_app = typer.Typer(help="API tokens: each acts for one principal with its scopes.", no_args_is_help=True)
+
+TokensOption = Annotated[
+    Path | None, typer.Option("--tokens", help="The token file (default $CHARTER_HOME/tokens.yaml).")
+]
+ReplayOption = Annotated[
+    list[Path] | None,
+    typer.Option(help="Answer intents from recorded model responses (JSON) instead of the API; repeatable."),
+]
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        fail(f"{address!r} is not HOST:PORT, e.g. 127.0.0.1:8700")
+    return host.strip("[]"), int(port)
+
+
+def build_service(replay: list[Path] | None) -> CharterService:
+    """The registry, audit log and Runtime Agent under CHARTER_HOME, as a service."""
+    from charter.agent import AgentSettings, Charter
+    from charter.agent._recorded import recorded_model
+    from charter.audit import AuditLog
+    from charter.registry import Registry
+    from charter.server import CharterService
+
+    if str(Path.cwd()) not in sys.path:  # Python bindings name modules relative to the checkout
+        sys.path.insert(0, str(Path.cwd()))
+    settings = AgentSettings.from_env()
+    audit = AuditLog()
+    agent = Charter(model=recorded_model(settings, replay) if replay else None, settings=settings, audit=audit)
+    return CharterService.create(registry=Registry(), audit=audit, agent=agent)
+
+
+def openapi_document() -> dict[str, object]:
+    """The API's OpenAPI document, as served (without any state behind it)."""
+    from unittest import mock
+
+    from charter.server import create_app
+
+    app = create_app(mock.sentinel.service, mock.sentinel.tokens, mock.sentinel.idempotency)
+    return app.openapi()
+
+
+def serve(
+    address: Annotated[str, typer.Argument(help="HOST:PORT to listen on, e.g. 127.0.0.1:8700.")] = "127.0.0.1:8700",
+    tokens: TokensOption = None,
+    replay: ReplayOption = None,
+    openapi: Annotated[bool, typer.Option("--openapi", help="Print the OpenAPI document and exit.")] = False,
+) -> None:
+    """Serve the HTTP API: intents, programs, runs and contracts, behind bearer tokens."""
+    if openapi:
+        print(json.dumps(openapi_document(), indent=2))
+        return
+    import uvicorn
+
+    from charter.server import IdempotencyStore, TokenStore, create_app
+
+    host, port = host_port(address)
+    try:
+        service = build_service(replay)
+        store = TokenStore(tokens)
+        if not store.entries():
+            say(f"no tokens in {store.path}: every request will get 401; add one with `charter token add`", "yellow")
+        app = create_app(service, store, IdempotencyStore(service.audit.path.parent / "idempotency.db"))
+    except CharterError as error:
+        fail(error)
+    say(f"Charter API on http://{host}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def mcp(
+    http: Annotated[
+        str | None, typer.Option("--http", help="Serve streamable HTTP on HOST:PORT instead of stdio.")
+    ] = None,
+    principal: PrincipalOption = None,
+    scope: ScopeOption = None,
+    tokens: TokensOption = None,
+    replay: ReplayOption = None,
+) -> None:
+    """Serve Charter as an MCP server: an operate tool per contract, code mode, audit, contract resources.
+
+    Over stdio, runs act for --principal with the --scope given (the operator who starts the
+    process vouches for the client). Over --http, each request needs a bearer token.
+    """
+    from charter.server import TokenStore
+    from charter.server._mcp import serve_http, serve_stdio
+
+    try:
+        service = build_service(replay)
+        if http is None:
+            serve_stdio(service, principal_from(principal, scope))
+        else:
+            host, port = host_port(http)
+            note(f"Charter MCP on http://{host}:{port}/mcp")
+            serve_http(service, TokenStore(tokens), host, port)
+    except CharterError as error:
+        fail(error)
+
+
+@token_app.command("add")
+def token_add(
+    name: Annotated[str, typer.Argument(help="A name for the token's holder, e.g. upstream-ai.")],
+    principal: PrincipalOption = None,
+    scope: ScopeOption = None,
+    tokens: TokensOption = None,
+) -> None:
+    """Create a token; it is printed once and only its sha256 is kept."""
+    from charter.server import TokenStore
+
+    acting = principal_from(principal, scope)
+    try:
+        token = TokenStore(tokens).add(name, acting.id, sorted(acting.scopes))
+    except CharterError as error:
+        fail(error)
+    print(token)
+    note(f"token {name!r} acts for {acting.id} with {sorted(acting.scopes) or 'no scopes'}; it is not shown again")
+
+
+@token_app.command("list")
+def token_list(tokens: TokensOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The tokens: name, principal, scopes (never the tokens themselves)."""
+    from charter.server import TokenStore
+
+    try:
+        entries = TokenStore(tokens).entries()
+    except CharterError as error:
+        fail(error)
+    if as_json:
+        print_json([{"name": e.name, "principal": e.principal, "scopes": e.scopes} for e in entries])
+        return
+    for entry in entries:
+        say(f"{entry.name}: {entry.principal} {' '.join(entry.scopes)}")
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, tokens: TokensOption = None) -> None:
+    """Delete a token; servers stop accepting it at their next request."""
+    from charter.server import TokenStore
+
+    try:
+        TokenStore(tokens).revoke(name)
+    except CharterError as error:
+        fail(error)
+    say(f"revoked {name!r}")

@@ -1,0 +1,158 @@
+"""What Charter offers a remote caller, whatever the protocol: the HTTP API and the MCP
+server are two faces of this one class, so both say and allow exactly the same."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from charter.agent import Charter, Conclusion
+from charter.audit import Asked, AuditLog, Concluded, Decision, Opened, Outcome, RunRecord, Sealed, verify_log
+from charter.compiler.artifact import CompiledContract
+from charter.errors import MissingApiKey, RunNotFound, UsageError
+from charter.principal import Principal
+from charter.registry import Registry, parse_ref
+from charter.runner import Execution, Runner, conclusion_of
+from charter.sandbox import Outcome as SandboxOutcome
+
+__all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable"]
+
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+AUDIT_SCOPE = "audit:read"  # may read every principal's runs, not only its own
+
+
+class Forbidden(Exception):
+    """The principal may not do this (it is not a usage error: the request was well formed)."""
+
+
+class IntentsUnavailable(Exception):
+    """No model is configured, so intents cannot be answered (programs still can)."""
+
+
+@dataclass
+class CharterService:
+    registry: Registry
+    audit: AuditLog
+    runner: Runner
+    agent: Charter | None  # None: intents are not served (no model configured)
+
+    @classmethod
+    def create(cls, *, registry: Registry, audit: AuditLog, agent: Charter | None) -> CharterService:
+        runner = agent.runner if agent is not None else Runner(audit=audit)
+        return cls(registry=registry, audit=runner.audit, runner=runner, agent=agent)
+
+    # -- contracts --------------------------------------------------------------------------
+
+    def contract(self, ref: str) -> CompiledContract:
+        name, version = parse_ref(ref)
+        return self.registry.get(name, version)
+
+    def latest_contracts(self) -> list[CompiledContract]:
+        return [self.registry.get(name) for name in self.registry.names()]
+
+    def contract_list(self) -> list[dict[str, Any]]:
+        listing = []
+        for name in self.registry.names():
+            latest = self.registry.get(name)
+            listing.append(
+                {
+                    "name": name,
+                    "latest": latest.version,
+                    "summary": latest.summary,
+                    "versions": [
+                        {"version": v.version, "sha256": v.sha256, "published_at": v.published_at}
+                        for v in self.registry.versions(name)
+                    ],
+                }
+            )
+        return listing
+
+    def contract_view(self, name: str, version: str) -> dict[str, Any]:
+        compiled = self.registry.get(name, None if version == "latest" else version)
+        return {
+            "name": compiled.name,
+            "version": compiled.version,
+            "sha256": compiled.sha256,
+            "summary": compiled.summary,
+            "operations": [
+                {"name": op.name, "kind": op.kind, "doc": op.doc, "scopes": list(op.scopes)}
+                for op in compiled.gate.operations.values()
+            ],
+            "prompt_context": compiled.prompt_context,
+            "stubs": compiled.stub_source,
+        }
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def operate(self, principal: Principal, contract: str, intent: str) -> Conclusion:
+        compiled = self.contract(contract)
+        try:
+            if self.agent is None:
+                raise MissingApiKey("it was started without a model")
+            return self.agent.handle(intent, contract=compiled, principal=principal)
+        except MissingApiKey as error:
+            raise IntentsUnavailable(
+                f"this server answers no intents ({error}): start it with ANTHROPIC_API_KEY set, or with "
+                "--replay RECORDING.json; programs can still be run"
+            ) from None
+
+    def execute(self, principal: Principal, contract: str, program: str) -> Execution:
+        if not isinstance(program, str) or not program.strip():
+            raise UsageError("the program is empty: send Python source that ends with conclude(...) or refuse(...)")
+        return self.runner.execute(program, contract=self.contract(contract), principal=principal)
+
+    def run_view(self, principal: Principal, run_id: str) -> dict[str, Any]:
+        """A run's conclusion, receipts and verification, for its own principal (or audit:read)."""
+        if not _RUN_ID.fullmatch(run_id):  # whole ids only: a prefix search would reveal others' runs
+            raise RunNotFound(f"no run {run_id!r}: give the whole 32-character run id")
+        record = self.audit.run(self.audit.resolve(run_id))
+        if record.opened.principal != principal.id and not principal.has(AUDIT_SCOPE):
+            raise Forbidden(
+                f"run {record.run_id} acted for another principal; reading it needs the scope {AUDIT_SCOPE!r}"
+            )
+        verification = verify_log(self.audit, self.audit.trusted_keys(), run_id=record.run_id)
+        return {
+            **summary(record),
+            "receipts": [msgspec.to_builtins(r) for r in record.receipts],
+            "verification": {
+                "ok": verification.ok,
+                "receipts": verification.receipts,
+                "findings": [str(f) for f in verification.findings],
+                "in_doubt": [{"call": call, "operation": op} for _, call, op in verification.in_doubt],
+            },
+        }
+
+
+def summary(record: RunRecord) -> dict[str, Any]:
+    """What a run concluded, in a few fields: the same for intent runs and program runs."""
+    opened = record.opened
+    closing = record.sealed
+    view: dict[str, Any] = {
+        "run_id": record.run_id,
+        "kind": "intent" if isinstance(opened, Asked) else "program",
+        "principal": opened.principal,
+        "contract": opened.contract,
+        "version": opened.version,
+        "intent": opened.intent,
+        "status": "incomplete",
+        "answer": None,
+        "reason": None,
+        "parent": opened.parent if isinstance(opened, Opened) else None,
+    }
+    if isinstance(closing, Concluded):
+        view.update(status=closing.status, answer=closing.answer, reason=closing.reason)
+        view["program_runs"] = list(closing.program_runs)
+    elif isinstance(closing, Sealed):
+        status, answer, _, reason = conclusion_of(msgspec.json.decode(closing.outcome, type=SandboxOutcome))
+        view.update(status=status, answer=answer, reason=reason)
+        view["calls"] = [
+            {"call": r.call, "operation": r.operation, "decision": r.decision, "code": r.code}
+            for r in record.receipts
+            if isinstance(r, Decision)
+        ]
+        view["in_doubt"] = [d.call for d in record.in_doubt()]
+        view["outcomes"] = [{"call": r.call, "status": r.status} for r in record.receipts if isinstance(r, Outcome)]
+    return view

@@ -1,0 +1,123 @@
+"""API tokens: each maps to a principal and its scopes. Only their sha256 is stored.
+
+The file (default $CHARTER_HOME/tokens.yaml) is written by `charter token add` and read
+by `charter serve` / `charter mcp --http`, which re-read it when it changes, so a revoked
+token stops working without a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from charter.errors import UsageError
+from charter.principal import Principal
+from charter.registry import charter_home
+
+__all__ = ["TokenEntry", "TokenStore"]
+
+_PREFIX = "chr_"
+
+
+class TokenEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="Who holds the token, for people reading this file.")
+    principal: str = Field(min_length=1, description="Whom runs made with the token act for.")
+    scopes: list[str] = Field(default_factory=list)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the token; the token itself is not kept.")
+
+
+class _TokenFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: list[TokenEntry] = Field(default_factory=list)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class TokenStore:
+    """The token file. Thread-safe; `authenticate` is a dictionary lookup by hash."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or charter_home() / "tokens.yaml"
+        self._lock = threading.Lock()
+        self._loaded_at: tuple[int, int] | None = None  # (mtime_ns, size) of what is in memory
+        self._by_hash: dict[str, TokenEntry] = {}
+
+    def entries(self) -> list[TokenEntry]:
+        return list(self._read().tokens)
+
+    def add(self, name: str, principal: str, scopes: list[str]) -> str:
+        """Create a token for `principal`; returns it. It is shown this once and never stored."""
+        token = _PREFIX + secrets.token_urlsafe(32)
+        with self._lock:
+            data = self._read()
+            if any(e.name == name for e in data.tokens):
+                raise UsageError(f"{self.path}: a token named {name!r} exists; revoke it first or pick another name")
+            entry = TokenEntry(name=name, principal=principal, scopes=sorted(set(scopes)), sha256=_digest(token))
+            self._write(_TokenFile(tokens=[*data.tokens, entry]))
+        return token
+
+    def revoke(self, name: str) -> None:
+        with self._lock:
+            data = self._read()
+            kept = [e for e in data.tokens if e.name != name]
+            if len(kept) == len(data.tokens):
+                names = ", ".join(e.name for e in data.tokens) or "none"
+                raise UsageError(f"{self.path}: no token is named {name!r} (tokens: {names})")
+            self._write(_TokenFile(tokens=kept))
+
+    def authenticate(self, token: str | None) -> Principal | None:
+        """The principal a presented token acts for, or None."""
+        if not token:
+            return None
+        with self._lock:
+            self._refresh()
+            entry = self._by_hash.get(_digest(token))
+        return None if entry is None else Principal(entry.principal, frozenset(entry.scopes))
+
+    def _refresh(self) -> None:
+        try:
+            stat = self.path.stat()
+            seen: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen != self._loaded_at:
+            self._by_hash = {e.sha256: e for e in self._read().tokens}
+            self._loaded_at = seen
+
+    def _read(self) -> _TokenFile:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return _TokenFile()
+        try:
+            return _TokenFile.model_validate(yaml.safe_load(text) or {})
+        except yaml.YAMLError as error:
+            raise UsageError(f"{self.path}: not valid YAML: {error}") from None
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise UsageError(
+                f"{self.path}: {where}: {first['msg']} (each token is name, principal, scopes, sha256; "
+                "`charter token add` writes them)"
+            ) from None
+
+    def _write(self, data: _TokenFile) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = "# Charter API tokens: each token's sha256, never the token. Managed by `charter token`.\n"
+        text += yaml.safe_dump(data.model_dump(), sort_keys=False)
+        scratch = self.path.with_suffix(".tmp")
+        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(scratch, self.path)

@@ -1,0 +1,281 @@
+"""The HTTP API on a real uvicorn server on loopback, over the real orders service."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from charter.agent import Charter, ScriptedModel
+from charter.agent._model import ModelRequest
+from charter.audit import AuditLog
+from charter.contract import load_contract
+from charter.registry import Registry
+from charter.sandbox import Sandbox
+from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
+from tests.conftest import ROOT
+
+
+def scripted(request: ModelRequest) -> str:
+    """The Runtime Agent's model for these tests: a program chosen by the intent's words."""
+    asked = request.messages[0].text
+    if "slow" in asked:
+        program = "import time\nx = 0\nfor i in range(3_000_000):\n    x += i\nconclude(str(x))"
+    elif "Cancel order" in asked:
+        number = int(asked.split("Cancel order ")[1].split()[0].strip(".\"'"))
+        program = f'o = orders.cancel_order(id={number}, reason="asked")\nconclude(f"Order {{o.id}} is {{o.status}}.")'
+    else:
+        program = 'refuse("I can only cancel orders.")'
+    return f"```python\n{program}\n```"
+
+
+@dataclass
+class Api:
+    url: str
+    tokens: dict[str, str]  # name -> bearer token
+    log: AuditLog
+
+    def client(self, who: str | None = "ada") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def api(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Api]:
+    from examples.orders import backend
+
+    backend.seed()
+    registry = Registry()
+    path = ROOT / "contracts" / "orders.yaml"
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    log = AuditLog(charter_home / "audit.db")
+    agent = Charter(model=ScriptedModel(scripted), audit=log, sandbox=shared_sandbox)
+    service = CharterService.create(registry=registry, audit=log, agent=agent)
+    store = TokenStore(charter_home / "tokens.yaml")
+    tokens = {
+        "ada": store.add("ada", "ada", ["orders:read", "orders:write"]),
+        "bob": store.add("bob", "bob", ["orders:read"]),
+        "auditor": store.add("auditor", "auditor", ["audit:read"]),
+    }
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"))
+    with serving(app, name="charter-api") as url:
+        yield Api(url, tokens, log)
+
+
+CANCEL_101 = 'o = orders.cancel_order(id=101, reason="asked")\nconclude(o.status)'
+
+
+def problem(response: httpx.Response, status: int, kind: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, object] = response.json()
+    assert body["type"] == f"urn:charter:problem:{kind}"
+    assert body["status"] == status
+    return body
+
+
+def test_an_intent_gets_its_conclusion_and_run_id_and_never_the_program(api: Api) -> None:
+    with api.client() as client:
+        response = client.post("/v1/intents", json={"contract": "orders", "intent": "Cancel order 101"})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["answer"], body["attempts"]) == ("done", "Order 101 is cancelled.", 1)
+    assert "program" not in response.text
+    assert api.log.run(body["run_id"]).opened.principal == "ada"
+
+
+def test_a_program_runs_governed_with_the_tokens_scopes(api: Api) -> None:
+    with api.client("bob") as client:  # bob may read, not write
+        response = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101})
+    body = response.json()
+    assert body["status"] == "refused"
+    assert "orders:write" in body["reason"]
+    from examples.orders import backend
+
+    assert backend.get_order(id=101)["status"] == "pending"
+
+
+def test_a_run_shows_its_conclusion_receipts_and_verification(api: Api) -> None:
+    with api.client() as client:
+        run_id = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101}).json()["run_id"]
+        view = client.get(f"/v1/runs/{run_id}").json()
+    assert (view["status"], view["answer"], view["kind"], view["principal"]) == ("done", "cancelled", "program", "ada")
+    assert [r["kind"] for r in view["receipts"]] == ["open", "decision", "outcome", "seal"]
+    assert view["verification"]["ok"] is True
+    assert view["verification"]["findings"] == []
+
+
+def test_runs_are_private_to_their_principal_unless_audit_read(api: Api) -> None:
+    with api.client() as client:
+        run_id = client.post("/v1/programs", json={"contract": "orders", "program": "conclude('hi')"}).json()["run_id"]
+    with api.client("bob") as client:
+        problem(client.get(f"/v1/runs/{run_id}"), 403, "forbidden")
+        problem(client.get(f"/v1/runs/{run_id[:8]}"), 404, "run-not-found")  # no prefix searches
+    with api.client("auditor") as client:
+        assert client.get(f"/v1/runs/{run_id}").json()["answer"] == "hi"
+
+
+def test_contracts_are_listed_with_their_operational_model(api: Api) -> None:
+    with api.client("bob") as client:
+        listing = client.get("/v1/contracts").json()
+        detail = client.get("/v1/contracts/orders/1.0.0").json()
+        latest = client.get("/v1/contracts/orders/latest").json()
+        missing = client.get("/v1/contracts/orders/9.9.9")
+        unknown = client.get("/v1/contracts/ordrs/latest")
+    assert [(c["name"], c["latest"]) for c in listing] == [("orders", "1.0.0")]
+    assert detail == latest
+    assert "def cancel_order" in detail["stubs"]
+    assert "Never cancel an order in picking, packed, or dispatched state." in detail["prompt_context"]
+    problem(missing, 404, "contract-not-found")
+    body = problem(unknown, 404, "contract-not-found")
+    assert "orders" in str(body["detail"])  # did you mean
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [None, "Bearer chr_not-a-token", "Basic YWRhOmFkYQ=="])
+def test_no_token_no_run(api: Api, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    with httpx.Client(base_url=api.url, headers=headers) as client:
+        response = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101})
+        listing = client.get("/v1/contracts")
+    problem(response, 401, "unauthenticated")
+    problem(listing, 401, "unauthenticated")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert api.log.run_ids() == []  # nothing was recorded, so nothing ran
+    from examples.orders import backend
+
+    assert backend.get_order(id=101)["status"] == "pending"
+
+
+def test_a_revoked_token_stops_working_without_a_restart(api: Api, charter_home: Path) -> None:
+    TokenStore(charter_home / "tokens.yaml").revoke("bob")
+    with api.client("bob") as client:
+        problem(client.get("/v1/contracts"), 401, "unauthenticated")
+
+
+def test_the_token_file_holds_only_hashes(api: Api, charter_home: Path) -> None:
+    text = (charter_home / "tokens.yaml").read_text(encoding="utf-8")
+    assert all(token not in text for token in api.tokens.values())
+    assert (charter_home / "tokens.yaml").stat().st_mode & 0o077 == 0
+
+
+# -- idempotency ------------------------------------------------------------------------------
+
+
+def test_the_same_key_and_body_returns_the_first_result_without_running_again(api: Api) -> None:
+    with api.client() as client:
+        headers = {"Idempotency-Key": "cancel-101"}
+        first = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101}, headers=headers)
+        again = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(api.log.run_ids()) == 1
+
+
+def test_the_same_key_with_another_body_is_refused(api: Api) -> None:
+    with api.client() as client:
+        headers = {"Idempotency-Key": "k"}
+        client.post("/v1/programs", json={"contract": "orders", "program": "conclude('a')"}, headers=headers)
+        other = client.post("/v1/programs", json={"contract": "orders", "program": "conclude('b')"}, headers=headers)
+    problem(other, 422, "idempotency-key-reused")
+    assert len(api.log.run_ids()) == 1
+
+
+def test_keys_belong_to_their_principal(api: Api) -> None:
+    for who in ("ada", "bob"):
+        with api.client(who) as client:
+            body = {"contract": "orders", "program": "conclude('x')"}
+            assert client.post("/v1/programs", json=body, headers={"Idempotency-Key": "shared"}).status_code == 200
+    assert len(api.log.run_ids()) == 2
+
+
+def test_a_concurrent_duplicate_gets_409(api: Api) -> None:
+    body = {"contract": "orders", "intent": "a slow sum"}
+    responses: list[httpx.Response] = []
+
+    def post() -> None:
+        with api.client() as client:
+            responses.append(client.post("/v1/intents", json=body, headers={"Idempotency-Key": "slow"}))
+
+    first = threading.Thread(target=post)
+    first.start()
+    # Wait until the first request holds the key (its intent run is open), then duplicate it.
+    for _ in range(500):
+        if api.log.run_ids():
+            break
+        threading.Event().wait(0.01)
+    post()
+    first.join(60)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 409]
+    problem(next(r for r in responses if r.status_code == 409), 409, "idempotency-in-progress")
+    from charter.audit import Asked
+
+    assert len([r for r in api.log.runs() if isinstance(r.opened, Asked)]) == 1  # one intent run, not two
+
+
+# -- bad input changes nothing ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"contract": "orders"}, "body.program: Field required"),
+        ({"contract": "orders", "program": ""}, "body.program: String should have at least 1 character"),
+        ({"contract": "orders", "program": "x", "extra": 1}, "body.extra: Extra inputs are not permitted"),
+        ({"contract": 7, "program": "x"}, "body.contract: Input should be a valid string"),
+    ],
+)
+def test_malformed_requests_get_a_problem_naming_the_field(api: Api, body: object, words: str) -> None:
+    with api.client() as client:
+        response = client.post("/v1/programs", json=body)
+    assert words in str(problem(response, 422, "invalid-request")["detail"])
+    assert api.log.run_ids() == []
+
+
+def test_an_oversize_body_is_refused_before_it_is_read(api: Api) -> None:
+    with api.client() as client:
+        response = client.post("/v1/programs", content=b"x" * 2_000_000, headers={"Content-Type": "application/json"})
+    problem(response, 413, "payload-too-large")
+
+
+def test_unknown_paths_and_methods_are_problems(api: Api) -> None:
+    with api.client() as client:
+        problem(client.get("/v1/nothing"), 404, "not-found")
+        problem(client.delete("/v1/contracts"), 405, "method-not-allowed")
+
+
+def test_intents_without_a_model_are_unavailable_but_programs_run(charter_home: Path) -> None:
+    registry = Registry()
+    path = ROOT / "contracts" / "orders.yaml"
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    service = CharterService.create(registry=registry, audit=AuditLog(charter_home / "a.db"), agent=None)
+    store = TokenStore(charter_home / "tokens.yaml")
+    token = store.add("ada", "ada", ["orders:read"])
+    app = create_app(service, store, IdempotencyStore(charter_home / "i.db"))
+    with serving(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+        intent = client.post("/v1/intents", json={"contract": "orders", "intent": "Cancel order 101"})
+        program = client.post("/v1/programs", json={"contract": "orders", "program": "conclude('ok')"})
+    problem(intent, 503, "intents-unavailable")
+    assert program.json()["status"] == "done"
+
+
+# -- the OpenAPI document ---------------------------------------------------------------------
+
+
+def test_the_served_openapi_document_is_the_one_in_the_repo(api: Api) -> None:
+    import json
+    import os
+
+    served = httpx.get(f"{api.url}/openapi.json").json()
+    kept = ROOT / "openapi.json"
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        kept.write_text(json.dumps(served, indent=2) + "\n", encoding="utf-8")
+    assert served == json.loads(kept.read_text(encoding="utf-8")), "run UPDATE_SNAPSHOTS=1 pytest to refresh"
