@@ -126,3 +126,35 @@ def test_stdio_runs_act_only_with_the_scopes_the_operator_gave(published: Path) 
     result = anyio.run(session)
     assert result["status"] == "refused"
     assert "orders:write" in result["reason"]
+
+
+def test_streamable_http_needs_a_token_and_acts_for_its_principal(published: Path) -> None:
+    import httpx
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    from charter.audit import AuditLog
+    from charter.registry import Registry
+    from charter.server import CharterService, TokenStore, serving
+    from charter.server._mcp import http_app
+
+    store = TokenStore(published / "tokens.yaml")
+    token = store.add("upstream", "upstream-ai", ["orders:read"])
+    service = CharterService.create(registry=Registry(), audit=AuditLog(), agent=None)
+    with serving(http_app(service, store, "127.0.0.1"), name="charter-mcp") as url:
+        refused = httpx.post(f"{url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+
+        async def session() -> dict[str, Any]:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=60) as http,
+                Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+            ):
+                program = "conclude(orders.get_order(id=102).status)"
+                return structured(await client.call_tool("execute_program", {"contract": "orders", "program": program}))
+
+        result = anyio.run(session)
+    assert refused.status_code == 401
+    assert result["status"] == "done"
+    assert result["answer"] == "confirmed"
+    assert AuditLog().run(result["run_id"]).opened.principal == "upstream-ai"
