@@ -24,7 +24,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Header, Request
@@ -42,10 +42,13 @@ __all__ = ["app", "create_app", "running"]
 OrderStatus = Literal["pending", "confirmed", "picking", "packed", "dispatched", "delivered", "cancelled"]
 
 
+Money = Annotated[Decimal, Field(json_schema_extra={"format": "decimal"})]  # says "money" to importers
+
+
 class LineItem(BaseModel):
     sku: str
     quantity: int
-    unit_price: Decimal
+    unit_price: Money
 
 
 class Order(BaseModel):
@@ -54,8 +57,8 @@ class Order(BaseModel):
     id: int
     customer: str
     items: list[LineItem]
-    total: Decimal
-    refunded: Decimal
+    total: Money
+    refunded: Money
     placed_at: datetime
     note: str | None
     status: OrderStatus
@@ -64,7 +67,7 @@ class Order(BaseModel):
 class RefundCheck(BaseModel):
     order_id: int
     eligible: bool
-    refundable: Decimal
+    refundable: Money
     explanation: str
 
 
@@ -73,7 +76,7 @@ class CancelRequest(BaseModel):
 
 
 class RefundRequest(BaseModel):
-    amount: Decimal = Field(description="How much to refund.")
+    amount: Money = Field(description="How much to refund.")
     reason: Literal["damaged", "late", "wrong_item", "goodwill"]
 
 

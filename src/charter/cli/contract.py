@@ -1,4 +1,4 @@
-"""`charter contract ...`: check, compile, publish, diff, list, show, schema."""
+"""`charter contract ...`: check, compile, publish, diff, list, show, schema, import-openapi."""
 
 from __future__ import annotations
 
@@ -172,3 +172,29 @@ def schema() -> None:
     # Our title replaces the model's class name, which means nothing to an editor user.
     document = {**document, "$schema": "https://json-schema.org/draft/2020-12/schema", "title": "Charter contract"}
     print_json(document)
+
+
+@app.command("import-openapi")
+def import_openapi(
+    spec: Annotated[Path, typer.Argument(help="An OpenAPI 3 document (YAML or JSON).", dir_okay=False)],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the draft here (default: print it).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The contract's name (default: from info.title).")] = None,
+) -> None:
+    """Draft a contract from an OpenAPI document: operations, entities and HTTP bindings filled in,
+    and a TO DECIDE list at its top (lifecycles, boundaries, scopes) for the author."""
+    from charter.contract.openapi import draft_from_openapi, load_openapi
+
+    try:
+        draft = draft_from_openapi(load_openapi(spec), name=name, source=str(spec))
+    except CharterError as error:
+        fail(error)
+    if output is None:
+        print(draft.text, end="")
+        return
+    if output.exists():
+        fail(f"{output} exists; the draft is not written over a file (give another --output)")
+    output.write_text(draft.text, encoding="utf-8")
+    say(f"drafted {output}: {draft.operations} operations, {draft.entities} entities; {len(draft.todos)} to decide")
+    say(f"next: edit the TO DECIDE list at its top, then `charter contract check {output}`")
