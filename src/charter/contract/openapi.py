@@ -158,9 +158,8 @@ def draft_from_openapi(spec: dict[str, Any], *, name: str | None = None, source:
             where = f"operations.{op_name}"
             params: dict[str, str] = {}
             query: list[str] = []
-            for parameter in [*(item.get("parameters") or []), *(op.get("parameters") or [])]:
-                if "$ref" in parameter:
-                    parameter = drafter.schema(parameter["$ref"])
+            for declared in [*(item.get("parameters") or []), *(op.get("parameters") or [])]:
+                parameter = drafter.schema(declared["$ref"]) if "$ref" in declared else declared
                 place, pname = parameter.get("in"), str(parameter.get("name", ""))
                 if place == "header" and pname.lower() in _SKIPPED_HEADERS:
                     continue  # Charter sends these itself
