@@ -56,10 +56,8 @@ def orders_service() -> Iterator[str]:
         sys.path.insert(0, str(ROOT))
     from examples.orders import service
 
-    with service.running() as url:
-        os.environ["CHARTER_SERVICE_ORDERS_URL"] = url
+    with service.exported() as url:
         yield url
-        del os.environ["CHARTER_SERVICE_ORDERS_URL"]
 
 
 @pytest.fixture(autouse=True)

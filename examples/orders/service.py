@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sqlite3
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -37,7 +38,9 @@ from charter.server import serving
 from examples._sqlite import Conflict, NotFound
 from examples.orders import backend
 
-__all__ = ["app", "create_app", "running"]
+__all__ = ["URL_VARIABLE", "app", "create_app", "exported", "running"]
+
+URL_VARIABLE = "CHARTER_SERVICE_ORDERS_URL"  # where the orders contract's binding finds the service
 
 OrderStatus = Literal["pending", "confirmed", "picking", "packed", "dispatched", "delivered", "cancelled"]
 
@@ -266,6 +269,22 @@ app = create_app()
 def running(application: Any = None, *, host: str = "127.0.0.1", port: int = 0) -> AbstractContextManager[str]:
     """Serve the orders service (or `application`) on loopback in a background thread; yields its base URL."""
     return serving(application or app, host=host, port=port, name="orders-service")
+
+
+@contextmanager
+def exported(*, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve the orders service and point the orders contract at it (CHARTER_SERVICE_ORDERS_URL)
+    until the block ends; the variable's previous value comes back afterwards."""
+    previous = os.environ.get(URL_VARIABLE)
+    with running(host=host, port=port) as url:
+        os.environ[URL_VARIABLE] = url
+        try:
+            yield url
+        finally:
+            if previous is None:
+                os.environ.pop(URL_VARIABLE, None)
+            else:
+                os.environ[URL_VARIABLE] = previous
 
 
 def main() -> None:

@@ -3,5 +3,6 @@
 from charter.bench.agent import run_agent_bench
 from charter.bench.gate import run_gate_bench
 from charter.bench.sandbox import run_sandbox_bench
+from charter.bench.serve import run_serve_bench
 
-__all__ = ["run_agent_bench", "run_gate_bench", "run_sandbox_bench"]
+__all__ = ["run_agent_bench", "run_gate_bench", "run_sandbox_bench", "run_serve_bench"]

@@ -215,7 +215,10 @@ def run_agent_bench(rounds: int = 3) -> dict[str, Any]:
     per_intent: list[dict[str, Any]] = []
     gated_ms: list[float] = []
     passthrough_ms: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="charter-bench-agent-") as scratch:
+    from examples.orders import service as orders_service
+
+    # The orders contract binds to the orders service over HTTP: serve it on loopback.
+    with tempfile.TemporaryDirectory(prefix="charter-bench-agent-") as scratch, orders_service.exported():
         folder = Path(scratch)
         os.environ["CHARTER_ORDERS_DB"] = str(folder / "orders.db")
         os.environ["CHARTER_INVOICES_DB"] = str(folder / "invoices.db")

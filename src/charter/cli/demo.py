@@ -99,9 +99,8 @@ def demo() -> None:
     from examples.orders import backend, service
 
     backend.seed()
-    with service.running() as url:
-        # The contract's binding names the service; where it runs comes from the environment.
-        os.environ["CHARTER_SERVICE_ORDERS_URL"] = url
+    # The contract's binding names the service; where it runs comes from the environment.
+    with service.exported() as url:
         say(f"orders service on {url} (CHARTER_SERVICE_ORDERS_URL); the contract binds, e.g.:")
         for name in ("get_order", "cancel_order", "refund_order"):
             say(f"  {name:<13} -> {orders.gate.operations[name].binding.target}")

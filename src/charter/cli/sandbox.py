@@ -171,3 +171,39 @@ def bench_agent(
     for row in rows:
         table.add_row(*row)
     out.print(table)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 32,
+    seconds: Annotated[float, typer.Option(help="How long they post programs.")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """The HTTP API under load: clients posting programs against the HTTP-bound orders contract."""
+    from charter.bench import run_serve_bench
+
+    results = run_serve_bench(clients, seconds)
+    if as_json:
+        print_json(results)
+        return
+    table = Table(title=f"charter serve: {clients} clients for {results['seconds']} s", show_header=True)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    audit = results["audit"]
+    peer = results["peer_direct_service"]
+    rows = [
+        ("accepted requests", f"{results['accepted']:,}"),
+        ("requests/s", f"{results['requests_per_s']:,.1f}"),
+        ("latency p50 / p99 (ms)", f"{results['latency_ms']['p50']:.1f} / {results['latency_ms']['p99']:.1f}"),
+        ("errors (goal 0)", str(results["errors"])),
+        ("program runs in the audit log", f"{audit['program_runs']:,}"),
+        ("one run per accepted request", "yes" if audit["one_run_per_accepted_request"] else "NO"),
+        ("audit verify --all", "clean" if audit["verified"] else "FINDINGS"),
+        ("peer: direct GET on the orders service, requests/s", f"{peer['requests_per_s']:,.1f}"),
+        ("governed / direct throughput", f"{results['governed_over_direct_throughput']:.3f}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    for sample in results["error_samples"]:
+        say(f"error: {sample}", "red")
