@@ -196,6 +196,7 @@ def test_an_unreachable_service_denies_writes_it_cannot_check(
     assert execution.status == "refused"
     assert execution.reason is not None
     assert "reading Order 101 through get_order failed" in execution.reason
+    assert "Is the service running? Its address comes from CHARTER_SERVICE_ORDERS_URL" in execution.reason
     [decision], outcomes, seal = receipts(governed, execution.run_id)
     assert (decision.decision, decision.code, outcomes, seal.in_doubt) == ("DENY", "GATE_ERROR", [], ())
 

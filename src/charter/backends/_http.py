@@ -143,7 +143,9 @@ class HttpBackend:
             response = _send(self._clients[endpoint.service], request, timeout)
         except httpx.ConnectError as error:
             raise BackendFailure(
-                "BACKEND_UNREACHABLE", f"{where}: the service could not be reached ({error}); nothing was sent"
+                "BACKEND_UNREACHABLE",
+                f"{where}: the service could not be reached ({error}); nothing was sent. "
+                f"{_where_from(endpoint.service)}",
             ) from None
         except httpx.PoolTimeout:
             raise BackendFailure("BACKEND_UNREACHABLE", f"{where}: no connection was free; nothing was sent") from None
@@ -183,6 +185,9 @@ class HttpBackend:
                 response = _send(self._clients[endpoint.service], request, timeout)
             except httpx.TimeoutException:
                 problem, code = "no answer came within the time limit", "BACKEND_TIMEOUT"
+                continue
+            except httpx.ConnectError as error:
+                problem, code = f"{error}. {_where_from(endpoint.service)}", "BACKEND_UNREACHABLE"
                 continue
             except httpx.TransportError as error:
                 problem, code = f"{type(error).__name__}: {error}", "BACKEND_UNREACHABLE"
@@ -224,6 +229,11 @@ class HttpBackend:
     def _etag(self, run_id: str, entity: str, key: Any) -> str | None:
         with self._etags_lock:
             return self._etags.get((run_id, entity, _key(key)))
+
+
+def _where_from(service: str) -> str:
+    variable = f"CHARTER_SERVICE_{service.upper()}_URL"
+    return f"Is the service running? Its address comes from {variable} or the contract's base_url"
 
 
 def _timeout(endpoint: HttpEndpointSpec, context: CallContext | None, where: str) -> dict[str, float]:
