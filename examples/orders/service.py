@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import uvicorn
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -174,6 +174,28 @@ def _idempotent(key: str | None, request_text: str, perform: Callable[[], dict[s
     return response
 
 
+class _WriteHeaders:
+    """What Charter's HTTP binding sends with every write: its idempotency key, the ETag of the
+    gate's read, and the receipt that decided it."""
+
+    def __init__(
+        self,
+        idempotency_key: Annotated[str | None, Header()] = None,
+        if_match: Annotated[str | None, Header()] = None,
+        charter_receipt: Annotated[str | None, Header()] = None,
+    ) -> None:
+        self.idempotency_key, self.if_match, self.charter_receipt = idempotency_key, if_match, charter_receipt
+
+    def perform(
+        self, order_id: int, request_text: str, write: Callable[[CallContext | None], dict[str, Any]]
+    ) -> Response:
+        context = _context(self.if_match, self.charter_receipt, self.idempotency_key, order_id)
+        return _idempotent(self.idempotency_key, request_text, lambda: write(context))
+
+
+WriteHeaders = Annotated[_WriteHeaders, Depends()]
+
+
 def create_app() -> FastAPI:
     service = FastAPI(
         title="Orders service",
@@ -215,49 +237,27 @@ def create_app() -> FastAPI:
         return backend.verify_refund(id=order_id)
 
     @service.post("/orders/{order_id}/confirm", response_model=Order, operation_id="confirm_order", summary="Confirm.")
-    def confirm_order(
-        order_id: int,
-        idempotency_key: str | None = Header(default=None),
-        if_match: str | None = Header(default=None),
-        charter_receipt: str | None = Header(default=None),
-    ) -> Response:
-        context = _context(if_match, charter_receipt, idempotency_key, order_id)
-        return _idempotent(
-            idempotency_key,
-            f"POST /orders/{order_id}/confirm",
-            lambda: backend.confirm_order(id=order_id, charter=context),
+    def confirm_order(order_id: int, headers: WriteHeaders) -> Response:
+        return headers.perform(
+            order_id, f"POST /orders/{order_id}/confirm", lambda ctx: backend.confirm_order(id=order_id, charter=ctx)
         )
 
     @service.post("/orders/{order_id}/cancel", response_model=Order, operation_id="cancel_order", summary="Cancel.")
-    def cancel_order(
-        order_id: int,
-        request: CancelRequest,
-        idempotency_key: str | None = Header(default=None),
-        if_match: str | None = Header(default=None),
-        charter_receipt: str | None = Header(default=None),
-    ) -> Response:
-        context = _context(if_match, charter_receipt, idempotency_key, order_id)
-        return _idempotent(
-            idempotency_key,
+    def cancel_order(order_id: int, request: CancelRequest, headers: WriteHeaders) -> Response:
+        return headers.perform(
+            order_id,
             f"POST /orders/{order_id}/cancel {request.model_dump_json()}",
-            lambda: backend.cancel_order(id=order_id, reason=request.reason, charter=context),
+            lambda ctx: backend.cancel_order(id=order_id, reason=request.reason, charter=ctx),
         )
 
     @service.post(
         "/orders/{order_id}/refunds", response_model=Order, operation_id="refund_order", summary="Refund part or all."
     )
-    def refund_order(
-        order_id: int,
-        request: RefundRequest,
-        idempotency_key: str | None = Header(default=None),
-        if_match: str | None = Header(default=None),
-        charter_receipt: str | None = Header(default=None),
-    ) -> Response:
-        context = _context(if_match, charter_receipt, idempotency_key, order_id)
-        return _idempotent(
-            idempotency_key,
+    def refund_order(order_id: int, request: RefundRequest, headers: WriteHeaders) -> Response:
+        return headers.perform(
+            order_id,
             f"POST /orders/{order_id}/refunds {request.model_dump_json()}",
-            lambda: backend.refund_order(id=order_id, amount=request.amount, reason=request.reason, charter=context),
+            lambda ctx: backend.refund_order(id=order_id, amount=request.amount, reason=request.reason, charter=ctx),
         )
 
     return service
