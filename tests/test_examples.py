@@ -65,4 +65,9 @@ def test_demo_runs(charter_home: Path) -> None:
     ) in agent
     assert "cancel_order DENIED WRITES_CLOSED" in agent
     assert agent.count("conclusion: ") == 4
-    assert "14 runs, 53 signed receipts: intact" in result.stdout
+    # Over HTTP: no token, no run; the same Idempotency-Key twice runs once.
+    http = result.stdout[result.stdout.index("== 9. The same over HTTP") :]
+    assert "no token:        401 urn:charter:problem:unauthenticated" in http
+    assert "first request:   200 done: Order 102 is cancelled." in http
+    assert "(replayed, nothing ran)" in http
+    assert "15 runs, 57 signed receipts: intact" in result.stdout

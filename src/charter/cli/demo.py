@@ -201,6 +201,35 @@ def _agent_runs(orders: CompiledContract, log: AuditLog, principal: Principal) -
         say(f"conclusion: {conclusion.status}: {conclusion.answer or conclusion.reason}", style)
 
 
+def _over_http(workdir: Path, log: AuditLog) -> None:
+    import httpx
+
+    from charter.registry import Registry
+    from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
+
+    _step("9. The same over HTTP (charter serve): a bearer token, an Idempotency-Key, problem+json")
+    tokens = TokenStore(workdir / "tokens.yaml")
+    token = tokens.add("upstream-ai", "upstream-ai", ["orders:read", "orders:write"])
+    service = CharterService.create(registry=Registry(workdir / "charter.db"), audit=log, agent=None)
+    app = create_app(service, tokens, IdempotencyStore(workdir / "idempotency.db"))
+    program = 'o = orders.cancel_order(id=102, reason="Ordered twice")\nconclude(f"Order {o.id} is {o.status}.")'
+    body = {"contract": "orders", "program": program}
+    with serving(app, name="charter-api") as url, httpx.Client(base_url=url, timeout=60) as client:
+        say(f"charter serve on {url}; token for upstream-ai (orders:read, orders:write), stored hashed")
+        anonymous = client.post("/v1/programs", json=body)
+        say(f"no token:        {anonymous.status_code} {anonymous.json()['type']}", "yellow")
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "cancel-102-once"}
+        for label in ("first request:", "same key again:"):
+            response = client.post("/v1/programs", json=body, headers=headers)
+            replayed = " (replayed, nothing ran)" if response.headers.get("idempotent-replayed") else ""
+            answer = response.json()
+            say(
+                f"{label:<16} {response.status_code} {answer['status']}: {answer['answer']} run {answer['run_id'][:12]}"
+                f"{replayed}",
+                "green",
+            )
+
+
 def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
     from charter.audit import verify_log
     from charter.runner import Runner
@@ -221,8 +250,9 @@ def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
         say(f"answer:   {execution.text}")
 
     _agent_runs(orders, log, agent)
+    _over_http(workdir, log)
 
-    _step("9. Verify the audit log: signatures, hash chains, head")
+    _step("10. Verify the audit log: signatures, hash chains, head")
     report = verify_log(log, log.trusted_keys())
     state = "intact" if report.ok else "BROKEN"
     say(f"{len(log.run_ids())} runs, {report.receipts} signed receipts: {state}", "green" if report.ok else "red")
@@ -230,7 +260,8 @@ def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
         say(str(finding), "red")
     say()
     say(
-        f"Done. Inspect a run: CHARTER_HOME={charter_home()}/demo charter audit show <run>. "
-        'Ask your own: charter run "Cancel order 102" -c orders --scope orders:read --scope orders:write.',
+        f"Done. Inspect a run: CHARTER_HOME={charter_home()}/demo charter audit show <run>. Ask your own: start "
+        "the orders service (python -m examples.orders.service --seed), then "
+        'charter run "Cancel order 102" -c orders --scope orders:read --scope orders:write.',
         "bold",
     )
