@@ -51,12 +51,10 @@ def build_service(replay: list[Path] | None) -> CharterService:
 
 
 def openapi_document() -> dict[str, object]:
-    """The API's OpenAPI document, as served (without any state behind it)."""
-    from unittest import mock
-
+    """The API's OpenAPI document, as served. Only the routes are needed, so nothing stands behind them."""
     from charter.server import create_app
 
-    app = create_app(mock.sentinel.service, mock.sentinel.tokens, mock.sentinel.idempotency)
+    app = create_app(None, None, None)  # type: ignore[arg-type]
     return app.openapi()
 
 
@@ -104,12 +102,13 @@ def mcp(
     from charter.server import TokenStore
     from charter.server._mcp import serve_http, serve_stdio
 
+    address = host_port(http) if http is not None else None  # a usage error before anything starts
     try:
         service = build_service(replay)
-        if http is None:
+        if address is None:
             serve_stdio(service, principal_from(principal, scope))
         else:
-            host, port = host_port(http)
+            host, port = address
             note(f"Charter MCP on http://{host}:{port}/mcp")
             serve_http(service, TokenStore(tokens), host, port)
     except CharterError as error:
