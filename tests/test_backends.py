@@ -19,6 +19,7 @@ from charter.errors import ContractError, UsageError
 from charter.principal import Principal
 from charter.runner import Execution, Runner
 from tests.conftest import ALL_ORDER_SCOPES, ROOT, Governed, compiled
+from tests.conftest import charter as charter_cli
 from tests.faulty_proxy import FaultyProxy, Plan
 
 ADA = Principal("ada", ALL_ORDER_SCOPES)
@@ -117,6 +118,14 @@ def test_a_dropped_connection_after_the_write_leaves_it_in_doubt_and_never_resen
     report = verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id)
     assert report.ok
     assert [(call, op) for _, call, op in report.in_doubt] == [(1, "cancel_order")]
+    # Replayed from its receipts, the program sees the same error and reaches the same conclusion.
+    from charter.replay import replay_run
+
+    replayed = replay_run(governed.log.run(execution.run_id), governed.contract, governed.runner.sandbox)
+    assert replayed.identical, replayed.divergences
+    shown = charter_cli("audit", "show", execution.run_id).stdout
+    assert "outcome: unknown" in shown
+    assert "BACKEND_DISCONNECTED" in shown
 
 
 def test_a_repeated_write_after_a_lost_answer_is_applied_once(governed: Governed, proxy: FaultyProxy) -> None:

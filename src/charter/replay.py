@@ -85,7 +85,7 @@ class _ReplayGate:
         outcome = self.outcomes.get(n)
         if outcome is None:
             raise self._diverge(f"call {n} ({decision.operation}) has no recorded outcome: it is in doubt")
-        if outcome.status == "failed":
+        if outcome.status in ("failed", "unknown"):  # either way, the program was told it failed
             raise OperationFailed(outcome.code or "BACKEND_ERROR", outcome.message or "")
         return Encoded(outcome.result or "null")
 

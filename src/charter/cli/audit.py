@@ -181,8 +181,8 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
             return f"{head} -> ALLOW {receipt.code}", "green"
         return f"{head} -> DENY {receipt.code}: {receipt.message}", "yellow"
     if isinstance(receipt, Outcome):
-        if receipt.status == "failed":
-            return f"#{receipt.seq}   outcome: failed {receipt.code}: {receipt.message}", "red"
+        if receipt.status in ("failed", "unknown"):  # unknown: sent, no answer: in doubt
+            return f"#{receipt.seq}   outcome: {receipt.status} {receipt.code}: {receipt.message}", "red"
         result = receipt.result or ""
         return f"#{receipt.seq}   outcome: {receipt.status} {result[:160]}", None
     if isinstance(receipt, Sealed):
