@@ -30,7 +30,7 @@ from charter.backends._base import (
     PreconditionFailed,
     fingerprint,
 )
-from charter.backends._http import HttpBackend, service_url
+from charter.backends._http import HttpBackend, service_url, service_url_variable
 from charter.backends._python import InMemoryBackend, PythonBackend
 from charter.compiler.artifact import CompiledContract
 
@@ -47,6 +47,7 @@ __all__ = [
     "PythonBackend",
     "fingerprint",
     "service_url",
+    "service_url_variable",
 ]
 
 

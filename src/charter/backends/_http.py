@@ -36,15 +36,20 @@ from charter.backends._base import BackendFailure, BackendNotFound, CallContext,
 from charter.compiler.artifact import CompiledContract, HttpEndpointSpec, OperationRule
 from charter.errors import UsageError
 
-__all__ = ["HttpBackend", "service_url"]
+__all__ = ["HttpBackend", "service_url", "service_url_variable"]
 
 _json = msgspec.json.Encoder(decimal_format="string")
 _ETAGS_KEPT = 10_000  # (run, entity, key) -> ETag of its latest read; enough for any run in flight
 
 
+def service_url_variable(service: str) -> str:
+    """The environment variable that says where `service` runs: CHARTER_SERVICE_<SERVICE>_URL."""
+    return f"CHARTER_SERVICE_{service.upper()}_URL"
+
+
 def service_url(contract: CompiledContract, service: str, default: str | None) -> str:
-    """The base URL of `service`: CHARTER_SERVICE_<SERVICE>_URL, else the contract's default."""
-    variable = f"CHARTER_SERVICE_{service.upper()}_URL"
+    """The base URL of `service`: its variable (`service_url_variable`), else the contract's default."""
+    variable = service_url_variable(service)
     url = os.environ.get(variable) or default
     if not url:
         raise UsageError(
@@ -60,16 +65,11 @@ class HttpBackend:
     blocking: bool = True
 
     def __init__(self, contract: CompiledContract, *, transport: httpx.BaseTransport | None = None) -> None:
-        self._contract = contract
-        self._rules: dict[str, OperationRule] = {}
-        self._endpoints: dict[str, HttpEndpointSpec] = {}
+        self._rules = {name: rule for name, rule in contract.gate.operations.items() if rule.binding.http}
         self._clients: dict[str, httpx.Client] = {}
-        for name, rule in contract.gate.operations.items():
+        for rule in self._rules.values():
             endpoint = rule.binding.http
-            if endpoint is None:
-                continue
-            self._rules[name] = rule
-            self._endpoints[name] = endpoint
+            assert endpoint is not None
             if endpoint.service not in self._clients:
                 self._clients[endpoint.service] = httpx.Client(
                     base_url=service_url(contract, endpoint.service, endpoint.base_url),
@@ -86,10 +86,10 @@ class HttpBackend:
             client.close()
 
     def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
-        endpoint = self._endpoints.get(operation)
-        if endpoint is None:
+        rule = self._rules.get(operation)
+        if rule is None or rule.binding.http is None:
             raise LookupError(f"HttpBackend has no endpoint for {operation!r}")
-        rule = self._rules[operation]
+        endpoint = rule.binding.http
         request = self._request(rule, endpoint, arguments, context)
         if rule.kind == "write":
             response = self._send_write(rule, endpoint, request, context)
@@ -232,7 +232,7 @@ class HttpBackend:
 
 
 def _where_from(service: str) -> str:
-    variable = f"CHARTER_SERVICE_{service.upper()}_URL"
+    variable = service_url_variable(service)
     return f"Is the service running? Its address comes from {variable} or the contract's base_url"
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,7 +25,7 @@ from charter.compiler.artifact import (
 )
 from charter.compiler.canonical import canonical_json, content_hash
 from charter.compiler.render import RenderView, render
-from charter.contract.checker import CheckedContract, entity_reader, state_enum_name
+from charter.contract.checker import CheckedContract, entity_reader, path_placeholders, state_enum_name
 from charter.contract.model import Contract, Operation
 
 __all__ = ["artifact_files", "compile_contract"]
@@ -175,7 +174,7 @@ def _binding(model: Contract, name: str, op: Operation) -> BindingSpec:
     assert model.binding is not None  # the checker guarantees a service for every endpoint
     assert model.binding.http is not None
     service = model.binding.http
-    path_params = tuple(re.findall(r"\{([^{}]*)\}", endpoint.path))
+    path_params = tuple(path_placeholders(endpoint.path))
     query, body = list(endpoint.query or ()), list(endpoint.body or ())
     # Params the endpoint does not place go where the method puts them (GET and DELETE: the
     # query string), unless the author listed that place explicitly: then to the other one.

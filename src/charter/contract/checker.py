@@ -37,6 +37,7 @@ __all__ = [
     "check_contract_data",
     "entity_reader",
     "load_contract",
+    "path_placeholders",
     "state_enum_name",
 ]
 
@@ -70,6 +71,11 @@ class CheckedContract:
     @property
     def version(self) -> str:
         return self.model.version
+
+
+def path_placeholders(path: str) -> list[str]:
+    """The {param} placeholders of an HTTP path template, in order: /orders/{id}/cancel -> ['id']."""
+    return _PLACEHOLDER.findall(path)
 
 
 def state_enum_name(entity: str, lifecycle_field: str) -> str:
@@ -659,7 +665,7 @@ class _Checker:
         if op.kind == "write" and endpoint.method == "GET":
             self.fail((*path, "method"), f"write operation '{name}' cannot be a GET: use POST, PUT, PATCH or DELETE")
         placed: dict[str, str] = {}
-        for placeholder in _PLACEHOLDER.findall(endpoint.path):
+        for placeholder in path_placeholders(endpoint.path):
             param = op.params.get(placeholder)
             if param is None:
                 self.fail(

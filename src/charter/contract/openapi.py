@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from charter.backends import service_url_variable
+from charter.contract.checker import path_placeholders, state_enum_name
 from charter.errors import UsageError
 
 __all__ = ["Draft", "draft_from_openapi", "load_openapi"]
@@ -135,7 +137,7 @@ def draft_from_openapi(spec: dict[str, Any], *, name: str | None = None, source:
             state_field = "status" if "status" in fields else "state"
             if status and status in drafter.enums:
                 states = drafter.enums.pop(status)
-                drafter.known[tuple(states)] = f"{type_name}{_pascal(state_field)}"  # the lifecycle's own enum
+                drafter.known[tuple(states)] = state_enum_name(type_name, state_field)  # the lifecycle's own enum
                 del fields[state_field]
                 entity["lifecycle"] = {"field": state_field, "states": states, "initial": states[0], "transitions": {}}
                 drafter.todos.append(
@@ -193,7 +195,7 @@ def draft_from_openapi(spec: dict[str, Any], *, name: str | None = None, source:
             operation: dict[str, Any] = {"kind": kind, "doc": op.get("summary") or op.get("description") or op_name}
             if entity_name in entities:
                 operation["entity"] = entity_name
-                path_params = re.findall(r"\{([^{}]*)\}", path)
+                path_params = path_placeholders(path)
                 if len(path_params) == 1:
                     operation["key"] = _snake(path_params[0])
             operation["params"] = params
@@ -222,7 +224,7 @@ def draft_from_openapi(spec: dict[str, Any], *, name: str | None = None, source:
     else:
         drafter.todos.append(
             f"binding.http.base_url: the document names no absolute server; set "
-            f"CHARTER_SERVICE_{contract_name.upper()}_URL or write base_url"
+            f"{service_url_variable(contract_name)} or write base_url"
         )
     drafter.todos.append("boundaries: the hard boundaries (never ...) and the rules that enforce them")
 
