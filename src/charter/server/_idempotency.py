@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created REAL NOT NULL,
     PRIMARY KEY (principal, key)
 );
+-- every claim prunes expired keys: by index, not by a scan of a day's keys
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);
 """
 
 
