@@ -118,15 +118,10 @@ def run_serve_bench(clients: int = 32, seconds: float = 30.0, peer_seconds: floa
         orders_url, api_url = f"http://127.0.0.1:{orders_port}", f"http://127.0.0.1:{api_port}"
         env["CHARTER_SERVICE_ORDERS_URL"] = orders_url
         path = _ROOT / "contracts" / "orders.yaml"
-        os.environ["CHARTER_HOME"], saved_home = str(home), os.environ.get("CHARTER_HOME")
-        try:
-            Registry().publish(load_contract(path), path.read_text(encoding="utf-8"))
-            token = TokenStore().add("bench", "bench", ["orders:read", "orders:write", "orders:refund"])
-        finally:
-            if saved_home is None:
-                os.environ.pop("CHARTER_HOME", None)
-            else:
-                os.environ["CHARTER_HOME"] = saved_home
+        # The files `charter serve` finds under its CHARTER_HOME.
+        Registry(home / "charter.db").publish(load_contract(path), path.read_text(encoding="utf-8"))
+        scopes = ["orders:read", "orders:write", "orders:refund"]
+        token = TokenStore(home / "tokens.yaml").add("bench", "bench", scopes)
         python = sys.executable
         service = subprocess.Popen(
             [python, "-m", "examples.orders.service", "--port", str(orders_port), "--seed"],
