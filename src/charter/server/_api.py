@@ -107,6 +107,8 @@ class RunBody(BaseModel):
     reason: str | None
     receipts: list[dict[str, Any]]
     verification: dict[str, Any]
+    # Only for a principal with audit:read: exception texts withheld from the program and receipts.
+    backend_errors: list[dict[str, Any]] | None = None
 
 
 class ContractVersionBody(BaseModel):
