@@ -21,7 +21,6 @@ from charter.audit import AuditLog, Decision, Opened, Outcome, verify_log
 from charter.backends import BackendFailure, CallContext, ContractBackend
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract import load_contract
-from charter.gate._writes import write_key
 from charter.principal import Principal
 from charter.runner import Runner
 from charter.sandbox import Halted, SandboxLimits
@@ -158,6 +157,11 @@ def test_allowed_calls_record_what_the_gate_observed(governed: Governed) -> None
     assert decision.idempotency_key is not None
     assert decision.arguments == '{"id":101,"reason":"moved"}'
     assert (decision.contract, decision.version) == ("orders", "1.0.0")
+
+
+def write_key(logical_run_id: str, call: int) -> str:
+    """The idempotency key a write call must carry: H(logical run id, call sequence)."""
+    return hashlib.sha256(f"{logical_run_id}\x1f{call}".encode()).hexdigest()[:32]
 
 
 def outcomes(governed: Governed, run_id: str) -> list[Outcome]:
