@@ -298,6 +298,32 @@ def test_a_write_after_one_in_doubt_is_refused_in_doubt_and_never_sent(governed:
     assert [(o.call, o.status) for o in outcomes(governed, execution.run_id)][2:] == [(3, "unknown"), (4, "ok")]
 
 
+def test_a_create_in_doubt_refuses_the_same_create_and_allows_another(governed: Governed) -> None:
+    from examples.invoices import backend as invoices
+
+    invoices.seed()
+    contract = compiled("invoices")
+    fault = InDoubtOnce()
+    backend = Faulty(contract, {"create_invoice": fault})
+    runner = Runner(audit=governed.log, sandbox=governed.runner.sandbox, backend_for=lambda _: backend)
+    create = 'invoices.create_invoice(vendor="Acme", amount=Decimal("{}"), currency="eur", due=datetime(2027, 1, 1))'
+    program = (
+        D
+        + "from datetime import datetime\n"
+        + f"try:\n    {create.format('10.00')}\nexcept OperationError:\n    pass\n"
+        + f"other = {create.format('12.00')}\n"  # other arguments: another invoice, allowed
+        + f"try:\n    {create.format('10.00')}\nexcept ContractViolation as error:\n    conclude(error.code + ' | ' + str(error))\n"
+    )
+    execution = runner.execute(
+        program, contract=contract, principal=Principal("kim", frozenset({"invoices:write", "invoices:read"}))
+    )
+    assert execution.answer is not None
+    assert execution.answer.startswith(
+        "IN_DOUBT | create_invoice with these arguments refused: call 1 of this run made the same write"
+    )
+    assert backend.performed.count("create_invoice") == 2  # the lost one and the other invoice
+
+
 # -- results: what reaches the program has the contract's types -----------------------------
 
 
