@@ -36,17 +36,15 @@ caller or a receipt: they get a code and a generic message (`_withheld`).
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import cel
 import msgspec
 
-from charter.audit import Decision, Observed, Outcome, RunRecorder, args_digest, now_iso
+from charter.audit import Observed, RunRecorder, args_digest
 from charter.backends import Backend, BackendFailure, CallContext, Precondition, PreconditionFailed, fingerprint
 from charter.compiler.artifact import CompiledContract, GuardRule, OperationRule
 from charter.contract.cel_guards import activation
@@ -54,6 +52,7 @@ from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
+from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
 from charter.gate._withheld import Withheld, withhold
 from charter.gate._writes import FirstWrite, WriteLedger
@@ -76,21 +75,8 @@ def recorded_arguments(request: CallRequest, checked: Mapping[str, Any] | None) 
     return None, args_digest(request.arguments)[1]
 
 
-@dataclass(frozen=True, slots=True)
-class _Verdict:
-    code: str
-    message: str
-    clause: str | None = None
-    boundary: str | None = None
-    withheld: Withheld | None = None  # exception text kept from the message (`_withheld`)
-
-    @property
-    def allowed(self) -> bool:
-        return self.code in ("OK", "REPLAYED")
-
-
-_OK = _Verdict("OK", "allowed")
-_REPLAYED = _Verdict(
+_OK = Verdict("OK", "allowed")
+_REPLAYED = Verdict(
     "REPLAYED",
     "this idempotent write already ran in this run with the same arguments; its first result is returned, "
     "nothing is sent again",
@@ -98,7 +84,7 @@ _REPLAYED = _Verdict(
 
 
 class _Refusal(Exception):
-    def __init__(self, verdict: _Verdict) -> None:
+    def __init__(self, verdict: Verdict) -> None:
         super().__init__(verdict.message)
         self.verdict = verdict
 
@@ -191,11 +177,11 @@ class GateSession:
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
         try:
             if request.malformed is not None:
-                raise _Refusal(_Verdict(request.malformed.code, request.malformed.message))
+                raise _Refusal(Verdict(request.malformed.code, request.malformed.message))
             if rule is None:
                 contract = gate.contract
                 message = f"contract {contract.name} {contract.version} has no operation {request.operation!r}"
-                raise _Refusal(_Verdict("UNKNOWN_OPERATION", message))
+                raise _Refusal(Verdict("UNKNOWN_OPERATION", message))
             arguments = self._arguments(rule, request.arguments)
             recorded = recorded_arguments(request, arguments)
             self._static_checks(rule, arguments)
@@ -211,7 +197,7 @@ class GateSession:
         except _Refusal as refusal:
             verdict = refusal.verdict
         except Exception as error:  # fail closed: a broken check is a denial
-            verdict = _Verdict(
+            verdict = Verdict(
                 "GATE_ERROR",
                 f"{request.operation} refused: the gate failed while checking it; it is denied rather than "
                 "allowed unchecked (the error is kept for the operator: `charter audit show`).",
@@ -245,17 +231,17 @@ class GateSession:
             return self._gate._checker.check(rule.name, raw)
         except InvalidArguments as error:
             raise _Refusal(
-                _Verdict("INVALID_ARGUMENTS", f"{rule.name}: {error}", clause=f"params:{rule.name}")
+                Verdict("INVALID_ARGUMENTS", f"{rule.name}: {error}", clause=f"params:{rule.name}")
             ) from None
 
     def _static_checks(self, rule: OperationRule, arguments: Mapping[str, Any]) -> None:
         if self._writes_closed is not None and rule.kind == "write":
-            raise _Refusal(_Verdict("WRITES_CLOSED", f"{rule.name} refused: {self._writes_closed}"))
+            raise _Refusal(Verdict("WRITES_CLOSED", f"{rule.name} refused: {self._writes_closed}"))
         missing = [s for s in rule.scopes if not self._principal.has(s)]
         if missing:
             held = ", ".join(sorted(self._principal.scopes)) or "no scopes"
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "FORBIDDEN_SCOPE",
                     f"{rule.name} needs scope {', '.join(missing)}; principal {self._principal.id} holds {held}.",
                     clause=f"scopes:{rule.name}",
@@ -263,7 +249,7 @@ class GateSession:
             )
         if rule.requires_approval:
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "APPROVAL_REQUIRED",
                     f"{rule.name} requires human approval before it runs, and Charter has no approval step yet; "
                     "it is refused rather than run unapproved.",
@@ -278,7 +264,7 @@ class GateSession:
                 # (the rule `_followed` applies); a step without a key has none to state.
                 before_target = target if self._per_entity(rule, before) else ""
                 raise _Refusal(
-                    _Verdict(
+                    Verdict(
                         "SEQUENCE_VIOLATION",
                         f"{rule.name}{target} must follow {before}{before_target} in the same run: expected step "
                         f"{before}, received step {rule.name}.{note}",
@@ -293,7 +279,7 @@ class GateSession:
         if doubtful is not None:
             what = f"{rule.name}{self._target(rule, arguments)}" if rule.key else f"{rule.name} with these arguments"
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "IN_DOUBT",
                     f"{what} refused: call {doubtful} of this run made the same write and got no answer, so it "
                     "may have acted; nothing is sent again in this run. Read the entity to learn its state.",
@@ -306,7 +292,7 @@ class GateSession:
         limits = self._gate._table.limits
         if self._writes.made >= limits.max_writes:
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "LIMIT_EXCEEDED",
                     f"{rule.name} refused: the run already made {self._writes.made} writes, "
                     f"the contract's limit (limits.max_writes = {limits.max_writes}).",
@@ -351,7 +337,7 @@ class GateSession:
             # A backend's own not-found message is shown; any other lookup error's text is withheld.
             said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "NOT_FOUND",
                     f"{rule.name} refused: {rule.entity} {key} was not found{said}.",
                     withheld=withhold(error),
@@ -360,7 +346,7 @@ class GateSession:
         except Exception as error:
             said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "GATE_ERROR",
                     f"{rule.name} refused: reading {rule.entity} {key} through {reader.name} failed{said}; "
                     "the gate does not allow what it cannot check.",
@@ -371,7 +357,7 @@ class GateSession:
             entity = self._gate._results.check(TypeRef(kind="record", name=rule.entity), raw).value
         except ResultInvalid as invalid:
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "RESULT_INVALID",
                     f"{rule.name} refused: {reader.name} returned {rule.entity} {key} not as the contract declares "
                     f"it ({invalid}); the gate does not decide on a value it cannot check.",
@@ -396,7 +382,7 @@ class GateSession:
             if state not in transition.from_states:
                 note, boundary = self._gate.boundary_note(transition.boundaries)
                 raise _Refusal(
-                    _Verdict(
+                    Verdict(
                         "STATE_VIOLATION",
                         f"{rule.entity} {arguments[rule.key or '']} cannot be {transition.to}: it is {state}; "
                         f"{transition.name} is allowed only from {', '.join(transition.from_states)}.{note}",
@@ -418,11 +404,11 @@ class GateSession:
         context = activation(variables)
         for guard in guards:
             if guard.uses_entity and "entity" not in variables:
-                raise _Refusal(_Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
+                raise _Refusal(Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
             if guard.program.execute(context) is not True:
                 note, boundary = self._gate.boundary_note(guard.rule.boundaries)
                 raise _Refusal(
-                    _Verdict(
+                    Verdict(
                         "GUARD_VIOLATION",
                         f"{rule.name} refused: {guard.rule.message} (guard {guard.rule.id}){note}",
                         clause=f"guard:{guard.rule.id}",
@@ -452,7 +438,7 @@ class GateSession:
             # In doubt: the request reached the backend, no answer came back. The receipt says
             # `unknown` and the call stays in doubt in the seal; nothing here sends it again,
             # and a later write of it to the same target in this run is IN_DOUBT.
-            status: Literal["failed", "unknown"] = "unknown" if failure.in_doubt else "failed"
+            status: OutcomeStatus = "unknown" if failure.in_doubt else "failed"
             if failure.in_doubt and rule.kind == "write":
                 self._writes.unknown(rule, arguments, args_hash, request.sequence)
             self._record_outcome(
@@ -517,38 +503,15 @@ class GateSession:
         self,
         request: CallRequest,
         recorded: tuple[str | None, str],
-        verdict: _Verdict,
+        verdict: Verdict,
         observed: Observed | None,
         idempotency_key: str | None,
     ) -> None:
-        contract = self._gate.contract
-        shown, digest = recorded
-        withheld = verdict.withheld
-        decision = Decision(
-            run_id=request.run_id,
-            seq=0,
-            at=now_iso(),
-            call=request.sequence,
-            operation=request.operation,
-            args_sha256=digest,
-            arguments=shown,
-            decision="ALLOW" if verdict.allowed else "DENY",
-            code=verdict.code,
-            message=verdict.message,
-            clause=verdict.clause,
-            boundary=verdict.boundary,
-            contract=contract.name,
-            version=contract.version,
-            contract_sha256=contract.sha256,
-            principal=self._principal.id,
-            nonce=secrets.token_hex(16),
-            idempotency_key=idempotency_key,
-            observed=observed,
-            error_type=withheld.error_type if withheld else None,
-            error_sha256=withheld.sha256 if withheld else None,
+        decision = decision_receipt(
+            request, recorded, verdict, self._gate.contract, self._principal, observed, idempotency_key
         )
-        if withheld is not None:
-            withheld.keep(self._recorder, request.sequence, request.operation)
+        if verdict.withheld is not None:
+            verdict.withheld.keep(self._recorder, request.sequence, request.operation)
         try:
             self._recorder.decision(decision)
         except AuditError as error:
@@ -561,7 +524,7 @@ class GateSession:
     def _record_outcome(
         self,
         request: CallRequest,
-        status: Literal["ok", "failed", "replayed", "unknown"],
+        status: OutcomeStatus,
         *,
         reply: str | None = None,
         code: str | None = None,
@@ -571,22 +534,7 @@ class GateSession:
     ) -> None:
         if withheld is not None:
             withheld.keep(self._recorder, request.sequence, request.operation)
-        outcome = Outcome(
-            run_id=request.run_id,
-            seq=0,
-            at=now_iso(),
-            call=request.sequence,
-            operation=request.operation,
-            status=status,
-            code=code,
-            message=message,
-            result=reply,
-            result_sha256=hashlib.sha256(reply.encode("utf-8")).hexdigest() if reply is not None else None,
-            dropped=dropped,
-            error_type=withheld.error_type if withheld else None,
-            error_sha256=withheld.sha256 if withheld else None,
-        )
-        self._recorder.outcome(outcome)
+        self._recorder.outcome(outcome_receipt(request, status, reply, code, message, dropped, withheld))
 
 
 def _key_json(value: Any) -> str:
