@@ -151,6 +151,18 @@ def test_a_backends_error_text_is_shown_only_to_audit_read(api: Api, monkeypatch
     )
 
 
+def test_an_unexpected_servers_error_text_is_not_sent(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("database password is hunter2")
+
+    monkeypatch.setattr(CharterService, "execute", broken)
+    with api.client() as client:
+        response = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101})
+    body = problem(response, 500, "internal")
+    assert body["detail"] == "the server failed (RuntimeError); its log has the detail"
+    assert "hunter2" not in response.text
+
+
 def test_contracts_are_listed_with_their_operational_model(api: Api) -> None:
     with api.client("bob") as client:
         listing = client.get("/v1/contracts").json()

@@ -22,7 +22,7 @@ Checks, in this order; the first that fails decides, with its reason code:
 
 Checks that need no backend come first, so a call refused anyway never reads state.
 Any exception inside the gate is a DENY (GATE_ERROR), never an ALLOW. The decision is
-committed as a signed receipt before the backend is called; the backend gets the
+committed as a signed receipt (`_receipts`) before the backend is called; the backend gets the
 state observed in step 9 as a precondition, so a change in between is refused by the
 write instead of overwritten, and each write its own idempotency key (`_writes`).
 After `max_denials` denials the run is ended (RunHalted).
