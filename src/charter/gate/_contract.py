@@ -354,7 +354,7 @@ class GateSession:
                 )
             ) from None
         try:
-            entity = self._gate._results.check(TypeRef(kind="record", name=rule.entity), raw).value
+            entity = self._gate._results.check(TypeRef(kind="record", name=rule.entity), raw).plain()
         except ResultInvalid as invalid:
             raise _Refusal(
                 Verdict(

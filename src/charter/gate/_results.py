@@ -6,12 +6,14 @@ its callers): they are dropped, and their JSON paths recorded (`$.internal_cost`
 Anything else that does not match the declared type (a wrong scalar, a missing required
 field, an unknown enum value, money as a float or with more than two places, an
 unparsable datetime) is `ResultInvalid`, naming the JSON path of the first bad value.
-What passes is the value the guest gets: records as dicts with every declared field
-(absent optionals as None), money as Decimal, datetimes parsed.
+What passes is the value the guest gets, converted by msgspec (records as Structs with
+every declared field, absent optionals None; money as Decimal; datetimes parsed).
 """
 
 from __future__ import annotations
 
+import decimal
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +37,12 @@ class ResultInvalid(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class CheckedResult:
-    value: Any  # what the guest may see
+    value: Any  # what the guest may see, records as msgspec Structs (encode it, or `plain()` it)
     dropped: tuple[str, ...]  # JSON paths of the undeclared fields left out, sorted
+
+    def plain(self) -> Any:
+        """The value with records as dicts of every declared field (absent optionals as None)."""
+        return plain(self.value)
 
 
 class ResultChecker:
@@ -57,47 +63,61 @@ class ResultChecker:
         if annotation is None:
             annotation = self._annotations[ref] = self._mapping.annotation(ref)
         try:
-            converted = plain(msgspec.convert(trimmed, annotation, strict=True))
+            converted = msgspec.convert(trimmed, annotation, strict=True)
         except msgspec.ValidationError as error:
             text = str(error)
-            path = text.rpartition(" - at `")[2].rstrip("`") if " - at `" in text else "$"
-            raise ResultInvalid(text if " - at `" in text else f"{text} - at `$`", path) from None
-        self._money(ref, trimmed, converted, "$")
+            if " - at `" not in text:
+                raise ResultInvalid(f"{text} - at `$`", "$") from None
+            raise ResultInvalid(text, text.rpartition(" - at `")[2].rstrip("`")) from None
         return CheckedResult(converted, tuple(sorted(dropped)))
 
     def _trim(self, ref: TypeRef, value: Any, path: str, dropped: set[str]) -> Any:
-        """`value` without the record fields `ref` does not declare; anything else is left
-        for the conversion to judge."""
-        if ref.kind == "list" and ref.item is not None and isinstance(value, list | tuple):
-            item_path = path + "[*]"
-            return [self._trim(ref.item, v, item_path, dropped) for v in value]
-        if ref.kind == "record" and ref.name is not None and isinstance(value, Mapping):
+        """`value` without the record fields `ref` does not declare, its money checked; any
+        other mismatch is left for the conversion to judge. One walk over the value."""
+        kind = ref.kind
+        if value is None or kind in _LEAVES:
+            return value
+        if kind == "money":
+            _check_money(value, path)
+            return value
+        if kind == "list" and ref.item is not None and isinstance(value, list | tuple):
+            if ref.item.kind in _LEAVES:
+                return value
+            return [self._trim(ref.item, v, f"{path}[{i}]", dropped) for i, v in enumerate(value)]
+        if kind == "record" and ref.name is not None and isinstance(value, Mapping):
             fields = self._records[ref.name]
             kept = {}
             for name, item in value.items():
                 field_ref = fields.get(name) if isinstance(name, str) else None
                 if field_ref is None:
-                    dropped.add(f"{path}.{name}")
+                    dropped.add(_INDEX.sub("[*]", f"{path}.{name}"))
+                elif field_ref.kind in _LEAVES or item is None:
+                    kept[name] = item
                 else:
                     kept[name] = self._trim(field_ref, item, f"{path}.{name}", dropped)
             return kept
         return value
 
-    def _money(self, ref: TypeRef, raw: Any, value: Any, path: str) -> None:
-        """Money is exact: a float from the backend (already rounded) or a third decimal place is refused."""
-        if value is None:
+
+_INDEX = re.compile(r"\[\d+\]")  # a list position, named `[*]` in dropped paths
+_LEAVES = frozenset({"str", "int", "float", "bool", "datetime", "enum"})  # msgspec alone judges these
+
+
+def _check_money(value: Any, path: str) -> None:
+    """Money is exact: a float from a backend (already rounded) or a third decimal place is refused.
+    A value that is no number at all is left for the conversion to name."""
+    if isinstance(value, float):
+        raise ResultInvalid(f"Expected money as a decimal string, got {value!r} - at `{path}`", path)
+    if isinstance(value, str):
+        try:
+            value = decimal.Decimal(value)
+        except decimal.InvalidOperation:
             return
-        if ref.kind == "money":
-            exponent = value.as_tuple().exponent
-            if isinstance(raw, float) or not value.is_finite() or not isinstance(exponent, int):
-                raise ResultInvalid(f"Expected money as a decimal string, got {raw!r} - at `{path}`", path)
-            if -exponent > MONEY_SCALE:
-                raise ResultInvalid(
-                    f"Expected money with at most {MONEY_SCALE} decimal places, got {value} - at `{path}`", path
-                )
-        elif ref.kind == "list" and ref.item is not None:
-            for i, (r, v) in enumerate(zip(raw, value, strict=True)):
-                self._money(ref.item, r, v, f"{path}[{i}]")
-        elif ref.kind == "record" and ref.name is not None:
-            for name, field_ref in self._records[ref.name].items():
-                self._money(field_ref, raw.get(name), value[name], f"{path}.{name}")
+    if isinstance(value, decimal.Decimal):
+        exponent = value.as_tuple().exponent
+        if not isinstance(exponent, int):
+            raise ResultInvalid(f"Expected a finite amount of money, got {value} - at `{path}`", path)
+        if -exponent > MONEY_SCALE:
+            raise ResultInvalid(
+                f"Expected money with at most {MONEY_SCALE} decimal places, got {value} - at `{path}`", path
+            )
