@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from charter.backends import CallContext
+from charter.backends import BackendFailure, BackendNotFound, CallContext
 
 
 def database_path(env_var: str, default_name: str) -> Path:
@@ -29,12 +29,20 @@ def connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
-class NotFound(LookupError):
-    """No entity has that key."""
+class NotFound(BackendNotFound):
+    """No entity has that key. A BackendFailure: its message is the backend's own words, which
+    the program may see (any other exception's text is withheld from it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("NOT_FOUND", message)
 
 
-class Conflict(RuntimeError):
-    """The backend refused a change because the entity is not in a state that allows it."""
+class Conflict(BackendFailure):
+    """The backend refused a change because the entity is not in a state that allows it
+    (OperationError code CONFLICT, as the HTTP binding reports a 409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("CONFLICT", message)
 
 
 def check_precondition(charter: CallContext | None, current: Mapping[str, Any]) -> None:

@@ -241,6 +241,29 @@ def test_a_write_that_took_effect_is_not_made_again_by_a_repair(governed: Govern
     assert ("cancel_order", "WRITES_CLOSED") in [(r.operation, r.code) for r in receipts if isinstance(r, Decision)]
 
 
+def test_a_write_whose_result_was_withheld_is_not_made_again_by_a_repair(governed: Governed) -> None:
+    from charter.backends import ContractBackend
+    from charter.runner import Runner
+
+    class MistypedCancel(ContractBackend):
+        def invoke(self, operation: str, arguments: Any, context: Any = None) -> Any:
+            result = super().invoke(operation, arguments, context)
+            return {**result, "status": "gone"} if operation == "cancel_order" else result
+
+    runner = Runner(audit=governed.log, sandbox=governed.runner.sandbox, backend_for=MistypedCancel)
+    cancel = '```python\norder = orders.cancel_order(id=101, reason="asked")\nconclude(order.status)\n```'
+    model = ScriptedModel([cancel, cancel, '```python\nconclude("Order 101 may be cancelled; check it.")\n```'])
+    conclusion = Charter(model=model, runner=runner, settings=FAST).handle(
+        "Cancel order 101", contract=governed.contract, principal=ADA
+    )
+    repair = model.requests[1].messages[-1].text
+    assert 'cancel_order({"id":101,"reason":"asked"}) took effect (RESULT_INVALID)' in repair
+    receipts = program_run_receipts(governed, conclusion)
+    outcomes = [(r.status, r.code) for r in receipts if isinstance(r, Outcome) and r.operation == "cancel_order"]
+    assert outcomes == [("failed", "RESULT_INVALID")]  # made once; the repair was refused WRITES_CLOSED
+    assert ("cancel_order", "WRITES_CLOSED") in [(r.operation, r.code) for r in receipts if isinstance(r, Decision)]
+
+
 # -- the model's API failing ------------------------------------------------------------------
 
 

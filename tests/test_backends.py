@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from charter.audit import Decision, Outcome, Sealed
@@ -21,6 +22,7 @@ from charter.runner import Execution, Runner
 from tests.conftest import ALL_ORDER_SCOPES, ROOT, Governed, compiled
 from tests.conftest import charter as charter_cli
 from tests.faulty_proxy import FaultyProxy, Plan
+from tests.tiny_service import tiny_service
 
 ADA = Principal("ada", ALL_ORDER_SCOPES)
 
@@ -128,7 +130,7 @@ def test_a_dropped_connection_after_the_write_leaves_it_in_doubt_and_never_resen
     assert "BACKEND_DISCONNECTED" in shown
 
 
-def test_a_repeated_write_after_a_lost_answer_is_applied_once(governed: Governed, proxy: FaultyProxy) -> None:
+def test_a_repeated_write_after_a_lost_answer_is_refused_in_doubt(governed: Governed, proxy: FaultyProxy) -> None:
     proxy.plan = first_post("drop_after")
     program = (
         "from decimal import Decimal\n"
@@ -137,15 +139,21 @@ def test_a_repeated_write_after_a_lost_answer_is_applied_once(governed: Governed
         '    orders.refund_order(id=125, amount=Decimal("5.00"), reason="late")\n'
         "except OperationError:\n"
         "    pass\n"
-        'o = orders.refund_order(id=125, amount=Decimal("5.00"), reason="late")\n'
-        "conclude(str(o.refunded))"
+        "try:\n"
+        '    orders.refund_order(id=125, amount=Decimal("5.00"), reason="late")\n'
+        "except ContractViolation as error:\n"
+        "    conclude(error.code + ' | ' + str(error))\n"
     )
     execution = run(governed, program)
-    assert execution.answer == "25.00"  # 20.00 before, one refund of 5.00
-    assert order(125)["refunded"] == Decimal("25.00")
-    posts = proxy.forwarded("POST")
-    assert len(posts) == 2
-    assert posts[0].headers["idempotency-key"] == posts[1].headers["idempotency-key"]  # the service replayed
+    assert execution.answer is not None
+    assert execution.answer.startswith("IN_DOUBT | refund_order on Order 125 refused: call 2 of this run made")
+    assert "may have acted; nothing is sent again in this run" in execution.answer
+    assert order(125)["refunded"] == Decimal("25.00")  # 20.00 before: the lost refund did act, once
+    assert len(proxy.forwarded("POST")) == 1  # the repeat was not sent, under any key
+    decisions, outcomes, seal = receipts(governed, execution.run_id)
+    assert [d.code for d in decisions] == ["OK", "OK", "IN_DOUBT"]
+    assert [o.status for o in outcomes] == ["ok", "unknown"]
+    assert seal.in_doubt == (2,)
 
 
 def test_a_write_that_times_out_is_in_doubt(governed: Governed, proxy: FaultyProxy, tmp_path: Path) -> None:
@@ -169,11 +177,15 @@ def test_a_500_on_a_write_is_in_doubt_and_not_retried(governed: Governed, proxy:
     execution = run(governed, "try:\n    orders.confirm_order(id=101)\n" + REPORT)
     assert execution.answer is not None
     assert execution.answer.startswith("BACKEND_ERROR | confirm_order (POST ")
-    assert "was answered 500 (internal error)" in execution.answer
+    assert "was answered 500: the service failed while handling it" in execution.answer
+    assert "internal error" not in execution.answer  # a 5xx body is withheld, kept for the operator
     assert [s.method for s in proxy.seen] == ["GET", "POST"]
     assert order(101)["status"] == "pending"
     _, [outcome], _ = receipts(governed, execution.run_id)
-    assert outcome.status == "unknown"
+    assert (outcome.status, outcome.error_type) == ("unknown", "HTTP 500")
+    [kept] = governed.log.backend_errors(execution.run_id)
+    assert (kept.call, kept.error_type, kept.message_sha256) == (1, "HTTP 500", outcome.error_sha256)
+    assert "internal error" in kept.message
 
 
 # -- reads: retried, within bounds ----------------------------------------------------------
@@ -192,7 +204,8 @@ def test_a_read_that_keeps_failing_fails_after_its_retries(governed: Governed, p
     execution = run(governed, "try:\n    orders.get_order(id=102)\n" + REPORT)
     assert execution.answer is not None
     assert execution.answer.startswith("BACKEND_ERROR | get_order (GET ")
-    assert "failed 3 times; the last: answered 500 (internal error)" in execution.answer
+    assert "failed 3 times; the last: answered 500" in execution.answer
+    assert "internal error" not in execution.answer
     _, [outcome], seal = receipts(governed, execution.run_id)
     assert (outcome.status, seal.in_doubt) == ("failed", ())  # a read is never in doubt
 
@@ -219,6 +232,58 @@ def test_a_missing_service_address_names_the_variable(monkeypatch: pytest.Monkey
 
     with pytest.raises(UsageError, match="set CHARTER_SERVICE_ORDERS_URL"):
         ContractBackend(compile_contract(load_contract(bare)))
+
+
+# -- what a service answers is checked like any backend's value ----------------------------
+
+SECRET = "database password is hunter2"
+
+
+def test_an_http_result_is_checked_after_its_json_pointer(
+    governed: Governed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    source = (ROOT / "contracts" / "orders.yaml").read_text(encoding="utf-8")
+    wrapped = tmp_path / "orders.yaml"
+    wrapped.write_text(
+        source.replace('path: "/orders/{id}"}}', 'path: "/orders/{id}", result: /data}}'), encoding="utf-8"
+    )
+    contract = compile_contract(load_contract(wrapped))
+    good = {**order(101), "total": "89.00", "refunded": "0.00", "placed_at": "2026-11-01T09:41:00Z"}
+    good["items"] = [{**i, "unit_price": str(i["unit_price"])} for i in good["items"]]  # type: ignore[attr-defined]
+    answers = {
+        ("GET", "/orders/101"): (200, {"data": {**good, "id": "not-an-int"}}),
+        ("GET", "/orders/102"): (200, {"data": {**good, "id": 102, "shelf": "B4"}, "meta": {"total": 1}}),
+        ("POST", "/orders/102/confirm"): (500, {"detail": SECRET}),
+    }
+    with tiny_service(answers) as url:
+        monkeypatch.setenv("CHARTER_SERVICE_ORDERS_URL", url)
+        bad = run(governed, "try:\n    orders.get_order(id=101)\n" + REPORT, contract)
+        extra = run(governed, "conclude(str(orders.get_order(id=102).id))", contract)
+    assert bad.answer is not None
+    assert bad.answer.startswith("RESULT_INVALID | get_order returned a value that is not the contract's Order: ")
+    assert "Expected `int`, got `str` - at `$.id`" in bad.answer
+    _, [outcome], _ = receipts(governed, bad.run_id)
+    assert (outcome.status, outcome.code, outcome.result) == ("failed", "RESULT_INVALID", None)
+    assert extra.answer == "102"
+    _, [outcome], _ = receipts(governed, extra.run_id)
+    assert (outcome.status, outcome.dropped) == ("ok", ("$.shelf",))  # `meta` was outside the pointer
+
+
+def test_a_services_500_body_reaches_only_the_redactable_table(
+    governed: Governed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    current = {**order(101), "status": "pending"}
+    body = msgspec.to_builtins(current)
+    answers = {("GET", "/orders/101"): (200, body), ("POST", "/orders/101/confirm"): (500, {"detail": SECRET})}
+    with tiny_service(answers) as url:
+        monkeypatch.setenv("CHARTER_SERVICE_ORDERS_URL", url)
+        execution = run(governed, "try:\n    orders.confirm_order(id=101)\n" + REPORT)
+    assert execution.answer is not None
+    assert execution.answer.startswith("BACKEND_ERROR | confirm_order (POST ")
+    assert "hunter2" not in execution.answer
+    assert all(b"hunter2" not in row.body for row in governed.log.stored())
+    [kept] = governed.log.backend_errors(execution.run_id)
+    assert kept.message == SECRET
 
 
 # -- the service's own semantics (what the binding relies on) --------------------------------

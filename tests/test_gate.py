@@ -7,6 +7,7 @@ not) touched.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -16,13 +17,15 @@ from typing import Any
 
 import pytest
 
-from charter.audit import AuditLog, Decision, Outcome
-from charter.backends import CallContext, ContractBackend
-from charter.compiler import CompiledContract
+from charter.audit import AuditLog, Decision, Opened, Outcome, verify_log
+from charter.backends import BackendFailure, CallContext, ContractBackend
+from charter.compiler import CompiledContract, compile_contract
+from charter.contract import load_contract
 from charter.principal import Principal
 from charter.runner import Runner
-from charter.sandbox import Halted
-from tests.conftest import Governed, compiled
+from charter.sandbox import Halted, SandboxLimits
+from tests.conftest import ALL_ORDER_SCOPES as ALL
+from tests.conftest import ROOT, Governed, charter, compiled
 
 RAW = 'host = conclude.__globals__["host"]\n'  # the raw host import, reached through the runtime
 D = "from decimal import Decimal\n"
@@ -104,15 +107,6 @@ REFUSALS = [
         "refund_order on Order 125 must follow verify_refund on Order 125",
     ),
     (
-        "replay",
-        D
-        + "orders.verify_refund(id=125)\n"
-        + 'orders.refund_order(id=125, amount=Decimal("1.00"), reason="late")\n'
-        + 'orders.refund_order(id=125, amount=Decimal("2.00"), reason="late")',
-        "REPLAY",
-        "already made this write with other arguments",
-    ),
-    (
         "write-limit",
         D
         + "orders.confirm_order(id=101)\n"
@@ -142,7 +136,7 @@ def test_each_refusal_reaches_the_program_and_the_receipt(
     denied = [d for d in decisions(governed, execution.run_id) if d.decision == "DENY"]
     assert [d.code for d in denied] == [code]
     assert words in denied[0].message
-    if code not in ("LIMIT_EXCEEDED", "REPLAY"):  # these runs make allowed writes first
+    if code != "LIMIT_EXCEEDED":  # this run makes allowed writes first
         assert {o: order(o) for o in before} == before, "a denied call changed the backend"
 
 
@@ -165,20 +159,257 @@ def test_allowed_calls_record_what_the_gate_observed(governed: Governed) -> None
     assert (decision.contract, decision.version) == ("orders", "1.0.0")
 
 
-def test_the_same_write_twice_runs_once(governed: Governed) -> None:
+def write_key(logical_run_id: str, call: int) -> str:
+    """The idempotency key a write call must carry: H(logical run id, call sequence)."""
+    return hashlib.sha256(f"{logical_run_id}\x1f{call}".encode()).hexdigest()[:32]
+
+
+def outcomes(governed: Governed, run_id: str) -> list[Outcome]:
+    return [r for r in governed.log.run(run_id).receipts if isinstance(r, Outcome)]
+
+
+def test_a_sequence_step_without_a_key_is_not_given_one(
+    governed: Governed, write_contract: Any, shared_sandbox: Any
+) -> None:
+    source = (ROOT / "contracts" / "orders.yaml").read_text(encoding="utf-8")
+    path = write_contract(
+        source.replace("    transition: confirm\n", "    transition: confirm\n    after: [list_orders]\n")
+    )
+    contract = compile_contract(load_contract(path))
+    runner = Runner(audit=governed.log, sandbox=shared_sandbox)
+    execution = runner.execute("orders.confirm_order(id=101)", contract=contract, principal=Principal("ada", ALL))
+    assert execution.reason is not None
+    assert execution.reason.startswith(
+        "confirm_order on Order 101 must follow list_orders in the same run: expected step list_orders, "
+        "received step confirm_order."
+    ), execution.reason
+    [decision] = decisions(governed, execution.run_id)
+    assert decision.code == "SEQUENCE_VIOLATION"
+    assert "list_orders on Order" not in decision.message
+
+
+# -- writes: each call its own action, `idempotent` deduped, in doubt refused ----------------
+
+REFUND_125 = D + "orders.verify_refund(id=125)\n"
+
+
+def test_two_payments_in_one_run_both_execute_with_their_own_keys(governed: Governed) -> None:
     program = (
-        D
-        + "orders.verify_refund(id=125)\n"
+        REFUND_125
         + 'a = orders.refund_order(id=125, amount=Decimal("1.00"), reason="late")\n'
         + 'b = orders.refund_order(id=125, amount=Decimal("1.00"), reason="late")\n'
-        + "conclude(str(b.refunded), {'same': a.refunded == b.refunded})"
+        + 'c = orders.refund_order(id=125, amount=Decimal("2.00"), reason="damaged")\n'
+        + "conclude(' '.join(str(x.refunded) for x in (a, b, c)))"
     )
     execution = governed.run(program)
-    assert (execution.answer, execution.data) == ("21.00", {"same": True})
-    assert order(125)["refunded"] == Decimal("21.00")  # refunded once, not twice
-    outcomes = [r for r in governed.log.run(execution.run_id).receipts if isinstance(r, Outcome)]
-    assert [o.status for o in outcomes] == ["ok", "ok", "replayed"]
-    assert outcomes[1].result == outcomes[2].result
+    assert execution.answer == "21.00 22.00 24.00"  # three refunds, none merged, none refused
+    assert order(125)["refunded"] == Decimal("24.00")
+    writes = [d for d in decisions(governed, execution.run_id) if d.operation == "refund_order"]
+    assert [(d.decision, d.code) for d in writes] == [("ALLOW", "OK")] * 3
+    assert [d.idempotency_key for d in writes] == [write_key(execution.run_id, n) for n in (2, 3, 4)]
+    assert len({d.idempotency_key for d in writes}) == 3
+    assert [o.status for o in outcomes(governed, execution.run_id)] == ["ok", "ok", "ok", "ok"]
+
+
+def test_an_idempotent_write_repeated_with_the_same_arguments_returns_its_first_result(governed: Governed) -> None:
+    program = "a = orders.confirm_order(id=101)\nb = orders.confirm_order(id=101)\nconclude(a.status + ' ' + b.status)"
+    execution = governed.run(program)
+    assert execution.answer == "confirmed confirmed"  # the second was not sent: from confirmed it is refused
+    first, second = decisions(governed, execution.run_id)
+    assert (first.code, second.code) == ("OK", "REPLAYED")
+    assert second.idempotency_key == first.idempotency_key == write_key(execution.run_id, 1)
+    assert second.observed is None  # nothing was read: nothing is sent
+    ok, replayed = outcomes(governed, execution.run_id)
+    assert (ok.status, replayed.status) == ("ok", "replayed")
+    assert replayed.result == ok.result
+    # Within one run only: a new run confirming again is a new action, checked afresh.
+    again = governed.run("orders.confirm_order(id=101)")
+    assert [d.code for d in decisions(governed, again.run_id)] == ["STATE_VIOLATION"]
+
+
+def test_write_keys_derive_from_the_logical_run_and_the_call(governed: Governed) -> None:
+    program = REFUND_125 + 'orders.refund_order(id=125, amount=Decimal("1.00"), reason="late")\nconclude("ok")'
+    ada = Principal("ada", ALL)
+
+    def keys(logical: str | None) -> list[str | None]:
+        execution = governed.runner.execute(program, contract=governed.contract, principal=ada, logical_run_id=logical)
+        opened = governed.log.run(execution.run_id).opened
+        assert isinstance(opened, Opened)
+        assert opened.logical_run_id == logical
+        return [d.idempotency_key for d in decisions(governed, execution.run_id) if d.operation == "refund_order"]
+
+    chain = "0" * 31 + "1"
+    assert keys(chain) == keys(chain) == [write_key(chain, 2)]  # a continuation of the chain: the same key
+    assert keys(None) != keys(None)  # runs of their own: their own keys
+
+
+def test_the_write_limit_counts_every_write(governed: Governed) -> None:
+    program = (
+        REFUND_125 + 'for n in range(6):\n    orders.refund_order(id=125, amount=Decimal("1.00"), reason="late")\n'
+    )
+    execution = governed.run(program)
+    assert execution.reason is not None
+    assert "the run already made 5 writes, the contract's limit (limits.max_writes = 5)" in execution.reason
+    assert [d.code for d in decisions(governed, execution.run_id)] == ["OK"] * 6 + ["LIMIT_EXCEEDED"]
+    assert order(125)["refunded"] == Decimal("25.00")
+
+
+class InDoubtOnce:
+    """The first refund reaches the backend and its answer is lost; later ones work."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, result: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise BackendFailure("BACKEND_DISCONNECTED", "refund_order was sent and no answer came", in_doubt=True)
+        return result
+
+
+def test_a_write_after_one_in_doubt_is_refused_in_doubt_and_never_sent(governed: Governed) -> None:
+    fault = InDoubtOnce()
+    runner, backend = faulty_runner(governed, refund_order=fault)
+    program = (
+        REFUND_125
+        + "orders.verify_refund(id=123)\n"
+        + "try:\n"
+        + '    orders.refund_order(id=125, amount=Decimal("5.00"), reason="late")\n'
+        + "except OperationError:\n"
+        + "    pass\n"
+        + 'orders.refund_order(id=123, amount=Decimal("1.00"), reason="late")\n'  # another order: allowed
+        + "try:\n"
+        + '    orders.refund_order(id=125, amount=Decimal("5.00"), reason="late")\n'
+        + "except ContractViolation as error:\n"
+        + "    conclude(error.code + ' | ' + str(error))\n"
+    )
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL))
+    assert execution.answer is not None
+    code, message = execution.answer.split(" | ", 1)
+    assert code == "IN_DOUBT"
+    assert message == (
+        "refund_order on Order 125 refused: call 3 of this run made the same write and got no answer, so it may "
+        "have acted; nothing is sent again in this run. Read the entity to learn its state."
+    )
+    assert fault.calls == 2  # the lost one and order 123's: the repeat never reached the backend
+    assert backend.performed.count("refund_order") == 2
+    denied = decisions(governed, execution.run_id)[-1]
+    assert (denied.decision, denied.code, denied.clause) == ("DENY", "IN_DOUBT", "in_doubt:refund_order")
+    assert [(o.call, o.status) for o in outcomes(governed, execution.run_id)][2:] == [(3, "unknown"), (4, "ok")]
+
+
+def test_a_create_in_doubt_refuses_the_same_create_and_allows_another(governed: Governed) -> None:
+    from examples.invoices import backend as invoices
+
+    invoices.seed()
+    contract = compiled("invoices")
+    fault = InDoubtOnce()
+    backend = Faulty(contract, {"create_invoice": fault})
+    runner = Runner(audit=governed.log, sandbox=governed.runner.sandbox, backend_for=lambda _: backend)
+    create = 'invoices.create_invoice(vendor="Acme", amount=Decimal("{}"), currency="eur", due=datetime(2027, 1, 1))'
+    program = (
+        D
+        + "from datetime import datetime\n"
+        + f"try:\n    {create.format('10.00')}\nexcept OperationError:\n    pass\n"
+        + f"other = {create.format('12.00')}\n"  # other arguments: another invoice, allowed
+        + f"try:\n    {create.format('10.00')}\nexcept ContractViolation as error:\n    conclude(error.code + ' | ' + str(error))\n"
+    )
+    execution = runner.execute(
+        program, contract=contract, principal=Principal("kim", frozenset({"invoices:write", "invoices:read"}))
+    )
+    assert execution.answer is not None
+    assert execution.answer.startswith(
+        "IN_DOUBT | create_invoice with these arguments refused: call 1 of this run made the same write"
+    )
+    assert backend.performed.count("create_invoice") == 2  # the lost one and the other invoice
+
+
+# -- results: what reaches the program has the contract's types -----------------------------
+
+
+def with_(field: str, value: Any) -> Any:
+    return lambda record: {**record, field: value}
+
+
+def without(field: str) -> Any:
+    return lambda record: {k: v for k, v in record.items() if k != field}
+
+
+def nested_quantity(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "items": [{**record["items"][0], "quantity": "one"}]}
+
+
+def second_item_bad(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [records[0], {**records[1], "id": None}, *records[2:]]
+
+
+CAUGHT = "except OperationError as error:\n    conclude(error.code + ' | ' + str(error))\n"
+
+
+@pytest.mark.parametrize(
+    ("operation", "fault", "path", "words"),
+    [
+        ("get_order", with_("id", "101"), "$.id", "Expected `int`, got `str`"),
+        ("get_order", without("customer"), "$", "Object missing required field `customer`"),
+        ("get_order", with_("status", "lost"), "$.status", "Invalid enum value 'lost'"),
+        ("get_order", with_("total", "89.001"), "$.total", "Expected money with at most 2 decimal places"),
+        ("get_order", with_("total", 89.0), "$.total", "Expected money as a decimal string, got 89.0"),
+        ("get_order", with_("placed_at", "yesterday"), "$.placed_at", "Invalid RFC3339 encoded datetime"),
+        ("get_order", nested_quantity, "$.items[0].quantity", "Expected `int`, got `str`"),
+        ("list_orders", second_item_bad, "$[1].id", "Expected `int`, got `null`"),
+    ],
+    ids=["int", "missing-field", "enum", "money-places", "money-float", "datetime", "nested-record", "list-item"],
+)
+def test_a_result_of_the_wrong_type_fails_closed(
+    governed: Governed, operation: str, fault: Any, path: str, words: str
+) -> None:
+    runner, _ = faulty_runner(governed, **{operation: fault})
+    call = "orders.get_order(id=101)" if operation == "get_order" else "orders.list_orders()"
+    program = f"try:\n    o = {call}\n    conclude('got it')\n" + CAUGHT
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL))
+    assert execution.answer is not None
+    code, message = execution.answer.split(" | ", 1)
+    assert code == "RESULT_INVALID"
+    assert f"{words}" in message
+    assert message.endswith(f" - at `{path}`. It was withheld from the program.")
+    [outcome] = outcomes(governed, execution.run_id)
+    assert (outcome.status, outcome.code, outcome.result, outcome.result_sha256) == (
+        "failed",
+        "RESULT_INVALID",
+        None,
+        None,
+    )
+    assert outcome.message == message
+
+
+def test_undeclared_fields_are_dropped_and_named_and_absent_optionals_are_none(governed: Governed) -> None:
+    def extras(record: dict[str, Any]) -> dict[str, Any]:
+        items = [{**i, "warehouse": "W1"} for i in record["items"]]
+        trimmed = {k: v for k, v in record.items() if k != "note"}  # optional: may be absent
+        return {**trimmed, "items": items, "internal_cost": "12.00"}
+
+    runner, _ = faulty_runner(governed, get_order=extras)
+    program = "o = orders.get_order(id=101)\nconclude(repr(o.note))"
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL))
+    assert execution.answer == "None", execution.outcome
+    [outcome] = outcomes(governed, execution.run_id)
+    assert (outcome.status, outcome.dropped) == ("ok", ("$.internal_cost", "$.items[*].warehouse"))
+    assert outcome.result is not None
+    assert "internal_cost" not in outcome.result
+    assert "warehouse" not in outcome.result
+    assert '"note":null' in outcome.result
+
+
+def test_an_oversized_result_is_refused_before_its_outcome(governed: Governed) -> None:
+    runner, _ = faulty_runner(governed)
+    limits = SandboxLimits.from_contract(governed.contract.gate.limits).tightened(max_result_bytes=1000)
+    program = "try:\n    orders.list_orders()\n    conclude('got it')\n" + CAUGHT
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL), limits=limits)
+    assert execution.answer is not None
+    assert execution.answer.startswith("RESULT_TOO_LARGE | list_orders returned ")
+    assert "bytes, above the limit of 1000; it was withheld from the program." in execution.answer
+    [outcome] = outcomes(governed, execution.run_id)
+    assert (outcome.status, outcome.code, outcome.result) == ("failed", "RESULT_TOO_LARGE", None)
 
 
 def test_too_many_denials_end_the_run(governed: Governed) -> None:
@@ -274,18 +505,33 @@ CANCEL_101 = 'orders.cancel_order(id=101, reason="moved")\nconclude("cancelled")
 
 
 @pytest.mark.parametrize(
-    ("fault", "words"),
+    ("fault", "code", "words"),
     [
         (
             RuntimeError("database is locked"),
-            "reading Order 101 through get_order failed (RuntimeError: database is locked)",
+            "GATE_ERROR",
+            "cancel_order refused: reading Order 101 through get_order failed; the gate does not allow what it "
+            "cannot check.",
         ),
-        (lambda order: {**order, "refunded": "not money"}, "the gate failed (InvalidOperation"),
-        (lambda order: ["not", "an", "order"], "get_order returned list, not a Order"),
+        (
+            with_("refunded", "not money"),
+            "RESULT_INVALID",
+            "get_order returned Order 101 not as the contract declares it (Invalid decimal string - at `$.refunded`)",
+        ),
+        (lambda order: ["not", "an", "order"], "RESULT_INVALID", "(Expected `object`, got `array` - at `$`)"),
+        # A mistyped lifecycle field must neither pass nor fail the state check by accident.
+        (with_("status", "PENDING"), "RESULT_INVALID", "(Invalid enum value 'PENDING' - at `$.status`)"),
+        (with_("status", 1), "RESULT_INVALID", "(Expected `str`, got `int` - at `$.status`)"),
     ],
-    ids=["reader-raises", "reader-returns-garbage", "reader-returns-wrong-type"],
+    ids=[
+        "reader-raises",
+        "reader-returns-garbage",
+        "reader-returns-wrong-type",
+        "reader-returns-unknown-state",
+        "reader-returns-mistyped-state",
+    ],
 )
-def test_a_broken_state_read_is_a_denial(governed: Governed, fault: Any, words: str) -> None:
+def test_a_broken_state_read_is_a_denial(governed: Governed, fault: Any, code: str, words: str) -> None:
     runner, backend = faulty_runner(governed, get_order=fault)
     execution = runner.execute(
         CANCEL_101, contract=governed.contract, principal=Principal("ada", frozenset({"orders:write"}))
@@ -293,9 +539,11 @@ def test_a_broken_state_read_is_a_denial(governed: Governed, fault: Any, words: 
     assert execution.status == "refused"
     assert execution.reason is not None
     assert words in execution.reason
+    assert "database is locked" not in execution.reason
     assert "cancel_order" not in backend.performed
     assert order(101)["status"] == "pending"
-    assert [d.code for d in decisions(governed, execution.run_id)] == ["GATE_ERROR"]
+    [decision] = decisions(governed, execution.run_id)
+    assert (decision.decision, decision.code) == ("DENY", code)
 
 
 def test_a_receipt_that_cannot_be_written_denies_the_call(governed: Governed) -> None:
@@ -316,21 +564,65 @@ def test_a_receipt_that_cannot_be_written_denies_the_call(governed: Governed) ->
     assert order(101)["status"] == "pending"
 
 
-def test_a_failing_backend_is_an_operation_error_with_its_outcome_recorded(governed: Governed) -> None:
-    runner, _ = faulty_runner(governed, cancel_order=ConnectionError("backend went away"))
+SECRET = "database password is hunter2"
+
+
+def test_backend_exception_text_reaches_neither_program_nor_caller_nor_receipt(governed: Governed) -> None:
+    runner, _ = faulty_runner(governed, cancel_order=RuntimeError(SECRET))
     program = (
         'try:\n    orders.cancel_order(id=101, reason="moved")\n'
-        "except OperationError as error:\n    conclude(error.code + ': ' + str(error))"
+        "except OperationError as error:\n    conclude(error.code + ': ' + str(error), {'args': repr(error.args)})"
     )
     execution = runner.execute(
         program, contract=governed.contract, principal=Principal("ada", frozenset({"orders:write"}))
     )
-    assert execution.answer is not None
-    assert execution.answer.startswith(
-        "BACKEND_ERROR: cancel_order failed in the backend: ConnectionError: backend went away"
+    assert execution.answer == (
+        "BACKEND_ERROR: cancel_order failed in the backend; its error text is withheld from the program "
+        "(the operator can read it with `charter audit show`)."
     )
-    [outcome] = [r for r in governed.log.run(execution.run_id).receipts if isinstance(r, Outcome)]
-    assert (outcome.status, outcome.code) == ("failed", "BACKEND_ERROR")
+    assert "hunter2" not in repr(execution.data)
+    [outcome] = outcomes(governed, execution.run_id)
+    digest = hashlib.sha256(SECRET.encode()).hexdigest()
+    assert (outcome.status, outcome.code, outcome.error_type, outcome.error_sha256) == (
+        "failed",
+        "BACKEND_ERROR",
+        "RuntimeError",
+        digest,
+    )
+    assert all(b"hunter2" not in row.body for row in governed.log.stored())  # nor any signed receipt
+    [kept] = governed.log.backend_errors(execution.run_id)
+    assert (kept.call, kept.operation, kept.error_type, kept.message_sha256, kept.message) == (
+        1,
+        "cancel_order",
+        "RuntimeError",
+        digest,
+        SECRET,
+    )
+    assert governed.log.forget_backend_errors(execution.run_id) == 1  # redactable, the log still verifies
+    assert governed.log.backend_errors(execution.run_id) == []
+    assert verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id).ok
+    shown = charter("audit", "show", execution.run_id)
+    assert "hunter2" not in shown.stdout
+
+
+def test_the_gates_own_failure_text_is_withheld_too(governed: Governed) -> None:
+    runner, _ = faulty_runner(governed, get_order=RuntimeError(SECRET + " " + "x" * 2000))
+    execution = runner.execute(
+        CANCEL_101, contract=governed.contract, principal=Principal("ada", frozenset({"orders:write"}))
+    )
+    assert execution.reason is not None
+    assert "hunter2" not in execution.reason
+    [decision] = decisions(governed, execution.run_id)
+    assert (decision.code, decision.error_type) == ("GATE_ERROR", "RuntimeError")
+    assert all(b"hunter2" not in row.body for row in governed.log.stored())
+    [kept] = governed.log.backend_errors(execution.run_id)
+    assert kept.message.startswith(SECRET)
+    assert len(kept.message) == 1024  # kept truncated; the hash is of the whole text
+    assert (
+        kept.message_sha256 == decision.error_sha256 == hashlib.sha256((SECRET + " " + "x" * 2000).encode()).hexdigest()
+    )
+    shown = charter("audit", "show", execution.run_id)
+    assert SECRET in shown.stdout  # the local operator sees it
 
 
 # -- check-then-act races --------------------------------------------------------------

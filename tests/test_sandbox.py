@@ -288,7 +288,7 @@ def test_backend_failure_is_operation_error(sandbox: Sandbox, orders: CompiledCo
     program = "try:\n    orders.get_order(id=1)\nexcept OperationError as e:\n    conclude(f'{e.code}: {e.message}')"
     outcome = run(sandbox, orders, program, gate=PassThroughGate(orders, recorder.backend()))
     assert outcome == Completed(
-        answer="BACKEND_ERROR: get_order failed: ConnectionError: database is down", stats=outcome.stats
+        answer="BACKEND_ERROR: get_order failed in the backend (ConnectionError)", stats=outcome.stats
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +22,7 @@ from charter.registry import Registry
 from charter.sandbox import Sandbox
 from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
 from tests.conftest import ROOT
+from tests.tiny_service import tiny_service
 
 
 def scripted(request: ModelRequest) -> str:
@@ -120,6 +122,45 @@ def test_runs_are_private_to_their_principal_unless_audit_read(api: Api) -> None
         problem(client.get(f"/v1/runs/{run_id[:8]}"), 404, "run-not-found")  # no prefix searches
     with api.client("auditor") as client:
         assert client.get(f"/v1/runs/{run_id}").json()["answer"] == "hi"
+
+
+def test_a_backends_error_text_is_shown_only_to_audit_read(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from examples.orders import backend
+
+    secret = "database password is hunter2"
+    current = msgspec.to_builtins(backend.get_order(id=101))
+    answers = {("GET", "/orders/101"): (200, current), ("POST", "/orders/101/cancel"): (500, {"detail": secret})}
+    with tiny_service(answers) as url:
+        monkeypatch.setenv("CHARTER_SERVICE_ORDERS_URL", url)  # read when the server's backend is built
+        with api.client() as client:
+            ran = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101})
+            own = client.get(f"/v1/runs/{ran.json()['run_id']}")
+    assert ran.status_code == 200
+    assert "hunter2" not in ran.text  # the caller's answer
+    assert ran.json()["status"] == "failed"  # the program did not catch the OperationError
+    assert "hunter2" not in own.text  # its own principal sees the run, not the withheld text
+    assert own.json()["backend_errors"] is None
+    with api.client("auditor") as client:
+        audited = client.get(f"/v1/runs/{ran.json()['run_id']}").json()
+    [kept] = audited["backend_errors"]
+    assert (kept["call"], kept["operation"], kept["error_type"], kept["message"]) == (
+        1,
+        "cancel_order",
+        "HTTP 500",
+        secret,
+    )
+
+
+def test_an_unexpected_servers_error_text_is_not_sent(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("database password is hunter2")
+
+    monkeypatch.setattr(CharterService, "execute", broken)
+    with api.client() as client:
+        response = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101})
+    body = problem(response, 500, "internal")
+    assert body["detail"] == "the server failed (RuntimeError); its log has the detail"
+    assert "hunter2" not in response.text
 
 
 def test_contracts_are_listed_with_their_operational_model(api: Api) -> None:

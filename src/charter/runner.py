@@ -108,10 +108,12 @@ class Runner:
         attempt: int | None = None,
         run_id: str | None = None,
         writes_closed: str | None = None,
+        logical_run_id: str | None = None,
     ) -> Execution:
         """Run `program` once. `parent`/`attempt` name the intent run it answers, `run_id`
         a run id chosen beforehand (the agent records it before the run), `writes_closed`
-        why every write of this run is to be denied."""
+        why every write of this run is to be denied, `logical_run_id` the first run of the
+        chain this run continues (write idempotency keys derive from it; None: this run)."""
         gate = self.gate_for(contract)
         limits = limits or SandboxLimits.from_contract(contract.gate.limits)
         context = RunContext(principal=principal) if run_id is None else RunContext(principal=principal, run_id=run_id)
@@ -135,9 +137,16 @@ class Runner:
             pid=pid,
             parent=parent,
             attempt=attempt,
+            logical_run_id=logical_run_id,
         )
         recorder = self.audit.open_run(opened)
-        session = gate.session(recorder, principal, writes_closed=writes_closed)
+        session = gate.session(
+            recorder,
+            principal,
+            max_result_bytes=limits.max_result_bytes,
+            writes_closed=writes_closed,
+            logical_run_id=logical_run_id,
+        )
         outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
         sealed = recorder.seal(sealed_receipt(context.run_id, outcome))
         status, answer, data, reason = conclusion_of(outcome)

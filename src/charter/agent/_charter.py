@@ -343,8 +343,12 @@ def _effects(execution: Execution, decisions: dict[int, Decision], operations: d
     """Writes of this run that took effect, or may have (in doubt)."""
     effects = []
     for receipt in execution.calls:
-        if isinstance(receipt, Outcome) and receipt.status == "ok" and operations[receipt.operation].kind == "write":
+        if not isinstance(receipt, Outcome) or operations[receipt.operation].kind != "write":
+            continue
+        if receipt.status == "ok":
             effects.append(f"{receipt.operation}({decisions[receipt.call].arguments}) succeeded")
+        elif receipt.code in ("RESULT_INVALID", "RESULT_TOO_LARGE"):  # the write ran; its answer was withheld
+            effects.append(f"{receipt.operation}({decisions[receipt.call].arguments}) took effect ({receipt.code})")
     for call in execution.in_doubt:
         decision = decisions[call]
         if decision.decision == ALLOW and operations[decision.operation].kind == "write":

@@ -23,7 +23,7 @@ from charter.audit.receipts import (
     args_digest,
     kind_of,
 )
-from charter.audit.store import AuditLog, RunRecord, RunRecorder, now_iso
+from charter.audit.store import AuditLog, BackendError, RunRecord, RunRecorder, now_iso
 from charter.audit.verify import Finding, Verification, verify_receipts
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Asked",
     "Attempted",
     "AuditLog",
+    "BackendError",
     "Concluded",
     "Decision",
     "Finding",

@@ -82,6 +82,9 @@ class Opened(_Body, frozen=True, kw_only=True, tag="open"):
     pid: int
     parent: str | None = None  # the intent run whose attempt this program is
     attempt: int | None = None
+    # The first run of a chain of runs continuing one another; None: this run's own id.
+    # Write idempotency keys derive from it, so they do not change across the chain.
+    logical_run_id: str | None = None
 
 
 class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -110,6 +113,10 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     nonce: str
     idempotency_key: str | None
     observed: Observed | None
+    # A GATE_ERROR's exception, withheld: its type and the sha256 of its text (the text
+    # itself is in the audit database's redactable backend_errors table, not in the log).
+    error_type: str | None = None
+    error_sha256: str | None = None
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):
@@ -117,10 +124,13 @@ class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):
     operation: str
     # unknown: the request reached the backend and no answer came back (the call stays in doubt)
     status: Literal["ok", "failed", "replayed", "unknown"]
-    code: str | None
+    code: str | None  # failed: RESULT_INVALID / RESULT_TOO_LARGE when the backend's value was withheld
     message: str | None
     result: str | None  # the reply exactly as the program received it (JSON)
     result_sha256: str | None
+    dropped: tuple[str, ...] = ()  # JSON paths of undeclared fields the backend sent, left out of `result`
+    error_type: str | None = None  # as on Decision: a backend exception withheld from the program
+    error_sha256: str | None = None
 
 
 class Sealed(_Body, frozen=True, kw_only=True, tag="seal"):

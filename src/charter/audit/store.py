@@ -15,6 +15,7 @@ as the receipts it points at, so a truncated log no longer reaches its head.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import socket
@@ -49,7 +50,7 @@ from charter.audit.receipts import (
 )
 from charter.errors import AuditError, RunNotFound
 
-__all__ = ["AuditLog", "RunRecord", "RunRecorder", "now_iso"]
+__all__ = ["BACKEND_ERRORS_DDL", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -77,6 +78,35 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be upda
 CREATE TRIGGER IF NOT EXISTS receipts_no_delete BEFORE DELETE ON receipts
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be deleted'); END;
 """
+
+# Backend and gate exception texts, withheld from programs, callers and the signed log
+# (receipts hold their type and sha256). Outside the chain on purpose: an operator may
+# delete rows holding a secret, and nothing that verifies the log depends on them.
+# One constant so a schema migration can create it as one step.
+BACKEND_ERRORS_DDL = """
+CREATE TABLE IF NOT EXISTS backend_errors (
+    run_id         TEXT NOT NULL,
+    call           INTEGER NOT NULL,
+    operation      TEXT NOT NULL,
+    error_type     TEXT NOT NULL,
+    message_sha256 TEXT NOT NULL,
+    message        TEXT NOT NULL,
+    PRIMARY KEY (run_id, call)
+);
+"""
+BACKEND_ERROR_MAX_CHARS = 1024  # of a withheld message kept in backend_errors
+
+
+class BackendError(msgspec.Struct, frozen=True, kw_only=True):
+    """One withheld exception text: a row of the redactable backend_errors table."""
+
+    run_id: str
+    call: int
+    operation: str
+    error_type: str
+    message_sha256: str  # of the whole message, as the receipt records it
+    message: str  # the first BACKEND_ERROR_MAX_CHARS characters
+
 
 _BUSY_TIMEOUT_MS = 30_000
 
@@ -179,7 +209,8 @@ class RunRecorder:
     records attempts and ends with `conclude`.
     """
 
-    def __init__(self, writer: _Writer, opened: Opening) -> None:
+    def __init__(self, writer: _Writer, opened: Opening, path: Path | None = None) -> None:
+        self._path = path
         self.run_id = opened.run_id
         self.opened = opened
         self.last_link = ""  # set by the writer thread after each commit
@@ -223,6 +254,25 @@ class RunRecorder:
         except AuditError:
             return False
         return True
+
+    def backend_error(self, error: BackendError) -> None:
+        """Keep a withheld exception text in the redactable table (not the signed log). Best
+        effort: the receipt already holds its type and hash, and losing the text loses no
+        decision."""
+        if self._path is None:
+            return
+        with contextlib.suppress(sqlite3.Error), closing(_connect(self._path)) as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO backend_errors VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    self.run_id,
+                    error.call,
+                    error.operation,
+                    error.error_type,
+                    error.message_sha256,
+                    error.message[:BACKEND_ERROR_MAX_CHARS],
+                ),
+            )
 
     def seal(self, sealed: Sealed) -> Sealed:
         with self._lock:
@@ -281,7 +331,7 @@ class AuditLog:
         self._writer: _Writer | None = None
         self._writer_lock = threading.Lock()
         with closing(_connect(self.path)) as connection:
-            connection.executescript(_SCHEMA)
+            connection.executescript(_SCHEMA + BACKEND_ERRORS_DDL)
 
     # -- writing ---------------------------------------------------------------------
 
@@ -302,7 +352,7 @@ class AuditLog:
 
     def open_run(self, opened: Opening) -> RunRecorder:
         """Durably records the run's opening; the program may run once this returns."""
-        return RunRecorder(self._ensure_writer(), opened)
+        return RunRecorder(self._ensure_writer(), opened, self.path)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -349,6 +399,25 @@ class AuditLog:
                 f"no public key in {self._keys_dir} to verify with; pass the signer's key with --public-key"
             )
         return keys
+
+    def backend_errors(self, run_id: str) -> list[BackendError]:
+        """The exception texts withheld from run `run_id`'s program, by call. Operators only:
+        they may hold secrets (servers show them to principals with audit:read)."""
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT run_id, call, operation, error_type, message_sha256, message FROM backend_errors "
+                "WHERE run_id = ? ORDER BY call",
+                (run_id,),
+            ).fetchall()
+        return [
+            BackendError(run_id=r[0], call=r[1], operation=r[2], error_type=r[3], message_sha256=r[4], message=r[5])
+            for r in rows
+        ]
+
+    def forget_backend_errors(self, run_id: str) -> int:
+        """Delete run `run_id`'s withheld exception texts (the receipts keep their hashes). Returns the count."""
+        with self._connection() as connection:
+            return connection.execute("DELETE FROM backend_errors WHERE run_id = ?", (run_id,)).rowcount
 
     def run_ids(self) -> list[str]:
         with self._connection() as connection:

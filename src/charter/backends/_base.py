@@ -71,13 +71,28 @@ class Backend(Protocol):
 class BackendFailure(Exception):
     """A call the backend could not perform, with a stable code the program sees
     (OperationError.code). `in_doubt`: the request reached the backend and no answer came
-    back, so the call may have taken effect; its receipt then says `unknown`, not `failed`."""
+    back, so the call may have taken effect; its receipt then says `unknown`, not `failed`.
 
-    def __init__(self, code: str, message: str, *, in_doubt: bool = False) -> None:
+    `message` is shown to the program and the caller: only the backend's own words. Text
+    it did not write (an exception's, a 5xx body) goes in `detail`, typed `detail_type`:
+    the gate withholds it from the program, the caller and the receipt (which keeps its
+    sha256) and keeps it in the audit database's redactable backend_errors table."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        in_doubt: bool = False,
+        detail: str | None = None,
+        detail_type: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.in_doubt = in_doubt
+        self.detail = detail
+        self.detail_type = detail_type
 
 
 class BackendNotFound(BackendFailure, LookupError):

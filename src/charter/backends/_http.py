@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 import httpx
@@ -144,8 +144,8 @@ class HttpBackend:
         except httpx.ConnectError as error:
             raise BackendFailure(
                 "BACKEND_UNREACHABLE",
-                f"{where}: the service could not be reached ({error}); nothing was sent. "
-                f"{_where_from(endpoint.service)}",
+                f"{where}: the service could not be reached; nothing was sent. {_where_from(endpoint.service)}",
+                **_withheld(error),
             ) from None
         except httpx.PoolTimeout:
             raise BackendFailure("BACKEND_UNREACHABLE", f"{where}: no connection was free; nothing was sent") from None
@@ -153,20 +153,24 @@ class HttpBackend:
             kind = (
                 "no answer came within the time limit"
                 if isinstance(error, httpx.TimeoutException)
-                else (f"the connection broke before the answer ({type(error).__name__}: {error})")
+                else "the connection broke before the answer"
             )
             raise BackendFailure(
                 "BACKEND_TIMEOUT" if isinstance(error, httpx.TimeoutException) else "BACKEND_DISCONNECTED",
                 f"{where} was sent and {kind}: it may have taken effect. It was not sent again; "
                 f"read the {rule.entity or 'entity'} to learn its state, and do not repeat the write in this run",
                 in_doubt=True,
+                **_withheld(error),
             ) from None
         if response.status_code >= 500:
+            # A 5xx body is the service's failure, not a message to callers: it is withheld.
             raise BackendFailure(
                 "BACKEND_ERROR",
-                f"{where} was answered {response.status_code} ({_detail(response)}): the service failed while "
+                f"{where} was answered {response.status_code}: the service failed while "
                 "handling it, so it may have taken effect. It was not sent again",
                 in_doubt=True,
+                detail=_detail(response),
+                detail_type=f"HTTP {response.status_code}",
             )
         _raise_for_client_error(where, response)
         return response
@@ -177,6 +181,7 @@ class HttpBackend:
         where = f"{rule.name} ({request.method} {request.url})"
         tries = endpoint.read_retries + 1
         problem = ""
+        withheld: _Detail | None = None
         for attempt in range(tries):
             if attempt:
                 _pause(attempt, context)
@@ -184,20 +189,25 @@ class HttpBackend:
             try:
                 response = _send(self._clients[endpoint.service], request, timeout)
             except httpx.TimeoutException:
-                problem, code = "no answer came within the time limit", "BACKEND_TIMEOUT"
+                problem, code, withheld = "no answer came within the time limit", "BACKEND_TIMEOUT", None
                 continue
             except httpx.ConnectError as error:
-                problem, code = f"{error}. {_where_from(endpoint.service)}", "BACKEND_UNREACHABLE"
+                problem, code = f"it could not be reached. {_where_from(endpoint.service)}", "BACKEND_UNREACHABLE"
+                withheld = _withheld(error)
                 continue
             except httpx.TransportError as error:
-                problem, code = f"{type(error).__name__}: {error}", "BACKEND_UNREACHABLE"
+                problem, code, withheld = "the connection broke", "BACKEND_UNREACHABLE", _withheld(error)
                 continue
             if response.status_code >= 500:
-                problem, code = f"answered {response.status_code} ({_detail(response)})", "BACKEND_ERROR"
+                problem, code = f"answered {response.status_code}", "BACKEND_ERROR"
+                withheld = _Detail(detail=_detail(response), detail_type=f"HTTP {response.status_code}")
                 continue
             _raise_for_client_error(where, response)
             return response
-        raise BackendFailure(code, f"{where} failed {tries} times; the last: {problem}")
+        message = f"{where} failed {tries} times; the last: {problem}"
+        if withheld is None:
+            raise BackendFailure(code, message)
+        raise BackendFailure(code, message, **withheld)
 
     # -- the response ---------------------------------------------------------------------
 
@@ -209,7 +219,9 @@ class HttpBackend:
             body = msgspec.json.decode(response.content)
         except msgspec.DecodeError as error:
             raise BackendFailure(
-                "BAD_RESPONSE", f"{where}: the service answered {response.status_code} with no JSON ({error})"
+                "BAD_RESPONSE",
+                f"{where}: the service answered {response.status_code} with no JSON",
+                **_withheld(error),
             ) from None
         return _pointer(body, endpoint.result, where)
 
@@ -229,6 +241,16 @@ class HttpBackend:
     def _etag(self, run_id: str, entity: str, key: Any) -> str | None:
         with self._etags_lock:
             return self._etags.get((run_id, entity, _key(key)))
+
+
+class _Detail(TypedDict):
+    detail: str
+    detail_type: str
+
+
+def _withheld(error: Exception) -> _Detail:
+    """An exception's text as BackendFailure's withheld detail (it may name hosts, paths, data)."""
+    return {"detail": str(error), "detail_type": f"{type(error).__module__}.{type(error).__qualname__}"}
 
 
 def _where_from(service: str) -> str:

@@ -105,8 +105,13 @@ def show(run: RunArg, as_json: JsonOption = False) -> None:
         record = _log().run(run)
     except CharterError as error:
         fail(error)
+    # Exception texts withheld from the program and the receipts: this is the local operator.
+    withheld = _log().backend_errors(record.run_id)
     if as_json:
-        print_json({**_summary(record), "receipts": [json.loads(_encode(r)) for r in record.receipts]})
+        receipts = [json.loads(_encode(r)) for r in record.receipts]
+        print_json(
+            {**_summary(record), "receipts": receipts, "backend_errors": [msgspec.to_builtins(e) for e in withheld]}
+        )
         return
     o = record.opened
     if isinstance(o, Asked):
@@ -136,6 +141,8 @@ def show(run: RunArg, as_json: JsonOption = False) -> None:
     grid.add_column("receipts")
     grid.add_row(program, timeline)
     out.print(grid)
+    for kept in withheld:
+        say(f"withheld from call {kept.call} {kept.operation}: {kept.error_type}: {kept.message}", "red")
     say(f"status: {record.status}", "bold")
 
 
@@ -184,7 +191,8 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
         if receipt.status in ("failed", "unknown"):  # unknown: sent, no answer: in doubt
             return f"#{receipt.seq}   outcome: {receipt.status} {receipt.code}: {receipt.message}", "red"
         result = receipt.result or ""
-        return f"#{receipt.seq}   outcome: {receipt.status} {result[:160]}", None
+        dropped = f" (dropped: {', '.join(receipt.dropped)})" if receipt.dropped else ""
+        return f"#{receipt.seq}   outcome: {receipt.status} {result[:160]}{dropped}", None
     if isinstance(receipt, Sealed):
         outcome = json.loads(receipt.outcome)
         detail = outcome.get("answer") or outcome.get("reason") or outcome.get("error_message") or ""

@@ -16,7 +16,7 @@ import msgspec
 from charter.compiler.artifact import GateTable, ParamSpec
 from charter.contract.types import MONEY_SCALE, TypeRef
 
-__all__ = ["ArgumentChecker", "InvalidArguments"]
+__all__ = ["ArgumentChecker", "InvalidArguments", "TypeMapping", "plain"]
 
 
 class InvalidArguments(ValueError):
@@ -27,36 +27,31 @@ class _Money:
     """Marker: a Decimal with at most MONEY_SCALE places, never sent as a float."""
 
 
-class ArgumentChecker:
+class TypeMapping:
+    """Contract types as msgspec annotations: one mapping for everything the gate checks.
+
+    Records become Structs that forbid unknown fields. With `optional_may_be_absent`, a
+    record's optional field may also be left out (results: `T?` is "T or absent");
+    without it, it must be present, possibly null.
+    """
+
     def __init__(
         self,
-        operations: Mapping[str, tuple[ParamSpec, ...]],
         records: Mapping[str, Mapping[str, TypeRef]],
         enums: Mapping[str, tuple[str, ...]],
+        *,
+        optional_may_be_absent: bool = False,
     ) -> None:
         self._records = records
         self._enums = enums
+        self._absent = optional_may_be_absent
         self._record_types: dict[str, Any] = {}
-        self._types: dict[str, Any] = {}
-        self._money: dict[str, tuple[str, ...]] = {}
-        for name, params in operations.items():
-            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-            for p in params:
-                annotation = self._python(p.type)
-                fields.append((p.name, annotation) if p.required else (p.name, annotation, None))
-            self._types[name] = msgspec.defstruct(f"{name}_arguments", fields, forbid_unknown_fields=True)
-            self._money[name] = tuple(p.name for p in params if p.type.kind == "money")
 
-    @classmethod
-    def for_table(cls, table: GateTable) -> ArgumentChecker:
-        """A checker for every operation of a compiled contract's gate table."""
-        return cls({name: rule.params for name, rule in table.operations.items()}, table.records, table.enums)
-
-    def _python(self, ref: TypeRef) -> Any:
+    def annotation(self, ref: TypeRef) -> Any:
         base: Any
         if ref.kind == "list":
             assert ref.item is not None
-            base = list[self._python(ref.item)]  # type: ignore[misc]
+            base = list[self.annotation(ref.item)]  # type: ignore[misc]
         elif ref.kind == "record":
             assert ref.name is not None
             base = self._record(ref.name)
@@ -77,9 +72,37 @@ class ArgumentChecker:
     def _record(self, name: str) -> Any:
         if name not in self._record_types:
             self._record_types[name] = None  # records cannot nest themselves (the checker refuses cycles)
-            fields = [(f, self._python(t)) for f, t in self._records[name].items()]
-            self._record_types[name] = msgspec.defstruct(name, fields, forbid_unknown_fields=True)
+            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+            for f, t in self._records[name].items():
+                annotation = self.annotation(t)
+                fields.append((f, annotation, None) if self._absent and t.optional else (f, annotation))
+            # kw_only: an optional field with its default may precede a required one
+            self._record_types[name] = msgspec.defstruct(name, fields, forbid_unknown_fields=True, kw_only=True)
         return self._record_types[name]
+
+
+class ArgumentChecker:
+    def __init__(
+        self,
+        operations: Mapping[str, tuple[ParamSpec, ...]],
+        records: Mapping[str, Mapping[str, TypeRef]],
+        enums: Mapping[str, tuple[str, ...]],
+    ) -> None:
+        self._python = TypeMapping(records, enums).annotation
+        self._types: dict[str, Any] = {}
+        self._money: dict[str, tuple[str, ...]] = {}
+        for name, params in operations.items():
+            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+            for p in params:
+                annotation = self._python(p.type)
+                fields.append((p.name, annotation) if p.required else (p.name, annotation, None))
+            self._types[name] = msgspec.defstruct(f"{name}_arguments", fields, forbid_unknown_fields=True)
+            self._money[name] = tuple(p.name for p in params if p.type.kind == "money")
+
+    @classmethod
+    def for_table(cls, table: GateTable) -> ArgumentChecker:
+        """A checker for every operation of a compiled contract's gate table."""
+        return cls({name: rule.params for name, rule in table.operations.items()}, table.records, table.enums)
 
     def check(self, operation: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments as Python values (Decimal, datetime, records as dicts), or InvalidArguments."""
@@ -90,7 +113,7 @@ class ArgumentChecker:
             converted = msgspec.convert(arguments, self._types[operation], strict=True)
         except msgspec.ValidationError as error:
             raise InvalidArguments(str(error)) from None
-        values = {f: _plain(getattr(converted, f)) for f in converted.__struct_fields__}
+        values = {f: plain(getattr(converted, f)) for f in converted.__struct_fields__}
         for name in self._money[operation]:
             amount = values.get(name)
             if isinstance(amount, decimal.Decimal) and (
@@ -100,9 +123,10 @@ class ArgumentChecker:
         return {k: v for k, v in values.items() if k in arguments}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A converted value with its Structs as dicts (every field, absent optionals as None)."""
     if isinstance(value, msgspec.Struct):
-        return {f: _plain(getattr(value, f)) for f in value.__struct_fields__}
+        return {f: plain(getattr(value, f)) for f in value.__struct_fields__}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value

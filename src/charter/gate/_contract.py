@@ -9,34 +9,42 @@ Checks, in this order; the first that fails decides, with its reason code:
      was denied, so a repair cannot reach the same effect another way)  WRITES_CLOSED
  3. the principal holds every scope the operation needs          FORBIDDEN_SCOPE
  4. the operation does not need a human approval                 APPROVAL_REQUIRED
- 5. the run is within its write limit                            LIMIT_EXCEEDED
- 6. the operations it must follow succeeded earlier in the run   SEQUENCE_VIOLATION
- 7. the same write was not already made in this run              REPLAY
-    (the same write with the same arguments is not run again: the first result is returned)
- 8. the entity is read through the contract's read operation     NOT_FOUND, GATE_ERROR
- 9. the lifecycle allows the transition from its current state   STATE_VIOLATION
-10. every CEL guard holds                                        GUARD_VIOLATION
+ 5. the operations it must follow succeeded earlier in the run   SEQUENCE_VIOLATION
+ 6. no earlier write of this operation to the same entity (a create: with the same
+    arguments) in this run is in doubt (`_writes`)               IN_DOUBT
+ 7. an `idempotent` operation already made with the same arguments in this run
+    returns its first result; nothing is sent again              (REPLAYED, allowed)
+ 8. the run is within its write limit                            LIMIT_EXCEEDED
+ 9. the entity is read through the contract's read operation, and has the
+    entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
+10. the lifecycle allows the transition from its current state   STATE_VIOLATION
+11. every CEL guard holds                                        GUARD_VIOLATION
 
 Checks that need no backend come first, so a call refused anyway never reads state.
 Any exception inside the gate is a DENY (GATE_ERROR), never an ALLOW. The decision is
-committed as a signed receipt before the backend is called; the backend gets the
-state observed in step 8 as a precondition, so a change in between is refused by the
-write instead of overwritten. After `max_denials` denials the run is ended (RunHalted).
+committed as a signed receipt (`_receipts`) before the backend is called; the backend gets the
+state observed in step 9 as a precondition, so a change in between is refused by the
+write instead of overwritten, and each write its own idempotency key (`_writes`).
+After `max_denials` denials the run is ended (RunHalted).
+
+What the backend returns is checked in the gate too, before the Outcome receipt, so
+the receipt holds exactly what the program got: the declared type, undeclared fields
+dropped and named (`_results`, RESULT_INVALID), and the size (RESULT_TOO_LARGE).
+Exception text from a backend or from the gate itself never reaches the program, the
+caller or a receipt: they get a code and a generic message (`_withheld`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 import cel
 import msgspec
 
-from charter.audit import Decision, Observed, Outcome, RunRecorder, args_digest, now_iso
+from charter.audit import Observed, RunRecorder, args_digest
 from charter.backends import Backend, BackendFailure, CallContext, Precondition, PreconditionFailed, fingerprint
 from charter.compiler.artifact import CompiledContract, GuardRule, OperationRule
 from charter.contract.cel_guards import activation
@@ -44,6 +52,10 @@ from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
+from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
+from charter.gate._results import ResultChecker, ResultInvalid
+from charter.gate._withheld import Withheld, withhold
+from charter.gate._writes import FirstWrite, WriteLedger
 from charter.principal import Principal
 
 __all__ = ["ContractGate", "GateSession", "halt_message", "recorded_arguments"]
@@ -63,26 +75,16 @@ def recorded_arguments(request: CallRequest, checked: Mapping[str, Any] | None) 
     return None, args_digest(request.arguments)[1]
 
 
-@dataclass(frozen=True, slots=True)
-class _Verdict:
-    code: str
-    message: str
-    clause: str | None = None
-    boundary: str | None = None
-
-    @property
-    def allowed(self) -> bool:
-        return self.code in ("OK", "REPLAYED")
-
-
-_OK = _Verdict("OK", "allowed")
-_REPLAYED = _Verdict(
-    "REPLAYED", "the same write already ran in this run; its first result is returned, nothing runs again"
+_OK = Verdict("OK", "allowed")
+_REPLAYED = Verdict(
+    "REPLAYED",
+    "this idempotent write already ran in this run with the same arguments; its first result is returned, "
+    "nothing is sent again",
 )
 
 
 class _Refusal(Exception):
-    def __init__(self, verdict: _Verdict) -> None:
+    def __init__(self, verdict: Verdict) -> None:
         super().__init__(verdict.message)
         self.verdict = verdict
 
@@ -103,16 +105,30 @@ class ContractGate:
         table = contract.gate
         self._table = table
         self._checker = ArgumentChecker.for_table(table)
+        self._results = ResultChecker(table)
         self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
         for name, rule in table.operations.items():
             programs = [(g, cel.compile(g.when)) for g in rule.guards]
             self._guards[name] = tuple(_CompiledGuard(g, p, "entity" in p.variables()) for g, p in programs)
         self._boundary_text = {b.id: b.text for b in table.boundaries}
 
-    def session(self, recorder: RunRecorder, principal: Principal, *, writes_closed: str | None = None) -> GateSession:
-        """`writes_closed`, when given, says why this run may only read: every write is denied
-        with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied)."""
-        return GateSession(self, recorder, principal, writes_closed)
+    def session(
+        self,
+        recorder: RunRecorder,
+        principal: Principal,
+        *,
+        max_result_bytes: int,
+        writes_closed: str | None = None,
+        logical_run_id: str | None = None,
+    ) -> GateSession:
+        """`max_result_bytes` bounds each reply the program gets (RESULT_TOO_LARGE beyond it).
+        `writes_closed`, when given, says why this run may only read: every write is denied
+        with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied).
+        `logical_run_id` is the first run of the chain this run continues (None: this run),
+        from which write idempotency keys derive."""
+        return GateSession(
+            self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes
+        )
 
     def boundary_note(self, boundaries: tuple[str, ...]) -> tuple[str, str | None]:
         """(" (hard boundary id: text)", first id) for a message, or ("", None)."""
@@ -124,10 +140,8 @@ class ContractGate:
 
 @dataclass(slots=True)
 class _RunState:
-    writes: int = 0
     denials: int = 0
     succeeded: dict[str, set[str]] = field(default_factory=dict)  # operation -> entity keys (JSON) it succeeded on
-    writes_made: dict[str, tuple[str, str]] = field(default_factory=dict)  # idempotency key -> (args hash, reply)
 
 
 class GateSession:
@@ -136,13 +150,21 @@ class GateSession:
     blocking = True  # every decision is committed to disk before it returns
 
     def __init__(
-        self, gate: ContractGate, recorder: RunRecorder, principal: Principal, writes_closed: str | None = None
+        self,
+        gate: ContractGate,
+        recorder: RunRecorder,
+        principal: Principal,
+        writes_closed: str | None,
+        logical_run_id: str,
+        max_result_bytes: int,
     ) -> None:
         self._gate = gate
         self._recorder = recorder
         self._principal = principal
         self._writes_closed = writes_closed
+        self._max_result_bytes = max_result_bytes
         self._state = _RunState()
+        self._writes = WriteLedger(logical_run_id)
 
     def call(self, request: CallRequest) -> Any:
         gate = self._gate
@@ -152,30 +174,35 @@ class GateSession:
         observed: Observed | None = None
         precondition: Precondition | None = None
         idempotency_key: str | None = None
-        replayed: str | None = None  # the first reply, when this write already ran
+        first: FirstWrite | None = None  # an idempotent write already made with these arguments
         try:
             if request.malformed is not None:
-                raise _Refusal(_Verdict(request.malformed.code, request.malformed.message))
+                raise _Refusal(Verdict(request.malformed.code, request.malformed.message))
             if rule is None:
                 contract = gate.contract
                 message = f"contract {contract.name} {contract.version} has no operation {request.operation!r}"
-                raise _Refusal(_Verdict("UNKNOWN_OPERATION", message))
+                raise _Refusal(Verdict("UNKNOWN_OPERATION", message))
             arguments = self._arguments(rule, request.arguments)
             recorded = recorded_arguments(request, arguments)
             self._static_checks(rule, arguments)
-            idempotency_key = self._idempotency_key(request, rule, arguments, recorded[1])
-            replayed = self._replay_check(rule, idempotency_key, arguments, recorded[1])
-            if replayed is None:
+            if rule.kind == "write":
+                first = self._write_checks(rule, arguments, recorded[1])
+                idempotency_key = first.key if first is not None else self._writes.key(request.sequence)
+            if first is None:
                 entity = None
                 if self._needs_entity(rule):
                     entity, observed, precondition = self._read_entity(request, rule, arguments)
                 self._state_checks(rule, arguments, entity)
-            verdict = _OK if replayed is None else _REPLAYED
+            verdict = _OK if first is None else _REPLAYED
         except _Refusal as refusal:
             verdict = refusal.verdict
         except Exception as error:  # fail closed: a broken check is a denial
-            message = f"{request.operation} refused: the gate failed ({type(error).__name__}: {error})"
-            verdict = _Verdict("GATE_ERROR", message)
+            verdict = Verdict(
+                "GATE_ERROR",
+                f"{request.operation} refused: the gate failed while checking it; it is denied rather than "
+                "allowed unchecked (the error is kept for the operator: `charter audit show`).",
+                withheld=withhold(error),
+            )
 
         self._record_decision(
             request, recorded or recorded_arguments(request, None), verdict, observed, idempotency_key
@@ -190,11 +217,11 @@ class GateSession:
         assert rule is not None
         assert arguments is not None
         assert recorded is not None
-        if replayed is not None:
-            self._record_outcome(request, "replayed", reply=replayed)
-            return Encoded(replayed)
+        if first is not None:
+            self._record_outcome(request, "replayed", reply=first.reply)
+            return Encoded(first.reply)
         if rule.kind == "write":
-            self._state.writes += 1
+            self._writes.made += 1
         return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
 
     # -- checks ----------------------------------------------------------------------
@@ -204,17 +231,17 @@ class GateSession:
             return self._gate._checker.check(rule.name, raw)
         except InvalidArguments as error:
             raise _Refusal(
-                _Verdict("INVALID_ARGUMENTS", f"{rule.name}: {error}", clause=f"params:{rule.name}")
+                Verdict("INVALID_ARGUMENTS", f"{rule.name}: {error}", clause=f"params:{rule.name}")
             ) from None
 
     def _static_checks(self, rule: OperationRule, arguments: Mapping[str, Any]) -> None:
         if self._writes_closed is not None and rule.kind == "write":
-            raise _Refusal(_Verdict("WRITES_CLOSED", f"{rule.name} refused: {self._writes_closed}"))
+            raise _Refusal(Verdict("WRITES_CLOSED", f"{rule.name} refused: {self._writes_closed}"))
         missing = [s for s in rule.scopes if not self._principal.has(s)]
         if missing:
             held = ", ".join(sorted(self._principal.scopes)) or "no scopes"
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "FORBIDDEN_SCOPE",
                     f"{rule.name} needs scope {', '.join(missing)}; principal {self._principal.id} holds {held}.",
                     clause=f"scopes:{rule.name}",
@@ -222,72 +249,73 @@ class GateSession:
             )
         if rule.requires_approval:
             raise _Refusal(
-                _Verdict(
+                Verdict(
                     "APPROVAL_REQUIRED",
                     f"{rule.name} requires human approval before it runs, and Charter has no approval step yet; "
                     "it is refused rather than run unapproved.",
                     clause=f"requires_approval:{rule.name}",
                 )
             )
-        limits = self._gate._table.limits
-        if rule.kind == "write" and self._state.writes >= limits.max_writes:
-            raise _Refusal(
-                _Verdict(
-                    "LIMIT_EXCEEDED",
-                    f"{rule.name} refused: the run already made {self._state.writes} writes, "
-                    f"the contract's limit (limits.max_writes = {limits.max_writes}).",
-                    clause="limits:max_writes",
-                )
-            )
         for before in rule.after:
             if not self._followed(rule, before, arguments):
                 note, boundary = self._gate.boundary_note(rule.after_boundaries)
                 target = self._target(rule, arguments)
+                # The earlier step is named with the entity only when it is tracked per entity
+                # (the rule `_followed` applies); a step without a key has none to state.
+                before_target = target if self._per_entity(rule, before) else ""
                 raise _Refusal(
-                    _Verdict(
+                    Verdict(
                         "SEQUENCE_VIOLATION",
-                        f"{rule.name}{target} must follow {before}{target} in the same run: expected step "
+                        f"{rule.name}{target} must follow {before}{before_target} in the same run: expected step "
                         f"{before}, received step {rule.name}.{note}",
                         clause=f"sequence:{rule.name}",
                         boundary=boundary,
                     )
                 )
 
+    def _write_checks(self, rule: OperationRule, arguments: dict[str, Any], args_hash: str) -> FirstWrite | None:
+        """IN_DOUBT, then the first result of an idempotent write made already, then LIMIT_EXCEEDED."""
+        doubtful = self._writes.in_doubt(rule, arguments, args_hash)
+        if doubtful is not None:
+            what = f"{rule.name}{self._target(rule, arguments)}" if rule.key else f"{rule.name} with these arguments"
+            raise _Refusal(
+                Verdict(
+                    "IN_DOUBT",
+                    f"{what} refused: call {doubtful} of this run made the same write and got no answer, so it "
+                    "may have acted; nothing is sent again in this run. Read the entity to learn its state.",
+                    clause=f"in_doubt:{rule.name}",
+                )
+            )
+        first = self._writes.first(rule, args_hash)
+        if first is not None:
+            return first
+        limits = self._gate._table.limits
+        if self._writes.made >= limits.max_writes:
+            raise _Refusal(
+                Verdict(
+                    "LIMIT_EXCEEDED",
+                    f"{rule.name} refused: the run already made {self._writes.made} writes, "
+                    f"the contract's limit (limits.max_writes = {limits.max_writes}).",
+                    clause="limits:max_writes",
+                )
+            )
+        return None
+
     def _target(self, rule: OperationRule, arguments: Mapping[str, Any]) -> str:
         if rule.entity and rule.key and rule.key in arguments:
             return f" on {rule.entity} {arguments[rule.key]}"
         return ""
 
-    def _followed(self, rule: OperationRule, before: str, arguments: Mapping[str, Any]) -> bool:
+    def _per_entity(self, rule: OperationRule, before: str) -> bool:
+        """Must `before` have succeeded on the same entity (both name it by key), or anywhere in the run?"""
         earlier = self._gate._table.operations[before]
+        return bool(rule.entity is not None and rule.entity == earlier.entity and rule.key and earlier.key)
+
+    def _followed(self, rule: OperationRule, before: str, arguments: Mapping[str, Any]) -> bool:
         done = self._state.succeeded.get(before, set())
-        if rule.entity is not None and rule.entity == earlier.entity and rule.key and earlier.key:
-            return _key_json(arguments.get(rule.key)) in done
+        if self._per_entity(rule, before):
+            return _key_json(arguments.get(rule.key or "")) in done
         return bool(done)
-
-    def _idempotency_key(
-        self, request: CallRequest, rule: OperationRule, arguments: Mapping[str, Any], args_hash: str
-    ) -> str | None:
-        if rule.kind != "write":
-            return None
-        # One write per operation and entity per run; a create is identified by its arguments.
-        target = _key_json(arguments[rule.key]) if rule.key else args_hash
-        return hashlib.sha256(f"{request.run_id}\x1f{rule.name}\x1f{target}".encode()).hexdigest()[:32]
-
-    def _replay_check(
-        self, rule: OperationRule, idempotency_key: str | None, arguments: Mapping[str, Any], args_hash: str
-    ) -> str | None:
-        """The first reply if this exact write already ran in the run; REPLAY if it ran otherwise."""
-        if idempotency_key is None or idempotency_key not in self._state.writes_made:
-            return None
-        first_args, first_reply = self._state.writes_made[idempotency_key]
-        if args_hash == first_args:
-            return first_reply
-        message = (
-            f"{rule.name}{self._target(rule, arguments)} refused: this run already made this write "
-            "with other arguments; a run makes each write to an entity once"
-        )
-        raise _Refusal(_Verdict("REPLAY", message, clause="replay"))
 
     def _needs_entity(self, rule: OperationRule) -> bool:
         return rule.reader is not None and (
@@ -304,27 +332,43 @@ class GateSession:
         assert reader.key is not None
         key = arguments[rule.key]
         try:
-            entity = self._gate.backend.invoke(reader.name, {reader.key: key}, self._context(request))
+            raw = self._gate.backend.invoke(reader.name, {reader.key: key}, self._context(request))
         except LookupError as error:
+            # A backend's own not-found message is shown; any other lookup error's text is withheld.
+            said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
             raise _Refusal(
-                _Verdict("NOT_FOUND", f"{rule.name} refused: {rule.entity} {key} was not found ({error}).")
-            ) from None
-        except Exception as error:
-            raise _Refusal(
-                _Verdict(
-                    "GATE_ERROR",
-                    f"{rule.name} refused: reading {rule.entity} {key} through {reader.name} failed "
-                    f"({type(error).__name__}: {error}); the gate does not allow what it cannot check.",
+                Verdict(
+                    "NOT_FOUND",
+                    f"{rule.name} refused: {rule.entity} {key} was not found{said}.",
+                    withheld=withhold(error),
                 )
             ) from None
-        if not isinstance(entity, Mapping):
+        except Exception as error:
+            said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
             raise _Refusal(
-                _Verdict("GATE_ERROR", f"{reader.name} returned {type(entity).__name__}, not a {rule.entity}")
-            )
-        entity = dict(entity)
+                Verdict(
+                    "GATE_ERROR",
+                    f"{rule.name} refused: reading {rule.entity} {key} through {reader.name} failed{said}; "
+                    "the gate does not allow what it cannot check.",
+                    withheld=withhold(error),
+                )
+            ) from None
+        try:
+            entity = self._gate._results.check(TypeRef(kind="record", name=rule.entity), raw).plain()
+        except ResultInvalid as invalid:
+            raise _Refusal(
+                Verdict(
+                    "RESULT_INVALID",
+                    f"{rule.name} refused: {reader.name} returned {rule.entity} {key} not as the contract declares "
+                    f"it ({invalid}); the gate does not decide on a value it cannot check.",
+                    clause=f"returns:{reader.name}",
+                )
+            ) from None
         field_name = rule.transition.field if rule.transition else None
         state = entity.get(field_name) if field_name else None
-        print_ = fingerprint(entity)
+        # The fingerprint is of the record as the binding returned it: a binding checks the
+        # precondition against its own record (`Precondition.check`), not the gate's copy.
+        print_ = fingerprint(raw)
         observed = Observed(entity=rule.entity, key=key, state=state, fingerprint=print_)
         precondition = Precondition(entity=rule.entity, key=key, field=field_name, state=state, fingerprint=print_)
         return entity, observed, precondition
@@ -338,7 +382,7 @@ class GateSession:
             if state not in transition.from_states:
                 note, boundary = self._gate.boundary_note(transition.boundaries)
                 raise _Refusal(
-                    _Verdict(
+                    Verdict(
                         "STATE_VIOLATION",
                         f"{rule.entity} {arguments[rule.key or '']} cannot be {transition.to}: it is {state}; "
                         f"{transition.name} is allowed only from {', '.join(transition.from_states)}.{note}",
@@ -360,11 +404,11 @@ class GateSession:
         context = activation(variables)
         for guard in guards:
             if guard.uses_entity and "entity" not in variables:
-                raise _Refusal(_Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
+                raise _Refusal(Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
             if guard.program.execute(context) is not True:
                 note, boundary = self._gate.boundary_note(guard.rule.boundaries)
                 raise _Refusal(
-                    _Verdict(
+                    Verdict(
                         "GUARD_VIOLATION",
                         f"{rule.name} refused: {guard.rule.message} (guard {guard.rule.id}){note}",
                         clause=f"guard:{guard.rule.id}",
@@ -385,30 +429,63 @@ class GateSession:
     ) -> Encoded:
         context = self._context(request, idempotency_key=idempotency_key, precondition=precondition)
         try:
-            reply = encode_reply(self._gate.backend.invoke(rule.name, arguments, context))
+            value = self._gate.backend.invoke(rule.name, arguments, context)
         except PreconditionFailed as error:
             message = f"{rule.name}: {error}"
             self._record_outcome(request, "failed", code="PRECONDITION_FAILED", message=message)
             raise OperationFailed("PRECONDITION_FAILED", message) from None
         except BackendFailure as failure:
             # In doubt: the request reached the backend, no answer came back. The receipt says
-            # `unknown` and the call stays in doubt in the seal; nothing here sends it again.
-            status: Literal["failed", "unknown"] = "unknown" if failure.in_doubt else "failed"
-            self._record_outcome(request, status, code=failure.code, message=failure.message)
+            # `unknown` and the call stays in doubt in the seal; nothing here sends it again,
+            # and a later write of it to the same target in this run is IN_DOUBT.
+            status: OutcomeStatus = "unknown" if failure.in_doubt else "failed"
+            if failure.in_doubt and rule.kind == "write":
+                self._writes.unknown(rule, arguments, args_hash, request.sequence)
+            self._record_outcome(
+                request, status, code=failure.code, message=failure.message, withheld=withhold(failure)
+            )
             raise OperationFailed(failure.code, failure.message) from None
         except OperationFailed as failed:
             self._record_outcome(request, "failed", code=failed.code, message=failed.message)
             raise
         except Exception as error:
-            message = f"{rule.name} failed in the backend: {type(error).__name__}: {error}"
-            self._record_outcome(request, "failed", code="BACKEND_ERROR", message=message)
+            message = (
+                f"{rule.name} failed in the backend; its error text is withheld from the program "
+                "(the operator can read it with `charter audit show`)."
+            )
+            self._record_outcome(request, "failed", code="BACKEND_ERROR", message=message, withheld=withhold(error))
             raise OperationFailed("BACKEND_ERROR", message) from None
-        self._record_outcome(request, "ok", reply=reply)
+        reply, dropped = self._checked_reply(request, rule, value)
+        self._record_outcome(request, "ok", reply=reply, dropped=dropped)
         key = _key_json(arguments.get(rule.key)) if rule.key else ""
         self._state.succeeded.setdefault(rule.name, set()).add(key)
         if idempotency_key is not None:
-            self._state.writes_made[idempotency_key] = (args_hash, reply)
+            self._writes.succeeded(rule, args_hash, request.sequence, idempotency_key, reply)
         return Encoded(reply)
+
+    def _checked_reply(self, request: CallRequest, rule: OperationRule, value: Any) -> tuple[str, tuple[str, ...]]:
+        """The reply the program gets, as JSON, and the undeclared fields dropped from it; else
+        the failure is recorded and raised: nothing unchecked or oversized reaches the program."""
+        performed = " The write itself was made; read the entity to learn its state." if rule.kind == "write" else ""
+        try:
+            checked = self._gate._results.check(rule.returns, value)
+        except ResultInvalid as invalid:
+            message = (
+                f"{rule.name} returned a value that is not the contract's {rule.returns}: {invalid}. "
+                f"It was withheld from the program.{performed}"
+            )
+            self._record_outcome(request, "failed", code="RESULT_INVALID", message=message)
+            raise OperationFailed("RESULT_INVALID", message) from None
+        reply = encode_reply(checked.value)
+        size = len(reply.encode("utf-8"))
+        if size > self._max_result_bytes:
+            message = (
+                f"{rule.name} returned {size} bytes, above the limit of {self._max_result_bytes}; "
+                f"it was withheld from the program.{performed}"
+            )
+            self._record_outcome(request, "failed", code="RESULT_TOO_LARGE", message=message)
+            raise OperationFailed("RESULT_TOO_LARGE", message)
+        return reply, checked.dropped
 
     def _context(
         self, request: CallRequest, *, idempotency_key: str | None = None, precondition: Precondition | None = None
@@ -426,37 +503,20 @@ class GateSession:
         self,
         request: CallRequest,
         recorded: tuple[str | None, str],
-        verdict: _Verdict,
+        verdict: Verdict,
         observed: Observed | None,
         idempotency_key: str | None,
     ) -> None:
-        contract = self._gate.contract
-        shown, digest = recorded
-        decision = Decision(
-            run_id=request.run_id,
-            seq=0,
-            at=now_iso(),
-            call=request.sequence,
-            operation=request.operation,
-            args_sha256=digest,
-            arguments=shown,
-            decision="ALLOW" if verdict.allowed else "DENY",
-            code=verdict.code,
-            message=verdict.message,
-            clause=verdict.clause,
-            boundary=verdict.boundary,
-            contract=contract.name,
-            version=contract.version,
-            contract_sha256=contract.sha256,
-            principal=self._principal.id,
-            nonce=secrets.token_hex(16),
-            idempotency_key=idempotency_key,
-            observed=observed,
+        decision = decision_receipt(
+            request, recorded, verdict, self._gate.contract, self._principal, observed, idempotency_key
         )
+        if verdict.withheld is not None:
+            verdict.withheld.keep(self._recorder, request.sequence, request.operation)
         try:
             self._recorder.decision(decision)
         except AuditError as error:
-            # No receipt, no action: the call is denied even though the checks passed.
+            # No receipt, no action: the call is denied even though the checks passed. The
+            # audit log's own error (a path, an SQLite message) is shown: it names no backend data.
             raise Denied(
                 "GATE_ERROR", f"{request.operation} refused: its receipt could not be written ({error})"
             ) from None
@@ -464,25 +524,17 @@ class GateSession:
     def _record_outcome(
         self,
         request: CallRequest,
-        status: Literal["ok", "failed", "replayed", "unknown"],
+        status: OutcomeStatus,
         *,
         reply: str | None = None,
         code: str | None = None,
         message: str | None = None,
+        dropped: tuple[str, ...] = (),
+        withheld: Withheld | None = None,
     ) -> None:
-        outcome = Outcome(
-            run_id=request.run_id,
-            seq=0,
-            at=now_iso(),
-            call=request.sequence,
-            operation=request.operation,
-            status=status,
-            code=code,
-            message=message,
-            result=reply,
-            result_sha256=hashlib.sha256(reply.encode("utf-8")).hexdigest() if reply is not None else None,
-        )
-        self._recorder.outcome(outcome)
+        if withheld is not None:
+            withheld.keep(self._recorder, request.sequence, request.operation)
+        self._recorder.outcome(outcome_receipt(request, status, reply, code, message, dropped, withheld))
 
 
 def _key_json(value: Any) -> str:

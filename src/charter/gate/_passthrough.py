@@ -32,6 +32,7 @@ class PassThroughGate:
         except (Denied, OperationFailed):
             raise
         except Exception as error:
+            # The exception's text may hold secrets; this gate records nothing, so it is dropped.
             raise OperationFailed(
-                "BACKEND_ERROR", f"{request.operation} failed: {type(error).__name__}: {error}"
+                "BACKEND_ERROR", f"{request.operation} failed in the backend ({type(error).__name__})"
             ) from None

@@ -199,8 +199,11 @@ class _RunState:
         except OperationFailed as failed:
             return False, _wire.encode_error("operation_error", failed.code, failed.message)
         except Exception as error:
-            message = f"{operation} refused: the gate failed ({type(error).__name__}: {error})"
+            # The exception's text is not shown: it may hold whatever the gate or a backend held.
+            message = f"{operation} refused: the gate failed ({type(error).__name__}); it was denied, not allowed"
             return False, _wire.encode_error("contract_violation", "GATE_ERROR", message)
+        # The contract gate checks size before its Outcome receipt; this bounds any other gate
+        # (and replays of logs written before it did).
         if len(encoded) > self.limits.max_result_bytes:
             message = f"{operation} returned {len(encoded)} bytes, above the limit of {self.limits.max_result_bytes}"
             return False, _wire.encode_error("operation_error", "RESULT_TOO_LARGE", message)

@@ -14,6 +14,7 @@ are what the gate checks. Errors are application/problem+json with a stable `typ
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -32,6 +33,8 @@ from charter.server._service import CharterService, Forbidden, IntentsUnavailabl
 from charter.server._tokens import TokenStore
 
 __all__ = ["PROBLEM_TYPES", "create_app"]
+
+_log = logging.getLogger("charter.server")
 
 API_VERSION = "1.0.0"
 _MAX_BODY_BYTES = 1_048_576
@@ -107,6 +110,8 @@ class RunBody(BaseModel):
     reason: str | None
     receipts: list[dict[str, Any]]
     verification: dict[str, Any]
+    # Only for a principal with audit:read: exception texts withheld from the program and receipts.
+    backend_errors: list[dict[str, Any]] | None = None
 
 
 class ContractVersionBody(BaseModel):
@@ -208,7 +213,11 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        return problem_response("internal", f"{type(error).__name__}: {error}", request.url.path)
+        # The text of an unexpected exception may hold anything a backend or the server held
+        # (a connection string, a password): the caller gets its type; the server's log, the rest.
+        _log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        detail = f"the server failed ({type(error).__name__}); its log has the detail"
+        return problem_response("internal", detail, request.url.path)
 
     @app.middleware("http")
     async def _limit_body(request: Request, call_next: Any) -> Response:

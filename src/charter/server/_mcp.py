@@ -16,6 +16,7 @@ reads it (`charter://contracts/NAME/VERSION/prompt`) and its typed stubs (`.../s
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,8 @@ _RESOURCE = re.compile(r"charter://contracts/([a-z][a-z0-9_]*)/([0-9A-Za-z.+-]+)
 _OPERATE = "operate_"
 
 PrincipalOf = Callable[[ServerRequestContext[Any]], Principal]
+
+_log = logging.getLogger("charter.server")
 
 
 def operate_description(contract: CompiledContract) -> str:
@@ -159,6 +162,10 @@ def build_server(service: CharterService, principal_of: PrincipalOf) -> Server[A
             return _result(await anyio.to_thread.run_sync(call))
         except (CharterError, Forbidden, IntentsUnavailable, _ToolError) as error:
             return _result({"error": type(error).__name__, "message": str(error)}, error=True)
+        except Exception as error:  # its text may hold secrets: the caller gets the type, the log the rest
+            _log.error("MCP tool %s failed", params.name, exc_info=error)
+            message = f"the server failed ({type(error).__name__}); its log has the detail"
+            return _result({"error": "internal", "message": message}, error=True)
 
     async def list_resources(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
         def listing() -> list[types.Resource]:

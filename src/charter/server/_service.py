@@ -114,8 +114,13 @@ class CharterService:
                 f"run {record.run_id} acted for another principal; reading it needs the scope {AUDIT_SCOPE!r}"
             )
         verification = verify_log(self.audit, self.audit.trusted_keys(), run_id=record.run_id)
+        view: dict[str, Any] = {}
+        if principal.has(AUDIT_SCOPE):
+            # Withheld exception texts may hold secrets: auditors only, even for the run's own principal.
+            view["backend_errors"] = [msgspec.to_builtins(e) for e in self.audit.backend_errors(record.run_id)]
         return {
             **summary(record),
+            **view,
             "receipts": [msgspec.to_builtins(r) for r in record.receipts],
             "verification": {
                 "ok": verification.ok,
