@@ -37,7 +37,15 @@ import cel
 import msgspec
 
 from charter.audit import Decision, Observed, Outcome, RunRecorder, args_digest, now_iso
-from charter.backends import Backend, BackendFailure, CallContext, Precondition, PreconditionFailed, fingerprint
+from charter.backends import (
+    Backend,
+    BackendFailure,
+    BackendUnavailable,
+    CallContext,
+    Precondition,
+    PreconditionFailed,
+    fingerprint,
+)
 from charter.compiler.artifact import CompiledContract, GuardRule, OperationRule
 from charter.contract.cel_guards import activation
 from charter.contract.types import MONEY_SCALE, TypeRef
@@ -309,6 +317,8 @@ class GateSession:
             raise _Refusal(
                 _Verdict("NOT_FOUND", f"{rule.name} refused: {rule.entity} {key} was not found ({error}).")
             ) from None
+        except BackendUnavailable as error:  # the server's fault: the surfaces answer it as such
+            raise _Refusal(_Verdict(error.code, f"{rule.name} refused: {error.message}")) from None
         except Exception as error:
             raise _Refusal(
                 _Verdict(
