@@ -56,7 +56,9 @@ def test_same_version_with_other_content_is_refused(write_contract: WriteContrac
 def test_version_must_be_greater_than_latest(write_contract: WriteContract) -> None:
     registry = Registry()
     _publish(registry, write_contract(replace={"version: 1.0.0": "version: 1.2.0"}))
-    with pytest.raises(VersionConflict, match=r"shop 1.1.0 is not newer than 1.2.0, the latest published version of major 1"):
+    with pytest.raises(
+        VersionConflict, match=r"shop 1.1.0 is not newer than 1.2.0, the latest published version of major 1"
+    ):
         _publish(registry, write_contract(replace={"version: 1.0.0": "version: 1.1.0", "Cancel an order.": "x."}))
 
 
@@ -123,7 +125,9 @@ def test_unknown_names_and_versions(write_contract: WriteContract) -> None:
     _publish(registry, write_contract())
     with pytest.raises(ContractNotFound, match=r"no contract named 'shp' is published \(did you mean 'shop'\?\)"):
         registry.get("shp")
-    with pytest.raises(ContractNotFound, match=r"contract 'shop' has no version 9.0.0; did you mean shop@1.0.0\? \(published: 1.0.0\)"):
+    with pytest.raises(
+        ContractNotFound, match=r"contract 'shop' has no version 9.0.0; did you mean shop@1.0.0\? \(published: 1.0.0\)"
+    ):
         registry.get("shop", "9.0.0")
 
 
