@@ -161,6 +161,11 @@ def test_a_missing_or_broken_module_affects_only_its_operations(project: Path, t
     assert cancels.returncode == 4
     assert "operation cancel_order: binding module 'cancelling' recorded at publish" in cancels.stderr
     assert json.loads(cancels.stdout)["backend_unavailable"]
+    # The gate's own read of the entity goes through the same loader: its failure is the server's too.
+    (project / "shopback.py").unlink()
+    unread = _exec(CANCEL_1, elsewhere)
+    assert unread.returncode == 4, unread.stdout + unread.stderr
+    assert "cancel_order refused: contract shop 1.0.0, operation get_order: binding module 'shopback'" in unread.stderr
 
 
 def test_a_module_that_fails_to_import_is_the_servers_fault_in_mcp(project: Path) -> None:

@@ -273,3 +273,17 @@ def test_mcp_pins_and_names_the_version(lines: Registry) -> None:
     assert [seen[ref]["version"] for ref in ("shop", "shop@2", "shop@1.0")] == ["1.4.0", "2.0.0", "1.0.0"]
     assert seen["missing"].is_error is True
     assert "did you mean shop@2.0.0?" in seen["missing"].content[0].text
+
+
+def test_the_agent_pins_and_names_the_version(lines: Registry, charter_home: Path, shared_sandbox: Sandbox) -> None:
+    agent = Charter(
+        model=ScriptedModel(lambda r: "```python\nconclude('ok')\n```"),
+        registry=lines,
+        audit=AuditLog(charter_home / "audit.db"),
+        sandbox=shared_sandbox,
+    )
+    assert agent.handle("anything", contract="shop").version == "1.4.0"
+    pinned = agent.handle("anything", contract="shop@2")
+    assert (pinned.status, pinned.contract, pinned.version) == ("done", "shop", "2.0.0")
+    with pytest.raises(ContractNotFound, match=r"did you mean shop@1.4.0\?"):
+        agent.handle("anything", contract="shop@1.9")

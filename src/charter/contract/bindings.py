@@ -76,7 +76,7 @@ def _standard_library(module: str) -> str | None:
     """Why `module` can never be a binding because it is (or shadows) the standard library."""
     top = module.split(".", maxsplit=1)[0]
     if top in sys.stdlib_module_names or top in sys.builtin_module_names:
-        return f"'{top}' is part of Python's standard library; {_FIX}"
+        return f"'{top}' is part of Python's standard library (a module of yours by that name would shadow it); {_FIX}"
     return None
 
 
