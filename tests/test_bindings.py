@@ -190,3 +190,25 @@ def test_a_module_that_fails_to_import_is_the_servers_fault_in_mcp(project: Path
     assert body["type"] == "urn:charter:problem:backend-unavailable"
     assert body["internal"] is True
     assert "RuntimeError: no database configured" in body["message"]
+
+
+def test_a_republished_module_runs_its_new_code_in_a_running_server(project: Path, charter_home: Path) -> None:
+    note = "o = shop.cancel_order(id=1, reason='asked')\nconclude(o.note)\n"
+    _publish(project / "shop.yaml")
+    service = CharterService.create(registry=Registry(), audit=AuditLog(charter_home / "a.db"), agent=None)
+    store = TokenStore(charter_home / "tokens.yaml")
+    token = store.add("ada", "ada", ["orders:read", "orders:write"])
+    app = create_app(service, store, IdempotencyStore(charter_home / "i.db"))
+    with serving(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+
+        def run(ref: str) -> httpx.Response:
+            return client.post("/v1/programs", json={"contract": ref, "program": note})
+
+        assert run("shop").json()["answer"] == "asked"  # 1.0.0's module is loaded now
+        (project / "shopback.py").write_text(BACKEND.replace('"note": reason', '"note": "v2 " + reason'))
+        assert run("shop@1.0.0").json()["answer"] == "asked"  # what runs is still what was published
+        bumped = project / "shop.yaml"
+        bumped.write_text(bumped.read_text().replace("version: 1.0.0", "version: 1.0.1"))
+        _publish(bumped)
+        fresh = run("shop").json()
+    assert (fresh["version"], fresh["answer"]) == ("1.0.1", "v2 asked")  # not the module loaded for 1.0.0

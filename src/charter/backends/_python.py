@@ -142,9 +142,20 @@ def _load_recorded(record: BoundModule) -> ModuleType:
             "version never changes unseen: restore the file, or publish the change as a new patch version "
             "(`charter contract publish FILE`)"
         )
-    loaded = sys.modules.get(record.module)
-    if loaded is not None and getattr(loaded, "__file__", None) and Path(loaded.__file__ or "").resolve() == path:
-        return loaded  # imported before from this file (whose content still matches)
+    with _LOADING:
+        loaded = _LOADED.get((record.path, digest))
+        if loaded is None:
+            loaded = _LOADED[(record.path, digest)] = _exec_module(record, path, data)
+        return loaded
+
+
+# Modules this process ran, by (file, sha256 of the bytes that ran). A module already in
+# sys.modules is not reused: nothing says its code is the content recorded at publish.
+_LOADED: dict[tuple[str, str], ModuleType] = {}
+_LOADING = threading.Lock()
+
+
+def _exec_module(record: BoundModule, path: Path, data: bytes) -> ModuleType:
     _ensure_on_path(record.root)  # parent packages and the module's own imports
     parent, _, _ = record.module.rpartition(".")
     if parent:
@@ -153,11 +164,15 @@ def _load_recorded(record: BoundModule) -> ModuleType:
     if spec is None:
         raise BackendUnavailable(f"binding module '{record.module}' ({record.path}) is not a Python module")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[record.module] = module
+    previous = sys.modules.get(record.module)
+    sys.modules[record.module] = module  # as an import does: the module may import itself
     try:
         # The bytes that were hashed are the bytes that run: no window for a change in between.
         exec(compile(data, str(path), "exec"), module.__dict__)
     except BaseException:
-        sys.modules.pop(record.module, None)
+        if previous is None:
+            sys.modules.pop(record.module, None)
+        else:
+            sys.modules[record.module] = previous
         raise
     return module
