@@ -16,11 +16,13 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from charter.audit import AuditLog
+from charter.backends import BackendUnavailable, PythonBackend
+from charter.compiler import compile_contract
 from charter.contract import load_contract
 from charter.errors import ContractError, VersionConflict
 from charter.registry import Registry
 from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
-from tests.conftest import BASE_CONTRACT, ROOT, charter
+from tests.conftest import BASE_CONTRACT, ROOT, WriteContract, charter
 
 BACKEND = (ROOT / "tests" / "data" / "shop_backend.py").read_text(encoding="utf-8")
 GET_1 = "o = shop.get_order(id=1)\nconclude(f'order {o.id} is {o.status}')\n"
@@ -212,3 +214,15 @@ def test_a_republished_module_runs_its_new_code_in_a_running_server(project: Pat
         _publish(bumped)
         fresh = run("shop").json()
     assert (fresh["version"], fresh["answer"]) == ("1.0.1", "v2 asked")  # not the module loaded for 1.0.0
+
+
+def test_a_contract_without_module_records_names_the_fix(write_contract: WriteContract) -> None:
+    path = write_contract(replace={"python: tests.data.shop_backend": "python: nowhere_backend"})
+    compiled = compile_contract(load_contract(path, resolve_bindings=False))
+    assert compiled.modules == ()
+    backend = PythonBackend(compiled)  # nothing is imported until an operation is called
+    with pytest.raises(BackendUnavailable) as caught:
+        backend.invoke("get_order", {"id": 1})
+    assert caught.value.code == "BACKEND_UNAVAILABLE"
+    assert "operation get_order: binding module 'nowhere_backend' was not recorded at publish" in caught.value.message
+    assert "set CHARTER_BACKEND_PATH" in caught.value.message

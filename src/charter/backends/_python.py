@@ -15,7 +15,7 @@ from typing import Any
 
 from charter.backends._base import BackendUnavailable, CallContext
 from charter.compiler.artifact import CompiledContract
-from charter.contract.bindings import BoundModule, backend_path
+from charter.contract.bindings import BACKEND_PATH_VARIABLE, BoundModule, backend_path
 
 __all__ = ["InMemoryBackend", "PythonBackend"]
 
@@ -118,9 +118,18 @@ def _ensure_on_path(folder: str) -> None:
 
 
 def _import_by_name(module: str) -> ModuleType:
+    """A contract with no module records (compiled in code, or published before records were
+    kept): its modules are imported by name from CHARTER_BACKEND_PATH, without a hash check."""
     for folder in backend_path():
         _ensure_on_path(str(folder))
-    return importlib.import_module(module)
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"binding module '{module}' was not recorded at publish and cannot be imported ({error}): set "
+            f"{BACKEND_PATH_VARIABLE} to the folder it is in, or publish the contract again as a new patch "
+            "version so that its module's file and sha256 are recorded"
+        ) from None
 
 
 def _load_recorded(record: BoundModule) -> ModuleType:
