@@ -265,6 +265,8 @@ def test_mcp_pins_and_names_the_version(lines: Registry) -> None:
             seen["missing"] = await client.call_tool(
                 "execute_program", {"contract": "shop@3", "program": "conclude(1)"}
             )
+            operated = await client.call_tool("operate_shop", {"intent": "Cancel order 101", "version": "2"})
+            seen["operate_pinned"] = json.loads(operated.content[0].text)
         return seen
 
     seen = anyio.run(session)
@@ -273,6 +275,9 @@ def test_mcp_pins_and_names_the_version(lines: Registry) -> None:
     assert [seen[ref]["version"] for ref in ("shop", "shop@2", "shop@1.0")] == ["1.4.0", "2.0.0", "1.0.0"]
     assert seen["missing"].is_error is True
     assert "did you mean shop@2.0.0?" in seen["missing"].content[0].text
+    # The recorded model answers for the orders contract, so the run does not succeed; what matters
+    # here is the version the pinned intent ran under.
+    assert (seen["operate_pinned"]["contract"], seen["operate_pinned"]["version"]) == ("shop", "2.0.0")
 
 
 def test_the_agent_pins_and_names_the_version(lines: Registry, charter_home: Path, shared_sandbox: Sandbox) -> None:
