@@ -65,6 +65,8 @@ def charter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own registry and example databases; nothing touches ./.charter."""
     home = tmp_path / "home"
     monkeypatch.setenv("CHARTER_HOME", str(home))
+    # Contracts written under tmp_path bind tests.data.* and examples.*: the documented backend path.
+    monkeypatch.setenv("CHARTER_BACKEND_PATH", str(ROOT))
     monkeypatch.delenv("CHARTER_ORDERS_DB", raising=False)
     monkeypatch.delenv("CHARTER_INVOICES_DB", raising=False)
     return home

@@ -113,7 +113,7 @@ MALFORMED = [
     pytest.param(
         {"python: tests.data.shop_backend": "python: tests.data.no_such_backend"},
         [
-            "7:11: binding module 'tests.data.no_such_backend' does not resolve: no such module next to the contract, in a folder above it, or on the Python path"
+            "7:11: binding module 'tests.data.no_such_backend' cannot be bound: no such module in the contract's folder, a folder above it, or on CHARTER_BACKEND_PATH (set it to the folder your backend package is in)"
         ],
         id="binding_missing_module",
     ),

@@ -55,12 +55,21 @@ CASES = [
         {"entity.total <= 100000": "entity.total <= 200000"},
         {
             (
+                "relaxation",
+                "guard 'small_orders_only' changed from `entity.total <= 100000` to `entity.total <= 200000` (the bound on entity.total is wider: it allows more)",
+            ),
+        },
+    ),
+    (
+        {"entity.total <= 100000": "entity.total <= entity.id"},
+        {
+            (
                 "breaking",
-                "guard 'small_orders_only' changed from `entity.total <= 100000` to `entity.total <= 200000` (may be stricter)",
+                "guard 'small_orders_only' changed from `entity.total <= 100000` to `entity.total <= entity.id` (may be stricter)",
             ),
             (
                 "relaxation",
-                "guard 'small_orders_only' changed from `entity.total <= 100000` to `entity.total <= 200000` (may be looser)",
+                "guard 'small_orders_only' changed from `entity.total <= 100000` to `entity.total <= entity.id` (may be looser)",
             ),
         },
     ),

@@ -78,7 +78,15 @@ def test_a_client_session_lists_tools_and_resources_runs_an_intent_and_a_program
     assert "def cancel_order" in seen["stubs"]
     intent = seen["intent"]
     assert (intent["status"], intent["answer"], intent["attempts"]) == ("done", "Order 101 is now cancelled.", 1)
-    assert set(intent) == {"run_id", "status", "answer", "reason", "attempts"}  # the conclusion only
+    assert set(intent) == {
+        "run_id",
+        "status",
+        "answer",
+        "reason",
+        "attempts",
+        "contract",
+        "version",
+    }  # the conclusion only
     assert seen["program"]["status"] == "refused"
     assert "hard boundary no_cancel_after_picking" in seen["program"]["reason"]
     audit = seen["audit"]

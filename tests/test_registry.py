@@ -56,7 +56,9 @@ def test_same_version_with_other_content_is_refused(write_contract: WriteContrac
 def test_version_must_be_greater_than_latest(write_contract: WriteContract) -> None:
     registry = Registry()
     _publish(registry, write_contract(replace={"version: 1.0.0": "version: 1.2.0"}))
-    with pytest.raises(VersionConflict, match=r"shop 1.1.0 is not newer than the latest published version 1.2.0"):
+    with pytest.raises(
+        VersionConflict, match=r"shop 1.1.0 is not newer than 1.2.0, the latest published version of major 1"
+    ):
         _publish(registry, write_contract(replace={"version: 1.0.0": "version: 1.1.0", "Cancel an order.": "x."}))
 
 
@@ -74,7 +76,8 @@ def test_breaking_change_needs_major_bump(write_contract: WriteContract) -> None
     assert [c.kind for c in refused.value.changes] == ["breaking"]
     breaking["version: 1.0.0"] = "version: 2.0.0"
     assert _publish(registry, write_contract(replace=breaking)).created
-    assert registry.info("shop").version == "2.0.0"
+    assert registry.info("shop", "2").version == "2.0.0"
+    assert registry.info("shop").version == "1.0.0"  # unpinned callers stay on major 1 until it is promoted
 
 
 def test_relaxation_needs_explicit_approval(write_contract: WriteContract) -> None:
@@ -122,7 +125,9 @@ def test_unknown_names_and_versions(write_contract: WriteContract) -> None:
     _publish(registry, write_contract())
     with pytest.raises(ContractNotFound, match=r"no contract named 'shp' is published \(did you mean 'shop'\?\)"):
         registry.get("shp")
-    with pytest.raises(ContractNotFound, match=r"contract 'shop' has no version 9.0.0; published: 1.0.0"):
+    with pytest.raises(
+        ContractNotFound, match=r"contract 'shop' has no version 9.0.0; did you mean shop@1.0.0\? \(published: 1.0.0\)"
+    ):
         registry.get("shop", "9.0.0")
 
 

@@ -20,7 +20,7 @@ from charter.audit import AuditLog, Decision, Opened, Sealed, now_iso
 from charter.audit import Outcome as CallOutcome
 from charter.audit.receipts import text_sha256
 from charter.audit.store import host_identity
-from charter.backends import Backend, ContractBackend
+from charter.backends import Backend, BackendUnavailable, ContractBackend
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ContractGate
 from charter.principal import Principal
@@ -35,7 +35,7 @@ from charter.sandbox import (
     outcome_json,
 )
 
-__all__ = ["Answer", "Execution", "Runner", "Status", "conclusion_of"]
+__all__ = ["Answer", "Execution", "Runner", "Status", "conclusion_of", "unavailable_calls"]
 
 Status = Literal["done", "refused", "failed"]
 
@@ -48,6 +48,11 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     answer: str | None = None  # the conclusion when done
     data: Any = None
     reason: str | None = None  # why, when refused or failed
+    contract: str | None = None  # the contract and the version the run resolved to
+    version: str | None = None
+    # Calls the server could not perform (a binding module missing, failing to import or
+    # changed since publish): a server fault, which the surfaces report as such.
+    unavailable: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -160,7 +165,15 @@ class Runner:
             outcome=outcome,
             calls=calls,
             in_doubt=sealed.in_doubt,
+            contract=contract.name,
+            version=contract.version,
+            unavailable=unavailable_calls(calls),
         )
+
+
+def unavailable_calls(calls: tuple[Decision | CallOutcome, ...]) -> tuple[str, ...]:
+    """The messages of the calls a misconfigured backend could not perform (BACKEND_UNAVAILABLE)."""
+    return tuple(c.message or "" for c in calls if c.code == BackendUnavailable.CODE)
 
 
 def sealed_receipt(run_id: str, outcome: Outcome) -> Sealed:

@@ -76,6 +76,7 @@ class _Request:
     refusal: str | None = None  # the gate's word, once a policy denial made this request refused
     last_answer: str = ""  # the model's latest answer, verbatim, for the conversation
     last_problem: str = ""
+    unavailable: tuple[str, ...] = ()  # calls the server could not perform (its fault, not the program's)
 
     def refused_or(self, status: Status, reason: str) -> tuple[Status, str | None, Any, str | None]:
         if self.refusal is not None:
@@ -208,6 +209,9 @@ class Charter:
             reason=reason,
             attempts=attempts,
             usage=request.usage,
+            contract=compiled.name,
+            version=compiled.version,
+            unavailable=request.unavailable,
         )
 
     def _checked_intent(self, intent: str) -> str:
@@ -293,6 +297,9 @@ class Charter:
 
     def _judge(self, execution: Execution, compiled: CompiledContract, request: _Request) -> _Next | _Final:
         outcome = execution.outcome
+        if execution.unavailable:  # a misconfigured server: no repair of the program can help
+            request.unavailable = execution.unavailable
+            return "failed", None, None, "the backend is unavailable: " + "; ".join(execution.unavailable)
         operations = compiled.gate.operations
         decisions = {c.call: c for c in execution.calls if isinstance(c, Decision)}
         # WRITES_CLOSED before any refusal means the program tried to repeat a write that

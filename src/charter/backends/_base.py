@@ -15,6 +15,7 @@ __all__ = [
     "Backend",
     "BackendFailure",
     "BackendNotFound",
+    "BackendUnavailable",
     "CallContext",
     "Precondition",
     "PreconditionFailed",
@@ -97,3 +98,15 @@ class BackendFailure(Exception):
 
 class BackendNotFound(BackendFailure, LookupError):
     """The entity asked for does not exist (the gate's state read then denies NOT_FOUND)."""
+
+
+class BackendUnavailable(BackendFailure):
+    """The server cannot perform the operation at all: its binding module is missing, fails
+    to import, or changed since the contract version was published. Nothing was sent, so
+    the call is not in doubt. A misconfigured server, never the caller's fault: HTTP answers
+    503 `urn:charter:problem:backend-unavailable`."""
+
+    CODE = "BACKEND_UNAVAILABLE"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.CODE, message)

@@ -77,6 +77,8 @@ def publish(
         say("nothing to do")
         return
     say(f"published {info.name} {info.version} (sha256 {info.sha256[:12]})", "green")
+    for module in checked.modules.values():
+        say(f"  binding module {module.module}: {module.path} (sha256 {module.sha256[:12]})")
     for change in result.changes:
         say(f"  {change}")
 
@@ -86,10 +88,22 @@ def _model(ref: str) -> tuple[str, Contract]:
     if path.exists():
         checked = load_contract(path)
         return f"{checked.file} ({checked.version})", checked.model
-    name, version = parse_ref(ref)
+    name, version = parse_ref(ref)  # UsageError for a bad selector: the caller reports it
     registry = Registry()
     info = registry.info(name, version)
     return f"{info.name}@{info.version}", registry.model(info.name, info.version)
+
+
+EXIT_CHANGES_FOUND = 2  # `diff`: changes of a class named by --fail-on were found (1 is a usage error)
+_CHANGE_KINDS = ("breaking", "relaxation", "additive")
+
+
+def _fail_on(text: str) -> set[str]:
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = kinds - set(_CHANGE_KINDS)
+    if unknown:
+        fail(f"--fail-on {text!r}: unknown class {', '.join(sorted(unknown))}; choose from {', '.join(_CHANGE_KINDS)}")
+    return kinds
 
 
 @app.command()
@@ -97,8 +111,16 @@ def diff(
     old: Annotated[str, typer.Argument(help="A contract file, or NAME[@VERSION] from the registry.")],
     new: Annotated[str, typer.Argument(help="A contract file, or NAME[@VERSION] from the registry.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the changes as JSON.")] = False,
+    fail_on: Annotated[
+        str,
+        typer.Option(help="Comma-separated change classes that exit 2 (breaking, relaxation, additive)."),
+    ] = "breaking",
 ) -> None:
-    """List the changes from OLD to NEW, classified as breaking, relaxation or additive."""
+    """List the changes from OLD to NEW, classified as breaking, relaxation or additive.
+
+    Exit status: 0 when no change of a --fail-on class (default: breaking) was found, 2 when
+    one was (for CI), 1 for a usage error."""
+    failing = _fail_on(fail_on)
     try:
         old_label, old_model = _model(old)
         new_label, new_model = _model(new)
@@ -107,17 +129,44 @@ def diff(
     changes = diff_contracts(old_model, new_model)
     if as_json:
         print_json([{"kind": c.kind, "where": c.where, "message": c.message} for c in changes])
-        return
-    say(f"{old_label} -> {new_label}: {len(changes)} change(s)")
-    styles = {"breaking": "red", "relaxation": "yellow", "additive": "green"}
-    for change in changes:
-        say(f"  {change}", styles[change.kind])
+    else:
+        say(f"{old_label} -> {new_label}: {len(changes)} change(s)")
+        styles = {"breaking": "red", "relaxation": "yellow", "additive": "green"}
+        for change in changes:
+            say(f"  {change}", styles[change.kind])
+    found = sorted({c.kind for c in changes} & failing)
+    if found:
+        if not as_json:
+            say(f"failing: {', '.join(found)} change(s) found (--fail-on {','.join(sorted(failing))})", "red")
+        raise typer.Exit(EXIT_CHANGES_FOUND)
+
+
+@app.command()
+def promote(
+    ref: Annotated[str, typer.Argument(help="NAME@MAJOR: the major line unpinned callers get from now on.")],
+) -> None:
+    """Make a major line the default: callers that name no version get its newest version.
+
+    Until a contract is promoted, its first published major is the default, so no caller
+    crosses a breaking change without the author saying so."""
+    try:
+        name, selector = parse_ref(ref)
+        if selector is None or "." in selector:
+            fail(f"'{ref}': promote names a major line, e.g. `charter contract promote {name}@2`")
+        registry = Registry()
+        before = registry.info(name)
+        info = registry.promote(name, int(selector))
+    except CharterError as exc:
+        fail(exc)
+    say(f"{name}: unpinned callers now get {info.version} (major {selector}; was {before.version})", "green")
 
 
 @app.command("list")
 def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """List published contract versions."""
-    versions = Registry().list()
+    """List published contract versions; `default` marks what an unpinned caller gets."""
+    registry = Registry()
+    versions = registry.list()
+    defaults = {name: registry.info(name).version for name in {v.name for v in versions}}
     if as_json:
         print_json(
             [
@@ -126,6 +175,7 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
                     "version": v.version,
                     "sha256": v.sha256,
                     "published_at": v.published_at,
+                    "default": defaults[v.name] == v.version,
                 }
                 for v in versions
             ]
@@ -134,22 +184,25 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     if not versions:
         say("no contracts published yet (charter contract publish FILE)")
         return
-    table = Table("contract", "version", "sha256", "published", "from")
+    table = Table("contract", "version", "sha256", "published", "from", "default")
     for v in versions:
-        table.add_row(v.name, v.version, v.sha256[:12], v.published_at, v.source_file)
+        mark = "yes" if defaults[v.name] == v.version else ""
+        table.add_row(v.name, v.version, v.sha256[:12], v.published_at, v.source_file, mark)
     out.print(table)
 
 
 @app.command()
 def show(
-    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION (latest when no version).")],
+    ref: Annotated[
+        str, typer.Argument(help="NAME, NAME@MAJOR, NAME@MAJOR.MINOR or NAME@X.Y.Z (default major's newest).")
+    ],
     stubs: Annotated[bool, typer.Option("--stubs", help="Print the typed proxy stubs.")] = False,
     source: Annotated[bool, typer.Option("--source", help="Print the file as published.")] = False,
 ) -> None:
     """Show a published version: its operational model, stubs or source."""
-    name, version = parse_ref(ref)
     registry = Registry()
     try:
+        name, version = parse_ref(ref)
         info = registry.info(name, version)
         compiled = registry.get(info.name, info.version)
     except CharterError as exc:

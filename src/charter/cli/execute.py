@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import getpass
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from charter.cli._output import fail, print_json, say
+from charter.cli._output import err, fail, print_json, say
 from charter.errors import CharterError
 from charter.principal import Principal
 
@@ -18,7 +17,12 @@ if TYPE_CHECKING:
 
 
 ContractOption = Annotated[
-    str, typer.Option("--contract", "-c", help="The published contract, NAME or NAME@VERSION (latest if no version).")
+    str,
+    typer.Option(
+        "--contract",
+        "-c",
+        help="The published contract: NAME (newest of its default major), NAME@MAJOR, NAME@MAJOR.MINOR or NAME@X.Y.Z.",
+    ),
 ]
 PrincipalOption = Annotated[
     str | None, typer.Option("--principal", "-p", help="Who the run acts for (default: your user name).")
@@ -30,6 +34,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the conclusion a
 
 EXIT_REFUSED = 2
 EXIT_FAILED = 3
+EXIT_BACKEND_UNAVAILABLE = 4  # the server's backend is misconfigured; the program is not at fault
 
 
 def principal_from(principal: str | None, scopes: list[str] | None) -> Principal:
@@ -45,7 +50,8 @@ def execute(
 ) -> None:
     """Run PROGRAM against a published contract and print its conclusion and run id.
 
-    Exit status: 0 done, 2 refused, 3 failed, 1 for a usage error (nothing ran).
+    Exit status: 0 done, 2 refused, 3 failed, 4 backend unavailable (a binding module is
+    missing, fails to import or changed since publish), 1 for a usage error (nothing ran).
     """
     from charter.audit import AuditLog
     from charter.registry import Registry, parse_ref
@@ -55,9 +61,6 @@ def execute(
         text = program.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         fail(f"cannot read the program {program}: {error}")
-    # Bindings name modules (examples.orders.backend); resolve them from where we stand.
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
         name, version = parse_ref(contract)
         compiled = Registry().get(name, version)
@@ -69,13 +72,20 @@ def execute(
 
 
 def report(answer: Answer, *, as_json: bool, **extra: object) -> None:
-    """Print a conclusion (text or JSON) and exit with its status: 0 done, 2 refused, 3 failed."""
+    """Print a conclusion (text or JSON) and exit with its status: 0 done, 2 refused, 3 failed,
+    4 backend unavailable."""
     if as_json:
         fields = {"run_id": answer.run_id, "status": answer.status, "answer": answer.answer}
-        print_json({**fields, "data": answer.data, "reason": answer.reason, **extra})
+        resolved = {"contract": answer.contract, "version": answer.version}
+        unavailable = {"backend_unavailable": list(answer.unavailable)} if answer.unavailable else {}
+        print_json({**fields, "data": answer.data, "reason": answer.reason, **resolved, **unavailable, **extra})
     else:
         style = {"done": "green", "refused": "yellow", "failed": "red"}[answer.status]
         say(answer.text, style)
-        say(f"run {answer.run_id}  (charter audit show {answer.run_id[:12]})")
+        say(f"run {answer.run_id}  {answer.contract} {answer.version}  (charter audit show {answer.run_id[:12]})")
+    if answer.unavailable:
+        for message in answer.unavailable:
+            err.print(f"error: backend unavailable: {message}", markup=False, style="red")
+        raise typer.Exit(EXIT_BACKEND_UNAVAILABLE)
     if answer.status != "done":
         raise typer.Exit(EXIT_REFUSED if answer.status == "refused" else EXIT_FAILED)

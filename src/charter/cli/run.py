@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -44,14 +43,12 @@ def run(
 ) -> None:
     """Answer INTENT: Claude writes one program, the sandbox runs it, the gate checks every call.
 
-    Only the conclusion is printed, with the intent run's id. Exit status: 0 done,
-    2 refused, 3 failed, 1 for a usage error (nothing ran).
+    Only the conclusion is printed, with the intent run's id and the contract version. Exit
+    status: 0 done, 2 refused, 3 failed, 4 backend unavailable, 1 for a usage error (nothing ran).
     """
     from charter.agent import AgentSettings, AnthropicModel, Charter
     from charter.agent._recorded import recorded_model
 
-    if str(Path.cwd()) not in sys.path:  # bindings name modules (examples.orders.backend)
-        sys.path.insert(0, str(Path.cwd()))
     try:
         settings = AgentSettings.from_env(
             model=model, max_tokens=max_tokens, timeout_s=timeout, max_retries=retries, repair_rounds=repair_rounds

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -42,8 +41,6 @@ def build_service(replay: list[Path] | None) -> CharterService:
     from charter.registry import Registry
     from charter.server import CharterService
 
-    if str(Path.cwd()) not in sys.path:  # Python bindings name modules relative to the checkout
-        sys.path.insert(0, str(Path.cwd()))
     settings = AgentSettings.from_env()
     audit = AuditLog()
     agent = Charter(model=recorded_model(settings, replay) if replay else None, settings=settings, audit=audit)

@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from charter.contract.bindings import BoundModule
 from charter.contract.types import TypeRef
 
 __all__ = [
@@ -156,3 +157,6 @@ class CompiledContract(_Frozen, frozen=True):
     prompt_context: str
     surface: GuestSurface
     gate: GateTable
+    # Where each Python binding module was found and its sha256: recorded at publish, not part
+    # of `sha256` (the contract's content), empty for a contract compiled without its files.
+    modules: tuple[BoundModule, ...] = ()

@@ -85,6 +85,7 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
         prompt_context=render("contract.md.j2", view),
         surface=surface,
         gate=gate,
+        modules=tuple(checked.modules.values()),
     )
 
 

@@ -8,7 +8,6 @@ model plus every type resolved, which is what the compiler needs.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import keyword
 import re
 from collections.abc import Iterable, Mapping
@@ -22,6 +21,7 @@ from pydantic import BaseModel
 
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
+from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
 from charter.contract.cel_guards import (
     PRINCIPAL_FIELDS,
     check_guard,
@@ -63,6 +63,8 @@ class CheckedContract:
     records: Mapping[str, Fields]  # declared records plus every entity (its state field included)
     params: Mapping[str, Fields]  # operation -> param -> type
     returns: Mapping[str, TypeRef | None]
+    # Each Python binding module as found (file and sha256); empty when bindings were not resolved.
+    modules: Mapping[str, BoundModule] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -104,7 +106,7 @@ def load_contract(path: str | Path, *, resolve_bindings: bool = True) -> Checked
     except (OSError, UnicodeDecodeError) as exc:
         raise ContractError([Problem(shown, 1, 1, f"cannot read the file: {exc}")]) from None
     data, source_map = load_yaml(text, shown)
-    search = _binding_search_dirs(file_path) if resolve_bindings else None
+    search = binding_search_dirs(file_path) if resolve_bindings else None
     return check_contract_data(data, source_map, binding_search=search)
 
 
@@ -224,7 +226,7 @@ class _Checker:
     # Records and operations with a type that did not resolve: their guards are not checked,
     # so one typo yields one error rather than a cascade.
     unresolved: set[str] = field(default_factory=set)
-    modules: dict[str, Path | str] = field(default_factory=dict)  # module -> source file, or why not found
+    modules: dict[str, BoundModule | str] = field(default_factory=dict)  # module -> where found, or why not
 
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.source.problem(path, message, key=key))
@@ -258,6 +260,7 @@ class _Checker:
             records=MappingProxyType({k: MappingProxyType(v) for k, v in sorted(self.records.items())}),
             params=MappingProxyType({k: MappingProxyType(v) for k, v in self.params.items()}),
             returns=MappingProxyType(self.returns),
+            modules=MappingProxyType({k: v for k, v in sorted(self.modules.items()) if isinstance(v, BoundModule)}),
         )
 
     # names and types
@@ -627,13 +630,13 @@ class _Checker:
         module, _, function = ref.partition(":")
         located = self.modules.get(module)
         if located is None:
-            located = self.modules[module] = _locate_module(module, self.binding_search)
+            located = self.modules[module] = locate_module(module, self.binding_search)
             if isinstance(located, str):
-                self.fail(path, f"binding module '{module}' does not resolve: {located}")
+                self.fail(path, f"binding module '{module}' cannot be bound: {located}")
                 return
         elif isinstance(located, str):
             return  # reported once, at the first operation bound to it
-        error = _missing_function(module, located, function)
+        error = _missing_function(module, Path(located.path), function)
         if error:
             self.fail(path, f"binding '{ref}' does not resolve: {error}")
 
@@ -754,34 +757,6 @@ class _Checker:
 
 
 # --- bindings -----------------------------------------------------------------------------------
-
-
-def _binding_search_dirs(contract_file: Path) -> list[Path]:
-    """Where a binding's module is looked for: the contract's folder and each folder above it."""
-    folder = contract_file.resolve().parent
-    return [folder, *folder.parents]
-
-
-def _locate_module(module: str, search: list[Path]) -> Path | str:
-    """The source file of `module`, found without importing it, or why it was not found.
-
-    Backend code is not run at check time: checking stays pure, and a contract check can
-    never trigger a backend's side effects.
-    """
-    if not all(_IDENT.match(part) for part in module.split(".")):
-        return "write it as 'package.module'"
-    relative = Path(*module.split("."))
-    candidates = [d / relative.with_suffix(".py") for d in search] + [d / relative / "__init__.py" for d in search]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is not None:
-        return found
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return "no such module next to the contract, in a folder above it, or on the Python path"
-    return Path(spec.origin)
 
 
 def _missing_function(module: str, source_file: Path, function: str) -> str | None:

@@ -45,7 +45,15 @@ import cel
 import msgspec
 
 from charter.audit import Observed, RunRecorder, args_digest
-from charter.backends import Backend, BackendFailure, CallContext, Precondition, PreconditionFailed, fingerprint
+from charter.backends import (
+    Backend,
+    BackendFailure,
+    BackendUnavailable,
+    CallContext,
+    Precondition,
+    PreconditionFailed,
+    fingerprint,
+)
 from charter.compiler.artifact import CompiledContract, GuardRule, OperationRule
 from charter.contract.cel_guards import activation
 from charter.contract.types import MONEY_SCALE, TypeRef
@@ -333,6 +341,8 @@ class GateSession:
         key = arguments[rule.key]
         try:
             raw = self._gate.backend.invoke(reader.name, {reader.key: key}, self._context(request))
+        except BackendUnavailable as error:  # the server's fault: the surfaces answer it as such
+            raise _Refusal(Verdict(error.code, f"{rule.name} refused: {error.message}")) from None
         except LookupError as error:
             # A backend's own not-found message is shown; any other lookup error's text is withheld.
             said = f" ({error.message})" if isinstance(error, BackendFailure) else ""

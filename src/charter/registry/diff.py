@@ -6,7 +6,10 @@
               needs explicit approval to publish;
 - additive:   new capabilities and documentation; nothing that worked stops working.
 
-A changed guard expression cannot be proven stricter or looser, so it counts as both.
+A changed guard expression cannot in general be proven stricter or looser, so it counts as
+both; the exception is a change of one numeric bound compared with the same operand
+(`params.amount <= 2000` to `<= 5000`), classified by its direction: wider is a
+relaxation, narrower is breaking.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from charter.contract.model import Contract, Entity, Guard, Lifecycle, Operation, Transition
+from charter.registry._bounds import bound_direction
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -235,6 +239,17 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
     def guard_changed(at: str, before: Guard, after: Guard) -> None:
         if before.when != after.when:
             message = f"guard '{after.id}' changed from `{before.when}` to `{after.when}`"
+            moved = bound_direction(before.when, after.when)
+            if moved is not None:
+                direction, operand = moved
+                bound_kind: ChangeKind = "relaxation" if direction == "wider" else "breaking"
+                d.add(
+                    bound_kind,
+                    at,
+                    f"{message} (the bound on {operand} is {direction}: it allows "
+                    f"{'more' if direction == 'wider' else 'less'})",
+                )
+                return
             d.add("breaking", at, message + " (may be stricter)")
             d.add("relaxation", at, message + " (may be looser)")
         elif before.message != after.message:

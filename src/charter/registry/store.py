@@ -8,8 +8,9 @@ canonical JSON (compilation is pure), so the registry stores one source of truth
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,13 +21,22 @@ import msgspec
 from charter._paths import charter_home
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract._yaml import SourceMap
+from charter.contract.bindings import BoundModule
 from charter.contract.cel_guards import suggest
 from charter.contract.checker import CheckedContract, check_contract_data
 from charter.contract.model import Contract, SemVer
-from charter.errors import ChangeRefused, ContractNotFound, VersionConflict
+from charter.errors import ChangeRefused, ContractNotFound, UsageError, VersionConflict
 from charter.registry.diff import Change, diff_contracts
 
-__all__ = ["PublishResult", "Registry", "VersionInfo", "charter_home", "parse_ref"]
+__all__ = [
+    "BINDING_MODULES_DDL",
+    "PROMOTIONS_DDL",
+    "PublishResult",
+    "Registry",
+    "VersionInfo",
+    "charter_home",
+    "parse_ref",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS contract_versions (
@@ -48,11 +58,69 @@ CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_delete
     BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END;
 """
 
+# Which major line an unpinned caller gets. Append-only: the newest row per name wins, and
+# a name with no row defaults to its first published major. (`charter contract promote`.)
+PROMOTIONS_DDL = """
+CREATE TABLE IF NOT EXISTS contract_promotions (
+    name TEXT NOT NULL,
+    major INTEGER NOT NULL,
+    promoted_at TEXT NOT NULL,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT
+);
+CREATE TRIGGER IF NOT EXISTS contract_promotions_append_only_update
+    BEFORE UPDATE ON contract_promotions
+    BEGIN SELECT RAISE(ABORT, 'promotions are a history: promote again instead'); END;
+CREATE TRIGGER IF NOT EXISTS contract_promotions_append_only_delete
+    BEFORE DELETE ON contract_promotions
+    BEGIN SELECT RAISE(ABORT, 'promotions are a history: promote again instead'); END;
+"""
+
+# Each Python binding module of a published version: the file it was found in and its
+# sha256 at publish. Exec and serve load that file and refuse it once its content differs.
+BINDING_MODULES_DDL = """
+CREATE TABLE IF NOT EXISTS binding_modules (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    module TEXT NOT NULL,
+    root TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (name, version, module)
+);
+CREATE TRIGGER IF NOT EXISTS binding_modules_immutable_update
+    BEFORE UPDATE ON binding_modules
+    BEGIN SELECT RAISE(ABORT, 'published binding records are immutable'); END;
+CREATE TRIGGER IF NOT EXISTS binding_modules_immutable_delete
+    BEFORE DELETE ON binding_modules
+    BEGIN SELECT RAISE(ABORT, 'published binding records are immutable'); END;
+"""
+
+_SELECTOR = re.compile(r"(0|[1-9]\d*)(?:\.(0|[1-9]\d*)(?:\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?)?)?\Z")
+
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
-    """'orders@1.2.0' -> ('orders', '1.2.0'); 'orders' -> ('orders', None) meaning latest."""
-    name, _, version = ref.partition("@")
+    """'orders@1.2.0' -> ('orders', '1.2.0'); 'orders@1' and 'orders@1.2' select the newest
+    version of that line; 'orders' -> ('orders', None), the newest of the default major.
+
+    Raises UsageError for a version selector that is none of MAJOR, MAJOR.MINOR, MAJOR.MINOR.PATCH.
+    """
+    name, at, version = ref.strip().partition("@")
+    if at and not _SELECTOR.match(version):
+        raise UsageError(
+            f"'{ref}' does not name a contract version: write NAME, NAME@MAJOR, NAME@MAJOR.MINOR "
+            "or NAME@MAJOR.MINOR.PATCH (e.g. orders, orders@1, orders@1.4, orders@1.4.2)"
+        )
     return name, version or None
+
+
+def _selects(selector: str, version: str) -> bool:
+    """Does `selector` (MAJOR, MAJOR.MINOR or a whole version) select `version`?"""
+    match = _SELECTOR.match(selector)
+    if match is None or match.group(3) is not None:
+        return selector == version
+    parts = selector.split(".")
+    semver = SemVer(version)
+    return [semver.major, semver.minor][: len(parts)] == [int(p) for p in parts]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +146,7 @@ class Registry:
         self.path = Path(path) if path is not None else charter_home() / "charter.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.executescript(_SCHEMA)
+            db.executescript(_SCHEMA + PROMOTIONS_DDL + BINDING_MODULES_DDL)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -108,7 +176,22 @@ class Registry:
     def list(self) -> list[VersionInfo]:
         return [v for name in self.names() for v in self.versions(name)]
 
+    def default_major(self, name: str) -> int | None:
+        """The major line unpinned callers get: the last promoted, else the first published."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT major FROM contract_promotions WHERE name = ? ORDER BY seq DESC LIMIT 1", (name,)
+            ).fetchone()
+        if row is not None:
+            return int(row[0])
+        versions = self.versions(name)
+        return min(SemVer(v.version).major for v in versions) if versions else None
+
     def info(self, name: str, version: str | None = None) -> VersionInfo:
+        """Resolve a version selector: None (the newest of the default major), MAJOR,
+        MAJOR.MINOR (the newest of that line) or a whole version.
+
+        Raises ContractNotFound naming the published versions when nothing matches."""
         versions = self.versions(name)
         if not versions:
             known = self.names()
@@ -116,14 +199,14 @@ class Registry:
                 f"no contract named '{name}' is published{suggest(name, known)}; "
                 f"published: {', '.join(known) or 'none'} (publish one with `charter contract publish FILE`)"
             )
-        if version is None:
-            return versions[-1]
-        for info in versions:
-            if info.version == version:
-                return info
-        raise ContractNotFound(
-            f"contract '{name}' has no version {version}; published: " + ", ".join(v.version for v in versions)
-        )
+        selector = version if version is not None else str(self.default_major(name))
+        matching = [info for info in versions if _selects(selector, info.version)]
+        if matching:
+            return matching[-1]
+        published = ", ".join(v.version for v in versions)
+        near = [f"{name}@{v.version}" for v in versions if v.version.startswith(selector.split(".")[0] + ".")]
+        hint = f"; did you mean {near[-1]}?" if near else f"; did you mean {name}@{versions[-1].version}?"
+        raise ContractNotFound(f"contract '{name}' has no version {selector}{hint} (published: {published})")
 
     def _row(self, name: str, version: str) -> tuple[str, str]:
         with self._connect() as db:
@@ -143,46 +226,77 @@ class Registry:
         info = self.info(name, version)
         return Contract.model_validate(msgspec.json.decode(self._row(info.name, info.version)[0]))
 
+    def modules(self, name: str, version: str) -> tuple[BoundModule, ...]:
+        """The binding modules recorded when `name` `version` was published (exact version)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT module, root, path, sha256 FROM binding_modules WHERE name = ? AND version = ? ORDER BY module",
+                (name, version),
+            ).fetchall()
+        return tuple(BoundModule(module=r[0], root=r[1], path=r[2], sha256=r[3]) for r in rows)
+
     def get(self, name: str, version: str | None = None) -> CompiledContract:
-        """The compiled artifact of a published version (latest when `version` is None)."""
+        """The compiled artifact of a published version, `version` a selector as for `info`,
+        with its binding modules as recorded at publish."""
         info = self.info(name, version)
-        return _compile_canonical(self._row(info.name, info.version)[0], f"{info.name}@{info.version}")
+        compiled = _compile_canonical(self._row(info.name, info.version)[0], f"{info.name}@{info.version}")
+        return msgspec.structs.replace(compiled, modules=self.modules(info.name, info.version))
 
     # writing
 
+    def promote(self, name: str, major: int) -> VersionInfo:
+        """Make `major` the line unpinned callers get; returns the version they now resolve to.
+
+        Raises ContractNotFound when no version of that major is published."""
+        info = self.info(name, str(major))
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO contract_promotions (name, major, promoted_at) VALUES (?, ?, ?)",
+                (name, major, dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
+            )
+        return info
+
     def publish(self, checked: CheckedContract, source_text: str, *, allow_relaxation: bool = False) -> PublishResult:
-        """Record an immutable version. Identical content under the same version is a no-op."""
+        """Record an immutable version. Identical content under the same version is a no-op.
+
+        A new version must be greater than the newest of its own major line, and is diffed
+        against it (or, opening a new line, against the newest version below it), so 1.4.1
+        can follow 2.0.0. Raises VersionConflict or ChangeRefused."""
         compiled = compile_contract(checked)
         name, version = compiled.name, compiled.version
         existing = {v.version: v for v in self.versions(name)}
         if version in existing:
-            if existing[version].sha256 == compiled.sha256:
-                return PublishResult(existing[version], created=False)
-            raise VersionConflict(
-                f"{name} {version} is already published with other content "
-                f"(sha256 {existing[version].sha256[:12]}, this file {compiled.sha256[:12]}); "
-                "published versions never change: bump the version"
-            )
-        changes: tuple[Change, ...] = ()
-        if existing:
-            latest = max(existing, key=SemVer)
-            if SemVer(version) <= SemVer(latest):
+            if existing[version].sha256 != compiled.sha256:
                 raise VersionConflict(
-                    f"{name} {version} is not newer than the latest published version {latest}; "
-                    "a new version must be greater"
+                    f"{name} {version} is already published with other content "
+                    f"(sha256 {existing[version].sha256[:12]}, this file {compiled.sha256[:12]}); "
+                    "published versions never change: bump the version"
                 )
-            changes = tuple(diff_contracts(self.model(name, latest), checked.model))
+            self._same_modules(name, version, compiled.modules)
+            return PublishResult(existing[version], created=False)
+        semver = SemVer(version)
+        line = [v for v in existing if SemVer(v).major == semver.major]
+        below = [v for v in existing if SemVer(v).major < semver.major]
+        predecessor = max(line, key=SemVer) if line else max(below, key=SemVer) if below else None
+        changes: tuple[Change, ...] = ()
+        if line and semver <= SemVer(max(line, key=SemVer)):
+            raise VersionConflict(
+                f"{name} {version} is not newer than {predecessor}, the latest published version of major "
+                f"{semver.major}; a new version must be greater than the latest of its own major line"
+            )
+        if predecessor is not None:
+            changes = tuple(diff_contracts(self.model(name, predecessor), checked.model))
             breaking = [c for c in changes if c.kind == "breaking"]
-            if breaking and SemVer(version).major <= SemVer(latest).major:
+            if breaking and semver.major <= SemVer(predecessor).major:
                 raise ChangeRefused(
-                    f"{name} {version} makes breaking changes to {latest} without a major version "
-                    f"bump (publish it as {SemVer(latest).major + 1}.0.0):\n" + "\n".join(f"  {c}" for c in breaking),
+                    f"{name} {version} makes breaking changes to {predecessor} without a major version "
+                    f"bump (publish it as {self._next_major(existing)}.0.0):\n" + "\n".join(f"  {c}" for c in breaking),
                     breaking,
                 )
             relaxations = [c for c in changes if c.kind == "relaxation"]
             if relaxations and not allow_relaxation:
                 raise ChangeRefused(
-                    f"{name} {version} relaxes rules of {latest}; this is a governance change, "
+                    f"{name} {version} relaxes rules of {predecessor}; this is a governance change, "
                     "publish it with --allow-relaxation once it is approved:\n"
                     + "\n".join(f"  {c}" for c in relaxations),
                     relaxations,
@@ -196,6 +310,7 @@ class Registry:
         )
         with self._connect() as db:
             try:
+                db.execute("BEGIN IMMEDIATE")
                 db.execute(
                     "INSERT INTO contract_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
@@ -209,15 +324,39 @@ class Registry:
                         int(allow_relaxation),
                     ),
                 )
+                db.executemany(
+                    "INSERT INTO binding_modules VALUES (?, ?, ?, ?, ?, ?)",
+                    [(name, version, m.module, m.root, m.path, m.sha256) for m in compiled.modules],
+                )
+                db.execute("COMMIT")
             except sqlite3.IntegrityError:
+                db.execute("ROLLBACK")
                 # Another publisher won the race for this version; let them explain.
                 return self.publish(checked, source_text, allow_relaxation=allow_relaxation)
         return PublishResult(info, created=True, changes=changes)
+
+    @staticmethod
+    def _next_major(existing: Mapping[str, VersionInfo]) -> int:
+        return max(SemVer(v).major for v in existing) + 1
+
+    def _same_modules(self, name: str, version: str, modules: tuple[BoundModule, ...]) -> None:
+        """Re-publishing a version is a no-op only when its binding modules are unchanged too."""
+        recorded = {m.module: m for m in self.modules(name, version)}
+        for module in modules:
+            before = recorded.get(module.module)
+            if before is not None and before.sha256 != module.sha256:
+                patch = SemVer(version)
+                raise VersionConflict(
+                    f"{name} {version} is published with binding module '{module.module}' at sha256 "
+                    f"{before.sha256[:12]} ({before.path}); the file is now {module.sha256[:12]} ({module.path}). "
+                    "A published version never changes, its backend code included: publish the change as a new "
+                    f"patch version ({patch.major}.{patch.minor}.{patch.patch + 1})"
+                )
 
 
 @lru_cache(maxsize=64)
 def _compile_canonical(canonical: str, label: str) -> CompiledContract:
     # Bindings are not re-resolved: they were resolved at publish time, relative to the
-    # file, and the registry may be read from anywhere.
+    # file, and the registry may be read from anywhere; `Registry.get` adds their records.
     data = msgspec.json.decode(canonical)
     return compile_contract(check_contract_data(data, SourceMap(label)))

@@ -4,7 +4,8 @@
     POST /v1/programs                        a caller-written program, run governed
     GET  /v1/runs/{run_id}                   conclusion, receipts, verification
     GET  /v1/contracts                       published contracts and their versions
-    GET  /v1/contracts/{name}/{version}      one version's operational model ('latest' works)
+    GET  /v1/contracts/{name}/{version}      one version: X.Y.Z, MAJOR, MAJOR.MINOR, or 'latest'
+                                             (the newest of the default major)
     GET  /openapi.json                       this API, described (also kept in the repo: openapi.json)
 
 Every /v1 request needs `Authorization: Bearer <token>`; the token's principal and scopes
@@ -53,6 +54,7 @@ PROBLEM_TYPES = {
     "idempotency-key-reused": (422, "This Idempotency-Key was used for another request"),
     "intents-unavailable": (503, "This server answers no intents"),
     "audit-unavailable": (503, "The audit log could not be written"),
+    "backend-unavailable": (503, "The server's backend for this operation is unavailable"),
     "internal": (500, "Internal error"),
 }
 
@@ -79,13 +81,19 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_CONTRACT_REF = (
+    "NAME (the newest version of its default major), NAME@MAJOR, NAME@MAJOR.MINOR (the newest of that line) "
+    "or NAME@MAJOR.MINOR.PATCH."
+)
+
+
 class IntentRequest(_Request):
-    contract: str = Field(min_length=1, max_length=200, description="NAME or NAME@VERSION (latest if no version).")
+    contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
     intent: str = Field(min_length=1, max_length=4000, description="What should be done, in plain words.")
 
 
 class ProgramRequest(_Request):
-    contract: str = Field(min_length=1, max_length=200, description="NAME or NAME@VERSION (latest if no version).")
+    contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
     program: str = Field(min_length=1, max_length=262_144, description="Python source using the typed proxies.")
 
 
@@ -95,6 +103,8 @@ class ConclusionBody(BaseModel):
     answer: str | None = None
     data: Any = None
     reason: str | None = None
+    contract: str | None = Field(default=None, description="The contract the run used.")
+    version: str | None = Field(default=None, description="The exact version the contract reference resolved to.")
     attempts: int | None = Field(default=None, description="Model answers it took (intents only).")
 
 
@@ -122,7 +132,8 @@ class ContractVersionBody(BaseModel):
 
 class ContractListing(BaseModel):
     name: str
-    latest: str
+    latest: str = Field(description="The newest published version, of any major.")
+    default: str = Field(description="What an unpinned caller gets: the newest version of the default major.")
     summary: str
     versions: list[ContractVersionBody]
 
@@ -152,8 +163,17 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
+    if answer.unavailable:  # the server's fault, reported as such and never as the caller's
+        raise ApiProblem(
+            "backend-unavailable",
+            "; ".join(answer.unavailable),
+            run_id=answer.run_id,
+            contract=answer.contract,
+            version=answer.version,
+        )
     body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "answer": answer.answer}
     body |= {"data": msgspec.to_builtins(answer.data), "reason": answer.reason}
+    body |= {"contract": answer.contract, "version": answer.version}
     if attempts is not None:
         body["attempts"] = attempts
     return body

@@ -38,6 +38,7 @@ __all__ = ["build_server", "serve_http", "serve_stdio"]
 
 _RESOURCE = re.compile(r"charter://contracts/([a-z][a-z0-9_]*)/([0-9A-Za-z.+-]+)/(prompt|stubs)\Z")
 _OPERATE = "operate_"
+_VERSION_SELECTOR = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?)?)?$"
 
 PrincipalOf = Callable[[ServerRequestContext[Any]], Principal]
 
@@ -69,7 +70,13 @@ def _tools(service: CharterService) -> list[types.Tool]:
             input_schema={
                 "type": "object",
                 "properties": {
-                    "intent": {"type": "string", "minLength": 1, "maxLength": 4000, "description": "What to do."}
+                    "intent": {"type": "string", "minLength": 1, "maxLength": 4000, "description": "What to do."},
+                    "version": {
+                        "type": "string",
+                        "pattern": _VERSION_SELECTOR,
+                        "description": f"Pin a version: MAJOR, MAJOR.MINOR or MAJOR.MINOR.PATCH (default: "
+                        f"{contract.version}, the newest of the default major).",
+                    },
                 },
                 "required": ["intent"],
                 "additionalProperties": False,
@@ -92,8 +99,9 @@ def _tools(service: CharterService) -> list[types.Tool]:
                 "properties": {
                     "contract": {
                         "type": "string",
-                        "description": "NAME or NAME@VERSION.",
-                        **({"enum": names} if names else {}),
+                        "description": "NAME (the newest of its default major), NAME@MAJOR, NAME@MAJOR.MINOR or "
+                        f"NAME@MAJOR.MINOR.PATCH; one of {', '.join(names) or 'none published'}.",
+                        "pattern": rf"^[a-z][a-z0-9_]*(@{_VERSION_SELECTOR[1:-1]})?$",
                     },
                     "program": {"type": "string", "minLength": 1, "description": "Python source."},
                 },
@@ -118,12 +126,24 @@ def _tools(service: CharterService) -> list[types.Tool]:
     return tools
 
 
+class _BackendUnavailable(Exception):
+    """The server could not perform a call (a binding module missing, failing or changed)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__("; ".join(answer.unavailable))
+        self.answer = answer
+
+
 def _conclusion(answer: Answer, **extra: Any) -> dict[str, Any]:
+    if answer.unavailable:
+        raise _BackendUnavailable(answer)
     return {
         "run_id": answer.run_id,
         "status": answer.status,
         "answer": answer.answer,
         "reason": answer.reason,
+        "contract": answer.contract,
+        "version": answer.version,
         **extra,
     }
 
@@ -147,7 +167,10 @@ def build_server(service: CharterService, principal_of: PrincipalOf) -> Server[A
         def call() -> dict[str, Any]:
             name = params.name
             if name.startswith(_OPERATE):
-                conclusion = service.operate(principal, name[len(_OPERATE) :], _text(arguments, "intent"))
+                contract = name[len(_OPERATE) :]
+                if arguments.get("version") is not None:
+                    contract += "@" + _text(arguments, "version")
+                conclusion = service.operate(principal, contract, _text(arguments, "intent"))
                 return _conclusion(conclusion, attempts=conclusion.attempts)
             if name == "execute_program":
                 contract, program = _text(arguments, "contract"), _text(arguments, "program")
@@ -160,6 +183,18 @@ def build_server(service: CharterService, principal_of: PrincipalOf) -> Server[A
 
         try:
             return _result(await anyio.to_thread.run_sync(call))
+        except _BackendUnavailable as error:  # an internal error: the server's, not the caller's
+            answer = error.answer
+            body = {
+                "error": "BackendUnavailable",
+                "type": "urn:charter:problem:backend-unavailable",
+                "internal": True,
+                "message": str(error),
+                "run_id": answer.run_id,
+                "contract": answer.contract,
+                "version": answer.version,
+            }
+            return _result(body, error=True)
         except (CharterError, Forbidden, IntentsUnavailable, _ToolError) as error:
             return _result({"error": type(error).__name__, "message": str(error)}, error=True)
         except Exception as error:  # its text may hold secrets: the caller gets the type, the log the rest

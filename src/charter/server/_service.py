@@ -56,12 +56,13 @@ class CharterService:
     def contract_list(self) -> list[dict[str, Any]]:
         listing = []
         for name in self.registry.names():
-            latest = self.registry.get(name)
+            default = self.registry.get(name)
             listing.append(
                 {
                     "name": name,
-                    "latest": latest.version,
-                    "summary": latest.summary,
+                    "latest": self.registry.versions(name)[-1].version,
+                    "default": default.version,
+                    "summary": default.summary,
                     "versions": [
                         {"version": v.version, "sha256": v.sha256, "published_at": v.published_at}
                         for v in self.registry.versions(name)
