@@ -48,6 +48,7 @@ from charter.audit.receipts import (
     link_of,
 )
 from charter.errors import AuditError, RunNotFound
+from charter.status import Status, status_of
 
 __all__ = ["AuditLog", "RunRecord", "RunRecorder", "now_iso"]
 
@@ -259,8 +260,14 @@ class RunRecord:
         return self.opened.run_id
 
     @property
-    def status(self) -> str:
-        return self.sealed.status if self.sealed else "incomplete"
+    def status(self) -> Status:
+        """How the run ended, in the one vocabulary (charter.status); `interrupted` if never sealed."""
+        return status_of(self.opened, self.sealed).status
+
+    @property
+    def cause(self) -> str | None:
+        """Why, in one machine word: the sandbox outcome's tag or the deciding gate code."""
+        return status_of(self.opened, self.sealed).cause
 
     def in_doubt(self) -> list[Decision]:
         """Allowed calls with no known outcome: the action may or may not have happened."""

@@ -28,8 +28,9 @@ ScopeOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the conclusion as JSON.")]
 
-EXIT_REFUSED = 2
-EXIT_FAILED = 3
+# Exit status per run status (charter.status); 1 is a usage error (nothing ran).
+EXIT_STATUS = {"done": 0, "refused": 2, "failed": 3, "awaiting_approval": 4, "in_doubt": 5, "interrupted": 6}
+_STYLE = {"done": "green", "refused": "yellow", "failed": "red"}
 
 
 def principal_from(principal: str | None, scopes: list[str] | None) -> Principal:
@@ -69,13 +70,12 @@ def execute(
 
 
 def report(answer: Answer, *, as_json: bool, **extra: object) -> None:
-    """Print a conclusion (text or JSON) and exit with its status: 0 done, 2 refused, 3 failed."""
+    """Print a conclusion (text or JSON) and exit with its status (EXIT_STATUS: 0 done, 2 refused, 3 failed)."""
     if as_json:
-        fields = {"run_id": answer.run_id, "status": answer.status, "answer": answer.answer}
+        fields = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause, "answer": answer.answer}
         print_json({**fields, "data": answer.data, "reason": answer.reason, **extra})
     else:
-        style = {"done": "green", "refused": "yellow", "failed": "red"}[answer.status]
-        say(answer.text, style)
+        say(answer.text, _STYLE.get(answer.status, "yellow"))
         say(f"run {answer.run_id}  (charter audit show {answer.run_id[:12]})")
     if answer.status != "done":
-        raise typer.Exit(EXIT_REFUSED if answer.status == "refused" else EXIT_FAILED)
+        raise typer.Exit(EXIT_STATUS[answer.status])
