@@ -48,36 +48,46 @@ from charter.audit.receipts import (
     link_of,
 )
 from charter.errors import AuditError, RunNotFound
+from charter.migrations import Schema, Step
 from charter.status import Status, status_of
 
-__all__ = ["AuditLog", "RunRecord", "RunRecorder", "now_iso"]
+__all__ = ["AUDIT_SCHEMA", "AuditLog", "RunRecord", "RunRecorder", "now_iso"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS receipts (
-    log_seq   INTEGER PRIMARY KEY,
-    run_id    TEXT NOT NULL,
-    seq       INTEGER NOT NULL,
-    kind      TEXT NOT NULL,
-    body      BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    link      TEXT NOT NULL,
-    UNIQUE (run_id, seq)
-);
-CREATE INDEX IF NOT EXISTS receipts_by_kind ON receipts (kind, run_id);
-CREATE TABLE IF NOT EXISTS head (
-    one     INTEGER PRIMARY KEY CHECK (one = 1),
-    log_seq INTEGER NOT NULL,
-    link    TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS keys (
-    key_id     TEXT PRIMARY KEY,
-    public_key BLOB NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS receipts_no_update BEFORE UPDATE ON receipts
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be updated'); END;
-CREATE TRIGGER IF NOT EXISTS receipts_no_delete BEFORE DELETE ON receipts
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be deleted'); END;
-"""
+# The log's schema, one step per version (charter.migrations). Step 1 is the schema of
+# release 0.1.0, which wrote no version: its statements are idempotent, so it adopts a 0.1
+# log as it is. A later step is one more entry (e.g. a table, created once, in its step).
+AUDIT_SCHEMA = Schema(
+    "audit log",
+    (
+        Step(
+            1,
+            "receipts, head and keys; triggers that refuse UPDATE and DELETE of receipts (release 0.1.0)",
+            (
+                """CREATE TABLE IF NOT EXISTS receipts (
+                    log_seq   INTEGER PRIMARY KEY,
+                    run_id    TEXT NOT NULL,
+                    seq       INTEGER NOT NULL,
+                    kind      TEXT NOT NULL,
+                    body      BLOB NOT NULL,
+                    signature BLOB NOT NULL,
+                    link      TEXT NOT NULL,
+                    UNIQUE (run_id, seq)
+                )""",
+                "CREATE INDEX IF NOT EXISTS receipts_by_kind ON receipts (kind, run_id)",
+                """CREATE TABLE IF NOT EXISTS head (
+                    one     INTEGER PRIMARY KEY CHECK (one = 1),
+                    log_seq INTEGER NOT NULL,
+                    link    TEXT NOT NULL
+                )""",
+                "CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, public_key BLOB NOT NULL)",
+                """CREATE TRIGGER IF NOT EXISTS receipts_no_update BEFORE UPDATE ON receipts
+                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be updated'); END""",
+                """CREATE TRIGGER IF NOT EXISTS receipts_no_delete BEFORE DELETE ON receipts
+                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be deleted'); END""",
+            ),
+        ),
+    ),
+)
 
 _BUSY_TIMEOUT_MS = 30_000
 
@@ -288,7 +298,7 @@ class AuditLog:
         self._writer: _Writer | None = None
         self._writer_lock = threading.Lock()
         with closing(_connect(self.path)) as connection:
-            connection.executescript(_SCHEMA)
+            AUDIT_SCHEMA.open(connection, self.path)  # created if new; another version is refused
 
     # -- writing ---------------------------------------------------------------------
 

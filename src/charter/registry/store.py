@@ -24,29 +24,41 @@ from charter.contract.cel_guards import suggest
 from charter.contract.checker import CheckedContract, check_contract_data
 from charter.contract.model import Contract, SemVer
 from charter.errors import ChangeRefused, ContractNotFound, VersionConflict
+from charter.migrations import Schema, Step
 from charter.registry.diff import Change, diff_contracts
 
-__all__ = ["PublishResult", "Registry", "VersionInfo", "charter_home", "parse_ref"]
+__all__ = ["REGISTRY_SCHEMA", "PublishResult", "Registry", "VersionInfo", "charter_home", "parse_ref"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS contract_versions (
-    name TEXT NOT NULL,
-    version TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    canonical TEXT NOT NULL,
-    source_text TEXT NOT NULL,
-    source_file TEXT NOT NULL,
-    published_at TEXT NOT NULL,
-    relaxation_approved INTEGER NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_update
-    BEFORE UPDATE ON contract_versions
-    BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END;
-CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_delete
-    BEFORE DELETE ON contract_versions
-    BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END;
-"""
+# The registry's schema, one step per version (charter.migrations); step 1 is release
+# 0.1.0's, idempotent so it adopts a 0.1 registry as it is.
+REGISTRY_SCHEMA = Schema(
+    "registry",
+    (
+        Step(
+            1,
+            "contract_versions; triggers that keep published versions immutable (release 0.1.0)",
+            (
+                """CREATE TABLE IF NOT EXISTS contract_versions (
+                    name TEXT NOT NULL,
+                    version TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    canonical TEXT NOT NULL,
+                    source_text TEXT NOT NULL,
+                    source_file TEXT NOT NULL,
+                    published_at TEXT NOT NULL,
+                    relaxation_approved INTEGER NOT NULL,
+                    PRIMARY KEY (name, version)
+                )""",
+                """CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_update
+                    BEFORE UPDATE ON contract_versions
+                    BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END""",
+                """CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_delete
+                    BEFORE DELETE ON contract_versions
+                    BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END""",
+            ),
+        ),
+    ),
+)
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
@@ -78,7 +90,7 @@ class Registry:
         self.path = Path(path) if path is not None else charter_home() / "charter.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.executescript(_SCHEMA)
+            REGISTRY_SCHEMA.open(db, self.path)  # created if new; another version is refused
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
