@@ -20,7 +20,7 @@ import pytest
 from charter.audit import AuditLog
 from charter.audit.store import AUDIT_SCHEMA
 from charter.errors import SchemaMismatch
-from charter.migrations import read_version
+from charter.migrations import Schema, Step, read_version
 from charter.registry.store import REGISTRY_SCHEMA
 from charter.server import IdempotencyStore
 from charter.server._idempotency import IDEMPOTENCY_SCHEMA
@@ -223,3 +223,32 @@ def test_new_stores_are_created_at_the_current_version(charter_home: Path) -> No
         assert read_version(charter_home / name) == schema.version, name
     charter("token", "add", "someone", "-p", "ada")
     assert (charter_home / "tokens.yaml").read_text(encoding="utf-8").count("version: 1") == 1
+
+
+# -- the migration steps themselves -------------------------------------------------------
+
+V1 = Step(1, "things", ("CREATE TABLE IF NOT EXISTS things (id INTEGER PRIMARY KEY)",))
+
+
+def test_a_later_step_is_one_entry_and_runs_all_or_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        Schema("test store", (V1,)).open(db, path)  # new: created at version 1
+        db.execute("INSERT INTO things VALUES (1)")
+    broken = Schema(
+        "test store",
+        (V1, Step(2, "notes", ("CREATE TABLE notes (thing INTEGER)",)), Step(3, "bad", ("CREATE TABLE nonsense (",))),
+    )
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        with pytest.raises(SchemaMismatch, match="at schema version 1, older than version 3"):
+            broken.open(db, path)
+        with pytest.raises(sqlite3.OperationalError):
+            broken.upgrade(db, path)
+    assert read_version(path) == 1  # the failed step took the steps before it back with it
+    assert [r[0] for r in rows(path, "sqlite_master")] == ["table"]  # no `notes`
+    fixed = Schema("test store", (V1, Step(2, "notes", ("CREATE TABLE notes (thing INTEGER)",))))
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        assert fixed.upgrade(db, path) == (1, 2)
+        fixed.open(db, path)
+        assert db.execute("SELECT id FROM things").fetchall() == [(1,)]
+    assert read_version(path) == 2
