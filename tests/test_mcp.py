@@ -57,6 +57,8 @@ def test_a_client_session_lists_tools_and_resources_runs_an_intent_and_a_program
                 await client.call_tool("execute_program", {"contract": "orders", "program": program})
             )
             seen["audit"] = structured(await client.call_tool("audit_run", {"run_id": seen["intent"]["run_id"]}))
+            program_run = {"run_id": seen["program"]["run_id"]}
+            seen["program_audit"] = structured(await client.call_tool("audit_run", program_run))
             seen["bad"] = await client.call_tool("execute_program", {"contract": "ordrs", "program": "conclude(1)"})
         return seen
 
@@ -81,13 +83,16 @@ def test_a_client_session_lists_tools_and_resources_runs_an_intent_and_a_program
     assert set(intent) == {
         "run_id",
         "status",
+        "cause",
         "answer",
         "reason",
         "attempts",
         "contract",
         "version",
     }  # the conclusion only
-    assert seen["program"]["status"] == "refused"
+    # One status for the run, whoever asks: the uncaught denial is refused, its cause the gate's code.
+    assert (seen["program"]["status"], seen["program"]["cause"]) == ("refused", "STATE_VIOLATION")
+    assert (seen["program_audit"]["status"], seen["program_audit"]["cause"]) == ("refused", "STATE_VIOLATION")
     assert "hard boundary no_cancel_after_picking" in seen["program"]["reason"]
     audit = seen["audit"]
     assert (audit["kind"], audit["principal"], audit["status"]) == ("intent", "ada", "done")

@@ -104,6 +104,16 @@ def test_a_program_runs_governed_with_the_tokens_scopes(api: Api) -> None:
     assert backend.get_order(id=101)["status"] == "pending"
 
 
+def test_an_uncaught_denial_is_refused_with_its_code_in_the_answer_and_the_run_view(api: Api) -> None:
+    program = 'orders.cancel_order(id=123, reason="asked")\nconclude("cancelled")'
+    with api.client() as client:
+        answer = client.post("/v1/programs", json={"contract": "orders", "program": program}).json()
+        view = client.get(f"/v1/runs/{answer['run_id']}").json()
+    assert (answer["status"], answer["cause"]) == ("refused", "STATE_VIOLATION")
+    assert (view["status"], view["cause"]) == ("refused", "STATE_VIOLATION")
+    assert (view["receipts"][-1]["run_status"], view["receipts"][-1]["cause"]) == ("refused", "STATE_VIOLATION")
+
+
 def test_a_run_shows_its_conclusion_receipts_and_verification(api: Api) -> None:
     with api.client() as client:
         run_id = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101}).json()["run_id"]

@@ -8,6 +8,7 @@
     │   │   ├── VersionConflict     same version with other content, or not newer than the latest
     │   │   └── ChangeRefused       a breaking change without a major bump, or an unapproved relaxation
     │   ├── RunNotFound         no run in the audit log has that id
+    │   ├── SchemaMismatch      a store is at another schema version (`charter db upgrade`)
     │   ├── MissingApiKey       the Runtime Agent needs ANTHROPIC_API_KEY (or a model given in code)
     │   └── ModelRequestsBlocked    real model requests are switched off (tests)
     ├── ModelUnavailable        the model gave no answer, after bounded retries (a run ends failed)
@@ -35,6 +36,7 @@ __all__ = [
     "Problem",
     "RegistryError",
     "RunNotFound",
+    "SchemaMismatch",
     "ScriptExhausted",
     "UsageError",
     "VersionConflict",
@@ -95,6 +97,16 @@ class ChangeRefused(RegistryError):
 
 class RunNotFound(UsageError):
     """No run in the audit log has that id (or the prefix given matches several)."""
+
+
+class SchemaMismatch(UsageError):
+    """A store's schema version is not this release's: `found` older (run `charter db upgrade`)
+    or newer (a later release wrote it) than `expected`."""
+
+    def __init__(self, message: str, *, found: int, expected: int) -> None:
+        super().__init__(message)
+        self.found = found
+        self.expected = expected
 
 
 class AuditError(CharterError):

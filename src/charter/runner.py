@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
@@ -26,6 +26,7 @@ from charter.gate import ContractGate
 from charter.principal import Principal
 from charter.sandbox import (
     Completed,
+    Halted,
     Outcome,
     ProgramError,
     Refused,
@@ -34,20 +35,20 @@ from charter.sandbox import (
     SandboxLimits,
     outcome_json,
 )
+from charter.status import RunStatus, Status, status_of_outcome
 
 __all__ = ["Answer", "Execution", "Runner", "Status", "conclusion_of", "unavailable_calls"]
-
-Status = Literal["done", "refused", "failed"]
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
     """What a caller gets back: the conclusion and the run id to look it up by."""
 
     run_id: str
-    status: Status
+    status: Status  # the one vocabulary of charter.status
     answer: str | None = None  # the conclusion when done
     data: Any = None
     reason: str | None = None  # why, when refused or failed
+    cause: str | None = None  # the machine word for why: an outcome tag or a gate code (charter.status)
     contract: str | None = None  # the contract and the version the run resolved to
     version: str | None = None
     # Calls the server could not perform (a binding module missing, failing to import or
@@ -67,15 +68,17 @@ class Execution(Answer, frozen=True, kw_only=True):
     in_doubt: tuple[int, ...] = ()  # allowed calls whose outcome was never learned
 
 
-def conclusion_of(outcome: Outcome) -> tuple[Status, str | None, Any, str | None]:
-    """(status, answer, data, reason). A ContractViolation the program did not catch means refused."""
+def conclusion_of(outcome: Outcome) -> tuple[RunStatus, str | None, Any, str | None]:
+    """(status and cause, answer, data, reason), by the rule of `charter.status.classify`:
+    a ContractViolation the program did not catch, or the gate halting it, means refused."""
+    status = status_of_outcome(outcome)
     if isinstance(outcome, Completed):
-        return "done", outcome.answer, outcome.data, None
-    if isinstance(outcome, Refused):
-        return "refused", None, None, outcome.reason
+        return status, outcome.answer, outcome.data, None
+    if isinstance(outcome, Refused | Halted):
+        return status, None, None, outcome.reason
     if isinstance(outcome, ProgramError) and outcome.violation is not None:
-        return "refused", None, None, outcome.error_message
-    return "failed", None, None, outcome.message
+        return status, None, None, outcome.error_message
+    return status, None, None, outcome.message
 
 
 class Runner:
@@ -158,7 +161,8 @@ class Runner:
         calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))
         return Execution(
             run_id=context.run_id,
-            status=status,
+            status=status.status,
+            cause=status.cause,
             answer=answer,
             data=data,
             reason=reason,
@@ -177,6 +181,7 @@ def unavailable_calls(calls: tuple[Decision | CallOutcome, ...]) -> tuple[str, .
 
 
 def sealed_receipt(run_id: str, outcome: Outcome) -> Sealed:
+    status = status_of_outcome(outcome)
     return Sealed(
         run_id=run_id,
         seq=0,
@@ -188,4 +193,6 @@ def sealed_receipt(run_id: str, outcome: Outcome) -> Sealed:
         cpu_ms=round(outcome.stats.cpu_ms, 3),
         receipts=0,
         in_doubt=(),
+        run_status=status.status,
+        cause=status.cause,
     )

@@ -45,8 +45,9 @@ from charter.compiler.render import render_text
 from charter.errors import ModelUnavailable, UsageError
 from charter.principal import Principal
 from charter.registry import Registry, parse_ref
-from charter.runner import Answer, Execution, Runner, Status
+from charter.runner import Answer, Execution, Runner
 from charter.sandbox import Completed, Halted, ProgramError, Refused, Sandbox, Trapped, allowed_modules
+from charter.status import Status, status_of_outcome
 
 __all__ = ["Charter", "Conclusion"]
 
@@ -74,14 +75,15 @@ class _Request:
     usage: Usage = field(default_factory=Usage)
     writes_closed: str | None = None
     refusal: str | None = None  # the gate's word, once a policy denial made this request refused
+    refusal_code: str | None = None  # that denial's code: the request's cause
     last_answer: str = ""  # the model's latest answer, verbatim, for the conversation
     last_problem: str = ""
     unavailable: tuple[str, ...] = ()  # calls the server could not perform (its fault, not the program's)
 
-    def refused_or(self, status: Status, reason: str) -> tuple[Status, str | None, Any, str | None]:
+    def refused_or(self, status: Status, cause: str, reason: str) -> _Final:
         if self.refusal is not None:
-            return "refused", None, None, self.refusal
-        return status, None, None, reason
+            return "refused", self.refusal_code, None, None, self.refusal
+        return status, cause, None, None, reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,7 @@ class _Next:
     feedback: str
 
 
-_Final = tuple[Status, str | None, Any, str | None]  # status, answer, data, reason
+_Final = tuple[Status, str | None, str | None, Any, str | None]  # status, cause, answer, data, reason
 
 
 class Charter:
@@ -182,10 +184,11 @@ class Charter:
         if final is None:
             final = request.refused_or(
                 "failed",
+                request.ended[-1] if request.ended else "no_attempt",
                 f"no program ended the request within {attempts} attempts (1 + {settings.repair_rounds} repair "
                 f"rounds); the last problem: {request.last_problem}",
             )
-        status, answer, data, reason = final
+        status, cause, answer, data, reason = final
         recorder.conclude(
             Concluded(
                 run_id=recorder.run_id,
@@ -199,11 +202,13 @@ class Charter:
                 program_runs=tuple(request.program_runs),
                 usage=request.usage.as_dict(),
                 receipts=0,
+                cause=cause,
             )
         )
         return Conclusion(
             run_id=recorder.run_id,
             status=status,
+            cause=cause,
             answer=answer,
             data=data,
             reason=reason,
@@ -254,7 +259,7 @@ class Charter:
         except ModelUnavailable as error:
             record(model=model.name, api_error=str(error), api_tries=error.tries)
             request.ended.append("api_error")
-            return request.refused_or("failed", f"the model gave no answer: {error}")
+            return request.refused_or("failed", "api_error", f"the model gave no answer: {error}")
         request.usage += reply.usage
         request.last_answer = reply.text
         program, missing = extract_program(reply.text)
@@ -299,7 +304,8 @@ class Charter:
         outcome = execution.outcome
         if execution.unavailable:  # a misconfigured server: no repair of the program can help
             request.unavailable = execution.unavailable
-            return "failed", None, None, "the backend is unavailable: " + "; ".join(execution.unavailable)
+            reason = "the backend is unavailable: " + "; ".join(execution.unavailable)
+            return "failed", "BACKEND_UNAVAILABLE", None, None, reason
         operations = compiled.gate.operations
         decisions = {c.call: c for c in execution.calls if isinstance(c, Decision)}
         # WRITES_CLOSED before any refusal means the program tried to repeat a write that
@@ -312,26 +318,29 @@ class Charter:
         explaining = request.refusal is not None
         if policy_denial is not None and request.refusal is None:
             request.refusal = policy_denial.message
+            request.refusal_code = policy_denial.code
         effects = _effects(execution, decisions, operations)
         if effects:
             request.writes_closed = (
                 f"writes already took effect in this request ({'; '.join(effects)}); a repair may only read"
             )
 
+        ran = status_of_outcome(outcome)
         if isinstance(outcome, Completed):
             if request.refusal is not None:  # the program caught the denial and explained it
-                return "refused", None, None, outcome.answer
-            return "done", outcome.answer, outcome.data, None
+                return "refused", request.refusal_code, None, None, outcome.answer
+            return "done", ran.cause, outcome.answer, outcome.data, None
         if isinstance(outcome, Refused | Halted):
-            return "refused", None, None, outcome.reason
+            return "refused", request.refusal_code or ran.cause, None, None, outcome.reason
         if isinstance(outcome, Trapped):
-            return request.refused_or("failed", outcome.message)
+            return request.refused_or("failed", ran.cause or "trap", outcome.message)
         violation = outcome.violation if isinstance(outcome, ProgramError) else None
         if violation is not None and violation.code == "GATE_ERROR":
-            return request.refused_or("failed", outcome.error_message if isinstance(outcome, ProgramError) else "")
+            message = outcome.error_message if isinstance(outcome, ProgramError) else ""
+            return request.refused_or("failed", violation.code, message)
         if policy_denial is not None:
             if explaining:  # the explanation round failed too: the gate's own words stand
-                return request.refused_or("refused", "")
+                return request.refused_or("refused", policy_denial.code, "")
             request.writes_closed = (
                 f"{policy_denial.operation} was denied ({policy_denial.code}) earlier in this request, "
                 "so this request may only read and explain"

@@ -46,15 +46,19 @@ def verify_log(
 
 
 def export_run(log: AuditLog, run_id: str) -> list[str]:
-    """The run as JSON Lines: a header, then its receipts in log order."""
+    """The run as JSON Lines: a header (with the run's status and cause), then its receipts in log order."""
     resolved = log.resolve(run_id)
     rows = list(log.stored(resolved))
     keys = log.trusted_keys()
+    record = log.run(resolved)
     header = {
         "format": BUNDLE_FORMAT,
         "run_id": resolved,
         "public_keys": {key_id: key.raw.hex() for key_id, key in keys.items()},
         "receipts": len(rows),
+        # How the run ended (charter.status), read from its receipts; not signed itself.
+        "status": record.status,
+        "cause": record.cause,
     }
     lines = [json.dumps(header, sort_keys=True)]
     for row in rows:

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from charter.status import Status
+
 __all__ = [
     "ALLOW",
     "DENY",
@@ -141,6 +143,10 @@ class Sealed(_Body, frozen=True, kw_only=True, tag="seal"):
     cpu_ms: float
     receipts: int  # receipts of the run before this one
     in_doubt: tuple[int, ...]  # allowed calls whose outcome was never learned
+    # Since release 0.2: the run's status in the one vocabulary (charter.status) and its
+    # cause. A seal written before has neither; `charter.status.status_of` maps it.
+    run_status: Status | None = None
+    cause: str | None = None
 
 
 class Asked(_Body, frozen=True, kw_only=True, tag="ask"):
@@ -177,7 +183,7 @@ class Attempted(_Body, frozen=True, kw_only=True, tag="attempt"):
 
 
 class Concluded(_Body, frozen=True, kw_only=True, tag="conclude"):
-    status: Literal["done", "refused", "failed"]
+    status: Status  # release 0.1 wrote only done, refused and failed
     answer: str | None
     data: str | None  # JSON
     reason: str | None
@@ -185,6 +191,7 @@ class Concluded(_Body, frozen=True, kw_only=True, tag="conclude"):
     program_runs: tuple[str, ...]
     usage: dict[str, int]  # token counts over all attempts
     receipts: int  # receipts of the run before this one
+    cause: str | None = None  # since release 0.2 (charter.status); None in older receipts
 
 
 Receipt = Opened | Decision | Outcome | Sealed | Asked | Attempted | Concluded

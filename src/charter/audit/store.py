@@ -49,51 +49,64 @@ from charter.audit.receipts import (
     link_of,
 )
 from charter.errors import AuditError, RunNotFound
+from charter.migrations import Schema, Step
+from charter.status import Status, status_of
 
-__all__ = ["BACKEND_ERRORS_DDL", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso"]
+__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS receipts (
-    log_seq   INTEGER PRIMARY KEY,
-    run_id    TEXT NOT NULL,
-    seq       INTEGER NOT NULL,
-    kind      TEXT NOT NULL,
-    body      BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    link      TEXT NOT NULL,
-    UNIQUE (run_id, seq)
-);
-CREATE INDEX IF NOT EXISTS receipts_by_kind ON receipts (kind, run_id);
-CREATE TABLE IF NOT EXISTS head (
-    one     INTEGER PRIMARY KEY CHECK (one = 1),
-    log_seq INTEGER NOT NULL,
-    link    TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS keys (
-    key_id     TEXT PRIMARY KEY,
-    public_key BLOB NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS receipts_no_update BEFORE UPDATE ON receipts
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be updated'); END;
-CREATE TRIGGER IF NOT EXISTS receipts_no_delete BEFORE DELETE ON receipts
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be deleted'); END;
-"""
+# The log's schema, one step per version (charter.migrations). Step 1 is the schema of
+# release 0.1.0, which wrote no version: its statements are idempotent, so it adopts a 0.1
+# log as it is. A later step is one more entry (e.g. a table, created once, in its step).
+AUDIT_SCHEMA = Schema(
+    "audit log",
+    (
+        Step(
+            1,
+            "receipts, head and keys; triggers that refuse UPDATE and DELETE of receipts (release 0.1.0)",
+            (
+                """CREATE TABLE IF NOT EXISTS receipts (
+                    log_seq   INTEGER PRIMARY KEY,
+                    run_id    TEXT NOT NULL,
+                    seq       INTEGER NOT NULL,
+                    kind      TEXT NOT NULL,
+                    body      BLOB NOT NULL,
+                    signature BLOB NOT NULL,
+                    link      TEXT NOT NULL,
+                    UNIQUE (run_id, seq)
+                )""",
+                "CREATE INDEX IF NOT EXISTS receipts_by_kind ON receipts (kind, run_id)",
+                """CREATE TABLE IF NOT EXISTS head (
+                    one     INTEGER PRIMARY KEY CHECK (one = 1),
+                    log_seq INTEGER NOT NULL,
+                    link    TEXT NOT NULL
+                )""",
+                "CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, public_key BLOB NOT NULL)",
+                """CREATE TRIGGER IF NOT EXISTS receipts_no_update BEFORE UPDATE ON receipts
+                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be updated'); END""",
+                """CREATE TRIGGER IF NOT EXISTS receipts_no_delete BEFORE DELETE ON receipts
+                BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: receipts cannot be deleted'); END""",
+            ),
+        ),
+        Step(
+            2,
+            "backend_errors: backend and gate exception texts withheld from programs, callers and the "
+            "signed log (receipts hold their type and sha256); outside the chain on purpose, so an "
+            "operator may delete a row holding a secret and nothing that verifies the log depends on it",
+            (
+                """CREATE TABLE backend_errors (
+                    run_id         TEXT NOT NULL,
+                    call           INTEGER NOT NULL,
+                    operation      TEXT NOT NULL,
+                    error_type     TEXT NOT NULL,
+                    message_sha256 TEXT NOT NULL,
+                    message        TEXT NOT NULL,
+                    PRIMARY KEY (run_id, call)
+                )""",
+            ),
+        ),
+    ),
+)
 
-# Backend and gate exception texts, withheld from programs, callers and the signed log
-# (receipts hold their type and sha256). Outside the chain on purpose: an operator may
-# delete rows holding a secret, and nothing that verifies the log depends on them.
-# One constant so a schema migration can create it as one step.
-BACKEND_ERRORS_DDL = """
-CREATE TABLE IF NOT EXISTS backend_errors (
-    run_id         TEXT NOT NULL,
-    call           INTEGER NOT NULL,
-    operation      TEXT NOT NULL,
-    error_type     TEXT NOT NULL,
-    message_sha256 TEXT NOT NULL,
-    message        TEXT NOT NULL,
-    PRIMARY KEY (run_id, call)
-);
-"""
 BACKEND_ERROR_MAX_CHARS = 1024  # of a withheld message kept in backend_errors
 
 
@@ -309,8 +322,14 @@ class RunRecord:
         return self.opened.run_id
 
     @property
-    def status(self) -> str:
-        return self.sealed.status if self.sealed else "incomplete"
+    def status(self) -> Status:
+        """How the run ended, in the one vocabulary (charter.status); `interrupted` if never sealed."""
+        return status_of(self.opened, self.sealed).status
+
+    @property
+    def cause(self) -> str | None:
+        """Why, in one machine word: the sandbox outcome's tag or the deciding gate code."""
+        return status_of(self.opened, self.sealed).cause
 
     def in_doubt(self) -> list[Decision]:
         """Allowed calls with no known outcome: the action may or may not have happened."""
@@ -331,7 +350,7 @@ class AuditLog:
         self._writer: _Writer | None = None
         self._writer_lock = threading.Lock()
         with closing(_connect(self.path)) as connection:
-            connection.executescript(_SCHEMA + BACKEND_ERRORS_DDL)
+            AUDIT_SCHEMA.open(connection, self.path)  # created if new; another version is refused
 
     # -- writing ---------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from charter.cli import audit, contract, sandbox
+from charter.cli import audit, contract, db, sandbox
 from charter.cli.demo import demo
 from charter.cli.execute import execute
 from charter.cli.run import run
@@ -21,6 +21,7 @@ app.add_typer(contract.app, name="contract")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(sandbox.bench_app, name="bench")
 app.add_typer(audit.app, name="audit")
+app.add_typer(db.app, name="db")
 app.add_typer(token_app, name="token")
 app.command()(run)
 app.command("exec")(execute)

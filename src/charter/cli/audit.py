@@ -31,6 +31,7 @@ from charter.audit import (
 from charter.audit.receipts import Opening
 from charter.cli._output import fail, out, print_json, say
 from charter.errors import CharterError, UsageError
+from charter.status import STATUSES
 
 app = typer.Typer(help="Read, verify, export and replay the audit log of runs.", no_args_is_help=True)
 
@@ -53,33 +54,38 @@ def _intent(opened: Opening) -> str:
 @app.command("list")
 def list_(
     contract: Annotated[str | None, typer.Option(help="Only runs under this contract (NAME).")] = None,
-    status: Annotated[
-        str | None, typer.Option(help="Only runs that ended so: completed, refused, program_error, incomplete...")
+    status: Annotated[str | None, typer.Option(help=f"Only runs with this status: {', '.join(STATUSES)}.")] = None,
+    cause: Annotated[
+        str | None, typer.Option(help="Only runs with this cause: an outcome (timeout...) or a gate code.")
     ] = None,
     since: Annotated[str | None, typer.Option(help="Only runs opened at or after this ISO date/time (UTC).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Runs in the log, oldest first."""
+    if status is not None and status not in STATUSES:
+        fail(f"--status {status!r} is not a run status; the statuses are {', '.join(STATUSES)}")
     try:
-        runs = [r for r in _log().runs() if _matches(r, contract, status, since)]
+        runs = [r for r in _log().runs() if _matches(r, contract, status, cause, since)]
     except CharterError as error:
         fail(error)
     if as_json:
         print_json([_summary(r) for r in runs])
         return
     table = Table(show_header=True)
-    for column in ("run", "opened (UTC)", "contract", "principal", "status", "intent"):
+    for column in ("run", "opened (UTC)", "contract", "principal", "status", "cause", "intent"):
         table.add_column(column)
     for run in runs:
         o = run.opened
-        table.add_row(o.run_id[:12], o.at[:19], f"{o.contract}@{o.version}", o.principal, run.status, _intent(o)[:60])
+        row = (o.run_id[:12], o.at[:19], f"{o.contract}@{o.version}", o.principal, run.status, run.cause or "")
+        table.add_row(*row, _intent(o)[:60])
     out.print(table)
 
 
-def _matches(run: RunRecord, contract: str | None, status: str | None, since: str | None) -> bool:
+def _matches(run: RunRecord, contract: str | None, status: str | None, cause: str | None, since: str | None) -> bool:
     return (
         (contract is None or run.opened.contract == contract)
         and (status is None or run.status == status)
+        and (cause is None or run.cause == cause)
         and (since is None or run.opened.at >= since)
     )
 
@@ -95,6 +101,7 @@ def _summary(run: RunRecord) -> dict[str, Any]:
         "principal": o.principal,
         "intent": o.intent,
         "status": run.status,
+        "cause": run.cause,
     }
 
 
@@ -143,7 +150,12 @@ def show(run: RunArg, as_json: JsonOption = False) -> None:
     out.print(grid)
     for kept in withheld:
         say(f"withheld from call {kept.call} {kept.operation}: {kept.error_type}: {kept.message}", "red")
-    say(f"status: {record.status}", "bold")
+    say(_status_line(record), "bold")
+
+
+def _status_line(record: RunRecord) -> str:
+    never = ": the process ended during the run, and nothing resumes it" if record.sealed is None else ""
+    return f"status: {record.status}" + (f" (cause {record.cause})" if record.cause else "") + never
 
 
 def _show_intent(record: RunRecord, asked: Asked) -> None:
@@ -177,8 +189,7 @@ def _show_intent(record: RunRecord, asked: Asked) -> None:
             say(f"attempts: {', '.join(receipt.attempts)}")
             detail = receipt.answer if receipt.status == "done" else receipt.reason
             say(f"conclusion: {receipt.status}: {detail}", "bold")
-    if record.sealed is None:
-        say("status: incomplete (no conclusion recorded)", "bold red")
+    say(_status_line(record), "bold" if record.sealed is not None else "bold red")
 
 
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
@@ -260,7 +271,7 @@ def _report(report: Verification, as_json: bool) -> None:
                 "runs": report.runs,
                 "sealed": report.sealed,
                 "signatures_checked": report.signatures_checked,
-                "incomplete": report.incomplete,
+                "interrupted": report.incomplete,
                 "in_doubt": [{"run_id": r, "call": c, "operation": o} for r, c, o in report.in_doubt],
                 "head": f"{report.head[0]}:{report.head[1]}" if report.head else None,
                 "findings": [str(f) for f in report.findings],
@@ -270,7 +281,7 @@ def _report(report: Verification, as_json: bool) -> None:
     for finding in report.findings:
         say(f"BROKEN {finding}", "red")
     for run_id in report.incomplete:
-        say(f"incomplete: run {run_id} was never sealed (the process ended during the run)", "yellow")
+        say(f"interrupted: run {run_id} was never sealed (the process ended during the run)", "yellow")
     for run_id, call, operation in report.in_doubt:
         say(f"in doubt: run {run_id} call {call} {operation} was allowed; its outcome is unknown", "yellow")
     verdict = "ok" if report.ok else f"FAILED ({len(report.findings)} problems)"

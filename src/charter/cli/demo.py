@@ -197,7 +197,7 @@ def _agent_runs(orders: CompiledContract, log: AuditLog, principal: Principal) -
                             verdict = "allowed" if call.decision == "ALLOW" else f"DENIED {call.code}"
                             style = "green" if call.decision == "ALLOW" else "yellow"
                             say(f"            {call.operation} {verdict}", style)
-        style = {"done": "green", "refused": "yellow", "failed": "red"}[conclusion.status]
+        style = {"done": "green", "refused": "yellow"}.get(conclusion.status, "red")
         say(f"conclusion: {conclusion.status}: {conclusion.answer or conclusion.reason}", style)
 
 

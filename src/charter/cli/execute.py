@@ -32,9 +32,11 @@ ScopeOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the conclusion as JSON.")]
 
-EXIT_REFUSED = 2
-EXIT_FAILED = 3
-EXIT_BACKEND_UNAVAILABLE = 4  # the server's backend is misconfigured; the program is not at fault
+# Exit status per run status (charter.status); 1 is a usage error (nothing ran), 4 a server whose
+# backend is misconfigured (the program is not at fault).
+EXIT_STATUS = {"done": 0, "refused": 2, "failed": 3, "awaiting_approval": 5, "in_doubt": 6, "interrupted": 7}
+EXIT_BACKEND_UNAVAILABLE = 4
+_STYLE = {"done": "green", "refused": "yellow", "failed": "red"}
 
 
 def principal_from(principal: str | None, scopes: list[str] | None) -> Principal:
@@ -72,20 +74,19 @@ def execute(
 
 
 def report(answer: Answer, *, as_json: bool, **extra: object) -> None:
-    """Print a conclusion (text or JSON) and exit with its status: 0 done, 2 refused, 3 failed,
-    4 backend unavailable."""
+    """Print a conclusion (text or JSON) and exit with its status (EXIT_STATUS: 0 done, 2 refused,
+    3 failed; EXIT_BACKEND_UNAVAILABLE 4 when the server could not perform a call)."""
     if as_json:
-        fields = {"run_id": answer.run_id, "status": answer.status, "answer": answer.answer}
+        fields = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause, "answer": answer.answer}
         resolved = {"contract": answer.contract, "version": answer.version}
         unavailable = {"backend_unavailable": list(answer.unavailable)} if answer.unavailable else {}
         print_json({**fields, "data": answer.data, "reason": answer.reason, **resolved, **unavailable, **extra})
     else:
-        style = {"done": "green", "refused": "yellow", "failed": "red"}[answer.status]
-        say(answer.text, style)
+        say(answer.text, _STYLE.get(answer.status, "yellow"))
         say(f"run {answer.run_id}  {answer.contract} {answer.version}  (charter audit show {answer.run_id[:12]})")
     if answer.unavailable:
         for message in answer.unavailable:
             err.print(f"error: backend unavailable: {message}", markup=False, style="red")
         raise typer.Exit(EXIT_BACKEND_UNAVAILABLE)
     if answer.status != "done":
-        raise typer.Exit(EXIT_REFUSED if answer.status == "refused" else EXIT_FAILED)
+        raise typer.Exit(EXIT_STATUS[answer.status])

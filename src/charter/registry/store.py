@@ -26,74 +26,77 @@ from charter.contract.cel_guards import suggest
 from charter.contract.checker import CheckedContract, check_contract_data
 from charter.contract.model import Contract, SemVer
 from charter.errors import ChangeRefused, ContractNotFound, UsageError, VersionConflict
+from charter.migrations import Schema, Step
 from charter.registry.diff import Change, diff_contracts
 
-__all__ = [
-    "BINDING_MODULES_DDL",
-    "PROMOTIONS_DDL",
-    "PublishResult",
-    "Registry",
-    "VersionInfo",
-    "charter_home",
-    "parse_ref",
-]
+__all__ = ["REGISTRY_SCHEMA", "PublishResult", "Registry", "VersionInfo", "charter_home", "parse_ref"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS contract_versions (
-    name TEXT NOT NULL,
-    version TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    canonical TEXT NOT NULL,
-    source_text TEXT NOT NULL,
-    source_file TEXT NOT NULL,
-    published_at TEXT NOT NULL,
-    relaxation_approved INTEGER NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_update
-    BEFORE UPDATE ON contract_versions
-    BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END;
-CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_delete
-    BEFORE DELETE ON contract_versions
-    BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END;
-"""
-
-# Which major line an unpinned caller gets. Append-only: the newest row per name wins, and
-# a name with no row defaults to its first published major. (`charter contract promote`.)
-PROMOTIONS_DDL = """
-CREATE TABLE IF NOT EXISTS contract_promotions (
-    name TEXT NOT NULL,
-    major INTEGER NOT NULL,
-    promoted_at TEXT NOT NULL,
-    seq INTEGER PRIMARY KEY AUTOINCREMENT
-);
-CREATE TRIGGER IF NOT EXISTS contract_promotions_append_only_update
-    BEFORE UPDATE ON contract_promotions
-    BEGIN SELECT RAISE(ABORT, 'promotions are a history: promote again instead'); END;
-CREATE TRIGGER IF NOT EXISTS contract_promotions_append_only_delete
-    BEFORE DELETE ON contract_promotions
-    BEGIN SELECT RAISE(ABORT, 'promotions are a history: promote again instead'); END;
-"""
-
-# Each Python binding module of a published version: the file it was found in and its
-# sha256 at publish. Exec and serve load that file and refuse it once its content differs.
-BINDING_MODULES_DDL = """
-CREATE TABLE IF NOT EXISTS binding_modules (
-    name TEXT NOT NULL,
-    version TEXT NOT NULL,
-    module TEXT NOT NULL,
-    root TEXT NOT NULL,
-    path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    PRIMARY KEY (name, version, module)
-);
-CREATE TRIGGER IF NOT EXISTS binding_modules_immutable_update
-    BEFORE UPDATE ON binding_modules
-    BEGIN SELECT RAISE(ABORT, 'published binding records are immutable'); END;
-CREATE TRIGGER IF NOT EXISTS binding_modules_immutable_delete
-    BEFORE DELETE ON binding_modules
-    BEGIN SELECT RAISE(ABORT, 'published binding records are immutable'); END;
-"""
+# The registry's schema, one step per version (charter.migrations); step 1 is release
+# 0.1.0's, idempotent so it adopts a 0.1 registry as it is.
+REGISTRY_SCHEMA = Schema(
+    "registry",
+    (
+        Step(
+            1,
+            "contract_versions; triggers that keep published versions immutable (release 0.1.0)",
+            (
+                """CREATE TABLE IF NOT EXISTS contract_versions (
+                    name TEXT NOT NULL,
+                    version TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    canonical TEXT NOT NULL,
+                    source_text TEXT NOT NULL,
+                    source_file TEXT NOT NULL,
+                    published_at TEXT NOT NULL,
+                    relaxation_approved INTEGER NOT NULL,
+                    PRIMARY KEY (name, version)
+                )""",
+                """CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_update
+                    BEFORE UPDATE ON contract_versions
+                    BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END""",
+                """CREATE TRIGGER IF NOT EXISTS contract_versions_immutable_delete
+                    BEFORE DELETE ON contract_versions
+                    BEGIN SELECT RAISE(ABORT, 'published contract versions are immutable'); END""",
+            ),
+        ),
+        Step(
+            2,
+            "contract_promotions (which major line an unpinned caller gets: append-only, the newest row "
+            "per name wins, a name with no row defaults to its first published major) and binding_modules "
+            "(each Python binding module of a published version: the file it was found in and its sha256 "
+            "at publish; exec and serve load that file and refuse it once its content differs)",
+            (
+                """CREATE TABLE contract_promotions (
+                    name TEXT NOT NULL,
+                    major INTEGER NOT NULL,
+                    promoted_at TEXT NOT NULL,
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT
+                )""",
+                """CREATE TRIGGER contract_promotions_append_only_update
+                    BEFORE UPDATE ON contract_promotions
+                    BEGIN SELECT RAISE(ABORT, 'promotions are a history: promote again instead'); END""",
+                """CREATE TRIGGER contract_promotions_append_only_delete
+                    BEFORE DELETE ON contract_promotions
+                    BEGIN SELECT RAISE(ABORT, 'promotions are a history: promote again instead'); END""",
+                """CREATE TABLE binding_modules (
+                    name TEXT NOT NULL,
+                    version TEXT NOT NULL,
+                    module TEXT NOT NULL,
+                    root TEXT NOT NULL,
+                    path TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    PRIMARY KEY (name, version, module)
+                )""",
+                """CREATE TRIGGER binding_modules_immutable_update
+                    BEFORE UPDATE ON binding_modules
+                    BEGIN SELECT RAISE(ABORT, 'published binding records are immutable'); END""",
+                """CREATE TRIGGER binding_modules_immutable_delete
+                    BEFORE DELETE ON binding_modules
+                    BEGIN SELECT RAISE(ABORT, 'published binding records are immutable'); END""",
+            ),
+        ),
+    ),
+)
 
 _SELECTOR = re.compile(r"(0|[1-9]\d*)(?:\.(0|[1-9]\d*)(?:\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?)?)?\Z")
 
@@ -146,7 +149,7 @@ class Registry:
         self.path = Path(path) if path is not None else charter_home() / "charter.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.executescript(_SCHEMA + PROMOTIONS_DDL + BINDING_MODULES_DDL)
+            REGISTRY_SCHEMA.open(db, self.path)  # created if new; another version is refused
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -32,6 +32,7 @@ from charter.runner import Answer
 from charter.server._idempotency import IdempotencyStore, KeyInProgress, KeyReused, StoredResponse, request_digest
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable
 from charter.server._tokens import TokenStore
+from charter.status import Status
 
 __all__ = ["PROBLEM_TYPES", "create_app"]
 
@@ -99,7 +100,10 @@ class ProgramRequest(_Request):
 
 class ConclusionBody(BaseModel):
     run_id: str
-    status: Literal["done", "refused", "failed"]
+    status: Status = Field(description="How the run ended; the vocabulary is the README's 'Run status'.")
+    cause: str | None = Field(
+        default=None, description="Why, as a machine word: the sandbox outcome (timeout...) or a gate code."
+    )
     answer: str | None = None
     data: Any = None
     reason: str | None = None
@@ -115,7 +119,8 @@ class RunBody(BaseModel):
     contract: str
     version: str
     intent: str | None
-    status: str
+    status: Status
+    cause: str | None
     answer: str | None
     reason: str | None
     receipts: list[dict[str, Any]]
@@ -171,7 +176,8 @@ def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
             contract=answer.contract,
             version=answer.version,
         )
-    body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "answer": answer.answer}
+    body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause}
+    body["answer"] = answer.answer
     body |= {"data": msgspec.to_builtins(answer.data), "reason": answer.reason}
     body |= {"contract": answer.contract, "version": answer.version}
     if attempts is not None:

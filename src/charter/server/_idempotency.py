@@ -13,25 +13,39 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IdempotencyStore", "KeyInProgress", "KeyReused", "StoredResponse"]
+from charter.migrations import Schema, Step
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS idempotency (
-    principal TEXT NOT NULL,
-    key TEXT NOT NULL,
-    request_sha256 TEXT NOT NULL,
-    state TEXT NOT NULL,            -- running | done
-    status INTEGER,
-    body BLOB,
-    created REAL NOT NULL,
-    PRIMARY KEY (principal, key)
-);
--- every claim prunes expired keys: by index, not by a scan of a day's keys
-CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);
-"""
+__all__ = ["IDEMPOTENCY_SCHEMA", "IdempotencyStore", "KeyInProgress", "KeyReused", "StoredResponse"]
+
+# The store's schema, one step per version (charter.migrations); step 1 is release
+# 0.1.0's, idempotent so it adopts a 0.1 store as it is.
+IDEMPOTENCY_SCHEMA = Schema(
+    "idempotency store",
+    (
+        Step(
+            1,
+            "idempotency keys by principal, indexed by creation time (release 0.1.0)",
+            (
+                """CREATE TABLE IF NOT EXISTS idempotency (
+                    principal TEXT NOT NULL,
+                    key TEXT NOT NULL,
+                    request_sha256 TEXT NOT NULL,
+                    state TEXT NOT NULL,            -- running | done
+                    status INTEGER,
+                    body BLOB,
+                    created REAL NOT NULL,
+                    PRIMARY KEY (principal, key)
+                )""",
+                # every claim prunes expired keys: by index, not by a scan of a day's keys
+                "CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created)",
+            ),
+        ),
+    ),
+)
 
 
 class KeyReused(Exception):
@@ -57,8 +71,8 @@ class IdempotencyStore:
         self.path = path
         self._ttl = ttl_hours * 3600
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        with closing(self._connect()) as db:
+            IDEMPOTENCY_SCHEMA.open(db, path)  # created if new; another version is refused
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)

@@ -140,6 +140,7 @@ def _conclusion(answer: Answer, **extra: Any) -> dict[str, Any]:
     return {
         "run_id": answer.run_id,
         "status": answer.status,
+        "cause": answer.cause,
         "answer": answer.answer,
         "reason": answer.reason,
         "contract": answer.contract,

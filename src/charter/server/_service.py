@@ -143,17 +143,18 @@ def summary(record: RunRecord) -> dict[str, Any]:
         "contract": opened.contract,
         "version": opened.version,
         "intent": opened.intent,
-        "status": "incomplete",
+        "status": record.status,
+        "cause": record.cause,
         "answer": None,
         "reason": None,
         "parent": opened.parent if isinstance(opened, Opened) else None,
     }
     if isinstance(closing, Concluded):
-        view.update(status=closing.status, answer=closing.answer, reason=closing.reason)
+        view.update(answer=closing.answer, reason=closing.reason)
         view["program_runs"] = list(closing.program_runs)
     elif isinstance(closing, Sealed):
-        status, answer, _, reason = conclusion_of(msgspec.json.decode(closing.outcome, type=SandboxOutcome))
-        view.update(status=status, answer=answer, reason=reason)
+        _, answer, _, reason = conclusion_of(msgspec.json.decode(closing.outcome, type=SandboxOutcome))
+        view.update(answer=answer, reason=reason)
         view["calls"] = [
             {"call": r.call, "operation": r.operation, "decision": r.decision, "code": r.code}
             for r in record.receipts

@@ -23,6 +23,8 @@ from charter.registry import charter_home
 __all__ = ["TokenEntry", "TokenStore"]
 
 _PREFIX = "chr_"
+# The token file's format. Release 0.1.0 wrote no `version`; its files are format 1.
+TOKEN_FILE_VERSION = 1
 
 
 class TokenEntry(BaseModel):
@@ -37,6 +39,7 @@ class TokenEntry(BaseModel):
 class _TokenFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    version: int = Field(default=TOKEN_FILE_VERSION, ge=1, description="The file's format.")
     tokens: list[TokenEntry] = Field(default_factory=list)
 
 
@@ -101,7 +104,15 @@ class TokenStore:
         except FileNotFoundError:
             return _TokenFile()
         try:
-            return _TokenFile.model_validate(yaml.safe_load(text) or {})
+            data = yaml.safe_load(text) or {}
+            version = data.get("version", TOKEN_FILE_VERSION) if isinstance(data, dict) else TOKEN_FILE_VERSION
+            if isinstance(version, int) and version > TOKEN_FILE_VERSION:
+                raise UsageError(
+                    f"{self.path}: the token file is format version {version}, newer than version "
+                    f"{TOKEN_FILE_VERSION}, the newest this release of Charter reads: a later release wrote it; "
+                    "use that release or a newer one (`pip install --upgrade charter`)"
+                )
+            return _TokenFile.model_validate(data)
         except yaml.YAMLError as error:
             raise UsageError(f"{self.path}: not valid YAML: {error}") from None
         except ValidationError as error:

@@ -1,0 +1,91 @@
+"""`charter db ...`: the schema versions of Charter's stores, and their upgrade in place."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charter.cli._output import fail, print_json, say
+from charter.errors import CharterError
+from charter.migrations import Schema, read_version
+
+app = typer.Typer(help="Schema versions of the registry, audit log and idempotency store; upgrades.")
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="The Charter home holding the stores (default: $CHARTER_HOME, else ./.charter)."),
+]
+
+
+def _stores() -> list[tuple[str, Schema]]:
+    """Each store a Charter home may hold: its file name and its schema."""
+    from charter.audit.store import AUDIT_SCHEMA
+    from charter.registry.store import REGISTRY_SCHEMA
+    from charter.server._idempotency import IDEMPOTENCY_SCHEMA
+
+    return [("charter.db", REGISTRY_SCHEMA), ("audit.db", AUDIT_SCHEMA), ("idempotency.db", IDEMPOTENCY_SCHEMA)]
+
+
+def _home(home: Path | None) -> Path:
+    from charter._paths import charter_home
+
+    return home if home is not None else charter_home()
+
+
+@app.command()
+def status(home: HomeOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each store's schema version beside the one this release uses. Changes nothing."""
+    folder = _home(home)
+    rows = []
+    for name, schema in _stores():
+        try:
+            found = read_version(folder / name)
+        except sqlite3.DatabaseError as error:
+            fail(f"{folder / name}: not a readable SQLite store ({error})")
+        if found is None:
+            state = "absent"
+        elif found == schema.version:
+            state = "current"
+        else:
+            state = "older: run `charter db upgrade`" if found < schema.version else "newer than this release"
+        row = {"store": schema.store, "file": str(folder / name), "version": found, "current": schema.version}
+        rows.append({**row, "state": state})
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        shown = "-" if row["version"] is None else row["version"]
+        say(f"{row['store']:<18} {row['file']}: version {shown} of {row['current']} ({row['state']})")
+
+
+@app.command()
+def upgrade(home: HomeOption = None) -> None:
+    """Migrate each store in HOME in place to this release's schema, one transaction per store.
+
+    Stop other Charter processes using the home first. Running it again does nothing.
+    Receipts and published contracts are never rewritten: steps add tables, columns, indexes.
+    """
+    folder = _home(home)
+    if not folder.is_dir():
+        fail(f"{folder} is not a Charter home (no such folder); pass --home DIR or set CHARTER_HOME")
+    for name, schema in _stores():
+        path = folder / name
+        if not path.exists():
+            say(f"{schema.store:<18} {path}: absent (created at version {schema.version} on first use)")
+            continue
+        try:
+            with closing(sqlite3.connect(path, isolation_level=None, timeout=30)) as connection:
+                before, after = schema.upgrade(connection, path)
+        except CharterError as error:
+            fail(error)
+        except sqlite3.DatabaseError as error:
+            fail(f"{path}: the {schema.store} could not be upgraded, nothing was changed: {error}")
+        if before == after:
+            say(f"{schema.store:<18} {path}: at version {after}, nothing to do")
+            continue
+        steps = "; ".join(f"{s.version}: {s.summary}" for s in schema.pending(before))
+        say(f"{schema.store:<18} {path}: version {before} -> {after} ({steps})", "green")

@@ -1,0 +1,98 @@
+"""One status vocabulary for every run, program runs and intent runs alike.
+
+Every surface says how a run ended in these words: `Runner.execute` and `Charter.handle`,
+`charter exec`/`charter run`, the HTTP API, MCP, `charter audit list/show/verify` and
+exported bundles. Two levels:
+
+    status   done | refused | failed | awaiting_approval | in_doubt | interrupted
+    cause    a machine word for why: the sandbox outcome's tag (completed, refused,
+             program_error, timeout, memory_limit, ...) or, when a gate denial decided
+             the run, the denial's code (STATE_VIOLATION, GUARD_VIOLATION, ...)
+
+    done               the program concluded
+    refused            the program refused, or a gate denial ended it (one it did not
+                       catch, or the one that reached limits.max_denials)
+    failed             anything else ended it: a program error, a limit, a syntax error
+    awaiting_approval  reserved: a run paused for a human approval (later work)
+    in_doubt           reserved: a run whose effect is not known (later work)
+    interrupted        the run was never sealed: its process ended during the run
+
+A program run's status follows from its sandbox outcome alone, by `classify`; Sealed
+receipts store it since release 0.2 (`run_status`, `cause`), and older seals are mapped
+by `status_of` when read, with the same rule, never rewritten. An intent run's status is
+the Runtime Agent's judgement of the whole request (a policy denial makes the request
+refused even if a program caught it); its Concluded receipt stores it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import msgspec
+
+if TYPE_CHECKING:
+    from charter.audit.receipts import Closing, Opening
+    from charter.sandbox.outcomes import Outcome
+
+__all__ = ["STATUSES", "RunStatus", "Status", "classify", "status_of", "status_of_outcome"]
+
+Status = Literal["done", "refused", "failed", "awaiting_approval", "in_doubt", "interrupted"]
+STATUSES: tuple[str, ...] = get_args(Status)
+
+NEVER_SEALED = "never_sealed"  # the cause of an interrupted program run
+NEVER_CONCLUDED = "never_concluded"  # the cause of an interrupted intent run
+
+
+class RunStatus(msgspec.Struct, frozen=True):
+    """How a run ended: one of STATUSES, and why in one machine word (None only where an
+    old receipt does not say)."""
+
+    status: Status
+    cause: str | None
+
+
+def classify(tag: str, denial_code: str | None = None) -> RunStatus:
+    """The rule for a program run: its sandbox outcome's `tag` and, if a gate denial ended
+    it (an uncaught ContractViolation, or the gate halting the run), that denial's code."""
+    if tag == "completed":
+        return RunStatus("done", tag)
+    if tag == "refused":
+        return RunStatus("refused", tag)
+    if denial_code is not None and tag in ("program_error", "halted"):
+        return RunStatus("refused", denial_code)
+    return RunStatus("failed", tag)
+
+
+def status_of_outcome(outcome: Outcome) -> RunStatus:
+    """A sandbox outcome's status, as the runner returns it and the seal records it."""
+    violation = getattr(outcome, "violation", None)
+    denial = violation.code if violation is not None else getattr(outcome, "code", None)
+    return classify(str(outcome.__struct_config__.tag), denial)
+
+
+class _Ended(msgspec.Struct):
+    """What the rule needs from a seal's outcome JSON (every release wrote these fields)."""
+
+    violation: dict[str, Any] | None = None
+    code: str | None = None
+
+
+def status_of(opened: Opening, closing: Closing | None) -> RunStatus:
+    """The status of a run as the log holds it: what its closing receipt stores, or, for a
+    receipt written before statuses were stored (release 0.1), the same rule applied to
+    what it holds. A run without a closing receipt is `interrupted`."""
+    from charter.audit.receipts import Asked, Concluded, Sealed
+
+    if closing is None:
+        return RunStatus("interrupted", NEVER_CONCLUDED if isinstance(opened, Asked) else NEVER_SEALED)
+    if isinstance(closing, Concluded):
+        # Release 0.1 stored done/refused/failed without a cause; its last attempt's ending
+        # (check_failed, api_error or that program run's outcome tag) is the nearest it says.
+        cause = closing.cause if closing.cause is not None else (closing.attempts[-1] if closing.attempts else None)
+        return RunStatus(closing.status, cause)
+    assert isinstance(closing, Sealed)
+    if closing.run_status is not None:
+        return RunStatus(closing.run_status, closing.cause)
+    ended = msgspec.json.decode(closing.outcome, type=_Ended)
+    denial = ended.violation.get("code") if ended.violation is not None else ended.code
+    return classify(closing.status, denial if isinstance(denial, str) else None)
