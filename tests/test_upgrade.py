@@ -81,16 +81,28 @@ def test_the_fixture_covers_every_kind_of_run(home: Path) -> None:
 def test_a_store_of_0_1_is_refused_until_upgraded_and_the_upgrade_is_idempotent(home: Path) -> None:
     refused = charter("audit", "list")
     assert refused.returncode == 1
-    assert "this audit log is at schema version 0, older than version 1" in refused.stderr
+    assert f"this audit log is at schema version 0, older than version {AUDIT_SCHEMA.version}" in refused.stderr
     assert f"run `charter db upgrade --home {home}`" in refused.stderr
     before = {name: rows(home / name, "sqlite_master") for name in STORES}
     receipts = rows(home / "audit.db", "receipts")
 
     first = charter("db", "upgrade", "--home", str(home))
     assert first.returncode == 0, first.stderr
-    assert f"audit log          {home / 'audit.db'}: version 0 -> 1" in first.stdout
-    assert {read_version(home / name) for name in STORES} == {1}
-    assert {name: rows(home / name, "sqlite_master") for name in STORES} == before  # step 1 adopts 0.1 as it is
+    assert f"audit log          {home / 'audit.db'}: version 0 -> {AUDIT_SCHEMA.version}" in first.stdout
+    assert {name: read_version(home / name) for name in STORES} == {n: s.version for n, s in STORES.items()}
+    for name, schema in STORES.items():
+        # Step 1 adopts 0.1 as it is: every object 0.1.0 made is kept unchanged; later steps only add
+        # the tables and triggers they name.
+        after = rows(home / name, "sqlite_master")
+        assert set(before[name]) <= set(after), name
+        added = {
+            row[1]
+            for row in set(after) - set(before[name])
+            if row[0] in ("table", "trigger") and not row[1].startswith("sqlite_")
+        }
+        later = " ".join(" ".join(step.sql) for step in schema.steps if step.version > 1)
+        assert all(f" {object_name}" in later for object_name in added), (name, added)
+        assert len(added) == later.count("CREATE TABLE") + later.count("CREATE TRIGGER"), (name, added)
     assert rows(home / "audit.db", "receipts") == receipts  # never rewritten
 
     again = charter("db", "upgrade", "--home", str(home))
@@ -98,7 +110,7 @@ def test_a_store_of_0_1_is_refused_until_upgraded_and_the_upgrade_is_idempotent(
     assert again.stdout.count("nothing to do") == 3
     assert rows(home / "audit.db", "receipts") == receipts
     status = json.loads(charter("db", "status", "--home", str(home), "--json").stdout)
-    assert [(s["version"], s["state"]) for s in status] == [(1, "current")] * 3
+    assert [(s["version"], s["state"]) for s in status] == [(schema.version, "current") for schema in STORES.values()]
 
 
 def test_the_upgraded_log_verifies_with_the_same_head_and_takes_new_runs(home: Path, tmp_path: Path) -> None:
@@ -192,7 +204,10 @@ def test_a_store_from_a_later_release_is_refused_naming_both_versions(home: Path
     with sqlite3.connect(home / name) as db:
         db.execute("PRAGMA user_version = 7")
     store = STORES[name].store
-    words = f"this {store} is at schema version 7, newer than version 1, the newest this release of Charter knows"
+    words = (
+        f"this {store} is at schema version 7, newer than version {STORES[name].version}, "
+        "the newest this release of Charter knows"
+    )
     command = {"charter.db": ("contract", "list"), "audit.db": ("audit", "list")}.get(name)
     if command is not None:
         result = charter(*command)
