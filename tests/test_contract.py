@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from charter.contract import Contract, SemVer, load_contract
+from charter.contract.cel_guards import GUARD_FUNCTIONS
 from charter.errors import ContractError
 from tests.conftest import ROOT, WriteContract
 
@@ -64,7 +65,10 @@ MALFORMED = [
     ),
     pytest.param(
         {"when: entity.total <= 100000": "when: isSmall(entity.total)"},
-        ["40:15: guard 'small_orders_only': cannot be evaluated: Undefined variable or function: 'isSmall'"],
+        [
+            "40:15: guard 'small_orders_only': unknown function 'isSmall'; guards may call "
+            + ", ".join(GUARD_FUNCTIONS)
+        ],
         id="guard_unknown_function",
     ),
     pytest.param(
@@ -85,7 +89,7 @@ MALFORMED = [
     pytest.param(
         {"    enforced_by: [{transition: Order.cancel}]\n": ""},
         [
-            "44:5: boundary 'no_late_cancel' is enforced by no rule: add `enforced_by:` (a transition, guard or sequence) or mark it `advisory: true`"
+            "44:5: boundary 'no_late_cancel' is enforced by no rule: add `enforced_by:` (a transition, guard, sequence, approval or scope) or mark it `advisory: true`"
         ],
         id="unenforced_boundary",
     ),

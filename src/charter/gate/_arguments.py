@@ -23,8 +23,27 @@ class InvalidArguments(ValueError):
     """`field` is the JSON path of the offending value, e.g. `$.amount`."""
 
 
-class _Money:
-    """Marker: a Decimal with at most MONEY_SCALE places, never sent as a float."""
+_ALIAS = "__charter_"
+_SCALARS: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "money": decimal.Decimal,
+    "datetime": datetime.datetime,
+}
+
+
+def _annotation(ref: TypeRef) -> str:
+    """The type as annotation text over the checker's aliases, e.g. `list[__charter_record_Item] | None`."""
+    if ref.kind == "list":
+        assert ref.item is not None
+        text = f"list[{_annotation(ref.item)}]"
+    elif ref.kind in ("record", "enum"):
+        text = f"{_ALIAS}{ref.kind}_{ref.name}"
+    else:
+        text = f"{_ALIAS}{ref.kind}"
+    return f"{text} | None" if ref.optional else text
 
 
 class ArgumentChecker:
@@ -34,52 +53,38 @@ class ArgumentChecker:
         records: Mapping[str, Mapping[str, TypeRef]],
         enums: Mapping[str, tuple[str, ...]],
     ) -> None:
-        self._records = records
-        self._enums = enums
-        self._record_types: dict[str, Any] = {}
+        # Annotations are written as text over private aliases and resolved by msgspec on
+        # first use: records may refer to themselves or each other through optionals and
+        # lists, which needs names resolved late; the aliases cannot clash with a field
+        # name (the checker refuses names that start with '__').
+        self._aliases: dict[str, Any] = {f"{_ALIAS}{k}": v for k, v in _SCALARS.items()}
+        self._aliases.update({f"{_ALIAS}enum_{n}": Literal[values] for n, values in enums.items()})
+        structs: list[Any] = []
+        for name, fields in records.items():
+            struct = self._struct(name, [(f, t) for f, t in fields.items()])
+            self._aliases[f"{_ALIAS}record_{name}"] = struct
+            structs.append(struct)
         self._types: dict[str, Any] = {}
         self._money: dict[str, tuple[str, ...]] = {}
         for name, params in operations.items():
-            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-            for p in params:
-                annotation = self._python(p.type)
-                fields.append((p.name, annotation) if p.required else (p.name, annotation, None))
-            self._types[name] = msgspec.defstruct(f"{name}_arguments", fields, forbid_unknown_fields=True)
+            # Keyword-only: a call names every argument, so declaration order never matters.
+            self._types[name] = self._struct(f"{name}_arguments", [(p.name, p.type) for p in params])
+            structs.append(self._types[name])
             self._money[name] = tuple(p.name for p in params if p.type.kind == "money")
+        for struct in structs:
+            for alias, value in self._aliases.items():
+                setattr(struct, alias, value)
 
     @classmethod
     def for_table(cls, table: GateTable) -> ArgumentChecker:
         """A checker for every operation of a compiled contract's gate table."""
         return cls({name: rule.params for name, rule in table.operations.items()}, table.records, table.enums)
 
-    def _python(self, ref: TypeRef) -> Any:
-        base: Any
-        if ref.kind == "list":
-            assert ref.item is not None
-            base = list[self._python(ref.item)]  # type: ignore[misc]
-        elif ref.kind == "record":
-            assert ref.name is not None
-            base = self._record(ref.name)
-        elif ref.kind == "enum":
-            assert ref.name is not None
-            base = Literal[self._enums[ref.name]]
-        else:
-            base = {
-                "str": str,
-                "int": int,
-                "float": float,
-                "bool": bool,
-                "money": decimal.Decimal,
-                "datetime": datetime.datetime,
-            }[ref.kind]
-        return base | None if ref.optional else base
-
-    def _record(self, name: str) -> Any:
-        if name not in self._record_types:
-            self._record_types[name] = None  # records cannot nest themselves (the checker refuses cycles)
-            fields = [(f, self._python(t)) for f, t in self._records[name].items()]
-            self._record_types[name] = msgspec.defstruct(name, fields, forbid_unknown_fields=True)
-        return self._record_types[name]
+    @staticmethod
+    def _struct(name: str, fields: list[tuple[str, TypeRef]]) -> Any:
+        # An optional field may be omitted (it is then None); a required one may not.
+        spec = [(f, _annotation(t), None) if t.optional else (f, _annotation(t)) for f, t in fields]
+        return msgspec.defstruct(name, spec, kw_only=True, forbid_unknown_fields=True, module=__name__)
 
     def check(self, operation: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments as Python values (Decimal, datetime, records as dicts), or InvalidArguments."""

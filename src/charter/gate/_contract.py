@@ -108,6 +108,11 @@ class ContractGate:
             programs = [(g, cel.compile(g.when)) for g in rule.guards]
             self._guards[name] = tuple(_CompiledGuard(g, p, "entity" in p.variables()) for g, p in programs)
         self._boundary_text = {b.id: b.text for b in table.boundaries}
+        # "approval:op" / "scope:op" -> the boundaries that rule enforces (named in the denial)
+        self._rule_boundaries: dict[str, tuple[str, ...]] = {}
+        for b in table.boundaries:
+            for ref in b.enforced_by:
+                self._rule_boundaries[ref] = (*self._rule_boundaries.get(ref, ()), b.id)
 
     def session(self, recorder: RunRecorder, principal: Principal, *, writes_closed: str | None = None) -> GateSession:
         """`writes_closed`, when given, says why this run may only read: every write is denied
@@ -213,20 +218,24 @@ class GateSession:
         missing = [s for s in rule.scopes if not self._principal.has(s)]
         if missing:
             held = ", ".join(sorted(self._principal.scopes)) or "no scopes"
+            note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"scope:{rule.name}", ()))
             raise _Refusal(
                 _Verdict(
                     "FORBIDDEN_SCOPE",
-                    f"{rule.name} needs scope {', '.join(missing)}; principal {self._principal.id} holds {held}.",
+                    f"{rule.name} needs scope {', '.join(missing)}; principal {self._principal.id} holds {held}.{note}",
                     clause=f"scopes:{rule.name}",
+                    boundary=boundary,
                 )
             )
         if rule.requires_approval:
+            note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"approval:{rule.name}", ()))
             raise _Refusal(
                 _Verdict(
                     "APPROVAL_REQUIRED",
                     f"{rule.name} requires human approval before it runs, and Charter has no approval step yet; "
-                    "it is refused rather than run unapproved.",
+                    f"it is refused rather than run unapproved.{note}",
                     clause=f"requires_approval:{rule.name}",
+                    boundary=boundary,
                 )
             )
         limits = self._gate._table.limits
