@@ -65,10 +65,7 @@ MALFORMED = [
     ),
     pytest.param(
         {"when: entity.total <= 100000": "when: isSmall(entity.total)"},
-        [
-            "40:15: guard 'small_orders_only': unknown function 'isSmall'; guards may call "
-            + ", ".join(GUARD_FUNCTIONS)
-        ],
+        ["40:15: guard 'small_orders_only': unknown function 'isSmall'; guards may call " + ", ".join(GUARD_FUNCTIONS)],
         id="guard_unknown_function",
     ),
     pytest.param(

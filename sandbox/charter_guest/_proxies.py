@@ -47,7 +47,7 @@ class Record:
     # Dunder names: the checker refuses field names that start with '__', so no field clashes.
     __record_fields__ = ()
 
-    def __init__(self, **fields):
+    def __init__(self, /, **fields):  # positional-only: a field may be named `self`
         for name in self.__record_fields__:
             object.__setattr__(self, name, fields.get(name))
 

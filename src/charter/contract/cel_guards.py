@@ -90,6 +90,7 @@ _FLOAT = r"(?:\d+\.\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+)"
 _OPERATOR = r"(?:<=|>=|==|!=|<|>|\+|-|\*|/)"
 _FLOAT_AFTER = re.compile(rf"\s*{_OPERATOR}\s*({_FLOAT})(?![\w.])")
 _FLOAT_BEFORE = re.compile(rf"(?<![\w.])({_FLOAT})\s*{_OPERATOR}\s*\Z")
+_IDENTIFIER = re.compile(r"[A-Za-z]\w*")
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']*)'")
 # Samples of records that contain themselves (through an optional or a list) stop here.
 _SAMPLE_DEPTH = 3
@@ -145,7 +146,7 @@ def check_guard(
             allowed = ", ".join(variables) or "nothing"
             problems.append(f"unknown name '{name}'{suggest(name, variables)}; this guard may use {allowed}")
     for name in program.functions():
-        if not name.startswith(("_", "@")) and name not in _FUNCTION_TAILS:
+        if _IDENTIFIER.fullmatch(name) and name not in _FUNCTION_TAILS:  # operators are '_+_', '!_', '@in'...
             written = _written_function(blanked, name)
             problems.append(
                 f"unknown function '{written}'{suggest(written, GUARD_FUNCTIONS)}; guards may call "

@@ -31,14 +31,15 @@ _SCALARS: dict[str, Any] = {
     "bool": bool,
     "money": decimal.Decimal,
     "datetime": datetime.datetime,
+    "list": list,  # a field may be named `list`: the annotation must not see it
 }
 
 
 def _annotation(ref: TypeRef) -> str:
-    """The type as annotation text over the checker's aliases, e.g. `list[__charter_record_Item] | None`."""
+    """The type as annotation text over the checker's aliases, e.g. `__charter_list[__charter_record_Item] | None`."""
     if ref.kind == "list":
         assert ref.item is not None
-        text = f"list[{_annotation(ref.item)}]"
+        text = f"{_ALIAS}list[{_annotation(ref.item)}]"
     elif ref.kind in ("record", "enum"):
         text = f"{_ALIAS}{ref.kind}_{ref.name}"
     else:
