@@ -246,6 +246,97 @@ MALFORMED = [
         ],
         id="optional_in_flow_mapping",
     ),
+    pytest.param(
+        {"    params: {id: int, reason: str}": "    params: {id: int, reason: str, tags: list[str]}"},
+        [
+            "35:46: invalid YAML: expected ',' or '}', but got '[' (inside {...} a list type must be quoted, e.g. 'list[str]', or written one per line)"
+        ],
+        id="list_in_flow_mapping",
+    ),
+    pytest.param(
+        {
+            "    params: {id: int, reason: str}": "    params: {id: int, reason: str, amount: 'money?'}",
+            "when: entity.total <= 100000": "when: params.amount > 0",
+        },
+        ["40:15: guard 'small_orders_only': params.amount may be null; test params.amount != null first"],
+        id="guard_optional_param_may_be_null",
+    ),
+    pytest.param(
+        {
+            "    params: {id: int, reason: str}": "    params: {id: int, reason: str, amount: 'money?'}",
+            "when: entity.total <= 100000": "when: has(params.amount) && params.amount > 0",
+        },
+        ["40:15: guard 'small_orders_only': params.amount may be null; test params.amount != null first"],
+        id="guard_has_does_not_test_null",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: size(entity.note) > 0"},
+        ["40:15: guard 'small_orders_only': entity.note may be null; test entity.note != null first"],
+        id="guard_optional_entity_field_may_be_null",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: sise(params.reason) > 0"},
+        [
+            "40:15: guard 'small_orders_only': unknown function 'sise' (did you mean 'size'?); guards may call "
+            + ", ".join(GUARD_FUNCTIONS)
+        ],
+        id="guard_unknown_function_did_you_mean",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: entity.total <= 500.0"},
+        [
+            "40:15: guard 'small_orders_only': entity.total is money, compared with the float 500.0; money is integer cents in guards: write 50000 for 500.00"
+        ],
+        id="guard_money_against_float",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{approval: cancel_order}"},
+        [
+            "46:30: boundary 'no_late_cancel' is enforced by the approval of 'cancel_order', which does not require approval; add `requires_approval: true` to it"
+        ],
+        id="boundary_approval_not_required",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{approval: cancel_ordr}"},
+        [
+            "46:30: boundary 'no_late_cancel' is enforced by the approval rule of unknown operation 'cancel_ordr' (did you mean 'cancel_order'?)"
+        ],
+        id="boundary_approval_unknown_operation",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{scope: get_order}"},
+        ["46:27: boundary 'no_late_cancel' is enforced by the scopes of 'get_order', which lists none; add `scopes:`"],
+        id="boundary_scope_without_scopes",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{scope: cancel_order, guard: small_orders_only}"},
+        ["46:19: boundaries.0.enforced_by.0: a rule names exactly one of transition, guard, sequence, approval, scope"],
+        id="boundary_rule_names_two_kinds",
+    ),
+    pytest.param(
+        {"      note: str?\n": "      note: str?\n      __secret: str\n"},
+        ["15:7: field name '__secret' of Order must be a Python identifier not starting with '__'"],
+        id="dunder_field_name",
+    ),
+    pytest.param(
+        {"    params: {id: int, reason: str}": "    params: {id: int, reason: str, charter: str}"},
+        [
+            "35:36: param name 'charter' of cancel_order is reserved: Python bindings receive the call's context under that name"
+        ],
+        id="reserved_param_name",
+    ),
+    pytest.param(
+        {"contract: shop": "contract: json"},
+        [
+            "1:11: contract name 'json' is taken in a program (a Python builtin, an importable module or a runtime name); choose another, e.g. 'orders'"
+        ],
+        id="contract_named_like_a_module",
+    ),
+    pytest.param(
+        {"entities:\n  Order:": "enums:\n  Literal: [a, b]\nentities:\n  Order:"},
+        ["9:3: type name 'Literal' must be PascalCase, e.g. 'Order', and not a reserved name"],
+        id="reserved_type_name",
+    ),
 ]
 
 
