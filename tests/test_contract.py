@@ -459,3 +459,39 @@ def test_semver_orders_releases_like_tuples(a: tuple[int, int, int], b: tuple[in
     left, right = SemVer(".".join(map(str, a))), SemVer(".".join(map(str, b)))
     assert (left < right) == (a < b)
     assert (left == right) == (a == b)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "params.amount != null && params.amount > 0",  # the form the checker's hint names
+        "params.amount == null || params.amount <= 50000",
+        "entity.note == null || size(entity.note) > 0",
+        "math.greatest([entity.total, 1]) > 0 && sets.contains([1, 2], [1])",  # extensions the README lists
+    ],
+)
+def test_null_safe_guards_and_guard_extensions_check(write_contract: WriteContract, when: str) -> None:
+    path = write_contract(
+        replace={
+            "    params: {id: int, reason: str}": "    params: {amount: 'money?', id: int, reason: str}",
+            "when: entity.total <= 100000": f"when: {when}",
+        }
+    )
+    assert load_contract(path).params["cancel_order"]["amount"].optional
+
+
+def test_self_transitions_and_stateless_contracts_check(write_contract: WriteContract) -> None:
+    renew = write_contract(
+        replace={"cancel: {from: [pending, confirmed], to: cancelled}": "cancel: {from: [pending], to: pending}"}
+    )
+    assert load_contract(renew).model.entities["Order"].lifecycle.transitions["cancel"].to == "pending"  # type: ignore[union-attr]
+    stateless = (
+        "contract: clock\nversion: 1.0.0\nsummary: Time.\nowners: [a@example.com]\nchangelog: First.\n"
+        "binding: {python: tests.data.shop_backend}\n"
+        "operations:\n  get_order:\n    kind: read\n    doc: Now.\n    params: {zone: 'str?', fmt: str}\n"
+        "    returns: str\n"
+    )
+    for text in (stateless, stateless.replace("operations:", "entities: {}\noperations:")):
+        checked = load_contract(write_contract(text, name="clock.yaml"))
+        assert checked.model.entities == {}
+        assert list(checked.params["get_order"]) == ["zone", "fmt"]

@@ -399,6 +399,8 @@ def scratch() -> Iterator[Path]:
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
+    # No shrinking: a failure prints the whole contract and program, and shrinking runs a
+    # sandbox per step (minutes); the failing example is replayed first on the next run.
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
