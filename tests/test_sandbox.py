@@ -158,22 +158,24 @@ def test_refuse_is_its_own_outcome(sandbox: Sandbox, orders: CompiledContract) -
 @pytest.mark.parametrize(
     ("program", "error_type", "message"),
     [
+        # A call the program gets wrong is a ContractViolation (INVALID_ARGUMENTS), as the README says.
         (
             "orders.get_order(123)",
-            "TypeError",
+            "ContractViolation",
             "orders.get_order() takes keyword arguments only, e.g. orders.get_order(id=...)",
         ),
         (
             "orders.get_order(idd=1)",
-            "TypeError",
+            "ContractViolation",
             "orders.get_order() got an unexpected keyword argument 'idd'; did you mean 'id'?",
         ),
-        ("orders.get_order()", "TypeError", "orders.get_order() missing required keyword argument 'id'"),
-        ('orders.get_order(id="123")', "TypeError", "id must be an int, not str"),
+        ("orders.get_order()", "ContractViolation", "orders.get_order() missing required keyword argument 'id'"),
+        ('orders.get_order(id="123")', "ContractViolation", "orders.get_order(): id must be an int, not str"),
         (
             'orders.list_orders(status="lost")',
-            "ValueError",
-            "status must be one of pending, confirmed, picking, packed, dispatched, delivered, cancelled; got 'lost'",
+            "ContractViolation",
+            "orders.list_orders(): status must be one of pending, confirmed, picking, packed, dispatched, delivered, "
+            "cancelled; got 'lost'",
         ),
         (
             "orders.get_ordr(id=1)",
@@ -833,6 +835,13 @@ operations:
     params: {page: 'int?', origin: str, ratio: 'float?', tags: 'list[str]?', since: 'datetime?', path: 'Node?'}
     returns: 'list[str]'
     scopes: [loans:search]
+  remark:
+    kind: read
+    doc: A remark; `has()` is true for a declared param even when it is omitted (a present null).
+    params: {note: 'str?'}
+    returns: str
+    guards:
+      - {id: note_declared, when: has(params.note), message: Never shown.}
 boundaries:
   - {id: approved_waivers, text: A fee is waived only with approval., enforced_by: [{approval: waive_fee}]}
   - {id: search_scope, text: Only the desk searches., enforced_by: [{scope: search}]}
@@ -842,7 +851,10 @@ boundaries:
 @pytest.fixture
 def loans(tmp_path: Path) -> CompiledContract:
     (tmp_path / "loans_backend.py").write_text(
-        "".join(f"def {op}(**arguments):\n    pass\n\n\n" for op in ("get_loan", "renew_loan", "waive_fee", "search"))
+        "".join(
+            f"def {op}(**arguments):\n    pass\n\n\n"
+            for op in ("get_loan", "renew_loan", "waive_fee", "search", "remark")
+        )
     )
     (tmp_path / "loans.yaml").write_text(LOANS, encoding="utf-8")
     return compile_contract(load_contract(tmp_path / "loans.yaml"))
@@ -854,11 +866,13 @@ def loans_backend(calls: list[tuple[str, dict[str, Any]]]) -> InMemoryBackend:
             calls.append((name, arguments))
             if name == "search":
                 return ["Dune"]
+            if name == "remark":
+                return repr(arguments.get("note", "absent"))
             return {"id": arguments["id"], "fee": None, "status": "out"}
 
         return handle
 
-    return InMemoryBackend({op: handler(op) for op in ("get_loan", "renew_loan", "waive_fee", "search")})
+    return InMemoryBackend({op: handler(op) for op in ("get_loan", "renew_loan", "waive_fee", "search", "remark")})
 
 
 def governed_run(
@@ -874,7 +888,7 @@ def test_self_transitions_null_safe_guards_and_rule_boundaries_run(
     calls: list[tuple[str, dict[str, Any]]] = []
     program = """
 from decimal import Decimal
-out = [loans.renew_loan(id=1, amount=Decimal("2.50")).status]
+out = [loans.renew_loan(id=1, amount=Decimal("2.50")).status, loans.remark()]
 for call in (lambda: loans.renew_loan(id=2), lambda: loans.waive_fee(id=1), lambda: loans.search(origin="web")):
     try:
         call()
@@ -886,13 +900,14 @@ conclude("done", data=out)
     assert isinstance(execution.outcome, Completed), execution.outcome
     assert execution.outcome.data == [
         "out",  # renew: out -> out, a self-transition
+        "'absent'",  # has(params.note) held for the omitted note; the backend got no note
         ["GUARD_VIOLATION", None],  # amount omitted: the guard is false, not a gate error
         ["APPROVAL_REQUIRED", "approved_waivers"],
         ["FORBIDDEN_SCOPE", "search_scope"],
     ]
-    assert [name for name, _ in calls if name != "get_loan"] == ["renew_loan"]
+    assert [name for name, _ in calls if name != "get_loan"] == ["renew_loan", "remark"]
     codes = [r.code for r in execution.calls if isinstance(r, Decision)]
-    assert codes == ["OK", "GUARD_VIOLATION", "APPROVAL_REQUIRED", "FORBIDDEN_SCOPE"]
+    assert codes == ["OK", "OK", "GUARD_VIOLATION", "APPROVAL_REQUIRED", "FORBIDDEN_SCOPE"]
 
 
 def test_a_stateless_contract_runs(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -916,10 +931,10 @@ def test_a_stateless_contract_runs(sandbox: Sandbox, tmp_path: Path) -> None:
 
 
 MALFORMED_CALLS = [
-    ("positional", "loans.search('web')", "loans.search: takes keyword arguments only, e.g. loans.search(origin=...)"),
+    ("positional", "loans.search('web')", "loans.search() takes keyword arguments only, e.g. loans.search(origin=...)"),
     ("unknown keyword", "loans.search(origin='web', pge=2)", "unexpected keyword argument 'pge'; did you mean 'page'?"),
-    ("missing", "loans.search(page=2)", "loans.search: missing required keyword argument 'origin'"),
-    ("wrong type", "loans.search(origin=3)", "loans.search: origin must be a str, not int"),
+    ("missing", "loans.search(page=2)", "loans.search() missing required keyword argument 'origin'"),
+    ("wrong type", "loans.search(origin=3)", "loans.search(): origin must be a str, not int"),
     ("bool for int", "loans.search(origin='w', page=True)", "page must be an int, not bool"),
     ("beyond 64 bits", "loans.search(origin='w', page=2**64)", "page must fit in 64 bits"),
     ("NaN", "loans.search(origin='w', ratio=float('nan'))", "ratio must be a finite number, not nan"),

@@ -336,13 +336,13 @@ def _proxy(contract, operation, types, host_call, err_type):
     def invalid(message):
         # The same refusal the gate gives a call whose arguments it cannot accept; this one
         # never left the sandbox, so no receipt records it.
-        return ContractViolation(f"{qualified}: {message}", code="INVALID_ARGUMENTS", operation=qualified)
+        return ContractViolation(message, code="INVALID_ARGUMENTS", operation=qualified)
 
     def call(*args, **kwargs):
         if SESSION.concluded:
             raise RuntimeError(f"{qualified}() called after the program concluded")
         if args:
-            raise invalid(f"takes keyword arguments only, e.g. {qualified}({example})")
+            raise invalid(f"{qualified}() takes keyword arguments only, e.g. {qualified}({example})")
         payload = {}
         try:
             for key, value in kwargs.items():
@@ -350,15 +350,16 @@ def _proxy(contract, operation, types, host_call, err_type):
                 if entry is None:
                     close = difflib.get_close_matches(key, list(params), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else f"; parameters: {', '.join(params) or 'none'}"
-                    raise _Invalid(f"unexpected keyword argument {key!r}{hint}")
+                    raise _Invalid(f"{qualified}() got an unexpected keyword argument {key!r}{hint}")
                 payload[key] = entry[0](value, key)
         except _Invalid as error:
-            raise invalid(error.args[0]) from None
+            message = error.args[0]
+            raise invalid(message if message.startswith(qualified) else f"{qualified}(): {message}") from None
         for key in required:
             if key not in payload:
-                raise invalid(f"missing required keyword argument {key!r}")
+                raise invalid(f"{qualified}() missing required keyword argument {key!r}")
         if deep and _too_deep(payload):
-            raise invalid(f"arguments nested deeper than {_MAX_DEPTH} levels, which the host does not accept")
+            raise invalid(f"{qualified}(): arguments nested deeper than {_MAX_DEPTH} levels, which the host refuses")
         try:
             raw = host_call(name, dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
         except err_type as error:
