@@ -987,3 +987,23 @@ def test_a_malformed_call_that_reaches_the_host_is_recorded(
     [decision] = [r for r in execution.calls if isinstance(r, Decision)]
     assert decision.code == "INVALID_ARGUMENTS"
     assert "at most 2 decimal places" in decision.message
+
+
+def test_a_guard_that_fails_to_evaluate_is_named_in_the_denial(
+    sandbox: Sandbox, loans: CompiledContract, tmp_path: Path
+) -> None:
+    # The checker refuses this guard now; a gate table built without it (an older checker)
+    # still fails closed, naming the guard instead of only CEL's "No such overload".
+    rule = loans.gate.operations["renew_loan"]
+    unsafe = msgspec.structs.replace(rule.guards[0], when="params.amount > 0")
+    table = msgspec.structs.replace(
+        loans.gate,
+        operations={**loans.gate.operations, "renew_loan": msgspec.structs.replace(rule, guards=(unsafe,))},
+    )
+    contract = msgspec.structs.replace(loans, gate=table, sha256="0" * 64)
+    program = "try:\n    loans.renew_loan(id=2)\nexcept ContractViolation as error:\n    conclude(error.reason)\n"
+    execution = governed_run(sandbox, contract, program, loans_backend([]), tmp_path, ())
+    assert isinstance(execution.outcome, Completed), execution.outcome
+    assert execution.outcome.answer.startswith(
+        "renew_loan refused: guard fee_given could not be evaluated (TypeError: No such overload"
+    )

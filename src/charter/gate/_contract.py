@@ -370,7 +370,19 @@ class GateSession:
         for guard in guards:
             if guard.uses_entity and "entity" not in variables:
                 raise _Refusal(_Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
-            if guard.program.execute(context) is not True:
+            try:
+                holds = guard.program.execute(context) is True
+            except Exception as error:  # the checker tries nulls and types; name the guard if one still fails
+                raise _Refusal(
+                    _Verdict(
+                        "GATE_ERROR",
+                        f"{rule.name} refused: guard {guard.rule.id} could not be evaluated "
+                        f"({type(error).__name__}: {str(error).split('. ')[0]}); the gate does not allow what it "
+                        "cannot check.",
+                        clause=f"guard:{guard.rule.id}",
+                    )
+                ) from None
+            if not holds:
                 note, boundary = self._gate.boundary_note(guard.rule.boundaries)
                 raise _Refusal(
                     _Verdict(
