@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from charter.contract import Contract, SemVer, load_contract
+from charter.contract.cel_guards import GUARD_FUNCTIONS
 from charter.errors import ContractError
 from tests.conftest import ROOT, WriteContract
 
@@ -64,7 +65,7 @@ MALFORMED = [
     ),
     pytest.param(
         {"when: entity.total <= 100000": "when: isSmall(entity.total)"},
-        ["40:15: guard 'small_orders_only': cannot be evaluated: Undefined variable or function: 'isSmall'"],
+        ["40:15: guard 'small_orders_only': unknown function 'isSmall'; guards may call " + ", ".join(GUARD_FUNCTIONS)],
         id="guard_unknown_function",
     ),
     pytest.param(
@@ -85,7 +86,7 @@ MALFORMED = [
     pytest.param(
         {"    enforced_by: [{transition: Order.cancel}]\n": ""},
         [
-            "44:5: boundary 'no_late_cancel' is enforced by no rule: add `enforced_by:` (a transition, guard or sequence) or mark it `advisory: true`"
+            "44:5: boundary 'no_late_cancel' is enforced by no rule: add `enforced_by:` (a transition, guard, sequence, approval or scope) or mark it `advisory: true`"
         ],
         id="unenforced_boundary",
     ),
@@ -245,6 +246,97 @@ MALFORMED = [
         ],
         id="optional_in_flow_mapping",
     ),
+    pytest.param(
+        {"    params: {id: int, reason: str}": "    params: {id: int, reason: str, tags: list[str]}"},
+        [
+            "35:46: invalid YAML: expected ',' or '}', but got '[' (inside {...} a list type must be quoted, e.g. 'list[str]', or written one per line)"
+        ],
+        id="list_in_flow_mapping",
+    ),
+    pytest.param(
+        {
+            "    params: {id: int, reason: str}": "    params: {id: int, reason: str, amount: 'money?'}",
+            "when: entity.total <= 100000": "when: params.amount > 0",
+        },
+        ["40:15: guard 'small_orders_only': params.amount may be null; test params.amount != null first"],
+        id="guard_optional_param_may_be_null",
+    ),
+    pytest.param(
+        {
+            "    params: {id: int, reason: str}": "    params: {id: int, reason: str, amount: 'money?'}",
+            "when: entity.total <= 100000": "when: has(params.amount) && params.amount > 0",
+        },
+        ["40:15: guard 'small_orders_only': params.amount may be null; test params.amount != null first"],
+        id="guard_has_does_not_test_null",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: size(entity.note) > 0"},
+        ["40:15: guard 'small_orders_only': entity.note may be null; test entity.note != null first"],
+        id="guard_optional_entity_field_may_be_null",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: sise(params.reason) > 0"},
+        [
+            "40:15: guard 'small_orders_only': unknown function 'sise' (did you mean 'size'?); guards may call "
+            + ", ".join(GUARD_FUNCTIONS)
+        ],
+        id="guard_unknown_function_did_you_mean",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: entity.total <= 500.0"},
+        [
+            "40:15: guard 'small_orders_only': entity.total is money, compared with the float 500.0; money is integer cents in guards: write 50000 for 500.00"
+        ],
+        id="guard_money_against_float",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{approval: cancel_order}"},
+        [
+            "46:30: boundary 'no_late_cancel' is enforced by the approval of 'cancel_order', which does not require approval; add `requires_approval: true` to it"
+        ],
+        id="boundary_approval_not_required",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{approval: cancel_ordr}"},
+        [
+            "46:30: boundary 'no_late_cancel' is enforced by the approval rule of unknown operation 'cancel_ordr' (did you mean 'cancel_order'?)"
+        ],
+        id="boundary_approval_unknown_operation",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{scope: get_order}"},
+        ["46:27: boundary 'no_late_cancel' is enforced by the scopes of 'get_order', which lists none; add `scopes:`"],
+        id="boundary_scope_without_scopes",
+    ),
+    pytest.param(
+        {"{transition: Order.cancel}": "{scope: cancel_order, guard: small_orders_only}"},
+        ["46:19: boundaries.0.enforced_by.0: a rule names exactly one of transition, guard, sequence, approval, scope"],
+        id="boundary_rule_names_two_kinds",
+    ),
+    pytest.param(
+        {"      note: str?\n": "      note: str?\n      __secret: str\n"},
+        ["15:7: field name '__secret' of Order must be a Python identifier not starting with '__'"],
+        id="dunder_field_name",
+    ),
+    pytest.param(
+        {"    params: {id: int, reason: str}": "    params: {id: int, reason: str, charter: str}"},
+        [
+            "35:36: param name 'charter' of cancel_order is reserved: Python bindings receive the call's context under that name"
+        ],
+        id="reserved_param_name",
+    ),
+    pytest.param(
+        {"contract: shop": "contract: json"},
+        [
+            "1:11: contract name 'json' is taken in a program (a Python builtin, an importable module or a runtime name); choose another, e.g. 'orders'"
+        ],
+        id="contract_named_like_a_module",
+    ),
+    pytest.param(
+        {"entities:\n  Order:": "enums:\n  Literal: [a, b]\nentities:\n  Order:"},
+        ["9:3: type name 'Literal' must be PascalCase, e.g. 'Order', and not a reserved name"],
+        id="reserved_type_name",
+    ),
 ]
 
 
@@ -367,3 +459,39 @@ def test_semver_orders_releases_like_tuples(a: tuple[int, int, int], b: tuple[in
     left, right = SemVer(".".join(map(str, a))), SemVer(".".join(map(str, b)))
     assert (left < right) == (a < b)
     assert (left == right) == (a == b)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "params.amount != null && params.amount > 0",  # the form the checker's hint names
+        "params.amount == null || params.amount <= 50000",
+        "entity.note == null || size(entity.note) > 0",
+        "math.greatest([entity.total, 1]) > 0 && sets.contains([1, 2], [1])",  # extensions the README lists
+    ],
+)
+def test_null_safe_guards_and_guard_extensions_check(write_contract: WriteContract, when: str) -> None:
+    path = write_contract(
+        replace={
+            "    params: {id: int, reason: str}": "    params: {amount: 'money?', id: int, reason: str}",
+            "when: entity.total <= 100000": f"when: {when}",
+        }
+    )
+    assert load_contract(path).params["cancel_order"]["amount"].optional
+
+
+def test_self_transitions_and_stateless_contracts_check(write_contract: WriteContract) -> None:
+    renew = write_contract(
+        replace={"cancel: {from: [pending, confirmed], to: cancelled}": "cancel: {from: [pending], to: pending}"}
+    )
+    assert load_contract(renew).model.entities["Order"].lifecycle.transitions["cancel"].to == "pending"  # type: ignore[union-attr]
+    stateless = (
+        "contract: clock\nversion: 1.0.0\nsummary: Time.\nowners: [a@example.com]\nchangelog: First.\n"
+        "binding: {python: tests.data.shop_backend}\n"
+        "operations:\n  get_order:\n    kind: read\n    doc: Now.\n    params: {zone: 'str?', fmt: str}\n"
+        "    returns: str\n"
+    )
+    for text in (stateless, stateless.replace("operations:", "entities: {}\noperations:")):
+        checked = load_contract(write_contract(text, name="clock.yaml"))
+        assert checked.model.entities == {}
+        assert list(checked.params["get_order"]) == ["zone", "fmt"]

@@ -114,3 +114,15 @@ def test_changes_are_classified(
 def test_identical_contracts_have_no_changes(write_contract: WriteContract) -> None:
     model = load_contract(write_contract()).model
     assert diff_contracts(model, model) == []
+
+
+def test_removing_an_approval_or_scope_rule_from_a_boundary_is_a_relaxation(write_contract: WriteContract) -> None:
+    rules = "enforced_by: [{transition: Order.cancel}, {approval: cancel_order}, {scope: cancel_order}]"
+    approval = {"    scopes: [orders:write]\n": "    scopes: [orders:write]\n    requires_approval: true\n"}
+    old = write_contract(replace={**approval, "enforced_by: [{transition: Order.cancel}]": rules}, name="old.yaml")
+    new = write_contract(replace=approval, name="new.yaml")
+    changes = diff_contracts(load_contract(old).model, load_contract(new).model)
+    assert {(c.kind, c.message) for c in changes} == {
+        ("relaxation", 'enforcing rule \'{"approval":"cancel_order"}\' removed'),
+        ("relaxation", 'enforcing rule \'{"scope":"cancel_order"}\' removed'),
+    }

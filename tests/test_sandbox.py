@@ -10,11 +10,13 @@ import datetime
 import decimal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from charter.audit import AuditLog, Decision
 from charter.backends import InMemoryBackend
 from charter.compiler import compile_contract
 from charter.compiler.artifact import CompiledContract
@@ -22,6 +24,7 @@ from charter.contract.checker import load_contract
 from charter.errors import UsageError
 from charter.gate import CallRequest, Denied, PassThroughGate
 from charter.principal import Principal
+from charter.runner import Runner
 from charter.sandbox import (
     CallLimitExceeded,
     Completed,
@@ -155,22 +158,24 @@ def test_refuse_is_its_own_outcome(sandbox: Sandbox, orders: CompiledContract) -
 @pytest.mark.parametrize(
     ("program", "error_type", "message"),
     [
+        # A call the program gets wrong is a ContractViolation (INVALID_ARGUMENTS), as the README says.
         (
             "orders.get_order(123)",
-            "TypeError",
+            "ContractViolation",
             "orders.get_order() takes keyword arguments only, e.g. orders.get_order(id=...)",
         ),
         (
             "orders.get_order(idd=1)",
-            "TypeError",
+            "ContractViolation",
             "orders.get_order() got an unexpected keyword argument 'idd'; did you mean 'id'?",
         ),
-        ("orders.get_order()", "TypeError", "orders.get_order() missing required keyword argument 'id'"),
-        ('orders.get_order(id="123")', "TypeError", "id must be an int, not str"),
+        ("orders.get_order()", "ContractViolation", "orders.get_order() missing required keyword argument 'id'"),
+        ('orders.get_order(id="123")', "ContractViolation", "orders.get_order(): id must be an int, not str"),
         (
             'orders.list_orders(status="lost")',
-            "ValueError",
-            "status must be one of pending, confirmed, picking, packed, dispatched, delivered, cancelled; got 'lost'",
+            "ContractViolation",
+            "orders.list_orders(): status must be one of pending, confirmed, picking, packed, dispatched, delivered, "
+            "cancelled; got 'lost'",
         ),
         (
             "orders.get_ordr(id=1)",
@@ -780,3 +785,225 @@ def test_sandbox_build_command_reports_the_cached_component() -> None:
     assert "Sandbox component ready:" in result.stdout
     assert "/sandbox/" in result.stdout
     assert "runner.wasm" in result.stdout
+
+
+# --- the contract language at run time: stateless contracts, self-transitions, null-safe
+# guards, approval and scope boundaries, malformed calls (issue 13) -------------------------
+
+LOANS = """\
+contract: loans
+version: 1.0.0
+summary: Library loans.
+owners: [desk@example.com]
+changelog: First.
+binding: {python: loans_backend}
+records:
+  Node: {label: str, next: 'Node?'}
+entities:
+  Loan:
+    key: id
+    fields: {id: int, fee: 'money?'}
+    lifecycle:
+      field: status
+      states: [out, returned]
+      initial: out
+      transitions:
+        renew: {from: [out], to: out}
+operations:
+  get_loan: {kind: read, doc: Fetch one loan., entity: Loan, key: id, params: {id: int}, returns: Loan}
+  renew_loan:
+    kind: write
+    doc: Renew a loan for a fee.
+    entity: Loan
+    key: id
+    params: {amount: 'money?', id: int}
+    returns: Loan
+    transition: renew
+    guards:
+      - {id: fee_given, when: 'params.amount != null && params.amount > 0', message: A renewal needs a fee.}
+      - {id: fee_known, when: 'entity.fee == null || entity.fee >= 0', message: The loan's fee is unknown.}
+  waive_fee:
+    kind: write
+    doc: Waive a loan's fee.
+    entity: Loan
+    key: id
+    params: {id: int}
+    requires_approval: true
+  search:
+    kind: read
+    doc: Search the catalogue.
+    params: {page: 'int?', origin: str, ratio: 'float?', tags: 'list[str]?', since: 'datetime?', path: 'Node?'}
+    returns: 'list[str]'
+    scopes: [loans:search]
+  remark:
+    kind: read
+    doc: A remark; `has()` is true for a declared param even when it is omitted (a present null).
+    params: {note: 'str?'}
+    returns: str
+    guards:
+      - {id: note_declared, when: has(params.note), message: Never shown.}
+boundaries:
+  - {id: approved_waivers, text: A fee is waived only with approval., enforced_by: [{approval: waive_fee}]}
+  - {id: search_scope, text: Only the desk searches., enforced_by: [{scope: search}]}
+"""
+
+
+@pytest.fixture
+def loans(tmp_path: Path) -> CompiledContract:
+    (tmp_path / "loans_backend.py").write_text(
+        "".join(
+            f"def {op}(**arguments):\n    pass\n\n\n"
+            for op in ("get_loan", "renew_loan", "waive_fee", "search", "remark")
+        )
+    )
+    (tmp_path / "loans.yaml").write_text(LOANS, encoding="utf-8")
+    return compile_contract(load_contract(tmp_path / "loans.yaml"))
+
+
+def loans_backend(calls: list[tuple[str, dict[str, Any]]]) -> InMemoryBackend:
+    def handler(name: str) -> Any:
+        def handle(**arguments: Any) -> Any:
+            calls.append((name, arguments))
+            if name == "search":
+                return ["Dune"]
+            if name == "remark":
+                return repr(arguments.get("note", "absent"))
+            return {"id": arguments["id"], "fee": None, "status": "out"}
+
+        return handle
+
+    return InMemoryBackend({op: handler(op) for op in ("get_loan", "renew_loan", "waive_fee", "search", "remark")})
+
+
+def governed_run(
+    sandbox: Sandbox, contract: CompiledContract, program: str, backend: InMemoryBackend, tmp_path: Path, scopes: Any
+) -> Any:
+    runner = Runner(audit=AuditLog(tmp_path / "audit.db"), sandbox=sandbox, backend_for=lambda _: backend)
+    return runner.execute(program, contract=contract, principal=Principal("desk", frozenset(scopes)))
+
+
+def test_self_transitions_null_safe_guards_and_rule_boundaries_run(
+    sandbox: Sandbox, loans: CompiledContract, tmp_path: Path
+) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+    program = """
+from decimal import Decimal
+out = [loans.renew_loan(id=1, amount=Decimal("2.50")).status, loans.remark()]
+for call in (lambda: loans.renew_loan(id=2), lambda: loans.waive_fee(id=1), lambda: loans.search(origin="web")):
+    try:
+        call()
+    except ContractViolation as error:
+        out.append([error.code, error.boundary])
+conclude("done", data=out)
+"""
+    execution = governed_run(sandbox, loans, program, loans_backend(calls), tmp_path, ())
+    assert isinstance(execution.outcome, Completed), execution.outcome
+    assert execution.outcome.data == [
+        "out",  # renew: out -> out, a self-transition
+        "'absent'",  # has(params.note) held for the omitted note; the backend got no note
+        ["GUARD_VIOLATION", None],  # amount omitted: the guard is false, not a gate error
+        ["APPROVAL_REQUIRED", "approved_waivers"],
+        ["FORBIDDEN_SCOPE", "search_scope"],
+    ]
+    assert [name for name, _ in calls if name != "get_loan"] == ["renew_loan", "remark"]
+    codes = [r.code for r in execution.calls if isinstance(r, Decision)]
+    assert codes == ["OK", "OK", "GUARD_VIOLATION", "APPROVAL_REQUIRED", "FORBIDDEN_SCOPE"]
+
+
+def test_a_stateless_contract_runs(sandbox: Sandbox, tmp_path: Path) -> None:
+    (tmp_path / "catalogue_backend.py").write_text("def search(**arguments):\n    pass\n")
+    text = (
+        LOANS.split("records:", maxsplit=1)[0]
+        .replace("loans_backend", "catalogue_backend")
+        .replace("loans", "catalogue")
+    )
+    text += "operations:\n  search:\n    kind: read\n    doc: Search.\n    params: {page: 'int?', origin: str}\n"
+    text += "    returns: 'list[str]'\n"
+    (tmp_path / "catalogue.yaml").write_text(text, encoding="utf-8")
+    contract = compile_contract(load_contract(tmp_path / "catalogue.yaml"))
+    assert contract.gate.records == {}
+    assert "search(page: int?, origin: str)" in contract.prompt_context
+    backend = InMemoryBackend({"search": lambda **arguments: [arguments["origin"], str(arguments.get("page"))]})
+    execution = governed_run(
+        sandbox, contract, "conclude(', '.join(catalogue.search(origin='web')))", backend, tmp_path, ()
+    )
+    assert execution.outcome == Completed(answer="web, None", stats=execution.outcome.stats)
+
+
+MALFORMED_CALLS = [
+    ("positional", "loans.search('web')", "loans.search() takes keyword arguments only, e.g. loans.search(origin=...)"),
+    ("unknown keyword", "loans.search(origin='web', pge=2)", "unexpected keyword argument 'pge'; did you mean 'page'?"),
+    ("missing", "loans.search(page=2)", "loans.search() missing required keyword argument 'origin'"),
+    ("wrong type", "loans.search(origin=3)", "loans.search(): origin must be a str, not int"),
+    ("bool for int", "loans.search(origin='w', page=True)", "page must be an int, not bool"),
+    ("beyond 64 bits", "loans.search(origin='w', page=2**64)", "page must fit in 64 bits"),
+    ("NaN", "loans.search(origin='w', ratio=float('nan'))", "ratio must be a finite number, not nan"),
+    ("infinity", "loans.search(origin='w', ratio=1e400)", "ratio must be a finite number, not inf"),
+    ("lone surrogate", "loans.search(origin='\\ud800')", "origin contains a lone surrogate"),
+    ("not a list", "loans.search(origin='w', tags='a')", "tags must be a list, not str"),
+    ("list item", "loans.search(origin='w', tags=['a', 1])", "tags[1] must be a str, not int"),
+    ("naive type", "loans.search(origin='w', since='2026-01-01')", "since must be a datetime, not str"),
+    ("money as float", "loans.renew_loan(id=1, amount=2.5)", "amount must be a Decimal amount"),
+    ("record field", "loans.search(origin='w', path={'label': 'a', 'nxt': None})", "path has no field 'nxt'"),
+    ("record key", "loans.search(origin='w', path={1: 'a'})", "path has no field 1"),
+    (
+        "too deep",
+        "node = None\nfor i in range(20):\n    node = {'label': str(i), 'next': node}\nloans.search(origin='w', path=node)",
+        "arguments nested deeper than 16 levels",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("program", "words"), [(p, w) for _, p, w in MALFORMED_CALLS], ids=[n for n, _, _ in MALFORMED_CALLS]
+)
+def test_every_malformed_call_is_a_catchable_invalid_arguments_violation(
+    sandbox: Sandbox, loans: CompiledContract, tmp_path: Path, program: str, words: str
+) -> None:
+    wrapped = "try:\n" + "".join(f"    {line}\n" for line in program.splitlines())
+    wrapped += "except ContractViolation as error:\n    conclude(error.code, data=[error.reason, error.operation])\n"
+    wrapped += "conclude('went through')\n"
+    calls: list[tuple[str, dict[str, Any]]] = []
+    execution = governed_run(sandbox, loans, wrapped, loans_backend(calls), tmp_path, {"loans:search"})
+    outcome = execution.outcome
+    assert isinstance(outcome, Completed), outcome
+    assert outcome.answer == "INVALID_ARGUMENTS"
+    assert words in outcome.data[0]
+    assert outcome.data[1] in ("loans.search", "loans.renew_loan")
+    assert calls == []
+    assert execution.calls == ()  # refused in the sandbox: nothing reached the host to record
+
+
+def test_a_malformed_call_that_reaches_the_host_is_recorded(
+    sandbox: Sandbox, loans: CompiledContract, tmp_path: Path
+) -> None:
+    # Three decimal places pass the proxy (a Decimal) and are refused by the gate, with a receipt.
+    program = (
+        "from decimal import Decimal\ntry:\n    loans.renew_loan(id=1, amount=Decimal('2.505'))\n"
+        "except ContractViolation as error:\n    conclude(error.code)\n"
+    )
+    execution = governed_run(sandbox, loans, program, loans_backend([]), tmp_path, ())
+    assert execution.outcome == Completed(answer="INVALID_ARGUMENTS", stats=execution.outcome.stats)
+    [decision] = [r for r in execution.calls if isinstance(r, Decision)]
+    assert decision.code == "INVALID_ARGUMENTS"
+    assert "at most 2 decimal places" in decision.message
+
+
+def test_a_guard_that_fails_to_evaluate_is_named_in_the_denial(
+    sandbox: Sandbox, loans: CompiledContract, tmp_path: Path
+) -> None:
+    # The checker refuses this guard now; a gate table built without it (an older checker)
+    # still fails closed, naming the guard instead of only CEL's "No such overload".
+    rule = loans.gate.operations["renew_loan"]
+    unsafe = msgspec.structs.replace(rule.guards[0], when="params.amount > 0")
+    table = msgspec.structs.replace(
+        loans.gate,
+        operations={**loans.gate.operations, "renew_loan": msgspec.structs.replace(rule, guards=(unsafe,))},
+    )
+    contract = msgspec.structs.replace(loans, gate=table, sha256="0" * 64)
+    program = "try:\n    loans.renew_loan(id=2)\nexcept ContractViolation as error:\n    conclude(error.reason)\n"
+    execution = governed_run(sandbox, contract, program, loans_backend([]), tmp_path, ())
+    assert isinstance(execution.outcome, Completed), execution.outcome
+    assert execution.outcome.answer.startswith(
+        "renew_loan refused: guard fee_given could not be evaluated (TypeError: No such overload"
+    )

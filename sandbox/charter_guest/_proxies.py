@@ -44,32 +44,38 @@ class Record:
     """A value of one of the contract's record types: read-only fields as attributes."""
 
     __slots__ = ()
-    _fields = ()
+    # Dunder names: the checker refuses field names that start with '__', so no field clashes.
+    __record_fields__ = ()
 
-    def __init__(self, **fields):
-        for name in self._fields:
+    def __init__(self, /, **fields):  # positional-only: a field may be named `self`
+        for name in self.__record_fields__:
             object.__setattr__(self, name, fields.get(name))
 
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is read-only: it is what the system returned")
 
     def __eq__(self, other):
-        return type(other) is type(self) and all(getattr(self, f) == getattr(other, f) for f in self._fields)
+        return type(other) is type(self) and _as_dict(self) == _as_dict(other)
 
     __hash__ = None
 
     def __repr__(self):
-        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
+        inner = ", ".join(f"{name}={value!r}" for name, value in _as_dict(self).items())
         return f"{type(self).__name__}({inner})"
 
     def to_dict(self):
-        return {name: getattr(self, name) for name in self._fields}
+        # A record with a field named `to_dict` shows that field instead; _as_dict always works.
+        return _as_dict(self)
+
+
+def _as_dict(record):
+    return {name: object.__getattribute__(record, name) for name in type(record).__record_fields__}
 
 
 def encode_value(value):
     """`default=` for json.dumps: how contract values travel as JSON."""
     if isinstance(value, Record):
-        return value.to_dict()
+        return _as_dict(value)
     if isinstance(value, decimal.Decimal):
         return str(value)
     if isinstance(value, datetime.datetime | datetime.date):
@@ -79,94 +85,140 @@ def encode_value(value):
     raise TypeError(f"{type(value).__name__} values cannot be sent or concluded; use str, int, Decimal, lists or dicts")
 
 
+class _Invalid(Exception):
+    """An argument that does not have its declared type; the proxy raises it as ContractViolation."""
+
+
 _PLAIN = {"str": (str, "a str"), "int": (int, "an int"), "bool": (bool, "a bool")}
+_MAX_INT = 2**63 - 1
+# The host refuses arguments nested deeper than this (charter.sandbox._wire); the proxy
+# says so first, as INVALID_ARGUMENTS, for values of recursive record types.
+_MAX_DEPTH = 16
+
+
+def _shown(value):
+    return type(value).__name__
 
 
 class _Types:
-    """Checkers (program value -> JSON value) and decoders (JSON value -> program value)."""
+    """Checkers (program value, where -> JSON value) and decoders (JSON value -> program value).
+
+    Records may refer to themselves or each other (through an optional or a list), so a
+    record's field checkers and decoders are built on first use, once per record type.
+    """
 
     def __init__(self, surface):
         self.enums = {name: tuple(values) for name, values in surface["enums"].items()}
         self.record_fields = surface["records"]
         self.records = {}
         for name, fields in surface["records"].items():
-            self.records[name] = type(name, (Record,), {"__slots__": tuple(fields), "_fields": tuple(fields)})
+            self.records[name] = type(name, (Record,), {"__slots__": tuple(fields), "__record_fields__": tuple(fields)})
+        self._record_checks = {}
+        self._record_decoders = {}
 
-    def checker(self, ref, where):
+    def checker(self, ref):
         kind = ref["kind"]
-        optional = ref.get("optional", False)
         if kind == "list":
-            item = self.checker(ref["item"], where + "[]")
+            item = self.checker(ref["item"])
 
-            def check(value):
+            def check(value, where):
                 if not isinstance(value, list | tuple):
-                    raise TypeError(f"{where} must be a list, not {type(value).__name__}")
-                return [item(v) for v in value]
+                    raise _Invalid(f"{where} must be a list, not {_shown(value)}")
+                return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
 
         elif kind == "record":
-            fields = {f: self.checker(t, f"{where}.{f}") for f, t in self.record_fields[ref["name"]].items()}
-            record_type = self.records[ref["name"]]
-
-            def check(value):
-                if isinstance(value, record_type):
-                    value = value.to_dict()
-                if not isinstance(value, dict):
-                    raise TypeError(f"{where} must be a {ref['name']} or a dict, not {type(value).__name__}")
-                unknown = set(value) - set(fields)
-                if unknown:
-                    raise TypeError(f"{where} has no field {sorted(unknown)[0]!r}; fields: {', '.join(fields)}")
-                return {f: check_field(value.get(f)) for f, check_field in fields.items()}
+            check = self._record_checker(ref["name"])
 
         elif kind == "enum":
             members = self.enums[ref["name"]]
 
-            def check(value):
-                if value not in members:
-                    raise ValueError(f"{where} must be one of {', '.join(members)}; got {value!r}")
+            def check(value, where):
+                if type(value) is not str or value not in members:
+                    raise _Invalid(f"{where} must be one of {', '.join(members)}; got {value!r}")
                 return value
 
         else:
-            check = self._scalar_checker(kind, where)
-        if not optional:
+            check = self._scalar_checker(kind)
+        if not ref.get("optional", False):
             return check
 
-        def check_optional(value):
-            return None if value is None else check(value)
+        def check_optional(value, where):
+            return None if value is None else check(value, where)
 
         return check_optional
 
+    def _record_checker(self, name):
+        record_type = self.records[name]
+
+        def check(value, where):
+            fields = self._record_checks.get(name)
+            if fields is None:
+                fields = self._record_checks[name] = {f: self.checker(t) for f, t in self.record_fields[name].items()}
+            if isinstance(value, record_type):
+                value = _as_dict(value)
+            if not isinstance(value, dict):
+                raise _Invalid(f"{where} must be a {name} or a dict, not {_shown(value)}")
+            unknown = [k for k in value if k not in fields]
+            if unknown:
+                raise _Invalid(f"{where} has no field {unknown[0]!r}; fields: {', '.join(fields)}")
+            return {f: check_field(value.get(f), f"{where}.{f}") for f, check_field in fields.items()}
+
+        return check
+
     @staticmethod
-    def _scalar_checker(kind, where):
+    def _scalar_checker(kind):
         # One closure per kind, chosen once per parameter: the check runs on every call.
         if kind == "money":
 
-            def check(value):
-                if (isinstance(value, int) and not isinstance(value, bool)) or (
+            def check(value, where):
+                if (type(value) is int and -_MAX_INT <= value <= _MAX_INT) or (
                     isinstance(value, decimal.Decimal) and value.is_finite()
                 ):
                     return str(value)
-                raise TypeError(f"{where} must be a Decimal amount (e.g. Decimal('12.50')), not {value!r}")
+                raise _Invalid(f"{where} must be a Decimal amount (e.g. Decimal('12.50')), not {value!r}")
 
         elif kind == "datetime":
 
-            def check(value):
+            def check(value, where):
                 if isinstance(value, datetime.datetime):
                     return value.isoformat()
-                raise TypeError(f"{where} must be a datetime, not {type(value).__name__}")
+                raise _Invalid(f"{where} must be a datetime, not {_shown(value)}")
 
         elif kind == "float":
 
-            def check(value):
-                if isinstance(value, int | float) and not isinstance(value, bool):
+            def check(value, where):
+                if type(value) is int and -_MAX_INT - 1 <= value <= _MAX_INT:
                     return value
-                raise TypeError(f"{where} must be a number, not {type(value).__name__}")
+                if type(value) is float and value - value == 0.0:  # finite: not NaN or infinity
+                    return value
+                raise _Invalid(f"{where} must be a finite number, not {value!r}")
+
+        elif kind == "int":
+
+            def check(value, where):
+                if type(value) is not int:
+                    raise _Invalid(f"{where} must be an int, not {_shown(value)}")
+                if not -_MAX_INT - 1 <= value <= _MAX_INT:
+                    raise _Invalid(f"{where} must fit in 64 bits; {value} does not")
+                return value
+
+        elif kind == "str":
+
+            def check(value, where):
+                if type(value) is not str:
+                    raise _Invalid(f"{where} must be a str, not {_shown(value)}")
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise _Invalid(f"{where} contains a lone surrogate, which is not valid Unicode") from None
+                return value
 
         else:
             expected, described = _PLAIN[kind]
 
-            def check(value):
+            def check(value, where):
                 if type(value) is not expected:
-                    raise TypeError(f"{where} must be {described}, not {type(value).__name__}")
+                    raise _Invalid(f"{where} must be {described}, not {_shown(value)}")
                 return value
 
         return check
@@ -177,9 +229,7 @@ class _Types:
             item = self.decoder(ref["item"])
             decode = lambda value: [item(v) for v in value]  # noqa: E731
         elif kind == "record":
-            record_type = self.records[ref["name"]]
-            fields = {f: self.decoder(t) for f, t in self.record_fields[ref["name"]].items()}
-            decode = lambda value: record_type(**{f: dec(value.get(f)) for f, dec in fields.items()})  # noqa: E731
+            decode = self._record_decoder(ref["name"])
         elif kind == "money":
             decode = lambda value: decimal.Decimal(str(value))  # noqa: E731
         elif kind == "datetime":
@@ -187,6 +237,44 @@ class _Types:
         else:
             return lambda value: value
         return lambda value: None if value is None else decode(value)
+
+    def _record_decoder(self, name):
+        record_type = self.records[name]
+
+        def decode(value):
+            fields = self._record_decoders.get(name)
+            if fields is None:
+                fields = self._record_decoders[name] = {f: self.decoder(t) for f, t in self.record_fields[name].items()}
+            return record_type(**{f: dec(value.get(f)) for f, dec in fields.items()})
+
+        return decode
+
+
+def _too_deep(payload):
+    stack = [(payload, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def _depth(ref, records, seen=()):
+    """How deep a value of this type can nest (a list or record adds one); None if unbounded."""
+    kind = ref["kind"]
+    if kind == "list":
+        inner = _depth(ref["item"], records, seen)
+        return None if inner is None else inner + 1
+    if kind != "record":
+        return 0
+    if ref["name"] in seen:
+        return None  # a record that contains itself: values may nest without bound
+    depths = [_depth(t, records, (*seen, ref["name"])) for t in records[ref["name"]].values()]
+    return None if None in depths else 1 + max(depths, default=0)
 
 
 class Contract:
@@ -236,29 +324,42 @@ def _raise_host_error(raw, operation):
 def _proxy(contract, operation, types, host_call, err_type):
     name = operation["name"]
     qualified = f"{contract}.{name}"
-    params = {p["name"]: (types.checker(p["type"], p["name"]), p["required"]) for p in operation["params"]}
+    params = {p["name"]: (types.checker(p["type"]), p["required"]) for p in operation["params"]}
     required = [p for p, (_, is_required) in params.items() if is_required]
     returns = operation["returns"]
     decode = types.decoder(returns) if returns is not None else (lambda value: None)
     example = ", ".join(f"{p}=..." for p in required)
+    depths = [_depth(p["type"], types.record_fields) for p in operation["params"]]
+    deep = any(d is None or d >= _MAX_DEPTH for d in depths)  # else every value fits
     dumps, loads = json.dumps, json.loads
 
+    def invalid(message):
+        # The same refusal the gate gives a call whose arguments it cannot accept; this one
+        # never left the sandbox, so no receipt records it.
+        return ContractViolation(message, code="INVALID_ARGUMENTS", operation=qualified)
+
     def call(*args, **kwargs):
-        if args:
-            raise TypeError(f"{qualified}() takes keyword arguments only, e.g. {qualified}({example})")
         if SESSION.concluded:
             raise RuntimeError(f"{qualified}() called after the program concluded")
+        if args:
+            raise invalid(f"{qualified}() takes keyword arguments only, e.g. {qualified}({example})")
         payload = {}
-        for key, value in kwargs.items():
-            entry = params.get(key)
-            if entry is None:
-                close = difflib.get_close_matches(key, list(params), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; parameters: {', '.join(params) or 'none'}"
-                raise TypeError(f"{qualified}() got an unexpected keyword argument {key!r}{hint}")
-            payload[key] = entry[0](value)
+        try:
+            for key, value in kwargs.items():
+                entry = params.get(key)
+                if entry is None:
+                    close = difflib.get_close_matches(key, list(params), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else f"; parameters: {', '.join(params) or 'none'}"
+                    raise _Invalid(f"{qualified}() got an unexpected keyword argument {key!r}{hint}")
+                payload[key] = entry[0](value, key)
+        except _Invalid as error:
+            message = error.args[0]
+            raise invalid(message if message.startswith(qualified) else f"{qualified}(): {message}") from None
         for key in required:
             if key not in payload:
-                raise TypeError(f"{qualified}() missing required keyword argument {key!r}")
+                raise invalid(f"{qualified}() missing required keyword argument {key!r}")
+        if deep and _too_deep(payload):
+            raise invalid(f"{qualified}(): arguments nested deeper than {_MAX_DEPTH} levels, which the host refuses")
         try:
             raw = host_call(name, dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
         except err_type as error:

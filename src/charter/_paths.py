@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+from functools import cache
 from pathlib import Path
 
-__all__ = ["charter_home", "shipped_dir"]
+__all__ = ["allowed_modules", "charter_home", "shipped_dir"]
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -21,3 +23,10 @@ def shipped_dir(name: str) -> Path:
 def charter_home() -> Path:
     """Where Charter keeps its state: $CHARTER_HOME, else .charter in the working directory."""
     return Path(os.environ.get("CHARTER_HOME") or Path.cwd() / ".charter")
+
+
+@cache
+def allowed_modules() -> tuple[str, ...]:
+    """The modules a program may import (the guest's policy file, the one place they are listed)."""
+    policy = json.loads((shipped_dir("sandbox") / "policy.json").read_text(encoding="utf-8"))
+    return tuple(str(name) for name in policy["allowed_modules"])

@@ -16,6 +16,8 @@ from charter.contract.model import Contract
 
 __all__ = ["canonical_json", "content_hash"]
 
+_LATER_RULE_KINDS = ("approval", "scope")
+
 
 def canonical_json(model: Contract) -> bytes:
     data = model.model_dump(mode="json", by_alias=True)
@@ -24,6 +26,13 @@ def canonical_json(model: Contract) -> bytes:
     for holder in (data, *data["operations"].values()):
         if holder.get("binding") is not None:
             holder["binding"] = {kind: v for kind, v in holder["binding"].items() if v is not None}
+    # The rule kinds added later (approval, scope) appear only when used, so the hashes of
+    # contracts written before them did not change.
+    for boundary in data["boundaries"]:
+        for rule in boundary["enforced_by"]:
+            for kind in _LATER_RULE_KINDS:
+                if rule.get(kind, "") is None:
+                    del rule[kind]
     return msgspec.json.encode(data)
 
 

@@ -40,14 +40,7 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
             id=b.id,
             text=b.text,
             advisory=b.advisory,
-            enforced_by=tuple(
-                f"transition:{r.transition}"
-                if r.transition
-                else f"guard:{r.guard}"
-                if r.guard
-                else f"sequence:{r.sequence}"
-                for r in b.enforced_by
-            ),
+            enforced_by=tuple(f"{r.kind}:{r.target}" for r in b.enforced_by),
         )
         for b in model.boundaries
     )
@@ -229,6 +222,8 @@ def _render_view(model: Contract, gate: GateTable) -> RenderView:
                     *(op.transition.boundaries if op.transition else ()),
                     *(b for g in op.guards for b in g.boundaries),
                     *op.after_boundaries,
+                    *_enforcing(gate.boundaries, f"approval:{op.name}"),
+                    *_enforcing(gate.boundaries, f"scope:{op.name}"),
                 ]
             )
         )

@@ -78,6 +78,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         message = f"invalid YAML: {exc.problem or exc.context}"
         if "but found '?'" in message or "but got '?'" in message:
             message += " (inside {...} an optional type must be quoted, e.g. 'str?', or written one per line)"
+        elif "but got '['" in message:
+            message += " (inside {...} a list type must be quoted, e.g. 'list[str]', or written one per line)"
         raise ContractError([Problem(file, line, column, message)]) from None
     except yaml.YAMLError as exc:  # pragma: no cover - composer errors are all marked
         raise ContractError([Problem(file, 1, 1, f"invalid YAML: {exc}")]) from None

@@ -1,9 +1,16 @@
-"""CEL guards: compile at check time, reject unknown names and fields, type-check.
+"""CEL guards: compile at check time, reject unknown names, functions and fields, type-check.
 
 The `cel` binding exposes compilation and the top-level names an expression uses, but not
 field selections or types. So we resolve every `params.a.b` chain against the declared
 types ourselves, and type-check by evaluating the guard on typed sample values: CEL does
 not coerce between types, so a mismatch such as `params.reason > 3` fails on any sample.
+
+Optional values are null when absent (the gate passes an omitted optional param as a
+present null, so `has(params.x)` is true for every declared param): the guard is also
+evaluated with each optional value null on its own, then with all of them null at once,
+so a guard that does not test `x != null` first fails here rather than at run time.
+Each optional alone plus all together keeps the tries linear in the number of optional
+values, where every combination would be exponential.
 """
 
 from __future__ import annotations
@@ -11,15 +18,17 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import cel
-from cel.stdlib import add_stdlib_to_context
+from cel.stdlib import EXTENSIONS, add_stdlib_to_context
 
 from charter.contract.types import MONEY_SCALE, TypeRef
 
 __all__ = [
+    "GUARD_FUNCTIONS",
     "PRINCIPAL_FIELDS",
     "activation",
     "check_guard",
@@ -43,6 +52,48 @@ _SYNTAX = re.compile(r"<input>:(\d+):(\d+): Syntax error: ([^\n]*)")
 # Extended functions guards may call (trim, math.greatest, sets.contains...). Encoders are
 # left out: a guard has no business decoding base64.
 GUARD_LIBRARIES = ("core", "strings", "math", "sets", "lists")
+# CEL's own functions (the macros has, all, exists, exists_one, map, filter are syntax).
+_CEL_FUNCTIONS = (
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "timestamp",
+    "duration",
+    "type",
+    "dyn",
+    "getFullYear",
+    "getMonth",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+)
+GUARD_FUNCTIONS: tuple[str, ...] = tuple(
+    dict.fromkeys([*_CEL_FUNCTIONS, *(name for lib in GUARD_LIBRARIES for name in EXTENSIONS[lib])])
+)
+# How the compiled program names a function: its last part ('math.greatest' -> 'greatest').
+_FUNCTION_TAILS = {name.rsplit(".", 1)[-1] for name in GUARD_FUNCTIONS}
+_NAMESPACES = {name.split(".")[0] for name in GUARD_FUNCTIONS if "." in name}
+_FLOAT = r"(?:\d+\.\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+)"
+_OPERATOR = r"(?:<=|>=|==|!=|<|>|\+|-|\*|/)"
+_FLOAT_AFTER = re.compile(rf"\s*{_OPERATOR}\s*({_FLOAT})(?![\w.])")
+_FLOAT_BEFORE = re.compile(rf"(?<![\w.])({_FLOAT})\s*{_OPERATOR}\s*\Z")
+_IDENTIFIER = re.compile(r"[A-Za-z]\w*")
+_UNDEFINED = re.compile(r"Undefined variable or function: '([^']*)'")
+# Samples of records that contain themselves (through an optional or a list) stop here.
+_SAMPLE_DEPTH = 3
 
 
 def activation(variables: Mapping[str, Any]) -> cel.Context:
@@ -91,58 +142,171 @@ def check_guard(
     bound = set(_MACRO_BINDING.findall(blanked))
     problems: list[str] = []
     for name in program.variables():
-        if name not in variables and name not in bound:
+        if name not in variables and name not in bound and name not in _NAMESPACES:
             allowed = ", ".join(variables) or "nothing"
             problems.append(f"unknown name '{name}'{suggest(name, variables)}; this guard may use {allowed}")
+    for name in program.functions():
+        if _IDENTIFIER.fullmatch(name) and name not in _FUNCTION_TAILS:  # operators are '_+_', '!_', '@in'...
+            written = _written_function(blanked, name)
+            problems.append(
+                f"unknown function '{written}'{suggest(written, GUARD_FUNCTIONS)}; guards may call "
+                f"{', '.join(GUARD_FUNCTIONS)}"
+            )
+    money_chains: list[tuple[int, int, str]] = []  # (start, end, text) of chains that give money
     for match in _CHAIN.finditer(blanked):
         root = match.group(1)
         if root not in variables:
             continue
         steps = [s.strip() for s in match.group(2).split(".") if s.strip()]
         is_call = blanked[match.end() :].lstrip().startswith("(")
-        problems.extend(_walk(root, steps, is_call, variables[root], records))
+        found, ref = _walk(root, steps, is_call, variables[root], records)
+        problems.extend(found)
+        if ref is not None and ref.kind == "money" and not is_call:
+            money_chains.append((match.start(), match.end(), ".".join([root, *steps])))
+    for start, end, chain in money_chains:
+        literal = _FLOAT_AFTER.match(blanked, end) or _FLOAT_BEFORE.search(blanked[:start])
+        if literal is not None:
+            problems.append(_money_float(chain, literal.group(1)))
     if problems:
         return problems
 
-    for sample in (_samples(variables, records, enums, 0), _samples(variables, records, enums, 1)):
-        try:
-            result = program.execute(activation(sample))
-        except TypeError as exc:
-            return [
-                f"type error: {str(exc).split('. ')[0]} (CEL never converts types; money is an int of cents in guards)"
-            ]
-        except KeyError as exc:
-            return [f"unknown field {exc}"]
-        except (RuntimeError, ValueError) as exc:
-            return [f"cannot be evaluated: {str(exc).split('. ')[0]}"]
-        if not isinstance(result, bool):
-            return [f"gives {type(result).__name__}, but a guard must give true or false"]
-    return []
+    for n in (0, 1):
+        failure = _evaluate(program, _samples(variables, records, enums, n, frozenset()))
+        if failure is not None:
+            return [failure]
+    return _null_problems(program, variables, records, enums)
 
 
-def _walk(root: str, steps: list[str], ends_in_call: bool, fields: Fields, records: Mapping[str, Fields]) -> list[str]:
+def _written_function(blanked: str, name: str) -> str:
+    """The function as the guard spells it: 'math.gretest' rather than 'gretest'."""
+    match = re.search(rf"(?<![\w.])([A-Za-z_]\w*)\s*\.\s*{re.escape(name)}\s*\(", blanked)
+    if match is not None and match.group(1) in _NAMESPACES:
+        return f"{match.group(1)}.{name}"
+    return name
+
+
+def _money_float(chain: str, literal: str) -> str:
+    hint = "write the amount as an integer number of cents"
+    try:
+        cents = Decimal(literal).scaleb(2)
+        if cents == cents.to_integral_value():
+            hint = f"write {int(cents)} for {Decimal(literal).quantize(Decimal('0.01'))}"
+    except InvalidOperation:
+        pass
+    return f"{chain} is money, compared with the float {literal}; money is integer cents in guards: {hint}"
+
+
+def _evaluate(program: Any, sample: Mapping[str, Any]) -> str | None:
+    """Why the guard fails on `sample`, or None when it gives true or false."""
+    try:
+        result = program.execute(activation(sample))
+    except TypeError as exc:
+        return f"type error: {str(exc).split('. ')[0]} (CEL never converts types; money is an int of cents in guards)"
+    except KeyError as exc:
+        return f"unknown field {exc}"
+    except (RuntimeError, ValueError) as exc:
+        undefined = _UNDEFINED.search(str(exc))
+        if undefined is not None and undefined.group(1) in _FUNCTION_TAILS:
+            # A function guards may call, applied to a value it is not defined for.
+            return (
+                f"type error: {undefined.group(1)}() is not defined for the given argument types "
+                "(CEL never converts types; money is an int of cents in guards)"
+            )
+        return f"cannot be evaluated: {str(exc).split('. ')[0]}"
+    if not isinstance(result, bool):
+        return f"gives {type(result).__name__}, but a guard must give true or false"
+    return None
+
+
+Nullable = tuple[str, ...]  # where an optional value sits: ("params", "amount"), ("params", "xs", "[]")
+
+
+def _null_problems(
+    program: Any,
+    variables: Mapping[str, Fields],
+    records: Mapping[str, Fields],
+    enums: Mapping[str, Sequence[str]],
+) -> list[str]:
+    nullable = list(dict.fromkeys(_nullable(variables, records)))
+    if not nullable:
+        return []
+    culprits = [p for p in nullable if _evaluate(program, _samples(variables, records, enums, 1, frozenset({p})))]
+    if not culprits and _evaluate(program, _samples(variables, records, enums, 1, frozenset(nullable))):
+        # Fails only when several are null together: those whose value alone repairs it.
+        everything = frozenset(nullable)
+        culprits = [
+            p for p in nullable if not _evaluate(program, _samples(variables, records, enums, 1, everything - {p}))
+        ] or nullable[:1]
+    return [_may_be_null(p) for p in culprits]
+
+
+def _may_be_null(path: Nullable) -> str:
+    if path[-1] == "[]":
+        chain = ".".join(p for p in path[:-1] if p != "[]")
+        return f"items of {chain} may be null; test each item != null first"
+    chain = ".".join(p for p in path if p != "[]")
+    return f"{chain} may be null; test {chain} != null first"
+
+
+def _nullable(variables: Mapping[str, Fields], records: Mapping[str, Fields]) -> Iterator[Nullable]:
+    def walk(ref: TypeRef, path: Nullable, depth: int) -> Iterator[Nullable]:
+        if ref.optional:
+            yield path
+        if depth >= _SAMPLE_DEPTH:
+            return
+        if ref.kind == "list" and ref.item is not None:
+            yield from walk(ref.item, (*path, "[]"), depth + 1)
+        elif ref.kind == "record":
+            for name, field in records.get(ref.name or "", {}).items():
+                yield from walk(field, (*path, name), depth + 1)
+
+    for root, fields in variables.items():
+        for name, ref in fields.items():
+            yield from walk(ref, (root, name), 0)
+
+
+def _walk(
+    root: str, steps: list[str], ends_in_call: bool, fields: Fields, records: Mapping[str, Fields]
+) -> tuple[list[str], TypeRef | None]:
+    """(problems, the chain's type) for `root.step.step...`; the type is None after a method."""
     path, kind = root, "record"
     current: Fields | None = fields
+    ref: TypeRef | None = None
     for index, step in enumerate(steps):
         if current is None:
             if index == len(steps) - 1 and ends_in_call:
-                return []  # a method such as startsWith or exists on a non-record value
-            return [f"'{path}' is {kind} and has no field '{step}'"]
+                return [], None  # a method such as startsWith or exists on a non-record value
+            return [f"'{path}' is {kind} and has no field '{step}'"], None
         if step not in current:
-            return [f"'{path}' has no field '{step}'{suggest(step, current)}"]
+            return [f"'{path}' has no field '{step}'{suggest(step, current)}"], None
         path = f"{path}.{step}"
         ref = current[step]
         kind = str(ref)
         current = records.get(ref.name or "") if ref.kind == "record" else None
-    return []
+    return [], ref
 
 
-def _sample(ref: TypeRef, records: Mapping[str, Fields], enums: Mapping[str, Sequence[str]], n: int) -> Any:
+def _sample(
+    ref: TypeRef,
+    records: Mapping[str, Fields],
+    enums: Mapping[str, Sequence[str]],
+    n: int,
+    path: Nullable,
+    nulls: frozenset[Nullable],
+) -> Any:
+    if ref.optional and path in nulls:
+        return None
+    depth = len(path) - 2
     if ref.kind == "list":
         assert ref.item is not None
-        return [_sample(ref.item, records, enums, n)]
+        if depth >= _SAMPLE_DEPTH:
+            return []
+        return [_sample(ref.item, records, enums, n, (*path, "[]"), nulls)]
     if ref.kind == "record":
-        return {k: _sample(v, records, enums, n) for k, v in records[ref.name or ""].items()}
+        if depth >= _SAMPLE_DEPTH and ref.optional:
+            return None  # a record that contains itself ends here
+        fields = records[ref.name or ""]
+        return {k: _sample(v, records, enums, n, (*path, k), nulls) for k, v in fields.items()}
     if ref.kind == "enum":
         values = enums[ref.name or ""]
         return values[min(n, len(values) - 1)]
@@ -162,5 +326,10 @@ def _samples(
     records: Mapping[str, Fields],
     enums: Mapping[str, Sequence[str]],
     n: int,
+    nulls: frozenset[Nullable],
 ) -> dict[str, Any]:
-    return {name: {k: _sample(v, records, enums, n) for k, v in fields.items()} for name, fields in variables.items()}
+    """One value per variable; the optional values at `nulls` are null."""
+    return {
+        name: {k: _sample(v, records, enums, n, (name, k), nulls) for k, v in fields.items()}
+        for name, fields in variables.items()
+    }

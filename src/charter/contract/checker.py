@@ -8,6 +8,7 @@ model plus every type resolved, which is what the compiler needs.
 from __future__ import annotations
 
 import ast
+import builtins
 import keyword
 import re
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 import pydantic
 from pydantic import BaseModel
 
+from charter._paths import allowed_modules
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
@@ -44,11 +46,21 @@ __all__ = [
 _SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Field and param names: identifiers, but not '__x' (Python mangles such names inside the
+# stubs' classes, and the guest runtime keeps its own names in that space).
+_FIELD = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _BASE_URL = re.compile(r"https?://[^\s?#]+\Z")
 _SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)*\Z")
 # Names a program already uses for something else: the runtime's own functions and types.
-_RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime"}
+_RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime", "Literal"}
+# A program reaches the contract by its name, beside the runtime's names, Python's builtins
+# and the modules it may import; a contract named like one of them would hide it or them.
+_RESERVED_CONTRACT_NAMES = frozenset(
+    {"conclude", "refuse", "principal", *dir(builtins), *(m.split(".")[0] for m in allowed_modules())}
+)
+# Python bindings receive the call's context as the keyword argument `charter`.
+_RESERVED_PARAMS = frozenset({"charter"})
 
 Fields = Mapping[str, TypeRef]
 
@@ -238,6 +250,12 @@ class _Checker:
                 ("contract",),
                 f"contract name '{m.contract}' must be a snake_case identifier, e.g. 'orders'",
             )
+        elif m.contract in _RESERVED_CONTRACT_NAMES:
+            self.fail(
+                ("contract",),
+                f"contract name '{m.contract}' is taken in a program (a Python builtin, an importable module or a "
+                "runtime name); choose another, e.g. 'orders'",
+            )
         self._declare_names()
         self._resolve_records()
         for name, entity in m.entities.items():
@@ -329,10 +347,10 @@ class _Checker:
     def _fields(self, path: DocPath, fields: Mapping[str, str], owner: str) -> dict[str, TypeRef]:
         resolved: dict[str, TypeRef] = {}
         for name, text in fields.items():
-            if not _IDENT.match(name) or keyword.iskeyword(name):
+            if not _FIELD.match(name) or keyword.iskeyword(name):
                 self.fail(
                     (*path, name),
-                    f"field name '{name}' of {owner} must be a Python identifier",
+                    f"field name '{name}' of {owner} must be a Python identifier not starting with '__'",
                     key=True,
                 )
                 continue
@@ -403,8 +421,11 @@ class _Checker:
         if lifecycle is None:
             return
         lpath: DocPath = (*path, "lifecycle")
-        if not _IDENT.match(lifecycle.field):
-            self.fail((*lpath, "field"), f"state field '{lifecycle.field}' must be a Python identifier")
+        if not _FIELD.match(lifecycle.field) or keyword.iskeyword(lifecycle.field):
+            self.fail(
+                (*lpath, "field"),
+                f"state field '{lifecycle.field}' must be a Python identifier not starting with '__'",
+            )
         self._check_value_names((*lpath, "states"), lifecycle.states, "state")
         states = lifecycle.states
         if lifecycle.initial not in states:
@@ -428,11 +449,6 @@ class _Checker:
                     (*tpath, "to"),
                     f"transition '{tname}' names unknown state '{transition.to}'{suggest(transition.to, states)}",
                 )
-            if transition.to in transition.from_:
-                self.fail(
-                    (*tpath, "to"),
-                    f"transition '{tname}' goes from '{transition.to}' to itself; a transition must change the state",
-                )
 
     # operations
 
@@ -448,10 +464,19 @@ class _Checker:
             return
         params: dict[str, TypeRef] = {}
         for pname, text in op.params.items():
-            if not _IDENT.match(pname) or keyword.iskeyword(pname):
+            if not _FIELD.match(pname) or keyword.iskeyword(pname):
                 self.fail(
                     (*path, "params", pname),
-                    f"param name '{pname}' of {name} must be a Python identifier and not a keyword",
+                    f"param name '{pname}' of {name} must be a Python identifier not starting with '__' and not a "
+                    "keyword",
+                    key=True,
+                )
+                continue
+            if pname in _RESERVED_PARAMS:
+                self.fail(
+                    (*path, "params", pname),
+                    f"param name '{pname}' of {name} is reserved: Python bindings receive the call's context under "
+                    "that name",
                     key=True,
                 )
                 continue
@@ -729,8 +754,8 @@ class _Checker:
             if not boundary.enforced_by and not boundary.advisory:
                 self.fail(
                     bpath,
-                    f"boundary '{boundary.id}' is enforced by no rule: add `enforced_by:` (a transition, guard "
-                    "or sequence) or mark it `advisory: true`",
+                    f"boundary '{boundary.id}' is enforced by no rule: add `enforced_by:` (a transition, guard, "
+                    "sequence, approval or scope) or mark it `advisory: true`",
                 )
             for rindex, rule in enumerate(boundary.enforced_by):
                 rpath: DocPath = (*bpath, "enforced_by", rindex)
@@ -746,6 +771,8 @@ class _Checker:
                         f"boundary '{boundary.id}' is enforced by unknown guard '{rule.guard}'"
                         + suggest(rule.guard, self.guard_ids),
                     )
+                if rule.approval is not None or rule.scope is not None:
+                    self._check_operation_rule(boundary.id, rule.kind, rule.target, (*rpath, rule.kind))
                 if rule.sequence is not None and rule.sequence not in sequences:
                     hint = suggest(rule.sequence, sequences)
                     why = "" if rule.sequence in m.operations else " operation"
@@ -754,6 +781,27 @@ class _Checker:
                         f"boundary '{boundary.id}' is enforced by the sequence rule of{why} '{rule.sequence}', "
                         f"which has no `after:` rule{hint}",
                     )
+
+    def _check_operation_rule(self, boundary: str, kind: str, operation: str, path: DocPath) -> None:
+        """A boundary enforced by an operation's approval or its scopes: that rule must exist."""
+        op = self.model.operations.get(operation)
+        if op is None:
+            self.fail(
+                path,
+                f"boundary '{boundary}' is enforced by the {kind} rule of unknown operation '{operation}'"
+                + suggest(operation, self.model.operations),
+            )
+        elif kind == "approval" and not op.requires_approval:
+            self.fail(
+                path,
+                f"boundary '{boundary}' is enforced by the approval of '{operation}', which does not require "
+                "approval; add `requires_approval: true` to it",
+            )
+        elif kind == "scope" and not op.scopes:
+            self.fail(
+                path,
+                f"boundary '{boundary}' is enforced by the scopes of '{operation}', which lists none; add `scopes:`",
+            )
 
 
 # --- bindings -----------------------------------------------------------------------------------

@@ -185,19 +185,34 @@ class Operation(_Strict):
     binding: Binding | None = None
 
 
+_RULE_KINDS = ("transition", "guard", "sequence", "approval", "scope")
+
+
 class RuleRef(_Strict):
-    """One machine rule that enforces a boundary. Exactly one of the three is set."""
+    """One machine rule that enforces a boundary. Exactly one of the five is set."""
 
     transition: str | None = Field(default=None, description="'Entity.transition'")
     guard: str | None = Field(default=None, description="A guard id.")
     sequence: str | None = Field(default=None, description="An operation whose `after` rule enforces it.")
+    approval: str | None = Field(default=None, description="An operation with `requires_approval: true`.")
+    scope: str | None = Field(default=None, description="An operation whose `scopes` enforce it.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RuleRef:
-        named = [k for k in ("transition", "guard", "sequence") if getattr(self, k) is not None]
+        named = [k for k in _RULE_KINDS if getattr(self, k) is not None]
         if len(named) != 1:
-            raise ValueError("a rule names exactly one of transition, guard, sequence")
+            raise ValueError(f"a rule names exactly one of {', '.join(_RULE_KINDS)}")
         return self
+
+    @property
+    def kind(self) -> str:
+        """'transition', 'guard', 'sequence', 'approval' or 'scope'."""
+        return next(k for k in _RULE_KINDS if getattr(self, k) is not None)
+
+    @property
+    def target(self) -> str:
+        """What the rule names: 'Order.cancel', a guard id or an operation."""
+        return str(getattr(self, self.kind))
 
 
 class Boundary(_Strict):
@@ -236,7 +251,9 @@ class Contract(_Strict):
     changelog: NonEmptyText = Field(description="What changed in this version.")
     enums: dict[str, list[str]] = Field(default_factory=dict)
     records: dict[str, dict[str, TypeText]] = Field(default_factory=dict)
-    entities: dict[str, Entity] = Field(min_length=1)
+    entities: dict[str, Entity] = Field(
+        default_factory=dict, description="May be empty: a stateless contract has operations only."
+    )
     operations: dict[str, Operation] = Field(min_length=1)
     boundaries: list[Boundary] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)

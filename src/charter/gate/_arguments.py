@@ -23,62 +23,76 @@ class InvalidArguments(ValueError):
     """`field` is the JSON path of the offending value, e.g. `$.amount`."""
 
 
-class _Money:
-    """Marker: a Decimal with at most MONEY_SCALE places, never sent as a float."""
+_ALIAS = "__charter_"
+_SCALARS: dict[str, Any] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "money": decimal.Decimal,
+    "datetime": datetime.datetime,
+    "list": list,  # a field may be named `list`: the annotation must not see it
+}
+
+
+def _alias(ref: TypeRef) -> str:
+    if ref.kind in ("record", "enum"):
+        return f"{_ALIAS}{ref.kind}_{ref.name}"
+    return f"{_ALIAS}{ref.kind}"
+
+
+def _annotation(ref: TypeRef) -> str:
+    """The type as annotation text over the aliases, e.g. `__charter_list[__charter_record_Item] | None`."""
+    if ref.kind == "list":
+        assert ref.item is not None
+        text = f"{_ALIAS}list[{_annotation(ref.item)}]"
+    else:
+        text = _alias(ref)
+    return f"{text} | None" if ref.optional else text
 
 
 class TypeMapping:
-    """Contract types as msgspec annotations: one mapping for everything the gate checks.
+    """Contract types as msgspec types: one mapping for everything the gate checks, the
+    arguments of calls and the results of backends.
 
-    Records become Structs that forbid unknown fields. With `optional_may_be_absent`, a
-    record's optional field may also be left out (results: `T?` is "T or absent");
-    without it, it must be present, possibly null.
+    Records become keyword-only Structs that forbid unknown fields; an optional field may
+    be left out (it is then None). Field annotations are written as text over private
+    aliases and resolved by msgspec on first use: records may refer to themselves or each
+    other through optionals and lists, which needs names resolved late; the aliases cannot
+    clash with a field name (the checker refuses names that start with '__').
     """
 
-    def __init__(
-        self,
-        records: Mapping[str, Mapping[str, TypeRef]],
-        enums: Mapping[str, tuple[str, ...]],
-        *,
-        optional_may_be_absent: bool = False,
-    ) -> None:
-        self._records = records
-        self._enums = enums
-        self._absent = optional_may_be_absent
-        self._record_types: dict[str, Any] = {}
+    def __init__(self, records: Mapping[str, Mapping[str, TypeRef]], enums: Mapping[str, tuple[str, ...]]) -> None:
+        self._aliases: dict[str, Any] = {f"{_ALIAS}{k}": v for k, v in _SCALARS.items()}
+        self._aliases.update({f"{_ALIAS}enum_{n}": Literal[values] for n, values in enums.items()})
+        records_made = []
+        for name, fields in records.items():
+            struct = self._define(name, list(fields.items()))
+            self._aliases[f"{_ALIAS}record_{name}"] = struct
+            records_made.append(struct)
+        for struct in records_made:  # every record's alias exists only now
+            self._resolve(struct)
+
+    def struct(self, name: str, fields: list[tuple[str, TypeRef]]) -> Any:
+        """A Struct type named `name` with these fields, over this mapping's records and enums."""
+        struct = self._define(name, fields)
+        self._resolve(struct)
+        return struct
 
     def annotation(self, ref: TypeRef) -> Any:
-        base: Any
-        if ref.kind == "list":
-            assert ref.item is not None
-            base = list[self.annotation(ref.item)]  # type: ignore[misc]
-        elif ref.kind == "record":
-            assert ref.name is not None
-            base = self._record(ref.name)
-        elif ref.kind == "enum":
-            assert ref.name is not None
-            base = Literal[self._enums[ref.name]]
-        else:
-            base = {
-                "str": str,
-                "int": int,
-                "float": float,
-                "bool": bool,
-                "money": decimal.Decimal,
-                "datetime": datetime.datetime,
-            }[ref.kind]
+        """The msgspec type of one contract type (e.g. `list[Order] | None`)."""
+        base: Any = list[self.annotation(ref.item)] if ref.item is not None else self._aliases[_alias(ref)]  # type: ignore[misc]
         return base | None if ref.optional else base
 
-    def _record(self, name: str) -> Any:
-        if name not in self._record_types:
-            self._record_types[name] = None  # records cannot nest themselves (the checker refuses cycles)
-            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-            for f, t in self._records[name].items():
-                annotation = self.annotation(t)
-                fields.append((f, annotation, None) if self._absent and t.optional else (f, annotation))
-            # kw_only: an optional field with its default may precede a required one
-            self._record_types[name] = msgspec.defstruct(name, fields, forbid_unknown_fields=True, kw_only=True)
-        return self._record_types[name]
+    @staticmethod
+    def _define(name: str, fields: list[tuple[str, TypeRef]]) -> Any:
+        # An optional field may be omitted (it is then None); a required one may not.
+        spec = [(f, _annotation(t), None) if t.optional else (f, _annotation(t)) for f, t in fields]
+        return msgspec.defstruct(name, spec, kw_only=True, forbid_unknown_fields=True, module=__name__)
+
+    def _resolve(self, struct: Any) -> None:
+        for alias, value in self._aliases.items():
+            setattr(struct, alias, value)
 
 
 class ArgumentChecker:
@@ -88,15 +102,12 @@ class ArgumentChecker:
         records: Mapping[str, Mapping[str, TypeRef]],
         enums: Mapping[str, tuple[str, ...]],
     ) -> None:
-        self._python = TypeMapping(records, enums).annotation
+        mapping = TypeMapping(records, enums)
         self._types: dict[str, Any] = {}
         self._money: dict[str, tuple[str, ...]] = {}
         for name, params in operations.items():
-            fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
-            for p in params:
-                annotation = self._python(p.type)
-                fields.append((p.name, annotation) if p.required else (p.name, annotation, None))
-            self._types[name] = msgspec.defstruct(f"{name}_arguments", fields, forbid_unknown_fields=True)
+            # Keyword-only: a call names every argument, so declaration order never matters.
+            self._types[name] = mapping.struct(f"{name}_arguments", [(p.name, p.type) for p in params])
             self._money[name] = tuple(p.name for p in params if p.type.kind == "money")
 
     @classmethod

@@ -119,6 +119,11 @@ class ContractGate:
             programs = [(g, cel.compile(g.when)) for g in rule.guards]
             self._guards[name] = tuple(_CompiledGuard(g, p, "entity" in p.variables()) for g, p in programs)
         self._boundary_text = {b.id: b.text for b in table.boundaries}
+        # "approval:op" / "scope:op" -> the boundaries that rule enforces (named in the denial)
+        self._rule_boundaries: dict[str, tuple[str, ...]] = {}
+        for b in table.boundaries:
+            for ref in b.enforced_by:
+                self._rule_boundaries[ref] = (*self._rule_boundaries.get(ref, ()), b.id)
 
     def session(
         self,
@@ -248,20 +253,24 @@ class GateSession:
         missing = [s for s in rule.scopes if not self._principal.has(s)]
         if missing:
             held = ", ".join(sorted(self._principal.scopes)) or "no scopes"
+            note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"scope:{rule.name}", ()))
             raise _Refusal(
                 Verdict(
                     "FORBIDDEN_SCOPE",
-                    f"{rule.name} needs scope {', '.join(missing)}; principal {self._principal.id} holds {held}.",
+                    f"{rule.name} needs scope {', '.join(missing)}; principal {self._principal.id} holds {held}.{note}",
                     clause=f"scopes:{rule.name}",
+                    boundary=boundary,
                 )
             )
         if rule.requires_approval:
+            note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"approval:{rule.name}", ()))
             raise _Refusal(
                 Verdict(
                     "APPROVAL_REQUIRED",
                     f"{rule.name} requires human approval before it runs, and Charter has no approval step yet; "
-                    "it is refused rather than run unapproved.",
+                    f"it is refused rather than run unapproved.{note}",
                     clause=f"requires_approval:{rule.name}",
+                    boundary=boundary,
                 )
             )
         for before in rule.after:
@@ -415,7 +424,19 @@ class GateSession:
         for guard in guards:
             if guard.uses_entity and "entity" not in variables:
                 raise _Refusal(Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
-            if guard.program.execute(context) is not True:
+            try:
+                holds = guard.program.execute(context) is True
+            except Exception as error:  # the checker tries nulls and types; name the guard if one still fails
+                raise _Refusal(
+                    Verdict(
+                        "GATE_ERROR",
+                        f"{rule.name} refused: guard {guard.rule.id} could not be evaluated "
+                        f"({type(error).__name__}: {str(error).split('. ')[0]}); the gate does not allow what it "
+                        "cannot check.",
+                        clause=f"guard:{guard.rule.id}",
+                    )
+                ) from None
+            if not holds:
                 note, boundary = self._gate.boundary_note(guard.rule.boundaries)
                 raise _Refusal(
                     Verdict(

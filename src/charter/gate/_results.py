@@ -50,7 +50,7 @@ class ResultChecker:
 
     def __init__(self, table: GateTable) -> None:
         self._records = table.records
-        self._mapping = TypeMapping(table.records, table.enums, optional_may_be_absent=True)
+        self._mapping = TypeMapping(table.records, table.enums)
         self._annotations: dict[TypeRef, Any] = {}
 
     def check(self, ref: TypeRef | None, value: Any) -> CheckedResult:

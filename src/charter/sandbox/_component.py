@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -20,15 +19,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import wasmtime
 from wasmtime.component import Component
 
-from charter._paths import shipped_dir
+from charter._paths import allowed_modules, shipped_dir
 from charter.errors import CharterError
 
 __all__ = ["BuildFailed", "ComponentFiles", "allowed_modules", "cache_root", "ensure_built", "guest_dir", "load"]
@@ -45,13 +42,6 @@ class BuildFailed(CharterError):
 
 def guest_dir() -> Path:
     return shipped_dir("sandbox")
-
-
-@cache
-def allowed_modules() -> tuple[str, ...]:
-    """The modules a program may import (the guest's policy file, the one place they are listed)."""
-    policy: dict[str, Any] = json.loads((guest_dir() / "policy.json").read_text(encoding="utf-8"))
-    return tuple(policy["allowed_modules"])
 
 
 def cache_root() -> Path:
