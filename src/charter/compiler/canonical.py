@@ -24,6 +24,12 @@ def canonical_json(model: Contract) -> bytes:
     for holder in (data, *data["operations"].values()):
         if holder.get("binding") is not None:
             holder["binding"] = {kind: v for kind, v in holder["binding"].items() if v is not None}
+    # Likewise `public` counts only when set, so the hashes of contracts written before it existed hold;
+    # `to_decide` is the author's to-do list, never published (publish refuses it non-empty).
+    for operation in data["operations"].values():
+        if not operation.get("public"):
+            operation.pop("public", None)
+    data.pop("to_decide", None)
     return msgspec.json.encode(data)
 
 

@@ -23,7 +23,7 @@ from charter.contract._yaml import SourceMap
 from charter.contract.cel_guards import suggest
 from charter.contract.checker import CheckedContract, check_contract_data
 from charter.contract.model import Contract, SemVer
-from charter.errors import ChangeRefused, ContractNotFound, VersionConflict
+from charter.errors import ChangeRefused, ContractNotFound, UndecidedDraft, VersionConflict
 from charter.registry.diff import Change, diff_contracts
 
 __all__ = ["PublishResult", "Registry", "VersionInfo", "charter_home", "parse_ref"]
@@ -151,7 +151,11 @@ class Registry:
     # writing
 
     def publish(self, checked: CheckedContract, source_text: str, *, allow_relaxation: bool = False) -> PublishResult:
-        """Record an immutable version. Identical content under the same version is a no-op."""
+        """Record an immutable version. Identical content under the same version is a no-op.
+
+        Raises UndecidedDraft while the contract lists items under `to_decide:`.
+        """
+        _refuse_undecided(checked)
         compiled = compile_contract(checked)
         name, version = compiled.name, compiled.version
         existing = {v.version: v for v in self.versions(name)}
@@ -215,9 +219,23 @@ class Registry:
         return PublishResult(info, created=True, changes=changes)
 
 
+def _refuse_undecided(checked: CheckedContract) -> None:
+    items = checked.model.to_decide
+    if not items:
+        return
+    raise UndecidedDraft(
+        f"{checked.name} {checked.version} ({checked.file}) is a draft with {len(items)} item(s) still to decide, "
+        "so it is not published:\n"
+        + "\n".join(f"  - {item}" for item in items)
+        + "\nDecide each one (edit the contract), then delete its line under `to_decide:`; "
+        "once the list is empty, delete the key and publish again.",
+        items,
+    )
+
+
 @lru_cache(maxsize=64)
 def _compile_canonical(canonical: str, label: str) -> CompiledContract:
     # Bindings are not re-resolved: they were resolved at publish time, relative to the
     # file, and the registry may be read from anywhere.
     data = msgspec.json.decode(canonical)
-    return compile_contract(check_contract_data(data, SourceMap(label)))
+    return compile_contract(check_contract_data(data, SourceMap(label), published=True))
