@@ -49,6 +49,7 @@ class Flat:
 
     node: dict[str, Any]  # the merged keywords (properties, required, type, ...)
     component: str | None = None  # the components.schemas key it is, when it is exactly one
+    parts: tuple[str, ...] = ()  # the components.schemas keys its allOf merged
 
     @property
     def properties(self) -> dict[str, Any]:
@@ -75,9 +76,10 @@ class Schemas:
     records: dict[str, dict[str, str]] = field(default_factory=dict)
     known_enums: dict[tuple[str, ...], str] = field(default_factory=dict)  # values -> the enum that has them
     component_names: dict[str, str] = field(default_factory=dict)  # components.schemas key -> record name
-    entity_names: set[str] = field(default_factory=set)  # records that are entities (declared by the drafter)
+    entity_components: set[str] = field(default_factory=set)  # components.schemas keys that are entities
     declared: set[str] = field(default_factory=set)  # records declared (entities stay here once moved out)
     _building: set[str] = field(default_factory=set)
+    _shapes: dict[tuple[tuple[str, str], ...], str] = field(default_factory=dict)  # inline records by fields
 
     # --- names ------------------------------------------------------------------------------
 
@@ -125,34 +127,31 @@ class Schemas:
         return ({**node, **extra} if extra else node, component)
 
     def flatten(self, schema: Any) -> Flat:
+        """`schema` with its `$ref`s followed and its `allOf` merged: a property (or `items`) that
+        several parts declare must satisfy each, so it becomes their `allOf` in turn."""
         node, component = self.deref(schema)
         parts = node.get("allOf")
         if not isinstance(parts, list) or not parts:
             return Flat(node, component)
-        merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
-        properties: dict[str, Any] = dict(merged.get("properties") or {})
-        required = list(merged.get("required") or [])
-        sole_ref = None
+        own = {k: v for k, v in node.items() if k != "allOf"}
+        merged: dict[str, Any] = {}
+        _merge(merged, own)
+        found: list[str] = []
+        substantial = bool(own.get("properties"))
         for part in parts:
             flat = self.flatten(part)
-            if flat.component and len(parts) == 1:
-                sole_ref = flat.component
-            for key, value in flat.node.items():
-                if key == "properties":
-                    properties = {**value, **properties} if isinstance(value, dict) else properties
-                elif key == "required" and isinstance(value, list):
-                    required += [r for r in value if r not in required]
-                elif key not in merged:
-                    merged[key] = value
-        if properties:
-            merged["properties"] = properties
+            if flat.component:
+                found.append(flat.component)
+            else:
+                found += flat.parts  # allOf: [{type: object}, {allOf: [$ref Trip, {links}]}] extends Trip too
+                substantial |= any(k in flat.node for k in ("properties", "items", "enum", "oneOf", "anyOf", "const"))
+            _merge(merged, flat.node)
+        if merged.get("properties"):
             merged["type"] = "object"
-        if required:
-            merged["required"] = required
-        # `allOf: [$ref]` (3.0's way to give a $ref a description) is the referenced schema itself.
-        if node.get("properties"):
-            sole_ref = None
-        return Flat(merged, component or sole_ref)
+        # `allOf: [$ref]`, or a $ref beside parts that add nothing (3.0's way to give a $ref a
+        # description), is the referenced schema itself.
+        sole = found[0] if len(found) == 1 and not substantial else None
+        return Flat(merged, component or sole, tuple(found))
 
     # --- types ----------------------------------------------------------------------------------
 
@@ -165,6 +164,13 @@ class Schemas:
             return "money" + ("?" if optional else "")
         if flat.component is not None and self._is_object(flat):
             return self.record(flat.component) + ("?" if optional else "")
+        wrapped = self.wrapped_entity(flat)
+        if wrapped is not None:
+            name = self.record(wrapped)
+            self.notes.append(
+                f"{where}: {name} with fields added by allOf; drafted as {name} (the added fields are not read)"
+            )
+            return name + ("?" if optional else "")
         variants = node.get("oneOf") or node.get("anyOf")
         if isinstance(variants, list) and variants:
             text = self._variants(variants, where, mode)
@@ -182,7 +188,8 @@ class Schemas:
         if "enum" in node and isinstance(node["enum"], list):
             values = node["enum"]
             optional = optional or None in values
-            return self._enum([v for v in values if v is not None], where, kind) + ("?" if optional else "")
+            named = flat.component or where  # an enum the document names keeps its name
+            return self._enum([v for v in values if v is not None], named, kind) + ("?" if optional else "")
         if "const" in node:
             kind = kind or {str: "string", bool: "boolean", int: "integer", float: "number"}.get(type(node["const"]))
         if kind is None:
@@ -237,13 +244,14 @@ class Schemas:
             return self.type_of(kinds[0], where, mode).rstrip("?") + optional
         flats = [self.flatten(v) for v in kinds]
         if all(self._is_object(f) for f in flats):
-            name = self.name(where)
-            merged = self._union(flats, where)
-            self.notes.append(
-                f"{where}: one of {len(flats)} object shapes; drafted as {name}, a record of all their fields "
-                "(optional unless every shape requires them): check it fits what the service sends and accepts"
+            name = self._declare(self.name(where), Flat(self._union(flats)), where)
+            note = (
+                f"one of {len(flats)} object shapes; drafted as {name}, a record of all their fields (optional "
+                "unless every shape requires them): check it fits what the service sends and accepts"
             )
-            return self._declare(name, Flat(merged), where) + optional
+            if not any(n.endswith(note) for n in self.notes):
+                self.notes.append(f"{where}: {note}")
+            return name + optional
         texts = []
         for variant in kinds:
             texts.append(self.type_of(variant, where, mode).rstrip("?"))
@@ -253,7 +261,7 @@ class Schemas:
             return "float" + optional
         raise Unmappable(f"it is one of {', '.join(texts)}, and a contract value has one type")
 
-    def _union(self, flats: list[Flat], where: str) -> dict[str, Any]:
+    def _union(self, flats: list[Flat]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
         for flat in flats:
             for prop, sub in flat.properties.items():
@@ -268,6 +276,25 @@ class Schemas:
     def _is_object(self, flat: Flat) -> bool:
         return bool(flat.properties) and not (flat.node.get("oneOf") or flat.node.get("anyOf"))
 
+    def wrapped_entity(self, flat: Flat) -> str | None:
+        """The entity an `allOf` extends with fields of its own (a response wrapper such as
+        `allOf: [$ref Booking, {properties: {links: ...}}]`): read as the entity, since a value
+        holds every field of each part and fields a contract does not declare are dropped."""
+        entities = [p for p in flat.parts if p in self.entity_components]
+        if flat.component is None and len(flat.parts) == 1 and entities and self._is_object(flat):
+            return entities[0]
+        return None
+
+    def entity_of(self, schema: Any) -> str | None:
+        """The components.schemas key of the entity `schema` is, or extends; None if none."""
+        try:
+            flat = self.flatten(schema)
+        except Unmappable:
+            return None
+        if flat.component in self.entity_components:
+            return flat.component
+        return self.wrapped_entity(flat)
+
     # --- records --------------------------------------------------------------------------------
 
     def record(self, component: str) -> str:
@@ -277,10 +304,10 @@ class Schemas:
             name = self.component_names[component] = self.name(component)
         if name in self.declared or name in self._building:
             return name
-        self._declare(name, self.flatten({"$ref": f"#/components/schemas/{component}"}), name)
+        self._declare(name, self.flatten({"$ref": f"#/components/schemas/{component}"}), name, shared=False)
         return name
 
-    def _declare(self, name: str, flat: Flat, where: str) -> str:
+    def _declare(self, name: str, flat: Flat, where: str, *, shared: bool = True) -> str:
         self._building.add(name)
         try:
             fields = self.fields(flat, where, "output")
@@ -288,6 +315,11 @@ class Schemas:
             self._building.discard(name)
         if not fields:
             raise Unmappable(f"none of the fields of {where} can be mapped")
+        shape = tuple(fields.items())
+        if shared and shape in self._shapes:  # the same inline object met again (e.g. through an allOf)
+            self.taken.discard(name)
+            return self._shapes[shape]
+        self._shapes.setdefault(shape, name)
         self.records[name] = fields
         self.declared.add(name)
         return name
@@ -318,3 +350,18 @@ class Schemas:
                 continue
             out[prop] = text if prop in required or text.endswith("?") else text + "?"
         return out
+
+
+def _merge(into: dict[str, Any], node: dict[str, Any]) -> None:
+    for key, value in node.items():
+        if key == "properties" and isinstance(value, dict):
+            properties = into.setdefault("properties", {})
+            for name, sub in value.items():
+                properties[name] = {"allOf": [properties[name], sub]} if name in properties else sub
+        elif key == "required" and isinstance(value, list):
+            required = into.setdefault("required", [])
+            required += [r for r in value if r not in required]
+        elif key == "items" and "items" in into:
+            into["items"] = {"allOf": [into["items"], value]}
+        else:
+            into.setdefault(key, value)

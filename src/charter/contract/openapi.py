@@ -93,11 +93,13 @@ class _Drafter:
             placeholders = path_placeholders(path)
             if method == "get" and len(placeholders) == 1 and path.endswith("{" + placeholders[0] + "}"):
                 schema = self.success_schema(op)
-                if schema is not None:
-                    component = self.safe(lambda s=schema: self.schemas.flatten(s).component)
-                    if component:
-                        addressed.setdefault(component, placeholders[0])
+                flat = self.safe(lambda s=schema: self.schemas.flatten(s)) if schema is not None else None
+                if isinstance(flat, Flat) and (flat.component or len(flat.parts) == 1):
+                    addressed.setdefault(flat.component or flat.parts[0], placeholders[0])
+        returned = self.returned_components()
         for component in self.schemas.components():
+            if returned and component not in returned:
+                continue  # only what the service hands out is an entity (a Tag inside a Pet is a record)
             flat = self.safe(lambda c=component: self.schemas.flatten({"$ref": f"#/components/schemas/{c}"}))
             if not isinstance(flat, Flat) or not flat.properties or flat.node.get("oneOf") or flat.node.get("anyOf"):
                 continue
@@ -108,6 +110,18 @@ class _Drafter:
                     )
                     self.find_lifecycle(self.entities[component], flat)
                     break
+
+    def returned_components(self) -> set[str]:
+        """The schemas some operation returns: itself, a list of it, or it extended by allOf."""
+        found: set[str] = set()
+        for _, _, op in self.each_operation():
+            schema = self.success_schema(op)
+            flat = self.safe(lambda s=schema: self.schemas.flatten(s)) if schema is not None else None
+            if isinstance(flat, Flat) and flat.node.get("type") == "array" and "items" in flat.node:
+                flat = self.safe(lambda f=flat: self.schemas.flatten(f.node["items"]))
+            if isinstance(flat, Flat):
+                found.update([flat.component] if flat.component else flat.parts[:1] if len(flat.parts) == 1 else [])
+        return found
 
     def key_type(self, schema: Any) -> str | None:
         try:
@@ -140,7 +154,7 @@ class _Drafter:
         reference to a lifecycle's values uses the enum the lifecycle generates."""
         for component, entity in self.entities.items():
             entity.name = self.schemas.component_names.setdefault(component, self.schemas.name(component))
-            self.schemas.entity_names.add(entity.name)
+            self.schemas.entity_components.add(component)
             if entity.state_field:
                 generated = state_enum_name(entity.name, entity.state_field)
                 if generated in self.schemas.taken:
@@ -201,8 +215,7 @@ class _Drafter:
             if method != "get" or len(placeholders) != 1 or not path.endswith("{" + placeholders[0] + "}"):
                 continue
             schema = self.success_schema(op)
-            component = self.safe(lambda s=schema: self.schemas.flatten(s).component) if schema else None
-            if component == entity.component:
+            if schema is not None and self.schemas.entity_of(schema) == entity.component:
                 self.entity_paths.setdefault(path, (entity.name, placeholders[0]))
 
     # --- operations -----------------------------------------------------------------------------
@@ -243,6 +256,12 @@ class _Drafter:
                 continue
             names.add(name)
             self.operations[name] = operation
+        webhooks = self.spec.get("webhooks")
+        if isinstance(webhooks, dict) and webhooks:
+            self.todos.append(
+                f"webhooks {', '.join(map(str, webhooks))}: not mapped: the service calls them, and a contract "
+                "describes the calls made to the service"
+            )
         if self.open_reads:
             self.todos.append(
                 f"operations {', '.join(self.open_reads)}: the document requires no authentication for these reads, "
@@ -499,17 +518,28 @@ class _Drafter:
                 "since a contract requires every scope it lists"
             )
         operation["scopes"] = list(dict.fromkeys(scopes))
+        if kind == "write" and all(re.search(r"(^|[:._-])read([:._-]|$)", s) for s in scopes):
+            self.todos.append(
+                f"{where}: this write needs only the scopes {', '.join(operation['scopes'])} in the document, "
+                "which read like read access: check that they are what a caller must hold to make it"
+            )
 
     def scope(self, where: str, scope: str) -> str:
-        if is_scope(scope):
-            return scope
+        """A document scope as a contract scope. One without a namespace ('read') is put under the
+        contract's name ('trains:read'): Charter's tokens serve every contract, and a bare 'write'
+        would grant it to all of them."""
         text = re.sub(r"[^a-z0-9_.*:-]+", "_", scope.lower())
-        parts = [p.strip("_") or "x" for p in text.split(":") if p]
-        head = re.sub(r"[^a-z0-9_.-]", "_", parts[0] if parts else "scope")
-        written = ":".join([head if head[:1].isalpha() else f"s{head}", *parts[1:]])
+        parts = [p.strip("_") or "x" for p in text.split(":") if p] or ["scope"]
+        parts[0] = re.sub(r"[^a-z0-9_.-]", "_", parts[0])
+        if len(parts) == 1:
+            parts.insert(0, self.contract)
+        elif not parts[0][:1].isalpha():
+            parts[0] = f"s{parts[0]}"
+        written = ":".join(parts)
         if not is_scope(written):
             written = f"{self.contract}:scope"
-        self.todos.append(f"{where}: the document's scope '{scope}' is written '{written}' (a contract scope's form)")
+        if written != scope:
+            self.todos.append(f"{where}: the document's scope '{scope}' is drafted as '{written}'")
         return written
 
     # --- helpers --------------------------------------------------------------------------------
