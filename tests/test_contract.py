@@ -265,7 +265,9 @@ MALFORMED += [
     ),
     pytest.param(
         {"    scopes: [orders:write]\n": "    scopes: [orders:write]\n    public: true\n"},
-        ["43:13: operation 'cancel_order' is public but lists scopes orders:write: remove `public: true` or the scopes"],
+        [
+            "43:13: operation 'cancel_order' is public but lists scopes orders:write: remove `public: true` or the scopes"
+        ],
         id="public_with_scopes",
     ),
     pytest.param(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import keyword
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +24,7 @@ __all__ = ["Flat", "Schemas", "Unmappable", "is_field_name", "pascal", "snake"]
 Mode = Literal["input", "output"]
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SNAKE_VALUE = re.compile(r"[a-z][a-z0-9_]*\Z")
+_MAX_DEPTH = 64  # nesting of schemas within schemas; deeper is a cycle, or no document anyone writes
 
 
 class Unmappable(Exception):
@@ -79,6 +82,7 @@ class Schemas:
     entity_components: set[str] = field(default_factory=set)  # components.schemas keys that are entities
     declared: set[str] = field(default_factory=set)  # records declared (entities stay here once moved out)
     _building: set[str] = field(default_factory=set)
+    _depth: int = 0
     _shapes: dict[tuple[tuple[str, str], ...], str] = field(default_factory=dict)  # inline records by fields
 
     # --- names ------------------------------------------------------------------------------
@@ -129,6 +133,22 @@ class Schemas:
     def flatten(self, schema: Any) -> Flat:
         """`schema` with its `$ref`s followed and its `allOf` merged: a property (or `items`) that
         several parts declare must satisfy each, so it becomes their `allOf` in turn."""
+        with self._nested():
+            return self._flatten(schema)
+
+    @contextmanager
+    def _nested(self) -> Iterator[None]:
+        # A schema may contain itself through $refs (`Thing: {oneOf: [$ref Thing]}`); only an
+        # object breaks such a cycle (its record names itself), so any other one ends here.
+        if self._depth >= _MAX_DEPTH:
+            raise Unmappable("it refers to itself with no object in between, so it has no finite value")
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def _flatten(self, schema: Any) -> Flat:
         node, component = self.deref(schema)
         parts = node.get("allOf")
         if not isinstance(parts, list) or not parts:
@@ -157,6 +177,10 @@ class Schemas:
 
     def type_of(self, schema: Any, where: str, mode: Mode = "output") -> str:
         """The contract type of `schema` ('T?' when the document allows null). Raises Unmappable."""
+        with self._nested():
+            return self._type_of(schema, where, mode)
+
+    def _type_of(self, schema: Any, where: str, mode: Mode) -> str:
         flat = self.flatten(schema)
         node = flat.node
         optional = node.get("nullable") is True
@@ -259,7 +283,7 @@ class Schemas:
             return texts[0] + optional
         if set(texts) == {"int", "float"}:
             return "float" + optional
-        raise Unmappable(f"it is one of {', '.join(texts)}, and a contract value has one type")
+        raise Unmappable(f"it is one of {', '.join(dict.fromkeys(texts))}, and a contract value has one type")
 
     def _union(self, flats: list[Flat]) -> dict[str, Any]:
         properties: dict[str, Any] = {}

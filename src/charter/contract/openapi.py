@@ -22,7 +22,7 @@ import yaml
 
 from charter.backends import service_url_variable
 from charter.contract._openapi_schema import Flat, Schemas, Unmappable, is_field_name, snake
-from charter.contract._yaml import load_yaml
+from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.checker import RESERVED_NAMES, check_contract_data, is_scope, path_placeholders, state_enum_name
 from charter.errors import ContractError, UsageError
 
@@ -202,8 +202,6 @@ class _Drafter:
                     f"entities.{entity.name}.lifecycle: the states come from the schema; write the allowed transitions "
                     f"and check that '{entity.states[0]}' is the initial state"
                 )
-            if not fields:
-                fields[entity.key] = key_text
             out[entity.name] = block
         for entity in self.entities.values():
             if entity.name in out:
@@ -241,17 +239,13 @@ class _Drafter:
                 if isinstance(item, dict) and method in item:
                     self.todos.append(f"paths.{path}.{method}: {method.upper()} requests are not mapped")
         for path, method, op in self.each_operation():
-            name = snake(str(op.get("operationId") or f"{method}_{path}"))
-            if name in RESERVED_NAMES or not re.match(r"[a-z][a-z0-9_]*\Z", name) or name in names:
-                base, n = (name if re.match(r"[a-z][a-z0-9_]*\Z", name) else "operation"), 2
-                name = f"{base}_op" if f"{base}_op" not in names else base
-                while name in names or name in RESERVED_NAMES:
-                    name, n = f"{base}_{n}", n + 1
-            if keyword.iskeyword(name):
-                name += "_op"
+            name = _operation_name(str(op.get("operationId") or f"{method}_{path}"), names)
+            before = len(self.todos)
             try:
                 operation = self.operation(name, path, method, op)
             except Unmappable as reason:
+                # What was noted about an operation that is left out is moot; notes on types stay.
+                self.todos[before:] = [t for t in self.todos[before:] if not t.startswith(f"operations.{name}:")]
                 self.todos.append(f"operations.{name} ({method.upper()} {path}): left out: {reason}")
                 continue
             names.add(name)
@@ -364,7 +358,7 @@ class _Drafter:
         if "requestBody" not in op:
             return []
         body, _ = self.schemas.deref(op["requestBody"], "request body")
-        content = body.get("content") if isinstance(body.get("content"), dict) else {}
+        content = _mapping(body.get("content"))
         media = _json_media(content)
         required = body.get("required") is True
         if media is None:
@@ -383,7 +377,8 @@ class _Drafter:
             record = self.schemas.records.get(text.rstrip("?"), {})
             fields = {f: t if t.endswith("?") else t + "?" for f, t in record.items()}
         else:
-            kinds = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
+            declared = node.get("type")
+            kinds = declared if isinstance(declared, list) else [declared]
             if "array" in kinds or "items" in node:
                 raise Unmappable(
                     "its request body is a JSON array, and an HTTP binding sends the params as one JSON object; "
@@ -411,7 +406,7 @@ class _Drafter:
 
     def success(self, op: dict[str, Any]) -> tuple[str, Any] | None:
         """The first 2xx response: (its JSON media type or another content type, its schema)."""
-        responses = op.get("responses") if isinstance(op.get("responses"), dict) else {}
+        responses = _mapping(op.get("responses"))
         for code in sorted((str(c) for c in responses), key=lambda c: (not c.startswith("2"), c)):
             if not code.startswith("2"):
                 break
@@ -551,6 +546,21 @@ class _Drafter:
             return None
 
 
+def _operation_name(raw: str, taken: set[str]) -> str:
+    """operationId (or METHOD_path) as a snake_case operation name no other operation has."""
+    name = snake(raw)  # always [a-z][a-z0-9_]*
+    if keyword.iskeyword(name) or name in RESERVED_NAMES:
+        name += "_op"
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name}_{n}", n + 1
+    return candidate
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _json_media(content: dict[str, Any]) -> str | None:
     for media in content:
         base = str(media).split(";")[0].strip().lower()
@@ -564,7 +574,7 @@ def draft_from_openapi(spec: dict[str, Any], *, name: str | None = None, source:
 
     Raises UsageError when no operation of the document can be drafted.
     """
-    info = spec.get("info") if isinstance(spec.get("info"), dict) else {}
+    info = _mapping(spec.get("info"))
     contract_name = snake(name or str(info.get("title") or "service"))
     if keyword.iskeyword(contract_name):
         contract_name += "_api"
@@ -666,9 +676,8 @@ def _checked_text(contract: dict[str, Any], source: str, todos: list[str]) -> st
     raise UsageError(f"{source}: the draft does not check, which is a bug of the importer")
 
 
-def _end_of_operations(source_map: Any) -> int:
-    after = source_map.locate(("boundaries",), key=True).line
-    return after - 1
+def _end_of_operations(source_map: SourceMap) -> int:
+    return source_map.locate(("boundaries",), key=True).line - 1
 
 
 def _names_used(entities: dict[str, Any], records: dict[str, dict[str, str]], operations: dict[str, Any]) -> set[str]:
