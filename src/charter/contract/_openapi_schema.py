@@ -259,8 +259,8 @@ class Schemas:
         return self.known_enums[texts]
 
     def _variants(self, variants: list[Any], where: str, mode: Mode) -> str:
-        nulls = [v for v in variants if self._is_null(v)]
-        kinds = [v for v in variants if not self._is_null(v)]
+        nulls = [v for v in variants if self.is_null(v)]
+        kinds = [v for v in variants if not self.is_null(v)]
         optional = "?" if nulls else ""
         if not kinds:
             raise Unmappable("it is always null")
@@ -268,7 +268,7 @@ class Schemas:
             return self.type_of(kinds[0], where, mode).rstrip("?") + optional
         flats = [self.flatten(v) for v in kinds]
         if all(self._is_object(f) for f in flats):
-            name = self._declare(self.name(where), Flat(self._union(flats)), where)
+            name = self._declare(self.name(where), Flat(self.union(flats)), where)
             note = (
                 f"one of {len(flats)} object shapes; drafted as {name}, a record of all their fields (optional "
                 "unless every shape requires them): check it fits what the service sends and accepts"
@@ -285,7 +285,7 @@ class Schemas:
             return "float" + optional
         raise Unmappable(f"it is one of {', '.join(dict.fromkeys(texts))}, and a contract value has one type")
 
-    def _union(self, flats: list[Flat]) -> dict[str, Any]:
+    def union(self, flats: list[Flat]) -> dict[str, Any]:
         properties: dict[str, Any] = {}
         for flat in flats:
             for prop, sub in flat.properties.items():
@@ -293,7 +293,7 @@ class Schemas:
         everywhere = set.intersection(*(f.required for f in flats))
         return {"type": "object", "properties": properties, "required": sorted(everywhere)}
 
-    def _is_null(self, variant: Any) -> bool:
+    def is_null(self, variant: Any) -> bool:
         node, _ = self.deref(variant)
         return node.get("type") == "null" or node.get("enum") == [None]
 

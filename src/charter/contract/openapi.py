@@ -276,7 +276,7 @@ class _Drafter:
         for placeholder in path_placeholders(path):
             if placed.get(placeholder) != "path":
                 raise Unmappable(f"its path placeholder {{{placeholder}}} is not a path parameter the draft can send")
-        body = self.request_body(where, name, op, params, placed)
+        body = self.request_body(where, name, method, op, params, placed)
         returns = self.returns(where, name, op, kind)
         operation: dict[str, Any] = {
             "kind": kind,
@@ -353,14 +353,26 @@ class _Drafter:
         placed[pname] = place
 
     def request_body(
-        self, where: str, op_name: str, op: dict[str, Any], params: dict[str, str], placed: dict[str, str]
+        self,
+        where: str,
+        op_name: str,
+        method: str,
+        op: dict[str, Any],
+        params: dict[str, str],
+        placed: dict[str, str],
     ) -> list[str]:
+        """The body's fields as params (readOnly ones left out: the service sets them); their names."""
         if "requestBody" not in op:
             return []
         body, _ = self.schemas.deref(op["requestBody"], "request body")
         content = _mapping(body.get("content"))
         media = _json_media(content)
         required = body.get("required") is True
+        if method == "get":
+            if required:
+                raise Unmappable("it is a GET with a request body, which an HTTP binding never sends")
+            self.todos.append(f"{where}: the optional request body of this GET is not sent")
+            return []
         if media is None:
             types = ", ".join(content) or "no content"
             if required:
@@ -370,12 +382,22 @@ class _Drafter:
         schema = content[media].get("schema") if isinstance(content[media], dict) else None
         if schema is None:
             raise Unmappable("its JSON request body has no schema")
+        if media.split(";")[0].strip().lower() != "application/json":
+            self.todos.append(f"{where}: the document's request body is {media}; the binding sends application/json")
         flat = self.schemas.flatten(schema)
         node = flat.node
-        if node.get("oneOf") or node.get("anyOf"):
-            text = self.schemas.type_of(schema, f"{op_name}.body", "input")
-            record = self.schemas.records.get(text.rstrip("?"), {})
-            fields = {f: t if t.endswith("?") else t + "?" for f, t in record.items()}
+        variants = node.get("oneOf") or node.get("anyOf")
+        if isinstance(variants, list) and variants:
+            shapes = [self.schemas.flatten(v) for v in variants if not self.schemas.is_null(v)]
+            if not shapes or not all(shape.properties for shape in shapes):
+                raise Unmappable("its request body is one of several shapes that are not all JSON objects")
+            union = Flat(self.schemas.union(shapes))
+            drafted = self.schemas.fields(union, f"{op_name}.body", "input")
+            fields = {f: t if t.endswith("?") else t + "?" for f, t in drafted.items()}
+            self.todos.append(
+                f"{where}: the request body is one of {len(shapes)} object shapes; drafted as optional params for all "
+                "their fields: decide which combinations a caller may send (guards), or split the operation"
+            )
         else:
             declared = node.get("type")
             kinds = declared if isinstance(declared, list) else [declared]
