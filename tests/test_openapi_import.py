@@ -261,3 +261,133 @@ def test_publish_refuses_a_draft_until_its_items_are_decided(real: Drafted) -> N
     real.path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     published = charter("contract", "publish", str(real.path))
     assert published.returncode == 0, published.stderr
+
+
+# --- one small document, one assertion per mapping rule -----------------------------------------
+
+SMALL: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Shop API", "version": "1"},
+    "servers": [{"url": "{scheme}://shop.example.com/v1", "variables": {"scheme": {"default": "https"}}}],
+    "security": [{"oauth": ["shop.read"]}],
+    "components": {
+        "securitySchemes": {"oauth": {"type": "oauth2", "flows": {}}, "key": {"type": "apiKey", "in": "header"}},
+        "schemas": {
+            "Order": {
+                "type": "object",
+                "required": ["orderId", "total"],
+                "properties": {
+                    "orderId": {"type": "string", "readOnly": True},
+                    "total": {"type": "number"},
+                    "note": {"type": ["string", "null"]},
+                    "legacyNote": {"type": "string", "nullable": True},
+                    "card": {"type": "string", "writeOnly": True},
+                    "x-trace": {"type": "string"},
+                    "payer": {
+                        "oneOf": [
+                            {"type": "object", "required": ["iban"], "properties": {"iban": {"type": "string"}}},
+                            {"type": "object", "required": ["card"], "properties": {"card": {"type": "string"}}},
+                        ]
+                    },
+                    "ref": {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+                },
+            },
+        },
+    },
+    "paths": {
+        "/orders/{orderId}": {
+            "get": {
+                "operationId": "getOrder",
+                "parameters": [{"name": "orderId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {
+                        "description": "x",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "allOf": [
+                                        {"$ref": "#/components/schemas/Order"},
+                                        {"properties": {"links": {"type": "object"}}},
+                                    ]
+                                }
+                            }
+                        },
+                    }
+                },
+            },
+            "delete": {
+                "operationId": "class",
+                "security": [{"oauth": ["shop.write", "admin"]}],
+                "parameters": [{"name": "orderId", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "x"}},
+            },
+        },
+        "/orders": {
+            "post": {
+                "operationId": "createOrder",
+                "security": [],
+                "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": ["boolean", "null"]}}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Order"}}},
+                },
+                "responses": {
+                    "201": {
+                        "description": "x",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Order"}}},
+                    }
+                },
+            },
+            "put": {
+                "operationId": "importOrders",
+                "security": [{"key": []}],
+                "requestBody": {"content": {"application/json": {"schema": {"$ref": "other.yaml#/Order"}}}},
+                "responses": {"200": {"description": "x"}},
+            },
+        },
+    },
+}
+
+
+def test_each_mapping_rule_on_a_small_document(tmp_path: Path) -> None:
+    draft = draft_from_openapi(SMALL)
+    path = tmp_path / "shop.yaml"
+    path.write_text(draft.text, encoding="utf-8")
+    model = load_contract(path).model
+    todo = model.to_decide
+    assert model.binding is not None
+    assert model.binding.http is not None
+    assert model.binding.http.base_url == "https://shop.example.com/v1"  # server variables filled in
+    order = model.entities["Order"]
+    assert order.key == "orderId"  # no `id`: the placeholder GET /orders/{orderId} addresses it by
+    assert order.fields["note"] == "str?"  # 3.1: type: [string, "null"]
+    assert order.fields["legacyNote"] == "str?"  # 3.0: nullable
+    assert "card" not in order.fields  # writeOnly: never returned
+    assert "x-trace" not in order.fields
+    assert "Order.x-trace: 'x-trace' is not a Python identifier, so it is left out" in todo
+    assert "ref" not in order.fields
+    assert "Order.ref: left out: it is one of str, int, and a contract value has one type" in todo
+    payer = order.fields["payer"].rstrip("?")
+    assert model.records[payer] == {"iban": "str?", "card": "str?"}  # oneOf objects: every field, optional
+    assert any(t.startswith(f"Order.payer: one of 2 object shapes; drafted as {payer}") for t in todo)
+    get = model.operations["get_order"]
+    assert (get.returns, get.entity, get.key, get.scopes) == ("Order", "Order", "orderId", ["shop.read"])
+    delete = model.operations["class_op"]  # a Python keyword is no operation name
+    assert (delete.entity, delete.key) == ("Order", "orderId")
+    assert delete.scopes == ["shop.write", "shop_api:admin"]  # a scope without a namespace gets the contract's
+    assert "operations.class_op: the document's scope 'admin' is drafted as 'shop_api:admin'" in todo
+    create = model.operations["create_order"]
+    assert "orderId" not in create.params  # readOnly: never a param
+    assert create.params["card"] == "str?"  # writeOnly: a param (optional, as the schema says)
+    assert create.params["dryRun"] == "bool?"
+    assert create.public  # `security: []` overrides the document's: unauthenticated
+    assert create.binding is not None
+    assert create.binding.http is not None
+    assert create.binding.http.query == ["dryRun"]
+    assert "import_orders" not in model.operations
+    assert any(
+        t.startswith(
+            "operations.import_orders (PUT /orders): left out: its schema is the external reference other.yaml#/Order"
+        )
+        for t in todo
+    )

@@ -542,13 +542,13 @@ class _Drafter:
             )
 
     def scope(self, where: str, scope: str) -> str:
-        """A document scope as a contract scope. One without a namespace ('read') is put under the
-        contract's name ('trains:read'): Charter's tokens serve every contract, and a bare 'write'
-        would grant it to all of them."""
+        """A document scope as a contract scope. One without a namespace ('read', not 'pets.read'
+        or 'read:pets') is put under the contract's name ('trains:read'): Charter's tokens serve
+        every contract, and a bare 'write' would grant it to all of them."""
         text = re.sub(r"[^a-z0-9_.*:-]+", "_", scope.lower())
         parts = [p.strip("_") or "x" for p in text.split(":") if p] or ["scope"]
         parts[0] = re.sub(r"[^a-z0-9_.-]", "_", parts[0])
-        if len(parts) == 1:
+        if len(parts) == 1 and "." not in parts[0]:  # 'orders.read' and 'read:orders' are namespaced already
             parts.insert(0, self.contract)
         elif not parts[0][:1].isalpha():
             parts[0] = f"s{parts[0]}"
