@@ -182,8 +182,8 @@ def import_openapi(
     ] = None,
     name: Annotated[str | None, typer.Option(help="The contract's name (default: from info.title).")] = None,
 ) -> None:
-    """Draft a contract from an OpenAPI document: operations, entities and HTTP bindings filled in,
-    and a TO DECIDE list at its top (lifecycles, boundaries, scopes) for the author."""
+    """Draft a contract from an OpenAPI 3.0/3.1 document: operations, entities, scopes and HTTP
+    bindings filled in, and a `to_decide:` list at its top that publish refuses until it is empty."""
     from charter.contract.openapi import draft_from_openapi, load_openapi
 
     try:
@@ -197,4 +197,7 @@ def import_openapi(
         fail(f"{output} exists; the draft is not written over a file (give another --output)")
     output.write_text(draft.text, encoding="utf-8")
     say(f"drafted {output}: {draft.operations} operations, {draft.entities} entities; {len(draft.todos)} to decide")
-    say(f"next: edit the TO DECIDE list at its top, then `charter contract check {output}`")
+    say(
+        f"next: decide each item under `to_decide:` at its top and delete it (publish refuses the draft until "
+        f"the list is gone), then `charter contract publish {output}`"
+    )
