@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from charter.contract.checker import RESERVED_NAMES
 
-__all__ = ["Flat", "Schemas", "Unmappable", "is_field_name", "pascal", "snake"]
+__all__ = ["Flat", "Schemas", "Unmappable", "is_field_name", "mapping", "pascal", "snake"]
 
 Mode = Literal["input", "output"]
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -39,6 +39,11 @@ def snake(text: str) -> str:
 def pascal(text: str) -> str:
     name = "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", text) if part)
     return name if name[:1].isalpha() else f"T{name}"
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """`value` if it is a mapping, else an empty one (documents hold anything anywhere)."""
+    return value if isinstance(value, dict) else {}
 
 
 def is_field_name(name: str) -> bool:
@@ -99,8 +104,7 @@ class Schemas:
         return candidate
 
     def components(self) -> dict[str, Any]:
-        found = (self.spec.get("components") or {}).get("schemas") or {}
-        return found if isinstance(found, dict) else {}
+        return mapping(mapping(self.spec.get("components")).get("schemas"))
 
     # --- references and allOf -----------------------------------------------------------------
 

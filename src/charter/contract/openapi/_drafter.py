@@ -1,61 +1,22 @@
-"""Draft a contract from an OpenAPI 3.0/3.1 document (`charter contract import-openapi SPEC`).
-
-What a document says, the draft says: operations with their params, returns and HTTP
-bindings, schemas as records and entities, and who may call each operation (the document's
-security requirements as scopes). What a document cannot say, and every part of it the
-mapping could not carry or had to choose, is listed under the draft's `to_decide:` key, and
-`charter contract publish` refuses the draft until the author has decided each item and
-deleted it. The draft always checks: an operation that cannot be drafted is left out and
-listed, never dropped silently, and the draft is checked before it is returned.
-"""
+"""Operations and entities of an OpenAPI document, drafted as contract blocks (for `contract.openapi`)."""
 
 from __future__ import annotations
 
-import json
 import keyword
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
+from charter.contract.checker import RESERVED_NAMES, path_placeholders, state_enum_name
+from charter.contract.openapi._schema import Flat, Schemas, Unmappable, is_field_name, mapping, snake
+from charter.contract.openapi._security import Security
 
-from charter.backends import service_url_variable
-from charter.contract._openapi_schema import Flat, Schemas, Unmappable, is_field_name, snake
-from charter.contract._yaml import SourceMap, load_yaml
-from charter.contract.checker import RESERVED_NAMES, check_contract_data, is_scope, path_placeholders, state_enum_name
-from charter.errors import ContractError, UsageError
-
-__all__ = ["Draft", "draft_from_openapi", "load_openapi"]
+__all__ = ["Drafter"]
 
 _METHODS = ("get", "post", "put", "patch", "delete")
 _UNMAPPED_METHODS = ("head", "options", "trace")
 _SKIPPED_HEADERS = {"idempotency-key", "if-match", "charter-receipt", "authorization"}  # Charter's own
 _SCALARS = {"str", "int", "float", "bool", "money", "datetime"}
-
-
-@dataclass
-class Draft:
-    text: str  # the contract YAML; its `to_decide:` list at the top
-    todos: list[str]
-    operations: int
-    entities: int
-
-
-def load_openapi(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read {path}: {error}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as error:
-        raise UsageError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
-    if not isinstance(data, dict) or not str(data.get("openapi", "")).startswith("3."):
-        raise UsageError(f"{path}: not an OpenAPI 3 document (it needs `openapi: 3.x` at the top)")
-    if not isinstance(data.get("paths"), dict) or not data["paths"]:
-        raise UsageError(f"{path}: the document has no paths, so there is nothing to draft")
-    return data
 
 
 @dataclass
@@ -69,7 +30,9 @@ class _Entity:
 
 
 @dataclass
-class _Drafter:
+class Drafter:
+    """Drafts a document's entities (first) and operations; what it cannot map goes to `todos`."""
+
     spec: dict[str, Any]
     contract: str
     todos: list[str] = field(default_factory=list)
@@ -77,11 +40,12 @@ class _Drafter:
     entity_paths: dict[str, tuple[str, str]] = field(default_factory=dict)  # GET path -> (entity, placeholder)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     entity_blocks: dict[str, dict[str, Any]] = field(default_factory=dict)  # entity name -> its contract block
-    open_reads: list[str] = field(default_factory=list)
     schemas: Schemas = field(init=False)
+    security: Security = field(init=False)
 
     def __post_init__(self) -> None:
         self.schemas = Schemas(self.spec, self.todos)
+        self.security = Security(self.spec, self.contract, self.schemas, self.todos)
 
     # --- entities -------------------------------------------------------------------------------
 
@@ -256,10 +220,10 @@ class _Drafter:
                 f"webhooks {', '.join(map(str, webhooks))}: not mapped: the service calls them, and a contract "
                 "describes the calls made to the service"
             )
-        if self.open_reads:
+        if self.security.open_reads:
             self.todos.append(
-                f"operations {', '.join(self.open_reads)}: the document requires no authentication for these reads, "
-                "so they have no scopes: add scopes if a caller needs a permission to read"
+                f"operations {', '.join(self.security.open_reads)}: the document requires no authentication for these "
+                "reads, so they have no scopes: add scopes if a caller needs a permission to read"
             )
 
     def operation(self, name: str, path: str, method: str, op: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +250,7 @@ class _Drafter:
         operation["params"] = params
         if returns:
             operation["returns"] = returns
-        self.security(where, name, op, kind, operation)
+        self.security.apply(where, name, op, kind, operation)
         endpoint: dict[str, Any] = {"method": method.upper(), "path": path}
         query = [p for p, at in placed.items() if at == "query"]
         if kind == "write":
@@ -365,7 +329,7 @@ class _Drafter:
         if "requestBody" not in op:
             return []
         body, _ = self.schemas.deref(op["requestBody"], "request body")
-        content = _mapping(body.get("content"))
+        content = mapping(body.get("content"))
         media = _json_media(content)
         required = body.get("required") is True
         if method == "get":
@@ -428,7 +392,7 @@ class _Drafter:
 
     def success(self, op: dict[str, Any]) -> tuple[str, Any] | None:
         """The first 2xx response: (its JSON media type or another content type, its schema)."""
-        responses = _mapping(op.get("responses"))
+        responses = mapping(op.get("responses"))
         for code in sorted((str(c) for c in responses), key=lambda c: (not c.startswith("2"), c)):
             if not code.startswith("2"):
                 break
@@ -481,84 +445,6 @@ class _Drafter:
         block = self.entity_blocks.get(entity)
         return block["fields"].get(block["key"]) if block else None
 
-    # --- security -------------------------------------------------------------------------------
-
-    def security(self, where: str, name: str, op: dict[str, Any], kind: str, operation: dict[str, Any]) -> None:
-        """Scopes from the operation's security requirement (or the document's).
-
-        A requirement names schemes; OAuth2 and OpenID Connect schemes list scopes, which become
-        the operation's scopes. A scheme without scopes (an API key, HTTP basic or bearer)
-        says only "authenticated", drafted as `<contract>:read` or `<contract>:write`. Of
-        several alternatives, the first that lists scopes is drafted, since a contract requires
-        all the scopes it lists. An operation the document leaves unauthenticated has no scopes;
-        a write like that is drafted `public: true`, for the author to confirm.
-        """
-        requirements = op.get("security", self.spec.get("security"))
-        alternatives = [r for r in requirements if isinstance(r, dict)] if isinstance(requirements, list) else []
-        if not alternatives or any(not r for r in alternatives):
-            operation["scopes"] = []
-            why = "allows anonymous calls" if alternatives else "requires no authentication"
-            if kind == "write":
-                operation["public"] = True
-                self.todos.append(
-                    f"{where}: the document {why} for this write, so it is drafted `public: true` (anyone may call "
-                    "it); if a caller needs a permission, replace that with `scopes: [...]`"
-                )
-            else:
-                self.open_reads.append(name)
-            return
-        schemes = (self.spec.get("components") or {}).get("securitySchemes") or {}
-        chosen = next((r for r in alternatives if any(r.values())), alternatives[0])
-        scopes: list[str] = []
-        for scheme_name, listed in chosen.items():
-            scheme = self.safe(lambda s=scheme_name: self.schemas.deref(schemes.get(s), "security scheme")[0])
-            scheme_type = scheme.get("type", "unknown") if isinstance(scheme, dict) and scheme else None
-            if scheme_type is None:
-                self.todos.append(f"{where}: security scheme '{scheme_name}' is not declared in the document")
-            if isinstance(listed, list) and listed:
-                for scope in listed:
-                    scopes.append(self.scope(where, str(scope)))
-            else:
-                fallback = f"{self.contract}:{kind}"
-                scopes.append(fallback)
-                self.todos.append(
-                    f"{where}: the document requires '{scheme_name}' ({scheme_type or 'undeclared'}), which names no "
-                    f"scopes; drafted as the scope {fallback}"
-                )
-        if len(alternatives) > 1:
-            shown = " | ".join(
-                " + ".join(f"{s}({', '.join(map(str, v or []))})" if v else s for s, v in r.items())
-                for r in alternatives
-            )
-            self.todos.append(
-                f"{where}: the document accepts any one of {shown}; drafted from the first that lists scopes, "
-                "since a contract requires every scope it lists"
-            )
-        operation["scopes"] = list(dict.fromkeys(scopes))
-        if kind == "write" and all(re.search(r"(^|[:._-])read([:._-]|$)", s) for s in scopes):
-            self.todos.append(
-                f"{where}: this write needs only the scopes {', '.join(operation['scopes'])} in the document, "
-                "which read like read access: check that they are what a caller must hold to make it"
-            )
-
-    def scope(self, where: str, scope: str) -> str:
-        """A document scope as a contract scope. One without a namespace ('read', not 'pets.read'
-        or 'read:pets') is put under the contract's name ('trains:read'): Charter's tokens serve
-        every contract, and a bare 'write' would grant it to all of them."""
-        text = re.sub(r"[^a-z0-9_.*:-]+", "_", scope.lower())
-        parts = [p.strip("_") or "x" for p in text.split(":") if p] or ["scope"]
-        parts[0] = re.sub(r"[^a-z0-9_.-]", "_", parts[0])
-        if len(parts) == 1 and "." not in parts[0]:  # 'orders.read' and 'read:orders' are namespaced already
-            parts.insert(0, self.contract)
-        elif not parts[0][:1].isalpha():
-            parts[0] = f"s{parts[0]}"
-        written = ":".join(parts)
-        if not is_scope(written):
-            written = f"{self.contract}:scope"
-        if written != scope:
-            self.todos.append(f"{where}: the document's scope '{scope}' is drafted as '{written}'")
-        return written
-
     # --- helpers --------------------------------------------------------------------------------
 
     def safe(self, make: Any) -> Any:
@@ -579,138 +465,9 @@ def _operation_name(raw: str, taken: set[str]) -> str:
     return candidate
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _json_media(content: dict[str, Any]) -> str | None:
     for media in content:
         base = str(media).split(";")[0].strip().lower()
         if base == "application/json" or (base.startswith("application/") and base.endswith("+json")):
             return str(media)
     return None
-
-
-def draft_from_openapi(spec: dict[str, Any], *, name: str | None = None, source: str = "the document") -> Draft:
-    """Draft a contract from a loaded OpenAPI 3.0/3.1 document (see `load_openapi`).
-
-    Raises UsageError when no operation of the document can be drafted.
-    """
-    info = _mapping(spec.get("info"))
-    contract_name = snake(name or str(info.get("title") or "service"))
-    if keyword.iskeyword(contract_name):
-        contract_name += "_api"
-    drafter = _Drafter(spec, contract_name)
-    drafter.find_entities()
-    drafter.declare_entities()
-    drafter.draft_entities()
-    if not drafter.entity_blocks:
-        drafter.todos.append("entities: no schema has a str or int key (`id`), so none became an entity; name one")
-    drafter.draft_operations()
-    if not drafter.operations:
-        left_out = [t for t in drafter.todos if ": left out: " in t]
-        raise UsageError(f"{source}: no operation could be drafted:\n" + "\n".join(f"  {t}" for t in left_out))
-    service = _service(spec, contract_name, drafter.todos)
-    drafter.todos.append("boundaries: the hard boundaries (never ...) and the rules that enforce them")
-    contract: dict[str, Any] = {
-        "to_decide": drafter.todos,
-        "contract": contract_name,
-        "version": "0.1.0",
-        "summary": str(info.get("description") or info.get("title") or contract_name).strip().split("\n")[0],
-        "owners": ["TODO@example.com"],
-        "changelog": f"Drafted from {source} ({info.get('title', '')} {info.get('version', '')}).".replace(" )", ")"),
-        "binding": {"http": service},
-    }
-    schemas = drafter.schemas
-    used = _names_used(drafter.entity_blocks, schemas.records, drafter.operations)
-    enums = {n: v for n, v in schemas.enums.items() if n in used}
-    records = {n: f for n, f in schemas.records.items() if n in used}
-    if enums:
-        contract["enums"] = enums
-    if records:
-        contract["records"] = records
-    contract["entities"] = drafter.entity_blocks
-    contract["operations"] = drafter.operations
-    contract["boundaries"] = []
-    text = _checked_text(contract, source, drafter.todos)
-    return Draft(text, drafter.todos, len(drafter.operations), len(drafter.entity_blocks))
-
-
-def _service(spec: dict[str, Any], contract_name: str, todos: list[str]) -> dict[str, Any]:
-    service: dict[str, Any] = {"service": contract_name}
-    servers = spec.get("servers") if isinstance(spec.get("servers"), list) else []
-    server = servers[0] if servers and isinstance(servers[0], dict) else {}
-    url = str(server.get("url") or "")
-    for variable, spec_var in (server.get("variables") or {}).items():
-        if isinstance(spec_var, dict) and "default" in spec_var:
-            url = url.replace("{" + str(variable) + "}", str(spec_var["default"]))
-    variable = service_url_variable(contract_name)
-    if re.match(r"https?://[^\s?#{}]+\Z", url):
-        service["base_url"] = url
-    elif url:
-        todos.append(
-            f"binding.http.base_url: the document's server '{url}' is not an absolute http(s) URL; set {variable} "
-            "or write base_url as the service's full address (with its path prefix: paths are appended to it)"
-        )
-    else:
-        todos.append(f"binding.http.base_url: the document names no server; set {variable} or write base_url")
-    return service
-
-
-def _header(source: str) -> str:
-    return (
-        f"# Drafted by `charter contract import-openapi` from {source}.\n"
-        "# TO DECIDE before publishing: each item under `to_decide:` is something the document could not say\n"
-        "# or the importer had to choose. Decide it, edit the contract, then delete the item. `charter contract\n"
-        "# publish` refuses this contract while any item is left; delete the key once the list is empty.\n"
-    )
-
-
-def _dump(contract: dict[str, Any], source: str) -> str:
-    return _header(source) + yaml.safe_dump(contract, sort_keys=False, allow_unicode=True, width=4096)
-
-
-def _checked_text(contract: dict[str, Any], source: str, todos: list[str]) -> str:
-    """The draft's text, checked. An operation whose draft does not check is left out and listed
-    (a safety net: each is drafted to check); any other problem is a bug, reported as such."""
-    for _ in range(len(contract["operations"]) + 1):
-        text = _dump(contract, source)
-        data, source_map = load_yaml(text, "draft")
-        try:
-            check_contract_data(data, source_map)
-            return text
-        except ContractError as error:
-            starts = sorted((source_map.locate(("operations", op), key=True).line, op) for op in contract["operations"])
-            failed: dict[str, str] = {}
-            for problem in error.problems:
-                owner = next((op for line, op in reversed(starts) if line <= problem.line), None)
-                if owner is None or problem.line < starts[0][0] or problem.line > _end_of_operations(source_map):
-                    raise UsageError(
-                        f"{source}: the draft does not check, which is a bug of the importer; please report it "
-                        f"with the document:\n{error}"
-                    ) from None
-                failed.setdefault(owner, problem.message)
-            for op, message in failed.items():
-                del contract["operations"][op]
-                todos.append(f"operations.{op}: left out: its draft did not check: {message}")
-            if not contract["operations"]:
-                raise UsageError(f"{source}: no operation could be drafted:\n{error}") from None
-    raise UsageError(f"{source}: the draft does not check, which is a bug of the importer")
-
-
-def _end_of_operations(source_map: SourceMap) -> int:
-    return source_map.locate(("boundaries",), key=True).line - 1
-
-
-def _names_used(entities: dict[str, Any], records: dict[str, dict[str, str]], operations: dict[str, Any]) -> set[str]:
-    """Type names reachable from the entities and operations (records may name records)."""
-    texts = [t for e in entities.values() for t in e["fields"].values()]
-    texts += [t for o in operations.values() for t in [*o["params"].values(), o.get("returns") or ""]]
-    used: set[str] = set()
-    pending = [n for t in texts for n in re.findall(r"[A-Z][A-Za-z0-9]*", t)]
-    while pending:
-        name = pending.pop()
-        if name not in used:
-            used.add(name)
-            pending += [n for t in records.get(name, {}).values() for n in re.findall(r"[A-Z][A-Za-z0-9]*", t)]
-    return used
