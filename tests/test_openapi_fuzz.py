@@ -18,7 +18,9 @@ from charter.contract._yaml import load_yaml
 from charter.contract.openapi import draft_from_openapi
 from charter.errors import UsageError
 
-NAMES = st.sampled_from(["id", "name", "status", "petId", "from", "x-rate", "total", "items", "kind", "state", "Tag"])
+NAMES = st.sampled_from(
+    ["id", "name", "status", "petId", "from", "x-rate", "total", "items", "kind", "state", "Tag", 7]
+)
 VALUES = st.sampled_from(["pending", "done", "In-Progress", "ok", "", "1st", "try", None])
 COMPONENTS = ["Thing", "Other", "Wrapper", "Code"]
 
@@ -94,7 +96,9 @@ def _operation(draw: st.DrawFn, path: str, method: str) -> dict[str, Any]:
     if method != "get" and draw(st.booleans()):
         media = draw(st.sampled_from(["application/json", "application/merge-patch+json", "text/plain"]))
         op["requestBody"] = {"required": draw(st.booleans()), "content": {media: {"schema": draw(SCHEMA)}}}
-    for code in draw(st.lists(st.sampled_from(["200", "201", "204", "2XX", "404", "default"]), min_size=1, max_size=2)):
+    for code in draw(
+        st.lists(st.sampled_from(["200", 200, "201", "204", "2XX", "404", "default"]), min_size=1, max_size=2)
+    ):
         media = draw(st.sampled_from(["application/json", "application/json", "image/png", None]))
         op["responses"][code] = {"description": "x"} | ({"content": {media: {"schema": draw(SCHEMA)}}} if media else {})
     if draw(st.booleans()):

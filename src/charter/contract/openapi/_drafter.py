@@ -184,7 +184,7 @@ class Drafter:
 
     def each_operation(self) -> list[tuple[str, str, dict[str, Any]]]:
         found = []
-        for path, item in self.spec["paths"].items():
+        for path, item in mapping(self.spec.get("paths")).items():
             resolved = item
             if isinstance(item, dict) and "$ref" in item:
                 resolved = self.safe(lambda i=item: self.schemas.deref(i, "path item")[0])
@@ -198,7 +198,7 @@ class Drafter:
 
     def draft_operations(self) -> None:
         names: set[str] = set()
-        for path, item in self.spec["paths"].items():
+        for path, item in mapping(self.spec.get("paths")).items():
             for method in _UNMAPPED_METHODS:
                 if isinstance(item, dict) and method in item:
                     self.todos.append(f"paths.{path}.{method}: {method.upper()} requests are not mapped")
@@ -393,10 +393,11 @@ class Drafter:
     def success(self, op: dict[str, Any]) -> tuple[str, Any] | None:
         """The first 2xx response: (its JSON media type or another content type, its schema)."""
         responses = mapping(op.get("responses"))
-        for code in sorted((str(c) for c in responses), key=lambda c: (not c.startswith("2"), c)):
+        codes = {str(code): answer for code, answer in responses.items()}  # YAML reads `200:` as an int
+        for code in sorted(codes, key=lambda c: (not c.startswith("2"), c)):
             if not code.startswith("2"):
                 break
-            response = self.safe(lambda c=code: self.schemas.deref(responses[c], "response")[0])
+            response = self.safe(lambda c=code: self.schemas.deref(codes[c], "response")[0])
             content = response.get("content") if isinstance(response, dict) else None
             if not isinstance(content, dict) or not content:
                 continue

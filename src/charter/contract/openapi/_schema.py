@@ -62,7 +62,7 @@ class Flat:
     @property
     def properties(self) -> dict[str, Any]:
         found = self.node.get("properties")
-        return found if isinstance(found, dict) else {}
+        return {str(name): sub for name, sub in found.items()} if isinstance(found, dict) else {}
 
     @property
     def required(self) -> set[str]:
