@@ -63,6 +63,9 @@ def test_publish_refuses_a_contract_with_items_to_decide(write_contract: WriteCo
     assert "  - operations.cancel_order: scopes (who may call it)\n  - guards\n" in str(refused.value)
     assert "delete its line under `to_decide:`" in str(refused.value)
     assert registry.versions("shop") == []  # nothing recorded
+    checked_output = charter("contract", "check", str(draft))
+    assert checked_output.returncode == 0
+    assert "a draft: 2 item(s) under `to_decide:`; publish refuses it" in checked_output.stdout
     result = charter("contract", "publish", str(draft))
     assert result.returncode == 1
     assert "2 item(s) still to decide" in result.stderr

@@ -36,6 +36,12 @@ def check(files: Annotated[list[Path], typer.Argument(help="Contract files to ch
             f"{checked.file}: ok ({compiled.name} {compiled.version}, sha256 {compiled.sha256[:12]})",
             "green",
         )
+        if checked.model.to_decide:
+            say(
+                f"{checked.file}: a draft: {len(checked.model.to_decide)} item(s) under `to_decide:`; publish refuses "
+                "it until each is decided and deleted",
+                "yellow",
+            )
     if failed:
         raise typer.Exit(1)
 
