@@ -215,7 +215,7 @@ MALFORMED = [
     ),
     pytest.param(
         {
-            "    scopes: [orders:write]\n": "    scopes: [orders:write]\n  confirm_order:\n    kind: write\n    doc: Confirm.\n    entity: Order\n    key: id\n    params: {id: int}\n    transition: confirm\n    guards:\n      - {id: small_orders_only, when: params.id > 0, message: Positive ids.}\n    binding: {python: 'tests.data.shop_backend:get_order'}\n"
+            "    scopes: [orders:write]\n": "    scopes: [orders:write]\n  confirm_order:\n    kind: write\n    doc: Confirm.\n    entity: Order\n    key: id\n    params: {id: int}\n    transition: confirm\n    guards:\n      - {id: small_orders_only, when: params.id > 0, message: Positive ids.}\n    binding: {python: 'tests.data.shop_backend:get_order'}\n    scopes: [orders:write]\n"
         },
         [
             "51:14: guard id 'small_orders_only' is already used by operation 'cancel_order'; guard ids are unique in a contract"
@@ -336,6 +336,41 @@ MALFORMED = [
         {"entities:\n  Order:": "enums:\n  Literal: [a, b]\nentities:\n  Order:"},
         ["9:3: type name 'Literal' must be PascalCase, e.g. 'Order', and not a reserved name"],
         id="reserved_type_name",
+    ),
+]
+
+# Who may call a write is always said: scopes, or `public: true` (issue 13, the OpenAPI importer's fault).
+MALFORMED += [
+    pytest.param(
+        {"    scopes: [orders:write]\n": ""},
+        [
+            "30:3: write operation 'cancel_order' lists no scopes, so any caller could run it: add `scopes: [...]` naming what a caller must hold, or `public: true` if anyone may"
+        ],
+        id="write_without_scopes",
+    ),
+    pytest.param(
+        {"    scopes: [orders:write]\n": "    scopes: []\n    public: false\n"},
+        [
+            "30:3: write operation 'cancel_order' lists no scopes, so any caller could run it: add `scopes: [...]` naming what a caller must hold, or `public: true` if anyone may"
+        ],
+        id="write_with_empty_scopes_not_public",
+    ),
+    pytest.param(
+        {"    scopes: [orders:write]\n": "    scopes: [orders:write]\n    public: true\n"},
+        [
+            "43:13: operation 'cancel_order' is public but lists scopes orders:write: remove `public: true` or the scopes"
+        ],
+        id="public_with_scopes",
+    ),
+    pytest.param(
+        {"    scopes: [orders:write]\n": "    public: yes\n"},
+        ["42:13: operations.cancel_order.public: expected true or false, got 'yes'"],
+        id="public_not_a_bool",
+    ),
+    pytest.param(
+        {"boundaries:": "to_decide: [scopes, '']\nboundaries:"},
+        ["43:21: to_decide.1: String should have at least 1 character"],
+        id="to_decide_empty_item",
     ),
 ]
 

@@ -174,6 +174,8 @@ def contracts(draw: st.DrawFn) -> Generated:
 
     def common(op: dict[str, Any]) -> dict[str, Any]:
         op["scopes"] = _unique(draw, scopes_pool, 0, 2)
+        if op["kind"] == "write" and not op["scopes"]:
+            op["public"] = True  # a write must say who may call it: scopes, or public
         if op["kind"] == "write" and draw(st.integers(0, 5)) == 0:
             op["requires_approval"] = True
         if draw(st.booleans()):

@@ -44,7 +44,10 @@ CASES = [
         {"    scopes: [orders:write]\n": "    scopes: [orders:write, orders:admin]\n"},
         {("breaking", "required scope 'orders:admin' added")},
     ),
-    ({"    scopes: [orders:write]\n": ""}, {("relaxation", "required scope 'orders:write' removed")}),
+    (
+        {"    scopes: [orders:write]\n": "    public: true\n"},
+        {("relaxation", "required scope 'orders:write' removed"), ("relaxation", "public changed to True")},
+    ),
     (
         {
             "    guards:\n      - id: small_orders_only\n        when: entity.total <= 100000\n        message: Only orders up to 1,000.00 may be cancelled here.\n": ""

@@ -6,7 +6,8 @@
     │   ├── RegistryError       the registry refused a request
     │   │   ├── ContractNotFound
     │   │   ├── VersionConflict     same version with other content, or not newer than the latest
-    │   │   └── ChangeRefused       a breaking change without a major bump, or an unapproved relaxation
+    │   │   ├── ChangeRefused       a breaking change without a major bump, or an unapproved relaxation
+    │   │   └── UndecidedDraft      a draft whose `to_decide:` list still holds items
     │   ├── RunNotFound         no run in the audit log has that id
     │   ├── SchemaMismatch      a store is at another schema version (`charter db upgrade`)
     │   ├── MissingApiKey       the Runtime Agent needs ANTHROPIC_API_KEY (or a model given in code)
@@ -38,6 +39,7 @@ __all__ = [
     "RunNotFound",
     "SchemaMismatch",
     "ScriptExhausted",
+    "UndecidedDraft",
     "UsageError",
     "VersionConflict",
 ]
@@ -92,6 +94,14 @@ class ChangeRefused(RegistryError):
 
     def __init__(self, message: str, changes: Sequence[object]) -> None:
         self.changes = tuple(changes)
+        super().__init__(message)
+
+
+class UndecidedDraft(RegistryError):
+    """A contract still lists items under `to_decide:` (a draft from import-openapi); `items` holds them."""
+
+    def __init__(self, message: str, items: Sequence[str]) -> None:
+        self.items = tuple(items)
         super().__init__(message)
 
 

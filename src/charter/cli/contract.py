@@ -36,6 +36,12 @@ def check(files: Annotated[list[Path], typer.Argument(help="Contract files to ch
             f"{checked.file}: ok ({compiled.name} {compiled.version}, sha256 {compiled.sha256[:12]})",
             "green",
         )
+        if checked.model.to_decide:
+            say(
+                f"{checked.file}: a draft: {len(checked.model.to_decide)} item(s) under `to_decide:`; publish refuses "
+                "it until each is decided and deleted",
+                "yellow",
+            )
     if failed:
         raise typer.Exit(1)
 
@@ -235,8 +241,8 @@ def import_openapi(
     ] = None,
     name: Annotated[str | None, typer.Option(help="The contract's name (default: from info.title).")] = None,
 ) -> None:
-    """Draft a contract from an OpenAPI document: operations, entities and HTTP bindings filled in,
-    and a TO DECIDE list at its top (lifecycles, boundaries, scopes) for the author."""
+    """Draft a contract from an OpenAPI 3.0/3.1 document: operations, entities, scopes and HTTP
+    bindings filled in, and a `to_decide:` list at its top that publish refuses until it is empty."""
     from charter.contract.openapi import draft_from_openapi, load_openapi
 
     try:
@@ -250,4 +256,7 @@ def import_openapi(
         fail(f"{output} exists; the draft is not written over a file (give another --output)")
     output.write_text(draft.text, encoding="utf-8")
     say(f"drafted {output}: {draft.operations} operations, {draft.entities} entities; {len(draft.todos)} to decide")
-    say(f"next: edit the TO DECIDE list at its top, then `charter contract check {output}`")
+    say(
+        f"next: decide each item under `to_decide:` at its top and delete it (publish refuses the draft until "
+        f"the list is gone), then `charter contract publish {output}`"
+    )

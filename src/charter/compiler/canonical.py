@@ -33,6 +33,12 @@ def canonical_json(model: Contract) -> bytes:
             for kind in _LATER_RULE_KINDS:
                 if rule.get(kind, "") is None:
                     del rule[kind]
+    # Likewise `public` counts only when set, so the hashes of contracts written before it existed hold;
+    # `to_decide` is the author's to-do list, never published (publish refuses it non-empty).
+    for operation in data["operations"].values():
+        if not operation.get("public"):
+            operation.pop("public", None)
+    data.pop("to_decide", None)
     return msgspec.json.encode(data)
 
 

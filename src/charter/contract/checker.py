@@ -35,9 +35,11 @@ from charter.contract.types import PRIMITIVES, TypeRef, TypeSyntaxError, Unknown
 from charter.errors import ContractError, Problem
 
 __all__ = [
+    "RESERVED_NAMES",
     "CheckedContract",
     "check_contract_data",
     "entity_reader",
+    "is_scope",
     "load_contract",
     "path_placeholders",
     "state_enum_name",
@@ -54,6 +56,7 @@ _BASE_URL = re.compile(r"https?://[^\s?#]+\Z")
 _SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)*\Z")
 # Names a program already uses for something else: the runtime's own functions and types.
 _RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime", "Literal"}
+RESERVED_NAMES = frozenset(_RESERVED)
 # A program reaches the contract by its name, beside the runtime's names, Python's builtins
 # and the modules it may import; a contract named like one of them would hide it or them.
 _RESERVED_CONTRACT_NAMES = frozenset(
@@ -92,6 +95,11 @@ def path_placeholders(path: str) -> list[str]:
     return _PLACEHOLDER.findall(path)
 
 
+def is_scope(text: str) -> bool:
+    """Whether `text` is written as a scope must be: lowercase, colon-separated, e.g. 'orders:write'."""
+    return bool(_SCOPE.match(text))
+
+
 def state_enum_name(entity: str, lifecycle_field: str) -> str:
     """The enum generated for an entity's lifecycle states: Order + status -> OrderStatus."""
     return entity + "".join(part.capitalize() for part in lifecycle_field.split("_"))
@@ -123,16 +131,21 @@ def load_contract(path: str | Path, *, resolve_bindings: bool = True) -> Checked
 
 
 def check_contract_data(
-    data: Any, source_map: SourceMap, *, binding_search: list[Path] | None = None
+    data: Any, source_map: SourceMap, *, binding_search: list[Path] | None = None, published: bool = False
 ) -> CheckedContract:
-    """Check parsed contract data. Bindings are resolved only when `binding_search` is given."""
+    """Check parsed contract data. Bindings are resolved only when `binding_search` is given.
+
+    `published`: the data is a version the registry already holds. Authoring rules added to
+    the language since (a write needs scopes or `public: true`) are not applied again, so a
+    version published by an earlier release still loads and runs as it was published.
+    """
     if not isinstance(data, dict):
         raise ContractError([source_map.problem((), "a contract is a mapping of keys to values")])
     try:
         model = Contract.model_validate(data)
     except pydantic.ValidationError as exc:
         raise ContractError(_sorted(_from_pydantic(err, source_map) for err in exc.errors(include_url=False))) from None
-    return _Checker(model, source_map, binding_search).run()
+    return _Checker(model, source_map, binding_search, authoring=not published).run()
 
 
 def _display_path(path: Path) -> str:
@@ -228,6 +241,7 @@ class _Checker:
     model: Contract
     source: SourceMap
     binding_search: list[Path] | None
+    authoring: bool = True  # apply the rules a new version must meet (see check_contract_data)
     problems: list[Problem] = field(default_factory=list)
     named: dict[str, Literal["enum", "record"]] = field(default_factory=dict)
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -530,11 +544,12 @@ class _Checker:
                     f"operation '{name}' must run after unknown operation '{other}'{suggest(other, m.operations)}",
                 )
         for index, scope in enumerate(op.scopes):
-            if not _SCOPE.match(scope):
+            if not is_scope(scope):
                 self.fail(
                     (*path, "scopes", index),
                     f"scope '{scope}' must look like 'orders:write' (lowercase, colon-separated)",
                 )
+        self._check_exposure(name, op)
         self._check_guards(name, op, entity is not None and op.key is not None)
         self._check_binding(name, op)
         reads_state = op.transition is not None or any("entity" in names_used(g.when) for g in op.guards)
@@ -550,6 +565,24 @@ class _Checker:
                 f"operation '{name}' depends on the state of {op.entity}, but no read operation returns one "
                 f"{op.entity} by its key for the gate to check it; add one (kind: read, entity: {op.entity}, "
                 f"key: ..., returns: {op.entity})",
+                key=True,
+            )
+
+    def _check_exposure(self, name: str, op: Operation) -> None:
+        # A write nobody has to be allowed to make is a decision, never a default: an empty scope
+        # list is as likely a forgotten one as a deliberate "anyone".
+        path: DocPath = ("operations", name)
+        if op.public and op.scopes:
+            self.fail(
+                (*path, "public"),
+                f"operation '{name}' is public but lists scopes {', '.join(op.scopes)}: remove `public: true` "
+                "or the scopes",
+            )
+        elif self.authoring and op.kind == "write" and not op.scopes and not op.public:
+            self.fail(
+                path,
+                f"write operation '{name}' lists no scopes, so any caller could run it: add `scopes: [...]` "
+                "naming what a caller must hold, or `public: true` if anyone may",
                 key=True,
             )
 

@@ -175,6 +175,10 @@ class Operation(_Strict):
     transition: str | None = Field(default=None, description="The lifecycle transition a write performs.")
     guards: list[Guard] = Field(default_factory=list)
     scopes: list[str] = Field(default_factory=list, description="Scopes the principal must hold, all of them.")
+    public: bool = Field(
+        default=False,
+        description="A write anyone may call: the author's explicit choice; a write without scopes must say it.",
+    )
     after: list[str] = Field(
         default_factory=list,
         description="Operations that must have succeeded earlier in the same run "
@@ -260,6 +264,11 @@ class Contract(_Strict):
     binding: ContractBinding | None = Field(
         default=None,
         description="The default backend: a Python module (operations use module:op_name) or an HTTP service.",
+    )
+    to_decide: list[NonEmptyText] = Field(
+        default_factory=list,
+        description="What the author must still decide (written by import-openapi); publish refuses a contract "
+        "while any item is left. Not part of the content hash.",
     )
 
     @field_validator("version", mode="before")

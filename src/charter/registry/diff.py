@@ -266,6 +266,11 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
         detail=lambda guard: guard.when,
     )
     d.sets(f"{where}.scopes", old.scopes, new.scopes, "required scope", "relaxation", "breaking")
+    if old.public != new.public:
+        # Opening a write to anyone is a governance change; closing it again shows up as the
+        # scopes it gains (breaking), and on a read the mark changes nothing the gate checks.
+        opened = new.public and new.kind == "write"
+        d.add("relaxation" if opened else "additive", f"{where}.public", f"public changed to {new.public}")
     d.sets(f"{where}.after", old.after, new.after, "sequence rule after", "relaxation", "breaking")
     if old.requires_approval != new.requires_approval:
         if new.requires_approval:

@@ -25,7 +25,7 @@ from charter.contract.bindings import BoundModule
 from charter.contract.cel_guards import suggest
 from charter.contract.checker import CheckedContract, check_contract_data
 from charter.contract.model import Contract, SemVer
-from charter.errors import ChangeRefused, ContractNotFound, UsageError, VersionConflict
+from charter.errors import ChangeRefused, ContractNotFound, UndecidedDraft, UsageError, VersionConflict
 from charter.migrations import Schema, Step
 from charter.registry.diff import Change, diff_contracts
 
@@ -264,7 +264,9 @@ class Registry:
 
         A new version must be greater than the newest of its own major line, and is diffed
         against it (or, opening a new line, against the newest version below it), so 1.4.1
-        can follow 2.0.0. Raises VersionConflict or ChangeRefused."""
+        can follow 2.0.0. Raises VersionConflict or ChangeRefused, and UndecidedDraft while
+        the contract lists items under `to_decide:`."""
+        _refuse_undecided(checked)
         compiled = compile_contract(checked)
         name, version = compiled.name, compiled.version
         existing = {v.version: v for v in self.versions(name)}
@@ -357,9 +359,23 @@ class Registry:
                 )
 
 
+def _refuse_undecided(checked: CheckedContract) -> None:
+    items = checked.model.to_decide
+    if not items:
+        return
+    raise UndecidedDraft(
+        f"{checked.name} {checked.version} ({checked.file}) is a draft with {len(items)} item(s) still to decide, "
+        "so it is not published:\n"
+        + "\n".join(f"  - {item}" for item in items)
+        + "\nDecide each one (edit the contract), then delete its line under `to_decide:`; "
+        "once the list is empty, delete the key and publish again.",
+        items,
+    )
+
+
 @lru_cache(maxsize=64)
 def _compile_canonical(canonical: str, label: str) -> CompiledContract:
     # Bindings are not re-resolved: they were resolved at publish time, relative to the
     # file, and the registry may be read from anywhere; `Registry.get` adds their records.
     data = msgspec.json.decode(canonical)
-    return compile_contract(check_contract_data(data, SourceMap(label)))
+    return compile_contract(check_contract_data(data, SourceMap(label), published=True))
