@@ -813,6 +813,7 @@ operations:
   get_loan: {kind: read, doc: Fetch one loan., entity: Loan, key: id, params: {id: int}, returns: Loan}
   renew_loan:
     kind: write
+    public: true
     doc: Renew a loan for a fee.
     entity: Loan
     key: id
@@ -824,6 +825,7 @@ operations:
       - {id: fee_known, when: 'entity.fee == null || entity.fee >= 0', message: The loan's fee is unknown.}
   waive_fee:
     kind: write
+    public: true
     doc: Waive a loan's fee.
     entity: Loan
     key: id
