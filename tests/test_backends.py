@@ -381,3 +381,31 @@ def test_the_orders_contract_binds_every_operation_over_http() -> None:
     contract = compiled("orders")
     assert {rule.binding.kind for rule in contract.gate.operations.values()} == {"http"}
     assert compiled("invoices").gate.operations["pay_invoice"].binding.kind == "python"
+
+
+# -- any exception inside the HTTP backend is its failure, its text withheld ---------------
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit], ids=lambda k: k.__name__)
+def test_an_exception_of_any_kind_while_sending_is_a_backend_failure_with_its_text_withheld(
+    governed: Governed, proxy: FaultyProxy, monkeypatch: pytest.MonkeyPatch, kind: type[BaseException]
+) -> None:
+    from charter.backends import _http
+
+    send = _http._send
+
+    def interrupted(client: object, request: object, timeout: dict[str, float]) -> object:
+        if getattr(request, "method", "") != "GET":
+            raise kind(SECRET)
+        return send(client, request, timeout)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_http, "_send", interrupted)
+    execution = run(governed, 'try:\n    orders.cancel_order(id=101, reason="moved")\n' + REPORT)
+    assert execution.answer is not None, execution.outcome
+    assert execution.answer.startswith("BACKEND_ERROR | cancel_order (POST ")
+    assert f"failed while it was being sent ({kind.__name__}): it may have taken effect" in execution.answer
+    _, outcomes, seal = receipts(governed, execution.run_id)
+    assert [(o.status, o.code) for o in outcomes] == [("unknown", "BACKEND_ERROR")]
+    assert seal.in_doubt == (1,)
+    assert all(b"hunter2" not in row.body for row in governed.log.stored())
+    assert [k.message for k in governed.log.backend_errors(execution.run_id)] == [SECRET]

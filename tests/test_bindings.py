@@ -191,7 +191,29 @@ def test_a_module_that_fails_to_import_is_the_servers_fault_in_mcp(project: Path
     body = json.loads(result.content[0].text)
     assert body["type"] == "urn:charter:problem:backend-unavailable"
     assert body["internal"] is True
-    assert "RuntimeError: no database configured" in body["message"]
+    assert "module 'shopback' raised RuntimeError" in body["message"]
+    assert "no database configured" not in body["message"]  # withheld: the server's log has it
+
+
+def test_an_import_failures_text_is_withheld_like_any_backend_error(project: Path, charter_home: Path) -> None:
+    # The secret is raised in a helper the binding module imports: any text an import raises may hold one.
+    (project / "shopconfig.py").write_text("raise RuntimeError('config password hunter2')\n", encoding="utf-8")
+    (project / "shopback.py").write_text("import shopconfig  # noqa: F401\n" + BACKEND, encoding="utf-8")
+    _publish(project / "shop.yaml")
+    program = "try:\n    shop.get_order(id=1)\nexcept OperationError as error:\n    print(error.code, str(error))\n"
+    ran = _exec(program + "shop.get_order(id=1)\n", project)
+    assert ran.returncode == 4, ran.stdout + ran.stderr
+    answer = json.loads(ran.stdout)
+    assert (answer["status"], answer["cause"]) == ("failed", "BACKEND_UNAVAILABLE")
+    assert "hunter2" not in ran.stdout  # the program's output, the reason, the caller's JSON
+    assert "cannot load binding 'shopback:get_order' (module 'shopback' raised RuntimeError" in ran.stdout
+    log = AuditLog(charter_home / "audit.db")
+    assert all(b"hunter2" not in row.body for row in log.stored())  # nor any signed receipt
+    kept = log.backend_errors(answer["run_id"])
+    assert [(k.operation, k.error_type, k.message) for k in kept] == [
+        ("get_order", "RuntimeError", "config password hunter2"),
+        ("get_order", "RuntimeError", "config password hunter2"),
+    ]
 
 
 def test_a_republished_module_runs_its_new_code_in_a_running_server(project: Path, charter_home: Path) -> None:

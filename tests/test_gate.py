@@ -351,10 +351,10 @@ CAUGHT = "except OperationError as error:\n    conclude(error.code + ' | ' + str
     [
         ("get_order", with_("id", "101"), "$.id", "Expected `int`, got `str`"),
         ("get_order", without("customer"), "$", "Object missing required field `customer`"),
-        ("get_order", with_("status", "lost"), "$.status", "Invalid enum value 'lost'"),
+        ("get_order", with_("status", "lost"), "$.status", "Expected `OrderStatus` (a contract enum)"),
         ("get_order", with_("total", "89.001"), "$.total", "Expected money with at most 2 decimal places"),
-        ("get_order", with_("total", 89.0), "$.total", "Expected money as a decimal string, got 89.0"),
-        ("get_order", with_("placed_at", "yesterday"), "$.placed_at", "Invalid RFC3339 encoded datetime"),
+        ("get_order", with_("total", 89.0), "$.total", "Expected money as a decimal string, got float"),
+        ("get_order", with_("placed_at", "yesterday"), "$.placed_at", "Expected `datetime`"),
         ("get_order", nested_quantity, "$.items[0].quantity", "Expected `int`, got `str`"),
         ("list_orders", second_item_bad, "$[1].id", "Expected `int`, got `null`"),
     ],
@@ -380,6 +380,64 @@ def test_a_result_of_the_wrong_type_fails_closed(
         None,
     )
     assert outcome.message == message
+
+
+SECRET_VALUE = "hunter2"
+
+
+@pytest.mark.parametrize(
+    ("fault", "path", "words"),
+    [
+        (with_("status", SECRET_VALUE), "$.status", "Expected `OrderStatus` (a contract enum)"),
+        (with_("total", SECRET_VALUE + ".5"), "$.total", "Expected `money`"),
+        (with_("total", "2.4242"), "$.total", "Expected money with at most 2 decimal places"),
+        (with_("placed_at", SECRET_VALUE), "$.placed_at", "Expected `datetime`"),
+        (with_("customer", [SECRET_VALUE]), "$.customer", "Expected `str`, got `array`"),
+    ],
+    ids=["enum", "money-text", "money-places", "datetime", "str"],
+)
+def test_an_invalid_result_is_named_by_path_and_type_never_by_its_value(
+    governed: Governed, fault: Any, path: str, words: str
+) -> None:
+    runner, _ = faulty_runner(governed, get_order=fault)
+    program = "try:\n    orders.get_order(id=101)\n    conclude('got it')\n" + CAUGHT
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL))
+    assert execution.answer is not None
+    assert execution.answer.startswith(
+        f"RESULT_INVALID | get_order returned a value that is not the contract's Order: {words} - at `{path}`."
+    )
+    assert SECRET_VALUE not in execution.answer
+    assert "2.4242" not in execution.answer
+    assert all(b"hunter2" not in row.body and b"2.4242" not in row.body for row in governed.log.stored())
+
+
+@pytest.mark.parametrize(
+    ("fault", "path", "words"),
+    [
+        (with_("id", 2**70), "$.id", "Expected `int` that fits in 64 bits"),
+        (with_("placed_at", "2026-01-01T10:00:00"), "$.placed_at", "Expected `datetime` with a UTC offset (RFC 3339)"),
+        (with_("total", 2), "$.total", "Expected money as a decimal string, got int"),
+        (with_("refunded", Decimal(2)), None, None),  # a Decimal is money as a program sends it
+        (with_("placed_at", "2026-01-01T10:00:00+02:00"), None, None),
+    ],
+    ids=["int-beyond-64-bits", "naive-datetime", "int-money", "decimal-money", "datetime-with-offset"],
+)
+def test_results_follow_the_rules_arguments_do(
+    governed: Governed, fault: Any, path: str | None, words: str | None
+) -> None:
+    runner, _ = faulty_runner(governed, get_order=fault)
+    program = (
+        "try:\n    o = orders.get_order(id=101)\n    conclude('got it')\n"
+        "except OperationError as error:\n    conclude(error.code + ' | ' + str(error))\n"
+    )
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL))
+    if path is None:
+        assert execution.answer == "got it", execution.outcome
+        return
+    assert execution.answer is not None
+    assert execution.answer.startswith(
+        f"RESULT_INVALID | get_order returned a value that is not the contract's Order: {words} - at `{path}`."
+    )
 
 
 def test_undeclared_fields_are_dropped_and_named_and_absent_optionals_are_none(governed: Governed) -> None:
@@ -489,7 +547,7 @@ class Faulty(ContractBackend):
 
     def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
         fault = self.faults.get(operation)
-        if isinstance(fault, Exception):
+        if isinstance(fault, BaseException):
             raise fault
         result = super().invoke(operation, arguments, context)
         self.performed.append(operation)
@@ -516,11 +574,11 @@ CANCEL_101 = 'orders.cancel_order(id=101, reason="moved")\nconclude("cancelled")
         (
             with_("refunded", "not money"),
             "RESULT_INVALID",
-            "get_order returned Order 101 not as the contract declares it (Invalid decimal string - at `$.refunded`)",
+            "get_order returned Order 101 not as the contract declares it (Expected `money` - at `$.refunded`)",
         ),
         (lambda order: ["not", "an", "order"], "RESULT_INVALID", "(Expected `object`, got `array` - at `$`)"),
         # A mistyped lifecycle field must neither pass nor fail the state check by accident.
-        (with_("status", "PENDING"), "RESULT_INVALID", "(Invalid enum value 'PENDING' - at `$.status`)"),
+        (with_("status", "PENDING"), "RESULT_INVALID", "(Expected `OrderStatus` (a contract enum) - at `$.status`)"),
         (with_("status", 1), "RESULT_INVALID", "(Expected `str`, got `int` - at `$.status`)"),
     ],
     ids=[
@@ -603,6 +661,114 @@ def test_backend_exception_text_reaches_neither_program_nor_caller_nor_receipt(g
     assert verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id).ok
     shown = charter("audit", "show", execution.run_id)
     assert "hunter2" not in shown.stdout
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError(SECRET)
+
+    def __repr__(self) -> str:
+        raise ValueError(SECRET)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [KeyboardInterrupt(SECRET), SystemExit(SECRET), GeneratorExit(SECRET), Unprintable()],
+    ids=["KeyboardInterrupt", "SystemExit", "GeneratorExit", "unprintable"],
+)
+def test_any_exception_a_backend_raises_is_its_failure_with_the_text_withheld(
+    governed: Governed, fault: BaseException
+) -> None:
+    runner, _ = faulty_runner(governed, cancel_order=fault)
+    program = (
+        'try:\n    orders.cancel_order(id=101, reason="moved")\n'
+        "except OperationError as error:\n    conclude(error.code + ': ' + str(error))"
+    )
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL))
+    assert execution.status == "done", execution.outcome
+    assert execution.answer == (
+        "BACKEND_ERROR: cancel_order failed in the backend; its error text is withheld from the program "
+        "(the operator can read it with `charter audit show`)."
+    )
+    [outcome] = outcomes(governed, execution.run_id)
+    name = "tests.test_gate.Unprintable" if isinstance(fault, Unprintable) else type(fault).__name__
+    assert (outcome.status, outcome.code, outcome.error_type) == ("failed", "BACKEND_ERROR", name)
+    assert all(b"hunter2" not in row.body for row in governed.log.stored())
+    [kept] = governed.log.backend_errors(execution.run_id)
+    assert kept.message == (
+        SECRET
+        if not isinstance(fault, Unprintable)
+        else "<tests.test_gate.Unprintable: its text could not be formatted>"
+    )
+
+
+@pytest.mark.parametrize(
+    "fault", [KeyboardInterrupt(SECRET), SystemExit(SECRET), GeneratorExit(SECRET)], ids=lambda f: type(f).__name__
+)
+def test_any_exception_of_the_gates_state_read_is_a_denial_with_the_text_withheld(
+    governed: Governed, fault: BaseException
+) -> None:
+    runner, backend = faulty_runner(governed, get_order=fault)
+    execution = runner.execute(
+        CANCEL_101, contract=governed.contract, principal=Principal("ada", frozenset({"orders:write"}))
+    )
+    assert (execution.status, execution.cause) == ("refused", "GATE_ERROR"), execution.outcome
+    assert execution.reason is not None
+    assert "hunter2" not in execution.reason
+    assert "cancel_order" not in backend.performed
+    [decision] = decisions(governed, execution.run_id)
+    assert (decision.decision, decision.code, decision.error_type) == ("DENY", "GATE_ERROR", type(fault).__name__)
+    assert all(b"hunter2" not in row.body for row in governed.log.stored())
+
+
+def unrepresentable(record: dict[str, Any]) -> dict[str, Any]:
+    return {**record, "id": 10**5000}  # beyond 64 bits, and beyond what Python will even print
+
+
+def test_a_failure_after_the_backend_acted_is_reported_as_such_never_as_a_denial(governed: Governed) -> None:
+    runner, backend = faulty_runner(governed, cancel_order=unrepresentable)
+    program = (
+        'try:\n    orders.cancel_order(id=101, reason="moved")\n'
+        "except OperationError as error:\n    conclude(error.code + ' | ' + str(error))\n"
+    )
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL))
+    assert execution.answer == (
+        "RESULT_INVALID | cancel_order returned a value that is not the contract's Order: Expected `int` that fits "
+        "in 64 bits - at `$.id`. It was withheld from the program. The write itself was made; read the entity to "
+        "learn its state."
+    ), execution.outcome
+    assert backend.performed == ["get_order", "cancel_order"]
+    [decision] = decisions(governed, execution.run_id)
+    assert decision.decision == "ALLOW"
+    [outcome] = outcomes(governed, execution.run_id)
+    assert (outcome.status, outcome.code, outcome.result) == ("failed", "RESULT_INVALID", None)
+
+
+class Treacherous(dict):  # type: ignore[type-arg]
+    """A result whose own code fails while the gate reads it (backend code runs in it)."""
+
+    def items(self) -> Any:
+        raise KeyboardInterrupt(SECRET)
+
+
+def test_a_result_that_fails_while_it_is_checked_is_reported_as_an_action_that_ran(governed: Governed) -> None:
+    runner, backend = faulty_runner(governed, cancel_order=Treacherous)
+    program = (
+        'try:\n    orders.cancel_order(id=101, reason="moved")\n'
+        "except OperationError as error:\n    conclude(error.code + ' | ' + str(error))\n"
+    )
+    execution = runner.execute(program, contract=governed.contract, principal=Principal("ada", ALL))
+    assert execution.answer == (
+        "RESULT_INVALID | cancel_order ran, but its result could not be checked; it was withheld from the program "
+        "(the operator can read why with `charter audit show`). The write itself was made; read the entity to "
+        "learn its state."
+    ), execution.outcome
+    assert backend.performed == ["get_order", "cancel_order"]
+    [decision] = decisions(governed, execution.run_id)
+    assert decision.decision == "ALLOW"
+    [outcome] = outcomes(governed, execution.run_id)
+    assert (outcome.status, outcome.code, outcome.error_type) == ("failed", "RESULT_INVALID", "KeyboardInterrupt")
+    assert all(b"hunter2" not in row.body for row in governed.log.stored())
 
 
 def test_the_gates_own_failure_text_is_withheld_too(governed: Governed) -> None:

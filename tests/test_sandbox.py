@@ -312,6 +312,37 @@ def test_a_broken_gate_denies_and_never_reaches_the_backend(
     assert recorder.calls == []
 
 
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_a_base_exception_from_a_host_call_ends_the_run_without_its_text(
+    sandbox: Sandbox, orders: CompiledContract, kind: type[BaseException]
+) -> None:
+    class InterruptedGate:
+        blocking = False
+
+        def call(self, request: CallRequest) -> Any:
+            raise kind("password hunter2")
+
+    outcome = run(sandbox, orders, "orders.get_order(id=1)\nconclude('no')", gate=InterruptedGate())
+    assert outcome == Trapped(reason=f"host error in call 'get_order': {kind.__name__}", stats=outcome.stats)
+    assert_healthy(sandbox, orders)
+
+
+def test_the_pass_through_gates_backend_failures_of_any_kind_are_operation_errors(
+    sandbox: Sandbox, orders: CompiledContract
+) -> None:
+    def interrupted(id: int) -> Any:
+        raise KeyboardInterrupt("password hunter2")
+
+    gate = PassThroughGate(orders, InMemoryBackend({"get_order": interrupted}))
+    program = (
+        "try:\n    orders.get_order(id=1)\nexcept OperationError as error:\n    conclude(error.code + ' ' + str(error))"
+    )
+    outcome = run(sandbox, orders, program, gate=gate)
+    assert outcome == Completed(
+        answer="BACKEND_ERROR get_order failed in the backend (KeyboardInterrupt)", stats=outcome.stats
+    )
+
+
 def test_gate_sees_decoded_arguments_and_the_principal(sandbox: Sandbox, orders: CompiledContract) -> None:
     seen: list[CallRequest] = []
 

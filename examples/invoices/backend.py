@@ -108,7 +108,7 @@ def create_invoice(*, vendor: str, amount: Decimal, currency: str, due: datetime
         number = f"INV-{2001 + count}"
         db.execute(
             "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, NULL, NULL, 'draft')",
-            (number, vendor, str(amount), currency, due.isoformat()),
+            (number, vendor, str(amount), currency, _aware(due).isoformat()),
         )
         return _record(_fetch(db, number))
 
@@ -152,3 +152,9 @@ def pay_invoice(*, number: str, charter: CallContext | None = None) -> dict[str,
 
 def void_invoice(*, number: str, reason: str, charter: CallContext | None = None) -> dict[str, Any]:
     return _transition(number, ("draft", "submitted", "rejected"), "void", charter)
+
+
+def _aware(moment: datetime) -> datetime:
+    """A datetime with its offset: a program's naive datetime is UTC (the run's clock is), and
+    what this backend returns must say so (the gate refuses a result datetime without one)."""
+    return moment.replace(tzinfo=UTC) if moment.utcoffset() is None else moment

@@ -68,10 +68,11 @@ class Execution(Answer, frozen=True, kw_only=True):
     in_doubt: tuple[int, ...] = ()  # allowed calls whose outcome was never learned
 
 
-def conclusion_of(outcome: Outcome) -> tuple[RunStatus, str | None, Any, str | None]:
+def conclusion_of(outcome: Outcome, *, unavailable: bool = False) -> tuple[RunStatus, str | None, Any, str | None]:
     """(status and cause, answer, data, reason), by the rule of `charter.status.classify`:
-    a ContractViolation the program did not catch, or the gate halting it, means refused."""
-    status = status_of_outcome(outcome)
+    a ContractViolation the program did not catch, or the gate halting it, means refused;
+    `unavailable` (a call was BACKEND_UNAVAILABLE) makes a failed run's cause that."""
+    status = status_of_outcome(outcome, unavailable=unavailable)
     if isinstance(outcome, Completed):
         return status, outcome.answer, outcome.data, None
     if isinstance(outcome, Refused | Halted):
@@ -156,9 +157,10 @@ class Runner:
             logical_run_id=logical_run_id,
         )
         outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
-        sealed = recorder.seal(sealed_receipt(context.run_id, outcome))
-        status, answer, data, reason = conclusion_of(outcome)
         calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))
+        unavailable = unavailable_calls(calls)
+        sealed = recorder.seal(sealed_receipt(context.run_id, outcome, unavailable=bool(unavailable)))
+        status, answer, data, reason = conclusion_of(outcome, unavailable=bool(unavailable))
         return Execution(
             run_id=context.run_id,
             status=status.status,
@@ -171,7 +173,7 @@ class Runner:
             in_doubt=sealed.in_doubt,
             contract=contract.name,
             version=contract.version,
-            unavailable=unavailable_calls(calls),
+            unavailable=unavailable,
         )
 
 
@@ -180,8 +182,8 @@ def unavailable_calls(calls: tuple[Decision | CallOutcome, ...]) -> tuple[str, .
     return tuple(c.message or "" for c in calls if c.code == BackendUnavailable.CODE)
 
 
-def sealed_receipt(run_id: str, outcome: Outcome) -> Sealed:
-    status = status_of_outcome(outcome)
+def sealed_receipt(run_id: str, outcome: Outcome, *, unavailable: bool = False) -> Sealed:
+    status = status_of_outcome(outcome, unavailable=unavailable)
     return Sealed(
         run_id=run_id,
         seq=0,

@@ -12,7 +12,10 @@ exported bundles. Two levels:
     done               the program concluded
     refused            the program refused, or a gate denial ended it (one it did not
                        catch, or the one that reached limits.max_denials)
-    failed             anything else ended it: a program error, a limit, a syntax error
+    failed             anything else ended it: a program error, a limit, a syntax error;
+                       a run that did not complete after a call the server could not
+                       perform (a binding module missing, failing to import or changed)
+                       is failed with cause BACKEND_UNAVAILABLE
     awaiting_approval  reserved: a run paused for a human approval (later work)
     in_doubt           reserved: a run whose effect is not known (later work)
     interrupted        the run was never sealed: its process ended during the run
@@ -39,6 +42,7 @@ __all__ = ["STATUSES", "RunStatus", "Status", "classify", "status_of", "status_o
 Status = Literal["done", "refused", "failed", "awaiting_approval", "in_doubt", "interrupted"]
 STATUSES: tuple[str, ...] = get_args(Status)
 
+BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"  # the cause of a run a misconfigured backend ended
 NEVER_SEALED = "never_sealed"  # the cause of an interrupted program run
 NEVER_CONCLUDED = "never_concluded"  # the cause of an interrupted intent run
 
@@ -58,16 +62,23 @@ def classify(tag: str, denial_code: str | None = None) -> RunStatus:
         return RunStatus("done", tag)
     if tag == "refused":
         return RunStatus("refused", tag)
+    if denial_code == BACKEND_UNAVAILABLE and tag in ("program_error", "halted"):
+        return RunStatus("failed", denial_code)  # the server's fault, not a refusal of the caller
     if denial_code is not None and tag in ("program_error", "halted"):
         return RunStatus("refused", denial_code)
     return RunStatus("failed", tag)
 
 
-def status_of_outcome(outcome: Outcome) -> RunStatus:
-    """A sandbox outcome's status, as the runner returns it and the seal records it."""
+def status_of_outcome(outcome: Outcome, *, unavailable: bool = False) -> RunStatus:
+    """A sandbox outcome's status, as the runner returns it and the seal records it.
+    `unavailable`: a call of the run was BACKEND_UNAVAILABLE; if the program then ended in an
+    error, that is why (the program could not have done better)."""
     violation = getattr(outcome, "violation", None)
     denial = violation.code if violation is not None else getattr(outcome, "code", None)
-    return classify(str(outcome.__struct_config__.tag), denial)
+    status = classify(str(outcome.__struct_config__.tag), denial)
+    if unavailable and status == RunStatus("failed", "program_error"):
+        return RunStatus("failed", BACKEND_UNAVAILABLE)
+    return status
 
 
 class _Ended(msgspec.Struct):

@@ -30,6 +30,25 @@ def fingerprint(record: Any) -> str:
     return hashlib.sha256(_fingerprint_encoder.encode(record)).hexdigest()
 
 
+def error_type(error: BaseException) -> str:
+    """An exception's type as receipts name it: `RuntimeError`, `httpx.ConnectError`."""
+    kind = type(error)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def error_text(error: BaseException) -> str:
+    """`str(error)`, or `repr`, or a placeholder when the exception's own formatting fails:
+    withholding a backend's text must never be broken by that text."""
+    for show in (str, repr):
+        try:
+            text = show(error)
+        except BaseException:  # backend code: anything it raises is the backend's failure
+            continue
+        if isinstance(text, str):
+            return text
+    return f"<{error_type(error)}: its text could not be formatted>"
+
+
 class PreconditionFailed(Exception):
     """The entity changed after the gate read it; the binding wrote nothing."""
 
@@ -108,5 +127,5 @@ class BackendUnavailable(BackendFailure):
 
     CODE = "BACKEND_UNAVAILABLE"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(self.CODE, message)
+    def __init__(self, message: str, *, detail: str | None = None, detail_type: str | None = None) -> None:
+        super().__init__(self.CODE, message, detail=detail, detail_type=detail_type)

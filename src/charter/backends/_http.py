@@ -32,7 +32,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from charter.backends._base import BackendFailure, BackendNotFound, CallContext, PreconditionFailed
+from charter.backends._base import BackendFailure, BackendNotFound, CallContext, PreconditionFailed, error_text
 from charter.compiler.artifact import CompiledContract, HttpEndpointSpec, OperationRule
 from charter.errors import UsageError
 
@@ -162,6 +162,14 @@ class HttpBackend:
                 in_doubt=True,
                 **_withheld(error),
             ) from None
+        except BaseException as error:  # a transport or hook's own failure, even SystemExit: its text withheld
+            raise BackendFailure(
+                "BACKEND_ERROR",
+                f"{where} failed while it was being sent ({type(error).__name__}): it may have taken effect. "
+                f"It was not sent again; read the {rule.entity or 'entity'} to learn its state",
+                in_doubt=True,
+                **_withheld(error),
+            ) from None
         if response.status_code >= 500:
             # A 5xx body is the service's failure, not a message to callers: it is withheld.
             raise BackendFailure(
@@ -198,6 +206,10 @@ class HttpBackend:
             except httpx.TransportError as error:
                 problem, code, withheld = "the connection broke", "BACKEND_UNREACHABLE", _withheld(error)
                 continue
+            except BaseException as error:  # a transport or hook's own failure: not retried, text withheld
+                raise BackendFailure(
+                    "BACKEND_ERROR", f"{where} failed ({type(error).__name__})", **_withheld(error)
+                ) from None
             if response.status_code >= 500:
                 problem, code = f"answered {response.status_code}", "BACKEND_ERROR"
                 withheld = _Detail(detail=_detail(response), detail_type=f"HTTP {response.status_code}")
@@ -248,9 +260,9 @@ class _Detail(TypedDict):
     detail_type: str
 
 
-def _withheld(error: Exception) -> _Detail:
+def _withheld(error: BaseException) -> _Detail:
     """An exception's text as BackendFailure's withheld detail (it may name hosts, paths, data)."""
-    return {"detail": str(error), "detail_type": f"{type(error).__module__}.{type(error).__qualname__}"}
+    return {"detail": error_text(error), "detail_type": f"{type(error).__module__}.{type(error).__qualname__}"}
 
 
 def _where_from(service: str) -> str:

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -13,11 +14,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from charter.backends._base import BackendUnavailable, CallContext
+from charter.backends._base import BackendUnavailable, CallContext, error_text, error_type
 from charter.compiler.artifact import CompiledContract
 from charter.contract.bindings import BACKEND_PATH_VARIABLE, BoundModule, backend_path
 
 __all__ = ["InMemoryBackend", "PythonBackend"]
+
+_log = logging.getLogger(__name__)
 
 
 def _takes_context(function: Callable[..., Any]) -> bool:
@@ -102,11 +105,23 @@ class PythonBackend:
                 module = _load_recorded(record) if record is not None else _import_by_name(module_name)
                 bound = _Bound(getattr(module, function_name))
             except BackendUnavailable as error:
-                raise BackendUnavailable(f"{self._label}, operation {operation}: {error.message}") from None
-            except Exception as error:  # an import runs arbitrary code: any failure is the server's
                 raise BackendUnavailable(
-                    f"{self._label}, operation {operation}: cannot load binding {target!r} "
-                    f"({type(error).__name__}: {error}); fix the backend module on the server"
+                    f"{self._label}, operation {operation}: {error.message}",
+                    detail=error.detail,
+                    detail_type=error.detail_type,
+                ) from None
+            except BaseException as error:  # an import runs arbitrary code: any failure is the server's
+                # Its text may hold anything the module held (a password in its config): the
+                # program, the caller and the receipt get the module and the type; the text
+                # goes to the server's log and the audit database's backend_errors table.
+                text = error_text(error)
+                _log.error("%s, operation %s: cannot load binding %r: %s", self._label, operation, target, text)
+                raise BackendUnavailable(
+                    f"{self._label}, operation {operation}: cannot load binding {target!r} (module "
+                    f"{module_name!r} raised {type(error).__name__}; its text is withheld, the operator reads it "
+                    "with `charter audit show` or in the server's log); fix the backend module on the server",
+                    detail=text,
+                    detail_type=error_type(error),
                 ) from None
             self._functions[operation] = bound
             return bound
@@ -125,10 +140,15 @@ def _import_by_name(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as error:
+        text = error_text(error)
+        _log.error("binding module %r cannot be imported: %s", module, text)
         raise BackendUnavailable(
-            f"binding module '{module}' was not recorded at publish and cannot be imported ({error}): set "
+            f"binding module '{module}' was not recorded at publish and cannot be imported "
+            f"({type(error).__name__}; its text is withheld, the operator reads it with `charter audit show`): set "
             f"{BACKEND_PATH_VARIABLE} to the folder it is in, or publish the contract again as a new patch "
-            "version so that its module's file and sha256 are recorded"
+            "version so that its module's file and sha256 are recorded",
+            detail=text,
+            detail_type=error_type(error),
         ) from None
 
 

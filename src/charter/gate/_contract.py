@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import cel
 import msgspec
@@ -62,7 +62,7 @@ from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
-from charter.gate._withheld import Withheld, withhold
+from charter.gate._withheld import Withheld, safe_text, withhold
 from charter.gate._writes import FirstWrite, WriteLedger
 from charter.principal import Principal
 
@@ -89,6 +89,15 @@ _REPLAYED = Verdict(
     "this idempotent write already ran in this run with the same arguments; its first result is returned, "
     "nothing is sent again",
 )
+
+
+class _ResultRefused(Exception):
+    """A backend's result the program must not get: its code and message (no backend text)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class _Refusal(Exception):
@@ -351,7 +360,9 @@ class GateSession:
         try:
             raw = self._gate.backend.invoke(reader.name, {reader.key: key}, self._context(request))
         except BackendUnavailable as error:  # the server's fault: the surfaces answer it as such
-            raise _Refusal(Verdict(error.code, f"{rule.name} refused: {error.message}")) from None
+            raise _Refusal(
+                Verdict(error.code, f"{rule.name} refused: {error.message}", withheld=withhold(error))
+            ) from None
         except LookupError as error:
             # A backend's own not-found message is shown; any other lookup error's text is withheld.
             said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
@@ -362,7 +373,7 @@ class GateSession:
                     withheld=withhold(error),
                 )
             ) from None
-        except Exception as error:
+        except BaseException as error:  # backend code: SystemExit, KeyboardInterrupt... are its failures too
             said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
             raise _Refusal(
                 Verdict(
@@ -462,9 +473,8 @@ class GateSession:
         try:
             value = self._gate.backend.invoke(rule.name, arguments, context)
         except PreconditionFailed as error:
-            message = f"{rule.name}: {error}"
-            self._record_outcome(request, "failed", code="PRECONDITION_FAILED", message=message)
-            raise OperationFailed("PRECONDITION_FAILED", message) from None
+            message = f"{rule.name}: {safe_text(error)}"
+            self._failed_outcome(request, "failed", "PRECONDITION_FAILED", message)
         except BackendFailure as failure:
             # In doubt: the request reached the backend, no answer came back. The receipt says
             # `unknown` and the call stays in doubt in the seal; nothing here sends it again,
@@ -472,32 +482,60 @@ class GateSession:
             status: OutcomeStatus = "unknown" if failure.in_doubt else "failed"
             if failure.in_doubt and rule.kind == "write":
                 self._writes.unknown(rule, arguments, args_hash, request.sequence)
-            self._record_outcome(
-                request, status, code=failure.code, message=failure.message, withheld=withhold(failure)
-            )
-            raise OperationFailed(failure.code, failure.message) from None
+            self._failed_outcome(request, status, failure.code, failure.message, withhold(failure))
         except OperationFailed as failed:
-            self._record_outcome(request, "failed", code=failed.code, message=failed.message)
-            raise
-        except Exception as error:
+            self._failed_outcome(request, "failed", failed.code, failed.message)
+        except BaseException as error:  # backend code: SystemExit, KeyboardInterrupt... are its failures too
             message = (
                 f"{rule.name} failed in the backend; its error text is withheld from the program "
                 "(the operator can read it with `charter audit show`)."
             )
-            self._record_outcome(request, "failed", code="BACKEND_ERROR", message=message, withheld=withhold(error))
-            raise OperationFailed("BACKEND_ERROR", message) from None
-        reply, dropped = self._checked_reply(request, rule, value)
-        self._record_outcome(request, "ok", reply=reply, dropped=dropped)
+            self._failed_outcome(request, "failed", "BACKEND_ERROR", message, withhold(error))
+        # The backend acted: whatever fails from here on is reported as that, never as a denial.
+        performed = " The write itself was made; read the entity to learn its state." if rule.kind == "write" else ""
+        try:
+            reply, dropped = self._checked_reply(rule, value, performed)
+        except _ResultRefused as refused:
+            self._failed_outcome(request, "failed", refused.code, refused.message)
+        except BaseException as error:
+            message = (
+                f"{rule.name} ran, but its result could not be checked; it was withheld from the program "
+                f"(the operator can read why with `charter audit show`).{performed}"
+            )
+            self._failed_outcome(request, "failed", "RESULT_INVALID", message, withhold(error))
+        try:
+            self._record_outcome(request, "ok", reply=reply, dropped=dropped)
+        except BaseException as error:
+            message = (
+                f"{rule.name} ran, but its result could not be recorded, so it is withheld from the program.{performed}"
+            )
+            self._failed_outcome(request, "failed", "RESULT_INVALID", message, withhold(error))
         key = _key_json(arguments.get(rule.key)) if rule.key else ""
         self._state.succeeded.setdefault(rule.name, set()).add(key)
         if idempotency_key is not None:
             self._writes.succeeded(rule, args_hash, request.sequence, idempotency_key, reply)
         return Encoded(reply)
 
-    def _checked_reply(self, request: CallRequest, rule: OperationRule, value: Any) -> tuple[str, tuple[str, ...]]:
+    def _failed_outcome(
+        self,
+        request: CallRequest,
+        status: OutcomeStatus,
+        code: str,
+        message: str,
+        withheld: Withheld | None = None,
+    ) -> NoReturn:
+        """Record an allowed call's failed outcome and raise it to the program as OperationFailed.
+        A receipt that cannot be written is said in the message: the call was allowed and the
+        backend was reached, so it is never turned into a denial."""
+        try:
+            self._record_outcome(request, status, code=code, message=message, withheld=withheld)
+        except BaseException:
+            message += " Its outcome receipt could not be written."
+        raise OperationFailed(code, message)
+
+    def _checked_reply(self, rule: OperationRule, value: Any, performed: str) -> tuple[str, tuple[str, ...]]:
         """The reply the program gets, as JSON, and the undeclared fields dropped from it; else
-        the failure is recorded and raised: nothing unchecked or oversized reaches the program."""
-        performed = " The write itself was made; read the entity to learn its state." if rule.kind == "write" else ""
+        _ResultRefused: nothing unchecked or oversized reaches the program."""
         try:
             checked = self._gate._results.check(rule.returns, value)
         except ResultInvalid as invalid:
@@ -505,8 +543,7 @@ class GateSession:
                 f"{rule.name} returned a value that is not the contract's {rule.returns}: {invalid}. "
                 f"It was withheld from the program.{performed}"
             )
-            self._record_outcome(request, "failed", code="RESULT_INVALID", message=message)
-            raise OperationFailed("RESULT_INVALID", message) from None
+            raise _ResultRefused("RESULT_INVALID", message) from None
         reply = encode_reply(checked.value)
         size = len(reply.encode("utf-8"))
         if size > self._max_result_bytes:
@@ -514,8 +551,7 @@ class GateSession:
                 f"{rule.name} returned {size} bytes, above the limit of {self._max_result_bytes}; "
                 f"it was withheld from the program.{performed}"
             )
-            self._record_outcome(request, "failed", code="RESULT_TOO_LARGE", message=message)
-            raise OperationFailed("RESULT_TOO_LARGE", message)
+            raise _ResultRefused("RESULT_TOO_LARGE", message)
         return reply, checked.dropped
 
     def _context(

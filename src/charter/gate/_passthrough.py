@@ -31,7 +31,7 @@ class PassThroughGate:
             return self._backend.invoke(request.operation, arguments)
         except (Denied, OperationFailed):
             raise
-        except Exception as error:
+        except BaseException as error:  # backend code: SystemExit, KeyboardInterrupt... are its failures too
             # The exception's text may hold secrets; this gate records nothing, so it is dropped.
             raise OperationFailed(
                 "BACKEND_ERROR", f"{request.operation} failed in the backend ({type(error).__name__})"

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from charter.audit import BackendError, RunRecorder
 from charter.backends import BackendFailure
+from charter.backends._base import error_text as safe_text
+from charter.backends._base import error_type as qualified_type
 
-__all__ = ["Withheld", "withhold"]
+__all__ = ["Withheld", "qualified_type", "safe_text", "withhold"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +47,5 @@ def withhold(error: BaseException) -> Withheld | None:
             return None
         error_type, text = error.detail_type or "detail", error.detail
     else:
-        error_type, text = _qualified(error), str(error)
+        error_type, text = qualified_type(error), safe_text(error)
     return Withheld(error_type, hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), text)
-
-
-def _qualified(error: BaseException) -> str:
-    kind = type(error)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
