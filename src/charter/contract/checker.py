@@ -708,7 +708,10 @@ class _Checker:
         if default is None or default.python is None or ":" not in default.python:
             return
         module = default.python.partition(":")[0]
-        shape = "a contract's default binding names a module only ('package.module'); operations use module:<operation name>"
+        shape = (
+            "a contract's default binding names a module only ('package.module'); operations use "
+            "module:<operation name>"
+        )
         if self.binding_search is not None and module:
             located = self.modules[module] = locate_module(module, self.binding_search)
             if isinstance(located, str):  # the deeper reason first: fixing the shape alone would not do
