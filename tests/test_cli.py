@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -125,10 +126,15 @@ def test_no_command_prints_a_traceback_for_a_store_of_another_schema_version(
         assert "schema version" in result.stderr, (args, result.stderr)
 
 
-def test_an_os_error_on_a_path_the_user_gave_is_an_error_line(tmp_path: Path) -> None:
-    # The run need not exist: the path is refused first or the run is unknown; either way one line.
+def test_an_os_error_on_a_path_the_user_gave_is_an_error_line(write_contract: WriteContract, tmp_path: Path) -> None:
+    assert charter("contract", "publish", str(write_contract())).returncode == 0
+    program = tmp_path / "program.py"
+    program.write_text("conclude('ok')\n", encoding="utf-8")
+    ran = charter("exec", "-c", "shop", str(program))
+    run_id = re.search(r"run ([0-9a-f]{32})", ran.stdout)
+    assert run_id is not None, ran.stdout + ran.stderr
     for args in (
-        ("audit", "export", "run_x", "-o", "/proc/nope/x"),
+        ("audit", "export", run_id.group(1), "-o", "/proc/nope/x"),
         ("contract", "compile", str(ROOT / "contracts" / "orders.yaml"), "--out", "/proc/nope/out"),
     ):
         result = charter(*args)
