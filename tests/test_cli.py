@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT, WriteContract, charter
 
@@ -75,3 +80,97 @@ def test_schema_is_json() -> None:
     schema = json.loads(result.stdout)
     assert schema["title"] == "Charter contract"
     assert "operations" in schema["properties"]
+
+
+def _stamp(path: Path, version: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS other_release (x)")
+        connection.execute(f"PRAGMA user_version = {version}")
+        connection.commit()
+
+
+# Every command that opens a store, with the stores of another release: none may print a traceback.
+_STORE_COMMANDS = [
+    ("contract", "list"),
+    ("contract", "list", "--json"),
+    ("contract", "show", "shop"),
+    ("contract", "show", "shop", "--source"),
+    ("contract", "publish", "{contract}"),
+    ("contract", "diff", "shop@1", "{contract}"),
+    ("contract", "promote", "shop@1"),
+    ("exec", "-c", "shop", "{program}"),
+    ("audit", "list"),
+    ("audit", "show", "run_x"),
+    ("audit", "verify"),
+    ("audit", "export", "run_x", "-o", "{tmp}/bundle.jsonl"),
+    ("audit", "replay", "run_x"),
+]
+
+
+@pytest.mark.parametrize("version", [99, -3])
+def test_no_command_prints_a_traceback_for_a_store_of_another_schema_version(
+    write_contract: WriteContract, charter_home: Path, tmp_path: Path, version: int
+) -> None:
+    contract = write_contract()
+    program = tmp_path / "program.py"
+    program.write_text("conclude('ok')\n", encoding="utf-8")
+    for store in ("charter.db", "audit.db", "idempotency.db"):
+        _stamp(charter_home / store, version)
+    for command in _STORE_COMMANDS:
+        args = [a.format(contract=contract, program=program, tmp=tmp_path) for a in command]
+        result = charter(*args)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.returncode == 1, (args, result.returncode, result.stderr)
+        assert result.stderr.startswith("error: "), (args, result.stderr)
+        assert "schema version" in result.stderr, (args, result.stderr)
+
+
+def test_an_os_error_on_a_path_the_user_gave_is_an_error_line(write_contract: WriteContract, tmp_path: Path) -> None:
+    assert charter("contract", "publish", str(write_contract())).returncode == 0
+    program = tmp_path / "program.py"
+    program.write_text("conclude('ok')\n", encoding="utf-8")
+    ran = charter("exec", "-c", "shop", str(program))
+    run_id = re.search(r"run ([0-9a-f]{32})", ran.stdout)
+    assert run_id is not None, ran.stdout + ran.stderr
+    for args in (
+        ("audit", "export", run_id.group(1), "-o", "/proc/nope/x"),
+        ("contract", "compile", str(ROOT / "contracts" / "orders.yaml"), "--out", "/proc/nope/out"),
+    ):
+        result = charter(*args)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.startswith("error: "), (args, result.stderr)
+
+
+def test_diff_refuses_two_different_contracts(write_contract: WriteContract) -> None:
+    result = charter("contract", "diff", str(write_contract()), str(ROOT / "contracts" / "orders.yaml"))
+    assert result.returncode == 1, result.stdout
+    assert "is contract 'shop' but" in result.stderr
+    assert "is contract 'orders'" in result.stderr
+    assert "change(s)" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("versions", "code", "state"),
+    [
+        ((None, None, None), 0, "absent"),
+        ((99, None, None), 1, "newer than this release"),
+        ((1, None, None), 2, "older: run `charter db upgrade`"),
+        ((-1, 1, None), 1, "invalid"),  # the newer/invalid store wins over the pending upgrade
+    ],
+)
+def test_db_status_exit_code_gates_ci(
+    charter_home: Path, versions: tuple[int | None, ...], code: int, state: str
+) -> None:
+    from charter.audit.store import AUDIT_SCHEMA
+    from charter.registry.store import REGISTRY_SCHEMA
+
+    for store, version in zip(("charter.db", "audit.db", "idempotency.db"), versions, strict=True):
+        if version is not None:
+            current = {"charter.db": REGISTRY_SCHEMA.version, "audit.db": AUDIT_SCHEMA.version}[store]
+            _stamp(charter_home / store, current - 1 if version == 1 else version)  # 1: one below the current
+    result = charter("db", "status", "--json")
+    assert result.returncode == code, result.stdout + result.stderr
+    states = [row["state"] for row in json.loads(result.stdout)]
+    assert any(s.startswith(state) for s in states), states

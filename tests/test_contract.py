@@ -8,11 +8,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from charter.contract import Contract, SemVer, load_contract
-from charter.contract.cel_guards import GUARD_FUNCTIONS
+from charter.contract.cel_guards import GUARD_FUNCTIONS, PRINCIPAL_FIELDS, check_guard
+from charter.contract.types import TypeRef
 from charter.errors import ContractError
 from tests.conftest import ROOT, WriteContract
 
@@ -372,6 +373,52 @@ MALFORMED += [
         ["43:21: to_decide.1: String should have at least 1 character"],
         id="to_decide_empty_item",
     ),
+    pytest.param(
+        {
+            "when: entity.total <= 100000": "when: entity.total + 100 <= params.ratio",
+            "params: {id: int, reason: str}": "params: {id: int, reason: str, ratio: float}",
+        },
+        [
+            "40:15: guard 'small_orders_only': entity.total is money, mixed with the float params.ratio; money is "
+            "integer cents in guards and CEL would compare the cents with the float: keep the float out of money "
+            "arithmetic, or convert it to cents explicitly, e.g. int(params.ratio * 100.0)"
+        ],
+        id="guard_money_against_float_value",
+    ),
+    pytest.param(
+        {
+            "entities:\n": "records:\n"
+            + "".join(f"  R{i}: {{next: R{i + 1}, skip: 'R1?', many: 'list[R1]'}}\n" for i in range(1, 16))
+            + "  R16: {v: int}\nentities:\n",
+            "params: {id: int, reason: str}": "params: {id: int, reason: str, deep: R1}",
+        },
+        [
+            "52:42: param 'cancel_order.deep' (R1) nests 17 levels deep even with every optional field null and "
+            "every list empty, but a call's arguments may nest at most 16 levels, so every call would be refused; "
+            "flatten the nested records, or make a deep field optional or a list"
+        ],
+        id="param_nested_deeper_than_a_call_may_be",
+    ),
+    pytest.param(
+        {"python: tests.data.shop_backend": "python: subprocess:getoutput"},
+        [
+            "7:11: binding module 'subprocess' cannot be bound: 'subprocess' is part of Python's standard library (a "
+            "module of yours by that name would shadow it); a contract binds only to its own backend code: write a "
+            "function in a module under the contract's folder (or on CHARTER_BACKEND_PATH) and bind to that; and a "
+            "contract's default binding names a module only ('package.module'); operations use module:<operation "
+            "name>"
+        ],
+        id="default_binding_names_a_function_once_with_the_reason",
+    ),
+    pytest.param(
+        {"python: tests.data.shop_backend": "python: tests.data.shop_backend:get_order"},
+        [
+            "7:11: the contract's default binding 'tests.data.shop_backend:get_order' must name a module only: a "
+            "contract's default binding names a module only ('package.module'); operations use module:<operation "
+            "name>, e.g. `binding: {python: tests.data.shop_backend}`"
+        ],
+        id="default_binding_names_a_function_once",
+    ),
 ]
 
 
@@ -530,3 +577,103 @@ def test_self_transitions_and_stateless_contracts_check(write_contract: WriteCon
         checked = load_contract(write_contract(text, name="clock.yaml"))
         assert checked.model.entities == {}
         assert list(checked.params["get_order"]) == ["zone", "fmt"]
+
+
+def test_a_param_type_as_deep_as_a_call_may_be_checks(write_contract: WriteContract) -> None:
+    # The limit is the wire's: 15 nested records put a field at level 16, the deepest allowed.
+    records = "records:\n" + "".join(f"  R{i}: {{next: R{i + 1}}}\n" for i in range(1, 15)) + "  R15: {v: int}\n"
+    path = write_contract(
+        replace={
+            "entities:\n": records + "entities:\n",
+            "params: {id: int, reason: str}": "params: {id: int, deep: R1}",
+        }
+    )
+    assert load_contract(path).params["cancel_order"]["deep"].name == "R1"
+
+
+def test_a_guard_that_divides_by_zero_on_a_sample_checks(write_contract: WriteContract) -> None:
+    # Division by zero depends on the value, not the type: the checker accepts it, and the
+    # gate fails closed on the call whose value divides by zero.
+    guard = "size(params.reason) == 0 || 100 / (size(params.reason) - 1) > 0"
+    path = write_contract(replace={"when: entity.total <= 100000": f"when: {guard}"})
+    assert load_contract(path).model.operations["cancel_order"].guards[0].when == guard
+
+
+_GUARD_PIECES = st.sampled_from(
+    [
+        "params.amount",
+        "params.ratio",
+        "params.fees",
+        "params.name",
+        "params.note",
+        "entity.total",
+        "principal.id",
+        "size(",
+        "int(",
+        "double(",
+        "matches(",
+        "math.greatest(",
+        ")",
+        "(",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        ".",
+        "?",
+        ":",
+        " / ",
+        " % ",
+        " + ",
+        " - ",
+        " * ",
+        " <= ",
+        " == ",
+        " != ",
+        " && ",
+        " || ",
+        "!",
+        " in ",
+        "0",
+        "1",
+        "-1",
+        "9223372036854775807",
+        "0.5",
+        "1e400",
+        "'('",
+        '"a"',
+        "null",
+        "true",
+        "[]",
+        "{}",
+        "has(",
+        ".exists(x, ",
+        "x",
+        "timestamp('x')",
+        "duration('1s')",
+        "0u",
+        "b'\\xff'",
+    ]
+)
+_FUZZ_VARIABLES = {
+    "params": {
+        "amount": TypeRef("money"),
+        "ratio": TypeRef("float"),
+        "fees": TypeRef("list", item=TypeRef("money")),
+        "name": TypeRef("str"),
+        "note": TypeRef("str", optional=True),
+    },
+    "entity": {"total": TypeRef("money")},
+    "principal": PRINCIPAL_FIELDS,
+}
+
+
+@given(st.lists(_GUARD_PIECES, min_size=1, max_size=12).map("".join))
+@example("size(params.fees) == 0 || 100 / (size(params.fees) - 1) > 0")  # the samples hold one fee
+@example("params.amount % 0 == 0 && [1][3] == 1")
+@example("9223372036854775807 + size(params.name) > 0")
+def test_the_guard_checker_answers_any_text_with_messages_never_an_exception(guard: str) -> None:
+    problems = check_guard(guard, _FUZZ_VARIABLES, {}, {})
+    assert isinstance(problems, list)
+    assert all(isinstance(p, str) and p for p in problems)

@@ -391,3 +391,77 @@ def test_each_mapping_rule_on_a_small_document(tmp_path: Path) -> None:
         )
         for t in todo
     )
+
+
+def _booking_document(*, body_required: bool) -> dict[str, Any]:
+    booking = {"$ref": "#/components/schemas/Booking"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "trains", "version": "1"},
+        "servers": [{"url": "https://trains.example.com"}],
+        "paths": {
+            "/bookings": {
+                "post": {
+                    "operationId": "createBooking",
+                    "security": [],
+                    "requestBody": {
+                        "required": body_required,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewBooking"}}},
+                    },
+                    "responses": {"201": {"content": {"application/json": {"schema": booking}}}},
+                }
+            },
+            "/bookings/{id}": {
+                "get": {
+                    "operationId": "getBooking",
+                    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "responses": {"200": {"content": {"application/json": {"schema": booking}}}},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                # The required list sits in an allOf member of its own, beside the $ref.
+                "NewBooking": {"allOf": [{"$ref": "#/components/schemas/BookingBase"}, {"required": ["seat", "fare"]}]},
+                "BookingBase": {
+                    "type": "object",
+                    "properties": {
+                        "seat": {"type": "string"},
+                        "fare": {"type": "integer"},
+                        "note": {"type": "string"},
+                        "status": {"type": "string", "enum": ["held", "paid"]},
+                    },
+                },
+                "Booking": {
+                    "type": "object",
+                    "required": ["id", "seat", "fare", "status"],
+                    "properties": {
+                        "id": {"type": "integer", "readOnly": True},
+                        "seat": {"type": "string"},
+                        "fare": {"type": "integer"},
+                        "status": {"type": "string", "enum": ["held", "paid"]},
+                    },
+                },
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize("body_required", [True, False])
+def test_all_of_required_fields_stay_required_and_the_lifecycle_field_is_never_a_param(
+    tmp_path: Path, body_required: bool
+) -> None:
+    draft = draft_from_openapi(_booking_document(body_required=body_required))
+    path = tmp_path / "trains.yaml"
+    path.write_text(draft.text, encoding="utf-8")
+    model = load_contract(path).model  # the draft checks
+    assert model.entities["Booking"].lifecycle is not None
+    assert model.entities["Booking"].lifecycle.field == "status"
+    create = model.operations["create_booking"]
+    assert create.params == {"seat": "str", "fare": "int", "note": "str?"}
+    assert any(
+        t.startswith("operations.create_booking: the document lets a caller write 'status', the lifecycle state")
+        for t in model.to_decide
+    )
+    noted = any("does not mark the request body required" in t for t in model.to_decide)
+    assert noted is not body_required

@@ -94,11 +94,11 @@ class Schema:
         """Migrate the store in place to this release's version, in one transaction.
 
         Returns (version before, version after); both equal when there was nothing to do.
-        Raises SchemaMismatch for a store newer than this release."""
+        Raises SchemaMismatch for a store newer than this release or with a negative version."""
         connection.execute("BEGIN IMMEDIATE")
         try:
             found = _user_version(connection)
-            if found > self.version:
+            if found > self.version or found < 0:
                 raise self._mismatch(found, path)
             self._apply(connection, found)
             connection.execute("COMMIT")
@@ -121,6 +121,14 @@ class Schema:
         connection.execute(f"PRAGMA user_version = {int(self.version)}")
 
     def _mismatch(self, found: int, path: Path) -> SchemaMismatch:
+        if found < 0:  # PRAGMA user_version is a signed 32-bit int; Charter never writes a negative one
+            return SchemaMismatch(
+                f"{path}: this {self.store} has schema version {found}, which is invalid (Charter's versions start "
+                f"at 1; this release uses {self.version}): the file was not written by Charter or was damaged. "
+                "Restore it from a copy; this release will not read, write or upgrade it.",
+                found=found,
+                expected=self.version,
+            )
         if found > self.version:
             return SchemaMismatch(
                 f"{path}: this {self.store} is at schema version {found}, newer than version {self.version}, "

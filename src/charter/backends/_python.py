@@ -167,9 +167,9 @@ def _load_recorded(record: BoundModule) -> ModuleType:
     if digest != record.sha256:
         raise BackendUnavailable(
             f"binding module '{record.module}' ({record.path}) changed since it was published: "
-            f"sha256 recorded at publish {record.sha256}, file now {digest}; the backend code of a published "
-            "version never changes unseen: restore the file, or publish the change as a new patch version "
-            "(`charter contract publish FILE`)"
+            f"sha256 recorded at publish {record.sha256}, file now {digest}; a published version pins the bound "
+            "module's own file (not the modules it imports): restore the file, or publish the change as a new "
+            "patch version (`charter contract publish FILE`)"
         )
     with _LOADING:
         loaded = _LOADED.get((record.path, digest))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import typer
 
 from charter.cli import audit, contract, db, sandbox
+from charter.cli._output import err
 from charter.cli.demo import demo
 from charter.cli.execute import execute
 from charter.cli.run import run
 from charter.cli.serve import mcp, serve, token_app
+from charter.errors import CharterError
 
 __all__ = ["app", "main"]
 
@@ -31,4 +33,18 @@ app.command()(mcp)
 
 
 def main() -> None:
-    app()
+    """Run the command line. The one place a failure the user can act on becomes `error: ...`
+    with exit status 1, for every command: a usage or contract error (CharterError, e.g. a
+    store with another schema version) or an OS error on a path the user gave (no such folder,
+    permission denied). Anything else is a bug and keeps its traceback."""
+    try:
+        app()
+    except (CharterError, OSError) as error:
+        err.print(f"error: {_described(error)}", markup=False, style="red")
+        raise SystemExit(1) from None
+
+
+def _described(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error)

@@ -132,6 +132,12 @@ def diff(
         new_label, new_model = _model(new)
     except CharterError as exc:
         fail(exc)
+    if old_model.contract != new_model.contract:
+        # Versions of one contract are compared; two contracts share no history to classify.
+        fail(
+            f"{old_label} is contract '{old_model.contract}' but {new_label} is contract '{new_model.contract}': "
+            "diff compares two versions of one contract; give two versions of the same name"
+        )
     changes = diff_contracts(old_model, new_model)
     if as_json:
         print_json([{"kind": c.kind, "where": c.where, "message": c.message} for c in changes])

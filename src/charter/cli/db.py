@@ -15,6 +15,9 @@ from charter.migrations import Schema, read_version
 
 app = typer.Typer(help="Schema versions of the registry, audit log and idempotency store; upgrades.")
 
+EXIT_NEWER_OR_INVALID = 1  # `status`: a store this release cannot open (takes precedence)
+EXIT_UPGRADE_PENDING = 2  # `status`: a store `charter db upgrade` would migrate
+
 HomeOption = Annotated[
     Path | None,
     typer.Option("--home", help="The Charter home holding the stores (default: $CHARTER_HOME, else ./.charter)."),
@@ -38,8 +41,13 @@ def _home(home: Path | None) -> Path:
 
 @app.command()
 def status(home: HomeOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Each store's schema version beside the one this release uses. Changes nothing."""
+    """Each store's schema version beside the one this release uses. Changes nothing.
+
+    Exit status, for CI: 0 when every store is current or absent; 2 when an upgrade is
+    pending (`charter db upgrade`); 1 when a store is newer than this release or its
+    version is invalid (this release cannot open it; also 1 for an unreadable file)."""
     folder = _home(home)
+    blocked = pending = False
     rows = []
     for name, schema in _stores():
         try:
@@ -48,18 +56,27 @@ def status(home: HomeOption = None, as_json: Annotated[bool, typer.Option("--jso
             fail(f"{folder / name}: not a readable SQLite store ({error})")
         if found is None:
             state = "absent"
+        elif found < 0:
+            state = "invalid: a negative schema version; this file was not written by Charter"
+            blocked = True
         elif found == schema.version:
             state = "current"
+        elif found < schema.version:
+            state = "older: run `charter db upgrade`"
+            pending = True
         else:
-            state = "older: run `charter db upgrade`" if found < schema.version else "newer than this release"
+            state = "newer than this release"
+            blocked = True
         row = {"store": schema.store, "file": str(folder / name), "version": found, "current": schema.version}
         rows.append({**row, "state": state})
     if as_json:
         print_json(rows)
-        return
-    for row in rows:
-        shown = "-" if row["version"] is None else row["version"]
-        say(f"{row['store']:<18} {row['file']}: version {shown} of {row['current']} ({row['state']})")
+    else:
+        for row in rows:
+            shown = "-" if row["version"] is None else row["version"]
+            say(f"{row['store']:<18} {row['file']}: version {shown} of {row['current']} ({row['state']})")
+    if blocked or pending:
+        raise typer.Exit(EXIT_NEWER_OR_INVALID if blocked else EXIT_UPGRADE_PENDING)
 
 
 @app.command()

@@ -107,7 +107,7 @@ def names_used(source: str) -> set[str]:
     """Top-level names a guard refers to; empty if it does not compile."""
     try:
         return set(cel.compile(source).variables())
-    except ValueError:
+    except Exception:  # a guard that does not compile uses no names; check reports it
         return set()
 
 
@@ -130,7 +130,7 @@ def check_guard(
     """
     try:
         program = cel.compile(source)
-    except ValueError as exc:
+    except Exception as exc:  # ValueError for syntax; anything else must not escape check either
         match = _SYNTAX.search(str(exc))
         if match:
             # ANTLR lists every token it would have accepted; the column says enough.
@@ -153,6 +153,7 @@ def check_guard(
                 f"{', '.join(GUARD_FUNCTIONS)}"
             )
     money_chains: list[tuple[int, int, str]] = []  # (start, end, text) of chains that give money
+    float_chains: list[tuple[int, int, str]] = []  # ... and of chains that give a float
     for match in _CHAIN.finditer(blanked):
         root = match.group(1)
         if root not in variables:
@@ -163,10 +164,16 @@ def check_guard(
         problems.extend(found)
         if ref is not None and ref.kind == "money" and not is_call:
             money_chains.append((match.start(), match.end(), ".".join([root, *steps])))
+        elif ref is not None and ref.kind == "float" and not is_call:
+            float_chains.append((match.start(), match.end(), ".".join([root, *steps])))
+    literal_found = False
     for start, end, chain in money_chains:
         literal = _FLOAT_AFTER.match(blanked, end) or _FLOAT_BEFORE.search(blanked[:start])
         if literal is not None:
+            literal_found = True
             problems.append(_money_float(chain, literal.group(1)))
+    if not literal_found:
+        problems.extend(_money_mixed_with_float(blanked, money_chains, float_chains))
     if problems:
         return problems
 
@@ -196,10 +203,81 @@ def _money_float(chain: str, literal: str) -> str:
     return f"{chain} is money, compared with the float {literal}; money is integer cents in guards: {hint}"
 
 
+_ENDS_IN_NAME = re.compile(r"\w\s*\Z")
+_DOUBLE_CALL = re.compile(r"(?<![\w.])double\s*\(")
+
+
+def _operand_groups(blanked: str) -> list[int]:
+    """For each character, the operand group it belongs to.
+
+    A group is the stretch of an expression whose operands meet through comparison and
+    arithmetic operators, and so must be of one numeric kind: `&&`, `||`, `!`, `?`, `:` and `,`
+    end a group, and a call's arguments (`int(...)`, `size(...)`) form groups of their own, since
+    the call converts or measures them. Grouping parentheses do not separate anything.
+    """
+    groups = [0] * len(blanked)
+    stack: list[tuple[int, bool]] = []  # (the group outside, whether this parenthesis is a call)
+    current, fresh = 0, 0
+    index = 0
+    while index < len(blanked):
+        char = blanked[index]
+        pair = blanked[index : index + 2]
+        if pair in ("&&", "||"):
+            fresh += 1
+            current = fresh
+            groups[index] = groups[index + 1] = current
+            index += 2
+            continue
+        if char in "([{":
+            separate = char != "(" or bool(_ENDS_IN_NAME.search(blanked[:index]))  # a call, list or map
+            stack.append((current, separate))
+            if separate:
+                fresh += 1
+                current = fresh
+        elif char in ")]}":
+            if stack:
+                outside, separate = stack.pop()
+                if separate:
+                    current = outside
+        elif char in "?:,!" and blanked[index : index + 2] != "!=":
+            fresh += 1
+            current = fresh
+        groups[index] = current
+        index += 1
+    return groups
+
+
+def _money_mixed_with_float(
+    blanked: str, money: list[tuple[int, int, str]], floats: list[tuple[int, int, str]]
+) -> list[str]:
+    """A money value and a float value that meet in one comparison or sum: CEL compares an int
+    with a double, so `params.amount <= params.ratio` would compare cents with the float."""
+    if not money:
+        return []
+    groups = _operand_groups(blanked)
+    float_values = [(start, text) for start, _, text in floats]
+    float_values += [(m.start(), "double(...)") for m in _DOUBLE_CALL.finditer(blanked)]
+    problems: list[str] = []
+    for start, _, chain in money:
+        mixed = [text for at, text in float_values if groups[at] == groups[start]]
+        if mixed:
+            problems.append(
+                f"{chain} is money, mixed with the float {mixed[0]}; money is integer cents in guards and CEL "
+                f"would compare the cents with the float: keep the float out of money arithmetic, or convert it "
+                f"to cents explicitly, e.g. int({mixed[0] if mixed[0] != 'double(...)' else 'x'} * 100.0)"
+            )
+    return problems
+
+
 def _evaluate(program: Any, sample: Mapping[str, Any]) -> str | None:
     """Why the guard fails on `sample`, or None when it gives true or false."""
     try:
         result = program.execute(activation(sample))
+    except (ArithmeticError, IndexError):
+        # Division by zero, overflow, an index past the end: they depend on the values, not the
+        # types, so this sample proves nothing wrong. At run time the gate fails closed on them
+        # (the call is denied, GATE_ERROR naming the guard), as on any guard that cannot be evaluated.
+        return None
     except TypeError as exc:
         return f"type error: {str(exc).split('. ')[0]} (CEL never converts types; money is an int of cents in guards)"
     except KeyError as exc:
@@ -213,6 +291,8 @@ def _evaluate(program: Any, sample: Mapping[str, Any]) -> str | None:
                 "(CEL never converts types; money is an int of cents in guards)"
             )
         return f"cannot be evaluated: {str(exc).split('. ')[0]}"
+    except Exception as exc:  # the CEL binding may raise any type; never a traceback from check
+        return f"cannot be evaluated: {type(exc).__name__}: {str(exc).split('. ')[0]}"
     if not isinstance(result, bool):
         return f"gives {type(result).__name__}, but a guard must give true or false"
     return None

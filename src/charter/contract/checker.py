@@ -31,7 +31,7 @@ from charter.contract.cel_guards import (
     suggest,
 )
 from charter.contract.model import Contract, Entity, HttpEndpoint, Operation
-from charter.contract.types import PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
+from charter.contract.types import MAX_ARGUMENT_DEPTH, PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.errors import ContractError, Problem
 
 __all__ = [
@@ -277,6 +277,7 @@ class _Checker:
         for name, operation in m.operations.items():
             self._check_operation(name, operation)
         self._check_boundaries()
+        self._check_default_binding()
         self._check_service()
         if m.limits.max_writes > m.limits.max_calls:
             self.fail(
@@ -500,6 +501,8 @@ class _Checker:
             else:
                 params[pname] = ref
         self.params[name] = params
+        for pname, ref in params.items():
+            self._check_argument_depth((*path, "params", pname), f"{name}.{pname}", ref)
         self.returns[name] = (
             self._type((*path, "returns"), op.returns, f"return type of '{name}'") if op.returns else None
         )
@@ -567,6 +570,28 @@ class _Checker:
                 f"key: ..., returns: {op.entity})",
                 key=True,
             )
+
+    def _check_argument_depth(self, path: DocPath, param: str, ref: TypeRef) -> None:
+        # The sandbox's wire decoder refuses arguments nested deeper than MAX_ARGUMENT_DEPTH;
+        # a param whose smallest value is deeper can never be passed, so no call could succeed.
+        depth = 1 + self._min_depth(ref, frozenset())  # a param value sits at level 1
+        if depth > MAX_ARGUMENT_DEPTH:
+            self.fail(
+                path,
+                f"param '{param}' ({ref}) nests {depth} levels deep even with every optional field null and every "
+                f"list empty, but a call's arguments may nest at most {MAX_ARGUMENT_DEPTH} levels, so every call "
+                "would be refused; flatten the nested records, or make a deep field optional or a list",
+            )
+
+    def _min_depth(self, ref: TypeRef, visiting: frozenset[str]) -> int:
+        """Levels below a value of `ref` in its smallest form (null optionals, empty lists)."""
+        if ref.optional or ref.kind != "record" or ref.name is None or ref.name in visiting:
+            return 0  # a record that contains itself through required fields is reported elsewhere
+        fields = self.records.get(ref.name, {})
+        if not fields:
+            return 0
+        inner = visiting | {ref.name}
+        return 1 + max(self._min_depth(f, inner) for f in fields.values())
 
     def _check_exposure(self, name: str, op: Operation) -> None:
         # A write nobody has to be allowed to make is a decision, never a default: an empty scope
@@ -657,12 +682,7 @@ class _Checker:
         elif default is not None and default.python is not None:
             module = default.python
             if ":" in module:
-                self.fail(
-                    ("binding", "python"),
-                    f"the contract's default binding '{module}' must name a module only ('package.module'); "
-                    "operations use module:<operation name>",
-                )
-                return
+                return  # reported once, by _check_default_binding
             ref, path = f"{module}:{name}", ("binding", "python")
         elif default is not None and default.http is not None:
             self.fail(
@@ -681,6 +701,27 @@ class _Checker:
             )
             return
         self._resolve_python(ref, path)
+
+    def _check_default_binding(self) -> None:
+        # Checked once here, not per operation: one mistake at one place is one message.
+        default = self.model.binding
+        if default is None or default.python is None or ":" not in default.python:
+            return
+        module = default.python.partition(":")[0]
+        shape = (
+            "a contract's default binding names a module only ('package.module'); operations use "
+            "module:<operation name>"
+        )
+        if self.binding_search is not None and module:
+            located = self.modules[module] = locate_module(module, self.binding_search)
+            if isinstance(located, str):  # the deeper reason first: fixing the shape alone would not do
+                self.fail(("binding", "python"), f"binding module '{module}' cannot be bound: {located}; and {shape}")
+                return
+        self.fail(
+            ("binding", "python"),
+            f"the contract's default binding '{default.python}' must name a module only: {shape}, e.g. "
+            f"`binding: {{python: {module}}}`",
+        )
 
     def _resolve_python(self, ref: str, path: DocPath) -> None:
         if self.binding_search is None:

@@ -18,6 +18,7 @@ from typing import Literal
 import msgspec
 
 __all__ = [
+    "MAX_ARGUMENT_DEPTH",
     "MONEY_SCALE",
     "PRIMITIVES",
     "TypeRef",
@@ -28,6 +29,10 @@ __all__ = [
 
 PRIMITIVES = ("str", "int", "float", "bool", "money", "datetime")
 MONEY_SCALE = 2
+# How deeply the arguments of one call may nest (the arguments object is level 0, each
+# param value level 1). The sandbox's wire decoder refuses deeper calls; the checker
+# refuses param types no call could fit in.
+MAX_ARGUMENT_DEPTH = 16
 
 Kind = Literal["str", "int", "float", "bool", "money", "datetime", "enum", "record", "list"]
 

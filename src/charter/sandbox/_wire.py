@@ -18,11 +18,11 @@ from typing import Any, NoReturn
 import msgspec
 
 from charter.compiler.artifact import CompiledContract
+from charter.contract.types import MAX_ARGUMENT_DEPTH as _MAX_DEPTH
 
 __all__ = ["CallRejected", "check_operation", "decode_arguments", "encode_error"]
 
 _MAX_OPERATION_CHARS = 128
-_MAX_DEPTH = 16
 _MAX_INT = 2**63 - 1
 _MAX_INT_DIGITS = 20
 

@@ -247,6 +247,8 @@ class Drafter:
             "doc": str(op.get("summary") or op.get("description") or name).strip().split("\n")[0] or name,
         }
         self.assign_entity(operation, path, params, returns)
+        if kind == "write":
+            body = self.drop_lifecycle_field(where, operation, params, placed, body)
         operation["params"] = params
         if returns:
             operation["returns"] = returns
@@ -381,9 +383,16 @@ class Drafter:
                     f"in the {placed[field_name]} only"
                 )
                 continue
-            params[field_name] = text if required or text.endswith("?") else text + "?"
+            # The schema's `required` holds whenever a body is sent (a body the document calls
+            # optional is noted below), so a required field stays required.
+            params[field_name] = text
             placed[field_name] = "body"
             sent.append(field_name)
+        if not required and any(not params[f].endswith("?") for f in sent):
+            self.todos.append(
+                f"{where}: the document does not mark the request body required; it is drafted as always sent, "
+                "with the fields its schema requires required"
+            )
         return sent
 
     def success_schema(self, op: dict[str, Any]) -> Any | None:
@@ -429,6 +438,22 @@ class Drafter:
         except Unmappable as reason:
             unmapped(f"its result cannot be mapped: {reason}")
             return None
+
+    def drop_lifecycle_field(
+        self, where: str, operation: dict[str, Any], params: dict[str, str], placed: dict[str, str], body: list[str]
+    ) -> list[str]:
+        """A lifecycle's state field is never a param: only the lifecycle's transitions change it."""
+        block = self.entity_blocks.get(operation.get("entity") or "")
+        state_field = mapping(mapping(block).get("lifecycle")).get("field") if block else None
+        if not state_field or placed.get(state_field) != "body":
+            return body
+        del params[state_field]
+        self.todos.append(
+            f"{where}: the document lets a caller write '{state_field}', the lifecycle state of "
+            f"{operation['entity']}; it is not a param (only transitions change it): decide which transition this "
+            "operation performs, or whether callers may pick the state"
+        )
+        return [name for name in body if name != state_field]
 
     def assign_entity(self, operation: dict[str, Any], path: str, params: dict[str, str], returns: str | None) -> None:
         for prefix, (entity, placeholder) in self.entity_paths.items():
