@@ -162,7 +162,7 @@ def test_a_backends_error_text_is_shown_only_to_audit_read(api: Api, monkeypatch
 
 
 def test_an_unexpected_servers_error_text_is_not_sent(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*_: object) -> None:
+    def broken(*_: object, **__: object) -> None:
         raise RuntimeError("database password is hunter2")
 
     monkeypatch.setattr(CharterService, "execute", broken)

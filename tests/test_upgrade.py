@@ -72,6 +72,14 @@ def rows(path: Path, table: str) -> list[tuple[Any, ...]]:
         return db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
 
 
+def columns(create_table: str) -> list[tuple[Any, ...]]:
+    """The columns (name, type, not null, default, key) a CREATE TABLE statement makes."""
+    with closing(sqlite3.connect(":memory:")) as db:
+        db.execute(create_table)
+        [table] = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchone()
+        return [tuple(c[1:]) for c in db.execute(f"PRAGMA table_info({table})")]
+
+
 def test_the_fixture_covers_every_kind_of_run(home: Path) -> None:
     assert set(RUNS) == set(EXPECTED)
     assert MANIFEST["written_by"] == "1e5a6f9"
@@ -92,13 +100,20 @@ def test_a_store_of_0_1_is_refused_until_upgraded_and_the_upgrade_is_idempotent(
     assert {name: read_version(home / name) for name in STORES} == {n: s.version for n, s in STORES.items()}
     for name, schema in STORES.items():
         # Step 1 adopts 0.1 as it is: every object 0.1.0 made is kept unchanged; later steps only add
-        # the tables and triggers they name.
+        # the tables and triggers they name, and columns to the tables they ALTER (whose 0.1 columns stay).
         after = rows(home / name, "sqlite_master")
-        assert set(before[name]) <= set(after), name
+        later_sql = [sql for step in schema.steps if step.version > 1 for sql in step.sql]
+        altered = {sql.split()[2] for sql in later_sql if sql.startswith("ALTER TABLE ") and " ADD COLUMN " in sql}
+        changed = set(before[name]) - set(after)
+        assert {row[1] for row in changed} <= altered, (name, changed)
+        for table in {row[1] for row in changed}:
+            [old] = [row for row in changed if row[1] == table]
+            [new] = [row for row in after if row[:2] == old[:2]]
+            assert columns(new[4])[: len(columns(old[4]))] == columns(old[4]), table  # 0.1's columns, then the new
         added = {
             row[1]
             for row in set(after) - set(before[name])
-            if row[0] in ("table", "trigger") and not row[1].startswith("sqlite_")
+            if row[0] in ("table", "trigger") and not row[1].startswith("sqlite_") and row[1] not in altered
         }
         later = " ".join(" ".join(step.sql) for step in schema.steps if step.version > 1)
         assert all(f" {object_name}" in later for object_name in added), (name, added)

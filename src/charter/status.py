@@ -17,8 +17,12 @@ exported bundles. Two levels:
                        perform (a binding module missing, failing to import or changed)
                        is failed with cause BACKEND_UNAVAILABLE
     awaiting_approval  reserved: a run paused for a human approval (later work)
-    in_doubt           reserved: a run whose effect is not known (later work)
-    interrupted        the run was never sealed: its process ended during the run
+    in_doubt           what a caller is told of an interrupted run when it retries with
+                       the run's Idempotency-Key: its calls' effects are not known, and it
+                       is never re-executed (the cause is the same never_sealed /
+                       never_concluded); never stored in a receipt
+    interrupted        the run was never sealed: its process ended during the run (what
+                       the log, `audit list` and `audit verify` say of it)
 
 A program run's status follows from its sandbox outcome alone, by `classify`; Sealed
 receipts store it since release 0.2 (`run_status`, `cause`), and older seals are mapped

@@ -136,10 +136,16 @@ class Charter:
         return self._registry.get(*parse_ref(contract))
 
     def handle(
-        self, intent: str, *, contract: str | CompiledContract, principal: Principal | None = None
+        self,
+        intent: str,
+        *,
+        contract: str | CompiledContract,
+        principal: Principal | None = None,
+        run_id: str | None = None,
     ) -> Conclusion:
         """Answer `intent` under `contract` (NAME, NAME@VERSION or a compiled contract) for
-        `principal` (default: the local user, with no scopes)."""
+        `principal` (default: the local user, with no scopes). `run_id`: the intent run's id,
+        chosen beforehand (a server records it with the request's Idempotency-Key first)."""
         settings = self.settings
         compiled = self.contract(contract)
         principal = principal or Principal(getpass.getuser())
@@ -148,7 +154,7 @@ class Charter:
         host, pid = host_identity()
         recorder = self.runner.audit.open_run(
             Asked(
-                run_id=secrets.token_hex(16),
+                run_id=run_id or secrets.token_hex(16),
                 seq=0,
                 at=now_iso(),
                 intent=intent,

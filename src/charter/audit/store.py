@@ -3,10 +3,13 @@
 Receipts go through one writer thread per log. It takes every receipt waiting, signs
 and chains them, inserts them and commits once (group commit). A caller that needs its
 receipt durable (a decision, a seal) waits until that commit returned with
-`synchronous=FULL`, so no action ever runs before its receipt is on disk. Outcome
-receipts are handed over without waiting: they become durable with the run's next
-decision or its seal, and if the process dies first, the action shows as "outcome
-unknown", which is the truth.
+`synchronous=FULL`, so no action ever runs before its receipt is on disk. A write's
+Outcome receipt is durable too before its result reaches the program (`outcome(...,
+durable=True)`): once the program can act on a write's result, a crash can no longer
+lose what the write did. A read's Outcome is handed over without waiting: it becomes
+durable with the run's next durable receipt (a decision, a write's outcome or the seal),
+which always comes before anything leaves the sandbox; if the process dies first, the
+read shows as "outcome unknown", which is the truth and harms nothing.
 
 The schema has no UPDATE or DELETE path: triggers refuse both on receipts. Only the
 `head` row (the log's last log_seq and link) is overwritten, in the same transaction
@@ -258,14 +261,19 @@ class RunRecorder:
         if decision.decision == "ALLOW":
             self._awaiting_outcome[decision.call] = decision.operation
 
-    def outcome(self, outcome: Outcome) -> bool:
-        """Recorded with the run's next durable receipt. False if the run was sealed first."""
+    def outcome(self, outcome: Outcome, *, durable: bool = False) -> bool:
+        """Recorded with the run's next durable receipt, or, with `durable` (a write's outcome),
+        on disk when this returns. False if the run was sealed first.
+
+        Raises AuditError if a durable outcome could not be written."""
+        try:
+            self._append(outcome, durable=durable)
+        except AuditError:
+            if self.sealed is not None:
+                return False
+            raise  # not on disk: the call stays in doubt in the seal
         if outcome.status != "unknown":  # an unknown outcome leaves the call in doubt
             self._awaiting_outcome.pop(outcome.call, None)
-        try:
-            self._append(outcome, durable=False)
-        except AuditError:
-            return False
         return True
 
     def backend_error(self, error: BackendError) -> None:

@@ -60,6 +60,16 @@ def serve(
     tokens: TokensOption = None,
     replay: ReplayOption = None,
     openapi: Annotated[bool, typer.Option("--openapi", help="Print the OpenAPI document and exit.")] = False,
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease",
+            min=0.1,
+            metavar="SECONDS",
+            help="How long an Idempotency-Key's claim outlives a server that stopped renewing it (it renews "
+            "every third of this while the run is live); then the next retry resolves it from the audit log.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the HTTP API: intents, programs, runs and contracts, behind bearer tokens."""
     if openapi:
@@ -75,7 +85,9 @@ def serve(
         store = TokenStore(tokens)
         if not store.entries():
             say(f"no tokens in {store.path}: every request will get 401; add one with `charter token add`", "yellow")
-        app = create_app(service, store, IdempotencyStore(service.audit.path.parent / "idempotency.db"))
+        app = create_app(
+            service, store, IdempotencyStore(service.audit.path.parent / "idempotency.db", lease_seconds=lease)
+        )
     except CharterError as error:
         fail(error)
     say(f"Charter API on http://{host}:{port}  (OpenAPI: /openapi.json, docs: /docs)")

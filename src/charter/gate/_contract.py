@@ -601,7 +601,20 @@ class GateSession:
     ) -> None:
         if withheld is not None:
             withheld.keep(self._recorder, request.sequence, request.operation)
-        self._recorder.outcome(outcome_receipt(request, status, reply, code, message, dropped, withheld))
+        rule = self._gate._table.operations.get(request.operation)
+        # A write's outcome is on disk before the program learns it (a crash after that point
+        # can no longer lose what the write did); a read's rides with the next durable receipt,
+        # which precedes anything leaving the sandbox.
+        write = rule is not None and rule.kind == "write"
+        receipt = outcome_receipt(request, status, reply, code, message, dropped, withheld)
+        try:
+            self._recorder.outcome(receipt, durable=write)
+        except AuditError as error:
+            raise OperationFailed(
+                "GATE_ERROR",
+                f"{request.operation} reached the backend but its outcome could not be recorded ({error}); "
+                "its result is withheld and the call stays in doubt: read the entity to learn its state.",
+            ) from None
 
 
 def _key_json(value: Any) -> str:

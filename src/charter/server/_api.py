@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -29,7 +30,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
 from charter.principal import Principal
 from charter.runner import Answer
-from charter.server._idempotency import IdempotencyStore, KeyInProgress, KeyReused, StoredResponse, request_digest
+from charter.server._idempotency import (
+    Claimed,
+    IdempotencyStore,
+    KeyInProgress,
+    KeyReused,
+    Orphaned,
+    ScopeMismatch,
+    StoredResponse,
+    request_digest,
+)
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable
 from charter.server._tokens import TokenStore
 from charter.status import Status
@@ -45,6 +55,7 @@ _MAX_BODY_BYTES = 1_048_576
 PROBLEM_TYPES = {
     "unauthenticated": (401, "No valid bearer token"),
     "forbidden": (403, "Not allowed for this principal"),
+    "idempotency-scope-mismatch": (403, "This token lacks a scope the Idempotency-Key's first request held"),
     "not-found": (404, "No such resource"),
     "contract-not-found": (404, "No such contract or version"),
     "run-not-found": (404, "No such run"),
@@ -99,7 +110,10 @@ class ProgramRequest(_Request):
 
 
 class ConclusionBody(BaseModel):
-    run_id: str
+    run_id: str | None = Field(
+        description="The run to audit. Null only in an in_doubt answer to an Idempotency-Key claimed by "
+        "release 0.1, which did not record its run."
+    )
     status: Status = Field(description="How the run ended; the vocabulary is the README's 'Run status'.")
     cause: str | None = Field(
         default=None, description="Why, as a machine word: the sandbox outcome (timeout...) or a gate code."
@@ -254,34 +268,69 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         return response
 
     def once(principal: Principal, key: str | None, path: str, body: BaseModel, run: Any) -> Response:
-        """Run `run()` once per Idempotency-Key; its JSON result is what a repeat gets."""
+        """Run `run(run_id)` once per Idempotency-Key; its JSON result is what a repeat gets.
+        The run id is allocated before the claim, so the key's row names the run it started."""
         if key is None:
-            return JSONResponse(run())
+            return JSONResponse(run(None))
         digest = request_digest("POST", path, body.model_dump_json().encode())
         try:
-            stored = idempotency.claim(principal.id, key, digest)
+            claim = idempotency.claim(principal.id, key, digest, run_id=secrets.token_hex(16), scopes=principal.scopes)
+            if isinstance(claim, Orphaned):
+                claim = resolved(principal, key, claim)
         except KeyReused:
             raise ApiProblem(
                 "idempotency-key-reused", f"Idempotency-Key {key!r} was first used with another request body"
+            ) from None
+        except ScopeMismatch as error:
+            raise ApiProblem(
+                "idempotency-scope-mismatch",
+                f"Idempotency-Key {key!r} was first used by a token holding {', '.join(error.missing)}, which this "
+                "token lacks: its answer goes only to a token with every scope the first one held",
             ) from None
         except KeyInProgress:
             raise ApiProblem(
                 "idempotency-in-progress", f"the first request with Idempotency-Key {key!r} is still running"
             ) from None
-        if stored is not None:
+        if isinstance(claim, StoredResponse):
             return Response(
-                stored.body,
-                status_code=stored.status,
+                claim.body,
+                status_code=claim.status,
                 media_type="application/json",
                 headers={"Idempotent-Replayed": "true"},
             )
         try:
-            body_bytes = json.dumps(run()).encode()
+            body_bytes = json.dumps(run(claim.run_id)).encode()
         except BaseException:
-            idempotency.release(principal.id, key)
+            idempotency.release(principal.id, key, claim.run_id)
             raise
-        idempotency.complete(principal.id, key, StoredResponse(200, body_bytes))
+        idempotency.complete(principal.id, key, claim.run_id, StoredResponse(200, body_bytes))
         return Response(body_bytes, media_type="application/json")
+
+    def resolved(principal: Principal, key: str, orphan: Orphaned) -> Claimed | StoredResponse:
+        """An orphaned key, from the audit log: the answer its run recorded (in_doubt if it was
+        opened and never sealed), or, if it was never opened, the claim, taken over."""
+        recorded = None
+        if orphan.run_id is not None:
+            recorded = guarded(lambda: service.recorded_answer(orphan.run_id))
+            if recorded is None:  # nothing ran: running it now is safe
+                claim = idempotency.take_over(principal.id, key, orphan)
+                if claim is None:
+                    raise KeyInProgress(key)
+                return claim
+        if recorded is None:  # a claim of release 0.1: its run is not known, so neither is its effect
+            answer = Answer(
+                run_id="",
+                status="in_doubt",
+                reason="the first request with this key was under way when its server stopped (release 0.1 "
+                "did not record its run id): what it did is not known; `charter audit list` shows the "
+                "principal's runs",
+            )
+            body = _conclusion(answer) | {"run_id": None, "contract": None, "version": None}
+        else:
+            body = _conclusion(*recorded)
+        stored = StoredResponse(200, json.dumps(body).encode())
+        idempotency.settle(principal.id, key, orphan, stored)
+        return stored
 
     def guarded(action: Any) -> Any:
         """Charter's exceptions as problems; everything else is a 500 problem."""
@@ -306,11 +355,11 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         summary="Ask for something in plain words",
         description="The Runtime Agent writes one program against the contract, which runs governed. "
         "Only the conclusion comes back, with the run id to audit it by.",
-        responses=_problems(401, 404, 409, 413, 422, 503),
+        responses=_problems(401, 403, 404, 409, 413, 422, 503),
     )
     def post_intent(request: IntentRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
-        def run() -> dict[str, Any]:
-            conclusion = guarded(lambda: service.operate(principal, request.contract, request.intent))
+        def run(run_id: str | None) -> dict[str, Any]:
+            conclusion = guarded(lambda: service.operate(principal, request.contract, request.intent, run_id=run_id))
             return _conclusion(conclusion, conclusion.attempts)
 
         return once(principal, idempotency_key, "/v1/intents", request, run)
@@ -320,11 +369,13 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         response_model=ConclusionBody,
         summary="Run a program you wrote (code mode)",
         description="The program runs in the sandbox; every proxy call is checked against the contract.",
-        responses=_problems(401, 404, 409, 413, 422, 503),
+        responses=_problems(401, 403, 404, 409, 413, 422, 503),
     )
     def post_program(request: ProgramRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
-        def run() -> dict[str, Any]:
-            return _conclusion(guarded(lambda: service.execute(principal, request.contract, request.program)))
+        def run(run_id: str | None) -> dict[str, Any]:
+            return _conclusion(
+                guarded(lambda: service.execute(principal, request.contract, request.program, run_id=run_id))
+            )
 
         return once(principal, idempotency_key, "/v1/programs", request, run)
 

@@ -4,6 +4,18 @@
 - The same key and the same request again: the stored response, and nothing runs.
 - The same key with a different request: refused (422), nothing runs.
 - The same key while the first is still running: 409, nothing runs.
+- A stored answer goes only to a token holding every scope the first request's token
+  held (403 otherwise): a read-only token of a principal never replays its write run.
+
+A claim records, before anything runs, the run id the request will run under and its
+owner: a worker id (host:pid:start-nonce) and a lease that a heartbeat renews while the
+run is live. A claim whose lease expired has lost its owner (a crash, a SIGKILL) and is
+resolved from the audit log by whoever next claims the key (`Orphaned`): a sealed run
+gives its stored response (rebuilt from the seal if the process died before storing
+it), an opened but never sealed run gives `in_doubt` with its run id, and a run that was
+never opened is taken over and runs (nothing ran). Never a 409 forever, never a second
+execution. Leases are checked at claim time, so workers sharing one store resolve each
+other's orphans.
 
 Keys live in SQLite beside the audit log, for `ttl_hours` (default 24).
 """
@@ -11,15 +23,30 @@ Keys live in SQLite beside the audit log, for `ttl_hours` (default 24).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import secrets
+import socket
 import sqlite3
+import threading
 import time
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 from charter.migrations import Schema, Step
 
-__all__ = ["IDEMPOTENCY_SCHEMA", "IdempotencyStore", "KeyInProgress", "KeyReused", "StoredResponse"]
+__all__ = [
+    "IDEMPOTENCY_SCHEMA",
+    "Claimed",
+    "IdempotencyStore",
+    "KeyInProgress",
+    "KeyReused",
+    "Orphaned",
+    "ScopeMismatch",
+    "StoredResponse",
+]
 
 # The store's schema, one step per version (charter.migrations); step 1 is release
 # 0.1.0's, idempotent so it adopts a 0.1 store as it is.
@@ -44,8 +71,22 @@ IDEMPOTENCY_SCHEMA = Schema(
                 "CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created)",
             ),
         ),
+        Step(
+            2,
+            "a claim knows its run and its owner: run_id (allocated before the claim), owner "
+            "(host:pid:start-nonce) and lease_expires (renewed while the run is live), and the first "
+            "token's scopes (a JSON array) that a replay must hold; NULL in rows of release 0.1",
+            (
+                "ALTER TABLE idempotency ADD COLUMN run_id TEXT",
+                "ALTER TABLE idempotency ADD COLUMN owner TEXT",
+                "ALTER TABLE idempotency ADD COLUMN lease_expires REAL",
+                "ALTER TABLE idempotency ADD COLUMN scopes TEXT",
+            ),
+        ),
     ),
 )
+
+DEFAULT_LEASE_SECONDS = 30.0
 
 
 class KeyReused(Exception):
@@ -53,7 +94,15 @@ class KeyReused(Exception):
 
 
 class KeyInProgress(Exception):
-    """The first request with this key has not finished."""
+    """The first request with this key has not finished and its owner's lease is live."""
+
+
+class ScopeMismatch(Exception):
+    """The token lacks scopes the first request's token held: it may not see that request's answer."""
+
+    def __init__(self, key: str, missing: tuple[str, ...]) -> None:
+        super().__init__(key)
+        self.key, self.missing = key, missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +111,44 @@ class StoredResponse:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The key is this worker's: run the request under `run_id`, then `complete` or `release`."""
+
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Orphaned:
+    """The key's owner lost its lease before storing a response: resolve `run_id` from the
+    audit log, then `settle` (it ran) or `take_over` (it was never opened). `run_id` is None
+    for a claim of release 0.1, which did not record it."""
+
+    run_id: str | None
+    owner: str | None
+
+
 def request_digest(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(b"\x1f".join((method.encode(), path.encode(), body))).hexdigest()
 
 
+def worker_id() -> str:
+    """This process, uniquely: host:pid:start-nonce (the nonce tells a reused pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 class IdempotencyStore:
-    def __init__(self, path: Path, *, ttl_hours: float = 24.0) -> None:
+    """Keys by (principal, key). `lease_seconds`: how long a claim outlives a silent owner
+    (its heartbeat renews it every third of that)."""
+
+    def __init__(self, path: Path, *, ttl_hours: float = 24.0, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
         self.path = path
         self._ttl = ttl_hours * 3600
+        self._lease = lease_seconds
+        self.worker = worker_id()
+        self._live: set[tuple[str, str]] = set()  # keys this worker is running now
+        self._live_lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
             IDEMPOTENCY_SCHEMA.open(db, path)  # created if new; another version is refused
@@ -79,42 +158,130 @@ class IdempotencyStore:
         connection.execute("PRAGMA journal_mode=WAL")
         return connection
 
-    def claim(self, principal: str, key: str, digest: str) -> StoredResponse | None:
-        """None: the caller runs the request and then calls `complete` or `release`.
-        A stored response: the request ran before; answer it again."""
-        with self._connect() as db:
+    def claim(
+        self, principal: str, key: str, digest: str, *, run_id: str, scopes: Iterable[str]
+    ) -> Claimed | StoredResponse | Orphaned:
+        """Claimed: the caller runs the request under `run_id` (the one it allocated, or an
+        orphaned claim's). A stored response: the request ran before; answer it again.
+        Orphaned: its owner died; the caller resolves it from the audit log.
+
+        Raises KeyReused (another request), ScopeMismatch (the token lacks a scope the first
+        one held) or KeyInProgress (the first request's owner is live)."""
+        held = sorted(set(scopes))
+        now = time.time()
+        with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM idempotency WHERE created < ?", (time.time() - self._ttl,))
-            row = db.execute(
-                "SELECT request_sha256, state, status, body FROM idempotency WHERE principal = ? AND key = ?",
-                (principal, key),
-            ).fetchone()
-            if row is None:
-                db.execute(
-                    "INSERT INTO idempotency (principal, key, request_sha256, state, created) "
-                    "VALUES (?, ?, ?, 'running', ?)",
-                    (principal, key, digest, time.time()),
-                )
-            db.execute("COMMIT")
+            try:
+                db.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
+                row = db.execute(
+                    "SELECT request_sha256, state, status, body, run_id, owner, lease_expires, scopes "
+                    "FROM idempotency WHERE principal = ? AND key = ?",
+                    (principal, key),
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO idempotency (principal, key, request_sha256, state, created, run_id, owner, "
+                        "lease_expires, scopes) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                        (principal, key, digest, now, run_id, self.worker, now + self._lease, json.dumps(held)),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         if row is None:
-            return None
-        first_digest, state, status, body = row
+            self._started(principal, key)
+            return Claimed(run_id)
+        first_digest, state, status, body, first_run, owner, lease_expires, first_scopes = row
         if first_digest != digest:
             raise KeyReused(key)
-        if state != "done":
+        missing = tuple(sorted(set(json.loads(first_scopes) if first_scopes else ()) - set(held)))
+        if missing:
+            raise ScopeMismatch(key, missing)
+        if state == "done":
+            return StoredResponse(status, bytes(body))
+        if self._is_live(principal, key, owner, lease_expires, now):
             raise KeyInProgress(key)
-        return StoredResponse(status, bytes(body))
+        return Orphaned(first_run, owner)
 
-    def complete(self, principal: str, key: str, response: StoredResponse) -> None:
-        with self._connect() as db:
+    def _is_live(self, principal: str, key: str, owner: str | None, lease_expires: float | None, now: float) -> bool:
+        if owner == self.worker:  # ours: live exactly while this process runs it
+            with self._live_lock:
+                return (principal, key) in self._live
+        return lease_expires is not None and lease_expires > now
+
+    def take_over(self, principal: str, key: str, orphan: Orphaned) -> Claimed | None:
+        """Claim an orphaned key whose run was never opened, under its run id. None: another
+        worker took it first (the caller answers 409)."""
+        assert orphan.run_id is not None, "a 0.1 claim names no run: it is settled in doubt, never taken over"
+        run_id = orphan.run_id
+        with closing(self._connect()) as db:
+            taken = db.execute(
+                "UPDATE idempotency SET owner = ?, lease_expires = ?, run_id = ? WHERE principal = ? AND key = ? "
+                "AND state = 'running' AND owner IS ? AND run_id IS ?",
+                (self.worker, time.time() + self._lease, run_id, principal, key, orphan.owner, orphan.run_id),
+            ).rowcount
+        if not taken:
+            return None
+        self._started(principal, key)
+        return Claimed(run_id)
+
+    def settle(self, principal: str, key: str, orphan: Orphaned, response: StoredResponse) -> None:
+        """Store the answer an orphaned claim's run resolved to; later retries replay it."""
+        with closing(self._connect()) as db:
             db.execute(
-                "UPDATE idempotency SET state = 'done', status = ?, body = ? WHERE principal = ? AND key = ?",
-                (response.status, response.body, principal, key),
+                "UPDATE idempotency SET state = 'done', status = ?, body = ?, owner = ?, lease_expires = NULL "
+                "WHERE principal = ? AND key = ? AND state = 'running' AND run_id IS ?",
+                (response.status, response.body, self.worker, principal, key, orphan.run_id),
             )
 
-    def release(self, principal: str, key: str) -> None:
+    def complete(self, principal: str, key: str, run_id: str, response: StoredResponse) -> None:
+        """Store the response of run `run_id`. It replaces an `in_doubt` another worker settled
+        while this one had lost its lease: the real answer is better than a doubt."""
+        self._ended(principal, key)
+        with closing(self._connect()) as db:
+            db.execute(
+                "UPDATE idempotency SET state = 'done', status = ?, body = ?, lease_expires = NULL "
+                "WHERE principal = ? AND key = ? AND run_id = ?",
+                (response.status, response.body, principal, key, run_id),
+            )
+
+    def release(self, principal: str, key: str, run_id: str) -> None:
         """The request failed before it produced a response: the key may be used again."""
-        with self._connect() as db:
+        self._ended(principal, key)
+        with closing(self._connect()) as db:
             db.execute(
-                "DELETE FROM idempotency WHERE principal = ? AND key = ? AND state = 'running'", (principal, key)
+                "DELETE FROM idempotency WHERE principal = ? AND key = ? AND state = 'running' AND run_id = ? "
+                "AND owner = ?",
+                (principal, key, run_id, self.worker),
             )
+
+    # -- the owner's lease ----------------------------------------------------------------
+
+    def _started(self, principal: str, key: str) -> None:
+        with self._live_lock:
+            self._live.add((principal, key))
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(target=self._beat, name="charter-idempotency-lease", daemon=True)
+                self._heartbeat.start()
+
+    def _ended(self, principal: str, key: str) -> None:
+        with self._live_lock:
+            self._live.discard((principal, key))
+
+    def _beat(self) -> None:
+        """Renew the lease of every key this worker is running, every third of a lease."""
+        while True:
+            time.sleep(self._lease / 3)
+            with self._live_lock:
+                live = list(self._live)
+            if not live:
+                continue
+            try:
+                with closing(self._connect()) as db:
+                    db.executemany(
+                        "UPDATE idempotency SET lease_expires = ? WHERE principal = ? AND key = ? AND owner = ? "
+                        "AND state = 'running'",
+                        [(time.time() + self._lease, p, k, self.worker) for p, k in live],
+                    )
+            except sqlite3.Error:  # a busy store: the next beat tries again, well within the lease
+                continue

@@ -10,13 +10,25 @@ from typing import Any
 import msgspec
 
 from charter.agent import Charter, Conclusion
-from charter.audit import Asked, AuditLog, Concluded, Decision, Opened, Outcome, RunRecord, Sealed, verify_log
+from charter.audit import (
+    Asked,
+    Attempted,
+    AuditLog,
+    Concluded,
+    Decision,
+    Opened,
+    Outcome,
+    RunRecord,
+    Sealed,
+    verify_log,
+)
 from charter.compiler.artifact import CompiledContract
 from charter.errors import MissingApiKey, RunNotFound, UsageError
 from charter.principal import Principal
 from charter.registry import Registry, parse_ref
-from charter.runner import Execution, Runner, conclusion_of
+from charter.runner import Answer, Execution, Runner, conclusion_of
 from charter.sandbox import Outcome as SandboxOutcome
+from charter.status import status_of
 
 __all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable"]
 
@@ -88,22 +100,57 @@ class CharterService:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def operate(self, principal: Principal, contract: str, intent: str) -> Conclusion:
+    def operate(self, principal: Principal, contract: str, intent: str, *, run_id: str | None = None) -> Conclusion:
+        """`run_id`: the intent run's id, allocated beforehand (None: a new one)."""
         compiled = self.contract(contract)
         try:
             if self.agent is None:
                 raise MissingApiKey("it was started without a model")
-            return self.agent.handle(intent, contract=compiled, principal=principal)
+            return self.agent.handle(intent, contract=compiled, principal=principal, run_id=run_id)
         except MissingApiKey as error:
             raise IntentsUnavailable(
                 f"this server answers no intents ({error}): start it with ANTHROPIC_API_KEY set, or with "
                 "--replay RECORDING.json; programs can still be run"
             ) from None
 
-    def execute(self, principal: Principal, contract: str, program: str) -> Execution:
+    def execute(self, principal: Principal, contract: str, program: str, *, run_id: str | None = None) -> Execution:
+        """`run_id`: the program run's id, allocated beforehand (None: a new one)."""
         if not isinstance(program, str) or not program.strip():
             raise UsageError("the program is empty: send Python source that ends with conclude(...) or refuse(...)")
-        return self.runner.execute(program, contract=self.contract(contract), principal=principal)
+        return self.runner.execute(program, contract=self.contract(contract), principal=principal, run_id=run_id)
+
+    def recorded_answer(self, run_id: str) -> tuple[Answer, int | None] | None:
+        """What the caller of run `run_id` gets, from the audit log alone, and the intent run's
+        attempts (None for a program run); None if the run was never opened.
+
+        A sealed run: the answer its seal or conclusion records, as the request returned it.
+        A run opened but never sealed (its process ended during it): status `in_doubt`, with
+        the cause the log gives it (never_sealed / never_concluded). `audit list`/`verify`
+        show the same run as `interrupted`: the record says how the run ended, the caller is
+        told what it may assume, which is that its calls' effects are not known."""
+        try:
+            record = self.audit.run(run_id)
+        except RunNotFound:
+            return None
+        opened, sealed = record.opened, record.sealed
+        ended = status_of(opened, sealed)
+        attempts = sum(isinstance(r, Attempted) for r in record.receipts) if isinstance(opened, Asked) else None
+        common: dict[str, Any] = {"run_id": record.run_id, "contract": opened.contract, "version": opened.version}
+        if sealed is None:
+            reason = (
+                "the server stopped while this run was under way: it was opened and never sealed, so what its "
+                f"calls did is not known. GET /v1/runs/{record.run_id} lists the calls in doubt (the audit log "
+                "shows the run as interrupted); read the entities before doing anything again."
+            )
+            return Answer(status="in_doubt", cause=ended.cause, reason=reason, **common), attempts
+        if isinstance(sealed, Concluded):
+            data = None if sealed.data is None else msgspec.json.decode(sealed.data)
+            answer = Answer(
+                status=ended.status, cause=ended.cause, answer=sealed.answer, data=data, reason=sealed.reason, **common
+            )
+            return answer, len(sealed.attempts)
+        _, text, data, why = conclusion_of(msgspec.json.decode(sealed.outcome, type=SandboxOutcome))
+        return Answer(status=ended.status, cause=ended.cause, answer=text, data=data, reason=why, **common), None
 
     def run_view(self, principal: Principal, run_id: str) -> dict[str, Any]:
         """A run's conclusion, receipts and verification, for its own principal (or audit:read)."""

@@ -1,0 +1,240 @@
+"""Idempotency-Key across crashes: a real `charter serve` killed with SIGKILL mid-run and
+restarted, and keys whose owner died, resolved from the audit log; the scope rule of replays."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from charter.audit import AuditLog, Outcome
+from charter.server._api import ProgramRequest
+from charter.server._idempotency import request_digest
+from tests.conftest import ROOT, charter
+from tests.test_server import Api, api, problem  # noqa: F401  (api is a fixture)
+
+CANCEL_THEN_READ = 'o = orders.cancel_order(id=101, reason="crash")\norders.get_order(id=101)\nconclude(o.status)'
+
+
+class BlockingOrders:
+    """A proxy in front of the orders service that counts cancels of order 101 and holds every
+    read of it after a cancel (the gate's own read before the cancel passes): the run under
+    test blocks after its write returned to the program."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.cancels = 0
+        self.reading = threading.Event()
+        self.release = threading.Event()
+
+    @contextmanager
+    def serving(self) -> Iterator[str]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if self.command == "POST" and self.path.startswith("/orders/101/cancel"):
+                    proxy.cancels += 1
+                if self.command == "GET" and self.path == "/orders/101" and proxy.cancels:
+                    proxy.reading.set()
+                    proxy.release.wait(120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                answer = httpx.request(self.command, proxy.upstream + self.path, content=body, headers=headers)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = _forward
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            self.release.set()
+            server.shutdown()
+            server.server_close()
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def charter_serve(orders_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real `charter serve` process with a one-second lease, until the block ends."""
+    port = free_port()
+    env = os.environ | {"CHARTER_SERVICE_ORDERS_URL": orders_url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "charter", "serve", f"127.0.0.1:{port}", "--lease", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                if httpx.get(url + "/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "charter serve did not start"
+            time.sleep(0.1)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+        if process.stderr:
+            process.stderr.close()
+
+
+def test_a_key_of_a_run_killed_mid_run_answers_in_doubt_with_its_run_id_after_a_restart(
+    charter_home: Path, orders_service: str
+) -> None:
+    from examples.orders import backend
+
+    backend.seed()
+    assert charter("contract", "publish", "contracts/orders.yaml").returncode == 0
+    token = charter("token", "add", "upstream", "-p", "ada", "-s", "orders:read", "-s", "orders:write").stdout.strip()
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "cancel-101"}
+    body = {"contract": "orders", "program": CANCEL_THEN_READ}
+    orders = BlockingOrders(orders_service)
+    with orders.serving() as proxy:
+        with charter_serve(proxy) as (process, url):
+
+            def post() -> None:
+                with pytest.raises(httpx.TransportError):  # the server dies under it
+                    httpx.post(url + "/v1/programs", json=body, headers=headers, timeout=120)
+
+            first = threading.Thread(target=post, daemon=True)
+            first.start()
+            assert orders.reading.wait(120), "the run never reached its read"
+            # The cancel returned to the program, which now waits on its read: kill the server.
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(30)
+            first.join(30)
+        log = AuditLog(charter_home / "audit.db")
+        [run_id] = log.run_ids()
+        record = log.run(run_id)
+        assert (record.status, record.sealed) == ("interrupted", None)
+        # The write's outcome was durable before the program saw it (fault 4): not in doubt.
+        assert [(r.operation, r.status) for r in record.receipts if isinstance(r, Outcome)] == [("cancel_order", "ok")]
+        assert backend.get_order(id=101)["status"] == "cancelled"
+
+        with charter_serve(proxy) as (_, url):
+            deadline = time.monotonic() + 60
+            while True:  # 409 while the dead server's lease lasts (a second at most), then resolved
+                retry = httpx.post(url + "/v1/programs", json=body, headers=headers, timeout=60)
+                if retry.status_code != 409 or time.monotonic() > deadline:
+                    break
+                problem(retry, 409, "idempotency-in-progress")
+                time.sleep(0.2)
+            assert retry.status_code == 200, retry.text
+            answer = retry.json()
+            assert (answer["run_id"], answer["status"], answer["cause"]) == (run_id, "in_doubt", "never_sealed")
+            assert f"/v1/runs/{run_id}" in answer["reason"]
+            assert retry.headers["idempotent-replayed"] == "true"
+            again = httpx.post(url + "/v1/programs", json=body, headers=headers, timeout=60)
+            assert (again.status_code, again.json()) == (200, answer)
+    assert orders.cancels == 1  # the write happened once: no retry ran it again
+    assert log.run_ids() == [run_id]  # and no second run was opened
+
+
+# -- keys whose owner died, in-process --------------------------------------------------------
+
+
+def orphan(charter_home: Path, key: str, program: str, run_id: str, *, principal: str = "ada") -> None:
+    """Leave the claim a dead worker would: running, its lease long expired, no response."""
+    digest = request_digest(
+        "POST", "/v1/programs", ProgramRequest(contract="orders", program=program).model_dump_json().encode()
+    )
+    with closing(sqlite3.connect(charter_home / "idempotency.db", isolation_level=None)) as db:
+        db.execute(
+            "INSERT INTO idempotency (principal, key, request_sha256, state, created, run_id, owner, lease_expires, "
+            "scopes) VALUES (?, ?, ?, 'running', ?, ?, 'elsewhere:4242:dead', ?, ?)",
+            (
+                principal,
+                key,
+                digest,
+                time.time() - 60,
+                run_id,
+                time.time() - 30,
+                json.dumps(["orders:read", "orders:write"]),
+            ),
+        )
+
+
+CANCEL_101 = 'o = orders.cancel_order(id=101, reason="asked")\nconclude(o.status)'
+
+
+def test_a_key_whose_run_never_opened_is_taken_over_and_runs_under_its_run_id(api: Api, charter_home: Path) -> None:  # noqa: F811
+    orphan(charter_home, "never-opened", CANCEL_101, "ab" * 16)
+    with api.client() as client:
+        response = client.post(
+            "/v1/programs",
+            json={"contract": "orders", "program": CANCEL_101},
+            headers={"Idempotency-Key": "never-opened"},
+        )
+    assert response.status_code == 200, response.text
+    assert (response.json()["run_id"], response.json()["status"]) == ("ab" * 16, "done")
+    assert api.log.run_ids() == ["ab" * 16]
+    from examples.orders import backend
+
+    assert backend.get_order(id=101)["status"] == "cancelled"
+
+
+def test_a_sealed_run_whose_answer_was_never_stored_is_answered_from_its_seal(api: Api, charter_home: Path) -> None:  # noqa: F811
+    with api.client() as client:
+        first = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101}).json()
+        orphan(charter_home, "sealed", CANCEL_101, first["run_id"])
+        again = client.post(
+            "/v1/programs", json={"contract": "orders", "program": CANCEL_101}, headers={"Idempotency-Key": "sealed"}
+        )
+    assert again.status_code == 200, again.text
+    assert again.json() == first
+    assert api.log.run_ids() == [first["run_id"]]  # nothing ran again
+
+
+def test_a_replay_goes_only_to_a_token_with_every_scope_of_the_first(api: Api, charter_home: Path) -> None:  # noqa: F811
+    from charter.server import TokenStore
+
+    reader = TokenStore(charter_home / "tokens.yaml").add("ada-reader", "ada", ["orders:read"])
+    body = {"contract": "orders", "program": CANCEL_101}
+    with api.client() as client:
+        first = client.post("/v1/programs", json=body, headers={"Idempotency-Key": "write"})
+    assert first.json()["status"] == "done"
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {reader}"}, timeout=60) as client:
+        replay = client.post("/v1/programs", json=body, headers={"Idempotency-Key": "write"})
+    detail = problem(replay, 403, "idempotency-scope-mismatch")["detail"]
+    assert "orders:write" in str(detail)
+    assert first.json()["run_id"] not in replay.text
+    assert len(api.log.run_ids()) == 1
