@@ -98,6 +98,7 @@ def test_look_alikes_share_a_skeleton_and_others_do_not() -> None:
     assert same_principal("alice", "alice")
     assert not same_principal("alice", "alicia")
     assert not same_principal("lee", "kim")
+    assert not same_principal(None, "sasha")  # an optional id not set is nobody
     with pytest.raises(TypeError):
         same_principal("alice", 1)  # type: ignore[arg-type]
 
@@ -181,11 +182,11 @@ def test_a_running_server_refuses_every_token_once_the_file_holds_a_bad_principa
 ) -> None:
     tokens = charter_home / "tokens.yaml"
     good = tokens.read_text(encoding="utf-8")
-    for kind in INVALID:
+    for kind, principal_id in INVALID.items():
         data = yaml.safe_load(good)
         for entry in data["tokens"]:
             if entry["name"] == "ada":
-                entry["principal"] = INVALID[kind]
+                entry["principal"] = principal_id
         tokens.write_text(yaml.safe_dump(data), encoding="utf-8")
         before = receipts(charter_home)
         with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.tokens['ada']}"}) as client:

@@ -116,15 +116,18 @@ def skeleton(text: str) -> str:
     return str(_CHECKER.getSkeleton(0, text.casefold()))
 
 
-def same_principal(a: str, b: str) -> bool:
+def same_principal(a: str | None, b: str | None) -> bool:
     """Whether `a` and `b` name the same principal or look alike (equal TR39 skeletons).
 
     The CEL function `same_principal(a, b)` of guards: a four-eyes rule written
     `!same_principal(entity.submitted_by, principal.id)` also refuses a look-alike id.
-    Raises TypeError for anything but two strings.
+    None (null: an optional id not set) is no principal, the same as none. Raises
+    TypeError for anything but strings and None.
     """
-    if not isinstance(a, str) or not isinstance(b, str):
+    if not isinstance(a, str | None) or not isinstance(b, str | None):
         raise TypeError(f"same_principal() takes two strings, not {type(a).__name__} and {type(b).__name__}")
+    if a is None or b is None:
+        return False
     return a == b or skeleton(a) == skeleton(b)
 
 
