@@ -63,7 +63,7 @@ def case(kind: str) -> tuple[str, str]:
         ("", "the principal id is empty"),
         (" alice", "U+0020 SPACE at position 0"),
         ("alice bob", "U+0020 SPACE at position 5"),
-        ("alice\n", "U+000A"),
+        ("alice\n", "U+000A (a control character) at position 5"),
         ("al\u00adice", "U+00AD SOFT HYPHEN"),
         (ZERO_WIDTH, REASONS["zero-width"]),
         (BIDI, REASONS["bidi control"]),

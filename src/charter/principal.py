@@ -84,8 +84,12 @@ def check_scope(scope: object) -> str:
     return scope
 
 
+_CATEGORY_NAMES = {"Cc": "a control character", "Cs": "a surrogate", "Co": "a private-use character", "Cn": "unassigned"}
+
+
 def _describe(char: str) -> str:
-    return f"U+{ord(char):04X} {unicodedata.name(char, 'unnamed character')}"
+    name = unicodedata.name(char, "") or f"({_CATEGORY_NAMES.get(unicodedata.category(char), 'unnamed')})"
+    return f"U+{ord(char):04X} {name}"
 
 
 def check_principal_id(principal_id: object) -> str:
