@@ -84,7 +84,12 @@ def check_scope(scope: object) -> str:
     return scope
 
 
-_CATEGORY_NAMES = {"Cc": "a control character", "Cs": "a surrogate", "Co": "a private-use character", "Cn": "unassigned"}
+_CATEGORY_NAMES = {
+    "Cc": "a control character",
+    "Cs": "a surrogate",
+    "Co": "a private-use character",
+    "Cn": "unassigned",
+}
 
 
 def _describe(char: str) -> str:
