@@ -243,7 +243,7 @@ def test_check_warns_on_a_raw_principal_id_comparison_and_passes(write_contract:
     assert checked.returncode == 0, checked.stdout
     line = raw.splitlines().index("        when: entity.submitted_by != principal.id") + 1
     assert (
-        f"{file}:{line}:38: warning: guard 'four_eyes' compares principal.id with !=, which a look-alike id passes"
+        f"{file.relative_to(ROOT)}:{line}:38: warning: guard 'four_eyes' compares principal.id with !=, which a look-alike id passes"
         in checked.stdout
     )
     assert "write !same_principal(entity.submitted_by, principal.id)" in checked.stdout
