@@ -7,7 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit clean
 
+# PyICU (principal ids: Unicode TR39) builds from source against ICU: it needs libicu-dev,
+# pkg-config and a C++ compiler, installed with apt-get where they are missing.
 $(STAMP): pyproject.toml
+	pkg-config --exists icu-i18n && command -v c++ >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libicu-dev pkg-config g++; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

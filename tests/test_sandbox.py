@@ -412,7 +412,8 @@ def test_runs_in_parallel_threads_stay_apart(sandbox: Sandbox, orders: CompiledC
 
 
 def test_invalid_principal_is_a_usage_error(sandbox: Sandbox, orders: CompiledContract) -> None:
-    with pytest.raises(UsageError, match="principal id and scopes must be non-empty printable text"):
+    # Refused where the Principal is made (charter.principal), before the sandbox sees it.
+    with pytest.raises(UsageError, match=r"has U\+001F \(a control character\) at position 3"):
         sandbox.run(
             'conclude("x")',
             contract=orders,

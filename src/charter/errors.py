@@ -9,6 +9,7 @@
     │   │   ├── ChangeRefused       a breaking change without a major bump, or an unapproved relaxation
     │   │   └── UndecidedDraft      a draft whose `to_decide:` list still holds items
     │   ├── RunNotFound         no run in the audit log has that id
+    │   ├── InvalidPrincipal    a principal id or scope is not valid, or looks like a known principal
     │   ├── SchemaMismatch      a store is at another schema version (`charter db upgrade`)
     │   ├── MissingApiKey       the Runtime Agent needs ANTHROPIC_API_KEY (or a model given in code)
     │   └── ModelRequestsBlocked    real model requests are switched off (tests)
@@ -31,6 +32,7 @@ __all__ = [
     "CharterError",
     "ContractError",
     "ContractNotFound",
+    "InvalidPrincipal",
     "MissingApiKey",
     "ModelRequestsBlocked",
     "ModelUnavailable",
@@ -103,6 +105,11 @@ class UndecidedDraft(RegistryError):
     def __init__(self, message: str, items: Sequence[str]) -> None:
         self.items = tuple(items)
         super().__init__(message)
+
+
+class InvalidPrincipal(UsageError, ValueError):
+    """A principal id or scope is not valid (charter.principal says which are), or an id looks
+    like a known principal's. A ValueError too, so validators (pydantic, msgspec) report it."""
 
 
 class RunNotFound(UsageError):

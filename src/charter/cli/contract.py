@@ -36,6 +36,8 @@ def check(files: Annotated[list[Path], typer.Argument(help="Contract files to ch
             f"{checked.file}: ok ({compiled.name} {compiled.version}, sha256 {compiled.sha256[:12]})",
             "green",
         )
+        for warning in checked.warnings:  # risky but sound: said, and the check still passes
+            out.print(str(warning), markup=False, style="yellow")
         if checked.model.to_decide:
             say(
                 f"{checked.file}: a draft: {len(checked.model.to_decide)} item(s) under `to_decide:`; publish refuses "

@@ -39,8 +39,20 @@ EXIT_BACKEND_UNAVAILABLE = 4
 _STYLE = {"done": "green", "refused": "yellow", "failed": "red"}
 
 
-def principal_from(principal: str | None, scopes: list[str] | None) -> Principal:
-    return Principal(principal or getpass.getuser(), frozenset(scopes or ()))
+def principal_from(principal: str | None, scopes: list[str] | None, *, tokens: Path | None = None) -> Principal:
+    """The principal of --principal/--scope, checked before anything is written.
+
+    Raises InvalidPrincipal (a CharterError) for an id or scope that is not valid, or an id
+    that looks like (same TR39 skeleton), but is not, a principal of the token file
+    (`tokens`, default $CHARTER_HOME/tokens.yaml): the principals Charter knows by name.
+    """
+    from charter.principal import check_distinct
+    from charter.server import TokenStore
+
+    acting = Principal(principal if principal is not None else getpass.getuser(), frozenset(scopes or ()))
+    store = TokenStore(tokens)
+    check_distinct(acting.id, (e.principal for e in store.entries()), where=f"the token file {store.path}")
+    return acting
 
 
 def execute(
@@ -64,10 +76,11 @@ def execute(
     except (OSError, UnicodeDecodeError) as error:
         fail(f"cannot read the program {program}: {error}")
     try:
+        acting = principal_from(principal, scope)  # before the audit log is opened: a bad id writes nothing
         name, version = parse_ref(contract)
         compiled = Registry().get(name, version)
         runner = Runner(audit=AuditLog())
-        execution = runner.execute(text, contract=compiled, principal=principal_from(principal, scope))
+        execution = runner.execute(text, contract=compiled, principal=acting)
     except CharterError as error:
         fail(error)
     report(execution, as_json=as_json)

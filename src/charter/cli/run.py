@@ -50,12 +50,13 @@ def run(
     from charter.agent._recorded import recorded_model
 
     try:
+        acting = principal_from(principal, scope)  # before the audit log is opened: a bad id writes nothing
         settings = AgentSettings.from_env(
             model=model, max_tokens=max_tokens, timeout_s=timeout, max_retries=retries, repair_rounds=repair_rounds
         )
         agent_model = recorded_model(settings, replay) if replay else AnthropicModel(settings)
         charter = Charter(model=agent_model, settings=settings)
-        conclusion = charter.handle(intent, contract=contract, principal=principal_from(principal, scope))
+        conclusion = charter.handle(intent, contract=contract, principal=acting)
     except CharterError as error:
         fail(error)
     report(conclusion, as_json=as_json, attempts=conclusion.attempts)

@@ -113,10 +113,12 @@ def mcp(
 
     address = host_port(http) if http is not None else None  # a usage error before anything starts
     try:
+        # Over stdio, checked before the audit log is opened: a bad --principal writes nothing.
+        acting = principal_from(principal, scope, tokens=tokens) if address is None else None
         service = build_service(replay)
-        if address is None:
-            serve_stdio(service, principal_from(principal, scope))
-        else:
+        if acting is not None:
+            serve_stdio(service, acting)
+        elif address is not None:
             host, port = address
             note(f"Charter MCP on http://{host}:{port}/mcp")
             serve_http(service, TokenStore(tokens), host, port)
@@ -134,8 +136,8 @@ def token_add(
     """Create a token; it is printed once and only its sha256 is kept."""
     from charter.server import TokenStore
 
-    acting = principal_from(principal, scope)
     try:
+        acting = principal_from(principal, scope, tokens=tokens)
         token = TokenStore(tokens).add(name, acting.id, sorted(acting.scopes))
     except CharterError as error:
         fail(error)

@@ -46,6 +46,7 @@ class SourceMap:
     file: str
     values: dict[Path, Position] = field(default_factory=dict)
     keys: dict[Path, Position] = field(default_factory=dict)
+    styles: dict[Path, str | None] = field(default_factory=dict)  # each scalar's style: None plain, ' " | >
 
     def locate(self, path: Path, *, key: bool = False) -> Position:
         """The position of `path`, or of its nearest ancestor we know."""
@@ -57,6 +58,15 @@ class SourceMap:
             if prefix in self.values:
                 return self.values[prefix]
         return Position(1, 1)
+
+    def locate_within(self, path: Path, text: str, offset: int) -> Position:
+        """The position of character `offset` of the scalar `text` at `path`: exact for a plain or
+        quoted scalar on one line (quoted: without escapes), else where the scalar starts."""
+        start = self.locate(path)
+        style = self.styles.get(path, "|")
+        if style not in (None, "'", '"') or "\n" in text[:offset]:
+            return start
+        return Position(start.line, start.column + offset + (style is not None))
 
     def problem(self, path: Path, message: str, *, key: bool = False) -> Problem:
         pos = self.locate(path, key=key)
@@ -112,6 +122,8 @@ def load_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [build(item, (*path, index)) for index, item in enumerate(node.value)]
+        if isinstance(node, yaml.ScalarNode):
+            source_map.styles[path] = node.style
         return constructor.construct_object(node, deep=True)
 
     data = build(root, ())

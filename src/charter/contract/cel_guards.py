@@ -26,6 +26,7 @@ import cel
 from cel.stdlib import EXTENSIONS, add_stdlib_to_context
 
 from charter.contract.types import MONEY_SCALE, TypeRef
+from charter.principal import same_principal
 
 __all__ = [
     "GUARD_FUNCTIONS",
@@ -33,6 +34,7 @@ __all__ = [
     "activation",
     "check_guard",
     "names_used",
+    "raw_principal_comparisons",
     "suggest",
 ]
 
@@ -80,8 +82,13 @@ _CEL_FUNCTIONS = (
     "getSeconds",
     "getMilliseconds",
 )
+# Charter's own: same_principal(a, b) compares principal ids by their TR39 confusable
+# skeletons, so a four-eyes rule also refuses a look-alike id (charter.principal).
+_CHARTER_FUNCTIONS = {"same_principal": same_principal}
 GUARD_FUNCTIONS: tuple[str, ...] = tuple(
-    dict.fromkeys([*_CEL_FUNCTIONS, *(name for lib in GUARD_LIBRARIES for name in EXTENSIONS[lib])])
+    dict.fromkeys(
+        [*_CEL_FUNCTIONS, *(name for lib in GUARD_LIBRARIES for name in EXTENSIONS[lib]), *_CHARTER_FUNCTIONS]
+    )
 )
 # How the compiled program names a function: its last part ('math.greatest' -> 'greatest').
 _FUNCTION_TAILS = {name.rsplit(".", 1)[-1] for name in GUARD_FUNCTIONS}
@@ -100,6 +107,8 @@ def activation(variables: Mapping[str, Any]) -> cel.Context:
     """A CEL context holding `variables` and the functions guards may call."""
     context = cel.Context(variables=dict(variables))
     add_stdlib_to_context(context, list(GUARD_LIBRARIES))
+    for name, function in _CHARTER_FUNCTIONS.items():
+        context.add_function(name, function)
     return context
 
 
@@ -182,6 +191,43 @@ def check_guard(
         if failure is not None:
             return [failure]
     return _null_problems(program, variables, records, enums)
+
+
+# `principal.id == x`, `x != principal.id`: operands are chains, literals or calls we can name.
+_PRINCIPAL_ID = r"principal\s*\.\s*id(?![\w(])"
+_OPERAND = r"[A-Za-z_][\w.]*(?:\(\))?|\"[^\"]*\"|'[^']*'"
+_ID_COMPARISONS = (
+    re.compile(rf"(?<![\w.])(?P<id>{_PRINCIPAL_ID})\s*(?P<op>==|!=)\s*(?P<other>{_OPERAND})?"),
+    re.compile(rf"(?P<other>{_OPERAND})?\s*(?P<op>==|!=)\s*(?<![\w.])(?P<id>{_PRINCIPAL_ID})"),
+)
+
+
+def raw_principal_comparisons(source: str) -> list[tuple[int, str]]:
+    """Each `principal.id ==` / `!=` comparison in a guard, as (offset of `principal`, advice).
+
+    Equality of ids lets a look-alike through: a four-eyes rule `entity.submitted_by !=
+    principal.id` holds for 'alice' spelt with a Cyrillic U+0430 approving what 'alice' submitted. The advice
+    names same_principal(a, b), which compares TR39 confusable skeletons.
+    """
+    blanked = _STRING_LITERAL.sub(lambda m: "_" * len(m.group(0)), source)
+    found: dict[int, str] = {}
+    for pattern in _ID_COMPARISONS:
+        for match in pattern.finditer(blanked):
+            start = match.start("id")
+            if start in found:
+                continue
+            written = re.sub(r"\s+", "", match.group("id"))
+            op = match.group("op")
+            other = match.group("other")
+            if other is not None:
+                other = source[match.start("other") : match.end("other")]
+            operands = f"{other}, {written}" if other else f"..., {written}"
+            rewrite = f"same_principal({operands})" if op == "==" else f"!same_principal({operands})"
+            found[start] = (
+                f"compares {written} with {op}, which a look-alike id passes (a Cyrillic 'а' for 'a'); "
+                f"write {rewrite}, which compares confusable skeletons (Unicode TR39)"
+            )
+    return sorted(found.items())
 
 
 def _written_function(blanked: str, name: str) -> str:

@@ -28,11 +28,13 @@ from charter.contract.cel_guards import (
     PRINCIPAL_FIELDS,
     check_guard,
     names_used,
+    raw_principal_comparisons,
     suggest,
 )
 from charter.contract.model import Contract, Entity, HttpEndpoint, Operation
 from charter.contract.types import MAX_ARGUMENT_DEPTH, PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.errors import ContractError, Problem
+from charter.principal import is_scope
 
 __all__ = [
     "RESERVED_NAMES",
@@ -53,7 +55,6 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _FIELD = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _BASE_URL = re.compile(r"https?://[^\s?#]+\Z")
-_SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)*\Z")
 # Names a program already uses for something else: the runtime's own functions and types.
 _RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime", "Literal"}
 RESERVED_NAMES = frozenset(_RESERVED)
@@ -80,6 +81,8 @@ class CheckedContract:
     returns: Mapping[str, TypeRef | None]
     # Each Python binding module as found (file and sha256); empty when bindings were not resolved.
     modules: Mapping[str, BoundModule] = field(default_factory=dict)
+    # Sound but risky, e.g. a guard comparing principal.id with == (`charter contract check` prints them).
+    warnings: tuple[Problem, ...] = ()
 
     @property
     def name(self) -> str:
@@ -93,11 +96,6 @@ class CheckedContract:
 def path_placeholders(path: str) -> list[str]:
     """The {param} placeholders of an HTTP path template, in order: /orders/{id}/cancel -> ['id']."""
     return _PLACEHOLDER.findall(path)
-
-
-def is_scope(text: str) -> bool:
-    """Whether `text` is written as a scope must be: lowercase, colon-separated, e.g. 'orders:write'."""
-    return bool(_SCOPE.match(text))
 
 
 def state_enum_name(entity: str, lifecycle_field: str) -> str:
@@ -243,6 +241,7 @@ class _Checker:
     binding_search: list[Path] | None
     authoring: bool = True  # apply the rules a new version must meet (see check_contract_data)
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
     named: dict[str, Literal["enum", "record"]] = field(default_factory=dict)
     enums: dict[str, tuple[str, ...]] = field(default_factory=dict)
     records: dict[str, dict[str, TypeRef]] = field(default_factory=dict)
@@ -294,6 +293,7 @@ class _Checker:
             params=MappingProxyType({k: MappingProxyType(v) for k, v in self.params.items()}),
             returns=MappingProxyType(self.returns),
             modules=MappingProxyType({k: v for k, v in sorted(self.modules.items()) if isinstance(v, BoundModule)}),
+            warnings=tuple(_sorted(self.warnings)),
         )
 
     # names and types
@@ -667,6 +667,11 @@ class _Checker:
                         "(it needs `entity:` and `key:`), so this guard may use params, principal"
                     )
                 self.fail((*gpath, "when"), f"guard '{guard.id}': {message}")
+            for offset, advice in raw_principal_comparisons(guard.when):
+                pos = self.source.locate_within((*gpath, "when"), guard.when, offset)
+                self.warnings.append(
+                    Problem(self.source.file, pos.line, pos.column, f"warning: guard '{guard.id}' {advice}")
+                )
 
     def _check_binding(self, name: str, op: Operation) -> None:
         default = self.model.binding

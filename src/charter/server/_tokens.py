@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import sys
 import threading
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from charter.errors import UsageError
-from charter.principal import Principal
+from charter.errors import InvalidPrincipal, UsageError
+from charter.principal import Principal, check_distinct, check_principal_id, check_scope
 from charter.registry import charter_home
 
 __all__ = ["TokenEntry", "TokenStore"]
@@ -34,6 +35,17 @@ class TokenEntry(BaseModel):
     principal: str = Field(min_length=1, description="Whom runs made with the token act for.")
     scopes: list[str] = Field(default_factory=list)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the token; the token itself is not kept.")
+
+    # A token acts only for a valid principal with valid scopes (charter.principal): one
+    # that is not is refused when the file is read, before any request is served with it.
+    _principal = field_validator("principal")(check_principal_id)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, scopes: list[str]) -> list[str]:
+        for scope in scopes:
+            check_scope(scope)
+        return scopes
 
 
 class _TokenFile(BaseModel):
@@ -66,6 +78,8 @@ class TokenStore:
             data = self._read()
             if any(e.name == name for e in data.tokens):
                 raise UsageError(f"{self.path}: a token named {name!r} exists; revoke it first or pick another name")
+            Principal(principal, frozenset(scopes))  # raises InvalidPrincipal for a bad id or scope
+            check_distinct(principal, (e.principal for e in data.tokens), where=f"the token file {self.path}")
             entry = TokenEntry(name=name, principal=principal, scopes=sorted(set(scopes)), sha256=_digest(token))
             self._write(_TokenFile(tokens=[*data.tokens, entry]))
         return token
@@ -95,7 +109,13 @@ class TokenStore:
         except FileNotFoundError:
             seen = None
         if seen != self._loaded_at:
-            self._by_hash = {e.sha256: e for e in self._read().tokens}
+            try:
+                self._by_hash = {e.sha256: e for e in self._read().tokens}
+            except UsageError as error:
+                # Changed into a file that is not valid (a bad principal, say): fail closed, every
+                # token is refused (401) until the file is fixed, and no request acts for anyone.
+                print(f"charter: {error}; every token is refused until the file is fixed", file=sys.stderr)
+                self._by_hash = {}
             self._loaded_at = seen
 
     def _read(self) -> _TokenFile:
@@ -112,7 +132,7 @@ class TokenStore:
                     f"{TOKEN_FILE_VERSION}, the newest this release of Charter reads: a later release wrote it; "
                     "use that release or a newer one (`pip install --upgrade charter`)"
                 )
-            return _TokenFile.model_validate(data)
+            loaded = _TokenFile.model_validate(data)
         except yaml.YAMLError as error:
             raise UsageError(f"{self.path}: not valid YAML: {error}") from None
         except ValidationError as error:
@@ -122,6 +142,13 @@ class TokenStore:
                 f"{self.path}: {where}: {first['msg']} (each token is name, principal, scopes, sha256; "
                 "`charter token add` writes them)"
             ) from None
+        # No two principals of one file look alike: a token for 'alice' in Cyrillic letters beside 'alice' is refused.
+        for index, entry in enumerate(loaded.tokens):
+            try:
+                check_distinct(entry.principal, (e.principal for e in loaded.tokens[:index]), where="the file")
+            except InvalidPrincipal as error:
+                raise UsageError(f"{self.path}: tokens.{index}.principal: {error}") from None
+        return loaded
 
     def _write(self, data: _TokenFile) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

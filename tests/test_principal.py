@@ -1,0 +1,262 @@
+"""Principal ids and scopes are checked before anything is written, at every entry point;
+guards compare principals by their confusable skeletons (Unicode TR39)."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from charter.errors import InvalidPrincipal, UsageError
+from charter.principal import Principal, same_principal, skeleton
+from charter.runner import Runner
+from charter.server import TokenStore
+from tests.conftest import ROOT, Governed, WriteContract, charter, compiled
+from tests.test_server import Api, api  # noqa: F401  (the real HTTP server fixture)
+
+ZERO_WIDTH = "alice\u200b"  # U+200B ZERO WIDTH SPACE
+BIDI = "al\u202eecila"  # U+202E RIGHT-TO-LEFT OVERRIDE
+MIXED = "\u0430lice"  # a Cyrillic U+0430, then Latin: mixed-script
+LOOK_ALIKE = "\u0455\u0430\u0455\u04bb\u0430"  # 'sasha' in Cyrillic letters: single-script, yet it reads 'sasha'
+INVALID = {"zero-width": ZERO_WIDTH, "bidi control": BIDI, "mixed-script": MIXED}
+REASONS = {
+    "zero-width": "U+200B ZERO WIDTH SPACE at position 5",
+    "bidi control": "U+202E RIGHT-TO-LEFT OVERRIDE at position 2",
+    "mixed-script": "mixes scripts (Unicode TR39)",
+}
+REFUSED = [*INVALID, "look-alike"]
+
+
+def receipts(home: Path) -> int:
+    """Receipts in the audit log (0 when it was never created)."""
+    path = home / "audit.db"
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM receipts").fetchone()[0])
+
+
+def known_sasha(home: Path) -> bytes:
+    """A token file whose principal is 'sasha'; returns its bytes."""
+    added = charter("token", "add", "sasha-token", "-p", "sasha", "-s", "orders:read")
+    assert added.returncode == 0, added.stderr
+    return (home / "tokens.yaml").read_bytes()
+
+
+def case(kind: str) -> tuple[str, str]:
+    """(principal id, what the refusal must say) for one kind of bad id."""
+    if kind == "look-alike":
+        return LOOK_ALIKE, "looks like the principal 'sasha' of the token file"
+    return INVALID[kind], REASONS[kind]
+
+
+# -- the Python API: a Principal that is not valid cannot be made ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("principal_id", "reason"),
+    [
+        ("", "the principal id is empty"),
+        (" alice", "U+0020 SPACE at position 0"),
+        ("alice bob", "U+0020 SPACE at position 5"),
+        ("alice\n", "U+000A (a control character) at position 5"),
+        ("al\u00adice", "U+00AD SOFT HYPHEN"),
+        (ZERO_WIDTH, REASONS["zero-width"]),
+        (BIDI, REASONS["bidi control"]),
+        ("alice\u2066", "U+2066 LEFT-TO-RIGHT ISOLATE"),
+        (MIXED, REASONS["mixed-script"]),
+        ("pay\u03c1al", "mixes scripts"),  # Greek rho
+        ("a\u0301lice", "not in Unicode normal form NFC"),
+        ("x" * 300, "longer than 256 characters"),
+    ],
+)
+def test_a_principal_that_is_not_valid_cannot_be_made(principal_id: str, reason: str) -> None:
+    with pytest.raises(InvalidPrincipal, match=None) as raised:
+        Principal(principal_id)
+    assert reason in str(raised.value)
+    assert isinstance(raised.value, ValueError)
+
+
+@pytest.mark.parametrize("scope", ["Orders:read", "orders read", "orders:read\u200b", "", ":read"])
+def test_a_scope_that_is_not_valid_cannot_be_held(scope: str) -> None:
+    with pytest.raises(InvalidPrincipal, match="is not valid: a scope is lowercase ASCII words joined by ':'"):
+        Principal("alice", frozenset({"orders:read", scope}))
+
+
+@pytest.mark.parametrize("principal_id", ["alice", "ops.bot-1", "alice@example.com", "Ελένη", "田中さん", "Ана"])
+def test_ordinary_ids_in_one_script_are_principals(principal_id: str) -> None:
+    assert Principal(principal_id, frozenset({"orders:read", "audit:read"})).id == principal_id
+
+
+def test_look_alikes_share_a_skeleton_and_others_do_not() -> None:
+    assert skeleton(LOOK_ALIKE) == skeleton("sasha") == skeleton("SASHA")
+    assert same_principal("sasha", LOOK_ALIKE)
+    assert same_principal("alice", "alice")
+    assert not same_principal("alice", "alicia")
+    assert not same_principal("lee", "kim")
+    assert not same_principal(None, "sasha")  # an optional id not set is nobody
+    with pytest.raises(TypeError):
+        same_principal("alice", 1)  # type: ignore[arg-type]
+
+
+# -- the command line: token add, exec, run, mcp refuse before anything is written ------------------
+
+
+def test_token_add_refuses_bad_and_look_alike_ids_and_scopes_and_the_file_is_unchanged(charter_home: Path) -> None:
+    before = known_sasha(charter_home)
+    attempts = [(["-p", principal_id, "-s", "orders:read"], reason) for principal_id, reason in map(case, REFUSED)]
+    attempts += [
+        (["-p", "bob", "-s", "Orders:Read"], "scope 'Orders:Read' is not valid"),
+        (["-p", "", "-s", "orders:read"], "the principal id is empty"),
+    ]
+    for args, reason in attempts:
+        added = charter("token", "add", "other", *args)
+        assert (added.returncode, reason in added.stderr, added.stdout) == (1, True, ""), added.stderr
+    assert (charter_home / "tokens.yaml").read_bytes() == before
+
+
+@pytest.fixture
+def published(charter_home: Path) -> Path:
+    result = charter("contract", "publish", "contracts/orders.yaml")
+    assert result.returncode == 0, result.stderr
+    return charter_home
+
+
+PROGRAM = 'conclude("ok")'
+
+
+@pytest.mark.parametrize("command", ["exec", "run", "mcp"])
+def test_exec_run_and_mcp_stdio_refuse_bad_and_look_alike_ids_with_nothing_written(
+    published: Path, tmp_path: Path, command: str
+) -> None:
+    tokens = known_sasha(published)
+    program = tmp_path / "program.py"
+    program.write_text(PROGRAM, encoding="utf-8")
+    args = {
+        "exec": ["exec", str(program), "-c", "orders"],
+        "run": ["run", "What is the status of order 101?", "-c", "orders", "--replay", str(tmp_path / "none.json")],
+        "mcp": ["mcp"],
+    }[command]
+    attempts = [(["-p", principal_id, "-s", "orders:read"], reason) for principal_id, reason in map(case, REFUSED)]
+    attempts.append((["-p", "ada", "-s", "orders:read\u200b"], "is not valid: a scope is lowercase ASCII words"))
+    for who, reason in attempts:
+        result = charter(*args, *who)
+        assert (result.returncode, reason in result.stderr) == (1, True), (who, result.stdout, result.stderr)
+    assert receipts(published) == 0
+    assert (published / "tokens.yaml").read_bytes() == tokens
+    if command == "exec":  # the same command with a valid id runs, and is recorded
+        result = charter(*args, "-p", "ada", "-s", "orders:read")
+        assert result.returncode == 0, result.stderr
+        assert receipts(published) > 0
+
+
+# -- HTTP: the token file's principals are checked when it is loaded --------------------------------
+
+
+def test_a_token_file_with_a_bad_or_look_alike_principal_is_refused_when_loaded(charter_home: Path) -> None:
+    tokens = charter_home / "tokens.yaml"
+    before = known_sasha(charter_home)
+    for kind in REFUSED:
+        data = yaml.safe_load(before)
+        principal_id, _ = case(kind)
+        data["tokens"].append({**data["tokens"][0], "name": "other", "principal": principal_id})
+        tokens.write_text(yaml.safe_dump(data), encoding="utf-8")
+        with pytest.raises(UsageError) as raised:
+            TokenStore(tokens).entries()
+        expected = "looks like the principal 'sasha' of the file" if kind == "look-alike" else REASONS[kind]
+        assert f"{tokens}: tokens.1" in str(raised.value)
+        assert expected in str(raised.value)
+    served = charter("serve", "127.0.0.1:0")  # the last file: a look-alike beside 'sasha'
+    assert served.returncode == 1
+    assert "looks like the principal 'sasha' of the file" in served.stderr
+    assert receipts(charter_home) == 0
+
+
+def test_a_running_server_refuses_every_token_once_the_file_holds_a_bad_principal(
+    api: Api,  # noqa: F811
+    charter_home: Path,
+) -> None:
+    tokens = charter_home / "tokens.yaml"
+    good = tokens.read_text(encoding="utf-8")
+    for kind, principal_id in INVALID.items():
+        data = yaml.safe_load(good)
+        for entry in data["tokens"]:
+            if entry["name"] == "ada":
+                entry["principal"] = principal_id
+        tokens.write_text(yaml.safe_dump(data), encoding="utf-8")
+        before = receipts(charter_home)
+        with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {api.tokens['ada']}"}) as client:
+            response = client.post("/v1/programs", json={"contract": "orders", "program": PROGRAM})
+        assert response.status_code == 401, (kind, response.text)
+        assert receipts(charter_home) == before
+
+
+# -- the four-eyes guard, with the real sandbox and gate ---------------------------------------------
+
+
+def test_a_look_alike_cannot_approve_what_sasha_submitted(governed: Governed) -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from examples.invoices import backend as invoices
+
+    invoices.seed()
+    runner = Runner(audit=governed.log, sandbox=governed.runner.sandbox)
+    contract = compiled("invoices")
+    scopes = frozenset({"invoices:read", "invoices:write", "invoices:approve"})
+    submitted = runner.execute(
+        'i = invoices.submit_invoice(number="INV-1001")\nconclude(i.submitted_by)',
+        contract=contract,
+        principal=Principal("sasha", scopes),
+    )
+    assert submitted.answer == "sasha"
+    approve = 'invoices.approve_invoice(number="INV-1001")\nconclude("approved")'
+    twin = runner.execute(approve, contract=contract, principal=Principal(LOOK_ALIKE, scopes))
+    assert twin.status == "refused", twin.outcome
+    assert twin.reason is not None
+    assert "The person who submitted an invoice may not approve it. (guard four_eyes)" in twin.reason
+    assert invoices.get_invoice(number="INV-1001")["state"] == "submitted"
+    other = runner.execute(approve, contract=contract, principal=Principal("kim", scopes))
+    assert other.status == "done", other.outcome
+    assert invoices.get_invoice(number="INV-1001")["approved_by"] == "kim"
+
+
+# -- the checker: same_principal in guards, a warning on raw principal.id comparisons ----------------
+
+
+def test_check_warns_on_a_raw_principal_id_comparison_and_passes(write_contract: WriteContract, tmp_path: Path) -> None:
+    source = (ROOT / "contracts" / "invoices.yaml").read_text(encoding="utf-8")
+    raw = source.replace(
+        "when: '!same_principal(entity.submitted_by, principal.id)'", "when: entity.submitted_by != principal.id"
+    )
+    assert raw != source
+    file = ROOT / ".charter" / "test-raw-four-eyes.yaml"  # below the checkout so its binding resolves
+    file.parent.mkdir(exist_ok=True)
+    file.write_text(raw, encoding="utf-8")
+    try:
+        checked = charter("contract", "check", str(file))
+    finally:
+        file.unlink()
+    assert checked.returncode == 0, checked.stdout
+    line = raw.splitlines().index("        when: entity.submitted_by != principal.id") + 1
+    assert (
+        f"{file.relative_to(ROOT)}:{line}:38: warning: guard 'four_eyes' compares principal.id with !=, which a look-alike id passes"
+        in checked.stdout
+    )
+    assert "write !same_principal(entity.submitted_by, principal.id)" in checked.stdout
+    clean = charter("contract", "check", "contracts/invoices.yaml")
+    assert clean.returncode == 0
+    assert "warning" not in clean.stdout
+
+
+def test_same_principal_is_type_checked_in_guards(write_contract: WriteContract) -> None:
+    from charter.contract.cel_guards import check_guard
+    from charter.contract.types import TypeRef
+
+    variables = {"params": {"owner": TypeRef("str"), "n": TypeRef("int")}, "principal": {"id": TypeRef("str")}}
+    assert check_guard("!same_principal(params.owner, principal.id)", variables, {}, {}) == []
+    [problem] = check_guard("same_principal(params.n, principal.id)", variables, {}, {})
+    assert "same_principal() takes two strings" in problem
