@@ -12,7 +12,12 @@ import decimal
 import difflib
 import json
 
-__all__ = ["Contract", "ContractViolation", "OperationError", "Record", "build", "encode_value"]
+__all__ = ["FIELD_GETTERS", "Contract", "ContractViolation", "OperationError", "Record", "build", "encode_value"]
+
+# record type -> ((field, getter), ...): the slot descriptors as the runtime made them. A
+# program can replace a record class's attributes; these stay what they were, so copying
+# a record (a conclusion's data) never runs a property or method of the program's.
+FIELD_GETTERS = {}
 
 
 class ContractViolation(Exception):
@@ -112,7 +117,9 @@ class _Types:
         self.record_fields = surface["records"]
         self.records = {}
         for name, fields in surface["records"].items():
-            self.records[name] = type(name, (Record,), {"__slots__": tuple(fields), "__record_fields__": tuple(fields)})
+            record_type = type(name, (Record,), {"__slots__": tuple(fields), "__record_fields__": tuple(fields)})
+            self.records[name] = record_type
+            FIELD_GETTERS[record_type] = tuple((f, record_type.__dict__[f].__get__) for f in fields)
         self._record_checks = {}
         self._record_decoders = {}
 
