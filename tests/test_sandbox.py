@@ -1030,8 +1030,9 @@ def test_a_guard_that_fails_to_evaluate_is_named_in_the_denial(
 #                             _RUN.status) and calls after concluding through the proxy, the raw
 #                             host import, and a second $conclude: each refused by the host, DENY
 #                             CONCLUDED; the first conclusion stands.
-#   queued-at-wall-time       a call whose entity read is still in the backend when the wall time
-#                             ends: TimedOut(wall); the write is never invoked; no ALLOW recorded.
+#   in-the-gate-at-wall-time  a call whose entity read is still in the backend when the wall time
+#                             ends, and returns before the seal: TimedOut(wall); DENY RUN_ENDED; the
+#                             write is never invoked. (A call still queued for a worker is cancelled.)
 #   allowed-not-started       an allowed call whose action had not started when the run ended:
 #                             Outcome failed NOT_PERFORMED before the seal; the write never invoked;
 #                             nothing in doubt.
@@ -1115,7 +1116,9 @@ def test_a_rewritten_guest_runtime_is_refused_by_the_host_after_conclude(governe
 
 
 class _GatedReads:
-    """The example backend, with reads of one order held until `release` is set."""
+    """The example backend, with the answer to reads of order 101 held until `release` is set.
+
+    It does not look at the run's deadline (the HTTP binding does): what holds is the gate's."""
 
     blocking = True
 
@@ -1123,25 +1126,44 @@ class _GatedReads:
         self.inner = inner
         self.release = release
         self.invoked: list[tuple[str, float]] = []
-        self.done = threading.Event()
 
     def invoke(self, operation: str, arguments: Any, context: Any = None) -> Any:
         self.invoked.append((operation, time.monotonic()))
+        result = self.inner.invoke(operation, arguments, context)
         if operation == "get_order" and arguments.get("id") == 101:
-            self.release.wait(timeout=30)
-            self.done.set()
-        return self.inner.invoke(operation, arguments, context)
+            self.release.wait(timeout=30)  # read in time, answered late
+        return result
 
 
 def _slow_runner(governed: Governed, backend: Any) -> Runner:
     return Runner(audit=governed.log, sandbox=governed.runner.sandbox, backend_for=lambda _: backend)
 
 
-def test_a_call_still_in_the_gate_when_wall_time_ends_never_acts(governed: Governed) -> None:
+def test_a_call_still_in_the_gate_when_wall_time_ends_never_acts(
+    governed: Governed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.audit.store import RunRecorder
     from charter.backends import ContractBackend
+    from charter.gate import GateSession
 
     before = order_now(101)
-    release = threading.Event()
+    release, finished = threading.Event(), threading.Event()
+    original_seal, original_call = RunRecorder.seal, GateSession.call
+
+    def seal(self: RunRecorder, sealed: Any) -> Any:
+        # The run's wall time has ended; before the seal, the gate's entity read returns.
+        release.set()
+        assert finished.wait(timeout=10)
+        return original_seal(self, sealed)
+
+    def call(self: GateSession, request: CallRequest) -> Any:
+        try:
+            return original_call(self, request)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(RunRecorder, "seal", seal)
+    monkeypatch.setattr(GateSession, "call", call)
     backend = _GatedReads(ContractBackend(governed.contract), release)
     limits = SandboxLimits.from_contract(governed.contract.gate.limits).tightened(wall_seconds=0.5)
     execution = _slow_runner(governed, backend).execute(
@@ -1150,13 +1172,15 @@ def test_a_call_still_in_the_gate_when_wall_time_ends_never_acts(governed: Gover
         principal=Principal("ada", ALL_ORDER_SCOPES),
         limits=limits,
     )
-    release.set()  # the entity read returns only now, after the seal
-    assert backend.done.wait(timeout=10)
-    time.sleep(0.2)  # let the worker finish deciding
     assert isinstance(execution.outcome, TimedOut), execution.outcome
     assert execution.outcome.limit == "wall"
     assert [op for op, _ in backend.invoked] == ["get_order"]  # cancel_order never invoked
-    assert decisions_of(governed, execution.run_id) == []  # nothing was decided before the seal
+    assert decisions_of(governed, execution.run_id) == [(1, "cancel_order", "DENY", "RUN_ENDED")]
+    [denied] = [r for r in governed.log.run(execution.run_id).receipts if isinstance(r, Decision)]
+    assert denied.message == (
+        "cancel_order refused: the run had ended (timeout: The run exceeded its wall time (host calls included) "
+        "limit of 0.5 s.); nothing acts after the run's end."
+    )
     assert execution.in_doubt == ()
     assert order_now(101) == before
     assert verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id).ok
