@@ -1315,6 +1315,27 @@ TRAPS: list[tuple[str, str, Outcome]] = [
         ),
     ),
     (
+        "raw-conclusion-nested-too-deep",
+        RAW
+        + 'deep = \'{"status":"completed","answer":"a","data":\' + \'[\' * 400000 + \']\' * 400000 + \'}\'\n'
+        + "try:\n    host.call('$conclude', deep)\nexcept Exception as error:\n    conclude('refused', data=error.value)",
+        Completed(
+            answer="refused",
+            data='{"error":"operation_error","code":"MALFORMED_CONCLUSION","message":"the conclusion is unreadable: '
+            'maximum recursion depth exceeded while deserializing an object","boundary":null}',
+        ),
+    ),
+    (
+        "rewritten-runtime-returns-a-deep-outcome",
+        GUEST
+        + "class J:\n    @staticmethod\n    def dumps(*args, **kwargs):\n"
+        + '        return \'{"status":"completed","answer":"a","output":"","data":\' + \'[\' * 400000 + \']\' * 400000 + \'}\'\n'
+        + "g['json'] = J\n",
+        Trapped(
+            reason="the guest returned an unreadable outcome: maximum recursion depth exceeded while deserializing an object"
+        ),
+    ),
+    (
         "real-datetime-now",
         "import datetime\ndatetime.datetime.__mro__[1].now()",
         Trapped(

@@ -183,7 +183,7 @@ class _RunState:
             return False, _wire.encode_error("operation_error", "CONCLUSION_TOO_LARGE", message)
         try:
             self.conclusion = _decode_conclusion(text)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, RecursionError) as error:
             message = f"the conclusion is unreadable: {error}"
             return False, _wire.encode_error("operation_error", "MALFORMED_CONCLUSION", message)
         return True, ""
@@ -465,7 +465,7 @@ def _classify(raw: str | None, trap: str | None, state: _RunState, ended: float)
         return OutputLimitExceeded(limit_bytes=limits.max_output_bytes)
     try:
         outcome: _GuestOutcome = _decode_outcome(raw)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, RecursionError) as error:
         return Trapped(reason=f"the guest returned an unreadable outcome: {error}")
     if isinstance(outcome, _GuestMemoryError):
         return MemoryExceeded(limit_bytes=limits.memory_bytes, output=outcome.output)
@@ -479,7 +479,7 @@ def _concluded(conclusion: Completed | Refused, raw: str | None, limits: Sandbox
     output is the final one when the guest returned it, else the output at the conclusion."""
     output = conclusion.output
     if raw is not None and len(raw) <= limits.max_output_bytes + limits.max_conclusion_bytes:
-        with contextlib.suppress(msgspec.DecodeError):
+        with contextlib.suppress(msgspec.DecodeError, RecursionError):
             output = _decode_outcome(raw).output
     data = output.encode("utf-8")
     if len(data) > limits.max_output_bytes:
