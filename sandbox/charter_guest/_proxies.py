@@ -12,7 +12,7 @@ import decimal
 import difflib
 import json
 
-__all__ = ["FIELD_GETTERS", "Contract", "ContractViolation", "OperationError", "Record", "build", "encode_value"]
+__all__ = ["FIELD_GETTERS", "Contract", "ContractViolation", "OperationError", "Record", "build"]
 
 # record type -> ((field, getter), ...): the slot descriptors as the runtime made them. A
 # program can replace a record class's attributes; these stay what they were, so copying
@@ -75,19 +75,6 @@ class Record:
 
 def _as_dict(record):
     return {name: object.__getattribute__(record, name) for name in type(record).__record_fields__}
-
-
-def encode_value(value):
-    """`default=` for json.dumps: how contract values travel as JSON."""
-    if isinstance(value, Record):
-        return _as_dict(value)
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, datetime.datetime | datetime.date):
-        return value.isoformat()
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} values cannot be sent or concluded; use str, int, Decimal, lists or dicts")
 
 
 class _Invalid(Exception):
