@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from charter.audit import AuditLog, Decision
+from charter.audit import AuditLog, Decision, verify_log
+from charter.audit import Outcome as AuditOutcome
 from charter.backends import InMemoryBackend
 from charter.compiler import compile_contract
 from charter.compiler.artifact import CompiledContract
@@ -41,7 +43,7 @@ from charter.sandbox import (
     TimedOut,
     Trapped,
 )
-from tests.conftest import ROOT, charter
+from tests.conftest import ALL_ORDER_SCOPES, ROOT, Governed, charter
 
 ORDER = {
     "id": 123,
@@ -532,7 +534,7 @@ CORPUS: list[tuple[str, str, dict[str, Any], Any]] = [
         {},
         ProgramError(
             error_type="PermissionError",
-            error_message="open is not available in a Charter program: it has no host access",
+            error_message="os.open is not available in a Charter program: it has no host access",
         ),
     ),
     (
@@ -545,19 +547,25 @@ CORPUS: list[tuple[str, str, dict[str, Any], Any]] = [
         "importlib-via-subclasses",
         OS + 'os["sys"].modules["importlib"].import_module("socket")',
         {},
-        Trapped(reason="wasm trap: wasm `unreachable` instruction executed"),
+        ProgramError(error_type="ModuleNotFoundError", error_message="No module named 'socket'"),
     ),
     (
         "forged-outcome",
         'conclude.__globals__["_RUN"].status = "refused"\nconclude("x")',
         {},
-        Trapped(reason="the guest returned an unreadable outcome: Expected `str`, got `null` - at `$.reason`"),
+        ProgramError(
+            error_type="RuntimeError",
+            error_message="the program already concluded; conclude() or refuse() ends it once",
+        ),
     ),
     (
         "exit-via-subclasses",
         OS + 'os["_exit"](0)',
         {},
-        Trapped(reason="wasm trap: wasm `unreachable` instruction executed"),
+        ProgramError(
+            error_type="PermissionError",
+            error_message="os._exit is not available in a Charter program: it has no host access",
+        ),
     ),
     (
         "raw-undeclared-operation",
@@ -1041,3 +1049,349 @@ def test_a_guard_that_fails_to_evaluate_is_named_in_the_denial(
     assert execution.outcome.answer.startswith(
         "renew_loan refused: guard fee_given could not be evaluated (TypeError: No such overload"
     )
+
+
+# --- nothing acts after the conclusion or after the run's end (issue 14, fault 6) ---------------
+#
+# Each escape attempt, with its exact expected outcome:
+#   decimal-subclass-str      a Decimal subclass in conclude(data=...) whose __str__ cancels an order:
+#                             the data is copied without running __str__ ("0"); the same __str__
+#                             called after the conclusion is refused: DENY CONCLUDED, order unchanged,
+#                             the run done with its conclusion.
+#   rewritten-runtime         the program switches the guest's own checks off (SESSION.concluded,
+#                             _RUN.status) and calls after concluding through the proxy, the raw
+#                             host import, and a second $conclude: each refused by the host, DENY
+#                             CONCLUDED; the first conclusion stands.
+#   in-the-gate-at-wall-time  a call whose entity read is still in the backend when the wall time
+#                             ends, and returns before the seal: TimedOut(wall); DENY RUN_ENDED; the
+#                             write is never invoked. (A call still queued for a worker is cancelled.)
+#   allowed-not-started       an allowed call whose action had not started when the run ended:
+#                             Outcome failed NOT_PERFORMED before the seal; the write never invoked;
+#                             nothing in doubt.
+#   TRAPS (below)             each a ProgramError naming what was attempted, or a Trapped saying
+#                             what most likely happened.
+
+
+def order_now(order_id: int) -> dict[str, Any]:
+    from examples.orders import backend
+
+    return backend.get_order(id=order_id)
+
+
+def decisions_of(governed: Governed, run_id: str) -> list[tuple[int, str, str, str]]:
+    return [
+        (r.call, r.operation, r.decision, r.code) for r in governed.log.run(run_id).receipts if isinstance(r, Decision)
+    ]
+
+
+def test_a_decimal_subclass_cannot_act_after_conclude(governed: Governed) -> None:
+    before = order_now(101)
+    program = RAW + (
+        "from decimal import Decimal\n"
+        "class Evil(Decimal):\n"
+        "    def __str__(self):\n"
+        '        host.call(\'cancel_order\', \'{"id": 101, "reason": "customer asked"}\')\n'
+        "        return '999'\n"
+        "evil = Evil('0')\n"
+        "try:\n"
+        "    conclude('nothing done', data={'refund': evil, 'items': [evil]})\n"
+        "finally:\n"
+        "    str(evil)  # after the conclusion: the host refuses it\n"
+    )
+    execution = governed.run(program)
+    assert (execution.status, execution.answer, execution.data) == (
+        "done",
+        "nothing done",
+        {"refund": "0", "items": ["0"]},  # copied as the Decimal it is; Evil.__str__ never ran for it
+    )
+    assert decisions_of(governed, execution.run_id) == [(1, "cancel_order", "DENY", "CONCLUDED")]
+    [denied] = [r for r in governed.log.run(execution.run_id).receipts if isinstance(r, Decision)]
+    assert "the program already concluded with conclude()" in denied.message
+    assert order_now(101) == before
+    assert execution.in_doubt == ()
+
+
+def test_a_rewritten_guest_runtime_is_refused_by_the_host_after_conclude(governed: Governed) -> None:
+    before = order_now(101)
+    program = RAW + (
+        "g = conclude.__globals__\n"
+        "try:\n"
+        "    conclude('nothing done')\n"
+        "except BaseException:\n"
+        "    pass\n"
+        "g['_proxies'].SESSION.concluded = False  # the guest's own check, switched off\n"
+        "g['_RUN'].status = None  # the runtime forgets it concluded\n"
+        "attempts = [\n"
+        "    lambda: orders.cancel_order(id=101, reason='customer asked'),\n"
+        '    lambda: host.call(\'cancel_order\', \'{"id": 101, "reason": "customer asked"}\'),\n'
+        '    lambda: host.call(\'$conclude\', \'{"status":"completed","answer":"forged","data":null,"output":""}\'),\n'
+        "    lambda: conclude('second'),\n"
+        "]\n"
+        "for attempt in attempts:\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except BaseException as error:\n"
+        "        print(type(error).__name__)\n"
+    )
+    execution = governed.run(program)
+    assert (execution.status, execution.answer) == ("done", "nothing done")
+    assert isinstance(execution.outcome, Completed)
+    assert execution.outcome.output == "ContractViolation\nErr\nErr\nValueError\n"
+    assert decisions_of(governed, execution.run_id) == [
+        (1, "cancel_order", "DENY", "CONCLUDED"),
+        (2, "cancel_order", "DENY", "CONCLUDED"),
+        (3, "$conclude", "DENY", "CONCLUDED"),
+        (4, "$conclude", "DENY", "CONCLUDED"),
+    ]
+    assert order_now(101) == before
+    assert verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id).ok
+
+
+class _GatedReads:
+    """The example backend, with the answer to reads of order 101 held until `release` is set.
+
+    It does not look at the run's deadline (the HTTP binding does): what holds is the gate's."""
+
+    blocking = True
+
+    def __init__(self, inner: Any, release: threading.Event) -> None:
+        self.inner = inner
+        self.release = release
+        self.invoked: list[tuple[str, float]] = []
+
+    def invoke(self, operation: str, arguments: Any, context: Any = None) -> Any:
+        self.invoked.append((operation, time.monotonic()))
+        result = self.inner.invoke(operation, arguments, context)
+        if operation == "get_order" and arguments.get("id") == 101:
+            self.release.wait(timeout=30)  # read in time, answered late
+        return result
+
+
+def _slow_runner(governed: Governed, backend: Any) -> Runner:
+    return Runner(audit=governed.log, sandbox=governed.runner.sandbox, backend_for=lambda _: backend)
+
+
+def test_a_call_still_in_the_gate_when_wall_time_ends_never_acts(
+    governed: Governed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.audit.store import RunRecorder
+    from charter.backends import ContractBackend
+    from charter.gate import GateSession
+
+    before = order_now(101)
+    release, finished = threading.Event(), threading.Event()
+    original_seal, original_call = RunRecorder.seal, GateSession.call
+
+    def seal(self: RunRecorder, sealed: Any) -> Any:
+        # The run's wall time has ended; before the seal, the gate's entity read returns.
+        release.set()
+        assert finished.wait(timeout=10)
+        return original_seal(self, sealed)
+
+    def call(self: GateSession, request: CallRequest) -> Any:
+        try:
+            return original_call(self, request)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(RunRecorder, "seal", seal)
+    monkeypatch.setattr(GateSession, "call", call)
+    backend = _GatedReads(ContractBackend(governed.contract), release)
+    limits = SandboxLimits.from_contract(governed.contract.gate.limits).tightened(wall_seconds=0.5)
+    execution = _slow_runner(governed, backend).execute(
+        "orders.cancel_order(id=101, reason='customer asked')\nconclude('cancelled')",
+        contract=governed.contract,
+        principal=Principal("ada", ALL_ORDER_SCOPES),
+        limits=limits,
+    )
+    assert isinstance(execution.outcome, TimedOut), execution.outcome
+    assert execution.outcome.limit == "wall"
+    assert [op for op, _ in backend.invoked] == ["get_order"]  # cancel_order never invoked
+    assert decisions_of(governed, execution.run_id) == [(1, "cancel_order", "DENY", "RUN_ENDED")]
+    [denied] = [r for r in governed.log.run(execution.run_id).receipts if isinstance(r, Decision)]
+    assert denied.message == (
+        "cancel_order refused: the run had ended (timeout: The run exceeded its wall time (host calls included) "
+        "limit of 0.5 s.); nothing acts after the run's end."
+    )
+    assert execution.in_doubt == ()
+    assert order_now(101) == before
+    assert verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id).ok
+
+
+def test_an_allowed_call_not_started_when_the_run_ends_is_recorded_not_performed(
+    governed: Governed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.backends import ContractBackend
+    from charter.gate import GateSession
+
+    before = order_now(101)
+    closed, finished = threading.Event(), threading.Event()
+    original_close, original_begin = GateSession.close, GateSession._begin
+
+    def close(self: GateSession, reason: str) -> None:
+        original_close(self, reason)
+        closed.set()
+
+    def begin(self: GateSession, request: CallRequest) -> None:
+        # Holds the allowed call between its decision and its action until the run has ended.
+        closed.wait(timeout=30)
+        try:
+            original_begin(self, request)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(GateSession, "close", close)
+    monkeypatch.setattr(GateSession, "_begin", begin)
+    backend = _GatedReads(ContractBackend(governed.contract), threading.Event())
+    backend.release.set()
+    limits = SandboxLimits.from_contract(governed.contract.gate.limits).tightened(wall_seconds=0.5)
+    execution = _slow_runner(governed, backend).execute(
+        "orders.cancel_order(id=101, reason='customer asked')\nconclude('cancelled')",
+        contract=governed.contract,
+        principal=Principal("ada", ALL_ORDER_SCOPES),
+        limits=limits,
+    )
+    assert finished.wait(timeout=10)
+    assert isinstance(execution.outcome, TimedOut), execution.outcome
+    receipts = governed.log.run(execution.run_id).receipts
+    calls = [
+        (type(r).__name__, r.call, getattr(r, "decision", None) or r.status, r.code)
+        for r in receipts
+        if isinstance(r, Decision | AuditOutcome)
+    ]
+    assert calls == [("Decision", 1, "ALLOW", "OK"), ("Outcome", 1, "failed", "NOT_PERFORMED")]
+    [not_performed] = [r for r in receipts if isinstance(r, AuditOutcome)]
+    assert not_performed.message == (
+        "cancel_order was allowed but not performed: the run had ended (timeout: The run exceeded its wall time "
+        "(host calls included) limit of 0.5 s.) before its action started."
+    )
+    assert [op for op, _ in backend.invoked] == ["get_order"]  # cancel_order never invoked
+    assert execution.in_doubt == ()
+    assert order_now(101) == before
+    assert verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id).ok
+
+
+GUEST = "g = conclude.__globals__\n"  # the guest runtime's own module globals: os, sys, its helpers
+UNREACHABLE = "wasm trap: wasm `unreachable` instruction executed"
+
+# (id, program, the exact outcome). Each used to end as an opaque Trapped(UNREACHABLE).
+TRAPS: list[tuple[str, str, Outcome]] = [
+    (
+        "os-stat-via-runtime-globals",
+        GUEST + 'g["os"].stat("/")',
+        ProgramError(
+            error_type="PermissionError",
+            error_message="os.stat is not available in a Charter program: it has no host access",
+        ),
+    ),
+    (
+        "os-urandom-via-subclasses",
+        OS + 'os["urandom"](8)',
+        ProgramError(
+            error_type="PermissionError",
+            error_message="os.urandom is not available in a Charter program: it has no host access",
+        ),
+    ),
+    (
+        "system-random-of-the-real-module",
+        GUEST + 'g["_confine"]._random.SystemRandom().random()',
+        ProgramError(
+            error_type="PermissionError",
+            error_message="os.urandom is not available in a Charter program: it has no host access",
+        ),
+    ),
+    (
+        "the-interpreters-own-clock",
+        GUEST + 'g["_confine"]._time.time()',
+        ProgramError(
+            error_type="PermissionError",
+            error_message="the interpreter's own time.time is not available in a Charter program: it has no host access",
+        ),
+    ),
+    (
+        "os-stat-caught-by-the-program",
+        GUEST + 'try:\n    g["os"].stat("/")\nexcept OSError as error:\n    conclude(type(error).__name__)',
+        Completed(answer="PermissionError"),
+    ),
+    (
+        "data-nested-too-deep",
+        "x = []\nfor _ in range(500):\n    x = [x]\nconclude('x', data=x)",
+        ProgramError(
+            error_type="ValueError",
+            error_message="the conclusion cannot be encoded as JSON: the data is nested deeper than 100 levels "
+            "(or refers to itself)",
+        ),
+    ),
+    (
+        "data-refers-to-itself-caught",
+        "x = []\nx.append(x)\ntry:\n    conclude('x', data=x)\nexcept ValueError as error:\n    conclude('caught')",
+        Completed(answer="caught"),
+    ),
+    (
+        "data-hooks-never-run",
+        "import enum, datetime\nclass C(enum.IntEnum):\n    A = 3\n"
+        "class S(str):\n    def __str__(self):\n        raise KeyError('hook')\n"
+        "class L(list):\n    def __iter__(self):\n        raise KeyError('hook')\n"
+        "class K(dict):\n    def items(self):\n        raise KeyError('hook')\n    def __iter__(self):\n        raise KeyError('hook')\n"
+        "conclude('x', data=K({C.A: L([C.A, S('b'), (1, 2.5), {3}, datetime.date(2026, 1, 2)])}))",
+        Completed(answer="x", data={"3": [3, "b", [1, 2.5], [3], "2026-01-02"]}),
+    ),
+    (
+        "datetime-with-a-programs-tzinfo",
+        "import datetime\nclass TZ(datetime.tzinfo):\n    def utcoffset(self, dt):\n        raise KeyError('hook')\n"
+        "conclude('x', data=datetime.datetime(2026, 1, 1, tzinfo=TZ()))",
+        ProgramError(
+            error_type="TypeError",
+            error_message="the conclusion cannot be encoded as JSON: a datetime in the data has a tzinfo of type TZ; "
+            "use datetime.UTC or another datetime.timezone",
+        ),
+    ),
+    (
+        "raw-conclusion-nested-too-deep",
+        RAW
+        + 'deep = \'{"status":"completed","answer":"a","data":\' + \'[\' * 400000 + \']\' * 400000 + \'}\'\n'
+        + "try:\n    host.call('$conclude', deep)\nexcept Exception as error:\n    conclude('refused', data=error.value)",
+        Completed(
+            answer="refused",
+            data='{"error":"operation_error","code":"MALFORMED_CONCLUSION","message":"the conclusion is unreadable: '
+            'maximum recursion depth exceeded while deserializing an object","boundary":null}',
+        ),
+    ),
+    (
+        "rewritten-runtime-returns-a-deep-outcome",
+        GUEST
+        + "class J:\n    @staticmethod\n    def dumps(*args, **kwargs):\n"
+        + '        return \'{"status":"completed","answer":"a","output":"","data":\' + \'[\' * 400000 + \']\' * 400000 + \'}\'\n'
+        + "g['json'] = J\n",
+        Trapped(
+            reason="the guest returned an unreadable outcome: maximum recursion depth exceeded while deserializing an object"
+        ),
+    ),
+    (
+        "real-datetime-now",
+        "import datetime\ndatetime.datetime.__mro__[1].now()",
+        Trapped(
+            reason="the program read the host's clock past the run's virtual one (e.g. the real datetime.now) "
+            f"(in the interpreter's PyTime_Time), which a Charter program cannot; the interpreter was stopped ({UNREACHABLE})"
+        ),
+    ),
+    (
+        "real-random-seed",
+        GUEST + 'g["_confine"]._random.seed()',
+        Trapped(
+            reason="the program asked the host for randomness (e.g. random.seed() of the real random module) "
+            f"(in the interpreter's pyurandom), which a Charter program cannot; the interpreter was stopped ({UNREACHABLE})"
+        ),
+    ),
+]
+
+
+@pytest.mark.usefixtures("healthy_after")
+@pytest.mark.parametrize(("program", "expected"), [t[1:] for t in TRAPS], ids=[t[0] for t in TRAPS])
+def test_what_used_to_trap_ends_with_a_clear_reason(
+    sandbox: Sandbox, orders: CompiledContract, program: str, expected: Outcome
+) -> None:
+    outcome = run(sandbox, orders, program)
+    if isinstance(outcome, ProgramError):
+        outcome = msgspec.structs.replace(outcome, line=None, traceback=())
+    assert msgspec.structs.replace(outcome, stats=expected.stats) == expected

@@ -26,7 +26,7 @@ import wit_world  # noqa: E402
 from componentize_py_types import Err  # noqa: E402
 from wit_world.imports import host  # noqa: E402
 
-from . import _confine, _proxies  # noqa: E402
+from . import _confine, _plain, _proxies  # noqa: E402
 
 _PROGRAM_FILE = "<program>"
 _MAX_MESSAGE = 2000
@@ -79,15 +79,17 @@ class _Output:
 
 
 class _Run:
-    """The state of the one run: what conclude()/refuse() recorded."""
+    """The state of the one run: what conclude()/refuse() recorded, and its output."""
+
+    warming = False  # the warm-up run in prepare(): there is no run on the host to tell
 
     def __init__(self):
         self.reset()
 
     def reset(self):
         self.status = None
-        self.answer = None
-        self.data = None
+        self.fields = None  # the conclusion's JSON fields as the host received them
+        self.output = None
 
 
 _RUN = _Run()
@@ -197,12 +199,15 @@ class WitWorld(wit_world.WitWorld):
         linecache.updatecache = lambda filename, module_globals=None: []
         linecache.checkcache = lambda filename=None: None
         _confine.install_audit_hook()
+        _confine.refuse_host_functions()
         # Warm-up, off the request path: one run of a fixed program of the runtime's own
         # (never a caller's) through the same code a real run takes, so the instance's
         # first real run does not pay for first-use costs. It runs in a copy of the
         # namespace, and every piece of run state is set afresh by the real run.
         WitWorld.namespace = dict(namespace)
+        _Run.warming = True
         self.run(_WARM_UP_PROGRAM, _WARM_UP_CONTEXT)
+        _Run.warming = False
         _RUN.reset()
         _proxies.SESSION.concluded = False
         WitWorld.namespace = namespace
@@ -210,26 +215,27 @@ class WitWorld(wit_world.WitWorld):
         gc.freeze()
 
     def run(self, program, context):
-        outcome = _execute(program, context)
-        status = outcome["status"]
         try:
-            if status == "completed" and outcome["data"] is None:
-                # The common answer, encoded without building an encoder.
-                text = (
-                    f'{{"status":"completed","answer":{_quote(outcome["answer"])},"data":null,'
-                    f'"output":{_quote(outcome["output"])}}}'
-                )
+            outcome = _execute(program, context)
+            if outcome["status"] == "concluded":
+                # Built from the text the host already holds: nothing of the program's runs.
+                text = f'{{{outcome["fields"]},"output":{_quote(outcome["output"])}}}'
             else:
-                text = json.dumps(outcome, default=_proxies.encode_value, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as error:
+                text = json.dumps(outcome, ensure_ascii=False, allow_nan=False)
+        except BaseException as error:
+            # Whatever the program left behind (a finalizer, a hook, a rewritten runtime)
+            # ends here as an error the host can read, never as an opaque trap.
             text = json.dumps(
                 {
                     "status": "program_error",
-                    "error_type": "TypeError",
-                    "error_message": f"the conclusion cannot be encoded as JSON: {_safe_text(str(error))}",
+                    "error_type": "RuntimeFailure",
+                    "error_message": (
+                        "the runtime could not report how the program ended "
+                        f"({_safe_text(type(error).__name__, 100)}: {_message_of(error)})"
+                    ),
                     "line": None,
                     "traceback": [],
-                    "output": outcome["output"],
+                    "output": "",
                 }
             )
         # Lone surrogates cannot cross as a WIT string; replace them rather than trap.
@@ -247,6 +253,7 @@ def _execute(program, context):
     _confine.reseed(int(seed))
     output = _Output(int(max_output))
     sys.stdout = sys.stderr = output
+    _RUN.output = output
     namespace = WitWorld.namespace
     namespace["principal"] = _Principal(principal_id, tuple(scopes))
     try:
@@ -278,12 +285,12 @@ def _run_code(code, namespace, run, program):
         # refusing something (e.g. "Parser stack overflowed"), an error of the program.
         if not error.args:
             return {"status": "memory_limit"}
-        if run.status is None:
+        if run.fields is None:
             return _program_error(error, program.splitlines())
     except BaseException as error:
-        if run.status is None:
+        if run.fields is None:
             return _program_error(error, program.splitlines())
-    if run.status is None:
+    if run.fields is None:
         return {
             "status": "program_error",
             "error_type": "NoConclusion",
@@ -291,17 +298,42 @@ def _run_code(code, namespace, run, program):
             "line": None,
             "traceback": [],
         }
-    if run.status == "refused":
-        return {"status": "refused", "reason": run.answer}
-    return {"status": "completed", "answer": run.answer, "data": run.data}
+    return {"status": "concluded", "fields": run.fields}
 
 
 def _end(run, status, answer, data):
     if run.status is not None:
         raise RuntimeError("the program already concluded; conclude() or refuse() ends it once")
-    run.status, run.answer, run.data = status, answer, data
+    # The data is copied to plain values now, while the program may still catch an error
+    # in it, and the conclusion goes to the host at once: from then on the host refuses
+    # every call, and nothing of the program's runs to encode the outcome (`_plain`).
+    if status == "completed":
+        try:
+            plain = _plain.copy(data)
+        except (TypeError, ValueError, RecursionError) as error:
+            said = _safe_text(error.args[0] if error.args else "")
+            raise type(error)(f"the conclusion cannot be encoded as JSON: {said}") from None
+        fields = f'"status":"completed","answer":{_quote(answer)},"data":{_plain.encode(plain)}'
+    else:
+        fields = f'"status":"refused","reason":{_quote(answer)}'
+    text = f'{{{fields},"output":{_quote(run.output.text())}}}'
+    # Lone surrogates cannot cross as a WIT string; replace them rather than trap.
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    if not run.warming:
+        try:
+            host.call("$conclude", text)
+        except Err as refused:
+            raise ValueError(_message_from_host(refused.value)) from None
+    run.status, run.fields = status, fields
     _proxies.SESSION.concluded = True
     raise _Concluded
+
+
+def _message_from_host(raw):
+    try:
+        return json.loads(raw)["message"]
+    except Exception:
+        return f"the host refused the conclusion: {_safe_text(raw, 200)}"
 
 
 class _Principal:

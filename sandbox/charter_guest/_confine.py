@@ -15,7 +15,7 @@ import sys
 import time as _time
 import types
 
-__all__ = ["RunClock", "install_audit_hook", "program_builtins", "reseed"]
+__all__ = ["RunClock", "install_audit_hook", "program_builtins", "refuse_host_functions", "reseed"]
 
 
 class RunClock:
@@ -189,3 +189,74 @@ def install_audit_hook():
             raise PermissionError(f"{event} is not available in a Charter program: it has no host access")
 
     sys.addaudithook(audit)
+
+
+# Functions of `os` (the `posix` module) that compute and never ask the system. Every
+# other one would reach a WASI function the component stubs out, which traps the whole
+# instance (wasm `unreachable`) with no word of why. A program reaches them past the
+# import guard (through a function's __globals__, __subclasses__, sys.modules...), so
+# the module itself is changed: each becomes a PermissionError the program can catch.
+_PURE_OS = frozenset(
+    {
+        "fspath",
+        "strerror",
+        "major",
+        "minor",
+        "makedev",
+        "register_at_fork",
+        "WCOREDUMP",
+        "WEXITSTATUS",
+        "WIFCONTINUED",
+        "WIFEXITED",
+        "WIFSIGNALED",
+        "WIFSTOPPED",
+        "WSTOPSIG",
+        "WTERMSIG",
+        "_path_normpath",
+        "_path_splitroot_ex",
+    }
+)
+# The interpreter's own clocks (a program's `time` is the facade above, the run's clock).
+_HOST_CLOCKS = (
+    "time",
+    "time_ns",
+    "monotonic",
+    "monotonic_ns",
+    "perf_counter",
+    "perf_counter_ns",
+    "process_time",
+    "process_time_ns",
+    "thread_time",
+    "thread_time_ns",
+    "clock_gettime",
+    "clock_gettime_ns",
+    "clock_getres",
+    "sleep",
+)
+
+
+def _no_host_access(what):
+    def refuse(*args, **kwargs):
+        raise PermissionError(f"{what} is not available in a Charter program: it has no host access")
+
+    refuse.__name__ = what.rsplit(".", 1)[-1]
+    return refuse
+
+
+def refuse_host_functions():
+    import os
+    import posix
+
+    for name in dir(posix):
+        value = getattr(posix, name)
+        if type(value) is not types.BuiltinFunctionType or name in _PURE_OS:
+            continue
+        refusal = _no_host_access(f"os.{name}")
+        setattr(posix, name, refusal)
+        if getattr(os, name, None) is value:
+            setattr(os, name, refusal)
+    # random imported os.urandom under its own name, for SystemRandom.
+    _random._urandom = _no_host_access("os.urandom")
+    for name in _HOST_CLOCKS:
+        if hasattr(_time, name):
+            setattr(_time, name, _no_host_access(f"the interpreter's own time.{name}"))

@@ -12,7 +12,12 @@ import decimal
 import difflib
 import json
 
-__all__ = ["Contract", "ContractViolation", "OperationError", "Record", "build", "encode_value"]
+__all__ = ["FIELD_GETTERS", "Contract", "ContractViolation", "OperationError", "Record", "build"]
+
+# record type -> ((field, getter), ...): the slot descriptors as the runtime made them. A
+# program can replace a record class's attributes; these stay what they were, so copying
+# a record (a conclusion's data) never runs a property or method of the program's.
+FIELD_GETTERS = {}
 
 
 class ContractViolation(Exception):
@@ -72,19 +77,6 @@ def _as_dict(record):
     return {name: object.__getattribute__(record, name) for name in type(record).__record_fields__}
 
 
-def encode_value(value):
-    """`default=` for json.dumps: how contract values travel as JSON."""
-    if isinstance(value, Record):
-        return _as_dict(value)
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, datetime.datetime | datetime.date):
-        return value.isoformat()
-    if isinstance(value, tuple | set | frozenset):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} values cannot be sent or concluded; use str, int, Decimal, lists or dicts")
-
-
 class _Invalid(Exception):
     """An argument that does not have its declared type; the proxy raises it as ContractViolation."""
 
@@ -112,7 +104,9 @@ class _Types:
         self.record_fields = surface["records"]
         self.records = {}
         for name, fields in surface["records"].items():
-            self.records[name] = type(name, (Record,), {"__slots__": tuple(fields), "__record_fields__": tuple(fields)})
+            record_type = type(name, (Record,), {"__slots__": tuple(fields), "__record_fields__": tuple(fields)})
+            self.records[name] = record_type
+            FIELD_GETTERS[record_type] = tuple((f, record_type.__dict__[f].__get__) for f in fields)
         self._record_checks = {}
         self._record_decoders = {}
 

@@ -27,6 +27,12 @@ state observed in step 9 as a precondition, so a change in between is refused by
 write instead of overwritten, and each write its own idempotency key (`_writes`).
 After `max_denials` denials the run is ended (RunHalted).
 
+Nothing acts once the run is over. The host closes the session (`close`) when the run
+ends, before it is sealed; a call still on a worker thread then (its wall time ran out
+while it waited) is refused RUN_ENDED, and an allowed call whose action had not started
+gets an Outcome `failed` / NOT_PERFORMED: the backend is never called after the run's
+wall-time deadline or after `close`.
+
 What the backend returns is checked in the gate too, before the Outcome receipt, so
 the receipt holds exactly what the program got: the declared type, undeclared fields
 dropped and named (`_results`, RESULT_INVALID), and the size (RESULT_TOO_LARGE).
@@ -36,6 +42,8 @@ caller or a receipt: they get a code and a generic message (`_withheld`).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -187,6 +195,43 @@ class GateSession:
         self._max_result_bytes = max_result_bytes
         self._state = _RunState()
         self._writes = WriteLedger(logical_run_id)
+        # Guards the run's end against a call still on a worker thread: `_ended` once the
+        # host closed the session; `_unstarted` the allowed calls whose action has not begun.
+        self._end_lock = threading.Lock()
+        self._ended: str | None = None
+        self._unstarted: dict[int, CallRequest] = {}
+
+    def close(self, reason: str) -> None:
+        """The run is over (`reason` says how): from now on nothing acts. An allowed call whose
+        action had not started is recorded as not performed, before the run is sealed."""
+        with self._end_lock:
+            self._ended = reason
+            unstarted, self._unstarted = self._unstarted, {}
+            for request in unstarted.values():
+                self._not_performed(request, reason)
+
+    def _not_performed(self, request: CallRequest, reason: str) -> OperationFailed:
+        message = f"{request.operation} was allowed but not performed: {reason} before its action started."
+        self._record_outcome(request, "failed", code="NOT_PERFORMED", message=message)
+        return OperationFailed("NOT_PERFORMED", message)
+
+    def _still_running(self, request: CallRequest) -> str | None:
+        """Why this call may no longer act (the run ended, or its wall time did), or None."""
+        if self._ended is not None:
+            return self._ended
+        if time.monotonic() >= request.deadline:
+            return "the run's wall time had ended"
+        return None
+
+    def _begin(self, request: CallRequest) -> None:
+        """Just before the backend is called: the last moment the run's end can stop it."""
+        with self._end_lock:
+            if self._unstarted.pop(request.sequence, None) is None:  # `close` recorded it
+                message = f"{request.operation} was allowed but not performed: {self._ended} before its action started."
+                raise OperationFailed("NOT_PERFORMED", message)
+            ended = self._still_running(request)
+            if ended is not None:
+                raise self._not_performed(request, ended)
 
     def call(self, request: CallRequest) -> Any:
         gate = self._gate
@@ -198,6 +243,7 @@ class GateSession:
         idempotency_key: str | None = None
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
         try:
+            self._refuse_if_ended(request)
             if request.malformed is not None:
                 raise _Refusal(Verdict(request.malformed.code, request.malformed.message))
             if rule is None:
@@ -213,6 +259,7 @@ class GateSession:
             if first is None:
                 entity = None
                 if self._needs_entity(rule):
+                    self._refuse_if_ended(request)  # the read reaches the backend too
                     entity, observed, precondition = self._read_entity(request, rule, arguments)
                 self._state_checks(rule, arguments, entity)
             verdict = _OK if first is None else _REPLAYED
@@ -226,9 +273,18 @@ class GateSession:
                 withheld=withhold(error),
             )
 
-        self._record_decision(
-            request, recorded or recorded_arguments(request, None), verdict, observed, idempotency_key
-        )
+        with self._end_lock:
+            # Decided and registered under the lock: `close` either comes first (and the call
+            # is refused) or finds it registered (and records it as not performed).
+            if verdict.allowed:
+                ended = self._still_running(request)
+                if ended is not None:
+                    verdict = _run_ended(request, ended)
+            self._record_decision(
+                request, recorded or recorded_arguments(request, None), verdict, observed, idempotency_key
+            )
+            if verdict.allowed:
+                self._unstarted[request.sequence] = request
 
         if not verdict.allowed:
             self._state.denials += 1
@@ -239,6 +295,7 @@ class GateSession:
         assert rule is not None
         assert arguments is not None
         assert recorded is not None
+        self._begin(request)
         if first is not None:
             self._record_outcome(request, "replayed", reply=first.reply)
             return Encoded(first.reply)
@@ -247,6 +304,11 @@ class GateSession:
         return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
 
     # -- checks ----------------------------------------------------------------------
+
+    def _refuse_if_ended(self, request: CallRequest) -> None:
+        ended = self._still_running(request)
+        if ended is not None:
+            raise _Refusal(_run_ended(request, ended))
 
     def _arguments(self, rule: OperationRule, raw: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -615,6 +677,10 @@ class GateSession:
                 f"{request.operation} reached the backend but its outcome could not be recorded ({error}); "
                 "its result is withheld and the call stays in doubt: read the entity to learn its state.",
             ) from None
+
+
+def _run_ended(request: CallRequest, why: str) -> Verdict:
+    return Verdict("RUN_ENDED", f"{request.operation} refused: {why}; nothing acts after the run's end.")
 
 
 def _key_json(value: Any) -> str:

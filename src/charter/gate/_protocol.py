@@ -78,6 +78,11 @@ class Gate(Protocol):
 
     `blocking` says whether `call` may wait on I/O. The host runs blocking calls on a
     worker thread so the run's wall-time limit holds even if a backend hangs.
+
+    A gate may also define `close(reason: str) -> None`: the host calls it once the run has
+    ended (returned, trapped or timed out), before it hands back the outcome, and nothing
+    may act after it (a call still on a worker thread is refused; `GateSession` records an
+    allowed call whose action had not started as NOT_PERFORMED).
     """
 
     blocking: bool

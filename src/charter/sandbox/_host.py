@@ -14,8 +14,10 @@ import records why it ends a run on the run's own state and raises a WasmtimeErr
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import math
+import re
 import secrets
 import sys
 import threading
@@ -70,6 +72,10 @@ _WASM_STACK_BYTES = 2 * 2**20  # wasmtime refuses more than its async stack size
 _PREPARE_SECONDS = 30.0
 _HOST_INTERFACE = "charter:sandbox/host@0.1.0"
 _ABORT_OPERATION = "$abort"
+# The guest's conclude()/refuse() sends the conclusion here the moment the program makes
+# it; from then on every call is refused (CONCLUDED), whatever the guest runtime does.
+_CONCLUDE_OPERATION = "$conclude"
+_SHOWN_OPERATION_CHARS = 128
 
 
 class RunContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -136,6 +142,7 @@ class _RunState:
     cpu_used: float = 0.0
     calls: int = 0
     ended_by: Outcome | None = None
+    conclusion: Completed | Refused | None = None  # as the host received it; it stands
 
     def abort(self, outcome: Outcome) -> HostAbort:
         self.ended_by = outcome
@@ -151,10 +158,13 @@ class _RunState:
             raise self.abort(OutputLimitExceeded(limit_bytes=self.limits.max_output_bytes))
         if now >= self.deadline:
             raise self.wall_timeout()
-        self.calls += 1
-        if self.calls > self.limits.max_calls:
-            raise self.abort(CallLimitExceeded(limit=self.limits.max_calls))
-        reply = self._decide(operation, arguments)
+        if operation == _CONCLUDE_OPERATION and self.conclusion is None:
+            reply = self._conclude(arguments)
+        else:
+            self.calls += 1
+            if self.calls > self.limits.max_calls:
+                raise self.abort(CallLimitExceeded(limit=self.limits.max_calls))
+            reply = self._decide(operation, arguments)
         now = time.monotonic()
         if now >= self.deadline:
             raise self.wall_timeout()
@@ -165,10 +175,32 @@ class _RunState:
         self.resumed = now
         return reply
 
+    def _conclude(self, text: str) -> tuple[bool, str]:
+        """Take the program's conclusion. The host holds it from now on, and it stands."""
+        limit = self.limits.max_conclusion_bytes + self.limits.max_output_bytes
+        if len(text) > limit or len(text.encode("utf-8", "surrogatepass")) > limit:
+            message = f"the conclusion is {len(text)} characters; with the output, the limit is {limit} bytes"
+            return False, _wire.encode_error("operation_error", "CONCLUSION_TOO_LARGE", message)
+        try:
+            self.conclusion = _decode_conclusion(text)
+        except (msgspec.DecodeError, RecursionError) as error:
+            message = f"the conclusion is unreadable: {error}"
+            return False, _wire.encode_error("operation_error", "MALFORMED_CONCLUSION", message)
+        return True, ""
+
     def _decide(self, operation: str, arguments: str) -> tuple[bool, str]:
         malformed: Malformed | None = None
         decoded: dict[str, Any] = {}
         try:
+            if self.conclusion is not None:
+                if len(operation) > _SHOWN_OPERATION_CHARS:
+                    operation = operation[:_SHOWN_OPERATION_CHARS] + "…"
+                what = "conclude()" if isinstance(self.conclusion, Completed) else "refuse()"
+                raise _wire.CallRejected(
+                    "CONCLUDED",
+                    f"{operation} refused: the program already concluded with {what}; nothing acts after "
+                    "the conclusion, and the conclusion stands",
+                )
             _wire.check_operation(operation, self.contract.gate.operations, self.contract)
             decoded = _wire.decode_arguments(arguments, self.limits.max_call_bytes)
         except _wire.CallRejected as rejected:
@@ -184,13 +216,19 @@ class _RunState:
             deadline=self.deadline,
             malformed=malformed,
         )
+        future: concurrent.futures.Future[Any] | None = None
         try:
             if self.gate.blocking:
-                result = self.executor.submit(self.gate.call, request).result(timeout=self.deadline - time.monotonic())
+                future = self.executor.submit(self.gate.call, request)
+                result = future.result(timeout=self.deadline - time.monotonic())
             else:
                 result = self.gate.call(request)
             encoded = result.text if isinstance(result, Encoded) else encode_reply(result)
         except concurrent.futures.TimeoutError:
+            # A call still queued never starts; one already in the gate finds the gate closed
+            # (Sandbox.run closes it) before it could act.
+            if future is not None:
+                future.cancel()
             raise self.wall_timeout() from None
         except RunHalted as halted:
             raise self.abort(Halted(code=halted.code, reason=halted.message)) from None
@@ -237,6 +275,7 @@ class _GuestMemoryError(msgspec.Struct, frozen=True, tag_field="status", tag="me
 
 _GuestOutcome = Completed | Refused | ProgramError | ProgramSyntaxError | _GuestMemoryError
 _decode_outcome = msgspec.json.Decoder(_GuestOutcome).decode
+_decode_conclusion = msgspec.json.Decoder(Completed | Refused).decode
 
 
 class Sandbox:
@@ -370,8 +409,16 @@ class Sandbox:
         state.cpu_used += ended - state.resumed
         stats = Stats(calls=state.calls, wall_ms=(ended - started) * 1000, cpu_ms=state.cpu_used * 1000)
         outcome = msgspec.structs.replace(_classify(raw, trap, state, ended), stats=stats)
+        _close(gate, outcome)
         self._retire(prepared)
         return outcome
+
+
+def _close(gate: Gate, outcome: Outcome) -> None:
+    """Tell the gate the run is over: a call still on a worker thread must not act now."""
+    close: Callable[[str], None] | None = getattr(gate, "close", None)
+    if close is not None:
+        close(f"the run had ended ({outcome.__struct_config__.tag}: {outcome.message})")
 
 
 def _guest_context(context: RunContext, limits: SandboxLimits) -> str:
@@ -401,6 +448,8 @@ def _reject_program(program: str, limits: SandboxLimits) -> ProgramRejected | No
 
 def _classify(raw: str | None, trap: str | None, state: _RunState, ended: float) -> Outcome:
     limits = state.limits
+    if state.conclusion is not None:
+        return _concluded(state.conclusion, raw, limits)
     if state.ended_by is not None:
         return state.ended_by
     if trap is not None:
@@ -408,19 +457,68 @@ def _classify(raw: str | None, trap: str | None, state: _RunState, ended: float)
             if ended >= state.deadline:
                 return TimedOut(limit="wall", seconds=limits.wall_seconds)
             return TimedOut(limit="cpu", seconds=limits.cpu_seconds)
-        reason = trap.splitlines()[-1].strip() or "unknown trap"
-        if "call stack exhausted" in reason:
-            reason = "the program recursed too deeply in the interpreter (wasm call stack exhausted)"
-        return Trapped(reason=reason)
+        return Trapped(reason=_trap_reason(trap))
     assert raw is not None
     if len(raw) > limits.max_output_bytes + limits.max_conclusion_bytes:
         return OutputLimitExceeded(limit_bytes=limits.max_output_bytes)
     try:
         outcome: _GuestOutcome = _decode_outcome(raw)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, RecursionError) as error:
         return Trapped(reason=f"the guest returned an unreadable outcome: {error}")
     if isinstance(outcome, _GuestMemoryError):
         return MemoryExceeded(limit_bytes=limits.memory_bytes, output=outcome.output)
     if len(outcome.output.encode("utf-8")) > limits.max_output_bytes:
         return OutputLimitExceeded(limit_bytes=limits.max_output_bytes)
     return outcome
+
+
+def _concluded(conclusion: Completed | Refused, raw: str | None, limits: SandboxLimits) -> Outcome:
+    """The conclusion the host received stands, however the run ended afterwards. The
+    output is the final one when the guest returned it, else the output at the conclusion."""
+    output = conclusion.output
+    if raw is not None and len(raw) <= limits.max_output_bytes + limits.max_conclusion_bytes:
+        with contextlib.suppress(msgspec.DecodeError, RecursionError):
+            output = _decode_outcome(raw).output
+    data = output.encode("utf-8")
+    if len(data) > limits.max_output_bytes:
+        output = data[: limits.max_output_bytes].decode("utf-8", "ignore")
+    return msgspec.structs.replace(conclusion, output=output)
+
+
+# Words in the C library frames of a trap's wasm backtrace -> what the program most likely
+# did. The component has no WASI: each WASI function is a stub that executes `unreachable`.
+_TRAP_CAUSES = (
+    ("exit", "the program tried to end the interpreter's process"),
+    ("clock", "the program read the host's clock past the run's virtual one (e.g. the real datetime.now)"),
+    ("random", "the program asked the host for randomness (e.g. random.seed() of the real random module)"),
+    ("sleep", "the program tried to wait on the host"),
+    ("poll", "the program tried to wait on the host"),
+    ("environ", "the program tried to read the host's environment"),
+    ("sock", "the program tried to use a socket"),
+    ("stat", "the program tried to reach the file system"),
+    ("open", "the program tried to reach the file system"),
+    ("path", "the program tried to reach the file system"),
+    ("fd_", "the program tried to use a file descriptor"),
+)
+_C_LIBRARY_FRAME = re.compile(r"libc\.so!(\w+)")
+_INTERPRETER_FRAME = re.compile(r"libpython[\w.]*\.so!(\w+)")
+
+
+def _trap_reason(trap: str) -> str:
+    """A trap's reason as a reader can act on it: what the program most likely attempted."""
+    last = trap.splitlines()[-1].strip() or "unknown trap"
+    if "call stack exhausted" in trap:
+        return "the program recursed too deeply in the interpreter (wasm call stack exhausted)"
+    if "unreachable" not in trap:
+        return last
+    interpreter = _INTERPRETER_FRAME.search(trap)
+    where = f" (in the interpreter's {interpreter.group(1)})" if interpreter else ""
+    for function in _C_LIBRARY_FRAME.findall(trap):
+        for word, cause in _TRAP_CAUSES:
+            if word in function.lower():
+                return f"{cause}{where}, which a Charter program cannot; the interpreter was stopped ({last})"
+    return (
+        "the interpreter stopped at a host facility the sandbox does not provide (a file, the clock, "
+        f"randomness, the process){where}; a program reaching past the runtime (through __globals__ or "
+        f"__subclasses__) is the likely cause ({last})"
+    )
