@@ -123,7 +123,10 @@ def test_a_declared_length_past_the_limit_is_refused_before_a_byte_is_read(serve
             b"POST /v1/programs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 50000000\r\n\r\n"
         )
-        head = raw.recv(65_536).decode("latin-1")
+        answer = b""
+        while chunk := raw.recv(65_536):  # the server closes after answering
+            answer += chunk
+        head = answer.decode("latin-1")
     assert head.startswith("HTTP/1.1 413 ")
     assert "urn:charter:problem:payload-too-large" in head
 
@@ -198,9 +201,9 @@ def test_the_readme_curl_example_works(api: Api) -> None:
 def test_a_method_not_allowed_names_the_allowed_ones(api: Api) -> None:
     with api.client() as client:
         for method, path, allowed in [
-            ("DELETE", "/v1/contracts", {"GET", "HEAD"}),
+            ("DELETE", "/v1/contracts", {"GET"}),
             ("GET", "/v1/programs", {"POST"}),
-            ("PUT", "/v1/runs/" + "0" * 32, {"GET", "HEAD"}),
+            ("PUT", "/v1/runs/" + "0" * 32, {"GET"}),
         ]:
             response = client.request(method, path)
             problem(response, 405, "method-not-allowed")
@@ -227,13 +230,6 @@ def test_hostile_paths_and_headers_are_4xx(api: Api, path: str, headers: dict[st
     assert 400 <= response.status_code < 500, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert api.log.run_ids() == []
-
-
-def test_a_contract_ref_with_a_huge_version_is_not_found(api: Api) -> None:
-    with api.client() as client:
-        for ref in ("orders@" + "1" * 5000, "orders@1." + "2" * 5000):
-            body = {"contract": ref, "program": "conclude('x')"}
-            problem(client.post("/v1/programs", json=body), 404, "contract-not-found")
 
 
 # -- the fuzz run: generated hostile bodies, every POST route, with and without a token ---------
