@@ -51,12 +51,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     home = tmp_path_factory.mktemp("served") / "home"
     token = TokenStore(home / "tokens.yaml").add("ada", "ada", ["orders:read", "orders:write"])
     port = _free_port()
+    log = home / "serve.log"  # a file, not a pipe nobody reads: a full pipe would stall the server
     process = subprocess.Popen(
         [sys.executable, "-m", "charter", "serve", f"127.0.0.1:{port}"],
         cwd=ROOT,
         env={**os.environ, "CHARTER_HOME": str(home)},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log.open("wb"),
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -67,7 +68,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
             except httpx.TransportError:
                 time.sleep(0.05)
         else:
-            raise AssertionError(f"charter serve did not start: {process.stderr.read() if process.stderr else ''}")
+            raise AssertionError(f"charter serve did not start: {log.read_text(encoding='utf-8')}")
         yield url, token, process.pid
     finally:
         process.terminate()
@@ -296,6 +297,17 @@ _content_types = st.sampled_from(
 )
 
 
+# What h11 lets a client put in a header value: visible ASCII, spaces and tabs inside.
+_header_values = st.one_of(
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=300),
+    st.builds(
+        lambda s, t: f"{s} {t}".strip(),
+        st.sampled_from(["Bearer", "bearer", "Basic", "Bearer  ", "chr_"]),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=100),
+    ),
+)
+
+
 def _assert_a_problem(response: httpx.Response, sent: bytes) -> None:
     assert response.status_code < 500, (response.status_code, response.text[:500], sent[:200])
     if response.status_code >= 400:
@@ -311,15 +323,19 @@ def test_hostile_json_never_gets_a_5xx(api: Api) -> None:
     count = 0
     started = time.monotonic()
 
-    @given(body=_shapes, content_type=_content_types)
-    @settings(max_examples=550, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    def fuzz(body: bytes, content_type: str | None) -> None:
+    @given(body=_shapes, content_type=_content_types, authorization=_header_values, key=_header_values)
+    @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def fuzz(body: bytes, content_type: str | None, authorization: str, key: str) -> None:
         nonlocal count
         headers = {"Content-Type": content_type} if content_type else {}
         for client in clients.values():
             for path in POST_ROUTES:
                 _assert_a_problem(client.post(path, content=body, headers=headers), body)
                 count += 1
+        # The same body with a hostile Authorization and Idempotency-Key (a real token's prefix).
+        hostile = {**headers, "Authorization": authorization, "Idempotency-Key": key}
+        _assert_a_problem(anonymous.post(POST_ROUTES[count % 2], content=body, headers=hostile), body)
+        count += 1
 
     try:
         fuzz()
