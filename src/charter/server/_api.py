@@ -9,7 +9,9 @@
     GET  /openapi.json                       this API, described (also kept in the repo: openapi.json)
 
 Every /v1 request needs `Authorization: Bearer <token>`; the token's principal and scopes
-are what the gate checks. Errors are application/problem+json with a stable `type`.
+are what the gate checks. Errors are application/problem+json with a stable `type`. Before
+any of that, `BodyGuard` (`_body`) holds every body to 1 MiB while it streams and refuses a
+POST body that is not plain JSON sent as application/json (400 invalid-json, 415).
 """
 
 from __future__ import annotations
