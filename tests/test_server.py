@@ -12,6 +12,8 @@ import msgspec
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
 from charter.agent import Charter, ScriptedModel
@@ -109,26 +111,68 @@ def test_an_uncaught_denial_is_refused_with_its_code_in_the_answer_and_the_run_v
     with api.client() as client:
         answer = client.post("/v1/programs", json={"contract": "orders", "program": program}).json()
         view = client.get(f"/v1/runs/{answer['run_id']}").json()
+    with api.client("auditor") as client:
+        audited = client.get(f"/v1/runs/{answer['run_id']}").json()
     assert (answer["status"], answer["cause"]) == ("refused", "STATE_VIOLATION")
     assert (view["status"], view["cause"]) == ("refused", "STATE_VIOLATION")
-    assert (view["receipts"][-1]["run_status"], view["receipts"][-1]["cause"]) == ("refused", "STATE_VIOLATION")
+    assert view["calls"] == [{"call": 1, "operation": "cancel_order", "decision": "DENY", "code": "STATE_VIOLATION"}]
+    last = audited["receipts"][-1]
+    assert (last["run_status"], last["cause"]) == ("refused", "STATE_VIOLATION")
 
 
 def test_a_run_shows_its_conclusion_receipts_and_verification(api: Api) -> None:
     with api.client() as client:
         run_id = client.post("/v1/programs", json={"contract": "orders", "program": CANCEL_101}).json()["run_id"]
         view = client.get(f"/v1/runs/{run_id}").json()
+    with api.client("auditor") as client:
+        audited = client.get(f"/v1/runs/{run_id}").json()
     assert (view["status"], view["answer"], view["kind"], view["principal"]) == ("done", "cancelled", "program", "ada")
-    assert [r["kind"] for r in view["receipts"]] == ["open", "decision", "outcome", "seal"]
+    assert view["calls"] == [{"call": 1, "operation": "cancel_order", "decision": "ALLOW", "code": "OK"}]
+    assert view["receipts"] is None  # the signed record is for audit:read
+    assert [r["kind"] for r in audited["receipts"]] == ["open", "decision", "outcome", "seal"]
+    for seen in (view, audited):
+        assert seen["verification"]["ok"] is True
+        assert seen["verification"]["findings"] == []
+
+
+def test_an_intent_runs_own_principal_sees_its_conclusion_not_the_record(api: Api) -> None:
+    with api.client() as client:  # ada holds no audit:read
+        run_id = client.post("/v1/intents", json={"contract": "orders", "intent": "Cancel order 101"}).json()["run_id"]
+        own = client.get(f"/v1/runs/{run_id}")
+    with api.client("auditor") as client:
+        audited = client.get(f"/v1/runs/{run_id}").json()
+    view = own.json()
+    assert (view["kind"], view["status"], view["answer"], view["intent"]) == (
+        "intent",
+        "done",
+        "Order 101 is cancelled.",
+        "Cancel order 101",
+    )
+    assert view["receipts"] is None
+    assert len(view["program_runs"]) == 1
     assert view["verification"]["ok"] is True
-    assert view["verification"]["findings"] == []
+    # What the record holds and the caller does not see: the model's response, the program,
+    # prompt hashes, the server's host and pid.
+    kinds = {r["kind"]: r for r in audited["receipts"]}
+    assert {"ask", "attempt", "conclude"} <= set(kinds)
+    attempt, asked = kinds["attempt"], kinds["ask"]
+    withheld = [attempt["response"], attempt["program"], asked["host"], f'"pid":{asked["pid"]}', '"pid"', '"host"']
+    withheld += [v for k, v in attempt.items() if "sha256" in k and isinstance(v, str)]
+    compact = own.text.replace(" ", "")
+    assert not [w for w in withheld if w and w.replace(" ", "") in compact]
 
 
 def test_runs_are_private_to_their_principal_unless_audit_read(api: Api) -> None:
     with api.client() as client:
         run_id = client.post("/v1/programs", json={"contract": "orders", "program": "conclude('hi')"}).json()["run_id"]
+    missing = "f" * 32
     with api.client("bob") as client:
-        problem(client.get(f"/v1/runs/{run_id}"), 403, "forbidden")
+        # Another principal's run is answered exactly as a run that does not exist.
+        others = problem(client.get(f"/v1/runs/{run_id}"), 404, "run-not-found")
+        absent = problem(client.get(f"/v1/runs/{missing}"), 404, "run-not-found")
+        assert str(others["detail"]).replace(run_id, missing) == absent["detail"]
+        assert "ada" not in str(others["detail"])
+        assert "audit.db" not in str(absent["detail"])
         problem(client.get(f"/v1/runs/{run_id[:8]}"), 404, "run-not-found")  # no prefix searches
     with api.client("auditor") as client:
         assert client.get(f"/v1/runs/{run_id}").json()["answer"] == "hi"
@@ -303,7 +347,8 @@ def test_an_oversize_body_is_refused_before_it_is_read(api: Api) -> None:
 def test_unknown_paths_and_methods_are_problems(api: Api) -> None:
     with api.client() as client:
         problem(client.get("/v1/nothing"), 404, "not-found")
-        problem(client.delete("/v1/contracts"), 405, "method-not-allowed")
+        not_allowed = problem(client.delete("/v1/contracts"), 405, "method-not-allowed")
+        assert not_allowed["detail"] == "Method Not Allowed"
 
 
 def test_intents_without_a_model_are_unavailable_but_programs_run(charter_home: Path) -> None:
@@ -338,11 +383,25 @@ def test_the_served_openapi_document_is_the_one_in_the_repo(api: Api) -> None:
 # -- the API against its own OpenAPI document ---------------------------------------------------
 
 
+@schemathesis.check
+def problem_json(ctx: object, response: schemathesis.Response, case: schemathesis.Case) -> None:
+    """Every error is application/problem+json with a stable `type` and its own status."""
+    if response.status_code >= 400:
+        content_type = {k.lower(): v for k, v in response.headers.items()}["content-type"]
+        assert content_type == ["application/problem+json"], (response.status_code, content_type)
+        body = response.json()
+        assert body["type"].startswith("urn:charter:problem:"), body
+        assert body["status"] == response.status_code, body
+
+
 def test_schemathesis_finds_no_server_error(api: Api) -> None:
     # schemathesis's own pytest plugin does not load under this pytest, so the operations are
-    # driven through its Python API: every operation, generated requests, real HTTP.
+    # driven through its Python API: every operation, generated requests, real HTTP. Valid
+    # requests (with a token) must conform to the document; invalid ones (with or without a
+    # token) must be problems, never a 5xx.
     schema = schemathesis.openapi.from_url(f"{api.url}/openapi.json")
     checked = []
+    token = {"Authorization": f"Bearer {api.tokens['ada']}"}
     for result in schema.get_all_operations():
         operation = result.ok()
 
@@ -350,12 +409,16 @@ def test_schemathesis_finds_no_server_error(api: Api) -> None:
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def fuzz(case: schemathesis.Case) -> None:
             # Authenticated, so generated requests get past the token check and into the service.
-            case.call_and_validate(
-                base_url=api.url,
-                headers={"Authorization": f"Bearer {api.tokens['ada']}"},
-                checks=[not_a_server_error, status_code_conformance, response_schema_conformance],
-            )
+            checks = [not_a_server_error, status_code_conformance, response_schema_conformance, problem_json]
+            case.call_and_validate(base_url=api.url, headers=token, checks=checks)
+
+        @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE), authenticated=st.booleans())
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def hostile(case: schemathesis.Case, authenticated: bool) -> None:
+            headers = token if authenticated else {}
+            case.call_and_validate(base_url=api.url, headers=headers, checks=[not_a_server_error, problem_json])
 
         fuzz()
+        hostile()
         checked.append(operation.label)
     assert len(checked) == 5

@@ -123,7 +123,8 @@ def _selects(selector: str, version: str) -> bool:
         return selector == version
     parts = selector.split(".")
     semver = SemVer(version)
-    return [semver.major, semver.minor][: len(parts)] == [int(p) for p in parts]
+    # Compared as text (the selector has no leading zeros): int() of a 5,000-digit part would raise.
+    return [str(semver.major), str(semver.minor)][: len(parts)] == parts
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,9 @@
     GET  /openapi.json                       this API, described (also kept in the repo: openapi.json)
 
 Every /v1 request needs `Authorization: Bearer <token>`; the token's principal and scopes
-are what the gate checks. Errors are application/problem+json with a stable `type`.
+are what the gate checks. Errors are application/problem+json with a stable `type`. Before
+any of that, `BodyGuard` (`_body`) holds every body to 1 MiB while it streams and refuses a
+POST body that is not plain JSON sent as application/json (400 invalid-json, 415).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import msgspec
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
 from charter.principal import Principal
 from charter.runner import Answer
+from charter.server._body import BodyGuard
 from charter.server._idempotency import (
     Claimed,
     IdempotencyStore,
@@ -40,7 +44,7 @@ from charter.server._idempotency import (
     StoredResponse,
     request_digest,
 )
-from charter.server._service import CharterService, Forbidden, IntentsUnavailable
+from charter.server._service import AUDIT_SCOPE, CharterService, Forbidden, IntentsUnavailable
 from charter.server._tokens import TokenStore
 from charter.status import Status
 
@@ -50,6 +54,8 @@ _log = logging.getLogger("charter.server")
 
 API_VERSION = "1.0.0"
 _MAX_BODY_BYTES = 1_048_576
+_MAX_ERRORS = 20  # validation errors named in one problem
+_MAX_SHOWN = 200  # characters of a location or message quoted back
 
 # Stable problem types: clients branch on these, never on the wording of `detail`.
 PROBLEM_TYPES = {
@@ -61,7 +67,9 @@ PROBLEM_TYPES = {
     "run-not-found": (404, "No such run"),
     "method-not-allowed": (405, "Method not allowed"),
     "idempotency-in-progress": (409, "A request with this Idempotency-Key is still running"),
+    "invalid-json": (400, "The request body is not JSON this API accepts"),
     "payload-too-large": (413, "The request body is too large"),
+    "unsupported-media-type": (415, "The request body must be sent as application/json"),
     "invalid-request": (422, "The request is not valid"),
     "idempotency-key-reused": (422, "This Idempotency-Key was used for another request"),
     "intents-unavailable": (503, "This server answers no intents"),
@@ -71,18 +79,37 @@ PROBLEM_TYPES = {
 }
 
 
+# Starlette's own HTTP errors (routing, FastAPI's body parsing) as problem types.
+_HTTP_ERRORS = {
+    400: "invalid-json",
+    401: "unauthenticated",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+}
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+
+
 class ApiProblem(Exception):
     def __init__(self, kind: str, detail: str, **extra: Any) -> None:
         super().__init__(detail)
         self.kind, self.detail, self.extra = kind, detail, extra
 
 
-def problem_response(kind: str, detail: str, instance: str | None = None, **extra: Any) -> JSONResponse:
+def problem_response(
+    kind: str, detail: str, instance: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     status, title = PROBLEM_TYPES[kind]
     body = {"type": f"urn:charter:problem:{kind}", "title": title, "status": status, "detail": detail, **extra}
     if instance:
         body["instance"] = instance
-    headers = {"WWW-Authenticate": 'Bearer realm="charter"'} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="charter"'
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
@@ -126,6 +153,13 @@ class ConclusionBody(BaseModel):
     attempts: int | None = Field(default=None, description="Model answers it took (intents only).")
 
 
+class CallBody(BaseModel):
+    call: int = Field(description="The program's call number, from 1.")
+    operation: str
+    decision: Literal["ALLOW", "DENY"]
+    code: str = Field(description="OK when allowed; otherwise the gate's reason code.")
+
+
 class RunBody(BaseModel):
     run_id: str
     kind: Literal["intent", "program"]
@@ -137,9 +171,16 @@ class RunBody(BaseModel):
     cause: str | None
     answer: str | None
     reason: str | None
-    receipts: list[dict[str, Any]]
+    parent: str | None = Field(default=None, description="A program run's intent run, if an intent started it.")
+    program_runs: list[str] | None = Field(default=None, description="An intent run's program runs, in order.")
+    calls: list[CallBody] | None = Field(default=None, description="A program run's gate decisions, in order.")
+    in_doubt: list[int] | None = Field(default=None, description="Allowed calls whose outcome was never learned.")
     verification: dict[str, Any]
-    # Only for a principal with audit:read: exception texts withheld from the program and receipts.
+    # Only for a principal with audit:read: the signed record (programs, model responses, prompt
+    # hashes, host, pid, arguments and results) and exception texts withheld from everyone else.
+    receipts: list[dict[str, Any]] | None = Field(
+        default=None, description="The run's signed receipts; only for a principal with the scope audit:read."
+    )
     backend_errors: list[dict[str, Any]] | None = None
 
 
@@ -217,7 +258,9 @@ Caller = Annotated[Principal, Depends(_authenticated)]
 IdempotencyKey = Annotated[
     str | None,
     Header(
+        min_length=1,
         max_length=255,
+        pattern=r"^[\x21-\x7e]+$",  # visible ASCII: a key is compared byte for byte, so nothing invisible
         description="Send the same key to retry safely: the first result comes back and nothing runs again.",
     ),
 ]
@@ -242,14 +285,22 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [{"location": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in error.errors()]
+        found = error.errors()
+        # A hostile body can have thousands of wrong keys, each of any length: name the first few.
+        errors = [
+            {"location": _shown(".".join(str(p) for p in e["loc"])), "message": _shown(str(e["msg"]))}
+            for e in found[:_MAX_ERRORS]
+        ]
         detail = "; ".join(f"{e['location']}: {e['message']}" for e in errors)
+        if len(found) > _MAX_ERRORS:
+            detail += f"; and {len(found) - _MAX_ERRORS} more"
         return problem_response("invalid-request", detail, request.url.path, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not-found", 405: "method-not-allowed", 401: "unauthenticated"}.get(error.status_code, "internal")
-        return problem_response(kind, str(error.detail), request.url.path)
+        kind = _HTTP_ERRORS.get(error.status_code, "internal")
+        # 405 keeps Starlette's Allow header (RFC 9110 15.5.6): the methods the resource has.
+        return problem_response(kind, str(error.detail), request.url.path, headers=dict(error.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -258,14 +309,6 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         _log.error("%s %s failed", request.method, request.url.path, exc_info=error)
         detail = f"the server failed ({type(error).__name__}); its log has the detail"
         return problem_response("internal", detail, request.url.path)
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > _MAX_BODY_BYTES):
-            return problem_response("payload-too-large", f"send at most {_MAX_BODY_BYTES} bytes", request.url.path)
-        response: Response = await call_next(request)
-        return response
 
     def once(principal: Principal, key: str | None, path: str, body: BaseModel, run: Any) -> Response:
         """Run `run(run_id)` once per Idempotency-Key; its JSON result is what a repeat gets.
@@ -355,7 +398,7 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         summary="Ask for something in plain words",
         description="The Runtime Agent writes one program against the contract, which runs governed. "
         "Only the conclusion comes back, with the run id to audit it by.",
-        responses=_problems(401, 403, 404, 409, 413, 422, 503),
+        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     )
     def post_intent(request: IntentRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
         def run(run_id: str | None) -> dict[str, Any]:
@@ -369,7 +412,7 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         response_model=ConclusionBody,
         summary="Run a program you wrote (code mode)",
         description="The program runs in the sandbox; every proxy call is checked against the contract.",
-        responses=_problems(401, 403, 404, 409, 413, 422, 503),
+        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     )
     def post_program(request: ProgramRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
         def run(run_id: str | None) -> dict[str, Any]:
@@ -383,10 +426,17 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         "/v1/runs/{run_id}",
         response_model=RunBody,
         summary="A run's conclusion, receipts and verification",
-        responses=_problems(401, 403, 404),
+        description="Your own runs, or any run with the scope audit:read; another principal's run is "
+        "answered as missing (404). Without audit:read the view is the conclusion: the fields of the "
+        "summary, each call's gate decision and the verification, never the receipts (which hold the "
+        "program, the model's response, prompt hashes, host and pid).",
+        responses=_problems(401, 404),
     )
     def get_run(run_id: str, principal: Caller) -> dict[str, Any]:
-        return guarded(lambda: service.run_view(principal, run_id))  # type: ignore[no-any-return]
+        view: dict[str, Any] = guarded(lambda: service.run_view(principal, run_id))
+        if not principal.has(AUDIT_SCOPE):
+            view["receipts"] = None
+        return view
 
     @app.get("/v1/contracts", response_model=list[ContractListing], summary="Published contracts")
     def get_contracts(principal: Caller) -> list[dict[str, Any]]:
@@ -401,4 +451,18 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
     def get_contract(name: str, version: str, principal: Caller) -> dict[str, Any]:
         return guarded(lambda: service.contract_view(name, version))  # type: ignore[no-any-return]
 
+    # Outermost but for Starlette's error middleware: the limit holds before authentication,
+    # routing and parsing, for every route; the JSON routes are the ones with a body model.
+    json_routes = {
+        (method, route.path)
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.body_field is not None
+        for method in route.methods or ()
+    }
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=_MAX_BODY_BYTES,
+        json_routes=json_routes,
+        refuse=problem_response,
+    )
     return app

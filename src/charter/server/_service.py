@@ -156,11 +156,15 @@ class CharterService:
         """A run's conclusion, receipts and verification, for its own principal (or audit:read)."""
         if not _RUN_ID.fullmatch(run_id):  # whole ids only: a prefix search would reveal others' runs
             raise RunNotFound(f"no run {run_id!r}: give the whole 32-character run id")
-        record = self.audit.run(self.audit.resolve(run_id))
+        # Another principal's run is answered exactly like a missing one: the answer must not
+        # tell a caller that an id exists (nor the audit log's path on the server).
+        missing = RunNotFound(f"no run {run_id!r} among the runs you may read (yours, or any with {AUDIT_SCOPE!r})")
+        try:
+            record = self.audit.run(self.audit.resolve(run_id))
+        except RunNotFound:
+            raise missing from None
         if record.opened.principal != principal.id and not principal.has(AUDIT_SCOPE):
-            raise Forbidden(
-                f"run {record.run_id} acted for another principal; reading it needs the scope {AUDIT_SCOPE!r}"
-            )
+            raise missing
         verification = verify_log(self.audit, self.audit.trusted_keys(), run_id=record.run_id)
         view: dict[str, Any] = {}
         if principal.has(AUDIT_SCOPE):
