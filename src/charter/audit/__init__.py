@@ -7,7 +7,7 @@
 See `receipts` for what a receipt holds and `verify` for what verification checks.
 """
 
-from charter.audit.export import BUNDLE_FORMAT, export_run, verify_bundle, verify_log
+from charter.audit.export import BUNDLE_FORMAT, CheckedRun, check_run, export_run, verify_bundle, verify_log
 from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
     Asked,
@@ -32,6 +32,7 @@ __all__ = [
     "Attempted",
     "AuditLog",
     "BackendError",
+    "CheckedRun",
     "Concluded",
     "Decision",
     "Finding",
@@ -47,6 +48,7 @@ __all__ = [
     "StoredReceipt",
     "Verification",
     "args_digest",
+    "check_run",
     "export_run",
     "kind_of",
     "load_or_create_signing_key",

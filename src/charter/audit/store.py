@@ -52,7 +52,7 @@ from charter.errors import AuditError, RunNotFound
 from charter.migrations import Schema, Step
 from charter.status import Status, status_of
 
-__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso"]
+__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso", "record_of"]
 
 # The log's schema, one step per version (charter.migrations). Step 1 is the schema of
 # release 0.1.0, which wrote no version: its statements are idempotent, so it adopts a 0.1
@@ -331,6 +331,11 @@ class RunRecord:
         """Why, in one machine word: the sandbox outcome's tag or the deciding gate code."""
         return status_of(self.opened, self.sealed).cause
 
+    def program_runs(self) -> list[str]:
+        """The program runs an intent run's attempts started, in order ([] for a program run).
+        Each attempt names its run before the program runs, so an unconcluded run names them too."""
+        return [r.program_run for r in self.receipts if isinstance(r, Attempted) and r.program_run is not None]
+
     def in_doubt(self) -> list[Decision]:
         """Allowed calls with no known outcome: the action may or may not have happened."""
         done = {r.call for r in self.receipts if isinstance(r, Outcome) and r.status != "unknown"}
@@ -460,7 +465,7 @@ class AuditLog:
 
     def run(self, run_id: str) -> RunRecord:
         receipts = tuple(row.decoded() for row in self.stored(self.resolve(run_id)))
-        return _record(receipts)
+        return record_of(receipts)
 
     def runs(self) -> list[RunRecord]:
         """Every run's opening and seal, oldest first (decisions and outcomes left out)."""
@@ -479,7 +484,8 @@ class AuditLog:
         return [RunRecord(opened=o, receipts=(), sealed=sealed.get(rid)) for rid, o in opened.items()]
 
 
-def _record(receipts: Sequence[Receipt]) -> RunRecord:
+def record_of(receipts: Sequence[Receipt]) -> RunRecord:
+    """The run the receipts (one run's, in order) make up. AuditError if the first is no opening."""
     opened = receipts[0]
     if not isinstance(opened, Opened | Asked):
         raise AuditError(f"run {opened.run_id} does not start with its opening receipt; run `charter audit verify`")

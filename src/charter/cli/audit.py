@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -15,14 +16,17 @@ from charter.audit import (
     Asked,
     Attempted,
     AuditLog,
+    CheckedRun,
     Concluded,
     Decision,
+    Opened,
     Outcome,
     PublicKey,
     Receipt,
     RunRecord,
     Sealed,
     Verification,
+    check_run,
     export_run,
     read_public_key,
     verify_bundle,
@@ -107,68 +111,151 @@ def _summary(run: RunRecord) -> dict[str, Any]:
 
 @app.command()
 def show(run: RunArg, as_json: JsonOption = False) -> None:
-    """The program with line numbers beside the timeline of its receipts and its conclusion."""
+    """The program with line numbers beside the timeline of its receipts and its conclusion.
+
+    Every receipt's own signature and links are checked first; a receipt that fails is shown
+    marked UNVERIFIED (in --json: "verified": false) and the command exits 1.
+    """
     try:
-        record = _log().run(run)
+        log = _log()
+        checked = check_run(log, run)
     except CharterError as error:
         fail(error)
-    # Exception texts withheld from the program and the receipts: this is the local operator.
-    withheld = _log().backend_errors(record.run_id)
     if as_json:
-        receipts = [json.loads(_encode(r)) for r in record.receipts]
-        print_json(
-            {**_summary(record), "receipts": receipts, "backend_errors": [msgspec.to_builtins(e) for e in withheld]}
+        print_json(_checked_json(log, checked))
+    elif isinstance(checked.record.opened, Asked):
+        _show_intent(checked, checked.record.opened)
+    else:
+        _show_program(log, checked)
+    if not checked.ok:
+        raise typer.Exit(1)
+
+
+def _checked_json(log: AuditLog, checked: CheckedRun) -> dict[str, Any]:
+    record = checked.record
+    # Exception texts withheld from the program and the receipts: this is the local operator.
+    withheld = log.backend_errors(record.run_id)
+    view: dict[str, Any] = {
+        **_summary(record),
+        "verified": checked.verification.ok,
+        "receipts": [
+            {**json.loads(_encode(r)), "verified": r.log_seq not in checked.unverified} for r in record.receipts
+        ],
+        "unverified": [{"log_seq": k, "problems": v} for k, v in sorted(checked.unverified.items())],
+        "findings": [str(f) for f in checked.verification.findings],
+        "backend_errors": [msgspec.to_builtins(e) for e in withheld],
+    }
+    if checked.programs:
+        view["program_runs"] = [_checked_json(log, p) for p in checked.programs]
+    return view
+
+
+def _mark(checked: CheckedRun, receipt: Receipt) -> str:
+    """ "UNVERIFIED " before a receipt that failed its own check, else ""."""
+    return "UNVERIFIED " if receipt.log_seq in checked.unverified else ""
+
+
+def _say_unverified(checked: CheckedRun) -> None:
+    """What could not be vouched for, and that nothing above about it is to be believed."""
+    decoded = {r.log_seq for r in checked.record.receipts}
+    for log_seq, found in sorted(checked.unverified.items()):
+        gone = "" if log_seq in decoded else " (not shown: it does not decode)"
+        for problem in found:
+            say(f"UNVERIFIED receipt {log_seq}{gone}: {problem}", "bold red")
+    for finding in checked.verification.findings:
+        if finding.log_seq is None:
+            say(f"UNVERIFIED: {finding.problem}", "bold red")
+    if not checked.verification.ok:
+        say(
+            f"run {checked.record.run_id} is NOT VERIFIED: what the marked receipts say may be forged; "
+            "run `charter audit verify`",
+            "bold red",
         )
-        return
+
+
+def _listing(program: str) -> Table:
+    """Numbered lines; a long line wraps inside its column, so the gutter stays clear."""
+    listing = Table.grid(padding=(0, 2))
+    listing.add_column(justify="right", style="dim", no_wrap=True)
+    listing.add_column(overflow="fold")
+    for number, line in enumerate(program.splitlines(), start=1):
+        listing.add_row(str(number), Text(line))
+    return listing
+
+
+def _timeline(checked: CheckedRun) -> Text:
+    record = checked.record
+    timeline = Text()
+    for receipt in record.receipts[1:]:
+        line, style = _timeline_line(receipt)
+        mark = _mark(checked, receipt)
+        timeline.append(mark + line + "\n", style="bold red" if mark else style)
+    if checked.verification.ok:  # a record that failed its check supports no diagnosis
+        for decision in record.in_doubt():
+            timeline.append(
+                f"call {decision.call} {decision.operation}: OUTCOME UNKNOWN (allowed, no outcome recorded; "
+                "never re-run automatically)\n",
+                style="bold red",
+            )
+    return timeline
+
+
+def _show_program(log: AuditLog, checked: CheckedRun) -> None:
+    record = checked.record
     o = record.opened
-    if isinstance(o, Asked):
-        _show_intent(record, o)
-        return
-    say(f"run {o.run_id}", "bold")
+    assert isinstance(o, Opened)
+    mark = _mark(checked, o)
+    say(f"{mark}run {o.run_id}", "bold red" if mark else "bold")
     say(f"intent:    {_intent(o)}")
     say(f"principal: {o.principal} (scopes: {', '.join(o.scopes) or 'none'})")
     say(f"contract:  {o.contract} {o.version} sha256 {o.contract_sha256[:16]}…")
     say(f"opened:    {o.at}  clock {o.clock}  seed {o.seed}")
-    program = Text()
-    for number, line in enumerate(o.program.splitlines(), start=1):
-        program.append(f"{number:>3}  ", style="dim")
-        program.append(line + "\n")
-    timeline = Text()
-    for receipt in record.receipts[1:]:
-        line, style = _timeline_line(receipt)
-        timeline.append(line + "\n", style=style)
-    for decision in record.in_doubt():
-        timeline.append(
-            f"call {decision.call} {decision.operation}: OUTCOME UNKNOWN (allowed, no outcome recorded; "
-            "never re-run automatically)\n",
-            style="bold red",
-        )
-    grid = Table(show_header=True, expand=True)
-    grid.add_column("program")
-    grid.add_column("receipts")
-    grid.add_row(program, timeline)
-    out.print(grid)
-    for kept in withheld:
+    if out.width >= _SIDE_BY_SIDE:
+        grid = Table(show_header=True, expand=True)
+        grid.add_column("program")
+        grid.add_column("receipts", overflow="fold")
+        grid.add_row(_listing(o.program), _timeline(checked))
+        out.print(grid)
+    else:  # too narrow for two columns: the program, then the receipts, each at full width
+        say("program:", "bold")
+        out.print(_listing(o.program), soft_wrap=False)
+        say("receipts:", "bold")
+        out.print(_timeline(checked), soft_wrap=False, overflow="fold")
+    for kept in log.backend_errors(record.run_id):
         say(f"withheld from call {kept.call} {kept.operation}: {kept.error_type}: {kept.message}", "red")
-    say(_status_line(record), "bold")
+    _say_unverified(checked)
+    say(_status_line(checked), "bold")
 
 
-def _status_line(record: RunRecord) -> str:
+_SIDE_BY_SIDE = 120  # columns below which `show` stacks the program above its receipts
+
+
+def _status_line(checked: CheckedRun) -> str:
+    record = checked.record
+    if not checked.verification.ok:
+        return "status: not vouched for (receipts of this run failed verification)"
     never = ": the process ended during the run, and nothing resumes it" if record.sealed is None else ""
     return f"status: {record.status}" + (f" (cause {record.cause})" if record.cause else "") + never
 
 
-def _show_intent(record: RunRecord, asked: Asked) -> None:
-    say(f"intent run {asked.run_id}", "bold")
+def _show_intent(checked: CheckedRun, asked: Asked) -> None:
+    record = checked.record
+    programs = {p.record.run_id: p for p in checked.programs}
+    mark = _mark(checked, asked)
+    say(f"{mark}intent run {asked.run_id}", "bold red" if mark else "bold")
     say(f"intent:    {asked.intent}")
     say(f"principal: {asked.principal} (scopes: {', '.join(asked.scopes) or 'none'})")
     say(f"contract:  {asked.contract} {asked.version} sha256 {asked.contract_sha256[:16]}…")
     say(f"model:     {asked.model}  {_encode(asked.settings)}")
     for receipt in record.receipts[1:]:
+        mark = _mark(checked, receipt)
         if isinstance(receipt, Attempted):
             say()
             usage = ", ".join(f"{k} {v}" for k, v in (receipt.usage or {}).items())
-            say(f"attempt {receipt.attempt}: {receipt.model}, {receipt.api_tries} request(s); {usage}", "bold")
+            say(
+                f"{mark}attempt {receipt.attempt}: {receipt.model}, {receipt.api_tries} request(s); {usage}",
+                "bold red" if mark else "bold",
+            )
             say(
                 f"  prompt sha256 {receipt.prompt_sha256[:16]}…, "
                 f"contract block sha256 {receipt.contract_block_sha256[:16]}…"
@@ -180,16 +267,20 @@ def _show_intent(record: RunRecord, asked: Asked) -> None:
             if receipt.writes_closed:
                 say(f"  writes closed: {receipt.writes_closed}", "yellow")
             if receipt.program is not None:
-                for number, line in enumerate(receipt.program.splitlines(), start=1):
-                    say(f"  {number:>3}  {line}")
-            if receipt.program_run:
-                say(f"  ran as program run {receipt.program_run} (charter audit show {receipt.program_run[:12]})")
+                out.print(Padding(_listing(receipt.program), (0, 0, 0, 2)), soft_wrap=False)
+            program_run = programs.get(receipt.program_run or "")
+            if program_run is not None:
+                say(f"  ran as program run {program_run.record.run_id}:")
+                out.print(Padding(_timeline(program_run), (0, 0, 0, 4)), soft_wrap=False)
+                _say_unverified(program_run)
+                say(f"    {_status_line(program_run)}")
         elif isinstance(receipt, Concluded):
             say()
-            say(f"attempts: {', '.join(receipt.attempts)}")
+            say(f"{mark}attempts: {', '.join(receipt.attempts)}", "bold red" if mark else None)
             detail = receipt.answer if receipt.status == "done" else receipt.reason
-            say(f"conclusion: {receipt.status}: {detail}", "bold")
-    say(_status_line(record), "bold" if record.sealed is not None else "bold red")
+            say(f"{mark}conclusion: {receipt.status}: {detail}", "bold red" if mark else "bold")
+    _say_unverified(checked)
+    say(_status_line(checked), "bold" if record.sealed is not None and checked.ok else "bold red")
 
 
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
@@ -273,6 +364,7 @@ def _report(report: Verification, as_json: bool) -> None:
                 "signatures_checked": report.signatures_checked,
                 "interrupted": report.incomplete,
                 "in_doubt": [{"run_id": r, "call": c, "operation": o} for r, c, o in report.in_doubt],
+                "undiagnosed": report.undiagnosed,
                 "head": f"{report.head[0]}:{report.head[1]}" if report.head else None,
                 "findings": [str(f) for f in report.findings],
             }
@@ -284,6 +376,13 @@ def _report(report: Verification, as_json: bool) -> None:
         say(f"interrupted: run {run_id} was never sealed (the process ended during the run)", "yellow")
     for run_id, call, operation in report.in_doubt:
         say(f"in doubt: run {run_id} call {call} {operation} was allowed; its outcome is unknown", "yellow")
+    if report.undiagnosed:
+        say(
+            f"not diagnosed: {len(report.undiagnosed)} run(s) ({', '.join(r[:12] for r in report.undiagnosed[:5])}"
+            f"{'…' if len(report.undiagnosed) > 5 else ''}): their receipts or the log's order failed the checks "
+            "above, so nothing (interrupted, in doubt) is concluded from what they say",
+            "yellow",
+        )
     verdict = "ok" if report.ok else f"FAILED ({len(report.findings)} problems)"
     say(
         f"{verdict}: {report.receipts} receipts in {report.runs} runs ({report.sealed} sealed), "

@@ -123,8 +123,13 @@ class RunBody(BaseModel):
     cause: str | None
     answer: str | None
     reason: str | None
-    receipts: list[dict[str, Any]]
+    receipts: list[dict[str, Any]] = Field(
+        description="Each receipt's body, with `verified`: false where its own signature or links failed the check."
+    )
     verification: dict[str, Any]
+    programs: list[dict[str, Any]] | None = Field(
+        default=None, description="An intent run's program runs, each with its receipts and verification."
+    )
     # Only for a principal with audit:read: exception texts withheld from the program and receipts.
     backend_errors: list[dict[str, Any]] | None = None
 
