@@ -176,3 +176,111 @@ def test_show_of_an_intent_run_shows_its_program_runs_decisions(governed: Govern
     (started,) = run_view["programs"]
     assert started["run_id"] == program_run
     assert any(r.get("code") == "STATE_VIOLATION" for r in started["receipts"])
+
+
+# -- fault 11: audit list reads the runs index, newest first, validated filters, 80 columns ------------
+
+LONG_PRINCIPAL = "alice.with.a.long.principal@example.com"
+
+
+def test_audit_list_is_newest_first_limited_and_fits_80_columns(governed: Governed) -> None:
+    first = governed.run(CANCEL_123, principal=LONG_PRINCIPAL).run_id
+    second = governed.run("conclude('hi')").run_id
+    third = governed.run("conclude('again')").run_id
+
+    listed = json.loads(charter("audit", "list", "--json").stdout)
+    assert [r["run_id"] for r in listed] == [third, second, first]
+    assert listed[2]["denial_code"] == "STATE_VIOLATION"
+    assert listed[2]["denial_operation"] == "cancel_order"
+    limited = json.loads(charter("audit", "list", "--json", "--limit", "2").stdout)
+    assert [r["run_id"] for r in limited] == [third, second]
+    assert [r.run_id for r in governed.log.list_runs(limit=2, before_cursor=limited[-1]["cursor"])] == [first]
+
+    import os
+
+    env = {**os.environ, "COLUMNS": "80"}
+    import subprocess
+    import sys
+
+    text = subprocess.run(
+        [sys.executable, "-m", "charter", "audit", "list"], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    for run_id in (first, second, third):
+        assert any(line.startswith(run_id[:12]) for line in lines)
+    assert "orders@1.0.0" in text
+    assert LONG_PRINCIPAL in text
+    assert text.index(third[:12]) < text.index(first[:12])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--status", "denied"), "the statuses are done, refused, failed"),
+        (("--since", "last tuesday"), "today, yesterday, or an age: 30m, 24h, 7d"),
+        (("--limit", "0"), "greater than or equal to 1"),
+    ],
+)
+def test_audit_list_rejects_unknown_filter_values(governed: Governed, args: tuple[str, ...], words: str) -> None:
+    governed.run("conclude('hi')")
+    result = charter("audit", "list", *args)
+    assert result.returncode != 0
+    assert words in result.stderr
+
+
+def test_audit_list_since_takes_relative_and_named_times(governed: Governed) -> None:
+    run_id = governed.run("conclude('hi')").run_id
+    for since in ("yesterday", "today", "24h", "7d", "30m", "2026-01-01", "2026-01-01T00:00:00+02:00"):
+        listed = json.loads(charter("audit", "list", "--json", "--since", since).stdout)
+        assert [r["run_id"] for r in listed] == [run_id], since
+    assert json.loads(charter("audit", "list", "--json", "--since", "2999-01-01").stdout) == []
+
+
+def test_show_at_80_columns_wraps_program_lines_behind_the_gutter(governed: Governed) -> None:
+    import os
+    import subprocess
+    import sys
+
+    long_reason = "a reason long enough that no eighty column terminal holds the whole call on one line"
+    program = f'orders.get_order(id=101)\nconclude("{long_reason}")'
+    run_id = governed.run(program).run_id
+    env = {**os.environ, "COLUMNS": "80"}
+    text = subprocess.run(
+        [sys.executable, "-m", "charter", "audit", "show", run_id], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    lines = text.splitlines()
+    start = lines.index("program:") + 1
+    listing = lines[start : lines.index("receipts:")]
+    assert listing[0].strip().startswith("1")
+    gutter = listing[1].index("conclude")
+    assert len(listing) > 2  # the long line wrapped ...
+    assert all(line[:gutter].strip() == "" for line in listing[2:])  # ... behind the gutter
+    assert "".join(line[gutter:].rstrip() for line in listing[1:]).replace(" ", "") == (
+        f'conclude("{long_reason}")'.replace(" ", "")
+    )
+    assert 'get_order({"id":101})' in text.replace(" ", "") or "get_order(" in text
+
+
+def test_help_of_every_command_is_conventional() -> None:
+    import re
+
+    import typer
+
+    from charter.cli import app
+
+    def walk(command: object, path: list[str]) -> list[list[str]]:
+        found = [path]
+        for name, sub in getattr(command, "commands", {}).items():
+            found += walk(sub, [*path, name])
+        return found
+
+    noise = re.compile(r"<bool>|<\w+(\[\w+\])?>|\{|\[default: None\]")
+    paths = walk(typer.main.get_command(app), [])
+    assert len(paths) > 20
+    bad = []
+    for path in paths:
+        result = charter(*path, "--help")
+        assert result.returncode == 0, (path, result.stderr)
+        bad += [f"{' '.join(path)}: {line.strip()}" for line in result.stdout.splitlines() if noise.search(line)]
+    assert bad == []

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from charter.audit.receipts import Closing, Opening
     from charter.sandbox.outcomes import Outcome
 
-__all__ = ["STATUSES", "RunStatus", "Status", "classify", "status_of", "status_of_outcome"]
+__all__ = ["STATUSES", "RunStatus", "Status", "classify", "status_of", "status_of_closing", "status_of_outcome"]
 
 Status = Literal["done", "refused", "failed", "awaiting_approval", "in_doubt", "interrupted"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -81,10 +81,17 @@ def status_of(opened: Opening, closing: Closing | None) -> RunStatus:
     """The status of a run as the log holds it: what its closing receipt stores, or, for a
     receipt written before statuses were stored (release 0.1), the same rule applied to
     what it holds. A run without a closing receipt is `interrupted`."""
-    from charter.audit.receipts import Asked, Concluded, Sealed
+    from charter.audit.receipts import Asked
 
     if closing is None:
         return RunStatus("interrupted", NEVER_CONCLUDED if isinstance(opened, Asked) else NEVER_SEALED)
+    return status_of_closing(closing)
+
+
+def status_of_closing(closing: Closing) -> RunStatus:
+    """`status_of` for a run that has its closing receipt (the opening adds nothing then)."""
+    from charter.audit.receipts import Concluded, Sealed
+
     if isinstance(closing, Concluded):
         # Release 0.1 stored done/refused/failed without a cause; its last attempt's ending
         # (check_failed, api_error or that program run's outcome tag) is the nearest it says.

@@ -8,6 +8,7 @@ See `receipts` for what a receipt holds and `verify` for what verification check
 """
 
 from charter.audit.export import BUNDLE_FORMAT, CheckedRun, check_run, export_run, verify_bundle, verify_log
+from charter.audit.index import RunFilter, RunSummary
 from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
     Asked,
@@ -41,8 +42,10 @@ __all__ = [
     "Outcome",
     "PublicKey",
     "Receipt",
+    "RunFilter",
     "RunRecord",
     "RunRecorder",
+    "RunSummary",
     "Sealed",
     "SigningKey",
     "StoredReceipt",

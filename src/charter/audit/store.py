@@ -30,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from charter._paths import charter_home
+from charter.audit.index import RUNS_INDEX_SQL, RunFilter, RunSummary, fill_runs_index, index_receipt, list_runs
 from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
     Asked,
@@ -103,6 +104,14 @@ AUDIT_SCHEMA = Schema(
                     PRIMARY KEY (run_id, call)
                 )""",
             ),
+        ),
+        Step(
+            3,
+            "runs: an index of runs (kind, contract, version, principal, status, cause, first denial, times, "
+            "parent) kept in each receipt's transaction and built from the receipts on upgrade; `audit list` "
+            "reads it, newest first, without decoding receipts; not signed, never consulted by verify",
+            RUNS_INDEX_SQL,
+            fill=fill_runs_index,
         ),
     ),
 )
@@ -203,6 +212,7 @@ class _Writer:
                         "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (log_seq, receipt.run_id, receipt.seq, kind_of(receipt), body, signature, log_link),
                     )
+                    index_receipt(connection, receipt, log_seq)
             connection.execute(
                 "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET log_seq = ?, link = ?",
                 (log_seq, log_link, log_seq, log_link),
@@ -462,6 +472,17 @@ class AuditLog:
         if len(rows) > 1:
             raise RunNotFound(f"run id prefix {prefix!r} is ambiguous in {self.path}; give more of the id")
         return str(rows[0][0])
+
+    def list_runs(
+        self, filters: RunFilter | None = None, limit: int = 50, before_cursor: int | None = None
+    ) -> list[RunSummary]:
+        """Runs from the runs index, newest first: up to `limit` (>= 1) matching `filters`, opened
+        before `before_cursor` (the `cursor` of the previous page's last row; None: from the newest).
+        Reads no receipt bodies. ValueError for a limit below 1."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        with self._connection() as connection:
+            return list_runs(connection, filters or RunFilter(), limit, before_cursor)
 
     def run(self, run_id: str) -> RunRecord:
         receipts = tuple(row.decoded() for row in self.stored(self.resolve(run_id)))

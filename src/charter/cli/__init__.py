@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from charter.cli import audit, contract, db, sandbox
+from charter.cli._help import conventional_help
 from charter.cli.demo import demo
 from charter.cli.execute import execute
 from charter.cli.run import run
@@ -31,4 +32,4 @@ app.command()(mcp)
 
 
 def main() -> None:
-    app()
+    conventional_help(typer.main.get_command(app))(prog_name="charter")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +24,9 @@ from charter.audit import (
     Outcome,
     PublicKey,
     Receipt,
+    RunFilter,
     RunRecord,
+    RunSummary,
     Sealed,
     Verification,
     check_run,
@@ -57,41 +60,93 @@ def _intent(opened: Opening) -> str:
 
 @app.command("list")
 def list_(
-    contract: Annotated[str | None, typer.Option(help="Only runs under this contract (NAME).")] = None,
-    status: Annotated[str | None, typer.Option(help=f"Only runs with this status: {', '.join(STATUSES)}.")] = None,
-    cause: Annotated[
-        str | None, typer.Option(help="Only runs with this cause: an outcome (timeout...) or a gate code.")
+    contract: Annotated[str | None, typer.Option(metavar="NAME", help="Only runs under this contract.")] = None,
+    status: Annotated[
+        str | None, typer.Option(metavar="STATUS", help=f"Only runs with this status: {', '.join(STATUSES)}.")
     ] = None,
-    since: Annotated[str | None, typer.Option(help="Only runs opened at or after this ISO date/time (UTC).")] = None,
+    cause: Annotated[
+        str | None,
+        typer.Option(metavar="CAUSE", help="Only runs with this cause: an outcome (timeout...) or a gate code."),
+    ] = None,
+    principal: Annotated[str | None, typer.Option(metavar="ID", help="Only runs of this principal.")] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="WHEN", help=f"Only runs opened since WHEN: {SINCE_FORMS}.")
+    ] = None,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, help="Show at most N runs.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """Runs in the log, oldest first."""
+    """Runs in the log, newest first (from the runs index; `audit verify` checks the receipts)."""
     if status is not None and status not in STATUSES:
         fail(f"--status {status!r} is not a run status; the statuses are {', '.join(STATUSES)}")
     try:
-        runs = [r for r in _log().runs() if _matches(r, contract, status, cause, since)]
+        filters = RunFilter(
+            contract=contract, status=status, cause=cause, principal=principal, since=parse_since(since)
+        )
+        runs = _log().list_runs(filters, limit=limit)
     except CharterError as error:
         fail(error)
     if as_json:
-        print_json([_summary(r) for r in runs])
+        print_json([msgspec.to_builtins(r) for r in runs])
         return
-    table = Table(show_header=True)
-    for column in ("run", "opened (UTC)", "contract", "principal", "status", "cause", "intent"):
-        table.add_column(column)
+    if not runs:
+        say("no runs match" if any((contract, status, cause, principal, since)) else "no runs in the log")
+        return
+    # Two lines a run, no table: ids, versions and principals are never cut, at any width;
+    # only what follows the principal on the second line (cause, denial, intent) is shortened.
+    width = max(out.width, 40)
+    say(f"{'RUN':<12}  {'OPENED (UTC)':<16}  {'STATUS':<11}  CONTRACT@VERSION", "bold")
+    say("  PRINCIPAL · CAUSE · FIRST DENIAL · INTENT", "bold")
     for run in runs:
-        o = run.opened
-        row = (o.run_id[:12], o.at[:19], f"{o.contract}@{o.version}", o.principal, run.status, run.cause or "")
-        table.add_row(*row, _intent(o)[:60])
-    out.print(table)
+        opened = run.opened_at[:16].replace("T", " ")
+        say(f"{run.run_id[:12]}  {opened}  {run.status:<11}  {run.contract}@{run.version}")
+        detail = [f"cause {run.cause}"] if run.cause else []
+        if run.denial_code:
+            detail.append(f"first denial {run.denial_code} ({run.denial_operation})")
+        rest = " · ".join([*detail, _listed_intent(run)])
+        room = width - len(run.principal) - 5
+        if len(rest) > room:
+            rest = rest[: max(room - 1, 0)] + "…"
+        say(f"  {run.principal} · {rest}")
+    if len(runs) == limit:
+        say(f"(the newest {limit}; --limit N shows more)", "dim")
 
 
-def _matches(run: RunRecord, contract: str | None, status: str | None, cause: str | None, since: str | None) -> bool:
-    return (
-        (contract is None or run.opened.contract == contract)
-        and (status is None or run.status == status)
-        and (cause is None or run.cause == cause)
-        and (since is None or run.opened.at >= since)
-    )
+def _listed_intent(run: RunSummary) -> str:
+    if run.kind == "intent":
+        return f"intent: {run.intent}"
+    if run.parent is not None:
+        return f"attempt of {run.parent[:12]}: {run.intent}"
+    return run.intent if run.intent is not None else "(program supplied by caller)"
+
+
+SINCE_FORMS = "an ISO-8601 date or time (UTC unless it names an offset), today, yesterday, or an age: 30m, 24h, 7d, 2w"
+_AGES = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(since: str | None, now: datetime | None = None) -> str | None:
+    """--since as the ISO-8601 UTC time openings are stamped with (so text order is time order).
+
+    Raises UsageError naming the accepted forms."""
+    if since is None:
+        return None
+    now = now or datetime.now(UTC)
+    text = since.strip().lower()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    when: datetime | None = None
+    if text in ("today", "yesterday"):
+        when = midnight - timedelta(days=1 if text == "yesterday" else 0)
+    elif len(text) > 1 and text[-1] in _AGES and text[:-1].isdigit():
+        when = now - timedelta(**{_AGES[text[-1]]: int(text[:-1])})
+    else:
+        try:
+            when = datetime.fromisoformat(since.strip())
+        except ValueError:
+            when = None
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    if when is None:
+        raise UsageError(f"--since {since!r} is not a time; give {SINCE_FORMS}")
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _summary(run: RunRecord) -> dict[str, Any]:
