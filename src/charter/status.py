@@ -26,15 +26,26 @@ refused even if a program caught it); its Concluded receipt stores it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
 if TYPE_CHECKING:
-    from charter.audit.receipts import Closing, Opening
+    from charter.audit.receipts import Closing, Opening, StoredReceipt
     from charter.sandbox.outcomes import Outcome
 
-__all__ = ["STATUSES", "RunStatus", "Status", "classify", "status_of", "status_of_closing", "status_of_outcome"]
+__all__ = [
+    "STATUSES",
+    "GateDecision",
+    "RunStatus",
+    "Status",
+    "classify",
+    "deciding_decision",
+    "status_of",
+    "status_of_closing",
+    "status_of_outcome",
+]
 
 Status = Literal["done", "refused", "failed", "awaiting_approval", "in_doubt", "interrupted"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -103,3 +114,59 @@ def status_of_closing(closing: Closing) -> RunStatus:
     ended = msgspec.json.decode(closing.outcome, type=_Ended)
     denial = ended.violation.get("code") if ended.violation is not None else ended.code
     return classify(closing.status, denial if isinstance(denial, str) else None)
+
+
+class GateDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """The gate decision that decided a refused or failed run, as its signed receipt holds it:
+    what every surface puts beside the prose as `decision` (null when no gate decision
+    decided the run: the program called refuse(), a timeout, a program error; `cause` then
+    names the outcome).
+
+    `run_id`, `seq`, `log_seq` and `link` name the Decision receipt (`charter audit show
+    RUN_ID`); for an intent run it is a receipt of one of its program runs."""
+
+    code: str  # the denial's reason code: STATE_VIOLATION, FORBIDDEN_SCOPE, GUARD_VIOLATION...
+    operation: str
+    boundary: str | None  # the hard boundary the clause enforces, if any
+    clause: str | None  # the contract clause decisive for it ("transition:Order.cancel")
+    message: str
+    run_id: str
+    seq: int  # the receipt's place in its run
+    log_seq: int  # its place in the log
+    link: str  # sha256(body || signature): the receipt exactly
+
+
+def deciding_decision(
+    status: str, cause: str | None, rows: Iterable[StoredReceipt], *, first: bool = False
+) -> GateDecision | None:
+    """The DENY among `rows` (receipts in log order) that decided a run whose `status` is
+    refused or failed and whose `cause` is that denial's code; None when no denial decided it.
+
+    A program run's deciding denial is its last with that code (the one that ended it); an
+    intent run's (`first=True`, over its program runs' receipts) is the first, which is the
+    one the Runtime Agent's refusal rests on."""
+    if status not in ("refused", "failed") or cause is None:
+        return None
+    from charter.audit.receipts import Decision, decode_body
+
+    found: GateDecision | None = None
+    for row in rows:
+        if row.kind != "decision":
+            continue
+        body = decode_body(row.body)
+        if not isinstance(body, Decision) or body.decision != "DENY" or body.code != cause:
+            continue
+        found = GateDecision(
+            code=body.code,
+            operation=body.operation,
+            boundary=body.boundary,
+            clause=body.clause,
+            message=body.message,
+            run_id=row.run_id,
+            seq=row.seq,
+            log_seq=row.log_seq,
+            link=row.link,
+        )
+        if first:
+            break
+    return found

@@ -238,19 +238,27 @@ def _listing(program: str) -> Table:
     return listing
 
 
-def _timeline(checked: CheckedRun) -> Text:
+def _timeline(checked: CheckedRun) -> Table:
+    """One row a receipt: its #seq in a gutter of its own, then what it says, folded (never cut)
+    at the column's width; a decision's verdict starts a line of its own, so it is never split."""
     record = checked.record
-    timeline = Text()
+    timeline = Table.grid(padding=(0, 1))
+    timeline.add_column(justify="right", no_wrap=True)
+    timeline.add_column(overflow="fold")
     for receipt in record.receipts[1:]:
         line, style = _timeline_line(receipt)
         mark = _mark(checked, receipt)
-        timeline.append(mark + line + "\n", style="bold red" if mark else style)
+        text = "\n".join(mark + part for part in line.split("\n"))
+        timeline.add_row(f"#{receipt.seq}", Text(text, style=("bold red" if mark else style) or ""))
     if checked.verification.ok:  # a record that failed its check supports no diagnosis
         for decision in record.in_doubt():
-            timeline.append(
-                f"call {decision.call} {decision.operation}: OUTCOME UNKNOWN (allowed, no outcome recorded; "
-                "never re-run automatically)\n",
-                style="bold red",
+            timeline.add_row(
+                "",
+                Text(
+                    f"call {decision.call} {decision.operation}: OUTCOME UNKNOWN (allowed, no outcome recorded; "
+                    "never re-run automatically)",
+                    style="bold red",
+                ),
             )
     return timeline
 
@@ -268,14 +276,14 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> None:
     if out.width >= _SIDE_BY_SIDE:
         grid = Table(show_header=True, expand=True)
         grid.add_column("program")
-        grid.add_column("receipts", overflow="fold")
+        grid.add_column("receipts")
         grid.add_row(_listing(o.program), _timeline(checked))
         out.print(grid)
     else:  # too narrow for two columns: the program, then the receipts, each at full width
         say("program:", "bold")
         out.print(_listing(o.program), soft_wrap=False)
         say("receipts:", "bold")
-        out.print(_timeline(checked), soft_wrap=False, overflow="fold")
+        out.print(_timeline(checked), soft_wrap=False)
     for kept in log.backend_errors(record.run_id):
         say(f"withheld from call {kept.call} {kept.operation}: {kept.error_type}: {kept.message}", "red")
     _say_unverified(checked)
@@ -340,24 +348,21 @@ def _show_intent(checked: CheckedRun, asked: Asked) -> None:
 
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
     if isinstance(receipt, Decision):
-        head = f"#{receipt.seq} call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
         if receipt.decision == "ALLOW":
-            return f"{head} -> ALLOW {receipt.code}", "green"
-        return f"{head} -> DENY {receipt.code}: {receipt.message}", "yellow"
+            return f"{head}\n-> ALLOW {receipt.code}", "green"
+        return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
     if isinstance(receipt, Outcome):
         if receipt.status in ("failed", "unknown"):  # unknown: sent, no answer: in doubt
-            return f"#{receipt.seq}   outcome: {receipt.status} {receipt.code}: {receipt.message}", "red"
+            return f"  outcome: {receipt.status} {receipt.code}: {receipt.message}", "red"
         result = receipt.result or ""
         dropped = f" (dropped: {', '.join(receipt.dropped)})" if receipt.dropped else ""
-        return f"#{receipt.seq}   outcome: {receipt.status} {result[:160]}{dropped}", None
+        return f"  outcome: {receipt.status} {result[:160]}{dropped}", None
     if isinstance(receipt, Sealed):
         outcome = json.loads(receipt.outcome)
         detail = outcome.get("answer") or outcome.get("reason") or outcome.get("error_message") or ""
-        return (
-            f"#{receipt.seq} sealed: {receipt.status}: {detail} ({receipt.calls} calls, {receipt.wall_ms:.1f} ms)",
-            "bold",
-        )
-    return f"#{receipt.seq} {type(receipt).__name__}", None
+        return f"sealed: {receipt.status}: {detail} ({receipt.calls} calls, {receipt.wall_ms:.1f} ms)", "bold"
+    return type(receipt).__name__, None
 
 
 def _encode(value: object) -> str:

@@ -98,11 +98,30 @@ class ProgramRequest(_Request):
     program: str = Field(min_length=1, max_length=262_144, description="Python source using the typed proxies.")
 
 
+class DecisionBody(BaseModel):
+    """charter.status.GateDecision: the deciding Decision receipt's fields and where it is."""
+
+    code: str = Field(description="The reason code: STATE_VIOLATION, FORBIDDEN_SCOPE, GUARD_VIOLATION...")
+    operation: str
+    boundary: str | None = Field(description="The hard boundary the clause enforces, if any.")
+    clause: str | None = Field(description="The contract clause decisive for it, e.g. transition:Order.cancel.")
+    message: str
+    run_id: str = Field(description="The run whose receipt it is (for an intent run: one of its program runs).")
+    seq: int = Field(description="The receipt's place in that run.")
+    log_seq: int = Field(description="The receipt's place in the audit log.")
+    link: str = Field(description="sha256(body || signature) of the receipt.")
+
+
 class ConclusionBody(BaseModel):
     run_id: str
     status: Status = Field(description="How the run ended; the vocabulary is the README's 'Run status'.")
     cause: str | None = Field(
         default=None, description="Why, as a machine word: the sandbox outcome (timeout...) or a gate code."
+    )
+    decision: DecisionBody | None = Field(
+        default=None,
+        description="The gate decision that decided a refused or failed run, from its receipt; null when none did "
+        "(the program refused, a timeout...: `cause` names the outcome).",
     )
     answer: str | None = None
     data: Any = None
@@ -182,6 +201,7 @@ def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
             version=answer.version,
         )
     body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause}
+    body["decision"] = msgspec.to_builtins(answer.decision)  # null unless a gate decision decided it
     body["answer"] = answer.answer
     body |= {"data": msgspec.to_builtins(answer.data), "reason": answer.reason}
     body |= {"contract": answer.contract, "version": answer.version}
