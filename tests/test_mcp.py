@@ -84,6 +84,7 @@ def test_a_client_session_lists_tools_and_resources_runs_an_intent_and_a_program
         "run_id",
         "status",
         "cause",
+        "decision",
         "answer",
         "reason",
         "attempts",
@@ -92,6 +93,7 @@ def test_a_client_session_lists_tools_and_resources_runs_an_intent_and_a_program
     }  # the conclusion only
     # One status for the run, whoever asks: the uncaught denial is refused, its cause the gate's code.
     assert (seen["program"]["status"], seen["program"]["cause"]) == ("refused", "STATE_VIOLATION")
+    assert (intent["decision"], seen["program"]["decision"]["code"]) == (None, "STATE_VIOLATION")
     assert (seen["program_audit"]["status"], seen["program_audit"]["cause"]) == ("refused", "STATE_VIOLATION")
     assert "hard boundary no_cancel_after_picking" in seen["program"]["reason"]
     audit = seen["audit"]

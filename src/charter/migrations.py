@@ -33,6 +33,7 @@ all of them or none.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,11 +44,17 @@ __all__ = ["Schema", "Step", "read_version"]
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One migration: `sql` takes a store from version `version - 1` to `version`."""
+    """One migration: `sql` takes a store from version `version - 1` to `version`.
+
+    `fill`, if given, runs after `sql` in the same transaction, on the same connection: it
+    derives a new table's rows from what the store already holds (a backfill), with the
+    code that keeps the table up to date afterwards, so there is one rule, not a SQL twin.
+    On a new, empty store it finds nothing to fill."""
 
     version: int
     summary: str
     sql: tuple[str, ...]
+    fill: Callable[[sqlite3.Connection], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,8 @@ class Schema:
         for step in self.pending(found):
             for statement in step.sql:
                 connection.execute(statement)
+            if step.fill is not None:
+                step.fill(connection)
         # PRAGMA takes no parameters; the version is an int from this module's own steps.
         connection.execute(f"PRAGMA user_version = {int(self.version)}")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from charter.audit import Attempted, Decision, Opened, Outcome, RunRecord, Sealed
+from charter.audit import Decision, Opened, Outcome, RunRecord, Sealed
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ArgumentChecker, CallRequest, Denied, Encoded, InvalidArguments, OperationFailed, RunHalted
 from charter.gate._contract import halt_message, recorded_arguments
@@ -125,4 +125,4 @@ def replay_run(record: RunRecord, contract: CompiledContract, sandbox: Sandbox) 
 
 def program_runs_of(record: RunRecord) -> list[str]:
     """The program runs an intent run's attempts started, in order."""
-    return [r.program_run for r in record.receipts if isinstance(r, Attempted) and r.program_run is not None]
+    return record.program_runs()

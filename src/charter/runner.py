@@ -35,7 +35,7 @@ from charter.sandbox import (
     SandboxLimits,
     outcome_json,
 )
-from charter.status import RunStatus, Status, status_of_outcome
+from charter.status import GateDecision, RunStatus, Status, deciding_decision, status_of_outcome
 
 __all__ = ["Answer", "Execution", "Runner", "Status", "conclusion_of", "unavailable_calls"]
 
@@ -49,6 +49,9 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     data: Any = None
     reason: str | None = None  # why, when refused or failed
     cause: str | None = None  # the machine word for why: an outcome tag or a gate code (charter.status)
+    # The gate decision that decided a refused or failed run, from its receipt; None when none
+    # did (refuse(), a timeout...: `cause` names the outcome). charter.status.GateDecision.
+    decision: GateDecision | None = None
     contract: str | None = None  # the contract and the version the run resolved to
     version: str | None = None
     # Calls the server could not perform (a binding module missing, failing to import or
@@ -161,10 +164,13 @@ class Runner:
         unavailable = unavailable_calls(calls)
         sealed = recorder.seal(sealed_receipt(context.run_id, outcome, unavailable=bool(unavailable)))
         status, answer, data, reason = conclusion_of(outcome, unavailable=bool(unavailable))
+        denied = any(isinstance(c, Decision) and c.decision == "DENY" for c in calls)
+        decision = deciding_decision(status.status, status.cause, self.audit.stored(context.run_id)) if denied else None
         return Execution(
             run_id=context.run_id,
             status=status.status,
             cause=status.cause,
+            decision=decision,
             answer=answer,
             data=data,
             reason=reason,

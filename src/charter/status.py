@@ -33,15 +33,26 @@ refused even if a program caught it); its Concluded receipt stores it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
 if TYPE_CHECKING:
-    from charter.audit.receipts import Closing, Opening
+    from charter.audit.receipts import Closing, Opening, StoredReceipt
     from charter.sandbox.outcomes import Outcome
 
-__all__ = ["STATUSES", "RunStatus", "Status", "classify", "status_of", "status_of_outcome"]
+__all__ = [
+    "STATUSES",
+    "GateDecision",
+    "RunStatus",
+    "Status",
+    "classify",
+    "deciding_decision",
+    "status_of",
+    "status_of_closing",
+    "status_of_outcome",
+]
 
 Status = Literal["done", "refused", "failed", "awaiting_approval", "in_doubt", "interrupted"]
 STATUSES: tuple[str, ...] = get_args(Status)
@@ -96,10 +107,17 @@ def status_of(opened: Opening, closing: Closing | None) -> RunStatus:
     """The status of a run as the log holds it: what its closing receipt stores, or, for a
     receipt written before statuses were stored (release 0.1), the same rule applied to
     what it holds. A run without a closing receipt is `interrupted`."""
-    from charter.audit.receipts import Asked, Concluded, Sealed
+    from charter.audit.receipts import Asked
 
     if closing is None:
         return RunStatus("interrupted", NEVER_CONCLUDED if isinstance(opened, Asked) else NEVER_SEALED)
+    return status_of_closing(closing)
+
+
+def status_of_closing(closing: Closing) -> RunStatus:
+    """`status_of` for a run that has its closing receipt (the opening adds nothing then)."""
+    from charter.audit.receipts import Concluded, Sealed
+
     if isinstance(closing, Concluded):
         # Release 0.1 stored done/refused/failed without a cause; its last attempt's ending
         # (check_failed, api_error or that program run's outcome tag) is the nearest it says.
@@ -111,3 +129,59 @@ def status_of(opened: Opening, closing: Closing | None) -> RunStatus:
     ended = msgspec.json.decode(closing.outcome, type=_Ended)
     denial = ended.violation.get("code") if ended.violation is not None else ended.code
     return classify(closing.status, denial if isinstance(denial, str) else None)
+
+
+class GateDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """The gate decision that decided a refused or failed run, as its signed receipt holds it:
+    what every surface puts beside the prose as `decision` (null when no gate decision
+    decided the run: the program called refuse(), a timeout, a program error; `cause` then
+    names the outcome).
+
+    `run_id`, `seq`, `log_seq` and `link` name the Decision receipt (`charter audit show
+    RUN_ID`); for an intent run it is a receipt of one of its program runs."""
+
+    code: str  # the denial's reason code: STATE_VIOLATION, FORBIDDEN_SCOPE, GUARD_VIOLATION...
+    operation: str
+    boundary: str | None  # the hard boundary the clause enforces, if any
+    clause: str | None  # the contract clause decisive for it ("transition:Order.cancel")
+    message: str
+    run_id: str
+    seq: int  # the receipt's place in its run
+    log_seq: int  # its place in the log
+    link: str  # sha256(body || signature): the receipt exactly
+
+
+def deciding_decision(
+    status: str, cause: str | None, rows: Iterable[StoredReceipt], *, first: bool = False
+) -> GateDecision | None:
+    """The DENY among `rows` (receipts in log order) that decided a run whose `status` is
+    refused or failed and whose `cause` is that denial's code; None when no denial decided it.
+
+    A program run's deciding denial is its last with that code (the one that ended it); an
+    intent run's (`first=True`, over its program runs' receipts) is the first, which is the
+    one the Runtime Agent's refusal rests on."""
+    if status not in ("refused", "failed") or cause is None:
+        return None
+    from charter.audit.receipts import Decision, decode_body
+
+    found: GateDecision | None = None
+    for row in rows:
+        if row.kind != "decision":
+            continue
+        body = decode_body(row.body)
+        if not isinstance(body, Decision) or body.decision != "DENY" or body.code != cause:
+            continue
+        found = GateDecision(
+            code=body.code,
+            operation=body.operation,
+            boundary=body.boundary,
+            clause=body.clause,
+            message=body.message,
+            run_id=row.run_id,
+            seq=row.seq,
+            log_seq=row.log_seq,
+            link=row.link,
+        )
+        if first:
+            break
+    return found

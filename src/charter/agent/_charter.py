@@ -47,7 +47,7 @@ from charter.principal import Principal
 from charter.registry import Registry, parse_ref
 from charter.runner import Answer, Execution, Runner
 from charter.sandbox import Completed, Halted, ProgramError, Refused, Sandbox, Trapped, allowed_modules
-from charter.status import Status, status_of_outcome
+from charter.status import Status, deciding_decision, status_of_outcome
 
 __all__ = ["Charter", "Conclusion"]
 
@@ -195,6 +195,13 @@ class Charter:
                 f"rounds); the last problem: {request.last_problem}",
             )
         status, cause, answer, data, reason = final
+        # The denial the refusal rests on, from its receipt in the program runs (None: none decided it).
+        decision = deciding_decision(
+            status,
+            cause,
+            (row for run in request.program_runs for row in self.runner.audit.stored(run)),
+            first=True,
+        )
         recorder.conclude(
             Concluded(
                 run_id=recorder.run_id,
@@ -215,6 +222,7 @@ class Charter:
             run_id=recorder.run_id,
             status=status,
             cause=cause,
+            decision=decision,
             answer=answer,
             data=data,
             reason=reason,

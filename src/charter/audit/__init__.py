@@ -7,7 +7,8 @@
 See `receipts` for what a receipt holds and `verify` for what verification checks.
 """
 
-from charter.audit.export import BUNDLE_FORMAT, export_run, verify_bundle, verify_log
+from charter.audit.export import BUNDLE_FORMAT, CheckedRun, check_run, export_run, verify_bundle, verify_log
+from charter.audit.index import RunFilter, RunSummary
 from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
     Asked,
@@ -32,6 +33,7 @@ __all__ = [
     "Attempted",
     "AuditLog",
     "BackendError",
+    "CheckedRun",
     "Concluded",
     "Decision",
     "Finding",
@@ -40,13 +42,16 @@ __all__ = [
     "Outcome",
     "PublicKey",
     "Receipt",
+    "RunFilter",
     "RunRecord",
     "RunRecorder",
+    "RunSummary",
     "Sealed",
     "SigningKey",
     "StoredReceipt",
     "Verification",
     "args_digest",
+    "check_run",
     "export_run",
     "kind_of",
     "load_or_create_signing_key",

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from charter.audit.keys import PublicKey
-from charter.audit.receipts import StoredReceipt
-from charter.audit.store import AuditLog
+from charter.audit.receipts import Receipt, StoredReceipt, decode_body
+from charter.audit.store import AuditLog, RunRecord, record_of
 from charter.audit.verify import Finding, Verification, verify_receipts
-from charter.errors import UsageError
+from charter.errors import AuditError, UsageError
 
-__all__ = ["BUNDLE_FORMAT", "export_run", "verify_bundle", "verify_log"]
+__all__ = ["BUNDLE_FORMAT", "CheckedRun", "check_run", "export_run", "verify_bundle", "verify_log"]
 
 BUNDLE_FORMAT = "charter-audit-bundle/1"
 
@@ -36,24 +37,96 @@ def verify_log(
         return verify_receipts(
             log.stored(), keys, head=log.head(), expect_head=expect_head, every_signature=every_signature
         )
-    return verify_receipts(
-        log.stored(log.resolve(run_id)),
-        keys,
-        whole_log=False,
-        neighbour=log.stored_at,
-        every_signature=every_signature,
-    )
+    rows = list(log.stored(log.resolve(run_id)))
+    report = verify_receipts(rows, keys, whole_log=False, neighbour=log.stored_at, every_signature=every_signature)
+    if rows:
+        _check_followed(log, rows[-1], report)
+    return report
+
+
+def _check_followed(log: AuditLog, last: StoredReceipt, report: Verification) -> None:
+    """The run's last receipt is the log's head or named by the next receipt's log_prev;
+    otherwise receipts after it (its seal, say) were removed."""
+    after = log.stored_at(last.log_seq + 1)
+    if after is None:
+        head = log.head()
+        if head is None or (head[0] == last.log_seq and head[1] == last.link):
+            return
+        problem = (
+            f"no receipt {last.log_seq + 1} follows this run's last one, yet the log's head names receipt "
+            f"{head[0] if head else None}: receipts after it were removed"
+        )
+    else:
+        try:
+            if decode_body(after.body).log_prev == last.link:
+                return
+        except ValueError:  # msgspec's errors are ValueErrors; the next receipt is reported in its own run
+            pass
+        problem = f"receipt {after.log_seq} does not name this run's last receipt: receipts after it were removed"
+    report.findings.append(Finding(last.log_seq, last.run_id, problem, order=True))
+    if last.run_id in report.incomplete or any(r == last.run_id for r, _, _ in report.in_doubt):
+        report.incomplete = [r for r in report.incomplete if r != last.run_id]
+        report.in_doubt = [d for d in report.in_doubt if d[0] != last.run_id]
+    if last.run_id not in report.undiagnosed:
+        report.undiagnosed.append(last.run_id)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRun:
+    """A run as `audit show` and the run view present it: what its receipts say, beside what
+    verification could not vouch for. `record` holds the receipts that decoded; `unverified`
+    maps the log_seq of each receipt that failed a check (its own signature and link, its
+    links to the run's and the log's previous receipts) to the problems found."""
+
+    record: RunRecord
+    verification: Verification
+    unverified: dict[int, list[str]]
+    programs: tuple[CheckedRun, ...] = ()  # an intent run's program runs, in the order it started them
+
+    @property
+    def ok(self) -> bool:
+        return self.verification.ok and all(p.ok for p in self.programs)
+
+
+def check_run(log: AuditLog, run_id: str, keys: Mapping[str, PublicKey] | None = None) -> CheckedRun:
+    """Run `run_id` with every receipt's own signature and links checked (and, for an intent
+    run, each program run it started, checked the same way).
+
+    Raises RunNotFound for an unknown id, AuditError if not even its opening decodes.
+    """
+    keys = log.trusted_keys() if keys is None else keys
+    resolved = log.resolve(run_id)
+    verification = verify_log(log, keys, run_id=resolved, every_signature=True)
+    unverified: dict[int, list[str]] = {}
+    for finding in verification.findings:
+        if finding.log_seq is not None:
+            unverified.setdefault(finding.log_seq, []).append(finding.problem)
+    receipts: list[Receipt] = []
+    for row in log.stored(resolved):
+        try:
+            receipts.append(row.decoded())
+        except ValueError:  # reported by verification: the receipt is left out, marked there
+            continue
+    if not receipts:
+        raise AuditError(f"no receipt of run {resolved} decodes; run `charter audit verify {resolved}`")
+    record = record_of(receipts)
+    programs = tuple(check_run(log, r, keys) for r in record.program_runs())
+    return CheckedRun(record, verification, unverified, programs)
 
 
 def export_run(log: AuditLog, run_id: str) -> list[str]:
-    """The run as JSON Lines: a header (with the run's status and cause), then its receipts in log order."""
+    """The run as JSON Lines: a header (with the run's status and cause), then its receipts in
+    log order. An intent run's bundle holds every program run its attempts started as well
+    (their decisions are what the conclusion rests on), interleaved in log order."""
     resolved = log.resolve(run_id)
-    rows = list(log.stored(resolved))
-    keys = log.trusted_keys()
     record = log.run(resolved)
+    program_runs = record.program_runs()
+    rows = sorted((row for rid in (resolved, *program_runs) for row in log.stored(rid)), key=lambda row: row.log_seq)
+    keys = log.trusted_keys()
     header = {
         "format": BUNDLE_FORMAT,
         "run_id": resolved,
+        "program_runs": program_runs,
         "public_keys": {key_id: key.raw.hex() for key_id, key in keys.items()},
         "receipts": len(rows),
         # How the run ended (charter.status), read from its receipts; not signed itself.
@@ -109,6 +182,7 @@ def verify_bundle(path: Path, trusted: PublicKey | None = None) -> Verification:
     else:
         keys = {key_id: PublicKey.from_raw(bytes.fromhex(raw)) for key_id, raw in header["public_keys"].items()}
     report = verify_receipts(rows, keys, whole_log=False, every_signature=True)
+    _check_program_runs_present(rows, header, report)
     if len(rows) != header.get("receipts"):
         stated = header.get("receipts")
         report.findings.insert(
@@ -118,3 +192,20 @@ def verify_bundle(path: Path, trusted: PublicKey | None = None) -> Verification:
             ),
         )
     return report
+
+
+def _check_program_runs_present(rows: list[StoredReceipt], header: Mapping[str, Any], report: Verification) -> None:
+    """Every program run the bundle's intent run started is in the bundle (signed attempts name them)."""
+    present = {row.run_id for row in rows}
+    for row in rows:
+        if row.run_id != header.get("run_id") or row.kind != "attempt":
+            continue
+        try:
+            attempt = decode_body(row.body)
+        except ValueError:
+            continue  # reported as undecodable
+        started = getattr(attempt, "program_run", None)
+        if started and started not in present:
+            report.findings.append(
+                Finding(row.log_seq, row.run_id, f"its program run {started} is not in the bundle: it was left out")
+            )

@@ -33,6 +33,7 @@ from pathlib import Path
 import msgspec
 
 from charter._paths import charter_home
+from charter.audit.index import RUNS_INDEX_SQL, RunFilter, RunSummary, fill_runs_index, index_receipt, list_runs
 from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
 from charter.audit.receipts import (
     Asked,
@@ -55,7 +56,7 @@ from charter.errors import AuditError, RunNotFound
 from charter.migrations import Schema, Step
 from charter.status import Status, status_of
 
-__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso"]
+__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso", "record_of"]
 
 # The log's schema, one step per version (charter.migrations). Step 1 is the schema of
 # release 0.1.0, which wrote no version: its statements are idempotent, so it adopts a 0.1
@@ -106,6 +107,14 @@ AUDIT_SCHEMA = Schema(
                     PRIMARY KEY (run_id, call)
                 )""",
             ),
+        ),
+        Step(
+            3,
+            "runs: an index of runs (kind, contract, version, principal, status, cause, first denial, times, "
+            "parent) kept in each receipt's transaction and built from the receipts on upgrade; `audit list` "
+            "reads it, newest first, without decoding receipts; not signed, never consulted by verify",
+            RUNS_INDEX_SQL,
+            fill=fill_runs_index,
         ),
     ),
 )
@@ -206,6 +215,7 @@ class _Writer:
                         "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (log_seq, receipt.run_id, receipt.seq, kind_of(receipt), body, signature, log_link),
                     )
+                    index_receipt(connection, receipt, log_seq)
             connection.execute(
                 "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET log_seq = ?, link = ?",
                 (log_seq, log_link, log_seq, log_link),
@@ -339,6 +349,11 @@ class RunRecord:
         """Why, in one machine word: the sandbox outcome's tag or the deciding gate code."""
         return status_of(self.opened, self.sealed).cause
 
+    def program_runs(self) -> list[str]:
+        """The program runs an intent run's attempts started, in order ([] for a program run).
+        Each attempt names its run before the program runs, so an unconcluded run names them too."""
+        return [r.program_run for r in self.receipts if isinstance(r, Attempted) and r.program_run is not None]
+
     def in_doubt(self) -> list[Decision]:
         """Allowed calls with no known outcome: the action may or may not have happened."""
         done = {r.call for r in self.receipts if isinstance(r, Outcome) and r.status != "unknown"}
@@ -466,9 +481,20 @@ class AuditLog:
             raise RunNotFound(f"run id prefix {prefix!r} is ambiguous in {self.path}; give more of the id")
         return str(rows[0][0])
 
+    def list_runs(
+        self, filters: RunFilter | None = None, limit: int = 50, before_cursor: int | None = None
+    ) -> list[RunSummary]:
+        """Runs from the runs index, newest first: up to `limit` (>= 1) matching `filters`, opened
+        before `before_cursor` (the `cursor` of the previous page's last row; None: from the newest).
+        Reads no receipt bodies. ValueError for a limit below 1."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        with self._connection() as connection:
+            return list_runs(connection, filters or RunFilter(), limit, before_cursor)
+
     def run(self, run_id: str) -> RunRecord:
         receipts = tuple(row.decoded() for row in self.stored(self.resolve(run_id)))
-        return _record(receipts)
+        return record_of(receipts)
 
     def runs(self) -> list[RunRecord]:
         """Every run's opening and seal, oldest first (decisions and outcomes left out)."""
@@ -487,7 +513,8 @@ class AuditLog:
         return [RunRecord(opened=o, receipts=(), sealed=sealed.get(rid)) for rid, o in opened.items()]
 
 
-def _record(receipts: Sequence[Receipt]) -> RunRecord:
+def record_of(receipts: Sequence[Receipt]) -> RunRecord:
+    """The run the receipts (one run's, in order) make up. AuditError if the first is no opening."""
     opened = receipts[0]
     if not isinstance(opened, Opened | Asked):
         raise AuditError(f"run {opened.run_id} does not start with its opening receipt; run `charter audit verify`")

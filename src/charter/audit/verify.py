@@ -47,6 +47,8 @@ class Finding:
     log_seq: int | None
     run_id: str | None
     problem: str
+    # The log's order is broken here (a gap, a wrong log_prev): a receipt of any run may be missing.
+    order: bool = False
 
     def __str__(self) -> str:
         where = f"receipt {self.log_seq}" if self.log_seq is not None else "log"
@@ -63,12 +65,19 @@ class Verification:
     signatures_checked: int = 0
     incomplete: list[str] = field(default_factory=list)
     in_doubt: list[tuple[str, int, str]] = field(default_factory=list)  # (run, call, operation)
+    # Runs nothing is concluded about (not interrupted, not in doubt) because a receipt of
+    # theirs, or the log's order around them, failed its check: their bodies may be forged.
+    undiagnosed: list[str] = field(default_factory=list)
     head: tuple[int, str] | None = None
     findings: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.findings
+
+    def failed(self) -> set[int]:
+        """The log_seq of every receipt that failed a check of its own."""
+        return {f.log_seq for f in self.findings if f.log_seq is not None}
 
 
 @dataclass(slots=True)
@@ -108,8 +117,8 @@ def verify_receipts(
     previous_key_id: str | None = None  # the signing key its body names, if it decoded
     seen_expected_head = expect_head is None
 
-    def find(row: StoredReceipt, problem: str) -> None:
-        report.findings.append(Finding(row.log_seq, row.run_id, problem))
+    def find(row: StoredReceipt, problem: str, *, order: bool = False) -> None:
+        report.findings.append(Finding(row.log_seq, row.run_id, problem, order))
 
     def check_signature(row: StoredReceipt, key_id: str) -> None:
         key = keys.get(key_id)
@@ -148,18 +157,19 @@ def verify_receipts(
             expected_seq = previous.log_seq + 1 if previous else 1
             if row.log_seq != expected_seq:
                 gap = "missing (deleted)" if row.log_seq > expected_seq else "out of order"
-                find(row, f"log_seq {row.log_seq} where {expected_seq} was expected: receipts are {gap}")
+                find(row, f"log_seq {row.log_seq} where {expected_seq} was expected: receipts are {gap}", order=True)
             expected_prev = previous.link if previous else ""
             if body.log_prev != expected_prev:
                 find(
                     row,
                     "its log_prev link does not name the log's previous receipt: "
                     "one was inserted, removed or reordered",
+                    order=True,
                 )
         elif neighbour is not None and row.log_seq > 1:
             before = neighbour(row.log_seq - 1)
             if before is None or before.link != body.log_prev:
-                find(row, "its log_prev link does not name the log's previous receipt")
+                find(row, "its log_prev link does not name the log's previous receipt", order=True)
         previous, previous_key_id = row, body.key_id
 
         track = runs.get(body.run_id)
@@ -215,13 +225,6 @@ def verify_receipts(
         for row, key_id in anchors.values():
             check_signature(row, key_id)
 
-    for run_id, track in runs.items():
-        if not track.sealed:
-            report.incomplete.append(run_id)
-        report.in_doubt.extend(
-            (run_id, call, op) for call, op in sorted(track.allowed.items()) if call not in track.answered
-        )
-
     if whole_log:
         last = (previous.log_seq, previous.link) if previous else None
         if head != last:
@@ -244,4 +247,19 @@ def verify_receipts(
                 "is not in the log: it was truncated or rewritten since",
             )
         )
+    # A receipt that failed its check may say anything: nothing is concluded from its run.
+    # A receipt missing from the log's order (a gap, a broken log_prev, a truncation) may
+    # have been any run's seal or outcome, so then no run is diagnosed at all.
+    tainted = {f.run_id for f in report.findings if f.run_id is not None}
+    order_broken = any(f.run_id is None or f.order for f in report.findings)
+    for run_id, track in runs.items():
+        if order_broken or run_id in tainted:
+            report.undiagnosed.append(run_id)
+            continue
+        if not track.sealed:
+            report.incomplete.append(run_id)
+        report.in_doubt.extend(
+            (run_id, call, op) for call, op in sorted(track.allowed.items()) if call not in track.answered
+        )
+
     return report

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from charter.cli import audit, contract, db, sandbox
+from charter.cli._help import conventional_help
 from charter.cli._output import err
 from charter.cli.demo import demo
 from charter.cli.execute import execute
@@ -33,12 +34,13 @@ app.command()(mcp)
 
 
 def main() -> None:
-    """Run the command line. The one place a failure the user can act on becomes `error: ...`
-    with exit status 1, for every command: a usage or contract error (CharterError, e.g. a
-    store with another schema version) or an OS error on a path the user gave (no such folder,
-    permission denied). Anything else is a bug and keeps its traceback."""
+    """Run the command line, with conventional metavars in every command's --help. The one
+    place a failure the user can act on becomes `error: ...` with exit status 1, for every
+    command: a usage or contract error (CharterError, e.g. a store with another schema version)
+    or an OS error on a path the user gave (no such folder, permission denied). Anything else
+    is a bug and keeps its traceback."""
     try:
-        app()
+        conventional_help(typer.main.get_command(app))(prog_name="charter")
     except (CharterError, OSError) as error:
         err.print(f"error: {_described(error)}", markup=False, style="red")
         raise SystemExit(1) from None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 import typer
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -15,14 +17,19 @@ from charter.audit import (
     Asked,
     Attempted,
     AuditLog,
+    CheckedRun,
     Concluded,
     Decision,
+    Opened,
     Outcome,
     PublicKey,
     Receipt,
+    RunFilter,
     RunRecord,
+    RunSummary,
     Sealed,
     Verification,
+    check_run,
     export_run,
     read_public_key,
     verify_bundle,
@@ -53,41 +60,93 @@ def _intent(opened: Opening) -> str:
 
 @app.command("list")
 def list_(
-    contract: Annotated[str | None, typer.Option(help="Only runs under this contract (NAME).")] = None,
-    status: Annotated[str | None, typer.Option(help=f"Only runs with this status: {', '.join(STATUSES)}.")] = None,
-    cause: Annotated[
-        str | None, typer.Option(help="Only runs with this cause: an outcome (timeout...) or a gate code.")
+    contract: Annotated[str | None, typer.Option(metavar="NAME", help="Only runs under this contract.")] = None,
+    status: Annotated[
+        str | None, typer.Option(metavar="STATUS", help=f"Only runs with this status: {', '.join(STATUSES)}.")
     ] = None,
-    since: Annotated[str | None, typer.Option(help="Only runs opened at or after this ISO date/time (UTC).")] = None,
+    cause: Annotated[
+        str | None,
+        typer.Option(metavar="CAUSE", help="Only runs with this cause: an outcome (timeout...) or a gate code."),
+    ] = None,
+    principal: Annotated[str | None, typer.Option(metavar="ID", help="Only runs of this principal.")] = None,
+    since: Annotated[
+        str | None, typer.Option(metavar="WHEN", help=f"Only runs opened since WHEN: {SINCE_FORMS}.")
+    ] = None,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, help="Show at most N runs.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
-    """Runs in the log, oldest first."""
+    """Runs in the log, newest first (from the runs index; `audit verify` checks the receipts)."""
     if status is not None and status not in STATUSES:
         fail(f"--status {status!r} is not a run status; the statuses are {', '.join(STATUSES)}")
     try:
-        runs = [r for r in _log().runs() if _matches(r, contract, status, cause, since)]
+        filters = RunFilter(
+            contract=contract, status=status, cause=cause, principal=principal, since=parse_since(since)
+        )
+        runs = _log().list_runs(filters, limit=limit)
     except CharterError as error:
         fail(error)
     if as_json:
-        print_json([_summary(r) for r in runs])
+        print_json([msgspec.to_builtins(r) for r in runs])
         return
-    table = Table(show_header=True)
-    for column in ("run", "opened (UTC)", "contract", "principal", "status", "cause", "intent"):
-        table.add_column(column)
+    if not runs:
+        say("no runs match" if any((contract, status, cause, principal, since)) else "no runs in the log")
+        return
+    # Two lines a run, no table: ids, versions and principals are never cut, at any width;
+    # only what follows the principal on the second line (cause, denial, intent) is shortened.
+    width = max(out.width, 40)
+    say(f"{'RUN':<12}  {'OPENED (UTC)':<16}  {'STATUS':<11}  CONTRACT@VERSION", "bold")
+    say("  PRINCIPAL · CAUSE · FIRST DENIAL · INTENT", "bold")
     for run in runs:
-        o = run.opened
-        row = (o.run_id[:12], o.at[:19], f"{o.contract}@{o.version}", o.principal, run.status, run.cause or "")
-        table.add_row(*row, _intent(o)[:60])
-    out.print(table)
+        opened = run.opened_at[:16].replace("T", " ")
+        say(f"{run.run_id[:12]}  {opened}  {run.status:<11}  {run.contract}@{run.version}")
+        detail = [f"cause {run.cause}"] if run.cause else []
+        if run.denial_code:
+            detail.append(f"first denial {run.denial_code} ({run.denial_operation})")
+        rest = " · ".join([*detail, _listed_intent(run)])
+        room = width - len(run.principal) - 5
+        if len(rest) > room:
+            rest = rest[: max(room - 1, 0)] + "…"
+        say(f"  {run.principal} · {rest}")
+    if len(runs) == limit:
+        say(f"(the newest {limit}; --limit N shows more)", "dim")
 
 
-def _matches(run: RunRecord, contract: str | None, status: str | None, cause: str | None, since: str | None) -> bool:
-    return (
-        (contract is None or run.opened.contract == contract)
-        and (status is None or run.status == status)
-        and (cause is None or run.cause == cause)
-        and (since is None or run.opened.at >= since)
-    )
+def _listed_intent(run: RunSummary) -> str:
+    if run.kind == "intent":
+        return f"intent: {run.intent}"
+    if run.parent is not None:
+        return f"attempt of {run.parent[:12]}: {run.intent}"
+    return run.intent if run.intent is not None else "(program supplied by caller)"
+
+
+SINCE_FORMS = "an ISO-8601 date or time (UTC unless it names an offset), today, yesterday, or an age: 30m, 24h, 7d, 2w"
+_AGES = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(since: str | None, now: datetime | None = None) -> str | None:
+    """--since as the ISO-8601 UTC time openings are stamped with (so text order is time order).
+
+    Raises UsageError naming the accepted forms."""
+    if since is None:
+        return None
+    now = now or datetime.now(UTC)
+    text = since.strip().lower()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    when: datetime | None = None
+    if text in ("today", "yesterday"):
+        when = midnight - timedelta(days=1 if text == "yesterday" else 0)
+    elif len(text) > 1 and text[-1] in _AGES and text[:-1].isdigit():
+        when = now - timedelta(**{_AGES[text[-1]]: int(text[:-1])})
+    else:
+        try:
+            when = datetime.fromisoformat(since.strip())
+        except ValueError:
+            when = None
+        if when is not None and when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+    if when is None:
+        raise UsageError(f"--since {since!r} is not a time; give {SINCE_FORMS}")
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _summary(run: RunRecord) -> dict[str, Any]:
@@ -107,68 +166,159 @@ def _summary(run: RunRecord) -> dict[str, Any]:
 
 @app.command()
 def show(run: RunArg, as_json: JsonOption = False) -> None:
-    """The program with line numbers beside the timeline of its receipts and its conclusion."""
+    """The program with line numbers beside the timeline of its receipts and its conclusion.
+
+    Every receipt's own signature and links are checked first; a receipt that fails is shown
+    marked UNVERIFIED (in --json: "verified": false) and the command exits 1.
+    """
     try:
-        record = _log().run(run)
+        log = _log()
+        checked = check_run(log, run)
     except CharterError as error:
         fail(error)
-    # Exception texts withheld from the program and the receipts: this is the local operator.
-    withheld = _log().backend_errors(record.run_id)
     if as_json:
-        receipts = [json.loads(_encode(r)) for r in record.receipts]
-        print_json(
-            {**_summary(record), "receipts": receipts, "backend_errors": [msgspec.to_builtins(e) for e in withheld]}
+        print_json(_checked_json(log, checked))
+    elif isinstance(checked.record.opened, Asked):
+        _show_intent(checked, checked.record.opened)
+    else:
+        _show_program(log, checked)
+    if not checked.ok:
+        raise typer.Exit(1)
+
+
+def _checked_json(log: AuditLog, checked: CheckedRun) -> dict[str, Any]:
+    record = checked.record
+    # Exception texts withheld from the program and the receipts: this is the local operator.
+    withheld = log.backend_errors(record.run_id)
+    view: dict[str, Any] = {
+        **_summary(record),
+        "verified": checked.verification.ok,
+        "receipts": [
+            {**json.loads(_encode(r)), "verified": r.log_seq not in checked.unverified} for r in record.receipts
+        ],
+        "unverified": [{"log_seq": k, "problems": v} for k, v in sorted(checked.unverified.items())],
+        "findings": [str(f) for f in checked.verification.findings],
+        "backend_errors": [msgspec.to_builtins(e) for e in withheld],
+    }
+    if checked.programs:
+        view["program_runs"] = [_checked_json(log, p) for p in checked.programs]
+    return view
+
+
+def _mark(checked: CheckedRun, receipt: Receipt) -> str:
+    """ "UNVERIFIED " before a receipt that failed its own check, else ""."""
+    return "UNVERIFIED " if receipt.log_seq in checked.unverified else ""
+
+
+def _say_unverified(checked: CheckedRun) -> None:
+    """What could not be vouched for, and that nothing above about it is to be believed."""
+    decoded = {r.log_seq for r in checked.record.receipts}
+    for log_seq, found in sorted(checked.unverified.items()):
+        gone = "" if log_seq in decoded else " (not shown: it does not decode)"
+        for problem in found:
+            say(f"UNVERIFIED receipt {log_seq}{gone}: {problem}", "bold red")
+    for finding in checked.verification.findings:
+        if finding.log_seq is None:
+            say(f"UNVERIFIED: {finding.problem}", "bold red")
+    if not checked.verification.ok:
+        say(
+            f"run {checked.record.run_id} is NOT VERIFIED: what the marked receipts say may be forged; "
+            "run `charter audit verify`",
+            "bold red",
         )
-        return
+
+
+def _listing(program: str) -> Table:
+    """Numbered lines; a long line wraps inside its column, so the gutter stays clear."""
+    listing = Table.grid(padding=(0, 2))
+    listing.add_column(justify="right", style="dim", no_wrap=True)
+    listing.add_column(overflow="fold")
+    for number, line in enumerate(program.splitlines(), start=1):
+        listing.add_row(str(number), Text(line))
+    return listing
+
+
+def _timeline(checked: CheckedRun) -> Table:
+    """One row a receipt: its #seq in a gutter of its own, then what it says, folded (never cut)
+    at the column's width; a decision's verdict starts a line of its own, so it is never split."""
+    record = checked.record
+    timeline = Table.grid(padding=(0, 1))
+    timeline.add_column(justify="right", no_wrap=True)
+    timeline.add_column(overflow="fold")
+    for receipt in record.receipts[1:]:
+        line, style = _timeline_line(receipt)
+        mark = _mark(checked, receipt)
+        text = "\n".join(mark + part for part in line.split("\n"))
+        timeline.add_row(f"#{receipt.seq}", Text(text, style=("bold red" if mark else style) or ""))
+    if checked.verification.ok:  # a record that failed its check supports no diagnosis
+        for decision in record.in_doubt():
+            timeline.add_row(
+                "",
+                Text(
+                    f"call {decision.call} {decision.operation}: OUTCOME UNKNOWN (allowed, no outcome recorded; "
+                    "never re-run automatically)",
+                    style="bold red",
+                ),
+            )
+    return timeline
+
+
+def _show_program(log: AuditLog, checked: CheckedRun) -> None:
+    record = checked.record
     o = record.opened
-    if isinstance(o, Asked):
-        _show_intent(record, o)
-        return
-    say(f"run {o.run_id}", "bold")
+    assert isinstance(o, Opened)
+    mark = _mark(checked, o)
+    say(f"{mark}run {o.run_id}", "bold red" if mark else "bold")
     say(f"intent:    {_intent(o)}")
     say(f"principal: {o.principal} (scopes: {', '.join(o.scopes) or 'none'})")
     say(f"contract:  {o.contract} {o.version} sha256 {o.contract_sha256[:16]}…")
     say(f"opened:    {o.at}  clock {o.clock}  seed {o.seed}")
-    program = Text()
-    for number, line in enumerate(o.program.splitlines(), start=1):
-        program.append(f"{number:>3}  ", style="dim")
-        program.append(line + "\n")
-    timeline = Text()
-    for receipt in record.receipts[1:]:
-        line, style = _timeline_line(receipt)
-        timeline.append(line + "\n", style=style)
-    for decision in record.in_doubt():
-        timeline.append(
-            f"call {decision.call} {decision.operation}: OUTCOME UNKNOWN (allowed, no outcome recorded; "
-            "never re-run automatically)\n",
-            style="bold red",
-        )
-    grid = Table(show_header=True, expand=True)
-    grid.add_column("program")
-    grid.add_column("receipts")
-    grid.add_row(program, timeline)
-    out.print(grid)
-    for kept in withheld:
+    if out.width >= _SIDE_BY_SIDE:
+        grid = Table(show_header=True, expand=True)
+        grid.add_column("program")
+        grid.add_column("receipts")
+        grid.add_row(_listing(o.program), _timeline(checked))
+        out.print(grid)
+    else:  # too narrow for two columns: the program, then the receipts, each at full width
+        say("program:", "bold")
+        out.print(_listing(o.program), soft_wrap=False)
+        say("receipts:", "bold")
+        out.print(_timeline(checked), soft_wrap=False)
+    for kept in log.backend_errors(record.run_id):
         say(f"withheld from call {kept.call} {kept.operation}: {kept.error_type}: {kept.message}", "red")
-    say(_status_line(record), "bold")
+    _say_unverified(checked)
+    say(_status_line(checked), "bold")
 
 
-def _status_line(record: RunRecord) -> str:
+_SIDE_BY_SIDE = 120  # columns below which `show` stacks the program above its receipts
+
+
+def _status_line(checked: CheckedRun) -> str:
+    record = checked.record
+    if not checked.verification.ok:
+        return "status: not vouched for (receipts of this run failed verification)"
     never = ": the process ended during the run, and nothing resumes it" if record.sealed is None else ""
     return f"status: {record.status}" + (f" (cause {record.cause})" if record.cause else "") + never
 
 
-def _show_intent(record: RunRecord, asked: Asked) -> None:
-    say(f"intent run {asked.run_id}", "bold")
+def _show_intent(checked: CheckedRun, asked: Asked) -> None:
+    record = checked.record
+    programs = {p.record.run_id: p for p in checked.programs}
+    mark = _mark(checked, asked)
+    say(f"{mark}intent run {asked.run_id}", "bold red" if mark else "bold")
     say(f"intent:    {asked.intent}")
     say(f"principal: {asked.principal} (scopes: {', '.join(asked.scopes) or 'none'})")
     say(f"contract:  {asked.contract} {asked.version} sha256 {asked.contract_sha256[:16]}…")
     say(f"model:     {asked.model}  {_encode(asked.settings)}")
     for receipt in record.receipts[1:]:
+        mark = _mark(checked, receipt)
         if isinstance(receipt, Attempted):
             say()
             usage = ", ".join(f"{k} {v}" for k, v in (receipt.usage or {}).items())
-            say(f"attempt {receipt.attempt}: {receipt.model}, {receipt.api_tries} request(s); {usage}", "bold")
+            say(
+                f"{mark}attempt {receipt.attempt}: {receipt.model}, {receipt.api_tries} request(s); {usage}",
+                "bold red" if mark else "bold",
+            )
             say(
                 f"  prompt sha256 {receipt.prompt_sha256[:16]}…, "
                 f"contract block sha256 {receipt.contract_block_sha256[:16]}…"
@@ -180,38 +330,39 @@ def _show_intent(record: RunRecord, asked: Asked) -> None:
             if receipt.writes_closed:
                 say(f"  writes closed: {receipt.writes_closed}", "yellow")
             if receipt.program is not None:
-                for number, line in enumerate(receipt.program.splitlines(), start=1):
-                    say(f"  {number:>3}  {line}")
-            if receipt.program_run:
-                say(f"  ran as program run {receipt.program_run} (charter audit show {receipt.program_run[:12]})")
+                out.print(Padding(_listing(receipt.program), (0, 0, 0, 2)), soft_wrap=False)
+            program_run = programs.get(receipt.program_run or "")
+            if program_run is not None:
+                say(f"  ran as program run {program_run.record.run_id}:")
+                out.print(Padding(_timeline(program_run), (0, 0, 0, 4)), soft_wrap=False)
+                _say_unverified(program_run)
+                say(f"    {_status_line(program_run)}")
         elif isinstance(receipt, Concluded):
             say()
-            say(f"attempts: {', '.join(receipt.attempts)}")
+            say(f"{mark}attempts: {', '.join(receipt.attempts)}", "bold red" if mark else None)
             detail = receipt.answer if receipt.status == "done" else receipt.reason
-            say(f"conclusion: {receipt.status}: {detail}", "bold")
-    say(_status_line(record), "bold" if record.sealed is not None else "bold red")
+            say(f"{mark}conclusion: {receipt.status}: {detail}", "bold red" if mark else "bold")
+    _say_unverified(checked)
+    say(_status_line(checked), "bold" if record.sealed is not None and checked.ok else "bold red")
 
 
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
     if isinstance(receipt, Decision):
-        head = f"#{receipt.seq} call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
         if receipt.decision == "ALLOW":
-            return f"{head} -> ALLOW {receipt.code}", "green"
-        return f"{head} -> DENY {receipt.code}: {receipt.message}", "yellow"
+            return f"{head}\n-> ALLOW {receipt.code}", "green"
+        return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
     if isinstance(receipt, Outcome):
         if receipt.status in ("failed", "unknown"):  # unknown: sent, no answer: in doubt
-            return f"#{receipt.seq}   outcome: {receipt.status} {receipt.code}: {receipt.message}", "red"
+            return f"  outcome: {receipt.status} {receipt.code}: {receipt.message}", "red"
         result = receipt.result or ""
         dropped = f" (dropped: {', '.join(receipt.dropped)})" if receipt.dropped else ""
-        return f"#{receipt.seq}   outcome: {receipt.status} {result[:160]}{dropped}", None
+        return f"  outcome: {receipt.status} {result[:160]}{dropped}", None
     if isinstance(receipt, Sealed):
         outcome = json.loads(receipt.outcome)
         detail = outcome.get("answer") or outcome.get("reason") or outcome.get("error_message") or ""
-        return (
-            f"#{receipt.seq} sealed: {receipt.status}: {detail} ({receipt.calls} calls, {receipt.wall_ms:.1f} ms)",
-            "bold",
-        )
-    return f"#{receipt.seq} {type(receipt).__name__}", None
+        return f"sealed: {receipt.status}: {detail} ({receipt.calls} calls, {receipt.wall_ms:.1f} ms)", "bold"
+    return type(receipt).__name__, None
 
 
 def _encode(value: object) -> str:
@@ -273,6 +424,7 @@ def _report(report: Verification, as_json: bool) -> None:
                 "signatures_checked": report.signatures_checked,
                 "interrupted": report.incomplete,
                 "in_doubt": [{"run_id": r, "call": c, "operation": o} for r, c, o in report.in_doubt],
+                "undiagnosed": report.undiagnosed,
                 "head": f"{report.head[0]}:{report.head[1]}" if report.head else None,
                 "findings": [str(f) for f in report.findings],
             }
@@ -284,6 +436,13 @@ def _report(report: Verification, as_json: bool) -> None:
         say(f"interrupted: run {run_id} was never sealed (the process ended during the run)", "yellow")
     for run_id, call, operation in report.in_doubt:
         say(f"in doubt: run {run_id} call {call} {operation} was allowed; its outcome is unknown", "yellow")
+    if report.undiagnosed:
+        say(
+            f"not diagnosed: {len(report.undiagnosed)} run(s) ({', '.join(r[:12] for r in report.undiagnosed[:5])}"
+            f"{'…' if len(report.undiagnosed) > 5 else ''}): their receipts or the log's order failed the checks "
+            "above, so nothing (interrupted, in doubt) is concluded from what they say",
+            "yellow",
+        )
     verdict = "ok" if report.ok else f"FAILED ({len(report.findings)} problems)"
     say(
         f"{verdict}: {report.receipts} receipts in {report.runs} runs ({report.sealed} sealed), "

@@ -6,6 +6,7 @@ import getpass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import msgspec
 import typer
 
 from charter.cli._output import err, fail, print_json, say
@@ -91,6 +92,7 @@ def report(answer: Answer, *, as_json: bool, **extra: object) -> None:
     3 failed; EXIT_BACKEND_UNAVAILABLE 4 when the server could not perform a call)."""
     if as_json:
         fields = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause, "answer": answer.answer}
+        fields["decision"] = msgspec.to_builtins(answer.decision)  # null unless a gate decision decided it
         resolved = {"contract": answer.contract, "version": answer.version}
         unavailable = {"backend_unavailable": list(answer.unavailable)} if answer.unavailable else {}
         print_json({**fields, "data": answer.data, "reason": answer.reason, **resolved, **unavailable, **extra})

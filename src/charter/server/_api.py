@@ -136,6 +136,20 @@ class ProgramRequest(_Request):
     program: str = Field(min_length=1, max_length=262_144, description="Python source using the typed proxies.")
 
 
+class DecisionBody(BaseModel):
+    """charter.status.GateDecision: the deciding Decision receipt's fields and where it is."""
+
+    code: str = Field(description="The reason code: STATE_VIOLATION, FORBIDDEN_SCOPE, GUARD_VIOLATION...")
+    operation: str
+    boundary: str | None = Field(description="The hard boundary the clause enforces, if any.")
+    clause: str | None = Field(description="The contract clause decisive for it, e.g. transition:Order.cancel.")
+    message: str
+    run_id: str = Field(description="The run whose receipt it is (for an intent run: one of its program runs).")
+    seq: int = Field(description="The receipt's place in that run.")
+    log_seq: int = Field(description="The receipt's place in the audit log.")
+    link: str = Field(description="sha256(body || signature) of the receipt.")
+
+
 class ConclusionBody(BaseModel):
     run_id: str | None = Field(
         description="The run to audit. Null only in an in_doubt answer to an Idempotency-Key claimed by "
@@ -144,6 +158,11 @@ class ConclusionBody(BaseModel):
     status: Status = Field(description="How the run ended; the vocabulary is the README's 'Run status'.")
     cause: str | None = Field(
         default=None, description="Why, as a machine word: the sandbox outcome (timeout...) or a gate code."
+    )
+    decision: DecisionBody | None = Field(
+        default=None,
+        description="The gate decision that decided a refused or failed run, from its receipt; null when none did "
+        "(the program refused, a timeout...: `cause` names the outcome).",
     )
     answer: str | None = None
     data: Any = None
@@ -179,7 +198,14 @@ class RunBody(BaseModel):
     # Only for a principal with audit:read: the signed record (programs, model responses, prompt
     # hashes, host, pid, arguments and results) and exception texts withheld from everyone else.
     receipts: list[dict[str, Any]] | None = Field(
-        default=None, description="The run's signed receipts; only for a principal with the scope audit:read."
+        default=None,
+        description="The run's signed receipts, each with `verified`: false where its own signature or links "
+        "failed the check; only for a principal with the scope audit:read.",
+    )
+    programs: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="An intent run's program runs, each with its receipts and verification; only for a principal "
+        "with the scope audit:read.",
     )
     backend_errors: list[dict[str, Any]] | None = None
 
@@ -232,6 +258,7 @@ def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
             version=answer.version,
         )
     body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause}
+    body["decision"] = msgspec.to_builtins(answer.decision)  # null unless a gate decision decided it
     body["answer"] = answer.answer
     body |= {"data": msgspec.to_builtins(answer.data), "reason": answer.reason}
     body |= {"contract": answer.contract, "version": answer.version}
@@ -436,6 +463,7 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         view: dict[str, Any] = guarded(lambda: service.run_view(principal, run_id))
         if not principal.has(AUDIT_SCOPE):
             view["receipts"] = None
+            view["programs"] = None  # they hold the program runs' receipts
         return view
 
     @app.get("/v1/contracts", response_model=list[ContractListing], summary="Published contracts")

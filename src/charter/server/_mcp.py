@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import mcp_types as types
+import msgspec
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
 
@@ -141,6 +142,7 @@ def _conclusion(answer: Answer, **extra: Any) -> dict[str, Any]:
         "run_id": answer.run_id,
         "status": answer.status,
         "cause": answer.cause,
+        "decision": msgspec.to_builtins(answer.decision),  # null unless a gate decision decided it
         "answer": answer.answer,
         "reason": answer.reason,
         "contract": answer.contract,

@@ -14,13 +14,14 @@ from charter.audit import (
     Asked,
     Attempted,
     AuditLog,
+    CheckedRun,
     Concluded,
     Decision,
     Opened,
     Outcome,
     RunRecord,
     Sealed,
-    verify_log,
+    check_run,
 )
 from charter.compiler.artifact import CompiledContract
 from charter.errors import MissingApiKey, RunNotFound, UsageError
@@ -160,27 +161,37 @@ class CharterService:
         # tell a caller that an id exists (nor the audit log's path on the server).
         missing = RunNotFound(f"no run {run_id!r} among the runs you may read (yours, or any with {AUDIT_SCOPE!r})")
         try:
-            record = self.audit.run(self.audit.resolve(run_id))
+            checked = check_run(self.audit, run_id)  # every receipt's own signature and links
         except RunNotFound:
             raise missing from None
+        record = checked.record
         if record.opened.principal != principal.id and not principal.has(AUDIT_SCOPE):
             raise missing
-        verification = verify_log(self.audit, self.audit.trusted_keys(), run_id=record.run_id)
         view: dict[str, Any] = {}
         if principal.has(AUDIT_SCOPE):
             # Withheld exception texts may hold secrets: auditors only, even for the run's own principal.
             view["backend_errors"] = [msgspec.to_builtins(e) for e in self.audit.backend_errors(record.run_id)]
-        return {
-            **summary(record),
-            **view,
-            "receipts": [msgspec.to_builtins(r) for r in record.receipts],
-            "verification": {
-                "ok": verification.ok,
-                "receipts": verification.receipts,
-                "findings": [str(f) for f in verification.findings],
-                "in_doubt": [{"call": call, "operation": op} for _, call, op in verification.in_doubt],
-            },
-        }
+        if checked.programs:  # an intent run's view holds the program runs it started
+            view["programs"] = [_checked_view(p) for p in checked.programs]
+        return {**summary(checked.record), **view, **_checked_view(checked, receipts_only=True)}
+
+
+def _checked_view(checked: CheckedRun, *, receipts_only: bool = False) -> dict[str, Any]:
+    """Receipts each marked `verified` (its own signature and links checked) and the run's
+    verification; with the run's summary unless `receipts_only`."""
+    verification = checked.verification
+    view = {} if receipts_only else summary(checked.record)
+    return view | {
+        "receipts": [
+            msgspec.to_builtins(r) | {"verified": r.log_seq not in checked.unverified} for r in checked.record.receipts
+        ],
+        "verification": {
+            "ok": verification.ok,
+            "receipts": verification.receipts,
+            "findings": [str(f) for f in verification.findings],
+            "in_doubt": [{"call": call, "operation": op} for _, call, op in verification.in_doubt],
+        },
+    }
 
 
 def summary(record: RunRecord) -> dict[str, Any]:
