@@ -18,7 +18,6 @@ import json
 import logging
 from typing import Annotated, Any, Literal
 
-import msgspec
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -30,7 +29,7 @@ from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
 from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._idempotency import IdempotencyStore, KeyInProgress, KeyReused, StoredResponse, request_digest
-from charter.server._service import CharterService, Forbidden, IntentsUnavailable
+from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
 from charter.status import Status
 
@@ -176,13 +175,7 @@ def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
             contract=answer.contract,
             version=answer.version,
         )
-    body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause}
-    body["answer"] = answer.answer
-    body |= {"data": msgspec.to_builtins(answer.data), "reason": answer.reason}
-    body |= {"contract": answer.contract, "version": answer.version}
-    if attempts is not None:
-        body["attempts"] = attempts
-    return body
+    return conclusion_body(answer, attempts)
 
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `charter token add`.")

@@ -15,10 +15,10 @@ from charter.compiler.artifact import CompiledContract
 from charter.errors import MissingApiKey, RunNotFound, UsageError
 from charter.principal import Principal
 from charter.registry import Registry, parse_ref
-from charter.runner import Execution, Runner, conclusion_of
+from charter.runner import Answer, Execution, Runner, conclusion_of
 from charter.sandbox import Outcome as SandboxOutcome
 
-__all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable"]
+__all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable", "conclusion_body"]
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 AUDIT_SCOPE = "audit:read"  # may read every principal's runs, not only its own
@@ -130,6 +130,19 @@ class CharterService:
                 "in_doubt": [{"call": call, "operation": op} for _, call, op in verification.in_doubt],
             },
         }
+
+
+def conclusion_body(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
+    """A run's conclusion as both faces return it (HTTP `ConclusionBody`, MCP structuredContent):
+    run_id, status, cause, answer, data (plain JSON types), reason, contract, version, and
+    attempts for intents. The caller first checks `answer.unavailable` (the server's fault)."""
+    body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause}
+    body["answer"] = answer.answer
+    body |= {"data": msgspec.to_builtins(answer.data), "reason": answer.reason}
+    body |= {"contract": answer.contract, "version": answer.version}
+    if attempts is not None:
+        body["attempts"] = attempts
+    return body
 
 
 def summary(record: RunRecord) -> dict[str, Any]:
