@@ -496,6 +496,37 @@ def test_charter_run_answers_from_a_recording(charter_home: Path) -> None:
     assert replay.stdout.count("conclusion: identical") == 2
 
 
+def test_a_recording_answers_the_same_request_any_number_of_times(governed: Governed) -> None:
+    from examples.orders import backend
+
+    agent = Recorded(governed, "api_retry")  # for this intent: a 429, a 529, then the answer
+    conclusions = []
+    for _ in range(3):
+        backend.seed()  # order 101 pending again: the same request, asked anew
+        conclusions.append(agent.handle("Cancel order 101"))
+
+    assert [(c.status, c.answer, c.attempts) for c in conclusions] == [("done", "Order 101 is now cancelled.", 1)] * 3
+    assert len(agent.transport.requests) == 9  # each request retried through the recorded 429 and 529 again
+
+
+def test_a_request_no_recording_matches_is_a_local_error_naming_the_file(governed: Governed) -> None:
+    from charter.agent._recorded import recorded_model
+
+    recording = RECORDINGS / "happy.json"
+    charter_ = Charter(model=recorded_model(FAST, [recording]), settings=FAST, runner=governed.runner)
+    conclusion = charter_.handle("Refund order 125 in full", contract=governed.contract, principal=ADA)
+
+    assert (conclusion.status, conclusion.cause) == ("failed", "api_error")
+    reason = conclusion.reason or ""
+    assert f"recording {recording} holds no exchange matching this request" in reason
+    assert "it records: 'Cancel order 101' turn 1" in reason
+    # Not dressed as the Messages API, and the prompt stays out of the message.
+    for leak in ("Refund order 125", "404", "not_found", "Messages API"):
+        assert leak not in reason
+    (attempt,) = attempts_of(governed, conclusion)
+    assert attempt.api_tries == 1  # a local error is final: no retries
+
+
 def test_charter_run_without_a_key_says_so_and_runs_nothing(charter_home: Path) -> None:
     result = charter("run", "Cancel order 123", "-c", "orders")
     assert result.returncode == 1
