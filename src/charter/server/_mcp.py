@@ -48,6 +48,7 @@ __all__ = ["build_server", "serve_http", "serve_stdio"]
 _RESOURCE = re.compile(r"charter://contracts/([a-z][a-z0-9_]*)/([0-9A-Za-z.+-]+)/(prompt|stubs)\Z")
 _OPERATE = "operate_"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _VERSION_SELECTOR = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?)?)?$"
 _POLL_S = 1.0  # how often the registry is asked whether a version was published (one cheap query)
 
@@ -260,6 +261,8 @@ def _checked(tool: str, arguments: dict[str, Any], fields: dict[str, _Field]) ->
         value = arguments[name]
         if not isinstance(value, str):
             raise _invalid(f"{tool}: argument {name!r} must be a string, not {_json_type(value)}", name)
+        if not value.isascii() and _SURROGATE.search(value):
+            raise _invalid(f"{tool}: argument {name!r} is not valid Unicode (it holds a lone surrogate)", name)
         if len(value) < spec.min_length:
             raise _invalid(f"{tool}: argument {name!r} is empty", name)
         if spec.max_length is not None and len(value) > spec.max_length:
