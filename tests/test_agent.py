@@ -41,8 +41,12 @@ FAST = AgentSettings(max_retries=3, retry_base_s=0.001, max_retry_wait_s=1.0)
 class Recorded:
     """Charter with the real anthropic client, answering from one recording."""
 
-    def __init__(self, governed: Governed, name: str, settings: AgentSettings = FAST) -> None:
-        self.transport = RecordedTransport(load_recordings([RECORDINGS / f"{name}.json"]))
+    def __init__(
+        self, governed: Governed, name: str, settings: AgentSettings = FAST, edit: Any = lambda exchanges: None
+    ) -> None:
+        exchanges = load_recordings([RECORDINGS / f"{name}.json"])
+        edit(exchanges)
+        self.transport = RecordedTransport(exchanges)
         self.sleeps: list[float] = []
         model = AnthropicModel(
             settings, api_key="test-key", http_client=httpx2.Client(transport=self.transport), sleep=self.sleeps.append
@@ -297,10 +301,10 @@ def test_api_down_ends_failed_after_bounded_retries_and_nothing_runs(governed: G
 
 
 def test_long_retry_after_ends_the_request_instead_of_waiting(governed: Governed) -> None:
-    agent = Recorded(governed, "api_retry", AgentSettings(max_retry_wait_s=0.0))
-    agent.transport._exchanges[0] = msgspec.structs.replace(
-        agent.transport._exchanges[0], headers={"retry-after": "120"}
-    )
+    def long_wait(exchanges: list[Any]) -> None:
+        exchanges[0] = msgspec.structs.replace(exchanges[0], headers={"retry-after": "120"})
+
+    agent = Recorded(governed, "api_retry", AgentSettings(max_retry_wait_s=0.0), edit=long_wait)
     conclusion = agent.handle("Cancel order 101")
     assert conclusion.status == "failed"
     assert conclusion.reason is not None
