@@ -191,7 +191,7 @@ def test_a_module_that_fails_to_import_is_the_servers_fault_in_mcp(project: Path
     body = json.loads(result.content[0].text)
     assert body["type"] == "urn:charter:problem:backend-unavailable"
     assert body["internal"] is True
-    assert "RuntimeError: no database configured" in body["message"]
+    assert "RuntimeError: no database configured" in body["detail"]  # the HTTP API's problem shape
 
 
 def test_a_republished_module_runs_its_new_code_in_a_running_server(project: Path, charter_home: Path) -> None:

@@ -11,6 +11,15 @@ contract version shows up without a restart or a code change:
 
 Resources, per published contract version: its operational model as the Runtime Agent
 reads it (`charter://contracts/NAME/VERSION/prompt`) and its typed stubs (`.../stubs`).
+
+Both protocol revisions the SDK speaks are served (2025-11-25 by handshake, 2026-07-28 by
+per-request envelope). Every tool has an `outputSchema` and returns `structuredContent`: the
+operate tools and `execute_program` the HTTP API's conclusion (`conclusion_body`, one
+builder for both faces). Tool hints come from the contract's operations. Bad arguments are
+JSON-RPC invalid_params (-32602) naming the field; other failures are tool errors carrying
+the HTTP API's problem (`type`, `title`, `status`, `detail`), never a class name. Over stdio a
+watcher tells clients when a version is published (`notifications/tools/list_changed`, or a
+`subscriptions/listen` event at 2026-07-28).
 """
 
 from __future__ import annotations
@@ -390,7 +399,7 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
             return _result(await anyio.to_thread.run_sync(call))
         except _BackendUnavailable as error:  # an internal error: the server's, not the caller's
             answer = error.answer
-            extra = {"run_id": answer.run_id, "contract": answer.contract, "version": answer.version}
+            extra = {"internal": True, "run_id": answer.run_id, "contract": answer.contract, "version": answer.version}
             return _problem("backend-unavailable", str(error), **extra)
         except (CharterError, Forbidden, IntentsUnavailable) as error:
             kind = next(kind for cls, kind in _PROBLEM_OF if isinstance(error, cls))
