@@ -41,8 +41,12 @@ FAST = AgentSettings(max_retries=3, retry_base_s=0.001, max_retry_wait_s=1.0)
 class Recorded:
     """Charter with the real anthropic client, answering from one recording."""
 
-    def __init__(self, governed: Governed, name: str, settings: AgentSettings = FAST) -> None:
-        self.transport = RecordedTransport(load_recordings([RECORDINGS / f"{name}.json"]))
+    def __init__(
+        self, governed: Governed, name: str, settings: AgentSettings = FAST, edit: Any = lambda exchanges: None
+    ) -> None:
+        exchanges = load_recordings([RECORDINGS / f"{name}.json"])
+        edit(exchanges)
+        self.transport = RecordedTransport(exchanges)
         self.sleeps: list[float] = []
         model = AnthropicModel(
             settings, api_key="test-key", http_client=httpx2.Client(transport=self.transport), sleep=self.sleeps.append
@@ -297,10 +301,10 @@ def test_api_down_ends_failed_after_bounded_retries_and_nothing_runs(governed: G
 
 
 def test_long_retry_after_ends_the_request_instead_of_waiting(governed: Governed) -> None:
-    agent = Recorded(governed, "api_retry", AgentSettings(max_retry_wait_s=0.0))
-    agent.transport._exchanges[0] = msgspec.structs.replace(
-        agent.transport._exchanges[0], headers={"retry-after": "120"}
-    )
+    def long_wait(exchanges: list[Any]) -> None:
+        exchanges[0] = msgspec.structs.replace(exchanges[0], headers={"retry-after": "120"})
+
+    agent = Recorded(governed, "api_retry", AgentSettings(max_retry_wait_s=0.0), edit=long_wait)
     conclusion = agent.handle("Cancel order 101")
     assert conclusion.status == "failed"
     assert conclusion.reason is not None
@@ -494,6 +498,37 @@ def test_charter_run_answers_from_a_recording(charter_home: Path) -> None:
     replay = charter("audit", "replay", shown["run_id"][:12])
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert replay.stdout.count("conclusion: identical") == 2
+
+
+def test_a_recording_answers_the_same_request_any_number_of_times(governed: Governed) -> None:
+    from examples.orders import backend
+
+    agent = Recorded(governed, "api_retry")  # for this intent: a 429, a 529, then the answer
+    conclusions = []
+    for _ in range(3):
+        backend.seed()  # order 101 pending again: the same request, asked anew
+        conclusions.append(agent.handle("Cancel order 101"))
+
+    assert [(c.status, c.answer, c.attempts) for c in conclusions] == [("done", "Order 101 is now cancelled.", 1)] * 3
+    assert len(agent.transport.requests) == 9  # each request retried through the recorded 429 and 529 again
+
+
+def test_a_request_no_recording_matches_is_a_local_error_naming_the_file(governed: Governed) -> None:
+    from charter.agent._recorded import recorded_model
+
+    recording = RECORDINGS / "happy.json"
+    charter_ = Charter(model=recorded_model(FAST, [recording]), settings=FAST, runner=governed.runner)
+    conclusion = charter_.handle("Refund order 125 in full", contract=governed.contract, principal=ADA)
+
+    assert (conclusion.status, conclusion.cause) == ("failed", "api_error")
+    reason = conclusion.reason or ""
+    assert f"recording {recording} holds no exchange matching this request" in reason
+    assert "it records: 'Cancel order 101' turn 1" in reason
+    # Not dressed as the Messages API, and the prompt stays out of the message.
+    for leak in ("Refund order 125", "404", "not_found", "Messages API"):
+        assert leak not in reason
+    (attempt,) = attempts_of(governed, conclusion)
+    assert attempt.api_tries == 1  # a local error is final: no retries
 
 
 def test_charter_run_without_a_key_says_so_and_runs_nothing(charter_home: Path) -> None:

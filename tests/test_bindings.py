@@ -191,8 +191,8 @@ def test_a_module_that_fails_to_import_is_the_servers_fault_in_mcp(project: Path
     body = json.loads(result.content[0].text)
     assert body["type"] == "urn:charter:problem:backend-unavailable"
     assert body["internal"] is True
-    assert "module 'shopback' raised RuntimeError" in body["message"]
-    assert "no database configured" not in body["message"]  # withheld: the server's log has it
+    assert "module 'shopback' raised RuntimeError" in body["detail"]  # the HTTP API's problem shape
+    assert "no database configured" not in body["detail"]  # withheld: the server's log has it
 
 
 def test_an_import_failures_text_is_withheld_like_any_backend_error(project: Path, charter_home: Path) -> None:

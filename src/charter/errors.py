@@ -14,7 +14,8 @@
     │   ├── MissingApiKey       the Runtime Agent needs ANTHROPIC_API_KEY (or a model given in code)
     │   └── ModelRequestsBlocked    real model requests are switched off (tests)
     ├── ModelUnavailable        the model gave no answer, after bounded retries (a run ends failed)
-    │   └── ScriptExhausted     a ScriptedModel was asked more often than it has answers
+    │   ├── ScriptExhausted     a ScriptedModel was asked more often than it has answers
+    │   └── RecordingMismatch   a recording (--replay) holds no exchange for the request
     └── AuditError              the audit log could not be written or read (a run fails closed)
 
 Usage errors are kept apart from run outcomes (denied, timed out, failed), which are
@@ -37,6 +38,7 @@ __all__ = [
     "ModelRequestsBlocked",
     "ModelUnavailable",
     "Problem",
+    "RecordingMismatch",
     "RegistryError",
     "RunNotFound",
     "SchemaMismatch",
@@ -152,3 +154,8 @@ class ModelUnavailable(CharterError):
 
 class ScriptExhausted(ModelUnavailable):
     """A ScriptedModel was asked for more answers than its script holds."""
+
+
+class RecordingMismatch(ModelUnavailable):
+    """A recording of model responses (`--replay FILE`) holds no exchange for the request made:
+    a local error naming the file, never a Messages API error and never the prompt."""

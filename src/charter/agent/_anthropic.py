@@ -85,6 +85,10 @@ class AnthropicModel:
                     raise ModelUnavailable(f"the Messages API refused the request: {problem}", tries=tries) from None
                 wait = _retry_after(error.response.headers)
             except anthropic.APIConnectionError as error:  # includes APITimeoutError
+                local = error.__cause__
+                if isinstance(local, ModelUnavailable):  # a local stand-in's own answer (recordings): final
+                    local.tries = tries
+                    raise local from None
                 problem = f"{type(error).__name__}: {error}"
                 wait = None
             else:

@@ -7,11 +7,14 @@ A recording is a JSON file:
         {"intent": "Cancel order 123", "turn": 1, "status": 200, "headers": {...}, "body": {...}},
         ...]}
 
-`intent` is matched against the request's first user message (the rendered intent),
-`turn` is the answer's place in the conversation (1, then 2 after one repair round).
-Several exchanges with the same intent and turn are served in order: a 429 then a 200
-is a retry. A request nothing matches gets a 404 error body naming what was asked, so
-a missing recording fails loudly instead of hanging or guessing.
+A request is answered by its key: the recorded `intent` found in the request's first user
+message (the rendered intent) and the `turn` (1, then 2 after one repair round). The
+exchanges with one key are served in order (a 429 then a 200 is a retry) and then again
+from the first, so a recording answers the same request any number of times: a server
+started with `--replay` serves every client that asks the recorded intents.
+
+A request no exchange matches raises `RecordingMismatch`: a local error naming the
+recording files and what they hold, never a Messages API error and never the prompt.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import msgspec
 
 from charter.agent._anthropic import AnthropicModel
 from charter.agent._model import AgentSettings
-from charter.errors import UsageError
+from charter.errors import RecordingMismatch, UsageError
 
 __all__ = ["Exchange", "RecordedTransport", "load_recordings", "recorded_model"]
 
@@ -57,34 +60,49 @@ def load_recordings(paths: Iterable[Path]) -> list[Exchange]:
 
 
 class RecordedTransport(httpx2.MockTransport):
-    """Serves `exchanges`; `requests` keeps every request body it received, decoded."""
+    """Serves `exchanges` by key (intent, turn), reusably; `requests` keeps every request body
+    it received, decoded. `source` names the recording in errors (its file names)."""
 
-    def __init__(self, exchanges: Sequence[Exchange]) -> None:
+    def __init__(self, exchanges: Sequence[Exchange], *, source: str = "the recording") -> None:
         super().__init__(self._answer)
-        self._exchanges = list(exchanges)
-        self._served: set[int] = set()
+        self._keys: dict[tuple[str, int], list[Exchange]] = {}
+        for exchange in exchanges:
+            self._keys.setdefault((exchange.intent, exchange.turn), []).append(exchange)
+        self._served: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
+        self._source = source
         self.requests: list[dict[str, Any]] = []
 
     def _answer(self, request: httpx2.Request) -> httpx2.Response:
-        body = json.loads(request.content)
-        messages = body.get("messages", [])
-        first = messages[0]["content"] if messages else ""
+        try:
+            body = json.loads(request.content)
+            messages = body.get("messages") or []
+            first = messages[0]["content"] if messages else ""
+        except (ValueError, AttributeError, LookupError, TypeError):
+            body, messages, first = {}, [], ""
+        if not isinstance(first, str):  # content blocks: the text of the first one is the rendered intent
+            first = "".join(block.get("text", "") for block in first if isinstance(block, dict))
         turn = len(messages) // 2 + 1
         with self._lock:
             self.requests.append(body)
-            for index, exchange in enumerate(self._exchanges):
-                if index not in self._served and exchange.turn == turn and exchange.intent in first:
-                    self._served.add(index)
-                    return httpx2.Response(exchange.status, headers=exchange.headers, json=exchange.body)
-        missing = {
-            "type": "error",
-            "error": {"type": "not_found_error", "message": f"no recorded response for turn {turn} of: {first!r}"},
-        }
-        return httpx2.Response(404, json=missing)
+            key = next((k for k in self._keys if k[1] == turn and k[0] in first), None)
+            if key is not None:
+                recorded = self._keys[key]
+                served = self._served.get(key, 0)
+                self._served[key] = served + 1
+                exchange = recorded[served % len(recorded)]
+                return httpx2.Response(exchange.status, headers=exchange.headers, json=exchange.body)
+        held = "; ".join(f"{intent!r} turn {turn}" for intent, turn in self._keys) or "nothing"
+        raise RecordingMismatch(
+            f"{self._source} holds no exchange matching this request (turn {turn} of an intent it does not "
+            f"record); it records: {held}. Record the intent, or run without --replay to ask the model",
+            tries=1,
+        )
 
 
 def recorded_model(settings: AgentSettings, paths: Iterable[Path]) -> AnthropicModel:
     """The real anthropic client answering from recordings (`charter run --replay`, the demo)."""
-    transport = RecordedTransport(load_recordings(paths))
+    paths = list(paths)
+    source = "recording " + ", ".join(str(p) for p in paths)
+    transport = RecordedTransport(load_recordings(paths), source=source)
     return AnthropicModel(settings, api_key="recorded", http_client=httpx2.Client(transport=transport))

@@ -180,6 +180,15 @@ class Registry:
     def list(self) -> list[VersionInfo]:
         return [v for name in self.names() for v in self.versions(name)]
 
+    def revision(self) -> tuple[int, int]:
+        """A cheap marker that changes whenever a version is published or a major promoted
+        (both tables are append-only), for servers that tell their clients the list changed."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT (SELECT COUNT(*) FROM contract_versions), (SELECT COUNT(*) FROM contract_promotions)"
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
     def default_major(self, name: str) -> int | None:
         """The major line unpinned callers get: the last promoted, else the first published."""
         with self._connect() as db:

@@ -21,7 +21,6 @@ import logging
 import secrets
 from typing import Annotated, Any, Literal
 
-import msgspec
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -44,7 +43,7 @@ from charter.server._idempotency import (
     StoredResponse,
     request_digest,
 )
-from charter.server._service import AUDIT_SCOPE, CharterService, Forbidden, IntentsUnavailable
+from charter.server._service import AUDIT_SCOPE, CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
 from charter.status import Status
 
@@ -257,14 +256,7 @@ def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
             contract=answer.contract,
             version=answer.version,
         )
-    body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause}
-    body["decision"] = msgspec.to_builtins(answer.decision)  # null unless a gate decision decided it
-    body["answer"] = answer.answer
-    body |= {"data": msgspec.to_builtins(answer.data), "reason": answer.reason}
-    body |= {"contract": answer.contract, "version": answer.version}
-    if attempts is not None:
-        body["attempts"] = attempts
-    return body
+    return conclusion_body(answer, attempts)
 
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `charter token add`.")

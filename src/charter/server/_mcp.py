@@ -11,6 +11,15 @@ contract version shows up without a restart or a code change:
 
 Resources, per published contract version: its operational model as the Runtime Agent
 reads it (`charter://contracts/NAME/VERSION/prompt`) and its typed stubs (`.../stubs`).
+
+Both protocol revisions the SDK speaks are served (2025-11-25 by handshake, 2026-07-28 by
+per-request envelope). Every tool has an `outputSchema` and returns `structuredContent`: the
+operate tools and `execute_program` the HTTP API's conclusion (`conclusion_body`, one
+builder for both faces). Tool hints come from the contract's operations. Bad arguments are
+JSON-RPC invalid_params (-32602) naming the field; other failures are tool errors carrying
+the HTTP API's problem (`type`, `title`, `status`, `detail`), never a class name. Over stdio a
+watcher tells clients when a version is published (`notifications/tools/list_changed`, or a
+`subscriptions/listen` event at 2026-07-28).
 """
 
 from __future__ import annotations
@@ -18,28 +27,39 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import mcp_types as types
-import msgspec
 from mcp.server import Server, ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions
+from mcp.server.session import ServerSession
 from mcp.server.stdio import stdio_server
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourcesListChanged, ToolsListChanged
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from charter.compiler.artifact import CompiledContract
-from charter.errors import CharterError
+from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFound, UsageError
 from charter.principal import Principal
 from charter.runner import Answer
-from charter.server._service import CharterService, Forbidden, IntentsUnavailable
+from charter.server._api import PROBLEM_TYPES, problem_response
+from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
+from charter.status import STATUSES
 
 __all__ = ["build_server", "serve_http", "serve_stdio"]
 
 _RESOURCE = re.compile(r"charter://contracts/([a-z][a-z0-9_]*)/([0-9A-Za-z.+-]+)/(prompt|stubs)\Z")
 _OPERATE = "operate_"
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _VERSION_SELECTOR = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?)?)?$"
+_POLL_S = 1.0  # how often the registry is asked whether a version was published (one cheap query)
 
 PrincipalOf = Callable[[ServerRequestContext[Any]], Principal]
 
@@ -60,71 +80,206 @@ def operate_description(contract: CompiledContract) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _Field:
+    """One string argument of a tool, checked the way its input schema says."""
+
+    description: str
+    required: bool = True
+    min_length: int = 1
+    max_length: int | None = None
+    pattern: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "minLength": self.min_length, "description": self.description}
+        if self.max_length is not None:
+            schema["maxLength"] = self.max_length
+        if self.pattern is not None:
+            schema["pattern"] = self.pattern
+        return schema
+
+
+def _input_schema(fields: dict[str, _Field]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: f.schema() for name, f in fields.items()},
+        "required": [name for name, f in fields.items() if f.required],
+        "additionalProperties": False,
+    }
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+# The conclusion both faces return (HTTP ConclusionBody): further fields may join it later.
+_CONCLUSION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "run_id": {"type": "string"},
+        "status": {"enum": list(STATUSES)},
+        "cause": _nullable("string"),
+        "answer": _nullable("string"),
+        "data": {"description": "The program's conclude(..., data=...) value, as plain JSON."},
+        "reason": _nullable("string"),
+        "contract": _nullable("string"),
+        "version": _nullable("string"),
+        "attempts": {"type": "integer", "description": "Model answers it took (intents only)."},
+    },
+    "required": ["run_id", "status", "cause", "answer", "data", "reason", "contract", "version"],
+}
+_RUN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "run_id": {"type": "string"},
+        "kind": {"enum": ["intent", "program"]},
+        "principal": {"type": "string"},
+        "contract": {"type": "string"},
+        "version": {"type": "string"},
+        "intent": _nullable("string"),
+        "status": {"enum": list(STATUSES)},
+        "cause": _nullable("string"),
+        "answer": _nullable("string"),
+        "reason": _nullable("string"),
+        "receipts": {"type": "integer", "description": "How many receipts; GET /v1/runs/{id} has them."},
+        "verification": {"type": "object"},
+    },
+    "required": ["run_id", "kind", "principal", "contract", "version", "status", "receipts", "verification"],
+}
+
+
+def _operate_fields(contract: CompiledContract) -> dict[str, _Field]:
+    return {
+        "intent": _Field("What to do.", max_length=4000),
+        "version": _Field(
+            f"Pin a version: MAJOR, MAJOR.MINOR or MAJOR.MINOR.PATCH (default: {contract.version}, the newest of "
+            "the default major).",
+            required=False,
+            max_length=200,
+            pattern=_VERSION_SELECTOR,
+        ),
+    }
+
+
+def _program_fields(names: list[str]) -> dict[str, _Field]:
+    listed = ", ".join(names) or "none published"
+    return {
+        "contract": _Field(
+            "NAME (the newest of its default major), NAME@MAJOR, NAME@MAJOR.MINOR or NAME@MAJOR.MINOR.PATCH; one of "
+            f"{listed}.",
+            max_length=200,
+            pattern=rf"^[a-z][a-z0-9_]*(@{_VERSION_SELECTOR[1:-1]})?$",
+        ),
+        "program": _Field("Python source.", max_length=262_144),
+    }
+
+
+_AUDIT_FIELDS = {"run_id": _Field("The run's 32-character id.", max_length=32, pattern="^[0-9a-f]{32}$")}
+
+
+def tool_annotations(title: str, contracts: Iterable[CompiledContract]) -> types.ToolAnnotations:
+    """MCP tool hints from the contracts' operations: reads only -> readOnlyHint; any write ->
+    destructiveHint, and idempotentHint only when every write is declared `idempotent`."""
+    writes = [op for c in contracts for op in c.gate.operations.values() if op.kind == "write"]
+    if not writes:
+        return types.ToolAnnotations(title=title, read_only_hint=True)
+    return types.ToolAnnotations(
+        title=title,
+        read_only_hint=False,
+        destructive_hint=True,
+        idempotent_hint=all(op.idempotent for op in writes),
+    )
+
+
 def _tools(service: CharterService) -> list[types.Tool]:
     contracts = service.latest_contracts()
     names = [c.name for c in contracts]
-    tools = [
-        types.Tool(
-            name=f"{_OPERATE}{contract.name}",
-            title=f"Operate {contract.name} {contract.version}",
-            description=operate_description(contract),
-            input_schema={
-                "type": "object",
-                "properties": {
-                    "intent": {"type": "string", "minLength": 1, "maxLength": 4000, "description": "What to do."},
-                    "version": {
-                        "type": "string",
-                        "pattern": _VERSION_SELECTOR,
-                        "description": f"Pin a version: MAJOR, MAJOR.MINOR or MAJOR.MINOR.PATCH (default: "
-                        f"{contract.version}, the newest of the default major).",
-                    },
-                },
-                "required": ["intent"],
-                "additionalProperties": False,
-            },
+    tools = []
+    for contract in contracts:
+        title = f"Operate {contract.name} {contract.version}"
+        tools.append(
+            types.Tool(
+                name=f"{_OPERATE}{contract.name}",
+                title=title,
+                description=operate_description(contract),
+                input_schema=_input_schema(_operate_fields(contract)),
+                output_schema=_CONCLUSION_SCHEMA,
+                annotations=tool_annotations(title, [contract]),
+            )
         )
-        for contract in contracts
-    ]
+    title = "Run a program under a contract (code mode)"
     tools.append(
         types.Tool(
             name="execute_program",
-            title="Run a program under a contract (code mode)",
+            title=title,
             description=(
                 "Run a Python program you wrote against a contract's typed proxies (read them in the resource "
                 "charter://contracts/NAME/VERSION/stubs). It runs in a Wasm sandbox; every call is checked against "
-                "the contract and receipted. End it with conclude(answer) or refuse(reason). Returns the "
-                f"conclusion and run id. Contracts: {', '.join(names) or 'none published'}."
+                "the contract and receipted. End it with conclude(answer, data=...) or refuse(reason). Returns the "
+                f"conclusion (with its data) and run id. Contracts: {', '.join(names) or 'none published'}."
             ),
-            input_schema={
-                "type": "object",
-                "properties": {
-                    "contract": {
-                        "type": "string",
-                        "description": "NAME (the newest of its default major), NAME@MAJOR, NAME@MAJOR.MINOR or "
-                        f"NAME@MAJOR.MINOR.PATCH; one of {', '.join(names) or 'none published'}.",
-                        "pattern": rf"^[a-z][a-z0-9_]*(@{_VERSION_SELECTOR[1:-1]})?$",
-                    },
-                    "program": {"type": "string", "minLength": 1, "description": "Python source."},
-                },
-                "required": ["contract", "program"],
-                "additionalProperties": False,
-            },
+            input_schema=_input_schema(_program_fields(names)),
+            output_schema=_CONCLUSION_SCHEMA,
+            annotations=tool_annotations(title, contracts),
         )
     )
+    title = "Read a run's audit summary"
     tools.append(
         types.Tool(
             name="audit_run",
-            title="Read a run's audit summary",
+            title=title,
             description="A run's conclusion, its decisions and receipts, and whether its signatures verify.",
-            input_schema={
-                "type": "object",
-                "properties": {"run_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
-                "required": ["run_id"],
-                "additionalProperties": False,
-            },
+            input_schema=_input_schema(_AUDIT_FIELDS),
+            output_schema=_RUN_SCHEMA,
+            annotations=types.ToolAnnotations(title=title, read_only_hint=True),
         )
     )
     return tools
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _invalid(message: str, field: str) -> MCPError:
+    """JSON-RPC invalid_params (-32602), naming the argument in `data.field`."""
+    return MCPError(INVALID_PARAMS, message, {"field": field})
+
+
+def _checked(tool: str, arguments: dict[str, Any], fields: dict[str, _Field]) -> dict[str, str]:
+    """The arguments as the tool's input schema allows them, or invalid_params naming the first wrong one."""
+    for name in arguments:
+        if name not in fields:
+            raise _invalid(f"{tool}: unknown argument {name!r}; it takes {', '.join(fields)}", name)
+    values: dict[str, str] = {}
+    for name, spec in fields.items():
+        if name not in arguments or (arguments[name] is None and not spec.required):
+            if spec.required:
+                raise _invalid(f"{tool}: missing argument {name!r} ({spec.description})", name)
+            continue
+        value = arguments[name]
+        if not isinstance(value, str):
+            raise _invalid(f"{tool}: argument {name!r} must be a string, not {_json_type(value)}", name)
+        if not value.isascii() and _SURROGATE.search(value):
+            raise _invalid(f"{tool}: argument {name!r} is not valid Unicode (it holds a lone surrogate)", name)
+        if len(value) < spec.min_length:
+            raise _invalid(f"{tool}: argument {name!r} is empty", name)
+        if spec.max_length is not None and len(value) > spec.max_length:
+            raise _invalid(f"{tool}: argument {name!r} is longer than {spec.max_length} characters", name)
+        if spec.pattern is not None and not re.search(spec.pattern, value):
+            raise _invalid(f"{tool}: argument {name!r} does not match {spec.pattern}", name)
+        values[name] = value
+    return values
 
 
 class _BackendUnavailable(Exception):
@@ -135,20 +290,10 @@ class _BackendUnavailable(Exception):
         self.answer = answer
 
 
-def _conclusion(answer: Answer, **extra: Any) -> dict[str, Any]:
+def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
     if answer.unavailable:
         raise _BackendUnavailable(answer)
-    return {
-        "run_id": answer.run_id,
-        "status": answer.status,
-        "cause": answer.cause,
-        "decision": msgspec.to_builtins(answer.decision),  # null unless a gate decision decided it
-        "answer": answer.answer,
-        "reason": answer.reason,
-        "contract": answer.contract,
-        "version": answer.version,
-        **extra,
-    }
+    return conclusion_body(answer, attempts)
 
 
 def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResult:
@@ -159,51 +304,109 @@ def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResul
     )
 
 
-def build_server(service: CharterService, principal_of: PrincipalOf) -> Server[Any]:
+def _problem(kind: str, detail: str, **extra: Any) -> types.CallToolResult:
+    """A tool error in the HTTP API's problem shape: branch on `type`, never on the wording."""
+    status, title = PROBLEM_TYPES[kind]
+    body = {"type": f"urn:charter:problem:{kind}", "title": title, "status": status, "detail": detail, **extra}
+    return _result(body, error=True)
+
+
+# The same problem types the HTTP API answers with, for the same exceptions.
+_PROBLEM_OF: tuple[tuple[type[Exception], str], ...] = (
+    (ContractNotFound, "contract-not-found"),
+    (RunNotFound, "run-not-found"),
+    (Forbidden, "forbidden"),
+    (IntentsUnavailable, "intents-unavailable"),
+    (AuditError, "audit-unavailable"),
+    (UsageError, "invalid-request"),
+    (CharterError, "invalid-request"),
+)
+
+
+@dataclass
+class _Changes:
+    """Tells clients when the registry's tools and resources change (a version published or
+    promoted): `subscriptions/listen` streams at 2026-07-28, `notifications/tools/list_changed`
+    on handshake-era (2025-11-25) sessions."""
+
+    bus: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    sessions: list[ServerSession] = field(default_factory=list)
+
+    async def watch(self, service: CharterService, interval: float = _POLL_S) -> None:
+        seen = await anyio.to_thread.run_sync(service.registry.revision)
+        while True:
+            await anyio.sleep(interval)
+            now = await anyio.to_thread.run_sync(service.registry.revision)
+            if now != seen:
+                seen = now
+                await self.announce()
+
+    async def announce(self) -> None:
+        await self.bus.publish(ToolsListChanged())
+        await self.bus.publish(ResourcesListChanged())
+        for session in list(self.sessions):
+            try:
+                await session.send_tool_list_changed()
+                await session.send_resource_list_changed()
+            except Exception:  # that client has gone: stop telling it
+                self.sessions.remove(session)
+
+
+def build_server(service: CharterService, principal_of: PrincipalOf, changes: _Changes | None = None) -> Server[Any]:
+    """The MCP server; with `changes`, it declares listChanged and serves `subscriptions/listen`."""
+
     async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=await anyio.to_thread.run_sync(_tools, service))
 
     async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
         principal = principal_of(ctx)
         arguments = params.arguments or {}
+        name = params.name
+        if name.startswith(_OPERATE):
+            contract = name[len(_OPERATE) :]
+            try:
+                if not _NAME.fullmatch(contract):  # a tool name, never a version reference
+                    raise ContractNotFound(contract)
+                compiled = await anyio.to_thread.run_sync(service.contract, contract)
+            except (ContractNotFound, UsageError):
+                raise _invalid(f"no tool {name!r}: tools/list names the tools", "name") from None
+            given = _checked(name, arguments, _operate_fields(compiled))
+            if "version" in given:
+                contract += "@" + given["version"]
 
-        def call() -> dict[str, Any]:
-            name = params.name
-            if name.startswith(_OPERATE):
-                contract = name[len(_OPERATE) :]
-                if arguments.get("version") is not None:
-                    contract += "@" + _text(arguments, "version")
-                conclusion = service.operate(principal, contract, _text(arguments, "intent"))
-                return _conclusion(conclusion, attempts=conclusion.attempts)
-            if name == "execute_program":
-                contract, program = _text(arguments, "contract"), _text(arguments, "program")
-                return _conclusion(service.execute(principal, contract, program))
-            if name == "audit_run":
-                view = service.run_view(principal, _text(arguments, "run_id"))
+            def call() -> dict[str, Any]:
+                conclusion = service.operate(principal, contract, given["intent"])
+                return _conclusion(conclusion, conclusion.attempts)
+
+        elif name == "execute_program":
+            given = _checked(name, arguments, _program_fields([]))
+
+            def call() -> dict[str, Any]:
+                return _conclusion(service.execute(principal, given["contract"], given["program"]))
+
+        elif name == "audit_run":
+            given = _checked(name, arguments, _AUDIT_FIELDS)
+
+            def call() -> dict[str, Any]:
+                view = service.run_view(principal, given["run_id"])
                 view["receipts"] = len(view["receipts"])  # the count; the receipts are on GET /v1/runs/{id}
                 return view
-            raise _ToolError(f"no tool {name!r}: call tools/list")
+
+        else:
+            raise _invalid(f"no tool {name!r}: tools/list names the tools", "name")
 
         try:
             return _result(await anyio.to_thread.run_sync(call))
         except _BackendUnavailable as error:  # an internal error: the server's, not the caller's
             answer = error.answer
-            body = {
-                "error": "BackendUnavailable",
-                "type": "urn:charter:problem:backend-unavailable",
-                "internal": True,
-                "message": str(error),
-                "run_id": answer.run_id,
-                "contract": answer.contract,
-                "version": answer.version,
-            }
-            return _result(body, error=True)
-        except (CharterError, Forbidden, IntentsUnavailable, _ToolError) as error:
-            return _result({"error": type(error).__name__, "message": str(error)}, error=True)
-        except Exception as error:  # its text may hold secrets: the caller gets the type, the log the rest
-            _log.error("MCP tool %s failed", params.name, exc_info=error)
-            message = f"the server failed ({type(error).__name__}); its log has the detail"
-            return _result({"error": "internal", "message": message}, error=True)
+            extra = {"internal": True, "run_id": answer.run_id, "contract": answer.contract, "version": answer.version}
+            return _problem("backend-unavailable", str(error), **extra)
+        except (CharterError, Forbidden, IntentsUnavailable) as error:
+            kind = next(kind for cls, kind in _PROBLEM_OF if isinstance(error, cls))
+            return _problem(kind, str(error))
+        except Exception as error:  # its text may hold secrets: the caller gets a reference, the log the rest
+            _log.error("MCP tool %s failed", name, exc_info=error)
+            return _problem("internal", "the server failed; its log has the detail")
 
     async def list_resources(ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
         def listing() -> list[types.Resource]:
@@ -234,17 +437,22 @@ def build_server(service: CharterService, principal_of: PrincipalOf) -> Server[A
     ) -> types.ReadResourceResult:
         match = _RESOURCE.match(str(params.uri))
         if match is None:
-            raise ValueError(f"no resource {params.uri}: URIs look like charter://contracts/NAME/VERSION/prompt")
+            raise _invalid(f"no resource {params.uri}: URIs look like charter://contracts/NAME/VERSION/prompt", "uri")
         name, version, part = match.groups()
-        compiled = await anyio.to_thread.run_sync(service.registry.get, name, version)
+        try:
+            compiled = await anyio.to_thread.run_sync(service.registry.get, name, version)
+        except CharterError as error:
+            raise _invalid(str(error), "uri") from None
         text = compiled.prompt_context if part == "prompt" else compiled.stub_source
         mime = "text/markdown" if part == "prompt" else "text/x-python"
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=str(params.uri), mime_type=mime, text=text)]
         )
 
-    return Server(
+    server: Server[Any] = Server(
         "charter",
+        version=_VERSION,
+        title="Charter",
         instructions=(
             "Charter runs actions on real systems under versioned domain contracts. Prefer the operate_<contract> "
             "tools; read a contract's resources to know what it allows."
@@ -253,26 +461,30 @@ def build_server(service: CharterService, principal_of: PrincipalOf) -> Server[A
         on_call_tool=call_tool,
         on_list_resources=list_resources,
         on_read_resource=read_resource,
+        on_subscriptions_listen=ListenHandler(changes.bus) if changes is not None else None,
     )
+    if changes is not None:
+
+        async def initialized(ctx: ServerRequestContext[Any], params: Any) -> None:
+            changes.sessions.append(ctx.session)  # a 2025-11-25 session: told by notification
+
+        server.add_notification_handler("notifications/initialized", types.NotificationParams, initialized)
+    return server
 
 
-class _ToolError(Exception):
-    pass
-
-
-def _text(arguments: dict[str, Any], name: str) -> str:
-    value = arguments.get(name)
-    if not isinstance(value, str):
-        raise _ToolError(f"argument {name!r} must be a string")
-    return value
+_VERSION = metadata.version("charter")
 
 
 def serve_stdio(service: CharterService, principal: Principal) -> None:
-    server = build_server(service, lambda ctx: principal)
+    changes = _Changes()
+    server = build_server(service, lambda ctx: principal, changes)
+    options = server.create_initialization_options(NotificationOptions(tools_changed=True, resources_changed=True))
 
     async def main() -> None:
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        async with stdio_server() as (read_stream, write_stream), anyio.create_task_group() as tasks:
+            tasks.start_soon(changes.watch, service)
+            await server.run(read_stream, write_stream, options)
+            tasks.cancel_scope.cancel()
 
     anyio.run(main)
 
@@ -284,8 +496,12 @@ def serve_http(service: CharterService, tokens: TokenStore, host: str, port: int
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
+_REALM = "charter-mcp"
+
+
 def http_app(service: CharterService, tokens: TokenStore, host: str) -> Any:
-    """Streamable HTTP, each request authenticated by its bearer token."""
+    """Streamable HTTP, each request authenticated by its bearer token (a static token from
+    `charter token add`: no OAuth authorization server, so no protected-resource metadata)."""
 
     def principal_of(ctx: ServerRequestContext[Any]) -> Principal:
         headers = getattr(ctx.request, "headers", None) or {}
@@ -298,17 +514,22 @@ def http_app(service: CharterService, tokens: TokenStore, host: str) -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            path = scope.get("path", "")
+            if path.startswith("/.well-known/"):  # OAuth discovery: not offered, and saying so is not secret
+                detail = "this server offers no OAuth: send a static bearer token from `charter token add`"
+                await problem_response("not-found", detail, path)(scope, receive, send)
+                return
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            if tokens.authenticate(_bearer(headers.get("authorization"))) is None:
-                body = b'{"error": "send Authorization: Bearer <token> (charter token add)"}'
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 401,
-                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+            given = _bearer(headers.get("authorization"))
+            if tokens.authenticate(given) is None:
+                if given is None:  # RFC 6750 3.1: no credentials, no error code
+                    detail, challenge = "send Authorization: Bearer <token>", f'Bearer realm="{_REALM}"'
+                else:
+                    detail = "the bearer token is not known"
+                    challenge = f'Bearer realm="{_REALM}", error="invalid_token", error_description="{detail}"'
+                response = problem_response("unauthenticated", f"{detail} (tokens come from `charter token add`)", path)
+                response.headers["WWW-Authenticate"] = challenge
+                await response(scope, receive, send)
                 return
         await inner(scope, receive, send)
 
@@ -317,5 +538,5 @@ def http_app(service: CharterService, tokens: TokenStore, host: str) -> Any:
 
 def _bearer(value: str | None) -> str | None:
     if value and value[:7].lower() == "bearer ":
-        return value[7:].strip()
+        return value[7:].strip() or None
     return None

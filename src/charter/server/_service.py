@@ -31,7 +31,7 @@ from charter.runner import Answer, Execution, Runner, conclusion_of
 from charter.sandbox import Outcome as SandboxOutcome
 from charter.status import status_of
 
-__all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable"]
+__all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable", "conclusion_body"]
 
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 AUDIT_SCOPE = "audit:read"  # may read every principal's runs, not only its own
@@ -192,6 +192,21 @@ def _checked_view(checked: CheckedRun, *, receipts_only: bool = False) -> dict[s
             "in_doubt": [{"call": call, "operation": op} for _, call, op in verification.in_doubt],
         },
     }
+
+
+def conclusion_body(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
+    """A run's conclusion as both faces return it (HTTP `ConclusionBody`, MCP structuredContent):
+    run_id, status, cause, decision (the deciding gate decision, or null), answer, data (plain
+    JSON types), reason, contract, version, and
+    attempts for intents. The caller first checks `answer.unavailable` (the server's fault)."""
+    body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause}
+    body["decision"] = msgspec.to_builtins(answer.decision)  # null unless a gate decision decided it
+    body["answer"] = answer.answer
+    body |= {"data": msgspec.to_builtins(answer.data), "reason": answer.reason}
+    body |= {"contract": answer.contract, "version": answer.version}
+    if attempts is not None:
+        body["attempts"] = attempts
+    return body
 
 
 def summary(record: RunRecord) -> dict[str, Any]:
