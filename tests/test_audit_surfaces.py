@@ -219,14 +219,29 @@ def test_audit_list_is_newest_first_limited_and_fits_80_columns(governed: Govern
     [
         (("--status", "denied"), "the statuses are done, refused, failed"),
         (("--since", "last tuesday"), "today, yesterday, or an age: 30m, 24h, 7d"),
-        (("--limit", "0"), "greater than or equal to 1"),
+        (("--limit", "0"), "--limit 0 is out of range: give a number of runs from 1 to 100000"),
+        (("--limit", "9223372036854775808"), "is out of range: give a number of runs from 1 to 100000"),
+        (("--since", "99999999999w"), "reaches before the year 1"),
+        (("--since", "200000w"), "reaches before the year 1"),
     ],
 )
 def test_audit_list_rejects_unknown_filter_values(governed: Governed, args: tuple[str, ...], words: str) -> None:
     governed.run("conclude('hi')")
     result = charter("audit", "list", *args)
-    assert result.returncode != 0
+    assert result.returncode == 1, result.stderr  # one error line, never a traceback
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
     assert words in result.stderr
+
+
+@pytest.mark.parametrize("relink", [False, True])
+def test_replay_refuses_a_record_it_cannot_vouch_for(governed: Governed, relink: bool) -> None:
+    run_id = governed.run(CANCEL_123).run_id
+    edited = forge(governed.log, "decision", "STATE_VIOLATION", "GUARD_VIOLATION", relink=relink)
+    replayed = charter("audit", "replay", run_id)
+    assert replayed.returncode == 1
+    assert f"has receipts that fail their check (log #{edited}" in replayed.stderr
+    assert "conclusion" not in replayed.stdout  # no comparison drawn from the forged record
 
 
 def test_audit_list_since_takes_relative_and_named_times(governed: Governed) -> None:

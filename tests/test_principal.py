@@ -260,3 +260,17 @@ def test_same_principal_is_type_checked_in_guards(write_contract: WriteContract)
     assert check_guard("!same_principal(params.owner, principal.id)", variables, {}, {}) == []
     [problem] = check_guard("same_principal(params.n, principal.id)", variables, {}, {})
     assert "same_principal() takes two strings" in problem
+
+
+@pytest.mark.parametrize("blank", ["\u3164", "\uffa0", "\u115falice", "\u2800", "ali\u3164ce"])
+def test_ids_that_show_as_blank_are_refused(blank: str) -> None:
+    # Hangul fillers and the blank Braille pattern are letters or symbols, not C* or Z*, yet show as nothing.
+    with pytest.raises(InvalidPrincipal, match=r"FILLER|BRAILLE PATTERN BLANK"):
+        Principal(blank, frozenset())
+
+
+def test_a_digit_that_looks_like_a_letter_makes_a_look_alike() -> None:
+    # TR39 maps '0' to 'O'; folded again after the skeleton, 'b0b' looks like 'bob'.
+    assert same_principal("b0b", "bob")
+    assert same_principal("B0B", "bob")
+    assert not same_principal("bob", "bill")

@@ -97,6 +97,12 @@ def _describe(char: str) -> str:
     return f"U+{ord(char):04X} {name}"
 
 
+# Characters that show as nothing though they are letters or symbols (Hangul fillers U+3164,
+# U+FFA0, U+115F, U+1160 are Default_Ignorable_Code_Point; U+2800 is the blank Braille
+# pattern): an id holding one looks like another id without it.
+_BLANK = icu.UnicodeSet("[[:Default_Ignorable_Code_Point:]\\u2800]")
+
+
 def check_principal_id(principal_id: object) -> str:
     """`principal_id` itself if it is a valid principal id; raises InvalidPrincipal saying why not."""
     if not isinstance(principal_id, str):
@@ -107,7 +113,7 @@ def check_principal_id(principal_id: object) -> str:
     if len(principal_id) > MAX_ID_LENGTH:
         raise InvalidPrincipal(f"principal id {shown[:40]}... is longer than {MAX_ID_LENGTH} characters")
     for position, char in enumerate(principal_id):
-        if unicodedata.category(char)[0] in "CZ":
+        if unicodedata.category(char)[0] in "CZ" or _BLANK.contains(char):
             raise InvalidPrincipal(f"principal id {shown} has {_describe(char)} at position {position}; {_ID_RULE}")
     if not unicodedata.is_normalized("NFC", principal_id):
         nfc = unicodedata.normalize("NFC", principal_id)
@@ -122,7 +128,9 @@ def check_principal_id(principal_id: object) -> str:
 def skeleton(text: str) -> str:
     """The TR39 confusable skeleton of `text`, case-folded: two ids with equal skeletons look alike
     ('alice' in Cyrillic letters, 'ALICE' and 'alice' share one)."""
-    return str(_CHECKER.getSkeleton(0, text.casefold()))
+    # Folded before and after: the skeleton maps some characters to capitals ('0' to 'O'), so
+    # 'b0b' and 'bob' share a skeleton only once it is folded again.
+    return str(_CHECKER.getSkeleton(0, text.casefold())).casefold()
 
 
 def same_principal(a: str | None, b: str | None) -> bool:

@@ -72,7 +72,7 @@ def list_(
     since: Annotated[
         str | None, typer.Option(metavar="WHEN", help=f"Only runs opened since WHEN: {SINCE_FORMS}.")
     ] = None,
-    limit: Annotated[int, typer.Option(metavar="N", min=1, help="Show at most N runs.")] = 50,
+    limit: Annotated[int, typer.Option(metavar="N", help=f"Show at most N runs (1 to {MAX_LIMIT}).")] = 50,
     as_json: JsonOption = False,
 ) -> None:
     """Runs in the log, newest first (from the runs index; `audit verify` checks the receipts)."""
@@ -82,6 +82,8 @@ def list_(
         filters = RunFilter(
             contract=contract, status=status, cause=cause, principal=principal, since=parse_since(since)
         )
+        if not 1 <= limit <= MAX_LIMIT:
+            raise UsageError(f"--limit {limit} is out of range: give a number of runs from 1 to {MAX_LIMIT}")
         runs = _log().list_runs(filters, limit=limit)
     except CharterError as error:
         fail(error)
@@ -123,6 +125,9 @@ SINCE_FORMS = "an ISO-8601 date or time (UTC unless it names an offset), today, 
 _AGES = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
+MAX_LIMIT = 100_000  # runs one `audit list` shows; page further with --since
+
+
 def parse_since(since: str | None, now: datetime | None = None) -> str | None:
     """--since as the ISO-8601 UTC time openings are stamped with (so text order is time order).
 
@@ -136,7 +141,10 @@ def parse_since(since: str | None, now: datetime | None = None) -> str | None:
     if text in ("today", "yesterday"):
         when = midnight - timedelta(days=1 if text == "yesterday" else 0)
     elif len(text) > 1 and text[-1] in _AGES and text[:-1].isdigit():
-        when = now - timedelta(**{_AGES[text[-1]]: int(text[:-1])})
+        try:
+            when = now - timedelta(**{_AGES[text[-1]]: int(text[:-1])})
+        except (OverflowError, ValueError):  # an age beyond the calendar: no such time
+            raise UsageError(f"--since {since!r} reaches before the year 1; give {SINCE_FORMS}") from None
     else:
         try:
             when = datetime.fromisoformat(since.strip())
@@ -480,7 +488,18 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
 
     try:
         log = _log()
-        record = log.run(run)
+        # A replay compares against recorded results: it draws no conclusion from a record it
+        # cannot vouch for (a receipt whose signature or links fail), as show and verify do not.
+        checked = check_run(log, run)
+        for part in (checked, *checked.programs):
+            if part.unverified:
+                seqs = ", ".join(f"#{seq}" for seq in sorted(part.unverified))
+                fail(
+                    f"run {part.record.run_id} has receipts that fail their check (log {seqs}); replay compares "
+                    "against recorded results, so it does not replay a record it cannot vouch for "
+                    f"(charter audit verify {part.record.run_id[:12]} says what failed)"
+                )
+        record = checked.record
         # An intent run is replayed as the program runs its attempts started.
         records = [log.run(r) for r in program_runs_of(record)] if isinstance(record.opened, Asked) else [record]
         contract = Registry().get(record.opened.contract, record.opened.version)

@@ -119,6 +119,11 @@ _CONCLUSION_SCHEMA: dict[str, Any] = {
         "run_id": {"type": "string"},
         "status": {"enum": list(STATUSES)},
         "cause": _nullable("string"),
+        "decision": {
+            "type": ["object", "null"],
+            "description": "The gate decision that decided a refused or failed run (code, operation, boundary, "
+            "clause, message, and its receipt: run_id, seq, log_seq, link); null when none did.",
+        },
         "answer": _nullable("string"),
         "data": {"description": "The program's conclude(..., data=...) value, as plain JSON."},
         "reason": _nullable("string"),
@@ -126,7 +131,7 @@ _CONCLUSION_SCHEMA: dict[str, Any] = {
         "version": _nullable("string"),
         "attempts": {"type": "integer", "description": "Model answers it took (intents only)."},
     },
-    "required": ["run_id", "status", "cause", "answer", "data", "reason", "contract", "version"],
+    "required": ["run_id", "status", "cause", "decision", "answer", "data", "reason", "contract", "version"],
 }
 _RUN_SCHEMA: dict[str, Any] = {
     "type": "object",
