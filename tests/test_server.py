@@ -245,6 +245,9 @@ def test_no_token_no_run(api: Api, header: str | None) -> None:
     problem(response, 401, "unauthenticated")
     problem(listing, 401, "unauthenticated")
     assert response.headers["www-authenticate"].startswith("Bearer")
+    # RFC 6750 section 3: a bearer token that was sent and is not known is an invalid_token challenge.
+    unknown_bearer = header is not None and header.startswith("Bearer")
+    assert ('error="invalid_token"' in response.headers["www-authenticate"]) is unknown_bearer
     assert api.log.run_ids() == []  # nothing was recorded, so nothing ran
     from examples.orders import backend
 
@@ -313,7 +316,9 @@ def test_a_concurrent_duplicate_gets_409(api: Api) -> None:
     first.join(60)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 409]
-    problem(next(r for r in responses if r.status_code == 409), 409, "idempotency-in-progress")
+    in_progress = next(r for r in responses if r.status_code == 409)
+    problem(in_progress, 409, "idempotency-in-progress")
+    assert in_progress.headers["retry-after"] == "1"  # the retry that comes after it gets the first answer
     from charter.audit import Asked
 
     assert len([r for r in api.log.runs() if isinstance(r.opened, Asked)]) == 1  # one intent run, not two

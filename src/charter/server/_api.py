@@ -94,9 +94,9 @@ def _shown(text: str) -> str:
 
 
 class ApiProblem(Exception):
-    def __init__(self, kind: str, detail: str, **extra: Any) -> None:
+    def __init__(self, kind: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
-        self.kind, self.detail, self.extra = kind, detail, extra
+        self.kind, self.detail, self.extra, self.headers = kind, detail, extra, headers
 
 
 def problem_response(
@@ -107,8 +107,8 @@ def problem_response(
     if instance:
         body["instance"] = instance
     headers = dict(headers or {})
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="charter"'
+    if status == 401:  # RFC 6750 section 3: a token was sent and is not known -> error="invalid_token"
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="charter"')
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
@@ -269,7 +269,12 @@ def _authenticated(
     principal = tokens.authenticate(credentials.credentials if credentials else None)
     if principal is None:
         detail = "send Authorization: Bearer <token>" if credentials is None else "the bearer token is not known"
-        raise ApiProblem("unauthenticated", f"{detail} (tokens come from `charter token add`)")
+        challenge = None if credentials is None else 'Bearer realm="charter", error="invalid_token"'
+        raise ApiProblem(
+            "unauthenticated",
+            f"{detail} (tokens come from `charter token add`)",
+            headers={"WWW-Authenticate": challenge} if challenge else None,
+        )
     return principal
 
 
@@ -300,7 +305,7 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
 
     @app.exception_handler(ApiProblem)
     async def _api_problem(request: Request, problem: ApiProblem) -> JSONResponse:
-        return problem_response(problem.kind, problem.detail, request.url.path, **problem.extra)
+        return problem_response(problem.kind, problem.detail, request.url.path, problem.headers, **problem.extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -351,7 +356,9 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
             ) from None
         except KeyInProgress:
             raise ApiProblem(
-                "idempotency-in-progress", f"the first request with Idempotency-Key {key!r} is still running"
+                "idempotency-in-progress",
+                f"the first request with Idempotency-Key {key!r} is still running",
+                headers={"Retry-After": "1"},  # a retry after it finished gets its answer
             ) from None
         if isinstance(claim, StoredResponse):
             return Response(
