@@ -171,7 +171,9 @@ def test_runs_are_private_to_their_principal_unless_audit_read(api: Api) -> None
         others = problem(client.get(f"/v1/runs/{run_id}"), 404, "run-not-found")
         absent = problem(client.get(f"/v1/runs/{missing}"), 404, "run-not-found")
         assert str(others["detail"]).replace(run_id, missing) == absent["detail"]
-        assert "ada" not in str(others["detail"]).replace(run_id, "")  # the owner is not named (a hex id may hold "ada")
+        assert "ada" not in str(others["detail"]).replace(
+            run_id, ""
+        )  # the owner is not named (a hex id may hold "ada")
         assert "audit.db" not in str(absent["detail"])
         problem(client.get(f"/v1/runs/{run_id[:8]}"), 404, "run-not-found")  # no prefix searches
     with api.client("auditor") as client:
