@@ -311,7 +311,9 @@ MALFORMED = [
     ),
     pytest.param(
         {"{transition: Order.cancel}": "{scope: cancel_order, guard: small_orders_only}"},
-        ["46:19: boundaries.0.enforced_by.0: a rule names exactly one of transition, guard, sequence, approval, scope"],
+        [
+            "46:19: boundaries.0.enforced_by.0: a rule names exactly one of transition, guard, sequence, approval, scope, quota, provenance"
+        ],
         id="boundary_rule_names_two_kinds",
     ),
     pytest.param(

@@ -16,7 +16,10 @@ from charter.contract.model import Contract
 
 __all__ = ["canonical_json", "content_hash"]
 
-_LATER_RULE_KINDS = ("approval", "scope")
+_LATER_RULE_KINDS = ("approval", "scope", "quota", "provenance")
+# Contract language v2 (release 0.3): each construct counts only when used, so every contract
+# written before it keeps its hash.
+_V2_OPERATION_KEYS = ("lookups", "quotas")
 
 
 def canonical_json(model: Contract) -> bytes:
@@ -38,8 +41,22 @@ def canonical_json(model: Contract) -> bytes:
     for operation in data["operations"].values():
         if not operation.get("public"):
             operation.pop("public", None)
+        for key in _V2_OPERATION_KEYS:
+            if not operation.get(key):
+                operation.pop(key, None)
+        operation["params"] = {name: _param(written) for name, written in operation["params"].items()}
+    if not data["principal"]["attributes"]:
+        del data["principal"]
     data.pop("to_decide", None)
     return msgspec.json.encode(data)
+
+
+def _param(written: str | dict[str, object]) -> str | dict[str, object]:
+    """A param as its type alone when that is all it says; else its mapping with only what is set."""
+    if isinstance(written, str):
+        return written
+    kept = {k: v for k, v in written.items() if v not in (None, False, "")}
+    return written["type"] if set(kept) == {"type"} else kept  # type: ignore[return-value]
 
 
 def content_hash(canonical: bytes) -> str:

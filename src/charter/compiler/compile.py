@@ -147,10 +147,11 @@ def _operation_rule(
             for g in op.guards
         ),
         transition=transition,
-        after=tuple(op.after),
+        # The checker refuses any-of groups and conditional approval until the gate enforces them.
+        after=tuple(a for a in op.after if isinstance(a, str)) if isinstance(op.after, list) else (),
         after_boundaries=_enforcing(boundaries, f"sequence:{name}") if op.after else (),
         idempotent=op.idempotent,
-        requires_approval=op.requires_approval,
+        requires_approval=op.requires_approval is True,
         reader=entity_reader(model, op.entity) if op.entity and op.key else None,
         binding=_binding(model, name, op),
     )

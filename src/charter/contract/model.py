@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "AnyOf",
+    "Approval",
     "Binding",
     "Boundary",
     "Contract",
@@ -24,10 +26,16 @@ __all__ = [
     "HttpService",
     "Lifecycle",
     "Limits",
+    "Lookup",
     "Operation",
+    "Param",
+    "PrincipalSpec",
+    "Quota",
     "RuleRef",
     "SemVer",
+    "Source",
     "Transition",
+    "param_type",
 ]
 
 _SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-([0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?\Z")
@@ -162,6 +170,91 @@ class Guard(_Strict):
     message: NonEmptyText = Field(description="What the program is told when the guard fails.")
 
 
+MatchMode = Literal["exact", "token"]
+
+
+class Source(_Strict):
+    """Where a param's value may come from, with how it must match there (`from:` of a param).
+
+    `source` is `request` (the intent's text, or a program request's declared `inputs`),
+    `principal` (the principal's attributes), or a read operation and a field path into its
+    result, `list_payees.iban` / `get_standing_orders[].recipient`: values the operation
+    returned to the program in this run, recorded host-side by the gate.
+    """
+
+    source: NonEmptyText
+    match: MatchMode = Field(
+        default="exact",
+        description="exact: the value equals a value there; token: it occurs inside the text there, "
+        "bounded by non-alphanumeric characters or the text's edge.",
+    )
+
+
+class Param(_Strict):
+    """A param written as a mapping, for what a bare type cannot say: provenance and secrecy."""
+
+    type: TypeText
+    from_: list[NonEmptyText | Source] | None = Field(
+        default=None,
+        alias="from",
+        description="The sources the value must have been seen in (any one of them); a bare string is a "
+        "source with match: exact.",
+    )
+    secret: bool = Field(
+        default=False,
+        description="A password or token: receipts hold a keyed HMAC of it, prompts and messages never echo it.",
+    )
+    doc: str = ""
+
+
+def param_type(param: str | Param) -> str:
+    """The type text of a param however it is written: `str?` or `{type: str?, ...}`."""
+    return param if isinstance(param, str) else param.type
+
+
+class Lookup(_Strict):
+    """A read the gate performs before deciding, through one of the contract's read operations;
+    guards see its result as `lookups.<name>`."""
+
+    operation: str = Field(description="A read operation of this contract.")
+    args: dict[str, NonEmptyText] = Field(
+        default_factory=dict, description="The read's params, each a CEL expression over params and principal."
+    )
+
+
+class Approval(_Strict):
+    """`requires_approval: {when: ..., reason: ...}`: approval only when the condition holds."""
+
+    when: NonEmptyText = Field(description="CEL over the guards' variables, lookups and provenance included.")
+    reason: NonEmptyText = Field(description="Why a human must approve: shown to the program and the approver.")
+
+
+class Quota(_Strict):
+    """A total over time, counted from the audit log: calls (`count: true`) or a sum of an argument."""
+
+    id: str
+    sum: NonEmptyText | None = Field(default=None, description="CEL: the amount each allowed call adds.")
+    count: bool = Field(default=False, description="Count calls instead of summing an amount.")
+    per: list[NonEmptyText] = Field(
+        default_factory=list, description="CEL keys naming what the quota protects, e.g. params.account."
+    )
+    window: NonEmptyText = Field(description="Sliding window: 90m, 24h, 30d, or `run` (this run only).")
+    max: int = Field(ge=0, description="The most allowed in the window: calls, or the sum (cents for money).")
+    message: NonEmptyText = Field(description="What the program is told when the quota would be exceeded.")
+
+    @model_validator(mode="after")
+    def _sum_or_count(self) -> Quota:
+        if (self.sum is None) == (not self.count):
+            raise ValueError("a quota names exactly one of `sum: <CEL>` or `count: true`")
+        return self
+
+
+class AnyOf(_Strict):
+    """`after: {any: [a, b]}`: at least one of these must have succeeded earlier."""
+
+    any: list[str] = Field(min_length=1)
+
+
 class Operation(_Strict):
     kind: Literal["read", "write"]
     doc: NonEmptyText
@@ -170,36 +263,41 @@ class Operation(_Strict):
         default=None,
         description="The param that carries the entity's key; without it a write creates an entity.",
     )
-    params: dict[str, TypeText] = Field(default_factory=dict)
+    params: dict[str, TypeText | Param] = Field(default_factory=dict)
     returns: TypeText | None = None
     transition: str | None = Field(default=None, description="The lifecycle transition a write performs.")
+    lookups: dict[str, Lookup] = Field(default_factory=dict)
     guards: list[Guard] = Field(default_factory=list)
+    quotas: list[Quota] = Field(default_factory=list)
     scopes: list[str] = Field(default_factory=list, description="Scopes the principal must hold, all of them.")
     public: bool = Field(
         default=False,
         description="A write anyone may call: the author's explicit choice; a write without scopes must say it.",
     )
-    after: list[str] = Field(
+    after: list[str | AnyOf] | AnyOf = Field(
         default_factory=list,
         description="Operations that must have succeeded earlier in the same run "
-        "(on the same entity key when both act on the same entity).",
+        "(on the same entity key when both act on the same entity): all of a list, "
+        "or at least one of an `{any: [...]}` group.",
     )
     idempotent: bool = False
-    requires_approval: bool = False
+    requires_approval: bool | Approval = False
     binding: Binding | None = None
 
 
-_RULE_KINDS = ("transition", "guard", "sequence", "approval", "scope")
+_RULE_KINDS = ("transition", "guard", "sequence", "approval", "scope", "quota", "provenance")
 
 
 class RuleRef(_Strict):
-    """One machine rule that enforces a boundary. Exactly one of the five is set."""
+    """One machine rule that enforces a boundary. Exactly one of the seven is set."""
 
     transition: str | None = Field(default=None, description="'Entity.transition'")
     guard: str | None = Field(default=None, description="A guard id.")
     sequence: str | None = Field(default=None, description="An operation whose `after` rule enforces it.")
     approval: str | None = Field(default=None, description="An operation with `requires_approval: true`.")
     scope: str | None = Field(default=None, description="An operation whose `scopes` enforce it.")
+    quota: str | None = Field(default=None, description="A quota id.")
+    provenance: str | None = Field(default=None, description="'operation.param': a param's `from:` rule.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RuleRef:
@@ -210,7 +308,7 @@ class RuleRef(_Strict):
 
     @property
     def kind(self) -> str:
-        """'transition', 'guard', 'sequence', 'approval' or 'scope'."""
+        """'transition', 'guard', 'sequence', 'approval', 'scope', 'quota' or 'provenance'."""
         return next(k for k in _RULE_KINDS if getattr(self, k) is not None)
 
     @property
@@ -245,6 +343,13 @@ class Limits(_Strict):
     max_program_bytes: int = Field(default=262_144, ge=1024, le=16_777_216, description="Size of the program text.")
 
 
+class PrincipalSpec(_Strict):
+    """What the contract knows of a principal beyond id and scopes: typed attributes the operator
+    binds to a token (`charter token add --attr`) or a local run (`charter exec --attr`)."""
+
+    attributes: dict[str, TypeText] = Field(default_factory=dict)
+
+
 class Contract(_Strict):
     """One version of a domain contract."""
 
@@ -258,6 +363,7 @@ class Contract(_Strict):
     entities: dict[str, Entity] = Field(
         default_factory=dict, description="May be empty: a stateless contract has operations only."
     )
+    principal: PrincipalSpec = Field(default_factory=PrincipalSpec)
     operations: dict[str, Operation] = Field(min_length=1)
     boundaries: list[Boundary] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from charter.contract.model import Contract, Entity, Guard, Lifecycle, Operation, Transition
+from charter.contract.model import AnyOf, Contract, Entity, Guard, Lifecycle, Operation, Transition, param_type
 from charter.registry._bounds import bound_direction
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
@@ -212,7 +212,8 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
     for name in old.params:
         if name not in new.params:
             d.add("breaking", f"{where}.params.{name}", f"param '{name}' removed")
-    for name, text in new.params.items():
+    for name, written in new.params.items():
+        text = param_type(written)
         if name not in old.params:
             optional = text.strip().endswith("?")
             d.add(
@@ -220,11 +221,11 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
                 f"{where}.params.{name}",
                 f"{'optional' if optional else 'required'} param '{name}' added",
             )
-        elif old.params[name] != text:
+        elif param_type(old.params[name]) != text:
             d.add(
                 "breaking",
                 f"{where}.params.{name}",
-                f"type changed from {old.params[name]} to {text}",
+                f"type changed from {param_type(old.params[name])} to {text}",
             )
     if old.transition != new.transition:
         if new.transition is None:
@@ -271,7 +272,9 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
         # scopes it gains (breaking), and on a read the mark changes nothing the gate checks.
         opened = new.public and new.kind == "write"
         d.add("relaxation" if opened else "additive", f"{where}.public", f"public changed to {new.public}")
-    d.sets(f"{where}.after", old.after, new.after, "sequence rule after", "relaxation", "breaking")
+    # Until any-of groups are classified (issue 15), only plain operation names are compared;
+    # the checker refuses the other forms.
+    d.sets(f"{where}.after", _plain(old.after), _plain(new.after), "sequence rule after", "relaxation", "breaking")
     if old.requires_approval != new.requires_approval:
         if new.requires_approval:
             d.add("breaking", f"{where}.requires_approval", "now requires approval")
@@ -305,3 +308,7 @@ def _boundaries(d: _Diff, old: Contract, new: Contract) -> None:
         old_rules = [r.model_dump_json(exclude_none=True) for r in before.enforced_by]
         new_rules = [r.model_dump_json(exclude_none=True) for r in boundary.enforced_by]
         d.sets(w, old_rules, new_rules, "enforcing rule", "relaxation", "additive")
+
+
+def _plain(after: list[str | AnyOf] | AnyOf) -> list[str]:
+    return [a for a in after if isinstance(a, str)] if isinstance(after, list) else []
