@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from charter.audit import AuditLog, Decision, Outcome, Verification, export_run, verify_bundle, verify_log
-from charter.audit.keys import load_or_create_signing_key
+from charter.audit.keys import load_or_create_secret_key, load_or_create_signing_key
 from charter.errors import UsageError
 from charter.replay import replay_run
 from tests.conftest import ROOT, Governed, charter, compiled
@@ -164,6 +164,24 @@ def test_every_signature_mode_checks_each_receipt(three_runs: Governed) -> None:
 
 
 # -- bundles ---------------------------------------------------------------------------
+
+
+def test_the_secret_key_is_private_and_keyed(tmp_path: Path) -> None:
+    key = load_or_create_secret_key(tmp_path / "keys")
+    path = tmp_path / "keys" / "secrets.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    digest = key.digest("hunter2")
+    assert digest.startswith(f"hmac-sha256:{key.key_id}:")
+    assert "hunter2" not in digest
+    assert load_or_create_secret_key(tmp_path / "keys").digest("hunter2") == digest  # loaded, not made anew
+    assert load_or_create_secret_key(tmp_path / "other").digest("hunter2") != digest  # another key, another digest
+    path.chmod(0o644)
+    with pytest.raises(UsageError, match=r"readable by others \(mode 644\); run `chmod 600"):
+        load_or_create_secret_key(tmp_path / "keys")
+    path.chmod(0o600)
+    path.write_bytes(b"short")
+    with pytest.raises(UsageError, match="holds 5 bytes, not a 32-byte HMAC key"):
+        load_or_create_secret_key(tmp_path / "keys")
 
 
 def test_an_exported_run_verifies_with_the_public_key_alone(three_runs: Governed, tmp_path: Path) -> None:

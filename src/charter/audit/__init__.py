@@ -9,7 +9,14 @@ See `receipts` for what a receipt holds and `verify` for what verification check
 
 from charter.audit.export import BUNDLE_FORMAT, CheckedRun, check_run, export_run, verify_bundle, verify_log
 from charter.audit.index import RunFilter, RunSummary
-from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
+from charter.audit.keys import (
+    PublicKey,
+    SecretKey,
+    SigningKey,
+    load_or_create_secret_key,
+    load_or_create_signing_key,
+    read_public_key,
+)
 from charter.audit.receipts import (
     Asked,
     Attempted,
@@ -47,6 +54,7 @@ __all__ = [
     "RunRecorder",
     "RunSummary",
     "Sealed",
+    "SecretKey",
     "SigningKey",
     "StoredReceipt",
     "Verification",
@@ -54,6 +62,7 @@ __all__ = [
     "check_run",
     "export_run",
     "kind_of",
+    "load_or_create_secret_key",
     "load_or_create_signing_key",
     "now_iso",
     "read_public_key",

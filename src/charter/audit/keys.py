@@ -4,13 +4,22 @@
     <CHARTER_HOME>/keys/receipts.pub   public key, raw 32 bytes as hex: what an auditor needs
 
 The key id (first 16 hex digits of sha256 over the raw public key) is in every receipt.
+
+    <CHARTER_HOME>/keys/secrets.key    32 random bytes, mode 0600: the HMAC key for secret values
+
+A param declared `secret: true` (a password, a token) is never written to the log: receipts
+hold HMAC-SHA256 under this key instead (RFC 2104). A plain hash would not do: a short
+password is found from its sha256 by trying candidates, which the key prevents for anyone
+who has the log but not the key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -19,10 +28,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from charter.errors import UsageError
 
-__all__ = ["PublicKey", "SigningKey", "key_id_of", "load_or_create_signing_key", "read_public_key"]
+__all__ = [
+    "PublicKey",
+    "SecretKey",
+    "SigningKey",
+    "key_id_of",
+    "load_or_create_secret_key",
+    "load_or_create_signing_key",
+    "read_public_key",
+]
 
 _PRIVATE_NAME = "receipts.key"
 _PUBLIC_NAME = "receipts.pub"
+_SECRET_NAME = "secrets.key"
+_SECRET_BYTES = 32
 
 
 def key_id_of(raw_public: bytes) -> str:
@@ -62,6 +81,61 @@ class SigningKey:
         return self._key.sign(message)
 
 
+@dataclass(frozen=True, slots=True)
+class SecretKey:
+    """The HMAC key for secret values. `digest` is what a receipt holds in place of a secret."""
+
+    _key: bytes = field(repr=False)
+
+    @property
+    def key_id(self) -> str:
+        """First 16 hex digits of sha256 over sha256 of the key: names it without revealing it."""
+        return hashlib.sha256(hashlib.sha256(self._key).digest()).hexdigest()[:16]
+
+    def digest(self, value: str) -> str:
+        """'hmac-sha256:<key id>:<64 hex>' of the UTF-8 bytes of `value`, exactly as given."""
+        mac = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        return f"hmac-sha256:{self.key_id}:{mac}"
+
+
+def _create_private_file(path: Path, content: bytes) -> bool:
+    """Write `content` to a new file of mode 0600, durably; False if it exists already.
+
+    Created 0600 from the start (O_EXCL), so it is never readable by others, and two
+    processes starting at once cannot both create one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _refuse_if_shared(path: Path, remedy: str) -> None:
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise UsageError(f"{path} is readable by others (mode {mode:o}); run `chmod 600 {path}` {remedy}")
+
+
+def load_or_create_secret_key(folder: Path) -> SecretKey:
+    """The deployment's HMAC key for secret values, made on first use.
+
+    Raises UsageError if the file is readable by others or is not 32 bytes. Losing it makes
+    recorded secret digests uncomparable, never readable."""
+    path = folder / _SECRET_NAME
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        _create_private_file(path, secrets.token_bytes(_SECRET_BYTES))
+    _refuse_if_shared(path, "(or remove it: secret digests recorded with it can then no longer be compared)")
+    raw = path.read_bytes()
+    if len(raw) != _SECRET_BYTES:
+        raise UsageError(f"{path} holds {len(raw)} bytes, not a {_SECRET_BYTES}-byte HMAC key")
+    return SecretKey(raw)
+
+
 def _raw_public(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
@@ -74,23 +148,12 @@ def load_or_create_signing_key(folder: Path) -> SigningKey:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        # Created 0600 from the start (O_EXCL), so the key is never readable by others,
-        # and two processes starting at once cannot both create one.
-        try:
-            fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+        if not _create_private_file(private_path, pem):
             return load_or_create_signing_key(folder)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
         (folder / _PUBLIC_NAME).write_text(_raw_public(key).hex() + "\n", encoding="ascii")
-    mode = private_path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise UsageError(
-            f"{private_path} is readable by others (mode {mode:o}); run `chmod 600 {private_path}` "
-            "or remove it to make a new key (receipts signed with it stay verifiable with its .pub)"
-        )
+    _refuse_if_shared(
+        private_path, "or remove it to make a new key (receipts signed with it stay verifiable with its .pub)"
+    )
     try:
         loaded = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
     except ValueError as error:

@@ -34,7 +34,14 @@ import msgspec
 
 from charter._paths import charter_home
 from charter.audit.index import RUNS_INDEX_SQL, RunFilter, RunSummary, fill_runs_index, index_receipt, list_runs
-from charter.audit.keys import PublicKey, SigningKey, load_or_create_signing_key, read_public_key
+from charter.audit.keys import (
+    PublicKey,
+    SecretKey,
+    SigningKey,
+    load_or_create_secret_key,
+    load_or_create_signing_key,
+    read_public_key,
+)
 from charter.audit.receipts import (
     Asked,
     Attempted,
@@ -235,8 +242,12 @@ class RunRecorder:
     records attempts and ends with `conclude`.
     """
 
-    def __init__(self, writer: _Writer, opened: Opening, path: Path | None = None) -> None:
+    def __init__(
+        self, writer: _Writer, opened: Opening, path: Path | None = None, *, secret_key: SecretKey | None = None
+    ) -> None:
         self._path = path
+        # What the gate records in place of a secret param's value (None: no log folder, no key).
+        self.secret_key = secret_key
         self.run_id = opened.run_id
         self.opened = opened
         self.last_link = ""  # set by the writer thread after each commit
@@ -370,6 +381,7 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keys_dir = keys_dir or self.path.parent / "keys"
         self._key = key
+        self._secret_key: SecretKey | None = None
         self._writer: _Writer | None = None
         self._writer_lock = threading.Lock()
         with closing(_connect(self.path)) as connection:
@@ -383,6 +395,13 @@ class AuditLog:
             self._key = load_or_create_signing_key(self._keys_dir)
         return self._key
 
+    @property
+    def secret_key(self) -> SecretKey:
+        """The HMAC key receipts use in place of secret values (`keys/secrets.key`)."""
+        if self._secret_key is None:
+            self._secret_key = load_or_create_secret_key(self._keys_dir)
+        return self._secret_key
+
     def _ensure_writer(self) -> _Writer:
         with self._writer_lock:
             if self._writer is None:
@@ -394,7 +413,7 @@ class AuditLog:
 
     def open_run(self, opened: Opening) -> RunRecorder:
         """Durably records the run's opening; the program may run once this returns."""
-        return RunRecorder(self._ensure_writer(), opened, self.path)
+        return RunRecorder(self._ensure_writer(), opened, self.path, secret_key=self.secret_key)
 
     # -- reading ---------------------------------------------------------------------
 

@@ -5,10 +5,9 @@ Checks, in this order; the first that fails decides, with its reason code:
  1. the call decoded and names an operation of the pinned version
                                       UNKNOWN_OPERATION, MALFORMED_CALL, ARGUMENTS_TOO_LARGE
  2. the arguments have the declared types                        INVALID_ARGUMENTS
- 2b. writes are open for this run (the agent closes them once a request's write
-     was denied, so a repair cannot reach the same effect another way)  WRITES_CLOSED
- 3. the principal holds every scope the operation needs          FORBIDDEN_SCOPE
- 4. the operation does not need a human approval                 APPROVAL_REQUIRED
+ 3. writes are open for this run (the agent closes them once a request's write
+    was denied, so a repair cannot reach the same effect another way)  WRITES_CLOSED
+ 4. the principal holds every scope the operation needs          FORBIDDEN_SCOPE
  5. the operations it must follow succeeded earlier in the run   SEQUENCE_VIOLATION
  6. no earlier write of this operation to the same entity (a create: with the same
     arguments) in this run is in doubt (`_writes`)               IN_DOUBT
@@ -19,6 +18,8 @@ Checks, in this order; the first that fails decides, with its reason code:
     entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
 10. the lifecycle allows the transition from its current state   STATE_VIOLATION
 11. every CEL guard holds                                        GUARD_VIOLATION
+12. the operation does not need a human approval: last, so an approval is never
+    asked for a call the contract forbids anyway                 APPROVAL_REQUIRED
 
 Checks that need no backend come first, so a call refused anyway never reads state.
 Any exception inside the gate is a DENY (GATE_ERROR), never an ALLOW. The decision is
@@ -333,17 +334,6 @@ class GateSession:
                     boundary=boundary,
                 )
             )
-        if rule.requires_approval:
-            note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"approval:{rule.name}", ()))
-            raise _Refusal(
-                Verdict(
-                    "APPROVAL_REQUIRED",
-                    f"{rule.name} requires human approval before it runs, and Charter has no approval step yet; "
-                    f"it is refused rather than run unapproved.{note}",
-                    clause=f"requires_approval:{rule.name}",
-                    boundary=boundary,
-                )
-            )
         for before in rule.after:
             if not self._followed(rule, before, arguments):
                 note, boundary = self._gate.boundary_note(rule.after_boundaries)
@@ -482,9 +472,14 @@ class GateSession:
                         boundary=boundary,
                     )
                 )
-        guards = self._gate._guards[rule.name]
-        if not guards:
-            return
+        variables = self._variables(rule, arguments, entity)
+        self._guard_checks(rule, variables)
+        self._approval_check(rule, variables)
+
+    def _variables(
+        self, rule: OperationRule, arguments: Mapping[str, Any], entity: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        """What the call's CEL rules (guards, approval conditions) see, by top-level name."""
         table = self._gate._table
         variables: dict[str, Any] = {
             "params": {p.name: _cel_value(arguments.get(p.name), p.type, table.records) for p in rule.params},
@@ -493,6 +488,26 @@ class GateSession:
         if entity is not None and rule.entity is not None:
             fields = table.records[rule.entity]
             variables["entity"] = {f: _cel_value(entity.get(f), t, table.records) for f, t in fields.items()}
+        return variables
+
+    def _approval_check(self, rule: OperationRule, variables: Mapping[str, Any]) -> None:
+        """Last of all checks, so an approval is never asked for a call the contract forbids anyway."""
+        if rule.requires_approval:
+            note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"approval:{rule.name}", ()))
+            raise _Refusal(
+                Verdict(
+                    "APPROVAL_REQUIRED",
+                    f"{rule.name} requires human approval before it runs, and Charter has no approval step yet; "
+                    f"it is refused rather than run unapproved.{note}",
+                    clause=f"requires_approval:{rule.name}",
+                    boundary=boundary,
+                )
+            )
+
+    def _guard_checks(self, rule: OperationRule, variables: Mapping[str, Any]) -> None:
+        guards = self._gate._guards[rule.name]
+        if not guards:
+            return
         context = activation(variables)
         for guard in guards:
             if guard.uses_entity and "entity" not in variables:
