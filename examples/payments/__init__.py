@@ -1,0 +1,1 @@
+"""The payments example: a retail bank account on SQLite that the payments contract binds to."""
