@@ -45,9 +45,10 @@ def demo() -> None:
     scratch.mkdir(parents=True)
     registry = Registry(workdir / "charter.db")
     os.environ["CHARTER_ORDERS_DB"] = str(workdir / "orders.db")
+    os.environ["CHARTER_PAYMENTS_DB"] = str(workdir / "payments.db")
 
     _step("1. Check the example contracts")
-    for name in ("orders", "invoices"):
+    for name in ("orders", "invoices", "payments"):
         checked = load_contract(root / "contracts" / f"{name}.yaml")
         compiled = compile_contract(checked)
         ops = len(compiled.gate.operations)
@@ -55,7 +56,7 @@ def demo() -> None:
         say(f"{checked.file}: ok, {ops} operations, {bounds} hard boundaries, sha256 {compiled.sha256[:12]}")
 
     _step("2. Publish them to a registry")
-    for name in ("orders", "invoices"):
+    for name in ("orders", "invoices", "payments"):
         path = root / "contracts" / f"{name}.yaml"
         result = registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
         say(f"published {result.info.name} {result.info.version} into {registry.path}")
@@ -251,8 +252,13 @@ def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
 
     _agent_runs(orders, log, agent)
     _over_http(workdir, log)
+    from charter.cli._demo_payments import payments_runs
 
-    _step("10. Verify the audit log: signatures, hash chains, head")
+    payments = Registry(workdir / "charter.db").get("payments")
+    _step("10. Payments under prompt injection: provenance, lookups, approval, quotas, secrets")
+    payments_runs(payments, log)
+
+    _step("11. Verify the audit log: signatures, hash chains, head")
     report = verify_log(log, log.trusted_keys())
     state = "intact" if report.ok else "BROKEN"
     say(f"{len(log.run_ids())} runs, {report.receipts} signed receipts: {state}", "green" if report.ok else "red")
