@@ -180,7 +180,6 @@ def test_payment_to_a_payee_named_in_the_request_is_allowed(bank: Bank) -> None:
         "recipient": GREEN_ENERGY,
         "amount": "84.20",
         "reference": "November bill",
-        "execute_on": None,
     }
     assert sent.provenance == {"recipient": ("list_payees[].iban",)}
     assert [(s.name, s.operation, s.arguments, s.error) for s in sent.lookups] == [
