@@ -222,8 +222,8 @@ def test_payment_to_an_iban_found_only_in_a_bill_is_denied(bank: Bank) -> None:
     assert "recipient" in denied.message
     assert "request" in denied.message
     assert "list_payees[].iban" in denied.message
-    assert "read_document" in denied.message  # where it was seen
-    assert denied.provenance == {"recipient": ("read_document.body",)}
+    assert "seen only in the result of read_document" in denied.message
+    assert denied.provenance == {"recipient": ()}  # in none of its allowed sources
     assert denied.lookups == ()  # refused before any backend read of the gate's own
     assert denied.quotas == ()
     assert balance() == Decimal("3250.00")
@@ -235,7 +235,7 @@ def test_payee_read_in_a_message_needs_the_holders_approval(bank: Bank) -> None:
     assert execution.status == "refused"
     assert verdicts(bank, execution) == [("read_document", "OK"), ("add_payee", "APPROVAL_REQUIRED")]
     denied = bank.decision(execution, "add_payee")
-    assert denied.clause == "approval:add_payee"
+    assert denied.clause == "requires_approval:add_payee"
     assert denied.boundary == "payee_from_documents_confirmed"
     reason = "A payee whose IBAN the holder did not give (one read in a bill or a message) needs their confirmation."
     assert denied.approval == reason
@@ -349,7 +349,7 @@ def test_a_new_iban_typed_by_the_holder_needs_approval(bank: Bank) -> None:
     execution = bank.run(program, {"iban": backend.LANDLORD_NEW_IBAN})
     denied = bank.decision(execution, "send_payment")
     assert denied.code == "APPROVAL_REQUIRED"
-    assert denied.clause == "approval:send_payment"
+    assert denied.clause == "requires_approval:send_payment"
     assert denied.boundary == "new_recipient_confirmed"
     assert denied.approval == (
         "A payment to an IBAN that is not one of the account's payees needs the holder's confirmation."
