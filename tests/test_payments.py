@@ -237,7 +237,7 @@ def test_payee_read_in_a_message_needs_the_holders_approval(bank: Bank) -> None:
     denied = bank.decision(execution, "add_payee")
     assert denied.clause == "requires_approval:add_payee"
     assert denied.boundary == "payee_from_documents_confirmed"
-    reason = "A payee whose IBAN the holder did not give (one read in a bill or a message) needs their confirmation."
+    reason = "a payee whose IBAN the holder did not give (one read in a bill or a message) needs their confirmation"
     assert denied.approval == reason
     assert reason in (execution.reason or "")
     assert denied.provenance == {"iban": ("read_document.body",)}
@@ -352,7 +352,7 @@ def test_a_new_iban_typed_by_the_holder_needs_approval(bank: Bank) -> None:
     assert denied.clause == "requires_approval:send_payment"
     assert denied.boundary == "new_recipient_confirmed"
     assert denied.approval == (
-        "A payment to an IBAN that is not one of the account's payees needs the holder's confirmation."
+        "a payment to an IBAN that is not one of the account's payees needs the holder's confirmation"
     )
     assert denied.provenance == {"recipient": ("request",)}
     assert [s.name for s in denied.lookups] == ["account", "payees"]  # approval used the payee lookup
