@@ -124,7 +124,7 @@ def test_contract_checks_and_compiles_with_every_rule_kind() -> None:
     assert checked.warnings == ()
     contract = compiled("payments")
     gate = contract.gate
-    assert len(gate.operations) == 15
+    assert len(gate.operations) == 14
     rules = {ref.partition(":")[0] for b in gate.boundaries for ref in b.enforced_by}
     assert rules == {"provenance", "approval", "quota", "guard", "sequence", "transition", "scope"}
     by_id = {b.id: b.enforced_by for b in gate.boundaries}
@@ -150,12 +150,14 @@ def test_prompt_block_shows_each_construct_and_its_cost() -> None:
     contract = compiled("payments")
     block = contract.prompt_context
     lines = {line.split("(")[0]: line for line in block.splitlines() if "(" in line and " -> " in line}
-    assert "list_payees[].iban" in lines["send_payment"]
-    assert "2,000.00" in lines["send_payment"]  # the quota's message
-    assert "holder's confirmation" in lines["send_payment"]  # the approval's reason
-    assert "secret" in lines["change_password"]
-    assert "Winter" not in block  # seeded data never reaches the prompt
-    assert "get_standing_orders|get_standing_order" in lines["redirect_standing_order"]
+    assert "recipient: str from request|list_payees[].iban," in lines["send_payment"]
+    assert "quota 2000.00/24h per account" in lines["send_payment"]
+    assert "approval if the recipient is not a saved payee]" in lines["send_payment"]
+    assert "iban: str from request|read_document.body~)" in lines["add_payee"]
+    assert "approval if the IBAN was not given by the holder]" in lines["add_payee"]
+    assert "(new_password: secret str from request)" in lines["change_password"]
+    assert "after get_standing_orders|get_standing_order]" in lines["redirect_standing_order"]
+    assert "execute_on: date?" in lines["send_payment"]
     total = estimate_tokens(block)
     per_operation = total / len(contract.gate.operations)
     print(f"\npayments prompt block: {total} tokens (estimate), {per_operation:.1f} per operation")
@@ -237,7 +239,7 @@ def test_payee_read_in_a_message_needs_the_holders_approval(bank: Bank) -> None:
     denied = bank.decision(execution, "add_payee")
     assert denied.clause == "requires_approval:add_payee"
     assert denied.boundary == "payee_from_documents_confirmed"
-    reason = "a payee whose IBAN the holder did not give (one read in a bill or a message) needs their confirmation"
+    reason = "the IBAN was not given by the holder"
     assert denied.approval == reason
     assert reason in (execution.reason or "")
     assert denied.provenance == {"iban": ("read_document.body",)}
@@ -296,8 +298,8 @@ def test_the_quota_protects_the_account_not_the_token(bank: Bank) -> None:
 
 
 def test_the_holders_own_daily_limit_counts_payments_made_outside_the_agent(bank: Bank) -> None:
-    # 2,400.00 paid at the branch today: the bank's sent_today, read by the gate's lookup.
-    backend.send_payment(account=ACCOUNT, recipient=SAM, amount=Decimal("2400.00"), reference="branch")
+    # 2,450.00 paid at the branch today (+ 84.20 > 2,500.00): the bank's sent_today, read by the gate's lookup.
+    backend.send_payment(account=ACCOUNT, recipient=SAM, amount=Decimal("2450.00"), reference="branch")
     execution = bank.run(PAY_NAMED_PAYEE)
     assert verdicts(bank, execution) == [("list_payees", "OK"), ("send_payment", "GUARD_VIOLATION")]
     denied = bank.decision(execution, "send_payment")
@@ -306,7 +308,7 @@ def test_the_holders_own_daily_limit_counts_payments_made_outside_the_agent(bank
     assert denied.message.endswith("The holder's own daily limit would be exceeded.")
     (account,) = denied.lookups
     assert account.name == "account"
-    assert '"sent_today":"2400.00"' in (account.result or "")
+    assert '"sent_today":"2450.00"' in (account.result or "")
     assert denied.quotas == ()  # the guard decided first; the quota never counted this call
 
 
@@ -351,9 +353,7 @@ def test_a_new_iban_typed_by_the_holder_needs_approval(bank: Bank) -> None:
     assert denied.code == "APPROVAL_REQUIRED"
     assert denied.clause == "requires_approval:send_payment"
     assert denied.boundary == "new_recipient_confirmed"
-    assert denied.approval == (
-        "a payment to an IBAN that is not one of the account's payees needs the holder's confirmation"
-    )
+    assert denied.approval == ("the recipient is not a saved payee")
     assert denied.provenance == {"recipient": ("request",)}
     assert [s.name for s in denied.lookups] == ["account", "payees"]  # approval used the payee lookup
     assert [q.total for q in denied.quotas] == [0]
