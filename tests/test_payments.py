@@ -305,7 +305,7 @@ def test_the_holders_own_daily_limit_counts_payments_made_outside_the_agent(bank
     denied = bank.decision(execution, "send_payment")
     assert denied.clause == "guard:within_daily_limit"
     assert denied.boundary == "holder_daily_limit"
-    assert denied.message.endswith("The holder's own daily limit would be exceeded.")
+    assert denied.message.startswith("send_payment refused: The holder's own daily limit would be exceeded.")
     (account,) = denied.lookups
     assert account.name == "account"
     assert '"sent_today":"2450.00"' in (account.result or "")
