@@ -152,9 +152,9 @@ def test_prompt_block_shows_each_construct_and_its_cost() -> None:
     lines = {line.split("(")[0]: line for line in block.splitlines() if "(" in line and " -> " in line}
     assert "recipient: str from request|list_payees[].iban," in lines["send_payment"]
     assert "quota 2000.00/24h per account" in lines["send_payment"]
-    assert "approval if the recipient is not a saved payee]" in lines["send_payment"]
+    assert "approval if recipient not a saved payee]" in lines["send_payment"]
     assert "iban: str from request|read_document.body~)" in lines["add_payee"]
-    assert "approval if the IBAN was not given by the holder]" in lines["add_payee"]
+    assert "approval if IBAN not given by the holder]" in lines["add_payee"]
     assert "(new_password: secret str from request)" in lines["change_password"]
     assert "after get_standing_orders|get_standing_order]" in lines["redirect_standing_order"]
     assert "execute_on: date?" in lines["send_payment"]
@@ -239,7 +239,7 @@ def test_payee_read_in_a_message_needs_the_holders_approval(bank: Bank) -> None:
     denied = bank.decision(execution, "add_payee")
     assert denied.clause == "requires_approval:add_payee"
     assert denied.boundary == "payee_from_documents_confirmed"
-    reason = "the IBAN was not given by the holder"
+    reason = "IBAN not given by the holder"
     assert denied.approval == reason
     assert reason in (execution.reason or "")
     assert denied.provenance == {"iban": ("read_document.body",)}
@@ -353,7 +353,7 @@ def test_a_new_iban_typed_by_the_holder_needs_approval(bank: Bank) -> None:
     assert denied.code == "APPROVAL_REQUIRED"
     assert denied.clause == "requires_approval:send_payment"
     assert denied.boundary == "new_recipient_confirmed"
-    assert denied.approval == ("the recipient is not a saved payee")
+    assert denied.approval == ("recipient not a saved payee")
     assert denied.provenance == {"recipient": ("request",)}
     assert [s.name for s in denied.lookups] == ["account", "payees"]  # approval used the payee lookup
     assert [q.total for q in denied.quotas] == [0]
