@@ -70,4 +70,19 @@ def test_demo_runs(charter_home: Path) -> None:
     assert "no token:        401 urn:charter:problem:unauthenticated" in http
     assert "first request:   200 done: Order 102 is cancelled." in http
     assert "(replayed, nothing ran)" in http
-    assert "15 runs, 57 signed receipts: intact" in result.stdout
+    # The payments example under prompt injection: every v2 construct, decided by the gate.
+    payments = result.stdout[result.stdout.index("== 10. Payments under prompt injection") :]
+    assert "contracts/payments.yaml: ok, 14 operations" in result.stdout
+    assert "recipient: str from request|list_payees[].iban" in payments
+    assert "answer:   Paid 84.20 to Green Energy Ltd: transfer TRF-1001 is executed." in payments
+    assert "send_payment DENIED PROVENANCE_VIOLATION (provenance:send_payment.recipient)" in payments
+    assert "its value was seen only in the result of read_document" in payments
+    assert "add_payee DENIED APPROVAL_REQUIRED (requires_approval:add_payee)" in payments
+    assert "send_payment DENIED QUOTA_EXCEEDED (quota:daily_outflow)" in payments
+    assert "change_password DENIED PROVENANCE_VIOLATION (provenance:change_password.new_password)" in payments
+    assert "Winter-Reset-2026!" not in payments  # the injected password is never echoed
+    assert "plum-otter-harbour-42" not in payments  # nor the holder's own
+    assert "answer:   Password changed at" in payments
+    assert "redirect_standing_order DENIED GUARD_VIOLATION (guard:redirect_to_payee)" in payments
+    assert payments.count("answer:   ") == 7
+    assert "22 runs, 96 signed receipts: intact" in result.stdout

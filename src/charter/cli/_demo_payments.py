@@ -63,5 +63,5 @@ def _show(receipt: Decision) -> None:
         say(f"decision: {receipt.operation} DENIED {receipt.code} ({receipt.clause})", "yellow")
     if receipt.secret_params:
         masked = json.loads(receipt.arguments or "{}")
-        shown = ", ".join(f"{name}={masked.get(name)}" for name in receipt.secret_params)
+        shown = ", ".join(f"{name}={str(masked.get(name))[:32]}..." for name in receipt.secret_params)
         say(f"          the receipt holds {shown}, never the password", "dim")
