@@ -52,6 +52,21 @@ class RenderView:
     def boundaries_of(self, operation: Any) -> tuple[Any, ...]:
         return self.boundaries_by_operation.get(operation.name, ())
 
+    @property
+    def uses_date(self) -> bool:
+        """Whether any field, param or result is a `date` (the stubs then import it)."""
+        refs = [*(t for fields in self.records.values() for t in fields.values())]
+        for op in self.operations:
+            refs.extend(p.type for p in op.params)
+            refs.extend([op.returns] if op.returns is not None else [])
+        while refs:
+            ref = refs.pop()
+            if ref.kind == "date":
+                return True
+            if ref.item is not None:
+                refs.append(ref.item)
+        return False
+
 
 def render(template: str, view: RenderView) -> str:
     return _environment().get_template(template).render(c=view)

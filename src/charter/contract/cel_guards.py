@@ -32,6 +32,7 @@ __all__ = [
     "GUARD_FUNCTIONS",
     "PRINCIPAL_FIELDS",
     "activation",
+    "cel_date",
     "check_guard",
     "names_used",
     "raw_principal_comparisons",
@@ -101,6 +102,12 @@ _IDENTIFIER = re.compile(r"[A-Za-z]\w*")
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']*)'")
 # Samples of records that contain themselves (through an optional or a list) stop here.
 _SAMPLE_DEPTH = 3
+
+
+def cel_date(value: dt.date) -> dt.datetime:
+    """A `date` as guards see it: the timestamp of its midnight UTC, so it compares with
+    timestamps and datetimes and takes duration arithmetic (CEL has no date type)."""
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
 
 
 def activation(variables: Mapping[str, Any]) -> cel.Context:
@@ -443,6 +450,7 @@ def _sample(
         "bool": bool(n),
         "money": n * 10**MONEY_SCALE,
         "datetime": dt.datetime(2000, 1, 1 + n, tzinfo=dt.UTC),
+        "date": cel_date(dt.date(2000, 1, 1 + n)),
     }
     return base[ref.kind]
 

@@ -56,7 +56,7 @@ _FIELD = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _BASE_URL = re.compile(r"https?://[^\s?#]+\Z")
 # Names a program already uses for something else: the runtime's own functions and types.
-_RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime", "Literal"}
+_RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime", "date", "Literal"}
 RESERVED_NAMES = frozenset(_RESERVED)
 # A program reaches the contract by its name, beside the runtime's names, Python's builtins
 # and the modules it may import; a contract named like one of them would hide it or them.

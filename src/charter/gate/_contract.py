@@ -64,7 +64,7 @@ from charter.backends import (
     fingerprint,
 )
 from charter.compiler.artifact import CompiledContract, GuardRule, OperationRule
-from charter.contract.cel_guards import activation
+from charter.contract.cel_guards import activation, cel_date
 from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
@@ -703,11 +703,13 @@ def _key_json(value: Any) -> str:
 
 
 def _cel_value(value: Any, ref: TypeRef, records: Mapping[str, Mapping[str, TypeRef]]) -> Any:
-    """A Python value as guards see it: money in integer cents, records as maps."""
+    """A Python value as guards see it: money in integer cents, a date as its midnight UTC, records as maps."""
     if value is None:
         return None
     if ref.kind == "money":
         return int(Decimal(value).scaleb(MONEY_SCALE).to_integral_value())
+    if ref.kind == "date":
+        return cel_date(value)
     if ref.kind == "list" and ref.item is not None:
         return [_cel_value(v, ref.item, records) for v in value]
     if ref.kind == "record" and ref.name is not None:
