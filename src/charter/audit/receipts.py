@@ -119,6 +119,9 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     # itself is in the audit database's redactable backend_errors table, not in the log).
     error_type: str | None = None
     error_sha256: str | None = None
+    # Params declared `secret: true` whose values `arguments` and `args_sha256` hold as
+    # HMAC digests ("hmac-sha256:<key id>:<hex>", keys/secrets.key), never in plain text.
+    secret_params: tuple[str, ...] = ()
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):

@@ -402,6 +402,13 @@ class AuditLog:
             self._secret_key = load_or_create_secret_key(self._keys_dir)
         return self._secret_key
 
+    def existing_secret_key(self) -> SecretKey | None:
+        """The HMAC key for secret values if this log's keys folder holds one, never a new one:
+        `audit replay` compares digests made with the log's own key, or says it cannot."""
+        if self._secret_key is None and not (self._keys_dir / "secrets.key").exists():
+            return None
+        return self.secret_key
+
     def _ensure_writer(self) -> _Writer:
         with self._writer_lock:
             if self._writer is None:

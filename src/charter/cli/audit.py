@@ -504,7 +504,8 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
         records = [log.run(r) for r in program_runs_of(record)] if isinstance(record.opened, Asked) else [record]
         contract = Registry().get(record.opened.contract, record.opened.version)
         sandbox = Sandbox(pool_size=0)
-        reports = [replay_run(r, contract, sandbox) for r in records]
+        secret_key = log.existing_secret_key()
+        reports = [replay_run(r, contract, sandbox, secret_key) for r in records]
     except (CharterError, ValueError) as error:
         fail(str(error))
     if as_json:
@@ -517,6 +518,8 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
             say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
             for divergence in report.divergences:
                 say(f"diverged: {divergence}", "red")
+            for note in report.notes:
+                say(f"not compared: {note}")
             same = report.recorded_outcome == report.replayed_outcome
             say(f"conclusion: {'identical' if same else 'DIFFERENT'}", "green" if same else "red")
             if not same:

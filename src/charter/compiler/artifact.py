@@ -97,6 +97,8 @@ class OperationRule(_Frozen, frozen=True):
     requires_approval: bool
     reader: str | None  # the read operation that observes the entity for state checks
     binding: BindingSpec
+    # Params declared `secret: true`: receipts hold HMAC digests of their values (gate._secrets)
+    secret: tuple[str, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):

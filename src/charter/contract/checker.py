@@ -21,6 +21,7 @@ import pydantic
 from pydantic import BaseModel
 
 from charter._paths import allowed_modules
+from charter.contract._secrets import check_secret_params
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
@@ -40,6 +41,7 @@ __all__ = [
     "RESERVED_NAMES",
     "CheckedContract",
     "check_contract_data",
+    "endpoint_placement",
     "entity_reader",
     "is_scope",
     "load_contract",
@@ -96,6 +98,21 @@ class CheckedContract:
 def path_placeholders(path: str) -> list[str]:
     """The {param} placeholders of an HTTP path template, in order: /orders/{id}/cancel -> ['id']."""
     return _PLACEHOLDER.findall(path)
+
+
+def endpoint_placement(endpoint: HttpEndpoint, params: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(path, query, body) params of an HTTP endpoint, every param placed: those the endpoint
+    does not place go where the method puts them (GET and DELETE: the query string), unless
+    the author listed that place explicitly: then to the other one."""
+    path_params = path_placeholders(endpoint.path)
+    query, body = list(endpoint.query or ()), list(endpoint.body or ())
+    rest = [p for p in params if p not in (*path_params, *query, *body)]
+    query_first = endpoint.method in ("GET", "DELETE")
+    if endpoint.query is None and (query_first or endpoint.body is not None):
+        query += rest
+    else:
+        body += rest
+    return path_params, query, body
 
 
 def state_enum_name(entity: str, lifecycle_field: str) -> str:
@@ -559,6 +576,7 @@ class _Checker:
         self._check_exposure(name, op)
         self._check_guards(name, op, entity is not None and op.key is not None)
         self._check_binding(name, op)
+        check_secret_params(name, op, params, self._placements(name, op), self.fail)
         reads_state = op.transition is not None or any("entity" in names_used(g.when) for g in op.guards)
         if (
             entity is not None
@@ -589,10 +607,17 @@ class _Checker:
             if used:
                 self.fail((*path, key), f"{name}: `{key}` in this form is not supported yet")
         for pname, written in op.params.items():
-            if not isinstance(written, str) and (written.from_ is not None or written.secret):
-                self.fail((*path, "params", pname), f"{name}.{pname}: `from` and `secret` are not supported yet")
+            if not isinstance(written, str) and written.from_ is not None:
+                self.fail((*path, "params", pname), f"{name}.{pname}: `from` is not supported yet")
         if self.model.principal.attributes and name == next(iter(self.model.operations)):
             self.fail(("principal",), "principal attributes are not supported yet")
+
+    def _placements(self, name: str, op: Operation) -> dict[str, str]:
+        """Where an HTTP-bound operation sends each param: 'path', 'query' or 'body' ({} for Python)."""
+        if op.binding is None or op.binding.http is None or self.model.binding is None or not self.model.binding.http:
+            return {}
+        path_params, query, body = endpoint_placement(op.binding.http, list(op.params))
+        return {**dict.fromkeys(body, "body"), **dict.fromkeys(query, "query"), **dict.fromkeys(path_params, "path")}
 
     def _check_argument_depth(self, path: DocPath, param: str, ref: TypeRef) -> None:
         # The sandbox's wire decoder refuses arguments nested deeper than MAX_ARGUMENT_DEPTH;

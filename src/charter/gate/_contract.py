@@ -53,7 +53,7 @@ from typing import Any, NoReturn
 import cel
 import msgspec
 
-from charter.audit import Observed, RunRecorder, args_digest
+from charter.audit import Observed, RunRecorder
 from charter.backends import (
     Backend,
     BackendFailure,
@@ -71,6 +71,14 @@ from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
+from charter.gate._secrets import (
+    Recorded,
+    SecretParams,
+    recorded_arguments,
+    scrub,
+    scrubbed_verdict,
+    scrubbed_withheld,
+)
 from charter.gate._withheld import Withheld, safe_text, withhold
 from charter.gate._writes import FirstWrite, WriteLedger
 from charter.principal import Principal
@@ -80,16 +88,6 @@ __all__ = ["ContractGate", "GateSession", "halt_message", "recorded_arguments"]
 
 def halt_message(denial: str, denials: int) -> str:
     return f"{denial} The run made {denials} denied calls, its limit (limits.max_denials); the gate ended it."
-
-
-def recorded_arguments(request: CallRequest, checked: Mapping[str, Any] | None) -> tuple[str | None, str]:
-    """(canonical JSON or None, sha256) of a call's arguments as its decision receipt records them:
-    the checked values when they validated, else what the program sent."""
-    if request.malformed is not None:
-        return None, request.malformed.raw_sha256
-    if checked is not None:
-        return args_digest(checked)
-    return None, args_digest(request.arguments)[1]
 
 
 _OK = Verdict("OK", "allowed")
@@ -132,6 +130,7 @@ class ContractGate:
         self._table = table
         self._checker = ArgumentChecker.for_table(table)
         self._results = ResultChecker(table)
+        self._secrets = SecretParams(table)
         self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
         for name, rule in table.operations.items():
             programs = [(g, cel.compile(g.when)) for g in rule.guards]
@@ -157,6 +156,7 @@ class ContractGate:
         with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied).
         `logical_run_id` is the first run of the chain this run continues (None: this run),
         from which write idempotency keys derive."""
+        self._secrets.require_key(recorder)
         return GateSession(
             self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes
         )
@@ -238,7 +238,7 @@ class GateSession:
         gate = self._gate
         rule = gate._table.operations.get(request.operation) if request.malformed is None else None
         arguments: dict[str, Any] | None = None
-        recorded: tuple[str | None, str] | None = None  # the arguments' canonical JSON and hash
+        recorded: Recorded | None = None  # the arguments' canonical JSON and hash, secrets masked
         observed: Observed | None = None
         precondition: Precondition | None = None
         idempotency_key: str | None = None
@@ -252,7 +252,7 @@ class GateSession:
                 message = f"contract {contract.name} {contract.version} has no operation {request.operation!r}"
                 raise _Refusal(Verdict("UNKNOWN_OPERATION", message))
             arguments = self._arguments(rule, request.arguments)
-            recorded = recorded_arguments(request, arguments)
+            recorded = self._recorded(request, arguments)
             self._static_checks(rule, arguments)
             if rule.kind == "write":
                 first = self._write_checks(rule, arguments, recorded[1])
@@ -274,6 +274,7 @@ class GateSession:
                 withheld=withhold(error),
             )
 
+        verdict = scrubbed_verdict(verdict, self._gate._secrets.values(request))
         with self._end_lock:
             # Decided and registered under the lock: `close` either comes first (and the call
             # is refused) or finds it registered (and records it as not performed).
@@ -282,7 +283,7 @@ class GateSession:
                 if ended is not None:
                     verdict = _run_ended(request, ended)
             self._record_decision(
-                request, recorded or recorded_arguments(request, None), verdict, observed, idempotency_key
+                request, recorded or self._recorded(request, None), verdict, observed, idempotency_key
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
@@ -305,6 +306,10 @@ class GateSession:
         return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
 
     # -- checks ----------------------------------------------------------------------
+
+    def _recorded(self, request: CallRequest, checked: Mapping[str, Any] | None) -> Recorded:
+        secret = self._gate._secrets.of(request.operation)
+        return recorded_arguments(request, checked, secret, self._recorder.secret_key)
 
     def _refuse_if_ended(self, request: CallRequest) -> None:
         ended = self._still_running(request)
@@ -603,7 +608,10 @@ class GateSession:
     ) -> NoReturn:
         """Record an allowed call's failed outcome and raise it to the program as OperationFailed.
         A receipt that cannot be written is said in the message: the call was allowed and the
-        backend was reached, so it is never turned into a denial."""
+        backend was reached, so it is never turned into a denial. A backend's words lose the
+        call's secret values first."""
+        secrets = self._gate._secrets.values(request)
+        message, withheld = scrub(message, secrets), scrubbed_withheld(withheld, secrets)
         try:
             self._record_outcome(request, status, code=code, message=message, withheld=withheld)
         except BaseException:
@@ -646,7 +654,7 @@ class GateSession:
     def _record_decision(
         self,
         request: CallRequest,
-        recorded: tuple[str | None, str],
+        recorded: Recorded,
         verdict: Verdict,
         observed: Observed | None,
         idempotency_key: str | None,

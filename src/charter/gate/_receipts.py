@@ -35,15 +35,16 @@ class Verdict:
 
 def decision_receipt(
     request: CallRequest,
-    recorded: tuple[str | None, str],
+    recorded: tuple[str | None, str, tuple[str, ...]],
     verdict: Verdict,
     contract: CompiledContract,
     principal: Principal,
     observed: Observed | None,
     idempotency_key: str | None,
 ) -> Decision:
-    """`recorded`: the arguments' canonical JSON (None if they did not decode) and sha256."""
-    shown, digest = recorded
+    """`recorded`: the arguments' canonical JSON (None if they did not decode), sha256, and
+    the secret params whose values both hold as digests (`_secrets`)."""
+    shown, digest, secret_params = recorded
     withheld = verdict.withheld
     return Decision(
         run_id=request.run_id,
@@ -67,6 +68,7 @@ def decision_receipt(
         observed=observed,
         error_type=withheld.error_type if withheld else None,
         error_sha256=withheld.sha256 if withheld else None,
+        secret_params=secret_params,
     )
 
 
