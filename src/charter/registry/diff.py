@@ -18,7 +18,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from charter.contract.model import AnyOf, Contract, Entity, Guard, Lifecycle, Operation, Transition, param_type
+from charter.contract.model import (
+    AnyOf,
+    Contract,
+    Entity,
+    Guard,
+    Lifecycle,
+    Operation,
+    Param,
+    Transition,
+    param_type,
+)
 from charter.registry._bounds import bound_direction
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
@@ -227,6 +237,15 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
                 f"{where}.params.{name}",
                 f"type changed from {param_type(old.params[name])} to {text}",
             )
+        if name in old.params and _secret(old.params[name]) != _secret(written):
+            # No call is refused either way; what changes is whether the log holds the value.
+            d.add(
+                "additive" if _secret(written) else "relaxation",
+                f"{where}.params.{name}",
+                f"param '{name}' is now secret"
+                if _secret(written)
+                else f"param '{name}' is no longer secret: receipts record its value in plain text",
+            )
     if old.transition != new.transition:
         if new.transition is None:
             d.add(
@@ -312,3 +331,7 @@ def _boundaries(d: _Diff, old: Contract, new: Contract) -> None:
 
 def _plain(after: list[str | AnyOf] | AnyOf) -> list[str]:
     return [a for a in after if isinstance(a, str)] if isinstance(after, list) else []
+
+
+def _secret(written: str | Param) -> bool:
+    return not isinstance(written, str) and written.secret
