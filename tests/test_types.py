@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +114,7 @@ class Accounts:
 
 
 @pytest.fixture
-def accounts(tmp_path: Path, charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Accounts]:
+def accounts(tmp_path: Path, charter_home: Path, shared_sandbox: Sandbox) -> Accounts:
     path = tmp_path / "accounts.yaml"
     path.write_text(ACCOUNTS, encoding="utf-8")
     compiled = compile_contract(load_contract(path, resolve_bindings=False))
@@ -128,7 +127,7 @@ def accounts(tmp_path: Path, charter_home: Path, shared_sandbox: Sandbox) -> Ite
         }
     )
     log = AuditLog(charter_home / "audit.db")
-    yield Accounts(compiled, Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: functions), log, backend)
+    return Accounts(compiled, Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: functions), log, backend)
 
 
 # -- date ------------------------------------------------------------------------------------
@@ -347,7 +346,8 @@ def test_replay_compares_masked_secrets_with_the_logs_key_and_says_when_it_canno
     execution = accounts.run(program)
     record = accounts.log.run(execution.run_id)
     report = replay_run(record, accounts.compiled, shared_sandbox, accounts.log.existing_secret_key())
-    assert report.identical and report.notes == ()
+    assert report.identical
+    assert report.notes == ()
 
     without = replay_run(record, accounts.compiled, shared_sandbox, None)
     assert without.identical
