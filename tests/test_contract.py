@@ -149,7 +149,7 @@ MALFORMED = [
     pytest.param(
         {"      total: money": "      total: list[money"},
         [
-            "13:14: field 'Order.total': type 'list[money' does not parse: expected a primitive (str, int, float, bool, money, datetime), a declared name, list[T] or T?"
+            "13:14: field 'Order.total': type 'list[money' does not parse: expected a primitive (str, int, float, bool, money, datetime, date), a declared name, list[T] or T?"
         ],
         id="unparseable_type",
     ),
@@ -420,6 +420,36 @@ MALFORMED += [
             "name>, e.g. `binding: {python: tests.data.shop_backend}`"
         ],
         id="default_binding_names_a_function_once",
+    ),
+    pytest.param(
+        {"params: {id: int, reason: str}": "params: {id: int, reason: {type: int, secret: true}}"},
+        ["35:51: param 'cancel_order.reason' is secret, so it must be str or list[str] (a password, a token), not int"],
+        id="secret_param_not_text",
+    ),
+    pytest.param(
+        {"params: {id: int, reason: str}": "params: {id: {type: int, secret: true}, reason: str}"},
+        [
+            "35:38: param 'cancel_order.id' is secret, so it must be str or list[str] (a password, a token), not int",
+            "35:38: param 'cancel_order.id' is the operation's key, which messages and receipts name; a key cannot "
+            "be secret",
+        ],
+        id="secret_key_param",
+    ),
+    pytest.param(
+        {
+            "params: {id: int, reason: str}": "params: {id: int, reason: str, by: date}",
+            "when: entity.total <= 100000": "when: params.by > '2026-01-01'",
+        },
+        [
+            "40:15: guard 'small_orders_only': type error: No such overload: the operation is not defined for the "
+            "given operand types (CEL never converts types; money is an int of cents in guards)"
+        ],
+        id="guard_date_compared_with_text",
+    ),
+    pytest.param(
+        {"      note: str?\n": "      note: str?\n      due: Date\n"},
+        ["15:12: field 'Order.due' has unknown type 'Date' (did you mean 'date'?)"],
+        id="date_type_misspelled",
     ),
 ]
 

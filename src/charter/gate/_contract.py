@@ -39,6 +39,10 @@ the receipt holds exactly what the program got: the declared type, undeclared fi
 dropped and named (`_results`, RESULT_INVALID), and the size (RESULT_TOO_LARGE).
 Exception text from a backend or from the gate itself never reaches the program, the
 caller or a receipt: they get a code and a generic message (`_withheld`).
+
+Secret params (`secret: true`) are never recorded or said: the Decision holds keyed digests
+of their values, its args hash is over that masked form, and every message of the call has
+each secret value replaced (`_secrets`). Checks see the real values.
 """
 
 from __future__ import annotations
