@@ -25,7 +25,7 @@ from charter.registry import diff_contracts
 from charter.replay import replay_run
 from charter.runner import Execution, Runner
 from charter.sandbox import Sandbox
-from tests.conftest import WriteContract
+from tests.conftest import WriteContract, charter
 
 ACCOUNTS = """\
 contract: accounts
@@ -333,6 +333,11 @@ def test_a_denied_secret_is_neither_recorded_nor_echoed(accounts: Accounts, char
     bundle = "\n".join(export_run(accounts.log, execution.run_id)).encode()
     assert b"hmac-sha256:" in bundle
     assert not any(v in bundle for v in values)
+    shown = charter("audit", "show", execution.run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "change_password(" in shown.stdout
+    assert "[secret: new_password]" in shown.stdout
+    assert not any(v.decode() in shown.stdout for v in values)
 
 
 def test_replay_compares_masked_secrets_with_the_logs_key_and_says_when_it_cannot(
@@ -496,3 +501,50 @@ def test_a_secret_param_changes_the_content_hash(tmp_path: Path) -> None:
     assert json.loads(compile_contract(load_contract(tmp_path / "a.yaml", resolve_bindings=False)).canonical)[
         "operations"
     ]["set_token"]["params"]["token"] == {"type": "str", "secret": True}
+
+
+def test_openapi_format_date_drafts_a_date(tmp_path: Path) -> None:
+    from charter.contract.openapi import draft_from_openapi
+
+    text = {"type": "string"}
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "Bills", "version": "1"},
+        "servers": [{"url": "https://bills.example.com"}],
+        "paths": {
+            "/bills/{id}": {
+                "get": {
+                    "operationId": "getBill",
+                    "parameters": [
+                        {"name": "id", "in": "path", "required": True, "schema": text},
+                        {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The bill.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Bill"}}},
+                        }
+                    },
+                }
+            }
+        },
+        "components": {
+            "schemas": {
+                "Bill": {
+                    "type": "object",
+                    "required": ["id", "due", "at"],
+                    "properties": {
+                        "id": text,
+                        "due": {"type": "string", "format": "date"},
+                        "at": {"type": "string", "format": "date-time"},
+                        "code": {"type": "string", "format": "uuid"},
+                    },
+                }
+            }
+        },
+    }
+    path = tmp_path / "bills.yaml"
+    path.write_text(draft_from_openapi(document).text, encoding="utf-8")
+    model = load_contract(path, resolve_bindings=False).model  # the draft checks
+    assert dict(model.entities["Bill"].fields) == {"id": "str", "due": "date", "at": "datetime", "code": "str?"}
+    assert model.operations["get_bill"].params["since"] == "date?"

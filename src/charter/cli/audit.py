@@ -357,6 +357,8 @@ def _show_intent(checked: CheckedRun, asked: Asked) -> None:
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
     if isinstance(receipt, Decision):
         head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        if receipt.secret_params:  # their values are keyed digests (gate._secrets)
+            head += f" [secret: {', '.join(receipt.secret_params)}]"
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
