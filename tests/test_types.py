@@ -548,3 +548,33 @@ def test_openapi_format_date_drafts_a_date(tmp_path: Path) -> None:
     model = load_contract(path, resolve_bindings=False).model  # the draft checks
     assert dict(model.entities["Bill"].fields) == {"id": "str", "due": "date", "at": "datetime", "code": "str?"}
     assert model.operations["get_bill"].params["since"] == "date?"
+
+
+def test_dates_travel_to_an_http_service_as_iso_text_in_path_and_query(
+    tmp_path: Path, charter_home: Path, shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.tiny_service import tiny_service
+
+    path = tmp_path / "bills.yaml"
+    path.write_text(
+        "contract: bills\nversion: 1.0.0\nsummary: Bills.\nowners: [tests@example.com]\nchangelog: First.\n"
+        "binding: {http: {service: bills, base_url: 'http://127.0.0.1:1'}}\n"
+        "records:\n  Bill: {id: str, due: date}\n"
+        "operations:\n  bills_on:\n    kind: read\n    doc: Bills due on a day.\n"
+        "    params: {day: date, since: 'date?'}\n    returns: list[Bill]\n"
+        "    binding: {http: {method: GET, path: '/bills/{day}'}}\n",
+        encoding="utf-8",
+    )
+    compiled = compile_contract(load_contract(path))
+    answers = {("GET", "/bills/2026-03-01?since=2026-02-01"): (200, [{"id": "b1", "due": "2026-03-01"}])}
+    with tiny_service(answers) as url:
+        monkeypatch.setenv("CHARTER_SERVICE_BILLS_URL", url)
+        runner = Runner(audit=AuditLog(charter_home / "audit.db"), sandbox=shared_sandbox)
+        execution = runner.execute(
+            "from datetime import date\n"
+            "[bill] = bills.bills_on(day=date(2026, 3, 1), since=date(2026, 2, 1))\n"
+            "conclude(f'{bill.id} {bill.due!r}')\n",
+            contract=compiled,
+            principal=Principal("ada", frozenset()),
+        )
+    assert execution.answer == "b1 datetime.date(2026, 3, 1)"
