@@ -30,6 +30,7 @@ __all__ = [
     "LimitsSpec",
     "OperationRule",
     "ParamSpec",
+    "QuotaRule",
     "TransitionRule",
 ]
 
@@ -49,6 +50,19 @@ class GuardRule(_Frozen, frozen=True):
     when: str  # CEL source; the gate compiles it once when it loads the table
     message: str
     boundaries: tuple[str, ...]  # ids of the hard boundaries this guard enforces
+
+
+class QuotaRule(_Frozen, frozen=True):
+    """A total over time, counted from the audit log (charter.gate._quotas)."""
+
+    id: str
+    sum: str | None  # CEL: the amount each allowed call adds; None: each call adds 1
+    per: tuple[str, ...]  # CEL keys: the total is kept per value of these
+    window: str  # as written: 90m, 24h, 30d, run
+    window_seconds: int | None  # None: this run only
+    max: int  # calls, or the sum (integer cents for money)
+    message: str
+    boundaries: tuple[str, ...]  # ids of the hard boundaries this quota enforces
 
 
 class TransitionRule(_Frozen, frozen=True):
@@ -97,6 +111,7 @@ class OperationRule(_Frozen, frozen=True):
     requires_approval: bool
     reader: str | None  # the read operation that observes the entity for state checks
     binding: BindingSpec
+    quotas: tuple[QuotaRule, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):

@@ -21,10 +21,12 @@ from charter.compiler.artifact import (
     LimitsSpec,
     OperationRule,
     ParamSpec,
+    QuotaRule,
     TransitionRule,
 )
 from charter.compiler.canonical import canonical_json, content_hash
 from charter.compiler.render import RenderView, render
+from charter.contract._quotas import parse_window
 from charter.contract.checker import CheckedContract, entity_reader, path_placeholders, state_enum_name
 from charter.contract.model import Contract, Operation
 
@@ -154,6 +156,19 @@ def _operation_rule(
         requires_approval=op.requires_approval is True,
         reader=entity_reader(model, op.entity) if op.entity and op.key else None,
         binding=_binding(model, name, op),
+        quotas=tuple(
+            QuotaRule(
+                id=q.id,
+                sum=q.sum,
+                per=tuple(q.per),
+                window=q.window,
+                window_seconds=parse_window(q.window),
+                max=q.max,
+                message=q.message,
+                boundaries=_enforcing(boundaries, f"quota:{q.id}"),
+            )
+            for q in op.quotas
+        ),
     )
 
 

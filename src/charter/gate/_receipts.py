@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from charter.audit import Decision, Observed, Outcome, now_iso
+from charter.audit.receipts import QuotaSeen
 from charter.compiler.artifact import CompiledContract
 from charter.gate._protocol import CallRequest
 from charter.gate._withheld import Withheld
@@ -41,14 +42,18 @@ def decision_receipt(
     principal: Principal,
     observed: Observed | None,
     idempotency_key: str | None,
+    *,
+    quotas: tuple[QuotaSeen, ...] = (),
+    at: str | None = None,
 ) -> Decision:
-    """`recorded`: the arguments' canonical JSON (None if they did not decode) and sha256."""
+    """`recorded`: the arguments' canonical JSON (None if they did not decode) and sha256.
+    `at`: the decision's time when a check already fixed it (quotas count from it); else now."""
     shown, digest = recorded
     withheld = verdict.withheld
     return Decision(
         run_id=request.run_id,
         seq=0,
-        at=now_iso(),
+        at=at or now_iso(),
         call=request.sequence,
         operation=request.operation,
         args_sha256=digest,
@@ -67,6 +72,7 @@ def decision_receipt(
         observed=observed,
         error_type=withheld.error_type if withheld else None,
         error_sha256=withheld.sha256 if withheld else None,
+        quotas=quotas,
     )
 
 

@@ -1,0 +1,331 @@
+"""Quotas over time: counted from the audit log's signed Decision receipts, per key, in a sliding window.
+
+Gate sessions over one real AuditLog (SQLite) and an in-test backend; the clock is the gate's
+injected clock, so the window slides without sleeping. The race runs real threads (gate
+sessions, and once real sandbox runs) against one log.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from charter.audit import AuditLog, Decision, Opened, Outcome, now_iso, verify_log
+from charter.audit.quotas import fill_quota_index
+from charter.audit.receipts import QuotaSeen, text_sha256
+from charter.backends import BackendFailure, CallContext
+from charter.compiler import CompiledContract, compile_contract
+from charter.contract import load_contract
+from charter.gate import CallRequest, ContractGate, Denied, GateSession, OperationFailed
+from charter.principal import Principal
+
+WALLET = """\
+contract: wallet
+version: 1.0.0
+summary: Payments out of customers' accounts.
+owners: [tests@example.com]
+changelog: First.
+binding:
+  python: tests.data.shop_backend
+operations:
+  send_payment:
+    kind: write
+    doc: Send money from an account.
+    params: {account: str, amount: money, recipient: str}
+    returns: str
+    scopes: [pay:write]
+    quotas:
+      - id: daily_outflow
+        sum: params.amount
+        per: [params.account]
+        window: 24h
+        max: 200000
+        message: At most 2,000.00 may be sent per day from one account.
+  reset_pin:
+    kind: write
+    doc: Reset an account's PIN.
+    params: {account: str}
+    returns: str
+    scopes: [pay:write]
+    quotas:
+      - {id: pin_resets, count: true, per: [params.account], window: run, max: 2, message: At most two resets a run.}
+boundaries:
+  - id: outflow_capped
+    text: No account sends more than 2,000.00 a day.
+    enforced_by: [{quota: daily_outflow}]
+"""
+
+ADA = Principal("ada", frozenset({"pay:write"}))
+BOB = Principal("bob", frozenset({"pay:write"}))
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """The gate's clock, moved by hand; `pause` makes each reading wait (widens a race)."""
+
+    def __init__(self, now: datetime = T0, pause: float = 0.0) -> None:
+        self.now = now
+        self.pause = pause
+
+    def __call__(self) -> datetime:
+        if self.pause:
+            time.sleep(self.pause)
+        return self.now
+
+
+class Wallet:
+    """The backend: records what it was asked; `fail` makes the next call fail this way."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail: BackendFailure | None = None
+        self._lock = threading.Lock()
+
+    def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
+        with self._lock:
+            self.calls.append((operation, dict(arguments)))
+            failure, self.fail = self.fail, None
+        if failure is not None:
+            raise failure
+        return "done"
+
+
+def wallet_contract(tmp_path: Path, text: str = WALLET) -> CompiledContract:
+    path = tmp_path / f"wallet-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return compile_contract(load_contract(path, resolve_bindings=False))
+
+
+class Run:
+    """One run's gate session over the log; `pay` makes one call and says how it was decided."""
+
+    def __init__(self, log: AuditLog, gate: ContractGate, principal: Principal = ADA) -> None:
+        contract = gate.contract
+        self.run_id = uuid.uuid4().hex
+        self.principal = principal
+        opened = Opened(
+            run_id=self.run_id,
+            seq=0,
+            at=now_iso(),
+            intent=None,
+            program="",
+            program_sha256=text_sha256(""),
+            principal=principal.id,
+            scopes=tuple(sorted(principal.scopes)),
+            contract=contract.name,
+            version=contract.version,
+            contract_sha256=contract.sha256,
+            clock="",
+            seed=0,
+            limits={},
+            host="test",
+            pid=0,
+        )
+        self.recorder = log.open_run(opened)
+        self.session: GateSession = gate.session(self.recorder, principal, max_result_bytes=65536)
+        self.sequence = 0
+
+    def call(self, operation: str, **arguments: Any) -> str:
+        self.sequence += 1
+        request = CallRequest(
+            run_id=self.run_id,
+            sequence=self.sequence,
+            operation=operation,
+            arguments=arguments,
+            principal=self.principal,
+            deadline=time.monotonic() + 60,
+        )
+        try:
+            self.session.call(request)
+        except Denied as denied:
+            return denied.code
+        except OperationFailed as failed:
+            return f"failed:{failed.code}"
+        return "OK"
+
+    def pay(self, amount: str, account: str = "GB01") -> str:
+        return self.call("send_payment", account=account, amount=amount, recipient="GB99")
+
+    def decisions(self) -> list[Decision]:
+        return [r for r in self.recorder.written if isinstance(r, Decision)]
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> AuditLog:
+    return AuditLog(tmp_path / "audit.db")
+
+
+@pytest.fixture
+def wallet(tmp_path: Path) -> CompiledContract:
+    return wallet_contract(tmp_path)
+
+
+def test_allows_up_to_the_cap_and_denies_above_it_with_the_total_seen(
+    log: AuditLog, wallet: CompiledContract
+) -> None:
+    backend, clock = Wallet(), Clock()
+    run = Run(log, ContractGate(wallet, backend, clock=clock))
+    assert run.pay("1500.00") == "OK"
+    assert run.pay("500.00") == "OK"  # exactly the cap: allowed
+    assert run.pay("0.01") == "QUOTA_EXCEEDED"
+    assert len(backend.calls) == 2
+
+    first, second, third = run.decisions()
+    assert first.quotas == (
+        QuotaSeen(id="daily_outflow", key='["GB01"]', amount=150000, total=0, max=200000, window="24h"),
+    )
+    assert second.quotas[0].total == 150000
+    assert third.decision == "DENY"
+    assert third.code == "QUOTA_EXCEEDED"
+    assert third.clause == "quota:daily_outflow"
+    assert third.boundary == "outflow_capped"
+    assert third.quotas == (
+        QuotaSeen(id="daily_outflow", key='["GB01"]', amount=1, total=200000, max=200000, window="24h"),
+    )
+    assert third.message == (
+        "send_payment refused: At most 2,000.00 may be sent per day from one account. (quota daily_outflow: "
+        "200000 counted in the last 24h for this key, max 200000; this call would add 1) "
+        "(hard boundary outflow_capped: No account sends more than 2,000.00 a day.)"
+    )
+    # The decision's time is the gate's clock: the window is measured on it.
+    assert first.at == T0.isoformat(timespec="microseconds")
+    assert verify_log(log, log.trusted_keys()).ok
+
+
+def test_the_window_slides_on_the_gate_clock(log: AuditLog, wallet: CompiledContract) -> None:
+    clock = Clock()
+    gate = ContractGate(wallet, Wallet(), clock=clock)
+    run = Run(log, gate)
+    assert run.pay("1200.00") == "OK"
+    clock.now = T0 + timedelta(hours=12)
+    assert run.pay("800.00") == "OK"
+    assert run.pay("0.01") == "QUOTA_EXCEEDED"
+    # (at - 24h, at]: the first payment is in the window until 24 hours have passed, then out.
+    clock.now = T0 + timedelta(hours=24, microseconds=-1)
+    assert run.pay("0.01") == "QUOTA_EXCEEDED"
+    clock.now = T0 + timedelta(hours=24)
+    assert run.pay("1200.00") == "OK"
+    assert run.decisions()[-1].quotas[0].total == 80000
+
+
+def test_totals_are_per_account_not_per_principal(log: AuditLog, wallet: CompiledContract) -> None:
+    gate = ContractGate(wallet, Wallet(), clock=Clock())
+    ada, bob = Run(log, gate, ADA), Run(log, gate, BOB)
+    assert ada.pay("2000.00", account="GB01") == "OK"
+    # A second principal on the same account does not get a second allowance...
+    assert bob.pay("1.00", account="GB01") == "QUOTA_EXCEEDED"
+    # ...and another account has its own.
+    assert ada.pay("2000.00", account="GB02") == "OK"
+    assert bob.decisions()[0].quotas[0].total == 200000
+
+
+def test_failed_outcomes_stop_counting_and_unknown_ones_keep_counting(
+    log: AuditLog, wallet: CompiledContract
+) -> None:
+    backend = Wallet()
+    run = Run(log, ContractGate(wallet, backend, clock=Clock()))
+    backend.fail = BackendFailure("INSUFFICIENT_FUNDS", "not enough money")
+    assert run.pay("1500.00") == "failed:INSUFFICIENT_FUNDS"
+    assert run.pay("2000.00") == "OK"  # the failed payment did not count
+    assert run.decisions()[1].quotas[0].total == 0
+
+    backend.fail = BackendFailure("TIMEOUT", "no answer", in_doubt=True)
+    assert run.pay("1000.00", account="GB02") == "failed:TIMEOUT"
+    assert [o.status for o in run.recorder.written if isinstance(o, Outcome)][-1] == "unknown"
+    # In doubt: it may have been sent, so it counts (fail closed).
+    assert run.pay("1000.01", account="GB02") == "QUOTA_EXCEEDED"
+    assert run.decisions()[-1].quotas[0].total == 100000
+    with sqlite3.connect(log.path) as db:
+        rows = db.execute("SELECT key, amount, counted FROM quota_counts ORDER BY at, call").fetchall()
+    assert sorted(rows) == [('["GB01"]', 150000, 0), ('["GB01"]', 200000, 1), ('["GB02"]', 100000, 1)]
+
+
+def test_a_new_version_does_not_reset_the_total(tmp_path: Path, log: AuditLog, wallet: CompiledContract) -> None:
+    clock = Clock()
+    assert Run(log, ContractGate(wallet, Wallet(), clock=clock)).pay("1900.00") == "OK"
+    newer = wallet_contract(tmp_path, WALLET.replace("version: 1.0.0", "version: 1.1.0"))
+    assert newer.sha256 != wallet.sha256
+    run = Run(log, ContractGate(newer, Wallet(), clock=clock))
+    assert run.pay("200.00") == "QUOTA_EXCEEDED"
+    assert run.decisions()[0].quotas[0].total == 190000
+
+
+def test_a_run_window_counts_this_run_only_and_denials_do_not_count(
+    log: AuditLog, wallet: CompiledContract
+) -> None:
+    gate = ContractGate(wallet, Wallet(), clock=Clock())
+    run = Run(log, gate)
+    assert [run.call("reset_pin", account="GB01") for _ in range(3)] == ["OK", "OK", "QUOTA_EXCEEDED"]
+    assert run.call("reset_pin", account="GB02") == "OK"
+    assert run.decisions()[2].quotas == (
+        QuotaSeen(id="pin_resets", key='["GB01"]', amount=1, total=2, max=2, window="run"),
+    )
+    assert Run(log, gate).call("reset_pin", account="GB01") == "OK"  # a new run starts at 0
+
+
+def race(log: AuditLog, wallet: CompiledContract, clock: Clock) -> list[str]:
+    """Two runs on two threads, each asking 60% of the cap at the same moment."""
+    gate = ContractGate(wallet, Wallet(), clock=clock)
+    runs = [Run(log, gate, ADA), Run(log, gate, BOB)]
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def pay(run: Run) -> None:
+        barrier.wait()
+        results.append(run.pay("1200.00"))
+
+    threads = [threading.Thread(target=pay, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+@pytest.mark.parametrize("attempt", range(6))
+def test_two_racing_runs_cannot_both_pass(tmp_path: Path, attempt: int) -> None:
+    # The clock pauses after the lock is taken and before the total is read: without the lock
+    # both runs would read 0 and both pass.
+    log = AuditLog(tmp_path / "audit.db")
+    wallet = wallet_contract(tmp_path)
+    results = race(log, wallet, Clock(T0 + timedelta(days=attempt), pause=0.05))
+    assert sorted(results) == ["OK", "QUOTA_EXCEEDED"]
+
+
+def test_a_gate_error_releases_the_lock(log: AuditLog, wallet: CompiledContract) -> None:
+    clock = Clock()
+    gate = ContractGate(wallet, Wallet(), clock=clock)
+    broken: Callable[[], datetime] = lambda: (_ for _ in ()).throw(RuntimeError("clock broke"))  # noqa: E731
+    gate.clock = broken
+    assert Run(log, gate).pay("1.00") == "GATE_ERROR"
+    gate.clock = clock
+    done: list[str] = []
+    worker = threading.Thread(target=lambda: done.append(Run(log, gate).pay("1.00")))
+    worker.start()
+    worker.join(5)
+    assert done == ["OK"]  # not blocked on a lock the broken call left behind
+
+
+def test_the_index_is_derived_from_the_receipts_and_rebuilt_the_same(log: AuditLog, wallet: CompiledContract) -> None:
+    backend = Wallet()
+    run = Run(log, ContractGate(wallet, backend, clock=Clock()))
+    run.pay("100.00")
+    backend.fail = BackendFailure("INSUFFICIENT_FUNDS", "no")
+    run.pay("200.00")
+    run.pay("300.00", account="GB02")
+    with sqlite3.connect(log.path) as db:
+        before = db.execute("SELECT * FROM quota_counts ORDER BY run_id, call").fetchall()
+        fill_quota_index(db)
+        after = db.execute("SELECT * FROM quota_counts ORDER BY run_id, call").fetchall()
+    assert len(before) == 3
+    assert before == after
