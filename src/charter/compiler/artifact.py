@@ -94,7 +94,9 @@ class BindingSpec(_Frozen, frozen=True):
     http: HttpEndpointSpec | None = None
 
 
-class OperationRule(_Frozen, frozen=True):
+class OperationRule(_Frozen, frozen=True, omit_defaults=True):
+    # omit_defaults: a v2 rule an operation does not use (quotas: ()) is left out of the
+    # encoded gate table, so a contract that uses none compiles to the same artifact as before.
     name: str
     kind: Literal["read", "write"]
     doc: str
