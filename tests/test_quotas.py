@@ -170,9 +170,7 @@ def wallet(tmp_path: Path) -> CompiledContract:
     return wallet_contract(tmp_path)
 
 
-def test_allows_up_to_the_cap_and_denies_above_it_with_the_total_seen(
-    log: AuditLog, wallet: CompiledContract
-) -> None:
+def test_allows_up_to_the_cap_and_denies_above_it_with_the_total_seen(log: AuditLog, wallet: CompiledContract) -> None:
     backend, clock = Wallet(), Clock()
     run = Run(log, ContractGate(wallet, backend, clock=clock))
     assert run.pay("1500.00") == "OK"
@@ -229,9 +227,7 @@ def test_totals_are_per_account_not_per_principal(log: AuditLog, wallet: Compile
     assert bob.decisions()[0].quotas[0].total == 200000
 
 
-def test_failed_outcomes_stop_counting_and_unknown_ones_keep_counting(
-    log: AuditLog, wallet: CompiledContract
-) -> None:
+def test_failed_outcomes_stop_counting_and_unknown_ones_keep_counting(log: AuditLog, wallet: CompiledContract) -> None:
     backend = Wallet()
     run = Run(log, ContractGate(wallet, backend, clock=Clock()))
     backend.fail = BackendFailure("INSUFFICIENT_FUNDS", "not enough money")
@@ -260,9 +256,7 @@ def test_a_new_version_does_not_reset_the_total(tmp_path: Path, log: AuditLog, w
     assert run.decisions()[0].quotas[0].total == 190000
 
 
-def test_a_run_window_counts_this_run_only_and_denials_do_not_count(
-    log: AuditLog, wallet: CompiledContract
-) -> None:
+def test_a_run_window_counts_this_run_only_and_denials_do_not_count(log: AuditLog, wallet: CompiledContract) -> None:
     gate = ContractGate(wallet, Wallet(), clock=Clock())
     run = Run(log, gate)
     assert [run.call("reset_pin", account="GB01") for _ in range(3)] == ["OK", "OK", "QUOTA_EXCEEDED"]
