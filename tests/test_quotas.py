@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 
+from charter.agent._tokens import estimate_tokens
 from charter.audit import AuditLog, Decision, Opened, Outcome, now_iso, verify_log
 from charter.audit.quotas import fill_quota_index
 from charter.audit.receipts import QuotaSeen, text_sha256
 from charter.backends import BackendFailure, CallContext
 from charter.compiler import CompiledContract, compile_contract
+from charter.compiler.artifact import QuotaRule
 from charter.contract import load_contract
 from charter.gate import CallRequest, ContractGate, Denied, GateSession, OperationFailed
 from charter.principal import Principal
@@ -192,7 +194,7 @@ def test_allows_up_to_the_cap_and_denies_above_it_with_the_total_seen(log: Audit
     )
     assert third.message == (
         "send_payment refused: At most 2,000.00 may be sent per day from one account. (quota daily_outflow: "
-        "200000 counted in the last 24h for this key, max 200000; this call would add 1) "
+        "2000.00 counted in the last 24h for this key, max 2000.00; this call would add 0.01) "
         "(hard boundary outflow_capped: No account sends more than 2,000.00 a day.)"
     )
     # The decision's time is the gate's clock: the window is measured on it.
@@ -323,3 +325,40 @@ def test_the_index_is_derived_from_the_receipts_and_rebuilt_the_same(log: AuditL
         after = db.execute("SELECT * FROM quota_counts ORDER BY run_id, call").fetchall()
     assert len(before) == 3
     assert before == after
+
+
+def test_the_prompt_and_stubs_show_each_quota_compactly(wallet: CompiledContract) -> None:
+    lines = wallet.prompt_context.splitlines()
+    assert (
+        "send_payment(account: str, amount: money, recipient: str) -> str [write] # Send money from an account. "
+        "quota 2000.00/24h per account." in lines
+    )
+    assert "reset_pin(account: str) -> str [write] # Reset an account's PIN. quota 2/run per account." in lines
+    for shown in (" quota 2000.00/24h per account.", " quota 2/run per account."):
+        assert estimate_tokens(shown) <= 12
+    stub = wallet.stub_source
+    assert (
+        "Quota `daily_outflow` (quota 2000.00/24h per account): At most 2,000.00 may be sent per day from one "
+        "account.\n" in stub
+    )
+    assert "Quota `pin_resets` (quota 2/run per account): At most two resets a run.\n" in stub
+    # The quota enforces a hard boundary: the operation's docstring names it.
+    send = stub.split("def send_payment")[1].split("def reset_pin")[0]
+    assert "HARD BOUNDARIES:\n          - No account sends more than 2,000.00 a day." in send
+
+
+def test_the_gate_table_holds_the_quota_rule(wallet: CompiledContract) -> None:
+    (rule,) = wallet.gate.operations["send_payment"].quotas
+    assert rule == QuotaRule(
+        id="daily_outflow",
+        sum="params.amount",
+        per=("params.account",),
+        window="24h",
+        window_seconds=86400,
+        max=200000,
+        message="At most 2,000.00 may be sent per day from one account.",
+        boundaries=("outflow_capped",),
+        money=True,
+    )
+    assert wallet.gate.boundaries[0].enforced_by == ("quota:daily_outflow",)
+    assert wallet.gate.operations["reset_pin"].quotas[0].window_seconds is None

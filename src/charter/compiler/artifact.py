@@ -63,6 +63,7 @@ class QuotaRule(_Frozen, frozen=True):
     max: int  # calls, or the sum (integer cents for money)
     message: str
     boundaries: tuple[str, ...]  # ids of the hard boundaries this quota enforces
+    money: bool = False  # the sum is money: amounts are integer cents, shown as 2000.00
 
 
 class TransitionRule(_Frozen, frozen=True):

@@ -26,7 +26,7 @@ from charter.compiler.artifact import (
 )
 from charter.compiler.canonical import canonical_json, content_hash
 from charter.compiler.render import RenderView, render
-from charter.contract._quotas import parse_window
+from charter.contract._quotas import parse_window, sums_money
 from charter.contract.checker import CheckedContract, entity_reader, path_placeholders, state_enum_name
 from charter.contract.model import Contract, Operation
 
@@ -166,6 +166,7 @@ def _operation_rule(
                 max=q.max,
                 message=q.message,
                 boundaries=_enforcing(boundaries, f"quota:{q.id}"),
+                money=sums_money(q.sum, params),
             )
             for q in op.quotas
         ),
@@ -237,6 +238,7 @@ def _render_view(model: Contract, gate: GateTable) -> RenderView:
                 [
                     *(op.transition.boundaries if op.transition else ()),
                     *(b for g in op.guards for b in g.boundaries),
+                    *(b for q in op.quotas for b in q.boundaries),
                     *op.after_boundaries,
                     *_enforcing(gate.boundaries, f"approval:{op.name}"),
                     *_enforcing(gate.boundaries, f"scope:{op.name}"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import cel
@@ -24,7 +24,16 @@ from charter.contract.types import TypeRef
 if TYPE_CHECKING:
     from charter.contract.checker import _Checker
 
-__all__ = ["MAX_QUOTA", "WINDOW_FORMS", "check_quota_ref", "check_quotas", "parse_window"]
+__all__ = [
+    "MAX_QUOTA",
+    "WINDOW_FORMS",
+    "amount_text",
+    "check_quota_ref",
+    "check_quotas",
+    "notation",
+    "parse_window",
+    "sums_money",
+]
 
 _SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _WINDOW = re.compile(r"([1-9]\d{0,5})([mhd])\Z")
@@ -49,6 +58,29 @@ def parse_window(text: str) -> int | None:
     if seconds > MAX_WINDOW_DAYS * 86400:
         raise ValueError(f"window '{text}' is longer than {MAX_WINDOW_DAYS} days, the longest a quota may count")
     return seconds
+
+
+def sums_money(source: str | None, params: Mapping[str, TypeRef]) -> bool:
+    """Whether a quota's `sum` is a money param (its totals are then shown as money)."""
+    match = _CHAIN.match(source or "")
+    if match is None or match.group(1) != "params":
+        return False
+    steps = [s.strip() for s in match.group(2).split(".") if s.strip()]
+    return len(steps) == 1 and steps[0] in params and params[steps[0]].kind == "money"
+
+
+def amount_text(value: int, money: bool) -> str:
+    """A quota amount as people read it: money from integer cents (150000 -> 1500.00)."""
+    if not money:
+        return str(value)
+    sign, cents = ("-" if value < 0 else ""), abs(value)
+    return f"{sign}{cents // 100}.{cents % 100:02d}"
+
+
+def notation(max_: int, window: str, per: Sequence[str], *, money: bool) -> str:
+    """The compact form the prompt shows: `quota 2000.00/24h per account`, `quota 3/run per order, kind`."""
+    keys = ", ".join(k.strip().removeprefix("params.") for k in per)
+    return f"quota {amount_text(max_, money)}/{window}" + (f" per {keys}" if keys else "")
 
 
 def check_quotas(checker: _Checker, name: str, op: Operation, variables: Mapping[str, Fields]) -> None:

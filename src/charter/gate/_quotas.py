@@ -40,6 +40,7 @@ import msgspec
 from charter.audit.quotas import QuotaReader
 from charter.audit.receipts import QuotaSeen
 from charter.compiler.artifact import GateTable, OperationRule, QuotaRule
+from charter.contract._quotas import amount_text
 from charter.contract.cel_guards import activation
 from charter.gate._receipts import Verdict
 
@@ -228,10 +229,11 @@ class QuotaSession:
     def _exceeded(self, rule: OperationRule, quota: QuotaRule, total: int, amount: int) -> Verdict:
         note, boundary = self._note(quota.boundaries)
         span = "in this run" if quota.window_seconds is None else f"in the last {quota.window}"
+        shown = {n: amount_text(v, quota.money) for n, v in (("total", total), ("max", quota.max), ("add", amount))}
         return Verdict(
             "QUOTA_EXCEEDED",
-            f"{rule.name} refused: {quota.message} (quota {quota.id}: {total} counted {span} for this key, "
-            f"max {quota.max}; this call would add {amount}){note}",
+            f"{rule.name} refused: {quota.message} (quota {quota.id}: {shown['total']} counted {span} for this key, "
+            f"max {shown['max']}; this call would add {shown['add']}){note}",
             clause=f"quota:{quota.id}",
             boundary=boundary,
         )
