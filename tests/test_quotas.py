@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from charter.compiler.artifact import QuotaRule
 from charter.contract import load_contract
 from charter.gate import CallRequest, ContractGate, Denied, GateSession, OperationFailed
 from charter.principal import Principal
+from charter.replay import replay_run
+from charter.runner import Execution, Runner
+from charter.sandbox import Sandbox
 
 WALLET = """\
 contract: wallet
@@ -362,3 +366,71 @@ def test_the_gate_table_holds_the_quota_rule(wallet: CompiledContract) -> None:
     )
     assert wallet.gate.boundaries[0].enforced_by == ("quota:daily_outflow",)
     assert wallet.gate.operations["reset_pin"].quotas[0].window_seconds is None
+
+
+PAY = 'from decimal import Decimal\nwallet.send_payment(account="GB01", amount=Decimal("1200.00"), recipient="GB99")\nconclude("sent")\n'
+
+
+def test_racing_sandbox_runs_one_allowed_and_replay_recounts_the_totals(
+    tmp_path: Path, log: AuditLog, wallet: CompiledContract, shared_sandbox: Sandbox
+) -> None:
+    backend = Wallet()
+    runner = Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: backend)
+    barrier = threading.Barrier(2)
+    executions: list[Execution] = []
+
+    def run(principal: Principal) -> None:
+        barrier.wait()
+        executions.append(runner.execute(PAY, contract=wallet, principal=principal))
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in (ADA, BOB)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    decided = sorted(next(c for c in e.calls if isinstance(c, Decision)).code for e in executions)
+    assert decided == ["OK", "QUOTA_EXCEEDED"]
+    assert len(backend.calls) == 1
+    assert verify_log(log, log.trusted_keys()).ok
+
+    for execution in executions:
+        report = replay_run(log.run(execution.run_id), wallet, shared_sandbox, log)
+        assert report.identical, report.divergences
+        assert report.quotas_checked == 1
+
+
+def test_replay_recounts_from_the_receipts_and_the_index_rebuilds_from_them(
+    log: AuditLog, wallet: CompiledContract, shared_sandbox: Sandbox
+) -> None:
+    runner = Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: Wallet())
+    runner.execute(PAY, contract=wallet, principal=ADA)
+    second = runner.execute(PAY, contract=wallet, principal=ADA)
+    recorded = next(c for c in second.calls if isinstance(c, Decision))
+    assert (recorded.code, recorded.quotas[0].total) == ("QUOTA_EXCEEDED", 120000)
+    # The index is derived, the receipts are the record: with the index emptied, replay still
+    # recounts the recorded totals from the receipts...
+    with closing(sqlite3.connect(log.path)) as db:
+        db.execute("DELETE FROM quota_counts")
+        db.commit()
+    assert replay_run(log.run(second.run_id), wallet, shared_sandbox, log).quotas_checked == 1
+    # ...and rebuilding the index from them restores what the gate counts.
+    with closing(sqlite3.connect(log.path)) as db:
+        fill_quota_index(db)
+        db.commit()
+    assert Run(log, ContractGate(wallet, Wallet())).pay("1200.00") == "QUOTA_EXCEEDED"
+
+
+def test_totals_and_their_recount_are_per_contract_name_and_key(
+    log: AuditLog, wallet: CompiledContract, shared_sandbox: Sandbox
+) -> None:
+    runner = Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: Wallet())
+    purse = wallet_contract(log.path.parent, WALLET.replace("contract: wallet", "contract: purse"))
+    runner.execute(PAY, contract=wallet, principal=ADA)
+    other_name = runner.execute(PAY.replace("wallet.", "purse."), contract=purse, principal=ADA)
+    other_key = runner.execute(PAY.replace("GB01", "GB02"), contract=wallet, principal=ADA)
+    last = runner.execute(PAY, contract=wallet, principal=ADA)
+    codes = [next(c for c in e.calls if isinstance(c, Decision)).code for e in (other_name, other_key, last)]
+    assert codes == ["OK", "OK", "QUOTA_EXCEEDED"]
+    report = replay_run(log.run(last.run_id), wallet, shared_sandbox, log)
+    assert report.identical
+    assert report.quotas_checked == 1

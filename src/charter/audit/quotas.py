@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import closing
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from charter.audit.receipts import Decision, Outcome, Receipt, decode_body
 
-__all__ = ["QUOTA_INDEX_SQL", "QuotaReader", "fill_quota_index", "index_quota_receipt"]
+__all__ = ["QUOTA_INDEX_SQL", "QuotaReader", "fill_quota_index", "index_quota_receipt", "recount"]
 
 QUOTA_INDEX_SQL = (
     """CREATE TABLE quota_counts (
@@ -108,3 +110,51 @@ class QuotaReader:
             .fetchone()
         )
         return int(row[0])
+
+
+def recount(path: Path, decision: Decision, window_seconds: dict[str, int | None]) -> dict[str, int]:
+    """Each of `decision`'s quota totals as the receipts written before it give it (replay's check).
+
+    A total is what the gate counted when it decided: the allowed Decisions of the same contract
+    name, quota id and key in the window (`window: run`: of the same run) written before this
+    one, less those whose failed Outcome (backend did not act) was written before it too. A
+    scan of the log, for an offline check; the gate itself reads the index. `window_seconds`:
+    quota id -> seconds (None: run), from the pinned contract; a quota missing there is skipped."""
+    wanted = {q.id: q for q in decision.quotas if q.id in window_seconds}
+    totals = dict.fromkeys(wanted, 0)
+    if not wanted:
+        return totals
+    at = datetime.fromisoformat(decision.at)
+    since = {
+        quota: None if seconds is None else (at - timedelta(seconds=seconds)).isoformat(timespec="microseconds")
+        for quota, seconds in window_seconds.items()
+    }
+    counted: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+        rows = connection.execute(
+            "SELECT body FROM receipts WHERE kind IN ('decision', 'outcome') AND log_seq < ? ORDER BY log_seq",
+            (decision.log_seq,),
+        )
+        for (body,) in rows:
+            try:
+                receipt = decode_body(body)
+            except ValueError:
+                continue
+            if isinstance(receipt, Decision):
+                if receipt.decision != "ALLOW" or receipt.contract != decision.contract:
+                    continue
+                for seen in receipt.quotas:
+                    mine = wanted.get(seen.id)
+                    if mine is None or seen.key != mine.key:
+                        continue
+                    start = since[seen.id]
+                    if start is None and receipt.run_id != decision.run_id:
+                        continue
+                    if start is not None and receipt.at <= start:
+                        continue
+                    totals[seen.id] += seen.amount
+                    counted.setdefault((receipt.run_id, receipt.call), []).append((seen.id, seen.amount))
+            elif isinstance(receipt, Outcome) and receipt.status == "failed" and receipt.code not in _ACTED:
+                for quota, amount in counted.pop((receipt.run_id, receipt.call), []):
+                    totals[quota] -= amount
+    return totals

@@ -357,6 +357,9 @@ def _show_intent(checked: CheckedRun, asked: Asked) -> None:
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
     if isinstance(receipt, Decision):
         head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        head += "".join(
+            f"\n   quota {q.id} {q.key}: {q.total}+{q.amount} of {q.max}/{q.window}" for q in receipt.quotas
+        )
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
@@ -504,7 +507,7 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
         records = [log.run(r) for r in program_runs_of(record)] if isinstance(record.opened, Asked) else [record]
         contract = Registry().get(record.opened.contract, record.opened.version)
         sandbox = Sandbox(pool_size=0)
-        reports = [replay_run(r, contract, sandbox) for r in records]
+        reports = [replay_run(r, contract, sandbox, log) for r in records]
     except (CharterError, ValueError) as error:
         fail(str(error))
     if as_json:
@@ -515,6 +518,8 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
             if len(reports) > 1:
                 say(f"program run {report.run_id}", "bold")
             say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
+            if report.quotas_checked:
+                say(f"quota totals recounted from the log: {report.quotas_checked} as recorded")
             for divergence in report.divergences:
                 say(f"diverged: {divergence}", "red")
             same = report.recorded_outcome == report.replayed_outcome
