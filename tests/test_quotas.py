@@ -8,6 +8,8 @@ sessions, and once real sandbox runs) against one log.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -32,6 +34,7 @@ from charter.principal import Principal
 from charter.replay import replay_run
 from charter.runner import Execution, Runner
 from charter.sandbox import Sandbox
+from tests.conftest import ROOT
 
 WALLET = """\
 contract: wallet
@@ -434,3 +437,58 @@ def test_totals_and_their_recount_are_per_contract_name_and_key(
     report = replay_run(log.run(last.run_id), wallet, shared_sandbox, log)
     assert report.identical
     assert report.quotas_checked == 1
+
+
+_PROCESS = """
+import os, sys, time
+from pathlib import Path
+from charter.audit import AuditLog
+from charter.compiler import compile_contract
+from charter.contract import load_contract
+from charter.gate import ContractGate
+from tests.test_quotas import ADA, Clock, Run, Wallet
+contract = compile_contract(load_contract(Path(sys.argv[1]), resolve_bindings=False))
+log = AuditLog(Path(sys.argv[2]))
+run = Run(log, ContractGate(contract, Wallet(), clock=Clock(pause=0.3)), ADA)
+folder = Path(sys.argv[3])
+(folder / f"ready-{os.getpid()}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.002)
+started = time.time()
+result = run.pay("1200.00")
+print(result, started, time.time())
+"""
+
+
+def race_processes(tmp_path: Path, code: str = "") -> list[tuple[str, float, float]]:
+    """Two processes on one audit database, released together once both are ready; each
+    pays 60% of the cap. (result, started, ended) of each."""
+    contract = tmp_path / "wallet.yaml"
+    contract.write_text(WALLET, encoding="utf-8")
+    AuditLog(tmp_path / "audit.db").signing_key  # noqa: B018 - keys made once, before the race
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code + _PROCESS, str(contract), str(tmp_path / "audit.db"), str(tmp_path)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    found = []
+    for process in processes:
+        result, started, ended = process.communicate(timeout=120)[0].split()
+        found.append((result, float(started), float(ended)))
+    return sorted(found)
+
+
+def test_two_processes_sharing_one_log_cannot_both_pass(tmp_path: Path) -> None:
+    # Two `charter exec` processes on one audit database: the per-key lock is also a POSIX
+    # record lock on <audit.db>.quota-locks, so the second waits for the first's receipt.
+    (first, second) = race_processes(tmp_path)
+    assert max(first[1], second[1]) < min(first[2], second[2])  # they did race
+    assert [first[0], second[0]] == ["OK", "QUOTA_EXCEEDED"]
