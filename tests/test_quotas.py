@@ -26,6 +26,7 @@ from charter.audit import AuditLog, Decision, Opened, Outcome, now_iso, verify_l
 from charter.audit.quotas import fill_quota_index
 from charter.audit.receipts import QuotaSeen, text_sha256
 from charter.backends import BackendFailure, CallContext
+from charter.bench._quotas import run_quota_bench
 from charter.compiler import CompiledContract, compile_contract
 from charter.compiler.artifact import QuotaRule
 from charter.contract import load_contract
@@ -492,3 +493,11 @@ def test_two_processes_sharing_one_log_cannot_both_pass(tmp_path: Path) -> None:
     (first, second) = race_processes(tmp_path)
     assert max(first[1], second[1]) < min(first[2], second[2])  # they did race
     assert [first[0], second[0]] == ["OK", "QUOTA_EXCEEDED"]
+
+
+def test_the_quota_bench_checks_what_it_times() -> None:
+    # Not a timing test: the bench's check must see exactly the k counted calls of its key.
+    figures = run_quota_bench(k=20, others=200, checks=3)
+    assert (figures["k"], figures["other_rows"]) == (20, 200)
+    assert figures["quota_check_us"] > 0
+    assert figures["plain_guard_us"] > 0
