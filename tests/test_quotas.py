@@ -501,3 +501,14 @@ def test_the_quota_bench_checks_what_it_times() -> None:
     assert (figures["k"], figures["other_rows"]) == (20, 200)
     assert figures["quota_check_us"] > 0
     assert figures["plain_guard_us"] > 0
+
+
+def test_audit_show_prints_each_quota_of_a_decision(log: AuditLog, wallet: CompiledContract) -> None:
+    from charter.cli.audit import _timeline_line
+
+    run = Run(log, ContractGate(wallet, Wallet(), clock=Clock()))
+    run.pay("1500.00")
+    run.pay("600.00")
+    text, _ = _timeline_line(run.decisions()[1])
+    assert text.splitlines()[1] == '   quota daily_outflow ["GB01"]: 150000+60000 of 200000/24h'
+    assert text.splitlines()[2].startswith("-> DENY QUOTA_EXCEEDED: send_payment refused: At most 2,000.00")
