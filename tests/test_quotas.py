@@ -99,6 +99,7 @@ class Wallet:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.fail: BackendFailure | None = None
+        self.reply: Any = "done"
         self._lock = threading.Lock()
 
     def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
@@ -107,7 +108,7 @@ class Wallet:
             failure, self.fail = self.fail, None
         if failure is not None:
             raise failure
-        return "done"
+        return self.reply
 
 
 def wallet_contract(tmp_path: Path, text: str = WALLET) -> CompiledContract:
@@ -254,6 +255,17 @@ def test_failed_outcomes_stop_counting_and_unknown_ones_keep_counting(log: Audit
     with sqlite3.connect(log.path) as db:
         rows = db.execute("SELECT key, amount, counted FROM quota_counts ORDER BY at, call").fetchall()
     assert sorted(rows) == [('["GB01"]', 150000, 0), ('["GB01"]', 200000, 1), ('["GB02"]', 100000, 1)]
+
+
+def test_a_write_whose_result_was_withheld_still_counts(log: AuditLog, wallet: CompiledContract) -> None:
+    # The backend acted, but returned what the contract does not declare: the outcome is
+    # failed RESULT_INVALID, and the payment was made, so it counts.
+    backend = Wallet()
+    backend.reply = {"not": "a str"}
+    run = Run(log, ContractGate(wallet, backend, clock=Clock()))
+    assert run.pay("1500.00") == "failed:RESULT_INVALID"
+    assert run.pay("600.00") == "QUOTA_EXCEEDED"
+    assert run.decisions()[1].quotas[0].total == 150000
 
 
 def test_a_new_version_does_not_reset_the_total(tmp_path: Path, log: AuditLog, wallet: CompiledContract) -> None:
