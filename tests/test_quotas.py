@@ -19,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from charter.agent._tokens import estimate_tokens
-from charter.audit import AuditLog, Decision, Opened, Outcome, now_iso, verify_log
+from charter.audit import AuditLog, Decision, Opened, Outcome, RunRecord, now_iso, verify_log
 from charter.audit.quotas import fill_quota_index
 from charter.audit.receipts import QuotaSeen, text_sha256
 from charter.backends import BackendFailure, CallContext
@@ -524,3 +525,27 @@ def test_audit_show_prints_each_quota_of_a_decision(log: AuditLog, wallet: Compi
     text, _ = _timeline_line(run.decisions()[1])
     assert text.splitlines()[1] == '   quota daily_outflow ["GB01"]: 150000+60000 of 200000/24h'
     assert text.splitlines()[2].startswith("-> DENY QUOTA_EXCEEDED: send_payment refused: At most 2,000.00")
+
+
+def test_replay_reports_a_recorded_total_the_log_does_not_give(
+    log: AuditLog, wallet: CompiledContract, shared_sandbox: Sandbox
+) -> None:
+    runner = Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: Wallet())
+    runner.execute(PAY, contract=wallet, principal=ADA)
+    second = runner.execute(PAY, contract=wallet, principal=ADA)
+    record = log.run(second.run_id)
+    # The record as a gate that miscounted would have written it (in memory: a changed signed
+    # receipt would fail verification, which `audit replay` checks before replaying).
+    changed = tuple(
+        msgspec.structs.replace(r, quotas=(msgspec.structs.replace(r.quotas[0], total=70000),))
+        if isinstance(r, Decision)
+        else r
+        for r in record.receipts
+    )
+    report = replay_run(RunRecord(record.opened, changed, record.sealed), wallet, shared_sandbox, log)
+    assert not report.identical
+    assert report.divergences == (
+        'call 1: quota daily_outflow key ["GB01"] recorded a total of 70000, the log before it counts 120000 (a '
+        "failed outcome written while the call was being decided also makes this difference; the recorded total "
+        "is what the gate saw)",
+    )
