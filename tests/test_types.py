@@ -350,11 +350,11 @@ def test_replay_compares_masked_secrets_with_the_logs_key_and_says_when_it_canno
     )
     execution = accounts.run(program)
     record = accounts.log.run(execution.run_id)
-    report = replay_run(record, accounts.compiled, shared_sandbox, accounts.log.existing_secret_key())
+    report = replay_run(record, accounts.compiled, shared_sandbox, secret_key=accounts.log.existing_secret_key())
     assert report.identical
     assert report.notes == ()
 
-    without = replay_run(record, accounts.compiled, shared_sandbox, None)
+    without = replay_run(record, accounts.compiled, shared_sandbox, secret_key=None)
     assert without.identical
     missing = "were not compared: the log's secret key (keys/secrets.key) is not available"
     assert without.notes == (
@@ -363,7 +363,7 @@ def test_replay_compares_masked_secrets_with_the_logs_key_and_says_when_it_canno
     )
 
     other = load_or_create_secret_key(tmp_path / "other-keys")
-    wrong = replay_run(record, accounts.compiled, shared_sandbox, other)
+    wrong = replay_run(record, accounts.compiled, shared_sandbox, secret_key=other)
     assert wrong.identical
     assert wrong.notes[0] == (
         "call 1 (change_password): secret params new_password were not compared: they were recorded with secret "
@@ -372,7 +372,7 @@ def test_replay_compares_masked_secrets_with_the_logs_key_and_says_when_it_canno
 
     # Another non-secret argument is still a divergence without the key
     changed = msgspec_replace_program(record, program.replace("account='a1'", "account='a2'", 1))
-    diverged = replay_run(changed, accounts.compiled, shared_sandbox, None)
+    diverged = replay_run(changed, accounts.compiled, shared_sandbox, secret_key=None)
     assert diverged.divergences[0] == "call 1 (change_password) has other arguments than the recorded call"
 
 
@@ -385,7 +385,7 @@ def test_a_replayed_secret_that_differs_is_a_divergence(accounts: Accounts, shar
     program = f"accounts.change_password(account='a1', new_password={SECRET_EXPR})\nconclude('done')\n"
     record = accounts.log.run(accounts.run(program).run_id)
     changed = msgspec_replace_program(record, program.replace('"staple"', '"stapler"'))
-    report = replay_run(changed, accounts.compiled, shared_sandbox, accounts.log.existing_secret_key())
+    report = replay_run(changed, accounts.compiled, shared_sandbox, secret_key=accounts.log.existing_secret_key())
     assert len(report.divergences) == 1
     assert report.divergences[0].startswith("call 1 is change_password with arguments ")
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import msgspec
 
-from charter.audit import Decision, Opened, Outcome, RunRecord, Sealed, SecretKey
+from charter.audit import AuditLog, Decision, Opened, Outcome, RunRecord, Sealed, SecretKey
+from charter.audit.quotas import recount
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ArgumentChecker, CallRequest, Denied, Encoded, InvalidArguments, OperationFailed, RunHalted
 from charter.gate._contract import halt_message
@@ -40,6 +41,9 @@ class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
     recorded_outcome: str | None  # None when the run was never sealed
     replayed_outcome: str
     notes: tuple[str, ...] = ()  # what the replay could not compare, and why (not divergences)
+    # Quota totals recounted from the log and found equal to the recorded ones (0 when the
+    # run has none, or no log was given); differences are divergences.
+    quotas_checked: int = 0
 
     @property
     def identical(self) -> bool:
@@ -143,10 +147,17 @@ class _ReplayGate:
 
 
 def replay_run(
-    record: RunRecord, contract: CompiledContract, sandbox: Sandbox, secret_key: SecretKey | None = None
+    record: RunRecord,
+    contract: CompiledContract,
+    sandbox: Sandbox,
+    *,
+    log: AuditLog | None = None,
+    secret_key: SecretKey | None = None,
 ) -> ReplayReport:
-    """Re-run `record`'s program against its own receipts. `contract` must be the pinned version;
-    `secret_key` the log's key for secret values (None: secret params are not compared)."""
+    """Re-run `record`'s program against its own receipts. `contract` must be the pinned version.
+    With `log` (the run's audit log), each quota total a Decision recorded is recounted from the
+    receipts written before it (charter.audit.quotas.recount) and compared. `secret_key` is the
+    log's key for secret values (None: secret params are not compared, and the report says so)."""
     opened = record.opened
     if not isinstance(opened, Opened):
         runs = ", ".join(program_runs_of(record)) or "none"
@@ -168,6 +179,7 @@ def replay_run(
     divergences = list(gate.divergences)
     if gate.calls < len(gate.decisions):
         divergences.append(f"the replay made {gate.calls} calls, the recorded run {len(gate.decisions)}")
+    checked = _quota_divergences(record, contract, log, divergences) if log is not None else 0
     return ReplayReport(
         run_id=opened.run_id,
         recorded_calls=len(gate.decisions),
@@ -176,7 +188,30 @@ def replay_run(
         recorded_outcome=record.sealed.outcome if isinstance(record.sealed, Sealed) else None,
         replayed_outcome=outcome_json(outcome),
         notes=tuple(gate.notes),
+        quotas_checked=checked,
     )
+
+
+def _quota_divergences(record: RunRecord, contract: CompiledContract, log: AuditLog, found: list[str]) -> int:
+    """Recount each recorded quota total from the log; append the differences; return how many matched.
+    A total depends on the whole log at the time of the call (other runs' calls), not on this run's
+    program, so it is recounted from the receipts written before the Decision, not replayed."""
+    windows = {q.id: q.window_seconds for rule in contract.gate.operations.values() for q in rule.quotas}
+    matched = 0
+    for decision in (r for r in record.receipts if isinstance(r, Decision) and r.quotas):
+        totals = recount(log.path, decision, windows)
+        for seen in decision.quotas:
+            if seen.id not in totals:
+                found.append(f"call {decision.call}: quota {seen.id} is not in the pinned contract; not recounted")
+            elif totals[seen.id] != seen.total:
+                found.append(
+                    f"call {decision.call}: quota {seen.id} key {seen.key} recorded a total of {seen.total}, the log "
+                    f"before it counts {totals[seen.id]} (a failed outcome written while the call was being decided "
+                    "also makes this difference; the recorded total is what the gate saw)"
+                )
+            else:
+                matched += 1
+    return matched
 
 
 def program_runs_of(record: RunRecord) -> list[str]:

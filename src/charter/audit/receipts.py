@@ -43,6 +43,7 @@ __all__ = [
     "Opened",
     "Opening",
     "Outcome",
+    "QuotaSeen",
     "Receipt",
     "Sealed",
     "StoredReceipt",
@@ -98,6 +99,17 @@ class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fingerprint: str
 
 
+class QuotaSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One quota as the gate checked it for a call (charter.gate._quotas)."""
+
+    id: str
+    key: str  # canonical JSON of the `per` values
+    amount: int  # what this call adds: the sum's value (cents for money), or 1
+    total: int  # counted in the window before this call
+    max: int
+    window: str  # as the contract writes it: 24h, 30d, run
+
+
 class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     call: int  # the program's call number, from 1
     operation: str
@@ -122,6 +134,9 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     # Params declared `secret: true` whose values `arguments` and `args_sha256` hold as
     # HMAC digests ("hmac-sha256:<key id>:<hex>", keys/secrets.key), never in plain text.
     secret_params: tuple[str, ...] = ()
+    # Since release 0.3 (contract v2 quotas): each quota checked for this call; an ALLOW's
+    # amounts are counted in the audit store's quota index (charter.audit.quotas).
+    quotas: tuple[QuotaSeen, ...] = ()
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):

@@ -20,6 +20,7 @@ from typing import Any
 
 from charter.audit import AuditLog, verify_log
 from charter.backends import InMemoryBackend
+from charter.bench._quotas import run_quota_bench
 from charter.bench.sandbox import ORDER
 from charter.compiler import compile_contract
 from charter.contract.checker import load_contract
@@ -121,6 +122,7 @@ def run_gate_bench(runs: int = 40, threads: int = 4) -> dict[str, Any]:
             if not report.ok:
                 raise RuntimeError(f"the benchmark's log does not verify: {report.findings[:3]}")
             results[mode] = {"receipts": report.receipts, "receipts_per_s": report.receipts / elapsed}
+    results["quota_check"] = run_quota_bench()  # one quota check at k = 1,000 vs one plain guard
     g, p = results["gated"], results["passthrough"]
     results["gated_share_of_passthrough"] = {
         "sequential": g["sequential_calls_per_s"] / p["sequential_calls_per_s"],

@@ -359,6 +359,9 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
         head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
         if receipt.secret_params:  # their values are keyed digests (gate._secrets)
             head += f" [secret: {', '.join(receipt.secret_params)}]"
+        head += "".join(
+            f"\n   quota {q.id} {q.key}: {q.total}+{q.amount} of {q.max}/{q.window}" for q in receipt.quotas
+        )
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
@@ -507,7 +510,7 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
         contract = Registry().get(record.opened.contract, record.opened.version)
         sandbox = Sandbox(pool_size=0)
         secret_key = log.existing_secret_key()
-        reports = [replay_run(r, contract, sandbox, secret_key) for r in records]
+        reports = [replay_run(r, contract, sandbox, log=log, secret_key=secret_key) for r in records]
     except (CharterError, ValueError) as error:
         fail(str(error))
     if as_json:
@@ -518,6 +521,8 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
             if len(reports) > 1:
                 say(f"program run {report.run_id}", "bold")
             say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
+            if report.quotas_checked:
+                say(f"quota totals recounted from the log: {report.quotas_checked} as recorded")
             for divergence in report.divergences:
                 say(f"diverged: {divergence}", "red")
             for note in report.notes:

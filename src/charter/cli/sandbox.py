@@ -118,6 +118,12 @@ def bench_gate(
         f"gated throughput as a share of pass-through: {share['sequential']:.2f} one at a time, "
         f"{share['concurrent']:.2f} concurrent"
     )
+    quota = results["quota_check"]
+    say(
+        f"quota check at k = {quota['k']:,} counted calls of its key ({quota['other_rows']:,} rows of other keys): "
+        f"{quota['quota_check_us']:,.0f} µs, a plain guard {quota['plain_guard_us']:,.0f} µs "
+        f"({quota['quota_over_guard']:.1f}x)"
+    )
     goals = results["goals"]
     say(f"goal >= 2,000 durable gated calls/s: {'met' if goals['met_calls'] else 'NOT met'}")
     say(f"goal >= 20,000 receipts/s verified: {'met' if goals['met_verify'] else 'NOT met'}")

@@ -30,6 +30,7 @@ __all__ = [
     "LimitsSpec",
     "OperationRule",
     "ParamSpec",
+    "QuotaRule",
     "TransitionRule",
 ]
 
@@ -49,6 +50,20 @@ class GuardRule(_Frozen, frozen=True):
     when: str  # CEL source; the gate compiles it once when it loads the table
     message: str
     boundaries: tuple[str, ...]  # ids of the hard boundaries this guard enforces
+
+
+class QuotaRule(_Frozen, frozen=True):
+    """A total over time, counted from the audit log (charter.gate._quotas)."""
+
+    id: str
+    sum: str | None  # CEL: the amount each allowed call adds; None: each call adds 1
+    per: tuple[str, ...]  # CEL keys: the total is kept per value of these
+    window: str  # as written: 90m, 24h, 30d, run
+    window_seconds: int | None  # None: this run only
+    max: int  # calls, or the sum (integer cents for money)
+    message: str
+    boundaries: tuple[str, ...]  # ids of the hard boundaries this quota enforces
+    money: bool = False  # the sum is money: amounts are integer cents, shown as 2000.00
 
 
 class TransitionRule(_Frozen, frozen=True):
@@ -80,7 +95,9 @@ class BindingSpec(_Frozen, frozen=True):
     http: HttpEndpointSpec | None = None
 
 
-class OperationRule(_Frozen, frozen=True):
+class OperationRule(_Frozen, frozen=True, omit_defaults=True):
+    # omit_defaults: a v2 rule an operation does not use (quotas: ()) is left out of the
+    # encoded gate table, so a contract that uses none compiles to the same artifact as before.
     name: str
     kind: Literal["read", "write"]
     doc: str
@@ -99,6 +116,7 @@ class OperationRule(_Frozen, frozen=True):
     binding: BindingSpec
     # Params declared `secret: true`: receipts hold HMAC digests of their values (gate._secrets)
     secret: tuple[str, ...] = ()
+    quotas: tuple[QuotaRule, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):

@@ -21,10 +21,12 @@ from charter.compiler.artifact import (
     LimitsSpec,
     OperationRule,
     ParamSpec,
+    QuotaRule,
     TransitionRule,
 )
 from charter.compiler.canonical import canonical_json, content_hash
 from charter.compiler.render import RenderView, render
+from charter.contract._quotas import parse_window, sums_money
 from charter.contract._secrets import secret_params
 from charter.contract.checker import CheckedContract, endpoint_placement, entity_reader, state_enum_name
 from charter.contract.model import Contract, Operation
@@ -156,6 +158,20 @@ def _operation_rule(
         reader=entity_reader(model, op.entity) if op.entity and op.key else None,
         binding=_binding(model, name, op),
         secret=secret_params(op),
+        quotas=tuple(
+            QuotaRule(
+                id=q.id,
+                sum=q.sum,
+                per=tuple(q.per),
+                window=q.window,
+                window_seconds=parse_window(q.window),
+                max=q.max,
+                message=q.message,
+                boundaries=_enforcing(boundaries, f"quota:{q.id}"),
+                money=sums_money(q.sum, params),
+            )
+            for q in op.quotas
+        ),
     )
 
 
@@ -215,6 +231,7 @@ def _render_view(model: Contract, gate: GateTable) -> RenderView:
                 [
                     *(op.transition.boundaries if op.transition else ()),
                     *(b for g in op.guards for b in g.boundaries),
+                    *(b for q in op.quotas for b in q.boundaries),
                     *op.after_boundaries,
                     *_enforcing(gate.boundaries, f"approval:{op.name}"),
                     *_enforcing(gate.boundaries, f"scope:{op.name}"),

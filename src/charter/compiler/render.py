@@ -10,6 +10,7 @@ from typing import Any
 import jinja2
 
 from charter._paths import shipped_dir
+from charter.contract._quotas import notation
 
 __all__ = ["RenderView", "render", "render_text", "templates_dir"]
 
@@ -30,6 +31,7 @@ def _environment() -> jinja2.Environment:
     )
     # Enum values and states are checked to be snake_case, so plain quoting is exact.
     environment.filters["quoted"] = lambda value: f'"{value}"'
+    environment.filters["quota"] = lambda q: notation(q.max, q.window, q.per, money=q.money)
     return environment
 
 

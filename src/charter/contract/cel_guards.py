@@ -36,6 +36,7 @@ __all__ = [
     "check_guard",
     "names_used",
     "raw_principal_comparisons",
+    "sample_variables",
     "suggest",
 ]
 
@@ -467,3 +468,17 @@ def _samples(
         name: {k: _sample(v, records, enums, n, (name, k), nulls) for k, v in fields.items()}
         for name, fields in variables.items()
     }
+
+
+def sample_variables(
+    variables: Mapping[str, Fields],
+    records: Mapping[str, Fields],
+    enums: Mapping[str, Sequence[str]],
+    n: int,
+    *,
+    all_null: bool = False,
+) -> dict[str, Any]:
+    """Typed sample values of `variables` (n = 0 or 1), as a rule's CEL sees them; with `all_null`,
+    every optional value is null. For rules that give a value rather than a bool (quota sums and keys)."""
+    nulls = frozenset(_nullable(variables, records)) if all_null else frozenset()
+    return _samples(variables, records, enums, n, nulls)

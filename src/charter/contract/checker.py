@@ -21,6 +21,7 @@ import pydantic
 from pydantic import BaseModel
 
 from charter._paths import allowed_modules
+from charter.contract._quotas import check_quota_ref, check_quotas
 from charter.contract._secrets import check_secret_params
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
@@ -265,6 +266,7 @@ class _Checker:
     params: dict[str, dict[str, TypeRef]] = field(default_factory=dict)
     returns: dict[str, TypeRef | None] = field(default_factory=dict)
     guard_ids: dict[str, str] = field(default_factory=dict)  # guard id -> operation
+    quota_ids: dict[str, str] = field(default_factory=dict)  # quota id -> operation
     # Records and operations with a type that did not resolve: their guards are not checked,
     # so one typo yields one error rather than a cascade.
     unresolved: set[str] = field(default_factory=set)
@@ -599,7 +601,6 @@ class _Checker:
         path: DocPath = ("operations", name)
         pending = {
             "lookups": bool(op.lookups),
-            "quotas": bool(op.quotas),
             "after": not isinstance(op.after, list) or any(isinstance(a, AnyOf) for a in op.after),
             "requires_approval": not isinstance(op.requires_approval, bool),
         }
@@ -720,6 +721,7 @@ class _Checker:
                 self.warnings.append(
                     Problem(self.source.file, pos.line, pos.column, f"warning: guard '{guard.id}' {advice}")
                 )
+        check_quotas(self, name, op, variables)
 
     def _check_binding(self, name: str, op: Operation) -> None:
         default = self.model.binding
@@ -899,6 +901,7 @@ class _Checker:
                         f"boundary '{boundary.id}' is enforced by unknown guard '{rule.guard}'"
                         + suggest(rule.guard, self.guard_ids),
                     )
+                check_quota_ref(self, boundary.id, rule, rpath)
                 if rule.approval is not None or rule.scope is not None:
                     self._check_operation_rule(boundary.id, rule.kind, rule.target, (*rpath, rule.kind))
                 if rule.sequence is not None and rule.sequence not in sequences:

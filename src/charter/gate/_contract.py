@@ -18,7 +18,12 @@ Checks, in this order; the first that fails decides, with its reason code:
     entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
 10. the lifecycle allows the transition from its current state   STATE_VIOLATION
 11. every CEL guard holds                                        GUARD_VIOLATION
-12. the operation does not need a human approval: last, so an approval is never
+12. every quota over time has room for this call: the total counted in its window
+    (from the audit store's index of allowed Decision receipts) plus this call's
+    amount is at most `max`; read under a per-(contract, quota, key) lock held until
+    the Decision receipt is durable, so racing runs cannot both pass (`_quotas`)
+                                                                 QUOTA_EXCEEDED
+13. the operation does not need a human approval: last, so an approval is never
     asked for a call the contract forbids anyway                 APPROVAL_REQUIRED
 
 Checks that need no backend come first, so a call refused anyway never reads state.
@@ -49,8 +54,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -73,6 +79,7 @@ from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
+from charter.gate._quotas import QuotaChecks, QuotaHold, QuotaSession, utc_now
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
 from charter.gate._secrets import (
@@ -127,10 +134,15 @@ class _CompiledGuard:
 class ContractGate:
     """Built once per contract version and backend; `session` gives each run its own state."""
 
-    def __init__(self, contract: CompiledContract, backend: Backend) -> None:
+    def __init__(
+        self, contract: CompiledContract, backend: Backend, *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        """`clock`: the gate's UTC clock (quota windows and decision times); tests inject one."""
         self.contract = contract
         self.backend = backend
+        self.clock = clock
         table = contract.gate
+        self._quotas = QuotaChecks(table)
         self._table = table
         self._checker = ArgumentChecker.for_table(table)
         self._results = ResultChecker(table)
@@ -205,6 +217,7 @@ class GateSession:
         self._end_lock = threading.Lock()
         self._ended: str | None = None
         self._unstarted: dict[int, CallRequest] = {}
+        self._quotas = QuotaSession(gate._quotas, recorder.quotas, gate.clock, gate.boundary_note)
 
     def close(self, reason: str) -> None:
         """The run is over (`reason` says how): from now on nothing acts. An allowed call whose
@@ -247,6 +260,7 @@ class GateSession:
         precondition: Precondition | None = None
         idempotency_key: str | None = None
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
+        hold = QuotaHold()  # quota locks: released once the decision is recorded, on every path
         try:
             self._refuse_if_ended(request)
             if request.malformed is not None:
@@ -266,7 +280,7 @@ class GateSession:
                 if self._needs_entity(rule):
                     self._refuse_if_ended(request)  # the read reaches the backend too
                     entity, observed, precondition = self._read_entity(request, rule, arguments)
-                self._state_checks(rule, arguments, entity)
+                self._state_checks(rule, arguments, entity, hold)
             verdict = _OK if first is None else _REPLAYED
         except _Refusal as refusal:
             verdict = refusal.verdict
@@ -277,6 +291,9 @@ class GateSession:
                 "allowed unchecked (the error is kept for the operator: `charter audit show`).",
                 withheld=withhold(error),
             )
+        except BaseException:
+            hold.release()
+            raise
 
         verdict = scrubbed_verdict(verdict, self._gate._secrets.values(request))
         with self._end_lock:
@@ -287,10 +304,11 @@ class GateSession:
                 if ended is not None:
                     verdict = _run_ended(request, ended)
             self._record_decision(
-                request, recorded or self._recorded(request, None), verdict, observed, idempotency_key
+                request, recorded or self._recorded(request, None), verdict, observed, idempotency_key, hold
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
+                self._quotas.counted(request.sequence, hold)
 
         if not verdict.allowed:
             self._state.denials += 1
@@ -465,7 +483,7 @@ class GateSession:
         return entity, observed, precondition
 
     def _state_checks(
-        self, rule: OperationRule, arguments: Mapping[str, Any], entity: Mapping[str, Any] | None
+        self, rule: OperationRule, arguments: Mapping[str, Any], entity: Mapping[str, Any] | None, hold: QuotaHold
     ) -> None:
         transition = rule.transition
         if transition is not None and entity is not None:
@@ -483,6 +501,9 @@ class GateSession:
                 )
         variables = self._variables(rule, arguments, entity)
         self._guard_checks(rule, variables)
+        exceeded = self._quotas.check(rule, variables, hold)
+        if exceeded is not None:
+            raise _Refusal(exceeded)
         self._approval_check(rule, variables)
 
     def _variables(
@@ -662,20 +683,35 @@ class GateSession:
         verdict: Verdict,
         observed: Observed | None,
         idempotency_key: str | None,
+        hold: QuotaHold | None = None,
     ) -> None:
-        decision = decision_receipt(
-            request, recorded, verdict, self._gate.contract, self._principal, observed, idempotency_key
-        )
-        if verdict.withheld is not None:
-            verdict.withheld.keep(self._recorder, request.sequence, request.operation)
+        """Commit the call's Decision; `hold`'s quota locks are released once it is durable (the
+        receipt is what counts the call), or once it failed, whatever happens."""
         try:
-            self._recorder.decision(decision)
-        except AuditError as error:
-            # No receipt, no action: the call is denied even though the checks passed. The
-            # audit log's own error (a path, an SQLite message) is shown: it names no backend data.
-            raise Denied(
-                "GATE_ERROR", f"{request.operation} refused: its receipt could not be written ({error})"
-            ) from None
+            decision = decision_receipt(
+                request,
+                recorded,
+                verdict,
+                self._gate.contract,
+                self._principal,
+                observed,
+                idempotency_key,
+                quotas=hold.seen if hold is not None else (),
+                at=hold.at if hold is not None else None,
+            )
+            if verdict.withheld is not None:
+                verdict.withheld.keep(self._recorder, request.sequence, request.operation)
+            try:
+                self._recorder.decision(decision)
+            except AuditError as error:
+                # No receipt, no action: the call is denied even though the checks passed. The
+                # audit log's own error (a path, an SQLite message) is shown: it names no backend data.
+                raise Denied(
+                    "GATE_ERROR", f"{request.operation} refused: its receipt could not be written ({error})"
+                ) from None
+        finally:
+            if hold is not None:
+                hold.release()
 
     def _record_outcome(
         self,
@@ -695,6 +731,7 @@ class GateSession:
         # can no longer lose what the write did); a read's rides with the next durable receipt,
         # which precedes anything leaving the sandbox.
         write = rule is not None and rule.kind == "write"
+        self._quotas.outcome(request.sequence, status, code)
         receipt = outcome_receipt(request, status, reply, code, message, dropped, withheld)
         try:
             self._recorder.outcome(receipt, durable=write)

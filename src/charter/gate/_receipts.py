@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from charter.audit import Decision, Observed, Outcome, now_iso
+from charter.audit.receipts import QuotaSeen
 from charter.compiler.artifact import CompiledContract
 from charter.gate._protocol import CallRequest
 from charter.gate._withheld import Withheld
@@ -41,15 +42,19 @@ def decision_receipt(
     principal: Principal,
     observed: Observed | None,
     idempotency_key: str | None,
+    *,
+    quotas: tuple[QuotaSeen, ...] = (),
+    at: str | None = None,
 ) -> Decision:
     """`recorded`: the arguments' canonical JSON (None if they did not decode), sha256, and
-    the secret params whose values both hold as digests (`_secrets`)."""
+    the secret params whose values both hold as digests (`_secrets`).
+    `at`: the decision's time when a check already fixed it (quotas count from it); else now."""
     shown, digest, secret_params = recorded
     withheld = verdict.withheld
     return Decision(
         run_id=request.run_id,
         seq=0,
-        at=now_iso(),
+        at=at or now_iso(),
         call=request.sequence,
         operation=request.operation,
         args_sha256=digest,
@@ -69,6 +74,7 @@ def decision_receipt(
         error_type=withheld.error_type if withheld else None,
         error_sha256=withheld.sha256 if withheld else None,
         secret_params=secret_params,
+        quotas=quotas,
     )
 
 

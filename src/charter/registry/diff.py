@@ -30,6 +30,7 @@ from charter.contract.model import (
     param_type,
 )
 from charter.registry._bounds import bound_direction
+from charter.registry._quotas import diff_quotas
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -285,6 +286,7 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
         guard_changed,
         detail=lambda guard: guard.when,
     )
+    diff_quotas(d, where, old.quotas, new.quotas)
     d.sets(f"{where}.scopes", old.scopes, new.scopes, "required scope", "relaxation", "breaking")
     if old.public != new.public:
         # Opening a write to anyone is a governance change; closing it again shows up as the
