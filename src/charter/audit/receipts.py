@@ -39,6 +39,7 @@ __all__ = [
     "Closing",
     "Concluded",
     "Decision",
+    "LookupSeen",
     "Observed",
     "Opened",
     "Opening",
@@ -98,6 +99,17 @@ class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fingerprint: str
 
 
+class LookupSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A lookup the gate performed to decide a call (contract `lookups:`), as it saw it."""
+
+    name: str
+    operation: str  # the read operation invoked
+    arguments: str  # canonical JSON of the arguments the read got
+    fingerprint: str  # charter.backends.fingerprint of the result as the backend returned it ("" if none)
+    result: str | None  # canonical JSON of the checked value the rules saw; None above 4096 bytes or on error
+    error: str | None  # why the lookup failed (LOOKUP_FAILED), None when it succeeded
+
+
 class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     call: int  # the program's call number, from 1
     operation: str
@@ -119,6 +131,8 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     # itself is in the audit database's redactable backend_errors table, not in the log).
     error_type: str | None = None
     error_sha256: str | None = None
+    # Since contract language v2: the lookups performed for this call, in the order performed.
+    lookups: tuple[LookupSeen, ...] = ()
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):

@@ -28,6 +28,7 @@ __all__ = [
     "GuestSurface",
     "HttpEndpointSpec",
     "LimitsSpec",
+    "LookupRule",
     "OperationRule",
     "ParamSpec",
     "TransitionRule",
@@ -80,6 +81,17 @@ class BindingSpec(_Frozen, frozen=True):
     http: HttpEndpointSpec | None = None
 
 
+class LookupRule(_Frozen, frozen=True):
+    """A read the gate performs for an operation's rules (`lookups.<name>`), lazily: only when
+    the first rule naming it is evaluated, at most once per call (charter.gate._lookups)."""
+
+    name: str
+    operation: str  # a read operation of this contract, invoked with the gate's authority
+    args: dict[str, str]  # the read's param -> CEL over params and principal
+    returns: TypeRef  # the read's declared result: what guards see, and what the result is checked against
+    rules: tuple[str, ...]  # the rules that read it: "guard:known_payee", "approval", "quota:daily_outflow"
+
+
 class OperationRule(_Frozen, frozen=True):
     name: str
     kind: Literal["read", "write"]
@@ -97,6 +109,7 @@ class OperationRule(_Frozen, frozen=True):
     requires_approval: bool
     reader: str | None  # the read operation that observes the entity for state checks
     binding: BindingSpec
+    lookups: tuple[LookupRule, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):

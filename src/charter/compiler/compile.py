@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from charter.compiler._lookups import lookup_rules
 from charter.compiler.artifact import (
     BindingSpec,
     BoundaryRule,
@@ -154,6 +155,7 @@ def _operation_rule(
         requires_approval=op.requires_approval is True,
         reader=entity_reader(model, op.entity) if op.entity and op.key else None,
         binding=_binding(model, name, op),
+        lookups=lookup_rules(checked, op),
     )
 
 

@@ -53,7 +53,7 @@ from typing import Any, NoReturn
 import cel
 import msgspec
 
-from charter.audit import Observed, RunRecorder, args_digest
+from charter.audit import LookupSeen, Observed, RunRecorder, args_digest
 from charter.backends import (
     Backend,
     BackendFailure,
@@ -68,6 +68,7 @@ from charter.contract.cel_guards import activation
 from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
+from charter.gate._lookups import CallLookups, LookupFailed, Lookups
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
@@ -132,6 +133,9 @@ class ContractGate:
         self._table = table
         self._checker = ArgumentChecker.for_table(table)
         self._results = ResultChecker(table)
+        self._lookups = Lookups(
+            table, backend, self._checker, self._results, lambda v, t: _cel_value(v, t, table.records)
+        )
         self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
         for name, rule in table.operations.items():
             programs = [(g, cel.compile(g.when)) for g in rule.guards]
@@ -201,6 +205,8 @@ class GateSession:
         self._end_lock = threading.Lock()
         self._ended: str | None = None
         self._unstarted: dict[int, CallRequest] = {}
+        # The lookups of the call being decided (calls are decided one at a time in a run).
+        self._call_lookups: CallLookups = gate._lookups.start(_no_call)
 
     def close(self, reason: str) -> None:
         """The run is over (`reason` says how): from now on nothing acts. An allowed call whose
@@ -243,6 +249,7 @@ class GateSession:
         precondition: Precondition | None = None
         idempotency_key: str | None = None
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
+        self._call_lookups = lookups = gate._lookups.start(lambda: self._lookup_context(request))
         try:
             self._refuse_if_ended(request)
             if request.malformed is not None:
@@ -264,7 +271,7 @@ class GateSession:
                     entity, observed, precondition = self._read_entity(request, rule, arguments)
                 self._state_checks(rule, arguments, entity)
             verdict = _OK if first is None else _REPLAYED
-        except _Refusal as refusal:
+        except (_Refusal, LookupFailed) as refusal:
             verdict = refusal.verdict
         except Exception as error:  # fail closed: a broken check is a denial
             verdict = Verdict(
@@ -282,7 +289,12 @@ class GateSession:
                 if ended is not None:
                     verdict = _run_ended(request, ended)
             self._record_decision(
-                request, recorded or recorded_arguments(request, None), verdict, observed, idempotency_key
+                request,
+                recorded or recorded_arguments(request, None),
+                verdict,
+                observed,
+                idempotency_key,
+                tuple(lookups.seen),
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
@@ -305,6 +317,10 @@ class GateSession:
         return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
 
     # -- checks ----------------------------------------------------------------------
+
+    def _lookup_context(self, request: CallRequest) -> CallContext:
+        self._refuse_if_ended(request)  # a lookup reaches the backend too
+        return self._context(request)
 
     def _refuse_if_ended(self, request: CallRequest) -> None:
         ended = self._still_running(request)
@@ -504,12 +520,14 @@ class GateSession:
                 )
             )
 
-    def _guard_checks(self, rule: OperationRule, variables: Mapping[str, Any]) -> None:
+    def _guard_checks(self, rule: OperationRule, variables: dict[str, Any]) -> None:
         guards = self._gate._guards[rule.name]
         if not guards:
             return
         context = activation(variables)
         for guard in guards:
+            if self._call_lookups.perform(rule, f"guard:{guard.rule.id}", variables):
+                context = activation(variables)  # a lookup just performed: rules see it from here on
             if guard.uses_entity and "entity" not in variables:
                 raise _Refusal(Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
             try:
@@ -650,9 +668,10 @@ class GateSession:
         verdict: Verdict,
         observed: Observed | None,
         idempotency_key: str | None,
+        lookups: tuple[LookupSeen, ...] = (),
     ) -> None:
         decision = decision_receipt(
-            request, recorded, verdict, self._gate.contract, self._principal, observed, idempotency_key
+            request, recorded, verdict, self._gate.contract, self._principal, observed, idempotency_key, lookups
         )
         if verdict.withheld is not None:
             verdict.withheld.keep(self._recorder, request.sequence, request.operation)
@@ -692,6 +711,10 @@ class GateSession:
                 f"{request.operation} reached the backend but its outcome could not be recorded ({error}); "
                 "its result is withheld and the call stays in doubt: read the entity to learn its state.",
             ) from None
+
+
+def _no_call() -> CallContext:
+    raise RuntimeError("a lookup outside a call")  # a session performs lookups only inside `call`
 
 
 def _run_ended(request: CallRequest, why: str) -> Verdict:

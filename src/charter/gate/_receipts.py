@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
-from charter.audit import Decision, Observed, Outcome, now_iso
+from charter.audit import Decision, LookupSeen, Observed, Outcome, now_iso
 from charter.compiler.artifact import CompiledContract
 from charter.gate._protocol import CallRequest
 from charter.gate._withheld import Withheld
@@ -41,6 +41,7 @@ def decision_receipt(
     principal: Principal,
     observed: Observed | None,
     idempotency_key: str | None,
+    lookups: tuple[LookupSeen, ...] = (),
 ) -> Decision:
     """`recorded`: the arguments' canonical JSON (None if they did not decode) and sha256."""
     shown, digest = recorded
@@ -67,6 +68,7 @@ def decision_receipt(
         observed=observed,
         error_type=withheld.error_type if withheld else None,
         error_sha256=withheld.sha256 if withheld else None,
+        lookups=lookups,
     )
 
 
