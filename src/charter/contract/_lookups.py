@@ -55,6 +55,7 @@ class _Checker(Protocol):
     records: dict[str, dict[str, TypeRef]]
     enums: dict[str, tuple[str, ...]]
     warnings: list[Problem]
+    unresolved: set[str]
 
     @property
     def named(self) -> Any: ...
@@ -95,9 +96,11 @@ def check_lookups(checker: _Checker, name: str, op: Operation, variables: Mappin
         lpath: DocPath = ("operations", name, "lookups", lname)
         if not _SNAKE.match(lname):
             checker.fail(lpath, f"lookup name '{lname}' of '{name}' must be lower snake_case", key=True)
+            checker.unresolved.add(name)  # its rules are not type-checked: one mistake, one message
             continue
         returns = _check_read(checker, name, lname, lookup.operation, lpath)
         if returns is None:
+            checker.unresolved.add(name)
             continue
         fields[lname] = returns
         read = checker.model.operations[lookup.operation]
@@ -195,7 +198,8 @@ def check_arg(
     except Exception:  # let check_guard word the syntax error, with its column
         return check_guard(source, variables, records, enums)
     # Names, functions and fields, checked as in a guard: `x == x` is a guard over them.
-    problems = check_guard(f"({source}) == ({source})", variables, records, enums)
+    found = check_guard(f"({source}) == ({source})", variables, records, enums)
+    problems = list(dict.fromkeys(p.replace("this guard may use", "a lookup arg may use") for p in found))
     if problems:
         return problems
     chain = _CHAIN.match(source)

@@ -1,0 +1,450 @@
+"""Lookups (contract language v2): reads the gate performs before deciding, with the real
+sandbox, the contract gate, a Python backend and a real audit log on SQLite."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from charter.audit import AuditLog, Decision, LookupSeen
+from charter.backends import (
+    BackendFailure,
+    BackendNotFound,
+    BackendUnavailable,
+    CallContext,
+    ContractBackend,
+    fingerprint,
+)
+from charter.compiler import CompiledContract, compile_contract
+from charter.contract import load_contract
+from charter.errors import ContractError
+from charter.principal import Principal
+from charter.runner import Runner
+from charter.sandbox import Sandbox
+from tests.conftest import ROOT, WriteContract
+
+CONTRACT = ROOT / "tests" / "data" / "lookups.yaml"
+PAYER = Principal("ada", frozenset({"pay:write", "mail:write"}))
+LANDLORD = "GB29NWBK60161331926819"
+PAYEES_JSON = '[{"iban":"GB29NWBK60161331926819","name":"Landlord"},{"iban":"DE89370400440532013000","name":"Gym"}]'
+
+
+class Counting(ContractBackend):
+    """The test backend, counting what it was asked to do, with faults injected per operation."""
+
+    def __init__(self, contract: CompiledContract, faults: Mapping[str, Any]) -> None:
+        super().__init__(contract)
+        self.faults = dict(faults)
+        self.invoked: list[tuple[str, dict[str, Any]]] = []
+
+    def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
+        self.invoked.append((operation, dict(arguments)))
+        fault = self.faults.get(operation)
+        if isinstance(fault, BaseException):
+            raise fault
+        result = super().invoke(operation, arguments, context)
+        return fault(result) if callable(fault) else result
+
+    @property
+    def operations(self) -> list[str]:
+        return [name for name, _ in self.invoked]
+
+
+class Harness:
+    def __init__(self, log: AuditLog, sandbox: Sandbox) -> None:
+        self.log = log
+        self.sandbox = sandbox
+        self.contract = compile_contract(load_contract(CONTRACT))
+
+    def run(self, program: str, **faults: Any) -> tuple[Any, Counting, list[Decision]]:
+        backend = Counting(self.contract, faults)
+        runner = Runner(audit=self.log, sandbox=self.sandbox, backend_for=lambda _: backend)
+        execution = runner.execute(program, contract=self.contract, principal=PAYER)
+        decided = [r for r in self.log.run(execution.run_id).receipts if isinstance(r, Decision)]
+        return execution, backend, decided
+
+
+@pytest.fixture
+def harness(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Harness]:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.data import lookups_state as data
+
+    saved = copy.deepcopy((data.PAYEES, data.ACCOUNTS, data.CONTACTS))
+    data.SENT.clear()
+    yield Harness(AuditLog(charter_home / "audit.db"), shared_sandbox)
+    data.PAYEES, data.ACCOUNTS, data.CONTACTS = saved
+    data.SENT.clear()
+
+
+def pay(recipient: str, amount: str = "10.00", account: str = "acc-1") -> str:
+    return (
+        "from decimal import Decimal\n"
+        f"r = mailer.send_payment(account={account!r}, recipient={recipient!r}, amount=Decimal({amount!r}))\n"
+        "conclude(r)\n"
+    )
+
+
+def mail(*recipients: str) -> str:
+    return f"conclude(mailer.send_mail(recipients={list(recipients)!r}, body='hi'))\n"
+
+
+def sent() -> list[dict[str, Any]]:
+    from tests.data import lookups_state as data
+
+    return data.SENT
+
+
+# -- allow and deny, with the exact receipt --------------------------------------------------
+
+
+def test_a_payment_to_a_known_payee_is_allowed_and_the_decision_records_both_lookups(harness: Harness) -> None:
+    from tests.data import lookups_state as data
+
+    execution, backend, [decision] = harness.run(pay(LANDLORD))
+    assert execution.status == "done", execution.outcome
+    assert sent() == [{"account": "acc-1", "recipient": LANDLORD, "amount": "10.00"}]
+    # The gate read the payees, then the account (when within_limit was evaluated), then the write ran.
+    assert backend.invoked == [
+        ("list_payees", {"account": "acc-1"}),
+        ("get_account", {"id": "acc-1"}),
+        ("send_payment", {"account": "acc-1", "recipient": LANDLORD, "amount": pytest.approx(10)}),
+    ]
+    assert (decision.decision, decision.code) == ("ALLOW", "OK")
+    assert decision.lookups == (
+        LookupSeen(
+            name="payees",
+            operation="list_payees",
+            arguments='{"account":"acc-1"}',
+            fingerprint=fingerprint(data.PAYEES["acc-1"]),
+            result=PAYEES_JSON,
+            error=None,
+        ),
+        LookupSeen(
+            name="account",
+            operation="get_account",
+            arguments='{"id":"acc-1"}',
+            fingerprint=fingerprint(data.ACCOUNTS["acc-1"]),
+            result='{"id":"acc-1","limit":"500.00","owner":"ada"}',
+            error=None,
+        ),
+    )
+
+
+def test_a_payment_to_an_unknown_iban_is_denied_by_the_lookup_guard(harness: Harness) -> None:
+    execution, backend, [decision] = harness.run(pay("XX00ATTACKER"))
+    assert execution.status == "refused"
+    assert sent() == []
+    assert backend.operations == ["list_payees"]  # the account is never read: known_payee decided first
+    assert (decision.decision, decision.code, decision.clause, decision.boundary) == (
+        "DENY",
+        "GUARD_VIOLATION",
+        "guard:known_payee",
+        "known_payees_only",
+    )
+    assert decision.message == (
+        "send_payment refused: The recipient must be one of the account's known payees. (guard known_payee) "
+        "(hard boundary known_payees_only: Money goes only to the account's known payees.)"
+    )
+    assert [(s.name, s.arguments, s.result, s.error) for s in decision.lookups] == [
+        ("payees", '{"account":"acc-1"}', PAYEES_JSON, None)
+    ]
+
+
+def test_an_optional_lookup_result_is_null_tested_and_a_missing_account_denies(harness: Harness) -> None:
+    from tests.data import lookups_state as data
+
+    data.PAYEES["acc-2"] = data.PAYEES["acc-1"]  # known payees, but no account acc-2
+    execution, backend, [decision] = harness.run(pay(LANDLORD, account="acc-2"))
+    assert execution.status == "refused"
+    assert (decision.code, decision.clause) == ("GUARD_VIOLATION", "guard:within_limit")
+    assert [(s.name, s.result) for s in decision.lookups] == [("payees", PAYEES_JSON), ("account", "null")]
+    assert backend.operations == ["list_payees", "get_account"]
+
+
+def test_the_limit_read_by_lookup_is_money_in_cents_like_params(harness: Harness) -> None:
+    allowed, _, _ = harness.run(pay(LANDLORD, amount="500.00"))
+    assert allowed.status == "done", allowed.outcome
+    denied, _, [decision] = harness.run(pay(LANDLORD, amount="500.01"))
+    assert denied.status == "refused"
+    assert decision.clause == "guard:within_limit"
+
+
+def test_lookups_are_not_performed_when_an_earlier_check_denies(harness: Harness) -> None:
+    # An earlier guard of the same operation: no lookup, since no rule naming one was evaluated.
+    execution, backend, [decision] = harness.run(pay(LANDLORD, amount="0"))
+    assert (decision.code, decision.clause) == ("GUARD_VIOLATION", "guard:positive_amount")
+    assert backend.invoked == []
+    assert decision.lookups == ()
+    # A check before the guards (argument types): nothing reaches the backend either.
+    program = (
+        'host = conclude.__globals__["host"]\n'  # the raw host import, past the typed proxies
+        "try:\n"
+        '    host.call(\'send_payment\', \'{"account": "acc-1", "recipient": 1, "amount": "1"}\')\n'
+        "except Exception as error:\n"
+        "    refuse(error.value)\n"
+    )
+    execution, backend, [decision] = harness.run(program)
+    assert decision.code == "INVALID_ARGUMENTS"
+    assert backend.invoked == []
+    assert decision.lookups == ()
+
+
+def test_a_lookup_is_performed_once_per_call_and_again_for_the_next_call(harness: Harness) -> None:
+    program = pay(LANDLORD).replace("conclude(r)\n", "") + pay(LANDLORD, amount="20.00")
+    execution, backend, decided = harness.run(program)
+    assert execution.status == "done", execution.outcome
+    assert backend.operations == [
+        "list_payees",
+        "get_account",
+        "send_payment",
+        "list_payees",
+        "get_account",
+        "send_payment",
+    ]
+    assert [len(d.lookups) for d in decided] == [2, 2]
+
+
+# -- list params checked element-wise ----------------------------------------------------------
+
+
+def test_every_recipient_of_a_mail_must_be_a_known_contact(harness: Harness) -> None:
+    allowed, backend, [decision] = harness.run(mail("bob@example.com", "eve@example.com"))
+    assert allowed.status == "done", allowed.outcome
+    assert backend.operations == ["list_contacts", "send_mail"]
+    assert decision.lookups[0].result == (
+        '[{"email":"bob@example.com","name":"Bob","note":null},{"email":"eve@example.com","name":"Eve","note":null}]'
+    )
+    denied, backend, [decision] = harness.run(mail("bob@example.com", "mallory@evil.example"))
+    assert denied.status == "refused"
+    assert (decision.code, decision.clause) == ("GUARD_VIOLATION", "guard:known_recipients")
+    assert backend.operations == ["list_contacts"]
+    assert sent() == [{"recipients": ["bob@example.com", "eve@example.com"], "body": "hi"}]
+
+
+# -- LOOKUP_FAILED: every way a lookup can fail to give a checked value ------------------------
+
+
+SECRET = "connection string postgres://admin:hunter2@db"
+
+
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [
+        (RuntimeError(SECRET), "the read failed"),
+        (
+            BackendFailure("BACKEND_ERROR", "payee service said no", detail=SECRET),
+            "the read failed (payee service said no)",
+        ),
+        (BackendNotFound("NOT_FOUND", "no such account"), "nothing was found (no such account)"),
+        (
+            BackendUnavailable("binding module missing", detail=SECRET),
+            "the backend cannot perform it (binding module missing)",
+        ),
+        (
+            lambda payees: [{"iban": 7, "name": "x"}],
+            "its result is not the contract's list[Payee] (Expected `str`, got `int` - at `$[0].iban`)",
+        ),
+        (
+            lambda payees: {"iban": LANDLORD},
+            "its result is not the contract's list[Payee] (Expected `array`, got `object` - at `$`)",
+        ),
+    ],
+    ids=["raises", "backend-failure", "not-found", "unavailable", "mistyped-field", "wrong-shape"],
+)
+def test_a_lookup_that_fails_denies_lookup_failed_naming_it(harness: Harness, fault: Any, why: str) -> None:
+    execution, backend, [decision] = harness.run(pay(LANDLORD), list_payees=fault)
+    assert execution.status == "refused"
+    assert sent() == []
+    assert backend.operations == ["list_payees"]
+    message = (
+        f"send_payment refused: lookup payees (list_payees) failed: {why}; the gate does not decide on a value it "
+        "could not read."
+    )
+    assert (decision.decision, decision.code, decision.message) == ("DENY", "LOOKUP_FAILED", message)
+    assert decision.clause == "lookup:send_payment.payees"
+    assert execution.reason is not None and message in execution.reason
+    assert SECRET not in execution.reason
+    assert SECRET not in decision.message
+    [seen] = decision.lookups
+    assert (seen.name, seen.operation, seen.arguments, seen.result, seen.error) == (
+        "payees",
+        "list_payees",
+        '{"account":"acc-1"}',
+        None,
+        why,
+    )
+    withheld = harness.log.backend_errors(execution.run_id)
+    if isinstance(fault, RuntimeError) or getattr(fault, "detail", None):
+        assert [w.message for w in withheld] == [SECRET]  # for the operator only
+        assert decision.error_sha256 is not None
+
+
+def test_a_lookup_arg_that_cannot_be_evaluated_denies_lookup_failed(
+    write_contract: WriteContract, charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    # 10 / amount-in-cents divides by zero for a zero amount: a value fault check cannot see.
+    text = CONTRACT.read_text(encoding="utf-8").replace(
+        "args: {account: params.account}}", "args: {account: 'params.account + string(10 / params.amount)'}}"
+    )
+    text = text.replace(
+        "      - id: positive_amount\n        when: params.amount > 0\n",
+        "      - id: positive_amount\n        when: 'true'\n",
+    )
+    contract = compile_contract(load_contract(write_contract(text)))
+    backend = Counting(contract, {})
+    runner = Runner(audit=AuditLog(charter_home / "audit.db"), sandbox=shared_sandbox, backend_for=lambda _: backend)
+    execution = runner.execute(pay(LANDLORD, amount="0"), contract=contract, principal=PAYER)
+    assert execution.status == "refused"
+    assert backend.invoked == []
+    [decision] = [r for r in runner.audit.run(execution.run_id).receipts if isinstance(r, Decision)]
+    assert decision.code == "LOOKUP_FAILED"
+    assert "lookup payees (list_payees) failed: its arg 'account' could not be evaluated" in decision.message
+    assert decision.lookups[0].arguments == "null"
+
+
+# -- check time --------------------------------------------------------------------------------
+
+
+def check_errors(write_contract: WriteContract, replace: dict[str, str]) -> list[str]:
+    text = CONTRACT.read_text(encoding="utf-8")
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    with pytest.raises(ContractError) as caught:
+        load_contract(write_contract(text))
+    return [f"{p.line}:{p.column}: {p.message}" for p in caught.value.problems]
+
+
+LOOKUP_ERRORS = [
+    pytest.param(
+        {"operation: list_payees,": "operation: list_payes,"},
+        ["34:27: lookup 'payees' of 'send_payment' names unknown operation 'list_payes' (did you mean 'list_payees'?)"],
+        id="unknown_operation",
+    ),
+    pytest.param(
+        {"operation: list_payees,": "operation: send_mail,"},
+        [
+            "34:27: lookup 'payees' of 'send_payment' names write operation 'send_mail'; only a `kind: read` "
+            "operation may be looked up (the gate performs a lookup before deciding, so it must not act)"
+        ],
+        id="lookup_of_a_write",
+    ),
+    pytest.param(
+        {"args: {account: params.account}": "args: {acount: params.account}"},
+        [
+            "34:46: lookup 'payees' of 'send_payment' does not pass account, required by 'list_payees': add "
+            "`args: {account: <CEL over params and principal>}`",
+            "34:47: lookup 'payees' of 'send_payment' passes 'acount', which is not a param of 'list_payees' "
+            "(did you mean 'account'?)",
+        ],
+        id="unknown_arg_and_missing_param",
+    ),
+    pytest.param(
+        {"args: {account: params.account}": "args: {account: params.amount}"},
+        ["34:56: lookup 'payees' of 'send_payment', arg 'account': params.amount is money, but the param is str"],
+        id="arg_of_the_wrong_type",
+    ),
+    pytest.param(
+        {"args: {account: params.account}": "args: {account: params.acount}"},
+        [
+            "34:56: lookup 'payees' of 'send_payment', arg 'account': 'params' has no field 'acount' "
+            "(did you mean 'account'?)"
+        ],
+        id="arg_unknown_field",
+    ),
+    pytest.param(
+        {"args: {account: params.account}": "args: {account: entity.id}"},
+        [
+            "34:56: lookup 'payees' of 'send_payment', arg 'account': unknown name 'entity'; a lookup arg may use params, "
+            "principal"
+        ],
+        id="arg_uses_a_name_it_may_not",
+    ),
+    pytest.param(
+        {"args: {account: params.account}": "args: {account: 'size(params.recipient)'}"},
+        [
+            "34:56: lookup 'payees' of 'send_payment', arg 'account': size(params.recipient) gives money or int, but the param is str"
+        ],
+        id="arg_expression_of_the_wrong_type",
+    ),
+    pytest.param(
+        {"      payees: {operation": "      Payees: {operation"},
+        ["34:7: lookup name 'Payees' of 'send_payment' must be lower snake_case"],
+        id="lookup_name_not_snake_case",
+    ),
+    pytest.param(
+        {"p.iban == params.recipient": "p.ibna == params.recipient"},
+        ["41:15: guard 'known_payee': unknown field 'ibna' (did you mean 'iban'?)"],
+        id="misspelled_field_inside_a_macro_over_a_lookup",
+    ),
+    pytest.param(
+        {"params.amount <= lookups.account.limit": "params.amount <= lookups.account.limt"},
+        ["44:15: guard 'within_limit': 'lookups.account' has no field 'limt' (did you mean 'limit'?)"],
+        id="misspelled_field_of_a_record_lookup",
+    ),
+    pytest.param(
+        {"lookups.account != null && params.amount": "params.amount"},
+        ["44:15: guard 'within_limit': lookups.account may be null; test lookups.account != null first"],
+        id="optional_lookup_without_a_null_test",
+    ),
+    pytest.param(
+        {"lookups.payees.exists(p, p.iban == params.recipient)": "lookups.payes.exists(p, p.iban == params.recipient)"},
+        ["41:15: guard 'known_payee': 'lookups' has no field 'payes' (did you mean 'payees'?)"],
+        id="guard_names_an_undeclared_lookup",
+    ),
+    pytest.param(
+        {"p.iban == params.recipient": "p.iban.startsWith(params.amount)"},
+        [
+            "41:15: guard 'known_payee': type error: startsWith() is not defined for the given argument types "
+            "(CEL never converts types; money is an int of cents in guards)"
+        ],
+        id="lookup_field_compared_with_another_type",
+    ),
+    pytest.param(
+        {"c.email == r": "c.note.startsWith(r)"},
+        [
+            "56:15: guard 'known_recipients': lookups.contacts.note may be null; test lookups.contacts.note != null "
+            "first"
+        ],
+        id="optional_field_of_a_lookup_item",
+    ),
+]
+
+
+@pytest.mark.parametrize(("replace", "expected"), LOOKUP_ERRORS)
+def test_malformed_lookups_get_exact_messages(
+    write_contract: WriteContract, replace: dict[str, str], expected: list[str]
+) -> None:
+    assert check_errors(write_contract, replace) == expected
+
+
+def test_a_lookup_no_rule_uses_is_a_warning(write_contract: WriteContract) -> None:
+    text = CONTRACT.read_text(encoding="utf-8").replace(
+        "      contacts: {operation: list_contacts}\n",
+        "      contacts: {operation: list_contacts}\n      spare: {operation: list_contacts}\n",
+    )
+    checked = load_contract(write_contract(text))
+    assert [f"{w.line}:{w.column}: {w.message}" for w in checked.warnings] == [
+        "54:7: warning: lookup 'spare' of 'send_mail' is used by no guard, approval or quota of it, so the gate "
+        "never performs it; use it as lookups.spare or remove it"
+    ]
+    rule = compile_contract(checked).gate.operations["send_mail"]
+    assert [(lk.name, lk.rules) for lk in rule.lookups] == [("contacts", ("guard:known_recipients",)), ("spare", ())]
+
+
+# -- prompt and stubs: the model sees the rule's message, not how the gate checks it -----------
+
+
+def test_a_lookup_guards_message_reaches_the_prompt_and_the_stubs() -> None:
+    compiled = compile_contract(load_contract(CONTRACT))
+    assert "Mail goes only to known contacts." in compiled.prompt_context
+    assert "Guard `known_recipients`: Mail goes only to known contacts." in compiled.stub_source
+    assert "Guard `known_payee`: The recipient must be one of the account's known payees." in compiled.stub_source
+    assert "lookups" not in compiled.prompt_context
+    assert "list_contacts()" in compiled.prompt_context
