@@ -448,3 +448,63 @@ def test_a_lookup_guards_message_reaches_the_prompt_and_the_stubs() -> None:
     assert "Guard `known_payee`: The recipient must be one of the account's known payees." in compiled.stub_source
     assert "lookups" not in compiled.prompt_context
     assert "list_contacts()" in compiled.prompt_context
+
+
+# -- diff --------------------------------------------------------------------------------------
+
+KNOWN_PAYEE = (
+    "      - id: known_payee\n"
+    "        when: lookups.payees.exists(p, p.iban == params.recipient)\n"
+    "        message: The recipient must be one of the account's known payees.\n"
+)
+PAYEES_LOOKUP = "      payees: {operation: list_payees, args: {account: params.account}}\n"
+
+
+def changes(write_contract: WriteContract, before: dict[str, str], after: dict[str, str]) -> set[tuple[str, str]]:
+    from charter.registry import diff_contracts
+
+    def version(replace: dict[str, str], file: str) -> Any:
+        text = CONTRACT.read_text(encoding="utf-8")
+        for old, new in replace.items():
+            assert old in text, old
+            text = text.replace(old, new, 1)
+        return load_contract(write_contract(text, name=file)).model
+
+    return {(c.kind, c.message) for c in diff_contracts(version(before, "a.yaml"), version(after, "b.yaml"))}
+
+
+NO_PAYEE_RULE = {KNOWN_PAYEE: "", PAYEES_LOOKUP: "", "    enforced_by: [{guard: known_payee}]": "    advisory: true"}
+
+
+def test_diff_a_removed_lookup_guard_is_a_relaxation_and_an_added_one_breaking(write_contract: WriteContract) -> None:
+    removed = changes(write_contract, {}, NO_PAYEE_RULE)
+    guard = "guard 'known_payee' removed (lookups.payees.exists(p, p.iban == params.recipient))"
+    lookup = "lookup 'payees' removed (list_payees(account: params.account))"
+    assert ("relaxation", guard) in removed
+    assert ("relaxation", lookup) in removed
+    added = changes(write_contract, NO_PAYEE_RULE, {})
+    assert ("breaking", guard.replace("removed", "added")) in added
+    assert (
+        "breaking",
+        "lookup 'payees' added (list_payees(account: params.account)): the gate reads it before deciding",
+    ) in added
+
+
+def test_diff_a_changed_lookup_may_deny_more_and_allow_more(write_contract: WriteContract) -> None:
+    other = {"args: {account: params.account}}": "args: {account: principal.id}}"}
+    message = "lookup 'payees' changed from list_payees(account: params.account) to list_payees(account: principal.id)"
+    assert changes(write_contract, {}, other) == {
+        ("breaking", message + " (its rules check other data: may deny more)"),
+        ("relaxation", message + " (its rules check other data: may allow more)"),
+    }
+
+
+def test_diff_a_lookup_no_rule_reads_is_additive(write_contract: WriteContract) -> None:
+    spare = {
+        "      contacts: {operation: list_contacts}\n": (
+            "      contacts: {operation: list_contacts}\n      spare: {operation: list_contacts}\n"
+        )
+    }
+    assert changes(write_contract, {}, spare) == {
+        ("additive", "lookup 'spare' added (list_contacts()); no rule reads it")
+    }

@@ -20,6 +20,7 @@ from typing import Literal, TypeVar
 
 from charter.contract.model import AnyOf, Contract, Entity, Guard, Lifecycle, Operation, Transition, param_type
 from charter.registry._bounds import bound_direction
+from charter.registry._lookups import lookup_changes
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -266,6 +267,7 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
         guard_changed,
         detail=lambda guard: guard.when,
     )
+    lookup_changes(d.add, f"{where}.lookups", old, new)
     d.sets(f"{where}.scopes", old.scopes, new.scopes, "required scope", "relaxation", "breaking")
     if old.public != new.public:
         # Opening a write to anyone is a governance change; closing it again shows up as the
