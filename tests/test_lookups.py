@@ -508,3 +508,51 @@ def test_diff_a_lookup_no_rule_reads_is_additive(write_contract: WriteContract) 
     assert changes(write_contract, {}, spare) == {
         ("additive", "lookup 'spare' added (list_contacts()); no rule reads it")
     }
+
+
+# -- audit show and replay ---------------------------------------------------------------------
+
+
+def test_audit_show_and_replay_say_what_lookups_the_gate_saw(harness: Harness) -> None:
+    from charter.replay import replay_run
+    from tests.conftest import charter
+    from tests.data import lookups_state as data
+
+    program = pay(LANDLORD).replace("conclude(r)\n", "") + mail("mallory@evil.example")
+    execution, _, decided = harness.run(program)
+    assert execution.status == "refused"
+    payees = fingerprint(data.PAYEES["acc-1"])
+    contacts = fingerprint(data.CONTACTS)
+    data.PAYEES["acc-1"] = []  # the backend moved on: replay answers from the record, never reads it
+    report = replay_run(harness.log.run(execution.run_id), harness.contract, harness.sandbox)
+    assert report.identical
+    contacts_json = decided[1].lookups[0].result
+    assert report.lookups == (
+        f'call 1 send_payment: lookup payees = list_payees({{"account":"acc-1"}}) sha256 {payees[:12]}…: {PAYEES_JSON}',
+        f'call 1 send_payment: lookup account = get_account({{"id":"acc-1"}}) sha256 '
+        f'{fingerprint(data.ACCOUNTS["acc-1"])[:12]}…: {{"id":"acc-1","limit":"500.00","owner":"ada"}}',
+        f"call 2 send_mail: lookup contacts = list_contacts({{}}) sha256 {contacts[:12]}…: {contacts_json}",
+    )
+    shown = charter("audit", "show", execution.run_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert '"name":"payees","operation":"list_payees"' in shown.stdout.replace(" ", "").replace("\n", "")
+    text = charter("audit", "show", execution.run_id)
+    assert text.returncode == 0, text.stderr
+    flat = "".join(text.stdout.split())
+    assert 'lookuppayees=list_payees({"account":"acc-1"})sha256' + payees[:12] in flat
+    assert "lookupcontacts=list_contacts({})sha256" + contacts[:12] in flat
+
+
+def test_a_large_lookup_result_is_recorded_by_its_fingerprint_only(harness: Harness) -> None:
+    from charter.audit import lookup_lines
+    from tests.data import lookups_state as data
+
+    data.CONTACTS[:] = [{"email": f"person{i}@example.com", "name": "x" * 40} for i in range(100)]
+    execution, _, [decision] = harness.run(mail("person7@example.com"))
+    assert execution.status == "done", execution.outcome
+    [seen] = decision.lookups
+    assert (seen.result, seen.error, seen.fingerprint) == (None, None, fingerprint(data.CONTACTS))
+    assert lookup_lines(decision) == [
+        f"lookup contacts = list_contacts({{}}) sha256 {seen.fingerprint[:12]}… (result above 4096 bytes: "
+        "fingerprint only)"
+    ]

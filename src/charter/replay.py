@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from charter.audit import Decision, Opened, Outcome, RunRecord, Sealed
+from charter.audit import Decision, Opened, Outcome, RunRecord, Sealed, lookup_lines
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ArgumentChecker, CallRequest, Denied, Encoded, InvalidArguments, OperationFailed, RunHalted
 from charter.gate._contract import halt_message, recorded_arguments
@@ -31,6 +31,10 @@ class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
     divergences: tuple[str, ...]
     recorded_outcome: str | None  # None when the run was never sealed
     replayed_outcome: str
+    # The lookups each recorded decision saw (its arguments, result fingerprint, checked value):
+    # what the gate decided on. Replay answers every call from the record, so it reads no
+    # backend and cannot re-perform them; a lookup's result is the backend's state at the time.
+    lookups: tuple[str, ...] = ()
 
     @property
     def identical(self) -> bool:
@@ -120,6 +124,9 @@ def replay_run(record: RunRecord, contract: CompiledContract, sandbox: Sandbox) 
         divergences=tuple(divergences),
         recorded_outcome=record.sealed.outcome if isinstance(record.sealed, Sealed) else None,
         replayed_outcome=outcome_json(outcome),
+        lookups=tuple(
+            f"call {d.call} {d.operation}: {line}" for d in gate.decisions.values() for line in lookup_lines(d)
+        ),
     )
 
 

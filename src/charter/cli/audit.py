@@ -31,6 +31,7 @@ from charter.audit import (
     Verification,
     check_run,
     export_run,
+    lookup_lines,
     read_public_key,
     verify_bundle,
     verify_log,
@@ -357,6 +358,7 @@ def _show_intent(checked: CheckedRun, asked: Asked) -> None:
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
     if isinstance(receipt, Decision):
         head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        head = "\n  ".join([head, *lookup_lines(receipt)])
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
@@ -517,6 +519,10 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
             say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
             for divergence in report.divergences:
                 say(f"diverged: {divergence}", "red")
+            if report.lookups:
+                say("lookups the gate saw (as recorded: replay answers from the record and reads no backend):")
+                for line in report.lookups:
+                    say(f"  {line}")
             same = report.recorded_outcome == report.replayed_outcome
             say(f"conclusion: {'identical' if same else 'DIFFERENT'}", "green" if same else "red")
             if not same:
