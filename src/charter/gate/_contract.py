@@ -524,10 +524,10 @@ class GateSession:
         guards = self._gate._guards[rule.name]
         if not guards:
             return
-        context = activation(variables)
+        context = None
         for guard in guards:
-            if self._call_lookups.perform(rule, f"guard:{guard.rule.id}", variables):
-                context = activation(variables)  # a lookup just performed: rules see it from here on
+            if self._call_lookups.perform(rule, f"guard:{guard.rule.id}", variables) or context is None:
+                context = activation(variables)  # again after a lookup: rules see it from here on
             if guard.uses_entity and "entity" not in variables:
                 raise _Refusal(Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
             try:
