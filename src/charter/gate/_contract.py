@@ -17,7 +17,9 @@ Checks, in this order; the first that fails decides, with its reason code:
  9. the entity is read through the contract's read operation, and has the
     entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
 10. the lifecycle allows the transition from its current state   STATE_VIOLATION
-11. every CEL guard holds                                        GUARD_VIOLATION
+11. every CEL guard holds; a lookup (`_lookups`) is performed when the first rule
+    naming it is evaluated, never for a call refused before, never twice in one call
+                                                                 GUARD_VIOLATION, LOOKUP_FAILED
 12. the operation does not need a human approval: last, so an approval is never
     asked for a call the contract forbids anyway                 APPROVAL_REQUIRED
 
