@@ -4,7 +4,10 @@ backend module afresh from its file, while the tests reach this one through sys.
 from typing import Any
 
 PAYEES: dict[str, list[dict[str, Any]]] = {
-    "acc-1": [{"iban": "GB29NWBK60161331926819", "name": "Landlord"}, {"iban": "DE89370400440532013000", "name": "Gym"}],
+    "acc-1": [
+        {"iban": "GB29NWBK60161331926819", "name": "Landlord"},
+        {"iban": "DE89370400440532013000", "name": "Gym"},
+    ],
 }
 ACCOUNTS: dict[str, dict[str, Any]] = {"acc-1": {"id": "acc-1", "owner": "ada", "limit": "500.00"}}
 CONTACTS: list[dict[str, Any]] = [

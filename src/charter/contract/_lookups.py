@@ -43,6 +43,7 @@ _STRING_LITERAL = re.compile(r"""(?s)[rR]?(\"\"\".*?\"\"\"|'''.*?'''|"(?:\\.|[^"
 _LOOKUP_REF = re.compile(r"(?<![\w.])lookups\s*\.\s*([A-Za-z_]\w*)")
 _CHAIN = re.compile(r"\s*([A-Za-z_]\w*)((?:\s*\.\s*[A-Za-z_]\w*)+)\s*\Z")
 _UNKNOWN_FIELD = re.compile(r"unknown field '([^']*)'\Z")
+_UNDECLARED = " (declare the read under the operation's `lookups:`, e.g. `lookups: {x: {operation: a_read}}`)"
 # What an arg may use: a lookup runs before the guards, on the call's own inputs only.
 _ARG_ROOTS = ("params", "principal")
 
@@ -265,7 +266,7 @@ def hint_fields(problems: Iterable[str], lookups: Fields | None, records: Mappin
     lookup (`lookups.payees.exists(p, p.ibna == ...)`), which only evaluation can find."""
     shown = list(problems)
     if not lookups:
-        return shown
+        return [p + _UNDECLARED if p.startswith("unknown name 'lookups'") else p for p in shown]
     known: set[str] = set()
     for ref in lookups.values():
         known.update(_fields_reachable(ref, records, set()))
