@@ -556,3 +556,46 @@ def test_a_large_lookup_result_is_recorded_by_its_fingerprint_only(harness: Harn
         f"lookup contacts = list_contacts({{}}) sha256 {seen.fingerprint[:12]}… (result above 4096 bytes: "
         "fingerprint only)"
     ]
+
+
+# -- the HTTP run view: lookups are in the receipts, for audit:read only -----------------------
+
+
+def test_the_http_run_view_shows_lookups_only_to_audit_read(charter_home: Path, shared_sandbox: Sandbox) -> None:
+    import httpx
+
+    from charter.agent import Charter, ScriptedModel
+    from charter.registry import Registry
+    from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    registry = Registry()
+    registry.publish(load_contract(CONTRACT), CONTRACT.read_text(encoding="utf-8"))
+    log = AuditLog(charter_home / "audit.db")
+    agent = Charter(model=ScriptedModel(lambda request: 'refuse("no")'), audit=log, sandbox=shared_sandbox)
+    service = CharterService.create(registry=registry, audit=log, agent=agent)
+    store = TokenStore(charter_home / "tokens.yaml")
+    tokens = {"ada": store.add("ada", "ada", ["pay:write"]), "auditor": store.add("auditor", "auditor", ["audit:read"])}
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"))
+
+    def client(url: str, who: str) -> httpx.Client:
+        return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tokens[who]}"}, timeout=60)
+
+    with serving(app, name="charter-api") as url:
+        with client(url, "ada") as ada:
+            answer = ada.post("/v1/programs", json={"contract": "mailer", "program": pay("XX00ATTACKER")}).json()
+            view = ada.get(f"/v1/runs/{answer['run_id']}")
+        with client(url, "auditor") as auditor:
+            audited = auditor.get(f"/v1/runs/{answer['run_id']}").json()
+    assert (answer["status"], answer["cause"]) == ("refused", "GUARD_VIOLATION")
+    assert view.json()["receipts"] is None
+    assert view.json()["calls"] == [
+        {"call": 1, "operation": "send_payment", "decision": "DENY", "code": "GUARD_VIOLATION"}
+    ]
+    assert "list_payees" not in view.text and "GB29NWBK60161331926819" not in view.text
+    assert "list_payees" not in str(answer)
+    [decision] = [r for r in audited["receipts"] if r["kind"] == "decision"]
+    assert [(s["name"], s["operation"], s["result"]) for s in decision["lookups"]] == [
+        ("payees", "list_payees", PAYEES_JSON)
+    ]
