@@ -177,7 +177,7 @@ def test_the_limit_read_by_lookup_is_money_in_cents_like_params(harness: Harness
 
 def test_lookups_are_not_performed_when_an_earlier_check_denies(harness: Harness) -> None:
     # An earlier guard of the same operation: no lookup, since no rule naming one was evaluated.
-    execution, backend, [decision] = harness.run(pay(LANDLORD, amount="0"))
+    _, backend, [decision] = harness.run(pay(LANDLORD, amount="0"))
     assert (decision.code, decision.clause) == ("GUARD_VIOLATION", "guard:positive_amount")
     assert backend.invoked == []
     assert decision.lookups == ()
@@ -189,7 +189,7 @@ def test_lookups_are_not_performed_when_an_earlier_check_denies(harness: Harness
         "except Exception as error:\n"
         "    refuse(error.value)\n"
     )
-    execution, backend, [decision] = harness.run(program)
+    _, backend, [decision] = harness.run(program)
     assert decision.code == "INVALID_ARGUMENTS"
     assert backend.invoked == []
     assert decision.lookups == ()
@@ -268,7 +268,8 @@ def test_a_lookup_that_fails_denies_lookup_failed_naming_it(harness: Harness, fa
     )
     assert (decision.decision, decision.code, decision.message) == ("DENY", "LOOKUP_FAILED", message)
     assert decision.clause == "lookup:send_payment.payees"
-    assert execution.reason is not None and message in execution.reason
+    assert execution.reason is not None
+    assert message in execution.reason
     assert SECRET not in execution.reason
     assert SECRET not in decision.message
     [seen] = decision.lookups
@@ -593,9 +594,19 @@ def test_the_http_run_view_shows_lookups_only_to_audit_read(charter_home: Path, 
     assert view.json()["calls"] == [
         {"call": 1, "operation": "send_payment", "decision": "DENY", "code": "GUARD_VIOLATION"}
     ]
-    assert "list_payees" not in view.text and "GB29NWBK60161331926819" not in view.text
+    assert "list_payees" not in view.text
+    assert "GB29NWBK60161331926819" not in view.text
     assert "list_payees" not in str(answer)
     [decision] = [r for r in audited["receipts"] if r["kind"] == "decision"]
     assert [(s["name"], s["operation"], s["result"]) for s in decision["lookups"]] == [
         ("payees", "list_payees", PAYEES_JSON)
     ]
+
+
+def test_a_lookup_is_part_of_the_contracts_content_hash(write_contract: WriteContract) -> None:
+    text = CONTRACT.read_text(encoding="utf-8")
+    before = compile_contract(load_contract(write_contract(text, name="a.yaml")))
+    other = text.replace("args: {account: params.account}}", "args: {account: principal.id}}")
+    after = compile_contract(load_contract(write_contract(other, name="b.yaml")))
+    assert before.sha256 != after.sha256
+    assert after.gate.operations["send_payment"].lookups[0].args == {"account": "principal.id"}
