@@ -610,3 +610,27 @@ def test_a_lookup_is_part_of_the_contracts_content_hash(write_contract: WriteCon
     after = compile_contract(load_contract(write_contract(other, name="b.yaml")))
     assert before.sha256 != after.sha256
     assert after.gate.operations["send_payment"].lookups[0].args == {"account": "principal.id"}
+
+
+def test_no_lookup_reaches_the_backend_after_the_runs_wall_time(harness: Harness) -> None:
+    import dataclasses
+    import time
+
+    from charter.sandbox import SandboxLimits
+
+    def slow(payees: Any) -> Any:
+        time.sleep(1.5)  # past the run's wall time: the next lookup must not be sent
+        return payees
+
+    backend = Counting(harness.contract, {"list_payees": slow})
+    runner = Runner(audit=harness.log, sandbox=harness.sandbox, backend_for=lambda _: backend)
+    limits = dataclasses.replace(SandboxLimits.from_contract(harness.contract.gate.limits), wall_seconds=1.0)
+    execution = runner.execute(pay(LANDLORD), contract=harness.contract, principal=PAYER, limits=limits)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+        isinstance(r, Decision) for r in harness.log.run(execution.run_id).receipts
+    ):
+        time.sleep(0.1)  # the call is still being decided on its worker thread
+    assert getattr(execution.outcome, "limit", None) == "wall", execution.outcome
+    assert backend.operations == ["list_payees"]  # neither the second lookup nor the write
+    assert sent() == []
