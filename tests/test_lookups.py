@@ -634,3 +634,22 @@ def test_no_lookup_reaches_the_backend_after_the_runs_wall_time(harness: Harness
     assert getattr(execution.outcome, "limit", None) == "wall", execution.outcome
     assert backend.operations == ["list_payees"]  # neither the second lookup nor the write
     assert sent() == []
+
+
+def test_a_lookup_read_by_index_is_performed_too(
+    write_contract: WriteContract, charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    text = (
+        CONTRACT.read_text(encoding="utf-8")
+        .replace("when: lookups.payees.exists(", """when: 'lookups["payees"].exists(""")
+        .replace("p.iban == params.recipient)\n", "p.iban == params.recipient)'\n", 1)
+    )
+    contract = compile_contract(load_contract(write_contract(text)))
+    assert contract.gate.operations["send_payment"].lookups[0].rules == ("guard:known_payee",)
+    backend = Counting(contract, {})
+    runner = Runner(audit=AuditLog(charter_home / "audit.db"), sandbox=shared_sandbox, backend_for=lambda _: backend)
+    allowed = runner.execute(pay(LANDLORD), contract=contract, principal=PAYER)
+    assert allowed.status == "done", allowed.outcome
+    denied = runner.execute(pay("XX00ATTACKER"), contract=contract, principal=PAYER)
+    [decision] = [r for r in runner.audit.run(denied.run_id).receipts if isinstance(r, Decision)]
+    assert (decision.code, decision.clause) == ("GUARD_VIOLATION", "guard:known_payee")

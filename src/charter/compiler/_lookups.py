@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from charter.compiler.artifact import LookupRule
-from charter.contract._lookups import lookups_named, rule_expressions
+from charter.contract._lookups import lookup_readers
 from charter.contract.checker import CheckedContract
 from charter.contract.model import Operation
 
@@ -12,11 +12,7 @@ __all__ = ["lookup_rules"]
 
 def lookup_rules(checked: CheckedContract, op: Operation) -> tuple[LookupRule, ...]:
     """One rule per declared lookup, in declaration order, with the rules that read it."""
-    readers: dict[str, list[str]] = {}
-    for rule, source in rule_expressions(op):
-        for name in lookups_named(source):
-            if rule not in readers.setdefault(name, []):
-                readers[name].append(rule)
+    readers = lookup_readers(op)
     rules = []
     for name, lookup in op.lookups.items():
         returns = checked.returns[lookup.operation]

@@ -34,13 +34,15 @@ from charter.contract.model import Approval, Contract, Operation, param_type
 from charter.contract.types import TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.errors import Problem
 
-__all__ = ["check_lookups", "hint_fields", "lookups_named"]
+__all__ = ["check_lookups", "hint_fields", "lookup_readers", "lookups_named", "rule_expressions"]
 
 Fields = Mapping[str, TypeRef]
 
 _SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _STRING_LITERAL = re.compile(r"""(?s)[rR]?(\"\"\".*?\"\"\"|'''.*?'''|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')""")
-_LOOKUP_REF = re.compile(r"(?<![\w.])lookups\s*\.\s*([A-Za-z_]\w*)")
+_LOOKUPS = re.compile(r"(?<![\w.])lookups(?!\w)")
+_BY_FIELD = re.compile(r"\s*\.\s*([A-Za-z_]\w*)")
+_BY_INDEX = re.compile(r"""\s*\[\s*(?:"([A-Za-z_]\w*)"|'([A-Za-z_]\w*)')\s*\]""")
 _CHAIN = re.compile(r"\s*([A-Za-z_]\w*)((?:\s*\.\s*[A-Za-z_]\w*)+)\s*\Z")
 _UNKNOWN_FIELD = re.compile(r"unknown field '([^']*)'\Z")
 _UNDECLARED = " (declare the read under the operation's `lookups:`, e.g. `lookups: {x: {operation: a_read}}`)"
@@ -64,10 +66,32 @@ class _Checker(Protocol):
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None: ...
 
 
-def lookups_named(source: str) -> set[str]:
-    """The lookup names a CEL expression reads (`lookups.payees...` -> {'payees'})."""
+def lookups_named(source: str, declared: Iterable[str]) -> set[str]:
+    """The lookups a CEL expression reads: `lookups.payees` or `lookups["payees"]` read one;
+    `lookups` used any other way (`size(lookups)`) is taken to read every declared one, so the
+    gate never evaluates a rule over a lookup it did not perform."""
     blanked = _STRING_LITERAL.sub(lambda m: " " * len(m.group(0)), source)
-    return set(_LOOKUP_REF.findall(blanked))
+    named: set[str] = set()
+    for match in _LOOKUPS.finditer(blanked):
+        field = _BY_FIELD.match(blanked, match.end())
+        index = _BY_INDEX.match(source, match.end())  # the name is a string literal: read the source
+        if field is not None:
+            named.add(field.group(1))
+        elif index is not None:
+            named.add(index.group(1) or index.group(2))
+        else:
+            return set(declared)
+    return named
+
+
+def lookup_readers(op: Operation) -> dict[str, list[str]]:
+    """Each declared lookup of `op` -> the rules that read it ("guard:<id>", "approval", "quota:<id>")."""
+    readers: dict[str, list[str]] = {name: [] for name in op.lookups}
+    for rule, source in rule_expressions(op):
+        for name in lookups_named(source, op.lookups):
+            if name in readers and rule not in readers[name]:
+                readers[name].append(rule)
+    return readers
 
 
 def rule_expressions(op: Operation) -> Iterator[tuple[str, str]]:
@@ -92,7 +116,7 @@ def check_lookups(checker: _Checker, name: str, op: Operation, variables: Mappin
     if not op.lookups:
         return fields
     arg_variables = {root: variables[root] for root in _ARG_ROOTS if root in variables}
-    used = set().union(*(lookups_named(source) for _, source in rule_expressions(op)))
+    readers = lookup_readers(op)
     for lname, lookup in op.lookups.items():
         lpath: DocPath = ("operations", name, "lookups", lname)
         if not _SNAKE.match(lname):
@@ -106,7 +130,7 @@ def check_lookups(checker: _Checker, name: str, op: Operation, variables: Mappin
         fields[lname] = returns
         read = checker.model.operations[lookup.operation]
         _check_args(checker, name, lname, lookup.operation, read, lookup.args, lpath, arg_variables)
-        if lname not in used:
+        if not readers.get(lname):
             pos = checker.source.problem(lpath, "", key=True)
             checker.warnings.append(
                 Problem(

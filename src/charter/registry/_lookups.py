@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from charter.contract._lookups import lookups_named, rule_expressions
+from charter.contract._lookups import lookup_readers
 from charter.contract.model import Lookup, Operation
 
 __all__ = ["lookup_changes"]
@@ -56,7 +56,7 @@ def lookup_changes(add: Add, where: str, old: Operation, new: Operation) -> None
 
 
 def _read(op: Operation) -> set[str]:
-    return set().union(*(lookups_named(source) for _, source in rule_expressions(op)))
+    return {name for name, rules in lookup_readers(op).items() if rules}
 
 
 def _said(lookup: Lookup) -> str:
