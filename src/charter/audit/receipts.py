@@ -104,7 +104,7 @@ class LookupSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     name: str
     operation: str  # the read operation invoked
-    arguments: str  # canonical JSON of the arguments the read got
+    arguments: str  # canonical JSON of the arguments the read got ("null": they could not be evaluated)
     fingerprint: str  # charter.backends.fingerprint of the result as the backend returned it ("" if none)
     result: str | None  # canonical JSON of the checked value the rules saw; None above 4096 bytes or on error
     error: str | None  # why the lookup failed (LOOKUP_FAILED), None when it succeeded
