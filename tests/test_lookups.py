@@ -653,3 +653,11 @@ def test_a_lookup_read_by_index_is_performed_too(
     denied = runner.execute(pay("XX00ATTACKER"), contract=contract, principal=PAYER)
     [decision] = [r for r in runner.audit.run(denied.run_id).receipts if isinstance(r, Decision)]
     assert (decision.code, decision.clause) == ("GUARD_VIOLATION", "guard:known_payee")
+
+
+def test_the_bench_measures_a_lookup_guard_beside_a_plain_guard(shared_sandbox: Sandbox) -> None:
+    from charter.bench._lookups import run_lookup_bench
+
+    figures = run_lookup_bench(shared_sandbox, runs=1)  # every run must complete, or it raises
+    assert (figures["calls"], figures["payees_looked_up"]) == (40, 20)
+    assert figures["lookup_to_plain_ratio"] == figures["lookup_guard_ms_per_call"] / figures["plain_guard_ms_per_call"]
