@@ -454,6 +454,51 @@ MALFORMED += [
 ]
 
 
+# Lookups (contract language v2): reads the gate performs for a guard, checked like guards.
+_LOOKUP = "    lookups:\n      order: {operation: get_order, args: {id: params.id}}\n    guards:\n"
+MALFORMED += [
+    pytest.param(
+        {
+            "    guards:\n": _LOOKUP.replace(
+                "order: {operation: get_order, args: {id: params.id}}",
+                "again: {operation: cancel_order, args: {id: params.id, reason: params.reason}}",
+            )
+        },
+        [
+            "39:26: lookup 'again' of 'cancel_order' names write operation 'cancel_order'; only a `kind: read` "
+            "operation may be looked up (the gate performs a lookup before deciding, so it must not act)"
+        ],
+        id="lookup_of_a_write",
+    ),
+    pytest.param(
+        {"    guards:\n": _LOOKUP.replace("get_order", "get_ordr")},
+        ["39:26: lookup 'order' of 'cancel_order' names unknown operation 'get_ordr' (did you mean 'get_order'?)"],
+        id="lookup_of_an_unknown_operation",
+    ),
+    pytest.param(
+        {
+            "    guards:\n": _LOOKUP.replace("params.id", "params.reason"),
+            "when: entity.total <= 100000": "when: lookups.order.total <= 100000",
+        },
+        ["39:48: lookup 'order' of 'cancel_order', arg 'id': params.reason is str, but the param is int"],
+        id="lookup_arg_of_the_wrong_type",
+    ),
+    pytest.param(
+        {"    guards:\n": _LOOKUP, "when: entity.total <= 100000": "when: lookups.order.totl <= 100000"},
+        ["42:15: guard 'small_orders_only': 'lookups.order' has no field 'totl' (did you mean 'total'?)"],
+        id="lookup_guard_unknown_field",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: lookups.order.total <= 100000"},
+        [
+            "40:15: guard 'small_orders_only': unknown name 'lookups'; this guard may use params, entity, principal "
+            "(declare the read under the operation's `lookups:`, e.g. `lookups: {x: {operation: a_read}}`)"
+        ],
+        id="guard_names_an_undeclared_lookup",
+    ),
+]
+
+
 # Quotas over time (issue 15): each is added after cancel_order's scopes.
 _SCOPES = "    scopes: [orders:write]\n"
 _DAILY = "{id: daily_cancels, count: true, per: [params.id], window: 24h, max: 5, message: At most five a day.}"

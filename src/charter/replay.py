@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from charter.audit import AuditLog, Decision, Opened, Outcome, RunRecord, Sealed, SecretKey
+from charter.audit import AuditLog, Decision, Opened, Outcome, RunRecord, Sealed, SecretKey, lookup_lines
 from charter.audit.quotas import recount
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ArgumentChecker, CallRequest, Denied, Encoded, InvalidArguments, OperationFailed, RunHalted
@@ -44,6 +44,10 @@ class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
     # Quota totals recounted from the log and found equal to the recorded ones (0 when the
     # run has none, or no log was given); differences are divergences.
     quotas_checked: int = 0
+    # The lookups each recorded decision saw (its arguments, result fingerprint, checked value):
+    # what the gate decided on. Replay answers every call from the record, so it reads no
+    # backend and cannot re-perform them; a lookup's result is the backend's state at the time.
+    lookups: tuple[str, ...] = ()
 
     @property
     def identical(self) -> bool:
@@ -189,6 +193,9 @@ def replay_run(
         replayed_outcome=outcome_json(outcome),
         notes=tuple(gate.notes),
         quotas_checked=checked,
+        lookups=tuple(
+            f"call {d.call} {d.operation}: {line}" for d in gate.decisions.values() for line in lookup_lines(d)
+        ),
     )
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "Closing",
     "Concluded",
     "Decision",
+    "LookupSeen",
     "Observed",
     "Opened",
     "Opening",
@@ -110,6 +111,17 @@ class QuotaSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     window: str  # as the contract writes it: 24h, 30d, run
 
 
+class LookupSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A lookup the gate performed to decide a call (contract `lookups:`), as it saw it."""
+
+    name: str
+    operation: str  # the read operation invoked
+    arguments: str  # canonical JSON of the arguments the read got ("null": they could not be evaluated)
+    fingerprint: str  # charter.backends.fingerprint of the result as the backend returned it ("" if none)
+    result: str | None  # canonical JSON of the checked value the rules saw; None above 4096 bytes or on error
+    error: str | None  # why the lookup failed (LOOKUP_FAILED), None when it succeeded
+
+
 class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     call: int  # the program's call number, from 1
     operation: str
@@ -137,6 +149,8 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     # Since release 0.3 (contract v2 quotas): each quota checked for this call; an ALLOW's
     # amounts are counted in the audit store's quota index (charter.audit.quotas).
     quotas: tuple[QuotaSeen, ...] = ()
+    # Since contract language v2: the lookups performed for this call, in the order performed.
+    lookups: tuple[LookupSeen, ...] = ()
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):

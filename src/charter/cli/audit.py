@@ -31,6 +31,7 @@ from charter.audit import (
     Verification,
     check_run,
     export_run,
+    lookup_lines,
     read_public_key,
     verify_bundle,
     verify_log,
@@ -362,6 +363,7 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
         head += "".join(
             f"\n   quota {q.id} {q.key}: {q.total}+{q.amount} of {q.max}/{q.window}" for q in receipt.quotas
         )
+        head = "\n  ".join([head, *lookup_lines(receipt)])
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
@@ -527,6 +529,10 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
                 say(f"diverged: {divergence}", "red")
             for note in report.notes:
                 say(f"not compared: {note}")
+            if report.lookups:
+                say("lookups the gate saw (as recorded: replay answers from the record and reads no backend):")
+                for line in report.lookups:
+                    say(f"  {line}")
             same = report.recorded_outcome == report.replayed_outcome
             say(f"conclusion: {'identical' if same else 'DIFFERENT'}", "green" if same else "red")
             if not same:

@@ -28,6 +28,7 @@ __all__ = [
     "GuestSurface",
     "HttpEndpointSpec",
     "LimitsSpec",
+    "LookupRule",
     "OperationRule",
     "ParamSpec",
     "QuotaRule",
@@ -95,6 +96,17 @@ class BindingSpec(_Frozen, frozen=True):
     http: HttpEndpointSpec | None = None
 
 
+class LookupRule(_Frozen, frozen=True):
+    """A read the gate performs for an operation's rules (`lookups.<name>`), lazily: only when
+    the first rule naming it is evaluated, at most once per call (charter.gate._lookups)."""
+
+    name: str
+    operation: str  # a read operation of this contract, invoked with the gate's authority
+    args: dict[str, str]  # the read's param -> CEL over params and principal
+    returns: TypeRef  # the read's declared result: what guards see, and what the result is checked against
+    rules: tuple[str, ...]  # the rules that read it: "guard:known_payee", "approval", "quota:daily_outflow"
+
+
 class OperationRule(_Frozen, frozen=True, omit_defaults=True):
     # omit_defaults: a v2 rule an operation does not use (quotas: ()) is left out of the
     # encoded gate table, so a contract that uses none compiles to the same artifact as before.
@@ -117,6 +129,7 @@ class OperationRule(_Frozen, frozen=True, omit_defaults=True):
     # Params declared `secret: true`: receipts hold HMAC digests of their values (gate._secrets)
     secret: tuple[str, ...] = ()
     quotas: tuple[QuotaRule, ...] = ()
+    lookups: tuple[LookupRule, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from charter.compiler._lookups import lookup_rules
 from charter.compiler.artifact import (
     BindingSpec,
     BoundaryRule,
@@ -172,6 +173,7 @@ def _operation_rule(
             )
             for q in op.quotas
         ),
+        lookups=lookup_rules(checked, op),
     )
 
 

@@ -21,6 +21,7 @@ import pydantic
 from pydantic import BaseModel
 
 from charter._paths import allowed_modules
+from charter.contract._lookups import check_lookups, hint_fields
 from charter.contract._quotas import check_quota_ref, check_quotas
 from charter.contract._secrets import check_secret_params
 from charter.contract._yaml import Path as DocPath
@@ -600,7 +601,6 @@ class _Checker:
         # construct is enforced by the gate, a contract using it is refused, never half-run.
         path: DocPath = ("operations", name)
         pending = {
-            "lookups": bool(op.lookups),
             "after": not isinstance(op.after, list) or any(isinstance(a, AnyOf) for a in op.after),
             "requires_approval": not isinstance(op.requires_approval, bool),
         }
@@ -694,6 +694,8 @@ class _Checker:
         if has_entity:
             variables["entity"] = self.records.get(op.entity or "", {})
         variables["principal"] = PRINCIPAL_FIELDS
+        if op.lookups:
+            variables["lookups"] = check_lookups(self, name, op, variables)
         skip_types = name in self.unresolved or (has_entity and op.entity in self.unresolved)
         for index, guard in enumerate(op.guards):
             gpath: DocPath = ("operations", name, "guards", index)
@@ -708,7 +710,8 @@ class _Checker:
             self.guard_ids.setdefault(guard.id, name)
             if skip_types:
                 continue
-            for found in check_guard(guard.when, variables, self.records, self.enums):
+            found_all = check_guard(guard.when, variables, self.records, self.enums)
+            for found in hint_fields(found_all, variables.get("lookups"), self.records):
                 message = found
                 if "unknown name 'entity'" in found and not has_entity:
                     message = (

@@ -17,7 +17,9 @@ Checks, in this order; the first that fails decides, with its reason code:
  9. the entity is read through the contract's read operation, and has the
     entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
 10. the lifecycle allows the transition from its current state   STATE_VIOLATION
-11. every CEL guard holds                                        GUARD_VIOLATION
+11. every CEL guard holds; a lookup (`_lookups`) is performed when the first rule
+    naming it is evaluated, never for a call refused before, never twice in one call
+                                                                 GUARD_VIOLATION, LOOKUP_FAILED
 12. every quota over time has room for this call: the total counted in its window
     (from the audit store's index of allowed Decision receipts) plus this call's
     amount is at most `max`; read under a per-(contract, quota, key) lock held until
@@ -63,7 +65,7 @@ from typing import Any, NoReturn
 import cel
 import msgspec
 
-from charter.audit import Observed, RunRecorder
+from charter.audit import LookupSeen, Observed, RunRecorder
 from charter.backends import (
     Backend,
     BackendFailure,
@@ -78,6 +80,7 @@ from charter.contract.cel_guards import activation, cel_date
 from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
+from charter.gate._lookups import CallLookups, LookupFailed, Lookups
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
 from charter.gate._quotas import QuotaChecks, QuotaHold, QuotaSession, utc_now
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
@@ -147,6 +150,9 @@ class ContractGate:
         self._checker = ArgumentChecker.for_table(table)
         self._results = ResultChecker(table)
         self._secrets = SecretParams(table)
+        self._lookups = Lookups(
+            table, backend, self._checker, self._results, lambda v, t: _cel_value(v, t, table.records)
+        )
         self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
         for name, rule in table.operations.items():
             programs = [(g, cel.compile(g.when)) for g in rule.guards]
@@ -218,6 +224,8 @@ class GateSession:
         self._ended: str | None = None
         self._unstarted: dict[int, CallRequest] = {}
         self._quotas = QuotaSession(gate._quotas, recorder.quotas, gate.clock, gate.boundary_note)
+        # The lookups of the call being decided (calls are decided one at a time in a run).
+        self._call_lookups: CallLookups = gate._lookups.start(_no_call)
 
     def close(self, reason: str) -> None:
         """The run is over (`reason` says how): from now on nothing acts. An allowed call whose
@@ -261,6 +269,7 @@ class GateSession:
         idempotency_key: str | None = None
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
         hold = QuotaHold()  # quota locks: released once the decision is recorded, on every path
+        self._call_lookups = lookups = gate._lookups.start(lambda: self._lookup_context(request))
         try:
             self._refuse_if_ended(request)
             if request.malformed is not None:
@@ -282,7 +291,7 @@ class GateSession:
                     entity, observed, precondition = self._read_entity(request, rule, arguments)
                 self._state_checks(rule, arguments, entity, hold)
             verdict = _OK if first is None else _REPLAYED
-        except _Refusal as refusal:
+        except (_Refusal, LookupFailed) as refusal:
             verdict = refusal.verdict
         except Exception as error:  # fail closed: a broken check is a denial
             verdict = Verdict(
@@ -304,7 +313,13 @@ class GateSession:
                 if ended is not None:
                     verdict = _run_ended(request, ended)
             self._record_decision(
-                request, recorded or self._recorded(request, None), verdict, observed, idempotency_key, hold
+                request,
+                recorded or self._recorded(request, None),
+                verdict,
+                observed,
+                idempotency_key,
+                hold,
+                tuple(lookups.seen),
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
@@ -332,6 +347,10 @@ class GateSession:
     def _recorded(self, request: CallRequest, checked: Mapping[str, Any] | None) -> Recorded:
         secret = self._gate._secrets.of(request.operation)
         return recorded_arguments(request, checked, secret, self._recorder.secret_key)
+
+    def _lookup_context(self, request: CallRequest) -> CallContext:
+        self._refuse_if_ended(request)  # a lookup reaches the backend too
+        return self._context(request)
 
     def _refuse_if_ended(self, request: CallRequest) -> None:
         ended = self._still_running(request)
@@ -501,6 +520,8 @@ class GateSession:
                 )
         variables = self._variables(rule, arguments, entity)
         self._guard_checks(rule, variables)
+        for quota in rule.quotas:  # a quota's sum or keys may read lookups too
+            self._call_lookups.perform(rule, f"quota:{quota.id}", variables)
         exceeded = self._quotas.check(rule, variables, hold)
         if exceeded is not None:
             raise _Refusal(exceeded)
@@ -534,12 +555,14 @@ class GateSession:
                 )
             )
 
-    def _guard_checks(self, rule: OperationRule, variables: Mapping[str, Any]) -> None:
+    def _guard_checks(self, rule: OperationRule, variables: dict[str, Any]) -> None:
         guards = self._gate._guards[rule.name]
         if not guards:
             return
-        context = activation(variables)
+        context = None
         for guard in guards:
+            if self._call_lookups.perform(rule, f"guard:{guard.rule.id}", variables) or context is None:
+                context = activation(variables)  # again after a lookup: rules see it from here on
             if guard.uses_entity and "entity" not in variables:
                 raise _Refusal(Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
             try:
@@ -684,6 +707,7 @@ class GateSession:
         observed: Observed | None,
         idempotency_key: str | None,
         hold: QuotaHold | None = None,
+        lookups: tuple[LookupSeen, ...] = (),
     ) -> None:
         """Commit the call's Decision; `hold`'s quota locks are released once it is durable (the
         receipt is what counts the call), or once it failed, whatever happens."""
@@ -698,6 +722,7 @@ class GateSession:
                 idempotency_key,
                 quotas=hold.seen if hold is not None else (),
                 at=hold.at if hold is not None else None,
+                lookups=lookups,
             )
             if verdict.withheld is not None:
                 verdict.withheld.keep(self._recorder, request.sequence, request.operation)
@@ -741,6 +766,10 @@ class GateSession:
                 f"{request.operation} reached the backend but its outcome could not be recorded ({error}); "
                 "its result is withheld and the call stays in doubt: read the entity to learn its state.",
             ) from None
+
+
+def _no_call() -> CallContext:
+    raise RuntimeError("a lookup outside a call")  # a session performs lookups only inside `call`
 
 
 def _run_ended(request: CallRequest, why: str) -> Verdict:

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
-from charter.audit import Decision, Observed, Outcome, now_iso
+from charter.audit import Decision, LookupSeen, Observed, Outcome, now_iso
 from charter.audit.receipts import QuotaSeen
 from charter.compiler.artifact import CompiledContract
 from charter.gate._protocol import CallRequest
@@ -45,6 +45,7 @@ def decision_receipt(
     *,
     quotas: tuple[QuotaSeen, ...] = (),
     at: str | None = None,
+    lookups: tuple[LookupSeen, ...] = (),
 ) -> Decision:
     """`recorded`: the arguments' canonical JSON (None if they did not decode), sha256, and
     the secret params whose values both hold as digests (`_secrets`).
@@ -75,6 +76,7 @@ def decision_receipt(
         error_sha256=withheld.sha256 if withheld else None,
         secret_params=secret_params,
         quotas=quotas,
+        lookups=lookups,
     )
 
 

@@ -30,6 +30,7 @@ from charter.contract.model import (
     param_type,
 )
 from charter.registry._bounds import bound_direction
+from charter.registry._lookups import lookup_changes
 from charter.registry._quotas import diff_quotas
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
@@ -286,6 +287,7 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
         guard_changed,
         detail=lambda guard: guard.when,
     )
+    lookup_changes(d.add, f"{where}.lookups", old, new)
     diff_quotas(d, where, old.quotas, new.quotas)
     d.sets(f"{where}.scopes", old.scopes, new.scopes, "required scope", "relaxation", "breaking")
     if old.public != new.public:
