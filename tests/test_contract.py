@@ -149,7 +149,7 @@ MALFORMED = [
     pytest.param(
         {"      total: money": "      total: list[money"},
         [
-            "13:14: field 'Order.total': type 'list[money' does not parse: expected a primitive (str, int, float, bool, money, datetime), a declared name, list[T] or T?"
+            "13:14: field 'Order.total': type 'list[money' does not parse: expected a primitive (str, int, float, bool, money, datetime, date), a declared name, list[T] or T?"
         ],
         id="unparseable_type",
     ),
@@ -421,7 +421,205 @@ MALFORMED += [
         ],
         id="default_binding_names_a_function_once",
     ),
+    pytest.param(
+        {"params: {id: int, reason: str}": "params: {id: int, reason: {type: int, secret: true}}"},
+        ["35:51: param 'cancel_order.reason' is secret, so it must be str or list[str] (a password, a token), not int"],
+        id="secret_param_not_text",
+    ),
+    pytest.param(
+        {"params: {id: int, reason: str}": "params: {id: {type: int, secret: true}, reason: str}"},
+        [
+            "35:38: param 'cancel_order.id' is secret, so it must be str or list[str] (a password, a token), not int",
+            "35:38: param 'cancel_order.id' is the operation's key, which messages and receipts name; a key cannot "
+            "be secret",
+        ],
+        id="secret_key_param",
+    ),
+    pytest.param(
+        {
+            "params: {id: int, reason: str}": "params: {id: int, reason: str, by: date}",
+            "when: entity.total <= 100000": "when: params.by > '2026-01-01'",
+        },
+        [
+            "40:15: guard 'small_orders_only': type error: No such overload: the operation is not defined for the "
+            "given operand types (CEL never converts types; money is an int of cents in guards)"
+        ],
+        id="guard_date_compared_with_text",
+    ),
+    pytest.param(
+        {"      note: str?\n": "      note: str?\n      due: Date\n"},
+        ["15:12: field 'Order.due' has unknown type 'Date' (did you mean 'date'?)"],
+        id="date_type_misspelled",
+    ),
 ]
+
+
+# Lookups (contract language v2): reads the gate performs for a guard, checked like guards.
+_LOOKUP = "    lookups:\n      order: {operation: get_order, args: {id: params.id}}\n    guards:\n"
+MALFORMED += [
+    pytest.param(
+        {
+            "    guards:\n": _LOOKUP.replace(
+                "order: {operation: get_order, args: {id: params.id}}",
+                "again: {operation: cancel_order, args: {id: params.id, reason: params.reason}}",
+            )
+        },
+        [
+            "39:26: lookup 'again' of 'cancel_order' names write operation 'cancel_order'; only a `kind: read` "
+            "operation may be looked up (the gate performs a lookup before deciding, so it must not act)"
+        ],
+        id="lookup_of_a_write",
+    ),
+    pytest.param(
+        {"    guards:\n": _LOOKUP.replace("get_order", "get_ordr")},
+        ["39:26: lookup 'order' of 'cancel_order' names unknown operation 'get_ordr' (did you mean 'get_order'?)"],
+        id="lookup_of_an_unknown_operation",
+    ),
+    pytest.param(
+        {
+            "    guards:\n": _LOOKUP.replace("params.id", "params.reason"),
+            "when: entity.total <= 100000": "when: lookups.order.total <= 100000",
+        },
+        ["39:48: lookup 'order' of 'cancel_order', arg 'id': params.reason is str, but the param is int"],
+        id="lookup_arg_of_the_wrong_type",
+    ),
+    pytest.param(
+        {"    guards:\n": _LOOKUP, "when: entity.total <= 100000": "when: lookups.order.totl <= 100000"},
+        ["42:15: guard 'small_orders_only': 'lookups.order' has no field 'totl' (did you mean 'total'?)"],
+        id="lookup_guard_unknown_field",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: lookups.order.total <= 100000"},
+        [
+            "40:15: guard 'small_orders_only': unknown name 'lookups'; this guard may use params, entity, principal "
+            "(declare the read under the operation's `lookups:`, e.g. `lookups: {x: {operation: a_read}}`)"
+        ],
+        id="guard_names_an_undeclared_lookup",
+    ),
+]
+
+
+# Quotas over time (issue 15): each is added after cancel_order's scopes.
+_SCOPES = "    scopes: [orders:write]\n"
+_DAILY = "{id: daily_cancels, count: true, per: [params.id], window: 24h, max: 5, message: At most five a day.}"
+
+
+def _quota(body: str) -> dict[str, str]:
+    return {_SCOPES: f"{_SCOPES}    quotas:\n      - {body}\n"}
+
+
+MALFORMED += [
+    pytest.param(
+        _quota("{id: daily_cancels, sum: params.reason, per: [params.id], window: 24h, max: 5, message: M.}"),
+        [
+            "44:34: quota 'daily_cancels': sum `params.reason` is str, but a sum must be an int or money (money "
+            "counts in integer cents); use `count: true` to count calls"
+        ],
+        id="quota_sum_not_numeric",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, sum: 'params.reason + \"x\"', per: [params.id], window: 24h, max: 5, message: M.}"),
+        [
+            "44:34: quota 'daily_cancels': sum `params.reason + \"x\"` is str, but a sum must be an int or money "
+            "(money counts in integer cents); use `count: true` to count calls"
+        ],
+        id="quota_sum_expression_not_numeric",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, sum: params.amout, per: [params.id], window: 24h, max: 5, message: M.}"),
+        ["44:34: quota 'daily_cancels': sum: 'params' has no field 'amout'"],
+        id="quota_sum_unknown_field",
+    ),
+    pytest.param(
+        {
+            **_quota("{id: daily_cancels, sum: params.tip, per: [params.id], window: 24h, max: 5, message: M.}"),
+            "params: {id: int, reason: str}": "params: {id: int, reason: str, tip: 'money?'}",
+        },
+        [
+            "44:34: quota 'daily_cancels': sum: may be null when an optional value is; test it first, e.g. `x != null ? x : 0`"
+        ],
+        id="quota_sum_nullable",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, count: true, per: [principal.scopes], window: 24h, max: 5, message: M.}"),
+        [
+            "44:48: quota 'daily_cancels': per key `principal.scopes` is list[str], but a key must be a scalar: str, "
+            "int, bool, enum, date"
+        ],
+        id="quota_key_not_scalar",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, count: true, per: [params.id], window: 1 day, max: 5, message: M.}"),
+        [
+            "44:68: quota 'daily_cancels': window '1 day' is not one of <n>m, <n>h or <n>d (e.g. 90m, 24h, 30d; a "
+            "sliding window on the gate's UTC clock) or run (this run only)"
+        ],
+        id="quota_window_malformed",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, count: true, per: [params.id], window: 400d, max: 5, message: M.}"),
+        ["44:68: quota 'daily_cancels': window '400d' is longer than 366 days, the longest a quota may count"],
+        id="quota_window_too_long",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, count: true, per: [params.id], window: 24h, max: 0, message: M.}"),
+        ["44:78: quota 'daily_cancels': max 0 refuses every call; remove the operation or its scopes instead"],
+        id="quota_max_zero",
+    ),
+    pytest.param(
+        _quota("{id: DailyCancels, count: true, per: [params.id], window: 24h, max: 5, message: M.}"),
+        ["44:14: quota id 'DailyCancels' must be lower snake_case"],
+        id="quota_id_not_snake_case",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, count: true, sum: params.id, per: [params.id], window: 24h, max: 5, message: M.}"),
+        ["44:9: operations.cancel_order.quotas.0: a quota names exactly one of `sum: <CEL>` or `count: true`"],
+        id="quota_sum_and_count",
+    ),
+    pytest.param(
+        {
+            **_quota(_DAILY),
+            "    returns: Order\n  cancel_order:": f"    returns: Order\n    quotas:\n      - {_DAILY}\n  cancel_order:",
+        },
+        [
+            "46:14: quota id 'daily_cancels' is already used by operation 'get_order'; quota ids are unique in a "
+            "contract (the audit log counts by contract name and quota id)"
+        ],
+        id="quota_id_twice",
+    ),
+    pytest.param(
+        {
+            **_quota(_DAILY),
+            "enforced_by: [{transition: Order.cancel}]": "enforced_by: [{transition: Order.cancel}, {quota: daily_cancel}]",
+        },
+        [
+            "48:55: boundary 'no_late_cancel' is enforced by unknown quota 'daily_cancel' (did you mean 'daily_cancels'?)"
+        ],
+        id="boundary_unknown_quota",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("per", "expected"),
+    [
+        (
+            "[principal.id]",
+            "44:47: warning: quota 'daily_cancels' is keyed only by the principal, so a second token for the same "
+            "account doubles it; key it by what it protects, e.g. per: [params.account]",
+        ),
+        (
+            "[]",
+            "44:14: warning: quota 'daily_cancels' has no `per` keys, so every caller shares one total; key it by "
+            "what it protects, e.g. per: [params.account]",
+        ),
+        ("[params.id, principal.id]", None),
+    ],
+)
+def test_quota_keyed_only_by_principal_is_warned(write_contract: WriteContract, per: str, expected: str | None) -> None:
+    path = write_contract(replace=_quota(_DAILY.replace("per: [params.id]", f"per: {per}")))
+    warnings = [f"{w.line}:{w.column}: {w.message}" for w in load_contract(path).warnings]
+    assert warnings == ([expected] if expected else [])
 
 
 @pytest.mark.parametrize(("replace", "expected"), MALFORMED)

@@ -53,6 +53,7 @@ FIELD_NAMES = [
     "list",
     "str",
     "datetime",
+    "date",
     "Decimal",
     "to_dict",
     "_fields",
@@ -76,7 +77,7 @@ FIELD_NAMES = [
 ]
 TYPE_NAMES = ["Color", "Item", "Node", "Book", "Record", "Contract", "Principal", "Entry", "Tag", "Loan"]
 VALUES = ["red", "green", "out", "in_stock", "none", "yes", "no", "on", "off", "true", "null", "a1"]
-SCALARS = ["str", "int", "float", "bool", "money", "datetime"]
+SCALARS = ["str", "int", "float", "bool", "money", "datetime", "date"]
 # What a program may be refused for: the contract's rules, never a broken gate or a call
 # the gate could not read.
 CONTRACT_REASONS = {
@@ -305,6 +306,7 @@ def _safe_guard(chain: str, text: str, enums: dict[str, list[str]]) -> str | Non
         "str": f"size({chain}) < 1000000",
         "bool": f"{chain} || !{chain}",
         "datetime": f'{chain} > timestamp("1970-01-01T00:00:00Z")',
+        "date": f'{chain} >= timestamp("1900-01-01T00:00:00Z") && {chain} - duration("24h") < {chain}',
     }.get(base)
     if base in enums:
         condition = f"{chain} in [{', '.join(json.dumps(v) for v in enums[base])}]"
@@ -345,6 +347,7 @@ def values(ref: TypeRef, compiled: CompiledContract, depth: int = 0) -> st.Searc
         "datetime": st.datetimes(
             min_value=dt.datetime(1900, 1, 1), max_value=dt.datetime(2200, 1, 1), timezones=st.just(dt.UTC)
         ),
+        "date": st.dates(min_value=dt.date(1900, 1, 1), max_value=dt.date(2200, 1, 1)),
     }[ref.kind]
 
 
@@ -362,6 +365,8 @@ def literal(value: Any, ref: TypeRef, compiled: CompiledContract) -> str:
         return f"Decimal({str(value)!r})"
     if ref.kind == "datetime":
         return f"datetime.datetime.fromisoformat({value.isoformat()!r})"
+    if ref.kind == "date":
+        return f"datetime.date.fromisoformat({value.isoformat()!r})"
     return repr(value)
 
 
@@ -379,6 +384,8 @@ def normal(value: Any, ref: TypeRef | None, compiled: CompiledContract) -> Any:
         return decimal.Decimal(str(value))
     if ref.kind == "datetime":
         return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
+    if ref.kind == "date":
+        return value if isinstance(value, dt.date) else dt.date.fromisoformat(value)
     if ref.kind == "float":
         return float(value)
     return value

@@ -129,3 +129,98 @@ def test_removing_an_approval_or_scope_rule_from_a_boundary_is_a_relaxation(writ
         ("relaxation", 'enforcing rule \'{"approval":"cancel_order"}\' removed'),
         ("relaxation", 'enforcing rule \'{"scope":"cancel_order"}\' removed'),
     }
+
+
+_SCOPES = "    scopes: [orders:write]\n"
+_QUOTA = "{id: daily_cancels, count: true, per: [params.id], window: 24h, max: 5, message: At most five a day.}"
+
+
+def _with_quota(quota: str | None) -> dict[str, str]:
+    return {_SCOPES: _SCOPES + (f"    quotas:\n      - {quota}\n" if quota else "")}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(
+            _QUOTA,
+            _QUOTA.replace("max: 5", "max: 8"),
+            {("relaxation", "quota 'daily_cancels' max raised from 5 to 8")},
+            id="max-raised",
+        ),
+        pytest.param(
+            _QUOTA,
+            _QUOTA.replace("max: 5", "max: 3"),
+            {("breaking", "quota 'daily_cancels' max lowered from 5 to 3")},
+            id="max-lowered",
+        ),
+        pytest.param(
+            _QUOTA,
+            _QUOTA.replace("window: 24h", "window: 30d"),
+            {("breaking", "quota 'daily_cancels' window changed from 24h to 30d (longer: more calls count)")},
+            id="window-longer",
+        ),
+        pytest.param(
+            _QUOTA,
+            _QUOTA.replace("window: 24h", "window: 90m"),
+            {("relaxation", "quota 'daily_cancels' window changed from 24h to 90m (shorter: fewer calls count)")},
+            id="window-shorter",
+        ),
+        pytest.param(
+            _QUOTA,
+            _QUOTA.replace("window: 24h", "window: run"),
+            {("relaxation", "quota 'daily_cancels' window changed from 24h to run (shorter: fewer calls count)")},
+            id="window-made-run",
+        ),
+        pytest.param(
+            _QUOTA,
+            None,
+            {("relaxation", "quota 'daily_cancels' removed (count <= 5 / 24h per params.id)")},
+            id="removed",
+        ),
+        pytest.param(
+            None,
+            _QUOTA,
+            {("breaking", "quota 'daily_cancels' added (count <= 5 / 24h per params.id)")},
+            id="added",
+        ),
+        pytest.param(
+            _QUOTA,
+            _QUOTA.replace("id: daily_cancels", "id: cancels_per_day"),
+            {
+                ("relaxation", "quota 'daily_cancels' removed (count <= 5 / 24h per params.id)"),
+                ("breaking", "quota 'cancels_per_day' added (count <= 5 / 24h per params.id)"),
+            },
+            id="renamed",
+        ),
+        pytest.param(
+            _QUOTA,
+            _QUOTA.replace("per: [params.id]", "per: [params.id, params.reason]"),
+            {
+                (
+                    "breaking",
+                    "quota 'daily_cancels' keys changed from [params.id] to [params.id, params.reason] (calls are "
+                    "grouped differently: a program within the old totals may exceed)",
+                ),
+                (
+                    "relaxation",
+                    "quota 'daily_cancels' keys changed from [params.id] to [params.id, params.reason] (totals "
+                    "counted under the old keys do not count under the new ones)",
+                ),
+            },
+            id="keys-changed",
+        ),
+        pytest.param(
+            _QUOTA,
+            _QUOTA.replace("At most five a day.", "Five a day at most."),
+            {("additive", "quota 'daily_cancels' message reworded")},
+            id="message",
+        ),
+    ],
+)
+def test_quota_changes_are_classified(
+    write_contract: WriteContract, old: str | None, new: str | None, expected: set[tuple[str, str]]
+) -> None:
+    before = load_contract(write_contract(replace=_with_quota(old), name="old.yaml"), resolve_bindings=False).model
+    after = load_contract(write_contract(replace=_with_quota(new), name="new.yaml"), resolve_bindings=False).model
+    assert {(c.kind, c.message) for c in diff_contracts(before, after)} == expected

@@ -130,6 +130,8 @@ def test_a_store_of_0_1_is_refused_until_upgraded_and_the_upgrade_is_idempotent(
 
 def test_the_upgraded_log_verifies_with_the_same_head_and_takes_new_runs(home: Path, tmp_path: Path) -> None:
     upgraded(home)
+    # The quota index (schema step 4) is built from the receipts: 0.1 recorded no quotas.
+    assert rows(home / "audit.db", "quota_counts") == []
     head = MANIFEST["head"]
     verified = charter("audit", "verify", "--head", head, "--every-signature", "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr

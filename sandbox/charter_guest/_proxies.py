@@ -4,7 +4,7 @@ A program calls `orders.get_order(id=123)`; the proxy checks the arguments again
 the surface (for a readable error in the program, not for safety: the host checks
 everything again), sends them through the one host import, and turns the JSON answer
 into records whose fields are attributes. Money arrives as Decimal, datetimes as
-datetime, states and enum values as strings.
+datetime, dates as datetime.date, states and enum values as strings.
 """
 
 import datetime
@@ -178,6 +178,14 @@ class _Types:
                     return value.isoformat()
                 raise _Invalid(f"{where} must be a datetime, not {_shown(value)}")
 
+        elif kind == "date":
+
+            def check(value, where):
+                # A datetime is a date too (a subclass); a calendar date is not an instant.
+                if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+                    return value.isoformat()
+                raise _Invalid(f"{where} must be a datetime.date (e.g. date(2026, 3, 1)), not {_shown(value)}")
+
         elif kind == "float":
 
             def check(value, where):
@@ -228,6 +236,8 @@ class _Types:
             decode = lambda value: decimal.Decimal(str(value))  # noqa: E731
         elif kind == "datetime":
             decode = datetime.datetime.fromisoformat
+        elif kind == "date":
+            decode = datetime.date.fromisoformat
         else:
             return lambda value: value
         return lambda value: None if value is None else decode(value)

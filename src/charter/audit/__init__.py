@@ -7,6 +7,7 @@
 See `receipts` for what a receipt holds and `verify` for what verification checks.
 """
 
+from charter.audit._lookups_text import lookup_lines
 from charter.audit.export import BUNDLE_FORMAT, CheckedRun, check_run, export_run, verify_bundle, verify_log
 from charter.audit.index import RunFilter, RunSummary
 from charter.audit.keys import (
@@ -22,9 +23,11 @@ from charter.audit.receipts import (
     Attempted,
     Concluded,
     Decision,
+    LookupSeen,
     Observed,
     Opened,
     Outcome,
+    QuotaSeen,
     Receipt,
     Sealed,
     StoredReceipt,
@@ -44,10 +47,12 @@ __all__ = [
     "Concluded",
     "Decision",
     "Finding",
+    "LookupSeen",
     "Observed",
     "Opened",
     "Outcome",
     "PublicKey",
+    "QuotaSeen",
     "Receipt",
     "RunFilter",
     "RunRecord",
@@ -64,6 +69,7 @@ __all__ = [
     "kind_of",
     "load_or_create_secret_key",
     "load_or_create_signing_key",
+    "lookup_lines",
     "now_iso",
     "read_public_key",
     "verify_bundle",

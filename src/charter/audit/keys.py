@@ -101,17 +101,24 @@ class SecretKey:
 def _create_private_file(path: Path, content: bytes) -> bool:
     """Write `content` to a new file of mode 0600, durably; False if it exists already.
 
-    Created 0600 from the start (O_EXCL), so it is never readable by others, and two
-    processes starting at once cannot both create one."""
+    Created 0600 from the start (O_EXCL), so it is never readable by others. It is written
+    whole under a temporary name and then linked into place (link fails if the name exists),
+    so two threads or processes starting at once cannot both create one, and neither ever
+    reads the other's file half-written."""
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return True
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 def _refuse_if_shared(path: Path, remedy: str) -> None:

@@ -39,10 +39,12 @@ __all__ = [
     "Closing",
     "Concluded",
     "Decision",
+    "LookupSeen",
     "Observed",
     "Opened",
     "Opening",
     "Outcome",
+    "QuotaSeen",
     "Receipt",
     "Sealed",
     "StoredReceipt",
@@ -98,6 +100,28 @@ class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fingerprint: str
 
 
+class QuotaSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One quota as the gate checked it for a call (charter.gate._quotas)."""
+
+    id: str
+    key: str  # canonical JSON of the `per` values
+    amount: int  # what this call adds: the sum's value (cents for money), or 1
+    total: int  # counted in the window before this call
+    max: int
+    window: str  # as the contract writes it: 24h, 30d, run
+
+
+class LookupSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A lookup the gate performed to decide a call (contract `lookups:`), as it saw it."""
+
+    name: str
+    operation: str  # the read operation invoked
+    arguments: str  # canonical JSON of the arguments the read got ("null": they could not be evaluated)
+    fingerprint: str  # charter.backends.fingerprint of the result as the backend returned it ("" if none)
+    result: str | None  # canonical JSON of the checked value the rules saw; None above 4096 bytes or on error
+    error: str | None  # why the lookup failed (LOOKUP_FAILED), None when it succeeded
+
+
 class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     call: int  # the program's call number, from 1
     operation: str
@@ -119,6 +143,14 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     # itself is in the audit database's redactable backend_errors table, not in the log).
     error_type: str | None = None
     error_sha256: str | None = None
+    # Params declared `secret: true` whose values `arguments` and `args_sha256` hold as
+    # HMAC digests ("hmac-sha256:<key id>:<hex>", keys/secrets.key), never in plain text.
+    secret_params: tuple[str, ...] = ()
+    # Since release 0.3 (contract v2 quotas): each quota checked for this call; an ALLOW's
+    # amounts are counted in the audit store's quota index (charter.audit.quotas).
+    quotas: tuple[QuotaSeen, ...] = ()
+    # Since contract language v2: the lookups performed for this call, in the order performed.
+    lookups: tuple[LookupSeen, ...] = ()
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):

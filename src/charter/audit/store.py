@@ -42,6 +42,7 @@ from charter.audit.keys import (
     load_or_create_signing_key,
     read_public_key,
 )
+from charter.audit.quotas import QUOTA_INDEX_SQL, QuotaReader, fill_quota_index, index_quota_receipt
 from charter.audit.receipts import (
     Asked,
     Attempted,
@@ -122,6 +123,14 @@ AUDIT_SCHEMA = Schema(
             "reads it, newest first, without decoding receipts; not signed, never consulted by verify",
             RUNS_INDEX_SQL,
             fill=fill_runs_index,
+        ),
+        Step(
+            4,
+            "quota_counts: what each allowed call added to each quota (contract name, quota id, key, time), "
+            "kept in each receipt's transaction and built from the receipts on upgrade, so a quota's total "
+            "is an index range scan; not signed, never consulted by verify",
+            QUOTA_INDEX_SQL,
+            fill=fill_quota_index,
         ),
     ),
 )
@@ -223,6 +232,7 @@ class _Writer:
                         (log_seq, receipt.run_id, receipt.seq, kind_of(receipt), body, signature, log_link),
                     )
                     index_receipt(connection, receipt, log_seq)
+                    index_quota_receipt(connection, receipt)
             connection.execute(
                 "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET log_seq = ?, link = ?",
                 (log_seq, log_link, log_seq, log_link),
@@ -258,7 +268,17 @@ class RunRecorder:
         self._awaiting_outcome: dict[int, str] = {}  # call -> operation
         self.sealed: Closing | None = None
         self.written: list[Receipt] = []  # this run's receipts in order, as handed to the writer
+        self._quota_reader: QuotaReader | None = None
         self._append(opened, durable=True)
+
+    @property
+    def quotas(self) -> QuotaReader | None:
+        """Reads quota totals from this run's log (None: no log file to count from)."""
+        if self._path is None:
+            return None
+        if self._quota_reader is None:
+            self._quota_reader = QuotaReader(self._path)
+        return self._quota_reader
 
     def _append(self, draft: Receipt, *, durable: bool) -> None:
         with self._lock:
@@ -401,6 +421,13 @@ class AuditLog:
         if self._secret_key is None:
             self._secret_key = load_or_create_secret_key(self._keys_dir)
         return self._secret_key
+
+    def existing_secret_key(self) -> SecretKey | None:
+        """The HMAC key for secret values if this log's keys folder holds one, never a new one:
+        `audit replay` compares digests made with the log's own key, or says it cannot."""
+        if self._secret_key is None and not (self._keys_dir / "secrets.key").exists():
+            return None
+        return self.secret_key
 
     def _ensure_writer(self) -> _Writer:
         with self._writer_lock:

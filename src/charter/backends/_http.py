@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any, TypedDict
 from urllib.parse import quote
@@ -337,7 +337,7 @@ def _pointer(body: Any, pointer: str, where: str) -> Any:
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, datetime):
+    if isinstance(value, date):  # a datetime too: RFC 3339 / ISO 8601 either way
         return value.isoformat()
     if isinstance(value, Decimal):
         return format(value, "f")

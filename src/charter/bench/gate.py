@@ -20,6 +20,8 @@ from typing import Any
 
 from charter.audit import AuditLog, verify_log
 from charter.backends import InMemoryBackend
+from charter.bench._lookups import run_lookup_bench
+from charter.bench._quotas import run_quota_bench
 from charter.bench.sandbox import ORDER
 from charter.compiler import compile_contract
 from charter.contract.checker import load_contract
@@ -112,6 +114,7 @@ def run_gate_bench(runs: int = 40, threads: int = 4) -> dict[str, Any]:
                 "concurrent_calls_per_s": threads * max(1, runs // threads) * _CALLS_PER_RUN / concurrent,
             }
         results["sqlite_full_commits_per_s"] = _fsync_commits_per_second(folder)
+        results["lookup_guard"] = run_lookup_bench(sandbox, max(4, runs // 2))
 
         keys = log.trusted_keys()
         for mode, every in (("verify", False), ("verify_every_signature", True)):
@@ -121,6 +124,7 @@ def run_gate_bench(runs: int = 40, threads: int = 4) -> dict[str, Any]:
             if not report.ok:
                 raise RuntimeError(f"the benchmark's log does not verify: {report.findings[:3]}")
             results[mode] = {"receipts": report.receipts, "receipts_per_s": report.receipts / elapsed}
+    results["quota_check"] = run_quota_bench()  # one quota check at k = 1,000 vs one plain guard
     g, p = results["gated"], results["passthrough"]
     results["gated_share_of_passthrough"] = {
         "sequential": g["sequential_calls_per_s"] / p["sequential_calls_per_s"],

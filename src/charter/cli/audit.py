@@ -31,6 +31,7 @@ from charter.audit import (
     Verification,
     check_run,
     export_run,
+    lookup_lines,
     read_public_key,
     verify_bundle,
     verify_log,
@@ -357,6 +358,12 @@ def _show_intent(checked: CheckedRun, asked: Asked) -> None:
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
     if isinstance(receipt, Decision):
         head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        if receipt.secret_params:  # their values are keyed digests (gate._secrets)
+            head += f" [secret: {', '.join(receipt.secret_params)}]"
+        head += "".join(
+            f"\n   quota {q.id} {q.key}: {q.total}+{q.amount} of {q.max}/{q.window}" for q in receipt.quotas
+        )
+        head = "\n  ".join([head, *lookup_lines(receipt)])
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
@@ -504,7 +511,8 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
         records = [log.run(r) for r in program_runs_of(record)] if isinstance(record.opened, Asked) else [record]
         contract = Registry().get(record.opened.contract, record.opened.version)
         sandbox = Sandbox(pool_size=0)
-        reports = [replay_run(r, contract, sandbox) for r in records]
+        secret_key = log.existing_secret_key()
+        reports = [replay_run(r, contract, sandbox, log=log, secret_key=secret_key) for r in records]
     except (CharterError, ValueError) as error:
         fail(str(error))
     if as_json:
@@ -515,8 +523,16 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
             if len(reports) > 1:
                 say(f"program run {report.run_id}", "bold")
             say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
+            if report.quotas_checked:
+                say(f"quota totals recounted from the log: {report.quotas_checked} as recorded")
             for divergence in report.divergences:
                 say(f"diverged: {divergence}", "red")
+            for note in report.notes:
+                say(f"not compared: {note}")
+            if report.lookups:
+                say("lookups the gate saw (as recorded: replay answers from the record and reads no backend):")
+                for line in report.lookups:
+                    say(f"  {line}")
             same = report.recorded_outcome == report.replayed_outcome
             say(f"conclusion: {'identical' if same else 'DIFFERENT'}", "green" if same else "red")
             if not same:

@@ -118,6 +118,17 @@ def bench_gate(
         f"gated throughput as a share of pass-through: {share['sequential']:.2f} one at a time, "
         f"{share['concurrent']:.2f} concurrent"
     )
+    lookup = results["lookup_guard"]
+    say(
+        f"a guard over a lookup of {lookup['payees_looked_up']} payees: {lookup['lookup_guard_ms_per_call']:.3f} ms a "
+        f"call, {lookup['lookup_to_plain_ratio']:.2f}x a plain guard's {lookup['plain_guard_ms_per_call']:.3f} ms"
+    )
+    quota = results["quota_check"]
+    say(
+        f"quota check at k = {quota['k']:,} counted calls of its key ({quota['other_rows']:,} rows of other keys): "
+        f"{quota['quota_check_us']:,.0f} µs, a plain guard {quota['plain_guard_us']:,.0f} µs "
+        f"({quota['quota_over_guard']:.1f}x)"
+    )
     goals = results["goals"]
     say(f"goal >= 2,000 durable gated calls/s: {'met' if goals['met_calls'] else 'NOT met'}")
     say(f"goal >= 20,000 receipts/s verified: {'met' if goals['met_verify'] else 'NOT met'}")

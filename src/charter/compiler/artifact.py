@@ -28,8 +28,10 @@ __all__ = [
     "GuestSurface",
     "HttpEndpointSpec",
     "LimitsSpec",
+    "LookupRule",
     "OperationRule",
     "ParamSpec",
+    "QuotaRule",
     "TransitionRule",
 ]
 
@@ -49,6 +51,20 @@ class GuardRule(_Frozen, frozen=True):
     when: str  # CEL source; the gate compiles it once when it loads the table
     message: str
     boundaries: tuple[str, ...]  # ids of the hard boundaries this guard enforces
+
+
+class QuotaRule(_Frozen, frozen=True):
+    """A total over time, counted from the audit log (charter.gate._quotas)."""
+
+    id: str
+    sum: str | None  # CEL: the amount each allowed call adds; None: each call adds 1
+    per: tuple[str, ...]  # CEL keys: the total is kept per value of these
+    window: str  # as written: 90m, 24h, 30d, run
+    window_seconds: int | None  # None: this run only
+    max: int  # calls, or the sum (integer cents for money)
+    message: str
+    boundaries: tuple[str, ...]  # ids of the hard boundaries this quota enforces
+    money: bool = False  # the sum is money: amounts are integer cents, shown as 2000.00
 
 
 class TransitionRule(_Frozen, frozen=True):
@@ -80,7 +96,20 @@ class BindingSpec(_Frozen, frozen=True):
     http: HttpEndpointSpec | None = None
 
 
-class OperationRule(_Frozen, frozen=True):
+class LookupRule(_Frozen, frozen=True):
+    """A read the gate performs for an operation's rules (`lookups.<name>`), lazily: only when
+    the first rule naming it is evaluated, at most once per call (charter.gate._lookups)."""
+
+    name: str
+    operation: str  # a read operation of this contract, invoked with the gate's authority
+    args: dict[str, str]  # the read's param -> CEL over params and principal
+    returns: TypeRef  # the read's declared result: what guards see, and what the result is checked against
+    rules: tuple[str, ...]  # the rules that read it: "guard:known_payee", "approval", "quota:daily_outflow"
+
+
+class OperationRule(_Frozen, frozen=True, omit_defaults=True):
+    # omit_defaults: a v2 rule an operation does not use (quotas: ()) is left out of the
+    # encoded gate table, so a contract that uses none compiles to the same artifact as before.
     name: str
     kind: Literal["read", "write"]
     doc: str
@@ -97,6 +126,10 @@ class OperationRule(_Frozen, frozen=True):
     requires_approval: bool
     reader: str | None  # the read operation that observes the entity for state checks
     binding: BindingSpec
+    # Params declared `secret: true`: receipts hold HMAC digests of their values (gate._secrets)
+    secret: tuple[str, ...] = ()
+    quotas: tuple[QuotaRule, ...] = ()
+    lookups: tuple[LookupRule, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):

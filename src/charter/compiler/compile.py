@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from charter.compiler._lookups import lookup_rules
 from charter.compiler.artifact import (
     BindingSpec,
     BoundaryRule,
@@ -21,11 +22,14 @@ from charter.compiler.artifact import (
     LimitsSpec,
     OperationRule,
     ParamSpec,
+    QuotaRule,
     TransitionRule,
 )
 from charter.compiler.canonical import canonical_json, content_hash
 from charter.compiler.render import RenderView, render
-from charter.contract.checker import CheckedContract, entity_reader, path_placeholders, state_enum_name
+from charter.contract._quotas import parse_window, sums_money
+from charter.contract._secrets import secret_params
+from charter.contract.checker import CheckedContract, endpoint_placement, entity_reader, state_enum_name
 from charter.contract.model import Contract, Operation
 
 __all__ = ["artifact_files", "compile_contract"]
@@ -154,6 +158,22 @@ def _operation_rule(
         requires_approval=op.requires_approval is True,
         reader=entity_reader(model, op.entity) if op.entity and op.key else None,
         binding=_binding(model, name, op),
+        secret=secret_params(op),
+        quotas=tuple(
+            QuotaRule(
+                id=q.id,
+                sum=q.sum,
+                per=tuple(q.per),
+                window=q.window,
+                window_seconds=parse_window(q.window),
+                max=q.max,
+                message=q.message,
+                boundaries=_enforcing(boundaries, f"quota:{q.id}"),
+                money=sums_money(q.sum, params),
+            )
+            for q in op.quotas
+        ),
+        lookups=lookup_rules(checked, op),
     )
 
 
@@ -169,16 +189,7 @@ def _binding(model: Contract, name: str, op: Operation) -> BindingSpec:
     assert model.binding is not None  # the checker guarantees a service for every endpoint
     assert model.binding.http is not None
     service = model.binding.http
-    path_params = tuple(path_placeholders(endpoint.path))
-    query, body = list(endpoint.query or ()), list(endpoint.body or ())
-    # Params the endpoint does not place go where the method puts them (GET and DELETE: the
-    # query string), unless the author listed that place explicitly: then to the other one.
-    rest = [p for p in op.params if p not in (*path_params, *query, *body)]
-    query_first = endpoint.method in ("GET", "DELETE")
-    if endpoint.query is None and (query_first or endpoint.body is not None):
-        query += rest
-    else:
-        body += rest
+    path_params, query, body = endpoint_placement(endpoint, list(op.params))
     return BindingSpec(
         kind="http",
         target=f"{endpoint.method} {endpoint.path}",
@@ -187,7 +198,7 @@ def _binding(model: Contract, name: str, op: Operation) -> BindingSpec:
             base_url=service.base_url,
             method=endpoint.method,
             path=endpoint.path,
-            path_params=path_params,
+            path_params=tuple(path_params),
             query=tuple(query),
             body=tuple(body),
             result=endpoint.result,
@@ -222,6 +233,7 @@ def _render_view(model: Contract, gate: GateTable) -> RenderView:
                 [
                     *(op.transition.boundaries if op.transition else ()),
                     *(b for g in op.guards for b in g.boundaries),
+                    *(b for q in op.quotas for b in q.boundaries),
                     *op.after_boundaries,
                     *_enforcing(gate.boundaries, f"approval:{op.name}"),
                     *_enforcing(gate.boundaries, f"scope:{op.name}"),

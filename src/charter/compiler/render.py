@@ -10,6 +10,7 @@ from typing import Any
 import jinja2
 
 from charter._paths import shipped_dir
+from charter.contract._quotas import notation
 
 __all__ = ["RenderView", "render", "render_text", "templates_dir"]
 
@@ -30,6 +31,7 @@ def _environment() -> jinja2.Environment:
     )
     # Enum values and states are checked to be snake_case, so plain quoting is exact.
     environment.filters["quoted"] = lambda value: f'"{value}"'
+    environment.filters["quota"] = lambda q: notation(q.max, q.window, q.per, money=q.money)
     return environment
 
 
@@ -51,6 +53,21 @@ class RenderView:
 
     def boundaries_of(self, operation: Any) -> tuple[Any, ...]:
         return self.boundaries_by_operation.get(operation.name, ())
+
+    @property
+    def uses_date(self) -> bool:
+        """Whether any field, param or result is a `date` (the stubs then import it)."""
+        refs = [*(t for fields in self.records.values() for t in fields.values())]
+        for op in self.operations:
+            refs.extend(p.type for p in op.params)
+            refs.extend([op.returns] if op.returns is not None else [])
+        while refs:
+            ref = refs.pop()
+            if ref.kind == "date":
+                return True
+            if ref.item is not None:
+                refs.append(ref.item)
+        return False
 
 
 def render(template: str, view: RenderView) -> str:

@@ -32,9 +32,11 @@ __all__ = [
     "GUARD_FUNCTIONS",
     "PRINCIPAL_FIELDS",
     "activation",
+    "cel_date",
     "check_guard",
     "names_used",
     "raw_principal_comparisons",
+    "sample_variables",
     "suggest",
 ]
 
@@ -101,6 +103,12 @@ _IDENTIFIER = re.compile(r"[A-Za-z]\w*")
 _UNDEFINED = re.compile(r"Undefined variable or function: '([^']*)'")
 # Samples of records that contain themselves (through an optional or a list) stop here.
 _SAMPLE_DEPTH = 3
+
+
+def cel_date(value: dt.date) -> dt.datetime:
+    """A `date` as guards see it: the timestamp of its midnight UTC, so it compares with
+    timestamps and datetimes and takes duration arithmetic (CEL has no date type)."""
+    return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
 
 
 def activation(variables: Mapping[str, Any]) -> cel.Context:
@@ -443,6 +451,7 @@ def _sample(
         "bool": bool(n),
         "money": n * 10**MONEY_SCALE,
         "datetime": dt.datetime(2000, 1, 1 + n, tzinfo=dt.UTC),
+        "date": cel_date(dt.date(2000, 1, 1 + n)),
     }
     return base[ref.kind]
 
@@ -459,3 +468,17 @@ def _samples(
         name: {k: _sample(v, records, enums, n, (name, k), nulls) for k, v in fields.items()}
         for name, fields in variables.items()
     }
+
+
+def sample_variables(
+    variables: Mapping[str, Fields],
+    records: Mapping[str, Fields],
+    enums: Mapping[str, Sequence[str]],
+    n: int,
+    *,
+    all_null: bool = False,
+) -> dict[str, Any]:
+    """Typed sample values of `variables` (n = 0 or 1), as a rule's CEL sees them; with `all_null`,
+    every optional value is null. For rules that give a value rather than a bool (quota sums and keys)."""
+    nulls = frozenset(_nullable(variables, records)) if all_null else frozenset()
+    return _samples(variables, records, enums, n, nulls)

@@ -21,6 +21,9 @@ import pydantic
 from pydantic import BaseModel
 
 from charter._paths import allowed_modules
+from charter.contract._lookups import check_lookups, hint_fields
+from charter.contract._quotas import check_quota_ref, check_quotas
+from charter.contract._secrets import check_secret_params
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
@@ -40,6 +43,7 @@ __all__ = [
     "RESERVED_NAMES",
     "CheckedContract",
     "check_contract_data",
+    "endpoint_placement",
     "entity_reader",
     "is_scope",
     "load_contract",
@@ -56,7 +60,7 @@ _FIELD = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*\Z")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _BASE_URL = re.compile(r"https?://[^\s?#]+\Z")
 # Names a program already uses for something else: the runtime's own functions and types.
-_RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime", "Literal"}
+_RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime", "date", "Literal"}
 RESERVED_NAMES = frozenset(_RESERVED)
 # A program reaches the contract by its name, beside the runtime's names, Python's builtins
 # and the modules it may import; a contract named like one of them would hide it or them.
@@ -96,6 +100,21 @@ class CheckedContract:
 def path_placeholders(path: str) -> list[str]:
     """The {param} placeholders of an HTTP path template, in order: /orders/{id}/cancel -> ['id']."""
     return _PLACEHOLDER.findall(path)
+
+
+def endpoint_placement(endpoint: HttpEndpoint, params: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(path, query, body) params of an HTTP endpoint, every param placed: those the endpoint
+    does not place go where the method puts them (GET and DELETE: the query string), unless
+    the author listed that place explicitly: then to the other one."""
+    path_params = path_placeholders(endpoint.path)
+    query, body = list(endpoint.query or ()), list(endpoint.body or ())
+    rest = [p for p in params if p not in (*path_params, *query, *body)]
+    query_first = endpoint.method in ("GET", "DELETE")
+    if endpoint.query is None and (query_first or endpoint.body is not None):
+        query += rest
+    else:
+        body += rest
+    return path_params, query, body
 
 
 def state_enum_name(entity: str, lifecycle_field: str) -> str:
@@ -248,6 +267,7 @@ class _Checker:
     params: dict[str, dict[str, TypeRef]] = field(default_factory=dict)
     returns: dict[str, TypeRef | None] = field(default_factory=dict)
     guard_ids: dict[str, str] = field(default_factory=dict)  # guard id -> operation
+    quota_ids: dict[str, str] = field(default_factory=dict)  # quota id -> operation
     # Records and operations with a type that did not resolve: their guards are not checked,
     # so one typo yields one error rather than a cascade.
     unresolved: set[str] = field(default_factory=set)
@@ -559,6 +579,7 @@ class _Checker:
         self._check_exposure(name, op)
         self._check_guards(name, op, entity is not None and op.key is not None)
         self._check_binding(name, op)
+        check_secret_params(name, op, params, self._placements(name, op), self.fail)
         reads_state = op.transition is not None or any("entity" in names_used(g.when) for g in op.guards)
         if (
             entity is not None
@@ -580,8 +601,6 @@ class _Checker:
         # construct is enforced by the gate, a contract using it is refused, never half-run.
         path: DocPath = ("operations", name)
         pending = {
-            "lookups": bool(op.lookups),
-            "quotas": bool(op.quotas),
             "after": not isinstance(op.after, list) or any(isinstance(a, AnyOf) for a in op.after),
             "requires_approval": not isinstance(op.requires_approval, bool),
         }
@@ -589,10 +608,17 @@ class _Checker:
             if used:
                 self.fail((*path, key), f"{name}: `{key}` in this form is not supported yet")
         for pname, written in op.params.items():
-            if not isinstance(written, str) and (written.from_ is not None or written.secret):
-                self.fail((*path, "params", pname), f"{name}.{pname}: `from` and `secret` are not supported yet")
+            if not isinstance(written, str) and written.from_ is not None:
+                self.fail((*path, "params", pname), f"{name}.{pname}: `from` is not supported yet")
         if self.model.principal.attributes and name == next(iter(self.model.operations)):
             self.fail(("principal",), "principal attributes are not supported yet")
+
+    def _placements(self, name: str, op: Operation) -> dict[str, str]:
+        """Where an HTTP-bound operation sends each param: 'path', 'query' or 'body' ({} for Python)."""
+        if op.binding is None or op.binding.http is None or self.model.binding is None or not self.model.binding.http:
+            return {}
+        path_params, query, body = endpoint_placement(op.binding.http, list(op.params))
+        return {**dict.fromkeys(body, "body"), **dict.fromkeys(query, "query"), **dict.fromkeys(path_params, "path")}
 
     def _check_argument_depth(self, path: DocPath, param: str, ref: TypeRef) -> None:
         # The sandbox's wire decoder refuses arguments nested deeper than MAX_ARGUMENT_DEPTH;
@@ -668,6 +694,8 @@ class _Checker:
         if has_entity:
             variables["entity"] = self.records.get(op.entity or "", {})
         variables["principal"] = PRINCIPAL_FIELDS
+        if op.lookups:
+            variables["lookups"] = check_lookups(self, name, op, variables)
         skip_types = name in self.unresolved or (has_entity and op.entity in self.unresolved)
         for index, guard in enumerate(op.guards):
             gpath: DocPath = ("operations", name, "guards", index)
@@ -682,7 +710,8 @@ class _Checker:
             self.guard_ids.setdefault(guard.id, name)
             if skip_types:
                 continue
-            for found in check_guard(guard.when, variables, self.records, self.enums):
+            found_all = check_guard(guard.when, variables, self.records, self.enums)
+            for found in hint_fields(found_all, variables.get("lookups"), self.records):
                 message = found
                 if "unknown name 'entity'" in found and not has_entity:
                     message = (
@@ -695,6 +724,7 @@ class _Checker:
                 self.warnings.append(
                     Problem(self.source.file, pos.line, pos.column, f"warning: guard '{guard.id}' {advice}")
                 )
+        check_quotas(self, name, op, variables)
 
     def _check_binding(self, name: str, op: Operation) -> None:
         default = self.model.binding
@@ -874,6 +904,7 @@ class _Checker:
                         f"boundary '{boundary.id}' is enforced by unknown guard '{rule.guard}'"
                         + suggest(rule.guard, self.guard_ids),
                     )
+                check_quota_ref(self, boundary.id, rule, rpath)
                 if rule.approval is not None or rule.scope is not None:
                     self._check_operation_rule(boundary.id, rule.kind, rule.target, (*rpath, rule.kind))
                 if rule.sequence is not None and rule.sequence not in sequences:

@@ -82,7 +82,10 @@ class _Strict(BaseModel):
 
 TypeText = Annotated[
     str,
-    Field(description="A type: str, int, float, bool, money, datetime, a declared name, list[T], or T? for optional."),
+    Field(
+        description="A type: str, int, float, bool, money, datetime, date, a declared name, list[T], or T? for "
+        "optional."
+    ),
 ]
 NonEmptyText = Annotated[str, Field(min_length=1)]
 

@@ -1,6 +1,6 @@
 """The type language of contract fields, params and returns.
 
-    str | int | float | bool | money | datetime     primitives
+    str | int | float | bool | money | datetime | date     primitives
     Name                                            an enum, record or entity declared in the contract
     list[T]                                         a list of T
     T?                                              T or absent (null)
@@ -8,6 +8,13 @@
 `money` is an exact decimal with two places (Decimal in programs). CEL guards see it as an
 integer count of minor units (cents), so `params.amount + entity.refunded <= entity.total`
 is exact; floating point would let a refund cap drift by a rounding error.
+
+`date` is an ISO calendar date, YYYY-MM-DD (`datetime.date` in programs, the ISO text on the
+wire). CEL guards see it as the timestamp of its midnight UTC, as they see a `datetime` as a
+timestamp: `params.due < timestamp("2027-01-01T00:00:00Z")`, `params.due - params.start >=
+duration("72h")` and comparisons with datetime fields work, and comparing it with a string is
+a type error `check` reports (a string compare would also be right for this one format, but
+would not mix with datetimes and durations).
 """
 
 from __future__ import annotations
@@ -27,14 +34,14 @@ __all__ = [
     "parse_type",
 ]
 
-PRIMITIVES = ("str", "int", "float", "bool", "money", "datetime")
+PRIMITIVES = ("str", "int", "float", "bool", "money", "datetime", "date")
 MONEY_SCALE = 2
 # How deeply the arguments of one call may nest (the arguments object is level 0, each
 # param value level 1). The sandbox's wire decoder refuses deeper calls; the checker
 # refuses param types no call could fit in.
 MAX_ARGUMENT_DEPTH = 16
 
-Kind = Literal["str", "int", "float", "bool", "money", "datetime", "enum", "record", "list"]
+Kind = Literal["str", "int", "float", "bool", "money", "datetime", "date", "enum", "record", "list"]
 
 
 class TypeRef(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):

@@ -16,7 +16,7 @@ import msgspec
 from charter.compiler.artifact import GateTable, ParamSpec
 from charter.contract.types import MONEY_SCALE, TypeRef
 
-__all__ = ["ArgumentChecker", "InvalidArguments", "TypeMapping", "plain"]
+__all__ = ["DATE_EXPECTED", "ArgumentChecker", "InvalidArguments", "TypeMapping", "plain"]
 
 
 class InvalidArguments(ValueError):
@@ -31,6 +31,7 @@ _SCALARS: dict[str, Any] = {
     "bool": bool,
     "money": decimal.Decimal,
     "datetime": datetime.datetime,
+    "date": datetime.date,  # exactly YYYY-MM-DD of a real day: msgspec refuses 2026-02-30 and a datetime
     "list": list,  # a field may be named `list`: the annotation must not see it
 }
 
@@ -123,7 +124,7 @@ class ArgumentChecker:
         try:
             converted = msgspec.convert(arguments, self._types[operation], strict=True)
         except msgspec.ValidationError as error:
-            raise InvalidArguments(str(error)) from None
+            raise InvalidArguments(_said(str(error))) from None
         values = {f: plain(getattr(converted, f)) for f in converted.__struct_fields__}
         for name in self._money[operation]:
             amount = values.get(name)
@@ -132,6 +133,17 @@ class ArgumentChecker:
             ):
                 raise InvalidArguments(f"Expected an amount with at most {MONEY_SCALE} decimal places - at `$.{name}`")
         return {k: v for k, v in values.items() if k in arguments}
+
+
+# msgspec's words for a text that is no calendar date, said as what a program must send
+_NOT_A_DATE = "Invalid RFC3339 encoded date - at"
+DATE_EXPECTED = "Expected `date`, a calendar date written YYYY-MM-DD (e.g. 2026-03-01)"
+
+
+def _said(message: str) -> str:
+    if message.startswith(_NOT_A_DATE):
+        return DATE_EXPECTED + message[len(_NOT_A_DATE) - len(" - at") :]
+    return message
 
 
 def plain(value: Any) -> Any:

@@ -17,8 +17,15 @@ Checks, in this order; the first that fails decides, with its reason code:
  9. the entity is read through the contract's read operation, and has the
     entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
 10. the lifecycle allows the transition from its current state   STATE_VIOLATION
-11. every CEL guard holds                                        GUARD_VIOLATION
-12. the operation does not need a human approval: last, so an approval is never
+11. every CEL guard holds; a lookup (`_lookups`) is performed when the first rule
+    naming it is evaluated, never for a call refused before, never twice in one call
+                                                                 GUARD_VIOLATION, LOOKUP_FAILED
+12. every quota over time has room for this call: the total counted in its window
+    (from the audit store's index of allowed Decision receipts) plus this call's
+    amount is at most `max`; read under a per-(contract, quota, key) lock held until
+    the Decision receipt is durable, so racing runs cannot both pass (`_quotas`)
+                                                                 QUOTA_EXCEEDED
+13. the operation does not need a human approval: last, so an approval is never
     asked for a call the contract forbids anyway                 APPROVAL_REQUIRED
 
 Checks that need no backend come first, so a call refused anyway never reads state.
@@ -39,21 +46,26 @@ the receipt holds exactly what the program got: the declared type, undeclared fi
 dropped and named (`_results`, RESULT_INVALID), and the size (RESULT_TOO_LARGE).
 Exception text from a backend or from the gate itself never reaches the program, the
 caller or a receipt: they get a code and a generic message (`_withheld`).
+
+Secret params (`secret: true`) are never recorded or said: the Decision holds keyed digests
+of their values, its args hash is over that masked form, and every message of the call has
+each secret value replaced (`_secrets`). Checks see the real values.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, NoReturn
 
 import cel
 import msgspec
 
-from charter.audit import Observed, RunRecorder, args_digest
+from charter.audit import LookupSeen, Observed, RunRecorder
 from charter.backends import (
     Backend,
     BackendFailure,
@@ -64,13 +76,23 @@ from charter.backends import (
     fingerprint,
 )
 from charter.compiler.artifact import CompiledContract, GuardRule, OperationRule
-from charter.contract.cel_guards import activation
+from charter.contract.cel_guards import activation, cel_date
 from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
+from charter.gate._lookups import CallLookups, LookupFailed, Lookups
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
+from charter.gate._quotas import QuotaChecks, QuotaHold, QuotaSession, utc_now
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
+from charter.gate._secrets import (
+    Recorded,
+    SecretParams,
+    recorded_arguments,
+    scrub,
+    scrubbed_verdict,
+    scrubbed_withheld,
+)
 from charter.gate._withheld import Withheld, safe_text, withhold
 from charter.gate._writes import FirstWrite, WriteLedger
 from charter.principal import Principal
@@ -80,16 +102,6 @@ __all__ = ["ContractGate", "GateSession", "halt_message", "recorded_arguments"]
 
 def halt_message(denial: str, denials: int) -> str:
     return f"{denial} The run made {denials} denied calls, its limit (limits.max_denials); the gate ended it."
-
-
-def recorded_arguments(request: CallRequest, checked: Mapping[str, Any] | None) -> tuple[str | None, str]:
-    """(canonical JSON or None, sha256) of a call's arguments as its decision receipt records them:
-    the checked values when they validated, else what the program sent."""
-    if request.malformed is not None:
-        return None, request.malformed.raw_sha256
-    if checked is not None:
-        return args_digest(checked)
-    return None, args_digest(request.arguments)[1]
 
 
 _OK = Verdict("OK", "allowed")
@@ -125,13 +137,22 @@ class _CompiledGuard:
 class ContractGate:
     """Built once per contract version and backend; `session` gives each run its own state."""
 
-    def __init__(self, contract: CompiledContract, backend: Backend) -> None:
+    def __init__(
+        self, contract: CompiledContract, backend: Backend, *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        """`clock`: the gate's UTC clock (quota windows and decision times); tests inject one."""
         self.contract = contract
         self.backend = backend
+        self.clock = clock
         table = contract.gate
+        self._quotas = QuotaChecks(table)
         self._table = table
         self._checker = ArgumentChecker.for_table(table)
         self._results = ResultChecker(table)
+        self._secrets = SecretParams(table)
+        self._lookups = Lookups(
+            table, backend, self._checker, self._results, lambda v, t: _cel_value(v, t, table.records)
+        )
         self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
         for name, rule in table.operations.items():
             programs = [(g, cel.compile(g.when)) for g in rule.guards]
@@ -157,6 +178,7 @@ class ContractGate:
         with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied).
         `logical_run_id` is the first run of the chain this run continues (None: this run),
         from which write idempotency keys derive."""
+        self._secrets.require_key(recorder)
         return GateSession(
             self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes
         )
@@ -201,6 +223,9 @@ class GateSession:
         self._end_lock = threading.Lock()
         self._ended: str | None = None
         self._unstarted: dict[int, CallRequest] = {}
+        self._quotas = QuotaSession(gate._quotas, recorder.quotas, gate.clock, gate.boundary_note)
+        # The lookups of the call being decided (calls are decided one at a time in a run).
+        self._call_lookups: CallLookups = gate._lookups.start(_no_call)
 
     def close(self, reason: str) -> None:
         """The run is over (`reason` says how): from now on nothing acts. An allowed call whose
@@ -238,11 +263,13 @@ class GateSession:
         gate = self._gate
         rule = gate._table.operations.get(request.operation) if request.malformed is None else None
         arguments: dict[str, Any] | None = None
-        recorded: tuple[str | None, str] | None = None  # the arguments' canonical JSON and hash
+        recorded: Recorded | None = None  # the arguments' canonical JSON and hash, secrets masked
         observed: Observed | None = None
         precondition: Precondition | None = None
         idempotency_key: str | None = None
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
+        hold = QuotaHold()  # quota locks: released once the decision is recorded, on every path
+        self._call_lookups = lookups = gate._lookups.start(lambda: self._lookup_context(request))
         try:
             self._refuse_if_ended(request)
             if request.malformed is not None:
@@ -252,7 +279,7 @@ class GateSession:
                 message = f"contract {contract.name} {contract.version} has no operation {request.operation!r}"
                 raise _Refusal(Verdict("UNKNOWN_OPERATION", message))
             arguments = self._arguments(rule, request.arguments)
-            recorded = recorded_arguments(request, arguments)
+            recorded = self._recorded(request, arguments)
             self._static_checks(rule, arguments)
             if rule.kind == "write":
                 first = self._write_checks(rule, arguments, recorded[1])
@@ -262,9 +289,9 @@ class GateSession:
                 if self._needs_entity(rule):
                     self._refuse_if_ended(request)  # the read reaches the backend too
                     entity, observed, precondition = self._read_entity(request, rule, arguments)
-                self._state_checks(rule, arguments, entity)
+                self._state_checks(rule, arguments, entity, hold)
             verdict = _OK if first is None else _REPLAYED
-        except _Refusal as refusal:
+        except (_Refusal, LookupFailed) as refusal:
             verdict = refusal.verdict
         except Exception as error:  # fail closed: a broken check is a denial
             verdict = Verdict(
@@ -273,7 +300,11 @@ class GateSession:
                 "allowed unchecked (the error is kept for the operator: `charter audit show`).",
                 withheld=withhold(error),
             )
+        except BaseException:
+            hold.release()
+            raise
 
+        verdict = scrubbed_verdict(verdict, self._gate._secrets.values(request))
         with self._end_lock:
             # Decided and registered under the lock: `close` either comes first (and the call
             # is refused) or finds it registered (and records it as not performed).
@@ -282,10 +313,17 @@ class GateSession:
                 if ended is not None:
                     verdict = _run_ended(request, ended)
             self._record_decision(
-                request, recorded or recorded_arguments(request, None), verdict, observed, idempotency_key
+                request,
+                recorded or self._recorded(request, None),
+                verdict,
+                observed,
+                idempotency_key,
+                hold,
+                tuple(lookups.seen),
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
+                self._quotas.counted(request.sequence, hold)
 
         if not verdict.allowed:
             self._state.denials += 1
@@ -305,6 +343,14 @@ class GateSession:
         return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
 
     # -- checks ----------------------------------------------------------------------
+
+    def _recorded(self, request: CallRequest, checked: Mapping[str, Any] | None) -> Recorded:
+        secret = self._gate._secrets.of(request.operation)
+        return recorded_arguments(request, checked, secret, self._recorder.secret_key)
+
+    def _lookup_context(self, request: CallRequest) -> CallContext:
+        self._refuse_if_ended(request)  # a lookup reaches the backend too
+        return self._context(request)
 
     def _refuse_if_ended(self, request: CallRequest) -> None:
         ended = self._still_running(request)
@@ -456,7 +502,7 @@ class GateSession:
         return entity, observed, precondition
 
     def _state_checks(
-        self, rule: OperationRule, arguments: Mapping[str, Any], entity: Mapping[str, Any] | None
+        self, rule: OperationRule, arguments: Mapping[str, Any], entity: Mapping[str, Any] | None, hold: QuotaHold
     ) -> None:
         transition = rule.transition
         if transition is not None and entity is not None:
@@ -474,6 +520,11 @@ class GateSession:
                 )
         variables = self._variables(rule, arguments, entity)
         self._guard_checks(rule, variables)
+        for quota in rule.quotas:  # a quota's sum or keys may read lookups too
+            self._call_lookups.perform(rule, f"quota:{quota.id}", variables)
+        exceeded = self._quotas.check(rule, variables, hold)
+        if exceeded is not None:
+            raise _Refusal(exceeded)
         self._approval_check(rule, variables)
 
     def _variables(
@@ -504,12 +555,14 @@ class GateSession:
                 )
             )
 
-    def _guard_checks(self, rule: OperationRule, variables: Mapping[str, Any]) -> None:
+    def _guard_checks(self, rule: OperationRule, variables: dict[str, Any]) -> None:
         guards = self._gate._guards[rule.name]
         if not guards:
             return
-        context = activation(variables)
+        context = None
         for guard in guards:
+            if self._call_lookups.perform(rule, f"guard:{guard.rule.id}", variables) or context is None:
+                context = activation(variables)  # again after a lookup: rules see it from here on
             if guard.uses_entity and "entity" not in variables:
                 raise _Refusal(Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
             try:
@@ -603,7 +656,10 @@ class GateSession:
     ) -> NoReturn:
         """Record an allowed call's failed outcome and raise it to the program as OperationFailed.
         A receipt that cannot be written is said in the message: the call was allowed and the
-        backend was reached, so it is never turned into a denial."""
+        backend was reached, so it is never turned into a denial. A backend's words lose the
+        call's secret values first."""
+        secrets = self._gate._secrets.values(request)
+        message, withheld = scrub(message, secrets), scrubbed_withheld(withheld, secrets)
         try:
             self._record_outcome(request, status, code=code, message=message, withheld=withheld)
         except BaseException:
@@ -646,24 +702,41 @@ class GateSession:
     def _record_decision(
         self,
         request: CallRequest,
-        recorded: tuple[str | None, str],
+        recorded: Recorded,
         verdict: Verdict,
         observed: Observed | None,
         idempotency_key: str | None,
+        hold: QuotaHold | None = None,
+        lookups: tuple[LookupSeen, ...] = (),
     ) -> None:
-        decision = decision_receipt(
-            request, recorded, verdict, self._gate.contract, self._principal, observed, idempotency_key
-        )
-        if verdict.withheld is not None:
-            verdict.withheld.keep(self._recorder, request.sequence, request.operation)
+        """Commit the call's Decision; `hold`'s quota locks are released once it is durable (the
+        receipt is what counts the call), or once it failed, whatever happens."""
         try:
-            self._recorder.decision(decision)
-        except AuditError as error:
-            # No receipt, no action: the call is denied even though the checks passed. The
-            # audit log's own error (a path, an SQLite message) is shown: it names no backend data.
-            raise Denied(
-                "GATE_ERROR", f"{request.operation} refused: its receipt could not be written ({error})"
-            ) from None
+            decision = decision_receipt(
+                request,
+                recorded,
+                verdict,
+                self._gate.contract,
+                self._principal,
+                observed,
+                idempotency_key,
+                quotas=hold.seen if hold is not None else (),
+                at=hold.at if hold is not None else None,
+                lookups=lookups,
+            )
+            if verdict.withheld is not None:
+                verdict.withheld.keep(self._recorder, request.sequence, request.operation)
+            try:
+                self._recorder.decision(decision)
+            except AuditError as error:
+                # No receipt, no action: the call is denied even though the checks passed. The
+                # audit log's own error (a path, an SQLite message) is shown: it names no backend data.
+                raise Denied(
+                    "GATE_ERROR", f"{request.operation} refused: its receipt could not be written ({error})"
+                ) from None
+        finally:
+            if hold is not None:
+                hold.release()
 
     def _record_outcome(
         self,
@@ -683,6 +756,7 @@ class GateSession:
         # can no longer lose what the write did); a read's rides with the next durable receipt,
         # which precedes anything leaving the sandbox.
         write = rule is not None and rule.kind == "write"
+        self._quotas.outcome(request.sequence, status, code)
         receipt = outcome_receipt(request, status, reply, code, message, dropped, withheld)
         try:
             self._recorder.outcome(receipt, durable=write)
@@ -694,6 +768,10 @@ class GateSession:
             ) from None
 
 
+def _no_call() -> CallContext:
+    raise RuntimeError("a lookup outside a call")  # a session performs lookups only inside `call`
+
+
 def _run_ended(request: CallRequest, why: str) -> Verdict:
     return Verdict("RUN_ENDED", f"{request.operation} refused: {why}; nothing acts after the run's end.")
 
@@ -703,11 +781,13 @@ def _key_json(value: Any) -> str:
 
 
 def _cel_value(value: Any, ref: TypeRef, records: Mapping[str, Mapping[str, TypeRef]]) -> Any:
-    """A Python value as guards see it: money in integer cents, records as maps."""
+    """A Python value as guards see it: money in integer cents, a date as its midnight UTC, records as maps."""
     if value is None:
         return None
     if ref.kind == "money":
         return int(Decimal(value).scaleb(MONEY_SCALE).to_integral_value())
+    if ref.kind == "date":
+        return cel_date(value)
     if ref.kind == "list" and ref.item is not None:
         return [_cel_value(v, ref.item, records) for v in value]
     if ref.kind == "record" and ref.name is not None:

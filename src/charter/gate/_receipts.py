@@ -7,7 +7,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
-from charter.audit import Decision, Observed, Outcome, now_iso
+from charter.audit import Decision, LookupSeen, Observed, Outcome, now_iso
+from charter.audit.receipts import QuotaSeen
 from charter.compiler.artifact import CompiledContract
 from charter.gate._protocol import CallRequest
 from charter.gate._withheld import Withheld
@@ -35,20 +36,26 @@ class Verdict:
 
 def decision_receipt(
     request: CallRequest,
-    recorded: tuple[str | None, str],
+    recorded: tuple[str | None, str, tuple[str, ...]],
     verdict: Verdict,
     contract: CompiledContract,
     principal: Principal,
     observed: Observed | None,
     idempotency_key: str | None,
+    *,
+    quotas: tuple[QuotaSeen, ...] = (),
+    at: str | None = None,
+    lookups: tuple[LookupSeen, ...] = (),
 ) -> Decision:
-    """`recorded`: the arguments' canonical JSON (None if they did not decode) and sha256."""
-    shown, digest = recorded
+    """`recorded`: the arguments' canonical JSON (None if they did not decode), sha256, and
+    the secret params whose values both hold as digests (`_secrets`).
+    `at`: the decision's time when a check already fixed it (quotas count from it); else now."""
+    shown, digest, secret_params = recorded
     withheld = verdict.withheld
     return Decision(
         run_id=request.run_id,
         seq=0,
-        at=now_iso(),
+        at=at or now_iso(),
         call=request.sequence,
         operation=request.operation,
         args_sha256=digest,
@@ -67,6 +74,9 @@ def decision_receipt(
         observed=observed,
         error_type=withheld.error_type if withheld else None,
         error_sha256=withheld.sha256 if withheld else None,
+        secret_params=secret_params,
+        quotas=quotas,
+        lookups=lookups,
     )
 
 

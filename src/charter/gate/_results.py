@@ -5,13 +5,14 @@ its callers): they are dropped, and their JSON paths recorded (`$.internal_cost`
 `$[*].items[*].warehouse`, list positions as `[*]` so a long list names each field once).
 Anything else that does not match the declared type (a wrong scalar, a missing required
 field, an unknown enum value, money as a float, an int or with more than two places, an
-int beyond 64 bits, an unparsable datetime or one without a UTC offset) is `ResultInvalid`,
+int beyond 64 bits, an unparsable datetime or one without a UTC offset, a date that is not
+exactly YYYY-MM-DD of a real day, or a datetime where a date is declared) is `ResultInvalid`,
 naming the JSON path of the first bad value and the declared type there, never the value
 itself (it is the backend's data: msgspec's own messages quote values, so they are
 rewritten). Results follow the rules arguments do, so whatever a program receives it
 could send back. What passes is the value the guest gets, converted by msgspec (records
 as Structs with every declared field, absent optionals None; money as Decimal; datetimes
-parsed).
+and dates parsed).
 """
 
 from __future__ import annotations

@@ -18,8 +18,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
-from charter.contract.model import AnyOf, Contract, Entity, Guard, Lifecycle, Operation, Transition, param_type
+from charter.contract.model import (
+    AnyOf,
+    Contract,
+    Entity,
+    Guard,
+    Lifecycle,
+    Operation,
+    Param,
+    Transition,
+    param_type,
+)
 from charter.registry._bounds import bound_direction
+from charter.registry._lookups import lookup_changes
+from charter.registry._quotas import diff_quotas
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -227,6 +239,15 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
                 f"{where}.params.{name}",
                 f"type changed from {param_type(old.params[name])} to {text}",
             )
+        if name in old.params and _secret(old.params[name]) != _secret(written):
+            # No call is refused either way; what changes is whether the log holds the value.
+            d.add(
+                "additive" if _secret(written) else "relaxation",
+                f"{where}.params.{name}",
+                f"param '{name}' is now secret"
+                if _secret(written)
+                else f"param '{name}' is no longer secret: receipts record its value in plain text",
+            )
     if old.transition != new.transition:
         if new.transition is None:
             d.add(
@@ -266,6 +287,8 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
         guard_changed,
         detail=lambda guard: guard.when,
     )
+    lookup_changes(d.add, f"{where}.lookups", old, new)
+    diff_quotas(d, where, old.quotas, new.quotas)
     d.sets(f"{where}.scopes", old.scopes, new.scopes, "required scope", "relaxation", "breaking")
     if old.public != new.public:
         # Opening a write to anyone is a governance change; closing it again shows up as the
@@ -312,3 +335,7 @@ def _boundaries(d: _Diff, old: Contract, new: Contract) -> None:
 
 def _plain(after: list[str | AnyOf] | AnyOf) -> list[str]:
     return [a for a in after if isinstance(a, str)] if isinstance(after, list) else []
+
+
+def _secret(written: str | Param) -> bool:
+    return not isinstance(written, str) and written.secret

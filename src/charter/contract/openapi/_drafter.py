@@ -16,7 +16,7 @@ __all__ = ["Drafter"]
 _METHODS = ("get", "post", "put", "patch", "delete")
 _UNMAPPED_METHODS = ("head", "options", "trace")
 _SKIPPED_HEADERS = {"idempotency-key", "if-match", "charter-receipt", "authorization"}  # Charter's own
-_SCALARS = {"str", "int", "float", "bool", "money", "datetime"}
+_SCALARS = {"str", "int", "float", "bool", "money", "datetime", "date"}
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Drafter:
         kind = node.get("type")
         if isinstance(kind, list):
             kind = next((k for k in kind if k != "null"), None)
-        if "enum" in node or node.get("format") in ("decimal", "money", "date-time"):
+        if "enum" in node or node.get("format") in ("decimal", "money", "date-time", "date"):
             return None
         return {"integer": "int", "string": "str"}.get(str(kind))
 

@@ -237,7 +237,7 @@ class Schemas:
             name = self.name(where)
             return self._declare(name, flat, where)
         if kind == "string":
-            return "datetime" if node.get("format") == "date-time" else "str"
+            return {"date-time": "datetime", "date": "date"}.get(str(node.get("format")), "str")
         if kind in ("integer", "number", "boolean"):
             return {"integer": "int", "number": "float", "boolean": "bool"}[kind]
         raise Unmappable("it may be a value of any type")
