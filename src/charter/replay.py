@@ -103,7 +103,7 @@ def replay_run(record: RunRecord, contract: CompiledContract, sandbox: Sandbox) 
         )
     gate = _ReplayGate(record, contract)
     context = RunContext(
-        principal=Principal(opened.principal, frozenset(opened.scopes)),
+        principal=Principal(opened.principal, frozenset(opened.scopes), opened.attributes or {}),
         run_id=opened.run_id,
         clock=datetime.fromisoformat(opened.clock),
         seed=opened.seed,

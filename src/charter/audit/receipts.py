@@ -87,6 +87,8 @@ class Opened(_Body, frozen=True, kw_only=True, tag="open"):
     # The first run of a chain of runs continuing one another; None: this run's own id.
     # Write idempotency keys derive from it, so they do not change across the chain.
     logical_run_id: str | None = None
+    # The principal's attributes as the operator bound them (tokens.yaml, --attr); None: none.
+    attributes: dict[str, Any] | None = None
 
 
 class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -119,6 +121,8 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     # itself is in the audit database's redactable backend_errors table, not in the log).
     error_type: str | None = None
     error_sha256: str | None = None
+    # APPROVAL_REQUIRED: the reason of the approval rule that held (`requires_approval`).
+    approval: str | None = None
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):
@@ -160,6 +164,7 @@ class Asked(_Body, frozen=True, kw_only=True, tag="ask"):
     settings: dict[str, Any]  # max tokens, repair rounds, retries, timeouts
     host: str
     pid: int
+    attributes: dict[str, Any] | None = None  # the principal's attributes as bound; None: none
 
 
 class Attempted(_Body, frozen=True, kw_only=True, tag="attempt"):

@@ -21,17 +21,17 @@ import pydantic
 from pydantic import BaseModel
 
 from charter._paths import allowed_modules
+from charter.contract import _attributes
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
 from charter.contract.cel_guards import (
-    PRINCIPAL_FIELDS,
     check_guard,
     names_used,
     raw_principal_comparisons,
     suggest,
 )
-from charter.contract.model import AnyOf, Contract, Entity, HttpEndpoint, Operation, param_type
+from charter.contract.model import Contract, Entity, HttpEndpoint, Operation, param_type
 from charter.contract.types import MAX_ARGUMENT_DEPTH, PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.errors import ContractError, Problem
 from charter.principal import is_scope
@@ -83,6 +83,7 @@ class CheckedContract:
     modules: Mapping[str, BoundModule] = field(default_factory=dict)
     # Sound but risky, e.g. a guard comparing principal.id with == (`charter contract check` prints them).
     warnings: tuple[Problem, ...] = ()
+    principal_attributes: Mapping[str, TypeRef] = field(default_factory=dict)  # `principal.attributes`, resolved
 
     @property
     def name(self) -> str:
@@ -256,6 +257,9 @@ class _Checker:
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.source.problem(path, message, key=key))
 
+    def warn(self, path: DocPath, message: str) -> None:
+        self.warnings.append(self.source.problem(path, message))
+
     def run(self) -> CheckedContract:
         m = self.model
         if not _SNAKE.match(m.contract) or keyword.iskeyword(m.contract):
@@ -271,6 +275,8 @@ class _Checker:
             )
         self._declare_names()
         self._resolve_records()
+        attributes = _attributes.check_principal_attributes(m, self._type, self.fail)
+        self.records[_attributes.ATTRIBUTES_RECORD] = attributes  # for CEL checks only; left out below
         for name, entity in m.entities.items():
             self._check_entity(name, entity)
         for name, operation in m.operations.items():
@@ -285,6 +291,7 @@ class _Checker:
             )
         if self.problems:
             raise ContractError(_sorted(self.problems))
+        del self.records[_attributes.ATTRIBUTES_RECORD]
         return CheckedContract(
             model=m,
             file=self.source.file,
@@ -294,6 +301,7 @@ class _Checker:
             returns=MappingProxyType(self.returns),
             modules=MappingProxyType({k: v for k, v in sorted(self.modules.items()) if isinstance(v, BoundModule)}),
             warnings=tuple(_sorted(self.warnings)),
+            principal_attributes=MappingProxyType(attributes),
         )
 
     # names and types
@@ -537,19 +545,7 @@ class _Checker:
         if op.transition is not None:
             self._check_transition_ref(name, op, entity)
         self._not_yet(name, op)
-        for index, other in enumerate(op.after if isinstance(op.after, list) else []):
-            if isinstance(other, AnyOf):
-                continue
-            if other == name:
-                self.fail(
-                    (*path, "after", index),
-                    f"operation '{name}' cannot require itself to run first",
-                )
-            elif other not in m.operations:
-                self.fail(
-                    (*path, "after", index),
-                    f"operation '{name}' must run after unknown operation '{other}'{suggest(other, m.operations)}",
-                )
+        _attributes.check_after(name, op, m.operations, self.fail, self.warn)
         for index, scope in enumerate(op.scopes):
             if not is_scope(scope):
                 self.fail(
@@ -582,8 +578,6 @@ class _Checker:
         pending = {
             "lookups": bool(op.lookups),
             "quotas": bool(op.quotas),
-            "after": not isinstance(op.after, list) or any(isinstance(a, AnyOf) for a in op.after),
-            "requires_approval": not isinstance(op.requires_approval, bool),
         }
         for key, used in pending.items():
             if used:
@@ -591,8 +585,6 @@ class _Checker:
         for pname, written in op.params.items():
             if not isinstance(written, str) and (written.from_ is not None or written.secret):
                 self.fail((*path, "params", pname), f"{name}.{pname}: `from` and `secret` are not supported yet")
-        if self.model.principal.attributes and name == next(iter(self.model.operations)):
-            self.fail(("principal",), "principal attributes are not supported yet")
 
     def _check_argument_depth(self, path: DocPath, param: str, ref: TypeRef) -> None:
         # The sandbox's wire decoder refuses arguments nested deeper than MAX_ARGUMENT_DEPTH;
@@ -667,7 +659,7 @@ class _Checker:
         variables: dict[str, Fields] = {"params": self.params[name]}
         if has_entity:
             variables["entity"] = self.records.get(op.entity or "", {})
-        variables["principal"] = PRINCIPAL_FIELDS
+        variables["principal"] = _attributes.principal_fields()
         skip_types = name in self.unresolved or (has_entity and op.entity in self.unresolved)
         for index, guard in enumerate(op.guards):
             gpath: DocPath = ("operations", name, "guards", index)
@@ -695,6 +687,8 @@ class _Checker:
                 self.warnings.append(
                     Problem(self.source.file, pos.line, pos.column, f"warning: guard '{guard.id}' {advice}")
                 )
+        if not skip_types:
+            _attributes.check_approval(name, op, variables, self.records, self.enums, self.fail)
 
     def _check_binding(self, name: str, op: Operation) -> None:
         default = self.model.binding

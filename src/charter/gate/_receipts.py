@@ -27,6 +27,7 @@ class Verdict:
     clause: str | None = None
     boundary: str | None = None
     withheld: Withheld | None = None  # exception text kept from the message (`_withheld`)
+    approval: str | None = None  # APPROVAL_REQUIRED: the reason of the approval rule that held
 
     @property
     def allowed(self) -> bool:
@@ -67,6 +68,7 @@ def decision_receipt(
         observed=observed,
         error_type=withheld.error_type if withheld else None,
         error_sha256=withheld.sha256 if withheld else None,
+        approval=verdict.approval,
     )
 
 
