@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from charter.contract._yaml import Path as DocPath
 from charter.contract.cel_guards import PRINCIPAL_FIELDS, check_guard, suggest
@@ -26,6 +27,7 @@ from charter.contract.types import TypeRef
 
 __all__ = [
     "ATTRIBUTES_RECORD",
+    "union_errors",
     "after_groups",
     "attributes_used",
     "check_after",
@@ -43,9 +45,48 @@ _STRING_LITERAL = re.compile(r"""(?s)[rR]?("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')"
 _ATTRIBUTE = re.compile(r"(?<![\w.])principal\s*\.\s*attributes\s*\.\s*([A-Za-z_]\w*)")
 _WHOLE = re.compile(r"(?<![\w.])principal\s*\.\s*attributes(?!\s*\.\s*\w)")
 
-Fail = Callable[[DocPath, str], None]
+Fail = Callable[..., None]  # (path, message, key=False): the checker's `fail`
 Warn = Callable[[DocPath, str], None]
 Resolve = Callable[[DocPath, str, str], "TypeRef | None"]
+
+
+_TYPE_ERRORS = frozenset({"string_type", "bool_type", "list_type", "dict_type", "model_type", "model_attributes_type"})
+_BRANCHES = frozenset({"str", "bool", "AnyOf", "Approval", "list[union[str,AnyOf]]"})
+_EXPECTED = {
+    "after": "a list of operation names and {any: [...]} groups, or {any: [...]}",
+    "after.item": "an operation name or {any: [...]}",
+    "requires_approval": "true, false or {when: <CEL>, reason: <text>}",
+}
+
+
+def union_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """pydantic's errors with those of `after` and `requires_approval` (each a union of forms)
+    said once, in the form the author wrote: a mapping's missing `reason` is reported without
+    "expected true or false" beside it; a value of no form is one error naming every form."""
+    kept: list[dict[str, Any]] = []
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for error in errors:
+        loc = tuple(error["loc"])
+        if len(loc) > 3 and loc[0] == "operations" and loc[2] in ("after", "requires_approval"):
+            groups.setdefault(loc[:3], []).append(error)
+        else:
+            kept.append(error)
+    for key, found in groups.items():
+        matched = [e for e in found if e["type"] not in _TYPE_ERRORS]
+        if matched:
+            kept += [{**e, "loc": _unbranched(e["loc"])} for e in matched]
+            continue
+        deepest = max(found, key=lambda e: len(_unbranched(e["loc"])))
+        loc = _unbranched(deepest["loc"])
+        what = _EXPECTED["after.item" if len(loc) > 3 else key[2]]
+        got = deepest["input"]
+        shown = f"'{got}'" if isinstance(got, str) else repr(got) if not isinstance(got, dict | list) else "a list"
+        kept.append({"type": "value_error", "loc": loc, "ctx": {"error": f"expected {what}, got {shown}"}})
+    return kept
+
+
+def _unbranched(loc: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(step for index, step in enumerate(loc) if index < 3 or step not in _BRANCHES)
 
 
 def principal_fields() -> dict[str, TypeRef]:
@@ -59,7 +100,7 @@ def check_principal_attributes(model: Contract, resolve: Resolve, fail: Fail) ->
     for name, text in model.principal.attributes.items():
         path: DocPath = ("principal", "attributes", name)
         if not _SNAKE.match(name):
-            fail(path, f"principal attribute name '{name}' must be lower snake_case, e.g. 'daily_limit'")
+            fail(path, f"principal attribute name '{name}' must be lower snake_case, e.g. 'daily_limit'", key=True)
             continue
         ref = resolve(path, text, f"principal attribute '{name}'")
         if ref is None:
