@@ -496,9 +496,7 @@ MALFORMED += [
     ),
     pytest.param(
         {_OP: _OP + "    requires_approval: {when: params.reson != '', reason: Asked twice.}\n"},
-        [
-            "43:31: requires_approval of 'cancel_order': 'params' has no field 'reson' (did you mean 'reason'?)"
-        ],
+        ["43:31: requires_approval of 'cancel_order': 'params' has no field 'reson' (did you mean 'reason'?)"],
         id="approval_when_unknown_field",
     ),
     pytest.param(
@@ -513,7 +511,9 @@ MALFORMED += [
     ),
     pytest.param(
         {_OP: _OP + "    requires_approval: 3\n"},
-        ["43:24: operations.cancel_order.requires_approval: expected true, false or {when: <CEL>, reason: <text>}, got 3"],
+        [
+            "43:24: operations.cancel_order.requires_approval: expected true, false or {when: <CEL>, reason: <text>}, got 3"
+        ],
         id="approval_of_no_form",
     ),
     pytest.param(
@@ -541,6 +541,7 @@ def test_a_boundary_may_be_enforced_by_a_conditional_approval(write_contract: Wr
         }
     )
     assert load_contract(path).model.boundaries[0].enforced_by[0].approval == "cancel_order"
+
 
 @pytest.mark.parametrize(("replace", "expected"), MALFORMED)
 def test_malformed_contract_gets_exact_messages(

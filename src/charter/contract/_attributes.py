@@ -27,13 +27,13 @@ from charter.contract.types import TypeRef
 
 __all__ = [
     "ATTRIBUTES_RECORD",
-    "union_errors",
     "after_groups",
     "attributes_used",
     "check_after",
     "check_approval",
     "check_principal_attributes",
     "principal_fields",
+    "union_errors",
 ]
 
 # The record type of `principal.attributes` in CEL checks: a name no contract can declare
