@@ -59,18 +59,18 @@ _EXPECTED = {
 }
 
 
-def union_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def union_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """pydantic's errors with those of `after` and `requires_approval` (each a union of forms)
     said once, in the form the author wrote: a mapping's missing `reason` is reported without
     "expected true or false" beside it; a value of no form is one error naming every form."""
     kept: list[dict[str, Any]] = []
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for error in errors:
         loc = tuple(error["loc"])
         if len(loc) > 3 and loc[0] == "operations" and loc[2] in ("after", "requires_approval"):
             groups.setdefault(loc[:3], []).append(error)
         else:
-            kept.append(error)
+            kept.append(dict(error))
     for key, found in groups.items():
         matched = [e for e in found if e["type"] not in _TYPE_ERRORS]
         if matched:

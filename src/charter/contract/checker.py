@@ -143,7 +143,7 @@ def check_contract_data(
     try:
         model = Contract.model_validate(data)
     except pydantic.ValidationError as exc:
-        errors = _attributes.union_errors(list(exc.errors(include_url=False)))
+        errors = _attributes.union_errors(exc.errors(include_url=False))
         raise ContractError(_sorted(_from_pydantic(err, source_map) for err in errors)) from None
     return _Checker(model, source_map, binding_search, authoring=not published).run()
 
