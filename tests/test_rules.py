@@ -4,6 +4,7 @@ the real sandbox, the contract gate and a real audit log, over tests/data/transf
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -346,6 +347,9 @@ def test_charter_token_add_and_exec_bind_attributes(charter_home: Path, tmp_path
     ran = charter(*args, *attrs)
     assert ran.returncode == 2, ran.stderr  # refused: 60.00 is above ada's own 50.00
     assert '"cause": "GUARD_VIOLATION"' in ran.stdout
+    run_id = json.loads(ran.stdout)["run_id"]
+    shown = charter("audit", "show", run_id)
+    assert 'attributes: {"account_id":"A1","daily_limit":"50.00","tier":"gold"}' in shown.stdout, shown.stdout
     twice = charter(*args, "--attr", "tier=gold", "--attr", "tier=basic")
     assert twice.returncode == 1
     assert "attribute tier is given twice" in twice.stderr
