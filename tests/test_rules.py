@@ -196,6 +196,18 @@ def test_an_any_of_group_of_entity_reads_counts_per_entity_beside_an_all_of_step
     assert rules_backend.done() == [{"closed": "A1"}]
 
 
+def test_an_approval_condition_over_the_entity_reads_it_first(bank: Bank) -> None:
+    # No guard of close_account reads the entity: the approval condition alone makes the gate read it.
+    rich = bank.run(READ + 'transfers.get_account(id="A9")\ntransfers.close_account(id="A9")')
+    [*_, decision] = bank.decisions(rich.run_id)
+    assert (decision.code, decision.approval) == ("APPROVAL_REQUIRED", "the account holds more than 5000.00")
+    assert decision.observed is not None
+    assert (decision.observed.entity, decision.observed.key) == ("Account", "A9")
+    from tests.data import rules_backend
+
+    assert rules_backend.done() == []
+
+
 # -- conditional approval ----------------------------------------------------------------------
 
 
@@ -274,7 +286,10 @@ def test_the_prompt_and_stubs_show_any_of_and_the_approval_condition() -> None:
         "send_payment(account: str, amount: money, recipient: str) -> Account [write, after "
         "get_standing_orders|get_standing_order, approval if a payment above 500.00 from a basic account]"
     ) in prompt
-    assert "[write, after get_standing_orders, get_account|audit_account] # Close an account." in prompt
+    assert (
+        "[write, after get_standing_orders, get_account|audit_account, approval if the account holds more than "
+        "5000.00] # Close an account."
+    ) in prompt
     assert "Must follow a successful get_standing_orders or get_standing_order in the same program." in stubs
     assert "Requires human approval if a payment above 500.00 from a basic account." in stubs
     # What each construct adds to the line: an any-of member, the approval's words around its reason.

@@ -34,7 +34,7 @@ def _did(entry: dict[str, Any]) -> None:
 
 
 def get_account(*, id: str) -> dict[str, Any]:
-    return {"id": id, "balance": "1000.00"}
+    return {"id": id, "balance": "9000.00" if id == "A9" else "1000.00"}
 
 
 def audit_account(*, id: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from charter.contract.types import TypeRef
 __all__ = [
     "ATTRIBUTES_RECORD",
     "after_groups",
+    "approval_when",
     "attributes_used",
     "check_after",
     "check_approval",
@@ -185,6 +186,11 @@ def _check_step(name: str, other: str, operations: Mapping[str, Operation], path
         fail(path, f"operation '{name}' cannot require itself to run first")
     elif other not in operations:
         fail(path, f"operation '{name}' must run after unknown operation '{other}'{suggest(other, operations)}")
+
+
+def approval_when(op: Operation) -> list[str]:
+    """The operation's approval condition, as a list of none or one CEL source."""
+    return [op.requires_approval.when] if isinstance(op.requires_approval, Approval) else []
 
 
 def check_approval(

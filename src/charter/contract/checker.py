@@ -556,7 +556,9 @@ class _Checker:
         self._check_exposure(name, op)
         self._check_guards(name, op, entity is not None and op.key is not None)
         self._check_binding(name, op)
-        reads_state = op.transition is not None or any("entity" in names_used(g.when) for g in op.guards)
+        reads_state = op.transition is not None or any(
+            "entity" in names_used(when) for when in [*(g.when for g in op.guards), *_attributes.approval_when(op)]
+        )
         if (
             entity is not None
             and op.key

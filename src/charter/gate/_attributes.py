@@ -121,6 +121,11 @@ class ConditionalApproval:
             if rule.approval_when is not None
         }
 
+    def uses_entity(self, operation: str) -> bool:
+        """Whether the operation's approval condition reads `entity` (the gate must read it)."""
+        program = self._when.get(operation)
+        return program is not None and "entity" in program.variables()
+
     def reason(self, rule: OperationRule, variables: Mapping[str, Any]) -> str | None:
         """The reason approval is needed (the contract's `reason`, or for `requires_approval:
         true` that every call needs it), or None. Raises ValueError when the condition cannot

@@ -424,7 +424,9 @@ class GateSession:
 
     def _needs_entity(self, rule: OperationRule) -> bool:
         return rule.reader is not None and (
-            rule.transition is not None or any(g.uses_entity for g in self._gate._guards[rule.name])
+            rule.transition is not None
+            or any(g.uses_entity for g in self._gate._guards[rule.name])
+            or self._gate._approval.uses_entity(rule.name)
         )
 
     def _read_entity(
