@@ -533,6 +533,15 @@ def test_an_any_of_group_of_one_is_allowed_with_a_warning(write_contract: WriteC
     ]
 
 
+def test_a_long_approval_reason_is_a_warning(write_contract: WriteContract) -> None:
+    reason = "the order is large and was placed by a new customer"
+    path = write_contract(replace={_OP: _OP + f"    requires_approval: {{when: entity.total > 1, reason: {reason}}}\n"})
+    assert [f"{w.line}:{w.column}: {w.message}" for w in load_contract(path).warnings] == [
+        "43:57: warning: the approval reason of 'cancel_order' is 51 characters; the prompt shows it as `approval "
+        "if <reason>` on the operation's line: keep it to 28 (about 8 tokens)"
+    ]
+
+
 def test_a_boundary_may_be_enforced_by_a_conditional_approval(write_contract: WriteContract) -> None:
     path = write_contract(
         replace={

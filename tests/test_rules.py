@@ -151,6 +151,8 @@ def test_principal_attributes_are_read_only_and_checked() -> None:
     principal = Principal("ada", frozenset(), {"daily_limit": "2000.00"})
     with pytest.raises(TypeError):
         principal.attributes["daily_limit"] = "9999999.00"  # type: ignore[index]
+    assert hash(principal) == hash(Principal("ada", frozenset(), {"daily_limit": "2000.00"}))
+    assert principal != Principal("ada", frozenset(), {"daily_limit": "9000.00"})
     with pytest.raises(InvalidPrincipal, match="attribute name 'Daily' is not valid"):
         Principal("ada", frozenset(), {"Daily": "1"})
     with pytest.raises(InvalidPrincipal, match="control or invisible character"):

@@ -233,5 +233,8 @@ class Principal(msgspec.Struct, frozen=True):
         # Frozen means frozen: a check that read the attributes sees them as the run opened.
         msgspec.structs.force_setattr(self, "attributes", MappingProxyType(check_attributes(self.attributes)))
 
+    def __hash__(self) -> int:  # the attributes' read-only view is not hashable; their items are
+        return hash((self.id, self.scopes, tuple(sorted(self.attributes.items()))))
+
     def has(self, scope: str) -> bool:
         return scope in self.scopes

@@ -164,7 +164,8 @@ def token_list(tokens: TokensOption = None, as_json: Annotated[bool, typer.Optio
     if as_json:
         print_json(
             [
-                {"name": e.name, "principal": e.principal, "scopes": e.scopes, "attributes": e.attributes}
+                {"name": e.name, "principal": e.principal, "scopes": e.scopes}
+                | ({"attributes": e.attributes} if e.attributes else {})
                 for e in entries
             ]
         )

@@ -46,6 +46,9 @@ _STRING_LITERAL = re.compile(r"""(?s)[rR]?("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')"
 _ATTRIBUTE = re.compile(r"(?<![\w.])principal\s*\.\s*attributes\s*\.\s*([A-Za-z_]\w*)")
 _WHOLE = re.compile(r"(?<![\w.])principal\s*\.\s*attributes(?!\s*\.\s*\w)")
 
+# `approval if <reason>` costs at most 12 prompt tokens (3.5 characters a token): 4 + 8.
+MAX_REASON_CHARS = 28
+
 Fail = Callable[..., None]  # (path, message, key=False): the checker's `fail`
 Warn = Callable[[DocPath, str], None]
 Resolve = Callable[[DocPath, str, str], "TypeRef | None"]
@@ -200,10 +203,18 @@ def check_approval(
     records: Mapping[str, Mapping[str, TypeRef]],
     enums: Mapping[str, Sequence[str]],
     fail: Fail,
+    warn: Warn,
 ) -> None:
-    """`requires_approval.when` type-checked with the guards' variables (`variables`)."""
+    """`requires_approval.when` type-checked with the guards' variables (`variables`); a reason
+    too long for the prompt's budget is a warning."""
     approval = op.requires_approval
     if not isinstance(approval, Approval):
         return
     for found in check_guard(approval.when, variables, records, enums):
         fail(("operations", name, "requires_approval", "when"), f"requires_approval of '{name}': {found}")
+    if len(approval.reason) > MAX_REASON_CHARS:
+        warn(
+            ("operations", name, "requires_approval", "reason"),
+            f"warning: the approval reason of '{name}' is {len(approval.reason)} characters; the prompt shows it "
+            f"as `approval if <reason>` on the operation's line: keep it to {MAX_REASON_CHARS} (about 8 tokens)",
+        )

@@ -691,7 +691,7 @@ class _Checker:
                     Problem(self.source.file, pos.line, pos.column, f"warning: guard '{guard.id}' {advice}")
                 )
         if not skip_types:
-            _attributes.check_approval(name, op, variables, self.records, self.enums, self.fail)
+            _attributes.check_approval(name, op, variables, self.records, self.enums, self.fail, self.warn)
 
     def _check_binding(self, name: str, op: Operation) -> None:
         default = self.model.binding
