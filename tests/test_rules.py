@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from charter.agent._tokens import estimate_tokens
-from charter.audit import AuditLog, Decision, Opened
+from charter.audit import Asked, AuditLog, Decision, Opened
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract import load_contract
 from charter.errors import InvalidPrincipal
@@ -328,6 +328,7 @@ def test_a_tokens_attributes_reach_a_run_over_http_and_a_body_cannot_set_them(
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client,
     ):
         answer = client.post("/v1/programs", json={"contract": "transfers", "program": program}).json()
+        asked = client.post("/v1/intents", json={"contract": "transfers", "intent": "Pay GB01 150.00"}).json()
         forged = [
             client.post(
                 "/v1/programs",
@@ -342,6 +343,9 @@ def test_a_tokens_attributes_reach_a_run_over_http_and_a_body_cannot_set_them(
     opened = log.run(answer["run_id"]).opened
     assert isinstance(opened, Opened)
     assert opened.attributes == {"account_id": "A1", "daily_limit": "100.00", "tier": "gold"}
+    intent = log.run(asked["run_id"]).opened
+    assert isinstance(intent, Asked)
+    assert intent.attributes == {"account_id": "A1", "daily_limit": "100.00", "tier": "gold"}
     for response in forged:  # refused outright: a caller cannot raise its own limit
         assert response.status_code == 422, response.text
     assert rules_backend.done() == []
