@@ -150,6 +150,7 @@ class Runner:
             parent=parent,
             attempt=attempt,
             logical_run_id=logical_run_id,
+            attributes=dict(principal.attributes) or None,
         )
         recorder = self.audit.open_run(opened)
         session = gate.session(

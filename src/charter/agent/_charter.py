@@ -167,6 +167,7 @@ class Charter:
                 settings=msgspec.structs.asdict(settings),
                 host=host,
                 pid=pid,
+                attributes=dict(principal.attributes) or None,
             )
         )
         conversation = [Message("user", render_text("agent_intent.md.j2", intent=intent, principal=principal))]

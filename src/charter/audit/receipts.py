@@ -89,6 +89,8 @@ class Opened(_Body, frozen=True, kw_only=True, tag="open"):
     # The first run of a chain of runs continuing one another; None: this run's own id.
     # Write idempotency keys derive from it, so they do not change across the chain.
     logical_run_id: str | None = None
+    # The principal's attributes as the operator bound them (tokens.yaml, --attr); None: none.
+    attributes: dict[str, Any] | None = None
 
 
 class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -151,6 +153,8 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     quotas: tuple[QuotaSeen, ...] = ()
     # Since contract language v2: the lookups performed for this call, in the order performed.
     lookups: tuple[LookupSeen, ...] = ()
+    # APPROVAL_REQUIRED: the reason of the approval rule that held (`requires_approval`).
+    approval: str | None = None
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):
@@ -192,6 +196,7 @@ class Asked(_Body, frozen=True, kw_only=True, tag="ask"):
     settings: dict[str, Any]  # max tokens, repair rounds, retries, timeouts
     host: str
     pid: int
+    attributes: dict[str, Any] | None = None  # the principal's attributes as bound; None: none
 
 
 class Attempted(_Body, frozen=True, kw_only=True, tag="attempt"):

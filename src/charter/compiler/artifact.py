@@ -130,6 +130,14 @@ class OperationRule(_Frozen, frozen=True, omit_defaults=True):
     secret: tuple[str, ...] = ()
     quotas: tuple[QuotaRule, ...] = ()
     lookups: tuple[LookupRule, ...] = ()
+    # Each group: at least one of its operations must have succeeded earlier (`after: {any: [...]}`).
+    after_any: tuple[tuple[str, ...], ...] = ()
+    # `requires_approval: {when, reason}`: approval only when the CEL condition holds
+    # (requires_approval is True for either form; None here: the bool form, always).
+    approval_when: str | None = None
+    approval_reason: str | None = None
+    # The principal attributes this operation's rules name: the gate checks them first.
+    attributes: tuple[str, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):
@@ -160,6 +168,7 @@ class GateTable(_Frozen, frozen=True):
     enums: dict[str, tuple[str, ...]]
     boundaries: tuple[BoundaryRule, ...]
     limits: LimitsSpec
+    principal_attributes: dict[str, TypeRef] = {}  # `principal.attributes`: name -> declared type
 
 
 class GuestOperation(_Frozen, frozen=True):
