@@ -30,6 +30,8 @@ __all__ = [
     "LimitsSpec",
     "OperationRule",
     "ParamSpec",
+    "ProvenanceRule",
+    "SourceRule",
     "TransitionRule",
 ]
 
@@ -80,7 +82,26 @@ class BindingSpec(_Frozen, frozen=True):
     http: HttpEndpointSpec | None = None
 
 
-class OperationRule(_Frozen, frozen=True):
+class SourceRule(_Frozen, frozen=True):
+    """One `from:` source as the gate checks it (charter.contract._provenance.ResolvedSource)."""
+
+    kind: Literal["request", "principal", "result"]
+    label: str  # canonical: request, principal, principal.<attr>, list_payees[].iban
+    match: Literal["exact", "token"] = "exact"
+    operation: str | None = None  # result: the read whose results count
+    path: tuple[str, ...] = ()  # result: the field names walked below it (lists stepped through)
+    attribute: str | None = None  # principal.<attr>
+
+
+class ProvenanceRule(_Frozen, frozen=True):
+    """A param's `from:` rule: its value must have been seen in one of `sources` in this run."""
+
+    param: str
+    sources: tuple[SourceRule, ...]
+    boundaries: tuple[str, ...] = ()  # hard boundaries enforced by provenance:<op>.<param>
+
+
+class OperationRule(_Frozen, frozen=True, omit_defaults=True):  # v2 fields appear only when used
     name: str
     kind: Literal["read", "write"]
     doc: str
@@ -97,6 +118,7 @@ class OperationRule(_Frozen, frozen=True):
     requires_approval: bool
     reader: str | None  # the read operation that observes the entity for state checks
     binding: BindingSpec
+    provenance: tuple[ProvenanceRule, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):
@@ -118,7 +140,7 @@ class LimitsSpec(_Frozen, frozen=True):
     max_program_bytes: int
 
 
-class GateTable(_Frozen, frozen=True):
+class GateTable(_Frozen, frozen=True, omit_defaults=True):  # v2 fields appear only when used
     contract: str
     version: str
     sha256: str
@@ -127,6 +149,9 @@ class GateTable(_Frozen, frozen=True):
     enums: dict[str, tuple[str, ...]]
     boundaries: tuple[BoundaryRule, ...]
     limits: LimitsSpec
+    # The provenance ledger's harvest plan: per operation, the result sources (labels and
+    # field paths) whose values the gate records from each reply the program gets.
+    provenance_paths: dict[str, tuple[SourceRule, ...]] = {}
 
 
 class GuestOperation(_Frozen, frozen=True):

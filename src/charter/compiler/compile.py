@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from charter.compiler._provenance import harvest_plan, provenance_rules
 from charter.compiler.artifact import (
     BindingSpec,
     BoundaryRule,
@@ -56,6 +57,7 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
         enums=enums,
         boundaries=boundaries,
         limits=LimitsSpec(**model.limits.model_dump()),
+        provenance_paths=harvest_plan(operations),
     )
     surface = GuestSurface(
         contract=model.contract,
@@ -154,6 +156,7 @@ def _operation_rule(
         requires_approval=op.requires_approval is True,
         reader=entity_reader(model, op.entity) if op.entity and op.key else None,
         binding=_binding(model, name, op),
+        provenance=provenance_rules(checked, name, op, boundaries),
     )
 
 
@@ -225,6 +228,7 @@ def _render_view(model: Contract, gate: GateTable) -> RenderView:
                     *op.after_boundaries,
                     *_enforcing(gate.boundaries, f"approval:{op.name}"),
                     *_enforcing(gate.boundaries, f"scope:{op.name}"),
+                    *(b for r in op.provenance for b in r.boundaries),
                 ]
             )
         )

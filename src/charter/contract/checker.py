@@ -21,6 +21,7 @@ import pydantic
 from pydantic import BaseModel
 
 from charter._paths import allowed_modules
+from charter.contract._provenance import check_provenance, provenance_fields, provenance_params
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
@@ -255,6 +256,10 @@ class _Checker:
 
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.source.problem(path, message, key=key))
+
+    def _warn(self, path: DocPath, message: str) -> None:
+        pos = self.source.locate(path)
+        self.warnings.append(Problem(self.source.file, pos.line, pos.column, f"warning: {message}"))
 
     def run(self) -> CheckedContract:
         m = self.model
@@ -537,6 +542,7 @@ class _Checker:
         if op.transition is not None:
             self._check_transition_ref(name, op, entity)
         self._not_yet(name, op)
+        check_provenance(name, op.params, params, m, self.records, self.returns, self.fail, self._warn)
         for index, other in enumerate(op.after if isinstance(op.after, list) else []):
             if isinstance(other, AnyOf):
                 continue
@@ -589,8 +595,8 @@ class _Checker:
             if used:
                 self.fail((*path, key), f"{name}: `{key}` in this form is not supported yet")
         for pname, written in op.params.items():
-            if not isinstance(written, str) and (written.from_ is not None or written.secret):
-                self.fail((*path, "params", pname), f"{name}.{pname}: `from` and `secret` are not supported yet")
+            if not isinstance(written, str) and written.secret:
+                self.fail((*path, "params", pname), f"{name}.{pname}: `secret` is not supported yet")
         if self.model.principal.attributes and name == next(iter(self.model.operations)):
             self.fail(("principal",), "principal attributes are not supported yet")
 
@@ -668,6 +674,8 @@ class _Checker:
         if has_entity:
             variables["entity"] = self.records.get(op.entity or "", {})
         variables["principal"] = PRINCIPAL_FIELDS
+        if provenance := provenance_fields(op.params):
+            variables["provenance"] = provenance
         skip_types = name in self.unresolved or (has_entity and op.entity in self.unresolved)
         for index, guard in enumerate(op.guards):
             gpath: DocPath = ("operations", name, "guards", index)
@@ -874,6 +882,8 @@ class _Checker:
                         f"boundary '{boundary.id}' is enforced by unknown guard '{rule.guard}'"
                         + suggest(rule.guard, self.guard_ids),
                     )
+                if rule.provenance is not None:
+                    self._check_provenance_rule(boundary.id, rule.provenance, (*rpath, "provenance"))
                 if rule.approval is not None or rule.scope is not None:
                     self._check_operation_rule(boundary.id, rule.kind, rule.target, (*rpath, rule.kind))
                 if rule.sequence is not None and rule.sequence not in sequences:
@@ -884,6 +894,26 @@ class _Checker:
                         f"boundary '{boundary.id}' is enforced by the sequence rule of{why} '{rule.sequence}', "
                         f"which has no `after:` rule{hint}",
                     )
+
+    def _check_provenance_rule(self, boundary: str, target: str, path: DocPath) -> None:
+        """A boundary enforced by `provenance: op.param`: that param must declare `from:`."""
+        operation, _, param = target.partition(".")
+        op = self.model.operations.get(operation)
+        if op is None or not param:
+            self.fail(
+                path,
+                f"boundary '{boundary}' is enforced by the provenance of '{target}': write operation.param, naming "
+                f"an operation of this contract{suggest(operation, self.model.operations)}",
+            )
+            return
+        with_from = provenance_params(op.params)
+        if param not in with_from:
+            why = "declares no `from:`" if param in op.params else "is not one of its params"
+            self.fail(
+                path,
+                f"boundary '{boundary}' is enforced by the provenance of '{target}', but param '{param}' of "
+                f"{operation} {why}{suggest(param, with_from)}",
+            )
 
     def _check_operation_rule(self, boundary: str, kind: str, operation: str, path: DocPath) -> None:
         """A boundary enforced by an operation's approval or its scopes: that rule must exist."""

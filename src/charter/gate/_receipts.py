@@ -41,8 +41,10 @@ def decision_receipt(
     principal: Principal,
     observed: Observed | None,
     idempotency_key: str | None,
+    provenance: dict[str, tuple[str, ...]] | None = None,
 ) -> Decision:
-    """`recorded`: the arguments' canonical JSON (None if they did not decode) and sha256."""
+    """`recorded`: the arguments' canonical JSON (None if they did not decode) and sha256;
+    `provenance`: per `from:` param, the sources its value was seen in."""
     shown, digest = recorded
     withheld = verdict.withheld
     return Decision(
@@ -67,6 +69,7 @@ def decision_receipt(
         observed=observed,
         error_type=withheld.error_type if withheld else None,
         error_sha256=withheld.sha256 if withheld else None,
+        provenance=provenance,
     )
 
 
