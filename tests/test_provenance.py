@@ -444,7 +444,7 @@ def test_inputs_are_the_programs_mapping_and_the_request_source(pay: Pay) -> Non
     execution = pay.run(program, inputs={"iban": BILL_IBAN, "memo": "rent"})
     assert execution.status == "done", execution.reason
     assert execution.data == ["iban", "memo"]
-    opened = list(pay.log.stored(execution.run_id))[0].decoded()
+    opened = next(iter(pay.log.stored(execution.run_id))).decoded()
     assert isinstance(opened, Opened)
     assert (opened.inputs, opened.secret_inputs) == ({"iban": BILL_IBAN, "memo": "rent"}, ())
 
@@ -454,7 +454,7 @@ def test_secret_inputs_are_recorded_as_digests_only(pay: Pay, charter_home: Path
     program = "payments_lite.send_payment(recipient=inputs['iban'], note=inputs['pin'])\nconclude('ok')"
     execution = pay.run(program, inputs={"iban": BILL_IBAN, "pin": secret}, secret_inputs=["pin"])
     assert execution.status == "done", execution.reason
-    opened = list(pay.log.stored(execution.run_id))[0].decoded()
+    opened = next(iter(pay.log.stored(execution.run_id))).decoded()
     assert isinstance(opened, Opened)
     assert opened.secret_inputs == ("pin",)
     assert opened.inputs is not None
@@ -507,7 +507,8 @@ def test_ledger_rebuilds_from_opened_and_outcome_receipts(pay: Pay) -> None:
     assert ledger.check(rule, {"recipient": "ab123456"}).labels["recipient"] == ("request",)  # type: ignore[union-attr]
     # Text seen only in error feedback does not re-enter the ledger.
     check = ledger.check(rule, {"recipient": "XX00FEEDBEEF"})
-    assert check is not None and check.violation is not None
+    assert check is not None
+    assert check.violation is not None
     assert "seen in none of them" in check.violation
     assert isinstance(receipts[-2], CallOutcome)
 
@@ -519,5 +520,6 @@ def test_seen_index_is_bounded(contract: CompiledContract) -> None:
     ledger.record("read_document", json.dumps({"sender": "late-sender", "body": "b"}))
     rule = contract.gate.operations["send_payment"]
     check = ledger.check(rule, {"recipient": "late-sender"})
-    assert check is not None and check.violation is not None
+    assert check is not None
+    assert check.violation is not None
     assert "seen in none of them in this run" in check.violation  # beyond the bound: not indexed

@@ -28,6 +28,7 @@ as `GB29NWBK60161331926819`, and the other way round).
 
 from __future__ import annotations
 
+import re
 import threading
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,15 +43,24 @@ __all__ = ["SEEN_INDEX_CHARS", "Check", "ProvenanceLedger", "normalise", "occurs
 
 SEEN_INDEX_CHARS = 4_000_000  # normalised characters of the "seen in" index per run
 _DROPPED = frozenset("-\u00ad\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d")
+_SEPARATORS = re.compile("[\\s" + "".join(re.escape(c) for c in sorted(_DROPPED)) + "]+")
 
 
 class _Text:
-    """A text normalised for matching, with where each normalised character came from."""
+    """A text normalised for matching. Where each normalised character came from is worked
+    out only when a candidate occurrence needs its boundaries judged."""
 
-    __slots__ = ("norm", "origin", "source")
+    __slots__ = ("_origin", "norm", "source")
 
     def __init__(self, text: str) -> None:
         self.source = unicodedata.normalize("NFKC", text)
+        self.norm = _SEPARATORS.sub("", unicodedata.normalize("NFKC", self.source.casefold()))
+        self._origin: list[int] | None = None
+
+    def _mapped(self) -> tuple[str, list[int]]:
+        # Character by character, so each normalised character knows its source position.
+        # For the rare text where that differs from normalising the whole (combining marks
+        # across a separator), the character-wise form is the one matched here.
         norm: list[str] = []
         origin: list[int] = []
         for index, char in enumerate(self.source):
@@ -59,25 +69,23 @@ class _Text:
             folded = unicodedata.normalize("NFKC", char.casefold())
             norm.append(folded)
             origin.extend([index] * len(folded))
-        self.norm = "".join(norm)
-        self.origin = origin
+        return "".join(norm), origin
 
     def contains(self, value: str) -> bool:
         """`value` (normalised) occurs here bounded by non-alphanumerics or the edges."""
-        if not value:
+        if not value or value not in self.norm:
             return False
-        start = self.norm.find(value)
+        norm, origin = self._mapped()
+        start = norm.find(value)
         while start >= 0:
             end = start + len(value) - 1
-            first, last = self.origin[start], self.origin[end]
-            whole = (start == 0 or self.origin[start - 1] != first) and (
-                end + 1 == len(self.origin) or self.origin[end + 1] != last
-            )
+            first, last = origin[start], origin[end]
+            whole = (start == 0 or origin[start - 1] != first) and (end + 1 == len(origin) or origin[end + 1] != last)
             before = self.source[first - 1] if first > 0 else ""
             after = self.source[last + 1] if last + 1 < len(self.source) else ""
             if whole and not before.isalnum() and not after.isalnum():
                 return True
-            start = self.norm.find(value, start + 1)
+            start = norm.find(value, start + 1)
         return False
 
 
