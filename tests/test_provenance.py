@@ -523,3 +523,137 @@ def test_seen_index_is_bounded(contract: CompiledContract) -> None:
     assert check is not None
     assert check.violation is not None
     assert "seen in none of them in this run" in check.violation  # beyond the bound: not indexed
+
+
+# -- inputs on every surface: exec, HTTP, MCP; a secret input never stored in plaintext ---------
+
+SECRET = "Tr0ub4dor-and-3-horses"
+READS_INPUTS = "conclude(inputs['who'] + ':' + str(len(inputs['pin'])), data=sorted(inputs))"
+
+
+def _stored_nowhere(home: Path, secret: str) -> None:
+    """No file under CHARTER_HOME (audit log, its WAL, idempotency store...) holds `secret`."""
+    files = [p for p in home.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("audit.db") for p in files)
+    for path in files:
+        assert secret.encode() not in path.read_bytes(), path
+
+
+def _opened_inputs(home: Path, run_id: str) -> tuple[dict[str, str] | None, tuple[str, ...]]:
+    opened = AuditLog(home / "audit.db").run(run_id).opened
+    assert isinstance(opened, Opened)
+    return opened.inputs, opened.secret_inputs
+
+
+def test_exec_takes_inputs_and_secret_inputs(charter_home: Path, tmp_path: Path) -> None:
+    from tests.conftest import charter
+
+    assert charter("contract", "publish", "contracts/orders.yaml").returncode == 0
+    program = tmp_path / "program.py"
+    program.write_text(READS_INPUTS, encoding="utf-8")
+    ran = charter(
+        "exec", "-c", "orders", str(program), "--input", "who=ada", "--secret-input", f"pin={SECRET}", "--json"
+    )
+    assert ran.returncode == 0, ran.stderr
+    body = json.loads(ran.stdout)
+    assert (body["answer"], body["data"]) == (f"ada:{len(SECRET)}", ["pin", "who"])
+    inputs, secret = _opened_inputs(charter_home, body["run_id"])
+    assert secret == ("pin",)
+    assert inputs is not None
+    assert inputs["who"] == "ada"
+    assert inputs["pin"].startswith("hmac-sha256:")
+    _stored_nowhere(charter_home, SECRET)
+    bad = charter("exec", "-c", "orders", str(program), "--input", "who")
+    assert (bad.returncode, bad.stderr.strip()) == (1, "error: --input takes NAME=VALUE, got 'who'")
+
+
+def test_http_program_requests_take_inputs(charter_home: Path, shared_sandbox: Sandbox) -> None:
+    import httpx
+
+    from charter.registry import Registry
+    from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
+
+    registry = Registry()
+    path = ROOT / "contracts" / "orders.yaml"
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    log = AuditLog(charter_home / "audit.db")
+    service = CharterService.create(registry=registry, audit=log, agent=None)
+    store = TokenStore(charter_home / "tokens.yaml")
+    token = store.add("ada", "ada", ["orders:read"])
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"))
+    with (
+        serving(app, name="charter-api") as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client,
+    ):
+        body = {
+            "contract": "orders",
+            "program": READS_INPUTS,
+            "inputs": {"who": "ada", "pin": SECRET},
+            "secret_inputs": ["pin"],
+        }
+        response = client.post("/v1/programs", json=body, headers={"Idempotency-Key": "k1"})
+        assert response.status_code == 200, response.text
+        assert response.json()["answer"] == f"ada:{len(SECRET)}"
+        run_id = response.json()["run_id"]
+        for bad in (
+            {"inputs": {"who": 3}},
+            {"inputs": {"1who": "x"}},
+            {"inputs": ["who"]},
+            {"inputs": {"who": "x" * 16_385}},
+            {"secret_inputs": "pin"},
+            {"inputs": {f"x{i}": "v" for i in range(33)}},
+        ):
+            refused = client.post("/v1/programs", json={"contract": "orders", "program": READS_INPUTS, **bad})
+            assert refused.status_code == 422, (bad, refused.text)
+        refused = client.post(
+            "/v1/programs",
+            json={"contract": "orders", "program": READS_INPUTS, "inputs": {"who": "x"}, "secret_inputs": ["pin"]},
+        )
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == "secret input 'pin' is not one of the inputs sent"
+    inputs, secret = _opened_inputs(charter_home, run_id)
+    assert (secret, inputs is not None and inputs["pin"] == log.secret_key.digest(SECRET)) == (("pin",), True)
+    _stored_nowhere(charter_home, SECRET)
+
+
+def test_mcp_execute_program_takes_inputs(charter_home: Path) -> None:
+    import os
+
+    import anyio
+    from mcp import Client, StdioServerParameters
+
+    from tests.conftest import charter
+
+    assert charter("contract", "publish", "contracts/orders.yaml").returncode == 0
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "charter", "mcp", "--principal", "ada", "--scope", "orders:read"],
+        env=dict(os.environ),
+        cwd=str(ROOT),
+    )
+
+    async def session() -> tuple[dict[str, object], object, dict[str, object]]:
+        async with Client(params) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            arguments = {
+                "contract": "orders",
+                "program": READS_INPUTS,
+                "inputs": {"who": "ada", "pin": SECRET},
+                "secret_inputs": ["pin"],
+            }
+            result = await client.call_tool("execute_program", arguments)
+            try:
+                await client.call_tool("execute_program", {**arguments, "inputs": {"who": 1}})
+            except Exception as error:  # invalid_params
+                bad: object = error
+            else:
+                bad = None
+            return json.loads(result.content[0].text), bad, tools["execute_program"].input_schema
+
+    body, bad, schema = anyio.run(session)
+    assert body["answer"] == f"ada:{len(SECRET)}"
+    assert "input 'who' must be text, got int" in str(bad)
+    assert schema["properties"]["inputs"]["additionalProperties"] == {"type": "string", "maxLength": 16384}  # type: ignore[index]
+    inputs, secret = _opened_inputs(charter_home, str(body["run_id"]))
+    assert secret == ("pin",)
+    _stored_nowhere(charter_home, SECRET)
