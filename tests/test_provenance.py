@@ -657,3 +657,56 @@ def test_mcp_execute_program_takes_inputs(charter_home: Path) -> None:
     inputs, secret = _opened_inputs(charter_home, str(body["run_id"]))
     assert secret == ("pin",)
     _stored_nowhere(charter_home, SECRET)
+
+
+# -- diff -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "from: [request, list_payees.iban]",
+            "from: [request, list_payees.iban, read_document.sender]",
+            ("relaxation", "source 'read_document.sender' of 'recipient' added"),
+        ),
+        (
+            "from: [request, list_payees.iban]",
+            "from: [request]",
+            ("breaking", "source 'list_payees.iban' of 'recipient' removed"),
+        ),
+        (
+            "recipient: {type: str, from: [request, list_payees.iban]}",
+            "recipient: str",
+            ("relaxation", "param 'recipient' no longer has a `from:` rule"),
+        ),
+        (
+            "{source: read_document.body, match: token}]}\n      priority",
+            "read_document.body]}\n      priority",
+            ("breaking", "source 'read_document.body' of 'note' now matches exact (was token)"),
+        ),
+        (
+            "from: [request, list_payees.iban]",
+            "from: [request, 'list_payees[].iban']",
+            None,
+        ),
+    ],
+    ids=["source_added", "source_removed", "from_removed", "token_to_exact", "same_source_respelled"],
+)
+def test_diff_classifies_provenance_changes(
+    write_contract: WriteContract, old: str, new: str, expected: tuple[str, str] | None
+) -> None:
+    from charter.registry import diff_contracts
+
+    before = load_contract(write_contract(CONTRACT, name="a.yaml")).model
+    text = CONTRACT.replace(old, new, 1)
+    assert text != CONTRACT
+    if expected is not None and expected[1].startswith("param 'recipient' no longer"):
+        text = text.replace("    enforced_by: [{provenance: send_payment.recipient}]", "    advisory: true")
+    after = load_contract(write_contract(text, name="b.yaml")).model
+    changes = {(c.kind, c.message) for c in diff_contracts(before, after) if ".from" in c.where}
+    assert changes == ({expected} if expected else set())
+    # The reverse change is classified the other way round.
+    reverse = {(c.kind, c.message) for c in diff_contracts(after, before) if ".from" in c.where}
+    flipped = {"relaxation": "breaking", "breaking": "relaxation"}
+    assert {k for k, _ in reverse} == ({flipped[expected[0]]} if expected else set())

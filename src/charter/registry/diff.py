@@ -20,6 +20,7 @@ from typing import Literal, TypeVar
 
 from charter.contract.model import AnyOf, Contract, Entity, Guard, Lifecycle, Operation, Transition, param_type
 from charter.registry._bounds import bound_direction
+from charter.registry._provenance import provenance_changes
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -227,6 +228,7 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
                 f"{where}.params.{name}",
                 f"type changed from {param_type(old.params[name])} to {text}",
             )
+    provenance_changes(d.add, where, old, new)
     if old.transition != new.transition:
         if new.transition is None:
             d.add(
