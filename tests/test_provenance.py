@@ -656,6 +656,8 @@ def test_mcp_execute_program_takes_inputs(charter_home: Path) -> None:
     assert schema["properties"]["inputs"]["additionalProperties"] == {"type": "string", "maxLength": 16384}  # type: ignore[index]
     inputs, secret = _opened_inputs(charter_home, str(body["run_id"]))
     assert secret == ("pin",)
+    assert inputs is not None
+    assert inputs["pin"].startswith("hmac-sha256:")
     _stored_nowhere(charter_home, SECRET)
 
 
@@ -710,3 +712,29 @@ def test_diff_classifies_provenance_changes(
     reverse = {(c.kind, c.message) for c in diff_contracts(after, before) if ".from" in c.where}
     flipped = {"relaxation": "breaking", "breaking": "relaxation"}
     assert {k for k, _ in reverse} == ({flipped[expected[0]]} if expected else set())
+
+
+def test_intent_inputs_are_named_in_the_prompt_and_count_as_the_request(pay: Pay, shared_sandbox: Sandbox) -> None:
+    from charter.agent import Charter, ScriptedModel
+
+    program = "r = payments_lite.send_payment(recipient=inputs['iban'])\nconclude('paid ' + str(r.id))"
+    model = ScriptedModel([f"```python\n{program}\n```"])
+    agent = Charter(model=model, audit=pay.log, sandbox=shared_sandbox)
+    conclusion = agent.handle(
+        "Pay the IBAN I gave you",
+        contract=pay.contract,
+        principal=Principal("ada", SCOPES),
+        inputs={"iban": BILL_IBAN, "pin": SECRET},
+        secret_inputs=["pin"],
+    )
+    assert conclusion.status == "done", conclusion.reason
+    asked = model.requests[0].messages[0].text
+    assert asked.endswith('\n\nThe request comes with inputs; a program reads them as `inputs["name"]`: iban, pin\n')
+    assert BILL_IBAN not in asked
+    assert SECRET not in asked
+    [run_id] = [r for r in pay.log.run_ids() if r != conclusion.run_id]
+    inputs, secret = _opened_inputs(pay.log.path.parent, run_id)
+    assert (secret, inputs is not None and inputs["iban"] == BILL_IBAN) == (("pin",), True)
+    decision = [r.decoded() for r in pay.log.stored(run_id) if isinstance(r.decoded(), Decision)][-1]
+    assert isinstance(decision, Decision)
+    assert decision.provenance == {"recipient": ("request",), "note": (), "priority": ()}

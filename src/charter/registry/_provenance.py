@@ -7,12 +7,13 @@ The reverse narrows it: breaking (a program valid before can be denied now).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from charter.contract.model import Operation, Param, Source
 
 __all__ = ["provenance_changes"]
 
-Add = Callable[[str, str, str], None]
+Add = Callable[[Literal["breaking", "relaxation", "additive"], str, str], None]
 
 
 def _sources(param: object) -> dict[str, str] | None:
@@ -46,8 +47,12 @@ def provenance_changes(add: Add, where: str, old: Operation, new: Operation) -> 
             if source not in after:
                 add("breaking", at, f"source '{source}' of '{name}' removed")
             elif match != after[source]:
-                kind = "relaxation" if after[source] == "token" else "breaking"
-                add(kind, at, f"source '{source}' of '{name}' now matches {after[source]} (was {match})")
+                widened = after[source] == "token"
+                add(
+                    "relaxation" if widened else "breaking",
+                    at,
+                    f"source '{source}' of '{name}' now matches {after[source]} (was {match})",
+                )
         for source in after:
             if source not in before:
                 add("relaxation", at, f"source '{source}' of '{name}' added")

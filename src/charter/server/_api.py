@@ -126,18 +126,11 @@ _CONTRACT_REF = (
 )
 
 
-class IntentRequest(_Request):
-    contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
-    intent: str = Field(min_length=1, max_length=4000, description="What should be done, in plain words.")
-
-
 _InputName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 _InputValue = Annotated[str, StringConstraints(max_length=MAX_INPUT_CHARS)]
 
 
-class ProgramRequest(_Request):
-    contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
-    program: str = Field(min_length=1, max_length=262_144, description="Python source using the typed proxies.")
+class _WithInputs(_Request):
     inputs: dict[_InputName, _InputValue] | None = Field(
         default=None,
         max_length=MAX_INPUTS,
@@ -150,6 +143,16 @@ class ProgramRequest(_Request):
         description="Names of inputs that are secrets (a password): the audit log records a keyed digest of "
         "each, never its value.",
     )
+
+
+class IntentRequest(_WithInputs):
+    contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
+    intent: str = Field(min_length=1, max_length=4000, description="What should be done, in plain words.")
+
+
+class ProgramRequest(_WithInputs):
+    contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
+    program: str = Field(min_length=1, max_length=262_144, description="Python source using the typed proxies.")
 
 
 class DecisionBody(BaseModel):
@@ -445,7 +448,16 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
     )
     def post_intent(request: IntentRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
         def run(run_id: str | None) -> dict[str, Any]:
-            conclusion = guarded(lambda: service.operate(principal, request.contract, request.intent, run_id=run_id))
+            conclusion = guarded(
+                lambda: service.operate(
+                    principal,
+                    request.contract,
+                    request.intent,
+                    run_id=run_id,
+                    inputs=request.inputs,
+                    secret_inputs=request.secret_inputs or (),
+                )
+            )
             return _conclusion(conclusion, conclusion.attempts)
 
         return once(principal, idempotency_key, "/v1/intents", request, run)

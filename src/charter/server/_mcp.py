@@ -200,21 +200,24 @@ _INPUTS_SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
-def _program_schema(names: list[str]) -> dict[str, Any]:
-    schema = _input_schema(_program_fields(names))
+def _with_inputs(schema: dict[str, Any]) -> dict[str, Any]:
     schema["properties"].update(_INPUTS_SCHEMA)
     return schema
 
 
-def _program_inputs(arguments: dict[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
-    """execute_program's `inputs` and `secret_inputs`, checked (invalid_params naming the
-    argument when their shape is wrong)."""
+def _program_schema(names: list[str]) -> dict[str, Any]:
+    return _with_inputs(_input_schema(_program_fields(names)))
+
+
+def _program_inputs(arguments: dict[str, Any], tool: str = "execute_program") -> tuple[dict[str, str], tuple[str, ...]]:
+    """A tool's `inputs` and `secret_inputs`, checked (invalid_params naming the argument when
+    their shape is wrong)."""
     inputs, secret = arguments.get("inputs"), arguments.get("secret_inputs")
     try:
         return check_inputs(inputs, () if secret is None else secret if isinstance(secret, list) else "")
     except UsageError as error:
         field = "secret_inputs" if "secret" in str(error) else "inputs"
-        raise _invalid(f"execute_program: {error}", field) from None
+        raise _invalid(f"{tool}: {error}", field) from None
 
 
 _AUDIT_FIELDS = {"run_id": _Field("The run's 32-character id.", max_length=32, pattern="^[0-9a-f]{32}$")}
@@ -245,7 +248,7 @@ def _tools(service: CharterService) -> list[types.Tool]:
                 name=f"{_OPERATE}{contract.name}",
                 title=title,
                 description=operate_description(contract),
-                input_schema=_input_schema(_operate_fields(contract)),
+                input_schema=_with_inputs(_input_schema(_operate_fields(contract))),
                 output_schema=_CONCLUSION_SCHEMA,
                 annotations=tool_annotations(title, [contract]),
             )
@@ -413,12 +416,14 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
                 compiled = await anyio.to_thread.run_sync(service.contract, contract)
             except (ContractNotFound, UsageError):
                 raise _invalid(f"no tool {name!r}: tools/list names the tools", "name") from None
-            given = _checked(name, arguments, _operate_fields(compiled))
+            inputs, secret = _program_inputs(arguments, name)
+            rest = {k: v for k, v in arguments.items() if k not in _INPUTS_SCHEMA}
+            given = _checked(name, rest, _operate_fields(compiled))
             if "version" in given:
                 contract += "@" + given["version"]
 
             def call() -> dict[str, Any]:
-                conclusion = service.operate(principal, contract, given["intent"])
+                conclusion = service.operate(principal, contract, given["intent"], inputs=inputs, secret_inputs=secret)
                 return _conclusion(conclusion, conclusion.attempts)
 
         elif name == "execute_program":

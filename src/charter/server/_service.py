@@ -102,13 +102,30 @@ class CharterService:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def operate(self, principal: Principal, contract: str, intent: str, *, run_id: str | None = None) -> Conclusion:
-        """`run_id`: the intent run's id, allocated beforehand (None: a new one)."""
+    def operate(
+        self,
+        principal: Principal,
+        contract: str,
+        intent: str,
+        *,
+        run_id: str | None = None,
+        inputs: Mapping[str, str] | None = None,
+        secret_inputs: Collection[str] = (),
+    ) -> Conclusion:
+        """`run_id`: the intent run's id, allocated beforehand (None: a new one); `inputs` and
+        `secret_inputs` as for `execute`."""
         compiled = self.contract(contract)
         try:
             if self.agent is None:
                 raise MissingApiKey("it was started without a model")
-            return self.agent.handle(intent, contract=compiled, principal=principal, run_id=run_id)
+            return self.agent.handle(
+                intent,
+                contract=compiled,
+                principal=principal,
+                run_id=run_id,
+                inputs=inputs,
+                secret_inputs=secret_inputs,
+            )
         except MissingApiKey as error:
             raise IntentsUnavailable(
                 f"this server answers no intents ({error}): start it with ANTHROPIC_API_KEY set, or with "
