@@ -738,3 +738,37 @@ def test_intent_inputs_are_named_in_the_prompt_and_count_as_the_request(pay: Pay
     decision = [r.decoded() for r in pay.log.stored(run_id) if isinstance(r.decoded(), Decision)][-1]
     assert isinstance(decision, Decision)
     assert decision.provenance == {"recipient": ("request",), "note": (), "priority": ()}
+
+
+# -- replay and show ----------------------------------------------------------------------------
+
+
+def test_replay_supplies_inputs_and_secret_inputs_as_their_digests(pay: Pay, shared_sandbox: Sandbox) -> None:
+    from charter.replay import replay_run
+
+    program = "payments_lite.send_payment(recipient=inputs['iban'], note=inputs.get('pin'))\nconclude('paid')"
+    plain = pay.run(program, inputs={"iban": BILL_IBAN})
+    report = replay_run(pay.log.run(plain.run_id), pay.contract, shared_sandbox)
+    assert (report.identical, report.secret_inputs) == (True, ())
+    secret = pay.run(program, inputs={"iban": BILL_IBAN, "pin": SECRET}, secret_inputs=["pin"])
+    assert secret.status == "done", secret.reason
+    report = replay_run(pay.log.run(secret.run_id), pay.contract, shared_sandbox)
+    assert report.secret_inputs == ("pin",)
+    assert not report.identical
+    assert report.divergences[0].startswith("call 1 is send_payment with arguments ")
+
+
+def test_audit_show_prints_inputs_and_provenance(pay: Pay) -> None:
+    from tests.conftest import charter
+
+    # The secret input is not passed to a call here: a secret *param* is the secret: true rule's to mask.
+    program = "payments_lite.send_payment(recipient=inputs['iban'], note='rent')\nconclude('paid')"
+    execution = pay.run(
+        program, intent="pay the rent", inputs={"iban": BILL_IBAN, "pin": SECRET}, secret_inputs=["pin"]
+    )
+    shown = charter("audit", "show", execution.run_id)
+    assert shown.returncode == 0, shown.stderr
+    text = " ".join(shown.stdout.split())
+    assert f"inputs: iban='{BILL_IBAN}', pin=<secret hmac-sha256:" in text
+    assert "provenance: recipient <- request; note <- request; priority <- nowhere" in text
+    assert SECRET not in shown.stdout

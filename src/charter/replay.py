@@ -4,6 +4,11 @@ The program gets the recorded clock, seed and principal, and every proxy call is
 answered from the run's receipts instead of a backend: the recorded result, denial or
 failure. Nothing is decided and nothing reaches a backend. The report says whether the
 program made the same calls with the same arguments and reached the same conclusion.
+
+The program gets the run's recorded inputs. A secret input was recorded only as its keyed
+digest, so the replay hands the program that digest in its place and the report names it
+(`secret_inputs`): a call whose arguments carried the secret then diverges (its arguments'
+hash differs), and the replay says so rather than guessing the value.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
     divergences: tuple[str, ...]
     recorded_outcome: str | None  # None when the run was never sealed
     replayed_outcome: str
+    secret_inputs: tuple[str, ...] = ()  # inputs replayed as their digests (the values were never recorded)
 
     @property
     def identical(self) -> bool:
@@ -107,6 +113,7 @@ def replay_run(record: RunRecord, contract: CompiledContract, sandbox: Sandbox) 
         run_id=opened.run_id,
         clock=datetime.fromisoformat(opened.clock),
         seed=opened.seed,
+        inputs=dict(opened.inputs or {}),
     )
     limits = SandboxLimits(**opened.limits)
     outcome = sandbox.run(opened.program, contract=contract, gate=gate, context=context, limits=limits)
@@ -120,6 +127,7 @@ def replay_run(record: RunRecord, contract: CompiledContract, sandbox: Sandbox) 
         divergences=tuple(divergences),
         recorded_outcome=record.sealed.outcome if isinstance(record.sealed, Sealed) else None,
         replayed_outcome=outcome_json(outcome),
+        secret_inputs=opened.secret_inputs,
     )
 
 

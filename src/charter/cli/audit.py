@@ -281,6 +281,9 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> None:
     say(f"principal: {o.principal} (scopes: {', '.join(o.scopes) or 'none'})")
     say(f"contract:  {o.contract} {o.version} sha256 {o.contract_sha256[:16]}…")
     say(f"opened:    {o.at}  clock {o.clock}  seed {o.seed}")
+    if o.inputs:  # a secret input's value is its keyed digest here: the log never held the value
+        shown = (f"{k}=<secret {v[:24]}…>" if k in o.secret_inputs else f"{k}={v!r}" for k, v in o.inputs.items())
+        say(f"inputs:    {', '.join(shown)}")
     if out.width >= _SIDE_BY_SIDE:
         grid = Table(show_header=True, expand=True)
         grid.add_column("program")
@@ -357,6 +360,9 @@ def _show_intent(checked: CheckedRun, asked: Asked) -> None:
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
     if isinstance(receipt, Decision):
         head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        if receipt.provenance is not None:  # per from: param, where its value was seen
+            seen = "; ".join(f"{p} <- {'|'.join(labels) or 'nowhere'}" for p, labels in receipt.provenance.items())
+            head += f"\n   provenance: {seen}"
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
@@ -515,6 +521,12 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
             if len(reports) > 1:
                 say(f"program run {report.run_id}", "bold")
             say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
+            if report.secret_inputs:
+                say(
+                    f"secret inputs {', '.join(report.secret_inputs)} were replayed as their digests (the log never "
+                    "held their values): a call whose arguments carried one diverges",
+                    "yellow",
+                )
             for divergence in report.divergences:
                 say(f"diverged: {divergence}", "red")
             same = report.recorded_outcome == report.replayed_outcome
