@@ -378,6 +378,9 @@ def test_a_program_cannot_forge_provenance(pay: Pay, launder: str) -> None:
     execution = pay.run(program, intent="Pay my bill")
     decision = _last(pay, execution)
     assert (decision.operation, decision.code) == ("send_payment", "PROVENANCE_VIOLATION"), execution.reason
+    # Nothing the program did counted anywhere: not as the request, not as a payee.
+    assert decision.provenance == {"recipient": (), "note": (), "priority": ()}
+    assert "seen only in the result of read_document" in decision.message
 
 
 def test_token_mode_accepts_a_bounded_occurrence_only(pay: Pay) -> None:
