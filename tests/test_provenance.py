@@ -775,3 +775,45 @@ def test_audit_show_prints_inputs_and_provenance(pay: Pay) -> None:
     assert f"inputs: iban='{BILL_IBAN}', pin=<secret hmac-sha256:" in text
     assert "provenance: recipient <- request; note <- request; priority <- nowhere" in text
     assert SECRET not in shown.stdout
+
+
+def test_principal_attribute_sources_are_checked_by_name() -> None:
+    # Principal attributes are enforced by another part of issue 15; the source check is this one's.
+    import yaml
+
+    from charter.contract._provenance import SourceError, resolve_source
+    from charter.contract.model import Contract
+
+    data = yaml.safe_load(CONTRACT)
+    data["principal"] = {"attributes": {"account_id": "str"}}
+    model = Contract.model_validate(data)
+    resolved = resolve_source("principal.account_id", model, {}, {})
+    assert (resolved.kind, resolved.label, resolved.attribute) == ("principal", "principal.account_id", "account_id")
+    assert resolve_source("principal", model, {}, {}).label == "principal"
+    with pytest.raises(SourceError) as caught:
+        resolve_source("principal.acount_id", model, {}, {})
+    assert str(caught.value) == (
+        "source 'principal.acount_id': the contract declares no principal attribute 'acount_id' "
+        "(did you mean 'account_id'?)"
+    )
+
+
+def test_principal_attribute_values_count_exactly(contract: CompiledContract) -> None:
+    from charter.compiler.artifact import OperationRule, ProvenanceRule, SourceRule
+
+    rule = OperationRule(
+        **{
+            **{f: getattr(contract.gate.operations["send_payment"], f) for f in OperationRule.__struct_fields__},
+            "provenance": (
+                ProvenanceRule(
+                    param="recipient",
+                    sources=(SourceRule(kind="principal", label="principal.account_id", attribute="account_id"),),
+                ),
+            ),
+        }
+    )
+    ledger = ProvenanceLedger(contract.gate, (), {"account_id": "ACC-42 X"})
+    assert ledger.check(rule, {"recipient": "acc42x"}).labels == {"recipient": ("principal.account_id",)}  # type: ignore[union-attr]
+    check = ledger.check(rule, {"recipient": "ACC"})  # exact: a part of the attribute is not it
+    assert check is not None
+    assert check.labels == {"recipient": ()}

@@ -74,6 +74,16 @@ def principal_from(principal: str | None, scopes: list[str] | None, *, tokens: P
     return acting
 
 
+def inputs_from(given: list[str] | None, secret: list[str] | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The inputs of --input and --secret-input (NAME=VALUE each), checked; UsageError if not."""
+    inputs = parse_pairs(given or (), "--input")
+    secrets = parse_pairs(secret or (), "--secret-input")
+    both = sorted(set(inputs) & set(secrets))
+    if both:
+        raise UsageError(f"input '{both[0]}' is given by both --input and --secret-input")
+    return check_inputs({**inputs, **secrets}, secrets)
+
+
 def execute(
     program: Annotated[Path, typer.Argument(help="The program file (Python) to run.", dir_okay=False)],
     contract: ContractOption,
@@ -98,12 +108,7 @@ def execute(
         fail(f"cannot read the program {program}: {error}")
     try:
         acting = principal_from(principal, scope)  # before the audit log is opened: a bad id writes nothing
-        inputs = parse_pairs(input_ or (), "--input")
-        secrets = parse_pairs(secret_input or (), "--secret-input")
-        both = sorted(set(inputs) & set(secrets))
-        if both:
-            raise UsageError(f"input '{both[0]}' is given by both --input and --secret-input")
-        inputs, secret = check_inputs({**inputs, **secrets}, secrets)
+        inputs, secret = inputs_from(input_, secret_input)
         name, version = parse_ref(contract)
         compiled = Registry().get(name, version)
         runner = Runner(audit=AuditLog())
