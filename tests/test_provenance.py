@@ -817,3 +817,60 @@ def test_principal_attribute_values_count_exactly(contract: CompiledContract) ->
     check = ledger.check(rule, {"recipient": "ACC"})  # exact: a part of the attribute is not it
     assert check is not None
     assert check.labels == {"recipient": ()}
+
+
+GATE_READS = CONTRACT.replace(
+    "boundaries:",
+    """  get_doc:
+    kind: read
+    doc: One document, as an entity.
+    entity: Doc
+    key: id
+    params: {id: int}
+    returns: Doc
+  tag_doc:
+    kind: write
+    doc: Tag a document with a word of its body.
+    entity: Doc
+    key: id
+    params:
+      id: int
+      tag: {type: str, from: [{source: get_doc.body, match: token}]}
+    returns: Doc
+    guards:
+      - {id: has_body, when: entity.body.size() > 0, message: Only a document with a body.}
+    scopes: [pay:write]
+  touch_doc:
+    kind: write
+    doc: Mark a document read; returns its id only.
+    entity: Doc
+    key: id
+    params: {id: int}
+    returns: int
+    guards:
+      - {id: touch_has_body, when: entity.body.size() > 0, message: Only a document with a body.}
+    scopes: [pay:write]
+boundaries:""",
+).replace("enums:", "entities:\n  Doc:\n    key: id\n    fields: {id: int, body: str}\nenums:")
+
+
+def test_the_gates_own_entity_reads_do_not_count(
+    write_contract: WriteContract, charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    compiled = compile_contract(load_contract(write_contract(GATE_READS, name="gate_reads.yaml")))
+    pay = Pay(compiled, AuditLog(charter_home / "audit.db"), shared_sandbox)
+    program = (
+        "payments_lite.touch_doc(id=1)\n"  # the gate reads Doc 1 (its body holds the IBAN) for the guard
+        "try:\n    payments_lite.tag_doc(id=1, tag='FR1420041010050500013M02606')\n"
+        "except ContractViolation as e:\n    first = e.code\n"
+        "payments_lite.get_doc(id=1)\n"
+        "payments_lite.tag_doc(id=1, tag='FR1420041010050500013M02606')\n"
+        "conclude(first)"
+    )
+    execution = pay.run(program)
+    assert (execution.status, execution.answer) == ("done", "PROVENANCE_VIOLATION"), execution.reason
+    touched, first, _read, second = pay.decisions(execution)
+    assert touched.observed is not None  # the gate read the Doc itself for the guard
+    assert (first.code, first.provenance) == ("PROVENANCE_VIOLATION", {"tag": ()})
+    assert "seen in none of them in this run" in first.message  # the gate's read was not a result
+    assert (second.code, second.provenance) == ("OK", {"tag": ("get_doc.body",)})

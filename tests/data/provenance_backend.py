@@ -42,3 +42,15 @@ def send_payment(*, recipient: str, note: str | None = None, priority: str | Non
 def send_mail(*, recipients: list[str], link: str | None = None) -> dict[str, Any]:
     SENT.append({"recipients": recipients, "link": link})
     return {"id": len(SENT), "recipient": ", ".join(recipients)}
+
+
+def get_doc(*, id: int) -> dict[str, Any]:
+    return {"id": id, "body": DOCUMENTS[id]["body"]}
+
+
+def tag_doc(*, id: int, tag: str) -> dict[str, Any]:
+    return get_doc(id=id)
+
+
+def touch_doc(*, id: int) -> int:
+    return id
