@@ -7,8 +7,8 @@ One ledger per run (`GateSession`). It holds
 - at each planned path (`GateTable.provenance_paths`), every value an operation returned to
   the program, recorded by the gate from the checked reply just before the program gets it;
 - an index of every string any reply held, by operation, for the denial's "seen only in the
-  result of read_document". It is bounded: at most `SEEN_INDEX_CHARS` characters per run
-  (normalised); beyond that a result's strings are not indexed, and a denial may then not name
+  result of read_document". It is bounded: at most `SEEN_INDEX_CHARS` characters per run;
+  beyond that a result's strings are not indexed, and a denial may then not name
   where the value was seen (the decision itself never depends on this index).
 
 The guest never writes to it: a value counts only if the gate itself passed it to the program
@@ -41,7 +41,7 @@ from charter.compiler.artifact import GateTable, OperationRule, ProvenanceRule, 
 
 __all__ = ["SEEN_INDEX_CHARS", "Check", "ProvenanceLedger", "normalise", "occurs"]
 
-SEEN_INDEX_CHARS = 4_000_000  # normalised characters of the "seen in" index per run
+SEEN_INDEX_CHARS = 4_000_000  # characters of the "seen in" index per run (strings as the replies held them)
 _DROPPED = frozenset("-\u00ad\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d")
 _SEPARATORS = re.compile("[\\s" + "".join(re.escape(c) for c in sorted(_DROPPED)) + "]+")
 
@@ -172,8 +172,12 @@ class ProvenanceLedger:
             for text in _strings(value if isinstance(value, str | list | dict) else str(value)):
                 self._principal.setdefault(name, _Store()).add(text)
         self._results: dict[str, _Store] = {}  # label -> values recorded at that path
-        self._seen: dict[str, list[_Text]] = {}  # operation -> every string of its replies
+        # operation -> every string of its replies, as sent: normalised only when a denial names
+        # where a value was seen, so a run that is never denied pays only for the copy.
+        self._seen: dict[str, list[str]] = {}
         self._seen_chars = 0
+        # A contract without `from:` rules has nothing to check: its replies are not recorded.
+        self._active = any(op.provenance for op in table.operations.values())
 
     @classmethod
     def rebuild(cls, table: GateTable, opened: Any, receipts: Iterable[Any]) -> ProvenanceLedger:
@@ -194,6 +198,8 @@ class ProvenanceLedger:
 
     def record(self, operation: str, reply: str) -> None:
         """A reply (its JSON, exactly as the program gets it) of `operation`."""
+        if not self._active:
+            return
         value = msgspec.json.decode(reply)
         with self._lock:
             for source in self._table.provenance_paths.get(operation, ()):
@@ -203,11 +209,10 @@ class ProvenanceLedger:
             if self._seen_chars < SEEN_INDEX_CHARS:
                 seen = self._seen.setdefault(operation, [])
                 for text in _strings(value):
-                    entry = _Text(text)
-                    self._seen_chars += len(entry.norm)
+                    self._seen_chars += len(text)
                     if self._seen_chars > SEEN_INDEX_CHARS:
                         break
-                    seen.append(entry)
+                    seen.append(text)
 
     # -- checking ---------------------------------------------------------------------
 
@@ -229,7 +234,9 @@ class ProvenanceLedger:
     def _seen_in(self, value: str) -> list[str]:
         norm = normalise(value)
         where = ["the request"] if self._request.matches(norm, token=True) else []
-        where += [f"the result of {op}" for op, texts in self._seen.items() if any(t.contains(norm) for t in texts)]
+        where += [
+            f"the result of {op}" for op, texts in self._seen.items() if any(_Text(t).contains(norm) for t in texts)
+        ]
         return where
 
     def check(self, operation: OperationRule, arguments: Mapping[str, Any]) -> Check | None:
