@@ -874,3 +874,39 @@ def test_the_gates_own_entity_reads_do_not_count(
     assert (first.code, first.provenance) == ("PROVENANCE_VIOLATION", {"tag": ()})
     assert "seen in none of them in this run" in first.message  # the gate's read was not a result
     assert (second.code, second.provenance) == ("OK", {"tag": ("get_doc.body",)})
+
+
+def test_http_intents_take_inputs(charter_home: Path, shared_sandbox: Sandbox) -> None:
+    import httpx
+
+    from charter.agent import Charter, ScriptedModel
+    from charter.registry import Registry
+    from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
+
+    registry = Registry()
+    path = ROOT / "contracts" / "orders.yaml"
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    log = AuditLog(charter_home / "audit.db")
+    model = ScriptedModel([f"```python\n{READS_INPUTS}\n```"])
+    service = CharterService.create(
+        registry=registry, audit=log, agent=Charter(model=model, audit=log, sandbox=shared_sandbox)
+    )
+    store = TokenStore(charter_home / "tokens.yaml")
+    token = store.add("ada", "ada", ["orders:read"])
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"))
+    body = {
+        "contract": "orders",
+        "intent": "say who",
+        "inputs": {"who": "ada", "pin": SECRET},
+        "secret_inputs": ["pin"],
+    }
+    with serving(app, name="charter-api") as url:
+        response = httpx.post(f"{url}/v1/intents", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json()["answer"] == f"ada:{len(SECRET)}"
+    assert model.requests[0].messages[0].text.endswith('`inputs["name"]`: pin, who\n')
+    [program_run] = log.run(response.json()["run_id"]).program_runs()
+    inputs, secret = _opened_inputs(charter_home, program_run)
+    assert secret == ("pin",)
+    assert inputs == {"who": "ada", "pin": log.secret_key.digest(SECRET)}
+    _stored_nowhere(charter_home, SECRET)
