@@ -10,7 +10,8 @@ import msgspec
 import typer
 
 from charter.cli._output import err, fail, print_json, say
-from charter.errors import CharterError
+from charter.errors import CharterError, UsageError
+from charter.inputs import check_inputs, parse_pairs
 from charter.principal import Principal
 
 if TYPE_CHECKING:
@@ -42,6 +43,23 @@ AttrOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the conclusion as JSON.")]
+InputOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        "-i",
+        help="NAME=VALUE: a value the program reads as inputs['NAME'], counted as the request by provenance rules; "
+        "repeat for more.",
+    ),
+]
+SecretInputOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret-input",
+        help="NAME=VALUE: an input that is a secret (a password); the audit log records a keyed digest of it, never "
+        "the value. Repeat for more.",
+    ),
+]
 
 # Exit status per run status (charter.status); 1 is a usage error (nothing ran), 4 a server whose
 # backend is misconfigured (the program is not at fault).
@@ -82,6 +100,16 @@ def principal_from(
     return acting
 
 
+def inputs_from(given: list[str] | None, secret: list[str] | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The inputs of --input and --secret-input (NAME=VALUE each), checked; UsageError if not."""
+    inputs = parse_pairs(given or (), "--input")
+    secrets = parse_pairs(secret or (), "--secret-input")
+    both = sorted(set(inputs) & set(secrets))
+    if both:
+        raise UsageError(f"input '{both[0]}' is given by both --input and --secret-input")
+    return check_inputs({**inputs, **secrets}, secrets)
+
+
 def execute(
     program: Annotated[Path, typer.Argument(help="The program file (Python) to run.", dir_okay=False)],
     contract: ContractOption,
@@ -89,6 +117,8 @@ def execute(
     scope: ScopeOption = None,
     attr: AttrOption = None,
     as_json: JsonOption = False,
+    input_: InputOption = None,
+    secret_input: SecretInputOption = None,
 ) -> None:
     """Run PROGRAM against a published contract and print its conclusion and run id.
 
@@ -106,10 +136,11 @@ def execute(
     try:
         # Before the audit log is opened: a bad id writes nothing.
         acting = principal_from(principal, scope, attributes=attr)
+        inputs, secret = inputs_from(input_, secret_input)
         name, version = parse_ref(contract)
         compiled = Registry().get(name, version)
         runner = Runner(audit=AuditLog())
-        execution = runner.execute(text, contract=compiled, principal=acting)
+        execution = runner.execute(text, contract=compiled, principal=acting, inputs=inputs, secret_inputs=secret)
     except CharterError as error:
         fail(error)
     report(execution, as_json=as_json)

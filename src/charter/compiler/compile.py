@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from charter.compiler._lookups import lookup_rules
+from charter.compiler._provenance import harvest_plan, provenance_rules
 from charter.compiler.artifact import (
     BindingSpec,
     BoundaryRule,
@@ -67,6 +68,7 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
         boundaries=boundaries,
         limits=LimitsSpec(**model.limits.model_dump()),
         principal_attributes=dict(checked.principal_attributes),
+        provenance_paths=harvest_plan(operations),
     )
     surface = GuestSurface(
         contract=model.contract,
@@ -186,6 +188,7 @@ def _operation_rule(
         approval_when=approval.when if approval else None,
         approval_reason=approval.reason if approval else None,
         attributes=attributes_used(op, list(checked.principal_attributes)),
+        provenance=provenance_rules(checked, name, op, boundaries),
     )
 
 
@@ -249,6 +252,7 @@ def _render_view(model: Contract, gate: GateTable) -> RenderView:
                     *op.after_boundaries,
                     *_enforcing(gate.boundaries, f"approval:{op.name}"),
                     *_enforcing(gate.boundaries, f"scope:{op.name}"),
+                    *(b for r in op.provenance for b in r.boundaries),
                 ]
             )
         )

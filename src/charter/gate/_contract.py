@@ -13,23 +13,26 @@ Checks, in this order; the first that fails decides, with its reason code:
  6. the operations it must follow succeeded earlier in the run: every one of
     `after`, and at least one of each any-of group (on the same entity key when both
     act on the same entity)                                      SEQUENCE_VIOLATION
- 7. no earlier write of this operation to the same entity (a create: with the same
+ 7. every `from:` param's value was seen in one of its sources in this run: the request,
+    the principal's attributes, or a read's result at the named path, as the gate itself
+    recorded it from the replies the program got (`_provenance`)  PROVENANCE_VIOLATION
+ 8. no earlier write of this operation to the same entity (a create: with the same
     arguments) in this run is in doubt (`_writes`)               IN_DOUBT
- 8. an `idempotent` operation already made with the same arguments in this run
+ 9. an `idempotent` operation already made with the same arguments in this run
     returns its first result; nothing is sent again              (REPLAYED, allowed)
- 9. the run is within its write limit                            LIMIT_EXCEEDED
-10. the entity is read through the contract's read operation, and has the
+10. the run is within its write limit                            LIMIT_EXCEEDED
+11. the entity is read through the contract's read operation, and has the
     entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
-11. the lifecycle allows the transition from its current state   STATE_VIOLATION
-12. every CEL guard holds; a lookup (`_lookups`) is performed when the first rule
+12. the lifecycle allows the transition from its current state   STATE_VIOLATION
+13. every CEL guard holds; a lookup (`_lookups`) is performed when the first rule
     naming it is evaluated, never for a call refused before, never twice in one call
                                                                  GUARD_VIOLATION, LOOKUP_FAILED
-13. every quota over time has room for this call: the total counted in its window
+14. every quota over time has room for this call: the total counted in its window
     (from the audit store's index of allowed Decision receipts) plus this call's
     amount is at most `max`; read under a per-(contract, quota, key) lock held until
     the Decision receipt is durable, so racing runs cannot both pass (`_quotas`)
                                                                  QUOTA_EXCEEDED
-14. the operation does not need a human approval (`requires_approval: true`, or its
+15. the operation does not need a human approval (`requires_approval: true`, or its
     `when` holds; `_attributes.ConditionalApproval`): last, so an approval is never
     asked for a call the contract forbids anyway                 APPROVAL_REQUIRED
     (a `when` that cannot be evaluated is GATE_ERROR)
@@ -37,7 +40,7 @@ Checks, in this order; the first that fails decides, with its reason code:
 Checks that need no backend come first, so a call refused anyway never reads state.
 Any exception inside the gate is a DENY (GATE_ERROR), never an ALLOW. The decision is
 committed as a signed receipt (`_receipts`) before the backend is called; the backend gets the
-state observed in step 10 as a precondition, so a change in between is refused by the
+state observed in step 11 as a precondition, so a change in between is refused by the
 write instead of overwritten, and each write its own idempotency key (`_writes`).
 After `max_denials` denials the run is ended (RunHalted).
 
@@ -89,6 +92,7 @@ from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._attributes import AttributeRefused, ConditionalApproval, PrincipalAttributes
 from charter.gate._lookups import CallLookups, LookupFailed, Lookups
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
+from charter.gate._provenance import Check, ProvenanceLedger
 from charter.gate._quotas import QuotaChecks, QuotaHold, QuotaSession, utc_now
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
@@ -132,6 +136,12 @@ class _Refusal(Exception):
     def __init__(self, verdict: Verdict) -> None:
         super().__init__(verdict.message)
         self.verdict = verdict
+
+
+class _ProvenanceRefusal(_Refusal):
+    def __init__(self, verdict: Verdict, check: Check) -> None:
+        super().__init__(verdict)
+        self.check = check
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,15 +191,18 @@ class ContractGate:
         max_result_bytes: int,
         writes_closed: str | None = None,
         logical_run_id: str | None = None,
+        request: tuple[str, ...] = (),
     ) -> GateSession:
         """`max_result_bytes` bounds each reply the program gets (RESULT_TOO_LARGE beyond it).
         `writes_closed`, when given, says why this run may only read: every write is denied
         with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied).
         `logical_run_id` is the first run of the chain this run continues (None: this run),
-        from which write idempotency keys derive."""
+        from which write idempotency keys derive. `request`: the intent's text and the program
+        request's input values, the `request` source of provenance rules."""
         self._secrets.require_key(recorder)
+        ledger = ProvenanceLedger(self._table, request, getattr(principal, "attributes", None))
         return GateSession(
-            self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes
+            self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes, ledger
         )
 
     def boundary_note(self, boundaries: tuple[str, ...]) -> tuple[str, str | None]:
@@ -219,8 +232,10 @@ class GateSession:
         writes_closed: str | None,
         logical_run_id: str,
         max_result_bytes: int,
+        provenance: ProvenanceLedger | None = None,
     ) -> None:
         self._gate = gate
+        self._provenance = provenance or ProvenanceLedger(gate._table)
         self._recorder = recorder
         self._principal = principal
         self._writes_closed = writes_closed
@@ -279,6 +294,7 @@ class GateSession:
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
         hold = QuotaHold()  # quota locks: released once the decision is recorded, on every path
         self._call_lookups = lookups = gate._lookups.start(lambda: self._lookup_context(request))
+        provenance: Check | None = None
         try:
             self._refuse_if_ended(request)
             if request.malformed is not None:
@@ -290,6 +306,7 @@ class GateSession:
             arguments = self._arguments(rule, request.arguments)
             recorded = self._recorded(request, arguments)
             self._static_checks(rule, arguments)
+            provenance = self._provenance_check(rule, arguments)
             if rule.kind == "write":
                 first = self._write_checks(rule, arguments, recorded[1])
                 idempotency_key = first.key if first is not None else self._writes.key(request.sequence)
@@ -302,6 +319,8 @@ class GateSession:
             verdict = _OK if first is None else _REPLAYED
         except (_Refusal, LookupFailed) as refusal:
             verdict = refusal.verdict
+            if isinstance(refusal, _ProvenanceRefusal):
+                provenance = refusal.check
         except Exception as error:  # fail closed: a broken check is a denial
             verdict = Verdict(
                 "GATE_ERROR",
@@ -329,6 +348,7 @@ class GateSession:
                 idempotency_key,
                 hold,
                 tuple(lookups.seen),
+                provenance.labels if provenance is not None else None,
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
@@ -423,6 +443,16 @@ class GateSession:
                         boundary=boundary,
                     )
                 )
+
+    def _provenance_check(self, rule: OperationRule, arguments: Mapping[str, Any]) -> Check | None:
+        check = self._provenance.check(rule, arguments)
+        if check is not None and check.violation is not None and check.rule is not None:
+            ref = f"provenance:{rule.name}.{check.rule.param}"
+            note, boundary = self._gate.boundary_note(check.rule.boundaries)
+            raise _ProvenanceRefusal(
+                Verdict("PROVENANCE_VIOLATION", check.violation + note, clause=ref, boundary=boundary), check
+            )
+        return check
 
     def _write_checks(self, rule: OperationRule, arguments: dict[str, Any], args_hash: str) -> FirstWrite | None:
         """IN_DOUBT, then the first result of an idempotent write made already, then LIMIT_EXCEEDED."""
@@ -569,6 +599,7 @@ class GateSession:
                 "scopes": sorted(self._principal.scopes),
                 "attributes": self._gate._attributes.values(self._principal),
             },
+            "provenance": self._provenance.variables(rule, arguments),
         }
         if entity is not None and rule.entity is not None:
             fields = table.records[rule.entity]
@@ -696,6 +727,8 @@ class GateSession:
         self._state.succeeded.setdefault(rule.name, set()).add(key)
         if idempotency_key is not None:
             self._writes.succeeded(rule, args_hash, request.sequence, idempotency_key, reply)
+        # Recorded host-side from the checked reply, before the program gets it.
+        self._provenance.record(rule.name, reply)
         return Encoded(reply)
 
     def _failed_outcome(
@@ -760,6 +793,7 @@ class GateSession:
         idempotency_key: str | None,
         hold: QuotaHold | None = None,
         lookups: tuple[LookupSeen, ...] = (),
+        provenance: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         """Commit the call's Decision; `hold`'s quota locks are released once it is durable (the
         receipt is what counts the call), or once it failed, whatever happens."""
@@ -775,6 +809,7 @@ class GateSession:
                 quotas=hold.seen if hold is not None else (),
                 at=hold.at if hold is not None else None,
                 lookups=lookups,
+                provenance=provenance,
             )
             if verdict.withheld is not None:
                 verdict.withheld.keep(self._recorder, request.sequence, request.operation)
