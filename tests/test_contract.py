@@ -499,6 +499,55 @@ MALFORMED += [
 ]
 
 
+# Provenance (`from:` params, issue 15): each source must name a read's text field.
+_REASON = "params: {id: int, reason: str}"
+MALFORMED += [
+    pytest.param(
+        {_REASON: "params: {id: int, reason: {type: str, from: [get_order]}}"},
+        [
+            "35:50: param 'cancel_order.reason': source 'get_order' names the whole result of get_order: any text "
+            "anywhere in it would count, which would launder injected text (a search echoing its query, a "
+            "document's sender); name one text field, e.g. 'get_order.note'"
+        ],
+        id="provenance_whole_operation",
+    ),
+    pytest.param(
+        {_REASON: "params: {id: int, reason: {type: str, from: [get_order.total]}}"},
+        [
+            "35:50: param 'cancel_order.reason': source 'get_order.total' ends at money: provenance compares text; "
+            "name a str or enum field"
+        ],
+        id="provenance_source_not_text",
+    ),
+    pytest.param(
+        {_REASON: "params: {id: int, reason: {type: str, from: [cancel_order.reason]}}"},
+        [
+            "35:50: param 'cancel_order.reason': source 'cancel_order.reason': cancel_order is a write operation; a "
+            "source is a read operation's result at a field path"
+        ],
+        id="provenance_write_operation",
+    ),
+    pytest.param(
+        {_REASON: "params: {id: int, reason: {type: str, from: [get_order.nte]}}"},
+        ["35:50: param 'cancel_order.reason': source 'get_order.nte': Order has no field 'nte' (did you mean 'note'?)"],
+        id="provenance_unknown_field",
+    ),
+    pytest.param(
+        {_REASON: "params: {id: int, reason: {type: int, from: [request]}}"},
+        ["35:49: param 'cancel_order.reason' is int: provenance (`from:`) applies to str, enum and list[str] params"],
+        id="provenance_on_an_int",
+    ),
+    pytest.param(
+        {"enforced_by: [{transition: Order.cancel}]": "enforced_by: [{provenance: cancel_order.reason}]"},
+        [
+            "46:32: boundary 'no_late_cancel' is enforced by the provenance of 'cancel_order.reason', but param "
+            "'reason' of cancel_order declares no `from:`"
+        ],
+        id="provenance_boundary_without_from",
+    ),
+]
+
+
 # Quotas over time (issue 15): each is added after cancel_order's scopes.
 _SCOPES = "    scopes: [orders:write]\n"
 _DAILY = "{id: daily_cancels, count: true, per: [params.id], window: 24h, max: 5, message: At most five a day.}"

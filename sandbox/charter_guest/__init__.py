@@ -14,6 +14,7 @@ import json
 import linecache
 import os
 import sys
+from types import MappingProxyType
 
 # The modules a program may import: read from the policy at build time, imported now.
 with open(os.path.join(os.path.dirname(__file__), "..", "policy.json"), encoding="utf-8") as _policy:
@@ -44,7 +45,7 @@ except ValueError as error:
     message = str(error)
 conclude("warm", data={"values": values, "message": message})
 """
-_WARM_UP_CONTEXT = "0\x1f946684800.0\x1f4096\x1fwarm-up\x1fscope"
+_WARM_UP_CONTEXT = '0\x1f946684800.0\x1f4096\x1f{"name": "value"}\x1fwarm-up\x1fscope'
 
 
 class _Concluded(BaseException):
@@ -194,6 +195,7 @@ class WitWorld(wit_world.WitWorld):
             conclude=conclude,
             refuse=refuse,
             principal=None,
+            inputs=None,
         )
         # Source lines come from the program text; looking a file up would need a file system.
         linecache.updatecache = lambda filename, module_globals=None: []
@@ -246,9 +248,10 @@ _quote = json.encoder.encode_basestring
 
 
 def _execute(program, context):
-    # context: seed, clock (epoch seconds), output limit, principal id, then its scopes;
-    # separated by \x1f (the host refuses control characters in principal ids and scopes).
-    seed, clock, max_output, principal_id, *scopes = context.split("\x1f")
+    # context: seed, clock (epoch seconds), output limit, inputs (JSON, ASCII-escaped, or ""),
+    # principal id, then its scopes; separated by \x1f (the host refuses control characters
+    # in principal ids and scopes).
+    seed, clock, max_output, inputs, principal_id, *scopes = context.split("\x1f")
     _confine.CLOCK.epoch = float(clock)
     _confine.reseed(int(seed))
     output = _Output(int(max_output))
@@ -256,6 +259,7 @@ def _execute(program, context):
     _RUN.output = output
     namespace = WitWorld.namespace
     namespace["principal"] = _Principal(principal_id, tuple(scopes))
+    namespace["inputs"] = MappingProxyType(json.loads(inputs) if inputs else {})
     try:
         code = compile(program, _PROGRAM_FILE, "exec", dont_inherit=True)
     except SyntaxError as error:

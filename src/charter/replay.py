@@ -10,6 +10,10 @@ own arguments with the log's secret key and compares the masked forms. Without t
 (the log was copied without `keys/secrets.key`, or another key is there) a secret cannot be
 compared: the other arguments still are, and the report says, in `notes`, which were not,
 rather than reporting a divergence.
+The program gets the run's recorded inputs. A secret input was recorded only as its keyed
+digest, so the replay hands the program that digest in its place and the report names it
+(`secret_inputs`): a call whose arguments carried the secret then diverges (its arguments'
+hash differs), and the replay says so rather than guessing the value.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
     # what the gate decided on. Replay answers every call from the record, so it reads no
     # backend and cannot re-perform them; a lookup's result is the backend's state at the time.
     lookups: tuple[str, ...] = ()
+    secret_inputs: tuple[str, ...] = ()  # inputs replayed as their digests (the values were never recorded)
 
     @property
     def identical(self) -> bool:
@@ -177,6 +182,7 @@ def replay_run(
         run_id=opened.run_id,
         clock=datetime.fromisoformat(opened.clock),
         seed=opened.seed,
+        inputs=dict(opened.inputs or {}),
     )
     limits = SandboxLimits(**opened.limits)
     outcome = sandbox.run(opened.program, contract=contract, gate=gate, context=context, limits=limits)
@@ -196,6 +202,7 @@ def replay_run(
         lookups=tuple(
             f"call {d.call} {d.operation}: {line}" for d in gate.decisions.values() for line in lookup_lines(d)
         ),
+        secret_inputs=opened.secret_inputs,
     )
 
 

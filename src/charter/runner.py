@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import msgspec
@@ -23,6 +23,7 @@ from charter.audit.store import host_identity
 from charter.backends import Backend, BackendUnavailable, ContractBackend
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ContractGate
+from charter.inputs import check_inputs
 from charter.principal import Principal
 from charter.sandbox import (
     Completed,
@@ -121,14 +122,23 @@ class Runner:
         run_id: str | None = None,
         writes_closed: str | None = None,
         logical_run_id: str | None = None,
+        inputs: Mapping[str, str] | None = None,
+        secret_inputs: Collection[str] = (),
     ) -> Execution:
         """Run `program` once. `parent`/`attempt` name the intent run it answers, `run_id`
         a run id chosen beforehand (the agent records it before the run), `writes_closed`
         why every write of this run is to be denied, `logical_run_id` the first run of the
-        chain this run continues (write idempotency keys derive from it; None: this run)."""
+        chain this run continues (write idempotency keys derive from it; None: this run).
+        `inputs`: the request's named values (the program's `inputs` mapping, and provenance's
+        `request` source); those named in `secret_inputs` are recorded as keyed digests.
+        Raises UsageError for inputs of the wrong shape (charter.inputs.check_inputs)."""
+        given, secret = check_inputs(inputs, secret_inputs)
         gate = self.gate_for(contract)
         limits = limits or SandboxLimits.from_contract(contract.gate.limits)
-        context = RunContext(principal=principal) if run_id is None else RunContext(principal=principal, run_id=run_id)
+        context = RunContext(principal=principal, inputs=given)
+        if run_id is not None:
+            context = msgspec.structs.replace(context, run_id=run_id)
+        recorded = {k: self.audit.secret_key.digest(v) if k in secret else v for k, v in given.items()}
         host, pid = host_identity()
         opened = Opened(
             run_id=context.run_id,
@@ -150,6 +160,8 @@ class Runner:
             parent=parent,
             attempt=attempt,
             logical_run_id=logical_run_id,
+            inputs=recorded or None,
+            secret_inputs=secret,
         )
         recorder = self.audit.open_run(opened)
         session = gate.session(
@@ -158,6 +170,7 @@ class Runner:
             max_result_bytes=limits.max_result_bytes,
             writes_closed=writes_closed,
             logical_run_id=logical_run_id,
+            request=(*([intent] if intent else []), *given.values()),
         )
         outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
         calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))

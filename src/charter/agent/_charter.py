@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import getpass
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ from charter.backends import Backend, ContractBackend
 from charter.compiler.artifact import CompiledContract
 from charter.compiler.render import render_text
 from charter.errors import ModelUnavailable, UsageError
+from charter.inputs import check_inputs
 from charter.principal import Principal
 from charter.registry import Registry, parse_ref
 from charter.runner import Answer, Execution, Runner
@@ -79,6 +80,8 @@ class _Request:
     last_answer: str = ""  # the model's latest answer, verbatim, for the conversation
     last_problem: str = ""
     unavailable: tuple[str, ...] = ()  # calls the server could not perform (its fault, not the program's)
+    inputs: dict[str, str] = field(default_factory=dict)  # the request's inputs, handed to every program run
+    secret_inputs: tuple[str, ...] = ()
 
     def refused_or(self, status: Status, cause: str, reason: str) -> _Final:
         if self.refusal is not None:
@@ -142,14 +145,20 @@ class Charter:
         contract: str | CompiledContract,
         principal: Principal | None = None,
         run_id: str | None = None,
+        inputs: Mapping[str, str] | None = None,
+        secret_inputs: Collection[str] = (),
     ) -> Conclusion:
         """Answer `intent` under `contract` (NAME, NAME@VERSION or a compiled contract) for
         `principal` (default: the local user, with no scopes). `run_id`: the intent run's id,
-        chosen beforehand (a server records it with the request's Idempotency-Key first)."""
+        chosen beforehand (a server records it with the request's Idempotency-Key first).
+        `inputs`: named values the programs read as inputs['name'] (the prompt names them,
+        never shows them); each program run's Opened receipt records them, those in
+        `secret_inputs` as keyed digests (UsageError for a bad shape)."""
         settings = self.settings
         compiled = self.contract(contract)
         principal = principal or Principal(getpass.getuser())
         intent = self._checked_intent(intent)
+        given, secret = check_inputs(inputs, secret_inputs)
         model = self.model
         host, pid = host_identity()
         recorder = self.runner.audit.open_run(
@@ -169,8 +178,9 @@ class Charter:
                 pid=pid,
             )
         )
-        conversation = [Message("user", render_text("agent_intent.md.j2", intent=intent, principal=principal))]
-        request = _Request()
+        prompt = render_text("agent_intent.md.j2", intent=intent, principal=principal, inputs=sorted(given))
+        conversation = [Message("user", prompt)]
+        request = _Request(inputs=given, secret_inputs=secret)
         final: _Final | None = None
         attempts = 0
         while final is None and attempts <= settings.repair_rounds:
@@ -309,6 +319,8 @@ class Charter:
             attempt=attempt,
             run_id=run_id,
             writes_closed=request.writes_closed,
+            inputs=request.inputs,
+            secret_inputs=request.secret_inputs,
         )
         request.program_runs.append(run_id)
         request.ended.append(str(execution.outcome.__struct_config__.tag))

@@ -89,6 +89,10 @@ class Opened(_Body, frozen=True, kw_only=True, tag="open"):
     # The first run of a chain of runs continuing one another; None: this run's own id.
     # Write idempotency keys derive from it, so they do not change across the chain.
     logical_run_id: str | None = None
+    # Issue 15: a program request's inputs (name -> value); a secret input's value is the
+    # audit log's keyed digest of it (SecretKey.digest), never the value. secret_inputs names them.
+    inputs: dict[str, str] | None = None
+    secret_inputs: tuple[str, ...] = ()
 
 
 class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -151,6 +155,9 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     quotas: tuple[QuotaSeen, ...] = ()
     # Since contract language v2: the lookups performed for this call, in the order performed.
     lookups: tuple[LookupSeen, ...] = ()
+    # Issue 15: per `from:` param of the operation, the sources (canonical labels) its value
+    # was seen in during the run; also on a PROVENANCE_VIOLATION. None: the operation has none.
+    provenance: dict[str, tuple[str, ...]] | None = None
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):

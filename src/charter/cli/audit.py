@@ -282,6 +282,9 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> None:
     say(f"principal: {o.principal} (scopes: {', '.join(o.scopes) or 'none'})")
     say(f"contract:  {o.contract} {o.version} sha256 {o.contract_sha256[:16]}…")
     say(f"opened:    {o.at}  clock {o.clock}  seed {o.seed}")
+    if o.inputs:  # a secret input's value is its keyed digest here: the log never held the value
+        shown = (f"{k}=<secret {v[:24]}…>" if k in o.secret_inputs else f"{k}={v!r}" for k, v in o.inputs.items())
+        say(f"inputs:    {', '.join(shown)}")
     if out.width >= _SIDE_BY_SIDE:
         grid = Table(show_header=True, expand=True)
         grid.add_column("program")
@@ -364,6 +367,9 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
             f"\n   quota {q.id} {q.key}: {q.total}+{q.amount} of {q.max}/{q.window}" for q in receipt.quotas
         )
         head = "\n  ".join([head, *lookup_lines(receipt)])
+        if receipt.provenance is not None:  # per from: param, where its value was seen
+            seen = "; ".join(f"{p} <- {'|'.join(labels) or 'nowhere'}" for p, labels in receipt.provenance.items())
+            head += f"\n   provenance: {seen}"
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
@@ -525,6 +531,12 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
             say(f"calls: recorded {report.recorded_calls}, replayed {report.replayed_calls}")
             if report.quotas_checked:
                 say(f"quota totals recounted from the log: {report.quotas_checked} as recorded")
+            if report.secret_inputs:
+                say(
+                    f"secret inputs {', '.join(report.secret_inputs)} were replayed as their digests (the log never "
+                    "held their values): a call whose arguments carried one diverges",
+                    "yellow",
+                )
             for divergence in report.divergences:
                 say(f"diverged: {divergence}", "red")
             for note in report.notes:

@@ -10,7 +10,8 @@ import msgspec
 import typer
 
 from charter.cli._output import err, fail, print_json, say
-from charter.errors import CharterError
+from charter.errors import CharterError, UsageError
+from charter.inputs import check_inputs, parse_pairs
 from charter.principal import Principal
 
 if TYPE_CHECKING:
@@ -32,6 +33,23 @@ ScopeOption = Annotated[
     list[str] | None, typer.Option("--scope", "-s", help="A scope the principal holds; repeat for more.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the conclusion as JSON.")]
+InputOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input",
+        "-i",
+        help="NAME=VALUE: a value the program reads as inputs['NAME'], counted as the request by provenance rules; "
+        "repeat for more.",
+    ),
+]
+SecretInputOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret-input",
+        help="NAME=VALUE: an input that is a secret (a password); the audit log records a keyed digest of it, never "
+        "the value. Repeat for more.",
+    ),
+]
 
 # Exit status per run status (charter.status); 1 is a usage error (nothing ran), 4 a server whose
 # backend is misconfigured (the program is not at fault).
@@ -56,12 +74,24 @@ def principal_from(principal: str | None, scopes: list[str] | None, *, tokens: P
     return acting
 
 
+def inputs_from(given: list[str] | None, secret: list[str] | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The inputs of --input and --secret-input (NAME=VALUE each), checked; UsageError if not."""
+    inputs = parse_pairs(given or (), "--input")
+    secrets = parse_pairs(secret or (), "--secret-input")
+    both = sorted(set(inputs) & set(secrets))
+    if both:
+        raise UsageError(f"input '{both[0]}' is given by both --input and --secret-input")
+    return check_inputs({**inputs, **secrets}, secrets)
+
+
 def execute(
     program: Annotated[Path, typer.Argument(help="The program file (Python) to run.", dir_okay=False)],
     contract: ContractOption,
     principal: PrincipalOption = None,
     scope: ScopeOption = None,
     as_json: JsonOption = False,
+    input_: InputOption = None,
+    secret_input: SecretInputOption = None,
 ) -> None:
     """Run PROGRAM against a published contract and print its conclusion and run id.
 
@@ -78,10 +108,11 @@ def execute(
         fail(f"cannot read the program {program}: {error}")
     try:
         acting = principal_from(principal, scope)  # before the audit log is opened: a bad id writes nothing
+        inputs, secret = inputs_from(input_, secret_input)
         name, version = parse_ref(contract)
         compiled = Registry().get(name, version)
         runner = Runner(audit=AuditLog())
-        execution = runner.execute(text, contract=compiled, principal=acting)
+        execution = runner.execute(text, contract=compiled, principal=acting, inputs=inputs, secret_inputs=secret)
     except CharterError as error:
         fail(error)
     report(execution, as_json=as_json)

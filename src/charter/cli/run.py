@@ -10,9 +10,12 @@ import typer
 from charter.cli._output import fail
 from charter.cli.execute import (
     ContractOption,
+    InputOption,
     JsonOption,
     PrincipalOption,
     ScopeOption,
+    SecretInputOption,
+    inputs_from,
     principal_from,
     report,
 )
@@ -40,6 +43,8 @@ def run(
         typer.Option(help="Serve the model's answers from a recording (JSON) instead of the API; repeatable."),
     ] = None,
     as_json: JsonOption = False,
+    input_: InputOption = None,
+    secret_input: SecretInputOption = None,
 ) -> None:
     """Answer INTENT: Claude writes one program, the sandbox runs it, the gate checks every call.
 
@@ -51,12 +56,13 @@ def run(
 
     try:
         acting = principal_from(principal, scope)  # before the audit log is opened: a bad id writes nothing
+        inputs, secret = inputs_from(input_, secret_input)
         settings = AgentSettings.from_env(
             model=model, max_tokens=max_tokens, timeout_s=timeout, max_retries=retries, repair_rounds=repair_rounds
         )
         agent_model = recorded_model(settings, replay) if replay else AnthropicModel(settings)
         charter = Charter(model=agent_model, settings=settings)
-        conclusion = charter.handle(intent, contract=contract, principal=acting)
+        conclusion = charter.handle(intent, contract=contract, principal=acting, inputs=inputs, secret_inputs=secret)
     except CharterError as error:
         fail(error)
     report(conclusion, as_json=as_json, attempts=conclusion.attempts)

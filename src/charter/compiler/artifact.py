@@ -31,7 +31,9 @@ __all__ = [
     "LookupRule",
     "OperationRule",
     "ParamSpec",
+    "ProvenanceRule",
     "QuotaRule",
+    "SourceRule",
     "TransitionRule",
 ]
 
@@ -107,6 +109,25 @@ class LookupRule(_Frozen, frozen=True):
     rules: tuple[str, ...]  # the rules that read it: "guard:known_payee", "approval", "quota:daily_outflow"
 
 
+class SourceRule(_Frozen, frozen=True):
+    """One `from:` source as the gate checks it (charter.contract._provenance.ResolvedSource)."""
+
+    kind: Literal["request", "principal", "result"]
+    label: str  # canonical: request, principal, principal.<attr>, list_payees[].iban
+    match: Literal["exact", "token"] = "exact"
+    operation: str | None = None  # result: the read whose results count
+    path: tuple[str, ...] = ()  # result: the field names walked below it (lists stepped through)
+    attribute: str | None = None  # principal.<attr>
+
+
+class ProvenanceRule(_Frozen, frozen=True):
+    """A param's `from:` rule: its value must have been seen in one of `sources` in this run."""
+
+    param: str
+    sources: tuple[SourceRule, ...]
+    boundaries: tuple[str, ...] = ()  # hard boundaries enforced by provenance:<op>.<param>
+
+
 class OperationRule(_Frozen, frozen=True, omit_defaults=True):
     # omit_defaults: a v2 rule an operation does not use (quotas: ()) is left out of the
     # encoded gate table, so a contract that uses none compiles to the same artifact as before.
@@ -130,6 +151,7 @@ class OperationRule(_Frozen, frozen=True, omit_defaults=True):
     secret: tuple[str, ...] = ()
     quotas: tuple[QuotaRule, ...] = ()
     lookups: tuple[LookupRule, ...] = ()
+    provenance: tuple[ProvenanceRule, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):
@@ -151,7 +173,7 @@ class LimitsSpec(_Frozen, frozen=True):
     max_program_bytes: int
 
 
-class GateTable(_Frozen, frozen=True):
+class GateTable(_Frozen, frozen=True, omit_defaults=True):  # v2 fields appear only when used
     contract: str
     version: str
     sha256: str
@@ -160,6 +182,9 @@ class GateTable(_Frozen, frozen=True):
     enums: dict[str, tuple[str, ...]]
     boundaries: tuple[BoundaryRule, ...]
     limits: LimitsSpec
+    # The provenance ledger's harvest plan: per operation, the result sources (labels and
+    # field paths) whose values the gate records from each reply the program gets.
+    provenance_paths: dict[str, tuple[SourceRule, ...]] = {}
 
 
 class GuestOperation(_Frozen, frozen=True):

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from charter.compiler._lookups import lookup_rules
+from charter.compiler._provenance import harvest_plan, provenance_rules
 from charter.compiler.artifact import (
     BindingSpec,
     BoundaryRule,
@@ -60,6 +61,7 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
         enums=enums,
         boundaries=boundaries,
         limits=LimitsSpec(**model.limits.model_dump()),
+        provenance_paths=harvest_plan(operations),
     )
     surface = GuestSurface(
         contract=model.contract,
@@ -174,6 +176,7 @@ def _operation_rule(
             for q in op.quotas
         ),
         lookups=lookup_rules(checked, op),
+        provenance=provenance_rules(checked, name, op, boundaries),
     )
 
 
@@ -237,6 +240,7 @@ def _render_view(model: Contract, gate: GateTable) -> RenderView:
                     *op.after_boundaries,
                     *_enforcing(gate.boundaries, f"approval:{op.name}"),
                     *_enforcing(gate.boundaries, f"scope:{op.name}"),
+                    *(b for r in op.provenance for b in r.boundaries),
                 ]
             )
         )

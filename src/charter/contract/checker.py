@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from charter._paths import allowed_modules
 from charter.contract._lookups import check_lookups, hint_fields
+from charter.contract._provenance import check_provenance, provenance_fields, provenance_params
 from charter.contract._quotas import check_quota_ref, check_quotas
 from charter.contract._secrets import check_secret_params
 from charter.contract._yaml import Path as DocPath
@@ -275,6 +276,10 @@ class _Checker:
 
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.source.problem(path, message, key=key))
+
+    def _warn(self, path: DocPath, message: str) -> None:
+        pos = self.source.locate(path)
+        self.warnings.append(Problem(self.source.file, pos.line, pos.column, f"warning: {message}"))
 
     def run(self) -> CheckedContract:
         m = self.model
@@ -557,6 +562,7 @@ class _Checker:
         if op.transition is not None:
             self._check_transition_ref(name, op, entity)
         self._not_yet(name, op)
+        check_provenance(name, op.params, params, m, self.records, self.returns, self.fail, self._warn)
         for index, other in enumerate(op.after if isinstance(op.after, list) else []):
             if isinstance(other, AnyOf):
                 continue
@@ -607,9 +613,6 @@ class _Checker:
         for key, used in pending.items():
             if used:
                 self.fail((*path, key), f"{name}: `{key}` in this form is not supported yet")
-        for pname, written in op.params.items():
-            if not isinstance(written, str) and written.from_ is not None:
-                self.fail((*path, "params", pname), f"{name}.{pname}: `from` is not supported yet")
         if self.model.principal.attributes and name == next(iter(self.model.operations)):
             self.fail(("principal",), "principal attributes are not supported yet")
 
@@ -696,6 +699,8 @@ class _Checker:
         variables["principal"] = PRINCIPAL_FIELDS
         if op.lookups:
             variables["lookups"] = check_lookups(self, name, op, variables)
+        if provenance := provenance_fields(op.params):
+            variables["provenance"] = provenance
         skip_types = name in self.unresolved or (has_entity and op.entity in self.unresolved)
         for index, guard in enumerate(op.guards):
             gpath: DocPath = ("operations", name, "guards", index)
@@ -905,6 +910,8 @@ class _Checker:
                         + suggest(rule.guard, self.guard_ids),
                     )
                 check_quota_ref(self, boundary.id, rule, rpath)
+                if rule.provenance is not None:
+                    self._check_provenance_rule(boundary.id, rule.provenance, (*rpath, "provenance"))
                 if rule.approval is not None or rule.scope is not None:
                     self._check_operation_rule(boundary.id, rule.kind, rule.target, (*rpath, rule.kind))
                 if rule.sequence is not None and rule.sequence not in sequences:
@@ -915,6 +922,26 @@ class _Checker:
                         f"boundary '{boundary.id}' is enforced by the sequence rule of{why} '{rule.sequence}', "
                         f"which has no `after:` rule{hint}",
                     )
+
+    def _check_provenance_rule(self, boundary: str, target: str, path: DocPath) -> None:
+        """A boundary enforced by `provenance: op.param`: that param must declare `from:`."""
+        operation, _, param = target.partition(".")
+        op = self.model.operations.get(operation)
+        if op is None or not param:
+            self.fail(
+                path,
+                f"boundary '{boundary}' is enforced by the provenance of '{target}': write operation.param, naming "
+                f"an operation of this contract{suggest(operation, self.model.operations)}",
+            )
+            return
+        with_from = provenance_params(op.params)
+        if param not in with_from:
+            why = "declares no `from:`" if param in op.params else "is not one of its params"
+            self.fail(
+                path,
+                f"boundary '{boundary}' is enforced by the provenance of '{target}', but param '{param}' of "
+                f"{operation} {why}{suggest(param, with_from)}",
+            )
 
     def _check_operation_rule(self, boundary: str, kind: str, operation: str, path: DocPath) -> None:
         """A boundary enforced by an operation's approval or its scopes: that rule must exist."""

@@ -9,6 +9,9 @@ Checks, in this order; the first that fails decides, with its reason code:
     was denied, so a repair cannot reach the same effect another way)  WRITES_CLOSED
  4. the principal holds every scope the operation needs          FORBIDDEN_SCOPE
  5. the operations it must follow succeeded earlier in the run   SEQUENCE_VIOLATION
+ 5b. every `from:` param's value was seen in one of its sources in this run: the request,
+    the principal's attributes, or a read's result at the named path, as the gate itself
+    recorded it from the replies the program got (`_provenance`)  PROVENANCE_VIOLATION
  6. no earlier write of this operation to the same entity (a create: with the same
     arguments) in this run is in doubt (`_writes`)               IN_DOUBT
  7. an `idempotent` operation already made with the same arguments in this run
@@ -82,6 +85,7 @@ from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._lookups import CallLookups, LookupFailed, Lookups
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
+from charter.gate._provenance import Check, ProvenanceLedger
 from charter.gate._quotas import QuotaChecks, QuotaHold, QuotaSession, utc_now
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
@@ -125,6 +129,12 @@ class _Refusal(Exception):
     def __init__(self, verdict: Verdict) -> None:
         super().__init__(verdict.message)
         self.verdict = verdict
+
+
+class _ProvenanceRefusal(_Refusal):
+    def __init__(self, verdict: Verdict, check: Check) -> None:
+        super().__init__(verdict)
+        self.check = check
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +182,18 @@ class ContractGate:
         max_result_bytes: int,
         writes_closed: str | None = None,
         logical_run_id: str | None = None,
+        request: tuple[str, ...] = (),
     ) -> GateSession:
         """`max_result_bytes` bounds each reply the program gets (RESULT_TOO_LARGE beyond it).
         `writes_closed`, when given, says why this run may only read: every write is denied
         with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied).
         `logical_run_id` is the first run of the chain this run continues (None: this run),
-        from which write idempotency keys derive."""
+        from which write idempotency keys derive. `request`: the intent's text and the program
+        request's input values, the `request` source of provenance rules."""
         self._secrets.require_key(recorder)
+        ledger = ProvenanceLedger(self._table, request, getattr(principal, "attributes", None))
         return GateSession(
-            self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes
+            self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes, ledger
         )
 
     def boundary_note(self, boundaries: tuple[str, ...]) -> tuple[str, str | None]:
@@ -210,8 +223,10 @@ class GateSession:
         writes_closed: str | None,
         logical_run_id: str,
         max_result_bytes: int,
+        provenance: ProvenanceLedger | None = None,
     ) -> None:
         self._gate = gate
+        self._provenance = provenance or ProvenanceLedger(gate._table)
         self._recorder = recorder
         self._principal = principal
         self._writes_closed = writes_closed
@@ -270,6 +285,7 @@ class GateSession:
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
         hold = QuotaHold()  # quota locks: released once the decision is recorded, on every path
         self._call_lookups = lookups = gate._lookups.start(lambda: self._lookup_context(request))
+        provenance: Check | None = None
         try:
             self._refuse_if_ended(request)
             if request.malformed is not None:
@@ -281,6 +297,7 @@ class GateSession:
             arguments = self._arguments(rule, request.arguments)
             recorded = self._recorded(request, arguments)
             self._static_checks(rule, arguments)
+            provenance = self._provenance_check(rule, arguments)
             if rule.kind == "write":
                 first = self._write_checks(rule, arguments, recorded[1])
                 idempotency_key = first.key if first is not None else self._writes.key(request.sequence)
@@ -293,6 +310,8 @@ class GateSession:
             verdict = _OK if first is None else _REPLAYED
         except (_Refusal, LookupFailed) as refusal:
             verdict = refusal.verdict
+            if isinstance(refusal, _ProvenanceRefusal):
+                provenance = refusal.check
         except Exception as error:  # fail closed: a broken check is a denial
             verdict = Verdict(
                 "GATE_ERROR",
@@ -320,6 +339,7 @@ class GateSession:
                 idempotency_key,
                 hold,
                 tuple(lookups.seen),
+                provenance.labels if provenance is not None else None,
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
@@ -396,6 +416,16 @@ class GateSession:
                         boundary=boundary,
                     )
                 )
+
+    def _provenance_check(self, rule: OperationRule, arguments: Mapping[str, Any]) -> Check | None:
+        check = self._provenance.check(rule, arguments)
+        if check is not None and check.violation is not None and check.rule is not None:
+            ref = f"provenance:{rule.name}.{check.rule.param}"
+            note, boundary = self._gate.boundary_note(check.rule.boundaries)
+            raise _ProvenanceRefusal(
+                Verdict("PROVENANCE_VIOLATION", check.violation + note, clause=ref, boundary=boundary), check
+            )
+        return check
 
     def _write_checks(self, rule: OperationRule, arguments: dict[str, Any], args_hash: str) -> FirstWrite | None:
         """IN_DOUBT, then the first result of an idempotent write made already, then LIMIT_EXCEEDED."""
@@ -535,6 +565,7 @@ class GateSession:
         variables: dict[str, Any] = {
             "params": {p.name: _cel_value(arguments.get(p.name), p.type, table.records) for p in rule.params},
             "principal": {"id": self._principal.id, "scopes": sorted(self._principal.scopes)},
+            "provenance": self._provenance.variables(rule, arguments),
         }
         if entity is not None and rule.entity is not None:
             fields = table.records[rule.entity]
@@ -644,6 +675,8 @@ class GateSession:
         self._state.succeeded.setdefault(rule.name, set()).add(key)
         if idempotency_key is not None:
             self._writes.succeeded(rule, args_hash, request.sequence, idempotency_key, reply)
+        # Recorded host-side from the checked reply, before the program gets it.
+        self._provenance.record(rule.name, reply)
         return Encoded(reply)
 
     def _failed_outcome(
@@ -708,6 +741,7 @@ class GateSession:
         idempotency_key: str | None,
         hold: QuotaHold | None = None,
         lookups: tuple[LookupSeen, ...] = (),
+        provenance: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         """Commit the call's Decision; `hold`'s quota locks are released once it is durable (the
         receipt is what counts the call), or once it failed, whatever happens."""
@@ -723,6 +757,7 @@ class GateSession:
                 quotas=hold.seen if hold is not None else (),
                 at=hold.at if hold is not None else None,
                 lookups=lookups,
+                provenance=provenance,
             )
             if verdict.withheld is not None:
                 verdict.withheld.keep(self._recorder, request.sequence, request.operation)

@@ -46,10 +46,12 @@ def decision_receipt(
     quotas: tuple[QuotaSeen, ...] = (),
     at: str | None = None,
     lookups: tuple[LookupSeen, ...] = (),
+    provenance: dict[str, tuple[str, ...]] | None = None,
 ) -> Decision:
     """`recorded`: the arguments' canonical JSON (None if they did not decode), sha256, and
     the secret params whose values both hold as digests (`_secrets`).
-    `at`: the decision's time when a check already fixed it (quotas count from it); else now."""
+    `at`: the decision's time when a check already fixed it (quotas count from it); else now.
+    `provenance`: per `from:` param, the sources its value was seen in."""
     shown, digest, secret_params = recorded
     withheld = verdict.withheld
     return Decision(
@@ -77,6 +79,7 @@ def decision_receipt(
         secret_params=secret_params,
         quotas=quotas,
         lookups=lookups,
+        provenance=provenance,
     )
 
 

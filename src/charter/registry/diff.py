@@ -31,6 +31,7 @@ from charter.contract.model import (
 )
 from charter.registry._bounds import bound_direction
 from charter.registry._lookups import lookup_changes
+from charter.registry._provenance import provenance_changes
 from charter.registry._quotas import diff_quotas
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
@@ -248,6 +249,7 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
                 if _secret(written)
                 else f"param '{name}' is no longer secret: receipts record its value in plain text",
             )
+    provenance_changes(d.add, where, old, new)
     if old.transition != new.transition:
         if new.transition is None:
             d.add(

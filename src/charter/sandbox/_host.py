@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import json
 import math
 import re
 import secrets
@@ -85,6 +86,7 @@ class RunContext(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str = msgspec.field(default_factory=lambda: secrets.token_hex(16))
     clock: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
     seed: int = msgspec.field(default_factory=lambda: secrets.randbits(63))
+    inputs: dict[str, str] = msgspec.field(default_factory=dict)  # the program's read-only `inputs`
 
 
 class _Runtime:
@@ -428,7 +430,9 @@ def _guest_context(context: RunContext, limits: SandboxLimits) -> str:
     for text in (principal.id, *principal.scopes):
         if not text or not text.isprintable():
             raise UsageError(f"principal id and scopes must be non-empty printable text, got {text!r}")
-    fields = [str(context.seed), repr(context.clock.timestamp()), str(limits.max_output_bytes), principal.id]
+    # The inputs cross as one JSON field: ensure_ascii escapes every control character.
+    inputs = json.dumps(context.inputs, ensure_ascii=True) if context.inputs else ""
+    fields = [str(context.seed), repr(context.clock.timestamp()), str(limits.max_output_bytes), inputs, principal.id]
     return "\x1f".join(fields + sorted(principal.scopes))
 
 

@@ -26,10 +26,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
+from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS
 from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._body import BodyGuard
@@ -125,12 +126,31 @@ _CONTRACT_REF = (
 )
 
 
-class IntentRequest(_Request):
+_InputName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+_InputValue = Annotated[str, StringConstraints(max_length=MAX_INPUT_CHARS)]
+
+
+class _WithInputs(_Request):
+    inputs: dict[_InputName, _InputValue] | None = Field(
+        default=None,
+        max_length=MAX_INPUTS,
+        description="Named text values the program reads as inputs['name']; the gate counts them as the request "
+        "(provenance rules' `request` source). Recorded in the run's Opened receipt.",
+    )
+    secret_inputs: list[_InputName] | None = Field(
+        default=None,
+        max_length=MAX_INPUTS,
+        description="Names of inputs that are secrets (a password): the audit log records a keyed digest of "
+        "each, never its value.",
+    )
+
+
+class IntentRequest(_WithInputs):
     contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
     intent: str = Field(min_length=1, max_length=4000, description="What should be done, in plain words.")
 
 
-class ProgramRequest(_Request):
+class ProgramRequest(_WithInputs):
     contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
     program: str = Field(min_length=1, max_length=262_144, description="Python source using the typed proxies.")
 
@@ -428,7 +448,16 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
     )
     def post_intent(request: IntentRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
         def run(run_id: str | None) -> dict[str, Any]:
-            conclusion = guarded(lambda: service.operate(principal, request.contract, request.intent, run_id=run_id))
+            conclusion = guarded(
+                lambda: service.operate(
+                    principal,
+                    request.contract,
+                    request.intent,
+                    run_id=run_id,
+                    inputs=request.inputs,
+                    secret_inputs=request.secret_inputs or (),
+                )
+            )
             return _conclusion(conclusion, conclusion.attempts)
 
         return once(principal, idempotency_key, "/v1/intents", request, run)
@@ -443,7 +472,16 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
     def post_program(request: ProgramRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
         def run(run_id: str | None) -> dict[str, Any]:
             return _conclusion(
-                guarded(lambda: service.execute(principal, request.contract, request.program, run_id=run_id))
+                guarded(
+                    lambda: service.execute(
+                        principal,
+                        request.contract,
+                        request.program,
+                        run_id=run_id,
+                        inputs=request.inputs,
+                        secret_inputs=request.secret_inputs or (),
+                    )
+                )
             )
 
         return once(principal, idempotency_key, "/v1/programs", request, run)

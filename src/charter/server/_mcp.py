@@ -45,6 +45,7 @@ from mcp_types import INVALID_PARAMS
 
 from charter.compiler.artifact import CompiledContract
 from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFound, UsageError
+from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS, check_inputs
 from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._api import PROBLEM_TYPES, problem_response
@@ -179,6 +180,46 @@ def _program_fields(names: list[str]) -> dict[str, _Field]:
     }
 
 
+_INPUT_NAME = "^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+_INPUTS_SCHEMA: dict[str, dict[str, Any]] = {
+    "inputs": {
+        "type": "object",
+        "description": "Named text values the program reads as inputs['name']; the gate counts them as the "
+        "request (provenance rules' `request` source).",
+        "maxProperties": MAX_INPUTS,
+        "propertyNames": {"pattern": _INPUT_NAME},
+        "additionalProperties": {"type": "string", "maxLength": MAX_INPUT_CHARS},
+    },
+    "secret_inputs": {
+        "type": "array",
+        "description": "Names of inputs that are secrets: the audit log records a keyed digest of each, never its "
+        "value.",
+        "maxItems": MAX_INPUTS,
+        "items": {"type": "string", "pattern": _INPUT_NAME},
+    },
+}
+
+
+def _with_inputs(schema: dict[str, Any]) -> dict[str, Any]:
+    schema["properties"].update(_INPUTS_SCHEMA)
+    return schema
+
+
+def _program_schema(names: list[str]) -> dict[str, Any]:
+    return _with_inputs(_input_schema(_program_fields(names)))
+
+
+def _program_inputs(arguments: dict[str, Any], tool: str = "execute_program") -> tuple[dict[str, str], tuple[str, ...]]:
+    """A tool's `inputs` and `secret_inputs`, checked (invalid_params naming the argument when
+    their shape is wrong)."""
+    inputs, secret = arguments.get("inputs"), arguments.get("secret_inputs")
+    try:
+        return check_inputs(inputs, () if secret is None else secret if isinstance(secret, list) else "")
+    except UsageError as error:
+        field = "secret_inputs" if "secret" in str(error) else "inputs"
+        raise _invalid(f"{tool}: {error}", field) from None
+
+
 _AUDIT_FIELDS = {"run_id": _Field("The run's 32-character id.", max_length=32, pattern="^[0-9a-f]{32}$")}
 
 
@@ -207,7 +248,7 @@ def _tools(service: CharterService) -> list[types.Tool]:
                 name=f"{_OPERATE}{contract.name}",
                 title=title,
                 description=operate_description(contract),
-                input_schema=_input_schema(_operate_fields(contract)),
+                input_schema=_with_inputs(_input_schema(_operate_fields(contract))),
                 output_schema=_CONCLUSION_SCHEMA,
                 annotations=tool_annotations(title, [contract]),
             )
@@ -223,7 +264,7 @@ def _tools(service: CharterService) -> list[types.Tool]:
                 "the contract and receipted. End it with conclude(answer, data=...) or refuse(reason). Returns the "
                 f"conclusion (with its data) and run id. Contracts: {', '.join(names) or 'none published'}."
             ),
-            input_schema=_input_schema(_program_fields(names)),
+            input_schema=_program_schema(names),
             output_schema=_CONCLUSION_SCHEMA,
             annotations=tool_annotations(title, contracts),
         )
@@ -375,19 +416,25 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
                 compiled = await anyio.to_thread.run_sync(service.contract, contract)
             except (ContractNotFound, UsageError):
                 raise _invalid(f"no tool {name!r}: tools/list names the tools", "name") from None
-            given = _checked(name, arguments, _operate_fields(compiled))
+            inputs, secret = _program_inputs(arguments, name)
+            rest = {k: v for k, v in arguments.items() if k not in _INPUTS_SCHEMA}
+            given = _checked(name, rest, _operate_fields(compiled))
             if "version" in given:
                 contract += "@" + given["version"]
 
             def call() -> dict[str, Any]:
-                conclusion = service.operate(principal, contract, given["intent"])
+                conclusion = service.operate(principal, contract, given["intent"], inputs=inputs, secret_inputs=secret)
                 return _conclusion(conclusion, conclusion.attempts)
 
         elif name == "execute_program":
-            given = _checked(name, arguments, _program_fields([]))
+            inputs, secret = _program_inputs(arguments)
+            rest = {k: v for k, v in arguments.items() if k not in _INPUTS_SCHEMA}
+            given = _checked(name, rest, _program_fields([]))
 
             def call() -> dict[str, Any]:
-                return _conclusion(service.execute(principal, given["contract"], given["program"]))
+                return _conclusion(
+                    service.execute(principal, given["contract"], given["program"], inputs=inputs, secret_inputs=secret)
+                )
 
         elif name == "audit_run":
             given = _checked(name, arguments, _AUDIT_FIELDS)

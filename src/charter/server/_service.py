@@ -4,6 +4,7 @@ server are two faces of this one class, so both say and allow exactly the same."
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,24 +102,59 @@ class CharterService:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def operate(self, principal: Principal, contract: str, intent: str, *, run_id: str | None = None) -> Conclusion:
-        """`run_id`: the intent run's id, allocated beforehand (None: a new one)."""
+    def operate(
+        self,
+        principal: Principal,
+        contract: str,
+        intent: str,
+        *,
+        run_id: str | None = None,
+        inputs: Mapping[str, str] | None = None,
+        secret_inputs: Collection[str] = (),
+    ) -> Conclusion:
+        """`run_id`: the intent run's id, allocated beforehand (None: a new one); `inputs` and
+        `secret_inputs` as for `execute`."""
         compiled = self.contract(contract)
         try:
             if self.agent is None:
                 raise MissingApiKey("it was started without a model")
-            return self.agent.handle(intent, contract=compiled, principal=principal, run_id=run_id)
+            return self.agent.handle(
+                intent,
+                contract=compiled,
+                principal=principal,
+                run_id=run_id,
+                inputs=inputs,
+                secret_inputs=secret_inputs,
+            )
         except MissingApiKey as error:
             raise IntentsUnavailable(
                 f"this server answers no intents ({error}): start it with ANTHROPIC_API_KEY set, or with "
                 "--replay RECORDING.json; programs can still be run"
             ) from None
 
-    def execute(self, principal: Principal, contract: str, program: str, *, run_id: str | None = None) -> Execution:
-        """`run_id`: the program run's id, allocated beforehand (None: a new one)."""
+    def execute(
+        self,
+        principal: Principal,
+        contract: str,
+        program: str,
+        *,
+        run_id: str | None = None,
+        inputs: Mapping[str, str] | None = None,
+        secret_inputs: Collection[str] = (),
+    ) -> Execution:
+        """`run_id`: the program run's id, allocated beforehand (None: a new one). `inputs`: the
+        request's named values; those in `secret_inputs` are recorded as keyed digests only
+        (UsageError for a bad shape: charter.inputs.check_inputs)."""
         if not isinstance(program, str) or not program.strip():
             raise UsageError("the program is empty: send Python source that ends with conclude(...) or refuse(...)")
-        return self.runner.execute(program, contract=self.contract(contract), principal=principal, run_id=run_id)
+        return self.runner.execute(
+            program,
+            contract=self.contract(contract),
+            principal=principal,
+            run_id=run_id,
+            inputs=inputs,
+            secret_inputs=secret_inputs,
+        )
 
     def recorded_answer(self, run_id: str) -> tuple[Answer, int | None] | None:
         """What the caller of run `run_id` gets, from the audit log alone, and the intent run's
