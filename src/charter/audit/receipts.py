@@ -157,11 +157,11 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     quotas: tuple[QuotaSeen, ...] = ()
     # Since contract language v2: the lookups performed for this call, in the order performed.
     lookups: tuple[LookupSeen, ...] = ()
-    # APPROVAL_REQUIRED: the reason of the approval rule that held (`requires_approval`).
-    approval: str | None = None
     # Issue 15: per `from:` param of the operation, the sources (canonical labels) its value
     # was seen in during the run; also on a PROVENANCE_VIOLATION. None: the operation has none.
     provenance: dict[str, tuple[str, ...]] | None = None
+    # APPROVAL_REQUIRED: the reason of the approval rule that held (`requires_approval`).
+    approval: str | None = None
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):

@@ -80,8 +80,8 @@ def decision_receipt(
         secret_params=secret_params,
         quotas=quotas,
         lookups=lookups,
-        approval=verdict.approval,
         provenance=provenance,
+        approval=verdict.approval,
     )
 
 
