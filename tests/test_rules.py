@@ -374,3 +374,37 @@ def test_charter_token_add_and_exec_bind_attributes(charter_home: Path, tmp_path
     twice = charter(*args, "--attr", "tier=gold", "--attr", "tier=basic")
     assert twice.returncode == 1
     assert "attribute tier is given twice" in twice.stderr
+
+
+def test_mcp_stdio_binds_the_operators_attributes_and_refuses_them_as_arguments(charter_home: Path) -> None:
+    import os
+
+    import anyio
+    from mcp import Client, MCPError, StdioServerParameters
+
+    from tests.data import rules_backend
+
+    rules_backend.reset()
+    assert charter("contract", "publish", str(CONTRACT)).returncode == 0
+    args = ["-m", "charter", "mcp", "-p", "ada", "-s", "bank:pay", "--attr", "account_id=A1"]
+    args += ["--attr", "daily_limit=100.00", "--attr", "tier=gold"]
+    server = StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ), cwd=str(ROOT))
+    program = D + READ + pay("150.00")
+
+    async def session() -> tuple[dict[str, Any], MCPError]:
+        async with Client(server) as client:
+            result = await client.call_tool("execute_program", {"contract": "transfers", "program": program})
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool(
+                    "execute_program",
+                    {"contract": "transfers", "program": program, "attributes": {"daily_limit": "999999.00"}},
+                )
+            return json.loads(result.content[0].text), raised.value
+
+    answer, refused = anyio.run(session)
+    assert (answer["status"], answer["cause"]) == ("refused", "GUARD_VIOLATION")  # 150.00 > ada's 100.00
+    assert "attributes" in str(refused.error)
+    opened = AuditLog(charter_home / "audit.db").run(answer["run_id"]).opened
+    assert isinstance(opened, Opened)
+    assert opened.attributes == {"account_id": "A1", "daily_limit": "100.00", "tier": "gold"}
+    assert rules_backend.done() == []
