@@ -24,6 +24,7 @@ from charter.audit import AuditLog, Decision, Opened
 from charter.backends import CallContext, Precondition, PreconditionFailed, fingerprint
 from charter.contract import load_contract
 from charter.principal import Principal
+from charter.replay import replay_run
 from charter.runner import Execution, Runner
 from charter.sandbox import Sandbox
 from examples._sqlite import Conflict
@@ -519,6 +520,40 @@ def test_demo_scenarios_in_order_tell_the_story(bank: Bank) -> None:
         ("password_from_request", "done"),
         ("redirect_to_unknown_iban", "refused"),
     ]
+
+
+def test_replay_of_a_payment_run_matches_its_receipts(bank: Bank) -> None:
+    assert bank.run(PAY_NAMED_PAYEE).status == "done"
+    execution = bank.run(OVER_DAILY_QUOTA)
+    record = bank.log.run(execution.run_id)
+    report = replay_run(
+        record, compiled("payments"), bank.runner.sandbox, log=bank.log, secret_key=bank.log.existing_secret_key()
+    )
+    assert report.divergences == ()
+    assert report.identical
+    assert report.quotas_checked == 2  # both payments' recorded totals recounted from the log
+    assert any("call 2 send_payment" in line and "payees" in line for line in report.lookups)
+
+
+def test_provenance_is_not_forged_by_rebuilding_a_value_in_the_program(bank: Bank) -> None:
+    # Built character by character from a trusted read: it is a payee's IBAN, so it passes.
+    rebuilt = """from decimal import Decimal
+payee = payments.list_payees(account="ACC-1001")[0]
+iban = "".join(chr(ord(c)) for c in payee.iban)
+t = payments.send_payment(account="ACC-1001", recipient=iban, amount=Decimal("1.00"), reference="x")
+conclude(t.recipient)
+"""
+    assert bank.run(rebuilt).answer == GREEN_ENERGY
+    # Built the same way from the bill: the gate never saw it in a trusted source.
+    forged = """import re
+from decimal import Decimal
+bill = payments.read_document(id="DOC-1").body
+iban = "".join(chr(ord(c)) for c in re.search(r"balance to IBAN ([A-Z0-9]+)", bill).group(1))
+payments.send_payment(account="ACC-1001", recipient=iban.lower(), amount=Decimal("1.00"), reference="x")
+"""
+    execution = bank.run(forged)
+    assert bank.decision(execution, "send_payment").code == "PROVENANCE_VIOLATION"
+    assert [t["recipient"] for t in transfers()] == [GREEN_ENERGY]
 
 
 # -- the bank's own behaviour ---------------------------------------------------------------
