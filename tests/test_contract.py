@@ -671,6 +671,134 @@ def test_quota_keyed_only_by_principal_is_warned(write_contract: WriteContract, 
     assert warnings == ([expected] if expected else [])
 
 
+# Contract v2 (issue 15): principal attributes, any-of sequences, conditional approval.
+_ATTRS = "  python: tests.data.shop_backend\n"
+_OP = "    scopes: [orders:write]\n"
+
+
+def _attributes(text: str) -> dict[str, str]:
+    return {_ATTRS: _ATTRS + f"principal:\n  attributes: {text}\n"}
+
+
+MALFORMED += [
+    pytest.param(
+        _attributes("{DailyLimit: money}"),
+        ["9:16: principal attribute name 'DailyLimit' must be lower snake_case, e.g. 'daily_limit'"],
+        id="attribute_name_not_snake_case",
+    ),
+    pytest.param(
+        _attributes("{daily_limit: mony}"),
+        ["9:29: principal attribute 'daily_limit' has unknown type 'mony' (did you mean 'money'?)"],
+        id="attribute_unknown_type",
+    ),
+    pytest.param(
+        _attributes("{limits: 'list[money]'}"),
+        [
+            "9:24: principal attribute 'limits' is list[money], but an attribute is one bound value (`--attr "
+            "limits=VALUE`): declare a primitive type or an enum, not optional, not a list or record"
+        ],
+        id="attribute_list",
+    ),
+    pytest.param(
+        {
+            **_attributes("{daily_limit: money}"),
+            "when: entity.total <= 100000": "when: entity.total <= principal.attributes.daily_limt",
+        },
+        [
+            "42:15: guard 'small_orders_only': 'principal.attributes' has no field 'daily_limt' (did you mean "
+            "'daily_limit'?)"
+        ],
+        id="guard_misspelt_attribute",
+    ),
+    pytest.param(
+        {
+            **_attributes("{region: str}"),
+            "when: entity.total <= 100000": "when: entity.total <= principal.attributes.region",
+        },
+        [
+            "42:15: guard 'small_orders_only': type error: No such overload: the operation is not defined for the "
+            "given operand types (CEL never converts types; money is an int of cents in guards)"
+        ],
+        id="guard_attribute_type_mismatch",
+    ),
+    pytest.param(
+        {_OP: _OP + "    after: {any: [get_ordr]}\n"},
+        ["43:19: operation 'cancel_order' must run after unknown operation 'get_ordr' (did you mean 'get_order'?)"],
+        id="after_any_unknown_operation",
+    ),
+    pytest.param(
+        {_OP: _OP + "    after: [get_order, {any: [get_order, cancel_order]}]\n"},
+        ["43:42: operation 'cancel_order' cannot require itself to run first"],
+        id="after_any_itself",
+    ),
+    pytest.param(
+        {_OP: _OP + "    after: {any: [get_order, get_order]}\n"},
+        ["43:30: operation 'cancel_order': 'get_order' is listed twice in one any-of group"],
+        id="after_any_listed_twice",
+    ),
+    pytest.param(
+        {_OP: _OP + "    after: {any: []}\n"},
+        ["43:18: operations.cancel_order.after.any: List should have at least 1 item after validation, not 0"],
+        id="after_any_empty",
+    ),
+    pytest.param(
+        {_OP: _OP + "    requires_approval: {when: params.reson != '', reason: Asked twice.}\n"},
+        ["43:31: requires_approval of 'cancel_order': 'params' has no field 'reson' (did you mean 'reason'?)"],
+        id="approval_when_unknown_field",
+    ),
+    pytest.param(
+        {_OP: _OP + "    requires_approval: {when: entity.total + 1, reason: Large.}\n"},
+        ["43:31: requires_approval of 'cancel_order': gives int, but a guard must give true or false"],
+        id="approval_when_not_boolean",
+    ),
+    pytest.param(
+        {_OP: _OP + "    requires_approval: {when: entity.total > 100}\n"},
+        ["43:24: missing required key 'reason' in operations.cancel_order.requires_approval"],
+        id="approval_without_reason",
+    ),
+    pytest.param(
+        {_OP: _OP + "    requires_approval: 3\n"},
+        [
+            "43:24: operations.cancel_order.requires_approval: expected true, false or {when: <CEL>, reason: <text>}, got 3"
+        ],
+        id="approval_of_no_form",
+    ),
+    pytest.param(
+        {_OP: _OP + "    after: [get_order, 3]\n"},
+        ["43:24: operations.cancel_order.after.1: expected an operation name or {any: [...]}, got 3"],
+        id="after_item_of_no_form",
+    ),
+]
+
+
+def test_an_any_of_group_of_one_is_allowed_with_a_warning(write_contract: WriteContract) -> None:
+    path = write_contract(replace={_OP: _OP + "    after: [{any: [get_order]}]\n"})
+    checked = load_contract(path)
+    assert [f"{w.line}:{w.column}: {w.message}" for w in checked.warnings] == [
+        "43:19: warning: operation 'cancel_order' has an any-of group of one operation, 'get_order': it means the "
+        "same as listing it (`after: [get_order]`)"
+    ]
+
+
+def test_a_long_approval_reason_is_a_warning(write_contract: WriteContract) -> None:
+    reason = "the order is large and was placed by a new customer"
+    path = write_contract(replace={_OP: _OP + f"    requires_approval: {{when: entity.total > 1, reason: {reason}}}\n"})
+    assert [f"{w.line}:{w.column}: {w.message}" for w in load_contract(path).warnings] == [
+        "43:57: warning: the approval reason of 'cancel_order' is 51 characters; the prompt shows it as `approval "
+        "if <reason>` on the operation's line: keep it to 28 (about 8 tokens)"
+    ]
+
+
+def test_a_boundary_may_be_enforced_by_a_conditional_approval(write_contract: WriteContract) -> None:
+    path = write_contract(
+        replace={
+            _OP: _OP + "    requires_approval: {when: entity.total > 50000, reason: a large order}\n",
+            "enforced_by: [{transition: Order.cancel}]": "enforced_by: [{approval: cancel_order}]",
+        }
+    )
+    assert load_contract(path).model.boundaries[0].enforced_by[0].approval == "cancel_order"
+
+
 @pytest.mark.parametrize(("replace", "expected"), MALFORMED)
 def test_malformed_contract_gets_exact_messages(
     write_contract: WriteContract, replace: dict[str, str], expected: list[str]

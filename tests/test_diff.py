@@ -224,3 +224,157 @@ def test_quota_changes_are_classified(
     before = load_contract(write_contract(replace=_with_quota(old), name="old.yaml"), resolve_bindings=False).model
     after = load_contract(write_contract(replace=_with_quota(new), name="new.yaml"), resolve_bindings=False).model
     assert {(c.kind, c.message) for c in diff_contracts(before, after)} == expected
+
+
+# Contract v2 (issue 15): any-of sequences, conditional approval, principal attributes.
+_OP = "    scopes: [orders:write]\n"
+_BINDING = "  python: tests.data.shop_backend\n"
+
+
+def _with(text: str) -> dict[str, str]:
+    return {_OP: _OP + text} if text else {}
+
+
+def _attributes(text: str) -> dict[str, str]:
+    return {_BINDING: _BINDING + f"principal:\n  attributes: {text}\n"}
+
+
+_OPS = "  get_order:\n    kind: read\n"
+_MORE_READS = (
+    "  list_orders:\n    kind: read\n    doc: All orders.\n    returns: list[Order]\n"
+    "  find_order:\n    kind: read\n    doc: Find an order.\n    params: {q: str}\n    returns: Order\n"
+)
+_ANY = "{any: [get_order, list_orders]}"
+_APPROVE = "    requires_approval: {when: entity.total > 50000, reason: a large order}\n"
+
+V2_CASES = [
+    pytest.param(
+        "    after: [get_order]\n",
+        f"    after: {_ANY}\n",
+        {("relaxation", "sequence rule after 'get_order' loosened to after one of get_order, list_orders")},
+        id="all_of_to_any_of",
+    ),
+    pytest.param(
+        f"    after: {_ANY}\n",
+        "    after: {any: [get_order, list_orders, find_order]}\n",
+        {
+            (
+                "relaxation",
+                "sequence rule after one of get_order, list_orders loosened to after one of find_order, get_order, "
+                "list_orders",
+            )
+        },
+        id="any_of_member_added",
+    ),
+    pytest.param(
+        "    after: {any: [get_order, list_orders, find_order]}\n",
+        f"    after: {_ANY}\n",
+        {
+            (
+                "breaking",
+                "sequence rule after one of find_order, get_order, list_orders narrowed to after one of get_order, "
+                "list_orders",
+            )
+        },
+        id="any_of_member_removed",
+    ),
+    pytest.param(
+        f"    after: {_ANY}\n",
+        "    after: [get_order]\n",
+        {("breaking", "sequence rule after one of get_order, list_orders narrowed to after 'get_order'")},
+        id="any_of_to_all_of",
+    ),
+    pytest.param(
+        "",
+        f"    after: [find_order, {_ANY}]\n",
+        {
+            ("breaking", "sequence rule after 'find_order' added"),
+            ("breaking", "sequence rule after one of get_order, list_orders added"),
+        },
+        id="any_of_added",
+    ),
+    pytest.param(
+        f"    after: {_ANY}\n",
+        "",
+        {("relaxation", "sequence rule after one of get_order, list_orders removed")},
+        id="any_of_removed",
+    ),
+    pytest.param(
+        "    requires_approval: true\n",
+        _APPROVE,
+        {("relaxation", "requires approval only when `entity.total > 50000` (was: always)")},
+        id="approval_true_to_conditional",
+    ),
+    pytest.param(
+        _APPROVE,
+        "    requires_approval: true\n",
+        {("breaking", "now requires approval always (was: when `entity.total > 50000`)")},
+        id="approval_conditional_to_true",
+    ),
+    pytest.param(
+        "",
+        _APPROVE,
+        {("breaking", "now requires approval when `entity.total > 50000`")},
+        id="approval_conditional_added",
+    ),
+    pytest.param(_APPROVE, "", {("relaxation", "no longer requires approval")}, id="approval_conditional_removed"),
+    pytest.param(
+        _APPROVE,
+        _APPROVE.replace("50000", "90000"),
+        {
+            (
+                "relaxation",
+                "approval condition changed from `entity.total > 50000` to `entity.total > 90000` (the bound on "
+                "entity.total is narrower: approval for fewer calls)",
+            )
+        },
+        id="approval_threshold_raised",
+    ),
+    pytest.param(
+        _APPROVE,
+        _APPROVE.replace("entity.total > 50000", "params.reason == 'fraud'"),
+        {
+            (
+                "breaking",
+                "approval condition changed from `entity.total > 50000` to `params.reason == 'fraud'` (may ask "
+                "approval for more calls)",
+            ),
+            (
+                "relaxation",
+                "approval condition changed from `entity.total > 50000` to `params.reason == 'fraud'` (may ask "
+                "approval for fewer calls)",
+            ),
+        },
+        id="approval_condition_rewritten",
+    ),
+    pytest.param(
+        _APPROVE,
+        _APPROVE.replace("a large order", "a big order"),
+        {("additive", "approval reason reworded")},
+        id="approval_reason_reworded",
+    ),
+]
+
+
+@pytest.mark.parametrize(("old_rule", "new_rule", "expected"), V2_CASES)
+def test_v2_rules_are_classified(
+    write_contract: WriteContract, old_rule: str, new_rule: str, expected: set[tuple[str, str]]
+) -> None:
+    reads = {_OPS: _MORE_READS + _OPS}
+    old = load_contract(write_contract(replace={**reads, **_with(old_rule)}, name="old.yaml"), resolve_bindings=False)
+    new = load_contract(write_contract(replace={**reads, **_with(new_rule)}, name="new.yaml"), resolve_bindings=False)
+    assert {(c.kind, c.message) for c in diff_contracts(old.model, new.model)} == expected
+
+
+def test_principal_attribute_changes_are_classified(write_contract: WriteContract) -> None:
+    old = load_contract(write_contract(replace=_attributes("{limit: money, region: str}"), name="old.yaml"))
+    new = load_contract(write_contract(replace=_attributes("{limit: int, tier: str}"), name="new.yaml"))
+    assert {(c.kind, c.where, c.message) for c in diff_contracts(old.model, new.model)} == {
+        (
+            "breaking",
+            "principal.attributes.limit",
+            "principal attribute 'limit' type changed from money to int: bound values may no longer be valid",
+        ),
+        ("additive", "principal.attributes.region", "principal attribute 'region' removed"),
+        ("additive", "principal.attributes.tier", "principal attribute 'tier' added (str)"),
+    }

@@ -21,9 +21,12 @@ our own: they follow each Unicode release with ICU.
 
 from __future__ import annotations
 
+import decimal
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
 
 import icu
 import msgspec
@@ -33,10 +36,12 @@ from charter.errors import InvalidPrincipal
 __all__ = [
     "MAX_ID_LENGTH",
     "Principal",
+    "check_attributes",
     "check_distinct",
     "check_principal_id",
     "check_scope",
     "is_scope",
+    "parse_attribute",
     "same_principal",
     "skeleton",
 ]
@@ -162,19 +167,74 @@ def check_distinct(principal_id: str, known: Iterable[str], *, where: str) -> No
             )
 
 
-class Principal(msgspec.Struct, frozen=True):
-    """Who a run acts for: `id` (see check_principal_id) and `scopes` (see is_scope).
+# An attribute's name is a snake_case identifier, as the contract declares it
+# (`principal: {attributes: {daily_limit: money}}`); its value is text the operator wrote
+# (`--attr daily_limit=2000.00`) or a scalar given through the Python API.
+_ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+MAX_ATTRIBUTE_LENGTH = 1024
+_ATTRIBUTE_RULE = "write NAME=VALUE, NAME a snake_case identifier as the contract declares it, e.g. daily_limit=2000.00"
 
-    Raises InvalidPrincipal (a UsageError and a ValueError) if either is not valid.
+
+def parse_attribute(text: str) -> tuple[str, str]:
+    """`name=value` (`charter token add --attr`, `charter exec --attr`) as (name, value).
+
+    Only the syntax is checked here: the value's type is the contract's to say, and one
+    token may serve several contracts, so the gate checks it against the version a call
+    runs under (ATTRIBUTE_INVALID). Raises InvalidPrincipal saying what is wrong.
+    """
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep:
+        raise InvalidPrincipal(f"attribute {text!a} has no '=': {_ATTRIBUTE_RULE}")
+    check_attributes({name: value})
+    return name, value
+
+
+def check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """`attributes` as a plain dict if every name and value is valid; raises InvalidPrincipal.
+
+    A value is a str (printable, at most MAX_ATTRIBUTE_LENGTH characters), int, float, bool
+    or Decimal: what the gate can check against a declared type.
+    """
+    checked: dict[str, Any] = {}
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not _ATTRIBUTE_NAME.match(name):
+            raise InvalidPrincipal(f"attribute name {name!a} is not valid: {_ATTRIBUTE_RULE}")
+        if isinstance(value, str):
+            if len(value) > MAX_ATTRIBUTE_LENGTH:
+                raise InvalidPrincipal(f"attribute {name} is longer than {MAX_ATTRIBUTE_LENGTH} characters")
+            if any(unicodedata.category(c)[0] == "C" for c in value):
+                raise InvalidPrincipal(f"attribute {name} holds a control or invisible character")
+        elif not isinstance(value, bool | int | float | decimal.Decimal):
+            raise InvalidPrincipal(
+                f"attribute {name} is a {type(value).__name__}; an attribute is text, a number or a bool"
+            )
+        checked[name] = value
+    return checked
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who a run acts for: `id` (see check_principal_id), `scopes` (see is_scope) and
+    `attributes` (see check_attributes; read-only once made), which the operator binds
+    (tokens.yaml, `--attr`) and the contract types (`principal.attributes`). Nothing a
+    caller sends in a request can set them.
+
+    Raises InvalidPrincipal (a UsageError and a ValueError) if any is not valid.
     """
 
     id: str
     scopes: frozenset[str] = frozenset()
+    attributes: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_principal_id(self.id)
         for scope in self.scopes:
             check_scope(scope)
+        # Frozen means frozen: a check that read the attributes sees them as the run opened.
+        msgspec.structs.force_setattr(self, "attributes", MappingProxyType(check_attributes(self.attributes)))
+
+    def __hash__(self) -> int:  # the attributes' read-only view is not hashable; their items are
+        return hash((self.id, self.scopes, tuple(sorted(self.attributes.items()))))
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes

@@ -178,7 +178,7 @@ def replay_run(
         )
     gate = _ReplayGate(record, contract, secret_key)
     context = RunContext(
-        principal=Principal(opened.principal, frozenset(opened.scopes)),
+        principal=Principal(opened.principal, frozenset(opened.scopes), opened.attributes or {}),
         run_id=opened.run_id,
         clock=datetime.fromisoformat(opened.clock),
         seed=opened.seed,

@@ -160,6 +160,7 @@ class Runner:
             parent=parent,
             attempt=attempt,
             logical_run_id=logical_run_id,
+            attributes=dict(principal.attributes) or None,
             inputs=recorded or None,
             secret_inputs=secret,
         )

@@ -176,6 +176,7 @@ class Charter:
                 settings=msgspec.structs.asdict(settings),
                 host=host,
                 pid=pid,
+                attributes=dict(principal.attributes) or None,
             )
         )
         prompt = render_text("agent_intent.md.j2", intent=intent, principal=principal, inputs=sorted(given))

@@ -93,6 +93,8 @@ class Opened(_Body, frozen=True, kw_only=True, tag="open"):
     # audit log's keyed digest of it (SecretKey.digest), never the value. secret_inputs names them.
     inputs: dict[str, str] | None = None
     secret_inputs: tuple[str, ...] = ()
+    # The principal's attributes as the operator bound them (tokens.yaml, --attr); None: none.
+    attributes: dict[str, Any] | None = None
 
 
 class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -158,6 +160,8 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     # Issue 15: per `from:` param of the operation, the sources (canonical labels) its value
     # was seen in during the run; also on a PROVENANCE_VIOLATION. None: the operation has none.
     provenance: dict[str, tuple[str, ...]] | None = None
+    # APPROVAL_REQUIRED: the reason of the approval rule that held (`requires_approval`).
+    approval: str | None = None
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):
@@ -199,6 +203,7 @@ class Asked(_Body, frozen=True, kw_only=True, tag="ask"):
     settings: dict[str, Any]  # max tokens, repair rounds, retries, timeouts
     host: str
     pid: int
+    attributes: dict[str, Any] | None = None  # the principal's attributes as bound; None: none
 
 
 class Attempted(_Body, frozen=True, kw_only=True, tag="attempt"):

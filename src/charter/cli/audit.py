@@ -280,6 +280,8 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> None:
     say(f"{mark}run {o.run_id}", "bold red" if mark else "bold")
     say(f"intent:    {_intent(o)}")
     say(f"principal: {o.principal} (scopes: {', '.join(o.scopes) or 'none'})")
+    if o.attributes:
+        say(f"attributes: {_encode(o.attributes)}")
     say(f"contract:  {o.contract} {o.version} sha256 {o.contract_sha256[:16]}…")
     say(f"opened:    {o.at}  clock {o.clock}  seed {o.seed}")
     if o.inputs:  # a secret input's value is its keyed digest here: the log never held the value
@@ -320,6 +322,8 @@ def _show_intent(checked: CheckedRun, asked: Asked) -> None:
     say(f"{mark}intent run {asked.run_id}", "bold red" if mark else "bold")
     say(f"intent:    {asked.intent}")
     say(f"principal: {asked.principal} (scopes: {', '.join(asked.scopes) or 'none'})")
+    if asked.attributes:
+        say(f"attributes: {_encode(asked.attributes)}")
     say(f"contract:  {asked.contract} {asked.version} sha256 {asked.contract_sha256[:16]}…")
     say(f"model:     {asked.model}  {_encode(asked.settings)}")
     for receipt in record.receipts[1:]:

@@ -32,6 +32,16 @@ PrincipalOption = Annotated[
 ScopeOption = Annotated[
     list[str] | None, typer.Option("--scope", "-s", help="A scope the principal holds; repeat for more.")
 ]
+AttrOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--attr",
+        "-a",
+        metavar="NAME=VALUE",
+        help="A principal attribute the contract declares (principal.attributes), e.g. daily_limit=2000.00; "
+        "repeat for more.",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the conclusion as JSON.")]
 InputOption = Annotated[
     list[str] | None,
@@ -58,17 +68,33 @@ EXIT_BACKEND_UNAVAILABLE = 4
 _STYLE = {"done": "green", "refused": "yellow", "failed": "red"}
 
 
-def principal_from(principal: str | None, scopes: list[str] | None, *, tokens: Path | None = None) -> Principal:
-    """The principal of --principal/--scope, checked before anything is written.
+def principal_from(
+    principal: str | None,
+    scopes: list[str] | None,
+    *,
+    tokens: Path | None = None,
+    attributes: list[str] | None = None,
+) -> Principal:
+    """The principal of --principal/--scope/--attr, checked before anything is written.
+
+    `attributes`: NAME=VALUE texts (charter.principal.parse_attribute); only their syntax is
+    checked here, their types by the gate against the contract version a call runs under.
 
     Raises InvalidPrincipal (a CharterError) for an id or scope that is not valid, or an id
     that looks like (same TR39 skeleton), but is not, a principal of the token file
     (`tokens`, default $CHARTER_HOME/tokens.yaml): the principals Charter knows by name.
     """
-    from charter.principal import check_distinct
+    from charter.errors import InvalidPrincipal
+    from charter.principal import check_distinct, parse_attribute
     from charter.server import TokenStore
 
-    acting = Principal(principal if principal is not None else getpass.getuser(), frozenset(scopes or ()))
+    bound: dict[str, str] = {}
+    for text in attributes or ():
+        name, value = parse_attribute(text)
+        if name in bound:
+            raise InvalidPrincipal(f"attribute {name} is given twice (--attr); give each once")
+        bound[name] = value
+    acting = Principal(principal if principal is not None else getpass.getuser(), frozenset(scopes or ()), bound)
     store = TokenStore(tokens)
     check_distinct(acting.id, (e.principal for e in store.entries()), where=f"the token file {store.path}")
     return acting
@@ -89,6 +115,7 @@ def execute(
     contract: ContractOption,
     principal: PrincipalOption = None,
     scope: ScopeOption = None,
+    attr: AttrOption = None,
     as_json: JsonOption = False,
     input_: InputOption = None,
     secret_input: SecretInputOption = None,
@@ -107,7 +134,8 @@ def execute(
     except (OSError, UnicodeDecodeError) as error:
         fail(f"cannot read the program {program}: {error}")
     try:
-        acting = principal_from(principal, scope)  # before the audit log is opened: a bad id writes nothing
+        # Before the audit log is opened: a bad id writes nothing.
+        acting = principal_from(principal, scope, attributes=attr)
         inputs, secret = inputs_from(input_, secret_input)
         name, version = parse_ref(contract)
         compiled = Registry().get(name, version)

@@ -9,6 +9,7 @@ import typer
 
 from charter.cli._output import fail
 from charter.cli.execute import (
+    AttrOption,
     ContractOption,
     InputOption,
     JsonOption,
@@ -27,6 +28,7 @@ def run(
     contract: ContractOption,
     principal: PrincipalOption = None,
     scope: ScopeOption = None,
+    attr: AttrOption = None,
     model: Annotated[str | None, typer.Option(help="Claude model id (env CHARTER_MODEL).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer (env CHARTER_MAX_TOKENS).")] = None,
     timeout: Annotated[
@@ -55,7 +57,8 @@ def run(
     from charter.agent._recorded import recorded_model
 
     try:
-        acting = principal_from(principal, scope)  # before the audit log is opened: a bad id writes nothing
+        # Before the audit log is opened: a bad id writes nothing.
+        acting = principal_from(principal, scope, attributes=attr)
         inputs, secret = inputs_from(input_, secret_input)
         settings = AgentSettings.from_env(
             model=model, max_tokens=max_tokens, timeout_s=timeout, max_retries=retries, repair_rounds=repair_rounds

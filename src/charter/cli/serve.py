@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from charter.cli._output import fail, note, print_json, say
-from charter.cli.execute import PrincipalOption, ScopeOption, principal_from
+from charter.cli.execute import AttrOption, PrincipalOption, ScopeOption, principal_from
 from charter.errors import CharterError
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def mcp(
     ] = None,
     principal: PrincipalOption = None,
     scope: ScopeOption = None,
+    attr: AttrOption = None,
     tokens: TokensOption = None,
     replay: ReplayOption = None,
 ) -> None:
@@ -114,7 +115,7 @@ def mcp(
     address = host_port(http) if http is not None else None  # a usage error before anything starts
     try:
         # Over stdio, checked before the audit log is opened: a bad --principal writes nothing.
-        acting = principal_from(principal, scope, tokens=tokens) if address is None else None
+        acting = principal_from(principal, scope, tokens=tokens, attributes=attr) if address is None else None
         service = build_service(replay)
         if acting is not None:
             serve_stdio(service, acting)
@@ -131,14 +132,20 @@ def token_add(
     name: Annotated[str, typer.Argument(help="A name for the token's holder, e.g. upstream-ai.")],
     principal: PrincipalOption = None,
     scope: ScopeOption = None,
+    attr: AttrOption = None,
     tokens: TokensOption = None,
 ) -> None:
-    """Create a token; it is printed once and only its sha256 is kept."""
+    """Create a token; it is printed once and only its sha256 is kept.
+
+    --attr binds a principal attribute (NAME=VALUE, repeatable). Only its syntax is checked
+    now: one token may serve several contracts, and the gate checks the value against the
+    type the contract version of each call declares (ATTRIBUTE_INVALID).
+    """
     from charter.server import TokenStore
 
     try:
-        acting = principal_from(principal, scope, tokens=tokens)
-        token = TokenStore(tokens).add(name, acting.id, sorted(acting.scopes))
+        acting = principal_from(principal, scope, tokens=tokens, attributes=attr)
+        token = TokenStore(tokens).add(name, acting.id, sorted(acting.scopes), dict(acting.attributes))
     except CharterError as error:
         fail(error)
     print(token)
@@ -155,10 +162,17 @@ def token_list(tokens: TokensOption = None, as_json: Annotated[bool, typer.Optio
     except CharterError as error:
         fail(error)
     if as_json:
-        print_json([{"name": e.name, "principal": e.principal, "scopes": e.scopes} for e in entries])
+        print_json(
+            [
+                {"name": e.name, "principal": e.principal, "scopes": e.scopes}
+                | ({"attributes": e.attributes} if e.attributes else {})
+                for e in entries
+            ]
+        )
         return
     for entry in entries:
-        say(f"{entry.name}: {entry.principal} {' '.join(entry.scopes)}")
+        bound = " ".join(f"{k}={v}" for k, v in entry.attributes.items())
+        say(f"{entry.name}: {entry.principal} {' '.join(entry.scopes)}" + (f" [{bound}]" if bound else ""))
 
 
 @token_app.command("revoke")

@@ -152,6 +152,14 @@ class OperationRule(_Frozen, frozen=True, omit_defaults=True):
     quotas: tuple[QuotaRule, ...] = ()
     lookups: tuple[LookupRule, ...] = ()
     provenance: tuple[ProvenanceRule, ...] = ()
+    # Each group: at least one of its operations must have succeeded earlier (`after: {any: [...]}`).
+    after_any: tuple[tuple[str, ...], ...] = ()
+    # `requires_approval: {when, reason}`: approval only when the CEL condition holds
+    # (requires_approval is True for either form; None here: the bool form, always).
+    approval_when: str | None = None
+    approval_reason: str | None = None
+    # The principal attributes this operation's rules name: the gate checks them first.
+    attributes: tuple[str, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):
@@ -185,6 +193,7 @@ class GateTable(_Frozen, frozen=True, omit_defaults=True):  # v2 fields appear o
     # The provenance ledger's harvest plan: per operation, the result sources (labels and
     # field paths) whose values the gate records from each reply the program gets.
     provenance_paths: dict[str, tuple[SourceRule, ...]] = {}
+    principal_attributes: dict[str, TypeRef] = {}  # `principal.attributes`: name -> declared type
 
 
 class GuestOperation(_Frozen, frozen=True):

@@ -28,10 +28,11 @@ from charter.compiler.artifact import (
 )
 from charter.compiler.canonical import canonical_json, content_hash
 from charter.compiler.render import RenderView, render
+from charter.contract._attributes import after_groups, attributes_used
 from charter.contract._quotas import parse_window, sums_money
 from charter.contract._secrets import secret_params
 from charter.contract.checker import CheckedContract, endpoint_placement, entity_reader, state_enum_name
-from charter.contract.model import Contract, Operation
+from charter.contract.model import Approval, Contract, Operation
 
 __all__ = ["artifact_files", "compile_contract"]
 
@@ -62,6 +63,7 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
         boundaries=boundaries,
         limits=LimitsSpec(**model.limits.model_dump()),
         provenance_paths=harvest_plan(operations),
+        principal_attributes=dict(checked.principal_attributes),
     )
     surface = GuestSurface(
         contract=model.contract,
@@ -134,6 +136,8 @@ def _operation_rule(
             to=spec.to,
             boundaries=_enforcing(boundaries, f"transition:{op.entity}.{op.transition}"),
         )
+    after, after_any = after_groups(op.after)
+    approval = op.requires_approval if isinstance(op.requires_approval, Approval) else None
     return OperationRule(
         name=name,
         kind=op.kind,
@@ -153,11 +157,10 @@ def _operation_rule(
             for g in op.guards
         ),
         transition=transition,
-        # The checker refuses any-of groups and conditional approval until the gate enforces them.
-        after=tuple(a for a in op.after if isinstance(a, str)) if isinstance(op.after, list) else (),
+        after=after,
         after_boundaries=_enforcing(boundaries, f"sequence:{name}") if op.after else (),
         idempotent=op.idempotent,
-        requires_approval=op.requires_approval is True,
+        requires_approval=bool(op.requires_approval),
         reader=entity_reader(model, op.entity) if op.entity and op.key else None,
         binding=_binding(model, name, op),
         secret=secret_params(op),
@@ -177,6 +180,10 @@ def _operation_rule(
         ),
         lookups=lookup_rules(checked, op),
         provenance=provenance_rules(checked, name, op, boundaries),
+        after_any=after_any,
+        approval_when=approval.when if approval else None,
+        approval_reason=approval.reason if approval else None,
+        attributes=attributes_used(op, list(checked.principal_attributes)),
     )
 
 

@@ -21,6 +21,7 @@ import pydantic
 from pydantic import BaseModel
 
 from charter._paths import allowed_modules
+from charter.contract import _attributes
 from charter.contract._lookups import check_lookups, hint_fields
 from charter.contract._provenance import check_provenance, provenance_fields, provenance_params
 from charter.contract._quotas import check_quota_ref, check_quotas
@@ -29,13 +30,12 @@ from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
 from charter.contract.cel_guards import (
-    PRINCIPAL_FIELDS,
     check_guard,
     names_used,
     raw_principal_comparisons,
     suggest,
 )
-from charter.contract.model import AnyOf, Contract, Entity, HttpEndpoint, Operation, param_type
+from charter.contract.model import Contract, Entity, HttpEndpoint, Operation, param_type
 from charter.contract.types import MAX_ARGUMENT_DEPTH, PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.errors import ContractError, Problem
 from charter.principal import is_scope
@@ -88,6 +88,7 @@ class CheckedContract:
     modules: Mapping[str, BoundModule] = field(default_factory=dict)
     # Sound but risky, e.g. a guard comparing principal.id with == (`charter contract check` prints them).
     warnings: tuple[Problem, ...] = ()
+    principal_attributes: Mapping[str, TypeRef] = field(default_factory=dict)  # `principal.attributes`, resolved
 
     @property
     def name(self) -> str:
@@ -162,7 +163,8 @@ def check_contract_data(
     try:
         model = Contract.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ContractError(_sorted(_from_pydantic(err, source_map) for err in exc.errors(include_url=False))) from None
+        errors = _attributes.union_errors(exc.errors(include_url=False))
+        raise ContractError(_sorted(_from_pydantic(err, source_map) for err in errors)) from None
     return _Checker(model, source_map, binding_search, authoring=not published).run()
 
 
@@ -277,7 +279,7 @@ class _Checker:
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.source.problem(path, message, key=key))
 
-    def _warn(self, path: DocPath, message: str) -> None:
+    def warn(self, path: DocPath, message: str) -> None:
         pos = self.source.locate(path)
         self.warnings.append(Problem(self.source.file, pos.line, pos.column, f"warning: {message}"))
 
@@ -296,6 +298,8 @@ class _Checker:
             )
         self._declare_names()
         self._resolve_records()
+        attributes = _attributes.check_principal_attributes(m, self._type, self.fail)
+        self.records[_attributes.ATTRIBUTES_RECORD] = attributes  # for CEL checks only; left out below
         for name, entity in m.entities.items():
             self._check_entity(name, entity)
         for name, operation in m.operations.items():
@@ -310,6 +314,7 @@ class _Checker:
             )
         if self.problems:
             raise ContractError(_sorted(self.problems))
+        del self.records[_attributes.ATTRIBUTES_RECORD]
         return CheckedContract(
             model=m,
             file=self.source.file,
@@ -319,6 +324,7 @@ class _Checker:
             returns=MappingProxyType(self.returns),
             modules=MappingProxyType({k: v for k, v in sorted(self.modules.items()) if isinstance(v, BoundModule)}),
             warnings=tuple(_sorted(self.warnings)),
+            principal_attributes=MappingProxyType(attributes),
         )
 
     # names and types
@@ -561,21 +567,8 @@ class _Checker:
                     )
         if op.transition is not None:
             self._check_transition_ref(name, op, entity)
-        self._not_yet(name, op)
-        check_provenance(name, op.params, params, m, self.records, self.returns, self.fail, self._warn)
-        for index, other in enumerate(op.after if isinstance(op.after, list) else []):
-            if isinstance(other, AnyOf):
-                continue
-            if other == name:
-                self.fail(
-                    (*path, "after", index),
-                    f"operation '{name}' cannot require itself to run first",
-                )
-            elif other not in m.operations:
-                self.fail(
-                    (*path, "after", index),
-                    f"operation '{name}' must run after unknown operation '{other}'{suggest(other, m.operations)}",
-                )
+        check_provenance(name, op.params, params, m, self.records, self.returns, self.fail, self.warn)
+        _attributes.check_after(name, op, m.operations, self.fail, self.warn)
         for index, scope in enumerate(op.scopes):
             if not is_scope(scope):
                 self.fail(
@@ -586,7 +579,9 @@ class _Checker:
         self._check_guards(name, op, entity is not None and op.key is not None)
         self._check_binding(name, op)
         check_secret_params(name, op, params, self._placements(name, op), self.fail)
-        reads_state = op.transition is not None or any("entity" in names_used(g.when) for g in op.guards)
+        reads_state = op.transition is not None or any(
+            "entity" in names_used(when) for when in [*(g.when for g in op.guards), *_attributes.approval_when(op)]
+        )
         if (
             entity is not None
             and op.key
@@ -601,20 +596,6 @@ class _Checker:
                 f"key: ..., returns: {op.entity})",
                 key=True,
             )
-
-    def _not_yet(self, name: str, op: Operation) -> None:
-        # Contract language v2 (issue 15) is being built construct by construct; until a
-        # construct is enforced by the gate, a contract using it is refused, never half-run.
-        path: DocPath = ("operations", name)
-        pending = {
-            "after": not isinstance(op.after, list) or any(isinstance(a, AnyOf) for a in op.after),
-            "requires_approval": not isinstance(op.requires_approval, bool),
-        }
-        for key, used in pending.items():
-            if used:
-                self.fail((*path, key), f"{name}: `{key}` in this form is not supported yet")
-        if self.model.principal.attributes and name == next(iter(self.model.operations)):
-            self.fail(("principal",), "principal attributes are not supported yet")
 
     def _placements(self, name: str, op: Operation) -> dict[str, str]:
         """Where an HTTP-bound operation sends each param: 'path', 'query' or 'body' ({} for Python)."""
@@ -696,7 +677,7 @@ class _Checker:
         variables: dict[str, Fields] = {"params": self.params[name]}
         if has_entity:
             variables["entity"] = self.records.get(op.entity or "", {})
-        variables["principal"] = PRINCIPAL_FIELDS
+        variables["principal"] = _attributes.principal_fields()
         if op.lookups:
             variables["lookups"] = check_lookups(self, name, op, variables)
         if provenance := provenance_fields(op.params):
@@ -730,6 +711,8 @@ class _Checker:
                     Problem(self.source.file, pos.line, pos.column, f"warning: guard '{guard.id}' {advice}")
                 )
         check_quotas(self, name, op, variables)
+        if not skip_types:
+            _attributes.check_approval(name, op, variables, self.records, self.enums, self.fail, self.warn)
 
     def _check_binding(self, name: str, op: Operation) -> None:
         default = self.model.binding

@@ -8,33 +8,39 @@ Checks, in this order; the first that fails decides, with its reason code:
  3. writes are open for this run (the agent closes them once a request's write
     was denied, so a repair cannot reach the same effect another way)  WRITES_CLOSED
  4. the principal holds every scope the operation needs          FORBIDDEN_SCOPE
- 5. the operations it must follow succeeded earlier in the run   SEQUENCE_VIOLATION
- 5b. every `from:` param's value was seen in one of its sources in this run: the request,
+ 5. the principal attributes the operation's rules name are bound, each of its
+    declared type (`_attributes`)                 ATTRIBUTE_MISSING, ATTRIBUTE_INVALID
+ 6. the operations it must follow succeeded earlier in the run: every one of
+    `after`, and at least one of each any-of group (on the same entity key when both
+    act on the same entity)                                      SEQUENCE_VIOLATION
+ 7. every `from:` param's value was seen in one of its sources in this run: the request,
     the principal's attributes, or a read's result at the named path, as the gate itself
     recorded it from the replies the program got (`_provenance`)  PROVENANCE_VIOLATION
- 6. no earlier write of this operation to the same entity (a create: with the same
+ 8. no earlier write of this operation to the same entity (a create: with the same
     arguments) in this run is in doubt (`_writes`)               IN_DOUBT
- 7. an `idempotent` operation already made with the same arguments in this run
+ 9. an `idempotent` operation already made with the same arguments in this run
     returns its first result; nothing is sent again              (REPLAYED, allowed)
- 8. the run is within its write limit                            LIMIT_EXCEEDED
- 9. the entity is read through the contract's read operation, and has the
+10. the run is within its write limit                            LIMIT_EXCEEDED
+11. the entity is read through the contract's read operation, and has the
     entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
-10. the lifecycle allows the transition from its current state   STATE_VIOLATION
-11. every CEL guard holds; a lookup (`_lookups`) is performed when the first rule
+12. the lifecycle allows the transition from its current state   STATE_VIOLATION
+13. every CEL guard holds; a lookup (`_lookups`) is performed when the first rule
     naming it is evaluated, never for a call refused before, never twice in one call
                                                                  GUARD_VIOLATION, LOOKUP_FAILED
-12. every quota over time has room for this call: the total counted in its window
+14. every quota over time has room for this call: the total counted in its window
     (from the audit store's index of allowed Decision receipts) plus this call's
     amount is at most `max`; read under a per-(contract, quota, key) lock held until
     the Decision receipt is durable, so racing runs cannot both pass (`_quotas`)
                                                                  QUOTA_EXCEEDED
-13. the operation does not need a human approval: last, so an approval is never
+15. the operation does not need a human approval (`requires_approval: true`, or its
+    `when` holds; `_attributes.ConditionalApproval`): last, so an approval is never
     asked for a call the contract forbids anyway                 APPROVAL_REQUIRED
+    (a `when` that cannot be evaluated is GATE_ERROR)
 
 Checks that need no backend come first, so a call refused anyway never reads state.
 Any exception inside the gate is a DENY (GATE_ERROR), never an ALLOW. The decision is
 committed as a signed receipt (`_receipts`) before the backend is called; the backend gets the
-state observed in step 9 as a precondition, so a change in between is refused by the
+state observed in step 11 as a precondition, so a change in between is refused by the
 write instead of overwritten, and each write its own idempotency key (`_writes`).
 After `max_denials` denials the run is ended (RunHalted).
 
@@ -83,6 +89,7 @@ from charter.contract.cel_guards import activation, cel_date
 from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
+from charter.gate._attributes import AttributeRefused, ConditionalApproval, PrincipalAttributes
 from charter.gate._lookups import CallLookups, LookupFailed, Lookups
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
 from charter.gate._provenance import Check, ProvenanceLedger
@@ -163,6 +170,8 @@ class ContractGate:
         self._lookups = Lookups(
             table, backend, self._checker, self._results, lambda v, t: _cel_value(v, t, table.records)
         )
+        self._attributes = PrincipalAttributes(table, self._results, _cel_value)
+        self._approval = ConditionalApproval(table)
         self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
         for name, rule in table.operations.items():
             programs = [(g, cel.compile(g.when)) for g in rule.guards]
@@ -400,6 +409,10 @@ class GateSession:
                     boundary=boundary,
                 )
             )
+        try:
+            self._gate._attributes.check(rule, self._principal)
+        except AttributeRefused as refused:
+            raise _Refusal(refused.verdict) from None
         for before in rule.after:
             if not self._followed(rule, before, arguments):
                 note, boundary = self._gate.boundary_note(rule.after_boundaries)
@@ -412,6 +425,20 @@ class GateSession:
                         "SEQUENCE_VIOLATION",
                         f"{rule.name}{target} must follow {before}{before_target} in the same run: expected step "
                         f"{before}, received step {rule.name}.{note}",
+                        clause=f"sequence:{rule.name}",
+                        boundary=boundary,
+                    )
+                )
+        for group in rule.after_any:
+            if not any(self._followed(rule, before, arguments) for before in group):
+                note, boundary = self._gate.boundary_note(rule.after_boundaries)
+                target = self._target(rule, arguments)
+                before_target = target if all(self._per_entity(rule, b) for b in group) else ""
+                raise _Refusal(
+                    Verdict(
+                        "SEQUENCE_VIOLATION",
+                        f"{rule.name}{target} must follow one of {', '.join(group)}{before_target} in the same run: "
+                        f"expected step {'|'.join(group)}, received step {rule.name}.{note}",
                         clause=f"sequence:{rule.name}",
                         boundary=boundary,
                     )
@@ -473,7 +500,9 @@ class GateSession:
 
     def _needs_entity(self, rule: OperationRule) -> bool:
         return rule.reader is not None and (
-            rule.transition is not None or any(g.uses_entity for g in self._gate._guards[rule.name])
+            rule.transition is not None
+            or any(g.uses_entity for g in self._gate._guards[rule.name])
+            or self._gate._approval.uses_entity(rule.name)
         )
 
     def _read_entity(
@@ -555,6 +584,7 @@ class GateSession:
         exceeded = self._quotas.check(rule, variables, hold)
         if exceeded is not None:
             raise _Refusal(exceeded)
+        self._call_lookups.perform(rule, "approval", variables)  # the condition may read lookups
         self._approval_check(rule, variables)
 
     def _variables(
@@ -564,7 +594,11 @@ class GateSession:
         table = self._gate._table
         variables: dict[str, Any] = {
             "params": {p.name: _cel_value(arguments.get(p.name), p.type, table.records) for p in rule.params},
-            "principal": {"id": self._principal.id, "scopes": sorted(self._principal.scopes)},
+            "principal": {
+                "id": self._principal.id,
+                "scopes": sorted(self._principal.scopes),
+                "attributes": self._gate._attributes.values(self._principal),
+            },
             "provenance": self._provenance.variables(rule, arguments),
         }
         if entity is not None and rule.entity is not None:
@@ -572,19 +606,37 @@ class GateSession:
             variables["entity"] = {f: _cel_value(entity.get(f), t, table.records) for f, t in fields.items()}
         return variables
 
-    def _approval_check(self, rule: OperationRule, variables: Mapping[str, Any]) -> None:
+    def _approval_check(self, rule: OperationRule, variables: dict[str, Any]) -> None:
         """Last of all checks, so an approval is never asked for a call the contract forbids anyway."""
-        if rule.requires_approval:
-            note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"approval:{rule.name}", ()))
+        try:
+            reason = self._gate._approval.reason(rule, variables)
+        except ValueError as error:
             raise _Refusal(
                 Verdict(
-                    "APPROVAL_REQUIRED",
-                    f"{rule.name} requires human approval before it runs, and Charter has no approval step yet; "
-                    f"it is refused rather than run unapproved.{note}",
+                    "GATE_ERROR",
+                    f"{rule.name} refused: its requires_approval condition could not be evaluated ({error}); the "
+                    "gate does not allow what it cannot check.",
                     clause=f"requires_approval:{rule.name}",
-                    boundary=boundary,
                 )
+            ) from None
+        if reason is None:
+            return
+        # Until human approvals exist (the next issue pauses here instead), a reason refuses.
+        note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"approval:{rule.name}", ()))
+        needs = (
+            f"{rule.name} requires human approval before it runs"
+            if rule.approval_reason is None
+            else f"{rule.name} requires human approval here: {reason}"
+        )
+        raise _Refusal(
+            Verdict(
+                "APPROVAL_REQUIRED",
+                f"{needs}, and Charter has no approval step yet; it is refused rather than run unapproved.{note}",
+                clause=f"requires_approval:{rule.name}",
+                boundary=boundary,
+                approval=reason,
             )
+        )
 
     def _guard_checks(self, rule: OperationRule, variables: dict[str, Any]) -> None:
         guards = self._gate._guards[rule.name]

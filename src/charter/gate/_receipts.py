@@ -28,6 +28,7 @@ class Verdict:
     clause: str | None = None
     boundary: str | None = None
     withheld: Withheld | None = None  # exception text kept from the message (`_withheld`)
+    approval: str | None = None  # APPROVAL_REQUIRED: the reason of the approval rule that held
 
     @property
     def allowed(self) -> bool:
@@ -80,6 +81,7 @@ def decision_receipt(
         quotas=quotas,
         lookups=lookups,
         provenance=provenance,
+        approval=verdict.approval,
     )
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from charter.contract.model import (
-    AnyOf,
     Contract,
     Entity,
     Guard,
@@ -33,6 +32,7 @@ from charter.registry._bounds import bound_direction
 from charter.registry._lookups import lookup_changes
 from charter.registry._provenance import provenance_changes
 from charter.registry._quotas import diff_quotas
+from charter.registry._rules import approval_changes, attribute_changes, sequence_changes
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -140,6 +140,7 @@ def diff_contracts(old: Contract, new: Contract) -> list[Change]:
         lambda w, a, b: _operation(d, w, a, b),
     )
     _boundaries(d, old, new)
+    attribute_changes(d.add, old.principal.attributes, new.principal.attributes)
     for limit in type(old.limits).model_fields:
         before, after = getattr(old.limits, limit), getattr(new.limits, limit)
         if after > before:
@@ -297,14 +298,8 @@ def _operation(d: _Diff, where: str, old: Operation, new: Operation) -> None:
         # scopes it gains (breaking), and on a read the mark changes nothing the gate checks.
         opened = new.public and new.kind == "write"
         d.add("relaxation" if opened else "additive", f"{where}.public", f"public changed to {new.public}")
-    # Until any-of groups are classified (issue 15), only plain operation names are compared;
-    # the checker refuses the other forms.
-    d.sets(f"{where}.after", _plain(old.after), _plain(new.after), "sequence rule after", "relaxation", "breaking")
-    if old.requires_approval != new.requires_approval:
-        if new.requires_approval:
-            d.add("breaking", f"{where}.requires_approval", "now requires approval")
-        else:
-            d.add("relaxation", f"{where}.requires_approval", "no longer requires approval")
+    sequence_changes(d.add, f"{where}.after", old.after, new.after)
+    approval_changes(d.add, f"{where}.requires_approval", old.requires_approval, new.requires_approval)
     if old.idempotent != new.idempotent:
         kind: ChangeKind = "breaking" if old.idempotent else "additive"
         d.add(kind, f"{where}.idempotent", f"idempotent changed to {new.idempotent}")
@@ -333,10 +328,6 @@ def _boundaries(d: _Diff, old: Contract, new: Contract) -> None:
         old_rules = [r.model_dump_json(exclude_none=True) for r in before.enforced_by]
         new_rules = [r.model_dump_json(exclude_none=True) for r in boundary.enforced_by]
         d.sets(w, old_rules, new_rules, "enforcing rule", "relaxation", "additive")
-
-
-def _plain(after: list[str | AnyOf] | AnyOf) -> list[str]:
-    return [a for a in after if isinstance(a, str)] if isinstance(after, list) else []
 
 
 def _secret(written: str | Param) -> bool:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from charter.errors import InvalidPrincipal, UsageError
-from charter.principal import Principal, check_distinct, check_principal_id, check_scope
+from charter.principal import Principal, check_attributes, check_distinct, check_principal_id, check_scope
 from charter.registry import charter_home
 
 __all__ = ["TokenEntry", "TokenStore"]
@@ -34,6 +34,11 @@ class TokenEntry(BaseModel):
     name: str = Field(min_length=1, description="Who holds the token, for people reading this file.")
     principal: str = Field(min_length=1, description="Whom runs made with the token act for.")
     scopes: list[str] = Field(default_factory=list)
+    attributes: dict[str, str] = Field(
+        default_factory=dict,
+        description="The principal's attributes as the operator bound them (`--attr name=value`); the gate "
+        "checks each against the type the contract declares.",
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the token; the token itself is not kept.")
 
     # A token acts only for a valid principal with valid scopes (charter.principal): one
@@ -46,6 +51,12 @@ class TokenEntry(BaseModel):
         for scope in scopes:
             check_scope(scope)
         return scopes
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, attributes: dict[str, str]) -> dict[str, str]:
+        check_attributes(attributes)
+        return attributes
 
 
 class _TokenFile(BaseModel):
@@ -71,16 +82,23 @@ class TokenStore:
     def entries(self) -> list[TokenEntry]:
         return list(self._read().tokens)
 
-    def add(self, name: str, principal: str, scopes: list[str]) -> str:
-        """Create a token for `principal`; returns it. It is shown this once and never stored."""
+    def add(self, name: str, principal: str, scopes: list[str], attributes: dict[str, str] | None = None) -> str:
+        """Create a token for `principal` with `attributes` (name -> value as text); returns it.
+        It is shown this once and never stored."""
         token = _PREFIX + secrets.token_urlsafe(32)
         with self._lock:
             data = self._read()
             if any(e.name == name for e in data.tokens):
                 raise UsageError(f"{self.path}: a token named {name!r} exists; revoke it first or pick another name")
-            Principal(principal, frozenset(scopes))  # raises InvalidPrincipal for a bad id or scope
+            Principal(principal, frozenset(scopes), attributes or {})  # raises InvalidPrincipal for a bad one
             check_distinct(principal, (e.principal for e in data.tokens), where=f"the token file {self.path}")
-            entry = TokenEntry(name=name, principal=principal, scopes=sorted(set(scopes)), sha256=_digest(token))
+            entry = TokenEntry(
+                name=name,
+                principal=principal,
+                scopes=sorted(set(scopes)),
+                attributes=dict(sorted((attributes or {}).items())),
+                sha256=_digest(token),
+            )
             self._write(_TokenFile(tokens=[*data.tokens, entry]))
         return token
 
@@ -100,7 +118,7 @@ class TokenStore:
         with self._lock:
             self._refresh()
             entry = self._by_hash.get(_digest(token))
-        return None if entry is None else Principal(entry.principal, frozenset(entry.scopes))
+        return None if entry is None else Principal(entry.principal, frozenset(entry.scopes), entry.attributes)
 
     def _refresh(self) -> None:
         try:
@@ -139,7 +157,7 @@ class TokenStore:
             first = error.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise UsageError(
-                f"{self.path}: {where}: {first['msg']} (each token is name, principal, scopes, sha256; "
+                f"{self.path}: {where}: {first['msg']} (each token is name, principal, scopes, attributes, sha256; "
                 "`charter token add` writes them)"
             ) from None
         # No two principals of one file look alike: a token for 'alice' in Cyrillic letters beside 'alice' is refused.
@@ -153,7 +171,12 @@ class TokenStore:
     def _write(self, data: _TokenFile) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = "# Charter API tokens: each token's sha256, never the token. Managed by `charter token`.\n"
-        text += yaml.safe_dump(data.model_dump(), sort_keys=False)
+        # A token without attributes is written as release 0.2 wrote it, so that release still reads the file.
+        dumped = data.model_dump()
+        for entry in dumped["tokens"]:
+            if not entry["attributes"]:
+                del entry["attributes"]
+        text += yaml.safe_dump(dumped, sort_keys=False)
         scratch = self.path.with_suffix(".tmp")
         descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
