@@ -557,15 +557,6 @@ def _quota(body: str) -> dict[str, str]:
     return {_SCOPES: f"{_SCOPES}    quotas:\n      - {body}\n"}
 
 
-# Contract v2 (issue 15): principal attributes, any-of sequences, conditional approval.
-_ATTRS = "  python: tests.data.shop_backend\n"
-_OP = "    scopes: [orders:write]\n"
-
-
-def _attributes(text: str) -> dict[str, str]:
-    return {_ATTRS: _ATTRS + f"principal:\n  attributes: {text}\n"}
-
-
 MALFORMED += [
     pytest.param(
         _quota("{id: daily_cancels, sum: params.reason, per: [params.id], window: 24h, max: 5, message: M.}"),
@@ -655,6 +646,41 @@ MALFORMED += [
         ],
         id="boundary_unknown_quota",
     ),
+]
+
+
+@pytest.mark.parametrize(
+    ("per", "expected"),
+    [
+        (
+            "[principal.id]",
+            "44:47: warning: quota 'daily_cancels' is keyed only by the principal, so a second token for the same "
+            "account doubles it; key it by what it protects, e.g. per: [params.account]",
+        ),
+        (
+            "[]",
+            "44:14: warning: quota 'daily_cancels' has no `per` keys, so every caller shares one total; key it by "
+            "what it protects, e.g. per: [params.account]",
+        ),
+        ("[params.id, principal.id]", None),
+    ],
+)
+def test_quota_keyed_only_by_principal_is_warned(write_contract: WriteContract, per: str, expected: str | None) -> None:
+    path = write_contract(replace=_quota(_DAILY.replace("per: [params.id]", f"per: {per}")))
+    warnings = [f"{w.line}:{w.column}: {w.message}" for w in load_contract(path).warnings]
+    assert warnings == ([expected] if expected else [])
+
+
+# Contract v2 (issue 15): principal attributes, any-of sequences, conditional approval.
+_ATTRS = "  python: tests.data.shop_backend\n"
+_OP = "    scopes: [orders:write]\n"
+
+
+def _attributes(text: str) -> dict[str, str]:
+    return {_ATTRS: _ATTRS + f"principal:\n  attributes: {text}\n"}
+
+
+MALFORMED += [
     pytest.param(
         _attributes("{DailyLimit: money}"),
         ["9:16: principal attribute name 'DailyLimit' must be lower snake_case, e.g. 'daily_limit'"],
@@ -743,28 +769,6 @@ MALFORMED += [
         id="after_item_of_no_form",
     ),
 ]
-
-
-@pytest.mark.parametrize(
-    ("per", "expected"),
-    [
-        (
-            "[principal.id]",
-            "44:47: warning: quota 'daily_cancels' is keyed only by the principal, so a second token for the same "
-            "account doubles it; key it by what it protects, e.g. per: [params.account]",
-        ),
-        (
-            "[]",
-            "44:14: warning: quota 'daily_cancels' has no `per` keys, so every caller shares one total; key it by "
-            "what it protects, e.g. per: [params.account]",
-        ),
-        ("[params.id, principal.id]", None),
-    ],
-)
-def test_quota_keyed_only_by_principal_is_warned(write_contract: WriteContract, per: str, expected: str | None) -> None:
-    path = write_contract(replace=_quota(_DAILY.replace("per: [params.id]", f"per: {per}")))
-    warnings = [f"{w.line}:{w.column}: {w.message}" for w in load_contract(path).warnings]
-    assert warnings == ([expected] if expected else [])
 
 
 def test_an_any_of_group_of_one_is_allowed_with_a_warning(write_contract: WriteContract) -> None:

@@ -910,3 +910,55 @@ def test_http_intents_take_inputs(charter_home: Path, shared_sandbox: Sandbox) -
     assert secret == ("pin",)
     assert inputs == {"who": "ada", "pin": log.secret_key.digest(SECRET)}
     _stored_nowhere(charter_home, SECRET)
+
+
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        (
+            '"reqest" in provenance.recipients',
+            "52:15: guard 'known_names_only' compares provenance.recipients with 'reqest', which is not one of its "
+            "sources (request, list_payees[].name), so it would never match (did you mean 'request'?); write the "
+            "source's canonical label ([] after each list step)",
+        ),
+        (
+            '"list_payees.name" in provenance.recipients',
+            "52:15: guard 'known_names_only' compares provenance.recipients with 'list_payees.name', which is not one "
+            "of its sources (request, list_payees[].name), so it would never match (did you mean "
+            "'list_payees[].name'?); write the source's canonical label ([] after each list step)",
+        ),
+        (
+            'provenance.recipients.exists(s, s == "list_payee[].name")',
+            "52:15: guard 'known_names_only' compares provenance.recipients with 'list_payee[].name', which is not "
+            "one of its sources (request, list_payees[].name), so it would never match (did you mean "
+            "'list_payees[].name'?); write the source's canonical label ([] after each list step)",
+        ),
+    ],
+)
+def test_a_rule_comparing_provenance_with_a_label_it_never_holds_is_refused(
+    write_contract: WriteContract, when: str, expected: str
+) -> None:
+    """A misspelt label would make the rule silently always false: check refuses it."""
+    old = "'params.recipients.size() <= 1 || \"request\" in provenance.recipients'"
+    assert _problems(write_contract, old, f"'params.recipients.size() <= 1 || {when}'") == [expected]
+
+
+def test_canonical_labels_in_rules_check(write_contract: WriteContract) -> None:
+    text = CONTRACT.replace(
+        '"request" in provenance.recipients',
+        'provenance.recipients.exists(s, s == "list_payees[].name") || "request" in provenance.recipients',
+    )
+    assert load_contract(write_contract(text)).model.operations["send_mail"].guards
+
+
+def test_a_write_may_name_a_read_declared_after_it(write_contract: WriteContract) -> None:
+    """Sources resolve against every operation, whatever the order they are declared in."""
+    head, _, rest = CONTRACT.partition("  send_payment:\n")
+    writes, _, tail = ("  send_payment:\n" + rest).partition("boundaries:\n")
+    reads = head.split("operations:\n", 1)[1]
+    reordered = head.split("operations:\n", 1)[0] + "operations:\n" + writes + reads + "boundaries:\n" + tail
+    checked = load_contract(write_contract(reordered))
+    assert list(checked.model.operations)[:2] == ["send_payment", "send_mail"]
+    compiled = compile_contract(checked)
+    labels = [s.label for s in compiled.gate.operations["send_payment"].provenance[0].sources]
+    assert labels == ["request", "list_payees[].iban"]

@@ -151,6 +151,7 @@ class OperationRule(_Frozen, frozen=True, omit_defaults=True):
     secret: tuple[str, ...] = ()
     quotas: tuple[QuotaRule, ...] = ()
     lookups: tuple[LookupRule, ...] = ()
+    provenance: tuple[ProvenanceRule, ...] = ()
     # Each group: at least one of its operations must have succeeded earlier (`after: {any: [...]}`).
     after_any: tuple[tuple[str, ...], ...] = ()
     # `requires_approval: {when, reason}`: approval only when the CEL condition holds
@@ -159,7 +160,6 @@ class OperationRule(_Frozen, frozen=True, omit_defaults=True):
     approval_reason: str | None = None
     # The principal attributes this operation's rules name: the gate checks them first.
     attributes: tuple[str, ...] = ()
-    provenance: tuple[ProvenanceRule, ...] = ()
 
 
 class BoundaryRule(_Frozen, frozen=True):
@@ -190,10 +190,10 @@ class GateTable(_Frozen, frozen=True, omit_defaults=True):  # v2 fields appear o
     enums: dict[str, tuple[str, ...]]
     boundaries: tuple[BoundaryRule, ...]
     limits: LimitsSpec
-    principal_attributes: dict[str, TypeRef] = {}  # `principal.attributes`: name -> declared type
     # The provenance ledger's harvest plan: per operation, the result sources (labels and
     # field paths) whose values the gate records from each reply the program gets.
     provenance_paths: dict[str, tuple[SourceRule, ...]] = {}
+    principal_attributes: dict[str, TypeRef] = {}  # `principal.attributes`: name -> declared type
 
 
 class GuestOperation(_Frozen, frozen=True):

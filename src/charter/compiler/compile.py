@@ -31,12 +31,7 @@ from charter.compiler.render import RenderView, render
 from charter.contract._attributes import after_groups, attributes_used
 from charter.contract._quotas import parse_window, sums_money
 from charter.contract._secrets import secret_params
-from charter.contract.checker import (
-    CheckedContract,
-    endpoint_placement,
-    entity_reader,
-    state_enum_name,
-)
+from charter.contract.checker import CheckedContract, endpoint_placement, entity_reader, state_enum_name
 from charter.contract.model import Approval, Contract, Operation
 
 __all__ = ["artifact_files", "compile_contract"]
@@ -67,8 +62,8 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
         enums=enums,
         boundaries=boundaries,
         limits=LimitsSpec(**model.limits.model_dump()),
-        principal_attributes=dict(checked.principal_attributes),
         provenance_paths=harvest_plan(operations),
+        principal_attributes=dict(checked.principal_attributes),
     )
     surface = GuestSurface(
         contract=model.contract,
@@ -184,11 +179,11 @@ def _operation_rule(
             for q in op.quotas
         ),
         lookups=lookup_rules(checked, op),
+        provenance=provenance_rules(checked, name, op, boundaries),
         after_any=after_any,
         approval_when=approval.when if approval else None,
         approval_reason=approval.reason if approval else None,
         attributes=attributes_used(op, list(checked.principal_attributes)),
-        provenance=provenance_rules(checked, name, op, boundaries),
     )
 
 

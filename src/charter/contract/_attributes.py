@@ -179,7 +179,7 @@ def check_after(name: str, op: Operation, operations: Mapping[str, Operation], f
         if len(item.any) == 1:
             warn(
                 (*path, "any"),
-                f"warning: operation '{name}' has an any-of group of one operation, '{item.any[0]}': it means "
+                f"operation '{name}' has an any-of group of one operation, '{item.any[0]}': it means "
                 f"the same as listing it (`after: [{item.any[0]}]`)",
             )
 
@@ -215,6 +215,6 @@ def check_approval(
     if len(approval.reason) > MAX_REASON_CHARS:
         warn(
             ("operations", name, "requires_approval", "reason"),
-            f"warning: the approval reason of '{name}' is {len(approval.reason)} characters; the prompt shows it "
+            f"the approval reason of '{name}' is {len(approval.reason)} characters; the prompt shows it "
             f"as `approval if <reason>` on the operation's line: keep it to {MAX_REASON_CHARS} (about 8 tokens)",
         )

@@ -17,12 +17,13 @@ per-operation harvest plan); a source's canonical *label* writes `[]` after ever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from charter.contract.cel_guards import suggest
-from charter.contract.model import Contract, Param, Source
+from charter.contract.model import Approval, Contract, Operation, Param, Source
 from charter.contract.types import TypeRef
 
 __all__ = [
@@ -203,3 +204,66 @@ def check_provenance(
                     f"(items {seen[source.label]} and {index})",
                 )
             seen.setdefault(source.label, index)
+
+
+# A label a rule compares `provenance.<p>` with: `"request" in provenance.p`, or inside a macro
+# over it, `provenance.p.exists(s, s == "request")`. A misspelt label would never match and the
+# rule would silently always (or never) hold, so each one must be a label the param can carry.
+_LABEL_IN = re.compile(r"""(["'])([^"']*)\1\s+in\s+provenance\s*\.\s*([A-Za-z_]\w*)""")
+_LABEL_MACRO = re.compile(
+    r"""provenance\s*\.\s*([A-Za-z_]\w*)\s*\.\s*(?:all|exists|exists_one|filter|map)\s*\(\s*([A-Za-z_]\w*)\s*,([^()]*)\)"""
+)
+
+
+def _macro_labels(variable: str, body: str) -> Iterator[str]:
+    v = re.escape(variable)
+    for pattern in (rf"""(?<![\w.]){v}\s*[!=]=\s*(["'])([^"']*)\1""", rf"""(["'])([^"']*)\1\s*[!=]=\s*{v}(?![\w.])"""):
+        for match in re.finditer(pattern, body):
+            yield match.group(2)
+
+
+def _rule_sources(name: str, op: Operation) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+    """(path, what, CEL source) of every rule of `op` that may read `provenance`."""
+    for index, guard in enumerate(op.guards):
+        yield ("operations", name, "guards", index, "when"), f"guard '{guard.id}'", guard.when
+    if isinstance(op.requires_approval, Approval):
+        yield ("operations", name, "requires_approval", "when"), "the approval condition", op.requires_approval.when
+    for index, quota in enumerate(op.quotas):
+        for source in (quota.sum, *quota.per):
+            if source is not None:
+                yield ("operations", name, "quotas", index), f"quota '{quota.id}'", source
+
+
+def check_label_literals(
+    name: str,
+    op: Operation,
+    model: Contract,
+    records: Mapping[str, Fields],
+    returns: Mapping[str, TypeRef | None],
+    fail: Callable[[tuple[str | int, ...], str], None],
+) -> None:
+    """Every source label a rule of `name` compares `provenance.<p>` with must be one of p's
+    canonical labels (`list_payees[].iban`, not `list_payees.iban`), else it is reported."""
+    labels: dict[str, list[str]] = {}
+    for pname, param in provenance_params(op.params).items():
+        for item in param.from_ or []:
+            try:
+                labels.setdefault(pname, []).append(resolve_source(item, model, records, returns).label)
+            except SourceError:
+                labels.setdefault(pname, [])  # reported by check_provenance
+    if not labels:
+        return
+    for path, what, source in _rule_sources(name, op):
+        found = [(m.group(3), m.group(2)) for m in _LABEL_IN.finditer(source)]
+        for match in _LABEL_MACRO.finditer(source):
+            found.extend((match.group(1), label) for label in _macro_labels(match.group(2), match.group(3)))
+        for pname, label in found:
+            known = labels.get(pname)
+            if known is None or label in known:
+                continue  # an unknown param is the CEL check's to report
+            fail(
+                path,
+                f"{what} compares provenance.{pname} with '{label}', which is not one of its sources "
+                f"({', '.join(known) or 'none'}), so it would never match{suggest(label, known)}; write the "
+                "source's canonical label ([] after each list step)",
+            )

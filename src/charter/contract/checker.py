@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from charter._paths import allowed_modules
 from charter.contract import _attributes
 from charter.contract._lookups import check_lookups, hint_fields
-from charter.contract._provenance import check_provenance, provenance_fields, provenance_params
+from charter.contract._provenance import check_label_literals, check_provenance, provenance_fields, provenance_params
 from charter.contract._quotas import check_quota_ref, check_quotas
 from charter.contract._secrets import check_secret_params
 from charter.contract._yaml import Path as DocPath
@@ -175,6 +175,10 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
+def _operation_name_ok(name: str) -> bool:
+    return bool(_SNAKE.match(name)) and not keyword.iskeyword(name) and name not in _RESERVED
+
+
 def _sorted(problems: Iterable[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.line, p.column, p.message))
 
@@ -280,9 +284,6 @@ class _Checker:
         self.problems.append(self.source.problem(path, message, key=key))
 
     def warn(self, path: DocPath, message: str) -> None:
-        self.warnings.append(self.source.problem(path, message))
-
-    def _warn(self, path: DocPath, message: str) -> None:
         pos = self.source.locate(path)
         self.warnings.append(Problem(self.source.file, pos.line, pos.column, f"warning: {message}"))
 
@@ -305,6 +306,12 @@ class _Checker:
         self.records[_attributes.ATTRIBUTES_RECORD] = attributes  # for CEL checks only; left out below
         for name, entity in m.entities.items():
             self._check_entity(name, entity)
+        # Every operation's result type first: a write's `from:` sources name reads declared after it.
+        for name, operation in m.operations.items():
+            if _operation_name_ok(name):
+                where: DocPath = ("operations", name, "returns")
+                returns = operation.returns
+                self.returns[name] = self._type(where, returns, f"return type of '{name}'") if returns else None
         for name, operation in m.operations.items():
             self._check_operation(name, operation)
         self._check_boundaries()
@@ -504,7 +511,7 @@ class _Checker:
     def _check_operation(self, name: str, op: Operation) -> None:
         m = self.model
         path: DocPath = ("operations", name)
-        if not _SNAKE.match(name) or keyword.iskeyword(name) or name in _RESERVED:
+        if not _operation_name_ok(name):
             self.fail(
                 path,
                 f"operation name '{name}' must be a snake_case identifier and not a Python keyword",
@@ -538,9 +545,6 @@ class _Checker:
         self.params[name] = params
         for pname, ref in params.items():
             self._check_argument_depth((*path, "params", pname), f"{name}.{pname}", ref)
-        self.returns[name] = (
-            self._type((*path, "returns"), op.returns, f"return type of '{name}'") if op.returns else None
-        )
         if op.kind == "read" and op.returns is None:
             self.fail(path, f"read operation '{name}' must declare what it returns", key=True)
 
@@ -570,7 +574,8 @@ class _Checker:
                     )
         if op.transition is not None:
             self._check_transition_ref(name, op, entity)
-        check_provenance(name, op.params, params, m, self.records, self.returns, self.fail, self._warn)
+        check_provenance(name, op.params, params, m, self.records, self.returns, self.fail, self.warn)
+        check_label_literals(name, op, m, self.records, self.returns, self.fail)
         _attributes.check_after(name, op, m.operations, self.fail, self.warn)
         for index, scope in enumerate(op.scopes):
             if not is_scope(scope):

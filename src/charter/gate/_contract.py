@@ -584,7 +584,7 @@ class GateSession:
         exceeded = self._quotas.check(rule, variables, hold)
         if exceeded is not None:
             raise _Refusal(exceeded)
-        self._call_lookups.perform(rule, "approval", variables)  # an approval condition may read lookups
+        self._call_lookups.perform(rule, "approval", variables)  # the condition may read lookups
         self._approval_check(rule, variables)
 
     def _variables(
@@ -606,7 +606,7 @@ class GateSession:
             variables["entity"] = {f: _cel_value(entity.get(f), t, table.records) for f, t in fields.items()}
         return variables
 
-    def _approval_check(self, rule: OperationRule, variables: Mapping[str, Any]) -> None:
+    def _approval_check(self, rule: OperationRule, variables: dict[str, Any]) -> None:
         """Last of all checks, so an approval is never asked for a call the contract forbids anyway."""
         try:
             reason = self._gate._approval.reason(rule, variables)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from charter.contract.model import (
-    AnyOf,
     Contract,
     Entity,
     Guard,
@@ -329,10 +328,6 @@ def _boundaries(d: _Diff, old: Contract, new: Contract) -> None:
         old_rules = [r.model_dump_json(exclude_none=True) for r in before.enforced_by]
         new_rules = [r.model_dump_json(exclude_none=True) for r in boundary.enforced_by]
         d.sets(w, old_rules, new_rules, "enforcing rule", "relaxation", "additive")
-
-
-def _plain(after: list[str | AnyOf] | AnyOf) -> list[str]:
-    return [a for a in after if isinstance(a, str)] if isinstance(after, list) else []
 
 
 def _secret(written: str | Param) -> bool:
