@@ -69,6 +69,7 @@ def charter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CHARTER_BACKEND_PATH", str(ROOT))
     monkeypatch.delenv("CHARTER_ORDERS_DB", raising=False)
     monkeypatch.delenv("CHARTER_INVOICES_DB", raising=False)
+    monkeypatch.delenv("CHARTER_PAYMENTS_DB", raising=False)
     return home
 
 

@@ -93,8 +93,7 @@ class Bank:
 
 
 @pytest.fixture
-def bank(charter_home: Path, shared_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Bank:
-    monkeypatch.delenv("CHARTER_PAYMENTS_DB", raising=False)
+def bank(charter_home: Path, shared_sandbox: Sandbox) -> Bank:
     backend.seed()
     log = AuditLog(charter_home / "audit.db")
     return Bank(Runner(audit=log, sandbox=shared_sandbox), log)
