@@ -530,3 +530,7 @@ def password_matches(password: str, path: Path | None = None) -> bool:
         stored = db.execute("SELECT password_hash FROM profile WHERE account = ?", (HOLDER_ACCOUNT,)).fetchone()[0]
     _, salt, digest = str(stored).split("$")
     return hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1).hex() == digest
+
+
+if __name__ == "__main__":  # python -m examples.payments.backend: (re)seed the example bank
+    print(f"seeded {seed()}")
