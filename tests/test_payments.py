@@ -24,6 +24,7 @@ from charter.audit import AuditLog, Decision, Opened
 from charter.backends import CallContext, Precondition, PreconditionFailed, fingerprint
 from charter.contract import load_contract
 from charter.principal import Principal
+from charter.registry.diff import diff_contracts
 from charter.replay import replay_run
 from charter.runner import Execution, Runner
 from charter.sandbox import Sandbox
@@ -166,6 +167,53 @@ def test_prompt_block_shows_each_construct_and_its_cost() -> None:
     # Reported separately from orders and invoices (they stay at <= 60 per operation); the
     # payments contract carries every v2 construct and still fits a small budget.
     assert per_operation <= 90
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        pytest.param(
+            "recipient: {type: str, from: [request, list_payees.iban]}\n      amount: money",
+            "recipient: {type: str, from: [request, list_payees.iban, read_document.body]}\n      amount: money",
+            (
+                "relaxation",
+                "operations.send_payment.params.recipient.from",
+                "source 'read_document.body' of 'recipient' added",
+            ),
+            id="a-bill-as-a-source-relaxes",
+        ),
+        pytest.param(
+            "        max: 200000",
+            "        max: 500000",
+            (
+                "relaxation",
+                "operations.send_payment.quotas.daily_outflow",
+                "quota 'daily_outflow' max raised from 200000 to 500000",
+            ),
+            id="a-raised-quota-relaxes",
+        ),
+        pytest.param(
+            "        max: 200000",
+            "        max: 100000",
+            (
+                "breaking",
+                "operations.send_payment.quotas.daily_outflow",
+                "quota 'daily_outflow' max lowered from 200000 to 100000",
+            ),
+            id="a-lowered-quota-breaks",
+        ),
+    ],
+)
+def test_diff_classifies_changes_to_the_payments_rules(
+    tmp_path: Path, old: str, new: str, expected: tuple[str, str, str]
+) -> None:
+    source = (ROOT / "contracts" / "payments.yaml").read_text(encoding="utf-8")
+    assert old in source
+    changed = tmp_path / "payments.yaml"
+    changed.write_text(source.replace(old, new, 1), encoding="utf-8")
+    after = load_contract(changed, resolve_bindings=False).model
+    before = load_contract(ROOT / "contracts" / "payments.yaml").model
+    assert [(c.kind, c.where, c.message) for c in diff_contracts(before, after)] == [expected]
 
 
 # -- the demo scenarios -----------------------------------------------------------------
@@ -340,6 +388,7 @@ def test_paying_from_another_customers_account_is_denied(bank: Bank) -> None:
         "guard:pay_from_own_account",
         "own_account_only",
     )
+    assert denied.lookups == ()  # the guard before the lookup guard decided: nothing was read
 
 
 def test_a_new_iban_typed_by_the_holder_needs_approval(bank: Bank) -> None:
