@@ -9,6 +9,7 @@ integrity rules) and the contract's check, compile and prompt block are tested t
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -358,6 +359,31 @@ def test_the_holders_own_daily_limit_counts_payments_made_outside_the_agent(bank
     assert account.name == "account"
     assert '"sent_today":"2450.00"' in (account.result or "")
     assert denied.quotas == ()  # the guard decided first; the quota never counted this call
+
+
+def test_two_tokens_racing_for_the_same_account_get_one_payment_through(bank: Bank) -> None:
+    # Each asks 60% of the daily quota at the same moment: exactly one is allowed.
+    program = (
+        "from decimal import Decimal\n"
+        'payments.send_payment(account="ACC-1001", recipient=inputs["to"], amount=Decimal("1200.00"), '
+        'reference="race")\nconclude("sent")'
+    )
+    barrier = threading.Barrier(2)
+    executions: list[Execution] = []
+
+    def pay(token: str) -> None:
+        barrier.wait()
+        executions.append(bank.run(program, {"to": SAM}, principal=token))
+
+    threads = [threading.Thread(target=pay, args=(token,)) for token in ("ada", "ada-phone")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    codes = sorted(bank.decision(e, "send_payment").code for e in executions)
+    assert codes == ["OK", "QUOTA_EXCEEDED"]
+    assert [t["amount"] for t in transfers()] == ["1200.00"]
+    assert balance() == Decimal("2050.00")
 
 
 def test_a_lower_daily_limit_on_another_token_is_enforced(bank: Bank) -> None:
