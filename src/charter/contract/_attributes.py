@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from charter.contract._names import SNAKE
 from charter.contract._yaml import Path as DocPath
 from charter.contract.cel_guards import PRINCIPAL_FIELDS, check_guard, suggest
 from charter.contract.model import AnyOf, Approval, Contract, Operation, Param
@@ -41,7 +42,6 @@ __all__ = [
 # (declared names are PascalCase), never compiled into the gate table's records.
 ATTRIBUTES_RECORD = "principal.attributes"
 
-_SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _STRING_LITERAL = re.compile(r"""(?s)[rR]?("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')""")
 _ATTRIBUTE = re.compile(r"(?<![\w.])principal\s*\.\s*attributes\s*\.\s*([A-Za-z_]\w*)")
 _WHOLE = re.compile(r"(?<![\w.])principal\s*\.\s*attributes(?!\s*\.\s*\w)")
@@ -103,7 +103,7 @@ def check_principal_attributes(model: Contract, resolve: Resolve, fail: Fail) ->
     resolved: dict[str, TypeRef] = {}
     for name, text in model.principal.attributes.items():
         path: DocPath = ("principal", "attributes", name)
-        if not _SNAKE.match(name):
+        if not SNAKE.match(name):
             fail(path, f"principal attribute name '{name}' must be lower snake_case, e.g. 'daily_limit'", key=True)
             continue
         ref = resolve(path, text, f"principal attribute '{name}'")

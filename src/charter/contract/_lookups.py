@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import cel
 
+from charter.contract._names import SNAKE
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap
 from charter.contract.cel_guards import _samples, activation, check_guard, suggest
@@ -38,7 +39,6 @@ __all__ = ["check_lookups", "hint_fields", "lookup_readers", "lookups_named", "r
 
 Fields = Mapping[str, TypeRef]
 
-_SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _STRING_LITERAL = re.compile(r"""(?s)[rR]?(\"\"\".*?\"\"\"|'''.*?'''|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')""")
 _LOOKUPS = re.compile(r"(?<![\w.])lookups(?!\w)")
 _BY_FIELD = re.compile(r"\s*\.\s*([A-Za-z_]\w*)")
@@ -119,7 +119,7 @@ def check_lookups(checker: _Checker, name: str, op: Operation, variables: Mappin
     readers = lookup_readers(op)
     for lname, lookup in op.lookups.items():
         lpath: DocPath = ("operations", name, "lookups", lname)
-        if not _SNAKE.match(lname):
+        if not SNAKE.match(lname):
             checker.fail(lpath, f"lookup name '{lname}' of '{name}' must be lower snake_case", key=True)
             checker.unresolved.add(name)  # its rules are not type-checked: one mistake, one message
             continue

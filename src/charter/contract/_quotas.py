@@ -35,7 +35,6 @@ __all__ = [
     "sums_money",
 ]
 
-_SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _WINDOW = re.compile(r"([1-9]\d{0,5})([mhd])\Z")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 _CHAIN = re.compile(r"\s*([A-Za-z_]\w*)((?:\s*\.\s*[A-Za-z_]\w*)+)\s*\Z")
@@ -87,15 +86,8 @@ def check_quotas(checker: _Checker, name: str, op: Operation, variables: Mapping
     """Every problem with operation `name`'s quotas, reported on `checker`; `variables` are its guards'."""
     for index, quota in enumerate(op.quotas):
         path = ("operations", name, "quotas", index)
-        if not _SNAKE.match(quota.id):
-            checker.fail((*path, "id"), f"quota id '{quota.id}' must be lower snake_case")
-        elif quota.id in checker.quota_ids:
-            checker.fail(
-                (*path, "id"),
-                f"quota id '{quota.id}' is already used by operation '{checker.quota_ids[quota.id]}'; quota ids "
-                "are unique in a contract (the audit log counts by contract name and quota id)",
-            )
-        checker.quota_ids.setdefault(quota.id, name)
+        why = " (the audit log counts by contract name and quota id)"
+        checker.claim_id((*path, "id"), "quota", quota.id, name, checker.quota_ids, why)
         try:
             parse_window(quota.window)
         except ValueError as error:

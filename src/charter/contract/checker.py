@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from charter._paths import allowed_modules
 from charter.contract import _attributes
 from charter.contract._lookups import check_lookups, hint_fields
+from charter.contract._names import SNAKE
 from charter.contract._provenance import check_label_literals, check_provenance, provenance_fields, provenance_params
 from charter.contract._quotas import check_quota_ref, check_quotas
 from charter.contract._secrets import check_secret_params
@@ -52,7 +53,6 @@ __all__ = [
     "state_enum_name",
 ]
 
-_SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 _PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Field and param names: identifiers, but not '__x' (Python mangles such names inside the
@@ -176,7 +176,7 @@ def _display_path(path: Path) -> str:
 
 
 def _operation_name_ok(name: str) -> bool:
-    return bool(_SNAKE.match(name)) and not keyword.iskeyword(name) and name not in _RESERVED
+    return bool(SNAKE.match(name)) and not keyword.iskeyword(name) and name not in _RESERVED
 
 
 def _sorted(problems: Iterable[Problem]) -> list[Problem]:
@@ -283,13 +283,28 @@ class _Checker:
     def fail(self, path: DocPath, message: str, *, key: bool = False) -> None:
         self.problems.append(self.source.problem(path, message, key=key))
 
+    def claim_id(
+        self, path: DocPath, kind: str, ident: str, operation: str, taken: dict[str, str], why: str = ""
+    ) -> None:
+        """Record `ident` (a guard or quota id) as `operation`'s; it must be snake_case and unique
+        in the contract (`taken`: id -> the operation that has it). `why` says why it must be."""
+        if not SNAKE.match(ident):
+            self.fail(path, f"{kind} id '{ident}' must be lower snake_case")
+        elif ident in taken:
+            self.fail(
+                path,
+                f"{kind} id '{ident}' is already used by operation '{taken[ident]}'; {kind} ids are unique in a "
+                f"contract{why}",
+            )
+        taken.setdefault(ident, operation)
+
     def warn(self, path: DocPath, message: str) -> None:
         pos = self.source.locate(path)
         self.warnings.append(Problem(self.source.file, pos.line, pos.column, f"warning: {message}"))
 
     def run(self) -> CheckedContract:
         m = self.model
-        if not _SNAKE.match(m.contract) or keyword.iskeyword(m.contract):
+        if not SNAKE.match(m.contract) or keyword.iskeyword(m.contract):
             self.fail(
                 ("contract",),
                 f"contract name '{m.contract}' must be a snake_case identifier, e.g. 'orders'",
@@ -382,7 +397,7 @@ class _Checker:
     def _check_value_names(self, path: DocPath, values: list[str], what: str) -> None:
         seen: set[str] = set()
         for index, value in enumerate(values):
-            if not _SNAKE.match(value):
+            if not SNAKE.match(value):
                 self.fail((*path, index), f"{what} '{value}' must be lower snake_case")
             if value in seen:
                 self.fail((*path, index), f"{what} '{value}' is listed twice")
@@ -492,7 +507,7 @@ class _Checker:
             )
         for tname, transition in lifecycle.transitions.items():
             tpath: DocPath = (*lpath, "transitions", tname)
-            if not _SNAKE.match(tname):
+            if not SNAKE.match(tname):
                 self.fail(tpath, f"transition name '{tname}' must be lower snake_case", key=True)
             for index, state in enumerate(transition.from_):
                 if state not in states:
@@ -693,15 +708,7 @@ class _Checker:
         skip_types = name in self.unresolved or (has_entity and op.entity in self.unresolved)
         for index, guard in enumerate(op.guards):
             gpath: DocPath = ("operations", name, "guards", index)
-            if not _SNAKE.match(guard.id):
-                self.fail((*gpath, "id"), f"guard id '{guard.id}' must be lower snake_case")
-            if guard.id in self.guard_ids:
-                self.fail(
-                    (*gpath, "id"),
-                    f"guard id '{guard.id}' is already used by operation '{self.guard_ids[guard.id]}'; guard "
-                    "ids are unique in a contract",
-                )
-            self.guard_ids.setdefault(guard.id, name)
+            self.claim_id((*gpath, "id"), "guard", guard.id, name, self.guard_ids)
             if skip_types:
                 continue
             found_all = check_guard(guard.when, variables, self.records, self.enums)
@@ -798,7 +805,7 @@ class _Checker:
         if default is None or default.http is None:
             return
         service = default.http
-        if not _SNAKE.match(service.service):
+        if not SNAKE.match(service.service):
             self.fail(("binding", "http", "service"), f"service name '{service.service}' must be lower snake_case")
         if service.base_url is not None and not _BASE_URL.match(service.base_url):
             self.fail(
@@ -875,7 +882,7 @@ class _Checker:
         }
         for index, boundary in enumerate(m.boundaries):
             bpath: DocPath = ("boundaries", index)
-            if not _SNAKE.match(boundary.id):
+            if not SNAKE.match(boundary.id):
                 self.fail((*bpath, "id"), f"boundary id '{boundary.id}' must be lower snake_case")
             if boundary.id in seen:
                 self.fail((*bpath, "id"), f"boundary id '{boundary.id}' is used twice")
