@@ -106,7 +106,10 @@ class CallLookups:
         try:
             raw = plan.backend.invoke(lookup.operation, arguments, context)
         except BackendUnavailable as error:
-            raise self._failed(rule, lookup, shown, f"the backend cannot perform it ({error.message})", error) from None
+            # The server's fault, as for the entity read: the surfaces answer it as such (503),
+            # so a caller retries later instead of reading a refusal of its request.
+            why = f"the backend cannot perform it ({error.message})"
+            raise self._failed(rule, lookup, shown, why, error, code=error.code) from None
         except LookupError as error:
             said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
             raise self._failed(rule, lookup, shown, f"nothing was found{said}", error) from None
@@ -148,12 +151,14 @@ class CallLookups:
         why: str,
         error: BaseException | None = None,
         print_: str = "",
+        *,
+        code: str = "LOOKUP_FAILED",
     ) -> LookupFailed:
         self.seen.append(LookupSeen(lookup.name, lookup.operation, shown or "null", print_, None, why))
         withheld: Withheld | None = withhold(error) if error is not None else None
         return LookupFailed(
             Verdict(
-                "LOOKUP_FAILED",
+                code,
                 f"{rule.name} refused: lookup {lookup.name} ({lookup.operation}) failed: {why}; the gate does not "
                 "decide on a value it could not read.",
                 clause=f"lookup:{rule.name}.{lookup.name}",
