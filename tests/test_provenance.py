@@ -324,6 +324,23 @@ def test_an_input_source_takes_that_input_whole_and_nothing_else(write_contract:
     assert absent.violation is not None  # `request` is no `inputs.to`
 
 
+def test_a_source_field_named_like_a_param_of_its_read_warns(write_contract: WriteContract) -> None:
+    """read_document(body=...) may echo its argument into .body: anything passed would be laundered."""
+    text = CONTRACT.replace(
+        "    params: {id: int}\n    returns: Document", "    params: {id: int, body: 'str?'}\n    returns: Document"
+    )
+    assert text != CONTRACT
+    warnings = [w.message for w in load_contract(write_contract(text)).warnings]
+    expected = (
+        "warning: param 'send_payment.note': source 'read_document.body' ends at a field named like read_document's "
+        "param 'body': if the read echoes its argument there, any value the program passes it would count as seen; "
+        "name a field the backend fills from its own data"
+    )
+    assert expected in warnings
+    assert len(warnings) == 2  # send_mail.link names it too
+    assert load_contract(write_contract(CONTRACT)).warnings == ()
+
+
 def test_compiled_rules_and_harvest_plan(contract: CompiledContract) -> None:
     rules = {r.param: r for r in contract.gate.operations["send_payment"].provenance}
     assert [(s.label, s.kind, s.match, s.path) for s in rules["recipient"].sources] == [

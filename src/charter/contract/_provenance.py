@@ -215,6 +215,16 @@ def check_provenance(
             except SourceError as error:
                 fail(where, f"param '{name}.{pname}': {error}")
                 continue
+            read = model.operations.get(source.operation or "")
+            if read is not None and source.path and source.path[-1] in read.params:
+                # A read that echoes its argument into that field would turn any value the
+                # program passes it into a trusted one; the contract cannot tell, so it warns.
+                warn(
+                    where,
+                    f"param '{name}.{pname}': source '{source.label}' ends at a field named like {source.operation}'s "
+                    f"param '{source.path[-1]}': if the read echoes its argument there, any value the program passes "
+                    "it would count as seen; name a field the backend fills from its own data",
+                )
             if source.label in seen:
                 warn(
                     where,
