@@ -2,7 +2,8 @@
 
 One ledger per run (`GateSession`). It holds
 
-- the *request*: the intent's text and the program request's input values, at session start;
+- the *request*: the intent's text and the program request's input values, at session start,
+  and each input by its name (the `inputs.<name>` sources);
 - the principal's attribute values, at session start;
 - at each planned path (`GateTable.provenance_paths`), every value an operation returned to
   the program, recorded by the gate from the checked reply just before the program gets it;
@@ -15,15 +16,19 @@ The guest never writes to it: a value counts only if the gate itself passed it t
 from a trusted source. Results of the gate's own entity reads and lookups were never shown to
 the program and are not recorded; text seen only in error feedback is not a result.
 
-Matching. Both sides are normalised the same way (`normalise`): Unicode NFKC, case folding,
-whitespace and hyphens removed, so `GB29 NWBK 6016...` equals `gb29nwbk6016...`.
-`exact`: the normalised value equals a normalised value recorded there. `token` (and always
-for `request`): the normalised value occurs in the normalised text, and the characters around
-the occurrence *in the text before spaces and hyphens were removed* are not alphanumeric (or
-are its edges). Boundaries are judged on that text because removing a space would glue a word
-to the value (`to eve@x.com'.` must contain `eve@x.com`), while the match itself runs on the
-text without separators (so `GB29 NWBK 6016 1331 9268 19` in a request matches the IBAN sent
-as `GB29NWBK60161331926819`, and the other way round).
+Matching. Both sides are normalised by the same rule (`normalise`): Unicode NFKC and
+lower-casing (`str.lower`, not case folding, which would make `straße` equal `strasse`); and for
+a *code-like* value (only letters, digits, whitespace and hyphens: an IBAN, a card or phone
+number) whitespace and hyphens removed, so `GB29 NWBK 6016...` equals `gb29nwbk6016...`. In any
+other value (an address, a URL) they are part of it: `ann-smith@x.com` is not `annsmith@x.com`.
+`exact` (and always `inputs.<name>`): the normalised value equals a normalised value recorded
+there. `token` (and always for `request`): the normalised value occurs in the text, folded the
+same way (without its separators when the value is code-like), and the characters around the
+occurrence *in the text before spaces and hyphens were removed* are not alphanumeric (or are its
+edges). Boundaries are judged on that text because removing a space would glue a word to the
+value, while a code-like value is matched on the text without separators (so
+`GB29 NWBK 6016 1331 9268 19` in a request matches the IBAN sent as `GB29NWBK60161331926819`,
+and the other way round).
 """
 
 from __future__ import annotations
@@ -77,17 +82,22 @@ class _Text:
     """A text normalised for matching. Where each normalised character came from is worked
     out only when a candidate occurrence needs its boundaries judged."""
 
-    __slots__ = ("_folded", "_origin", "source")
+    __slots__ = ("_folded", "_stripped", "source")
 
     def __init__(self, text: str) -> None:
         self.source = unicodedata.normalize("NFKC", text)
         self._folded: str | None = None
+        self._stripped: str | None = None  # both cached: a text is searched once per checked value
 
     def folded(self, strip: bool) -> str:
         """The whole text folded; `strip`: with whitespace and hyphens removed (for code-like values)."""
         if self._folded is None:
             self._folded = _fold(self.source)
-        return _SEPARATORS.sub("", self._folded) if strip else self._folded
+        if not strip:
+            return self._folded
+        if self._stripped is None:
+            self._stripped = _SEPARATORS.sub("", self._folded)
+        return self._stripped
 
     def _mapped(self, strip: bool) -> tuple[str, list[int]]:
         # Character by character, so each normalised character knows its source position.
