@@ -155,9 +155,9 @@ def test_prompt_block_shows_each_construct_and_its_cost() -> None:
     assert "recipient: str from request|list_payees[].iban," in lines["send_payment"]
     assert "quota 2000.00/24h per account" in lines["send_payment"]
     assert "approval if recipient not a saved payee]" in lines["send_payment"]
-    assert "iban: str from request|read_document.body~)" in lines["add_payee"]
+    assert "iban: str from inputs.iban|read_document.body~)" in lines["add_payee"]
     assert "approval if IBAN not given by the holder]" in lines["add_payee"]
-    assert "(new_password: secret str from request)" in lines["change_password"]
+    assert "(new_password: secret str from inputs.new_password)" in lines["change_password"]
     assert "after get_standing_orders|get_standing_order]" in lines["redirect_standing_order"]
     assert "execute_on: date?" in lines["send_payment"]
     total = estimate_tokens(block)
@@ -300,7 +300,7 @@ def test_the_same_payee_typed_by_the_holder_is_saved(bank: Bank) -> None:
     execution = bank.run(program, {"iban": "NL91 ABNA 0417 1643 00"})  # as people write IBANs
     assert execution.status == "done", execution.text
     added = bank.decision(execution, "add_payee")
-    assert added.provenance == {"iban": ("request",)}
+    assert added.provenance == {"iban": ("inputs.iban",)}
     assert added.approval is None
     assert backend.list_payees(account=ACCOUNT)[-1]["iban"] == backend.LANDLORD_NEW_IBAN
 
@@ -395,7 +395,7 @@ def test_a_lower_daily_limit_on_another_token_is_enforced(bank: Bank) -> None:
 
 def test_a_token_without_the_attributes_is_refused(bank: Bank) -> None:
     execution = bank.run(PAY_NAMED_PAYEE, attributes={})
-    denied = bank.decision(execution, "send_payment")
+    denied = bank.decision(execution, "list_payees")  # its own-account guard reads account_id first
     assert denied.code == "ATTRIBUTE_MISSING"
     assert "account_id" in denied.message
     assert transfers() == []
@@ -476,7 +476,7 @@ def test_a_password_the_holder_typed_is_set_and_only_its_digest_recorded(bank: B
     digest = bank.log.secret_key.digest(password)
     assert allowed.secret_params == ("new_password",)
     assert arguments(allowed) == {"new_password": digest}
-    assert allowed.provenance == {"new_password": ("request",)}
+    assert allowed.provenance == {"new_password": ("inputs.new_password",)}
     opened = bank.opened(execution)
     assert opened.inputs == {"new_password": digest}
     assert opened.secret_inputs == ("new_password",)
@@ -487,12 +487,72 @@ def test_a_password_the_holder_typed_is_set_and_only_its_digest_recorded(bank: B
 
 
 def test_a_short_password_from_the_request_is_refused_by_its_guard(bank: Bank) -> None:
-    program = 'payments.change_password(new_password=inputs["pw"])\nconclude("changed")'
-    execution = bank.run(program, {"pw": "tiny-pw"}, secret_inputs=("pw",))
+    program = 'payments.change_password(new_password=inputs["new_password"])\nconclude("changed")'
+    execution = bank.run(program, {"new_password": "tiny-pw"}, secret_inputs=("new_password",))
     denied = bank.decision(execution, "change_password")
     assert (denied.code, denied.clause) == ("GUARD_VIOLATION", "guard:password_length")
     assert "tiny-pw" not in denied.message
     assert backend.password_matches(backend.SEED_PASSWORD)
+
+
+def test_a_password_taken_from_another_input_of_the_request_is_denied(bank: Bank) -> None:
+    # Any 12+ characters of the request used to do: "Green Energy Ltd" is the payee's name.
+    program = 'payments.change_password(new_password=inputs["payee"])\nconclude("changed")'
+    execution = bank.run(program, {"payee": "Green Energy Ltd", "new_password": "plum-otter-harbour-42"})
+    denied = bank.decision(execution, "change_password")
+    assert (denied.code, denied.clause) == ("PROVENANCE_VIOLATION", "provenance:change_password.new_password")
+    assert "inputs.new_password" in denied.message
+    assert backend.password_matches(backend.SEED_PASSWORD)
+
+
+def test_an_iban_only_mentioned_in_a_question_input_is_not_the_holders_payee(bank: Bank) -> None:
+    # It used to count as `request` and be saved without approval; it is no `inputs.iban` and
+    # no document's text, so the payee is refused outright (stricter than asking).
+    program = (
+        'import re\niban = re.search(r"[A-Z]{2}[0-9]{2}[A-Z0-9]+", inputs["question"]).group(0)\n'
+        'p = payments.add_payee(account="ACC-1001", name="Landlord", iban=iban)\nconclude(p.id)'
+    )
+    question = f"Is {backend.LANDLORD_NEW_IBAN} really my landlord's new account?"
+    execution = bank.run(program, {"question": question})
+    denied = bank.decision(execution, "add_payee")
+    assert (denied.code, denied.clause) == ("PROVENANCE_VIOLATION", "provenance:add_payee.iban")
+    assert denied.provenance == {"iban": ()}  # `request` is no source of add_payee.iban any more
+    assert [p["iban"] for p in backend.list_payees(account=ACCOUNT)] == [GREEN_ENERGY, NORTHSIDE, SAM]
+
+
+@pytest.mark.parametrize("read", ["list_payees", "get_standing_orders"])
+@pytest.mark.parametrize("account", [backend.OTHER_ACCOUNT, "NO-SUCH-ACCOUNT"])
+def test_the_account_lists_are_the_holders_own(bank: Bank, read: str, account: str) -> None:
+    # Another customer's payees would become trusted `list_payees[].iban`; an empty list of a
+    # made-up account would satisfy redirect_standing_order's `after`.
+    program = f'payments.{read}(account="{account}")\nconclude("read")'
+    execution = bank.run(program)
+    denied = bank.decision(execution, read)
+    assert (denied.code, denied.clause, denied.boundary) == (
+        "GUARD_VIOLATION",
+        f"guard:{read}_own_account",
+        "own_account_only",
+    )
+
+
+def test_a_redirect_after_listing_a_made_up_account_is_denied(bank: Bank) -> None:
+    program = (
+        'try:\n    payments.get_standing_orders(account="NO-SUCH-ACCOUNT")\nexcept ContractViolation:\n    pass\n'
+        'payments.redirect_standing_order(id="SO-1", recipient=inputs["to"])\nconclude("x")'
+    )
+    execution = bank.run(program, {"to": SAM})
+    assert bank.decision(execution, "redirect_standing_order").code == "SEQUENCE_VIOLATION"
+    assert backend.get_standing_order(id="SO-1")["recipient"] == NORTHSIDE
+
+
+def test_a_phishing_link_without_its_hyphen_is_not_the_one_in_the_message(bank: Bank) -> None:
+    assert backend.PHISHING_URL == "https://bank-alerts.example.net/verify?id=7731"
+    program = (
+        'payments.read_document(id="DOC-2")\n'
+        'payments.report_phishing(document="DOC-2", url="https://bankalerts.example.net/verify?id=7731")'
+    )
+    execution = bank.run(program)
+    assert bank.decision(execution, "report_phishing").code == "PROVENANCE_VIOLATION"
 
 
 def test_redirecting_a_standing_order_to_an_unknown_iban_is_denied(bank: Bank) -> None:

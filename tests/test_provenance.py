@@ -15,7 +15,7 @@ from charter.audit import Outcome as CallOutcome
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract import load_contract
 from charter.errors import ContractError, UsageError
-from charter.gate._provenance import SEEN_INDEX_CHARS, ProvenanceLedger, normalise, occurs
+from charter.gate._provenance import SEEN_INDEX_CHARS, Check, ProvenanceLedger, normalise, occurs
 from charter.principal import Principal
 from charter.runner import Execution, Runner
 from charter.sandbox import Sandbox
@@ -123,7 +123,26 @@ def _last(pay: Pay, execution: Execution) -> Decision:
 def test_normalisation_folds_case_width_spaces_and_hyphens() -> None:
     assert normalise("GB29 NWBK 6016 1331 9268 19") == "gb29nwbk60161331926819"
     assert normalise("ＧＢ２９-nwbk") == "gb29nwbk"  # NFKC full-width
-    assert normalise("Straße") == normalise("STRASSE")
+    assert normalise("ＧＢ２９ ＮＷＢＫ ６０１６ １３３１ ９２６８ １９") == "gb29nwbk60161331926819"
+
+
+@pytest.mark.parametrize(
+    ("seen", "sent"),
+    [
+        ("ann-smith@corp.com", "annsmith@corp.com"),
+        ("billing@straße-bank.de", "billing@strasse-bank.de"),  # casefold would make ß ss
+        ("https://bank-alerts.example.net/verify?id=7731", "https://bankalerts.example.net/verify?id=7731"),
+        ("O'Brien-Smith", "O'BrienSmith"),
+    ],
+)
+def test_separators_count_in_values_that_are_not_code_like(seen: str, sent: str) -> None:
+    """Only a value made of letters, digits, spaces and hyphens (an IBAN, a card or phone
+    number) loses its separators; in an address or a URL they are part of the value."""
+    assert normalise(seen) != normalise(sent)
+    assert not occurs(sent, f"please write to {seen} today")
+    assert occurs(seen, f"please write to {seen} today")
+    assert occurs("Ann-Smith@Corp.com", "please write to ann-smith@corp.com today")  # case still folds
+    assert normalise("Straße") != normalise("STRASSE")
 
 
 def test_token_boundaries_are_judged_before_separators_are_removed() -> None:
@@ -135,6 +154,8 @@ def test_token_boundaries_are_judged_before_separators_are_removed() -> None:
     assert occurs("ＧＢ２９ＮＷＢＫ60161331926819", "iban: gb29-nwbk-6016-1331-9268-19")
     assert not occurs("", "anything")
     assert not occurs("bob", "bobby")
+    assert occurs("eve-x@mail.com", "from: eve-x@mail.com")
+    assert not occurs("eve-x@mail.com", "from: steve-x@mail.com")
 
 
 # -- the checker -------------------------------------------------------------------------------
@@ -155,7 +176,7 @@ def _problems(write_contract: WriteContract, old: str, new: str) -> list[str]:
             "from: [request, list_payees.iban]",
             "from: [request, list_payee.iban]",
             "38:46: param 'send_payment.recipient': unknown source 'list_payee.iban' (did you mean 'list_payees'?): "
-            "write request, principal, principal.<attribute> or <read operation>.<field path>",
+            "write request, inputs.<name>, principal, principal.<attribute> or <read operation>.<field path>",
         ),
         (
             "from: [request, list_payees.iban]",
@@ -209,6 +230,18 @@ def _problems(write_contract: WriteContract, old: str, new: str) -> list[str]:
         ),
         (
             "from: [request, list_payees.iban]",
+            "from: [{source: inputs.to, match: token}]",
+            "38:46: param 'send_payment.recipient': source 'inputs.to': an input matches exactly (the value must "
+            "equal it); `match: token` applies to request and read results",
+        ),
+        (
+            "from: [request, list_payees.iban]",
+            "from: [inputs.to-iban]",
+            "38:37: param 'send_payment.recipient': source 'inputs.to-iban': write inputs.<name>, the name of one "
+            "input of the request (an identifier)",
+        ),
+        (
+            "from: [request, list_payees.iban]",
             "from: []",
             "38:36: param 'send_payment.recipient': `from:` lists no source; name at least one, or remove it",
         ),
@@ -246,6 +279,8 @@ def _problems(write_contract: WriteContract, old: str, new: str) -> list[str]:
         "request_with_a_path",
         "principal_without_attributes",
         "token_on_principal",
+        "token_on_input",
+        "input_not_an_identifier",
         "empty_from",
         "not_a_text_param",
         "boundary_unknown_param",
@@ -265,6 +300,45 @@ def test_duplicate_source_warns(write_contract: WriteContract) -> None:
     assert [f"{w.line}:{w.column}: {w.message}" for w in checked.warnings] == [
         "38:64: warning: param 'send_payment.recipient' lists source 'list_payees[].iban' twice (items 1 and 2)"
     ]
+
+
+def test_an_input_source_takes_that_input_whole_and_nothing_else(write_contract: WriteContract) -> None:
+    """`inputs.to`: equal to the request's input `to` (normalised), not a part of it, not another input."""
+    text = CONTRACT.replace("from: [request, list_payees.iban]", "from: [inputs.to, list_payees.iban]")
+    compiled = compile_contract(load_contract(write_contract(text)))
+    op = compiled.gate.operations["send_payment"]
+    (source, _) = op.provenance[0].sources
+    assert (source.kind, source.label, source.input, source.match) == ("input", "inputs.to", "to", "exact")
+    other = "DE89370400440532013000"
+    ledger = ProvenanceLedger(
+        compiled.gate, (f"pay {PAYEE_IBAN}",), None, {"to": PAYEE_IBAN, "memo": other, "to2": f"send {BILL_IBAN}"}
+    )
+    none = {"note": (), "priority": ()}
+    assert ledger.check(op, {"recipient": "gb29nwbk60161331926819"}) == Check({"recipient": ("inputs.to",), **none})
+    for value in (other, BILL_IBAN):  # another input's value; a part of one
+        check = ledger.check(op, {"recipient": value})
+        assert check is not None
+        assert "must come from inputs.to or list_payees[].iban" in (check.violation or "")
+    absent = ProvenanceLedger(compiled.gate, (PAYEE_IBAN,), None, {}).check(op, {"recipient": PAYEE_IBAN})
+    assert absent is not None
+    assert absent.violation is not None  # `request` is no `inputs.to`
+
+
+def test_a_source_field_named_like_a_param_of_its_read_warns(write_contract: WriteContract) -> None:
+    """read_document(body=...) may echo its argument into .body: anything passed would be laundered."""
+    text = CONTRACT.replace(
+        "    params: {id: int}\n    returns: Document", "    params: {id: int, body: 'str?'}\n    returns: Document"
+    )
+    assert text != CONTRACT
+    warnings = [w.message for w in load_contract(write_contract(text)).warnings]
+    expected = (
+        "warning: param 'send_payment.note': source 'read_document.body' ends at a field named like read_document's "
+        "param 'body': if the read echoes its argument there, any value the program passes it would count as seen; "
+        "name a field the backend fills from its own data"
+    )
+    assert expected in warnings
+    assert len(warnings) == 2  # send_mail.link names it too
+    assert load_contract(write_contract(CONTRACT)).warnings == ()
 
 
 def test_compiled_rules_and_harvest_plan(contract: CompiledContract) -> None:
@@ -928,6 +1002,24 @@ def test_http_intents_take_inputs(charter_home: Path, shared_sandbox: Sandbox) -
             "'list_payees[].name'?); write the source's canonical label ([] after each list step)",
         ),
         (
+            'provenance.recipients == ["list_payees.name"]',
+            "52:15: guard 'known_names_only' compares provenance.recipients with 'list_payees.name', which is not one "
+            "of its sources (request, list_payees[].name), so it would never match (did you mean "
+            "'list_payees[].name'?); write the source's canonical label ([] after each list step)",
+        ),
+        (
+            '["request", "list_payee[].name"] != provenance.recipients',
+            "52:15: guard 'known_names_only' compares provenance.recipients with 'list_payee[].name', which is not "
+            "one of its sources (request, list_payees[].name), so it would never match (did you mean "
+            "'list_payees[].name'?); write the source's canonical label ([] after each list step)",
+        ),
+        (
+            'provenance.recipients.all(s, s in ["request", "reqest"])',
+            "52:15: guard 'known_names_only' compares provenance.recipients with 'reqest', which is not one of its "
+            "sources (request, list_payees[].name), so it would never match (did you mean 'request'?); write the "
+            "source's canonical label ([] after each list step)",
+        ),
+        (
             'provenance.recipients.exists(s, s == "list_payee[].name")',
             "52:15: guard 'known_names_only' compares provenance.recipients with 'list_payee[].name', which is not "
             "one of its sources (request, list_payees[].name), so it would never match (did you mean "
@@ -946,7 +1038,8 @@ def test_a_rule_comparing_provenance_with_a_label_it_never_holds_is_refused(
 def test_canonical_labels_in_rules_check(write_contract: WriteContract) -> None:
     text = CONTRACT.replace(
         '"request" in provenance.recipients',
-        'provenance.recipients.exists(s, s == "list_payees[].name") || "request" in provenance.recipients',
+        'provenance.recipients.exists(s, s == "list_payees[].name") || "request" in provenance.recipients'
+        ' || provenance.recipients == ["request"] || provenance.recipients.all(s, s in ["list_payees[].name"])',
     )
     assert load_contract(write_contract(text)).model.operations["send_mail"].guards
 

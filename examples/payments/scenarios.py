@@ -2,7 +2,8 @@
 `charter demo`, and what tests/test_payments.py runs through the real sandbox and gate.
 
 Each program is submitted directly (no model needed), with `inputs`: the values of the
-holder's own request, which are the provenance source `request`. Three of them do what an
+holder's own request: the provenance source `request`, and each one by its name
+`inputs.<name>` (the new password is `inputs.new_password`, a new payee's IBAN `inputs.iban`). Three of them do what an
 instruction hidden in the inbox says, as a hijacked agent would: the contract stops them.
 """
 

@@ -27,6 +27,7 @@ def provenance_rules(
                 operation=resolved.operation,
                 path=resolved.path,
                 attribute=resolved.attribute,
+                input=resolved.input,
             )
             # A source listed twice (the checker warns) counts once; token is the wider match.
             if resolved.label not in sources or resolved.match == "token":

@@ -112,12 +112,13 @@ class LookupRule(_Frozen, frozen=True):
 class SourceRule(_Frozen, frozen=True):
     """One `from:` source as the gate checks it (charter.contract._provenance.ResolvedSource)."""
 
-    kind: Literal["request", "principal", "result"]
-    label: str  # canonical: request, principal, principal.<attr>, list_payees[].iban
+    kind: Literal["request", "input", "principal", "result"]
+    label: str  # canonical: request, inputs.<name>, principal, principal.<attr>, list_payees[].iban
     match: Literal["exact", "token"] = "exact"
     operation: str | None = None  # result: the read whose results count
     path: tuple[str, ...] = ()  # result: the field names walked below it (lists stepped through)
     attribute: str | None = None  # principal.<attr>
+    input: str | None = None  # inputs.<name>: the request's input of that name
 
 
 class ProvenanceRule(_Frozen, frozen=True):

@@ -3,7 +3,8 @@
     recipient: {type: str, from: [request, list_payees.iban, "get_standing_orders[].recipient"]}
     note: {type: str?, from: [request, {source: "read_document.body", match: token}]}
 
-A source is `request` (the intent's text or a program request's inputs), `principal` (any of
+A source is `request` (the intent's text or a program request's inputs; the value may occur
+anywhere in them), `inputs.<name>` (the value must equal the request's input `name`), `principal` (any of
 the principal's attribute values), `principal.<attr>`, or `<read operation>.<field path>`:
 the path walks the read's declared `returns`, stepping through lists (`[]` may be written
 after a list step). It must end at str or enum (or a list of them). A whole operation, or a
@@ -47,12 +48,16 @@ class SourceError(ValueError):
 class ResolvedSource:
     """One checked source: its kind, canonical label, and for a result its operation and field path."""
 
-    kind: Literal["request", "principal", "result"]
-    label: str  # request | principal | principal.<attr> | list_payees[].iban
+    kind: Literal["request", "input", "principal", "result"]
+    label: str  # request | inputs.<name> | principal | principal.<attr> | list_payees[].iban
     match: Literal["exact", "token"]
     operation: str | None = None
     path: tuple[str, ...] = ()  # field names below the operation's result
     attribute: str | None = None
+    input: str | None = None  # inputs.<name>
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _written(item: str | Source) -> tuple[str, Literal["exact", "token"]]:
@@ -86,6 +91,19 @@ def resolve_source(
         if rest:
             raise SourceError(f"source '{text}': request is the request's whole text and inputs; write 'request'")
         return ResolvedSource("request", "request", match)
+    if head == "inputs":
+        # Contracts declare no inputs (a program request names its own), so any identifier is
+        # accepted; a request without that input gives the param no value to equal.
+        if not _IDENTIFIER.fullmatch(rest):
+            raise SourceError(
+                f"source '{text}': write inputs.<name>, the name of one input of the request (an identifier)"
+            )
+        if match == "token":
+            raise SourceError(
+                f"source '{text}': an input matches exactly (the value must equal it); `match: token` applies to "
+                "request and read results"
+            )
+        return ResolvedSource("input", text, match, input=rest)
     if head == "principal":
         if match == "token":
             raise SourceError(
@@ -109,8 +127,8 @@ def resolve_source(
     op = model.operations.get(operation)
     if op is None:
         raise SourceError(
-            f"unknown source '{text}'{suggest(operation, [*model.operations, 'request', 'principal'])}: write "
-            "request, principal, principal.<attribute> or <read operation>.<field path>"
+            f"unknown source '{text}'{suggest(operation, [*model.operations, 'request', 'inputs', 'principal'])}: "
+            "write request, inputs.<name>, principal, principal.<attribute> or <read operation>.<field path>"
         )
     if op.kind != "read":
         raise SourceError(
@@ -197,6 +215,16 @@ def check_provenance(
             except SourceError as error:
                 fail(where, f"param '{name}.{pname}': {error}")
                 continue
+            read = model.operations.get(source.operation or "")
+            if read is not None and source.path and source.path[-1] in read.params:
+                # A read that echoes its argument into that field would turn any value the
+                # program passes it into a trusted one; the contract cannot tell, so it warns.
+                warn(
+                    where,
+                    f"param '{name}.{pname}': source '{source.label}' ends at a field named like {source.operation}'s "
+                    f"param '{source.path[-1]}': if the read echoes its argument there, any value the program passes "
+                    "it would count as seen; name a field the backend fills from its own data",
+                )
             if source.label in seen:
                 warn(
                     where,
@@ -215,11 +243,31 @@ _LABEL_MACRO = re.compile(
 )
 
 
+# A list literal compared with the whole list, `provenance.p == ["list_payees[].iban"]` (or !=,
+# either side), and a macro's variable tested against one, `s in ["request", ...]`.
+_LIST_LITERAL = r"""\[((?:\s*(?:"[^"]*"|'[^']*')\s*,?)*)\]"""  # of string literals (labels hold `[]`)
+_LABEL_LIST = re.compile(
+    rf"""provenance\s*\.\s*([A-Za-z_]\w*)(?![\w.])\s*[!=]=\s*{_LIST_LITERAL}"""
+    rf"""|{_LIST_LITERAL}\s*[!=]=\s*provenance\s*\.\s*([A-Za-z_]\w*)(?![\w.])"""
+)
+_STRING = re.compile(r"""(["'])([^"']*)\1""")
+
+
+def _list_labels(source: str) -> Iterator[tuple[str, str]]:
+    for match in _LABEL_LIST.finditer(source):
+        param, items = (match.group(1), match.group(2)) if match.group(1) else (match.group(4), match.group(3))
+        for item in _STRING.finditer(items):
+            yield param, item.group(2)
+
+
 def _macro_labels(variable: str, body: str) -> Iterator[str]:
     v = re.escape(variable)
     for pattern in (rf"""(?<![\w.]){v}\s*[!=]=\s*(["'])([^"']*)\1""", rf"""(["'])([^"']*)\1\s*[!=]=\s*{v}(?![\w.])"""):
         for match in re.finditer(pattern, body):
             yield match.group(2)
+    for match in re.finditer(rf"(?<![\w.]){v}\s+in\s+{_LIST_LITERAL}", body):
+        for item in _STRING.finditer(match.group(1)):
+            yield item.group(2)
 
 
 def _rule_sources(name: str, op: Operation) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
@@ -255,6 +303,7 @@ def check_label_literals(
         return
     for path, what, source in _rule_sources(name, op):
         found = [(m.group(3), m.group(2)) for m in _LABEL_IN.finditer(source)]
+        found.extend(_list_labels(source))
         for match in _LABEL_MACRO.finditer(source):
             found.extend((match.group(1), label) for label in _macro_labels(match.group(2), match.group(3)))
         for pname, label in found:

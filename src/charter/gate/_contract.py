@@ -192,15 +192,17 @@ class ContractGate:
         writes_closed: str | None = None,
         logical_run_id: str | None = None,
         request: tuple[str, ...] = (),
+        inputs: Mapping[str, str] | None = None,
     ) -> GateSession:
         """`max_result_bytes` bounds each reply the program gets (RESULT_TOO_LARGE beyond it).
         `writes_closed`, when given, says why this run may only read: every write is denied
         with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied).
         `logical_run_id` is the first run of the chain this run continues (None: this run),
         from which write idempotency keys derive. `request`: the intent's text and the program
-        request's input values, the `request` source of provenance rules."""
+        request's input values, the `request` source of provenance rules; `inputs`: those input
+        values by name, the `inputs.<name>` sources."""
         self._secrets.require_key(recorder)
-        ledger = ProvenanceLedger(self._table, request, getattr(principal, "attributes", None))
+        ledger = ProvenanceLedger(self._table, request, getattr(principal, "attributes", None), inputs)
         return GateSession(
             self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes, ledger
         )

@@ -2,7 +2,8 @@
 
 One ledger per run (`GateSession`). It holds
 
-- the *request*: the intent's text and the program request's input values, at session start;
+- the *request*: the intent's text and the program request's input values, at session start,
+  and each input by its name (the `inputs.<name>` sources);
 - the principal's attribute values, at session start;
 - at each planned path (`GateTable.provenance_paths`), every value an operation returned to
   the program, recorded by the gate from the checked reply just before the program gets it;
@@ -15,15 +16,19 @@ The guest never writes to it: a value counts only if the gate itself passed it t
 from a trusted source. Results of the gate's own entity reads and lookups were never shown to
 the program and are not recorded; text seen only in error feedback is not a result.
 
-Matching. Both sides are normalised the same way (`normalise`): Unicode NFKC, case folding,
-whitespace and hyphens removed, so `GB29 NWBK 6016...` equals `gb29nwbk6016...`.
-`exact`: the normalised value equals a normalised value recorded there. `token` (and always
-for `request`): the normalised value occurs in the normalised text, and the characters around
-the occurrence *in the text before spaces and hyphens were removed* are not alphanumeric (or
-are its edges). Boundaries are judged on that text because removing a space would glue a word
-to the value (`to eve@x.com'.` must contain `eve@x.com`), while the match itself runs on the
-text without separators (so `GB29 NWBK 6016 1331 9268 19` in a request matches the IBAN sent
-as `GB29NWBK60161331926819`, and the other way round).
+Matching. Both sides are normalised by the same rule (`normalise`): Unicode NFKC and
+lower-casing (`str.lower`, not case folding, which would make `straße` equal `strasse`); and for
+a *code-like* value (only letters, digits, whitespace and hyphens: an IBAN, a card or phone
+number) whitespace and hyphens removed, so `GB29 NWBK 6016...` equals `gb29nwbk6016...`. In any
+other value (an address, a URL) they are part of it: `ann-smith@x.com` is not `annsmith@x.com`.
+`exact` (and always `inputs.<name>`): the normalised value equals a normalised value recorded
+there. `token` (and always for `request`): the normalised value occurs in the text, folded the
+same way (without its separators when the value is code-like), and the characters around the
+occurrence *in the text before spaces and hyphens were removed* are not alphanumeric (or are its
+edges). Boundaries are judged on that text because removing a space would glue a word to the
+value, while a code-like value is matched on the text without separators (so
+`GB29 NWBK 6016 1331 9268 19` in a request matches the IBAN sent as `GB29NWBK60161331926819`,
+and the other way round).
 """
 
 from __future__ import annotations
@@ -46,36 +51,74 @@ _DROPPED = frozenset("-\u00ad\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uf
 _SEPARATORS = re.compile("[\\s" + "".join(re.escape(c) for c in sorted(_DROPPED)) + "]+")
 
 
+def _fold(text: str) -> str:
+    # str.lower, not casefold: casefold merges letters that name different things (ß -> ss makes
+    # `straße-bank.de` equal `strasse-bank.de`, a different domain), and a value
+    # must equal what was seen, not a look-alike of it.
+    return unicodedata.normalize("NFKC", text.lower())
+
+
+def _code_like(value: str) -> bool:
+    """Only letters, digits, whitespace and hyphens (after NFKC): an IBAN, a card, phone or
+    account number, whose grouping by spaces or hyphens is presentation, not content."""
+    return bool(value) and all(c.isalnum() or c.isspace() or c in _DROPPED for c in value)
+
+
+class _Key:
+    """A value in the form it is compared in: separators dropped only when it is code-like;
+    in anything else (an address, a URL, a name with punctuation) `ann-smith` and `annsmith`
+    are different values."""
+
+    __slots__ = ("code", "text")
+
+    def __init__(self, value: str) -> None:
+        source = unicodedata.normalize("NFKC", value)
+        self.code = _code_like(source)
+        folded = _fold(source)
+        self.text = _SEPARATORS.sub("", folded) if self.code else folded
+
+
 class _Text:
     """A text normalised for matching. Where each normalised character came from is worked
     out only when a candidate occurrence needs its boundaries judged."""
 
-    __slots__ = ("_origin", "norm", "source")
+    __slots__ = ("_folded", "_stripped", "source")
 
     def __init__(self, text: str) -> None:
         self.source = unicodedata.normalize("NFKC", text)
-        self.norm = _SEPARATORS.sub("", unicodedata.normalize("NFKC", self.source.casefold()))
-        self._origin: list[int] | None = None
+        self._folded: str | None = None
+        self._stripped: str | None = None  # both cached: a text is searched once per checked value
 
-    def _mapped(self) -> tuple[str, list[int]]:
+    def folded(self, strip: bool) -> str:
+        """The whole text folded; `strip`: with whitespace and hyphens removed (for code-like values)."""
+        if self._folded is None:
+            self._folded = _fold(self.source)
+        if not strip:
+            return self._folded
+        if self._stripped is None:
+            self._stripped = _SEPARATORS.sub("", self._folded)
+        return self._stripped
+
+    def _mapped(self, strip: bool) -> tuple[str, list[int]]:
         # Character by character, so each normalised character knows its source position.
         # For the rare text where that differs from normalising the whole (combining marks
         # across a separator), the character-wise form is the one matched here.
         norm: list[str] = []
         origin: list[int] = []
         for index, char in enumerate(self.source):
-            if char.isspace() or char in _DROPPED:
+            if strip and (char.isspace() or char in _DROPPED):
                 continue
-            folded = unicodedata.normalize("NFKC", char.casefold())
+            folded = _fold(char)
             norm.append(folded)
             origin.extend([index] * len(folded))
         return "".join(norm), origin
 
-    def contains(self, value: str) -> bool:
-        """`value` (normalised) occurs here bounded by non-alphanumerics or the edges."""
-        if not value or value not in self.norm:
+    def contains(self, key: _Key) -> bool:
+        """`key` occurs here bounded by non-alphanumerics or the edges."""
+        value = key.text
+        if not value or value not in self.folded(key.code):
             return False
-        norm, origin = self._mapped()
+        norm, origin = self._mapped(key.code)
         start = norm.find(value)
         while start >= 0:
             end = start + len(value) - 1
@@ -90,13 +133,14 @@ class _Text:
 
 
 def normalise(text: str) -> str:
-    """The form both sides are compared in: NFKC, case folded, whitespace and hyphens removed."""
-    return _Text(text).norm
+    """The form a value is compared in: NFKC and lower-cased; whitespace and hyphens removed
+    too when the value is code-like (only letters, digits, whitespace and hyphens)."""
+    return _Key(text).text
 
 
 def occurs(value: str, text: str) -> bool:
     """Whether `value` occurs in `text` as a token (see the module's docstring)."""
-    return _Text(text).contains(normalise(value))
+    return _Text(text).contains(_Key(value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,17 +163,17 @@ class _Store:
         self.texts: list[_Text] = []
 
     def add(self, value: str) -> None:
-        text = _Text(value)
-        if text.norm not in self.exact:
-            self.exact.add(text.norm)
-            self.texts.append(text)
+        key = _Key(value)
+        if key.text not in self.exact:
+            self.exact.add(key.text)
+            self.texts.append(_Text(value))
 
-    def matches(self, value: str, token: bool) -> bool:
-        if not value:
+    def matches(self, key: _Key, token: bool) -> bool:
+        if not key.text:
             return False
-        if value in self.exact:
+        if key.text in self.exact:
             return True
-        return token and any(t.contains(value) for t in self.texts)
+        return token and any(t.contains(key) for t in self.texts)
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -160,13 +204,20 @@ class ProvenanceLedger:
     """The provenance of one run (see the module's docstring). Thread-safe."""
 
     def __init__(
-        self, table: GateTable, request: Iterable[str] = (), attributes: Mapping[str, Any] | None = None
+        self,
+        table: GateTable,
+        request: Iterable[str] = (),
+        attributes: Mapping[str, Any] | None = None,
+        inputs: Mapping[str, str] | None = None,
     ) -> None:
         self._table = table
         self._lock = threading.Lock()
         self._request = _Store()
         for text in request:
             self._request.add(text)
+        self._inputs: dict[str, _Store] = {}  # `inputs.<name>`: each input of the request on its own
+        for name, value in (inputs or {}).items():
+            self._inputs.setdefault(name, _Store()).add(str(value))
         self._principal: dict[str, _Store] = {}
         for name, value in (attributes or {}).items():
             for text in _strings(value if isinstance(value, str | list | dict) else str(value)):
@@ -189,8 +240,9 @@ class ProvenanceLedger:
         secret = set(getattr(opened, "secret_inputs", ()) or ())
         inputs = getattr(opened, "inputs", None) or {}
         request = [t for t in [getattr(opened, "intent", None)] if t]
-        request += [v for k, v in inputs.items() if k not in secret]
-        ledger = cls(table, request, getattr(opened, "attributes", None))
+        given = {k: v for k, v in inputs.items() if k not in secret}
+        request += list(given.values())
+        ledger = cls(table, request, getattr(opened, "attributes", None), given)
         for receipt in receipts:
             if getattr(receipt, "status", None) in ("ok", "replayed") and getattr(receipt, "result", None) is not None:
                 ledger.record(receipt.operation, receipt.result)
@@ -216,9 +268,13 @@ class ProvenanceLedger:
 
     # -- checking ---------------------------------------------------------------------
 
-    def _matches(self, source: SourceRule, value: str) -> bool:
+    def _matches(self, source: SourceRule, value: _Key) -> bool:
         if source.kind == "request":
             return self._request.matches(value, token=True)
+        if source.kind == "input":
+            # The named input and nothing else: equal to it, never a part of it or of another input.
+            given = self._inputs.get(source.input or "")
+            return given is not None and given.matches(value, token=False)
         if source.kind == "principal":
             stores = (
                 [self._principal.get(source.attribute)] if source.attribute is not None else self._principal.values()
@@ -228,11 +284,11 @@ class ProvenanceLedger:
         return store is not None and store.matches(value, token=source.match == "token")
 
     def _labels(self, rule: ProvenanceRule, value: str) -> tuple[str, ...]:
-        norm = normalise(value)
-        return tuple(s.label for s in rule.sources if self._matches(s, norm))
+        key = _Key(value)
+        return tuple(s.label for s in rule.sources if self._matches(s, key))
 
     def _seen_in(self, value: str) -> list[str]:
-        norm = normalise(value)
+        norm = _Key(value)
         where = ["the request"] if self._request.matches(norm, token=True) else []
         where += [
             f"the result of {op}" for op, texts in self._seen.items() if any(_Text(t).contains(norm) for t in texts)
