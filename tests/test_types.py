@@ -578,3 +578,59 @@ def test_dates_travel_to_an_http_service_as_iso_text_in_path_and_query(
             principal=Principal("ada", frozenset()),
         )
     assert execution.answer == "b1 datetime.date(2026, 3, 1)"
+
+
+RECORDED_USES = """\
+contract: vault
+version: 1.0.0
+summary: A vault.
+owners: [tests@example.com]
+changelog: First.
+binding: {python: tests.accounts_backend}
+operations:
+  list_payees:
+    kind: read
+    doc: Payees.
+    params: {account: str}
+    returns: list[str]
+  set_pw:
+    kind: write
+    doc: Set.
+    params:
+      account: str
+      pw: {type: str, secret: true}
+    scopes: [vault:write]
+    lookups:
+      payees: {operation: list_payees, args: {account: params.pw}}
+    guards:
+      - id: known
+        when: size(lookups.payees) > 0 && size(params.pw) >= 8
+        message: Known accounts only.
+    quotas:
+      - {id: q1, count: true, per: [params.account, 'params["pw"]'], window: 24h, max: 3, message: Too many.}
+      - {id: q2, sum: size(params.pw), per: [params.account], window: 24h, max: 300, message: Too long.}
+"""
+
+
+def test_a_secret_param_in_a_quota_or_a_lookup_arg_is_refused(tmp_path: Path) -> None:
+    # Quota keys and amounts and lookup arguments are recorded as they are; guards give a bool.
+    path = tmp_path / "vault.yaml"
+    path.write_text(RECORDED_USES, encoding="utf-8")
+    with pytest.raises(ContractError) as caught:
+        load_contract(path, resolve_bindings=False)
+    recorded = "in plain text in each Decision, so its value would be in the audit log"
+    assert [f"{p.line}:{p.column}: {p.message}" for p in caught.value.problems] == [
+        f"21:56: lookup 'payees' of 'set_pw', arg 'account': `params.pw` reads secret param 'set_pw.pw', but a "
+        f"lookup's arguments are recorded {recorded}; pass a param that is not secret",
+        f"27:53: quota 'q1': per key `params[\"pw\"]` reads secret param 'set_pw.pw', but a quota's keys are "
+        f"recorded {recorded}; key the quota by a param that is not secret",
+        f"28:23: quota 'q2': sum `size(params.pw)` reads secret param 'set_pw.pw', but a quota's amounts are "
+        f"recorded {recorded}; sum a param that is not secret",
+    ]
+    fixed = (
+        RECORDED_USES.replace("args: {account: params.pw}", "args: {account: params.account}")
+        .replace(", 'params[\"pw\"]'", "")
+        .replace("sum: size(params.pw)", "sum: size(params.account)")
+    )
+    path.write_text(fixed, encoding="utf-8")
+    assert compile_contract(load_contract(path, resolve_bindings=False)).gate.operations["set_pw"].secret == ("pw",)
