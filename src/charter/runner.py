@@ -172,6 +172,7 @@ class Runner:
             writes_closed=writes_closed,
             logical_run_id=logical_run_id,
             request=(*([intent] if intent else []), *given.values()),
+            secret_inputs=tuple(given[name] for name in secret),
         )
         outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
         calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))

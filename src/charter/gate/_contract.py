@@ -58,7 +58,10 @@ caller or a receipt: they get a code and a generic message (`_withheld`).
 
 Secret params (`secret: true`) are never recorded or said: the Decision holds keyed digests
 of their values, its args hash is over that masked form, and every message of the call has
-each secret value replaced (`_secrets`). Checks see the real values.
+each secret value replaced, in every rendering (`_secrets`); a guard or approval condition
+that fails to evaluate over a secret says only its error's type. The run's secret inputs are
+masked the same way wherever a call's arguments or messages hold them. Checks see the real
+values, and the backend gets them.
 """
 
 from __future__ import annotations
@@ -192,17 +195,29 @@ class ContractGate:
         writes_closed: str | None = None,
         logical_run_id: str | None = None,
         request: tuple[str, ...] = (),
+        secret_inputs: tuple[str, ...] = (),
     ) -> GateSession:
         """`max_result_bytes` bounds each reply the program gets (RESULT_TOO_LARGE beyond it).
         `writes_closed`, when given, says why this run may only read: every write is denied
         with WRITES_CLOSED (the Runtime Agent sets it once a request's write was denied).
         `logical_run_id` is the first run of the chain this run continues (None: this run),
         from which write idempotency keys derive. `request`: the intent's text and the program
-        request's input values, the `request` source of provenance rules."""
+        request's input values, the `request` source of provenance rules. `secret_inputs`: the
+        values of the request's inputs marked secret, masked wherever the run's receipts and
+        messages would hold them (`_secrets`); kept in memory only."""
+        if secret_inputs and recorder.secret_key is None:
+            raise AuditError(f"run {recorder.run_id}: secret inputs need the audit log's secret key to be masked")
         self._secrets.require_key(recorder)
         ledger = ProvenanceLedger(self._table, request, getattr(principal, "attributes", None))
         return GateSession(
-            self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes, ledger
+            self,
+            recorder,
+            principal,
+            writes_closed,
+            logical_run_id or recorder.run_id,
+            max_result_bytes,
+            ledger,
+            secret_inputs,
         )
 
     def boundary_note(self, boundaries: tuple[str, ...]) -> tuple[str, str | None]:
@@ -233,8 +248,10 @@ class GateSession:
         logical_run_id: str,
         max_result_bytes: int,
         provenance: ProvenanceLedger | None = None,
+        secret_inputs: tuple[str, ...] = (),
     ) -> None:
         self._gate = gate
+        self._secret_inputs = secret_inputs
         self._provenance = provenance or ProvenanceLedger(gate._table)
         self._recorder = recorder
         self._principal = principal
@@ -332,7 +349,7 @@ class GateSession:
             hold.release()
             raise
 
-        verdict = scrubbed_verdict(verdict, self._gate._secrets.values(request))
+        verdict = scrubbed_verdict(verdict, self._secret_values(request))
         with self._end_lock:
             # Decided and registered under the lock: `close` either comes first (and the call
             # is refused) or finds it registered (and records it as not performed).
@@ -375,7 +392,17 @@ class GateSession:
 
     def _recorded(self, request: CallRequest, checked: Mapping[str, Any] | None) -> Recorded:
         secret = self._gate._secrets.of(request.operation)
-        return recorded_arguments(request, checked, secret, self._recorder.secret_key)
+        return recorded_arguments(request, checked, secret, self._recorder.secret_key, self._secret_inputs)
+
+    def _secret_values(self, request: CallRequest) -> list[str]:
+        """What `scrub` removes from this call's texts: its secret params' values and the run's
+        secret inputs, in every rendering."""
+        return self._gate._secrets.values(request, self._secret_inputs)
+
+    def _sees_secrets(self, rule: OperationRule) -> bool:
+        """Whether the call's rules see a secret value: then an evaluation error's text, which
+        may quote it in any form, is not said (the rule's id and the error's type are)."""
+        return bool(self._gate._secrets.of(rule.name) or self._secret_inputs)
 
     def _lookup_context(self, request: CallRequest) -> CallContext:
         self._refuse_if_ended(request)  # a lookup reaches the backend too
@@ -611,10 +638,11 @@ class GateSession:
         try:
             reason = self._gate._approval.reason(rule, variables)
         except ValueError as error:
+            said = "ValueError" if self._sees_secrets(rule) else str(error)
             raise _Refusal(
                 Verdict(
                     "GATE_ERROR",
-                    f"{rule.name} refused: its requires_approval condition could not be evaluated ({error}); the "
+                    f"{rule.name} refused: its requires_approval condition could not be evaluated ({said}); the "
                     "gate does not allow what it cannot check.",
                     clause=f"requires_approval:{rule.name}",
                 )
@@ -651,12 +679,14 @@ class GateSession:
             try:
                 holds = guard.program.execute(context) is True
             except Exception as error:  # the checker tries nulls and types; name the guard if one still fails
+                said = type(error).__name__
+                if not self._sees_secrets(rule):
+                    said += f": {str(error).split('. ')[0]}"
                 raise _Refusal(
                     Verdict(
                         "GATE_ERROR",
-                        f"{rule.name} refused: guard {guard.rule.id} could not be evaluated "
-                        f"({type(error).__name__}: {str(error).split('. ')[0]}); the gate does not allow what it "
-                        "cannot check.",
+                        f"{rule.name} refused: guard {guard.rule.id} could not be evaluated ({said}); the gate does "
+                        "not allow what it cannot check.",
                         clause=f"guard:{guard.rule.id}",
                     )
                 ) from None
@@ -743,7 +773,7 @@ class GateSession:
         A receipt that cannot be written is said in the message: the call was allowed and the
         backend was reached, so it is never turned into a denial. A backend's words lose the
         call's secret values first."""
-        secrets = self._gate._secrets.values(request)
+        secrets = self._secret_values(request)
         message, withheld = scrub(message, secrets), scrubbed_withheld(withheld, secrets)
         try:
             self._record_outcome(request, status, code=code, message=message, withheld=withheld)
