@@ -668,6 +668,24 @@ operations:
     doc: Set an account's owner and a note.
     params: {account: str, note: str}
     scopes: [vault:write]
+  list_payees:
+    kind: read
+    doc: An account's payees.
+    params: {account: str}
+    returns: list[str]
+  pay:
+    kind: write
+    doc: Pay from an account.
+    params: {account: str}
+    scopes: [vault:write]
+    lookups:
+      payees: {operation: list_payees, args: {account: params.account}}
+    guards:
+      - id: has_payees
+        when: size(lookups.payees) > 0
+        message: The account has no payees.
+    quotas:
+      - {id: q1, count: true, per: [params.account], window: 24h, max: 3, message: Three payments a day.}
 """
 
 MULTILINE = "TopSecretLineOne\nSecondLine(oops"
@@ -683,7 +701,13 @@ class Vault:
         self.compiled = compile_contract(load_contract(path, resolve_bindings=False))
         self.calls: list[tuple[str, dict[str, Any]]] = []
         functions = InMemoryBackend(
-            {"set_pattern": self._call("set_pattern"), "set_pin": self.set_pin, "set_owner": self.set_owner}
+            {
+                "set_pattern": self._call("set_pattern"),
+                "set_pin": self.set_pin,
+                "set_owner": self.set_owner,
+                "list_payees": self.list_payees,
+                "pay": self._call("pay"),
+            }
         )
         self.log = AuditLog(charter_home / "audit.db")
         self.runner = Runner(audit=self.log, sandbox=sandbox, backend_for=lambda _: functions)
@@ -701,6 +725,10 @@ class Vault:
     def set_owner(self, **arguments: Any) -> None:
         self.calls.append(("set_owner", arguments))
         raise BackendFailure("NO_SUCH_ACCOUNT", f"no account {arguments['account']}")
+
+    def list_payees(self, **arguments: Any) -> list[str]:
+        self.calls.append(("list_payees", arguments))
+        return [f"{arguments['account']}-payee"]
 
     def run(self, program: str, secret: dict[str, str]) -> Execution:
         return self.runner.execute(
@@ -806,3 +834,22 @@ def test_scrubbing_blanks_each_line_of_a_multi_line_secret_down_to_a_threshold()
     assert MIN_LINE_CHARS == 4
     assert scrub("ok: abc", renderings(["LongEnoughLine\nabc"])) == "ok: abc"
     assert scrub("a\\nb", renderings(["a\nb"])) == "[secret]"  # the whole value, escaped
+
+
+def test_a_secret_input_in_a_quota_key_is_refused_and_in_a_lookup_is_masked(vault: Vault) -> None:
+    program = CATCH + "attempt(lambda: vault.pay(account=inputs['pw']))\nconclude(' | '.join(said))\n"
+    execution = vault.run(program, {"pw": ACCOUNT})
+    # The lookup reached the backend (the program chose to send the value); the write did not
+    assert vault.calls == [("list_payees", {"account": ACCOUNT})]
+    expected = (
+        "pay refused: the key of quota q1 holds a secret input of this request; a quota's key is recorded in plain "
+        "text, so the gate does not count a secret. Do not mark that input secret, or key the quota by another param."
+    )
+    assert execution.answer == expected
+    [decision] = [r for r in vault.log.run(execution.run_id).receipts if isinstance(r, Decision)]
+    digest = vault.log.secret_key.digest(ACCOUNT)
+    assert (decision.code, decision.message, decision.masked_inputs) == ("GATE_ERROR", expected, ("account",))
+    assert [q.key for q in decision.quotas] == [f'["{digest}"]']
+    [lookup] = decision.lookups
+    assert (lookup.arguments, lookup.result) == (f'{{"account":"{digest}"}}', f'["{digest}-payee"]')
+    assert vault.leaks(execution.run_id, [ACCOUNT]) == []

@@ -102,6 +102,8 @@ from charter.gate._results import ResultChecker, ResultInvalid
 from charter.gate._secrets import (
     Recorded,
     SecretParams,
+    holds_any,
+    masked_text,
     recorded_arguments,
     scrub,
     scrubbed_verdict,
@@ -609,6 +611,7 @@ class GateSession:
         for quota in rule.quotas:  # a quota's sum or keys may read lookups too
             self._call_lookups.perform(rule, f"quota:{quota.id}", variables)
         exceeded = self._quotas.check(rule, variables, hold)
+        self._refuse_secret_keys(rule, hold)
         if exceeded is not None:
             raise _Refusal(exceeded)
         self._call_lookups.perform(rule, "approval", variables)  # the condition may read lookups
@@ -632,6 +635,22 @@ class GateSession:
             fields = table.records[rule.entity]
             variables["entity"] = {f: _cel_value(entity.get(f), t, table.records) for f, t in fields.items()}
         return variables
+
+    def _refuse_secret_keys(self, rule: OperationRule, hold: QuotaHold) -> None:
+        """A quota key holding a secret input of the run: refused, never recorded or counted.
+        The audit log counts a quota by its key in plain text; masked, the same account would
+        be counted apart from its calls that did not mark it secret."""
+        for seen in hold.seen:
+            if self._secret_inputs and holds_any(seen.key, self._secret_inputs):
+                raise _Refusal(
+                    Verdict(
+                        "GATE_ERROR",
+                        f"{rule.name} refused: the key of quota {seen.id} holds a secret input of this request; a "
+                        "quota's key is recorded in plain text, so the gate does not count a secret. Do not mark "
+                        "that input secret, or key the quota by another param.",
+                        clause=f"quota:{seen.id}",
+                    )
+                )
 
     def _approval_check(self, rule: OperationRule, variables: dict[str, Any]) -> None:
         """Last of all checks, so an approval is never asked for a call the contract forbids anyway."""
@@ -827,6 +846,20 @@ class GateSession:
     ) -> None:
         """Commit the call's Decision; `hold`'s quota locks are released once it is durable (the
         receipt is what counts the call), or once it failed, whatever happens."""
+        quotas = hold.seen if hold is not None else ()
+        key = self._recorder.secret_key
+        if self._secret_inputs and key is not None:  # what a denied call saw may hold a secret input
+            inputs = self._secret_inputs
+            quotas = tuple(msgspec.structs.replace(q, key=masked_text(q.key, inputs, key)) for q in quotas)
+            lookups = tuple(
+                msgspec.structs.replace(
+                    seen,
+                    arguments=masked_text(seen.arguments, inputs, key),
+                    result=None if seen.result is None else masked_text(seen.result, inputs, key),
+                    error=None if seen.error is None else masked_text(seen.error, inputs, key),
+                )
+                for seen in lookups
+            )
         try:
             decision = decision_receipt(
                 request,
@@ -836,7 +869,7 @@ class GateSession:
                 self._principal,
                 observed,
                 idempotency_key,
-                quotas=hold.seen if hold is not None else (),
+                quotas=quotas,
                 at=hold.at if hold is not None else None,
                 lookups=lookups,
                 provenance=provenance,

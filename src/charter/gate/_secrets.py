@@ -22,8 +22,11 @@ params:
 - a secret *input* of the run (`--secret-input`, `secret_inputs`) the program passes to a
   param that is not secret is masked too: an argument equal to it is recorded as its digest,
   one that contains it has each occurrence replaced by the digest, and the params so masked
-  are named in the Decision's `masked_inputs`. The backend still gets the real value: the
-  program chose to send it.
+  are named in the Decision's `masked_inputs`; so are the arguments, results and errors of
+  the lookups the call performed (`masked_text`). A quota key that holds one is refused
+  instead (GATE_ERROR): the audit log counts quotas by their key in plain text, and a digest
+  there would count the same account apart from its calls that did not mark it secret. The
+  backend still gets the real value: the program chose to send it.
 
 Not covered, by design: an allowed call's result is recorded as the program received it,
 so a backend that returns the secret puts it in the Outcome receipt. What a program does
@@ -55,6 +58,8 @@ __all__ = [
     "REDACTED",
     "Recorded",
     "SecretParams",
+    "holds_any",
+    "masked_text",
     "recorded_arguments",
     "renderings",
     "scrub",
@@ -112,6 +117,20 @@ def _escaped(value: str) -> set[str]:
         json.dumps(value, ensure_ascii=False)[1:-1],
         value.encode("unicode_escape").decode("ascii"),
     }
+
+
+def holds_any(text: str, inputs: Sequence[str]) -> bool:
+    """Whether `text` quotes one of `inputs` in any rendering (`_escaped`)."""
+    return any(form in text for value in inputs if value for form in _escaped(value))
+
+
+def masked_text(text: str, inputs: Sequence[str], key: SecretKey) -> str:
+    """`text` (a recorded JSON or prose) with each rendering of each of `inputs` replaced by the
+    input's digest, as in recorded arguments (longest first)."""
+    for value in sorted({v for v in inputs if v}, key=len, reverse=True):
+        for form in sorted(_escaped(value), key=len, reverse=True):
+            text = text.replace(form, key.digest(value))
+    return text
 
 
 def renderings(values: Iterable[str]) -> list[str]:
