@@ -238,3 +238,71 @@ def test_a_replay_goes_only_to_a_token_with_every_scope_of_the_first(api: Api, c
     assert "orders:write" in str(detail)
     assert first.json()["run_id"] not in replay.text
     assert len(api.log.run_ids()) == 1
+
+
+# -- secret inputs in the request fingerprint ---------------------------------------------------
+
+PW = "hunter2-Tiny"
+READS_PW = 'conclude("length " + str(len(inputs["pw"])))'
+
+
+def _secret_body(pw: str) -> dict[str, Any]:
+    return {"contract": "orders", "program": READS_PW, "inputs": {"pw": pw}, "secret_inputs": ["pw"]}
+
+
+def _store_bytes(charter_home: Path) -> bytes:
+    return b"".join(f.read_bytes() for f in charter_home.glob("idempotency.db*"))
+
+
+def test_a_secret_input_is_fingerprinted_keyed_so_the_store_cannot_be_brute_forced(
+    api: Api,  # noqa: F811
+    charter_home: Path,
+) -> None:
+    from charter.server._idempotency import request_fingerprint
+
+    body = _secret_body(PW)
+    with api.client() as client:
+        first = client.post("/v1/programs", json=body, headers={"Idempotency-Key": "pw"})
+        again = client.post("/v1/programs", json=body, headers={"Idempotency-Key": "pw"})
+        other = client.post("/v1/programs", json=_secret_body("hunter3-Tiny"), headers={"Idempotency-Key": "pw"})
+    assert first.status_code == again.status_code == 200, first.text
+    assert (first.json()["answer"], again.headers["idempotent-replayed"]) == ("length 12", "true")
+    problem(other, 422, "idempotency-key-reused")  # another secret is another request
+    assert len(api.log.run_ids()) == 1
+
+    # Someone with the store's bytes tries the candidate password: its plain sha256 is not there
+    raw = ProgramRequest.model_validate(body).model_dump_json().encode()
+    candidate = request_digest("POST", "/v1/programs", raw)
+    stored = _store_bytes(charter_home)
+    assert candidate.encode() not in stored
+    assert PW.encode() not in stored
+    keyed = request_fingerprint("POST", "/v1/programs", raw, api.log.secret_key)
+    assert keyed != candidate
+    with closing(sqlite3.connect(charter_home / "idempotency.db")) as db:
+        assert db.execute("SELECT request_sha256 FROM idempotency WHERE key = 'pw'").fetchone() == (keyed,)
+
+
+def test_a_key_stored_before_keyed_fingerprints_still_matches_its_request(
+    api: Api,  # noqa: F811
+    charter_home: Path,
+) -> None:
+    body = _secret_body(PW)
+    raw = ProgramRequest.model_validate(body).model_dump_json().encode()
+    with closing(sqlite3.connect(charter_home / "idempotency.db", isolation_level=None)) as db:
+        db.execute(
+            "INSERT INTO idempotency (principal, key, request_sha256, state, status, body, created, run_id, scopes) "
+            "VALUES ('ada', 'old', ?, 'done', 200, ?, ?, NULL, ?)",
+            (
+                request_digest("POST", "/v1/programs", raw),  # what an earlier release stored
+                b'{"status": "done", "answer": "from before"}',
+                time.time(),
+                json.dumps(["orders:read", "orders:write"]),
+            ),
+        )
+    with api.client() as client:
+        again = client.post("/v1/programs", json=body, headers={"Idempotency-Key": "old"})
+        other = client.post("/v1/programs", json=_secret_body("hunter3-Tiny"), headers={"Idempotency-Key": "old"})
+    assert (again.status_code, again.json()["answer"]) == (200, "from before")
+    assert again.headers["idempotent-replayed"] == "true"
+    problem(other, 422, "idempotency-key-reused")
+    assert api.log.run_ids() == []

@@ -578,3 +578,278 @@ def test_dates_travel_to_an_http_service_as_iso_text_in_path_and_query(
             principal=Principal("ada", frozenset()),
         )
     assert execution.answer == "b1 datetime.date(2026, 3, 1)"
+
+
+RECORDED_USES = """\
+contract: vault
+version: 1.0.0
+summary: A vault.
+owners: [tests@example.com]
+changelog: First.
+binding: {python: tests.accounts_backend}
+operations:
+  list_payees:
+    kind: read
+    doc: Payees.
+    params: {account: str}
+    returns: list[str]
+  set_pw:
+    kind: write
+    doc: Set.
+    params:
+      account: str
+      pw: {type: str, secret: true}
+    scopes: [vault:write]
+    lookups:
+      payees: {operation: list_payees, args: {account: params.pw}}
+    guards:
+      - id: known
+        when: size(lookups.payees) > 0 && size(params.pw) >= 8
+        message: Known accounts only.
+    quotas:
+      - {id: q1, count: true, per: [params.account, 'params["pw"]'], window: 24h, max: 3, message: Too many.}
+      - {id: q2, sum: size(params.pw), per: [params.account], window: 24h, max: 300, message: Too long.}
+"""
+
+
+def test_a_secret_param_in_a_quota_or_a_lookup_arg_is_refused(tmp_path: Path) -> None:
+    # Quota keys and amounts and lookup arguments are recorded as they are; guards give a bool.
+    path = tmp_path / "vault.yaml"
+    path.write_text(RECORDED_USES, encoding="utf-8")
+    with pytest.raises(ContractError) as caught:
+        load_contract(path, resolve_bindings=False)
+    recorded = "in plain text in each Decision, so its value would be in the audit log"
+    assert [f"{p.line}:{p.column}: {p.message}" for p in caught.value.problems] == [
+        f"21:56: lookup 'payees' of 'set_pw', arg 'account': `params.pw` reads secret param 'set_pw.pw', but a "
+        f"lookup's arguments are recorded {recorded}; pass a param that is not secret",
+        f"27:53: quota 'q1': per key `params[\"pw\"]` reads secret param 'set_pw.pw', but a quota's keys are "
+        f"recorded {recorded}; key the quota by a param that is not secret",
+        f"28:23: quota 'q2': sum `size(params.pw)` reads secret param 'set_pw.pw', but a quota's amounts are "
+        f"recorded {recorded}; sum a param that is not secret",
+    ]
+    fixed = (
+        RECORDED_USES.replace("args: {account: params.pw}", "args: {account: params.account}")
+        .replace(", 'params[\"pw\"]'", "")
+        .replace("sum: size(params.pw)", "sum: size(params.account)")
+    )
+    path.write_text(fixed, encoding="utf-8")
+    assert compile_contract(load_contract(path, resolve_bindings=False)).gate.operations["set_pw"].secret == ("pw",)
+
+
+# -- secret values in every rendering, and secret inputs passed to params that are not secret ------
+
+VAULT = """\
+contract: vault
+version: 1.0.0
+summary: A vault.
+owners: [tests@example.com]
+changelog: First.
+binding: {python: tests.accounts_backend}
+operations:
+  set_pattern:
+    kind: write
+    doc: Set an account's pattern.
+    params:
+      account: str
+      pw: {type: str, secret: true}
+    scopes: [vault:write]
+    guards:
+      - id: matches
+        when: params.account.matches(params.pw)
+        message: The account must match.
+  set_pin:
+    kind: write
+    doc: Set a PIN.
+    params:
+      pin: {type: str, secret: true}
+    scopes: [vault:write]
+  set_owner:
+    kind: write
+    doc: Set an account's owner and a note.
+    params: {account: str, note: str}
+    scopes: [vault:write]
+  list_payees:
+    kind: read
+    doc: An account's payees.
+    params: {account: str}
+    returns: list[str]
+  pay:
+    kind: write
+    doc: Pay from an account.
+    params: {account: str}
+    scopes: [vault:write]
+    lookups:
+      payees: {operation: list_payees, args: {account: params.account}}
+    guards:
+      - id: has_payees
+        when: size(lookups.payees) > 0
+        message: The account has no payees.
+    quotas:
+      - {id: q1, count: true, per: [params.account], window: 24h, max: 3, message: Three payments a day.}
+"""
+
+MULTILINE = "TopSecretLineOne\nSecondLine(oops"
+ESCAPED = "Back\\slash-Secret-é"  # repr() doubles the backslash and an ascii() form escapes é
+QUOTED = 'Quote"Tab\tSecret-é'  # JSON escapes the quote, the tab and (ASCII JSON) é
+ACCOUNT = "SuperSecretAcct99"
+
+
+class Vault:
+    def __init__(self, tmp_path: Path, charter_home: Path, sandbox: Sandbox) -> None:
+        path = tmp_path / "vault.yaml"
+        path.write_text(VAULT, encoding="utf-8")
+        self.compiled = compile_contract(load_contract(path, resolve_bindings=False))
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        functions = InMemoryBackend(
+            {
+                "set_pattern": self._call("set_pattern"),
+                "set_pin": self.set_pin,
+                "set_owner": self.set_owner,
+                "list_payees": self.list_payees,
+                "pay": self._call("pay"),
+            }
+        )
+        self.log = AuditLog(charter_home / "audit.db")
+        self.runner = Runner(audit=self.log, sandbox=sandbox, backend_for=lambda _: functions)
+        self.home = charter_home
+
+    def _call(self, name: str) -> Any:
+        return lambda **arguments: self.calls.append((name, arguments))
+
+    def set_pin(self, **arguments: Any) -> None:
+        self.calls.append(("set_pin", arguments))
+        if arguments["pin"] == QUOTED:  # the backend's own words, quoting the value as JSON
+            raise BackendFailure("BAD_PIN", f"bad pin {json.dumps(arguments['pin'])}")
+        int(arguments["pin"])  # ValueError: "invalid literal for int() with base 10: '<repr>'"
+
+    def set_owner(self, **arguments: Any) -> None:
+        self.calls.append(("set_owner", arguments))
+        raise BackendFailure("NO_SUCH_ACCOUNT", f"no account {arguments['account']}")
+
+    def list_payees(self, **arguments: Any) -> list[str]:
+        self.calls.append(("list_payees", arguments))
+        return [f"{arguments['account']}-payee"]
+
+    def run(self, program: str, secret: dict[str, str]) -> Execution:
+        return self.runner.execute(
+            program,
+            contract=self.compiled,
+            principal=Principal("ada", frozenset({"vault:write"})),
+            inputs=secret,
+            secret_inputs=tuple(secret),
+        )
+
+    def leaks(self, run_id: str, values: list[str]) -> list[str]:
+        """Each rendering of `values` found in the log's files, its export, or `audit show`."""
+        forms = {f for v in values for f in (v, repr(v)[1:-1], ascii(v)[1:-1], json.dumps(v)[1:-1], *v.splitlines())}
+        found = [
+            f"{file.name}: {f!r}"
+            for file in self.home.glob("audit.db*")
+            for f in forms
+            if f.encode() in file.read_bytes()
+        ]
+        bundle = "\n".join(export_run(self.log, run_id))
+        shown = charter("audit", "show", run_id)
+        assert shown.returncode == 0, shown.stderr
+        return (
+            found
+            + [f"export: {f!r}" for f in forms if f in bundle]
+            + [f"show: {f!r}" for f in forms if f in shown.stdout]
+        )
+
+
+@pytest.fixture
+def vault(tmp_path: Path, charter_home: Path, shared_sandbox: Sandbox) -> Vault:
+    return Vault(tmp_path, charter_home, shared_sandbox)
+
+
+CATCH = (
+    "said = []\n"
+    "def attempt(call):\n"
+    "    try:\n        call()\n"
+    "    except (ContractViolation, OperationError) as error:\n"
+    "        said.append(getattr(error, 'reason', None) or error.message)\n"
+)
+
+
+def test_a_guard_error_over_a_multi_line_secret_says_no_line_of_it(vault: Vault) -> None:
+    program = CATCH + "attempt(lambda: vault.set_pattern(account='a1', pw=inputs['pw']))\nconclude(' | '.join(said))\n"
+    execution = vault.run(program, {"pw": MULTILINE})
+    [decision] = [r for r in vault.log.run(execution.run_id).receipts if isinstance(r, Decision)]
+    assert decision.code == "GATE_ERROR"
+    # The CEL error quotes the regex line by line: for a call that sees a secret, only its type is said
+    expected = (
+        "set_pattern refused: guard matches could not be evaluated (RuntimeError); the gate does not allow what it "
+        "cannot check."
+    )
+    assert (decision.message, execution.answer) == (expected, expected)
+    assert vault.leaks(execution.run_id, [MULTILINE]) == []
+
+
+def test_a_secret_quoted_escaped_by_a_backend_is_scrubbed_in_every_rendering(vault: Vault) -> None:
+    program = (
+        CATCH
+        + "attempt(lambda: vault.set_pin(pin=inputs['escaped']))\n"
+        + "attempt(lambda: vault.set_pin(pin=inputs['quoted']))\n"
+        + "conclude(' | '.join(said))\n"
+    )
+    execution = vault.run(program, {"escaped": ESCAPED, "quoted": QUOTED})
+    assert [c[1]["pin"] for c in vault.calls] == [ESCAPED, QUOTED]  # the backend got the real values
+    assert execution.answer.endswith(' | bad pin "[secret]"')
+    [error] = vault.log.backend_errors(execution.run_id)
+    assert (error.error_type, error.message) == ("ValueError", "invalid literal for int() with base 10: '[secret]'")
+    assert vault.leaks(execution.run_id, [ESCAPED, QUOTED]) == []
+
+
+def test_a_secret_input_passed_to_a_param_that_is_not_secret_is_masked(vault: Vault) -> None:
+    program = (
+        CATCH
+        + "attempt(lambda: vault.set_owner(account=inputs['pw'], note='for ' + inputs['pw'] + '!'))\n"
+        + "conclude(' | '.join(said))\n"
+    )
+    execution = vault.run(program, {"pw": ACCOUNT})
+    assert vault.calls == [("set_owner", {"account": ACCOUNT, "note": f"for {ACCOUNT}!"})]  # sent as the program chose
+    assert execution.answer == "no account [secret]"
+    [decision] = [r for r in vault.log.run(execution.run_id).receipts if isinstance(r, Decision)]
+    digest = vault.log.secret_key.digest(ACCOUNT)
+    assert decision.arguments == f'{{"account":"{digest}","note":"for {digest}!"}}'
+    assert decision.args_sha256 == hashlib.sha256(decision.arguments.encode()).hexdigest()
+    assert (decision.masked_inputs, decision.secret_params) == (("account", "note"), ())
+    [outcome] = [r for r in vault.log.run(execution.run_id).receipts if isinstance(r, Outcome)]
+    assert (outcome.code, outcome.message) == ("NO_SUCH_ACCOUNT", "no account [secret]")
+    shown = charter("audit", "show", execution.run_id)
+    assert "[secret input in: account, note]" in " ".join(shown.stdout.split())
+    assert vault.leaks(execution.run_id, [ACCOUNT]) == []
+
+
+def test_scrubbing_blanks_each_line_of_a_multi_line_secret_down_to_a_threshold() -> None:
+    from charter.gate._secrets import MIN_LINE_CHARS, renderings, scrub
+
+    # What the CEL regex error said before guards over secrets stopped quoting errors at all
+    said = "error: '[secret]' not a valid regex:\n1: TopSecretLineOne\n2: SecondLine(oops\n   ^"
+    assert (
+        scrub(said, renderings([MULTILINE])) == "error: '[secret]' not a valid regex:\n1: [secret]\n2: [secret]\n   ^"
+    )
+    # A line shorter than MIN_LINE_CHARS is left: it would blank unrelated text wherever it occurs
+    assert MIN_LINE_CHARS == 4
+    assert scrub("ok: abc", renderings(["LongEnoughLine\nabc"])) == "ok: abc"
+    assert scrub("a\\nb", renderings(["a\nb"])) == "[secret]"  # the whole value, escaped
+
+
+def test_a_secret_input_in_a_quota_key_is_refused_and_in_a_lookup_is_masked(vault: Vault) -> None:
+    program = CATCH + "attempt(lambda: vault.pay(account=inputs['pw']))\nconclude(' | '.join(said))\n"
+    execution = vault.run(program, {"pw": ACCOUNT})
+    # The lookup reached the backend (the program chose to send the value); the write did not
+    assert vault.calls == [("list_payees", {"account": ACCOUNT})]
+    expected = (
+        "pay refused: the key of quota q1 holds a secret input of this request; a quota's key is recorded in plain "
+        "text, so the gate does not count a secret. Do not mark that input secret, or key the quota by another param."
+    )
+    assert execution.answer == expected
+    [decision] = [r for r in vault.log.run(execution.run_id).receipts if isinstance(r, Decision)]
+    digest = vault.log.secret_key.digest(ACCOUNT)
+    assert (decision.code, decision.message, decision.masked_inputs) == ("GATE_ERROR", expected, ("account",))
+    assert [q.key for q in decision.quotas] == [f'["{digest}"]']
+    [lookup] = decision.lookups
+    assert (lookup.arguments, lookup.result) == (f'{{"account":"{digest}"}}', f'["{digest}-payee"]')
+    assert vault.leaks(execution.run_id, [ACCOUNT]) == []

@@ -12,8 +12,10 @@ compared: the other arguments still are, and the report says, in `notes`, which 
 rather than reporting a divergence.
 The program gets the run's recorded inputs. A secret input was recorded only as its keyed
 digest, so the replay hands the program that digest in its place and the report names it
-(`secret_inputs`): a call whose arguments carried the secret then diverges (its arguments'
-hash differs), and the replay says so rather than guessing the value.
+(`secret_inputs`). A call that passed the secret on (whole or inside a longer text) recorded
+the digest in its place (the Decision's `masked_inputs`), so it compares equal; a call whose
+arguments were computed from the secret (its length, its upper case) diverges (its
+arguments' hash differs), and the replay says so rather than guessing the value.
 """
 
 from __future__ import annotations

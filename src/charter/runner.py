@@ -173,6 +173,7 @@ class Runner:
             logical_run_id=logical_run_id,
             request=(*([intent] if intent else []), *given.values()),
             inputs=given,
+            secret_inputs=tuple(given[name] for name in secret),
         )
         outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
         calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))

@@ -162,6 +162,9 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     provenance: dict[str, tuple[str, ...]] | None = None
     # APPROVAL_REQUIRED: the reason of the approval rule that held (`requires_approval`).
     approval: str | None = None
+    # Params not declared secret whose value held a secret input of the run (`secret_inputs`):
+    # `arguments` and `args_sha256` hold the input's HMAC digest in its place (gate._secrets).
+    masked_inputs: tuple[str, ...] = ()
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):

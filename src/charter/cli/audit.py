@@ -367,6 +367,8 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
         head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
         if receipt.secret_params:  # their values are keyed digests (gate._secrets)
             head += f" [secret: {', '.join(receipt.secret_params)}]"
+        if receipt.masked_inputs:  # they held a secret input of the run, recorded as its digest
+            head += f" [secret input in: {', '.join(receipt.masked_inputs)}]"
         head += "".join(
             f"\n   quota {q.id} {q.key}: {q.total}+{q.amount} of {q.max}/{q.window}" for q in receipt.quotas
         )

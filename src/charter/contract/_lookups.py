@@ -35,12 +35,13 @@ from charter.contract.model import Approval, Contract, Operation, param_type
 from charter.contract.types import TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
 from charter.errors import Problem
 
-__all__ = ["check_lookups", "hint_fields", "lookup_readers", "lookups_named", "rule_expressions"]
+__all__ = ["check_lookups", "hint_fields", "lookup_readers", "lookups_named", "params_named", "rule_expressions"]
 
 Fields = Mapping[str, TypeRef]
 
 _STRING_LITERAL = re.compile(r"""(?s)[rR]?(\"\"\".*?\"\"\"|'''.*?'''|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*')""")
 _LOOKUPS = re.compile(r"(?<![\w.])lookups(?!\w)")
+_PARAMS = re.compile(r"(?<![\w.])params(?!\w)")
 _BY_FIELD = re.compile(r"\s*\.\s*([A-Za-z_]\w*)")
 _BY_INDEX = re.compile(r"""\s*\[\s*(?:"([A-Za-z_]\w*)"|'([A-Za-z_]\w*)')\s*\]""")
 _CHAIN = re.compile(r"\s*([A-Za-z_]\w*)((?:\s*\.\s*[A-Za-z_]\w*)+)\s*\Z")
@@ -70,9 +71,19 @@ def lookups_named(source: str, declared: Iterable[str]) -> set[str]:
     """The lookups a CEL expression reads: `lookups.payees` or `lookups["payees"]` read one;
     `lookups` used any other way (`size(lookups)`) is taken to read every declared one, so the
     gate never evaluates a rule over a lookup it did not perform."""
+    return _fields_read(source, _LOOKUPS, declared)
+
+
+def params_named(source: str, declared: Iterable[str]) -> set[str]:
+    """The params a CEL expression reads, as `lookups_named` finds lookups: `params` used whole
+    is taken to read every declared one."""
+    return _fields_read(source, _PARAMS, declared)
+
+
+def _fields_read(source: str, root: re.Pattern[str], declared: Iterable[str]) -> set[str]:
     blanked = _STRING_LITERAL.sub(lambda m: " " * len(m.group(0)), source)
     named: set[str] = set()
-    for match in _LOOKUPS.finditer(blanked):
+    for match in root.finditer(blanked):
         field = _BY_FIELD.match(blanked, match.end())
         index = _BY_INDEX.match(source, match.end())  # the name is a string literal: read the source
         if field is not None:

@@ -26,7 +26,7 @@ from charter.contract._lookups import check_lookups, hint_fields
 from charter.contract._names import SNAKE
 from charter.contract._provenance import check_label_literals, check_provenance, provenance_fields, provenance_params
 from charter.contract._quotas import check_quota_ref, check_quotas
-from charter.contract._secrets import check_secret_params
+from charter.contract._secrets import check_secret_params, check_secret_uses
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
 from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
@@ -602,6 +602,7 @@ class _Checker:
         self._check_guards(name, op, entity is not None and op.key is not None)
         self._check_binding(name, op)
         check_secret_params(name, op, params, self._placements(name, op), self.fail)
+        check_secret_uses(name, op, self.fail)
         reads_state = op.transition is not None or any(
             "entity" in names_used(when) for when in [*(g.when for g in op.guards), *_attributes.approval_when(op)]
         )

@@ -58,7 +58,10 @@ caller or a receipt: they get a code and a generic message (`_withheld`).
 
 Secret params (`secret: true`) are never recorded or said: the Decision holds keyed digests
 of their values, its args hash is over that masked form, and every message of the call has
-each secret value replaced (`_secrets`). Checks see the real values.
+each secret value replaced, in every rendering (`_secrets`); a guard or approval condition
+that fails to evaluate over a secret says only its error's type. The run's secret inputs are
+masked the same way wherever a call's arguments or messages hold them. Checks see the real
+values, and the backend gets them.
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ from charter.gate._results import ResultChecker, ResultInvalid
 from charter.gate._secrets import (
     Recorded,
     SecretParams,
+    holds_any,
+    masked_text,
     recorded_arguments,
     scrub,
     scrubbed_verdict,
@@ -193,6 +198,7 @@ class ContractGate:
         logical_run_id: str | None = None,
         request: tuple[str, ...] = (),
         inputs: Mapping[str, str] | None = None,
+        secret_inputs: tuple[str, ...] = (),
     ) -> GateSession:
         """`max_result_bytes` bounds each reply the program gets (RESULT_TOO_LARGE beyond it).
         `writes_closed`, when given, says why this run may only read: every write is denied
@@ -200,11 +206,22 @@ class ContractGate:
         `logical_run_id` is the first run of the chain this run continues (None: this run),
         from which write idempotency keys derive. `request`: the intent's text and the program
         request's input values, the `request` source of provenance rules; `inputs`: those input
-        values by name, the `inputs.<name>` sources."""
+        values by name, the `inputs.<name>` sources. `secret_inputs`: the
+        values of the request's inputs marked secret, masked wherever the run's receipts and
+        messages would hold them (`_secrets`); kept in memory only."""
+        if secret_inputs and recorder.secret_key is None:
+            raise AuditError(f"run {recorder.run_id}: secret inputs need the audit log's secret key to be masked")
         self._secrets.require_key(recorder)
         ledger = ProvenanceLedger(self._table, request, getattr(principal, "attributes", None), inputs)
         return GateSession(
-            self, recorder, principal, writes_closed, logical_run_id or recorder.run_id, max_result_bytes, ledger
+            self,
+            recorder,
+            principal,
+            writes_closed,
+            logical_run_id or recorder.run_id,
+            max_result_bytes,
+            ledger,
+            secret_inputs,
         )
 
     def boundary_note(self, boundaries: tuple[str, ...]) -> tuple[str, str | None]:
@@ -235,8 +252,10 @@ class GateSession:
         logical_run_id: str,
         max_result_bytes: int,
         provenance: ProvenanceLedger | None = None,
+        secret_inputs: tuple[str, ...] = (),
     ) -> None:
         self._gate = gate
+        self._secret_inputs = secret_inputs
         self._provenance = provenance or ProvenanceLedger(gate._table)
         self._recorder = recorder
         self._principal = principal
@@ -334,7 +353,7 @@ class GateSession:
             hold.release()
             raise
 
-        verdict = scrubbed_verdict(verdict, self._gate._secrets.values(request))
+        verdict = scrubbed_verdict(verdict, self._secret_values(request))
         with self._end_lock:
             # Decided and registered under the lock: `close` either comes first (and the call
             # is refused) or finds it registered (and records it as not performed).
@@ -377,7 +396,17 @@ class GateSession:
 
     def _recorded(self, request: CallRequest, checked: Mapping[str, Any] | None) -> Recorded:
         secret = self._gate._secrets.of(request.operation)
-        return recorded_arguments(request, checked, secret, self._recorder.secret_key)
+        return recorded_arguments(request, checked, secret, self._recorder.secret_key, self._secret_inputs)
+
+    def _secret_values(self, request: CallRequest) -> list[str]:
+        """What `scrub` removes from this call's texts: its secret params' values and the run's
+        secret inputs, in every rendering."""
+        return self._gate._secrets.values(request, self._secret_inputs)
+
+    def _sees_secrets(self, rule: OperationRule) -> bool:
+        """Whether the call's rules see a secret value: then an evaluation error's text, which
+        may quote it in any form, is not said (the rule's id and the error's type are)."""
+        return bool(self._gate._secrets.of(rule.name) or self._secret_inputs)
 
     def _lookup_context(self, request: CallRequest) -> CallContext:
         self._refuse_if_ended(request)  # a lookup reaches the backend too
@@ -584,6 +613,7 @@ class GateSession:
         for quota in rule.quotas:  # a quota's sum or keys may read lookups too
             self._call_lookups.perform(rule, f"quota:{quota.id}", variables)
         exceeded = self._quotas.check(rule, variables, hold)
+        self._refuse_secret_keys(rule, hold)
         if exceeded is not None:
             raise _Refusal(exceeded)
         self._call_lookups.perform(rule, "approval", variables)  # the condition may read lookups
@@ -608,15 +638,32 @@ class GateSession:
             variables["entity"] = {f: _cel_value(entity.get(f), t, table.records) for f, t in fields.items()}
         return variables
 
+    def _refuse_secret_keys(self, rule: OperationRule, hold: QuotaHold) -> None:
+        """A quota key holding a secret input of the run: refused, never recorded or counted.
+        The audit log counts a quota by its key in plain text; masked, the same account would
+        be counted apart from its calls that did not mark it secret."""
+        for seen in hold.seen:
+            if self._secret_inputs and holds_any(seen.key, self._secret_inputs):
+                raise _Refusal(
+                    Verdict(
+                        "GATE_ERROR",
+                        f"{rule.name} refused: the key of quota {seen.id} holds a secret input of this request; a "
+                        "quota's key is recorded in plain text, so the gate does not count a secret. Do not mark "
+                        "that input secret, or key the quota by another param.",
+                        clause=f"quota:{seen.id}",
+                    )
+                )
+
     def _approval_check(self, rule: OperationRule, variables: dict[str, Any]) -> None:
         """Last of all checks, so an approval is never asked for a call the contract forbids anyway."""
         try:
             reason = self._gate._approval.reason(rule, variables)
         except ValueError as error:
+            said = "ValueError" if self._sees_secrets(rule) else str(error)
             raise _Refusal(
                 Verdict(
                     "GATE_ERROR",
-                    f"{rule.name} refused: its requires_approval condition could not be evaluated ({error}); the "
+                    f"{rule.name} refused: its requires_approval condition could not be evaluated ({said}); the "
                     "gate does not allow what it cannot check.",
                     clause=f"requires_approval:{rule.name}",
                 )
@@ -653,12 +700,14 @@ class GateSession:
             try:
                 holds = guard.program.execute(context) is True
             except Exception as error:  # the checker tries nulls and types; name the guard if one still fails
+                said = type(error).__name__
+                if not self._sees_secrets(rule):
+                    said += f": {str(error).split('. ')[0]}"
                 raise _Refusal(
                     Verdict(
                         "GATE_ERROR",
-                        f"{rule.name} refused: guard {guard.rule.id} could not be evaluated "
-                        f"({type(error).__name__}: {str(error).split('. ')[0]}); the gate does not allow what it "
-                        "cannot check.",
+                        f"{rule.name} refused: guard {guard.rule.id} could not be evaluated ({said}); the gate does "
+                        "not allow what it cannot check.",
                         clause=f"guard:{guard.rule.id}",
                     )
                 ) from None
@@ -745,7 +794,7 @@ class GateSession:
         A receipt that cannot be written is said in the message: the call was allowed and the
         backend was reached, so it is never turned into a denial. A backend's words lose the
         call's secret values first."""
-        secrets = self._gate._secrets.values(request)
+        secrets = self._secret_values(request)
         message, withheld = scrub(message, secrets), scrubbed_withheld(withheld, secrets)
         try:
             self._record_outcome(request, status, code=code, message=message, withheld=withheld)
@@ -799,6 +848,20 @@ class GateSession:
     ) -> None:
         """Commit the call's Decision; `hold`'s quota locks are released once it is durable (the
         receipt is what counts the call), or once it failed, whatever happens."""
+        quotas = hold.seen if hold is not None else ()
+        key = self._recorder.secret_key
+        if self._secret_inputs and key is not None:  # what a denied call saw may hold a secret input
+            inputs = self._secret_inputs
+            quotas = tuple(msgspec.structs.replace(q, key=masked_text(q.key, inputs, key)) for q in quotas)
+            lookups = tuple(
+                msgspec.structs.replace(
+                    seen,
+                    arguments=masked_text(seen.arguments, inputs, key),
+                    result=None if seen.result is None else masked_text(seen.result, inputs, key),
+                    error=None if seen.error is None else masked_text(seen.error, inputs, key),
+                )
+                for seen in lookups
+            )
         try:
             decision = decision_receipt(
                 request,
@@ -808,7 +871,7 @@ class GateSession:
                 self._principal,
                 observed,
                 idempotency_key,
-                quotas=hold.seen if hold is not None else (),
+                quotas=quotas,
                 at=hold.at if hold is not None else None,
                 lookups=lookups,
                 provenance=provenance,

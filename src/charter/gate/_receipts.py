@@ -37,7 +37,7 @@ class Verdict:
 
 def decision_receipt(
     request: CallRequest,
-    recorded: tuple[str | None, str, tuple[str, ...]],
+    recorded: tuple[str | None, str, tuple[str, ...], tuple[str, ...]],
     verdict: Verdict,
     contract: CompiledContract,
     principal: Principal,
@@ -50,10 +50,11 @@ def decision_receipt(
     provenance: dict[str, tuple[str, ...]] | None = None,
 ) -> Decision:
     """`recorded`: the arguments' canonical JSON (None if they did not decode), sha256, and
-    the secret params whose values both hold as digests (`_secrets`).
+    the secret params whose values both hold as digests, and the params that held a secret
+    input of the run, masked the same way (`_secrets`).
     `at`: the decision's time when a check already fixed it (quotas count from it); else now.
     `provenance`: per `from:` param, the sources its value was seen in."""
-    shown, digest, secret_params = recorded
+    shown, digest, secret_params, masked_inputs = recorded
     withheld = verdict.withheld
     return Decision(
         run_id=request.run_id,
@@ -82,6 +83,7 @@ def decision_receipt(
         lookups=lookups,
         provenance=provenance,
         approval=verdict.approval,
+        masked_inputs=masked_inputs,
     )
 
 

@@ -13,9 +13,20 @@ params:
   (a secret sent with a wrong type is digested as its JSON text); a call the host could
   not decode at all is recorded by a keyed digest of its raw sha256.
 - every message the gate records or raises for the call (a denial, a failure, a withheld
-  backend exception text) has each secret value of the call replaced by `[secret]`. No
-  gate message quotes a secret to begin with (a secret is text, so a type error names no
+  backend exception text) has each secret value of the call replaced by `[secret]`, in
+  every rendering a text may quote it in (`renderings`): as is, repr-escaped, JSON-escaped,
+  unicode_escape'd, and each line of a multi-line value of at least `MIN_LINE_CHARS`
+  characters (an error that quotes source text, such as a CEL parser's, splits it by line).
+  No gate message quotes a secret to begin with (a secret is text, so a type error names no
   value, and it is never the key a message names); this also covers a backend's own words.
+- a secret *input* of the run (`--secret-input`, `secret_inputs`) the program passes to a
+  param that is not secret is masked too: an argument equal to it is recorded as its digest,
+  one that contains it has each occurrence replaced by the digest, and the params so masked
+  are named in the Decision's `masked_inputs`; so are the arguments, results and errors of
+  the lookups the call performed (`masked_text`). A quota key that holds one is refused
+  instead (GATE_ERROR): the audit log counts quotas by their key in plain text, and a digest
+  there would count the same account apart from its calls that did not mark it secret. The
+  backend still gets the real value: the program chose to send it.
 
 Not covered, by design: an allowed call's result is recorded as the program received it,
 so a backend that returns the secret puts it in the Outcome receipt. What a program does
@@ -29,7 +40,8 @@ Digests with one key compare equal for equal values: the idempotent-write ledger
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -42,19 +54,27 @@ from charter.gate._receipts import Verdict
 from charter.gate._withheld import Withheld
 
 __all__ = [
+    "MIN_LINE_CHARS",
     "REDACTED",
     "Recorded",
     "SecretParams",
+    "holds_any",
+    "masked_text",
     "recorded_arguments",
+    "renderings",
     "scrub",
     "scrubbed_verdict",
     "scrubbed_withheld",
 ]
 
 REDACTED = "[secret]"
+# Each line of a multi-line secret is scrubbed on its own when it has at least this many
+# characters; a shorter line ("a", "ok") would blank unrelated text wherever it occurs.
+MIN_LINE_CHARS = 4
 # A call's arguments as its Decision records them: canonical JSON (None: not recorded), sha256,
-# and the secret params whose values the JSON and the hash hold as digests.
-Recorded = tuple[str | None, str, tuple[str, ...]]
+# the secret params whose values the JSON and the hash hold as digests, and the other params
+# that held a secret input of the run (masked the same way).
+Recorded = tuple[str | None, str, tuple[str, ...], tuple[str, ...]]
 _json = msgspec.json.Encoder(decimal_format="string", order="sorted")
 
 
@@ -75,14 +95,59 @@ class SecretParams:
                 "to record them with; open the run through AuditLog"
             )
 
-    def values(self, request: CallRequest) -> list[str]:
-        """The call's secret values as the program sent them (text only; longest first)."""
-        found: list[str] = []
-        for name in self.of(request.operation):
+    def values(self, request: CallRequest, inputs: Sequence[str] = ()) -> list[str]:
+        """Every rendering (`renderings`) of the call's secret values as the program sent them
+        and of the run's secret `inputs`: what `scrub` removes from the call's texts."""
+        found: list[str] = list(inputs)
+        for name in self.of(request.operation) if request.malformed is None else ():
             value = request.arguments.get(name)
             items = value if isinstance(value, list) else [value]
             found.extend(v for v in items if isinstance(v, str) and v)
-        return sorted(set(found), key=len, reverse=True)
+        return renderings(found)
+
+
+def _escaped(value: str) -> set[str]:
+    """The ways a text quotes `value`: as is, inside repr() (either quote), inside JSON (ASCII
+    or not), and unicode_escape'd (what `bytes.decode('unicode_escape')` would undo)."""
+    return {
+        value,
+        repr(value)[1:-1],
+        ascii(value)[1:-1],
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        value.encode("unicode_escape").decode("ascii"),
+    }
+
+
+def holds_any(text: str, inputs: Sequence[str]) -> bool:
+    """Whether `text` quotes one of `inputs` in any rendering (`_escaped`)."""
+    return any(form in text for value in inputs if value for form in _escaped(value))
+
+
+def masked_text(text: str, inputs: Sequence[str], key: SecretKey) -> str:
+    """`text` (a recorded JSON or prose) with each rendering of each of `inputs` replaced by the
+    input's digest, as in recorded arguments (longest first)."""
+    for value in sorted({v for v in inputs if v}, key=len, reverse=True):
+        for form in sorted(_escaped(value), key=len, reverse=True):
+            text = text.replace(form, key.digest(value))
+    return text
+
+
+def renderings(values: Iterable[str]) -> list[str]:
+    """Each of `values` in every rendering a message may quote it in, and each line of a
+    multi-line value of at least MIN_LINE_CHARS characters (also escaped); longest first, so
+    a longer form is replaced before a part of it."""
+    found: set[str] = set()
+    for value in values:
+        if not value:
+            continue
+        found |= _escaped(value)
+        lines = value.splitlines()
+        if len(lines) > 1:
+            for line in lines:
+                if len(line.strip()) >= MIN_LINE_CHARS:
+                    found |= _escaped(line) | _escaped(line.strip())
+    return sorted((v for v in found if v), key=len, reverse=True)
 
 
 def _masked_value(value: Any, key: SecretKey) -> Any:
@@ -93,26 +158,58 @@ def _masked_value(value: Any, key: SecretKey) -> Any:
     return key.digest(value if isinstance(value, str) else _json.encode(value).decode("utf-8"))
 
 
+def _masked_inputs(value: Any, inputs: Sequence[str], key: SecretKey) -> Any:
+    """`value` with each secret input (longest first) masked: a text equal to one becomes its
+    digest, a text containing one has each occurrence replaced by the digest."""
+    if isinstance(value, str):
+        for secret in inputs:
+            if value == secret:
+                return key.digest(secret)
+            if secret in value:
+                value = value.replace(secret, key.digest(secret))
+        return value
+    if isinstance(value, list):
+        return [_masked_inputs(v, inputs, key) for v in value]
+    if isinstance(value, dict):
+        return {k: _masked_inputs(v, inputs, key) for k, v in value.items()}
+    return value
+
+
 def recorded_arguments(
-    request: CallRequest, checked: Mapping[str, Any] | None, secret: tuple[str, ...], key: SecretKey | None
+    request: CallRequest,
+    checked: Mapping[str, Any] | None,
+    secret: tuple[str, ...],
+    key: SecretKey | None,
+    inputs: Sequence[str] = (),
 ) -> Recorded:
-    """(canonical JSON or None, sha256, the params masked) of a call's arguments as its
-    Decision records them: the checked values when they validated, else only the hash of
-    what the program sent; secret values masked with `key` (see the module's docstring)."""
-    if key is None or not secret:
-        secret = ()
+    """(canonical JSON or None, sha256, the secret params masked, the other params that held a
+    secret input) of a call's arguments as its Decision records them: the checked values when
+    they validated, else only the hash of what the program sent; secret values, and the run's
+    secret `inputs` wherever they occur, masked with `key` (see the module's docstring)."""
+    if key is None:
+        secret, inputs = (), ()
+    inputs = sorted({v for v in inputs if v}, key=len, reverse=True)
     if request.malformed is not None:
         raw = request.malformed.raw_sha256
-        if not secret or key is None:
-            return None, raw, ()
-        return None, hashlib.sha256(key.digest(raw).encode("utf-8")).hexdigest(), secret
-    source = checked if checked is not None else request.arguments
+        if (not secret and not inputs) or key is None:
+            return None, raw, (), ()
+        return None, hashlib.sha256(key.digest(raw).encode("utf-8")).hexdigest(), secret, ()
+    source: Mapping[str, Any] = checked if checked is not None else request.arguments
     masked_names = tuple(n for n in secret if n in source)
-    if masked_names:
+    held: list[str] = []
+    if masked_names or inputs:
         assert key is not None
-        source = {k: _masked_value(v, key) if k in masked_names else v for k, v in source.items()}
+        masked: dict[str, Any] = {}
+        for name, value in source.items():
+            if name in masked_names:
+                masked[name] = _masked_value(value, key)
+                continue
+            masked[name] = _masked_inputs(value, inputs, key) if inputs else value
+            if masked[name] != value:
+                held.append(name)
+        source = masked
     text, digest = args_digest(source)
-    return (text if checked is not None else None), digest, masked_names
+    return (text if checked is not None else None), digest, masked_names, tuple(sorted(held))
 
 
 def scrub(text: str, values: Iterable[str]) -> str:

@@ -43,6 +43,7 @@ from charter.server._idempotency import (
     ScopeMismatch,
     StoredResponse,
     request_digest,
+    request_fingerprint,
 )
 from charter.server._service import AUDIT_SCOPE, CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
@@ -359,9 +360,22 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         The run id is allocated before the claim, so the key's row names the run it started."""
         if key is None:
             return JSONResponse(run(None))
-        digest = request_digest("POST", path, body.model_dump_json().encode())
+        raw = body.model_dump_json().encode()
+        digest = request_fingerprint("POST", path, raw, service.audit.secret_key)
         try:
-            claim = idempotency.claim(principal.id, key, digest, run_id=secrets.token_hex(16), scopes=principal.scopes)
+            try:
+                claim = idempotency.claim(
+                    principal.id, key, digest, run_id=secrets.token_hex(16), scopes=principal.scopes
+                )
+            except KeyReused:
+                # A key stored before secret inputs were fingerprinted keyed holds the body's
+                # plain sha256: the same request still matches it (the row ages out with its TTL).
+                legacy = request_digest("POST", path, raw)
+                if legacy == digest:
+                    raise
+                claim = idempotency.claim(
+                    principal.id, key, legacy, run_id=secrets.token_hex(16), scopes=principal.scopes
+                )
             if isinstance(claim, Orphaned):
                 claim = resolved(principal, key, claim)
         except KeyReused:

@@ -35,6 +35,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from charter.audit import SecretKey
 from charter.migrations import Schema, Step
 
 __all__ = [
@@ -46,6 +47,8 @@ __all__ = [
     "Orphaned",
     "ScopeMismatch",
     "StoredResponse",
+    "request_digest",
+    "request_fingerprint",
 ]
 
 # The store's schema, one step per version (charter.migrations); step 1 is release
@@ -129,7 +132,29 @@ class Orphaned:
 
 
 def request_digest(method: str, path: str, body: bytes) -> str:
+    """sha256 of the request line and body: a body with no secret inputs, as stored."""
     return hashlib.sha256(b"\x1f".join((method.encode(), path.encode(), body))).hexdigest()
+
+
+def request_fingerprint(method: str, path: str, body: bytes, key: SecretKey) -> str:
+    """What the store keeps of a request (its `request_sha256`) to tell a repeat from another
+    request. A body (JSON) naming `secret_inputs` is fingerprinted with each of those inputs'
+    values replaced by its keyed digest (`SecretKey.digest`): a plain sha256 over a body
+    holding a short password is found by trying candidates, the keyed form is not without
+    keys/secrets.key. The same request with the same secret still matches; another does not.
+    A body without secret inputs is fingerprinted as before (`request_digest`), so stored
+    keys of earlier releases keep matching."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return request_digest(method, path, body)
+    names = parsed.get("secret_inputs") if isinstance(parsed, dict) else None
+    inputs = parsed.get("inputs") if isinstance(parsed, dict) else None
+    if not names or not isinstance(inputs, dict):
+        return request_digest(method, path, body)
+    masked = {k: key.digest(v) if k in names and isinstance(v, str) else v for k, v in inputs.items()}
+    text = json.dumps(parsed | {"inputs": masked}, sort_keys=True, separators=(",", ":"))
+    return request_digest(method, path, text.encode("utf-8"))
 
 
 def worker_id() -> str:
