@@ -435,6 +435,16 @@ def test_charter_token_add_and_exec_bind_attributes(charter_home: Path, tmp_path
     twice = charter(*args, "--attr", "tier=gold", "--attr", "tier=basic")
     assert twice.returncode == 1
     assert "attribute tier is given twice" in twice.stderr
+    # An attribute the contract does not declare is never read by the gate: a typo would leave
+    # the real one unbound, so exec and run refuse it before anything runs.
+    declared = "it declares account_id, daily_limit, tier"
+    for command in (args, ["run", "pay GB01 1.00", "-c", "transfers", "-p", "ada", "-s", "bank:pay"]):
+        undeclared = charter(*command, *attrs, "--attr", "daily_limt=1.00")
+        assert undeclared.returncode == 1, undeclared.stdout
+        assert (
+            "--attr daily_limt: contract transfers 1.0.0 declares no principal attribute 'daily_limt' (did you "
+            f"mean 'daily_limit'?); {declared}"
+        ) in undeclared.stderr
 
 
 def test_mcp_stdio_binds_the_operators_attributes_and_refuses_them_as_arguments(charter_home: Path) -> None:
