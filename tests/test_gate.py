@@ -179,6 +179,21 @@ def test_money_on_the_raw_host_call_is_exactly_ascii_decimal_text(governed: Gove
     assert order(125) == before
 
 
+def test_money_nested_in_a_record_argument_is_held_to_the_same_text() -> None:
+    # The check walks records and lists: msgspec alone would read "1e1" in `lines[1].price` as 10.
+    from charter.compiler.artifact import ParamSpec
+    from charter.contract.types import TypeRef
+    from charter.gate._arguments import ArgumentChecker, InvalidArguments
+
+    line = TypeRef("record", name="Line")
+    params = (ParamSpec(name="lines", type=TypeRef("list", item=line), required=True),)
+    checker = ArgumentChecker({"order": params}, {"Line": {"price": TypeRef("money")}}, {})
+    assert checker.check("order", {"lines": [{"price": "1.50"}]}) == {"lines": [{"price": Decimal("1.50")}]}
+    with pytest.raises(InvalidArguments) as raised:
+        checker.check("order", {"lines": [{"price": "1.50"}, {"price": "1e1"}]})
+    assert str(raised.value) == f"{MONEY_EXPECTED} - at `$.lines[1].price`"
+
+
 def test_money_reaches_the_backend_and_the_receipt_in_fixed_point(governed: Governed) -> None:
     # The proxy sends a Decimal as fixed-point text: str(Decimal("1E+1")) would be "1E+1".
     program = (
