@@ -649,6 +649,92 @@ MALFORMED += [
 ]
 
 
+# Contract v2 messages in the author's terms (issue 15, M5): one message where pydantic gave
+# one per union member, and the contract's keys instead of pydantic's wording.
+_PARAMS = "params: {id: int, reason: str}"
+_FROM = "params: {id: int, reason: {type: str, from: [request]}}"
+MALFORMED += [
+    pytest.param(
+        {_PARAMS: "params: {id: int, reason: {type: str, from: [{sorce: x}]}}"},
+        ["35:51: operations.cancel_order.params.reason.from.0: unknown key 'sorce' (did you mean 'source'?)"],
+        id="from_item_misspelt_key",
+    ),
+    pytest.param(
+        {_PARAMS: "params: {id: int, reason: {type: str, from: [[request]]}}"},
+        [
+            "35:50: operations.cancel_order.params.reason.from.0: expected a source (request, principal or "
+            "<read>.<field>) or {source: <source>, match: exact|token}, got a list"
+        ],
+        id="from_item_of_no_form",
+    ),
+    pytest.param(
+        {_PARAMS: "params: {id: int, reason: {tpe: str}}"},
+        ["35:32: operations.cancel_order.params.reason: unknown key 'tpe' (did you mean 'type'?)"],
+        id="param_mapping_misspelt_key",
+    ),
+    pytest.param(
+        {_PARAMS: "params: {id: int, reason: [str]}"},
+        [
+            "35:31: operations.cancel_order.params.reason: expected a type (e.g. str or 'money?') or {type: <type>, "
+            "from: [<source>, ...], secret: true}, got a list"
+        ],
+        id="param_of_no_form",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, count: true, per: [params.id], window: 24h, max: -1, message: M.}"),
+        ["44:78: operations.cancel_order.quotas.0.max: must be 0 or more, got -1"],
+        id="quota_max_negative",
+    ),
+    pytest.param(
+        _quota("{id: daily_cancels, count: true, per: [params.id], window: 24h, max: 2000.00, message: M.}"),
+        [
+            "44:78: operations.cancel_order.quotas.0.max: expected an integer, got 2000.0: a max is a count of "
+            "calls, or for a money sum integer cents (write 200000 for 2,000.00)"
+        ],
+        id="quota_max_as_money",
+    ),
+    pytest.param(
+        _quota(
+            "{id: daily_cancels, count: true, per: [params.id], window: 99999999999999999999999h, max: 5, message: M.}"
+        ),
+        [
+            "44:68: quota 'daily_cancels': window '99999999999999999999999h' is longer than 366 days, the longest a "
+            "quota may count"
+        ],
+        id="quota_window_far_too_long",
+    ),
+    pytest.param(
+        {_SCOPES: _SCOPES + "    requires_approval: {when: 'foo.bar > 1', reason: big}\n"},
+        [
+            "43:31: requires_approval of 'cancel_order': unknown name 'foo'; this condition may use params, entity, "
+            "principal"
+        ],
+        id="approval_condition_unknown_name",
+    ),
+    pytest.param(
+        {_PARAMS: _FROM, "when: entity.total <= 100000": "when: \"'request' in provenance.id\""},
+        ["40:15: guard 'small_orders_only': param id declares no `from:`, so provenance.id does not exist"],
+        id="provenance_of_a_param_without_from",
+    ),
+    pytest.param(
+        {"when: entity.total <= 100000": "when: \"'request' in provenance.reason\""},
+        [
+            "40:15: guard 'small_orders_only': no param of this operation declares `from:`, so `provenance` does "
+            "not exist here"
+        ],
+        id="provenance_without_any_from",
+    ),
+    pytest.param(
+        {
+            _PARAMS: _FROM,
+            _SCOPES: _SCOPES + "    requires_approval: {when: \"'request' in provenance.id\", reason: big}\n",
+        },
+        ["43:31: requires_approval of 'cancel_order': param id declares no `from:`, so provenance.id does not exist"],
+        id="approval_provenance_of_a_param_without_from",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("per", "expected"),
     [
@@ -738,7 +824,7 @@ MALFORMED += [
     ),
     pytest.param(
         {_OP: _OP + "    after: {any: []}\n"},
-        ["43:18: operations.cancel_order.after.any: List should have at least 1 item after validation, not 0"],
+        ["43:18: operations.cancel_order.after.any: is empty; list at least 1 item"],
         id="after_any_empty",
     ),
     pytest.param(

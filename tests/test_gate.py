@@ -8,6 +8,7 @@ not) touched.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import threading
 from collections.abc import Mapping
@@ -138,6 +139,71 @@ def test_each_refusal_reaches_the_program_and_the_receipt(
     assert words in denied[0].message
     if code != "LIMIT_EXCEEDED":  # this run makes allowed writes first
         assert {o: order(o) for o in before} == before, "a denied call changed the backend"
+
+
+MONEY_EXPECTED = (
+    "Expected `money` as a decimal string of ASCII digits with at most 2 decimal places, "
+    'no exponent or spaces (e.g. "12.50")'
+)
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["1e1", "1E+1", " 0.01", "0.01 ", "\uff10.\uff10\uff11", "1_000", "+5", "5.", ".5", "NaN", "Infinity", "0x10"],
+    ids=[
+        "exponent",
+        "exponent-signed",
+        "leading-space",
+        "trailing-space",
+        "full-width",
+        "underscore",
+        "plus",
+        "trailing-point",
+        "leading-point",
+        "nan",
+        "infinity",
+        "hex",
+    ],
+)
+def test_money_on_the_raw_host_call_is_exactly_ascii_decimal_text(governed: Governed, amount: str) -> None:
+    # Past the proxies: Decimal() would take each of these (1e1 reached the backend as 1E+1).
+    arguments = json.dumps({"id": 125, "amount": amount, "reason": "late"})
+    before = order(125)
+    execution = governed.run(
+        RAW + "host.call('verify_refund', '{\"id\": 125}')\n" + raw_call("refund_order", arguments)
+    )
+    assert execution.status == "refused", execution.outcome
+    [verify, refund] = decisions(governed, execution.run_id)
+    assert (verify.code, refund.code) == ("OK", "INVALID_ARGUMENTS")
+    assert refund.message == f"refund_order: {MONEY_EXPECTED} - at `$.amount`"
+    assert order(125) == before
+
+
+def test_money_nested_in_a_record_argument_is_held_to_the_same_text() -> None:
+    # The check walks records and lists: msgspec alone would read "1e1" in `lines[1].price` as 10.
+    from charter.compiler.artifact import ParamSpec
+    from charter.contract.types import TypeRef
+    from charter.gate._arguments import ArgumentChecker, InvalidArguments
+
+    line = TypeRef("record", name="Line")
+    params = (ParamSpec(name="lines", type=TypeRef("list", item=line), required=True),)
+    checker = ArgumentChecker({"order": params}, {"Line": {"price": TypeRef("money")}}, {})
+    assert checker.check("order", {"lines": [{"price": "1.50"}]}) == {"lines": [{"price": Decimal("1.50")}]}
+    with pytest.raises(InvalidArguments) as raised:
+        checker.check("order", {"lines": [{"price": "1.50"}, {"price": "1e1"}]})
+    assert str(raised.value) == f"{MONEY_EXPECTED} - at `$.lines[1].price`"
+
+
+def test_money_reaches_the_backend_and_the_receipt_in_fixed_point(governed: Governed) -> None:
+    # The proxy sends a Decimal as fixed-point text: str(Decimal("1E+1")) would be "1E+1".
+    program = (
+        D + 'orders.verify_refund(id=125)\nr = orders.refund_order(id=125, amount=Decimal("1E+1"), reason="late")\n'
+    )
+    execution = governed.run(program + "conclude(str(r.refunded))")
+    assert execution.status == "done", execution.outcome
+    [_, refund] = decisions(governed, execution.run_id)
+    assert refund.code == "OK"
+    assert refund.arguments == '{"amount":"10","id":125,"reason":"late"}'
 
 
 def test_a_scope_the_principal_lacks_is_forbidden(governed: Governed) -> None:
@@ -389,7 +455,7 @@ SECRET_VALUE = "hunter2"
     ("fault", "path", "words"),
     [
         (with_("status", SECRET_VALUE), "$.status", "Expected `OrderStatus` (a contract enum)"),
-        (with_("total", SECRET_VALUE + ".5"), "$.total", "Expected `money`"),
+        (with_("total", SECRET_VALUE + ".5"), "$.total", MONEY_EXPECTED),
         (with_("total", "2.4242"), "$.total", "Expected money with at most 2 decimal places"),
         (with_("placed_at", SECRET_VALUE), "$.placed_at", "Expected `datetime`"),
         (with_("customer", [SECRET_VALUE]), "$.customer", "Expected `str`, got `array`"),
@@ -417,10 +483,22 @@ def test_an_invalid_result_is_named_by_path_and_type_never_by_its_value(
         (with_("id", 2**70), "$.id", "Expected `int` that fits in 64 bits"),
         (with_("placed_at", "2026-01-01T10:00:00"), "$.placed_at", "Expected `datetime` with a UTC offset (RFC 3339)"),
         (with_("total", 2), "$.total", "Expected money as a decimal string, got int"),
+        (with_("total", "1e2"), "$.total", MONEY_EXPECTED),  # Decimal() reads it as 1E+2
+        (with_("total", " 89.00"), "$.total", MONEY_EXPECTED),
+        (with_("total", "\uff18\uff19"), "$.total", MONEY_EXPECTED),  # full-width 89
         (with_("refunded", Decimal(2)), None, None),  # a Decimal is money as a program sends it
         (with_("placed_at", "2026-01-01T10:00:00+02:00"), None, None),
     ],
-    ids=["int-beyond-64-bits", "naive-datetime", "int-money", "decimal-money", "datetime-with-offset"],
+    ids=[
+        "int-beyond-64-bits",
+        "naive-datetime",
+        "int-money",
+        "exponent-money",
+        "spaced-money",
+        "full-width-money",
+        "decimal-money",
+        "datetime-with-offset",
+    ],
 )
 def test_results_follow_the_rules_arguments_do(
     governed: Governed, fault: Any, path: str | None, words: str | None
@@ -574,7 +652,7 @@ CANCEL_101 = 'orders.cancel_order(id=101, reason="moved")\nconclude("cancelled")
         (
             with_("refunded", "not money"),
             "RESULT_INVALID",
-            "get_order returned Order 101 not as the contract declares it (Expected `money` - at `$.refunded`)",
+            "get_order returned Order 101 not as the contract declares it (" + MONEY_EXPECTED + " - at `$.refunded`)",
         ),
         (lambda order: ["not", "an", "order"], "RESULT_INVALID", "(Expected `object`, got `array` - at `$`)"),
         # A mistyped lifecycle field must neither pass nor fail the state check by accident.

@@ -77,6 +77,8 @@ def test_a_client_session_lists_tools_and_resources_runs_an_intent_and_a_program
                 ("missing", "execute_program", {"contract": "orders"}),
                 ("wrong_type", "execute_program", {"contract": "orders", "program": 5}),
                 ("extra", "audit_run", {"run_id": "0" * 32, "verbose": True}),
+                ("extra_program", "execute_program", {"contract": "orders", "program": "x", "input": {}}),
+                ("extra_operate", "operate_orders", {"intent": "x", "verison": "1"}),
                 ("unknown_tool", "operate_ordrs", {"intent": "x"}),
                 ("version_in_name", "operate_orders@1", {"intent": "x"}),
             ]:
@@ -140,6 +142,15 @@ def test_a_client_session_lists_tools_and_resources_runs_an_intent_and_a_program
     assert "missing argument 'program'" in errors["missing"].message
     assert "argument 'program' must be a string, not a number" in errors["wrong_type"].message
     assert "unknown argument 'verbose'" in errors["extra"].message
+    # The optional arguments are listed with the required ones: a caller learns every argument it may send.
+    assert seen["extra_program"].message == (
+        "execute_program: unknown argument 'input' (did you mean 'inputs'?); it takes contract, program; "
+        "optional: inputs, secret_inputs"
+    )
+    assert seen["extra_operate"].message == (
+        "operate_orders: unknown argument 'verison' (did you mean 'version'?); it takes intent; optional: version, "
+        "inputs, secret_inputs"
+    )
     assert "no tool 'operate_ordrs'" in errors["unknown_tool"].message
     fields = [errors[label].data["field"] for label in ("missing", "wrong_type", "extra", "unknown_tool")]
     assert fields == ["program", "program", "verbose", "name"]

@@ -192,7 +192,7 @@ def test_allows_up_to_the_cap_and_denies_above_it_with_the_total_seen(log: Audit
 
     first, second, third = run.decisions()
     assert first.quotas == (
-        QuotaSeen(id="daily_outflow", key='["GB01"]', amount=150000, total=0, max=200000, window="24h"),
+        QuotaSeen(id="daily_outflow", key='["GB01"]', amount=150000, total=0, max=200000, window="24h", money=True),
     )
     assert second.quotas[0].total == 150000
     assert third.decision == "DENY"
@@ -200,7 +200,7 @@ def test_allows_up_to_the_cap_and_denies_above_it_with_the_total_seen(log: Audit
     assert third.clause == "quota:daily_outflow"
     assert third.boundary == "outflow_capped"
     assert third.quotas == (
-        QuotaSeen(id="daily_outflow", key='["GB01"]', amount=1, total=200000, max=200000, window="24h"),
+        QuotaSeen(id="daily_outflow", key='["GB01"]', amount=1, total=200000, max=200000, window="24h", money=True),
     )
     assert third.message == (
         "send_payment refused: At most 2,000.00 may be sent per day from one account. (quota daily_outflow: "
@@ -523,7 +523,7 @@ def test_audit_show_prints_each_quota_of_a_decision(log: AuditLog, wallet: Compi
     run.pay("1500.00")
     run.pay("600.00")
     text, _ = _timeline_line(run.decisions()[1])
-    assert text.splitlines()[1] == '   quota daily_outflow ["GB01"]: 150000+60000 of 200000/24h'
+    assert text.splitlines()[1] == '   quota daily_outflow ["GB01"]: 1500.00+600.00 of 2000.00/24h'
     assert text.splitlines()[2].startswith("-> DENY QUOTA_EXCEEDED: send_payment refused: At most 2,000.00")
 
 

@@ -129,8 +129,9 @@ def test_a_mistyped_attribute_denies_attribute_invalid_without_echoing_it(bank: 
     assert (payment.code, payment.clause) == ("ATTRIBUTE_INVALID", "principal.attributes.daily_limit")
     assert payment.message == (
         "send_payment refused: the principal attribute daily_limit of principal ada is not a valid money, the "
-        "type the contract declares for it; the operator binds it with `charter token add --attr "
-        "daily_limit=...` or `charter exec --attr daily_limit=...`."
+        "type the contract declares for it (Expected `money` as a decimal string of ASCII digits with at most 2 "
+        'decimal places, no exponent or spaces (e.g. "12.50")); the operator binds it with `charter token add '
+        "--attr daily_limit=...` or `charter exec --attr daily_limit=...`."
     )
     enum = bank.run(D + READ + pay("1.00"), attributes={**GOLD, "tier": "platinum"})
     assert enum.cause == "ATTRIBUTE_INVALID"
@@ -138,6 +139,66 @@ def test_a_mistyped_attribute_denies_attribute_invalid_without_echoing_it(bank: 
     cents = bank.run(D + READ + pay("1.00"), attributes={**GOLD, "daily_limit": "1.001"})
     assert cents.cause == "ATTRIBUTE_INVALID"
     assert sent() == []
+
+
+@pytest.mark.parametrize(
+    "limit",
+    ["2e3", " 2000.00", "2000.00 ", "\uff12\uff10\uff10\uff10", "2_000"],
+    ids=["exponent", "leading-space", "trailing-space", "full-width", "underscore"],
+)
+def test_a_money_attribute_is_exactly_ascii_decimal_text(bank: Bank, limit: str) -> None:
+    # Decimal() reads each as 2000: an operator's typo must not become a limit silently.
+    execution = bank.run(D + READ + pay("1.00"), attributes={**GOLD, "daily_limit": limit})
+    [_, payment] = bank.decisions(execution.run_id)
+    assert (payment.code, payment.clause) == ("ATTRIBUTE_INVALID", "principal.attributes.daily_limit")
+    assert "(Expected `money` as a decimal string of ASCII digits with at most 2 decimal places" in payment.message
+    assert sent() == []
+
+
+def scalar_attributes_contract(tmp_path: Path) -> CompiledContract:
+    """transfers.yaml with an int, a float and a bool attribute that a guard reads."""
+    source = CONTRACT.read_text(encoding="utf-8")
+    source = source.replace("tier: Tier}", "tier: Tier, max_items: int, ratio: float, vip: bool}")
+    source = source.replace(
+        "when: params.amount <= principal.attributes.daily_limit",
+        "when: params.amount <= principal.attributes.daily_limit && principal.attributes.max_items > 0 "
+        "&& principal.attributes.ratio > 0.0 && principal.attributes.vip",
+    )
+    path = tmp_path / "transfers.yaml"
+    path.write_text(source, encoding="utf-8")
+    return compile_contract(load_contract(path))
+
+
+SCALARS = {"max_items": "3", "ratio": "0.5", "vip": "true"}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("max_items", "\uff13", "Expected `int` as ASCII digits with an optional minus, e.g. 42"),  # full-width 3
+        ("max_items", " 3", "Expected `int` as ASCII digits with an optional minus, e.g. 42"),
+        ("max_items", "1_0", "Expected `int` as ASCII digits with an optional minus, e.g. 42"),
+        ("ratio", "nan", "Expected `float` as a JSON number, e.g. 0.25 or 1e-3"),
+        ("ratio", "0.5 ", "Expected `float` as a JSON number, e.g. 0.25 or 1e-3"),
+        ("ratio", "\uff10.5", "Expected `float` as a JSON number, e.g. 0.25 or 1e-3"),
+        ("vip", " true", "Expected `bool` as true or false"),
+    ],
+    ids=["int-full-width", "int-space", "int-underscore", "float-nan", "float-space", "float-full-width", "bool-space"],
+)
+def test_scalar_attributes_are_read_as_json_writes_them(
+    bank: Bank, tmp_path: Path, name: str, text: str, expected: str
+) -> None:
+    # int() and float() take full-width digits, spaces and underscores; an attribute is the JSON text.
+    contract = scalar_attributes_contract(tmp_path)
+    principal = Principal("ada", PAY, {**GOLD, **SCALARS})
+    fine = bank.runner.execute(D + READ + pay("1.00") + 'conclude("ok")', contract=contract, principal=principal)
+    assert fine.status == "done", fine.outcome
+    principal = Principal("ada", PAY, {**GOLD, **SCALARS, name: text})
+    execution = bank.runner.execute(D + READ + pay("1.00"), contract=contract, principal=principal)
+    [_, payment] = bank.decisions(execution.run_id)
+    assert (payment.code, payment.clause) == ("ATTRIBUTE_INVALID", f"principal.attributes.{name}")
+    assert f"({expected});" in payment.message
+    assert len(sent()) == 1  # only the first run's payment
 
 
 def test_the_attribute_check_comes_after_scopes_and_before_the_sequence(bank: Bank) -> None:
@@ -374,6 +435,16 @@ def test_charter_token_add_and_exec_bind_attributes(charter_home: Path, tmp_path
     twice = charter(*args, "--attr", "tier=gold", "--attr", "tier=basic")
     assert twice.returncode == 1
     assert "attribute tier is given twice" in twice.stderr
+    # An attribute the contract does not declare is never read by the gate: a typo would leave
+    # the real one unbound, so exec and run refuse it before anything runs.
+    declared = "it declares account_id, daily_limit, tier"
+    for command in (args, ["run", "pay GB01 1.00", "-c", "transfers", "-p", "ada", "-s", "bank:pay"]):
+        undeclared = charter(*command, *attrs, "--attr", "daily_limt=1.00")
+        assert undeclared.returncode == 1, undeclared.stdout
+        assert (
+            "--attr daily_limt: contract transfers 1.0.0 declares no principal attribute 'daily_limt' (did you "
+            f"mean 'daily_limit'?); {declared}"
+        ) in undeclared.stderr
 
 
 def test_mcp_stdio_binds_the_operators_attributes_and_refuses_them_as_arguments(charter_home: Path) -> None:

@@ -163,8 +163,10 @@ def test_a_date_param_and_a_date_result_round_trip(accounts: Accounts) -> None:
         ('{"bill": "b1", "on": "2026-03-01T00:00:00Z"}', "$.on"),
         ('{"bill": "b1", "on": "2026-3-1"}', "$.on"),
         ('{"bill": "b1", "on": "2026-03-01", "also": ["2026-03-02", "2026-13-01"]}', "$.also[1]"),
+        ('{"bill": "b1", "on": "\\uff12\\uff10\\uff12\\uff16-03-01"}', "$.on"),  # full-width digits
+        ('{"bill": "b1", "on": " 2026-03-01"}', "$.on"),
     ],
-    ids=["no-such-day", "a-datetime", "not-zero-padded", "list-item"],
+    ids=["no-such-day", "a-datetime", "not-zero-padded", "list-item", "full-width", "leading-space"],
 )
 def test_a_date_that_is_not_a_real_iso_calendar_date_is_invalid(accounts: Accounts, arguments: str, path: str) -> None:
     execution = accounts.run(

@@ -165,10 +165,11 @@ class _Types:
         if kind == "money":
 
             def check(value, where):
-                if (type(value) is int and -_MAX_INT <= value <= _MAX_INT) or (
-                    isinstance(value, decimal.Decimal) and value.is_finite()
-                ):
+                if type(value) is int and -_MAX_INT <= value <= _MAX_INT:
                     return str(value)
+                if isinstance(value, decimal.Decimal) and value.is_finite():
+                    # Fixed-point text: str(Decimal("1E+1")) is "1E+1", which the gate refuses as money.
+                    return format(value, "f")
                 raise _Invalid(f"{where} must be a Decimal amount (e.g. Decimal('12.50')), not {value!r}")
 
         elif kind == "datetime":

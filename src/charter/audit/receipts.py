@@ -106,7 +106,7 @@ class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fingerprint: str
 
 
-class QuotaSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class QuotaSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """One quota as the gate checked it for a call (charter.gate._quotas)."""
 
     id: str
@@ -115,6 +115,9 @@ class QuotaSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     total: int  # counted in the window before this call
     max: int
     window: str  # as the contract writes it: 24h, 30d, run
+    # Since issue 15 (M5): the sum is money, so amount, total and max are cents, shown as 2000.00.
+    # Omitted when false, so a receipt written before it encodes (and verifies) as it was.
+    money: bool = False
 
 
 class LookupSeen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -38,6 +38,7 @@ from charter.audit import (
 )
 from charter.audit.receipts import Opening
 from charter.cli._output import fail, out, print_json, say
+from charter.contract._quotas import amount_text
 from charter.errors import CharterError, UsageError
 from charter.status import STATUSES
 
@@ -369,8 +370,10 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
             head += f" [secret: {', '.join(receipt.secret_params)}]"
         if receipt.masked_inputs:  # they held a secret input of the run, recorded as its digest
             head += f" [secret input in: {', '.join(receipt.masked_inputs)}]"
-        head += "".join(
-            f"\n   quota {q.id} {q.key}: {q.total}+{q.amount} of {q.max}/{q.window}" for q in receipt.quotas
+        head += "".join(  # money as the denial says it (1284.20), not in the cents the gate counts
+            f"\n   quota {q.id} {q.key}: {amount_text(q.total, q.money)}+{amount_text(q.amount, q.money)} of "
+            f"{amount_text(q.max, q.money)}/{q.window}"
+            for q in receipt.quotas
         )
         head = "\n  ".join([head, *lookup_lines(receipt)])
         if receipt.provenance is not None:  # per from: param, where its value was seen

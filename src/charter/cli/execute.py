@@ -15,6 +15,7 @@ from charter.inputs import check_inputs, parse_pairs
 from charter.principal import Principal
 
 if TYPE_CHECKING:
+    from charter.compiler import CompiledContract
     from charter.runner import Answer
 
 
@@ -100,6 +101,21 @@ def principal_from(
     return acting
 
 
+def check_declared(acting: Principal, compiled: CompiledContract) -> None:
+    """Refuse an --attr the contract version does not declare (UsageError): the gate would
+    never read it, so a misspelt `daily_limt=50.00` would leave the real limit unbound."""
+    from charter.contract.cel_guards import suggest
+
+    declared = compiled.gate.principal_attributes
+    for name in acting.attributes:
+        if name not in declared:
+            listed = f"it declares {', '.join(sorted(declared))}" if declared else "it declares none"
+            raise UsageError(
+                f"--attr {name}: contract {compiled.name} {compiled.version} declares no principal attribute "
+                f"'{name}'{suggest(name, declared)}; {listed}"
+            )
+
+
 def inputs_from(given: list[str] | None, secret: list[str] | None) -> tuple[dict[str, str], tuple[str, ...]]:
     """The inputs of --input and --secret-input (NAME=VALUE each), checked; UsageError if not."""
     inputs = parse_pairs(given or (), "--input")
@@ -139,6 +155,7 @@ def execute(
         inputs, secret = inputs_from(input_, secret_input)
         name, version = parse_ref(contract)
         compiled = Registry().get(name, version)
+        check_declared(acting, compiled)
         runner = Runner(audit=AuditLog())
         execution = runner.execute(text, contract=compiled, principal=acting, inputs=inputs, secret_inputs=secret)
     except CharterError as error:

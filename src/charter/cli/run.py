@@ -16,6 +16,7 @@ from charter.cli.execute import (
     PrincipalOption,
     ScopeOption,
     SecretInputOption,
+    check_declared,
     inputs_from,
     principal_from,
     report,
@@ -59,6 +60,10 @@ def run(
     try:
         # Before the audit log is opened: a bad id writes nothing.
         acting = principal_from(principal, scope, attributes=attr)
+        if acting.attributes:
+            from charter.registry import Registry, parse_ref
+
+            check_declared(acting, Registry().get(*parse_ref(contract)))
         inputs, secret = inputs_from(input_, secret_input)
         settings = AgentSettings.from_env(
             model=model, max_tokens=max_tokens, timeout_s=timeout, max_retries=retries, repair_rounds=repair_rounds

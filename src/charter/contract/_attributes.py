@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from charter.contract._names import SNAKE
+from charter.contract._provenance import provenance_hint
 from charter.contract._yaml import Path as DocPath
 from charter.contract.cel_guards import PRINCIPAL_FIELDS, check_guard, suggest
 from charter.contract.model import AnyOf, Approval, Contract, Operation, Param
@@ -64,17 +65,22 @@ _EXPECTED = {
 
 
 def union_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """pydantic's errors with those of `after` and `requires_approval` (each a union of forms)
-    said once, in the form the author wrote: a mapping's missing `reason` is reported without
-    "expected true or false" beside it; a value of no form is one error naming every form."""
+    """pydantic's errors with those of `after`, `requires_approval` and params (each a union of
+    forms) said once, in the form the author wrote: a mapping's missing `reason` is reported
+    without "expected true or false" beside it; a value of no form is one error naming every form."""
     kept: list[dict[str, Any]] = []
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    params: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for error in errors:
         loc = tuple(error["loc"])
         if len(loc) > 3 and loc[0] == "operations" and loc[2] in ("after", "requires_approval"):
             groups.setdefault(loc[:3], []).append(error)
+        elif len(loc) > 4 and loc[0] == "operations" and loc[2] == "params" and loc[4] in _PARAM_BRANCHES:
+            params.setdefault(loc[:4], []).append(error)
         else:
             kept.append(dict(error))
+    for param_loc, found in params.items():
+        kept += _param_errors(param_loc, found)
     for key, found in groups.items():
         matched = [e for e in found if e["type"] not in _TYPE_ERRORS]
         if matched:
@@ -91,6 +97,67 @@ def union_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def _unbranched(loc: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(step for index, step in enumerate(loc) if index < 3 or step not in _BRANCHES)
+
+
+# pydantic names each member of a param's union (`str | Param`) and of a `from:` item's
+# (`NonEmptyText | Source`) as a step of the error's location.
+_PARAM_BRANCHES = frozenset({"str", "Param"})
+_SOURCE_BRANCHES = frozenset({"constrained-str", "Source"})
+_PARAM_FORMS = "a type (e.g. str or 'money?') or {type: <type>, from: [<source>, ...], secret: true}"
+_SOURCE_FORMS = "a source (request, principal or <read>.<field>) or {source: <source>, match: exact|token}"
+
+
+def _param_errors(param_loc: tuple[Any, ...], found: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A param's errors in the form its author wrote: a mapping's errors without the bare
+    type's "expected a string", a `from:` item's likewise; a value of neither form is one error."""
+    written = _input_at(found, (*param_loc, "str"))
+    if isinstance(written, str):
+        return [{**e, "loc": _without(e["loc"], _PARAM_BRANCHES)} for e in found if e["loc"][4] == "str"]
+    if not isinstance(written, dict):
+        return [_no_form(param_loc, _PARAM_FORMS, written)]
+    errors: list[dict[str, Any]] = []
+    items: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for error in found:
+        loc = tuple(error["loc"])
+        if loc[4] != "Param":
+            continue
+        if len(loc) > 7 and loc[5] == "from" and loc[7] in _SOURCE_BRANCHES:
+            items.setdefault(loc[:7], []).append(error)
+        else:
+            errors.append({**error, "loc": _without(loc, _PARAM_BRANCHES)})
+    for item_loc, item_errors in items.items():
+        item = _input_at(item_errors, (*item_loc, "constrained-str"))
+        if isinstance(item, dict):
+            errors += [
+                {**e, "loc": _without(e["loc"], _PARAM_BRANCHES | _SOURCE_BRANCHES)}
+                for e in item_errors
+                if e["loc"][7] == "Source"
+            ]
+        elif isinstance(item, str):
+            errors += [
+                {**e, "loc": _without(e["loc"], _PARAM_BRANCHES | _SOURCE_BRANCHES)}
+                for e in item_errors
+                if e["loc"][7] != "Source"
+            ]
+        else:
+            errors.append(_no_form(_without(item_loc, _PARAM_BRANCHES), _SOURCE_FORMS, item))
+    # A misspelt key (`sorce:`, `tpe:`) also leaves the required one missing: say only the misspelling.
+    misspelt = {tuple(e["loc"][:-1]) for e in errors if e["type"] == "extra_forbidden"}
+    return [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"][:-1]) in misspelt)]
+
+
+def _input_at(errors: Sequence[Mapping[str, Any]], loc: tuple[Any, ...]) -> Any:
+    """The value the author wrote at `loc` (a union branch's type error carries it), or None."""
+    return next((e["input"] for e in errors if tuple(e["loc"]) == loc), None)
+
+
+def _without(loc: Sequence[Any], branches: frozenset[str]) -> tuple[Any, ...]:
+    return tuple(step for index, step in enumerate(loc) if index < 4 or step not in branches)
+
+
+def _no_form(loc: tuple[Any, ...], forms: str, got: Any) -> dict[str, Any]:
+    shown = f"'{got}'" if isinstance(got, str) else repr(got) if not isinstance(got, dict | list) else "a list"
+    return {"type": "value_error", "loc": loc, "ctx": {"error": f"expected {forms}, got {shown}"}}
 
 
 def principal_fields() -> dict[str, TypeRef]:
@@ -211,7 +278,8 @@ def check_approval(
     if not isinstance(approval, Approval):
         return
     for found in check_guard(approval.when, variables, records, enums):
-        fail(("operations", name, "requires_approval", "when"), f"requires_approval of '{name}': {found}")
+        said = provenance_hint(found, op.params).replace("this guard may use", "this condition may use")
+        fail(("operations", name, "requires_approval", "when"), f"requires_approval of '{name}': {said}")
     if len(approval.reason) > MAX_REASON_CHARS:
         warn(
             ("operations", name, "requires_approval", "reason"),

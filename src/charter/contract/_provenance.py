@@ -32,6 +32,7 @@ __all__ = [
     "SourceError",
     "check_provenance",
     "provenance_fields",
+    "provenance_hint",
     "provenance_params",
     "resolve_source",
 ]
@@ -177,6 +178,21 @@ def provenance_params(params: Mapping[str, str | Param]) -> dict[str, Param]:
 def provenance_fields(params: Mapping[str, str | Param]) -> dict[str, TypeRef]:
     """`provenance.<p>` as guards see it: for each `from:` param, the list of labels it was seen in."""
     return dict.fromkeys(provenance_params(params), _LIST_STR)
+
+
+_NO_FIELD = re.compile(r"'provenance' has no field '([A-Za-z_]\w*)'")
+
+
+def provenance_hint(message: str, params: Mapping[str, str | Param]) -> str:
+    """A CEL check's message about `provenance.<p>` said in the contract's terms: `provenance`
+    holds only the params that declare `from:`, which "has no field 'd'" does not tell."""
+    if "unknown name 'provenance'" in message and not provenance_params(params):
+        return "no param of this operation declares `from:`, so `provenance` does not exist here"
+    match = _NO_FIELD.search(message)
+    if match is not None and match.group(1) in params:
+        param = match.group(1)
+        return f"param {param} declares no `from:`, so provenance.{param} does not exist"
+    return message
 
 
 def _text_param(ref: TypeRef) -> bool:

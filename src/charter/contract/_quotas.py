@@ -35,7 +35,9 @@ __all__ = [
     "sums_money",
 ]
 
-_WINDOW = re.compile(r"([1-9]\d{0,5})([mhd])\Z")
+# ASCII digits of any length: a length past the longest window is "too long", not "malformed".
+_WINDOW = re.compile(r"([1-9][0-9]*)([mhd])\Z")
+_WINDOW_DIGITS = 6  # 366d is 527040m: more digits than this is always too long
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 _CHAIN = re.compile(r"\s*([A-Za-z_]\w*)((?:\s*\.\s*[A-Za-z_]\w*)+)\s*\Z")
 WINDOW_FORMS = (
@@ -53,10 +55,10 @@ def parse_window(text: str) -> int | None:
     match = _WINDOW.match(text)
     if match is None:
         raise ValueError(f"window '{text}' is not one of {WINDOW_FORMS}")
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds > MAX_WINDOW_DAYS * 86400:
+    digits = match.group(1)
+    if len(digits) > _WINDOW_DIGITS or int(digits) * _UNIT_SECONDS[match.group(2)] > MAX_WINDOW_DAYS * 86400:
         raise ValueError(f"window '{text}' is longer than {MAX_WINDOW_DAYS} days, the longest a quota may count")
-    return seconds
+    return int(digits) * _UNIT_SECONDS[match.group(2)]
 
 
 def sums_money(source: str | None, params: Mapping[str, TypeRef]) -> bool:

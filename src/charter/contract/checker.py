@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ast
 import builtins
+import decimal
 import keyword
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +26,13 @@ from charter._paths import allowed_modules
 from charter.contract import _attributes
 from charter.contract._lookups import check_lookups, hint_fields
 from charter.contract._names import SNAKE
-from charter.contract._provenance import check_label_literals, check_provenance, provenance_fields, provenance_params
+from charter.contract._provenance import (
+    check_label_literals,
+    check_provenance,
+    provenance_fields,
+    provenance_hint,
+    provenance_params,
+)
 from charter.contract._quotas import check_quota_ref, check_quotas
 from charter.contract._secrets import check_secret_params, check_secret_uses
 from charter.contract._yaml import Path as DocPath
@@ -37,7 +45,15 @@ from charter.contract.cel_guards import (
     suggest,
 )
 from charter.contract.model import Contract, Entity, HttpEndpoint, Operation, param_type
-from charter.contract.types import MAX_ARGUMENT_DEPTH, PRIMITIVES, TypeRef, TypeSyntaxError, UnknownTypeName, parse_type
+from charter.contract.types import (
+    MAX_ARGUMENT_DEPTH,
+    MONEY_SCALE,
+    PRIMITIVES,
+    TypeRef,
+    TypeSyntaxError,
+    UnknownTypeName,
+    parse_type,
+)
 from charter.errors import ContractError, Problem
 from charter.principal import is_scope
 
@@ -187,8 +203,10 @@ def _sorted(problems: Iterable[Problem]) -> list[Problem]:
 
 
 def _unwrap_optional(annotation: Any) -> Any:
-    if get_origin(annotation) not in (None, list, dict):  # X | None
-        return next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) not in (None, list, dict):  # X | None, or a union of forms
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        # Of `str | Param`, the mapping form is the one whose keys an unknown key is weighed against.
+        return next((a for a in members if isinstance(a, type) and issubclass(a, BaseModel)), members[0])
     return annotation
 
 
@@ -222,6 +240,16 @@ _EXPECTED = {
 }
 
 
+def _quota_max_hint(got: Any) -> str:
+    """What a quota's max must be, with the integer to write when a money amount was written."""
+    said = f"expected an integer, got {got!r}"
+    if isinstance(got, float) and math.isfinite(got) and not isinstance(got, bool):
+        amount = decimal.Decimal(repr(got)).quantize(decimal.Decimal(1).scaleb(-MONEY_SCALE))
+        cents = int(amount.scaleb(MONEY_SCALE))
+        return f"{said}: a max is a count of calls, or for a money sum integer cents (write {cents} for {amount:,})"
+    return said
+
+
 def _from_pydantic(err: Any, source_map: SourceMap) -> Problem:
     loc: tuple[int | str, ...] = tuple(err["loc"])
     where = ".".join(str(p) for p in loc)
@@ -237,6 +265,13 @@ def _from_pydantic(err: Any, source_map: SourceMap) -> Problem:
         parent = ".".join(str(p) for p in loc[:-1])
         message = f"missing required key '{loc[-1]}'" + (f" in {parent}" if parent else "")
         return source_map.problem(loc[:-1], message)
+    if kind == "greater_than_equal":
+        return source_map.problem(loc, f"{where}: must be {err['ctx']['ge']} or more, got {err['input']!r}")
+    if kind == "too_short":
+        least = err["ctx"]["min_length"]
+        return source_map.problem(loc, f"{where}: is empty; list at least {least} {'item' if least == 1 else 'items'}")
+    if kind == "int_type" and len(loc) > 2 and loc[-3] == "quotas" and loc[-1] == "max":
+        return source_map.problem(loc, f"{where}: {_quota_max_hint(err['input'])}")
     if kind in _EXPECTED:
         got = err["input"]
         shown = (
@@ -714,7 +749,7 @@ class _Checker:
                 continue
             found_all = check_guard(guard.when, variables, self.records, self.enums)
             for found in hint_fields(found_all, variables.get("lookups"), self.records):
-                message = found
+                message = provenance_hint(found, op.params)
                 if "unknown name 'entity'" in found and not has_entity:
                     message = (
                         f"unknown name 'entity': operation '{name}' reads no existing entity "

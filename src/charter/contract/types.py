@@ -19,6 +19,7 @@ would not mix with datetimes and durations).
 
 from __future__ import annotations
 
+import decimal
 import re
 from typing import Literal
 
@@ -26,16 +27,27 @@ import msgspec
 
 __all__ = [
     "MAX_ARGUMENT_DEPTH",
+    "MONEY_EXPECTED",
     "MONEY_SCALE",
     "PRIMITIVES",
     "TypeRef",
     "TypeSyntaxError",
     "UnknownTypeName",
+    "parse_money",
     "parse_type",
 ]
 
 PRIMITIVES = ("str", "int", "float", "bool", "money", "datetime", "date")
 MONEY_SCALE = 2
+# Money as text is exactly ASCII digits, an optional minus and at most MONEY_SCALE places.
+# Decimal() alone also takes "1e1", " 0.01", "1_000" and full-width digits: each would
+# reach a backend and a receipt in a form no one wrote ("1E+1"), so none is money.
+_MONEY_TEXT = re.compile(rf"-?[0-9]+(\.[0-9]{{1,{MONEY_SCALE}}})?\Z")
+_MONEY_TOO_PRECISE = re.compile(r"-?[0-9]+\.[0-9]+\Z")
+MONEY_EXPECTED = (
+    f"Expected `money` as a decimal string of ASCII digits with at most {MONEY_SCALE} decimal places, "
+    'no exponent or spaces (e.g. "12.50")'
+)
 # How deeply the arguments of one call may nest (the arguments object is level 0, each
 # param value level 1). The sandbox's wire decoder refuses deeper calls; the checker
 # refuses param types no call could fit in.
@@ -74,6 +86,19 @@ class TypeRef(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
         else:
             text = {"money": "Decimal"}.get(self.kind, self.kind)
         return f"{text} | None" if self.optional else text
+
+
+def parse_money(text: str) -> decimal.Decimal:
+    """`text` as money, e.g. "12.50" -> Decimal("12.50").
+
+    Raises ValueError whose message says what money text is (MONEY_EXPECTED, or that it has
+    more than MONEY_SCALE decimal places); the message never quotes `text`.
+    """
+    if _MONEY_TEXT.match(text):
+        return decimal.Decimal(text)
+    if _MONEY_TOO_PRECISE.match(text):
+        raise ValueError(f"Expected money with at most {MONEY_SCALE} decimal places")
+    raise ValueError(MONEY_EXPECTED)
 
 
 class TypeSyntaxError(ValueError):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from charter.compiler.artifact import GateTable, ParamSpec
-from charter.contract.types import MONEY_SCALE, TypeRef
+from charter.contract.types import MONEY_SCALE, TypeRef, parse_money
 
 __all__ = ["DATE_EXPECTED", "ArgumentChecker", "InvalidArguments", "TypeMapping", "plain"]
 
@@ -110,6 +110,8 @@ class ArgumentChecker:
             # Keyword-only: a call names every argument, so declaration order never matters.
             self._types[name] = mapping.struct(f"{name}_arguments", [(p.name, p.type) for p in params])
             self._money[name] = tuple(p.name for p in params if p.type.kind == "money")
+        self._params = {name: {p.name: p.type for p in params} for name, params in operations.items()}
+        self._records = records
 
     @classmethod
     def for_table(cls, table: GateTable) -> ArgumentChecker:
@@ -118,9 +120,11 @@ class ArgumentChecker:
 
     def check(self, operation: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments as Python values (Decimal, datetime, records as dicts), or InvalidArguments."""
-        for name in self._money[operation]:
-            if isinstance(arguments.get(name), float):
-                raise InvalidArguments(f"Expected a decimal string for money, got a float - at `$.{name}`")
+        declared = self._params[operation]
+        for name, value in arguments.items():
+            ref = declared.get(name) if isinstance(name, str) else None
+            if ref is not None:
+                self._money_text(ref, value, f"$.{name}")
         try:
             converted = msgspec.convert(arguments, self._types[operation], strict=True)
         except msgspec.ValidationError as error:
@@ -133,6 +137,30 @@ class ArgumentChecker:
             ):
                 raise InvalidArguments(f"Expected an amount with at most {MONEY_SCALE} decimal places - at `$.{name}`")
         return {k: v for k, v in values.items() if k in arguments}
+
+    def _money_text(self, ref: TypeRef, value: Any, path: str) -> None:
+        """Refuse money, at any depth, that is a float or text other than ASCII digits with
+        at most MONEY_SCALE places: msgspec would take "1e1" or full-width digits through Decimal()
+        and the backend would see 1E+1. Any other mismatch is left for the conversion to name."""
+        if value is None:
+            return
+        if ref.kind == "money":
+            if isinstance(value, float):
+                raise InvalidArguments(f"Expected a decimal string for money, got a float - at `{path}`")
+            if isinstance(value, str):
+                try:
+                    parse_money(value)
+                except ValueError as error:
+                    raise InvalidArguments(f"{error} - at `{path}`") from None
+        elif ref.kind == "list" and ref.item is not None and isinstance(value, list):
+            for i, item in enumerate(value):
+                self._money_text(ref.item, item, f"{path}[{i}]")
+        elif ref.kind == "record" and ref.name is not None and isinstance(value, Mapping):
+            fields = self._records[ref.name]
+            for name, item in value.items():
+                field = fields.get(name) if isinstance(name, str) else None
+                if field is not None:
+                    self._money_text(field, item, f"{path}.{name}")
 
 
 # msgspec's words for a text that is no calendar date, said as what a program must send

@@ -29,8 +29,15 @@ from charter.principal import Principal
 
 __all__ = ["AttributeRefused", "ConditionalApproval", "PrincipalAttributes"]
 
-_INT = re.compile(r"[+-]?\d+\Z")
+# Attribute text as a JSON scalar is written: ASCII only ([0-9], not \d, which takes any script's digits).
+_INT = re.compile(r"-?[0-9]+\Z")
+_FLOAT = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 _BOOLS = {"true": True, "false": False}
+_EXPECTED = {
+    "int": "Expected `int` as ASCII digits with an optional minus, e.g. 42",
+    "float": "Expected `float` as a JSON number, e.g. 0.25 or 1e-3",
+    "bool": "Expected `bool` as true or false",
+}
 
 CelValue = Callable[[Any, TypeRef, Mapping[str, Mapping[str, TypeRef]]], Any]
 
@@ -69,12 +76,13 @@ class PrincipalAttributes:
                         clause=f"principal.attributes.{name}",
                     )
                 )
-            if self._typed(name, principal.attributes[name]) is None:
+            typed = self._typed(name, principal.attributes[name])
+            if isinstance(typed, str):
                 raise AttributeRefused(
                     Verdict(
                         "ATTRIBUTE_INVALID",
                         f"{rule.name} refused: the principal attribute {name} of principal {principal.id} is not a "
-                        f"valid {ref}, the type the contract declares for it; {how}.",
+                        f"valid {ref}, the type the contract declares for it ({typed}); {how}.",
                         clause=f"principal.attributes.{name}",
                     )
                 )
@@ -86,29 +94,36 @@ class PrincipalAttributes:
         for name, ref in self._declared.items():
             if name in principal.attributes:
                 typed = self._typed(name, principal.attributes[name])
-                if typed is not None:
+                if not isinstance(typed, str):
                     values[name] = self._cel_value(typed[0], ref, self._records)
         return values
 
-    def _typed(self, name: str, value: Any) -> tuple[Any] | None:
-        """(the value as its declared type,) or None when it is not one."""
+    def _typed(self, name: str, value: Any) -> tuple[Any] | str:
+        """(the value as its declared type,), or what the type expects when it is not one.
+
+        Text is read exactly as JSON would carry the value: ASCII digits only, no surrounding
+        spaces, no `1_000`, full-width digits or `nan` (int() and float() take them all), and
+        money through the gate's one money rule."""
         ref = self._declared[name]
-        if isinstance(value, str):  # bound as text: read as JSON would carry it
-            if ref.kind == "int" and _INT.match(value.strip()):
+        if isinstance(value, str):  # bound as text
+            if ref.kind == "int":
+                if not _INT.match(value):
+                    return _EXPECTED["int"]
                 value = int(value)
             elif ref.kind == "float":
-                try:
-                    value = float(value)
-                except ValueError:
-                    return None
-            elif ref.kind == "bool" and value.strip().lower() in _BOOLS:
-                value = _BOOLS[value.strip().lower()]
+                if not _FLOAT.match(value):
+                    return _EXPECTED["float"]
+                value = float(value)
+            elif ref.kind == "bool":
+                if value not in _BOOLS:
+                    return _EXPECTED["bool"]
+                value = _BOOLS[value]
         elif ref.kind == "money" and isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)  # a number given through the Python API is the amount it writes
         try:
             return (self._results.check(ref, value).plain(),)
-        except ResultInvalid:
-            return None
+        except ResultInvalid as error:
+            return str(error).rpartition(" - at `")[0] or str(error)
 
 
 class ConditionalApproval:

@@ -216,7 +216,17 @@ class QuotaSession:
                 since = _iso(now - timedelta(seconds=quota.window_seconds))
                 total = self._reader.total(self._checks.contract, quota.id, key, since)
             hold.windows[quota.id] = quota.window_seconds
-            seen.append(QuotaSeen(id=quota.id, key=key, amount=amount, total=total, max=quota.max, window=quota.window))
+            seen.append(
+                QuotaSeen(
+                    id=quota.id,
+                    key=key,
+                    amount=amount,
+                    total=total,
+                    max=quota.max,
+                    window=quota.window,
+                    money=quota.money,
+                )
+            )
             if denial is None and total + amount > quota.max:
                 denial = self._exceeded(rule, quota, total, amount)
         hold.seen = tuple(seen)

@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from charter.compiler.artifact import GateTable
-from charter.contract.types import MONEY_SCALE, TypeRef
+from charter.contract.types import MONEY_SCALE, TypeRef, parse_money
 from charter.gate._arguments import TypeMapping, plain
 
 __all__ = ["CheckedResult", "ResultChecker", "ResultInvalid"]
@@ -160,15 +160,16 @@ def _check_datetime(value: Any, path: str) -> None:
 
 def _check_money(value: Any, path: str) -> None:
     """Money is exact: a float from a backend (already rounded), an int (a decimal string or a
-    Decimal is what a program sends) or a third decimal place is refused. A value that is no
-    number at all is left for the conversion to name. No message quotes the value."""
+    Decimal is what a program sends), text other than ASCII digits with at most two places
+    or a third decimal place is refused. No message quotes the value."""
     if isinstance(value, float | int) and not isinstance(value, bool):
         raise ResultInvalid(f"Expected money as a decimal string, got {type(value).__name__} - at `{path}`", path)
     if isinstance(value, str):
-        try:
-            value = decimal.Decimal(value)
-        except decimal.InvalidOperation:
-            return
+        try:  # exactly ASCII digits: Decimal() alone would take "1e1", " 1" or full-width digits
+            parse_money(value)
+        except ValueError as error:
+            raise ResultInvalid(f"{error} - at `{path}`", path) from None
+        return
     if isinstance(value, decimal.Decimal):
         exponent = value.as_tuple().exponent
         if not isinstance(exponent, int):

@@ -44,6 +44,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
 from charter.compiler.artifact import CompiledContract
+from charter.contract.cel_guards import suggest
 from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFound, UsageError
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS, check_inputs
 from charter.principal import Principal
@@ -302,11 +303,21 @@ def _invalid(message: str, field: str) -> MCPError:
     return MCPError(INVALID_PARAMS, message, {"field": field})
 
 
-def _checked(tool: str, arguments: dict[str, Any], fields: dict[str, _Field]) -> dict[str, str]:
-    """The arguments as the tool's input schema allows them, or invalid_params naming the first wrong one."""
+def _checked(
+    tool: str, arguments: dict[str, Any], fields: dict[str, _Field], also: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The arguments as the tool's input schema allows them, or invalid_params naming the first wrong one.
+
+    `also`: optional arguments the caller checks itself (`inputs`, `secret_inputs`), named with
+    the rest when an argument is unknown, so the message lists every argument the tool takes."""
     for name in arguments:
         if name not in fields:
-            raise _invalid(f"{tool}: unknown argument {name!r}; it takes {', '.join(fields)}", name)
+            required = [n for n, f in fields.items() if f.required]
+            optional = [n for n, f in fields.items() if not f.required] + list(also)
+            takes = ", ".join(required) + (f"; optional: {', '.join(optional)}" if optional else "")
+            raise _invalid(
+                f"{tool}: unknown argument {name!r}{suggest(name, [*fields, *also])}; it takes {takes}", name
+            )
     values: dict[str, str] = {}
     for name, spec in fields.items():
         if name not in arguments or (arguments[name] is None and not spec.required):
@@ -418,7 +429,7 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
                 raise _invalid(f"no tool {name!r}: tools/list names the tools", "name") from None
             inputs, secret = _program_inputs(arguments, name)
             rest = {k: v for k, v in arguments.items() if k not in _INPUTS_SCHEMA}
-            given = _checked(name, rest, _operate_fields(compiled))
+            given = _checked(name, rest, _operate_fields(compiled), tuple(_INPUTS_SCHEMA))
             if "version" in given:
                 contract += "@" + given["version"]
 
@@ -429,7 +440,7 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
         elif name == "execute_program":
             inputs, secret = _program_inputs(arguments)
             rest = {k: v for k, v in arguments.items() if k not in _INPUTS_SCHEMA}
-            given = _checked(name, rest, _program_fields([]))
+            given = _checked(name, rest, _program_fields([]), tuple(_INPUTS_SCHEMA))
 
             def call() -> dict[str, Any]:
                 return _conclusion(
