@@ -69,7 +69,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, NoReturn
@@ -109,6 +109,7 @@ from charter.gate._secrets import (
     scrubbed_verdict,
     scrubbed_withheld,
 )
+from charter.gate._sequence import RunSequence, target_text
 from charter.gate._withheld import Withheld, safe_text, withhold
 from charter.gate._writes import FirstWrite, WriteLedger
 from charter.principal import Principal
@@ -235,7 +236,6 @@ class ContractGate:
 @dataclass(slots=True)
 class _RunState:
     denials: int = 0
-    succeeded: dict[str, set[str]] = field(default_factory=dict)  # operation -> entity keys (JSON) it succeeded on
 
 
 class GateSession:
@@ -262,6 +262,7 @@ class GateSession:
         self._writes_closed = writes_closed
         self._max_result_bytes = max_result_bytes
         self._state = _RunState()
+        self._sequence = RunSequence(gate._table, gate.boundary_note)
         self._writes = WriteLedger(logical_run_id)
         # Guards the run's end against a call still on a worker thread: `_ended` once the
         # host closed the session; `_unstarted` the allowed calls whose action has not begun.
@@ -444,36 +445,9 @@ class GateSession:
             self._gate._attributes.check(rule, self._principal)
         except AttributeRefused as refused:
             raise _Refusal(refused.verdict) from None
-        for before in rule.after:
-            if not self._followed(rule, before, arguments):
-                note, boundary = self._gate.boundary_note(rule.after_boundaries)
-                target = self._target(rule, arguments)
-                # The earlier step is named with the entity only when it is tracked per entity
-                # (the rule `_followed` applies); a step without a key has none to state.
-                before_target = target if self._per_entity(rule, before) else ""
-                raise _Refusal(
-                    Verdict(
-                        "SEQUENCE_VIOLATION",
-                        f"{rule.name}{target} must follow {before}{before_target} in the same run: expected step "
-                        f"{before}, received step {rule.name}.{note}",
-                        clause=f"sequence:{rule.name}",
-                        boundary=boundary,
-                    )
-                )
-        for group in rule.after_any:
-            if not any(self._followed(rule, before, arguments) for before in group):
-                note, boundary = self._gate.boundary_note(rule.after_boundaries)
-                target = self._target(rule, arguments)
-                before_target = target if all(self._per_entity(rule, b) for b in group) else ""
-                raise _Refusal(
-                    Verdict(
-                        "SEQUENCE_VIOLATION",
-                        f"{rule.name}{target} must follow one of {', '.join(group)}{before_target} in the same run: "
-                        f"expected step {'|'.join(group)}, received step {rule.name}.{note}",
-                        clause=f"sequence:{rule.name}",
-                        boundary=boundary,
-                    )
-                )
+        sequence = self._sequence.violation(rule, arguments)
+        if sequence is not None:
+            raise _Refusal(sequence)
 
     def _provenance_check(self, rule: OperationRule, arguments: Mapping[str, Any]) -> Check | None:
         check = self._provenance.check(rule, arguments)
@@ -489,7 +463,7 @@ class GateSession:
         """IN_DOUBT, then the first result of an idempotent write made already, then LIMIT_EXCEEDED."""
         doubtful = self._writes.in_doubt(rule, arguments, args_hash)
         if doubtful is not None:
-            what = f"{rule.name}{self._target(rule, arguments)}" if rule.key else f"{rule.name} with these arguments"
+            what = f"{rule.name}{target_text(rule, arguments)}" if rule.key else f"{rule.name} with these arguments"
             raise _Refusal(
                 Verdict(
                     "IN_DOUBT",
@@ -512,22 +486,6 @@ class GateSession:
                 )
             )
         return None
-
-    def _target(self, rule: OperationRule, arguments: Mapping[str, Any]) -> str:
-        if rule.entity and rule.key and rule.key in arguments:
-            return f" on {rule.entity} {arguments[rule.key]}"
-        return ""
-
-    def _per_entity(self, rule: OperationRule, before: str) -> bool:
-        """Must `before` have succeeded on the same entity (both name it by key), or anywhere in the run?"""
-        earlier = self._gate._table.operations[before]
-        return bool(rule.entity is not None and rule.entity == earlier.entity and rule.key and earlier.key)
-
-    def _followed(self, rule: OperationRule, before: str, arguments: Mapping[str, Any]) -> bool:
-        done = self._state.succeeded.get(before, set())
-        if self._per_entity(rule, before):
-            return _key_json(arguments.get(rule.key or "")) in done
-        return bool(done)
 
     def _needs_entity(self, rule: OperationRule) -> bool:
         return rule.reader is not None and (
@@ -774,8 +732,7 @@ class GateSession:
                 f"{rule.name} ran, but its result could not be recorded, so it is withheld from the program.{performed}"
             )
             self._failed_outcome(request, "failed", "RESULT_INVALID", message, withhold(error))
-        key = _key_json(arguments.get(rule.key)) if rule.key else ""
-        self._state.succeeded.setdefault(rule.name, set()).add(key)
+        self._sequence.succeeded(rule, arguments)
         if idempotency_key is not None:
             self._writes.succeeded(rule, args_hash, request.sequence, idempotency_key, reply)
         # Recorded host-side from the checked reply, before the program gets it.
@@ -926,10 +883,6 @@ def _no_call() -> CallContext:
 
 def _run_ended(request: CallRequest, why: str) -> Verdict:
     return Verdict("RUN_ENDED", f"{request.operation} refused: {why}; nothing acts after the run's end.")
-
-
-def _key_json(value: Any) -> str:
-    return msgspec.json.encode(value).decode("utf-8")
 
 
 def _cel_value(value: Any, ref: TypeRef, records: Mapping[str, Mapping[str, TypeRef]]) -> Any:
