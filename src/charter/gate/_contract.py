@@ -74,7 +74,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, NoReturn
 
-import cel
 import msgspec
 
 from charter.audit import LookupSeen, Observed, RunRecorder
@@ -87,18 +86,19 @@ from charter.backends import (
     PreconditionFailed,
     fingerprint,
 )
-from charter.compiler.artifact import CompiledContract, GuardRule, OperationRule
-from charter.contract.cel_guards import activation, cel_date
+from charter.compiler.artifact import CompiledContract, OperationRule
+from charter.contract.cel_guards import cel_date
 from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
-from charter.gate._attributes import AttributeRefused, ConditionalApproval, PrincipalAttributes
+from charter.gate._attributes import AttributeRefused, PrincipalAttributes
 from charter.gate._lookups import CallLookups, LookupFailed, Lookups
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
 from charter.gate._provenance import Check, ProvenanceLedger
 from charter.gate._quotas import QuotaChecks, QuotaHold, QuotaSession, utc_now
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
 from charter.gate._results import ResultChecker, ResultInvalid
+from charter.gate._rules import CallRules
 from charter.gate._secrets import (
     Recorded,
     SecretParams,
@@ -150,13 +150,6 @@ class _ProvenanceRefusal(_Refusal):
         self.check = check
 
 
-@dataclass(frozen=True, slots=True)
-class _CompiledGuard:
-    rule: GuardRule
-    program: Any  # cel.Program
-    uses_entity: bool
-
-
 class ContractGate:
     """Built once per contract version and backend; `session` gives each run its own state."""
 
@@ -177,17 +170,13 @@ class ContractGate:
             table, backend, self._checker, self._results, lambda v, t: _cel_value(v, t, table.records)
         )
         self._attributes = PrincipalAttributes(table, self._results, _cel_value)
-        self._approval = ConditionalApproval(table)
-        self._guards: dict[str, tuple[_CompiledGuard, ...]] = {}
-        for name, rule in table.operations.items():
-            programs = [(g, cel.compile(g.when)) for g in rule.guards]
-            self._guards[name] = tuple(_CompiledGuard(g, p, "entity" in p.variables()) for g, p in programs)
         self._boundary_text = {b.id: b.text for b in table.boundaries}
         # "approval:op" / "scope:op" -> the boundaries that rule enforces (named in the denial)
         self._rule_boundaries: dict[str, tuple[str, ...]] = {}
         for b in table.boundaries:
             for ref in b.enforced_by:
                 self._rule_boundaries[ref] = (*self._rule_boundaries.get(ref, ()), b.id)
+        self._rules = CallRules(table, self.boundary_note, self._rule_boundaries)
 
     def session(
         self,
@@ -488,11 +477,7 @@ class GateSession:
         return None
 
     def _needs_entity(self, rule: OperationRule) -> bool:
-        return rule.reader is not None and (
-            rule.transition is not None
-            or any(g.uses_entity for g in self._gate._guards[rule.name])
-            or self._gate._approval.uses_entity(rule.name)
-        )
+        return rule.reader is not None and (rule.transition is not None or self._gate._rules.uses_entity(rule.name))
 
     def _read_entity(
         self, request: CallRequest, rule: OperationRule, arguments: Mapping[str, Any]
@@ -567,7 +552,9 @@ class GateSession:
                     )
                 )
         variables = self._variables(rule, arguments, entity)
-        self._guard_checks(rule, variables)
+        violation = self._gate._rules.guard_violation(rule, variables, self._call_lookups, self._sees_secrets(rule))
+        if violation is not None:
+            raise _Refusal(violation)
         for quota in rule.quotas:  # a quota's sum or keys may read lookups too
             self._call_lookups.perform(rule, f"quota:{quota.id}", variables)
         exceeded = self._quotas.check(rule, variables, hold)
@@ -575,7 +562,9 @@ class GateSession:
         if exceeded is not None:
             raise _Refusal(exceeded)
         self._call_lookups.perform(rule, "approval", variables)  # the condition may read lookups
-        self._approval_check(rule, variables)
+        approval = self._gate._rules.approval_needed(rule, variables, self._sees_secrets(rule))
+        if approval is not None:  # last of all checks: never asked for a call forbidden anyway
+            raise _Refusal(approval)
 
     def _variables(
         self, rule: OperationRule, arguments: Mapping[str, Any], entity: Mapping[str, Any] | None
@@ -609,74 +598,6 @@ class GateSession:
                         "quota's key is recorded in plain text, so the gate does not count a secret. Do not mark "
                         "that input secret, or key the quota by another param.",
                         clause=f"quota:{seen.id}",
-                    )
-                )
-
-    def _approval_check(self, rule: OperationRule, variables: dict[str, Any]) -> None:
-        """Last of all checks, so an approval is never asked for a call the contract forbids anyway."""
-        try:
-            reason = self._gate._approval.reason(rule, variables)
-        except ValueError as error:
-            said = "ValueError" if self._sees_secrets(rule) else str(error)
-            raise _Refusal(
-                Verdict(
-                    "GATE_ERROR",
-                    f"{rule.name} refused: its requires_approval condition could not be evaluated ({said}); the "
-                    "gate does not allow what it cannot check.",
-                    clause=f"requires_approval:{rule.name}",
-                )
-            ) from None
-        if reason is None:
-            return
-        # Until human approvals exist (the next issue pauses here instead), a reason refuses.
-        note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"approval:{rule.name}", ()))
-        needs = (
-            f"{rule.name} requires human approval before it runs"
-            if rule.approval_reason is None
-            else f"{rule.name} requires human approval here: {reason}"
-        )
-        raise _Refusal(
-            Verdict(
-                "APPROVAL_REQUIRED",
-                f"{needs}, and Charter has no approval step yet; it is refused rather than run unapproved.{note}",
-                clause=f"requires_approval:{rule.name}",
-                boundary=boundary,
-                approval=reason,
-            )
-        )
-
-    def _guard_checks(self, rule: OperationRule, variables: dict[str, Any]) -> None:
-        guards = self._gate._guards[rule.name]
-        if not guards:
-            return
-        context = None
-        for guard in guards:
-            if self._call_lookups.perform(rule, f"guard:{guard.rule.id}", variables) or context is None:
-                context = activation(variables)  # again after a lookup: rules see it from here on
-            if guard.uses_entity and "entity" not in variables:
-                raise _Refusal(Verdict("GATE_ERROR", f"guard {guard.rule.id} needs the entity, which was not read"))
-            try:
-                holds = guard.program.execute(context) is True
-            except Exception as error:  # the checker tries nulls and types; name the guard if one still fails
-                said = type(error).__name__
-                if not self._sees_secrets(rule):
-                    said += f": {str(error).split('. ')[0]}"
-                raise _Refusal(
-                    Verdict(
-                        "GATE_ERROR",
-                        f"{rule.name} refused: guard {guard.rule.id} could not be evaluated ({said}); the gate does "
-                        "not allow what it cannot check.",
-                        clause=f"guard:{guard.rule.id}",
-                    )
-                ) from None
-            if not holds:
-                note, boundary = self._gate.boundary_note(guard.rule.boundaries)
-                raise _Refusal(
-                    Verdict(
-                        "GUARD_VIOLATION",
-                        f"{rule.name} refused: {guard.rule.message} (guard {guard.rule.id}){note}",
-                        clause=f"guard:{guard.rule.id}",
-                        boundary=boundary,
                     )
                 )
 
