@@ -7,7 +7,6 @@ model plus every type resolved, which is what the compiler needs.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import decimal
 import keyword
@@ -24,6 +23,14 @@ from pydantic import BaseModel
 
 from charter._paths import allowed_modules
 from charter.contract import _attributes
+from charter.contract._binding_checks import (
+    check_binding,
+    check_default_binding,
+    check_service,
+    endpoint_placement,
+    path_placeholders,
+    placements,
+)
 from charter.contract._lookups import check_lookups, hint_fields
 from charter.contract._names import SNAKE
 from charter.contract._provenance import (
@@ -37,14 +44,14 @@ from charter.contract._quotas import check_quota_ref, check_quotas
 from charter.contract._secrets import check_secret_params, check_secret_uses
 from charter.contract._yaml import Path as DocPath
 from charter.contract._yaml import SourceMap, load_yaml
-from charter.contract.bindings import BoundModule, binding_search_dirs, locate_module
+from charter.contract.bindings import BoundModule, binding_search_dirs
 from charter.contract.cel_guards import (
     check_guard,
     names_used,
     raw_principal_comparisons,
     suggest,
 )
-from charter.contract.model import Contract, Entity, HttpEndpoint, Operation, param_type
+from charter.contract.model import Contract, Entity, Operation, param_type
 from charter.contract.types import (
     MAX_ARGUMENT_DEPTH,
     MONEY_SCALE,
@@ -70,12 +77,9 @@ __all__ = [
 ]
 
 _PASCAL = re.compile(r"[A-Z][A-Za-z0-9]*\Z")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # Field and param names: identifiers, but not '__x' (Python mangles such names inside the
 # stubs' classes, and the guest runtime keeps its own names in that space).
 _FIELD = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_]*\Z")
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_BASE_URL = re.compile(r"https?://[^\s?#]+\Z")
 # Names a program already uses for something else: the runtime's own functions and types.
 _RESERVED = {"conclude", "refuse", "ContractViolation", "OperationError", "Decimal", "datetime", "date", "Literal"}
 RESERVED_NAMES = frozenset(_RESERVED)
@@ -113,26 +117,6 @@ class CheckedContract:
     @property
     def version(self) -> str:
         return self.model.version
-
-
-def path_placeholders(path: str) -> list[str]:
-    """The {param} placeholders of an HTTP path template, in order: /orders/{id}/cancel -> ['id']."""
-    return _PLACEHOLDER.findall(path)
-
-
-def endpoint_placement(endpoint: HttpEndpoint, params: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(path, query, body) params of an HTTP endpoint, every param placed: those the endpoint
-    does not place go where the method puts them (GET and DELETE: the query string), unless
-    the author listed that place explicitly: then to the other one."""
-    path_params = path_placeholders(endpoint.path)
-    query, body = list(endpoint.query or ()), list(endpoint.body or ())
-    rest = [p for p in params if p not in (*path_params, *query, *body)]
-    query_first = endpoint.method in ("GET", "DELETE")
-    if endpoint.query is None and (query_first or endpoint.body is not None):
-        query += rest
-    else:
-        body += rest
-    return path_params, query, body
 
 
 def state_enum_name(entity: str, lifecycle_field: str) -> str:
@@ -365,8 +349,8 @@ class _Checker:
         for name, operation in m.operations.items():
             self._check_operation(name, operation)
         self._check_boundaries()
-        self._check_default_binding()
-        self._check_service()
+        check_default_binding(self)
+        check_service(self)
         if m.limits.max_writes > m.limits.max_calls:
             self.fail(
                 ("limits", "max_writes"),
@@ -635,8 +619,8 @@ class _Checker:
                 )
         self._check_exposure(name, op)
         self._check_guards(name, op, entity is not None and op.key is not None)
-        self._check_binding(name, op)
-        check_secret_params(name, op, params, self._placements(name, op), self.fail)
+        check_binding(self, name, op)
+        check_secret_params(name, op, params, placements(self, name, op), self.fail)
         check_secret_uses(name, op, self.fail)
         reads_state = op.transition is not None or any(
             "entity" in names_used(when) for when in [*(g.when for g in op.guards), *_attributes.approval_when(op)]
@@ -655,13 +639,6 @@ class _Checker:
                 f"key: ..., returns: {op.entity})",
                 key=True,
             )
-
-    def _placements(self, name: str, op: Operation) -> dict[str, str]:
-        """Where an HTTP-bound operation sends each param: 'path', 'query' or 'body' ({} for Python)."""
-        if op.binding is None or op.binding.http is None or self.model.binding is None or not self.model.binding.http:
-            return {}
-        path_params, query, body = endpoint_placement(op.binding.http, list(op.params))
-        return {**dict.fromkeys(body, "body"), **dict.fromkeys(query, "query"), **dict.fromkeys(path_params, "path")}
 
     def _check_argument_depth(self, path: DocPath, param: str, ref: TypeRef) -> None:
         # The sandbox's wire decoder refuses arguments nested deeper than MAX_ARGUMENT_DEPTH;
@@ -765,145 +742,6 @@ class _Checker:
         if not skip_types:
             _attributes.check_approval(name, op, variables, self.records, self.enums, self.fail, self.warn)
 
-    def _check_binding(self, name: str, op: Operation) -> None:
-        default = self.model.binding
-        if op.binding is not None and op.binding.http is not None:
-            self._check_endpoint(name, op, op.binding.http)
-            return
-        path: DocPath
-        if op.binding is not None and op.binding.python is not None:
-            ref, path = op.binding.python, ("operations", name, "binding", "python")
-            if ":" not in ref:
-                self.fail(path, f"binding '{ref}' of '{name}' must be 'package.module:function'")
-                return
-        elif default is not None and default.python is not None:
-            module = default.python
-            if ":" in module:
-                return  # reported once, by _check_default_binding
-            ref, path = f"{module}:{name}", ("binding", "python")
-        elif default is not None and default.http is not None:
-            self.fail(
-                ("operations", name),
-                f"operation '{name}' has no endpoint on service '{default.http.service}': add "
-                "`binding: {http: {method: GET, path: /...}}` to the operation",
-                key=True,
-            )
-            return
-        else:
-            self.fail(
-                ("operations", name),
-                f"operation '{name}' has no binding: add `binding: {{python: module}}` to the contract or `binding: "
-                f"{{python: module:function}}` to the operation",
-                key=True,
-            )
-            return
-        self._resolve_python(ref, path)
-
-    def _check_default_binding(self) -> None:
-        # Checked once here, not per operation: one mistake at one place is one message.
-        default = self.model.binding
-        if default is None or default.python is None or ":" not in default.python:
-            return
-        module = default.python.partition(":")[0]
-        shape = (
-            "a contract's default binding names a module only ('package.module'); operations use "
-            "module:<operation name>"
-        )
-        if self.binding_search is not None and module:
-            located = self.modules[module] = locate_module(module, self.binding_search)
-            if isinstance(located, str):  # the deeper reason first: fixing the shape alone would not do
-                self.fail(("binding", "python"), f"binding module '{module}' cannot be bound: {located}; and {shape}")
-                return
-        self.fail(
-            ("binding", "python"),
-            f"the contract's default binding '{default.python}' must name a module only: {shape}, e.g. "
-            f"`binding: {{python: {module}}}`",
-        )
-
-    def _resolve_python(self, ref: str, path: DocPath) -> None:
-        if self.binding_search is None:
-            return
-        module, _, function = ref.partition(":")
-        located = self.modules.get(module)
-        if located is None:
-            located = self.modules[module] = locate_module(module, self.binding_search)
-            if isinstance(located, str):
-                self.fail(path, f"binding module '{module}' cannot be bound: {located}")
-                return
-        elif isinstance(located, str):
-            return  # reported once, at the first operation bound to it
-        error = _missing_function(module, Path(located.path), function)
-        if error:
-            self.fail(path, f"binding '{ref}' does not resolve: {error}")
-
-    def _check_service(self) -> None:
-        default = self.model.binding
-        if default is None or default.http is None:
-            return
-        service = default.http
-        if not SNAKE.match(service.service):
-            self.fail(("binding", "http", "service"), f"service name '{service.service}' must be lower snake_case")
-        if service.base_url is not None and not _BASE_URL.match(service.base_url):
-            self.fail(
-                ("binding", "http", "base_url"),
-                f"base_url '{service.base_url}' must be an http:// or https:// URL without a query, "
-                "e.g. http://127.0.0.1:8701",
-            )
-
-    def _check_endpoint(self, name: str, op: Operation, endpoint: HttpEndpoint) -> None:
-        path: DocPath = ("operations", name, "binding", "http")
-        default = self.model.binding
-        if default is None or default.http is None:
-            self.fail(
-                path,
-                f"operation '{name}' is bound to an HTTP endpoint, but the contract names no service: add "
-                "`binding: {http: {service: NAME, base_url: URL}}` at the top of the contract",
-            )
-        if not endpoint.path.startswith("/") or "?" in endpoint.path or "#" in endpoint.path:
-            self.fail((*path, "path"), f"path '{endpoint.path}' must start with '/' and hold no query or fragment")
-        if op.kind == "write" and endpoint.method == "GET":
-            self.fail((*path, "method"), f"write operation '{name}' cannot be a GET: use POST, PUT, PATCH or DELETE")
-        placed: dict[str, str] = {}
-        for placeholder in path_placeholders(endpoint.path):
-            written = op.params.get(placeholder)
-            param = None if written is None else param_type(written)
-            if param is None:
-                self.fail(
-                    (*path, "path"),
-                    f"path placeholder '{{{placeholder}}}' is not a param of '{name}'{suggest(placeholder, op.params)}",
-                )
-            elif param.endswith("?"):
-                self.fail((*path, "path"), f"path placeholder '{{{placeholder}}}' needs a required param, not {param}")
-            placed[placeholder] = "path"
-        for where in ("query", "body"):
-            listed = getattr(endpoint, where)
-            if listed is None:
-                continue
-            if where == "body" and endpoint.method == "GET" and listed:
-                self.fail((*path, "body"), "a GET request carries no body: send these params in `query`")
-            for index, param_name in enumerate(listed):
-                if param_name not in op.params:
-                    self.fail(
-                        (*path, where, index),
-                        f"'{param_name}' is not a param of '{name}'{suggest(param_name, op.params)}",
-                    )
-                elif param_name in placed:
-                    self.fail(
-                        (*path, where, index), f"param '{param_name}' is already sent in the {placed[param_name]}"
-                    )
-                else:
-                    placed[param_name] = where
-        if endpoint.method == "GET" and endpoint.query is not None:  # the rest would go in a GET's body
-            unsent = [p for p in op.params if p not in placed]
-            if unsent:
-                self.fail((*path, "query"), f"params {', '.join(unsent)} of '{name}' must be in the query of a GET")
-        if endpoint.query is not None and endpoint.body is not None:
-            unsent = [p for p in op.params if p not in placed]
-            if unsent:
-                self.fail(path, f"params {', '.join(unsent)} of '{name}' are sent nowhere: list them in query or body")
-        if endpoint.result and not endpoint.result.startswith("/"):
-            self.fail((*path, "result"), f"result '{endpoint.result}' must be a JSON pointer such as /order, or ''")
-
     # boundaries
 
     def _check_boundaries(self) -> None:
@@ -997,20 +835,3 @@ class _Checker:
                 path,
                 f"boundary '{boundary}' is enforced by the scopes of '{operation}', which lists none; add `scopes:`",
             )
-
-
-# --- bindings -----------------------------------------------------------------------------------
-
-
-def _missing_function(module: str, source_file: Path, function: str) -> str | None:
-    """None when `source_file` defines `function` at top level, else why not."""
-    if not _IDENT.match(function):
-        return "write it as 'package.module:function'"
-    try:
-        tree = ast.parse(source_file.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, UnicodeDecodeError) as exc:
-        return f"module '{module}' ({source_file}) cannot be read: {exc}"
-    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
-    if function not in defined:
-        return f"module '{module}' defines no function '{function}'{suggest(function, defined)}"
-    return None
