@@ -95,7 +95,7 @@ def run_quota_bench(k: int = 1000, others: int = 50_000, checks: int = 2000) -> 
         )
         session = ContractGate(contract, _NoBackend()).session(log.open_run(opened), principal, max_result_bytes=1)
         rule = contract.gate.operations["send_payment"]
-        variables = session._variables(rule, {"account": "GB01", "amount": "10.00"}, None)
+        variables = session._variables(rule, {"account": "GB01", "amount": "10.00"}, None, None)
 
         def quota() -> None:
             hold = QuotaHold()

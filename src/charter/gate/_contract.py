@@ -326,7 +326,7 @@ class GateSession:
                 if self._needs_entity(rule):
                     self._refuse_if_ended(request)  # the read reaches the backend too
                     entity, observed, precondition = self._read_entity(request, rule, arguments)
-                self._state_checks(rule, arguments, entity, hold)
+                self._state_checks(rule, arguments, entity, hold, provenance)
             verdict = _OK if first is None else _REPLAYED
         except (_Refusal, LookupFailed) as refusal:
             verdict = refusal.verdict
@@ -535,7 +535,12 @@ class GateSession:
         return entity, observed, precondition
 
     def _state_checks(
-        self, rule: OperationRule, arguments: Mapping[str, Any], entity: Mapping[str, Any] | None, hold: QuotaHold
+        self,
+        rule: OperationRule,
+        arguments: Mapping[str, Any],
+        entity: Mapping[str, Any] | None,
+        hold: QuotaHold,
+        provenance: Check | None,
     ) -> None:
         transition = rule.transition
         if transition is not None and entity is not None:
@@ -551,7 +556,7 @@ class GateSession:
                         boundary=boundary,
                     )
                 )
-        variables = self._variables(rule, arguments, entity)
+        variables = self._variables(rule, arguments, entity, provenance)
         violation = self._gate._rules.guard_violation(rule, variables, self._call_lookups, self._sees_secrets(rule))
         if violation is not None:
             raise _Refusal(violation)
@@ -567,9 +572,15 @@ class GateSession:
             raise _Refusal(approval)
 
     def _variables(
-        self, rule: OperationRule, arguments: Mapping[str, Any], entity: Mapping[str, Any] | None
+        self,
+        rule: OperationRule,
+        arguments: Mapping[str, Any],
+        entity: Mapping[str, Any] | None,
+        provenance: Check | None,
     ) -> dict[str, Any]:
-        """What the call's CEL rules (guards, approval conditions) see, by top-level name."""
+        """What the call's CEL rules (guards, approval conditions) see, by top-level name.
+        `provenance`: the call's provenance as check 7 found it (None: no `from:` params); the
+        ledger does not change while a call is decided, so it is not matched a second time."""
         table = self._gate._table
         variables: dict[str, Any] = {
             "params": {p.name: _cel_value(arguments.get(p.name), p.type, table.records) for p in rule.params},
@@ -578,7 +589,7 @@ class GateSession:
                 "scopes": sorted(self._principal.scopes),
                 "attributes": self._gate._attributes.values(self._principal),
             },
-            "provenance": self._provenance.variables(rule, arguments),
+            "provenance": {} if provenance is None else {p: list(seen) for p, seen in provenance.labels.items()},
         }
         if entity is not None and rule.entity is not None:
             fields = table.records[rule.entity]

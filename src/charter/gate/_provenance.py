@@ -320,11 +320,6 @@ class ProvenanceLedger:
             return Check(labels)
         return Check(labels, violation[0], violation[1])
 
-    def variables(self, operation: OperationRule, arguments: Mapping[str, Any]) -> dict[str, list[str]]:
-        """`provenance.<p>` as CEL rules see it: per `from:` param, the labels its value was seen in."""
-        check = self.check(operation, arguments)
-        return {} if check is None else {p: list(labels) for p, labels in check.labels.items()}
-
     def _message(self, operation: str, name: str, rule: ProvenanceRule, value: str) -> str:
         allowed = " or ".join(
             s.label + (" (as a token)" if s.match == "token" and s.kind == "result" else "") for s in rule.sources
