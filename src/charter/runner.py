@@ -29,6 +29,7 @@ from charter.sandbox import (
     Completed,
     Halted,
     Outcome,
+    Paused,
     ProgramError,
     Refused,
     RunContext,
@@ -219,4 +220,5 @@ def sealed_receipt(run_id: str, outcome: Outcome, *, unavailable: bool = False) 
         in_doubt=(),
         run_status=status.status,
         cause=status.cause,
+        approval_id=outcome.approval_id if isinstance(outcome, Paused) else None,
     )

@@ -16,7 +16,9 @@ exported bundles. Two levels:
                        a run that did not complete after a call the server could not
                        perform (a binding module missing, failing to import or changed)
                        is failed with cause BACKEND_UNAVAILABLE
-    awaiting_approval  reserved: a run paused for a human approval (later work)
+    awaiting_approval  a call needs a human's approval: the program run paused there (its
+                       outcome `paused`, cause APPROVAL_REQUIRED) and a resumed run, a new
+                       program run of the same logical run, continues it once decided
     in_doubt           what a caller is told of an interrupted run when it retries with
                        the run's Idempotency-Key: its calls' effects are not known, and it
                        is never re-executed (the cause is the same never_sealed /
@@ -58,6 +60,7 @@ Status = Literal["done", "refused", "failed", "awaiting_approval", "in_doubt", "
 STATUSES: tuple[str, ...] = get_args(Status)
 
 BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"  # the cause of a run a misconfigured backend ended
+APPROVAL_REQUIRED = "APPROVAL_REQUIRED"  # the cause of a run paused for a human approval
 NEVER_SEALED = "never_sealed"  # the cause of an interrupted program run
 NEVER_CONCLUDED = "never_concluded"  # the cause of an interrupted intent run
 
@@ -77,6 +80,8 @@ def classify(tag: str, denial_code: str | None = None) -> RunStatus:
         return RunStatus("done", tag)
     if tag == "refused":
         return RunStatus("refused", tag)
+    if tag == "paused":
+        return RunStatus("awaiting_approval", APPROVAL_REQUIRED)
     if denial_code == BACKEND_UNAVAILABLE and tag in ("program_error", "halted"):
         return RunStatus("failed", denial_code)  # the server's fault, not a refusal of the caller
     if denial_code is not None and tag in ("program_error", "halted"):

@@ -19,6 +19,8 @@ from charter.audit.keys import (
     read_public_key,
 )
 from charter.audit.receipts import (
+    ApprovalDecided,
+    ApprovalRequested,
     Asked,
     Attempted,
     Concluded,
@@ -39,6 +41,8 @@ from charter.audit.verify import Finding, Verification, verify_receipts
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "ApprovalDecided",
+    "ApprovalRequested",
     "Asked",
     "Attempted",
     "AuditLog",

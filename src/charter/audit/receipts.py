@@ -15,6 +15,16 @@ An intent run (the Runtime Agent answering one request) writes:
                program run of its own (named in `program_run`, whose Opened names this run)
     Concluded  the conclusion the caller got; no receipt of the run may follow it
 
+Human approvals (issue 16) add two kinds:
+
+    ApprovalRequested  in a program run, in place of the Decision of a call whose approval
+                       rule held after every other check passed: the call did not execute,
+                       and the run is then sealed `awaiting_approval` (Sealed.approval_id)
+    ApprovalDecided    a record of its own (run_id = the approval id, seq 0): an approver's
+                       decision on one request, naming the request's run and link. A resumed
+                       run is a new program run whose Opened names the paused run
+                       (`resumes`), the approval and the decision's link
+
 Every receipt body is canonical JSON (msgspec encodes struct fields in declaration
 order) and is signed with Ed25519. Its *link* is sha256(body || signature). Each body
 names the link of the run's previous receipt (`prev`) and of the log's previous receipt
@@ -34,6 +44,8 @@ from charter.status import Status
 __all__ = [
     "ALLOW",
     "DENY",
+    "ApprovalDecided",
+    "ApprovalRequested",
     "Asked",
     "Attempted",
     "Closing",
@@ -95,6 +107,13 @@ class Opened(_Body, frozen=True, kw_only=True, tag="open"):
     secret_inputs: tuple[str, ...] = ()
     # The principal's attributes as the operator bound them (tokens.yaml, --attr); None: none.
     attributes: dict[str, Any] | None = None
+    # Issue 16: a run resuming a run paused for approval: the paused run (`resumes`), the
+    # approval and the link of its ApprovalDecided receipt, and the earlier resumes of the same
+    # approval that ended without a seal (a crash), whose recorded outcomes this run reuses.
+    resumes: str | None = None
+    approval_id: str | None = None
+    approval_link: str | None = None
+    recovers: tuple[str, ...] = ()
 
 
 class Observed(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -168,6 +187,55 @@ class Decision(_Body, frozen=True, kw_only=True, tag="decision"):
     # Params not declared secret whose value held a secret input of the run (`secret_inputs`):
     # `arguments` and `args_sha256` hold the input's HMAC digest in its place (gate._secrets).
     masked_inputs: tuple[str, ...] = ()
+    # Issue 16: the program line that made the call, AS REPORTED BY THE GUEST (untrusted: a
+    # program can misreport it; it locates the call for a reader, it proves nothing).
+    line: int | None = None
+    # On a resumed run's approved call: the approval it executes under.
+    approval_id: str | None = None
+
+
+class ApprovalRequested(_Body, frozen=True, kw_only=True, tag="approval_request"):
+    """A call that needs a human's approval, in place of its Decision: nothing executed."""
+
+    approval_id: str  # 32 hex digits
+    call: int
+    operation: str
+    args_sha256: str
+    arguments: str | None  # canonical JSON, secrets masked as in a Decision
+    program_sha256: str
+    contract: str
+    version: str
+    contract_sha256: str
+    principal: str
+    logical_run_id: str  # write idempotency keys derive from it along the chain
+    reason: str  # the approval rule's reason
+    clause: str  # "approval:<operation>"
+    boundary: str | None
+    approver_scope: str  # who may decide: a principal holding it, never the requester
+    expires: str  # ISO-8601 UTC; after it the request can only be denied
+    observed: Observed | None = None  # what the gate read to decide the call (as on a Decision)
+    lookups: tuple[LookupSeen, ...] = ()
+    provenance: dict[str, tuple[str, ...]] | None = None
+    quotas: tuple[QuotaSeen, ...] = ()
+    secret_params: tuple[str, ...] = ()
+    masked_inputs: tuple[str, ...] = ()
+    line: int | None = None  # reported by the guest, as on Decision
+
+
+class ApprovalDecided(_Body, frozen=True, kw_only=True, tag="approval_decision"):
+    """One decision on one approval request: a record of its own (run_id = approval_id, seq 0)."""
+
+    approval_id: str
+    request_run: str  # the paused run
+    request_link: str  # the link of its ApprovalRequested receipt
+    call: int
+    operation: str
+    args_sha256: str  # what was approved: the resumed call must hash to exactly this
+    decision: Literal["approved", "denied"]
+    approver: str  # the deciding principal ("charter" for an expiry the server denied)
+    approver_scopes: tuple[str, ...]
+    reason: str
+    expired: bool = False  # denied because the request expired unanswered
 
 
 class Outcome(_Body, frozen=True, kw_only=True, tag="outcome"):
@@ -196,6 +264,7 @@ class Sealed(_Body, frozen=True, kw_only=True, tag="seal"):
     # cause. A seal written before has neither; `charter.status.status_of` maps it.
     run_status: Status | None = None
     cause: str | None = None
+    approval_id: str | None = None  # awaiting_approval: the approval the run waits for
 
 
 class Asked(_Body, frozen=True, kw_only=True, tag="ask"):
@@ -242,9 +311,10 @@ class Concluded(_Body, frozen=True, kw_only=True, tag="conclude"):
     usage: dict[str, int]  # token counts over all attempts
     receipts: int  # receipts of the run before this one
     cause: str | None = None  # since release 0.2 (charter.status); None in older receipts
+    approval_id: str | None = None  # awaiting_approval: the approval its program run waits for
 
 
-Receipt = Opened | Decision | Outcome | Sealed | Asked | Attempted | Concluded
+Receipt = Opened | Decision | Outcome | Sealed | Asked | Attempted | Concluded | ApprovalRequested | ApprovalDecided
 Opening = Opened | Asked
 Closing = Sealed | Concluded
 
@@ -254,7 +324,8 @@ _sorted_encoder = msgspec.json.Encoder(decimal_format="string", order="sorted")
 
 
 def kind_of(receipt: Receipt) -> str:
-    """The receipt's tag: open, decision, outcome, seal, ask, attempt or conclude."""
+    """The receipt's tag: open, decision, outcome, seal, ask, attempt, conclude, approval_request
+    or approval_decision."""
     return str(receipt.__struct_config__.tag)
 
 

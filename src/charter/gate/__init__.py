@@ -8,6 +8,7 @@ from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._contract import ContractGate, GateSession
 from charter.gate._passthrough import PassThroughGate
 from charter.gate._protocol import (
+    ApprovalPending,
     CallRequest,
     Denied,
     Encoded,
@@ -19,6 +20,7 @@ from charter.gate._protocol import (
 )
 
 __all__ = [
+    "ApprovalPending",
     "ArgumentChecker",
     "CallRequest",
     "ContractGate",

@@ -8,7 +8,17 @@ import msgspec
 
 from charter.principal import Principal
 
-__all__ = ["CallRequest", "Denied", "Encoded", "Gate", "Malformed", "OperationFailed", "RunHalted", "encode_reply"]
+__all__ = [
+    "ApprovalPending",
+    "CallRequest",
+    "Denied",
+    "Encoded",
+    "Gate",
+    "Malformed",
+    "OperationFailed",
+    "RunHalted",
+    "encode_reply",
+]
 
 
 class Malformed(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,6 +39,9 @@ class CallRequest(msgspec.Struct, frozen=True, kw_only=True):
     principal: Principal
     deadline: float  # time.monotonic() by which the run's wall-time limit ends
     malformed: Malformed | None = None
+    # The program line of the calling frame, as the guest reported it (untrusted; None: not
+    # reported, e.g. a replay of a log written before guests reported it).
+    line: int | None = None
 
 
 class Encoded(msgspec.Struct, frozen=True):
@@ -59,6 +72,19 @@ class RunHalted(Denied):
     """A denial that also ends the run (the per-run cap on denials was reached)."""
 
 
+class ApprovalPending(Exception):
+    """The call needs a human's approval: the gate recorded an ApprovalRequested receipt and
+    nothing executed. Ends the run (the host seals it `paused`); the program cannot catch it."""
+
+    def __init__(self, approval_id: str, *, call: int, operation: str, reason: str, line: int | None) -> None:
+        super().__init__(reason)
+        self.approval_id = approval_id
+        self.call = call
+        self.operation = operation
+        self.reason = reason
+        self.line = line
+
+
 class OperationFailed(Exception):
     """The backend failed to perform an allowed call. The program sees OperationError."""
 
@@ -72,7 +98,8 @@ class Gate(Protocol):
     """Decides every call before the backend is touched.
 
     `call` returns the operation's result (JSON-encodable, Decimal and datetime allowed,
-    or `Encoded`) or raises Denied / OperationFailed; RunHalted ends the run. Any other
+    or `Encoded`) or raises Denied / OperationFailed; RunHalted ends the run, ApprovalPending
+    pauses it (the sandbox outcome `Paused`). Any other
     exception is treated by the host as a denial (GATE_ERROR): the gate fails closed even
     when it is broken.
 

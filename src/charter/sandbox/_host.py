@@ -37,6 +37,7 @@ from wasmtime.component import Component, Func, Linker
 from charter.compiler.artifact import CompiledContract
 from charter.errors import UsageError
 from charter.gate._protocol import (
+    ApprovalPending,
     CallRequest,
     Denied,
     Encoded,
@@ -57,6 +58,7 @@ from charter.sandbox.outcomes import (
     MemoryExceeded,
     Outcome,
     OutputLimitExceeded,
+    Paused,
     ProgramError,
     ProgramRejected,
     ProgramSyntaxError,
@@ -234,6 +236,15 @@ class _RunState:
             raise self.wall_timeout() from None
         except RunHalted as halted:
             raise self.abort(Halted(code=halted.code, reason=halted.message)) from None
+        except ApprovalPending as pending:
+            paused = Paused(
+                approval_id=pending.approval_id,
+                call=pending.call,
+                operation=pending.operation,
+                reason=pending.reason,
+                line=pending.line,
+            )
+            raise self.abort(paused) from None
         except Denied as denied:
             return False, _wire.encode_error("contract_violation", denied.code, denied.message, denied.boundary)
         except OperationFailed as failed:

@@ -11,6 +11,8 @@
     ├── CallLimitExceeded  it tried more proxy calls than its limit
     ├── OutputLimitExceeded it printed more than its limit
     ├── Halted             the gate ended it (too many denied calls)
+    ├── Paused             a call needs a human's approval: the run stops there, and a
+    │                      resumed run continues it once the approval is decided
     └── Trapped            the interpreter stopped for another reason (the instance is discarded)
 
 A run never raises for any of these: the caller gets an outcome and the host keeps serving.
@@ -30,6 +32,7 @@ __all__ = [
     "MemoryExceeded",
     "Outcome",
     "OutputLimitExceeded",
+    "Paused",
     "ProgramError",
     "ProgramRejected",
     "ProgramSyntaxError",
@@ -177,6 +180,24 @@ class Halted(_Outcome, frozen=True, kw_only=True, tag="halted"):
         return f"The gate ended the run: {self.reason}"
 
 
+class Paused(_Outcome, frozen=True, kw_only=True, tag="paused"):
+    """The gate paused the run at call `call`: its approval rule held after every other check
+    passed, an ApprovalRequested receipt records it, and nothing of that call executed."""
+
+    approval_id: str
+    call: int
+    operation: str
+    reason: str  # the approval rule's reason
+    line: int | None = None  # the program line of the call, as the guest reported it
+
+    @property
+    def message(self) -> str:
+        return (
+            f"The run is awaiting approval {self.approval_id}: {self.operation} (call {self.call}) needs a "
+            f"human's approval: {self.reason}"
+        )
+
+
 class Trapped(_Outcome, frozen=True, kw_only=True, tag="trap"):
     reason: str
 
@@ -196,6 +217,7 @@ Outcome = (
     | CallLimitExceeded
     | OutputLimitExceeded
     | Halted
+    | Paused
     | Trapped
 )
 
