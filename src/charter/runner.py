@@ -59,6 +59,8 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     # Calls the server could not perform (a binding module missing, failing to import or
     # changed since publish): a server fault, which the surfaces report as such.
     unavailable: tuple[str, ...] = ()
+    # awaiting_approval: the approval the run waits for (charter.approvals), else None.
+    approval_id: str | None = None
 
     @property
     def text(self) -> str:
@@ -197,6 +199,7 @@ class Runner:
             contract=contract.name,
             version=contract.version,
             unavailable=unavailable,
+            approval_id=outcome.approval_id if isinstance(outcome, Paused) else None,
         )
 
 

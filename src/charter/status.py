@@ -61,6 +61,10 @@ STATUSES: tuple[str, ...] = get_args(Status)
 
 BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"  # the cause of a run a misconfigured backend ended
 APPROVAL_REQUIRED = "APPROVAL_REQUIRED"  # the cause of a run paused for a human approval
+# Why a resume of a paused run stopped before the program could go on (charter.approvals):
+# the record failed verification, the program diverged from it, or a call of a crashed
+# resume is in doubt. The resumed run is sealed `halted` with the code, and is failed.
+RESUME_FAILURES = frozenset({"TAMPERED", "DIVERGED", "IN_DOUBT"})
 NEVER_SEALED = "never_sealed"  # the cause of an interrupted program run
 NEVER_CONCLUDED = "never_concluded"  # the cause of an interrupted intent run
 
@@ -82,6 +86,8 @@ def classify(tag: str, denial_code: str | None = None) -> RunStatus:
         return RunStatus("refused", tag)
     if tag == "paused":
         return RunStatus("awaiting_approval", APPROVAL_REQUIRED)
+    if denial_code in RESUME_FAILURES and tag == "halted":
+        return RunStatus("failed", denial_code)  # the record, not the caller, stopped the resume
     if denial_code == BACKEND_UNAVAILABLE and tag in ("program_error", "halted"):
         return RunStatus("failed", denial_code)  # the server's fault, not a refusal of the caller
     if denial_code is not None and tag in ("program_error", "halted"):
