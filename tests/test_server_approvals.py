@@ -68,11 +68,11 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
                     status = 500 if len(receiver.deliveries) < receiver.fail_first else 204
-                    receiver.deliveries.append(({k: v for k, v in self.headers.items()}, body, status))
+                    receiver.deliveries.append((dict(self.headers.items()), body, status))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -210,7 +210,8 @@ def test_a_paused_program_answers_202_and_concludes_once_a_reviewer_approves(api
 
     final = api.settled(run_id)
     assert (final["status"], final["answer"]) == ("done", "sent 25.00")
-    assert final["chain"][0] == run_id and len(final["chain"]) == 2
+    assert final["chain"][0] == run_id
+    assert len(final["chain"]) == 2
     assert final["latest_run"] == final["chain"][1]
     assert [t["amount"] for t in transfers_to(NEW_IBAN)] == ["25.00"]  # executed exactly once
 
@@ -229,7 +230,8 @@ def test_an_intent_that_pauses_answers_202_and_its_run_follows_the_chain(api: Ap
         assert client.post(f"/v1/approvals/{body['approval']['id']}/approve", json={"reason": "ok"}).status_code == 200
     final = api.settled(body["run_id"])
     assert (final["kind"], final["status"], final["answer"]) == ("intent", "done", "sent 25.00")
-    assert final["chain"][0] == body["run_id"] and len(final["chain"]) == 3  # intent, paused run, resumed run
+    assert final["chain"][0] == body["run_id"]
+    assert len(final["chain"]) == 3
 
 
 def test_a_denied_approval_concludes_the_run_with_the_approval_denied_refusal(api: Api) -> None:
@@ -392,7 +394,7 @@ def test_the_webhook_is_told_of_a_request_signed_and_retried_after_a_500(api: Ap
     while len(api.receiver.deliveries) < 2:
         assert time.monotonic() < deadline, api.receiver.deliveries
         time.sleep(0.05)
-    (first_headers, first_body, first_status), (headers, body, status) = api.receiver.deliveries[:2]
+    (_first_headers, first_body, first_status), (headers, body, status) = api.receiver.deliveries[:2]
     assert (first_status, status) == (500, 204)
     assert body == first_body  # the same event, retried
     event = json.loads(body)

@@ -302,9 +302,7 @@ class RunBody(BaseModel):
 
 
 class DecideRequest(_Request):
-    reason: str = Field(
-        min_length=1, max_length=2000, description="Why: recorded, signed, in the decision's receipt."
-    )
+    reason: str = Field(min_length=1, max_length=2000, description="Why: recorded, signed, in the decision's receipt.")
 
 
 class ApprovalBody(BaseModel):
