@@ -382,6 +382,17 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
+# A run that paused for a human's approval: its conclusion so far, and where to follow it.
+_PAUSED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ConclusionBody,
+        "description": "The run paused for a human's approval (status awaiting_approval, `approval`); "
+        "Location names the run: GET it to follow the approval chain to its conclusion.",
+        "headers": {"Location": {"description": "/v1/runs/{run_id}", "schema": {"type": "string"}}},
+    }
+}
+
+
 def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
     if answer.unavailable:  # the server's fault, reported as such and never as the caller's
         raise ApiProblem(
@@ -601,7 +612,7 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         summary="Ask for something in plain words",
         description="The Runtime Agent writes one program against the contract, which runs governed. "
         "Only the conclusion comes back, with the run id to audit it by.",
-        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+        responses=_PAUSED | _problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     )
     def post_intent(request: IntentRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
         def run(run_id: str | None) -> Reply:
@@ -625,7 +636,7 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         response_model=ConclusionBody,
         summary="Run a program you wrote (code mode)",
         description="The program runs in the sandbox; every proxy call is checked against the contract.",
-        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+        responses=_PAUSED | _problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     )
     def post_program(request: ProgramRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
         def run(run_id: str | None) -> Reply:
