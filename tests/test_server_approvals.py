@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -406,3 +407,21 @@ def test_the_webhook_is_told_of_a_request_signed_and_retried_after_a_500(api: Ap
     assert not verify_signature(b"0" * 64, signature, body)
     key_file = Path(api.log.path.parent / "keys" / "webhook.key")
     assert key_file.stat().st_mode & 0o077 == 0
+
+
+def test_an_expired_request_can_only_be_denied(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from charter.approvals import store as approvals_store
+
+    paused = api.pause()
+    approval_id = paused["approval"]["id"]
+    api.service.stop_approvals()  # no worker: it would deny the expired request itself (expire_due)
+    later = datetime.now(UTC) + timedelta(hours=25)  # the payments contract's requests wait 24 hours
+    monkeypatch.setattr(approvals_store, "_now", lambda now=None: later if now is None else now)
+    with api.client("reviewer") as client:
+        assert client.get(f"/v1/approvals/{approval_id}").json()["status"] == "expired"
+        late = client.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "sorry, late"})
+        problem(late, 409, "approval-expired", "APPROVAL_EXPIRED")
+        denied = client.post(f"/v1/approvals/{approval_id}/deny", json={"reason": "too late"})
+    assert (denied.status_code, denied.json()["status"]) == (200, "denied")
+    (decided,) = decisions(api.log, approval_id)
+    assert (decided.decision, decided.approver) == ("denied", "reviewer")
