@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         ApprovalView,
         SelfApproval,
     )
+    from charter.approvals.resume import Resumer
     from charter.approvals.webhook import (
         SIGNATURE_HEADER,
         ApprovalWebhook,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         sign,
         verify_signature,
     )
+    from charter.approvals.worker import ResumeWorker
 
 _EXPORTS = {
     "ApprovalConflict": "charter.approvals.store",
@@ -54,6 +56,8 @@ _EXPORTS = {
     "SelfApproval": "charter.approvals.store",
     "chain_of": "charter.approvals.chain",
     "latest_of": "charter.approvals.chain",
+    "Resumer": "charter.approvals.resume",
+    "ResumeWorker": "charter.approvals.worker",
     "SIGNATURE_HEADER": "charter.approvals.webhook",
     "ApprovalWebhook": "charter.approvals.webhook",
     "load_or_create_webhook_key": "charter.approvals.webhook",
@@ -71,6 +75,8 @@ __all__ = [
     "ApprovalStore",
     "ApprovalView",
     "ApprovalWebhook",
+    "ResumeWorker",
+    "Resumer",
     "SelfApproval",
     "chain_of",
     "latest_of",
