@@ -212,6 +212,10 @@ def test_approve_and_deny_each_write_one_signed_record_that_is_not_a_run(log: Au
     report = verify_log(log, log.trusted_keys(), every_signature=True)
     assert report.ok, [str(f) for f in report.findings]
     assert (report.runs, report.incomplete, report.undiagnosed) == (2, [], [])
+    verified = charter("audit", "verify", "--every-signature", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    body = json.loads(verified.stdout)
+    assert (body["ok"], body["interrupted"], body["undiagnosed"], body["findings"]) == (True, [], [], [])
 
 
 def test_a_record_written_twice_is_refused_by_the_log_itself(log: AuditLog, store: ApprovalStore) -> None:
