@@ -10,6 +10,10 @@ the worker resumes the run.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -435,3 +439,60 @@ def test_an_expired_request_can_only_be_denied(api: Api, monkeypatch: pytest.Mon
     assert (denied.status_code, denied.json()["status"]) == (200, "denied")
     (decided,) = decisions(api.log, approval_id)
     assert (decided.decision, decided.approver) == ("denied", "reviewer")
+
+
+# -- `charter serve` as a real process -------------------------------------------------------------
+
+
+def test_charter_serve_resumes_at_start_what_was_decided_while_it_was_down(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    from charter.approvals import ApprovalStore
+    from charter.runner import Runner
+
+    backend.seed()
+    path = ROOT / "contracts" / "payments.yaml"
+    Registry().publish(load_contract(path), path.read_text(encoding="utf-8"))
+    token = TokenStore(charter_home / "tokens.yaml").add("holder", "holder", HOLDER_SCOPES, HOLDER_ATTRIBUTES)
+    log = AuditLog(charter_home / "audit.db")
+    paused = Runner(audit=log, sandbox=shared_sandbox).execute(
+        PAY_NEW_IBAN,
+        contract=Registry().get("payments"),
+        principal=Principal("holder", frozenset(HOLDER_SCOPES), dict(HOLDER_ATTRIBUTES)),
+        inputs={"iban": NEW_IBAN},
+    )
+    assert (paused.status, paused.approval_id is not None) == ("awaiting_approval", True)
+    assert paused.approval_id is not None
+    approvals = ApprovalStore(log)
+    approvals.decide(paused.approval_id, Principal("reviewer", frozenset({"payments:approve"})), "approved", "ok")
+    assert transfers_to(NEW_IBAN) == []  # decided, and nothing resumed it: no server ran
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "charter", "serve", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while approvals.get(paused.approval_id).resume_status in (None, "interrupted"):
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, "charter serve did not resume the decided approval"
+            time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {token}"}
+        while True:
+            try:
+                view = httpx.get(f"http://127.0.0.1:{port}/v1/runs/{paused.run_id}", headers=headers).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "charter serve did not answer"
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert (view["status"], view["answer"], len(view["chain"])) == ("done", "sent 25.00", 2)
+    assert [t["amount"] for t in transfers_to(NEW_IBAN)] == ["25.00"]
