@@ -496,3 +496,50 @@ def test_charter_serve_resumes_at_start_what_was_decided_while_it_was_down(
         server.wait(30)
     assert (view["status"], view["answer"], len(view["chain"])) == ("done", "sent 25.00", 2)
     assert [t["amount"] for t in transfers_to(NEW_IBAN)] == ["25.00"]
+
+
+def test_a_second_flagged_call_pauses_again_and_the_run_follows_a_chain_of_two(api: Api) -> None:
+    second = backend.INJECTED_IBAN  # another IBAN that is no saved payee
+    program = (
+        "from decimal import Decimal\n"
+        'first = payments.send_payment(account="ACC-1001", recipient=inputs["iban"], amount=Decimal("25.00"), '
+        'reference="Deposit")\n'
+        'again = payments.send_payment(account="ACC-1001", recipient=inputs["second"], amount=Decimal("5.00"), '
+        'reference="Fee")\n'
+        'conclude(f"sent {first.amount} and {again.amount}")\n'
+    )
+    with api.client() as client:
+        paused = client.post(
+            "/v1/programs",
+            json={"contract": "payments", "program": program, "inputs": {"iban": NEW_IBAN, "second": second}},
+        ).json()
+    with api.client("reviewer") as client:
+        client.post(f"/v1/approvals/{paused['approval']['id']}/approve", json={"reason": "ok"}).raise_for_status()
+        deadline = time.monotonic() + 90
+        while True:  # the resumed run pauses at the second payment: a new request
+            pending = client.get("/v1/approvals", params={"status": "pending"}).json()
+            if pending:
+                break
+            assert time.monotonic() < deadline, "the resumed run did not pause again"
+            time.sleep(0.1)
+        (again,) = pending
+        assert (again["operation"], again["call"]) == ("send_payment", 2)
+        assert again["run_id"] != paused["run_id"]  # requested by the resumed run
+        with api.client() as holder:
+            waiting = holder.get(f"/v1/runs/{paused['run_id']}").json()
+        assert (waiting["status"], waiting["approval"]["id"], len(waiting["chain"])) == (
+            "awaiting_approval",
+            again["approval_id"],
+            2,
+        )
+        client.post(f"/v1/approvals/{again['approval_id']}/approve", json={"reason": "ok"}).raise_for_status()
+    final = api.settled(paused["run_id"])
+    assert (final["status"], final["answer"], len(final["chain"])) == ("done", "sent 25.00 and 5.00", 3)
+    assert [t["amount"] for t in transfers_to(NEW_IBAN) + transfers_to(second)] == ["25.00", "5.00"]
+    deadline = time.monotonic() + 30
+    while True:  # the webhook was told of both requests, the second by the worker that resumed the first
+        told = {json.loads(body)["approval"]["approval_id"] for _, body, status in api.receiver.deliveries}
+        if told == {paused["approval"]["id"], again["approval_id"]}:
+            break
+        assert time.monotonic() < deadline, told
+        time.sleep(0.05)
