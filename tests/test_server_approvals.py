@@ -43,7 +43,7 @@ from charter.registry import Registry
 from charter.sandbox import Sandbox
 from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
 from examples.payments import backend
-from tests.conftest import ROOT
+from tests.conftest import ROOT, charter
 
 HOLDER_SCOPES = ["payments:read", "payments:write", "documents:read", "profile:read"]
 HOLDER_ATTRIBUTES = {"account_id": backend.HOLDER_ACCOUNT, "daily_limit": "2500.00"}
@@ -471,7 +471,7 @@ def test_charter_serve_resumes_at_start_what_was_decided_while_it_was_down(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "charter", "serve", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "charter", "serve", f"127.0.0.1:{port}", "--approval-webhook", "http://127.0.0.1:9/"],
         cwd=ROOT,
         env=os.environ.copy(),
         stdout=subprocess.DEVNULL,
@@ -496,6 +496,13 @@ def test_charter_serve_resumes_at_start_what_was_decided_while_it_was_down(
         server.wait(30)
     assert (view["status"], view["answer"], len(view["chain"])) == ("done", "sent 25.00", 2)
     assert [t["amount"] for t in transfers_to(NEW_IBAN)] == ["25.00"]
+    assert (charter_home / "keys" / "webhook.key").stat().st_mode & 0o777 == 0o600  # made for the webhook
+
+
+def test_charter_serve_refuses_a_webhook_that_is_not_http() -> None:
+    result = charter("serve", "127.0.0.1:0", "--approval-webhook", "file:///etc/passwd")
+    assert result.returncode == 1
+    assert "is not an http:// or https:// URL" in result.stderr
 
 
 def test_a_second_flagged_call_pauses_again_and_the_run_follows_a_chain_of_two(api: Api) -> None:
