@@ -31,7 +31,9 @@ from charter.audit import (
     verify_bundle,
     verify_log,
 )
+from charter.audit._approval_records import chain_of
 from charter.audit.receipts import args_digest, link_of, text_sha256
+from charter.cli._audit_approvals import story
 from charter.runner import sealed_receipt
 from charter.sandbox import Completed, Paused, Stats
 from tests.conftest import charter
@@ -188,8 +190,9 @@ def decide(
         args_sha256=fields.pop("args_sha256", digest),
         decision=verdict,  # type: ignore[arg-type]
         approver=fields.pop("approver", "grace"),
-        approver_scopes=("payments:approve",),
+        approver_scopes=fields.pop("approver_scopes", ("payments:approve",)),
         reason=fields.pop("reason", "checked the invoice with the supplier"),
+        expired=fields.pop("expired", False),
     )
     if decided.run_id == approval_id:
         return log.append_record(decided).run_id
@@ -491,6 +494,34 @@ def test_audit_show_marks_a_tampered_decision_and_exits_1(chain: Chain) -> None:
     verified = charter("audit", "verify")
     assert verified.returncode == 1
     assert f"receipt {log_seq} ApprovalDecided (approval {chain.approval_id})" in verified.stdout
+
+
+def test_the_story_of_an_expired_request_denied_by_charter(charter_home: Path) -> None:
+    log = AuditLog(charter_home / "audit.db")
+    approval_id = secrets.token_hex(16)
+    paused = pause(log, approval_id)
+    chain = chain_of(log, paused)
+    assert chain is not None
+    assert story(chain)[-2:] == [
+        "  3. decided: not yet (pending; expires 2026-11-30T12:00:00+00:00)",
+        f"  4. result: awaiting_approval: waiting for approval {approval_id}",
+    ]
+    decide(
+        log,
+        approval_id,
+        paused,
+        verdict="denied",
+        approver="charter",
+        approver_scopes=(),
+        reason="the request expired unanswered",
+        expired=True,
+    )
+    chain = chain_of(log, paused)
+    assert chain is not None
+    [decided] = [line for line in story(chain) if "decided:" in line]
+    assert decided.startswith("  3. decided: denied by charter at ")
+    assert decided.endswith(" (the request expired unanswered)")
+    assert verify(log).ok
 
 
 # --- end to end: the real pause, approval store and resumer write the chain ----------------
