@@ -76,6 +76,7 @@ def opened(
     resumes: str | None = None,
     approval_id: str | None = None,
     logical_run_id: str | None = None,
+    approval_link: str | None = None,
 ) -> Opened:
     return Opened(
         run_id=secrets.token_hex(16),
@@ -97,7 +98,13 @@ def opened(
         resumes=resumes,
         approval_id=approval_id,
         logical_run_id=logical_run_id,
+        approval_link=approval_link,
     )
+
+
+def decision_link(log: AuditLog, approval_id: str) -> str | None:
+    """The link of an approval's decision record, which a resumed run's Opened names (verify checks it)."""
+    return next((row.link for row in log.stored(approval_id)), None)
 
 
 def request(
@@ -115,6 +122,8 @@ def request(
         contract=contract,
         resumes=resumes[0] if resumes else None,
         approval_id=resumes[1] if resumes else None,
+        approval_link=decision_link(log, resumes[1]) if resumes else None,
+        logical_run_id=resumes[0] if resumes else None,
     )
     recorder = log.open_run(opening)
     approval_id = secrets.token_hex(16)
@@ -150,7 +159,12 @@ def request(
 
 def resume(log: AuditLog, paused_run: str, approval_id: str, *, seal: bool = True) -> str:
     """A run resuming `paused_run` under `approval_id`, completed (or, without `seal`, crashed)."""
-    recorder = log.open_run(opened(resumes=paused_run, approval_id=approval_id, logical_run_id=paused_run))
+    link = decision_link(log, approval_id)
+    paused = log.run(paused_run).opened
+    logical = (paused.logical_run_id if isinstance(paused, Opened) else None) or paused_run  # the chain's one id
+    recorder = log.open_run(
+        opened(resumes=paused_run, approval_id=approval_id, logical_run_id=logical, approval_link=link)
+    )
     if seal:
         recorder.seal(sealed_receipt(recorder.run_id, Completed(answer="paid")))
     return recorder.run_id
