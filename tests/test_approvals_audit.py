@@ -579,3 +579,29 @@ def test_a_real_chain_of_two_approvals_verifies_shows_its_story_and_exports(env:
     bundle = tmp_path / "chain.jsonl"
     bundle.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert verify_bundle(bundle).ok
+
+
+def test_a_real_denial_shows_on_the_resumed_call_and_in_the_story(
+    env: Env,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough that no receipt line folds
+    program = REFUND + "conclude('refunded')\n"
+    _, approval_id = env.paused(program)
+    env.store.decide(approval_id, RITA, "denied", "no photos of the damage")
+    resumed = env.resumer.resume(approval_id)
+    assert (resumed.status, resumed.cause) == ("refused", "APPROVAL_DENIED")
+    shown = charter("audit", "show", resumed.run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"-> DENY APPROVAL_DENIED (approval {approval_id}): refund_order was denied by rita" in shown.stdout
+    story = shown.stdout[shown.stdout.index("story (in order)") :]
+    steps = [
+        f"paused: approval {approval_id}",
+        "decided: denied by rita",
+        "why: no photos of the damage",
+        f"resumed: run {resumed.run_id}",
+        "result: refused",
+    ]
+    at = [story.index(step) for step in steps]
+    assert at == sorted(at), story
+    assert verify(env.log).ok

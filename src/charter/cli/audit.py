@@ -421,10 +421,10 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
         if receipt.provenance is not None:  # per from: param, where its value was seen
             seen = "; ".join(f"{p} <- {'|'.join(labels) or 'nowhere'}" for p, labels in receipt.provenance.items())
             head += f"\n   provenance: {seen}"
+        under = f" (approval {receipt.approval_id})" if receipt.approval_id else ""  # a resumed run's call
         if receipt.decision == "ALLOW":
-            under = f" (approval {receipt.approval_id})" if receipt.approval_id else ""
             return f"{head}\n-> ALLOW {receipt.code}{under}", "green"
-        return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
+        return f"{head}\n-> DENY {receipt.code}{under}: {receipt.message}", "yellow"
     if isinstance(receipt, ApprovalRequested):
         return request_line(receipt)
     if isinstance(receipt, Outcome):
