@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from charter.agent import Charter, ScriptedModel
 from charter.audit import (
     ApprovalDecided,
     ApprovalRequested,
@@ -36,7 +37,8 @@ from charter.audit.receipts import args_digest, link_of, text_sha256
 from charter.cli._audit_approvals import story
 from charter.runner import sealed_receipt
 from charter.sandbox import Completed, Paused, Stats
-from tests.conftest import charter
+from tests.conftest import charter, compiled
+from tests.test_approvals_pause import NEW_IBAN, PAY_NEW_IBAN, Bank, bank  # noqa: F401  (bank: the fixture)
 from tests.test_approvals_resume import REFUND, RITA, Env, env  # noqa: F401  (env: the fixture)
 
 PROGRAM = (
@@ -605,3 +607,27 @@ def test_a_real_denial_shows_on_the_resumed_call_and_in_the_story(
     at = [story.index(step) for step in steps]
     assert at == sorted(at), story
     assert verify(env.log).ok
+
+
+def test_audit_show_of_an_intent_that_paused_tells_its_program_runs_story(bank: Bank) -> None:  # noqa: F811
+    model = ScriptedModel([f"```python\n{PAY_NEW_IBAN}```"])
+    conclusion = Charter(model=model, runner=bank.runner).handle(
+        "Pay my landlord's deposit of 25.00 to their new IBAN",
+        contract=compiled("payments"),
+        principal=bank.holder(),
+        inputs={"iban": NEW_IBAN, "amount": "25.00"},
+    )
+    assert conclusion.status == "awaiting_approval"
+    assert isinstance(conclusion.data, dict)
+    program_run = conclusion.data["run_id"]
+    shown = charter("audit", "show", conclusion.run_id)
+    assert shown.returncode == 0, shown.stderr
+    story = shown.stdout[shown.stdout.index("story (in order)") :]
+    steps = [
+        f"asked: run {program_run} (principal ada) called send_payment at call 1, line 2 (reported by the guest)",
+        f"paused: approval {conclusion.approval_id}: recipient not a saved payee; approver scope payments:approve",
+        "decided: not yet (pending; expires ",
+        f"result: awaiting_approval: waiting for approval {conclusion.approval_id}",
+    ]
+    at = [story.index(step) for step in steps]
+    assert at == sorted(at), story
