@@ -189,9 +189,10 @@ class ApprovalLinks:
             linked = [(r, d) for r, d in decided.values() if r.link == opened.approval_link]
             if not linked:
                 seqs = ", ".join(str(log_seq) for log_seq in sorted(decided))
+                which = "receipts" if len(decided) > 1 else "receipt"
                 find(
                     f"its approval_link {opened.approval_link[:16]}… is not the link of the decision on approval "
-                    f"{approval_id} (receipt {seqs})"
+                    f"{approval_id} ({which} {seqs})"
                 )
             else:
                 decision_row, decision = linked[0]
