@@ -214,7 +214,7 @@ def test_a_flagged_call_pauses_the_run_with_a_signed_request_and_nothing_execute
         "provenance": {"recipient": ("request",)},
         "secret_params": (),
         "masked_inputs": (),
-        "line": None,  # reported by the guest (another part of issue 16); none here
+        "line": 2,  # reported by the guest: PAY_NEW_IBAN calls send_payment on its line 2
     }
     assert {name: getattr(asked, name) for name in expected} == expected
     # expires: the gate's clock at the request plus the contract's 24h
