@@ -76,7 +76,8 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from charter.audit import LookupSeen, Observed, RunRecorder
+from charter.audit import Decision, LookupSeen, Observed, RunRecorder
+from charter.audit import Outcome as CallOutcome
 from charter.backends import (
     Backend,
     BackendFailure,
@@ -90,6 +91,7 @@ from charter.compiler.artifact import CompiledContract, OperationRule
 from charter.contract.cel_guards import cel_date
 from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
+from charter.gate._absorb import absorb_call
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._attributes import AttributeRefused, PrincipalAttributes
 from charter.gate._lookups import CallLookups, LookupFailed, Lookups
@@ -381,6 +383,14 @@ class GateSession:
         if rule.kind == "write":
             self._writes.made += 1
         return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
+
+    def absorb(self, request: CallRequest, decision: Decision, outcome: CallOutcome | None) -> None:
+        """A call answered from an earlier run's receipts (a resume, charter.replay._answers):
+        the session's state becomes what it would be had it decided the call itself (the
+        operations that succeeded, the writes made and their idempotent results or doubt, the
+        replies provenance counts, `window: run` quotas, the denials). No receipt is written and
+        the backend is not touched."""
+        absorb_call(self, request, decision, outcome)
 
     # -- checks ----------------------------------------------------------------------
 
