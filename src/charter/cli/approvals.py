@@ -356,21 +356,10 @@ def _approver(principal: str, scopes: list[str] | None) -> Principal:
 
 
 def _token_principal(principal_id: str) -> Principal | None:
-    """The principal as the token file knows it now (its tokens' scopes), None if it has no token."""
+    """The principal as the token file binds it now (its tokens' scopes), None if it has no token."""
     from charter.server import TokenStore
 
-    store = TokenStore()
-    lookup = getattr(store, "principal", None)
-    if lookup is not None:
-        found: Principal | None = lookup(principal_id)
-        return found
-    from charter.principal import Principal as Made
-
-    entries = [e for e in store.entries() if e.principal == principal_id]
-    if not entries:
-        return None
-    scopes = frozenset(s for e in entries for s in e.scopes)
-    return Made(principal_id, scopes, dict(entries[-1].attributes or {}))
+    return TokenStore().principal(principal_id)
 
 
 def _requester_of(log: AuditLog, store: ApprovalStore, approval_id: str) -> Any:
