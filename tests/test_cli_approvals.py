@@ -103,14 +103,14 @@ def test_show_marks_the_waiting_line_and_what_the_gate_read(paused: Paused) -> N
     assert "provenance: recipient <- request" in text
     assert "quota:      daily_outflow" in text
     view = json.loads(charter("approvals", "show", paused.approval_id, "--json").stdout)
-    assert view["line"] == WAITING_LINE and view["status"] == "pending" and view["program"] == PROGRAM
+    assert (view["line"], view["status"], view["program"]) == (WAITING_LINE, "pending", PROGRAM)
 
 
 def test_show_of_an_unknown_id_names_the_code(paused: Paused) -> None:
     unknown = "0" * 32
     result = charter("approvals", "show", unknown)
     assert result.returncode == 9
-    assert f"error: APPROVAL_NOT_FOUND: " in result.stderr
+    assert "error: APPROVAL_NOT_FOUND: " in result.stderr
     assert "how to fix: charter approvals list shows the requests" in result.stderr
     assert charter("approvals", "show", "not-an-id").returncode == 9
 
@@ -158,7 +158,7 @@ def test_self_approval_is_refused(paused: Paused) -> None:
 
 
 def test_a_look_alike_of_the_requester_is_refused(paused: Paused) -> None:
-    """'ɑda' (U+0251 LATIN SMALL LETTER ALPHA) is a valid single-script id that reads as 'ada'."""
+    """U+0251 LATIN SMALL LETTER ALPHA then 'da': a valid single-script id that reads as 'ada'."""
     look_alike = "\u0251da"
     result = charter(
         "approvals", "approve", paused.approval_id, "--reason", "looks fine", "--principal", look_alike,
@@ -211,7 +211,7 @@ def test_no_resume_then_resume(paused: Paused) -> None:
     resumed = charter("approvals", "resume", paused.approval_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     answer = json.loads(resumed.stdout)
-    assert answer["status"] == "done" and answer["approval"]["status"] == "approved"
+    assert (answer["status"], answer["approval"]["status"]) == ("done", "approved")
     # Resuming again reports the sealed resume; nothing is sent twice.
     again = json.loads(charter("approvals", "resume", paused.approval_id, "--json").stdout)
     assert again["run_id"] == answer["run_id"]
@@ -222,7 +222,7 @@ def test_bench_approvals_prints_the_ratio_fields() -> None:
     result = charter("bench", "approvals", "--reads", "1", "--reads", "3", "--samples", "1", "--json")
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
-    assert figures["reads"] == [1, 3] and figures["samples"] == 1
+    assert (figures["reads"], figures["samples"]) == ([1, 3], 1)
     assert [r["reads"] for r in figures["results"]] == [1, 3]
     for row in figures["results"]:
         assert row["calls"] == row["reads"] + 1
