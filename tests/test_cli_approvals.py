@@ -25,7 +25,7 @@ from examples.payments.scenarios import HOLDER_ATTRIBUTES, HOLDER_SCOPES
 from tests.conftest import ROOT, charter
 
 INPUTS = {"account": backend.HOLDER_ACCOUNT, "iban": PLUMBER_IBAN, "amount": "120.00", "reference": "Boiler repair"}
-REVIEWER = ("--principal", "grace", "--scope", "payments:approve")
+REVIEWER = ("--principal", "mira", "--scope", "payments:approve")
 WAITING_LINE = 4  # `transfer = payments.send_payment(` in PROGRAM
 
 
@@ -119,7 +119,7 @@ def test_approve_by_a_reviewer_resumes_and_concludes(paused: Paused) -> None:
     assert plumber_transfers() == []
     result = charter("approvals", "approve", paused.approval_id, "--reason", "Checked with ada by phone", *REVIEWER)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"approval {paused.approval_id} approved by grace: Checked with ada by phone" in result.stdout
+    assert f"approval {paused.approval_id} approved by mira: Checked with ada by phone" in result.stdout
     assert f"Paid 120.00 to {PLUMBER_IBAN}" in result.stdout
     # Sent exactly once, by the resumed run, under the approval.
     (sent,) = plumber_transfers()
@@ -130,10 +130,10 @@ def test_approve_by_a_reviewer_resumes_and_concludes(paused: Paused) -> None:
     (call,) = [r for r in record.receipts if isinstance(r, Decision)]
     assert (call.operation, call.decision, call.approval_id) == ("send_payment", "ALLOW", paused.approval_id)
     (decided,) = decision_records(paused.log)
-    assert (decided.approver, decided.decision, decided.request_run) == ("grace", "approved", paused.run_id)
+    assert (decided.approver, decided.decision, decided.request_run) == ("mira", "approved", paused.run_id)
     assert verify_log(paused.log, paused.log.trusted_keys()).ok
     shown = charter("approvals", "show", paused.approval_id).stdout
-    assert "decision:    approved by grace" in shown
+    assert "decision:    approved by mira" in shown
     assert f"resumed:     run {resumed}: done" in shown
     # Approving again: the same decision by the same approver is idempotent; nothing runs twice.
     again = charter("approvals", "approve", paused.approval_id, "--reason", "Checked with ada by phone", *REVIEWER)
@@ -172,7 +172,7 @@ def test_a_look_alike_of_the_requester_is_refused(paused: Paused) -> None:
 
 def test_an_approver_without_the_scope_is_refused(paused: Paused) -> None:
     result = charter(
-        "approvals", "approve", paused.approval_id, "--reason", "ok", "--principal", "grace",
+        "approvals", "approve", paused.approval_id, "--reason", "ok", "--principal", "mira",
         "--scope", "payments:read",
     )  # fmt: skip
     assert result.returncode == 8
@@ -184,13 +184,13 @@ def test_an_approver_without_the_scope_is_refused(paused: Paused) -> None:
 def test_deny_concludes_with_approval_denied(paused: Paused) -> None:
     result = charter("approvals", "deny", paused.approval_id, "--reason", "Unknown plumber", *REVIEWER)
     assert result.returncode == 2, result.stdout + result.stderr  # refused: the program did not catch it
-    assert f"approval {paused.approval_id} denied by grace: Unknown plumber" in result.stdout
+    assert f"approval {paused.approval_id} denied by mira: Unknown plumber" in result.stdout
     (resumed,) = resumed_runs(paused.log, paused.approval_id)
     record = paused.log.run(resumed)
     assert record.status == "refused"
     (call,) = [r for r in record.receipts if isinstance(r, Decision)]
     assert (call.operation, call.decision, call.code) == ("send_payment", "DENY", "APPROVAL_DENIED")
-    assert "denied by grace: Unknown plumber" in call.message
+    assert "denied by mira: Unknown plumber" in call.message
     assert plumber_transfers() == []
     # A different decision after this one is refused, naming the one kept.
     approve = charter("approvals", "approve", paused.approval_id, "--reason", "changed my mind", *REVIEWER)

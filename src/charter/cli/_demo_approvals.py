@@ -21,7 +21,7 @@ from charter.runner import Runner
 
 __all__ = ["PLUMBER_IBAN", "PROGRAM", "approvals_runs"]
 
-PLUMBER_IBAN = "GB33BUKB20201555555555"  # typed by the holder: not a saved payee
+PLUMBER_IBAN = "IE29AIBK93115212345678"  # typed by the holder: not a saved payee
 
 PROGRAM = """from decimal import Decimal
 account = payments.get_account(id=inputs["account"])
@@ -33,7 +33,7 @@ conclude(f"Paid {transfer.amount} to {transfer.recipient}: transfer {transfer.id
 """
 
 ASKED = f"Pay 120.00 to my new plumber, IBAN {PLUMBER_IBAN}, reference Boiler repair"
-REVIEWER = "grace"
+REVIEWER = "mira"
 
 
 def approvals_runs(payments: CompiledContract, log: AuditLog, registry: Registry) -> None:
