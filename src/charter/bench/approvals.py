@@ -158,7 +158,7 @@ def run_approvals_bench(reads: tuple[int, ...] = READS, samples: int = 7) -> dic
                     raise RuntimeError(f"the resume did not conclude: {resumed.status}: {resumed.text}")
                 return pause_ms, resume_ms
 
-            results = []
+            results: list[dict[str, Any]] = []
             for n in reads:
                 program = program_for(n)
                 fresh(program)  # warm: the sandbox pool, the gate's compiled rules, connections
