@@ -34,7 +34,9 @@ D = "from decimal import Decimal\n"
 
 def raw_call(operation: str, arguments: str) -> str:
     """The raw host import, past the typed proxies; refuses with the host's error payload."""
-    call = f"try:\n    host.call({operation!r}, {arguments!r})\nexcept Exception as error:\n    refuse(error.value)\n"
+    call = (
+        f"try:\n    host.call({operation!r}, {arguments!r}, 0)\nexcept Exception as error:\n    refuse(error.value)\n"
+    )
     return RAW + call + "conclude('went through')\n"
 
 
@@ -170,7 +172,7 @@ def test_money_on_the_raw_host_call_is_exactly_ascii_decimal_text(governed: Gove
     arguments = json.dumps({"id": 125, "amount": amount, "reason": "late"})
     before = order(125)
     execution = governed.run(
-        RAW + "host.call('verify_refund', '{\"id\": 125}')\n" + raw_call("refund_order", arguments)
+        RAW + "host.call('verify_refund', '{\"id\": 125}', 0)\n" + raw_call("refund_order", arguments)
     )
     assert execution.status == "refused", execution.outcome
     [verify, refund] = decisions(governed, execution.run_id)

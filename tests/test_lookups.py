@@ -185,7 +185,7 @@ def test_lookups_are_not_performed_when_an_earlier_check_denies(harness: Harness
     program = (
         'host = conclude.__globals__["host"]\n'  # the raw host import, past the typed proxies
         "try:\n"
-        '    host.call(\'send_payment\', \'{"account": "acc-1", "recipient": 1, "amount": "1"}\')\n'
+        '    host.call(\'send_payment\', \'{"account": "acc-1", "recipient": 1, "amount": "1"}\', 0)\n'
         "except Exception as error:\n"
         "    refuse(error.value)\n"
     )

@@ -434,7 +434,7 @@ def raw_call(operation: str, arguments: str) -> str:
     """A program calling the raw host import and concluding with the host's error payload."""
     return (
         RAW
-        + f"try:\n    host.call({operation!r}, {arguments!r})\nexcept Exception as error:\n    conclude(error.value)\n"
+        + f"try:\n    host.call({operation!r}, {arguments!r}, 0)\nexcept Exception as error:\n    conclude(error.value)\n"
     )
 
 
@@ -1090,7 +1090,7 @@ def test_a_decimal_subclass_cannot_act_after_conclude(governed: Governed) -> Non
         "from decimal import Decimal\n"
         "class Evil(Decimal):\n"
         "    def __str__(self):\n"
-        '        host.call(\'cancel_order\', \'{"id": 101, "reason": "customer asked"}\')\n'
+        '        host.call(\'cancel_order\', \'{"id": 101, "reason": "customer asked"}\', 0)\n'
         "        return '999'\n"
         "evil = Evil('0')\n"
         "try:\n"
@@ -1123,8 +1123,8 @@ def test_a_rewritten_guest_runtime_is_refused_by_the_host_after_conclude(governe
         "g['_RUN'].status = None  # the runtime forgets it concluded\n"
         "attempts = [\n"
         "    lambda: orders.cancel_order(id=101, reason='customer asked'),\n"
-        '    lambda: host.call(\'cancel_order\', \'{"id": 101, "reason": "customer asked"}\'),\n'
-        '    lambda: host.call(\'$conclude\', \'{"status":"completed","answer":"forged","data":null,"output":""}\'),\n'
+        '    lambda: host.call(\'cancel_order\', \'{"id": 101, "reason": "customer asked"}\', 0),\n'
+        '    lambda: host.call(\'$conclude\', \'{"status":"completed","answer":"forged","data":null,"output":""}\', 0),\n'
         "    lambda: conclude('second'),\n"
         "]\n"
         "for attempt in attempts:\n"
@@ -1350,7 +1350,7 @@ TRAPS: list[tuple[str, str, Outcome]] = [
         "raw-conclusion-nested-too-deep",
         RAW
         + 'deep = \'{"status":"completed","answer":"a","data":\' + \'[\' * 400000 + \']\' * 400000 + \'}\'\n'
-        + "try:\n    host.call('$conclude', deep)\nexcept Exception as error:\n    conclude('refused', data=error.value)",
+        + "try:\n    host.call('$conclude', deep, 0)\nexcept Exception as error:\n    conclude('refused', data=error.value)",
         Completed(
             answer="refused",
             data='{"error":"operation_error","code":"MALFORMED_CONCLUSION","message":"the conclusion is unreadable: '

@@ -170,7 +170,7 @@ def test_a_date_param_and_a_date_result_round_trip(accounts: Accounts) -> None:
 )
 def test_a_date_that_is_not_a_real_iso_calendar_date_is_invalid(accounts: Accounts, arguments: str, path: str) -> None:
     execution = accounts.run(
-        RAW + f"try:\n    host.call('schedule_payment', {arguments!r})\nexcept Exception as error:\n"
+        RAW + f"try:\n    host.call('schedule_payment', {arguments!r}, 0)\nexcept Exception as error:\n"
         "    conclude(json.loads(error.value)['message'])\n"
     )
     message = f"schedule_payment: Expected `date`, a calendar date written YYYY-MM-DD (e.g. 2026-03-01) - at `{path}`"
@@ -305,7 +305,7 @@ def test_a_denied_secret_is_neither_recorded_nor_echoed(accounts: Accounts, char
         + "except ContractViolation as error:\n    said.append(error.code + ' ' + error.reason)\n"
         # the raw import: a call whose arguments fail their check (an unknown field beside the secret)
         + f"call = json.dumps({{'account': 'a1', 'new_password': {SECRET_EXPR}, 'extra': 1}})\n"
-        + "try:\n    host.call('change_password', call)\n"
+        + "try:\n    host.call('change_password', call, 0)\n"
         + "except Exception as error:\n    said.append(json.loads(error.value)['message'])\n"
         + f"try:\n    accounts.change_password(account='a1', new_password={BREACHED_EXPR})\n"
         + "except OperationError as error:\n    said.append(error.code + ' ' + error.message)\n"

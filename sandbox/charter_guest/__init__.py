@@ -29,7 +29,7 @@ from wit_world.imports import host  # noqa: E402
 
 from . import _confine, _plain, _proxies  # noqa: E402
 
-_PROGRAM_FILE = "<program>"
+_PROGRAM_FILE = _proxies.PROGRAM_FILE
 _MAX_MESSAGE = 2000
 _MAX_FRAMES = 20
 
@@ -67,7 +67,7 @@ class _Output:
             self.size = self.limit
             # A program can catch any exception, so the limit ends the run through the
             # host, where it cannot be caught.
-            host.call("$abort", '{"reason":"output_limit"}')
+            host.call("$abort", '{"reason":"output_limit"}', 0)
         self.parts.append(data)
         self.size += len(data)
         return len(text)
@@ -325,7 +325,7 @@ def _end(run, status, answer, data):
     text = text.encode("utf-8", "replace").decode("utf-8")
     if not run.warming:
         try:
-            host.call("$conclude", text)
+            host.call("$conclude", text, 0)
         except Err as refused:
             raise ValueError(_message_from_host(refused.value)) from None
     run.status, run.fields = status, fields

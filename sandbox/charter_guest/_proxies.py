@@ -11,6 +11,7 @@ import datetime
 import decimal
 import difflib
 import json
+import sys
 
 __all__ = ["FIELD_GETTERS", "Contract", "ContractViolation", "OperationError", "Record", "build"]
 
@@ -304,6 +305,26 @@ class Contract:
         return f"<contract {self._name} {self._version}: {', '.join(self._operations)}>"
 
 
+# The file name the runtime compiles a program under: its frames are the program's.
+PROGRAM_FILE = "<program>"
+_MAX_LINE = 2**32 - 1  # the host import's `line` is a u32
+
+
+def _program_line():
+    """The line the innermost program frame on the stack stands at; 0 when there is none.
+
+    Reported to the host with each call so a receipt can point at the program's line. It is
+    the guest's word: a program can misreport it, so the host records it and trusts nothing to it.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == PROGRAM_FILE:
+            line = frame.f_lineno
+            return line if type(line) is int and 0 < line <= _MAX_LINE else 0
+        frame = frame.f_back
+    return 0
+
+
 class _Session:
     """State of the one run this instance serves: set by the runtime, read by proxies."""
 
@@ -365,8 +386,9 @@ def _proxy(contract, operation, types, host_call, err_type):
                 raise invalid(f"{qualified}() missing required keyword argument {key!r}")
         if deep and _too_deep(payload):
             raise invalid(f"{qualified}(): arguments nested deeper than {_MAX_DEPTH} levels, which the host refuses")
+        text = dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         try:
-            raw = host_call(name, dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+            raw = host_call(name, text, _program_line())
         except err_type as error:
             _raise_host_error(error.value, qualified)
         return decode(loads(raw))

@@ -86,6 +86,7 @@ def decision_receipt(
         provenance=provenance,
         approval=verdict.approval,
         masked_inputs=masked_inputs,
+        line=request.line,  # the guest's word: it locates the call for a reader, proves nothing
         approval_id=approval_id,
     )
 

@@ -3,7 +3,8 @@
 wasmtime-py's generic path asks the C API for a function's type and rebuilds Python
 type objects on every call, in both directions; measured here, that costs about 70 µs
 per crossing, more than the guest's own work for a small program. The runner world's
-signatures are fixed (strings in; a string or a result of strings out), so both
+signatures are fixed (strings in, and the host import's u32 line; a string or a result of
+strings out), so both
 crossings are written once against wasmtime-py's ctypes bindings of the C API.
 
 This leans on wasmtime-py internals (`wasmtime._ffi`); the package is pinned to one
@@ -24,6 +25,7 @@ __all__ = ["HostAbort", "add_string_result_func", "call_strings"]
 
 _STRING = ffi.WASMTIME_COMPONENT_STRING.value
 _RESULT = ffi.WASMTIME_COMPONENT_RESULT.value
+_U32 = ffi.WASMTIME_COMPONENT_U32.value
 
 
 class HostAbort(Exception):
@@ -62,8 +64,8 @@ def call_strings(func: Func, store: wasmtime.Store, *arguments: str) -> str:
     return _string_of(result)
 
 
-# (first, second) -> (ok, text); raise HostAbort to trap the guest.
-StringHandler = Callable[[str, str], tuple[bool, str]]
+# (first, second, number) -> (ok, text); raise HostAbort to trap the guest.
+StringHandler = Callable[[str, str, int], tuple[bool, str]]
 
 # The C API holds only an index into this table, as wasmtime-py does for its own callbacks.
 _handlers: list[StringHandler] = []
@@ -77,7 +79,9 @@ def _error_pointer(message: str) -> int:
 def _trampoline(index: Any, context: Any, func_type: Any, args: Any, nargs: int, results: Any, nresults: int) -> int:
     try:
         first, second = _string_of(args[0]), _string_of(args[1])
-        ok, text = _handlers[index or 0](first, second)
+        # wasmtime type-checks the call against the WIT signature: the third is a u32.
+        number = int(args[2].of.u32) if nargs > 2 and args[2].kind == _U32 else 0
+        ok, text = _handlers[index or 0](first, second, number)
     except HostAbort as abort:
         return _error_pointer(str(abort) or "run ended by the host")
     except BaseException as error:
@@ -96,7 +100,7 @@ def _no_finalizer(index: Any) -> None:
 
 
 def add_string_result_func(instance: LinkerInstance, name: str, handler: StringHandler) -> None:
-    """Define `name: func(a: string, b: string) -> result<string, string>` in a linker instance."""
+    """Define `name: func(a: string, b: string, n: u32) -> result<string, string>` in a linker instance."""
     _handlers.append(handler)
     encoded = name.encode("utf-8")
     error = ffi.wasmtime_component_linker_instance_add_func(

@@ -155,7 +155,7 @@ class _RunState:
     def wall_timeout(self) -> HostAbort:
         return self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds))
 
-    def handle(self, operation: str, arguments: str) -> tuple[bool, str]:
+    def handle(self, operation: str, arguments: str, line: int) -> tuple[bool, str]:
         now = time.monotonic()
         self.cpu_used += now - self.resumed
         if operation == _ABORT_OPERATION and arguments == '{"reason":"output_limit"}':
@@ -168,7 +168,7 @@ class _RunState:
             self.calls += 1
             if self.calls > self.limits.max_calls:
                 raise self.abort(CallLimitExceeded(limit=self.limits.max_calls))
-            reply = self._decide(operation, arguments)
+            reply = self._decide(operation, arguments, line)
         now = time.monotonic()
         if now >= self.deadline:
             raise self.wall_timeout()
@@ -192,7 +192,7 @@ class _RunState:
             return False, _wire.encode_error("operation_error", "MALFORMED_CONCLUSION", message)
         return True, ""
 
-    def _decide(self, operation: str, arguments: str) -> tuple[bool, str]:
+    def _decide(self, operation: str, arguments: str, line: int) -> tuple[bool, str]:
         malformed: Malformed | None = None
         decoded: dict[str, Any] = {}
         try:
@@ -219,6 +219,7 @@ class _RunState:
             principal=self.context.principal,
             deadline=self.deadline,
             malformed=malformed,
+            line=line or None,  # the guest's word, a u32 by the WIT type; 0: it did not say
         )
         future: concurrent.futures.Future[Any] | None = None
         try:
@@ -264,12 +265,12 @@ class _RunState:
 _current = threading.local()
 
 
-def _host_call(operation: str, arguments: str) -> tuple[bool, str]:
+def _host_call(operation: str, arguments: str, line: int) -> tuple[bool, str]:
     state: _RunState | None = getattr(_current, "state", None)
     if state is None:  # only prepare() runs without a run, and it makes no calls
         raise HostAbort("host call outside a run")
     try:
-        return state.handle(operation, arguments)
+        return state.handle(operation, arguments, line)
     except HostAbort:
         raise
     except BaseException as error:  # never through wasmtime, and its text (a backend's) never shown
