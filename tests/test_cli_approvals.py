@@ -57,13 +57,13 @@ def plumber_transfers() -> list[dict[str, Any]]:
 
 
 def decision_records(log: AuditLog) -> list[ApprovalDecided]:
-    return [s.receipt for s in log.stored() if isinstance(s.receipt, ApprovalDecided)]
+    return [r for r in (s.decoded() for s in log.stored()) if isinstance(r, ApprovalDecided)]
 
 
 def resumed_runs(log: AuditLog, approval_id: str) -> list[str]:
-    return [
-        s.receipt.run_id for s in log.stored() if isinstance(s.receipt, Opened) and s.receipt.approval_id == approval_id
-    ]
+    """The runs whose Opened receipt resumes `approval_id`, read from the receipts themselves."""
+    opened = (r for r in (s.decoded() for s in log.stored()) if isinstance(r, Opened))
+    return [r.run_id for r in opened if r.approval_id == approval_id]
 
 
 def test_list_shows_the_pending_request(paused: Paused) -> None:
