@@ -10,8 +10,6 @@ once; the log verifies. No model is needed: the program is submitted as written.
 
 from __future__ import annotations
 
-import json
-
 from charter.audit import ApprovalRequested, AuditLog, Decision
 from charter.cli._output import say
 from charter.compiler import CompiledContract
@@ -103,6 +101,6 @@ def approvals_runs(payments: CompiledContract, log: AuditLog, registry: Registry
     final = store.get(approval_id)
     say(
         f"approval: {final.status} by {final.decided_by}; resumed run {final.resume_run and final.resume_run[:12]} "
-        f"{final.resume_status}; the chain shares logical run {json.dumps(final.logical_run_id[:12])}",
+        f"{final.resume_status}; the chain shares logical run {final.logical_run_id[:12]}",
         "dim",
     )

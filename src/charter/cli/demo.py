@@ -271,7 +271,8 @@ def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
         say(str(finding), "red")
     say()
     say(
-        f"Done. Inspect a run: CHARTER_HOME={charter_home()}/demo charter audit show <run>. Ask your own: start "
+        f"Done. Inspect a run: CHARTER_HOME={charter_home()}/demo charter audit show <run> (and the requests for "
+        "approval: charter approvals list). Ask your own: start "
         "the orders service (python -m examples.orders.service --seed), then "
         'charter run "Cancel order 102" -c orders --scope orders:read --scope orders:write.',
         "bold",
