@@ -18,6 +18,7 @@ than running fresh, because recorded calls skip the backend).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -97,7 +98,7 @@ def run_approvals_bench(reads: tuple[int, ...] = READS, samples: int = 7) -> dic
     from charter.principal import Principal
     from charter.registry import Registry
     from charter.runner import Runner
-    from charter.sandbox import Sandbox
+    from charter.sandbox import Sandbox, SandboxLimits
 
     if samples < 1 or any(n < 1 for n in reads):
         raise ValueError("samples and every N must be at least 1")
@@ -136,17 +137,22 @@ def run_approvals_bench(reads: tuple[int, ...] = READS, samples: int = 7) -> dic
                 runner, registry, principal_of=lambda pid: requester if pid == requester.id else None, store=store
             )
 
-            def fresh(program: str) -> float:
+            def limits_for(reads: int) -> SandboxLimits:
+                # orders allows 50 calls a run; N = 50 makes 51 (a resume keeps the recorded limits)
+                contract_limits = SandboxLimits.from_contract(plain.gate.limits)
+                return dataclasses.replace(contract_limits, max_calls=max(contract_limits.max_calls, reads + 1))
+
+            def fresh(program: str, limits: SandboxLimits) -> float:
                 started = time.perf_counter()
-                execution = runner.execute(program, contract=plain, principal=requester)
+                execution = runner.execute(program, contract=plain, principal=requester, limits=limits)
                 elapsed = (time.perf_counter() - started) * 1000
                 if execution.status != "done":
                     raise RuntimeError(f"the fresh run did not conclude: {execution.status}: {execution.text}")
                 return elapsed
 
-            def paused_then_resumed(program: str) -> tuple[float, float]:
+            def paused_then_resumed(program: str, limits: SandboxLimits) -> tuple[float, float]:
                 started = time.perf_counter()
-                paused = runner.execute(program, contract=gated, principal=requester)
+                paused = runner.execute(program, contract=gated, principal=requester, limits=limits)
                 pause_ms = (time.perf_counter() - started) * 1000
                 if paused.status != "awaiting_approval" or paused.approval_id is None:
                     raise RuntimeError(f"the flagged write did not pause: {paused.status}: {paused.text}")
@@ -160,15 +166,15 @@ def run_approvals_bench(reads: tuple[int, ...] = READS, samples: int = 7) -> dic
 
             results: list[dict[str, Any]] = []
             for n in reads:
-                program = program_for(n)
-                fresh(program)  # warm: the sandbox pool, the gate's compiled rules, connections
-                paused_then_resumed(program)
+                program, limits = program_for(n), limits_for(n)
+                fresh(program, limits)  # warm: the sandbox pool, the gate's compiled rules, connections
+                paused_then_resumed(program, limits)
                 fresh_ms: list[float] = []
                 resume_ms: list[float] = []
                 pause_ms: list[float] = []
                 for _ in range(samples):
-                    fresh_ms.append(fresh(program))
-                    pause, resume = paused_then_resumed(program)
+                    fresh_ms.append(fresh(program, limits))
+                    pause, resume = paused_then_resumed(program, limits)
                     pause_ms.append(pause)
                     resume_ms.append(resume)
                 ratio = statistics.median(resume_ms) / statistics.median(fresh_ms)
