@@ -299,7 +299,11 @@ def show_view(view: ApprovalView, now: datetime | None = None) -> None:
         state = "expired unanswered: it can only be denied" if view.status == "expired" else _ago(view.expires, now)
         say(f"expires:     {view.expires} ({state})", "yellow" if view.status == "expired" else None)
     else:
-        say(f"expired:     {view.expires}")
+        say(
+            f"expiry:      {view.expires} (decided before it)"
+            if not view.expired_unanswered
+            else f"expired:     {view.expires}"
+        )
     say(f"who decides: a principal holding {view.approver_scope}, never {view.principal} (four eyes)")
     say("arguments:", "bold")
     say(f"  {_pretty(view.arguments)}")
@@ -437,12 +441,17 @@ def _resume_and_report(
 ) -> None:
     from charter.cli.execute import report
 
+    before = store.get(approval_id)
+    sealed_before = before.resume_run if before.resume_status is not None else None
     try:
         execution = resume_in_process(log, approval_id)
     except CharterError as error:
         _refuse(error, approval_id)
     if not as_json:
-        say(f"resumed as run {execution.run_id}")
+        if execution.run_id == sealed_before:
+            say(f"already resumed as run {execution.run_id} (its conclusion below; nothing ran again)")
+        else:
+            say(f"resumed as run {execution.run_id}")
         if execution.status == "awaiting_approval" and execution.approval_id:
             say(
                 f"the run paused again at another call: approval {execution.approval_id} "
