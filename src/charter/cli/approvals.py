@@ -299,11 +299,8 @@ def show_view(view: ApprovalView, now: datetime | None = None) -> None:
         state = "expired unanswered: it can only be denied" if view.status == "expired" else _ago(view.expires, now)
         say(f"expires:     {view.expires} ({state})", "yellow" if view.status == "expired" else None)
     else:
-        say(
-            f"expiry:      {view.expires} (decided before it)"
-            if not view.expired_unanswered
-            else f"expired:     {view.expires}"
-        )
+        after = view.expired_unanswered or (view.decided_at or "") > view.expires  # both ISO UTC, one format
+        say(f"expiry:      {view.expires} ({'decided after it' if after else 'decided before it'})")
     say(f"who decides: a principal holding {view.approver_scope}, never {view.principal} (four eyes)")
     say("arguments:", "bold")
     say(f"  {_pretty(view.arguments)}")
