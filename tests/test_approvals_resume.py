@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -37,7 +37,7 @@ from charter.replay import RecordedAnswers, ResumeGate, replay_run
 from charter.runner import Runner
 from charter.sandbox import Sandbox
 from charter.server._tokens import TokenStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, charter
 
 ADA_SCOPES = frozenset({"orders:read", "orders:write", "orders:refund"})
 RITA = Principal("rita", frozenset({"orders:approve"}))
@@ -192,6 +192,9 @@ def test_an_approved_resume_answers_the_reads_from_the_record_and_writes_once(en
     assert report.replayed_calls == 4
     with pytest.raises(ValueError, match="needs the audit log"):
         replay_run(resumed, env.contract, env.runner.sandbox)
+    shown = charter("audit", "replay", execution.run_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["identical"] is True
 
     # resuming again is idempotent: the sealed resume's answer, nothing runs
     again = env.resumer.resume(approval_id)
@@ -337,6 +340,44 @@ def test_a_tampered_receipt_stops_the_resume_before_anything_runs(env: Env) -> N
     sealed = env.log.run(execution.run_id).sealed
     assert isinstance(sealed, Sealed)
     assert (sealed.status, sealed.cause) == ("halted", "TAMPERED")
+
+
+def test_a_tampered_decision_record_stops_the_resume(env: Env) -> None:
+    _, approval_id = env.paused(REFUND_THEN_READ)
+    env.store.decide(approval_id, RITA, "denied", "no photos")
+    # An attacker turns the denial into an approval in the database.
+    row = next(iter(env.log.stored(approval_id)))
+    with sqlite3.connect(env.log.path) as db:
+        db.execute("DROP TRIGGER receipts_no_update")
+        db.execute(
+            "UPDATE receipts SET body = ? WHERE log_seq = ?",
+            (row.body.replace(b'"decision":"denied"', b'"decision":"approved"', 1), row.log_seq),
+        )
+    before = len(env.calls)
+
+    execution = env.resumer.resume(approval_id)
+
+    assert (execution.status, execution.cause) == ("failed", "TAMPERED")
+    assert f"decision record {approval_id}: receipt {row.log_seq}: its signature does not verify" in (
+        execution.reason or ""
+    )
+    assert env.ops(before) == []
+    assert _order(123)["refunded"] == Decimal("0.00")
+
+
+def test_one_resume_of_an_approval_at_a_time(env: Env) -> None:
+    from charter.approvals import ResumeInProgress
+    from charter.approvals.resume import _resume_lock
+
+    _, approval_id = env.paused(REFUND_THEN_READ)
+    env.store.decide(approval_id, RITA, "approved", "fine")
+    before = len(env.calls)
+    with _resume_lock(env.log.path, approval_id), pytest.raises(ResumeInProgress) as busy:
+        env.resumer.resume(approval_id)
+    assert busy.value.code == "RESUME_IN_PROGRESS"
+    assert env.ops(before) == []
+    assert env.store.resume_runs(approval_id) == []
+    assert env.resumer.resume(approval_id).status == "done"  # released
 
 
 def test_a_revoked_principal_is_refused(env: Env) -> None:
@@ -552,6 +593,3 @@ def test_token_store_principal_is_the_union_of_its_tokens(charter_home: Path) ->
     tokens.revoke("ada-ci")
     assert tokens.principal("ada") is None
     assert tokens.principal("carol") is None
-
-
-_ = (Callable, os)

@@ -25,6 +25,7 @@ import charter.audit  # noqa: F401  (first: see the import order above)
 
 if TYPE_CHECKING:
     from charter.approvals.chain import chain_of, latest_of
+    from charter.approvals.resume import ResumeInProgress, Resumer
     from charter.approvals.store import (
         ApprovalConflict,
         ApprovalError,
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
         ApprovalView,
         SelfApproval,
     )
-    from charter.approvals.resume import ResumeInProgress, Resumer
     from charter.approvals.worker import ResumeWorker
 
 _EXPORTS = {

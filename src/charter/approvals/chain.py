@@ -50,6 +50,7 @@ def chain_of(audit: AuditLog, run_id: str) -> list[RunRecord]:
             except RunNotFound:  # the paused run is gone: `audit verify` reports the broken link
                 break
             seen.add(record.run_id)
+        seen = {record.run_id}  # from the first run on, every run is found again going forward
     while True:
         chain.append(record)
         approval_id = record.sealed.approval_id if isinstance(record.sealed, Sealed) else None

@@ -131,7 +131,11 @@ class Resumer:
 
     def _resume(self, approval_id: str, paused_id: str) -> Execution:
         audit = self.audit
-        paused = audit.run(paused_id)
+        try:
+            paused = audit.run(paused_id)
+        except ValueError:  # a receipt no longer decodes: verification below names it
+            first = next(iter(audit.stored(paused_id))).decoded()
+            paused = RunRecord(opened=first, receipts=(first,), sealed=None)  # type: ignore[arg-type]
         if not isinstance(paused.opened, Opened):
             raise AuditError(f"approval {approval_id} names run {paused_id}, which is not a program run")
         earlier = [r for r in self.store.resume_runs(approval_id) if r != paused_id]
@@ -164,7 +168,7 @@ class Resumer:
         principal = Principal(
             current.id, frozenset(paused.opened.scopes) & frozenset(current.scopes), current.attributes
         )
-        records = (*chain_records(audit, paused.opened), paused, *(audit.run(r) for r in recovers))
+        records = (*chain_records(audit, paused.opened), paused, *(audit.run(r) for r in recovers))  # verified
         answers = RecordedAnswers(records, contract, audit.secret_key)
         granted = GrantedApproval(
             approval_id=approval_id,
@@ -221,15 +225,19 @@ class Resumer:
         audit = self.audit
         keys = audit.trusted_keys()
         findings: list[str] = []
-        runs = [r.run_id for r in chain_records(audit, paused.opened)]
-        for run_id in (*runs, paused.run_id, *recovers):
+        try:
+            chain = chain_records(audit, paused.opened) if isinstance(paused.opened, Opened) else ()
+        except (ValueError, AuditError, RunNotFound) as error:
+            findings.append(f"the runs run {paused.run_id} continues cannot be read: {error}")
+            chain = ()
+        for run_id in (*[r.run_id for r in chain], paused.run_id, *recovers):
             try:
                 checked = check_run(audit, run_id, keys)
             except (AuditError, RunNotFound) as error:
                 findings.append(f"run {run_id}: {error}")
                 continue
             findings += [f"run {run_id}: {_said(f)}" for f in checked.verification.findings]
-        for record in (*chain_records(audit, paused.opened), paused):
+        for record in (*chain, paused):
             opened = record.opened
             if isinstance(opened, Opened) and opened.approval_id is not None:
                 findings += self._decision_findings(opened.approval_id, keys)[0]

@@ -53,8 +53,11 @@ def payments_runs(payments: CompiledContract, log: AuditLog) -> None:
         for receipt in log.run(execution.run_id).receipts:
             if isinstance(receipt, Decision):
                 _show(receipt)
-            elif isinstance(receipt, ApprovalRequested):  # nothing executed: the run waits for a human
-                say(f"paused:   {receipt.operation} awaits approval ({receipt.clause}): {receipt.reason}", "yellow")
+            elif isinstance(receipt, ApprovalRequested):
+                say(
+                    f"paused:   {receipt.operation} awaits a human's approval ({receipt.clause}): {receipt.reason}",
+                    "yellow",
+                )
         say(f"answer:   {execution.text}")
 
 
