@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from charter.audit._approval_records import chain_of, decision_of, resolve_record
 from charter.audit.keys import PublicKey
 from charter.audit.receipts import Receipt, StoredReceipt, decode_body
 from charter.audit.store import AuditLog, RunRecord, record_of
@@ -37,8 +38,15 @@ def verify_log(
         return verify_receipts(
             log.stored(), keys, head=log.head(), expect_head=expect_head, every_signature=every_signature
         )
-    rows = list(log.stored(log.resolve(run_id)))
-    report = verify_receipts(rows, keys, whole_log=False, neighbour=log.stored_at, every_signature=every_signature)
+    rows = list(log.stored(resolve_record(log, run_id)))
+    report = verify_receipts(
+        rows,
+        keys,
+        whole_log=False,
+        neighbour=log.stored_at,
+        every_signature=every_signature,
+        fetch=lambda other: list(log.stored(other)),  # the other side of an approval's links
+    )
     if rows:
         _check_followed(log, rows[-1], report)
     return report
@@ -117,16 +125,36 @@ def check_run(log: AuditLog, run_id: str, keys: Mapping[str, PublicKey] | None =
 def export_run(log: AuditLog, run_id: str) -> list[str]:
     """The run as JSON Lines: a header (with the run's status and cause), then its receipts in
     log order. An intent run's bundle holds every program run its attempts started as well
-    (their decisions are what the conclusion rests on), interleaved in log order."""
-    resolved = log.resolve(run_id)
+    (their decisions are what the conclusion rests on), interleaved in log order. A run that
+    paused for approval or resumes one brings its whole chain (issue 16): the paused run, each
+    decision record and each resumed run, so the bundle verifies the links between them.
+    `run_id` may also be an approval id: its chain is exported, from the run that paused."""
+    resolved = resolve_record(log, run_id)
+    decided = decision_of(log, resolved)
+    if decided is not None:  # an approval's record: the bundle is its chain, from the paused run
+        resolved = decided[1].request_run
     record = log.run(resolved)
     program_runs = record.program_runs()
-    rows = sorted((row for rid in (resolved, *program_runs) for row in log.stored(rid)), key=lambda row: row.log_seq)
+    chain: list[str] = []
+    approvals: list[str] = []
+    for part in (resolved, *program_runs):
+        found = chain_of(log, part)
+        if found is None:
+            continue
+        chain.extend(r.run_id for r in found.runs if r.run_id not in (resolved, *program_runs, *chain))
+        approvals.extend(
+            s.approval_id for s in found.steps if s.decision is not None and s.approval_id not in approvals
+        )
+    parts = (resolved, *program_runs, *chain, *approvals)
+    rows = sorted({row.log_seq: row for rid in parts for row in log.stored(rid)}.values(), key=lambda row: row.log_seq)
     keys = log.trusted_keys()
     header = {
         "format": BUNDLE_FORMAT,
         "run_id": resolved,
         "program_runs": program_runs,
+        # Issue 16: the other runs of the approval chain, and the approvals' decision records.
+        "chain": chain,
+        "approvals": approvals,
         "public_keys": {key_id: key.raw.hex() for key_id, key in keys.items()},
         "receipts": len(rows),
         # How the run ended (charter.status), read from its receipts; not signed itself.
@@ -181,7 +209,7 @@ def verify_bundle(path: Path, trusted: PublicKey | None = None) -> Verification:
         keys = {trusted.key_id: trusted}
     else:
         keys = {key_id: PublicKey.from_raw(bytes.fromhex(raw)) for key_id, raw in header["public_keys"].items()}
-    report = verify_receipts(rows, keys, whole_log=False, every_signature=True)
+    report = verify_receipts(rows, keys, whole_log=False, every_signature=True, where="the bundle")
     _check_program_runs_present(rows, header, report)
     if len(rows) != header.get("receipts"):
         stated = header.get("receipts")

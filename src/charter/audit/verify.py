@@ -8,7 +8,11 @@ Checked for every receipt:
   and its run's previous receipt (seq + 1, `prev` = that link), and nothing follows a seal;
 - an opening's program hashes to its program_sha256; nonces are unique; outcomes answer
   an allowed decision; a seal counts the run's receipts;
-- the log's last receipt is the one the head row names (else the log was truncated).
+- the log's last receipt is the one the head row names (else the log was truncated);
+- approvals (issue 16): an ApprovalDecided is a record of its own (one receipt, seq 0); it
+  decides the ApprovalRequested its request_link names (same approval, call, operation and
+  arguments hash), an approval is decided at most once, and a resumed run's Opened names
+  that decision's link and resumes the run sealed paused for it (`_approval_links`).
 
 Signatures: by default the signature of each run's last receipt and of the log's last
 receipt is verified. Every other receipt is covered by them through the links, which
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from charter.audit._approval_links import ApprovalLinks, Fetch
 from charter.audit.keys import PublicKey
 from charter.audit.receipts import (
     ApprovalDecided,
@@ -50,12 +55,22 @@ class Finding:
     problem: str
     # The log's order is broken here (a gap, a wrong log_prev): a receipt of any run may be missing.
     order: bool = False
+    # The receipt's kind, given for the approval receipts (and resumed openings) so a finding
+    # names which of them it is: approval_request, approval_decision, open.
+    kind: str | None = None
 
     def __str__(self) -> str:
         where = f"receipt {self.log_seq}" if self.log_seq is not None else "log"
+        if self.kind is not None:
+            where += f" {_NAMES.get(self.kind, self.kind)}"
         if self.run_id:
-            where += f" (run {self.run_id})"
+            whose = "approval" if self.kind == "approval_decision" else "run"
+            where += f" ({whose} {self.run_id})"
         return f"{where}: {self.problem}"
+
+
+_NAMES = {"approval_request": "ApprovalRequested", "approval_decision": "ApprovalDecided", "open": "Opened"}
+_APPROVAL_KINDS = frozenset({"approval_request", "approval_decision"})
 
 
 @dataclass(slots=True)
@@ -63,6 +78,7 @@ class Verification:
     receipts: int = 0
     runs: int = 0
     sealed: int = 0
+    approvals: int = 0  # decision records (ApprovalDecided): not runs, and not counted as runs
     signatures_checked: int = 0
     incomplete: list[str] = field(default_factory=list)
     in_doubt: list[tuple[str, int, str]] = field(default_factory=list)  # (run, call, operation)
@@ -104,12 +120,16 @@ def verify_receipts(
     expect_head: tuple[int, str] | None = None,
     neighbour: Callable[[int], StoredReceipt | None] | None = None,
     every_signature: bool = False,
+    fetch: Fetch | None = None,
+    where: str = "the log",
 ) -> Verification:
     """Verify receipts given in log order.
 
     `whole_log`: the rows are the entire log, so log_seq must run 1, 2, 3... and end at
     `head`. Otherwise (one run, or an exported bundle) each receipt's `log_prev` is
     checked against `neighbour(log_seq - 1)` when that lookup is given.
+    `fetch`: reads another run's rows (the paused run of a resumed run verified on its own) for
+    the approval links; None: the rows are all there is, and `where` names them in findings.
     """
     report = Verification(head=head)
     runs: dict[str, _RunTrack] = {}
@@ -117,9 +137,14 @@ def verify_receipts(
     previous: StoredReceipt | None = None
     previous_key_id: str | None = None  # the signing key its body names, if it decoded
     seen_expected_head = expect_head is None
+    links = ApprovalLinks(fetch=fetch, where=where)
 
     def find(row: StoredReceipt, problem: str, *, order: bool = False) -> None:
-        report.findings.append(Finding(row.log_seq, row.run_id, problem, order))
+        kind = row.kind if row.kind in _APPROVAL_KINDS else None
+        report.findings.append(Finding(row.log_seq, row.run_id, problem, order, kind))
+
+    def find_link(log_seq: int | None, run_id: str | None, kind: str | None, problem: str) -> None:
+        report.findings.append(Finding(log_seq, run_id, problem, kind=kind))
 
     def check_signature(row: StoredReceipt, key_id: str) -> None:
         key = keys.get(key_id)
@@ -173,10 +198,13 @@ def verify_receipts(
                 find(row, "its log_prev link does not name the log's previous receipt", order=True)
         previous, previous_key_id = row, body.key_id
 
+        links.note(row, body)
         track = runs.get(body.run_id)
         if track is None:
-            # An ApprovalDecided is a record of its own (one receipt, no opening), not a run.
-            report.runs += not isinstance(body, ApprovalDecided)
+            if isinstance(body, ApprovalDecided):
+                report.approvals += 1  # a record of one receipt, not a run
+            else:
+                report.runs += 1
             track = runs[body.run_id] = _RunTrack(next_seq=0, last_link="", last_row=row, last_key_id=body.key_id)
             if not isinstance(body, Opened | Asked | ApprovalDecided):
                 find(row, "the run has no opening receipt before this one: it was deleted")
@@ -215,12 +243,14 @@ def verify_receipts(
             if body.program is not None and text_sha256(body.program) != body.program_sha256:
                 find(row, "the attempt's program does not hash to its program_sha256")
         elif isinstance(body, ApprovalDecided):
-            track.sealed = True  # complete as written: nothing may follow it
+            track.sealed = True  # complete in itself: nothing may follow it under its id
         elif isinstance(body, Sealed | Concluded):
             track.sealed = True
             report.sealed += 1
             if body.receipts != body.seq:
                 find(row, f"the seal counts {body.receipts} receipts before it, the run has {body.seq}")
+
+    links.check(find_link)
 
     if not every_signature:
         anchors = {id(t.last_row): (t.last_row, t.last_key_id) for t in runs.values()}

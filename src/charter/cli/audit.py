@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from charter.audit import (
+    ApprovalRequested,
     Asked,
     Attempted,
     AuditLog,
@@ -36,10 +37,20 @@ from charter.audit import (
     verify_bundle,
     verify_log,
 )
+from charter.audit._approval_records import chain_of, resolve_approval, sealed_approval
 from charter.audit.receipts import Opening
+from charter.cli._audit_approvals import (
+    chain_findings,
+    guest_line,
+    request_line,
+    resumed_from,
+    say_story,
+    show_approval,
+    story,
+)
 from charter.cli._output import fail, out, print_json, say
 from charter.contract._quotas import amount_text
-from charter.errors import CharterError, UsageError
+from charter.errors import CharterError, RunNotFound, UsageError
 from charter.status import STATUSES
 
 app = typer.Typer(help="Read, verify, export and replay the audit log of runs.", no_args_is_help=True)
@@ -86,7 +97,8 @@ def list_(
         )
         if not 1 <= limit <= MAX_LIMIT:
             raise UsageError(f"--limit {limit} is out of range: give a number of runs from 1 to {MAX_LIMIT}")
-        runs = _log().list_runs(filters, limit=limit)
+        log = _log()
+        runs = log.list_runs(filters, limit=limit)
     except CharterError as error:
         fail(error)
     if as_json:
@@ -98,12 +110,16 @@ def list_(
     # Two lines a run, no table: ids, versions and principals are never cut, at any width;
     # only what follows the principal on the second line (cause, denial, intent) is shortened.
     width = max(out.width, 40)
-    say(f"{'RUN':<12}  {'OPENED (UTC)':<16}  {'STATUS':<11}  CONTRACT@VERSION", "bold")
+    width_status = max(11, *(len(run.status) for run in runs))
+    say(f"{'RUN':<12}  {'OPENED (UTC)':<16}  {'STATUS':<{width_status}}  CONTRACT@VERSION", "bold")
     say("  PRINCIPAL · CAUSE · FIRST DENIAL · INTENT", "bold")
     for run in runs:
         opened = run.opened_at[:16].replace("T", " ")
-        say(f"{run.run_id[:12]}  {opened}  {run.status:<11}  {run.contract}@{run.version}")
+        say(f"{run.run_id[:12]}  {opened}  {run.status:<{width_status}}  {run.contract}@{run.version}")
         detail = [f"cause {run.cause}"] if run.cause else []
+        if run.status == "awaiting_approval":  # what it waits for, first: `audit show <approval id>` shows it
+            waiting = sealed_approval(log, run.run_id)
+            detail.insert(0, f"approval {waiting[:12]}" if waiting else "approval unknown")
         if run.denial_code:
             detail.append(f"first denial {run.denial_code} ({run.denial_operation})")
         rest = " · ".join([*detail, _listed_intent(run)])
@@ -183,16 +199,27 @@ def show(run: RunArg, as_json: JsonOption = False) -> None:
     """
     try:
         log = _log()
+        try:
+            log.resolve(run)
+        except RunNotFound:  # an approval id shows the approval's record
+            approval_id = resolve_approval(log, run)
+            if approval_id is None:
+                raise
+            show_approval(log, approval_id, as_json)
+            return
         checked = check_run(log, run)
     except CharterError as error:
         fail(error)
     if as_json:
-        print_json(_checked_json(log, checked))
+        view = _checked_json(log, checked)
+        print_json(view)
+        nested = [view, *view.get("program_runs", ())]
+        story_ok = not any(part.get("story_findings") for part in nested)
     elif isinstance(checked.record.opened, Asked):
-        _show_intent(checked, checked.record.opened)
+        story_ok = _show_intent(log, checked, checked.record.opened)
     else:
-        _show_program(log, checked)
-    if not checked.ok:
+        story_ok = _show_program(log, checked)
+    if not checked.ok or not story_ok:
         raise typer.Exit(1)
 
 
@@ -212,6 +239,11 @@ def _checked_json(log: AuditLog, checked: CheckedRun) -> dict[str, Any]:
     }
     if checked.programs:
         view["program_runs"] = [_checked_json(log, p) for p in checked.programs]
+    chain = chain_of(log, record.run_id) if isinstance(record.opened, Opened) else None
+    if chain is not None:  # a run that paused for approval or resumes one: the chain's story
+        view["chain"] = [r.run_id for r in chain.runs]
+        view["story"] = story(chain)
+        view["story_findings"] = chain_findings(log, chain)
     return view
 
 
@@ -273,7 +305,8 @@ def _timeline(checked: CheckedRun) -> Table:
     return timeline
 
 
-def _show_program(log: AuditLog, checked: CheckedRun) -> None:
+def _show_program(log: AuditLog, checked: CheckedRun) -> bool:
+    """Prints the run; False when the approval chain it belongs to fails verification."""
     record = checked.record
     o = record.opened
     assert isinstance(o, Opened)
@@ -285,6 +318,9 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> None:
         say(f"attributes: {_encode(o.attributes)}")
     say(f"contract:  {o.contract} {o.version} sha256 {o.contract_sha256[:16]}…")
     say(f"opened:    {o.at}  clock {o.clock}  seed {o.seed}")
+    resumes = resumed_from(o)
+    if resumes is not None:
+        say(resumes)
     if o.inputs:  # a secret input's value is its keyed digest here: the log never held the value
         shown = (f"{k}=<secret {v[:24]}…>" if k in o.secret_inputs else f"{k}={v!r}" for k, v in o.inputs.items())
         say(f"inputs:    {', '.join(shown)}")
@@ -303,6 +339,7 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> None:
         say(f"withheld from call {kept.call} {kept.operation}: {kept.error_type}: {kept.message}", "red")
     _say_unverified(checked)
     say(_status_line(checked), "bold")
+    return say_story(log, record.run_id)
 
 
 _SIDE_BY_SIDE = 120  # columns below which `show` stacks the program above its receipts
@@ -316,7 +353,8 @@ def _status_line(checked: CheckedRun) -> str:
     return f"status: {record.status}" + (f" (cause {record.cause})" if record.cause else "") + never
 
 
-def _show_intent(checked: CheckedRun, asked: Asked) -> None:
+def _show_intent(log: AuditLog, checked: CheckedRun, asked: Asked) -> bool:
+    """Prints the intent run; False when the approval chain of its program run fails verification."""
     record = checked.record
     programs = {p.record.run_id: p for p in checked.programs}
     mark = _mark(checked, asked)
@@ -361,6 +399,9 @@ def _show_intent(checked: CheckedRun, asked: Asked) -> None:
             say(f"{mark}conclusion: {receipt.status}: {detail}", "bold red" if mark else "bold")
     _say_unverified(checked)
     say(_status_line(checked), "bold" if record.sealed is not None and checked.ok else "bold red")
+    if checked.programs:  # the program run that paused, and its continuation
+        return say_story(log, checked.programs[-1].record.run_id)
+    return True
 
 
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
@@ -375,13 +416,17 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
             f"{amount_text(q.max, q.money)}/{q.window}"
             for q in receipt.quotas
         )
+        head += f", {guest_line(receipt.line)}" if receipt.line is not None else ""
         head = "\n  ".join([head, *lookup_lines(receipt)])
         if receipt.provenance is not None:  # per from: param, where its value was seen
             seen = "; ".join(f"{p} <- {'|'.join(labels) or 'nowhere'}" for p, labels in receipt.provenance.items())
             head += f"\n   provenance: {seen}"
         if receipt.decision == "ALLOW":
-            return f"{head}\n-> ALLOW {receipt.code}", "green"
+            under = f" (approval {receipt.approval_id})" if receipt.approval_id else ""
+            return f"{head}\n-> ALLOW {receipt.code}{under}", "green"
         return f"{head}\n-> DENY {receipt.code}: {receipt.message}", "yellow"
+    if isinstance(receipt, ApprovalRequested):
+        return request_line(receipt)
     if isinstance(receipt, Outcome):
         if receipt.status in ("failed", "unknown"):  # unknown: sent, no answer: in doubt
             return f"  outcome: {receipt.status} {receipt.code}: {receipt.message}", "red"
@@ -451,6 +496,7 @@ def _report(report: Verification, as_json: bool) -> None:
                 "receipts": report.receipts,
                 "runs": report.runs,
                 "sealed": report.sealed,
+                "approvals": report.approvals,
                 "signatures_checked": report.signatures_checked,
                 "interrupted": report.incomplete,
                 "in_doubt": [{"run_id": r, "call": c, "operation": o} for r, c, o in report.in_doubt],
@@ -475,8 +521,9 @@ def _report(report: Verification, as_json: bool) -> None:
         )
     verdict = "ok" if report.ok else f"FAILED ({len(report.findings)} problems)"
     say(
-        f"{verdict}: {report.receipts} receipts in {report.runs} runs ({report.sealed} sealed), "
-        f"{report.signatures_checked} signatures checked",
+        f"{verdict}: {report.receipts} receipts in {report.runs} runs ({report.sealed} sealed)"
+        + (f" and {report.approvals} approval decision(s)" if report.approvals else "")
+        + f", {report.signatures_checked} signatures checked",
         "green" if report.ok else "red",
     )
     if report.head is not None:
