@@ -36,6 +36,13 @@ if TYPE_CHECKING:
         ApprovalView,
         SelfApproval,
     )
+    from charter.approvals.webhook import (
+        SIGNATURE_HEADER,
+        ApprovalWebhook,
+        load_or_create_webhook_key,
+        sign,
+        verify_signature,
+    )
     from charter.approvals.worker import ResumeWorker
 
 _EXPORTS = {
@@ -47,14 +54,20 @@ _EXPORTS = {
     "ApprovalStore": "charter.approvals.store",
     "ApprovalView": "charter.approvals.store",
     "SelfApproval": "charter.approvals.store",
-    "ResumeInProgress": "charter.approvals.resume",
-    "Resumer": "charter.approvals.resume",
-    "ResumeWorker": "charter.approvals.worker",
     "chain_of": "charter.approvals.chain",
     "latest_of": "charter.approvals.chain",
+    "Resumer": "charter.approvals.resume",
+    "ResumeInProgress": "charter.approvals.resume",
+    "ResumeWorker": "charter.approvals.worker",
+    "SIGNATURE_HEADER": "charter.approvals.webhook",
+    "ApprovalWebhook": "charter.approvals.webhook",
+    "load_or_create_webhook_key": "charter.approvals.webhook",
+    "sign": "charter.approvals.webhook",
+    "verify_signature": "charter.approvals.webhook",
 }
 
 __all__ = [
+    "SIGNATURE_HEADER",
     "ApprovalConflict",
     "ApprovalError",
     "ApprovalExpired",
@@ -62,12 +75,16 @@ __all__ = [
     "ApprovalNotFound",
     "ApprovalStore",
     "ApprovalView",
+    "ApprovalWebhook",
     "ResumeInProgress",
     "ResumeWorker",
     "Resumer",
     "SelfApproval",
     "chain_of",
     "latest_of",
+    "load_or_create_webhook_key",
+    "sign",
+    "verify_signature",
 ]
 
 
