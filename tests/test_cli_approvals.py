@@ -234,3 +234,17 @@ def test_bench_approvals_prints_the_ratio_fields() -> None:
     assert figures["audit_verified"] is True
     assert isinstance(figures["goal"]["resume_cheaper_than_fresh"], bool)
     assert figures["machine"]["cpus"] >= 1
+
+
+def test_webhook_key_is_what_the_server_signs_with(charter_home: Path) -> None:
+    from charter.approvals import load_or_create_webhook_key, sign, verify_signature
+
+    result = charter("approvals", "webhook-key")
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.strip()
+    assert len(printed) == 64
+    assert charter("approvals", "webhook-key").stdout.strip() == printed  # made once, then read
+    key = load_or_create_webhook_key(charter_home / "keys")
+    assert key == printed.encode("ascii")
+    body = b'{"type":"approval.requested"}'
+    assert verify_signature(printed.encode("ascii"), sign(key, body), body)

@@ -510,3 +510,18 @@ def resume(approval: IdArg, as_json: JsonOption = False) -> None:
             f"(charter approvals approve|deny {approval_id[:12]} --principal ID --reason TEXT)"
         )
     _resume_and_report(log, store, approval_id, as_json)
+
+
+@app.command("webhook-key")
+def webhook_key() -> None:
+    """Print the key `charter serve --approval-webhook URL` signs its events with (made on first
+    use, in keys/webhook.key beside the audit log, mode 0600). A receiver checks the header
+    `Charter-Signature: t=<unix>,v1=<hex>` as HMAC-SHA256 over "<t>." + body with these 64
+    characters (as ASCII bytes) for its key."""
+    from charter.approvals import load_or_create_webhook_key
+
+    try:
+        key = load_or_create_webhook_key(_log().path.parent / "keys")
+    except CharterError as error:
+        _refuse(error)
+    out.print(key.decode("ascii"), markup=False, highlight=False)
