@@ -248,3 +248,21 @@ def test_webhook_key_is_what_the_server_signs_with(charter_home: Path) -> None:
     assert key == printed.encode("ascii")
     body = b'{"type":"approval.requested"}'
     assert verify_signature(printed.encode("ascii"), sign(key, body), body)
+
+
+def test_with_tokens_the_token_file_decides_who_acts(paused: Paused) -> None:
+    """Once the token file names principals (a server's deployment), the approver's scopes come
+    from its tokens when no --scope is given, and the requester must still hold a token: here
+    'ada' has none (revoked), so the resume is refused PRINCIPAL_REVOKED and nothing is sent."""
+    from charter.server import TokenStore
+
+    TokenStore().add("reviewer", "mira", ["payments:approve"])
+    result = charter("approvals", "approve", paused.approval_id, "--reason", "ok", "--principal", "mira")
+    assert result.returncode == 2, result.stdout + result.stderr  # refused
+    assert f"approval {paused.approval_id} approved by mira: ok" in result.stdout
+    (decided,) = decision_records(paused.log)
+    assert decided.approver_scopes == ("payments:approve",)
+    (resumed,) = resumed_runs(paused.log, paused.approval_id)
+    record = paused.log.run(resumed)
+    assert (record.status, record.cause) == ("refused", "PRINCIPAL_REVOKED")
+    assert plumber_transfers() == []
