@@ -31,10 +31,13 @@ from charter.audit import (
     verify_bundle,
     verify_log,
 )
+from charter.audit._approval_records import chain_of
 from charter.audit.receipts import args_digest, link_of, text_sha256
+from charter.cli._audit_approvals import story
 from charter.runner import sealed_receipt
 from charter.sandbox import Completed, Paused, Stats
 from tests.conftest import charter
+from tests.test_approvals_resume import REFUND, RITA, Env, env  # noqa: F401  (env: the fixture)
 
 PROGRAM = (
     "account = payments.get_account(id='acc-1')\n"  # line 1
@@ -155,7 +158,7 @@ def pause(log: AuditLog, approval_id: str, *, principal: str = "ada") -> str:
         expires="2026-11-30T12:00:00+00:00",
         line=3,
     )
-    recorder._append(request, durable=True)  # RunRecorder.approval_requested (f16-pause) does this
+    recorder.approval_requested(request)
     paused = Paused(
         approval_id=approval_id, call=2, operation="send_payment", reason=request.reason, line=3, stats=Stats(calls=2)
     )
@@ -173,7 +176,7 @@ def decide(
     request_link: str | None = None,
     **fields: Any,
 ) -> str:
-    """The decision record, written through the log's one writer as AuditLog.append_record does."""
+    """The decision record, as the approval store writes it (AuditLog.append_record)."""
     digest = args_digest(SEND_ARGS)[1]
     decided = ApprovalDecided(
         run_id=record_id or approval_id,
@@ -187,10 +190,14 @@ def decide(
         args_sha256=fields.pop("args_sha256", digest),
         decision=verdict,  # type: ignore[arg-type]
         approver=fields.pop("approver", "grace"),
-        approver_scopes=("payments:approve",),
+        approver_scopes=fields.pop("approver_scopes", ("payments:approve",)),
         reason=fields.pop("reason", "checked the invoice with the supplier"),
+        expired=fields.pop("expired", False),
     )
-    recorder: RunRecorder = log.open_run(decided)  # type: ignore[arg-type]  # a record of one receipt
+    if decided.run_id == approval_id:
+        return log.append_record(decided).run_id
+    # A forged second record under another id (append_record refuses that): through the same writer.
+    recorder: RunRecorder = log.open_run(decided)  # type: ignore[arg-type]
     return recorder.run_id
 
 
@@ -487,3 +494,88 @@ def test_audit_show_marks_a_tampered_decision_and_exits_1(chain: Chain) -> None:
     verified = charter("audit", "verify")
     assert verified.returncode == 1
     assert f"receipt {log_seq} ApprovalDecided (approval {chain.approval_id})" in verified.stdout
+
+
+def test_the_story_of_an_expired_request_denied_by_charter(charter_home: Path) -> None:
+    log = AuditLog(charter_home / "audit.db")
+    approval_id = secrets.token_hex(16)
+    paused = pause(log, approval_id)
+    chain = chain_of(log, paused)
+    assert chain is not None
+    assert story(chain)[-2:] == [
+        "  3. decided: not yet (pending; expires 2026-11-30T12:00:00+00:00)",
+        f"  4. result: awaiting_approval: waiting for approval {approval_id}",
+    ]
+    decide(
+        log,
+        approval_id,
+        paused,
+        verdict="denied",
+        approver="charter",
+        approver_scopes=(),
+        reason="the request expired unanswered",
+        expired=True,
+    )
+    chain = chain_of(log, paused)
+    assert chain is not None
+    [decided] = [line for line in story(chain) if "decided:" in line]
+    assert decided.startswith("  3. decided: denied by charter at ")
+    assert decided.endswith(" (the request expired unanswered)")
+    assert verify(log).ok
+
+
+# --- end to end: the real pause, approval store and resumer write the chain ----------------
+
+
+def test_a_real_chain_of_two_approvals_verifies_shows_its_story_and_exports(env: Env, tmp_path: Path) -> None:  # noqa: F811
+    program = REFUND + "c = orders.cancel_order(id=101, reason='customer asked')\nconclude('refunded and cancelled')\n"
+    first, refund_approval = env.paused(program)
+    env.store.decide(refund_approval, RITA, "approved", "checked the parcel photos")
+    second_run = env.resumer.resume(refund_approval)
+    assert second_run.status == "awaiting_approval"
+    assert second_run.approval_id is not None
+    cancel_approval = second_run.approval_id
+    env.store.decide(cancel_approval, RITA, "approved", "the customer asked in writing")
+    final = env.resumer.resume(cancel_approval)
+    assert (final.status, final.answer) == ("done", "refunded and cancelled")
+
+    # The guest's lines: the refund on line 4, the cancellation on line 5, on the requests and decisions.
+    requests = [r for run in (first, second_run.run_id) for r in env.log.run(run).receipts]
+    assert [(r.operation, r.line) for r in requests if isinstance(r, ApprovalRequested)] == [
+        ("refund_order", 4),
+        ("cancel_order", 5),
+    ]
+    approved = [r for r in env.log.run(final.run_id).receipts if isinstance(r, Decision)]
+    assert [(r.operation, r.line, r.approval_id) for r in approved] == [("cancel_order", 5, cancel_approval)]
+
+    report = verify(env.log)
+    assert report.ok, report.findings
+    assert report.approvals == 2
+    for part in (first, refund_approval, second_run.run_id, cancel_approval, final.run_id):
+        assert verify(env.log, run_id=part).ok, part
+
+    shown = charter("audit", "show", first)
+    assert shown.returncode == 0, shown.stderr
+    story = shown.stdout[shown.stdout.index("story (in order)") :]
+    steps = [
+        f"asked: run {first} (principal ada) called refund_order at call 3, line 4 (reported by the guest)",
+        f"paused: approval {refund_approval}",
+        "decided: approved by rita",
+        "why: checked the parcel photos",
+        f"resumed: run {second_run.run_id}",
+        f"asked: run {second_run.run_id} (principal ada) called cancel_order at call 4, line 5 (reported by the guest)",
+        f"paused: approval {cancel_approval}",
+        "why: the customer asked in writing",
+        f"resumed: run {final.run_id}",
+        "result: done: refunded and cancelled",
+    ]
+    at = [story.index(step) for step in steps]
+    assert at == sorted(at), story
+
+    lines = export_run(env.log, final.run_id)
+    header = json.loads(lines[0])
+    assert header["chain"] == [first, second_run.run_id]
+    assert header["approvals"] == [refund_approval, cancel_approval]
+    bundle = tmp_path / "chain.jsonl"
+    bundle.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert verify_bundle(bundle).ok
