@@ -266,3 +266,24 @@ def test_with_tokens_the_token_file_decides_who_acts(paused: Paused) -> None:
     record = paused.log.run(resumed)
     assert (record.status, record.cause) == ("refused", "PRINCIPAL_REVOKED")
     assert plumber_transfers() == []
+
+
+def test_a_tampered_request_is_neither_decided_nor_run(paused: Paused) -> None:
+    """Whoever can write the file swaps the IBAN in the signed request (past the append-only
+    trigger): approving it is refused TAMPERED, nothing is decided, nothing is sent."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(paused.log.path)) as db, db:
+        db.execute("DROP TRIGGER receipts_no_update")
+        db.execute(
+            "UPDATE receipts SET body = CAST(replace(body, ?, ?) AS BLOB) WHERE kind = 'approval_request'",
+            (PLUMBER_IBAN, backend.INJECTED_IBAN),
+        )
+    result = charter("approvals", "approve", paused.approval_id, "--reason", "ok", *REVIEWER)
+    assert result.returncode == 11, result.stdout + result.stderr
+    assert "error: TAMPERED: " in result.stderr
+    assert "charter audit verify names the receipts" in result.stderr
+    assert decision_records(paused.log) == []
+    assert resumed_runs(paused.log, paused.approval_id) == []
+    assert plumber_transfers() == []

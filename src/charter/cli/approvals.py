@@ -11,7 +11,8 @@ per-approval resume lock makes the two safe together).
 Exit status: 0 done; for a resumed run, its status as `charter exec` reports it (2 refused,
 3 failed, 5 awaiting another approval...); 1 a usage error; 8 the decision was refused
 (SELF_APPROVAL, FORBIDDEN_SCOPE, APPROVAL_EXPIRED, ALREADY_DECIDED); 9 APPROVAL_NOT_FOUND;
-10 RESUME_IN_PROGRESS (another process holds the resume).
+10 RESUME_IN_PROGRESS (another process holds the resume); 11 TAMPERED (the request's receipts fail
+verification).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ EXIT_CODES = {
     "ALREADY_DECIDED": 8,
     "APPROVAL_NOT_FOUND": 9,
     "RESUME_IN_PROGRESS": 10,
+    "TAMPERED": 11,
 }
 
 _HEX_ID = re.compile(r"[0-9a-f]{32}\Z")
@@ -95,6 +97,8 @@ def hint_for(code: str, approval_id: str, scope: str | None = None) -> str:
         "ALREADY_DECIDED": f"exactly one decision is kept; see it with charter approvals show {short}",
         "APPROVAL_NOT_FOUND": "charter approvals list shows the requests in this audit log "
         "(CHARTER_HOME selects the log)",
+        "TAMPERED": "the audit log's record of this request fails verification, so nothing is decided or run "
+        "on it; charter audit verify names the receipts",
         "RESUME_IN_PROGRESS": f"another process is resuming it now; charter approvals show {short} reports the "
         "resumed run once it is sealed",
     }.get(code, "see charter approvals show " + short)
