@@ -287,3 +287,20 @@ def test_a_tampered_request_is_neither_decided_nor_run(paused: Paused) -> None:
     assert decision_records(paused.log) == []
     assert resumed_runs(paused.log, paused.approval_id) == []
     assert plumber_transfers() == []
+
+
+def test_a_resume_held_elsewhere_is_reported_not_run_twice(paused: Paused) -> None:
+    """A server (here: this process) holds the approval's resume lock: the CLI records the
+    decision, then says RESUME_IN_PROGRESS and runs nothing; once the lock is free it resumes."""
+    from charter.approvals.resume import _resume_lock
+
+    with _resume_lock(paused.log.path, paused.approval_id):
+        result = charter("approvals", "approve", paused.approval_id, "--reason", "ok", *REVIEWER)
+        assert result.returncode == 10, result.stdout + result.stderr
+        assert f"approval {paused.approval_id} approved by mira: ok" in result.stdout
+        assert "error: RESUME_IN_PROGRESS: " in result.stderr
+        assert "another process is resuming it now" in result.stderr
+        assert resumed_runs(paused.log, paused.approval_id) == []
+    assert plumber_transfers() == []
+    assert charter("approvals", "resume", paused.approval_id).returncode == 0
+    assert len(plumber_transfers()) == 1
