@@ -71,7 +71,9 @@ def test_demo_runs(charter_home: Path) -> None:
     assert "first request:   200 done: Order 102 is cancelled." in http
     assert "(replayed, nothing ran)" in http
     # The payments example under prompt injection: every v2 construct, decided by the gate.
-    payments = result.stdout[result.stdout.index("== 10. Payments under prompt injection") :]
+    payments = result.stdout[
+        result.stdout.index("== 10. Payments under prompt injection") : result.stdout.index("== 11. A payment")
+    ]
     assert "contracts/payments.yaml: ok, 14 operations" in result.stdout
     assert "recipient: str from request|list_payees[].iban" in payments
     assert "answer:   Paid 84.20 to Green Energy Ltd: transfer TRF-1001 is executed." in payments
@@ -87,4 +89,13 @@ def test_demo_runs(charter_home: Path) -> None:
     assert "answer:   Password changed at" in payments
     assert "redirect_standing_order DENIED GUARD_VIOLATION (guard:redirect_to_payee)" in payments
     assert payments.count("answer:   ") == 7
-    assert "22 runs, 96 signed receipts: intact" in result.stdout
+    # Human approvals: the payment to a new IBAN pauses; four eyes; a reviewer approves; it resumes.
+    approvals = result.stdout[result.stdout.index("== 11. A payment to a new IBAN waits for a human") :]
+    assert "paused:   send_payment at line 4: recipient not a saved payee (approval " in approvals
+    assert "status:   awaiting_approval (cause APPROVAL_REQUIRED); nothing was sent." in approvals
+    assert "ada approves it herself: refused SELF_APPROVAL: " in approvals
+    assert "mira approves: Called the holder back" in approvals
+    assert "decision: send_payment allowed under approval " in approvals
+    assert "answer:   Paid 120.00 to IE29AIBK93115212345678: transfer TRF-" in approvals
+    assert "approval: approved by mira; resumed run " in approvals
+    assert "24 runs, 108 signed receipts: intact" in result.stdout

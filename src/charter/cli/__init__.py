@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from charter.cli import audit, contract, db, sandbox
+from charter.cli import approvals, audit, contract, db, sandbox
 from charter.cli._help import conventional_help
 from charter.cli._output import err
 from charter.cli.demo import demo
@@ -24,6 +24,7 @@ app.add_typer(contract.app, name="contract")
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(sandbox.bench_app, name="bench")
 app.add_typer(audit.app, name="audit")
+app.add_typer(approvals.app, name="approvals")
 app.add_typer(db.app, name="db")
 app.add_typer(token_app, name="token")
 app.command()(run)

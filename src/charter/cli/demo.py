@@ -258,7 +258,12 @@ def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
     _step("10. Payments under prompt injection: provenance, lookups, approval, quotas, secrets")
     payments_runs(payments, log)
 
-    _step("11. Verify the audit log: signatures, hash chains, head")
+    from charter.cli._demo_approvals import approvals_runs
+
+    _step("11. A payment to a new IBAN waits for a human: pause, four eyes, resume")
+    approvals_runs(payments, log, Registry(workdir / "charter.db"))
+
+    _step("12. Verify the audit log: signatures, hash chains, head")
     report = verify_log(log, log.trusted_keys())
     state = "intact" if report.ok else "BROKEN"
     say(f"{len(log.run_ids())} runs, {report.receipts} signed receipts: {state}", "green" if report.ok else "red")
@@ -266,7 +271,8 @@ def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
         say(str(finding), "red")
     say()
     say(
-        f"Done. Inspect a run: CHARTER_HOME={charter_home()}/demo charter audit show <run>. Ask your own: start "
+        f"Done. Inspect a run: CHARTER_HOME={charter_home()}/demo charter audit show <run> (and the requests for "
+        "approval: charter approvals list). Ask your own: start "
         "the orders service (python -m examples.orders.service --seed), then "
         'charter run "Cancel order 102" -c orders --scope orders:read --scope orders:write.',
         "bold",

@@ -218,3 +218,40 @@ def bench_serve(
     out.print(table)
     for sample in results["error_samples"]:
         say(f"error: {sample}", "red")
+
+
+@bench_app.command("approvals")
+def bench_approvals(
+    reads: Annotated[
+        list[int] | None, typer.Option("--reads", metavar="N", help="Reads before the flagged write; repeat for more.")
+    ] = None,
+    samples: Annotated[int, typer.Option(metavar="N", help="Samples of each measurement per N.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Resuming a run paused for approval vs running it fresh (N reads, then the flagged write)."""
+    from charter.bench import run_approvals_bench
+    from charter.bench.approvals import READS
+
+    if samples < 1 or any(n < 1 for n in reads or ()):
+        fail("--samples and every --reads must be at least 1")
+    results = run_approvals_bench(tuple(reads or READS), samples)
+    if as_json:
+        print_json(results)
+        return
+    table = Table(
+        title=f"Resume after approval vs fresh run, orders HTTP service, median of {samples}", show_header=True
+    )
+    for column in ("reads (N)", "fresh run", "pause", "resume", "resume / fresh"):
+        table.add_column(column, justify="right")
+    for row in results["results"]:
+        table.add_row(
+            str(row["reads"]),
+            _ms(row["fresh_ms"]["median"]),
+            _ms(row["pause_ms"]["median"]),
+            _ms(row["resume_ms"]["median"]),
+            f"{row['resume_over_fresh']:.2f}x",
+        )
+    out.print(table)
+    met = results["goal"]["resume_cheaper_than_fresh"]
+    say(f"goal: resuming costs less than running fresh at every N: {'met' if met else 'NOT met'}")
+    say(f"audit log after the bench: {'verified' if results['audit_verified'] else 'FINDINGS'}")
