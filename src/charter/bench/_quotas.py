@@ -22,6 +22,7 @@ from typing import Any
 
 from charter.audit import AuditLog, Opened, now_iso
 from charter.audit.receipts import text_sha256
+from charter.backends import CallContext
 from charter.compiler import compile_contract
 from charter.contract._yaml import load_yaml
 from charter.contract.checker import check_contract_data
@@ -95,19 +96,20 @@ def run_quota_bench(k: int = 1000, others: int = 50_000, checks: int = 2000) -> 
         )
         session = ContractGate(contract, _NoBackend()).session(log.open_run(opened), principal, max_result_bytes=1)
         rule = contract.gate.operations["send_payment"]
-        variables = session._variables(rule, {"account": "GB01", "amount": "10.00"}, None, None)
+        variables = session._checks.variables(rule, {"account": "GB01", "amount": "10.00"}, None, None)
+        lookups = session._gate._lookups.start(_outside_a_call)  # the plain guard reads no lookup
 
         def quota() -> None:
             hold = QuotaHold()
             try:
-                session._quotas.check(rule, variables, hold)
+                session._state.quotas.check(rule, variables, hold)
             finally:
                 hold.release()
             if hold.seen[0].total != 100 * k:
                 raise RuntimeError(f"the benchmark's quota saw {hold.seen[0].total}, not {100 * k}")
 
         def guard() -> None:
-            if session._gate._rules.guard_violation(rule, variables, session._call_lookups, False) is not None:
+            if session._gate._rules.guard_violation(rule, variables, lookups, False) is not None:
                 raise RuntimeError("the benchmark's plain guard did not hold")
 
         timings = {}
@@ -131,3 +133,7 @@ def run_quota_bench(k: int = 1000, others: int = 50_000, checks: int = 2000) -> 
 def _at(now: datetime, i: int, n: int) -> str:
     """Spread n calls over the last 23 hours, inside a 24h window."""
     return (now - timedelta(seconds=(i + 1) * 23 * 3600 / n)).isoformat(timespec="microseconds")
+
+
+def _outside_a_call() -> CallContext:
+    raise RuntimeError("the benchmark's guard performed a lookup")

@@ -38,17 +38,17 @@ def absorb_call(session: GateSession, request: CallRequest, decision: Decision, 
     hold = QuotaHold()
     hold.seen = decision.quotas
     hold.windows = {q.id: None for q in decision.quotas if q.window == "run"}
-    session._quotas.counted(decision.call, hold)
+    session._state.quotas.counted(decision.call, hold)
     if outcome is None:
         return
-    session._quotas.outcome(decision.call, outcome.status, outcome.code)
+    session._state.quotas.outcome(decision.call, outcome.status, outcome.code)
     if rule.kind == "write" and outcome.status != "replayed":
-        session._writes.made += 1
+        session._state.writes.made += 1
     if outcome.status == "unknown" and rule.kind == "write":
-        session._writes.unknown(rule, arguments, decision.args_sha256, decision.call)
+        session._state.writes.unknown(rule, arguments, decision.args_sha256, decision.call)
     if outcome.status == "ok" and outcome.result is not None:  # as `_act`: a replayed one was taken in already
-        session._sequence.succeeded(rule, arguments)
+        session._state.sequence.succeeded(rule, arguments)
         key = decision.idempotency_key
         if rule.kind == "write" and key is not None:
-            session._writes.succeeded(rule, decision.args_sha256, decision.call, key, outcome.result)
-        session._provenance.record(rule.name, outcome.result)
+            session._state.writes.succeeded(rule, decision.args_sha256, decision.call, key, outcome.result)
+        session._state.provenance.record(rule.name, outcome.result)

@@ -1,30 +1,36 @@
 """The contract gate: one decision per proxy call, recorded before anything acts.
 
-Checks, in this order; the first that fails decides, with its reason code:
+Checks, in this order; the first that fails decides, with its reason code. Check 1 is in
+`GateSession.call` here; checks 2-15 are methods of `_checks.CallChecks` (each named below,
+beside the module it calls); the session then records the decision (`_decisions`) and acts
+on it (`_acting`):
 
  1. the call decoded and names an operation of the pinned version
                                       UNKNOWN_OPERATION, MALFORMED_CALL, ARGUMENTS_TOO_LARGE
- 2. the arguments have the declared types                        INVALID_ARGUMENTS
+ 2. the arguments have the declared types (`arguments`)          INVALID_ARGUMENTS
  3. writes are open for this run (the agent closes them once a request's write
-    was denied, so a repair cannot reach the same effect another way)  WRITES_CLOSED
+    was denied, so a repair cannot reach the same effect another way; checks 3-6 are
+    `static_checks`)                                             WRITES_CLOSED
  4. the principal holds every scope the operation needs          FORBIDDEN_SCOPE
  5. the principal attributes the operation's rules name are bound, each of its
     declared type (`_attributes`)                 ATTRIBUTE_MISSING, ATTRIBUTE_INVALID
  6. the operations it must follow succeeded earlier in the run: every one of
     `after`, and at least one of each any-of group (on the same entity key when both
-    act on the same entity)                                      SEQUENCE_VIOLATION
+    act on the same entity; `_sequence`)                         SEQUENCE_VIOLATION
  7. every `from:` param's value was seen in one of its sources in this run: the request,
     the principal's attributes, or a read's result at the named path, as the gate itself
-    recorded it from the replies the program got (`_provenance`)  PROVENANCE_VIOLATION
+    recorded it from the replies the program got (`_provenance`; `provenance_check`)
+                                                                 PROVENANCE_VIOLATION
  8. no earlier write of this operation to the same entity (a create: with the same
-    arguments) in this run is in doubt (`_writes`)               IN_DOUBT
+    arguments) in this run is in doubt (`_writes`; checks 8-10 are `write_checks`)  IN_DOUBT
  9. an `idempotent` operation already made with the same arguments in this run
     returns its first result; nothing is sent again              (REPLAYED, allowed)
 10. the run is within its write limit                            LIMIT_EXCEEDED
 11. the entity is read through the contract's read operation, and has the
-    entity's declared type (`_results`)                          NOT_FOUND, RESULT_INVALID, GATE_ERROR
-12. the lifecycle allows the transition from its current state   STATE_VIOLATION
-13. every CEL guard holds; a lookup (`_lookups`) is performed when the first rule
+    entity's declared type (`_results`; `read_entity`)           NOT_FOUND, RESULT_INVALID, GATE_ERROR
+12. the lifecycle allows the transition from its current state (checks 12-15 are
+    `state_checks`)                                              STATE_VIOLATION
+13. every CEL guard holds (`_rules`); a lookup (`_lookups`) is performed when the first rule
     naming it is evaluated, never for a call refused before, never twice in one call
                                                                  GUARD_VIOLATION, LOOKUP_FAILED
 14. every quota over time has room for this call: the total counted in its window
@@ -35,9 +41,10 @@ Checks, in this order; the first that fails decides, with its reason code:
 15. the operation does not need a human approval (`requires_approval: true`, or its
     `when` holds; `_attributes.ConditionalApproval`): last, so an approval is never
     asked for a call the contract forbids anyway. When it does, the run PAUSES
-    (`_approvals`): an ApprovalRequested receipt in place of the Decision, nothing
-    executes, the quota reservation is released uncounted, ApprovalPending ends the run
-    (sealed awaiting_approval); a run with secret inputs cannot pause and is refused
+    (`_approvals`; `_decisions.DecisionRecorder.pause`): an ApprovalRequested receipt in
+    place of the Decision, nothing executes, the quota reservation is released uncounted,
+    ApprovalPending ends the run (sealed awaiting_approval); a run with secret inputs
+    cannot pause and is refused
                                                                  APPROVAL_REQUIRED
     (a `when` that cannot be evaluated is GATE_ERROR)
 
@@ -49,9 +56,10 @@ approval and the write's idempotency key derives from it (`write_key(approval_id
 
 Checks that need no backend come first, so a call refused anyway never reads state.
 Any exception inside the gate is a DENY (GATE_ERROR), never an ALLOW. The decision is
-committed as a signed receipt (`_receipts`) before the backend is called; the backend gets the
-state observed in step 11 as a precondition, so a change in between is refused by the
-write instead of overwritten, and each write its own idempotency key (`_writes`).
+committed as a signed receipt (`_receipts`, `_decisions`) before the backend is called
+(`_acting`); the backend gets the state observed in step 11 as a precondition, so a change
+in between is refused by the write instead of overwritten, and each write its own
+idempotency key (`_writes`).
 After `max_denials` denials the run is ended (RunHalted).
 
 Nothing acts once the run is over. The host closes the session (`close`) when the run
@@ -60,9 +68,9 @@ while it waited) is refused RUN_ENDED, and an allowed call whose action had not 
 gets an Outcome `failed` / NOT_PERFORMED: the backend is never called after the run's
 wall-time deadline or after `close`.
 
-What the backend returns is checked in the gate too, before the Outcome receipt, so
-the receipt holds exactly what the program got: the declared type, undeclared fields
-dropped and named (`_results`, RESULT_INVALID), and the size (RESULT_TOO_LARGE).
+What the backend returns is checked in the gate too (`_acting`), before the Outcome
+receipt, so the receipt holds exactly what the program got: the declared type, undeclared
+fields dropped and named (`_results`, RESULT_INVALID), and the size (RESULT_TOO_LARGE).
 Exception text from a backend or from the gate itself never reaches the program, the
 caller or a receipt: they get a code and a generic message (`_withheld`).
 
@@ -79,67 +87,39 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any
 
-import msgspec
-
-from charter.audit import Decision, LookupSeen, Observed, RunRecorder
+from charter.audit import Decision, Observed, RunRecorder
 from charter.audit import Outcome as CallOutcome
-from charter.backends import (
-    Backend,
-    BackendFailure,
-    BackendUnavailable,
-    CallContext,
-    Precondition,
-    PreconditionFailed,
-    fingerprint,
-)
+from charter.backends import Backend, CallContext, Precondition
 from charter.compiler.artifact import CompiledContract, OperationRule
-from charter.contract.cel_guards import cel_date
-from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
 from charter.gate._absorb import absorb_call
+from charter.gate._acting import CallActions
 from charter.gate._approvals import (
     GrantedApproval,
     Seen,
     approval_key,
-    approval_request,
     denied_verdict,
     divergence,
     needs_pause,
 )
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
-from charter.gate._attributes import AttributeRefused, PrincipalAttributes
-from charter.gate._lookups import CallLookups, LookupFailed, Lookups
-from charter.gate._protocol import (
-    ApprovalPending,
-    CallRequest,
-    Denied,
-    Encoded,
-    OperationFailed,
-    RunHalted,
-    encode_reply,
-)
+from charter.gate._attributes import PrincipalAttributes
+from charter.gate._checks import CallChecks, ProvenanceRefusal, Refusal, cel_value
+from charter.gate._decisions import DecisionRecorder
+from charter.gate._lookups import LookupFailed, Lookups
+from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted
 from charter.gate._provenance import Check, ProvenanceLedger
 from charter.gate._quotas import QuotaChecks, QuotaHold, QuotaSession, utc_now
-from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
-from charter.gate._results import ResultChecker, ResultInvalid
+from charter.gate._receipts import Verdict
+from charter.gate._results import ResultChecker
 from charter.gate._rules import CallRules
-from charter.gate._secrets import (
-    Recorded,
-    SecretParams,
-    holds_any,
-    masked_text,
-    recorded_arguments,
-    scrub,
-    scrubbed_verdict,
-    scrubbed_withheld,
-)
-from charter.gate._sequence import RunSequence, target_text
-from charter.gate._withheld import Withheld, safe_text, withhold
+from charter.gate._run import RunState
+from charter.gate._secrets import Recorded, SecretParams, recorded_arguments, scrubbed_verdict
+from charter.gate._sequence import RunSequence
+from charter.gate._withheld import withhold
 from charter.gate._writes import FirstWrite, WriteLedger
 from charter.principal import Principal
 
@@ -156,27 +136,6 @@ _REPLAYED = Verdict(
     "this idempotent write already ran in this run with the same arguments; its first result is returned, "
     "nothing is sent again",
 )
-
-
-class _ResultRefused(Exception):
-    """A backend's result the program must not get: its code and message (no backend text)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class _Refusal(Exception):
-    def __init__(self, verdict: Verdict) -> None:
-        super().__init__(verdict.message)
-        self.verdict = verdict
-
-
-class _ProvenanceRefusal(_Refusal):
-    def __init__(self, verdict: Verdict, check: Check) -> None:
-        super().__init__(verdict)
-        self.check = check
 
 
 class ContractGate:
@@ -196,9 +155,9 @@ class ContractGate:
         self._results = ResultChecker(table)
         self._secrets = SecretParams(table)
         self._lookups = Lookups(
-            table, backend, self._checker, self._results, lambda v, t: _cel_value(v, t, table.records)
+            table, backend, self._checker, self._results, lambda v, t: cel_value(v, t, table.records)
         )
-        self._attributes = PrincipalAttributes(table, self._results, _cel_value)
+        self._attributes = PrincipalAttributes(table, self._results, cel_value)
         self._boundary_text = {b.id: b.text for b in table.boundaries}
         # "approval:op" / "scope:op" -> the boundaries that rule enforces (named in the denial)
         self._rule_boundaries: dict[str, tuple[str, ...]] = {}
@@ -254,13 +213,11 @@ class ContractGate:
         return f" (hard boundary {first}: {self._boundary_text.get(first, '')})", first
 
 
-@dataclass(slots=True)
-class _RunState:
-    denials: int = 0
-
-
 class GateSession:
-    """The gate for one run: implements the sandbox's `Gate` protocol."""
+    """The gate for one run: implements the sandbox's `Gate` protocol. The checks live in
+    `_checks` (CallChecks), acting on the backend and its Outcome in `_acting` (CallActions),
+    the Decision and ApprovalRequested receipts in `_decisions` (DecisionRecorder); the
+    session owns the run's state they share, and decides each call in the order above."""
 
     blocking = True  # every decision is committed to disk before it returns
 
@@ -279,22 +236,23 @@ class GateSession:
         self._gate = gate
         self._granted = approval
         self._secret_inputs = secret_inputs
-        self._provenance = provenance or ProvenanceLedger(gate._table)
         self._recorder = recorder
         self._principal = principal
-        self._writes_closed = writes_closed
-        self._max_result_bytes = max_result_bytes
-        self._state = _RunState()
-        self._sequence = RunSequence(gate._table, gate.boundary_note)
-        self._writes = WriteLedger(logical_run_id)
+        self._state = RunState(
+            RunSequence(gate._table, gate.boundary_note),
+            provenance or ProvenanceLedger(gate._table),
+            WriteLedger(logical_run_id),
+            QuotaSession(gate._quotas, recorder.quotas, gate.clock, gate.boundary_note),
+        )
         # Guards the run's end against a call still on a worker thread: `_ended` once the
         # host closed the session; `_unstarted` the allowed calls whose action has not begun.
         self._end_lock = threading.Lock()
         self._ended: str | None = None
         self._unstarted: dict[int, CallRequest] = {}
-        self._quotas = QuotaSession(gate._quotas, recorder.quotas, gate.clock, gate.boundary_note)
-        # The lookups of the call being decided (calls are decided one at a time in a run).
-        self._call_lookups: CallLookups = gate._lookups.start(_no_call)
+        # The session's helpers share its run state.
+        self._checks = CallChecks(gate, principal, writes_closed, self._state, secret_inputs)
+        self._actions = CallActions(gate, recorder, principal, max_result_bytes, self._state, secret_inputs)
+        self._decisions = DecisionRecorder(gate, recorder, principal, logical_run_id, secret_inputs)
 
     def close(self, reason: str) -> None:
         """The run is over (`reason` says how): from now on nothing acts. An allowed call whose
@@ -307,7 +265,7 @@ class GateSession:
 
     def _not_performed(self, request: CallRequest, reason: str) -> OperationFailed:
         message = f"{request.operation} was allowed but not performed: {reason} before its action started."
-        self._record_outcome(request, "failed", code="NOT_PERFORMED", message=message)
+        self._actions.record_outcome(request, "failed", code="NOT_PERFORMED", message=message)
         return OperationFailed("NOT_PERFORMED", message)
 
     def _still_running(self, request: CallRequest) -> str | None:
@@ -338,7 +296,7 @@ class GateSession:
         idempotency_key: str | None = None
         first: FirstWrite | None = None  # an idempotent write already made with these arguments
         hold = QuotaHold()  # quota locks: released once the decision is recorded, on every path
-        self._call_lookups = lookups = gate._lookups.start(lambda: self._lookup_context(request))
+        lookups = gate._lookups.start(lambda: self._lookup_context(request))
         provenance: Check | None = None
         granted = self._granted if self._granted is not None and self._granted.call == request.sequence else None
         if granted is not None:
@@ -346,33 +304,35 @@ class GateSession:
         try:
             self._refuse_if_ended(request)
             if request.malformed is not None:
-                raise _Refusal(Verdict(request.malformed.code, request.malformed.message))
+                raise Refusal(Verdict(request.malformed.code, request.malformed.message))
             if rule is None:
                 contract = gate.contract
                 message = f"contract {contract.name} {contract.version} has no operation {request.operation!r}"
-                raise _Refusal(Verdict("UNKNOWN_OPERATION", message))
-            arguments = self._arguments(rule, request.arguments)
+                raise Refusal(Verdict("UNKNOWN_OPERATION", message))
+            arguments = self._checks.arguments(rule, request.arguments)
             recorded = self._recorded(request, arguments)
             if granted is not None and granted.decision == "denied":
                 boundaries = gate._rule_boundaries.get(f"approval:{rule.name}", ())
-                raise _Refusal(denied_verdict(granted, gate.boundary_note(boundaries)[1]))
-            self._static_checks(rule, arguments)
-            provenance = self._provenance_check(rule, arguments)
+                raise Refusal(denied_verdict(granted, gate.boundary_note(boundaries)[1]))
+            self._checks.static_checks(rule, arguments)
+            provenance = self._checks.provenance_check(rule, arguments)
             if rule.kind == "write":
-                first = self._write_checks(rule, arguments, recorded[1])
-                idempotency_key = first.key if first is not None else self._writes.key(request.sequence)
+                first = self._checks.write_checks(rule, arguments, recorded[1])
+                idempotency_key = first.key if first is not None else self._state.writes.key(request.sequence)
                 if granted is not None and first is None:
                     idempotency_key = approval_key(granted)
             if first is None:
                 entity = None
-                if self._needs_entity(rule):
+                if self._checks.needs_entity(rule):
                     self._refuse_if_ended(request)  # the read reaches the backend too
-                    entity, observed, precondition = self._read_entity(request, rule, arguments)
-                self._state_checks(rule, arguments, entity, hold, provenance, approved=granted is not None)
+                    context = self._actions.context(request)
+                    entity, observed, precondition = self._checks.read_entity(context, rule, arguments)
+                approved = granted is not None
+                self._checks.state_checks(rule, arguments, entity, hold, provenance, lookups, approved=approved)
             verdict = _OK if first is None else _REPLAYED
-        except (_Refusal, LookupFailed) as refusal:
+        except (Refusal, LookupFailed) as refusal:
             verdict = refusal.verdict
-            if isinstance(refusal, _ProvenanceRefusal):
+            if isinstance(refusal, ProvenanceRefusal):
                 provenance = refusal.check
         except Exception as error:  # fail closed: a broken check is a denial
             verdict = Verdict(
@@ -385,7 +345,7 @@ class GateSession:
             hold.release()
             raise
 
-        verdict = scrubbed_verdict(verdict, self._secret_values(request))
+        verdict = scrubbed_verdict(verdict, self._actions.secret_values(request))
         pausing = needs_pause(verdict)
         if pausing and self._secret_inputs and rule is not None and verdict.approval is not None:
             verdict, pausing = gate._rules.cannot_pause(rule, verdict.approval), False
@@ -400,8 +360,8 @@ class GateSession:
                 assert recorded is not None
                 labels = provenance.labels if provenance is not None else None
                 seen = Seen(observed, tuple(lookups.seen), labels, hold.seen)
-                self._pause(request, recorded, verdict, hold, seen)
-            self._record_decision(
+                self._decisions.pause(request, recorded, verdict, hold, seen)
+            self._decisions.decision(
                 request,
                 recorded or self._recorded(request, None),
                 verdict,
@@ -414,7 +374,7 @@ class GateSession:
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
-                self._quotas.counted(request.sequence, hold)
+                self._state.quotas.counted(request.sequence, hold)
 
         if not verdict.allowed:
             self._state.denials += 1
@@ -427,11 +387,11 @@ class GateSession:
         assert recorded is not None
         self._begin(request)
         if first is not None:
-            self._record_outcome(request, "replayed", reply=first.reply)
+            self._actions.record_outcome(request, "replayed", reply=first.reply)
             return Encoded(first.reply)
         if rule.kind == "write":
-            self._writes.made += 1
-        return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
+            self._state.writes.made += 1
+        return self._actions.act(request, rule, arguments, recorded[1], precondition, idempotency_key)
 
     def absorb(self, request: CallRequest, decision: Decision, outcome: CallOutcome | None) -> None:
         """A call answered from an earlier run's receipts (a resume, charter.replay._answers):
@@ -454,496 +414,21 @@ class GateSession:
         if halted is not None:
             raise halted
 
-    def _pause(
-        self, request: CallRequest, recorded: Recorded, verdict: Verdict, hold: QuotaHold, seen: Seen
-    ) -> NoReturn:
-        """Check 15 held: record the ApprovalRequested receipt durably in place of a Decision,
-        release the quota reservation uncounted, and end the run paused (ApprovalPending)."""
-        opened = self._recorder.opened
-        try:
-            receipt = approval_request(
-                request,
-                recorded,
-                verdict,
-                self._gate.contract,
-                self._principal,
-                program_sha256=getattr(opened, "program_sha256", ""),
-                logical_run_id=self._writes.logical_run_id,
-                now=datetime.fromisoformat(hold.at) if hold.at is not None else self._gate.clock(),
-                seen=seen,
-            )
-            try:
-                self._recorder.approval_requested(receipt)
-            except AuditError as error:
-                raise Denied(
-                    "GATE_ERROR", f"{request.operation} refused: its approval request could not be written ({error})"
-                ) from None
-        finally:
-            hold.release()  # a paused call is not counted: only an allowed Decision counts
-        raise ApprovalPending(
-            receipt.approval_id,
-            call=request.sequence,
-            operation=request.operation,
-            reason=receipt.reason,
-            line=request.line,
-        )
-
-    # -- checks ----------------------------------------------------------------------
+    # -- the call's record and its end ---------------------------------------------------
 
     def _recorded(self, request: CallRequest, checked: Mapping[str, Any] | None) -> Recorded:
         secret = self._gate._secrets.of(request.operation)
         return recorded_arguments(request, checked, secret, self._recorder.secret_key, self._secret_inputs)
 
-    def _secret_values(self, request: CallRequest) -> list[str]:
-        """What `scrub` removes from this call's texts: its secret params' values and the run's
-        secret inputs, in every rendering."""
-        return self._gate._secrets.values(request, self._secret_inputs)
-
-    def _sees_secrets(self, rule: OperationRule) -> bool:
-        """Whether the call's rules see a secret value: then an evaluation error's text, which
-        may quote it in any form, is not said (the rule's id and the error's type are)."""
-        return bool(self._gate._secrets.of(rule.name) or self._secret_inputs)
-
     def _lookup_context(self, request: CallRequest) -> CallContext:
         self._refuse_if_ended(request)  # a lookup reaches the backend too
-        return self._context(request)
+        return self._actions.context(request)
 
     def _refuse_if_ended(self, request: CallRequest) -> None:
         ended = self._still_running(request)
         if ended is not None:
-            raise _Refusal(_run_ended(request, ended))
-
-    def _arguments(self, rule: OperationRule, raw: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            return self._gate._checker.check(rule.name, raw)
-        except InvalidArguments as error:
-            raise _Refusal(
-                Verdict("INVALID_ARGUMENTS", f"{rule.name}: {error}", clause=f"params:{rule.name}")
-            ) from None
-
-    def _static_checks(self, rule: OperationRule, arguments: Mapping[str, Any]) -> None:
-        if self._writes_closed is not None and rule.kind == "write":
-            raise _Refusal(Verdict("WRITES_CLOSED", f"{rule.name} refused: {self._writes_closed}"))
-        missing = [s for s in rule.scopes if not self._principal.has(s)]
-        if missing:
-            held = ", ".join(sorted(self._principal.scopes)) or "no scopes"
-            note, boundary = self._gate.boundary_note(self._gate._rule_boundaries.get(f"scope:{rule.name}", ()))
-            raise _Refusal(
-                Verdict(
-                    "FORBIDDEN_SCOPE",
-                    f"{rule.name} needs scope {', '.join(missing)}; principal {self._principal.id} holds {held}.{note}",
-                    clause=f"scopes:{rule.name}",
-                    boundary=boundary,
-                )
-            )
-        try:
-            self._gate._attributes.check(rule, self._principal)
-        except AttributeRefused as refused:
-            raise _Refusal(refused.verdict) from None
-        sequence = self._sequence.violation(rule, arguments)
-        if sequence is not None:
-            raise _Refusal(sequence)
-
-    def _provenance_check(self, rule: OperationRule, arguments: Mapping[str, Any]) -> Check | None:
-        check = self._provenance.check(rule, arguments)
-        if check is not None and check.violation is not None and check.rule is not None:
-            ref = f"provenance:{rule.name}.{check.rule.param}"
-            note, boundary = self._gate.boundary_note(check.rule.boundaries)
-            raise _ProvenanceRefusal(
-                Verdict("PROVENANCE_VIOLATION", check.violation + note, clause=ref, boundary=boundary), check
-            )
-        return check
-
-    def _write_checks(self, rule: OperationRule, arguments: dict[str, Any], args_hash: str) -> FirstWrite | None:
-        """IN_DOUBT, then the first result of an idempotent write made already, then LIMIT_EXCEEDED."""
-        doubtful = self._writes.in_doubt(rule, arguments, args_hash)
-        if doubtful is not None:
-            what = f"{rule.name}{target_text(rule, arguments)}" if rule.key else f"{rule.name} with these arguments"
-            raise _Refusal(
-                Verdict(
-                    "IN_DOUBT",
-                    f"{what} refused: call {doubtful} of this run made the same write and got no answer, so it "
-                    "may have acted; nothing is sent again in this run. Read the entity to learn its state.",
-                    clause=f"in_doubt:{rule.name}",
-                )
-            )
-        first = self._writes.first(rule, args_hash)
-        if first is not None:
-            return first
-        limits = self._gate._table.limits
-        if self._writes.made >= limits.max_writes:
-            raise _Refusal(
-                Verdict(
-                    "LIMIT_EXCEEDED",
-                    f"{rule.name} refused: the run already made {self._writes.made} writes, "
-                    f"the contract's limit (limits.max_writes = {limits.max_writes}).",
-                    clause="limits:max_writes",
-                )
-            )
-        return None
-
-    def _needs_entity(self, rule: OperationRule) -> bool:
-        return rule.reader is not None and (rule.transition is not None or self._gate._rules.uses_entity(rule.name))
-
-    def _read_entity(
-        self, request: CallRequest, rule: OperationRule, arguments: Mapping[str, Any]
-    ) -> tuple[dict[str, Any], Observed, Precondition]:
-        assert rule.reader is not None
-        assert rule.key is not None
-        assert rule.entity is not None
-        reader = self._gate._table.operations[rule.reader]
-        assert reader.key is not None
-        key = arguments[rule.key]
-        try:
-            raw = self._gate.backend.invoke(reader.name, {reader.key: key}, self._context(request))
-        except BackendUnavailable as error:  # the server's fault: the surfaces answer it as such
-            raise _Refusal(
-                Verdict(error.code, f"{rule.name} refused: {error.message}", withheld=withhold(error))
-            ) from None
-        except LookupError as error:
-            # A backend's own not-found message is shown; any other lookup error's text is withheld.
-            said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
-            raise _Refusal(
-                Verdict(
-                    "NOT_FOUND",
-                    f"{rule.name} refused: {rule.entity} {key} was not found{said}.",
-                    withheld=withhold(error),
-                )
-            ) from None
-        except BaseException as error:  # backend code: SystemExit, KeyboardInterrupt... are its failures too
-            said = f" ({error.message})" if isinstance(error, BackendFailure) else ""
-            raise _Refusal(
-                Verdict(
-                    "GATE_ERROR",
-                    f"{rule.name} refused: reading {rule.entity} {key} through {reader.name} failed{said}; "
-                    "the gate does not allow what it cannot check.",
-                    withheld=withhold(error),
-                )
-            ) from None
-        try:
-            entity = self._gate._results.check(TypeRef(kind="record", name=rule.entity), raw).plain()
-        except ResultInvalid as invalid:
-            raise _Refusal(
-                Verdict(
-                    "RESULT_INVALID",
-                    f"{rule.name} refused: {reader.name} returned {rule.entity} {key} not as the contract declares "
-                    f"it ({invalid}); the gate does not decide on a value it cannot check.",
-                    clause=f"returns:{reader.name}",
-                )
-            ) from None
-        field_name = rule.transition.field if rule.transition else None
-        state = entity.get(field_name) if field_name else None
-        # The fingerprint is of the record as the binding returned it: a binding checks the
-        # precondition against its own record (`Precondition.check`), not the gate's copy.
-        print_ = fingerprint(raw)
-        observed = Observed(entity=rule.entity, key=key, state=state, fingerprint=print_)
-        precondition = Precondition(entity=rule.entity, key=key, field=field_name, state=state, fingerprint=print_)
-        return entity, observed, precondition
-
-    def _state_checks(
-        self,
-        rule: OperationRule,
-        arguments: Mapping[str, Any],
-        entity: Mapping[str, Any] | None,
-        hold: QuotaHold,
-        provenance: Check | None,
-        *,
-        approved: bool = False,
-    ) -> None:
-        """Checks 12-15. `approved`: a human approved this call (a resumed run): every check
-        runs again except the approval rule, which the approval satisfies."""
-        transition = rule.transition
-        if transition is not None and entity is not None:
-            state = entity.get(transition.field)
-            if state not in transition.from_states:
-                note, boundary = self._gate.boundary_note(transition.boundaries)
-                raise _Refusal(
-                    Verdict(
-                        "STATE_VIOLATION",
-                        f"{rule.entity} {arguments[rule.key or '']} cannot be {transition.to}: it is {state}; "
-                        f"{transition.name} is allowed only from {', '.join(transition.from_states)}.{note}",
-                        clause=f"transition:{rule.entity}.{transition.name}",
-                        boundary=boundary,
-                    )
-                )
-        variables = self._variables(rule, arguments, entity, provenance)
-        violation = self._gate._rules.guard_violation(rule, variables, self._call_lookups, self._sees_secrets(rule))
-        if violation is not None:
-            raise _Refusal(violation)
-        for quota in rule.quotas:  # a quota's sum or keys may read lookups too
-            self._call_lookups.perform(rule, f"quota:{quota.id}", variables)
-        exceeded = self._quotas.check(rule, variables, hold)
-        self._refuse_secret_keys(rule, hold)
-        if exceeded is not None:
-            raise _Refusal(exceeded)
-        if approved:
-            return
-        self._call_lookups.perform(rule, "approval", variables)  # the condition may read lookups
-        approval = self._gate._rules.approval_needed(rule, variables, self._sees_secrets(rule))
-        if approval is not None:  # last of all checks: never asked for a call forbidden anyway
-            raise _Refusal(approval)
-
-    def _variables(
-        self,
-        rule: OperationRule,
-        arguments: Mapping[str, Any],
-        entity: Mapping[str, Any] | None,
-        provenance: Check | None,
-    ) -> dict[str, Any]:
-        """What the call's CEL rules (guards, approval conditions) see, by top-level name.
-        `provenance`: the call's provenance as check 7 found it (None: no `from:` params); the
-        ledger does not change while a call is decided, so it is not matched a second time."""
-        table = self._gate._table
-        variables: dict[str, Any] = {
-            "params": {p.name: _cel_value(arguments.get(p.name), p.type, table.records) for p in rule.params},
-            "principal": {
-                "id": self._principal.id,
-                "scopes": sorted(self._principal.scopes),
-                "attributes": self._gate._attributes.values(self._principal),
-            },
-            "provenance": {} if provenance is None else {p: list(seen) for p, seen in provenance.labels.items()},
-        }
-        if entity is not None and rule.entity is not None:
-            fields = table.records[rule.entity]
-            variables["entity"] = {f: _cel_value(entity.get(f), t, table.records) for f, t in fields.items()}
-        return variables
-
-    def _refuse_secret_keys(self, rule: OperationRule, hold: QuotaHold) -> None:
-        """A quota key holding a secret input of the run: refused, never recorded or counted.
-        The audit log counts a quota by its key in plain text; masked, the same account would
-        be counted apart from its calls that did not mark it secret."""
-        for seen in hold.seen:
-            if self._secret_inputs and holds_any(seen.key, self._secret_inputs):
-                raise _Refusal(
-                    Verdict(
-                        "GATE_ERROR",
-                        f"{rule.name} refused: the key of quota {seen.id} holds a secret input of this request; a "
-                        "quota's key is recorded in plain text, so the gate does not count a secret. Do not mark "
-                        "that input secret, or key the quota by another param.",
-                        clause=f"quota:{seen.id}",
-                    )
-                )
-
-    # -- acting and recording --------------------------------------------------------
-
-    def _act(
-        self,
-        request: CallRequest,
-        rule: OperationRule,
-        arguments: dict[str, Any],
-        args_hash: str,
-        precondition: Precondition | None,
-        idempotency_key: str | None,
-    ) -> Encoded:
-        context = self._context(request, idempotency_key=idempotency_key, precondition=precondition)
-        try:
-            value = self._gate.backend.invoke(rule.name, arguments, context)
-        except PreconditionFailed as error:
-            message = f"{rule.name}: {safe_text(error)}"
-            self._failed_outcome(request, "failed", "PRECONDITION_FAILED", message)
-        except BackendFailure as failure:
-            # In doubt: the request reached the backend, no answer came back. The receipt says
-            # `unknown` and the call stays in doubt in the seal; nothing here sends it again,
-            # and a later write of it to the same target in this run is IN_DOUBT.
-            status: OutcomeStatus = "unknown" if failure.in_doubt else "failed"
-            if failure.in_doubt and rule.kind == "write":
-                self._writes.unknown(rule, arguments, args_hash, request.sequence)
-            self._failed_outcome(request, status, failure.code, failure.message, withhold(failure))
-        except OperationFailed as failed:
-            self._failed_outcome(request, "failed", failed.code, failed.message)
-        except BaseException as error:  # backend code: SystemExit, KeyboardInterrupt... are its failures too
-            message = (
-                f"{rule.name} failed in the backend; its error text is withheld from the program "
-                "(the operator can read it with `charter audit show`)."
-            )
-            self._failed_outcome(request, "failed", "BACKEND_ERROR", message, withhold(error))
-        # The backend acted: whatever fails from here on is reported as that, never as a denial.
-        performed = " The write itself was made; read the entity to learn its state." if rule.kind == "write" else ""
-        try:
-            reply, dropped = self._checked_reply(rule, value, performed)
-        except _ResultRefused as refused:
-            self._failed_outcome(request, "failed", refused.code, refused.message)
-        except BaseException as error:
-            message = (
-                f"{rule.name} ran, but its result could not be checked; it was withheld from the program "
-                f"(the operator can read why with `charter audit show`).{performed}"
-            )
-            self._failed_outcome(request, "failed", "RESULT_INVALID", message, withhold(error))
-        try:
-            self._record_outcome(request, "ok", reply=reply, dropped=dropped)
-        except BaseException as error:
-            message = (
-                f"{rule.name} ran, but its result could not be recorded, so it is withheld from the program.{performed}"
-            )
-            self._failed_outcome(request, "failed", "RESULT_INVALID", message, withhold(error))
-        self._sequence.succeeded(rule, arguments)
-        if idempotency_key is not None:
-            self._writes.succeeded(rule, args_hash, request.sequence, idempotency_key, reply)
-        # Recorded host-side from the checked reply, before the program gets it.
-        self._provenance.record(rule.name, reply)
-        return Encoded(reply)
-
-    def _failed_outcome(
-        self,
-        request: CallRequest,
-        status: OutcomeStatus,
-        code: str,
-        message: str,
-        withheld: Withheld | None = None,
-    ) -> NoReturn:
-        """Record an allowed call's failed outcome and raise it to the program as OperationFailed.
-        A receipt that cannot be written is said in the message: the call was allowed and the
-        backend was reached, so it is never turned into a denial. A backend's words lose the
-        call's secret values first."""
-        secrets = self._secret_values(request)
-        message, withheld = scrub(message, secrets), scrubbed_withheld(withheld, secrets)
-        try:
-            self._record_outcome(request, status, code=code, message=message, withheld=withheld)
-        except BaseException:
-            message += " Its outcome receipt could not be written."
-        raise OperationFailed(code, message)
-
-    def _checked_reply(self, rule: OperationRule, value: Any, performed: str) -> tuple[str, tuple[str, ...]]:
-        """The reply the program gets, as JSON, and the undeclared fields dropped from it; else
-        _ResultRefused: nothing unchecked or oversized reaches the program."""
-        try:
-            checked = self._gate._results.check(rule.returns, value)
-        except ResultInvalid as invalid:
-            message = (
-                f"{rule.name} returned a value that is not the contract's {rule.returns}: {invalid}. "
-                f"It was withheld from the program.{performed}"
-            )
-            raise _ResultRefused("RESULT_INVALID", message) from None
-        reply = encode_reply(checked.value)
-        size = len(reply.encode("utf-8"))
-        if size > self._max_result_bytes:
-            message = (
-                f"{rule.name} returned {size} bytes, above the limit of {self._max_result_bytes}; "
-                f"it was withheld from the program.{performed}"
-            )
-            raise _ResultRefused("RESULT_TOO_LARGE", message)
-        return reply, checked.dropped
-
-    def _context(
-        self, request: CallRequest, *, idempotency_key: str | None = None, precondition: Precondition | None = None
-    ) -> CallContext:
-        return CallContext(
-            run_id=request.run_id,
-            call=request.sequence,
-            principal=self._principal,
-            idempotency_key=idempotency_key,
-            precondition=precondition,
-            deadline=request.deadline,
-        )
-
-    def _record_decision(
-        self,
-        request: CallRequest,
-        recorded: Recorded,
-        verdict: Verdict,
-        observed: Observed | None,
-        idempotency_key: str | None,
-        hold: QuotaHold | None = None,
-        lookups: tuple[LookupSeen, ...] = (),
-        provenance: dict[str, tuple[str, ...]] | None = None,
-        *,
-        approval_id: str | None = None,
-    ) -> None:
-        """Commit the call's Decision (`approval_id`: the approval it was decided under); `hold`'s
-        quota locks are released once it is durable (the receipt is what counts the call), or once
-        it failed, whatever happens."""
-        quotas = hold.seen if hold is not None else ()
-        key = self._recorder.secret_key
-        if self._secret_inputs and key is not None:  # what a denied call saw may hold a secret input
-            inputs = self._secret_inputs
-            quotas = tuple(msgspec.structs.replace(q, key=masked_text(q.key, inputs, key)) for q in quotas)
-            lookups = tuple(
-                msgspec.structs.replace(
-                    seen,
-                    arguments=masked_text(seen.arguments, inputs, key),
-                    result=None if seen.result is None else masked_text(seen.result, inputs, key),
-                    error=None if seen.error is None else masked_text(seen.error, inputs, key),
-                )
-                for seen in lookups
-            )
-        try:
-            decision = decision_receipt(
-                request,
-                recorded,
-                verdict,
-                self._gate.contract,
-                self._principal,
-                observed,
-                idempotency_key,
-                quotas=quotas,
-                at=hold.at if hold is not None else None,
-                lookups=lookups,
-                provenance=provenance,
-                approval_id=approval_id,
-            )
-            if verdict.withheld is not None:
-                verdict.withheld.keep(self._recorder, request.sequence, request.operation)
-            try:
-                self._recorder.decision(decision)
-            except AuditError as error:
-                # No receipt, no action: the call is denied even though the checks passed. The
-                # audit log's own error (a path, an SQLite message) is shown: it names no backend data.
-                raise Denied(
-                    "GATE_ERROR", f"{request.operation} refused: its receipt could not be written ({error})"
-                ) from None
-        finally:
-            if hold is not None:
-                hold.release()
-
-    def _record_outcome(
-        self,
-        request: CallRequest,
-        status: OutcomeStatus,
-        *,
-        reply: str | None = None,
-        code: str | None = None,
-        message: str | None = None,
-        dropped: tuple[str, ...] = (),
-        withheld: Withheld | None = None,
-    ) -> None:
-        if withheld is not None:
-            withheld.keep(self._recorder, request.sequence, request.operation)
-        rule = self._gate._table.operations.get(request.operation)
-        # A write's outcome is on disk before the program learns it (a crash after that point
-        # can no longer lose what the write did); a read's rides with the next durable receipt,
-        # which precedes anything leaving the sandbox.
-        write = rule is not None and rule.kind == "write"
-        self._quotas.outcome(request.sequence, status, code)
-        receipt = outcome_receipt(request, status, reply, code, message, dropped, withheld)
-        try:
-            self._recorder.outcome(receipt, durable=write)
-        except AuditError as error:
-            raise OperationFailed(
-                "GATE_ERROR",
-                f"{request.operation} reached the backend but its outcome could not be recorded ({error}); "
-                "its result is withheld and the call stays in doubt: read the entity to learn its state.",
-            ) from None
-
-
-def _no_call() -> CallContext:
-    raise RuntimeError("a lookup outside a call")  # a session performs lookups only inside `call`
+            raise Refusal(_run_ended(request, ended))
 
 
 def _run_ended(request: CallRequest, why: str) -> Verdict:
     return Verdict("RUN_ENDED", f"{request.operation} refused: {why}; nothing acts after the run's end.")
-
-
-def _cel_value(value: Any, ref: TypeRef, records: Mapping[str, Mapping[str, TypeRef]]) -> Any:
-    """A Python value as guards see it: money in integer cents, a date as its midnight UTC, records as maps."""
-    if value is None:
-        return None
-    if ref.kind == "money":
-        return int(Decimal(value).scaleb(MONEY_SCALE).to_integral_value())
-    if ref.kind == "date":
-        return cel_date(value)
-    if ref.kind == "list" and ref.item is not None:
-        return [_cel_value(v, ref.item, records) for v in value]
-    if ref.kind == "record" and ref.name is not None:
-        fields = records[ref.name]
-        return {f: _cel_value(value.get(f), t, records) for f, t in fields.items()}
-    return value

@@ -7,7 +7,7 @@ the call is denied QUOTA_EXCEEDED. Totals come from the audit store's quota inde
 
 Atomicity. The total is read under a lock of (contract name, quota id, key), and the lock is
 held until the call's Decision receipt is durable (or the call is denied, or the gate fails):
-`QuotaHold` carries the locks from the check to `GateSession._record_decision`, which releases
+`QuotaHold` carries the locks from the check to `DecisionRecorder.decision` (`_decisions`), which releases
 them once the receipt is written. So two runs racing for the same key cannot both read the
 total before either is counted. The lock has two layers:
 

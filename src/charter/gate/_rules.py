@@ -1,7 +1,7 @@
 """The CEL rules of a call: its guards (GUARD_VIOLATION), then, last of every check, its
 approval rule (APPROVAL_REQUIRED: the gate pauses the run there, `_approvals`).
 
-Both see the same variables (`GateSession._variables`); a lookup a rule names is performed
+Both see the same variables (`CallChecks.variables`, `_checks`); a lookup a rule names is performed
 just before the rule is evaluated (`_lookups`). A rule that cannot be evaluated denies
 GATE_ERROR: the gate does not allow what it cannot check. When the call sees a secret (a
 secret param or a secret input of the run), an evaluation error is named by its type only,

@@ -13,6 +13,8 @@
                                              (the newest of the default major)
     GET  /openapi.json                       this API, described (also kept in the repo: openapi.json)
 
+The /v1/approvals routes and their bodies are in `_approvals_api`; `create_app` adds them.
+
 Every /v1 request needs `Authorization: Bearer <token>`; the token's principal and scopes
 are what the gate checks. A request whose run pauses for a human's approval answers 202 with
 `Location: /v1/runs/{run_id}`. Errors are application/problem+json with a stable `type` (and,
@@ -25,14 +27,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-import msgspec
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -69,7 +69,6 @@ API_VERSION = "1.0.0"
 _MAX_BODY_BYTES = 1_048_576
 _MAX_ERRORS = 20  # validation errors named in one problem
 _MAX_SHOWN = 200  # characters of a location or message quoted back
-_HEX_ID = re.compile(r"[0-9a-f]{32}")  # an approval id, as secrets.token_hex(16) makes it
 
 # Stable problem types: clients branch on these, never on the wording of `detail`.
 PROBLEM_TYPES = {
@@ -303,49 +302,6 @@ class RunBody(BaseModel):
     )
 
 
-class DecideRequest(_Request):
-    reason: str = Field(min_length=1, max_length=2000, description="Why: recorded, signed, in the decision's receipt.")
-
-
-class ApprovalBody(BaseModel):
-    """charter.approvals.ApprovalView: one approval request and its decision."""
-
-    model_config = ConfigDict(extra="allow")
-
-    approval_id: str
-    status: str = Field(description="pending, approved, denied or expired (pending past its expiry).")
-    run_id: str = Field(description="The paused program run.")
-    logical_run_id: str | None = None
-    contract: str | None = None
-    version: str | None = None
-    contract_sha256: str | None = None
-    operation: str | None = None
-    call: int | None = None
-    line: int | None = Field(default=None, description="The program line of the call, as the guest reported it.")
-    arguments: str | None = Field(default=None, description="Canonical JSON; secret values masked.")
-    args_sha256: str | None = None
-    principal: str | None = Field(default=None, description="The requesting principal.")
-    reason: str | None = Field(default=None, description="The approval rule's reason.")
-    clause: str | None = None
-    boundary: str | None = None
-    approver_scope: str | None = None
-    requested_at: str | None = None
-    expires: str | None = None
-    program: str | None = None
-    observed: Any = None
-    lookups: Any = None
-    provenance: Any = None
-    quotas: Any = None
-    decision: str | None = None
-    decided_by: str | None = None
-    decided_at: str | None = None
-    decision_reason: str | None = None
-    expired_unanswered: bool | None = None
-    decision_link: str | None = None
-    resume_run: str | None = None
-    resume_status: str | None = None
-
-
 class ContractVersionBody(BaseModel):
     version: str
     sha256: str
@@ -439,6 +395,9 @@ IdempotencyKey = Annotated[
 
 
 def create_app(service: CharterService, tokens: TokenStore, idempotency: IdempotencyStore) -> FastAPI:
+    # Imported here: the approval routes build on this module's Caller, Reply and problems.
+    from charter.server._approvals_api import add_approval_routes
+
     app = FastAPI(
         title="Charter",
         version=API_VERSION,
@@ -674,80 +633,8 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
             view["programs"] = None  # they hold the program runs' receipts
         return view
 
-    @app.get(
-        "/v1/approvals",
-        response_model=list[ApprovalBody],
-        summary="Approval requests you may see, newest first",
-        description="Your own requests, those your scopes may decide (the request's approver scope), or all "
-        "with audit:read. Filter by contract name and status (pending, approved, denied, expired).",
-        responses=_problems(401, 422),
-    )
-    def get_approvals(
-        principal: Caller,
-        contract: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        status: Annotated[Literal["pending", "approved", "denied", "expired"] | None, Query()] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    ) -> list[dict[str, Any]]:
-        views = guarded(lambda: service.list_approvals(principal, contract=contract, status=status, limit=limit))
-        return [msgspec.to_builtins(v) for v in views]
-
-    @app.get(
-        "/v1/approvals/{approval_id}",
-        response_model=ApprovalBody,
-        summary="One approval request: the call, the rule and reason, what the gate read, the decision",
-        description="A request you may not see is answered as missing (404 APPROVAL_NOT_FOUND).",
-        responses=_problems(401, 404),
-    )
-    def get_approval(approval_id: str, principal: Caller) -> dict[str, Any]:
-        return msgspec.to_builtins(guarded(lambda: service.approval(principal, approval_id)))  # type: ignore[no-any-return]
-
-    def decide(
-        principal: Principal,
-        approval_id: str,
-        decision: Literal["approved", "denied"],
-        request: DecideRequest,
-        key: str | None,
-    ) -> Response:
-        verb = "approve" if decision == "approved" else "deny"
-
-        def run(_: str | None) -> Reply:
-            view, _written = guarded(lambda: service.decide(principal, approval_id, decision, request.reason))
-            return Reply(200, msgspec.to_builtins(view))
-
-        if not _HEX_ID.fullmatch(approval_id):  # before the key is claimed: nothing to store for it
-            guarded(lambda: service.approval(principal, approval_id))
-        return once(principal, key, f"/v1/approvals/{approval_id}/{verb}", request, run)
-
-    _decision_doc = (
-        "Four eyes: the requesting principal (or a look-alike id) may not decide (403 SELF_APPROVAL); the "
-        "approver needs the request's approver scope (403 FORBIDDEN_SCOPE). The same decision again answers "
-        "the same view; another decision is 409 ALREADY_DECIDED; an expired request can only be denied (409 "
-        "APPROVAL_EXPIRED). The run resumes on the server's worker: follow it at GET /v1/runs/{run_id}."
-    )
-
-    @app.post(
-        "/v1/approvals/{approval_id}/approve",
-        response_model=ApprovalBody,
-        summary="Approve a request; its run resumes",
-        description=_decision_doc,
-        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422),
-    )
-    def post_approve(
-        approval_id: str, request: DecideRequest, principal: Caller, idempotency_key: IdempotencyKey = None
-    ) -> Response:
-        return decide(principal, approval_id, "approved", request, idempotency_key)
-
-    @app.post(
-        "/v1/approvals/{approval_id}/deny",
-        response_model=ApprovalBody,
-        summary="Deny a request; its run resumes with the call refused APPROVAL_DENIED",
-        description=_decision_doc,
-        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422),
-    )
-    def post_deny(
-        approval_id: str, request: DecideRequest, principal: Caller, idempotency_key: IdempotencyKey = None
-    ) -> Response:
-        return decide(principal, approval_id, "denied", request, idempotency_key)
+    # Here, between the runs and the contracts: the order the OpenAPI document lists them in.
+    add_approval_routes(app, service, guarded, once)
 
     @app.get("/v1/contracts", response_model=list[ContractListing], summary="Published contracts")
     def get_contracts(principal: Caller) -> list[dict[str, Any]]:

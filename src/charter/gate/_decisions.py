@@ -1,0 +1,140 @@
+"""Recording a call's decision: the signed Decision receipt, committed before anything acts,
+or, when check 15 pauses the run, the ApprovalRequested receipt in its place (`_approvals`).
+
+Both release the call's quota locks (`QuotaHold`) once the receipt is durable or failed,
+whatever happens: only an allowed Decision counts toward a quota.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, NoReturn
+
+import msgspec
+
+from charter.audit import LookupSeen, Observed, RunRecorder
+from charter.errors import AuditError
+from charter.gate._approvals import Seen, approval_request
+from charter.gate._protocol import ApprovalPending, CallRequest, Denied
+from charter.gate._quotas import QuotaHold
+from charter.gate._receipts import Verdict, decision_receipt
+from charter.gate._secrets import Recorded, masked_text
+from charter.principal import Principal
+
+if TYPE_CHECKING:
+    from charter.gate._contract import ContractGate
+
+__all__ = ["DecisionRecorder"]
+
+
+class DecisionRecorder:
+    """Writes one run's Decision and ApprovalRequested receipts. `logical_run_id`: the first
+    run of the chain this run continues (an approval request names it); `secret_inputs`: the
+    run's secret input values, masked in what a decision records."""
+
+    def __init__(
+        self,
+        gate: ContractGate,
+        recorder: RunRecorder,
+        principal: Principal,
+        logical_run_id: str,
+        secret_inputs: tuple[str, ...],
+    ) -> None:
+        self._gate = gate
+        self._recorder = recorder
+        self._principal = principal
+        self._logical_run_id = logical_run_id
+        self._secret_inputs = secret_inputs
+
+    def decision(
+        self,
+        request: CallRequest,
+        recorded: Recorded,
+        verdict: Verdict,
+        observed: Observed | None,
+        idempotency_key: str | None,
+        hold: QuotaHold | None = None,
+        lookups: tuple[LookupSeen, ...] = (),
+        provenance: dict[str, tuple[str, ...]] | None = None,
+        *,
+        approval_id: str | None = None,
+    ) -> None:
+        """Commit the call's Decision (`approval_id`: the approval it was decided under); `hold`'s
+        quota locks are released once it is durable (the receipt is what counts the call), or once
+        it failed, whatever happens."""
+        quotas = hold.seen if hold is not None else ()
+        key = self._recorder.secret_key
+        if self._secret_inputs and key is not None:  # what a denied call saw may hold a secret input
+            inputs = self._secret_inputs
+            quotas = tuple(msgspec.structs.replace(q, key=masked_text(q.key, inputs, key)) for q in quotas)
+            lookups = tuple(
+                msgspec.structs.replace(
+                    seen,
+                    arguments=masked_text(seen.arguments, inputs, key),
+                    result=None if seen.result is None else masked_text(seen.result, inputs, key),
+                    error=None if seen.error is None else masked_text(seen.error, inputs, key),
+                )
+                for seen in lookups
+            )
+        try:
+            decision = decision_receipt(
+                request,
+                recorded,
+                verdict,
+                self._gate.contract,
+                self._principal,
+                observed,
+                idempotency_key,
+                quotas=quotas,
+                at=hold.at if hold is not None else None,
+                lookups=lookups,
+                provenance=provenance,
+                approval_id=approval_id,
+            )
+            if verdict.withheld is not None:
+                verdict.withheld.keep(self._recorder, request.sequence, request.operation)
+            try:
+                self._recorder.decision(decision)
+            except AuditError as error:
+                # No receipt, no action: the call is denied even though the checks passed. The
+                # audit log's own error (a path, an SQLite message) is shown: it names no backend data.
+                raise Denied(
+                    "GATE_ERROR", f"{request.operation} refused: its receipt could not be written ({error})"
+                ) from None
+        finally:
+            if hold is not None:
+                hold.release()
+
+    def pause(
+        self, request: CallRequest, recorded: Recorded, verdict: Verdict, hold: QuotaHold, seen: Seen
+    ) -> NoReturn:
+        """Check 15 held: record the ApprovalRequested receipt durably in place of a Decision,
+        release the quota reservation uncounted, and end the run paused (ApprovalPending)."""
+        opened = self._recorder.opened
+        try:
+            receipt = approval_request(
+                request,
+                recorded,
+                verdict,
+                self._gate.contract,
+                self._principal,
+                program_sha256=getattr(opened, "program_sha256", ""),
+                logical_run_id=self._logical_run_id,
+                now=datetime.fromisoformat(hold.at) if hold.at is not None else self._gate.clock(),
+                seen=seen,
+            )
+            try:
+                self._recorder.approval_requested(receipt)
+            except AuditError as error:
+                raise Denied(
+                    "GATE_ERROR", f"{request.operation} refused: its approval request could not be written ({error})"
+                ) from None
+        finally:
+            hold.release()  # a paused call is not counted: only an allowed Decision counts
+        raise ApprovalPending(
+            receipt.approval_id,
+            call=request.sequence,
+            operation=request.operation,
+            reason=receipt.reason,
+            line=request.line,
+        )
