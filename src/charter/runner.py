@@ -44,7 +44,7 @@ from charter.status import GateDecision, RunStatus, Status, deciding_decision, s
 if TYPE_CHECKING:
     from charter.gate import GrantedApproval
 
-__all__ = ["Answer", "Execution", "Runner", "Status", "conclusion_of", "unavailable_calls"]
+__all__ = ["Answer", "Execution", "Runner", "Status", "conclusion_of", "execution_of", "unavailable_calls"]
 
 
 class Answer(msgspec.Struct, frozen=True, kw_only=True):
@@ -260,29 +260,41 @@ class Runner:
 
     def _sealed(self, recorder: RunRecorder, outcome: Outcome) -> Execution:
         """Seal the run with `outcome` and give its answer."""
-        run_id = recorder.run_id
         calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))
-        unavailable = unavailable_calls(calls)
-        sealed = recorder.seal(sealed_receipt(run_id, outcome, unavailable=bool(unavailable)))
-        status, answer, data, reason = conclusion_of(outcome, unavailable=bool(unavailable))
-        denied = any(isinstance(c, Decision) and c.decision == "DENY" for c in calls)
-        decision = deciding_decision(status.status, status.cause, self.audit.stored(run_id)) if denied else None
-        return Execution(
-            run_id=run_id,
-            status=status.status,
-            cause=status.cause,
-            decision=decision,
-            answer=answer,
-            data=data,
-            reason=reason,
-            outcome=outcome,
-            calls=calls,
-            in_doubt=sealed.in_doubt,
-            contract=recorder.opened.contract,
-            version=recorder.opened.version,
-            unavailable=unavailable,
-            approval_id=outcome.approval_id if isinstance(outcome, Paused) else None,
-        )
+        assert isinstance(recorder.opened, Opened)  # a program run
+        sealed = recorder.seal(sealed_receipt(recorder.run_id, outcome, unavailable=bool(unavailable_calls(calls))))
+        return execution_of(self.audit, recorder.opened, outcome, calls, sealed)
+
+
+def execution_of(
+    audit: AuditLog,
+    opened: Opened,
+    outcome: Outcome,
+    calls: tuple[Decision | CallOutcome, ...],
+    sealed: Sealed,
+) -> Execution:
+    """A sealed program run's answer: from the run just sealed, or from the log's receipts (a
+    resume already sealed, charter.approvals). `calls`: its Decision and Outcome receipts."""
+    unavailable = unavailable_calls(calls)
+    status, answer, data, reason = conclusion_of(outcome, unavailable=bool(unavailable))
+    denied = any(isinstance(c, Decision) and c.decision == "DENY" for c in calls)
+    decision = deciding_decision(status.status, status.cause, audit.stored(opened.run_id)) if denied else None
+    return Execution(
+        run_id=opened.run_id,
+        status=status.status,
+        cause=status.cause,
+        decision=decision,
+        answer=answer,
+        data=data,
+        reason=reason,
+        outcome=outcome,
+        calls=calls,
+        in_doubt=sealed.in_doubt,
+        contract=opened.contract,
+        version=opened.version,
+        unavailable=unavailable,
+        approval_id=outcome.approval_id if isinstance(outcome, Paused) else None,
+    )
 
 
 def unavailable_calls(calls: tuple[Decision | CallOutcome, ...]) -> tuple[str, ...]:

@@ -65,11 +65,10 @@ from charter.gate import GrantedApproval
 from charter.principal import Principal
 from charter.registry import Registry
 from charter.replay import RecordedAnswers, chain_records
-from charter.runner import Execution, Runner, conclusion_of, unavailable_calls
+from charter.runner import Execution, Runner, execution_of
 from charter.sandbox import Outcome as SandboxOutcome
-from charter.status import deciding_decision
 
-__all__ = ["ApprovalUndecided", "ResumeInProgress", "Resumer", "execution_of"]
+__all__ = ["ApprovalUndecided", "ResumeInProgress", "Resumer", "sealed_execution"]
 
 TAMPERED = "TAMPERED"
 PRINCIPAL_REVOKED = "PRINCIPAL_REVOKED"
@@ -130,7 +129,7 @@ class Resumer:
             except ValueError:  # a receipt no longer decodes: the resume's verification names it
                 continue
             if isinstance(record.sealed, Sealed):
-                return execution_of(record, self.audit)
+                return sealed_execution(record, self.audit)
         return None
 
     def resume_runs(self, approval_id: str, paused_id: str) -> list[str]:
@@ -355,34 +354,14 @@ def _said(finding: object) -> str:
     return f"receipt {seq}: {problem}" if seq is not None else str(problem)
 
 
-def execution_of(record: RunRecord, audit: AuditLog) -> Execution:
+def sealed_execution(record: RunRecord, audit: AuditLog) -> Execution:
     """The answer of a sealed program run, from its receipts (a resume already sealed)."""
-    sealed = record.sealed
+    sealed, opened = record.sealed, record.opened
     assert isinstance(sealed, Sealed)
+    assert isinstance(opened, Opened)
     outcome = msgspec.json.decode(sealed.outcome, type=SandboxOutcome)
     calls = tuple(r for r in record.receipts if isinstance(r, Decision | Outcome))
-    unavailable = unavailable_calls(calls)
-    status, answer, data, reason = conclusion_of(outcome, unavailable=bool(unavailable))
-    opened = record.opened
-    decision = None
-    if any(isinstance(c, Decision) and c.decision == "DENY" for c in calls):
-        decision = deciding_decision(status.status, status.cause, audit.stored(record.run_id))
-    return Execution(
-        run_id=record.run_id,
-        status=status.status,
-        cause=status.cause,
-        decision=decision,
-        answer=answer,
-        data=data,
-        reason=reason,
-        outcome=outcome,
-        calls=calls,
-        in_doubt=sealed.in_doubt,
-        contract=getattr(opened, "contract", None),
-        version=getattr(opened, "version", None),
-        unavailable=unavailable,
-        approval_id=sealed.approval_id,
-    )
+    return execution_of(audit, opened, outcome, calls, sealed)
 
 
 # -- the resume lock ------------------------------------------------------------------
