@@ -43,6 +43,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Res
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
+from charter.approvals import ApprovalError
 from charter.compiler.artifact import CompiledContract
 from charter.contract.cel_guards import suggest
 from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFound, UsageError
@@ -50,6 +51,7 @@ from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS, check_inputs
 from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._api import PROBLEM_TYPES, problem_response
+from charter.server._mcp_tasks import APPROVAL_PROBLEMS, ApprovalsFace, approval_problem
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
 from charter.status import STATUSES
@@ -132,6 +134,17 @@ _CONCLUSION_SCHEMA: dict[str, Any] = {
         "contract": _nullable("string"),
         "version": _nullable("string"),
         "attempts": {"type": "integer", "description": "Model answers it took (intents only)."},
+        "approval": {
+            "type": ["object", "null"],
+            "description": "awaiting_approval: the approval the run waits for (id, operation, call, reason, "
+            "expires, status); another principal holding the approver scope decides it (approval_decide).",
+        },
+        "chain": {"type": "array", "items": {"type": "string"}, "description": "A run that paused: its run ids."},
+        "poll": {
+            "type": "object",
+            "description": "awaiting_approval, to a client without the tasks extension: the tool to call for the "
+            "run's conclusion now (run_status).",
+        },
     },
     "required": ["run_id", "status", "cause", "decision", "answer", "data", "reason", "contract", "version"],
 }
@@ -281,6 +294,8 @@ def _tools(service: CharterService) -> list[types.Tool]:
             annotations=types.ToolAnnotations(title=title, read_only_hint=True),
         )
     )
+    for tool in ApprovalsFace.tools():  # approvals: run_status (the poll) and the approval tools
+        tools.append(tool if tool.output_schema is not None else tool.model_copy(update={"output_schema": _CONCLUSION_SCHEMA}))
     return tools
 
 
@@ -347,10 +362,13 @@ class _BackendUnavailable(Exception):
         self.answer = answer
 
 
-def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
+def _conclusion(service: CharterService, answer: Answer, attempts: int | None = None) -> dict[str, Any]:
     if answer.unavailable:
         raise _BackendUnavailable(answer)
-    return conclusion_body(answer, attempts)
+    body = conclusion_body(answer, attempts)
+    if answer.status == "awaiting_approval":  # as the HTTP API's 202 says it
+        body["approval"] = service.approval_summary(answer.approval_id)
+    return body
 
 
 def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResult:
@@ -363,7 +381,7 @@ def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResul
 
 def _problem(kind: str, detail: str, **extra: Any) -> types.CallToolResult:
     """A tool error in the HTTP API's problem shape: branch on `type`, never on the wording."""
-    status, title = PROBLEM_TYPES[kind]
+    status, title = PROBLEM_TYPES.get(kind) or APPROVAL_PROBLEMS[kind]
     body = {"type": f"urn:charter:problem:{kind}", "title": title, "status": status, "detail": detail, **extra}
     return _result(body, error=True)
 
@@ -411,11 +429,14 @@ class _Changes:
 
 def build_server(service: CharterService, principal_of: PrincipalOf, changes: _Changes | None = None) -> Server[Any]:
     """The MCP server; with `changes`, it declares listChanged and serves `subscriptions/listen`."""
+    approvals = ApprovalsFace(service, principal_of)
 
     async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=await anyio.to_thread.run_sync(_tools, service))
 
-    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | dict[str, Any]:
         principal = principal_of(ctx)
         arguments = params.arguments or {}
         name = params.name
@@ -435,7 +456,7 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
 
             def call() -> dict[str, Any]:
                 conclusion = service.operate(principal, contract, given["intent"], inputs=inputs, secret_inputs=secret)
-                return _conclusion(conclusion, conclusion.attempts)
+                return _conclusion(service, conclusion, conclusion.attempts)
 
         elif name == "execute_program":
             inputs, secret = _program_inputs(arguments)
@@ -444,7 +465,8 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
 
             def call() -> dict[str, Any]:
                 return _conclusion(
-                    service.execute(principal, given["contract"], given["program"], inputs=inputs, secret_inputs=secret)
+                    service,
+                    service.execute(principal, given["contract"], given["program"], inputs=inputs, secret_inputs=secret),
                 )
 
         elif name == "audit_run":
@@ -455,15 +477,23 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
                 view["receipts"] = len(view["receipts"])  # the count; the receipts are on GET /v1/runs/{id}
                 return view
 
+        elif approvals.serves(name):
+            call = approvals.call(principal, name, arguments)
         else:
             raise _invalid(f"no tool {name!r}: tools/list names the tools", "name")
 
         try:
-            return _result(await anyio.to_thread.run_sync(call))
+            body = await anyio.to_thread.run_sync(call)
+            if body.get("status") == "awaiting_approval" and name != "run_status":  # a Task, or how to poll
+                paused = await anyio.to_thread.run_sync(approvals.answer_paused, ctx, body)
+                return paused if paused.get("resultType") == "task" else _result(paused)
+            return _result(body)
         except _BackendUnavailable as error:  # an internal error: the server's, not the caller's
             answer = error.answer
             extra = {"internal": True, "run_id": answer.run_id, "contract": answer.contract, "version": answer.version}
             return _problem("backend-unavailable", str(error), **extra)
+        except ApprovalError as error:  # the reason code beside the HTTP API's problem type
+            return _problem(approval_problem(error.code), str(error), code=error.code)
         except (CharterError, Forbidden, IntentsUnavailable) as error:
             kind = next(kind for cls, kind in _PROBLEM_OF if isinstance(error, cls))
             return _problem(kind, str(error))
@@ -526,6 +556,7 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
         on_read_resource=read_resource,
         on_subscriptions_listen=ListenHandler(changes.bus) if changes is not None else None,
     )
+    approvals.install(server)  # the tasks extension: tasks/get, tasks/update, tasks/cancel
     if changes is not None:
 
         async def initialized(ctx: ServerRequestContext[Any], params: Any) -> None:
