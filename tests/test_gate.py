@@ -564,7 +564,7 @@ def test_too_many_denials_end_the_run(governed: Governed) -> None:
     assert len(decisions(governed, execution.run_id)) == governed.contract.gate.limits.max_denials == 10
 
 
-def test_a_payment_that_needs_approval_is_refused(charter_home: Path, governed: Governed) -> None:
+def test_a_payment_that_needs_approval_pauses_the_run(charter_home: Path, governed: Governed) -> None:
     from examples.invoices import backend as invoices
 
     invoices.seed()
@@ -574,9 +574,11 @@ def test_a_payment_that_needs_approval_is_refused(charter_home: Path, governed: 
         contract=compiled("invoices"),
         principal=Principal("kim", frozenset({"invoices:pay"})),
     )
-    assert execution.status == "refused"
+    assert (execution.status, execution.cause) == ("awaiting_approval", "APPROVAL_REQUIRED")
+    assert execution.approval_id is not None
     assert execution.reason is not None
-    assert execution.reason.startswith("pay_invoice requires human approval before it runs")
+    assert "pay_invoice (call 1) needs a human's approval" in execution.reason
+    assert decisions(governed, execution.run_id) == []  # the paused call has no Decision
     assert invoices.get_invoice(number="INV-1003")["state"] == "approved"
 
 

@@ -12,19 +12,21 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from charter.audit import AuditLog, Decision, Opened, Sealed, now_iso
 from charter.audit import Outcome as CallOutcome
 from charter.audit.receipts import text_sha256
-from charter.audit.store import host_identity
+from charter.audit.store import RunRecorder, host_identity
 from charter.backends import Backend, BackendUnavailable, ContractBackend
 from charter.compiler.artifact import CompiledContract
 from charter.gate import ContractGate
 from charter.inputs import check_inputs
 from charter.principal import Principal
+from charter.replay._answers import RecordedAnswers, ResumeGate
 from charter.sandbox import (
     Completed,
     Halted,
@@ -38,6 +40,9 @@ from charter.sandbox import (
     outcome_json,
 )
 from charter.status import GateDecision, RunStatus, Status, deciding_decision, status_of_outcome
+
+if TYPE_CHECKING:
+    from charter.gate import GrantedApproval
 
 __all__ = ["Answer", "Execution", "Runner", "Status", "conclusion_of", "unavailable_calls"]
 
@@ -179,14 +184,87 @@ class Runner:
             secret_inputs=tuple(given[name] for name in secret),
         )
         outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
+        return self._sealed(recorder, outcome, contract)
+
+    def resume_run(
+        self,
+        paused: Opened,
+        *,
+        contract: CompiledContract,
+        principal: Principal,
+        approval_id: str,
+        approval_link: str,
+        approval: GrantedApproval | None = None,
+        answers: RecordedAnswers | None = None,
+        recovers: tuple[str, ...] = (),
+        stop: tuple[str, str] | None = None,
+    ) -> Execution:
+        """Open a new program run resuming `paused` (a run sealed awaiting approval `approval_id`,
+        decided by the record whose link is `approval_link`) and run the same program with its
+        recorded clock, seed, inputs and limits in a fresh sandbox, as `principal`, behind the
+        gate session that holds the decision (`approval`), wrapped by the record's `answers`
+        (charter.replay.ResumeGate: calls the chain made are answered from their receipts).
+        `recovers`: earlier resumes of this approval that were never sealed. `stop` (code,
+        reason): the resume must not run (TAMPERED, PRINCIPAL_REVOKED...): the run is opened and
+        sealed at once as Halted with them, and nothing executes. charter.approvals.resume
+        decides all of these; this only runs what it decided."""
+        context = RunContext(
+            principal=principal,
+            clock=datetime.fromisoformat(paused.clock),
+            seed=paused.seed,
+            inputs=dict(paused.inputs or {}),
+        )
+        limits = SandboxLimits(**paused.limits)
+        host, pid = host_identity()
+        opened = msgspec.structs.replace(
+            paused,
+            run_id=context.run_id,
+            at=now_iso(),
+            principal=principal.id,
+            scopes=tuple(sorted(principal.scopes)),
+            attributes=dict(principal.attributes) or None,
+            host=host,
+            pid=pid,
+            parent=None,
+            attempt=None,
+            logical_run_id=paused.logical_run_id or paused.run_id,
+            resumes=paused.run_id,
+            approval_id=approval_id,
+            approval_link=approval_link,
+            recovers=recovers,
+            log_seq=0,
+            prev="",
+            log_prev="",
+            key_id="",
+        )
+        recorder = self.audit.open_run(opened)
+        if stop is not None:
+            return self._sealed(recorder, Halted(code=stop[0], reason=stop[1]), contract)
+        given = dict(paused.inputs or {})
+        session = self.gate_for(contract).session(
+            recorder,
+            principal,
+            max_result_bytes=limits.max_result_bytes,
+            logical_run_id=opened.logical_run_id,
+            request=(*([paused.intent] if paused.intent else []), *given.values()),
+            inputs=given,
+            approval=approval,
+        )
+        gate = ResumeGate(session, answers) if answers is not None else session
+        outcome = self.sandbox.run(paused.program, contract=contract, gate=gate, context=context, limits=limits)
+        return self._sealed(recorder, outcome, contract)
+
+    def _sealed(self, recorder: RunRecorder, outcome: Outcome, contract: CompiledContract) -> Execution:
+        """Seal the run with `outcome` and give its answer."""
+        run_id = recorder.run_id
         calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))
         unavailable = unavailable_calls(calls)
-        sealed = recorder.seal(sealed_receipt(context.run_id, outcome, unavailable=bool(unavailable)))
+        sealed = recorder.seal(sealed_receipt(run_id, outcome, unavailable=bool(unavailable)))
         status, answer, data, reason = conclusion_of(outcome, unavailable=bool(unavailable))
         denied = any(isinstance(c, Decision) and c.decision == "DENY" for c in calls)
-        decision = deciding_decision(status.status, status.cause, self.audit.stored(context.run_id)) if denied else None
+        decision = deciding_decision(status.status, status.cause, self.audit.stored(run_id)) if denied else None
         return Execution(
-            run_id=context.run_id,
+            run_id=run_id,
             status=status.status,
             cause=status.cause,
             decision=decision,

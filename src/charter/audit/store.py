@@ -44,6 +44,7 @@ from charter.audit.keys import (
 )
 from charter.audit.quotas import QUOTA_INDEX_SQL, QuotaReader, fill_quota_index, index_quota_receipt
 from charter.audit.receipts import (
+    ApprovalRequested,
     Asked,
     Attempted,
     Closing,
@@ -301,6 +302,11 @@ class RunRecorder:
         self._append(decision, durable=True)
         if decision.decision == "ALLOW":
             self._awaiting_outcome[decision.call] = decision.operation
+
+    def approval_requested(self, receipt: ApprovalRequested) -> None:
+        """A call paused for a human's approval, in place of its Decision: durable when it
+        returns (the run then ends paused; a resume finds the request by this receipt)."""
+        self._append(receipt, durable=True)
 
     def outcome(self, outcome: Outcome, *, durable: bool = False) -> bool:
         """Recorded with the run's next durable receipt, or, with `durable` (a write's outcome),

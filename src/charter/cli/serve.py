@@ -70,13 +70,27 @@ def serve(
             "every third of this while the run is live); then the next retry resolves it from the audit log.",
         ),
     ] = 30.0,
+    approval_webhook: Annotated[
+        str | None,
+        typer.Option(
+            "--approval-webhook",
+            envvar="CHARTER_APPROVAL_WEBHOOK",
+            metavar="URL",
+            help="POST each new approval request here, signed with the Charter-Signature header (key: "
+            "`charter approvals webhook-key`), retried with backoff; a run never waits for it.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API: intents, programs, runs and contracts, behind bearer tokens."""
+    """Serve the HTTP API: intents, programs, runs, contracts and approvals, behind bearer tokens.
+
+    A worker resumes every decided approval in the background (those decided while the server
+    was down too), as the requesting principal with its current tokens' scopes."""
     if openapi:
         print(json.dumps(openapi_document(), indent=2))
         return
     import uvicorn
 
+    from charter.approvals import ApprovalWebhook, load_or_create_webhook_key
     from charter.server import IdempotencyStore, TokenStore, create_app
 
     host, port = host_port(address)
@@ -88,10 +102,18 @@ def serve(
         app = create_app(
             service, store, IdempotencyStore(service.audit.path.parent / "idempotency.db", lease_seconds=lease)
         )
+        webhook = None
+        if approval_webhook:
+            key = load_or_create_webhook_key(service.audit.path.parent / "keys")
+            webhook = ApprovalWebhook(approval_webhook, key)
+        service.start_approvals(store.principal, webhook=webhook)
     except CharterError as error:
         fail(error)
     say(f"Charter API on http://{host}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        service.stop_approvals()
 
 
 def mcp(

@@ -19,6 +19,8 @@ from charter.contract.bindings import BoundModule
 from charter.contract.types import TypeRef
 
 __all__ = [
+    "DEFAULT_APPROVAL_SECONDS",
+    "ApprovalPolicy",
     "BindingSpec",
     "BoundaryRule",
     "CompiledContract",
@@ -35,6 +37,7 @@ __all__ = [
     "QuotaRule",
     "SourceRule",
     "TransitionRule",
+    "default_policy",
 ]
 
 
@@ -182,6 +185,26 @@ class LimitsSpec(_Frozen, frozen=True):
     max_program_bytes: int
 
 
+class ApprovalPolicy(_Frozen, frozen=True):
+    """The contract's `approvals:` block: who may decide a paused call and for how long.
+
+    `scope`: the scope an approver must hold (never the requesting principal, whatever it
+    holds); `expires_seconds`: how long a request waits for a decision before it can only be
+    denied. A contract without the block uses `default_policy` (`<contract>:approve`, 24 h).
+    """
+
+    scope: str
+    expires_seconds: int
+
+
+DEFAULT_APPROVAL_SECONDS = 24 * 3600
+
+
+def default_policy(contract: str) -> ApprovalPolicy:
+    """The policy of a contract without an `approvals:` block."""
+    return ApprovalPolicy(scope=f"{contract}:approve", expires_seconds=DEFAULT_APPROVAL_SECONDS)
+
+
 class GateTable(_Frozen, frozen=True, omit_defaults=True):  # v2 fields appear only when used
     contract: str
     version: str
@@ -195,6 +218,14 @@ class GateTable(_Frozen, frozen=True, omit_defaults=True):  # v2 fields appear o
     # field paths) whose values the gate records from each reply the program gets.
     provenance_paths: dict[str, tuple[SourceRule, ...]] = {}
     principal_attributes: dict[str, TypeRef] = {}  # `principal.attributes`: name -> declared type
+    # The `approvals:` block as written (None: not written, so an artifact compiled before it
+    # existed is unchanged); `policy` gives the one in force, the default filled in.
+    approvals: ApprovalPolicy | None = None
+
+    @property
+    def policy(self) -> ApprovalPolicy:
+        """Who decides a paused call of this contract and how long a request waits."""
+        return self.approvals if self.approvals is not None else default_policy(self.contract)
 
 
 class GuestOperation(_Frozen, frozen=True):

@@ -4,6 +4,7 @@
 log; `PassThroughGate` checks argument types only (sandbox tests and benchmarks).
 """
 
+from charter.gate._approvals import GrantedApproval
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._contract import ContractGate, GateSession
 from charter.gate._passthrough import PassThroughGate
@@ -28,6 +29,7 @@ __all__ = [
     "Encoded",
     "Gate",
     "GateSession",
+    "GrantedApproval",
     "InvalidArguments",
     "Malformed",
     "OperationFailed",

@@ -8,8 +8,8 @@ attribute that is missing (ATTRIBUTE_MISSING) or not of its type (ATTRIBUTE_INVA
 before any rule would read it: check 5 of the gate's order.
 
 Approval: `approval_reason` is the one decision, "does this call need a human?", as the
-reason to show, or None. Until approvals exist the gate refuses on a reason
-(APPROVAL_REQUIRED); the next issue pauses there instead, with the language unchanged.
+reason to show, or None. On a reason the gate pauses the run for a human's decision
+(check 15, `_approvals`).
 """
 
 from __future__ import annotations

@@ -34,8 +34,18 @@ Checks, in this order; the first that fails decides, with its reason code:
                                                                  QUOTA_EXCEEDED
 15. the operation does not need a human approval (`requires_approval: true`, or its
     `when` holds; `_attributes.ConditionalApproval`): last, so an approval is never
-    asked for a call the contract forbids anyway                 APPROVAL_REQUIRED
+    asked for a call the contract forbids anyway. When it does, the run PAUSES
+    (`_approvals`): an ApprovalRequested receipt in place of the Decision, nothing
+    executes, the quota reservation is released uncounted, ApprovalPending ends the run
+    (sealed awaiting_approval); a run with secret inputs cannot pause and is refused
+                                                                 APPROVAL_REQUIRED
     (a `when` that cannot be evaluated is GATE_ERROR)
+
+A session resuming a paused run holds the decision (`GrantedApproval`). At its call only:
+the call must be the one approved (operation and recorded arguments hash) or the run halts
+DIVERGED before anything else; denied, it is refused APPROVAL_DENIED; approved, checks 1-14
+run again against the state now, the approval satisfies check 15, the Decision names the
+approval and the write's idempotency key derives from it (`write_key(approval_id, call)`).
 
 Checks that need no backend come first, so a call refused anyway never reads state.
 Any exception inside the gate is a DENY (GATE_ERROR), never an ALLOW. The decision is
@@ -76,7 +86,8 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from charter.audit import LookupSeen, Observed, RunRecorder
+from charter.audit import Decision, LookupSeen, Observed, RunRecorder
+from charter.audit import Outcome as CallOutcome
 from charter.backends import (
     Backend,
     BackendFailure,
@@ -90,10 +101,28 @@ from charter.compiler.artifact import CompiledContract, OperationRule
 from charter.contract.cel_guards import cel_date
 from charter.contract.types import MONEY_SCALE, TypeRef
 from charter.errors import AuditError
+from charter.gate._absorb import absorb_call
+from charter.gate._approvals import (
+    GrantedApproval,
+    Seen,
+    approval_key,
+    approval_request,
+    denied_verdict,
+    divergence,
+    needs_pause,
+)
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._attributes import AttributeRefused, PrincipalAttributes
 from charter.gate._lookups import CallLookups, LookupFailed, Lookups
-from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted, encode_reply
+from charter.gate._protocol import (
+    ApprovalPending,
+    CallRequest,
+    Denied,
+    Encoded,
+    OperationFailed,
+    RunHalted,
+    encode_reply,
+)
 from charter.gate._provenance import Check, ProvenanceLedger
 from charter.gate._quotas import QuotaChecks, QuotaHold, QuotaSession, utc_now
 from charter.gate._receipts import OutcomeStatus, Verdict, decision_receipt, outcome_receipt
@@ -189,6 +218,7 @@ class ContractGate:
         request: tuple[str, ...] = (),
         inputs: Mapping[str, str] | None = None,
         secret_inputs: tuple[str, ...] = (),
+        approval: GrantedApproval | None = None,
     ) -> GateSession:
         """`max_result_bytes` bounds each reply the program gets (RESULT_TOO_LARGE beyond it).
         `writes_closed`, when given, says why this run may only read: every write is denied
@@ -198,7 +228,8 @@ class ContractGate:
         request's input values, the `request` source of provenance rules; `inputs`: those input
         values by name, the `inputs.<name>` sources. `secret_inputs`: the
         values of the request's inputs marked secret, masked wherever the run's receipts and
-        messages would hold them (`_secrets`); kept in memory only."""
+        messages would hold them (`_secrets`); kept in memory only. `approval`: a human's
+        decision on the call this run (a resume of a paused run) stopped at (`_approvals`)."""
         if secret_inputs and recorder.secret_key is None:
             raise AuditError(f"run {recorder.run_id}: secret inputs need the audit log's secret key to be masked")
         self._secrets.require_key(recorder)
@@ -212,6 +243,7 @@ class ContractGate:
             max_result_bytes,
             ledger,
             secret_inputs,
+            approval,
         )
 
     def boundary_note(self, boundaries: tuple[str, ...]) -> tuple[str, str | None]:
@@ -242,8 +274,10 @@ class GateSession:
         max_result_bytes: int,
         provenance: ProvenanceLedger | None = None,
         secret_inputs: tuple[str, ...] = (),
+        approval: GrantedApproval | None = None,
     ) -> None:
         self._gate = gate
+        self._granted = approval
         self._secret_inputs = secret_inputs
         self._provenance = provenance or ProvenanceLedger(gate._table)
         self._recorder = recorder
@@ -306,6 +340,9 @@ class GateSession:
         hold = QuotaHold()  # quota locks: released once the decision is recorded, on every path
         self._call_lookups = lookups = gate._lookups.start(lambda: self._lookup_context(request))
         provenance: Check | None = None
+        granted = self._granted if self._granted is not None and self._granted.call == request.sequence else None
+        if granted is not None:
+            self._check_granted(granted, request, rule)
         try:
             self._refuse_if_ended(request)
             if request.malformed is not None:
@@ -316,17 +353,22 @@ class GateSession:
                 raise _Refusal(Verdict("UNKNOWN_OPERATION", message))
             arguments = self._arguments(rule, request.arguments)
             recorded = self._recorded(request, arguments)
+            if granted is not None and granted.decision == "denied":
+                boundaries = gate._rule_boundaries.get(f"approval:{rule.name}", ())
+                raise _Refusal(denied_verdict(granted, gate.boundary_note(boundaries)[1]))
             self._static_checks(rule, arguments)
             provenance = self._provenance_check(rule, arguments)
             if rule.kind == "write":
                 first = self._write_checks(rule, arguments, recorded[1])
                 idempotency_key = first.key if first is not None else self._writes.key(request.sequence)
+                if granted is not None and first is None:
+                    idempotency_key = approval_key(granted)
             if first is None:
                 entity = None
                 if self._needs_entity(rule):
                     self._refuse_if_ended(request)  # the read reaches the backend too
                     entity, observed, precondition = self._read_entity(request, rule, arguments)
-                self._state_checks(rule, arguments, entity, hold, provenance)
+                self._state_checks(rule, arguments, entity, hold, provenance, approved=granted is not None)
             verdict = _OK if first is None else _REPLAYED
         except (_Refusal, LookupFailed) as refusal:
             verdict = refusal.verdict
@@ -344,13 +386,21 @@ class GateSession:
             raise
 
         verdict = scrubbed_verdict(verdict, self._secret_values(request))
+        pausing = needs_pause(verdict)
+        if pausing and self._secret_inputs and rule is not None and verdict.approval is not None:
+            verdict, pausing = gate._rules.cannot_pause(rule, verdict.approval), False
         with self._end_lock:
             # Decided and registered under the lock: `close` either comes first (and the call
             # is refused) or finds it registered (and records it as not performed).
-            if verdict.allowed:
+            if verdict.allowed or pausing:
                 ended = self._still_running(request)
                 if ended is not None:
-                    verdict = _run_ended(request, ended)
+                    verdict, pausing = _run_ended(request, ended), False
+            if pausing:
+                assert recorded is not None
+                labels = provenance.labels if provenance is not None else None
+                seen = Seen(observed, tuple(lookups.seen), labels, hold.seen)
+                self._pause(request, recorded, verdict, hold, seen)
             self._record_decision(
                 request,
                 recorded or self._recorded(request, None),
@@ -360,6 +410,7 @@ class GateSession:
                 hold,
                 tuple(lookups.seen),
                 provenance.labels if provenance is not None else None,
+                approval_id=granted.approval_id if granted is not None else None,
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request
@@ -381,6 +432,61 @@ class GateSession:
         if rule.kind == "write":
             self._writes.made += 1
         return self._act(request, rule, arguments, recorded[1], precondition, idempotency_key)
+
+    def absorb(self, request: CallRequest, decision: Decision, outcome: CallOutcome | None) -> None:
+        """A call answered from an earlier run's receipts (a resume, charter.replay._answers):
+        the session's state becomes what it would be had it decided the call itself (the
+        operations that succeeded, the writes made and their idempotent results or doubt, the
+        replies provenance counts, `window: run` quotas, the denials). No receipt is written and
+        the backend is not touched."""
+        absorb_call(self, request, decision, outcome)
+
+    def _check_granted(self, granted: GrantedApproval, request: CallRequest, rule: OperationRule | None) -> None:
+        """The call a resumed run stopped at must be the one approved: the run halts DIVERGED
+        before anything of it is checked, read or recorded otherwise."""
+        digest: str | None = None
+        if rule is not None:
+            try:
+                digest = self._recorded(request, self._gate._checker.check(rule.name, request.arguments))[1]
+            except InvalidArguments:
+                digest = None
+        halted = divergence(granted, request, digest)
+        if halted is not None:
+            raise halted
+
+    def _pause(
+        self, request: CallRequest, recorded: Recorded, verdict: Verdict, hold: QuotaHold, seen: Seen
+    ) -> NoReturn:
+        """Check 15 held: record the ApprovalRequested receipt durably in place of a Decision,
+        release the quota reservation uncounted, and end the run paused (ApprovalPending)."""
+        opened = self._recorder.opened
+        try:
+            receipt = approval_request(
+                request,
+                recorded,
+                verdict,
+                self._gate.contract,
+                self._principal,
+                program_sha256=getattr(opened, "program_sha256", ""),
+                logical_run_id=self._writes.logical_run_id,
+                now=datetime.fromisoformat(hold.at) if hold.at is not None else self._gate.clock(),
+                seen=seen,
+            )
+            try:
+                self._recorder.approval_requested(receipt)
+            except AuditError as error:
+                raise Denied(
+                    "GATE_ERROR", f"{request.operation} refused: its approval request could not be written ({error})"
+                ) from None
+        finally:
+            hold.release()  # a paused call is not counted: only an allowed Decision counts
+        raise ApprovalPending(
+            receipt.approval_id,
+            call=request.sequence,
+            operation=request.operation,
+            reason=receipt.reason,
+            line=request.line,
+        )
 
     # -- checks ----------------------------------------------------------------------
 
@@ -541,7 +647,11 @@ class GateSession:
         entity: Mapping[str, Any] | None,
         hold: QuotaHold,
         provenance: Check | None,
+        *,
+        approved: bool = False,
     ) -> None:
+        """Checks 12-15. `approved`: a human approved this call (a resumed run): every check
+        runs again except the approval rule, which the approval satisfies."""
         transition = rule.transition
         if transition is not None and entity is not None:
             state = entity.get(transition.field)
@@ -566,6 +676,8 @@ class GateSession:
         self._refuse_secret_keys(rule, hold)
         if exceeded is not None:
             raise _Refusal(exceeded)
+        if approved:
+            return
         self._call_lookups.perform(rule, "approval", variables)  # the condition may read lookups
         approval = self._gate._rules.approval_needed(rule, variables, self._sees_secrets(rule))
         if approval is not None:  # last of all checks: never asked for a call forbidden anyway
@@ -734,9 +846,12 @@ class GateSession:
         hold: QuotaHold | None = None,
         lookups: tuple[LookupSeen, ...] = (),
         provenance: dict[str, tuple[str, ...]] | None = None,
+        *,
+        approval_id: str | None = None,
     ) -> None:
-        """Commit the call's Decision; `hold`'s quota locks are released once it is durable (the
-        receipt is what counts the call), or once it failed, whatever happens."""
+        """Commit the call's Decision (`approval_id`: the approval it was decided under); `hold`'s
+        quota locks are released once it is durable (the receipt is what counts the call), or once
+        it failed, whatever happens."""
         quotas = hold.seen if hold is not None else ()
         key = self._recorder.secret_key
         if self._secret_inputs and key is not None:  # what a denied call saw may hold a secret input
@@ -764,6 +879,7 @@ class GateSession:
                 at=hold.at if hold is not None else None,
                 lookups=lookups,
                 provenance=provenance,
+                approval_id=approval_id,
             )
             if verdict.withheld is not None:
                 verdict.withheld.keep(self._recorder, request.sequence, request.operation)

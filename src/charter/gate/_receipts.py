@@ -48,12 +48,14 @@ def decision_receipt(
     at: str | None = None,
     lookups: tuple[LookupSeen, ...] = (),
     provenance: dict[str, tuple[str, ...]] | None = None,
+    approval_id: str | None = None,
 ) -> Decision:
     """`recorded`: the arguments' canonical JSON (None if they did not decode), sha256, and
     the secret params whose values both hold as digests, and the params that held a secret
     input of the run, masked the same way (`_secrets`).
     `at`: the decision's time when a check already fixed it (quotas count from it); else now.
-    `provenance`: per `from:` param, the sources its value was seen in."""
+    `provenance`: per `from:` param, the sources its value was seen in. `approval_id`: the
+    human approval the call was decided under (a resumed run's approved or denied call)."""
     shown, digest, secret_params, masked_inputs = recorded
     withheld = verdict.withheld
     return Decision(
@@ -84,6 +86,7 @@ def decision_receipt(
         provenance=provenance,
         approval=verdict.approval,
         masked_inputs=masked_inputs,
+        approval_id=approval_id,
     )
 
 

@@ -1,5 +1,5 @@
 """The CEL rules of a call: its guards (GUARD_VIOLATION), then, last of every check, its
-approval rule (APPROVAL_REQUIRED).
+approval rule (APPROVAL_REQUIRED: the gate pauses the run there, `_approvals`).
 
 Both see the same variables (`GateSession._variables`); a lookup a rule names is performed
 just before the rule is evaluated (`_lookups`). A rule that cannot be evaluated denies
@@ -85,8 +85,9 @@ class CallRules:
         return None
 
     def approval_needed(self, rule: OperationRule, variables: dict[str, Any], sees_secrets: bool) -> Verdict | None:
-        """APPROVAL_REQUIRED with the reason when `rule`'s approval rule holds, else None.
-        Until human approvals exist (the next issue pauses here instead), a reason refuses."""
+        """APPROVAL_REQUIRED with the rule's reason (`Verdict.approval`) when `rule`'s approval
+        rule holds, else None. The gate pauses the run there (`_approvals`); a condition that
+        cannot be evaluated is GATE_ERROR, never a pause."""
         try:
             reason = self._approval.reason(rule, variables)
         except ValueError as error:
@@ -99,16 +100,33 @@ class CallRules:
             )
         if reason is None:
             return None
-        note, boundary = self._boundary_note(self._rule_boundaries.get(f"approval:{rule.name}", ()))
-        needs = (
-            f"{rule.name} requires human approval before it runs"
-            if rule.approval_reason is None
-            else f"{rule.name} requires human approval here: {reason}"
-        )
+        note, boundary = self._approval_note(rule)
         return Verdict(
             "APPROVAL_REQUIRED",
-            f"{needs}, and Charter has no approval step yet; it is refused rather than run unapproved.{note}",
+            f"{self._needs(rule, reason)}; the run pauses for a human's decision.{note}",
             clause=f"requires_approval:{rule.name}",
             boundary=boundary,
             approval=reason,
         )
+
+    def cannot_pause(self, rule: OperationRule, reason: str) -> Verdict:
+        """The refusal of a call whose approval rule held in a run with secret inputs: Charter
+        never stores them, so the run could not be resumed as it ran (fail closed)."""
+        note, boundary = self._approval_note(rule)
+        return Verdict(
+            "APPROVAL_REQUIRED",
+            f"{self._needs(rule, reason)}; the run has secret inputs, which Charter never stores, so it cannot be "
+            f"paused and resumed; ask without secret inputs or have the call approved another way.{note}",
+            clause=f"requires_approval:{rule.name}",
+            boundary=boundary,
+            approval=reason,
+        )
+
+    def _approval_note(self, rule: OperationRule) -> tuple[str, str | None]:
+        return self._boundary_note(self._rule_boundaries.get(f"approval:{rule.name}", ()))
+
+    @staticmethod
+    def _needs(rule: OperationRule, reason: str) -> str:
+        if rule.approval_reason is None:
+            return f"{rule.name} requires human approval before it runs"
+        return f"{rule.name} requires human approval here: {reason}"

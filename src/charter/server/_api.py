@@ -2,14 +2,21 @@
 
     POST /v1/intents                         an intent in, the conclusion and run id out
     POST /v1/programs                        a caller-written program, run governed
-    GET  /v1/runs/{run_id}                   conclusion, receipts, verification
+    GET  /v1/runs/{run_id}                   conclusion, receipts, verification; a run paused for
+                                             approval reports the latest run of its chain
+    GET  /v1/approvals                       approval requests the caller may see (?contract=&status=)
+    GET  /v1/approvals/{approval_id}         one request: the call, the rule, what the gate read
+    POST /v1/approvals/{approval_id}/approve a decision, with {"reason": ...} (four eyes: never the
+    POST /v1/approvals/{approval_id}/deny    requester; the approver scope); the run then resumes
     GET  /v1/contracts                       published contracts and their versions
     GET  /v1/contracts/{name}/{version}      one version: X.Y.Z, MAJOR, MAJOR.MINOR, or 'latest'
                                              (the newest of the default major)
     GET  /openapi.json                       this API, described (also kept in the repo: openapi.json)
 
 Every /v1 request needs `Authorization: Bearer <token>`; the token's principal and scopes
-are what the gate checks. Errors are application/problem+json with a stable `type`. Before
+are what the gate checks. A request whose run pauses for a human's approval answers 202 with
+`Location: /v1/runs/{run_id}`. Errors are application/problem+json with a stable `type` (and,
+for approvals, the reason `code`: APPROVAL_NOT_FOUND, SELF_APPROVAL...). Before
 any of that, `BodyGuard` (`_body`) holds every body to 1 MiB while it streams and refuses a
 POST body that is not plain JSON sent as application/json (400 invalid-json, 415).
 """
@@ -18,10 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+import msgspec
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -29,6 +40,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from charter.approvals import ApprovalError
 from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS
 from charter.principal import Principal
@@ -57,6 +69,7 @@ API_VERSION = "1.0.0"
 _MAX_BODY_BYTES = 1_048_576
 _MAX_ERRORS = 20  # validation errors named in one problem
 _MAX_SHOWN = 200  # characters of a location or message quoted back
+_HEX_ID = re.compile(r"[0-9a-f]{32}")  # an approval id, as secrets.token_hex(16) makes it
 
 # Stable problem types: clients branch on these, never on the wording of `detail`.
 PROBLEM_TYPES = {
@@ -66,6 +79,12 @@ PROBLEM_TYPES = {
     "not-found": (404, "No such resource"),
     "contract-not-found": (404, "No such contract or version"),
     "run-not-found": (404, "No such run"),
+    "approval-not-found": (404, "No such approval request among those this principal may see"),
+    "self-approval": (403, "The requesting principal may not decide its own request (four eyes)"),
+    "forbidden-scope": (403, "This principal lacks the approver scope the request names"),
+    "already-decided": (409, "The approval request holds another decision"),
+    "approval-expired": (409, "The approval request expired: it can only be denied"),
+    "resume-in-progress": (409, "The approved run is being resumed"),
     "method-not-allowed": (405, "Method not allowed"),
     "idempotency-in-progress": (409, "A request with this Idempotency-Key is still running"),
     "invalid-json": (400, "The request body is not JSON this API accepts"),
@@ -80,6 +99,18 @@ PROBLEM_TYPES = {
 }
 
 
+# The approvals' reason codes (charter.approvals.ApprovalError.code) as problem types; the
+# problem carries the code too, as `code`.
+_APPROVAL_PROBLEMS = {
+    "APPROVAL_NOT_FOUND": "approval-not-found",
+    "SELF_APPROVAL": "self-approval",
+    "FORBIDDEN_SCOPE": "forbidden-scope",
+    "ALREADY_DECIDED": "already-decided",
+    "APPROVAL_EXPIRED": "approval-expired",
+    "RESUME_IN_PROGRESS": "resume-in-progress",
+}
+
+
 # Starlette's own HTTP errors (routing, FastAPI's body parsing) as problem types.
 _HTTP_ERRORS = {
     400: "invalid-json",
@@ -89,6 +120,14 @@ _HTTP_ERRORS = {
     413: "payload-too-large",
     415: "unsupported-media-type",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A JSON answer before it is sent: what an Idempotency-Key stores and a repeat gets."""
+
+    status: int
+    body: dict[str, Any]
 
 
 def _shown(text: str) -> str:
@@ -170,6 +209,17 @@ class DecisionBody(BaseModel):
     link: str = Field(description="sha256(body || signature) of the receipt.")
 
 
+class ApprovalSummaryBody(BaseModel):
+    """The approval a paused run waits for."""
+
+    id: str = Field(description="The approval id (32 hex digits): GET /v1/approvals/{id}.")
+    operation: str
+    call: int = Field(description="The program's call number that paused.")
+    reason: str = Field(description="The approval rule's reason.")
+    expires: str = Field(description="ISO-8601 UTC; after it the request can only be denied.")
+    status: str = Field(description="pending, approved, denied or expired.")
+
+
 class ConclusionBody(BaseModel):
     run_id: str | None = Field(
         description="The run to audit. Null only in an in_doubt answer to an Idempotency-Key claimed by "
@@ -190,6 +240,14 @@ class ConclusionBody(BaseModel):
     contract: str | None = Field(default=None, description="The contract the run used.")
     version: str | None = Field(default=None, description="The exact version the contract reference resolved to.")
     attempts: int | None = Field(default=None, description="Model answers it took (intents only).")
+    approval: ApprovalSummaryBody | None = Field(
+        default=None, description="awaiting_approval: the approval the run waits for (answered 202)."
+    )
+    chain: list[str] | None = Field(
+        default=None,
+        description="A run that paused for approval: its chain's run ids in order (the run, the program run "
+        "that paused, each resumed run); the status and answer are the latest sealed run's.",
+    )
 
 
 class CallBody(BaseModel):
@@ -228,6 +286,62 @@ class RunBody(BaseModel):
         "with the scope audit:read.",
     )
     backend_errors: list[dict[str, Any]] | None = None
+    chain: list[str] = Field(
+        default_factory=list,
+        description="The run's approval chain in order: the run, the program run that paused, each resumed run "
+        "([run_id] for a run that never paused). `status`, `cause`, `answer` and `reason` are those of "
+        "`latest_run`, the chain's latest sealed run.",
+    )
+    latest_run: str | None = Field(default=None, description="The chain's latest sealed run.")
+    approval: ApprovalSummaryBody | None = Field(
+        default=None, description="While the chain awaits approval: the approval it waits for."
+    )
+    resuming: str | None = Field(
+        default=None, description="A resumed run under way (or to be retried), not yet sealed."
+    )
+
+
+class DecideRequest(_Request):
+    reason: str = Field(min_length=1, max_length=2000, description="Why: recorded, signed, in the decision's receipt.")
+
+
+class ApprovalBody(BaseModel):
+    """charter.approvals.ApprovalView: one approval request and its decision."""
+
+    model_config = ConfigDict(extra="allow")
+
+    approval_id: str
+    status: str = Field(description="pending, approved, denied or expired (pending past its expiry).")
+    run_id: str = Field(description="The paused program run.")
+    logical_run_id: str | None = None
+    contract: str | None = None
+    version: str | None = None
+    contract_sha256: str | None = None
+    operation: str | None = None
+    call: int | None = None
+    line: int | None = Field(default=None, description="The program line of the call, as the guest reported it.")
+    arguments: str | None = Field(default=None, description="Canonical JSON; secret values masked.")
+    args_sha256: str | None = None
+    principal: str | None = Field(default=None, description="The requesting principal.")
+    reason: str | None = Field(default=None, description="The approval rule's reason.")
+    clause: str | None = None
+    boundary: str | None = None
+    approver_scope: str | None = None
+    requested_at: str | None = None
+    expires: str | None = None
+    program: str | None = None
+    observed: Any = None
+    lookups: Any = None
+    provenance: Any = None
+    quotas: Any = None
+    decision: str | None = None
+    decided_by: str | None = None
+    decided_at: str | None = None
+    decision_reason: str | None = None
+    expired_unanswered: bool | None = None
+    decision_link: str | None = None
+    resume_run: str | None = None
+    resume_status: str | None = None
 
 
 class ContractVersionBody(BaseModel):
@@ -266,6 +380,17 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         s: {"model": ProblemBody, "content": {"application/problem+json": {}}, "description": "A problem."}
         for s in statuses
     }
+
+
+# A run that paused for a human's approval: its conclusion so far, and where to follow it.
+_PAUSED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": ConclusionBody,
+        "description": "The run paused for a human's approval (status awaiting_approval, `approval`); "
+        "Location names the run: GET it to follow the approval chain to its conclusion.",
+        "headers": {"Location": {"description": "/v1/runs/{run_id}", "schema": {"type": "string"}}},
+    }
+}
 
 
 def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
@@ -355,11 +480,34 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         detail = f"the server failed ({type(error).__name__}); its log has the detail"
         return problem_response("internal", detail, request.url.path)
 
-    def once(principal: Principal, key: str | None, path: str, body: BaseModel, run: Any) -> Response:
+    def conclusion(answer: Answer, attempts: int | None = None, chain: list[str] | None = None) -> Reply:
+        """A run's conclusion as answered: 202 with its Location while it awaits approval."""
+        body = _conclusion(answer, attempts)
+        if answer.status != "awaiting_approval":
+            return Reply(200, body | ({"chain": chain} if chain and len(chain) > 1 else {}))
+        approval = guarded(lambda: service.approval_summary(answer.approval_id))
+        return Reply(202, conclusion_body(answer, attempts, approval=approval, chain=chain))
+
+    def current(run_id: str | None) -> Reply | None:
+        """The run's conclusion now, following its approval chain; None if it never opened."""
+        if run_id is None:
+            return None
+        found = guarded(lambda: service.current_answer(run_id))
+        return None if found is None else conclusion(*found)
+
+    def respond(reply: Reply, **headers: str) -> Response:
+        if reply.status == 202 and isinstance(reply.body.get("run_id"), str):
+            headers["Location"] = f"/v1/runs/{reply.body['run_id']}"
+        return Response(json.dumps(reply.body).encode(), reply.status, headers, media_type="application/json")
+
+    def once(
+        principal: Principal, key: str | None, path: str, body: BaseModel, run: Callable[[str | None], Reply]
+    ) -> Response:
         """Run `run(run_id)` once per Idempotency-Key; its JSON result is what a repeat gets.
-        The run id is allocated before the claim, so the key's row names the run it started."""
+        The run id is allocated before the claim, so the key's row names the run it started.
+        A stored 202 (the run paused for approval) is answered with the run's current state."""
         if key is None:
-            return JSONResponse(run(None))
+            return respond(run(None))
         raw = body.model_dump_json().encode()
         digest = request_fingerprint("POST", path, raw, service.audit.secret_key)
         try:
@@ -395,6 +543,10 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
                 headers={"Retry-After": "1"},  # a retry after it finished gets its answer
             ) from None
         if isinstance(claim, StoredResponse):
+            if claim.status == 202:  # paused then: what the caller needs is where its run stands now
+                refreshed = current(json.loads(claim.body).get("run_id"))
+                if refreshed is not None:
+                    return respond(refreshed, **{"Idempotent-Replayed": "true"})
             return Response(
                 claim.body,
                 status_code=claim.status,
@@ -402,25 +554,26 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
                 headers={"Idempotent-Replayed": "true"},
             )
         try:
-            body_bytes = json.dumps(run(claim.run_id)).encode()
+            reply = run(claim.run_id)
+            body_bytes = json.dumps(reply.body).encode()
         except BaseException:
             idempotency.release(principal.id, key, claim.run_id)
             raise
-        idempotency.complete(principal.id, key, claim.run_id, StoredResponse(200, body_bytes))
-        return Response(body_bytes, media_type="application/json")
+        idempotency.complete(principal.id, key, claim.run_id, StoredResponse(reply.status, body_bytes))
+        return respond(reply)
 
     def resolved(principal: Principal, key: str, orphan: Orphaned) -> Claimed | StoredResponse:
         """An orphaned key, from the audit log: the answer its run recorded (in_doubt if it was
         opened and never sealed), or, if it was never opened, the claim, taken over."""
-        recorded = None
+        reply = None
         if orphan.run_id is not None:
-            recorded = guarded(lambda: service.recorded_answer(orphan.run_id))
-            if recorded is None:  # nothing ran: running it now is safe
+            reply = current(orphan.run_id)
+            if reply is None:  # nothing ran: running it now is safe
                 claim = idempotency.take_over(principal.id, key, orphan)
                 if claim is None:
                     raise KeyInProgress(key)
                 return claim
-        if recorded is None:  # a claim of release 0.1: its run is not known, so neither is its effect
+        if reply is None:  # a claim of release 0.1: its run is not known, so neither is its effect
             answer = Answer(
                 run_id="",
                 status="in_doubt",
@@ -428,10 +581,8 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
                 "did not record its run id): what it did is not known; `charter audit list` shows the "
                 "principal's runs",
             )
-            body = _conclusion(answer) | {"run_id": None, "contract": None, "version": None}
-        else:
-            body = _conclusion(*recorded)
-        stored = StoredResponse(200, json.dumps(body).encode())
+            reply = Reply(200, _conclusion(answer) | {"run_id": None, "contract": None, "version": None})
+        stored = StoredResponse(reply.status, json.dumps(reply.body).encode())
         idempotency.settle(principal.id, key, orphan, stored)
         return stored
 
@@ -449,6 +600,9 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
             raise ApiProblem("intents-unavailable", str(error)) from None
         except AuditError as error:
             raise ApiProblem("audit-unavailable", str(error)) from None
+        except ApprovalError as error:
+            kind = _APPROVAL_PROBLEMS.get(error.code, "invalid-request")
+            raise ApiProblem(kind, str(error), code=error.code) from None
         except UsageError as error:
             raise ApiProblem("invalid-request", str(error)) from None
 
@@ -458,11 +612,11 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         summary="Ask for something in plain words",
         description="The Runtime Agent writes one program against the contract, which runs governed. "
         "Only the conclusion comes back, with the run id to audit it by.",
-        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+        responses=_PAUSED | _problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     )
     def post_intent(request: IntentRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
-        def run(run_id: str | None) -> dict[str, Any]:
-            conclusion = guarded(
+        def run(run_id: str | None) -> Reply:
+            ended = guarded(
                 lambda: service.operate(
                     principal,
                     request.contract,
@@ -472,7 +626,8 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
                     secret_inputs=request.secret_inputs or (),
                 )
             )
-            return _conclusion(conclusion, conclusion.attempts)
+            chain = guarded(lambda: service.chain(ended.run_id)) if ended.approval_id else None
+            return conclusion(ended, ended.attempts, chain)
 
         return once(principal, idempotency_key, "/v1/intents", request, run)
 
@@ -481,11 +636,11 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         response_model=ConclusionBody,
         summary="Run a program you wrote (code mode)",
         description="The program runs in the sandbox; every proxy call is checked against the contract.",
-        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+        responses=_PAUSED | _problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     )
     def post_program(request: ProgramRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
-        def run(run_id: str | None) -> dict[str, Any]:
-            return _conclusion(
+        def run(run_id: str | None) -> Reply:
+            return conclusion(
                 guarded(
                     lambda: service.execute(
                         principal,
@@ -516,6 +671,81 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
             view["receipts"] = None
             view["programs"] = None  # they hold the program runs' receipts
         return view
+
+    @app.get(
+        "/v1/approvals",
+        response_model=list[ApprovalBody],
+        summary="Approval requests you may see, newest first",
+        description="Your own requests, those your scopes may decide (the request's approver scope), or all "
+        "with audit:read. Filter by contract name and status (pending, approved, denied, expired).",
+        responses=_problems(401, 422),
+    )
+    def get_approvals(
+        principal: Caller,
+        contract: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        status: Annotated[Literal["pending", "approved", "denied", "expired"] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[dict[str, Any]]:
+        views = guarded(lambda: service.list_approvals(principal, contract=contract, status=status, limit=limit))
+        return [msgspec.to_builtins(v) for v in views]
+
+    @app.get(
+        "/v1/approvals/{approval_id}",
+        response_model=ApprovalBody,
+        summary="One approval request: the call, the rule and reason, what the gate read, the decision",
+        description="A request you may not see is answered as missing (404 APPROVAL_NOT_FOUND).",
+        responses=_problems(401, 404),
+    )
+    def get_approval(approval_id: str, principal: Caller) -> dict[str, Any]:
+        return msgspec.to_builtins(guarded(lambda: service.approval(principal, approval_id)))  # type: ignore[no-any-return]
+
+    def decide(
+        principal: Principal,
+        approval_id: str,
+        decision: Literal["approved", "denied"],
+        request: DecideRequest,
+        key: str | None,
+    ) -> Response:
+        verb = "approve" if decision == "approved" else "deny"
+
+        def run(_: str | None) -> Reply:
+            view, _written = guarded(lambda: service.decide(principal, approval_id, decision, request.reason))
+            return Reply(200, msgspec.to_builtins(view))
+
+        if not _HEX_ID.fullmatch(approval_id):  # before the key is claimed: nothing to store for it
+            guarded(lambda: service.approval(principal, approval_id))
+        return once(principal, key, f"/v1/approvals/{approval_id}/{verb}", request, run)
+
+    _decision_doc = (
+        "Four eyes: the requesting principal (or a look-alike id) may not decide (403 SELF_APPROVAL); the "
+        "approver needs the request's approver scope (403 FORBIDDEN_SCOPE). The same decision again answers "
+        "the same view; another decision is 409 ALREADY_DECIDED; an expired request can only be denied (409 "
+        "APPROVAL_EXPIRED). The run resumes on the server's worker: follow it at GET /v1/runs/{run_id}."
+    )
+
+    @app.post(
+        "/v1/approvals/{approval_id}/approve",
+        response_model=ApprovalBody,
+        summary="Approve a request; its run resumes",
+        description=_decision_doc,
+        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422),
+    )
+    def post_approve(
+        approval_id: str, request: DecideRequest, principal: Caller, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        return decide(principal, approval_id, "approved", request, idempotency_key)
+
+    @app.post(
+        "/v1/approvals/{approval_id}/deny",
+        response_model=ApprovalBody,
+        summary="Deny a request; its run resumes with the call refused APPROVAL_DENIED",
+        description=_decision_doc,
+        responses=_problems(400, 401, 403, 404, 409, 413, 415, 422),
+    )
+    def post_deny(
+        approval_id: str, request: DecideRequest, principal: Caller, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        return decide(principal, approval_id, "denied", request, idempotency_key)
 
     @app.get("/v1/contracts", response_model=list[ContractListing], summary="Published contracts")
     def get_contracts(principal: Caller) -> list[dict[str, Any]]:

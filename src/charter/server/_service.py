@@ -3,14 +3,24 @@ server are two faces of this one class, so both say and allow exactly the same."
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import msgspec
 
 from charter.agent import Charter, Conclusion
+from charter.approvals import (
+    ApprovalNotFound,
+    ApprovalStore,
+    ApprovalView,
+    ApprovalWebhook,
+    Resumer,
+    ResumeWorker,
+    chain_of,
+)
 from charter.audit import (
     Asked,
     Attempted,
@@ -34,7 +44,9 @@ from charter.status import status_of
 
 __all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable", "conclusion_body"]
 
-_RUN_ID = re.compile(r"[0-9a-f]{32}")
+_log = logging.getLogger("charter.server")
+
+_RUN_ID = re.compile(r"[0-9a-f]{32}")  # run ids and approval ids alike: secrets.token_hex(16)
 AUDIT_SCOPE = "audit:read"  # may read every principal's runs, not only its own
 
 
@@ -52,6 +64,14 @@ class CharterService:
     audit: AuditLog
     runner: Runner
     agent: Charter | None  # None: intents are not served (no model configured)
+    # Human approvals: the requests in the audit log, the worker resuming decided ones (None
+    # until `start_approvals`) and the webhook told of each new request (None: none).
+    approvals: ApprovalStore = field(init=False)
+    resumes: ResumeWorker | None = field(default=None, init=False)
+    webhook: ApprovalWebhook | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.approvals = ApprovalStore(self.audit)
 
     @classmethod
     def create(cls, *, registry: Registry, audit: AuditLog, agent: Charter | None) -> CharterService:
@@ -118,7 +138,7 @@ class CharterService:
         try:
             if self.agent is None:
                 raise MissingApiKey("it was started without a model")
-            return self.agent.handle(
+            conclusion = self.agent.handle(
                 intent,
                 contract=compiled,
                 principal=principal,
@@ -131,6 +151,8 @@ class CharterService:
                 f"this server answers no intents ({error}): start it with ANTHROPIC_API_KEY set, or with "
                 "--replay RECORDING.json; programs can still be run"
             ) from None
+        self._announce(conclusion.approval_id)
+        return conclusion
 
     def execute(
         self,
@@ -147,7 +169,7 @@ class CharterService:
         (UsageError for a bad shape: charter.inputs.check_inputs)."""
         if not isinstance(program, str) or not program.strip():
             raise UsageError("the program is empty: send Python source that ends with conclude(...) or refuse(...)")
-        return self.runner.execute(
+        execution = self.runner.execute(
             program,
             contract=self.contract(contract),
             principal=principal,
@@ -155,6 +177,8 @@ class CharterService:
             inputs=inputs,
             secret_inputs=secret_inputs,
         )
+        self._announce(execution.approval_id)
+        return execution
 
     def recorded_answer(self, run_id: str) -> tuple[Answer, int | None] | None:
         """What the caller of run `run_id` gets, from the audit log alone, and the intent run's
@@ -183,11 +207,154 @@ class CharterService:
         if isinstance(sealed, Concluded):
             data = None if sealed.data is None else msgspec.json.decode(sealed.data)
             answer = Answer(
-                status=ended.status, cause=ended.cause, answer=sealed.answer, data=data, reason=sealed.reason, **common
+                status=ended.status,
+                cause=ended.cause,
+                answer=sealed.answer,
+                data=data,
+                reason=sealed.reason,
+                approval_id=sealed.approval_id,
+                **common,
             )
             return answer, len(sealed.attempts)
         _, text, data, why = conclusion_of(msgspec.json.decode(sealed.outcome, type=SandboxOutcome))
-        return Answer(status=ended.status, cause=ended.cause, answer=text, data=data, reason=why, **common), None
+        answer = Answer(
+            status=ended.status,
+            cause=ended.cause,
+            answer=text,
+            data=data,
+            reason=why,
+            approval_id=sealed.approval_id,
+            **common,
+        )
+        return answer, None
+
+    def current_answer(self, run_id: str) -> tuple[Answer, int | None, list[str]] | None:
+        """What the caller of run `run_id` gets NOW: a run paused for approval answers with the
+        latest run of its chain (`chain`: the run ids, the paused run first), so a retry with
+        its Idempotency-Key learns the resumed run's conclusion and not the stale pause. The
+        answer keeps `run_id` (the run the caller started); None if it was never opened."""
+        recorded = self.recorded_answer(run_id)
+        if recorded is None:
+            return None
+        answer, attempts = recorded
+        chain = self.chain(run_id)
+        latest = self._latest_sealed(chain)
+        if latest is None or latest == run_id:
+            return answer, attempts, chain
+        resumed = self.recorded_answer(latest)
+        if resumed is None:
+            return answer, attempts, chain
+        now = resumed[0]
+        current = msgspec.structs.replace(
+            answer,
+            status=now.status,
+            cause=now.cause,
+            answer=now.answer,
+            data=now.data,
+            reason=now.reason,
+            decision=now.decision,
+            approval_id=now.approval_id,
+        )
+        return current, attempts, chain
+
+    # -- approvals --------------------------------------------------------------------------
+
+    def chain(self, run_id: str) -> list[str]:
+        """The run ids of `run_id`'s approval chain in order: the run itself (an intent run
+        first), the program run that paused, then each resumed run. [run_id] for a run that
+        never paused."""
+        ids = [record.run_id for record in chain_of(self.audit, run_id)]
+        return ids if run_id in ids else [run_id, *ids]
+
+    def _latest_sealed(self, chain: list[str]) -> str | None:
+        """The latest run of `chain` that was sealed: a resume still under way (or crashed, and
+        to be retried by the worker) does not yet change what the chain concluded."""
+        for run_id in reversed(chain):
+            if self.audit.run(run_id).sealed is not None:
+                return run_id
+        return None
+
+    def approval_summary(self, approval_id: str | None) -> dict[str, Any] | None:
+        """What a paused run's caller is told of its approval: id, operation, call, reason,
+        expires and status (pending, approved, denied, expired). None for no approval."""
+        if approval_id is None:
+            return None
+        try:
+            view = self.approvals.get(approval_id)
+        except ApprovalNotFound:
+            return None
+        return {
+            "id": view.approval_id,
+            "operation": view.operation,
+            "call": view.call,
+            "reason": view.reason,
+            "expires": view.expires,
+            "status": view.status,
+        }
+
+    def list_approvals(
+        self, principal: Principal, *, contract: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[ApprovalView]:
+        """The approval requests `principal` may see (its own, those its scopes may decide, all
+        with audit:read), newest first."""
+        return self.approvals.list(contract=contract, status=status, visible_to=principal, limit=limit)
+
+    def approval(self, principal: Principal, approval_id: str) -> ApprovalView:
+        """One approval request. ApprovalNotFound for a malformed id, an unknown one, and one
+        `principal` may not see (answered alike: an id's existence is not told)."""
+        if not _RUN_ID.fullmatch(approval_id):
+            raise ApprovalNotFound(f"no approval {approval_id[:64]!r}: give the whole 32-character approval id")
+        return self.approvals.get(approval_id, visible_to=principal)
+
+    def decide(
+        self, principal: Principal, approval_id: str, decision: Literal["approved", "denied"], reason: str
+    ) -> tuple[ApprovalView, bool]:
+        """`principal` approves or denies the request; returns its view after the decision and
+        whether this call wrote it (False: the same decision was already recorded). The
+        resume worker is told at once. Raises ApprovalNotFound (also: not visible to the
+        principal), ApprovalForbidden, SelfApproval, ApprovalExpired, ApprovalConflict, and
+        UsageError for an empty or too long reason."""
+        self.approval(principal, approval_id)  # not visible -> not found, before any other answer
+        _, written = self.approvals.decide(approval_id, principal, decision, reason)
+        if self.resumes is not None:
+            self.resumes.notify(approval_id)
+        return self.approvals.get(approval_id, visible_to=principal), written
+
+    def start_approvals(
+        self,
+        principal_of: Callable[[str], Principal | None],
+        *,
+        webhook: ApprovalWebhook | None = None,
+        poll_seconds: float = 1.0,
+    ) -> ResumeWorker:
+        """Start the worker that resumes decided approvals (every pending one at once, then as
+        decisions come and every `poll_seconds`), resolving each requester with `principal_of`
+        (the token store's current view); `webhook` is told of every new request."""
+        self.webhook = webhook
+        resumer = Resumer(self.runner, self.registry, principal_of=principal_of, store=self.approvals)
+        worker = ResumeWorker(resumer, self.approvals, poll_seconds=poll_seconds, on_sealed=self._resumed)
+        worker.start()
+        self.resumes = worker
+        return worker
+
+    def stop_approvals(self) -> None:
+        if self.resumes is not None:
+            self.resumes.stop()
+            self.resumes = None
+        if self.webhook is not None:
+            self.webhook.stop()
+
+    def _resumed(self, execution: Execution) -> None:
+        self._announce(execution.approval_id)  # a resumed run that paused again (a chain)
+
+    def _announce(self, approval_id: str | None) -> None:
+        """Tell the webhook of a new approval request; never fails the run that paused."""
+        if approval_id is None or self.webhook is None:
+            return
+        try:
+            self.webhook.notify(self.approvals.get(approval_id))
+        except Exception:
+            _log.exception("approval %s: the webhook could not be told", approval_id)
 
     def run_view(self, principal: Principal, run_id: str) -> dict[str, Any]:
         """A run's conclusion, receipts and verification, for its own principal (or audit:read)."""
@@ -209,7 +376,27 @@ class CharterService:
             view["backend_errors"] = [msgspec.to_builtins(e) for e in self.audit.backend_errors(record.run_id)]
         if checked.programs:  # an intent run's view holds the program runs it started
             view["programs"] = [_checked_view(p) for p in checked.programs]
+        view |= self._chain_view(record)
         return {**summary(checked.record), **view, **_checked_view(checked, receipts_only=True)}
+
+    def _chain_view(self, record: RunRecord) -> dict[str, Any]:
+        """The approval chain of a run and its latest state: `chain` (run ids in order),
+        `latest_run`, and the latest sealed run's status, cause, answer and reason in place of
+        the run's own (a paused run reports its resumed run's conclusion once there is one);
+        `approval` while the chain awaits one; `resuming`: a resumed run under way."""
+        chain = self.chain(record.run_id)
+        latest_id = self._latest_sealed(chain) or record.run_id
+        latest = record if latest_id == record.run_id else self.audit.run(latest_id)
+        view: dict[str, Any] = {"chain": chain, "latest_run": latest_id}
+        if latest is not record:
+            now = summary(latest)
+            view |= {key: now[key] for key in ("status", "cause", "answer", "reason")}
+        closing = latest.sealed
+        waiting = closing.approval_id if isinstance(closing, Sealed | Concluded) else None
+        view["approval"] = self.approval_summary(waiting) if latest.status == "awaiting_approval" else None
+        after = chain[chain.index(latest_id) + 1 :] if latest_id in chain else []
+        view["resuming"] = after[-1] if after else None
+        return view
 
 
 def _checked_view(checked: CheckedRun, *, receipts_only: bool = False) -> dict[str, Any]:
@@ -230,11 +417,19 @@ def _checked_view(checked: CheckedRun, *, receipts_only: bool = False) -> dict[s
     }
 
 
-def conclusion_body(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
+def conclusion_body(
+    answer: Answer,
+    attempts: int | None = None,
+    *,
+    approval: Mapping[str, Any] | None = None,
+    chain: list[str] | None = None,
+) -> dict[str, Any]:
     """A run's conclusion as both faces return it (HTTP `ConclusionBody`, MCP structuredContent):
     run_id, status, cause, decision (the deciding gate decision, or null), answer, data (plain
     JSON types), reason, contract, version, and
-    attempts for intents. The caller first checks `answer.unavailable` (the server's fault)."""
+    attempts for intents. The caller first checks `answer.unavailable` (the server's fault).
+    A run awaiting approval adds `approval` (`CharterService.approval_summary`); a run that
+    paused, `chain` (its run ids in order, `CharterService.chain`)."""
     body: dict[str, Any] = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause}
     body["decision"] = msgspec.to_builtins(answer.decision)  # null unless a gate decision decided it
     body["answer"] = answer.answer
@@ -242,6 +437,10 @@ def conclusion_body(answer: Answer, attempts: int | None = None) -> dict[str, An
     body |= {"contract": answer.contract, "version": answer.version}
     if attempts is not None:
         body["attempts"] = attempts
+    if approval is not None:
+        body["approval"] = dict(approval)
+    if chain is not None and len(chain) > 1:
+        body["chain"] = chain
     return body
 
 

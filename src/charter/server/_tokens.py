@@ -120,6 +120,19 @@ class TokenStore:
             entry = self._by_hash.get(_digest(token))
         return None if entry is None else Principal(entry.principal, frozenset(entry.scopes), entry.attributes)
 
+    def principal(self, principal_id: str) -> Principal | None:
+        """The principal `principal_id` as its tokens bind it now: the union of the scopes of
+        its tokens and the attributes of its most recent one (the file keeps tokens in the
+        order they were added); None when it holds no token (revoked). A resumed run acts as
+        its requester with these (charter.approvals.resume)."""
+        with self._lock:
+            self._refresh()
+            entries = [e for e in self._by_hash.values() if e.principal == principal_id]
+        if not entries:
+            return None
+        scopes = frozenset(s for e in entries for s in e.scopes)
+        return Principal(principal_id, scopes, dict(entries[-1].attributes))
+
     def _refresh(self) -> None:
         try:
             stat = self.path.stat()

@@ -20,23 +20,20 @@ arguments' hash differs), and the replay says so rather than guessing the value.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from charter.audit import AuditLog, Decision, Opened, Outcome, RunRecord, Sealed, SecretKey, lookup_lines
+from charter.audit import AuditLog, Decision, Opened, RunRecord, Sealed, SecretKey, lookup_lines
 from charter.audit.quotas import recount
 from charter.compiler.artifact import CompiledContract
-from charter.gate import ArgumentChecker, CallRequest, Denied, Encoded, InvalidArguments, OperationFailed, RunHalted
-from charter.gate._contract import halt_message
-from charter.gate._secrets import SecretParams, recorded_arguments
+from charter.gate import CallRequest, Denied
 from charter.principal import Principal
+from charter.replay._answers import RecordedAnswers, ResumeGate
 from charter.sandbox import RunContext, Sandbox, SandboxLimits, outcome_json
 
-__all__ = ["ReplayReport", "program_runs_of", "replay_run"]
+__all__ = ["RecordedAnswers", "ReplayReport", "ResumeGate", "chain_records", "program_runs_of", "replay_run"]
 
 
 class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,99 +59,57 @@ class ReplayReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _ReplayGate:
-    """Answers each call from the record; any difference is a divergence, and refused."""
+    """Answers each call from the record (`RecordedAnswers`); any difference is a divergence,
+    and refused. A resumed run's calls before its own receipts are answered from its chain
+    (the paused run, then the crashed resumes it recovers) by the same rules the resume
+    followed (`RecordedAnswers.settle`), so a resume stopped DIVERGED or IN_DOUBT replays so."""
 
     blocking = False
 
-    def __init__(self, record: RunRecord, contract: CompiledContract, secret_key: SecretKey | None) -> None:
-        self.decisions = {r.call: r for r in record.receipts if isinstance(r, Decision)}
-        self.outcomes = {r.call: r for r in record.receipts if isinstance(r, Outcome)}
-        self.halted_at = max(self.decisions) if record.sealed and record.sealed.status == "halted" else None
+    def __init__(
+        self,
+        record: RunRecord,
+        contract: CompiledContract,
+        secret_key: SecretKey | None,
+        chain: tuple[RunRecord, ...] = (),
+    ) -> None:
+        self.answers = RecordedAnswers((*chain, record), contract, secret_key)
+        self.decisions = self.answers.decisions
+        own = [r.call for r in record.receipts if isinstance(r, Decision)]
+        last = self.decisions.get(max(own)) if own else None
+        halted = record.sealed is not None and getattr(record.sealed, "status", None) == "halted"
+        self.halted_at = last.call if halted and last is not None and last.decision == "DENY" else None
+        self.chained = {n for n, run in self.answers.origin.items() if run != record.run_id}
+        # A resumed run's record ends where the run ended (DIVERGED, IN_DOUBT...): its own last call.
+        self.expected_calls = max(own, default=0) if chain else len(self.decisions)
         self.denials = 0
-        self._checker = ArgumentChecker.for_table(contract.gate)
-        self._secrets = SecretParams(contract.gate)
-        self._key = secret_key
         self.divergences: list[str] = []
-        self.notes: list[str] = []
+        self.notes = self.answers.notes
         self.calls = 0
 
     def _diverge(self, message: str) -> Denied:
         self.divergences.append(message)
         return Denied("REPLAY_DIVERGED", f"replay diverged: {message}")
 
-    def _checked(self, request: CallRequest) -> dict[str, Any] | None:
-        if request.malformed is not None:
-            return None
-        # Arguments that fail the check are recorded as the program sent them.
-        with contextlib.suppress(InvalidArguments, KeyError):
-            return self._checker.check(request.operation, request.arguments)
-        return None
-
-    def _digest(self, request: CallRequest) -> str:
-        """The arguments' hash exactly as the gate recorded it for this call."""
-        secret = self._secrets.of(request.operation)
-        return recorded_arguments(request, self._checked(request), secret, self._key)[1]
-
-    def _key_missing(self, decision: Decision) -> str | None:
-        """Why this decision's secret params cannot be compared (no key, another key), or None."""
-        if not decision.secret_params:
-            return None
-        if self._key is None:
-            return "the log's secret key (keys/secrets.key) is not available"
-        recorded = json.loads(decision.arguments) if decision.arguments else {}
-        for name in decision.secret_params:
-            value = recorded.get(name)
-            for digest in value if isinstance(value, list) else [value]:
-                if isinstance(digest, str) and digest.split(":")[1:2] != [self._key.key_id]:
-                    return (
-                        f"they were recorded with secret key {digest.split(':')[1]}, not this log's {self._key.key_id}"
-                    )
-        return None
-
-    def _same_without_secrets(self, request: CallRequest, decision: Decision) -> bool:
-        """Whether the call matches the record in everything but its secret params."""
-        checked = self._checked(request)
-        if checked is None or decision.arguments is None:
-            return checked is None and decision.arguments is None
-        recorded = json.loads(decision.arguments)
-        replayed = json.loads(recorded_arguments(request, checked, (), None)[0] or "{}")
-        for name in decision.secret_params:
-            recorded.pop(name, None)
-            replayed.pop(name, None)
-        return bool(recorded == replayed)
-
     def call(self, request: CallRequest) -> Any:
         self.calls += 1
         n = request.sequence
-        decision = self.decisions.get(n)
-        if decision is None:
-            raise self._diverge(f"call {n} ({request.operation}) was not made in the recorded run")
-        missing = self._key_missing(decision)
-        if missing is not None and request.operation == decision.operation:
-            if not self._same_without_secrets(request, decision):
-                raise self._diverge(f"call {n} ({request.operation}) has other arguments than the recorded call")
-            self.notes.append(
-                f"call {n} ({request.operation}): secret params {', '.join(decision.secret_params)} were not "
-                f"compared: {missing}"
-            )
-        digest = self._digest(request) if missing is None else decision.args_sha256
-        if request.operation != decision.operation or digest != decision.args_sha256:
-            raise self._diverge(
-                f"call {n} is {request.operation} with arguments {digest[:12]}…, "
-                f"the record has {decision.operation} with {decision.args_sha256[:12]}…"
-            )
+        if n in self.chained:
+            decision = self.answers.settle(request)
+            assert decision is not None
+        else:
+            found = self.answers.recorded(n)
+            if found is None:
+                raise self._diverge(f"call {n} ({request.operation}) was not made in the recorded run")
+            decision = found
+            differs = self.answers.divergence(request, decision)
+            if differs is not None:
+                raise self._diverge(differs)
+            if decision.decision == "ALLOW" and self.answers.outcome(n) is None:
+                raise self._diverge(f"call {n} ({decision.operation}) has no recorded outcome: it is in doubt")
         if decision.decision == "DENY":
             self.denials += 1
-            if n == self.halted_at:
-                message = halt_message(decision.message, self.denials)
-                raise RunHalted(decision.code, message, boundary=decision.boundary)
-            raise Denied(decision.code, decision.message, boundary=decision.boundary)
-        outcome = self.outcomes.get(n)
-        if outcome is None:
-            raise self._diverge(f"call {n} ({decision.operation}) has no recorded outcome: it is in doubt")
-        if outcome.status in ("failed", "unknown"):  # either way, the program was told it failed
-            raise OperationFailed(outcome.code or "BACKEND_ERROR", outcome.message or "")
-        return Encoded(outcome.result or "null")
+        return self.answers.reply(decision, denials=self.denials, halted=n == self.halted_at)
 
 
 def replay_run(
@@ -168,7 +123,9 @@ def replay_run(
     """Re-run `record`'s program against its own receipts. `contract` must be the pinned version.
     With `log` (the run's audit log), each quota total a Decision recorded is recounted from the
     receipts written before it (charter.audit.quotas.recount) and compared. `secret_key` is the
-    log's key for secret values (None: secret params are not compared, and the report says so)."""
+    log's key for secret values (None: secret params are not compared, and the report says so).
+    A resumed run (its Opened names the run it `resumes`) made only its calls from the approved
+    one on; the calls before are answered from its chain, which needs `log` (ValueError without)."""
     opened = record.opened
     if not isinstance(opened, Opened):
         runs = ", ".join(program_runs_of(record)) or "none"
@@ -178,7 +135,8 @@ def replay_run(
             f"run {opened.run_id} ran under {opened.contract} {opened.version} sha256 {opened.contract_sha256[:12]}, "
             f"not {contract.sha256[:12]}"
         )
-    gate = _ReplayGate(record, contract, secret_key)
+    chain = chain_records(log, opened) if opened.resumes is not None else ()
+    gate = _ReplayGate(record, contract, secret_key, chain)
     context = RunContext(
         principal=Principal(opened.principal, frozenset(opened.scopes), opened.attributes or {}),
         run_id=opened.run_id,
@@ -189,7 +147,7 @@ def replay_run(
     limits = SandboxLimits(**opened.limits)
     outcome = sandbox.run(opened.program, contract=contract, gate=gate, context=context, limits=limits)
     divergences = list(gate.divergences)
-    if gate.calls < len(gate.decisions):
+    if gate.calls < gate.expected_calls:
         divergences.append(f"the replay made {gate.calls} calls, the recorded run {len(gate.decisions)}")
     checked = _quota_divergences(record, contract, log, divergences) if log is not None else 0
     return ReplayReport(
@@ -233,3 +191,15 @@ def _quota_divergences(record: RunRecord, contract: CompiledContract, log: Audit
 def program_runs_of(record: RunRecord) -> list[str]:
     """The program runs an intent run's attempts started, in order."""
     return record.program_runs()
+
+
+def chain_records(log: AuditLog | None, opened: Opened) -> tuple[RunRecord, ...]:
+    """The records a resumed run's earlier calls were answered from: the paused run it resumes,
+    then the crashed resumes it recovers, in order. ValueError without the log."""
+    if opened.resumes is None:
+        return ()
+    if log is None:
+        raise ValueError(
+            f"run {opened.run_id} resumes run {opened.resumes}; replaying it needs the audit log holding that run"
+        )
+    return tuple(log.run(run_id) for run_id in (opened.resumes, *opened.recovers))

@@ -1,0 +1,408 @@
+"""Human approvals over the HTTP API: a real uvicorn server on loopback, the real sandbox and
+gate over the payments example's SQLite bank, the resume worker `charter serve` starts, and a
+real loopback receiver for the approval webhook.
+
+The payments contract requires approval for `send_payment` to an IBAN that is not a saved
+payee: the holder's program pauses there, a reviewer holding `payments:approve` decides, and
+the worker resumes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from charter.agent import Charter, ScriptedModel
+from charter.agent._model import ModelRequest
+from charter.approvals import (
+    SIGNATURE_HEADER,
+    ApprovalWebhook,
+    SelfApproval,
+    load_or_create_webhook_key,
+    verify_signature,
+)
+from charter.audit import ApprovalDecided, AuditLog
+from charter.contract import load_contract
+from charter.errors import InvalidPrincipal
+from charter.principal import Principal
+from charter.registry import Registry
+from charter.sandbox import Sandbox
+from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
+from examples.payments import backend
+from tests.conftest import ROOT
+
+HOLDER_SCOPES = ["payments:read", "payments:write", "documents:read", "profile:read"]
+HOLDER_ATTRIBUTES = {"account_id": backend.HOLDER_ACCOUNT, "daily_limit": "2500.00"}
+NEW_IBAN = backend.LANDLORD_NEW_IBAN  # not a saved payee: the approval rule holds
+
+PAY_NEW_IBAN = (
+    "from decimal import Decimal\n"
+    "transfer = payments.send_payment(\n"
+    '    account="ACC-1001", recipient=inputs["iban"], amount=Decimal("25.00"), reference="Deposit"\n'
+    ")\n"
+    'conclude(f"sent {transfer.amount}")\n'
+)
+PAY = {"contract": "payments", "program": PAY_NEW_IBAN, "inputs": {"iban": NEW_IBAN}}
+
+
+def scripted(request: ModelRequest) -> str:
+    return f"```python\n{PAY_NEW_IBAN}```"
+
+
+class Receiver:
+    """A loopback webhook receiver: records each delivery; answers 500 to the first `fail_first`."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes, int]] = []
+        self.fail_first = fail_first
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    status = 500 if len(receiver.deliveries) < receiver.fail_first else 204
+                    receiver.deliveries.append((dict(self.headers.items()), body, status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/charter"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Api:
+    url: str
+    tokens: dict[str, str]
+    log: AuditLog
+    service: CharterService
+    receiver: Receiver
+    webhook_key: bytes
+    store: TokenStore
+    seen: list[Any] = field(default_factory=list)
+
+    def client(self, who: str = "holder") -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.tokens[who]}"}, timeout=60)
+
+    def pause(self, **extra: Any) -> dict[str, Any]:
+        with self.client() as client:
+            response = client.post("/v1/programs", json=PAY, **extra)
+        assert response.status_code == 202, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def settled(self, run_id: str, who: str = "holder", timeout: float = 90.0) -> dict[str, Any]:
+        """GET /v1/runs/{run_id} until the worker sealed the resumed run."""
+        deadline = time.monotonic() + timeout
+        with self.client(who) as client:
+            while True:
+                view: dict[str, Any] = client.get(f"/v1/runs/{run_id}").json()
+                if view["status"] != "awaiting_approval" and view["resuming"] is None:
+                    return view
+                assert time.monotonic() < deadline, f"the run was not resumed: {view}"
+                time.sleep(0.1)
+
+
+@pytest.fixture
+def api(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Api]:
+    backend.seed()
+    registry = Registry()
+    path = ROOT / "contracts" / "payments.yaml"
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    log = AuditLog(charter_home / "audit.db")
+    agent = Charter(model=ScriptedModel(scripted), audit=log, sandbox=shared_sandbox)
+    service = CharterService.create(registry=registry, audit=log, agent=agent)
+    store = TokenStore(charter_home / "tokens.yaml")
+    tokens = {
+        "holder": store.add("holder", "holder", HOLDER_SCOPES, HOLDER_ATTRIBUTES),
+        "carol": store.add("carol", "carol", HOLDER_SCOPES, {"account_id": "ACC-2002", "daily_limit": "10.00"}),
+        "reviewer": store.add("reviewer", "reviewer", ["payments:approve"]),
+        "reviewer2": store.add("reviewer2", "reviewer2", ["payments:approve"]),
+        "auditor": store.add("auditor", "auditor", ["audit:read"]),
+    }
+    receiver = Receiver(fail_first=1)
+    key = load_or_create_webhook_key(charter_home / "keys")
+    # As `charter serve --approval-webhook URL` starts it (short backoff: the retry comes quickly).
+    service.start_approvals(store.principal, webhook=ApprovalWebhook(receiver.url, key, backoff=0.05), poll_seconds=0.2)
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"))
+    try:
+        with serving(app, name="charter-api") as url:
+            yield Api(url, tokens, log, service, receiver, key, store)
+    finally:
+        service.stop_approvals()
+        receiver.close()
+
+
+def problem(response: httpx.Response, status: int, kind: str, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["type"] == f"urn:charter:problem:{kind}"
+    if code is not None:
+        assert body["code"] == code
+    return body
+
+
+def transfers_to(iban: str) -> list[dict[str, Any]]:
+    with backend._db() as db:
+        return [dict(r) for r in db.execute("SELECT * FROM transfers WHERE recipient = ?", (iban,))]
+
+
+def decisions(log: AuditLog, approval_id: str) -> list[ApprovalDecided]:
+    """The signed decisions on `approval_id`: a record of its own, run_id = the approval id."""
+    found = [row.decoded() for row in log.stored(approval_id)]
+    assert all(isinstance(d, ApprovalDecided) for d in found)
+    return found  # type: ignore[return-value]
+
+
+# -- pause, decide, resume -------------------------------------------------------------------
+
+
+def test_a_paused_program_answers_202_and_concludes_once_a_reviewer_approves(api: Api) -> None:
+    paused = api.pause()
+    run_id = paused["run_id"]
+    approval = paused["approval"]
+    assert (paused["status"], paused["cause"]) == ("awaiting_approval", "APPROVAL_REQUIRED")
+    assert (approval["operation"], approval["reason"], approval["status"]) == (
+        "send_payment",
+        "recipient not a saved payee",
+        "pending",
+    )
+    assert approval["expires"] > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    assert transfers_to(NEW_IBAN) == []  # nothing executed
+
+    with api.client() as client:
+        waiting = client.get(f"/v1/runs/{run_id}").json()
+    assert (waiting["status"], waiting["chain"], waiting["approval"]["id"]) == (
+        "awaiting_approval",
+        [run_id],
+        approval["id"],
+    )
+
+    with api.client("reviewer") as client:
+        listed = client.get("/v1/approvals", params={"status": "pending", "contract": "payments"}).json()
+        assert [a["approval_id"] for a in listed] == [approval["id"]]
+        shown = client.get(f"/v1/approvals/{approval['id']}").json()
+        assert (shown["principal"], shown["arguments"] is not None, shown["run_id"]) == ("holder", True, run_id)
+        decided = client.post(f"/v1/approvals/{approval['id']}/approve", json={"reason": "landlord confirmed by phone"})
+    assert decided.status_code == 200, decided.text
+    assert (decided.json()["status"], decided.json()["decided_by"]) == ("approved", "reviewer")
+
+    final = api.settled(run_id)
+    assert (final["status"], final["answer"]) == ("done", "sent 25.00")
+    assert final["chain"][0] == run_id
+    assert len(final["chain"]) == 2
+    assert final["latest_run"] == final["chain"][1]
+    assert [t["amount"] for t in transfers_to(NEW_IBAN)] == ["25.00"]  # executed exactly once
+
+
+def test_an_intent_that_pauses_answers_202_and_its_run_follows_the_chain(api: Api) -> None:
+    with api.client() as client:
+        response = client.post(
+            "/v1/intents",
+            json={"contract": "payments", "intent": "Pay the deposit to my landlord", "inputs": {"iban": NEW_IBAN}},
+        )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert response.headers["location"] == f"/v1/runs/{body['run_id']}"
+    assert body["status"] == "awaiting_approval"
+    with api.client("reviewer") as client:
+        assert client.post(f"/v1/approvals/{body['approval']['id']}/approve", json={"reason": "ok"}).status_code == 200
+    final = api.settled(body["run_id"])
+    assert (final["kind"], final["status"], final["answer"]) == ("intent", "done", "sent 25.00")
+    assert final["chain"][0] == body["run_id"]
+    assert len(final["chain"]) == 3
+
+
+def test_a_denied_approval_concludes_the_run_with_the_approval_denied_refusal(api: Api) -> None:
+    paused = api.pause()
+    with api.client("reviewer") as client:
+        denied = client.post(f"/v1/approvals/{paused['approval']['id']}/deny", json={"reason": "unknown IBAN"})
+    assert (denied.status_code, denied.json()["status"]) == (200, "denied")
+    final = api.settled(paused["run_id"])
+    assert (final["status"], final["cause"]) == ("refused", "APPROVAL_DENIED")
+    assert "unknown IBAN" in final["reason"]
+    assert transfers_to(NEW_IBAN) == []
+
+
+# -- four eyes, scopes, visibility ----------------------------------------------------------------
+
+
+def test_the_holder_cannot_approve_its_own_request(api: Api) -> None:
+    paused = api.pause()
+    approval_id = paused["approval"]["id"]
+    with api.client() as client:
+        refused = client.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "it is fine"})
+        problem(refused, 403, "self-approval", "SELF_APPROVAL")
+        assert client.get(f"/v1/approvals/{approval_id}").json()["status"] == "pending"
+    assert decisions(api.log, approval_id) == []
+
+
+def test_a_look_alike_principal_is_refused_at_token_creation_and_as_self_approval(api: Api) -> None:
+    look_alike = "h\u043elder"  # a Cyrillic 'o': the same skeleton as 'holder'
+    with pytest.raises(InvalidPrincipal):
+        api.store.add("imposter", look_alike, ["payments:approve"])
+    paused = api.pause()
+    approval_id = paused["approval"]["id"]
+    for who in (look_alike, "HOLDER"):  # had it come from elsewhere (an MCP operator, another token file)
+        with pytest.raises(SelfApproval):
+            api.service.decide(Principal(who, frozenset({"payments:approve"})), approval_id, "approved", "mine")
+    assert decisions(api.log, approval_id) == []
+
+
+def test_a_principal_without_the_approver_scope_is_refused_and_a_stranger_sees_nothing(api: Api) -> None:
+    approval_id = api.pause()["approval"]["id"]
+    with api.client("auditor") as client:  # sees every request, may decide none
+        assert client.get(f"/v1/approvals/{approval_id}").status_code == 200
+        refused = client.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "looks fine"})
+        problem(refused, 403, "forbidden-scope", "FORBIDDEN_SCOPE")
+    with api.client("carol") as client:  # another holder: the request is not hers to see
+        assert client.get("/v1/approvals").json() == []
+        problem(client.get(f"/v1/approvals/{approval_id}"), 404, "approval-not-found", "APPROVAL_NOT_FOUND")
+        problem(
+            client.post(f"/v1/approvals/{approval_id}/deny", json={"reason": "no"}),
+            404,
+            "approval-not-found",
+            "APPROVAL_NOT_FOUND",
+        )
+    assert decisions(api.log, approval_id) == []
+
+
+def test_no_input_gets_a_server_error(api: Api) -> None:
+    approval_id = api.pause()["approval"]["id"]
+    with api.client("reviewer") as client:
+        for bad_id in ("nothex", "0" * 32, approval_id.upper(), approval_id[:31], "%00", "x" * 5000):
+            problem(client.get(f"/v1/approvals/{bad_id}"), 404, "approval-not-found")
+            problem(client.post(f"/v1/approvals/{bad_id}/approve", json={"reason": "r"}), 404, "approval-not-found")
+        url = f"/v1/approvals/{approval_id}/approve"
+        problem(client.post(url, json={"reason": "x" * 2001}), 422, "invalid-request")
+        problem(client.post(url, json={"reason": ""}), 422, "invalid-request")
+        problem(client.post(url, json={"reason": "   "}), 422, "invalid-request")
+        problem(client.post(url, json={"reason": 7}), 422, "invalid-request")
+        problem(client.post(url, json={"reason": "r", "extra": 1}), 422, "invalid-request")
+        problem(client.post(url, json={}), 422, "invalid-request")
+        problem(client.post(url, json=["reason"]), 422, "invalid-request")
+        problem(client.post(url, content=b"{", headers={"Content-Type": "application/json"}), 400, "invalid-json")
+        problem(client.get("/v1/approvals", params={"status": "maybe"}), 422, "invalid-request")
+        problem(client.get("/v1/approvals", params={"limit": "0"}), 422, "invalid-request")
+        problem(client.get("/v1/runs/" + "f" * 32), 404, "run-not-found")
+        assert client.get(f"/v1/approvals/{approval_id}").json()["status"] == "pending"  # none decided it
+    assert decisions(api.log, approval_id) == []
+
+
+# -- deciding twice, racing --------------------------------------------------------------------
+
+
+def test_deciding_twice_is_idempotent_and_another_decision_conflicts(api: Api) -> None:
+    approval_id = api.pause()["approval"]["id"]
+    url = f"/v1/approvals/{approval_id}/approve"
+    with api.client("reviewer") as client:
+        first = client.post(url, json={"reason": "ok"}, headers={"Idempotency-Key": "approve-1"})
+        again = client.post(url, json={"reason": "ok"}, headers={"Idempotency-Key": "approve-1"})
+        plain = client.post(url, json={"reason": "ok"})
+    assert first.status_code == again.status_code == plain.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert first.json()["decision_link"] == again.json()["decision_link"] == plain.json()["decision_link"]
+    with api.client("reviewer2") as client:
+        problem(client.post(f"/v1/approvals/{approval_id}/deny", json={"reason": "no"}), 409, "already-decided")
+    assert len(decisions(api.log, approval_id)) == 1
+
+
+def test_racing_approvers_produce_exactly_one_decision(api: Api) -> None:
+    paused = api.pause()
+    run_id, approval_id = paused["run_id"], paused["approval"]["id"]
+    barrier = threading.Barrier(6)
+    answers: list[tuple[str, int, str]] = []
+
+    def decide(who: str, verb: str) -> None:
+        with api.client(who) as client:
+            barrier.wait()
+            response = client.post(f"/v1/approvals/{approval_id}/{verb}", json={"reason": f"{who} {verb}"})
+            answers.append((who, response.status_code, response.json().get("status", response.json()["type"])))
+
+    threads = [
+        threading.Thread(target=decide, args=(who, verb))
+        for who in ("reviewer", "reviewer2")
+        for verb in ("approve", "deny", "approve")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 6
+    assert {status for _, status, _ in answers} <= {200, 409}
+    winners = {(who, seen) for who, status, seen in answers if status == 200}
+    assert len(winners) == 1, answers  # one principal's one decision; its repeats answer the same
+    assert len(decisions(api.log, approval_id)) == 1
+    (winner,) = winners
+    final = api.settled(run_id)
+    assert final["status"] == ("done" if winner[1] == "approved" else "refused")
+
+
+# -- the paused request's Idempotency-Key ----------------------------------------------------------
+
+
+def test_a_retry_with_the_paused_requests_key_returns_the_current_state(api: Api) -> None:
+    key = {"Idempotency-Key": "pay-landlord-deposit"}
+    paused = api.pause(headers=key)
+    with api.client() as client:
+        still = client.post("/v1/programs", json=PAY, headers=key)
+    assert (still.status_code, still.headers["idempotent-replayed"], still.json()["status"]) == (
+        202,
+        "true",
+        "awaiting_approval",
+    )
+    assert still.headers["location"] == f"/v1/runs/{paused['run_id']}"
+    with api.client("reviewer") as client:
+        client.post(f"/v1/approvals/{paused['approval']['id']}/approve", json={"reason": "ok"}).raise_for_status()
+    api.settled(paused["run_id"])
+    with api.client() as client:
+        now = client.post("/v1/programs", json=PAY, headers=key)
+    assert now.status_code == 200, now.text
+    body = now.json()
+    assert (body["run_id"], body["status"], body["answer"]) == (paused["run_id"], "done", "sent 25.00")
+    assert len(body["chain"]) == 2
+    assert len(transfers_to(NEW_IBAN)) == 1  # the retry ran nothing
+
+
+# -- the webhook -------------------------------------------------------------------------------
+
+
+def test_the_webhook_is_told_of_a_request_signed_and_retried_after_a_500(api: Api) -> None:
+    approval_id = api.pause()["approval"]["id"]
+    deadline = time.monotonic() + 30
+    while len(api.receiver.deliveries) < 2:
+        assert time.monotonic() < deadline, api.receiver.deliveries
+        time.sleep(0.05)
+    (_first_headers, first_body, first_status), (headers, body, status) = api.receiver.deliveries[:2]
+    assert (first_status, status) == (500, 204)
+    assert body == first_body  # the same event, retried
+    event = json.loads(body)
+    assert (event["type"], event["approval"]["approval_id"]) == ("approval.requested", approval_id)
+    assert event["approval"]["operation"] == "send_payment"
+    signature = headers[SIGNATURE_HEADER]
+    assert verify_signature(api.webhook_key, signature, body)
+    assert not verify_signature(api.webhook_key, signature, body.replace(b"send_payment", b"send_paymenT"))
+    assert not verify_signature(b"0" * 64, signature, body)
+    key_file = Path(api.log.path.parent / "keys" / "webhook.key")
+    assert key_file.stat().st_mode & 0o077 == 0
