@@ -1,0 +1,362 @@
+"""Human approvals over MCP: real MCP client sessions (the SDK's own Client) against `charter
+mcp --http`'s app on a loopback uvicorn, the real sandbox and gate over the payments example's
+SQLite bank, and the resume worker the server starts.
+
+The payments contract requires approval for `send_payment` to an IBAN that is not a saved
+payee. The holder's tool call pauses there: a client that declared the tasks extension
+(SEP-2663, `io.modelcontextprotocol/tasks`, at 2026-07-28) gets a Task it polls with
+tasks/get; any other client the awaiting_approval conclusion and the run_status poll tool.
+Another principal holding `payments:approve` decides through `approval_decide`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import httpx2
+import mcp.types as types
+import pytest
+from mcp import Client
+from mcp.client import ClaimContext, ClientExtension, ResultClaim
+from mcp.client.streamable_http import streamable_http_client
+
+from charter.audit import AuditLog
+from charter.contract import load_contract
+from charter.registry import Registry
+from charter.runner import Runner
+from charter.sandbox import Sandbox
+from charter.server import CharterService, TokenStore, serving
+from charter.server._mcp import http_app
+from charter.server._mcp_tasks import TASKS_EXTENSION
+from examples.payments import backend
+from tests.conftest import ROOT
+
+HOLDER_SCOPES = ["payments:read", "payments:write", "documents:read", "profile:read"]
+HOLDER_ATTRIBUTES = {"account_id": backend.HOLDER_ACCOUNT, "daily_limit": "2500.00"}
+NEW_IBAN = backend.LANDLORD_NEW_IBAN  # not a saved payee: the approval rule holds
+
+PAY_NEW_IBAN = (
+    "from decimal import Decimal\n"
+    "transfer = payments.send_payment(\n"
+    '    account="ACC-1001", recipient=inputs["iban"], amount=Decimal("25.00"), reference="Deposit"\n'
+    ")\n"
+    'conclude(f"sent {transfer.amount}")\n'
+)
+PAY = {"contract": "payments", "program": PAY_NEW_IBAN, "inputs": {"iban": NEW_IBAN}}
+
+
+# -- the client half of the tasks extension, as an MCP client application writes it ------------
+
+
+class TaskHandle(types.Result):
+    """CreateTaskResult (SEP-2663): `resultType: "task"` and the task's fields, flat."""
+
+    result_type: Literal["task"] = "task"
+    task_id: str
+    status: str
+    status_message: str | None = None
+    created_at: str
+    last_updated_at: str
+    ttl_seconds: int | None = None
+    poll_interval_milliseconds: int | None = None
+
+
+class TaskParams(types.RequestParams):
+    task_id: str
+    input_responses: dict[str, Any] | None = None
+
+
+class TaskState(types.Result):
+    """GetTaskResult: the task and, once completed, the tool call's result."""
+
+    task_id: str
+    status: str
+    status_message: str | None = None
+    result: dict[str, Any] | None = None
+
+
+class GetTask(types.Request[TaskParams, Literal["tasks/get"]]):
+    method: Literal["tasks/get"] = "tasks/get"
+    params: TaskParams
+    name_param = "taskId"
+
+
+class UpdateTask(types.Request[TaskParams, Literal["tasks/update"]]):
+    method: Literal["tasks/update"] = "tasks/update"
+    params: TaskParams
+    name_param = "taskId"
+
+
+class Tasks(ClientExtension):
+    """Declares the tasks extension; resolving a task polls tasks/get until it is terminal."""
+
+    identifier = TASKS_EXTENSION
+
+    def claims(self) -> Sequence[ResultClaim[Any]]:
+        return [ResultClaim(result_type="task", model=TaskHandle, resolve=self._poll)]
+
+    async def _poll(self, handle: TaskHandle, ctx: ClaimContext) -> types.CallToolResult:
+        while True:
+            state = await ctx.session.send_request(GetTask(params=TaskParams(task_id=handle.task_id)), TaskState)
+            if state.status == "completed" and state.result is not None:
+                return types.CallToolResult.model_validate(state.result)
+            await anyio.sleep(0.1)
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Mcp:
+    url: str
+    tokens: dict[str, str]
+    log: AuditLog
+    service: CharterService
+
+    @asynccontextmanager
+    async def client(self, who: str, *, mode: str = "auto", tasks: bool = True) -> AsyncIterator[Client]:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"}
+        extensions = [Tasks()] if tasks else []
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(streamable_http_client(f"{self.url}/mcp", http_client=http), mode=mode, extensions=extensions)
+            as client,
+        ):
+            yield client
+
+
+@pytest.fixture
+def server(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Mcp]:
+    backend.seed()
+    registry = Registry()
+    path = ROOT / "contracts" / "payments.yaml"
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    log = AuditLog(charter_home / "audit.db")
+    service = CharterService(registry=registry, audit=log, runner=Runner(audit=log, sandbox=shared_sandbox), agent=None)
+    store = TokenStore(charter_home / "tokens.yaml")
+    tokens = {
+        "holder": store.add("holder", "holder", HOLDER_SCOPES, HOLDER_ATTRIBUTES),
+        "carol": store.add("carol", "carol", HOLDER_SCOPES, {"account_id": "ACC-2002", "daily_limit": "10.00"}),
+        "reviewer": store.add("reviewer", "reviewer", ["payments:approve"]),
+        "auditor": store.add("auditor", "auditor", ["audit:read"]),
+        # The holder under a look-alike id (Cyrillic 'о'), holding the approver scope: still the requester.
+        "lookalike": store.add("lookalike", "h\u043elder", ["payments:approve"]),
+    }
+    service.start_approvals(store.principal, poll_seconds=0.2)  # as `charter mcp --http` starts it
+    try:
+        with serving(http_app(service, store, "127.0.0.1"), name="charter-mcp") as url:
+            yield Mcp(url, tokens, log, service)
+    finally:
+        service.stop_approvals()
+
+
+def body_of(result: types.CallToolResult) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(result.content[0].text)  # type: ignore[union-attr]
+    assert result.structured_content == body
+    return body
+
+
+def transfers_to(iban: str) -> list[dict[str, Any]]:
+    with backend._db() as db:
+        return [dict(r) for r in db.execute("SELECT * FROM transfers WHERE recipient = ?", (iban,))]
+
+
+async def decide(client: Client, approval_id: str, decision: str, reason: str) -> types.CallToolResult:
+    arguments = {"approval_id": approval_id, "decision": decision, "reason": reason}
+    return await client.call_tool("approval_decide", arguments)
+
+
+def refused(result: types.CallToolResult, code: str) -> dict[str, Any]:
+    assert result.is_error is True, result
+    body = body_of(result)
+    assert body["code"] == code, body
+    assert body["type"].startswith("urn:charter:problem:")
+    return body
+
+
+def test_a_paused_tool_call_is_a_task_that_completes_once_another_principal_approves(server: Mcp) -> None:
+    async def session() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        async with server.client("holder") as holder:
+            seen["extensions"] = (holder.server_capabilities.extensions or {}) if holder.server_capabilities else {}
+            handle = await holder.session.call_tool("execute_program", PAY, allow_claimed=True)
+            seen["handle"] = handle
+            assert isinstance(handle, TaskHandle), handle  # a task, not a (fake) result
+            get = GetTask(params=TaskParams(task_id=handle.task_id))
+            seen["polled"] = await holder.session.send_request(get, TaskState)
+            # The holder answers "input" on its own task, as if it were an approval: acknowledged, never a decision.
+            update = UpdateTask(
+                params=TaskParams(
+                    task_id=handle.task_id,
+                    input_responses={"approval": {"action": "accept", "content": {"approved": True}}},
+                )
+            )
+            await holder.session.send_request(update, types.EmptyResult)
+            seen["after_update"] = await holder.session.send_request(get, TaskState)
+            approval_id = seen["polled"].status_message.split()[2].rstrip(":")
+            seen["approval_id"] = approval_id
+            seen["pending"] = server.service.approvals.get(approval_id).status
+            seen["self"] = await decide(holder, approval_id, "approved", "looks fine to me")
+        async with server.client("lookalike") as lookalike:
+            seen["lookalike"] = await decide(lookalike, approval_id, "approved", "me again")
+        async with server.client("carol") as carol:
+            seen["carol"] = await decide(carol, approval_id, "approved", "not mine to decide")
+        async with server.client("auditor") as auditor:
+            seen["auditor_show"] = body_of(await auditor.call_tool("approval_show", {"approval_id": approval_id}))
+            seen["auditor"] = await decide(auditor, approval_id, "approved", "I only read")
+        async with server.client("reviewer") as reviewer:
+            listed = body_of(await reviewer.call_tool("approvals_list", {"status": "pending"}))
+            seen["listed"] = [a["approval_id"] for a in listed["approvals"]]
+            seen["decided"] = body_of(await decide(reviewer, approval_id, "approved", "the landlord's new account"))
+        async with server.client("holder") as holder:
+            with anyio.fail_after(90):
+                while True:
+                    state = await holder.session.send_request(get, TaskState)
+                    if state.status != "working":
+                        break
+                    await anyio.sleep(0.1)
+            seen["final"] = state
+        return seen
+
+    seen = anyio.run(session)
+    assert TASKS_EXTENSION in seen["extensions"]
+    handle = seen["handle"]
+    assert handle.status == "working"
+    assert handle.poll_interval_milliseconds and handle.ttl_seconds is None
+    run = server.log.run(handle.task_id)  # the task id is the paused run's id
+    assert run.status == "awaiting_approval"
+    polled = seen["polled"]
+    assert (polled.task_id, polled.status) == (handle.task_id, "working")
+    assert polled.result is None
+    approval_id = seen["approval_id"]
+    assert approval_id == run.sealed.approval_id  # type: ignore[union-attr]
+    assert "send_payment" in polled.status_message
+    # The requester's own "input" decided nothing.
+    assert seen["after_update"].status == "working"
+    assert seen["pending"] == "pending"
+    # Four eyes through the tool: the requester, also under a look-alike id, is refused.
+    refused(seen["self"], "SELF_APPROVAL")
+    refused(seen["lookalike"], "SELF_APPROVAL")
+    # Without the approver scope: carol may not even see it; the auditor sees it and may not decide.
+    refused(seen["carol"], "APPROVAL_NOT_FOUND")
+    assert seen["auditor_show"]["status"] == "pending"
+    refused(seen["auditor"], "FORBIDDEN_SCOPE")
+    assert seen["listed"] == [approval_id]
+    decided = seen["decided"]
+    assert decided["written"] is True
+    assert (decided["approval"]["decision"], decided["approval"]["decided_by"]) == ("approved", "reviewer")
+    # The task completes with the resumed run's conclusion: the payment was sent once.
+    final = seen["final"]
+    assert final.status == "completed"
+    result = types.CallToolResult.model_validate(final.result)
+    assert result.is_error is False
+    body = body_of(result)
+    assert (body["status"], body["answer"]) == ("done", "sent 25.00")
+    assert body["chain"][0] == handle.task_id and len(body["chain"]) == 2
+    assert len(transfers_to(NEW_IBAN)) == 1
+
+
+def test_a_client_without_the_tasks_extension_gets_awaiting_approval_and_polls_run_status(server: Mcp) -> None:
+    async def session(mode: str, tasks: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        async with server.client("holder", mode=mode, tasks=tasks) as holder:
+            paused = await holder.call_tool("execute_program", PAY)
+            assert isinstance(paused, types.CallToolResult)
+            body = body_of(paused)
+            status = body_of(await holder.call_tool("run_status", {"run_id": body["run_id"]}))
+            return body, status
+
+    legacy, legacy_status = anyio.run(session, "legacy", True)  # 2025-11-25: tasks are not carried
+    modern, _ = anyio.run(session, "auto", False)  # 2026-07-28, extension not declared: never a task
+    for body in (legacy, modern):
+        assert (body["status"], body["cause"]) == ("awaiting_approval", "APPROVAL_REQUIRED")
+        assert body["answer"] is None
+        assert body["approval"]["operation"] == "send_payment"
+        assert body["poll"] == {"tool": "run_status", "arguments": {"run_id": body["run_id"]}}
+    assert legacy_status["status"] == "awaiting_approval"
+    approval_id = legacy["approval"]["id"]
+
+    async def approve_and_poll() -> dict[str, Any]:
+        async with server.client("reviewer", mode="legacy") as reviewer:
+            await decide(reviewer, approval_id, "approved", "checked by phone")
+        async with server.client("holder", mode="legacy") as holder:
+            with anyio.fail_after(90):
+                while True:
+                    now = body_of(await holder.call_tool("run_status", {"run_id": legacy["run_id"]}))
+                    if now["status"] != "awaiting_approval":
+                        return now
+                    await anyio.sleep(0.1)
+
+    final = anyio.run(approve_and_poll)
+    assert (final["status"], final["answer"]) == ("done", "sent 25.00")
+    assert final["chain"][0] == legacy["run_id"]
+
+
+def test_a_task_resolves_transparently_for_a_client_with_the_extension(server: Mcp) -> None:
+    """Client.call_tool with the extension: the claim's resolver polls, and the caller gets the
+    final CallToolResult once a reviewer approved (concurrently)."""
+
+    async def session() -> dict[str, Any]:
+        result: dict[str, Any] = {}
+
+        async def call() -> None:
+            async with server.client("holder") as holder:
+                result["final"] = body_of(await holder.call_tool("execute_program", PAY))
+
+        async def approve() -> None:
+            with anyio.fail_after(60):
+                while not (pending := server.service.approvals.list(status="pending")):
+                    await anyio.sleep(0.1)
+            async with server.client("reviewer") as reviewer:
+                await decide(reviewer, pending[0].approval_id, "denied", "not this account")
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as group:
+                group.start_soon(call)
+                group.start_soon(approve)
+        return result
+
+    final = anyio.run(session)["final"]
+    # Denied: the resumed call is refused APPROVAL_DENIED, the program did not catch it.
+    assert (final["status"], final["cause"]) == ("refused", "APPROVAL_DENIED")
+    assert transfers_to(NEW_IBAN) == []
+
+
+def test_tasks_are_answered_only_to_their_principal(server: Mcp) -> None:
+    async def session() -> tuple[Any, Any, Any]:
+        async with server.client("holder") as holder:
+            handle = await holder.session.call_tool("execute_program", PAY, allow_claimed=True)
+        get = GetTask(params=TaskParams(task_id=handle.task_id))
+        errors = []
+        for who, task_id in (("carol", handle.task_id), ("holder", "f" * 32), ("holder", "../etc")):
+            async with server.client(who) as client:
+                with pytest.raises(Exception) as raised:
+                    await client.session.send_request(GetTask(params=TaskParams(task_id=task_id)), TaskState)
+                errors.append(raised.value)
+        async with server.client("auditor") as auditor:
+            seen = await auditor.session.send_request(get, TaskState)
+        return handle, errors, seen
+
+    handle, errors, seen = anyio.run(session)
+    for error in errors:
+        assert getattr(error, "error", None) is not None and error.error.code == -32602  # type: ignore[attr-defined]
+        assert "no task" in error.error.message  # type: ignore[attr-defined]
+    assert (seen.task_id, seen.status) == (handle.task_id, "working")  # audit:read reads every task
+
+
+def test_the_approval_tools_are_listed_with_hints(server: Mcp) -> None:
+    async def session() -> dict[str, types.Tool]:
+        async with server.client("holder") as client:
+            return {t.name: t for t in (await client.list_tools()).tools}
+
+    tools = anyio.run(session)
+    assert {"approvals_list", "approval_show", "approval_decide", "run_status"} <= set(tools)
+    decide_tool = tools["approval_decide"]
+    assert decide_tool.input_schema["required"] == ["approval_id", "decision", "reason"]
+    assert decide_tool.annotations is not None and decide_tool.annotations.read_only_hint is False
+    assert tools["approvals_list"].annotations.read_only_hint is True  # type: ignore[union-attr]
