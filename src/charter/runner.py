@@ -184,13 +184,13 @@ class Runner:
             secret_inputs=tuple(given[name] for name in secret),
         )
         outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
-        return self._sealed(recorder, outcome, contract)
+        return self._sealed(recorder, outcome)
 
     def resume_run(
         self,
         paused: Opened,
         *,
-        contract: CompiledContract,
+        contract: CompiledContract | None,
         principal: Principal,
         approval_id: str,
         approval_link: str,
@@ -239,7 +239,11 @@ class Runner:
         )
         recorder = self.audit.open_run(opened)
         if stop is not None:
-            return self._sealed(recorder, Halted(code=stop[0], reason=stop[1]), contract)
+            return self._sealed(recorder, Halted(code=stop[0], reason=stop[1]))
+        if contract is None or contract.sha256 != paused.contract_sha256:
+            raise ValueError(
+                f"run {paused.run_id} must be resumed on its pinned contract {paused.contract_sha256[:12]}"
+            )
         given = dict(paused.inputs or {})
         session = self.gate_for(contract).session(
             recorder,
@@ -252,9 +256,9 @@ class Runner:
         )
         gate = ResumeGate(session, answers) if answers is not None else session
         outcome = self.sandbox.run(paused.program, contract=contract, gate=gate, context=context, limits=limits)
-        return self._sealed(recorder, outcome, contract)
+        return self._sealed(recorder, outcome)
 
-    def _sealed(self, recorder: RunRecorder, outcome: Outcome, contract: CompiledContract) -> Execution:
+    def _sealed(self, recorder: RunRecorder, outcome: Outcome) -> Execution:
         """Seal the run with `outcome` and give its answer."""
         run_id = recorder.run_id
         calls = tuple(r for r in recorder.written if isinstance(r, Decision | CallOutcome))
@@ -274,8 +278,8 @@ class Runner:
             outcome=outcome,
             calls=calls,
             in_doubt=sealed.in_doubt,
-            contract=contract.name,
-            version=contract.version,
+            contract=recorder.opened.contract,
+            version=recorder.opened.version,
             unavailable=unavailable,
             approval_id=outcome.approval_id if isinstance(outcome, Paused) else None,
         )

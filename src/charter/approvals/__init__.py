@@ -1,6 +1,8 @@
 """Human approvals (issue 16): a flagged call pauses its run, a principal holding the
 contract's approver scope decides, and the run resumes by deterministic replay."""
 
+from charter.approvals.resume import Resumer
+from charter.approvals.store import ApprovalError, ApprovalNotFound, ApprovalStore
 from charter.approvals.webhook import (
     SIGNATURE_HEADER,
     ApprovalWebhook,
@@ -8,10 +10,16 @@ from charter.approvals.webhook import (
     sign,
     verify_signature,
 )
+from charter.approvals.worker import ResumeWorker
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "ApprovalError",
+    "ApprovalNotFound",
+    "ApprovalStore",
     "ApprovalWebhook",
+    "ResumeWorker",
+    "Resumer",
     "load_or_create_webhook_key",
     "sign",
     "verify_signature",

@@ -1,0 +1,129 @@
+"""The resume worker: resumes decided approvals off the request thread, until each is sealed.
+
+    worker = ResumeWorker(resumer, store, on_sealed=print)
+    worker.start()            # at once: expire what is due, resume what was decided while down
+    worker.notify(approval_id)   # after a decision: resume it now rather than at the next poll
+    worker.stop()
+
+Every poll (and on `notify`) it denies the requests that expired unanswered
+(`ApprovalStore.expire_due`), then resumes every decided approval whose resume is not sealed
+(`pending_resumes`). A resume that raises is logged and tried again at a later poll, with an
+exponential backoff per approval (at most 60 s); RESUME_IN_PROGRESS (another thread or process
+holds it) is skipped silently. So a resume interrupted by a crash or a restart is picked up
+again when a worker next starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from charter.approvals import ApprovalStore
+from charter.approvals.resume import ResumeInProgress, Resumer
+from charter.runner import Execution
+
+__all__ = ["ResumeWorker"]
+
+_log = logging.getLogger("charter.approvals")
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class ResumeWorker:
+    """A daemon thread resuming decided approvals (see the module)."""
+
+    def __init__(
+        self,
+        resumer: Resumer,
+        store: ApprovalStore,
+        *,
+        poll_seconds: float = 1.0,
+        on_sealed: Callable[[Execution], None] | None = None,
+    ) -> None:
+        self.resumer = resumer
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self.on_sealed = on_sealed
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._notified: list[str] = []
+        self._lock = threading.Lock()
+        self._retry: dict[str, tuple[float, float]] = {}  # approval -> (not before, backoff seconds)
+        self.failures: dict[str, str] = {}  # approval -> the last error, until it is sealed
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="charter-resume-worker", daemon=True)
+        self._thread.start()
+
+    def notify(self, approval_id: str) -> None:
+        """A decision was made: resume it as soon as possible (its backoff is reset)."""
+        with self._lock:
+            self._notified.append(approval_id)
+            self._retry.pop(approval_id, None)
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.poll()
+            except Exception:  # the store itself failed: tried again next poll
+                _log.exception("charter: the resume worker could not read the approvals")
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+
+    def poll(self) -> list[Execution]:
+        """One round: expire what is due, then resume every decided approval not yet sealed
+        (those whose backoff has passed). Returns the resumes sealed in this round."""
+        try:
+            self.store.expire_due()
+        except Exception:
+            _log.exception("charter: expiring approvals failed")
+        with self._lock:
+            notified, self._notified = self._notified, []
+        pending = list(dict.fromkeys([*notified, *self.store.pending_resumes()]))
+        sealed: list[Execution] = []
+        for approval_id in pending:
+            if self._stopping.is_set():
+                break
+            execution = self._resume(approval_id)
+            if execution is not None:
+                sealed.append(execution)
+        return sealed
+
+    def _resume(self, approval_id: str) -> Execution | None:
+        now = time.monotonic()
+        with self._lock:
+            not_before, backoff = self._retry.get(approval_id, (0.0, 0.0))
+        if now < not_before:
+            return None
+        try:
+            execution = self.resumer.resume(approval_id)
+        except ResumeInProgress:
+            return None
+        except Exception as error:
+            backoff = min(max(backoff * 2, self.poll_seconds, 0.5), MAX_BACKOFF_SECONDS)
+            with self._lock:
+                self._retry[approval_id] = (time.monotonic() + backoff, backoff)
+            self.failures[approval_id] = f"{type(error).__name__}: {error}"
+            _log.warning("charter: resuming approval %s failed (%s); retrying in %.0f s", approval_id, error, backoff)
+            return None
+        with self._lock:
+            self._retry.pop(approval_id, None)
+        self.failures.pop(approval_id, None)
+        if self.on_sealed is not None:
+            try:
+                self.on_sealed(execution)
+            except Exception:
+                _log.exception("charter: on_sealed failed for approval %s", approval_id)
+        return execution
