@@ -20,9 +20,8 @@ from typing import Any, Literal
 
 import anyio
 import httpx2
-import mcp.types as types
 import pytest
-from mcp import Client
+from mcp import Client, MCPError, types
 from mcp.client import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 
@@ -125,8 +124,9 @@ class Mcp:
         extensions = [Tasks()] if tasks else []
         async with (
             httpx2.AsyncClient(headers=headers, timeout=60) as http,
-            Client(streamable_http_client(f"{self.url}/mcp", http_client=http), mode=mode, extensions=extensions)
-            as client,
+            Client(
+                streamable_http_client(f"{self.url}/mcp", http_client=http), mode=mode, extensions=extensions
+            ) as client,
         ):
             yield client
 
@@ -145,7 +145,7 @@ def server(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Mcp]:
         "carol": store.add("carol", "carol", HOLDER_SCOPES, {"account_id": "ACC-2002", "daily_limit": "10.00"}),
         "reviewer": store.add("reviewer", "reviewer", ["payments:approve"]),
         "auditor": store.add("auditor", "auditor", ["audit:read"]),
-        # The holder under a look-alike id (Cyrillic 'о'), holding the approver scope: still the requester.
+        # The holder under a look-alike id (a Cyrillic o), holding the approver scope: still the requester.
         "lookalike": store.add("lookalike", "h\u043elder", ["payments:approve"]),
     }
     service.start_approvals(store.principal, poll_seconds=0.2)  # as `charter mcp --http` starts it
@@ -228,7 +228,8 @@ def test_a_paused_tool_call_is_a_task_that_completes_once_another_principal_appr
     assert TASKS_EXTENSION in seen["extensions"]
     handle = seen["handle"]
     assert handle.status == "working"
-    assert handle.poll_interval_milliseconds and handle.ttl_seconds is None
+    assert handle.poll_interval_milliseconds
+    assert handle.ttl_seconds is None
     run = server.log.run(handle.task_id)  # the task id is the paused run's id
     assert run.status == "awaiting_approval"
     polled = seen["polled"]
@@ -258,7 +259,8 @@ def test_a_paused_tool_call_is_a_task_that_completes_once_another_principal_appr
     assert result.is_error is False
     body = body_of(result)
     assert (body["status"], body["answer"]) == ("done", "sent 25.00")
-    assert body["chain"][0] == handle.task_id and len(body["chain"]) == 2
+    assert body["chain"][0] == handle.task_id
+    assert len(body["chain"]) == 2
     assert len(transfers_to(NEW_IBAN)) == 1
 
 
@@ -335,7 +337,7 @@ def test_tasks_are_answered_only_to_their_principal(server: Mcp) -> None:
         errors = []
         for who, task_id in (("carol", handle.task_id), ("holder", "f" * 32), ("holder", "../etc")):
             async with server.client(who) as client:
-                with pytest.raises(Exception) as raised:
+                with pytest.raises(MCPError) as raised:
                     await client.session.send_request(GetTask(params=TaskParams(task_id=task_id)), TaskState)
                 errors.append(raised.value)
         async with server.client("auditor") as auditor:
@@ -344,7 +346,8 @@ def test_tasks_are_answered_only_to_their_principal(server: Mcp) -> None:
 
     handle, errors, seen = anyio.run(session)
     for error in errors:
-        assert getattr(error, "error", None) is not None and error.error.code == -32602  # type: ignore[attr-defined]
+        assert getattr(error, "error", None) is not None
+        assert error.error.code == -32602
         assert "no task" in error.error.message  # type: ignore[attr-defined]
     assert (seen.task_id, seen.status) == (handle.task_id, "working")  # audit:read reads every task
 
@@ -358,5 +361,6 @@ def test_the_approval_tools_are_listed_with_hints(server: Mcp) -> None:
     assert {"approvals_list", "approval_show", "approval_decide", "run_status"} <= set(tools)
     decide_tool = tools["approval_decide"]
     assert decide_tool.input_schema["required"] == ["approval_id", "decision", "reason"]
-    assert decide_tool.annotations is not None and decide_tool.annotations.read_only_hint is False
+    assert decide_tool.annotations is not None
+    assert decide_tool.annotations.read_only_hint is False
     assert tools["approvals_list"].annotations.read_only_hint is True  # type: ignore[union-attr]

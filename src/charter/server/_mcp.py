@@ -8,6 +8,11 @@ contract version shows up without a restart or a code change:
   boundaries, version.
 - `execute_program`: code mode, a program the caller wrote against a contract's stubs.
 - `audit_run`: a run's conclusion, receipts and verification.
+- `run_status`, `approvals_list`, `approval_show`, `approval_decide`: human approvals
+  (server/_mcp_tasks.py). A tool call whose run pauses for approval answers a Task
+  (the `io.modelcontextprotocol/tasks` extension) to a client that declared it, otherwise
+  the awaiting_approval conclusion and the run_status poll; another principal holding the
+  approver scope decides with approval_decide (four eyes, as on the HTTP API).
 
 Resources, per published contract version: its operational model as the Runtime Agent
 reads it (`charter://contracts/NAME/VERSION/prompt`) and its typed stubs (`.../stubs`).
@@ -295,7 +300,9 @@ def _tools(service: CharterService) -> list[types.Tool]:
         )
     )
     for tool in ApprovalsFace.tools():  # approvals: run_status (the poll) and the approval tools
-        tools.append(tool if tool.output_schema is not None else tool.model_copy(update={"output_schema": _CONCLUSION_SCHEMA}))
+        tools.append(
+            tool if tool.output_schema is not None else tool.model_copy(update={"output_schema": _CONCLUSION_SCHEMA})
+        )
     return tools
 
 
@@ -466,7 +473,9 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
             def call() -> dict[str, Any]:
                 return _conclusion(
                     service,
-                    service.execute(principal, given["contract"], given["program"], inputs=inputs, secret_inputs=secret),
+                    service.execute(
+                        principal, given["contract"], given["program"], inputs=inputs, secret_inputs=secret
+                    ),
                 )
 
         elif name == "audit_run":
@@ -580,14 +589,25 @@ def serve_stdio(service: CharterService, principal: Principal) -> None:
             await server.run(read_stream, write_stream, options)
             tasks.cancel_scope.cancel()
 
-    anyio.run(main)
+    # Decided approvals are resumed in the background, as the requester: this operator's own
+    # runs with its --scope, others' with their tokens' current scopes (none: revoked).
+    tokens = TokenStore()
+    service.start_approvals(lambda pid: principal if pid == principal.id else tokens.principal(pid))
+    try:
+        anyio.run(main)
+    finally:
+        service.stop_approvals()
 
 
 def serve_http(service: CharterService, tokens: TokenStore, host: str, port: int) -> None:
     import uvicorn
 
     app = http_app(service, tokens, host)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    service.start_approvals(tokens.principal)  # resumes decided approvals, as `charter serve` does
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        service.stop_approvals()
 
 
 _REALM = "charter-mcp"

@@ -158,14 +158,23 @@ APPROVAL_TOOLS: tuple[types.Tool, ...] = (
             },
             "additionalProperties": False,
         },
-        {"type": "object", "properties": {"approvals": {"type": "array", "items": _VIEW_SCHEMA}}, "required": ["approvals"]},
+        {
+            "type": "object",
+            "properties": {"approvals": {"type": "array", "items": _VIEW_SCHEMA}},
+            "required": ["approvals"],
+        },
     ),
     _tool(
         "approval_show",
         "Show one approval request",
         "One approval request: the paused program and its line, the call's arguments, the rule and its reason, "
         "what the gate read, the decision and the resumed run.",
-        {"type": "object", "properties": {"approval_id": _ID_SCHEMA}, "required": ["approval_id"], "additionalProperties": False},
+        {
+            "type": "object",
+            "properties": {"approval_id": _ID_SCHEMA},
+            "required": ["approval_id"],
+            "additionalProperties": False,
+        },
         _VIEW_SCHEMA,
     ),
     _tool(
@@ -286,8 +295,11 @@ class ApprovalsFace:
         # server never asks a client for input, and an approval is never accepted as the
         # requesting client's reply (that would be the requester approving its own call).
         if params.input_responses:
-            _log.warning("tasks/update for %s: input responses ignored (approvals are decided by another "
-                         "principal through approval_decide or the HTTP API)", params.task_id[:64])
+            _log.warning(
+                "tasks/update for %s: input responses ignored (approvals are decided by another "
+                "principal through approval_decide or the HTTP API)",
+                params.task_id[:64],
+            )
         return {}
 
     async def _tasks_cancel(self, ctx: ServerRequestContext[Any], params: CancelTaskParams) -> dict[str, Any]:
@@ -398,7 +410,9 @@ class ApprovalsFace:
         cannot take a task): awaiting_approval until the resumed run is sealed."""
         from charter.errors import RunNotFound
 
-        missing = RunNotFound(f"no run {run_id[:64]!r} among the runs you may read (yours, or any with {AUDIT_SCOPE!r})")
+        missing = RunNotFound(
+            f"no run {run_id[:64]!r} among the runs you may read (yours, or any with {AUDIT_SCOPE!r})"
+        )
         if not _HEX_ID.match(run_id):
             raise missing
         current = self.service.current_answer(run_id)
