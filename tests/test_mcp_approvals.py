@@ -352,6 +352,23 @@ def test_tasks_are_answered_only_to_their_principal(server: Mcp) -> None:
     assert (seen.task_id, seen.status) == (handle.task_id, "working")  # audit:read reads every task
 
 
+def test_a_request_state_the_server_never_minted_is_refused(server: Mcp) -> None:
+    """No requestState is handed to a client; one sent anyway (say, a forged "approved") is
+    refused by the SDK's RequestStateBoundary before the tool runs: nothing pauses, nothing runs."""
+
+    async def session() -> MCPError:
+        async with server.client("holder") as holder:
+            with pytest.raises(MCPError) as raised:
+                await holder.call_tool("execute_program", PAY, request_state='{"approved": true}')
+            return raised.value
+
+    error = anyio.run(session)
+    assert error.error.code == -32602
+    assert error.error.message == "Invalid or expired requestState"
+    assert server.service.approvals.list() == []
+    assert server.log.run_ids() == []
+
+
 def test_the_approval_tools_are_listed_with_hints(server: Mcp) -> None:
     async def session() -> dict[str, types.Tool]:
         async with server.client("holder") as client:

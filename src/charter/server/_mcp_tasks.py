@@ -45,6 +45,7 @@ from typing import Any, Literal
 import anyio.to_thread
 import mcp_types as types
 from mcp.server import Server, ServerRequestContext
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -255,7 +256,12 @@ class ApprovalsFace:
     # -- set-up ---------------------------------------------------------------------------------
 
     def install(self, server: Server[Any]) -> None:
-        """Advertise the tasks extension and serve tasks/get, tasks/update and tasks/cancel."""
+        """Advertise the tasks extension and serve tasks/get, tasks/update and tasks/cancel.
+
+        And the SDK's RequestStateBoundary (AES-GCM, a key of this process): this server hands
+        no requestState to any client, so one echoed on a tools/call is refused (-32602)
+        before any handler runs, never taken for state (or an approval) it minted."""
+        server.middleware.append(RequestStateBoundary(RequestStateSecurity.ephemeral(), default_audience="charter"))
         server.extensions[TASKS_EXTENSION] = {}
         server.add_request_handler("tasks/get", GetTaskParams, self._tasks_get)
         server.add_request_handler("tasks/update", UpdateTaskParams, self._tasks_update)
