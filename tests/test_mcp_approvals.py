@@ -333,8 +333,9 @@ def test_tasks_are_answered_only_to_their_principal(server: Mcp) -> None:
     async def session() -> tuple[Any, Any, Any]:
         async with server.client("holder") as holder:
             handle = await holder.session.call_tool("execute_program", PAY, allow_claimed=True)
+        assert isinstance(handle, TaskHandle)
         get = GetTask(params=TaskParams(task_id=handle.task_id))
-        errors = []
+        errors: list[MCPError] = []
         for who, task_id in (("carol", handle.task_id), ("holder", "f" * 32), ("holder", "../etc")):
             async with server.client(who) as client:
                 with pytest.raises(MCPError) as raised:
@@ -346,9 +347,8 @@ def test_tasks_are_answered_only_to_their_principal(server: Mcp) -> None:
 
     handle, errors, seen = anyio.run(session)
     for error in errors:
-        assert getattr(error, "error", None) is not None
         assert error.error.code == -32602
-        assert "no task" in error.error.message  # type: ignore[attr-defined]
+        assert "no task" in error.error.message
     assert (seen.task_id, seen.status) == (handle.task_id, "working")  # audit:read reads every task
 
 

@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -560,7 +560,10 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
             "tools; read a contract's resources to know what it allows."
         ),
         on_list_tools=list_tools,
-        on_call_tool=call_tool,
+        # A task (resultType "task") is a dict: the runner serializes any handler result, which
+        # is how an extension's result shape reaches the wire; the parameter's annotation names
+        # the core shapes only.
+        on_call_tool=cast(Any, call_tool),
         on_list_resources=list_resources,
         on_read_resource=read_resource,
         on_subscriptions_listen=ListenHandler(changes.bus) if changes is not None else None,

@@ -39,7 +39,6 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -239,10 +238,6 @@ def _view(view: Any) -> dict[str, Any]:
 
     body: dict[str, Any] = msgspec.to_builtins(view)
     return body
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class ApprovalsFace:
