@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import jsonschema
+import msgspec
 import pytest
 import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from charter.compiler import compile_contract
+from charter.compiler.artifact import ApprovalPolicy
 from charter.contract import Contract, SemVer, load_contract
 from charter.contract.cel_guards import GUARD_FUNCTIONS, PRINCIPAL_FIELDS, check_guard
 from charter.contract.types import TypeRef
@@ -857,6 +860,74 @@ MALFORMED += [
 ]
 
 
+# Human approvals (issue 16): the contract's `approvals:` block.
+_AT_END = "boundaries:\n"  # the block goes before it, so the lines above keep their numbers
+_APPROVALS = "approvals: {scope: shop:approve, expires: 24h}\n" + _AT_END
+MALFORMED += [
+    pytest.param(
+        {_AT_END: "approvals: {scope: Shop Approvers}\n" + _AT_END},
+        ["43:20: approvals.scope 'Shop Approvers' must look like 'payments:approve' (lowercase, colon-separated)"],
+        id="approvals_scope_malformed",
+    ),
+    pytest.param(
+        {_AT_END: "approvals: {scope: 'shop:*'}\n" + _AT_END},
+        [
+            "43:20: approvals.scope 'shop:*' is a pattern; name the one scope an approver holds, e.g. "
+            "'payments:approve'"
+        ],
+        id="approvals_scope_pattern",
+    ),
+    pytest.param(
+        {_AT_END: "approvals: {expires: 1 day}\n" + _AT_END},
+        ["43:22: approvals.expires '1 day' is not one of <n>m, <n>h or <n>d (e.g. 30m, 24h, 7d)"],
+        id="approvals_expires_malformed",
+    ),
+    pytest.param(
+        {_AT_END: "approvals: {expires: 31d}\n" + _AT_END},
+        ["43:22: approvals.expires '31d' is longer than 30 days, the longest a request may wait"],
+        id="approvals_expires_too_long",
+    ),
+    pytest.param(
+        {_AT_END: "approvals: {expires: run}\n" + _AT_END},
+        ["43:22: approvals.expires 'run' is not one of <n>m, <n>h or <n>d (e.g. 30m, 24h, 7d)"],
+        id="approvals_expires_run",
+    ),
+    pytest.param(
+        {_AT_END: "approvals: {scope: shop:approve, approvers: 2}\n" + _AT_END},
+        ["43:34: approvals: unknown key 'approvers'"],
+        id="approvals_unknown_key",
+    ),
+]
+
+
+def test_an_approval_without_the_approvals_block_is_a_warning(write_contract: WriteContract) -> None:
+    path = write_contract(replace={_OP: _OP + "    requires_approval: true\n"})
+    assert [f"{w.line}:{w.column}: {w.message}" for w in load_contract(path).warnings] == [
+        "43:24: warning: 'cancel_order' requires approval but the contract has no `approvals:` block, so its calls "
+        "pause for a principal holding the default scope shop:approve and expire after 24h; declare them: "
+        "`approvals: {scope: shop:approve, expires: 24h}`"
+    ]
+    with_block = write_contract(replace={_OP: _OP + "    requires_approval: true\n", _AT_END: _APPROVALS})
+    assert load_contract(with_block).warnings == ()
+
+
+def test_the_approvals_block_compiles_and_hashes_with_its_defaults(write_contract: WriteContract) -> None:
+    base = compile_contract(load_contract(write_contract()))
+    assert base.gate.approvals is None  # not written: the artifact is as before the block existed
+    assert (base.gate.policy.scope, base.gate.policy.expires_seconds) == ("shop:approve", 86400)
+    assert b'"approvals"' not in msgspec.json.encode(base.gate)
+    written = compile_contract(load_contract(write_contract(replace={_AT_END: _APPROVALS})))
+    implicit = compile_contract(load_contract(write_contract(replace={_AT_END: "approvals: {}\n" + _AT_END})))
+    assert written.gate.approvals is not None
+    assert (written.gate.approvals.scope, written.gate.approvals.expires_seconds) == ("shop:approve", 86400)
+    assert written.sha256 == implicit.sha256 != base.sha256  # the defaults, written or not, hash the same
+    other = compile_contract(
+        load_contract(write_contract(replace={_AT_END: "approvals: {scope: shop:review, expires: 30m}\n" + _AT_END}))
+    )
+    assert other.gate.approvals == ApprovalPolicy(scope="shop:review", expires_seconds=1800)
+    assert other.sha256 != written.sha256
+
+
 def test_an_any_of_group_of_one_is_allowed_with_a_warning(write_contract: WriteContract) -> None:
     path = write_contract(replace={_OP: _OP + "    after: [{any: [get_order]}]\n"})
     checked = load_contract(path)
@@ -868,7 +939,12 @@ def test_an_any_of_group_of_one_is_allowed_with_a_warning(write_contract: WriteC
 
 def test_a_long_approval_reason_is_a_warning(write_contract: WriteContract) -> None:
     reason = "the order is large and was placed by a new customer"
-    path = write_contract(replace={_OP: _OP + f"    requires_approval: {{when: entity.total > 1, reason: {reason}}}\n"})
+    path = write_contract(
+        replace={
+            _OP: _OP + f"    requires_approval: {{when: entity.total > 1, reason: {reason}}}\n",
+            _AT_END: "approvals: {scope: shop:approve}\n" + _AT_END,
+        }
+    )
     assert [f"{w.line}:{w.column}: {w.message}" for w in load_contract(path).warnings] == [
         "43:57: warning: the approval reason of 'cancel_order' is 51 characters; the prompt shows it as `approval "
         "if <reason>` on the operation's line: keep it to 28 (about 8 tokens)"

@@ -378,3 +378,56 @@ def test_principal_attribute_changes_are_classified(write_contract: WriteContrac
         ("additive", "principal.attributes.region", "principal attribute 'region' removed"),
         ("additive", "principal.attributes.tier", "principal attribute 'tier' added (str)"),
     }
+
+
+def _approvals(block: str | None) -> dict[str, str]:
+    return {} if block is None else {"boundaries:\n": f"approvals: {block}\nboundaries:\n"}
+
+
+@pytest.mark.parametrize(
+    ("old_block", "new_block", "expected"),
+    [
+        pytest.param(
+            "{scope: shop:approve}",
+            "{scope: shop:review}",
+            {("breaking", "approvals.scope", "approver scope changed from shop:approve to shop:review")},
+            id="another-approver-scope-breaks",
+        ),
+        pytest.param(
+            None,
+            "{scope: shop:approve, expires: 24h}",
+            set(),
+            id="the-defaults-written-out-change-nothing",
+        ),
+        pytest.param(
+            "{expires: 24h}",
+            "{expires: 7d}",
+            {
+                (
+                    "relaxation",
+                    "approvals.expires",
+                    "approval expiry changed from 24h to 7d (longer: a request may be approved later)",
+                )
+            },
+            id="a-longer-expiry-relaxes",
+        ),
+        pytest.param(
+            None,
+            "{expires: 30m}",
+            {
+                (
+                    "breaking",
+                    "approvals.expires",
+                    "approval expiry changed from 24h to 30m (shorter: a request expires sooner)",
+                )
+            },
+            id="a-shorter-expiry-tightens",
+        ),
+    ],
+)
+def test_approvals_block_changes_are_classified(
+    write_contract: WriteContract, old_block: str | None, new_block: str, expected: set[tuple[str, str, str]]
+) -> None:
+    old = load_contract(write_contract(replace=_approvals(old_block), name="old.yaml"), resolve_bindings=False)
+    new = load_contract(write_contract(replace=_approvals(new_block), name="new.yaml"), resolve_bindings=False)
+    assert {(c.kind, c.where, c.message) for c in diff_contracts(old.model, new.model)} == expected

@@ -21,7 +21,10 @@ program run of its own. Then:
   every write of that round (WRITES_CLOSED), so no repair reaches the forbidden effect by
   another route. Whatever that round says, the conclusion is `refused`;
 - once a write took effect, writes are closed too: a repair may read and conclude, never
-  make a write a second time.
+  make a write a second time;
+- a program run paused for a human's approval ends the request at once, `awaiting_approval`
+  (no retry, no explanation round): the approval names what waits, and a resumed run of that
+  program continues it once decided (charter.approvals).
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ from charter.inputs import check_inputs
 from charter.principal import Principal
 from charter.registry import Registry, parse_ref
 from charter.runner import Answer, Execution, Runner
-from charter.sandbox import Completed, Halted, ProgramError, Refused, Sandbox, Trapped, allowed_modules
-from charter.status import Status, deciding_decision, status_of_outcome
+from charter.sandbox import Completed, Halted, Paused, ProgramError, Refused, Sandbox, Trapped, allowed_modules
+from charter.status import APPROVAL_REQUIRED, Status, deciding_decision, status_of_outcome
 
 __all__ = ["Charter", "Conclusion"]
 
@@ -82,6 +85,7 @@ class _Request:
     unavailable: tuple[str, ...] = ()  # calls the server could not perform (its fault, not the program's)
     inputs: dict[str, str] = field(default_factory=dict)  # the request's inputs, handed to every program run
     secret_inputs: tuple[str, ...] = ()
+    approval_id: str | None = None  # a program run paused: the approval the request waits for
 
     def refused_or(self, status: Status, cause: str, reason: str) -> _Final:
         if self.refusal is not None:
@@ -227,6 +231,7 @@ class Charter:
                 usage=request.usage.as_dict(),
                 receipts=0,
                 cause=cause,
+                approval_id=request.approval_id,
             )
         )
         return Conclusion(
@@ -242,6 +247,7 @@ class Charter:
             contract=compiled.name,
             version=compiled.version,
             unavailable=request.unavailable,
+            approval_id=request.approval_id,
         )
 
     def _checked_intent(self, intent: str) -> str:
@@ -333,6 +339,18 @@ class Charter:
             request.unavailable = execution.unavailable
             reason = "the backend is unavailable: " + "; ".join(execution.unavailable)
             return "failed", "BACKEND_UNAVAILABLE", None, None, reason
+        if isinstance(outcome, Paused):  # a human decides now: no retry, no explanation round
+            if request.refusal is not None:  # an explanation round never waits for a human
+                return request.refused_or("refused", APPROVAL_REQUIRED, "")
+            request.approval_id = outcome.approval_id
+            data = {
+                "approval_id": outcome.approval_id,
+                "run_id": execution.run_id,
+                "operation": outcome.operation,
+                "call": outcome.call,
+                "reason": outcome.reason,
+            }
+            return "awaiting_approval", APPROVAL_REQUIRED, None, data, outcome.message
         operations = compiled.gate.operations
         decisions = {c.call: c for c in execution.calls if isinstance(c, Decision)}
         # WRITES_CLOSED before any refusal means the program tried to repeat a write that

@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from charter.contract._approvals import DEFAULT_EXPIRES, default_scope, parse_expiry
 from charter.contract.bindings import BoundModule
 from charter.contract.types import TypeRef
 
@@ -197,12 +198,12 @@ class ApprovalPolicy(_Frozen, frozen=True):
     expires_seconds: int
 
 
-DEFAULT_APPROVAL_SECONDS = 24 * 3600
+DEFAULT_APPROVAL_SECONDS = parse_expiry(DEFAULT_EXPIRES)
 
 
 def default_policy(contract: str) -> ApprovalPolicy:
     """The policy of a contract without an `approvals:` block."""
-    return ApprovalPolicy(scope=f"{contract}:approve", expires_seconds=DEFAULT_APPROVAL_SECONDS)
+    return ApprovalPolicy(scope=default_scope(contract), expires_seconds=DEFAULT_APPROVAL_SECONDS)
 
 
 class GateTable(_Frozen, frozen=True, omit_defaults=True):  # v2 fields appear only when used

@@ -12,6 +12,7 @@ import hashlib
 
 import msgspec
 
+from charter.contract._approvals import default_scope
 from charter.contract.model import Contract
 
 __all__ = ["canonical_json", "content_hash"]
@@ -47,6 +48,11 @@ def canonical_json(model: Contract) -> bytes:
         operation["params"] = {name: _param(written) for name, written in operation["params"].items()}
     if not data["principal"]["attributes"]:
         del data["principal"]
+    # `approvals` (issue 16) counts only when written, its default scope filled in.
+    if data["approvals"] is None:
+        del data["approvals"]
+    elif data["approvals"]["scope"] is None:
+        data["approvals"]["scope"] = default_scope(model.contract)
     data.pop("to_decide", None)
     return msgspec.json.encode(data)
 

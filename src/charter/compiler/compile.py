@@ -12,6 +12,7 @@ import msgspec
 from charter.compiler._lookups import lookup_rules
 from charter.compiler._provenance import harvest_plan, provenance_rules
 from charter.compiler.artifact import (
+    ApprovalPolicy,
     BindingSpec,
     BoundaryRule,
     CompiledContract,
@@ -28,6 +29,7 @@ from charter.compiler.artifact import (
 )
 from charter.compiler.canonical import canonical_json, content_hash
 from charter.compiler.render import RenderView, render
+from charter.contract._approvals import default_scope, parse_expiry
 from charter.contract._attributes import after_groups, attributes_used
 from charter.contract._quotas import parse_window, sums_money
 from charter.contract._secrets import secret_params
@@ -64,6 +66,7 @@ def compile_contract(checked: CheckedContract) -> CompiledContract:
         limits=LimitsSpec(**model.limits.model_dump()),
         provenance_paths=harvest_plan(operations),
         principal_attributes=dict(checked.principal_attributes),
+        approvals=_approval_policy(model),
     )
     surface = GuestSurface(
         contract=model.contract,
@@ -184,6 +187,16 @@ def _operation_rule(
         approval_when=approval.when if approval else None,
         approval_reason=approval.reason if approval else None,
         attributes=attributes_used(op, list(checked.principal_attributes)),
+    )
+
+
+def _approval_policy(model: Contract) -> ApprovalPolicy | None:
+    """The `approvals:` block compiled (None: not written, so the artifact is as before it existed)."""
+    block = model.approvals
+    if block is None:
+        return None
+    return ApprovalPolicy(
+        scope=block.scope or default_scope(model.contract), expires_seconds=parse_expiry(block.expires)
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "amount_text",
     "check_quota_ref",
     "check_quotas",
+    "duration_seconds",
     "notation",
     "parse_window",
     "sums_money",
@@ -38,6 +39,7 @@ __all__ = [
 # ASCII digits of any length: a length past the longest window is "too long", not "malformed".
 _WINDOW = re.compile(r"([1-9][0-9]*)([mhd])\Z")
 _WINDOW_DIGITS = 6  # 366d is 527040m: more digits than this is always too long
+_PAST_ANY_LIMIT = 10_000_000 * 86400  # the length said for more digits than that
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 _CHAIN = re.compile(r"\s*([A-Za-z_]\w*)((?:\s*\.\s*[A-Za-z_]\w*)+)\s*\Z")
 WINDOW_FORMS = (
@@ -48,17 +50,28 @@ MAX_WINDOW_DAYS = 366
 _KEY_KINDS = ("str", "int", "bool", "enum", "date")
 
 
+def duration_seconds(text: str) -> int | None:
+    """`<n>m`, `<n>h` or `<n>d` in seconds; None when `text` is not of that form. More digits
+    than any limit needs count as a length past every limit (never parsed as a huge int)."""
+    match = _WINDOW.match(text)
+    if match is None:
+        return None
+    digits = match.group(1)
+    if len(digits) > _WINDOW_DIGITS:
+        return _PAST_ANY_LIMIT
+    return int(digits) * _UNIT_SECONDS[match.group(2)]
+
+
 def parse_window(text: str) -> int | None:
     """The window's length in seconds, or None for `run`. ValueError naming the accepted forms."""
     if text == "run":
         return None
-    match = _WINDOW.match(text)
-    if match is None:
+    seconds = duration_seconds(text)
+    if seconds is None:
         raise ValueError(f"window '{text}' is not one of {WINDOW_FORMS}")
-    digits = match.group(1)
-    if len(digits) > _WINDOW_DIGITS or int(digits) * _UNIT_SECONDS[match.group(2)] > MAX_WINDOW_DAYS * 86400:
+    if seconds > MAX_WINDOW_DAYS * 86400:
         raise ValueError(f"window '{text}' is longer than {MAX_WINDOW_DAYS} days, the longest a quota may count")
-    return int(digits) * _UNIT_SECONDS[match.group(2)]
+    return seconds
 
 
 def sums_money(source: str | None, params: Mapping[str, TypeRef]) -> bool:

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from charter._paths import allowed_modules
 from charter.contract import _attributes
+from charter.contract._approvals import check_approvals
 from charter.contract._binding_checks import (
     check_binding,
     check_default_binding,
@@ -349,6 +350,7 @@ class _Checker:
         for name, operation in m.operations.items():
             self._check_operation(name, operation)
         self._check_boundaries()
+        check_approvals(self)
         check_default_binding(self)
         check_service(self)
         if m.limits.max_writes > m.limits.max_calls:

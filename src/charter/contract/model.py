@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "AnyOf",
     "Approval",
+    "Approvals",
     "Binding",
     "Boundary",
     "Contract",
@@ -232,6 +233,21 @@ class Approval(_Strict):
     reason: NonEmptyText = Field(description="Why a human must approve: shown to the program and the approver.")
 
 
+class Approvals(_Strict):
+    """`approvals: {scope: payments:approve, expires: 24h}`: who decides a paused call, and how
+    long a request waits (contract-wide; the checker reports a bad scope or duration)."""
+
+    scope: NonEmptyText | None = Field(
+        default=None,
+        description="The scope an approver must hold (never the requester's own approval). Default: "
+        "<contract>:approve.",
+    )
+    expires: NonEmptyText = Field(
+        default="24h",
+        description="How long a request waits for a decision, then can only be denied: 30m, 24h, 7d; at most 30d.",
+    )
+
+
 class Quota(_Strict):
     """A total over time, counted from the audit log: calls (`count: true`) or a sum of an argument."""
 
@@ -370,6 +386,10 @@ class Contract(_Strict):
     operations: dict[str, Operation] = Field(min_length=1)
     boundaries: list[Boundary] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
+    approvals: Approvals | None = Field(
+        default=None,
+        description="Human approvals of calls that `requires_approval`: the approver scope and the expiry.",
+    )
     binding: ContractBinding | None = Field(
         default=None,
         description="The default backend: a Python module (operations use module:op_name) or an HTTP service.",

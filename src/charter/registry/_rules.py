@@ -12,6 +12,10 @@ Approval: a call that needed no human may need one (breaking), or the reverse (r
 (breaking). A changed condition cannot in general be proven stricter or looser: it counts as
 both, except one numeric bound moved (`params.amount > 100000` to `> 200000`), classified
 by its direction: a condition that holds for more calls is breaking, for fewer a relaxation.
+
+The `approvals:` block, compared as in force (defaults filled in): another approver scope is
+breaking (those who could decide no longer can, and requests already waiting name the old
+one); a longer expiry a relaxation (a request can be approved later); a shorter one breaking.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+from charter.contract._approvals import DEFAULT_EXPIRES, default_scope, parse_expiry
 from charter.contract._attributes import after_groups
-from charter.contract.model import AnyOf, Approval
+from charter.contract.model import AnyOf, Approval, Contract
 from charter.registry._bounds import bound_direction
 
-__all__ = ["approval_changes", "attribute_changes", "sequence_changes"]
+__all__ = ["approval_changes", "approvals_block_changes", "attribute_changes", "sequence_changes"]
 
 Kind = Literal["breaking", "relaxation", "additive"]
 Add = Callable[[Kind, str, str], None]
@@ -107,3 +112,30 @@ def attribute_changes(add: Add, old: Mapping[str, str], new: Mapping[str, str]) 
                 f"principal attribute '{name}' type changed from "
                 f"{old[name]} to {text}: bound values may no longer be valid",
             )
+
+
+def approvals_block_changes(add: Add, old: Contract, new: Contract) -> None:
+    before_scope, before_expires = _approvals_in_force(old)
+    after_scope, after_expires = _approvals_in_force(new)
+    if before_scope != after_scope:
+        add("breaking", "approvals.scope", f"approver scope changed from {before_scope} to {after_scope}")
+    if before_expires != after_expires:
+        old_text = old.approvals.expires if old.approvals else DEFAULT_EXPIRES
+        new_text = new.approvals.expires if new.approvals else DEFAULT_EXPIRES
+        longer = after_expires > before_expires
+        add(
+            "relaxation" if longer else "breaking",
+            "approvals.expires",
+            f"approval expiry changed from {old_text} to {new_text} "
+            f"({'longer: a request may be approved later' if longer else 'shorter: a request expires sooner'})",
+        )
+
+
+def _approvals_in_force(model: Contract) -> tuple[str, int]:
+    block = model.approvals
+    scope = (block.scope if block else None) or default_scope(model.contract)
+    try:
+        expires = parse_expiry(block.expires if block else DEFAULT_EXPIRES)
+    except ValueError:  # the checker refuses it; order it as the default
+        expires = parse_expiry(DEFAULT_EXPIRES)
+    return scope, expires

@@ -32,7 +32,7 @@ from charter.registry._bounds import bound_direction
 from charter.registry._lookups import lookup_changes
 from charter.registry._provenance import provenance_changes
 from charter.registry._quotas import diff_quotas
-from charter.registry._rules import approval_changes, attribute_changes, sequence_changes
+from charter.registry._rules import approval_changes, approvals_block_changes, attribute_changes, sequence_changes
 
 __all__ = ["Change", "ChangeKind", "diff_contracts"]
 
@@ -141,6 +141,7 @@ def diff_contracts(old: Contract, new: Contract) -> list[Change]:
     )
     _boundaries(d, old, new)
     attribute_changes(d.add, old.principal.attributes, new.principal.attributes)
+    approvals_block_changes(d.add, old, new)
     for limit in type(old.limits).model_fields:
         before, after = getattr(old.limits, limit), getattr(new.limits, limit)
         if after > before:
