@@ -117,6 +117,7 @@ class Mcp:
     tokens: dict[str, str]
     log: AuditLog
     service: CharterService
+    elsewhere: dict[str, str]  # who -> the URL of the face whose token file holds its token
 
     @asynccontextmanager
     async def client(self, who: str, *, mode: str = "auto", tasks: bool = True) -> AsyncIterator[Client]:
@@ -125,7 +126,9 @@ class Mcp:
         async with (
             httpx2.AsyncClient(headers=headers, timeout=60) as http,
             Client(
-                streamable_http_client(f"{self.url}/mcp", http_client=http), mode=mode, extensions=extensions
+                streamable_http_client(f"{self.elsewhere.get(who, self.url)}/mcp", http_client=http),
+                mode=mode,
+                extensions=extensions,
             ) as client,
         ):
             yield client
@@ -141,17 +144,24 @@ def server(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Mcp]:
     service = CharterService(registry=registry, audit=log, runner=Runner(audit=log, sandbox=shared_sandbox), agent=None)
     store = TokenStore(charter_home / "tokens.yaml")
     tokens = {
-        "holder": store.add("holder", "holder", HOLDER_SCOPES, HOLDER_ATTRIBUTES),
+        # The holder may approve payments too (an approver herself): never her own request.
+        "holder": store.add("holder", "holder", [*HOLDER_SCOPES, "payments:approve"], HOLDER_ATTRIBUTES),
         "carol": store.add("carol", "carol", HOLDER_SCOPES, {"account_id": "ACC-2002", "daily_limit": "10.00"}),
         "reviewer": store.add("reviewer", "reviewer", ["payments:approve"]),
         "auditor": store.add("auditor", "auditor", ["audit:read"]),
-        # The holder under a look-alike id (a Cyrillic o), holding the approver scope: still the requester.
-        "lookalike": store.add("lookalike", "h\u043elder", ["payments:approve"]),
     }
+    # The holder's id spelled "HOLDER", holding the approver scope: the same TR39 skeleton, so no token file
+    # naming "holder" takes it (and a mixed-script spelling is no principal id at all); it comes from another
+    # token file, served by a second MCP face on the same service and log (another operator's `charter mcp`).
+    elsewhere = TokenStore(charter_home / "elsewhere-tokens.yaml")
+    tokens["lookalike"] = elsewhere.add("lookalike", "HOLDER", ["payments:approve"])
     service.start_approvals(store.principal, poll_seconds=0.2)  # as `charter mcp --http` starts it
     try:
-        with serving(http_app(service, store, "127.0.0.1"), name="charter-mcp") as url:
-            yield Mcp(url, tokens, log, service)
+        with (
+            serving(http_app(service, store, "127.0.0.1"), name="charter-mcp") as url,
+            serving(http_app(service, elsewhere, "127.0.0.1"), name="charter-mcp-elsewhere") as other,
+        ):
+            yield Mcp(url, tokens, log, service, {"lookalike": other})
     finally:
         service.stop_approvals()
 
@@ -258,7 +268,7 @@ def test_a_paused_tool_call_is_a_task_that_completes_once_another_principal_appr
     result = types.CallToolResult.model_validate(final.result)
     assert result.is_error is False
     body = body_of(result)
-    assert (body["status"], body["answer"]) == ("done", "sent 25.00")
+    assert (body["status"], body["answer"]) == ("done", "sent 25.00"), body["reason"]
     assert body["chain"][0] == handle.task_id
     assert len(body["chain"]) == 2
     assert len(transfers_to(NEW_IBAN)) == 1

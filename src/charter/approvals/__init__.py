@@ -1,8 +1,8 @@
 """Human approvals (issue 16): a flagged call pauses its run, a principal holding the
 contract's approver scope decides, and the run resumes by deterministic replay."""
 
+from charter.approvals.store import ApprovalError, ApprovalNotFound, ApprovalStore  # noqa: I001 (first: resume imports it back)
 from charter.approvals.resume import Resumer
-from charter.approvals.store import ApprovalError, ApprovalNotFound, ApprovalStore
 from charter.approvals.webhook import (
     SIGNATURE_HEADER,
     ApprovalWebhook,
