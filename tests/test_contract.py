@@ -871,10 +871,7 @@ MALFORMED += [
     ),
     pytest.param(
         {_AT_END: "approvals: {scope: 'shop:*'}\n" + _AT_END},
-        [
-            "43:20: approvals.scope 'shop:*' is a pattern; name the one scope an approver holds, e.g. "
-            "'payments:approve'"
-        ],
+        ["43:20: approvals.scope 'shop:*' is a pattern; name the one scope an approver holds, e.g. 'payments:approve'"],
         id="approvals_scope_pattern",
     ),
     pytest.param(
