@@ -33,6 +33,7 @@ from pathlib import Path
 import msgspec
 
 from charter._paths import charter_home
+from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index, index_approval_receipt
 from charter.audit.index import RUNS_INDEX_SQL, RunFilter, RunSummary, fill_runs_index, index_receipt, list_runs
 from charter.audit.keys import (
     PublicKey,
@@ -44,6 +45,7 @@ from charter.audit.keys import (
 )
 from charter.audit.quotas import QUOTA_INDEX_SQL, QuotaReader, fill_quota_index, index_quota_receipt
 from charter.audit.receipts import (
+    ApprovalDecided,
     ApprovalRequested,
     Asked,
     Attempted,
@@ -133,6 +135,14 @@ AUDIT_SCHEMA = Schema(
             QUOTA_INDEX_SQL,
             fill=fill_quota_index,
         ),
+        Step(
+            5,
+            "approvals: one row per approval request (run, operation, requester, approver scope, expiry, "
+            "decision, resume runs), kept in each receipt's transaction and built from the receipts on upgrade; "
+            "`charter approvals` and the approval API read it; not signed, never consulted by verify",
+            APPROVALS_INDEX_SQL,
+            fill=fill_approvals_index,
+        ),
     ),
 )
 
@@ -164,9 +174,15 @@ def _connect(path: Path) -> sqlite3.Connection:
     return connection
 
 
+class _Record:
+    """The chain position of a record of its own (an ApprovalDecided): one receipt, prev ""."""
+
+    last_link = ""
+
+
 @dataclass(slots=True)
 class _Batch:
-    items: list[tuple[RunRecorder, Receipt]]
+    items: list[tuple[RunRecorder | _Record, Receipt]]
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -180,7 +196,7 @@ class _Writer:
         self._queue: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
         threading.Thread(target=self._loop, name="charter-audit", daemon=True).start()
 
-    def submit(self, items: list[tuple[RunRecorder, Receipt]], *, wait: bool) -> None:
+    def submit(self, items: list[tuple[RunRecorder | _Record, Receipt]], *, wait: bool) -> None:
         batch = _Batch(items)
         self._queue.put(batch)
         if wait:
@@ -213,9 +229,13 @@ class _Writer:
         try:
             row = connection.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
             log_seq, log_link = (row[0], row[1]) if row else (0, "")
-            run_links: dict[RunRecorder, str] = {}
+            run_links: dict[RunRecorder | _Record, str] = {}
             for batch in batches:
                 for recorder, draft in batch.items:
+                    if isinstance(recorder, _Record) and _holds_run(connection, draft.run_id):
+                        # Refused here, in the transaction, so a second record fails alone, not the group.
+                        batch.error = AuditError(f"the log already holds the record {draft.run_id}")
+                        continue
                     log_seq += 1
                     receipt = msgspec.structs.replace(
                         draft,
@@ -234,6 +254,7 @@ class _Writer:
                     )
                     index_receipt(connection, receipt, log_seq)
                     index_quota_receipt(connection, receipt)
+                    index_approval_receipt(connection, receipt, log_seq)
             connection.execute(
                 "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET log_seq = ?, link = ?",
                 (log_seq, log_link, log_seq, log_link),
@@ -244,6 +265,10 @@ class _Writer:
             raise
         for recorder, link in run_links.items():
             recorder.last_link = link
+
+
+def _holds_run(connection: sqlite3.Connection, run_id: str) -> bool:
+    return connection.execute("SELECT 1 FROM receipts WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None
 
 
 class RunRecorder:
@@ -265,7 +290,7 @@ class RunRecorder:
         self._writer = writer
         self._lock = threading.Lock()
         self._next_seq = 0
-        self._pending: list[tuple[RunRecorder, Receipt]] = []
+        self._pending: list[tuple[RunRecorder | _Record, Receipt]] = []
         self._awaiting_outcome: dict[int, str] = {}  # call -> operation
         self.sealed: Closing | None = None
         self.written: list[Receipt] = []  # this run's receipts in order, as handed to the writer
@@ -447,6 +472,23 @@ class AuditLog:
     def open_run(self, opened: Opening) -> RunRecorder:
         """Durably records the run's opening; the program may run once this returns."""
         return RunRecorder(self._ensure_writer(), opened, self.path, secret_key=self.secret_key)
+
+    def append_record(self, receipt: ApprovalDecided) -> StoredReceipt:
+        """Durably write a record of its own: one receipt whose run_id is its approval id (seq 0,
+        prev ""), signed and chained into the log like any receipt. Not a run: the runs index,
+        `runs()`, `run_ids()`, `list_runs` and `resolve` leave it out.
+
+        Returns the receipt as stored. Raises AuditError if it could not be written, or if the
+        log already holds a receipt with that run id (a record is written once)."""
+        if receipt.run_id != receipt.approval_id:
+            raise AuditError(
+                f"an approval decision is the record {receipt.approval_id}, not {receipt.run_id}: "
+                "its run_id must be its approval_id"
+            )
+        draft = msgspec.structs.replace(receipt, seq=0, prev="")
+        self._ensure_writer().submit([(_Record(), draft)], wait=True)
+        [stored] = self.stored(receipt.run_id)
+        return stored
 
     # -- reading ---------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import msgspec
 
 from charter.audit.keys import PublicKey
 from charter.audit.receipts import (
+    ApprovalDecided,
     Asked,
     Attempted,
     Concluded,
@@ -174,9 +175,10 @@ def verify_receipts(
 
         track = runs.get(body.run_id)
         if track is None:
-            report.runs += 1
+            # An ApprovalDecided is a record of its own (one receipt, no opening), not a run.
+            report.runs += not isinstance(body, ApprovalDecided)
             track = runs[body.run_id] = _RunTrack(next_seq=0, last_link="", last_row=row, last_key_id=body.key_id)
-            if not isinstance(body, Opened | Asked):
+            if not isinstance(body, Opened | Asked | ApprovalDecided):
                 find(row, "the run has no opening receipt before this one: it was deleted")
                 track.next_seq = body.seq
                 track.last_link = body.prev
@@ -212,6 +214,8 @@ def verify_receipts(
         elif isinstance(body, Attempted):
             if body.program is not None and text_sha256(body.program) != body.program_sha256:
                 find(row, "the attempt's program does not hash to its program_sha256")
+        elif isinstance(body, ApprovalDecided):
+            track.sealed = True  # complete as written: nothing may follow it
         elif isinstance(body, Sealed | Concluded):
             track.sealed = True
             report.sealed += 1
