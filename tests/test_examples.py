@@ -77,7 +77,9 @@ def test_demo_runs(charter_home: Path) -> None:
     assert "answer:   Paid 84.20 to Green Energy Ltd: transfer TRF-1001 is executed." in payments
     assert "send_payment DENIED PROVENANCE_VIOLATION (provenance:send_payment.recipient)" in payments
     assert "its value was seen only in the result of read_document" in payments
-    assert "add_payee DENIED APPROVAL_REQUIRED (requires_approval:add_payee)" in payments
+    assert (
+        "paused:   add_payee awaits a human's approval (approval:add_payee): IBAN not given by the holder" in payments
+    )
     assert "send_payment DENIED QUOTA_EXCEEDED (quota:daily_outflow)" in payments
     assert "change_password DENIED PROVENANCE_VIOLATION (provenance:change_password.new_password)" in payments
     assert "Winter-Reset-2026!" not in payments  # the injected password is never echoed

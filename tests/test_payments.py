@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from charter.agent import estimate_tokens
-from charter.audit import AuditLog, Decision, Opened
+from charter.audit import ApprovalRequested, AuditLog, Decision, Opened
 from charter.backends import CallContext, Precondition, PreconditionFailed, fingerprint
 from charter.contract import load_contract
 from charter.principal import Principal
@@ -87,6 +87,10 @@ class Bank:
 
     def decision(self, execution: Execution, operation: str) -> Decision:
         (found,) = [d for d in self.decisions(execution) if d.operation == operation]
+        return found
+
+    def request(self, execution: Execution) -> ApprovalRequested:
+        (found,) = [r for r in self.log.run(execution.run_id).receipts if isinstance(r, ApprovalRequested)]
         return found
 
     def opened(self, execution: Execution) -> Opened:
@@ -283,15 +287,16 @@ def test_payment_to_an_iban_found_only_in_a_bill_is_denied(bank: Bank) -> None:
 
 def test_payee_read_in_a_message_needs_the_holders_approval(bank: Bank) -> None:
     execution = bank.run(PAYEE_FROM_MESSAGE)
-    assert execution.status == "refused"
-    assert verdicts(bank, execution) == [("read_document", "OK"), ("add_payee", "APPROVAL_REQUIRED")]
-    denied = bank.decision(execution, "add_payee")
-    assert denied.clause == "requires_approval:add_payee"
-    assert denied.boundary == "payee_from_documents_confirmed"
+    assert execution.status == "awaiting_approval"
+    assert verdicts(bank, execution) == [("read_document", "OK")]  # the paused call has no Decision
+    asked = bank.request(execution)
+    assert (asked.operation, asked.clause) == ("add_payee", "approval:add_payee")
+    assert asked.boundary == "payee_from_documents_confirmed"
     reason = "IBAN not given by the holder"
-    assert denied.approval == reason
+    assert asked.reason == reason
     assert reason in (execution.reason or "")
-    assert denied.provenance == {"iban": ("read_document.body",)}
+    assert asked.provenance == {"iban": ("read_document.body",)}
+    assert asked.approver_scope == "payments:approve"
     assert [p["iban"] for p in backend.list_payees(account=ACCOUNT)] == [GREEN_ENERGY, NORTHSIDE, SAM]
 
 
@@ -424,14 +429,14 @@ def test_a_new_iban_typed_by_the_holder_needs_approval(bank: Bank) -> None:
         'reference="Gift")\nconclude("sent")'
     )
     execution = bank.run(program, {"iban": backend.LANDLORD_NEW_IBAN})
-    denied = bank.decision(execution, "send_payment")
-    assert denied.code == "APPROVAL_REQUIRED"
-    assert denied.clause == "requires_approval:send_payment"
-    assert denied.boundary == "new_recipient_confirmed"
-    assert denied.approval == ("recipient not a saved payee")
-    assert denied.provenance == {"recipient": ("request",)}
-    assert [s.name for s in denied.lookups] == ["account", "payees"]  # approval used the payee lookup
-    assert [q.total for q in denied.quotas] == [0]
+    assert (execution.status, bank.decisions(execution)) == ("awaiting_approval", [])
+    asked = bank.request(execution)
+    assert (asked.operation, asked.clause) == ("send_payment", "approval:send_payment")
+    assert asked.boundary == "new_recipient_confirmed"
+    assert asked.reason == "recipient not a saved payee"
+    assert asked.provenance == {"recipient": ("request",)}
+    assert [s.name for s in asked.lookups] == ["account", "payees"]  # approval used the payee lookup
+    assert [q.total for q in asked.quotas] == [0]
     assert transfers() == []
 
 
@@ -648,7 +653,7 @@ def test_demo_scenarios_in_order_tell_the_story(bank: Bank) -> None:
     assert outcome == [
         ("pay_named_payee", "done"),
         ("pay_iban_from_bill", "refused"),
-        ("payee_from_message", "refused"),
+        ("payee_from_message", "awaiting_approval"),
         ("over_daily_quota", "refused"),
         ("password_from_message", "refused"),
         ("password_from_request", "done"),

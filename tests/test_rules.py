@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from charter.agent._tokens import estimate_tokens
-from charter.audit import Asked, AuditLog, Decision, Opened
+from charter.audit import ApprovalRequested, Asked, AuditLog, Decision, Opened
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract import load_contract
 from charter.errors import InvalidPrincipal
@@ -262,10 +262,11 @@ def test_an_any_of_group_of_entity_reads_counts_per_entity_beside_an_all_of_step
 def test_an_approval_condition_over_the_entity_reads_it_first(bank: Bank) -> None:
     # No guard of close_account reads the entity: the approval condition alone makes the gate read it.
     rich = bank.run(READ + 'transfers.get_account(id="A9")\ntransfers.close_account(id="A9")')
-    [*_, decision] = bank.decisions(rich.run_id)
-    assert (decision.code, decision.approval) == ("APPROVAL_REQUIRED", "the account holds more than 5000.00")
-    assert decision.observed is not None
-    assert (decision.observed.entity, decision.observed.key) == ("Account", "A9")
+    assert rich.status == "awaiting_approval"
+    [request] = requests(bank.log, rich.run_id)
+    assert (request.operation, request.reason) == ("close_account", "the account holds more than 5000.00")
+    assert request.observed is not None
+    assert (request.observed.entity, request.observed.key) == ("Account", "A9")
     from tests.data import rules_backend
 
     assert rules_backend.done() == []
@@ -274,21 +275,22 @@ def test_an_approval_condition_over_the_entity_reads_it_first(bank: Bank) -> Non
 # -- conditional approval ----------------------------------------------------------------------
 
 
-def test_a_true_approval_condition_refuses_with_its_reason_in_the_receipt(bank: Bank) -> None:
+def requests(log: AuditLog, run_id: str) -> list[ApprovalRequested]:
+    return [r for r in log.run(run_id).receipts if isinstance(r, ApprovalRequested)]
+
+
+def test_a_true_approval_condition_pauses_with_its_reason_in_the_receipt(bank: Bank) -> None:
     execution = bank.run(D + READ + pay("500.01"), attributes=BASIC)
-    [_, payment] = bank.decisions(execution.run_id)
-    assert (payment.decision, payment.code, payment.clause, payment.boundary) == (
-        "DENY",
-        "APPROVAL_REQUIRED",
-        "requires_approval:send_payment",
+    assert (execution.status, execution.cause) == ("awaiting_approval", "APPROVAL_REQUIRED")
+    assert [d.operation for d in bank.decisions(execution.run_id)] == ["get_standing_orders"]  # none for the payment
+    [request] = requests(bank.log, execution.run_id)
+    assert (request.operation, request.clause, request.boundary, request.approval_id) == (
+        "send_payment",
+        "approval:send_payment",
         "big_payments_approved",
+        execution.approval_id,
     )
-    assert payment.approval == "a payment above 500.00 from a basic account"
-    assert payment.message == (
-        "send_payment requires human approval here: a payment above 500.00 from a basic account, and Charter has "
-        "no approval step yet; it is refused rather than run unapproved. (hard boundary big_payments_approved: "
-        "A large payment from a basic account needs a human's approval.)"
-    )
+    assert request.reason == "a payment above 500.00 from a basic account"
     assert sent() == []
 
 
@@ -321,11 +323,11 @@ def test_an_approval_condition_that_cannot_be_evaluated_fails_closed(bank: Bank)
     assert decision.message.startswith("split_payment refused: its requires_approval condition could not be evaluated")
     fine = bank.run(D + 'transfers.split_payment(account="A1", amount=Decimal("10.00"), parts=2)')
     large = bank.run(D + 'transfers.split_payment(account="A1", amount=Decimal("300.00"), parts=2)')
-    assert (fine.status, large.cause) == ("done", "APPROVAL_REQUIRED")
+    assert (fine.status, large.status, large.cause) == ("done", "awaiting_approval", "APPROVAL_REQUIRED")
     assert sent() == [{"account": "A1", "amount": "10.00", "parts": 2}]
 
 
-def test_the_bool_form_still_refuses_every_call_and_records_why(charter_home: Path, shared_sandbox: Sandbox) -> None:
+def test_the_bool_form_pauses_every_call_and_records_why(charter_home: Path, shared_sandbox: Sandbox) -> None:
     from examples.invoices import backend as invoices
 
     invoices.seed()
@@ -334,10 +336,11 @@ def test_the_bool_form_still_refuses_every_call_and_records_why(charter_home: Pa
     execution = Runner(audit=log, sandbox=shared_sandbox).execute(
         'invoices.pay_invoice(number="INV-1003")', contract=contract, principal=Principal("kim", {"invoices:pay"})
     )
-    [decision] = [r for r in log.run(execution.run_id).receipts if isinstance(r, Decision)]
-    assert decision.code == "APPROVAL_REQUIRED"
-    assert decision.approval == "every call of pay_invoice needs a human's approval"
-    assert decision.message.startswith("pay_invoice requires human approval before it runs, and Charter has no")
+    assert [r for r in log.run(execution.run_id).receipts if isinstance(r, Decision)] == []
+    [request] = requests(log, execution.run_id)
+    assert (request.operation, request.clause) == ("pay_invoice", "approval:pay_invoice")
+    assert request.reason == "every call of pay_invoice needs a human's approval"
+    assert request.approver_scope == "invoices:approve"  # no approvals block: the default scope
 
 
 # -- the prompt and stubs --------------------------------------------------------------------

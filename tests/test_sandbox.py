@@ -33,6 +33,7 @@ from charter.sandbox import (
     MemoryExceeded,
     Outcome,
     OutputLimitExceeded,
+    Paused,
     ProgramError,
     ProgramRejected,
     ProgramSyntaxError,
@@ -931,7 +932,7 @@ def test_self_transitions_null_safe_guards_and_rule_boundaries_run(
     program = """
 from decimal import Decimal
 out = [loans.renew_loan(id=1, amount=Decimal("2.50")).status, loans.remark()]
-for call in (lambda: loans.renew_loan(id=2), lambda: loans.waive_fee(id=1), lambda: loans.search(origin="web")):
+for call in (lambda: loans.renew_loan(id=2), lambda: loans.search(origin="web")):
     try:
         call()
     except ContractViolation as error:
@@ -944,12 +945,17 @@ conclude("done", data=out)
         "out",  # renew: out -> out, a self-transition
         "'absent'",  # has(params.note) held for the omitted note; the backend got no note
         ["GUARD_VIOLATION", None],  # amount omitted: the guard is false, not a gate error
-        ["APPROVAL_REQUIRED", "approved_waivers"],
         ["FORBIDDEN_SCOPE", "search_scope"],
     ]
     assert [name for name, _ in calls if name != "get_loan"] == ["renew_loan", "remark"]
     codes = [r.code for r in execution.calls if isinstance(r, Decision)]
-    assert codes == ["OK", "OK", "GUARD_VIOLATION", "APPROVAL_REQUIRED", "FORBIDDEN_SCOPE"]
+    assert codes == ["OK", "OK", "GUARD_VIOLATION", "FORBIDDEN_SCOPE"]
+    # The approval rule's boundary: the waiver pauses the run (the program cannot catch it).
+    waiver = "try:\n    loans.waive_fee(id=1)\nexcept ContractViolation as error:\n    conclude(error.code)\n"
+    paused = governed_run(sandbox, loans, waiver, loans_backend(calls), tmp_path, ())
+    assert isinstance(paused.outcome, Paused), paused.outcome
+    assert (paused.outcome.operation, paused.status) == ("waive_fee", "awaiting_approval")
+    assert "waive_fee" not in [name for name, _ in calls]
 
 
 def test_a_stateless_contract_runs(sandbox: Sandbox, tmp_path: Path) -> None:

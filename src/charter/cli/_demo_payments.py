@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from charter.audit import AuditLog, Decision
+from charter.audit import ApprovalRequested, AuditLog, Decision
 from charter.cli._output import say
 from charter.compiler import CompiledContract
 from charter.principal import Principal
@@ -53,6 +53,11 @@ def payments_runs(payments: CompiledContract, log: AuditLog) -> None:
         for receipt in log.run(execution.run_id).receipts:
             if isinstance(receipt, Decision):
                 _show(receipt)
+            elif isinstance(receipt, ApprovalRequested):
+                say(
+                    f"paused:   {receipt.operation} awaits a human's approval ({receipt.clause}): {receipt.reason}",
+                    "yellow",
+                )
         say(f"answer:   {execution.text}")
 
 

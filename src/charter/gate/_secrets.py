@@ -39,6 +39,7 @@ Digests with one key compare equal for equal values: the idempotent-write ledger
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -232,4 +233,5 @@ def scrubbed_verdict(verdict: Verdict, values: list[str]) -> Verdict:
     if not values:
         return verdict
     withheld = scrubbed_withheld(verdict.withheld, values)
-    return Verdict(verdict.code, scrub(verdict.message, values), verdict.clause, verdict.boundary, withheld)
+    # Every other field kept: the approval rule's reason decides whether the call pauses.
+    return dataclasses.replace(verdict, message=scrub(verdict.message, values), withheld=withheld)
