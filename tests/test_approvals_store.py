@@ -36,7 +36,10 @@ from charter.approvals import (
 from charter.audit import (
     ApprovalDecided,
     ApprovalRequested,
+    Asked,
+    Attempted,
     AuditLog,
+    Concluded,
     Opened,
     args_digest,
     verify_log,
@@ -209,6 +212,10 @@ def test_approve_and_deny_each_write_one_signed_record_that_is_not_a_run(log: Au
     report = verify_log(log, log.trusted_keys(), every_signature=True)
     assert report.ok, [str(f) for f in report.findings]
     assert (report.runs, report.incomplete, report.undiagnosed) == (2, [], [])
+    verified = charter("audit", "verify", "--every-signature", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    body = json.loads(verified.stdout)
+    assert (body["ok"], body["interrupted"], body["undiagnosed"], body["findings"]) == (True, [], [], [])
 
 
 def test_a_record_written_twice_is_refused_by_the_log_itself(log: AuditLog, store: ApprovalStore) -> None:
@@ -467,6 +474,68 @@ def test_resume_runs_chains_and_pending_resumes(log: AuditLog, store: ApprovalSt
     report = verify_log(log, log.trusted_keys())
     assert report.ok
     assert report.incomplete == [crashed]
+
+
+def test_an_intent_that_concluded_awaiting_approval_chains_to_its_program_runs(
+    log: AuditLog, store: ApprovalStore
+) -> None:
+    intent = log.open_run(
+        Asked(
+            run_id=secrets.token_hex(16),
+            seq=0,
+            at=now_iso(),
+            intent="pay INV-1003",
+            principal="kim",
+            scopes=("invoices:pay",),
+            contract="invoices",
+            version="1.0.0",
+            contract_sha256="c" * 64,
+            model="scripted",
+            settings={},
+            host="test",
+            pid=0,
+        )
+    )
+    paused, approval_id = request(log)
+    intent.attempt(
+        Attempted(
+            run_id=intent.run_id,
+            seq=0,
+            at=now_iso(),
+            attempt=1,
+            model="scripted",
+            prompt_sha256="p" * 64,
+            contract_block_sha256="b" * 64,
+            api_tries=1,
+            writes_closed=None,
+            program=PROGRAM,
+            program_sha256=text_sha256(PROGRAM),
+            program_run=paused,
+        )
+    )
+    intent.conclude(
+        Concluded(
+            run_id=intent.run_id,
+            seq=0,
+            at=now_iso(),
+            status="awaiting_approval",
+            answer=None,
+            data=None,
+            reason="waiting",
+            attempts=("awaiting_approval",),
+            program_runs=(paused,),
+            usage={},
+            receipts=0,
+            cause="APPROVAL_REQUIRED",
+            approval_id=approval_id,
+        )
+    )
+    assert [r.run_id for r in chain_of(log, intent.run_id)] == [intent.run_id, paused]
+    store.decide(approval_id, MIRA, "approved", "ok")
+    resumed = resume(log, paused, approval_id)
+    assert [r.run_id for r in chain_of(log, intent.run_id)] == [intent.run_id, paused, resumed]
+    latest = latest_of(log, intent.run_id)
+    assert (latest.run_id, latest.status) == (resumed, "done")
 
 
 def test_the_index_rebuilt_by_upgrade_equals_the_live_one(log: AuditLog, store: ApprovalStore, tmp_path: Path) -> None:

@@ -132,6 +132,7 @@ def test_the_upgraded_log_verifies_with_the_same_head_and_takes_new_runs(home: P
     upgraded(home)
     # The quota index (schema step 4) is built from the receipts: 0.1 recorded no quotas.
     assert rows(home / "audit.db", "quota_counts") == []
+    assert rows(home / "audit.db", "approvals") == []  # step 5: 0.1 paused no run
     head = MANIFEST["head"]
     verified = charter("audit", "verify", "--head", head, "--every-signature", "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
