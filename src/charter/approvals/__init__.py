@@ -25,7 +25,7 @@ import charter.audit  # noqa: F401  (first: see the import order above)
 
 if TYPE_CHECKING:
     from charter.approvals.chain import chain_of, latest_of
-    from charter.approvals.resume import Resumer
+    from charter.approvals.resume import ResumeInProgress, Resumer
     from charter.approvals.store import (
         ApprovalConflict,
         ApprovalError,
@@ -57,6 +57,7 @@ _EXPORTS = {
     "chain_of": "charter.approvals.chain",
     "latest_of": "charter.approvals.chain",
     "Resumer": "charter.approvals.resume",
+    "ResumeInProgress": "charter.approvals.resume",
     "ResumeWorker": "charter.approvals.worker",
     "SIGNATURE_HEADER": "charter.approvals.webhook",
     "ApprovalWebhook": "charter.approvals.webhook",
@@ -75,6 +76,7 @@ __all__ = [
     "ApprovalStore",
     "ApprovalView",
     "ApprovalWebhook",
+    "ResumeInProgress",
     "ResumeWorker",
     "Resumer",
     "SelfApproval",

@@ -194,12 +194,16 @@ def program_runs_of(record: RunRecord) -> list[str]:
 
 
 def chain_records(log: AuditLog | None, opened: Opened) -> tuple[RunRecord, ...]:
-    """The records a resumed run's earlier calls were answered from: the paused run it resumes,
-    then the crashed resumes it recovers, in order. ValueError without the log."""
+    """The records a resumed run's earlier calls were answered from, in order: the chain of the
+    paused run it resumes (a resume of a resume, for chains of approvals), that paused run, then
+    the crashed resumes it recovers. () for a run that resumes nothing; ValueError without the log."""
     if opened.resumes is None:
         return ()
     if log is None:
         raise ValueError(
             f"run {opened.run_id} resumes run {opened.resumes}; replaying it needs the audit log holding that run"
         )
-    return tuple(log.run(run_id) for run_id in (opened.resumes, *opened.recovers))
+    paused = log.run(opened.resumes)
+    if not isinstance(paused.opened, Opened):
+        raise ValueError(f"run {opened.run_id} resumes {opened.resumes}, which is not a program run")
+    return (*chain_records(log, paused.opened), paused, *(log.run(run_id) for run_id in opened.recovers))

@@ -9,8 +9,9 @@ then: the recorded result, denial or failure. Nothing is decided and no backend 
 
 `ResumeGate` is the gate of a resumed run (charter.approvals.resume): a call the chain's
 record holds is answered from it, after the check; a mismatch ends the run DIVERGED and an
-allowed call whose outcome was never recorded (a crashed resume) ends it IN_DOUBT, both before
-anything executes. The live session absorbs each answered call (`GateSession.absorb`: its
+allowed write whose outcome was never recorded (a crashed resume) ends it IN_DOUBT, both before
+anything executes (a read without an outcome is made again: it acted on nothing). The live
+session absorbs each answered call (`GateSession.absorb`: its
 sequence, write and provenance state), and every other call goes live through it.
 """
 
@@ -49,6 +50,7 @@ class RecordedAnswers:
                 elif isinstance(receipt, Outcome) and receipt.call in self.decisions:
                     self.outcomes[receipt.call] = receipt
         self._checker = ArgumentChecker.for_table(contract.gate)
+        self._reads = {name: rule.kind == "read" for name, rule in contract.gate.operations.items()}
         self._secrets = SecretParams(contract.gate)
         self._key = secret_key
         self.notes: list[str] = []
@@ -145,7 +147,8 @@ class RecordedAnswers:
         """A resume's rule for call `request`: None if no record holds it (it goes live); else
         its recorded Decision, once it is found to be the same call with a known outcome.
         RunHalted DIVERGED for another call than the recorded one, IN_DOUBT for an allowed
-        call whose outcome was never recorded: it may have acted, and is never sent again."""
+        write whose outcome was never recorded: it may have acted, and is never sent again. An
+        allowed read without an outcome (a crash while it ran) goes live again: it acted on nothing."""
         decision = self.decisions.get(request.sequence)
         if decision is None:
             return None
@@ -157,6 +160,8 @@ class RecordedAnswers:
                 "nothing was executed.",
             )
         if decision.decision == "ALLOW" and decision.call not in self.outcomes:
+            if self._reads.get(decision.operation, False):
+                return None  # a read acts on nothing: made again, live, under a Decision of its own
             raise RunHalted(
                 IN_DOUBT,
                 f"call {decision.call} ({decision.operation}) was allowed in run {self.origin[decision.call]} and "
