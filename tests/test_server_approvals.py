@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -259,12 +260,13 @@ def test_the_holder_cannot_approve_its_own_request(api: Api) -> None:
 
 
 def test_a_look_alike_principal_is_refused_at_token_creation_and_as_self_approval(api: Api) -> None:
-    look_alike = "h\u043elder"  # a Cyrillic 'o': the same skeleton as 'holder'
-    with pytest.raises(InvalidPrincipal):
-        api.store.add("imposter", look_alike, ["payments:approve"])
+    look_alikes = ("ho1der", "h0lder", "HOLDER")  # one TR39 skeleton with "holder"
+    for n, look_alike in enumerate(look_alikes):
+        with pytest.raises(InvalidPrincipal, match="looks like"):
+            api.store.add(f"imposter{n}", look_alike, ["payments:approve"])
     paused = api.pause()
     approval_id = paused["approval"]["id"]
-    for who in (look_alike, "HOLDER"):  # had it come from elsewhere (an MCP operator, another token file)
+    for who in look_alikes:  # had it come from elsewhere (an MCP operator, another token file)
         with pytest.raises(SelfApproval):
             api.service.decide(Principal(who, frozenset({"payments:approve"})), approval_id, "approved", "mine")
     assert decisions(api.log, approval_id) == []
@@ -303,6 +305,7 @@ def test_no_input_gets_a_server_error(api: Api) -> None:
         problem(client.post(url, json={}), 422, "invalid-request")
         problem(client.post(url, json=["reason"]), 422, "invalid-request")
         problem(client.post(url, content=b"{", headers={"Content-Type": "application/json"}), 400, "invalid-json")
+        problem(client.post(url, content=b'{"reason": "r"}'), 415, "unsupported-media-type")
         problem(client.get("/v1/approvals", params={"status": "maybe"}), 422, "invalid-request")
         problem(client.get("/v1/approvals", params={"limit": "0"}), 422, "invalid-request")
         problem(client.get("/v1/runs/" + "f" * 32), 404, "run-not-found")
@@ -338,7 +341,8 @@ def test_racing_approvers_produce_exactly_one_decision(api: Api) -> None:
         with api.client(who) as client:
             barrier.wait()
             response = client.post(f"/v1/approvals/{approval_id}/{verb}", json={"reason": f"{who} {verb}"})
-            answers.append((who, response.status_code, response.json().get("status", response.json()["type"])))
+            body = response.json()
+            answers.append((who, response.status_code, body.get("decision") or body.get("code")))
 
     threads = [
         threading.Thread(target=decide, args=(who, verb))
@@ -357,6 +361,7 @@ def test_racing_approvers_produce_exactly_one_decision(api: Api) -> None:
     (winner,) = winners
     final = api.settled(run_id)
     assert final["status"] == ("done" if winner[1] == "approved" else "refused")
+    assert {code for _, status, code in answers if status == 409} <= {"ALREADY_DECIDED"}
 
 
 # -- the paused request's Idempotency-Key ----------------------------------------------------------
@@ -406,3 +411,27 @@ def test_the_webhook_is_told_of_a_request_signed_and_retried_after_a_500(api: Ap
     assert not verify_signature(b"0" * 64, signature, body)
     key_file = Path(api.log.path.parent / "keys" / "webhook.key")
     assert key_file.stat().st_mode & 0o077 == 0
+
+
+def test_an_expired_request_can_only_be_denied(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from charter.approvals import store as approvals_store
+
+    paused = api.pause()
+    approval_id = paused["approval"]["id"]
+    api.service.stop_approvals()  # no worker: it would deny the expired request itself (expire_due)
+    later = datetime.now(UTC) + timedelta(hours=25)  # the payments contract's requests wait 24 hours
+
+    class Later(datetime):  # the store's clock, a day on
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:
+            return later
+
+    monkeypatch.setattr(approvals_store, "datetime", Later)
+    with api.client("reviewer") as client:
+        assert client.get(f"/v1/approvals/{approval_id}").json()["status"] == "expired"
+        late = client.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "sorry, late"})
+        problem(late, 409, "approval-expired", "APPROVAL_EXPIRED")
+        denied = client.post(f"/v1/approvals/{approval_id}/deny", json={"reason": "too late"})
+    assert (denied.status_code, denied.json()["status"]) == (200, "denied")
+    (decided,) = decisions(api.log, approval_id)
+    assert (decided.decision, decided.approver) == ("denied", "reviewer")

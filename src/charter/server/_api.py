@@ -763,7 +763,7 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
     # Outermost but for Starlette's error middleware: the limit holds before authentication,
     # routing and parsing, for every route; the JSON routes are the ones with a body model.
     json_routes = {
-        (method, route.path)
+        (method, route.path_regex)
         for route in app.routes
         if isinstance(route, APIRoute) and route.body_field is not None
         for method in route.methods or ()

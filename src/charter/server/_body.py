@@ -15,6 +15,7 @@ validates it against the route's model.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any, NoReturn
 
@@ -146,12 +147,18 @@ def check_json(content_type: str | None, body: bytes) -> None:
 class BodyGuard:
     """ASGI middleware: the body limit for every route, then strict JSON for `json_routes`.
 
-    `json_routes` holds (METHOD, path) pairs whose body is JSON; `refuse` builds the problem
-    response for a kind (`payload-too-large`, `unsupported-media-type`, `invalid-json`).
+    `json_routes` holds (METHOD, path regex) pairs whose body is JSON (a route's Starlette
+    `path_regex`, so `/v1/approvals/{approval_id}/approve` is one); `refuse` builds the
+    problem response for a kind (`payload-too-large`, `unsupported-media-type`, `invalid-json`).
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, json_routes: Collection[tuple[str, str]], refuse: Refuse):
-        self.app, self.max_bytes, self.json_routes, self.refuse = app, max_bytes, frozenset(json_routes), refuse
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, json_routes: Collection[tuple[str, re.Pattern[str]]], refuse: Refuse
+    ):
+        self.app, self.max_bytes, self.json_routes, self.refuse = app, max_bytes, tuple(json_routes), refuse
+
+    def _is_json(self, method: str, path: str) -> bool:
+        return any(method == m and pattern.match(path) for m, pattern in self.json_routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -183,7 +190,7 @@ class BodyGuard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if (scope["method"], path) in self.json_routes:
+        if self._is_json(scope["method"], path):
             try:
                 check_json(headers.get("content-type"), body)
             except BodyRefused as refused:

@@ -1,0 +1,141 @@
+"""The approval webhook alone: its key file, its signature, and delivery to a real loopback
+receiver (retried with backoff, never holding up the caller)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from charter.approvals import (
+    SIGNATURE_HEADER,
+    ApprovalWebhook,
+    load_or_create_webhook_key,
+    sign,
+    verify_signature,
+)
+from charter.errors import UsageError
+
+
+class Receiver:
+    """Answers each POST with the next of `statuses` (then 204), after `delay` seconds."""
+
+    def __init__(self, statuses: list[int], delay: float = 0.0) -> None:
+        self.got: list[tuple[str, bytes, int]] = []
+        self.arrived = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(delay)
+                status = statuses[len(receiver.got)] if len(receiver.got) < len(statuses) else 204
+                receiver.got.append((self.headers[SIGNATURE_HEADER], body, status))
+                receiver.arrived.set()
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.got) < count:
+            assert time.monotonic() < deadline, self.got
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> bytes:
+    return load_or_create_webhook_key(tmp_path / "keys")
+
+
+def receiving(statuses: list[int], delay: float = 0.0) -> Iterator[Receiver]:
+    receiver = Receiver(statuses, delay)
+    try:
+        yield receiver
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+VIEW = {"approval_id": "ab" * 16, "operation": "send_payment", "status": "pending"}
+
+
+def test_the_key_is_made_once_private_and_refused_when_shared(tmp_path: Path) -> None:
+    first = load_or_create_webhook_key(tmp_path / "keys")
+    path = tmp_path / "keys" / "webhook.key"
+    assert (len(first), path.stat().st_mode & 0o777) == (64, 0o600)
+    assert load_or_create_webhook_key(tmp_path / "keys") == first == path.read_text().strip().encode()
+    path.chmod(0o644)
+    with pytest.raises(UsageError, match="chmod 600"):
+        load_or_create_webhook_key(tmp_path / "keys")
+    path.chmod(0o600)
+    path.write_text("not a key\n")
+    with pytest.raises(UsageError, match="64 lowercase hex"):
+        load_or_create_webhook_key(tmp_path / "keys")
+
+
+def test_a_signature_verifies_only_the_same_body_key_and_a_recent_time(key: bytes) -> None:
+    body = b'{"type":"approval.requested"}'
+    header = sign(key, body, timestamp=1_700_000_000)
+    expected = hmac.new(key, b"1700000000." + body, "sha256").hexdigest()
+    assert header == f"t=1700000000,v1={expected}"
+    assert verify_signature(key, header, body, now=1_700_000_100)
+    assert not verify_signature(key, header, body + b" ", now=1_700_000_100)
+    assert not verify_signature(b"f" * 64, header, body, now=1_700_000_100)
+    assert not verify_signature(key, header, body, now=1_700_000_000 + 301)  # a replayed old delivery
+    assert not verify_signature(key, header.replace("t=1700000000", "t=1700000050"), body, now=1_700_000_100)
+    for broken in ("", "v1=" + expected, "t=x,v1=" + expected, "t=1,t=2,v1=" + expected):
+        assert not verify_signature(key, broken, body, now=1_700_000_100)
+
+
+def test_a_delivery_is_signed_and_retried_with_backoff_until_accepted(key: bytes) -> None:
+    for receiver in receiving([500, 503]):
+        webhook = ApprovalWebhook(receiver.url, key, backoff=0.05)
+        webhook.notify(VIEW)
+        receiver.wait_for(3)
+        webhook.stop()
+        assert [status for _, _, status in receiver.got] == [500, 503, 204]
+        bodies = {body for _, body, _ in receiver.got}
+        assert len(bodies) == 1  # the same event each time
+        (body,) = bodies
+        assert json.loads(body) == {"type": "approval.requested", "approval": VIEW}
+        assert all(verify_signature(key, signature, body) for signature, _, _ in receiver.got)
+
+
+def test_delivery_gives_up_after_five_tries(key: bytes) -> None:
+    for receiver in receiving([500] * 10):
+        webhook = ApprovalWebhook(receiver.url, key, backoff=0.01)
+        webhook.notify(VIEW)
+        receiver.wait_for(5)
+        time.sleep(0.3)  # a sixth try would have come by now (backoff 0.01 doubling: 0.16 s)
+        webhook.stop()
+        assert len(receiver.got) == 5
+
+
+def test_notify_never_waits_for_the_receiver(key: bytes) -> None:
+    for receiver in receiving([], delay=2.0):
+        webhook = ApprovalWebhook(receiver.url, key)
+        webhook.notify(VIEW)
+        webhook.notify(VIEW)
+        assert not receiver.arrived.is_set()  # it returned before the receiver had answered
+        receiver.wait_for(1)
+        webhook.stop(timeout=0.1)
+
+
+def test_a_webhook_url_must_be_http() -> None:
+    with pytest.raises(UsageError, match="http"):
+        ApprovalWebhook("file:///etc/passwd", b"0" * 64)
