@@ -25,10 +25,11 @@ from mcp import Client, MCPError, types
 from mcp.client import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 
+from charter.agent import Charter, ScriptedModel
+from charter.agent._model import ModelRequest
 from charter.audit import AuditLog
 from charter.contract import load_contract
 from charter.registry import Registry
-from charter.runner import Runner
 from charter.sandbox import Sandbox
 from charter.server import CharterService, TokenStore, serving
 from charter.server._mcp import http_app
@@ -48,6 +49,10 @@ PAY_NEW_IBAN = (
     'conclude(f"sent {transfer.amount}")\n'
 )
 PAY = {"contract": "payments", "program": PAY_NEW_IBAN, "inputs": {"iban": NEW_IBAN}}
+
+
+def scripted(request: ModelRequest) -> str:
+    return f"```python\n{PAY_NEW_IBAN}```"
 
 
 # -- the client half of the tasks extension, as an MCP client application writes it ------------
@@ -141,7 +146,8 @@ def server(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Mcp]:
     path = ROOT / "contracts" / "payments.yaml"
     registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
     log = AuditLog(charter_home / "audit.db")
-    service = CharterService(registry=registry, audit=log, runner=Runner(audit=log, sandbox=shared_sandbox), agent=None)
+    agent = Charter(model=ScriptedModel(scripted), audit=log, sandbox=shared_sandbox)  # its program: PAY_NEW_IBAN
+    service = CharterService.create(registry=registry, audit=log, agent=agent)
     store = TokenStore(charter_home / "tokens.yaml")
     tokens = {
         # The holder may approve payments too (an approver herself): never her own request.
@@ -337,6 +343,32 @@ def test_a_task_resolves_transparently_for_a_client_with_the_extension(server: M
     # Denied: the resumed call is refused APPROVAL_DENIED, the program did not catch it.
     assert (final["status"], final["cause"]) == ("refused", "APPROVAL_DENIED")
     assert transfers_to(NEW_IBAN) == []
+
+
+def test_an_intent_that_pauses_is_a_task_completing_with_the_resumed_conclusion(server: Mcp) -> None:
+    async def session() -> tuple[TaskHandle, TaskState]:
+        async with server.client("holder") as holder:
+            intent = {"intent": "Pay the deposit to my landlord", "inputs": {"iban": NEW_IBAN}}
+            handle = await holder.session.call_tool("operate_payments", intent, allow_claimed=True)
+            assert isinstance(handle, TaskHandle), handle
+        (pending,) = server.service.approvals.list(status="pending")
+        async with server.client("reviewer") as reviewer:
+            await decide(reviewer, pending.approval_id, "approved", "the lease names this account")
+        async with server.client("holder") as holder:
+            get = GetTask(params=TaskParams(task_id=handle.task_id))
+            with anyio.fail_after(90):
+                while (state := await holder.session.send_request(get, TaskState)).status == "working":
+                    await anyio.sleep(0.1)
+        return handle, state
+
+    handle, state = anyio.run(session)
+    assert server.log.run(handle.task_id).status == "awaiting_approval"  # the intent run, concluded awaiting
+    assert state.status == "completed"
+    body = body_of(types.CallToolResult.model_validate(state.result))
+    assert (body["status"], body["answer"]) == ("done", "sent 25.00")
+    assert body["chain"][0] == handle.task_id  # the intent run, its paused program run, the resumed run
+    assert len(body["chain"]) == 3
+    assert len(transfers_to(NEW_IBAN)) == 1
 
 
 def test_tasks_are_answered_only_to_their_principal(server: Mcp) -> None:
