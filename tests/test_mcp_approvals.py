@@ -12,6 +12,8 @@ Another principal holding `payments:approve` decides through `approval_decide`.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from typing import Any, Literal
 import anyio
 import httpx2
 import pytest
-from mcp import Client, MCPError, types
+from mcp import Client, MCPError, StdioServerParameters, types
 from mcp.client import ClaimContext, ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 
@@ -35,7 +37,7 @@ from charter.server import CharterService, TokenStore, serving
 from charter.server._mcp import http_app
 from charter.server._mcp_tasks import TASKS_EXTENSION
 from examples.payments import backend
-from tests.conftest import ROOT
+from tests.conftest import ROOT, charter
 
 HOLDER_SCOPES = ["payments:read", "payments:write", "documents:read", "profile:read"]
 HOLDER_ATTRIBUTES = {"account_id": backend.HOLDER_ACCOUNT, "daily_limit": "2500.00"}
@@ -423,3 +425,47 @@ def test_the_approval_tools_are_listed_with_hints(server: Mcp) -> None:
     assert decide_tool.annotations is not None
     assert decide_tool.annotations.read_only_hint is False
     assert tools["approvals_list"].annotations.read_only_hint is True  # type: ignore[union-attr]
+
+
+def stdio(principal: str, *scopes: str, attributes: dict[str, str] | None = None) -> StdioServerParameters:
+    args = ["-m", "charter", "mcp", "--principal", principal]
+    for scope in scopes:
+        args += ["--scope", scope]
+    for name, value in (attributes or {}).items():
+        args += ["--attr", f"{name}={value}"]
+    return StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ), cwd=str(ROOT))
+
+
+def test_over_stdio_each_operator_resumes_its_own_runs(charter_home: Path) -> None:
+    """Two `charter mcp` processes on one log: the holder's pauses and gives a task; the reviewer's
+    decides (and leaves the holder's run alone: it knows no token of hers); the holder's process
+    resumes it as the principal its operator vouched for, and her task completes."""
+    backend.seed()
+    published = charter("contract", "publish", "contracts/payments.yaml")
+    assert published.returncode == 0, published.stderr
+
+    async def session() -> tuple[TaskHandle, dict[str, Any], TaskState]:
+        holder_params = stdio("holder", *HOLDER_SCOPES, attributes=HOLDER_ATTRIBUTES)
+        async with Client(holder_params, extensions=[Tasks()]) as holder:
+            handle = await holder.session.call_tool("execute_program", PAY, allow_claimed=True)
+            assert isinstance(handle, TaskHandle), handle
+            async with Client(stdio("reviewer", "payments:approve")) as reviewer:
+                (pending,) = body_of(await reviewer.call_tool("approvals_list", {}))["approvals"]
+                decided = body_of(await decide(reviewer, pending["approval_id"], "approved", "known landlord"))
+                await anyio.sleep(1.5)  # the reviewer's worker polls meanwhile, and must leave it alone
+            get = GetTask(params=TaskParams(task_id=handle.task_id))
+            with anyio.fail_after(90):
+                while (state := await holder.session.send_request(get, TaskState)).status == "working":
+                    await anyio.sleep(0.2)
+        return handle, decided, state
+
+    handle, decided, state = anyio.run(session)
+    assert decided["written"] is True
+    assert state.status == "completed"
+    body = body_of(types.CallToolResult.model_validate(state.result))
+    assert (body["status"], body["answer"]) == ("done", "sent 25.00")
+    assert body["chain"][0] == handle.task_id
+    log = AuditLog()
+    (resumed,) = [log.run(run_id) for run_id in body["chain"][1:]]
+    assert resumed.opened.principal == "holder"
+    assert len(transfers_to(NEW_IBAN)) == 1

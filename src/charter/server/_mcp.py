@@ -56,7 +56,7 @@ from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS, check_inputs
 from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._api import PROBLEM_TYPES, problem_response
-from charter.server._mcp_tasks import APPROVAL_PROBLEMS, ApprovalsFace, approval_problem
+from charter.server._mcp_tasks import APPROVAL_PROBLEMS, ApprovalsFace, approval_problem, resume_own_runs
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
 from charter.status import STATUSES
@@ -592,10 +592,7 @@ def serve_stdio(service: CharterService, principal: Principal) -> None:
             await server.run(read_stream, write_stream, options)
             tasks.cancel_scope.cancel()
 
-    # Decided approvals are resumed in the background, as the requester: this operator's own
-    # runs with its --scope, others' with their tokens' current scopes (none: revoked).
-    tokens = TokenStore()
-    service.start_approvals(lambda pid: principal if pid == principal.id else tokens.principal(pid))
+    resume_own_runs(service, principal)  # decided approvals of this operator's runs, in the background
     try:
         anyio.run(main)
     finally:

@@ -51,7 +51,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
 from charter.principal import Principal
-from charter.runner import Answer
+from charter.runner import Answer, Execution
 from charter.server._service import AUDIT_SCOPE, CharterService, conclusion_body
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "GetTaskParams",
     "UpdateTaskParams",
     "approval_problem",
+    "resume_own_runs",
 ]
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
@@ -470,3 +471,30 @@ def _waiting(approval: dict[str, Any] | None, *, resuming: bool) -> str:
         "the approver scope decides it (approval_decide, or POST /v1/approvals/ID/approve|deny); this task then "
         "completes with the run's conclusion."
     )
+
+
+def resume_own_runs(service: CharterService, principal: Principal, *, poll_seconds: float = 1.0) -> None:
+    """Over stdio, resume the decided approvals of this operator's own runs in the background.
+
+    The operator who starts `charter mcp` vouches for one principal (`-p`, `-s`, `--attr`) and
+    knows no other: a run another principal requested is left to a face that knows that
+    principal (`charter serve` with its token, that principal's own `charter mcp`), never
+    resumed here as a principal without tokens (which would seal it PRINCIPAL_REVOKED). The
+    worker is the service's (`stop_approvals` stops it; a decision made here notifies it)."""
+    from charter.approvals import ResumeInProgress, Resumer, ResumeWorker
+
+    class OwnRuns(Resumer):
+        def resume(self, approval_id: str) -> Execution:
+            if self.store.get(approval_id).principal != principal.id:
+                raise ResumeInProgress(f"approval {approval_id}: another principal's run, resumed by its own face")
+            return super().resume(approval_id)
+
+    resumer = OwnRuns(
+        service.runner,
+        service.registry,
+        principal_of=lambda pid: principal if pid == principal.id else None,
+        store=service.approvals,
+    )
+    worker = ResumeWorker(resumer, service.approvals, poll_seconds=poll_seconds)
+    worker.start()
+    service.resumes = worker
