@@ -217,6 +217,8 @@ def test_a_paused_tool_call_is_a_task_that_completes_once_another_principal_appr
             )
             await holder.session.send_request(update, types.EmptyResult)
             seen["after_update"] = await holder.session.send_request(get, TaskState)
+            # Reading the paused run is no run of its own: audit_run answers its view, never a task.
+            seen["audit"] = await holder.session.call_tool("audit_run", {"run_id": handle.task_id}, allow_claimed=True)
             approval_id = seen["polled"].status_message.split()[2].rstrip(":")
             seen["approval_id"] = approval_id
             seen["pending"] = server.service.approvals.get(approval_id).status
@@ -256,6 +258,9 @@ def test_a_paused_tool_call_is_a_task_that_completes_once_another_principal_appr
     approval_id = seen["approval_id"]
     assert approval_id == run.sealed.approval_id  # type: ignore[union-attr]
     assert "send_payment" in polled.status_message
+    audit = seen["audit"]
+    assert isinstance(audit, types.CallToolResult)
+    assert (body_of(audit)["status"], body_of(audit)["kind"]) == ("awaiting_approval", "program")
     # The requester's own "input" decided nothing.
     assert seen["after_update"].status == "working"
     assert seen["pending"] == "pending"

@@ -493,7 +493,8 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
 
         try:
             body = await anyio.to_thread.run_sync(call)
-            if body.get("status") == "awaiting_approval" and name != "run_status":  # a Task, or how to poll
+            starts_run = name == "execute_program" or name.startswith(_OPERATE)
+            if starts_run and body.get("status") == "awaiting_approval":  # a Task, or how to poll
                 paused = await anyio.to_thread.run_sync(approvals.answer_paused, ctx, body)
                 return paused if paused.get("resultType") == "task" else _result(paused)
             return _result(body)
