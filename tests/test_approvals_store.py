@@ -262,6 +262,28 @@ def test_an_approver_without_the_scope_is_forbidden(log: AuditLog, store: Approv
     assert records(log) == []
 
 
+def test_decide_trusts_the_signed_request_not_the_index(log: AuditLog, store: ApprovalStore) -> None:
+    _, approval_id = request(log)
+    # Whoever can write the file edits the derived index: another requester and an easier scope.
+    with closing(sqlite3.connect(log.path)) as db, db:
+        db.execute("UPDATE approvals SET principal = 'nobody', approver_scope = 'invoices:pay'")
+    with pytest.raises(SelfApproval):
+        store.decide(approval_id, Principal("kim", frozenset({"invoices:pay"})), "approved", "mine")
+    with pytest.raises(ApprovalForbidden):
+        store.decide(approval_id, Principal("eve", frozenset({"invoices:pay"})), "approved", "sure")
+    # Or edits the signed request itself, past the append-only triggers: nothing is decided.
+    with closing(sqlite3.connect(log.path)) as db, db:
+        db.execute("DROP TRIGGER receipts_no_update")
+        db.execute(
+            "UPDATE receipts SET body = CAST(replace(body, ?, ?) AS BLOB) WHERE kind = 'approval_request'",
+            ('"approver_scope":"invoices:approve"', '"approver_scope":"invoices:pays"'),
+        )
+    with pytest.raises(ApprovalError) as tampered:
+        store.decide(approval_id, Principal("eve", frozenset({"invoices:pays"})), "approved", "sure")
+    assert tampered.value.code == "TAMPERED"
+    assert records(log) == []
+
+
 @pytest.mark.parametrize("reason", ["", "   ", "x" * 2001])
 def test_a_decision_needs_a_reason(log: AuditLog, store: ApprovalStore, reason: str) -> None:
     _, approval_id = request(log)

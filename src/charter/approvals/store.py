@@ -397,17 +397,20 @@ class ApprovalStore:
                 row = self._row(connection, approval_id)
                 if row is None:
                     raise _not_found(approval_id)
-                if same_principal(approver.id, row["principal"]):
+                # Who asked, who may decide and until when: from the signed request, never from the
+                # index alone (a derived table, which whoever can write the file could edit).
+                request = self._signed_request(connection, row)
+                if same_principal(approver.id, request.principal):
                     raise SelfApproval(
                         f"{approver.id!a} may not decide approval {approval_id}: it was requested by "
-                        f"{row['principal']!a}, and an approval needs a second principal (four eyes; ids are "
+                        f"{request.principal!a}, and an approval needs a second principal (four eyes; ids are "
                         "compared by their Unicode TR39 confusable skeleton, so look-alikes count as the same)"
                     )
-                if not approver.has(row["approver_scope"]):
+                if not approver.has(request.approver_scope):
                     raise ApprovalForbidden(
-                        f"{approver.id!a} may not decide approval {approval_id} ({row['operation']} under contract "
-                        f"{row['contract']} {row['version']}): it needs the scope {row['approver_scope']}, which "
-                        "the contract's `approvals: scope` names"
+                        f"{approver.id!a} may not decide approval {approval_id} ({request.operation} under contract "
+                        f"{request.contract} {request.version}): it needs the scope {request.approver_scope}, "
+                        "which the contract's `approvals: scope` names"
                     )
                 existing = _decision(connection, row)
                 if existing is not None:
@@ -418,17 +421,38 @@ class ApprovalStore:
                         f"{existing.at} ({existing.reason}); a request is decided once",
                         existing=existing,
                     )
-                if decision == "approved" and utc_text(moment) >= row["expires"]:
+                expires = utc_text(request.expires)
+                if decision == "approved" and utc_text(moment) >= expires:
                     raise ApprovalExpired(
-                        f"approval {approval_id} expired at {row['expires']} unanswered: it can only be denied; "
+                        f"approval {approval_id} expired at {expires} unanswered: it can only be denied; "
                         "the program must ask again to run the call"
                     )
-                request = _request(connection, row)
                 link = _link(connection, row["request_log_seq"])
             decided = self._write(
                 row, request, link, approver.id, tuple(sorted(approver.scopes)), decision, reason, moment, expired=False
             )
         return decided, True
+
+    def _signed_request(self, connection: sqlite3.Connection, row: dict[str, Any]) -> ApprovalRequested:
+        """The request receipt of `row`, its signature checked with the log's trusted keys.
+        Raises ApprovalError (TAMPERED) if it is missing, altered or signed by an unknown key."""
+        request = _request(connection, row)
+        stored = self.audit.stored_at(row["request_log_seq"])
+        key = self.audit.trusted_keys().get(request.key_id)
+        intact = (
+            stored is not None
+            and key is not None
+            and isinstance(stored.body, bytes)  # as text, it is no longer the signed bytes
+            and isinstance(stored.signature, bytes)
+            and key.verifies(stored.signature, stored.body)
+        )
+        if not intact:
+            raise ApprovalError(
+                f"the request receipt of approval {row['approval_id']} (receipt {row['request_log_seq']}) does not "
+                "verify with the log's trusted keys: it was altered; nothing was decided. Run `charter audit verify`",
+                code="TAMPERED",
+            )
+        return request
 
     def expire_due(self, *, now: datetime | None = None) -> builtins.list[ApprovalDecided]:
         """Deny every request still pending at or after its `expires` (`now`, default the clock):
@@ -472,11 +496,11 @@ class ApprovalStore:
         expired: bool,
     ) -> ApprovalDecided:
         draft = ApprovalDecided(
-            run_id=row["approval_id"],
+            run_id=request.approval_id,
             seq=0,
             at=utc_text(moment),
-            approval_id=row["approval_id"],
-            request_run=row["run_id"],
+            approval_id=request.approval_id,
+            request_run=request.run_id,
             request_link=request_link,
             call=request.call,
             operation=request.operation,
