@@ -524,6 +524,14 @@ def test_kill_9_during_a_resume_never_executes_twice_and_loses_no_receipt(env: E
     assert len(crashed) == 1
     crashed_record = env.log.run(crashed[0])
     assert crashed_record.sealed is None
+    decided = {r.call for r in crashed_record.receipts if isinstance(r, Decision)}
+    outcomes = {r.call: r.status for r in crashed_record.receipts if isinstance(r, Outcome)}
+    # what each boundary left on the record, durably
+    assert (decided, outcomes) == {
+        "after-opened": (set(), {}),
+        "before-outcome": ({3}, {}),
+        "after-outcome": ({3, 4}, {3: "ok"}),
+    }[mode]
     assert _log_verifies(env)  # every receipt written is there and verifies
 
     again = _resume_in_child(env, "none", approval_id, counter)
