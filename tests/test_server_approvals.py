@@ -419,12 +419,12 @@ def test_an_expired_request_can_only_be_denied(api: Api, monkeypatch: pytest.Mon
     paused = api.pause()
     approval_id = paused["approval"]["id"]
     api.service.stop_approvals()  # no worker: it would deny the expired request itself (expire_due)
-    later = datetime.now(UTC) + timedelta(hours=25)  # the payments contract's requests wait 24 hours
+    soon = datetime.now(UTC) + timedelta(hours=25)  # the payments contract's requests wait 24 hours
 
     class Later(datetime):  # the store's clock, a day on
         @classmethod
-        def now(cls, tz: Any = None) -> datetime:
-            return later
+        def now(cls, tz: Any = None) -> Later:
+            return cls.fromtimestamp(soon.timestamp(), tz)
 
     monkeypatch.setattr(approvals_store, "datetime", Later)
     with api.client("reviewer") as client:
