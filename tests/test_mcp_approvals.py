@@ -474,3 +474,43 @@ def test_over_stdio_each_operator_resumes_its_own_runs(charter_home: Path) -> No
     (resumed,) = [log.run(run_id) for run_id in body["chain"][1:]]
     assert resumed.opened.principal == "holder"
     assert len(transfers_to(NEW_IBAN)) == 1
+
+
+def test_approval_tools_refuse_malformed_arguments_as_invalid_params(server: Mcp) -> None:
+    async def session() -> tuple[dict[str, MCPError], dict[str, Any], types.CallToolResult]:
+        errors: dict[str, MCPError] = {}
+        cases = {
+            "short_id": ("approval_show", {"approval_id": "abc"}),
+            "id_type": ("approval_show", {"approval_id": 7}),
+            "decision": ("approval_decide", {"approval_id": "a" * 32, "decision": "APPROVED", "reason": "x"}),
+            "no_reason": ("approval_decide", {"approval_id": "a" * 32, "decision": "approved"}),
+            "long_reason": ("approval_decide", {"approval_id": "a" * 32, "decision": "denied", "reason": "x" * 2001}),
+            "extra": ("approvals_list", {"status": "pending", "approver": "me"}),
+            "status": ("approvals_list", {"status": "done"}),
+            "limit": ("approvals_list", {"limit": 0}),
+        }
+        async with server.client("carol") as carol:
+            for label, (tool, arguments) in cases.items():
+                with pytest.raises(MCPError) as raised:
+                    await carol.call_tool(tool, arguments)
+                errors[label] = raised.value
+            listed = body_of(await carol.call_tool("approvals_list", {}))
+            unknown = await carol.call_tool("approval_show", {"approval_id": "a" * 32})
+        return errors, listed, unknown
+
+    errors, listed, unknown = anyio.run(session)
+    fields = {label: error.error.data["field"] for label, error in errors.items()}  # type: ignore[index]
+    assert fields == {
+        "short_id": "approval_id",
+        "id_type": "approval_id",
+        "decision": "decision",
+        "no_reason": "reason",
+        "long_reason": "reason",
+        "extra": "approver",
+        "status": "status",
+        "limit": "limit",
+    }
+    assert {error.error.code for error in errors.values()} == {-32602}
+    assert listed == {"approvals": []}
+    refused(unknown, "APPROVAL_NOT_FOUND")
+    assert server.service.approvals.list() == []
