@@ -185,10 +185,9 @@ SUITE: list[tuple[str, str, tuple[str, ...], list[str]]] = [
         "invoices",
         "Pay invoice INV-1003",
         ("invoices:read", "invoices:pay"),
-        [
-            _py('invoices.pay_invoice(number="INV-1003")\nconclude("paid")'),
-            _py('refuse("Paying invoice INV-1003 needs a human approval first; Charter has not run it.")'),
-        ],
+        # The payment needs a human's approval: the run pauses there and the intent concludes
+        # awaiting_approval after this one answer (no explanation round since issue 16).
+        [_py('invoices.pay_invoice(number="INV-1003")\nconclude("paid")')],
     ),
 ]
 

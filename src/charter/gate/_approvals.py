@@ -39,6 +39,7 @@ from charter.principal import Principal
 
 __all__ = [
     "GrantedApproval",
+    "Seen",
     "approval_key",
     "approval_request",
     "denied_verdict",
