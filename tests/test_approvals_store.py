@@ -72,14 +72,21 @@ def store(log: AuditLog) -> ApprovalStore:
 
 
 def opened(
+    log: AuditLog,
     *,
     principal: str = "kim",
     contract: str = "invoices",
     program: str = PROGRAM,
     resumes: str | None = None,
     approval_id: str | None = None,
-    logical_run_id: str | None = None,
 ) -> Opened:
+    """A program run's opening; resuming `resumes` under `approval_id`, it names the decision's link
+    and carries the paused run's logical id, as the resumer writes it."""
+    approval_link = logical_run_id = None
+    if resumes is not None and approval_id is not None:
+        approval_link = next(r.link for r in log.stored(approval_id))
+        paused = log.run(resumes).opened
+        logical_run_id = (paused.logical_run_id if isinstance(paused, Opened) else None) or resumes
     return Opened(
         run_id=secrets.token_hex(16),
         seq=0,
@@ -99,6 +106,7 @@ def opened(
         pid=0,
         resumes=resumes,
         approval_id=approval_id,
+        approval_link=approval_link,
         logical_run_id=logical_run_id,
     )
 
@@ -114,6 +122,7 @@ def request(
 ) -> tuple[str, str]:
     """A program run paused at call 2 (pay_invoice) for a new approval: (run id, approval id)."""
     opening = opened(
+        log,
         principal=principal,
         contract=contract,
         resumes=resumes[0] if resumes else None,
@@ -153,7 +162,7 @@ def request(
 
 def resume(log: AuditLog, paused_run: str, approval_id: str, *, seal: bool = True) -> str:
     """A run resuming `paused_run` under `approval_id`, completed (or, without `seal`, crashed)."""
-    recorder = log.open_run(opened(resumes=paused_run, approval_id=approval_id, logical_run_id=paused_run))
+    recorder = log.open_run(opened(log, resumes=paused_run, approval_id=approval_id))
     if seal:
         recorder.seal(sealed_receipt(recorder.run_id, Completed(answer="paid")))
     return recorder.run_id

@@ -384,7 +384,9 @@ class ApprovalStore:
         MAX_REASON_CHARS), ApprovalNotFound, SelfApproval (the requester, compared by TR39
         skeleton), ApprovalForbidden (the approver lacks the approver scope), ApprovalConflict
         (another decision exists), ApprovalExpired (approving at or after `expires`; denying is
-        accepted). `now` (default: the clock) is the decision's time."""
+        accepted), ApprovalError with code TAMPERED (the signed request does not verify with the
+        log's trusted keys), AuditError (no trusted key, or the record could not be written).
+        `now` (default: the clock) is the decision's time."""
         if decision not in get_args(Decided):
             raise UsageError(f"a decision is 'approved' or 'denied', not {decision!r}")
         if not reason.strip():
