@@ -10,6 +10,10 @@ the worker resumes the run.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +43,7 @@ from charter.registry import Registry
 from charter.sandbox import Sandbox
 from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
 from examples.payments import backend
-from tests.conftest import ROOT
+from tests.conftest import ROOT, charter
 
 HOLDER_SCOPES = ["payments:read", "payments:write", "documents:read", "profile:read"]
 HOLDER_ATTRIBUTES = {"account_id": backend.HOLDER_ACCOUNT, "daily_limit": "2500.00"}
@@ -435,3 +439,114 @@ def test_an_expired_request_can_only_be_denied(api: Api, monkeypatch: pytest.Mon
     assert (denied.status_code, denied.json()["status"]) == (200, "denied")
     (decided,) = decisions(api.log, approval_id)
     assert (decided.decision, decided.approver) == ("denied", "reviewer")
+
+
+# -- `charter serve` as a real process -------------------------------------------------------------
+
+
+def test_charter_serve_resumes_at_start_what_was_decided_while_it_was_down(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    from charter.approvals import ApprovalStore
+    from charter.runner import Runner
+
+    backend.seed()
+    path = ROOT / "contracts" / "payments.yaml"
+    Registry().publish(load_contract(path), path.read_text(encoding="utf-8"))
+    token = TokenStore(charter_home / "tokens.yaml").add("holder", "holder", HOLDER_SCOPES, HOLDER_ATTRIBUTES)
+    log = AuditLog(charter_home / "audit.db")
+    paused = Runner(audit=log, sandbox=shared_sandbox).execute(
+        PAY_NEW_IBAN,
+        contract=Registry().get("payments"),
+        principal=Principal("holder", frozenset(HOLDER_SCOPES), dict(HOLDER_ATTRIBUTES)),
+        inputs={"iban": NEW_IBAN},
+    )
+    assert (paused.status, paused.approval_id is not None) == ("awaiting_approval", True)
+    assert paused.approval_id is not None
+    approvals = ApprovalStore(log)
+    approvals.decide(paused.approval_id, Principal("reviewer", frozenset({"payments:approve"})), "approved", "ok")
+    assert transfers_to(NEW_IBAN) == []  # decided, and nothing resumed it: no server ran
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "charter", "serve", f"127.0.0.1:{port}", "--approval-webhook", "http://127.0.0.1:9/"],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while approvals.get(paused.approval_id).resume_status in (None, "interrupted"):
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, "charter serve did not resume the decided approval"
+            time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {token}"}
+        while True:
+            try:
+                view = httpx.get(f"http://127.0.0.1:{port}/v1/runs/{paused.run_id}", headers=headers).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "charter serve did not answer"
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert (view["status"], view["answer"], len(view["chain"])) == ("done", "sent 25.00", 2)
+    assert [t["amount"] for t in transfers_to(NEW_IBAN)] == ["25.00"]
+    assert (charter_home / "keys" / "webhook.key").stat().st_mode & 0o777 == 0o600  # made for the webhook
+
+
+def test_charter_serve_refuses_a_webhook_that_is_not_http() -> None:
+    result = charter("serve", "127.0.0.1:0", "--approval-webhook", "file:///etc/passwd")
+    assert result.returncode == 1
+    assert "is not an http:// or https:// URL" in result.stderr
+
+
+def test_a_second_flagged_call_pauses_again_and_the_run_follows_a_chain_of_two(api: Api) -> None:
+    second = backend.INJECTED_IBAN  # another IBAN that is no saved payee
+    program = (
+        "from decimal import Decimal\n"
+        'first = payments.send_payment(account="ACC-1001", recipient=inputs["iban"], amount=Decimal("25.00"), '
+        'reference="Deposit")\n'
+        'again = payments.send_payment(account="ACC-1001", recipient=inputs["second"], amount=Decimal("5.00"), '
+        'reference="Fee")\n'
+        'conclude(f"sent {first.amount} and {again.amount}")\n'
+    )
+    with api.client() as client:
+        paused = client.post(
+            "/v1/programs",
+            json={"contract": "payments", "program": program, "inputs": {"iban": NEW_IBAN, "second": second}},
+        ).json()
+    with api.client("reviewer") as client:
+        client.post(f"/v1/approvals/{paused['approval']['id']}/approve", json={"reason": "ok"}).raise_for_status()
+        deadline = time.monotonic() + 90
+        while True:  # the resumed run pauses at the second payment: a new request
+            pending = client.get("/v1/approvals", params={"status": "pending"}).json()
+            if pending:
+                break
+            assert time.monotonic() < deadline, "the resumed run did not pause again"
+            time.sleep(0.1)
+        (again,) = pending
+        assert (again["operation"], again["call"]) == ("send_payment", 2)
+        assert again["run_id"] != paused["run_id"]  # requested by the resumed run
+        with api.client() as holder:
+            waiting = holder.get(f"/v1/runs/{paused['run_id']}").json()
+        assert (waiting["status"], waiting["approval"]["id"], len(waiting["chain"])) == (
+            "awaiting_approval",
+            again["approval_id"],
+            2,
+        )
+        client.post(f"/v1/approvals/{again['approval_id']}/approve", json={"reason": "ok"}).raise_for_status()
+    final = api.settled(paused["run_id"])
+    assert (final["status"], final["answer"], len(final["chain"])) == ("done", "sent 25.00 and 5.00", 3)
+    assert [t["amount"] for t in transfers_to(NEW_IBAN) + transfers_to(second)] == ["25.00", "5.00"]
+    deadline = time.monotonic() + 30
+    while True:  # the webhook was told of both requests, the second by the worker that resumed the first
+        told = {json.loads(body)["approval"]["approval_id"] for _, body, status in api.receiver.deliveries}
+        if told == {paused["approval"]["id"], again["approval_id"]}:
+            break
+        assert time.monotonic() < deadline, told
+        time.sleep(0.05)
