@@ -36,9 +36,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import msgspec
@@ -57,7 +58,7 @@ from charter.audit import (
     StoredReceipt,
     check_run,
 )
-from charter.audit.receipts import link_of
+from charter.audit.receipts import decode_body, link_of
 from charter.compiler.artifact import CompiledContract
 from charter.errors import AuditError, RunNotFound
 from charter.gate import GrantedApproval
@@ -113,21 +114,51 @@ class Resumer:
         view = self.store.get(approval_id)
         if view.decision is None:
             raise ApprovalUndecided(f"approval {approval_id} is {view.status}: decide it before resuming its run")
-        done = self._sealed_resume(approval_id)
+        done = self._sealed_resume(approval_id, view.run_id)
         if done is not None:
             return done
         with _resume_lock(self.audit.path, approval_id):
-            done = self._sealed_resume(approval_id)  # another process may have finished meanwhile
+            done = self._sealed_resume(approval_id, view.run_id)  # another process may have finished meanwhile
             if done is not None:
                 return done
             return self._resume(approval_id, view.run_id)
 
-    def _sealed_resume(self, approval_id: str) -> Execution | None:
-        for run_id in reversed(self.store.resume_runs(approval_id)):
-            record = self.audit.run(run_id)
+    def _sealed_resume(self, approval_id: str, paused_id: str) -> Execution | None:
+        for run_id in reversed(self.resume_runs(approval_id, paused_id)):
+            try:
+                record = self.audit.run(run_id)
+            except ValueError:  # a receipt no longer decodes: the resume's verification names it
+                continue
             if isinstance(record.sealed, Sealed):
                 return execution_of(record, self.audit)
         return None
+
+    def resume_runs(self, approval_id: str, paused_id: str) -> list[str]:
+        """The runs that resumed approval `approval_id` (of run `paused_id`), in log order, found
+        in the signed Opened receipts written after the paused run, not in the approvals index:
+        whoever can edit that derived table must not hide a crashed resume (whose approved call
+        would then be sent again). An Opened that no longer decodes is listed too, so that the
+        verification of the chain names it."""
+        last = 0
+        for row in self.audit.stored(paused_id):
+            last = row.log_seq
+        needle = msgspec.json.encode({"approval_id": approval_id})[1:-1]  # "approval_id":"<id>"
+        with closing(sqlite3.connect(self.audit.path)) as connection:
+            rows = connection.execute(
+                "SELECT run_id, body FROM receipts WHERE kind = 'open' AND log_seq > ? AND instr(body, ?) > 0 "
+                "ORDER BY log_seq",
+                (last, needle),
+            ).fetchall()
+        found = []
+        for run_id, body in rows:
+            try:
+                opened = decode_body(body)
+            except ValueError:
+                found.append(str(run_id))
+                continue
+            if isinstance(opened, Opened) and opened.approval_id == approval_id:
+                found.append(str(run_id))
+        return found
 
     def _resume(self, approval_id: str, paused_id: str) -> Execution:
         audit = self.audit
@@ -138,8 +169,7 @@ class Resumer:
             paused = RunRecord(opened=first, receipts=(first,), sealed=None)  # type: ignore[arg-type]
         if not isinstance(paused.opened, Opened):
             raise AuditError(f"approval {approval_id} names run {paused_id}, which is not a program run")
-        earlier = [r for r in self.store.resume_runs(approval_id) if r != paused_id]
-        recovers = tuple(earlier)  # none of them is sealed (else `_sealed_resume` answered)
+        recovers = tuple(self.resume_runs(approval_id, paused_id))  # none is sealed (else `_sealed_resume` answered)
         contract = self._contract(paused.opened)
         findings, decided = self._verify(approval_id, paused, recovers)
         if contract is not None and contract.sha256 != paused.opened.contract_sha256:
