@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -550,3 +552,19 @@ def test_a_second_flagged_call_pauses_again_and_the_run_follows_a_chain_of_two(a
             break
         assert time.monotonic() < deadline, told
         time.sleep(0.05)
+
+
+def test_a_tampered_request_is_decided_by_nobody_and_answered_as_a_conflict(api: Api) -> None:
+    approval_id = api.pause()["approval"]["id"]
+    # Whoever can write the file edits the signed request past the append-only triggers.
+    with closing(sqlite3.connect(api.log.path)) as db, db:
+        db.execute("DROP TRIGGER receipts_no_update")
+        db.execute(
+            "UPDATE receipts SET body = CAST(replace(body, ?, ?) AS BLOB) WHERE kind = 'approval_request'",
+            ('"reason":"recipient not a saved payee"', '"reason":"a saved payee"'),
+        )
+    with api.client("reviewer") as client:
+        refused = client.post(f"/v1/approvals/{approval_id}/approve", json={"reason": "small amount"})
+    problem(refused, 409, "approval-tampered", "TAMPERED")
+    assert decisions(api.log, approval_id) == []
+    assert transfers_to(NEW_IBAN) == []

@@ -85,6 +85,7 @@ PROBLEM_TYPES = {
     "already-decided": (409, "The approval request holds another decision"),
     "approval-expired": (409, "The approval request expired: it can only be denied"),
     "resume-in-progress": (409, "The approved run is being resumed"),
+    "approval-tampered": (409, "The approval request's signed record does not verify; nothing was decided"),
     "method-not-allowed": (405, "Method not allowed"),
     "idempotency-in-progress": (409, "A request with this Idempotency-Key is still running"),
     "invalid-json": (400, "The request body is not JSON this API accepts"),
@@ -108,6 +109,7 @@ _APPROVAL_PROBLEMS = {
     "ALREADY_DECIDED": "already-decided",
     "APPROVAL_EXPIRED": "approval-expired",
     "RESUME_IN_PROGRESS": "resume-in-progress",
+    "TAMPERED": "approval-tampered",
 }
 
 

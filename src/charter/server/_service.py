@@ -237,11 +237,12 @@ class CharterService:
         if recorded is None:
             return None
         answer, attempts = recorded
-        chain = self.chain(run_id)
-        latest = self._latest_sealed(chain)
-        if latest is None or latest == run_id:
+        records = self._chain_records(run_id)
+        chain = [r.run_id for r in records]
+        latest = _latest_sealed(records)
+        if latest is None or latest.run_id == run_id:
             return answer, attempts, chain
-        resumed = self.recorded_answer(latest)
+        resumed = self.recorded_answer(latest.run_id)
         if resumed is None:
             return answer, attempts, chain
         now = resumed[0]
@@ -262,17 +263,14 @@ class CharterService:
     def chain(self, run_id: str) -> list[str]:
         """The run ids of `run_id`'s approval chain in order: the run itself (an intent run
         first), the program run that paused, then each resumed run. [run_id] for a run that
-        never paused."""
-        ids = [record.run_id for record in chain_of(self.audit, run_id)]
-        return ids if run_id in ids else [run_id, *ids]
+        never paused. Raises RunNotFound."""
+        return [record.run_id for record in self._chain_records(run_id)]
 
-    def _latest_sealed(self, chain: list[str]) -> str | None:
-        """The latest run of `chain` that was sealed: a resume still under way (or crashed, and
-        to be retried by the worker) does not yet change what the chain concluded."""
-        for run_id in reversed(chain):
-            if self.audit.run(run_id).sealed is not None:
-                return run_id
-        return None
+    def _chain_records(self, run_id: str) -> list[RunRecord]:
+        records = chain_of(self.audit, run_id)
+        if any(r.run_id == run_id for r in records):
+            return records
+        return [self.audit.run(run_id), *records]
 
     def approval_summary(self, approval_id: str | None) -> dict[str, Any] | None:
         """What a paused run's caller is told of its approval: id, operation, call, reason,
@@ -384,19 +382,25 @@ class CharterService:
         `latest_run`, and the latest sealed run's status, cause, answer and reason in place of
         the run's own (a paused run reports its resumed run's conclusion once there is one);
         `approval` while the chain awaits one; `resuming`: a resumed run under way."""
-        chain = self.chain(record.run_id)
-        latest_id = self._latest_sealed(chain) or record.run_id
-        latest = record if latest_id == record.run_id else self.audit.run(latest_id)
-        view: dict[str, Any] = {"chain": chain, "latest_run": latest_id}
-        if latest is not record:
+        records = self._chain_records(record.run_id)
+        chain = [r.run_id for r in records]
+        latest = _latest_sealed(records) or record
+        view: dict[str, Any] = {"chain": chain, "latest_run": latest.run_id}
+        if latest.run_id != record.run_id:
             now = summary(latest)
             view |= {key: now[key] for key in ("status", "cause", "answer", "reason")}
         closing = latest.sealed
         waiting = closing.approval_id if isinstance(closing, Sealed | Concluded) else None
         view["approval"] = self.approval_summary(waiting) if latest.status == "awaiting_approval" else None
-        after = chain[chain.index(latest_id) + 1 :] if latest_id in chain else []
+        after = chain[chain.index(latest.run_id) + 1 :] if latest.run_id in chain else []
         view["resuming"] = after[-1] if after else None
         return view
+
+
+def _latest_sealed(records: list[RunRecord]) -> RunRecord | None:
+    """The latest sealed run of a chain: a resume still under way (or crashed, and to be
+    retried by the worker) does not yet change what the chain concluded."""
+    return next((r for r in reversed(records) if r.sealed is not None), None)
 
 
 def _checked_view(checked: CheckedRun, *, receipts_only: bool = False) -> dict[str, Any]:
