@@ -55,8 +55,8 @@ from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFou
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS, check_inputs
 from charter.principal import Principal
 from charter.runner import Answer
-from charter.server._api import PROBLEM_TYPES, problem_response
-from charter.server._mcp_tasks import APPROVAL_PROBLEMS, ApprovalsFace, approval_problem, resume_own_runs
+from charter.server._api import _APPROVAL_PROBLEMS, PROBLEM_TYPES, problem_response
+from charter.server._mcp_tasks import ApprovalsFace, resume_own_runs
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
 from charter.status import STATUSES
@@ -388,7 +388,7 @@ def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResul
 
 def _problem(kind: str, detail: str, **extra: Any) -> types.CallToolResult:
     """A tool error in the HTTP API's problem shape: branch on `type`, never on the wording."""
-    status, title = PROBLEM_TYPES.get(kind) or APPROVAL_PROBLEMS[kind]
+    status, title = PROBLEM_TYPES[kind]
     body = {"type": f"urn:charter:problem:{kind}", "title": title, "status": status, "detail": detail, **extra}
     return _result(body, error=True)
 
@@ -503,7 +503,7 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
             extra = {"internal": True, "run_id": answer.run_id, "contract": answer.contract, "version": answer.version}
             return _problem("backend-unavailable", str(error), **extra)
         except ApprovalError as error:  # the reason code beside the HTTP API's problem type
-            return _problem(approval_problem(error.code), str(error), code=error.code)
+            return _problem(_APPROVAL_PROBLEMS.get(error.code, "invalid-request"), str(error), code=error.code)
         except (CharterError, Forbidden, IntentsUnavailable) as error:
             kind = next(kind for cls, kind in _PROBLEM_OF if isinstance(error, cls))
             return _problem(kind, str(error))

@@ -55,14 +55,12 @@ from charter.runner import Answer, Execution
 from charter.server._service import AUDIT_SCOPE, CharterService, conclusion_body
 
 __all__ = [
-    "APPROVAL_PROBLEMS",
     "APPROVAL_TOOLS",
     "TASKS_EXTENSION",
     "ApprovalsFace",
     "CancelTaskParams",
     "GetTaskParams",
     "UpdateTaskParams",
-    "approval_problem",
     "resume_own_runs",
 ]
 
@@ -73,24 +71,6 @@ _STATUSES = ("pending", "approved", "denied", "expired")
 _MAX_REASON = 2000
 
 _log = logging.getLogger("charter.server")
-
-# The HTTP API's problem types for the approval reason codes (server/_api.py PROBLEM_TYPES
-# holds the same): the type is the code in kebab case.
-APPROVAL_PROBLEMS: dict[str, tuple[int, str]] = {
-    "approval-not-found": (404, "No such approval request among those this principal may see"),
-    "self-approval": (403, "The requesting principal may not decide its own request (four eyes)"),
-    "forbidden-scope": (403, "This principal lacks the approver scope the request names"),
-    "already-decided": (409, "The approval request holds another decision"),
-    "approval-expired": (409, "The approval request expired: it can only be denied"),
-    "resume-in-progress": (409, "The approved run is being resumed"),
-}
-
-
-def approval_problem(code: str) -> str:
-    """The problem type of an approval reason code (APPROVAL_NOT_FOUND -> approval-not-found);
-    invalid-request for a code without one."""
-    kind = code.lower().replace("_", "-")
-    return kind if kind in APPROVAL_PROBLEMS else "invalid-request"
 
 
 # -- the tasks extension's request params (SEP-2663) -------------------------------------------
