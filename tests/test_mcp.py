@@ -92,7 +92,8 @@ def test_a_client_session_lists_tools_and_resources_runs_an_intent_and_a_program
     from importlib.metadata import version
 
     assert (seen["server"].name, seen["server"].version) == ("charter", version("charter"))
-    assert set(seen["tools"]) == {"operate_orders", "operate_invoices", "execute_program", "audit_run"}
+    approval_tools = {"run_status", "approvals_list", "approval_show", "approval_decide"}
+    assert set(seen["tools"]) == {"operate_orders", "operate_invoices", "execute_program", "audit_run", *approval_tools}
     operate = seen["tools"]["operate_orders"]
     # Generated from the contract: its summary, version, operations and hard boundaries.
     assert operate.description.startswith("Customer orders, from placement to delivery")

@@ -8,6 +8,11 @@ contract version shows up without a restart or a code change:
   boundaries, version.
 - `execute_program`: code mode, a program the caller wrote against a contract's stubs.
 - `audit_run`: a run's conclusion, receipts and verification.
+- `run_status`, `approvals_list`, `approval_show`, `approval_decide`: human approvals
+  (server/_mcp_tasks.py). A tool call whose run pauses for approval answers a Task
+  (the `io.modelcontextprotocol/tasks` extension) to a client that declared it, otherwise
+  the awaiting_approval conclusion and the run_status poll; another principal holding the
+  approver scope decides with approval_decide (four eyes, as on the HTTP API).
 
 Resources, per published contract version: its operational model as the Runtime Agent
 reads it (`charter://contracts/NAME/VERSION/prompt`) and its typed stubs (`.../stubs`).
@@ -30,7 +35,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -43,13 +48,15 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Res
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
+from charter.approvals import ApprovalError
 from charter.compiler.artifact import CompiledContract
 from charter.contract.cel_guards import suggest
 from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFound, UsageError
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS, check_inputs
 from charter.principal import Principal
 from charter.runner import Answer
-from charter.server._api import PROBLEM_TYPES, problem_response
+from charter.server._api import _APPROVAL_PROBLEMS, PROBLEM_TYPES, problem_response
+from charter.server._mcp_tasks import ApprovalsFace, resume_own_runs
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
 from charter.status import STATUSES
@@ -132,6 +139,17 @@ _CONCLUSION_SCHEMA: dict[str, Any] = {
         "contract": _nullable("string"),
         "version": _nullable("string"),
         "attempts": {"type": "integer", "description": "Model answers it took (intents only)."},
+        "approval": {
+            "type": ["object", "null"],
+            "description": "awaiting_approval: the approval the run waits for (id, operation, call, reason, "
+            "expires, status); another principal holding the approver scope decides it (approval_decide).",
+        },
+        "chain": {"type": "array", "items": {"type": "string"}, "description": "A run that paused: its run ids."},
+        "poll": {
+            "type": "object",
+            "description": "awaiting_approval, to a client without the tasks extension: the tool to call for the "
+            "run's conclusion now (run_status).",
+        },
     },
     "required": ["run_id", "status", "cause", "decision", "answer", "data", "reason", "contract", "version"],
 }
@@ -281,6 +299,10 @@ def _tools(service: CharterService) -> list[types.Tool]:
             annotations=types.ToolAnnotations(title=title, read_only_hint=True),
         )
     )
+    for tool in ApprovalsFace.tools():  # approvals: run_status (the poll) and the approval tools
+        tools.append(
+            tool if tool.output_schema is not None else tool.model_copy(update={"output_schema": _CONCLUSION_SCHEMA})
+        )
     return tools
 
 
@@ -347,10 +369,13 @@ class _BackendUnavailable(Exception):
         self.answer = answer
 
 
-def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
+def _conclusion(service: CharterService, answer: Answer, attempts: int | None = None) -> dict[str, Any]:
     if answer.unavailable:
         raise _BackendUnavailable(answer)
-    return conclusion_body(answer, attempts)
+    body = conclusion_body(answer, attempts)
+    if answer.status == "awaiting_approval":  # as the HTTP API's 202 says it
+        body["approval"] = service.approval_summary(answer.approval_id)
+    return body
 
 
 def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResult:
@@ -411,11 +436,14 @@ class _Changes:
 
 def build_server(service: CharterService, principal_of: PrincipalOf, changes: _Changes | None = None) -> Server[Any]:
     """The MCP server; with `changes`, it declares listChanged and serves `subscriptions/listen`."""
+    approvals = ApprovalsFace(service, principal_of)
 
     async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
         return types.ListToolsResult(tools=await anyio.to_thread.run_sync(_tools, service))
 
-    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | dict[str, Any]:
         principal = principal_of(ctx)
         arguments = params.arguments or {}
         name = params.name
@@ -435,7 +463,7 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
 
             def call() -> dict[str, Any]:
                 conclusion = service.operate(principal, contract, given["intent"], inputs=inputs, secret_inputs=secret)
-                return _conclusion(conclusion, conclusion.attempts)
+                return _conclusion(service, conclusion, conclusion.attempts)
 
         elif name == "execute_program":
             inputs, secret = _program_inputs(arguments)
@@ -444,7 +472,10 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
 
             def call() -> dict[str, Any]:
                 return _conclusion(
-                    service.execute(principal, given["contract"], given["program"], inputs=inputs, secret_inputs=secret)
+                    service,
+                    service.execute(
+                        principal, given["contract"], given["program"], inputs=inputs, secret_inputs=secret
+                    ),
                 )
 
         elif name == "audit_run":
@@ -455,15 +486,24 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
                 view["receipts"] = len(view["receipts"])  # the count; the receipts are on GET /v1/runs/{id}
                 return view
 
+        elif approvals.serves(name):
+            call = approvals.call(principal, name, arguments)
         else:
             raise _invalid(f"no tool {name!r}: tools/list names the tools", "name")
 
         try:
-            return _result(await anyio.to_thread.run_sync(call))
+            body = await anyio.to_thread.run_sync(call)
+            starts_run = name == "execute_program" or name.startswith(_OPERATE)
+            if starts_run and body.get("status") == "awaiting_approval":  # a Task, or how to poll
+                paused = await anyio.to_thread.run_sync(approvals.answer_paused, ctx, body)
+                return paused if paused.get("resultType") == "task" else _result(paused)
+            return _result(body)
         except _BackendUnavailable as error:  # an internal error: the server's, not the caller's
             answer = error.answer
             extra = {"internal": True, "run_id": answer.run_id, "contract": answer.contract, "version": answer.version}
             return _problem("backend-unavailable", str(error), **extra)
+        except ApprovalError as error:  # the reason code beside the HTTP API's problem type
+            return _problem(_APPROVAL_PROBLEMS.get(error.code, "invalid-request"), str(error), code=error.code)
         except (CharterError, Forbidden, IntentsUnavailable) as error:
             kind = next(kind for cls, kind in _PROBLEM_OF if isinstance(error, cls))
             return _problem(kind, str(error))
@@ -521,11 +561,15 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
             "tools; read a contract's resources to know what it allows."
         ),
         on_list_tools=list_tools,
-        on_call_tool=call_tool,
+        # A task (resultType "task") is a dict: the runner serializes any handler result, which
+        # is how an extension's result shape reaches the wire; the parameter's annotation names
+        # the core shapes only.
+        on_call_tool=cast(Any, call_tool),
         on_list_resources=list_resources,
         on_read_resource=read_resource,
         on_subscriptions_listen=ListenHandler(changes.bus) if changes is not None else None,
     )
+    approvals.install(server)  # the tasks extension: tasks/get, tasks/update, tasks/cancel
     if changes is not None:
 
         async def initialized(ctx: ServerRequestContext[Any], params: Any) -> None:
@@ -549,14 +593,22 @@ def serve_stdio(service: CharterService, principal: Principal) -> None:
             await server.run(read_stream, write_stream, options)
             tasks.cancel_scope.cancel()
 
-    anyio.run(main)
+    resume_own_runs(service, principal)  # decided approvals of this operator's runs, in the background
+    try:
+        anyio.run(main)
+    finally:
+        service.stop_approvals()
 
 
 def serve_http(service: CharterService, tokens: TokenStore, host: str, port: int) -> None:
     import uvicorn
 
     app = http_app(service, tokens, host)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    service.start_approvals(tokens.principal)  # resumes decided approvals, as `charter serve` does
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        service.stop_approvals()
 
 
 _REALM = "charter-mcp"
