@@ -26,18 +26,14 @@ approved (or denied) call and everything after go live through the gate, which c
 approved call again against the state now and gives its write a key derived from the
 approval (charter.gate._approvals).
 
-One resume of an approval at a time: a process lock plus an fcntl lock on
-`<audit.db>.resume-locks` (non-blocking: another holder is RESUME_IN_PROGRESS). A resume of an
+One resume of an approval at a time: a process lock plus an fcntl record lock on
+`<audit.db>.resume-locks` (charter.audit._locks) (non-blocking: another holder is RESUME_IN_PROGRESS). A resume of an
 approval whose resume was sealed returns that run's answer and runs nothing.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -58,6 +54,7 @@ from charter.audit import (
     StoredReceipt,
     check_run,
 )
+from charter.audit._locks import side_lock
 from charter.audit.receipts import decode_body, link_of
 from charter.compiler.artifact import CompiledContract
 from charter.errors import AuditError, RunNotFound
@@ -366,31 +363,16 @@ def sealed_execution(record: RunRecord, audit: AuditLog) -> Execution:
 
 # -- the resume lock ------------------------------------------------------------------
 
-_held: set[tuple[str, str]] = set()
-_held_lock = threading.Lock()
-_fds: dict[str, int] = {}  # one descriptor per lock file for the process (closing any drops its locks)
-
 
 @contextmanager
 def _resume_lock(database: Path, approval_id: str) -> Iterator[None]:
-    """Exclusive per approval across threads and processes; never waits (ResumeInProgress)."""
-    path = f"{database}.resume-locks"
-    mine = (path, approval_id)
-    with _held_lock:
-        if mine in _held:
-            raise ResumeInProgress(f"approval {approval_id} is being resumed by another thread of this process")
-        fd = _fds.get(path)
-        if fd is None:
-            fd = _fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        offset = int(hashlib.sha256(approval_id.encode()).hexdigest()[:15], 16)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
-        except OSError:
-            raise ResumeInProgress(f"approval {approval_id} is being resumed by another process") from None
-        _held.add(mine)
+    """Exclusive per approval across threads and processes (one key of `<audit.db>.resume-locks`);
+    never waits (ResumeInProgress). Not best effort: where other processes cannot be excluded,
+    resuming fails (OSError) rather than risk running the approved call twice."""
+    lock = side_lock(database, ".resume-locks", approval_id)
+    if not lock.acquire(blocking=False):
+        raise ResumeInProgress(f"approval {approval_id} is being resumed by another thread or process")
     try:
         yield
     finally:
-        with _held_lock:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
-            _held.discard(mine)
+        lock.release()
