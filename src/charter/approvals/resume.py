@@ -33,9 +33,8 @@ approval whose resume was sealed returns that run's answer and runs nothing.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -54,8 +53,9 @@ from charter.audit import (
     StoredReceipt,
     check_run,
 )
+from charter.audit._approval_records import resume_runs
 from charter.audit._locks import side_lock
-from charter.audit.receipts import decode_body, link_of
+from charter.audit.receipts import link_of
 from charter.compiler.artifact import CompiledContract
 from charter.errors import AuditError, RunNotFound
 from charter.gate import GrantedApproval
@@ -134,27 +134,12 @@ class Resumer:
         in the signed Opened receipts written after the paused run, not in the approvals index:
         whoever can edit that derived table must not hide a crashed resume (whose approved call
         would then be sent again). An Opened that no longer decodes is listed too, so that the
-        verification of the chain names it."""
+        verification of the chain names it. The reader is the audit surfaces' own
+        (charter.audit._approval_records.resume_runs), bounded to receipts after the paused run."""
         last = 0
         for row in self.audit.stored(paused_id):
             last = row.log_seq
-        needle = msgspec.json.encode({"approval_id": approval_id})[1:-1]  # "approval_id":"<id>"
-        with closing(sqlite3.connect(self.audit.path)) as connection:
-            rows = connection.execute(
-                "SELECT run_id, body FROM receipts WHERE kind = 'open' AND log_seq > ? AND instr(body, ?) > 0 "
-                "ORDER BY log_seq",
-                (last, needle),
-            ).fetchall()
-        found = []
-        for run_id, body in rows:
-            try:
-                opened = decode_body(body)
-            except ValueError:
-                found.append(str(run_id))
-                continue
-            if isinstance(opened, Opened) and opened.approval_id == approval_id:
-                found.append(str(run_id))
-        return found
+        return resume_runs(self.audit, approval_id, after=last, undecodable=True)
 
     def _resume(self, approval_id: str, paused_id: str) -> Execution:
         audit = self.audit
