@@ -5,6 +5,8 @@ which is derived and unsigned: `audit show`, `audit export` and verification of 
 must stand on what the log vouches for. A chain is the run that paused first, then, per
 approval along it, the decision and the runs resuming it (a crashed resume, then the one
 that ran on); a resumed run that pauses again continues the chain with the next approval.
+charter.approvals.chain walks the same chains for the API's views, faster and through the
+index (see there why both exist); the resumer reads its resumes here (`resume_runs`).
 """
 
 from __future__ import annotations
