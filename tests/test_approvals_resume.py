@@ -604,3 +604,107 @@ def test_token_store_principal_is_the_union_of_its_tokens(charter_home: Path) ->
     tokens.revoke("ada-ci")
     assert tokens.principal("ada") is None
     assert tokens.principal("carol") is None
+
+
+# -- a resume the backend's absence stopped (A6) -------------------------------------------------
+
+
+class Unavailable(Counting):
+    """Counting, but while `down` names an operation, calling it raises BackendUnavailable before
+    the backend is reached (as a binding module that changed since publish does)."""
+
+    def __init__(self, inner: Any, calls: list[tuple[str, str | None]], down: set[str]) -> None:
+        super().__init__(inner, calls)
+        self.down = down
+        self.reached: list[tuple[str, str | None]] = []  # the invocations that got to the backend
+
+    def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
+        from charter.backends import BackendUnavailable
+
+        if operation in self.down:
+            raise BackendUnavailable(f"binding of {operation} changed since it was published")
+        self.reached.append((operation, context.idempotency_key if context is not None else None))
+        return super().invoke(operation, arguments, context)
+
+
+def _flaky_env(env: Env, down: set[str]) -> tuple[Env, Unavailable]:
+    backends: list[Unavailable] = []
+
+    def backend_for(contract: CompiledContract) -> Unavailable:
+        backends.append(Unavailable(ContractBackend(contract), env.calls, down))
+        return backends[-1]
+
+    runner = Runner(audit=env.log, sandbox=env.runner.sandbox, backend_for=backend_for)
+    flaky = Env(env.home, env.log, env.registry, env.contract, runner, env.store, env.calls)
+    flaky.run("conclude('warm')")  # builds the gate, hence the backend
+    return flaky, backends[0]
+
+
+def test_a_resume_the_backend_stopped_before_the_approved_call_is_retried_and_executes_once(env: Env) -> None:
+    down: set[str] = set()
+    flaky, backend = _flaky_env(env, down)
+    _, approval_id = flaky.paused(REFUND_THEN_READ)
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+
+    down.add("refund_order")
+    first = flaky.resumer.resume(approval_id)
+    assert (first.status, first.cause) == ("failed", "BACKEND_UNAVAILABLE")
+    assert flaky.resumer.retryable(first)
+    assert [op for op, _ in backend.reached].count("refund_order") == 0
+
+    down.clear()
+    second = flaky.resumer.resume(approval_id)  # not the failed one's answer: run again
+    assert second.run_id != first.run_id
+    assert (second.status, second.answer) == ("done", "refunded 10.00 confirmed")
+    assert [r for r in backend.reached if r[0] == "refund_order"] == [("refund_order", write_key(approval_id, 3))]
+    opened = flaky.log.run(second.run_id).opened
+    assert isinstance(opened, Opened)
+    assert opened.recovers == (first.run_id,)
+    assert not flaky.resumer.retryable(second)
+    assert flaky.resumer.resume(approval_id).run_id == second.run_id  # final now: nothing runs again
+    assert [op for op, _ in backend.reached].count("refund_order") == 1
+    assert _log_verifies(flaky)
+    for run_id in (first.run_id, second.run_id):
+        report = replay_run(flaky.log.run(run_id), env.contract, env.runner.sandbox, log=env.log)
+        assert report.identical, (run_id, report.divergences)
+
+
+def test_a_resume_the_backend_stopped_after_the_approved_call_acted_is_final(env: Env) -> None:
+    down: set[str] = set()
+    flaky, backend = _flaky_env(env, down)
+    _, approval_id = flaky.paused(REFUND + "x = orders.list_orders()\nconclude('refunded')\n")
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+    down.add("list_orders")  # the read after the refund: the refund's Outcome is ok
+    first = flaky.resumer.resume(approval_id)
+    assert (first.status, first.cause) == ("failed", "BACKEND_UNAVAILABLE")
+    assert [op for op, _ in backend.reached].count("refund_order") == 1
+    assert not flaky.resumer.retryable(first)
+    down.clear()
+    assert flaky.resumer.resume(approval_id).run_id == first.run_id
+    assert [op for op, _ in backend.reached].count("refund_order") == 1
+
+
+def test_the_worker_retries_a_resume_the_backend_stopped_until_it_completes(env: Env) -> None:
+    down = {"refund_order"}
+    flaky, backend = _flaky_env(env, down)
+    _, approval_id = flaky.paused(REFUND_THEN_READ)
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+    sealed: list[Any] = []
+    done = threading.Event()
+    worker = ResumeWorker(
+        flaky.resumer, flaky.store, poll_seconds=0.05, on_sealed=lambda e: (sealed.append(e), done.set())
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while approval_id not in worker.failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "failed BACKEND_UNAVAILABLE" in worker.failures[approval_id]
+        assert not done.is_set()
+        down.clear()
+        assert done.wait(60)
+    finally:
+        worker.stop()
+    assert [(e.status, e.answer) for e in sealed] == [("done", "refunded 10.00 confirmed")]
+    assert [op for op, _ in backend.reached].count("refund_order") == 1
+    assert approval_id not in worker.failures

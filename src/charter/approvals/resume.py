@@ -26,6 +26,16 @@ approved (or denied) call and everything after go live through the gate, which c
 approved call again against the state now and gives its write a key derived from the
 approval (charter.gate._approvals).
 
+A resume stopped by the server, not by the call: a resume sealed failed with cause
+BACKEND_UNAVAILABLE before the approved call took effect (the approved call was never decided
+in it, or its Outcome is failed BACKEND_UNAVAILABLE: the backend was never reached) does not
+spend the approval. It is `retryable` (the worker, charter.approvals.worker, retries it with its
+backoff; `charter approvals resume` runs it again): the new resume lists it in `recovers` like
+a crashed resume and is answered from its recorded ok outcomes, but each call whose Outcome
+there is failed BACKEND_UNAVAILABLE goes live again, under the same approval-derived
+idempotency key (charter.replay.RecordedAnswers.settle). An approved call whose Outcome is ok
+(or unknown, or any other failure) is never sent again: such a resume is the approval's answer.
+
 One resume of an approval at a time: a process lock plus an fcntl record lock on
 `<audit.db>.resume-locks` (charter.audit._locks) (non-blocking: another holder is RESUME_IN_PROGRESS). A resume of an
 approval whose resume was sealed returns that run's answer and runs nothing.
@@ -64,8 +74,9 @@ from charter.registry import Registry
 from charter.replay import RecordedAnswers, chain_records
 from charter.runner import Execution, Runner, execution_of
 from charter.sandbox import Outcome as SandboxOutcome
+from charter.status import BACKEND_UNAVAILABLE, RunStatus, status_of_closing
 
-__all__ = ["ApprovalUndecided", "ResumeInProgress", "Resumer", "sealed_execution"]
+__all__ = ["ApprovalUndecided", "ResumeInProgress", "Resumer", "retryable", "sealed_execution"]
 
 TAMPERED = "TAMPERED"
 PRINCIPAL_REVOKED = "PRINCIPAL_REVOKED"
@@ -120,14 +131,25 @@ class Resumer:
             return self._resume(approval_id, view.run_id)
 
     def _sealed_resume(self, approval_id: str, paused_id: str) -> Execution | None:
+        """The answer of the last sealed resume of the approval, or None: none is sealed, or the
+        last sealed one is retryable (the backend stopped it before the approved call acted)."""
         for run_id in reversed(self.resume_runs(approval_id, paused_id)):
             try:
                 record = self.audit.run(run_id)
             except ValueError:  # a receipt no longer decodes: the resume's verification names it
                 continue
             if isinstance(record.sealed, Sealed):
-                return sealed_execution(record, self.audit)
+                return None if retryable(record, approval_id) else sealed_execution(record, self.audit)
         return None
+
+    def retryable(self, execution: Execution) -> bool:
+        """Whether the resume `execution` (a run this resumer sealed) leaves its approval to be
+        resumed again: failed BACKEND_UNAVAILABLE before the approved call took effect (see the module)."""
+        if execution.cause != BACKEND_UNAVAILABLE:
+            return False
+        record = self.audit.run(execution.run_id)
+        opened = record.opened
+        return isinstance(opened, Opened) and opened.approval_id is not None and retryable(record, opened.approval_id)
 
     def resume_runs(self, approval_id: str, paused_id: str) -> list[str]:
         """The runs that resumed approval `approval_id` (of run `paused_id`), in log order, found
@@ -150,7 +172,8 @@ class Resumer:
             paused = RunRecord(opened=first, receipts=(first,), sealed=None)  # type: ignore[arg-type]
         if not isinstance(paused.opened, Opened):
             raise AuditError(f"approval {approval_id} names run {paused_id}, which is not a program run")
-        recovers = tuple(self.resume_runs(approval_id, paused_id))  # none is sealed (else `_sealed_resume` answered)
+        # None is sealed, or only retryable ones are (else `_sealed_resume` answered): all are recovered.
+        recovers = tuple(self.resume_runs(approval_id, paused_id))
         contract = self._contract(paused.opened)
         findings, decided = self._verify(approval_id, paused, recovers)
         if contract is not None and contract.sha256 != paused.opened.contract_sha256:
@@ -334,6 +357,24 @@ def _said(finding: object) -> str:
     seq = getattr(finding, "log_seq", None)
     problem = getattr(finding, "problem", str(finding))
     return f"receipt {seq}: {problem}" if seq is not None else str(problem)
+
+
+def retryable(record: RunRecord, approval_id: str) -> bool:
+    """Whether `record`, a resume of `approval_id`, was sealed failed BACKEND_UNAVAILABLE before the
+    approved call took effect: that call was never decided in it, or was allowed and its Outcome
+    is failed BACKEND_UNAVAILABLE (the backend was never reached). Any other end is final."""
+    sealed = record.sealed
+    if not isinstance(sealed, Sealed) or status_of_closing(sealed) != RunStatus("failed", BACKEND_UNAVAILABLE):
+        return False
+    approved = [r for r in record.receipts if isinstance(r, Decision) and r.approval_id == approval_id]
+    if not approved:
+        return True
+    outcomes = [r for r in record.receipts if isinstance(r, Outcome) and r.call == approved[0].call]
+    return (
+        approved[0].decision == "ALLOW"
+        and len(outcomes) == 1
+        and (outcomes[0].status, outcomes[0].code) == ("failed", BACKEND_UNAVAILABLE)
+    )
 
 
 def sealed_execution(record: RunRecord, audit: AuditLog) -> Execution:

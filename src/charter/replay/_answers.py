@@ -25,7 +25,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, NoReturn, Protocol
 
-from charter.audit import ApprovalRequested, Decision, Outcome, RunRecord, SecretKey
+from charter.audit import ApprovalRequested, Decision, Outcome, RunRecord, Sealed, SecretKey
 from charter.compiler.artifact import CompiledContract
 from charter.gate import (
     ApprovalPending,
@@ -39,6 +39,7 @@ from charter.gate import (
 )
 from charter.gate._contract import halt_message
 from charter.gate._secrets import SecretParams, recorded_arguments
+from charter.status import BACKEND_UNAVAILABLE, RunStatus, status_of_closing
 
 __all__ = ["RecordedAnswers", "ResumeGate"]
 
@@ -55,12 +56,19 @@ class RecordedAnswers:
         self.origin: dict[int, str] = {}  # call -> the run whose receipt answers it
         # call -> the request the run paused on, until a later run's Decision of that call replaces it
         self.requests: dict[int, ApprovalRequested] = {}
+        # Calls a resume sealed failed BACKEND_UNAVAILABLE never got to the backend for (their
+        # Outcome is failed BACKEND_UNAVAILABLE): a resume recovering that run makes them again.
+        self.unreached: set[int] = set()
         for record in records:
+            stopped = isinstance(record.sealed, Sealed) and status_of_closing(record.sealed) == RunStatus(
+                "failed", BACKEND_UNAVAILABLE
+            )
             for receipt in record.receipts:
                 if isinstance(receipt, Decision):
                     self.decisions[receipt.call] = receipt
                     self.outcomes.pop(receipt.call, None)
                     self.requests.pop(receipt.call, None)
+                    self.unreached.discard(receipt.call)
                     self.origin[receipt.call] = record.run_id
                 elif isinstance(receipt, ApprovalRequested):
                     self.requests[receipt.call] = receipt
@@ -69,6 +77,8 @@ class RecordedAnswers:
                     self.origin[receipt.call] = record.run_id
                 elif isinstance(receipt, Outcome) and receipt.call in self.decisions:
                     self.outcomes[receipt.call] = receipt
+                    if stopped and (receipt.status, receipt.code) == ("failed", BACKEND_UNAVAILABLE):
+                        self.unreached.add(receipt.call)
         self._checker = ArgumentChecker.for_table(contract.gate)
         self._reads = {name: rule.kind == "read" for name, rule in contract.gate.operations.items()}
         self._secrets = SecretParams(contract.gate)
@@ -184,7 +194,9 @@ class RecordedAnswers:
         its recorded Decision, once it is found to be the same call with a known outcome.
         RunHalted DIVERGED for another call than the recorded one, IN_DOUBT for an allowed
         write whose outcome was never recorded: it may have acted, and is never sent again. An
-        allowed read without an outcome (a crash while it ran) goes live again: it acted on nothing."""
+        allowed read without an outcome (a crash while it ran) goes live again: it acted on nothing,
+        and so does a call whose Outcome is failed BACKEND_UNAVAILABLE in a resume the backend's
+        absence stopped (charter.approvals.resume: that resume is retried; the backend was never reached)."""
         decision = self.decisions.get(request.sequence)
         if decision is None:
             return None
@@ -195,6 +207,8 @@ class RecordedAnswers:
                 f"resume diverged from the record of run {self.origin[request.sequence]}: {differs}; "
                 "nothing was executed.",
             )
+        if decision.decision == "ALLOW" and decision.call in self.unreached:
+            return None  # the backend was never reached: made again, live, under the same key
         if decision.decision == "ALLOW" and decision.call not in self.outcomes:
             if self._reads.get(decision.operation, False):
                 return None  # a read acts on nothing: made again, live, under a Decision of its own
