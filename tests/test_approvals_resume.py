@@ -461,7 +461,7 @@ def test_a_chain_of_two_approvals(env: Env) -> None:
 # -- kill -9 at each boundary of a resume ----------------------------------------------------
 
 _CHILD = """
-import os, signal, sys
+import os, signal, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from charter.approvals import ApprovalStore
@@ -485,6 +485,8 @@ class Killing:
             os.kill(os.getpid(), signal.SIGKILL)
         with counter.open("a") as out:
             out.write(operation + "\\n")
+        while mode == "hold" and operation == "refund_order" and not counter.with_suffix(".go").exists():
+            time.sleep(0.02)  # the resume holds its lock, inside the approved call, until told to go on
         result = self.inner.invoke(operation, arguments, context)
         if mode == "before-outcome" and operation == "refund_order":
             os.kill(os.getpid(), signal.SIGKILL)  # the write was made; its Outcome never is
@@ -500,8 +502,12 @@ print(execution.status, execution.cause, execution.run_id)
 """
 
 
+def _child_script() -> str:
+    return _CHILD.format(root=str(ROOT), scopes=sorted(ADA_SCOPES))
+
+
 def _resume_in_child(env: Env, mode: str, approval_id: str, counter: Path) -> subprocess.CompletedProcess[str]:
-    script = _CHILD.format(root=str(ROOT), scopes=sorted(ADA_SCOPES))
+    script = _child_script()
     return subprocess.run(
         [sys.executable, "-c", script, mode, approval_id, str(counter)],
         capture_output=True,
@@ -708,3 +714,42 @@ def test_the_worker_retries_a_resume_the_backend_stopped_until_it_completes(env:
     assert [(e.status, e.answer) for e in sealed] == [("done", "refunded 10.00 confirmed")]
     assert [op for op, _ in backend.reached].count("refund_order") == 1
     assert approval_id not in worker.failures
+
+
+def test_deleting_the_lock_files_while_a_resume_holds_its_lock_does_not_let_a_second_resume_start(
+    env: Env, tmp_path: Path
+) -> None:
+    from charter.approvals import ApprovalError
+
+    _, approval_id = env.paused(REFUND_THEN_READ)
+    env.store.decide(approval_id, RITA, "approved", "fine")
+    counter = tmp_path / "invocations.txt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _child_script(), "hold", approval_id, str(counter)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "refund_order" not in (counter.read_text() if counter.exists() else "") and holder.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for lock in env.home.glob("audit.db.*lock*"):
+            lock.unlink()
+        with pytest.raises(ApprovalError, match="being resumed by run") as refused:
+            env.resumer.resume(approval_id)
+        assert refused.value.code == "RESUME_IN_PROGRESS"
+        counter.with_suffix(".go").write_text("go", encoding="utf-8")
+        out, err = holder.communicate(timeout=120)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert holder.returncode == 0, err
+    status, _, run_id = out.split()
+    assert status == "done"
+    assert counter.read_text().splitlines().count("refund_order") == 1
+    assert env.store.resume_runs(approval_id) == [run_id]  # no second resume was opened
+    assert env.resumer.resume(approval_id).run_id == run_id

@@ -37,14 +37,25 @@ idempotency key (charter.replay.RecordedAnswers.settle). An approved call whose 
 (or unknown, or any other failure) is never sent again: such a resume is the approval's answer.
 
 One resume of an approval at a time: a process lock plus an fcntl record lock on
-`<audit.db>.resume-locks` (charter.audit._locks) (non-blocking: another holder is RESUME_IN_PROGRESS). A resume of an
+`<audit.db>.resume-locks` (charter.audit._locks) (non-blocking: another holder is RESUME_IN_PROGRESS).
+Whoever can delete that file while it is held defeats the lock, so after taking it the
+resumer also reads the signed Opened receipts of the approval's resumes: one not sealed whose
+owner (Opened host and pid) is alive on this host, its process started before the Opened was
+written, is RESUME_IN_PROGRESS too. What remains: a resume running on another host cannot be
+seen alive from here (the lock file, on a shared file system, is then the only guard); a
+resume that a second one overtakes in the moment between the first taking the deleted lock
+and writing its Opened is not seen either. The approved call still executes at most once
+either way (a second resume finds it allowed with no outcome: IN_DOUBT); the approval's
+reported resume may then be the in-doubt one. A resume of an
 approval whose resume was sealed returns that run's answer and runs nothing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -66,6 +77,7 @@ from charter.audit import (
 from charter.audit._approval_records import resume_runs
 from charter.audit._locks import side_lock
 from charter.audit.receipts import link_of
+from charter.audit.store import host_identity
 from charter.compiler.artifact import CompiledContract
 from charter.errors import AuditError, RunNotFound
 from charter.gate import GrantedApproval
@@ -128,7 +140,28 @@ class Resumer:
             done = self._sealed_resume(approval_id, view.run_id)  # another process may have finished meanwhile
             if done is not None:
                 return done
+            self._no_live_resume(approval_id, view.run_id)
             return self._resume(approval_id, view.run_id)
+
+    def _no_live_resume(self, approval_id: str, paused_id: str) -> None:
+        """ResumeInProgress if an unsealed resume of the approval, found in the signed Opened
+        receipts, has an owner still alive on this host (its Opened host and pid, the pid's
+        process started before that Opened was written). The lock file is the first defence; this
+        one holds when the file was deleted or replaced while another resume held it (see the module)."""
+        host, pid = host_identity()
+        for run_id in self.resume_runs(approval_id, paused_id):
+            try:
+                record = self.audit.run(run_id)
+            except ValueError:  # a receipt no longer decodes: the resume's verification names it
+                continue
+            opened = record.opened
+            if record.sealed is not None or not isinstance(opened, Opened) or opened.host != host:
+                continue
+            if opened.pid != pid and _alive_since(opened.pid, opened.at):
+                raise ResumeInProgress(
+                    f"approval {approval_id} is being resumed by run {run_id} (process {opened.pid} on {host}, "
+                    "still running, though the resume lock was free: was the lock file deleted?)"
+                )
 
     def _sealed_resume(self, approval_id: str, paused_id: str) -> Execution | None:
         """The answer of the last sealed resume of the approval, or None: none is sealed, or the
@@ -388,6 +421,34 @@ def sealed_execution(record: RunRecord, audit: AuditLog) -> Execution:
 
 
 # -- the resume lock ------------------------------------------------------------------
+
+
+def _alive_since(pid: int, opened_at: str) -> bool:
+    """Whether process `pid` of this host is running (not a zombie) and, where /proc says when it
+    started, started no later than `opened_at` (ISO-8601): a pid reused by a later process is
+    not the owner of that Opened."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    except OSError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return True  # no /proc: alive is all that is known
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    if fields[0] in ("Z", "X"):
+        return False  # a zombie: it ended
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return started <= datetime.fromisoformat(opened_at).timestamp() + 1.0  # /proc's clock is coarse
 
 
 @contextmanager
