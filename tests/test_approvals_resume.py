@@ -649,7 +649,7 @@ def _flaky_env(env: Env, down: set[str]) -> tuple[Env, Unavailable]:
 def test_a_resume_the_backend_stopped_before_the_approved_call_is_retried_and_executes_once(env: Env) -> None:
     down: set[str] = set()
     flaky, backend = _flaky_env(env, down)
-    _, approval_id = flaky.paused(REFUND_THEN_READ)
+    paused_id, approval_id = flaky.paused(REFUND_THEN_READ)
     flaky.store.decide(approval_id, RITA, "approved", "fine")
 
     down.add("refund_order")
@@ -657,6 +657,12 @@ def test_a_resume_the_backend_stopped_before_the_approved_call_is_retried_and_ex
     assert (first.status, first.cause) == ("failed", "BACKEND_UNAVAILABLE")
     assert flaky.resumer.retryable(first)
     assert [op for op, _ in backend.reached].count("refund_order") == 0
+    # the server's run view does not report it as the chain's conclusion: the paused run still stands
+    from charter.server._service import _latest_sealed
+
+    stands = _latest_sealed([flaky.log.run(paused_id), flaky.log.run(first.run_id)])
+    assert stands is not None
+    assert stands.run_id == paused_id
 
     down.clear()
     second = flaky.resumer.resume(approval_id)  # not the failed one's answer: run again
