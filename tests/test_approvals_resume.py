@@ -759,3 +759,26 @@ def test_deleting_the_lock_files_while_a_resume_holds_its_lock_does_not_let_a_se
     assert counter.read_text().splitlines().count("refund_order") == 1
     assert env.store.resume_runs(approval_id) == [run_id]  # no second resume was opened
     assert env.resumer.resume(approval_id).run_id == run_id
+
+
+def test_approvals_resume_on_the_cli_runs_a_retryable_resume_again(env: Env) -> None:
+    down = {"refund_order"}
+    flaky, backend = _flaky_env(env, down)
+    _, approval_id = flaky.paused(REFUND_THEN_READ)
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+    first = flaky.resumer.resume(approval_id)
+    assert (first.status, first.cause) == ("failed", "BACKEND_UNAVAILABLE")
+
+    again = charter("approvals", "resume", approval_id, "--json")  # the backend is the real one again
+    assert again.returncode == 0, again.stdout + again.stderr
+    answer = json.loads(again.stdout)
+    assert answer["run_id"] != first.run_id
+    assert (answer["status"], answer["answer"]) == ("done", "refunded 10.00 confirmed")
+    refunds = [d for d in flaky.log.run(answer["run_id"]).receipts if isinstance(d, Decision)]
+    assert [(d.operation, d.idempotency_key) for d in refunds if d.operation == "refund_order"] == [
+        ("refund_order", write_key(approval_id, 3))
+    ]
+    assert [op for op, _ in backend.reached].count("refund_order") == 0  # only the CLI's backend reached it
+    shown = charter("approvals", "resume", approval_id)
+    assert "already resumed as run " + answer["run_id"] in shown.stdout
+    assert _log_verifies(flaky)
