@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from charter.agent import Charter, ScriptedModel
@@ -35,6 +36,7 @@ from charter.audit import (
 from charter.audit._approval_records import chain_of
 from charter.audit.receipts import args_digest, link_of, text_sha256
 from charter.cli._audit_approvals import story
+from charter.replay import replay_run
 from charter.runner import sealed_receipt
 from charter.sandbox import Completed, Paused, Stats
 from tests.conftest import charter, compiled
@@ -631,3 +633,40 @@ def test_audit_show_of_an_intent_that_paused_tells_its_program_runs_story(bank: 
     ]
     at = [story.index(step) for step in steps]
     assert at == sorted(at), story
+
+
+def test_replay_of_each_run_of_a_chain_of_two_approvals_is_identical(env: Env) -> None:  # noqa: F811
+    """A paused run's recorded end is the pause: replay answers the call its ApprovalRequested
+    holds by pausing as the gate did, for the first run, the middle one (resumed, then paused
+    again) and the last; a request whose recorded arguments were changed still diverges."""
+    program = REFUND + "c = orders.cancel_order(id=101, reason='customer asked')\nconclude('refunded and cancelled')\n"
+    first, refund_approval = env.paused(program)
+    env.store.decide(refund_approval, RITA, "approved", "checked the parcel photos")
+    middle = env.resumer.resume(refund_approval)
+    assert middle.status == "awaiting_approval"
+    assert middle.approval_id is not None
+    env.store.decide(middle.approval_id, RITA, "approved", "the customer asked in writing")
+    final = env.resumer.resume(middle.approval_id)
+    assert final.status == "done"
+
+    for run_id, calls in ((first, 3), (middle.run_id, 4), (final.run_id, 4)):
+        report = replay_run(env.log.run(run_id), env.contract, env.runner.sandbox, log=env.log)
+        assert report.identical, (run_id, report.divergences, report.recorded_outcome, report.replayed_outcome)
+        assert (report.recorded_calls, report.replayed_calls) == (calls, calls)
+        shown = charter("audit", "replay", run_id)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "conclusion: identical" in shown.stdout
+        assert ("(paused for approval" in shown.stdout) == (run_id != final.run_id)
+    assert json.loads(charter("audit", "replay", middle.run_id, "--json").stdout)["identical"] is True
+    paused_outcome = json.loads(replay_run(env.log.run(first), env.contract, env.runner.sandbox).replayed_outcome)
+    assert (paused_outcome["status"], paused_outcome["approval_id"]) == ("paused", refund_approval)
+
+    # The middle run's request, with other arguments recorded: the replayed call is not the asked one.
+    record = env.log.run(middle.run_id)
+    forged = tuple(
+        msgspec.structs.replace(r, args_sha256="0" * 64) if isinstance(r, ApprovalRequested) else r
+        for r in record.receipts
+    )
+    report = replay_run(replace(record, receipts=forged), env.contract, env.runner.sandbox, log=env.log)
+    assert not report.identical
+    assert any("cancel_order" in d for d in report.divergences), report.divergences

@@ -461,7 +461,7 @@ def test_a_chain_of_two_approvals(env: Env) -> None:
 # -- kill -9 at each boundary of a resume ----------------------------------------------------
 
 _CHILD = """
-import os, signal, sys
+import os, signal, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
 from charter.approvals import ApprovalStore
@@ -485,6 +485,8 @@ class Killing:
             os.kill(os.getpid(), signal.SIGKILL)
         with counter.open("a") as out:
             out.write(operation + "\\n")
+        while mode == "hold" and operation == "refund_order" and not counter.with_suffix(".go").exists():
+            time.sleep(0.02)  # the resume holds its lock, inside the approved call, until told to go on
         result = self.inner.invoke(operation, arguments, context)
         if mode == "before-outcome" and operation == "refund_order":
             os.kill(os.getpid(), signal.SIGKILL)  # the write was made; its Outcome never is
@@ -500,8 +502,12 @@ print(execution.status, execution.cause, execution.run_id)
 """
 
 
+def _child_script() -> str:
+    return _CHILD.format(root=str(ROOT), scopes=sorted(ADA_SCOPES))
+
+
 def _resume_in_child(env: Env, mode: str, approval_id: str, counter: Path) -> subprocess.CompletedProcess[str]:
-    script = _CHILD.format(root=str(ROOT), scopes=sorted(ADA_SCOPES))
+    script = _child_script()
     return subprocess.run(
         [sys.executable, "-c", script, mode, approval_id, str(counter)],
         capture_output=True,
@@ -604,3 +610,175 @@ def test_token_store_principal_is_the_union_of_its_tokens(charter_home: Path) ->
     tokens.revoke("ada-ci")
     assert tokens.principal("ada") is None
     assert tokens.principal("carol") is None
+
+
+# -- a resume the backend's absence stopped (A6) -------------------------------------------------
+
+
+class Unavailable(Counting):
+    """Counting, but while `down` names an operation, calling it raises BackendUnavailable before
+    the backend is reached (as a binding module that changed since publish does)."""
+
+    def __init__(self, inner: Any, calls: list[tuple[str, str | None]], down: set[str]) -> None:
+        super().__init__(inner, calls)
+        self.down = down
+        self.reached: list[tuple[str, str | None]] = []  # the invocations that got to the backend
+
+    def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
+        from charter.backends import BackendUnavailable
+
+        if operation in self.down:
+            raise BackendUnavailable(f"binding of {operation} changed since it was published")
+        self.reached.append((operation, context.idempotency_key if context is not None else None))
+        return super().invoke(operation, arguments, context)
+
+
+def _flaky_env(env: Env, down: set[str]) -> tuple[Env, Unavailable]:
+    backends: list[Unavailable] = []
+
+    def backend_for(contract: CompiledContract) -> Unavailable:
+        backends.append(Unavailable(ContractBackend(contract), env.calls, down))
+        return backends[-1]
+
+    runner = Runner(audit=env.log, sandbox=env.runner.sandbox, backend_for=backend_for)
+    flaky = Env(env.home, env.log, env.registry, env.contract, runner, env.store, env.calls)
+    flaky.run("conclude('warm')")  # builds the gate, hence the backend
+    return flaky, backends[0]
+
+
+def test_a_resume_the_backend_stopped_before_the_approved_call_is_retried_and_executes_once(env: Env) -> None:
+    down: set[str] = set()
+    flaky, backend = _flaky_env(env, down)
+    paused_id, approval_id = flaky.paused(REFUND_THEN_READ)
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+
+    down.add("refund_order")
+    first = flaky.resumer.resume(approval_id)
+    assert (first.status, first.cause) == ("failed", "BACKEND_UNAVAILABLE")
+    assert flaky.resumer.retryable(first)
+    assert [op for op, _ in backend.reached].count("refund_order") == 0
+    # the server's run view does not report it as the chain's conclusion: the paused run still stands
+    from charter.server._service import _latest_sealed
+
+    stands = _latest_sealed([flaky.log.run(paused_id), flaky.log.run(first.run_id)])
+    assert stands is not None
+    assert stands.run_id == paused_id
+
+    down.clear()
+    second = flaky.resumer.resume(approval_id)  # not the failed one's answer: run again
+    assert second.run_id != first.run_id
+    assert (second.status, second.answer) == ("done", "refunded 10.00 confirmed")
+    assert [r for r in backend.reached if r[0] == "refund_order"] == [("refund_order", write_key(approval_id, 3))]
+    opened = flaky.log.run(second.run_id).opened
+    assert isinstance(opened, Opened)
+    assert opened.recovers == (first.run_id,)
+    assert not flaky.resumer.retryable(second)
+    assert flaky.resumer.resume(approval_id).run_id == second.run_id  # final now: nothing runs again
+    assert [op for op, _ in backend.reached].count("refund_order") == 1
+    assert _log_verifies(flaky)
+    for run_id in (first.run_id, second.run_id):
+        report = replay_run(flaky.log.run(run_id), env.contract, env.runner.sandbox, log=env.log)
+        assert report.identical, (run_id, report.divergences)
+
+
+def test_a_resume_the_backend_stopped_after_the_approved_call_acted_is_final(env: Env) -> None:
+    down: set[str] = set()
+    flaky, backend = _flaky_env(env, down)
+    _, approval_id = flaky.paused(REFUND + "x = orders.list_orders()\nconclude('refunded')\n")
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+    down.add("list_orders")  # the read after the refund: the refund's Outcome is ok
+    first = flaky.resumer.resume(approval_id)
+    assert (first.status, first.cause) == ("failed", "BACKEND_UNAVAILABLE")
+    assert [op for op, _ in backend.reached].count("refund_order") == 1
+    assert not flaky.resumer.retryable(first)
+    down.clear()
+    assert flaky.resumer.resume(approval_id).run_id == first.run_id
+    assert [op for op, _ in backend.reached].count("refund_order") == 1
+
+
+def test_the_worker_retries_a_resume_the_backend_stopped_until_it_completes(env: Env) -> None:
+    down = {"refund_order"}
+    flaky, backend = _flaky_env(env, down)
+    _, approval_id = flaky.paused(REFUND_THEN_READ)
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+    sealed: list[Any] = []
+    done = threading.Event()
+    worker = ResumeWorker(
+        flaky.resumer, flaky.store, poll_seconds=0.05, on_sealed=lambda e: (sealed.append(e), done.set())
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while approval_id not in worker.failures and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "failed BACKEND_UNAVAILABLE" in worker.failures[approval_id]
+        assert not done.is_set()
+        down.clear()
+        assert done.wait(60)
+    finally:
+        worker.stop()
+    assert [(e.status, e.answer) for e in sealed] == [("done", "refunded 10.00 confirmed")]
+    assert [op for op, _ in backend.reached].count("refund_order") == 1
+    assert approval_id not in worker.failures
+
+
+def test_deleting_the_lock_files_while_a_resume_holds_its_lock_does_not_let_a_second_resume_start(
+    env: Env, tmp_path: Path
+) -> None:
+    from charter.approvals import ApprovalError
+
+    _, approval_id = env.paused(REFUND_THEN_READ)
+    env.store.decide(approval_id, RITA, "approved", "fine")
+    counter = tmp_path / "invocations.txt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _child_script(), "hold", approval_id, str(counter)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while "refund_order" not in (counter.read_text() if counter.exists() else "") and holder.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for lock in env.home.glob("audit.db.*lock*"):
+            lock.unlink()
+        with pytest.raises(ApprovalError, match="being resumed by run") as refused:
+            env.resumer.resume(approval_id)
+        assert refused.value.code == "RESUME_IN_PROGRESS"
+        counter.with_suffix(".go").write_text("go", encoding="utf-8")
+        out, err = holder.communicate(timeout=120)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert holder.returncode == 0, err
+    status, _, run_id = out.split()
+    assert status == "done"
+    assert counter.read_text().splitlines().count("refund_order") == 1
+    assert env.store.resume_runs(approval_id) == [run_id]  # no second resume was opened
+    assert env.resumer.resume(approval_id).run_id == run_id
+
+
+def test_approvals_resume_on_the_cli_runs_a_retryable_resume_again(env: Env) -> None:
+    down = {"refund_order"}
+    flaky, backend = _flaky_env(env, down)
+    _, approval_id = flaky.paused(REFUND_THEN_READ)
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+    first = flaky.resumer.resume(approval_id)
+    assert (first.status, first.cause) == ("failed", "BACKEND_UNAVAILABLE")
+
+    again = charter("approvals", "resume", approval_id, "--json")  # the backend is the real one again
+    assert again.returncode == 0, again.stdout + again.stderr
+    answer = json.loads(again.stdout)
+    assert answer["run_id"] != first.run_id
+    assert (answer["status"], answer["answer"]) == ("done", "refunded 10.00 confirmed")
+    refunds = [d for d in flaky.log.run(answer["run_id"]).receipts if isinstance(d, Decision)]
+    assert [(d.operation, d.idempotency_key) for d in refunds if d.operation == "refund_order"] == [
+        ("refund_order", write_key(approval_id, 3))
+    ]
+    assert [op for op, _ in backend.reached].count("refund_order") == 0  # only the CLI's backend reached it
+    shown = charter("approvals", "resume", approval_id)
+    assert "already resumed as run " + answer["run_id"] in shown.stdout
+    assert _log_verifies(flaky)

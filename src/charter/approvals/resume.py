@@ -26,15 +26,36 @@ approved (or denied) call and everything after go live through the gate, which c
 approved call again against the state now and gives its write a key derived from the
 approval (charter.gate._approvals).
 
+A resume stopped by the server, not by the call: a resume sealed failed with cause
+BACKEND_UNAVAILABLE before the approved call took effect (the approved call was never decided
+in it, or its Outcome is failed BACKEND_UNAVAILABLE: the backend was never reached) does not
+spend the approval. It is `retryable` (the worker, charter.approvals.worker, retries it with its
+backoff; `charter approvals resume` runs it again): the new resume lists it in `recovers` like
+a crashed resume and is answered from its recorded ok outcomes, but each call whose Outcome
+there is failed BACKEND_UNAVAILABLE goes live again, under the same approval-derived
+idempotency key (charter.replay.RecordedAnswers.settle). An approved call whose Outcome is ok
+(or unknown, or any other failure) is never sent again: such a resume is the approval's answer.
+
 One resume of an approval at a time: a process lock plus an fcntl record lock on
-`<audit.db>.resume-locks` (charter.audit._locks) (non-blocking: another holder is RESUME_IN_PROGRESS). A resume of an
+`<audit.db>.resume-locks` (charter.audit._locks) (non-blocking: another holder is RESUME_IN_PROGRESS).
+Whoever can delete that file while it is held defeats the lock, so after taking it the
+resumer also reads the signed Opened receipts of the approval's resumes: one not sealed whose
+owner (Opened host and pid) is alive on this host, its process started before the Opened was
+written, is RESUME_IN_PROGRESS too. What remains: a resume running on another host cannot be
+seen alive from here (the lock file, on a shared file system, is then the only guard); a
+resume that a second one overtakes in the moment between the first taking the deleted lock
+and writing its Opened is not seen either. The approved call still executes at most once
+either way (a second resume finds it allowed with no outcome: IN_DOUBT); the approval's
+reported resume may then be the in-doubt one. A resume of an
 approval whose resume was sealed returns that run's answer and runs nothing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -56,6 +77,7 @@ from charter.audit import (
 from charter.audit._approval_records import resume_runs
 from charter.audit._locks import side_lock
 from charter.audit.receipts import link_of
+from charter.audit.store import host_identity
 from charter.compiler.artifact import CompiledContract
 from charter.errors import AuditError, RunNotFound
 from charter.gate import GrantedApproval
@@ -64,8 +86,9 @@ from charter.registry import Registry
 from charter.replay import RecordedAnswers, chain_records
 from charter.runner import Execution, Runner, execution_of
 from charter.sandbox import Outcome as SandboxOutcome
+from charter.status import BACKEND_UNAVAILABLE, RunStatus, status_of_closing
 
-__all__ = ["ApprovalUndecided", "ResumeInProgress", "Resumer", "sealed_execution"]
+__all__ = ["ApprovalUndecided", "ResumeInProgress", "Resumer", "retryable", "sealed_execution"]
 
 TAMPERED = "TAMPERED"
 PRINCIPAL_REVOKED = "PRINCIPAL_REVOKED"
@@ -117,17 +140,49 @@ class Resumer:
             done = self._sealed_resume(approval_id, view.run_id)  # another process may have finished meanwhile
             if done is not None:
                 return done
+            self._no_live_resume(approval_id, view.run_id)
             return self._resume(approval_id, view.run_id)
 
+    def _no_live_resume(self, approval_id: str, paused_id: str) -> None:
+        """ResumeInProgress if an unsealed resume of the approval, found in the signed Opened
+        receipts, has an owner still alive on this host (its Opened host and pid, the pid's
+        process started before that Opened was written). The lock file is the first defence; this
+        one holds when the file was deleted or replaced while another resume held it (see the module)."""
+        host, pid = host_identity()
+        for run_id in self.resume_runs(approval_id, paused_id):
+            try:
+                record = self.audit.run(run_id)
+            except ValueError:  # a receipt no longer decodes: the resume's verification names it
+                continue
+            opened = record.opened
+            if record.sealed is not None or not isinstance(opened, Opened) or opened.host != host:
+                continue
+            if opened.pid != pid and _alive_since(opened.pid, opened.at):
+                raise ResumeInProgress(
+                    f"approval {approval_id} is being resumed by run {run_id} (process {opened.pid} on {host}, "
+                    "still running, though the resume lock was free: was the lock file deleted?)"
+                )
+
     def _sealed_resume(self, approval_id: str, paused_id: str) -> Execution | None:
+        """The answer of the last sealed resume of the approval, or None: none is sealed, or the
+        last sealed one is retryable (the backend stopped it before the approved call acted)."""
         for run_id in reversed(self.resume_runs(approval_id, paused_id)):
             try:
                 record = self.audit.run(run_id)
             except ValueError:  # a receipt no longer decodes: the resume's verification names it
                 continue
             if isinstance(record.sealed, Sealed):
-                return sealed_execution(record, self.audit)
+                return None if retryable(record, approval_id) else sealed_execution(record, self.audit)
         return None
+
+    def retryable(self, execution: Execution) -> bool:
+        """Whether the resume `execution` (a run this resumer sealed) leaves its approval to be
+        resumed again: failed BACKEND_UNAVAILABLE before the approved call took effect (see the module)."""
+        if execution.cause != BACKEND_UNAVAILABLE:
+            return False
+        record = self.audit.run(execution.run_id)
+        opened = record.opened
+        return isinstance(opened, Opened) and opened.approval_id is not None and retryable(record, opened.approval_id)
 
     def resume_runs(self, approval_id: str, paused_id: str) -> list[str]:
         """The runs that resumed approval `approval_id` (of run `paused_id`), in log order, found
@@ -150,7 +205,8 @@ class Resumer:
             paused = RunRecord(opened=first, receipts=(first,), sealed=None)  # type: ignore[arg-type]
         if not isinstance(paused.opened, Opened):
             raise AuditError(f"approval {approval_id} names run {paused_id}, which is not a program run")
-        recovers = tuple(self.resume_runs(approval_id, paused_id))  # none is sealed (else `_sealed_resume` answered)
+        # None is sealed, or only retryable ones are (else `_sealed_resume` answered): all are recovered.
+        recovers = tuple(self.resume_runs(approval_id, paused_id))
         contract = self._contract(paused.opened)
         findings, decided = self._verify(approval_id, paused, recovers)
         if contract is not None and contract.sha256 != paused.opened.contract_sha256:
@@ -336,6 +392,24 @@ def _said(finding: object) -> str:
     return f"receipt {seq}: {problem}" if seq is not None else str(problem)
 
 
+def retryable(record: RunRecord, approval_id: str) -> bool:
+    """Whether `record`, a resume of `approval_id`, was sealed failed BACKEND_UNAVAILABLE before the
+    approved call took effect: that call was never decided in it, or was allowed and its Outcome
+    is failed BACKEND_UNAVAILABLE (the backend was never reached). Any other end is final."""
+    sealed = record.sealed
+    if not isinstance(sealed, Sealed) or status_of_closing(sealed) != RunStatus("failed", BACKEND_UNAVAILABLE):
+        return False
+    approved = [r for r in record.receipts if isinstance(r, Decision) and r.approval_id == approval_id]
+    if not approved:
+        return True
+    outcomes = [r for r in record.receipts if isinstance(r, Outcome) and r.call == approved[0].call]
+    return (
+        approved[0].decision == "ALLOW"
+        and len(outcomes) == 1
+        and (outcomes[0].status, outcomes[0].code) == ("failed", BACKEND_UNAVAILABLE)
+    )
+
+
 def sealed_execution(record: RunRecord, audit: AuditLog) -> Execution:
     """The answer of a sealed program run, from its receipts (a resume already sealed)."""
     sealed, opened = record.sealed, record.opened
@@ -347,6 +421,34 @@ def sealed_execution(record: RunRecord, audit: AuditLog) -> Execution:
 
 
 # -- the resume lock ------------------------------------------------------------------
+
+
+def _alive_since(pid: int, opened_at: str) -> bool:
+    """Whether process `pid` of this host is running (not a zombie) and, where /proc says when it
+    started, started no later than `opened_at` (ISO-8601): a pid reused by a later process is
+    not the owner of that Opened."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    except OSError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text(encoding="ascii").splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return True  # no /proc: alive is all that is known
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    if fields[0] in ("Z", "X"):
+        return False  # a zombie: it ended
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return started <= datetime.fromisoformat(opened_at).timestamp() + 1.0  # /proc's clock is coarse
 
 
 @contextmanager

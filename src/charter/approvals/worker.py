@@ -10,7 +10,11 @@ Every poll (and on `notify`) it denies the requests that expired unanswered
 (`pending_resumes`). A resume that raises is logged and tried again at a later poll, with an
 exponential backoff per approval (at most 60 s); RESUME_IN_PROGRESS (another thread or process
 holds it) is skipped silently. So a resume interrupted by a crash or a restart is picked up
-again when a worker next starts.
+again when a worker next starts. A resume the backend's absence stopped before the approved
+call took effect (`Resumer.retryable`: sealed failed BACKEND_UNAVAILABLE) does not spend the
+approval: it is retried with the same backoff until a resume is final. That retry list is kept
+in memory: after a restart, such an approval is resumed again on its next `notify` or by
+`charter approvals resume` (the approvals index counts its resume as sealed).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class ResumeWorker:
         self._lock = threading.Lock()
         self._retry: dict[str, tuple[float, float]] = {}  # approval -> (not before, backoff seconds)
         self.failures: dict[str, str] = {}  # approval -> the last error, until it is sealed
+        self._retrying: set[str] = set()  # approvals whose last resume is retryable (the backend stopped it)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -91,7 +96,9 @@ class ResumeWorker:
             _log.exception("charter: expiring approvals failed")
         with self._lock:
             notified, self._notified = self._notified, []
-        pending = list(dict.fromkeys([*notified, *self.store.pending_resumes()]))
+        with self._lock:
+            retrying = sorted(self._retrying)
+        pending = list(dict.fromkeys([*notified, *self.store.pending_resumes(), *retrying]))
         sealed: list[Execution] = []
         for approval_id in pending:
             if self._stopping.is_set():
@@ -100,6 +107,14 @@ class ResumeWorker:
             if execution is not None:
                 sealed.append(execution)
         return sealed
+
+    def _later(self, approval_id: str, backoff: float, why: str) -> None:
+        """Try `approval_id` again after the next backoff (doubled, at most MAX_BACKOFF_SECONDS)."""
+        backoff = min(max(backoff * 2, self.poll_seconds, 0.5), MAX_BACKOFF_SECONDS)
+        with self._lock:
+            self._retry[approval_id] = (time.monotonic() + backoff, backoff)
+        self.failures[approval_id] = why
+        _log.warning("charter: resuming approval %s failed (%s); retrying in %.0f s", approval_id, why, backoff)
 
     def _resume(self, approval_id: str) -> Execution | None:
         now = time.monotonic()
@@ -112,14 +127,16 @@ class ResumeWorker:
         except ResumeInProgress:
             return None
         except Exception as error:
-            backoff = min(max(backoff * 2, self.poll_seconds, 0.5), MAX_BACKOFF_SECONDS)
+            self._later(approval_id, backoff, f"{type(error).__name__}: {error}")
+            return None
+        if self.resumer.retryable(execution):
             with self._lock:
-                self._retry[approval_id] = (time.monotonic() + backoff, backoff)
-            self.failures[approval_id] = f"{type(error).__name__}: {error}"
-            _log.warning("charter: resuming approval %s failed (%s); retrying in %.0f s", approval_id, error, backoff)
+                self._retrying.add(approval_id)
+            self._later(approval_id, backoff, f"run {execution.run_id} failed BACKEND_UNAVAILABLE: {execution.reason}")
             return None
         with self._lock:
             self._retry.pop(approval_id, None)
+            self._retrying.discard(approval_id)
         self.failures.pop(approval_id, None)
         if self.on_sealed is not None:
             try:

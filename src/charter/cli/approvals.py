@@ -437,6 +437,12 @@ def _decide(
     _resume_and_report(log, store, approval_id, as_json, written)
 
 
+def _retryable(log: AuditLog, run_id: str, approval_id: str) -> bool:
+    from charter.approvals.resume import retryable
+
+    return retryable(log.run(run_id), approval_id)
+
+
 def _resume_and_report(
     log: AuditLog, store: ApprovalStore, approval_id: str, as_json: bool, written: bool | None = None
 ) -> None:
@@ -453,6 +459,13 @@ def _resume_and_report(
             say(f"already resumed as run {execution.run_id} (its conclusion below; nothing ran again)")
         else:
             say(f"resumed as run {execution.run_id}")
+        if execution.cause == "BACKEND_UNAVAILABLE" and _retryable(log, execution.run_id, approval_id):
+            say(
+                "the backend was unavailable before the approved call took effect, so the approval is not spent: "
+                f"once the backend is back, run charter approvals resume {approval_id[:12]} again "
+                "(a server's resume worker retries it by itself)",
+                "yellow",
+            )
         if execution.status == "awaiting_approval" and execution.approval_id:
             say(
                 f"the run paused again at another call: approval {execution.approval_id} "

@@ -602,7 +602,11 @@ def replay(run: RunArg, as_json: JsonOption = False) -> None:
                 for line in report.lookups:
                     say(f"  {line}")
             same = report.recorded_outcome == report.replayed_outcome
-            say(f"conclusion: {'identical' if same else 'DIFFERENT'}", "green" if same else "red")
+            ended = json.loads(report.replayed_outcome)
+            paused = (
+                f" (paused for approval {ended['approval_id']})" if same and ended.get("status") == "paused" else ""
+            )
+            say(f"conclusion: {'identical' if same else 'DIFFERENT'}{paused}", "green" if same else "red")
             if not same:
                 say(f"  recorded: {report.recorded_outcome}")
                 say(f"  replayed: {report.replayed_outcome}")

@@ -2,8 +2,10 @@
 
 The program gets the recorded clock, seed and principal, and every proxy call is
 answered from the run's receipts instead of a backend: the recorded result, denial or
-failure. Nothing is decided and nothing reaches a backend. The report says whether the
-program made the same calls with the same arguments and reached the same conclusion.
+failure; the call a paused run stopped at (its ApprovalRequested) pauses the replay there, so
+its outcome is the sealed `paused` one. Nothing is decided and nothing reaches a backend. The
+report says whether the program made the same calls with the same arguments and reached the
+same conclusion.
 
 Secret params are recorded as keyed digests (charter.gate._secrets): the replay masks its
 own arguments with the log's secret key and compares the masked forms. Without that key
@@ -80,8 +82,12 @@ class _ReplayGate:
         halted = record.sealed is not None and getattr(record.sealed, "status", None) == "halted"
         self.halted_at = last.call if halted and last is not None and last.decision == "DENY" else None
         self.chained = {n for n, run in self.answers.origin.items() if run != record.run_id}
-        # A resumed run's record ends where the run ended (DIVERGED, IN_DOUBT...): its own last call.
-        self.expected_calls = max(own, default=0) if chain else len(self.decisions)
+        # The call the run paused on (its own ApprovalRequested): replayed by pausing there.
+        self.paused_at = next((n for n in self.answers.requests if self.answers.origin[n] == record.run_id), None)
+        mine = [*own, *([self.paused_at] if self.paused_at is not None else [])]
+        # A resumed run's record ends where the run ended (DIVERGED, IN_DOUBT, a pause...): its own last call.
+        self.expected_calls = max(mine, default=0) if chain else len(mine)
+        self.recorded_calls = self.expected_calls
         self.denials = 0
         self.divergences: list[str] = []
         self.notes = self.answers.notes
@@ -95,10 +101,18 @@ class _ReplayGate:
         self.calls += 1
         n = request.sequence
         if n in self.chained:
-            decision = self.answers.settle(request)
-            assert decision is not None
+            settled = self.answers.settle(request)
+            if settled is None:  # the chain paused here and this run did not record the call
+                raise self._diverge(f"call {n} ({request.operation}) was not made in the recorded run")
+            decision = settled
         else:
             found = self.answers.recorded(n)
+            asked = self.answers.requested(n)
+            if found is None and asked is not None and n == self.paused_at:
+                differs = self.answers.divergence(request, asked)
+                if differs is not None:
+                    raise self._diverge(differs)
+                self.answers.pause(asked)  # the run paused here, as the gate did
             if found is None:
                 raise self._diverge(f"call {n} ({request.operation}) was not made in the recorded run")
             decision = found
@@ -148,11 +162,11 @@ def replay_run(
     outcome = sandbox.run(opened.program, contract=contract, gate=gate, context=context, limits=limits)
     divergences = list(gate.divergences)
     if gate.calls < gate.expected_calls:
-        divergences.append(f"the replay made {gate.calls} calls, the recorded run {len(gate.decisions)}")
+        divergences.append(f"the replay made {gate.calls} calls, the recorded run {gate.recorded_calls}")
     checked = _quota_divergences(record, contract, log, divergences) if log is not None else 0
     return ReplayReport(
         run_id=opened.run_id,
-        recorded_calls=len(gate.decisions),
+        recorded_calls=gate.recorded_calls,
         replayed_calls=gate.calls,
         divergences=tuple(divergences),
         recorded_outcome=record.sealed.outcome if isinstance(record.sealed, Sealed) else None,

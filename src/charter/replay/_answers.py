@@ -5,7 +5,10 @@ resume after an approval share.
 receipts of a call take the place of earlier ones) and, for a call the program makes again,
 says whether it is the recorded call (the same operation, and arguments hashing exactly as
 the gate recorded them: secrets masked with the log's key) and gives the program what it got
-then: the recorded result, denial or failure. Nothing is decided and no backend is touched.
+then: the recorded result, denial or failure. A call recorded as an ApprovalRequested (in
+place of a Decision: the run paused there) is answered by pausing exactly as the gate did
+(`pause`: ApprovalPending with the receipt's approval id, call, operation, reason and line),
+so a paused run replays to its sealed `paused` outcome. Nothing is decided and no backend is touched.
 
 `ResumeGate` is the gate of a resumed run (charter.approvals.resume): a call the chain's
 record holds is answered from it, after the check; a mismatch ends the run DIVERGED and an
@@ -20,13 +23,23 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
-from charter.audit import Decision, Outcome, RunRecord, SecretKey
+from charter.audit import ApprovalRequested, Decision, Outcome, RunRecord, Sealed, SecretKey
 from charter.compiler.artifact import CompiledContract
-from charter.gate import ArgumentChecker, CallRequest, Denied, Encoded, InvalidArguments, OperationFailed, RunHalted
+from charter.gate import (
+    ApprovalPending,
+    ArgumentChecker,
+    CallRequest,
+    Denied,
+    Encoded,
+    InvalidArguments,
+    OperationFailed,
+    RunHalted,
+)
 from charter.gate._contract import halt_message
 from charter.gate._secrets import SecretParams, recorded_arguments
+from charter.status import BACKEND_UNAVAILABLE, RunStatus, status_of_closing
 
 __all__ = ["RecordedAnswers", "ResumeGate"]
 
@@ -41,14 +54,31 @@ class RecordedAnswers:
         self.decisions: dict[int, Decision] = {}
         self.outcomes: dict[int, Outcome] = {}
         self.origin: dict[int, str] = {}  # call -> the run whose receipt answers it
+        # call -> the request the run paused on, until a later run's Decision of that call replaces it
+        self.requests: dict[int, ApprovalRequested] = {}
+        # Calls a resume sealed failed BACKEND_UNAVAILABLE never got to the backend for (their
+        # Outcome is failed BACKEND_UNAVAILABLE): a resume recovering that run makes them again.
+        self.unreached: set[int] = set()
         for record in records:
+            stopped = isinstance(record.sealed, Sealed) and status_of_closing(record.sealed) == RunStatus(
+                "failed", BACKEND_UNAVAILABLE
+            )
             for receipt in record.receipts:
                 if isinstance(receipt, Decision):
                     self.decisions[receipt.call] = receipt
                     self.outcomes.pop(receipt.call, None)
+                    self.requests.pop(receipt.call, None)
+                    self.unreached.discard(receipt.call)
+                    self.origin[receipt.call] = record.run_id
+                elif isinstance(receipt, ApprovalRequested):
+                    self.requests[receipt.call] = receipt
+                    self.decisions.pop(receipt.call, None)
+                    self.outcomes.pop(receipt.call, None)
                     self.origin[receipt.call] = record.run_id
                 elif isinstance(receipt, Outcome) and receipt.call in self.decisions:
                     self.outcomes[receipt.call] = receipt
+                    if stopped and (receipt.status, receipt.code) == ("failed", BACKEND_UNAVAILABLE):
+                        self.unreached.add(receipt.call)
         self._checker = ArgumentChecker.for_table(contract.gate)
         self._reads = {name: rule.kind == "read" for name, rule in contract.gate.operations.items()}
         self._secrets = SecretParams(contract.gate)
@@ -63,7 +93,12 @@ class RecordedAnswers:
 
     # -- is it the recorded call? ------------------------------------------------------
 
-    def divergence(self, request: CallRequest, decision: Decision, *, strict: bool = False) -> str | None:
+    def requested(self, sequence: int) -> ApprovalRequested | None:
+        return self.requests.get(sequence)
+
+    def divergence(
+        self, request: CallRequest, decision: Decision | ApprovalRequested, *, strict: bool = False
+    ) -> str | None:
         """Why `request` is not the recorded call `decision` (another operation, or arguments
         hashing otherwise), or None. Secret params recorded under another key (or with no key
         here) cannot be compared: `strict` (a resume, which must not act on what it cannot
@@ -100,7 +135,7 @@ class RecordedAnswers:
         secret = self._secrets.of(request.operation)
         return recorded_arguments(request, self._checked(request), secret, self._key)[1]
 
-    def _key_missing(self, decision: Decision) -> str | None:
+    def _key_missing(self, decision: Decision | ApprovalRequested) -> str | None:
         """Why this decision's secret params cannot be compared (no key, another key), or None."""
         if not decision.secret_params:
             return None
@@ -116,7 +151,7 @@ class RecordedAnswers:
                     )
         return None
 
-    def _same_without_secrets(self, request: CallRequest, decision: Decision) -> bool:
+    def _same_without_secrets(self, request: CallRequest, decision: Decision | ApprovalRequested) -> bool:
         """Whether the call matches the record in everything but its secret params."""
         checked = self._checked(request)
         if checked is None or decision.arguments is None:
@@ -143,12 +178,25 @@ class RecordedAnswers:
             raise OperationFailed(outcome.code or "BACKEND_ERROR", outcome.message or "")
         return Encoded(outcome.result or "null")
 
+    @staticmethod
+    def pause(request: ApprovalRequested) -> NoReturn:
+        """Answer the call the run paused on as the gate did: ApprovalPending, the receipt's fields."""
+        raise ApprovalPending(
+            request.approval_id,
+            call=request.call,
+            operation=request.operation,
+            reason=request.reason,
+            line=request.line,
+        )
+
     def settle(self, request: CallRequest) -> Decision | None:
         """A resume's rule for call `request`: None if no record holds it (it goes live); else
         its recorded Decision, once it is found to be the same call with a known outcome.
         RunHalted DIVERGED for another call than the recorded one, IN_DOUBT for an allowed
         write whose outcome was never recorded: it may have acted, and is never sent again. An
-        allowed read without an outcome (a crash while it ran) goes live again: it acted on nothing."""
+        allowed read without an outcome (a crash while it ran) goes live again: it acted on nothing,
+        and so does a call whose Outcome is failed BACKEND_UNAVAILABLE in a resume the backend's
+        absence stopped (charter.approvals.resume: that resume is retried; the backend was never reached)."""
         decision = self.decisions.get(request.sequence)
         if decision is None:
             return None
@@ -159,6 +207,8 @@ class RecordedAnswers:
                 f"resume diverged from the record of run {self.origin[request.sequence]}: {differs}; "
                 "nothing was executed.",
             )
+        if decision.decision == "ALLOW" and decision.call in self.unreached:
+            return None  # the backend was never reached: made again, live, under the same key
         if decision.decision == "ALLOW" and decision.call not in self.outcomes:
             if self._reads.get(decision.operation, False):
                 return None  # a read acts on nothing: made again, live, under a Decision of its own

@@ -50,6 +50,8 @@ from mcp_types import INVALID_PARAMS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
+from charter.approvals.resume import retryable
+from charter.audit import Opened
 from charter.principal import Principal
 from charter.runner import Answer, Execution
 from charter.server._service import AUDIT_SCOPE, CharterService, conclusion_body
@@ -318,9 +320,18 @@ class ApprovalsFace:
             "ttlSeconds": None,  # kept as long as the audit log is
             "pollIntervalMilliseconds": POLL_MS,
         }
-        if answer.status == "awaiting_approval" or latest.sealed is None:
+        # A resume the backend's absence stopped before the approved call acted is retried by the
+        # worker (charter.approvals.resume.retryable): the task is still working, not completed failed.
+        opened = latest.opened
+        retried = (
+            isinstance(opened, Opened) and opened.approval_id is not None and retryable(latest, opened.approval_id)
+        )
+        if answer.status == "awaiting_approval" or latest.sealed is None or retried:
             approval = self.service.approval_summary(answer.approval_id)
-            task |= {"status": "working", "statusMessage": _waiting(approval, resuming=latest.sealed is None)}
+            task |= {
+                "status": "working",
+                "statusMessage": _waiting(approval, resuming=latest.sealed is None or retried),
+            }
             return task
         body = conclusion_body(answer, attempts)
         if len(chain) > 1:
