@@ -1,16 +1,12 @@
 """The approval webhook alone: its key file, its signature, and delivery to a real loopback
-receiver (retried with backoff, never holding up the caller)."""
+receiver (retried with backoff, never holding up the caller); the receiver is tests.hook_receiver."""
 
 from __future__ import annotations
 
 import hmac
 import json
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,53 +18,12 @@ from charter.approvals import (
     verify_signature,
 )
 from charter.errors import UsageError
-
-
-class Receiver:
-    """Answers each POST with the next of `statuses` (then 204), after `delay` seconds."""
-
-    def __init__(self, statuses: list[int], delay: float = 0.0) -> None:
-        self.got: list[tuple[str, bytes, int]] = []
-        self.arrived = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                time.sleep(delay)
-                status = statuses[len(receiver.got)] if len(receiver.got) < len(statuses) else 204
-                receiver.got.append((self.headers[SIGNATURE_HEADER], body, status))
-                receiver.arrived.set()
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait_for(self, count: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.got) < count:
-            assert time.monotonic() < deadline, self.got
-            time.sleep(0.02)
+from tests.hook_receiver import receiving
 
 
 @pytest.fixture
 def key(tmp_path: Path) -> bytes:
     return load_or_create_webhook_key(tmp_path / "keys")
-
-
-def receiving(statuses: list[int], delay: float = 0.0) -> Iterator[Receiver]:
-    receiver = Receiver(statuses, delay)
-    try:
-        yield receiver
-    finally:
-        receiver.server.shutdown()
-        receiver.server.server_close()
 
 
 VIEW = {"approval_id": "ab" * 16, "operation": "send_payment", "status": "pending"}
@@ -103,31 +58,31 @@ def test_a_signature_verifies_only_the_same_body_key_and_a_recent_time(key: byte
 
 
 def test_a_delivery_is_signed_and_retried_with_backoff_until_accepted(key: bytes) -> None:
-    for receiver in receiving([500, 503]):
+    with receiving(statuses=[500, 503]) as receiver:
         webhook = ApprovalWebhook(receiver.url, key, backoff=0.05)
         webhook.notify(VIEW)
         receiver.wait_for(3)
         webhook.stop()
-        assert [status for _, _, status in receiver.got] == [500, 503, 204]
-        bodies = {body for _, body, _ in receiver.got}
+        assert [status for _, _, status in receiver.deliveries] == [500, 503, 204]
+        bodies = {body for _, body, _ in receiver.deliveries}
         assert len(bodies) == 1  # the same event each time
         (body,) = bodies
         assert json.loads(body) == {"type": "approval.requested", "approval": VIEW}
-        assert all(verify_signature(key, signature, body) for signature, _, _ in receiver.got)
+        assert all(verify_signature(key, headers[SIGNATURE_HEADER], body) for headers, _, _ in receiver.deliveries)
 
 
 def test_delivery_gives_up_after_five_tries(key: bytes) -> None:
-    for receiver in receiving([500] * 10):
+    with receiving(statuses=[500] * 10) as receiver:
         webhook = ApprovalWebhook(receiver.url, key, backoff=0.01)
         webhook.notify(VIEW)
         receiver.wait_for(5)
         time.sleep(0.3)  # a sixth try would have come by now (backoff 0.01 doubling: 0.16 s)
         webhook.stop()
-        assert len(receiver.got) == 5
+        assert len(receiver.deliveries) == 5
 
 
 def test_notify_never_waits_for_the_receiver(key: bytes) -> None:
-    for receiver in receiving([], delay=2.0):
+    with receiving(delay=2.0) as receiver:
         webhook = ApprovalWebhook(receiver.url, key)
         webhook.notify(VIEW)
         webhook.notify(VIEW)

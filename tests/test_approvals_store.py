@@ -507,6 +507,23 @@ def test_resume_runs_chains_and_pending_resumes(log: AuditLog, store: ApprovalSt
     assert report.incomplete == [crashed]
 
 
+def test_a_run_the_edited_index_lists_as_a_resume_is_not_chained_unless_its_opened_says_so(
+    log: AuditLog, store: ApprovalStore
+) -> None:
+    paused, first = request(log)
+    store.decide(first, MIRA, "approved", "ok")
+    resumed = resume(log, paused, first)
+    unrelated, _ = request(log)
+    # Whoever can write the file edits the derived index: an unrelated run now "resumed" it.
+    with closing(sqlite3.connect(log.path)) as db, db:
+        db.execute(
+            "UPDATE approvals SET resume_runs = ? WHERE approval_id = ?", (json.dumps([resumed, unrelated]), first)
+        )
+    assert store.resume_runs(first) == [resumed, unrelated]
+    assert [r.run_id for r in chain_of(log, paused)] == [paused, resumed]
+    assert latest_of(log, paused).run_id == resumed
+
+
 def test_an_intent_that_concluded_awaiting_approval_chains_to_its_program_runs(
     log: AuditLog, store: ApprovalStore
 ) -> None:

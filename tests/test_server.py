@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance, status_code_conformance
 
-from charter.agent import Charter, ScriptedModel
 from charter.agent._model import ModelRequest
 from charter.audit import AuditLog
 from charter.contract import load_contract
 from charter.registry import Registry
 from charter.sandbox import Sandbox
 from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
+from tests.charter_service import charter_service
 from tests.conftest import ROOT
 from tests.tiny_service import tiny_service
 
@@ -56,13 +56,7 @@ def api(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Api]:
     from examples.orders import backend
 
     backend.seed()
-    registry = Registry()
-    path = ROOT / "contracts" / "orders.yaml"
-    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
-    log = AuditLog(charter_home / "audit.db")
-    agent = Charter(model=ScriptedModel(scripted), audit=log, sandbox=shared_sandbox)
-    service = CharterService.create(registry=registry, audit=log, agent=agent)
-    store = TokenStore(charter_home / "tokens.yaml")
+    log, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
     tokens = {
         "ada": store.add("ada", "ada", ["orders:read", "orders:write"]),
         "bob": store.add("bob", "bob", ["orders:read"]),

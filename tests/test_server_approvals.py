@@ -21,14 +21,12 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from charter.agent import Charter, ScriptedModel
 from charter.agent._model import ModelRequest
 from charter.approvals import (
     SIGNATURE_HEADER,
@@ -45,7 +43,9 @@ from charter.registry import Registry
 from charter.sandbox import Sandbox
 from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
 from examples.payments import backend
+from tests.charter_service import charter_service
 from tests.conftest import ROOT, charter
+from tests.hook_receiver import HookReceiver
 
 HOLDER_SCOPES = ["payments:read", "payments:write", "documents:read", "profile:read"]
 HOLDER_ATTRIBUTES = {"account_id": backend.HOLDER_ACCOUNT, "daily_limit": "2500.00"}
@@ -65,45 +65,13 @@ def scripted(request: ModelRequest) -> str:
     return f"```python\n{PAY_NEW_IBAN}```"
 
 
-class Receiver:
-    """A loopback webhook receiver: records each delivery; answers 500 to the first `fail_first`."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.deliveries: list[tuple[dict[str, str], bytes, int]] = []
-        self.fail_first = fail_first
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    status = 500 if len(receiver.deliveries) < receiver.fail_first else 204
-                    receiver.deliveries.append((dict(self.headers.items()), body, status))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/charter"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @dataclass
 class Api:
     url: str
     tokens: dict[str, str]
     log: AuditLog
     service: CharterService
-    receiver: Receiver
+    receiver: HookReceiver
     webhook_key: bytes
     store: TokenStore
     seen: list[Any] = field(default_factory=list)
@@ -133,13 +101,7 @@ class Api:
 @pytest.fixture
 def api(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Api]:
     backend.seed()
-    registry = Registry()
-    path = ROOT / "contracts" / "payments.yaml"
-    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
-    log = AuditLog(charter_home / "audit.db")
-    agent = Charter(model=ScriptedModel(scripted), audit=log, sandbox=shared_sandbox)
-    service = CharterService.create(registry=registry, audit=log, agent=agent)
-    store = TokenStore(charter_home / "tokens.yaml")
+    log, service, store = charter_service(charter_home, shared_sandbox, "payments", scripted)
     tokens = {
         "holder": store.add("holder", "holder", HOLDER_SCOPES, HOLDER_ATTRIBUTES),
         "carol": store.add("carol", "carol", HOLDER_SCOPES, {"account_id": "ACC-2002", "daily_limit": "10.00"}),
@@ -147,7 +109,7 @@ def api(charter_home: Path, shared_sandbox: Sandbox) -> Iterator[Api]:
         "reviewer2": store.add("reviewer2", "reviewer2", ["payments:approve"]),
         "auditor": store.add("auditor", "auditor", ["audit:read"]),
     }
-    receiver = Receiver(fail_first=1)
+    receiver = HookReceiver("/hooks/charter", statuses=[500])  # the first delivery fails: it is retried
     key = load_or_create_webhook_key(charter_home / "keys")
     # As `charter serve --approval-webhook URL` starts it (short backoff: the retry comes quickly).
     service.start_approvals(store.principal, webhook=ApprovalWebhook(receiver.url, key, backoff=0.05), poll_seconds=0.2)
@@ -401,10 +363,7 @@ def test_a_retry_with_the_paused_requests_key_returns_the_current_state(api: Api
 
 def test_the_webhook_is_told_of_a_request_signed_and_retried_after_a_500(api: Api) -> None:
     approval_id = api.pause()["approval"]["id"]
-    deadline = time.monotonic() + 30
-    while len(api.receiver.deliveries) < 2:
-        assert time.monotonic() < deadline, api.receiver.deliveries
-        time.sleep(0.05)
+    api.receiver.wait_for(2, timeout=30)
     (_first_headers, first_body, first_status), (headers, body, status) = api.receiver.deliveries[:2]
     assert (first_status, status) == (500, 204)
     assert body == first_body  # the same event, retried

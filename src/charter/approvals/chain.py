@@ -8,6 +8,16 @@ paused run (`resumes`). A resumed run may pause again at a later call (approval 
 
 An intent run whose program run paused concludes `awaiting_approval` with Concluded.approval_id;
 its chain is the intent run, then the chain of that program run.
+
+Why this walker and charter.audit._approval_records.chain_of both exist: this one serves the
+API's run views (GET /v1/runs/{id} asks on every poll), so it finds each approval's resumes
+through the approvals index (one row lookup), not a scan of every Opened receipt, and it
+confirms each listed run against its signed Opened receipt (a run the index names that does
+not say it resumes the approval is left out). What it cannot do is find a resume hidden from
+the index (a derived, unsigned table): the audit surfaces (`audit show/export/verify`, which
+also need each approval's decision) and the resumer (which must never miss a crashed resume)
+read the receipts themselves, through charter.audit._approval_records. It also starts from an
+intent run, which the audit walker does not.
 """
 
 from __future__ import annotations
@@ -63,7 +73,10 @@ def chain_of(audit: AuditLog, run_id: str) -> list[RunRecord]:
         if not following:
             return chain
         seen.update(following)
-        *crashed, last = (audit.run(r) for r in following)
+        confirmed = [run for run in map(audit.run, following) if _resumes(run, approval_id)]
+        if not confirmed:
+            return chain
+        *crashed, last = confirmed
         chain.extend(crashed)
         record = last
 
@@ -87,3 +100,8 @@ def _paused_program_run(audit: AuditLog, intent: RunRecord) -> RunRecord | None:
         if isinstance(record.sealed, Sealed) and record.sealed.approval_id == concluded.approval_id:
             return record
     return None
+
+
+def _resumes(record: RunRecord, approval_id: str) -> bool:
+    """The run's signed Opened says it resumes `approval_id` (what the index claims of it)."""
+    return isinstance(record.opened, Opened) and record.opened.approval_id == approval_id

@@ -26,20 +26,15 @@ approved (or denied) call and everything after go live through the gate, which c
 approved call again against the state now and gives its write a key derived from the
 approval (charter.gate._approvals).
 
-One resume of an approval at a time: a process lock plus an fcntl lock on
-`<audit.db>.resume-locks` (non-blocking: another holder is RESUME_IN_PROGRESS). A resume of an
+One resume of an approval at a time: a process lock plus an fcntl record lock on
+`<audit.db>.resume-locks` (charter.audit._locks) (non-blocking: another holder is RESUME_IN_PROGRESS). A resume of an
 approval whose resume was sealed returns that run's answer and runs nothing.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import os
-import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -58,7 +53,9 @@ from charter.audit import (
     StoredReceipt,
     check_run,
 )
-from charter.audit.receipts import decode_body, link_of
+from charter.audit._approval_records import resume_runs
+from charter.audit._locks import side_lock
+from charter.audit.receipts import link_of
 from charter.compiler.artifact import CompiledContract
 from charter.errors import AuditError, RunNotFound
 from charter.gate import GrantedApproval
@@ -137,27 +134,12 @@ class Resumer:
         in the signed Opened receipts written after the paused run, not in the approvals index:
         whoever can edit that derived table must not hide a crashed resume (whose approved call
         would then be sent again). An Opened that no longer decodes is listed too, so that the
-        verification of the chain names it."""
+        verification of the chain names it. The reader is the audit surfaces' own
+        (charter.audit._approval_records.resume_runs), bounded to receipts after the paused run."""
         last = 0
         for row in self.audit.stored(paused_id):
             last = row.log_seq
-        needle = msgspec.json.encode({"approval_id": approval_id})[1:-1]  # "approval_id":"<id>"
-        with closing(sqlite3.connect(self.audit.path)) as connection:
-            rows = connection.execute(
-                "SELECT run_id, body FROM receipts WHERE kind = 'open' AND log_seq > ? AND instr(body, ?) > 0 "
-                "ORDER BY log_seq",
-                (last, needle),
-            ).fetchall()
-        found = []
-        for run_id, body in rows:
-            try:
-                opened = decode_body(body)
-            except ValueError:
-                found.append(str(run_id))
-                continue
-            if isinstance(opened, Opened) and opened.approval_id == approval_id:
-                found.append(str(run_id))
-        return found
+        return resume_runs(self.audit, approval_id, after=last, undecodable=True)
 
     def _resume(self, approval_id: str, paused_id: str) -> Execution:
         audit = self.audit
@@ -366,31 +348,16 @@ def sealed_execution(record: RunRecord, audit: AuditLog) -> Execution:
 
 # -- the resume lock ------------------------------------------------------------------
 
-_held: set[tuple[str, str]] = set()
-_held_lock = threading.Lock()
-_fds: dict[str, int] = {}  # one descriptor per lock file for the process (closing any drops its locks)
-
 
 @contextmanager
 def _resume_lock(database: Path, approval_id: str) -> Iterator[None]:
-    """Exclusive per approval across threads and processes; never waits (ResumeInProgress)."""
-    path = f"{database}.resume-locks"
-    mine = (path, approval_id)
-    with _held_lock:
-        if mine in _held:
-            raise ResumeInProgress(f"approval {approval_id} is being resumed by another thread of this process")
-        fd = _fds.get(path)
-        if fd is None:
-            fd = _fds[path] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        offset = int(hashlib.sha256(approval_id.encode()).hexdigest()[:15], 16)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
-        except OSError:
-            raise ResumeInProgress(f"approval {approval_id} is being resumed by another process") from None
-        _held.add(mine)
+    """Exclusive per approval across threads and processes (one key of `<audit.db>.resume-locks`);
+    never waits (ResumeInProgress). Not best effort: where other processes cannot be excluded,
+    resuming fails (OSError) rather than risk running the approved call twice."""
+    lock = side_lock(database, ".resume-locks", approval_id)
+    if not lock.acquire(blocking=False):
+        raise ResumeInProgress(f"approval {approval_id} is being resumed by another thread or process")
     try:
         yield
     finally:
-        with _held_lock:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
-            _held.discard(mine)
+        lock.release()

@@ -13,26 +13,24 @@ through `AuditLog.append_record`. Errors, each with its reason code in `.code`:
     └── ApprovalConflict              ALREADY_DECIDED: another decision exists (`.existing` names it)
 
 Exactly one decision per request, across threads and processes: `decide` takes a process
-lock and an fcntl lock on `<audit.db>.approval-lock`, re-reads the request's row, and only
+lock and an fcntl record lock on `<audit.db>.approval-lock` (charter.audit._locks), re-reads the request's row, and only
 then writes; the writer also refuses a second record with the same id in its transaction.
 """
 
 from __future__ import annotations
 
 import builtins
-import fcntl
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
 from charter.approvals._index import utc_text
+from charter.audit._locks import side_lock
 from charter.audit.receipts import (
     ApprovalDecided,
     ApprovalRequested,
@@ -196,16 +194,6 @@ _COLUMNS = (
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM approvals"
 
-# One lock per audit database in this process: fcntl's flock excludes other processes (and
-# other open files of this one); the thread lock keeps this process's threads in line first.
-_PROCESS_LOCKS: dict[Path, threading.Lock] = {}
-_PROCESS_LOCKS_GUARD = threading.Lock()
-
-
-def _process_lock(path: Path) -> threading.Lock:
-    with _PROCESS_LOCKS_GUARD:
-        return _PROCESS_LOCKS.setdefault(path, threading.Lock())
-
 
 def _now(now: datetime | None) -> datetime:
     if now is None:
@@ -218,7 +206,6 @@ class ApprovalStore:
 
     def __init__(self, audit: AuditLog) -> None:
         self.audit = audit
-        self._lock_path = audit.path.with_name(audit.path.name + ".approval-lock")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -359,13 +346,15 @@ class ApprovalStore:
     @contextmanager
     def _decision_lock(self) -> Iterator[None]:
         """Held while a decision is read and written: no other thread or process of this log can
-        decide in between."""
-        with _process_lock(self._lock_path.resolve()), self._lock_path.open("a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        decide in between. One lock per audit database (one key of `<audit.db>.approval-lock`), by
+        its resolved path, so two stores of one log in a process share it; not best effort: where
+        other processes cannot be excluded, deciding fails (OSError) rather than risk two decisions."""
+        lock = side_lock(self.audit.path.resolve(), ".approval-lock", "decide")
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
 
     def decide(
         self,

@@ -5,6 +5,8 @@ which is derived and unsigned: `audit show`, `audit export` and verification of 
 must stand on what the log vouches for. A chain is the run that paused first, then, per
 approval along it, the decision and the runs resuming it (a crashed resume, then the one
 that ran on); a resumed run that pauses again continues the chain with the next approval.
+charter.approvals.chain walks the same chains for the API's views, faster and through the
+index (see there why both exist); the resumer reads its resumes here (`resume_runs`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from charter.audit.receipts import ApprovalDecided, ApprovalRequested, Opened, Receipt, Sealed, StoredReceipt
+from charter.audit.receipts import (
+    ApprovalDecided,
+    ApprovalRequested,
+    Opened,
+    Receipt,
+    Sealed,
+    StoredReceipt,
+    decode_body,
+)
 from charter.audit.store import AuditLog, RunRecord
 from charter.errors import RunNotFound
 
@@ -25,6 +35,7 @@ __all__ = [
     "request_run_of",
     "resolve_approval",
     "resolve_record",
+    "resume_runs",
     "sealed_approval",
 ]
 
@@ -63,11 +74,29 @@ def _request_of(log: AuditLog, approval_id: str) -> tuple[StoredReceipt, Approva
     return None
 
 
-def _resumes_of(log: AuditLog, approval_id: str) -> list[str]:
+def resume_runs(log: AuditLog, approval_id: str, *, after: int = 0, undecodable: bool = False) -> list[str]:
+    """The runs resuming an approval, in log order, from the signed Opened receipts (log_seq >
+    `after`) that name it: the one reader of them, for the audit surfaces (here) and for the
+    resumer (charter.approvals.resume), which must find every crashed resume even when the
+    approvals index was edited to hide one. `undecodable`: also list the runs whose Opened
+    naming the approval no longer decodes (the resumer verifies them, which names the damage);
+    by default they are left out, as readers that open each run need."""
+    with log._connection() as connection:  # the package's own reader of the log
+        rows = connection.execute(
+            "SELECT run_id, body FROM receipts WHERE kind = 'open' AND log_seq > ? AND instr(body, ?) > 0 "
+            "ORDER BY log_seq",
+            (after, _naming(approval_id)),
+        ).fetchall()
     found = []
-    for _, body in _rows(log, "kind = 'open' AND instr(body, ?) > 0", (_naming(approval_id),)):
-        if isinstance(body, Opened) and body.approval_id == approval_id:
-            found.append(body.run_id)
+    for run_id, body in rows:
+        try:
+            opened = decode_body(body)
+        except ValueError:
+            if undecodable:
+                found.append(str(run_id))
+            continue
+        if isinstance(opened, Opened) and opened.approval_id == approval_id:
+            found.append(str(run_id))  # where the receipt is stored, whatever its body claims
     return found
 
 
@@ -144,7 +173,7 @@ def chain_of(log: AuditLog, run_id: str) -> Chain | None:
         approval_id = record.sealed.approval_id
         requested = [r for r in record.receipts if isinstance(r, ApprovalRequested) and r.approval_id == approval_id]
         decided = decision_of(log, approval_id)
-        resumes = tuple(log.run(r) for r in _resumes_of(log, approval_id) if r not in seen)
+        resumes = tuple(log.run(r) for r in resume_runs(log, approval_id) if r not in seen)
         seen.update(r.run_id for r in resumes)
         steps.append(
             ApprovalStep(

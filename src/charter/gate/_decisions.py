@@ -7,6 +7,8 @@ whatever happens: only an allowed Decision counts toward a quota.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
@@ -93,14 +95,8 @@ class DecisionRecorder:
             )
             if verdict.withheld is not None:
                 verdict.withheld.keep(self._recorder, request.sequence, request.operation)
-            try:
+            with _written_or_denied(request, "its receipt"):
                 self._recorder.decision(decision)
-            except AuditError as error:
-                # No receipt, no action: the call is denied even though the checks passed. The
-                # audit log's own error (a path, an SQLite message) is shown: it names no backend data.
-                raise Denied(
-                    "GATE_ERROR", f"{request.operation} refused: its receipt could not be written ({error})"
-                ) from None
         finally:
             if hold is not None:
                 hold.release()
@@ -123,12 +119,8 @@ class DecisionRecorder:
                 now=datetime.fromisoformat(hold.at) if hold.at is not None else self._gate.clock(),
                 seen=seen,
             )
-            try:
+            with _written_or_denied(request, "its approval request"):
                 self._recorder.approval_requested(receipt)
-            except AuditError as error:
-                raise Denied(
-                    "GATE_ERROR", f"{request.operation} refused: its approval request could not be written ({error})"
-                ) from None
         finally:
             hold.release()  # a paused call is not counted: only an allowed Decision counts
         raise ApprovalPending(
@@ -138,3 +130,15 @@ class DecisionRecorder:
             reason=receipt.reason,
             line=request.line,
         )
+
+
+@contextmanager
+def _written_or_denied(request: CallRequest, what: str) -> Iterator[None]:
+    """Around writing a call's receipt (`what`: how the message names it): an AuditError denies
+    the call GATE_ERROR. No receipt, no action: the call is denied even though the checks
+    passed. The audit log's own error (a path, an SQLite message) is shown: it names no
+    backend data."""
+    try:
+        yield
+    except AuditError as error:
+        raise Denied("GATE_ERROR", f"{request.operation} refused: {what} could not be written ({error})") from None

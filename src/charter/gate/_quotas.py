@@ -11,11 +11,11 @@ held until the call's Decision receipt is durable (or the call is denied, or the
 them once the receipt is written. So two runs racing for the same key cannot both read the
 total before either is counted. The lock has two layers:
 
-- in the process, a `threading.Lock` per bucket (a hash of contract, quota and key);
+- in the process, the bucket (a hash of contract, quota and key, one of 2**20) is held by one thread;
 - across processes sharing one audit database (two `charter exec`), a POSIX record lock
   (`fcntl.lockf`) on that bucket's byte of `<audit.db>.quota-locks`, held by the same thread
-  for the same span. POSIX record locks belong to the process, which is why the thread lock is
-  taken first. Not on Windows (no fcntl): there the guarantee is within one process.
+  for the same span (charter.audit._locks, best effort). Not on Windows (no fcntl), nor when the
+  lock file cannot be opened: there the guarantee is within one process.
 
 Locks are taken in bucket order, all before any total is read, so two calls never wait on each
 other in a cycle. A `window: run` quota counts this run's calls only (kept in the session).
@@ -23,10 +23,6 @@ other in a cycle. A `window: run` quota counts this run's calls only (kept in th
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +33,7 @@ from typing import Any
 import cel
 import msgspec
 
+from charter.audit._locks import SideLock, side_lock
 from charter.audit.quotas import QuotaReader
 from charter.audit.receipts import QuotaSeen
 from charter.compiler.artifact import GateTable, OperationRule, QuotaRule
@@ -58,65 +55,6 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-class _Bucket:
-    """One bucket's lock: a thread lock, then (POSIX) the bucket's byte of the lock file."""
-
-    def __init__(self, fd: int | None, offset: int) -> None:
-        self._thread_lock = threading.Lock()
-        self._fd = fd
-        self._offset = offset
-
-    def acquire(self) -> None:
-        self._thread_lock.acquire()
-        if self._fd is not None and sys.platform != "win32":
-            import fcntl
-
-            try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, self._offset)
-            except BaseException:
-                self._thread_lock.release()
-                raise
-
-    def release(self) -> None:
-        try:
-            if self._fd is not None and sys.platform != "win32":
-                import fcntl
-
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, self._offset)
-        finally:
-            self._thread_lock.release()
-
-
-class _Registry:
-    """Every bucket lock of this process, by lock file and bucket; one descriptor per lock file,
-    never closed (closing any descriptor of a file drops all of the process's locks on it)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._fds: dict[Path, int | None] = {}
-        self._buckets: dict[tuple[Path | None, int], _Bucket] = {}
-
-    def bucket(self, database: Path | None, number: int) -> _Bucket:
-        with self._lock:
-            found = self._buckets.get((database, number))
-            if found is None:
-                fd = self._fd(database) if database is not None else None
-                found = self._buckets[(database, number)] = _Bucket(fd, number)
-            return found
-
-    def _fd(self, database: Path) -> int | None:
-        if database not in self._fds:
-            fd: int | None = None
-            if sys.platform != "win32":
-                with contextlib.suppress(OSError):  # a read-only folder: the process lock still holds
-                    fd = os.open(f"{database}.quota-locks", os.O_RDWR | os.O_CREAT, 0o600)
-            self._fds[database] = fd
-        return self._fds[database]
-
-
-_REGISTRY = _Registry()
-
-
 @dataclass(slots=True)
 class QuotaHold:
     """One call's quota reservations: the locks held from the totals' read until its Decision is
@@ -125,7 +63,7 @@ class QuotaHold:
     seen: tuple[QuotaSeen, ...] = ()
     at: str | None = None  # the decision's time, when quotas were checked
     windows: dict[str, int | None] = field(default_factory=dict)  # quota id -> window seconds (None: run)
-    _locks: list[_Bucket] = field(default_factory=list)
+    _locks: list[SideLock] = field(default_factory=list)
 
     def release(self) -> None:
         locks, self._locks = self._locks, []
@@ -198,10 +136,9 @@ class QuotaSession:
                 amount = max(value, 0)  # a negative amount adds nothing: it never makes room
             planned.append((compiled.rule, key, amount))
         buckets = sorted(
-            {self._bucket(q.id, key) for q, key, _ in planned if q.window_seconds is not None},
+            {self._bucket(self._reader.path, q.id, key) for q, key, _ in planned if q.window_seconds is not None},
         )
-        for number in buckets:
-            lock = _REGISTRY.bucket(self._reader.path, number)
+        for lock in buckets:
             lock.acquire()
             hold._locks.append(lock)
         now = self._clock()
@@ -232,9 +169,9 @@ class QuotaSession:
         hold.seen = tuple(seen)
         return denial
 
-    def _bucket(self, quota: str, key: str) -> int:
-        digest = hashlib.sha256(f"{self._checks.contract}\0{quota}\0{key}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") % _BUCKETS
+    def _bucket(self, database: Path, quota: str, key: str) -> SideLock:
+        bucket = f"{self._checks.contract}\0{quota}\0{key}"
+        return side_lock(database, ".quota-locks", bucket, slots=_BUCKETS, best_effort=True)
 
     def _exceeded(self, rule: OperationRule, quota: QuotaRule, total: int, amount: int) -> Verdict:
         note, boundary = self._note(quota.boundaries)
