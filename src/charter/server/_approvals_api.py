@@ -39,7 +39,10 @@ class ApprovalBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     approval_id: str
-    status: str = Field(description="pending, approved, denied or expired (pending past its expiry).")
+    status: str = Field(
+        description="pending, approved, denied, expired (pending past its expiry) or tampered (the signed "
+        "receipts do not verify, or the derived index disagrees with them: see `findings`)."
+    )
     run_id: str = Field(description="The paused program run.")
     logical_run_id: str | None = None
     contract: str | None = None
@@ -70,6 +73,8 @@ class ApprovalBody(BaseModel):
     decision_link: str | None = None
     resume_run: str | None = None
     resume_status: str | None = None
+    verified: bool = Field(default=True, description="False: the signed receipts do not vouch for this view.")
+    findings: list[str] = Field(default_factory=list, description="Why it is not verified, one sentence each.")
 
 
 def add_approval_routes(
@@ -92,7 +97,7 @@ def add_approval_routes(
     def get_approvals(
         principal: Caller,
         contract: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        status: Annotated[Literal["pending", "approved", "denied", "expired"] | None, Query()] = None,
+        status: Annotated[Literal["pending", "approved", "denied", "expired", "tampered"] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> list[dict[str, Any]]:
         views = guarded(lambda: service.list_approvals(principal, contract=contract, status=status, limit=limit))

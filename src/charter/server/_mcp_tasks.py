@@ -67,7 +67,7 @@ __all__ = [
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 POLL_MS = 2000  # suggested tasks/get interval: a human decides, no need to hurry
 _HEX_ID = re.compile(r"[0-9a-f]{32}\Z")
-_STATUSES = ("pending", "approved", "denied", "expired")
+_STATUSES = ("pending", "approved", "denied", "expired", "tampered")
 _MAX_REASON = 2000
 
 _log = logging.getLogger("charter.server")
@@ -102,6 +102,8 @@ _VIEW_SCHEMA: dict[str, Any] = {
         "operation": {"type": ["string", "null"]},
         "principal": {"type": ["string", "null"]},
         "approver_scope": {"type": ["string", "null"]},
+        "verified": {"type": "boolean", "description": "False: the signed receipts do not vouch for this view."},
+        "findings": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["approval_id", "status", "run_id"],
 }
