@@ -294,6 +294,15 @@ def test_deciding_twice_is_idempotent_and_another_decision_conflicts(api: Api) -
     assert first.status_code == again.status_code == plain.status_code == 200
     assert again.headers["idempotent-replayed"] == "true"
     assert first.json()["decision_link"] == again.json()["decision_link"] == plain.json()["decision_link"]
+    assert (first.json()["already_decided"], plain.json()["already_decided"]) == (False, True)
+    assert "note" not in first.json()
+    # The same approver and decision with another reason: still 200 (a retry), but visibly not recorded.
+    with api.client("reviewer") as client:
+        changed = client.post(url, json={"reason": "different reason"})
+    assert changed.status_code == 200
+    assert (changed.json()["already_decided"], changed.json()["decision_reason"]) == (True, "ok")
+    assert "already approved by reviewer" in changed.json()["note"]
+    assert "('different reason') was not recorded" in changed.json()["note"]
     with api.client("reviewer2") as client:
         problem(client.post(f"/v1/approvals/{approval_id}/deny", json={"reason": "no"}), 409, "already-decided")
     assert len(decisions(api.log, approval_id)) == 1

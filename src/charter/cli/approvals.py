@@ -438,6 +438,8 @@ def _decide(
     verb = "approved" if decision == "approved" else "denied"
     if not as_json:
         again = "" if written else " (already recorded: this decision was given before; nothing new written)"
+        if not written and reason != receipt.reason:
+            again += f"; the reason given now ({reason!r}) was not recorded: a request is decided once"
         say(
             f"approval {approval_id} {verb} by {receipt.approver}: {receipt.reason}{again}",
             "green" if written else None,

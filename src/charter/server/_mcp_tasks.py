@@ -179,8 +179,16 @@ APPROVAL_TOOLS: tuple[types.Tool, ...] = (
         },
         {
             "type": "object",
-            "properties": {"approval": _VIEW_SCHEMA, "written": {"type": "boolean"}},
-            "required": ["approval", "written"],
+            "properties": {
+                "approval": _VIEW_SCHEMA,
+                "written": {"type": "boolean"},
+                "already_decided": {
+                    "type": "boolean",
+                    "description": "True: this decision was already recorded; nothing new was written.",
+                },
+                "note": {"type": "string", "description": "When already decided: the recorded reason is kept."},
+            },
+            "required": ["approval", "written", "already_decided"],
         },
     ),
 )
@@ -384,7 +392,14 @@ class ApprovalsFace:
 
             def decide() -> dict[str, Any]:
                 view, written = service.decide(principal, approval_id, chosen, reason)
-                return {"approval": _view(view), "written": written}
+                answer = service.decision_answer(view, written, reason)
+                note = answer.pop("note", None)
+                return {
+                    "approval": answer,
+                    "written": written,
+                    "already_decided": not written,
+                    **({"note": note} if note else {}),
+                }
 
             return decide
         raise _invalid(f"no tool {name!r}: tools/list names the tools", "name")

@@ -318,6 +318,22 @@ class CharterService:
             self.resumes.notify(approval_id)
         return self.approvals.get(approval_id, visible_to=principal), written
 
+    @staticmethod
+    def decision_answer(view: ApprovalView, written: bool, reason: str) -> dict[str, Any]:
+        """What a decision answers on every surface: the view, `already_decided` (True: the same
+        approver had given the same decision; nothing new was written, and the view keeps that
+        first decision's reason) and, then, a `note` saying so, and that a different reason given
+        now was not recorded (a decision is recorded once)."""
+        body: dict[str, Any] = msgspec.to_builtins(view)
+        body["already_decided"] = not written
+        if not written:
+            ignored = "" if reason == view.decision_reason else f"; the reason given now ({reason!r}) was not recorded"
+            body["note"] = (
+                f"already {view.decision} by {view.decided_by} at {view.decided_at} with the reason "
+                f"{view.decision_reason!r}: a request is decided once, nothing new was written{ignored}"
+            )
+        return body
+
     def start_approvals(
         self,
         principal_of: Callable[[str], Principal | None],
