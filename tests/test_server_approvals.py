@@ -379,6 +379,9 @@ def test_the_webhook_is_told_of_a_request_signed_and_retried_after_a_500(api: Ap
     event = json.loads(body)
     assert (event["type"], event["approval"]["approval_id"]) == ("approval.requested", approval_id)
     assert event["approval"]["operation"] == "send_payment"
+    # Only what a notifier needs: the details are fetched through the authenticated API.
+    assert event["approval"]["links"]["approval"] == f"/v1/approvals/{approval_id}"
+    assert not {"program", "arguments", "observed", "lookups", "provenance"} & set(event["approval"])
     signature = headers[SIGNATURE_HEADER]
     assert verify_signature(api.webhook_key, signature, body)
     assert not verify_signature(api.webhook_key, signature, body.replace(b"send_payment", b"send_paymenT"))
