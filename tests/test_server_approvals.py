@@ -183,6 +183,13 @@ def test_a_paused_program_answers_202_and_concludes_once_a_reviewer_approves(api
     assert len(final["chain"]) == 2
     assert final["latest_run"] == final["chain"][1]
     assert [t["amount"] for t in transfers_to(NEW_IBAN)] == ["25.00"]  # executed exactly once
+    # The view covers the chain: the paused run's calls (none before the flagged one here), then the
+    # approved call, which the resumed run made.
+    assert [(c["call"], c["operation"], c["decision"], c["run_id"]) for c in final["calls"]] == [
+        (approval["call"], "send_payment", "ALLOW", final["chain"][1])
+    ]
+    assert [(o["call"], o["run_id"]) for o in final["outcomes"]] == [(approval["call"], final["chain"][1])]
+    assert final["in_doubt"] == []
 
 
 def test_an_intent_that_pauses_answers_202_and_its_run_follows_the_chain(api: Api) -> None:
