@@ -755,3 +755,15 @@ def test_an_edited_decision_record_is_shown_tampered(log: AuditLog, store: Appro
     view = store.get(approval)
     assert (view.status, view.verified) == ("tampered", False)
     assert any("does not verify" in f for f in view.findings), view.findings
+
+
+def test_the_resume_status_is_read_from_the_resumed_runs_receipts_not_the_runs_index(
+    log: AuditLog, store: ApprovalStore
+) -> None:
+    paused, approval = request(log)
+    store.decide(approval, MIRA, "approved", "ok")
+    resumed = resume(log, paused, approval)
+    with closing(sqlite3.connect(log.path)) as db, db:
+        db.execute("UPDATE runs SET status = 'refused' WHERE run_id = ?", (resumed,))
+    view = store.get(approval)
+    assert (view.resume_run, view.resume_status, view.status) == (resumed, "done", "approved")

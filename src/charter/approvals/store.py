@@ -44,11 +44,13 @@ from charter.audit.receipts import (
     Opened,
     QuotaSeen,
     Receipt,
+    Sealed,
     StoredReceipt,
     decode_body,
 )
 from charter.errors import AuditError, CharterError, UsageError
 from charter.principal import Principal, same_principal
+from charter.status import status_of
 
 if TYPE_CHECKING:
     from charter.audit.store import AuditLog
@@ -368,10 +370,7 @@ class ApprovalStore:
         findings.extend(_index_disagreements(row, log_seq, request, decided[0] if decided else None, decision))
         resumes = signed_resume_runs(self.audit, request.approval_id)
         resume_run = resumes[-1] if resumes else None
-        resume_status = None
-        if resume_run is not None:
-            status_row = connection.execute("SELECT status FROM runs WHERE run_id = ?", (resume_run,)).fetchone()
-            resume_status = status_row[0] if status_row else None
+        resume_status = _run_status(connection, resume_run) if resume_run is not None else None
         opened_row = connection.execute(
             "SELECT log_seq FROM receipts WHERE run_id = ? AND seq = 0", (request.run_id,)
         ).fetchone()
@@ -621,6 +620,25 @@ def _receipt_at(connection: sqlite3.Connection, log_seq: int) -> Receipt | None:
         return decode_body(found[0]) if found else None
     except ValueError:
         return None
+
+
+def _run_status(connection: sqlite3.Connection, run_id: str) -> str | None:
+    """A run's status from its own Opened and Sealed receipts (not the derived runs index);
+    None when its opening is missing or altered."""
+    opened: Opened | None = None
+    sealed: Sealed | None = None
+    for (body,) in connection.execute(
+        "SELECT body FROM receipts WHERE run_id = ? AND kind IN ('open', 'seal') ORDER BY log_seq", (run_id,)
+    ).fetchall():
+        try:
+            receipt = decode_body(body)
+        except ValueError:
+            continue
+        if isinstance(receipt, Opened):
+            opened = receipt
+        elif isinstance(receipt, Sealed):
+            sealed = receipt
+    return status_of(opened, sealed).status if opened is not None else None
 
 
 def _stored(connection: sqlite3.Connection, log_seq: int) -> StoredReceipt | None:
