@@ -13,7 +13,9 @@ import pytest
 from charter.approvals import (
     SIGNATURE_HEADER,
     ApprovalWebhook,
+    approval_event,
     load_or_create_webhook_key,
+    plain_http_warning,
     sign,
     verify_signature,
 )
@@ -26,7 +28,32 @@ def key(tmp_path: Path) -> bytes:
     return load_or_create_webhook_key(tmp_path / "keys")
 
 
-VIEW = {"approval_id": "ab" * 16, "operation": "send_payment", "status": "pending"}
+VIEW = {
+    "approval_id": "ab" * 16,
+    "run_id": "cd" * 16,
+    "contract": "payments",
+    "version": "1.0.0",
+    "operation": "send_payment",
+    "call": 3,
+    "reason": "a payment above 100.00",
+    "principal": "ada",
+    "requested_at": "2026-11-29T20:00:00.000000+00:00",
+    "expires": "2026-11-30T20:00:00.000000+00:00",
+    "status": "pending",
+    # What the gate read and the program: never sent to a notifier.
+    "program": "acct = payments.get_account(...)",
+    "arguments": '{"recipient": "DE89370400440532013000"}',
+    "observed": {"balance": "5000.00"},
+    "lookups": [{"name": "payee", "value": "DE89370400440532013000"}],
+}
+EVENT = {
+    "type": "approval.requested",
+    "approval": {
+        **{name: VIEW[name] for name in ("approval_id", "contract", "version", "operation", "call", "reason")},
+        **{name: VIEW[name] for name in ("principal", "requested_at", "expires")},
+        "links": {"approval": f"/v1/approvals/{'ab' * 16}", "run": f"/v1/runs/{'cd' * 16}"},
+    },
+}
 
 
 def test_the_key_is_made_once_private_and_refused_when_shared(tmp_path: Path) -> None:
@@ -67,7 +94,9 @@ def test_a_delivery_is_signed_and_retried_with_backoff_until_accepted(key: bytes
         bodies = {body for _, body, _ in receiver.deliveries}
         assert len(bodies) == 1  # the same event each time
         (body,) = bodies
-        assert json.loads(body) == {"type": "approval.requested", "approval": VIEW}
+        assert json.loads(body) == EVENT
+        assert b"DE89" not in body
+        assert b"5000" not in body
         assert all(verify_signature(key, headers[SIGNATURE_HEADER], body) for headers, _, _ in receiver.deliveries)
 
 
@@ -94,3 +123,18 @@ def test_notify_never_waits_for_the_receiver(key: bytes) -> None:
 def test_a_webhook_url_must_be_http() -> None:
     with pytest.raises(UsageError, match="http"):
         ApprovalWebhook("file:///etc/passwd", b"0" * 64)
+
+
+def test_the_event_carries_what_a_notifier_needs_and_nothing_the_gate_read() -> None:
+    event = approval_event(VIEW)
+    assert event == EVENT
+    assert not {"program", "arguments", "observed", "lookups", "status"} & set(event["approval"])
+
+
+def test_plain_http_to_a_host_beyond_loopback_is_warned_of() -> None:
+    for url in ("http://hooks.example.com/x", "http://10.0.0.5:8080/hook", "http://[2001:db8::1]/h"):
+        warning = plain_http_warning(url)
+        assert warning is not None
+        assert "https://" in warning
+    for url in ("https://hooks.example.com/x", "http://127.0.0.1:8799/hook", "http://localhost/h", "http://[::1]/h"):
+        assert plain_http_warning(url) is None

@@ -519,7 +519,7 @@ def test_a_run_the_edited_index_lists_as_a_resume_is_not_chained_unless_its_open
         db.execute(
             "UPDATE approvals SET resume_runs = ? WHERE approval_id = ?", (json.dumps([resumed, unrelated]), first)
         )
-    assert store.resume_runs(first) == [resumed, unrelated]
+    assert store.resume_runs(first) == [resumed]  # read from the signed Opened receipts, not the index
     assert [r.run_id for r in chain_of(log, paused)] == [paused, resumed]
     assert latest_of(log, paused).run_id == resumed
 
@@ -642,3 +642,128 @@ def test_a_program_paused_at_the_gate_is_listed_shown_and_decided(governed: Gove
     assert store.pending_resumes() == [view.approval_id]
     assert verify_log(governed.log, governed.log.trusted_keys(), every_signature=True).ok
     assert invoices.get_invoice(number="INV-1003")["state"] == "approved"  # not paid: nothing resumed it yet
+
+
+# -- the index only finds: every fact shown or acted on is the signed receipts' -----------------
+
+
+def edit_index(log: AuditLog, sql: str, *params: Any) -> None:
+    """Whoever can write the file edits the derived, unsigned approvals index (it has no trigger)."""
+    with closing(sqlite3.connect(log.path)) as db, db:
+        assert (
+            db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'approvals'").fetchall()
+            == []
+        )
+        db.execute(sql, params)
+
+
+def test_a_decision_forged_in_the_index_is_shown_tampered_never_approved(log: AuditLog, store: ApprovalStore) -> None:
+    _, approval = request(log)
+    edit_index(
+        log,
+        "UPDATE approvals SET status = 'approved', decided_by = 'bob', decided_at = ?, decision_reason = 'forged' "
+        "WHERE approval_id = ?",
+        now_iso(),
+        approval,
+    )
+    view = store.get(approval)
+    assert (view.status, view.verified, view.decision, view.decided_by, view.decision_reason) == (
+        "tampered",
+        False,
+        None,
+        None,
+        None,
+    )
+    assert any("status 'approved'" in f and "'pending'" in f for f in view.findings), view.findings
+    assert [v.approval_id for v in store.list(status="tampered")] == [approval]
+    assert store.list(status="approved") == []
+    assert store.list(status="pending") == []
+    assert store.pending_resumes() == []  # no decision record: nothing to resume
+
+
+def test_a_scope_edited_in_the_index_is_neither_shown_nor_named_in_the_refusal(
+    log: AuditLog, store: ApprovalStore
+) -> None:
+    _, approval = request(log)
+    edit_index(log, "UPDATE approvals SET approver_scope = 'invoices:pay' WHERE approval_id = ?", approval)
+    view = store.get(approval)
+    assert (view.status, view.approver_scope) == ("tampered", SCOPE)
+    payer = Principal("bob", frozenset({"invoices:pay"}))
+    with pytest.raises(ApprovalNotFound):
+        store.get(approval, visible_to=payer)  # visibility follows the signed scope too
+    with pytest.raises(ApprovalForbidden, match=f"needs the scope {SCOPE}") as refused:
+        store.decide(approval, payer, "approved", "ok")
+    assert "invoices:pay" not in str(refused.value)
+
+
+def test_an_expiry_extended_in_the_index_is_shown_tampered_and_still_auto_denied(
+    log: AuditLog, store: ApprovalStore
+) -> None:
+    _, approval = request(log, expires_in=timedelta(minutes=1))
+    signed_expires = store.get(approval).expires
+    edit_index(log, "UPDATE approvals SET expires = '2099-01-01T00:00:00.000000+00:00' WHERE approval_id = ?", approval)
+    view = store.get(approval)
+    assert (view.status, view.expires) == ("tampered", signed_expires)
+    [denied] = store.expire_due(now=datetime.now(UTC) + timedelta(minutes=2))
+    assert (denied.approval_id, denied.approver, denied.decision, denied.expired) == (
+        approval,
+        "charter",
+        "denied",
+        True,
+    )
+    assert signed_expires in denied.reason
+    assert "2099" not in denied.reason
+
+
+def test_a_deleted_index_row_still_shows_tampered_and_still_expires(log: AuditLog, store: ApprovalStore) -> None:
+    _, approval = request(log, expires_in=timedelta(minutes=1))
+    edit_index(log, "DELETE FROM approvals WHERE approval_id = ?", approval)
+    view = store.get(approval)
+    assert (view.status, view.verified) == ("tampered", False)
+    assert [v.approval_id for v in store.list()] == [approval]
+    [denied] = store.expire_due(now=datetime.now(UTC) + timedelta(minutes=2))
+    assert denied.approval_id == approval
+    assert store.pending_resumes() == [approval]  # found from its decision record
+
+
+def test_a_decision_hidden_from_the_index_is_still_found(log: AuditLog, store: ApprovalStore) -> None:
+    _, approval = request(log)
+    store.decide(approval, MIRA, "approved", "checked")
+    edit_index(
+        log,
+        "UPDATE approvals SET status = 'pending', decided_by = NULL, decided_at = NULL, decision_reason = NULL, "
+        "decision_log_seq = NULL WHERE approval_id = ?",
+        approval,
+    )
+    assert store.pending_resumes() == [approval]
+    assert store.get(approval).status == "tampered"
+    with pytest.raises(ApprovalConflict):
+        store.decide(approval, NOOR, "denied", "the index says nobody decided")
+    assert store.expire_due(now=datetime.now(UTC) + timedelta(days=2)) == []
+
+
+def test_an_edited_decision_record_is_shown_tampered(log: AuditLog, store: ApprovalStore) -> None:
+    _, approval = request(log)
+    store.decide(approval, MIRA, "denied", "no")
+    with closing(sqlite3.connect(log.path)) as db, db:
+        db.execute("DROP TRIGGER receipts_no_update")
+        db.execute(
+            "UPDATE receipts SET body = CAST(replace(CAST(body AS TEXT), '\"denied\"', '\"approved\"') AS BLOB) "
+            "WHERE kind = 'approval_decision' AND run_id = ?",
+            (approval,),
+        )
+    view = store.get(approval)
+    assert (view.status, view.verified) == ("tampered", False)
+    assert any("does not verify" in f for f in view.findings), view.findings
+
+
+def test_the_resume_status_is_read_from_the_resumed_runs_receipts_not_the_runs_index(
+    log: AuditLog, store: ApprovalStore
+) -> None:
+    paused, approval = request(log)
+    store.decide(approval, MIRA, "approved", "ok")
+    resumed = resume(log, paused, approval)
+    with closing(sqlite3.connect(log.path)) as db, db:
+        db.execute("UPDATE runs SET status = 'refused' WHERE run_id = ?", (resumed,))
+    view = store.get(approval)
+    assert (view.resume_run, view.resume_status, view.status) == (resumed, "done", "approved")

@@ -289,6 +289,34 @@ def test_a_tampered_request_is_neither_decided_nor_run(paused: Paused) -> None:
     assert plumber_transfers() == []
 
 
+def test_a_decision_forged_in_the_index_is_shown_unverified_not_approved(paused: Paused) -> None:
+    """Whoever can write the file edits the unsigned approvals index: list and show say what the
+    signed receipts say (no decision) and flag the disagreement, never 'approved by bob'."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(paused.log.path)) as db, db:
+        db.execute(
+            "UPDATE approvals SET status = 'approved', decided_by = 'bob', decision_reason = 'forged', "
+            "approver_scope = 'payments:pay' WHERE approval_id = ?",
+            (paused.approval_id,),
+        )
+    shown = charter("approvals", "show", paused.approval_id)
+    assert shown.returncode == 0, shown.stderr
+    assert f"approval {paused.approval_id}: tampered" in shown.stdout
+    assert "UNVERIFIED: the audit log does not vouch for this request" in shown.stdout
+    assert "the approvals index says status 'approved' but the signed receipts say 'pending'" in shown.stdout
+    assert "bob" not in shown.stdout.replace("'bob'", "")  # named only as the index's claim
+    listed = charter("approvals", "list")
+    assert "tampered" in listed.stdout
+    assert "approved by bob" not in listed.stdout
+    refused = charter(
+        "approvals", "approve", paused.approval_id, "--reason", "ok", "--principal", "bob", "--scope", "payments:pay"
+    )
+    assert "payments:approve" in refused.stderr
+    assert "holding payments:pay" not in refused.stderr
+
+
 def test_a_resume_held_elsewhere_is_reported_not_run_twice(paused: Paused) -> None:
     """A server (here: this process) holds the approval's resume lock: the CLI records the
     decision, then says RESUME_IN_PROGRESS and runs nothing; once the lock is free it resumes."""

@@ -457,6 +457,7 @@ def test_over_stdio_each_operator_resumes_its_own_runs(charter_home: Path) -> No
             async with Client(stdio("reviewer", "payments:approve")) as reviewer:
                 (pending,) = body_of(await reviewer.call_tool("approvals_list", {}))["approvals"]
                 decided = body_of(await decide(reviewer, pending["approval_id"], "approved", "known landlord"))
+                decided["again"] = body_of(await decide(reviewer, pending["approval_id"], "approved", "other words"))
                 await anyio.sleep(1.5)  # the reviewer's worker polls meanwhile, and must leave it alone
             get = GetTask(params=TaskParams(task_id=handle.task_id))
             with anyio.fail_after(90):
@@ -465,7 +466,11 @@ def test_over_stdio_each_operator_resumes_its_own_runs(charter_home: Path) -> No
         return handle, decided, state
 
     handle, decided, state = anyio.run(session)
-    assert decided["written"] is True
+    assert (decided["written"], decided["already_decided"]) == (True, False)
+    again = decided["again"]  # the same decision with another reason: a retry, visibly not recorded
+    assert (again["written"], again["already_decided"]) == (False, True)
+    assert again["approval"]["decision_reason"] == "known landlord"
+    assert "('other words') was not recorded" in again["note"]
     assert state.status == "completed"
     body = body_of(types.CallToolResult.model_validate(state.result))
     assert (body["status"], body["answer"]) == ("done", "sent 25.00")

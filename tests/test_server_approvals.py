@@ -183,6 +183,13 @@ def test_a_paused_program_answers_202_and_concludes_once_a_reviewer_approves(api
     assert len(final["chain"]) == 2
     assert final["latest_run"] == final["chain"][1]
     assert [t["amount"] for t in transfers_to(NEW_IBAN)] == ["25.00"]  # executed exactly once
+    # The view covers the chain: the paused run's calls (none before the flagged one here), then the
+    # approved call, which the resumed run made.
+    assert [(c["call"], c["operation"], c["decision"], c["run_id"]) for c in final["calls"]] == [
+        (approval["call"], "send_payment", "ALLOW", final["chain"][1])
+    ]
+    assert [(o["call"], o["run_id"]) for o in final["outcomes"]] == [(approval["call"], final["chain"][1])]
+    assert final["in_doubt"] == []
 
 
 def test_an_intent_that_pauses_answers_202_and_its_run_follows_the_chain(api: Api) -> None:
@@ -294,6 +301,15 @@ def test_deciding_twice_is_idempotent_and_another_decision_conflicts(api: Api) -
     assert first.status_code == again.status_code == plain.status_code == 200
     assert again.headers["idempotent-replayed"] == "true"
     assert first.json()["decision_link"] == again.json()["decision_link"] == plain.json()["decision_link"]
+    assert (first.json()["already_decided"], plain.json()["already_decided"]) == (False, True)
+    assert "note" not in first.json()
+    # The same approver and decision with another reason: still 200 (a retry), but visibly not recorded.
+    with api.client("reviewer") as client:
+        changed = client.post(url, json={"reason": "different reason"})
+    assert changed.status_code == 200
+    assert (changed.json()["already_decided"], changed.json()["decision_reason"]) == (True, "ok")
+    assert "already approved by reviewer" in changed.json()["note"]
+    assert "('different reason') was not recorded" in changed.json()["note"]
     with api.client("reviewer2") as client:
         problem(client.post(f"/v1/approvals/{approval_id}/deny", json={"reason": "no"}), 409, "already-decided")
     assert len(decisions(api.log, approval_id)) == 1
@@ -370,6 +386,9 @@ def test_the_webhook_is_told_of_a_request_signed_and_retried_after_a_500(api: Ap
     event = json.loads(body)
     assert (event["type"], event["approval"]["approval_id"]) == ("approval.requested", approval_id)
     assert event["approval"]["operation"] == "send_payment"
+    # Only what a notifier needs: the details are fetched through the authenticated API.
+    assert event["approval"]["links"]["approval"] == f"/v1/approvals/{approval_id}"
+    assert not {"program", "arguments", "observed", "lookups", "provenance"} & set(event["approval"])
     signature = headers[SIGNATURE_HEADER]
     assert verify_signature(api.webhook_key, signature, body)
     assert not verify_signature(api.webhook_key, signature, body.replace(b"send_payment", b"send_paymenT"))

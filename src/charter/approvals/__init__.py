@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from charter.approvals.webhook import (
         SIGNATURE_HEADER,
         ApprovalWebhook,
+        approval_event,
         load_or_create_webhook_key,
+        plain_http_warning,
         sign,
         verify_signature,
     )
@@ -61,7 +63,9 @@ _EXPORTS = {
     "ResumeWorker": "charter.approvals.worker",
     "SIGNATURE_HEADER": "charter.approvals.webhook",
     "ApprovalWebhook": "charter.approvals.webhook",
+    "approval_event": "charter.approvals.webhook",
     "load_or_create_webhook_key": "charter.approvals.webhook",
+    "plain_http_warning": "charter.approvals.webhook",
     "sign": "charter.approvals.webhook",
     "verify_signature": "charter.approvals.webhook",
 }
@@ -80,9 +84,11 @@ __all__ = [
     "ResumeWorker",
     "Resumer",
     "SelfApproval",
+    "approval_event",
     "chain_of",
     "latest_of",
     "load_or_create_webhook_key",
+    "plain_http_warning",
     "sign",
     "verify_signature",
 ]

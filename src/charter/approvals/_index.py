@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 
 from charter.audit.receipts import ApprovalDecided, ApprovalRequested, Opened, Receipt, Sealed, decode_body
 
-__all__ = ["APPROVALS_INDEX_SQL", "fill_approvals_index", "index_approval_receipt", "utc_text"]
+__all__ = ["APPROVALS_INDEX_SQL", "fill_approvals_index", "index_approval_receipt", "receipt_time", "utc_text"]
 
 APPROVALS_INDEX_SQL = (
     """CREATE TABLE approvals (
@@ -77,7 +77,8 @@ def utc_text(moment: str | datetime) -> str:
     return parsed.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def _time(text: str) -> str:
+def receipt_time(text: str) -> str:
+    """A receipt's time as the index keeps it (`utc_text`), or as written if it does not parse."""
     # A receipt's time that does not parse is kept as written: the index must never refuse a
     # receipt the log took (the writer's transaction would fail every run's receipts with it).
     try:
@@ -105,8 +106,8 @@ def index_approval_receipt(connection: sqlite3.Connection, receipt: Receipt, log
                 receipt.principal,
                 receipt.reason,
                 receipt.approver_scope,
-                _time(receipt.at),
-                _time(receipt.expires),
+                receipt_time(receipt.at),
+                receipt_time(receipt.expires),
                 log_seq,
             ),
         )
@@ -117,7 +118,7 @@ def index_approval_receipt(connection: sqlite3.Connection, receipt: Receipt, log
             (
                 receipt.decision,
                 receipt.approver,
-                _time(receipt.at),
+                receipt_time(receipt.at),
                 receipt.reason,
                 int(receipt.expired),
                 log_seq,

@@ -131,7 +131,7 @@ class Resumer:
         """Resume the run approval `approval_id` paused (see the module). ApprovalNotFound for an
         unknown id, ApprovalUndecided while it is pending, ResumeInProgress if another holds it."""
         view = self.store.get(approval_id)
-        if view.decision is None:
+        if not self.store.decided(approval_id):  # a record that fails verification stops the resume TAMPERED
             raise ApprovalUndecided(f"approval {approval_id} is {view.status}: decide it before resuming its run")
         done = self._sealed_resume(approval_id, view.run_id)
         if done is not None:

@@ -1,9 +1,13 @@
 """Approval requests and their decisions: list, show, decide (four eyes, once), expire.
 
 A paused run's ApprovalRequested receipt is the request; an ApprovalDecided record is its
-decision; both are signed receipts in the audit log. `ApprovalStore` reads them through the
-approvals index (charter.approvals._index, kept by the audit writer) and writes decisions
-through `AuditLog.append_record`. Errors, each with its reason code in `.code`:
+decision; both are signed receipts in the audit log. `ApprovalStore` writes decisions through
+`AuditLog.append_record`. Every fact it shows or acts on is read from those receipts, their
+signatures checked with the log's trusted keys; the approvals index (charter.approvals._index,
+derived and unsigned: whoever can write the file can edit it) only helps find them. A view
+whose index row disagrees with its receipts, or whose receipts do not verify, has status
+`tampered`, `verified` False and the disagreements in `findings`; it is never shown as true.
+Errors, each with its reason code in `.code`:
 
     ApprovalError (CharterError)      .code: the machine word beside the prose
     ├── ApprovalNotFound              APPROVAL_NOT_FOUND: no such request, or not visible to the caller
@@ -20,7 +24,6 @@ then writes; the writer also refuses a second record with the same id in its tra
 from __future__ import annotations
 
 import builtins
-import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -29,8 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
-from charter.approvals._index import utc_text
+from charter.approvals._index import receipt_time, utc_text
+from charter.audit._approval_records import resume_runs as signed_resume_runs
 from charter.audit._locks import side_lock
+from charter.audit.keys import PublicKey
 from charter.audit.receipts import (
     ApprovalDecided,
     ApprovalRequested,
@@ -39,10 +44,13 @@ from charter.audit.receipts import (
     Opened,
     QuotaSeen,
     Receipt,
+    Sealed,
+    StoredReceipt,
     decode_body,
 )
-from charter.errors import CharterError, UsageError
+from charter.errors import AuditError, CharterError, UsageError
 from charter.principal import Principal, same_principal
+from charter.status import status_of
 
 if TYPE_CHECKING:
     from charter.audit.store import AuditLog
@@ -77,7 +85,7 @@ EXPIRY_APPROVER = "charter"  # the approver of an expiry's automatic denial (`ex
 MAX_REASON_CHARS = 2000
 
 Decided = Literal["approved", "denied"]
-ViewStatus = Literal["pending", "approved", "denied", "expired"]
+ViewStatus = Literal["pending", "approved", "denied", "expired", "tampered"]
 
 
 class ApprovalError(CharterError):
@@ -131,7 +139,10 @@ class ApprovalView(msgspec.Struct, frozen=True, kw_only=True):
 
     `status`: pending, approved, denied, or expired (pending past `expires`: it can only be
     denied). `expired_unanswered`: it expired before anyone answered (also once `expire_due`
-    denied it). `resume_status`: the latest resume run's status (charter.status), None before."""
+    denied it). `resume_status`: the latest resume run's status (charter.status), None before.
+    `status` tampered: the receipts do not verify, or the approvals index disagrees with them
+    (`verified` False; `findings` says what, one sentence each); the other fields are then the
+    receipts' (the index's where the request receipt itself no longer decodes) and not to be trusted."""
 
     approval_id: str
     status: ViewStatus
@@ -165,6 +176,8 @@ class ApprovalView(msgspec.Struct, frozen=True, kw_only=True):
     decision_link: str | None
     resume_run: str | None
     resume_status: str | None
+    verified: bool = True
+    findings: tuple[str, ...] = ()
 
 
 _COLUMNS = (
@@ -218,6 +231,13 @@ class ApprovalStore:
         found = connection.execute(f"{_SELECT} WHERE approval_id = ?", (approval_id,)).fetchone()
         return dict(zip(_COLUMNS, found, strict=True)) if found else None
 
+    def _keys(self) -> dict[str, PublicKey]:
+        # No trusted key: nothing verifies, so every view says so (never shown as if true).
+        try:
+            return self.audit.trusted_keys()
+        except AuditError:
+            return {}
+
     def list(
         self,
         *,
@@ -227,118 +247,178 @@ class ApprovalStore:
         limit: int = 100,
     ) -> list[ApprovalView]:
         """Up to `limit` (>= 1) requests, newest first, of `contract` (None: any) in `status`
-        (pending, approved, denied, expired; None: any) that `visible_to` may see (None: all).
+        (pending, approved, denied, expired, tampered; None: any) that `visible_to` may see
+        (None: all). The requests are found from the signed ApprovalRequested receipts and
+        filtered on their verified facts, never on the index's columns.
 
         Raises UsageError for an unknown status or a limit below 1."""
         if status is not None and status not in get_args(ViewStatus):
             raise UsageError(f"unknown approval status {status!r}: use one of {', '.join(get_args(ViewStatus))}")
         if limit < 1:
             raise UsageError(f"limit must be at least 1, got {limit}")
-        clauses: list[str] = []
-        params: list[Any] = []
-        if contract is not None:
-            clauses.append("contract = ?")
-            params.append(contract)
-        now = utc_text(datetime.now(UTC))
-        if status == "pending":
-            clauses.append("status = 'pending' AND expires > ?")
-            params.append(now)
-        elif status == "expired":
-            clauses.append("status = 'pending' AND expires <= ?")
-            params.append(now)
-        elif status is not None:
-            clauses.append("status = ?")
-            params.append(status)
-        if visible_to is not None and not visible_to.has(AUDIT_READ):
-            scopes = sorted(visible_to.scopes)
-            clauses.append(f"(principal = ? OR approver_scope IN ({', '.join('?' * len(scopes))}))")
-            params.extend([visible_to.id, *scopes])
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        keys = self._keys()
+        views: list[ApprovalView] = []
         with self._connection() as connection:
-            rows = connection.execute(f"{_SELECT}{where} ORDER BY request_log_seq DESC LIMIT ?", (*params, limit))
-            found = [dict(zip(_COLUMNS, row, strict=True)) for row in rows.fetchall()]
-            return [self._view(connection, row) for row in found]
+            seqs = [
+                r[0]
+                for r in connection.execute(
+                    "SELECT log_seq FROM receipts WHERE kind = 'approval_request' ORDER BY log_seq DESC"
+                ).fetchall()
+            ]
+            for log_seq in seqs:
+                view = self._view_at(connection, log_seq, keys)
+                if view is None or (contract is not None and view.contract != contract):
+                    continue
+                if (status is not None and view.status != status) or not _visible(view, visible_to):
+                    continue
+                views.append(view)
+                if len(views) >= limit:
+                    break
+        return views
 
     def get(self, approval_id: str, *, visible_to: Principal | None = None) -> ApprovalView:
-        """The request `approval_id`. Raises ApprovalNotFound if there is none or `visible_to`
-        may not see it (the requester sees its own, a holder of its approver scope or of
-        audit:read sees it; None sees all)."""
+        """The request `approval_id`, from its verified receipts (status tampered when they do
+        not verify or the index disagrees). Raises ApprovalNotFound if there is none or
+        `visible_to` may not see it (the requester sees its own, a holder of its approver scope
+        or of audit:read sees it; None sees all)."""
+        keys = self._keys()
         with self._connection() as connection:
-            row = self._row(connection, approval_id)
-            if row is None or not _visible(row, visible_to):
-                raise _not_found(approval_id)
-            return self._view(connection, row)
+            log_seq = _request_seq(connection, approval_id, self._row(connection, approval_id))
+            view = self._view_at(connection, log_seq, keys, approval_id=approval_id) if log_seq else None
+        if view is None or not _visible(view, visible_to):
+            raise _not_found(approval_id)
+        return view
 
     def resume_runs(self, approval_id: str) -> builtins.list[str]:
-        """The runs that resumed request `approval_id`, in order (crashed ones included).
-        Raises ApprovalNotFound."""
+        """The runs that resumed request `approval_id`, in order (crashed ones included), from
+        their signed Opened receipts. Raises ApprovalNotFound."""
         with self._connection() as connection:
-            row = self._row(connection, approval_id)
-        if row is None:
-            raise _not_found(approval_id)
-        return list(json.loads(row["resume_runs"]))
+            if _request_seq(connection, approval_id, self._row(connection, approval_id)) is None:
+                raise _not_found(approval_id)
+        return signed_resume_runs(self.audit, approval_id)
+
+    def decided(self, approval_id: str) -> bool:
+        """A decision record of `approval_id` is in the log, whether or not it verifies (the
+        resumer verifies it, and stops TAMPERED). What the index says is not asked."""
+        with self._connection() as connection:
+            return _decision_record(connection, approval_id) is not None
 
     def pending_resumes(self) -> builtins.list[str]:
         """Decided requests no resume run has sealed yet, oldest decision first: what a resume
-        worker has to do."""
+        worker has to do. Found from the receipts (decision records; Opened receipts naming an
+        approval whose run has a Sealed receipt), not from the index."""
         with self._connection() as connection:
-            rows = connection.execute(
-                "SELECT approval_id FROM approvals WHERE decision_log_seq IS NOT NULL AND resume_sealed = 0 "
-                "ORDER BY decision_log_seq"
+            decided = [
+                str(r[0])
+                for r in connection.execute(
+                    "SELECT run_id FROM receipts WHERE kind = 'approval_decision' ORDER BY log_seq"
+                ).fetchall()
+            ]
+            opened = connection.execute(
+                "SELECT o.body FROM receipts o WHERE o.kind = 'open' AND instr(o.body, ?) > 0 AND EXISTS "
+                "(SELECT 1 FROM receipts s WHERE s.kind = 'seal' AND s.run_id = o.run_id)",
+                ('"approval_id":"',),
             ).fetchall()
-        return [r[0] for r in rows]
+        sealed = set()
+        for (body,) in opened:
+            try:
+                receipt = decode_body(body)
+            except ValueError:  # an altered Opened: the resumer verifies the chain and names it
+                continue
+            if isinstance(receipt, Opened) and receipt.approval_id is not None:
+                sealed.add(receipt.approval_id)
+        return [a for a in dict.fromkeys(decided) if a not in sealed]
 
-    def _view(self, connection: sqlite3.Connection, row: dict[str, Any]) -> ApprovalView:
-        request = _request(connection, row)
+    def _view_at(
+        self,
+        connection: sqlite3.Connection,
+        log_seq: int,
+        keys: dict[str, PublicKey],
+        *,
+        approval_id: str | None = None,
+    ) -> ApprovalView | None:
+        """The view of the request receipt at `log_seq`, built from the verified receipts and
+        checked against the index; None when the receipt neither decodes nor has an index row."""
+        stored = _stored(connection, log_seq)
+        findings: list[str] = []
+        try:
+            request = stored.decoded() if stored is not None else None
+        except ValueError:
+            request = None
+        if not isinstance(request, ApprovalRequested) or (approval_id and request.approval_id != approval_id):
+            request = None
+        found = connection.execute(f"{_SELECT} WHERE request_log_seq = ?", (log_seq,)).fetchone()
+        by_seq = dict(zip(_COLUMNS, found, strict=True)) if found else None
+        if request is None:
+            if by_seq is None:
+                return None
+            return _tampered_view(
+                by_seq, f"the request receipt {log_seq} is missing or altered: it no longer decodes as this request"
+            )
+        row = self._row(connection, request.approval_id)
+        if not _signed(stored, keys, request.key_id):
+            findings.append(f"the request receipt {log_seq} does not verify with the log's trusted keys")
+        decided = _decision_record(connection, request.approval_id)
+        decision: ApprovalDecided | None = None
+        if decided is not None:
+            decision_stored, decision = decided
+            if decision is None or decision.approval_id != request.approval_id:
+                findings.append(f"the decision record {decision_stored.log_seq} is altered: it no longer decodes")
+                decision = None
+            elif not _signed(decision_stored, keys, decision.key_id):
+                findings.append(f"the decision record {decision_stored.log_seq} does not verify with the trusted keys")
+        findings.extend(_index_disagreements(row, log_seq, request, decided[0] if decided else None, decision))
+        resumes = signed_resume_runs(self.audit, request.approval_id)
+        resume_run = resumes[-1] if resumes else None
+        resume_status = _run_status(connection, resume_run) if resume_run is not None else None
         opened_row = connection.execute(
-            "SELECT log_seq FROM receipts WHERE run_id = ? AND seq = 0", (row["run_id"],)
+            "SELECT log_seq FROM receipts WHERE run_id = ? AND seq = 0", (request.run_id,)
         ).fetchone()
         opened = _receipt_at(connection, opened_row[0]) if opened_row else None
-        program = opened.program if isinstance(opened, Opened) else ""
-        decision_link = None
-        if row["decision_log_seq"] is not None:
-            link_row = connection.execute(
-                "SELECT link FROM receipts WHERE log_seq = ?", (row["decision_log_seq"],)
-            ).fetchone()
-            decision_link = link_row[0] if link_row else None
-        resume_status = None
-        if row["resume_run"] is not None:
-            status_row = connection.execute("SELECT status FROM runs WHERE run_id = ?", (row["resume_run"],)).fetchone()
-            resume_status = status_row[0] if status_row else None
-        pending_past = row["status"] == "pending" and row["expires"] <= utc_text(datetime.now(UTC))
+        expires = receipt_time(request.expires)
+        pending_past = decision is None and expires <= utc_text(datetime.now(UTC))
+        status: ViewStatus
+        if findings:
+            status = "tampered"
+        elif decision is not None:
+            status = decision.decision
+        else:
+            status = "expired" if pending_past else "pending"
         return ApprovalView(
-            approval_id=row["approval_id"],
-            status="expired" if pending_past else row["status"],
-            run_id=row["run_id"],
-            logical_run_id=row["logical_run_id"],
-            contract=row["contract"],
-            version=row["version"],
-            contract_sha256=row["contract_sha256"],
-            operation=row["operation"],
-            call=row["call"],
+            approval_id=request.approval_id,
+            status=status,
+            run_id=request.run_id,
+            logical_run_id=request.logical_run_id,
+            contract=request.contract,
+            version=request.version,
+            contract_sha256=request.contract_sha256,
+            operation=request.operation,
+            call=request.call,
             line=request.line,
             arguments=request.arguments,
             args_sha256=request.args_sha256,
-            principal=row["principal"],
-            reason=row["reason"],
+            principal=request.principal,
+            reason=request.reason,
             clause=request.clause,
             boundary=request.boundary,
-            approver_scope=row["approver_scope"],
-            requested_at=row["requested_at"],
-            expires=row["expires"],
-            program=program,
+            approver_scope=request.approver_scope,
+            requested_at=receipt_time(request.at),
+            expires=expires,
+            program=opened.program if isinstance(opened, Opened) else "",
             observed=request.observed,
             lookups=request.lookups,
             provenance=request.provenance,
             quotas=request.quotas,
-            decision=row["status"] if row["decision_log_seq"] is not None else None,
-            decided_by=row["decided_by"],
-            decided_at=row["decided_at"],
-            decision_reason=row["decision_reason"],
-            expired_unanswered=pending_past or bool(row["expired"]),
-            decision_link=decision_link,
-            resume_run=row["resume_run"],
+            decision=decision.decision if decision else None,
+            decided_by=decision.approver if decision else None,
+            decided_at=receipt_time(decision.at) if decision else None,
+            decision_reason=decision.reason if decision else None,
+            expired_unanswered=pending_past or bool(decision and decision.expired),
+            decision_link=decided[0].link if decided and decision else None,
+            resume_run=resume_run,
             resume_status=resume_status,
+            verified=not findings,
+            findings=tuple(findings),
         )
 
     # -- deciding ------------------------------------------------------------------------
@@ -385,12 +465,12 @@ class ApprovalStore:
         moment = _now(now)
         with self._decision_lock():
             with self._connection() as connection:
-                row = self._row(connection, approval_id)
-                if row is None:
+                log_seq = _request_seq(connection, approval_id, self._row(connection, approval_id))
+                if log_seq is None:
                     raise _not_found(approval_id)
                 # Who asked, who may decide and until when: from the signed request, never from the
-                # index alone (a derived table, which whoever can write the file could edit).
-                request = self._signed_request(connection, row)
+                # index (a derived table, which whoever can write the file could edit).
+                request = self._signed_request(connection, log_seq, approval_id)
                 if same_principal(approver.id, request.principal):
                     raise SelfApproval(
                         f"{approver.id!a} may not decide approval {approval_id}: it was requested by "
@@ -403,7 +483,7 @@ class ApprovalStore:
                         f"{request.contract} {request.version}): it needs the scope {request.approver_scope}, "
                         "which the contract's `approvals: scope` names"
                     )
-                existing = _decision(connection, row)
+                existing = _existing_decision(connection, approval_id)
                 if existing is not None:
                     if existing.approver == approver.id and existing.decision == decision:
                         return existing, False
@@ -418,64 +498,78 @@ class ApprovalStore:
                         f"approval {approval_id} expired at {expires} unanswered: it can only be denied; "
                         "the program must ask again to run the call"
                     )
-                link = _link(connection, row["request_log_seq"])
+                link = _link(connection, log_seq)
             decided = self._write(
-                row, request, link, approver.id, tuple(sorted(approver.scopes)), decision, reason, moment, expired=False
+                request, link, approver.id, tuple(sorted(approver.scopes)), decision, reason, moment, expired=False
             )
         return decided, True
 
-    def _signed_request(self, connection: sqlite3.Connection, row: dict[str, Any]) -> ApprovalRequested:
-        """The request receipt of `row`, its signature checked with the log's trusted keys.
-        Raises ApprovalError (TAMPERED) if it is missing, altered or signed by an unknown key."""
-        request = _request(connection, row)
-        stored = self.audit.stored_at(row["request_log_seq"])
-        key = self.audit.trusted_keys().get(request.key_id)
-        intact = (
-            stored is not None
-            and key is not None
-            and isinstance(stored.body, bytes)  # as text, it is no longer the signed bytes
-            and isinstance(stored.signature, bytes)
-            and key.verifies(stored.signature, stored.body)
-        )
-        if not intact:
+    def _signed_request(self, connection: sqlite3.Connection, log_seq: int, approval_id: str) -> ApprovalRequested:
+        """The request receipt at `log_seq` for `approval_id`, its signature checked with the
+        log's trusted keys. Raises ApprovalError (TAMPERED) if it is missing, altered or signed
+        by an unknown key; AuditError if the log has no trusted key."""
+        stored = _stored(connection, log_seq)
+        try:
+            request = stored.decoded() if stored is not None else None
+        except ValueError:
+            request = None
+        keys = self.audit.trusted_keys()
+        if (
+            not isinstance(request, ApprovalRequested)
+            or request.approval_id != approval_id
+            or not _signed(stored, keys, request.key_id)
+        ):
             raise ApprovalError(
-                f"the request receipt of approval {row['approval_id']} (receipt {row['request_log_seq']}) does not "
-                "verify with the log's trusted keys: it was altered; nothing was decided. Run `charter audit verify`",
+                f"the request receipt of approval {approval_id} (receipt {log_seq}) does not verify with the log's "
+                "trusted keys: it was altered; nothing was decided. Run `charter audit verify`",
                 code="TAMPERED",
             )
         return request
 
     def expire_due(self, *, now: datetime | None = None) -> builtins.list[ApprovalDecided]:
-        """Deny every request still pending at or after its `expires` (`now`, default the clock):
-        approver "charter", expired=True. Returns the decisions written, oldest request first."""
+        """Deny every request still undecided at or after its signed `expires` (`now`, default
+        the clock): approver "charter", expired=True. Returns the decisions written, oldest
+        request first. Candidates come from the receipts (requests without a decision record),
+        never from the index; a request whose receipt does not verify is left to `audit verify`."""
         moment = _now(now)
+        keys = self._keys()
         with self._connection() as connection:
-            due = [
-                r[0]
-                for r in connection.execute(
-                    "SELECT approval_id FROM approvals WHERE status = 'pending' AND expires <= ? "
-                    "ORDER BY request_log_seq",
-                    (utc_text(moment),),
-                ).fetchall()
-            ]
+            decided = {
+                str(r[0])
+                for r in connection.execute("SELECT run_id FROM receipts WHERE kind = 'approval_decision'").fetchall()
+            }
+            requests = connection.execute(
+                "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts "
+                "WHERE kind = 'approval_request' ORDER BY log_seq"
+            ).fetchall()
+        due: list[tuple[int, str]] = []
+        for row in requests:
+            stored = StoredReceipt(*row)
+            try:
+                request = stored.decoded()
+            except ValueError:
+                continue
+            if (
+                isinstance(request, ApprovalRequested)
+                and request.approval_id not in decided
+                and receipt_time(request.expires) <= utc_text(moment)
+                and _signed(stored, keys, request.key_id)
+            ):
+                due.append((stored.log_seq, request.approval_id))
         written: list[ApprovalDecided] = []
-        for approval_id in due:
+        for log_seq, approval_id in due:
             with self._decision_lock():
                 with self._connection() as connection:
-                    row = self._row(connection, approval_id)
-                    if row is None or row["decision_log_seq"] is not None:
+                    if _existing_decision(connection, approval_id) is not None:
                         continue  # decided meanwhile
-                    request = _request(connection, row)
-                    link = _link(connection, row["request_log_seq"])
-                reason = f"the request expired at {row['expires']} before anyone answered it"
-                written.append(
-                    self._write(row, request, link, EXPIRY_APPROVER, (), "denied", reason, moment, expired=True)
-                )
+                    request = self._signed_request(connection, log_seq, approval_id)
+                    link = _link(connection, log_seq)
+                reason = f"the request expired at {receipt_time(request.expires)} before anyone answered it"
+                written.append(self._write(request, link, EXPIRY_APPROVER, (), "denied", reason, moment, expired=True))
         return written
 
     def _write(
         self,
-        row: dict[str, Any],
         request: ApprovalRequested,
         request_link: str,
         approver: str,
@@ -507,10 +601,10 @@ class ApprovalStore:
         return stored
 
 
-def _visible(row: dict[str, Any], viewer: Principal | None) -> bool:
+def _visible(view: ApprovalView, viewer: Principal | None) -> bool:
     if viewer is None or viewer.has(AUDIT_READ):
         return True
-    return bool(viewer.id == row["principal"] or viewer.has(row["approver_scope"]))
+    return bool(viewer.id == view.principal or viewer.has(view.approver_scope))
 
 
 def _not_found(approval_id: str) -> ApprovalNotFound:
@@ -528,28 +622,179 @@ def _receipt_at(connection: sqlite3.Connection, log_seq: int) -> Receipt | None:
         return None
 
 
-def _request(connection: sqlite3.Connection, row: dict[str, Any]) -> ApprovalRequested:
-    receipt = _receipt_at(connection, row["request_log_seq"])
-    if not isinstance(receipt, ApprovalRequested) or receipt.approval_id != row["approval_id"]:
+def _run_status(connection: sqlite3.Connection, run_id: str) -> str | None:
+    """A run's status from its own Opened and Sealed receipts (not the derived runs index);
+    None when its opening is missing or altered."""
+    opened: Opened | None = None
+    sealed: Sealed | None = None
+    for (body,) in connection.execute(
+        "SELECT body FROM receipts WHERE run_id = ? AND kind IN ('open', 'seal') ORDER BY log_seq", (run_id,)
+    ).fetchall():
+        try:
+            receipt = decode_body(body)
+        except ValueError:
+            continue
+        if isinstance(receipt, Opened):
+            opened = receipt
+        elif isinstance(receipt, Sealed):
+            sealed = receipt
+    return status_of(opened, sealed).status if opened is not None else None
+
+
+def _stored(connection: sqlite3.Connection, log_seq: int) -> StoredReceipt | None:
+    found = connection.execute(
+        "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts WHERE log_seq = ?", (log_seq,)
+    ).fetchone()
+    return StoredReceipt(*found) if found else None
+
+
+def _signed(stored: StoredReceipt | None, keys: dict[str, PublicKey], key_id: str) -> bool:
+    """`stored` carries a valid signature of its body by the trusted key `key_id`."""
+    key = keys.get(key_id)
+    return (
+        stored is not None
+        and key is not None
+        and isinstance(stored.body, bytes)  # as text, it is no longer the signed bytes
+        and isinstance(stored.signature, bytes)
+        and key.verifies(stored.signature, stored.body)
+    )
+
+
+def _request_seq(connection: sqlite3.Connection, approval_id: str, row: dict[str, Any] | None) -> int | None:
+    """Where the request receipt of `approval_id` is: the index's pointer when the receipt there
+    is that request, else found in the receipts themselves (an index row edited or deleted)."""
+    if row is not None:
+        receipt = _receipt_at(connection, row["request_log_seq"])
+        if isinstance(receipt, ApprovalRequested) and receipt.approval_id == approval_id:
+            return int(row["request_log_seq"])
+    for log_seq, body in connection.execute(
+        "SELECT log_seq, body FROM receipts WHERE kind = 'approval_request' AND instr(body, ?) > 0 ORDER BY log_seq",
+        (f'"approval_id":"{approval_id}"',),  # compact JSON bodies: the field reads exactly so
+    ).fetchall():
+        try:
+            receipt = decode_body(body)
+        except ValueError:
+            continue
+        if isinstance(receipt, ApprovalRequested) and receipt.approval_id == approval_id:
+            return int(log_seq)
+    return int(row["request_log_seq"]) if row is not None else None  # altered: its view says so
+
+
+def _decision_record(
+    connection: sqlite3.Connection, approval_id: str
+) -> tuple[StoredReceipt, ApprovalDecided | None] | None:
+    """The first decision record of `approval_id` in the log (run_id = the approval id) and its
+    body (None: it no longer decodes); None before the request is decided."""
+    found = connection.execute(
+        "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts "
+        "WHERE kind = 'approval_decision' AND run_id = ? ORDER BY log_seq LIMIT 1",
+        (approval_id,),
+    ).fetchone()
+    if found is None:
+        return None
+    stored = StoredReceipt(*found)
+    try:
+        body = stored.decoded()
+    except ValueError:
+        return stored, None
+    return stored, body if isinstance(body, ApprovalDecided) else None
+
+
+def _existing_decision(connection: sqlite3.Connection, approval_id: str) -> ApprovalDecided | None:
+    """The decision already recorded for `approval_id`, from the log (never the index). Raises
+    ApprovalError (TAMPERED) when a decision record is there but no longer decodes."""
+    found = _decision_record(connection, approval_id)
+    if found is None:
+        return None
+    if found[1] is None or found[1].approval_id != approval_id:
         raise ApprovalError(
-            f"the request receipt of approval {row['approval_id']} (receipt {row['request_log_seq']}) is missing or "
-            "altered; run `charter audit verify`",
+            f"the decision record of approval {approval_id} (receipt {found[0].log_seq}) is altered; "
+            "run `charter audit verify`",
             code="TAMPERED",
         )
-    return receipt
+    return found[1]
+
+
+def _index_disagreements(
+    row: dict[str, Any] | None,
+    log_seq: int,
+    request: ApprovalRequested,
+    decision_row: StoredReceipt | None,
+    decision: ApprovalDecided | None,
+) -> list[str]:
+    """Where the index row of a request says other than its receipts (one sentence each)."""
+    if row is None:
+        return [f"the approvals index has no row for this request (receipt {log_seq}); it was deleted"]
+    expected: dict[str, Any] = {
+        "run_id": request.run_id,
+        "logical_run_id": request.logical_run_id,
+        "contract": request.contract,
+        "version": request.version,
+        "contract_sha256": request.contract_sha256,
+        "operation": request.operation,
+        "call": request.call,
+        "principal": request.principal,
+        "reason": request.reason,
+        "approver_scope": request.approver_scope,
+        "requested_at": receipt_time(request.at),
+        "expires": receipt_time(request.expires),
+        "request_log_seq": log_seq,
+        "status": decision.decision if decision else "pending",
+        "decided_by": decision.approver if decision else None,
+        "decided_at": receipt_time(decision.at) if decision else None,
+        "decision_reason": decision.reason if decision else None,
+        "expired": int(decision.expired) if decision else 0,
+        "decision_log_seq": decision_row.log_seq if decision_row is not None and decision else None,
+    }
+    if decision_row is not None and decision is None:  # an altered decision: already a finding
+        for name in ("status", "decided_by", "decided_at", "decision_reason", "expired", "decision_log_seq"):
+            expected.pop(name)
+    return [
+        f"the approvals index says {name} {row[name]!r} but the signed receipts say {value!r}"
+        for name, value in expected.items()
+        if row[name] != value
+    ]
+
+
+def _tampered_view(row: dict[str, Any], finding: str) -> ApprovalView:
+    """A request whose receipt no longer decodes: only the index is left, shown as untrusted."""
+    return ApprovalView(
+        approval_id=row["approval_id"],
+        status="tampered",
+        run_id=row["run_id"],
+        logical_run_id=row["logical_run_id"],
+        contract=row["contract"],
+        version=row["version"],
+        contract_sha256=row["contract_sha256"],
+        operation=row["operation"],
+        call=row["call"],
+        line=None,
+        arguments=None,
+        args_sha256="",
+        principal=row["principal"],
+        reason=row["reason"],
+        clause="",
+        boundary=None,
+        approver_scope=row["approver_scope"],
+        requested_at=row["requested_at"],
+        expires=row["expires"],
+        program="",
+        observed=None,
+        lookups=(),
+        provenance=None,
+        quotas=(),
+        decision=None,
+        decided_by=None,
+        decided_at=None,
+        decision_reason=None,
+        expired_unanswered=False,
+        decision_link=None,
+        resume_run=None,
+        resume_status=None,
+        verified=False,
+        findings=(finding,),
+    )
 
 
 def _link(connection: sqlite3.Connection, log_seq: int) -> str:
     return str(connection.execute("SELECT link FROM receipts WHERE log_seq = ?", (log_seq,)).fetchone()[0])
-
-
-def _decision(connection: sqlite3.Connection, row: dict[str, Any]) -> ApprovalDecided | None:
-    if row["decision_log_seq"] is None:
-        return None
-    receipt = _receipt_at(connection, row["decision_log_seq"])
-    if not isinstance(receipt, ApprovalDecided):
-        raise ApprovalError(
-            f"the decision record of approval {row['approval_id']} is missing or altered; run `charter audit verify`",
-            code="TAMPERED",
-        )
-    return receipt

@@ -1,14 +1,21 @@
 """The approval webhook: `charter serve --approval-webhook URL` tells a receiver of every new
 approval request, so a reviewer hears of it without polling.
 
-Each delivery is a POST of JSON `{"type": "approval.requested", "approval": <ApprovalView>}`
-with the header
+Each delivery is a POST of JSON `{"type": "approval.requested", "approval": {...}}`: only what
+a notifier needs (`approval_event`): the approval id, contract, version, operation, call
+number, the rule's reason, the requester, requested_at, expires, and `links` (server paths:
+`approval`, GET /v1/approvals/{id}, and `run`, GET /v1/runs/{id}). Never the program, the
+arguments nor what the gate read (balances, payees' IBANs...): a notification endpoint often
+lives with a third party; a reviewer fetches the details through the authenticated API. With
+the header
 
     Charter-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">
 
 keyed with the deployment's webhook key: the 64 hex characters in `keys/webhook.key` (beside
 the audit log's signing key; made on first use, mode 0600; `charter approvals webhook-key`
-prints it), used as ASCII bytes. The receiver recomputes the HMAC over the exact body bytes
+prints it), used as ASCII bytes. A plain http:// URL to a host other than loopback sends the
+event readable to the network: `plain_http_warning` says so (`charter serve` prints it).
+The receiver recomputes the HMAC over the exact body bytes
 and refuses a stale `t` (`verify_signature`), so a captured delivery cannot be replayed later.
 
 Deliveries run on one daemon thread, off every request and run: a slow or failing receiver
@@ -29,8 +36,10 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -38,9 +47,12 @@ import msgspec
 from charter.errors import UsageError
 
 __all__ = [
+    "EVENT_FIELDS",
     "SIGNATURE_HEADER",
     "ApprovalWebhook",
+    "approval_event",
     "load_or_create_webhook_key",
+    "plain_http_warning",
     "sign",
     "verify_signature",
 ]
@@ -51,6 +63,53 @@ SIGNATURE_HEADER = "Charter-Signature"
 _KEY_NAME = "webhook.key"
 _KEY_HEX = 64  # 32 random bytes, as hex text
 _TOLERANCE_SECONDS = 300  # how old a signature a receiver accepts by default
+
+# What a notifier needs of a request, and no more (see the module): `principal` is the requester.
+EVENT_FIELDS = (
+    "approval_id",
+    "contract",
+    "version",
+    "operation",
+    "call",
+    "reason",
+    "principal",
+    "requested_at",
+    "expires",
+)
+
+
+def approval_event(view: Any) -> dict[str, Any]:
+    """The `approval.requested` event for `view` (an ApprovalView or its plain JSON form):
+    `{"type": "approval.requested", "approval": {EVENT_FIELDS..., "links": {"approval": path,
+    "run": path}}}`; a field the view lacks is left out."""
+    plain = msgspec.to_builtins(view)
+    approval = {name: plain[name] for name in EVENT_FIELDS if name in plain}
+    links = {}
+    if "approval_id" in plain:
+        links["approval"] = f"/v1/approvals/{plain['approval_id']}"
+    if "run_id" in plain:
+        links["run"] = f"/v1/runs/{plain['run_id']}"
+    approval["links"] = links
+    return {"type": "approval.requested", "approval": approval}
+
+
+def plain_http_warning(url: str) -> str | None:
+    """A warning when `url` is plain http:// to a host that is not loopback (localhost,
+    127.0.0.0/8, ::1): each event then crosses the network unencrypted. None otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return None
+    host = parts.hostname or ""
+    try:
+        loopback = ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return None
+    return (
+        f"the approval webhook {url} is plain http:// to {host!r}, not loopback: each event (approval id, "
+        "operation, reason, requester) crosses the network unencrypted; use https://"
+    )
 
 
 def load_or_create_webhook_key(keys_dir: Path) -> bytes:
@@ -138,8 +197,9 @@ class ApprovalWebhook:
 
     def notify(self, view: Any) -> None:
         """Queue an `approval.requested` event for `view` (an ApprovalView or its plain JSON
-        form). Returns at once; starts the delivery thread on first use."""
-        event = {"type": "approval.requested", "approval": msgspec.to_builtins(view)}
+        form; `approval_event` says what is sent). Returns at once; starts the delivery thread
+        on first use."""
+        event = approval_event(view)
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._deliver_all, name="charter-approval-webhook", daemon=True)

@@ -68,7 +68,7 @@ NoResumeOption = Annotated[
     ),
 ]
 
-STATUSES = ("pending", "approved", "denied", "expired")
+STATUSES = ("pending", "approved", "denied", "expired", "tampered")
 
 # Exit status per reason code of an approval error (module docstring); 1 is a usage error.
 EXIT_CODES = {
@@ -177,7 +177,13 @@ def list_(
     say("  REQUESTER · REASON · EXPIRES / DECIDED", "bold")
     for view in views:
         requested = view.requested_at[:16].replace("T", " ")
-        style = {"pending": "yellow", "approved": "green", "denied": "red", "expired": "dim"}.get(view.status)
+        style = {
+            "pending": "yellow",
+            "approved": "green",
+            "denied": "red",
+            "expired": "dim",
+            "tampered": "bold red",
+        }.get(view.status)
         say(
             f"{view.approval_id[:12]}  {requested:<16}  {view.status:<8}  {view.contract}@{view.version}  "
             f"{view.operation} (call {view.call})",
@@ -188,6 +194,8 @@ def list_(
         else:
             when = f"expires {view.expires[:16].replace('T', ' ')}"
         say(f"  {view.principal} · {view.reason} · {when}")
+        for finding in view.findings:
+            say(f"  UNVERIFIED: {finding}", "bold red")
     if len(views) == limit:
         say(f"(the newest {limit}; --limit N shows more)", "dim")
 
@@ -289,8 +297,14 @@ def gate_read_lines(observed: Any, lookups: Any, provenance: Any, quotas: Any) -
 
 def show_view(view: ApprovalView, now: datetime | None = None) -> None:
     """Print one approval request for a reader deciding it."""
-    style = {"pending": "bold yellow", "approved": "bold green", "denied": "bold red"}.get(view.status, "bold")
+    style = {"pending": "bold yellow", "approved": "bold green", "denied": "bold red", "tampered": "bold red"}.get(
+        view.status, "bold"
+    )
     say(f"approval {view.approval_id}: {view.status}", style)
+    if not view.verified:  # the receipts do not vouch for what follows: say so before any of it
+        say("UNVERIFIED: the audit log does not vouch for this request; run `charter audit verify`", "bold red")
+        for finding in view.findings:
+            say(f"  {finding}", "red")
     say(f"contract:    {view.contract} {view.version} sha256 {view.contract_sha256[:16]}…")
     say(f"requested:   {view.requested_at} by {view.principal}, run {view.run_id}")
     if view.logical_run_id and view.logical_run_id != view.run_id:
@@ -424,6 +438,8 @@ def _decide(
     verb = "approved" if decision == "approved" else "denied"
     if not as_json:
         again = "" if written else " (already recorded: this decision was given before; nothing new written)"
+        if not written and reason != receipt.reason:
+            again += f"; the reason given now ({reason!r}) was not recorded: a request is decided once"
         say(
             f"approval {approval_id} {verb} by {receipt.approver}: {receipt.reason}{again}",
             "green" if written else None,

@@ -90,7 +90,7 @@ def serve(
         return
     import uvicorn
 
-    from charter.approvals import ApprovalWebhook, load_or_create_webhook_key
+    from charter.approvals import ApprovalWebhook, load_or_create_webhook_key, plain_http_warning
     from charter.server import IdempotencyStore, TokenStore, create_app
 
     host, port = host_port(address)
@@ -106,6 +106,9 @@ def serve(
         if approval_webhook:
             key = load_or_create_webhook_key(service.audit.path.parent / "keys")
             webhook = ApprovalWebhook(approval_webhook, key)
+            warning = plain_http_warning(approval_webhook)
+            if warning is not None:
+                note(f"warning: {warning}", "yellow")
         service.start_approvals(store.principal, webhook=webhook)
     except CharterError as error:
         fail(error)

@@ -256,6 +256,13 @@ class CallBody(BaseModel):
     operation: str
     decision: Literal["ALLOW", "DENY"]
     code: str = Field(description="OK when allowed; otherwise the gate's reason code.")
+    run_id: str | None = Field(default=None, description="The program run that made the call (along a chain).")
+
+
+class OutcomeBody(BaseModel):
+    call: int = Field(description="The program's call number, from 1.")
+    status: str = Field(description="ok, failed, replayed or unknown (the backend's answer was never learned).")
+    run_id: str | None = Field(default=None, description="The program run that made the call (along a chain).")
 
 
 class RunBody(BaseModel):
@@ -271,8 +278,17 @@ class RunBody(BaseModel):
     reason: str | None
     parent: str | None = Field(default=None, description="A program run's intent run, if an intent started it.")
     program_runs: list[str] | None = Field(default=None, description="An intent run's program runs, in order.")
-    calls: list[CallBody] | None = Field(default=None, description="A program run's gate decisions, in order.")
-    in_doubt: list[int] | None = Field(default=None, description="Allowed calls whose outcome was never learned.")
+    calls: list[CallBody] | None = Field(
+        default=None,
+        description="A program run's gate decisions, in order; along an approval chain, every program run's "
+        "(the paused run's, then each resumed run's), each naming its run.",
+    )
+    outcomes: list[OutcomeBody] | None = Field(
+        default=None, description="What each executed call came to, in order (along the chain, as `calls`)."
+    )
+    in_doubt: list[int] | None = Field(
+        default=None, description="Allowed calls whose outcome was never learned (along the chain, as `calls`)."
+    )
     verification: dict[str, Any]
     # Only for a principal with audit:read: the signed record (programs, model responses, prompt
     # hashes, host, pid, arguments and results) and exception texts withheld from everyone else.

@@ -39,7 +39,10 @@ class ApprovalBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     approval_id: str
-    status: str = Field(description="pending, approved, denied or expired (pending past its expiry).")
+    status: str = Field(
+        description="pending, approved, denied, expired (pending past its expiry) or tampered (the signed "
+        "receipts do not verify, or the derived index disagrees with them: see `findings`)."
+    )
     run_id: str = Field(description="The paused program run.")
     logical_run_id: str | None = None
     contract: str | None = None
@@ -70,6 +73,14 @@ class ApprovalBody(BaseModel):
     decision_link: str | None = None
     resume_run: str | None = None
     resume_status: str | None = None
+    already_decided: bool | None = Field(
+        default=None,
+        description="On a decision's answer: True when this approver had already given this decision (nothing "
+        "new was written; `decision_reason` is the first one's, and `note` says so).",
+    )
+    note: str | None = None
+    verified: bool = Field(default=True, description="False: the signed receipts do not vouch for this view.")
+    findings: list[str] = Field(default_factory=list, description="Why it is not verified, one sentence each.")
 
 
 def add_approval_routes(
@@ -92,7 +103,7 @@ def add_approval_routes(
     def get_approvals(
         principal: Caller,
         contract: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        status: Annotated[Literal["pending", "approved", "denied", "expired"] | None, Query()] = None,
+        status: Annotated[Literal["pending", "approved", "denied", "expired", "tampered"] | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> list[dict[str, Any]]:
         views = guarded(lambda: service.list_approvals(principal, contract=contract, status=status, limit=limit))
@@ -118,8 +129,8 @@ def add_approval_routes(
         verb = "approve" if decision == "approved" else "deny"
 
         def run(_: str | None) -> Reply:
-            view, _written = guarded(lambda: service.decide(principal, approval_id, decision, request.reason))
-            return Reply(200, msgspec.to_builtins(view))
+            view, written = guarded(lambda: service.decide(principal, approval_id, decision, request.reason))
+            return Reply(200, service.decision_answer(view, written, request.reason))
 
         if not _HEX_ID.fullmatch(approval_id):  # before the key is claimed: nothing to store for it
             guarded(lambda: service.approval(principal, approval_id))
@@ -128,8 +139,9 @@ def add_approval_routes(
     _decision_doc = (
         "Four eyes: the requesting principal (or a look-alike id) may not decide (403 SELF_APPROVAL); the "
         "approver needs the request's approver scope (403 FORBIDDEN_SCOPE). The same decision again answers "
-        "the same view; another decision is 409 ALREADY_DECIDED; an expired request can only be denied (409 "
-        "APPROVAL_EXPIRED). The run resumes on the server's worker: follow it at GET /v1/runs/{run_id}."
+        "the view marked `already_decided` (its recorded reason kept, a `note` says so); another decision is 409 "
+        "ALREADY_DECIDED; an expired request can only be denied (409 APPROVAL_EXPIRED). The run resumes on the "
+        "server's worker: follow it at GET /v1/runs/{run_id}."
     )
 
     @app.post(

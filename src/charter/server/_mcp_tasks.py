@@ -69,7 +69,7 @@ __all__ = [
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
 POLL_MS = 2000  # suggested tasks/get interval: a human decides, no need to hurry
 _HEX_ID = re.compile(r"[0-9a-f]{32}\Z")
-_STATUSES = ("pending", "approved", "denied", "expired")
+_STATUSES = ("pending", "approved", "denied", "expired", "tampered")
 _MAX_REASON = 2000
 
 _log = logging.getLogger("charter.server")
@@ -104,6 +104,8 @@ _VIEW_SCHEMA: dict[str, Any] = {
         "operation": {"type": ["string", "null"]},
         "principal": {"type": ["string", "null"]},
         "approver_scope": {"type": ["string", "null"]},
+        "verified": {"type": "boolean", "description": "False: the signed receipts do not vouch for this view."},
+        "findings": {"type": "array", "items": {"type": "string"}},
     },
     "required": ["approval_id", "status", "run_id"],
 }
@@ -179,8 +181,16 @@ APPROVAL_TOOLS: tuple[types.Tool, ...] = (
         },
         {
             "type": "object",
-            "properties": {"approval": _VIEW_SCHEMA, "written": {"type": "boolean"}},
-            "required": ["approval", "written"],
+            "properties": {
+                "approval": _VIEW_SCHEMA,
+                "written": {"type": "boolean"},
+                "already_decided": {
+                    "type": "boolean",
+                    "description": "True: this decision was already recorded; nothing new was written.",
+                },
+                "note": {"type": "string", "description": "When already decided: the recorded reason is kept."},
+            },
+            "required": ["approval", "written", "already_decided"],
         },
     ),
 )
@@ -393,7 +403,14 @@ class ApprovalsFace:
 
             def decide() -> dict[str, Any]:
                 view, written = service.decide(principal, approval_id, chosen, reason)
-                return {"approval": _view(view), "written": written}
+                answer = service.decision_answer(view, written, reason)
+                note = answer.pop("note", None)
+                return {
+                    "approval": answer,
+                    "written": written,
+                    "already_decided": not written,
+                    **({"note": note} if note else {}),
+                }
 
             return decide
         raise _invalid(f"no tool {name!r}: tools/list names the tools", "name")

@@ -319,6 +319,22 @@ class CharterService:
             self.resumes.notify(approval_id)
         return self.approvals.get(approval_id, visible_to=principal), written
 
+    @staticmethod
+    def decision_answer(view: ApprovalView, written: bool, reason: str) -> dict[str, Any]:
+        """What a decision answers on every surface: the view, `already_decided` (True: the same
+        approver had given the same decision; nothing new was written, and the view keeps that
+        first decision's reason) and, then, a `note` saying so, and that a different reason given
+        now was not recorded (a decision is recorded once)."""
+        body: dict[str, Any] = msgspec.to_builtins(view)
+        body["already_decided"] = not written
+        if not written:
+            ignored = "" if reason == view.decision_reason else f"; the reason given now ({reason!r}) was not recorded"
+            body["note"] = (
+                f"already {view.decision} by {view.decided_by} at {view.decided_at} with the reason "
+                f"{view.decision_reason!r}: a request is decided once, nothing new was written{ignored}"
+            )
+        return body
+
     def start_approvals(
         self,
         principal_of: Callable[[str], Principal | None],
@@ -382,11 +398,18 @@ class CharterService:
         """The approval chain of a run and its latest state: `chain` (run ids in order),
         `latest_run`, and the latest sealed run's status, cause, answer and reason in place of
         the run's own (a paused run reports its resumed run's conclusion once there is one);
-        `approval` while the chain awaits one; `resuming`: a resumed run under way."""
+        `approval` while the chain awaits one; `resuming`: a resumed run under way. For a program
+        run, `calls`, `outcomes` and `in_doubt` cover every program run of the chain in order
+        (each call and outcome names its `run_id`): a resumed run records the approved call and
+        those after it, not the paused run's."""
         records = self._chain_records(record.run_id)
         chain = [r.run_id for r in records]
         latest = _latest_sealed(records) or record
         view: dict[str, Any] = {"chain": chain, "latest_run": latest.run_id}
+        if isinstance(record.opened, Opened) and len(records) > 1:
+            runs = [_calls(r) for r in records if isinstance(r.opened, Opened)]  # a crashed resume's too
+            for key in ("calls", "outcomes", "in_doubt"):
+                view[key] = [item for run in runs for item in run[key]]
         if latest.run_id != record.run_id:
             now = summary(latest)
             view |= {key: now[key] for key in ("status", "cause", "answer", "reason")}
@@ -478,11 +501,21 @@ def summary(record: RunRecord) -> dict[str, Any]:
     elif isinstance(closing, Sealed):
         _, answer, _, reason = conclusion_of(msgspec.json.decode(closing.outcome, type=SandboxOutcome))
         view.update(answer=answer, reason=reason)
-        view["calls"] = [
-            {"call": r.call, "operation": r.operation, "decision": r.decision, "code": r.code}
+        view |= _calls(record)
+    return view
+
+
+def _calls(record: RunRecord) -> dict[str, list[Any]]:
+    """A program run's `calls` (its gate decisions) and `outcomes`, each naming its run, and the
+    calls `in_doubt` (allowed, no outcome recorded)."""
+    return {
+        "calls": [
+            {"call": r.call, "operation": r.operation, "decision": r.decision, "code": r.code, "run_id": r.run_id}
             for r in record.receipts
             if isinstance(r, Decision)
-        ]
-        view["in_doubt"] = [d.call for d in record.in_doubt()]
-        view["outcomes"] = [{"call": r.call, "status": r.status} for r in record.receipts if isinstance(r, Outcome)]
-    return view
+        ],
+        "in_doubt": [d.call for d in record.in_doubt()],
+        "outcomes": [
+            {"call": r.call, "status": r.status, "run_id": r.run_id} for r in record.receipts if isinstance(r, Outcome)
+        ],
+    }
