@@ -61,6 +61,7 @@ from pathlib import Path
 import msgspec
 
 from charter.approvals import ApprovalError, ApprovalStore
+from charter.approvals._retry import retryable
 from charter.audit import (
     ApprovalDecided,
     ApprovalRequested,
@@ -86,7 +87,7 @@ from charter.registry import Registry
 from charter.replay import RecordedAnswers, chain_records
 from charter.runner import Execution, Runner, execution_of
 from charter.sandbox import Outcome as SandboxOutcome
-from charter.status import BACKEND_UNAVAILABLE, RunStatus, status_of_closing
+from charter.status import BACKEND_UNAVAILABLE
 
 __all__ = ["ApprovalUndecided", "ResumeInProgress", "Resumer", "retryable", "sealed_execution"]
 
@@ -390,24 +391,6 @@ def _said(finding: object) -> str:
     seq = getattr(finding, "log_seq", None)
     problem = getattr(finding, "problem", str(finding))
     return f"receipt {seq}: {problem}" if seq is not None else str(problem)
-
-
-def retryable(record: RunRecord, approval_id: str) -> bool:
-    """Whether `record`, a resume of `approval_id`, was sealed failed BACKEND_UNAVAILABLE before the
-    approved call took effect: that call was never decided in it, or was allowed and its Outcome
-    is failed BACKEND_UNAVAILABLE (the backend was never reached). Any other end is final."""
-    sealed = record.sealed
-    if not isinstance(sealed, Sealed) or status_of_closing(sealed) != RunStatus("failed", BACKEND_UNAVAILABLE):
-        return False
-    approved = [r for r in record.receipts if isinstance(r, Decision) and r.approval_id == approval_id]
-    if not approved:
-        return True
-    outcomes = [r for r in record.receipts if isinstance(r, Outcome) and r.call == approved[0].call]
-    return (
-        approved[0].decision == "ALLOW"
-        and len(outcomes) == 1
-        and (outcomes[0].status, outcomes[0].code) == ("failed", BACKEND_UNAVAILABLE)
-    )
 
 
 def sealed_execution(record: RunRecord, audit: AuditLog) -> Execution:

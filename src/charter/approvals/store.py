@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import msgspec
 
 from charter.approvals._index import receipt_time, utc_text
+from charter.approvals._retry import retryable
 from charter.audit._approval_records import resume_runs as signed_resume_runs
 from charter.audit._locks import side_lock
 from charter.audit.keys import PublicKey
@@ -319,15 +320,17 @@ class ApprovalStore:
                 "(SELECT 1 FROM receipts s WHERE s.kind = 'seal' AND s.run_id = o.run_id)",
                 ('"approval_id":"',),
             ).fetchall()
-        sealed = set()
+        last_sealed: dict[str, str] = {}  # approval -> its last sealed resume run, in log order
         for (body,) in opened:
             try:
                 receipt = decode_body(body)
             except ValueError:  # an altered Opened: the resumer verifies the chain and names it
                 continue
             if isinstance(receipt, Opened) and receipt.approval_id is not None:
-                sealed.add(receipt.approval_id)
-        return [a for a in dict.fromkeys(decided) if a not in sealed]
+                last_sealed[receipt.approval_id] = receipt.run_id
+        # A resume the backend's absence stopped before the approved call acted is still to do.
+        done = {a for a, run in last_sealed.items() if not retryable(self.audit.run(run), a)}
+        return [a for a in dict.fromkeys(decided) if a not in done]
 
     def _view_at(
         self,

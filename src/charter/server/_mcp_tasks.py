@@ -50,7 +50,7 @@ from mcp_types import INVALID_PARAMS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
-from charter.approvals.resume import retryable
+from charter.approvals._retry import retryable
 from charter.audit import Opened
 from charter.principal import Principal
 from charter.runner import Answer, Execution

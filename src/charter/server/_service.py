@@ -21,7 +21,7 @@ from charter.approvals import (
     ResumeWorker,
     chain_of,
 )
-from charter.approvals.resume import retryable
+from charter.approvals._retry import retryable
 from charter.audit import (
     Asked,
     Attempted,
