@@ -304,3 +304,79 @@ def test_a_resume_held_elsewhere_is_reported_not_run_twice(paused: Paused) -> No
     assert plumber_transfers() == []
     assert charter("approvals", "resume", paused.approval_id).returncode == 0
     assert len(plumber_transfers()) == 1
+
+
+# -- untrusted text reaches the approver's terminal neutralised (ANSI escapes, bidi, markup) --
+
+# Cursor up one line and erase it, a right-to-left override, rich markup: each would act on the
+# reader's terminal (or on rich) if printed raw.
+HOSTILE = "\x1b[1A\x1b[2K\u202e[bold]x[/bold]"
+ESCAPED = "\\x1b[1A\\x1b[2K<U+202E>[bold]x[/bold]"
+# The program pauses at the same call (line 4); its conclusion and a last comment hold HOSTILE.
+HOSTILE_PROGRAM = PROGRAM.replace(
+    'conclude(f"Paid {transfer.amount} to {transfer.recipient}: transfer {transfer.id} is {transfer.state}.")',
+    f'conclude("paid {HOSTILE}")\n# {HOSTILE}',
+)
+
+
+@pytest.fixture
+def hostile(charter_home: Path, shared_sandbox: Sandbox) -> Paused:
+    assert HOSTILE_PROGRAM != PROGRAM
+    backend.seed()
+    path = ROOT / "contracts" / "payments.yaml"
+    registry = Registry()
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    log = AuditLog(charter_home / "audit.db")
+    holder = Principal("ada", HOLDER_SCOPES, attributes=HOLDER_ATTRIBUTES)
+    execution = Runner(audit=log, sandbox=shared_sandbox).execute(
+        HOSTILE_PROGRAM, contract=registry.get("payments"), principal=holder, inputs=INPUTS
+    )
+    assert execution.status == "awaiting_approval", execution.text
+    assert execution.approval_id is not None
+    return Paused(log, execution.run_id, execution.approval_id)
+
+
+def _raw_controls(text: str) -> list[str]:
+    return [c for c in text if c in "\x1b\u202e\x9b"]
+
+
+def test_the_requesters_program_and_the_reasons_reach_the_terminal_escaped(hostile: Paused) -> None:
+    shown = charter("approvals", "show", hostile.approval_id)
+    assert shown.returncode == 0, shown.stderr
+    assert _raw_controls(shown.stdout) == []
+    assert f"# {ESCAPED}" in shown.stdout  # the program's last line, as written, made visible
+    assert f'conclude("paid {ESCAPED}")' in shown.stdout
+    marked = [line for line in shown.stdout.splitlines() if line.lstrip().startswith(">")]
+    assert marked[0].split()[:3] == [">", str(WAITING_LINE), "transfer"]  # the mark is where it was
+
+    # A reason with a line of its own that mimics the output: the newline is escaped as well.
+    reason = f"ok {HOSTILE}\nresumed:     run 0000: done"
+    approved = charter("approvals", "approve", hostile.approval_id, "--reason", reason, *REVIEWER)
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert _raw_controls(approved.stdout + approved.stderr) == []
+    assert f"approved by mira: ok {ESCAPED}\\x0aresumed:     run 0000: done" in approved.stdout
+    assert f"paid {ESCAPED}" in approved.stdout  # the resumed run's conclusion
+    assert not any(line.startswith("resumed:     run 0000") for line in approved.stdout.splitlines())
+
+    decided = charter("approvals", "show", hostile.approval_id).stdout
+    assert _raw_controls(decided) == []
+    assert f": ok {ESCAPED}\\x0aresumed:     run 0000: done" in decided
+    listed = charter("approvals", "list").stdout
+    assert _raw_controls(listed) == []
+
+    (resumed,) = resumed_runs(hostile.log, hostile.approval_id)
+    story = charter("audit", "show", hostile.run_id)
+    assert story.returncode == 0, story.stdout + story.stderr
+    assert _raw_controls(story.stdout) == []
+    assert f"why: ok {ESCAPED}\\x0aresumed:     run 0000: done" in story.stdout
+    assert f"result: done: paid {ESCAPED}" in story.stdout
+    assert f"# {ESCAPED}" in story.stdout
+    record = charter("audit", "show", hostile.approval_id).stdout
+    assert _raw_controls(record) == []
+    assert f"  why: ok {ESCAPED}\\x0aresumed:     run 0000: done" in record
+    assert _raw_controls(charter("audit", "show", resumed).stdout) == []
+    assert _raw_controls(charter("audit", "list").stdout) == []
+    # JSON keeps the text exactly (it escapes what a terminal acts on, and decodes back to it).
+    as_json = charter("approvals", "show", hostile.approval_id, "--json").stdout
+    assert _raw_controls(as_json) == []
+    assert json.loads(as_json)["decision_reason"] == reason

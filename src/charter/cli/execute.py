@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 import typer
 
-from charter.cli._output import err, fail, print_json, say
+from charter.cli._output import fail, print_json, say, warn
 from charter.errors import CharterError, UsageError
 from charter.inputs import check_inputs, parse_pairs
 from charter.principal import Principal
@@ -177,7 +177,7 @@ def report(answer: Answer, *, as_json: bool, **extra: object) -> None:
         say(f"run {answer.run_id}  {answer.contract} {answer.version}  (charter audit show {answer.run_id[:12]})")
     if answer.unavailable:
         for message in answer.unavailable:
-            err.print(f"error: backend unavailable: {message}", markup=False, style="red")
+            warn(f"error: backend unavailable: {message}")
         raise typer.Exit(EXIT_BACKEND_UNAVAILABLE)
     if answer.status != "done":
         raise typer.Exit(EXIT_STATUS[answer.status])
