@@ -380,3 +380,19 @@ def test_the_requesters_program_and_the_reasons_reach_the_terminal_escaped(hosti
     as_json = charter("approvals", "show", hostile.approval_id, "--json").stdout
     assert _raw_controls(as_json) == []
     assert json.loads(as_json)["decision_reason"] == reason
+
+
+def test_audit_list_shows_a_paused_run_as_resumed_once_it_is(paused: Paused) -> None:
+    def row_of(run_id: str) -> tuple[str, str]:
+        lines = charter("audit", "list").stdout.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith(run_id[:12]))
+        return lines[at], lines[at + 1]
+
+    head, detail = row_of(paused.run_id)
+    assert head.split()[3] == "awaiting_approval"
+    assert f"approval {paused.approval_id[:12]} · cause APPROVAL_REQUIRED" in detail
+    assert charter("approvals", "approve", paused.approval_id, "--reason", "ok", *REVIEWER).returncode == 0
+    (resumed,) = resumed_runs(paused.log, paused.approval_id)
+    head, detail = row_of(paused.run_id)
+    assert head.split()[3] == "resumed"
+    assert f"approval {paused.approval_id[:12]}: resumed: {resumed[:12]} done" in detail

@@ -37,7 +37,7 @@ from charter.audit import (
     verify_bundle,
     verify_log,
 )
-from charter.audit._approval_records import chain_of, resolve_approval, sealed_approval
+from charter.audit._approval_records import chain_of, resolve_approval, resumed_by, sealed_approval
 from charter.audit.receipts import Opening
 from charter.cli._audit_approvals import (
     chain_findings,
@@ -115,11 +115,18 @@ def list_(
     say("  PRINCIPAL · CAUSE · FIRST DENIAL · INTENT", "bold")
     for run in runs:
         opened = run.opened_at[:16].replace("T", " ")
-        say(f"{run.run_id[:12]}  {opened}  {run.status:<{width_status}}  {run.contract}@{run.version}")
-        detail = [f"cause {run.cause}"] if run.cause else []
+        status, detail = run.status, [f"cause {run.cause}"] if run.cause else []
         if run.status == "awaiting_approval":  # what it waits for, first: `audit show <approval id>` shows it
+            # The index keeps a paused run's own status; whether it was resumed since is read
+            # from the signed receipts (an Opened naming the approval), as `audit show` does.
             waiting = sealed_approval(log, run.run_id)
-            detail.insert(0, f"approval {waiting[:12]}" if waiting else "approval unknown")
+            resumer = resumed_by(log, waiting) if waiting else None
+            if waiting is None or resumer is None:
+                detail.insert(0, f"approval {waiting[:12]}" if waiting else "approval unknown")
+            else:
+                status = "resumed"
+                detail.insert(0, f"approval {waiting[:12]}: resumed: {resumer.run_id[:12]} {resumer.status}")
+        say(f"{run.run_id[:12]}  {opened}  {status:<{width_status}}  {run.contract}@{run.version}")
         if run.denial_code:
             detail.append(f"first denial {run.denial_code} ({run.denial_operation})")
         rest = " · ".join([*detail, _listed_intent(run)])
