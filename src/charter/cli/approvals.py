@@ -9,10 +9,11 @@ this process unless --no-resume (a `charter serve` on the same log resumes it as
 per-approval resume lock makes the two safe together).
 
 Exit status: 0 done; for a resumed run, its status as `charter exec` reports it (2 refused,
-3 failed, 5 awaiting another approval...); 1 a usage error; 8 the decision was refused
-(SELF_APPROVAL, FORBIDDEN_SCOPE, APPROVAL_EXPIRED, ALREADY_DECIDED); 9 APPROVAL_NOT_FOUND;
-10 RESUME_IN_PROGRESS (another process holds the resume); 11 TAMPERED (the request's receipts fail
-verification).
+3 failed, including a resume stopped IN_DOUBT; 4 backend unavailable; 5 awaiting another
+approval); 1 a usage error; 8 the decision was refused (SELF_APPROVAL, FORBIDDEN_SCOPE,
+APPROVAL_EXPIRED, ALREADY_DECIDED); 9 APPROVAL_NOT_FOUND; 10 RESUME_IN_PROGRESS (another process
+holds the resume); 11 TAMPERED (the request's receipts, or the records a resume rests on, fail
+verification: nothing is decided or run).
 """
 
 from __future__ import annotations
@@ -39,8 +40,17 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_CODES", "app", "hint_for"]
 
+EXIT_HELP = (
+    "Exit status: 0 done; after a resume, the resumed run's status as charter exec reports it (2 refused; "
+    "3 failed, a resume stopped IN_DOUBT included; 4 backend unavailable; 5 awaiting another approval); "
+    "1 usage error; 8 decision refused (SELF_APPROVAL, FORBIDDEN_SCOPE, APPROVAL_EXPIRED, ALREADY_DECIDED); "
+    "9 APPROVAL_NOT_FOUND; 10 RESUME_IN_PROGRESS; 11 TAMPERED (nothing is decided or run)."
+)
+
 app = typer.Typer(
-    help="Approve or deny calls paused for a human's approval, and resume their runs.", no_args_is_help=True
+    help="Approve or deny calls paused for a human's approval, and resume their runs.",
+    epilog=EXIT_HELP,
+    no_args_is_help=True,
 )
 
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="An approval id, or a unique prefix of one.")]
@@ -465,7 +475,14 @@ def _resume_and_report(
         extra["newly_decided"] = written
     if execution.approval_id:
         extra["awaiting_approval_id"] = execution.approval_id
-    report(execution, as_json=as_json, **extra)
+    try:
+        report(execution, as_json=as_json, **extra)
+    except typer.Exit:
+        # A resume stopped because the chain's receipts fail verification concludes failed
+        # (cause TAMPERED): it exits 11 like a tampered request, so a script branches on one code.
+        if execution.cause == "TAMPERED":
+            raise typer.Exit(EXIT_CODES["TAMPERED"]) from None
+        raise
 
 
 @app.command()
