@@ -538,7 +538,7 @@ def resume(approval: IdArg, as_json: JsonOption = False) -> None:
 def webhook_key() -> None:
     """Print the key `charter serve --approval-webhook URL` signs its events with (made on first
     use, in keys/webhook.key beside the audit log, mode 0600). A receiver checks the header
-    `Charter-Signature: t=<unix>,v1=<hex>` as HMAC-SHA256 over "<t>." + body with these 64
+    `Charter-Signature: t=UNIX_TIME,v1=HEX` as HMAC-SHA256 over "UNIX_TIME." + body with these 64
     characters (as ASCII bytes) for its key."""
     from charter.approvals import load_or_create_webhook_key
 
