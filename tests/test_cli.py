@@ -174,3 +174,50 @@ def test_db_status_exit_code_gates_ci(
     assert result.returncode == code, result.stdout + result.stderr
     states = [row["state"] for row in json.loads(result.stdout)]
     assert any(s.startswith(state) for s in states), states
+
+
+# -- untrusted text for a terminal (charter.cli._output.terminal_text) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "one_line", "in_lines"),
+    [
+        ("plain é ß 漢字 [bold]x[/bold]", "plain é ß 漢字 [bold]x[/bold]", "plain é ß 漢字 [bold]x[/bold]"),
+        ("\x1b[2J\x07\x7f", "\\x1b[2J\\x07\\x7f", "\\x1b[2J\\x07\\x7f"),
+        ("\x9b31m\x85", "\\x9b31m\\x85", "\\x9b31m\\x85"),  # C1: CSI, NEL
+        (
+            "a\u202ab\u202ec\u2066d\u2069",
+            "a<U+202A>b<U+202E>c<U+2066>d<U+2069>",
+            "a<U+202A>b<U+202E>c<U+2066>d<U+2069>",
+        ),
+        (
+            "\u200e\u200f\u061c\u200b\ufeff",
+            "<U+200E><U+200F><U+061C><U+200B><U+FEFF>",
+            "<U+200E><U+200F><U+061C><U+200B><U+FEFF>",
+        ),
+        ("a\nb\tc\r\u2028", "a\\x0ab\\x09c\\x0d<U+2028>", "a\nb\tc\\x0d<U+2028>"),
+    ],
+)
+def test_terminal_text_shows_what_a_terminal_would_act_on(raw: str, one_line: str, in_lines: str) -> None:
+    from charter.cli._output import terminal_text
+
+    assert terminal_text(raw) == one_line
+    assert terminal_text(raw, lines=True) == in_lines
+
+
+def test_print_json_escapes_c1_and_bidi_and_decodes_to_the_same_data(capsys: pytest.CaptureFixture[str]) -> None:
+    from charter.cli._output import print_json
+
+    data = {"reason": "x\x1b\x9b\u202e\u2066é\n", "n": [1, "\u200f"]}
+    print_json(data)
+    text = capsys.readouterr().out
+    assert [c for c in text if c in "\x1b\x9b\u202e\u2066\u200f"] == []
+    assert "\\u009b\\u202e\\u2066é" in text
+    assert json.loads(text) == data
+
+
+def test_source_lines_number_lines_as_python_does() -> None:
+    from charter.cli._output import source_lines
+
+    # A form feed or U+2028 inside a line must not shift the numbering the guest reports.
+    assert source_lines("a = 1\r\nb = '\x0c\u2028'\rc\n") == ["a = 1", "b = '\x0c\u2028'", "c"]

@@ -332,3 +332,192 @@ def test_a_resume_held_elsewhere_is_reported_not_run_twice(paused: Paused) -> No
     assert plumber_transfers() == []
     assert charter("approvals", "resume", paused.approval_id).returncode == 0
     assert len(plumber_transfers()) == 1
+
+
+# -- untrusted text reaches the approver's terminal neutralised (ANSI escapes, bidi, markup) --
+
+# Cursor up one line and erase it, a right-to-left override, rich markup: each would act on the
+# reader's terminal (or on rich) if printed raw.
+HOSTILE = "\x1b[1A\x1b[2K\u202e[bold]x[/bold]"
+ESCAPED = "\\x1b[1A\\x1b[2K<U+202E>[bold]x[/bold]"
+# The program pauses at the same call (line 4); its conclusion and a last comment hold HOSTILE.
+HOSTILE_PROGRAM = PROGRAM.replace(
+    'conclude(f"Paid {transfer.amount} to {transfer.recipient}: transfer {transfer.id} is {transfer.state}.")',
+    f'conclude("paid {HOSTILE}")\n# {HOSTILE}',
+)
+
+
+def pause(home: Path, sandbox: Sandbox, program: str) -> Paused:
+    """Run `program` as the holder with INPUTS on the published payments contract; it must pause."""
+    backend.seed()
+    path = ROOT / "contracts" / "payments.yaml"
+    registry = Registry()
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    log = AuditLog(home / "audit.db")
+    holder = Principal("ada", HOLDER_SCOPES, attributes=HOLDER_ATTRIBUTES)
+    execution = Runner(audit=log, sandbox=sandbox).execute(
+        program, contract=registry.get("payments"), principal=holder, inputs=INPUTS
+    )
+    assert execution.status == "awaiting_approval", execution.text
+    assert execution.approval_id is not None
+    return Paused(log, execution.run_id, execution.approval_id)
+
+
+@pytest.fixture
+def hostile(charter_home: Path, shared_sandbox: Sandbox) -> Paused:
+    assert HOSTILE_PROGRAM != PROGRAM
+    return pause(charter_home, shared_sandbox, HOSTILE_PROGRAM)
+
+
+def _raw_controls(text: str) -> list[str]:
+    return [c for c in text if c in "\x1b\u202e\x9b"]
+
+
+def test_the_requesters_program_and_the_reasons_reach_the_terminal_escaped(hostile: Paused) -> None:
+    shown = charter("approvals", "show", hostile.approval_id)
+    assert shown.returncode == 0, shown.stderr
+    assert _raw_controls(shown.stdout) == []
+    assert f"# {ESCAPED}" in shown.stdout  # the program's last line, as written, made visible
+    assert f'conclude("paid {ESCAPED}")' in shown.stdout
+    marked = [line for line in shown.stdout.splitlines() if line.lstrip().startswith(">")]
+    assert marked[0].split()[:3] == [">", str(WAITING_LINE), "transfer"]  # the mark is where it was
+
+    # A reason with a line of its own that mimics the output: the newline is escaped as well.
+    reason = f"ok {HOSTILE}\nresumed:     run 0000: done"
+    approved = charter("approvals", "approve", hostile.approval_id, "--reason", reason, *REVIEWER)
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert _raw_controls(approved.stdout + approved.stderr) == []
+    assert f"approved by mira: ok {ESCAPED}\\x0aresumed:     run 0000: done" in approved.stdout
+    assert f"paid {ESCAPED}" in approved.stdout  # the resumed run's conclusion
+    assert not any(line.startswith("resumed:     run 0000") for line in approved.stdout.splitlines())
+
+    decided = charter("approvals", "show", hostile.approval_id).stdout
+    assert _raw_controls(decided) == []
+    assert f": ok {ESCAPED}\\x0aresumed:     run 0000: done" in decided
+    listed = charter("approvals", "list").stdout
+    assert _raw_controls(listed) == []
+
+    (resumed,) = resumed_runs(hostile.log, hostile.approval_id)
+    story = charter("audit", "show", hostile.run_id)
+    assert story.returncode == 0, story.stdout + story.stderr
+    assert _raw_controls(story.stdout) == []
+    assert f"why: ok {ESCAPED}\\x0aresumed:     run 0000: done" in story.stdout
+    assert f"result: done: paid {ESCAPED}" in story.stdout
+    assert f"# {ESCAPED}" in story.stdout
+    record = charter("audit", "show", hostile.approval_id).stdout
+    assert _raw_controls(record) == []
+    assert f"  why: ok {ESCAPED}\\x0aresumed:     run 0000: done" in record
+    assert _raw_controls(charter("audit", "show", resumed).stdout) == []
+    assert _raw_controls(charter("audit", "list").stdout) == []
+    # JSON keeps the text exactly (it escapes what a terminal acts on, and decodes back to it).
+    as_json = charter("approvals", "show", hostile.approval_id, "--json").stdout
+    assert _raw_controls(as_json) == []
+    assert json.loads(as_json)["decision_reason"] == reason
+
+
+def test_audit_list_shows_a_paused_run_as_resumed_once_it_is(paused: Paused) -> None:
+    def row_of(run_id: str) -> tuple[str, str]:
+        lines = charter("audit", "list").stdout.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith(run_id[:12]))
+        return lines[at], lines[at + 1]
+
+    head, detail = row_of(paused.run_id)
+    assert head.split()[3] == "awaiting_approval"
+    assert f"approval {paused.approval_id[:12]} · cause APPROVAL_REQUIRED" in detail
+    assert charter("approvals", "approve", paused.approval_id, "--reason", "ok", *REVIEWER).returncode == 0
+    (resumed,) = resumed_runs(paused.log, paused.approval_id)
+    head, detail = row_of(paused.run_id)
+    assert head.split()[3] == "resumed"
+    assert f"approval {paused.approval_id[:12]}: resumed: {resumed[:12]} done" in detail
+
+
+# -- the how-to as the README writes it, and every exit status it names ----------------------
+
+
+def test_the_how_to_program_ships_and_runs_as_the_readme_writes_it(charter_home: Path) -> None:
+    import shlex
+
+    shipped = ROOT / "examples" / "programs" / "pay-plumber.py"
+    assert shipped.read_text(encoding="utf-8") == PROGRAM  # the demo's program, line for line
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    how_to = readme[readme.index("## Human approvals") :]
+    block = how_to[how_to.index("```sh\n") + 6 : how_to.index("```", how_to.index("```sh\n") + 6)]
+    commands = [c.split("  #")[0] for c in block.replace("\\\n", " ").splitlines() if c.startswith("$ ")]
+    seed, publish, execute = (shlex.split(c[2:]) for c in commands[:3])
+    assert seed[:2] == ["python", "-m"]
+    subprocess_seed = __import__("subprocess").run(
+        [__import__("sys").executable, *seed[1:]], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert subprocess_seed.returncode == 0, subprocess_seed.stderr
+    assert charter(*publish[1:]).returncode == 0
+    result = charter(*execute[1:])
+    assert result.returncode == 5, result.stdout + result.stderr  # awaiting approval
+    assert result.stdout.startswith("awaiting_approval: The run is awaiting approval ")
+    assert "send_payment (call 3) needs a human's approval: recipient not a saved payee" in result.stdout
+    as_json = charter(*execute[1:], "--json")
+    assert as_json.returncode == 5
+    answer = json.loads(as_json.stdout)
+    pending = json.loads(charter("approvals", "list", "--status", "pending", "--json").stdout)
+    assert answer["status"] == "awaiting_approval"
+    assert answer["approval_id"] in [v["approval_id"] for v in pending]
+    assert f"awaiting approval {answer['approval_id']}" in answer["reason"]
+
+
+def test_the_readme_and_help_name_the_same_exit_statuses() -> None:
+    import re
+
+    from charter.cli.approvals import EXIT_CODES, EXIT_HELP
+    from charter.cli.execute import EXIT_BACKEND_UNAVAILABLE, EXIT_STATUS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("`charter approvals`\nexit status:")
+    paragraph = " ".join(readme[start : readme.index("\n\n", start)].split())
+    named = {int(n) for n in re.findall(r"(?<![\w.])(\d{1,2})(?= [`a-z])", paragraph)}
+    from_code = {0, 1, EXIT_BACKEND_UNAVAILABLE, *EXIT_CODES.values()}
+    from_code |= {EXIT_STATUS[s] for s in ("refused", "failed", "awaiting_approval")}
+    assert named == from_code
+    assert {int(n) for n in re.findall(r"(?<![\w.])(\d{1,2})(?= [A-Za-z(])", EXIT_HELP)} == from_code
+
+
+def test_a_resume_on_tampered_records_exits_11_and_runs_nothing(paused: Paused) -> None:
+    """The request is intact but a recorded read result the resume would replay was edited:
+    the resume concludes failed (cause TAMPERED), runs nothing, and exits 11 as the README says."""
+    import sqlite3
+    from contextlib import closing
+
+    assert (
+        charter("approvals", "approve", paused.approval_id, "--reason", "ok", "--no-resume", *REVIEWER).returncode == 0
+    )
+    row = next(r for r in paused.log.stored(paused.run_id) if r.kind == "outcome")
+    assert b"ACC-1001" in row.body
+    with closing(sqlite3.connect(paused.log.path)) as db, db:
+        db.execute("DROP TRIGGER receipts_no_update")
+        db.execute(
+            "UPDATE receipts SET body = ? WHERE log_seq = ?", (row.body.replace(b"ACC-1001", b"ACC-1002"), row.log_seq)
+        )
+    result = charter("approvals", "resume", paused.approval_id, "--json")
+    assert result.returncode == 11, result.stdout + result.stderr
+    answer = json.loads(result.stdout)
+    assert (answer["status"], answer["cause"]) == ("failed", "TAMPERED")
+    assert plumber_transfers() == []
+
+
+def test_a_resumed_run_that_fails_exits_3_and_one_that_pauses_again_exits_5(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    # After the approved payment the program pays a second new IBAN (a new pause), then fails.
+    twice = PROGRAM.replace(
+        'conclude(f"Paid {transfer.amount} to {transfer.recipient}: transfer {transfer.id} is {transfer.state}.")',
+        'payments.send_payment(account=account.id, recipient=inputs["iban"], amount=Decimal("5.00"), '
+        'reference="x")\nraise ValueError("after the second payment")',
+    )
+    assert twice != PROGRAM
+    first = pause(charter_home, shared_sandbox, twice)
+    again = charter("approvals", "approve", first.approval_id, "--reason", "ok", *REVIEWER, "--json")
+    assert again.returncode == 5, again.stdout + again.stderr  # awaiting another approval
+    second = json.loads(again.stdout)["approval_id"]
+    assert second is not None
+    assert second != first.approval_id
+    failed = charter("approvals", "approve", second, "--reason", "ok", *REVIEWER, "--json")
+    assert failed.returncode == 3, failed.stdout + failed.stderr
+    assert json.loads(failed.stdout)["status"] == "failed"

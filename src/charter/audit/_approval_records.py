@@ -36,6 +36,7 @@ __all__ = [
     "resolve_approval",
     "resolve_record",
     "resume_runs",
+    "resumed_by",
     "sealed_approval",
 ]
 
@@ -197,6 +198,13 @@ def sealed_approval(log: AuditLog, run_id: str) -> str | None:
         if isinstance(body, Sealed):
             return body.approval_id
     return None
+
+
+def resumed_by(log: AuditLog, approval_id: str) -> RunRecord | None:
+    """The run that resumed an approval, from the Opened receipts that name it (the last one: an
+    earlier one is a resume that crashed), or None while nothing has resumed it."""
+    resumes = _resumes_of(log, approval_id)
+    return log.run(resumes[-1]) if resumes else None
 
 
 def request_run_of(log: AuditLog, approval_id: str) -> str | None:

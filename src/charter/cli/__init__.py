@@ -6,7 +6,7 @@ import typer
 
 from charter.cli import approvals, audit, contract, db, sandbox
 from charter.cli._help import conventional_help
-from charter.cli._output import err
+from charter.cli._output import warn
 from charter.cli.demo import demo
 from charter.cli.execute import execute
 from charter.cli.run import run
@@ -43,7 +43,7 @@ def main() -> None:
     try:
         conventional_help(typer.main.get_command(app))(prog_name="charter")
     except (CharterError, OSError) as error:
-        err.print(f"error: {_described(error)}", markup=False, style="red")
+        warn(f"error: {_described(error)}")
         raise SystemExit(1) from None
 
 

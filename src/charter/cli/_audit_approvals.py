@@ -19,7 +19,7 @@ import typer
 
 from charter.audit import ApprovalDecided, ApprovalRequested, AuditLog, Opened, RunRecord, Sealed, verify_log
 from charter.audit._approval_records import ApprovalStep, Chain, chain_of, decision_of, request_run_of
-from charter.cli._output import print_json, say
+from charter.cli._output import print_json, say, shown
 
 __all__ = [
     "approval_detail",
@@ -40,10 +40,10 @@ def guest_line(line: int | None) -> str:
 
 def request_line(receipt: ApprovalRequested) -> tuple[str, str]:
     """An ApprovalRequested on a run's timeline: the call that did not execute, and why."""
-    head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'}), {guest_line(receipt.line)}"
+    head = f"call {receipt.call} {receipt.operation}({shown(receipt.arguments or '…')}), {guest_line(receipt.line)}"
     return (
-        f"{head}\n-> PAUSED for approval {receipt.approval_id}: {receipt.reason}\n"
-        f"   approver scope {receipt.approver_scope}; expires {receipt.expires}",
+        f"{head}\n-> PAUSED for approval {receipt.approval_id}: {shown(receipt.reason)}\n"
+        f"   approver scope {shown(receipt.approver_scope)}; expires {receipt.expires}",
         "magenta",
     )
 
@@ -65,17 +65,17 @@ def _result(record: RunRecord) -> str:
     detail = outcome.get("answer") or outcome.get("reason") or outcome.get("error_message") or ""
     if sealed.approval_id is not None:
         return f"result: {record.status}: waiting for approval {sealed.approval_id}"
-    return f"result: {record.status}: {detail}" if detail else f"result: {record.status}"
+    return f"result: {record.status}: {shown(detail)}" if detail else f"result: {record.status}"
 
 
 def _decided(step: ApprovalStep, expires: str | None) -> list[str]:
     decision = step.decision
     if decision is None:
         return [f"decided: not yet (pending; expires {expires or 'unknown'})"]
-    how = f"{decision.decision} by {decision.approver} at {decision.at}"
+    how = f"{decision.decision} by {shown(decision.approver)} at {decision.at}"
     if decision.expired:
         how += " (the request expired unanswered)"
-    return [f"decided: {how}", f"   why: {decision.reason}"]
+    return [f"decided: {how}", f"   why: {shown(decision.reason)}"]
 
 
 def _step_lines(step: ApprovalStep) -> list[str]:
@@ -85,9 +85,10 @@ def _step_lines(step: ApprovalStep) -> list[str]:
         lines = [asked]
     else:
         lines = [
-            f"asked: run {run.run_id} (principal {request.principal}) called {request.operation} at call "
+            f"asked: run {run.run_id} (principal {shown(request.principal)}) called {request.operation} at call "
             f"{request.call}, {guest_line(request.line)}, at {request.at}",
-            f"paused: approval {step.approval_id}: {request.reason}; approver scope {request.approver_scope}; "
+            f"paused: approval {step.approval_id}: {shown(request.reason)}; "
+            f"approver scope {shown(request.approver_scope)}; "
             f"expires {request.expires}",
         ]
     lines += _decided(step, request.expires if request else None)
@@ -192,11 +193,11 @@ def _say_approval(view: dict[str, Any]) -> None:
             f"{guest_line(request['line'])}",
             "bold red" if mark else None,
         )
-        say(f"  by:        {request['principal']} at {request['at']}")
-        say(f"  arguments: {request['arguments'] or '…'}  (sha256 {request['args_sha256'][:16]}…)")
-        say(f"  rule: {request['clause']}: {request['reason']}")
+        say(f"  by:        {shown(request['principal'])} at {request['at']}")
+        say(f"  arguments: {shown(request['arguments'] or '…')}  (sha256 {request['args_sha256'][:16]}…)")
+        say(f"  rule: {shown(request['clause'])}: {shown(request['reason'])}")
         say(f"  contract:  {request['contract']} {request['version']} sha256 {request['contract_sha256'][:16]}…")
-        say(f"  approver scope: {request['approver_scope']}")
+        say(f"  approver scope: {shown(request['approver_scope'])}")
         say(f"  expires:   {request['expires']}")
     decision = view["decision"]
     if decision is None:
@@ -204,14 +205,14 @@ def _say_approval(view: dict[str, Any]) -> None:
         say(f"decision: none yet (pending; expires {expires})", "yellow")
     else:
         mark = "UNVERIFIED " if view["decision_log_seq"] in unverified else ""
-        scopes = ", ".join(decision["approver_scopes"]) or "none"
+        scopes = shown(", ".join(decision["approver_scopes"])) or "none"
         expired = " (the request expired unanswered)" if decision["expired"] else ""
         say(
-            f"{mark}decision: {decision['decision']} by {decision['approver']} (scopes: {scopes}) at "
+            f"{mark}decision: {decision['decision']} by {shown(decision['approver'])} (scopes: {scopes}) at "
             f"{decision['at']}{expired}",
             "bold red" if mark else "bold",
         )
-        say(f"  why: {decision['reason']}")
+        say(f"  why: {shown(decision['reason'])}")
     for resumed in view["resumes"]:
         say(f"resumed by: run {resumed['run_id']} ({resumed['status']})")
     if view["story"]:

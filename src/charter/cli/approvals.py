@@ -9,10 +9,11 @@ this process unless --no-resume (a `charter serve` on the same log resumes it as
 per-approval resume lock makes the two safe together).
 
 Exit status: 0 done; for a resumed run, its status as `charter exec` reports it (2 refused,
-3 failed, 5 awaiting another approval...); 1 a usage error; 8 the decision was refused
-(SELF_APPROVAL, FORBIDDEN_SCOPE, APPROVAL_EXPIRED, ALREADY_DECIDED); 9 APPROVAL_NOT_FOUND;
-10 RESUME_IN_PROGRESS (another process holds the resume); 11 TAMPERED (the request's receipts fail
-verification).
+3 failed, including a resume stopped IN_DOUBT; 4 backend unavailable; 5 awaiting another
+approval); 1 a usage error; 8 the decision was refused (SELF_APPROVAL, FORBIDDEN_SCOPE,
+APPROVAL_EXPIRED, ALREADY_DECIDED); 9 APPROVAL_NOT_FOUND; 10 RESUME_IN_PROGRESS (another process
+holds the resume); 11 TAMPERED (the request's receipts, or the records a resume rests on, fail
+verification: nothing is decided or run).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from charter.audit.receipts import LookupSeen, Observed, QuotaSeen
-from charter.cli._output import err, out, print_json, say
+from charter.cli._output import out, print_json, safe_text, say, shown, source_lines, warn
 from charter.errors import CharterError
 
 if TYPE_CHECKING:
@@ -39,8 +40,17 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_CODES", "app", "hint_for"]
 
+EXIT_HELP = (
+    "Exit status: 0 done; after a resume, the resumed run's status as charter exec reports it (2 refused; "
+    "3 failed, a resume stopped IN_DOUBT included; 4 backend unavailable; 5 awaiting another approval); "
+    "1 usage error; 8 decision refused (SELF_APPROVAL, FORBIDDEN_SCOPE, APPROVAL_EXPIRED, ALREADY_DECIDED); "
+    "9 APPROVAL_NOT_FOUND; 10 RESUME_IN_PROGRESS; 11 TAMPERED (nothing is decided or run)."
+)
+
 app = typer.Typer(
-    help="Approve or deny calls paused for a human's approval, and resume their runs.", no_args_is_help=True
+    help="Approve or deny calls paused for a human's approval, and resume their runs.",
+    epilog=EXIT_HELP,
+    no_args_is_help=True,
 )
 
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="An approval id, or a unique prefix of one.")]
@@ -108,10 +118,10 @@ def _refuse(error: CharterError, approval_id: str = "", scope: str | None = None
     """Print an error naming its reason code and how to fix it, and exit non-zero."""
     code = getattr(error, "code", None)
     if isinstance(code, str) and code:
-        err.print(f"error: {code}: {error}", markup=False, style="red")
-        err.print(f"  how to fix: {hint_for(code, approval_id, scope)}", markup=False, style="red")
+        warn(f"error: {code}: {error}")
+        warn(f"  how to fix: {hint_for(code, approval_id, scope)}")
         raise typer.Exit(EXIT_CODES.get(code, 1))
-    err.print(f"error: {error}", markup=False, style="red")
+    warn(f"error: {error}")
     raise typer.Exit(1)
 
 
@@ -185,23 +195,23 @@ def list_(
             "tampered": "bold red",
         }.get(view.status)
         say(
-            f"{view.approval_id[:12]}  {requested:<16}  {view.status:<8}  {view.contract}@{view.version}  "
-            f"{view.operation} (call {view.call})",
+            f"{view.approval_id[:12]}  {requested:<16}  {view.status:<8}  {shown(view.contract)}@{view.version}  "
+            f"{shown(view.operation)} (call {view.call})",
             style,
         )
         if view.decision is not None:
-            when = f"{view.decision} by {view.decided_by} at {(view.decided_at or '')[:16].replace('T', ' ')}"
+            when = f"{view.decision} by {shown(view.decided_by)} at {(view.decided_at or '')[:16].replace('T', ' ')}"
         else:
             when = f"expires {view.expires[:16].replace('T', ' ')}"
-        say(f"  {view.principal} · {view.reason} · {when}")
+        say(f"  {shown(view.principal)} · {shown(view.reason)} · {when}")
         for finding in view.findings:
-            say(f"  UNVERIFIED: {finding}", "bold red")
+            say(f"  UNVERIFIED: {shown(finding)}", "bold red")
     if len(views) == limit:
         say(f"(the newest {limit}; --limit N shows more)", "dim")
 
 
 def _usage(message: str) -> NoReturn:
-    err.print(f"error: {message}", markup=False, style="red")
+    warn(f"error: {message}")
     raise typer.Exit(1)
 
 
@@ -251,12 +261,12 @@ def program_listing(program: str, line: int | None) -> Table:
     listing.add_column(no_wrap=True)  # the mark
     listing.add_column(justify="right", style="dim", no_wrap=True)
     listing.add_column(overflow="fold")
-    for number, text in enumerate(program.splitlines(), start=1):
+    for number, text in enumerate(source_lines(program), start=1):
         waiting = number == line
         listing.add_row(
             Text(">", style="bold yellow") if waiting else "",
             str(number),
-            Text(text, style="bold yellow" if waiting else ""),
+            safe_text(text, style="bold yellow" if waiting else ""),
         )
     return listing
 
@@ -304,14 +314,14 @@ def show_view(view: ApprovalView, now: datetime | None = None) -> None:
     if not view.verified:  # the receipts do not vouch for what follows: say so before any of it
         say("UNVERIFIED: the audit log does not vouch for this request; run `charter audit verify`", "bold red")
         for finding in view.findings:
-            say(f"  {finding}", "red")
+            say(f"  {shown(finding)}", "red")
     say(f"contract:    {view.contract} {view.version} sha256 {view.contract_sha256[:16]}…")
-    say(f"requested:   {view.requested_at} by {view.principal}, run {view.run_id}")
+    say(f"requested:   {view.requested_at} by {shown(view.principal)}, run {view.run_id}")
     if view.logical_run_id and view.logical_run_id != view.run_id:
         say(f"             logical run {view.logical_run_id}")
     where = f"line {view.line} (reported by the guest)" if view.line else "line not reported"
-    say(f"waiting at:  call {view.call} {view.operation}, {where}")
-    rule = f"rule:        {view.clause}: {view.reason}"
+    say(f"waiting at:  call {view.call} {shown(view.operation)}, {where}")
+    rule = f"rule:        {shown(view.clause)}: {shown(view.reason)}"
     say(rule + (f" (hard boundary {view.boundary})" if view.boundary else ""))
     if view.status in ("pending", "expired"):
         state = "expired unanswered: it can only be denied" if view.status == "expired" else _ago(view.expires, now)
@@ -319,14 +329,14 @@ def show_view(view: ApprovalView, now: datetime | None = None) -> None:
     else:
         after = view.expired_unanswered or (view.decided_at or "") > view.expires  # both ISO UTC, one format
         say(f"expiry:      {view.expires} ({'decided after it' if after else 'decided before it'})")
-    say(f"who decides: a principal holding {view.approver_scope}, never {view.principal} (four eyes)")
+    say(f"who decides: a principal holding {shown(view.approver_scope)}, never {shown(view.principal)} (four eyes)")
     say("arguments:", "bold")
     say(f"  {_pretty(view.arguments)}")
     say(f"  sha256 {view.args_sha256} (the resumed call must hash to exactly this)", "dim")
     say("what the gate read to decide:", "bold")
     read = gate_read_lines(view.observed, view.lookups, view.provenance, view.quotas)
     for line in read or ["(nothing: no entity state, lookups, provenance or quotas for this call)"]:
-        say(f"  {line}")
+        say(f"  {shown(line)}")
     say("program:", "bold")
     out.print(program_listing(view.program, view.line), soft_wrap=False)
     if view.line is None:
@@ -334,7 +344,8 @@ def show_view(view: ApprovalView, now: datetime | None = None) -> None:
     if view.decision is not None:
         expired = " (expired unanswered: denied by charter)" if view.expired_unanswered else ""
         say(
-            f"decision:    {view.decision} by {view.decided_by} at {view.decided_at}{expired}: {view.decision_reason}",
+            f"decision:    {view.decision} by {shown(view.decided_by)} at {view.decided_at}{expired}: "
+            f"{shown(view.decision_reason)}",
             "green" if view.decision == "approved" else "red",
         )
         if view.resume_run is None:
@@ -354,9 +365,9 @@ def _pretty(arguments: str | None) -> str:
     if arguments is None:
         return "(the arguments did not decode; only their hash is kept)"
     try:
-        return json.dumps(json.loads(arguments), ensure_ascii=False)
+        return shown(json.dumps(json.loads(arguments), ensure_ascii=False))
     except ValueError:
-        return arguments
+        return shown(arguments)
 
 
 # -- approve / deny / resume -----------------------------------------------------------------
@@ -439,9 +450,9 @@ def _decide(
     if not as_json:
         again = "" if written else " (already recorded: this decision was given before; nothing new written)"
         if not written and reason != receipt.reason:
-            again += f"; the reason given now ({reason!r}) was not recorded: a request is decided once"
+            again += f"; the reason given now ({shown(reason)}) was not recorded: a request is decided once"
         say(
-            f"approval {approval_id} {verb} by {receipt.approver}: {receipt.reason}{again}",
+            f"approval {approval_id} {verb} by {shown(receipt.approver)}: {shown(receipt.reason)}{again}",
             "green" if written else None,
         )
     if no_resume:
@@ -493,7 +504,14 @@ def _resume_and_report(
         extra["newly_decided"] = written
     if execution.approval_id:
         extra["awaiting_approval_id"] = execution.approval_id
-    report(execution, as_json=as_json, **extra)
+    try:
+        report(execution, as_json=as_json, **extra)
+    except typer.Exit:
+        # A resume stopped because the chain's receipts fail verification concludes failed
+        # (cause TAMPERED): it exits 11 like a tampered request, so a script branches on one code.
+        if execution.cause == "TAMPERED":
+            raise typer.Exit(EXIT_CODES["TAMPERED"]) from None
+        raise
 
 
 @app.command()
@@ -549,7 +567,7 @@ def resume(approval: IdArg, as_json: JsonOption = False) -> None:
 def webhook_key() -> None:
     """Print the key `charter serve --approval-webhook URL` signs its events with (made on first
     use, in keys/webhook.key beside the audit log, mode 0600). A receiver checks the header
-    `Charter-Signature: t=<unix>,v1=<hex>` as HMAC-SHA256 over "<t>." + body with these 64
+    `Charter-Signature: t=UNIX_TIME,v1=HEX` as HMAC-SHA256 over "UNIX_TIME." + body with these 64
     characters (as ASCII bytes) for its key."""
     from charter.approvals import load_or_create_webhook_key
 

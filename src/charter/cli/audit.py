@@ -37,7 +37,7 @@ from charter.audit import (
     verify_bundle,
     verify_log,
 )
-from charter.audit._approval_records import chain_of, resolve_approval, sealed_approval
+from charter.audit._approval_records import chain_of, resolve_approval, resumed_by, sealed_approval
 from charter.audit.receipts import Opening
 from charter.cli._audit_approvals import (
     chain_findings,
@@ -48,7 +48,7 @@ from charter.cli._audit_approvals import (
     show_approval,
     story,
 )
-from charter.cli._output import fail, out, print_json, say
+from charter.cli._output import fail, out, print_json, safe_text, say, shown, source_lines
 from charter.contract._quotas import amount_text
 from charter.errors import CharterError, RunNotFound, UsageError
 from charter.status import STATUSES
@@ -65,10 +65,10 @@ def _log() -> AuditLog:
 
 def _intent(opened: Opening) -> str:
     if isinstance(opened, Asked):
-        return opened.intent
+        return shown(opened.intent)
     if opened.parent is not None:
-        return f"attempt {opened.attempt} of {opened.parent[:12]}: {opened.intent}"
-    return opened.intent if opened.intent is not None else "(program supplied by caller)"
+        return f"attempt {opened.attempt} of {opened.parent[:12]}: {shown(opened.intent)}"
+    return shown(opened.intent) if opened.intent is not None else "(program supplied by caller)"
 
 
 @app.command("list")
@@ -115,28 +115,35 @@ def list_(
     say("  PRINCIPAL · CAUSE · FIRST DENIAL · INTENT", "bold")
     for run in runs:
         opened = run.opened_at[:16].replace("T", " ")
-        say(f"{run.run_id[:12]}  {opened}  {run.status:<{width_status}}  {run.contract}@{run.version}")
-        detail = [f"cause {run.cause}"] if run.cause else []
+        status, detail = run.status, [f"cause {run.cause}"] if run.cause else []
         if run.status == "awaiting_approval":  # what it waits for, first: `audit show <approval id>` shows it
+            # The index keeps a paused run's own status; whether it was resumed since is read
+            # from the signed receipts (an Opened naming the approval), as `audit show` does.
             waiting = sealed_approval(log, run.run_id)
-            detail.insert(0, f"approval {waiting[:12]}" if waiting else "approval unknown")
+            resumer = resumed_by(log, waiting) if waiting else None
+            if waiting is None or resumer is None:
+                detail.insert(0, f"approval {waiting[:12]}" if waiting else "approval unknown")
+            else:
+                status = "resumed"
+                detail.insert(0, f"approval {waiting[:12]}: resumed: {resumer.run_id[:12]} {resumer.status}")
+        say(f"{run.run_id[:12]}  {opened}  {status:<{width_status}}  {run.contract}@{run.version}")
         if run.denial_code:
             detail.append(f"first denial {run.denial_code} ({run.denial_operation})")
         rest = " · ".join([*detail, _listed_intent(run)])
-        room = width - len(run.principal) - 5
+        room = width - len(shown(run.principal)) - 5
         if len(rest) > room:
             rest = rest[: max(room - 1, 0)] + "…"
-        say(f"  {run.principal} · {rest}")
+        say(f"  {shown(run.principal)} · {rest}")
     if len(runs) == limit:
         say(f"(the newest {limit}; --limit N shows more)", "dim")
 
 
 def _listed_intent(run: RunSummary) -> str:
     if run.kind == "intent":
-        return f"intent: {run.intent}"
+        return f"intent: {shown(run.intent)}"
     if run.parent is not None:
-        return f"attempt of {run.parent[:12]}: {run.intent}"
-    return run.intent if run.intent is not None else "(program supplied by caller)"
+        return f"attempt of {run.parent[:12]}: {shown(run.intent)}"
+    return shown(run.intent) if run.intent is not None else "(program supplied by caller)"
 
 
 SINCE_FORMS = "an ISO-8601 date or time (UTC unless it names an offset), today, yesterday, or an age: 30m, 24h, 7d, 2w"
@@ -275,8 +282,8 @@ def _listing(program: str) -> Table:
     listing = Table.grid(padding=(0, 2))
     listing.add_column(justify="right", style="dim", no_wrap=True)
     listing.add_column(overflow="fold")
-    for number, line in enumerate(program.splitlines(), start=1):
-        listing.add_row(str(number), Text(line))
+    for number, line in enumerate(source_lines(program), start=1):
+        listing.add_row(str(number), safe_text(line))
     return listing
 
 
@@ -291,7 +298,7 @@ def _timeline(checked: CheckedRun) -> Table:
         line, style = _timeline_line(receipt)
         mark = _mark(checked, receipt)
         text = "\n".join(mark + part for part in line.split("\n"))
-        timeline.add_row(f"#{receipt.seq}", Text(text, style=("bold red" if mark else style) or ""))
+        timeline.add_row(f"#{receipt.seq}", safe_text(text, style=("bold red" if mark else style) or ""))
     if checked.verification.ok:  # a record that failed its check supports no diagnosis
         for decision in record.in_doubt():
             timeline.add_row(
@@ -313,7 +320,7 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> bool:
     mark = _mark(checked, o)
     say(f"{mark}run {o.run_id}", "bold red" if mark else "bold")
     say(f"intent:    {_intent(o)}")
-    say(f"principal: {o.principal} (scopes: {', '.join(o.scopes) or 'none'})")
+    say(f"principal: {shown(o.principal)} (scopes: {shown(', '.join(o.scopes)) or 'none'})")
     if o.attributes:
         say(f"attributes: {_encode(o.attributes)}")
     say(f"contract:  {o.contract} {o.version} sha256 {o.contract_sha256[:16]}…")
@@ -322,8 +329,8 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> bool:
     if resumes is not None:
         say(resumes)
     if o.inputs:  # a secret input's value is its keyed digest here: the log never held the value
-        shown = (f"{k}=<secret {v[:24]}…>" if k in o.secret_inputs else f"{k}={v!r}" for k, v in o.inputs.items())
-        say(f"inputs:    {', '.join(shown)}")
+        listed = (f"{k}=<secret {v[:24]}…>" if k in o.secret_inputs else f"{k}={v!r}" for k, v in o.inputs.items())
+        say(f"inputs:    {', '.join(listed)}")
     if out.width >= _SIDE_BY_SIDE:
         grid = Table(show_header=True, expand=True)
         grid.add_column("program")
@@ -336,7 +343,7 @@ def _show_program(log: AuditLog, checked: CheckedRun) -> bool:
         say("receipts:", "bold")
         out.print(_timeline(checked), soft_wrap=False)
     for kept in log.backend_errors(record.run_id):
-        say(f"withheld from call {kept.call} {kept.operation}: {kept.error_type}: {kept.message}", "red")
+        say(f"withheld from call {kept.call} {kept.operation}: {kept.error_type}: {shown(kept.message)}", "red")
     _say_unverified(checked)
     say(_status_line(checked), "bold")
     return say_story(log, record.run_id)
@@ -359,8 +366,8 @@ def _show_intent(log: AuditLog, checked: CheckedRun, asked: Asked) -> bool:
     programs = {p.record.run_id: p for p in checked.programs}
     mark = _mark(checked, asked)
     say(f"{mark}intent run {asked.run_id}", "bold red" if mark else "bold")
-    say(f"intent:    {asked.intent}")
-    say(f"principal: {asked.principal} (scopes: {', '.join(asked.scopes) or 'none'})")
+    say(f"intent:    {shown(asked.intent)}")
+    say(f"principal: {shown(asked.principal)} (scopes: {shown(', '.join(asked.scopes)) or 'none'})")
     if asked.attributes:
         say(f"attributes: {_encode(asked.attributes)}")
     say(f"contract:  {asked.contract} {asked.version} sha256 {asked.contract_sha256[:16]}…")
@@ -379,7 +386,7 @@ def _show_intent(log: AuditLog, checked: CheckedRun, asked: Asked) -> bool:
                 f"contract block sha256 {receipt.contract_block_sha256[:16]}…"
             )
             if receipt.api_error:
-                say(f"  no answer: {receipt.api_error}", "red")
+                say(f"  no answer: {shown(receipt.api_error)}", "red")
             for finding in receipt.check:
                 say(f"  static check: {finding}", "yellow")
             if receipt.writes_closed:
@@ -396,7 +403,7 @@ def _show_intent(log: AuditLog, checked: CheckedRun, asked: Asked) -> bool:
             say()
             say(f"{mark}attempts: {', '.join(receipt.attempts)}", "bold red" if mark else None)
             detail = receipt.answer if receipt.status == "done" else receipt.reason
-            say(f"{mark}conclusion: {receipt.status}: {detail}", "bold red" if mark else "bold")
+            say(f"{mark}conclusion: {receipt.status}: {shown(detail)}", "bold red" if mark else "bold")
     _say_unverified(checked)
     say(_status_line(checked), "bold" if record.sealed is not None and checked.ok else "bold red")
     if checked.programs:  # the program run that paused, and its continuation
@@ -406,7 +413,7 @@ def _show_intent(log: AuditLog, checked: CheckedRun, asked: Asked) -> bool:
 
 def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
     if isinstance(receipt, Decision):
-        head = f"call {receipt.call} {receipt.operation}({receipt.arguments or '…'})"
+        head = f"call {receipt.call} {receipt.operation}({shown(receipt.arguments or '…')})"
         if receipt.secret_params:  # their values are keyed digests (gate._secrets)
             head += f" [secret: {', '.join(receipt.secret_params)}]"
         if receipt.masked_inputs:  # they held a secret input of the run, recorded as its digest
@@ -424,19 +431,19 @@ def _timeline_line(receipt: Receipt) -> tuple[str, str | None]:
         under = f" (approval {receipt.approval_id})" if receipt.approval_id else ""  # a resumed run's call
         if receipt.decision == "ALLOW":
             return f"{head}\n-> ALLOW {receipt.code}{under}", "green"
-        return f"{head}\n-> DENY {receipt.code}{under}: {receipt.message}", "yellow"
+        return f"{head}\n-> DENY {receipt.code}{under}: {shown(receipt.message)}", "yellow"
     if isinstance(receipt, ApprovalRequested):
         return request_line(receipt)
     if isinstance(receipt, Outcome):
         if receipt.status in ("failed", "unknown"):  # unknown: sent, no answer: in doubt
-            return f"  outcome: {receipt.status} {receipt.code}: {receipt.message}", "red"
+            return f"  outcome: {receipt.status} {receipt.code}: {shown(receipt.message)}", "red"
         result = receipt.result or ""
         dropped = f" (dropped: {', '.join(receipt.dropped)})" if receipt.dropped else ""
-        return f"  outcome: {receipt.status} {result[:160]}{dropped}", None
+        return f"  outcome: {receipt.status} {shown(result[:160])}{dropped}", None
     if isinstance(receipt, Sealed):
         outcome = json.loads(receipt.outcome)
         detail = outcome.get("answer") or outcome.get("reason") or outcome.get("error_message") or ""
-        return f"sealed: {receipt.status}: {detail} ({receipt.calls} calls, {receipt.wall_ms:.1f} ms)", "bold"
+        return f"sealed: {receipt.status}: {shown(detail)} ({receipt.calls} calls, {receipt.wall_ms:.1f} ms)", "bold"
     return type(receipt).__name__, None
 
 

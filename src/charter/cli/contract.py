@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from charter.cli._output import fail, out, print_json, say
+from charter.cli._output import fail, out, print_json, safe_text, say
 from charter.compiler import artifact_files, compile_contract
 from charter.contract import Contract, load_contract
 from charter.errors import CharterError, ContractError
@@ -29,7 +29,7 @@ def check(files: Annotated[list[Path], typer.Argument(help="Contract files to ch
         except ContractError as exc:
             failed = True
             for problem in exc.problems:
-                out.print(str(problem), markup=False, style="red")
+                say(str(problem), "red")
             continue
         compiled = compile_contract(checked)
         say(
@@ -37,7 +37,7 @@ def check(files: Annotated[list[Path], typer.Argument(help="Contract files to ch
             "green",
         )
         for warning in checked.warnings:  # risky but sound: said, and the check still passes
-            out.print(str(warning), markup=False, style="yellow")
+            say(str(warning), "yellow")
         if checked.model.to_decide:
             say(
                 f"{checked.file}: a draft: {len(checked.model.to_decide)} item(s) under `to_decide:`; publish refuses "
@@ -201,7 +201,9 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     table = Table("contract", "version", "sha256", "published", "from", "default")
     for v in versions:
         mark = "yes" if defaults[v.name] == v.version else ""
-        table.add_row(v.name, v.version, v.sha256[:12], v.published_at, v.source_file, mark)
+        # Cells as Text: a str cell is read as rich markup, and a path may hold "[...]".
+        cells = (v.name, v.version, v.sha256[:12], v.published_at, v.source_file, mark)
+        table.add_row(*(safe_text(cell) for cell in cells))
     out.print(table)
 
 

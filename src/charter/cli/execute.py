@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import msgspec
 import typer
 
-from charter.cli._output import err, fail, print_json, say
+from charter.cli._output import fail, print_json, say, warn
 from charter.errors import CharterError, UsageError
 from charter.inputs import check_inputs, parse_pairs
 from charter.principal import Principal
@@ -139,7 +139,9 @@ def execute(
     """Run PROGRAM against a published contract and print its conclusion and run id.
 
     Exit status: 0 done, 2 refused, 3 failed, 4 backend unavailable (a binding module is
-    missing, fails to import or changed since publish), 1 for a usage error (nothing ran).
+    missing, fails to import or changed since publish), 5 awaiting approval (a call paused for
+    a human: `charter approvals show ID`; --json names it in approval_id), 1 for a usage error
+    (nothing ran).
     """
     from charter.audit import AuditLog
     from charter.registry import Registry, parse_ref
@@ -165,9 +167,12 @@ def execute(
 
 def report(answer: Answer, *, as_json: bool, **extra: object) -> None:
     """Print a conclusion (text or JSON) and exit with its status (EXIT_STATUS: 0 done, 2 refused,
-    3 failed; EXIT_BACKEND_UNAVAILABLE 4 when the server could not perform a call)."""
+    3 failed, 5 awaiting approval; EXIT_BACKEND_UNAVAILABLE 4 when the server could not perform a
+    call). JSON: run_id, status, cause, answer, approval_id (the approval a paused run waits for,
+    else null), decision, data, reason, contract, version, then `extra`."""
     if as_json:
         fields = {"run_id": answer.run_id, "status": answer.status, "cause": answer.cause, "answer": answer.answer}
+        fields["approval_id"] = answer.approval_id
         fields["decision"] = msgspec.to_builtins(answer.decision)  # null unless a gate decision decided it
         resolved = {"contract": answer.contract, "version": answer.version}
         unavailable = {"backend_unavailable": list(answer.unavailable)} if answer.unavailable else {}
@@ -177,7 +182,7 @@ def report(answer: Answer, *, as_json: bool, **extra: object) -> None:
         say(f"run {answer.run_id}  {answer.contract} {answer.version}  (charter audit show {answer.run_id[:12]})")
     if answer.unavailable:
         for message in answer.unavailable:
-            err.print(f"error: backend unavailable: {message}", markup=False, style="red")
+            warn(f"error: backend unavailable: {message}")
         raise typer.Exit(EXIT_BACKEND_UNAVAILABLE)
     if answer.status != "done":
         raise typer.Exit(EXIT_STATUS[answer.status])

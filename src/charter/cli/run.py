@@ -52,7 +52,8 @@ def run(
     """Answer INTENT: Claude writes one program, the sandbox runs it, the gate checks every call.
 
     Only the conclusion is printed, with the intent run's id and the contract version. Exit
-    status: 0 done, 2 refused, 3 failed, 4 backend unavailable, 1 for a usage error (nothing ran).
+    status: 0 done, 2 refused, 3 failed, 4 backend unavailable, 5 awaiting approval (--json: approval_id),
+    1 for a usage error (nothing ran).
     """
     from charter.agent import AgentSettings, AnthropicModel, Charter
     from charter.agent._recorded import recorded_model
