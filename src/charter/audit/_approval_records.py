@@ -203,7 +203,7 @@ def sealed_approval(log: AuditLog, run_id: str) -> str | None:
 def resumed_by(log: AuditLog, approval_id: str) -> RunRecord | None:
     """The run that resumed an approval, from the Opened receipts that name it (the last one: an
     earlier one is a resume that crashed), or None while nothing has resumed it."""
-    resumes = _resumes_of(log, approval_id)
+    resumes = resume_runs(log, approval_id)
     return log.run(resumes[-1]) if resumes else None
 
 
