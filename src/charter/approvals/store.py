@@ -44,7 +44,7 @@ from charter.audit.receipts import (
     decode_body,
 )
 from charter.errors import CharterError, UsageError
-from charter.principal import Principal, same_principal
+from charter.principal import SYSTEM_PRINCIPAL, Principal, same_principal
 
 if TYPE_CHECKING:
     from charter.audit.store import AuditLog
@@ -75,7 +75,8 @@ APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
 ALREADY_DECIDED = "ALREADY_DECIDED"
 
 AUDIT_READ = "audit:read"  # sees every request, as it sees every run
-EXPIRY_APPROVER = "charter"  # the approver of an expiry's automatic denial (`expire_due`)
+# The approver of an expiry's automatic denial (`expire_due`): the id no principal may hold.
+EXPIRY_APPROVER = SYSTEM_PRINCIPAL
 MAX_REASON_CHARS = 2000
 
 Decided = Literal["approved", "denied"]
