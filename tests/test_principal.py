@@ -414,3 +414,20 @@ def test_token_add_and_exec_refuse_the_reserved_id_with_nothing_written(publishe
         )
     assert not (published / "tokens.yaml").exists()
     assert receipts(published) == 0
+
+
+def test_a_token_an_earlier_release_issued_for_such_an_id_is_refused_and_can_be_revoked(charter_home: Path) -> None:
+    tokens = charter_home / "tokens.yaml"
+    before = known_sasha(charter_home)
+    data = yaml.safe_load(before)
+    for name, principal_id in (("fw", ADA_LOOK_ALIKES["full-width"]), ("sys", "charter")):
+        data["tokens"].append({**data["tokens"][0], "name": name, "principal": principal_id, "sha256": "0" * 64})
+    tokens.write_text(yaml.safe_dump(data), encoding="utf-8")  # as release 0.2 could write it
+    for name, reason in (("fw", "normal form NFKC: write 'ada'"), ("sys", "'charter' is reserved")):
+        with pytest.raises(UsageError) as raised:
+            TokenStore(tokens).entries()
+        assert reason in str(raised.value)
+        assert f"revoke it: `charter token revoke {name}`" in str(raised.value)
+        revoked = charter("token", "revoke", name)
+        assert revoked.returncode == 0, revoked.stderr
+    assert [e.principal for e in TokenStore(tokens).entries()] == ["sasha"]
