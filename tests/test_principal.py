@@ -70,7 +70,7 @@ def case(kind: str) -> tuple[str, str]:
         ("alice\u2066", "U+2066 LEFT-TO-RIGHT ISOLATE"),
         (MIXED, REASONS["mixed-script"]),
         ("pay\u03c1al", "mixes scripts"),  # Greek rho
-        ("a\u0301lice", "not in Unicode normal form NFC"),
+        ("a\u0301lice", "is not in Unicode normal form NFKC; write '\\xe1lice'"),
         ("x" * 300, "longer than 256 characters"),
     ],
 )
@@ -274,3 +274,160 @@ def test_a_digit_that_looks_like_a_letter_makes_a_look_alike() -> None:
     assert same_principal("b0b", "bob")
     assert same_principal("B0B", "bob")
     assert not same_principal("bob", "bill")
+
+
+# -- compatibility forms and decorated letters: 'ada' written another way is 'ada' ------------------
+
+# Each reads 'ada' (finding A1): full-width, full-width capitals, full-width mixed, small capitals,
+# circled letters, and U+00AA FEMININE ORDINAL INDICATOR for the first 'a'.
+ADA_LOOK_ALIKES = {
+    "full-width": "\uff41\uff44\uff41",
+    "full-width capitals": "\uff21\uff24\uff21",
+    "full-width mixed": "\uff21\uff44\uff41",
+    "small capitals": "\u1d00\u1d05\u1d00",
+    "circled": "\u24d0\u24d3\u24d0",
+    "ordinal indicator": "\u00aada",
+}
+# Those not in NFKC form cannot be an id at all; the message names the character and the id to write.
+NOT_NFKC = {
+    "full-width": ("U+FF41 FULLWIDTH LATIN SMALL LETTER A at position 0", "write 'ada'"),
+    "full-width capitals": ("U+FF21 FULLWIDTH LATIN CAPITAL LETTER A at position 0", "write 'ADA'"),
+    "full-width mixed": ("U+FF21 FULLWIDTH LATIN CAPITAL LETTER A at position 0", "write 'Ada'"),
+    "circled": ("U+24D0 CIRCLED LATIN SMALL LETTER A at position 0", "write 'ada'"),
+    "ordinal indicator": ("U+00AA FEMININE ORDINAL INDICATOR at position 0", "write 'ada'"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_NFKC)
+def test_an_id_not_in_nfkc_form_is_refused_naming_the_character_and_what_to_write(kind: str) -> None:
+    character, instead = NOT_NFKC[kind]
+    with pytest.raises(InvalidPrincipal) as raised:
+        Principal(ADA_LOOK_ALIKES[kind])
+    assert character in str(raised.value)
+    assert "normal form NFKC" in str(raised.value)
+    assert instead in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("look_alike", "plain"),
+    [
+        *((text, "ada") for text in ADA_LOOK_ALIKES.values()),
+        ("\U0001f170\U0001f173\U0001f170", "ada"),  # NEGATIVE SQUARED LATIN CAPITAL LETTER A, D, A
+        ("\U0001f1e6\U0001f1e9\U0001f1e6", "ada"),  # REGIONAL INDICATOR SYMBOL LETTER A, D, A
+        ("\u0280\u028f\u0262\u029c\u026a\u029f\u0274\u0299", "ryghilnb"),  # the small capitals of U+0250..U+02AF
+        ("\ua730\ua731", "fs"),  # LATIN LETTER SMALL CAPITAL F, S (Latin Extended-D)
+        ("\u0276", "oe"),  # LATIN LETTER SMALL CAPITAL OE: its skeleton holds a small capital E
+        ("\u1d43\u1d48\u1d43", "ada"),  # MODIFIER LETTER SMALL A, D, A
+    ],
+)
+def test_compatibility_forms_and_decorated_letters_share_their_letters_skeleton(look_alike: str, plain: str) -> None:
+    assert skeleton(look_alike) == skeleton(plain) == skeleton(plain.upper())
+    assert same_principal(plain, look_alike)  # the CEL function of guards compares the same way
+
+
+def test_a_different_id_is_still_a_different_principal() -> None:
+    for other in ("adam", "ida", "oda", "\u00e1da", "\u0250da"):  # the last two: a with acute, turned a
+        assert not same_principal("ada", other), other
+    assert Principal("adam").id == "adam"
+
+
+@pytest.mark.parametrize("kind", ADA_LOOK_ALIKES)
+def test_each_look_alike_of_ada_is_refused_as_self_approval(charter_home: Path, kind: str) -> None:
+    from charter.approvals import ApprovalStore, SelfApproval
+    from charter.audit import AuditLog
+    from tests.test_approvals_store import SCOPE, records, request
+
+    log = AuditLog(charter_home / "audit.db")
+    store = ApprovalStore(log)
+    look_alike = ADA_LOOK_ALIKES[kind]
+    _, by_ada = request(log, principal="ada")
+    # An id no longer accepted may still be held by a log or a token of an earlier release.
+    approver = Principal.of_record(look_alike, frozenset({SCOPE}))
+    with pytest.raises(SelfApproval):
+        store.decide(by_ada, approver, "approved", "looks fine")
+    # And the other way round: a request recorded for the look-alike, approved by 'ada'.
+    _, by_look_alike = request(log, principal=look_alike)
+    with pytest.raises(SelfApproval):
+        store.decide(by_look_alike, Principal("ada", frozenset({SCOPE})), "approved", "looks fine")
+    assert records(log) == []
+    decided, _ = store.decide(by_ada, Principal("adam", frozenset({SCOPE})), "approved", "a second person checked")
+    assert decided.approver == "adam"
+
+
+def test_token_add_refuses_every_look_alike_of_ada_and_accepts_another_person(charter_home: Path) -> None:
+    added = charter("token", "add", "ada-token", "-p", "ada", "-s", "ledger:read")
+    assert added.returncode == 0, added.stderr
+    before = (charter_home / "tokens.yaml").read_bytes()
+    for kind, look_alike in ADA_LOOK_ALIKES.items():
+        refused = charter("token", "add", "twin", "-p", look_alike, "-s", "ledger:approve")
+        reason = NOT_NFKC[kind][1] if kind in NOT_NFKC else "looks like the principal 'ada' of the token file"
+        assert (refused.returncode, refused.stdout) == (1, ""), (kind, refused.stdout)
+        assert reason in refused.stderr, (kind, refused.stderr)
+    assert (charter_home / "tokens.yaml").read_bytes() == before
+    other = charter("token", "add", "adam-token", "-p", "adam", "-s", "ledger:approve")
+    assert other.returncode == 0, other.stderr
+    assert [e.principal for e in TokenStore(charter_home / "tokens.yaml").entries()] == ["ada", "adam"]
+
+
+def test_a_run_recorded_for_an_id_no_longer_accepted_still_replays(governed: Governed) -> None:
+    from charter.replay import replay_run
+
+    # A run an earlier release recorded for full-width 'ada': the log is never rewritten.
+    principal = Principal.of_record(ADA_LOOK_ALIKES["full-width"], frozenset({"orders:read"}))
+    execution = governed.runner.execute(
+        "o = orders.get_order(id=123)\nconclude(o.status)", contract=governed.contract, principal=principal
+    )
+    assert execution.status == "done", execution.outcome
+    record = governed.log.run(execution.run_id)
+    assert record.opened.principal == ADA_LOOK_ALIKES["full-width"]
+    report = replay_run(record, governed.contract, governed.runner.sandbox)
+    assert report.identical, report
+
+
+# -- the reserved id: Charter's own decisions are recorded as 'charter' -----------------------------
+
+
+@pytest.mark.parametrize("reserved", ["charter", "Charter", "CHARTER", "\u1d04\u029c\u1d00\u0280\u1d1b\u1d07\u0280"])
+def test_the_system_principal_and_its_look_alikes_cannot_be_made(reserved: str) -> None:
+    from charter.approvals.store import EXPIRY_APPROVER
+    from charter.principal import SYSTEM_PRINCIPAL
+
+    assert EXPIRY_APPROVER == SYSTEM_PRINCIPAL == "charter"
+    with pytest.raises(InvalidPrincipal, match="reserved: Charter records its own decisions under it"):
+        Principal(reserved)
+    # A run an earlier release recorded for it still reads back.
+    assert Principal.of_record(reserved).id == reserved
+
+
+def test_token_add_and_exec_refuse_the_reserved_id_with_nothing_written(published: Path, tmp_path: Path) -> None:
+    program = tmp_path / "program.py"
+    program.write_text(PROGRAM, encoding="utf-8")
+    for command in (
+        ["token", "add", "sys", "-p", "charter", "-s", "orders:read"],
+        ["exec", str(program), "-c", "orders", "-p", "Charter"],
+    ):
+        result = charter(*command)
+        assert result.returncode == 1, result.stdout
+        assert (
+            "is reserved: Charter records its own decisions under it" in result.stderr
+            or "which is reserved" in result.stderr
+        )
+    assert not (published / "tokens.yaml").exists()
+    assert receipts(published) == 0
+
+
+def test_a_token_an_earlier_release_issued_for_such_an_id_is_refused_and_can_be_revoked(charter_home: Path) -> None:
+    tokens = charter_home / "tokens.yaml"
+    before = known_sasha(charter_home)
+    data = yaml.safe_load(before)
+    for name, principal_id in (("fw", ADA_LOOK_ALIKES["full-width"]), ("sys", "charter")):
+        data["tokens"].append({**data["tokens"][0], "name": name, "principal": principal_id, "sha256": "0" * 64})
+    tokens.write_text(yaml.safe_dump(data), encoding="utf-8")  # as release 0.2 could write it
+    for name, reason in (("fw", "normal form NFKC: write 'ada'"), ("sys", "'charter' is reserved")):
+        with pytest.raises(UsageError) as raised:
+            TokenStore(tokens).entries()
+        assert reason in str(raised.value)
+        assert f"revoke it: `charter token revoke {name}`" in str(raised.value)
+        revoked = charter("token", "revoke", name)
+        assert revoked.returncode == 0, revoked.stderr
+    assert [e.principal for e in TokenStore(tokens).entries()] == ["sasha"]

@@ -4,16 +4,25 @@ A `Principal` cannot be made with an id or a scope that is not valid, so no entr
 (`charter token add`, `exec`, `run`, `mcp`, the token file behind HTTP, the Python API,
 the agent) can open a run, or write anything, for one. An id is refused when it is
 
-- empty, longer than MAX_ID_LENGTH, or not NFC;
+- empty, longer than MAX_ID_LENGTH, or not NFKC ('ada' in full-width or circled letters, or
+  with U+00AA FEMININE ORDINAL INDICATOR for its first 'a', is refused, naming the character
+  and the id to write instead: 'ada');
 - holding a character of Unicode category C* (controls, format characters such as
   U+200B ZERO WIDTH SPACE and the bidi controls, unassigned) or Z* (spaces, separators);
 - mixed-script in the sense of Unicode TR39 (its resolved script set is empty, as
   'alice' with a Cyrillic U+0430 for its 'a'), or mixing digits of several systems, or holding an invisible
-  repeated combining mark.
+  repeated combining mark;
+- SYSTEM_PRINCIPAL ('charter') or an id that looks like it: Charter records its own
+  automatic decisions (the denial of an expired approval) under that id.
 
-Look-alikes are found by TR39's confusable skeleton (`skeleton`): two ids whose skeletons
-are equal look the same to a reader. `check_distinct` refuses a new id that looks like a
-known one; `same_principal` is the comparison guards use for four-eyes rules.
+Look-alikes are found by TR39's confusable skeleton (`skeleton`), taken after compatibility
+folding: two ids whose skeletons are equal look the same to a reader. `check_distinct`
+refuses a new id that looks like a known one; `same_principal` is the comparison four eyes
+(charter.approvals) and guards use.
+
+Ids already in a log were checked by the rules of the release that wrote them and are never
+rewritten: `Principal.of_record` reads them back (replay, resume) under the rules every
+release applied, while the comparisons above apply to them as strictly as to new ids.
 
 The TR39 data and algorithms are ICU's (its spoof checker, through PyICU), not tables of
 our own: they follow each Unicode release with ICU.
@@ -22,9 +31,11 @@ our own: they follow each Unicode release with ICU.
 from __future__ import annotations
 
 import decimal
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any
 
@@ -35,6 +46,7 @@ from charter.errors import InvalidPrincipal
 
 __all__ = [
     "MAX_ID_LENGTH",
+    "SYSTEM_PRINCIPAL",
     "Principal",
     "check_attributes",
     "check_distinct",
@@ -47,6 +59,9 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 256
+# Whom Charter itself acts as when it decides (an expired approval is denied by it): reserved,
+# so no person's decision can be mistaken for the system's.
+SYSTEM_PRINCIPAL = "charter"
 # How a scope is written: lowercase, colon-separated, e.g. 'orders:write'. Contracts
 # (the checker) and principals (tokens, --scope) share this one rule.
 _SCOPE = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.*-]+)*\Z")
@@ -108,8 +123,13 @@ def _describe(char: str) -> str:
 _BLANK = icu.UnicodeSet("[[:Default_Ignorable_Code_Point:]\\u2800]")
 
 
-def check_principal_id(principal_id: object) -> str:
-    """`principal_id` itself if it is a valid principal id; raises InvalidPrincipal saying why not."""
+def check_principal_id(principal_id: object, *, recorded: bool = False) -> str:
+    """`principal_id` itself if it is a valid principal id; raises InvalidPrincipal saying why not.
+
+    `recorded`: the id was read back from a log (Principal.of_record), not given by anyone
+    now; only the rules every release applied are checked, not those added since (NFKC form,
+    the reserved SYSTEM_PRINCIPAL), so a run recorded under an older release still replays.
+    """
     if not isinstance(principal_id, str):
         raise InvalidPrincipal(f"a principal id is a string, not {type(principal_id).__name__}")
     shown = ascii(principal_id)
@@ -120,26 +140,106 @@ def check_principal_id(principal_id: object) -> str:
     for position, char in enumerate(principal_id):
         if unicodedata.category(char)[0] in "CZ" or _BLANK.contains(char):
             raise InvalidPrincipal(f"principal id {shown} has {_describe(char)} at position {position}; {_ID_RULE}")
-    if not unicodedata.is_normalized("NFC", principal_id):
-        nfc = unicodedata.normalize("NFC", principal_id)
-        raise InvalidPrincipal(f"principal id {shown} is not in Unicode normal form NFC; write it as {nfc!a}")
+    if not recorded:
+        _check_nfkc(principal_id)
+    elif not unicodedata.is_normalized("NFC", principal_id):
+        raise InvalidPrincipal(f"principal id {shown} is not in Unicode normal form NFC")
     failed = _CHECKER.check(principal_id)
     for flag, reason in _SPOOF_REASONS:
         if failed & flag:
             raise InvalidPrincipal(f"principal id {shown} {reason}; {_ID_RULE}")
+    if not recorded and skeleton(principal_id) == skeleton(SYSTEM_PRINCIPAL):
+        looks = "is" if principal_id == SYSTEM_PRINCIPAL else f"looks like {SYSTEM_PRINCIPAL!r}, which is"
+        raise InvalidPrincipal(
+            f"principal id {shown} {looks} reserved: Charter records its own decisions under it (an expired "
+            f"approval is denied by {SYSTEM_PRINCIPAL!r}), and a person's must not read as the system's; "
+            "choose another id"
+        )
     return principal_id
 
 
+def _check_nfkc(principal_id: str) -> None:
+    """Refuse an id not in NFKC form, naming the first compatibility character and what to write.
+
+    A compatibility character (full-width U+FF41, circled U+24D0, U+00AA, mathematical U+1D41A) is a
+    presentation of a plain one: an id holding it would read as, and be a second identity of,
+    the plain id.
+    """
+    if unicodedata.is_normalized("NFKC", principal_id):
+        return
+    shown, plain = ascii(principal_id), unicodedata.normalize("NFKC", principal_id)
+    for position, char in enumerate(principal_id):
+        if unicodedata.normalize("NFKC", char) != char:
+            raise InvalidPrincipal(
+                f"principal id {shown} has {_describe(char)} at position {position}, a compatibility form of "
+                f"{unicodedata.normalize('NFKC', char)!a}; an id is in Unicode normal form NFKC: write {plain!a}"
+            )
+    # Each character is its own NFKC form, yet they compose (a letter and a combining accent).
+    raise InvalidPrincipal(f"principal id {shown} is not in Unicode normal form NFKC; write {plain!a}")
+
+
+# A character whose Unicode name is a plain letter's name with decorations: the Latin, Greek
+# and Cyrillic small capitals ('LATIN LETTER SMALL CAPITAL A', U+1D00; U+0280 R, U+026A I,
+# U+A730 F, ...) and the letters drawn in a shape ('NEGATIVE SQUARED LATIN CAPITAL LETTER A',
+# U+1F170; 'REGIONAL INDICATOR SYMBOL LETTER A', U+1F1E6). Neither NFKC (no decomposition)
+# nor the TR39 confusables cover them, yet they read as their letter.
+_DECORATED_LETTER = re.compile(
+    r"(?:[A-Z -]+ )?(LATIN|GREEK|CYRILLIC) (?:CAPITAL |SMALL )?LETTER (?:SMALL CAPITAL )?(\w+)"
+)
+_REGIONAL_LETTER = re.compile(r"REGIONAL INDICATOR SYMBOL LETTER (\w)")
+
+
+@functools.cache
+def _plain_letter(char: str) -> str:
+    """The plain small letter `char` is a decorated form of (see _DECORATED_LETTER), else `char`.
+
+    Read from the character names of the Unicode Character Database (UAX #44, the Name
+    property, as Python's unicodedata carries it). Names never change once assigned (the
+    Unicode name stability policy) and new decorated letters are named the same way, so the
+    rule follows each Unicode release with Python, as TR39's data follows it with ICU. CLDR's
+    Latin-ASCII transform (ICU) maps the Latin small capitals too, but not the Greek and
+    Cyrillic ones nor the letters drawn in squares and circles, and it maps far more than
+    look-alikes (ß to ss).
+    """
+    if char.isascii() or unicodedata.category(char) not in {"Ll", "Lu", "Lt", "Lm", "Lo", "So"}:
+        return char
+    name = unicodedata.name(char, "")
+    regional = _REGIONAL_LETTER.fullmatch(name)
+    match = _DECORATED_LETTER.fullmatch(name)
+    if regional is not None:
+        wanted = f"LATIN SMALL LETTER {regional.group(1)}"
+    elif match is not None:
+        wanted = f"{match.group(1)} SMALL LETTER {match.group(2)}"
+    else:
+        return char
+    try:
+        return unicodedata.lookup(wanted)
+    except KeyError:  # no plain letter of that name (LATIN LETTER SMALL CAPITAL REVERSED R)
+        return char
+
+
+def _fold(text: str) -> str:
+    """NFKC_Casefold of `text`, then each decorated letter as its plain letter."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return "".join(_plain_letter(char) for char in folded)
+
+
 def skeleton(text: str) -> str:
-    """The TR39 confusable skeleton of `text`, case-folded: two ids with equal skeletons look alike
-    ('alice' in Cyrillic letters, 'ALICE' and 'alice' share one)."""
-    # Folded before and after: the skeleton maps some characters to capitals ('0' to 'O'), so
-    # 'b0b' and 'bob' share a skeleton only once it is folded again.
-    return str(_CHECKER.getSkeleton(0, text.casefold())).casefold()
+    """The TR39 confusable skeleton of `text`, compatibility- and case-folded: two ids with equal
+    skeletons look alike ('alice' in Cyrillic letters, 'ALICE', 'alice' in full-width letters
+    or small capitals, and 'alice' share one).
+
+    Folded (NFKC_Casefold, then decorated letters to plain ones, see _plain_letter) before
+    and after: TR39's confusables map neither compatibility forms nor small capitals to their
+    letters, and the skeleton maps some characters to capitals or small capitals ('0' to 'O',
+    'ɶ' to 'oᴇ'), so 'b0b' and 'bob' share a skeleton only once it is folded again.
+    """
+    return _fold(str(_CHECKER.getSkeleton(0, _fold(text))))
 
 
 def same_principal(a: str | None, b: str | None) -> bool:
-    """Whether `a` and `b` name the same principal or look alike (equal TR39 skeletons).
+    """Whether `a` and `b` name the same principal or look alike (equal skeletons, see `skeleton`:
+    'ada' in ASCII, in full-width letters, in small capitals and in Cyrillic are one principal).
 
     The CEL function `same_principal(a, b)` of guards: a four-eyes rule written
     `!same_principal(entity.submitted_by, principal.id)` also refuses a look-alike id.
@@ -227,7 +327,7 @@ class Principal(msgspec.Struct, frozen=True):
     attributes: Mapping[str, Any] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_principal_id(self.id)
+        check_principal_id(self.id, recorded=_OF_RECORD.get())
         for scope in self.scopes:
             check_scope(scope)
         # Frozen means frozen: a check that read the attributes sees them as the run opened.
@@ -238,3 +338,21 @@ class Principal(msgspec.Struct, frozen=True):
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes
+
+    @classmethod
+    def of_record(
+        cls, principal_id: str, scopes: frozenset[str] = frozenset(), attributes: Mapping[str, Any] | None = None
+    ) -> Principal:
+        """The principal a log recorded a run for, to replay or resume it: its id is checked only
+        by the rules every release applied (check_principal_id, `recorded`), since a log is never
+        rewritten. Raises InvalidPrincipal as the constructor does."""
+        reset = _OF_RECORD.set(True)
+        try:
+            return cls(principal_id, scopes, attributes or {})
+        finally:
+            _OF_RECORD.reset(reset)
+
+
+# Set by Principal.of_record while it builds a principal from a log (a context variable, so
+# another thread building a principal meanwhile is checked in full).
+_OF_RECORD: ContextVar[bool] = ContextVar("charter_principal_of_record", default=False)

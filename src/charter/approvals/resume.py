@@ -216,7 +216,9 @@ class Resumer:
                 f"{contract.sha256[:12]}, the paused run ran under {paused.opened.contract_sha256[:12]}"
             )
         link = decided[1] if decided is not None else ""
-        recorded = Principal(paused.opened.principal, frozenset(paused.opened.scopes), paused.opened.attributes or {})
+        recorded = Principal.of_record(
+            paused.opened.principal, frozenset(paused.opened.scopes), paused.opened.attributes or {}
+        )
         if findings or decided is None or contract is None:
             if contract is None:
                 findings.append(f"contract {paused.opened.contract} {paused.opened.version} is not in the registry")

@@ -50,7 +50,7 @@ from charter.audit.receipts import (
     decode_body,
 )
 from charter.errors import AuditError, CharterError, UsageError
-from charter.principal import Principal, same_principal
+from charter.principal import SYSTEM_PRINCIPAL, Principal, same_principal
 from charter.status import status_of
 
 if TYPE_CHECKING:
@@ -82,7 +82,8 @@ APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
 ALREADY_DECIDED = "ALREADY_DECIDED"
 
 AUDIT_READ = "audit:read"  # sees every request, as it sees every run
-EXPIRY_APPROVER = "charter"  # the approver of an expiry's automatic denial (`expire_due`)
+# The approver of an expiry's automatic denial (`expire_due`): the id no principal may hold.
+EXPIRY_APPROVER = SYSTEM_PRINCIPAL
 MAX_REASON_CHARS = 2000
 
 Decided = Literal["approved", "denied"]

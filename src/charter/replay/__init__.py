@@ -152,7 +152,7 @@ def replay_run(
     chain = chain_records(log, opened) if opened.resumes is not None else ()
     gate = _ReplayGate(record, contract, secret_key, chain)
     context = RunContext(
-        principal=Principal(opened.principal, frozenset(opened.scopes), opened.attributes or {}),
+        principal=Principal.of_record(opened.principal, frozenset(opened.scopes), opened.attributes or {}),
         run_id=opened.run_id,
         clock=datetime.fromisoformat(opened.clock),
         seed=opened.seed,

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from charter.errors import InvalidPrincipal, UsageError
 from charter.principal import Principal, check_attributes, check_distinct, check_principal_id, check_scope
@@ -24,6 +24,7 @@ from charter.registry import charter_home
 __all__ = ["TokenEntry", "TokenStore"]
 
 _PREFIX = "chr_"
+_REVOKING = "revoking"  # the validation context `revoke` reads the file under
 # The token file's format. Release 0.1.0 wrote no `version`; its files are format 1.
 TOKEN_FILE_VERSION = 1
 
@@ -43,7 +44,12 @@ class TokenEntry(BaseModel):
 
     # A token acts only for a valid principal with valid scopes (charter.principal): one
     # that is not is refused when the file is read, before any request is served with it.
-    _principal = field_validator("principal")(check_principal_id)
+    # Only `revoke` reads a principal an earlier release accepted (not NFKC, 'charter') under
+    # the older rules, so such a token can be revoked with the command the refusal names.
+    @field_validator("principal")
+    @classmethod
+    def _principal(cls, principal: str, info: ValidationInfo) -> str:
+        return check_principal_id(principal, recorded=bool(info.context and info.context.get(_REVOKING)))
 
     @field_validator("scopes")
     @classmethod
@@ -104,7 +110,7 @@ class TokenStore:
 
     def revoke(self, name: str) -> None:
         with self._lock:
-            data = self._read()
+            data = self._read(revoking=True)
             kept = [e for e in data.tokens if e.name != name]
             if len(kept) == len(data.tokens):
                 names = ", ".join(e.name for e in data.tokens) or "none"
@@ -149,7 +155,7 @@ class TokenStore:
                 self._by_hash = {}
             self._loaded_at = seen
 
-    def _read(self) -> _TokenFile:
+    def _read(self, *, revoking: bool = False) -> _TokenFile:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -163,7 +169,7 @@ class TokenStore:
                     f"{TOKEN_FILE_VERSION}, the newest this release of Charter reads: a later release wrote it; "
                     "use that release or a newer one (`pip install --upgrade charter`)"
                 )
-            loaded = _TokenFile.model_validate(data)
+            loaded = _TokenFile.model_validate(data, context={_REVOKING: revoking})
         except yaml.YAMLError as error:
             raise UsageError(f"{self.path}: not valid YAML: {error}") from None
         except ValidationError as error:
@@ -171,15 +177,30 @@ class TokenStore:
             where = ".".join(str(p) for p in first["loc"])
             raise UsageError(
                 f"{self.path}: {where}: {first['msg']} (each token is name, principal, scopes, attributes, sha256; "
-                "`charter token add` writes them)"
+                f"`charter token add` writes them){self._revoke_hint(data, first['loc'])}"
             ) from None
+        if revoking:
+            return loaded
         # No two principals of one file look alike: a token for 'alice' in Cyrillic letters beside 'alice' is refused.
         for index, entry in enumerate(loaded.tokens):
             try:
                 check_distinct(entry.principal, (e.principal for e in loaded.tokens[:index]), where="the file")
             except InvalidPrincipal as error:
-                raise UsageError(f"{self.path}: tokens.{index}.principal: {error}") from None
+                raise UsageError(
+                    f"{self.path}: tokens.{index}.principal: {error}; revoke one: `charter token revoke {entry.name}`"
+                ) from None
         return loaded
+
+    @staticmethod
+    def _revoke_hint(data: object, location: tuple[int | str, ...]) -> str:
+        """'; revoke it: `charter token revoke NAME`' when `location` is a token's principal, else ''."""
+        if len(location) != 3 or location[0] != "tokens" or location[2] != "principal" or not isinstance(data, dict):
+            return ""
+        try:
+            name = data["tokens"][location[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            return ""
+        return f"; revoke it: `charter token revoke {name}`" if isinstance(name, str) and name else ""
 
     def _write(self, data: _TokenFile) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
