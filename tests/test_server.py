@@ -109,7 +109,9 @@ def test_an_uncaught_denial_is_refused_with_its_code_in_the_answer_and_the_run_v
         audited = client.get(f"/v1/runs/{answer['run_id']}").json()
     assert (answer["status"], answer["cause"]) == ("refused", "STATE_VIOLATION")
     assert (view["status"], view["cause"]) == ("refused", "STATE_VIOLATION")
-    assert view["calls"] == [{"call": 1, "operation": "cancel_order", "decision": "DENY", "code": "STATE_VIOLATION"}]
+    # Each call names the run that made it: a chain resumed after an approval spans several runs.
+    denied = {"call": 1, "operation": "cancel_order", "decision": "DENY", "code": "STATE_VIOLATION"}
+    assert view["calls"] == [denied | {"run_id": answer["run_id"]}]
     last = audited["receipts"][-1]
     assert (last["run_status"], last["cause"]) == ("refused", "STATE_VIOLATION")
 
@@ -121,7 +123,9 @@ def test_a_run_shows_its_conclusion_receipts_and_verification(api: Api) -> None:
     with api.client("auditor") as client:
         audited = client.get(f"/v1/runs/{run_id}").json()
     assert (view["status"], view["answer"], view["kind"], view["principal"]) == ("done", "cancelled", "program", "ada")
-    assert view["calls"] == [{"call": 1, "operation": "cancel_order", "decision": "ALLOW", "code": "OK"}]
+    assert view["calls"] == [
+        {"call": 1, "operation": "cancel_order", "decision": "ALLOW", "code": "OK", "run_id": run_id}
+    ]
     assert view["receipts"] is None  # the signed record is for audit:read
     assert [r["kind"] for r in audited["receipts"]] == ["open", "decision", "outcome", "seal"]
     for seen in (view, audited):
