@@ -782,3 +782,29 @@ def test_approvals_resume_on_the_cli_runs_a_retryable_resume_again(env: Env) -> 
     shown = charter("approvals", "resume", approval_id)
     assert "already resumed as run " + answer["run_id"] in shown.stdout
     assert _log_verifies(flaky)
+
+
+def test_a_resume_refused_for_the_backend_before_the_approved_call_is_retried_too(env: Env) -> None:
+    """B0: the gate's own entity read fails BACKEND_UNAVAILABLE, so the approved call is DENIED
+    BACKEND_UNAVAILABLE (not allowed and then failed): the backend was never reached, and the
+    approval is not spent."""
+    down: set[str] = set()
+    flaky, backend = _flaky_env(env, down)
+    _, approval_id = flaky.paused(REFUND_THEN_READ)
+    flaky.store.decide(approval_id, RITA, "approved", "fine")
+
+    down.add("get_order")  # the entity read of refund_order's transition
+    first = flaky.resumer.resume(approval_id)
+    assert (first.status, first.cause) == ("failed", "BACKEND_UNAVAILABLE")
+    denied = [c for c in first.calls if isinstance(c, Decision) and c.approval_id == approval_id]
+    assert [(d.decision, d.code) for d in denied] == [("DENY", "BACKEND_UNAVAILABLE")]
+    assert flaky.resumer.retryable(first)
+    assert approval_id in flaky.store.pending_resumes()  # found again after a restart, not only in memory
+
+    down.clear()
+    second = flaky.resumer.resume(approval_id)
+    assert second.run_id != first.run_id
+    assert (second.status, second.answer) == ("done", "refunded 10.00 confirmed")
+    assert [r for r in backend.reached if r[0] == "refund_order"] == [("refund_order", write_key(approval_id, 3))]
+    assert approval_id not in flaky.store.pending_resumes()
+    assert _log_verifies(flaky)

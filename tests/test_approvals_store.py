@@ -676,8 +676,9 @@ def test_a_decision_forged_in_the_index_is_shown_tampered_never_approved(log: Au
     )
     assert any("status 'approved'" in f and "'pending'" in f for f in view.findings), view.findings
     assert [v.approval_id for v in store.list(status="tampered")] == [approval]
-    assert store.list(status="approved") == []
-    assert store.list(status="pending") == []
+    # Listed under every filter, marked (B3: an edit of the index must not empty an approver's queue).
+    for status in ("approved", "pending"):
+        assert [(v.approval_id, v.status) for v in store.list(status=status)] == [(approval, "tampered")]
     assert store.pending_resumes() == []  # no decision record: nothing to resume
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from charter.errors import InvalidPrincipal, UsageError
-from charter.principal import Principal, same_principal, skeleton
+from charter.principal import Principal, check_distinct, same_principal, skeleton
 from charter.runner import Runner
 from charter.server import TokenStore
 from tests.conftest import ROOT, Governed, WriteContract, charter, compiled
@@ -431,3 +431,26 @@ def test_a_token_an_earlier_release_issued_for_such_an_id_is_refused_and_can_be_
         revoked = charter("token", "revoke", name)
         assert revoked.returncode == 0, revoked.stderr
     assert [e.principal for e in TokenStore(tokens).entries()] == ["sasha"]
+
+
+@pytest.mark.parametrize(
+    ("requester", "look_alike"),
+    [
+        ("bill", "biII"),  # capital i: TR39's look-alike of l, lost if case is folded first (B1)
+        ("ida", "\u0130da"),  # dotted capital I: casefolds to i + a combining dot
+        ("ada", "a\u0338da"),  # combining long solidus overlay (B2)
+        ("ada", "a\u0336da"),  # combining long stroke overlay
+        ("ada", "a\u0332da"),  # combining low line
+        ("ada", "ad\u0363a"),  # combining latin small letter a
+    ],
+)
+def test_ids_that_differ_by_capitals_or_marks_are_the_same_principal(requester: str, look_alike: str) -> None:
+    assert same_principal(requester, look_alike)
+    assert same_principal(look_alike, requester)
+    with pytest.raises(InvalidPrincipal, match="looks like the principal"):
+        check_distinct(look_alike, [requester], where="the token file")
+
+
+def test_ids_that_only_resemble_in_part_stay_distinct() -> None:
+    for a, b in [("ada", "adam"), ("bill", "will"), ("ann", "anna"), ("alice", "alicia")]:
+        assert not same_principal(a, b)

@@ -56,6 +56,7 @@ __all__ = [
     "parse_attribute",
     "same_principal",
     "skeleton",
+    "skeletons",
 ]
 
 MAX_ID_LENGTH = 256
@@ -148,7 +149,7 @@ def check_principal_id(principal_id: object, *, recorded: bool = False) -> str:
     for flag, reason in _SPOOF_REASONS:
         if failed & flag:
             raise InvalidPrincipal(f"principal id {shown} {reason}; {_ID_RULE}")
-    if not recorded and skeleton(principal_id) == skeleton(SYSTEM_PRINCIPAL):
+    if not recorded and skeletons(principal_id) & skeletons(SYSTEM_PRINCIPAL):
         looks = "is" if principal_id == SYSTEM_PRINCIPAL else f"looks like {SYSTEM_PRINCIPAL!r}, which is"
         raise InvalidPrincipal(
             f"principal id {shown} {looks} reserved: Charter records its own decisions under it (an expired "
@@ -218,10 +219,16 @@ def _plain_letter(char: str) -> str:
         return char
 
 
-def _fold(text: str) -> str:
-    """NFKC_Casefold of `text`, then each decorated letter as its plain letter."""
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    return "".join(_plain_letter(char) for char in folded)
+def _fold(text: str, *, casefold: bool = True) -> str:
+    """NFKC (and casefold) of `text`, the combining marks left after composing dropped, then
+    each decorated letter as its plain letter. A mark with no precomposed letter ('a̸da', 'a̲da',
+    'adͣa', the dot casefolding leaves on 'İ') is drawn over or beside a letter a reader takes
+    for the bare one, so it is dropped; a composed letter ('á') is a letter of its own and stays."""
+    folded = unicodedata.normalize("NFKC", text)
+    if casefold:
+        folded = unicodedata.normalize("NFKC", folded.casefold())
+    bare = "".join(c for c in folded if unicodedata.category(c) not in ("Mn", "Me"))
+    return "".join(_plain_letter(char) for char in bare)
 
 
 def skeleton(text: str) -> str:
@@ -229,12 +236,21 @@ def skeleton(text: str) -> str:
     skeletons look alike ('alice' in Cyrillic letters, 'ALICE', 'alice' in full-width letters
     or small capitals, and 'alice' share one).
 
-    Folded (NFKC_Casefold, then decorated letters to plain ones, see _plain_letter) before
-    and after: TR39's confusables map neither compatibility forms nor small capitals to their
-    letters, and the skeleton maps some characters to capitals or small capitals ('0' to 'O',
-    'ɶ' to 'oᴇ'), so 'b0b' and 'bob' share a skeleton only once it is folded again.
+    Folded (NFKC_Casefold, marks dropped, then decorated letters to plain ones, see
+    _plain_letter) before and after: TR39's confusables map neither compatibility forms nor
+    small capitals to their letters, and the skeleton maps some characters to capitals or small
+    capitals ('0' to 'O', 'ɶ' to 'oᴇ'), so 'b0b' and 'bob' share a skeleton only once it is
+    folded again. Case folding first loses what capitals look like ('I' is TR39's look-alike of
+    'l'): `skeletons` also gives the skeleton taken before case folding.
     """
     return _fold(str(_CHECKER.getSkeleton(0, _fold(text))))
+
+
+def skeletons(text: str) -> frozenset[str]:
+    """Both comparison keys of `text`: `skeleton`, and the TR39 skeleton of the text folded
+    without case folding (then folded), so 'biII' (capital i) meets 'bill' as TR39 intends,
+    which case folding first ('biii') would miss. Two ids look alike when they share a key."""
+    return frozenset({skeleton(text), _fold(str(_CHECKER.getSkeleton(0, _fold(text, casefold=False))))})
 
 
 def same_principal(a: str | None, b: str | None) -> bool:
@@ -250,7 +266,7 @@ def same_principal(a: str | None, b: str | None) -> bool:
         raise TypeError(f"same_principal() takes two strings, not {type(a).__name__} and {type(b).__name__}")
     if a is None or b is None:
         return False
-    return a == b or skeleton(a) == skeleton(b)
+    return a == b or bool(skeletons(a) & skeletons(b))
 
 
 def check_distinct(principal_id: str, known: Iterable[str], *, where: str) -> None:
@@ -258,9 +274,9 @@ def check_distinct(principal_id: str, known: Iterable[str], *, where: str) -> No
 
     `where` names what the known ids are (e.g. the token file), for the message.
     """
-    mine = skeleton(principal_id)
+    mine = skeletons(principal_id)
     for other in known:
-        if other != principal_id and skeleton(other) == mine:
+        if other != principal_id and skeletons(other) & mine:
             raise InvalidPrincipal(
                 f"principal id {principal_id!a} looks like the principal {other!a} of {where} "
                 "(the same Unicode TR39 confusable skeleton); use that id, or one that cannot be mistaken for it"

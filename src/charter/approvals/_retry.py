@@ -16,14 +16,17 @@ __all__ = ["retryable"]
 
 def retryable(record: RunRecord, approval_id: str) -> bool:
     """Whether `record`, a resume of `approval_id`, was sealed failed BACKEND_UNAVAILABLE before the
-    approved call took effect: that call was never decided in it, or was allowed and its Outcome
-    is failed BACKEND_UNAVAILABLE (the backend was never reached). Any other end is final."""
+    approved call took effect: that call was never decided in it, was denied BACKEND_UNAVAILABLE,
+    or was allowed and its Outcome is failed BACKEND_UNAVAILABLE (the backend was never reached).
+    Any other end is final."""
     sealed = record.sealed
     if not isinstance(sealed, Sealed) or status_of_closing(sealed) != RunStatus("failed", BACKEND_UNAVAILABLE):
         return False
     approved = [r for r in record.receipts if isinstance(r, Decision) and r.approval_id == approval_id]
     if not approved:
         return True
+    if (approved[0].decision, approved[0].code) == ("DENY", BACKEND_UNAVAILABLE):
+        return True  # refused before the backend: a binding that would not load, a service down
     outcomes = [r for r in record.receipts if isinstance(r, Outcome) and r.call == approved[0].call]
     return (
         approved[0].decision == "ALLOW"

@@ -249,7 +249,8 @@ class ApprovalStore:
         limit: int = 100,
     ) -> list[ApprovalView]:
         """Up to `limit` (>= 1) requests, newest first, of `contract` (None: any) in `status`
-        (pending, approved, denied, expired, tampered; None: any) that `visible_to` may see
+        (pending, approved, denied, expired, tampered; None: any; a tampered one is listed under
+        every status) that `visible_to` may see
         (None: all). The requests are found from the signed ApprovalRequested receipts and
         filtered on their verified facts, never on the index's columns.
 
@@ -271,7 +272,9 @@ class ApprovalStore:
                 view = self._view_at(connection, log_seq, keys)
                 if view is None or (contract is not None and view.contract != contract):
                     continue
-                if (status is not None and view.status != status) or not _visible(view, visible_to):
+                # A tampered request is listed whatever the filter asks for: an edit of the index
+                # must not take a request out of an approver's queue unseen.
+                if (status not in (None, view.status) and view.status != "tampered") or not _visible(view, visible_to):
                     continue
                 views.append(view)
                 if len(views) >= limit:

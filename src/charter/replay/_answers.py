@@ -69,6 +69,8 @@ class RecordedAnswers:
                     self.outcomes.pop(receipt.call, None)
                     self.requests.pop(receipt.call, None)
                     self.unreached.discard(receipt.call)
+                    if stopped and (receipt.decision, receipt.code) == ("DENY", BACKEND_UNAVAILABLE):
+                        self.unreached.add(receipt.call)  # refused for the backend's absence: never sent
                     self.origin[receipt.call] = record.run_id
                 elif isinstance(receipt, ApprovalRequested):
                     self.requests[receipt.call] = receipt
@@ -195,7 +197,8 @@ class RecordedAnswers:
         RunHalted DIVERGED for another call than the recorded one, IN_DOUBT for an allowed
         write whose outcome was never recorded: it may have acted, and is never sent again. An
         allowed read without an outcome (a crash while it ran) goes live again: it acted on nothing,
-        and so does a call whose Outcome is failed BACKEND_UNAVAILABLE in a resume the backend's
+        and so does a call whose Outcome is failed BACKEND_UNAVAILABLE, or that was denied
+        BACKEND_UNAVAILABLE (a binding that would not load), in a resume the backend's
         absence stopped (charter.approvals.resume: that resume is retried; the backend was never reached)."""
         decision = self.decisions.get(request.sequence)
         if decision is None:
@@ -207,7 +210,7 @@ class RecordedAnswers:
                 f"resume diverged from the record of run {self.origin[request.sequence]}: {differs}; "
                 "nothing was executed.",
             )
-        if decision.decision == "ALLOW" and decision.call in self.unreached:
+        if decision.call in self.unreached:
             return None  # the backend was never reached: made again, live, under the same key
         if decision.decision == "ALLOW" and decision.call not in self.outcomes:
             if self._reads.get(decision.operation, False):
