@@ -231,8 +231,8 @@ class Resumer:
         current = self.principal_of(paused.opened.principal)
         if current is None:
             reason = (
-                f"principal {paused.opened.principal} holds no token now (revoked, or never issued one); the run resumes as its "
-                "requester, so it is not resumed"
+                f"principal {paused.opened.principal} holds no token now (revoked, or never issued one); the "
+                "run resumes as its requester, so it is not resumed"
             )
             return self._stop(paused.opened, recorded, approval_id, link, recovers, PRINCIPAL_REVOKED, reason)
         principal = Principal(
