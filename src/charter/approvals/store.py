@@ -321,7 +321,7 @@ class ApprovalStore:
             ]
             opened = connection.execute(
                 "SELECT o.body FROM receipts o WHERE o.kind = 'open' AND instr(o.body, ?) > 0 AND EXISTS "
-                "(SELECT 1 FROM receipts s WHERE s.kind = 'seal' AND s.run_id = o.run_id)",
+                "(SELECT 1 FROM receipts s WHERE s.kind = 'seal' AND s.run_id = o.run_id) ORDER BY o.log_seq",
                 ('"approval_id":"',),
             ).fetchall()
         last_sealed: dict[str, str] = {}  # approval -> its last sealed resume run, in log order
