@@ -596,7 +596,13 @@ def test_the_http_run_view_shows_lookups_only_to_audit_read(charter_home: Path, 
     assert (answer["status"], answer["cause"]) == ("refused", "GUARD_VIOLATION")
     assert view.json()["receipts"] is None
     assert view.json()["calls"] == [
-        {"call": 1, "operation": "send_payment", "decision": "DENY", "code": "GUARD_VIOLATION"}
+        {
+            "call": 1,
+            "operation": "send_payment",
+            "decision": "DENY",
+            "code": "GUARD_VIOLATION",
+            "run_id": answer["run_id"],  # each call names its run (a resumed chain spans several)
+        }
     ]
     assert "list_payees" not in view.text
     assert "GB29NWBK60161331926819" not in view.text
