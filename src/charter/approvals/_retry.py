@@ -8,10 +8,10 @@ module because the store, the resumer and the surfaces all ask, and the resumer 
 
 from __future__ import annotations
 
-from charter.audit import Decision, Outcome, RunRecord, Sealed
+from charter.audit import Decision, Opened, Outcome, RunRecord, Sealed
 from charter.status import BACKEND_UNAVAILABLE, RunStatus, status_of_closing
 
-__all__ = ["retryable"]
+__all__ = ["retryable", "retryable_resume"]
 
 
 def retryable(record: RunRecord, approval_id: str) -> bool:
@@ -33,3 +33,10 @@ def retryable(record: RunRecord, approval_id: str) -> bool:
         and len(outcomes) == 1
         and (outcomes[0].status, outcomes[0].code) == ("failed", BACKEND_UNAVAILABLE)
     )
+
+
+def retryable_resume(record: RunRecord) -> bool:
+    """`retryable` for any run: whether `record` is a resume (its Opened names an approval) that
+    leaves its approval to be resumed again."""
+    opened = record.opened
+    return isinstance(opened, Opened) and opened.approval_id is not None and retryable(record, opened.approval_id)

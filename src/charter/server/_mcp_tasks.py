@@ -50,8 +50,7 @@ from mcp_types import INVALID_PARAMS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import Field
 
-from charter.approvals._retry import retryable
-from charter.audit import Opened
+from charter.approvals._retry import retryable_resume
 from charter.principal import Principal
 from charter.runner import Answer, Execution
 from charter.server._service import AUDIT_SCOPE, CharterService, conclusion_body
@@ -332,10 +331,7 @@ class ApprovalsFace:
         }
         # A resume the backend's absence stopped before the approved call acted is retried by the
         # worker (charter.approvals.resume.retryable): the task is still working, not completed failed.
-        opened = latest.opened
-        retried = (
-            isinstance(opened, Opened) and opened.approval_id is not None and retryable(latest, opened.approval_id)
-        )
+        retried = retryable_resume(latest)
         if answer.status == "awaiting_approval" or latest.sealed is None or retried:
             approval = self.service.approval_summary(answer.approval_id)
             task |= {

@@ -21,7 +21,7 @@ from charter.approvals import (
     ResumeWorker,
     chain_of,
 )
-from charter.approvals._retry import retryable
+from charter.approvals._retry import retryable_resume
 from charter.audit import (
     Asked,
     Attempted,
@@ -425,12 +425,7 @@ def _latest_sealed(records: list[RunRecord]) -> RunRecord | None:
     """The latest sealed run of a chain: a resume still under way (or crashed, or stopped by the
     backend's absence before the approved call acted: `retryable`, and to be retried by the
     worker) does not yet change what the chain concluded."""
-    return next((r for r in reversed(records) if r.sealed is not None and not _retried(r)), None)
-
-
-def _retried(record: RunRecord) -> bool:
-    opened = record.opened
-    return isinstance(opened, Opened) and opened.approval_id is not None and retryable(record, opened.approval_id)
+    return next((r for r in reversed(records) if r.sealed is not None and not retryable_resume(r)), None)
 
 
 def _checked_view(checked: CheckedRun, *, receipts_only: bool = False) -> dict[str, Any]:
