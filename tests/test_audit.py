@@ -211,6 +211,7 @@ CRASH_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from charter.audit import AuditLog
+from charter.audit.store import RunRecorder
 from charter.backends import ContractBackend
 from charter.principal import Principal
 from charter.runner import Runner
@@ -218,49 +219,79 @@ from tests.conftest import compiled
 
 BOUNDARY = {boundary!r}
 
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
 class Crashing(ContractBackend):
     def invoke(self, operation, arguments, context=None):
-        if operation == "cancel_order" and BOUNDARY == "before-action":
-            os.kill(os.getpid(), signal.SIGKILL)   # the ALLOW receipt is committed; nothing done
+        call = (context.call if context is not None else None, operation)  # the write reads its entity first
+        if (BOUNDARY, call) in (("write-decided", (2, "cancel_order")), ("write-returned", (3, "get_order"))):
+            die()   # before the backend: the write's decision is on disk / its result reached the program
         result = super().invoke(operation, arguments, context)
-        if operation == "cancel_order" and BOUNDARY == "action-done":
-            os.kill(os.getpid(), signal.SIGKILL)   # the write happened; its outcome is not recorded
-        if operation == "get_order" and context is not None and context.call == 2:
-            os.kill(os.getpid(), signal.SIGKILL)   # the outcome was recorded with this decision
+        if (BOUNDARY, call) in (
+            ("read-reached-backend", (1, "get_order")),
+            ("write-acted", (2, "cancel_order")),
+            ("later-read-reached-backend", (3, "get_order")),
+        ):
+            die()   # the backend answered; nothing of it is recorded yet
         return result
 
-if BOUNDARY == "write-returned":
-    from charter.audit.store import RunRecorder
+seal = RunRecorder.seal
 
-    decide = RunRecorder.decision
+def sealing(self, sealed):
+    if BOUNDARY == "sealing":
+        die()   # the program concluded; the seal (with the last read) is not committed
+    final = seal(self, sealed)
+    if BOUNDARY == "sealed":
+        die()   # the seal is committed; the conclusion has not left yet
+    return final
 
-    def decision(self, receipt):
-        if receipt.call == 2:   # the cancel's result reached the program, which called again
-            os.kill(os.getpid(), signal.SIGKILL)
-        decide(self, receipt)
-
-    RunRecorder.decision = decision
+RunRecorder.seal = sealing
 
 contract = compiled("orders")
 runner = Runner(audit=AuditLog(sys.argv[1]), backend_for=Crashing)
-program = 'orders.cancel_order(id=101, reason="crash test")\\norders.get_order(id=101)\\nconclude("done")'
-runner.execute(program, contract=contract, principal=Principal("ada", frozenset({{"orders:read", "orders:write"}})))
-print("survived")
+program = (
+    "before = orders.get_order(id=101)\\n"
+    'orders.cancel_order(id=101, reason=f"crash test, was {{before.status}}")\\n'
+    "after = orders.get_order(id=101)\\n"
+    "conclude(after.status)"
+)
+principal = Principal("ada", frozenset({{"orders:read", "orders:write"}}))
+execution = runner.execute(program, contract=contract, principal=principal)
+print("survived", execution.answer)
 """
 
+CALLS = {1: "get_order", 2: "cancel_order", 3: "get_order"}
 
+
+# Under the commit rule a read's Decision and Outcome ride on the run's next durable commit
+# (the write's decision, the write's outcome, the seal); a write's decision is durable before
+# it acts and its outcome before the program sees it. At each boundary: the calls the log
+# holds (decision, outcome status or None), the write's effect, and what is in doubt.
 @pytest.mark.parametrize(
-    ("boundary", "status_after", "in_doubt"),
+    ("boundary", "status_after", "logged", "in_doubt", "sealed"),
     [
-        ("before-action", "pending", [(1, "cancel_order")]),
-        ("action-done", "cancelled", [(1, "cancel_order")]),
-        ("outcome-recorded", "cancelled", [(2, "get_order")]),  # the cancel's outcome is on disk
-        # A write's outcome is durable before the program sees its result: no later receipt needed.
-        ("write-returned", "cancelled", []),
+        # The read reached the backend; its result never left the sandbox, and nothing of it is logged.
+        ("read-reached-backend", "pending", {}, [], False),
+        # The write's decision is durable, with the read whose result its arguments carry.
+        ("write-decided", "pending", {1: "ok", 2: None}, [(2, "cancel_order")], False),
+        ("write-acted", "cancelled", {1: "ok", 2: None}, [(2, "cancel_order")], False),
+        # The write's outcome was durable before the program saw its result.
+        ("write-returned", "cancelled", {1: "ok", 2: "ok"}, [], False),
+        # A read after the write reached the backend: lost with the crash, and nothing of it left.
+        ("later-read-reached-backend", "cancelled", {1: "ok", 2: "ok"}, [], False),
+        ("sealing", "cancelled", {1: "ok", 2: "ok"}, [], False),
+        # The seal carries the last read: everything is on disk before the conclusion leaves.
+        ("sealed", "cancelled", {1: "ok", 2: "ok", 3: "ok"}, [], True),
     ],
 )
-def test_a_killed_process_leaves_a_verifiable_log(
-    governed: Governed, boundary: str, status_after: str, in_doubt: list[tuple[int, str]]
+def test_a_killed_process_loses_nothing_that_left_the_sandbox(
+    governed: Governed,
+    boundary: str,
+    status_after: str,
+    logged: dict[int, str | None],
+    in_doubt: list[tuple[int, str]],
+    sealed: bool,
 ) -> None:
     log = governed.log
     script = CRASH_SCRIPT.format(root=str(ROOT), boundary=boundary)
@@ -274,7 +305,7 @@ def test_a_killed_process_leaves_a_verifiable_log(
         check=False,
     )
     assert result.returncode == -signal.SIGKILL, result.stderr
-    assert "survived" not in result.stdout
+    assert "survived" not in result.stdout  # the conclusion never left
     from examples.orders import backend
 
     assert backend.get_order(id=101)["status"] == status_after
@@ -282,17 +313,29 @@ def test_a_killed_process_leaves_a_verifiable_log(
     report = verify(log)
     assert report.ok, report.findings
     [run_id] = log.run_ids()
-    assert report.incomplete == [run_id]
+    assert report.incomplete == ([] if sealed else [run_id])
     record = log.run(run_id)
-    allowed = [r for r in record.receipts if isinstance(r, Decision) and r.operation == "cancel_order"]
-    assert [d.decision for d in allowed] == ["ALLOW"]  # no action exists without its receipt
+    assert (record.sealed is not None) == sealed
+    decisions = {r.call: r for r in record.receipts if isinstance(r, Decision)}
+    outcomes = {r.call: r.status for r in record.receipts if isinstance(r, Outcome)}
+    # Exactly the calls expected, allowed, with their outcomes: in particular every write that
+    # reached the backend has its durable decision, and every read whose result a durable
+    # receipt could carry out of the sandbox (the write's arguments) is in the log before it.
+    assert {call: (d.operation, d.decision) for call, d in decisions.items()} == {
+        call: (CALLS[call], "ALLOW") for call in logged
+    }
+    assert {call: outcomes.get(call) for call in decisions} == logged
+    if 2 in logged:
+        write = decisions[2]
+        assert write.arguments is not None
+        assert "was pending" in write.arguments  # it carries read 1's result
+    # In doubt is exact: the allowed calls with no outcome, the same in the record and the report.
     assert [(d.call, d.operation) for d in record.in_doubt()] == in_doubt
     assert report.in_doubt == [(run_id, call, operation) for call, operation in in_doubt]
-    assert record.sealed is None
     # Nothing resumes a dead run: a new run is a new run id, and the write is never redone blindly.
     assert governed.run("conclude(orders.get_order(id=101).status)").answer == status_after
     cancel_outcomes = [r for r in log.run(run_id).receipts if isinstance(r, Outcome) and r.operation == "cancel_order"]
-    assert len(cancel_outcomes) == (0 if (1, "cancel_order") in in_doubt else 1)
+    assert len(cancel_outcomes) == (1 if logged.get(2) else 0)
 
 
 # -- replay ------------------------------------------------------------------------------

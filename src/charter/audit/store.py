@@ -1,15 +1,17 @@
-"""The audit log on SQLite: append-only, one writer thread, a durable commit before every action.
+"""The audit log on SQLite: append-only, group commit, a durable commit before every action.
 
-Receipts go through one writer thread per log. It takes every receipt waiting, signs
-and chains them, inserts them and commits once (group commit). A caller that needs its
-receipt durable (a decision, a seal) waits until that commit returned with
-`synchronous=FULL`, so no action ever runs before its receipt is on disk. A write's
-Outcome receipt is durable too before its result reaches the program (`outcome(...,
-durable=True)`): once the program can act on a write's result, a crash can no longer
-lose what the write did. A read's Outcome is handed over without waiting: it becomes
-durable with the run's next durable receipt (a decision, a write's outcome or the seal),
-which always comes before anything leaves the sandbox; if the process dies first, the
-read shows as "outcome unknown", which is the truth and harms nothing.
+Receipts are committed in groups, led by the callers' own threads (`_Writer`: the first
+waiter with no commit in progress signs, chains, inserts and commits everything queued,
+once, with `synchronous=FULL`, and wakes the others). A caller that needs its receipt
+durable (the opening, a write's decision, a quota-held or approval-related decision, a
+pause, a seal) waits for that commit, so no action ever runs before its receipt is on disk.
+A write's Outcome receipt is durable too before its result reaches the program
+(`outcome(..., durable=True)`): once the program can act on a write's result, a crash can
+no longer lose what the write did. A read's Decision and Outcome are kept by the run's
+recorder without waiting: they become durable with the run's next durable receipt (a
+write's decision or outcome, or the seal), which always comes before anything the read
+returned can leave the sandbox; if the process dies first, the read is missing from the
+log, which loses nothing that left the sandbox (README, "Durability").
 
 The schema has no UPDATE or DELETE path: triggers refuse both on receipts. Only the
 `head` row (the log's last log_seq and link) is overwritten, in the same transaction
@@ -20,19 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import socket
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from charter._paths import charter_home
+from charter._profile import component
 from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index, index_approval_receipt
 from charter.audit.index import RUNS_INDEX_SQL, RunFilter, RunSummary, fill_runs_index, index_receipt, list_runs
 from charter.audit.keys import (
@@ -183,45 +185,68 @@ class _Record:
 @dataclass(slots=True)
 class _Batch:
     items: list[tuple[RunRecorder | _Record, Receipt]]
-    done: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
     error: BaseException | None = None
 
 
 class _Writer:
-    """The one thread that writes this log: sign, chain, insert, commit, wake the waiters."""
+    """Group commit for one log, led by the callers' own threads (leader/follower).
+
+    A caller hands its receipts over and waits. The first waiter that finds no commit in
+    progress becomes the leader: it takes every batch queued, signs, chains, inserts and
+    commits them once on the log's one connection, then wakes the followers whose batches
+    were in it; a batch queued meanwhile waits for the next leader (one of its own waiters).
+    An idle log thus costs no thread hand-off at all, and a busy one still commits many
+    callers' receipts with one fsync."""
 
     def __init__(self, path: Path, key: SigningKey) -> None:
         self._path = path
         self._key = key
-        self._queue: queue.SimpleQueue[_Batch] = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name="charter-audit", daemon=True).start()
+        self._queue: list[_Batch] = []
+        self._committing = False
+        self._changed = threading.Condition(threading.Lock())
+        self._connection: sqlite3.Connection | None = None  # used by the leader only
 
-    def submit(self, items: list[tuple[RunRecorder | _Record, Receipt]], *, wait: bool) -> None:
+    def submit(self, items: list[tuple[RunRecorder | _Record, Receipt]], *, wait: bool = True) -> None:
+        """Write `items` durably (in order, after every batch queued before them): on disk
+        when this returns. Raises AuditError if they could not be written."""
         batch = _Batch(items)
-        self._queue.put(batch)
-        if wait:
-            batch.done.wait()
-            if batch.error is not None:
-                raise AuditError(f"the audit log at {self._path} could not be written: {batch.error}") from batch.error
+        with self._changed:
+            self._queue.append(batch)
+            while self._committing and not batch.done:
+                self._changed.wait()
+            if batch.done:
+                self._raise_for(batch)
+                return
+            self._committing = True  # this thread leads the next commit
+            batches, self._queue = self._queue, []
+        try:
+            self._commit(batches)
+        finally:
+            with self._changed:
+                self._committing = False
+                for led in batches:
+                    led.done = True
+                self._changed.notify_all()
+        self._raise_for(batch)
 
-    def _loop(self) -> None:
-        connection = _connect(self._path)
-        while True:
-            batches = [self._queue.get()]
-            while True:
-                try:
-                    batches.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+    def _raise_for(self, batch: _Batch) -> None:
+        if batch.error is not None:
+            raise AuditError(f"the audit log at {self._path} could not be written: {batch.error}") from batch.error
+
+    def _commit(self, batches: list[_Batch]) -> None:
+        with component("audit.commit"):
             try:
-                self._write(connection, batches)
-            except BaseException as error:  # every waiter must wake, whatever happened
+                if self._connection is None:
+                    self._connection = _connect(self._path)
+                self._write(self._connection, batches)
+            except BaseException as error:  # every waiter must learn it, whatever happened
                 for batch in batches:
                     batch.error = error
-                connection.close()
-                connection = _connect(self._path)
-            for batch in batches:
-                batch.done.set()
+                if self._connection is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._connection.close()
+                self._connection = None
 
     def _write(self, connection: sqlite3.Connection, batches: list[_Batch]) -> None:
         key = self._key
@@ -244,8 +269,9 @@ class _Writer:
                         log_prev=log_link,
                         key_id=key.key_id,
                     )
-                    body = canonical(receipt)
-                    signature = key.sign(body)
+                    with component("audit.sign"):
+                        body = canonical(receipt)
+                        signature = key.sign(body)
                     log_link = link_of(body, signature)
                     run_links[recorder] = log_link
                     connection.execute(
@@ -286,7 +312,7 @@ class RunRecorder:
         self.secret_key = secret_key
         self.run_id = opened.run_id
         self.opened = opened
-        self.last_link = ""  # set by the writer thread after each commit
+        self.last_link = ""  # set by the commit's leader after each commit
         self._writer = writer
         self._lock = threading.Lock()
         self._next_seq = 0
@@ -322,9 +348,13 @@ class RunRecorder:
             # Waiting under the lock keeps a late outcome from slipping in between.
             self._writer.submit(items, wait=True)
 
-    def decision(self, decision: Decision) -> None:
-        """Durable when it returns; the caller may act only after that."""
-        self._append(decision, durable=True)
+    def decision(self, decision: Decision, *, durable: bool = True) -> None:
+        """Durable when it returns; the caller may act only after that. Without `durable` (a
+        read's decision the gate found nothing relies on: no quota, no approval) it is recorded
+        with the run's next durable receipt, as a read's outcome is (see the module).
+
+        Raises AuditError if a durable decision could not be written."""
+        self._append(decision, durable=durable)
         if decision.decision == "ALLOW":
             self._awaiting_outcome[decision.call] = decision.operation
 

@@ -67,6 +67,8 @@ class ContractBackend:
             backend = self.python if rule.binding.kind == "python" else self.http
             assert backend is not None
             self._route[name] = backend
+        # May wait on I/O if any binding it routes to may (the gate then runs under a watchdog).
+        self.blocking = any(b.blocking for b in (self.python, self.http) if b is not None)
 
     def invoke(self, operation: str, arguments: Mapping[str, Any], context: CallContext | None = None) -> Any:
         backend = self._route.get(operation)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from charter._profile import component
 from charter.audit import RunRecorder
 from charter.backends import BackendFailure, CallContext, Precondition, PreconditionFailed
 from charter.compiler.artifact import OperationRule
@@ -74,7 +75,8 @@ class CallActions:
     ) -> Encoded:
         context = self.context(request, idempotency_key=idempotency_key, precondition=precondition)
         try:
-            value = self._gate.backend.invoke(rule.name, arguments, context)
+            with component("backend"):
+                value = self._gate.backend.invoke(rule.name, arguments, context)
         except PreconditionFailed as error:
             message = f"{rule.name}: {safe_text(error)}"
             self._failed_outcome(request, "failed", "PRECONDITION_FAILED", message)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from charter._profile import component
 from charter.audit import Observed
 from charter.backends import BackendFailure, BackendUnavailable, CallContext, Precondition, fingerprint
 from charter.compiler.artifact import OperationRule
@@ -152,7 +153,8 @@ class CallChecks:
         assert reader.key is not None
         key = arguments[rule.key]
         try:
-            raw = self._gate.backend.invoke(reader.name, {reader.key: key}, context)
+            with component("backend"):
+                raw = self._gate.backend.invoke(reader.name, {reader.key: key}, context)
         except BackendUnavailable as error:  # the server's fault: the surfaces answer it as such
             raise Refusal(
                 Verdict(error.code, f"{rule.name} refused: {error.message}", withheld=withhold(error))

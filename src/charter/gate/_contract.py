@@ -90,6 +90,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from charter._profile import component
 from charter.audit import Decision, Observed, RunRecorder
 from charter.audit import Outcome as CallOutcome
 from charter.backends import Backend, CallContext, Precondition
@@ -108,7 +109,7 @@ from charter.gate._approvals import (
 from charter.gate._arguments import ArgumentChecker, InvalidArguments
 from charter.gate._attributes import PrincipalAttributes
 from charter.gate._checks import CallChecks, ProvenanceRefusal, Refusal, cel_value
-from charter.gate._decisions import DecisionRecorder
+from charter.gate._decisions import DecisionRecorder, durable_decision
 from charter.gate._lookups import LookupFailed, Lookups
 from charter.gate._protocol import CallRequest, Denied, Encoded, OperationFailed, RunHalted
 from charter.gate._provenance import Check, ProvenanceLedger
@@ -219,7 +220,10 @@ class GateSession:
     the Decision and ApprovalRequested receipts in `_decisions` (DecisionRecorder); the
     session owns the run's state they share, and decides each call in the order above."""
 
-    blocking = True  # every decision is committed to disk before it returns
+    # Whether `call` may wait on I/O past the run's deadline, so the host must run it under a
+    # watchdog thread: the backend's word. The audit commit alone does not make it so (an fsync
+    # ends), and a gate whose backend cannot block runs on the caller's thread, with no hop.
+    blocking: bool
 
     def __init__(
         self,
@@ -234,6 +238,7 @@ class GateSession:
         approval: GrantedApproval | None = None,
     ) -> None:
         self._gate = gate
+        self.blocking = bool(getattr(gate.backend, "blocking", True))
         self._granted = approval
         self._secret_inputs = secret_inputs
         self._recorder = recorder
@@ -287,6 +292,11 @@ class GateSession:
                 raise self._not_performed(request, ended)
 
     def call(self, request: CallRequest) -> Any:
+        """Decide `request`, record it, and act on it (the module's order of checks)."""
+        with component("gate"):  # the gate's own work; the backend and the log charge theirs
+            return self._call(request)
+
+    def _call(self, request: CallRequest) -> Any:
         gate = self._gate
         rule = gate._table.operations.get(request.operation) if request.malformed is None else None
         arguments: dict[str, Any] | None = None
@@ -371,6 +381,7 @@ class GateSession:
                 tuple(lookups.seen),
                 provenance.labels if provenance is not None else None,
                 approval_id=granted.approval_id if granted is not None else None,
+                durable=durable_decision(rule, hold, granted.approval_id if granted is not None else None),
             )
             if verdict.allowed:
                 self._unstarted[request.sequence] = request

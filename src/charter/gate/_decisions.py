@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 import msgspec
 
 from charter.audit import LookupSeen, Observed, RunRecorder
+from charter.compiler.artifact import OperationRule
 from charter.errors import AuditError
 from charter.gate._approvals import Seen, approval_request
 from charter.gate._protocol import ApprovalPending, CallRequest, Denied
@@ -26,7 +27,20 @@ from charter.principal import Principal
 if TYPE_CHECKING:
     from charter.gate._contract import ContractGate
 
-__all__ = ["DecisionRecorder"]
+__all__ = ["DecisionRecorder", "durable_decision"]
+
+
+def durable_decision(rule: OperationRule | None, hold: QuotaHold, approval_id: str | None) -> bool:
+    """Whether a call's Decision must be on disk before the call goes on, or may ride on the
+    run's next durable receipt. Durable: a write (allowed or not: it may act, and a resume or
+    an approval reads it), a call no rule classifies (unknown or malformed), a call with a quota
+    (other runs count it from the log while its lock is held), a call decided under an approval
+    (the approval's resume is known by it). Riding: a plain read. Nothing it returned can leave
+    the sandbox before a later durable commit (a write's decision, the seal), which writes it
+    first; a crash before that loses only a read whose result never left (README, "Durability")."""
+    if rule is None or rule.kind != "read":
+        return True
+    return hold.holds or approval_id is not None
 
 
 class DecisionRecorder:
@@ -60,10 +74,12 @@ class DecisionRecorder:
         provenance: dict[str, tuple[str, ...]] | None = None,
         *,
         approval_id: str | None = None,
+        durable: bool = True,
     ) -> None:
         """Commit the call's Decision (`approval_id`: the approval it was decided under); `hold`'s
         quota locks are released once it is durable (the receipt is what counts the call), or once
-        it failed, whatever happens."""
+        it failed, whatever happens. Without `durable` (a read nothing relies on, `durable_decision`)
+        the Decision rides on the run's next durable receipt."""
         quotas = hold.seen if hold is not None else ()
         key = self._recorder.secret_key
         if self._secret_inputs and key is not None:  # what a denied call saw may hold a secret input
@@ -96,7 +112,7 @@ class DecisionRecorder:
             if verdict.withheld is not None:
                 verdict.withheld.keep(self._recorder, request.sequence, request.operation)
             with _written_or_denied(request, "its receipt"):
-                self._recorder.decision(decision)
+                self._recorder.decision(decision, durable=durable)
         finally:
             if hold is not None:
                 hold.release()

@@ -24,6 +24,7 @@ from typing import Any
 
 import cel
 
+from charter._profile import component
 from charter.audit import LookupSeen, args_digest
 from charter.backends import Backend, BackendFailure, BackendUnavailable, CallContext, fingerprint
 from charter.compiler.artifact import GateTable, LookupRule, OperationRule
@@ -104,7 +105,8 @@ class CallLookups:
         arguments = self._arguments(rule, lookup, variables)
         shown = args_digest(arguments)[0]
         try:
-            raw = plan.backend.invoke(lookup.operation, arguments, context)
+            with component("backend"):
+                raw = plan.backend.invoke(lookup.operation, arguments, context)
         except BackendUnavailable as error:
             # The server's fault, as for the entity read: the surfaces answer it as such (503),
             # so a caller retries later instead of reading a refusal of its request.

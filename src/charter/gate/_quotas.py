@@ -65,6 +65,11 @@ class QuotaHold:
     windows: dict[str, int | None] = field(default_factory=dict)  # quota id -> window seconds (None: run)
     _locks: list[SideLock] = field(default_factory=list)
 
+    @property
+    def holds(self) -> bool:
+        """Whether the call has a quota: checked totals to record, or locks held until its receipt."""
+        return bool(self.seen or self._locks or self.windows)
+
     def release(self) -> None:
         locks, self._locks = self._locks, []
         for lock in reversed(locks):
