@@ -151,7 +151,8 @@ def _write_split(
     commits at the bare rate (the fsync), what its two real receipt commits cost beyond that
     (signing, chaining, the indexes, the head row), the signatures alone (timed on a receipt of
     the log), the crossing (the pass-through run's time a call: sandbox, guest, backend), and
-    the rest, the gate's own work. `profile`: the CPU the profile sections charged, ms a write."""
+    the rest: the gate's own work, and waits for a CPU on a shared machine (`cpu_gate_ms` says
+    which is which). `profile`: the CPU the profile sections charged, ms a write."""
     body = next(row.body for row in log.stored() if row.kind == "decision")
     key = log.signing_key
     rounds = 2000

@@ -142,7 +142,7 @@ def bench_gate(
     say(
         f"one write, {split['wall_ms']:.2f} ms: its two receipt commits {split['two_receipt_commits_ms']:.2f} "
         f"(two bare commits {split['two_bare_commits_ms']:.2f}, two signatures {split['two_signatures_ms']:.2f}), "
-        f"crossing (sandbox, guest, backend) {split['crossing_ms']:.2f}, the gate {split['gate_ms']:.2f} "
+        f"crossing (sandbox, guest, backend) {split['crossing_ms']:.2f}, the gate and the rest {split['gate_ms']:.2f} "
         f"(CPU: gate {split['cpu_gate_ms']:.2f}, audit.commit {split['cpu_audit_commit_ms']:.2f}, "
         f"audit.sign {split['cpu_audit_sign_ms']:.2f}, backend {split['cpu_backend_ms']:.2f})"
     )
