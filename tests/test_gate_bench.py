@@ -20,6 +20,10 @@ def test_the_gate_bench_reports_both_mixes_against_the_bare_commit_rate() -> Non
         assert figures["ratio_to_bare"] == pytest.approx(figures["calls_per_s"] / figures["bare_commits_per_s"])
         assert goals[f"{mix}_ratio_to_bare"] == goal
         assert goals[f"met_{mix}"] == (figures["ratio_to_bare"] >= goal)
+    # Counted, not timed: a read-heavy run commits its opening, the write's decision and outcome,
+    # and the seal (its reads ride on them); a write-only run two commits a write, plus those two.
+    assert results["read_heavy"]["durable_commits_per_call"] == pytest.approx(4 / 45)
+    assert results["write_only"]["durable_commits_per_call"] == pytest.approx(92 / 45)
     split = results["write_split"]
     assert split["wall_ms"] == pytest.approx(1000 / results["write_only"]["calls_per_s"])
     assert split["wall_ms"] == pytest.approx(split["two_receipt_commits_ms"] + split["crossing_ms"] + split["gate_ms"])

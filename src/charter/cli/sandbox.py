@@ -136,7 +136,8 @@ def bench_gate(
         say(
             f"{label}, one run at a time: {figures['calls_per_s']:,.0f} durable gated calls/s = "
             f"{figures['ratio_to_bare']:.2f}x the bare synchronous=FULL commit rate "
-            f"({figures['bare_commits_per_s']:,.0f}/s, same run); goal >= {goal}x: {met}"
+            f"({figures['bare_commits_per_s']:,.0f}/s, same run); goal >= {goal}x: {met}; "
+            f"{figures['durable_commits_per_call']:.3f} durable commits a call"
         )
     split = results["write_split"]
     say(
