@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from charter.audit import AuditLog, Decision, Outcome, verify_log
+from charter.audit import ApprovalRequested, AuditLog, Decision, Outcome, verify_log
 from charter.backends import CallContext, InMemoryBackend
 from charter.bench.sandbox import ORDER
 from charter.compiler import CompiledContract
-from charter.gate import ContractGate
+from charter.gate import ApprovalPending, ContractGate, GrantedApproval
 from charter.principal import Principal
 from charter.runner import Runner
 from tests.conftest import compiled
@@ -53,6 +53,13 @@ operations:
     params: {account: str, amount: money}
     returns: str
     scopes: [pay:write]
+  audit_trail:
+    kind: read
+    doc: Every login to an account; a human approves each look.
+    params: {account: str}
+    returns: str
+    scopes: [pay:read]
+    requires_approval: true
 """
 
 ADA = Principal("ada", frozenset({"pay:read", "pay:write"}))
@@ -186,3 +193,31 @@ def test_concurrent_runs_share_group_commits_led_by_their_own_threads(log: Audit
     report = verify_log(log, log.trusted_keys())
     assert report.ok, report.findings
     assert report.receipts == 8 * 21
+
+
+def test_a_read_decided_under_an_approval_is_durable_when_it_returns(log: AuditLog, ledger: CompiledContract) -> None:
+    paused = new_run(log, ledger)
+    with pytest.raises(ApprovalPending) as pending:
+        paused.call("audit_trail", account="GB01")
+    [requested] = [r for r in paused.recorder.written if isinstance(r, ApprovalRequested)]
+    assert requested.approval_id == pending.value.approval_id
+    granted = GrantedApproval(
+        approval_id=requested.approval_id,
+        call=1,
+        operation="audit_trail",
+        args_sha256=requested.args_sha256,
+        decision="approved",
+        approver="rita",
+        reason="fine",
+    )
+    resumed = new_run(log, ledger)
+    resumed.session = ContractGate(ledger, Teller(blocking=True), clock=Clock()).session(
+        resumed.recorder, ADA, max_result_bytes=65536, approval=granted
+    )
+    assert resumed.call("audit_trail", account="GB01") == "OK"
+    # A resume is known by the Decision naming its approval: on disk before the call goes on.
+    assert on_disk(log, resumed.run_id) == [("open", None), ("decision", 1)]
+    [decision] = resumed.decisions()
+    assert decision.approval_id == requested.approval_id
+    assert resumed.call("balance", account="GB01") == "OK"  # a plain read after it rides again
+    assert on_disk(log, resumed.run_id) == [("open", None), ("decision", 1)]
