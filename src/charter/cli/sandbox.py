@@ -31,6 +31,23 @@ def _ms(value: float) -> str:
     return f"{value:.3f} ms"
 
 
+def baked_rows(baked: dict[str, Any]) -> list[tuple[str, str]]:
+    """The baked component's rows of `charter bench sandbox` (goal: drained p50 <= 2.5 ms)."""
+    drained = baked["fresh_run_drained"]["p50_ms"]
+    return [
+        ("baked component: fresh run, spaced, p50", _ms(baked["fresh_run"]["p50_ms"])),
+        ("baked: back to back, p50", _ms(baked["fresh_run_back_to_back"]["p50_ms"])),
+        (
+            f"baked: back to back, pool drained, p50 (goal 2.5 ms: {'met' if drained <= 2.5 else 'not met'})",
+            _ms(drained),
+        ),
+        ("baked: build time (componentize-py + native code)", f"{baked['build_s']:.1f} s"),
+        ("baked: build peak RSS", f"{baked['build_peak_rss_mib']:.0f} MiB"),
+        ("baked: native code on disk / load time", f"{baked['native_mib']:.1f} MiB / {baked['load_ms']:.0f} ms"),
+        ("baked: RSS per loaded component", f"{baked['rss_per_loaded_component_mib']:.1f} MiB"),
+    ]
+
+
 @bench_app.command("sandbox")
 def bench_sandbox(
     runs: Annotated[int, typer.Option(help="Samples for latency percentiles.")] = 200,
@@ -51,6 +68,8 @@ def bench_sandbox(
         ("fresh isolated run, trivial program, p50", _ms(charter["fresh_run"]["p50_ms"])),
         ("fresh isolated run, trivial program, p99", _ms(charter["fresh_run"]["p99_ms"])),
         ("same, requests back to back, p50", _ms(charter["fresh_run_back_to_back"]["p50_ms"])),
+        ("same, back to back, pool drained (no pool), p50", _ms(charter["fresh_run_drained"]["p50_ms"])),
+        *baked_rows(charter["baked"]),
         ("host call round trip", _ms(charter["host_call_ms"])),
         ("1,000,000-iteration loop", f"{charter['cpu_loop_s']:.3f} s"),
         (
