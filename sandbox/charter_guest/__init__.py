@@ -185,10 +185,13 @@ class WitWorld(wit_world.WitWorld):
 
     def prepare(self, surface):
         if WitWorld.baked is not None:
-            # A baked instance is prepared already; preparing twice would confine twice.
+            # A baked instance is prepared already. prepare() arms its confinement and runs
+            # the warm-up once more: that writes (copy-on-write faults) the pages a run
+            # writes, off the request path, as a generic instance's prepare() does.
             if surface == WitWorld.baked:
                 if WitWorld.unconfined:
                     WitWorld._confine_now()
+                WitWorld._warm_up(WitWorld.namespace)
                 return
             raise Err("this component is baked for another contract surface; use the generic one")
         WitWorld._prepare(surface)
@@ -214,6 +217,10 @@ class WitWorld(wit_world.WitWorld):
         # Source lines come from the program text; looking a file up would need a file system.
         linecache.updatecache = lambda filename, module_globals=None: []
         linecache.checkcache = lambda filename=None: None
+        WitWorld._warm_up(namespace)
+
+    @staticmethod
+    def _warm_up(namespace):
         # Warm-up, off the request path: one run of a fixed program of the runtime's own
         # (never a caller's) through the same code a real run takes, so the instance's
         # first real run does not pay for first-use costs. It runs in a copy of the

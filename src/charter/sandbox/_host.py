@@ -424,7 +424,10 @@ class Sandbox:
 
     # -- instances -------------------------------------------------------------------
 
-    def _prepare(self, entry: _Contract) -> _Prepared:
+    def _prepare(self, entry: _Contract, *, warm: bool = True) -> _Prepared:
+        """A fresh instance for `entry`'s contract. A baked one needs no prepare(); with
+        `warm` (off the request path) it still gets one, which only runs the warm-up and so
+        moves the first run's copy-on-write page faults out of the run."""
         runtime = self._runtime
         store = wasmtime.Store(runtime.engine)
         store.set_epoch_deadline(_ticks(_PREPARE_SECONDS))
@@ -434,7 +437,7 @@ class Sandbox:
         run = instance.get_func(store, "run")
         if run is None:
             raise UsageError("the sandbox component lacks its exports; rebuild it with `charter sandbox build`")
-        if baked is None:
+        if baked is None or warm:
             prepare = instance.get_func(store, "prepare")
             if prepare is None:
                 raise UsageError("the sandbox component lacks its exports; rebuild it with `charter sandbox build`")
@@ -462,7 +465,9 @@ class Sandbox:
             del spent  # the used instances are freed here, off the request path
             for entry in short:
                 try:
-                    prepared = self._prepare(entry)
+                    # A pool run dry means runs are outpacing the refill: a cold instance is
+                    # ready sooner (baked: instantiation only), and its run pays the faults.
+                    prepared = self._prepare(entry, warm=bool(entry.pool))
                 except Exception:
                     time.sleep(0.1)
                     continue
@@ -503,10 +508,11 @@ class Sandbox:
             prepared = entry.pool.popleft()
         except IndexError:
             # The pool ran dry (a burst, or pool_size=0): prepare on the request path, and
-            # keep one more ready from now on.
+            # keep one more ready from now on. A baked instance is used cold: warming it
+            # would cost the request more than the faults its run takes.
             if self._pool_size > 0 and entry.target < _MAX_POOL:
                 entry.target += 1
-            prepared = self._prepare(entry)
+            prepared = self._prepare(entry, warm=False)
         self._served["baked" if prepared.baked else "generic"] += 1
         return prepared
 
