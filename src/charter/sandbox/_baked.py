@@ -167,9 +167,6 @@ class BakedComponents:
                 failure = error if isinstance(error, BuildFailed) else BuildFailed(message)
                 future.set_exception(failure)
                 continue
-            with self._lock:
-                del self._pending[key]
-                self.reports[key] = report
             self._on_ready(key)
             future.set_result(report)
 
@@ -188,12 +185,15 @@ class BakedComponents:
             self._build(files, surface_json)
             build_seconds = time.monotonic() - started
             component, load_ms = self._deserialize(native)
-        with self._lock:
+        report = BakeReport(key=key, build_seconds=build_seconds, native_bytes=native.stat().st_size, load_ms=load_ms)
+        with self._lock:  # loaded, reported and no longer pending at once, for `request`
+            self.reports[key] = report
             self._loaded[key] = component
             self._loaded.move_to_end(key)
             while len(self._loaded) > self.capacity:
                 self._loaded.popitem(last=False)  # instances already made keep their component alive
-        return BakeReport(key=key, build_seconds=build_seconds, native_bytes=native.stat().st_size, load_ms=load_ms)
+            del self._pending[key]
+        return report
 
     def _deserialize(self, native: Path) -> tuple[Component, float]:
         started = time.monotonic()

@@ -513,7 +513,7 @@ class Sandbox:
             if self._pool_size > 0 and entry.target < _MAX_POOL:
                 entry.target += 1
             prepared = self._prepare(entry, warm=False)
-        self._served["baked" if prepared.baked else "generic"] += 1
+        self._served["baked" if prepared.baked else "generic"] += 1  # a statistic: racing threads may lose one
         return prepared
 
     def _retire(self, prepared: _Prepared) -> None:
