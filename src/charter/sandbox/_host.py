@@ -74,8 +74,8 @@ __all__ = ["RunContext", "Sandbox"]
 
 _TICK_SECONDS = 0.002
 _PREPARE_SECONDS = 30.0
-_MAX_POOL = 8  # prepared instances one contract's pool may grow to under demand
-_MAX_PREPARED = 32  # prepared instances held in the process at most (a few MiB each)
+_MAX_POOL = 4  # prepared instances one contract's pool may grow to under demand (memory: goal 5)
+_MAX_PREPARED = 16  # prepared instances held in the process at most (up to ~8 MiB each when warmed)
 _IDLE_SECONDS = 10.0  # a pool grown by demand steps back after this long without runs
 _HOST_INTERFACE = "charter:sandbox/host@0.1.0"
 _ABORT_OPERATION = "$abort"
