@@ -23,7 +23,7 @@ from charter.compiler.artifact import CompiledContract
 from charter.gate import PassThroughGate
 from charter.principal import Principal
 from charter.sandbox import BuildFailed, Completed, RunContext, Sandbox, _baked
-from tests.conftest import compiled
+from tests.conftest import charter, compiled
 from tests.test_sandbox import (  # noqa: F401 - run again here, against baked instances
     healthy_after,
     recorder,
@@ -201,3 +201,14 @@ def test_the_epoch_ticker_sleeps_while_no_run_is_in_flight(sandbox: Sandbox, ord
         if frame.f_code.co_name == "wait" and frame.f_back is not None and frame.f_back.f_code.co_name == "_tick":
             break
         threading.Event().wait(0.001)
+
+
+def test_sandbox_build_bakes_a_published_contract(sandbox: Sandbox, orders: CompiledContract) -> None:
+    # The module's sandbox built (or found) the orders surface's component: the command loads it.
+    assert charter("contract", "publish", "contracts/orders.yaml").returncode == 0
+    result = charter("sandbox", "build", "--contract", "orders")
+    assert result.returncode == 0, result.stderr
+    assert f"Baked orders@{orders.version}: already built" in result.stdout
+    unknown = charter("sandbox", "build", "--contract", "no-such-contract")
+    assert unknown.returncode != 0
+    assert "no-such-contract" in unknown.stdout + unknown.stderr

@@ -15,13 +15,31 @@ bench_app = typer.Typer(help="Benchmarks: figures from this machine, with peers 
 
 
 @app.command()
-def build() -> None:
+def build(
+    contract: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--contract",
+            metavar="NAME[@VERSION]",
+            help="Also bake this published contract's component now (repeatable), as `charter serve` "
+            "does in the background at start.",
+        ),
+    ] = None,
+) -> None:
     """Build the sandbox component and its native code now, instead of on first use."""
+    from charter.registry import Registry, parse_ref
     from charter.sandbox import Sandbox, cache_root, ensure_built
 
     try:
         files = ensure_built(progress=say)
-        Sandbox(pool_size=0, progress=say)  # compiles and caches the native code
+        sandbox = Sandbox(pool_size=0, progress=say)  # compiles and caches the native code
+        registry = Registry() if contract else None
+        for ref in contract or ():
+            assert registry is not None
+            compiled = registry.get(*parse_ref(ref))
+            report = sandbox.bake(compiled).result()
+            built = f"built in {report.build_seconds:.1f} s" if report.build_seconds else "already built"
+            say(f"Baked {compiled.name}@{compiled.version}: {built}, {report.native_bytes / 2**20:.1f} MiB native code")
     except CharterError as error:
         fail(error)
     say(f"Sandbox component ready: {files.wasm} (cache: {cache_root()})")
