@@ -10,6 +10,7 @@ suite (CHARTER_BAKE=0, tests/conftest.py).
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from charter.backends import InMemoryBackend
 from charter.compiler.artifact import CompiledContract
 from charter.gate import PassThroughGate
 from charter.principal import Principal
-from charter.sandbox import BuildFailed, Completed, RunContext, Sandbox, _baked
+from charter.sandbox import BuildFailed, Completed, RunContext, Sandbox, _baked, _component
 from tests.conftest import charter, compiled
 from tests.test_sandbox import (  # noqa: F401 - run again here, against baked instances
     healthy_after,
@@ -212,3 +213,36 @@ def test_sandbox_build_bakes_a_published_contract(sandbox: Sandbox, orders: Comp
     unknown = charter("sandbox", "build", "--contract", "no-such-contract")
     assert unknown.returncode != 0
     assert "no-such-contract" in unknown.stdout + unknown.stderr
+
+
+def test_a_second_builder_of_the_same_key_waits_and_uses_the_first_ones_files(
+    sandbox: Sandbox, orders: CompiledContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = sandbox._entry(orders).surface_key
+    built = _baked.baked_files(key)
+    tag = sandbox._runtime.config_tag
+    monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))
+    target = _baked.baked_files(key)
+    target.directory.mkdir(parents=True)
+    shutil.copyfile(built.directory / "surface.json", target.directory / "surface.json")
+    target.wasm.write_bytes(b"\0asm damaged")  # what the second builder would compile, and fail on
+    with _component._locked(target.directory):  # the first builder, mid-build
+        second = subprocess.Popen(
+            [sys.executable, "-m", "charter.sandbox._baked", str(target.directory)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while not _waits_for_a_lock(second.pid):
+            assert second.poll() is None, second.communicate()
+            threading.Event().wait(0.01)
+        shutil.copyfile(built.native(tag), target.native(tag))  # the first builder's result
+    _, errors = second.communicate(timeout=120)
+    assert second.returncode == 0, errors
+    assert target.wasm.read_bytes() == b"\0asm damaged"  # untouched: it found the native code done
+
+
+def _waits_for_a_lock(pid: int) -> bool:
+    # /proc/locks lists a process blocked in flock() as "N: -> FLOCK ADVISORY WRITE <pid> ...".
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any("->" in line and f" {pid} " in line for line in lines)
