@@ -307,6 +307,7 @@ class _Prepared:
     store: wasmtime.Store
     run: Func
     baked: bool  # an instance of the contract's baked component: prepared at build time
+    prepare: Func | None = None  # a cold baked instance's prepare(), to warm it while the pool is idle
 
 
 class _GuestMemoryError(msgspec.Struct, frozen=True, tag_field="status", tag="memory_limit"):
@@ -437,15 +438,22 @@ class Sandbox:
         run = instance.get_func(store, "run")
         if run is None:
             raise UsageError("the sandbox component lacks its exports; rebuild it with `charter sandbox build`")
+        prepared = _Prepared(store=store, run=run, baked=baked is not None)
         if baked is None or warm:
             prepare = instance.get_func(store, "prepare")
             if prepare is None:
                 raise UsageError("the sandbox component lacks its exports; rebuild it with `charter sandbox build`")
-            with _profile.component("sandbox.prepare"):
-                failure = prepare(store, entry.surface_json)
-            if failure is not None:
-                raise UsageError(f"the sandbox could not load the contract surface: {failure}")
-        return _Prepared(store=store, run=run, baked=baked is not None)
+            self._call_prepare(prepared, prepare, entry.surface_json)
+        else:
+            prepared.prepare = instance.get_func(store, "prepare")
+        return prepared
+
+    @staticmethod
+    def _call_prepare(prepared: _Prepared, prepare: Func, surface_json: str) -> None:
+        with _profile.component("sandbox.prepare"):
+            failure = prepare(prepared.store, surface_json)
+        if failure is not None:
+            raise UsageError(f"the sandbox could not load the contract surface: {failure}")
 
     def _refill(self) -> None:
         while True:
@@ -456,18 +464,21 @@ class Sandbox:
                 short = [e for e in self._contracts.values() if len(e.pool) < e.target]
                 if held >= _MAX_PREPARED:
                     short = []
-                if not short and not spent:
+                cold = None if short or spent else self._take_cold()
+                if not short and not spent and cold is None:
                     grown = any(e.target > self._pool_size for e in self._contracts.values())
                     # Wake again only while some pool is above its base size, to shrink it.
                     if not self._wanted.wait(_IDLE_SECONDS if grown else None) and grown:
                         self._shrink()
                     continue
             del spent  # the used instances are freed here, off the request path
+            if cold is not None:
+                self._warm_cold(*cold)
             for entry in short:
                 try:
-                    # A pool run dry means runs are outpacing the refill: a cold instance is
-                    # ready sooner (baked: instantiation only), and its run pays the faults.
-                    prepared = self._prepare(entry, warm=bool(entry.pool))
+                    # Cold (baked: instantiation only) so the pool keeps up with runs arriving
+                    # back to back; warmed above once nothing else is wanted.
+                    prepared = self._prepare(entry, warm=False)
                 except Exception:
                     time.sleep(0.1)
                     continue
@@ -475,6 +486,30 @@ class Sandbox:
                     self._retire(prepared)  # its baked component arrived meanwhile
                 else:
                     entry.pool.append(prepared)
+
+    def _take_cold(self) -> tuple[_Contract, _Prepared] | None:
+        # Called with self._wanted held. A cold instance's first run pays the copy-on-write
+        # faults of the pages it writes (~1 ms); prepare() on a baked instance runs the
+        # warm-up instead, off the request path. It leaves the pool while it is warmed.
+        for entry in self._contracts.values():
+            for prepared in list(entry.pool):
+                if prepared.prepare is not None:
+                    try:
+                        entry.pool.remove(prepared)
+                    except ValueError:
+                        continue  # a run took it meanwhile
+                    return entry, prepared
+        return None
+
+    def _warm_cold(self, entry: _Contract, prepared: _Prepared) -> None:
+        prepare, prepared.prepare = prepared.prepare, None
+        assert prepare is not None
+        try:
+            self._call_prepare(prepared, prepare, entry.surface_json)
+        except Exception:
+            self._retire(prepared)
+            return
+        entry.pool.appendleft(prepared)  # the next run takes it
 
     def _shrink(self) -> None:
         # Called with self._wanted held: pools idle for a while step back toward their base.
