@@ -258,3 +258,22 @@ def _waits_for_a_lock(pid: int) -> bool:
     # /proc/locks lists a process blocked in flock() as "N: -> FLOCK ADVISORY WRITE <pid> ...".
     lines = Path("/proc/locks").read_text().splitlines()
     return any("->" in line and f" {pid} " in line for line in lines)
+
+
+def test_a_pool_found_empty_grows_and_shrinks_back_when_idle(
+    orders: CompiledContract, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from charter.sandbox import _host
+
+    monkeypatch.setattr(_host, "_IDLE_SECONDS", 0.05)
+    fresh = Sandbox(pool_size=1, progress=None)  # its refill thread waits: nothing is asked of it yet
+    assert isinstance(_run(fresh, orders, 'conclude("first")'), Completed)  # its pool was empty
+    entry = fresh._entry(orders)
+    assert entry.target == 2
+    # Idle, the pool steps back to its base size (the refill thread wakes to shrink it).
+    for _ in range(6000):  # a bound against hanging, not a measure of speed
+        if entry.target == 1:
+            break
+        threading.Event().wait(0.01)
+    assert entry.target == 1
+    assert len(entry.pool) <= 1
