@@ -26,6 +26,9 @@ from charter.sandbox import Sandbox
 os.environ["CHARTER_ALLOW_MODEL_REQUESTS"] = "0"
 os.environ.pop("ANTHROPIC_API_KEY", None)
 os.environ.pop("ANTHROPIC_AUTH_TOKEN", None)
+# No baked sandbox components unless a test asks for one (tests/test_baked.py): a build costs
+# ~15 s of CPU per contract surface, and `charter serve` subprocesses would bake every contract.
+os.environ["CHARTER_BAKE"] = "0"
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_CONTRACT = (ROOT / "tests" / "data" / "base.yaml").read_text(encoding="utf-8")

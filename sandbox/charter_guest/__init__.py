@@ -181,8 +181,25 @@ def _syntax_error(error, source_lines):
 
 class WitWorld(wit_world.WitWorld):
     namespace = None  # the one program's globals, built by prepare()
+    baked = None  # the surface prepared at build time, in a baked component
 
     def prepare(self, surface):
+        if WitWorld.baked is not None:
+            # A baked instance is prepared already. prepare() arms its confinement and runs
+            # the warm-up once more: that writes (copy-on-write faults) the pages a run
+            # writes, off the request path, as a generic instance's prepare() does.
+            if surface == WitWorld.baked:
+                if WitWorld.unconfined:
+                    WitWorld._confine_now()
+                WitWorld._warm_up(WitWorld.namespace)
+                return
+            raise Err("this component is baked for another contract surface; use the generic one")
+        WitWorld._prepare(surface)
+        _confine.install_audit_hook()
+        _confine.refuse_host_functions()
+
+    @staticmethod
+    def _prepare(surface):
         try:
             namespace = _proxies.build(json.loads(surface), host.call, Err)
         except Exception as error:
@@ -200,15 +217,17 @@ class WitWorld(wit_world.WitWorld):
         # Source lines come from the program text; looking a file up would need a file system.
         linecache.updatecache = lambda filename, module_globals=None: []
         linecache.checkcache = lambda filename=None: None
-        _confine.install_audit_hook()
-        _confine.refuse_host_functions()
+        WitWorld._warm_up(namespace)
+
+    @staticmethod
+    def _warm_up(namespace):
         # Warm-up, off the request path: one run of a fixed program of the runtime's own
         # (never a caller's) through the same code a real run takes, so the instance's
         # first real run does not pay for first-use costs. It runs in a copy of the
         # namespace, and every piece of run state is set afresh by the real run.
         WitWorld.namespace = dict(namespace)
         _Run.warming = True
-        self.run(_WARM_UP_PROGRAM, _WARM_UP_CONTEXT)
+        WitWorld().run(_WARM_UP_PROGRAM, _WARM_UP_CONTEXT)
         _Run.warming = False
         _RUN.reset()
         _proxies.SESSION.concluded = False
@@ -216,7 +235,16 @@ class WitWorld(wit_world.WitWorld):
         # Everything so far lives as long as the instance: keep the collector off it.
         gc.freeze()
 
+    unconfined = False  # a baked instance: its confinement is armed by its run(), see the module's end
+
+    @staticmethod
+    def _confine_now():
+        _confine.arm()
+        WitWorld.unconfined = False
+
     def run(self, program, context):
+        if WitWorld.unconfined:
+            WitWorld._confine_now()  # before anything of the program's runs
         try:
             outcome = _execute(program, context)
             if outcome["status"] == "concluded":
@@ -351,5 +379,21 @@ class _Principal:
         return f"Principal(id={self.id!r}, scopes={self.scopes!r})"
 
 
-gc.collect()
-gc.freeze()
+# A baked build: the host wrote a contract's surface beside this package before
+# componentize-py ran. Preparing now puts the prepared interpreter (proxies, confinement,
+# warm-up) in the snapshot, so an instance of this component needs no prepare() call.
+_BAKED_SURFACE = os.path.join(os.path.dirname(__file__), "..", "baked_surface.json")
+if os.path.exists(_BAKED_SURFACE):
+    with open(_BAKED_SURFACE, encoding="utf-8") as _baked:
+        _surface = _baked.read()
+    WitWorld._prepare(_surface)
+    WitWorld.baked = _surface
+    # componentize-py still uses os (unsetenv) after this top level: the confinement is
+    # installed now but armed by the instance's one run() call, first thing (`_confine.arm`).
+    _confine.install_audit_hook(armed=False)
+    _confine.refuse_host_functions(deferred=True)
+    WitWorld.unconfined = True
+    gc.freeze()
+else:
+    gc.collect()
+    gc.freeze()

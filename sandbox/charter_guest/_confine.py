@@ -15,7 +15,7 @@ import sys
 import time as _time
 import types
 
-__all__ = ["RunClock", "install_audit_hook", "program_builtins", "refuse_host_functions", "reseed"]
+__all__ = ["RunClock", "arm", "install_audit_hook", "program_builtins", "refuse_host_functions", "reseed"]
 
 
 class RunClock:
@@ -181,9 +181,15 @@ def program_builtins(allowed_modules):
 _BLOCKED_PREFIXES = ("open", "os.", "subprocess.", "socket.", "ctypes.", "shutil.", "import", "urllib.", "glob.")
 
 
-def install_audit_hook():
+class _Hook:
+    armed = False  # off while a baked component is built: componentize-py still uses os after the guest's top level
+
+
+def install_audit_hook(armed=True):
+    _Hook.armed = armed
+
     def audit(event, args):
-        if event.startswith(_BLOCKED_PREFIXES):
+        if _Hook.armed and event.startswith(_BLOCKED_PREFIXES):
             if event == "import":
                 raise ImportError(f"module {args[0]!r} is not available in a Charter program", name=args[0])
             raise PermissionError(f"{event} is not available in a Charter program: it has no host access")
@@ -243,13 +249,21 @@ def _no_host_access(what):
     return refuse
 
 
-def refuse_host_functions():
+# What componentize-py itself calls after the guest's top level ran (it clears the
+# environment before the snapshot): a baked build refuses these at its first run instead.
+_USED_BY_THE_BUILD = frozenset({"unsetenv", "putenv"})
+
+
+def refuse_host_functions(deferred=False):
+    """Refuse the host functions of `os`; deferred=True leaves those the build still uses (see `arm`)."""
     import os
     import posix
 
     for name in dir(posix):
         value = getattr(posix, name)
         if type(value) is not types.BuiltinFunctionType or name in _PURE_OS:
+            continue
+        if deferred and name in _USED_BY_THE_BUILD:
             continue
         refusal = _no_host_access(f"os.{name}")
         setattr(posix, name, refusal)
@@ -260,3 +274,16 @@ def refuse_host_functions():
     for name in _HOST_CLOCKS:
         if hasattr(_time, name):
             setattr(_time, name, _no_host_access(f"the interpreter's own time.{name}"))
+
+
+def arm():
+    """The rest of the confinement a baked build deferred: cheap, done by the instance's run()."""
+    import os
+    import posix
+
+    for name in _USED_BY_THE_BUILD:
+        if hasattr(posix, name):
+            refusal = _no_host_access(f"os.{name}")
+            setattr(posix, name, refusal)
+            setattr(os, name, refusal)
+    _Hook.armed = True

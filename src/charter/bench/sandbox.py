@@ -11,20 +11,25 @@ import dataclasses
 import datetime
 import decimal
 import os
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wasmtime.component import Component
+
 from charter.backends import InMemoryBackend
 from charter.compiler import compile_contract
+from charter.compiler.artifact import CompiledContract
 from charter.contract.checker import load_contract
-from charter.gate import PassThroughGate
+from charter.gate import Gate, PassThroughGate
 from charter.principal import Principal
-from charter.sandbox import Completed, RunContext, Sandbox, SandboxLimits
+from charter.sandbox import Completed, RunContext, Sandbox, SandboxLimits, _baked
 
 __all__ = ["run_sandbox_bench"]
 
@@ -62,6 +67,15 @@ def _time(action: Callable[[], Any], repeats: int, gap: float = 0.0) -> list[flo
     return samples
 
 
+def _back_to_back(action: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """Latency percentiles of runs back to back, with the process's CPU per run (all threads,
+    the pool's refill included): a figure other load on the machine disturbs less than wall time."""
+    cpu = time.process_time()
+    figures = _percentiles(_time(action, repeats))
+    figures["process_cpu_ms_per_run"] = (time.process_time() - cpu) / repeats * 1000
+    return figures
+
+
 def _rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -87,7 +101,8 @@ def _charter(repeats: int) -> dict[str, Any]:
     # Arrivals are spaced so the pool has refilled, as it would below capacity; the
     # back-to-back figure shows what happens when requests outpace the pool.
     trivial = _percentiles(_time(lambda: run('conclude("ok")'), repeats, gap=0.02))
-    back_to_back = _percentiles(_time(lambda: run('conclude("ok")'), repeats))
+    back_to_back = _back_to_back(lambda: run('conclude("ok")'), repeats)
+    generic_drained = _drained(Sandbox(pool_size=0, progress=None), contract, gate, context, repeats)
     calls = 200
     one = statistics.median(_time(lambda: run('orders.get_order(id=1)\nconclude("ok")'), 15, gap=0.02))
     loop_program = f"for i in range({calls + 1}):\n    orders.get_order(id=i)\nconclude('ok')"
@@ -97,18 +112,86 @@ def _charter(repeats: int) -> dict[str, Any]:
     native = statistics.median(_time(lambda: exec(compile(_LOOP, "<loop>", "exec"), {}), 5))
     # Memory: resident set growth for instances held ready, each already prepared.
     before = _rss_bytes()
-    held = [sandbox._prepare(sandbox._surfaces[contract.sha256]) for _ in range(20)]
+    entry = sandbox._entry(contract)
+    held = [sandbox._prepare(entry) for _ in range(20)]
     per_instance = (_rss_bytes() - before) / len(held)
     del held
     return {
         "fresh_run": trivial,
         "fresh_run_back_to_back": back_to_back,
+        "fresh_run_drained": generic_drained,
+        "baked": _baked_figures(contract, gate, context, repeats),
         "host_call_ms": per_call_ms,
         "cpu_loop_s": loop,
         "native_loop_s": native,
         "cpu_ratio_to_native": loop / native,
         "memory_per_instance_mib": per_instance / 2**20,
         "cold_start_s": _cold_start(),
+    }
+
+
+def _drained(sandbox: Sandbox, contract: CompiledContract, gate: Gate, context: RunContext, repeats: int) -> Any:
+    """Back to back with no pool at all: every instance made (and dropped) on the request path."""
+
+    def run() -> None:
+        outcome = sandbox.run('conclude("ok")', contract=contract, gate=gate, context=context)
+        if not isinstance(outcome, Completed):
+            raise RuntimeError(f"bench program failed: {outcome.message}")
+
+    for _ in range(5):
+        run()
+    return _back_to_back(run, repeats)
+
+
+def _baked_figures(contract: CompiledContract, gate: Gate, context: RunContext, repeats: int) -> dict[str, Any]:
+    """Fresh runs from the contract's baked component, and what one baked component costs.
+
+    The build is timed into a scratch cache (the usual cache may hold it already), in a
+    subprocess whose peak RSS is the children's maximum resident set.
+    """
+    with tempfile.TemporaryDirectory(prefix="charter-bench-bake-") as scratch:
+        previous = os.environ.get("CHARTER_CACHE_DIR")
+        scratch_sandbox = Sandbox(pool_size=0, bake=True, progress=None)
+        os.environ["CHARTER_CACHE_DIR"] = scratch
+        try:
+            build = scratch_sandbox.bake(contract).result(timeout=1800)
+        finally:
+            if previous is None:
+                os.environ.pop("CHARTER_CACHE_DIR", None)
+            else:
+                os.environ["CHARTER_CACHE_DIR"] = previous
+        build_peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    sandbox = Sandbox(pool_size=2, bake=True, progress=None)
+    sandbox.bake(contract).result(timeout=1800)  # from the usual cache, built now if absent
+    sandbox.warm(contract)
+
+    def run() -> None:
+        outcome = sandbox.run('conclude("ok")', contract=contract, gate=gate, context=context)
+        if not isinstance(outcome, Completed):
+            raise RuntimeError(f"bench program failed: {outcome.message}")
+
+    spaced = _percentiles(_time(run, repeats, gap=0.02))
+    back_to_back = _back_to_back(run, repeats)
+    served = sandbox.runs_served()
+    drained_sandbox = Sandbox(pool_size=0, bake=True, progress=None)
+    drained_sandbox.bake(contract).result(timeout=1800)
+    drained = _drained(drained_sandbox, contract, gate, context, repeats)
+    # Resident memory of a loaded baked component: load its native code a few more times.
+    native = _baked.baked_files(sandbox._entry(contract).surface_key).native(sandbox._runtime.config_tag)
+    before = _rss_bytes()
+    loaded = [Component.deserialize_file(sandbox._runtime.engine, str(native)) for _ in range(3)]
+    per_component = (_rss_bytes() - before) / len(loaded)
+    del loaded
+    return {
+        "fresh_run": spaced,
+        "fresh_run_back_to_back": back_to_back,
+        "fresh_run_drained": drained,
+        "runs_served": served,
+        "build_s": build.build_seconds,
+        "build_peak_rss_mib": build_peak_rss / 2**20,
+        "native_mib": build.native_bytes / 2**20,
+        "load_ms": build.load_ms,
+        "rss_per_loaded_component_mib": per_component / 2**20,
     }
 
 

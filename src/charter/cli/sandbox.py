@@ -15,13 +15,31 @@ bench_app = typer.Typer(help="Benchmarks: figures from this machine, with peers 
 
 
 @app.command()
-def build() -> None:
+def build(
+    contract: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--contract",
+            metavar="NAME[@VERSION]",
+            help="Also bake this published contract's component now (repeatable), as `charter serve` "
+            "does in the background at start.",
+        ),
+    ] = None,
+) -> None:
     """Build the sandbox component and its native code now, instead of on first use."""
+    from charter.registry import Registry, parse_ref
     from charter.sandbox import Sandbox, cache_root, ensure_built
 
     try:
         files = ensure_built(progress=say)
-        Sandbox(pool_size=0, progress=say)  # compiles and caches the native code
+        sandbox = Sandbox(pool_size=0, progress=say)  # compiles and caches the native code
+        registry = Registry() if contract else None
+        for ref in contract or ():
+            assert registry is not None
+            compiled = registry.get(*parse_ref(ref))
+            report = sandbox.bake(compiled).result()
+            built = f"built in {report.build_seconds:.1f} s" if report.build_seconds else "already built"
+            say(f"Baked {compiled.name}@{compiled.version}: {built}, {report.native_bytes / 2**20:.1f} MiB native code")
     except CharterError as error:
         fail(error)
     say(f"Sandbox component ready: {files.wasm} (cache: {cache_root()})")
@@ -29,6 +47,22 @@ def build() -> None:
 
 def _ms(value: float) -> str:
     return f"{value:.3f} ms"
+
+
+def baked_rows(baked: dict[str, Any]) -> list[tuple[str, str]]:
+    """The baked component's rows of `charter bench sandbox` (issue 17, goal 4: back to back p50 <= 2.5 ms)."""
+    back_to_back = baked["fresh_run_back_to_back"]
+    met = "met" if back_to_back["p50_ms"] <= 2.5 else "not met"
+    return [
+        ("baked component: fresh run, spaced, p50", _ms(baked["fresh_run"]["p50_ms"])),
+        (f"baked: back to back, p50 (goal 2.5 ms: {met})", _ms(back_to_back["p50_ms"])),
+        ("baked: back to back, process CPU per run", _ms(back_to_back["process_cpu_ms_per_run"])),
+        ("baked: back to back, no pool at all, p50", _ms(baked["fresh_run_drained"]["p50_ms"])),
+        ("baked: build time (componentize-py + native code)", f"{baked['build_s']:.1f} s"),
+        ("baked: build peak RSS", f"{baked['build_peak_rss_mib']:.0f} MiB"),
+        ("baked: native code on disk / load time", f"{baked['native_mib']:.1f} MiB / {baked['load_ms']:.0f} ms"),
+        ("baked: RSS per loaded component", f"{baked['rss_per_loaded_component_mib']:.1f} MiB"),
+    ]
 
 
 @bench_app.command("sandbox")
@@ -51,6 +85,9 @@ def bench_sandbox(
         ("fresh isolated run, trivial program, p50", _ms(charter["fresh_run"]["p50_ms"])),
         ("fresh isolated run, trivial program, p99", _ms(charter["fresh_run"]["p99_ms"])),
         ("same, requests back to back, p50", _ms(charter["fresh_run_back_to_back"]["p50_ms"])),
+        ("same, back to back, process CPU per run", _ms(charter["fresh_run_back_to_back"]["process_cpu_ms_per_run"])),
+        ("same, back to back, no pool at all, p50", _ms(charter["fresh_run_drained"]["p50_ms"])),
+        *baked_rows(charter["baked"]),
         ("host call round trip", _ms(charter["host_call_ms"])),
         ("1,000,000-iteration loop", f"{charter['cpu_loop_s']:.3f} s"),
         (

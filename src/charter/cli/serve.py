@@ -96,6 +96,7 @@ def serve(
     host, port = host_port(address)
     try:
         service = build_service(replay)
+        service.runner.sandbox.bake_all(service.latest_contracts())  # in the background; CHARTER_BAKE=0: off
         store = TokenStore(tokens)
         if not store.entries():
             say(f"no tokens in {store.path}: every request will get 401; add one with `charter token add`", "yellow")

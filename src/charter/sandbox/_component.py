@@ -28,12 +28,22 @@ from wasmtime.component import Component
 from charter._paths import allowed_modules, shipped_dir
 from charter.errors import CharterError
 
-__all__ = ["BuildFailed", "ComponentFiles", "allowed_modules", "cache_root", "ensure_built", "guest_dir", "load"]
+__all__ = [
+    "BuildFailed",
+    "ComponentFiles",
+    "allowed_modules",
+    "cache_root",
+    "ensure_built",
+    "guest_dir",
+    "load",
+    "new_engine",
+]
 
 _WORLD = "runner"
 _APP = "charter_guest"
 # Bump when the way the component is built changes without a source change.
 _BUILD_FORMAT = "1"
+_WASM_STACK_BYTES = 2 * 2**20  # wasmtime refuses more than its async stack size, 2 MiB
 
 
 class BuildFailed(CharterError):
@@ -106,8 +116,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def _run_componentize(output: Path) -> None:
-    root = guest_dir()
+def _run_componentize(output: Path, root: Path | None = None) -> None:
+    root = root or guest_dir()
     command = [
         sys.executable,
         "-c",
@@ -128,6 +138,21 @@ def _run_componentize(output: Path) -> None:
         raise BuildFailed(
             f"componentize-py could not build the sandbox guest from {root}:\n{result.stderr[-4000:] or result.stdout}"
         )
+
+
+def new_engine() -> tuple[wasmtime.Engine, str]:
+    """An engine configured as every sandbox engine is, and the tag its native code is cached under.
+
+    The builder of baked components compiles their native code with this same engine, in
+    its own process, so the server only deserializes it.
+    """
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    # CPython recurses in C for parsing, repr and JSON. A deeper native stack lets the
+    # parser's own limit fire first (a MemoryError the program sees); C recursion deep
+    # enough still exhausts it and ends the run as a trap.
+    config.max_wasm_stack = _WASM_STACK_BYTES
+    return wasmtime.Engine(config), f"epoch-stack{_WASM_STACK_BYTES}"
 
 
 def ensure_built(progress: Callable[[str], None] | None = None) -> ComponentFiles:

@@ -18,13 +18,14 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 import secrets
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -34,6 +35,7 @@ import msgspec
 import wasmtime
 from wasmtime.component import Component, Func, Linker
 
+from charter import _profile
 from charter.compiler.artifact import CompiledContract
 from charter.errors import UsageError
 from charter.gate._protocol import (
@@ -48,7 +50,7 @@ from charter.gate._protocol import (
     encode_reply,
 )
 from charter.principal import Principal
-from charter.sandbox import _component, _wire
+from charter.sandbox import _baked, _component, _wire
 from charter.sandbox._crossing import HostAbort, add_string_result_func, call_strings
 from charter.sandbox.limits import SandboxLimits
 from charter.sandbox.outcomes import (
@@ -71,8 +73,10 @@ from charter.sandbox.outcomes import (
 __all__ = ["RunContext", "Sandbox"]
 
 _TICK_SECONDS = 0.002
-_WASM_STACK_BYTES = 2 * 2**20  # wasmtime refuses more than its async stack size, 2 MiB
 _PREPARE_SECONDS = 30.0
+_MAX_POOL = 4  # prepared instances one contract's pool may grow to under demand (memory: goal 5)
+_MAX_PREPARED = 16  # prepared instances held in the process at most (up to ~8 MiB each when warmed)
+_IDLE_SECONDS = 10.0  # a pool grown by demand steps back after this long without runs
 _HOST_INTERFACE = "charter:sandbox/host@0.1.0"
 _ABORT_OPERATION = "$abort"
 # The guest's conclude()/refuse() sends the conclusion here the moment the program makes
@@ -92,31 +96,52 @@ class RunContext(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _Runtime:
-    """The process-wide engine, component and linker, and the epoch ticker."""
+    """The process-wide engine, component and linker, and the epoch ticker.
+
+    The ticker runs only while a run is in flight (`enter`/`leave`): with no traffic no
+    thread of the sandbox wakes. Epochs only matter while wasm runs, and every run holds
+    the ticker on from before its deadline is armed until its outcome is known.
+    """
 
     def __init__(self, progress: Callable[[str], None] | None) -> None:
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        # CPython recurses in C for parsing, repr and JSON. A deeper native stack lets the
-        # parser's own limit fire first (a MemoryError the program sees); C recursion deep
-        # enough still exhausts it and ends the run as a trap.
-        config.max_wasm_stack = _WASM_STACK_BYTES
-        self.engine = wasmtime.Engine(config)
-        self.component: Component = _component.load(self.engine, f"epoch-stack{_WASM_STACK_BYTES}", progress)
+        self.engine, self.config_tag = _component.new_engine()
+        self.component: Component = _component.load(self.engine, self.config_tag, progress)
         self.linker = Linker(self.engine)
         with self.linker.root() as root, root.add_instance(_HOST_INTERFACE) as host:
             add_string_result_func(host, "call", _host_call)
-        threading.Thread(target=self._tick, name="charter-epoch", daemon=True).start()
+        self._in_flight = 0
+        self._runs = threading.Condition()
+        self.ticker = threading.Thread(target=self._tick, name="charter-epoch", daemon=True)
+        self.ticker.start()
+
+    def enter(self) -> None:
+        with self._runs:
+            self._in_flight += 1
+            if self._in_flight == 1:
+                self._runs.notify()
+
+    def leave(self) -> None:
+        with self._runs:
+            self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
 
     def _tick(self) -> None:
-        # Sleeps overshoot under load; catching up keeps one epoch = one tick of wall time.
-        due = time.monotonic() + _TICK_SECONDS
         while True:
-            time.sleep(max(0.0, due - time.monotonic()))
-            now = time.monotonic()
-            while due <= now:
-                self.engine.increment_epoch()
-                due += _TICK_SECONDS
+            with self._runs:
+                while self._in_flight == 0:
+                    self._runs.wait()
+            # Sleeps overshoot under load; catching up keeps one epoch = one tick of wall
+            # time. Restarted after each idle spell, so idle time is never caught up on.
+            due = time.monotonic() + _TICK_SECONDS
+            while self._in_flight:
+                time.sleep(max(0.0, due - time.monotonic()))
+                now = time.monotonic()
+                while due <= now:
+                    self.engine.increment_epoch()
+                    due += _TICK_SECONDS
 
 
 @cache
@@ -281,6 +306,8 @@ def _host_call(operation: str, arguments: str, line: int) -> tuple[bool, str]:
 class _Prepared:
     store: wasmtime.Store
     run: Func
+    baked: bool  # an instance of the contract's baked component: prepared at build time
+    prepare: Func | None = None  # a cold baked instance's prepare(), to warm it while the pool is idle
 
 
 class _GuestMemoryError(msgspec.Struct, frozen=True, tag_field="status", tag="memory_limit"):
@@ -292,71 +319,236 @@ _decode_outcome = msgspec.json.Decoder(_GuestOutcome).decode
 _decode_conclusion = msgspec.json.Decoder(Completed | Refused).decode
 
 
+@dataclass(slots=True)
+class _Contract:
+    """One contract's pool of prepared instances, sized to its recent demand."""
+
+    surface_json: str
+    surface_key: str  # its baked component's key
+    target: int
+    pool: deque[_Prepared]
+    last_take: float = 0.0
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, "")
+    try:
+        return int(text) if text else default
+    except ValueError:
+        raise UsageError(f"{name} must be a whole number, got {text!r}") from None
+
+
+def _bake_default() -> bool:
+    return os.environ.get("CHARTER_BAKE", "") == "1"
+
+
 class Sandbox:
     """Runs programs, each in a fresh Wasm instance, against one compiled contract at a time.
 
-    `pool_size` instances per contract are prepared ahead by a background thread.
-    Thread-safe: runs on different threads execute in parallel in their own stores.
+    Instances are prepared ahead by a background thread: `pool_size` per contract at
+    first, growing toward demand (one more each time a run finds its pool empty, up to
+    `_MAX_POOL`), shrinking back after `_IDLE_SECONDS` without runs, and never more than
+    `_MAX_PREPARED` in the process (each holds a few MiB).
+
+    Baking (`bake=True`, default: CHARTER_BAKE=1 in the environment, else off): each
+    contract run is queued at first sight for a component with its surface prepared at
+    build time (`charter.sandbox._baked`); once loaded, an instance needs only
+    instantiation. At most `baked_components` baked components are loaded at once
+    (default CHARTER_BAKED_COMPONENTS, else 4; least recently used evicted). Until a
+    contract's baked component is loaded, or if it cannot be built, the generic
+    component serves. Thread-safe: runs on different threads execute in parallel.
     """
 
-    def __init__(self, *, pool_size: int = 2, progress: Callable[[str], None] | None = _stderr_progress) -> None:
+    def __init__(
+        self,
+        *,
+        pool_size: int = 2,
+        progress: Callable[[str], None] | None = _stderr_progress,
+        bake: bool | None = None,
+        baked_components: int | None = None,
+    ) -> None:
         self._runtime = _runtime(progress)
         self._pool_size = pool_size
-        self._pools: dict[str, deque[_Prepared]] = {}
-        self._surfaces: dict[str, str] = {}
+        self._contracts: dict[str, _Contract] = {}
         self._wanted = threading.Condition()
         self._spent: list[_Prepared] = []
+        self._served = {"baked": 0, "generic": 0}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="charter-gate")
+        self._bake = _bake_default() if bake is None else bake
+        capacity = _env_int("CHARTER_BAKED_COMPONENTS", 4) if baked_components is None else baked_components
+        runtime = self._runtime
+        self._baked = _baked.BakedComponents(
+            runtime.engine, runtime.config_tag, capacity, on_ready=self._baked_ready, report=progress
+        )
         if pool_size > 0:
             threading.Thread(target=self._refill, name="charter-pool", daemon=True).start()
 
+    # -- baked components --------------------------------------------------------------
+
+    def bake(self, contract: CompiledContract) -> concurrent.futures.Future[_baked.BakeReport]:
+        """Queue `contract`'s baked component (built once into the cache, then loaded).
+
+        The future resolves once it is loaded and serving, with what it cost
+        (`BakeReport`), or raises BuildFailed; the generic component serves meanwhile
+        and after a failure, which is reported once through `progress`.
+        """
+        entry = self._entry(contract)
+        return self._baked.request(entry.surface_key, entry.surface_json)
+
+    def bake_all(self, contracts: Iterable[CompiledContract]) -> None:
+        """Turn baking on (unless CHARTER_BAKE=0) and queue each contract: what `charter serve` does."""
+        if os.environ.get("CHARTER_BAKE", "") == "0":
+            return
+        self._bake = True
+        for contract in contracts:
+            self.bake(contract)
+
+    def baked_loaded(self, contract: CompiledContract) -> bool:
+        """Whether `contract`'s instances now come from its baked component."""
+        return self._baked.get(self._entry(contract).surface_key) is not None
+
+    def runs_served(self) -> dict[str, int]:
+        """How many runs this sandbox served from each kind of instance: {"baked": n, "generic": n}."""
+        return dict(self._served)
+
+    def _baked_ready(self, key: str) -> None:
+        # Instances prepared from the generic component are retired: the refill replaces
+        # them at once with instances of the baked one, which cost a fraction to make.
+        with self._wanted:
+            for entry in self._contracts.values():
+                if entry.surface_key == key:
+                    kept = [prepared for prepared in entry.pool if prepared.baked]
+                    self._spent.extend(prepared for prepared in entry.pool if not prepared.baked)
+                    entry.pool.clear()
+                    entry.pool.extend(kept)
+            self._wanted.notify()
+
     # -- instances -------------------------------------------------------------------
 
-    def _prepare(self, surface_json: str) -> _Prepared:
+    def _prepare(self, entry: _Contract, *, warm: bool = True) -> _Prepared:
+        """A fresh instance for `entry`'s contract. A baked one needs no prepare(); with
+        `warm` (off the request path) it still gets one, which only runs the warm-up and so
+        moves the first run's copy-on-write page faults out of the run."""
         runtime = self._runtime
         store = wasmtime.Store(runtime.engine)
         store.set_epoch_deadline(_ticks(_PREPARE_SECONDS))
-        instance = runtime.linker.instantiate(store, runtime.component)
-        prepare = instance.get_func(store, "prepare")
+        baked = self._baked.get(entry.surface_key)
+        with _profile.component("sandbox.instantiate"):
+            instance = runtime.linker.instantiate(store, baked or runtime.component)
         run = instance.get_func(store, "run")
-        if prepare is None or run is None:
+        if run is None:
             raise UsageError("the sandbox component lacks its exports; rebuild it with `charter sandbox build`")
-        failure = prepare(store, surface_json)
+        prepared = _Prepared(store=store, run=run, baked=baked is not None)
+        if baked is None or warm:
+            prepare = instance.get_func(store, "prepare")
+            if prepare is None:
+                raise UsageError("the sandbox component lacks its exports; rebuild it with `charter sandbox build`")
+            self._call_prepare(prepared, prepare, entry.surface_json)
+        else:
+            prepared.prepare = instance.get_func(store, "prepare")
+        return prepared
+
+    @staticmethod
+    def _call_prepare(prepared: _Prepared, prepare: Func, surface_json: str) -> None:
+        with _profile.component("sandbox.prepare"):
+            failure = prepare(prepared.store, surface_json)
         if failure is not None:
             raise UsageError(f"the sandbox could not load the contract surface: {failure}")
-        return _Prepared(store=store, run=run)
 
     def _refill(self) -> None:
         while True:
             with self._wanted:
                 spent = list(self._spent)
                 self._spent.clear()
-                short = [(k, self._surfaces[k]) for k, pool in self._pools.items() if len(pool) < self._pool_size]
-                if not short and not spent:
-                    self._wanted.wait()
+                held = sum(len(entry.pool) for entry in self._contracts.values())
+                short = [e for e in self._contracts.values() if len(e.pool) < e.target]
+                if held >= _MAX_PREPARED:
+                    short = []
+                cold = None if short or spent else self._take_cold()
+                if not short and not spent and cold is None:
+                    grown = any(e.target > self._pool_size for e in self._contracts.values())
+                    # Wake again only while some pool is above its base size, to shrink it.
+                    if not self._wanted.wait(_IDLE_SECONDS if grown else None) and grown:
+                        self._shrink()
                     continue
             del spent  # the used instances are freed here, off the request path
-            for key, surface in short:
+            if cold is not None:
+                self._warm_cold(*cold)
+            for entry in short:
                 try:
-                    self._pools[key].append(self._prepare(surface))
+                    # Cold (baked: instantiation only) so the pool keeps up with runs arriving
+                    # back to back; warmed above once nothing else is wanted.
+                    prepared = self._prepare(entry, warm=False)
                 except Exception:
                     time.sleep(0.1)
+                    continue
+                if not prepared.baked and self._baked.get(entry.surface_key) is not None:
+                    self._retire(prepared)  # its baked component arrived meanwhile
+                else:
+                    entry.pool.append(prepared)
 
-    def _pool(self, contract: CompiledContract) -> deque[_Prepared]:
-        pool = self._pools.get(contract.sha256)
-        if pool is None:
+    def _take_cold(self) -> tuple[_Contract, _Prepared] | None:
+        # Called with self._wanted held. A cold instance's first run pays the copy-on-write
+        # faults of the pages it writes (~1 ms); prepare() on a baked instance runs the
+        # warm-up instead, off the request path. It leaves the pool while it is warmed.
+        for entry in self._contracts.values():
+            for prepared in list(entry.pool):
+                if prepared.prepare is not None:
+                    try:
+                        entry.pool.remove(prepared)
+                    except ValueError:
+                        continue  # a run took it meanwhile
+                    return entry, prepared
+        return None
+
+    def _warm_cold(self, entry: _Contract, prepared: _Prepared) -> None:
+        prepare, prepared.prepare = prepared.prepare, None
+        assert prepare is not None
+        try:
+            self._call_prepare(prepared, prepare, entry.surface_json)
+        except Exception:
+            self._retire(prepared)
+            return
+        entry.pool.appendleft(prepared)  # the next run takes it
+
+    def _shrink(self) -> None:
+        # Called with self._wanted held: pools idle for a while step back toward their base.
+        now = time.monotonic()
+        for entry in self._contracts.values():
+            if entry.target > self._pool_size and now - entry.last_take >= _IDLE_SECONDS:
+                entry.target -= 1
+                while len(entry.pool) > entry.target:
+                    self._spent.append(entry.pool.pop())
+
+    def _entry(self, contract: CompiledContract) -> _Contract:
+        entry = self._contracts.get(contract.sha256)
+        if entry is None:
+            surface = msgspec.json.encode(contract.surface).decode("utf-8")
+            fresh = _Contract(surface, _baked.surface_key(surface), self._pool_size, deque())
             with self._wanted:
-                self._surfaces[contract.sha256] = msgspec.json.encode(contract.surface).decode("utf-8")
-                pool = self._pools.setdefault(contract.sha256, deque())
-        return pool
+                entry = self._contracts.setdefault(contract.sha256, fresh)
+        return entry
+
+    def _pool(self, contract: CompiledContract) -> _Contract:
+        entry = self._entry(contract)
+        if self._bake and self._baked.get(entry.surface_key) is None:
+            # Queued at first sight; after an eviction, loaded again from the cache.
+            self._baked.request(entry.surface_key, entry.surface_json)
+        return entry
 
     def _take(self, contract: CompiledContract) -> _Prepared:
-        pool = self._pool(contract)
+        entry = self._pool(contract)
+        entry.last_take = time.monotonic()
         try:
-            prepared = pool.popleft()
+            prepared = entry.pool.popleft()
         except IndexError:
-            # The pool ran dry (a burst, or pool_size=0): prepare on the request path.
-            prepared = self._prepare(self._surfaces[contract.sha256])
+            # The pool ran dry (a burst, or pool_size=0): prepare on the request path, and
+            # keep one more ready from now on. A baked instance is used cold: warming it
+            # would cost the request more than the faults its run takes.
+            if self._pool_size > 0 and entry.target < _MAX_POOL:
+                entry.target += 1
+            prepared = self._prepare(entry, warm=False)
+        self._served["baked" if prepared.baked else "generic"] += 1  # a statistic: racing threads may lose one
         return prepared
 
     def _retire(self, prepared: _Prepared) -> None:
@@ -370,11 +562,11 @@ class Sandbox:
 
     def warm(self, contract: CompiledContract, timeout: float = 60.0) -> None:
         """Fill this contract's pool now rather than on its first run."""
-        pool = self._pool(contract)
+        entry = self._pool(contract)
         with self._wanted:
             self._wanted.notify()
         give_up = time.monotonic() + timeout
-        while len(pool) < self._pool_size and time.monotonic() < give_up:
+        while len(entry.pool) < min(entry.target, self._pool_size) and time.monotonic() < give_up:
             time.sleep(0.001)
 
     # -- runs ------------------------------------------------------------------------
@@ -394,6 +586,22 @@ class Sandbox:
         rejected = _reject_program(program, limits)
         if rejected is not None:
             return rejected
+        runtime = self._runtime
+        runtime.enter()  # the epoch ticker runs while any run is in flight
+        try:
+            return self._run(program, contract, gate, context, limits, started)
+        finally:
+            runtime.leave()
+
+    def _run(
+        self,
+        program: str,
+        contract: CompiledContract,
+        gate: Gate,
+        context: RunContext,
+        limits: SandboxLimits,
+        started: float,
+    ) -> Outcome:
         prepared = self._take(contract)
         store = prepared.store
         store.set_limits(memory_size=limits.memory_bytes)
@@ -413,7 +621,8 @@ class Sandbox:
         store.set_epoch_deadline(_ticks(min(limits.cpu_seconds, limits.wall_seconds)))
         _current.state = state
         try:
-            raw: str | None = call_strings(prepared.run, store, program, guest_context)
+            with _profile.component("guest"):
+                raw: str | None = call_strings(prepared.run, store, program, guest_context)
             trap: str | None = None
         except wasmtime.WasmtimeError as error:
             raw, trap = None, str(error)
