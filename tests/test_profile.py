@@ -38,8 +38,10 @@ def test_nested_sections_are_charged_exclusively(monkeypatch: pytest.MonkeyPatch
         _spin(0.02)
     totals = _profile.snapshot()["components_s"]
     assert isinstance(totals, dict)
-    assert 0.045 <= totals["backend"] < 0.08
-    assert 0.035 <= totals["gate"] < 0.05  # its own 40 ms, not the backend's 50
+    assert totals["backend"] >= 0.05
+    # Its own 40 ms, not the backend's 50 too: charged inclusively it would be at least 90 ms.
+    # (CPU time, so a busy machine does not move it; the margin is for the spin's overshoot.)
+    assert 0.04 <= totals["gate"] < 0.085
     assert _profile.snapshot()["counts"] == {"gate": 1, "backend": 1}
 
 
