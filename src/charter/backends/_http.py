@@ -11,6 +11,10 @@ What a demanding caller of a real service needs, and what this does:
   once, and its logs point back to the audit record.
 - Reads retry after transport errors and 5xx answers, `read_retries` times, with backoff,
   never past the run's deadline.
+- No call outlives its run: every connect, write and read is bounded by what remains of the
+  run's wall time (`_deadline`), so a service that trickles its answer is cut off at the
+  deadline like one that never answers (BACKEND_TIMEOUT, in doubt for a write). That is why
+  the backend is not `blocking`: the gate may call it on the run's own thread, no watchdog.
 - A service that returns an `ETag` on reads gets it back as `If-Match` on the write the
   gate decided on that read: a change in between is a 412, reported as PreconditionFailed,
   and the write is not made.
@@ -33,6 +37,7 @@ import httpx
 import msgspec
 
 from charter.backends._base import BackendFailure, BackendNotFound, CallContext, PreconditionFailed, error_text
+from charter.backends._deadline import DeadlineTransport, until
 from charter.compiler.artifact import CompiledContract, HttpEndpointSpec, OperationRule
 from charter.errors import UsageError
 
@@ -62,7 +67,7 @@ def service_url(contract: CompiledContract, service: str, default: str | None) -
 class HttpBackend:
     """Performs a contract's HTTP-bound operations. Thread-safe; one connection pool per service."""
 
-    blocking: bool = True
+    blocking: bool = False  # every socket operation ends by the run's deadline (`_deadline`)
 
     def __init__(self, contract: CompiledContract, *, transport: httpx.BaseTransport | None = None) -> None:
         self._rules = {name: rule for name, rule in contract.gate.operations.items() if rule.binding.http}
@@ -71,11 +76,12 @@ class HttpBackend:
             endpoint = rule.binding.http
             assert endpoint is not None
             if endpoint.service not in self._clients:
+                limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
                 self._clients[endpoint.service] = httpx.Client(
                     base_url=service_url(contract, endpoint.service, endpoint.base_url),
-                    transport=transport,
+                    transport=transport or DeadlineTransport(limits=limits),
                     headers={"User-Agent": "charter", "Accept": "application/json"},
-                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                    limits=limits,
                     follow_redirects=False,  # a write must not be re-sent to another address
                 )
         self._etags: OrderedDict[tuple[str, str, str], str] = OrderedDict()
@@ -91,10 +97,11 @@ class HttpBackend:
             raise LookupError(f"HttpBackend has no endpoint for {operation!r}")
         endpoint = rule.binding.http
         request = self._request(rule, endpoint, arguments, context)
-        if rule.kind == "write":
-            response = self._send_write(rule, endpoint, request, context)
-        else:
-            response = self._send_read(rule, endpoint, request, context)
+        with until(context.deadline if context is not None else None):
+            if rule.kind == "write":
+                response = self._send_write(rule, endpoint, request, context)
+            else:
+                response = self._send_read(rule, endpoint, request, context)
         self._remember_etag(rule, arguments, context, response)
         return self._result(rule, endpoint, response)
 
