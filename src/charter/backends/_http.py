@@ -1,4 +1,5 @@
-"""Operations bound to an HTTP service: one request per allowed call, over httpx.
+"""Operations bound to an HTTP service: one request per allowed call, over a lean
+`http.client` pool (`_lean`; httpx when a transport is given).
 
 What a demanding caller of a real service needs, and what this does:
 
@@ -37,13 +38,17 @@ import httpx
 import msgspec
 
 from charter.backends._base import BackendFailure, BackendNotFound, CallContext, PreconditionFailed, error_text
-from charter.backends._deadline import DeadlineTransport, until
+from charter.backends._deadline import until
+from charter.backends._lean import LeanClient, LeanRequest, LeanResponse
 from charter.compiler.artifact import CompiledContract, HttpEndpointSpec, OperationRule
 from charter.errors import UsageError
 
 __all__ = ["HttpBackend", "service_url", "service_url_variable"]
 
 _json = msgspec.json.Encoder(decimal_format="string")
+_Client = httpx.Client | LeanClient
+_Request = httpx.Request | LeanRequest
+_Response = httpx.Response | LeanResponse
 _ETAGS_KEPT = 10_000  # (run, entity, key) -> ETag of its latest read; enough for any run in flight
 
 
@@ -70,19 +75,27 @@ class HttpBackend:
     blocking: bool = False  # every socket operation ends by the run's deadline (`_deadline`)
 
     def __init__(self, contract: CompiledContract, *, transport: httpx.BaseTransport | None = None) -> None:
+        """`transport`: send through httpx with this transport (a test's, a proxy's) instead
+        of the lean client; its timeouts are then httpx's, per operation."""
         self._rules = {name: rule for name, rule in contract.gate.operations.items() if rule.binding.http}
-        self._clients: dict[str, httpx.Client] = {}
+        if transport is not None:
+            self.blocking = True  # httpx bounds each operation, not the call: under the watchdog
+        self._clients: dict[str, _Client] = {}
+        headers = {"User-Agent": "charter", "Accept": "application/json"}
         for rule in self._rules.values():
             endpoint = rule.binding.http
             assert endpoint is not None
             if endpoint.service not in self._clients:
-                limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-                self._clients[endpoint.service] = httpx.Client(
-                    base_url=service_url(contract, endpoint.service, endpoint.base_url),
-                    transport=transport or DeadlineTransport(limits=limits),
-                    headers={"User-Agent": "charter", "Accept": "application/json"},
-                    limits=limits,
-                    follow_redirects=False,  # a write must not be re-sent to another address
+                base_url = service_url(contract, endpoint.service, endpoint.base_url)
+                self._clients[endpoint.service] = (
+                    LeanClient(base_url, headers=headers)
+                    if transport is None
+                    else httpx.Client(
+                        base_url=base_url,
+                        transport=transport,
+                        headers=headers,
+                        follow_redirects=False,  # a write must not be re-sent to another address
+                    )
                 )
         self._etags: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._etags_lock = threading.Lock()
@@ -113,7 +126,7 @@ class HttpBackend:
         endpoint: HttpEndpointSpec,
         arguments: Mapping[str, Any],
         context: CallContext | None,
-    ) -> httpx.Request:
+    ) -> _Request:
         path = endpoint.path
         for name in endpoint.path_params:
             path = path.replace("{" + name + "}", quote(_text(arguments[name]), safe=""))
@@ -142,8 +155,8 @@ class HttpBackend:
     # -- sending --------------------------------------------------------------------------
 
     def _send_write(
-        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: httpx.Request, context: CallContext | None
-    ) -> httpx.Response:
+        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: _Request, context: CallContext | None
+    ) -> _Response:
         where = f"{rule.name} ({request.method} {request.url})"
         timeout = _timeout(endpoint, context, where)
         try:
@@ -191,8 +204,8 @@ class HttpBackend:
         return response
 
     def _send_read(
-        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: httpx.Request, context: CallContext | None
-    ) -> httpx.Response:
+        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: _Request, context: CallContext | None
+    ) -> _Response:
         where = f"{rule.name} ({request.method} {request.url})"
         tries = endpoint.read_retries + 1
         problem = ""
@@ -230,7 +243,7 @@ class HttpBackend:
 
     # -- the response ---------------------------------------------------------------------
 
-    def _result(self, rule: OperationRule, endpoint: HttpEndpointSpec, response: httpx.Response) -> Any:
+    def _result(self, rule: OperationRule, endpoint: HttpEndpointSpec, response: _Response) -> Any:
         where = f"{rule.name} ({response.request.method} {response.request.url})"
         if rule.returns is None and not response.content:
             return None
@@ -245,7 +258,7 @@ class HttpBackend:
         return _pointer(body, endpoint.result, where)
 
     def _remember_etag(
-        self, rule: OperationRule, arguments: Mapping[str, Any], context: CallContext | None, response: httpx.Response
+        self, rule: OperationRule, arguments: Mapping[str, Any], context: CallContext | None, response: _Response
     ) -> None:
         etag = response.headers.get("ETag")
         if context is None or etag is None or rule.entity is None or rule.key is None:
@@ -287,9 +300,9 @@ def _timeout(endpoint: HttpEndpointSpec, context: CallContext | None, where: str
     return {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
 
 
-def _send(client: httpx.Client, request: httpx.Request, timeout: dict[str, float]) -> httpx.Response:
+def _send(client: _Client, request: _Request, timeout: dict[str, float]) -> _Response:
     request.extensions["timeout"] = timeout  # per attempt: what remains of the run's wall time
-    return client.send(request)
+    return client.send(request)  # type: ignore[arg-type]  # each client sends its own requests
 
 
 def _pause(attempt: int, context: CallContext | None) -> None:
@@ -299,7 +312,7 @@ def _pause(attempt: int, context: CallContext | None) -> None:
     time.sleep(delay)
 
 
-def _raise_for_client_error(where: str, response: httpx.Response) -> None:
+def _raise_for_client_error(where: str, response: _Response) -> None:
     status = response.status_code
     if status < 400:
         return
@@ -314,7 +327,7 @@ def _raise_for_client_error(where: str, response: httpx.Response) -> None:
     raise BackendFailure("BACKEND_REJECTED", f"{where}: the service answered {status} ({detail})")
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: _Response) -> str:
     """The service's own words: a problem+json `detail`, a JSON `detail`, or the start of its text."""
     try:
         body = response.json()

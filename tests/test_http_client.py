@@ -90,3 +90,59 @@ def test_without_a_context_the_endpoint_timeouts_alone_apply(
     backend = HttpBackend(compiled("orders"))
     assert backend.invoke("get_order", {"id": 101})["status"] == "paid"  # slow, never too slow for one read
     backend.close()
+
+
+def test_a_write_after_the_service_closed_an_idle_connection_goes_out_on_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keep-alive connection the service closed while it sat idle is never used for a write,
+    which would then fail in doubt without having reached the service."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(
+                    next(
+                        (
+                            line.split(b":")[1]
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        ),
+                        b"0",
+                    )
+                )
+                while len(body) < length:
+                    body += connection.recv(65536)
+                requests.append(head.split(b"\r\n")[0])
+                # keep-alive as far as the client knows, then closed right after the answer
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(ORDER)).encode()
+                    + b"\r\n\r\n"
+                    + ORDER
+                )
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("CHARTER_SERVICE_ORDERS_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    backend = HttpBackend(compiled("orders"))
+    try:
+        assert backend.invoke("get_order", {"id": 101})["status"] == "paid"
+        deadline = time.monotonic() + 10
+        while len(requests) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # the service has closed the idle connection by now
+        backend.invoke("cancel_order", {"id": 101, "reason": "moved"})
+    finally:
+        backend.close()
+        listener.close()
+    assert [r.split(b" ")[0] for r in requests] == [b"GET", b"POST"]
