@@ -146,3 +146,19 @@ def test_a_write_after_the_service_closed_an_idle_connection_goes_out_on_a_new_o
         backend.close()
         listener.close()
     assert [r.split(b" ")[0] for r in requests] == [b"GET", b"POST"]
+
+
+def test_a_service_behind_the_environments_proxy_is_called_through_httpx_under_the_watchdog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CHARTER_SERVICE_ORDERS_URL", "http://orders.internal:8080")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = HttpBackend(compiled("orders"))
+    assert proxied.blocking is True  # httpx bounds operations, not the call: the gate keeps its watchdog
+    proxied.close()
+    monkeypatch.setenv("NO_PROXY", "orders.internal")
+    direct = HttpBackend(compiled("orders"))
+    assert direct.blocking is False
+    direct.close()

@@ -27,12 +27,13 @@ import os
 import random
 import threading
 import time
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
 from typing import Any, TypedDict
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import msgspec
@@ -78,8 +79,6 @@ class HttpBackend:
         """`transport`: send through httpx with this transport (a test's, a proxy's) instead
         of the lean client; its timeouts are then httpx's, per operation."""
         self._rules = {name: rule for name, rule in contract.gate.operations.items() if rule.binding.http}
-        if transport is not None:
-            self.blocking = True  # httpx bounds each operation, not the call: under the watchdog
         self._clients: dict[str, _Client] = {}
         headers = {"User-Agent": "charter", "Accept": "application/json"}
         for rule in self._rules.values():
@@ -87,15 +86,16 @@ class HttpBackend:
             assert endpoint is not None
             if endpoint.service not in self._clients:
                 base_url = service_url(contract, endpoint.service, endpoint.base_url)
-                self._clients[endpoint.service] = (
-                    LeanClient(base_url, headers=headers)
-                    if transport is None
-                    else httpx.Client(
-                        base_url=base_url,
-                        transport=transport,
-                        headers=headers,
-                        follow_redirects=False,  # a write must not be re-sent to another address
-                    )
+                if transport is None and not _proxied(base_url):
+                    self._clients[endpoint.service] = LeanClient(base_url, headers=headers)
+                    continue
+                # httpx: a given transport, or the environment's proxy (HTTP_PROXY...) for this service
+                self.blocking = True  # httpx bounds each operation, not the call: under the watchdog
+                self._clients[endpoint.service] = httpx.Client(
+                    base_url=base_url,
+                    transport=transport,
+                    headers=headers,
+                    follow_redirects=False,  # a write must not be re-sent to another address
                 )
         self._etags: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._etags_lock = threading.Lock()
@@ -283,6 +283,12 @@ class _Detail(TypedDict):
 def _withheld(error: BaseException) -> _Detail:
     """An exception's text as BackendFailure's withheld detail (it may name hosts, paths, data)."""
     return {"detail": error_text(error), "detail_type": f"{type(error).__module__}.{type(error).__qualname__}"}
+
+
+def _proxied(url: str) -> bool:
+    """Does the environment send requests to `url` through a proxy (HTTP_PROXY, NO_PROXY...)?"""
+    parts = urlsplit(url)
+    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def _where_from(service: str) -> str:
