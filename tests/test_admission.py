@@ -4,6 +4,7 @@ behind; memory bounded by the server's base plus N times the run memory limit.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -251,3 +252,53 @@ def test_memory_stays_under_base_plus_max_runs_times_the_run_limit(
     bound = base + 2 * MEMORY_MIB * 2**20
     slack = 48 * 2**20  # thread stacks, allocator arenas, the runs' host-side buffers
     assert peak <= bound + slack, f"peak RSS {peak >> 20} MiB, base {base >> 20} MiB, bound {bound >> 20} MiB"
+
+
+# -- MCP over streamable HTTP: the same slots for the tools that run programs -------------------
+
+
+def test_an_mcp_tool_that_runs_a_program_beyond_the_slots_is_refused_overloaded(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from charter.server._mcp import http_app
+
+    _, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
+    token = store.add("upstream", "upstream-ai", ["orders:read"])
+    held = Held(service.execute)
+    service.execute = held  # type: ignore[method-assign]
+    program = {"contract": "orders", "program": 'conclude("hello")'}
+    with serving(http_app(service, store, "127.0.0.1", max_runs=1, queue=0), name="charter-mcp") as url:
+
+        async def call(results: list[Any]) -> None:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=60) as http,
+                Client(streamable_http_client(f"{url}/mcp", http_client=http)) as client,
+            ):
+                results.append(await client.call_tool("execute_program", program))
+
+        async def session() -> tuple[list[Any], list[Any]]:
+            first: list[Any] = []
+            second: list[Any] = []
+            async with anyio.create_task_group() as group:
+                group.start_soon(call, first)
+                while held.started == 0:
+                    await anyio.sleep(0.01)
+                await call(second)  # the one slot is taken and no queue: refused at once
+                held.release.set()
+            return first, second
+
+        first, second = anyio.run(session)
+    refused = second[0]
+    assert refused.is_error
+    body = json.loads(refused.content[0].text)
+    assert body["type"] == "urn:charter:problem:overloaded"
+    assert body["retry_after"] >= 1
+    assert held.started == 1  # the refused call never reached the service
+    assert not first[0].is_error
+    assert json.loads(first[0].content[0].text)["answer"] == "hello"

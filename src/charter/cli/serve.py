@@ -20,6 +20,27 @@ token_app = typer.Typer(help="API tokens: each acts for one principal with its s
 TokensOption = Annotated[
     Path | None, typer.Option("--tokens", help="The token file (default $CHARTER_HOME/tokens.yaml).")
 ]
+MaxRunsOption = Annotated[
+    int,
+    typer.Option(
+        "--max-runs",
+        min=1,
+        metavar="N",
+        help="Requests running a program (POST /v1/programs, /v1/intents; MCP: operate_*, execute_program) at "
+        "once; each may hold its contract's sandbox memory limit, so memory stays under the server's base plus "
+        "N times it.",
+    ),
+]
+QueueOption = Annotated[
+    int,
+    typer.Option(
+        "--queue",
+        min=0,
+        metavar="M",
+        help="Requests waiting for one of the --max-runs slots; beyond them a request is answered at once with "
+        "503 (problem type overloaded) and Retry-After, and nothing runs.",
+    ),
+]
 ReplayOption = Annotated[
     list[Path] | None,
     typer.Option(help="Answer intents from recorded model responses (JSON) instead of the API; repeatable."),
@@ -70,26 +91,8 @@ def serve(
             "every third of this while the run is live); then the next retry resolves it from the audit log.",
         ),
     ] = 30.0,
-    max_runs: Annotated[
-        int,
-        typer.Option(
-            "--max-runs",
-            min=1,
-            metavar="N",
-            help="Requests running a program (POST /v1/programs, /v1/intents) at once; each may hold its "
-            "contract's sandbox memory limit, so memory stays under the server's base plus N times it.",
-        ),
-    ] = 8,
-    queue: Annotated[
-        int,
-        typer.Option(
-            "--queue",
-            min=0,
-            metavar="M",
-            help="Requests waiting for one of the --max-runs slots; beyond them a request is answered at once "
-            "with 503 (problem type overloaded) and Retry-After, and nothing runs.",
-        ),
-    ] = 64,
+    max_runs: MaxRunsOption = 8,
+    queue: QueueOption = 64,
     approval_webhook: Annotated[
         str | None,
         typer.Option(
@@ -153,6 +156,8 @@ def mcp(
     attr: AttrOption = None,
     tokens: TokensOption = None,
     replay: ReplayOption = None,
+    max_runs: MaxRunsOption = 8,
+    queue: QueueOption = 64,
 ) -> None:
     """Serve Charter as an MCP server: an operate tool per contract, code mode, audit, contract resources.
 
@@ -172,7 +177,7 @@ def mcp(
         elif address is not None:
             host, port = address
             note(f"Charter MCP on http://{host}:{port}/mcp")
-            serve_http(service, TokenStore(tokens), host, port)
+            serve_http(service, TokenStore(tokens), host, port, max_runs=max_runs, queue=queue)
     except CharterError as error:
         fail(error)
 

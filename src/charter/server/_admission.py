@@ -56,6 +56,15 @@ class RunSlots:
         ahead = (len(self._waiting) + 1) / self.max_runs
         return max(1, min(60, math.ceil(ahead * self._held_seconds)))
 
+    def refusal(self) -> str:
+        """Count a refusal; the problem's detail (naming `retry_after()` seconds)."""
+        self.refused += 1
+        return (
+            f"{self.max_runs} runs are in flight and {self.waiting} requests are waiting, the most this server "
+            f"takes; nothing was run or recorded: send the request again in {self.retry_after()} s (with the "
+            "same Idempotency-Key, if it had one)"
+        )
+
     def take(self) -> bool:
         """Take a free slot at once if there is one and nobody waits for it."""
         if self.in_flight < self.max_runs and not self._waiting:
@@ -150,13 +159,7 @@ class Admission:
         return replay
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        slots = self.slots
-        slots.refused += 1
-        seconds = slots.retry_after()
-        detail = (
-            f"{slots.max_runs} runs are in flight and {slots.waiting} requests are waiting, the most this "
-            f"server takes; nothing was run or recorded: send the request again in {seconds} s (with the same "
-            "Idempotency-Key, if it had one)"
-        )
+        seconds = self.slots.retry_after()
+        detail = self.slots.refusal()
         refusal = self.refuse("overloaded", detail, scope.get("path", ""), {"Retry-After": str(seconds)})
         await refusal(scope, receive, send)
