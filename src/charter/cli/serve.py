@@ -20,6 +20,27 @@ token_app = typer.Typer(help="API tokens: each acts for one principal with its s
 TokensOption = Annotated[
     Path | None, typer.Option("--tokens", help="The token file (default $CHARTER_HOME/tokens.yaml).")
 ]
+MaxRunsOption = Annotated[
+    int,
+    typer.Option(
+        "--max-runs",
+        min=1,
+        metavar="N",
+        help="Requests running a program (POST /v1/programs, /v1/intents; MCP: operate_*, execute_program) at "
+        "once; each may hold its contract's sandbox memory limit, so memory stays under the server's base plus "
+        "N times it.",
+    ),
+]
+QueueOption = Annotated[
+    int,
+    typer.Option(
+        "--queue",
+        min=0,
+        metavar="M",
+        help="Requests waiting for one of the --max-runs slots; beyond them a request is answered at once with "
+        "503 (problem type overloaded) and Retry-After, and nothing runs.",
+    ),
+]
 ReplayOption = Annotated[
     list[Path] | None,
     typer.Option(help="Answer intents from recorded model responses (JSON) instead of the API; repeatable."),
@@ -70,6 +91,8 @@ def serve(
             "every third of this while the run is live); then the next retry resolves it from the audit log.",
         ),
     ] = 30.0,
+    max_runs: MaxRunsOption = 8,
+    queue: QueueOption = 64,
     approval_webhook: Annotated[
         str | None,
         typer.Option(
@@ -88,10 +111,10 @@ def serve(
     if openapi:
         print(json.dumps(openapi_document(), indent=2))
         return
-    import uvicorn
-
+    from charter._profile import install_signal
     from charter.approvals import ApprovalWebhook, load_or_create_webhook_key, plain_http_warning
     from charter.server import IdempotencyStore, TokenStore, create_app
+    from charter.server._uvicorn import run
 
     host, port = host_port(address)
     try:
@@ -101,7 +124,11 @@ def serve(
         if not store.entries():
             say(f"no tokens in {store.path}: every request will get 401; add one with `charter token add`", "yellow")
         app = create_app(
-            service, store, IdempotencyStore(service.audit.path.parent / "idempotency.db", lease_seconds=lease)
+            service,
+            store,
+            IdempotencyStore(service.audit.path.parent / "idempotency.db", lease_seconds=lease),
+            max_runs=max_runs,
+            queue=queue,
         )
         webhook = None
         if approval_webhook:
@@ -114,8 +141,9 @@ def serve(
     except CharterError as error:
         fail(error)
     say(f"Charter API on http://{host}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
+    install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went (charter bench serve)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        run(app, host=host, port=port)
     finally:
         service.stop_approvals()
 
@@ -129,6 +157,8 @@ def mcp(
     attr: AttrOption = None,
     tokens: TokensOption = None,
     replay: ReplayOption = None,
+    max_runs: MaxRunsOption = 8,
+    queue: QueueOption = 64,
 ) -> None:
     """Serve Charter as an MCP server: an operate tool per contract, code mode, audit, contract resources.
 
@@ -148,7 +178,7 @@ def mcp(
         elif address is not None:
             host, port = address
             note(f"Charter MCP on http://{host}:{port}/mcp")
-            serve_http(service, TokenStore(tokens), host, port)
+            serve_http(service, TokenStore(tokens), host, port, max_runs=max_runs, queue=queue)
     except CharterError as error:
         fail(error)
 

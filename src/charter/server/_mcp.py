@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -55,6 +56,7 @@ from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFou
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS, check_inputs
 from charter.principal import Principal
 from charter.runner import Answer
+from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE, RunSlots
 from charter.server._api import _APPROVAL_PROBLEMS, PROBLEM_TYPES, problem_response
 from charter.server._mcp_tasks import ApprovalsFace, resume_own_runs
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
@@ -434,8 +436,17 @@ class _Changes:
                 self.sessions.remove(session)
 
 
-def build_server(service: CharterService, principal_of: PrincipalOf, changes: _Changes | None = None) -> Server[Any]:
-    """The MCP server; with `changes`, it declares listChanged and serves `subscriptions/listen`."""
+def build_server(
+    service: CharterService,
+    principal_of: PrincipalOf,
+    changes: _Changes | None = None,
+    *,
+    slots: RunSlots | None = None,
+) -> Server[Any]:
+    """The MCP server; with `changes`, it declares listChanged and serves `subscriptions/listen`.
+    With `slots`, a tool that runs a program (operate_*, execute_program) takes a run slot first,
+    as the HTTP API's routes do; beyond the queue it answers the problem `overloaded` at once
+    (with `retry_after`, seconds) and runs nothing."""
     approvals = ApprovalsFace(service, principal_of)
 
     async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
@@ -491,9 +502,26 @@ def build_server(service: CharterService, principal_of: PrincipalOf, changes: _C
         else:
             raise _invalid(f"no tool {name!r}: tools/list names the tools", "name")
 
+        starts_run = name == "execute_program" or name.startswith(_OPERATE)
+        if not starts_run or slots is None:
+            return await answer(ctx, name, call, starts_run)
+        if not slots.take():
+            if slots.waiting >= slots.queue:
+                seconds = slots.retry_after()
+                return _problem("overloaded", slots.refusal(), retry_after=seconds)
+            await slots.wait()
+        started = time.monotonic()
+        try:
+            return await answer(ctx, name, call, starts_run)
+        finally:
+            slots.release(time.monotonic() - started)
+
+    async def answer(
+        ctx: ServerRequestContext[Any], name: str, call: Callable[[], dict[str, Any]], starts_run: bool
+    ) -> types.CallToolResult | dict[str, Any]:
+        """Run the tool's `call` on a thread and answer its result, or its failure as a problem."""
         try:
             body = await anyio.to_thread.run_sync(call)
-            starts_run = name == "execute_program" or name.startswith(_OPERATE)
             if starts_run and body.get("status") == "awaiting_approval":  # a Task, or how to poll
                 paused = await anyio.to_thread.run_sync(approvals.answer_paused, ctx, body)
                 return paused if paused.get("resultType") == "task" else _result(paused)
@@ -600,13 +628,23 @@ def serve_stdio(service: CharterService, principal: Principal) -> None:
         service.stop_approvals()
 
 
-def serve_http(service: CharterService, tokens: TokenStore, host: str, port: int) -> None:
-    import uvicorn
+def serve_http(
+    service: CharterService,
+    tokens: TokenStore,
+    host: str,
+    port: int,
+    *,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    queue: int = DEFAULT_QUEUE,
+) -> None:
+    from charter._profile import install_signal
+    from charter.server._uvicorn import run
 
-    app = http_app(service, tokens, host)
+    app = http_app(service, tokens, host, max_runs=max_runs, queue=queue)
     service.start_approvals(tokens.principal)  # resumes decided approvals, as `charter serve` does
+    install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        run(app, host=host, port=port)
     finally:
         service.stop_approvals()
 
@@ -614,7 +652,14 @@ def serve_http(service: CharterService, tokens: TokenStore, host: str, port: int
 _REALM = "charter-mcp"
 
 
-def http_app(service: CharterService, tokens: TokenStore, host: str) -> Any:
+def http_app(
+    service: CharterService,
+    tokens: TokenStore,
+    host: str,
+    *,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    queue: int = DEFAULT_QUEUE,
+) -> Any:
     """Streamable HTTP, each request authenticated by its bearer token (a static token from
     `charter token add`: no OAuth authorization server, so no protected-resource metadata)."""
 
@@ -625,7 +670,10 @@ def http_app(service: CharterService, tokens: TokenStore, host: str) -> Any:
             raise Forbidden("no valid bearer token")
         return principal
 
-    inner = build_server(service, principal_of).streamable_http_app(host=host, stateless_http=True, json_response=True)
+    slots = RunSlots(max_runs, queue)  # tools that run programs, as `charter serve --max-runs/--queue`
+    inner = build_server(service, principal_of, slots=slots).streamable_http_app(
+        host=host, stateless_http=True, json_response=True
+    )
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
