@@ -131,3 +131,24 @@ def test_a_200_whose_run_failed_and_a_503_not_overloaded_are_errors() -> None:
     assert any(e.startswith("transport: ConnectionResetError") for e in judged.errors)
     # Without an overload phase, even an overloaded 503 is an error (goal 2: 0 errors at 32 clients).
     assert len(_judge(result, _PROGRAMS, refusals=False).errors) == 5
+
+
+def test_the_table_prints_each_goal_with_met_or_not(
+    bench: tuple[dict[str, Any], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from charter.cli import _bench_serve
+
+    results, _ = bench
+    printed = io.StringIO()
+    monkeypatch.setattr(_bench_serve, "out", Console(file=printed, width=240))  # one row per line
+    _bench_serve.print_serve_bench(results)
+    figures, _, goals = printed.getvalue().partition("issue 17 goals")
+    assert UNCLAIMED in figures
+    verdicts = {True: "met", False: "NOT MET", None: "not measured"}
+    for goal in results["goals"]:
+        line = next(line for line in goals.splitlines() if goal["measure"] in line)
+        assert f"{verdicts[goal['met']]} " in line.replace("│", " "), line

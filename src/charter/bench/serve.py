@@ -553,7 +553,9 @@ def run_serve_bench(
             )
     memory_mib = load_contract(_ROOT / "contracts" / "orders.yaml").model.limits.memory_mib
     results: dict[str, Any] = {
-        "load_generator": "threads, one http.client keep-alive connection each, opened before the window"
+        # Others' work on the same cores moves every figure: the load before the bench says how much.
+        "machine": {"cpus": os.cpu_count(), "load_average_1m_before": round(os.getloadavg()[0], 2)},
+        "load_generator": "threads, one http.client keep-alive connection each, opened before the window",
     }
     with _servers(home, max_runs, queue) as servers:
         expected = _warm(servers, _PROGRAMS)
