@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 import msgspec
 
 from charter._paths import charter_home
+from charter._profile import component
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract._yaml import SourceMap
 from charter.contract.bindings import BoundModule
@@ -144,13 +146,39 @@ class PublishResult:
 
 
 class Registry:
-    """Published contract versions in one SQLite file."""
+    """Published contract versions in one SQLite file. Thread-safe.
+
+    Reads go through one held connection and are cached in memory: compiled contracts by
+    (name, version) for the registry's life (a published version never changes), and the
+    version lists and default majors until the file changes. A change by any other
+    connection, in this process or another (`charter contract publish`, `promote`), is seen
+    at the next read: `PRAGMA data_version` on the held connection tells it, for the cost of
+    one query."""
 
     def __init__(self, path: Path | str | None = None) -> None:
         self.path = Path(path) if path is not None else charter_home() / "charter.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             REGISTRY_SCHEMA.open(db, self.path)  # created if new; another version is refused
+        self._lock = threading.RLock()  # the reader and the caches below
+        self._reader: sqlite3.Connection | None = None
+        self._data_version: int | None = None  # the reader's PRAGMA data_version the caches are of
+        self._names: list[str] | None = None
+        self._versions: dict[str, list[VersionInfo]] = {}
+        self._majors: dict[str, int | None] = {}
+        self._compiled: dict[tuple[str, str], CompiledContract] = {}  # immutable: never invalidated
+
+    def _read(self) -> sqlite3.Connection:
+        """The held connection, after dropping the caches if the file changed since they were
+        filled. Call with `_lock` held."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        version = self._reader.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._names, self._data_version = None, version
+            self._versions.clear()
+            self._majors.clear()
+        return self._reader
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -165,17 +193,26 @@ class Registry:
     # reading
 
     def names(self) -> list[str]:
-        with self._connect() as db:
-            return [r[0] for r in db.execute("SELECT DISTINCT name FROM contract_versions ORDER BY name")]
+        with self._lock:
+            db = self._read()
+            if self._names is None:
+                self._names = [r[0] for r in db.execute("SELECT DISTINCT name FROM contract_versions ORDER BY name")]
+            return list(self._names)
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Every published version of `name`, oldest first by semantic version."""
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT name, version, sha256, published_at, source_file FROM contract_versions WHERE name = ?",
-                (name,),
-            ).fetchall()
-        return sorted((VersionInfo(*r) for r in rows), key=lambda v: SemVer(v.version))
+        with self._lock:
+            db = self._read()
+            found = self._versions.get(name)
+            if found is None:
+                rows = db.execute(
+                    "SELECT name, version, sha256, published_at, source_file FROM contract_versions WHERE name = ?",
+                    (name,),
+                ).fetchall()
+                found = sorted((VersionInfo(*r) for r in rows), key=lambda v: SemVer(v.version))
+                if len(self._versions) < 10_000:  # names are few; a flood of unknown names is not kept
+                    self._versions[name] = found
+            return list(found)
 
     def list(self) -> list[VersionInfo]:
         return [v for name in self.names() for v in self.versions(name)]
@@ -191,14 +228,21 @@ class Registry:
 
     def default_major(self, name: str) -> int | None:
         """The major line unpinned callers get: the last promoted, else the first published."""
-        with self._connect() as db:
+        with self._lock:
+            db = self._read()
+            if name in self._majors:
+                return self._majors[name]
             row = db.execute(
                 "SELECT major FROM contract_promotions WHERE name = ? ORDER BY seq DESC LIMIT 1", (name,)
             ).fetchone()
-        if row is not None:
-            return int(row[0])
-        versions = self.versions(name)
-        return min(SemVer(v.version).major for v in versions) if versions else None
+            if row is not None:
+                major: int | None = int(row[0])
+            else:
+                versions = self.versions(name)
+                major = min(SemVer(v.version).major for v in versions) if versions else None
+            if major is not None:
+                self._majors[name] = major
+            return major
 
     def info(self, name: str, version: str | None = None) -> VersionInfo:
         """Resolve a version selector: None (the newest of the default major), MAJOR,
@@ -250,10 +294,18 @@ class Registry:
 
     def get(self, name: str, version: str | None = None) -> CompiledContract:
         """The compiled artifact of a published version, `version` a selector as for `info`,
-        with its binding modules as recorded at publish."""
-        info = self.info(name, version)
-        compiled = _compile_canonical(self._row(info.name, info.version)[0], f"{info.name}@{info.version}")
-        return msgspec.structs.replace(compiled, modules=self.modules(info.name, info.version))
+        with its binding modules as recorded at publish (compiled once per registry: the same
+        object again for the same version)."""
+        with component("registry"):
+            info = self.info(name, version)
+            with self._lock:
+                found = self._compiled.get((info.name, info.version))
+            if found is not None:
+                return found
+            compiled = _compile_canonical(self._row(info.name, info.version)[0], f"{info.name}@{info.version}")
+            compiled = msgspec.structs.replace(compiled, modules=self.modules(info.name, info.version))
+            with self._lock:
+                return self._compiled.setdefault((info.name, info.version), compiled)
 
     # writing
 

@@ -40,6 +40,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from charter._profile import component
 from charter.approvals import ApprovalError
 from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS
@@ -382,11 +383,13 @@ def _conclusion(answer: Answer, attempts: int | None = None) -> dict[str, Any]:
 _bearer = HTTPBearer(auto_error=False, description="A token from `charter token add`.")
 
 
-def _authenticated(
+async def _authenticated(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
+    # async: a dictionary lookup by hash (and a stat of the token file) needs no thread hop
     tokens: TokenStore = request.app.state.tokens
-    principal = tokens.authenticate(credentials.credentials if credentials else None)
+    with component("auth"):
+        principal = tokens.authenticate(credentials.credentials if credentials else None)
     if principal is None:
         detail = "send Authorization: Bearer <token>" if credentials is None else "the bearer token is not known"
         challenge = None if credentials is None else 'Bearer realm="charter", error="invalid_token"'

@@ -17,7 +17,15 @@ never opened is taken over and runs (nothing ran). Never a 409 forever, never a 
 execution. Leases are checked at claim time, so workers sharing one store resolve each
 other's orphans.
 
-Keys live in SQLite beside the audit log, for `ttl_hours` (default 24).
+Keys live in SQLite beside the audit log, for `ttl_hours` (default 24). A store holds one
+connection, shared by its threads under a lock: a claim costs one transaction, never a new
+connection, and this process's claims never wait in SQLite's sleeping busy handler (they
+queue on the lock; only another process writing the same file can make SQLite wait). A
+claim is committed durably (fsync) before its run starts: a lost claim would let a retry
+run the request again. A completion or a release is not fsynced on its own (it becomes
+durable with the next claim's commit or the WAL's checkpoint): if one is lost, the claim
+is still `running` and its lease runs out, and the next retry resolves it from the audit
+log (`Orphaned`) exactly as after a crash.
 """
 
 from __future__ import annotations
@@ -31,10 +39,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from charter._profile import component
 from charter.audit import SecretKey
 from charter.migrations import Schema, Step
 
@@ -90,6 +98,7 @@ IDEMPOTENCY_SCHEMA = Schema(
 )
 
 DEFAULT_LEASE_SECONDS = 30.0
+_PRUNE_EVERY_SECONDS = 60.0  # expired keys are deleted at most this often (by index), not at every claim
 
 
 class KeyReused(Exception):
@@ -174,14 +183,25 @@ class IdempotencyStore:
         self._live: set[tuple[str, str]] = set()  # keys this worker is running now
         self._live_lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
+        self._pruned = 0.0  # time.time() of the last pruning of expired keys
         path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            IDEMPOTENCY_SCHEMA.open(db, path)  # created if new; another version is refused
+        # One connection for the store's life, used by one thread at a time (`_lock`). The
+        # timeout only matters when another process writes the same file.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        IDEMPOTENCY_SCHEMA.open(self._db, path)  # created if new; another version is refused
 
-    def _connect(self) -> sqlite3.Connection:
-        connection = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        connection.execute("PRAGMA journal_mode=WAL")
-        return connection
+    def close(self) -> None:
+        """Close the store's connection (the store is not used after)."""
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, parameters: tuple[object, ...], *, durable: bool) -> int:
+        """One statement in its own transaction; its row count. `durable`: fsync at commit."""
+        with component("idempotency"), self._lock:
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            return self._db.execute(sql, parameters).rowcount
 
     def claim(
         self, principal: str, key: str, digest: str, *, run_id: str, scopes: Iterable[str]
@@ -194,10 +214,14 @@ class IdempotencyStore:
         one held) or KeyInProgress (the first request's owner is live)."""
         held = sorted(set(scopes))
         now = time.time()
-        with closing(self._connect()) as db:
+        with component("idempotency"), self._lock:
+            db = self._db
+            db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
+                if now - self._pruned > _PRUNE_EVERY_SECONDS:
+                    db.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
+                    self._pruned = now
                 row = db.execute(
                     "SELECT request_sha256, state, status, body, run_id, owner, lease_expires, scopes "
                     "FROM idempotency WHERE principal = ? AND key = ?",
@@ -239,12 +263,12 @@ class IdempotencyStore:
         worker took it first (the caller answers 409)."""
         assert orphan.run_id is not None, "a 0.1 claim names no run: it is settled in doubt, never taken over"
         run_id = orphan.run_id
-        with closing(self._connect()) as db:
-            taken = db.execute(
-                "UPDATE idempotency SET owner = ?, lease_expires = ?, run_id = ? WHERE principal = ? AND key = ? "
-                "AND state = 'running' AND owner IS ? AND run_id IS ?",
-                (self.worker, time.time() + self._lease, run_id, principal, key, orphan.owner, orphan.run_id),
-            ).rowcount
+        taken = self._write(
+            "UPDATE idempotency SET owner = ?, lease_expires = ?, run_id = ? WHERE principal = ? AND key = ? "
+            "AND state = 'running' AND owner IS ? AND run_id IS ?",
+            (self.worker, time.time() + self._lease, run_id, principal, key, orphan.owner, orphan.run_id),
+            durable=True,  # as a claim: the run starts next
+        )
         if not taken:
             return None
         self._started(principal, key)
@@ -252,33 +276,33 @@ class IdempotencyStore:
 
     def settle(self, principal: str, key: str, orphan: Orphaned, response: StoredResponse) -> None:
         """Store the answer an orphaned claim's run resolved to; later retries replay it."""
-        with closing(self._connect()) as db:
-            db.execute(
-                "UPDATE idempotency SET state = 'done', status = ?, body = ?, owner = ?, lease_expires = NULL "
-                "WHERE principal = ? AND key = ? AND state = 'running' AND run_id IS ?",
-                (response.status, response.body, self.worker, principal, key, orphan.run_id),
-            )
+        self._write(
+            "UPDATE idempotency SET state = 'done', status = ?, body = ?, owner = ?, lease_expires = NULL "
+            "WHERE principal = ? AND key = ? AND state = 'running' AND run_id IS ?",
+            (response.status, response.body, self.worker, principal, key, orphan.run_id),
+            durable=False,  # lost: the orphan is resolved from the audit log again, to the same answer
+        )
 
     def complete(self, principal: str, key: str, run_id: str, response: StoredResponse) -> None:
         """Store the response of run `run_id`. It replaces an `in_doubt` another worker settled
         while this one had lost its lease: the real answer is better than a doubt."""
         self._ended(principal, key)
-        with closing(self._connect()) as db:
-            db.execute(
-                "UPDATE idempotency SET state = 'done', status = ?, body = ?, lease_expires = NULL "
-                "WHERE principal = ? AND key = ? AND run_id = ?",
-                (response.status, response.body, principal, key, run_id),
-            )
+        self._write(
+            "UPDATE idempotency SET state = 'done', status = ?, body = ?, lease_expires = NULL "
+            "WHERE principal = ? AND key = ? AND run_id = ?",
+            (response.status, response.body, principal, key, run_id),
+            durable=False,  # lost: the lease runs out and the answer is rebuilt from the run's seal
+        )
 
     def release(self, principal: str, key: str, run_id: str) -> None:
         """The request failed before it produced a response: the key may be used again."""
         self._ended(principal, key)
-        with closing(self._connect()) as db:
-            db.execute(
-                "DELETE FROM idempotency WHERE principal = ? AND key = ? AND state = 'running' AND run_id = ? "
-                "AND owner = ?",
-                (principal, key, run_id, self.worker),
-            )
+        self._write(
+            "DELETE FROM idempotency WHERE principal = ? AND key = ? AND state = 'running' AND run_id = ? "
+            "AND owner = ?",
+            (principal, key, run_id, self.worker),
+            durable=False,  # lost: the lease runs out; the run never opened, so the key is taken over
+        )
 
     # -- the owner's lease ----------------------------------------------------------------
 
@@ -302,11 +326,18 @@ class IdempotencyStore:
             if not live:
                 continue
             try:
-                with closing(self._connect()) as db:
-                    db.executemany(
-                        "UPDATE idempotency SET lease_expires = ? WHERE principal = ? AND key = ? AND owner = ? "
-                        "AND state = 'running'",
-                        [(time.time() + self._lease, p, k, self.worker) for p, k in live],
-                    )
+                with self._lock:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.executemany(
+                            "UPDATE idempotency SET lease_expires = ? WHERE principal = ? AND key = ? AND owner = ? "
+                            "AND state = 'running'",
+                            [(time.time() + self._lease, p, k, self.worker) for p, k in live],
+                        )
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
             except sqlite3.Error:  # a busy store: the next beat tries again, well within the lease
                 continue
