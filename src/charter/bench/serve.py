@@ -30,6 +30,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -108,8 +109,6 @@ class _Servers:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as probe:
         probe.bind((_HOST, 0))
         return int(probe.getsockname()[1])
@@ -143,9 +142,7 @@ def _wait(url: str, process: subprocess.Popen[bytes], what: str) -> None:
 
 # `charter serve` with charter._profile's SIGUSR1 handler installed before the CLI runs, so
 # the snapshot works whether or not the server installs it itself (installing twice is harmless).
-_SERVE = (
-    "import sys; from charter._profile import install_signal; install_signal(); from charter.cli import main; main()"
-)
+_SERVE = "from charter._profile import install_signal; install_signal(); from charter.cli import main; main()"
 
 
 @contextmanager
