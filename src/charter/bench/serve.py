@@ -446,7 +446,8 @@ def _overload(servers: _Servers, clients: int, seconds: float, alloc_mib: int) -
         "reconnects": result.reconnects,
         "accepted_latency_ms": _latency(judged.latencies),
         "refused_latency_ms": _latency(refused_latencies),
-        "refused_without_retry_after": retry_after.get(None, 0),
+        # Retry-After must be delta-seconds (RFC 9110 10.2.3; an HTTP-date is allowed but not sent here).
+        "refused_without_retry_after": sum(n for v, n in retry_after.items() if v is None or not v.isdigit()),
         "retry_after_values": sorted(str(v) for v in retry_after if v is not None),
     }
     return figures, judged.accepted_ids, sampled[0]
@@ -495,7 +496,7 @@ def _goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             ),
             (
                 "5",
-                "overload: 503s without Retry-After",
+                "overload: 503s without Retry-After (seconds)",
                 "0",
                 overload["refused_without_retry_after"],
                 overload["refused_without_retry_after"] == 0,
