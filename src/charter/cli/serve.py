@@ -70,6 +70,26 @@ def serve(
             "every third of this while the run is live); then the next retry resolves it from the audit log.",
         ),
     ] = 30.0,
+    max_runs: Annotated[
+        int,
+        typer.Option(
+            "--max-runs",
+            min=1,
+            metavar="N",
+            help="Requests running a program (POST /v1/programs, /v1/intents) at once; each may hold its "
+            "contract's sandbox memory limit, so memory stays under the server's base plus N times it.",
+        ),
+    ] = 8,
+    queue: Annotated[
+        int,
+        typer.Option(
+            "--queue",
+            min=0,
+            metavar="M",
+            help="Requests waiting for one of the --max-runs slots; beyond them a request is answered at once "
+            "with 503 (problem type overloaded) and Retry-After, and nothing runs.",
+        ),
+    ] = 64,
     approval_webhook: Annotated[
         str | None,
         typer.Option(
@@ -90,6 +110,7 @@ def serve(
         return
     import uvicorn
 
+    from charter._profile import install_signal
     from charter.approvals import ApprovalWebhook, load_or_create_webhook_key, plain_http_warning
     from charter.server import IdempotencyStore, TokenStore, create_app
 
@@ -100,7 +121,11 @@ def serve(
         if not store.entries():
             say(f"no tokens in {store.path}: every request will get 401; add one with `charter token add`", "yellow")
         app = create_app(
-            service, store, IdempotencyStore(service.audit.path.parent / "idempotency.db", lease_seconds=lease)
+            service,
+            store,
+            IdempotencyStore(service.audit.path.parent / "idempotency.db", lease_seconds=lease),
+            max_runs=max_runs,
+            queue=queue,
         )
         webhook = None
         if approval_webhook:
@@ -113,6 +138,7 @@ def serve(
     except CharterError as error:
         fail(error)
     say(f"Charter API on http://{host}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
+    install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went (charter bench serve)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

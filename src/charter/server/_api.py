@@ -46,6 +46,7 @@ from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS
 from charter.principal import Principal
 from charter.runner import Answer
+from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE, Admission, RunSlots
 from charter.server._body import BodyGuard
 from charter.server._idempotency import (
     Claimed,
@@ -70,6 +71,9 @@ API_VERSION = "1.0.0"
 _MAX_BODY_BYTES = 1_048_576
 _MAX_ERRORS = 20  # validation errors named in one problem
 _MAX_SHOWN = 200  # characters of a location or message quoted back
+# The routes whose requests run a program on the request's thread: they take a run slot.
+# An approval decision does not (the resume worker runs the resume, one at a time).
+_RUNS_A_PROGRAM = frozenset({"/v1/programs", "/v1/intents"})
 
 # Stable problem types: clients branch on these, never on the wording of `detail`.
 PROBLEM_TYPES = {
@@ -94,6 +98,7 @@ PROBLEM_TYPES = {
     "invalid-request": (422, "The request is not valid"),
     "idempotency-key-reused": (422, "This Idempotency-Key was used for another request"),
     "intents-unavailable": (503, "This server answers no intents"),
+    "overloaded": (503, "The server is running as many requests as it takes; retry after Retry-After seconds"),
     "audit-unavailable": (503, "The audit log could not be written"),
     "backend-unavailable": (503, "The server's backend for this operation is unavailable"),
     "internal": (500, "Internal error"),
@@ -413,7 +418,17 @@ IdempotencyKey = Annotated[
 ]
 
 
-def create_app(service: CharterService, tokens: TokenStore, idempotency: IdempotencyStore) -> FastAPI:
+def create_app(
+    service: CharterService,
+    tokens: TokenStore,
+    idempotency: IdempotencyStore,
+    *,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    queue: int = DEFAULT_QUEUE,
+) -> FastAPI:
+    """The API. `max_runs`: requests that run a program (POST /v1/programs, /v1/intents) in
+    flight at once; `queue`: how many more wait for a slot; beyond, 503 `overloaded` with
+    Retry-After (`_admission`). `app.state.slots` is the `RunSlots`."""
     # Imported here: the approval routes build on this module's Caller, Reply and problems.
     from charter.server._approvals_api import add_approval_routes
 
@@ -428,6 +443,7 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
         ),
     )
     app.state.tokens = tokens
+    app.state.slots = RunSlots(max_runs, queue)
 
     @app.exception_handler(ApiProblem)
     async def _api_problem(request: Request, problem: ApiProblem) -> JSONResponse:
@@ -668,6 +684,16 @@ def create_app(service: CharterService, tokens: TokenStore, idempotency: Idempot
     def get_contract(name: str, version: str, principal: Caller) -> dict[str, Any]:
         return guarded(lambda: service.contract_view(name, version))  # type: ignore[no-any-return]
 
+    # Inside the body limit (a refused body never waits for a slot), outside everything else:
+    # the slot is taken on the event loop before the route's thread hop, authentication and
+    # the Idempotency-Key claim, so a refused request leaves nothing behind.
+    running = {
+        (method, route.path_regex)
+        for route in app.routes
+        if isinstance(route, APIRoute) and route.path in _RUNS_A_PROGRAM
+        for method in route.methods or ()
+    }
+    app.add_middleware(Admission, slots=app.state.slots, routes=running, refuse=problem_response)
     # Outermost but for Starlette's error middleware: the limit holds before authentication,
     # routing and parsing, for every route; the JSON routes are the ones with a body model.
     json_routes = {

@@ -1,0 +1,253 @@
+"""Admission control: `charter serve --max-runs N --queue M`. At most N runs in flight, M
+requests waiting, and beyond that 503 `overloaded` with Retry-After at once, leaving nothing
+behind; memory bounded by the server's base plus N times the run memory limit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from charter.sandbox import Sandbox
+from charter.server import IdempotencyStore, create_app, serving
+from tests.charter_service import charter_service
+from tests.conftest import ROOT, charter
+from tests.test_server import CANCEL_101, problem, scripted
+
+# -- in process: the slots, the queue and the refusal ----------------------------------------
+
+
+class Held:
+    """Wraps service.execute so each run waits until the test lets it go."""
+
+    def __init__(self, execute: Callable[..., Any]) -> None:
+        self.execute = execute
+        self.release = threading.Event()
+        self.started = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.started += 1
+        assert self.release.wait(60), "the test never released the run"
+        return self.execute(*args, **kwargs)
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_beyond_the_slots_and_the_queue_a_run_is_refused_at_once_and_leaves_nothing_behind(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    from examples.orders import backend
+
+    backend.seed()
+    log, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
+    token = store.add("ada", "ada", ["orders:read", "orders:write"])
+    held = Held(service.execute)
+    service.execute = held  # type: ignore[method-assign]
+    idempotency = IdempotencyStore(charter_home / "idempotency.db")
+    app = create_app(service, store, idempotency, max_runs=1, queue=1)
+    slots = app.state.slots
+    body = {"contract": "orders", "program": 'conclude("hello")'}
+    answers: dict[str, httpx.Response] = {}
+
+    with serving(app, name="charter-api") as url:
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+        def post(name: str, key: str | None = None) -> None:
+            answers[name] = client.post("/v1/programs", json=body, headers={"Idempotency-Key": key} if key else {})
+
+        first = threading.Thread(target=post, args=("running",))
+        first.start()
+        until(lambda: held.started == 1, "the first run to start")
+        second = threading.Thread(target=post, args=("queued",))
+        second.start()
+        until(lambda: slots.waiting == 1, "the second request to queue")
+        assert (slots.in_flight, held.started) == (1, 1)  # queued: it did not reach the service
+
+        # The third: refused at once, with the same key it will send again
+        post("refused", "retry-me")
+        refused = problem(answers["refused"], 503, "overloaded")
+        assert "nothing was run" in str(refused["detail"])
+        assert int(answers["refused"].headers["Retry-After"]) >= 1
+        assert held.started == 1
+        # Other routes are not held back by the slots
+        assert client.get("/v1/contracts").status_code == 200
+
+        held.release.set()
+        first.join(60)
+        second.join(60)
+        assert answers["running"].status_code == answers["queued"].status_code == 200
+        until(lambda: slots.in_flight == 0, "the slots to be freed")  # freed after the answer is sent
+        assert (slots.waiting, slots.refused) == (0, 1)
+        runs = log.run_ids()
+        assert len(runs) == 2  # the refused request opened no run
+
+        # Its Idempotency-Key was never claimed: the retry runs
+        post("retried", "retry-me")
+        assert answers["retried"].status_code == 200, answers["retried"].text
+        assert answers["retried"].json()["answer"] == "hello"
+        assert "idempotent-replayed" not in answers["retried"].headers
+        assert len(log.run_ids()) == 3
+        client.close()
+
+
+def test_a_queued_request_whose_client_leaves_gives_up_its_place(charter_home: Path, shared_sandbox: Sandbox) -> None:
+    from examples.orders import backend
+
+    backend.seed()
+    _, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
+    token = store.add("ada", "ada", ["orders:read", "orders:write"])
+    held = Held(service.execute)
+    service.execute = held  # type: ignore[method-assign]
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"), max_runs=1, queue=1)
+    slots = app.state.slots
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"contract": "orders", "program": CANCEL_101}
+    with serving(app, name="charter-api") as url:
+        first = threading.Thread(
+            target=lambda: httpx.post(f"{url}/v1/programs", json=body, headers=headers, timeout=60)
+        )
+        first.start()
+        until(lambda: held.started == 1, "the first run to start")
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while queued
+            httpx.post(f"{url}/v1/programs", json=body, headers=headers, timeout=0.5)
+        until(lambda: slots.waiting == 0, "the queue to drop the request whose client left")
+        held.release.set()
+        first.join(60)
+        until(lambda: slots.in_flight == 0, "the slot to be freed")
+    assert held.started == 1  # the request whose client left never ran
+
+
+def test_max_runs_and_queue_must_be_sensible(charter_home: Path) -> None:
+    for args in (["--max-runs", "0"], ["--queue", "-1"]):
+        result = charter("serve", "127.0.0.1:0", *args)
+        assert result.returncode == 2, result.stderr
+        assert args[0] in result.stderr
+
+
+# -- a real `charter serve`: memory stays bounded under overload -------------------------------
+
+MEMORY_MIB = 64
+# Allocates up to the run's memory limit, touching every page, then says how far it got.
+ALLOCATE = """
+chunks = []
+try:
+    while True:
+        chunks.append(b"\\x01" * (1 << 20))
+except MemoryError:
+    pass
+conclude(str(len(chunks)))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _status(pid: int, field: str) -> int:
+    """A /proc/PID/status figure in bytes (VmRSS now, VmHWM the peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+@pytest.fixture
+def small_memory_server(charter_home: Path, tmp_path: Path) -> Iterator[tuple[str, str, int]]:
+    text = (ROOT / "contracts" / "orders.yaml").read_text(encoding="utf-8")
+    assert "limits:\n  max_calls: 50\n" in text
+    contract = tmp_path / "orders.yaml"
+    contract.write_text(text.replace("limits:\n", f"limits:\n  memory_mib: {MEMORY_MIB}\n", 1), encoding="utf-8")
+    published = charter("contract", "publish", str(contract))
+    assert published.returncode == 0, published.stderr
+    added = charter("token", "add", "ada", "--principal", "ada", "--scope", "orders:read")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip().splitlines()[-1]
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "charter", "serve", f"127.0.0.1:{port}", "--max-runs", "2", "--queue", "2"],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            try:
+                if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "charter serve did not start"
+            time.sleep(0.1)
+        yield url, token, server.pid
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_memory_stays_under_base_plus_max_runs_times_the_run_limit(
+    small_memory_server: tuple[str, str, int],
+) -> None:
+    url, token, pid = small_memory_server
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"contract": "orders", "program": ALLOCATE}
+    warm = httpx.post(f"{url}/v1/programs", json=body, headers=headers, timeout=60)
+    assert warm.status_code == 200, warm.text
+    allocated = int(warm.json()["answer"])
+    assert allocated >= MEMORY_MIB // 4, warm.json()  # the program did fill much of its limit
+    time.sleep(0.5)  # the warm run's instance dropped, the pool refilled
+    base = _status(pid, "VmRSS")
+
+    clients = 16
+    start = threading.Barrier(clients)
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(timeout=120) as client:
+            start.wait()
+            answers.append(client.post(f"{url}/v1/programs", json=body, headers=headers))
+
+    threads = [threading.Thread(target=post) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+
+    statuses = sorted(a.status_code for a in answers)
+    assert set(statuses) <= {200, 503}, [a.text for a in answers if a.status_code not in (200, 503)]
+    assert statuses.count(200) >= 4  # the two slots and the queue of two at least
+    for answer in answers:
+        if answer.status_code == 503:
+            problem(answer, 503, "overloaded")
+            assert int(answer.headers["Retry-After"]) >= 1
+        else:
+            assert int(answer.json()["answer"]) >= MEMORY_MIB // 4
+    peak = _status(pid, "VmHWM")
+    bound = base + 2 * MEMORY_MIB * 2**20
+    slack = 48 * 2**20  # thread stacks, allocator arenas, the runs' host-side buffers
+    assert peak <= bound + slack, f"peak RSS {peak >> 20} MiB, base {base >> 20} MiB, bound {bound >> 20} MiB"
