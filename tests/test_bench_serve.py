@@ -17,11 +17,15 @@ from charter.bench.serve import _PROGRAMS, UNCLAIMED, _judge, audit_check, run_s
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     home = tmp_path_factory.mktemp("bench-serve")
+    # One run at a time and one waiting: the two governed clients always fit, six overload
+    # clients cannot, so the overload phase sees refusals.
     results = run_serve_bench(
         2,
         1.0,
         0.5,
-        overload_clients=4,
+        max_runs=1,
+        queue=1,
+        overload_clients=6,
         overload_seconds=1.0,
         overload_alloc_mib=8,
         idle_seconds=0.5,
@@ -51,10 +55,16 @@ def test_the_figures_have_every_goal_and_their_parts(bench: tuple[dict[str, Any]
         governed["requests_per_s"] / results["direct"]["requests_per_s"], rel=0.01
     )
     overload = results["overload"]
-    assert overload["clients"] == 4
+    assert overload["clients"] == 6
     assert overload["errors"] == 0, overload["error_samples"]
     assert overload["answered_200"] > 0
-    assert overload["rss_mib"]["peak"] >= overload["rss_mib"]["base"] > 0
+    assert overload["refused_503"] > 0  # six clients, one slot and one place in the queue
+    assert overload["refused_without_retry_after"] == 0
+    assert overload["retry_after_values"]
+    rss = overload["rss_mib"]
+    assert rss["peak"] >= rss["base"] > 0
+    assert (rss["max_runs"], results["server"]) == (1, {"max_runs": 1, "queue": 1})
+    assert rss["bound"] == pytest.approx(rss["base"] + rss["run_memory_limit"], abs=0.1)
     assert 0 <= results["idle"]["cpu_share_of_core"] < 2  # a share of one core (two at most here)
     goals = {(g["goal"], g["measure"]): g for g in results["goals"]}
     assert {g for g, _ in goals} == {"1", "2", "5", "6"}
@@ -70,6 +80,7 @@ def test_the_audit_log_holds_exactly_the_accepted_runs(bench: tuple[dict[str, An
     assert audit["verified"], audit
     assert audit["one_run_per_accepted_request"], audit
     warm_up = len(_PROGRAMS)
+    # The overload phase's 503s left no run: only its 200s are in the log.
     accepted = results["governed"]["accepted"] + results["overload"]["answered_200"]
     assert audit["program_runs"] == audit["expected_runs"] == warm_up + accepted
     assert audit["receipts"] > audit["program_runs"]

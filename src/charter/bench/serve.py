@@ -146,7 +146,7 @@ _SERVE = "from charter._profile import install_signal; install_signal(); from ch
 
 
 @contextmanager
-def _servers(home: Path, max_runs: int | None, queue: int | None) -> Iterator[_Servers]:
+def _servers(home: Path, max_runs: int, queue: int) -> Iterator[_Servers]:
     from charter.contract import load_contract
     from charter.registry import Registry
     from charter.server import TokenStore
@@ -160,8 +160,7 @@ def _servers(home: Path, max_runs: int | None, queue: int | None) -> Iterator[_S
     # The files `charter serve` finds under its CHARTER_HOME.
     Registry(home / "charter.db").publish(load_contract(path), path.read_text(encoding="utf-8"))
     token = TokenStore(home / "tokens.yaml").add("bench", "bench", ["orders:read", "orders:write", "orders:refund"])
-    limits = [*(["--max-runs", str(max_runs)] if max_runs is not None else [])]
-    limits += [*(["--queue", str(queue)] if queue is not None else [])]
+    limits = ["--max-runs", str(max_runs), "--queue", str(queue)]
     service = subprocess.Popen(
         [sys.executable, "-m", "examples.orders.service", "--port", str(service_port), "--seed"],
         cwd=_ROOT,
@@ -506,9 +505,9 @@ def _goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             (
                 "5",
                 "overload: peak RSS, MiB",
-                f"<= {rss['bound']} (base + max runs x run memory)" if rss["bound"] else "max runs not known",
+                f"<= {rss['bound']} (base + max runs x run memory)",
                 rss["peak"],
-                _met(rss["peak"], rss["bound"], at_most=True) if rss["bound"] else None,
+                _met(rss["peak"], rss["bound"], at_most=True),
             ),
         ]
     if idle is not None:
@@ -532,8 +531,10 @@ def run_serve_bench(
 ) -> dict[str, Any]:
     """Every figure of the bench as one JSON-able dict (see the module's docstring), with
     "goals": [{goal, measure, target, value, met}]. `overload_clients` or `idle_seconds` 0
-    skips that phase. `home`: the CHARTER_HOME to use and keep (default: a temporary one)."""
+    skips that phase. `max_runs`, `queue`: `charter serve`'s flags (default: its defaults).
+    `home`: the CHARTER_HOME to use and keep (default: a temporary one)."""
     from charter.contract import load_contract
+    from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE
 
     if home is None:
         with tempfile.TemporaryDirectory(prefix="charter-bench-serve-") as scratch:
@@ -555,7 +556,10 @@ def run_serve_bench(
         "machine": {"cpus": os.cpu_count(), "load_average_1m_before": round(os.getloadavg()[0], 2)},
         "load_generator": "threads, one http.client keep-alive connection each, opened before the window",
     }
-    with _servers(home, max_runs, queue) as servers:
+    runs = DEFAULT_MAX_RUNS if max_runs is None else max_runs
+    waiting = DEFAULT_QUEUE if queue is None else queue
+    results["server"] = {"max_runs": runs, "queue": waiting}
+    with _servers(home, runs, waiting) as servers:
         expected = _warm(servers, _PROGRAMS)
         base_rss = rss_bytes(servers.api_pid)
         results["governed"], accepted = _governed(servers, clients, seconds)
@@ -567,14 +571,14 @@ def run_serve_bench(
             overload, accepted, sampled = _overload(servers, overload_clients, overload_seconds, overload_alloc_mib)
             expected += accepted
             peak = peak_rss_bytes(servers.api_pid)
-            bound = base_rss + max_runs * memory_mib * _MIB if max_runs is not None else None
+            bound = base_rss + runs * memory_mib * _MIB
             overload["rss_mib"] = {
                 "base": round(base_rss / _MIB, 1),
                 "peak": round(peak / _MIB, 1),
                 "peak_sampled_in_phase": round(sampled / _MIB, 1),
-                "max_runs": max_runs,
+                "max_runs": runs,
                 "run_memory_limit": memory_mib,
-                "bound": round(bound / _MIB, 1) if bound is not None else None,
+                "bound": round(bound / _MIB, 1),
             }
             results["overload"] = overload
     results["audit"] = audit_check(home / "audit.db", expected)
