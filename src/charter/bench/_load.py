@@ -52,19 +52,30 @@ class LoadResult:
     reconnects: int = 0
 
 
+# A connection idle longer than this is closed before its next request: uvicorn closes idle
+# keep-alive connections after 5 s, and a request written into a closed one fails (BrokenPipe),
+# which would count a client's stale socket as the server's error.
+_IDLE_SECONDS = 2.0
+
+
 class Client:
     """One keep-alive HTTP/1.1 connection. `open()` connects (do it before the window); after
-    a reply that closes the connection, or an error, the next request reconnects."""
+    a reply that closes the connection, an error, or `_IDLE_SECONDS` unused (a wait for
+    Retry-After), the next request reconnects."""
 
     def __init__(self, host: str, port: int, timeout: float = 120.0) -> None:
         self._connection = http.client.HTTPConnection(host, port, timeout=timeout)
+        self._used = 0.0  # perf_counter() at the last reply
 
     def open(self) -> None:
         self._connection.connect()
+        self._used = time.perf_counter()
 
-    @property
-    def connected(self) -> bool:
-        return self._connection.sock is not None
+    def must_connect(self) -> bool:
+        """Whether the next request opens a new connection; closes one idle too long first."""
+        if self._connection.sock is not None and time.perf_counter() - self._used > _IDLE_SECONDS:
+            self._connection.close()
+        return self._connection.sock is None
 
     def send(self, request: Request) -> tuple[int, bytes, str | None]:
         """(status, body, Retry-After) of one request. Raises OSError or http.client.HTTPException."""
@@ -76,6 +87,7 @@ class Client:
         except BaseException:
             connection.close()
             raise
+        self._used = time.perf_counter()
         return response.status, body, response.getheader("Retry-After")
 
     def close(self) -> None:
@@ -89,11 +101,14 @@ def run_load(
     *,
     at_start: Callable[[], None] | None = None,
     keep_bodies: bool = True,
+    honour_retry_after: bool = False,
 ) -> LoadResult:
     """Each client in its own thread sends `request_for(n)` (n = its index, then + len(clients)
     per request) until `seconds` have passed, then finishes the request it is in. The threads
     start first and wait; `at_start()` runs just before they are released (the window's first
-    reading), and the result's `seconds` runs from their release to the last reply."""
+    reading), and the result's `seconds` runs from their release to the last reply.
+    `honour_retry_after`: after a 503 with Retry-After (seconds), that client waits as long
+    (at most until the window ends) before its next request, as a well-behaved client does."""
     result = LoadResult()
     lock = threading.Lock()
     go = threading.Event()
@@ -108,7 +123,7 @@ def run_load(
         go.wait()
         while time.perf_counter() < stop_at[0]:
             request = request_for(n)
-            if not client.connected:
+            if client.must_connect():
                 reconnects += 1
             started = time.perf_counter()
             try:
@@ -118,6 +133,8 @@ def run_load(
             else:
                 elapsed = (time.perf_counter() - started) * 1000
                 replies.append(Reply(n, status, elapsed, body if keep_bodies else b"", retry_after))
+                if honour_retry_after and status == 503 and retry_after is not None and retry_after.isdigit():
+                    time.sleep(max(0.0, min(float(retry_after), stop_at[0] - time.perf_counter())))
             n += count
         with lock:
             result.replies.extend(replies)

@@ -20,7 +20,9 @@ Phases, each measuring issue 17's goals:
 4. overload (goal 5): `overload_clients` clients for `overload_seconds`, the bench mix plus
    one program in five allocating `overload_alloc_mib` MiB: 200s vs 503 `overloaded` (with
    Retry-After, and how fast), anything else an error; the server's peak RSS against base +
-   max runs x the run's memory limit.
+   max runs x the run's memory limit. A client told 503 waits its Retry-After (unless told
+   not to): 256 threads resending at once would spend the shared cores on the generator and
+   on refusals, and time the generator's own GIL queue as refusal latency.
 Afterwards the audit log must verify clean and hold exactly the runs of the accepted
 requests (their run ids, one each, sealed) and no other program run.
 """
@@ -409,7 +411,9 @@ def _idle(servers: _Servers, seconds: float) -> dict[str, Any]:
     }
 
 
-def _overload(servers: _Servers, clients: int, seconds: float, alloc_mib: int) -> tuple[dict[str, Any], list[str], int]:
+def _overload(
+    servers: _Servers, clients: int, seconds: float, alloc_mib: int, *, honour_retry_after: bool
+) -> tuple[dict[str, Any], list[str], int]:
     """Goal 5: (figures, accepted run ids, peak RSS sampled in the phase)."""
     programs = [*_PROGRAMS, _allocating(alloc_mib)] if alloc_mib else list(_PROGRAMS)
     connections = opened_clients(_HOST, servers.api_port, clients)
@@ -423,7 +427,8 @@ def _overload(servers: _Servers, clients: int, seconds: float, alloc_mib: int) -
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
     try:
-        result = run_load(connections, seconds, _program_request(servers.token, programs))
+        request_for = _program_request(servers.token, programs)
+        result = run_load(connections, seconds, request_for, honour_retry_after=honour_retry_after)
     finally:
         done.set()
         sampler.join()
@@ -436,6 +441,7 @@ def _overload(servers: _Servers, clients: int, seconds: float, alloc_mib: int) -
         "clients": clients,
         "seconds": round(result.seconds, 2),
         "allocating_program_mib": alloc_mib,
+        "clients_honour_retry_after": honour_retry_after,
         "answered_200": len(judged.accepted_ids),
         "refused_503": len(judged.refused),
         "errors": len(judged.errors),
@@ -526,12 +532,15 @@ def run_serve_bench(
     overload_clients: int = 256,
     overload_seconds: float = 10.0,
     overload_alloc_mib: int = 64,
+    honour_retry_after: bool = True,
     idle_seconds: float = 10.0,
     home: Path | None = None,
 ) -> dict[str, Any]:
     """Every figure of the bench as one JSON-able dict (see the module's docstring), with
     "goals": [{goal, measure, target, value, met}]. `overload_clients` or `idle_seconds` 0
     skips that phase. `max_runs`, `queue`: `charter serve`'s flags (default: its defaults).
+    `honour_retry_after`: an overload client told 503 waits its Retry-After before trying again
+    (False: it resends at once, a retry storm whose cost lands on the same two cores).
     `home`: the CHARTER_HOME to use and keep (default: a temporary one)."""
     from charter.contract import load_contract
     from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE
@@ -547,6 +556,7 @@ def run_serve_bench(
                 overload_clients=overload_clients,
                 overload_seconds=overload_seconds,
                 overload_alloc_mib=overload_alloc_mib,
+                honour_retry_after=honour_retry_after,
                 idle_seconds=idle_seconds,
                 home=Path(scratch),
             )
@@ -568,7 +578,9 @@ def run_serve_bench(
         if idle_seconds > 0:
             results["idle"] = _idle(servers, idle_seconds)
         if overload_clients > 0:
-            overload, accepted, sampled = _overload(servers, overload_clients, overload_seconds, overload_alloc_mib)
+            overload, accepted, sampled = _overload(
+                servers, overload_clients, overload_seconds, overload_alloc_mib, honour_retry_after=honour_retry_after
+            )
             expected += accepted
             peak = peak_rss_bytes(servers.api_pid)
             bound = base_rss + runs * memory_mib * _MIB

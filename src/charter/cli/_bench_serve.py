@@ -61,7 +61,12 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str]]:
                 "overload: 503 latency p50 / p99, ms",
                 f"{over['refused_latency_ms']['p50']:.1f} / {over['refused_latency_ms']['p99']:.1f}",
             ),
-            ("overload: Retry-After values", ", ".join(over["retry_after_values"]) or "-"),
+            (
+                "overload: Retry-After values (clients wait it)"
+                if over["clients_honour_retry_after"]
+                else "overload: Retry-After values (clients resend at once)",
+                ", ".join(over["retry_after_values"]) or "-",
+            ),
             (
                 "server RSS base / peak, MiB",
                 f"{rss['base']:.0f} / {rss['peak']:.0f} (bound {rss['bound']}: max runs {rss['max_runs']} x "

@@ -194,6 +194,9 @@ def bench_serve(
     overload_clients: Annotated[int, typer.Option(help="Clients in the overload phase (0: skip it).")] = 256,
     overload_seconds: Annotated[float, typer.Option(help="How long the overload phase lasts.")] = 10.0,
     overload_alloc_mib: Annotated[int, typer.Option(help="MiB one overload program in five holds (0: none).")] = 64,
+    ignore_retry_after: Annotated[
+        bool, typer.Option("--ignore-retry-after", help="Overload clients resend at once after a 503.")
+    ] = False,
     idle_seconds: Annotated[float, typer.Option(help="Seconds without traffic to measure (0: skip).")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
@@ -211,6 +214,7 @@ def bench_serve(
         overload_clients=overload_clients,
         overload_seconds=overload_seconds,
         overload_alloc_mib=overload_alloc_mib,
+        honour_retry_after=not ignore_retry_after,
         idle_seconds=idle_seconds,
     )
     if as_json:
