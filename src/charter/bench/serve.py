@@ -453,7 +453,7 @@ def _overload(
         "refused_latency_ms": _latency(refused_latencies),
         # Retry-After must be delta-seconds (RFC 9110 10.2.3; an HTTP-date is allowed but not sent here).
         "refused_without_retry_after": sum(n for v, n in retry_after.items() if v is None or not v.isdigit()),
-        "retry_after_values": sorted(str(v) for v in retry_after if v is not None),
+        "retry_after_values": sorted((v for v in retry_after if v is not None), key=lambda v: (len(v), v)),
     }
     return figures, judged.accepted_ids, sampled[0]
 

@@ -75,7 +75,13 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str]]:
         ]
     if "idle" in results:
         idle = results["idle"]
-        rows.append(("idle: server wake-ups/s (all threads)", f"{idle['wakeups_per_s']:.1f}"))
+        busiest = max(idle["busiest_threads_wakeups_per_s"].values(), default=0.0)
+        rows.append(
+            (
+                f"idle: server wake-ups/s ({idle['threads']} threads)",
+                f"{idle['wakeups_per_s']:.1f} (busiest thread {busiest:.1f})",
+            )
+        )
     return rows
 
 
