@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cpu_seconds", "peak_rss_bytes", "rss_bytes", "snapshot_profile", "thread_switches"]
+__all__ = ["children", "cpu_seconds", "peak_rss_bytes", "rss_bytes", "settle", "snapshot_profile", "thread_switches"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -24,6 +24,38 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": the comm may hold spaces
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of proc(5))
+
+
+def children(pid: int) -> list[int]:
+    """The process's live child processes now (e.g. a background build it started)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:  # it ended between the listing and the read
+            continue
+        state, parent = stat[stat.rindex(")") + 2 :].split()[:2]  # fields 3 and 4 of proc(5)
+        if int(parent) == pid and state != "Z":  # a zombie has ended: only its exit status is left
+            found.append(int(entry.name))
+    return found
+
+
+def settle(pid: int, *, quiet_share: float = 0.05, step: float = 0.5, timeout: float = 600.0) -> float:
+    """Wait until the process has no child process and used under `quiet_share` of a core over
+    the last `step` seconds: what it does after starting (a component build in a subprocess,
+    loading its native code) stays out of the window measured next. Returns the seconds waited;
+    after `timeout` it stops waiting (the caller reports the wait, so a long one shows)."""
+    started = time.monotonic()
+    before = cpu_seconds(pid)
+    while time.monotonic() - started < timeout:
+        time.sleep(step)
+        now = cpu_seconds(pid)
+        if now - before < quiet_share * step and not children(pid):
+            break
+        before = now
+    return time.monotonic() - started
 
 
 def _status_kib(pid: int, key: str) -> int:

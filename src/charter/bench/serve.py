@@ -48,7 +48,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from charter.bench._load import LoadResult, Reply, Request, opened_clients, run_load
-from charter.bench._procs import cpu_seconds, peak_rss_bytes, rss_bytes, snapshot_profile, thread_switches
+from charter.bench._procs import cpu_seconds, peak_rss_bytes, rss_bytes, settle, snapshot_profile, thread_switches
 
 __all__ = ["UNCLAIMED", "audit_check", "run_serve_bench"]
 
@@ -570,7 +570,10 @@ def run_serve_bench(
     waiting = DEFAULT_QUEUE if queue is None else queue
     results["server"] = {"max_runs": runs, "queue": waiting}
     with _servers(home, runs, waiting) as servers:
+        # A server may build (a baked component in a subprocess) or load at start; none of it is a request's cost.
+        results["server"]["settle_seconds_at_start"] = round(settle(servers.api_pid), 1)
         expected = _warm(servers, _PROGRAMS)
+        results["server"]["settle_seconds_after_warm_up"] = round(settle(servers.api_pid), 1)
         base_rss = rss_bytes(servers.api_pid)
         results["governed"], accepted = _governed(servers, clients, seconds)
         expected += accepted
