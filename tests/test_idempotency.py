@@ -306,3 +306,44 @@ def test_a_key_stored_before_keyed_fingerprints_still_matches_its_request(
     assert again.headers["idempotent-replayed"] == "true"
     problem(other, 422, "idempotency-key-reused")
     assert api.log.run_ids() == []
+
+
+# -- one held connection -------------------------------------------------------------------------
+
+
+def test_claims_share_one_held_connection_across_threads(charter_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from charter.server._idempotency import Claimed, IdempotencyStore, KeyInProgress, StoredResponse
+
+    store = IdempotencyStore(charter_home / "idempotency.db")
+    opened: list[object] = []
+    connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(a) or connect(*a, **k))
+    outcomes: list[object] = []
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            for key in (f"own-{n}", "shared"):
+                try:
+                    claim = store.claim("ada", key, "digest", run_id=f"{n:032x}", scopes=["orders:read"])
+                except KeyInProgress as busy:
+                    outcomes.append(busy)
+                    continue
+                outcomes.append(claim)
+                if key != "shared" and isinstance(claim, Claimed):
+                    store.complete("ada", key, claim.run_id, StoredResponse(200, b"{}"))
+        except BaseException as error:  # a "database is locked" would land here
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert opened == []  # no claim or completion opened a connection of its own
+    claimed = [o for o in outcomes if isinstance(o, Claimed)]
+    assert len(claimed) == 17  # each thread's own key, and the shared key exactly once
+    assert sum(isinstance(o, KeyInProgress) for o in outcomes) == 15
+    again = store.claim("ada", "own-3", "digest", run_id="ff" * 16, scopes=["orders:read"])
+    assert again == StoredResponse(200, b"{}")

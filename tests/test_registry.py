@@ -135,3 +135,29 @@ def test_parse_ref_and_home(charter_home: Path) -> None:
     assert parse_ref("orders@1.2.0") == ("orders", "1.2.0")
     assert parse_ref("orders") == ("orders", None)
     assert home_of_charter() == charter_home
+
+
+def test_a_server_registry_serves_from_memory_and_sees_another_processs_publish(
+    write_contract: WriteContract, tmp_path: Path
+) -> None:
+    server = Registry(tmp_path / "charter.db")
+    _publish(server, write_contract())
+    first = server.get("shop")
+    assert server.get("shop", "1.0.0") is first  # compiled once, then from memory
+
+    # Another connection publishes (as `charter contract publish` in another process does)
+    # and promotes: the server's next lookup of "latest" and MAJOR sees both.
+    publisher = Registry(tmp_path / "charter.db")
+    _publish(publisher, write_contract(replace={"version: 1.0.0": "version: 1.1.0", "Cancel an order.": "v1.1."}))
+    assert server.get("shop").version == "1.1.0"
+    assert server.get("shop", "1").version == "1.1.0"
+    assert [v.version for v in server.versions("shop")] == ["1.0.0", "1.1.0"]
+    assert server.get("shop", "1.0.0") is first
+    breaking = {"version: 1.0.0": "version: 2.0.0", "Cancel an order.": "v2."}
+    _publish(publisher, write_contract(replace=breaking), allow_relaxation=True)
+    assert server.get("shop").version == "1.1.0"  # major 1 stays the default until promoted
+    publisher.promote("shop", 2)
+    assert server.get("shop").version == "2.0.0"
+    assert server.names() == ["shop"]
+    with pytest.raises(ContractNotFound):
+        server.get("nothing")

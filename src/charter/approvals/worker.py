@@ -7,7 +7,13 @@
 
 Every poll (and on `notify`) it denies the requests that expired unanswered
 (`ApprovalStore.expire_due`), then resumes every decided approval whose resume is not sealed
-(`pending_resumes`). A resume that raises is logged and tried again at a later poll, with an
+(`pending_resumes`). Those two read every approval and resume receipt of the log, so a wake
+with nothing new does not run them: each `poll_seconds` it counts the log's approval
+receipts (an index range) and polls only when that count moved (a request or a decision,
+from any process), on `notify`, while a resume waits for its retry, and at least every
+`FULL_POLL_WAKES` wakes (an expiry falls due, a resume another process left unsealed).
+
+A resume that raises is logged and tried again at a later poll, with an
 exponential backoff per approval (at most 60 s); RESUME_IN_PROGRESS (another thread or process
 holds it) is skipped silently. So a resume interrupted by a crash or a restart is picked up
 again when a worker next starts. A resume the backend's absence stopped before the approved
@@ -20,6 +26,7 @@ in memory: after a restart, such an approval is resumed again on its next `notif
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +39,7 @@ __all__ = ["ResumeWorker"]
 
 _log = logging.getLogger("charter.approvals")
 MAX_BACKOFF_SECONDS = 60.0
+FULL_POLL_WAKES = 30  # with nothing new, a full poll every 30 wakes (30 s at the default poll)
 
 
 class ResumeWorker:
@@ -57,6 +65,9 @@ class ResumeWorker:
         self._retry: dict[str, tuple[float, float]] = {}  # approval -> (not before, backoff seconds)
         self.failures: dict[str, str] = {}  # approval -> the last error, until it is sealed
         self._retrying: set[str] = set()  # approvals whose last resume is retryable (the backend stopped it)
+        self._marker: int | None = None  # the approval receipts counted before the last full poll
+        self._last_full = float("-inf")  # time.monotonic() of the last full poll
+        self._counter: sqlite3.Connection | None = None  # the worker thread's, for `_approval_receipts`
 
     def start(self) -> None:
         if self._thread is not None:
@@ -81,15 +92,39 @@ class ResumeWorker:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                self.poll()
+                if self._due():
+                    self.poll()
             except Exception:  # the store itself failed: tried again next poll
                 _log.exception("charter: the resume worker could not read the approvals")
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
+        if self._counter is not None:
+            self._counter.close()
+            self._counter = None
+
+    def _due(self) -> bool:
+        """Is a full poll needed now? (See the module.)"""
+        with self._lock:
+            if self._notified or self._retry or self._retrying:
+                return True
+        if time.monotonic() - self._last_full >= self.poll_seconds * FULL_POLL_WAKES:
+            return True
+        return self._approval_receipts() != self._marker
+
+    def _approval_receipts(self) -> int:
+        """How many approval requests and decisions the log holds (from the worker's thread)."""
+        if self._counter is None:
+            self._counter = sqlite3.connect(self.store.audit.path, isolation_level=None, timeout=30)
+        row = self._counter.execute(
+            "SELECT COUNT(*) FROM receipts WHERE kind IN ('approval_request', 'approval_decision')"
+        ).fetchone()
+        return int(row[0])
 
     def poll(self) -> list[Execution]:
         """One round: expire what is due, then resume every decided approval not yet sealed
         (those whose backoff has passed). Returns the resumes sealed in this round."""
+        if threading.current_thread() is self._thread:  # counted first: a change during the poll is seen next wake
+            self._marker, self._last_full = self._approval_receipts(), time.monotonic()
         try:
             self.store.expire_due()
         except Exception:

@@ -1,4 +1,5 @@
-"""Operations bound to an HTTP service: one request per allowed call, over httpx.
+"""Operations bound to an HTTP service: one request per allowed call, over a lean
+`http.client` pool (`_lean`; httpx when a transport is given).
 
 What a demanding caller of a real service needs, and what this does:
 
@@ -11,6 +12,10 @@ What a demanding caller of a real service needs, and what this does:
   once, and its logs point back to the audit record.
 - Reads retry after transport errors and 5xx answers, `read_retries` times, with backoff,
   never past the run's deadline.
+- No call outlives its run: every connect, write and read is bounded by what remains of the
+  run's wall time (`_deadline`), so a service that trickles its answer is cut off at the
+  deadline like one that never answers (BACKEND_TIMEOUT, in doubt for a write). That is why
+  the backend is not `blocking`: the gate may call it on the run's own thread, no watchdog.
 - A service that returns an `ETag` on reads gets it back as `If-Match` on the write the
   gate decided on that read: a change in between is a 412, reported as PreconditionFailed,
   and the write is not made.
@@ -22,23 +27,29 @@ import os
 import random
 import threading
 import time
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
 from typing import Any, TypedDict
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import msgspec
 
 from charter.backends._base import BackendFailure, BackendNotFound, CallContext, PreconditionFailed, error_text
+from charter.backends._deadline import until
+from charter.backends._lean import LeanClient, LeanRequest, LeanResponse
 from charter.compiler.artifact import CompiledContract, HttpEndpointSpec, OperationRule
 from charter.errors import UsageError
 
 __all__ = ["HttpBackend", "service_url", "service_url_variable"]
 
 _json = msgspec.json.Encoder(decimal_format="string")
+_Client = httpx.Client | LeanClient
+_Request = httpx.Request | LeanRequest
+_Response = httpx.Response | LeanResponse
 _ETAGS_KEPT = 10_000  # (run, entity, key) -> ETag of its latest read; enough for any run in flight
 
 
@@ -62,20 +73,28 @@ def service_url(contract: CompiledContract, service: str, default: str | None) -
 class HttpBackend:
     """Performs a contract's HTTP-bound operations. Thread-safe; one connection pool per service."""
 
-    blocking: bool = True
+    blocking: bool = False  # every socket operation ends by the run's deadline (`_deadline`)
 
     def __init__(self, contract: CompiledContract, *, transport: httpx.BaseTransport | None = None) -> None:
+        """`transport`: send through httpx with this transport (a test's, a proxy's) instead
+        of the lean client; its timeouts are then httpx's, per operation."""
         self._rules = {name: rule for name, rule in contract.gate.operations.items() if rule.binding.http}
-        self._clients: dict[str, httpx.Client] = {}
+        self._clients: dict[str, _Client] = {}
+        headers = {"User-Agent": "charter", "Accept": "application/json"}
         for rule in self._rules.values():
             endpoint = rule.binding.http
             assert endpoint is not None
             if endpoint.service not in self._clients:
+                base_url = service_url(contract, endpoint.service, endpoint.base_url)
+                if transport is None and not _proxied(base_url):
+                    self._clients[endpoint.service] = LeanClient(base_url, headers=headers)
+                    continue
+                # httpx: a given transport, or the environment's proxy (HTTP_PROXY...) for this service
+                self.blocking = True  # httpx bounds each operation, not the call: under the watchdog
                 self._clients[endpoint.service] = httpx.Client(
-                    base_url=service_url(contract, endpoint.service, endpoint.base_url),
+                    base_url=base_url,
                     transport=transport,
-                    headers={"User-Agent": "charter", "Accept": "application/json"},
-                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                    headers=headers,
                     follow_redirects=False,  # a write must not be re-sent to another address
                 )
         self._etags: OrderedDict[tuple[str, str, str], str] = OrderedDict()
@@ -91,10 +110,11 @@ class HttpBackend:
             raise LookupError(f"HttpBackend has no endpoint for {operation!r}")
         endpoint = rule.binding.http
         request = self._request(rule, endpoint, arguments, context)
-        if rule.kind == "write":
-            response = self._send_write(rule, endpoint, request, context)
-        else:
-            response = self._send_read(rule, endpoint, request, context)
+        with until(context.deadline if context is not None else None):
+            if rule.kind == "write":
+                response = self._send_write(rule, endpoint, request, context)
+            else:
+                response = self._send_read(rule, endpoint, request, context)
         self._remember_etag(rule, arguments, context, response)
         return self._result(rule, endpoint, response)
 
@@ -106,7 +126,7 @@ class HttpBackend:
         endpoint: HttpEndpointSpec,
         arguments: Mapping[str, Any],
         context: CallContext | None,
-    ) -> httpx.Request:
+    ) -> _Request:
         path = endpoint.path
         for name in endpoint.path_params:
             path = path.replace("{" + name + "}", quote(_text(arguments[name]), safe=""))
@@ -135,8 +155,8 @@ class HttpBackend:
     # -- sending --------------------------------------------------------------------------
 
     def _send_write(
-        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: httpx.Request, context: CallContext | None
-    ) -> httpx.Response:
+        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: _Request, context: CallContext | None
+    ) -> _Response:
         where = f"{rule.name} ({request.method} {request.url})"
         timeout = _timeout(endpoint, context, where)
         try:
@@ -184,8 +204,8 @@ class HttpBackend:
         return response
 
     def _send_read(
-        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: httpx.Request, context: CallContext | None
-    ) -> httpx.Response:
+        self, rule: OperationRule, endpoint: HttpEndpointSpec, request: _Request, context: CallContext | None
+    ) -> _Response:
         where = f"{rule.name} ({request.method} {request.url})"
         tries = endpoint.read_retries + 1
         problem = ""
@@ -223,7 +243,7 @@ class HttpBackend:
 
     # -- the response ---------------------------------------------------------------------
 
-    def _result(self, rule: OperationRule, endpoint: HttpEndpointSpec, response: httpx.Response) -> Any:
+    def _result(self, rule: OperationRule, endpoint: HttpEndpointSpec, response: _Response) -> Any:
         where = f"{rule.name} ({response.request.method} {response.request.url})"
         if rule.returns is None and not response.content:
             return None
@@ -238,7 +258,7 @@ class HttpBackend:
         return _pointer(body, endpoint.result, where)
 
     def _remember_etag(
-        self, rule: OperationRule, arguments: Mapping[str, Any], context: CallContext | None, response: httpx.Response
+        self, rule: OperationRule, arguments: Mapping[str, Any], context: CallContext | None, response: _Response
     ) -> None:
         etag = response.headers.get("ETag")
         if context is None or etag is None or rule.entity is None or rule.key is None:
@@ -265,6 +285,12 @@ def _withheld(error: BaseException) -> _Detail:
     return {"detail": error_text(error), "detail_type": f"{type(error).__module__}.{type(error).__qualname__}"}
 
 
+def _proxied(url: str) -> bool:
+    """Does the environment send requests to `url` through a proxy (HTTP_PROXY, NO_PROXY...)?"""
+    parts = urlsplit(url)
+    return parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname or "")
+
+
 def _where_from(service: str) -> str:
     variable = service_url_variable(service)
     return f"Is the service running? Its address comes from {variable} or the contract's base_url"
@@ -280,9 +306,9 @@ def _timeout(endpoint: HttpEndpointSpec, context: CallContext | None, where: str
     return {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
 
 
-def _send(client: httpx.Client, request: httpx.Request, timeout: dict[str, float]) -> httpx.Response:
+def _send(client: _Client, request: _Request, timeout: dict[str, float]) -> _Response:
     request.extensions["timeout"] = timeout  # per attempt: what remains of the run's wall time
-    return client.send(request)
+    return client.send(request)  # type: ignore[arg-type]  # each client sends its own requests
 
 
 def _pause(attempt: int, context: CallContext | None) -> None:
@@ -292,7 +318,7 @@ def _pause(attempt: int, context: CallContext | None) -> None:
     time.sleep(delay)
 
 
-def _raise_for_client_error(where: str, response: httpx.Response) -> None:
+def _raise_for_client_error(where: str, response: _Response) -> None:
     status = response.status_code
     if status < 400:
         return
@@ -307,7 +333,7 @@ def _raise_for_client_error(where: str, response: httpx.Response) -> None:
     raise BackendFailure("BACKEND_REJECTED", f"{where}: the service answered {status} ({detail})")
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: _Response) -> str:
     """The service's own words: a problem+json `detail`, a JSON `detail`, or the start of its text."""
     try:
         body = response.json()

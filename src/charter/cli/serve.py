@@ -108,11 +108,10 @@ def serve(
     if openapi:
         print(json.dumps(openapi_document(), indent=2))
         return
-    import uvicorn
-
     from charter._profile import install_signal
     from charter.approvals import ApprovalWebhook, load_or_create_webhook_key, plain_http_warning
     from charter.server import IdempotencyStore, TokenStore, create_app
+    from charter.server._uvicorn import run
 
     host, port = host_port(address)
     try:
@@ -140,7 +139,7 @@ def serve(
     say(f"Charter API on http://{host}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
     install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went (charter bench serve)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        run(app, host=host, port=port)
     finally:
         service.stop_approvals()
 

@@ -601,15 +601,14 @@ def serve_stdio(service: CharterService, principal: Principal) -> None:
 
 
 def serve_http(service: CharterService, tokens: TokenStore, host: str, port: int) -> None:
-    import uvicorn
-
     from charter._profile import install_signal
+    from charter.server._uvicorn import run
 
     app = http_app(service, tokens, host)
     service.start_approvals(tokens.principal)  # resumes decided approvals, as `charter serve` does
     install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        run(app, host=host, port=port)
     finally:
         service.stop_approvals()
 
