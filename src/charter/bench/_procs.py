@@ -42,7 +42,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def settle(pid: int, *, quiet_share: float = 0.05, step: float = 0.5, timeout: float = 600.0) -> float:
+def settle(pid: int, *, quiet_share: float = 0.05, step: float = 0.5, timeout: float = 300.0) -> float:
     """Wait until the process has no child process and used under `quiet_share` of a core over
     the last `step` seconds: what it does after starting (a component build in a subprocess,
     loading its native code) stays out of the window measured next. Returns the seconds waited;
