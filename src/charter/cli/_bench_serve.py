@@ -73,6 +73,15 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{rss['run_memory_limit']} MiB)",
             ),
         ]
+    server, machine = results["server"], results["machine"]
+    rows += [
+        ("charter serve --max-runs / --queue", f"{server['max_runs']} / {server['queue']}"),
+        (
+            "waited for the server to settle: at start / after warm-up, s",
+            f"{server['settle_seconds_at_start']} / {server['settle_seconds_after_warm_up']}",
+        ),
+        ("machine: CPUs, load average before the bench", f"{machine['cpus']}, {machine['load_average_1m_before']}"),
+    ]
     if "idle" in results:
         idle = results["idle"]
         busiest = max(idle["busiest_threads_wakeups_per_s"].values(), default=0.0)
