@@ -241,36 +241,39 @@ def bench_agent(
 def bench_serve(
     clients: Annotated[int, typer.Option(help="Concurrent clients.")] = 32,
     seconds: Annotated[float, typer.Option(help="How long they post programs.")] = 30.0,
+    peer_seconds: Annotated[float, typer.Option(help="How long they GET from the orders service directly.")] = 5.0,
+    max_runs: Annotated[int | None, typer.Option(help="`charter serve --max-runs` (default: the server's).")] = None,
+    queue: Annotated[int | None, typer.Option(help="`charter serve --queue` (default: the server's).")] = None,
+    overload_clients: Annotated[int, typer.Option(help="Clients in the overload phase (0: skip it).")] = 256,
+    overload_seconds: Annotated[float, typer.Option(help="How long the overload phase lasts.")] = 10.0,
+    overload_alloc_mib: Annotated[int, typer.Option(help="MiB one overload program in five holds (0: none).")] = 64,
+    ignore_retry_after: Annotated[
+        bool, typer.Option("--ignore-retry-after", help="Overload clients resend at once after a 503.")
+    ] = False,
+    idle_seconds: Annotated[float, typer.Option(help="Seconds without traffic to measure (0: skip).")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
-    """The HTTP API under load: clients posting programs against the HTTP-bound orders contract."""
+    """The HTTP API under load: CPU per request and its split, throughput against direct calls,
+    overload (503 + Retry-After, peak RSS) and idle CPU, each against issue 17's goals."""
     from charter.bench import run_serve_bench
+    from charter.cli._bench_serve import print_serve_bench
 
-    results = run_serve_bench(clients, seconds)
+    results = run_serve_bench(
+        clients,
+        seconds,
+        peer_seconds,
+        max_runs=max_runs,
+        queue=queue,
+        overload_clients=overload_clients,
+        overload_seconds=overload_seconds,
+        overload_alloc_mib=overload_alloc_mib,
+        honour_retry_after=not ignore_retry_after,
+        idle_seconds=idle_seconds,
+    )
     if as_json:
         print_json(results)
-        return
-    table = Table(title=f"charter serve: {clients} clients for {results['seconds']} s", show_header=True)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    audit = results["audit"]
-    peer = results["peer_direct_service"]
-    rows = [
-        ("accepted requests", f"{results['accepted']:,}"),
-        ("requests/s", f"{results['requests_per_s']:,.1f}"),
-        ("latency p50 / p99 (ms)", f"{results['latency_ms']['p50']:.1f} / {results['latency_ms']['p99']:.1f}"),
-        ("errors (goal 0)", str(results["errors"])),
-        ("program runs in the audit log", f"{audit['program_runs']:,}"),
-        ("one run per accepted request", "yes" if audit["one_run_per_accepted_request"] else "NO"),
-        ("audit verify --all", "clean" if audit["verified"] else "FINDINGS"),
-        ("peer: direct GET on the orders service, requests/s", f"{peer['requests_per_s']:,.1f}"),
-        ("governed / direct throughput", f"{results['governed_over_direct_throughput']:.3f}"),
-    ]
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-    for sample in results["error_samples"]:
-        say(f"error: {sample}", "red")
+    else:
+        print_serve_bench(results)
 
 
 @bench_app.command("approvals")
