@@ -1,6 +1,6 @@
 """The audit log on SQLite: append-only, group commit, a durable commit before every action.
 
-Receipts are committed in groups, led by the callers' own threads (`_Writer`: the first
+Receipts are committed in groups, led by the callers' own threads (`Writer`: the first
 waiter with no commit in progress signs, chains, inserts and commits everything queued,
 once, with `synchronous=FULL`, and wakes the others). A caller that needs its receipt
 durable (the opening, a write's decision, a quota-held or approval-related decision, a
@@ -34,9 +34,9 @@ from pathlib import Path
 import msgspec
 
 from charter._paths import charter_home
-from charter._profile import component
-from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index, index_approval_receipt
-from charter.audit.index import RUNS_INDEX_SQL, RunFilter, RunSummary, fill_runs_index, index_receipt, list_runs
+from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
+from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Record, Writer, connect
+from charter.audit.index import RUNS_INDEX_SQL, RunFilter, RunSummary, fill_runs_index, list_runs
 from charter.audit.keys import (
     PublicKey,
     SecretKey,
@@ -45,7 +45,7 @@ from charter.audit.keys import (
     load_or_create_signing_key,
     read_public_key,
 )
-from charter.audit.quotas import QUOTA_INDEX_SQL, QuotaReader, fill_quota_index, index_quota_receipt
+from charter.audit.quotas import QUOTA_INDEX_SQL, QuotaReader, fill_quota_index
 from charter.audit.receipts import (
     ApprovalDecided,
     ApprovalRequested,
@@ -60,10 +60,7 @@ from charter.audit.receipts import (
     Receipt,
     Sealed,
     StoredReceipt,
-    canonical,
     decode_body,
-    kind_of,
-    link_of,
 )
 from charter.errors import AuditError, RunNotFound
 from charter.migrations import Schema, Step
@@ -162,141 +159,8 @@ class BackendError(msgspec.Struct, frozen=True, kw_only=True):
     message: str  # the first BACKEND_ERROR_MAX_CHARS characters
 
 
-_BUSY_TIMEOUT_MS = 30_000
-
-
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    return connection
-
-
-class _Record:
-    """The chain position of a record of its own (an ApprovalDecided): one receipt, prev ""."""
-
-    last_link = ""
-
-
-@dataclass(slots=True)
-class _Batch:
-    items: list[tuple[RunRecorder | _Record, Receipt]]
-    done: bool = False
-    error: BaseException | None = None
-
-
-class _Writer:
-    """Group commit for one log, led by the callers' own threads (leader/follower).
-
-    A caller hands its receipts over and waits. The first waiter that finds no commit in
-    progress becomes the leader: it takes every batch queued, signs, chains, inserts and
-    commits them once on the log's one connection, then wakes the followers whose batches
-    were in it; a batch queued meanwhile waits for the next leader (one of its own waiters).
-    An idle log thus costs no thread hand-off at all, and a busy one still commits many
-    callers' receipts with one fsync."""
-
-    def __init__(self, path: Path, key: SigningKey) -> None:
-        self._path = path
-        self._key = key
-        self._queue: list[_Batch] = []
-        self._committing = False
-        self._changed = threading.Condition(threading.Lock())
-        self._connection: sqlite3.Connection | None = None  # used by the leader only
-        self.commits = 0  # transactions committed (each one fsync): what the benchmark counts
-
-    def submit(self, items: list[tuple[RunRecorder | _Record, Receipt]], *, wait: bool = True) -> None:
-        """Write `items` durably (in order, after every batch queued before them): on disk
-        when this returns. Raises AuditError if they could not be written."""
-        batch = _Batch(items)
-        with self._changed:
-            self._queue.append(batch)
-            while self._committing and not batch.done:
-                self._changed.wait()
-            if batch.done:
-                self._raise_for(batch)
-                return
-            self._committing = True  # this thread leads the next commit
-            batches, self._queue = self._queue, []
-        try:
-            self._commit(batches)
-        finally:
-            with self._changed:
-                self._committing = False
-                for led in batches:
-                    led.done = True
-                self._changed.notify_all()
-        self._raise_for(batch)
-
-    def _raise_for(self, batch: _Batch) -> None:
-        if batch.error is not None:
-            raise AuditError(f"the audit log at {self._path} could not be written: {batch.error}") from batch.error
-
-    def _commit(self, batches: list[_Batch]) -> None:
-        with component("audit.commit"):
-            try:
-                if self._connection is None:
-                    self._connection = _connect(self._path)
-                self._write(self._connection, batches)
-                self.commits += 1
-            except BaseException as error:  # every waiter must learn it, whatever happened
-                for batch in batches:
-                    batch.error = error
-                if self._connection is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._connection.close()
-                self._connection = None
-
-    def _write(self, connection: sqlite3.Connection, batches: list[_Batch]) -> None:
-        key = self._key
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            row = connection.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
-            log_seq, log_link = (row[0], row[1]) if row else (0, "")
-            run_links: dict[RunRecorder | _Record, str] = {}
-            for batch in batches:
-                for recorder, draft in batch.items:
-                    if isinstance(recorder, _Record) and _holds_run(connection, draft.run_id):
-                        # Refused here, in the transaction, so a second record fails alone, not the group.
-                        batch.error = AuditError(f"the log already holds the record {draft.run_id}")
-                        continue
-                    log_seq += 1
-                    receipt = msgspec.structs.replace(
-                        draft,
-                        log_seq=log_seq,
-                        prev=run_links.get(recorder, recorder.last_link),
-                        log_prev=log_link,
-                        key_id=key.key_id,
-                    )
-                    with component("audit.sign"):
-                        body = canonical(receipt)
-                        signature = key.sign(body)
-                    log_link = link_of(body, signature)
-                    run_links[recorder] = log_link
-                    connection.execute(
-                        "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (log_seq, receipt.run_id, receipt.seq, kind_of(receipt), body, signature, log_link),
-                    )
-                    index_receipt(connection, receipt, log_seq)
-                    index_quota_receipt(connection, receipt)
-                    index_approval_receipt(connection, receipt, log_seq)
-            connection.execute(
-                "INSERT INTO head VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET log_seq = ?, link = ?",
-                (log_seq, log_link, log_seq, log_link),
-            )
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        for recorder, link in run_links.items():
-            recorder.last_link = link
-
-
-def _holds_run(connection: sqlite3.Connection, run_id: str) -> bool:
-    return connection.execute("SELECT 1 FROM receipts WHERE run_id = ? LIMIT 1", (run_id,)).fetchone() is not None
 
 
 class RunRecorder:
@@ -307,7 +171,7 @@ class RunRecorder:
     """
 
     def __init__(
-        self, writer: _Writer, opened: Opening, path: Path | None = None, *, secret_key: SecretKey | None = None
+        self, writer: Writer, opened: Opening, path: Path | None = None, *, secret_key: SecretKey | None = None
     ) -> None:
         self._path = path
         # What the gate records in place of a secret param's value (None: no log folder, no key).
@@ -318,7 +182,7 @@ class RunRecorder:
         self._writer = writer
         self._lock = threading.Lock()
         self._next_seq = 0
-        self._pending: list[tuple[RunRecorder | _Record, Receipt]] = []
+        self._pending: list[tuple[Chained, Receipt]] = []
         self._awaiting_outcome: dict[int, str] = {}  # call -> operation
         self.sealed: Closing | None = None
         self.written: list[Receipt] = []  # this run's receipts in order, as handed to the writer
@@ -386,7 +250,7 @@ class RunRecorder:
         decision."""
         if self._path is None:
             return
-        with contextlib.suppress(sqlite3.Error), closing(_connect(self._path)) as connection:
+        with contextlib.suppress(sqlite3.Error), closing(connect(self._path)) as connection:
             connection.execute(
                 "INSERT OR REPLACE INTO backend_errors VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -465,10 +329,10 @@ class AuditLog:
         self._keys_dir = keys_dir or self.path.parent / "keys"
         self._key = key
         self._secret_key: SecretKey | None = None
-        self._writer: _Writer | None = None
+        self._writer: Writer | None = None
         self._writer_lock = threading.Lock()
         self._readers = threading.local()
-        with closing(_connect(self.path)) as connection:
+        with closing(connect(self.path)) as connection:
             AUDIT_SCHEMA.open(connection, self.path)  # created if new; another version is refused
 
     # -- writing ---------------------------------------------------------------------
@@ -493,13 +357,13 @@ class AuditLog:
             return None
         return self.secret_key
 
-    def _ensure_writer(self) -> _Writer:
+    def _ensure_writer(self) -> Writer:
         with self._writer_lock:
             if self._writer is None:
                 key = self.signing_key
                 with self._connection() as connection:
                     connection.execute("INSERT OR IGNORE INTO keys VALUES (?, ?)", (key.key_id, key.public.raw))
-                self._writer = _Writer(self.path, key)
+                self._writer = Writer(self.path, key)
             return self._writer
 
     @property
@@ -524,7 +388,7 @@ class AuditLog:
                 "its run_id must be its approval_id"
             )
         draft = msgspec.structs.replace(receipt, seq=0, prev="")
-        self._ensure_writer().submit([(_Record(), draft)], wait=True)
+        self._ensure_writer().submit([(Record(), draft)], wait=True)
         [stored] = self.stored(receipt.run_id)
         return stored
 
@@ -532,7 +396,7 @@ class AuditLog:
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        connection = _connect(self.path)
+        connection = connect(self.path)
         try:
             yield connection
         finally:
@@ -561,7 +425,7 @@ class AuditLog:
         reads the latest commit)."""
         connection: sqlite3.Connection | None = getattr(self._readers, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+            connection = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
             self._readers.connection = connection
         return connection
 
