@@ -14,12 +14,10 @@ import records why it ends a run on the run's own state and raises a WasmtimeErr
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import sys
 import threading
@@ -51,19 +49,16 @@ from charter.gate._protocol import (
 )
 from charter.principal import Principal
 from charter.sandbox import _baked, _component, _wire
+from charter.sandbox._classify import classify, decode_conclusion, reject_program
 from charter.sandbox._crossing import HostAbort, add_string_result_func, call_strings
 from charter.sandbox.limits import SandboxLimits
 from charter.sandbox.outcomes import (
     CallLimitExceeded,
     Completed,
     Halted,
-    MemoryExceeded,
     Outcome,
     OutputLimitExceeded,
     Paused,
-    ProgramError,
-    ProgramRejected,
-    ProgramSyntaxError,
     Refused,
     Stats,
     TimedOut,
@@ -217,7 +212,7 @@ class _RunState:
             message = f"the conclusion is {len(text)} characters; with the output, the limit is {limit} bytes"
             return False, _wire.encode_error("operation_error", "CONCLUSION_TOO_LARGE", message)
         try:
-            self.conclusion = _decode_conclusion(text)
+            self.conclusion = decode_conclusion(text)
         except (msgspec.DecodeError, RecursionError) as error:
             message = f"the conclusion is unreadable: {error}"
             return False, _wire.encode_error("operation_error", "MALFORMED_CONCLUSION", message)
@@ -314,15 +309,6 @@ class _Prepared:
     run: Func
     baked: bool  # an instance of the contract's baked component: prepared at build time
     prepare: Func | None = None  # a cold baked instance's prepare(), to warm it while the pool is idle
-
-
-class _GuestMemoryError(msgspec.Struct, frozen=True, tag_field="status", tag="memory_limit"):
-    output: str = ""
-
-
-_GuestOutcome = Completed | Refused | ProgramError | ProgramSyntaxError | _GuestMemoryError
-_decode_outcome = msgspec.json.Decoder(_GuestOutcome).decode
-_decode_conclusion = msgspec.json.Decoder(Completed | Refused).decode
 
 
 @dataclass(slots=True)
@@ -591,7 +577,7 @@ class Sandbox:
         """Run `program` once in a fresh instance. Never raises for anything the program does."""
         limits = limits or SandboxLimits.from_contract(contract.gate.limits)
         started = time.monotonic()
-        rejected = _reject_program(program, limits)
+        rejected = reject_program(program, limits)
         if rejected is not None:
             return rejected
         runtime = self._runtime
@@ -641,7 +627,7 @@ class Sandbox:
         ended = time.monotonic()
         state.cpu_used += ended - state.resumed
         stats = Stats(calls=state.calls, wall_ms=(ended - started) * 1000, cpu_ms=state.cpu_used * 1000)
-        outcome = msgspec.structs.replace(_classify(raw, trap, state, ended), stats=stats)
+        outcome = msgspec.structs.replace(classify(raw, trap, state, ended), stats=stats)
         _close(gate, outcome)
         self._retire(prepared)
         return outcome
@@ -665,95 +651,3 @@ def _guest_context(context: RunContext, limits: SandboxLimits) -> str:
     inputs = json.dumps(context.inputs, ensure_ascii=True) if context.inputs else ""
     fields = [str(context.seed), repr(context.clock.timestamp()), str(limits.max_output_bytes), inputs, principal.id]
     return "\x1f".join(fields + sorted(principal.scopes))
-
-
-def _reject_program(program: str, limits: SandboxLimits) -> ProgramRejected | None:
-    if len(program) > limits.max_program_bytes:
-        return ProgramRejected(
-            reason=f"the program is {len(program)} characters; the limit is {limits.max_program_bytes} bytes"
-        )
-    try:
-        size = len(program.encode("utf-8"))
-    except UnicodeEncodeError:
-        return ProgramRejected(reason="the program text contains a lone surrogate; it must be valid Unicode")
-    if size > limits.max_program_bytes:
-        return ProgramRejected(reason=f"the program is {size} bytes; the limit is {limits.max_program_bytes}")
-    return None
-
-
-def _classify(raw: str | None, trap: str | None, state: _RunState, ended: float) -> Outcome:
-    limits = state.limits
-    if state.conclusion is not None:
-        return _concluded(state.conclusion, raw, limits)
-    if state.ended_by is not None:
-        return state.ended_by
-    if trap is not None:
-        if "interrupt" in trap:
-            if ended >= state.deadline:
-                return TimedOut(limit="wall", seconds=limits.wall_seconds)
-            return TimedOut(limit="cpu", seconds=limits.cpu_seconds)
-        return Trapped(reason=_trap_reason(trap))
-    assert raw is not None
-    if len(raw) > limits.max_output_bytes + limits.max_conclusion_bytes:
-        return OutputLimitExceeded(limit_bytes=limits.max_output_bytes)
-    try:
-        outcome: _GuestOutcome = _decode_outcome(raw)
-    except (msgspec.DecodeError, RecursionError) as error:
-        return Trapped(reason=f"the guest returned an unreadable outcome: {error}")
-    if isinstance(outcome, _GuestMemoryError):
-        return MemoryExceeded(limit_bytes=limits.memory_bytes, output=outcome.output)
-    if len(outcome.output.encode("utf-8")) > limits.max_output_bytes:
-        return OutputLimitExceeded(limit_bytes=limits.max_output_bytes)
-    return outcome
-
-
-def _concluded(conclusion: Completed | Refused, raw: str | None, limits: SandboxLimits) -> Outcome:
-    """The conclusion the host received stands, however the run ended afterwards. The
-    output is the final one when the guest returned it, else the output at the conclusion."""
-    output = conclusion.output
-    if raw is not None and len(raw) <= limits.max_output_bytes + limits.max_conclusion_bytes:
-        with contextlib.suppress(msgspec.DecodeError, RecursionError):
-            output = _decode_outcome(raw).output
-    data = output.encode("utf-8")
-    if len(data) > limits.max_output_bytes:
-        output = data[: limits.max_output_bytes].decode("utf-8", "ignore")
-    return msgspec.structs.replace(conclusion, output=output)
-
-
-# Words in the C library frames of a trap's wasm backtrace -> what the program most likely
-# did. The component has no WASI: each WASI function is a stub that executes `unreachable`.
-_TRAP_CAUSES = (
-    ("exit", "the program tried to end the interpreter's process"),
-    ("clock", "the program read the host's clock past the run's virtual one (e.g. the real datetime.now)"),
-    ("random", "the program asked the host for randomness (e.g. random.seed() of the real random module)"),
-    ("sleep", "the program tried to wait on the host"),
-    ("poll", "the program tried to wait on the host"),
-    ("environ", "the program tried to read the host's environment"),
-    ("sock", "the program tried to use a socket"),
-    ("stat", "the program tried to reach the file system"),
-    ("open", "the program tried to reach the file system"),
-    ("path", "the program tried to reach the file system"),
-    ("fd_", "the program tried to use a file descriptor"),
-)
-_C_LIBRARY_FRAME = re.compile(r"libc\.so!(\w+)")
-_INTERPRETER_FRAME = re.compile(r"libpython[\w.]*\.so!(\w+)")
-
-
-def _trap_reason(trap: str) -> str:
-    """A trap's reason as a reader can act on it: what the program most likely attempted."""
-    last = trap.splitlines()[-1].strip() or "unknown trap"
-    if "call stack exhausted" in trap:
-        return "the program recursed too deeply in the interpreter (wasm call stack exhausted)"
-    if "unreachable" not in trap:
-        return last
-    interpreter = _INTERPRETER_FRAME.search(trap)
-    where = f" (in the interpreter's {interpreter.group(1)})" if interpreter else ""
-    for function in _C_LIBRARY_FRAME.findall(trap):
-        for word, cause in _TRAP_CAUSES:
-            if word in function.lower():
-                return f"{cause}{where}, which a Charter program cannot; the interpreter was stopped ({last})"
-    return (
-        "the interpreter stopped at a host facility the sandbox does not provide (a file, the clock, "
-        f"randomness, the process){where}; a program reaching past the runtime (through __globals__ or "
-        f"__subclasses__) is the likely cause ({last})"
-    )
