@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from charter.cli._output import out, say
+from charter.cli.sandbox import add_plain_row
 
 __all__ = ["print_serve_bench"]
 
@@ -101,14 +102,14 @@ def print_serve_bench(results: dict[str, Any]) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     for row in _figures(results):
-        table.add_row(*row)
+        add_plain_row(table, *row)
     out.print(table)
     goals = Table(title="issue 17 goals")
     for column in ("goal", "measure", "target", "value", ""):
         goals.add_column(column)
     for goal in results["goals"]:
         value = "-" if goal["value"] is None else str(goal["value"])
-        goals.add_row(goal["goal"], goal["measure"], goal["target"], value, _met(goal["met"]))
+        add_plain_row(goals, goal["goal"], goal["measure"], goal["target"], value, _met(goal["met"]))
     out.print(goals)
     for phase in ("governed", "overload"):
         for sample in results.get(phase, {}).get("error_samples", []):

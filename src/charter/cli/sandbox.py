@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from charter.cli._output import fail, out, print_json, say
 from charter.errors import CharterError
@@ -45,6 +46,12 @@ def build(
     say(f"Sandbox component ready: {files.wasm} (cache: {cache_root()})")
 
 
+def add_plain_row(table: Table, *cells: str) -> None:
+    """A row whose cells are shown as written: a bracket in one (`pip install -e '.[bench]'`)
+    would be read as rich markup by `Table.add_row` and vanish."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
 def _ms(value: float) -> str:
     return f"{value:.3f} ms"
 
@@ -63,6 +70,27 @@ def baked_rows(baked: dict[str, Any]) -> list[tuple[str, str]]:
         ("baked: native code on disk / load time", f"{baked['native_mib']:.1f} MiB / {baked['load_ms']:.0f} ms"),
         ("baked: RSS per loaded component", f"{baked['rss_per_loaded_component_mib']:.1f} MiB"),
     ]
+
+
+def peers_table(peers: dict[str, dict[str, Any]]) -> Table:
+    """`charter bench sandbox`'s peers: their figures and ratios, or why one was skipped."""
+    table = Table(title="Peers (ratio = peer / Charter; above 1 means Charter is faster)")
+    for column in ("peer", "fresh run p50", "host call", "1M loop", "ratios"):
+        table.add_column(column)
+    for name, figures in peers.items():
+        if "skipped" in figures:
+            add_plain_row(table, name, figures["skipped"], "", "", "")
+            continue
+        ratios: dict[str, Any] = figures["ratio_to_charter"]
+        add_plain_row(
+            table,
+            name,
+            _ms(figures["fresh_run"]["p50_ms"]),
+            _ms(figures["host_call_ms"]) if "host_call_ms" in figures else "-",
+            f"{figures['cpu_loop_s']:.3f} s" if "cpu_loop_s" in figures else "-",
+            ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
+        )
+    return table
 
 
 @bench_app.command("sandbox")
@@ -98,24 +126,9 @@ def bench_sandbox(
         ("cold start: new process to first outcome", f"{charter['cold_start_s']:.2f} s"),
     ]
     for row in rows:
-        table.add_row(*row)
+        add_plain_row(table, *row)
     out.print(table)
-    peers = Table(title="Peers (ratio = peer / Charter; above 1 means Charter is faster)")
-    for column in ("peer", "fresh run p50", "host call", "1M loop", "ratios"):
-        peers.add_column(column)
-    for name, figures in results["peers"].items():
-        if "skipped" in figures:
-            peers.add_row(name, figures["skipped"], "", "", "")
-            continue
-        ratios: dict[str, Any] = figures["ratio_to_charter"]
-        peers.add_row(
-            name,
-            _ms(figures["fresh_run"]["p50_ms"]),
-            _ms(figures["host_call_ms"]) if "host_call_ms" in figures else "-",
-            f"{figures['cpu_loop_s']:.3f} s" if "cpu_loop_s" in figures else "-",
-            ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
-        )
-    out.print(peers)
+    out.print(peers_table(results["peers"]))
 
 
 @bench_app.command("gate")
@@ -148,7 +161,7 @@ def bench_gate(
         ("verify --every-signature, receipts/s", f"{results['verify_every_signature']['receipts_per_s']:,.0f}"),
     ]
     for row in rows:
-        table.add_row(*row)
+        add_plain_row(table, *row)
     out.print(table)
     share = results["gated_share_of_passthrough"]
     say(
@@ -233,7 +246,7 @@ def bench_agent(
         ("gated / pass-through", f"{results['gated_over_passthrough']:.2f}x", ""),
     ]
     for row in rows:
-        table.add_row(*row)
+        add_plain_row(table, *row)
     out.print(table)
 
 
