@@ -179,3 +179,28 @@ def test_a_child_process_is_seen_until_it_ends() -> None:
     finally:
         child.communicate(b"")
     assert child.pid not in children(os.getpid())
+
+
+def test_a_server_that_exits_at_start_is_reported_with_its_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`charter serve` on a port already taken exits; the bench says so with the server's own
+    last words, not a traceback of its own."""
+    import socket
+
+    from charter.bench import serve
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([serve._free_port(), int(taken.getsockname()[1])])  # the orders service's, then the API's
+    monkeypatch.setattr(serve, "_free_port", ports.__next__)
+    try:
+        with pytest.raises(serve.BenchFailed) as failed:
+            run_serve_bench(1, 0.1, 0.1, overload_clients=0, idle_seconds=0, home=tmp_path)
+    finally:
+        taken.close()
+    message = str(failed.value)
+    assert message.startswith("charter serve exited with status "), message
+    assert " before answering; its stderr ended:\n  " in message
+    assert "in use" in message.lower()  # the server's own reason, from its stderr

@@ -49,14 +49,21 @@ from urllib.parse import urlsplit
 
 from charter.bench._load import LoadResult, Reply, Request, opened_clients, run_load
 from charter.bench._procs import cpu_seconds, peak_rss_bytes, rss_bytes, settle, snapshot_profile, thread_switches
+from charter.errors import CharterError
 
-__all__ = ["UNCLAIMED", "audit_check", "run_serve_bench"]
+__all__ = ["UNCLAIMED", "BenchFailed", "audit_check", "run_serve_bench"]
 
 _ROOT = Path(__file__).resolve().parents[3]
 _MIB = 1 << 20
 _HOST = "127.0.0.1"
 UNCLAIMED = "framework (unclaimed)"  # process CPU no charter._profile section claims
 _SETTLE_SECONDS = 2.0  # before the idle phase: let the last requests' background work finish
+_STDERR_LINES = 10  # of a process that exits or does not answer, shown in the error
+
+
+class BenchFailed(CharterError):
+    """The bench could not run: a process it started exited or did not answer (the message
+    holds the last lines of its stderr), or a warm-up request failed."""
 
 
 @dataclass(frozen=True)
@@ -127,19 +134,25 @@ def _get(port: int, path: str) -> int:
         connection.close()
 
 
-def _wait(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    """Until `url` (http://127.0.0.1:PORT/PATH) answers; RuntimeError if the process exits first."""
+def _stderr_tail(path: Path) -> str:
+    lines = path.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()[-_STDERR_LINES:]
+    return "; its stderr ended:\n" + "\n".join(f"  {line}" for line in lines) if lines else " (its stderr is empty)"
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], what: str, stderr: Path) -> None:
+    """Until `url` (http://127.0.0.1:PORT/PATH) answers. BenchFailed, with the last lines of
+    the process's `stderr` file, if it exits first or does not answer in time."""
     parts = urlsplit(url)
     deadline = time.monotonic() + 180  # the first start may build the sandbox component
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
+            raise BenchFailed(f"{what} exited with status {process.returncode} before answering{_stderr_tail(stderr)}")
         try:
             _get(parts.port or 80, parts.path or "/")
             return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"{what} did not answer at {url}")
+    raise BenchFailed(f"{what} did not answer at {url} within 180 s{_stderr_tail(stderr)}")
 
 
 # `charter serve` with charter._profile's SIGUSR1 handler installed before the CLI runs, so
@@ -163,21 +176,27 @@ def _servers(home: Path, max_runs: int, queue: int) -> Iterator[_Servers]:
     Registry(home / "charter.db").publish(load_contract(path), path.read_text(encoding="utf-8"))
     token = TokenStore(home / "tokens.yaml").add("bench", "bench", ["orders:read", "orders:write", "orders:refund"])
     limits = ["--max-runs", str(max_runs), "--queue", str(queue)]
-    service = subprocess.Popen(
-        [sys.executable, "-m", "examples.orders.service", "--port", str(service_port), "--seed"],
-        cwd=_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    api = subprocess.Popen(
-        [sys.executable, "-c", _SERVE, "serve", f"{_HOST}:{api_port}", *limits],
-        cwd=_ROOT,
-        env={**env, "CHARTER_PROFILE": str(profile)},
-        stdout=subprocess.DEVNULL,
-    )
+    # Each process's stderr goes to a file under `home`, for the error if it exits at start.
+    service_stderr, api_stderr = home / "orders-service.stderr", home / "charter-serve.stderr"
+    with service_stderr.open("wb") as errors:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "examples.orders.service", "--port", str(service_port), "--seed"],
+            cwd=_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+    with api_stderr.open("wb") as errors:
+        api = subprocess.Popen(
+            [sys.executable, "-c", _SERVE, "serve", f"{_HOST}:{api_port}", *limits],
+            cwd=_ROOT,
+            env={**env, "CHARTER_PROFILE": str(profile)},
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
     try:
-        _wait(f"http://{_HOST}:{service_port}/orders/102", service, "the orders service")
-        _wait(f"http://{_HOST}:{api_port}/openapi.json", api, "charter serve")
+        _wait(f"http://{_HOST}:{service_port}/orders/102", service, "the orders service", service_stderr)
+        _wait(f"http://{_HOST}:{api_port}/openapi.json", api, "charter serve", api_stderr)
         yield _Servers(home, api_port, api.pid, service_port, service.pid, profile, token)
     finally:
         for process in (api, service):
@@ -311,7 +330,7 @@ def _warm(servers: _Servers, programs: list[_Program]) -> list[str]:
         for n in range(len(programs)):
             status, body, _ = client.send(request_for(n))
             if status != 200:
-                raise RuntimeError(f"warm-up request failed: {status} {body[:300].decode(errors='replace')}")
+                raise BenchFailed(f"a warm-up request failed: {status} {body[:300].decode(errors='replace')}")
             ids.append(json.loads(body)["run_id"])
     finally:
         client.close()
