@@ -47,3 +47,13 @@ def test_an_option_out_of_range_is_one_error_line_before_anything_starts(
     result = charter("bench", *arguments)
     assert (result.returncode, result.stderr, result.stdout) == (1, f"error: {error}\n", "")
     assert not charter_home.exists()  # no server, registry or log was started
+
+
+def test_the_gate_and_sandbox_benches_refuse_to_measure_nothing() -> None:
+    """Called as a library: no runs would make every rate a division by zero, every percentile
+    a lookup in an empty list."""
+    from charter.bench import run_gate_bench, run_sandbox_bench
+
+    for call in (lambda: run_gate_bench(runs=0), lambda: run_gate_bench(threads=0), lambda: run_sandbox_bench(0)):
+        with pytest.raises(ValueError, match="must be at least 1"):
+            call()

@@ -262,6 +262,10 @@ def _smolagents(repeats: int) -> dict[str, Any]:
 
 
 def run_sandbox_bench(repeats: int = 200) -> dict[str, Any]:
+    """Every figure of `charter bench sandbox` as a JSON-able dict. ValueError unless `repeats`
+    is at least 1: percentiles of no samples are not figures."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1 (got {repeats})")
     charter = _charter(repeats)
     peers = {"pydantic-monty": _monty(repeats), "python3 -I -S subprocess": _subprocess(repeats)}
     peers["smolagents LocalPythonExecutor"] = _smolagents(repeats)
