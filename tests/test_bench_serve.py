@@ -179,3 +179,55 @@ def test_a_child_process_is_seen_until_it_ends() -> None:
     finally:
         child.communicate(b"")
     assert child.pid not in children(os.getpid())
+
+
+def test_a_server_that_exits_at_start_is_reported_with_its_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`charter serve` on a port already taken exits; the bench says so with the server's own
+    last words, not a traceback of its own."""
+    import socket
+
+    from charter.bench import serve
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([serve._free_port(), int(taken.getsockname()[1])])  # the orders service's, then the API's
+    monkeypatch.setattr(serve, "_free_port", ports.__next__)
+    try:
+        with pytest.raises(serve.BenchFailed) as failed:
+            run_serve_bench(1, 0.1, 0.1, overload_clients=0, idle_seconds=0, home=tmp_path)
+    finally:
+        taken.close()
+    message = str(failed.value)
+    assert message.startswith("charter serve exited with status "), message
+    assert " before answering; its stderr ended:\n  " in message
+    assert "in use" in message.lower()  # the server's own reason, from its stderr
+
+
+def test_a_goal_measured_on_nothing_is_not_measured_never_met(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No governed client, no time in any phase, the idle phase skipped: nothing was measured,
+    so no goal but the audit log's (the warm-up runs are in it) can be met, or a division by zero."""
+    import io
+
+    from rich.console import Console
+
+    from charter.cli import _bench_serve
+
+    results = run_serve_bench(0, 0.0, 0.0, overload_clients=2, overload_seconds=0.0, idle_seconds=0, home=tmp_path)
+    goals = {g["measure"]: g for g in results["goals"]}
+    audit = goals.pop("audit verifies, exactly one run per accepted request")
+    assert (audit["value"], audit["met"]) == ("yes", True)
+    assert {(m, g["value"], g["met"]) for m, g in goals.items()} == {(m, None, None) for m in goals}
+    assert {g["goal"] for g in results["goals"]} == {"1", "2", "5", "6"}  # a skipped phase's goals are listed too
+    assert (results["governed"]["attempted"], results["governed"]["accepted"]) == (0, 0)
+    assert results["governed"]["requests_per_s"] is None
+    assert results["governed"]["cpu_ms_per_request"]["charter_serve"]["process"] is None
+    assert results["overload"]["attempted"] == 0
+    printed = io.StringIO()
+    monkeypatch.setattr(_bench_serve, "out", Console(file=printed, width=240))
+    _bench_serve.print_serve_bench(results)
+    table = printed.getvalue().partition("issue 17 goals")[2]
+    assert table.count("not measured") == len(goals)
+    assert table.replace("│", " ").replace("not measured", "").count(" met ") == 1  # the audit log's

@@ -107,16 +107,19 @@ def run_approvals_bench(reads: tuple[int, ...] = READS, samples: int = 7) -> dic
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "CHARTER_HOME": str(home), "CHARTER_ORDERS_DB": str(home / "orders.db")}
-        service = subprocess.Popen(
-            [sys.executable, "-m", "examples.orders.service", "--port", str(port), "--seed"],
-            cwd=_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-        )
+        stderr = home / "orders-service.stderr"  # its last lines, should it exit at start
+        with stderr.open("wb") as errors:
+            service = subprocess.Popen(
+                [sys.executable, "-m", "examples.orders.service", "--port", str(port), "--seed"],
+                cwd=_ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
         previous = os.environ.get("CHARTER_SERVICE_ORDERS_URL")
         os.environ["CHARTER_SERVICE_ORDERS_URL"] = url
         try:
-            _wait(f"{url}/orders/{_ORDER}", service, "the orders service")
+            _wait(f"{url}/orders/{_ORDER}", service, "the orders service", stderr)
             plain = compile_contract(load_contract(_ROOT / "contracts" / "orders.yaml"))
             try:  # the `approvals:` block, where the contract language has it
                 copy_path = _approval_copy(home, with_block=True)

@@ -231,6 +231,10 @@ def _profiled(one_run: Callable[[], None], runs: int, calls_per_run: int) -> dic
 
 
 def run_gate_bench(runs: int = 40, threads: int = 4) -> dict[str, Any]:
+    """Every figure of `charter bench gate` as a JSON-able dict. ValueError unless `runs` and
+    `threads` are at least 1: every rate here is calls over the seconds those runs took."""
+    if runs < 1 or threads < 1:
+        raise ValueError(f"runs and threads must be at least 1 (got {runs}, {threads})")
     contract = compile_contract(load_contract(_ROOT / "contracts" / "orders.yaml"))
     principal = Principal("bench", frozenset({"orders:read", "orders:write"}))
     sandbox = Sandbox(pool_size=max(2, threads), progress=None)

@@ -31,7 +31,9 @@ from charter.gate import Gate, PassThroughGate
 from charter.principal import Principal
 from charter.sandbox import Completed, RunContext, Sandbox, SandboxLimits, _baked
 
-__all__ = ["run_sandbox_bench"]
+__all__ = ["INSTALL_PEERS", "run_sandbox_bench"]
+
+INSTALL_PEERS = "pip install -e '.[bench]'"  # from a checkout, as the README says
 
 _ROOT = Path(__file__).resolve().parents[3]
 _LOOP = "for i in range(1_000_000):\n    pass\n"
@@ -218,7 +220,7 @@ def _monty(repeats: int) -> dict[str, Any]:
     try:
         import pydantic_monty
     except ImportError:
-        return {"skipped": "pydantic-monty is not installed (pip install '.[bench]')"}
+        return {"skipped": f"pydantic-monty is not installed ({INSTALL_PEERS})"}
     lookup = {"get_order": lambda id: {**ORDER, "id": id, "total": "20.00", "placed_at": "2026-01-01"}}
     with pydantic_monty.Monty() as pool:
 
@@ -243,7 +245,7 @@ def _smolagents(repeats: int) -> dict[str, Any]:
     try:
         from smolagents.local_python_executor import LocalPythonExecutor
     except ImportError:
-        return {"skipped": "smolagents is not installed (pip install '.[bench]')"}
+        return {"skipped": f"smolagents is not installed ({INSTALL_PEERS})"}
 
     def fresh(code: str, tools: dict[str, Any] | None = None) -> None:
         executor = LocalPythonExecutor(additional_authorized_imports=[])
@@ -260,6 +262,10 @@ def _smolagents(repeats: int) -> dict[str, Any]:
 
 
 def run_sandbox_bench(repeats: int = 200) -> dict[str, Any]:
+    """Every figure of `charter bench sandbox` as a JSON-able dict. ValueError unless `repeats`
+    is at least 1: percentiles of no samples are not figures."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1 (got {repeats})")
     charter = _charter(repeats)
     peers = {"pydantic-monty": _monty(repeats), "python3 -I -S subprocess": _subprocess(repeats)}
     peers["smolagents LocalPythonExecutor"] = _smolagents(repeats)

@@ -49,14 +49,21 @@ from urllib.parse import urlsplit
 
 from charter.bench._load import LoadResult, Reply, Request, opened_clients, run_load
 from charter.bench._procs import cpu_seconds, peak_rss_bytes, rss_bytes, settle, snapshot_profile, thread_switches
+from charter.errors import CharterError
 
-__all__ = ["UNCLAIMED", "audit_check", "run_serve_bench"]
+__all__ = ["UNCLAIMED", "BenchFailed", "audit_check", "run_serve_bench"]
 
 _ROOT = Path(__file__).resolve().parents[3]
 _MIB = 1 << 20
 _HOST = "127.0.0.1"
 UNCLAIMED = "framework (unclaimed)"  # process CPU no charter._profile section claims
 _SETTLE_SECONDS = 2.0  # before the idle phase: let the last requests' background work finish
+_STDERR_LINES = 10  # of a process that exits or does not answer, shown in the error
+
+
+class BenchFailed(CharterError):
+    """The bench could not run: a process it started exited or did not answer (the message
+    holds the last lines of its stderr), or a warm-up request failed."""
 
 
 @dataclass(frozen=True)
@@ -127,19 +134,25 @@ def _get(port: int, path: str) -> int:
         connection.close()
 
 
-def _wait(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    """Until `url` (http://127.0.0.1:PORT/PATH) answers; RuntimeError if the process exits first."""
+def _stderr_tail(path: Path) -> str:
+    lines = path.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()[-_STDERR_LINES:]
+    return "; its stderr ended:\n" + "\n".join(f"  {line}" for line in lines) if lines else " (its stderr is empty)"
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], what: str, stderr: Path) -> None:
+    """Until `url` (http://127.0.0.1:PORT/PATH) answers. BenchFailed, with the last lines of
+    the process's `stderr` file, if it exits first or does not answer in time."""
     parts = urlsplit(url)
     deadline = time.monotonic() + 180  # the first start may build the sandbox component
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
+            raise BenchFailed(f"{what} exited with status {process.returncode} before answering{_stderr_tail(stderr)}")
         try:
             _get(parts.port or 80, parts.path or "/")
             return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"{what} did not answer at {url}")
+    raise BenchFailed(f"{what} did not answer at {url} within 180 s{_stderr_tail(stderr)}")
 
 
 # `charter serve` with charter._profile's SIGUSR1 handler installed before the CLI runs, so
@@ -163,21 +176,27 @@ def _servers(home: Path, max_runs: int, queue: int) -> Iterator[_Servers]:
     Registry(home / "charter.db").publish(load_contract(path), path.read_text(encoding="utf-8"))
     token = TokenStore(home / "tokens.yaml").add("bench", "bench", ["orders:read", "orders:write", "orders:refund"])
     limits = ["--max-runs", str(max_runs), "--queue", str(queue)]
-    service = subprocess.Popen(
-        [sys.executable, "-m", "examples.orders.service", "--port", str(service_port), "--seed"],
-        cwd=_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    api = subprocess.Popen(
-        [sys.executable, "-c", _SERVE, "serve", f"{_HOST}:{api_port}", *limits],
-        cwd=_ROOT,
-        env={**env, "CHARTER_PROFILE": str(profile)},
-        stdout=subprocess.DEVNULL,
-    )
+    # Each process's stderr goes to a file under `home`, for the error if it exits at start.
+    service_stderr, api_stderr = home / "orders-service.stderr", home / "charter-serve.stderr"
+    with service_stderr.open("wb") as errors:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "examples.orders.service", "--port", str(service_port), "--seed"],
+            cwd=_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+    with api_stderr.open("wb") as errors:
+        api = subprocess.Popen(
+            [sys.executable, "-c", _SERVE, "serve", f"{_HOST}:{api_port}", *limits],
+            cwd=_ROOT,
+            env={**env, "CHARTER_PROFILE": str(profile)},
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
     try:
-        _wait(f"http://{_HOST}:{service_port}/orders/102", service, "the orders service")
-        _wait(f"http://{_HOST}:{api_port}/openapi.json", api, "charter serve")
+        _wait(f"http://{_HOST}:{service_port}/orders/102", service, "the orders service", service_stderr)
+        _wait(f"http://{_HOST}:{api_port}/openapi.json", api, "charter serve", api_stderr)
         yield _Servers(home, api_port, api.pid, service_port, service.pid, profile, token)
     finally:
         for process in (api, service):
@@ -196,8 +215,23 @@ def _percentile(samples: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def _latency(samples: list[float]) -> dict[str, float]:
+def _latency(samples: list[float]) -> dict[str, float | None]:
+    """p50 and p99 in ms; None (not measured) without samples, never a 0 that could meet a goal."""
+    if not samples:
+        return {"p50": None, "p99": None}
     return {"p50": round(_percentile(samples, 0.50), 1), "p99": round(_percentile(samples, 0.99), 1)}
+
+
+def _per(total: float, count: int, digits: int) -> float | None:
+    """`total` per one of `count` (a CPU share per request, a rate per second), or None when
+    there were none: a figure from zero samples is not measured, not 0."""
+    return round(total / count, digits) if count > 0 else None
+
+
+def _rate(count: int, attempted: int, seconds: float) -> float | None:
+    """`count` a second, or None if nothing was attempted (no client or no time): an empty
+    phase is not measured, where requests that all failed are a real 0."""
+    return round(count / seconds, 1) if attempted > 0 and seconds > 0 else None
 
 
 def _program_request(token: str, programs: list[_Program]) -> Any:
@@ -257,8 +291,11 @@ def _problem_type(body: bytes) -> str:
 
 
 def _cpu_split(before: dict[str, Any], after: dict[str, Any], accepted: int) -> dict[str, Any]:
-    """ms of `charter serve` CPU per accepted request: the process, each component, the rest."""
-    per = 1000.0 / max(accepted, 1)
+    """ms of `charter serve` CPU per accepted request: the process, each component, the rest
+    (process None and no components if none was accepted: not measured)."""
+    if accepted == 0:
+        return {"process": None, "components": {}, "sections_per_request": {}}
+    per = 1000.0 / accepted
     process = (after["process_cpu_s"] - before["process_cpu_s"]) * per
     names = sorted(set(after["components_s"]) | set(before["components_s"]))
     components = {n: (after["components_s"].get(n, 0.0) - before["components_s"].get(n, 0.0)) * per for n in names}
@@ -311,7 +348,7 @@ def _warm(servers: _Servers, programs: list[_Program]) -> list[str]:
         for n in range(len(programs)):
             status, body, _ = client.send(request_for(n))
             if status != 200:
-                raise RuntimeError(f"warm-up request failed: {status} {body[:300].decode(errors='replace')}")
+                raise BenchFailed(f"a warm-up request failed: {status} {body[:300].decode(errors='replace')}")
             ids.append(json.loads(body)["run_id"])
     finally:
         client.close()
@@ -336,25 +373,26 @@ def _governed(servers: _Servers, clients: int, seconds: float) -> tuple[dict[str
         connection.close()
     judged = _judge(result, _PROGRAMS, refusals=False)
     accepted = len(judged.accepted_ids)
-    per = 1000.0 / max(accepted, 1)
+    attempted = len(result.replies) + len(result.failures)
     own_cpu = (own.user + own.system) - (readings["own"].user + readings["own"].system)
     p50, p99 = _percentile(judged.latencies, 0.5), _percentile(judged.latencies, 0.99)
     figures = {
         "clients": clients,
         "seconds": round(result.seconds, 2),
+        "attempted": attempted,
         "accepted": accepted,
         "errors": len(judged.errors),
         "error_samples": judged.errors[:5],
         "run_statuses": dict(judged.statuses),
         "write_conflicts": judged.conflicts,
         "reconnects": result.reconnects,
-        "requests_per_s": round(accepted / result.seconds, 1),
+        "requests_per_s": _rate(accepted, attempted, result.seconds),
         "latency_ms": _latency(judged.latencies),
         "p99_over_p50": round(p99 / p50, 2) if p50 else None,
         "cpu_ms_per_request": {
             "charter_serve": _cpu_split(readings["profile"], profile, accepted),
-            "orders_service": round((service - readings["service"]) * per, 2),
-            "load_generator": round(own_cpu * per, 2),
+            "orders_service": _per((service - readings["service"]) * 1000, accepted, 2),
+            "load_generator": _per(own_cpu * 1000, accepted, 2),
         },
     }
     return figures, judged.accepted_ids
@@ -376,18 +414,19 @@ def _direct(servers: _Servers, clients: int, seconds: float) -> dict[str, Any]:
     for connection in connections:
         connection.close()
     ok = [r.latency_ms for r in result.replies if r.status == 200]
-    per = 1000.0 / max(len(ok), 1)
+    attempted = len(result.replies) + len(result.failures)
     errors = len(result.replies) - len(ok) + len(result.failures)
     own_cpu = (own.user + own.system) - (readings["own"].user + readings["own"].system)
     return {
         "clients": clients,
         "seconds": round(result.seconds, 2),
-        "requests_per_s": round(len(ok) / result.seconds, 1),
+        "attempted": attempted,
+        "requests_per_s": _rate(len(ok), attempted, result.seconds),
         "latency_ms": _latency(ok),
         "errors": errors,
         "cpu_ms_per_request": {
-            "orders_service": round((service - readings["service"]) * per, 3),
-            "load_generator": round(own_cpu * per, 3),
+            "orders_service": _per((service - readings["service"]) * 1000, len(ok), 3),
+            "load_generator": _per(own_cpu * 1000, len(ok), 3),
         },
     }
 
@@ -442,6 +481,7 @@ def _overload(
         "seconds": round(result.seconds, 2),
         "allocating_program_mib": alloc_mib,
         "clients_honour_retry_after": honour_retry_after,
+        "attempted": len(result.replies) + len(result.failures),
         "answered_200": len(judged.accepted_ids),
         "refused_503": len(judged.refused),
         "errors": len(judged.errors),
@@ -464,22 +504,25 @@ def _met(value: float | None, limit: float, *, at_most: bool) -> bool | None:
     return value <= limit if at_most else value >= limit
 
 
+def _zero(count: int, measured: bool) -> bool | None:
+    """A count whose goal is 0 (errors, 503s without Retry-After): met only if something was measured."""
+    return count == 0 if measured else None
+
+
 def _goals(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each goal of issue 17 this bench measures: its measure, target, value and met (None: not measured)."""
+    """Each goal of issue 17 this bench measures: its measure, target, value and met. A goal
+    measured on nothing (no request accepted, no time, a skipped phase) has value None and met
+    None (not measured), never met."""
     governed, overload, idle = results["governed"], results.get("overload"), results.get("idle")
     cpu = governed["cpu_ms_per_request"]["charter_serve"]["process"]
     audit = results["audit"]
+    ratio = results["governed_over_direct_throughput"]
+    tried = governed["attempted"] > 0
     goals = [
         ("1", "charter serve CPU per request, ms", "<= 10 (stretch 8)", cpu, _met(cpu, 10, at_most=True)),
-        (
-            "2",
-            "governed / direct throughput",
-            ">= 0.3",
-            results["governed_over_direct_throughput"],
-            _met(results["governed_over_direct_throughput"], 0.3, at_most=False),
-        ),
+        ("2", "governed / direct throughput", ">= 0.3", ratio, _met(ratio, 0.3, at_most=False)),
         ("2", "p99 / p50", "<= 3", governed["p99_over_p50"], _met(governed["p99_over_p50"], 3, at_most=True)),
-        ("2", "errors", "0", governed["errors"], governed["errors"] == 0),
+        ("2", "errors", "0", governed["errors"] if tried else None, _zero(governed["errors"], tried)),
         (
             "2",
             "audit verifies, exactly one run per accepted request",
@@ -488,37 +531,29 @@ def _goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             audit["verified"] and audit["one_run_per_accepted_request"],
         ),
     ]
-    if overload is not None:
-        rss = overload["rss_mib"]
-        refused_p99 = overload["refused_latency_ms"]["p99"] if overload["refused_503"] else None
-        goals += [
-            (
-                "5",
-                "overload: errors (neither 200 nor 503 overloaded)",
-                "0",
-                overload["errors"],
-                overload["errors"] == 0,
-            ),
-            (
-                "5",
-                "overload: 503s without Retry-After (seconds)",
-                "0",
-                overload["refused_without_retry_after"],
-                overload["refused_without_retry_after"] == 0,
-            ),
-            # "Quickly": a refusal within 100 ms, against seconds for a run waiting in a queue.
-            ("5", "overload: 503 latency p99, ms", "<= 100", refused_p99, _met(refused_p99, 100, at_most=True)),
-            (
-                "5",
-                "overload: peak RSS, MiB",
-                f"<= {rss['bound']} (base + max runs x run memory)",
-                rss["peak"],
-                _met(rss["peak"], rss["bound"], at_most=True),
-            ),
-        ]
-    if idle is not None:
-        share = idle["cpu_share_of_core"] * 100
-        goals.append(("6", "idle: CPU, % of one core", "< 0.5", round(share, 2), share < 0.5))
+    # A skipped overload phase (or one that sent nothing) measures none of goal 5.
+    over: dict[str, Any] = overload if overload is not None and overload["attempted"] > 0 else {}
+    refused = bool(over) and over["refused_503"] > 0
+    errors = over["errors"] if over else None
+    bare = over["refused_without_retry_after"] if refused else None
+    refused_p99 = over["refused_latency_ms"]["p99"] if refused else None
+    bound = f"{over['rss_mib']['bound']} (base + max runs x run memory)" if over else "base + max runs x run memory"
+    peak = over["rss_mib"]["peak"] if over else None
+    goals += [
+        ("5", "overload: errors (neither 200 nor 503 overloaded)", "0", errors, _zero(errors or 0, bool(over))),
+        ("5", "overload: 503s without Retry-After (seconds)", "0", bare, _zero(bare or 0, refused)),
+        # "Quickly": a refusal within 100 ms, against seconds for a run waiting in a queue.
+        ("5", "overload: 503 latency p99, ms", "<= 100", refused_p99, _met(refused_p99, 100, at_most=True)),
+        (
+            "5",
+            "overload: peak RSS, MiB",
+            f"<= {bound}",
+            peak,
+            _met(peak, over["rss_mib"]["bound"], at_most=True) if over else None,
+        ),
+    ]
+    share = round(idle["cpu_share_of_core"] * 100, 2) if idle is not None else None
+    goals.append(("6", "idle: CPU, % of one core", "< 0.5", share, None if share is None else share < 0.5))
     return [{"goal": g, "measure": m, "target": t, "value": v, "met": ok} for g, m, t, v, ok in goals]
 
 
@@ -597,8 +632,8 @@ def run_serve_bench(
             }
             results["overload"] = overload
     results["audit"] = audit_check(home / "audit.db", expected)
-    direct = results["direct"]["requests_per_s"]
-    ratio = results["governed"]["requests_per_s"] / direct if direct else None
+    direct, governed = results["direct"]["requests_per_s"], results["governed"]["requests_per_s"]
+    ratio = governed / direct if governed is not None and direct else None
     results["governed_over_direct_throughput"] = round(ratio, 3) if ratio is not None else None
     results["goals"] = _goals(results)
     return results

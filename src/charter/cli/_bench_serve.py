@@ -7,12 +7,22 @@ from typing import Any
 from rich.table import Table
 
 from charter.cli._output import out, say
+from charter.cli.sandbox import add_plain_row
 
 __all__ = ["print_serve_bench"]
 
 
 def _met(met: bool | None) -> str:
     return "not measured" if met is None else "met" if met else "NOT MET"
+
+
+def _n(value: float | None, spec: str) -> str:
+    """A figure formatted, or "-" where nothing was measured (None)."""
+    return "-" if value is None else format(value, spec)
+
+
+def _pair(values: dict[str, float | None], spec: str, first: str = "p50", second: str = "p99") -> str:
+    return f"{_n(values[first], spec)} / {_n(values[second], spec)}"
 
 
 def _figures(results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -23,26 +33,26 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str]]:
     direct_cpu = direct["cpu_ms_per_request"]
     rows = [
         ("accepted requests", f"{governed['accepted']:,} in {governed['seconds']} s"),
-        ("requests/s", f"{governed['requests_per_s']:,.1f}"),
-        ("latency p50 / p99, ms", f"{governed['latency_ms']['p50']:.1f} / {governed['latency_ms']['p99']:.1f}"),
+        ("requests/s", _n(governed["requests_per_s"], ",.1f")),
+        ("latency p50 / p99, ms", _pair(governed["latency_ms"], ".1f")),
         ("errors", str(governed["errors"])),
         ("refunds that lost a write race (412, nothing written)", str(governed["write_conflicts"])),
-        ("charter serve CPU per request, ms", f"{split['process']:.2f}"),
+        ("charter serve CPU per request, ms", _n(split["process"], ".2f")),
     ]
     for name, ms in sorted(split["components"].items(), key=lambda item: -item[1]):
         rows.append((f"  {name}", f"{ms:.2f}"))
     rows += [
-        ("orders service CPU per request, ms", f"{cpu['orders_service']:.2f}"),
-        ("load generator CPU per request, ms", f"{cpu['load_generator']:.2f}"),
+        ("orders service CPU per request, ms", _n(cpu["orders_service"], ".2f")),
+        ("load generator CPU per request, ms", _n(cpu["load_generator"], ".2f")),
         (
             "audit log",
             f"{'verified' if audit['verified'] else 'FINDINGS'}, {audit['receipts']:,} receipts, "
             f"{audit['program_runs']:,} runs for {audit['expected_runs']:,} accepted, {audit['in_doubt']} in doubt",
         ),
-        ("peer: direct GET on the orders service, requests/s", f"{direct['requests_per_s']:,.1f}"),
+        ("peer: direct GET on the orders service, requests/s", _n(direct["requests_per_s"], ",.1f")),
         (
             "peer: service / load generator CPU per direct GET, ms",
-            f"{direct_cpu['orders_service']:.2f} / {direct_cpu['load_generator']:.2f}",
+            _pair(direct_cpu, ".2f", "orders_service", "load_generator"),
         ),
     ]
     if "overload" in results:
@@ -53,14 +63,8 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str]]:
                 f"overload ({over['clients']} clients, {over['seconds']} s): 200 / 503",
                 f"{over['answered_200']:,} / {over['refused_503']:,}",
             ),
-            (
-                "overload: 200 latency p50 / p99, ms",
-                f"{over['accepted_latency_ms']['p50']:.1f} / {over['accepted_latency_ms']['p99']:.1f}",
-            ),
-            (
-                "overload: 503 latency p50 / p99, ms",
-                f"{over['refused_latency_ms']['p50']:.1f} / {over['refused_latency_ms']['p99']:.1f}",
-            ),
+            ("overload: 200 latency p50 / p99, ms", _pair(over["accepted_latency_ms"], ".1f")),
+            ("overload: 503 latency p50 / p99, ms", _pair(over["refused_latency_ms"], ".1f")),
             (
                 "overload: Retry-After values (clients wait it)"
                 if over["clients_honour_retry_after"]
@@ -101,14 +105,14 @@ def print_serve_bench(results: dict[str, Any]) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     for row in _figures(results):
-        table.add_row(*row)
+        add_plain_row(table, *row)
     out.print(table)
     goals = Table(title="issue 17 goals")
     for column in ("goal", "measure", "target", "value", ""):
         goals.add_column(column)
     for goal in results["goals"]:
         value = "-" if goal["value"] is None else str(goal["value"])
-        goals.add_row(goal["goal"], goal["measure"], goal["target"], value, _met(goal["met"]))
+        add_plain_row(goals, goal["goal"], goal["measure"], goal["target"], value, _met(goal["met"]))
     out.print(goals)
     for phase in ("governed", "overload"):
         for sample in results.get(phase, {}).get("error_samples", []):

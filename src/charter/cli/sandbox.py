@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import typing
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from charter.cli._output import fail, out, print_json, say
 from charter.errors import CharterError
@@ -45,6 +48,32 @@ def build(
     say(f"Sandbox component ready: {files.wasm} (cache: {cache_root()})")
 
 
+def add_plain_row(table: Table, *cells: str) -> None:
+    """A row whose cells are shown as written: a bracket in one (`pip install -e '.[bench]'`)
+    would be read as rich markup by `Table.add_row` and vanish."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
+def _refuse_below(option: str, value: float, least: float, most: float | None = None) -> None:
+    """A one-line usage error (exit 1) unless `least` <= `value` (<= `most`), finite: before
+    anything starts, so a bad option never reaches a server or a division by zero."""
+    if math.isfinite(value) and value >= least and (most is None or value <= most):
+        return
+    accepted = f"at least {least:g}" if most is None else f"from {least:g} to {most:g}"
+    kind = "" if isinstance(value, int) else "a finite number "
+    fail(f"{option} must be {kind}{accepted} (got {value:g})")
+
+
+def _refuse_what_serve_refuses(option: str, value: int | None, declared: object) -> None:
+    """`value` for `charter serve`'s `option` checked against the range that option declares
+    (its typer min= and max=), so the bench refuses what the server would refuse, and says so."""
+    info = typing.get_args(declared)[1]
+    if value is None or (value >= info.min and (info.max is None or value <= info.max)):
+        return
+    accepted = f"at least {info.min}" if info.max is None else f"from {info.min} to {info.max}"
+    fail(f"{option} must be {accepted}, as `charter serve {option}` requires (got {value})")
+
+
 def _ms(value: float) -> str:
     return f"{value:.3f} ms"
 
@@ -65,6 +94,27 @@ def baked_rows(baked: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def peers_table(peers: dict[str, dict[str, Any]]) -> Table:
+    """`charter bench sandbox`'s peers: their figures and ratios, or why one was skipped."""
+    table = Table(title="Peers (ratio = peer / Charter; above 1 means Charter is faster)")
+    for column in ("peer", "fresh run p50", "host call", "1M loop", "ratios"):
+        table.add_column(column)
+    for name, figures in peers.items():
+        if "skipped" in figures:
+            add_plain_row(table, name, figures["skipped"], "", "", "")
+            continue
+        ratios: dict[str, Any] = figures["ratio_to_charter"]
+        add_plain_row(
+            table,
+            name,
+            _ms(figures["fresh_run"]["p50_ms"]),
+            _ms(figures["host_call_ms"]) if "host_call_ms" in figures else "-",
+            f"{figures['cpu_loop_s']:.3f} s" if "cpu_loop_s" in figures else "-",
+            ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
+        )
+    return table
+
+
 @bench_app.command("sandbox")
 def bench_sandbox(
     runs: Annotated[int, typer.Option(help="Samples for latency percentiles.")] = 200,
@@ -73,6 +123,7 @@ def bench_sandbox(
     """Fresh-run latency, host-call cost, CPU ratio, memory and cold start, against peers."""
     from charter.bench import run_sandbox_bench
 
+    _refuse_below("--runs", runs, 1)  # percentiles of no samples are not figures
     results = run_sandbox_bench(runs)
     if as_json:
         print_json(results)
@@ -98,24 +149,9 @@ def bench_sandbox(
         ("cold start: new process to first outcome", f"{charter['cold_start_s']:.2f} s"),
     ]
     for row in rows:
-        table.add_row(*row)
+        add_plain_row(table, *row)
     out.print(table)
-    peers = Table(title="Peers (ratio = peer / Charter; above 1 means Charter is faster)")
-    for column in ("peer", "fresh run p50", "host call", "1M loop", "ratios"):
-        peers.add_column(column)
-    for name, figures in results["peers"].items():
-        if "skipped" in figures:
-            peers.add_row(name, figures["skipped"], "", "", "")
-            continue
-        ratios: dict[str, Any] = figures["ratio_to_charter"]
-        peers.add_row(
-            name,
-            _ms(figures["fresh_run"]["p50_ms"]),
-            _ms(figures["host_call_ms"]) if "host_call_ms" in figures else "-",
-            f"{figures['cpu_loop_s']:.3f} s" if "cpu_loop_s" in figures else "-",
-            ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()),
-        )
-    out.print(peers)
+    out.print(peers_table(results["peers"]))
 
 
 @bench_app.command("gate")
@@ -127,6 +163,8 @@ def bench_gate(
     """Gated calls per second with durable signed receipts, and audit verification speed."""
     from charter.bench import run_gate_bench
 
+    _refuse_below("--runs", runs, 1)  # none would leave every rate a division by zero
+    _refuse_below("--threads", threads, 1)
     results = run_gate_bench(runs, threads)
     if as_json:
         print_json(results)
@@ -148,7 +186,7 @@ def bench_gate(
         ("verify --every-signature, receipts/s", f"{results['verify_every_signature']['receipts_per_s']:,.0f}"),
     ]
     for row in rows:
-        table.add_row(*row)
+        add_plain_row(table, *row)
     out.print(table)
     share = results["gated_share_of_passthrough"]
     say(
@@ -195,6 +233,7 @@ def bench_agent(
     """The Runtime Agent over 22 scripted intents: model calls, tokens, cache share, gate overhead."""
     from charter.bench import run_agent_bench
 
+    _refuse_below("--rounds", rounds, 1)  # the first pass gives the counts
     results = run_agent_bench(rounds)
     if as_json:
         print_json(results)
@@ -233,7 +272,7 @@ def bench_agent(
         ("gated / pass-through", f"{results['gated_over_passthrough']:.2f}x", ""),
     ]
     for row in rows:
-        table.add_row(*row)
+        add_plain_row(table, *row)
     out.print(table)
 
 
@@ -257,6 +296,23 @@ def bench_serve(
     overload (503 + Retry-After, peak RSS) and idle CPU, each against issue 17's goals."""
     from charter.bench import run_serve_bench
     from charter.cli._bench_serve import print_serve_bench
+    from charter.cli.serve import MaxRunsOption, QueueOption
+
+    _refuse_what_serve_refuses("--max-runs", max_runs, MaxRunsOption)
+    _refuse_what_serve_refuses("--queue", queue, QueueOption)
+    for option, count in (
+        ("--clients", clients),
+        ("--overload-clients", overload_clients),
+        ("--overload-alloc-mib", overload_alloc_mib),
+    ):
+        _refuse_below(option, count, 0)
+    for option, duration in (
+        ("--seconds", seconds),
+        ("--peer-seconds", peer_seconds),
+        ("--overload-seconds", overload_seconds),
+        ("--idle-seconds", idle_seconds),
+    ):
+        _refuse_below(option, duration, 0)
 
     results = run_serve_bench(
         clients,
