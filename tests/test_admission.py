@@ -133,6 +133,70 @@ def test_a_queued_request_whose_client_leaves_gives_up_its_place(charter_home: P
     assert held.started == 1  # the request whose client left never ran
 
 
+def test_a_request_that_can_never_run_or_needs_no_run_is_answered_at_once_whatever_the_load(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    """Admission comes after authentication, validation, the contract's existence and a finished
+    Idempotency-Key: such requests take no queue place and are never told to retry (503)."""
+    from examples.orders import backend
+
+    backend.seed()
+    log, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
+    token = store.add("ada", "ada", ["orders:read", "orders:write"])
+    held = Held(service.execute)
+    service.execute = held  # type: ignore[method-assign]
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"), max_runs=1, queue=1)
+    slots = app.state.slots
+    body = {"contract": "orders", "program": 'conclude("hello")'}
+    answers: dict[str, httpx.Response] = {}
+
+    with serving(app, name="charter-api") as url:
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+        def post(name: str, **kwargs: Any) -> None:
+            answers[name] = client.post("/v1/programs", **({"json": body} | kwargs))
+
+        held.release.set()
+        post("finished", headers={"Idempotency-Key": "done-before"})
+        assert answers["finished"].status_code == 200, answers["finished"].text
+        held.release.clear()
+
+        running = threading.Thread(target=post, args=("running",))
+        running.start()
+        until(lambda: held.started == 2, "the second run to start")
+        # The slot is taken and the queue has room: a request without a token does not wait in it
+        assert problem(httpx.post(f"{url}/v1/programs", json=body, timeout=60), 401, "unauthenticated")
+        assert slots.waiting == 0
+        queued = threading.Thread(target=post, args=("queued",))
+        queued.start()
+        until(lambda: slots.waiting == 1, "a request to queue")
+
+        # Slots and queue full: each of these is answered as if the server were idle
+        problem(httpx.post(f"{url}/v1/programs", json=body, timeout=60), 401, "unauthenticated")
+        problem(
+            httpx.post(f"{url}/v1/programs", json=body, headers={"Authorization": "Bearer nope"}, timeout=60),
+            401,
+            "unauthenticated",
+        )
+        problem(client.post("/v1/programs", json=body | {"programme": "x"}), 422, "invalid-request")
+        problem(client.post("/v1/programs", json=body | {"contract": "no-such-contract"}), 404, "contract-not-found")
+        post("replayed", headers={"Idempotency-Key": "done-before"})
+        assert answers["replayed"].status_code == 200, answers["replayed"].text
+        assert answers["replayed"].headers["Idempotent-Replayed"] == "true"
+        assert answers["replayed"].json() == answers["finished"].json()
+        # A request that needs a run is still refused, and nothing of the above ran or queued
+        post("refused")
+        problem(answers["refused"], 503, "overloaded")
+        assert (held.started, slots.waiting, slots.refused) == (2, 1, 1)
+
+        held.release.set()
+        running.join(60)
+        queued.join(60)
+        assert answers["running"].status_code == answers["queued"].status_code == 200
+        assert len(log.run_ids()) == 3
+        client.close()
+
+
 def test_max_runs_and_queue_must_be_sensible(charter_home: Path) -> None:
     for args in (["--max-runs", "0"], ["--queue", "-1"]):
         result = charter("serve", "127.0.0.1:0", *args)
