@@ -198,10 +198,58 @@ def test_a_request_that_can_never_run_or_needs_no_run_is_answered_at_once_whatev
 
 
 def test_max_runs_and_queue_must_be_sensible(charter_home: Path) -> None:
-    for args in (["--max-runs", "0"], ["--queue", "-1"]):
-        result = charter("serve", "127.0.0.1:0", *args)
-        assert result.returncode == 2, result.stderr
-        assert args[0] in result.stderr
+    # One line `error: ...` and exit 1, like every other command; above the bound too, where
+    # the memory bound the flags promise would mean nothing
+    for command in (["serve", "127.0.0.1:0"], ["mcp", "--http", "127.0.0.1:0"]):
+        for args, bound in (
+            (["--max-runs", "0"], "1 to 1024"),
+            (["--max-runs", "99999999999999999999"], "1 to 1024"),
+            (["--max-runs", "1025"], "1 to 1024"),
+            (["--queue", "-1"], "0 to 65536"),
+            (["--queue", "65537"], "0 to 65536"),
+        ):
+            result = charter(*command, *args)
+            assert result.returncode == 1, (command, args, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"error: {args[0]} "), lines
+            assert bound in lines[0]
+
+
+def test_a_port_in_use_is_one_error_line_before_anything_is_announced(charter_home: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command in (["serve", f"127.0.0.1:{port}"], ["mcp", "--http", f"127.0.0.1:{port}"]):
+            result = charter(*command)
+            assert result.returncode == 1, result.stderr
+            assert "Charter" not in result.stdout + result.stderr  # never announced
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port} ")
+            assert "another process listens there" in lines[0]
+
+
+def test_an_ipv6_address_is_announced_as_a_url_writes_it(charter_home: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "charter", "serve", "[::1]:0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        assert server.stdout is not None
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "Charter API on" in line:
+                break
+        assert "Charter API on http://[::1]:0 " in lines[-1], lines
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
 
 
 # -- a real `charter serve`: memory stays bounded under overload -------------------------------

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -636,6 +637,7 @@ def serve_http(
     *,
     max_runs: int = DEFAULT_MAX_RUNS,
     queue: int = DEFAULT_QUEUE,
+    sock: socket.socket | None = None,
 ) -> None:
     from charter._profile import install_signal
     from charter.server._uvicorn import run
@@ -644,7 +646,7 @@ def serve_http(
     service.start_approvals(tokens.principal)  # resumes decided approvals, as `charter serve` does
     install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went
     try:
-        run(app, host=host, port=port)
+        run(app, host=host, port=port, sock=sock)
     finally:
         service.stop_approvals()
 
