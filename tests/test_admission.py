@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -211,7 +212,8 @@ def test_max_runs_and_queue_must_be_sensible(charter_home: Path) -> None:
             result = charter(*command, *args)
             assert result.returncode == 1, (command, args, result.stderr)
             lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith(f"error: {args[0]} "), lines
+            assert len(lines) == 1, lines
+            assert lines[0].startswith(f"error: {args[0]} "), lines
             assert bound in lines[0]
 
 
@@ -411,6 +413,11 @@ def test_an_mcp_tool_that_runs_a_program_beyond_the_slots_is_refused_overloaded(
     body = json.loads(refused.content[0].text)
     assert body["type"] == "urn:charter:problem:overloaded"
     assert body["retry_after"] >= 1
+    # What an MCP client can do: call again after retry_after seconds; it has neither a
+    # Retry-After header nor an Idempotency-Key to be told about
+    assert f"call the tool again after retry_after ({body['retry_after']}) seconds" in body["detail"]
+    assert "retry_after seconds" in body["title"]
+    assert not {"Retry-After", "Idempotency-Key"} & set(re.findall(r"[\w-]+", body["title"] + body["detail"]))
     assert held.started == 1  # the refused call never reached the service
     assert not first[0].is_error
     assert json.loads(first[0].content[0].text)["answer"] == "hello"

@@ -55,13 +55,13 @@ class RunSlots:
         ahead = (len(self._waiting) + 1) / self.max_runs
         return max(1, min(60, math.ceil(ahead * self._held_seconds)))
 
-    def refusal(self) -> str:
-        """Count a refusal; the problem's detail (naming `retry_after()` seconds)."""
+    def refusal(self, again: str) -> str:
+        """Count a refusal; the problem's detail, ending with `again`: how the caller retries in
+        its protocol, e.g. "send the request again in 2 s" (`retry_after()` seconds)."""
         self.refused += 1
         return (
             f"{self.max_runs} runs are in flight and {self.waiting} requests are waiting, the most this server "
-            f"takes; nothing was run or recorded: send the request again in {self.retry_after()} s (with the "
-            "same Idempotency-Key, if it had one)"
+            f"takes; nothing was run or recorded: {again}"
         )
 
     def take(self) -> bool:

@@ -595,7 +595,8 @@ def create_app(
             if not slots.take():
                 if slots.waiting >= slots.queue:
                     seconds = slots.retry_after()
-                    raise ApiProblem("overloaded", slots.refusal(), headers={"Retry-After": str(seconds)})
+                    again = f"send the request again in {seconds} s (with the same Idempotency-Key, if it had one)"
+                    raise ApiProblem("overloaded", slots.refusal(again), headers={"Retry-After": str(seconds)})
                 if not await slots.wait_or_leave(http.receive):
                     return Response(status_code=499)  # the client left while it waited: nothing ran
         started = time.monotonic()

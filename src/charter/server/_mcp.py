@@ -389,9 +389,14 @@ def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResul
     )
 
 
-def _problem(kind: str, detail: str, **extra: Any) -> types.CallToolResult:
-    """A tool error in the HTTP API's problem shape: branch on `type`, never on the wording."""
-    status, title = PROBLEM_TYPES[kind]
+# The HTTP API's title names its Retry-After header, which a tool result does not have.
+_MCP_OVERLOADED = "The server is running as many requests as it takes; call again after retry_after seconds"
+
+
+def _problem(kind: str, detail: str, *, title: str | None = None, **extra: Any) -> types.CallToolResult:
+    """A tool error in the HTTP API's problem shape: branch on `type`, never on the wording.
+    `title`: instead of the HTTP API's, where that names what MCP lacks."""
+    status, title = PROBLEM_TYPES[kind][0], title or PROBLEM_TYPES[kind][1]
     body = {"type": f"urn:charter:problem:{kind}", "title": title, "status": status, "detail": detail, **extra}
     return _result(body, error=True)
 
@@ -509,7 +514,9 @@ def build_server(
         if not slots.take():
             if slots.waiting >= slots.queue:
                 seconds = slots.retry_after()
-                return _problem("overloaded", slots.refusal(), retry_after=seconds)
+                # MCP has no Retry-After header and no Idempotency-Key: the seconds ride in the problem
+                again = f"call the tool again after retry_after ({seconds}) seconds"
+                return _problem("overloaded", slots.refusal(again), title=_MCP_OVERLOADED, retry_after=seconds)
             await slots.wait()
         started = time.monotonic()
         try:
