@@ -49,7 +49,7 @@ from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS
 from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE, RunSlots
-from charter.server._body import BodyGuard
+from charter.server._body import MAX_BODY_BYTES, BodyGuard
 from charter.server._idempotency import (
     Claimed,
     IdempotencyStore,
@@ -70,7 +70,6 @@ __all__ = ["PROBLEM_TYPES", "create_app"]
 _log = logging.getLogger("charter.server")
 
 API_VERSION = "1.0.0"
-_MAX_BODY_BYTES = 1_048_576
 _MAX_ERRORS = 20  # validation errors named in one problem
 _MAX_SHOWN = 200  # characters of a location or message quoted back
 
@@ -757,7 +756,7 @@ def create_app(
     }
     app.add_middleware(
         BodyGuard,
-        max_bytes=_MAX_BODY_BYTES,
+        max_bytes=MAX_BODY_BYTES,
         json_routes=json_routes,
         refuse=problem_response,
     )

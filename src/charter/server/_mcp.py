@@ -34,7 +34,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, cast
@@ -59,6 +59,7 @@ from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE, RunSlots
 from charter.server._api import _APPROVAL_PROBLEMS, PROBLEM_TYPES, problem_response
+from charter.server._body import MAX_BODY_BYTES, BodyGuard
 from charter.server._mcp_tasks import ApprovalsFace, resume_own_runs
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
@@ -536,8 +537,14 @@ def build_server(
             return _result(body)
         except _BackendUnavailable as error:  # an internal error: the server's, not the caller's
             answer = error.answer
-            extra = {"internal": True, "run_id": answer.run_id, "contract": answer.contract, "version": answer.version}
-            return _problem("backend-unavailable", str(error), **extra)
+            return _problem(
+                "backend-unavailable",
+                str(error),
+                internal=True,
+                run_id=answer.run_id,
+                contract=answer.contract,
+                version=answer.version,
+            )
         except ApprovalError as error:  # the reason code beside the HTTP API's problem type
             return _problem(_APPROVAL_PROBLEMS.get(error.code, "invalid-request"), str(error), code=error.code)
         except (CharterError, Forbidden, IntentsUnavailable) as error:
@@ -684,7 +691,7 @@ def http_app(
         host=host, stateless_http=True, json_response=True
     )
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
             if path.startswith("/.well-known/"):  # OAuth discovery: not offered, and saying so is not secret
@@ -705,7 +712,10 @@ def http_app(
                 return
         await inner(scope, receive, send)
 
-    return app
+    # Outermost, as in the HTTP API: the body limit holds before the token is checked or the
+    # JSON-RPC message parsed (413 problem+json, the connection closed). Its JSON stays the
+    # MCP SDK's to judge: a malformed message gets a JSON-RPC parse error, as MCP clients expect.
+    return BodyGuard(app, max_bytes=MAX_BODY_BYTES, json_routes=(), refuse=problem_response)
 
 
 def _bearer(value: str | None) -> str | None:
