@@ -579,7 +579,7 @@ def create_app(
         return None if stored is None else replayed(stored)
 
     async def admitted(
-        http: Request, principal: Principal, key: str | None, body: RunRequest, work: Callable[[], Response]
+        http: Request, principal: Principal, key: str | None, path: str, body: RunRequest, work: Callable[[], Response]
     ) -> Response:
         """`work()` (a run) in the thread pool, holding a run slot taken on the event loop. Called
         once FastAPI has authenticated the request and validated its body; with no slot free, a
@@ -588,7 +588,7 @@ def create_app(
         nothing."""
         slots: RunSlots = app.state.slots
         if not slots.take():
-            early = await run_in_threadpool(answered_without_run, principal, key, http.url.path, body, body.contract)
+            early = await run_in_threadpool(answered_without_run, principal, key, path, body, body.contract)
             if early is not None:
                 return early
             if not slots.take():
@@ -677,6 +677,7 @@ def create_app(
             http,
             principal,
             idempotency_key,
+            "/v1/intents",
             request,
             lambda: once(principal, idempotency_key, "/v1/intents", request, run),
         )
@@ -709,6 +710,7 @@ def create_app(
             http,
             principal,
             idempotency_key,
+            "/v1/programs",
             request,
             lambda: once(principal, idempotency_key, "/v1/programs", request, run),
         )
