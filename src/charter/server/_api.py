@@ -565,14 +565,9 @@ def create_app(
             headers={"Idempotent-Replayed": "true"},
         )
 
-    def answered_without_run(
-        principal: Principal, key: str | None, path: str, body: RunRequest, contract: str
-    ) -> Response | None:
-        """What a request can be answered without a run slot: 404 if its contract does not exist
-        (raised), a finished Idempotency-Key's stored answer; None if it needs a run."""
-        guarded(lambda: service.contract(contract))
-        if key is None:
-            return None
+    def finished_answer(principal: Principal, key: str, path: str, body: RunRequest) -> Response | None:
+        """A finished Idempotency-Key's stored answer (read, nothing claimed); None if the
+        request needs a run."""
         raw = body.model_dump_json().encode()
         digests = (request_fingerprint("POST", path, raw, service.audit.secret_key), request_digest("POST", path, raw))
         stored = idempotency.finished(principal.id, key, digests, scopes=principal.scopes)
@@ -588,7 +583,10 @@ def create_app(
         nothing."""
         slots: RunSlots = app.state.slots
         if not slots.take():
-            early = await run_in_threadpool(answered_without_run, principal, key, path, body, body.contract)
+            # Answered without a slot: an unknown contract (the registry's cache, on the loop: no
+            # thread, so a refused request costs no pool thread), a finished key's replay.
+            guarded(lambda: service.contract(body.contract))
+            early = None if key is None else await run_in_threadpool(finished_answer, principal, key, path, body)
             if early is not None:
                 return early
             if not slots.take():
