@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -133,11 +134,124 @@ def test_a_queued_request_whose_client_leaves_gives_up_its_place(charter_home: P
     assert held.started == 1  # the request whose client left never ran
 
 
+def test_a_request_that_can_never_run_or_needs_no_run_is_answered_at_once_whatever_the_load(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    """Admission comes after authentication, validation, the contract's existence and a finished
+    Idempotency-Key: such requests take no queue place and are never told to retry (503)."""
+    from examples.orders import backend
+
+    backend.seed()
+    log, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
+    token = store.add("ada", "ada", ["orders:read", "orders:write"])
+    held = Held(service.execute)
+    service.execute = held  # type: ignore[method-assign]
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"), max_runs=1, queue=1)
+    slots = app.state.slots
+    body = {"contract": "orders", "program": 'conclude("hello")'}
+    answers: dict[str, httpx.Response] = {}
+
+    with serving(app, name="charter-api") as url:
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+        def post(name: str, **kwargs: Any) -> None:
+            answers[name] = client.post("/v1/programs", **({"json": body} | kwargs))
+
+        held.release.set()
+        post("finished", headers={"Idempotency-Key": "done-before"})
+        assert answers["finished"].status_code == 200, answers["finished"].text
+        held.release.clear()
+
+        running = threading.Thread(target=post, args=("running",))
+        running.start()
+        until(lambda: held.started == 2, "the second run to start")
+        # The slot is taken and the queue has room: a request without a token does not wait in it
+        assert problem(httpx.post(f"{url}/v1/programs", json=body, timeout=60), 401, "unauthenticated")
+        assert slots.waiting == 0
+        queued = threading.Thread(target=post, args=("queued",))
+        queued.start()
+        until(lambda: slots.waiting == 1, "a request to queue")
+
+        # Slots and queue full: each of these is answered as if the server were idle
+        problem(httpx.post(f"{url}/v1/programs", json=body, timeout=60), 401, "unauthenticated")
+        problem(
+            httpx.post(f"{url}/v1/programs", json=body, headers={"Authorization": "Bearer nope"}, timeout=60),
+            401,
+            "unauthenticated",
+        )
+        problem(client.post("/v1/programs", json=body | {"programme": "x"}), 422, "invalid-request")
+        problem(client.post("/v1/programs", json=body | {"contract": "no-such-contract"}), 404, "contract-not-found")
+        post("replayed", headers={"Idempotency-Key": "done-before"})
+        assert answers["replayed"].status_code == 200, answers["replayed"].text
+        assert answers["replayed"].headers["Idempotent-Replayed"] == "true"
+        assert answers["replayed"].json() == answers["finished"].json()
+        # A request that needs a run is still refused, and nothing of the above ran or queued
+        post("refused")
+        problem(answers["refused"], 503, "overloaded")
+        assert (held.started, slots.waiting, slots.refused) == (2, 1, 1)
+
+        held.release.set()
+        running.join(60)
+        queued.join(60)
+        assert answers["running"].status_code == answers["queued"].status_code == 200
+        assert len(log.run_ids()) == 3
+        client.close()
+
+
 def test_max_runs_and_queue_must_be_sensible(charter_home: Path) -> None:
-    for args in (["--max-runs", "0"], ["--queue", "-1"]):
-        result = charter("serve", "127.0.0.1:0", *args)
-        assert result.returncode == 2, result.stderr
-        assert args[0] in result.stderr
+    # One line `error: ...` and exit 1, like every other command; above the bound too, where
+    # the memory bound the flags promise would mean nothing
+    for command in (["serve", "127.0.0.1:0"], ["mcp", "--http", "127.0.0.1:0"]):
+        for args, bound in (
+            (["--max-runs", "0"], "1 to 1024"),
+            (["--max-runs", "99999999999999999999"], "1 to 1024"),
+            (["--max-runs", "1025"], "1 to 1024"),
+            (["--queue", "-1"], "0 to 65536"),
+            (["--queue", "65537"], "0 to 65536"),
+        ):
+            result = charter(*command, *args)
+            assert result.returncode == 1, (command, args, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert lines[0].startswith(f"error: {args[0]} "), lines
+            assert bound in lines[0]
+
+
+def test_a_port_in_use_is_one_error_line_before_anything_is_announced(charter_home: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command in (["serve", f"127.0.0.1:{port}"], ["mcp", "--http", f"127.0.0.1:{port}"]):
+            result = charter(*command)
+            assert result.returncode == 1, result.stderr
+            assert "Charter" not in result.stdout + result.stderr  # never announced
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port} ")
+            assert "another process listens there" in lines[0]
+
+
+def test_an_ipv6_address_is_announced_as_a_url_writes_it(charter_home: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "charter", "serve", "[::1]:0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        assert server.stdout is not None
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "Charter API on" in line:
+                break
+        assert "Charter API on http://[::1]:0 " in lines[-1], lines
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
 
 
 # -- a real `charter serve`: memory stays bounded under overload -------------------------------
@@ -299,6 +413,11 @@ def test_an_mcp_tool_that_runs_a_program_beyond_the_slots_is_refused_overloaded(
     body = json.loads(refused.content[0].text)
     assert body["type"] == "urn:charter:problem:overloaded"
     assert body["retry_after"] >= 1
+    # What an MCP client can do: call again after retry_after seconds; it has neither a
+    # Retry-After header nor an Idempotency-Key to be told about
+    assert f"call the tool again after retry_after ({body['retry_after']}) seconds" in body["detail"]
+    assert "retry_after seconds" in body["title"]
+    assert not {"Retry-After", "Idempotency-Key"} & set(re.findall(r"[\w-]+", body["title"] + body["detail"]))
     assert held.started == 1  # the refused call never reached the service
     assert not first[0].is_error
     assert json.loads(first[0].content[0].text)["answer"] == "hello"

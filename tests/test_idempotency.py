@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from charter.audit import AuditLog, Outcome
+from charter.audit import AuditLog, Decision, Outcome
 from charter.server._api import ProgramRequest
 from charter.server._idempotency import request_digest
 from tests.conftest import ROOT, charter
@@ -165,6 +165,21 @@ def test_a_key_of_a_run_killed_mid_run_answers_in_doubt_with_its_run_id_after_a_
             assert retry.headers["idempotent-replayed"] == "true"
             again = httpx.post(url + "/v1/programs", json=body, headers=headers, timeout=60)
             assert (again.status_code, again.json()) == (200, answer)
+            # The interrupted run's view lists its calls, outcomes and calls in doubt from its
+            # receipts, as for a sealed run, agreeing with the log and the verification block
+            view = httpx.get(url + f"/v1/runs/{run_id}", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            assert view.status_code == 200, view.text
+            shown = view.json()
+            decisions = [r for r in record.receipts if isinstance(r, Decision)]
+            assert [(c["call"], c["operation"], c["decision"]) for c in shown["calls"]] == [
+                (d.call, d.operation, d.decision) for d in decisions
+            ]
+            assert [c["operation"] for c in shown["calls"]][:1] == ["cancel_order"]
+            assert [(o["call"], o["status"]) for o in shown["outcomes"]] == [
+                (r.call, r.status) for r in record.receipts if isinstance(r, Outcome)
+            ]
+            assert shown["in_doubt"] == [d.call for d in record.in_doubt()]
+            assert shown["in_doubt"] == [d["call"] for d in shown["verification"]["in_doubt"]]
     assert orders.cancels == 1  # the write happened once: no retry ran it again
     assert log.run_ids() == [run_id]  # and no second run was opened
 

@@ -276,3 +276,37 @@ def test_streamable_http_needs_a_token_and_acts_for_its_principal(published: Pat
     assert result["status"] == "done"
     assert result["answer"] == "confirmed"
     assert AuditLog().run(result["run_id"]).opened.principal == "upstream-ai"
+
+
+def test_streamable_http_holds_bodies_to_the_http_apis_1_mib_with_a_problem(published: Path) -> None:
+    import httpx
+
+    from charter.audit import AuditLog
+    from charter.registry import Registry
+    from charter.server import CharterService, TokenStore, serving
+    from charter.server._mcp import http_app
+
+    store = TokenStore(published / "tokens.yaml")
+    token = store.add("upstream", "upstream-ai", ["orders:read"])
+    service = CharterService.create(registry=Registry(), audit=AuditLog(), agent=None)
+    log = AuditLog()
+    runs_before = len(log.run_ids())
+    program = 'conclude("x")  # ' + "x" * (3 * 1_048_576)  # a 3 MiB tools/call
+    frame = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "execute_program", "arguments": {"contract": "orders", "program": program}},
+    }
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    with serving(http_app(service, store, "127.0.0.1"), name="charter-mcp") as url:
+        answers = [
+            httpx.post(f"{url}/mcp", json=frame, headers=headers, timeout=60),
+            httpx.post(f"{url}/mcp", json=frame, timeout=60),  # no token: still the size is refused first
+        ]
+    for response in answers:
+        assert response.status_code == 413, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:charter:problem:payload-too-large"
+        assert "send at most 1048576 bytes" in response.json()["detail"]
+    assert len(log.run_ids()) == runs_before  # nothing ran

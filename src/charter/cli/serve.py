@@ -24,7 +24,6 @@ MaxRunsOption = Annotated[
     int,
     typer.Option(
         "--max-runs",
-        min=1,
         metavar="N",
         help="Requests running a program (POST /v1/programs, /v1/intents; MCP: operate_*, execute_program) at "
         "once; each may hold its contract's sandbox memory limit, so memory stays under the server's base plus "
@@ -35,7 +34,6 @@ QueueOption = Annotated[
     int,
     typer.Option(
         "--queue",
-        min=0,
         metavar="M",
         help="Requests waiting for one of the --max-runs slots; beyond them a request is answered at once with "
         "503 (problem type overloaded) and Retry-After, and nothing runs.",
@@ -45,6 +43,21 @@ ReplayOption = Annotated[
     list[Path] | None,
     typer.Option(help="Answer intents from recorded model responses (JSON) instead of the API; repeatable."),
 ]
+
+
+# Upper bounds, so the memory bound --max-runs and --queue promise still means something: 1024
+# runs at the default 128 MiB sandbox limit are 128 GiB, and 65,536 queued requests may each
+# hold a body of up to 1 MiB (64 GiB); no machine this serves from has more.
+MAX_RUNS_LIMIT = 1024
+QUEUE_LIMIT = 65_536
+
+
+def checked_admission(max_runs: int, queue: int) -> None:
+    """Refuse (`error: ...`, exit 1) a --max-runs or --queue out of range."""
+    if not 1 <= max_runs <= MAX_RUNS_LIMIT:
+        fail(f"--max-runs {max_runs} is out of range: give the runs in flight at once, 1 to {MAX_RUNS_LIMIT}")
+    if not 0 <= queue <= QUEUE_LIMIT:
+        fail(f"--queue {queue} is out of range: give the requests that may wait for a run slot, 0 to {QUEUE_LIMIT}")
 
 
 def host_port(address: str) -> tuple[str, int]:
@@ -114,10 +127,12 @@ def serve(
     from charter._profile import install_signal
     from charter.approvals import ApprovalWebhook, load_or_create_webhook_key, plain_http_warning
     from charter.server import IdempotencyStore, TokenStore, create_app
-    from charter.server._uvicorn import run
+    from charter.server._uvicorn import listen, run, url_host
 
     host, port = host_port(address)
+    checked_admission(max_runs, queue)
     try:
+        sock = listen(host, port)  # a port in use is an error before the server is announced
         service = build_service(replay)
         service.runner.sandbox.bake_all(service.latest_contracts())  # in the background; CHARTER_BAKE=0: off
         store = TokenStore(tokens)
@@ -140,10 +155,10 @@ def serve(
         service.start_approvals(store.principal, webhook=webhook)
     except CharterError as error:
         fail(error)
-    say(f"Charter API on http://{host}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
+    say(f"Charter API on http://{url_host(host)}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
     install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went (charter bench serve)
     try:
-        run(app, host=host, port=port)
+        run(app, host=host, port=port, sock=sock)
     finally:
         service.stop_approvals()
 
@@ -167,8 +182,10 @@ def mcp(
     """
     from charter.server import TokenStore
     from charter.server._mcp import serve_http, serve_stdio
+    from charter.server._uvicorn import listen, url_host
 
     address = host_port(http) if http is not None else None  # a usage error before anything starts
+    checked_admission(max_runs, queue)
     try:
         # Over stdio, checked before the audit log is opened: a bad --principal writes nothing.
         acting = principal_from(principal, scope, tokens=tokens, attributes=attr) if address is None else None
@@ -177,8 +194,9 @@ def mcp(
             serve_stdio(service, acting)
         elif address is not None:
             host, port = address
-            note(f"Charter MCP on http://{host}:{port}/mcp")
-            serve_http(service, TokenStore(tokens), host, port, max_runs=max_runs, queue=queue)
+            sock = listen(host, port)  # a port in use is an error before the server is announced
+            note(f"Charter MCP on http://{url_host(host)}:{port}/mcp")
+            serve_http(service, TokenStore(tokens), host, port, max_runs=max_runs, queue=queue, sock=sock)
     except CharterError as error:
         fail(error)
 

@@ -2,11 +2,13 @@
 
 Each run holds its sandbox's memory (up to the contract's `limits.memory_mib`) while it is in
 flight, so the server's memory is bounded by its base plus `max_runs` times that limit only if
-no more than `max_runs` runs are in flight. `Admission` is plain ASGI middleware in front of the
-routes that run a program: a request takes a slot on the event loop, before its thread hop;
-with every slot taken it waits in a FIFO queue of at most `queue` requests; beyond that it is
-answered at once with 503, problem type `overloaded` and `Retry-After`, and nothing else
-happens (no run, no Idempotency-Key claim: a retry with the same key runs normally).
+no more than `max_runs` runs are in flight. A route that runs a program takes a slot on the
+event loop, before its thread hop, and only once the request is authenticated and its body
+validated (a request that can never run takes no place); with every slot taken it waits in a
+FIFO queue of at most `queue` requests (`wait_or_leave`, which gives the place up when the
+client disconnects); beyond that the route answers at once with 503, problem type
+`overloaded` and `Retry-After`, and nothing else happens (no run, no Idempotency-Key claim: a
+retry with the same key runs normally).
 
 `RunSlots` serves one event loop (uvicorn's): its counters need no lock.
 """
@@ -15,14 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
-import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-__all__ = ["DEFAULT_MAX_RUNS", "DEFAULT_QUEUE", "Admission", "RunSlots"]
+__all__ = ["DEFAULT_MAX_RUNS", "DEFAULT_QUEUE", "RunSlots"]
 
 # Runs in flight: enough to keep two cores busy while runs wait on the disk and on backends;
 # each may hold its contract's sandbox memory limit (128 MiB by default).
@@ -30,7 +29,7 @@ DEFAULT_MAX_RUNS = 8
 # Requests waiting for a slot: deep enough that 32 clients at once are all answered (none refused).
 DEFAULT_QUEUE = 64
 
-Refuse = Callable[..., ASGIApp]  # problem_response(kind, detail, instance, headers)
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]  # ASGI's
 
 
 class RunSlots:
@@ -56,13 +55,13 @@ class RunSlots:
         ahead = (len(self._waiting) + 1) / self.max_runs
         return max(1, min(60, math.ceil(ahead * self._held_seconds)))
 
-    def refusal(self) -> str:
-        """Count a refusal; the problem's detail (naming `retry_after()` seconds)."""
+    def refusal(self, again: str) -> str:
+        """Count a refusal; the problem's detail, ending with `again`: how the caller retries in
+        its protocol, e.g. "send the request again in 2 s" (`retry_after()` seconds)."""
         self.refused += 1
         return (
             f"{self.max_runs} runs are in flight and {self.waiting} requests are waiting, the most this server "
-            f"takes; nothing was run or recorded: send the request again in {self.retry_after()} s (with the "
-            "same Idempotency-Key, if it had one)"
+            f"takes; nothing was run or recorded: {again}"
         )
 
     def take(self) -> bool:
@@ -97,69 +96,20 @@ class RunSlots:
                 return
         self.in_flight -= 1
 
-
-class Admission:
-    """ASGI middleware: requests of `routes` (METHOD, path regex) take one of `slots` first;
-    `refuse` builds the 503 `overloaded` problem for those refused."""
-
-    def __init__(
-        self, app: ASGIApp, *, slots: RunSlots, routes: Collection[tuple[str, re.Pattern[str]]], refuse: Refuse
-    ) -> None:
-        self.app, self.slots, self.routes, self.refuse = app, slots, tuple(routes), refuse
-
-    def _admits(self, scope: Scope) -> bool:
-        method, path = scope.get("method", ""), scope.get("path", "")
-        return any(method == m and pattern.match(path) for m, pattern in self.routes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._admits(scope):
-            await self.app(scope, receive, send)
-            return
-        slots = self.slots
-        if not slots.take():
-            if slots.waiting >= slots.queue:
-                await self._refuse(scope, receive, send)
-                return
-            admitted = await self._wait_for_slot(receive)
-            if admitted is None:
-                return  # the client left while its request waited: it is not run
-            receive = admitted
-        started = time.monotonic()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            slots.release(time.monotonic() - started)
-
-    async def _wait_for_slot(self, receive: Receive) -> Receive | None:
-        """Wait in the queue, watching the connection: the receive to run with once a slot is
-        handed over, or None if the client disconnected first (its place given up)."""
-        body: list[Message] = []
-        while True:  # the request's body (already read by the body limit), kept for the app
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body.append(message)
-            if not message.get("more_body", False):
-                break
-        waited = asyncio.ensure_future(self.slots.wait())
-        gone = asyncio.ensure_future(receive())  # after the body, only a disconnect comes
+    async def wait_or_leave(self, receive: Receive) -> bool:
+        """Wait in the queue (the caller checked it has room), watching the connection: True once
+        a slot is handed over, False if the client disconnected first (its place given up).
+        `receive` is the request's ASGI receive, its body already read: only a disconnect comes."""
+        waited = asyncio.ensure_future(self.wait())
+        gone = asyncio.ensure_future(receive())
         try:
             await asyncio.wait((waited, gone), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             gone.cancel()
             waited.cancel()
             raise
-        if not waited.done():
-            waited.cancel()  # `wait` gives its place up (or passes on a slot handed over meanwhile)
-            return None
-
-        async def replay() -> Message:
-            return body.pop(0) if body else await gone
-
-        return replay
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        seconds = self.slots.retry_after()
-        detail = self.slots.refusal()
-        refusal = self.refuse("overloaded", detail, scope.get("path", ""), {"Retry-After": str(seconds)})
-        await refusal(scope, receive, send)
+        if waited.done():
+            gone.cancel()  # the response's own disconnect watch takes over
+            return True
+        waited.cancel()  # `wait` gives its place up (or passes on a slot handed over meanwhile)
+        return False

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -38,6 +39,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from charter._profile import component
@@ -46,8 +48,8 @@ from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS
 from charter.principal import Principal
 from charter.runner import Answer
-from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE, Admission, RunSlots
-from charter.server._body import BodyGuard
+from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE, RunSlots
+from charter.server._body import MAX_BODY_BYTES, BodyGuard
 from charter.server._idempotency import (
     Claimed,
     IdempotencyStore,
@@ -68,12 +70,8 @@ __all__ = ["PROBLEM_TYPES", "create_app"]
 _log = logging.getLogger("charter.server")
 
 API_VERSION = "1.0.0"
-_MAX_BODY_BYTES = 1_048_576
 _MAX_ERRORS = 20  # validation errors named in one problem
 _MAX_SHOWN = 200  # characters of a location or message quoted back
-# The routes whose requests run a program on the request's thread: they take a run slot.
-# An approval decision does not (the resume worker runs the resume, one at a time).
-_RUNS_A_PROGRAM = frozenset({"/v1/programs", "/v1/intents"})
 
 # Stable problem types: clients branch on these, never on the wording of `detail`.
 PROBLEM_TYPES = {
@@ -200,6 +198,11 @@ class IntentRequest(_WithInputs):
 class ProgramRequest(_WithInputs):
     contract: str = Field(min_length=1, max_length=200, description=_CONTRACT_REF)
     program: str = Field(min_length=1, max_length=262_144, description="Python source using the typed proxies.")
+
+
+# The requests that run a program: they take a run slot (`admitted`). An approval decision
+# does not (the resume worker runs the resume, one at a time).
+RunRequest = IntentRequest | ProgramRequest
 
 
 class DecisionBody(BaseModel):
@@ -539,16 +542,7 @@ def create_app(
                 headers={"Retry-After": "1"},  # a retry after it finished gets its answer
             ) from None
         if isinstance(claim, StoredResponse):
-            if claim.status == 202:  # paused then: what the caller needs is where its run stands now
-                refreshed = current(json.loads(claim.body).get("run_id"))
-                if refreshed is not None:
-                    return respond(refreshed, **{"Idempotent-Replayed": "true"})
-            return Response(
-                claim.body,
-                status_code=claim.status,
-                media_type="application/json",
-                headers={"Idempotent-Replayed": "true"},
-            )
+            return replayed(claim)
         try:
             reply = run(claim.run_id)
             body_bytes = json.dumps(reply.body).encode()
@@ -557,6 +551,56 @@ def create_app(
             raise
         idempotency.complete(principal.id, key, claim.run_id, StoredResponse(reply.status, body_bytes))
         return respond(reply)
+
+    def replayed(stored: StoredResponse) -> Response:
+        """A finished key's stored answer, sent again."""
+        if stored.status == 202:  # paused then: what the caller needs is where its run stands now
+            refreshed = current(json.loads(stored.body).get("run_id"))
+            if refreshed is not None:
+                return respond(refreshed, **{"Idempotent-Replayed": "true"})
+        return Response(
+            stored.body,
+            status_code=stored.status,
+            media_type="application/json",
+            headers={"Idempotent-Replayed": "true"},
+        )
+
+    def finished_answer(principal: Principal, key: str, path: str, body: RunRequest) -> Response | None:
+        """A finished Idempotency-Key's stored answer (read, nothing claimed); None if the
+        request needs a run."""
+        raw = body.model_dump_json().encode()
+        digests = (request_fingerprint("POST", path, raw, service.audit.secret_key), request_digest("POST", path, raw))
+        stored = idempotency.finished(principal.id, key, digests, scopes=principal.scopes)
+        return None if stored is None else replayed(stored)
+
+    async def admitted(
+        http: Request, principal: Principal, key: str | None, path: str, body: RunRequest, work: Callable[[], Response]
+    ) -> Response:
+        """`work()` (a run) in the thread pool, holding a run slot taken on the event loop. Called
+        once FastAPI has authenticated the request and validated its body; with no slot free, a
+        request that can be answered without a run (unknown contract, finished key) is answered
+        first, then it queues or, beyond the queue, is refused 503 `overloaded` having claimed
+        nothing."""
+        slots: RunSlots = app.state.slots
+        if not slots.take():
+            # Answered without a slot: an unknown contract (the registry's cache, on the loop: no
+            # thread, so a refused request costs no pool thread), a finished key's replay.
+            guarded(lambda: service.contract(body.contract))
+            early = None if key is None else await run_in_threadpool(finished_answer, principal, key, path, body)
+            if early is not None:
+                return early
+            if not slots.take():
+                if slots.waiting >= slots.queue:
+                    seconds = slots.retry_after()
+                    again = f"send the request again in {seconds} s (with the same Idempotency-Key, if it had one)"
+                    raise ApiProblem("overloaded", slots.refusal(again), headers={"Retry-After": str(seconds)})
+                if not await slots.wait_or_leave(http.receive):
+                    return Response(status_code=499)  # the client left while it waited: nothing ran
+        started = time.monotonic()
+        try:
+            return await run_in_threadpool(work)
+        finally:
+            slots.release(time.monotonic() - started)
 
     def resolved(principal: Principal, key: str, orphan: Orphaned) -> Claimed | StoredResponse:
         """An orphaned key, from the audit log: the answer its run recorded (in_doubt if it was
@@ -610,7 +654,9 @@ def create_app(
         "Only the conclusion comes back, with the run id to audit it by.",
         responses=_PAUSED | _problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     )
-    def post_intent(request: IntentRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
+    async def post_intent(
+        request: IntentRequest, principal: Caller, http: Request, idempotency_key: IdempotencyKey = None
+    ) -> Response:
         def run(run_id: str | None) -> Reply:
             ended = guarded(
                 lambda: service.operate(
@@ -625,7 +671,14 @@ def create_app(
             chain = guarded(lambda: service.chain(ended.run_id)) if ended.approval_id else None
             return conclusion(ended, ended.attempts, chain)
 
-        return once(principal, idempotency_key, "/v1/intents", request, run)
+        return await admitted(
+            http,
+            principal,
+            idempotency_key,
+            "/v1/intents",
+            request,
+            lambda: once(principal, idempotency_key, "/v1/intents", request, run),
+        )
 
     @app.post(
         "/v1/programs",
@@ -634,7 +687,9 @@ def create_app(
         description="The program runs in the sandbox; every proxy call is checked against the contract.",
         responses=_PAUSED | _problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
     )
-    def post_program(request: ProgramRequest, principal: Caller, idempotency_key: IdempotencyKey = None) -> Response:
+    async def post_program(
+        request: ProgramRequest, principal: Caller, http: Request, idempotency_key: IdempotencyKey = None
+    ) -> Response:
         def run(run_id: str | None) -> Reply:
             return conclusion(
                 guarded(
@@ -649,7 +704,14 @@ def create_app(
                 )
             )
 
-        return once(principal, idempotency_key, "/v1/programs", request, run)
+        return await admitted(
+            http,
+            principal,
+            idempotency_key,
+            "/v1/programs",
+            request,
+            lambda: once(principal, idempotency_key, "/v1/programs", request, run),
+        )
 
     @app.get(
         "/v1/runs/{run_id}",
@@ -684,16 +746,6 @@ def create_app(
     def get_contract(name: str, version: str, principal: Caller) -> dict[str, Any]:
         return guarded(lambda: service.contract_view(name, version))  # type: ignore[no-any-return]
 
-    # Inside the body limit (a refused body never waits for a slot), outside everything else:
-    # the slot is taken on the event loop before the route's thread hop, authentication and
-    # the Idempotency-Key claim, so a refused request leaves nothing behind.
-    running = {
-        (method, route.path_regex)
-        for route in app.routes
-        if isinstance(route, APIRoute) and route.path in _RUNS_A_PROGRAM
-        for method in route.methods or ()
-    }
-    app.add_middleware(Admission, slots=app.state.slots, routes=running, refuse=problem_response)
     # Outermost but for Starlette's error middleware: the limit holds before authentication,
     # routing and parsing, for every route; the JSON routes are the ones with a body model.
     json_routes = {
@@ -704,7 +756,7 @@ def create_app(
     }
     app.add_middleware(
         BodyGuard,
-        max_bytes=_MAX_BODY_BYTES,
+        max_bytes=MAX_BODY_BYTES,
         json_routes=json_routes,
         refuse=problem_response,
     )

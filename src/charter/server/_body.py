@@ -19,7 +19,7 @@ import re
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from typing import Any, NoReturn
 
-__all__ = ["MAX_JSON_DEPTH", "BodyGuard", "BodyRefused", "check_json"]
+__all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "BodyGuard", "BodyRefused", "check_json"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -29,6 +29,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # (kind, detail, path) -> an ASGI response: the API's problem+json
 Refuse = Callable[[str, str, str], ASGIApp]
 
+# A request body, on every route of `charter serve` and `charter mcp --http`: a program is at most
+# 256 KiB, so 1 MiB leaves room for its inputs while bounding what each request holds.
+MAX_BODY_BYTES = 1_048_576
 MAX_JSON_DEPTH = 32  # the API's bodies are flat objects; a deeper body is never a valid request
 _MAX_INT = 2**63 - 1
 _MAX_INT_DIGITS = 20

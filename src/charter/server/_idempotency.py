@@ -38,7 +38,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,6 +251,27 @@ class IdempotencyStore:
         if self._is_live(principal, key, owner, lease_expires, now):
             raise KeyInProgress(key)
         return Orphaned(first_run, owner)
+
+    def finished(
+        self, principal: str, key: str, digests: Collection[str], *, scopes: Iterable[str]
+    ) -> StoredResponse | None:
+        """The stored answer of the key's finished request, if it was one of `digests` and this
+        token holds every scope the first one held; otherwise None (`claim` decides). Reads only,
+        claims nothing: an overloaded server answers a finished key's replay without a run slot."""
+        with component("idempotency"), self._lock:
+            row = self._db.execute(
+                "SELECT request_sha256, state, status, body, scopes FROM idempotency "
+                "WHERE principal = ? AND key = ? AND created >= ?",
+                (principal, key, time.time() - self._ttl),
+            ).fetchone()
+        if row is None:
+            return None
+        first_digest, state, status, body, first_scopes = row
+        if state != "done" or first_digest not in digests:
+            return None
+        if set(json.loads(first_scopes) if first_scopes else ()) - set(scopes):
+            return None
+        return StoredResponse(status, bytes(body))
 
     def _is_live(self, principal: str, key: str, owner: str | None, lease_expires: float | None, now: float) -> bool:
         if owner == self.worker:  # ours: live exactly while this process runs it

@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, cast
@@ -58,6 +59,7 @@ from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE, RunSlots
 from charter.server._api import _APPROVAL_PROBLEMS, PROBLEM_TYPES, problem_response
+from charter.server._body import MAX_BODY_BYTES, BodyGuard
 from charter.server._mcp_tasks import ApprovalsFace, resume_own_runs
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
@@ -388,9 +390,14 @@ def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResul
     )
 
 
-def _problem(kind: str, detail: str, **extra: Any) -> types.CallToolResult:
-    """A tool error in the HTTP API's problem shape: branch on `type`, never on the wording."""
-    status, title = PROBLEM_TYPES[kind]
+# The HTTP API's title names its Retry-After header, which a tool result does not have.
+_MCP_OVERLOADED = "The server is running as many requests as it takes; call again after retry_after seconds"
+
+
+def _problem(kind: str, detail: str, *, title: str | None = None, **extra: Any) -> types.CallToolResult:
+    """A tool error in the HTTP API's problem shape: branch on `type`, never on the wording.
+    `title`: instead of the HTTP API's, where that names what MCP lacks."""
+    status, title = PROBLEM_TYPES[kind][0], title or PROBLEM_TYPES[kind][1]
     body = {"type": f"urn:charter:problem:{kind}", "title": title, "status": status, "detail": detail, **extra}
     return _result(body, error=True)
 
@@ -508,7 +515,9 @@ def build_server(
         if not slots.take():
             if slots.waiting >= slots.queue:
                 seconds = slots.retry_after()
-                return _problem("overloaded", slots.refusal(), retry_after=seconds)
+                # MCP has no Retry-After header and no Idempotency-Key: the seconds ride in the problem
+                again = f"call the tool again after retry_after ({seconds}) seconds"
+                return _problem("overloaded", slots.refusal(again), title=_MCP_OVERLOADED, retry_after=seconds)
             await slots.wait()
         started = time.monotonic()
         try:
@@ -528,8 +537,14 @@ def build_server(
             return _result(body)
         except _BackendUnavailable as error:  # an internal error: the server's, not the caller's
             answer = error.answer
-            extra = {"internal": True, "run_id": answer.run_id, "contract": answer.contract, "version": answer.version}
-            return _problem("backend-unavailable", str(error), **extra)
+            return _problem(
+                "backend-unavailable",
+                str(error),
+                internal=True,
+                run_id=answer.run_id,
+                contract=answer.contract,
+                version=answer.version,
+            )
         except ApprovalError as error:  # the reason code beside the HTTP API's problem type
             return _problem(_APPROVAL_PROBLEMS.get(error.code, "invalid-request"), str(error), code=error.code)
         except (CharterError, Forbidden, IntentsUnavailable) as error:
@@ -636,6 +651,7 @@ def serve_http(
     *,
     max_runs: int = DEFAULT_MAX_RUNS,
     queue: int = DEFAULT_QUEUE,
+    sock: socket.socket | None = None,
 ) -> None:
     from charter._profile import install_signal
     from charter.server._uvicorn import run
@@ -644,7 +660,7 @@ def serve_http(
     service.start_approvals(tokens.principal)  # resumes decided approvals, as `charter serve` does
     install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went
     try:
-        run(app, host=host, port=port)
+        run(app, host=host, port=port, sock=sock)
     finally:
         service.stop_approvals()
 
@@ -675,7 +691,7 @@ def http_app(
         host=host, stateless_http=True, json_response=True
     )
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path = scope.get("path", "")
             if path.startswith("/.well-known/"):  # OAuth discovery: not offered, and saying so is not secret
@@ -696,7 +712,10 @@ def http_app(
                 return
         await inner(scope, receive, send)
 
-    return app
+    # Outermost, as in the HTTP API: the body limit holds before the token is checked or the
+    # JSON-RPC message parsed (413 problem+json, the connection closed). Its JSON stays the
+    # MCP SDK's to judge: a malformed message gets a JSON-RPC parse error, as MCP clients expect.
+    return BodyGuard(app, max_bytes=MAX_BODY_BYTES, json_routes=(), refuse=problem_response)
 
 
 def _bearer(value: str | None) -> str | None:

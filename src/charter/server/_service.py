@@ -497,6 +497,10 @@ def summary(record: RunRecord) -> dict[str, Any]:
         _, answer, _, reason = conclusion_of(msgspec.json.decode(closing.outcome, type=SandboxOutcome))
         view.update(answer=answer, reason=reason)
         view |= _calls(record)
+    elif closing is None and isinstance(opened, Opened):
+        # Interrupted (opened, never sealed: the server was killed): its receipts still say
+        # what it called and which calls are in doubt, as `charter audit show` does.
+        view |= _calls(record)
     return view
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
-__all__ = ["run"]
+from charter.errors import UsageError
+
+__all__ = ["listen", "run", "url_host"]
 
 _TICKS_PER_WAKE = 10  # uvicorn's on_tick counts tenths of a second: one wake = ten of them
 
@@ -39,6 +43,35 @@ class _QuietServer(uvicorn.Server):
             self._loop.call_soon_threadsafe(self._wake.set)  # stop now, not at the next second
 
 
-def run(app: Any, *, host: str, port: int) -> None:
-    """Serve `app` on host:port until SIGINT/SIGTERM (as `uvicorn.run`, warnings only)."""
-    _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets (http://[::1]:8700)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, as uvicorn binds it, before anything is announced.
+
+    Raises UsageError naming the address and what to do if it cannot be bound (in use, not an
+    address of this machine, a privileged port)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise UsageError(f"cannot listen on {url_host(host)}:{port}: {error.strerror or error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        hint = "another process listens there: stop it or give another HOST:PORT"
+        if error.errno != errno.EADDRINUSE:
+            hint = "give an address of this machine and a port you may use"
+        raise UsageError(f"cannot listen on {url_host(host)}:{port} ({error.strerror}): {hint}") from None
+    return sock
+
+
+def run(app: Any, *, host: str, port: int, sock: socket.socket | None = None) -> None:
+    """Serve `app` on host:port until SIGINT/SIGTERM (as `uvicorn.run`, warnings only); on
+    `sock` if given (from `listen`), so a bind error came before the server was announced."""
+    server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server.run(sockets=[sock] if sock is not None else None)
