@@ -364,7 +364,10 @@ def test_memory_stays_under_base_plus_max_runs_times_the_run_limit(
             assert int(answer.json()["answer"]) >= MEMORY_MIB // 4
     peak = _status(pid, "VmHWM")
     bound = base + 2 * MEMORY_MIB * 2**20
-    slack = 48 * 2**20  # thread stacks, allocator arenas, the runs' host-side buffers
+    # Thread stacks, allocator arenas, the runs' host-side buffers (48 MiB), and the contract's
+    # pool, which grows under misses from its base to 4 prepared instances of ~9 MiB each after
+    # `base` was read (40 MiB): still far below the ~1 GiB the same load reaches unbounded.
+    slack = (48 + 40) * 2**20
     assert peak <= bound + slack, f"peak RSS {peak >> 20} MiB, base {base >> 20} MiB, bound {bound >> 20} MiB"
 
 
