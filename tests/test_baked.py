@@ -21,6 +21,7 @@ import pytest
 from charter import _profile
 from charter.backends import InMemoryBackend
 from charter.compiler.artifact import CompiledContract
+from charter.errors import UsageError
 from charter.gate import PassThroughGate
 from charter.principal import Principal
 from charter.sandbox import BuildFailed, Completed, RunContext, Sandbox, _baked, _component
@@ -153,6 +154,19 @@ def test_bake_all_does_nothing_when_the_environment_turns_baking_off(
     assert isinstance(outcome, Completed)
     assert fresh.runs_served() == {"baked": 0, "generic": 1}
     assert fresh._baked.loaded() == []
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "on "])
+def test_a_charter_bake_value_other_than_0_1_true_false_is_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARTER_BAKE", value)
+    with pytest.raises(UsageError, match=r"CHARTER_BAKE must be 1 or true .* or 0 or false .*, got"):
+        Sandbox(pool_size=0, progress=None)
+
+
+@pytest.mark.parametrize(("value", "baking"), [("1", True), ("TRUE", True), ("false", False), ("", False)])
+def test_charter_bake_accepts_0_1_true_false(value: str, baking: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARTER_BAKE", value)
+    assert Sandbox(pool_size=0, progress=None)._bake is baking
 
 
 def test_the_least_recently_used_baked_component_is_evicted_and_loaded_again(

@@ -362,8 +362,18 @@ def _env_int(name: str, default: int) -> int:
         raise UsageError(f"{name} must be a whole number, got {text!r}") from None
 
 
-def _bake_default() -> bool:
-    return os.environ.get("CHARTER_BAKE", "") == "1"
+_BAKE_VALUES = {"": None, "1": True, "true": True, "0": False, "false": False}
+
+
+def _bake_setting() -> bool | None:
+    """CHARTER_BAKE: 1/true on, 0/false off, unset or empty: each caller's default."""
+    text = os.environ.get("CHARTER_BAKE", "")
+    try:
+        return _BAKE_VALUES[text.strip().lower()]
+    except KeyError:
+        raise UsageError(
+            f"CHARTER_BAKE must be 1 or true (bake contract components) or 0 or false (don't), got {text!r}"
+        ) from None
 
 
 class Sandbox:
@@ -374,7 +384,8 @@ class Sandbox:
     `_MAX_POOL`), shrinking back after `_IDLE_SECONDS` without runs, and never more than
     `_MAX_PREPARED` in the process (each holds a few MiB).
 
-    Baking (`bake=True`, default: CHARTER_BAKE=1 in the environment, else off): each
+    Baking (`bake=True`, default: CHARTER_BAKE=1 or true in the environment, else off; any value but
+    0/1/true/false raises UsageError): each
     contract run is queued at first sight for a component with its surface prepared at
     build time (`charter.sandbox._baked`); once loaded, an instance needs only
     instantiation. At most `baked_components` baked components are loaded at once
@@ -391,6 +402,7 @@ class Sandbox:
         bake: bool | None = None,
         baked_components: int | None = None,
     ) -> None:
+        setting = _bake_setting()  # checked first: a bad value changes nothing
         self._runtime = _runtime(progress)
         self._pool_size = pool_size
         self._contracts: dict[str, _Contract] = {}
@@ -398,7 +410,7 @@ class Sandbox:
         self._spent: list[_Prepared] = []
         self._served = {"baked": 0, "generic": 0}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="charter-gate")
-        self._bake = _bake_default() if bake is None else bake
+        self._bake = bool(setting) if bake is None else bake
         capacity = _env_int("CHARTER_BAKED_COMPONENTS", 4) if baked_components is None else baked_components
         runtime = self._runtime
         self._baked = _baked.BakedComponents(
@@ -420,8 +432,8 @@ class Sandbox:
         return self._baked.request(entry.surface_key, entry.surface_json)
 
     def bake_all(self, contracts: Iterable[CompiledContract]) -> None:
-        """Turn baking on (unless CHARTER_BAKE=0) and queue each contract: what `charter serve` does."""
-        if os.environ.get("CHARTER_BAKE", "") == "0":
+        """Turn baking on (unless CHARTER_BAKE=0 or false) and queue each contract: what `charter serve` does."""
+        if _bake_setting() is False:
             return
         self._bake = True
         for contract in contracts:
