@@ -291,3 +291,45 @@ def test_a_pool_found_empty_grows_and_shrinks_back_when_idle(
         threading.Event().wait(0.01)
     assert entry.target == 1
     assert len(entry.pool) <= 1
+
+
+def test_a_builder_dies_with_the_process_that_started_it(
+    sandbox: Sandbox, orders: CompiledContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent asks for a build whose lock the test holds (another builder, mid-build), so
+    # its builder waits; then the parent is killed with SIGKILL, as `charter serve` was.
+    entry = sandbox._entry(orders)
+    parent_code = (
+        "from charter.sandbox import _baked\n"
+        f"_baked._run_builder(_baked.baked_files({entry.surface_key!r}), {entry.surface_json!r})\n"
+    )
+    monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))  # inherited by the parent
+    target = _baked.baked_files(entry.surface_key)
+    with _component._locked(target.directory):
+        parent = subprocess.Popen([sys.executable, "-c", parent_code])
+        builder = 0
+        while not builder or not _waits_for_a_lock(builder):
+            assert parent.poll() is None
+            children = [
+                int(pid)
+                for task in Path(f"/proc/{parent.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()
+            ]
+            builder = children[0] if children else 0
+            threading.Event().wait(0.01)
+        parent.kill()
+        parent.wait()
+        # Bounded by the test's own patience, not asserted as a duration: the builder must go.
+        for _ in range(3000):
+            if not _alive(builder):
+                break
+            threading.Event().wait(0.01)
+        assert not _alive(builder), "the builder outlived the process that started it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has ended; its new parent reaps it

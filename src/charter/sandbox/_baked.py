@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -202,22 +203,55 @@ class BakedComponents:
         return component, (time.monotonic() - started) * 1000
 
     def _build(self, files: ComponentFiles, surface_json: str) -> None:
-        files.directory.mkdir(parents=True, exist_ok=True)
-        surface = files.directory / _SURFACE_FILE
-        if not surface.is_file() or surface.read_text(encoding="utf-8") != surface_json:
-            _component._atomic_write(surface, surface_json.encode("utf-8"))
-        command = [sys.executable, "-m", "charter.sandbox._baked", str(files.directory)]
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, check=False, timeout=_BUILD_TIMEOUT_SECONDS
-            )
-        except subprocess.TimeoutExpired:
-            raise BuildFailed(f"building {files.directory} took over {_BUILD_TIMEOUT_SECONDS:.0f} s") from None
-        if result.returncode != 0:
-            raise BuildFailed(result.stderr.strip()[-4000:] or f"the builder exited with {result.returncode}")
+        _run_builder(files, surface_json)
+
+
+def _run_builder(files: ComponentFiles, surface_json: str) -> None:
+    """Build `files` for `surface_json` in a builder subprocess; raises BuildFailed.
+
+    The builder runs in a session of its own and ends itself and what it started when this
+    process dies, even by kill -9 (`_die_with_parent`): a restarted server never finds a
+    bake of the dead one still running beside its own."""
+    files.directory.mkdir(parents=True, exist_ok=True)
+    surface = files.directory / _SURFACE_FILE
+    if not surface.is_file() or surface.read_text(encoding="utf-8") != surface_json:
+        _component._atomic_write(surface, surface_json.encode("utf-8"))
+    command = [sys.executable, "-m", "charter.sandbox._baked", str(files.directory), str(os.getpid())]
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_BUILD_TIMEOUT_SECONDS,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise BuildFailed(f"building {files.directory} took over {_BUILD_TIMEOUT_SECONDS:.0f} s") from None
+    if result.returncode != 0:
+        raise BuildFailed(result.stderr.strip()[-4000:] or f"the builder exited with {result.returncode}")
+
+
+_PARENT_POLL_SECONDS = 0.1
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this builder's process group (itself and componentize-py under it) once `parent`
+    is gone. A thread polls rather than PR_SET_PDEATHSIG: a signal handler would wait for the
+    main thread to leave the native compile (seconds), and a SIGKILL would leave
+    componentize-py running. Polling works on every POSIX system."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_SECONDS)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="charter-bake-parent", daemon=True).start()
 
 
 def _main(argv: list[str]) -> int:
+    if len(argv) > 1 and os.getpgrp() == os.getpid():  # started by _run_builder: in a session of its own
+        _die_with_parent(int(argv[1]))
     try:
         _build(Path(argv[0]))
     except BuildFailed as error:
