@@ -126,6 +126,8 @@ def test_a_damaged_baked_component_is_reported_once_and_the_generic_one_serves(
     damaged = _baked.baked_files(key)
     shutil.copytree(built.directory, damaged.directory, ignore=shutil.ignore_patterns(".lock"))
     native = damaged.native(sandbox._runtime.config_tag)
+    for path in (native, damaged.wasm):
+        path.chmod(0o644)  # the cache's files are read-only (_component._atomic_write)
     native.write_bytes(b"\x7fELF not a component")
     damaged.wasm.write_bytes(b"\0asm not a component either")
 
@@ -333,3 +335,15 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in status  # a zombie has ended; its new parent reaps it
+
+
+def test_cache_files_are_replaced_whole_and_read_only(tmp_path: Path) -> None:
+    # A mapped native code file edited in place changes a running server's pages under it.
+    path = tmp_path / "runner.cwasm"
+    _component._atomic_write(path, b"first")
+    mapped = path.open("rb")  # stands for the server's mapping of the file
+    _component._atomic_write(path, b"second")
+    assert mapped.read() == b"first"  # replaced, not rewritten: the mapped file is untouched
+    assert path.read_bytes() == b"second"
+    assert path.stat().st_mode & 0o777 == 0o444
+    mapped.close()
