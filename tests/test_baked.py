@@ -9,12 +9,14 @@ suite (CHARTER_BAKE=0, tests/conftest.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -347,3 +349,40 @@ def test_cache_files_are_replaced_whole_and_read_only(tmp_path: Path) -> None:
     assert path.read_bytes() == b"second"
     assert path.stat().st_mode & 0o777 == 0o444
     mapped.close()
+
+
+def test_a_baked_component_rewritten_in_place_is_dropped_and_loaded_again(
+    sandbox: Sandbox,
+    orders: CompiledContract,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fresh = Sandbox(pool_size=0, bake=True, progress=None)  # its generic component from the usual cache
+    key = fresh._entry(orders).surface_key
+    built = _baked.baked_files(key)
+    monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))
+    copy = _baked.baked_files(key)
+    shutil.copytree(built.directory, copy.directory, ignore=shutil.ignore_patterns(".lock"))
+    fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)
+    native = copy.native(fresh._runtime.config_tag)
+    # Rewritten in place with the same bytes (other bytes would change the mapped pages under
+    # this very test process): same inode, new modification time.
+    native.chmod(0o644)
+    data = native.read_bytes()
+    with native.open("r+b") as handle:
+        handle.write(data)
+    stamp = native.stat().st_mtime_ns + 1_000_000_000
+    os.utime(native, ns=(stamp, stamp))
+
+    outcome = _run(fresh, orders, 'conclude("served")')
+    assert isinstance(outcome, Completed)
+    assert fresh.runs_served() == {"baked": 0, "generic": 1}  # no instance of the changed file
+    reports = [record.getMessage() for record in caplog.records if record.name == "charter.sandbox"]
+    assert len(reports) == 1
+    assert "rewritten in place" in reports[0]
+    assert str(native) in reports[0]
+    fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)  # loaded again, from the file as it is now
+    assert fresh.baked_loaded(orders)
+    assert _run(fresh, orders, 'conclude("baked")') == Completed(answer="baked", stats=ANY)
+    assert fresh.runs_served() == {"baked": 1, "generic": 1}

@@ -110,6 +110,7 @@ class BakedComponents:
         self._report = report
         self._lock = threading.Condition()
         self._loaded: OrderedDict[str, Component] = OrderedDict()
+        self._mapped: dict[str, tuple[Path, _FileIdentity]] = {}  # each loaded component's native file
         self._pending: dict[str, concurrent.futures.Future[BakeReport]] = {}
         self._failed: dict[str, concurrent.futures.Future[BakeReport]] = {}
         self._queue: deque[tuple[str, str]] = deque()
@@ -117,10 +118,26 @@ class BakedComponents:
         self.reports: dict[str, BakeReport] = {}
 
     def get(self, key: str) -> Component | None:
+        """`key`'s loaded component, or None. One whose native file was rewritten in place
+        since it was loaded is dropped (reported) and loaded again by the next `request`:
+        no new instance maps pages of a file that changed under it."""
         with self._lock:
             component = self._loaded.get(key)
-            if component is not None:
-                self._loaded.move_to_end(key)
+            if component is None:
+                return None
+            path, identity = self._mapped[key]
+            if _changed_in_place(path, identity):
+                del self._loaded[key]
+                message = (
+                    f"the sandbox's baked component {path} was rewritten in place while loaded; it is "
+                    "loaded again. Native code files are mapped: replace them (rename), never edit them"
+                )
+                if self._report is not None:
+                    self._report(message)
+                else:
+                    _LOG.warning(message)
+                return None
+            self._loaded.move_to_end(key)
             return component
 
     def loaded(self) -> list[str]:
@@ -186,10 +203,12 @@ class BakedComponents:
             self._build(files, surface_json)
             build_seconds = time.monotonic() - started
             component, load_ms = self._deserialize(native)
-        report = BakeReport(key=key, build_seconds=build_seconds, native_bytes=native.stat().st_size, load_ms=load_ms)
+        identity = _identity(native)
+        report = BakeReport(key=key, build_seconds=build_seconds, native_bytes=identity[1], load_ms=load_ms)
         with self._lock:  # loaded, reported and no longer pending at once, for `request`
             self.reports[key] = report
             self._loaded[key] = component
+            self._mapped[key] = (native, identity)
             self._loaded.move_to_end(key)
             while len(self._loaded) > self.capacity:
                 self._loaded.popitem(last=False)  # instances already made keep their component alive
@@ -204,6 +223,23 @@ class BakedComponents:
 
     def _build(self, files: ComponentFiles, surface_json: str) -> None:
         _run_builder(files, surface_json)
+
+
+_FileIdentity = tuple[int, int, int]  # inode, size, modification time (ns)
+
+
+def _identity(path: Path) -> _FileIdentity:
+    status = path.stat()
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _changed_in_place(path: Path, identity: _FileIdentity) -> bool:
+    # Replaced (another inode) or deleted is safe: the mapped file lives on unchanged.
+    try:
+        now = _identity(path)
+    except OSError:
+        return False
+    return now[0] == identity[0] and now != identity
 
 
 def _run_builder(files: ComponentFiles, surface_json: str) -> None:
