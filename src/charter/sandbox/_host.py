@@ -68,7 +68,7 @@ from charter.sandbox.outcomes import (
 __all__ = ["RunContext", "Sandbox"]
 
 # An epoch every 10 ms: CPU and wall limits are whole seconds or tenths, so a limit ends at
-# most about a tick late, never early (`_ticks`); a 2 ms tick cost ~6% of charter serve's CPU
+# most two ticks late, never early (`_ticks`); a 2 ms tick cost ~6% of charter serve's CPU
 # under load (500 wakes/s). Epochs are wall time: at each deadline `_deadline` compares the
 # run thread's own CPU time (time.thread_time: wasm runs on the calling thread) with the CPU
 # limit and the clock with the wall limit, and lets the guest go on for what is left of each.
@@ -157,7 +157,8 @@ def _stderr_progress(message: str) -> None:
 
 def _ticks(seconds: float) -> int:
     # The first tick may come at once after the deadline is armed: one more tick than the
-    # limit holds makes a limit end up to one tick late, never early.
+    # limit holds makes a limit end never early, and at most two ticks late (the armed ticks
+    # take between n - 1 and n ticks of wall time; CPU time is at most that).
     return max(1, math.ceil(seconds / _TICK_SECONDS)) + 1
 
 
@@ -199,7 +200,7 @@ class _RunState:
             self.cpu_timeout()
             return None
         # The guest had at most the ticks' wall time, so its CPU time can't pass the limit
-        # before the next deadline by more than about a tick.
+        # before the next deadline by more than two ticks (`_ticks`).
         return _ticks(min(self.limits.cpu_seconds - cpu, self.deadline - now))
 
     def handle(self, operation: str, arguments: str, line: int) -> tuple[bool, str]:
