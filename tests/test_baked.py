@@ -9,18 +9,21 @@ suite (CHARTER_BAKE=0, tests/conftest.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
 from charter import _profile
 from charter.backends import InMemoryBackend
 from charter.compiler.artifact import CompiledContract
+from charter.errors import UsageError
 from charter.gate import PassThroughGate
 from charter.principal import Principal
 from charter.sandbox import BuildFailed, Completed, RunContext, Sandbox, _baked, _component
@@ -125,6 +128,8 @@ def test_a_damaged_baked_component_is_reported_once_and_the_generic_one_serves(
     damaged = _baked.baked_files(key)
     shutil.copytree(built.directory, damaged.directory, ignore=shutil.ignore_patterns(".lock"))
     native = damaged.native(sandbox._runtime.config_tag)
+    for path in (native, damaged.wasm):
+        path.chmod(0o644)  # the cache's files are read-only (_component._atomic_write)
     native.write_bytes(b"\x7fELF not a component")
     damaged.wasm.write_bytes(b"\0asm not a component either")
 
@@ -153,6 +158,19 @@ def test_bake_all_does_nothing_when_the_environment_turns_baking_off(
     assert isinstance(outcome, Completed)
     assert fresh.runs_served() == {"baked": 0, "generic": 1}
     assert fresh._baked.loaded() == []
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "on "])
+def test_a_charter_bake_value_other_than_0_1_true_false_is_refused(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARTER_BAKE", value)
+    with pytest.raises(UsageError, match=r"CHARTER_BAKE must be 1 or true .* or 0 or false .*, got"):
+        Sandbox(pool_size=0, progress=None)
+
+
+@pytest.mark.parametrize(("value", "baking"), [("1", True), ("TRUE", True), ("false", False), ("", False)])
+def test_charter_bake_accepts_0_1_true_false(value: str, baking: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARTER_BAKE", value)
+    assert Sandbox(pool_size=0, progress=None)._bake is baking
 
 
 def test_the_least_recently_used_baked_component_is_evicted_and_loaded_again(
@@ -277,3 +295,94 @@ def test_a_pool_found_empty_grows_and_shrinks_back_when_idle(
         threading.Event().wait(0.01)
     assert entry.target == 1
     assert len(entry.pool) <= 1
+
+
+def test_a_builder_dies_with_the_process_that_started_it(
+    sandbox: Sandbox, orders: CompiledContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent asks for a build whose lock the test holds (another builder, mid-build), so
+    # its builder waits; then the parent is killed with SIGKILL, as `charter serve` was.
+    entry = sandbox._entry(orders)
+    parent_code = (
+        "from charter.sandbox import _baked\n"
+        f"_baked._run_builder(_baked.baked_files({entry.surface_key!r}), {entry.surface_json!r})\n"
+    )
+    monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))  # inherited by the parent
+    target = _baked.baked_files(entry.surface_key)
+    with _component._locked(target.directory):
+        parent = subprocess.Popen([sys.executable, "-c", parent_code])
+        builder = 0
+        while not builder or not _waits_for_a_lock(builder):
+            assert parent.poll() is None
+            children = [
+                int(pid)
+                for task in Path(f"/proc/{parent.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()
+            ]
+            builder = children[0] if children else 0
+            threading.Event().wait(0.01)
+        parent.kill()
+        parent.wait()
+        # Bounded by the test's own patience, not asserted as a duration: the builder must go.
+        for _ in range(3000):
+            if not _alive(builder):
+                break
+            threading.Event().wait(0.01)
+        assert not _alive(builder), "the builder outlived the process that started it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has ended; its new parent reaps it
+
+
+def test_cache_files_are_replaced_whole_and_read_only(tmp_path: Path) -> None:
+    # A mapped native code file edited in place changes a running server's pages under it.
+    path = tmp_path / "runner.cwasm"
+    _component._atomic_write(path, b"first")
+    mapped = path.open("rb")  # stands for the server's mapping of the file
+    _component._atomic_write(path, b"second")
+    assert mapped.read() == b"first"  # replaced, not rewritten: the mapped file is untouched
+    assert path.read_bytes() == b"second"
+    assert path.stat().st_mode & 0o777 == 0o444
+    mapped.close()
+
+
+def test_a_baked_component_rewritten_in_place_is_dropped_and_loaded_again(
+    sandbox: Sandbox,
+    orders: CompiledContract,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fresh = Sandbox(pool_size=0, bake=True, progress=None)  # its generic component from the usual cache
+    key = fresh._entry(orders).surface_key
+    built = _baked.baked_files(key)
+    monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))
+    copy = _baked.baked_files(key)
+    shutil.copytree(built.directory, copy.directory, ignore=shutil.ignore_patterns(".lock"))
+    fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)
+    native = copy.native(fresh._runtime.config_tag)
+    # Rewritten in place with the same bytes (other bytes would change the mapped pages under
+    # this very test process): same inode, new modification time.
+    native.chmod(0o644)
+    data = native.read_bytes()
+    with native.open("r+b") as handle:
+        handle.write(data)
+    stamp = native.stat().st_mtime_ns + 1_000_000_000
+    os.utime(native, ns=(stamp, stamp))
+
+    outcome = _run(fresh, orders, 'conclude("served")')
+    assert isinstance(outcome, Completed)
+    assert fresh.runs_served() == {"baked": 0, "generic": 1}  # no instance of the changed file
+    reports = [record.getMessage() for record in caplog.records if record.name == "charter.sandbox"]
+    assert len(reports) == 1
+    assert "rewritten in place" in reports[0]
+    assert str(native) in reports[0]
+    fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)  # loaded again, from the file as it is now
+    assert fresh.baked_loaded(orders)
+    assert _run(fresh, orders, 'conclude("baked")') == Completed(answer="baked", stats=ANY)
+    assert fresh.runs_served() == {"baked": 1, "generic": 1}

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,7 @@ class BakedComponents:
         self._report = report
         self._lock = threading.Condition()
         self._loaded: OrderedDict[str, Component] = OrderedDict()
+        self._mapped: dict[str, tuple[Path, _FileIdentity]] = {}  # each loaded component's native file
         self._pending: dict[str, concurrent.futures.Future[BakeReport]] = {}
         self._failed: dict[str, concurrent.futures.Future[BakeReport]] = {}
         self._queue: deque[tuple[str, str]] = deque()
@@ -116,10 +118,26 @@ class BakedComponents:
         self.reports: dict[str, BakeReport] = {}
 
     def get(self, key: str) -> Component | None:
+        """`key`'s loaded component, or None. One whose native file was rewritten in place
+        since it was loaded is dropped (reported) and loaded again by the next `request`:
+        no new instance maps pages of a file that changed under it."""
         with self._lock:
             component = self._loaded.get(key)
-            if component is not None:
-                self._loaded.move_to_end(key)
+            if component is None:
+                return None
+            path, identity = self._mapped[key]
+            if _changed_in_place(path, identity):
+                del self._loaded[key]
+                message = (
+                    f"the sandbox's baked component {path} was rewritten in place while loaded; it is "
+                    "loaded again. Native code files are mapped: replace them (rename), never edit them"
+                )
+                if self._report is not None:
+                    self._report(message)
+                else:
+                    _LOG.warning(message)
+                return None
+            self._loaded.move_to_end(key)
             return component
 
     def loaded(self) -> list[str]:
@@ -185,10 +203,12 @@ class BakedComponents:
             self._build(files, surface_json)
             build_seconds = time.monotonic() - started
             component, load_ms = self._deserialize(native)
-        report = BakeReport(key=key, build_seconds=build_seconds, native_bytes=native.stat().st_size, load_ms=load_ms)
+        identity = _identity(native)
+        report = BakeReport(key=key, build_seconds=build_seconds, native_bytes=identity[1], load_ms=load_ms)
         with self._lock:  # loaded, reported and no longer pending at once, for `request`
             self.reports[key] = report
             self._loaded[key] = component
+            self._mapped[key] = (native, identity)
             self._loaded.move_to_end(key)
             while len(self._loaded) > self.capacity:
                 self._loaded.popitem(last=False)  # instances already made keep their component alive
@@ -202,22 +222,72 @@ class BakedComponents:
         return component, (time.monotonic() - started) * 1000
 
     def _build(self, files: ComponentFiles, surface_json: str) -> None:
-        files.directory.mkdir(parents=True, exist_ok=True)
-        surface = files.directory / _SURFACE_FILE
-        if not surface.is_file() or surface.read_text(encoding="utf-8") != surface_json:
-            _component._atomic_write(surface, surface_json.encode("utf-8"))
-        command = [sys.executable, "-m", "charter.sandbox._baked", str(files.directory)]
-        try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, check=False, timeout=_BUILD_TIMEOUT_SECONDS
-            )
-        except subprocess.TimeoutExpired:
-            raise BuildFailed(f"building {files.directory} took over {_BUILD_TIMEOUT_SECONDS:.0f} s") from None
-        if result.returncode != 0:
-            raise BuildFailed(result.stderr.strip()[-4000:] or f"the builder exited with {result.returncode}")
+        _run_builder(files, surface_json)
+
+
+_FileIdentity = tuple[int, int, int]  # inode, size, modification time (ns)
+
+
+def _identity(path: Path) -> _FileIdentity:
+    status = path.stat()
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _changed_in_place(path: Path, identity: _FileIdentity) -> bool:
+    # Replaced (another inode) or deleted is safe: the mapped file lives on unchanged.
+    try:
+        now = _identity(path)
+    except OSError:
+        return False
+    return now[0] == identity[0] and now != identity
+
+
+def _run_builder(files: ComponentFiles, surface_json: str) -> None:
+    """Build `files` for `surface_json` in a builder subprocess; raises BuildFailed.
+
+    The builder runs in a session of its own and ends itself and what it started when this
+    process dies, even by kill -9 (`_die_with_parent`): a restarted server never finds a
+    bake of the dead one still running beside its own."""
+    files.directory.mkdir(parents=True, exist_ok=True)
+    surface = files.directory / _SURFACE_FILE
+    if not surface.is_file() or surface.read_text(encoding="utf-8") != surface_json:
+        _component._atomic_write(surface, surface_json.encode("utf-8"))
+    command = [sys.executable, "-m", "charter.sandbox._baked", str(files.directory), str(os.getpid())]
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_BUILD_TIMEOUT_SECONDS,
+            start_new_session=True,
+        )
+    except subprocess.TimeoutExpired:
+        raise BuildFailed(f"building {files.directory} took over {_BUILD_TIMEOUT_SECONDS:.0f} s") from None
+    if result.returncode != 0:
+        raise BuildFailed(result.stderr.strip()[-4000:] or f"the builder exited with {result.returncode}")
+
+
+_PARENT_POLL_SECONDS = 0.1
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this builder's process group (itself and componentize-py under it) once `parent`
+    is gone. A thread polls rather than PR_SET_PDEATHSIG: a signal handler would wait for the
+    main thread to leave the native compile (seconds), and a SIGKILL would leave
+    componentize-py running. Polling works on every POSIX system."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_SECONDS)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="charter-bake-parent", daemon=True).start()
 
 
 def _main(argv: list[str]) -> int:
+    if len(argv) > 1 and os.getpgrp() == os.getpid():  # started by _run_builder: in a session of its own
+        _die_with_parent(int(argv[1]))
     try:
         _build(Path(argv[0]))
     except BuildFailed as error:

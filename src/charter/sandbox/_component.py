@@ -109,10 +109,20 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+_READ_ONLY = 0o444
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `path` whole under a temporary name, make it read-only, then rename it into place.
+
+    Native code files are mapped into the process (`Component.deserialize_file`): a file
+    rewritten in place under a running server changes or truncates its mapped pages (SIGBUS).
+    Replaced by a rename, the old file lives on as long as it is mapped; read-only, an
+    accidental in-place edit is refused (for every user but root)."""
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
         handle.write(data)
         temporary = Path(handle.name)
+    temporary.chmod(_READ_ONLY)
     os.replace(temporary, path)
 
 

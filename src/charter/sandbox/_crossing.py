@@ -21,7 +21,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 from wasmtime.component import Func, LinkerInstance
 
-__all__ = ["HostAbort", "add_string_result_func", "call_strings"]
+__all__ = ["DeadlineHandler", "HostAbort", "add_string_result_func", "call_strings", "deadline_watcher"]
 
 _STRING = ffi.WASMTIME_COMPONENT_STRING.value
 _RESULT = ffi.WASMTIME_COMPONENT_RESULT.value
@@ -113,3 +113,45 @@ def add_string_result_func(instance: LinkerInstance, name: str, handler: StringH
     )
     if error:
         raise wasmtime.WasmtimeError._from_ptr(error)
+
+
+# () -> how many more epoch ticks the guest may run for, or None to end the run with a trap
+# (the handler records why on the run's own state, as a host import does).
+DeadlineHandler = Callable[[], int | None]
+
+_deadline_handlers: list[DeadlineHandler] = []
+_DEADLINE_CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE: keep running, no async yield
+_DEADLINE_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+)
+
+
+@_DEADLINE_CALLBACK  # type: ignore[untyped-decorator]
+def _deadline_trampoline(context: Any, index: Any, delta: Any, kind: Any) -> int:
+    # Runs on the thread running the guest, each time its epoch deadline is reached.
+    # Nothing is raised through wasmtime: an error pointer it returns becomes the trap.
+    try:
+        ticks = _deadline_handlers[index or 0]()
+    except BaseException as error:
+        return _error_pointer(f"host error in the epoch deadline: {type(error).__name__}")
+    if ticks is None:
+        return _error_pointer("wasm trap: interrupt (the run's time limit was reached)")
+    delta[0] = max(1, ticks)
+    kind[0] = _DEADLINE_CONTINUE
+    return 0
+
+
+def deadline_watcher(handler: DeadlineHandler) -> Callable[[wasmtime.Store], None]:
+    """Register `handler` once; the returned function makes a store ask it at each epoch
+    deadline (`wasmtime_store_epoch_deadline_callback`) instead of trapping there."""
+    _deadline_handlers.append(handler)
+    index = len(_deadline_handlers) - 1
+
+    def watch(store: wasmtime.Store) -> None:
+        ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), _deadline_trampoline, index, _no_finalizer)
+
+    return watch

@@ -50,7 +50,7 @@ from charter.gate._protocol import (
 from charter.principal import Principal
 from charter.sandbox import _baked, _component, _wire
 from charter.sandbox._classify import classify, decode_conclusion, reject_program
-from charter.sandbox._crossing import HostAbort, add_string_result_func, call_strings
+from charter.sandbox._crossing import HostAbort, add_string_result_func, call_strings, deadline_watcher
 from charter.sandbox.limits import SandboxLimits
 from charter.sandbox.outcomes import (
     CallLimitExceeded,
@@ -68,7 +68,10 @@ from charter.sandbox.outcomes import (
 __all__ = ["RunContext", "Sandbox"]
 
 # An epoch every 10 ms: CPU and wall limits are whole seconds or tenths, so a limit ends at
-# most 10 ms late (`_ticks`); a 2 ms tick cost ~6% of charter serve's CPU under load (500 wakes/s).
+# most two ticks late, never early (`_ticks`); a 2 ms tick cost ~6% of charter serve's CPU
+# under load (500 wakes/s). Epochs are wall time: at each deadline `_deadline` compares the
+# run thread's own CPU time (time.thread_time: wasm runs on the calling thread) with the CPU
+# limit and the clock with the wall limit, and lets the guest go on for what is left of each.
 _TICK_SECONDS = 0.01
 _PREPARE_SECONDS = 30.0
 _MAX_POOL = 4  # prepared instances one contract's pool may grow to under demand (memory: goal 5)
@@ -154,7 +157,8 @@ def _stderr_progress(message: str) -> None:
 
 def _ticks(seconds: float) -> int:
     # The first tick may come at once after the deadline is armed: one more tick than the
-    # limit holds makes a limit end up to one tick late, never early.
+    # limit holds makes a limit end never early, and at most two ticks late (the armed ticks
+    # take between n - 1 and n ticks of wall time; CPU time is at most that).
     return max(1, math.ceil(seconds / _TICK_SECONDS)) + 1
 
 
@@ -168,8 +172,8 @@ class _RunState:
     executor: concurrent.futures.ThreadPoolExecutor
     started: float
     deadline: float
-    resumed: float
-    cpu_used: float = 0.0
+    resumed: float  # the run thread's CPU time (time.thread_time) when the guest last resumed
+    cpu_used: float = 0.0  # the guest's CPU seconds up to `resumed`; host calls not counted
     calls: int = 0
     ended_by: Outcome | None = None
     conclusion: Completed | Refused | None = None  # as the host received it; it stands
@@ -181,9 +185,27 @@ class _RunState:
     def wall_timeout(self) -> HostAbort:
         return self.abort(TimedOut(limit="wall", seconds=self.limits.wall_seconds))
 
+    def cpu_timeout(self) -> HostAbort:
+        return self.abort(TimedOut(limit="cpu", seconds=self.limits.cpu_seconds))
+
+    def at_deadline(self) -> int | None:
+        """At an epoch deadline (on the run thread): the ticks the guest may go on for, or
+        None once its own CPU time or the wall clock has reached its limit (recorded)."""
+        now = time.monotonic()
+        cpu = self.cpu_used + time.thread_time() - self.resumed
+        if now >= self.deadline:
+            self.wall_timeout()
+            return None
+        if cpu >= self.limits.cpu_seconds:
+            self.cpu_timeout()
+            return None
+        # The guest had at most the ticks' wall time, so its CPU time can't pass the limit
+        # before the next deadline by more than two ticks (`_ticks`).
+        return _ticks(min(self.limits.cpu_seconds - cpu, self.deadline - now))
+
     def handle(self, operation: str, arguments: str, line: int) -> tuple[bool, str]:
         now = time.monotonic()
-        self.cpu_used += now - self.resumed
+        self.cpu_used += time.thread_time() - self.resumed
         if operation == _ABORT_OPERATION and arguments == '{"reason":"output_limit"}':
             raise self.abort(OutputLimitExceeded(limit_bytes=self.limits.max_output_bytes))
         if now >= self.deadline:
@@ -198,11 +220,12 @@ class _RunState:
         now = time.monotonic()
         if now >= self.deadline:
             raise self.wall_timeout()
-        # Host-call time is wall time, not the program's CPU time: re-arm the epoch
-        # deadline with what is left of each.
+        if self.cpu_used >= self.limits.cpu_seconds:
+            raise self.cpu_timeout()
+        # Host-call time is not the program's: re-arm the epoch deadline with what is left.
         remaining = min(self.limits.cpu_seconds - self.cpu_used, self.deadline - now)
         self.store.set_epoch_deadline(_ticks(remaining))
-        self.resumed = now
+        self.resumed = time.thread_time()
         return reply
 
     def _conclude(self, text: str) -> tuple[bool, str]:
@@ -291,6 +314,16 @@ class _RunState:
 _current = threading.local()
 
 
+def _deadline() -> int | None:
+    state: _RunState | None = getattr(_current, "state", None)
+    if state is None:  # prepare() outside a run: its deadline is final
+        return None
+    return state.at_deadline()
+
+
+_watch_deadline = deadline_watcher(_deadline)
+
+
 def _host_call(operation: str, arguments: str, line: int) -> tuple[bool, str]:
     state: _RunState | None = getattr(_current, "state", None)
     if state is None:  # only prepare() runs without a run, and it makes no calls
@@ -330,8 +363,18 @@ def _env_int(name: str, default: int) -> int:
         raise UsageError(f"{name} must be a whole number, got {text!r}") from None
 
 
-def _bake_default() -> bool:
-    return os.environ.get("CHARTER_BAKE", "") == "1"
+_BAKE_VALUES = {"": None, "1": True, "true": True, "0": False, "false": False}
+
+
+def _bake_setting() -> bool | None:
+    """CHARTER_BAKE: 1/true on, 0/false off, unset or empty: each caller's default."""
+    text = os.environ.get("CHARTER_BAKE", "")
+    try:
+        return _BAKE_VALUES[text.strip().lower()]
+    except KeyError:
+        raise UsageError(
+            f"CHARTER_BAKE must be 1 or true (bake contract components) or 0 or false (don't), got {text!r}"
+        ) from None
 
 
 class Sandbox:
@@ -342,7 +385,8 @@ class Sandbox:
     `_MAX_POOL`), shrinking back after `_IDLE_SECONDS` without runs, and never more than
     `_MAX_PREPARED` in the process (each holds a few MiB).
 
-    Baking (`bake=True`, default: CHARTER_BAKE=1 in the environment, else off): each
+    Baking (`bake=True`, default: CHARTER_BAKE=1 or true in the environment, else off; any value but
+    0/1/true/false raises UsageError): each
     contract run is queued at first sight for a component with its surface prepared at
     build time (`charter.sandbox._baked`); once loaded, an instance needs only
     instantiation. At most `baked_components` baked components are loaded at once
@@ -359,6 +403,7 @@ class Sandbox:
         bake: bool | None = None,
         baked_components: int | None = None,
     ) -> None:
+        setting = _bake_setting()  # checked first: a bad value changes nothing
         self._runtime = _runtime(progress)
         self._pool_size = pool_size
         self._contracts: dict[str, _Contract] = {}
@@ -366,7 +411,7 @@ class Sandbox:
         self._spent: list[_Prepared] = []
         self._served = {"baked": 0, "generic": 0}
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="charter-gate")
-        self._bake = _bake_default() if bake is None else bake
+        self._bake = bool(setting) if bake is None else bake
         capacity = _env_int("CHARTER_BAKED_COMPONENTS", 4) if baked_components is None else baked_components
         runtime = self._runtime
         self._baked = _baked.BakedComponents(
@@ -388,8 +433,8 @@ class Sandbox:
         return self._baked.request(entry.surface_key, entry.surface_json)
 
     def bake_all(self, contracts: Iterable[CompiledContract]) -> None:
-        """Turn baking on (unless CHARTER_BAKE=0) and queue each contract: what `charter serve` does."""
-        if os.environ.get("CHARTER_BAKE", "") == "0":
+        """Turn baking on (unless CHARTER_BAKE=0 or false) and queue each contract: what `charter serve` does."""
+        if _bake_setting() is False:
             return
         self._bake = True
         for contract in contracts:
@@ -423,6 +468,7 @@ class Sandbox:
         moves the first run's copy-on-write page faults out of the run."""
         runtime = self._runtime
         store = wasmtime.Store(runtime.engine)
+        _watch_deadline(store)
         store.set_epoch_deadline(_ticks(_PREPARE_SECONDS))
         baked = self._baked.get(entry.surface_key)
         with _profile.component("sandbox.instantiate"):
@@ -602,7 +648,6 @@ class Sandbox:
         store = prepared.store
         store.set_limits(memory_size=limits.memory_bytes)
         guest_context = _guest_context(context, limits)
-        now = time.monotonic()
         state = _RunState(
             contract=contract,
             gate=gate,
@@ -612,7 +657,7 @@ class Sandbox:
             executor=self._executor,
             started=started,
             deadline=started + limits.wall_seconds,
-            resumed=now,
+            resumed=time.thread_time(),
         )
         store.set_epoch_deadline(_ticks(min(limits.cpu_seconds, limits.wall_seconds)))
         _current.state = state
@@ -625,7 +670,7 @@ class Sandbox:
         finally:
             _current.state = None
         ended = time.monotonic()
-        state.cpu_used += ended - state.resumed
+        state.cpu_used += time.thread_time() - state.resumed
         stats = Stats(calls=state.calls, wall_ms=(ended - started) * 1000, cpu_ms=state.cpu_used * 1000)
         outcome = msgspec.structs.replace(classify(raw, trap, state, ended), stats=stats)
         _close(gate, outcome)
