@@ -19,7 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from charter.audit import AuditLog
 from charter.sandbox import Sandbox
 from charter.server import IdempotencyStore, create_app, serving
 from tests.charter_service import charter_service
@@ -107,15 +109,22 @@ def test_beyond_the_slots_and_the_queue_a_run_is_refused_at_once_and_leaves_noth
         client.close()
 
 
-def test_a_queued_request_whose_client_leaves_gives_up_its_place(charter_home: Path, shared_sandbox: Sandbox) -> None:
+def _one_slot_app(charter_home: Path, shared_sandbox: Sandbox) -> tuple[AuditLog, FastAPI, Held, str]:
+    """The API over the seeded orders service with one run slot and one queue place, its runs
+    held until `held.release` is set; and a token of ada's (orders:read, orders:write)."""
     from examples.orders import backend
 
     backend.seed()
-    _, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
+    log, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
     token = store.add("ada", "ada", ["orders:read", "orders:write"])
     held = Held(service.execute)
     service.execute = held  # type: ignore[method-assign]
     app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"), max_runs=1, queue=1)
+    return log, app, held, token
+
+
+def test_a_queued_request_whose_client_leaves_gives_up_its_place(charter_home: Path, shared_sandbox: Sandbox) -> None:
+    _, app, held, token = _one_slot_app(charter_home, shared_sandbox)
     slots = app.state.slots
     headers = {"Authorization": f"Bearer {token}"}
     body = {"contract": "orders", "program": CANCEL_101}
@@ -139,14 +148,7 @@ def test_a_request_that_can_never_run_or_needs_no_run_is_answered_at_once_whatev
 ) -> None:
     """Admission comes after authentication, validation, the contract's existence and a finished
     Idempotency-Key: such requests take no queue place and are never told to retry (503)."""
-    from examples.orders import backend
-
-    backend.seed()
-    log, service, store = charter_service(charter_home, shared_sandbox, "orders", scripted)
-    token = store.add("ada", "ada", ["orders:read", "orders:write"])
-    held = Held(service.execute)
-    service.execute = held  # type: ignore[method-assign]
-    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"), max_runs=1, queue=1)
+    log, app, held, token = _one_slot_app(charter_home, shared_sandbox)
     slots = app.state.slots
     body = {"contract": "orders", "program": 'conclude("hello")'}
     answers: dict[str, httpx.Response] = {}

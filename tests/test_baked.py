@@ -114,6 +114,20 @@ def test_a_baked_instance_is_confined_before_the_program_runs(sandbox: Sandbox, 
     )
 
 
+def _baking_with_a_copied_cache(
+    orders: CompiledContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Sandbox, _component.ComponentFiles]:
+    """A baking sandbox (its generic component from the usual cache) whose baked cache is now a
+    copy, under `tmp_path`, of the shared cache's orders build: a test may damage it freely."""
+    fresh = Sandbox(pool_size=0, bake=True, progress=None)
+    key = fresh._entry(orders).surface_key
+    built = _baked.baked_files(key)
+    monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))
+    copy = _baked.baked_files(key)
+    shutil.copytree(built.directory, copy.directory, ignore=shutil.ignore_patterns(".lock"))
+    return fresh, copy
+
+
 def test_a_damaged_baked_component_is_reported_once_and_the_generic_one_serves(
     sandbox: Sandbox,
     orders: CompiledContract,
@@ -121,12 +135,7 @@ def test_a_damaged_baked_component_is_reported_once_and_the_generic_one_serves(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fresh = Sandbox(pool_size=0, bake=True, progress=None)  # its generic component from the usual cache
-    key = fresh._entry(orders).surface_key
-    built = _baked.baked_files(key)
-    monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))
-    damaged = _baked.baked_files(key)
-    shutil.copytree(built.directory, damaged.directory, ignore=shutil.ignore_patterns(".lock"))
+    fresh, damaged = _baking_with_a_copied_cache(orders, tmp_path, monkeypatch)
     native = damaged.native(sandbox._runtime.config_tag)
     for path in (native, damaged.wasm):
         path.chmod(0o644)  # the cache's files are read-only (_component._atomic_write)
@@ -358,12 +367,7 @@ def test_a_baked_component_rewritten_in_place_is_dropped_and_loaded_again(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fresh = Sandbox(pool_size=0, bake=True, progress=None)  # its generic component from the usual cache
-    key = fresh._entry(orders).surface_key
-    built = _baked.baked_files(key)
-    monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))
-    copy = _baked.baked_files(key)
-    shutil.copytree(built.directory, copy.directory, ignore=shutil.ignore_patterns(".lock"))
+    fresh, copy = _baking_with_a_copied_cache(orders, tmp_path, monkeypatch)
     fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)
     native = copy.native(fresh._runtime.config_tag)
     # Rewritten in place with the same bytes (other bytes would change the mapped pages under

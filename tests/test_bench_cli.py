@@ -30,8 +30,11 @@ def test_a_missing_peer_names_the_install_command_as_written(monkeypatch: pytest
 @pytest.mark.parametrize(
     ("arguments", "error"),
     [
-        (["serve", "--max-runs", "0"], "--max-runs must be at least 1, as `charter serve --max-runs` requires (got 0)"),
-        (["serve", "--queue", "-1"], "--queue must be at least 0, as `charter serve --queue` requires (got -1)"),
+        (["serve", "--max-runs", "0"], "--max-runs 0 is out of range: give the runs in flight at once, 1 to 1024"),
+        (
+            ["serve", "--queue", "-1"],
+            "--queue -1 is out of range: give the requests that may wait for a run slot, 0 to 65536",
+        ),
         (["serve", "--seconds", "-1"], "--seconds must be a finite number at least 0 (got -1)"),
         (["serve", "--idle-seconds", "inf"], "--idle-seconds must be a finite number at least 0 (got inf)"),
         (["serve", "--overload-clients", "-3"], "--overload-clients must be at least 0 (got -3)"),

@@ -22,8 +22,6 @@ import dataclasses
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,7 +89,7 @@ def run_approvals_bench(reads: tuple[int, ...] = READS, samples: int = 7) -> dic
     as the measurement needs (fresh: done; approval copy: paused; resume: done)."""
     from charter.approvals import ApprovalStore, Resumer
     from charter.audit import AuditLog, verify_log
-    from charter.bench.serve import _free_port, _wait
+    from charter.bench.serve import _free_port, _wait, start_orders_service
     from charter.compiler import compile_contract
     from charter.contract import load_contract
     from charter.errors import ContractError
@@ -108,14 +106,7 @@ def run_approvals_bench(reads: tuple[int, ...] = READS, samples: int = 7) -> dic
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "CHARTER_HOME": str(home), "CHARTER_ORDERS_DB": str(home / "orders.db")}
         stderr = home / "orders-service.stderr"  # its last lines, should it exit at start
-        with stderr.open("wb") as errors:
-            service = subprocess.Popen(
-                [sys.executable, "-m", "examples.orders.service", "--port", str(port), "--seed"],
-                cwd=_ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-            )
+        service = start_orders_service(port, env, stderr)
         previous = os.environ.get("CHARTER_SERVICE_ORDERS_URL")
         os.environ["CHARTER_SERVICE_ORDERS_URL"] = url
         try:

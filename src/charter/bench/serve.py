@@ -139,6 +139,19 @@ def _stderr_tail(path: Path) -> str:
     return "; its stderr ended:\n" + "\n".join(f"  {line}" for line in lines) if lines else " (its stderr is empty)"
 
 
+def start_orders_service(port: int, env: dict[str, str], stderr: Path) -> subprocess.Popen[bytes]:
+    """The example orders service on 127.0.0.1:`port`, seeded, its stderr kept in `stderr` (for
+    the error should it exit at start: `_wait`)."""
+    with stderr.open("wb") as errors:
+        return subprocess.Popen(
+            [sys.executable, "-m", "examples.orders.service", "--port", str(port), "--seed"],
+            cwd=_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+
+
 def _wait(url: str, process: subprocess.Popen[bytes], what: str, stderr: Path) -> None:
     """Until `url` (http://127.0.0.1:PORT/PATH) answers. BenchFailed, with the last lines of
     the process's `stderr` file, if it exits first or does not answer in time."""
@@ -178,14 +191,7 @@ def _servers(home: Path, max_runs: int, queue: int) -> Iterator[_Servers]:
     limits = ["--max-runs", str(max_runs), "--queue", str(queue)]
     # Each process's stderr goes to a file under `home`, for the error if it exits at start.
     service_stderr, api_stderr = home / "orders-service.stderr", home / "charter-serve.stderr"
-    with service_stderr.open("wb") as errors:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "examples.orders.service", "--port", str(service_port), "--seed"],
-            cwd=_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-        )
+    service = start_orders_service(service_port, env, service_stderr)
     with api_stderr.open("wb") as errors:
         api = subprocess.Popen(
             [sys.executable, "-c", _SERVE, "serve", f"{_HOST}:{api_port}", *limits],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import typing
 from typing import Annotated, Any
 
 import typer
@@ -62,16 +61,6 @@ def _refuse_below(option: str, value: float, least: float, most: float | None = 
     accepted = f"at least {least:g}" if most is None else f"from {least:g} to {most:g}"
     kind = "" if isinstance(value, int) else "a finite number "
     fail(f"{option} must be {kind}{accepted} (got {value:g})")
-
-
-def _refuse_what_serve_refuses(option: str, value: int | None, declared: object) -> None:
-    """`value` for `charter serve`'s `option` checked against the range that option declares
-    (its typer min= and max=), so the bench refuses what the server would refuse, and says so."""
-    info = typing.get_args(declared)[1]
-    if value is None or (value >= info.min and (info.max is None or value <= info.max)):
-        return
-    accepted = f"at least {info.min}" if info.max is None else f"from {info.min} to {info.max}"
-    fail(f"{option} must be {accepted}, as `charter serve {option}` requires (got {value})")
 
 
 def _ms(value: float) -> str:
@@ -296,10 +285,11 @@ def bench_serve(
     overload (503 + Retry-After, peak RSS) and idle CPU, each against issue 17's goals."""
     from charter.bench import run_serve_bench
     from charter.cli._bench_serve import print_serve_bench
-    from charter.cli.serve import MaxRunsOption, QueueOption
+    from charter.cli.serve import checked_admission
+    from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE
 
-    _refuse_what_serve_refuses("--max-runs", max_runs, MaxRunsOption)
-    _refuse_what_serve_refuses("--queue", queue, QueueOption)
+    # What charter serve would refuse, refused here first, in its words, before anything starts.
+    checked_admission(DEFAULT_MAX_RUNS if max_runs is None else max_runs, DEFAULT_QUEUE if queue is None else queue)
     for option, count in (
         ("--clients", clients),
         ("--overload-clients", overload_clients),
