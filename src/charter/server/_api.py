@@ -583,10 +583,11 @@ def create_app(
         nothing."""
         slots: RunSlots = app.state.slots
         if not slots.take():
-            # Answered without a slot: an unknown contract (the registry's cache, on the loop: no
-            # thread, so a refused request costs no pool thread), a finished key's replay.
+            # Answered without a slot, on the loop (a refused request must not wait for a pool
+            # thread busy with runs): an unknown contract (the registry's cache), a finished
+            # key's replay (one indexed read on the store's read connection).
             guarded(lambda: service.contract(body.contract))
-            early = None if key is None else await run_in_threadpool(finished_answer, principal, key, path, body)
+            early = None if key is None else finished_answer(principal, key, path, body)
             if early is not None:
                 return early
             if not slots.take():

@@ -191,11 +191,17 @@ class IdempotencyStore:
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         IDEMPOTENCY_SCHEMA.open(self._db, path)  # created if new; another version is refused
+        # `finished` reads on a connection of its own: it is called on the event loop, where a
+        # WAL reader never waits for the writer (nor for `_lock`, held across a claim's fsync).
+        self._reader = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        self._read_lock = threading.Lock()
 
     def close(self) -> None:
         """Close the store's connection (the store is not used after)."""
         with self._lock:
             self._db.close()
+        with self._read_lock:
+            self._reader.close()
 
     def _write(self, sql: str, parameters: tuple[object, ...], *, durable: bool) -> int:
         """One statement in its own transaction; its row count. `durable`: fsync at commit."""
@@ -257,9 +263,10 @@ class IdempotencyStore:
     ) -> StoredResponse | None:
         """The stored answer of the key's finished request, if it was one of `digests` and this
         token holds every scope the first one held; otherwise None (`claim` decides). Reads only,
-        claims nothing: an overloaded server answers a finished key's replay without a run slot."""
-        with component("idempotency"), self._lock:
-            row = self._db.execute(
+        claims nothing: an overloaded server answers a finished key's replay without a run slot, on
+        its event loop (a connection of its own: no wait behind a claim's commit)."""
+        with component("idempotency"), self._read_lock:
+            row = self._reader.execute(
                 "SELECT request_sha256, state, status, body, scopes FROM idempotency "
                 "WHERE principal = ? AND key = ? AND created >= ?",
                 (principal, key, time.time() - self._ttl),
