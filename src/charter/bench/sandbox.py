@@ -85,6 +85,13 @@ def _rss_bytes() -> int:
     return 0
 
 
+def _rss_growth_each(make: Callable[[], Any], count: int) -> float:
+    """Resident memory (bytes) each of `count` things made by `make` adds while all are held."""
+    before = _rss_bytes()
+    held = [make() for _ in range(count)]
+    return (_rss_bytes() - before) / len(held)
+
+
 def _charter(repeats: int) -> dict[str, Any]:
     contract = compile_contract(load_contract(_ROOT / "contracts" / "orders.yaml"))
     gate = PassThroughGate(contract, InMemoryBackend({"get_order": lambda id: {**ORDER, "id": id}}))
@@ -113,11 +120,8 @@ def _charter(repeats: int) -> dict[str, Any]:
     loop = statistics.median(_time(lambda: run(_LOOP + 'conclude("ok")'), 5))
     native = statistics.median(_time(lambda: exec(compile(_LOOP, "<loop>", "exec"), {}), 5))
     # Memory: resident set growth for instances held ready, each already prepared.
-    before = _rss_bytes()
     entry = sandbox._entry(contract)
-    held = [sandbox._prepare(entry) for _ in range(20)]
-    per_instance = (_rss_bytes() - before) / len(held)
-    del held
+    per_instance = _rss_growth_each(lambda: sandbox._prepare(entry), 20)
     return {
         "fresh_run": trivial,
         "fresh_run_back_to_back": back_to_back,
@@ -180,10 +184,7 @@ def _baked_figures(contract: CompiledContract, gate: Gate, context: RunContext, 
     drained = _drained(drained_sandbox, contract, gate, context, repeats)
     # Resident memory of a loaded baked component: load its native code a few more times.
     native = _baked.baked_files(sandbox._entry(contract).surface_key).native(sandbox._runtime.config_tag)
-    before = _rss_bytes()
-    loaded = [Component.deserialize_file(sandbox._runtime.engine, str(native)) for _ in range(3)]
-    per_component = (_rss_bytes() - before) / len(loaded)
-    del loaded
+    per_component = _rss_growth_each(lambda: Component.deserialize_file(sandbox._runtime.engine, str(native)), 3)
     return {
         "fresh_run": spaced,
         "fresh_run_back_to_back": back_to_back,
