@@ -67,6 +67,19 @@ def host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def loopback(host: str) -> bool:
+    """Whether `host` is a loopback address or name (browsers send no Secure cookie over plain
+    http, so the review app's cookie is Secure everywhere else)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def build_service(replay: list[Path] | None) -> CharterService:
     """The registry, audit log and Runtime Agent under CHARTER_HOME, as a service."""
     from charter.agent import AgentSettings, Charter
@@ -128,6 +141,7 @@ def serve(
     from charter.approvals import ApprovalWebhook, load_or_create_webhook_key, plain_http_warning
     from charter.server import IdempotencyStore, TokenStore, create_app
     from charter.server._uvicorn import listen, run, url_host
+    from charter.ui import SessionStore, mount_ui
 
     host, port = host_port(address)
     checked_admission(max_runs, queue)
@@ -145,6 +159,7 @@ def serve(
             max_runs=max_runs,
             queue=queue,
         )
+        mount_ui(app, service, SessionStore(service.audit.path.parent / "ui-sessions.db"), secure=not loopback(host))
         webhook = None
         if approval_webhook:
             key = load_or_create_webhook_key(service.audit.path.parent / "keys")
@@ -155,7 +170,7 @@ def serve(
         service.start_approvals(store.principal, webhook=webhook)
     except CharterError as error:
         fail(error)
-    say(f"Charter API on http://{url_host(host)}:{port}  (OpenAPI: /openapi.json, docs: /docs)")
+    say(f"Charter API on http://{url_host(host)}:{port}  (OpenAPI: /openapi.json, docs: /docs; review app: /ui)")
     install_signal()  # CHARTER_PROFILE=FILE: SIGUSR1 writes where the CPU went (charter bench serve)
     try:
         run(app, host=host, port=port, sock=sock)

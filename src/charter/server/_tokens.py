@@ -21,7 +21,7 @@ from charter.errors import InvalidPrincipal, UsageError
 from charter.principal import Principal, check_attributes, check_distinct, check_principal_id, check_scope
 from charter.registry import charter_home
 
-__all__ = ["TokenEntry", "TokenStore"]
+__all__ = ["TokenEntry", "TokenStore", "token_digest"]
 
 _PREFIX = "chr_"
 _REVOKING = "revoking"  # the validation context `revoke` reads the file under
@@ -72,7 +72,8 @@ class _TokenFile(BaseModel):
     tokens: list[TokenEntry] = Field(default_factory=list)
 
 
-def _digest(token: str) -> str:
+def token_digest(token: str) -> str:
+    """The sha256 (hex) a token is stored and looked up by."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
@@ -103,7 +104,7 @@ class TokenStore:
                 principal=principal,
                 scopes=sorted(set(scopes)),
                 attributes=dict(sorted((attributes or {}).items())),
-                sha256=_digest(token),
+                sha256=token_digest(token),
             )
             self._write(_TokenFile(tokens=[*data.tokens, entry]))
         return token
@@ -123,8 +124,21 @@ class TokenStore:
             return None
         with self._lock:
             self._refresh()
-            entry = self._by_hash.get(_digest(token))
+            entry = self._by_hash.get(token_digest(token))
         return None if entry is None else Principal(entry.principal, frozenset(entry.scopes), entry.attributes)
+
+    def by_digest(self, sha256: str) -> TokenEntry | None:
+        """The entry of the token whose sha256 is `sha256`, or None (unknown, or revoked since):
+        a review-app session is bound to its token this way (charter.ui)."""
+        with self._lock:
+            self._refresh()
+            return self._by_hash.get(sha256)
+
+    def named(self, name: str) -> TokenEntry | None:
+        """The entry named `name` (`charter token add NAME ...`), or None."""
+        with self._lock:
+            self._refresh()
+            return next((e for e in self._by_hash.values() if e.name == name), None)
 
     def principal(self, principal_id: str) -> Principal | None:
         """The principal `principal_id` as its tokens bind it now: the union of the scopes of
