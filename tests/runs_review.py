@@ -4,6 +4,7 @@ the Runs and Overview page tests (tests/test_runs_api.py, test_ui_runs.py, test_
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +42,14 @@ class Review:
     def api(self, who: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.tokens[who]}"}, timeout=60)
 
-    def browser(self, who: str) -> httpx.Client:
+    @contextmanager
+    def browser(self, who: str) -> Iterator[httpx.Client]:
         """A client signed in to the review app with `who`'s token, as a person would (the sign-in form)."""
-        client = httpx.Client(base_url=self.url, timeout=60, headers={"Origin": self.url})
-        signed = client.post("/ui/sign-in", data={"token": self.tokens[who]})
-        assert signed.status_code == 303, signed.text
-        assert client.cookies.get("charter_session", path="/ui"), signed.headers
-        return client
+        with httpx.Client(base_url=self.url, timeout=60, headers={"Origin": self.url}) as client:
+            signed = client.post("/ui/sign-in", data={"token": self.tokens[who]})
+            assert signed.status_code == 303, signed.text
+            assert client.cookies.get("charter_session", path="/ui"), signed.headers
+            yield client
 
     def run(self, label: str, program: str, who: str = "ada", scopes: frozenset[str] = WRITE, **more: str) -> str:
         execution = self.service.runner.execute(

@@ -32,6 +32,7 @@ FIELDS = {
     "until": 10,
     "run": 32,
     "cursor": 40,
+    "limit": 3,  # rows a page (default 50): kept in the links to older pages
 }
 _AUDITORS_ONLY = ("principal", "run")
 
