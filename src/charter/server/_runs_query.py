@@ -78,19 +78,6 @@ class RunQuery:
     limit: int = DEFAULT_LIMIT
     cursor: int | None = None
 
-    def filters(self) -> dict[str, str]:
-        """The filters as query parameters (without limit and cursor): for links to other pages."""
-        values = {
-            "contract": None if self.contract is None else self.contract + (f"@{self.version}" if self.version else ""),
-            "status": self.status,
-            "principal": self.principal,
-            "code": self.code,
-            "since": self.since,
-            "until": self.until,
-            "run": self.run_prefix,
-        }
-        return {k: v for k, v in values.items() if v is not None}
-
 
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
     """A run of a page; an intent run carries its attempts' program runs, in the order opened."""
