@@ -139,12 +139,18 @@ class SessionStore:
 
     def start(self, token_sha256: str, principal: str, *, replacing: str | None = None) -> Session:
         """A new session (a new id, always); `replacing`: the id of the session the browser
-        held before, which ends."""
+        held before, which ends. Expired sessions and links are deleted here, so the file holds
+        only what could still sign someone in."""
         now = self._now()
         session = Session(secrets.token_urlsafe(32), token_sha256, principal, secrets.token_urlsafe(32), now, now)
         with self._lock:
             if replacing:
                 self._db.execute("DELETE FROM sessions WHERE id_sha256 = ?", (_sha256(replacing),))
+            self._db.execute(
+                "DELETE FROM sessions WHERE last_seen < ? OR created < ?",
+                (now - IDLE_SECONDS, now - ABSOLUTE_SECONDS),
+            )
+            self._db.execute("DELETE FROM sign_in_links WHERE expires <= ?", (now,))
             self._db.execute(
                 "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
                 (_sha256(session.id), token_sha256, principal, session.csrf, now, now),
