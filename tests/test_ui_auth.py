@@ -316,6 +316,14 @@ def test_a_cross_site_sign_in_is_refused(server: Served, origin: str) -> None:
         assert same_site.status_code == 303
 
 
+def test_the_origin_of_a_tls_proxy_for_this_host_is_this_site(server: Served) -> None:
+    # A reverse proxy ends TLS and keeps the Host header: the browser's origin is https.
+    token = server.tokens.add("ana", "ana", ["ui"])
+    proxied = server.url.replace("http://", "https://")
+    with server.client() as client:
+        assert client.post("/ui/sign-in", data={"token": token}, headers={"Origin": proxied}).status_code == 303
+
+
 def test_a_cross_site_form_is_refused_even_with_the_right_csrf_token(server: Served) -> None:
     client, _ = signed_in(server)
     with closing(client):

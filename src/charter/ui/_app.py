@@ -158,12 +158,17 @@ def _first_line(error: Exception) -> str:
 def _check_origin(request: Request) -> None:
     """Refuse (UiError 403) a POST whose Origin is another site's. Browsers send Origin with
     every POST (Fetch standard); a client that sends none (curl, a test) is not a browser a
-    cross-site page can drive. `null` (a sandboxed frame, a file: page) is refused too."""
+    cross-site page can drive. `null` (a sandboxed frame, a file: page) is refused too.
+
+    The Origin's host and port are compared with the Host the request was sent to, not its
+    scheme: behind a reverse proxy that ends TLS and keeps the Host header, the browser's
+    `https://review.example` reaches this server as plain http for the same host."""
     origin = request.headers.get("origin")
     if origin is None:
         return
-    own = f"{request.url.scheme}://{request.url.netloc}"
-    if not hmac.compare_digest(origin.lower().encode(), own.lower().encode()):
+    sent = urllib.parse.urlsplit(origin).netloc  # "" for `null`
+    host = request.headers.get("host", "")
+    if not sent or not hmac.compare_digest(sent.lower().encode(), host.lower().encode()):
         raise UiError(
             403,
             "Cross-site form refused",
