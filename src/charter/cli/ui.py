@@ -83,8 +83,12 @@ def link(
     minutes: Annotated[int, typer.Option("--minutes", help="How long the link may be used (once).")] = 15,
     tokens: TokensOption = None,
 ) -> None:
-    """Print a one-time sign-in link to the review app for the token TOKEN-NAME (it must hold
-    the `ui` scope). The link signs in once; a used or expired one is refused."""
+    """Print a one-time sign-in link to the review app for the token TOKEN-NAME.
+
+    The token must hold the `ui` scope. The link signs in once, within --minutes; a used or
+    expired one is refused. It is written to $CHARTER_HOME/ui-sessions.db, where `charter serve`
+    on this CHARTER_HOME reads it.
+    """
     try:
         printed = sign_in_link(tokens, name, url=url, minutes=minutes)
     except CharterError as error:
