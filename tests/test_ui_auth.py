@@ -17,12 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from fastapi import FastAPI
 
 from charter.audit import AuditLog
 from charter.registry import Registry
 from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
 from charter.ui import ABSOLUTE_SECONDS, COOKIE, IDLE_SECONDS, LINK_SECONDS, SessionStore, mount_ui
-from charter.ui._app import MAX_FORM_BYTES
+from charter.ui._app import MAX_FORM_BYTES, SignedIn
 from charter.ui._headers import CONTENT_SECURITY_POLICY
 
 PAGE = "/ui/runs"  # any page behind sign-in
@@ -49,7 +50,7 @@ class Served:
 
 
 @contextmanager
-def served(home: Path, *, secure: bool = False) -> Iterator[Served]:
+def served(home: Path, *, secure: bool = False, probes: bool = False) -> Iterator[Served]:
     clock = Clock()
     service = CharterService.create(
         registry=Registry(home / "charter.db"), audit=AuditLog(home / "audit.db"), agent=None
@@ -58,6 +59,8 @@ def served(home: Path, *, secure: bool = False) -> Iterator[Served]:
     app = create_app(service, tokens, IdempotencyStore(home / "idempotency.db"))
     sessions = SessionStore(home / "ui-sessions.db", clock=clock)
     mount_ui(app, service, sessions, secure=secure)
+    if probes:  # routes as a page module could write them, to reach the frame's error handling
+        add_probes(app)
     try:
         with serving(app, name="ui-test") as url:
             yield Served(url, home, tokens, sessions, clock)
@@ -69,6 +72,16 @@ def served(home: Path, *, secure: bool = False) -> Iterator[Served]:
 def server(charter_home: Path) -> Iterator[Served]:
     with served(charter_home) as running:
         yield running
+
+
+def add_probes(app: FastAPI) -> None:
+    @app.get("/ui/probe/number")
+    def number(viewer: SignedIn, n: int) -> dict[str, int]:
+        return {"n": n}
+
+    @app.get("/ui/probe/fail")
+    def fail(viewer: SignedIn) -> None:
+        raise RuntimeError("password=hunter2 in a backend's error")
 
 
 def sign_in(client: httpx.Client, token: str) -> httpx.Response:
@@ -476,3 +489,20 @@ def test_the_demos_link_signs_in_the_reviewer_on_the_demos_log(
         with server.sessions._lock:
             (valid,) = server.sessions._db.execute("SELECT expires - created FROM sign_in_links").fetchone()
         assert valid == pytest.approx(3600)
+
+
+def test_a_bad_query_value_or_a_failure_under_ui_is_an_html_page(charter_home: Path) -> None:
+    with served(charter_home, probes=True) as server:
+        client, _ = signed_in(server)
+        with closing(client):
+            bad = client.get("/ui/probe/number", params={"n": "many"})
+            failed = client.get("/ui/probe/fail")
+    assert bad.status_code == 400
+    assert bad.headers["content-type"].startswith("text/html")
+    assert "n: Input should be a valid integer" in bad.text
+    assert_guarded(bad)
+    assert failed.status_code == 500
+    assert failed.headers["content-type"].startswith("text/html")
+    assert "the server failed (RuntimeError); its log has the detail" in failed.text
+    assert "hunter2" not in failed.text
+    assert_guarded(failed)

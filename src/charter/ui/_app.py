@@ -36,7 +36,7 @@ from charter.principal import Principal
 from charter.server._admission import RunSlots
 from charter.server._service import AUDIT_SCOPE, CharterService
 from charter.server._tokens import TokenEntry, TokenStore, token_digest
-from charter.ui._headers import UiHeaders
+from charter.ui._headers import UI_HEADERS, UiHeaders
 from charter.ui._sessions import Session, SessionStore
 
 __all__ = [
@@ -292,6 +292,7 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
     handlers `create_app` installed (problem+json) answer as before."""
     api_http = app.exception_handlers.get(StarletteHTTPException)
     api_invalid = app.exception_handlers.get(RequestValidationError)
+    api_failed = app.exception_handlers.get(Exception)
 
     async def api(
         handler: Callable[[Request, Any], Response | Awaitable[Response]], request: Request, error: Exception
@@ -321,8 +322,22 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
         )
         return ui.render(request, "error.html", None, status=400, title="Bad request", message=named)
 
+    async def failed(request: Request, error: Exception) -> Response:
+        # Starlette's outermost error middleware calls this, outside UiHeaders: the headers are
+        # set here. The page names no detail (it may hold anything the server held); the
+        # API's handler, when there is one, logs it.
+        if not _under_ui(request.url.path) and api_failed is not None:
+            return await api(api_failed, request, error)
+        if api_failed is not None:
+            await api(api_failed, request, error)  # logs it
+        message = f"the server failed ({type(error).__name__}); its log has the detail"
+        response = ui.render(request, "error.html", None, status=500, title="Server error", message=message)
+        response.headers.update({k.decode(): v.decode() for k, v in UI_HEADERS})
+        return response
+
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, failed)
 
 
 class _FormLimit:

@@ -13,19 +13,19 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CONTENT_SECURITY_POLICY", "UiHeaders"]
+__all__ = ["CONTENT_SECURITY_POLICY", "UI_HEADERS", "UiHeaders"]
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
 )
-_HEADERS = [
+UI_HEADERS = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"cache-control", b"no-store"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
 ]
-_NAMES = {name for name, _ in _HEADERS}
+_NAMES = {name for name, _ in UI_HEADERS}
 
 
 class UiHeaders:
@@ -41,7 +41,7 @@ class UiHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _NAMES]
-                message["headers"] = kept + _HEADERS
+                message["headers"] = kept + UI_HEADERS
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
