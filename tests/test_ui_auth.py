@@ -329,6 +329,15 @@ def test_a_cross_site_sign_in_is_refused(server: Served, origin: str) -> None:
         assert same_site.status_code == 303
 
 
+@pytest.mark.parametrize(("fetch_site", "status"), [("cross-site", 403), ("same-site", 403), ("same-origin", 303)])
+def test_the_browsers_fetch_site_decides_too(server: Served, fetch_site: str, status: int) -> None:
+    # Another port of this host is same-site, not same-origin: its page may not sign anyone in.
+    token = server.tokens.add("ana", "ana", ["ui"])
+    with server.client() as client:
+        answer = client.post("/ui/sign-in", data={"token": token}, headers={"Sec-Fetch-Site": fetch_site})
+    assert answer.status_code == status
+
+
 def test_the_origin_of_a_tls_proxy_for_this_host_is_this_site(server: Served) -> None:
     # A reverse proxy ends TLS and keeps the Host header: the browser's origin is https.
     token = server.tokens.add("ana", "ana", ["ui"])
@@ -354,7 +363,7 @@ def assert_guarded(response: httpx.Response) -> None:
     assert "default-src 'self'" in response.headers["content-security-policy"]
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["x-content-type-options"] == "nosniff"
-    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["referrer-policy"] == "same-origin"
 
 
 def test_every_kind_of_ui_response_carries_the_security_headers(server: Served) -> None:

@@ -155,25 +155,32 @@ def _first_line(error: Exception) -> str:
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
+def _cross_site() -> UiError:
+    return UiError(
+        403, "Cross-site form refused", "this form was sent from another site; open the review app and send it there"
+    )
+
+
 def _check_origin(request: Request) -> None:
-    """Refuse (UiError 403) a POST whose Origin is another site's. Browsers send Origin with
-    every POST (Fetch standard); a client that sends none (curl, a test) is not a browser a
-    cross-site page can drive. `null` (a sandboxed frame, a file: page) is refused too.
+    """Refuse (UiError 403) a POST from another origin: `Sec-Fetch-Site` other than
+    same-origin (a page on another port of this host is `same-site`, and refused), or an
+    `Origin` other than this server's. Browsers send Origin with every POST (Fetch standard);
+    a client that sends neither header (curl, a test) is not a browser a cross-site page can
+    drive. `Origin: null` (a sandboxed frame, a file: page, a page with no-referrer) is refused.
 
     The Origin's host and port are compared with the Host the request was sent to, not its
     scheme: behind a reverse proxy that ends TLS and keeps the Host header, the browser's
     `https://review.example` reaches this server as plain http for the same host."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site not in (None, "same-origin", "none"):
+        raise _cross_site()
     origin = request.headers.get("origin")
     if origin is None:
         return
     sent = urllib.parse.urlsplit(origin).netloc  # "" for `null`
     host = request.headers.get("host", "")
     if not sent or not hmac.compare_digest(sent.lower().encode(), host.lower().encode()):
-        raise UiError(
-            403,
-            "Cross-site form refused",
-            "this form was sent from another site; open the review app and send it there",
-        )
+        raise _cross_site()
 
 
 def _signed_in(request: Request) -> Viewer:

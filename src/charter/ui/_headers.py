@@ -3,7 +3,9 @@
 - Content-Security-Policy: this origin's own files only; no inline script, no inline style,
   no eval, no framing, forms post only here (CSP Level 3, W3C).
 - Cache-Control: no-store: a page shows signed records and decisions; no cache keeps one.
-- Referrer-Policy: no-referrer: a sign-in link's code never leaves in a Referer header.
+- Referrer-Policy: same-origin: a sign-in link's code never leaves for another site in a
+  Referer header. Not no-referrer: under it browsers send `Origin: null` with a form's POST
+  (Fetch standard), and the review app's forms are checked by their Origin.
 - X-Content-Type-Options: nosniff; X-Frame-Options: DENY (for browsers without CSP 2).
 
 A pure ASGI middleware: it touches only /ui responses and costs the API nothing but a prefix test.
@@ -21,7 +23,7 @@ CONTENT_SECURITY_POLICY = (
 UI_HEADERS = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"cache-control", b"no-store"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
 ]
