@@ -44,6 +44,14 @@ def test_only_digests_of_codes_and_session_ids_are_stored(tmp_path: Path, store:
     assert session.id.encode() not in written
 
 
+def test_the_store_is_readable_by_its_owner_only(tmp_path: Path, store: SessionStore) -> None:
+    store.start(TOKEN_SHA, "ana")
+    files = list(tmp_path.glob("ui-sessions.db*"))
+    assert len(files) >= 2  # the database and its write-ahead log
+    for path in files:
+        assert path.stat().st_mode & 0o077 == 0, path.name
+
+
 def test_a_link_is_redeemed_once_within_its_time(store: SessionStore, clock: Clock) -> None:
     first = store.create_link(TOKEN_SHA, "ana")
     assert store.redeem_link(first) == (TOKEN_SHA, "ana")

@@ -18,6 +18,7 @@ every process serving one CHARTER_HOME shares its sessions.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import sqlite3
 import threading
@@ -97,6 +98,10 @@ class SessionStore:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only, as the token file: it holds no secret that signs anyone in, but each
+        # session's CSRF token and who signed in when. SQLite gives its -wal and -shm files
+        # the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
