@@ -5,11 +5,12 @@ sign-in and sign-out. The pages themselves are in one module each (`_runs`, `_ru
 Every page is rendered on the server from the same `CharterService` the HTTP API answers
 from. Every response under /ui carries (`_headers.UiHeaders`) a Content-Security-Policy that
 allows nothing but this origin's own files (no inline script or style), `Cache-Control:
-no-store`, and no Referer; every value is escaped by Jinja2's autoescaping.
+no-store`, and no Referer to other sites; every value is escaped by Jinja2's autoescaping.
 
-Every form POST is checked twice against cross-site requests: its `Origin` header, when the
-browser sends one, must be this server's (this alone guards the sign-in form, which has no
-session yet: login CSRF), and a signed-in form's `csrf` field must be its session's token.
+Every form POST is checked twice against cross-site requests: the browser's `Sec-Fetch-Site`
+and `Origin` headers, when it sends them, must say this origin (this alone guards the sign-in
+form, which has no session yet: login CSRF), and a signed-in form's `csrf` field must be its
+session's token.
 Errors under /ui (unknown page, wrong method, bad form or query) are HTML pages, never the
 API's problem+json; a form body over MAX_FORM_BYTES is refused (413) before it is read.
 """
@@ -309,7 +310,9 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, StarletteHTTPException)
-        if not _under_ui(request.url.path) and api_http is not None:
+        if not _under_ui(request.url.path):
+            if api_http is None:
+                raise error  # no API handler to answer for: Starlette's own
             return await api(api_http, request, error)
         code = error.status_code
         title = _HTTP_TITLES.get(code, "Request refused")
@@ -321,7 +324,9 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
 
     async def invalid(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
-        if not _under_ui(request.url.path) and api_invalid is not None:
+        if not _under_ui(request.url.path):
+            if api_invalid is None:
+                raise error  # no API handler to answer for: Starlette's own
             return await api(api_invalid, request, error)
         found = error.errors()
         named = "; ".join(
@@ -333,7 +338,9 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
         # Starlette's outermost error middleware calls this, outside UiHeaders: the headers are
         # set here. The page names no detail (it may hold anything the server held); the
         # API's handler, when there is one, logs it.
-        if not _under_ui(request.url.path) and api_failed is not None:
+        if not _under_ui(request.url.path):
+            if api_failed is None:
+                raise error  # no API handler to answer for: Starlette's own
             return await api(api_failed, request, error)
         if api_failed is not None:
             await api(api_failed, request, error)  # logs it
