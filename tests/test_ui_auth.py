@@ -416,10 +416,15 @@ def test_an_unknown_page_or_method_under_ui_is_an_html_page(server: Served) -> N
     assert missing.status_code == 404
     assert missing.headers["content-type"].startswith("text/html")
     assert "<h1>Page not found</h1>" in missing.text
+    assert '<form class="who"' in missing.text  # signed in: the page keeps its navigation
     assert wrong.status_code == 405
     assert wrong.headers["content-type"].startswith("text/html")
     assert "<h1>Method not allowed</h1>" in wrong.text
     assert wrong.headers["allow"] == "POST"
+    with server.client() as anonymous:
+        outside = anonymous.get("/ui/no-such-page")
+    assert outside.status_code == 404
+    assert '<form class="who"' not in outside.text
 
 
 def test_an_oversize_form_is_refused_before_it_is_read(server: Served) -> None:

@@ -124,6 +124,13 @@ class UiContext:
             raise SignInRequired
         return Viewer(_principal(entry), session, entry.name)
 
+    def viewer_or_none(self, request: Request) -> Viewer | None:
+        """The signed-in viewer, or None: an error page shows the navigation to a signed-in viewer."""
+        try:
+            return self.viewer(request)
+        except SignInRequired:
+            return None
+
     async def form(self, request: Request, viewer: Viewer | None) -> dict[str, str]:
         """A POSTed urlencoded form from this origin, its CSRF token checked against the viewer's
         session (`viewer` None: the sign-in form, checked by origin only). Raises UiError 403 for
@@ -276,7 +283,14 @@ def mount_ui(app: FastAPI, service: CharterService, sessions: SessionStore, *, s
 
     @app.exception_handler(UiError)
     async def _ui_error(request: Request, error: UiError) -> Response:
-        return ui.render(request, "error.html", None, status=error.status, title=error.title, message=error.message)
+        return ui.render(
+            request,
+            "error.html",
+            ui.viewer_or_none(request),
+            status=error.status,
+            title=error.title,
+            message=error.message,
+        )
 
     _html_errors_under_ui(app, ui)
     app.add_middleware(_FormLimit, ui=ui)
@@ -317,7 +331,9 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
         code = error.status_code
         title = _HTTP_TITLES.get(code, "Request refused")
         message = _HTTP_MESSAGES.get(code, str(error.detail))
-        response = ui.render(request, "error.html", None, status=code, title=title, message=message)
+        response = ui.render(
+            request, "error.html", ui.viewer_or_none(request), status=code, title=title, message=message
+        )
         if error.headers:  # 405 keeps its Allow header (RFC 9110 15.5.6)
             response.headers.update(error.headers)
         return response
@@ -332,7 +348,9 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
         named = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {str(e['msg'])[:200]}" for e in found[:3]
         )
-        return ui.render(request, "error.html", None, status=400, title="Bad request", message=named)
+        return ui.render(
+            request, "error.html", ui.viewer_or_none(request), status=400, title="Bad request", message=named
+        )
 
     async def failed(request: Request, error: Exception) -> Response:
         # Starlette's outermost error middleware calls this, outside UiHeaders: the headers are
