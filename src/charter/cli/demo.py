@@ -277,3 +277,21 @@ def _governed_runs(orders: CompiledContract, workdir: Path) -> None:
         'charter run "Cancel order 102" -c orders --scope orders:read --scope orders:write.',
         "bold",
     )
+    _review_app(workdir, payments)
+
+
+def _review_app(workdir: Path, payments: CompiledContract) -> None:
+    """Print how to open this log in the review app: the server command, its URL and a
+    one-time sign-in link for a reviewer who sees every run and may decide payments' approvals."""
+    from charter.cli.ui import DEFAULT_URL, sign_in_link
+    from charter.server import AUDIT_SCOPE, TokenStore
+    from charter.ui import UI_SCOPE
+
+    _step("13. The review app: read, verify and replay these runs in a browser")
+    scopes = [UI_SCOPE, AUDIT_SCOPE, payments.gate.policy.scope]
+    TokenStore(workdir / "tokens.yaml").add("demo-reviewer", "reviewer", scopes)
+    link = sign_in_link(workdir / "tokens.yaml", "demo-reviewer", url=DEFAULT_URL, minutes=60, home=workdir)
+    say(f"token demo-reviewer acts for reviewer with {', '.join(scopes)}; start the server on this log:")
+    say(f"  CHARTER_HOME={workdir} charter serve 127.0.0.1:8700", "bold")
+    say(f"review app:   {DEFAULT_URL}/ui/", "bold green")
+    say(f"sign in once: {link}  (valid 60 minutes)", "bold green")

@@ -18,6 +18,7 @@ every process serving one CHARTER_HOME shares its sessions.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import sqlite3
 import threading
@@ -97,6 +98,10 @@ class SessionStore:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only, as the token file: it holds no secret that signs anyone in, but each
+        # session's CSRF token and who signed in when. SQLite gives its -wal and -shm files
+        # the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         self._clock = clock
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
@@ -139,12 +144,18 @@ class SessionStore:
 
     def start(self, token_sha256: str, principal: str, *, replacing: str | None = None) -> Session:
         """A new session (a new id, always); `replacing`: the id of the session the browser
-        held before, which ends."""
+        held before, which ends. Expired sessions and links are deleted here, so the file holds
+        only what could still sign someone in."""
         now = self._now()
         session = Session(secrets.token_urlsafe(32), token_sha256, principal, secrets.token_urlsafe(32), now, now)
         with self._lock:
             if replacing:
                 self._db.execute("DELETE FROM sessions WHERE id_sha256 = ?", (_sha256(replacing),))
+            self._db.execute(
+                "DELETE FROM sessions WHERE last_seen < ? OR created < ?",
+                (now - IDLE_SECONDS, now - ABSOLUTE_SECONDS),
+            )
+            self._db.execute("DELETE FROM sign_in_links WHERE expires <= ?", (now,))
             self._db.execute(
                 "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
                 (_sha256(session.id), token_sha256, principal, session.csrf, now, now),
