@@ -39,8 +39,10 @@ from charter.compiler.artifact import CompiledContract
 from charter.errors import MissingApiKey, RunNotFound, UsageError
 from charter.principal import Principal
 from charter.registry import Registry, parse_ref
+from charter.replay import ReplayReport
 from charter.runner import Answer, Execution, Runner, conclusion_of
 from charter.sandbox import Outcome as SandboxOutcome
+from charter.server import _run_review
 from charter.status import status_of
 
 __all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable", "conclusion_body"]
@@ -370,6 +372,16 @@ class CharterService:
             self.webhook.notify(self.approvals.get(approval_id))
         except Exception:
             _log.exception("approval %s: the webhook could not be told", approval_id)
+
+    # The review app's run page (charter.server._run_review: who sees what, verified when shown).
+    def run_review(self, principal: Principal, run_id: str) -> _run_review.RunReview:
+        return _run_review.review_run(self, principal, run_id)
+
+    def replay(self, principal: Principal, run_id: str) -> list[ReplayReport]:
+        return _run_review.review_replay(self, principal, run_id)
+
+    def run_bundle(self, principal: Principal, run_id: str) -> str:
+        return _run_review.review_bundle(self, principal, run_id)
 
     def run_view(self, principal: Principal, run_id: str) -> dict[str, Any]:
         """A run's conclusion, receipts and verification, for its own principal (or audit:read)."""
