@@ -83,6 +83,7 @@ class Entry:
     boundary_text: str | None = None  # the sentence of the hard boundary a decision names
     backend_error: BackendError | None = None  # the withheld exception text (auditors only)
     line_in_program: bool = False  # the line the guest reported exists in the program
+    claimed: str = ""  # a receipt that failed verification: its stored body as text, never believed
 
     @property
     def verified(self) -> bool:
@@ -263,7 +264,10 @@ def _entries(
         try:
             receipt: Receipt | None = row.decoded()
         except ValueError:
-            entries.append(Entry(row.log_seq, row.seq, row.kind, None, problems or ("it does not decode",)))
+            claimed = row.body.decode("utf-8", errors="replace")
+            entries.append(
+                Entry(row.log_seq, row.seq, row.kind, None, problems or ("it does not decode",), claimed=claimed)
+            )
             continue
         boundary = getattr(receipt, "boundary", None)
         call = getattr(receipt, "call", None)
@@ -278,6 +282,7 @@ def _entries(
                 boundary_text=boundaries.get(boundary) if isinstance(boundary, str) else None,
                 backend_error=withheld.get(call) if isinstance(receipt, Outcome | Decision) and call else None,
                 line_in_program=isinstance(line, int) and 1 <= line <= lines,
+                claimed=row.body.decode("utf-8", errors="replace") if problems else "",
             )
         )
     return entries
@@ -368,10 +373,13 @@ def review_replay(service: CharterService, principal: Principal, run_id: str) ->
     records = [p.record for p in checked.programs] if isinstance(record.opened, Asked) else [record]
     secret_key = service.audit.existing_secret_key()
     reports = []
-    for part in records:
-        contract = service.registry.get(part.opened.contract, part.opened.version)
+    for program_run in records:
+        opened = program_run.opened
+        contract = service.registry.get(opened.contract, opened.version)
         try:
-            reports.append(replay_run(part, contract, service.runner.sandbox, log=service.audit, secret_key=secret_key))
+            reports.append(
+                replay_run(program_run, contract, service.runner.sandbox, log=service.audit, secret_key=secret_key)
+            )
         except ValueError as error:
             raise UsageError(str(error)) from None
     return reports
