@@ -9,6 +9,7 @@ hard boundary own_account_only; paying a new IBAN pauses for approval by payment
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import sqlite3
@@ -394,3 +395,31 @@ def test_every_value_from_a_program_intent_or_receipt_is_escaped(site: Site, run
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     if run == "xss":
         assert "&lt;img src=x onerror=alert(1)&gt;" in text
+
+
+def test_a_backend_errors_withheld_text_is_shown_to_auditors_only(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CHARTER_PAYMENTS_DB", str(tmp_path))  # a folder: the backend's read raises
+    run_id = site.service.execute(HOLDER, "payments", READ).run_id
+    [kept] = site.log.backend_errors(run_id)
+    assert kept.message == "unable to open database file"
+    with site.client("auditor") as client:
+        shown = page(client, f"/ui/runs/{run_id}")
+    with site.client("holder") as client:
+        own = page(client, f"/ui/runs/{run_id}")
+    assert "withheld from the program" in shown
+    assert html.escape(kept.message) in shown
+    assert kept.message not in own
+    assert "withheld from the program" not in own
+
+
+def test_a_run_whose_opening_no_longer_decodes_is_a_verification_failure_page(site: Site) -> None:
+    run_id = site.runs["read"]
+    with sqlite3.connect(site.log.path) as db:
+        db.execute("DROP TRIGGER receipts_no_update")
+        db.execute("UPDATE receipts SET body = ? WHERE run_id = ? AND seq = 0", (b"{", run_id))
+    with site.client("auditor") as client:
+        text = page(client, f"/ui/runs/{run_id}", status=409)
+    assert "<h1>VERIFICATION FAILED</h1>" in text
+    assert "charter audit verify" in text
