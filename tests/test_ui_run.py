@@ -238,9 +238,13 @@ def test_an_approver_sees_the_program_of_a_pending_request_addressed_to_them_onl
         assert "as an approver of its pending request" in text
         assert "/replay" not in text  # no auditor's actions
         assert client.get(f"/ui/runs/{denied}").status_code == 404  # not a request of theirs
+        api = {"Authorization": f"Bearer {site.tokens['reviewer']}"}
+        assert client.get(f"/v1/runs/{paused}", headers=api).status_code == 200  # the API decides alike
+        assert client.get(f"/v1/runs/{denied}", headers=api).status_code == 404
         approval_id = site.service.list_approvals(HOLDER)[0].approval_id
         site.service.decide(Principal("reviewer", frozenset({"payments:approve"})), approval_id, "denied", "no")
         assert client.get(f"/ui/runs/{paused}").status_code == 404  # decided: no longer pending
+        assert client.get(f"/v1/runs/{paused}", headers=api).status_code == 404
 
 
 # -- verification on the page -------------------------------------------------------------------

@@ -395,7 +395,7 @@ class CharterService:
         except RunNotFound:
             raise missing from None
         record = checked.record
-        if record.opened.principal != principal.id and not principal.has(AUDIT_SCOPE):
+        if _run_review.run_access(self, principal, record) is None:  # the review app's rule too
             raise missing
         view: dict[str, Any] = {}
         if principal.has(AUDIT_SCOPE):
