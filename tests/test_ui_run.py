@@ -269,6 +269,7 @@ def test_a_receipt_altered_in_the_sqlite_file_is_marked_and_never_shown_as_true(
         replay = client.post(f"/ui/runs/{run_id}/replay", data={"csrf": csrf})
     assert "VERIFICATION FAILED" in text
     assert "verified:" not in text
+    assert f'<a href="#r{edited}">receipt {edited}</a>: ' in text  # the finding links to the marked receipt
     forged = item(text, edited)
     assert 'class="entry kind-decision unverified"' in forged
     assert f"UNVERIFIED receipt {edited}" in forged

@@ -135,7 +135,7 @@ class RunReview:
     chain: list[ChainStep]
     verified: bool
     verified_receipts: int
-    findings: list[str]
+    findings: list[tuple[int | None, str]]  # (the failing receipt's log_seq, or None; what was found)
     in_doubt: list[int] = field(default_factory=list)  # allowed calls with no known outcome
     resumes: str | None = None  # the paused run this run resumes
     approval_id: str | None = None  # the approval this run resumes under, or waits for
@@ -206,9 +206,9 @@ def review_run(service: CharterService, principal: Principal, run_id: str) -> Ru
     sealed_entry = next((e for e in reversed(rest) if e.receipt is record.sealed), None)
     closing_true = record.sealed is not None and sealed_entry is not None and sealed_entry.verified
     answer, reason = _conclusion(record) if closing_true else (None, None)
-    findings = [str(f) for f in checked.verification.findings]
+    findings = [(f.log_seq, str(f)) for f in checked.verification.findings]
     for part in checked.programs:
-        findings += [f"program run {part.record.run_id}: {f}" for f in part.verification.findings]
+        findings += [(None, f"program run {part.record.run_id}: {f}") for f in part.verification.findings]
     waiting = record.sealed.approval_id if isinstance(record.sealed, Sealed | Concluded) else None
     return RunReview(
         run_id=record.run_id,
