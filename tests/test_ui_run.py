@@ -207,6 +207,9 @@ def test_the_owner_sees_summary_decisions_and_verification_but_not_program_nor_r
     with site.client("holder") as client:
         text = page(client, f"/ui/runs/{run_id}")
         assert client.get(f"/ui/runs/{run_id}/bundle").status_code == 403
+        intent = page(client, f"/ui/runs/{site.runs['intent']}")
+    assert "attempt 1" in intent
+    assert 'class="code program"' not in intent  # nor an attempt's program
     assert "verified: 3 receipts" in text
     assert '<span class="verdict deny">GUARD_VIOLATION</span>' in text
     assert 'class="code program"' not in text  # no program
