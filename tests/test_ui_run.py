@@ -197,6 +197,8 @@ def test_an_intent_run_shows_its_attempts_and_links_their_program_runs(site: Sit
         assert "concluded" in text
         program_page = page(client, f"/ui/runs/{program_run}")
     assert '<li id="L1" class="called">' in program_page
+    assert '<dd class="answer">balance 3250.00</dd>' in program_page
+    assert '<dd class="answer">balance 3250.00</dd>' in text  # the intent's conclusion
 
 
 # -- who sees what ------------------------------------------------------------------------------
@@ -431,3 +433,15 @@ def test_a_run_whose_opening_no_longer_decodes_is_a_verification_failure_page(si
         text = page(client, f"/ui/runs/{run_id}", status=409)
     assert "<h1>VERIFICATION FAILED</h1>" in text
     assert "charter audit verify" in text
+
+
+def test_a_forged_seal_tells_no_conclusion(site: Site) -> None:
+    run_id = site.runs["read"]
+    edited = seq_of(site.log, run_id, "seal")
+    forge(site.log, edited, b"balance 3250.00", b"balance 1.00")
+    with site.client("auditor") as client:
+        text = page(client, f"/ui/runs/{run_id}")
+    assert "VERIFICATION FAILED" in text
+    assert "unverified" in item(text, edited)
+    assert '<dd class="answer">' not in text  # neither the forged answer nor any other
+    assert "balance 1.00" not in text.split('class="claimed"')[0]

@@ -203,8 +203,10 @@ def review_run(service: CharterService, principal: Principal, run_id: str) -> Ru
     if access == "owner":
         program = None
     ended = status_of(opened, record.sealed)
-    sealed_entry = next((e for e in reversed(rest) if e.receipt is record.sealed), None)
-    closing_true = record.sealed is not None and sealed_entry is not None and sealed_entry.verified
+    last = rest[-1] if rest else None  # the run's conclusion is told only from a seal that verifies
+    closing_true = (
+        record.sealed is not None and last is not None and last.kind in ("seal", "conclude") and last.verified
+    )
     answer, reason = _conclusion(record) if closing_true else (None, None)
     findings = [(f.log_seq, str(f)) for f in checked.verification.findings]
     for part in checked.programs:
