@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
-from charter.audit import AuditLog, verify_bundle
+from charter.audit import AuditLog, Decision, verify_bundle
 from charter.audit.receipts import link_of
 from charter.principal import Principal
 from charter.sandbox import Sandbox
@@ -445,3 +446,16 @@ def test_a_forged_seal_tells_no_conclusion(site: Site) -> None:
     assert "unverified" in item(text, edited)
     assert '<dd class="answer">' not in text  # neither the forged answer nor any other
     assert "balance 1.00" not in text.split('class="claimed"')[0]
+
+
+def test_a_run_never_sealed_shows_its_calls_in_doubt(site: Site) -> None:
+    """Its process ended during the run: opened, a write allowed, no outcome, no seal."""
+    record = site.log.run(site.runs["read"])
+    decision = next(r for r in record.receipts if isinstance(r, Decision))
+    recorder = site.log.open_run(msgspec.structs.replace(record.opened, run_id="ab" * 16))
+    recorder.decision(decision, durable=True)
+    with site.client("auditor") as client:
+        text = page(client, f"/ui/runs/{'ab' * 16}")
+    assert '<span class="status status-interrupted">interrupted</span>' in text
+    assert '<dt>ended</dt><dd><span class="muted">never</span></dd>' in text
+    assert "call 1: OUTCOME UNKNOWN" in text
