@@ -10,6 +10,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from tests.browser.conftest import (
     DENIED_CANCEL,
+    PAY_NEW_IBAN,
     PHONE,
     WIDE,
     XSS_CORPUS,
@@ -73,3 +74,20 @@ def test_the_xss_corpus_in_a_program_and_its_intent_runs_no_script(review: Revie
     assert "XSS" not in browser.title
     assert browser.find_elements(By.CSS_SELECTOR, "main img, main svg, main script") == []
     assert XSS_CORPUS[0] in browser.find_element(By.CSS_SELECTOR, "dl.summary").text  # shown as text
+
+
+def test_an_approver_opens_the_run_of_a_request_addressed_to_them_and_sees_the_waiting_line(
+    review: Review, browser: WebDriver
+) -> None:
+    from examples.payments import backend
+
+    run_id = review.execute("payments", PAY_NEW_IBAN, token="holder", iban=backend.LANDLORD_NEW_IBAN)
+    sign_in(browser, review, "approver")
+    browser.get(f"{review.url}/ui/runs/{run_id}")
+    waiting = wait_for(browser, "li#L2.waiting")  # the call that waits for the approver's decision
+    assert "send_payment" in waiting.text
+    request = browser.find_element(By.CSS_SELECTOR, "li.kind-approval_request")
+    assert "APPROVAL REQUIRED" in request.text
+    assert request.find_element(By.CSS_SELECTOR, "a[href^='/ui/approvals/']")
+    assert browser.find_elements(By.CSS_SELECTOR, "form[action$='/replay']") == []  # auditors only
+    screenshot(browser, "run-approver")
