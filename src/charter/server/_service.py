@@ -39,8 +39,10 @@ from charter.compiler.artifact import CompiledContract
 from charter.errors import MissingApiKey, RunNotFound, UsageError
 from charter.principal import Principal
 from charter.registry import Registry, parse_ref
+from charter.replay import ReplayReport
 from charter.runner import Answer, Execution, Runner, conclusion_of
 from charter.sandbox import Outcome as SandboxOutcome
+from charter.server import _run_review
 from charter.server._runs_query import Overview, RunPage, RunQuery, overview, run_page, with_approvals
 from charter.status import status_of
 
@@ -372,6 +374,16 @@ class CharterService:
         except Exception:
             _log.exception("approval %s: the webhook could not be told", approval_id)
 
+    # The review app's run page (charter.server._run_review: who sees what, verified when shown).
+    def run_review(self, principal: Principal, run_id: str) -> _run_review.RunReview:
+        return _run_review.review_run(self, principal, run_id)
+
+    def replay(self, principal: Principal, run_id: str) -> list[ReplayReport]:
+        return _run_review.review_replay(self, principal, run_id)
+
+    def run_bundle(self, principal: Principal, run_id: str) -> str:
+        return _run_review.review_bundle(self, principal, run_id)
+
     def list_runs(self, principal: Principal, query: RunQuery) -> RunPage:
         """A page of the runs `principal` may see (all with audit:read, else its own), newest
         first. Forbidden for a `principal` filter naming another principal, or a run-id prefix
@@ -402,7 +414,7 @@ class CharterService:
         except RunNotFound:
             raise missing from None
         record = checked.record
-        if record.opened.principal != principal.id and not principal.has(AUDIT_SCOPE):
+        if _run_review.run_access(self, principal, record) is None:  # the review app's rule too
             raise missing
         view: dict[str, Any] = {}
         if principal.has(AUDIT_SCOPE):
