@@ -137,6 +137,13 @@ def test_htmx_is_configured_for_the_csp() -> None:
         "allowEval": False,
         "allowScriptTags": False,
         "selfRequestsOnly": True,
+        # A refusal (403, 503 with Retry-After) is a page the reader must see, as it is without JS:
+        # htmx swaps 4xx and 5xx answers in too (its default drops them silently).
+        "responseHandling": [
+            {"code": "204", "swap": False},
+            {"code": "[23]..", "swap": True},
+            {"code": "[45]..", "swap": True, "error": True},
+        ],
     }
     assert BASE.index('name="htmx-config"') < BASE.index('<script src="/ui/static/htmx.min.js"')  # read as htmx loads
 
