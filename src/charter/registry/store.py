@@ -219,7 +219,8 @@ class Registry:
                     (name,),
                 ).fetchall()
                 found = sorted(
-                    (VersionInfo(*r[:6], relaxation_approved=bool(r[6])) for r in rows), key=lambda v: SemVer(v.version)
+                    (VersionInfo(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows),
+                    key=lambda v: SemVer(v.version),
                 )
                 if len(self._versions) < 10_000:  # names are few; a flood of unknown names is not kept
                     self._versions[name] = found

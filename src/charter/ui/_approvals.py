@@ -37,7 +37,10 @@ STATUSES = ("pending", "approved", "denied", "expired", "tampered")
 _LIMIT = 200  # requests listed per page; the queue is newest first
 # A refused decision's HTTP status, by the approval store's reason code.
 _REFUSED = {"SELF_APPROVAL": 403, "FORBIDDEN_SCOPE": 403, "ALREADY_DECIDED": 409, "APPROVAL_EXPIRED": 409}
-_DONE = {"recorded": "Your decision was recorded.", "already": "You had already given this decision: nothing new was written."}
+_DONE = {
+    "recorded": "Your decision was recorded.",
+    "already": "You had already given this decision: nothing new was written.",
+}
 
 
 @dataclass(frozen=True, slots=True)
