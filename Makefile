@@ -27,7 +27,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+# The review app's browser tests drive a real headless Chromium through Selenium: Debian's
+# chromium and chromium-driver packages (Selenium Manager downloads nothing: both paths are given).
+BROWSER := /usr/bin/chromium /usr/bin/chromedriver
+
+$(BROWSER):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+unit: $(STAMP) $(BROWSER)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

@@ -33,4 +33,4 @@ def highlighted_lines(source: str) -> list[Markup]:
 
 def pygments_css() -> str:
     """The stylesheet of the highlighting classes, scoped to `.code` (static/pygments.css)."""
-    return str(HtmlFormatter(style=_STYLE).get_style_defs(f".{_CSS_CLASS}"))
+    return str(HtmlFormatter(style=_STYLE).get_style_defs(f".{_CSS_CLASS}"))  # type: ignore[no-untyped-call]
