@@ -249,7 +249,8 @@ def show(
         say(registry.source(info.name, info.version).rstrip("\n"))
         return
     say(
-        f"{info.name} {info.version}  sha256 {info.sha256}  published {info.published_at} from {info.source_file}",
+        f"{info.name} {info.version}  sha256 {info.sha256}  published {info.published_at} "
+        f"by {info.published_by or '(not recorded)'} from {info.source_file}",
         "bold",
     )
     say()
