@@ -94,6 +94,7 @@ def test_the_queue_lists_what_each_viewer_may_see(review: Review) -> None:
         assert page.status_code == 200, (who, page.text)
         assert f'href="/ui/approvals/{review.approval_id}"' in page.text, who
         assert short in page.text
+        assert ("yours to decide" in page.text) == (who == "reviewer"), who  # not the requester, not the auditor
     assert "send_payment" in page.text
     assert "payments:approve" in page.text  # the approver scope
     assert "approval-pending" in page.text

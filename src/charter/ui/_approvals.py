@@ -152,11 +152,20 @@ def add_routes(router: APIRouter, ui: UiContext) -> None:
                 f"status {status[:16]!r} is not an approval status: use one of {', '.join(STATUSES)} (or none for all)",
             )
         views = ui.service.list_approvals(viewer.principal, contract=contract, status=status, limit=_LIMIT)
+        # Which of them the viewer could decide now (a hint; the server decides who may).
+        mine = {
+            v.approval_id
+            for v in views
+            if v.status == "pending"
+            and viewer.principal.has(v.approver_scope)
+            and not same_principal(viewer.principal.id, v.principal)
+        }
         return ui.render(
             request,
             "approvals.html",
             viewer,
             views=views,
+            mine=mine,
             statuses=STATUSES,
             chosen_status=status or "",
             contract=contract or "",
