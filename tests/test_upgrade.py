@@ -17,13 +17,17 @@ from typing import Any
 
 import pytest
 
-from charter.audit import AuditLog
+from charter.audit import AuditLog, Decision
 from charter.audit.store import AUDIT_SCHEMA
 from charter.errors import SchemaMismatch
 from charter.migrations import Schema, Step, read_version
+from charter.principal import Principal
+from charter.registry import Registry
 from charter.registry.store import REGISTRY_SCHEMA
 from charter.server import IdempotencyStore
 from charter.server._idempotency import IDEMPOTENCY_SCHEMA
+from charter.server._runs_query import parse_run_query
+from charter.server._service import CharterService
 from tests.conftest import ROOT, charter
 
 FIXTURE = ROOT / "tests" / "data" / "release_0_1"
@@ -285,3 +289,28 @@ def test_a_later_step_is_one_entry_and_runs_all_or_nothing(tmp_path: Path) -> No
         fixed.open(db, path)
         assert db.execute("SELECT id FROM things").fetchall() == [(1,)]
     assert read_version(path) == 2
+
+
+def test_the_denials_index_of_a_0_1_log_is_built_from_its_receipts_and_the_runs_filters_use_it(home: Path) -> None:
+    upgraded(home)
+    log = AuditLog(home / "audit.db")
+    denied = []
+    for row in log.stored():
+        receipt = row.decoded()
+        if isinstance(receipt, Decision) and receipt.decision == "DENY":
+            denied.append((row.log_seq, receipt.run_id, receipt.principal, receipt.operation, receipt.code))
+    assert len(denied) >= 4  # the fixture's denials: caught, uncaught, a guard, the halted run's
+    found = rows(home / "audit.db", "denials")
+    assert [(r[0], r[1], r[2], r[5], r[6]) for r in found] == denied  # step 6's backfill: every DENY, in order
+    indexes = {r[1] for r in rows(home / "audit.db", "sqlite_master") if r[0] == "index"}
+    assert {"runs_by_contract", "runs_by_principal", "runs_by_denial_code", "denials_by_time"} <= indexes
+
+    service = CharterService.create(registry=Registry(), audit=log, agent=None)
+    auditor = Principal("auditor", frozenset({"audit:read"}))
+    page = service.list_runs(auditor, parse_run_query({"code": "GUARD_VIOLATION"}))
+    assert [row.run.run_id for row in page.runs] == [RUNS["invoices_uncaught_guard"]["run_id"]]
+    intents = [row for row in service.list_runs(auditor, parse_run_query({"limit": "200"})).runs if row.attempts]
+    assert {row.run.run_id for row in intents} >= {RUNS["intent_done"]["run_id"], RUNS["intent_refused"]["run_id"]}
+    assert all(a.parent == row.run.run_id for row in intents for a in row.attempts or [])
+    view = service.overview(auditor)
+    assert [run.run_id for run in view.unsealed] == [RUNS["killed"]["run_id"]]

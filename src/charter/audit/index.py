@@ -15,19 +15,38 @@ A run that is never sealed keeps the row its opening wrote: status `interrupted`
 
 Rows are listed newest first by `opened_seq` (the log_seq of the opening receipt), which is
 also the paging cursor: pass the last row's `cursor` as `before` to get the next page.
+
+The denials index (`denials`, schema step 6) has one row per DENY decision:
+
+    log_seq, run_id, principal, contract, version, operation, code, boundary, clause, at
+
+kept in the same transaction as the decision's receipt and rebuilt from the receipts on
+upgrade (`fill_denials_index`), so "which rules fire most" is a GROUP BY, not a log scan.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
 from charter.audit.receipts import Asked, Concluded, Decision, Opened, Receipt, Sealed, decode_body
 from charter.status import status_of, status_of_closing
 
-__all__ = ["RUNS_INDEX_SQL", "RunFilter", "RunSummary", "fill_runs_index", "index_receipt", "list_runs"]
+__all__ = [
+    "DENIALS_INDEX_SQL",
+    "RUNS_INDEX_SQL",
+    "RunFilter",
+    "RunSummary",
+    "attempts_of",
+    "fill_denials_index",
+    "fill_runs_index",
+    "index_receipt",
+    "list_runs",
+]
 
 RUNS_INDEX_SQL = (
     """CREATE TABLE runs (
@@ -51,10 +70,35 @@ RUNS_INDEX_SQL = (
     "CREATE INDEX runs_by_parent ON runs (parent)",
 )
 
+# Schema step 6: the denials index, and indexes for the runs filters people use most.
+DENIALS_INDEX_SQL = (
+    """CREATE TABLE denials (
+        log_seq    INTEGER PRIMARY KEY,
+        run_id     TEXT NOT NULL,
+        principal  TEXT NOT NULL,
+        contract   TEXT NOT NULL,
+        version    TEXT NOT NULL,
+        operation  TEXT NOT NULL,
+        code       TEXT NOT NULL,
+        boundary   TEXT,
+        clause     TEXT,
+        at         TEXT NOT NULL
+    )""",
+    "CREATE INDEX denials_by_time ON denials (at)",
+    "CREATE INDEX denials_by_principal ON denials (principal, at)",
+    "CREATE INDEX runs_by_contract ON runs (contract, opened_seq)",
+    "CREATE INDEX runs_by_principal ON runs (principal, opened_seq)",
+    "CREATE INDEX runs_by_denial_code ON runs (denial_code, opened_seq)",
+)
+
 _COLUMNS = (
     "run_id, kind, contract, version, contract_sha256, principal, intent, status, cause, denial_code, "
     "denial_operation, opened_at, sealed_at, parent, opened_seq"
 )
+
+
+_NAMES = [c.strip() for c in _COLUMNS.split(",")]
+_HEX = re.compile(r"[0-9a-f]{1,32}")
 
 
 class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,18 +123,50 @@ class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(frozen=True, slots=True)
 class RunFilter:
-    """Which runs to list; None matches any. `since`: an ISO-8601 UTC time, compared as text
-    with the opening's time (both are written the same way)."""
+    """Which runs to list; None matches any. `since` (opened_at >= since) and `until`
+    (opened_at < until): ISO-8601 UTC times, compared as text with the opening's time (both
+    are written the same way). `code`: the run's first denial's reason code. `run_prefix`:
+    lowercase hex digits the run id starts with (ValueError otherwise). `top_level`: only
+    runs no intent started (intent runs, and program runs of their own)."""
 
     contract: str | None = None
     status: str | None = None
     cause: str | None = None
     principal: str | None = None
     since: str | None = None
+    version: str | None = None
+    code: str | None = None
+    until: str | None = None
+    run_prefix: str | None = None
+    top_level: bool = False
 
 
 def index_receipt(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
-    """Keep the index up to date with one receipt just inserted (same transaction)."""
+    """Keep the runs and denials indexes up to date with one receipt just inserted (same transaction)."""
+    _index_run(connection, receipt, log_seq)
+    _index_denial(connection, receipt, log_seq)
+
+
+def _index_denial(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
+    if isinstance(receipt, Decision) and receipt.decision == "DENY":
+        connection.execute(
+            "INSERT OR REPLACE INTO denials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                log_seq,
+                receipt.run_id,
+                receipt.principal,
+                receipt.contract,
+                receipt.version,
+                receipt.operation,
+                receipt.code,
+                receipt.boundary,
+                receipt.clause,
+                receipt.at,
+            ),
+        )
+
+
+def _index_run(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
     if isinstance(receipt, Opened | Asked):
         ended = status_of(receipt, None)
         connection.execute(
@@ -132,39 +208,71 @@ def index_receipt(connection: sqlite3.Connection, receipt: Receipt, log_seq: int
 
 
 def fill_runs_index(connection: sqlite3.Connection) -> None:
-    """Build the index from the receipts already in the log (the migration's backfill)."""
-    rows = connection.execute(
-        "SELECT log_seq, body FROM receipts WHERE kind IN ('open', 'ask', 'decision', 'seal', 'conclude') "
-        "ORDER BY log_seq"
-    )
+    """Build the runs index from the receipts already in the log (step 3's backfill; the
+    denials table does not exist yet at that step)."""
+    for log_seq, receipt in _receipts(connection, "'open', 'ask', 'decision', 'seal', 'conclude'"):
+        _index_run(connection, receipt, log_seq)
+
+
+def fill_denials_index(connection: sqlite3.Connection) -> None:
+    """Build the denials index from the decisions already in the log (step 6's backfill)."""
+    for log_seq, receipt in _receipts(connection, "'decision'"):
+        _index_denial(connection, receipt, log_seq)
+
+
+def _receipts(connection: sqlite3.Connection, kinds: str) -> list[tuple[int, Receipt]]:
+    rows = connection.execute(f"SELECT log_seq, body FROM receipts WHERE kind IN ({kinds}) ORDER BY log_seq")
+    found = []
     for log_seq, body in rows.fetchall():
         try:
-            receipt = decode_body(body)
+            found.append((log_seq, decode_body(body)))
         except ValueError:  # an altered receipt: `audit verify` reports it; the index skips it
             continue
-        index_receipt(connection, receipt, log_seq)
+    return found
 
 
 def list_runs(
     connection: sqlite3.Connection, filters: RunFilter, limit: int, before: int | None = None
 ) -> list[RunSummary]:
-    """Up to `limit` runs matching `filters`, newest first, opened before cursor `before`."""
+    """Up to `limit` runs matching `filters`, newest first, opened before cursor `before`.
+    ValueError for a `run_prefix` that is not lowercase hex digits."""
     clauses, params = ["1 = 1"], []
-    for column in ("contract", "status", "cause", "principal"):
+    for column in ("contract", "version", "status", "cause", "principal"):
         value = getattr(filters, column)
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if filters.code is not None:
+        clauses.append("denial_code = ?")
+        params.append(filters.code)
     if filters.since is not None:
         clauses.append("opened_at >= ?")
         params.append(filters.since)
+    if filters.until is not None:
+        clauses.append("opened_at < ?")
+        params.append(filters.until)
+    if filters.run_prefix is not None:
+        if not _HEX.fullmatch(filters.run_prefix):  # no LIKE wildcards: hex digits only
+            raise ValueError(f"run id prefix {filters.run_prefix[:40]!r}: give lowercase hex digits (0-9, a-f)")
+        clauses.append("run_id LIKE ?")
+        params.append(filters.run_prefix + "%")
+    if filters.top_level:
+        clauses.append("parent IS NULL")
     if before is not None:
         clauses.append("opened_seq < ?")
         params.append(before)
     query = f"SELECT {_COLUMNS} FROM runs WHERE {' AND '.join(clauses)} ORDER BY opened_seq DESC LIMIT ?"
-    found = connection.execute(query, (*params, limit)).fetchall()
-    names = [c.strip() for c in _COLUMNS.split(",")]
+    return _summaries(connection.execute(query, (*params, limit)).fetchall())
+
+
+def attempts_of(connection: sqlite3.Connection, run_id: str) -> list[RunSummary]:
+    """The program runs an intent run started (its attempts' runs), in the order opened."""
+    found = connection.execute(f"SELECT {_COLUMNS} FROM runs WHERE parent = ? ORDER BY opened_seq", (run_id,))
+    return _summaries(found.fetchall())
+
+
+def _summaries(rows: list[tuple[Any, ...]]) -> list[RunSummary]:
     return [
-        RunSummary(**{("cursor" if n == "opened_seq" else n): v for n, v in zip(names, row, strict=True)})
-        for row in found
+        RunSummary(**{("cursor" if n == "opened_seq" else n): v for n, v in zip(_NAMES, row, strict=True)})
+        for row in rows
     ]

@@ -36,7 +36,15 @@ import msgspec
 from charter._paths import charter_home
 from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
 from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Record, Writer, connect
-from charter.audit.index import RUNS_INDEX_SQL, RunFilter, RunSummary, fill_runs_index, list_runs
+from charter.audit.index import (
+    DENIALS_INDEX_SQL,
+    RUNS_INDEX_SQL,
+    RunFilter,
+    RunSummary,
+    fill_denials_index,
+    fill_runs_index,
+    list_runs,
+)
 from charter.audit.keys import (
     PublicKey,
     SecretKey,
@@ -141,6 +149,16 @@ AUDIT_SCHEMA = Schema(
             "`charter approvals` and the approval API read it; not signed, never consulted by verify",
             APPROVALS_INDEX_SQL,
             fill=fill_approvals_index,
+        ),
+        Step(
+            6,
+            "denials: one row per DENY decision (run, principal, contract, version, operation, code, boundary, "
+            "clause, time), kept in each receipt's transaction and built from the receipts on upgrade, so the "
+            "review app's overview counts which rules fire most without decoding receipts; and indexes of the "
+            "runs index by contract, principal and first denial code for its filters; not signed, never "
+            "consulted by verify",
+            DENIALS_INDEX_SQL,
+            fill=fill_denials_index,
         ),
     ),
 )

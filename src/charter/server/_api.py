@@ -2,6 +2,8 @@
 
     POST /v1/intents                         an intent in, the conclusion and run id out
     POST /v1/programs                        a caller-written program, run governed
+    GET  /v1/runs                            runs newest first, cursor-paginated (?contract=NAME[@X.Y.Z]
+                                             &status=&principal=&code=&since=&until=&run=&limit=&cursor=)
     GET  /v1/runs/{run_id}                   conclusion, receipts, verification; a run paused for
                                              approval reports the latest run of its chain
     GET  /v1/approvals                       approval requests the caller may see (?contract=&status=)
@@ -12,6 +14,14 @@
     GET  /v1/contracts/{name}/{version}      one version: X.Y.Z, MAJOR, MAJOR.MINOR, or 'latest'
                                              (the newest of the default major)
     GET  /openapi.json                       this API, described (also kept in the repo: openapi.json)
+
+GET /v1/runs lists from the runs index (never decoding receipts), newest first: `limit` runs
+(1..200, default 50) and `next_cursor`, an opaque string to pass as `cursor` for the next page
+(null on the last). Runs an intent started are not rows of their own: an intent run's row
+carries them as `attempts`. `code` matches a run's first denial; `since` <= opened_at < `until`
+(ISO-8601; UTC unless a zone is given). Without audit:read a caller sees its own runs only: a
+`principal` naming anyone else, or any `run` (run-id prefix) search, is 403 forbidden (a prefix
+search would reveal others' ids). A bad value is 422 invalid-request naming the parameter.
 
 The /v1/approvals routes and their bodies are in `_approvals_api`; `create_app` adds them.
 
@@ -33,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -60,6 +70,13 @@ from charter.server._idempotency import (
     StoredResponse,
     request_digest,
     request_fingerprint,
+)
+from charter.server._runs_query import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    RunQueryError,
+    page_body,
+    parse_run_query,
 )
 from charter.server._service import AUDIT_SCOPE, CharterService, Forbidden, IntentsUnavailable, conclusion_body
 from charter.server._tokens import TokenStore
@@ -325,6 +342,36 @@ class RunBody(BaseModel):
     resuming: str | None = Field(
         default=None, description="A resumed run under way (or to be retried), not yet sealed."
     )
+
+
+class RunSummaryBody(BaseModel):
+    """One row of the runs index (charter.audit.index.RunSummary)."""
+
+    run_id: str
+    kind: Literal["intent", "program"]
+    contract: str
+    version: str
+    contract_sha256: str
+    principal: str
+    intent: str | None
+    status: Status
+    cause: str | None
+    denial_code: str | None = Field(description="The run's first denial's reason code (an intent run: its attempts').")
+    denial_operation: str | None = Field(description="The operation of that denial.")
+    opened_at: str = Field(description="ISO-8601 UTC.")
+    sealed_at: str | None = Field(description="ISO-8601 UTC; null: never sealed (interrupted, or still running).")
+    parent: str | None = Field(description="The intent run a program run is an attempt of.")
+
+
+class RunListItem(RunSummaryBody):
+    attempts: list[RunSummaryBody] | None = Field(
+        default=None, description="An intent run's program runs (its attempts'), in the order opened."
+    )
+
+
+class RunListBody(BaseModel):
+    runs: list[RunListItem] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last page.")
 
 
 class ContractVersionBody(BaseModel):
@@ -713,6 +760,48 @@ def create_app(
             request,
             lambda: once(principal, idempotency_key, "/v1/programs", request, run),
         )
+
+    @app.get(
+        "/v1/runs",
+        response_model=RunListBody,
+        summary="Runs you may see, newest first, a page at a time",
+        description="Your own runs, or every principal's with the scope audit:read; without it, a `principal` "
+        "naming another principal or a `run` prefix search is 403. Filters: contract (NAME or NAME@X.Y.Z), "
+        "status, principal, code (the run's first denial's reason code), since <= opened_at < until (ISO-8601, "
+        "UTC unless zoned), run (run-id prefix, hex). Pass `next_cursor` as `cursor` for the next page.",
+        responses=_problems(401, 403, 422),
+    )
+    def get_runs(
+        principal: Caller,
+        contract: Annotated[str | None, Query(max_length=200, description="NAME or NAME@X.Y.Z")] = None,
+        status: Annotated[Status | None, Query()] = None,
+        principal_filter: Annotated[str | None, Query(alias="principal", max_length=200)] = None,
+        code: Annotated[str | None, Query(max_length=64, description="A reason code: STATE_VIOLATION...")] = None,
+        since: Annotated[str | None, Query(max_length=40, description="ISO-8601 date or time")] = None,
+        until: Annotated[str | None, Query(max_length=40, description="ISO-8601 date or time (excluded)")] = None,
+        run: Annotated[str | None, Query(max_length=32, pattern=r"^[0-9a-fA-F]+$", description="Run-id prefix")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Query(max_length=40, description="A page's next_cursor")] = None,
+    ) -> dict[str, Any]:
+        values = {
+            "contract": contract,
+            "status": status,
+            "principal": principal_filter,
+            "code": code,
+            "since": since,
+            "until": until,
+            "run": run,
+            "limit": str(limit),
+            "cursor": cursor,
+        }
+        try:
+            query = parse_run_query(values)
+        except RunQueryError as error:
+            location = f"query.{error.parameter}"
+            raise ApiProblem(
+                "invalid-request", str(error), errors=[{"location": location, "message": str(error)}]
+            ) from None
+        return page_body(guarded(lambda: service.list_runs(principal, query)))
 
     @app.get(
         "/v1/runs/{run_id}",

@@ -43,6 +43,7 @@ from charter.runner import Answer, Execution, Runner, conclusion_of
 from charter.sandbox import Outcome as SandboxOutcome
 from charter.server import _contract_review
 from charter.server._contract_review import ApprovalRule, ChangeReview, ContractReview, ContractVersions
+from charter.server._runs_query import Overview, RunPage, RunQuery, overview, run_page, with_approvals
 from charter.status import status_of
 
 __all__ = ["AUDIT_SCOPE", "CharterService", "Forbidden", "IntentsUnavailable", "conclusion_body"]
@@ -386,6 +387,24 @@ class CharterService:
             self.webhook.notify(self.approvals.get(approval_id))
         except Exception:
             _log.exception("approval %s: the webhook could not be told", approval_id)
+
+    def list_runs(self, principal: Principal, query: RunQuery) -> RunPage:
+        """A page of the runs `principal` may see (all with audit:read, else its own), newest
+        first. Forbidden for a `principal` filter naming another principal, or a run-id prefix
+        search (it would reveal ids), without audit:read."""
+        if principal.has(AUDIT_SCOPE):
+            return run_page(self.audit, query, principal=None)
+        if query.principal not in (None, principal.id):
+            raise Forbidden(f"principal: only your own runs are listed without the scope {AUDIT_SCOPE!r}")
+        if query.run_prefix is not None:
+            raise Forbidden(f"run: searching by run-id prefix needs the scope {AUDIT_SCOPE!r}")
+        return run_page(self.audit, query, principal=principal.id)
+
+    def overview(self, principal: Principal) -> Overview:
+        """Runs per day and contract, denials by reason code and boundary, runs never sealed and
+        approvals waiting, over the runs `principal` may see (the same rule as `list_runs`)."""
+        view = overview(self.audit, principal=None if principal.has(AUDIT_SCOPE) else principal.id)
+        return with_approvals(view, len(self.list_approvals(principal, status="pending", limit=1000)))
 
     def run_view(self, principal: Principal, run_id: str) -> dict[str, Any]:
         """A run's conclusion, receipts and verification, for its own principal (or audit:read)."""
