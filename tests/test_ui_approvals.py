@@ -294,3 +294,19 @@ def test_a_request_whose_records_do_not_verify_is_flagged_and_offers_no_decision
     assert 'class="request unverified"' in page.text
     assert 'action="/ui/approvals/' not in page.text
     assert "approval-tampered" in queue.text  # listed under every status, never hidden
+
+
+def test_a_request_that_expired_unanswered_shows_it_and_can_no_longer_be_approved(review: Review) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    [expired] = review.service.approvals.expire_due(now=datetime.now(UTC) + timedelta(days=2))
+    assert expired.approval_id == review.approval_id
+    with review.client("reviewer") as client:
+        page = client.get(f"/ui/approvals/{review.approval_id}").text
+        assert "<strong>denied</strong> by charter" in page
+        assert "(it expired unanswered)" in page
+        assert 'action="/ui/approvals/' not in page
+        late = client.post(f"/ui/approvals/{review.approval_id}/approve", data={"csrf": csrf_of(page), "reason": "ok"})
+    assert late.status_code == 409
+    assert "Not decided: ALREADY_DECIDED" in late.text
+    assert review.decisions() == 1
