@@ -161,3 +161,75 @@ def test_a_server_registry_serves_from_memory_and_sees_another_processs_publish(
     assert server.names() == ["shop"]
     with pytest.raises(ContractNotFound):
         server.get("nothing")
+
+
+# -- who published each version (schema step 3) -----------------------------------------
+
+
+def test_the_publisher_is_recorded_once_and_is_as_immutable_as_the_version(write_contract: WriteContract) -> None:
+    registry = Registry()
+    path = write_contract()
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"), published_by="ada")
+    again = registry.publish(load_contract(path), path.read_text(encoding="utf-8"), published_by="bob")
+    assert not again.created
+    [info] = registry.versions("shop")
+    assert (info.published_by, info.relaxation_approved) == ("ada", False)  # the first publication's
+    with sqlite3.connect(registry.path) as db, pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        db.execute("UPDATE contract_versions SET published_by = 'mallory'")
+    assert registry.versions("shop")[0].published_by == "ada"
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a\nb", "x" * 201])
+def test_a_bad_publisher_name_is_refused_and_nothing_is_published(write_contract: WriteContract, name: str) -> None:
+    from charter.errors import UsageError
+
+    registry = Registry()
+    path = write_contract()
+    with pytest.raises(UsageError, match="--by NAME"):
+        registry.publish(load_contract(path), path.read_text(encoding="utf-8"), published_by=name)
+    assert registry.names() == []
+
+
+def test_publish_records_by_or_the_os_user_and_list_shows_it(write_contract: WriteContract) -> None:
+    import getpass
+    import json
+
+    from tests.conftest import charter
+
+    first = charter("contract", "publish", str(write_contract()), "--by", "release-bot")
+    assert first.returncode == 0, first.stderr
+    assert "published shop 1.0.0 by release-bot" in first.stdout
+    newer = write_contract(replace={"version: 1.0.0": "version: 1.1.0"}, name="newer.yaml")
+    second = charter("contract", "publish", str(newer))
+    assert second.returncode == 0, second.stderr
+    listing = json.loads(charter("contract", "list", "--json").stdout)
+    assert [(v["version"], v["published_by"], v["relaxation_approved"]) for v in listing] == [
+        ("1.0.0", "release-bot", False),
+        ("1.1.0", getpass.getuser(), False),
+    ]
+    bad = charter("contract", "publish", str(newer), "--by", "")
+    assert bad.returncode == 1
+    assert "--by NAME" in bad.stderr
+
+
+def test_a_0_1_registry_upgrades_its_versions_show_no_publisher_and_new_ones_record_it(
+    charter_home: Path, write_contract: WriteContract
+) -> None:
+    import shutil
+
+    from charter.errors import SchemaMismatch
+    from tests.conftest import charter
+
+    charter_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "tests" / "data" / "release_0_1" / "charter.db", charter_home / "charter.db")
+    with pytest.raises(SchemaMismatch, match="charter db upgrade"):
+        Registry()
+    assert charter("db", "upgrade", "--home", str(charter_home)).returncode == 0
+    registry = Registry()
+    old = {(v.name, v.version): v for v in registry.list()}
+    assert set(old) == {("invoices", "1.0.0"), ("orders", "1.0.0")}
+    assert {v.published_by for v in old.values()} == {None}
+    path = write_contract()
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"), published_by="ada")
+    assert registry.info("shop").published_by == "ada"
+    assert registry.get("orders", "1.0.0").version == "1.0.0"  # the 0.1 versions still compile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated
 
@@ -72,11 +73,20 @@ def publish(
         bool,
         typer.Option("--allow-relaxation", help="Accept loosened or removed rules (a governance change)."),
     ] = False,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Who publishes it, recorded with the version (default: your OS user name)."),
+    ] = None,
 ) -> None:
-    """Record an immutable contract version in the registry."""
+    """Record an immutable contract version in the registry, with who published it."""
     try:
         checked = load_contract(file)
-        result = Registry().publish(checked, file.read_text(encoding="utf-8"), allow_relaxation=allow_relaxation)
+        result = Registry().publish(
+            checked,
+            file.read_text(encoding="utf-8"),
+            allow_relaxation=allow_relaxation,
+            published_by=by if by is not None else _os_user(),
+        )
     except CharterError as exc:  # ChangeRefused included: its message lists the offending changes
         fail(exc)
     info = result.info
@@ -84,11 +94,21 @@ def publish(
         say(f"{info.name} {info.version} is already published with this content (sha256 {info.sha256[:12]})")
         say("nothing to do")
         return
-    say(f"published {info.name} {info.version} (sha256 {info.sha256[:12]})", "green")
+    by_whom = f" by {info.published_by}" if info.published_by else ""
+    say(f"published {info.name} {info.version}{by_whom} (sha256 {info.sha256[:12]})", "green")
     for module in checked.modules.values():
         say(f"  binding module {module.module}: {module.path} (sha256 {module.sha256[:12]})")
     for change in result.changes:
         say(f"  {change}")
+
+
+def _os_user() -> str | None:
+    """The OS user's login name, the default publisher; None (not recorded) where it has none
+    (getpass finds no LOGNAME/USER and the uid has no passwd entry, as in some containers)."""
+    try:
+        return getpass.getuser() or None
+    except (OSError, KeyError):
+        return None
 
 
 def _model(ref: str) -> tuple[str, Contract]:
@@ -189,6 +209,8 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
                     "version": v.version,
                     "sha256": v.sha256,
                     "published_at": v.published_at,
+                    "published_by": v.published_by,
+                    "relaxation_approved": v.relaxation_approved,
                     "default": defaults[v.name] == v.version,
                 }
                 for v in versions
@@ -198,11 +220,11 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     if not versions:
         say("no contracts published yet (charter contract publish FILE)")
         return
-    table = Table("contract", "version", "sha256", "published", "from", "default")
+    table = Table("contract", "version", "sha256", "published", "by", "from", "default")
     for v in versions:
         mark = "yes" if defaults[v.name] == v.version else ""
         # Cells as Text: a str cell is read as rich markup, and a path may hold "[...]".
-        cells = (v.name, v.version, v.sha256[:12], v.published_at, v.source_file, mark)
+        cells = (v.name, v.version, v.sha256[:12], v.published_at, v.published_by or "-", v.source_file, mark)
         table.add_row(*(safe_text(cell) for cell in cells))
     out.print(table)
 
@@ -227,7 +249,8 @@ def show(
         say(registry.source(info.name, info.version).rstrip("\n"))
         return
     say(
-        f"{info.name} {info.version}  sha256 {info.sha256}  published {info.published_at} from {info.source_file}",
+        f"{info.name} {info.version}  sha256 {info.sha256}  published {info.published_at} "
+        f"by {info.published_by or '(not recorded)'} from {info.source_file}",
         "bold",
     )
     say()

@@ -97,6 +97,12 @@ REGISTRY_SCHEMA = Schema(
                     BEGIN SELECT RAISE(ABORT, 'published binding records are immutable'); END""",
             ),
         ),
+        Step(
+            3,
+            "contract_versions.published_by: who published each version (`charter contract publish --by`, by "
+            "default the OS user); NULL for the versions published before, whose publisher was not recorded",
+            ("ALTER TABLE contract_versions ADD COLUMN published_by TEXT",),
+        ),
     ),
 )
 
@@ -134,8 +140,10 @@ class VersionInfo:
     name: str
     version: str
     sha256: str
-    published_at: str
+    published_at: str  # ISO-8601 UTC, seconds
     source_file: str
+    published_by: str | None = None  # None: published before the registry recorded it (schema step 3)
+    relaxation_approved: bool = False  # published with --allow-relaxation (loosened rules acknowledged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +214,14 @@ class Registry:
             found = self._versions.get(name)
             if found is None:
                 rows = db.execute(
-                    "SELECT name, version, sha256, published_at, source_file FROM contract_versions WHERE name = ?",
+                    "SELECT name, version, sha256, published_at, source_file, published_by, relaxation_approved "
+                    "FROM contract_versions WHERE name = ?",
                     (name,),
                 ).fetchall()
-                found = sorted((VersionInfo(*r) for r in rows), key=lambda v: SemVer(v.version))
+                found = sorted(
+                    (VersionInfo(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows),
+                    key=lambda v: SemVer(v.version),
+                )
                 if len(self._versions) < 10_000:  # names are few; a flood of unknown names is not kept
                     self._versions[name] = found
             return list(found)
@@ -321,13 +333,23 @@ class Registry:
             )
         return info
 
-    def publish(self, checked: CheckedContract, source_text: str, *, allow_relaxation: bool = False) -> PublishResult:
-        """Record an immutable version. Identical content under the same version is a no-op.
+    def publish(
+        self,
+        checked: CheckedContract,
+        source_text: str,
+        *,
+        allow_relaxation: bool = False,
+        published_by: str | None = None,
+    ) -> PublishResult:
+        """Record an immutable version. Identical content under the same version is a no-op
+        (the first publication's `published_by` stays). `published_by`: who publishes it, as
+        recorded and shown (None: not recorded); at most 200 characters, no control characters.
 
         A new version must be greater than the newest of its own major line, and is diffed
         against it (or, opening a new line, against the newest version below it), so 1.4.1
         can follow 2.0.0. Raises VersionConflict or ChangeRefused, and UndecidedDraft while
-        the contract lists items under `to_decide:`."""
+        the contract lists items under `to_decide:`; UsageError for a bad `published_by`."""
+        _check_publisher(published_by)
         _refuse_undecided(checked)
         compiled = compile_contract(checked)
         name, version = compiled.name, compiled.version
@@ -374,12 +396,15 @@ class Registry:
             sha256=compiled.sha256,
             published_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             source_file=checked.file,
+            published_by=published_by,
+            relaxation_approved=allow_relaxation,
         )
         with self._connect() as db:
             try:
                 db.execute("BEGIN IMMEDIATE")
                 db.execute(
-                    "INSERT INTO contract_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO contract_versions (name, version, sha256, canonical, source_text, source_file, "
+                    "published_at, relaxation_approved, published_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         version,
@@ -389,6 +414,7 @@ class Registry:
                         checked.file,
                         info.published_at,
                         int(allow_relaxation),
+                        published_by,
                     ),
                 )
                 db.executemany(
@@ -399,7 +425,7 @@ class Registry:
             except sqlite3.IntegrityError:
                 db.execute("ROLLBACK")
                 # Another publisher won the race for this version; let them explain.
-                return self.publish(checked, source_text, allow_relaxation=allow_relaxation)
+                return self.publish(checked, source_text, allow_relaxation=allow_relaxation, published_by=published_by)
         return PublishResult(info, created=True, changes=changes)
 
     @staticmethod
@@ -419,6 +445,20 @@ class Registry:
                     "A published version never changes, its backend code included: publish the change as a new "
                     f"patch version ({patch.major}.{patch.minor}.{patch.patch + 1})"
                 )
+
+
+_MAX_PUBLISHER_CHARS = 200
+
+
+def _check_publisher(published_by: str | None) -> None:
+    """A publisher's name is shown on pages and in listings: one short printable line."""
+    if published_by is None:
+        return
+    if not published_by.strip() or len(published_by) > _MAX_PUBLISHER_CHARS or not published_by.isprintable():
+        raise UsageError(
+            f"the publisher's name {published_by[:60]!r} is not recorded: give a name of 1 to {_MAX_PUBLISHER_CHARS} "
+            "printable characters (`charter contract publish --by NAME`)"
+        )
 
 
 def _refuse_undecided(checked: CheckedContract) -> None:

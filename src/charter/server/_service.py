@@ -42,7 +42,8 @@ from charter.registry import Registry, parse_ref
 from charter.replay import ReplayReport
 from charter.runner import Answer, Execution, Runner, conclusion_of
 from charter.sandbox import Outcome as SandboxOutcome
-from charter.server import _run_review
+from charter.server import _contract_review, _run_review
+from charter.server._contract_review import ApprovalRule, ChangeReview, ContractReview, ContractVersions
 from charter.server._runs_query import Overview, RunPage, RunQuery, overview, run_page, with_approvals
 from charter.status import status_of
 
@@ -123,6 +124,20 @@ class CharterService:
             "prompt_context": compiled.prompt_context,
             "stubs": compiled.stub_source,
         }
+
+    # The review app's Contracts pages and approval rules (charter.server._contract_review).
+
+    def contract_versions(self) -> list[ContractVersions]:
+        return _contract_review.contract_versions(self.registry)
+
+    def contract_review(self, name: str, version: str) -> ContractReview:
+        return _contract_review.contract_review(self.registry, name, version)
+
+    def contract_changes(self, name: str, old: str, new: str) -> ChangeReview:
+        return _contract_review.contract_changes(self.registry, name, old, new)
+
+    def approval_rule(self, view: ApprovalView) -> ApprovalRule:
+        return _contract_review.approval_rule(self.registry, view.contract, view.version, view.operation, view.boundary)
 
     # -- runs -------------------------------------------------------------------------------
 
