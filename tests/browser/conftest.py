@@ -230,3 +230,21 @@ def screenshot(driver: WebDriver, name: str) -> Path:
 def fits(driver: WebDriver) -> bool:
     """Whether the page needs no horizontal scrolling at the window's width."""
     return bool(driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"))
+
+
+_OVERFLOWING = """
+const width = window.innerWidth, found = [];
+for (const element of document.querySelectorAll('body *')) {
+  if (element.closest('.scroll')) continue;  // a scrolling box may hold wider content
+  const right = element.getBoundingClientRect().right;
+  if (right > width + 1) found.push(`${element.tagName}.${element.className} ends at ${Math.round(right)} px: `
+                                    + (element.textContent || '').trim().slice(0, 60));
+}
+return found.slice(0, 10);
+"""
+
+
+def overflowing(driver: WebDriver) -> list[str]:
+    """The elements outside any `.scroll` box that reach past the window's right edge (what
+    makes a page scroll sideways), for a failing test's message."""
+    return list(driver.execute_script(_OVERFLOWING))
