@@ -120,6 +120,11 @@ def test_a_dropped_connection_after_the_write_leaves_it_in_doubt_and_never_resen
     report = verify_log(governed.log, governed.log.trusted_keys(), run_id=execution.run_id)
     assert report.ok
     assert [(call, op) for _, call, op in report.in_doubt] == [(1, "cancel_order")]
+    # The review app's overview lists it among the sealed runs with a call in doubt (the runs index).
+    from charter.server._runs_query import overview
+
+    view = overview(governed.log, principal=None)
+    assert (view.in_doubt_total, [r.run_id for r in view.in_doubt]) == (1, [execution.run_id])
     # Replayed from its receipts, the program sees the same error and reaches the same conclusion.
     from charter.replay import replay_run
 

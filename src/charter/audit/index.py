@@ -89,6 +89,10 @@ DENIALS_INDEX_SQL = (
     "CREATE INDEX runs_by_contract ON runs (contract, opened_seq)",
     "CREATE INDEX runs_by_principal ON runs (principal, opened_seq)",
     "CREATE INDEX runs_by_denial_code ON runs (denial_code, opened_seq)",
+    # How many of a sealed program run's allowed calls were left in doubt (their outcome never
+    # learned: a write whose effect is not known); NULL until it is sealed.
+    "ALTER TABLE runs ADD COLUMN in_doubt INTEGER",
+    "CREATE INDEX runs_in_doubt ON runs (in_doubt) WHERE in_doubt > 0",
 )
 
 _COLUMNS = (
@@ -127,7 +131,8 @@ class RunFilter:
     (opened_at < until): ISO-8601 UTC times, compared as text with the opening's time (both
     are written the same way). `code`: the run's first denial's reason code. `run_prefix`:
     lowercase hex digits the run id starts with (ValueError otherwise). `top_level`: only
-    runs no intent started (intent runs, and program runs of their own)."""
+    runs no intent started (intent runs, and program runs of their own). `in_doubt`: only
+    sealed runs that left an allowed call in doubt (its outcome never learned)."""
 
     contract: str | None = None
     status: str | None = None
@@ -139,12 +144,20 @@ class RunFilter:
     until: str | None = None
     run_prefix: str | None = None
     top_level: bool = False
+    in_doubt: bool = False
 
 
 def index_receipt(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
     """Keep the runs and denials indexes up to date with one receipt just inserted (same transaction)."""
     _index_run(connection, receipt, log_seq)
     _index_denial(connection, receipt, log_seq)
+    _index_in_doubt(connection, receipt)
+
+
+def _index_in_doubt(connection: sqlite3.Connection, receipt: Receipt) -> None:
+    # Apart from _index_run: step 3's backfill runs before step 6 adds the column.
+    if isinstance(receipt, Sealed):
+        connection.execute("UPDATE runs SET in_doubt = ? WHERE run_id = ?", (len(receipt.in_doubt), receipt.run_id))
 
 
 def _index_denial(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
@@ -218,6 +231,8 @@ def fill_denials_index(connection: sqlite3.Connection) -> None:
     """Build the denials index from the decisions already in the log (step 6's backfill)."""
     for log_seq, receipt in _receipts(connection, "'decision'"):
         _index_denial(connection, receipt, log_seq)
+    for _, receipt in _receipts(connection, "'seal'"):
+        _index_in_doubt(connection, receipt)
 
 
 def _receipts(connection: sqlite3.Connection, kinds: str) -> list[tuple[int, Receipt]]:
@@ -258,6 +273,8 @@ def list_runs(
         params.append(filters.run_prefix + "%")
     if filters.top_level:
         clauses.append("parent IS NULL")
+    if filters.in_doubt:
+        clauses.append("in_doubt > 0")
     if before is not None:
         clauses.append("opened_seq < ?")
         params.append(before)

@@ -155,8 +155,8 @@ AUDIT_SCHEMA = Schema(
             "denials: one row per DENY decision (run, principal, contract, version, operation, code, boundary, "
             "clause, time), kept in each receipt's transaction and built from the receipts on upgrade, so the "
             "review app's overview counts which rules fire most without decoding receipts; and indexes of the "
-            "runs index by contract, principal and first denial code for its filters; not signed, never "
-            "consulted by verify",
+            "runs index by contract, principal and first denial code for its filters, and each sealed run's "
+            "count of calls left in doubt; not signed, never consulted by verify",
             DENIALS_INDEX_SQL,
             fill=fill_denials_index,
         ),

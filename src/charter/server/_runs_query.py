@@ -256,6 +256,8 @@ class Overview:
     unsealed: list[RunSummary]  # runs never sealed (interrupted), newest first (up to TOP)
     unsealed_total: int
     approvals_waiting: int = 0
+    in_doubt: list[RunSummary] = field(default_factory=list)  # sealed runs with calls in doubt, newest first
+    in_doubt_total: int = 0
 
 
 def overview(log: AuditLog, *, principal: str | None, now: datetime | None = None) -> Overview:
@@ -299,6 +301,11 @@ def overview(log: AuditLog, *, principal: str | None, now: datetime | None = Non
         [unsealed_total] = connection.execute(
             f"SELECT count(*) FROM runs WHERE status = 'interrupted'{mine}", params[1:]
         ).fetchone()
+        # Sealed, yet a call's effect is not known (its outcome was never learned): ever, not 14 days.
+        in_doubt = list_runs(connection, RunFilter(principal=principal, in_doubt=True), TOP)
+        [in_doubt_total] = connection.execute(
+            f"SELECT count(*) FROM runs WHERE in_doubt > 0{mine}", params[1:]
+        ).fetchone()
     days = []
     for offset in range(OVERVIEW_DAYS):
         day = (first + timedelta(days=offset)).isoformat()
@@ -315,6 +322,8 @@ def overview(log: AuditLog, *, principal: str | None, now: datetime | None = Non
         boundaries=boundaries,
         unsealed=unsealed,
         unsealed_total=unsealed_total,
+        in_doubt=in_doubt,
+        in_doubt_total=in_doubt_total,
     )
 
 
