@@ -115,11 +115,11 @@ def test_a_baked_instance_is_confined_before_the_program_runs(sandbox: Sandbox, 
 
 
 def _baking_with_a_copied_cache(
-    orders: CompiledContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    orders: CompiledContract, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, pool_size: int = 0
 ) -> tuple[Sandbox, _component.ComponentFiles]:
     """A baking sandbox (its generic component from the usual cache) whose baked cache is now a
     copy, under `tmp_path`, of the shared cache's orders build: a test may damage it freely."""
-    fresh = Sandbox(pool_size=0, bake=True, progress=None)
+    fresh = Sandbox(pool_size=pool_size, bake=True, progress=None)
     key = fresh._entry(orders).surface_key
     built = _baked.baked_files(key)
     monkeypatch.setenv("CHARTER_CACHE_DIR", str(tmp_path / "cache"))
@@ -360,6 +360,40 @@ def test_cache_files_are_replaced_whole_and_read_only(tmp_path: Path) -> None:
     mapped.close()
 
 
+def _rewrite_in_place(native: Path) -> None:
+    # With the same bytes (other bytes would change the mapped pages under this very test
+    # process): same inode, new modification time.
+    native.chmod(0o644)
+    data = native.read_bytes()
+    with native.open("r+b") as handle:
+        handle.write(data)
+    stamp = native.stat().st_mtime_ns + 1_000_000_000
+    os.utime(native, ns=(stamp, stamp))
+
+
+def _held_loads(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Baked loads of `sandbox` wait until the returned event is set. The run that finds a
+    component changed queues its load again; loading an unchanged file (page-cached) can finish
+    before that very run makes its instance, which then rightly comes from the file as it is
+    now. Held, the run shows what serves while no component is loaded."""
+    release = threading.Event()
+    load = sandbox._baked._load
+
+    def held(key: str, surface_json: str) -> _baked.BakeReport:
+        release.wait()
+        return load(key, surface_json)
+
+    monkeypatch.setattr(sandbox._baked, "_load", held)
+    return release
+
+
+def _one_report_of_the_rewrite(caplog: pytest.LogCaptureFixture, native: Path) -> None:
+    reports = [record.getMessage() for record in caplog.records if record.name == "charter.sandbox"]
+    assert len(reports) == 1
+    assert "rewritten in place" in reports[0]
+    assert str(native) in reports[0]
+
+
 def test_a_baked_component_rewritten_in_place_is_dropped_and_loaded_again(
     sandbox: Sandbox,
     orders: CompiledContract,
@@ -370,23 +404,50 @@ def test_a_baked_component_rewritten_in_place_is_dropped_and_loaded_again(
     fresh, copy = _baking_with_a_copied_cache(orders, tmp_path, monkeypatch)
     fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)
     native = copy.native(fresh._runtime.config_tag)
-    # Rewritten in place with the same bytes (other bytes would change the mapped pages under
-    # this very test process): same inode, new modification time.
-    native.chmod(0o644)
-    data = native.read_bytes()
-    with native.open("r+b") as handle:
-        handle.write(data)
-    stamp = native.stat().st_mtime_ns + 1_000_000_000
-    os.utime(native, ns=(stamp, stamp))
+    _rewrite_in_place(native)
+    release = _held_loads(fresh, monkeypatch)
 
     outcome = _run(fresh, orders, 'conclude("served")')
     assert isinstance(outcome, Completed)
     assert fresh.runs_served() == {"baked": 0, "generic": 1}  # no instance of the changed file
-    reports = [record.getMessage() for record in caplog.records if record.name == "charter.sandbox"]
-    assert len(reports) == 1
-    assert "rewritten in place" in reports[0]
-    assert str(native) in reports[0]
-    fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)  # loaded again, from the file as it is now
+    _one_report_of_the_rewrite(caplog, native)
+    release.set()
+    fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)  # loaded again (the run queued it), from the file as it is now
     assert fresh.baked_loaded(orders)
     assert _run(fresh, orders, 'conclude("baked")') == Completed(answer="baked", stats=ANY)
     assert fresh.runs_served() == {"baked": 1, "generic": 1}
+
+
+def test_a_pooled_baked_instance_made_before_its_file_was_rewritten_in_place_is_never_served(
+    sandbox: Sandbox,
+    orders: CompiledContract,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An instance maps its component's pages as a new one would: prepared before the rewrite,
+    it is retired when taken, and the run is served by another."""
+    fresh, copy = _baking_with_a_copied_cache(orders, tmp_path, monkeypatch, pool_size=1)
+    fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)
+    fresh.warm(orders)
+    entry = fresh._entry(orders)
+    # The pool's one instance is baked and warmed (prepare() run while idle); the pool thread waits.
+    for _ in range(6000):  # a bound against hanging, not a measure of speed
+        if len(entry.pool) == 1 and entry.pool[0].baked and entry.pool[0].prepare is None:
+            break
+        threading.Event().wait(0.01)
+    [pooled] = entry.pool
+    assert pooled.baked
+    assert pooled.prepare is None
+    native = copy.native(fresh._runtime.config_tag)
+    _rewrite_in_place(native)
+    release = _held_loads(fresh, monkeypatch)
+
+    outcome = _run(fresh, orders, 'conclude("served")')
+    assert isinstance(outcome, Completed)
+    assert fresh.runs_served() == {"baked": 0, "generic": 1}
+    assert pooled not in entry.pool
+    _one_report_of_the_rewrite(caplog, native)
+    release.set()
+    fresh.bake(orders).result(timeout=_BUILD_TIMEOUT)
+    assert fresh.baked_loaded(orders)

@@ -36,7 +36,7 @@ from wasmtime.component import Component
 from charter.sandbox import _component
 from charter.sandbox._component import BuildFailed, ComponentFiles
 
-__all__ = ["BakeReport", "BakedComponents", "baked_files", "surface_key"]
+__all__ = ["BakeReport", "BakedComponents", "LoadedComponent", "baked_files", "surface_key"]
 
 _LOG = logging.getLogger("charter.sandbox")
 _SURFACE_FILE = "surface.json"
@@ -88,11 +88,29 @@ def _build(directory: Path) -> None:
         _component._atomic_write(native, bytes(component.serialize()))
 
 
+_FileIdentity = tuple[int, int, int]  # inode, size, modification time (ns)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedComponent:
+    """A loaded baked component and its native code file (mapped) as it was when loaded."""
+
+    component: Component
+    native: Path
+    identity: _FileIdentity  # inode, size, modification time (ns) at load
+
+    def changed_in_place(self) -> bool:
+        """Whether the file was rewritten in place since: the component's pages, and those of
+        every instance made from it, may have changed. Replaced (renamed over) or deleted is safe."""
+        return _changed_in_place(self.native, self.identity)
+
+
 class BakedComponents:
     """Loaded baked components, least recently used evicted past `capacity`, and their builder.
 
     `request` queues a surface and returns a future that resolves once its component is
-    loaded (or raises BuildFailed); `get` returns the loaded component or None. Thread-safe.
+    loaded (or raises BuildFailed); `current` returns the loaded component with its file, `get`
+    the component alone, or None. Thread-safe.
     """
 
     def __init__(
@@ -109,8 +127,7 @@ class BakedComponents:
         self._on_ready = on_ready
         self._report = report
         self._lock = threading.Condition()
-        self._loaded: OrderedDict[str, Component] = OrderedDict()
-        self._mapped: dict[str, tuple[Path, _FileIdentity]] = {}  # each loaded component's native file
+        self._loaded: OrderedDict[str, LoadedComponent] = OrderedDict()
         self._pending: dict[str, concurrent.futures.Future[BakeReport]] = {}
         self._failed: dict[str, concurrent.futures.Future[BakeReport]] = {}
         self._queue: deque[tuple[str, str]] = deque()
@@ -118,18 +135,23 @@ class BakedComponents:
         self.reports: dict[str, BakeReport] = {}
 
     def get(self, key: str) -> Component | None:
-        """`key`'s loaded component, or None. One whose native file was rewritten in place
-        since it was loaded is dropped (reported) and loaded again by the next `request`:
-        no new instance maps pages of a file that changed under it."""
+        """`key`'s loaded component, or None (see `current`)."""
+        loaded = self.current(key)
+        return None if loaded is None else loaded.component
+
+    def current(self, key: str) -> LoadedComponent | None:
+        """`key`'s loaded component and its file, or None. One whose native file was rewritten
+        in place since it was loaded is dropped (reported) and loaded again by the next
+        `request`: no new instance maps pages of a file that changed under it. (Instances made
+        before: the sandbox checks `LoadedComponent.changed_in_place` when it takes one.)"""
         with self._lock:
-            component = self._loaded.get(key)
-            if component is None:
+            loaded = self._loaded.get(key)
+            if loaded is None:
                 return None
-            path, identity = self._mapped[key]
-            if _changed_in_place(path, identity):
+            if loaded.changed_in_place():
                 del self._loaded[key]
                 message = (
-                    f"the sandbox's baked component {path} was rewritten in place while loaded; it is "
+                    f"the sandbox's baked component {loaded.native} was rewritten in place while loaded; it is "
                     "loaded again. Native code files are mapped: replace them (rename), never edit them"
                 )
                 if self._report is not None:
@@ -138,7 +160,7 @@ class BakedComponents:
                     _LOG.warning(message)
                 return None
             self._loaded.move_to_end(key)
-            return component
+            return loaded
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -207,8 +229,7 @@ class BakedComponents:
         report = BakeReport(key=key, build_seconds=build_seconds, native_bytes=identity[1], load_ms=load_ms)
         with self._lock:  # loaded, reported and no longer pending at once, for `request`
             self.reports[key] = report
-            self._loaded[key] = component
-            self._mapped[key] = (native, identity)
+            self._loaded[key] = LoadedComponent(component, native, identity)
             self._loaded.move_to_end(key)
             while len(self._loaded) > self.capacity:
                 self._loaded.popitem(last=False)  # instances already made keep their component alive
@@ -223,9 +244,6 @@ class BakedComponents:
 
     def _build(self, files: ComponentFiles, surface_json: str) -> None:
         _run_builder(files, surface_json)
-
-
-_FileIdentity = tuple[int, int, int]  # inode, size, modification time (ns)
 
 
 def _identity(path: Path) -> _FileIdentity:

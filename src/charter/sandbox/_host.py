@@ -340,8 +340,13 @@ def _host_call(operation: str, arguments: str, line: int) -> tuple[bool, str]:
 class _Prepared:
     store: wasmtime.Store
     run: Func
-    baked: bool  # an instance of the contract's baked component: prepared at build time
+    source: _baked.LoadedComponent | None  # the baked component it is an instance of; None: generic
     prepare: Func | None = None  # a cold baked instance's prepare(), to warm it while the pool is idle
+
+    @property
+    def baked(self) -> bool:
+        """An instance of the contract's baked component: prepared at build time."""
+        return self.source is not None
 
 
 @dataclass(slots=True)
@@ -470,13 +475,13 @@ class Sandbox:
         store = wasmtime.Store(runtime.engine)
         _watch_deadline(store)
         store.set_epoch_deadline(_ticks(_PREPARE_SECONDS))
-        baked = self._baked.get(entry.surface_key)
+        baked = self._baked.current(entry.surface_key)
         with _profile.component("sandbox.instantiate"):
-            instance = runtime.linker.instantiate(store, baked or runtime.component)
+            instance = runtime.linker.instantiate(store, runtime.component if baked is None else baked.component)
         run = instance.get_func(store, "run")
         if run is None:
             raise UsageError("the sandbox component lacks its exports; rebuild it with `charter sandbox build`")
-        prepared = _Prepared(store=store, run=run, baked=baked is not None)
+        prepared = _Prepared(store=store, run=run, source=baked)
         if baked is None or warm:
             prepare = instance.get_func(store, "prepare")
             if prepare is None:
@@ -579,15 +584,23 @@ class Sandbox:
     def _take(self, contract: CompiledContract) -> _Prepared:
         entry = self._pool(contract)
         entry.last_take = time.monotonic()
-        try:
-            prepared = entry.pool.popleft()
-        except IndexError:
-            # The pool ran dry (a burst, or pool_size=0): prepare on the request path, and
-            # keep one more ready from now on. A baked instance is used cold: warming it
-            # would cost the request more than the faults its run takes.
-            if self._pool_size > 0 and entry.target < _MAX_POOL:
-                entry.target += 1
-            prepared = self._prepare(entry, warm=False)
+        while True:
+            try:
+                prepared = entry.pool.popleft()
+            except IndexError:
+                # The pool ran dry (a burst, or pool_size=0): prepare on the request path, and
+                # keep one more ready from now on. A baked instance is used cold: warming it
+                # would cost the request more than the faults its run takes.
+                if self._pool_size > 0 and entry.target < _MAX_POOL:
+                    entry.target += 1
+                prepared = self._prepare(entry, warm=False)
+            if prepared.source is None or not prepared.source.changed_in_place():
+                break
+            # Made before its component's native file was rewritten in place: its mapped pages
+            # may have changed under it. Never served; the component is dropped (reported once,
+            # by `current`) and the next instance is generic until it is loaded again.
+            self._baked.current(entry.surface_key)
+            self._retire(prepared)
         self._served["baked" if prepared.baked else "generic"] += 1  # a statistic: racing threads may lose one
         return prepared
 
