@@ -607,8 +607,9 @@ def test_the_index_rebuilt_by_upgrade_equals_the_live_one(log: AuditLog, store: 
         live_db.backup(db)  # the receipts in the WAL too
         db.execute("DROP TABLE approvals")
         db.execute("DROP TABLE denials")  # and what step 6 added after it (its indexes go with it)
-        for index in ("runs_by_contract", "runs_by_principal", "runs_by_denial_code"):
+        for index in ("runs_by_contract", "runs_by_principal", "runs_by_denial_code", "runs_in_doubt"):
             db.execute(f"DROP INDEX {index}")
+        db.execute("ALTER TABLE runs DROP COLUMN in_doubt")
         db.execute("PRAGMA user_version = 4")
         db.commit()
     upgrade = charter("db", "upgrade", "--home", str(home))
