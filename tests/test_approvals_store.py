@@ -606,7 +606,7 @@ def test_the_index_rebuilt_by_upgrade_equals_the_live_one(log: AuditLog, store: 
     with closing(sqlite3.connect(log.path)) as live_db, closing(sqlite3.connect(home / "audit.db")) as db:
         live_db.backup(db)  # the receipts in the WAL too
         db.execute("DROP TABLE approvals")
-        db.execute("DROP TABLE denials")  # and what step 6 added after it (its indexes go with it)
+        db.execute("DROP TABLE denials")  # and what steps 6 and 7 added after it (its indexes go with it)
         for index in ("runs_by_contract", "runs_by_principal", "runs_by_denial_code", "runs_in_doubt"):
             db.execute(f"DROP INDEX {index}")
         db.execute("ALTER TABLE runs DROP COLUMN in_doubt")

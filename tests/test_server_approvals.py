@@ -190,6 +190,16 @@ def test_a_paused_program_answers_202_and_concludes_once_a_reviewer_approves(api
     ]
     assert [(o["call"], o["run_id"]) for o in final["outcomes"]] == [(approval["call"], final["chain"][1])]
     assert final["in_doubt"] == []
+    # The list keeps the paused run's own status and says where its chain went; the overview
+    # counts the run as its chain stands (the review app reads both).
+    with api.client("auditor") as client:
+        [row] = [r for r in client.get("/v1/runs").json()["runs"] if r["run_id"] == run_id]
+    assert (row["status"], row["resumed"]) == ("awaiting_approval", {"run_id": final["chain"][1], "status": "done"})
+    from charter.server._runs_query import overview
+
+    counted = overview(api.log, principal=None).days[-1].by
+    assert "awaiting_approval" not in counted
+    assert counted["done"] == 2  # the paused run, as its chain stands, and the run that resumed it
 
 
 def test_an_intent_that_pauses_answers_202_and_its_run_follows_the_chain(api: Api) -> None:

@@ -3,6 +3,8 @@ principal approves through the page's form, and the contract pages read at 1280 
 
 from __future__ import annotations
 
+import time
+
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
@@ -41,6 +43,18 @@ def test_the_requester_is_refused_and_a_second_principal_approves(review: Review
     browser.refresh()
     wait_for(browser, ".decided")
     assert fits(browser), "the approval page scrolls sideways on a phone"
+    # The worker resumes the run: its requester's runs list and run page say where the chain went.
+    deadline = time.monotonic() + 60
+    while review.service.current_answer(request.run_id)[0].status == "awaiting_approval":  # type: ignore[index]
+        assert time.monotonic() < deadline, "the approved run was not resumed"
+        time.sleep(0.1)
+    browser.find_element(By.CSS_SELECTOR, "form.who button[type=submit]").click()  # sign out
+    wait_for(browser, "#token")
+    sign_in(browser, review, "holder")
+    browser.get(f"{review.url}/ui/runs")
+    assert "resumed:" in wait_for(browser, "span.resumed").text
+    browser.get(f"{review.url}/ui/runs/{request.run_id}")
+    assert "done" in wait_for(browser, "dd.chain-now").text
 
 
 def test_contract_pages_show_a_version_and_the_diff_of_two(review: Review, browser: WebDriver) -> None:

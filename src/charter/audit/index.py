@@ -38,11 +38,13 @@ from charter.status import status_of, status_of_closing
 
 __all__ = [
     "DENIALS_INDEX_SQL",
+    "IN_DOUBT_INDEX_SQL",
     "RUNS_INDEX_SQL",
     "RunFilter",
     "RunSummary",
     "attempts_of",
     "fill_denials_index",
+    "fill_in_doubt_index",
     "fill_runs_index",
     "index_receipt",
     "list_runs",
@@ -89,6 +91,9 @@ DENIALS_INDEX_SQL = (
     "CREATE INDEX runs_by_contract ON runs (contract, opened_seq)",
     "CREATE INDEX runs_by_principal ON runs (principal, opened_seq)",
     "CREATE INDEX runs_by_denial_code ON runs (denial_code, opened_seq)",
+)
+
+IN_DOUBT_INDEX_SQL = (
     # How many of a sealed program run's allowed calls were left in doubt (their outcome never
     # learned: a write whose effect is not known); NULL until it is sealed.
     "ALTER TABLE runs ADD COLUMN in_doubt INTEGER",
@@ -155,7 +160,7 @@ def index_receipt(connection: sqlite3.Connection, receipt: Receipt, log_seq: int
 
 
 def _index_in_doubt(connection: sqlite3.Connection, receipt: Receipt) -> None:
-    # Apart from _index_run: step 3's backfill runs before step 6 adds the column.
+    # Apart from _index_run: step 3's backfill runs before step 7 adds the column.
     if isinstance(receipt, Sealed):
         connection.execute("UPDATE runs SET in_doubt = ? WHERE run_id = ?", (len(receipt.in_doubt), receipt.run_id))
 
@@ -231,6 +236,10 @@ def fill_denials_index(connection: sqlite3.Connection) -> None:
     """Build the denials index from the decisions already in the log (step 6's backfill)."""
     for log_seq, receipt in _receipts(connection, "'decision'"):
         _index_denial(connection, receipt, log_seq)
+
+
+def fill_in_doubt_index(connection: sqlite3.Connection) -> None:
+    """Count each sealed run's calls in doubt from the seals already in the log (step 7's backfill)."""
     for _, receipt in _receipts(connection, "'seal'"):
         _index_in_doubt(connection, receipt)
 

@@ -38,10 +38,12 @@ from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
 from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Record, Writer, connect
 from charter.audit.index import (
     DENIALS_INDEX_SQL,
+    IN_DOUBT_INDEX_SQL,
     RUNS_INDEX_SQL,
     RunFilter,
     RunSummary,
     fill_denials_index,
+    fill_in_doubt_index,
     fill_runs_index,
     list_runs,
 )
@@ -155,10 +157,18 @@ AUDIT_SCHEMA = Schema(
             "denials: one row per DENY decision (run, principal, contract, version, operation, code, boundary, "
             "clause, time), kept in each receipt's transaction and built from the receipts on upgrade, so the "
             "review app's overview counts which rules fire most without decoding receipts; and indexes of the "
-            "runs index by contract, principal and first denial code for its filters, and each sealed run's "
-            "count of calls left in doubt; not signed, never consulted by verify",
+            "runs index by contract, principal and first denial code for its filters; not signed, never "
+            "consulted by verify",
             DENIALS_INDEX_SQL,
             fill=fill_denials_index,
+        ),
+        Step(
+            7,
+            "runs.in_doubt: how many of a sealed run's allowed calls were left in doubt (a write whose effect is "
+            "not known), kept in the seal's transaction and counted from the seals on upgrade, so the review "
+            "app's overview lists such runs without decoding receipts; not signed, never consulted by verify",
+            IN_DOUBT_INDEX_SQL,
+            fill=fill_in_doubt_index,
         ),
     ),
 )

@@ -363,9 +363,19 @@ class RunSummaryBody(BaseModel):
     parent: str | None = Field(description="The intent run a program run is an attempt of.")
 
 
+class ResumedBody(BaseModel):
+    run_id: str = Field(description="The latest run that resumed this run's chain after an approval's decision.")
+    status: Status = Field(description="That run's own status (it may have paused again).")
+
+
 class RunListItem(RunSummaryBody):
     attempts: list[RunSummaryBody] | None = Field(
         default=None, description="An intent run's program runs (its attempts'), in the order opened."
+    )
+    resumed: ResumedBody | None = Field(
+        default=None,
+        description="A run that paused for approval (status awaiting_approval, as it was sealed) and was resumed "
+        "since: where its chain went. GET /v1/runs/{run_id} reports the chain's current state.",
     )
 
 

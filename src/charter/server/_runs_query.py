@@ -79,11 +79,39 @@ class RunQuery:
     cursor: int | None = None
 
 
+class Resumed(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a paused run's chain went: the latest run that resumed it after an approval's
+    decision, and that run's status (its own status: it may have paused again)."""
+
+    run_id: str
+    status: str
+
+
 class RunRow(msgspec.Struct, frozen=True, kw_only=True):
-    """A run of a page; an intent run carries its attempts' program runs, in the order opened."""
+    """A run of a page; an intent run carries its attempts' program runs, in the order opened.
+    `resumed`: for a run whose status is awaiting_approval (an intent: one whose program run
+    paused), the run that resumed its chain since, if any; the row keeps the status it was sealed
+    with, as the index does (GET /v1/runs/{id} reports the chain's)."""
 
     run: RunSummary
     attempts: list[RunSummary] | None = None
+    resumed: Resumed | None = None
+
+
+# The latest resume of the chain a run starts (an intent run: of its program runs' chains), from
+# the approvals index: approvals.logical_run_id names the chain's first run.
+_RESUMED_SQL = (
+    "SELECT a.resume_run, r.status FROM approvals a JOIN runs r ON r.run_id = a.resume_run "
+    "WHERE a.logical_run_id = {run} OR a.logical_run_id IN (SELECT c.run_id FROM runs c WHERE c.parent = {run}) "
+    "ORDER BY r.opened_seq DESC LIMIT 1"
+)
+
+
+def _resumed(connection: sqlite3.Connection, run: RunSummary) -> Resumed | None:
+    if run.status != "awaiting_approval":
+        return None
+    found = connection.execute(_RESUMED_SQL.format(run="?1"), (run.run_id,)).fetchone()
+    return None if found is None else Resumed(run_id=found[0], status=found[1])
 
 
 class RunPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,7 +235,11 @@ def run_page(log: AuditLog, query: RunQuery, *, principal: str | None) -> RunPag
         found = list_runs(connection, filters, query.limit + 1, query.cursor)
         shown = found[: query.limit]
         rows = [
-            RunRow(run=run, attempts=attempts_of(connection, run.run_id) if run.kind == "intent" else None)
+            RunRow(
+                run=run,
+                attempts=attempts_of(connection, run.run_id) if run.kind == "intent" else None,
+                resumed=_resumed(connection, run),
+            )
             for run in shown
         ]
     more = len(found) > query.limit
@@ -224,7 +256,11 @@ def page_body(page: RunPage) -> dict[str, Any]:
 
     return {
         "runs": [
-            fields(row.run) | {"attempts": None if row.attempts is None else [fields(a) for a in row.attempts]}
+            fields(row.run)
+            | {
+                "attempts": None if row.attempts is None else [fields(a) for a in row.attempts],
+                "resumed": None if row.resumed is None else msgspec.to_builtins(row.resumed),
+            }
             for row in page.runs
         ],
         "next_cursor": page.next_cursor,
@@ -260,6 +296,15 @@ class Overview:
     in_doubt_total: int = 0
 
 
+# A run's status as its chain stands: a paused run resumed since counts as its latest resume.
+_CURRENT_STATUS = (
+    "CASE WHEN status = 'awaiting_approval' THEN coalesce((SELECT st FROM (SELECT r.status AS st, r.opened_seq "
+    "FROM approvals a JOIN runs r ON r.run_id = a.resume_run WHERE a.logical_run_id = runs.run_id OR "
+    "a.logical_run_id IN (SELECT c.run_id FROM runs c WHERE c.parent = runs.run_id) ORDER BY r.opened_seq DESC "
+    "LIMIT 1)), status) ELSE status END"
+)
+
+
 def overview(log: AuditLog, *, principal: str | None, now: datetime | None = None) -> Overview:
     """The overview of runs visible to `principal` (None: everyone's), counted from the indexes."""
     today = (now or datetime.now(UTC)).astimezone(UTC).date()
@@ -269,14 +314,15 @@ def overview(log: AuditLog, *, principal: str | None, now: datetime | None = Non
     with _reading(log) as connection:
         per_day: dict[str, dict[str, int]] = {}
         for day, status, n in connection.execute(
-            f"SELECT substr(opened_at, 1, 10), status, count(*) FROM runs WHERE parent IS NULL "
+            f"SELECT substr(opened_at, 1, 10), {_CURRENT_STATUS}, count(*) FROM runs WHERE parent IS NULL "
             f"AND opened_at >= ?{mine} GROUP BY 1, 2",
             params,
         ):
             per_day.setdefault(day, {})[status] = n
         per_contract: dict[str, dict[str, int]] = {}
         for contract, status, n in connection.execute(
-            f"SELECT contract, status, count(*) FROM runs WHERE parent IS NULL AND opened_at >= ?{mine} GROUP BY 1, 2",
+            f"SELECT contract, {_CURRENT_STATUS}, count(*) FROM runs WHERE parent IS NULL AND opened_at >= ?{mine} "
+            "GROUP BY 1, 2",
             params,
         ):
             per_contract.setdefault(contract, {})[status] = n
