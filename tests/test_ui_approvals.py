@@ -174,6 +174,12 @@ def test_a_second_principal_approves_and_the_page_shows_the_decision(review: Rev
     assert "Your decision was recorded." in shown.text
     assert "<strong>approved</strong> by reviewer" in shown.text
     assert "Checked the &lt;b&gt;new&lt;/b&gt; IBAN with the landlord" in shown.text
+    # Decided, the paused run is no longer the approver's to open: named, not linked (an auditor's link).
+    paused = review.service.approval(Principal("auditor", frozenset({"audit:read"})), review.approval_id).run_id
+    assert paused[:12] in shown.text
+    assert f'href="/ui/runs/{paused}"' not in shown.text
+    with review.client("auditor") as client:
+        assert f'href="/ui/runs/{paused}"' in client.get(f"/ui/approvals/{review.approval_id}").text
     assert 'class="called"' in shown.text
     assert 'class="waiting"' not in shown.text
     assert 'action="/ui/approvals/' not in shown.text  # decided once: no forms any more

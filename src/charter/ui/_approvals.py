@@ -119,6 +119,7 @@ def _page(
     lines = highlighted_lines(view.program) if view.program else []
     marks = {view.line: _line_mark(view)} if view.line is not None and 0 < view.line <= len(lines) else {}
     requester = same_principal(viewer.principal.id, view.principal)
+    holds_scope = viewer.principal.has(view.approver_scope)
     return ui.render(
         request,
         "approval.html",
@@ -131,8 +132,14 @@ def _page(
         quotas=_quotas(view),
         rule=ui.service.approval_rule(view),
         requester=requester,
-        holds_scope=viewer.principal.has(view.approver_scope),
+        holds_scope=holds_scope,
         open_for_decision=view.verified and view.decision is None,
+        # Links only to runs the viewer may open (the run page's rule, server._run_review.run_access):
+        # its own and, for an auditor, any; an approver, the paused run while the request is pending.
+        runs_open=viewer.auditor or requester,
+        paused_open=viewer.auditor
+        or requester
+        or (view.decision is None and viewer.principal.has(view.approver_scope)),
         refusal=refusal,
         done=_DONE.get(done, ""),
         posted_verb=posted[0],
