@@ -160,6 +160,12 @@ def serve(
             queue=queue,
         )
         mount_ui(app, service, SessionStore(service.audit.path.parent / "ui-sessions.db"), secure=not loopback(host))
+        if not loopback(host):
+            note(
+                f"note: the review app's session cookie is Secure on {host}: browse /ui over https (TLS in front "
+                "of this server); over plain http a browser cannot stay signed in",
+                "yellow",
+            )
         webhook = None
         if approval_webhook:
             key = load_or_create_webhook_key(service.audit.path.parent / "keys")
