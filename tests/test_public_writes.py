@@ -45,7 +45,8 @@ def test_a_version_published_before_the_rule_still_loads(write_contract: WriteCo
     old = Contract.model_validate(data)
     with sqlite3.connect(registry.path) as db:
         db.execute(
-            "INSERT INTO contract_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO contract_versions (name, version, sha256, canonical, source_text, source_file, "
+            "published_at, relaxation_approved) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             ("shop", "1.0.0", "0" * 64, canonical_json(old).decode(), "", "old.yaml", "2026-01-01T00:00:00+00:00", 0),
         )
     compiled = registry.get("shop", "1.0.0")
