@@ -4,6 +4,7 @@ behind; memory bounded by the server's base plus N times the run memory limit.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -141,6 +142,38 @@ def test_a_queued_request_whose_client_leaves_gives_up_its_place(charter_home: P
         first.join(60)
         until(lambda: slots.in_flight == 0, "the slot to be freed")
     assert held.started == 1  # the request whose client left never ran
+
+
+def test_a_run_that_ends_as_a_request_starts_to_queue_hands_it_the_slot() -> None:
+    """The request queues in the step whose take() failed. It joined the queue in a task of its
+    own, a turn of the loop later: the run in flight ending in between freed its slot with nobody
+    waiting, and the request waited for a release that never came, as did every request after it
+    (take() gives no slot while anyone waits): a CI run's bench saw one request hang 120 s."""
+    from charter.server._admission import RunSlots
+
+    async def scenario() -> tuple[bool, bool, int, int]:
+        slots = RunSlots(max_runs=1, queue=1)
+        assert slots.take()  # a run in flight
+        stays = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:  # the client stays connected
+            await stays.wait()
+            return {"type": "http.disconnect"}
+
+        queued = asyncio.ensure_future(slots.wait_or_leave(receive))
+        await asyncio.sleep(0)  # the request's first step: take() failed, it waits for a slot
+        slots.release()  # the run in flight ends before the request's next step
+        for _ in range(10):  # turns enough for any hand-over (no clock involved)
+            await asyncio.sleep(0)
+        handed = queued.done() and queued.result()
+        if not queued.done():
+            queued.cancel()
+        later = slots.take()  # a request arriving afterwards, with the queued one now running
+        return handed, later, slots.in_flight, slots.waiting
+
+    handed, later, in_flight, waiting = asyncio.run(scenario())
+    assert handed, "the queued request never got the slot its predecessor released"
+    assert (later, in_flight, waiting) == (False, 1, 0)
 
 
 def test_a_request_that_can_never_run_or_needs_no_run_is_answered_at_once_whatever_the_load(

@@ -16,6 +16,7 @@ retry with the same key runs normally).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -74,16 +75,31 @@ class RunSlots:
     async def wait(self) -> None:
         """Wait in the queue (the caller checked it has room) until a slot is handed over.
         Cancelled while waiting, it leaves the queue and no slot taken."""
-        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(slot)
+        slot = self._join()
         try:
             await slot  # `release` hands its slot over: `in_flight` already counts this request
         except BaseException:
-            if slot.done() and not slot.cancelled():
-                self.release()  # it was handed a slot just as it was cancelled: pass it on
-            else:
-                self._waiting.remove(slot)
+            self._leave(slot)
             raise
+
+    def _join(self) -> asyncio.Future[None]:
+        # In the queue at once, in the same step as the `take()` that failed: a run that ends
+        # from here on hands this request its slot. Joining later (in a task of its own, which
+        # starts on a later turn of the loop) let that run's `release` find nobody waiting and
+        # free the slot; the request then waited for a release no run would make, and, as
+        # `take()` gives no slot while anyone waits, so did every request after it.
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(slot)
+        return slot
+
+    def _leave(self, slot: asyncio.Future[None]) -> None:
+        """Give a place up: a slot handed over meanwhile is passed on, else the place goes."""
+        if slot.done() and not slot.cancelled():
+            self.release()
+            return
+        slot.cancel()
+        with contextlib.suppress(ValueError):  # `release` may have dropped it already
+            self._waiting.remove(slot)
 
     def release(self, held_seconds: float | None = None) -> None:
         """Hand the slot to the first request still waiting, or free it."""
@@ -100,16 +116,16 @@ class RunSlots:
         """Wait in the queue (the caller checked it has room), watching the connection: True once
         a slot is handed over, False if the client disconnected first (its place given up).
         `receive` is the request's ASGI receive, its body already read: only a disconnect comes."""
-        waited = asyncio.ensure_future(self.wait())
+        slot = self._join()
         gone = asyncio.ensure_future(receive())
         try:
-            await asyncio.wait((waited, gone), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((slot, gone), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             gone.cancel()
-            waited.cancel()
+            self._leave(slot)
             raise
-        if waited.done():
+        if slot.done():
             gone.cancel()  # the response's own disconnect watch takes over
             return True
-        waited.cancel()  # `wait` gives its place up (or passes on a slot handed over meanwhile)
+        self._leave(slot)  # the client left first: its place goes (a slot handed over meanwhile is passed on)
         return False
