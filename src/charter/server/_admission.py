@@ -61,8 +61,9 @@ class RunSlots:
         its protocol, e.g. "send the request again in 2 s" (`retry_after()` seconds)."""
         self.refused += 1
         return (
-            f"{self.max_runs} runs are in flight and {self.waiting} requests are waiting, the most this server "
-            f"takes; nothing was run or recorded: {again}"
+            # The counts as they are (not the limits): a count that disagrees with the limits shows at once.
+            f"{self.in_flight} runs are in flight (at most {self.max_runs}) and {self.waiting} requests are waiting "
+            f"(at most {self.queue}); nothing was run or recorded: {again}"
         )
 
     def take(self) -> bool:
