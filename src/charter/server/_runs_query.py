@@ -100,8 +100,9 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
 
 # The latest resume of the chain a run starts (an intent run: of its program runs' chains), from
 # the approvals index: approvals.logical_run_id names the chain's first run.
-_RESUMED_SQL = (
-    "SELECT a.resume_run, r.status FROM approvals a JOIN runs r ON r.run_id = a.resume_run "
+# `{run}`: the run's id, a parameter or the outer query's column; the overview counts by it too.
+_LATEST_RESUME = (
+    "SELECT r.run_id, r.status FROM approvals a JOIN runs r ON r.run_id = a.resume_run "
     "WHERE a.logical_run_id = {run} OR a.logical_run_id IN (SELECT c.run_id FROM runs c WHERE c.parent = {run}) "
     "ORDER BY r.opened_seq DESC LIMIT 1"
 )
@@ -110,7 +111,7 @@ _RESUMED_SQL = (
 def _resumed(connection: sqlite3.Connection, run: RunSummary) -> Resumed | None:
     if run.status != "awaiting_approval":
         return None
-    found = connection.execute(_RESUMED_SQL.format(run="?1"), (run.run_id,)).fetchone()
+    found = connection.execute(_LATEST_RESUME.format(run="?1"), (run.run_id,)).fetchone()
     return None if found is None else Resumed(run_id=found[0], status=found[1])
 
 
@@ -298,10 +299,8 @@ class Overview:
 
 # A run's status as its chain stands: a paused run resumed since counts as its latest resume.
 _CURRENT_STATUS = (
-    "CASE WHEN status = 'awaiting_approval' THEN coalesce((SELECT st FROM (SELECT r.status AS st, r.opened_seq "
-    "FROM approvals a JOIN runs r ON r.run_id = a.resume_run WHERE a.logical_run_id = runs.run_id OR "
-    "a.logical_run_id IN (SELECT c.run_id FROM runs c WHERE c.parent = runs.run_id) ORDER BY r.opened_seq DESC "
-    "LIMIT 1)), status) ELSE status END"
+    "CASE WHEN status = 'awaiting_approval' THEN coalesce((SELECT status FROM "
+    f"({_LATEST_RESUME.format(run='runs.run_id')})), status) ELSE status END"
 )
 
 
