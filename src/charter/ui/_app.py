@@ -309,25 +309,33 @@ _HTTP_MESSAGES = {
 }
 
 
+async def _answer(
+    handler: Callable[[Request, Any], Response | Awaitable[Response]], request: Request, error: Exception
+) -> Response:
+    answer = handler(request, error)
+    return await answer if inspect.isawaitable(answer) else answer
+
+
 def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
     """Errors raised by routing and parameter parsing under /ui are HTML pages; elsewhere the
     handlers `create_app` installed (problem+json) answer as before."""
-    api_http = app.exception_handlers.get(StarletteHTTPException)
-    api_invalid = app.exception_handlers.get(RequestValidationError)
-    api_failed = app.exception_handlers.get(Exception)
+    Page = Callable[[Request, Exception], Awaitable[Response]]
 
-    async def api(
-        handler: Callable[[Request, Any], Response | Awaitable[Response]], request: Request, error: Exception
-    ) -> Response:
-        answer = handler(request, error)
-        return await answer if inspect.isawaitable(answer) else answer
+    def html_under_ui(kind: type[Exception], page: Page) -> None:
+        """Answer `kind` with `page` under /ui, and with the API's handler (if any) elsewhere."""
+        api_handler = app.exception_handlers.get(kind)
+
+        async def handler(request: Request, error: Exception) -> Response:
+            if _under_ui(request.url.path):
+                return await page(request, error)
+            if api_handler is None:
+                raise error  # no API handler to answer for: Starlette's own
+            return await _answer(api_handler, request, error)
+
+        app.add_exception_handler(kind, handler)
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, StarletteHTTPException)
-        if not _under_ui(request.url.path):
-            if api_http is None:
-                raise error  # no API handler to answer for: Starlette's own
-            return await api(api_http, request, error)
         code = error.status_code
         title = _HTTP_TITLES.get(code, "Request refused")
         message = _HTTP_MESSAGES.get(code, str(error.detail))
@@ -340,10 +348,6 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
 
     async def invalid(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
-        if not _under_ui(request.url.path):
-            if api_invalid is None:
-                raise error  # no API handler to answer for: Starlette's own
-            return await api(api_invalid, request, error)
         found = error.errors()
         named = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {str(e['msg'])[:200]}" for e in found[:3]
@@ -352,24 +356,22 @@ def _html_errors_under_ui(app: FastAPI, ui: UiContext) -> None:
             request, "error.html", ui.viewer_or_none(request), status=400, title="Bad request", message=named
         )
 
+    api_failed = app.exception_handlers.get(Exception)
+
     async def failed(request: Request, error: Exception) -> Response:
         # Starlette's outermost error middleware calls this, outside UiHeaders: the headers are
         # set here. The page names no detail (it may hold anything the server held); the
         # API's handler, when there is one, logs it.
-        if not _under_ui(request.url.path):
-            if api_failed is None:
-                raise error  # no API handler to answer for: Starlette's own
-            return await api(api_failed, request, error)
         if api_failed is not None:
-            await api(api_failed, request, error)  # logs it
+            await _answer(api_failed, request, error)  # logs it
         message = f"the server failed ({type(error).__name__}); its log has the detail"
         response = ui.render(request, "error.html", None, status=500, title="Server error", message=message)
         response.headers.update({k.decode(): v.decode() for k, v in UI_HEADERS})
         return response
 
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(Exception, failed)
+    html_under_ui(StarletteHTTPException, http_error)
+    html_under_ui(RequestValidationError, invalid)
+    html_under_ui(Exception, failed)
 
 
 class _FormLimit:
