@@ -34,7 +34,14 @@ BROWSER := /usr/bin/chromium /usr/bin/chromedriver
 $(BROWSER):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
 
-unit: $(STAMP) $(BROWSER)
+# The PostgreSQL tests start a private server of their own (tests/_pg.py) from Debian's
+# postgresql package: a free loopback port, a temporary data directory, stopped at the end.
+.PHONY: postgres
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+unit: $(STAMP) $(BROWSER) postgres
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

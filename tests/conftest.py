@@ -6,6 +6,7 @@ import functools
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,11 @@ import pytest
 from charter.audit import AuditLog
 from charter.compiler import CompiledContract, compile_contract
 from charter.contract import load_contract
+from charter.db import close_pools
 from charter.principal import Principal
 from charter.runner import Execution, Runner
 from charter.sandbox import Sandbox
+from tests._pg import PgServer
 
 # No test may reach a real model: the package refuses real requests while this is "0"
 # (subprocesses inherit it), no key is there to send, and below, httpx2's real transport
@@ -156,3 +159,20 @@ def governed(charter_home: Path, shared_sandbox: Sandbox) -> Governed:
     log = AuditLog(charter_home / "audit.db")
     contract = compiled("orders")
     return Governed(Runner(audit=log, sandbox=shared_sandbox), log, contract)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (tests/_pg.py), started on first use."""
+    root = Path(tempfile.mkdtemp(prefix="charter-pg-"))  # not under pytest's tmp: postgres must own it
+    server = PgServer.start(root)
+    yield server
+    close_pools()
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test: its URL."""
+    yield pg_server.new_database()
+    close_pools()

@@ -1,0 +1,149 @@
+"""Schema versions of Charter's stores in PostgreSQL, as `charter.migrations` keeps them in SQLite.
+
+A PostgreSQL database holds every store, so its versions live in one table, one row per store:
+
+    charter_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL, upgraded_at TIMESTAMPTZ)
+
+Step N takes a store from version N-1 to N, in the same transaction as the row's new version;
+a transaction-level advisory lock (`pg_advisory_xact_lock`) keeps two processes from migrating
+at once. The rules are SQLite's (charter.migrations): a store with no row and no tables is
+created at the current version on open; one at the current version opens; a newer one is
+refused naming both versions; an older one is refused with `charter db upgrade --database URL`.
+
+Why not Alembic or yoyo: the SQLite stores already version themselves with `charter.migrations`
+(steps as data, a backfill per step in the same transaction), and the PostgreSQL steps are the
+same idea over one table; a migration tool would add SQLAlchemy (Alembic) or a second notion of
+a step (yoyo) for ~100 lines of code, and could not share the backfill functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from charter.db._postgres import PgConnection
+from charter.errors import SchemaMismatch
+
+__all__ = ["PG_SCHEMA_TABLE", "PgSchema", "PgStep", "pg_versions"]
+
+PG_SCHEMA_TABLE = "charter_schema"
+_LOCK_KEY = 0x43484152  # "CHAR": the advisory lock every migration takes
+
+_CREATE_TABLE = f"""CREATE TABLE IF NOT EXISTS {PG_SCHEMA_TABLE} (
+    store       TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    upgraded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)"""
+
+
+@dataclass(frozen=True, slots=True)
+class PgStep:
+    """One migration of one store in PostgreSQL: `sql` takes it from `version - 1` to `version`;
+    `fill` (optional) runs after it in the same transaction (a backfill)."""
+
+    version: int
+    summary: str
+    sql: tuple[str, ...]
+    fill: Callable[[PgConnection], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PgSchema:
+    """A store's tables in PostgreSQL: its name (the `charter_schema` row) and ordered steps."""
+
+    store: str
+    steps: tuple[PgStep, ...]
+
+    def __post_init__(self) -> None:
+        numbers = [step.version for step in self.steps]
+        if numbers != list(range(1, len(numbers) + 1)):
+            raise ValueError(f"{self.store}: migration steps must be numbered 1, 2, ... in order, got {numbers}")
+
+    @property
+    def version(self) -> int:
+        return self.steps[-1].version
+
+    def open(self, connection: PgConnection, where: str) -> None:
+        """Check the store before use; create it when the database has none of it.
+
+        `where` names the database in messages (a URL with its password masked).
+        Raises SchemaMismatch for a store at another version."""
+        found = self._found(connection)
+        if found == self.version:
+            return
+        if found is None:
+            with connection.transaction():
+                _lock(connection)
+                found = self._found(connection)
+                if found is None:
+                    self._apply(connection, 0)
+                    return
+        raise self._mismatch(found, where)
+
+    def upgrade(self, connection: PgConnection, where: str) -> tuple[int, int]:
+        """Migrate to this release's version in one transaction: (version before, after).
+        A store with no row is created (before: 0). Raises SchemaMismatch for a newer store."""
+        with connection.transaction():
+            _lock(connection)
+            found = self._found(connection) or 0
+            if found > self.version:
+                raise self._mismatch(found, where)
+            self._apply(connection, found)
+        return found, self.version
+
+    def _found(self, connection: PgConnection) -> int | None:
+        if not _has_table(connection):  # read only: the application's role may not create tables
+            return None
+        row = connection.execute(f"SELECT version FROM {PG_SCHEMA_TABLE} WHERE store = ?", (self.store,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _apply(self, connection: PgConnection, found: int) -> None:
+        if found == self.version:
+            return
+        for step in self.steps:
+            if step.version <= found:
+                continue
+            connection.execute(_CREATE_TABLE)
+            for statement in step.sql:
+                connection.execute(statement)
+            if step.fill is not None:
+                step.fill(connection)
+        connection.execute(
+            f"INSERT INTO {PG_SCHEMA_TABLE} (store, version) VALUES (?, ?) "
+            "ON CONFLICT (store) DO UPDATE SET version = excluded.version, upgraded_at = now()",
+            (self.store, self.version),
+        )
+
+    def _mismatch(self, found: int, where: str) -> SchemaMismatch:
+        if found > self.version:
+            return SchemaMismatch(
+                f"{where}: the {self.store} is at schema version {found}, newer than version {self.version}, "
+                "the newest this release of Charter knows: a later release wrote it. Run that release or a newer "
+                "one (`pip install --upgrade charter`); this one will not read or write it.",
+                found=found,
+                expected=self.version,
+            )
+        return SchemaMismatch(
+            f"{where}: the {self.store} is at schema version {found}, older than version {self.version}, which "
+            f"this release of Charter uses; run `charter db upgrade --database URL` (as the database's owner) to "
+            "migrate it in place, with every worker stopped.",
+            found=found,
+            expected=self.version,
+        )
+
+
+def pg_versions(connection: PgConnection) -> dict[str, int]:
+    """Every store's schema version in the database ({} before the first store is created)."""
+    if not _has_table(connection):
+        return {}
+    rows = connection.execute(f"SELECT store, version FROM {PG_SCHEMA_TABLE} ORDER BY store").fetchall()
+    return {str(store): int(version) for store, version in rows}
+
+
+def _lock(connection: PgConnection) -> None:
+    connection.execute("SELECT pg_advisory_xact_lock(?)", (_LOCK_KEY,))
+
+
+def _has_table(connection: PgConnection) -> bool:
+    row = connection.execute("SELECT to_regclass(?) IS NOT NULL", (PG_SCHEMA_TABLE,)).fetchone()
+    return bool(row and row[0])

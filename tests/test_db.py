@@ -1,0 +1,75 @@
+"""charter.db: database URLs, the psycopg adapter and PostgreSQL schema versions, on a real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from charter.db import Database, PgConnection, PgSchema, PgStep, pg_versions
+from charter.db._postgres import pg_sql
+from charter.errors import SchemaMismatch, UsageError
+
+
+def test_urls_parse_to_sqlite_folders_or_postgres(tmp_path: Path) -> None:
+    assert Database.parse(f"sqlite:{tmp_path}").home == tmp_path
+    assert Database.parse("sqlite:", home=tmp_path).home == tmp_path
+    pg = Database.parse("postgresql://app:s3cret@db.internal:5432/charter", home=tmp_path)
+    assert pg.is_postgres
+    assert pg.home == tmp_path
+    assert "s3cret" not in pg.shown
+    assert pg.shown == "postgresql://app:***@db.internal:5432/charter"
+    with pytest.raises(UsageError, match=r"neither sqlite:FOLDER nor postgresql://.*CHARTER_DATABASE_URL") as caught:
+        Database.parse("mysql://root:hunter2@x/y")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_env_chooses_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHARTER_DATABASE_URL", raising=False)
+    assert Database.from_env(tmp_path).kind == "sqlite"
+    monkeypatch.setenv("CHARTER_DATABASE_URL", "postgresql://x@y/z")
+    assert Database.from_env(tmp_path).kind == "postgresql"
+    assert Database.from_env(tmp_path, url=f"sqlite:{tmp_path}").kind == "sqlite"
+
+
+def test_sqlite_style_sql_is_rewritten_for_psycopg() -> None:
+    assert (
+        pg_sql("SELECT a FROM t WHERE b = ? AND c LIKE ? || '%'")
+        == "SELECT a FROM t WHERE b = %s AND c LIKE %s || '%%'"
+    )
+    assert pg_sql("BEGIN IMMEDIATE") == "BEGIN"
+
+
+_V1 = PgStep(1, "t", ("CREATE TABLE things (id TEXT PRIMARY KEY, n INTEGER NOT NULL)",))
+_V2 = PgStep(2, "u", ("ALTER TABLE things ADD COLUMN note TEXT",))
+
+
+def test_schema_created_then_refused_newer_and_older(pg_url: str) -> None:
+    database = Database.parse(pg_url)
+    with database.pg_connection() as connection:
+        PgSchema("things", (_V1,)).open(connection, database.shown)
+        assert pg_versions(connection) == {"things": 1}
+        connection.execute("INSERT INTO things VALUES (?, ?)", ("a", 1))
+        with pytest.raises(SchemaMismatch, match=r"schema version 1, older than version 2.*charter db upgrade") as old:
+            PgSchema("things", (_V1, _V2)).open(connection, database.shown)
+        assert (old.value.found, old.value.expected) == (1, 2)
+        assert PgSchema("things", (_V1, _V2)).upgrade(connection, database.shown) == (1, 2)
+        assert connection.execute("SELECT id, n, note FROM things").fetchall() == [("a", 1, None)]
+        with pytest.raises(SchemaMismatch, match=r"schema version 2, newer than version 1") as new:
+            PgSchema("things", (_V1,)).open(connection, database.shown)
+        assert (new.value.found, new.value.expected) == (2, 1)
+
+
+def test_a_failed_step_leaves_the_version_and_tables_as_they_were(pg_url: str) -> None:
+    database = Database.parse(pg_url)
+    broken = PgStep(2, "broken", ("ALTER TABLE things ADD COLUMN note TEXT", "ALTER TABLE nowhere ADD COLUMN x INT"))
+    with database.pg_connection() as connection:
+        PgSchema("things", (_V1,)).open(connection, database.shown)
+        with pytest.raises(Exception, match="nowhere"):
+            PgSchema("things", (_V1, broken)).upgrade(connection, database.shown)
+        assert pg_versions(connection) == {"things": 1}
+        columns = connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'things' ORDER BY column_name"
+        ).fetchall()
+        assert [c[0] for c in columns] == ["id", "n"]
+        assert isinstance(connection, PgConnection)
