@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from charter.db import Database, PgConnection, PgSchema, PgStep, pg_versions
+from charter.db import Connection, Database, PgConnection, PgSchema, PgStep, pg_versions, write_transaction
 from charter.db._postgres import pg_sql
 from charter.errors import SchemaMismatch, UsageError
 
@@ -73,3 +73,38 @@ def test_a_failed_step_leaves_the_version_and_tables_as_they_were(pg_url: str) -
         ).fetchall()
         assert [c[0] for c in columns] == ["id", "n"]
         assert isinstance(connection, PgConnection)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_one_sql_text_runs_on_both_engines(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:{tmp_path}" if engine == "sqlite" else request.getfixturevalue("pg_url")
+    database = Database.parse(url, home=tmp_path)
+    with database.connect("things.db") as connection:
+        connection.execute("CREATE TABLE things (id TEXT PRIMARY KEY, n INTEGER NOT NULL)")
+        with write_transaction(connection):
+            connection.execute("INSERT INTO things VALUES (?, ?) ON CONFLICT (id) DO NOTHING", ("a%", 1))
+            connection.execute("INSERT INTO things VALUES (?, ?) ON CONFLICT (id) DO NOTHING", ("a%", 2))
+        with pytest.raises(RuntimeError):
+            _insert_then_fail(connection)
+        rows = connection.execute("SELECT id, n FROM things WHERE id LIKE ? || '%'", ("a",)).fetchall()
+        assert [tuple(r) for r in rows] == [("a%", 1)]
+        assert connection.execute("SELECT count(*) FROM things").fetchone()[0] == 1
+
+
+def test_grants_name_only_what_the_application_needs() -> None:
+    schema = PgSchema("log", (_V1,), append_only=("receipts",), mutable=("heads",), sequences=("log_seq",))
+    assert schema.grants("charter_app") == [
+        "GRANT SELECT ON charter_schema TO charter_app",
+        "GRANT SELECT, INSERT ON receipts TO charter_app",
+        "REVOKE UPDATE, DELETE, TRUNCATE ON receipts FROM charter_app",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON heads TO charter_app",
+        "GRANT USAGE, SELECT ON SEQUENCE log_seq TO charter_app",
+    ]
+    with pytest.raises(ValueError, match="plain identifier"):
+        schema.grants("app; DROP TABLE receipts")
+
+
+def _insert_then_fail(connection: Connection) -> None:
+    with write_transaction(connection):
+        connection.execute("INSERT INTO things VALUES (?, ?)", ("b", 3))
+        raise RuntimeError("rolled back")

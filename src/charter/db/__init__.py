@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from charter.db._postgres import PgConnection, close_pools, pg_pool
 from charter.db._schema import PG_SCHEMA_TABLE, PgSchema, PgStep, pg_versions
-from charter.db._url import DATABASE_ENV, Database
+from charter.db._url import DATABASE_ENV, Connection, Cursor, Database, write_transaction
 
 __all__ = [
     "DATABASE_ENV",
     "PG_SCHEMA_TABLE",
+    "Connection",
+    "Cursor",
     "Database",
     "PgConnection",
     "PgSchema",
@@ -29,4 +31,5 @@ __all__ = [
     "close_pools",
     "pg_pool",
     "pg_versions",
+    "write_transaction",
 ]

@@ -53,6 +53,25 @@ class PgSchema:
 
     store: str
     steps: tuple[PgStep, ...]
+    # What the application's role may do (`charter db grant ROLE`): append-only tables get
+    # SELECT and INSERT only, so the log and published contracts cannot be rewritten by the role
+    # the workers connect as, whatever the triggers; mutable tables get SELECT, INSERT, UPDATE,
+    # DELETE; sequences USAGE and SELECT.
+    append_only: tuple[str, ...] = ()
+    mutable: tuple[str, ...] = ()
+    sequences: tuple[str, ...] = ()
+
+    def grants(self, role: str) -> list[str]:
+        """GRANT statements giving `role` exactly what the application needs (see the fields).
+        `role` must be a plain identifier (letters, digits, _); ValueError otherwise."""
+        if not role.replace("_", "").isalnum() or not role.isascii():
+            raise ValueError(f"role {role!r} is not a plain identifier (letters, digits, _)")
+        statements = [f"GRANT SELECT ON {PG_SCHEMA_TABLE} TO {role}"]
+        statements += [f"GRANT SELECT, INSERT ON {table} TO {role}" for table in self.append_only]
+        statements += [f"REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM {role}" for table in self.append_only]
+        statements += [f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {role}" for table in self.mutable]
+        statements += [f"GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {role}" for sequence in self.sequences]
+        return statements
 
     def __post_init__(self) -> None:
         numbers = [step.version for step in self.steps]

@@ -4,20 +4,54 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import sqlite3
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from charter.errors import UsageError
 
 if TYPE_CHECKING:
     from charter.db._postgres import PgConnection
 
-__all__ = ["DATABASE_ENV", "Database"]
+__all__ = ["DATABASE_ENV", "Connection", "Cursor", "Database", "write_transaction"]
 
 DATABASE_ENV = "CHARTER_DATABASE_URL"
+
+
+class Cursor(Protocol):
+    """What both engines' cursors share: sqlite3.Cursor and psycopg.Cursor."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What both engines' connections share for the stores' SQL: sqlite3.Connection (autocommit)
+    and `PgConnection`. Placeholders are `?`; a write transaction is `write_transaction`."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ..., /) -> Any: ...
+
+
+@contextmanager
+def write_transaction(connection: Connection) -> Iterator[Connection]:
+    """BEGIN IMMEDIATE (SQLite: take the write lock now) or BEGIN (PostgreSQL) ... COMMIT;
+    ROLLBACK if the block raises. PostgreSQL runs at READ COMMITTED: a store whose rule needs
+    more (one claim per key) says so with a unique key, ON CONFLICT or SELECT ... FOR UPDATE."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
 
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
@@ -73,6 +107,26 @@ class Database:
     def shown(self) -> str:
         """The URL with any password replaced by ***, for messages and logs."""
         return _masked(self.url)
+
+    @contextmanager
+    def connect(self, filename: str) -> Iterator[Connection]:
+        """A connection to one store, either engine, for SQL written once in sqlite3's style (`?`).
+
+        SQLite: a new connection to `home/filename` (autocommit, WAL, synchronous=FULL, a 30 s busy
+        timeout), closed on exit. PostgreSQL: a pooled `PgConnection` (`filename` unused), returned
+        to the pool on exit. A write transaction on either is `with write_transaction(connection):`."""
+        if self.is_postgres:
+            with self.pg_connection() as connection:
+                yield connection
+            return
+        self.home.mkdir(parents=True, exist_ok=True)
+        lite = sqlite3.connect(self.home / filename, isolation_level=None, timeout=30, check_same_thread=False)
+        try:
+            lite.execute("PRAGMA journal_mode=WAL")
+            lite.execute("PRAGMA synchronous=FULL")
+            yield lite
+        finally:
+            lite.close()
 
     @contextmanager
     def pg_connection(self) -> Iterator[PgConnection]:
