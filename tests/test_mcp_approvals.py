@@ -38,19 +38,7 @@ from charter.server._mcp import http_app
 from charter.server._mcp_tasks import TASKS_EXTENSION
 from examples.payments import backend
 from tests.conftest import ROOT, charter
-
-HOLDER_SCOPES = ["payments:read", "payments:write", "documents:read", "profile:read"]
-HOLDER_ATTRIBUTES = {"account_id": backend.HOLDER_ACCOUNT, "daily_limit": "2500.00"}
-NEW_IBAN = backend.LANDLORD_NEW_IBAN  # not a saved payee: the approval rule holds
-
-PAY_NEW_IBAN = (
-    "from decimal import Decimal\n"
-    "transfer = payments.send_payment(\n"
-    '    account="ACC-1001", recipient=inputs["iban"], amount=Decimal("25.00"), reference="Deposit"\n'
-    ")\n"
-    'conclude(f"sent {transfer.amount}")\n'
-)
-PAY = {"contract": "payments", "program": PAY_NEW_IBAN, "inputs": {"iban": NEW_IBAN}}
+from tests.payments_approval import HOLDER_ATTRIBUTES, HOLDER_SCOPES, NEW_IBAN, PAY, PAY_NEW_IBAN
 
 
 def scripted(request: ModelRequest) -> str:

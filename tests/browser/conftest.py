@@ -35,6 +35,7 @@ from charter.sandbox import Sandbox
 from charter.server import CharterService, IdempotencyStore, TokenStore, create_app, serving
 from charter.ui import SessionStore, mount_ui
 from tests.conftest import ROOT
+from tests.payments_approval import HOLDER_SCOPES, PAY_NEW_IBAN
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -45,7 +46,6 @@ PHONE = (390, 844)
 os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a browser or driver
 
 ORDER_SCOPES = ["orders:read", "orders:write", "orders:refund"]
-HOLDER_SCOPES = ["payments:read", "payments:write", "documents:read", "profile:read"]
 
 # Line 3 makes the call the gate denies (order 123 is dispatched: it cannot be cancelled).
 DENIED_CANCEL = (
@@ -56,13 +56,6 @@ DENIED_CANCEL = (
 )
 ALLOWED_CANCEL = (
     'order = orders.cancel_order(id=101, reason="Ordered twice")\nconclude(f"Order {order.id} is {order.status}.")\n'
-)
-PAY_NEW_IBAN = (
-    "from decimal import Decimal\n"
-    "transfer = payments.send_payment(\n"
-    '    account="ACC-1001", recipient=inputs["iban"], amount=Decimal("25.00"), reference="Deposit"\n'
-    ")\n"
-    'conclude(f"sent {transfer.amount}")\n'
 )
 # What a hostile program, intent or model response may carry; none of it may run in the page.
 XSS_CORPUS = (
