@@ -39,7 +39,7 @@ from pathlib import Path
 
 from charter.errors import SchemaMismatch
 
-__all__ = ["Schema", "Step", "read_version"]
+__all__ = ["Schema", "Step", "check_numbered", "read_version"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +65,7 @@ class Schema:
     steps: tuple[Step, ...]
 
     def __post_init__(self) -> None:
-        numbers = [step.version for step in self.steps]
-        if numbers != list(range(1, len(numbers) + 1)):
-            raise ValueError(f"{self.store}: migration steps must be numbered 1, 2, ... in order, got {numbers}")
+        check_numbered(self.store, [step.version for step in self.steps])
 
     @property
     def version(self) -> int:
@@ -153,6 +151,13 @@ class Schema:
             found=found,
             expected=self.version,
         )
+
+
+def check_numbered(store: str, numbers: list[int]) -> None:
+    """A schema's steps are numbered 1, 2, ... in order (SQLite's and PostgreSQL's alike);
+    ValueError naming the store otherwise."""
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(f"{store}: migration steps must be numbered 1, 2, ... in order, got {numbers}")
 
 
 def read_version(path: Path) -> int | None:

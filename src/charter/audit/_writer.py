@@ -22,6 +22,8 @@ from charter.audit.index import index_receipt
 from charter.audit.keys import SigningKey
 from charter.audit.quotas import index_quota_receipt
 from charter.audit.receipts import Receipt, canonical, kind_of, link_of
+from charter.db._sqlite import BUSY_TIMEOUT_MS
+from charter.db._sqlite import sqlite_connect as connect
 from charter.errors import AuditError
 
 __all__ = ["BUSY_TIMEOUT_MS", "Chained", "Record", "Writer", "connect"]  # for charter.audit.store
@@ -31,16 +33,6 @@ class Chained(Protocol):
     """What the writer chains a receipt after: its run's (or record's) last link so far."""
 
     last_link: str
-
-
-BUSY_TIMEOUT_MS = 30_000
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    return connection
 
 
 class Record:

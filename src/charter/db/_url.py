@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from charter.db._sqlite import sqlite_connect
 from charter.errors import UsageError
 
 if TYPE_CHECKING:
@@ -120,10 +120,8 @@ class Database:
                 yield connection
             return
         self.home.mkdir(parents=True, exist_ok=True)
-        lite = sqlite3.connect(self.home / filename, isolation_level=None, timeout=30, check_same_thread=False)
+        lite = sqlite_connect(self.home / filename)
         try:
-            lite.execute("PRAGMA journal_mode=WAL")
-            lite.execute("PRAGMA synchronous=FULL")
             yield lite
         finally:
             lite.close()
