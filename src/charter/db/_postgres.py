@@ -8,6 +8,9 @@ rewrites `?` to `%s` (and doubles a literal `%`), and `BEGIN IMMEDIATE` (SQLite'
 write lock now") to `BEGIN`. A statement that differs by engine (DDL: BYTEA for BLOB, BIGSERIAL,
 triggers in PL/pgSQL) is written per engine in that store's schema steps.
 
+psycopg is imported when a pool is first opened, not with this module: every `charter`
+command imports the stores, and most of them never touch PostgreSQL.
+
 Pools are per process: a pool opened before a fork is not used by the child (`pg_pool` keys its
 cache by pid), since two processes sharing one libpq socket corrupt both sessions.
 """
@@ -18,10 +21,11 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg_pool import ConnectionPool
+if TYPE_CHECKING:  # psycopg is imported on first use: ~120 ms no SQLite deployment should pay at start
+    import psycopg
+    from psycopg_pool import ConnectionPool
 
 __all__ = ["PgConnection", "close_pools", "pg_pool", "pg_sql"]
 
@@ -34,6 +38,8 @@ _pools_lock = threading.Lock()
 
 def pg_pool(url: str) -> ConnectionPool[psycopg.Connection[Any]]:
     """This process's pool for `url`, opened on first use (autocommit connections)."""
+    from psycopg_pool import ConnectionPool
+
     key = (os.getpid(), url)
     with _pools_lock:
         pool = _pools.get(key)

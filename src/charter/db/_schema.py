@@ -20,9 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from charter.db._postgres import PgConnection
 from charter.errors import SchemaMismatch
+from charter.migrations import check_numbered
+
+if TYPE_CHECKING:
+    from charter.db._postgres import PgConnection
 
 __all__ = ["PG_SCHEMA_TABLE", "PgSchema", "PgStep", "pg_versions"]
 
@@ -74,9 +78,7 @@ class PgSchema:
         return statements
 
     def __post_init__(self) -> None:
-        numbers = [step.version for step in self.steps]
-        if numbers != list(range(1, len(numbers) + 1)):
-            raise ValueError(f"{self.store}: migration steps must be numbered 1, 2, ... in order, got {numbers}")
+        check_numbered(self.store, [step.version for step in self.steps])
 
     @property
     def version(self) -> int:
