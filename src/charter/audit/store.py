@@ -35,6 +35,7 @@ import msgspec
 
 from charter._paths import charter_home
 from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
+from charter.audit._locks import SideLock, side_lock
 from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Record, Writer, connect
 from charter.audit.index import (
     DENIALS_INDEX_SQL,
@@ -72,7 +73,8 @@ from charter.audit.receipts import (
     StoredReceipt,
     decode_body,
 )
-from charter.errors import AuditError, RunNotFound
+from charter.db import Connection, Database
+from charter.errors import AuditError, RunNotFound, UsageError
 from charter.migrations import Schema, Step
 from charter.status import Status, status_of
 
@@ -350,8 +352,19 @@ class AuditLog:
     """The audit log in one SQLite file (default `<CHARTER_HOME>/audit.db`, keys in `keys/` beside it)."""
 
     def __init__(
-        self, path: Path | str | None = None, *, keys_dir: Path | None = None, key: SigningKey | None = None
+        self,
+        path: Path | str | None = None,
+        *,
+        keys_dir: Path | None = None,
+        key: SigningKey | None = None,
+        database: Database | None = None,
     ) -> None:
+        # `database`: where the log lives (charter.db); a SQLite database keeps it in
+        # `<home>/audit.db`. PostgreSQL: issue 19, in progress.
+        if database is not None and path is None:
+            if database.is_postgres:
+                raise UsageError(f"the audit log on PostgreSQL ({database.shown}) is not built yet")
+            path = database.home / "audit.db"
         self.path = Path(path) if path is not None else charter_home() / "audit.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keys_dir = keys_dir or self.path.parent / "keys"
@@ -419,6 +432,24 @@ class AuditLog:
         self._ensure_writer().submit([(Record(), draft)], wait=True)
         [stored] = self.stored(receipt.run_id)
         return stored
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection to the log's database for the readers beside it (quota totals, the
+        approvals and runs indexes): SQL in sqlite3 style, `?` placeholders, either engine;
+        closed (or returned to its pool) on exit. Receipts are written only by the writer."""
+        connection = connect(self.path)
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def lock(self, suffix: str, key: str, *, slots: int | None = None, best_effort: bool = False) -> SideLock:
+        """The cross-process lock of `key` among the log's users (charter.audit._locks): the quota
+        buckets (".quota-locks"), the approval decision (".approval-lock"), a resume (".resume-locks")."""
+        if slots is None:
+            return side_lock(self.path.resolve(), suffix, key, best_effort=best_effort)
+        return side_lock(self.path.resolve(), suffix, key, slots=slots, best_effort=best_effort)
 
     # -- reading ---------------------------------------------------------------------
 
