@@ -16,7 +16,8 @@
     ├── ModelUnavailable        the model gave no answer, after bounded retries (a run ends failed)
     │   ├── ScriptExhausted     a ScriptedModel was asked more often than it has answers
     │   └── RecordingMismatch   a recording (--replay) holds no exchange for the request
-    └── AuditError              the audit log could not be written or read (a run fails closed)
+    ├── AuditError              the audit log could not be written or read (a run fails closed)
+    └── StoreUnavailable        the database is unreachable for now (HTTP 503 with Retry-After)
 
 Usage errors are kept apart from run outcomes (denied, timed out, failed), which are
 values a run returns, not exceptions a caller has to catch.
@@ -42,6 +43,7 @@ __all__ = [
     "RegistryError",
     "RunNotFound",
     "SchemaMismatch",
+    "StoreUnavailable",
     "ScriptExhausted",
     "UndecidedDraft",
     "UsageError",
@@ -159,3 +161,13 @@ class ScriptExhausted(ModelUnavailable):
 class RecordingMismatch(ModelUnavailable):
     """A recording of model responses (`--replay FILE`) holds no exchange for the request made:
     a local error naming the file, never a Messages API error and never the prompt."""
+
+
+class StoreUnavailable(CharterError):
+    """A store's database cannot be reached now (PostgreSQL restarting, the pool exhausted): nothing
+    was changed; the same request may succeed after `retry_after` seconds. Servers answer 503 with
+    Retry-After."""
+
+    def __init__(self, message: str, *, retry_after: int = 2) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
