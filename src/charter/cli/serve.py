@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,7 +16,13 @@ from charter.cli.execute import AttrOption, PrincipalOption, ScopeOption, princi
 from charter.errors import CharterError
 
 if TYPE_CHECKING:
-    from charter.server import CharterService
+    from fastapi import FastAPI
+
+    from charter.audit import AuditLog
+    from charter.db import Database
+    from charter.registry import Registry
+    from charter.server import CharterService, IdempotencyStore, TokenStore
+    from charter.ui import SessionStore
 
 token_app = typer.Typer(help="API tokens: each acts for one principal with its scopes.", no_args_is_help=True)
 
@@ -82,16 +91,54 @@ def loopback(host: str) -> bool:
 
 def build_service(replay: list[Path] | None) -> CharterService:
     """The registry, audit log and Runtime Agent under CHARTER_HOME, as a service."""
-    from charter.agent import AgentSettings, Charter
-    from charter.agent._recorded import recorded_model
     from charter.audit import AuditLog
     from charter.registry import Registry
+
+    return _service_over(Registry(), AuditLog(), replay)
+
+
+def _service_over(registry: Registry, audit: AuditLog, replay: list[Path] | None) -> CharterService:
+    from charter.agent import AgentSettings, Charter
+    from charter.agent._recorded import recorded_model
     from charter.server import CharterService
 
     settings = AgentSettings.from_env()
-    audit = AuditLog()
     agent = Charter(model=recorded_model(settings, replay) if replay else None, settings=settings, audit=audit)
-    return CharterService.create(registry=Registry(), audit=audit, agent=agent)
+    return CharterService.create(registry=registry, audit=audit, agent=agent)
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Every store `charter serve` uses, in one database (the fields of charter.deployment.Stores)."""
+
+    database: Database
+    registry: Registry
+    audit: AuditLog
+    idempotency: IdempotencyStore
+    sessions: SessionStore
+    tokens: TokenStore
+
+
+def _build_stores(database: Database, *, tokens: Path | None = None, lease_seconds: float = 30.0) -> Stores:
+    """The stores of one server process, opened in `database` (each worker opens its own).
+
+    SQLite: the files in the folder `database.home`, as one `charter serve` always had them. A
+    PostgreSQL database is refused (UsageError) until the stores can live there."""
+    from charter.audit import AuditLog
+    from charter.registry import Registry
+    from charter.server import IdempotencyStore, TokenStore
+    from charter.ui import SessionStore
+
+    home = database.home
+    audit = AuditLog(database=database)  # refuses PostgreSQL, naming it, before anything is created
+    return Stores(
+        database=database,
+        registry=Registry(home / "charter.db"),
+        audit=audit,
+        idempotency=IdempotencyStore(home / "idempotency.db", lease_seconds=lease_seconds),
+        sessions=SessionStore(home / "ui-sessions.db"),
+        tokens=TokenStore(tokens or home / "tokens.yaml"),
+    )
 
 
 def openapi_document() -> dict[str, object]:
@@ -129,6 +176,27 @@ def serve(
             "`charter approvals webhook-key`), retried with backoff; a run never waits for it.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Worker processes sharing the listening socket, each with its own stores, sandbox and "
+            "--max-runs/--queue; a worker that dies is started again. On SQLite (the default) they share the "
+            "files in CHARTER_HOME: one writer at a time per file (WAL, BEGIN IMMEDIATE, a 30 s busy "
+            "timeout), quotas and approvals behind fcntl locks, Idempotency-Keys behind leases.",
+        ),
+    ] = 1,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database",
+            envvar="CHARTER_DATABASE_URL",
+            metavar="URL",
+            help="Where the stores live: sqlite:FOLDER (default: the files in CHARTER_HOME) or "
+            "postgresql://USER@HOST/NAME.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API: intents, programs, runs, contracts and approvals, behind bearer tokens.
 
@@ -138,42 +206,27 @@ def serve(
         print(json.dumps(openapi_document(), indent=2))
         return
     from charter._profile import install_signal
-    from charter.approvals import ApprovalWebhook, load_or_create_webhook_key, plain_http_warning
-    from charter.server import IdempotencyStore, TokenStore, create_app
+    from charter.db import DATABASE_ENV, Database
     from charter.server._uvicorn import listen, run, url_host
-    from charter.ui import SessionStore, mount_ui
+    from charter.server._workers import MAX_WORKERS, supervise
 
     host, port = host_port(address)
     checked_admission(max_runs, queue)
+    if not 1 <= workers <= MAX_WORKERS:
+        fail(f"--workers {workers} is out of range: give the worker processes to start, 1 to {MAX_WORKERS}")
     try:
+        chosen = Database.from_env(url=database)
+        if database is not None:
+            os.environ[DATABASE_ENV] = database  # every worker and store of this server reads the same URL
         sock = listen(host, port)  # a port in use is an error before the server is announced
-        service = build_service(replay)
-        service.runner.sandbox.bake_all(service.latest_contracts())  # in the background; CHARTER_BAKE=0: off
-        store = TokenStore(tokens)
-        if not store.entries():
-            say(f"no tokens in {store.path}: every request will get 401; add one with `charter token add`", "yellow")
-        app = create_app(
-            service,
-            store,
-            IdempotencyStore(service.audit.path.parent / "idempotency.db", lease_seconds=lease),
-            max_runs=max_runs,
-            queue=queue,
-        )
-        mount_ui(app, service, SessionStore(service.audit.path.parent / "ui-sessions.db"), secure=not loopback(host))
-        if not loopback(host):
-            note(
-                f"note: the review app's session cookie is Secure on {host}: browse /ui over https (TLS in front "
-                "of this server); over plain http a browser cannot stay signed in",
-                "yellow",
+        settings = _Settings(host, tokens, replay, lease, max_runs, queue, approval_webhook)
+        if workers > 1:
+            say(
+                f"Charter API on http://{url_host(host)}:{port} with {workers} workers, stores in {chosen.shown}  "
+                "(OpenAPI: /openapi.json, docs: /docs; review app: /ui)"
             )
-        webhook = None
-        if approval_webhook:
-            key = load_or_create_webhook_key(service.audit.path.parent / "keys")
-            webhook = ApprovalWebhook(approval_webhook, key)
-            warning = plain_http_warning(approval_webhook)
-            if warning is not None:
-                note(f"warning: {warning}", "yellow")
-        service.start_approvals(store.principal, webhook=webhook)
+            raise typer.Exit(supervise(sock, workers, lambda number: _serve_worker(settings, chosen, sock)))
+        app, service = _serving_app(settings, chosen, announce=True)
     except CharterError as error:
         fail(error)
     say(f"Charter API on http://{url_host(host)}:{port}  (OpenAPI: /openapi.json, docs: /docs; review app: /ui)")
@@ -182,6 +235,69 @@ def serve(
         run(app, host=host, port=port, sock=sock)
     finally:
         service.stop_approvals()
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """`charter serve`'s options that shape each server process."""
+
+    host: str
+    tokens: Path | None
+    replay: list[Path] | None
+    lease: float
+    max_runs: int
+    queue: int
+    approval_webhook: str | None
+
+
+def _serve_worker(settings: _Settings, database: Database, sock: socket.socket) -> None:
+    """One worker of `charter serve --workers N`: its own stores, pools, sandbox and admission
+    control, built here after the fork; serves `sock` until SIGTERM. Worker 1 alone prints the
+    start-up notes every worker would print alike."""
+    from charter._profile import install_signal
+    from charter.server._uvicorn import run
+    from charter.server._workers import worker_number
+
+    app, service = _serving_app(settings, database, announce=worker_number() == 1)
+    install_signal()
+    try:
+        run(app, host=settings.host, port=0, sock=sock)
+    finally:
+        service.stop_approvals()
+
+
+def _serving_app(settings: _Settings, database: Database, *, announce: bool) -> tuple[FastAPI, CharterService]:
+    """The API and review app over this process's stores, its approvals worker started.
+    `announce`: print the notes about the set-up (no tokens, Secure cookie, plain-http webhook)."""
+    from charter.approvals import ApprovalWebhook, load_or_create_webhook_key, plain_http_warning
+    from charter.server import create_app
+    from charter.ui import mount_ui
+
+    stores = _build_stores(database, tokens=settings.tokens, lease_seconds=settings.lease)
+    service = _service_over(stores.registry, stores.audit, settings.replay)
+    service.runner.sandbox.bake_all(service.latest_contracts())  # in the background; CHARTER_BAKE=0: off
+    if announce and not stores.tokens.entries():
+        say(
+            f"no tokens in {stores.tokens.path}: every request will get 401; add one with `charter token add`", "yellow"
+        )
+    app = create_app(service, stores.tokens, stores.idempotency, max_runs=settings.max_runs, queue=settings.queue)
+    secure = not loopback(settings.host)
+    mount_ui(app, service, stores.sessions, secure=secure)
+    if announce and secure:
+        note(
+            f"note: the review app's session cookie is Secure on {settings.host}: browse /ui over https (TLS in "
+            "front of this server); over plain http a browser cannot stay signed in",
+            "yellow",
+        )
+    webhook = None
+    if settings.approval_webhook:
+        key = load_or_create_webhook_key(database.home / "keys")
+        webhook = ApprovalWebhook(settings.approval_webhook, key)
+        warning = plain_http_warning(settings.approval_webhook)
+        if announce and warning is not None:
+            note(f"warning: {warning}", "yellow")
+    service.start_approvals(stores.tokens.principal, webhook=webhook)
+    return app, service
 
 
 def mcp(
