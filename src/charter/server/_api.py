@@ -54,7 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from charter._profile import component
 from charter.approvals import ApprovalError
-from charter.errors import AuditError, ContractNotFound, RunNotFound, UsageError
+from charter.errors import AuditError, ContractNotFound, RunNotFound, StoreUnavailable, UsageError
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS
 from charter.principal import Principal
 from charter.runner import Answer
@@ -114,7 +114,8 @@ PROBLEM_TYPES = {
     "idempotency-key-reused": (422, "This Idempotency-Key was used for another request"),
     "intents-unavailable": (503, "This server answers no intents"),
     "overloaded": (503, "The server is running as many requests as it takes; retry after Retry-After seconds"),
-    "audit-unavailable": (503, "The audit log could not be written"),
+    "audit-unavailable": (503, "The audit log could not be written; retry after Retry-After seconds"),
+    "store-unavailable": (503, "A store's database cannot be reached now; retry after Retry-After seconds"),
     "backend-unavailable": (503, "The server's backend for this operation is unavailable"),
     "internal": (500, "Internal error"),
 }
@@ -154,6 +155,22 @@ class Reply:
 
 def _shown(text: str) -> str:
     return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+
+
+def unavailable(error: AuditError | StoreUnavailable) -> tuple[str, str, dict[str, str]]:
+    """(problem type, detail, headers) for a store or the audit log that cannot be reached now:
+    503 with Retry-After (the StoreUnavailable's, or one behind the AuditError, else 2 s). The
+    same request may succeed then; nothing was changed (the gate refuses a call whose decision
+    could not be written)."""
+    cause: BaseException | None = error
+    seconds = 2
+    while cause is not None:
+        if isinstance(cause, StoreUnavailable):
+            seconds = cause.retry_after
+            break
+        cause = cause.__cause__
+    kind = "store-unavailable" if isinstance(error, StoreUnavailable) else "audit-unavailable"
+    return kind, str(error), {"Retry-After": str(seconds)}
 
 
 class ApiProblem(Exception):
@@ -528,6 +545,15 @@ def create_app(
         # 405 keeps Starlette's Allow header (RFC 9110 15.5.6): the methods the resource has.
         return problem_response(kind, str(error.detail), request.url.path, headers=dict(error.headers or {}))
 
+    # A database down (a store's StoreUnavailable, an audit log that cannot be written) raised
+    # anywhere a route or dependency did not turn it into a problem: 503 with Retry-After, never 500.
+    @app.exception_handler(StoreUnavailable)
+    @app.exception_handler(AuditError)
+    async def _unavailable(request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, AuditError | StoreUnavailable)
+        kind, detail, headers = unavailable(error)
+        return problem_response(kind, detail, request.url.path, headers)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         # The text of an unexpected exception may hold anything a backend or the server held
@@ -696,8 +722,9 @@ def create_app(
             raise ApiProblem("forbidden", str(error)) from None
         except IntentsUnavailable as error:
             raise ApiProblem("intents-unavailable", str(error)) from None
-        except AuditError as error:
-            raise ApiProblem("audit-unavailable", str(error)) from None
+        except (AuditError, StoreUnavailable) as error:
+            kind, detail, headers = unavailable(error)
+            raise ApiProblem(kind, detail, headers=headers) from None
         except ApprovalError as error:
             kind = _APPROVAL_PROBLEMS.get(error.code, "invalid-request")
             raise ApiProblem(kind, str(error), code=error.code) from None

@@ -53,12 +53,12 @@ from mcp_types import INVALID_PARAMS
 from charter.approvals import ApprovalError
 from charter.compiler.artifact import CompiledContract
 from charter.contract.cel_guards import suggest
-from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFound, UsageError
+from charter.errors import AuditError, CharterError, ContractNotFound, RunNotFound, StoreUnavailable, UsageError
 from charter.inputs import MAX_INPUT_CHARS, MAX_INPUTS, check_inputs
 from charter.principal import Principal
 from charter.runner import Answer
 from charter.server._admission import DEFAULT_MAX_RUNS, DEFAULT_QUEUE, RunSlots
-from charter.server._api import _APPROVAL_PROBLEMS, PROBLEM_TYPES, problem_response
+from charter.server._api import _APPROVAL_PROBLEMS, PROBLEM_TYPES, problem_response, unavailable
 from charter.server._body import MAX_BODY_BYTES, BodyGuard
 from charter.server._mcp_tasks import ApprovalsFace, resume_own_runs
 from charter.server._service import CharterService, Forbidden, IntentsUnavailable, conclusion_body
@@ -392,6 +392,10 @@ def _result(body: dict[str, Any], *, error: bool = False) -> types.CallToolResul
 
 # The HTTP API's title names its Retry-After header, which a tool result does not have.
 _MCP_OVERLOADED = "The server is running as many requests as it takes; call again after retry_after seconds"
+_MCP_UNAVAILABLE = {
+    "audit-unavailable": "The audit log could not be written; call again after retry_after seconds",
+    "store-unavailable": "A store's database cannot be reached now; call again after retry_after seconds",
+}
 
 
 def _problem(kind: str, detail: str, *, title: str | None = None, **extra: Any) -> types.CallToolResult:
@@ -409,6 +413,7 @@ _PROBLEM_OF: tuple[tuple[type[Exception], str], ...] = (
     (Forbidden, "forbidden"),
     (IntentsUnavailable, "intents-unavailable"),
     (AuditError, "audit-unavailable"),
+    (StoreUnavailable, "store-unavailable"),
     (UsageError, "invalid-request"),
     (CharterError, "invalid-request"),
 )
@@ -547,6 +552,9 @@ def build_server(
             )
         except ApprovalError as error:  # the reason code beside the HTTP API's problem type
             return _problem(_APPROVAL_PROBLEMS.get(error.code, "invalid-request"), str(error), code=error.code)
+        except (AuditError, StoreUnavailable) as error:  # the database is down: the seconds ride in the problem
+            kind, detail, headers = unavailable(error)
+            return _problem(kind, detail, title=_MCP_UNAVAILABLE[kind], retry_after=int(headers["Retry-After"]))
         except (CharterError, Forbidden, IntentsUnavailable) as error:
             kind = next(kind for cls, kind in _PROBLEM_OF if isinstance(error, cls))
             return _problem(kind, str(error))
