@@ -37,6 +37,7 @@ _HOST = "127.0.0.1"
 READ = "o = orders.get_order(id=102)\nconclude(o.status)"
 REFUND = (
     "from decimal import Decimal\n"
+    "c = orders.verify_refund(id=125)\n"
     'o = orders.refund_order(id=125, amount=Decimal("0.01"), reason="goodwill")\nconclude(str(o.refunded))'
 )
 # A refund, then a second or so of work: a run the test can find open (its write made, no seal yet).
@@ -198,6 +199,10 @@ def _send_until_answered(deployment: Deployment, request: _Key, give_up_at: floa
         return
 
 
+def _refund_allowed(receipt: object) -> bool:
+    return isinstance(receipt, Decision) and (receipt.operation, receipt.decision) == ("refund_order", "ALLOW")
+
+
 def _refunds_written(home: Path) -> tuple[list[str], Decimal]:
     """The orders service's writes: each Idempotency-Key it applied, and order 125's refunded total."""
     with sqlite3.connect(home / "orders.db") as db:
@@ -207,6 +212,8 @@ def _refunds_written(home: Path) -> tuple[list[str], Decimal]:
 
 
 def test_a_worker_killed_mid_load_loses_no_decision_and_duplicates_no_write(deployment: Deployment) -> None:
+    with sqlite3.connect(deployment.home / "orders.db") as db:
+        seeded = Decimal(db.execute("SELECT refunded FROM orders WHERE id = 125").fetchone()[0])
     keys: list[_Key] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -227,9 +234,14 @@ def test_a_worker_killed_mid_load_loses_no_decision_and_duplicates_no_write(depl
         victim: list[RunRecord] = []
 
         def slow_run_open() -> bool:
-            runs = deployment.log().runs()
-            victim[:] = [r for r in runs if r.sealed is None and "range(" in getattr(r.opened, "program", "")]
-            return bool(victim) and any(isinstance(r, Decision) for r in victim[0].receipts)
+            log = deployment.log()
+            open_slow = [r for r in log.runs() if r.sealed is None and "range(" in getattr(r.opened, "program", "")]
+            for run in open_slow:  # runs() leaves the decisions out: read the run whole
+                whole = log.run(run.run_id)
+                if whole.sealed is None and any(_refund_allowed(receipt) for receipt in whole.receipts):
+                    victim[:] = [whole]
+                    return True
+            return False
 
         _until(slow_run_open, "a slow refund open in a worker")
         assert isinstance(victim[0].opened, Opened)
@@ -273,9 +285,8 @@ def test_a_worker_killed_mid_load_loses_no_decision_and_duplicates_no_write(depl
     # Idempotency-Key of an ALLOW decision in the log, for a run some request was answered with.
     allowed = {
         receipt.idempotency_key: receipt.run_id
-        for r in runs.values()
-        for receipt in r.receipts
-        if isinstance(receipt, Decision) and receipt.decision == "ALLOW" and receipt.operation == "refund_order"
+        for receipt in (row.decoded() for row in log.stored())
+        if isinstance(receipt, Decision) and _refund_allowed(receipt)
     }
     written, refunded = _refunds_written(deployment.home)
     assert written
@@ -284,7 +295,7 @@ def test_a_worker_killed_mid_load_loses_no_decision_and_duplicates_no_write(depl
     writers = [allowed[key] for key in written]
     assert len(writers) == len(set(writers))
     assert set(writers) <= set(answered_runs)
-    assert refunded == Decimal("0.01") * len(written)
+    assert refunded - seeded == Decimal("0.01") * len(written)
 
     # verify: the log is intact and names the killed worker's open runs as interrupted.
     verified = subprocess.run(
