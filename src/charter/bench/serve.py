@@ -174,21 +174,27 @@ _SERVE = "from charter._profile import install_signal; install_signal(); from ch
 
 
 @contextmanager
-def _servers(home: Path, max_runs: int, queue: int) -> Iterator[_Servers]:
-    from charter.contract import load_contract
-    from charter.registry import Registry
-    from charter.server import TokenStore
+def _servers(
+    home: Path, max_runs: int, queue: int, *, workers: int = 1, database: str | None = None, token: str | None = None
+) -> Iterator[_Servers]:
+    """The orders service and `charter serve` (with `--workers N` above 1) over the stores in
+    `home`, or in the PostgreSQL `database` (the contract published and the token added through
+    `charter` itself unless `token` says they are there from an earlier run)."""
+    from charter.db import DATABASE_ENV
 
     profile = home / "profile.json"
     env = {**os.environ, "CHARTER_HOME": str(home), "CHARTER_ORDERS_DB": str(home / "orders.db")}
     env.pop("CHARTER_PROFILE", None)
+    env.pop(DATABASE_ENV, None)
+    if database is not None:
+        env[DATABASE_ENV] = database
     service_port, api_port = _free_port(), _free_port()
     env["CHARTER_SERVICE_ORDERS_URL"] = f"http://{_HOST}:{service_port}"
-    path = _ROOT / "contracts" / "orders.yaml"
-    # The files `charter serve` finds under its CHARTER_HOME.
-    Registry(home / "charter.db").publish(load_contract(path), path.read_text(encoding="utf-8"))
-    token = TokenStore(home / "tokens.yaml").add("bench", "bench", ["orders:read", "orders:write", "orders:refund"])
+    if token is None:
+        token = _published(home, env)
     limits = ["--max-runs", str(max_runs), "--queue", str(queue)]
+    if workers > 1:
+        limits += ["--workers", str(workers)]
     # Each process's stderr goes to a file under `home`, for the error if it exits at start.
     service_stderr, api_stderr = home / "orders-service.stderr", home / "charter-serve.stderr"
     service = start_orders_service(service_port, env, service_stderr)
@@ -212,6 +218,34 @@ def _servers(home: Path, max_runs: int, queue: int) -> Iterator[_Servers]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+_SCOPES = ["orders:read", "orders:write", "orders:refund"]
+
+
+def _published(home: Path, env: dict[str, str]) -> str:
+    """The orders contract published and a token added where `env` puts the stores; the token.
+    In SQLite files, written here; in a PostgreSQL database, by `charter contract publish` and
+    `charter token add`, which open the stores there."""
+    from charter.contract import load_contract
+    from charter.db import DATABASE_ENV
+    from charter.registry import Registry
+    from charter.server import TokenStore
+
+    path = _ROOT / "contracts" / "orders.yaml"
+    if DATABASE_ENV not in env:  # the files `charter serve` finds under its CHARTER_HOME
+        Registry(home / "charter.db").publish(load_contract(path), path.read_text(encoding="utf-8"))
+        return TokenStore(home / "tokens.yaml").add("bench", "bench", _SCOPES)
+    scopes = [arg for scope in _SCOPES for arg in ("-s", scope)]
+    token = ""
+    for command in (["contract", "publish", str(path)], ["token", "add", "bench", "-p", "bench", *scopes]):
+        done = subprocess.run(
+            [sys.executable, "-m", "charter", *command], cwd=_ROOT, env=env, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise BenchFailed(f"`charter {' '.join(command[:2])}` failed: {done.stderr.strip()[-500:]}")
+        token = done.stdout.strip()
+    return token
 
 
 def _percentile(samples: list[float], share: float) -> float:
@@ -321,13 +355,15 @@ def _cpu_split(before: dict[str, Any], after: dict[str, Any], accepted: int) -> 
     }
 
 
-def audit_check(log_path: Path, expected_run_ids: list[str]) -> dict[str, Any]:
-    """The audit log against the accepted requests: it must verify clean and hold exactly one
-    sealed program run per expected run id and no other program run. `one_run_per_accepted_request`
-    is False on any run missing, unexpected, unsealed, or an id accepted twice."""
+def audit_check(log_path: Path, expected_run_ids: list[str], *, database: str | None = None) -> dict[str, Any]:
+    """The audit log (at `log_path`, or in the PostgreSQL `database`) against the accepted
+    requests: it must verify clean and hold exactly one sealed program run per expected run id
+    and no other program run. `one_run_per_accepted_request` is False on any run missing,
+    unexpected, unsealed, or an id accepted twice."""
     from charter.audit import AuditLog, Opened, verify_log
+    from charter.db import Database
 
-    log = AuditLog(log_path)
+    log = AuditLog(database=Database.parse(database)) if database is not None else AuditLog(log_path)
     runs = [r for r in log.runs() if isinstance(r.opened, Opened)]
     logged = Counter(r.run_id for r in runs)
     expected = Counter(expected_run_ids)

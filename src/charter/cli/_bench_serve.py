@@ -9,7 +9,7 @@ from rich.table import Table
 from charter.cli._output import out, say
 from charter.cli.sandbox import add_plain_row
 
-__all__ = ["print_serve_bench"]
+__all__ = ["print_serve_bench", "print_workers_bench"]
 
 
 def _met(met: bool | None) -> str:
@@ -117,3 +117,43 @@ def print_serve_bench(results: dict[str, Any]) -> None:
     for phase in ("governed", "overload"):
         for sample in results.get(phase, {}).get("error_samples", []):
             say(f"{phase} error: {sample}", "red")
+
+
+def print_workers_bench(results: dict[str, Any]) -> None:
+    """One row per configuration (SQLite with one worker first), ratios against it, then samples of any errors."""
+    machine = results["machine"]
+    table = Table(
+        title=f"charter serve --workers: {results['clients']} clients; {machine['cpus']} CPUs, load average "
+        f"{machine['load_average_1m_before']} before"
+    )
+    for column in (
+        "database",
+        "workers",
+        "requests/s",
+        "x baseline",
+        "CPU ms/request (all workers)",
+        "x baseline",
+        "p50 / p99 ms",
+        "errors",
+        "audit log",
+    ):
+        table.add_column(column, justify="left" if column in ("database", "audit log") else "right")
+    for row in results["configurations"]:
+        audit = row["audit"]
+        checked = "verified" if audit["verified"] and audit["one_run_per_accepted_request"] else "NOT CLEAN"
+        add_plain_row(
+            table,
+            row["database"],
+            str(row["workers"]),
+            _n(row["requests_per_s"], ",.1f"),
+            _n(row["throughput_vs_baseline"], ".3g"),
+            _n(row["cpu_ms_per_request"]["charter_serve"], ".2f"),
+            _n(row["cpu_per_request_vs_baseline"], ".3g"),
+            _pair(row["latency_ms"], ".1f"),
+            str(row["errors"]),
+            f"{checked}, {audit['program_runs']:,} runs for {audit['expected_runs']:,} accepted",
+        )
+    out.print(table)
+    for row in results["configurations"]:
+        for sample in row["error_samples"]:
+            say(f"{row['database']} x {row['workers']} error: {sample}", "red")

@@ -279,10 +279,28 @@ def bench_serve(
         bool, typer.Option("--ignore-retry-after", help="Overload clients resend at once after a 503.")
     ] = False,
     idle_seconds: Annotated[float, typer.Option(help="Seconds without traffic to measure (0: skip).")] = 10.0,
+    workers: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Instead of the phases above: the governed load on `charter serve --workers N` (repeatable: "
+            "1, 2, 4), each against SQLite with 1 worker in the same run: throughput, CPU per request summed "
+            "over the workers, errors, the audit log's check.",
+        ),
+    ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database", metavar="URL", help="With --workers: the postgresql:// database of those configurations."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """The HTTP API under load: CPU per request and its split, throughput against direct calls,
-    overload (503 + Retry-After, peak RSS) and idle CPU, each against issue 17's goals."""
+    overload (503 + Retry-After, peak RSS) and idle CPU, each against issue 17's goals. With
+    --workers (and --database): throughput and CPU per request of N workers against SQLite
+    with one."""
     from charter.bench import run_serve_bench
     from charter.cli._bench_serve import print_serve_bench
     from charter.cli.serve import checked_admission
@@ -303,6 +321,9 @@ def bench_serve(
         ("--idle-seconds", idle_seconds),
     ):
         _refuse_below(option, duration, 0)
+    if workers or database is not None:
+        _bench_workers(workers or [1], database, clients, seconds, max_runs, queue, as_json=as_json)
+        return
 
     results = run_serve_bench(
         clients,
@@ -320,6 +341,35 @@ def bench_serve(
         print_json(results)
     else:
         print_serve_bench(results)
+
+
+def _bench_workers(
+    workers: list[int],
+    database: str | None,
+    clients: int,
+    seconds: float,
+    max_runs: int | None,
+    queue: int | None,
+    *,
+    as_json: bool,
+) -> None:
+    from charter.bench import run_workers_bench
+    from charter.cli._bench_serve import print_workers_bench
+    from charter.db import Database
+    from charter.server._workers import MAX_WORKERS
+
+    for count in workers:
+        if not 1 <= count <= MAX_WORKERS:
+            fail(f"--workers {count} is out of range: give the worker processes to start, 1 to {MAX_WORKERS}")
+    if database is not None and not Database.parse(database).is_postgres:
+        fail(f"--database {database!r}: give a postgresql:// URL (SQLite is the baseline every run measures)")
+    results = run_workers_bench(
+        workers, database=database, clients=clients, seconds=seconds, max_runs=max_runs, queue=queue
+    )
+    if as_json:
+        print_json(results)
+    else:
+        print_workers_bench(results)
 
 
 @bench_app.command("approvals")
