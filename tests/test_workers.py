@@ -437,3 +437,21 @@ def test_a_worker_that_cannot_start_stops_the_server_with_its_reason(charter_hom
     assert f"is at schema version {newer}, newer than version {newer - 1}" in result.stderr
     assert "could not start: stopping the server" in result.stderr
     assert "starting it again" not in result.stderr
+
+
+def test_the_workers_bench_measures_each_configuration_against_sqlite_with_one(tmp_path: Path) -> None:
+    from charter.bench import run_workers_bench
+
+    results = run_workers_bench([2], clients=2, seconds=1.0, home=tmp_path)
+    json.dumps(results)  # --json prints it whole
+    base, two = results["configurations"]
+    assert [(c["database"], c["workers"], c["processes"]) for c in (base, two)] == [("sqlite", 1, 1), ("sqlite", 2, 3)]
+    for configuration in (base, two):
+        assert configuration["errors"] == 0, configuration["error_samples"]
+        assert configuration["accepted"] > 0
+        assert configuration["cpu_ms_per_request"]["charter_serve"] > 0
+        audit = configuration["audit"]
+        assert audit["verified"], audit
+        assert audit["one_run_per_accepted_request"], audit
+    assert (base["throughput_vs_baseline"], base["cpu_per_request_vs_baseline"]) == (1.0, 1.0)
+    assert two["throughput_vs_baseline"] == pytest.approx(two["requests_per_s"] / base["requests_per_s"], rel=0.005)
