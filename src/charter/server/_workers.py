@@ -11,7 +11,8 @@ The parent restarts a worker that ends while the server runs (killed, crashed): 
 keep serving meanwhile, and connections waiting in the shared socket's queue are not lost.
 A worker that could not start (a usage or store error, exit status `STARTUP_FAILED`) stops
 the server: every restart would fail the same way. SIGTERM or SIGINT to the parent stops every
-worker (SIGTERM: each finishes its requests in flight, as one `charter serve` does) and ends it.
+worker (SIGTERM: each finishes its requests in flight, as one `charter serve` does) and ends it;
+SIGHUP too (a closed terminal), so no worker outlives its supervisor.
 
 Why not uvicorn's own supervisor: it spawns (not forks) workers that import the app by name,
 so each would need the CLI's options passed through the environment, and it does not tell a
@@ -41,7 +42,8 @@ _BACKLOG = 2048  # connections the shared socket queues while every worker is bu
 _STOP_GRACE_S = 30.0  # after SIGTERM, how long workers may finish their requests before SIGKILL
 _QUICK_DEATH_S = 5.0  # a worker ending this soon after its start counts towards...
 _QUICK_DEATHS = 5  # ...this many in a row, after which the parent gives up (a crash loop)
-_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT)
+_STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal went; workers must not outlive us
+_SIGNALS = (signal.SIGCHLD, *_STOPS)
 
 
 def worker_number() -> int | None:
@@ -113,7 +115,7 @@ def supervise(sock: socket.socket, count: int, start_worker: Callable[[int], Non
     try:
         while True:
             received = signal.sigtimedwait(_SIGNALS, 5.0)
-            if received is not None and received.si_signo in (signal.SIGTERM, signal.SIGINT):
+            if received is not None and received.si_signo in _STOPS:
                 break
             if not _reap(workers, start_worker, old_mask):
                 failed = True
