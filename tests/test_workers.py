@@ -455,3 +455,28 @@ def test_the_workers_bench_measures_each_configuration_against_sqlite_with_one(t
         assert audit["one_run_per_accepted_request"], audit
     assert (base["throughput_vs_baseline"], base["cpu_per_request_vs_baseline"]) == (1.0, 1.0)
     assert two["throughput_vs_baseline"] == pytest.approx(two["requests_per_s"] / base["requests_per_s"], rel=0.005)
+
+
+def test_a_sqlite_store_held_by_another_process_past_its_busy_timeout_is_503_not_500(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    """Many workers on SQLite files: one writer at a time per file. A request whose store stays
+    locked past the 30 s busy timeout (here: a writer that never commits) is told to retry."""
+    _, service, store = charter_service(charter_home, shared_sandbox, "orders", lambda _: "")
+    token = store.add("ada", "ada", ["orders:read"])
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"))
+    holder = sqlite3.connect(charter_home / "idempotency.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write lock, held
+    try:
+        with serving(app, name="charter-api") as url, httpx.Client(base_url=url, timeout=120) as client:
+            headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "held"}
+            response = client.post("/v1/programs", json=PROGRAM, headers=headers)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "2"
+    body = response.json()
+    assert body["type"] == "urn:charter:problem:store-unavailable"
+    assert "database is locked" in body["detail"]
+    assert not [r for r in service.audit.runs() if isinstance(r.opened, Opened)]  # nothing ran

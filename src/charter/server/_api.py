@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,6 +173,9 @@ def unavailable(error: AuditError | StoreUnavailable) -> tuple[str, str, dict[st
         cause = cause.__cause__
     kind = "store-unavailable" if isinstance(error, StoreUnavailable) else "audit-unavailable"
     return kind, str(error), {"Retry-After": str(seconds)}
+
+
+_BUSY = re.compile(r"database is locked|database table is locked|database is busy")
 
 
 class ApiProblem(Exception):
@@ -553,6 +558,15 @@ def create_app(
         assert isinstance(error, AuditError | StoreUnavailable)
         kind, detail, headers = unavailable(error)
         return problem_response(kind, detail, request.url.path, headers)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _sqlite_busy(request: Request, error: Exception) -> JSONResponse:
+        # A SQLite store another process held the write lock of past the busy timeout (many
+        # workers on one file): the same request may succeed in a moment, so 503, not 500.
+        if not _BUSY.search(str(error)):
+            return await _unexpected(request, error)
+        detail = f"a store was busy with another process's write ({error}); nothing was changed"
+        return problem_response("store-unavailable", detail, request.url.path, {"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
