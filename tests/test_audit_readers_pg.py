@@ -27,12 +27,20 @@ from typing import Any
 import pytest
 
 from charter.approvals._index import fill_approvals_index, index_approval_receipt
-from charter.approvals.store import _request_seq
+from charter.approvals.store import _request_seq, _sealed_resumes
 from charter.audit import AuditLog, Opened, now_iso
 from charter.audit._approval_records import resolve_approval, resume_runs
 from charter.audit.index import RunFilter, attempts_of, fill_runs_index, index_receipt, list_runs
 from charter.audit.quotas import QuotaReader, fill_quota_index, index_quota_receipt, quota_total
-from charter.audit.receipts import ApprovalDecided, ApprovalRequested, Asked, Concluded, Sealed, text_sha256
+from charter.audit.receipts import (
+    ApprovalDecided,
+    ApprovalRequested,
+    Asked,
+    Concluded,
+    Sealed,
+    decode_body,
+    text_sha256,
+)
 from charter.audit.store import AUDIT_SCHEMA
 from charter.backends import BackendFailure
 from charter.compiler import CompiledContract
@@ -465,6 +473,10 @@ def test_approval_records_are_found_in_receipt_bodies_in_either_engine(reference
         expected = _request_seq(connection, approval_id, None)
     assert expected is not None
     assert _request_seq(replica.connection, approval_id, None) == expected
+    with reference.log.connect() as connection:
+        resumes = _sealed_resumes(connection)
+    assert [decode_body(body).run_id for body in resumes] == [reference.runs["resumed"]]
+    assert _sealed_resumes(replica.connection) == resumes
 
 
 def test_the_quota_reader_keeps_one_sqlite_connection_per_thread(tmp_path: Path) -> None:

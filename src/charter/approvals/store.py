@@ -321,13 +321,9 @@ class ApprovalStore:
                     "SELECT run_id FROM receipts WHERE kind = 'approval_decision' ORDER BY log_seq"
                 ).fetchall()
             ]
-            opened = connection.execute(
-                f"SELECT o.body FROM receipts o WHERE o.kind = 'open' AND {body_holds(connection, 'o.body')} AND "
-                "EXISTS (SELECT 1 FROM receipts s WHERE s.kind = 'seal' AND s.run_id = o.run_id) ORDER BY o.log_seq",
-                (naming("", whole=False),),
-            ).fetchall()
+            opened = _sealed_resumes(connection)
         last_sealed: dict[str, str] = {}  # approval -> its last sealed resume run, in log order
-        for (body,) in opened:
+        for body in opened:
             try:
                 receipt = decode_body(body)
             except ValueError:  # an altered Opened: the resumer verifies the chain and names it
@@ -620,6 +616,17 @@ def _not_found(approval_id: str) -> ApprovalNotFound:
     return ApprovalNotFound(
         f"no approval request {approval_id!r} that you may see in this audit log; `charter approvals list` shows them"
     )
+
+
+def _sealed_resumes(connection: Connection) -> builtins.list[bytes]:
+    """The bodies of the Opened receipts naming an approval whose run has a Sealed receipt, in
+    log order (each is decoded and its approval_id read before anything relies on it)."""
+    rows = connection.execute(
+        f"SELECT o.body FROM receipts o WHERE o.kind = 'open' AND {body_holds(connection, 'o.body')} AND "
+        "EXISTS (SELECT 1 FROM receipts s WHERE s.kind = 'seal' AND s.run_id = o.run_id) ORDER BY o.log_seq",
+        (naming("", whole=False),),
+    ).fetchall()
+    return [bytes(body) for (body,) in rows]
 
 
 def _receipt_at(connection: Connection, log_seq: int) -> Receipt | None:
