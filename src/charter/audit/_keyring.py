@@ -251,9 +251,10 @@ def entry_for(key: PublicKey, name: str, note: str = "", *, added: datetime | No
 
 
 def seeded(keyring: Keyring, keys_dir: Path) -> tuple[Keyring, list[KeyEntry]]:
-    """A keyring about to be written for the first time, with every keys/*.pub listed (named
-    after its file), so the receipts they signed keep verifying once the keyring is the trust."""
-    if keyring.exists:
+    """The local keyring (keys/keyring.yaml) about to be written for the first time, with every
+    keys/*.pub listed (named after its file), so the receipts they signed keep verifying once
+    the keyring is the trust. An operator's keyring elsewhere lists only what they add."""
+    if keyring.exists or keyring.path != keys_dir / KEYRING_NAME:
         return keyring, []
     added = []
     for path in sorted(keys_dir.glob("*.pub")):
