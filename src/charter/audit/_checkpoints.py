@@ -126,11 +126,11 @@ def _close_all() -> None:
 class CheckpointWriter:
     """Writes a writer's heads to the checkpoint file; `record` is the Writer's on_commit.
 
-    After `every` commits the next checkpoint is written at once (by a thread of its own, so
-    the commit does not wait for the file's fsync); otherwise `after` seconds after the first
-    commit not yet checkpointed; and at `close` (also called at process exit). A failure to
-    write is reported on stderr once and retried with the next checkpoint: the receipts are
-    committed whatever happens to their checkpoint."""
+    After `every` commits the next checkpoint is written at once; otherwise `after` seconds
+    after the first commit not yet checkpointed; and at `close` (also called at process exit).
+    Lines are written by a thread of its own (started on a commit, ended when idle), so a
+    commit never waits for the file's fsync. A failure to write is reported on stderr once and
+    retried: the receipts are committed whatever happens to their checkpoint."""
 
     def __init__(
         self, path: Path, key: SigningKey, *, every: int = EVERY_COMMITS, after: float = AFTER_SECONDS
@@ -139,18 +139,19 @@ class CheckpointWriter:
         self._key = key
         self._every = every
         self._after = after
-        self._lock = threading.Condition(threading.Lock())
+        self._lock = threading.Condition(threading.Lock())  # guards the fields below
         self._pending: dict[str, Head] = {}  # by stream: the newest head not yet checkpointed
         self._written: dict[str, Head] = {}
         self._commits = 0  # commits since the last checkpoint
         self._since = 0.0  # monotonic time of the first commit not yet checkpointed
         self._thread: threading.Thread | None = None
+        self._file_lock = threading.Lock()  # one writer of lines at a time (the thread, close)
         self.error: OSError | None = None
         self.written = 0  # checkpoint lines written
         _open_writers.add(self)
 
     def record(self, head: Head) -> None:
-        """The Writer's on_commit: note `head`; never raises."""
+        """The Writer's on_commit: note `head`; never raises, never waits for the file."""
         with self._lock:
             if self._written.get(head.stream) == head:
                 return
@@ -173,29 +174,40 @@ class CheckpointWriter:
                     if left <= 0:
                         break
                     self._lock.wait(left)
-                if not self._pending:
+                heads = self._take()
+                if not heads:
                     self._thread = None
                     return
-                self._flush_locked()
+            self._write(heads)
 
-    def _flush_locked(self) -> None:
+    def _take(self) -> dict[str, Head]:
         heads, self._pending, self._commits = self._pending, {}, 0
-        try:
-            for head in heads.values():
-                _append(self.path, checkpoint_line(head, self._key))
-                self._written[head.stream] = head
-                self.written += 1
-        except OSError as error:
-            if self.error is None:
-                print(f"charter: could not write a checkpoint to {self.path}: {error}", file=sys.stderr)
-            self.error = error
-            self._pending = {s: h for s, h in heads.items() if self._written.get(s) != h}
+        return heads
+
+    def _write(self, heads: dict[str, Head]) -> None:
+        with self._file_lock:
+            for stream, head in heads.items():
+                try:
+                    _append(self.path, checkpoint_line(head, self._key))
+                except OSError as error:
+                    if self.error is None:
+                        print(f"charter: could not write a checkpoint to {self.path}: {error}", file=sys.stderr)
+                    self.error = error
+                    with self._lock:  # retried after the delay, unless a newer head came meanwhile
+                        if stream not in self._pending:
+                            self._pending[stream] = head
+                            self._since = time.monotonic()
+                    continue
+                with self._lock:
+                    self._written[stream] = head
+                    self.written += 1
 
     def flush(self) -> None:
         """Write the pending checkpoint now, if there is one."""
         with self._lock:
-            if self._pending:
-                self._flush_locked()
+            heads = self._take()
+        if heads:
+            self._write(heads)
 
     def close(self) -> None:
         """Write the last checkpoint. Further commits still start checkpoints again."""
