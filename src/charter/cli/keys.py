@@ -154,8 +154,9 @@ def revoke(
     keyring: KeyringOption = None,
     note: NoteOption = "",
 ) -> None:
-    """Revoke a key: receipts and checkpoints it signed after --not-after are reported by verify,
-    and no process signs with it any more. What it signed before still verifies."""
+    """Revoke a key: verify reports what it signed after --not-after; what it signed before verifies.
+
+    No process signs with a revoked key any more (the writer refuses it)."""
     keys_dir = _keys_dir()
     path = keyring_path(keys_dir, keyring)
     try:
