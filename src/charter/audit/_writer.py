@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +27,7 @@ from charter.db._sqlite import BUSY_TIMEOUT_MS
 from charter.db._sqlite import sqlite_connect as connect
 from charter.errors import AuditError
 
-__all__ = ["BUSY_TIMEOUT_MS", "Chained", "Record", "Writer", "connect"]  # for charter.audit.store
+__all__ = ["BUSY_TIMEOUT_MS", "Chained", "Head", "Record", "Writer", "connect"]  # for charter.audit.store
 
 
 class Chained(Protocol):
@@ -39,6 +40,20 @@ class Record:
     """The chain position of a record of its own (an ApprovalDecided): one receipt, prev ""."""
 
     last_link = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """Where a writer's stream ends after a commit: its last receipt's position and link.
+
+    `stream` "" is the one chain of a SQLite log, where stream_seq is the log_seq. `key_id`
+    is the key that signed that receipt."""
+
+    stream: str
+    stream_seq: int
+    log_seq: int
+    link: str
+    key_id: str
 
 
 @dataclass(slots=True)
@@ -58,9 +73,12 @@ class Writer:
     An idle log thus costs no thread hand-off at all, and a busy one still commits many
     callers' receipts with one fsync."""
 
-    def __init__(self, path: Path, key: SigningKey) -> None:
+    def __init__(self, path: Path, key: SigningKey, *, on_commit: Callable[[Head], None] | None = None) -> None:
         self._path = path
         self._key = key
+        # Told the head after each commit (charter.audit._checkpoints); it must not raise.
+        self._on_commit = on_commit
+        self._head: Head | None = None  # set by the leader's _write
         self._queue: list[_Batch] = []
         self._committing = False
         self._changed = threading.Condition(threading.Lock())
@@ -108,6 +126,9 @@ class Writer:
                     with contextlib.suppress(sqlite3.Error):
                         self._connection.close()
                 self._connection = None
+                return
+        if self._on_commit is not None and self._head is not None:
+            self._on_commit(self._head)
 
     def _write(self, connection: sqlite3.Connection, batches: list[_Batch]) -> None:
         key = self._key
@@ -150,6 +171,8 @@ class Writer:
         except BaseException:
             connection.execute("ROLLBACK")
             raise
+        if run_links:  # this commit wrote receipts (a refused record alone writes none)
+            self._head = Head("", log_seq, log_seq, log_link, key.key_id)
         for recorder, link in run_links.items():
             recorder.last_link = link
 

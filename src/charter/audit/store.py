@@ -35,6 +35,8 @@ import msgspec
 
 from charter._paths import charter_home
 from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
+from charter.audit._checkpoints import CheckpointWriter, checkpoints_path
+from charter.audit._keyring import signing_key_for, trusted_keys
 from charter.audit._locks import SideLock, side_lock
 from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Record, Writer, connect
 from charter.audit.index import (
@@ -53,8 +55,6 @@ from charter.audit.keys import (
     SecretKey,
     SigningKey,
     load_or_create_secret_key,
-    load_or_create_signing_key,
-    read_public_key,
 )
 from charter.audit.quotas import QUOTA_INDEX_SQL, QuotaReader, fill_quota_index
 from charter.audit.receipts import (
@@ -356,6 +356,8 @@ class AuditLog:
         keys_dir: Path | None = None,
         key: SigningKey | None = None,
         database: Database | None = None,
+        keyring: Path | str | None = None,
+        checkpoints: Path | str | None = None,
     ) -> None:
         # `database`: where the log lives (charter.db); a SQLite database keeps it in
         # `<home>/audit.db`. PostgreSQL: issue 19, in progress.
@@ -368,6 +370,11 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._keys_dir = keys_dir or self.path.parent / "keys"
         self._key = key
+        # Issue 19 (charter.audit._keyring, _checkpoints): the trusted keys, and the file of
+        # signed heads outside the database ("none": off).
+        self._keyring = keyring
+        self.checkpoints_path = checkpoints_path(self.path, checkpoints)
+        self._checkpoints: CheckpointWriter | None = None
         self._secret_key: SecretKey | None = None
         self._writer: Writer | None = None
         self._writer_lock = threading.Lock()
@@ -380,7 +387,7 @@ class AuditLog:
     @property
     def signing_key(self) -> SigningKey:
         if self._key is None:
-            self._key = load_or_create_signing_key(self._keys_dir)
+            self._key = signing_key_for(self._keys_dir, self._keyring)
         return self._key
 
     @property
@@ -403,8 +410,16 @@ class AuditLog:
                 key = self.signing_key
                 with self._connection() as connection:
                     connection.execute("INSERT OR IGNORE INTO keys VALUES (?, ?)", (key.key_id, key.public.raw))
-                self._writer = Writer(self.path, key)
+                if self.checkpoints_path is not None:
+                    self._checkpoints = CheckpointWriter(self.checkpoints_path, key)
+                on_commit = self._checkpoints.record if self._checkpoints is not None else None
+                self._writer = Writer(self.path, key, on_commit=on_commit)
             return self._writer
+
+    def close(self) -> None:
+        """Write the last checkpoint now (also done at process exit). The log stays usable."""
+        if self._checkpoints is not None:
+            self._checkpoints.close()
 
     @property
     def commits(self) -> int:
@@ -502,17 +517,10 @@ class AuditLog:
         return (row[0], row[1]) if row else None
 
     def trusted_keys(self) -> dict[str, PublicKey]:
-        """The public keys kept beside the private key (never the copies inside the log,
-        which whoever can write the log could replace)."""
-        keys = {}
-        for path in sorted(self._keys_dir.glob("*.pub")):
-            key = read_public_key(path)
-            keys[key.key_id] = key
-        if not keys:
-            raise AuditError(
-                f"no public key in {self._keys_dir} to verify with; pass the signer's key with --public-key"
-            )
-        return keys
+        """The keyring's keys (with name and not_after), or without a keyring file the public
+        keys beside the private key; never the copies inside the log, which whoever can write
+        the log could replace (charter.audit._keyring)."""
+        return trusted_keys(self._keys_dir, self._keyring)
 
     def backend_errors(self, run_id: str) -> list[BackendError]:
         """The exception texts withheld from run `run_id`'s program, by call. Operators only:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from charter.audit._approval_links import ApprovalLinks, Fetch
+from charter.audit._keyring import key_problem
 from charter.audit.keys import PublicKey
 from charter.audit.receipts import (
     ApprovalDecided,
@@ -174,9 +175,10 @@ def verify_receipts(
         for column in _COLUMNS:
             if getattr(row, column) != stated[column]:
                 find(row, f"column {column} holds {getattr(row, column)!r} but the signed body says {stated[column]!r}")
-        if body.key_id not in keys:
-            find(row, f"it is signed by key {body.key_id!r}, which is not among the trusted keys")
-        elif every_signature:
+        untrusted = key_problem(keys, body.key_id, body.at)  # an unknown or revoked key (the keyring)
+        if untrusted is not None:
+            find(row, untrusted)
+        if every_signature:
             check_signature(row, body.key_id)
 
         if whole_log:
