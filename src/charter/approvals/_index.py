@@ -91,9 +91,9 @@ def index_approval_receipt(connection: sqlite3.Connection, receipt: Receipt, log
     """Keep the index up to date with one receipt just inserted (same transaction)."""
     if isinstance(receipt, ApprovalRequested):
         connection.execute(
-            "INSERT OR IGNORE INTO approvals (approval_id, run_id, logical_run_id, contract, version, "
+            "INSERT INTO approvals (approval_id, run_id, logical_run_id, contract, version, "
             "contract_sha256, operation, call, principal, reason, approver_scope, requested_at, expires, status, "
-            "request_log_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+            "request_log_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
             (
                 receipt.approval_id,
                 receipt.run_id,

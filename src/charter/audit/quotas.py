@@ -60,7 +60,7 @@ def index_quota_receipt(connection: sqlite3.Connection, receipt: Receipt) -> Non
         if receipt.decision != "ALLOW" or not receipt.quotas:
             return
         connection.executemany(
-            "INSERT OR REPLACE INTO quota_counts VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+            "INSERT INTO quota_counts VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (run_id, call, quota) DO NOTHING",
             [
                 (receipt.contract, q.id, q.key, receipt.at, q.amount, receipt.run_id, receipt.call)
                 for q in receipt.quotas

@@ -25,18 +25,21 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from charter._paths import charter_home
 from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
 from charter.audit._locks import SideLock, side_lock
-from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Record, Writer, connect
+from charter.audit._pg_locks import PgLock, pg_lock
+from charter.audit._pg_schema import AUDIT_PG_SCHEMA
+from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Head, Record, Writer, connect
 from charter.audit.index import (
     DENIALS_INDEX_SQL,
     IN_DOUBT_INDEX_SQL,
@@ -74,11 +77,11 @@ from charter.audit.receipts import (
     decode_body,
 )
 from charter.db import Connection, Database
-from charter.errors import AuditError, RunNotFound, UsageError
+from charter.errors import AuditError, RunNotFound, StoreUnavailable
 from charter.migrations import Schema, Step
 from charter.status import Status, status_of
 
-__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso", "record_of"]
+__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "Head", "RunRecord", "RunRecorder", "now_iso", "record_of"]
 
 # The log's schema, one step per version (charter.migrations). Step 1 is the schema of
 # release 0.1.0, which wrote no version: its statements are idempotent, so it adopts a 0.1
@@ -176,6 +179,13 @@ AUDIT_SCHEMA = Schema(
 )
 
 BACKEND_ERROR_MAX_CHARS = 1024  # of a withheld message kept in backend_errors
+_BACKEND_ERROR_SQL = (
+    "INSERT INTO backend_errors VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, call) DO UPDATE SET "
+    "operation = excluded.operation, error_type = excluded.error_type, "
+    "message_sha256 = excluded.message_sha256, message = excluded.message"
+)
+_COLUMNS_SQL = "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts"
+_PAGE = 2000  # receipts per query when the whole log is read from PostgreSQL
 
 
 class BackendError(msgspec.Struct, frozen=True, kw_only=True):
@@ -201,9 +211,16 @@ class RunRecorder:
     """
 
     def __init__(
-        self, writer: Writer, opened: Opening, path: Path | None = None, *, secret_key: SecretKey | None = None
+        self,
+        writer: Writer,
+        opened: Opening,
+        path: Path | None = None,
+        *,
+        secret_key: SecretKey | None = None,
+        database: Database | None = None,
     ) -> None:
         self._path = path
+        self._database = database if database is not None and database.is_postgres else None
         # What the gate records in place of a secret param's value (None: no log folder, no key).
         self.secret_key = secret_key
         self.run_id = opened.run_id
@@ -280,18 +297,20 @@ class RunRecorder:
         decision."""
         if self._path is None:
             return
+        row = (
+            self.run_id,
+            error.call,
+            error.operation,
+            error.error_type,
+            error.message_sha256,
+            error.message[:BACKEND_ERROR_MAX_CHARS],
+        )
+        if self._database is not None:
+            with contextlib.suppress(Exception), self._database.pg_connection() as pg:
+                pg.execute(_BACKEND_ERROR_SQL, row)
+            return
         with contextlib.suppress(sqlite3.Error), closing(connect(self._path)) as connection:
-            connection.execute(
-                "INSERT OR REPLACE INTO backend_errors VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    self.run_id,
-                    error.call,
-                    error.operation,
-                    error.error_type,
-                    error.message_sha256,
-                    error.message[:BACKEND_ERROR_MAX_CHARS],
-                ),
-            )
+            connection.execute(_BACKEND_ERROR_SQL, row)
 
     def seal(self, sealed: Sealed) -> Sealed:
         with self._lock:
@@ -349,7 +368,10 @@ class RunRecord:
 
 
 class AuditLog:
-    """The audit log in one SQLite file (default `<CHARTER_HOME>/audit.db`, keys in `keys/` beside it)."""
+    """The audit log in one SQLite file (default `<CHARTER_HOME>/audit.db`, keys in `keys/` beside it),
+    or in a PostgreSQL database (`database=`; design19.md): there each writer (this object's, in
+    one process) appends to a stream of its own (`Writer.stream`), so workers never wait on one
+    another's head row; `verify` checks each stream's chain and its `stream_heads` row."""
 
     def __init__(
         self,
@@ -360,19 +382,29 @@ class AuditLog:
         database: Database | None = None,
     ) -> None:
         # `database`: where the log lives (charter.db); a SQLite database keeps it in
-        # `<home>/audit.db`. PostgreSQL: issue 19, in progress.
+        # `<home>/audit.db`. On PostgreSQL `path` is still `<home>/audit.db` (never opened: the
+        # keys folder and messages use it); `database` says where the log really is.
         if database is not None and path is None:
-            if database.is_postgres:
-                raise UsageError(f"the audit log on PostgreSQL ({database.shown}) is not built yet")
             path = database.home / "audit.db"
         self.path = Path(path) if path is not None else charter_home() / "audit.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.database = (
+            database if database is not None else Database("sqlite", f"sqlite:{self.path.parent}", self.path.parent)
+        )
+        self._postgres = self.database.is_postgres
+        self._subscribers: list[Callable[[Head], None]] = []
+        self._pending_seals: list[RunRecorder] = []
+        self._retrying: threading.Thread | None = None
         self._keys_dir = keys_dir or self.path.parent / "keys"
         self._key = key
         self._secret_key: SecretKey | None = None
         self._writer: Writer | None = None
         self._writer_lock = threading.Lock()
         self._readers = threading.local()
+        if self._postgres:
+            with self.connect() as pg:
+                AUDIT_PG_SCHEMA.open(pg, self.database.shown)  # type: ignore[arg-type]
+            return
         with closing(connect(self.path)) as connection:
             AUDIT_SCHEMA.open(connection, self.path)  # created if new; another version is refused
 
@@ -402,10 +434,33 @@ class AuditLog:
         with self._writer_lock:
             if self._writer is None:
                 key = self.signing_key
-                with self._connection() as connection:
-                    connection.execute("INSERT OR IGNORE INTO keys VALUES (?, ?)", (key.key_id, key.public.raw))
-                self._writer = Writer(self.path, key)
+                try:
+                    with self._connection() as connection:
+                        connection.execute(
+                            "INSERT INTO keys VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING",
+                            (key.key_id, key.public.raw),
+                        )
+                except StoreUnavailable as error:
+                    raise AuditError(str(error)) from error  # the gate fails closed
+                writer = Writer(self.path, key, database=self.database)
+                for callback in self._subscribers:
+                    writer.subscribe(callback)
+                self._writer = writer
             return self._writer
+
+    def subscribe(self, callback: Callable[[Head], None]) -> None:
+        """Call `callback(head)` after each commit of this log's writer that wrote receipts (the
+        checkpoints, charter.audit._checkpoints): the writer's stream, its last stream_seq, log_seq,
+        link and key id. Called in the committing thread after COMMIT; exceptions are ignored."""
+        with self._writer_lock:
+            self._subscribers.append(callback)
+            if self._writer is not None:
+                self._writer.subscribe(callback)
+
+    @property
+    def stream(self) -> str | None:
+        """This object's writer's stream ("" on SQLite), None before it first writes."""
+        return self._writer.stream if self._writer is not None else None
 
     @property
     def commits(self) -> int:
@@ -414,7 +469,7 @@ class AuditLog:
 
     def open_run(self, opened: Opening) -> RunRecorder:
         """Durably records the run's opening; the program may run once this returns."""
-        return RunRecorder(self._ensure_writer(), opened, self.path, secret_key=self.secret_key)
+        return RunRecorder(self._ensure_writer(), opened, self.path, secret_key=self.secret_key, database=self.database)
 
     def append_record(self, receipt: ApprovalDecided) -> StoredReceipt:
         """Durably write a record of its own: one receipt whose run_id is its approval id (seq 0,
@@ -437,16 +492,27 @@ class AuditLog:
     def connect(self) -> Iterator[Connection]:
         """A connection to the log's database for the readers beside it (quota totals, the
         approvals and runs indexes): SQL in sqlite3 style, `?` placeholders, either engine;
-        closed (or returned to its pool) on exit. Receipts are written only by the writer."""
+        closed (or returned to its pool) on exit. Receipts are written only by the writer.
+
+        PostgreSQL: StoreUnavailable when no connection can be had (the database is down)."""
+        if self._postgres:
+            with _unavailable(self.database), self.database.pg_connection() as pg:
+                yield pg
+            return
         connection = connect(self.path)
         try:
             yield connection
         finally:
             connection.close()
 
-    def lock(self, suffix: str, key: str, *, slots: int | None = None, best_effort: bool = False) -> SideLock:
+    def lock(self, suffix: str, key: str, *, slots: int | None = None, best_effort: bool = False) -> SideLock | PgLock:
         """The cross-process lock of `key` among the log's users (charter.audit._locks): the quota
-        buckets (".quota-locks"), the approval decision (".approval-lock"), a resume (".resume-locks")."""
+        buckets (".quota-locks"), the approval decision (".approval-lock"), a resume (".resume-locks").
+        PostgreSQL: a session advisory lock (charter.audit._pg_locks), the same interface."""
+        if self._postgres:
+            if slots is None:
+                return pg_lock(self.database, suffix, key)
+            return pg_lock(self.database, suffix, key, slots=slots)
         if slots is None:
             return side_lock(self.path.resolve(), suffix, key, best_effort=best_effort)
         return side_lock(self.path.resolve(), suffix, key, slots=slots, best_effort=best_effort)
@@ -454,16 +520,16 @@ class AuditLog:
     # -- reading ---------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        connection = connect(self.path)
-        try:
+    def _connection(self) -> Iterator[Any]:
+        with self.connect() as connection:
             yield connection
-        finally:
-            connection.close()
 
     def stored(self, run_id: str | None = None) -> Iterator[StoredReceipt]:
         """Rows as stored, in log order; all of them, or one run's."""
-        query = "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts"
+        if self._postgres:
+            yield from self._pg_stored(run_id)
+            return
+        query = _COLUMNS_SQL
         params: tuple[str, ...] = ()
         if run_id is not None:
             query += " WHERE run_id = ?"
@@ -479,6 +545,33 @@ class AuditLog:
             for row in connection.execute(query + " ORDER BY log_seq", params):
                 yield StoredReceipt(*row)
 
+    def _pg_stored(self, run_id: str | None) -> Iterator[StoredReceipt]:
+        if run_id is not None:
+            with self.connect() as connection:
+                rows = connection.execute(_COLUMNS_SQL + " WHERE run_id = ? ORDER BY log_seq", (run_id,)).fetchall()
+            yield from (StoredReceipt(*row) for row in rows)
+            return
+        after = 0  # the whole log, a page at a time (keyset), no transaction held open across pages
+        while True:
+            with self.connect() as connection:
+                rows = connection.execute(
+                    _COLUMNS_SQL + " WHERE log_seq > ? ORDER BY log_seq LIMIT ?", (after, _PAGE)
+                ).fetchall()
+            yield from (StoredReceipt(*row) for row in rows)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
+
+    def stored_in_stream(self, stream: str, stream_seq: int) -> StoredReceipt | None:
+        """Receipt `stream_seq` of writer stream `stream` (PostgreSQL; None on SQLite or if absent)."""
+        if not self._postgres or not stream:
+            return None
+        with self.connect() as connection:
+            row = connection.execute(
+                _COLUMNS_SQL + " WHERE stream = ? AND stream_seq = ?", (stream, stream_seq)
+            ).fetchone()
+        return StoredReceipt(*row) if row else None
+
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection to the log, opened once (autocommit: each statement
         reads the latest commit)."""
@@ -490,15 +583,40 @@ class AuditLog:
 
     def stored_at(self, log_seq: int) -> StoredReceipt | None:
         with self._connection() as connection:
-            row = connection.execute(
-                "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts WHERE log_seq = ?", (log_seq,)
-            ).fetchone()
+            row = connection.execute(_COLUMNS_SQL + " WHERE log_seq = ?", (log_seq,)).fetchone()
         return StoredReceipt(*row) if row else None
 
     def head(self) -> tuple[int, str] | None:
+        """The head of the stream "" (the SQLite log's one chain; on PostgreSQL a log copied from
+        SQLite): its last log_seq and link. None: no such receipt. See `heads` for every stream."""
         with self._connection() as connection:
             row = connection.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
-        return (row[0], row[1]) if row else None
+        return (int(row[0]), str(row[1])) if row else None
+
+    def stream_heads(self) -> dict[str, Head]:
+        """Each writer stream's head row (PostgreSQL; {} on SQLite), by stream."""
+        if not self._postgres:
+            return {}
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT stream, stream_seq, log_seq, link, key_id FROM stream_heads ORDER BY log_seq"
+            ).fetchall()
+        return {str(r[0]): Head(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in rows}
+
+    def heads(self) -> list[Head]:
+        """Every stream's head: the stream "" (from the head row; key_id of its receipt) and each
+        writer stream's, oldest last write first. What a checkpoint or `audit head` records."""
+        found: list[Head] = []
+        head = self.head()
+        if head is not None:
+            stored = self.stored_at(head[0])
+            key_id = ""
+            if stored is not None:
+                with contextlib.suppress(ValueError):
+                    key_id = stored.decoded().key_id
+            found.append(Head("", head[0], head[0], head[1], key_id))
+        found.extend(self.stream_heads().values())
+        return found
 
     def trusted_keys(self) -> dict[str, PublicKey]:
         """The public keys kept beside the private key (never the copies inside the log,
@@ -530,7 +648,7 @@ class AuditLog:
     def forget_backend_errors(self, run_id: str) -> int:
         """Delete run `run_id`'s withheld exception texts (the receipts keep their hashes). Returns the count."""
         with self._connection() as connection:
-            return connection.execute("DELETE FROM backend_errors WHERE run_id = ?", (run_id,)).rowcount
+            return int(connection.execute("DELETE FROM backend_errors WHERE run_id = ?", (run_id,)).rowcount)
 
     def run_ids(self) -> list[str]:
         with self._connection() as connection:
@@ -543,8 +661,8 @@ class AuditLog:
         """A run id from a unique prefix of it (as `audit list` shows them)."""
         with self._connection() as connection:
             rows = connection.execute(
-                "SELECT run_id FROM receipts WHERE kind IN ('open', 'ask') AND run_id LIKE ? || '%' LIMIT 2",
-                (prefix.replace("%", "").replace("_", ""),),
+                "SELECT run_id FROM receipts WHERE kind IN ('open', 'ask') AND run_id LIKE ? LIMIT 2",
+                (prefix.replace("%", "").replace("_", "") + "%",),
             ).fetchall()
         if not rows or not prefix:
             raise RunNotFound(f"no run {prefix!r} in the audit log at {self.path}; `charter audit list` shows runs")
@@ -592,6 +710,18 @@ def record_of(receipts: Sequence[Receipt]) -> RunRecord:
     last = receipts[-1]
     sealed = last if isinstance(last, Sealed | Concluded) else None
     return RunRecord(opened=opened, receipts=tuple(receipts), sealed=sealed)
+
+
+@contextmanager
+def _unavailable(database: Database) -> Iterator[None]:
+    """PostgreSQL unreachable (down, restarting, the pool exhausted) -> StoreUnavailable."""
+    import psycopg
+    import psycopg_pool
+
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+        raise StoreUnavailable(f"the audit log in {database.shown} cannot be reached now: {error}") from error
 
 
 def host_identity() -> tuple[str, int]:
