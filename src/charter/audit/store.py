@@ -384,6 +384,8 @@ class AuditLog:
         # `database`: where the log lives (charter.db); a SQLite database keeps it in
         # `<home>/audit.db`. On PostgreSQL `path` is still `<home>/audit.db` (never opened: the
         # keys folder and messages use it); `database` says where the log really is.
+        if database is None and path is None:
+            database = Database.from_env()  # CHARTER_DATABASE_URL, else <CHARTER_HOME>/audit.db as before
         if database is not None and path is None:
             path = database.home / "audit.db"
         self.path = Path(path) if path is not None else charter_home() / "audit.db"
