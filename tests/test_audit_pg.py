@@ -11,9 +11,11 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
@@ -426,3 +428,48 @@ def test_the_writer_reconnects_after_the_database_restarts(pg_server: PgServer, 
     report = verify(log)
     assert report.ok, report.findings
     assert (report.runs, report.sealed, report.receipts) == (2, 2, 8)
+
+
+def test_a_seal_the_stopped_database_refused_is_written_once_it_is_back(
+    pg_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    log = pg_log(pg_url, tmp_path)
+    recorder = log.open_run(opened())
+    run_id = recorder.run_id
+    shown, digest = args_digest({"id": 1})
+    allowed = Decision(
+        run_id=run_id, seq=0, at=now_iso(), call=1, operation="refund_order", args_sha256=digest, arguments=shown,
+        decision="ALLOW", code="OK", message="allowed", clause=None, boundary=None, contract="orders",
+        version="1.0.0", contract_sha256="c" * 64, principal="ada", nonce=secrets.token_hex(16),
+        idempotency_key=None, observed=None,
+    )  # fmt: skip
+    recorder.decision(allowed)  # durable: the write goes ahead, then the database stops
+    pg_server.stop()
+    try:
+        with pytest.raises(AuditError, match="could not be written"):  # the gate fails closed
+            recorder.decision(msgspec.structs.replace(allowed, call=2, nonce=secrets.token_hex(16)))
+        with pytest.raises(AuditError, match="could not be written"):
+            recorder.seal(
+                Sealed(
+                    run_id=run_id, seq=0, at=now_iso(), status="completed", outcome="{}", calls=2, wall_ms=1.0,
+                    cpu_ms=1.0, receipts=0, in_doubt=(), run_status="done", cause="completed",
+                )
+            )  # fmt: skip
+        assert log.pending_seals() == [run_id]
+    finally:
+        pg_server._start()
+        close_pools()
+    deadline = time.monotonic() + 30
+    while log.pending_seals() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert log.pending_seals() == []
+    record = log.run(run_id)
+    assert record.sealed is not None
+    assert record.status == "interrupted"
+    assert record.cause == "audit_unavailable"
+    assert isinstance(record.sealed, Sealed)
+    assert record.sealed.in_doubt == (1,)  # the write that went ahead; call 2 was refused, never written
+    assert [r.seq for r in record.receipts] == [0, 1, 2]
+    report = verify(log)
+    assert report.ok, report.findings
+    assert report.in_doubt == [(run_id, 1, "refund_order")]

@@ -25,6 +25,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -179,6 +180,8 @@ AUDIT_SCHEMA = Schema(
 )
 
 BACKEND_ERROR_MAX_CHARS = 1024  # of a withheld message kept in backend_errors
+SEAL_RETRY_S = 1.0  # how often a seal the database refused is tried again (PostgreSQL)
+SEAL_DEFERRED = "audit_unavailable"  # the cause of a seal written late: the log could not be written
 _BACKEND_ERROR_SQL = (
     "INSERT INTO backend_errors VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, call) DO UPDATE SET "
     "operation = excluded.operation, error_type = excluded.error_type, "
@@ -218,9 +221,12 @@ class RunRecorder:
         *,
         secret_key: SecretKey | None = None,
         database: Database | None = None,
+        on_unsealed: Callable[[RunRecorder, Sealed], None] | None = None,
     ) -> None:
         self._path = path
         self._database = database if database is not None and database.is_postgres else None
+        # PostgreSQL: a seal that could not be written is handed here to be retried (AuditLog).
+        self._on_unsealed = on_unsealed
         # What the gate records in place of a secret param's value (None: no log folder, no key).
         self.secret_key = secret_key
         self.run_id = opened.run_id
@@ -259,7 +265,19 @@ class RunRecorder:
             if isinstance(receipt, Sealed | Concluded):
                 self.sealed = receipt
             # Waiting under the lock keeps a late outcome from slipping in between.
-            self._writer.submit(items, wait=True)
+            try:
+                self._writer.submit(items, wait=True)
+            except AuditError:
+                if self._on_unsealed is not None:  # PostgreSQL: see `seal`
+                    # Not written: its caller fails closed, so it never took effect and is
+                    # dropped (its seq is freed, the run's chain stays whole); the receipts
+                    # kept before it (a read's) did happen and go with the next durable one.
+                    self._pending = items[:-1]
+                    self._next_seq -= 1
+                    self.written.pop()
+                    if self.sealed is receipt:
+                        self.sealed = None
+                raise
 
     def decision(self, decision: Decision, *, durable: bool = True) -> None:
         """Durable when it returns; the caller may act only after that. Without `durable` (a
@@ -317,9 +335,38 @@ class RunRecorder:
             in_doubt = tuple(sorted(self._awaiting_outcome))
             receipts = self._next_seq
         final = msgspec.structs.replace(sealed, in_doubt=in_doubt, receipts=receipts)
-        self._append(final, durable=True)
+        try:
+            self._append(final, durable=True)
+        except AuditError:
+            if self._on_unsealed is not None:
+                # PostgreSQL (design19.md): the log keeps the seal and retries it until written,
+                # as `interrupted` (the gate refused to go on: the run did not end normally).
+                self._on_unsealed(self, final)
+            raise
         assert isinstance(self.sealed, Sealed)
         return self.sealed
+
+    def retry_seal(self, draft: Sealed) -> bool:
+        """Write the seal `seal` could not (AuditLog's retry thread): status interrupted, with
+        the calls in doubt now. True once written; False if it still cannot be."""
+        with self._lock:
+            if self.sealed is not None:
+                return True
+            in_doubt = tuple(sorted(self._awaiting_outcome))
+            receipts = self._next_seq
+        final = msgspec.structs.replace(
+            draft,
+            at=now_iso(),
+            in_doubt=in_doubt,
+            receipts=receipts,
+            run_status="interrupted",
+            cause=SEAL_DEFERRED,
+        )
+        try:
+            self._append(final, durable=True)
+        except AuditError:
+            return False
+        return True
 
     def attempt(self, attempted: Attempted) -> None:
         """Durable when it returns: the attempt's program may run after that."""
@@ -395,7 +442,7 @@ class AuditLog:
         )
         self._postgres = self.database.is_postgres
         self._subscribers: list[Callable[[Head], None]] = []
-        self._pending_seals: list[RunRecorder] = []
+        self._pending_seals: list[tuple[RunRecorder, Sealed]] = []
         self._retrying: threading.Thread | None = None
         self._keys_dir = keys_dir or self.path.parent / "keys"
         self._key = key
@@ -471,7 +518,40 @@ class AuditLog:
 
     def open_run(self, opened: Opening) -> RunRecorder:
         """Durably records the run's opening; the program may run once this returns."""
-        return RunRecorder(self._ensure_writer(), opened, self.path, secret_key=self.secret_key, database=self.database)
+        return RunRecorder(
+            self._ensure_writer(),
+            opened,
+            self.path,
+            secret_key=self.secret_key,
+            database=self.database,
+            on_unsealed=self._keep_seal if self._postgres else None,
+        )
+
+    def _keep_seal(self, recorder: RunRecorder, draft: Sealed) -> None:
+        """A seal that could not be written: kept, and retried every SEAL_RETRY_S by a thread."""
+        with self._writer_lock:
+            self._pending_seals.append((recorder, draft))
+            if self._retrying is None or not self._retrying.is_alive():
+                self._retrying = threading.Thread(target=self._retry_seals, name="charter-seal-retry", daemon=True)
+                self._retrying.start()
+
+    def _retry_seals(self) -> None:
+        while True:
+            time.sleep(SEAL_RETRY_S)
+            with self._writer_lock:
+                waiting = list(self._pending_seals)
+            written = [item for item in waiting if item[0].retry_seal(item[1])]
+            with self._writer_lock:
+                self._pending_seals = [item for item in self._pending_seals if item not in written]
+                if not self._pending_seals:
+                    self._retrying = None
+                    return
+
+    def pending_seals(self) -> list[str]:
+        """The runs whose seal could not be written yet (the database was down): their ids. Each
+        is retried every SEAL_RETRY_S until written, as `interrupted` with its calls in doubt."""
+        with self._writer_lock:
+            return [recorder.run_id for recorder, _ in self._pending_seals]
 
     def append_record(self, receipt: ApprovalDecided) -> StoredReceipt:
         """Durably write a record of its own: one receipt whose run_id is its approval id (seq 0,
