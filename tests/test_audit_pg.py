@@ -473,3 +473,35 @@ def test_a_seal_the_stopped_database_refused_is_written_once_it_is_back(
     report = verify(log)
     assert report.ok, report.findings
     assert report.in_doubt == [(run_id, 1, "refund_order")]
+
+
+def test_verify_while_writers_commit_sees_one_consistent_log(pg_url: str, tmp_path: Path) -> None:
+    """log_seq is taken before COMMIT, so a writer may commit a lower log_seq after a higher one is
+    visible; verify reads one snapshot and never reports that as a gap or a truncated stream."""
+    logs = [pg_log(pg_url, tmp_path) for _ in range(3)]
+    write_run(logs[0])  # the key pair exists before the writers start
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def work(log: AuditLog) -> None:
+        try:
+            while not stop.is_set():
+                write_run(log, calls=1)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(log,)) for log in logs]
+    for thread in threads:
+        thread.start()
+    reports = []
+    try:
+        for _ in range(8):
+            reports.append(verify(logs[0]))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors
+    assert all(report.ok for report in reports), [r.findings for r in reports if not r.ok]
+    assert reports[-1].receipts > reports[0].receipts  # the writers were writing throughout
+    assert verify(logs[0]).ok

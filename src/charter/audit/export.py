@@ -35,14 +35,15 @@ def verify_log(
 ) -> Verification:
     """The whole log, or one run (its receipts, and each one's link to the log's previous receipt)."""
     if run_id is None:
-        return verify_receipts(
-            log.stored(),
-            keys,
-            head=log.head(),
-            expect_head=expect_head,
-            every_signature=every_signature,
-            stream_heads=log.stream_heads() if log.database.is_postgres else None,
-        )
+        with log.snapshot() as whole:
+            return verify_receipts(
+                whole.rows,
+                keys,
+                head=whole.head,
+                expect_head=expect_head,
+                every_signature=every_signature,
+                stream_heads=whole.stream_heads,
+            )
     rows = list(log.stored(resolve_record(log, run_id)))
     report = verify_receipts(
         rows,

@@ -82,7 +82,17 @@ from charter.errors import AuditError, RunNotFound, StoreUnavailable
 from charter.migrations import Schema, Step
 from charter.status import Status, status_of
 
-__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "Head", "RunRecord", "RunRecorder", "now_iso", "record_of"]
+__all__ = [
+    "AUDIT_SCHEMA",
+    "AuditLog",
+    "BackendError",
+    "Head",
+    "LogSnapshot",
+    "RunRecord",
+    "RunRecorder",
+    "now_iso",
+    "record_of",
+]
 
 # The log's schema, one step per version (charter.migrations). Step 1 is the schema of
 # release 0.1.0, which wrote no version: its statements are idempotent, so it adopts a 0.1
@@ -644,6 +654,31 @@ class AuditLog:
                 return
             after = rows[-1][0]
 
+    @contextmanager
+    def snapshot(self) -> Iterator[LogSnapshot]:
+        """The whole log as of one moment, for `verify`: its receipts in log order, the head row
+        and (PostgreSQL) every stream's head row. On PostgreSQL one REPEATABLE READ, read-only
+        transaction reads them all, streaming the receipts through a server-side cursor, so
+        writers committing meanwhile (whose log_seq may be lower than receipts already read:
+        log_seq is taken before commit) never show as a gap or a truncated stream."""
+        if not self._postgres:
+            yield LogSnapshot(self.stored(), self.head(), None)
+            return
+        with self.connect() as connection:
+            pg: Any = connection
+            with pg.raw.transaction():
+                pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                row = pg.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
+                head = (int(row[0]), str(row[1])) if row else None
+                heads = {
+                    str(r[0]): Head(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]))
+                    for r in pg.execute("SELECT stream, stream_seq, log_seq, link, key_id FROM stream_heads").fetchall()
+                }
+                with pg.raw.cursor(name="charter_log_snapshot") as cursor:
+                    cursor.itersize = _PAGE
+                    cursor.execute(_COLUMNS_SQL + " ORDER BY log_seq")
+                    yield LogSnapshot((StoredReceipt(*r) for r in cursor), head, heads)
+
     def stored_in_stream(self, stream: str, stream_seq: int) -> StoredReceipt | None:
         """Receipt `stream_seq` of writer stream `stream` (PostgreSQL; None on SQLite or if absent)."""
         if not self._postgres or not stream:
@@ -782,6 +817,16 @@ class AuditLog:
             elif isinstance(receipt, Sealed | Concluded):
                 sealed[receipt.run_id] = receipt
         return [RunRecord(opened=o, receipts=(), sealed=sealed.get(rid)) for rid, o in opened.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class LogSnapshot:
+    """The whole log as `AuditLog.snapshot` read it: receipts (log order), the stream "" head,
+    and each writer stream's head row (None on SQLite, which has no streams)."""
+
+    rows: Iterator[StoredReceipt]
+    head: tuple[int, str] | None
+    stream_heads: dict[str, Head] | None
 
 
 def record_of(receipts: Sequence[Receipt]) -> RunRecord:
