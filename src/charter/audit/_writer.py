@@ -3,6 +3,14 @@
 `store.RunRecorder` hands its receipts to the log's `Writer`, which signs, chains, inserts
 and commits them; the recorder decides which receipts must be durable before its caller goes
 on (README, "Durability"). Kept apart from the store so the commit protocol can be read alone.
+
+SQLite: one chain (the stream ""), BEGIN IMMEDIATE makes each commit the file's one writer.
+PostgreSQL (design19.md): each Writer appends to a stream of its own, `<host>:<pid>:<8 hex>`,
+on one connection it holds (replaced after any error: a restarted database costs one failed
+group at most, none if the session died while idle). log_seq comes from a sequence, stream_seq
+and log_prev from the stream's own `stream_heads` row, updated in the same transaction: writers
+never wait on one another's row. After each commit that wrote receipts, the subscribers get the
+stream's `Head` (the signed checkpoints outside the database are built on it).
 """
 
 from __future__ import annotations

@@ -132,6 +132,10 @@ def copy(
         report = copy_deployment(origin.home, destination)
     except CharterError as error:
         fail(error)
+    except Exception as error:  # psycopg's errors (imported lazily): the server refused or is down
+        if type(error).__module__.split(".")[0] not in ("psycopg", "psycopg_pool"):
+            raise
+        fail(f"{Database.parse(target).shown}: the copy failed, nothing was committed: {error}")
     head = f"receipt {report.head[0]}, link {report.head[1]}" if report.head else "none"
     say(
         f"audit log: {report.receipts} receipts, {report.keys} keys, {report.backend_errors} withheld error texts "
