@@ -505,3 +505,20 @@ def test_verify_while_writers_commit_sees_one_consistent_log(pg_url: str, tmp_pa
     assert all(report.ok for report in reports), [r.findings for r in reports if not r.ok]
     assert reports[-1].receipts > reports[0].receipts  # the writers were writing throughout
     assert verify(logs[0]).ok
+
+
+def test_a_duplicate_record_fails_alone_not_the_group_it_was_committed_with(pg_url: str, tmp_path: Path) -> None:
+    from charter.audit._writer import Record, _Batch
+
+    log = pg_log(pg_url, tmp_path)
+    taken, fresh = secrets.token_hex(16), secrets.token_hex(16)
+    pg_log(pg_url, tmp_path).append_record(decided(taken))  # another writer holds it already
+    writer = log._ensure_writer()
+    duplicate = _Batch([(Record(), msgspec.structs.replace(decided(taken), seq=0, prev=""))])
+    other = _Batch([(Record(), msgspec.structs.replace(decided(fresh), seq=0, prev=""))])
+    writer._commit([duplicate, other])  # one transaction, two callers' batches
+    assert isinstance(duplicate.error, AuditError)
+    assert f"already holds the record {taken}" in str(duplicate.error)
+    assert other.error is None
+    assert rows(pg_url, "SELECT stream_seq FROM receipts WHERE run_id = %s", (fresh,)) == [(1,)]
+    assert log.stream_heads()[writer.stream].stream_seq == 1  # the refused one left no gap
