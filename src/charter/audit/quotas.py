@@ -35,7 +35,7 @@ from charter.audit.receipts import Decision, Outcome, Receipt, decode_body
 from charter.db import Connection
 
 if TYPE_CHECKING:  # the store imports this module
-    from charter.audit._locks import SideLock
+    from charter.audit._pg_locks import LogLock
     from charter.audit.store import AuditLog
 
 __all__ = [
@@ -124,7 +124,7 @@ class QuotaReader:
         with self.log.reader() as connection:
             return quota_total(connection, contract, quota, key, since)
 
-    def lock(self, contract: str, quota: str, key: str) -> SideLock:
+    def lock(self, contract: str, quota: str, key: str) -> LogLock:
         """The lock of (contract, quota, key) among the log's users (not taken): best effort, one
         of 2**20 slots (see charter.gate._quotas on what it guarantees)."""
         return self.log.lock(_LOCKS, f"{contract}\0{quota}\0{key}", slots=_BUCKETS, best_effort=True)

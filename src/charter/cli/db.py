@@ -106,3 +106,43 @@ def upgrade(home: HomeOption = None) -> None:
             continue
         steps = "; ".join(f"{s.version}: {s.summary}" for s in schema.pending(before))
         say(f"{schema.store:<18} {path}: version {before} -> {after} ({steps})", "green")
+
+
+# -- `charter db copy` (issue 19, H1a): a SQLite deployment into PostgreSQL ---------------------------
+
+
+@app.command()
+def copy(
+    source: Annotated[str, typer.Option("--from", help="The SQLite deployment: sqlite:FOLDER (its Charter home).")],
+    target: Annotated[str, typer.Option("--to", help="An empty PostgreSQL database: postgresql://USER@HOST/NAME.")],
+) -> None:
+    """Copy a SQLite deployment's audit log and registry into an empty PostgreSQL database.
+
+    Receipts are copied as stored (bytes untouched), so `charter audit verify` on the copy finds
+    the same head; the indexes are rebuilt from them. Keys stay in FOLDER/keys (not in any
+    database): run the workers with that home. Stop the deployment's processes first."""
+    from charter.audit._copy import copy_deployment
+    from charter.db import Database
+
+    try:
+        origin = Database.parse(source)
+        if origin.is_postgres:
+            fail(f"--from {origin.shown}: give the SQLite deployment as sqlite:FOLDER")
+        destination = Database.parse(target, home=origin.home)
+        report = copy_deployment(origin.home, destination)
+    except CharterError as error:
+        fail(error)
+    except Exception as error:  # psycopg's errors (imported lazily): the server refused or is down
+        if type(error).__module__.split(".")[0] not in ("psycopg", "psycopg_pool"):
+            raise
+        fail(f"{Database.parse(target).shown}: the copy failed, nothing was committed: {error}")
+    head = f"receipt {report.head[0]}, link {report.head[1]}" if report.head else "none"
+    say(
+        f"audit log: {report.receipts} receipts, {report.keys} keys, {report.backend_errors} withheld error texts "
+        f"copied into {destination.shown}; head {head}",
+        "green",
+    )
+    for table, count in report.registry.items():
+        say(f"registry: {count} rows of {table} copied")
+    for note in report.notes:
+        say(note)

@@ -34,7 +34,7 @@ from typing import Any
 import cel
 import msgspec
 
-from charter.audit._locks import SideLock
+from charter.audit._pg_locks import LogLock
 from charter.audit.quotas import QuotaReader
 from charter.audit.receipts import QuotaSeen
 from charter.compiler.artifact import GateTable, OperationRule, QuotaRule
@@ -62,7 +62,7 @@ class QuotaHold:
     seen: tuple[QuotaSeen, ...] = ()
     at: str | None = None  # the decision's time, when quotas were checked
     windows: dict[str, int | None] = field(default_factory=dict)  # quota id -> window seconds (None: run)
-    _locks: list[SideLock] = field(default_factory=list)  # each: acquire(), release(), ordered
+    _locks: list[LogLock] = field(default_factory=list)  # each: acquire(), release(), ordered
 
     @property
     def holds(self) -> bool:
