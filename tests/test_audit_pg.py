@@ -310,8 +310,8 @@ def test_writers_in_threads_interleave_and_every_run_verifies(pg_url: str, tmp_p
 
     def work(i: int) -> None:
         try:
-            start.wait()
             for _ in range(6):
+                start.wait()  # every round starts together, so no writer runs ahead of the others
                 written[i].append(write_run(logs[i], calls=2))
         except BaseException as error:
             errors.append(error)
@@ -344,9 +344,20 @@ from pathlib import Path
 from charter.db import Database
 from charter.audit import AuditLog
 from tests.test_audit_pg import write_run
+import time
 log = AuditLog(database=Database.parse(sys.argv[1], home=Path(sys.argv[2])))
 sys.stdin.readline()  # start together
-for _ in range(int(sys.argv[3])):
+for written in range(int(sys.argv[3])):
+    # In lockstep: run k waits until the other writer sealed k runs, so the two processes' commits
+    # interleave however the machine schedules them (one could otherwise finish before the other starts).
+    while written and log.stream is not None:
+        with log.connect() as connection:
+            others = connection.execute(
+                "SELECT count(*) FROM receipts WHERE kind = 'seal' AND stream <> ?", (log.stream,)
+            ).fetchone()[0]
+        if others >= written:
+            break
+        time.sleep(0.01)
     print(write_run(log, calls=2), flush=True)
 """
 
