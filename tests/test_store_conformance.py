@@ -125,6 +125,19 @@ def test_the_application_role_may_not_rewrite_published_contracts(pg_server: PgS
     close_pools()
 
 
+def test_a_role_without_grants_is_told_to_upgrade_and_grant(pg_server: PgServer, pg_url: str) -> None:
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    pg_server.sql(f"CREATE ROLE {role} LOGIN")
+    app = Database.parse(pg_server.url(_database_name(pg_url), role))
+    with pytest.raises(
+        UsageError, match=r"the registry cannot be opened as this role .*charter db upgrade.*charter db grant"
+    ):
+        Registry(database=app)  # nothing created yet, and the role may not create it
+    assert charter("db", "upgrade", "--database", pg_url).returncode == 0
+    with pytest.raises(UsageError, match=r"permission denied for table charter_schema.*charter db grant"):
+        IdempotencyStore(database=app)  # created, but not granted
+
+
 def test_publish_semantics_are_the_same(database: Database, write_contract: WriteContract) -> None:
     registry, other = Registry(database=database), Registry(database=database)
     first = _publish(registry, write_contract())

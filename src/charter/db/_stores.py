@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, cast
 
-from charter.errors import StoreUnavailable
+from charter.errors import StoreUnavailable, UsageError
 
 if TYPE_CHECKING:
     from charter.db._postgres import PgConnection
@@ -31,9 +31,20 @@ RETRY_AFTER_S = 2  # what a store that cannot reach its database tells callers t
 
 def open_schema(connection: Connection, database: Database, filename: str, schema: Schema, pg: PgSchema) -> None:
     """Check (and on first use create) a store's tables on `connection`: `schema` in the SQLite
-    file `database.home / filename`, `pg` in a PostgreSQL database. Raises SchemaMismatch."""
+    file `database.home / filename`, `pg` in a PostgreSQL database. Raises SchemaMismatch, and
+    UsageError for a PostgreSQL role that may not create or read the store."""
     if database.is_postgres:
-        pg.open(cast("PgConnection", connection), database.shown)
+        import psycopg
+
+        try:
+            pg.open(cast("PgConnection", connection), database.shown)
+        except psycopg.errors.InsufficientPrivilege as error:
+            # The application's role found no store and may not create one (nor, ungranted, read it).
+            raise UsageError(
+                f"{database.shown}: the {pg.store} cannot be opened as this role ({str(error).strip().splitlines()[0]}): create "
+                "the stores as the database's owner with `charter db upgrade --database URL`, then give this "
+                "role its privileges with `charter db grant ROLE --database URL`"
+            ) from None
     else:
         schema.open(cast(sqlite3.Connection, connection), database.home / filename)
 
