@@ -40,8 +40,9 @@ def open_schema(connection: Connection, database: Database, filename: str, schem
             pg.open(cast("PgConnection", connection), database.shown)
         except psycopg.errors.InsufficientPrivilege as error:
             # The application's role found no store and may not create one (nor, ungranted, read it).
+            reason = str(error).strip().splitlines()[0]
             raise UsageError(
-                f"{database.shown}: the {pg.store} cannot be opened as this role ({str(error).strip().splitlines()[0]}): create "
+                f"{database.shown}: the {pg.store} cannot be opened as this role ({reason}): create "
                 "the stores as the database's owner with `charter db upgrade --database URL`, then give this "
                 "role its privileges with `charter db grant ROLE --database URL`"
             ) from None
