@@ -163,7 +163,7 @@ def test_publish_semantics_are_the_same(database: Database, write_contract: Writ
 def test_two_publishers_of_one_version_publish_it_once(database: Database, write_contract: WriteContract) -> None:
     path = write_contract()
     registries = [Registry(database=database) for _ in range(4)]
-    start = threading.Barrier(len(registries))
+    start = threading.Barrier(len(registries), timeout=60)
     created: list[bool] = []
 
     def publish(registry: Registry) -> None:
@@ -207,7 +207,7 @@ def test_idempotency_semantics(database: Database) -> None:
 def test_two_stores_racing_from_two_threads_claim_each_key_once(database: Database) -> None:
     stores = [IdempotencyStore(database=database), IdempotencyStore(database=database)]
     keys = [f"key-{i}" for i in range(40)]
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=60)  # a claim that raises fails the test, not hangs it
     outcomes: dict[str, list[str]] = {key: [] for key in keys}
 
     def claim_all(index: int, store: IdempotencyStore) -> None:
