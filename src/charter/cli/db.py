@@ -1,4 +1,8 @@
-"""`charter db ...`: the schema versions of Charter's stores, and their upgrade in place."""
+"""`charter db ...`: the schema versions of Charter's stores, their upgrade in place, and (on
+PostgreSQL) the grants of the application's role.
+
+Every command takes `--database URL` (default $CHARTER_DATABASE_URL, else the SQLite files of
+`--home`): `sqlite:FOLDER` or `postgresql://USER@HOST/NAME`."""
 
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ from typing import Annotated
 import typer
 
 from charter.cli._output import fail, print_json, say
+from charter.db import Database
 from charter.errors import CharterError
 from charter.migrations import Schema, read_version
 
-app = typer.Typer(help="Schema versions of the registry, audit log and idempotency store; upgrades.")
+app = typer.Typer(
+    help="Schema versions of the registry, audit log, idempotency, session and token stores; upgrades; grants."
+)
 
 EXIT_NEWER_OR_INVALID = 1  # `status`: a store this release cannot open (takes precedence)
 EXIT_UPGRADE_PENDING = 2  # `status`: a store `charter db upgrade` would migrate
@@ -22,31 +29,47 @@ HomeOption = Annotated[
     Path | None,
     typer.Option("--home", help="The Charter home holding the stores (default: $CHARTER_HOME, else ./.charter)."),
 ]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        metavar="URL",
+        help="The database: sqlite:FOLDER or postgresql://USER@HOST/NAME (default: $CHARTER_DATABASE_URL, "
+        "else the SQLite files of --home).",
+    ),
+]
 
 
 def _stores() -> list[tuple[str, Schema]]:
-    """Each store a Charter home may hold: its file name and its schema."""
-    from charter.audit.store import AUDIT_SCHEMA
-    from charter.registry.store import REGISTRY_SCHEMA
-    from charter.server._idempotency import IDEMPOTENCY_SCHEMA
+    """Each SQLite store a Charter home may hold: its file name and its schema."""
+    from charter.deployment import store_schemas
 
-    return [("charter.db", REGISTRY_SCHEMA), ("audit.db", AUDIT_SCHEMA), ("idempotency.db", IDEMPOTENCY_SCHEMA)]
+    return [(s.filename, s.sqlite) for s in store_schemas() if s.filename is not None and s.sqlite is not None]
 
 
-def _home(home: Path | None) -> Path:
-    from charter._paths import charter_home
-
-    return home if home is not None else charter_home()
+def _database(home: Path | None, url: str | None) -> Database:
+    try:
+        return Database.from_env(home, url=url)
+    except CharterError as error:
+        fail(error)
 
 
 @app.command()
-def status(home: HomeOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(
+    home: HomeOption = None, database: DatabaseOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Each store's schema version beside the one this release uses. Changes nothing.
 
     Exit status, for CI: 0 when every store is current or absent; 2 when an upgrade is
     pending (`charter db upgrade`); 1 when a store is newer than this release or its
     version is invalid (this release cannot open it; also 1 for an unreadable file)."""
-    folder = _home(home)
+    chosen = _database(home, database)
+    if chosen.is_postgres:
+        from charter.cli._db_pg import pg_status
+
+        pg_status(chosen, as_json=as_json)
+        return
+    folder = chosen.home
     blocked = pending = False
     rows = []
     for name, schema in _stores():
@@ -80,13 +103,21 @@ def status(home: HomeOption = None, as_json: Annotated[bool, typer.Option("--jso
 
 
 @app.command()
-def upgrade(home: HomeOption = None) -> None:
-    """Migrate each store in HOME in place to this release's schema, one transaction per store.
+def upgrade(home: HomeOption = None, database: DatabaseOption = None) -> None:
+    """Migrate each store in place to this release's schema, one transaction per store.
 
-    Stop other Charter processes using the home first. Running it again does nothing.
+    Stop other Charter processes using the stores first. Running it again does nothing.
     Receipts and published contracts are never rewritten: steps add tables, columns, indexes.
+    On PostgreSQL, run it as the database's owner: it also creates the stores a new database
+    lacks (the application's role may not create tables; give it hers with `charter db grant`).
     """
-    folder = _home(home)
+    chosen = _database(home, database)
+    if chosen.is_postgres:
+        from charter.cli._db_pg import pg_upgrade
+
+        pg_upgrade(chosen)
+        return
+    folder = chosen.home
     if not folder.is_dir():
         fail(f"{folder} is not a Charter home (no such folder); pass --home DIR or set CHARTER_HOME")
     for name, schema in _stores():
@@ -106,6 +137,26 @@ def upgrade(home: HomeOption = None) -> None:
             continue
         steps = "; ".join(f"{s.version}: {s.summary}" for s in schema.pending(before))
         say(f"{schema.store:<18} {path}: version {before} -> {after} ({steps})", "green")
+
+
+@app.command()
+def grant(
+    role: Annotated[str, typer.Argument(help="The PostgreSQL role the workers connect as (it must exist).")],
+    database: DatabaseOption = None,
+) -> None:
+    """Give ROLE exactly what the application needs on every store of a PostgreSQL database:
+    SELECT and INSERT only on the append-only tables (published contracts, promotions, binding
+    records, the audit log), SELECT, INSERT, UPDATE, DELETE on the others. Run it as the owner,
+    after `charter db upgrade`; running it again changes nothing."""
+    chosen = _database(None, database)
+    if not chosen.is_postgres:
+        fail(
+            f"{chosen.shown} is a SQLite folder: roles and grants are PostgreSQL's; give --database "
+            "postgresql://OWNER@HOST/NAME (or set CHARTER_DATABASE_URL)"
+        )
+    from charter.cli._db_pg import pg_grant
+
+    pg_grant(chosen, role)
 
 
 # -- `charter db copy` (issue 19, H1a): a SQLite deployment into PostgreSQL ---------------------------
