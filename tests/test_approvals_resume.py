@@ -372,7 +372,7 @@ def test_one_resume_of_an_approval_at_a_time(env: Env) -> None:
     _, approval_id = env.paused(REFUND_THEN_READ)
     env.store.decide(approval_id, RITA, "approved", "fine")
     before = len(env.calls)
-    with _resume_lock(env.log.path, approval_id), pytest.raises(ResumeInProgress) as busy:
+    with _resume_lock(env.log, approval_id), pytest.raises(ResumeInProgress) as busy:
         env.resumer.resume(approval_id)
     assert busy.value.code == "RESUME_IN_PROGRESS"
     assert env.ops(before) == []

@@ -322,7 +322,7 @@ def test_a_resume_held_elsewhere_is_reported_not_run_twice(paused: Paused) -> No
     decision, then says RESUME_IN_PROGRESS and runs nothing; once the lock is free it resumes."""
     from charter.approvals.resume import _resume_lock
 
-    with _resume_lock(paused.log.path, paused.approval_id):
+    with _resume_lock(paused.log, paused.approval_id):
         result = charter("approvals", "approve", paused.approval_id, "--reason", "ok", *REVIEWER)
         assert result.returncode == 10, result.stdout + result.stderr
         assert f"approval {paused.approval_id} approved by mira: ok" in result.stdout

@@ -20,17 +20,18 @@ transaction as the receipt it follows, and rebuilt from them by the migration th
 Times are kept as ISO-8601 UTC with microseconds (`2026-11-29T18:48:48.123456+00:00`), the
 form every receipt writes, so `expires` compares as text with `now_iso()`.
 
-This module imports only the receipts: the audit writer calls it, and `charter.approvals`
-itself builds on the audit log.
+This module imports only the receipts (and charter.db's types): the audit writer calls it,
+and `charter.approvals` itself builds on the audit log. Its statements run unchanged on SQLite
+and PostgreSQL (`expired` and `resume_sealed` are INTEGER 0/1 in both).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 
 from charter.audit.receipts import ApprovalDecided, ApprovalRequested, Opened, Receipt, Sealed, decode_body
+from charter.db import Connection
 
 __all__ = ["APPROVALS_INDEX_SQL", "fill_approvals_index", "index_approval_receipt", "receipt_time", "utc_text"]
 
@@ -87,13 +88,15 @@ def receipt_time(text: str) -> str:
         return text
 
 
-def index_approval_receipt(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
+def index_approval_receipt(connection: Connection, receipt: Receipt, log_seq: int) -> None:
     """Keep the index up to date with one receipt just inserted (same transaction)."""
     if isinstance(receipt, ApprovalRequested):
         connection.execute(
-            "INSERT OR IGNORE INTO approvals (approval_id, run_id, logical_run_id, contract, version, "
+            # The first request of an id stays (a rebuild meets it again): no conflict target, so a
+            # clash on either unique key (approval_id, request_log_seq) is skipped, as OR IGNORE did.
+            "INSERT INTO approvals (approval_id, run_id, logical_run_id, contract, version, "
             "contract_sha256, operation, call, principal, reason, approver_scope, requested_at, expires, status, "
-            "request_log_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+            "request_log_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
             (
                 receipt.approval_id,
                 receipt.run_id,
@@ -140,7 +143,7 @@ def index_approval_receipt(connection: sqlite3.Connection, receipt: Receipt, log
         connection.execute("UPDATE approvals SET resume_sealed = 1 WHERE resume_run = ?", (receipt.run_id,))
 
 
-def fill_approvals_index(connection: sqlite3.Connection) -> None:
+def fill_approvals_index(connection: Connection) -> None:
     """(Re)build the index from the receipts in the log: the migration's backfill, and a rebuild."""
     connection.execute("DELETE FROM approvals")
     rows = connection.execute(

@@ -36,8 +36,10 @@ there is failed BACKEND_UNAVAILABLE goes live again, under the same approval-der
 idempotency key (charter.replay.RecordedAnswers.settle). An approved call whose Outcome is ok
 (or unknown, or any other failure) is never sent again: such a resume is the approval's answer.
 
-One resume of an approval at a time: a process lock plus an fcntl record lock on
-`<audit.db>.resume-locks` (charter.audit._locks) (non-blocking: another holder is RESUME_IN_PROGRESS).
+One resume of an approval at a time: the log's resume lock of that approval (`AuditLog.lock`:
+on SQLite a process lock plus an fcntl record lock on `<audit.db>.resume-locks`,
+charter.audit._locks; on PostgreSQL an advisory lock every worker and host shares)
+(non-blocking: another holder is RESUME_IN_PROGRESS).
 Whoever can delete that file while it is held defeats the lock, so after taking it the
 resumer also reads the signed Opened receipts of the approval's resumes: one not sealed whose
 owner (Opened host and pid) is alive on this host, its process started before the Opened was
@@ -76,7 +78,6 @@ from charter.audit import (
     check_run,
 )
 from charter.audit._approval_records import resume_runs
-from charter.audit._locks import side_lock
 from charter.audit.receipts import link_of
 from charter.audit.store import host_identity
 from charter.compiler.artifact import CompiledContract
@@ -137,7 +138,7 @@ class Resumer:
         done = self._sealed_resume(approval_id, view.run_id)
         if done is not None:
             return done
-        with _resume_lock(self.audit.path, approval_id):
+        with _resume_lock(self.audit, approval_id):
             done = self._sealed_resume(approval_id, view.run_id)  # another process may have finished meanwhile
             if done is not None:
                 return done
@@ -437,11 +438,11 @@ def _alive_since(pid: int, opened_at: str) -> bool:
 
 
 @contextmanager
-def _resume_lock(database: Path, approval_id: str) -> Iterator[None]:
-    """Exclusive per approval across threads and processes (one key of `<audit.db>.resume-locks`);
+def _resume_lock(log: AuditLog, approval_id: str) -> Iterator[None]:
+    """Exclusive per approval across threads and processes (the log's `.resume-locks` key of it);
     never waits (ResumeInProgress). Not best effort: where other processes cannot be excluded,
     resuming fails (OSError) rather than risk running the approved call twice."""
-    lock = side_lock(database, ".resume-locks", approval_id)
+    lock = log.lock(".resume-locks", approval_id)
     if not lock.acquire(blocking=False):
         raise ResumeInProgress(f"approval {approval_id} is being resumed by another thread or process")
     try:

@@ -16,17 +16,18 @@ Errors, each with its reason code in `.code`:
     ├── ApprovalExpired               APPROVAL_EXPIRED: approving after `expires` (denying is accepted)
     └── ApprovalConflict              ALREADY_DECIDED: another decision exists (`.existing` names it)
 
-Exactly one decision per request, across threads and processes: `decide` takes a process
-lock and an fcntl record lock on `<audit.db>.approval-lock` (charter.audit._locks), re-reads the request's row, and only
-then writes; the writer also refuses a second record with the same id in its transaction.
+Exactly one decision per request, across threads and processes: `decide` takes the log's
+decision lock (`AuditLog.lock`: on SQLite a process lock and an fcntl record lock on
+`<audit.db>.approval-lock`, charter.audit._locks; on PostgreSQL an advisory lock every worker
+shares), re-reads the request's row, and only then writes; the writer also refuses a second
+record with the same id in its transaction (the receipts' UNIQUE (run_id, seq)).
 """
 
 from __future__ import annotations
 
 import builtins
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -35,7 +36,7 @@ import msgspec
 from charter.approvals._index import receipt_time, utc_text
 from charter.approvals._retry import retryable
 from charter.audit._approval_records import resume_runs as signed_resume_runs
-from charter.audit._locks import side_lock
+from charter.audit._portable import body_holds, naming
 from charter.audit.keys import PublicKey
 from charter.audit.receipts import (
     ApprovalDecided,
@@ -49,6 +50,7 @@ from charter.audit.receipts import (
     StoredReceipt,
     decode_body,
 )
+from charter.db import Connection
 from charter.errors import AuditError, CharterError, UsageError
 from charter.principal import SYSTEM_PRINCIPAL, Principal, same_principal
 from charter.status import status_of
@@ -225,11 +227,11 @@ class ApprovalStore:
     # -- reading -------------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.audit.path, isolation_level=None, timeout=30)) as connection:
+    def _connection(self) -> Iterator[Connection]:
+        with self.audit.connect() as connection:  # either engine (charter.db)
             yield connection
 
-    def _row(self, connection: sqlite3.Connection, approval_id: str) -> dict[str, Any] | None:
+    def _row(self, connection: Connection, approval_id: str) -> dict[str, Any] | None:
         found = connection.execute(f"{_SELECT} WHERE approval_id = ?", (approval_id,)).fetchone()
         return dict(zip(_COLUMNS, found, strict=True)) if found else None
 
@@ -319,13 +321,9 @@ class ApprovalStore:
                     "SELECT run_id FROM receipts WHERE kind = 'approval_decision' ORDER BY log_seq"
                 ).fetchall()
             ]
-            opened = connection.execute(
-                "SELECT o.body FROM receipts o WHERE o.kind = 'open' AND instr(o.body, ?) > 0 AND EXISTS "
-                "(SELECT 1 FROM receipts s WHERE s.kind = 'seal' AND s.run_id = o.run_id) ORDER BY o.log_seq",
-                ('"approval_id":"',),
-            ).fetchall()
+            opened = _sealed_resumes(connection)
         last_sealed: dict[str, str] = {}  # approval -> its last sealed resume run, in log order
-        for (body,) in opened:
+        for body in opened:
             try:
                 receipt = decode_body(body)
             except ValueError:  # an altered Opened: the resumer verifies the chain and names it
@@ -338,7 +336,7 @@ class ApprovalStore:
 
     def _view_at(
         self,
-        connection: sqlite3.Connection,
+        connection: Connection,
         log_seq: int,
         keys: dict[str, PublicKey],
         *,
@@ -433,10 +431,10 @@ class ApprovalStore:
     @contextmanager
     def _decision_lock(self) -> Iterator[None]:
         """Held while a decision is read and written: no other thread or process of this log can
-        decide in between. One lock per audit database (one key of `<audit.db>.approval-lock`), by
-        its resolved path, so two stores of one log in a process share it; not best effort: where
+        decide in between. One lock per audit log (its key "decide" of `.approval-lock`: see
+        AuditLog.lock), so two stores of one log in a process share it; not best effort: where
         other processes cannot be excluded, deciding fails (OSError) rather than risk two decisions."""
-        lock = side_lock(self.audit.path.resolve(), ".approval-lock", "decide")
+        lock = self.audit.lock(".approval-lock", "decide")
         lock.acquire()
         try:
             yield
@@ -511,7 +509,7 @@ class ApprovalStore:
             )
         return decided, True
 
-    def _signed_request(self, connection: sqlite3.Connection, log_seq: int, approval_id: str) -> ApprovalRequested:
+    def _signed_request(self, connection: Connection, log_seq: int, approval_id: str) -> ApprovalRequested:
         """The request receipt at `log_seq` for `approval_id`, its signature checked with the
         log's trusted keys. Raises ApprovalError (TAMPERED) if it is missing, altered or signed
         by an unknown key; AuditError if the log has no trusted key."""
@@ -620,7 +618,18 @@ def _not_found(approval_id: str) -> ApprovalNotFound:
     )
 
 
-def _receipt_at(connection: sqlite3.Connection, log_seq: int) -> Receipt | None:
+def _sealed_resumes(connection: Connection) -> builtins.list[bytes]:
+    """The bodies of the Opened receipts naming an approval whose run has a Sealed receipt, in
+    log order (each is decoded and its approval_id read before anything relies on it)."""
+    rows = connection.execute(
+        f"SELECT o.body FROM receipts o WHERE o.kind = 'open' AND {body_holds(connection, 'o.body')} AND "
+        "EXISTS (SELECT 1 FROM receipts s WHERE s.kind = 'seal' AND s.run_id = o.run_id) ORDER BY o.log_seq",
+        (naming("", whole=False),),
+    ).fetchall()
+    return [bytes(body) for (body,) in rows]
+
+
+def _receipt_at(connection: Connection, log_seq: int) -> Receipt | None:
     """The receipt at `log_seq`; None if there is none or its body no longer decodes (altered)."""
     found = connection.execute("SELECT body FROM receipts WHERE log_seq = ?", (log_seq,)).fetchone()
     try:
@@ -629,7 +638,7 @@ def _receipt_at(connection: sqlite3.Connection, log_seq: int) -> Receipt | None:
         return None
 
 
-def _run_status(connection: sqlite3.Connection, run_id: str) -> str | None:
+def _run_status(connection: Connection, run_id: str) -> str | None:
     """A run's status from its own Opened and Sealed receipts (not the derived runs index);
     None when its opening is missing or altered."""
     opened: Opened | None = None
@@ -648,7 +657,7 @@ def _run_status(connection: sqlite3.Connection, run_id: str) -> str | None:
     return status_of(opened, sealed).status if opened is not None else None
 
 
-def _stored(connection: sqlite3.Connection, log_seq: int) -> StoredReceipt | None:
+def _stored(connection: Connection, log_seq: int) -> StoredReceipt | None:
     found = connection.execute(
         "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts WHERE log_seq = ?", (log_seq,)
     ).fetchone()
@@ -667,7 +676,7 @@ def _signed(stored: StoredReceipt | None, keys: dict[str, PublicKey], key_id: st
     )
 
 
-def _request_seq(connection: sqlite3.Connection, approval_id: str, row: dict[str, Any] | None) -> int | None:
+def _request_seq(connection: Connection, approval_id: str, row: dict[str, Any] | None) -> int | None:
     """Where the request receipt of `approval_id` is: the index's pointer when the receipt there
     is that request, else found in the receipts themselves (an index row edited or deleted)."""
     if row is not None:
@@ -675,8 +684,9 @@ def _request_seq(connection: sqlite3.Connection, approval_id: str, row: dict[str
         if isinstance(receipt, ApprovalRequested) and receipt.approval_id == approval_id:
             return int(row["request_log_seq"])
     for log_seq, body in connection.execute(
-        "SELECT log_seq, body FROM receipts WHERE kind = 'approval_request' AND instr(body, ?) > 0 ORDER BY log_seq",
-        (f'"approval_id":"{approval_id}"',),  # compact JSON bodies: the field reads exactly so
+        f"SELECT log_seq, body FROM receipts WHERE kind = 'approval_request' AND {body_holds(connection)} "
+        "ORDER BY log_seq",
+        (naming(approval_id),),  # compact JSON bodies: the field reads exactly so
     ).fetchall():
         try:
             receipt = decode_body(body)
@@ -687,9 +697,7 @@ def _request_seq(connection: sqlite3.Connection, approval_id: str, row: dict[str
     return int(row["request_log_seq"]) if row is not None else None  # altered: its view says so
 
 
-def _decision_record(
-    connection: sqlite3.Connection, approval_id: str
-) -> tuple[StoredReceipt, ApprovalDecided | None] | None:
+def _decision_record(connection: Connection, approval_id: str) -> tuple[StoredReceipt, ApprovalDecided | None] | None:
     """The first decision record of `approval_id` in the log (run_id = the approval id) and its
     body (None: it no longer decodes); None before the request is decided."""
     found = connection.execute(
@@ -707,7 +715,7 @@ def _decision_record(
     return stored, body if isinstance(body, ApprovalDecided) else None
 
 
-def _existing_decision(connection: sqlite3.Connection, approval_id: str) -> ApprovalDecided | None:
+def _existing_decision(connection: Connection, approval_id: str) -> ApprovalDecided | None:
     """The decision already recorded for `approval_id`, from the log (never the index). Raises
     ApprovalError (TAMPERED) when a decision record is there but no longer decodes."""
     found = _decision_record(connection, approval_id)
@@ -803,5 +811,5 @@ def _tampered_view(row: dict[str, Any], finding: str) -> ApprovalView:
     )
 
 
-def _link(connection: sqlite3.Connection, log_seq: int) -> str:
+def _link(connection: Connection, log_seq: int) -> str:
     return str(connection.execute("SELECT link FROM receipts WHERE log_seq = ?", (log_seq,)).fetchone()[0])

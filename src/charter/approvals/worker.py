@@ -26,7 +26,6 @@ in memory: after a restart, such an approval is resumed again on its next `notif
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -67,7 +66,6 @@ class ResumeWorker:
         self._retrying: set[str] = set()  # approvals whose last resume is retryable (the backend stopped it)
         self._marker: int | None = None  # the approval receipts counted before the last full poll
         self._last_full = float("-inf")  # time.monotonic() of the last full poll
-        self._counter: sqlite3.Connection | None = None  # the worker thread's, for `_approval_receipts`
 
     def start(self) -> None:
         if self._thread is not None:
@@ -98,9 +96,6 @@ class ResumeWorker:
                 _log.exception("charter: the resume worker could not read the approvals")
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
-        if self._counter is not None:
-            self._counter.close()
-            self._counter = None
 
     def _due(self) -> bool:
         """Is a full poll needed now? (See the module.)"""
@@ -112,12 +107,12 @@ class ResumeWorker:
         return self._approval_receipts() != self._marker
 
     def _approval_receipts(self) -> int:
-        """How many approval requests and decisions the log holds (from the worker's thread)."""
-        if self._counter is None:
-            self._counter = sqlite3.connect(self.store.audit.path, isolation_level=None, timeout=30)
-        row = self._counter.execute(
-            "SELECT COUNT(*) FROM receipts WHERE kind IN ('approval_request', 'approval_decision')"
-        ).fetchone()
+        """How many approval requests and decisions the log holds (from the worker's thread, on the
+        log's reader: on SQLite that thread's connection, kept between wakes)."""
+        with self.store.audit.reader() as connection:
+            row = connection.execute(
+                "SELECT COUNT(*) FROM receipts WHERE kind IN ('approval_request', 'approval_decision')"
+            ).fetchone()
         return int(row[0])
 
     def poll(self) -> list[Execution]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from charter.audit._portable import body_holds, naming
 from charter.audit.receipts import (
     ApprovalDecided,
     ApprovalRequested,
@@ -44,20 +45,20 @@ _ROW = "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts"
 _MAX_CHAIN = 1000  # approvals along one chain; a longer one is cut (a forged loop cannot hang a reader)
 
 
-def _rows(log: AuditLog, where: str, params: tuple[str, ...]) -> Iterator[tuple[StoredReceipt, Receipt]]:
-    """Matching rows and their bodies; a row whose body does not decode is left out (verify names it)."""
-    with log._connection() as connection:  # the package's own reader of the log
-        rows = [StoredReceipt(*row) for row in connection.execute(f"{_ROW} WHERE {where} ORDER BY log_seq", params)]
+def _rows(log: AuditLog, where: str, params: tuple[str | bytes, ...]) -> Iterator[tuple[StoredReceipt, Receipt]]:
+    """Matching rows and their bodies; a row whose body does not decode is left out (verify names it).
+    `where` may hold `{body_holds}` (charter.audit._portable), spelt for the log's engine."""
+    with log.reader() as connection:
+        where = where.format(body_holds=body_holds(connection))
+        rows = [
+            StoredReceipt(*row)
+            for row in connection.execute(f"{_ROW} WHERE {where} ORDER BY log_seq", params).fetchall()
+        ]
     for row in rows:
         try:
             yield row, row.decoded()
         except ValueError:
             continue
-
-
-def _naming(approval_id: str) -> str:
-    # Receipt bodies are compact JSON (msgspec): a field reads exactly "approval_id":"<id>".
-    return f'"approval_id":"{approval_id}"'
 
 
 def decision_of(log: AuditLog, approval_id: str) -> tuple[StoredReceipt, ApprovalDecided] | None:
@@ -69,7 +70,7 @@ def decision_of(log: AuditLog, approval_id: str) -> tuple[StoredReceipt, Approva
 
 
 def _request_of(log: AuditLog, approval_id: str) -> tuple[StoredReceipt, ApprovalRequested] | None:
-    for row, body in _rows(log, "kind = 'approval_request' AND instr(body, ?) > 0", (_naming(approval_id),)):
+    for row, body in _rows(log, "kind = 'approval_request' AND {body_holds}", (naming(approval_id),)):
         if isinstance(body, ApprovalRequested) and body.approval_id == approval_id:
             return row, body
     return None
@@ -82,11 +83,11 @@ def resume_runs(log: AuditLog, approval_id: str, *, after: int = 0, undecodable:
     approvals index was edited to hide one. `undecodable`: also list the runs whose Opened
     naming the approval no longer decodes (the resumer verifies them, which names the damage);
     by default they are left out, as readers that open each run need."""
-    with log._connection() as connection:  # the package's own reader of the log
+    with log.reader() as connection:
         rows = connection.execute(
-            "SELECT run_id, body FROM receipts WHERE kind = 'open' AND log_seq > ? AND instr(body, ?) > 0 "
+            f"SELECT run_id, body FROM receipts WHERE kind = 'open' AND log_seq > ? AND {body_holds(connection)} "
             "ORDER BY log_seq",
-            (after, _naming(approval_id)),
+            (after, naming(approval_id)),
         ).fetchall()
     found = []
     for run_id, body in rows:
@@ -107,8 +108,9 @@ def resolve_approval(log: AuditLog, prefix: str) -> str | None:
     Raises RunNotFound when the prefix names more than one approval."""
     if not prefix or not all(c in "0123456789abcdef" for c in prefix):
         return None
-    found = {r.run_id for r, _ in _rows(log, "kind = 'approval_decision' AND run_id LIKE ? || '%'", (prefix,))}
-    for _, body in _rows(log, "kind = 'approval_request' AND instr(body, ?) > 0", (f'"approval_id":"{prefix}',)):
+    # `prefix` is hex digits (checked above): no LIKE wildcard, and no case for the engines' LIKE to differ on.
+    found = {r.run_id for r, _ in _rows(log, "kind = 'approval_decision' AND run_id LIKE ?", (prefix + "%",))}
+    for _, body in _rows(log, "kind = 'approval_request' AND {body_holds}", (naming(prefix, whole=False),)):
         if isinstance(body, ApprovalRequested):
             found.add(body.approval_id)
     if len(found) > 1:

@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SideLock", "side_lock"]
+__all__ = ["SideLock", "side_lock", "slot_of"]
 
 _SLOTS = 1 << 60
 
@@ -43,8 +43,13 @@ _fds: dict[str, int | None] = {}  # lock file -> its descriptor (None: cannot be
 
 def side_lock(database: Path, suffix: str, key: str, *, slots: int = _SLOTS, best_effort: bool = False) -> SideLock:
     """The lock of `key` in `<database><suffix>` (see the module); `slots` (>= 1) bounds the offsets."""
-    digest = hashlib.sha256(key.encode()).digest()
-    return SideLock(f"{database}{suffix}", int.from_bytes(digest[:8], "big") % slots, best_effort)
+    return SideLock(f"{database}{suffix}", slot_of(key, slots), best_effort)
+
+
+def slot_of(key: str, slots: int = _SLOTS) -> int:
+    """The slot a key's lock takes: sha256 of the key, first 8 bytes, modulo `slots` (>= 1).
+    The same for every kind of lock (this module's, charter.audit._pg_locks')."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % slots
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -35,15 +35,22 @@ def verify_log(
 ) -> Verification:
     """The whole log, or one run (its receipts, and each one's link to the log's previous receipt)."""
     if run_id is None:
-        return verify_receipts(
-            log.stored(), keys, head=log.head(), expect_head=expect_head, every_signature=every_signature
-        )
+        with log.snapshot() as whole:
+            return verify_receipts(
+                whole.rows,
+                keys,
+                head=whole.head,
+                expect_head=expect_head,
+                every_signature=every_signature,
+                stream_heads=whole.stream_heads,
+            )
     rows = list(log.stored(resolve_record(log, run_id)))
     report = verify_receipts(
         rows,
         keys,
         whole_log=False,
         neighbour=log.stored_at,
+        stream_neighbour=log.stored_in_stream,
         every_signature=every_signature,
         fetch=lambda other: list(log.stored(other)),  # the other side of an approval's links
     )
@@ -54,7 +61,15 @@ def verify_log(
 
 def _check_followed(log: AuditLog, last: StoredReceipt, report: Verification) -> None:
     """The run's last receipt is the log's head or named by the next receipt's log_prev;
-    otherwise receipts after it (its seal, say) were removed."""
+    otherwise receipts after it (its seal, say) were removed. A writer stream's receipt
+    (PostgreSQL): the stream's next one names it, or the stream's head row does."""
+    try:
+        stream_body = decode_body(last.body)
+    except ValueError:
+        stream_body = None
+    if stream_body is not None and stream_body.stream:
+        _check_followed_in_stream(log, last, stream_body.stream, stream_body.stream_seq, report)
+        return
     after = log.stored_at(last.log_seq + 1)
     if after is None:
         head = log.head()
@@ -71,6 +86,36 @@ def _check_followed(log: AuditLog, last: StoredReceipt, report: Verification) ->
         except ValueError:  # msgspec's errors are ValueErrors; the next receipt is reported in its own run
             pass
         problem = f"receipt {after.log_seq} does not name this run's last receipt: receipts after it were removed"
+    _removed_after(last, problem, report)
+
+
+def _check_followed_in_stream(
+    log: AuditLog, last: StoredReceipt, stream: str, stream_seq: int, report: Verification
+) -> None:
+    after = log.stored_in_stream(stream, stream_seq + 1)
+    if after is None:
+        head = log.stream_heads().get(stream)
+        if head is not None and (head.stream_seq, head.link) == (stream_seq, last.link):
+            return
+        shown = f"receipt {head.stream_seq}" if head is not None else "no receipt (no head row)"
+        problem = (
+            f"no receipt {stream_seq + 1} of stream {stream} follows this run's last one, yet the stream's head "
+            f"names {shown}: receipts after it were removed"
+        )
+    else:
+        try:
+            if decode_body(after.body).log_prev == last.link:
+                return
+        except ValueError:
+            pass
+        problem = (
+            f"receipt {after.log_seq} of stream {stream} does not name this run's last receipt: "
+            "receipts after it were removed"
+        )
+    _removed_after(last, problem, report)
+
+
+def _removed_after(last: StoredReceipt, problem: str, report: Verification) -> None:
     report.findings.append(Finding(last.log_seq, last.run_id, problem, order=True))
     if last.run_id in report.incomplete or any(r == last.run_id for r, _, _ in report.in_doubt):
         report.incomplete = [r for r in report.incomplete if r != last.run_id]

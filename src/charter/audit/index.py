@@ -22,18 +22,23 @@ The denials index (`denials`, schema step 6) has one row per DENY decision:
 
 kept in the same transaction as the decision's receipt and rebuilt from the receipts on
 upgrade (`fill_denials_index`), so "which rules fire most" is a GROUP BY, not a log scan.
+
+The statements here (index maintenance, `list_runs`, `attempts_of`) run unchanged on SQLite
+and PostgreSQL (SQL written once, sqlite3 style: see charter.db): upserts are
+`ON CONFLICT ... DO`, never `INSERT OR REPLACE`; a run-id prefix is matched with LIKE on
+lowercase hex digits only, where SQLite's case-insensitive LIKE and PostgreSQL's agree.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from charter.audit.receipts import Asked, Concluded, Decision, Opened, Receipt, Sealed, decode_body
+from charter.db import Connection
 from charter.status import status_of, status_of_closing
 
 __all__ = [
@@ -107,6 +112,9 @@ _COLUMNS = (
 
 
 _NAMES = [c.strip() for c in _COLUMNS.split(",")]
+# An opening indexed again (a rebuild) writes the row afresh, as its first indexing did: what
+# INSERT OR REPLACE did, spelt so both engines take it.
+_REOPENED = ", ".join(f"{n} = excluded.{n}" for n in _NAMES if n != "run_id")
 _HEX = re.compile(r"[0-9a-f]{1,32}")
 
 
@@ -152,23 +160,25 @@ class RunFilter:
     in_doubt: bool = False
 
 
-def index_receipt(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
+def index_receipt(connection: Connection, receipt: Receipt, log_seq: int) -> None:
     """Keep the runs and denials indexes up to date with one receipt just inserted (same transaction)."""
     _index_run(connection, receipt, log_seq)
     _index_denial(connection, receipt, log_seq)
     _index_in_doubt(connection, receipt)
 
 
-def _index_in_doubt(connection: sqlite3.Connection, receipt: Receipt) -> None:
+def _index_in_doubt(connection: Connection, receipt: Receipt) -> None:
     # Apart from _index_run: step 3's backfill runs before step 7 adds the column.
     if isinstance(receipt, Sealed):
         connection.execute("UPDATE runs SET in_doubt = ? WHERE run_id = ?", (len(receipt.in_doubt), receipt.run_id))
 
 
-def _index_denial(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
+def _index_denial(connection: Connection, receipt: Receipt, log_seq: int) -> None:
     if isinstance(receipt, Decision) and receipt.decision == "DENY":
         connection.execute(
-            "INSERT OR REPLACE INTO denials VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            # A rebuild meets the row again: the same receipt, the same values.
+            "INSERT INTO denials (log_seq, run_id, principal, contract, version, operation, code, boundary, clause, "
+            "at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (log_seq) DO NOTHING",
             (
                 log_seq,
                 receipt.run_id,
@@ -184,11 +194,12 @@ def _index_denial(connection: sqlite3.Connection, receipt: Receipt, log_seq: int
         )
 
 
-def _index_run(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -> None:
+def _index_run(connection: Connection, receipt: Receipt, log_seq: int) -> None:
     if isinstance(receipt, Opened | Asked):
         ended = status_of(receipt, None)
         connection.execute(
-            f"INSERT OR REPLACE INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL, ?, ?)",
+            f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, NULL, ?, ?) "
+            f"ON CONFLICT (run_id) DO UPDATE SET {_REOPENED}",
             (
                 receipt.run_id,
                 "intent" if isinstance(receipt, Asked) else "program",
@@ -218,33 +229,33 @@ def _index_run(connection: sqlite3.Connection, receipt: Receipt, log_seq: int) -
         )
         if isinstance(receipt, Concluded):  # the request's first denial is its program runs' first
             connection.execute(
-                "UPDATE runs SET (denial_code, denial_operation) = (SELECT denial_code, denial_operation FROM runs "
-                "WHERE parent = ?1 AND denial_code IS NOT NULL ORDER BY opened_seq LIMIT 1) "
-                "WHERE run_id = ?1 AND denial_code IS NULL",
-                (receipt.run_id,),
+                "UPDATE runs SET (denial_code, denial_operation) = (SELECT c.denial_code, c.denial_operation "
+                "FROM runs c WHERE c.parent = ? AND c.denial_code IS NOT NULL ORDER BY c.opened_seq LIMIT 1) "
+                "WHERE run_id = ? AND denial_code IS NULL",
+                (receipt.run_id, receipt.run_id),
             )
 
 
-def fill_runs_index(connection: sqlite3.Connection) -> None:
+def fill_runs_index(connection: Connection) -> None:
     """Build the runs index from the receipts already in the log (step 3's backfill; the
     denials table does not exist yet at that step)."""
     for log_seq, receipt in _receipts(connection, "'open', 'ask', 'decision', 'seal', 'conclude'"):
         _index_run(connection, receipt, log_seq)
 
 
-def fill_denials_index(connection: sqlite3.Connection) -> None:
+def fill_denials_index(connection: Connection) -> None:
     """Build the denials index from the decisions already in the log (step 6's backfill)."""
     for log_seq, receipt in _receipts(connection, "'decision'"):
         _index_denial(connection, receipt, log_seq)
 
 
-def fill_in_doubt_index(connection: sqlite3.Connection) -> None:
+def fill_in_doubt_index(connection: Connection) -> None:
     """Count each sealed run's calls in doubt from the seals already in the log (step 7's backfill)."""
     for _, receipt in _receipts(connection, "'seal'"):
         _index_in_doubt(connection, receipt)
 
 
-def _receipts(connection: sqlite3.Connection, kinds: str) -> list[tuple[int, Receipt]]:
+def _receipts(connection: Connection, kinds: str) -> list[tuple[int, Receipt]]:
     rows = connection.execute(f"SELECT log_seq, body FROM receipts WHERE kind IN ({kinds}) ORDER BY log_seq")
     found = []
     for log_seq, body in rows.fetchall():
@@ -255,9 +266,7 @@ def _receipts(connection: sqlite3.Connection, kinds: str) -> list[tuple[int, Rec
     return found
 
 
-def list_runs(
-    connection: sqlite3.Connection, filters: RunFilter, limit: int, before: int | None = None
-) -> list[RunSummary]:
+def list_runs(connection: Connection, filters: RunFilter, limit: int, before: int | None = None) -> list[RunSummary]:
     """Up to `limit` runs matching `filters`, newest first, opened before cursor `before`.
     ValueError for a `run_prefix` that is not lowercase hex digits."""
     clauses, params = ["1 = 1"], []
@@ -291,7 +300,7 @@ def list_runs(
     return _summaries(connection.execute(query, (*params, limit)).fetchall())
 
 
-def attempts_of(connection: sqlite3.Connection, run_id: str) -> list[RunSummary]:
+def attempts_of(connection: Connection, run_id: str) -> list[RunSummary]:
     """The program runs an intent run started (its attempts' runs), in the order opened."""
     found = connection.execute(f"SELECT {_COLUMNS} FROM runs WHERE parent = ? ORDER BY opened_seq", (run_id,))
     return _summaries(found.fetchall())

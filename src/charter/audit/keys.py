@@ -3,6 +3,10 @@
     <CHARTER_HOME>/keys/receipts.key   private key, PKCS#8 PEM, mode 0600
     <CHARTER_HOME>/keys/receipts.pub   public key, raw 32 bytes as hex: what an auditor needs
 
+A worker of a deployment may sign with a key of its own: CHARTER_SIGNING_KEY=NAME (or
+`charter serve --key NAME`) picks keys/NAME.key and NAME.pub instead; `charter keys new NAME`
+makes one and lists it in the keyring (charter.audit._keyring), which verification trusts.
+
 The key id (first 16 hex digits of sha256 over the raw public key) is in every receipt.
 
     <CHARTER_HOME>/keys/secrets.key    32 random bytes, mode 0600: the HMAC key for secret values
@@ -18,8 +22,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -29,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from charter.errors import UsageError
 
 __all__ = [
+    "SIGNING_KEY_ENV",
     "PublicKey",
     "SecretKey",
     "SigningKey",
@@ -36,10 +43,12 @@ __all__ = [
     "load_or_create_secret_key",
     "load_or_create_signing_key",
     "read_public_key",
+    "signing_key_name",
 ]
 
-_PRIVATE_NAME = "receipts.key"
-_PUBLIC_NAME = "receipts.pub"
+SIGNING_KEY_ENV = "CHARTER_SIGNING_KEY"
+DEFAULT_KEY_NAME = "receipts"
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SECRET_NAME = "secrets.key"
 _SECRET_BYTES = 32
 
@@ -53,6 +62,8 @@ class PublicKey:
     raw: bytes
     key_id: str
     _key: Ed25519PublicKey
+    name: str = ""  # as the keyring (or the .pub file's name) calls it
+    not_after: datetime | None = None  # revoked after this time (charter.audit._keyring)
 
     @classmethod
     def from_raw(cls, raw: bytes) -> PublicKey:
@@ -147,8 +158,27 @@ def _raw_public(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def load_or_create_signing_key(folder: Path) -> SigningKey:
-    private_path = folder / _PRIVATE_NAME
+def signing_key_name(name: str | None = None) -> str:
+    """The signing key's name: `name`, else $CHARTER_SIGNING_KEY, else "receipts".
+
+    Raises UsageError for a name that is not a plain file name (letters, digits, _ . -)."""
+    chosen = name if name is not None else os.environ.get(SIGNING_KEY_ENV) or DEFAULT_KEY_NAME
+    if not _KEY_NAME.fullmatch(chosen) or chosen.endswith((".key", ".pub")):
+        origin = "the key name" if name is not None else SIGNING_KEY_ENV
+        raise UsageError(
+            f"{origin} {chosen!r} is not a key name: give 1-64 letters, digits, '_', '.' or '-' "
+            "without .key/.pub (e.g. worker-1); the key is then keys/NAME.key"
+        )
+    return chosen
+
+
+def load_or_create_signing_key(folder: Path, name: str | None = None) -> SigningKey:
+    """The private key `folder/NAME.key` (NAME: signing_key_name(name)), made on first use
+    with its `NAME.pub` beside it. Raises UsageError if it is readable by others or not an
+    Ed25519 PEM key."""
+    key_name = signing_key_name(name)
+    private_path = folder / f"{key_name}.key"
+    public_file = folder / f"{key_name}.pub"
     if not private_path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         key = Ed25519PrivateKey.generate()
@@ -156,8 +186,8 @@ def load_or_create_signing_key(folder: Path) -> SigningKey:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         if not _create_private_file(private_path, pem):
-            return load_or_create_signing_key(folder)
-        (folder / _PUBLIC_NAME).write_text(_raw_public(key).hex() + "\n", encoding="ascii")
+            return load_or_create_signing_key(folder, key_name)
+        public_file.write_text(_raw_public(key).hex() + "\n", encoding="ascii")
     _refuse_if_shared(
         private_path, "or remove it to make a new key (receipts signed with it stay verifiable with its .pub)"
     )
@@ -167,7 +197,6 @@ def load_or_create_signing_key(folder: Path) -> SigningKey:
         raise UsageError(f"{private_path} is not a PEM private key: {error}") from None
     if not isinstance(loaded, Ed25519PrivateKey):
         raise UsageError(f"{private_path} holds a {type(loaded).__name__}, not an Ed25519 key")
-    public_file = folder / _PUBLIC_NAME
     if not public_file.exists():
         public_file.write_text(_raw_public(loaded).hex() + "\n", encoding="ascii")
     return SigningKey(public=PublicKey.from_raw(_raw_public(loaded)), _key=loaded)

@@ -20,19 +20,32 @@ keep counting (fail closed).
 
 A total costs one range scan of the covering index (contract, quota, key, at): O(log n + k)
 for the k rows of that key in the window, whatever the size of the log.
+
+Both engines run the same statements (SQL written once, sqlite3 style: see charter.db); the
+readers take their connections and locks from the AuditLog (`log.reader()`, `log.lock()`),
+so a log in PostgreSQL serves them unchanged. `counted` is an INTEGER 0/1 in both.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from contextlib import closing
 from datetime import datetime, timedelta
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from charter.audit.receipts import Decision, Outcome, Receipt, decode_body
+from charter.db import Connection
 
-__all__ = ["QUOTA_INDEX_SQL", "QuotaReader", "fill_quota_index", "index_quota_receipt", "recount"]
+if TYPE_CHECKING:  # the store imports this module
+    from charter.audit._pg_locks import LogLock
+    from charter.audit.store import AuditLog
+
+__all__ = [
+    "QUOTA_INDEX_SQL",
+    "QuotaReader",
+    "fill_quota_index",
+    "index_quota_receipt",
+    "quota_total",
+    "recount",
+]
 
 QUOTA_INDEX_SQL = (
     """CREATE TABLE quota_counts (
@@ -53,26 +66,32 @@ QUOTA_INDEX_SQL = (
 # Failed outcomes whose backend acted (the result was withheld): still counted.
 _ACTED = frozenset({"RESULT_INVALID", "RESULT_TOO_LARGE"})
 
+# A decision's row, again (a rebuild): the same values, kept as they are.
+_INSERT = (
+    "INSERT INTO quota_counts (contract, quota, key, at, amount, run_id, call, counted) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (run_id, call, quota) DO UPDATE SET contract = excluded.contract, "
+    "key = excluded.key, at = excluded.at, amount = excluded.amount, counted = 1"
+)
+_LOCKS = ".quota-locks"
+_BUCKETS = 1 << 20  # lock slots: two keys sharing one only wait on each other
 
-def index_quota_receipt(connection: sqlite3.Connection, receipt: Receipt) -> None:
+
+def index_quota_receipt(connection: Connection, receipt: Receipt) -> None:
     """Keep the index up to date with one receipt just inserted (same transaction)."""
     if isinstance(receipt, Decision):
         if receipt.decision != "ALLOW" or not receipt.quotas:
             return
-        connection.executemany(
-            "INSERT OR REPLACE INTO quota_counts VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
-            [
-                (receipt.contract, q.id, q.key, receipt.at, q.amount, receipt.run_id, receipt.call)
-                for q in receipt.quotas
-            ],
-        )
+        for q in receipt.quotas:  # a call has a quota or two: one statement each
+            connection.execute(
+                _INSERT, (receipt.contract, q.id, q.key, receipt.at, q.amount, receipt.run_id, receipt.call)
+            )
     elif isinstance(receipt, Outcome) and receipt.status == "failed" and receipt.code not in _ACTED:
         connection.execute(
             "UPDATE quota_counts SET counted = 0 WHERE run_id = ? AND call = ?", (receipt.run_id, receipt.call)
         )
 
 
-def fill_quota_index(connection: sqlite3.Connection) -> None:
+def fill_quota_index(connection: Connection) -> None:
     """(Re)build the index from the receipts in the log: the migration's backfill, and a rebuild."""
     connection.execute("DELETE FROM quota_counts")
     rows = connection.execute("SELECT body FROM receipts WHERE kind IN ('decision', 'outcome') ORDER BY log_seq")
@@ -84,35 +103,34 @@ def fill_quota_index(connection: sqlite3.Connection) -> None:
         index_quota_receipt(connection, receipt)
 
 
+def quota_total(connection: Connection, contract: str, quota: str, key: str, since: str) -> int:
+    """The counted amounts of (contract, quota, key) decided strictly after `since` (ISO-8601 UTC)."""
+    row = connection.execute(
+        "SELECT COALESCE(SUM(amount), 0) FROM quota_counts "
+        "WHERE contract = ? AND quota = ? AND key = ? AND at > ? AND counted = 1",
+        (contract, quota, key, since),
+    ).fetchone()
+    return int(row[0])
+
+
 class QuotaReader:
-    """Reads totals from one audit database; one connection per thread, opened on first use."""
+    """Reads totals from one audit log, and takes its quota locks (charter.gate._quotas)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-
-    def _connection(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._local.connection = connection
-        return connection
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
 
     def total(self, contract: str, quota: str, key: str, since: str) -> int:
         """The counted amounts of (contract, quota, key) decided strictly after `since` (ISO-8601 UTC)."""
-        row = (
-            self._connection()
-            .execute(
-                "SELECT COALESCE(SUM(amount), 0) FROM quota_counts "
-                "WHERE contract = ? AND quota = ? AND key = ? AND at > ? AND counted = 1",
-                (contract, quota, key, since),
-            )
-            .fetchone()
-        )
-        return int(row[0])
+        with self.log.reader() as connection:
+            return quota_total(connection, contract, quota, key, since)
+
+    def lock(self, contract: str, quota: str, key: str) -> LogLock:
+        """The lock of (contract, quota, key) among the log's users (not taken): best effort, one
+        of 2**20 slots (see charter.gate._quotas on what it guarantees)."""
+        return self.log.lock(_LOCKS, f"{contract}\0{quota}\0{key}", slots=_BUCKETS, best_effort=True)
 
 
-def recount(path: Path, decision: Decision, window_seconds: dict[str, int | None]) -> dict[str, int]:
+def recount(log: AuditLog, decision: Decision, window_seconds: dict[str, int | None]) -> dict[str, int]:
     """Each of `decision`'s quota totals as the receipts written before it give it (replay's check).
 
     A total is what the gate counted when it decided: the allowed Decisions of the same contract
@@ -130,7 +148,7 @@ def recount(path: Path, decision: Decision, window_seconds: dict[str, int | None
         for quota, seconds in window_seconds.items()
     }
     counted: dict[tuple[str, int], list[tuple[str, int]]] = {}
-    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+    with log.connect() as connection:
         rows = connection.execute(
             "SELECT body FROM receipts WHERE kind IN ('decision', 'outcome') AND log_seq < ? ORDER BY log_seq",
             (decision.log_seq,),

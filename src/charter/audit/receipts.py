@@ -80,6 +80,11 @@ class _Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     log_prev: str = ""  # link of the log's previous receipt ("" for the first)
     at: str  # ISO-8601 UTC time the recorded event happened
     key_id: str = ""  # the signing key, set by the writer
+    # Issue 19: the writer's stream in a log with concurrent writers (PostgreSQL: one per writer,
+    # "<host>:<pid>:<8 hex>") and the receipt's position in it, from 1; `log_prev` then names the
+    # stream's previous receipt. A log of one writer (SQLite) is the stream "" (stream_seq 0).
+    stream: str = ""
+    stream_seq: int = 0
 
 
 class Opened(_Body, frozen=True, kw_only=True, tag="open"):

@@ -25,18 +25,24 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from charter._paths import charter_home
 from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
-from charter.audit._locks import SideLock, side_lock
-from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Record, Writer, connect
+from charter.audit._checkpoints import CheckpointWriter, checkpoints_path
+from charter.audit._keyring import signing_key_for, trusted_keys
+from charter.audit._locks import side_lock
+from charter.audit._pg_locks import LogLock, pg_lock
+from charter.audit._pg_schema import AUDIT_PG_SCHEMA
+from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Head, Record, Writer, connect
 from charter.audit.index import (
     DENIALS_INDEX_SQL,
     IN_DOUBT_INDEX_SQL,
@@ -53,8 +59,6 @@ from charter.audit.keys import (
     SecretKey,
     SigningKey,
     load_or_create_secret_key,
-    load_or_create_signing_key,
-    read_public_key,
 )
 from charter.audit.quotas import QUOTA_INDEX_SQL, QuotaReader, fill_quota_index
 from charter.audit.receipts import (
@@ -74,11 +78,21 @@ from charter.audit.receipts import (
     decode_body,
 )
 from charter.db import Connection, Database
-from charter.errors import AuditError, RunNotFound, UsageError
+from charter.errors import AuditError, RunNotFound, StoreUnavailable
 from charter.migrations import Schema, Step
 from charter.status import Status, status_of
 
-__all__ = ["AUDIT_SCHEMA", "AuditLog", "BackendError", "RunRecord", "RunRecorder", "now_iso", "record_of"]
+__all__ = [
+    "AUDIT_SCHEMA",
+    "AuditLog",
+    "BackendError",
+    "Head",
+    "LogSnapshot",
+    "RunRecord",
+    "RunRecorder",
+    "now_iso",
+    "record_of",
+]
 
 # The log's schema, one step per version (charter.migrations). Step 1 is the schema of
 # release 0.1.0, which wrote no version: its statements are idempotent, so it adopts a 0.1
@@ -176,6 +190,15 @@ AUDIT_SCHEMA = Schema(
 )
 
 BACKEND_ERROR_MAX_CHARS = 1024  # of a withheld message kept in backend_errors
+SEAL_RETRY_S = 1.0  # how often a seal the database refused is tried again (PostgreSQL)
+SEAL_DEFERRED = "audit_unavailable"  # the cause of a seal written late: the log could not be written
+_BACKEND_ERROR_SQL = (
+    "INSERT INTO backend_errors VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, call) DO UPDATE SET "
+    "operation = excluded.operation, error_type = excluded.error_type, "
+    "message_sha256 = excluded.message_sha256, message = excluded.message"
+)
+_COLUMNS_SQL = "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts"
+_PAGE = 2000  # receipts per query when the whole log is read from PostgreSQL
 
 
 class BackendError(msgspec.Struct, frozen=True, kw_only=True):
@@ -201,9 +224,20 @@ class RunRecorder:
     """
 
     def __init__(
-        self, writer: Writer, opened: Opening, path: Path | None = None, *, secret_key: SecretKey | None = None
+        self,
+        writer: Writer,
+        opened: Opening,
+        path: Path | None = None,
+        *,
+        secret_key: SecretKey | None = None,
+        quotas: QuotaReader | None = None,
+        database: Database | None = None,
+        on_unsealed: Callable[[RunRecorder, Sealed], None] | None = None,
     ) -> None:
         self._path = path
+        self._database = database if database is not None and database.is_postgres else None
+        # PostgreSQL: a seal that could not be written is handed here to be retried (AuditLog).
+        self._on_unsealed = on_unsealed
         # What the gate records in place of a secret param's value (None: no log folder, no key).
         self.secret_key = secret_key
         self.run_id = opened.run_id
@@ -216,17 +250,9 @@ class RunRecorder:
         self._awaiting_outcome: dict[int, str] = {}  # call -> operation
         self.sealed: Closing | None = None
         self.written: list[Receipt] = []  # this run's receipts in order, as handed to the writer
-        self._quota_reader: QuotaReader | None = None
+        # Reads quota totals from this run's log (None: no log to count from).
+        self.quotas = quotas
         self._append(opened, durable=True)
-
-    @property
-    def quotas(self) -> QuotaReader | None:
-        """Reads quota totals from this run's log (None: no log file to count from)."""
-        if self._path is None:
-            return None
-        if self._quota_reader is None:
-            self._quota_reader = QuotaReader(self._path)
-        return self._quota_reader
 
     def _append(self, draft: Receipt, *, durable: bool) -> None:
         with self._lock:
@@ -242,7 +268,19 @@ class RunRecorder:
             if isinstance(receipt, Sealed | Concluded):
                 self.sealed = receipt
             # Waiting under the lock keeps a late outcome from slipping in between.
-            self._writer.submit(items, wait=True)
+            try:
+                self._writer.submit(items, wait=True)
+            except AuditError:
+                if self._on_unsealed is not None:  # PostgreSQL: see `seal`
+                    # Not written: its caller fails closed, so it never took effect and is
+                    # dropped (its seq is freed, the run's chain stays whole); the receipts
+                    # kept before it (a read's) did happen and go with the next durable one.
+                    self._pending = items[:-1]
+                    self._next_seq -= 1
+                    self.written.pop()
+                    if self.sealed is receipt:
+                        self.sealed = None
+                raise
 
     def decision(self, decision: Decision, *, durable: bool = True) -> None:
         """Durable when it returns; the caller may act only after that. Without `durable` (a
@@ -280,27 +318,58 @@ class RunRecorder:
         decision."""
         if self._path is None:
             return
+        row = (
+            self.run_id,
+            error.call,
+            error.operation,
+            error.error_type,
+            error.message_sha256,
+            error.message[:BACKEND_ERROR_MAX_CHARS],
+        )
+        if self._database is not None:
+            with contextlib.suppress(Exception), self._database.pg_connection() as pg:
+                pg.execute(_BACKEND_ERROR_SQL, row)
+            return
         with contextlib.suppress(sqlite3.Error), closing(connect(self._path)) as connection:
-            connection.execute(
-                "INSERT OR REPLACE INTO backend_errors VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    self.run_id,
-                    error.call,
-                    error.operation,
-                    error.error_type,
-                    error.message_sha256,
-                    error.message[:BACKEND_ERROR_MAX_CHARS],
-                ),
-            )
+            connection.execute(_BACKEND_ERROR_SQL, row)
 
     def seal(self, sealed: Sealed) -> Sealed:
         with self._lock:
             in_doubt = tuple(sorted(self._awaiting_outcome))
             receipts = self._next_seq
         final = msgspec.structs.replace(sealed, in_doubt=in_doubt, receipts=receipts)
-        self._append(final, durable=True)
+        try:
+            self._append(final, durable=True)
+        except AuditError:
+            if self._on_unsealed is not None:
+                # PostgreSQL (design19.md): the log keeps the seal and retries it until written,
+                # as `interrupted` (the gate refused to go on: the run did not end normally).
+                self._on_unsealed(self, final)
+            raise
         assert isinstance(self.sealed, Sealed)
         return self.sealed
+
+    def retry_seal(self, draft: Sealed) -> bool:
+        """Write the seal `seal` could not (AuditLog's retry thread): status interrupted, with
+        the calls in doubt now. True once written; False if it still cannot be."""
+        with self._lock:
+            if self.sealed is not None:
+                return True
+            in_doubt = tuple(sorted(self._awaiting_outcome))
+            receipts = self._next_seq
+        final = msgspec.structs.replace(
+            draft,
+            at=now_iso(),
+            in_doubt=in_doubt,
+            receipts=receipts,
+            run_status="interrupted",
+            cause=SEAL_DEFERRED,
+        )
+        try:
+            self._append(final, durable=True)
+        except AuditError:
+            return False
+        return True
 
     def attempt(self, attempted: Attempted) -> None:
         """Durable when it returns: the attempt's program may run after that."""
@@ -349,7 +418,10 @@ class RunRecord:
 
 
 class AuditLog:
-    """The audit log in one SQLite file (default `<CHARTER_HOME>/audit.db`, keys in `keys/` beside it)."""
+    """The audit log in one SQLite file (default `<CHARTER_HOME>/audit.db`, keys in `keys/` beside it),
+    or in a PostgreSQL database (`database=`; design19.md): there each writer (this object's, in
+    one process) appends to a stream of its own (`Writer.stream`), so workers never wait on one
+    another's head row; `verify` checks each stream's chain and its `stream_heads` row."""
 
     def __init__(
         self,
@@ -358,21 +430,40 @@ class AuditLog:
         keys_dir: Path | None = None,
         key: SigningKey | None = None,
         database: Database | None = None,
+        keyring: Path | str | None = None,
+        checkpoints: Path | str | None = None,
     ) -> None:
         # `database`: where the log lives (charter.db); a SQLite database keeps it in
-        # `<home>/audit.db`. PostgreSQL: issue 19, in progress.
+        # `<home>/audit.db`. On PostgreSQL `path` is still `<home>/audit.db` (never opened: the
+        # keys folder and messages use it); `database` says where the log really is.
+        if database is None and path is None:
+            database = Database.from_env()  # CHARTER_DATABASE_URL, else <CHARTER_HOME>/audit.db as before
         if database is not None and path is None:
-            if database.is_postgres:
-                raise UsageError(f"the audit log on PostgreSQL ({database.shown}) is not built yet")
             path = database.home / "audit.db"
         self.path = Path(path) if path is not None else charter_home() / "audit.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.database = (
+            database if database is not None else Database("sqlite", f"sqlite:{self.path.parent}", self.path.parent)
+        )
+        self._postgres = self.database.is_postgres
+        self._subscribers: list[Callable[[Head], None]] = []
+        self._pending_seals: list[tuple[RunRecorder, Sealed]] = []
+        self._retrying: threading.Thread | None = None
         self._keys_dir = keys_dir or self.path.parent / "keys"
         self._key = key
+        # Issue 19 (charter.audit._keyring, _checkpoints): the trusted keys, and the file of
+        # signed heads outside the database ("none": off).
+        self._keyring = keyring
+        self.checkpoints_path = checkpoints_path(self.path, checkpoints)
+        self._checkpoints: CheckpointWriter | None = None
         self._secret_key: SecretKey | None = None
         self._writer: Writer | None = None
         self._writer_lock = threading.Lock()
         self._readers = threading.local()
+        if self._postgres:
+            with self.connect() as pg:
+                AUDIT_PG_SCHEMA.open(pg, self.database.shown)  # type: ignore[arg-type]
+            return
         with closing(connect(self.path)) as connection:
             AUDIT_SCHEMA.open(connection, self.path)  # created if new; another version is refused
 
@@ -381,7 +472,7 @@ class AuditLog:
     @property
     def signing_key(self) -> SigningKey:
         if self._key is None:
-            self._key = load_or_create_signing_key(self._keys_dir)
+            self._key = signing_key_for(self._keys_dir, self._keyring)
         return self._key
 
     @property
@@ -402,10 +493,41 @@ class AuditLog:
         with self._writer_lock:
             if self._writer is None:
                 key = self.signing_key
-                with self._connection() as connection:
-                    connection.execute("INSERT OR IGNORE INTO keys VALUES (?, ?)", (key.key_id, key.public.raw))
-                self._writer = Writer(self.path, key)
+                try:
+                    with self._connection() as connection:
+                        connection.execute(
+                            "INSERT INTO keys VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING",
+                            (key.key_id, key.public.raw),
+                        )
+                except StoreUnavailable as error:
+                    raise AuditError(str(error)) from error  # the gate fails closed
+                if self.checkpoints_path is not None:
+                    self._checkpoints = CheckpointWriter(self.checkpoints_path, key)
+                    self._subscribers.append(self._checkpoints.record)
+                writer = Writer(self.path, key, database=self.database)
+                for callback in self._subscribers:
+                    writer.subscribe(callback)
+                self._writer = writer
             return self._writer
+
+    def subscribe(self, callback: Callable[[Head], None]) -> None:
+        """Call `callback(head)` after each commit of this log's writer that wrote receipts (the
+        checkpoints, charter.audit._checkpoints): the writer's stream, its last stream_seq, log_seq,
+        link and key id. Called in the committing thread after COMMIT; exceptions are ignored."""
+        with self._writer_lock:
+            self._subscribers.append(callback)
+            if self._writer is not None:
+                self._writer.subscribe(callback)
+
+    @property
+    def stream(self) -> str | None:
+        """This object's writer's stream ("" on SQLite), None before it first writes."""
+        return self._writer.stream if self._writer is not None else None
+
+    def close(self) -> None:
+        """Write the last checkpoint now (also done at process exit). The log stays usable."""
+        if self._checkpoints is not None:
+            self._checkpoints.close()
 
     @property
     def commits(self) -> int:
@@ -414,7 +536,41 @@ class AuditLog:
 
     def open_run(self, opened: Opening) -> RunRecorder:
         """Durably records the run's opening; the program may run once this returns."""
-        return RunRecorder(self._ensure_writer(), opened, self.path, secret_key=self.secret_key)
+        return RunRecorder(
+            self._ensure_writer(),
+            opened,
+            self.path,
+            secret_key=self.secret_key,
+            quotas=QuotaReader(self),
+            database=self.database,
+            on_unsealed=self._keep_seal if self._postgres else None,
+        )
+
+    def _keep_seal(self, recorder: RunRecorder, draft: Sealed) -> None:
+        """A seal that could not be written: kept, and retried every SEAL_RETRY_S by a thread."""
+        with self._writer_lock:
+            self._pending_seals.append((recorder, draft))
+            if self._retrying is None or not self._retrying.is_alive():
+                self._retrying = threading.Thread(target=self._retry_seals, name="charter-seal-retry", daemon=True)
+                self._retrying.start()
+
+    def _retry_seals(self) -> None:
+        while True:
+            time.sleep(SEAL_RETRY_S)
+            with self._writer_lock:
+                waiting = list(self._pending_seals)
+            written = [item for item in waiting if item[0].retry_seal(item[1])]
+            with self._writer_lock:
+                self._pending_seals = [item for item in self._pending_seals if item not in written]
+                if not self._pending_seals:
+                    self._retrying = None
+                    return
+
+    def pending_seals(self) -> list[str]:
+        """The runs whose seal could not be written yet (the database was down): their ids. Each
+        is retried every SEAL_RETRY_S until written, as `interrupted` with its calls in doubt."""
+        with self._writer_lock:
+            return [recorder.run_id for recorder, _ in self._pending_seals]
 
     def append_record(self, receipt: ApprovalDecided) -> StoredReceipt:
         """Durably write a record of its own: one receipt whose run_id is its approval id (seq 0,
@@ -437,16 +593,27 @@ class AuditLog:
     def connect(self) -> Iterator[Connection]:
         """A connection to the log's database for the readers beside it (quota totals, the
         approvals and runs indexes): SQL in sqlite3 style, `?` placeholders, either engine;
-        closed (or returned to its pool) on exit. Receipts are written only by the writer."""
+        closed (or returned to its pool) on exit. Receipts are written only by the writer.
+
+        PostgreSQL: StoreUnavailable when no connection can be had (the database is down)."""
+        if self._postgres:
+            with _unavailable(self.database), self.database.pg_connection() as pg:
+                yield pg
+            return
         connection = connect(self.path)
         try:
             yield connection
         finally:
             connection.close()
 
-    def lock(self, suffix: str, key: str, *, slots: int | None = None, best_effort: bool = False) -> SideLock:
+    def lock(self, suffix: str, key: str, *, slots: int | None = None, best_effort: bool = False) -> LogLock:
         """The cross-process lock of `key` among the log's users (charter.audit._locks): the quota
-        buckets (".quota-locks"), the approval decision (".approval-lock"), a resume (".resume-locks")."""
+        buckets (".quota-locks"), the approval decision (".approval-lock"), a resume (".resume-locks").
+        PostgreSQL: a session advisory lock (charter.audit._pg_locks), the same interface."""
+        if self._postgres:
+            if slots is None:
+                return pg_lock(self.database, suffix, key)
+            return pg_lock(self.database, suffix, key, slots=slots)
         if slots is None:
             return side_lock(self.path.resolve(), suffix, key, best_effort=best_effort)
         return side_lock(self.path.resolve(), suffix, key, slots=slots, best_effort=best_effort)
@@ -454,16 +621,16 @@ class AuditLog:
     # -- reading ---------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        connection = connect(self.path)
-        try:
+    def _connection(self) -> Iterator[Any]:
+        with self.connect() as connection:
             yield connection
-        finally:
-            connection.close()
 
     def stored(self, run_id: str | None = None) -> Iterator[StoredReceipt]:
         """Rows as stored, in log order; all of them, or one run's."""
-        query = "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts"
+        if self._postgres:
+            yield from self._pg_stored(run_id)
+            return
+        query = _COLUMNS_SQL
         params: tuple[str, ...] = ()
         if run_id is not None:
             query += " WHERE run_id = ?"
@@ -479,6 +646,58 @@ class AuditLog:
             for row in connection.execute(query + " ORDER BY log_seq", params):
                 yield StoredReceipt(*row)
 
+    def _pg_stored(self, run_id: str | None) -> Iterator[StoredReceipt]:
+        if run_id is not None:
+            with self.connect() as connection:
+                rows = connection.execute(_COLUMNS_SQL + " WHERE run_id = ? ORDER BY log_seq", (run_id,)).fetchall()
+            yield from (StoredReceipt(*row) for row in rows)
+            return
+        after = 0  # the whole log, a page at a time (keyset), no transaction held open across pages
+        while True:
+            with self.connect() as connection:
+                rows = connection.execute(
+                    _COLUMNS_SQL + " WHERE log_seq > ? ORDER BY log_seq LIMIT ?", (after, _PAGE)
+                ).fetchall()
+            yield from (StoredReceipt(*row) for row in rows)
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1][0]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[LogSnapshot]:
+        """The whole log as of one moment, for `verify`: its receipts in log order, the head row
+        and (PostgreSQL) every stream's head row. On PostgreSQL one REPEATABLE READ, read-only
+        transaction reads them all, streaming the receipts through a server-side cursor, so
+        writers committing meanwhile (whose log_seq may be lower than receipts already read:
+        log_seq is taken before commit) never show as a gap or a truncated stream."""
+        if not self._postgres:
+            yield LogSnapshot(self.stored(), self.head(), None)
+            return
+        with self.connect() as connection:
+            pg: Any = connection
+            with pg.raw.transaction():
+                pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                row = pg.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
+                head = (int(row[0]), str(row[1])) if row else None
+                heads = {
+                    str(r[0]): Head(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]))
+                    for r in pg.execute("SELECT stream, stream_seq, log_seq, link, key_id FROM stream_heads").fetchall()
+                }
+                with pg.raw.cursor(name="charter_log_snapshot") as cursor:
+                    cursor.itersize = _PAGE
+                    cursor.execute(_COLUMNS_SQL + " ORDER BY log_seq")
+                    yield LogSnapshot((StoredReceipt(*r) for r in cursor), head, heads)
+
+    def stored_in_stream(self, stream: str, stream_seq: int) -> StoredReceipt | None:
+        """Receipt `stream_seq` of writer stream `stream` (PostgreSQL; None on SQLite or if absent)."""
+        if not self._postgres or not stream:
+            return None
+        with self.connect() as connection:
+            row = connection.execute(
+                _COLUMNS_SQL + " WHERE stream = ? AND stream_seq = ?", (stream, stream_seq)
+            ).fetchone()
+        return StoredReceipt(*row) if row else None
+
     def _reader(self) -> sqlite3.Connection:
         """This thread's read connection to the log, opened once (autocommit: each statement
         reads the latest commit)."""
@@ -490,28 +709,46 @@ class AuditLog:
 
     def stored_at(self, log_seq: int) -> StoredReceipt | None:
         with self._connection() as connection:
-            row = connection.execute(
-                "SELECT log_seq, run_id, seq, kind, body, signature, link FROM receipts WHERE log_seq = ?", (log_seq,)
-            ).fetchone()
+            row = connection.execute(_COLUMNS_SQL + " WHERE log_seq = ?", (log_seq,)).fetchone()
         return StoredReceipt(*row) if row else None
 
     def head(self) -> tuple[int, str] | None:
+        """The head of the stream "" (the SQLite log's one chain; on PostgreSQL a log copied from
+        SQLite): its last log_seq and link. None: no such receipt. See `heads` for every stream."""
         with self._connection() as connection:
             row = connection.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
-        return (row[0], row[1]) if row else None
+        return (int(row[0]), str(row[1])) if row else None
+
+    def stream_heads(self) -> dict[str, Head]:
+        """Each writer stream's head row (PostgreSQL; {} on SQLite), by stream."""
+        if not self._postgres:
+            return {}
+        with self._connection() as connection:
+            rows = connection.execute(
+                "SELECT stream, stream_seq, log_seq, link, key_id FROM stream_heads ORDER BY log_seq"
+            ).fetchall()
+        return {str(r[0]): Head(str(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4])) for r in rows}
+
+    def heads(self) -> list[Head]:
+        """Every stream's head: the stream "" (from the head row; key_id of its receipt) and each
+        writer stream's, oldest last write first. What a checkpoint or `audit head` records."""
+        found: list[Head] = []
+        head = self.head()
+        if head is not None:
+            stored = self.stored_at(head[0])
+            key_id = ""
+            if stored is not None:
+                with contextlib.suppress(ValueError):
+                    key_id = stored.decoded().key_id
+            found.append(Head("", head[0], head[0], head[1], key_id))
+        found.extend(self.stream_heads().values())
+        return found
 
     def trusted_keys(self) -> dict[str, PublicKey]:
-        """The public keys kept beside the private key (never the copies inside the log,
-        which whoever can write the log could replace)."""
-        keys = {}
-        for path in sorted(self._keys_dir.glob("*.pub")):
-            key = read_public_key(path)
-            keys[key.key_id] = key
-        if not keys:
-            raise AuditError(
-                f"no public key in {self._keys_dir} to verify with; pass the signer's key with --public-key"
-            )
-        return keys
+        """The keyring's keys (with name and not_after), or without a keyring file the public
+        keys beside the private key; never the copies inside the log, which whoever can write
+        the log could replace (charter.audit._keyring)."""
+        return trusted_keys(self._keys_dir, self._keyring)
 
     def backend_errors(self, run_id: str) -> list[BackendError]:
         """The exception texts withheld from run `run_id`'s program, by call. Operators only:
@@ -530,7 +767,7 @@ class AuditLog:
     def forget_backend_errors(self, run_id: str) -> int:
         """Delete run `run_id`'s withheld exception texts (the receipts keep their hashes). Returns the count."""
         with self._connection() as connection:
-            return connection.execute("DELETE FROM backend_errors WHERE run_id = ?", (run_id,)).rowcount
+            return int(connection.execute("DELETE FROM backend_errors WHERE run_id = ?", (run_id,)).rowcount)
 
     def run_ids(self) -> list[str]:
         with self._connection() as connection:
@@ -543,8 +780,8 @@ class AuditLog:
         """A run id from a unique prefix of it (as `audit list` shows them)."""
         with self._connection() as connection:
             rows = connection.execute(
-                "SELECT run_id FROM receipts WHERE kind IN ('open', 'ask') AND run_id LIKE ? || '%' LIMIT 2",
-                (prefix.replace("%", "").replace("_", ""),),
+                "SELECT run_id FROM receipts WHERE kind IN ('open', 'ask') AND run_id LIKE ? LIMIT 2",
+                (prefix.replace("%", "").replace("_", "") + "%",),
             ).fetchall()
         if not rows or not prefix:
             raise RunNotFound(f"no run {prefix!r} in the audit log at {self.path}; `charter audit list` shows runs")
@@ -583,6 +820,33 @@ class AuditLog:
                 sealed[receipt.run_id] = receipt
         return [RunRecord(opened=o, receipts=(), sealed=sealed.get(rid)) for rid, o in opened.items()]
 
+    # -- the readers beside the log (quota totals, approvals, the runs pages) ------------
+
+    @contextmanager
+    def reader(self) -> Iterator[Connection]:
+        """A connection for a few short reads (SQL in sqlite3 style, `?`): the quota totals the
+        gate reads under its locks, the approvals and runs indexes. Do not hold it across calls.
+
+        SQLite: this thread's connection, opened once and kept (autocommit: each statement reads
+        the latest commit; a connection per read cost ~0.5 ms of CPU, on every quota check).
+        PostgreSQL: a connection from the pool for the block (a pool hands one out in
+        microseconds, and a connection held per thread would exhaust it)."""
+        if self.database.is_postgres:
+            with self.connect() as connection:
+                yield connection
+            return
+        yield self._reader()
+
+
+@dataclass(frozen=True, slots=True)
+class LogSnapshot:
+    """The whole log as `AuditLog.snapshot` read it: receipts (log order), the stream "" head,
+    and each writer stream's head row (None on SQLite, which has no streams)."""
+
+    rows: Iterator[StoredReceipt]
+    head: tuple[int, str] | None
+    stream_heads: dict[str, Head] | None
+
 
 def record_of(receipts: Sequence[Receipt]) -> RunRecord:
     """The run the receipts (one run's, in order) make up. AuditError if the first is no opening."""
@@ -592,6 +856,18 @@ def record_of(receipts: Sequence[Receipt]) -> RunRecord:
     last = receipts[-1]
     sealed = last if isinstance(last, Sealed | Concluded) else None
     return RunRecord(opened=opened, receipts=tuple(receipts), sealed=sealed)
+
+
+@contextmanager
+def _unavailable(database: Database) -> Iterator[None]:
+    """PostgreSQL unreachable (down, restarting, the pool exhausted) -> StoreUnavailable."""
+    import psycopg
+    import psycopg_pool
+
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+        raise StoreUnavailable(f"the audit log in {database.shown} cannot be reached now: {error}") from error
 
 
 def host_identity() -> tuple[str, int]:

@@ -9,6 +9,13 @@ Checked for every receipt:
 - an opening's program hashes to its program_sha256; nonces are unique; outcomes answer
   an allowed decision; a seal counts the run's receipts;
 - the log's last receipt is the one the head row names (else the log was truncated);
+- with concurrent writers (PostgreSQL, design19.md) the log is several streams, one per writer:
+  the stream "" (a SQLite log, or one copied from it) is checked as above; each other stream S
+  must hold stream_seq 1, 2, 3... without a gap, each receipt's `log_prev` naming S's previous
+  receipt, log_seq increasing, and end at S's `stream_heads` row (else its tail was truncated);
+  a head row whose stream holds no receipt at all means the stream was deleted. A stream deleted
+  WITH its head row leaves nothing inside the database to notice: the signed checkpoints kept
+  outside it (`verify --head`) do;
 - approvals (issue 16): an ApprovalDecided is a record of its own (one receipt, seq 0); it
   decides the ApprovalRequested its request_link names (same approval, call, operation and
   arguments hash), an approval is decided at most once, and a resumed run's Opened names
@@ -29,6 +36,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from charter.audit._approval_links import ApprovalLinks, Fetch
+from charter.audit._keyring import key_problem
+from charter.audit._writer import Head
 from charter.audit.keys import PublicKey
 from charter.audit.receipts import (
     ApprovalDecided,
@@ -98,6 +107,17 @@ class Verification:
 
 
 @dataclass(slots=True)
+class _StreamTrack:
+    """The last receipt of one writer stream seen so far."""
+
+    stream_seq: int
+    log_seq: int
+    link: str
+    row: StoredReceipt
+    key_id: str
+
+
+@dataclass(slots=True)
 class _RunTrack:
     next_seq: int
     last_link: str
@@ -122,6 +142,8 @@ def verify_receipts(
     every_signature: bool = False,
     fetch: Fetch | None = None,
     where: str = "the log",
+    stream_heads: Mapping[str, Head] | None = None,
+    stream_neighbour: Callable[[str, int], StoredReceipt | None] | None = None,
 ) -> Verification:
     """Verify receipts given in log order.
 
@@ -130,12 +152,16 @@ def verify_receipts(
     checked against `neighbour(log_seq - 1)` when that lookup is given.
     `fetch`: reads another run's rows (the paused run of a resumed run verified on its own) for
     the approval links; None: the rows are all there is, and `where` names them in findings.
+    `stream_heads` (a whole PostgreSQL log): each writer stream's head row; every stream must
+    end where its row says. `stream_neighbour(stream, stream_seq)`: reads a stream's receipt,
+    to check `log_prev` of a stream receipt outside a whole log (as `neighbour` for stream "").
     """
     report = Verification(head=head)
     runs: dict[str, _RunTrack] = {}
     nonces: dict[str, int] = {}
     previous: StoredReceipt | None = None
     previous_key_id: str | None = None  # the signing key its body names, if it decoded
+    streams: dict[str, _StreamTrack] = {}  # writer streams (not ""): their last receipt so far
     seen_expected_head = expect_head is None
     links = ApprovalLinks(fetch=fetch, where=where)
 
@@ -174,12 +200,25 @@ def verify_receipts(
         for column in _COLUMNS:
             if getattr(row, column) != stated[column]:
                 find(row, f"column {column} holds {getattr(row, column)!r} but the signed body says {stated[column]!r}")
-        if body.key_id not in keys:
-            find(row, f"it is signed by key {body.key_id!r}, which is not among the trusted keys")
-        elif every_signature:
+        untrusted = key_problem(keys, body.key_id, body.at)  # an unknown or revoked key (the keyring)
+        if untrusted is not None:
+            find(row, untrusted)
+        if every_signature:
             check_signature(row, body.key_id)
 
-        if whole_log:
+        if body.stream:
+            _check_stream(
+                row,
+                body.stream,
+                body.stream_seq,
+                body.log_prev,
+                body.key_id,
+                whole_log,
+                streams,
+                find,
+                stream_neighbour,
+            )
+        elif whole_log:
             expected_seq = previous.log_seq + 1 if previous else 1
             if row.log_seq != expected_seq:
                 gap = "missing (deleted)" if row.log_seq > expected_seq else "out of order"
@@ -196,7 +235,8 @@ def verify_receipts(
             before = neighbour(row.log_seq - 1)
             if before is None or before.link != body.log_prev:
                 find(row, "its log_prev link does not name the log's previous receipt", order=True)
-        previous, previous_key_id = row, body.key_id
+        if not body.stream:
+            previous, previous_key_id = row, body.key_id
 
         links.note(row, body)
         track = runs.get(body.run_id)
@@ -256,9 +296,13 @@ def verify_receipts(
         anchors = {id(t.last_row): (t.last_row, t.last_key_id) for t in runs.values()}
         if previous is not None and previous_key_id is not None:  # an undecodable head is already reported
             anchors[id(previous)] = (previous, previous_key_id)
+        for stream in streams.values():  # each stream's last receipt: its chain ends in a signature
+            anchors[id(stream.row)] = (stream.row, stream.key_id)
         for row, key_id in anchors.values():
             check_signature(row, key_id)
 
+    if whole_log and stream_heads is not None:
+        _check_stream_heads(streams, stream_heads, report)
     if whole_log:
         last = (previous.log_seq, previous.link) if previous else None
         if head != last:
@@ -297,3 +341,71 @@ def verify_receipts(
         )
 
     return report
+
+
+def _check_stream(
+    row: StoredReceipt,
+    stream: str,
+    stream_seq: int,
+    log_prev: str,
+    key_id: str,
+    whole_log: bool,
+    streams: dict[str, _StreamTrack],
+    find: Callable[..., None],
+    stream_neighbour: Callable[[str, int], StoredReceipt | None] | None,
+) -> None:
+    """A receipt of writer stream `stream` follows that stream's previous receipt (rows in log order)."""
+    if whole_log:
+        track = streams.get(stream)
+        expected = track.stream_seq + 1 if track else 1
+        if stream_seq != expected:
+            gap = "missing (deleted)" if stream_seq > expected else "out of order"
+            find(
+                row,
+                f"it is receipt {stream_seq} of stream {stream} where {expected} was expected: receipts are {gap}",
+                order=True,
+            )
+        if log_prev != (track.link if track else ""):
+            find(
+                row,
+                f"its log_prev link does not name the previous receipt of stream {stream}: "
+                "one was inserted, removed or reordered",
+                order=True,
+            )
+        if track is not None and row.log_seq <= track.log_seq:
+            find(row, f"its log_seq is not after receipt {track.log_seq} of its stream {stream}", order=True)
+    elif stream_neighbour is not None and stream_seq > 1:
+        before = stream_neighbour(stream, stream_seq - 1)
+        if before is None or before.link != log_prev:
+            find(row, f"its log_prev link does not name the previous receipt of stream {stream}", order=True)
+    streams[stream] = _StreamTrack(stream_seq, row.log_seq, row.link, row, key_id)
+
+
+def _check_stream_heads(streams: dict[str, _StreamTrack], heads: Mapping[str, Head], report: Verification) -> None:
+    """Each writer stream ends at its head row; a head row names a stream the log holds."""
+    for stream, track in streams.items():
+        head = heads.get(stream)
+        if head is None:
+            report.findings.append(
+                Finding(None, None, f"stream {stream} has no head row: the head was deleted or the stream inserted")
+            )
+        elif (head.stream_seq, head.link) != (track.stream_seq, track.link):
+            report.findings.append(
+                Finding(
+                    None,
+                    None,
+                    f"stream {stream} ends at its receipt {track.stream_seq} (log_seq {track.log_seq}) but its head "
+                    f"names receipt {head.stream_seq} (log_seq {head.log_seq}): receipts were removed from its end "
+                    "(truncated) or the head was altered",
+                )
+            )
+    for stream, head in heads.items():
+        if stream not in streams:
+            report.findings.append(
+                Finding(
+                    None,
+                    None,
+                    f"stream {stream}'s head names its receipt {head.stream_seq} (log_seq {head.log_seq}) but the log "
+                    "holds no receipt of it: the stream was deleted",
+                )
+            )

@@ -12,10 +12,8 @@ the index.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 import time
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from charter.backends import CallContext
 from charter.compiler import compile_contract
 from charter.contract._yaml import load_yaml
 from charter.contract.checker import check_contract_data
+from charter.db import write_transaction
 from charter.gate import ContractGate
 from charter.gate._quotas import QuotaHold
 from charter.principal import Principal
@@ -72,9 +71,13 @@ def run_quota_bench(k: int = 1000, others: int = 50_000, checks: int = 2000) -> 
             ("bench_wallet", "daily_outflow", f'["X{i % 5000}"]', _at(now, i, others), 100, "other", i, 1)
             for i in range(others)
         ]
-        with closing(sqlite3.connect(log.path)) as db:
-            db.executemany("INSERT INTO quota_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            db.commit()
+        with log.connect() as db, write_transaction(db):
+            for row in rows:
+                db.execute(
+                    "INSERT INTO quota_counts (contract, quota, key, at, amount, run_id, call, counted) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
         principal = Principal("bench", frozenset({"pay:write"}))
         opened = Opened(
             run_id="quota-bench",

@@ -224,28 +224,17 @@ _SCOPES = ["orders:read", "orders:write", "orders:refund"]
 
 
 def _published(home: Path, env: dict[str, str]) -> str:
-    """The orders contract published and a token added where `env` puts the stores; the token.
-    In SQLite files, written here; in a PostgreSQL database, by `charter contract publish` and
-    `charter token add`, which open the stores there."""
+    """The orders contract published and a token added where `env` puts the stores (the SQLite
+    files under `home`, or the PostgreSQL database of its CHARTER_DATABASE_URL); the token."""
     from charter.contract import load_contract
-    from charter.db import DATABASE_ENV
+    from charter.db import DATABASE_ENV, Database
     from charter.registry import Registry
     from charter.server import TokenStore
 
     path = _ROOT / "contracts" / "orders.yaml"
-    if DATABASE_ENV not in env:  # the files `charter serve` finds under its CHARTER_HOME
-        Registry(home / "charter.db").publish(load_contract(path), path.read_text(encoding="utf-8"))
-        return TokenStore(home / "tokens.yaml").add("bench", "bench", _SCOPES)
-    scopes = [arg for scope in _SCOPES for arg in ("-s", scope)]
-    token = ""
-    for command in (["contract", "publish", str(path)], ["token", "add", "bench", "-p", "bench", *scopes]):
-        done = subprocess.run(
-            [sys.executable, "-m", "charter", *command], cwd=_ROOT, env=env, capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            raise BenchFailed(f"`charter {' '.join(command[:2])}` failed: {done.stderr.strip()[-500:]}")
-        token = done.stdout.strip()
-    return token
+    database = Database.from_env(home, url=env.get(DATABASE_ENV, ""))
+    Registry(database=database).publish(load_contract(path), path.read_text(encoding="utf-8"))
+    return TokenStore(home / "tokens.yaml", database=database).add("bench", "bench", _SCOPES)
 
 
 def _percentile(samples: list[float], share: float) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from charter.cli import approvals, audit, contract, db, sandbox, ui
+from charter.cli import approvals, audit, contract, db, keys, sandbox, ui
 from charter.cli._help import conventional_help
 from charter.cli._output import warn
 from charter.cli.demo import demo
@@ -26,6 +26,7 @@ app.add_typer(sandbox.bench_app, name="bench")
 app.add_typer(audit.app, name="audit")
 app.add_typer(approvals.app, name="approvals")
 app.add_typer(db.app, name="db")
+app.add_typer(keys.app, name="keys")
 app.add_typer(token_app, name="token")
 app.add_typer(ui.app, name="ui")
 app.command()(run)

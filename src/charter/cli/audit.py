@@ -38,6 +38,7 @@ from charter.audit import (
     verify_log,
 )
 from charter.audit._approval_records import chain_of, resolve_approval, resumed_by, sealed_approval
+from charter.audit._checkpoints import check_checkpoints, checkpoint_line, current_heads, with_findings
 from charter.audit.receipts import Opening
 from charter.cli._audit_approvals import (
     chain_findings,
@@ -59,8 +60,8 @@ RunArg = Annotated[str, typer.Argument(help="A run id, or a unique prefix of one
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _log() -> AuditLog:
-    return AuditLog()
+def _log(keyring: Path | None = None) -> AuditLog:
+    return AuditLog(keyring=keyring)
 
 
 def _intent(opened: Opening) -> str:
@@ -451,13 +452,20 @@ def _encode(value: object) -> str:
     return msgspec.json.encode(value).decode("utf-8")
 
 
-def _parse_head(head: str | None) -> tuple[int, str] | None:
+def _parse_head(head: str | None) -> tuple[int, str] | Path | None:
+    """--head as LOG_SEQ:LINK (as `audit verify` prints it), else the checkpoint file it names."""
     if head is None:
         return None
     seq, _, link = head.partition(":")
-    if not seq.isdigit() or len(link) != 64:
-        raise UsageError(f"--head takes LOG_SEQ:LINK as `audit verify` prints it, got {head!r}")
-    return int(seq), link
+    if seq.isdigit() and len(link) == 64 and all(c in "0123456789abcdef" for c in link):
+        return int(seq), link
+    path = Path(head)
+    if not path.is_file():
+        raise UsageError(
+            f"--head {head!r} is neither LOG_SEQ:LINK (as `audit verify` prints it) nor a checkpoint file "
+            "(checkpoints.jsonl, or what `charter audit head` printed)"
+        )
+    return path
 
 
 @app.command()
@@ -472,22 +480,38 @@ def verify(
         bool, typer.Option("--every-signature", help="Also verify each receipt's own signature (slower).")
     ] = False,
     head: Annotated[
-        str | None, typer.Option(help="LOG_SEQ:LINK from an earlier verify; the log must still contain it.")
+        str | None,
+        typer.Option(
+            metavar="FILE|LOG_SEQ:LINK",
+            help="A checkpoint file (or `audit head` output): each stream's latest checkpoint must still be in "
+            "the log; or LOG_SEQ:LINK from an earlier verify, which the log must still contain.",
+        ),
+    ] = None,
+    keyring: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="The keyring to trust (default: $CHARTER_KEYRING, else keys/keyring.yaml)."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Check signatures, hash chains and the head; exit 1 naming every broken record."""
     try:
         trusted: PublicKey | None = read_public_key(public_key) if public_key else None
+        expected = _parse_head(head)
         if bundle is not None:
             report = verify_bundle(bundle, trusted)
         else:
-            log = _log()
+            log = _log(keyring)
             keys = {trusted.key_id: trusted} if trusted else log.trusted_keys()
             target = None if all_ else run
             report = verify_log(
-                log, keys, run_id=target, every_signature=every_signature, expect_head=_parse_head(head)
+                log,
+                keys,
+                run_id=target,
+                every_signature=every_signature,
+                expect_head=expected if isinstance(expected, tuple) else None,
             )
+            if isinstance(expected, Path):  # signed heads kept outside the log (charter.audit._checkpoints)
+                with_findings(report, check_checkpoints(expected, log, keys))
     except CharterError as error:
         fail(error)
     _report(report, as_json)
@@ -535,6 +559,22 @@ def _report(report: Verification, as_json: bool) -> None:
     )
     if report.head is not None:
         say(f"head {report.head[0]}:{report.head[1]}  (keep it; `--head` checks that the log still holds it)")
+
+
+@app.command()
+def head(keyring: Annotated[Path | None, typer.Option(metavar="PATH", help="The keyring file.")] = None) -> None:
+    """The log's current heads, one signed JSON line per stream (as in checkpoints.jsonl): keep
+    them with a backup; `audit verify --head FILE` checks that a restored log still holds them."""
+    try:
+        log = _log(keyring)
+        heads = current_heads(log)
+        if not heads:
+            raise UsageError(f"the audit log at {log.path} holds no receipt yet: it has no head")
+        key = log.signing_key
+        lines = [checkpoint_line(h, key) for h in heads]
+    except CharterError as error:
+        fail(error)
+    out.file.write("".join(lines))
 
 
 @app.command()

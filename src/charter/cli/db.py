@@ -1,4 +1,8 @@
-"""`charter db ...`: the schema versions of Charter's stores, and their upgrade in place."""
+"""`charter db ...`: the schema versions of Charter's stores, their upgrade in place, and (on
+PostgreSQL) the grants of the application's role.
+
+Every command takes `--database URL` (default $CHARTER_DATABASE_URL, else the SQLite files of
+`--home`): `sqlite:FOLDER` or `postgresql://USER@HOST/NAME`."""
 
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ from typing import Annotated
 import typer
 
 from charter.cli._output import fail, print_json, say
+from charter.db import Database
 from charter.errors import CharterError
 from charter.migrations import Schema, read_version
 
-app = typer.Typer(help="Schema versions of the registry, audit log and idempotency store; upgrades.")
+app = typer.Typer(
+    help="Schema versions of the registry, audit log, idempotency, session and token stores; upgrades; grants."
+)
 
 EXIT_NEWER_OR_INVALID = 1  # `status`: a store this release cannot open (takes precedence)
 EXIT_UPGRADE_PENDING = 2  # `status`: a store `charter db upgrade` would migrate
@@ -22,31 +29,47 @@ HomeOption = Annotated[
     Path | None,
     typer.Option("--home", help="The Charter home holding the stores (default: $CHARTER_HOME, else ./.charter)."),
 ]
+DatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        metavar="URL",
+        help="The database: sqlite:FOLDER or postgresql://USER@HOST/NAME (default: $CHARTER_DATABASE_URL, "
+        "else the SQLite files of --home).",
+    ),
+]
 
 
 def _stores() -> list[tuple[str, Schema]]:
-    """Each store a Charter home may hold: its file name and its schema."""
-    from charter.audit.store import AUDIT_SCHEMA
-    from charter.registry.store import REGISTRY_SCHEMA
-    from charter.server._idempotency import IDEMPOTENCY_SCHEMA
+    """Each SQLite store a Charter home may hold: its file name and its schema."""
+    from charter.deployment import store_schemas
 
-    return [("charter.db", REGISTRY_SCHEMA), ("audit.db", AUDIT_SCHEMA), ("idempotency.db", IDEMPOTENCY_SCHEMA)]
+    return [(s.filename, s.sqlite) for s in store_schemas() if s.filename is not None and s.sqlite is not None]
 
 
-def _home(home: Path | None) -> Path:
-    from charter._paths import charter_home
-
-    return home if home is not None else charter_home()
+def _database(home: Path | None, url: str | None) -> Database:
+    try:
+        return Database.from_env(home, url=url)
+    except CharterError as error:
+        fail(error)
 
 
 @app.command()
-def status(home: HomeOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(
+    home: HomeOption = None, database: DatabaseOption = None, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """Each store's schema version beside the one this release uses. Changes nothing.
 
     Exit status, for CI: 0 when every store is current or absent; 2 when an upgrade is
     pending (`charter db upgrade`); 1 when a store is newer than this release or its
     version is invalid (this release cannot open it; also 1 for an unreadable file)."""
-    folder = _home(home)
+    chosen = _database(home, database)
+    if chosen.is_postgres:
+        from charter.cli._db_pg import pg_status
+
+        pg_status(chosen, as_json=as_json)
+        return
+    folder = chosen.home
     blocked = pending = False
     rows = []
     for name, schema in _stores():
@@ -80,13 +103,21 @@ def status(home: HomeOption = None, as_json: Annotated[bool, typer.Option("--jso
 
 
 @app.command()
-def upgrade(home: HomeOption = None) -> None:
-    """Migrate each store in HOME in place to this release's schema, one transaction per store.
+def upgrade(home: HomeOption = None, database: DatabaseOption = None) -> None:
+    """Migrate each store in place to this release's schema, one transaction per store.
 
-    Stop other Charter processes using the home first. Running it again does nothing.
+    Stop other Charter processes using the stores first. Running it again does nothing.
     Receipts and published contracts are never rewritten: steps add tables, columns, indexes.
+    On PostgreSQL, run it as the database's owner: it also creates the stores a new database
+    lacks (the application's role may not create tables; give it hers with `charter db grant`).
     """
-    folder = _home(home)
+    chosen = _database(home, database)
+    if chosen.is_postgres:
+        from charter.cli._db_pg import pg_upgrade
+
+        pg_upgrade(chosen)
+        return
+    folder = chosen.home
     if not folder.is_dir():
         fail(f"{folder} is not a Charter home (no such folder); pass --home DIR or set CHARTER_HOME")
     for name, schema in _stores():
@@ -106,3 +137,63 @@ def upgrade(home: HomeOption = None) -> None:
             continue
         steps = "; ".join(f"{s.version}: {s.summary}" for s in schema.pending(before))
         say(f"{schema.store:<18} {path}: version {before} -> {after} ({steps})", "green")
+
+
+@app.command()
+def grant(
+    role: Annotated[str, typer.Argument(help="The PostgreSQL role the workers connect as (it must exist).")],
+    database: DatabaseOption = None,
+) -> None:
+    """Give ROLE exactly what the application needs on every store of a PostgreSQL database:
+    SELECT and INSERT only on the append-only tables (published contracts, promotions, binding
+    records, the audit log), SELECT, INSERT, UPDATE, DELETE on the others. Run it as the owner,
+    after `charter db upgrade`; running it again changes nothing."""
+    chosen = _database(None, database)
+    if not chosen.is_postgres:
+        fail(
+            f"{chosen.shown} is a SQLite folder: roles and grants are PostgreSQL's; give --database "
+            "postgresql://OWNER@HOST/NAME (or set CHARTER_DATABASE_URL)"
+        )
+    from charter.cli._db_pg import pg_grant
+
+    pg_grant(chosen, role)
+
+
+# -- `charter db copy` (issue 19, H1a): a SQLite deployment into PostgreSQL ---------------------------
+
+
+@app.command()
+def copy(
+    source: Annotated[str, typer.Option("--from", help="The SQLite deployment: sqlite:FOLDER (its Charter home).")],
+    target: Annotated[str, typer.Option("--to", help="An empty PostgreSQL database: postgresql://USER@HOST/NAME.")],
+) -> None:
+    """Copy a SQLite deployment's audit log and registry into an empty PostgreSQL database.
+
+    Receipts are copied as stored (bytes untouched), so `charter audit verify` on the copy finds
+    the same head; the indexes are rebuilt from them. Keys stay in FOLDER/keys (not in any
+    database): run the workers with that home. Stop the deployment's processes first."""
+    from charter.audit._copy import copy_deployment
+    from charter.db import Database
+
+    try:
+        origin = Database.parse(source)
+        if origin.is_postgres:
+            fail(f"--from {origin.shown}: give the SQLite deployment as sqlite:FOLDER")
+        destination = Database.parse(target, home=origin.home)
+        report = copy_deployment(origin.home, destination)
+    except CharterError as error:
+        fail(error)
+    except Exception as error:  # psycopg's errors (imported lazily): the server refused or is down
+        if type(error).__module__.split(".")[0] not in ("psycopg", "psycopg_pool"):
+            raise
+        fail(f"{Database.parse(target).shown}: the copy failed, nothing was committed: {error}")
+    head = f"receipt {report.head[0]}, link {report.head[1]}" if report.head else "none"
+    say(
+        f"audit log: {report.receipts} receipts, {report.keys} keys, {report.backend_errors} withheld error texts "
+        f"copied into {destination.shown}; head {head}",
+        "green",
+    )
+    for table, count in report.registry.items():
+        say(f"registry: {count} rows of {table} copied")
+    for note in report.notes:
+        say(note)

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
     from charter.audit import AuditLog
     from charter.db import Database
+    from charter.deployment import Stores
     from charter.registry import Registry
-    from charter.server import CharterService, IdempotencyStore, TokenStore
-    from charter.ui import SessionStore
+    from charter.server import CharterService, TokenStore
 
 token_app = typer.Typer(help="API tokens: each acts for one principal with its scopes.", no_args_is_help=True)
 
@@ -107,38 +107,12 @@ def _service_over(registry: Registry, audit: AuditLog, replay: list[Path] | None
     return CharterService.create(registry=registry, audit=audit, agent=agent)
 
 
-@dataclass(frozen=True)
-class Stores:
-    """Every store `charter serve` uses, in one database (the fields of charter.deployment.Stores)."""
-
-    database: Database
-    registry: Registry
-    audit: AuditLog
-    idempotency: IdempotencyStore
-    sessions: SessionStore
-    tokens: TokenStore
-
-
 def _build_stores(database: Database, *, tokens: Path | None = None, lease_seconds: float = 30.0) -> Stores:
-    """The stores of one server process, opened in `database` (each worker opens its own).
+    """The stores of one server process, opened in `database` (each worker opens its own, after
+    the fork: a PostgreSQL pool is per process). SQLite: the files in `database.home`."""
+    from charter.deployment import open_stores
 
-    SQLite: the files in the folder `database.home`, as one `charter serve` always had them. A
-    PostgreSQL database is refused (UsageError) until the stores can live there."""
-    from charter.audit import AuditLog
-    from charter.registry import Registry
-    from charter.server import IdempotencyStore, TokenStore
-    from charter.ui import SessionStore
-
-    home = database.home
-    audit = AuditLog(database=database)  # refuses PostgreSQL, naming it, before anything is created
-    return Stores(
-        database=database,
-        registry=Registry(home / "charter.db"),
-        audit=audit,
-        idempotency=IdempotencyStore(home / "idempotency.db", lease_seconds=lease_seconds),
-        sessions=SessionStore(home / "ui-sessions.db"),
-        tokens=TokenStore(tokens or home / "tokens.yaml"),
-    )
+    return open_stores(database, lease_seconds=lease_seconds, tokens=tokens)
 
 
 def openapi_document() -> dict[str, object]:
@@ -338,6 +312,29 @@ def mcp(
         fail(error)
 
 
+TokenDatabaseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        metavar="URL",
+        help="A PostgreSQL deployment (postgresql://USER@HOST/NAME; default $CHARTER_DATABASE_URL) keeps its "
+        "tokens in the table api_tokens; a SQLite one (sqlite:FOLDER) in FOLDER/tokens.yaml, or --tokens.",
+    ),
+]
+
+
+def _token_store(tokens: Path | None, database: str | None) -> TokenStore:
+    """The deployment's tokens: the table of a PostgreSQL --database / $CHARTER_DATABASE_URL,
+    else the file (--tokens, else the SQLite folder's tokens.yaml, else $CHARTER_HOME's)."""
+    from charter.db import Database
+    from charter.server import TokenStore
+
+    chosen = Database.from_env(url=database) if database is not None or tokens is None else None
+    if chosen is not None and (chosen.is_postgres or database is not None):
+        return TokenStore(tokens, database=chosen)
+    return TokenStore(tokens)
+
+
 @token_app.command("add")
 def token_add(
     name: Annotated[str, typer.Argument(help="A name for the token's holder, e.g. upstream-ai.")],
@@ -345,6 +342,7 @@ def token_add(
     scope: ScopeOption = None,
     attr: AttrOption = None,
     tokens: TokensOption = None,
+    database: TokenDatabaseOption = None,
 ) -> None:
     """Create a token; it is printed once and only its sha256 is kept.
 
@@ -352,11 +350,9 @@ def token_add(
     now: one token may serve several contracts, and the gate checks the value against the
     type the contract version of each call declares (ATTRIBUTE_INVALID).
     """
-    from charter.server import TokenStore
-
     try:
         acting = principal_from(principal, scope, tokens=tokens, attributes=attr)
-        token = TokenStore(tokens).add(name, acting.id, sorted(acting.scopes), dict(acting.attributes))
+        token = _token_store(tokens, database).add(name, acting.id, sorted(acting.scopes), dict(acting.attributes))
     except CharterError as error:
         fail(error)
     print(token)
@@ -364,12 +360,14 @@ def token_add(
 
 
 @token_app.command("list")
-def token_list(tokens: TokensOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def token_list(
+    tokens: TokensOption = None,
+    database: TokenDatabaseOption = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """The tokens: name, principal, scopes (never the tokens themselves)."""
-    from charter.server import TokenStore
-
     try:
-        entries = TokenStore(tokens).entries()
+        entries = _token_store(tokens, database).entries()
     except CharterError as error:
         fail(error)
     if as_json:
@@ -387,12 +385,10 @@ def token_list(tokens: TokensOption = None, as_json: Annotated[bool, typer.Optio
 
 
 @token_app.command("revoke")
-def token_revoke(name: str, tokens: TokensOption = None) -> None:
+def token_revoke(name: str, tokens: TokensOption = None, database: TokenDatabaseOption = None) -> None:
     """Delete a token; servers stop accepting it at their next request."""
-    from charter.server import TokenStore
-
     try:
-        TokenStore(tokens).revoke(name)
+        _token_store(tokens, database).revoke(name)
     except CharterError as error:
         fail(error)
     say(f"revoked {name!r}")

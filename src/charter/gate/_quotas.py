@@ -12,10 +12,12 @@ them once the receipt is written. So two runs racing for the same key cannot bot
 total before either is counted. The lock has two layers:
 
 - in the process, the bucket (a hash of contract, quota and key, one of 2**20) is held by one thread;
-- across processes sharing one audit database (two `charter exec`), a POSIX record lock
-  (`fcntl.lockf`) on that bucket's byte of `<audit.db>.quota-locks`, held by the same thread
-  for the same span (charter.audit._locks, best effort). Not on Windows (no fcntl), nor when the
-  lock file cannot be opened: there the guarantee is within one process.
+- across processes sharing one audit log, the log's lock of that bucket (`AuditLog.lock`), held
+  by the same thread for the same span: on SQLite (two `charter exec`) a POSIX record lock
+  (`fcntl.lockf`) on that bucket's byte of `<audit.db>.quota-locks` (charter.audit._locks, best
+  effort: not on Windows (no fcntl), nor when the lock file cannot be opened: there the
+  guarantee is within one process); on PostgreSQL (several workers and hosts) an advisory lock
+  of the database, which every worker's reader of that log shares.
 
 Locks are taken in bucket order, all before any total is read, so two calls never wait on each
 other in a cycle. A `window: run` quota counts this run's calls only (kept in the session).
@@ -27,13 +29,12 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import cel
 import msgspec
 
-from charter.audit._locks import SideLock, side_lock
+from charter.audit._pg_locks import LogLock
 from charter.audit.quotas import QuotaReader
 from charter.audit.receipts import QuotaSeen
 from charter.compiler.artifact import GateTable, OperationRule, QuotaRule
@@ -42,8 +43,6 @@ from charter.contract.cel_guards import activation
 from charter.gate._receipts import Verdict
 
 __all__ = ["QuotaChecks", "QuotaHold", "QuotaSession", "utc_now"]
-
-_BUCKETS = 1 << 20
 
 
 def utc_now() -> datetime:
@@ -63,7 +62,7 @@ class QuotaHold:
     seen: tuple[QuotaSeen, ...] = ()
     at: str | None = None  # the decision's time, when quotas were checked
     windows: dict[str, int | None] = field(default_factory=dict)  # quota id -> window seconds (None: run)
-    _locks: list[SideLock] = field(default_factory=list)
+    _locks: list[LogLock] = field(default_factory=list)  # each: acquire(), release(), ordered
 
     @property
     def holds(self) -> bool:
@@ -140,8 +139,9 @@ class QuotaSession:
                     raise TypeError(f"quota {compiled.rule.id}: sum gave {type(value).__name__}, not an int")
                 amount = max(value, 0)  # a negative amount adds nothing: it never makes room
             planned.append((compiled.rule, key, amount))
+        reader = self._reader
         buckets = sorted(
-            {self._bucket(self._reader.path, q.id, key) for q, key, _ in planned if q.window_seconds is not None},
+            {reader.lock(self._checks.contract, q.id, key) for q, key, _ in planned if q.window_seconds is not None},
         )
         for lock in buckets:
             lock.acquire()
@@ -173,10 +173,6 @@ class QuotaSession:
                 denial = self._exceeded(rule, quota, total, amount)
         hold.seen = tuple(seen)
         return denial
-
-    def _bucket(self, database: Path, quota: str, key: str) -> SideLock:
-        bucket = f"{self._checks.contract}\0{quota}\0{key}"
-        return side_lock(database, ".quota-locks", bucket, slots=_BUCKETS, best_effort=True)
 
     def _exceeded(self, rule: OperationRule, quota: QuotaRule, total: int, amount: int) -> Verdict:
         note, boundary = self._note(quota.boundaries)

@@ -1,15 +1,16 @@
-"""The contract registry: immutable, versioned contract records in SQLite.
+"""The contract registry: immutable, versioned contract records in SQLite or PostgreSQL.
 
 A published version never changes: UPDATE and DELETE are refused by triggers in the
-database itself, not only by this API. Compiled artifacts are rebuilt from the stored
-canonical JSON (compilation is pure), so the registry stores one source of truth.
+database itself, not only by this API (on PostgreSQL also by privileges: the application's
+role is granted SELECT and INSERT only, `charter db grant ROLE`). Compiled artifacts are
+rebuilt from the stored canonical JSON (compilation is pure), so the registry stores one
+source of truth.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,11 +28,21 @@ from charter.contract.bindings import BoundModule
 from charter.contract.cel_guards import suggest
 from charter.contract.checker import CheckedContract, check_contract_data
 from charter.contract.model import Contract, SemVer
+from charter.db import Connection, Database, PgSchema, PgStep, write_transaction
+from charter.db._stores import is_integrity_error, open_schema, reachable
 from charter.errors import ChangeRefused, ContractNotFound, UndecidedDraft, UsageError, VersionConflict
 from charter.migrations import Schema, Step
 from charter.registry.diff import Change, diff_contracts
 
-__all__ = ["REGISTRY_SCHEMA", "PublishResult", "Registry", "VersionInfo", "charter_home", "parse_ref"]
+__all__ = [
+    "REGISTRY_PG_SCHEMA",
+    "REGISTRY_SCHEMA",
+    "PublishResult",
+    "Registry",
+    "VersionInfo",
+    "charter_home",
+    "parse_ref",
+]
 
 # The registry's schema, one step per version (charter.migrations); step 1 is release
 # 0.1.0's, idempotent so it adopts a 0.1 registry as it is.
@@ -106,6 +117,71 @@ REGISTRY_SCHEMA = Schema(
     ),
 )
 
+# The same tables in PostgreSQL: version 1 is the whole of SQLite's version 3 (there is no
+# PostgreSQL registry of an earlier release to adopt). Immutability is enforced twice: by the
+# triggers below (the words of SQLite's), which refuse even the tables' owner, and by
+# privileges: the application's role gets SELECT and INSERT only (`append_only`).
+_PG_REFUSE = """CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION '{message}'; END $$"""
+_PG_TRIGGER = "CREATE TRIGGER {table}_{what} BEFORE UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
+_PG_TRUNCATE = "CREATE TRIGGER {table}_{what}_truncate BEFORE TRUNCATE ON {table} EXECUTE FUNCTION {name}()"
+
+
+def _pg_refusal(table: str, what: str, message: str) -> tuple[str, ...]:
+    """A PL/pgSQL trigger refusing UPDATE, DELETE and TRUNCATE on `table` with `message`."""
+    name = f"charter_refuse_{table}"
+    return (
+        _PG_REFUSE.format(name=name, message=message),
+        _PG_TRIGGER.format(table=table, what=what, name=name),
+        _PG_TRUNCATE.format(table=table, what=what, name=name),
+    )
+
+
+REGISTRY_PG_SCHEMA = PgSchema(
+    "registry",
+    (
+        PgStep(
+            1,
+            "contract_versions (with published_by), contract_promotions, binding_modules; triggers that keep "
+            "all three immutable (the registry of SQLite schema version 3)",
+            (
+                """CREATE TABLE contract_versions (
+                    name TEXT NOT NULL,
+                    version TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    canonical TEXT NOT NULL,
+                    source_text TEXT NOT NULL,
+                    source_file TEXT NOT NULL,
+                    published_at TEXT NOT NULL,
+                    relaxation_approved INTEGER NOT NULL,
+                    published_by TEXT,
+                    PRIMARY KEY (name, version)
+                )""",
+                *_pg_refusal("contract_versions", "immutable", "published contract versions are immutable"),
+                """CREATE TABLE contract_promotions (
+                    name TEXT NOT NULL,
+                    major INTEGER NOT NULL,
+                    promoted_at TEXT NOT NULL,
+                    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY
+                )""",
+                *_pg_refusal("contract_promotions", "append_only", "promotions are a history: promote again instead"),
+                """CREATE TABLE binding_modules (
+                    name TEXT NOT NULL,
+                    version TEXT NOT NULL,
+                    module TEXT NOT NULL,
+                    root TEXT NOT NULL,
+                    path TEXT NOT NULL,
+                    sha256 TEXT NOT NULL,
+                    PRIMARY KEY (name, version, module)
+                )""",
+                *_pg_refusal("binding_modules", "immutable", "published binding records are immutable"),
+            ),
+        ),
+    ),
+    append_only=("contract_versions", "contract_promotions", "binding_modules"),
+    sequences=("contract_promotions_seq_seq",),
+)
+
 _SELECTOR = re.compile(r"(0|[1-9]\d*)(?:\.(0|[1-9]\d*)(?:\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?)?)?\Z")
 
 
@@ -154,63 +230,81 @@ class PublishResult:
 
 
 class Registry:
-    """Published contract versions in one SQLite file. Thread-safe.
+    """Published contract versions, in one SQLite file or a PostgreSQL database. Thread-safe.
 
-    Reads go through one held connection and are cached in memory: compiled contracts by
-    (name, version) for the registry's life (a published version never changes), and the
-    version lists and default majors until the file changes. A change by any other
-    connection, in this process or another (`charter contract publish`, `promote`), is seen
-    at the next read: `PRAGMA data_version` on the held connection tells it, for the cost of
-    one query."""
+    `Registry(path)`: the SQLite file `path` (default $CHARTER_HOME/charter.db).
+    `Registry(database=db)`: the registry of `db` (SQLite: `db.home / "charter.db"`; PostgreSQL:
+    its tables there, through the process's pool). Raises SchemaMismatch for a registry of another
+    schema version, StoreUnavailable when PostgreSQL cannot be reached.
 
-    def __init__(self, path: Path | str | None = None) -> None:
-        self.path = Path(path) if path is not None else charter_home() / "charter.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    Reads are cached in memory: compiled contracts by (name, version) for the registry's life
+    (a published version never changes), and the version lists and default majors until the
+    registry changes. A change by any other connection, in this process or another (`charter
+    contract publish`, `promote`), is seen at the next read: SQLite's `PRAGMA data_version` on a
+    held connection tells it; on PostgreSQL, `revision()` (both tables are append-only, so their
+    row counts grow with every change), each for the cost of one query."""
+
+    def __init__(self, path: Path | str | None = None, *, database: Database | None = None) -> None:
+        if database is None or not database.is_postgres:
+            if path is None:
+                path = (database.home if database is not None else charter_home()) / "charter.db"
+            self.path = Path(path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            database = Database("sqlite", f"sqlite:{self.path.parent}", self.path.parent)
+        else:
+            self.path = database.home / "charter.db"  # never opened: messages name database.shown
+        self.database = database
+        self._file = self.path.name
         with self._connect() as db:
-            REGISTRY_SCHEMA.open(db, self.path)  # created if new; another version is refused
+            open_schema(db, database, self._file, REGISTRY_SCHEMA, REGISTRY_PG_SCHEMA)  # another version is refused
         self._lock = threading.RLock()  # the reader and the caches below
-        self._reader: sqlite3.Connection | None = None
-        self._data_version: int | None = None  # the reader's PRAGMA data_version the caches are of
+        self._reader: Connection | None = None  # SQLite: the held connection the caches are checked on
+        self._data_version: object = None  # the marker (data_version, revision) the caches are of
         self._names: list[str] | None = None
         self._versions: dict[str, list[VersionInfo]] = {}
         self._majors: dict[str, int | None] = {}
         self._compiled: dict[tuple[str, str], CompiledContract] = {}  # immutable: never invalidated
 
-    def _read(self) -> sqlite3.Connection:
-        """The held connection, after dropping the caches if the file changed since they were
-        filled. Call with `_lock` held."""
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A connection to read on, after dropping the caches if the registry changed since they
+        were filled. Call with `_lock` held."""
+        if self.database.is_postgres:
+            with self._connect() as db:
+                self._fresh(_counts(db))
+                yield db
+            return
         if self._reader is None:
+            import sqlite3
+
             self._reader = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-        version = self._reader.execute("PRAGMA data_version").fetchone()[0]
+        self._fresh(self._reader.execute("PRAGMA data_version").fetchone()[0])
+        yield self._reader
+
+    def _fresh(self, version: object) -> None:
         if version != self._data_version:
             self._names, self._data_version = None, version
             self._versions.clear()
             self._majors.clear()
-        return self._reader
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+    def _connect(self) -> Iterator[Connection]:
+        """A connection (SQLite: a new one; PostgreSQL: from the pool). StoreUnavailable when
+        PostgreSQL cannot be reached."""
+        with reachable("registry", self.database), self.database.connect(self._file) as db:
             yield db
-        finally:
-            db.close()
 
     # reading
 
     def names(self) -> list[str]:
-        with self._lock:
-            db = self._read()
+        with self._lock, self._reading() as db:
             if self._names is None:
                 self._names = [r[0] for r in db.execute("SELECT DISTINCT name FROM contract_versions ORDER BY name")]
             return list(self._names)
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Every published version of `name`, oldest first by semantic version."""
-        with self._lock:
-            db = self._read()
+        with self._lock, self._reading() as db:
             found = self._versions.get(name)
             if found is None:
                 rows = db.execute(
@@ -233,15 +327,11 @@ class Registry:
         """A cheap marker that changes whenever a version is published or a major promoted
         (both tables are append-only), for servers that tell their clients the list changed."""
         with self._connect() as db:
-            row = db.execute(
-                "SELECT (SELECT COUNT(*) FROM contract_versions), (SELECT COUNT(*) FROM contract_promotions)"
-            ).fetchone()
-        return int(row[0]), int(row[1])
+            return _counts(db)
 
     def default_major(self, name: str) -> int | None:
         """The major line unpinned callers get: the last promoted, else the first published."""
-        with self._lock:
-            db = self._read()
+        with self._lock, self._reading() as db:
             if name in self._majors:
                 return self._majors[name]
             row = db.execute(
@@ -399,9 +489,17 @@ class Registry:
             published_by=published_by,
             relaxation_approved=allow_relaxation,
         )
-        with self._connect() as db:
-            try:
-                db.execute("BEGIN IMMEDIATE")
+        try:
+            with self._connect() as db, write_transaction(db):
+                # Checked again inside the write: a version published since `existing` was read
+                # (by another process) changes what this one may be. SQLite's BEGIN IMMEDIATE makes
+                # this transaction the only writer; on PostgreSQL (READ COMMITTED) a transaction-level
+                # advisory lock per contract name serializes its publishers the same way.
+                if self.database.is_postgres:
+                    db.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"charter registry publish {name}",))
+                now = {r[0] for r in db.execute("SELECT version FROM contract_versions WHERE name = ?", (name,))}
+                if now != set(existing):
+                    raise _Raced
                 db.execute(
                     "INSERT INTO contract_versions (name, version, sha256, canonical, source_text, source_file, "
                     "published_at, relaxation_approved, published_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -417,15 +515,16 @@ class Registry:
                         published_by,
                     ),
                 )
-                db.executemany(
-                    "INSERT INTO binding_modules VALUES (?, ?, ?, ?, ?, ?)",
-                    [(name, version, m.module, m.root, m.path, m.sha256) for m in compiled.modules],
-                )
-                db.execute("COMMIT")
-            except sqlite3.IntegrityError:
-                db.execute("ROLLBACK")
-                # Another publisher won the race for this version; let them explain.
-                return self.publish(checked, source_text, allow_relaxation=allow_relaxation, published_by=published_by)
+                for m in compiled.modules:
+                    db.execute(
+                        "INSERT INTO binding_modules VALUES (?, ?, ?, ?, ?, ?)",
+                        (name, version, m.module, m.root, m.path, m.sha256),
+                    )
+        except Exception as error:
+            if not isinstance(error, _Raced) and not is_integrity_error(error):
+                raise
+            # Another publisher got there first; publish again against what it published, to let it explain.
+            return self.publish(checked, source_text, allow_relaxation=allow_relaxation, published_by=published_by)
         return PublishResult(info, created=True, changes=changes)
 
     @staticmethod
@@ -448,6 +547,17 @@ class Registry:
 
 
 _MAX_PUBLISHER_CHARS = 200
+
+
+class _Raced(Exception):
+    """Another publisher published a version of the contract between the checks and the write."""
+
+
+def _counts(db: Connection) -> tuple[int, int]:
+    row = db.execute(
+        "SELECT (SELECT COUNT(*) FROM contract_versions), (SELECT COUNT(*) FROM contract_promotions)"
+    ).fetchone()
+    return int(row[0]), int(row[1])
 
 
 def _check_publisher(published_by: str | None) -> None:

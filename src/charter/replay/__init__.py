@@ -187,7 +187,7 @@ def _quota_divergences(record: RunRecord, contract: CompiledContract, log: Audit
     windows = {q.id: q.window_seconds for rule in contract.gate.operations.values() for q in rule.quotas}
     matched = 0
     for decision in (r for r in record.receipts if isinstance(r, Decision) and r.quotas):
-        totals = recount(log.path, decision, windows)
+        totals = recount(log, decision, windows)
         for seen in decision.quotas:
             if seen.id not in totals:
                 found.append(f"call {decision.call}: quota {seen.id} is not in the pinned contract; not recounted")

@@ -17,15 +17,24 @@ never opened is taken over and runs (nothing ran). Never a 409 forever, never a 
 execution. Leases are checked at claim time, so workers sharing one store resolve each
 other's orphans.
 
-Keys live in SQLite beside the audit log, for `ttl_hours` (default 24). A store holds one
-connection, shared by its threads under a lock: a claim costs one transaction, never a new
+Keys live beside the audit log, for `ttl_hours` (default 24): in SQLite (idempotency.db) or
+in PostgreSQL (table idempotency, every worker of a deployment sharing it). On SQLite a store
+holds one connection, shared by its threads under a lock: a claim costs one transaction, never a new
 connection, and this process's claims never wait in SQLite's sleeping busy handler (they
 queue on the lock; only another process writing the same file can make SQLite wait). A
 claim is committed durably (fsync) before its run starts: a lost claim would let a retry
 run the request again. A completion or a release is not fsynced on its own (it becomes
 durable with the next claim's commit or the WAL's checkpoint): if one is lost, the claim
 is still `running` and its lease runs out, and the next retry resolves it from the audit
-log (`Orphaned`) exactly as after a crash.
+log (`Orphaned`) exactly as after a crash. On PostgreSQL each call takes a connection from the
+process's pool and every commit is durable (synchronous_commit).
+
+One claim per (principal, key), across threads, store objects and processes: SQLite gets it
+from BEGIN IMMEDIATE (one writer per file); the claim is written so that it needs no more on
+PostgreSQL (READ COMMITTED): an `INSERT ... ON CONFLICT (principal, key) DO NOTHING` against
+the primary key decides the winner (a second inserter waits for the first's commit and then
+inserts nothing), and a take-over is one `UPDATE ... WHERE owner IS NOT DISTINCT FROM <the
+orphan's owner>`, which PostgreSQL re-checks on the row as the first taker committed it.
 """
 
 from __future__ import annotations
@@ -38,15 +47,19 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from charter._profile import component
 from charter.audit import SecretKey
+from charter.db import Connection, Database, PgSchema, PgStep, write_transaction
+from charter.db._stores import open_schema, reachable
 from charter.migrations import Schema, Step
 
 __all__ = [
+    "IDEMPOTENCY_PG_SCHEMA",
     "IDEMPOTENCY_SCHEMA",
     "Claimed",
     "IdempotencyStore",
@@ -96,6 +109,36 @@ IDEMPOTENCY_SCHEMA = Schema(
         ),
     ),
 )
+
+# The same table in PostgreSQL: version 1 is the whole of SQLite's version 2.
+IDEMPOTENCY_PG_SCHEMA = PgSchema(
+    "idempotency store",
+    (
+        PgStep(
+            1,
+            "idempotency keys by principal, with each claim's run, owner, lease and scopes (SQLite version 2)",
+            (
+                """CREATE TABLE idempotency (
+                    principal TEXT NOT NULL,
+                    key TEXT NOT NULL,
+                    request_sha256 TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    status INTEGER,
+                    body BYTEA,
+                    created DOUBLE PRECISION NOT NULL,
+                    run_id TEXT,
+                    owner TEXT,
+                    lease_expires DOUBLE PRECISION,
+                    scopes TEXT,
+                    PRIMARY KEY (principal, key)
+                )""",
+                "CREATE INDEX idempotency_created ON idempotency (created)",
+            ),
+        ),
+    ),
+    mutable=("idempotency",),
+)
+FILENAME = "idempotency.db"  # the SQLite file in the home
 
 DEFAULT_LEASE_SECONDS = 30.0
 _PRUNE_EVERY_SECONDS = 60.0  # expired keys are deleted at most this often (by index), not at every claim
@@ -173,10 +216,27 @@ def worker_id() -> str:
 
 class IdempotencyStore:
     """Keys by (principal, key). `lease_seconds`: how long a claim outlives a silent owner
-    (its heartbeat renews it every third of that)."""
+    (its heartbeat renews it every third of that).
 
-    def __init__(self, path: Path, *, ttl_hours: float = 24.0, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
-        self.path = path
+    `IdempotencyStore(path)`: the SQLite file `path`; `IdempotencyStore(database=db)`: the store
+    of `db` (SQLite: `db.home / "idempotency.db"`; PostgreSQL: its table there). Raises
+    SchemaMismatch for a store of another schema version; its methods raise StoreUnavailable
+    when PostgreSQL cannot be reached."""
+
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        database: Database | None = None,
+        ttl_hours: float = 24.0,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    ) -> None:
+        if database is None or not database.is_postgres:
+            if path is None:
+                path = (database.home if database is not None else _home()) / FILENAME
+            database = Database("sqlite", f"sqlite:{path.parent}", path.parent)
+        self.path = path if path is not None else database.home / FILENAME  # PostgreSQL: never opened
+        self.database = database
         self._ttl = ttl_hours * 3600
         self._lease = lease_seconds
         self.worker = worker_id()
@@ -184,30 +244,61 @@ class IdempotencyStore:
         self._live_lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None
         self._pruned = 0.0  # time.time() of the last pruning of expired keys
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        if database.is_postgres:
+            with self._session() as connection:
+                open_schema(connection, database, FILENAME, IDEMPOTENCY_SCHEMA, IDEMPOTENCY_PG_SCHEMA)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # One connection for the store's life, used by one thread at a time (`_lock`). The
         # timeout only matters when another process writes the same file.
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        IDEMPOTENCY_SCHEMA.open(self._db, path)  # created if new; another version is refused
+        open_schema(self._db, database, self.path.name, IDEMPOTENCY_SCHEMA, IDEMPOTENCY_PG_SCHEMA)
         # `finished` reads on a connection of its own: it is called on the event loop, where a
         # WAL reader never waits for the writer (nor for `_lock`, held across a claim's fsync).
-        self._reader = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
 
     def close(self) -> None:
-        """Close the store's connection (the store is not used after)."""
+        """Close the store's connections (the store is not used after; PostgreSQL's pool stays)."""
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
         with self._read_lock:
-            self._reader.close()
+            if self._reader is not None:
+                self._reader.close()
+
+    @contextmanager
+    def _session(self, *, durable: bool = True) -> Iterator[Connection]:
+        """The connection to write on. SQLite: the held one, under `_lock`, fsynced at commit
+        when `durable`. PostgreSQL: one from the pool (every commit is durable there).
+        StoreUnavailable when PostgreSQL cannot be reached."""
+        with component("idempotency"), reachable("idempotency store", self.database):
+            if self._db is None:
+                with self.database.connect(FILENAME) as connection:
+                    yield connection
+                return
+            with self._lock:
+                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                yield self._db
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with component("idempotency"), reachable("idempotency store", self.database):
+            if self._reader is None:
+                with self.database.connect(FILENAME) as connection:
+                    yield connection
+                return
+            with self._read_lock:
+                yield self._reader
 
     def _write(self, sql: str, parameters: tuple[object, ...], *, durable: bool) -> int:
         """One statement in its own transaction; its row count. `durable`: fsync at commit."""
-        with component("idempotency"), self._lock:
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            return self._db.execute(sql, parameters).rowcount
+        with self._session(durable=durable) as db:
+            return int(db.execute(sql, parameters).rowcount)
 
     def claim(
         self, principal: str, key: str, digest: str, *, run_id: str, scopes: Iterable[str]
@@ -217,32 +308,31 @@ class IdempotencyStore:
         Orphaned: its owner died; the caller resolves it from the audit log.
 
         Raises KeyReused (another request), ScopeMismatch (the token lacks a scope the first
-        one held) or KeyInProgress (the first request's owner is live)."""
+        one held) or KeyInProgress (the first request's owner is live); StoreUnavailable."""
         held = sorted(set(scopes))
         now = time.time()
-        with component("idempotency"), self._lock:
-            db = self._db
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if now - self._pruned > _PRUNE_EVERY_SECONDS:
-                    db.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
-                    self._pruned = now
-                row = db.execute(
-                    "SELECT request_sha256, state, status, body, run_id, owner, lease_expires, scopes "
-                    "FROM idempotency WHERE principal = ? AND key = ?",
-                    (principal, key),
-                ).fetchone()
-                if row is None:
-                    db.execute(
+        with self._session() as db:
+            if now - self._pruned > _PRUNE_EVERY_SECONDS:
+                db.execute("DELETE FROM idempotency WHERE created < ?", (now - self._ttl,))
+                self._pruned = now
+            row = None
+            while row is None:
+                with write_transaction(db):
+                    # The primary key decides the one winner per (principal, key): see the module.
+                    inserted = db.execute(
                         "INSERT INTO idempotency (principal, key, request_sha256, state, created, run_id, owner, "
-                        "lease_expires, scopes) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                        "lease_expires, scopes) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (principal, key) DO NOTHING",
                         (principal, key, digest, now, run_id, self.worker, now + self._lease, json.dumps(held)),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                    ).rowcount
+                    if inserted:
+                        break
+                    # Another claim holds the key; read it (gone again, released or pruned: claim again).
+                    row = db.execute(
+                        "SELECT request_sha256, state, status, body, run_id, owner, lease_expires, scopes "
+                        "FROM idempotency WHERE principal = ? AND key = ?",
+                        (principal, key),
+                    ).fetchone()
         if row is None:
             self._started(principal, key)
             return Claimed(run_id)
@@ -265,8 +355,8 @@ class IdempotencyStore:
         token holds every scope the first one held; otherwise None (`claim` decides). Reads only,
         claims nothing: an overloaded server answers a finished key's replay without a run slot, on
         its event loop (a connection of its own: no wait behind a claim's commit)."""
-        with component("idempotency"), self._read_lock:
-            row = self._reader.execute(
+        with self._reading() as reader:
+            row = reader.execute(
                 "SELECT request_sha256, state, status, body, scopes FROM idempotency "
                 "WHERE principal = ? AND key = ? AND created >= ?",
                 (principal, key, time.time() - self._ttl),
@@ -293,7 +383,7 @@ class IdempotencyStore:
         run_id = orphan.run_id
         taken = self._write(
             "UPDATE idempotency SET owner = ?, lease_expires = ?, run_id = ? WHERE principal = ? AND key = ? "
-            "AND state = 'running' AND owner IS ? AND run_id IS ?",
+            "AND state = 'running' AND owner IS NOT DISTINCT FROM ? AND run_id IS NOT DISTINCT FROM ?",
             (self.worker, time.time() + self._lease, run_id, principal, key, orphan.owner, orphan.run_id),
             durable=True,  # as a claim: the run starts next
         )
@@ -306,7 +396,7 @@ class IdempotencyStore:
         """Store the answer an orphaned claim's run resolved to; later retries replay it."""
         self._write(
             "UPDATE idempotency SET state = 'done', status = ?, body = ?, owner = ?, lease_expires = NULL "
-            "WHERE principal = ? AND key = ? AND state = 'running' AND run_id IS ?",
+            "WHERE principal = ? AND key = ? AND state = 'running' AND run_id IS NOT DISTINCT FROM ?",
             (response.status, response.body, self.worker, principal, key, orphan.run_id),
             durable=False,  # lost: the orphan is resolved from the audit log again, to the same answer
         )
@@ -354,18 +444,18 @@ class IdempotencyStore:
             if not live:
                 continue
             try:
-                with self._lock:
-                    self._db.execute("PRAGMA synchronous=NORMAL")
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        self._db.executemany(
+                with self._session(durable=False) as db, write_transaction(db):
+                    for p, k in live:
+                        db.execute(
                             "UPDATE idempotency SET lease_expires = ? WHERE principal = ? AND key = ? AND owner = ? "
                             "AND state = 'running'",
-                            [(time.time() + self._lease, p, k, self.worker) for p, k in live],
+                            (time.time() + self._lease, p, k, self.worker),
                         )
-                    except BaseException:
-                        self._db.execute("ROLLBACK")
-                        raise
-                    self._db.execute("COMMIT")
-            except sqlite3.Error:  # a busy store: the next beat tries again, well within the lease
+            except Exception:  # a busy or unreachable store: the next beat tries again, well within the lease
                 continue
+
+
+def _home() -> Path:
+    from charter._paths import charter_home
+
+    return charter_home()

@@ -2,7 +2,10 @@
 pages (one query path: `CharterService.list_runs` and `.overview` call these).
 
 Everything here reads the derived indexes of the audit log (`runs`, `denials`: see
-`charter.audit.index`), never a receipt body, on a read-only connection of its own.
+`charter.audit.index`), never a receipt body, through the log's reader (`AuditLog.reader`), so
+a log in SQLite or PostgreSQL serves the same pages: the statements are written once, in SQL
+both engines run (a derived table has an alias, each parameter is its own `?`, a day is the
+first 10 characters of an ISO-8601 UTC time).
 
 A query's values come from a URL: `parse_run_query` checks each and raises `RunQueryError`
 naming the parameter. Pages are keyset-paginated on the runs index's `opened_seq`, newest
@@ -14,9 +17,7 @@ from __future__ import annotations
 
 import base64
 import re
-import sqlite3
-from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -25,6 +26,7 @@ import msgspec
 
 from charter.audit import AuditLog
 from charter.audit.index import RunFilter, RunSummary, attempts_of, list_runs
+from charter.db import Connection
 from charter.errors import UsageError
 from charter.status import STATUSES
 
@@ -100,7 +102,7 @@ class RunRow(msgspec.Struct, frozen=True, kw_only=True):
 
 # The latest resume of the chain a run starts (an intent run: of its program runs' chains), from
 # the approvals index: approvals.logical_run_id names the chain's first run.
-# `{run}`: the run's id, a parameter or the outer query's column; the overview counts by it too.
+# `{run}`: the run's id, twice: two parameters or the outer query's column; the overview counts by it too.
 _LATEST_RESUME = (
     "SELECT r.run_id, r.status FROM approvals a JOIN runs r ON r.run_id = a.resume_run "
     "WHERE a.logical_run_id = {run} OR a.logical_run_id IN (SELECT c.run_id FROM runs c WHERE c.parent = {run}) "
@@ -108,10 +110,10 @@ _LATEST_RESUME = (
 )
 
 
-def _resumed(connection: sqlite3.Connection, run: RunSummary) -> Resumed | None:
+def _resumed(connection: Connection, run: RunSummary) -> Resumed | None:
     if run.status != "awaiting_approval":
         return None
-    found = connection.execute(_LATEST_RESUME.format(run="?1"), (run.run_id,)).fetchone()
+    found = connection.execute(_LATEST_RESUME.format(run="?"), (run.run_id, run.run_id)).fetchone()
     return None if found is None else Resumed(run_id=found[0], status=found[1])
 
 
@@ -210,13 +212,6 @@ def _cursor_seq(text: str) -> int:
     return int(digits)
 
 
-@contextmanager
-def _reading(log: AuditLog) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the log's indexes (the writer's transactions are not waited for: WAL)."""
-    with closing(sqlite3.connect(f"{log.path.as_uri()}?mode=ro", uri=True, timeout=10)) as connection:
-        yield connection
-
-
 def run_page(log: AuditLog, query: RunQuery, *, principal: str | None) -> RunPage:
     """One page of runs matching `query`, newest first. `principal`: only this principal's runs
     (None: everyone's; the caller decides who may see what). Runs an intent started are listed
@@ -232,7 +227,7 @@ def run_page(log: AuditLog, query: RunQuery, *, principal: str | None) -> RunPag
         run_prefix=query.run_prefix,
         top_level=query.run_prefix is None,
     )
-    with _reading(log) as connection:
+    with log.reader() as connection:
         found = list_runs(connection, filters, query.limit + 1, query.cursor)
         shown = found[: query.limit]
         rows = [
@@ -299,8 +294,17 @@ class Overview:
 
 # A run's status as its chain stands: a paused run resumed since counts as its latest resume.
 _CURRENT_STATUS = (
-    "CASE WHEN status = 'awaiting_approval' THEN coalesce((SELECT status FROM "
-    f"({_LATEST_RESUME.format(run='runs.run_id')})), status) ELSE status END"
+    "CASE WHEN status = 'awaiting_approval' THEN coalesce((SELECT latest.status FROM "
+    f"({_LATEST_RESUME.format(run='runs.run_id')}) AS latest), status) ELSE status END"
+)
+# Top-level runs opened since `?` (and the principal's, `{mine}`), counted by `{by}` (a column
+# of the derived table: `day` or `contract`) and their current status. Grouped over a derived
+# table, not by position: the status is a correlated subquery, which the engines group alike
+# only as a column.
+_RUNS_BY = (
+    "SELECT {by}, current_status, count(*) FROM (SELECT substr(opened_at, 1, 10) AS day, contract, "
+    f"{_CURRENT_STATUS} AS current_status FROM runs WHERE parent IS NULL AND opened_at >= ?{{mine}}) AS opened "
+    "GROUP BY {by}, current_status"
 )
 
 
@@ -308,49 +312,51 @@ def overview(log: AuditLog, *, principal: str | None, now: datetime | None = Non
     """The overview of runs visible to `principal` (None: everyone's), counted from the indexes."""
     today = (now or datetime.now(UTC)).astimezone(UTC).date()
     first = today - timedelta(days=OVERVIEW_DAYS - 1)
+    with log.reader() as connection:
+        return _overview(connection, principal, first)
+
+
+def _overview(connection: Connection, principal: str | None, first: date) -> Overview:
     since = datetime(first.year, first.month, first.day, tzinfo=UTC).isoformat(timespec="microseconds")
     mine, params = ("", [since]) if principal is None else (" AND principal = ?", [since, principal])
-    with _reading(log) as connection:
-        per_day: dict[str, dict[str, int]] = {}
-        for day, status, n in connection.execute(
-            f"SELECT substr(opened_at, 1, 10), {_CURRENT_STATUS}, count(*) FROM runs WHERE parent IS NULL "
-            f"AND opened_at >= ?{mine} GROUP BY 1, 2",
-            params,
-        ):
-            per_day.setdefault(day, {})[status] = n
-        per_contract: dict[str, dict[str, int]] = {}
-        for contract, status, n in connection.execute(
-            f"SELECT contract, {_CURRENT_STATUS}, count(*) FROM runs WHERE parent IS NULL AND opened_at >= ?{mine} "
-            "GROUP BY 1, 2",
-            params,
-        ):
-            per_contract.setdefault(contract, {})[status] = n
-        codes = [
-            Count(code, n, {"runs": runs})
-            for code, n, runs in connection.execute(
-                f"SELECT code, count(*), count(DISTINCT run_id) FROM denials WHERE at >= ?{mine} "
-                "GROUP BY code ORDER BY 2 DESC, 1 LIMIT ?",
-                (*params, TOP),
-            )
-        ]
-        boundaries = [
-            Count(boundary, n, detail=code)
-            for boundary, code, n in connection.execute(
+    per_day: dict[str, dict[str, int]] = {}
+    for day, status, n in connection.execute(_RUNS_BY.format(by="day", mine=mine), params).fetchall():
+        per_day.setdefault(day, {})[status] = n
+    per_contract: dict[str, dict[str, int]] = {}
+    for contract, status, n in connection.execute(_RUNS_BY.format(by="contract", mine=mine), params).fetchall():
+        per_contract.setdefault(contract, {})[status] = n
+    # Ranked here, not by ORDER BY: ties go by name, and the engines order text differently
+    # (SQLite by bytes, PostgreSQL by the database's collation). One row per code or (boundary,
+    # code) pair: a contract's few dozen at most.
+    codes = [
+        Count(code, n, {"runs": runs})
+        for code, n, runs in sorted(
+            connection.execute(
+                f"SELECT code, count(*), count(DISTINCT run_id) FROM denials WHERE at >= ?{mine} GROUP BY code",
+                params,
+            ).fetchall(),
+            key=lambda row: (-row[1], row[0]),
+        )[:TOP]
+    ]
+    boundaries = [
+        Count(boundary, n, detail=code)
+        for boundary, code, n in sorted(
+            connection.execute(
                 f"SELECT boundary, code, count(*) FROM denials WHERE at >= ? AND boundary IS NOT NULL{mine} "
-                "GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2 LIMIT ?",
-                (*params, TOP),
-            )
-        ]
-        unsealed_filter = RunFilter(status="interrupted", principal=principal)
-        unsealed = list_runs(connection, unsealed_filter, TOP)
-        [unsealed_total] = connection.execute(
-            f"SELECT count(*) FROM runs WHERE status = 'interrupted'{mine}", params[1:]
-        ).fetchone()
-        # Sealed, yet a call's effect is not known (its outcome was never learned): ever, not 14 days.
-        in_doubt = list_runs(connection, RunFilter(principal=principal, in_doubt=True), TOP)
-        [in_doubt_total] = connection.execute(
-            f"SELECT count(*) FROM runs WHERE in_doubt > 0{mine}", params[1:]
-        ).fetchone()
+                "GROUP BY boundary, code",
+                params,
+            ).fetchall(),
+            key=lambda row: (-row[2], row[0], row[1]),
+        )[:TOP]
+    ]
+    unsealed_filter = RunFilter(status="interrupted", principal=principal)
+    unsealed = list_runs(connection, unsealed_filter, TOP)
+    [unsealed_total] = connection.execute(
+        f"SELECT count(*) FROM runs WHERE status = 'interrupted'{mine}", params[1:]
+    ).fetchone()
+    # Sealed, yet a call's effect is not known (its outcome was never learned): ever, not 14 days.
+    in_doubt = list_runs(connection, RunFilter(principal=principal, in_doubt=True), TOP)
+    [in_doubt_total] = connection.execute(f"SELECT count(*) FROM runs WHERE in_doubt > 0{mine}", params[1:]).fetchone()
     days = []
     for offset in range(OVERVIEW_DAYS):
         day = (first + timedelta(days=offset)).isoformat()

@@ -2,7 +2,9 @@
 
 The file (default $CHARTER_HOME/tokens.yaml) is written by `charter token add` and read
 by `charter serve` / `charter mcp --http`, which re-read it when it changes, so a revoked
-token stops working without a restart.
+token stops working without a restart. A deployment on PostgreSQL keeps them in its table
+`api_tokens` instead (`TokenStore(database=...)`, charter.server._token_table), read at every
+lookup, so a token revoked anywhere is refused by every worker at once.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from charter.db import Database
 from charter.errors import InvalidPrincipal, UsageError
 from charter.principal import Principal, check_attributes, check_distinct, check_principal_id, check_scope
 from charter.registry import charter_home
+from charter.server._token_table import TokenTable
 
 __all__ = ["TokenEntry", "TokenStore", "token_digest"]
 
@@ -78,38 +82,73 @@ def token_digest(token: str) -> str:
 
 
 class TokenStore:
-    """The token file. Thread-safe; `authenticate` is a dictionary lookup by hash."""
+    """The token file, or a PostgreSQL deployment's `api_tokens` table. Thread-safe.
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or charter_home() / "tokens.yaml"
+    `TokenStore(path)`: the YAML file `path` (default $CHARTER_HOME/tokens.yaml);
+    `TokenStore(database=db)`: SQLite: the file `db.home / "tokens.yaml"`; PostgreSQL: the
+    table (SchemaMismatch for another version; StoreUnavailable when it cannot be reached).
+    With the file, `authenticate` is a dictionary lookup by hash; with the table, one query."""
+
+    def __init__(self, path: Path | None = None, *, database: Database | None = None) -> None:
+        self._table: TokenTable | None = None
+        if database is not None and database.is_postgres:
+            self._table = TokenTable(database)
+        elif path is None and database is not None:
+            path = database.home / "tokens.yaml"
+        self.path = path or charter_home() / "tokens.yaml"  # PostgreSQL: never read
+        self.where = self._table.where if self._table is not None else str(self.path)
         self._lock = threading.Lock()
         self._loaded_at: tuple[int, int] | None = None  # (mtime_ns, size) of what is in memory
         self._by_hash: dict[str, TokenEntry] = {}
 
     def entries(self) -> list[TokenEntry]:
+        if self._table is not None:
+            return list(self._validated({"tokens": self._table.rows()}).tokens)
         return list(self._read().tokens)
 
     def add(self, name: str, principal: str, scopes: list[str], attributes: dict[str, str] | None = None) -> str:
         """Create a token for `principal` with `attributes` (name -> value as text); returns it.
         It is shown this once and never stored."""
         token = _PREFIX + secrets.token_urlsafe(32)
+        if self._table is not None:
+            with self._table.adding() as (connection, rows):
+                self._table.insert(connection, self._new_entry(rows, name, principal, scopes, attributes, token))
+            return token
         with self._lock:
             data = self._read()
-            if any(e.name == name for e in data.tokens):
-                raise UsageError(f"{self.path}: a token named {name!r} exists; revoke it first or pick another name")
-            Principal(principal, frozenset(scopes), attributes or {})  # raises InvalidPrincipal for a bad one
-            check_distinct(principal, (e.principal for e in data.tokens), where=f"the token file {self.path}")
-            entry = TokenEntry(
-                name=name,
-                principal=principal,
-                scopes=sorted(set(scopes)),
-                attributes=dict(sorted((attributes or {}).items())),
-                sha256=token_digest(token),
-            )
-            self._write(_TokenFile(tokens=[*data.tokens, entry]))
+            entry = self._new_entry([e.model_dump() for e in data.tokens], name, principal, scopes, attributes, token)
+            self._write(_TokenFile(tokens=[*data.tokens, TokenEntry.model_validate(entry)]))
         return token
 
+    def _new_entry(
+        self,
+        existing: list[dict[str, object]],
+        name: str,
+        principal: str,
+        scopes: list[str],
+        attributes: dict[str, str] | None,
+        token: str,
+    ) -> dict[str, object]:
+        """The new token's entry, checked against the `existing` ones (UsageError, InvalidPrincipal)."""
+        if any(e["name"] == name for e in existing):
+            raise UsageError(f"{self.where}: a token named {name!r} exists; revoke it first or pick another name")
+        Principal(principal, frozenset(scopes), attributes or {})  # raises InvalidPrincipal for a bad one
+        where = f"the token file {self.path}" if self._table is None else self.where
+        check_distinct(principal, (str(e["principal"]) for e in existing), where=where)
+        return TokenEntry(
+            name=name,
+            principal=principal,
+            scopes=sorted(set(scopes)),
+            attributes=dict(sorted((attributes or {}).items())),
+            sha256=token_digest(token),
+        ).model_dump()
+
     def revoke(self, name: str) -> None:
+        if self._table is not None:
+            if not self._table.delete(name):
+                names = ", ".join(str(row["name"]) for row in self._table.rows()) or "none"
+                raise UsageError(f"{self.where}: no token is named {name!r} (tokens: {names})")
+            return
         with self._lock:
             data = self._read(revoking=True)
             kept = [e for e in data.tokens if e.name != name]
@@ -122,20 +161,22 @@ class TokenStore:
         """The principal a presented token acts for, or None."""
         if not token:
             return None
-        with self._lock:
-            self._refresh()
-            entry = self._by_hash.get(token_digest(token))
+        entry = self.by_digest(token_digest(token))
         return None if entry is None else Principal(entry.principal, frozenset(entry.scopes), entry.attributes)
 
     def by_digest(self, sha256: str) -> TokenEntry | None:
         """The entry of the token whose sha256 is `sha256`, or None (unknown, or revoked since):
         a review-app session is bound to its token this way (charter.ui)."""
+        if self._table is not None:
+            return next(iter(self._looked_up("WHERE sha256 = ?", (sha256,))), None)
         with self._lock:
             self._refresh()
             return self._by_hash.get(sha256)
 
     def named(self, name: str) -> TokenEntry | None:
         """The entry named `name` (`charter token add NAME ...`), or None."""
+        if self._table is not None:
+            return next(iter(self._looked_up("WHERE name = ?", (name,))), None)
         with self._lock:
             self._refresh()
             return next((e for e in self._by_hash.values() if e.name == name), None)
@@ -145,13 +186,29 @@ class TokenStore:
         its tokens and the attributes of its most recent one (the file keeps tokens in the
         order they were added); None when it holds no token (revoked). A resumed run acts as
         its requester with these (charter.approvals.resume)."""
-        with self._lock:
-            self._refresh()
-            entries = [e for e in self._by_hash.values() if e.principal == principal_id]
+        if self._table is not None:
+            entries = self._looked_up("WHERE principal = ?", (principal_id,))
+        else:
+            with self._lock:
+                self._refresh()
+                entries = [e for e in self._by_hash.values() if e.principal == principal_id]
         if not entries:
             return None
         scopes = frozenset(s for e in entries for s in e.scopes)
         return Principal(principal_id, scopes, dict(entries[-1].attributes))
+
+    def _looked_up(self, where: str, parameters: tuple[str, ...]) -> list[TokenEntry]:
+        """The table's tokens matching `where`; a row that is not a valid token is refused (fail
+        closed: it authenticates no one), with a message on stderr naming it."""
+        assert self._table is not None
+        found = []
+        for row in self._table.rows(where, parameters):
+            try:
+                found.append(TokenEntry.model_validate(row))
+            except ValidationError as error:
+                first = error.errors()[0]
+                print(f"charter: {self.where}: token {row['name']!r}: {first['msg']}; it is refused", file=sys.stderr)
+        return found
 
     def _refresh(self) -> None:
         try:
@@ -183,14 +240,20 @@ class TokenStore:
                     f"{TOKEN_FILE_VERSION}, the newest this release of Charter reads: a later release wrote it; "
                     "use that release or a newer one (`pip install --upgrade charter`)"
                 )
-            loaded = _TokenFile.model_validate(data, context={_REVOKING: revoking})
         except yaml.YAMLError as error:
             raise UsageError(f"{self.path}: not valid YAML: {error}") from None
+        return self._validated(data, revoking=revoking)
+
+    def _validated(self, data: object, *, revoking: bool = False) -> _TokenFile:
+        """The tokens of `data` (the file's YAML, or the table's rows), checked: UsageError
+        naming the token and the field otherwise."""
+        try:
+            loaded = _TokenFile.model_validate(data, context={_REVOKING: revoking})
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise UsageError(
-                f"{self.path}: {where}: {first['msg']} (each token is name, principal, scopes, attributes, sha256; "
+                f"{self.where}: {where}: {first['msg']} (each token is name, principal, scopes, attributes, sha256; "
                 f"`charter token add` writes them){self._revoke_hint(data, first['loc'])}"
             ) from None
         if revoking:
@@ -201,7 +264,7 @@ class TokenStore:
                 check_distinct(entry.principal, (e.principal for e in loaded.tokens[:index]), where="the file")
             except InvalidPrincipal as error:
                 raise UsageError(
-                    f"{self.path}: tokens.{index}.principal: {error}; revoke one: `charter token revoke {entry.name}`"
+                    f"{self.where}: tokens.{index}.principal: {error}; revoke one: `charter token revoke {entry.name}`"
                 ) from None
         return loaded
 
