@@ -352,7 +352,9 @@ def audit_check(log_path: Path, expected_run_ids: list[str], *, database: str | 
     from charter.audit import AuditLog, Opened, verify_log
     from charter.db import Database
 
-    log = AuditLog(database=Database.parse(database)) if database is not None else AuditLog(log_path)
+    # On PostgreSQL the home still holds the keys the workers signed with (keys/).
+    where = Database.parse(database, home=log_path.parent) if database is not None else None
+    log = AuditLog(database=where) if where is not None else AuditLog(log_path)
     runs = [r for r in log.runs() if isinstance(r.opened, Opened)]
     logged = Counter(r.run_id for r in runs)
     expected = Counter(expected_run_ids)

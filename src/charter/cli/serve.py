@@ -182,7 +182,7 @@ def serve(
     from charter._profile import install_signal
     from charter.db import DATABASE_ENV, Database
     from charter.server._uvicorn import listen, run, url_host
-    from charter.server._workers import MAX_WORKERS, supervise
+    from charter.server._workers import MAX_WORKERS, prepare_in_child, supervise
 
     host, port = host_port(address)
     checked_admission(max_runs, queue)
@@ -195,6 +195,9 @@ def serve(
         sock = listen(host, port)  # a port in use is an error before the server is announced
         settings = _Settings(host, tokens, replay, lease, max_runs, queue, approval_webhook)
         if workers > 1:
+            # Every store opened (created, on a new database) once before the workers, in a child.
+            if not prepare_in_child(lambda: _build_stores(chosen, tokens=tokens, lease_seconds=lease).close()):
+                raise typer.Exit(1)
             say(
                 f"Charter API on http://{url_host(host)}:{port} with {workers} workers, stores in {chosen.shown}  "
                 "(OpenAPI: /openapi.json, docs: /docs; review app: /ui)"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from charter.errors import CharterError
 
-__all__ = ["MAX_WORKERS", "STARTUP_FAILED", "WORKER_ENV", "supervise", "worker_number"]
+__all__ = ["MAX_WORKERS", "STARTUP_FAILED", "WORKER_ENV", "prepare_in_child", "supervise", "worker_number"]
 
 WORKER_ENV = "CHARTER_WORKER"
 MAX_WORKERS = 64
@@ -95,6 +95,30 @@ def _ended(status: int) -> str:
         number = os.WTERMSIG(status)
         return f"killed by {signal.Signals(number).name}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def prepare_in_child(prepare: Callable[[], None]) -> bool:
+    """Run `prepare()` in a child process and wait for it; False (its `error: ...` printed) if it
+    raised a CharterError or failed. Workers opening a new database at once would each try to
+    create its schema: this creates it once, before any worker, and the parent still opens no
+    store, pool or thread of its own."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            prepare()
+            status = 0
+        except CharterError as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            status = STARTUP_FAILED
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def supervise(sock: socket.socket, count: int, start_worker: Callable[[int], None]) -> int:
