@@ -149,7 +149,9 @@ def run_workers_bench(
     accepted_in: dict[str | None, list[str]] = {}  # per PostgreSQL database: every run accepted there so far
     token_in: dict[str, str] = {}  # the token added to a PostgreSQL database by its first configuration
     for index, (url, count) in enumerate(_configurations(workers, database)):
-        folder = home / f"{index}-{'postgresql' if url else 'sqlite'}-{count}"
+        # One home for a PostgreSQL database's configurations: its log is checked whole, with the
+        # keys its workers signed with (keys/ in the home), so they must all sign with the same ones.
+        folder = home / ("postgresql" if url else f"{index}-sqlite-{count}")
         folder.mkdir(parents=True, exist_ok=True)
         token = token_in.get(url) if url is not None else None
         with _servers(folder, runs, waiting, workers=count, database=url, token=token) as servers:
