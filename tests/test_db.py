@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,29 @@ def _insert_then_fail(connection: Connection) -> None:
     with write_transaction(connection):
         connection.execute("INSERT INTO things VALUES (?, ?)", ("b", 3))
         raise RuntimeError("rolled back")
+
+
+def test_processes_creating_one_store_at_once_all_open_it(pg_url: str) -> None:
+    """Workers starting together against an empty database: one creates the store, the others
+    wait for its advisory lock and then find it at their version (not "older than version 1")."""
+    database = Database.parse(pg_url)
+    schema = PgSchema("things", (_V1, _V2))
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            with database.pg_connection() as connection:
+                start.wait(timeout=60)
+                schema.open(connection, database.shown)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_it) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with database.pg_connection() as connection:
+        assert pg_versions(connection) == {"things": 2}

@@ -5,8 +5,8 @@ A PostgreSQL database holds every store, so its versions live in one table, one 
     charter_schema (store TEXT PRIMARY KEY, version INTEGER NOT NULL, upgraded_at TIMESTAMPTZ)
 
 Step N takes a store from version N-1 to N, in the same transaction as the row's new version;
-a transaction-level advisory lock (`pg_advisory_xact_lock`) keeps two processes from migrating
-at once. The rules are SQLite's (charter.migrations): a store with no row and no tables is
+a session advisory lock taken before the transaction (`_migrating`) keeps two processes from
+migrating at once. The rules are SQLite's (charter.migrations): a store with no row and no tables is
 created at the current version on open; one at the current version opens; a newer one is
 refused naming both versions; an older one is refused with `charter db upgrade --database URL`.
 
@@ -18,7 +18,8 @@ a step (yoyo) for ~100 lines of code, and could not share the backfill functions
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -93,19 +94,19 @@ class PgSchema:
         if found == self.version:
             return
         if found is None:
-            with connection.transaction():
-                _lock(connection)
-                found = self._found(connection)
+            with _migrating(connection):
+                found = self._found(connection)  # another process may have created it meanwhile
                 if found is None:
                     self._apply(connection, 0)
                     return
+            if found == self.version:
+                return
         raise self._mismatch(found, where)
 
     def upgrade(self, connection: PgConnection, where: str) -> tuple[int, int]:
         """Migrate to this release's version in one transaction: (version before, after).
         A store with no row is created (before: 0). Raises SchemaMismatch for a newer store."""
-        with connection.transaction():
-            _lock(connection)
+        with _migrating(connection):
             found = self._found(connection) or 0
             if found > self.version:
                 raise self._mismatch(found, where)
@@ -161,8 +162,20 @@ def pg_versions(connection: PgConnection) -> dict[str, int]:
     return {str(store): int(version) for store, version in rows}
 
 
-def _lock(connection: PgConnection) -> None:
-    connection.execute("SELECT pg_advisory_xact_lock(?)", (_LOCK_KEY,))
+@contextmanager
+def _migrating(connection: PgConnection) -> Iterator[None]:
+    """One migration at a time in the database: the session advisory lock, THEN a transaction.
+
+    In this order, not a transaction-level lock taken inside the transaction: a transaction that
+    began before another process committed a new table keeps its catalog caches (PostgreSQL
+    reads invalidations at transaction start and when it locks a relation, not when it takes an
+    advisory lock), so it would not see the table and would try to create it again."""
+    connection.execute("SELECT pg_advisory_lock(?)", (_LOCK_KEY,))
+    try:
+        with connection.transaction():
+            yield
+    finally:
+        connection.execute("SELECT pg_advisory_unlock(?)", (_LOCK_KEY,))
 
 
 def _has_table(connection: PgConnection) -> bool:
