@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from charter.db import Connection, Database, PgConnection, PgSchema, PgStep, pg_versions, write_transaction
+from charter.db import Connection, Database, PgConnection, PgSchema, PgStep, pg_ddl, pg_versions, write_transaction
 from charter.db._postgres import pg_sql
 from charter.errors import SchemaMismatch, UsageError
 
@@ -135,3 +135,9 @@ def test_processes_creating_one_store_at_once_all_open_it(pg_url: str) -> None:
     assert errors == []
     with database.pg_connection() as connection:
         assert pg_versions(connection) == {"things": 2}
+
+
+def test_sqlite_ddl_is_typed_for_postgres_and_nothing_else_changes() -> None:
+    assert pg_ddl(("CREATE TABLE t (a INTEGER NOT NULL, b BLOB, c REAL, intent TEXT, integers_seen INTEGER)",)) == (
+        "CREATE TABLE t (a BIGINT NOT NULL, b BYTEA, c DOUBLE PRECISION, intent TEXT, integers_seen BIGINT)",
+    )

@@ -15,13 +15,17 @@ writers need (design19.md, "The audit log with concurrent writers"):
 
 Append-only twice: triggers refuse UPDATE, DELETE and TRUNCATE of receipts with the SQLite
 triggers' words, and `grants(role)` gives the application's role SELECT and INSERT only on
-receipts. The indexes (runs, denials, quota_counts, approvals) are the SQLite ones with BIGINT
-for a log_seq; the index functions write to them with SQL both engines take.
+receipts. The indexes (runs, denials, quota_counts, approvals) are made by the SQLite steps' own
+statements, typed for PostgreSQL (`charter.db.pg_ddl`: INTEGER is BIGINT); the index functions
+write to them with SQL both engines take.
 """
 
 from __future__ import annotations
 
-from charter.db import PgSchema, PgStep
+from charter.approvals._index import APPROVALS_INDEX_SQL
+from charter.audit.index import DENIALS_INDEX_SQL, IN_DOUBT_INDEX_SQL, RUNS_INDEX_SQL
+from charter.audit.quotas import QUOTA_INDEX_SQL
+from charter.db import PgSchema, PgStep, pg_ddl
 
 __all__ = ["AUDIT_PG_SCHEMA", "LOG_SEQ_SEQUENCE"]
 
@@ -92,84 +96,11 @@ AUDIT_PG_SCHEMA = PgSchema(
                     message        TEXT NOT NULL,
                     PRIMARY KEY (run_id, call)
                 )""",
-                """CREATE TABLE runs (
-                    run_id           TEXT PRIMARY KEY,
-                    kind             TEXT NOT NULL,
-                    contract         TEXT NOT NULL,
-                    version          TEXT NOT NULL,
-                    contract_sha256  TEXT NOT NULL,
-                    principal        TEXT NOT NULL,
-                    intent           TEXT,
-                    status           TEXT NOT NULL,
-                    cause            TEXT,
-                    denial_code      TEXT,
-                    denial_operation TEXT,
-                    opened_at        TEXT NOT NULL,
-                    sealed_at        TEXT,
-                    parent           TEXT,
-                    opened_seq       BIGINT NOT NULL UNIQUE,
-                    in_doubt         INTEGER
-                )""",
-                "CREATE INDEX runs_by_status ON runs (status, opened_seq)",
-                "CREATE INDEX runs_by_parent ON runs (parent)",
-                "CREATE INDEX runs_by_contract ON runs (contract, opened_seq)",
-                "CREATE INDEX runs_by_principal ON runs (principal, opened_seq)",
-                "CREATE INDEX runs_by_denial_code ON runs (denial_code, opened_seq)",
-                "CREATE INDEX runs_in_doubt ON runs (in_doubt) WHERE in_doubt > 0",
-                """CREATE TABLE denials (
-                    log_seq    BIGINT PRIMARY KEY,
-                    run_id     TEXT NOT NULL,
-                    principal  TEXT NOT NULL,
-                    contract   TEXT NOT NULL,
-                    version    TEXT NOT NULL,
-                    operation  TEXT NOT NULL,
-                    code       TEXT NOT NULL,
-                    boundary   TEXT,
-                    clause     TEXT,
-                    at         TEXT NOT NULL
-                )""",
-                "CREATE INDEX denials_by_time ON denials (at)",
-                "CREATE INDEX denials_by_principal ON denials (principal, at)",
-                """CREATE TABLE quota_counts (
-                    contract TEXT NOT NULL,
-                    quota    TEXT NOT NULL,
-                    key      TEXT NOT NULL,
-                    at       TEXT NOT NULL,
-                    amount   BIGINT NOT NULL,
-                    run_id   TEXT NOT NULL,
-                    call     BIGINT NOT NULL,
-                    counted  INTEGER NOT NULL DEFAULT 1,
-                    PRIMARY KEY (run_id, call, quota)
-                )""",
-                "CREATE INDEX quota_counts_by_key ON quota_counts (contract, quota, key, at, counted, amount)",
-                """CREATE TABLE approvals (
-                    approval_id      TEXT PRIMARY KEY,
-                    run_id           TEXT NOT NULL,
-                    logical_run_id   TEXT NOT NULL,
-                    contract         TEXT NOT NULL,
-                    version          TEXT NOT NULL,
-                    contract_sha256  TEXT NOT NULL,
-                    operation        TEXT NOT NULL,
-                    call             BIGINT NOT NULL,
-                    principal        TEXT NOT NULL,
-                    reason           TEXT NOT NULL,
-                    approver_scope   TEXT NOT NULL,
-                    requested_at     TEXT NOT NULL,
-                    expires          TEXT NOT NULL,
-                    status           TEXT NOT NULL,
-                    decided_by       TEXT,
-                    decided_at       TEXT,
-                    decision_reason  TEXT,
-                    expired          INTEGER NOT NULL DEFAULT 0,
-                    decision_log_seq BIGINT,
-                    resume_run       TEXT,
-                    resume_sealed    INTEGER NOT NULL DEFAULT 0,
-                    resume_runs      TEXT NOT NULL DEFAULT '[]',
-                    request_log_seq  BIGINT NOT NULL UNIQUE
-                )""",
-                "CREATE INDEX approvals_by_status ON approvals (status, expires)",
-                "CREATE INDEX approvals_by_contract ON approvals (contract, request_log_seq)",
-                "CREATE INDEX approvals_by_resume ON approvals (resume_run)",
+                # The indexes beside the log: the SQLite steps' own statements (charter.audit.index,
+                # .quotas, charter.approvals._index), typed for PostgreSQL, so the two cannot drift.
+                *pg_ddl(
+                    RUNS_INDEX_SQL + DENIALS_INDEX_SQL + IN_DOUBT_INDEX_SQL + QUOTA_INDEX_SQL + APPROVALS_INDEX_SQL
+                ),
             ),
         ),
     ),

@@ -16,7 +16,7 @@ PostgreSQL as `charter.migrations.Schema` does in a SQLite file.
 from __future__ import annotations
 
 from charter.db._postgres import PgConnection, close_pools, pg_pool
-from charter.db._schema import PG_SCHEMA_TABLE, PgSchema, PgStep, pg_versions
+from charter.db._schema import PG_SCHEMA_TABLE, PgSchema, PgStep, pg_ddl, pg_versions
 from charter.db._url import DATABASE_ENV, Connection, Cursor, Database, write_transaction
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "PgSchema",
     "PgStep",
     "close_pools",
+    "pg_ddl",
     "pg_pool",
     "pg_versions",
     "write_transaction",

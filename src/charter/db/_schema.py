@@ -18,6 +18,7 @@ a step (yoyo) for ~100 lines of code, and could not share the backfill functions
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from charter.migrations import check_numbered
 if TYPE_CHECKING:
     from charter.db._postgres import PgConnection
 
-__all__ = ["PG_SCHEMA_TABLE", "PgSchema", "PgStep", "pg_versions"]
+__all__ = ["PG_SCHEMA_TABLE", "PgSchema", "PgStep", "pg_ddl", "pg_versions"]
 
 PG_SCHEMA_TABLE = "charter_schema"
 _LOCK_KEY = 0x43484152  # "CHAR": the advisory lock every migration takes
@@ -152,6 +153,27 @@ class PgSchema:
             found=found,
             expected=self.version,
         )
+
+
+_SQLITE_TYPES = (
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),  # SQLite's INTEGER is 64-bit; PostgreSQL's is 32
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+)
+
+
+def pg_ddl(statements: tuple[str, ...]) -> tuple[str, ...]:
+    """SQLite DDL as PostgreSQL takes it: the column types renamed (INTEGER -> BIGINT, BLOB ->
+    BYTEA, REAL -> DOUBLE PRECISION), nothing else. For the plain tables both engines share (the
+    indexes beside the log), so a store's two schemas are one text; a statement with SQLite-only
+    syntax (AUTOINCREMENT, a trigger's RAISE) must be written for PostgreSQL instead."""
+    return tuple(_typed(statement) for statement in statements)
+
+
+def _typed(statement: str) -> str:
+    for pattern, name in _SQLITE_TYPES:
+        statement = pattern.sub(name, statement)
+    return statement
 
 
 def pg_versions(connection: PgConnection) -> dict[str, int]:
