@@ -1,0 +1,298 @@
+"""Issue 19's pieces together on a real PostgreSQL server: several writer streams with the signed
+checkpoints kept outside the database (`charter audit head`, `verify --head`), the `charter audit`
+commands with CHARTER_DATABASE_URL set, the advisory locks' use of the connection pool, and a
+writer process killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from charter.audit import AuditLog, verify_log
+from charter.audit._pg_locks import PgLock
+from charter.db import Database
+from tests.conftest import ROOT, charter
+from tests.test_audit_pg import pg_log, tamper, write_run
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def latest(path: Path) -> dict[str, dict[str, Any]]:
+    """Each stream's latest checkpoint in a checkpoint file."""
+    found: dict[str, dict[str, Any]] = {}
+    for line in lines(path):
+        if line["stream"] not in found or line["stream_seq"] >= found[line["stream"]]["stream_seq"]:
+            found[line["stream"]] = line
+    return found
+
+
+@pytest.fixture
+def pg_home(charter_home: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """CHARTER_HOME (keys, checkpoints.jsonl) with its log in PostgreSQL: CHARTER_DATABASE_URL set,
+    as a deployment's workers and the operator's `charter` commands see it."""
+    monkeypatch.setenv("CHARTER_DATABASE_URL", pg_url)
+    return charter_home, pg_url
+
+
+def two_writers(home: Path, url: str) -> tuple[AuditLog, AuditLog]:
+    """Two writers (two AuditLog objects: two streams), three runs of 4 receipts each, interleaved;
+    closed, so each has written its last checkpoint."""
+    first, second = pg_log(url, home), pg_log(url, home)
+    for _ in range(3):
+        write_run(first)
+        write_run(second)
+    first.close()
+    second.close()
+    assert first.stream
+    assert second.stream
+    assert first.stream != second.stream
+    return first, second
+
+
+# -- checkpoints of several streams -----------------------------------------------------------------
+
+
+def test_checkpoints_and_audit_head_hold_every_writer_stream(pg_home: tuple[Path, str]) -> None:
+    home, url = pg_home
+    first, second = two_writers(home, url)
+    checkpoints = home / "checkpoints.jsonl"
+    kept = latest(checkpoints)
+    assert set(kept) == {first.stream, second.stream}
+    heads = first.stream_heads()
+    for stream, line in kept.items():
+        assert (line["stream_seq"], line["log_seq"], line["link"]) == (
+            12,
+            heads[stream].log_seq,
+            heads[stream].link,
+        )
+
+    printed = charter("audit", "head")
+    assert printed.returncode == 0, printed.stderr
+    printed_heads = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert [(h["stream"], h["stream_seq"], h["link"]) for h in printed_heads] == sorted(
+        (h.stream, h.stream_seq, h.link) for h in heads.values()
+    )
+    kept_file = home / "kept-head.jsonl"
+    kept_file.write_text(printed.stdout, encoding="utf-8")
+    for given in (checkpoints, kept_file):
+        checked = charter("audit", "verify", "--head", str(given))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "ok: 24 receipts in 6 runs (6 sealed)" in checked.stdout
+
+
+def test_a_stream_tail_cut_with_its_head_row_rewritten_is_found_only_by_the_checkpoints(
+    pg_home: tuple[Path, str],
+) -> None:
+    home, url = pg_home
+    first, _ = two_writers(home, url)
+    stream = first.stream
+    assert stream
+    checkpoints = home / "checkpoints.jsonl"
+    kept = latest(checkpoints)[stream]
+    eighth = first.stored_in_stream(stream, 8)
+    assert eighth is not None
+    # The superuser past the triggers: the stream's last run is deleted and its head row made to
+    # name the new last receipt, so the log is consistent from inside.
+    tamper(
+        url,
+        ("DELETE FROM receipts WHERE stream = %s AND stream_seq > 8", (stream,)),
+        (
+            "UPDATE stream_heads SET stream_seq = 8, log_seq = %s, link = %s WHERE stream = %s",
+            (eighth.log_seq, eighth.link, stream),
+        ),
+    )
+    plain = charter("audit", "verify")
+    assert plain.returncode == 0, plain.stdout  # plain verify cannot see it: the head row was rewritten too
+    assert "ok: 20 receipts in 5 runs (5 sealed)" in plain.stdout
+
+    checked = charter("audit", "verify", "--head", str(checkpoints))
+    assert checked.returncode == 1, checked.stdout
+    assert (
+        f"BROKEN log: truncated: stream {json.dumps(stream)} held receipt 12 (link {kept['link'][:16]}…) at "
+        f"checkpoint time {kept['at']}; the log ends at 8\n"
+    ) in checked.stdout
+    assert "FAILED (1 problems)" in checked.stdout
+
+
+def test_a_whole_stream_deleted_with_its_head_row_is_missing_from_the_checkpoints(
+    pg_home: tuple[Path, str],
+) -> None:
+    home, url = pg_home
+    _, second = two_writers(home, url)
+    stream = second.stream
+    assert stream
+    checkpoints = home / "checkpoints.jsonl"
+    kept = latest(checkpoints)[stream]
+    tamper(
+        url,
+        ("DELETE FROM receipts WHERE stream = %s", (stream,)),
+        ("DELETE FROM stream_heads WHERE stream = %s", (stream,)),
+    )
+    plain = charter("audit", "verify")
+    assert plain.returncode == 0, plain.stdout  # consistent from inside (test_audit_pg says so too)
+    checked = charter("audit", "verify", "--head", str(checkpoints), "--json")
+    assert checked.returncode == 1
+    assert json.loads(checked.stdout)["findings"] == [
+        f"log: stream {json.dumps(stream)} is missing: it held receipt 12 (link {kept['link'][:16]}…) at "
+        f"checkpoint time {kept['at']}"
+    ]
+
+
+def test_audit_list_show_verify_read_the_postgres_log(pg_home: tuple[Path, str]) -> None:
+    home, url = pg_home
+    log = pg_log(url, home)
+    run_id = write_run(log, calls=2)
+    assert not (home / "audit.db").exists()  # the log is in PostgreSQL, not a file beside the keys
+
+    listed = charter("audit", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert run_id in listed.stdout
+    shown = charter("audit", "show", run_id[:12], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert run_id in shown.stdout
+    assert "get_order" in shown.stdout
+    verified = charter("audit", "verify")
+    assert verified.returncode == 0, verified.stdout
+    assert "ok: 6 receipts in 1 runs (1 sealed)" in verified.stdout
+
+
+# -- advisory locks and the pool --------------------------------------------------------------------
+
+
+def lock_sessions(url: str) -> int:
+    """How many sessions hold an advisory lock in the database of `url`."""
+    with psycopg.connect(url, autocommit=True) as db:
+        row = db.execute(
+            "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_the_locks_a_thread_holds_share_one_pooled_connection(pg_url: str, tmp_path: Path) -> None:
+    """A call with several quota buckets holds several advisory locks until its decision is
+    written: one session per thread holds them all, so 8 concurrent calls with 3 buckets each
+    take 8 of the pool's connections for their locks, not 24 (CHARTER_DATABASE_POOL=16: the
+    reader and the writer would starve and the calls fail with StoreUnavailable)."""
+    log = pg_log(pg_url, tmp_path)
+    threads, buckets = 8, 3
+    all_held = threading.Barrier(threads + 1)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def call(i: int) -> None:
+        try:
+            locks = sorted(log.lock(".quota-locks", f"thread {i} bucket {b}") for b in range(buckets))
+            for lock in locks:
+                assert lock.acquire()
+            with log.connect() as connection:  # the quota totals' read while the locks are held
+                assert connection.execute("SELECT count(*) FROM receipts").fetchone() == (0,)
+            all_held.wait(timeout=60)
+            done.wait(timeout=60)
+            for lock in reversed(locks):
+                lock.release()
+        except BaseException as error:  # reported below
+            errors.append(error)
+            all_held.abort()
+
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    all_held.wait(timeout=60)
+    assert lock_sessions(pg_url) == threads
+    done.set()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert not errors, errors
+    assert lock_sessions(pg_url) == 0
+    write_run(log)  # the writer still gets its connection
+    assert verify_log(log, log.trusted_keys()).ok
+
+
+def test_a_lock_released_by_another_thread_leaves_the_others_held(pg_url: str, tmp_path: Path) -> None:
+    log = pg_log(pg_url, tmp_path)
+    first, second = sorted([log.lock(".resume-locks", "a"), log.lock(".resume-locks", "b")])
+    assert isinstance(first, PgLock)
+    assert first.acquire()
+    assert second.acquire()
+    other = pg_log(pg_url, tmp_path)
+    outcome: list[bool] = []
+    releaser = threading.Thread(target=lambda: (first.release(), outcome.append(True)))
+    releaser.start()
+    releaser.join(timeout=30)
+    assert outcome == [True]
+    # Across sessions: the released one can be taken by another process's session, the held one not.
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        free = db.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", (".resume-locks", _int4(first.slot)))
+        assert free.fetchone() == (True,)
+        held = db.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", (".resume-locks", _int4(second.slot)))
+        assert held.fetchone() == (False,)
+    second.release()
+    assert lock_sessions(pg_url) == 0
+    assert other.lock(".resume-locks", "b").acquire(blocking=False)
+
+
+def _int4(slot: int) -> int:
+    return slot % (1 << 32) - (1 << 31)
+
+
+# -- a writer killed mid-run ------------------------------------------------------------------------
+
+KILLED_WRITER = """
+import sys
+from pathlib import Path
+from charter.audit import AuditLog
+from charter.db import Database
+from tests.test_audit_pg import write_run, opened
+log = AuditLog(database=Database.parse(sys.argv[1], home=Path(sys.argv[2])))
+print(write_run(log), flush=True)          # one whole run
+recorder = log.open_run(opened())          # the next one: opened durably, then the process is killed
+print(recorder.run_id, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_writer_killed_mid_run_leaves_an_interrupted_run_and_a_clean_log(pg_home: tuple[Path, str]) -> None:
+    home, url = pg_home
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, url, str(home)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert process.stdout is not None
+    whole = process.stdout.readline().strip()
+    open_run = process.stdout.readline().strip()
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    checked = charter("audit", "verify", "--json")
+    assert checked.returncode == 0, checked.stdout
+    report = json.loads(checked.stdout)
+    assert report["ok"]
+    assert report["findings"] == []
+    assert report["interrupted"] == [open_run]
+    assert (report["receipts"], report["runs"], report["sealed"]) == (5, 2, 1)
+    plain = charter("audit", "verify")
+    assert f"interrupted: run {open_run} was never sealed" in plain.stdout
+    assert whole not in plain.stdout
+
+
+def test_database_url_is_the_cli_default(pg_home: tuple[Path, str]) -> None:
+    home, url = pg_home
+    assert AuditLog().database == Database.parse(url, home=home)
