@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +297,122 @@ def test_a_writer_killed_mid_run_leaves_an_interrupted_run_and_a_clean_log(pg_ho
 def test_database_url_is_the_cli_default(pg_home: tuple[Path, str]) -> None:
     home, url = pg_home
     assert AuditLog().database == Database.parse(url, home=home)
+
+
+# -- quotas through the gate on PostgreSQL ----------------------------------------------------------
+
+QUOTA_PROCESS = """
+import os, sys, time
+from pathlib import Path
+from charter.audit import AuditLog
+from charter.compiler import compile_contract
+from charter.contract import load_contract
+from charter.db import Database
+from charter.gate import ContractGate
+from tests.test_quotas import ADA, Clock, Run, Wallet
+contract = compile_contract(load_contract(Path(sys.argv[1]), resolve_bindings=False))
+folder = Path(sys.argv[3])
+log = AuditLog(database=Database.parse(sys.argv[2], home=folder))
+run = Run(log, ContractGate(contract, Wallet(), clock=Clock(pause=0.3)), ADA)
+(folder / f"ready-{os.getpid()}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.002)
+started = time.time()
+result = run.pay(sys.argv[4])
+print(result, started, time.time())
+"""
+
+
+def test_two_processes_race_for_the_last_unit_of_a_quota_and_one_is_allowed(pg_url: str, tmp_path: Path) -> None:
+    """Two processes (two writers, two pools) on one PostgreSQL log: 1,999.99 of the 2,000.00 cap
+    is spent; both ask for the last 0.01 at once. The gate's clock pauses 0.3 s after the
+    bucket's advisory lock is taken and before the total is read, so without the lock both
+    would read 1,999.99 and both pass."""
+    from charter.gate import ContractGate
+    from tests.test_quotas import ADA, WALLET, Clock, Run, Wallet, wallet_contract
+
+    contract = tmp_path / "wallet.yaml"
+    contract.write_text(WALLET, encoding="utf-8")
+    log = pg_log(pg_url, tmp_path)  # keys made once, before the race
+    assert Run(log, ContractGate(wallet_contract(tmp_path), Wallet(), clock=Clock()), ADA).pay("1999.99") == "OK"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", QUOTA_PROCESS, str(contract), pg_url, str(tmp_path), "0.01"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    found = []
+    for process in processes:
+        out = process.communicate(timeout=120)[0]
+        assert process.returncode == 0, out
+        result, started, ended = out.split()
+        found.append((result, float(started), float(ended)))
+    first, second = sorted(found)
+    assert max(first[1], second[1]) < min(first[2], second[2])  # they did race
+    assert [first[0], second[0]] == ["OK", "QUOTA_EXCEEDED"]
+    report = verify_log(log, log.trusted_keys())
+    assert report.ok, report.findings
+    assert len(log.stream_heads()) == 3  # this process's writer and one per racing process
+
+
+BUCKETS = """\
+contract: wallet
+version: 1.0.0
+summary: Payments out of customers' accounts.
+owners: [tests@example.com]
+changelog: First.
+binding:
+  python: tests.data.shop_backend
+operations:
+  send_payment:
+    kind: write
+    doc: Send money from an account.
+    params: {account: str, amount: money, recipient: str}
+    returns: str
+    scopes: [pay:write]
+    quotas:
+      - {id: by_account, sum: params.amount, per: [params.account], window: 24h, max: 200000, message: Cap.}
+      - {id: by_recipient, sum: params.amount, per: [params.recipient], window: 24h, max: 200000, message: Cap.}
+      - {id: by_pair, count: true, per: [params.account, params.recipient], window: 24h, max: 5, message: Cap.}
+"""
+
+
+def test_eight_calls_holding_three_quota_buckets_each_do_not_exhaust_the_pool(pg_url: str, tmp_path: Path) -> None:
+    """8 concurrent runs, each call holding 3 bucket locks while the gate reads the totals (the
+    clock pauses 0.3 s under the locks) and until the writer has written its decision: with one
+    pooled connection per lock they needed 24 + readers + the writer of CHARTER_DATABASE_POOL=16
+    and waited on each other until the pool timed out (StoreUnavailable: the calls failed). With
+    one lock session per thread every call is allowed and the log verifies."""
+    from charter.db._postgres import POOL_MAX
+    from charter.gate import ContractGate
+    from tests.test_quotas import ADA, Clock, Run, Wallet, wallet_contract
+
+    assert POOL_MAX == 16
+    log = pg_log(pg_url, tmp_path)
+    gate = ContractGate(wallet_contract(tmp_path, BUCKETS), Wallet(), clock=Clock(pause=0.3))
+    runs = [Run(log, gate, ADA) for _ in range(8)]
+    start = threading.Barrier(len(runs))
+    results: dict[int, str] = {}
+
+    def pay(i: int) -> None:
+        start.wait(timeout=60)
+        try:
+            results[i] = runs[i].call("send_payment", account=f"GB{i:02d}", amount="10.00", recipient=f"R{i}")
+        except Exception as error:  # a StoreUnavailable/AuditError would end the call here
+            results[i] = f"{type(error).__name__}: {error}"
+
+    threads = [threading.Thread(target=pay, args=(i,)) for i in range(len(runs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == dict.fromkeys(range(len(runs)), "OK")
+    assert lock_sessions(pg_url) == 0
+    assert verify_log(log, log.trusted_keys()).ok
