@@ -416,3 +416,106 @@ def test_eight_calls_holding_three_quota_buckets_each_do_not_exhaust_the_pool(pg
     assert results == dict.fromkeys(range(len(runs)), "OK")
     assert lock_sessions(pg_url) == 0
     assert verify_log(log, log.trusted_keys()).ok
+
+
+# -- approvals on PostgreSQL --------------------------------------------------------------------------
+
+APPROVER_PROCESS = """
+import sys, time
+from pathlib import Path
+from charter.cli import main
+go = Path(sys.argv[1])
+sys.argv = ["charter", *sys.argv[2:]]
+while not go.exists():
+    time.sleep(0.002)
+main()
+"""
+
+
+def test_two_approvers_race_from_two_processes_and_one_decision_is_kept(
+    pg_home: tuple[Path, str], shared_sandbox: Any
+) -> None:
+    """The payments example's payment to a new IBAN pauses (real sandbox and gate, the log in
+    PostgreSQL); `charter approvals approve` and `charter approvals deny`, two processes released
+    together, decide it: exactly one decision is written, the other is refused ALREADY_DECIDED,
+    the run is resumed once by the winner, and the log verifies."""
+    from charter.audit import ApprovalDecided, Decision, Opened
+    from charter.cli._demo_approvals import PLUMBER_IBAN, PROGRAM
+    from charter.contract import load_contract
+    from charter.principal import Principal
+    from charter.registry import Registry
+    from charter.runner import Runner
+    from examples.payments import backend
+    from examples.payments.scenarios import HOLDER_ATTRIBUTES, HOLDER_SCOPES
+
+    home, url = pg_home
+    backend.seed()
+    path = ROOT / "contracts" / "payments.yaml"
+    registry = Registry()
+    registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+    log = pg_log(url, home)
+    holder = Principal("ada", HOLDER_SCOPES, attributes=HOLDER_ATTRIBUTES)
+    inputs = {"account": backend.HOLDER_ACCOUNT, "iban": PLUMBER_IBAN, "amount": "120.00", "reference": "Boiler"}
+    execution = Runner(audit=log, sandbox=shared_sandbox).execute(
+        PROGRAM, contract=registry.get("payments"), principal=holder, inputs=inputs
+    )
+    assert execution.status == "awaiting_approval", execution.text
+    approval_id = execution.approval_id
+    assert approval_id is not None
+
+    go = home / "go"
+    verbs = {"mira": "approve", "noor": "deny"}
+    processes = {
+        who: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                APPROVER_PROCESS,
+                str(go),
+                "approvals",
+                verb,
+                approval_id,
+                "--reason",
+                f"{who} checked",
+                "--principal",
+                who,
+                "--scope",
+                "payments:approve",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        for who, verb in verbs.items()
+    }
+    time.sleep(1.0)  # both processes have imported charter and wait for `go`
+    go.touch()
+    done = {who: (p.communicate(timeout=180), p.returncode) for who, p in processes.items()}
+    refused = [who for who, (_, code) in done.items() if code == 8]
+    assert len(refused) == 1, done
+    [loser] = refused
+    [winner] = set(verbs) - {loser}
+    (_, loser_err), _ = done[loser]
+    assert "error: ALREADY_DECIDED: " in loser_err
+    decided = "approved" if verbs[winner] == "approve" else "denied"
+    assert f"already {decided} by '{winner}'" in loser_err
+
+    receipts = [s.decoded() for s in log.stored()]
+    decisions = [r for r in receipts if isinstance(r, ApprovalDecided)]
+    assert [(d.approval_id, d.approver, d.decision) for d in decisions] == [(approval_id, winner, decided)]
+    resumed = [r.run_id for r in receipts if isinstance(r, Opened) and r.approval_id == approval_id]
+    assert len(resumed) == 1
+    record = log.run(resumed[0])
+    [payment] = [r for r in record.receipts if isinstance(r, Decision) and r.operation == "send_payment"]
+    with backend._db() as db:
+        sent = db.execute("SELECT count(*) FROM transfers WHERE recipient = ?", (PLUMBER_IBAN,)).fetchone()[0]
+    if decided == "approved":
+        assert (record.status, payment.decision, sent) == ("done", "ALLOW", 1)
+    else:
+        assert (record.status, payment.code, sent) == ("refused", "APPROVAL_DENIED", 0)
+    report = verify_log(log, log.trusted_keys())
+    assert report.ok, report.findings
+    assert report.approvals == 1
+    assert report.incomplete == []
