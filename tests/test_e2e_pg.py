@@ -251,33 +251,47 @@ def _int4(slot: int) -> int:
 
 # -- a writer killed mid-run ------------------------------------------------------------------------
 
-KILLED_WRITER = """
-import sys
+KILLED_RUNNER = """
+import sys, time
 from pathlib import Path
 from charter.audit import AuditLog
 from charter.db import Database
-from tests.test_audit_pg import write_run, opened
-log = AuditLog(database=Database.parse(sys.argv[1], home=Path(sys.argv[2])))
-print(write_run(log), flush=True)          # one whole run
-recorder = log.open_run(opened())          # the next one: opened durably, then the process is killed
-print(recorder.run_id, flush=True)
-sys.stdin.readline()
+from charter.runner import Runner
+from tests.test_quotas import ADA, PAY, Wallet, wallet_contract
+
+class Stuck(Wallet):
+    def invoke(self, operation, arguments, context=None):
+        if self.calls:  # the second run's call: its Decision (ALLOW) is durable, its Outcome never comes
+            print("calling", flush=True)
+            time.sleep(600)
+        return super().invoke(operation, arguments, context)
+
+home = Path(sys.argv[2])
+log = AuditLog(database=Database.parse(sys.argv[1], home=home))
+backend = Stuck()
+runner = Runner(audit=log, backend_for=lambda _: backend)
+contract = wallet_contract(home)
+print(runner.execute(PAY, contract=contract, principal=ADA).run_id, flush=True)  # one whole run
+runner.execute(PAY.replace("1200.00", "10.00"), contract=contract, principal=ADA)
 """
 
 
-def test_a_writer_killed_mid_run_leaves_an_interrupted_run_and_a_clean_log(pg_home: tuple[Path, str]) -> None:
+def test_a_worker_killed_mid_run_leaves_an_interrupted_run_and_a_clean_log(pg_home: tuple[Path, str]) -> None:
+    """A process runs programs (the real Runner, sandbox and gate) on the PostgreSQL log: one
+    whole run, then a payment whose backend call never returns; it is killed (-9) between the
+    call's Decision and its Outcome. `charter audit verify` says the log is clean, the run
+    interrupted and its allowed call in doubt."""
     home, url = pg_home
     process = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WRITER, url, str(home)],
+        [sys.executable, "-c", KILLED_RUNNER, url, str(home)],
         cwd=ROOT,
-        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=os.environ.copy(),
     )
     assert process.stdout is not None
     whole = process.stdout.readline().strip()
-    open_run = process.stdout.readline().strip()
+    assert process.stdout.readline() == "calling\n"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
@@ -287,11 +301,52 @@ def test_a_writer_killed_mid_run_leaves_an_interrupted_run_and_a_clean_log(pg_ho
     report = json.loads(checked.stdout)
     assert report["ok"]
     assert report["findings"] == []
-    assert report["interrupted"] == [open_run]
-    assert (report["receipts"], report["runs"], report["sealed"]) == (5, 2, 1)
+    assert (report["runs"], report["sealed"]) == (2, 1)
+    [killed] = report["interrupted"]
+    assert killed != whole
+    assert report["in_doubt"] == [{"run_id": killed, "call": 1, "operation": "send_payment"}]
     plain = charter("audit", "verify")
-    assert f"interrupted: run {open_run} was never sealed" in plain.stdout
-    assert whole not in plain.stdout
+    assert f"interrupted: run {killed} was never sealed" in plain.stdout
+    assert f"in doubt: run {killed} call 1 send_payment was allowed; its outcome is unknown" in plain.stdout
+    log = pg_log(url, home)
+    assert log.run(whole).status == "done"
+    assert log.run(killed).status == "interrupted"
+
+
+def test_racing_sandbox_runs_on_postgres_one_allowed_and_replay_recounts(
+    pg_url: str, tmp_path: Path, shared_sandbox: Any
+) -> None:
+    """Two real runs (sandbox, gate, Runner) on two threads on a PostgreSQL log each pay 60% of a
+    quota's cap: one is allowed, one QUOTA_EXCEEDED; replay recounts both from the log."""
+    from charter.audit import Decision
+    from charter.replay import replay_run
+    from charter.runner import Execution, Runner
+    from tests.test_quotas import ADA, BOB, PAY, Wallet, wallet_contract
+
+    log = pg_log(pg_url, tmp_path)
+    wallet = wallet_contract(tmp_path)
+    backend = Wallet()
+    runner = Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: backend)
+    barrier = threading.Barrier(2)
+    executions: list[Execution] = []
+
+    def run(principal: Any) -> None:
+        barrier.wait()
+        executions.append(runner.execute(PAY, contract=wallet, principal=principal))
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in (ADA, BOB)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    decided = sorted(next(c for c in e.calls if isinstance(c, Decision)).code for e in executions)
+    assert decided == ["OK", "QUOTA_EXCEEDED"]
+    assert len(backend.calls) == 1
+    assert verify_log(log, log.trusted_keys()).ok
+    for execution in executions:
+        report = replay_run(log.run(execution.run_id), wallet, shared_sandbox, log=log)
+        assert report.identical, report.divergences
+        assert report.quotas_checked == 1
 
 
 def test_database_url_is_the_cli_default(pg_home: tuple[Path, str]) -> None:
