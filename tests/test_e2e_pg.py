@@ -574,3 +574,44 @@ def test_two_approvers_race_from_two_processes_and_one_decision_is_kept(
     assert report.ok, report.findings
     assert report.approvals == 1
     assert report.incomplete == []
+
+
+def test_a_log_copied_from_sqlite_keeps_its_checkpoints_and_its_stream_tail_is_checked(
+    charter_home: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite deployment's checkpoints (stream "") still hold after `charter db copy`; a worker
+    then writes a stream of its own; cutting the copied chain's tail with its head row rewritten
+    is found by `verify --head` (the stream "" looked up by log_seq, its end the head row)."""
+    sqlite_log = AuditLog(charter_home / "audit.db")
+    for _ in range(3):
+        write_run(sqlite_log)
+    sqlite_log.close()
+    checkpoints = charter_home / "checkpoints.jsonl"
+    assert latest(checkpoints)[""]["stream_seq"] == 12
+    copied = charter("db", "copy", "--from", f"sqlite:{charter_home}", "--to", pg_url)
+    assert copied.returncode == 0, copied.stderr
+
+    monkeypatch.setenv("CHARTER_DATABASE_URL", pg_url)
+    worker = pg_log(pg_url, charter_home)
+    write_run(worker)
+    worker.close()
+    assert set(latest(checkpoints)) == {"", worker.stream}
+    checked = charter("audit", "verify", "--head", str(checkpoints))
+    assert checked.returncode == 0, checked.stdout
+    assert "ok: 16 receipts in 4 runs (4 sealed)" in checked.stdout
+
+    kept = latest(checkpoints)[""]
+    eighth = worker.stored_at(8)
+    assert eighth is not None
+    tamper(
+        pg_url,
+        ("DELETE FROM receipts WHERE stream = '' AND log_seq > 8", ()),
+        ("UPDATE head SET log_seq = 8, link = %s", (eighth.link,)),
+    )
+    assert charter("audit", "verify").returncode == 0  # consistent from inside
+    checked = charter("audit", "verify", "--head", str(checkpoints))
+    assert checked.returncode == 1
+    assert (
+        f'BROKEN log: truncated: stream "" held receipt 12 (link {kept["link"][:16]}…) at checkpoint time '
+        f"{kept['at']}; the log ends at 8\n"
+    ) in checked.stdout
