@@ -185,8 +185,8 @@ def lock_sessions(url: str) -> int:
 def test_the_locks_a_thread_holds_share_one_pooled_connection(pg_url: str, tmp_path: Path) -> None:
     """A call with several quota buckets holds several advisory locks until its decision is
     written: one session per thread holds them all, so 8 concurrent calls with 3 buckets each
-    take 8 of the pool's connections for their locks, not 24 (CHARTER_DATABASE_POOL=16: the
-    reader and the writer would starve and the calls fail with StoreUnavailable)."""
+    take 8 of the pool's connections for their locks, not 24 (more than CHARTER_DATABASE_POOL=16:
+    the calls would wait on each other for connections until the pool timed out)."""
     log = pg_log(pg_url, tmp_path)
     threads, buckets = 8, 3
     all_held = threading.Barrier(threads + 1)
@@ -442,9 +442,9 @@ operations:
 def test_eight_calls_holding_three_quota_buckets_each_do_not_exhaust_the_pool(pg_url: str, tmp_path: Path) -> None:
     """8 concurrent runs, each call holding 3 bucket locks while the gate reads the totals (the
     clock pauses 0.3 s under the locks) and until the writer has written its decision: with one
-    pooled connection per lock they needed 24 + readers + the writer of CHARTER_DATABASE_POOL=16
-    and waited on each other until the pool timed out (StoreUnavailable: the calls failed). With
-    one lock session per thread every call is allowed and the log verifies."""
+    pooled connection per lock they needed 24 + their reads of CHARTER_DATABASE_POOL=16 and waited
+    on each other until the pool timed out (the calls failed GATE_ERROR). With one lock session
+    per thread every call is allowed and the log verifies."""
     from charter.db._postgres import POOL_MAX
     from charter.gate import ContractGate
     from tests.test_quotas import ADA, Clock, Run, Wallet, wallet_contract
@@ -615,3 +615,47 @@ def test_a_log_copied_from_sqlite_keeps_its_checkpoints_and_its_stream_tail_is_c
         f'BROKEN log: truncated: stream "" held receipt 12 (link {kept["link"][:16]}…) at checkpoint time '
         f"{kept['at']}; the log ends at 8\n"
     ) in checked.stdout
+
+
+POOL_OF_TWO = """
+import sys, threading
+from pathlib import Path
+from charter.audit import AuditLog, verify_log
+from charter.db import Database
+from charter.gate import ContractGate
+from tests.test_e2e_pg import BUCKETS
+from tests.test_quotas import ADA, Clock, Run, Wallet, wallet_contract
+home = Path(sys.argv[2])
+log = AuditLog(database=Database.parse(sys.argv[1], home=home))
+gate = ContractGate(wallet_contract(home, BUCKETS), Wallet(), clock=Clock(pause=0.3))
+runs = [Run(log, gate, ADA) for _ in range(2)]
+start = threading.Barrier(2)
+results = {}
+def pay(i):
+    start.wait()
+    results[i] = runs[i].call("send_payment", account=f"GB{i}", amount="10.00", recipient=f"R{i}")
+threads = [threading.Thread(target=pay, args=(i,)) for i in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(results[0], results[1], verify_log(log, log.trusted_keys()).ok)
+"""
+
+
+def test_calls_holding_locks_read_their_totals_on_the_lock_session(pg_url: str, tmp_path: Path) -> None:
+    """CHARTER_DATABASE_POOL=2 (the writer's connection is its own, outside the pool): two calls,
+    each holding its quota buckets' locks (one session per thread), fill the pool. Each call's
+    totals are read on its own lock session, so neither waits for a third connection (which
+    never comes while both hold their locks: before, both calls failed GATE_ERROR when the pool
+    timed out)."""
+    env = {**os.environ, "CHARTER_DATABASE_POOL": "2", "CHARTER_CHECKPOINTS": "none"}
+    result = subprocess.run(
+        [sys.executable, "-c", POOL_OF_TWO, pg_url, str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["OK", "OK", "True"]

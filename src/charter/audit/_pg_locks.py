@@ -30,6 +30,8 @@ whichever thread releases it.)
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,7 @@ from charter.audit._locks import SideLock, slot_of
 from charter.db import Database
 from charter.errors import StoreUnavailable
 
-__all__ = ["LogLock", "PgLock", "pg_lock"]
+__all__ = ["LogLock", "PgLock", "lock_session", "pg_lock"]
 
 _SLOTS = 1 << 60  # as charter.audit._locks
 
@@ -79,6 +81,25 @@ def _session(url: str) -> _Session:
     with _changed:
         _threads[key] = session
     return session
+
+
+@contextmanager
+def lock_session(url: str) -> Iterator[Any | None]:
+    """While this thread holds advisory locks in `url`, their session's psycopg connection (for
+    the reads made under those locks: the quota totals), else None. A thread holding locks then
+    never waits on the pool for a second connection while others wait on its locks: the pool
+    cannot be drained by lock holders that each need one connection more."""
+    with _changed:
+        session = _threads.get((url, threading.get_ident()))
+        if session is not None:
+            session.uses += 1
+    if session is None:
+        yield None
+        return
+    try:
+        yield session.raw
+    finally:
+        _done(session, broken=bool(session.raw.closed or session.raw.broken))
 
 
 def _done(session: _Session, *, broken: bool = False) -> None:
