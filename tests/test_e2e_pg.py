@@ -242,7 +242,10 @@ def test_a_lock_released_by_another_thread_leaves_the_others_held(pg_url: str, t
         assert held.fetchone() == (False,)
     second.release()
     assert lock_sessions(pg_url) == 0
-    assert other.lock(".resume-locks", "b").acquire(blocking=False)
+    again = other.lock(".resume-locks", "b")
+    assert again.acquire(blocking=False)
+    again.release()
+    assert lock_sessions(pg_url) == 0
 
 
 def _int4(slot: int) -> int:
