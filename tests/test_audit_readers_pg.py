@@ -4,12 +4,12 @@ index and records) and the index maintenance run the same SQL on SQLite and Post
 A real log (SQLite, written by the real writer through real gate sessions: quotas counted and
 exceeded, a failed and an in-doubt call, an interrupted run, an intent whose program run was
 refused, a run paused for approval, decided and resumed) is the reference. Its receipts are
-copied, in log order, into an empty replica of each engine and fed through the index functions
-the writer calls (`index_receipt`, `index_quota_receipt`, `index_approval_receipt`); every
-reader then asks the replica what it asks the log, and must get the log's answers. The
-PostgreSQL tables are made by DDL written here with the SQLite schema's column names and
-meanings (the PostgreSQL AuditLog's own schema replaces it once it exists); the server is the
-real one of tests/_pg.py.
+copied, in log order, into a new, empty real AuditLog of each engine (SQLite: its own file;
+PostgreSQL: `AuditLog(database=...)` on the real server of tests/_pg.py, with the log's own
+PostgreSQL schema) and fed through the index functions the writer calls (`index_receipt`,
+`index_quota_receipt`, `index_approval_receipt`); every reader then asks the copy (through the
+AuditLog's own `reader()`, `connect()`: the pool on PostgreSQL) what it asks the reference, and
+must get the reference's answers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +40,6 @@ from charter.audit.receipts import (
     decode_body,
     text_sha256,
 )
-from charter.audit.store import AUDIT_SCHEMA
 from charter.backends import BackendFailure
 from charter.compiler import CompiledContract
 from charter.db import Connection, Database, write_transaction
@@ -54,41 +52,6 @@ NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 ADA = Principal("ada", frozenset({"pay:write"}))
 BOB = Principal("bob", frozenset({"pay:write"}))
 EVE = Principal("eve", frozenset())  # holds no scope: her calls are refused
-
-# The audit tables in PostgreSQL: the SQLite schema's names, PostgreSQL's types (BYTEA for
-# BLOB, BIGINT for a log position or an amount); no triggers: these tests only read.
-PG_TABLES = (
-    """CREATE TABLE receipts (
-        log_seq BIGINT PRIMARY KEY, run_id TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
-        body BYTEA NOT NULL, signature BYTEA NOT NULL, link TEXT NOT NULL, UNIQUE (run_id, seq)
-    )""",
-    """CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, contract TEXT NOT NULL, version TEXT NOT NULL,
-        contract_sha256 TEXT NOT NULL, principal TEXT NOT NULL, intent TEXT, status TEXT NOT NULL, cause TEXT,
-        denial_code TEXT, denial_operation TEXT, opened_at TEXT NOT NULL, sealed_at TEXT, parent TEXT,
-        opened_seq BIGINT NOT NULL UNIQUE, in_doubt INTEGER
-    )""",
-    """CREATE TABLE denials (
-        log_seq BIGINT PRIMARY KEY, run_id TEXT NOT NULL, principal TEXT NOT NULL, contract TEXT NOT NULL,
-        version TEXT NOT NULL, operation TEXT NOT NULL, code TEXT NOT NULL, boundary TEXT, clause TEXT,
-        at TEXT NOT NULL
-    )""",
-    """CREATE TABLE quota_counts (
-        contract TEXT NOT NULL, quota TEXT NOT NULL, key TEXT NOT NULL, at TEXT NOT NULL, amount BIGINT NOT NULL,
-        run_id TEXT NOT NULL, call INTEGER NOT NULL, counted INTEGER NOT NULL DEFAULT 1,
-        PRIMARY KEY (run_id, call, quota)
-    )""",
-    """CREATE TABLE approvals (
-        approval_id TEXT PRIMARY KEY, run_id TEXT NOT NULL, logical_run_id TEXT NOT NULL, contract TEXT NOT NULL,
-        version TEXT NOT NULL, contract_sha256 TEXT NOT NULL, operation TEXT NOT NULL, call INTEGER NOT NULL,
-        principal TEXT NOT NULL, reason TEXT NOT NULL, approver_scope TEXT NOT NULL, requested_at TEXT NOT NULL,
-        expires TEXT NOT NULL, status TEXT NOT NULL, decided_by TEXT, decided_at TEXT, decision_reason TEXT,
-        expired INTEGER NOT NULL DEFAULT 0, decision_log_seq BIGINT, resume_run TEXT,
-        resume_sealed INTEGER NOT NULL DEFAULT 0, resume_runs TEXT NOT NULL DEFAULT '[]',
-        request_log_seq BIGINT NOT NULL UNIQUE
-    )""",
-)
-
 
 # -- the reference log ----------------------------------------------------------------------
 
@@ -309,22 +272,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
 # -- the replicas -----------------------------------------------------------------------------
 
 
+@dataclass
 class Replica:
-    """A copy of the reference's indexes in one engine: what the readers take from an AuditLog
-    (`reader()`, `connect()`), over one connection."""
+    """A copy of the reference in a real AuditLog of one engine, and one of its connections
+    (`log.connect()`), held for the test."""
 
-    def __init__(self, engine: str, connection: Connection) -> None:
-        self.engine = engine
-        self.connection = connection
-
-    @contextmanager
-    def reader(self) -> Iterator[Connection]:
-        yield self.connection
-
-    connect = reader
+    engine: str
+    log: AuditLog
+    connection: Connection
 
     def index(self, reference: AuditLog) -> None:
-        """Each receipt of the reference, in log order, inserted and indexed as the writer does."""
+        """Each receipt of the reference, in log order, inserted as stored and indexed as the
+        writer does (PostgreSQL: in the stream "", as `charter db copy` keeps a SQLite log)."""
         with write_transaction(self.connection):
             for row in reference.stored():
                 self.connection.execute(
@@ -341,18 +300,12 @@ class Replica:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def replica(request: pytest.FixtureRequest, tmp_path: Path, reference: Reference) -> Iterator[Replica]:
     if request.param == "sqlite":
-        path = tmp_path / "replica.db"
-        with Database.parse(f"sqlite:{tmp_path}").connect("replica.db") as connection:
-            AUDIT_SCHEMA.open(connection, path)  # the log's own schema, every index empty
-            copy = Replica("sqlite", connection)
-            copy.index(reference.log)
-            yield copy
-        return
-    database = Database.parse(request.getfixturevalue("pg_url"))
-    with database.pg_connection() as pg:
-        for statement in PG_TABLES:
-            pg.execute(statement)
-        copy = Replica("postgresql", pg)
+        log = AuditLog(tmp_path / "replica" / "audit.db")  # the log's own schema, every index empty
+    else:
+        log = AuditLog(database=Database.parse(request.getfixturevalue("pg_url"), home=tmp_path / "replica"))
+    assert log.database.kind == request.param
+    with log.connect() as connection:
+        copy = Replica(request.param, log, connection)
         copy.index(reference.log)
         yield copy
 
@@ -402,6 +355,7 @@ def test_quota_totals_are_the_logs(reference: Reference, replica: Replica) -> No
     expected = [reader.total(*question) for question in asked]
     assert expected == [200000, 5000, 7000, 1000, 0]
     assert [quota_total(replica.connection, *question) for question in asked] == expected
+    assert [QuotaReader(replica.log).total(*question) for question in asked] == expected  # the gate's reader
 
 
 FILTERS = [
@@ -425,6 +379,7 @@ def test_runs_list_filters_answer_as_the_log(reference: Reference, replica: Repl
     expected = reference.log.list_runs(filters, limit=50)
     assert expected, f"the reference holds runs for {filters}"
     assert list_runs(replica.connection, filters, 50) == expected
+    assert replica.log.list_runs(filters, limit=50) == expected
     # Paged two at a time from the second row's cursor.
     assert list_runs(replica.connection, filters, 2, expected[0].cursor) == expected[1:3]
 
@@ -440,7 +395,7 @@ def test_a_run_prefix_a_page_and_an_intents_attempts_answer_as_the_log(reference
     assert attempts_of(replica.connection, reference.runs["intent"]) == expected
     for query in (RunQuery(limit=3), RunQuery(status="awaiting_approval"), RunQuery(contract="wallet", limit=50)):
         page = page_body(run_page(reference.log, query, principal=None))
-        assert page_body(run_page(replica, query, principal=None)) == page  # type: ignore[arg-type]
+        assert page_body(run_page(replica.log, query, principal=None)) == page
     paused = page_body(run_page(reference.log, RunQuery(status="awaiting_approval"), principal=None))
     assert paused["runs"][0]["resumed"] == {"run_id": reference.runs["resumed"], "status": "done"}
 
@@ -460,15 +415,15 @@ def test_the_overview_counts_as_the_log(reference: Reference, replica: Replica, 
         assert [(c.name, c.total) for c in expected.codes] == [("FORBIDDEN_SCOPE", 1), ("QUOTA_EXCEEDED", 1)]
         assert [(c.name, c.detail) for c in expected.boundaries] == [("outflow_capped", "QUOTA_EXCEEDED")]
         assert (expected.unsealed_total, expected.in_doubt_total) == (1, 1)
-    assert overview(replica, principal=principal, now=NOW) == expected  # type: ignore[arg-type]
+    assert overview(replica.log, principal=principal, now=NOW) == expected
 
 
 def test_approval_records_are_found_in_receipt_bodies_in_either_engine(reference: Reference, replica: Replica) -> None:
     approval_id = reference.approval_id
     assert resume_runs(reference.log, approval_id) == [reference.runs["resumed"]]
-    assert resume_runs(replica, approval_id) == [reference.runs["resumed"]]  # type: ignore[arg-type]
-    assert resume_runs(replica, uuid.uuid4().hex) == []  # type: ignore[arg-type]
-    assert resolve_approval(replica, approval_id[:8]) == approval_id  # type: ignore[arg-type]
+    assert resume_runs(replica.log, approval_id) == [reference.runs["resumed"]]
+    assert resume_runs(replica.log, uuid.uuid4().hex) == []
+    assert resolve_approval(replica.log, approval_id[:8]) == approval_id
     with reference.log.connect() as connection:
         expected = _request_seq(connection, approval_id, None)
     assert expected is not None

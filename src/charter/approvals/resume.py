@@ -366,6 +366,16 @@ class Resumer:
             problems.append(f"receipt {row.log_seq}: its stored link is not sha256(body || signature)")
         if (receipt.seq, receipt.prev, receipt.log_seq, receipt.run_id) != (0, "", row.log_seq, row.run_id):
             problems.append(f"receipt {row.log_seq}: its seq, prev, log_seq or run id was altered")
+        if receipt.stream:
+            # A PostgreSQL writer stream (charter.audit._writer): log_prev names the previous
+            # receipt of the same stream; log_seq has gaps between streams.
+            seq = receipt.stream_seq
+            before = self.audit.stored_in_stream(receipt.stream, seq - 1) if seq > 1 else None
+            if receipt.log_prev != (before.link if before is not None else ""):
+                problems.append(
+                    f"receipt {row.log_seq}: its log_prev does not name the previous receipt of stream {receipt.stream}"
+                )
+            return problems
         before = self.audit.stored_at(row.log_seq - 1) if row.log_seq > 1 else None
         if receipt.log_prev != (before.link if before is not None else ""):
             problems.append(f"receipt {row.log_seq}: its log_prev does not name the log's previous receipt")

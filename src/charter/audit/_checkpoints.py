@@ -310,6 +310,41 @@ def _streams(log: AuditLog, wanted: Mapping[str, set[int]]) -> dict[str, _Stream
     return streams
 
 
+def _pg_streams(log: AuditLog, wanted: Mapping[str, set[int]]) -> dict[str, _Stream]:
+    """`_streams` for the streams `wanted` of a PostgreSQL log, without reading the whole log:
+    a receipt is looked up by (stream, stream_seq) (the UNIQUE index of writer streams) or, in
+    the stream "" of a log copied from SQLite, by log_seq; a writer stream ends at its last
+    receipt (the same index, read backwards: what the log holds, whatever its head row says),
+    the stream "" at the head row. A stream with no receipt is left out (missing)."""
+    streams: dict[str, _Stream] = {}
+    with log.connect() as connection:
+        for stream, positions in wanted.items():
+            if stream:
+                row = connection.execute(
+                    "SELECT r.stream_seq, r.log_seq, r.link, k.key_id FROM receipts r "
+                    "LEFT JOIN stream_heads k ON k.stream = r.stream "
+                    "WHERE r.stream = ? ORDER BY r.stream_seq DESC LIMIT 1",
+                    (stream,),
+                ).fetchone()
+                if row is None:
+                    continue
+                end = Head(stream, int(row[0]), int(row[1]), str(row[2]), str(row[3] or ""))
+                at = "SELECT link FROM receipts WHERE stream = ? AND stream_seq = ?"
+            else:
+                row = connection.execute("SELECT log_seq, link FROM head WHERE one = 1").fetchone()
+                if row is None:
+                    continue
+                end = Head("", int(row[0]), int(row[0]), str(row[1]), "")
+                at = "SELECT link FROM receipts WHERE stream = ? AND log_seq = ?"
+            links: dict[int, str] = {}
+            for position in positions:
+                found = connection.execute(at, (stream, position)).fetchone()
+                if found is not None:
+                    links[position] = str(found[0])
+            streams[stream] = _Stream(links, end)
+    return streams
+
+
 def _name(stream: str) -> str:
     return json.dumps(stream)
 
@@ -331,7 +366,12 @@ def check_checkpoints(path: Path, log: AuditLog, keys: Mapping[str, PublicKey]) 
         if kept is None or checkpoint.stream_seq >= kept.stream_seq:
             latest[checkpoint.stream] = checkpoint
     wanted = {stream: {c.stream_seq} for stream, c in latest.items()}
-    held = _streams(log, wanted) if latest else {}
+    if not latest:
+        held: dict[str, _Stream] = {}
+    elif log.database.is_postgres:
+        held = _pg_streams(log, wanted)
+    else:
+        held = _streams(log, wanted)
     for stream, checkpoint in sorted(latest.items()):
         findings.extend(_check_one(checkpoint, held.get(stream)))
     return findings
@@ -372,7 +412,10 @@ def _check_one(checkpoint: Checkpoint, held: _Stream | None) -> Iterable[Finding
 
 def current_heads(log: AuditLog) -> list[Head]:
     """Where each stream of the log ends now (its last receipt, signed by `key_id`), streams
-    in name order."""
+    in name order. PostgreSQL: the head rows (`AuditLog.heads`: the stream "" head row and
+    `stream_heads`), not a pass over the whole log."""
+    if log.database.is_postgres:
+        return sorted(log.heads(), key=lambda head: head.stream)
     return [held.end for _, held in sorted(_streams(log, {}).items())]
 
 

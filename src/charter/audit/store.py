@@ -40,7 +40,7 @@ from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
 from charter.audit._checkpoints import CheckpointWriter, checkpoints_path
 from charter.audit._keyring import signing_key_for, trusted_keys
 from charter.audit._locks import side_lock
-from charter.audit._pg_locks import LogLock, pg_lock
+from charter.audit._pg_locks import LogLock, lock_session, pg_lock
 from charter.audit._pg_schema import AUDIT_PG_SCHEMA
 from charter.audit._writer import BUSY_TIMEOUT_MS, Chained, Head, Record, Writer, connect
 from charter.audit.index import (
@@ -77,7 +77,7 @@ from charter.audit.receipts import (
     StoredReceipt,
     decode_body,
 )
-from charter.db import Connection, Database
+from charter.db import Connection, Database, PgConnection
 from charter.errors import AuditError, RunNotFound, StoreUnavailable
 from charter.migrations import Schema, Step
 from charter.status import Status, status_of
@@ -830,8 +830,15 @@ class AuditLog:
         SQLite: this thread's connection, opened once and kept (autocommit: each statement reads
         the latest commit; a connection per read cost ~0.5 ms of CPU, on every quota check).
         PostgreSQL: a connection from the pool for the block (a pool hands one out in
-        microseconds, and a connection held per thread would exhaust it)."""
+        microseconds, and a connection held per thread would exhaust it); while this thread
+        holds the log's advisory locks (the quota buckets), their session's connection
+        (charter.audit._pg_locks.lock_session): a lock holder never waits on the pool."""
         if self.database.is_postgres:
+            with lock_session(self.database.url) as held:
+                if held is not None:
+                    with _unavailable(self.database):
+                        yield PgConnection(held)
+                    return
             with self.connect() as connection:
                 yield connection
             return
