@@ -76,7 +76,8 @@ def charter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("CHARTER_ORDERS_DB", raising=False)
     monkeypatch.delenv("CHARTER_INVOICES_DB", raising=False)
     monkeypatch.delenv("CHARTER_PAYMENTS_DB", raising=False)
-    for name in ("CHARTER_SIGNING_KEY", "CHARTER_KEYRING", "CHARTER_CHECKPOINTS"):  # issue 19: keys, checkpoints
+    # issue 19: the database, keys, checkpoints
+    for name in ("CHARTER_DATABASE_URL", "CHARTER_SIGNING_KEY", "CHARTER_KEYRING", "CHARTER_CHECKPOINTS"):
         monkeypatch.delenv(name, raising=False)
     return home
 

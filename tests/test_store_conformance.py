@@ -550,6 +550,25 @@ def test_token_commands_on_postgres(pg_url: str) -> None:
     close_pools()
 
 
+def test_the_database_url_alone_sends_every_command_to_postgres(
+    pg_url: str, charter_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CHARTER_DATABASE_URL set and no --database: contract publish, token add and audit go to
+    PostgreSQL, not to SQLite files in the home (publish wrote a local charter.db once)."""
+    monkeypatch.setenv("CHARTER_DATABASE_URL", pg_url)
+    published = charter("contract", "publish", "contracts/orders.yaml")
+    assert published.returncode == 0, published.stderr
+    assert charter("token", "add", "ci", "--principal", "ci-bot", "--scope", "orders:read").returncode == 0
+    database = Database.parse(pg_url, home=charter_home)
+    assert Registry(database=database).names() == ["orders"]
+    assert [e.name for e in TokenStore(database=database).entries()] == ["ci"]
+    listed = charter("contract", "list")
+    assert listed.returncode == 0
+    assert "orders" in listed.stdout
+    assert not list(charter_home.glob("*.db"))
+    assert not (charter_home / "tokens.yaml").exists()
+
+
 @pytest.fixture(autouse=True)
 def _pools_closed() -> Iterator[None]:
     yield

@@ -245,6 +245,10 @@ class Registry:
     row counts grow with every change), each for the cost of one query."""
 
     def __init__(self, path: Path | str | None = None, *, database: Database | None = None) -> None:
+        if database is None and path is None:
+            # CHARTER_DATABASE_URL, else <CHARTER_HOME>/charter.db as before: every command that
+            # opens the registry (contract publish/list/show, exec, run, serve) opens the same one.
+            database = Database.from_env()
         if database is None or not database.is_postgres:
             if path is None:
                 path = (database.home if database is not None else charter_home()) / "charter.db"

@@ -91,6 +91,8 @@ class TokenStore:
 
     def __init__(self, path: Path | None = None, *, database: Database | None = None) -> None:
         self._table: TokenTable | None = None
+        if database is None and path is None:
+            database = Database.from_env()  # CHARTER_DATABASE_URL: the table api_tokens; else tokens.yaml
         if database is not None and database.is_postgres:
             self._table = TokenTable(database)
         elif path is None and database is not None:
