@@ -28,6 +28,7 @@ from charter.audit import AuditLog, Decision, Opened, RunRecord
 from charter.bench._procs import children
 from charter.bench.serve import _wait, start_orders_service
 from charter.errors import AuditError, StoreUnavailable
+from charter.principal import Principal
 from charter.sandbox import Sandbox
 from charter.server import IdempotencyStore, create_app, serving
 from tests.charter_service import charter_service
@@ -372,6 +373,64 @@ def test_an_audit_log_that_cannot_be_written_because_its_database_is_down_is_503
     assert response.status_code == 503, response.text
     assert response.headers["Retry-After"] == "5"  # the store's own estimate, through the AuditError
     assert response.json()["type"] == "urn:charter:problem:audit-unavailable"
+
+
+def test_a_run_that_started_before_the_log_went_away_keeps_its_idempotency_key(
+    charter_home: Path, shared_sandbox: Sandbox
+) -> None:
+    """The audit log's database went away after the run opened (its program may have acted): the
+    503 names the run, and a retry with the same key gets that run's answer from the log, never a
+    second run. It once released the key, and the retry ran a refund a second time (found by the
+    README-only attack)."""
+    _, service, store = charter_service(charter_home, shared_sandbox, "orders", lambda _: "")
+    execute = service.execute
+
+    def ran_then_lost_the_log(*args: Any, **kwargs: Any) -> Any:
+        ended = execute(*args, **kwargs)  # the run opens, runs and is sealed in the log...
+        error = AuditError("the audit log could not be written: the database is down")
+        error.opened_run = ended.run_id  # ...and the server meets the outage as it answers
+        raise error
+
+    service.execute = ran_then_lost_the_log
+    token = store.add("ada", "ada", ["orders:read"])
+    app = create_app(service, store, IdempotencyStore(charter_home / "idempotency.db"))
+    with serving(app, name="charter-api") as url, httpx.Client(base_url=url, timeout=60) as client:
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "refund-1"}
+        first = client.post("/v1/programs", json=PROGRAM, headers=headers)
+        retry = client.post("/v1/programs", json=PROGRAM, headers=headers)
+    assert first.status_code == 503, first.text
+    assert "never a second run" in first.json()["detail"]
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["run_id"] == first.json()["run_id"]  # the first run's answer, from the log
+    assert len(service.audit.run_ids()) == 1  # and no second run
+
+
+def test_a_runner_names_the_opened_run_in_an_audit_error(charter_home: Path, shared_sandbox: Sandbox) -> None:
+    """Runner.execute marks an AuditError raised after the opening with the run's id (the server
+    keeps the key of such a run); one raised before it opened names none."""
+    from charter.audit._writer import Writer
+    from charter.runner import Runner
+
+    _, service, _ = charter_service(charter_home, shared_sandbox, "orders", lambda _: "")
+    runner = Runner(audit=service.audit, sandbox=shared_sandbox)
+    contract = service.contract("orders")
+    original = Writer.submit
+    calls = {"n": 0}
+
+    def failing(self: Writer, items: Any, *, wait: bool = True) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:  # the opening is written; every later durable receipt fails
+            raise AuditError("the audit log could not be written: the database is down")
+        original(self, items, wait=wait)
+
+    Writer.submit = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(AuditError) as caught:
+            runner.execute('conclude("hello")', contract=contract, principal=Principal("ada", frozenset()))
+    finally:
+        Writer.submit = original  # type: ignore[method-assign]
+    assert caught.value.opened_run is not None
+    assert len(caught.value.opened_run) == 32
 
 
 def test_an_mcp_tool_meeting_a_store_down_answers_the_problem_with_retry_after(

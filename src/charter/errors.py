@@ -131,7 +131,12 @@ class SchemaMismatch(UsageError):
 
 
 class AuditError(CharterError):
-    """The audit log could not be written or read. A gate that cannot write its receipt denies."""
+    """The audit log could not be written or read. A gate that cannot write its receipt denies.
+
+    `opened_run`: set when a run had been opened (its program started, and may have acted)
+    before this error: a server must not let a retry under the same Idempotency-Key run again."""
+
+    opened_run: str | None = None
 
 
 class MissingApiKey(UsageError):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from charter.audit.receipts import text_sha256
 from charter.audit.store import RunRecorder, host_identity
 from charter.backends import Backend, BackendUnavailable, ContractBackend
 from charter.compiler.artifact import CompiledContract
+from charter.errors import AuditError
 from charter.gate import ContractGate
 from charter.inputs import check_inputs
 from charter.principal import Principal
@@ -173,18 +175,19 @@ class Runner:
             secret_inputs=secret,
         )
         recorder = self.audit.open_run(opened)
-        session = gate.session(
-            recorder,
-            principal,
-            max_result_bytes=limits.max_result_bytes,
-            writes_closed=writes_closed,
-            logical_run_id=logical_run_id,
-            request=(*([intent] if intent else []), *given.values()),
-            inputs=given,
-            secret_inputs=tuple(given[name] for name in secret),
-        )
-        outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
-        return self._sealed(recorder, outcome)
+        with _opened(opened.run_id):
+            session = gate.session(
+                recorder,
+                principal,
+                max_result_bytes=limits.max_result_bytes,
+                writes_closed=writes_closed,
+                logical_run_id=logical_run_id,
+                request=(*([intent] if intent else []), *given.values()),
+                inputs=given,
+                secret_inputs=tuple(given[name] for name in secret),
+            )
+            outcome = self.sandbox.run(program, contract=contract, gate=session, context=context, limits=limits)
+            return self._sealed(recorder, outcome)
 
     def resume_run(
         self,
@@ -255,8 +258,9 @@ class Runner:
             approval=approval,
         )
         gate = ResumeGate(session, answers) if answers is not None else session
-        outcome = self.sandbox.run(paused.program, contract=contract, gate=gate, context=context, limits=limits)
-        return self._sealed(recorder, outcome)
+        with _opened(opened.run_id):
+            outcome = self.sandbox.run(paused.program, contract=contract, gate=gate, context=context, limits=limits)
+            return self._sealed(recorder, outcome)
 
     def _sealed(self, recorder: RunRecorder, outcome: Outcome) -> Execution:
         """Seal the run with `outcome` and give its answer."""
@@ -319,3 +323,15 @@ def sealed_receipt(run_id: str, outcome: Outcome, *, unavailable: bool = False) 
         cause=status.cause,
         approval_id=outcome.approval_id if isinstance(outcome, Paused) else None,
     )
+
+
+@contextmanager
+def _opened(run_id: str) -> Iterator[None]:
+    """An AuditError after the run's opening names the run: its program may have acted, so a
+    server keeps the request's Idempotency-Key claimed instead of letting a retry run it again."""
+    try:
+        yield
+    except AuditError as error:
+        if error.opened_run is None:
+            error.opened_run = run_id
+        raise

@@ -643,6 +643,14 @@ def create_app(
         try:
             reply = run(claim.run_id)
             body_bytes = json.dumps(reply.body).encode()
+        except ApiProblem as problem:
+            if problem.extra.get("run_id") is None:
+                idempotency.release(principal.id, key, claim.run_id)  # nothing ran: the key may be used again
+            else:
+                # The run started and may have acted (the audit log's database went away): the key
+                # stays claimed; once its lease runs out a retry is answered from the log, never run.
+                idempotency.abandon(principal.id, key)
+            raise
         except BaseException:
             idempotency.release(principal.id, key, claim.run_id)
             raise
@@ -738,7 +746,18 @@ def create_app(
             raise ApiProblem("intents-unavailable", str(error)) from None
         except (AuditError, StoreUnavailable) as error:
             kind, detail, headers = unavailable(error)
-            raise ApiProblem(kind, detail, headers=headers) from None
+            opened = error.opened_run if isinstance(error, AuditError) else None
+            if opened is None:
+                raise ApiProblem(kind, detail, headers=headers) from None
+            # The run had started: what it did up to here is in the log, and it must not run again.
+            raise ApiProblem(
+                kind,
+                f"{detail}. Run {opened} was under way and may have acted: it is sealed interrupted once the "
+                "log's database is back. Do not send the request again without its Idempotency-Key; with it, "
+                "a retry gets this run's answer, never a second run",
+                headers=headers,
+                run_id=opened,
+            ) from None
         except ApprovalError as error:
             kind = _APPROVAL_PROBLEMS.get(error.code, "invalid-request")
             raise ApiProblem(kind, str(error), code=error.code) from None

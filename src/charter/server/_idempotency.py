@@ -422,6 +422,13 @@ class IdempotencyStore:
             durable=False,  # lost: the lease runs out; the run never opened, so the key is taken over
         )
 
+    def abandon(self, principal: str, key: str) -> None:
+        """Stop renewing the key's lease but keep its claim: the request's run started and may
+        have acted, yet it has no answer to store (the audit log's database went away). A retry
+        gets 409 until the lease runs out, then the run's own answer from the log (`resolved`:
+        in doubt, or interrupted once its seal is written): never a second run."""
+        self._ended(principal, key)
+
     # -- the owner's lease ----------------------------------------------------------------
 
     def _started(self, principal: str, key: str) -> None:
