@@ -136,20 +136,27 @@ def test_a_keyring_made_later_lists_the_existing_key_so_old_logs_verify(
     assert stray.key_id not in trusted_keys(charter_home / "keys")
 
 
-def test_a_key_made_on_first_use_joins_the_default_keyring_but_not_an_operators(
+def test_only_the_default_key_is_made_on_first_use_and_an_operators_keyring_lists_every_signer(
     charter_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     ok(charter("keys", "new", "worker-1"))
-    monkeypatch.setenv("CHARTER_SIGNING_KEY", "worker-2")  # no keys/worker-2.key yet
+    # A name that names no key (a typo, or a name an attacker chose) is refused, never made and
+    # trusted on the spot (it once was: the README-only attack, F3); nothing is left behind.
+    monkeypatch.setenv("CHARTER_SIGNING_KEY", "worker-2")
+    with pytest.raises(UsageError, match=r"there is no signing key .*worker-2\.key .*charter keys new worker-2"):
+        AuditLog(charter_home / "audit.db").signing_key  # noqa: B018
+    assert not (charter_home / "keys" / "worker-2.key").exists()
+    ok(charter("keys", "new", "worker-2"))
     log = AuditLog(charter_home / "audit.db")
     write_run(log, "2026-01-10T12:00:00+00:00")
     ring = Keyring.load(charter_home / "keys" / "keyring.yaml")
     assert [e.name for e in ring.entries] == ["worker-1", "worker-2"]
     assert verify(log).ok
 
-    # An operator's keyring elsewhere is theirs: an unlisted key is refused, naming the fix.
+    # An operator's keyring elsewhere is theirs: a key it does not list is refused, naming the fix.
     operator = tmp_path / "operator" / "keyring.yaml"
     ok(charter("keys", "add", str(charter_home / "keys" / "worker-1.pub"), "--name", "w1", "--keyring", str(operator)))
+    ok(charter("keys", "new", "worker-3"))  # listed in the local keyring, not in the operator's
     monkeypatch.setenv("CHARTER_KEYRING", str(operator))
     monkeypatch.setenv("CHARTER_SIGNING_KEY", "worker-3")
     with pytest.raises(UsageError, match=r"is not in the keyring .*charter keys add .*worker-3\.pub --name worker-3"):

@@ -38,6 +38,7 @@ import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from charter.audit.keys import (
+    DEFAULT_KEY_NAME,
     SIGNING_KEY_ENV,
     PublicKey,
     SigningKey,
@@ -320,13 +321,25 @@ def _iso(when: datetime) -> str:
     return when.astimezone(UTC).isoformat()
 
 
-def signing_key_for(keys_dir: Path, keyring: Path | str | None = None, name: str | None = None) -> SigningKey:
+def signing_key_for(
+    keys_dir: Path, keyring: Path | str | None = None, name: str | None = None, *, create: bool = False
+) -> SigningKey:
     """The key this process signs with (keys/NAME.key, charter.audit.keys), checked against the
     keyring when there is a keyring file: a key made just now is listed in it if it is the
     local default file (keys/keyring.yaml); otherwise an unlisted or revoked key is refused
-    (UsageError naming `charter keys`), so no receipt is signed that verification would reject."""
+    (UsageError naming `charter keys`), so no receipt is signed that verification would reject.
+
+    Only the default key (`receipts`) is made on first use, or a named one with `create`
+    (`charter serve --workers` making worker-i): a name that merely names no key file (a typo in
+    CHARTER_SIGNING_KEY) is refused, never made and trusted on the spot."""
     key_name = signing_key_name(name)
     made = not (keys_dir / f"{key_name}.key").exists()
+    if made and not create and key_name != DEFAULT_KEY_NAME:
+        raise UsageError(
+            f"there is no signing key {keys_dir / key_name}.key ({SIGNING_KEY_ENV}={key_name}): make it with "
+            f"`charter keys new {key_name}` (which lists it in the keyring), or pick an existing key "
+            "(`charter keys list`)"
+        )
     key = load_or_create_signing_key(keys_dir, key_name)
     path = keyring_path(keys_dir, keyring)
     if not path.exists():
