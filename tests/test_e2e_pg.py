@@ -116,6 +116,10 @@ def test_a_stream_tail_cut_with_its_head_row_rewritten_is_found_only_by_the_chec
     plain = charter("audit", "verify")
     assert plain.returncode == 0, plain.stdout  # plain verify cannot see it: the head row was rewritten too
     assert "ok: 20 receipts in 5 runs (5 sealed)" in plain.stdout
+    # The line to keep names every writer stream's head, not one (a single head covered only the
+    # stream copied from SQLite: README-only attack, F6).
+    assert "2 writer stream(s): keep every stream's head with `charter audit head > kept.jsonl`" in plain.stdout
+    assert "(keep it; `--head` checks" not in plain.stdout
 
     checked = charter("audit", "verify", "--head", str(checkpoints))
     assert checked.returncode == 1, checked.stdout

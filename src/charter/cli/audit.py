@@ -494,6 +494,7 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Check signatures, hash chains and the head; exit 1 naming every broken record."""
+    streams = 0  # writer streams of a PostgreSQL log
     try:
         trusted: PublicKey | None = read_public_key(public_key) if public_key else None
         expected = _parse_head(head)
@@ -512,14 +513,17 @@ def verify(
             )
             if isinstance(expected, Path):  # signed heads kept outside the log (charter.audit._checkpoints)
                 with_findings(report, check_checkpoints(expected, log, keys))
+            streams = len(log.stream_heads())
     except CharterError as error:
         fail(error)
-    _report(report, as_json)
+    _report(report, as_json, streams=streams)
     if not report.ok:
         raise typer.Exit(1)
 
 
-def _report(report: Verification, as_json: bool) -> None:
+def _report(report: Verification, as_json: bool, *, streams: int = 0) -> None:
+    """`streams`: the writer streams of a PostgreSQL log (0 on SQLite), whose heads the one
+    `head` line does not cover: the operator is pointed at `charter audit head` instead."""
     if as_json:
         print_json(
             {
@@ -533,6 +537,7 @@ def _report(report: Verification, as_json: bool) -> None:
                 "in_doubt": [{"run_id": r, "call": c, "operation": o} for r, c, o in report.in_doubt],
                 "undiagnosed": report.undiagnosed,
                 "head": f"{report.head[0]}:{report.head[1]}" if report.head else None,
+                "writer_streams": streams,
                 "findings": [str(f) for f in report.findings],
             }
         )
@@ -557,7 +562,12 @@ def _report(report: Verification, as_json: bool) -> None:
         + f", {report.signatures_checked} signatures checked",
         "green" if report.ok else "red",
     )
-    if report.head is not None:
+    if streams:
+        say(
+            f"{streams} writer stream(s): keep every stream's head with `charter audit head > kept.jsonl` "
+            "(signed); `--head kept.jsonl` checks that the log still holds them all"
+        )
+    elif report.head is not None:
         say(f"head {report.head[0]}:{report.head[1]}  (keep it; `--head` checks that the log still holds it)")
 
 
