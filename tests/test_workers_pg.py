@@ -4,14 +4,39 @@ the database restarted in the middle of load."""
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from charter.audit import AuditLog
 from charter.audit.keys import read_public_key
+from charter.audit.store import SEAL_DEFERRED
+from charter.bench._procs import children
+from charter.db import close_pools
+from tests._pg import PgServer
 from tests.conftest import ROOT
-from tests.test_workers import _HOST, READ, _free_port, kill_a_worker_mid_load, running_deployment
+from tests.test_workers import (
+    _HOST,
+    READ,
+    REFUND,
+    SLOW_REFUND,
+    Deployment,
+    _free_port,
+    _until,
+    kill_a_worker_mid_load,
+    running_deployment,
+)
 
 
 def test_each_worker_signs_with_its_own_key_listed_in_the_keyring(charter_home: Path, pg_url: str) -> None:
@@ -92,3 +117,119 @@ def test_a_worker_killed_mid_load_on_postgresql(charter_home: Path, pg_url: str)
     with running_deployment(charter_home, pg_url) as deployment:
         observed = kill_a_worker_mid_load(deployment)
     print("kill -9 on PostgreSQL:", observed)
+
+
+# -- the database restarted in the middle of load ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def restartable_pg() -> Iterator[PgServer]:
+    """A PostgreSQL server of this module's own: restarting it disturbs no other test's database."""
+    root = Path(tempfile.mkdtemp(prefix="charter-pg-restart-"))
+    server = PgServer.start(root)
+    yield server
+    close_pools()
+    server.remove()
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: dict[str, Any]
+    retry_after: str
+    sent: float
+    answered: float
+
+
+def test_the_database_restarted_mid_load_is_503_then_interrupted_seals_and_the_same_workers_serve(
+    charter_home: Path, restartable_pg: PgServer
+) -> None:
+    url = restartable_pg.new_database()
+    stop = threading.Event()
+    answers: list[_Answer] = []
+    failures: list[str] = []  # a transport error or a timeout: a hang or a dropped request
+    lock = threading.Lock()
+    with running_deployment(charter_home, url) as deployment:
+        pids = set(deployment.workers)
+
+        def client(program: str) -> None:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    # The client's bound: an answer within 30 s, during the outage too.
+                    status, body, retry_after = deployment.post(program, uuid.uuid4().hex, timeout=30)
+                except (OSError, http.client.HTTPException) as error:
+                    with lock:
+                        failures.append(f"{type(error).__name__}: {error}")
+                    continue
+                with lock:
+                    answers.append(_Answer(status, body, retry_after, sent, time.monotonic()))
+                if status == 503:
+                    time.sleep(0.2)
+
+        threads = [threading.Thread(target=client, args=(p,)) for p in (REFUND, READ, SLOW_REFUND, SLOW_REFUND)]
+        for thread in threads:
+            thread.start()
+        try:
+            _until(lambda: len([a for a in answers if a.status == 200]) >= 6, "load served before the outage")
+            in_flight = _open_runs(deployment)
+            down_at = time.monotonic()
+            restartable_pg.stop()
+            time.sleep(4)  # down: the slow runs end (their seals cannot be written), new requests arrive
+            restartable_pg._start()
+            up_at = time.monotonic()
+            after = len(answers)
+            _until(lambda: len([a for a in answers[after:] if a.status == 200]) >= 6, "served after the outage")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        assert set(children(deployment.serve.pid)) == pids  # the same workers: none restarted
+        assert deployment.serve.poll() is None
+
+        log = deployment.log()
+        # Every seal kept during the outage is written once the database is back.
+        _until(lambda: not _unsealed_non_killed(log), "the kept seals written", timeout=30)
+        status, report = deployment.verify()
+        sealed = {run_id: log.run(run_id).sealed for run_id in in_flight}
+    print("sealed:", {k: (v.run_status, v.cause, v.in_doubt) if v else None for k, v in sealed.items()})
+    print("report:", {k: v for k, v in report.items() if k != "findings"})
+
+    statuses = Counter(a.status for a in answers)
+    unavailable = [a for a in answers if a.status == 503]
+    interrupted = {run_id for run_id, seal in sealed.items() if seal is not None and seal.run_status == "interrupted"}
+    print(
+        f"database restarted mid-load: {len(answers)} answers {dict(statuses)}, {len(failures)} transport errors, "
+        f"{len(in_flight)} runs in flight, {len(interrupted)} sealed interrupted, "
+        f"in doubt {[seal.in_doubt for seal in sealed.values() if seal is not None]}"
+    )
+    # Never a 500, never a hang past the client's 30 s, never a dropped connection.
+    assert not failures, failures
+    assert set(statuses) <= {200, 503}, statuses
+    # A failed run is the orders service's own conflict (two refunds of one order at once), not the outage.
+    failed = [a.body for a in answers if a.status == 200 and a.body["status"] != "done"]
+    assert all("changed after the gate checked it" in (body.get("reason") or "") for body in failed), failed
+    # The outage answered 503 with Retry-After, only to requests that met it.
+    assert unavailable
+    assert all(a.retry_after.isdigit() and int(a.retry_after) > 0 for a in unavailable)
+    assert {a.body["type"] for a in unavailable} <= {
+        "urn:charter:problem:store-unavailable",
+        "urn:charter:problem:audit-unavailable",
+    }
+    late = [a.body.get("detail") for a in unavailable if a.sent > up_at or a.answered < down_at]
+    assert not late, late
+    # The runs in flight are all sealed now: those that ended during the outage as interrupted,
+    # their seal written by the worker once the database was back (a deferred seal).
+    assert all(seal is not None for seal in sealed.values()), sealed
+    assert interrupted
+    assert all(getattr(sealed[run_id], "cause", None) == SEAL_DEFERRED for run_id in interrupted)
+    # ... and the log verifies clean: every stream intact, no run left open.
+    assert (status, report["ok"], report["findings"], report["interrupted"]) == (0, True, [], [])
+
+
+def _open_runs(deployment: Deployment) -> list[str]:
+    return [r.run_id for r in deployment.log().runs() if r.sealed is None]
+
+
+def _unsealed_non_killed(log: AuditLog) -> list[str]:
+    return [r.run_id for r in log.runs() if r.sealed is None]
