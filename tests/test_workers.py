@@ -61,6 +61,7 @@ class Deployment:
     serve: subprocess.Popen[bytes]
     workers: list[int]
     database: str | None = None  # a PostgreSQL URL (`--database`); None: SQLite files in `home`
+    service: int = 0  # the orders service's pid
 
     def post(self, program: str, key: str | None = None, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
         """(status, JSON body, Retry-After) of POST /v1/programs on a new connection."""
@@ -149,7 +150,7 @@ def running_deployment(home: Path, database: str | None = None, workers: int = 2
         _wait(f"http://{_HOST}:{service_port}/orders/102", service, "the orders service", home / "orders.stderr")
         _wait(f"http://{_HOST}:{port}/openapi.json", serve, f"charter serve --workers {workers}", home / "serve.stderr")
         _until(lambda: len(children(serve.pid)) == workers, f"{workers} workers")
-        yield Deployment(home, port, token, serve, sorted(children(serve.pid)), database)
+        yield Deployment(home, port, token, serve, sorted(children(serve.pid)), database, service.pid)
     finally:
         for process in (serve, service):
             if process.poll() is None:

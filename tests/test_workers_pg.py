@@ -5,6 +5,8 @@ the database restarted in the middle of load."""
 from __future__ import annotations
 
 import http.client
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from charter.audit import AuditLog
+from charter.audit import AuditLog, Outcome
 from charter.audit.keys import read_public_key
 from charter.audit.store import SEAL_DEFERRED
 from charter.bench._procs import children
@@ -33,6 +35,7 @@ from tests.test_workers import (
     SLOW_REFUND,
     Deployment,
     _free_port,
+    _refund_allowed,
     _until,
     kill_a_worker_mid_load,
     running_deployment,
@@ -172,9 +175,24 @@ def test_the_database_restarted_mid_load_is_503_then_interrupted_seals_and_the_s
             thread.start()
         try:
             _until(lambda: len([a for a in answers if a.status == 200]) >= 6, "load served before the outage")
-            in_flight = _open_runs(deployment)
-            down_at = time.monotonic()
-            restartable_pg.stop()
+            # The orders service paused with a refund in it: that run's write is decided (durably)
+            # and sent, its outcome not yet known.
+            os.kill(deployment.service, signal.SIGSTOP)
+            try:
+                for _ in range(60):
+                    time.sleep(0.3)
+                    if _refunds_awaiting(deployment):
+                        break
+                    os.kill(deployment.service, signal.SIGCONT)
+                    time.sleep(0.2)
+                    os.kill(deployment.service, signal.SIGSTOP)
+                awaiting = _refunds_awaiting(deployment)
+                in_flight = _open_runs(deployment)
+                down_at = time.monotonic()
+                restartable_pg.stop()
+            finally:
+                # The calls return while the database is down: their outcomes cannot be written.
+                os.kill(deployment.service, signal.SIGCONT)
             time.sleep(4)  # down: the slow runs end (their seals cannot be written), new requests arrive
             restartable_pg._start()
             up_at = time.monotonic()
@@ -192,8 +210,11 @@ def test_the_database_restarted_mid_load_is_503_then_interrupted_seals_and_the_s
         _until(lambda: not _unsealed_non_killed(log), "the kept seals written", timeout=30)
         status, report = deployment.verify()
         sealed = {run_id: log.run(run_id).sealed for run_id in in_flight}
-    print("sealed:", {k: (v.run_status, v.cause, v.in_doubt) if v else None for k, v in sealed.items()})
-    print("report:", {k: v for k, v in report.items() if k != "findings"})
+        unrecorded = {
+            a.body["run_id"]: log.run(a.body["run_id"]).sealed
+            for a in answers
+            if "its result could not be recorded" in str(a.body.get("reason"))
+        }
 
     statuses = Counter(a.status for a in answers)
     unavailable = [a for a in answers if a.status == 503]
@@ -201,14 +222,18 @@ def test_the_database_restarted_mid_load_is_503_then_interrupted_seals_and_the_s
     print(
         f"database restarted mid-load: {len(answers)} answers {dict(statuses)}, {len(failures)} transport errors, "
         f"{len(in_flight)} runs in flight, {len(interrupted)} sealed interrupted, "
-        f"in doubt {[seal.in_doubt for seal in sealed.values() if seal is not None]}"
+        f"in doubt {[seal.in_doubt for seal in sealed.values() if seal is not None]}, "
+        f"verify in doubt {report['in_doubt']}, results unrecorded {len(unrecorded)}"
     )
     # Never a 500, never a hang past the client's 30 s, never a dropped connection.
     assert not failures, failures
     assert set(statuses) <= {200, 503}, statuses
-    # A failed run is the orders service's own conflict (two refunds of one order at once), not the outage.
-    failed = [a.body for a in answers if a.status == 200 and a.body["status"] != "done"]
-    assert all("changed after the gate checked it" in (body.get("reason") or "") for body in failed), failed
+    # A failed run is the orders service's own conflict (two refunds of one order at once), or a
+    # refund made whose result could not be recorded during the outage (withheld from the program).
+    expected = ("changed after the gate checked it", "its result could not be recorded")
+    failed = [a.body.get("reason") or "" for a in answers if a.status == 200 and a.body["status"] != "done"]
+    others = [reason for reason in failed if not any(words in reason for words in expected)]
+    assert not others, others
     # The outage answered 503 with Retry-After, only to requests that met it.
     assert unavailable
     assert all(a.retry_after.isdigit() and int(a.retry_after) > 0 for a in unavailable)
@@ -222,9 +247,30 @@ def test_the_database_restarted_mid_load_is_503_then_interrupted_seals_and_the_s
     # their seal written by the worker once the database was back (a deferred seal).
     assert all(seal is not None for seal in sealed.values()), sealed
     assert interrupted
+    # The refund sent before the outage and answered during it: its outcome could not be
+    # written, so its run's seal lists it in doubt (the write may have happened), and verify too.
+    assert awaiting
+    in_doubt = {(run_id, call) for run_id, seal in sealed.items() if seal is not None for call in seal.in_doubt}
+    assert awaiting <= in_doubt, (awaiting, in_doubt)
+    assert {(doubt["run_id"], doubt["call"]) for doubt in report["in_doubt"]} == in_doubt
+    # A refund made whose result could not be recorded is in doubt in its seal too (never "failed").
+    assert all(seal is not None and seal.in_doubt for seal in unrecorded.values()), unrecorded
     assert all(getattr(sealed[run_id], "cause", None) == SEAL_DEFERRED for run_id in interrupted)
     # ... and the log verifies clean: every stream intact, no run left open.
     assert (status, report["ok"], report["findings"], report["interrupted"]) == (0, True, [], [])
+    assert {doubt["operation"] for doubt in report["in_doubt"]} <= {"refund_order", "verify_refund", "get_order"}
+
+
+def _refunds_awaiting(deployment: Deployment) -> set[tuple[str, int]]:
+    """(run, call) of each refund an open run was allowed and has no outcome for yet."""
+    log = deployment.log()
+    awaiting = set()
+    for run_id in _open_runs(deployment):
+        receipts = log.run(run_id).receipts
+        allowed = {r.call for r in receipts if _refund_allowed(r)}
+        answered = {r.call for r in receipts if isinstance(r, Outcome)}
+        awaiting |= {(run_id, call) for call in allowed - answered}
+    return awaiting
 
 
 def _open_runs(deployment: Deployment) -> list[str]:
