@@ -36,6 +36,7 @@ from tests.test_workers import (
     Deployment,
     _free_port,
     _refund_allowed,
+    _refunds_written,
     _until,
     kill_a_worker_mid_load,
     running_deployment,
@@ -194,7 +195,7 @@ def test_the_database_restarted_mid_load_is_503_then_interrupted_seals_and_the_s
                 # The calls return while the database is down: their outcomes cannot be written.
                 os.kill(deployment.service, signal.SIGCONT)
             time.sleep(4)  # down: the slow runs end (their seals cannot be written), new requests arrive
-            restartable_pg._start()
+            restartable_pg._start()  # the same data directory and port: the workers' URL holds
             up_at = time.monotonic()
             after = len(answers)
             _until(lambda: len([a for a in answers[after:] if a.status == 200]) >= 6, "served after the outage")
@@ -207,9 +208,14 @@ def test_the_database_restarted_mid_load_is_503_then_interrupted_seals_and_the_s
 
         log = deployment.log()
         # Every seal kept during the outage is written once the database is back.
-        _until(lambda: not _unsealed_non_killed(log), "the kept seals written", timeout=30)
+        _until(lambda: not _open_runs_in(log), "the kept seals written", timeout=30)
         status, report = deployment.verify()
         sealed = {run_id: log.run(run_id).sealed for run_id in in_flight}
+        allowed = {
+            receipt.idempotency_key: receipt.run_id
+            for receipt in (row.decoded() for row in log.stored())
+            if _refund_allowed(receipt)
+        }
         unrecorded = {
             a.body["run_id"]: log.run(a.body["run_id"]).sealed
             for a in answers
@@ -256,6 +262,12 @@ def test_the_database_restarted_mid_load_is_503_then_interrupted_seals_and_the_s
     # A refund made whose result could not be recorded is in doubt in its seal too (never "failed").
     assert all(seal is not None and seal.in_doubt for seal in unrecorded.values()), unrecorded
     assert all(getattr(sealed[run_id], "cause", None) == SEAL_DEFERRED for run_id in interrupted)
+    # 0 actions without a decision receipt, 0 duplicate writes: every refund the orders service
+    # applied carries the Idempotency-Key of an ALLOW decision in the log, one write per run.
+    written, _ = _refunds_written(charter_home)
+    assert written
+    assert set(written) <= set(allowed), set(written) - set(allowed)
+    assert len({allowed[key] for key in written}) == len(written)
     # ... and the log verifies clean: every stream intact, no run left open.
     assert (status, report["ok"], report["findings"], report["interrupted"]) == (0, True, [], [])
     assert {doubt["operation"] for doubt in report["in_doubt"]} <= {"refund_order", "verify_refund", "get_order"}
@@ -277,5 +289,5 @@ def _open_runs(deployment: Deployment) -> list[str]:
     return [r.run_id for r in deployment.log().runs() if r.sealed is None]
 
 
-def _unsealed_non_killed(log: AuditLog) -> list[str]:
+def _open_runs_in(log: AuditLog) -> list[str]:
     return [r.run_id for r in log.runs() if r.sealed is None]
