@@ -5,6 +5,7 @@ store's database cannot be reached."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -60,6 +61,8 @@ class Deployment:
     token: str
     serve: subprocess.Popen[bytes]
     workers: list[int]
+    database: str | None = None  # a PostgreSQL URL (`--database`); None: SQLite files in `home`
+    service: int = 0  # the orders service's pid
 
     def post(self, program: str, key: str | None = None, timeout: float = 60) -> tuple[int, dict[str, Any], str]:
         """(status, JSON body, Retry-After) of POST /v1/programs on a new connection."""
@@ -76,7 +79,30 @@ class Deployment:
             connection.close()
 
     def log(self) -> AuditLog:
+        if self.database is not None:
+            from charter.db import Database
+
+            return AuditLog(database=Database.parse(self.database, home=self.home))
         return AuditLog(self.home / "audit.db")
+
+    def env(self) -> dict[str, str]:
+        """The environment of a `charter` command against this deployment's stores."""
+        env = {**os.environ, "CHARTER_HOME": str(self.home)}
+        if self.database is not None:
+            env["CHARTER_DATABASE_URL"] = self.database
+        return env
+
+    def verify(self) -> tuple[int, dict[str, Any]]:
+        """`charter audit verify --json` of this deployment's log: (exit status, report)."""
+        verified = subprocess.run(
+            [sys.executable, "-m", "charter", "audit", "verify", "--json"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            check=False,
+        )
+        return verified.returncode, json.loads(verified.stdout)
 
 
 def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -87,16 +113,22 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> Non
         time.sleep(0.1)
 
 
-@pytest.fixture
-def deployment(charter_home: Path) -> Iterator[Deployment]:
+@contextlib.contextmanager
+def running_deployment(home: Path, database: str | None = None, workers: int = 2) -> Iterator[Deployment]:
+    """The orders service and `charter serve --workers N --lease 1` (with `--database` if given) on
+    loopback, the orders contract published and a token added where the stores are; both stopped after."""
     from charter.contract import load_contract
-    from charter.registry import Registry
-    from charter.server import TokenStore
+    from charter.db import Database
+    from charter.deployment import open_stores
 
-    home = charter_home
     path = ROOT / "contracts" / "orders.yaml"
-    Registry(home / "charter.db").publish(load_contract(path), path.read_text(encoding="utf-8"))
-    token = TokenStore(home / "tokens.yaml").add("load", "load", ["orders:read", "orders:write", "orders:refund"])
+    chosen = Database.parse(database, home=home) if database else Database.from_env(home)
+    stores = open_stores(chosen, tokens=home / "tokens.yaml")
+    try:
+        stores.registry.publish(load_contract(path), path.read_text(encoding="utf-8"))
+        token = stores.tokens.add("load", "load", ["orders:read", "orders:write", "orders:refund"])
+    finally:
+        stores.close()
     service_port, port = _free_port(), _free_port()
     env = {
         **os.environ,
@@ -105,10 +137,11 @@ def deployment(charter_home: Path) -> Iterator[Deployment]:
         "CHARTER_SERVICE_ORDERS_URL": f"http://{_HOST}:{service_port}",
     }
     service = start_orders_service(service_port, env, home / "orders.stderr")
+    command = [sys.executable, "-m", "charter", "serve", f"{_HOST}:{port}", "--workers", str(workers), "--lease", "1"]
     with (home / "serve.stderr").open("wb") as errors:
         # --lease 1: a killed worker's Idempotency-Keys are orphaned one second after it stopped renewing them.
         serve = subprocess.Popen(
-            [sys.executable, "-m", "charter", "serve", f"{_HOST}:{port}", "--workers", "2", "--lease", "1"],
+            [*command, *(["--database", database] if database else [])],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -116,9 +149,9 @@ def deployment(charter_home: Path) -> Iterator[Deployment]:
         )
     try:
         _wait(f"http://{_HOST}:{service_port}/orders/102", service, "the orders service", home / "orders.stderr")
-        _wait(f"http://{_HOST}:{port}/openapi.json", serve, "charter serve --workers 2", home / "serve.stderr")
-        _until(lambda: len(children(serve.pid)) == 2, "two workers")
-        yield Deployment(home, port, token, serve, sorted(children(serve.pid)))
+        _wait(f"http://{_HOST}:{port}/openapi.json", serve, f"charter serve --workers {workers}", home / "serve.stderr")
+        _until(lambda: len(children(serve.pid)) == workers, f"{workers} workers")
+        yield Deployment(home, port, token, serve, sorted(children(serve.pid)), database, service.pid)
     finally:
         for process in (serve, service):
             if process.poll() is None:
@@ -128,6 +161,12 @@ def deployment(charter_home: Path) -> Iterator[Deployment]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@pytest.fixture
+def deployment(charter_home: Path) -> Iterator[Deployment]:
+    with running_deployment(charter_home) as running:
+        yield running
 
 
 def _opened_pids(log: AuditLog, run_ids: set[str]) -> dict[str, int]:
@@ -213,6 +252,14 @@ def _refunds_written(home: Path) -> tuple[list[str], Decimal]:
 
 
 def test_a_worker_killed_mid_load_loses_no_decision_and_duplicates_no_write(deployment: Deployment) -> None:
+    kill_a_worker_mid_load(deployment)
+
+
+def kill_a_worker_mid_load(deployment: Deployment) -> dict[str, int]:
+    """SIGKILL the worker running a slow refund while four clients send refunds with
+    Idempotency-Keys; assert every guarantee (the others keep serving, no write without an ALLOW
+    decision, no duplicate write, the killed runs interrupted in verify, its keys resolved).
+    Returns the counts observed (requests, retried after the kill, interrupted runs, writes)."""
     with sqlite3.connect(deployment.home / "orders.db") as db:
         seeded = Decimal(db.execute("SELECT refunded FROM orders WHERE id = 125").fetchone()[0])
     keys: list[_Key] = []
@@ -299,17 +346,16 @@ def test_a_worker_killed_mid_load_loses_no_decision_and_duplicates_no_write(depl
     assert refunded - seeded == Decimal("0.01") * len(written)
 
     # verify: the log is intact and names the killed worker's open runs as interrupted.
-    verified = subprocess.run(
-        [sys.executable, "-m", "charter", "audit", "verify", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "CHARTER_HOME": str(deployment.home)},
-        check=False,
-    )
-    report = json.loads(verified.stdout)
-    assert (verified.returncode, report["ok"], report["findings"]) == (0, True, [])
+    status, report = deployment.verify()
+    assert (status, report["ok"], report["findings"]) == (0, True, [])
     assert set(report["interrupted"]) == killed_runs
+    return {
+        "requests": len(keys),
+        "retried": len(retried),
+        "interrupted": len(killed_runs),
+        "writes": len(written),
+        "conflicts": sum(k.conflicts for k in keys),
+    }
 
 
 # -- a store's database down: 503 with Retry-After, never a 500 ---------------------------------

@@ -195,6 +195,7 @@ def serve(
         sock = listen(host, port)  # a port in use is an error before the server is announced
         settings = _Settings(host, tokens, replay, lease, max_runs, queue, approval_webhook)
         if workers > 1:
+            _worker_keys(chosen.home / "keys", workers)
             # Every store opened (created, on a new database) once before the workers, in a child.
             if not prepare_in_child(lambda: _build_stores(chosen, tokens=tokens, lease_seconds=lease).close()):
                 raise typer.Exit(1)
@@ -202,7 +203,7 @@ def serve(
                 f"Charter API on http://{url_host(host)}:{port} with {workers} workers, stores in {chosen.shown}  "
                 "(OpenAPI: /openapi.json, docs: /docs; review app: /ui)"
             )
-            raise typer.Exit(supervise(sock, workers, lambda number: _serve_worker(settings, chosen, sock)))
+            raise typer.Exit(supervise(sock, workers, lambda number: _serve_worker(settings, chosen, sock, number)))
         app, service = _serving_app(settings, chosen, announce=True)
     except CharterError as error:
         fail(error)
@@ -227,14 +228,49 @@ class _Settings:
     approval_webhook: str | None
 
 
-def _serve_worker(settings: _Settings, database: Database, sock: socket.socket) -> None:
+def worker_key_name(number: int) -> str:
+    """The signing key of worker `number` under `charter serve --workers N`: keys/worker-NUMBER.key."""
+    return f"worker-{number}"
+
+
+def _worker_keys(keys_dir: Path, workers: int) -> None:
+    """Each worker signs with its own key, `worker-i` (its receipts name the worker that signed them).
+    With the default local keyring (keys/keyring.yaml, or the keys/*.pub files when there is none)
+    a missing key is made and listed here, in the parent, before any worker starts. With an
+    operator's keyring elsewhere (CHARTER_KEYRING) nothing is made: a key missing from it stops the
+    server, naming the command that makes it (a key the keyring does not list would sign receipts
+    verification rejects)."""
+    from charter.audit._keyring import KEYRING_NAME, Keyring, keyring_path, signing_key_for
+    from charter.audit.keys import read_public_key
+    from charter.errors import UsageError
+
+    path = keyring_path(keys_dir)
+    for number in range(1, workers + 1):
+        name = worker_key_name(number)
+        if path != keys_dir / KEYRING_NAME:
+            public = keys_dir / f"{name}.pub"
+            listed = (
+                path.exists() and public.exists() and read_public_key(public).key_id in Keyring.load(path).public_keys()
+            )
+            if not (keys_dir / f"{name}.key").exists() or not listed:
+                raise UsageError(
+                    f"worker {number} signs with the key {name}, which the keyring {path} does not list: make it "
+                    f"with `charter keys new {name}` (CHARTER_KEYRING={path}), or serve with fewer --workers"
+                )
+        signing_key_for(keys_dir, name=name)  # made (and listed in the local keyring) if new; else checked
+
+
+def _serve_worker(settings: _Settings, database: Database, sock: socket.socket, number: int) -> None:
     """One worker of `charter serve --workers N`: its own stores, pools, sandbox and admission
     control, built here after the fork; serves `sock` until SIGTERM. Worker 1 alone prints the
-    start-up notes every worker would print alike."""
+    start-up notes every worker would print alike. Worker i signs with the key `worker-i`
+    (CHARTER_SIGNING_KEY=worker-i, whatever the server's own setting)."""
     from charter._profile import install_signal
+    from charter.audit.keys import SIGNING_KEY_ENV
     from charter.server._uvicorn import run
     from charter.server._workers import worker_number
 
+    os.environ[SIGNING_KEY_ENV] = worker_key_name(number)
     app, service = _serving_app(settings, database, announce=worker_number() == 1)
     install_signal()
     try:

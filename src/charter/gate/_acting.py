@@ -114,7 +114,13 @@ class CallActions:
             message = (
                 f"{rule.name} ran, but its result could not be recorded, so it is withheld from the program.{performed}"
             )
-            self._failed_outcome(request, "failed", "RESULT_INVALID", message, withhold(error))
+            # A write that was made must not be recorded as failed (the audit log's database may be
+            # back by the next receipt): its outcome is `unknown`, so the call stays in doubt in the
+            # seal and in verify, and a later write of it to the same target in this run is IN_DOUBT.
+            recorded: OutcomeStatus = "unknown" if rule.kind == "write" else "failed"
+            if rule.kind == "write":
+                self._state.writes.unknown(rule, arguments, args_hash, request.sequence)
+            self._failed_outcome(request, recorded, "RESULT_INVALID", message, withhold(error))
         self._state.sequence.succeeded(rule, arguments)
         if idempotency_key is not None:
             self._state.writes.succeeded(rule, args_hash, request.sequence, idempotency_key, reply)
