@@ -257,7 +257,7 @@ def _worker_keys(keys_dir: Path, workers: int) -> None:
                     f"worker {number} signs with the key {name}, which the keyring {path} does not list: make it "
                     f"with `charter keys new {name}` (CHARTER_KEYRING={path}), or serve with fewer --workers"
                 )
-        signing_key_for(keys_dir, name=name)  # made (and listed in the local keyring) if new; else checked
+        signing_key_for(keys_dir, name=name, create=True)  # made (and listed in the local keyring) if new; else checked
 
 
 def _serve_worker(settings: _Settings, database: Database, sock: socket.socket, number: int) -> None:
