@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
 import pytest
 
-from charter.db import Connection, Database, PgConnection, PgSchema, PgStep, pg_ddl, pg_versions, write_transaction
+from charter.db import (
+    Connection,
+    Database,
+    PgConnection,
+    PgSchema,
+    PgStep,
+    close_pools,
+    pg_ddl,
+    pg_versions,
+    write_transaction,
+)
 from charter.db._postgres import pg_sql
 from charter.errors import SchemaMismatch, UsageError
+from tests._pg import PgServer
 
 
 def test_urls_parse_to_sqlite_folders_or_postgres(tmp_path: Path) -> None:
@@ -141,3 +153,41 @@ def test_sqlite_ddl_is_typed_for_postgres_and_nothing_else_changes() -> None:
     assert pg_ddl(("CREATE TABLE t (a INTEGER NOT NULL, b BLOB, c REAL, intent TEXT, integers_seen INTEGER)",)) == (
         "CREATE TABLE t (a BIGINT NOT NULL, b BYTEA, c DOUBLE PRECISION, intent TEXT, integers_seen BIGINT)",
     )
+
+
+def test_a_password_never_reaches_a_message_or_a_log_line(
+    pg_server: PgServer, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """libpq quotes a connection string it cannot parse, password included; psycopg_pool logs each
+    failed attempt (README-only attack, F7: a password printed six times). And a configuration
+    that cannot work (a malformed URL, a missing database) is a usage error naming the cause,
+    not "retry in 2 s"."""
+    from charter.registry import Registry
+
+    caplog.set_level(logging.DEBUG)
+    malformed = Database.parse(f"postgresql://charter:s3cret%zzPW@127.0.0.1:{pg_server.port}/x", home=tmp_path)
+    missing = Database.parse(f"postgresql://charter:s3cret@127.0.0.1:{pg_server.port}/no_such_db", home=tmp_path)
+    for database, cause in (
+        (malformed, "invalid percent-encoded token"),
+        (missing, 'database "no_such_db" does not exist'),
+    ):
+        with pytest.raises(UsageError) as refused:
+            Registry(database=database)
+        assert cause in str(refused.value)
+        assert "fix the URL" in str(refused.value)
+    close_pools()
+    assert "s3cret" not in caplog.text + str(refused.value)
+    assert "***" in caplog.text
+
+
+def test_the_pool_size_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from charter.db._postgres import pool_size
+
+    for bad in ("0", "1", "-3", "abc", "100000"):
+        monkeypatch.setenv("CHARTER_DATABASE_POOL", bad)
+        with pytest.raises(
+            UsageError, match=r"CHARTER_DATABASE_POOL=.*give the connections per worker process, 2 to 1000"
+        ):
+            pool_size()
+    monkeypatch.setenv("CHARTER_DATABASE_POOL", "4")
+    assert pool_size() == 4

@@ -452,11 +452,11 @@ def test_eight_calls_holding_three_quota_buckets_each_do_not_exhaust_the_pool(pg
     pooled connection per lock they needed 24 + their reads of CHARTER_DATABASE_POOL=16 and waited
     on each other until the pool timed out (the calls failed GATE_ERROR). With one lock session
     per thread every call is allowed and the log verifies."""
-    from charter.db._postgres import POOL_MAX
+    from charter.db._postgres import pool_size
     from charter.gate import ContractGate
     from tests.test_quotas import ADA, Clock, Run, Wallet, wallet_contract
 
-    assert POOL_MAX == 16
+    assert pool_size() == 16
     log = pg_log(pg_url, tmp_path)
     gate = ContractGate(wallet_contract(tmp_path, BUCKETS), Wallet(), clock=Clock(pause=0.3))
     runs = [Run(log, gate, ADA) for _ in range(8)]

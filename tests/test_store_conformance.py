@@ -439,7 +439,7 @@ def test_stores_raise_store_unavailable_when_postgres_cannot_be_reached(tmp_path
         port = s.getsockname()[1]  # nothing listens here once the socket closes
     database = Database.parse(f"postgresql://charter:s3cret@127.0.0.1:{port}/nowhere", home=tmp_path)
     try:
-        with pytest.raises(StoreUnavailable, match=r"the registry cannot reach its database") as refused:
+        with pytest.raises(StoreUnavailable, match=r"the registry cannot reach the database") as refused:
             Registry(database=database)
         assert "charter:***@127.0.0.1" in str(refused.value)
         assert "s3cret" not in str(refused.value)

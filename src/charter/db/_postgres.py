@@ -17,10 +17,12 @@ cache by pid), since two processes sharing one libpq socket corrupt both session
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # psycopg is imported on first use: ~120 ms no SQLite deployment should pay at start
@@ -29,7 +31,7 @@ if TYPE_CHECKING:  # psycopg is imported on first use: ~120 ms no SQLite deploym
 
 __all__ = ["PgConnection", "close_pools", "pg_pool", "pg_sql"]
 
-POOL_MAX = int(os.environ.get("CHARTER_DATABASE_POOL", "16"))  # connections per process and database
+POOL_ENV = "CHARTER_DATABASE_POOL"
 CONNECT_TIMEOUT_S = 5.0  # a pool waits this long for a connection before PoolTimeout
 
 _pools: dict[tuple[int, str], ConnectionPool[psycopg.Connection[Any]]] = {}
@@ -44,10 +46,11 @@ def pg_pool(url: str) -> ConnectionPool[psycopg.Connection[Any]]:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
+            _masking.add(url)
             pool = ConnectionPool(
                 url,
                 min_size=1,
-                max_size=POOL_MAX,
+                max_size=pool_size(),
                 kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT_S)},
                 timeout=CONNECT_TIMEOUT_S,
                 check=ConnectionPool.check_connection,  # a connection the server dropped is replaced, not handed out
@@ -56,6 +59,42 @@ def pg_pool(url: str) -> ConnectionPool[psycopg.Connection[Any]]:
             )
             _pools[key] = pool
         return pool
+
+
+def pool_size() -> int:
+    """Connections per process and database: $CHARTER_DATABASE_POOL, default 16, at least 2 (a
+    worker holds one for its quota locks while it reads). UsageError for anything else."""
+    from charter.errors import UsageError
+
+    text = os.environ.get(POOL_ENV, "16").strip()
+    if not text.isdigit() or not 2 <= int(text) <= 1000:
+        raise UsageError(f"{POOL_ENV}={text!r}: give the connections per worker process, 2 to 1000 (default 16)")
+    return int(text)
+
+
+class _MaskPasswords(logging.Filter):
+    """psycopg_pool logs each failed connection attempt with libpq's message, which quotes a
+    connection string it could not parse, password included: masked before any handler sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._urls: set[str] = set()
+
+    def add(self, url: str) -> None:
+        self._urls.add(url)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from charter.db._url import Database
+
+        text = record.getMessage()
+        for url in sorted(self._urls, key=len, reverse=True):  # a longer password before one inside it
+            text = Database("postgresql", url, Path()).masked(text)
+        record.msg, record.args = text, None
+        return True
+
+
+_masking = _MaskPasswords()
+logging.getLogger("psycopg.pool").addFilter(_masking)
 
 
 def close_pools() -> None:

@@ -62,13 +62,46 @@ def reachable(store: str, database: Database) -> Iterator[None]:
         raise
     except Exception as error:
         if database.is_postgres and _outage(error):
+            reason, lasting = _why(database, error)
+            if lasting:  # a wrong password, a missing database or role, a malformed URL: retrying won't help
+                raise UsageError(
+                    f"the {store} cannot use the database {database.shown}: {reason}; fix the URL (--database or "
+                    "CHARTER_DATABASE_URL) or the server's roles and databases, then start again"
+                ) from None
             raise StoreUnavailable(
-                f"the {store} cannot reach its database {database.shown} now ({type(error).__name__}: "
-                f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no detail'}); nothing was "
+                f"the {store} cannot reach the database {database.shown} now ({reason}); nothing was "
                 f"changed, retry in {RETRY_AFTER_S} s",
                 retry_after=RETRY_AFTER_S,
             ) from error
         raise
+
+
+# What the server (or libpq) says when the fault is the configuration, not an outage: FATAL errors
+# at connection time are, except the server's own state while it stops or starts.
+_TRANSIENT = ("starting up", "shutting down", "in recovery mode", "too many clients", "Connection refused", "timeout")
+
+
+def _why(database: Database, error: Exception) -> tuple[str, bool]:
+    """Why the store could not reach its database, password masked, and whether it lasts.
+
+    A pool timeout says only that no connection came; the pool logged the real cause. So one
+    direct connection is tried (2 s) to learn it: refused with a FATAL error (authentication, no
+    such database or role) or a malformed URL lasts; refused for the server's state, or not
+    refused at all (the pool was exhausted), does not."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, PoolTimeout):
+        try:
+            psycopg.connect(database.url, connect_timeout=2).close()
+        except psycopg.Error as probe:
+            text = " ".join(str(probe).split())
+        else:
+            return "every connection of this process's pool is in use (CHARTER_DATABASE_POOL)", False
+    reason = database.masked(text)
+    lasting = ("FATAL" in text or "invalid" in text) and not any(word in text for word in _TRANSIENT)
+    return reason, lasting
 
 
 def _outage(error: Exception) -> bool:

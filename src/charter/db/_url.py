@@ -108,6 +108,14 @@ class Database:
         """The URL with any password replaced by ***, for messages and logs."""
         return _masked(self.url)
 
+    def masked(self, text: str) -> str:
+        """`text` (a driver's error, a log line) with this URL's password replaced by ***: libpq
+        quotes the part of a connection string it could not parse, password included."""
+        found = _PASSWORD.search(self.url)
+        secret = found.group(0)[len(found.group(1)) : -1] if found else ""
+        text = text.replace(self.url, self.shown)
+        return text.replace(secret, "***") if len(secret) >= 1 else text
+
     @contextmanager
     def connect(self, filename: str) -> Iterator[Connection]:
         """A connection to one store, either engine, for SQL written once in sqlite3's style (`?`).
