@@ -205,6 +205,22 @@ def test_requests_spread_over_both_workers_and_sigterm_stops_every_one(deploymen
             os.kill(pid, 0)
 
 
+def test_workers_stop_when_their_supervisor_is_killed(deployment: Deployment) -> None:
+    """kill -9 of the supervisor: its workers get SIGTERM from the kernel (PR_SET_PDEATHSIG) and
+    stop, instead of serving on, unsupervised, on the port (README-only attack, F8)."""
+    deployment.serve.kill()
+    deployment.serve.wait(60)
+
+    def gone(pid: int) -> bool:  # exited: no such process, or a zombie its new parent has not reaped
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        return state == "Z"
+
+    _until(lambda: all(gone(pid) for pid in deployment.workers), "the workers to stop after their supervisor")
+
+
 @dataclass
 class _Key:
     """One governed request and every answer its retries got."""

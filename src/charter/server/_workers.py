@@ -69,12 +69,14 @@ def _say(message: str) -> None:
 
 def _spawn(number: int, start_worker: Callable[[int], None], old_mask: _Mask) -> int:
     """Fork worker `number`; in the child run `start_worker(number)` and never return."""
+    parent = os.getpid()
     pid = os.fork()
     if pid:
         return pid
     # The child: the parent's blocked signals and its signal handling are not the worker's.
     status = 1
     try:
+        _end_with(parent)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.environ[WORKER_ENV] = str(number)
         start_worker(number)
@@ -88,6 +90,20 @@ def _spawn(number: int, start_worker: Callable[[int], None], old_mask: _Mask) ->
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)  # never the parent's finally blocks or atexit handlers
+
+
+def _end_with(parent: int) -> None:
+    """A worker gets SIGTERM when its supervisor dies, however it dies (kill -9 included), so no
+    worker is left serving unsupervised on the port (Linux's PR_SET_PDEATHSIG; elsewhere a worker
+    outlives a killed supervisor and must be stopped by hand). If the supervisor died before this
+    ran, the worker stops at once."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _ended(status: int) -> str:
