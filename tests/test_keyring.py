@@ -14,7 +14,7 @@ from charter.audit import AuditLog, Opened, Sealed, StoredReceipt, Verification,
 from charter.audit._keyring import Keyring, trusted_keys
 from charter.audit.keys import load_or_create_signing_key, read_public_key
 from charter.audit.receipts import text_sha256
-from charter.errors import UsageError
+from charter.errors import AuditError, UsageError
 from tests.conftest import charter
 
 
@@ -243,3 +243,19 @@ def test_a_bad_signing_key_name_is_refused(monkeypatch: pytest.MonkeyPatch, char
     with pytest.raises(UsageError, match=re.escape("CHARTER_SIGNING_KEY '../escape' is not a key name")):
         AuditLog(charter_home / "audit.db").signing_key  # noqa: B018
     assert not (charter_home / "escape.key").exists()
+
+
+def test_a_key_revoked_while_the_process_runs_signs_no_new_run(
+    charter_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`charter keys revoke` reaches a running process: the next run it would open is refused
+    (AuditError: the server answers 503), where the process went on signing with the revoked key
+    until it stopped (README-only attack, F4)."""
+    ok(charter("keys", "new", "worker-1"))
+    monkeypatch.setenv("CHARTER_SIGNING_KEY", "worker-1")
+    log = AuditLog(charter_home / "audit.db")
+    write_run(log, "2026-01-10T12:00:00+00:00")
+    ok(charter("keys", "revoke", "worker-1", "--not-after", "now"))
+    with pytest.raises(AuditError, match=r"no run can be signed: the signing key keys/worker-1\.key .* was revoked"):
+        write_run(log, "2026-01-10T12:00:01+00:00")
+    assert len(log.run_ids()) == 1

@@ -38,7 +38,7 @@ import msgspec
 from charter._paths import charter_home
 from charter.approvals._index import APPROVALS_INDEX_SQL, fill_approvals_index
 from charter.audit._checkpoints import CheckpointWriter, checkpoints_path
-from charter.audit._keyring import signing_key_for, trusted_keys
+from charter.audit._keyring import keyring_path, signing_key_for, trusted_keys
 from charter.audit._locks import side_lock
 from charter.audit._pg_locks import LogLock, lock_session, pg_lock
 from charter.audit._pg_schema import AUDIT_PG_SCHEMA
@@ -78,7 +78,7 @@ from charter.audit.receipts import (
     decode_body,
 )
 from charter.db import Connection, Database, PgConnection
-from charter.errors import AuditError, RunNotFound, StoreUnavailable
+from charter.errors import AuditError, RunNotFound, StoreUnavailable, UsageError
 from charter.migrations import Schema, Step
 from charter.status import Status, status_of
 
@@ -451,6 +451,8 @@ class AuditLog:
         self._retrying: threading.Thread | None = None
         self._keys_dir = keys_dir or self.path.parent / "keys"
         self._key = key
+        self._key_given = key is not None  # a key handed in is the caller's to check
+        self._keyring_seen: int | None = None  # the keyring file's mtime when the key was last checked
         # Issue 19 (charter.audit._keyring, _checkpoints): the trusted keys, and the file of
         # signed heads outside the database ("none": off).
         self._keyring = keyring
@@ -471,9 +473,34 @@ class AuditLog:
 
     @property
     def signing_key(self) -> SigningKey:
+        """The key this log signs with (charter.audit._keyring.signing_key_for). UsageError for a
+        key the keyring refuses (revoked, unlisted, no such key)."""
         if self._key is None:
+            self._keyring_seen = self._keyring_stamp()
             self._key = signing_key_for(self._keys_dir, self._keyring)
         return self._key
+
+    def _keyring_stamp(self) -> int | None:
+        path = keyring_path(self._keys_dir, self._keyring)
+        try:
+            return path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def _check_signing_key(self) -> None:
+        """Before a run opens: the signing key loads, and is checked again whenever the keyring
+        file changed, so a key revoked while the process runs signs no new run (a run already
+        under way finishes with it). AuditError: the run must not start (the server answers 503)."""
+        if self._key is not None and self._key_given:
+            return
+        try:
+            if self._key is None:
+                self.signing_key  # noqa: B018
+            elif self._keyring_stamp() != self._keyring_seen:
+                self._keyring_seen = self._keyring_stamp()
+                signing_key_for(self._keys_dir, self._keyring)
+        except UsageError as error:
+            raise AuditError(f"no run can be signed: {error}") from error
 
     @property
     def secret_key(self) -> SecretKey:
@@ -536,6 +563,7 @@ class AuditLog:
 
     def open_run(self, opened: Opening) -> RunRecorder:
         """Durably records the run's opening; the program may run once this returns."""
+        self._check_signing_key()
         return RunRecorder(
             self._ensure_writer(),
             opened,

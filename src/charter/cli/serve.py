@@ -287,11 +287,16 @@ def _serving_app(settings: _Settings, database: Database, *, announce: bool) -> 
     from charter.ui import mount_ui
 
     stores = _build_stores(database, tokens=settings.tokens, lease_seconds=settings.lease)
+    # The signing key now, not at the first run: a revoked or unlisted key stops the worker (and
+    # the server) with its reason, instead of answering every run with an error.
+    stores.audit.signing_key  # noqa: B018
     service = _service_over(stores.registry, stores.audit, settings.replay)
     service.runner.sandbox.bake_all(service.latest_contracts())  # in the background; CHARTER_BAKE=0: off
     if announce and not stores.tokens.entries():
         say(
-            f"no tokens in {stores.tokens.path}: every request will get 401; add one with `charter token add`", "yellow"
+            f"no tokens in {stores.tokens.where}: every request will get 401; add one with `charter token add`"
+            + (" --database URL" if database.is_postgres else ""),
+            "yellow",
         )
     app = create_app(service, stores.tokens, stores.idempotency, max_runs=settings.max_runs, queue=settings.queue)
     secure = not loopback(settings.host)
