@@ -325,35 +325,9 @@ def test_racing_sandbox_runs_on_postgres_one_allowed_and_replay_recounts(
 ) -> None:
     """Two real runs (sandbox, gate, Runner) on two threads on a PostgreSQL log each pay 60% of a
     quota's cap: one is allowed, one QUOTA_EXCEEDED; replay recounts both from the log."""
-    from charter.audit import Decision
-    from charter.replay import replay_run
-    from charter.runner import Execution, Runner
-    from tests.test_quotas import ADA, BOB, PAY, Wallet, wallet_contract
+    from tests.test_quotas import race_two_sandbox_runs, wallet_contract
 
-    log = pg_log(pg_url, tmp_path)
-    wallet = wallet_contract(tmp_path)
-    backend = Wallet()
-    runner = Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: backend)
-    barrier = threading.Barrier(2)
-    executions: list[Execution] = []
-
-    def run(principal: Any) -> None:
-        barrier.wait()
-        executions.append(runner.execute(PAY, contract=wallet, principal=principal))
-
-    threads = [threading.Thread(target=run, args=(p,)) for p in (ADA, BOB)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    decided = sorted(next(c for c in e.calls if isinstance(c, Decision)).code for e in executions)
-    assert decided == ["OK", "QUOTA_EXCEEDED"]
-    assert len(backend.calls) == 1
-    assert verify_log(log, log.trusted_keys()).ok
-    for execution in executions:
-        report = replay_run(log.run(execution.run_id), wallet, shared_sandbox, log=log)
-        assert report.identical, report.divergences
-        assert report.quotas_checked == 1
+    race_two_sandbox_runs(pg_log(pg_url, tmp_path), wallet_contract(tmp_path), shared_sandbox)
 
 
 def test_database_url_is_the_cli_default(pg_home: tuple[Path, str]) -> None:

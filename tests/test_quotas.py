@@ -391,6 +391,13 @@ PAY = 'from decimal import Decimal\nwallet.send_payment(account="GB01", amount=D
 def test_racing_sandbox_runs_one_allowed_and_replay_recounts_the_totals(
     tmp_path: Path, log: AuditLog, wallet: CompiledContract, shared_sandbox: Sandbox
 ) -> None:
+    race_two_sandbox_runs(log, wallet, shared_sandbox)
+
+
+def race_two_sandbox_runs(log: AuditLog, wallet: CompiledContract, shared_sandbox: Sandbox) -> None:
+    """Two real runs (sandbox, gate) racing for the one unit left of a quota: exactly one is
+    allowed, the backend acts once, the log verifies and replay recounts each run's totals.
+    On SQLite here, on PostgreSQL in tests/test_e2e_pg.py."""
     backend = Wallet()
     runner = Runner(audit=log, sandbox=shared_sandbox, backend_for=lambda _: backend)
     barrier = threading.Barrier(2)
