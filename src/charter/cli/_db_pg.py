@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from charter.cli._output import fail, print_json, say
+from charter.cli._output import fail, say
 from charter.db import Database, PgSchema, pg_versions
 from charter.db._stores import reachable
 from charter.errors import CharterError
 
 __all__ = ["pg_grant", "pg_status", "pg_upgrade"]
-
-EXIT_NEWER = 1  # as `charter db status` on SQLite: a store this release cannot open
-EXIT_UPGRADE_PENDING = 2  # a store `charter db upgrade` would migrate or create
 
 
 def _schemas() -> list[PgSchema]:
@@ -28,31 +25,19 @@ def pg_status(database: Database, *, as_json: bool) -> None:
             found = pg_versions(connection)
     except CharterError as error:
         fail(error)
+    from charter.cli.db import report_versions, version_state
+
     rows = []
     blocked = pending = False
     for schema in _schemas():
         version = found.get(schema.store)
-        if version is None:
-            state = "absent: run `charter db upgrade` (as the owner) to create it"
-            pending = True
-        elif version == schema.version:
-            state = "current"
-        elif version < schema.version:
-            state = "older: run `charter db upgrade`"
-            pending = True
-        else:
-            state = "newer than this release"
-            blocked = True
+        state, newer, older = version_state(
+            version, schema.version, absent="absent: run `charter db upgrade` (as the owner) to create it"
+        )
+        blocked, pending = blocked or newer, pending or older
         row = {"store": schema.store, "database": database.shown, "version": version, "current": schema.version}
         rows.append({**row, "state": state})
-    if as_json:
-        print_json(rows)
-    else:
-        for row in rows:
-            shown = "-" if row["version"] is None else row["version"]
-            say(f"{row['store']:<25} {database.shown}: version {shown} of {row['current']} ({row['state']})")
-    if blocked or pending:
-        raise typer.Exit(EXIT_NEWER if blocked else EXIT_UPGRADE_PENDING)
+    report_versions(rows, "database", 25, as_json=as_json, blocked=blocked, pending=pending)
 
 
 def pg_upgrade(database: Database) -> None:

@@ -7,6 +7,7 @@ Every command takes `--database URL` (default $CHARTER_DATABASE_URL, else the SQ
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Annotated
@@ -77,27 +78,41 @@ def status(
             found = read_version(folder / name)
         except sqlite3.DatabaseError as error:
             fail(f"{folder / name}: not a readable SQLite store ({error})")
-        if found is None:
-            state = "absent"
-        elif found < 0:
+        if found is not None and found < 0:
             state = "invalid: a negative schema version; this file was not written by Charter"
             blocked = True
-        elif found == schema.version:
-            state = "current"
-        elif found < schema.version:
-            state = "older: run `charter db upgrade`"
-            pending = True
         else:
-            state = "newer than this release"
-            blocked = True
+            state, newer, older = version_state(found, schema.version, absent="absent")
+            blocked, pending = blocked or newer, pending or older
         row = {"store": schema.store, "file": str(folder / name), "version": found, "current": schema.version}
         rows.append({**row, "state": state})
+    report_versions(rows, "file", 18, as_json=as_json, blocked=blocked, pending=pending)
+
+
+def version_state(found: int | None, current: int, *, absent: str) -> tuple[str, bool, bool]:
+    """A store's state for `charter db status` (either engine): (words, newer than this release,
+    an upgrade pending). `absent`: what to say of a store not there (pending only on PostgreSQL,
+    where `charter db upgrade` creates it)."""
+    if found is None:
+        return absent, False, absent != "absent"
+    if found == current:
+        return "current", False, False
+    if found < current:
+        return "older: run `charter db upgrade`", False, True
+    return "newer than this release", True, False
+
+
+def report_versions(
+    rows: Sequence[Mapping[str, object]], where: str, width: int, *, as_json: bool, blocked: bool, pending: bool
+) -> None:
+    """Print `charter db status`'s rows (JSON, or one line each: store, `where`, versions, state)
+    and exit 1 for a store this release cannot open, 2 for an upgrade pending, else 0."""
     if as_json:
         print_json(rows)
     else:
         for row in rows:
             shown = "-" if row["version"] is None else row["version"]
-            say(f"{row['store']:<18} {row['file']}: version {shown} of {row['current']} ({row['state']})")
+            say(f"{row['store']!s:<{width}} {row[where]}: version {shown} of {row['current']} ({row['state']})")
     if blocked or pending:
         raise typer.Exit(EXIT_NEWER_OR_INVALID if blocked else EXIT_UPGRADE_PENDING)
 
